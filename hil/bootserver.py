@@ -1,0 +1,100 @@
+"""The boot (provisioning) server: one directory served over HTTP (GET, PUT) and FTP, with credentials.
+
+Phones read their files and upload logs; the controller publishes with PUT or
+STOR. Paths are confined to the directory (no traversal), over both protocols.
+"""
+from __future__ import annotations
+
+import os
+import threading
+from pathlib import Path
+
+from aiohttp import BasicAuth, web
+
+
+def safe_path(root: Path, relative: str) -> Path | None:
+    """The file `relative` inside `root`, or None if it would leave `root`."""
+    candidate = (root / relative.lstrip("/")).resolve()
+    root = root.resolve()
+    if candidate != root and root not in candidate.parents:
+        return None
+    return candidate
+
+
+class HttpBootServer:
+    def __init__(self, root: Path, host: str, port: int, username: str, password: str) -> None:
+        self.root, self.host, self.port = root, host, port
+        self.username, self.password = username, password
+        self.runner: web.AppRunner | None = None
+        self.requests: list[tuple[str, str, int]] = []
+
+    def _authorized(self, request: web.Request) -> bool:
+        header = request.headers.get("Authorization", "")
+        try:
+            auth = BasicAuth.decode(header)
+        except ValueError:
+            return False
+        return auth.login == self.username and auth.password == self.password
+
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        path = request.match_info["path"]
+        if not self._authorized(request):
+            self.requests.append((request.method, path, 401))
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="boot"'})
+        target = safe_path(self.root, path)
+        if target is None:
+            self.requests.append((request.method, path, 403))
+            return web.Response(status=403, text="outside the boot directory")
+        if request.method == "PUT":
+            body = await request.read()
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = target.with_name(target.name + ".part")
+            tmp.write_bytes(body)
+            os.replace(tmp, target)  # a phone never reads a half-written file
+            self.requests.append(("PUT", path, 201))
+            return web.Response(status=201)
+        if not target.is_file():
+            self.requests.append(("GET", path, 404))
+            return web.Response(status=404)
+        self.requests.append(("GET", path, 200))
+        return web.Response(body=target.read_bytes(), content_type="application/octet-stream")
+
+    async def start(self) -> None:
+        app = web.Application(client_max_size=16 * 1024 * 1024)
+        app.router.add_route("GET", "/{path:.*}", self._handle)
+        app.router.add_route("PUT", "/{path:.*}", self._handle)
+        self.runner = web.AppRunner(app, access_log=None)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        await site.start()
+
+    async def stop(self) -> None:
+        if self.runner:
+            await self.runner.cleanup()
+
+
+class FtpBootServer:
+    """pyftpdlib in its own thread; its authorizer confines the user to the directory."""
+
+    def __init__(self, root: Path, host: str, port: int, username: str, password: str) -> None:
+        from pyftpdlib.authorizers import DummyAuthorizer
+        from pyftpdlib.handlers import FTPHandler
+        from pyftpdlib.servers import ThreadedFTPServer
+
+        authorizer = DummyAuthorizer()
+        authorizer.add_user(username, password, str(root), perm="elradfmw")
+        handler = type("BootFtpHandler", (FTPHandler,), {})
+        handler.authorizer = authorizer
+        handler.banner = "boot server ready"
+        handler.passive_ports = None
+        self.server = ThreadedFTPServer((host, port), handler)
+        self.server.max_cons = 2048
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"timeout": 0.5}, daemon=True, name="ftp")
+
+    def start(self) -> None:
+        import logging
+        logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.close_all()

@@ -1,0 +1,139 @@
+"""`hil`: start, inspect and stop the virtual lab.
+
+`hil up` starts the lab in a background process, waits until every phone has
+registered, writes the inventory for `fleet`, and returns; `hil down` stops it.
+`hil status --json` is the lab's ground truth, for tests to compare with what
+`fleet` observed.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import click
+import requests
+
+from fleet.yamlfile import FileError
+
+from . import labfile
+
+DEFAULT_STATE = Path(os.environ.get("HIL_STATE_DIR", ".hil"))
+
+
+def _control(state_dir: Path) -> dict:
+    path = state_dir / "control.json"
+    if not path.exists():
+        raise click.ClickException(f"no lab is running with state directory {state_dir}")
+    return json.loads(path.read_text())
+
+
+@click.group(help=__doc__)
+def main() -> None:
+    logging.basicConfig(level=os.environ.get("HIL_LOG", "WARNING"), format="%(asctime)s %(name)s %(message)s")
+
+
+@main.command()
+@click.argument("labfile_path", metavar="LABFILE", type=click.Path(dir_okay=False))
+@click.option("--inventory-out", type=click.Path(dir_okay=False), help="Where to write the inventory for `fleet`.")
+@click.option("--state-dir", type=click.Path(file_okay=False), default=str(DEFAULT_STATE), show_default=True,
+              help="Keys, boot directories, secrets and the control file of this lab.")
+@click.option("--foreground", is_flag=True, help="Run in this process until Ctrl-C instead of in the background.")
+@click.option("--ready-timeout", default=120.0, show_default=True, help="Seconds to wait for every phone to register.")
+def up(labfile_path: str, inventory_out: str | None, state_dir: str, foreground: bool, ready_timeout: float) -> None:
+    """Start the lab described by LABFILE."""
+    try:
+        spec = labfile.load(labfile_path)
+    except FileError as exc:
+        raise click.ClickException(str(exc)) from None
+    state = Path(state_dir).resolve()
+    inv = Path(inventory_out).resolve() if inventory_out else state / "inventory.yml"
+    if foreground:
+        asyncio.run(_serve(spec, state, inv, ready_timeout, announce=True))
+        return
+    if (state / "control.json").exists():
+        try:
+            requests.get(_control(state)["url"] + "/status", timeout=2)
+            raise click.ClickException(f"a lab is already running with state directory {state}; `hil down` first")
+        except requests.RequestException:
+            (state / "control.json").unlink()
+    state.mkdir(parents=True, exist_ok=True)
+    (state / "ready").unlink(missing_ok=True)
+    log = open(state / "lab.log", "ab")
+    proc = subprocess.Popen([sys.executable, "-m", "hil.cli", "up", str(Path(labfile_path).resolve()), "--foreground",
+                             "--state-dir", str(state), "--inventory-out", str(inv), "--ready-timeout", str(ready_timeout)],
+                            stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
+    deadline = time.monotonic() + ready_timeout + 10
+    while time.monotonic() < deadline:
+        if (state / "ready").exists():
+            ready = json.loads((state / "ready").read_text())
+            if not ready["ok"]:
+                raise click.ClickException(f"lab started but not every phone registered within {ready_timeout}s; see {state / 'lab.log'}")
+            click.echo(f"lab {spec.name} up (pid {proc.pid}): {ready['phones']} phones; inventory: {inv}")
+            return
+        if proc.poll() is not None:
+            raise click.ClickException(f"lab process exited with {proc.returncode}; see {state / 'lab.log'}")
+        time.sleep(0.2)
+    proc.terminate()
+    raise click.ClickException("lab did not become ready in time")
+
+
+async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: float, announce: bool) -> None:
+    from .lab import Lab
+
+    lab = Lab(spec, state)
+    loop = asyncio.get_running_loop()
+    await lab.start()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, lab.stopping.set)
+    lab.write_inventory(inv)
+    ok = await lab.wait_ready(ready_timeout)
+    phones = sum(len(rt.phones) for rt in lab.sites)
+    (state / "ready").write_text(json.dumps({"ok": ok, "phones": phones}))
+    if announce:
+        print(f"lab {spec.name}: {phones} phones, ready={ok}, inventory {inv}", flush=True)
+    await lab.stopping.wait()
+    await lab.stop()
+    (state / "ready").unlink(missing_ok=True)
+
+
+@main.command()
+@click.option("--state-dir", type=click.Path(file_okay=False), default=str(DEFAULT_STATE), show_default=True)
+def down(state_dir: str) -> None:
+    """Stop the running lab."""
+    state = Path(state_dir).resolve()
+    ctl = _control(state)
+    try:
+        requests.post(ctl["url"] + "/shutdown", timeout=5)
+    except requests.RequestException:
+        os.kill(ctl["pid"], signal.SIGTERM)
+    for _ in range(100):
+        if not (state / "control.json").exists():
+            break
+        time.sleep(0.1)
+    click.echo("lab stopped")
+
+
+@main.command()
+@click.option("--state-dir", type=click.Path(file_okay=False), default=str(DEFAULT_STATE), show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the full ground truth as JSON.")
+def status(state_dir: str, as_json: bool) -> None:
+    """Ground truth of the running lab: every phone's registrations and every state change."""
+    data = requests.get(_control(Path(state_dir).resolve())["url"] + "/status", timeout=10).json()
+    if as_json:
+        click.echo(json.dumps(data, indent=1))
+        return
+    for phone in data["phones"]:
+        regs = "; ".join(f"line {r['index']} working={r['working_server']} " +
+                         " ".join(f"s{s['index']}={s['state']}" for s in r["servers"]) for r in phone["registrations"])
+        click.echo(f"{phone['mac']} {phone['ip']:<16} {phone['model']:<18} {regs}")
+
+
+if __name__ == "__main__":
+    main()

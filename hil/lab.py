@@ -1,0 +1,334 @@
+"""A running virtual lab: provider, DNS, and per site a router, gateway, boot server and phones.
+
+Address plan (N = the lab file's `net`, k = site number):
+  provider registrar 127.(N+40).0.10:5060, its DNS 127.(N+40).0.53:5353   (WAN side)
+  site k router LAN 127.(N+k).0.1 (SSH :2222, gateway registrar :5060), boot server 127.(N+k).0.3
+  site k public relay addresses 127.(N+50+k).0.10 (provider) and .53 (DNS): reachable only through the router
+  site k phones 127.(N+100+k).a.b
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import secrets
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from xml.sax.saxutils import quoteattr
+
+import aiohttp
+import asyncssh
+import yaml
+from aiohttp import web
+
+from .bootserver import FtpBootServer, HttpBootServer
+from .dns_server import DnsServer
+from .groundtruth import GroundTruth
+from .labfile import LabFile, SiteSpec
+from .phone import PhoneSpec, VirtualPhone
+from .registrar import Registrar
+from .router import Forward, UserspaceRouter
+
+SIP_PORT = 5060
+DNS_PORT = 5353
+SSH_PORT = 2222
+BOOT_HTTP_PORT = 8080
+BOOT_FTP_PORT = 2121
+PHONE_HTTP_PORT = 8080
+
+
+def phone_ip(net: int, k: int, i: int) -> str:
+    return f"127.{net + 100 + k}.{i // 250}.{i % 250 + 2}"
+
+
+def phone_mac(k: int, i: int) -> str:
+    return f"0004f2{k:02x}{i:04x}"
+
+
+@dataclass
+class SiteRuntime:
+    spec: SiteSpec
+    k: int
+    router: UserspaceRouter
+    gateway: Registrar
+    boot_dir: Path
+    boot_http: HttpBootServer | None = None
+    boot_ftp: FtpBootServer | None = None
+    phones: list[VirtualPhone] = field(default_factory=list)
+    boot_user: str = "PlcmSpIp"
+    boot_password: str = ""
+
+
+class Lab:
+    def __init__(self, spec: LabFile, state_dir: Path) -> None:
+        self.spec = spec
+        self.state_dir = state_dir
+        self.truth = GroundTruth()
+        self.sites: list[SiteRuntime] = []
+        self.provider: Registrar | None = None
+        self.dns: DnsServer | None = None
+        self.sip_users: dict[str, str] = {}
+        self.admin_password = secrets.token_urlsafe(9)
+        self.http_session: aiohttp.ClientSession | None = None
+        self.control: web.AppRunner | None = None
+        self.started_at = time.time()
+
+    # ------------------------------------------------------------ addresses
+    @property
+    def net(self) -> int:
+        return self.spec.net
+
+    def lan_ip(self, k: int, host: int) -> str:
+        return f"127.{self.net + k}.0.{host}"
+
+    def public_ip(self, k: int, host: int) -> str:
+        return f"127.{self.net + 50 + k}.0.{host}"
+
+    @property
+    def provider_ip(self) -> str:
+        return f"127.{self.net + 40}.0.10"
+
+    @property
+    def dns_ip(self) -> str:
+        return f"127.{self.net + 40}.0.53"
+
+    # ------------------------------------------------------------ start
+    async def start(self) -> None:
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.state_dir, 0o700)
+        self.http_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5),
+                                                  connector=aiohttp.TCPConnector(limit=0))
+        for k, site in enumerate(self.spec.sites):
+            for i in range(site.phones.count):
+                self.sip_users[str(site.phones.first_extension + i + 1000 * k)] = secrets.token_urlsafe(9)
+        self.provider = Registrar("provider", self.provider_ip, SIP_PORT, self.spec.provider.realm, self.sip_users,
+                                  max_expires=self.spec.provider.max_expires)
+        await self.provider.start()
+        # The provider's name resolves to the provider's public address; each site reaches it via its router relay.
+        # One shared public address for all sites keeps the DNS zone the same everywhere.
+        self.dns = await DnsServer.start(self.dns_ip, DNS_PORT, {}, ttl=self.spec.timing.dns_ttl)
+        client_key = self._key("router_client_key")
+        host_key = self._key("router_host_key")
+        (self.state_dir / "router_authorized_keys").write_text(client_key.export_public_key().decode())
+        known_hosts = []
+        for k, site in enumerate(self.spec.sites):
+            rt = await self._start_site(k, site, host_key)
+            self.sites.append(rt)
+            known_hosts.append(f"[{rt.router.lan_ip}]:{SSH_PORT} {host_key.export_public_key().decode().strip()}")
+        (self.state_dir / "known_hosts").write_text("\n".join(known_hosts) + "\n")
+        for rt in self.sites:
+            for phone in rt.phones:
+                await phone.start(http=self.spec.http)
+        await self._start_control()
+
+    def _key(self, name: str) -> asyncssh.SSHKey:
+        """Keys survive `hil down`/`hil up`, so a known_hosts entry stays valid (a stable host key)."""
+        path = self.state_dir / name
+        if path.exists():
+            return asyncssh.read_private_key(str(path))
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        key.write_private_key(str(path))
+        os.chmod(path, 0o600)
+        return key
+
+    async def _start_site(self, k: int, site: SiteSpec, host_key: asyncssh.SSHKey) -> SiteRuntime:
+        lan, public = self.lan_ip(k, 1), self.public_ip(k, 10)
+        wan_ip = f"127.{self.net + 40}.{k + 1}.1"
+        router = UserspaceRouter(f"router-{site.name}", lan, wan_ip, [
+            Forward((public, SIP_PORT), (self.provider_ip, SIP_PORT)),
+            Forward((self.public_ip(k, 53), DNS_PORT), (self.dns_ip, DNS_PORT)),
+        ])
+        self.dns.views[wan_ip] = {self.spec.provider.name.lower(): public}  # type: ignore[union-attr]
+        await router.start_relay()
+        tools = self.state_dir / "router-tools"
+        router.tools(tools)
+        ctl = self.state_dir / f"router-{site.name}.sock"
+        await router.start_control(ctl)
+        await router.start_ssh(lan, SSH_PORT, self.state_dir / "router_host_key", self.state_dir / "router_authorized_keys",
+                               tools, ctl, username="admin")
+        gateway = Registrar(f"gateway-{site.name}", lan, SIP_PORT, f"{site.name}.gateway", self.sip_users)
+        await gateway.start()
+        boot_dir = self.state_dir / f"boot-{site.name}"
+        boot_dir.mkdir(exist_ok=True)
+        rt = SiteRuntime(site, k, router, gateway, boot_dir, boot_password=secrets.token_urlsafe(9))
+        rt.boot_http = HttpBootServer(boot_dir, self.lan_ip(k, 3), BOOT_HTTP_PORT, rt.boot_user, rt.boot_password)
+        await rt.boot_http.start()
+        rt.boot_ftp = FtpBootServer(boot_dir, self.lan_ip(k, 3), BOOT_FTP_PORT, rt.boot_user, rt.boot_password)
+        rt.boot_ftp.start()
+        self._write_provisioning(rt)
+        boot_url = (f"http://{rt.boot_user}:{rt.boot_password}@{self.lan_ip(k, 3)}:{BOOT_HTTP_PORT}/" if site.boot_protocol == "http"
+                    else f"ftp://{rt.boot_user}:{rt.boot_password}@{self.lan_ip(k, 3)}:{BOOT_FTP_PORT}/")
+        for i in range(site.phones.count):
+            spec = PhoneSpec(mac=phone_mac(k, i), model=site.phones.models[i % len(site.phones.models)],
+                             ip=phone_ip(self.net, k, i), boot_url=boot_url, http_port=PHONE_HTTP_PORT,
+                             dns=(self.public_ip(k, 53), DNS_PORT), admin_password=self.admin_password,
+                             boot_time=self.spec.timing.boot_time, fault=site.faults.get(i))
+            rt.phones.append(VirtualPhone(spec, self.truth, self.http_session))
+        return rt
+
+    # ------------------------------------------------------------ provisioning files and inventory
+    def server_params(self, k: int, site: SiteSpec) -> dict[str, str]:
+        params: dict[str, str] = {}
+        for y, srv in enumerate(site.servers, start=1):
+            address = {"provider": self.spec.provider.name, "gateway": self.lan_ip(k, 1)}.get(srv.address, srv.address)
+            p = f"reg.1.server.{y}."
+            params.update({p + "address": address, p + "port": str(srv.port), p + "expires": str(srv.expires),
+                           p + "expires.overlap": str(srv.overlap), p + "register": str(srv.register_),
+                           p + "retryTimeOut": str(srv.retry_timeout_ms), p + "retryMaxCount": str(srv.retry_max_count),
+                           p + "registerRetry.baseTimeOut": f"{self.spec.timing.retry_interval:g}"})
+        return params
+
+    def site_params(self, k: int, site: SiteSpec) -> dict[str, str]:
+        params = self.server_params(k, site)
+        events_host, _, events_port = site.collector.events.partition(":")
+        params.update({
+            "device.syslog.serverName": site.collector.syslog,
+            "apps.telNotification.URL": f"http://{events_host}:{events_port}/events",
+            "apps.telNotification.lineRegistrationEvent": "1",
+            "voIpProt.SIP.specialEvent.checkSync.alwaysReboot": "1",
+            "log.upload.period": f"{self.spec.timing.log_upload_period:g}",
+        })
+        params.update({k2: str(v) for k2, v in site.params.items()})
+        return params
+
+    def _write_provisioning(self, rt: SiteRuntime) -> None:
+        site = rt.spec
+        (rt.boot_dir / "site.cfg").write_text(_config_xml(self.site_params(rt.k, site)))
+        for i in range(site.phones.count):
+            mac = phone_mac(rt.k, i)
+            ext = str(site.phones.first_extension + i + 1000 * rt.k)
+            (rt.boot_dir / f"{mac}-reg.cfg").write_text(_config_xml({
+                "reg.1.address": ext, "reg.1.label": ext, "reg.1.auth.userId": ext, "reg.1.auth.password": self.sip_users[ext]}))
+            (rt.boot_dir / f"{mac}.cfg").write_text(
+                f'<?xml version="1.0" standalone="yes"?>\n<APPLICATION APP_FILE_PATH="sip.ld" '
+                f'CONFIG_FILES="{mac}-reg.cfg, site.cfg" MISC_FILES="" LOG_FILE_DIRECTORY="" OVERRIDES_DIRECTORY=""/>\n')
+
+    def inventory(self) -> tuple[dict, dict]:
+        """The inventory that `fleet` uses to reach this lab, and the secrets file it points to."""
+        secrets_doc: dict = {"phone_admin": {"username": "Polycom", "password": self.admin_password},
+                             "router": {"username": "admin", "key_file": str(self.state_dir / "router_client_key")}}
+        sites = []
+        for rt in self.sites:
+            site = rt.spec
+            secrets_doc[f"boot_{site.name}"] = {"username": rt.boot_user, "password": rt.boot_password}
+            phones = []
+            for i, phone in enumerate(rt.phones):
+                ext = str(site.phones.first_extension + i + 1000 * rt.k)
+                secrets_doc[f"sip_{ext}"] = {"password": self.sip_users[ext]}
+                phones.append({"mac": phone.mac, "model": phone.spec.model, "address": phone.spec.ip,
+                               "http_port": PHONE_HTTP_PORT, "sip_port": SIP_PORT, "credentials": "phone_admin",
+                               "params": {"reg.1.address": ext, "reg.1.auth.userId": ext,
+                                          "reg.1.auth.password": f"secret:sip_{ext}"}})
+            boot = (f"http://{self.lan_ip(rt.k, 3)}:{BOOT_HTTP_PORT}/" if site.boot_protocol == "http"
+                    else f"ftp://{self.lan_ip(rt.k, 3)}:{BOOT_FTP_PORT}/")
+            sites.append({
+                "name": site.name,
+                "gateway": self.lan_ip(rt.k, 1),
+                "dns": f"{self.public_ip(rt.k, 53)}:{DNS_PORT}",
+                "collector": {"syslog": site.collector.syslog, "events": site.collector.events},
+                "boot_server": {"url": boot, "credentials": f"boot_{site.name}"},
+                "router": {"driver": "linux_ssh", "address": rt.router.lan_ip, "port": SSH_PORT, "credentials": "router",
+                           "wan_interface": rt.router.wan.name, "known_hosts": str(self.state_dir / "known_hosts"),
+                           "dns_port": DNS_PORT},
+                "params": self.site_params(rt.k, site),
+                "phones": phones,
+            })
+        inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
+               "secrets_file": str(self.state_dir / "secrets.yml"),
+               "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
+        return inv, secrets_doc
+
+    def write_inventory(self, path: Path) -> None:
+        inv, secrets_doc = self.inventory()
+        secrets_path = self.state_dir / "secrets.yml"
+        secrets_path.write_text(yaml.safe_dump(secrets_doc, sort_keys=True))
+        os.chmod(secrets_path, 0o600)
+        path.write_text("# written by `hil up`; reaches the virtual lab exactly as a real site is reached\n"
+                        + yaml.safe_dump(inv, sort_keys=False))
+
+    # ------------------------------------------------------------ control and status
+    def status(self, since: float = 0.0) -> dict:
+        return {"lab": self.spec.name, "started_at": self.started_at, "now": time.time(),
+                "ground_truth": self.truth.snapshot(),
+                "phones": [p.summary() for rt in self.sites for p in rt.phones],
+                "provider": self.provider.summary(since) if self.provider else None,
+                "sites": [{"name": rt.spec.name, "router": rt.router.summary(), "gateway": rt.gateway.summary(since),
+                           "boot_requests": (rt.boot_http.requests[-500:] if rt.boot_http else [])} for rt in self.sites]}
+
+    def find_phone(self, mac: str) -> VirtualPhone | None:
+        return next((p for rt in self.sites for p in rt.phones if p.mac == mac.lower()), None)
+
+    async def _start_control(self) -> None:
+        self.stopping = asyncio.Event()
+        app = web.Application()
+
+        async def status(request: web.Request) -> web.Response:
+            since = float(request.query.get("since", "0") or 0)
+            return web.json_response(self.status(since))
+
+        async def shutdown(request: web.Request) -> web.Response:
+            self.stopping.set()
+            return web.json_response({"ok": True})
+
+        async def fault(request: web.Request) -> web.Response:
+            body = await request.json()
+            phone = self.find_phone(body.get("mac", ""))
+            if phone is None:
+                return web.json_response({"error": "no such phone"}, status=404)
+            phone.spec.fault = body.get("fault")
+            return web.json_response({"ok": True})
+
+        async def call(request: web.Request) -> web.Response:
+            body = await request.json()
+            phone = self.find_phone(body.get("mac", ""))
+            if phone is None:
+                return web.json_response({"error": "no such phone"}, status=404)
+            return web.json_response(await phone.place_call(str(body.get("number", "2000"))))
+
+        app.router.add_get("/status", status)
+        app.router.add_post("/shutdown", shutdown)
+        app.router.add_post("/fault", fault)
+        app.router.add_post("/call", call)
+        self.control = web.AppRunner(app, access_log=None)
+        await self.control.setup()
+        site = web.TCPSite(self.control, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        (self.state_dir / "control.json").write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "pid": os.getpid()}))
+
+    async def stop(self) -> None:
+        for rt in self.sites:
+            for p in rt.phones:
+                await p.stop()
+            await rt.router.stop()
+            rt.gateway.stop()
+            if rt.boot_http:
+                await rt.boot_http.stop()
+            if rt.boot_ftp:
+                rt.boot_ftp.stop()
+        if self.provider:
+            self.provider.stop()
+        if self.dns:
+            self.dns.stop()
+        if self.control:
+            await self.control.cleanup()
+        if self.http_session:
+            await self.http_session.close()
+        (self.state_dir / "control.json").unlink(missing_ok=True)
+
+    async def wait_ready(self, timeout: float) -> bool:
+        """Ready when every phone that should register has a working server (faulty phones excepted)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            pending = [p for rt in self.sites for p in rt.phones
+                       if p.spec.fault is None and not (p.booted.is_set() and all(r.working for r in p.regs))]
+            if not pending:
+                return True
+            await asyncio.sleep(0.2)
+        return False
+
+
+def _config_xml(params: dict[str, str]) -> str:
+    attrs = "\n  ".join(f"{k}={quoteattr(str(v))}" for k, v in sorted(params.items()))
+    return f'<?xml version="1.0" standalone="yes"?>\n<polycomConfig>\n <reg\n  {attrs}/>\n</polycomConfig>\n'
