@@ -1,0 +1,40 @@
+"""The Celery application: Redis broker and results, JSON only, late acks, one queue per site.
+
+Tasks receive ids (site name, experiment id, MAC), never secrets: a worker
+reads the inventory named by FLEET_INVENTORY and resolves credentials itself.
+"""
+from __future__ import annotations
+
+import os
+
+from celery import Celery
+
+app = Celery("fleet", include=["fleet.tasks"])
+
+
+def configure(url: str | None = None) -> Celery:
+    url = url or os.environ.get("FLEET_REDIS_URL", "redis://127.0.0.1:6379/0")
+    app.conf.update(
+        broker_url=url,
+        result_backend=url,
+        task_serializer="json",
+        result_serializer="json",
+        accept_content=["json"],
+        result_accept_content=["json"],
+        task_acks_late=True,
+        task_reject_on_worker_lost=True,
+        worker_prefetch_multiplier=1,
+        broker_transport_options={"visibility_timeout": 600},
+        result_expires=24 * 3600,
+        task_default_queue="fleet",
+        broker_connection_retry_on_startup=True,
+        worker_hijack_root_logger=False,
+    )
+    return app
+
+
+def site_queue(site: str) -> str:
+    return f"site.{site}"
+
+
+configure()

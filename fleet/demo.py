@@ -1,0 +1,53 @@
+"""The main job, end to end: virtual lab + Redis + a worker, then the WAN-outage playbook. Cleans up after itself."""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from .redisboot import start_private
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
+    report_dir = ROOT / "reports"
+    procs: list[subprocess.Popen] = []
+    lab_state = work / "lab"
+    url, redis_proc = start_private(work / "redis")
+    procs.append(redis_proc)
+    env = dict(os.environ, FLEET_REDIS_URL=url)
+    bindir = Path(sys.executable).parent
+    print(f"demo: private Redis at {url}", flush=True)
+    try:
+        inv = work / "inventory.yml"
+        subprocess.run([bindir / "hil", "up", str(ROOT / "hil/labs/one-site.yml"), "--state-dir", str(lab_state),
+                        "--inventory-out", str(inv)], check=True, env=env)
+        worker_log = open(work / "worker.log", "w")
+        procs.append(subprocess.Popen([bindir / "fleet", "worker", "--inventory", str(inv), "--site", "hq"],
+                                      env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True))
+        time.sleep(3)
+        rc = subprocess.run([bindir / "fleet", "experiment", "run", str(ROOT / "playbooks/wan-outage-fallback.yml"),
+                             "--inventory", str(inv), "--report-dir", str(report_dir)], env=env).returncode
+        subprocess.run([bindir / "fleet", "status"], env=env)
+        return rc
+    finally:
+        if (lab_state / "control.json").exists():
+            subprocess.run([bindir / "hil", "down", "--state-dir", str(lab_state)], env=env)
+        for p in reversed(procs):
+            try:
+                os.killpg(p.pid, signal.SIGTERM)
+                p.wait(10)
+            except (ProcessLookupError, subprocess.TimeoutExpired):
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

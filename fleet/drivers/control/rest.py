@@ -1,0 +1,77 @@
+"""UC Software 5+ REST API (confirmed paths): restart, config set/get, device and line info, dial.
+
+Authentication is digest or basic depending on firmware (uncertain): we try
+digest and fall back to basic on a 401. Every call has a timeout and raises a
+typed error naming the phone; a malformed answer never escapes as a traceback.
+"""
+from __future__ import annotations
+
+import requests
+from requests.auth import HTTPBasicAuth, HTTPDigestAuth
+
+from ...inventory import Credentials, Phone
+from ..errors import DeviceRefused, DeviceTimeout, MalformedAnswer
+
+
+class RestPhone:
+    def __init__(self, phone: Phone, credentials: Credentials, timeout: float = 5.0,
+                 session: requests.Session | None = None) -> None:
+        self.phone = phone
+        self.name = f"phone {phone.mac} ({phone.address})"
+        self.base = f"http://{phone.address}:{phone.http_port}"
+        self.session = session or requests.Session()
+        self.auths = [HTTPDigestAuth(credentials.username, credentials.password),
+                      HTTPBasicAuth(credentials.username, credentials.password)]
+        self.timeout = timeout
+
+    def _call(self, method: str, path: str, body: dict | None = None):
+        resp = None
+        for auth in self.auths:
+            try:
+                resp = self.session.request(method, self.base + path, json=body, auth=auth, timeout=self.timeout)
+            except requests.Timeout:
+                raise DeviceTimeout(self.name, f"{method} {path}: no answer within {self.timeout:g}s") from None
+            except requests.RequestException as exc:
+                raise DeviceTimeout(self.name, f"{method} {path}: {type(exc).__name__}") from None
+            if resp.status_code != 401:
+                break
+        if resp is None or resp.status_code >= 400:
+            raise DeviceRefused(self.name, f"{method} {path}: HTTP {resp.status_code if resp is not None else '?'}")
+        try:
+            doc = resp.json()
+        except ValueError:
+            raise MalformedAnswer(self.name, f"{method} {path}: answer is not JSON") from None
+        if not isinstance(doc, dict) or str(doc.get("Status")) != "2000":
+            raise DeviceRefused(self.name, f"{method} {path}: status {doc.get('Status') if isinstance(doc, dict) else '?'}")
+        return doc.get("data")
+
+    def device_info(self) -> dict:
+        data = self._call("GET", "/api/v1/mgmt/device/info")
+        if not isinstance(data, dict):
+            raise MalformedAnswer(self.name, "device/info data is not an object")
+        return data
+
+    def line_info(self) -> list[dict]:
+        data = self._call("GET", "/api/v1/mgmt/lineInfo")
+        if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
+            raise MalformedAnswer(self.name, "lineInfo data is not a list of objects")
+        return data
+
+    def restart(self) -> None:
+        self._call("POST", "/api/v1/mgmt/safeRestart")
+
+    def config_set(self, values: dict[str, str]) -> None:
+        self._call("POST", "/api/v1/mgmt/config/set", {"data": values})
+
+    def config_get(self, names: list[str]) -> dict:
+        data = self._call("POST", "/api/v1/mgmt/config/get", {"data": names})
+        if not isinstance(data, dict):
+            raise MalformedAnswer(self.name, "config/get data is not an object")
+        return data
+
+    def call_state(self) -> str:
+        data = self._call("GET", "/api/v2/webCallControl/callStatus")
+        return str(data.get("CallState", "")) if isinstance(data, dict) else ""
+
+    def dial(self, number: str, line: int = 1) -> None:
+        self._call("POST", "/api/v1/callctrl/dial", {"data": {"Dest": number, "Line": str(line), "Type": "TEL"}})

@@ -1,0 +1,74 @@
+"""LAN-side reachability probes: is the provider really gone (or back)?
+
+A cut that did not take effect must fail the experiment, not pass it. The
+probe resolves the provider's name through the site's DNS, as the phones do,
+and sends SIP OPTIONS; any SIP answer at all means the path is up.
+"""
+from __future__ import annotations
+
+import asyncio
+import random
+from dataclasses import dataclass
+
+from dnslib import QTYPE, DNSRecord
+
+from sipwire import message as sip
+from sipwire.endpoint import SipEndpoint, TransactionTimeout, TransactionTimers
+
+
+@dataclass
+class ProbeResult:
+    reachable: bool
+    stage: str        # dns, sip
+    detail: str
+
+    def to_dict(self) -> dict:
+        return {"reachable": self.reachable, "stage": self.stage, "detail": self.detail}
+
+
+async def resolve(name: str, dns: tuple[str, int], timeout: float = 1.0) -> str | None:
+    loop = asyncio.get_running_loop()
+    query = DNSRecord.question(name, "A")
+    query.header.id = random.randint(0, 65535)
+    fut: asyncio.Future = loop.create_future()
+
+    class Proto(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):  # type: ignore[override]
+            if not fut.done():
+                fut.set_result(data)
+
+    transport, _ = await loop.create_datagram_endpoint(Proto, remote_addr=dns)
+    try:
+        transport.sendto(query.pack())
+        data = await asyncio.wait_for(fut, timeout)
+        reply = DNSRecord.parse(data)
+    except (asyncio.TimeoutError, OSError):
+        return None
+    except Exception:  # dnslib raises several types on garbage: a garbled answer is no answer
+        return None
+    finally:
+        transport.close()
+    for rr in reply.rr:
+        if rr.rtype == QTYPE.A:
+            return str(rr.rdata)
+    return None
+
+
+async def probe_provider(name: str, port: int, dns: tuple[str, int] | None, timeout: float = 2.0) -> ProbeResult:
+    address = name
+    if dns is not None and not name.replace(".", "").isdigit():
+        resolved = await resolve(name, dns)
+        if resolved is None:
+            return ProbeResult(False, "dns", f"{name} does not resolve through {dns[0]}:{dns[1]}")
+        address = resolved
+    ep = await SipEndpoint.bind("0.0.0.0", 0, name="probe")
+    try:
+        req = sip.make_request("OPTIONS", f"sip:{name}", local=ep.local, from_uri="sip:probe@fleet.invalid",
+                               to_uri=f"sip:{name}", call_id=sip.new_call_id("fleet"), cseq=1, from_tag=sip.new_tag())
+        try:
+            resp = await ep.request(req, (address, port), TransactionTimers(retry_timeout=timeout / 4, retry_max_count=3))
+        except TransactionTimeout:
+            return ProbeResult(False, "sip", f"no answer to OPTIONS from {address}:{port} in {timeout:g}s")
+        return ProbeResult(True, "sip", f"{address}:{port} answered {resp.status}")
+    finally:
+        ep.close()

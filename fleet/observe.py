@@ -1,0 +1,81 @@
+"""Observations from every source turned into per-server registration state and the working server.
+
+No phone reports which server it is using. This module is the one place that
+derives it (R4: the working server is the highest-priority server whose
+registration is up), and every observation keeps its source and time so a
+report can show where each conclusion came from.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+REGISTERED, UNREGISTERED, UNKNOWN = "registered", "unregistered", "unknown"
+
+
+@dataclass(frozen=True)
+class Observation:
+    mac: str
+    t: float                     # wall clock when the controller received it
+    source: str                  # syslog, event, poll-rest, poll-state, gateway
+    reg: int = 1
+    server: int | None = None    # None: line-level (not per server)
+    state: str = UNKNOWN
+    address: str = ""
+    detail: str = ""
+    kind: str = "registration"   # registration, call
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Observation":
+        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
+
+
+@dataclass
+class PhoneState:
+    mac: str
+    servers: dict[int, dict] = field(default_factory=dict)   # index -> {state, t, source, address}
+    line_state: str = UNKNOWN
+    working_server: int | None = None
+    observed_at: float | None = None
+    last_source: str = ""
+
+    def to_dict(self) -> dict:
+        return {"mac": self.mac, "servers": {str(k): v for k, v in self.servers.items()}, "line_state": self.line_state,
+                "working_server": self.working_server, "observed_at": self.observed_at, "last_source": self.last_source}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "PhoneState":
+        return cls(mac=d["mac"], servers={int(k): v for k, v in (d.get("servers") or {}).items()},
+                   line_state=d.get("line_state", UNKNOWN), working_server=d.get("working_server"),
+                   observed_at=d.get("observed_at"), last_source=d.get("last_source", ""))
+
+
+def working_server(servers: dict[int, dict]) -> int | None:
+    up = [i for i, s in servers.items() if s.get("state") == REGISTERED]
+    return min(up) if up else None
+
+
+def apply(state: PhoneState, obs: Observation) -> bool:
+    """Fold one observation into the phone's state; True when the working server changed."""
+    if obs.kind != "registration":
+        return False
+    before = state.working_server
+    state.observed_at = obs.t
+    state.last_source = obs.source
+    if obs.server is not None:
+        prev = state.servers.get(obs.server)
+        if prev is not None and prev.get("t", 0) > obs.t:
+            return False   # an older message arriving late never overrides a newer one
+        state.servers[obs.server] = {"state": obs.state, "t": obs.t, "source": obs.source, "address": obs.address}
+        state.working_server = working_server(state.servers)
+        if state.working_server is not None:
+            state.line_state = REGISTERED
+    else:
+        state.line_state = obs.state
+        if obs.state == UNREGISTERED:
+            for s in state.servers.values():
+                s["state"] = UNREGISTERED
+            state.working_server = None
+    return state.working_server != before

@@ -1,0 +1,127 @@
+"""Experiment reports: report.json for scripts, junit.xml for CI, report.html for people.
+
+The HTML page is self-contained (inline SVG and CSS, no scripts, no network):
+one lane per phone, coloured by working server, the outage window shaded.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import asdict
+from html import escape
+from pathlib import Path
+from xml.etree import ElementTree as ET
+
+from .experiment import ExperimentResult, summary
+
+COLOURS = {1: "#2e7d32", 2: "#f9a825", 3: "#6a1b9a", 4: "#00838f", None: "#c62828"}
+
+
+def to_dict(result: ExperimentResult) -> dict:
+    failovers = [p.failover_s for p in result.phones if p.failover_s is not None]
+    recoveries = [p.recovery_s for p in result.phones if p.recovery_s is not None]
+    return {
+        "id": result.id, "playbook": result.playbook, "site": result.site, "passed": result.passed,
+        "started": result.started, "finished": result.finished, "errors": result.errors, "outages": result.outages,
+        "steps": [{"name": s.name, "kind": s.kind, "passed": s.passed, "elapsed_s": s.elapsed_s, "message": s.message}
+                  for s in result.steps],
+        "phones": [asdict(p) for p in result.phones],
+        "summary": {"phones": len(result.phones), "phones_passed": sum(p.passed for p in result.phones),
+                    "failover_s": summary(failovers), "recovery_s": summary(recoveries)},
+    }
+
+
+def junit(doc: dict) -> bytes:
+    suite = ET.Element("testsuite", name=f"experiment {doc['playbook']}", timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(doc["started"])),
+                       time=f"{doc['finished'] - doc['started']:.3f}")
+    cases = failures = 0
+    for step in doc["steps"]:
+        case = ET.SubElement(suite, "testcase", classname=f"{doc['site']}.steps", name=step["name"], time=f"{step['elapsed_s']:.3f}")
+        cases += 1
+        if not step["passed"]:
+            failures += 1
+            ET.SubElement(case, "failure", message=step["message"][:500]).text = step["message"]
+    for phone in doc["phones"]:
+        for check in phone["checks"]:
+            case = ET.SubElement(suite, "testcase", classname=f"{doc['site']}.{phone['mac']}", name=check["name"])
+            cases += 1
+            if not check["passed"]:
+                failures += 1
+                ET.SubElement(case, "failure", message=check["message"][:500]).text = check["message"]
+    for err in doc["errors"]:
+        case = ET.SubElement(suite, "testcase", classname=f"{doc['site']}.run", name="run")
+        cases += 1
+        failures += 1
+        ET.SubElement(case, "error", message=err[:500]).text = err
+    suite.set("tests", str(cases))
+    suite.set("failures", str(failures))
+    return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
+
+
+def timeline_svg(doc: dict, width: int = 900, lane: int = 18) -> str:
+    t0 = doc["started"]
+    t1 = max(doc["finished"], t0 + 1)
+    label_w = 130
+    scale = (width - label_w - 10) / (t1 - t0)
+    x = lambda t: label_w + (min(max(t, t0), t1) - t0) * scale  # noqa: E731
+    height = 30 + lane * len(doc["phones"]) + 20
+    parts = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
+             f'aria-label="working server per phone over time">']
+    for o in doc["outages"]:
+        end = o["end"] or t1
+        parts.append(f'<rect class="outage" x="{x(o["start"]):.1f}" y="20" width="{max(x(end) - x(o["start"]), 1):.1f}" '
+                     f'height="{lane * len(doc["phones"]) + 4}" fill="#9e9e9e" fill-opacity="0.3"><title>{escape(o["mode"])} outage</title></rect>')
+    for i, phone in enumerate(doc["phones"]):
+        y = 22 + i * lane
+        parts.append(f'<text x="2" y="{y + lane - 6}" font-size="11" font-family="monospace">{escape(phone["mac"])}</text>')
+        events = [e for e in phone["timeline"] if e.get("kind", "registration") == "registration"]
+        current, since = None, t0
+        for e in events + [{"t": t1, "working_server": "end"}]:
+            if e["working_server"] != current:
+                if e["t"] > since:
+                    parts.append(f'<rect class="lane" data-server="{current}" x="{x(since):.1f}" y="{y}" width="{max(x(e["t"]) - x(since), 0.5):.1f}" '
+                                 f'height="{lane - 4}" fill="{COLOURS.get(current, "#455a64")}"><title>server {current}</title></rect>')
+                current, since = e["working_server"], e["t"]
+    parts.append(f'<text x="{label_w}" y="{height - 4}" font-size="10">0 s</text>'
+                 f'<text x="{width - 60}" y="{height - 4}" font-size="10">{t1 - t0:.0f} s</text>')
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def html(doc: dict) -> str:
+    verdict = "PASSED" if doc["passed"] else "FAILED"
+    rows = "".join(
+        f"<tr class={'ok' if p['passed'] else 'bad'}><td>{escape(p['mac'])}</td><td>{escape(p['model'])}</td>"
+        f"<td>{_fmt(p['failover_s'])}</td><td>{_fmt(p['predicted_failover_max_s'])}</td>"
+        f"<td>{_fmt(p['recovery_s'])}</td><td>{_fmt(p['predicted_recovery_max_s'])}</td>"
+        f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons']))}</td></tr>" for p in doc["phones"])
+    steps = "".join(f"<tr class={'ok' if s['passed'] else 'bad'}><td>{escape(s['name'])}</td><td>{s['elapsed_s']:.1f}</td>"
+                    f"<td>{'pass' if s['passed'] else 'FAIL'}</td><td>{escape(s['message'])}</td></tr>" for s in doc["steps"])
+    legend = " ".join(f'<span style="background:{c};padding:0 8px">&nbsp;</span> {"none" if k is None else f"server {k}"}'
+                      for k, c in COLOURS.items())
+    s = doc["summary"]
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>{escape(doc['playbook'])}: {verdict}</title>
+<style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
+tr.bad td{{background:#ffebee}} .verdict{{font-size:22px;font-weight:bold;color:{'#2e7d32' if doc['passed'] else '#c62828'}}}</style></head>
+<body><h1>{escape(doc['playbook'])} on site {escape(doc['site'])}</h1>
+<p class="verdict">{verdict}</p><p>experiment {escape(doc['id'])}; {s['phones_passed']}/{s['phones']} phones passed;
+failover p50 {_fmt(s['failover_s']['p50'])} s, p95 {_fmt(s['failover_s']['p95'])} s, max {_fmt(s['failover_s']['max'])} s;
+recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])} s, max {_fmt(s['recovery_s']['max'])} s</p>
+{''.join(f'<p class="bad">{escape(e)}</p>' for e in doc['errors'])}
+<h2>Timeline</h2><p>{legend}; shaded: outage</p>{timeline_svg(doc)}
+<h2>Steps</h2><table><tr><th>step</th><th>s</th><th>result</th><th>detail</th></tr>{steps}</table>
+<h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>result</th><th>why</th></tr>{rows}</table>
+</body></html>"""
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else f"{v:.2f}"
+
+
+def write(result: ExperimentResult, directory: Path) -> dict:
+    directory.mkdir(parents=True, exist_ok=True)
+    doc = to_dict(result)
+    (directory / "report.json").write_text(json.dumps(doc, indent=1))
+    (directory / "junit.xml").write_bytes(junit(doc))
+    (directory / "report.html").write_text(html(doc))
+    return doc

@@ -1,0 +1,34 @@
+"""Rows for `fleet status`: the JSON shape scripts rely on, and the table people read."""
+from __future__ import annotations
+
+import time
+
+from rich.table import Table
+
+
+def rows_for_json(phones: list[dict]) -> list[dict]:
+    out = []
+    for p in phones:
+        st = p["state"]
+        configured = {s["index"]: s for s in p.get("configured_servers") or []}
+        indices = sorted(set(configured) | {int(k) for k in st.get("servers", {})})
+        servers = [{"index": i, "address": configured.get(i, {}).get("address") or st["servers"].get(str(i), {}).get("address", ""),
+                    "register": configured.get(i, {}).get("register", True),
+                    "state": st["servers"].get(str(i), {}).get("state", "unknown"),
+                    "source": st["servers"].get(str(i), {}).get("source")} for i in indices]
+        out.append({"mac": p["mac"], "site": p["site"], "model": p["model"], "firmware": p.get("firmware"),
+                    "working_server": st.get("working_server"), "servers": servers, "observed_at": st.get("observed_at"),
+                    "source": st.get("last_source") or None})
+    return out
+
+
+def table(phones: list[dict]) -> Table:
+    t = Table("site", "MAC", "model", "servers", "working", "age")
+    now = time.time()
+    for row in rows_for_json(phones):
+        servers = " ".join(f"{s['index']}:{'[green]up[/]' if s['state'] == 'registered' else ('[red]down[/]' if s['state'] == 'unregistered' else '?')}"
+                           for s in row["servers"])
+        age = f"{now - row['observed_at']:.0f}s" if row["observed_at"] else "never"
+        t.add_row(row["site"] or "", row["mac"], row["model"] or "", servers,
+                  str(row["working_server"]) if row["working_server"] else "[red]none[/]", age)
+    return t

@@ -1,0 +1,155 @@
+"""All state in Redis. The only module that knows key names.
+
+Keys (prefix `fleet:`):
+  phone:{mac}                hash: site, model, address, state (JSON of observe.PhoneState), config_version, firmware
+  site:{site}:phones         set of MACs;  phones: set of every MAC
+  site:{site}:experiment     id of the experiment observing the site now (collectors copy observations to it)
+  lease:{site}               holder of the site's exclusive lease (SET NX PX, renewed while held)
+  exp:{id}                   hash: experiment metadata;  experiments: zset of ids by start time
+  exp:{id}:events            stream: append-only history (operations and observations, wall + monotonic time)
+  exp:{id}:obs:{mac}         stream: observations of one phone during the experiment, trimmed by length
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Iterable
+
+import redis
+
+from .observe import Observation, PhoneState, apply
+
+P = "fleet:"
+OBS_MAXLEN = 10_000
+EVENTS_MAXLEN = 200_000
+
+
+class LeaseHeld(Exception):
+    """Another experiment or rollout holds the site."""
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, health_check_interval=30)
+
+    # ------------------------------------------------------------ phones
+    def register_phones(self, site: str, phones: Iterable[dict]) -> None:
+        pipe = self.r.pipeline(transaction=False)
+        for p in phones:
+            pipe.hset(f"{P}phone:{p['mac']}", mapping={"site": site, "model": p.get("model", ""),
+                                                       "address": p.get("address", ""),
+                                                       "servers": json.dumps(p.get("servers", []))})
+            pipe.sadd(f"{P}site:{site}:phones", p["mac"])
+            pipe.sadd(f"{P}phones", p["mac"])
+        pipe.execute()
+
+    def phone_state(self, mac: str) -> PhoneState:
+        raw = self.r.hget(f"{P}phone:{mac}", "state")
+        return PhoneState.from_dict(json.loads(raw)) if raw else PhoneState(mac=mac)
+
+    def record_observations(self, observations: list[Observation]) -> int:
+        """Fold observations into each phone's last state, and copy them into the site's running experiment."""
+        if not observations:
+            return 0
+        macs = sorted({o.mac for o in observations})
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hmget(f"{P}phone:{mac}", "state", "site")
+        rows = pipe.execute()
+        states = {mac: (PhoneState.from_dict(json.loads(row[0])) if row[0] else PhoneState(mac=mac), row[1])
+                  for mac, row in zip(macs, rows)}
+        sites = {site for _, site in states.values() if site}
+        active = dict(zip(sorted(sites), self.r.mget([f"{P}site:{s}:experiment" for s in sorted(sites)]))) if sites else {}
+        pipe = self.r.pipeline(transaction=False)
+        for obs in sorted(observations, key=lambda o: o.t):
+            state, site = states[obs.mac]
+            if site is None:
+                continue   # a phone not in the inventory: ignored rather than trusted
+            apply(state, obs)
+            exp = active.get(site)
+            if exp:
+                entry = obs.to_dict() | {"working_server": state.working_server}
+                pipe.xadd(f"{P}exp:{exp}:obs:{obs.mac}", {"o": json.dumps(entry)}, maxlen=OBS_MAXLEN, approximate=True)
+        for mac, (state, site) in states.items():
+            if site is not None:
+                pipe.hset(f"{P}phone:{mac}", "state", json.dumps(state.to_dict()))
+        pipe.execute()
+        return len(observations)
+
+    def phones(self, site: str | None = None) -> list[dict]:
+        """Every phone's row for `fleet status`, read with one pipelined round trip."""
+        key = f"{P}site:{site}:phones" if site else f"{P}phones"
+        macs = sorted(self.r.smembers(key))
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hgetall(f"{P}phone:{mac}")
+        out = []
+        for mac, h in zip(macs, pipe.execute()):
+            state = json.loads(h["state"]) if h.get("state") else PhoneState(mac=mac).to_dict()
+            out.append({"mac": mac, "site": h.get("site"), "model": h.get("model"), "address": h.get("address"),
+                        "firmware": h.get("firmware"), "config_version": h.get("config_version"),
+                        "configured_servers": json.loads(h.get("servers") or "[]"), "state": state})
+        return out
+
+    # ------------------------------------------------------------ leases
+    def acquire_lease(self, site: str, holder: str, ttl: float = 30.0) -> None:
+        key = f"{P}lease:{site}"
+        if self.r.set(key, holder, nx=True, px=int(ttl * 1000)):
+            return
+        current = self.r.get(key)
+        if current == holder:
+            self.r.pexpire(key, int(ttl * 1000))
+            return
+        raise LeaseHeld(f"site {site} is leased by {current} (it expires by itself {self.r.pttl(key) / 1000:.0f}s after its holder stops renewing it)")
+
+    def renew_lease(self, site: str, holder: str, ttl: float = 30.0) -> bool:
+        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+        return bool(self.r.eval(script, 1, f"{P}lease:{site}", holder, int(ttl * 1000)))
+
+    def release_lease(self, site: str, holder: str) -> None:
+        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+        self.r.eval(script, 1, f"{P}lease:{site}", holder)
+
+    # ------------------------------------------------------------ experiments
+    def new_experiment(self, site: str, playbook: str) -> str:
+        exp = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        now = time.time()
+        self.r.hset(f"{P}exp:{exp}", mapping={"id": exp, "site": site, "playbook": playbook, "status": "running",
+                                              "started": now})
+        self.r.zadd(f"{P}experiments", {exp: now})
+        return exp
+
+    def set_observing(self, site: str, exp: str | None) -> None:
+        if exp:
+            self.r.set(f"{P}site:{site}:experiment", exp)
+        else:
+            self.r.delete(f"{P}site:{site}:experiment")
+
+    def finish_experiment(self, exp: str, passed: bool, report_dir: str) -> None:
+        self.r.hset(f"{P}exp:{exp}", mapping={"status": "passed" if passed else "failed", "finished": time.time(),
+                                              "report_dir": report_dir})
+
+    def log_event(self, exp: str, kind: str, **data) -> None:
+        entry = {"kind": kind, "t": time.time(), "mono": time.monotonic(), **data}
+        self.r.xadd(f"{P}exp:{exp}:events", {"e": json.dumps(entry, default=str)}, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def events(self, exp: str) -> list[dict]:
+        return [json.loads(f["e"]) for _, f in self.r.xrange(f"{P}exp:{exp}:events")]
+
+    def observations(self, exp: str, mac: str) -> list[dict]:
+        return [json.loads(f["o"]) for _, f in self.r.xrange(f"{P}exp:{exp}:obs:{mac}")]
+
+    def experiments(self, limit: int = 50) -> list[dict]:
+        ids = self.r.zrevrange(f"{P}experiments", 0, limit - 1)
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(f"{P}exp:{i}")
+        return pipe.execute()
+
+    def experiment(self, exp: str) -> dict:
+        return self.r.hgetall(f"{P}exp:{exp}")
+
+    def ping(self) -> bool:
+        return bool(self.r.ping())

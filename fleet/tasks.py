@@ -1,0 +1,172 @@
+"""Celery tasks: thin, idempotent where it matters, arguments are ids.
+
+Each task loads what it needs by id (site name, MAC) from the worker's
+inventory, calls a driver, and returns a JSON-able result. Driver errors come
+back as {"ok": False, "error": ...} with the device named, so a report shows a
+reason instead of a traceback; only transient faults would be worth a retry,
+and for outages we prefer to fail fast and restore.
+"""
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import os
+import time
+
+from celery import signals
+
+from . import inventory as inv_mod
+from .celeryapp import app
+from .drivers import router as routers
+from .drivers.control.rest import RestPhone
+from .drivers.errors import DriverError
+from .drivers.probe import probe_provider
+
+log = logging.getLogger(__name__)
+
+
+@functools.lru_cache(maxsize=4)
+def _inventory(path: str) -> tuple[inv_mod.Inventory, inv_mod.Secrets]:
+    inv = inv_mod.load(path)
+    return inv, inv_mod.Secrets(inv)
+
+
+def context() -> tuple[inv_mod.Inventory, inv_mod.Secrets]:
+    path = os.environ.get("FLEET_INVENTORY")
+    if not path:
+        raise RuntimeError("FLEET_INVENTORY is not set for this worker (start it with `fleet worker --inventory FILE`)")
+    return _inventory(path)
+
+
+def _router(site_name: str):
+    inv, secrets = context()
+    site = inv.site(site_name)
+    if site.router is None:
+        raise DriverError(f"site {site_name}", "no router in the inventory")
+    return site, routers.connect(site.router, secrets.credentials(site.router.credentials))
+
+
+def _probe(site: inv_mod.Site) -> dict:
+    inv, _ = context()
+    if inv.provider is None:
+        return {"reachable": None, "stage": "none", "detail": "no provider in the inventory"}
+    dns = None
+    if site.dns:
+        host, _, port = site.dns.rpartition(":")
+        dns = (host, int(port))
+    return asyncio.run(probe_provider(inv.provider.name, inv.provider.port, dns)).to_dict()
+
+
+@app.task(name="fleet.router_outage", acks_late=True)
+def router_outage(site_name: str, exp_id: str, mode: str, max_duration: int, loss: float = 0.0, delay_ms: int = 0) -> dict:
+    """Arm the dead-man's switch, cut, then prove the cut from the router's state and from the LAN side."""
+    try:
+        site, drv = _router(site_name)
+    except (DriverError, KeyError) as exc:
+        return {"ok": False, "error": str(exc)}
+    result: dict = {"ok": False, "mode": mode}
+    try:
+        result["deadman"] = drv.arm_deadman(mode, max_duration)
+        result["t_cut"] = time.time()
+        drv.cut(mode, loss=loss, delay_ms=delay_ms)
+        result["t_cut_done"] = time.time()
+        result["router_state"] = drv.wan_state()
+        result["probe"] = _probe(site) if mode != "degrade" else None
+        result["ok"] = True
+    except DriverError as exc:
+        result["error"] = str(exc)
+    finally:
+        drv.close()
+    return result
+
+
+@app.task(name="fleet.router_restore", acks_late=True)
+def router_restore(site_name: str, exp_id: str, mode: str, deadman: str | None = None, probe_for: float = 10.0) -> dict:
+    try:
+        site, drv = _router(site_name)
+    except (DriverError, KeyError) as exc:
+        return {"ok": False, "error": str(exc)}
+    result: dict = {"ok": False, "mode": mode}
+    try:
+        result["t_restore"] = time.time()
+        drv.restore(mode)
+        result["t_restore_done"] = time.time()
+        if deadman:
+            drv.disarm_deadman(deadman)
+        result["router_state"] = drv.wan_state()
+        deadline = time.monotonic() + probe_for
+        probe = _probe(site)
+        while probe.get("reachable") is False and time.monotonic() < deadline:
+            time.sleep(0.5)
+            probe = _probe(site)
+        result["probe"] = probe
+        result["ok"] = True
+    except DriverError as exc:
+        result["error"] = str(exc)
+    finally:
+        drv.close()
+    return result
+
+
+@app.task(name="fleet.router_state", acks_late=True)
+def router_state(site_name: str) -> dict:
+    try:
+        site, drv = _router(site_name)
+    except (DriverError, KeyError) as exc:
+        return {"ok": False, "error": str(exc)}
+    try:
+        return {"ok": True, "router_state": drv.wan_state(), "probe": _probe(site)}
+    except DriverError as exc:
+        return {"ok": False, "error": str(exc)}
+    finally:
+        drv.close()
+
+
+@app.task(name="fleet.place_call", acks_late=True)
+def place_call(site_name: str, exp_id: str, mac: str, number: str) -> dict:
+    inv, secrets = context()
+    try:
+        _, phone = inv.phone(mac)
+        if not phone.has_rest:
+            return {"ok": False, "error": f"phone {mac} ({phone.model}) has no REST API to place a call from"}
+        RestPhone(phone, secrets.credentials(phone.credentials)).dial(number)
+        return {"ok": True, "t": time.time()}
+    except (DriverError, KeyError) as exc:
+        return {"ok": False, "error": str(exc)}
+
+
+# ---------------------------------------------------------------- collectors in the worker's main process
+_collectors: list = []
+
+
+@signals.worker_ready.connect
+def _start_collectors(sender=None, **_: object) -> None:
+    sites = [s for s in os.environ.get("FLEET_COLLECT_SITES", "").split(",") if s]
+    if not sites:
+        return
+    from .collector import SiteCollector
+    from .store import Store
+
+    inv, _ = context()
+    store = Store(os.environ["FLEET_REDIS_URL"])
+    for name in sites:
+        site = inv.site(name)
+        store.register_phones(site.name, phone_rows(inv, site))
+        collector = SiteCollector(site, store)
+        collector.start()
+        _collectors.append(collector)
+        log.warning("collecting syslog on %s and events on %s for site %s", site.collector.syslog, site.collector.events, name)
+
+
+def phone_rows(inv: inv_mod.Inventory, site: inv_mod.Site) -> list[dict]:
+    from .predict import servers
+
+    rows = []
+    for p in site.phones:
+        params = inv.effective_params(site, p)
+        rows.append({"mac": p.mac, "model": p.model, "address": p.address,
+                     "servers": [{"index": t.index, "register": t.register,
+                                  "address": params.get(f"reg.1.server.{t.index}.address") or params.get(f"voIpProt.server.{t.index}.address", "")}
+                                 for t in servers(params)]})
+    return rows
