@@ -22,6 +22,10 @@ from .store import Store
 log = logging.getLogger(__name__)
 
 
+class CollectorError(RuntimeError):
+    """A collector that cannot start (its address is taken, say); the message says which."""
+
+
 class _Syslog(asyncio.DatagramProtocol):
     def __init__(self, sink: list[Observation]) -> None:
         self.sink = sink
@@ -42,11 +46,14 @@ class SiteCollector:
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"collector-{site.name}", daemon=True)
         self.errors = 0
+        self.start_error: str | None = None
 
     def start(self) -> None:
         self.thread.start()
         if not self.ready.wait(10):
-            raise RuntimeError(f"collector for site {self.site.name} did not start")
+            raise CollectorError(f"collector for site {self.site.name} did not start within 10 s")
+        if self.start_error:
+            raise CollectorError(self.start_error)
 
     def stop(self) -> None:
         if self.loop:
@@ -54,7 +61,13 @@ class SiteCollector:
 
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
-        self.loop.run_until_complete(self._start())
+        try:
+            self.loop.run_until_complete(self._start())
+        except OSError as exc:
+            self.start_error = (f"collector for site {self.site.name} cannot listen on syslog {self.site.collector.syslog} "
+                                f"/ events {self.site.collector.events}: {exc.strerror or exc}")
+            self.ready.set()
+            return
         self.ready.set()
         self.loop.run_forever()
 

@@ -261,6 +261,7 @@ class ExperimentRunner:
                            "server": o.get("server"), "state": o.get("state"), "kind": o.get("kind", "registration")}
                           for o in obs]
             if len(servers(params)) < 2:
+                v.passed = False
                 v.reasons.append("no fallback server configured (reg.1.server.2.address is empty): it cannot fail over")
             for step in expects:
                 if step.phones.macs or step.phones.models:

@@ -145,7 +145,7 @@ def _start_collectors(sender=None, **_: object) -> None:
     sites = [s for s in os.environ.get("FLEET_COLLECT_SITES", "").split(",") if s]
     if not sites:
         return
-    from .collector import SiteCollector
+    from .collector import CollectorError, SiteCollector
     from .store import Store
 
     inv, _ = context()
@@ -154,7 +154,11 @@ def _start_collectors(sender=None, **_: object) -> None:
         site = inv.site(name)
         store.register_phones(site.name, phone_rows(inv, site))
         collector = SiteCollector(site, store)
-        collector.start()
+        try:
+            collector.start()
+        except CollectorError as exc:
+            log.error("%s; this worker runs tasks but observes nothing for that site", exc)
+            continue
         _collectors.append(collector)
         log.warning("collecting syslog on %s and events on %s for site %s", site.collector.syslog, site.collector.events, name)
 

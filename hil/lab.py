@@ -42,8 +42,9 @@ def phone_ip(net: int, k: int, i: int) -> str:
     return f"127.{net + 100 + k}.{i // 250}.{i % 250 + 2}"
 
 
-def phone_mac(k: int, i: int) -> str:
-    return f"0004f2{k:02x}{i:04x}"
+def phone_mac(net: int, k: int, i: int) -> str:
+    """Unique across labs (net) and sites (k); 0004 keeps a Polycom-like prefix."""
+    return f"0004{net:02x}{k:02x}{i:04x}"
 
 
 @dataclass
@@ -160,7 +161,7 @@ class Lab:
         boot_url = (f"http://{rt.boot_user}:{rt.boot_password}@{self.lan_ip(k, 3)}:{BOOT_HTTP_PORT}/" if site.boot_protocol == "http"
                     else f"ftp://{rt.boot_user}:{rt.boot_password}@{self.lan_ip(k, 3)}:{BOOT_FTP_PORT}/")
         for i in range(site.phones.count):
-            spec = PhoneSpec(mac=phone_mac(k, i), model=site.phones.models[i % len(site.phones.models)],
+            spec = PhoneSpec(mac=phone_mac(self.net, k, i), model=site.phones.models[i % len(site.phones.models)],
                              ip=phone_ip(self.net, k, i), boot_url=boot_url, http_port=PHONE_HTTP_PORT,
                              dns=(self.public_ip(k, 53), DNS_PORT), admin_password=self.admin_password,
                              boot_time=self.spec.timing.boot_time, fault=site.faults.get(i))
@@ -196,7 +197,7 @@ class Lab:
         site = rt.spec
         (rt.boot_dir / "site.cfg").write_text(_config_xml(self.site_params(rt.k, site)))
         for i in range(site.phones.count):
-            mac = phone_mac(rt.k, i)
+            mac = phone_mac(self.net, rt.k, i)
             ext = str(site.phones.first_extension + i + 1000 * rt.k)
             (rt.boot_dir / f"{mac}-reg.cfg").write_text(_config_xml({
                 "reg.1.address": ext, "reg.1.label": ext, "reg.1.auth.userId": ext, "reg.1.auth.password": self.sip_users[ext]}))

@@ -1,0 +1,139 @@
+"""Shared fixtures: a private Redis, virtual labs started with `hil up`, and real `fleet worker` processes.
+
+Nothing here touches the machine's own Redis or any address outside loopback:
+each test session starts its own redis-server on a free port, and each lab
+uses its own 127.N.x.x block.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from fleet.redisboot import free_port, start_private
+
+ROOT = Path(__file__).resolve().parent.parent
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def redis_url(tmp_path_factory):
+    url, proc = start_private(tmp_path_factory.mktemp("redis"))
+    yield url
+    proc.terminate()
+    proc.wait(10)
+
+
+class RunningLab:
+    def __init__(self, state: Path, inventory: Path, spec: dict) -> None:
+        self.state, self.inventory, self.spec = state, inventory, spec
+        self.control = json.loads((state / "control.json").read_text())["url"]
+
+    def status(self, since: float = 0.0) -> dict:
+        return requests.get(self.control + "/status", params={"since": since}, timeout=10).json()
+
+    def post(self, path: str, body: dict) -> dict:
+        return requests.post(self.control + path, json=body, timeout=30).json()
+
+    def down(self) -> None:
+        subprocess.run([BIN / "hil", "down", "--state-dir", str(self.state)], check=False, capture_output=True)
+
+
+def lab_spec(name: str, net: int, *, phones: int = 4, servers: list[dict] | None = None, models=None,
+             boot_protocol: str = "http", faults: dict | None = None, retry_interval: float = 3, site: str = "hq") -> dict:
+    return {
+        "name": name, "net": net, "firmware_family": "uc-5.x",
+        "timing": {"boot_time": 0.5, "retry_interval": retry_interval, "log_upload_period": 5, "dns_ttl": 1},
+        "sites": [{
+            "name": site, "boot_protocol": boot_protocol,
+            "phones": {"count": phones, "models": models or ["SoundPoint IP 650", "VVX 410"]},
+            "servers": servers or [
+                {"address": "provider", "expires": 10, "overlap": 4, "retry_timeout_ms": 400, "retry_max_count": 3},
+                {"address": "gateway", "expires": 10, "overlap": 4, "retry_timeout_ms": 400, "retry_max_count": 3}],
+            "faults": faults or {},
+            "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"},
+        }],
+    }
+
+
+def start_lab(tmp: Path, spec: dict) -> RunningLab:
+    labfile = tmp / "lab.yml"
+    labfile.write_text(yaml.safe_dump(spec))
+    state, inv = tmp / "state", tmp / "inventory.yml"
+    subprocess.run([BIN / "hil", "up", str(labfile), "--state-dir", str(state), "--inventory-out", str(inv),
+                    "--ready-timeout", "40"], check=True, timeout=90)
+    return RunningLab(state, inv, spec)
+
+
+@pytest.fixture(scope="module")
+def lab_factory(tmp_path_factory):
+    labs: list[RunningLab] = []
+
+    def make(spec: dict) -> RunningLab:
+        lab = start_lab(tmp_path_factory.mktemp(spec["name"]), spec)
+        labs.append(lab)
+        return lab
+
+    yield make
+    for lab in labs:
+        lab.down()
+
+
+class Worker:
+    def __init__(self, proc: subprocess.Popen, log: Path) -> None:
+        self.proc, self.log = proc, log
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+
+
+def start_worker(redis_url: str, inventory: Path, site: str, log: Path, collect: bool = True) -> Worker:
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
+    out = open(log, "w")
+    proc = subprocess.Popen([BIN / "fleet", "worker", "--inventory", str(inventory), "--site", site]
+                            + ([] if collect else ["--no-collect"]),
+                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    from fleet.celeryapp import app, configure
+
+    configure(redis_url)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        replies = app.control.ping(timeout=0.5) or []
+        if any(site in list(r)[0] for r in replies):
+            time.sleep(0.5)  # the collectors start on worker_ready
+            return Worker(proc, log)
+        if proc.poll() is not None:
+            raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
+    raise RuntimeError("worker did not answer ping")
+
+
+@pytest.fixture(scope="module")
+def worker_factory(redis_url, tmp_path_factory):
+    workers: list[Worker] = []
+
+    def make(inventory: Path, site: str = "hq", collect: bool = True) -> Worker:
+        w = start_worker(redis_url, inventory, site, tmp_path_factory.mktemp("worker") / "worker.log", collect)
+        workers.append(w)
+        return w
+
+    yield make
+    for w in workers:
+        w.stop()
+
+
+def run_fleet(args: list[str], redis_url: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
+    return subprocess.run([BIN / "fleet", *args], env=env, capture_output=True, text=True, timeout=timeout, **kw)
