@@ -1,0 +1,56 @@
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from fleet.drivers.collect.formats import parse_line_event, parse_syslog
+from fleet.observe import Observation, PhoneState, apply
+from hil import phone_reports
+
+
+def obs(server, state, t, kind="registration"):
+    return Observation(mac="0004f2000001", t=t, source="syslog", server=server, state=state, kind=kind)
+
+
+def test_working_server_is_highest_priority_registered_server():
+    st_ = PhoneState(mac="0004f2000001")
+    assert apply(st_, obs(2, "registered", 1.0)) and st_.working_server == 2
+    assert apply(st_, obs(1, "registered", 2.0)) and st_.working_server == 1
+    assert apply(st_, obs(1, "unregistered", 3.0)) and st_.working_server == 2
+    assert not apply(st_, obs(2, "registered", 4.0))
+
+
+def test_late_old_message_does_not_override_newer_state():
+    st_ = PhoneState(mac="0004f2000001")
+    apply(st_, obs(1, "unregistered", 5.0))
+    apply(st_, obs(1, "registered", 4.0))
+    assert st_.servers[1]["state"] == "unregistered"
+
+
+def test_line_unregistration_clears_every_server():
+    st_ = PhoneState(mac="0004f2000001")
+    apply(st_, obs(1, "registered", 1.0))
+    apply(st_, Observation(mac="0004f2000001", t=2.0, source="event", server=None, state="unregistered"))
+    assert st_.working_server is None
+
+
+def test_syslog_lines_from_the_phone_parse_into_observations():
+    line = phone_reports.syslog_registration("0004f2000001", "127.0.0.2", 1, 2, "172.23.0.1:5060", True, expires=60)
+    o = parse_syslog(line, 10.0)
+    assert (o.mac, o.reg, o.server, o.state, o.address) == ("0004f2000001", 1, 2, "registered", "172.23.0.1:5060")
+    fail = parse_syslog(phone_reports.syslog_registration("0004f2000001", "h", 1, 1, "p:5060", False, reason="timeout"), 1.0)
+    assert fail.state == "unregistered" and "timeout" in fail.detail
+    call = parse_syslog(phone_reports.syslog_call("0004f2000001", "h", "2000", 2, "g:5060", 200), 1.0)
+    assert call.kind == "call" and call.server == 2
+
+
+def test_line_events_parse_and_garbage_is_ignored():
+    o = parse_line_event(phone_reports.line_event("LineRegistrationEvent", "0004F2000001", "127.0.0.2", 1), 1.0)
+    assert o.state == "registered" and o.mac == "0004f2000001" and o.server is None
+    assert parse_line_event(b"<PolycomIPPhone><LineRegistrationEvent><MACAddress>zz</MACAddress></LineRegistrationEvent></PolycomIPPhone>", 1) is None
+    assert parse_line_event(b'<!DOCTYPE x [<!ENTITY a "b">]><x>&a;</x>', 1) is None
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(max_size=300))
+def test_collector_parsers_never_raise(data):
+    parse_syslog(data, 0.0)
+    parse_line_event(data, 0.0)
