@@ -114,7 +114,15 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
         for e in doc["errors"]:
             out.print(f"  [red]{e}[/red]")
         out.print(f"report: {(directory / 'report.html').resolve()}")
-    sys.exit(0 if result.passed else EXIT_FAILED)
+    _exit_now(0 if result.passed else EXIT_FAILED)
+
+
+def _exit_now(code: int) -> None:
+    """Exit without interpreter teardown: Celery's result objects otherwise try to unsubscribe from Redis
+    while the interpreter is shutting down and print noise after an interrupted run."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 class _null:

@@ -169,9 +169,13 @@ class ExperimentRunner:
 
     def _outage(self, exp: str, step: OutageStep, result: ExperimentResult) -> StepResult:
         self.store.log_event(exp, "outage_request", mode=step.outage, max_duration=step.max_duration)
+        # Marked open before the task is sent: an interrupt while the router is being cut must still restore it.
+        self.open_outage = {"mode": step.outage, "deadman": None, "t_cut": time.time()}
         res = self._task("fleet.router_outage", self.site.name, exp, step.outage, step.max_duration, step.loss, step.delay_ms)
-        if res.get("deadman") or res.get("t_cut"):
-            self.open_outage = {"mode": step.outage, "deadman": res.get("deadman"), "t_cut": res.get("t_cut_done") or res.get("t_cut")}
+        if res.get("deadman"):
+            self.open_outage["deadman"] = res["deadman"]
+        if res.get("t_cut"):
+            self.open_outage["t_cut"] = res.get("t_cut_done") or res["t_cut"]
             result.outages.append({"mode": step.outage, "start": self.open_outage["t_cut"], "end": None})
         self.store.log_event(exp, "outage", **{k: v for k, v in res.items()})
         if not res.get("ok"):

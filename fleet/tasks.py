@@ -92,8 +92,7 @@ def router_restore(site_name: str, exp_id: str, mode: str, deadman: str | None =
         result["t_restore"] = time.time()
         drv.restore(mode)
         result["t_restore_done"] = time.time()
-        if deadman:
-            drv.disarm_deadman(deadman)
+        drv.disarm_deadman(deadman)
         result["router_state"] = drv.wan_state()
         deadline = time.monotonic() + probe_for
         probe = _probe(site)

@@ -89,17 +89,25 @@ class SshRouter(ABC):
         for cmd in self.table.restore[mode]:
             self.run(self._fmt(cmd), check=False)
 
+    @property
+    def _deadman_file(self) -> str:
+        # on the router, so that any controller (even one that lost the token when it died) can disarm it
+        return shlex.quote(f"/tmp/fleet-deadman-{self.router.wan_interface}.pid")
+
     def arm_deadman(self, mode: str, seconds: int) -> str:
         restore = "; ".join(self._fmt(c) for c in self.table.restore[mode])
-        out = self.run(f"nohup sh -c {shlex.quote(f'sleep {int(seconds)}; {restore}')} >/dev/null 2>&1 & echo $!")
+        script = f"sleep {int(seconds)}; {restore}; rm -f {self._deadman_file}"
+        out = self.run(f"nohup sh -c {shlex.quote(script)} >/dev/null 2>&1 & echo $! > {self._deadman_file}; cat {self._deadman_file}")
         pid = out.strip().splitlines()[-1] if out.strip() else ""
         if not pid.isdigit():
             raise MalformedAnswer(self.name, "dead-man's switch did not report a process id")
         return pid
 
-    def disarm_deadman(self, token: str) -> None:
-        if token.isdigit():
-            self.run(f"kill {token} 2>/dev/null; pkill -P {token} 2>/dev/null; true", check=False)
+    def disarm_deadman(self, token: str | None = None) -> None:
+        """Cancel the scheduled restore: the given one, or the one recorded on the router."""
+        target = token if token and token.isdigit() else f"$(cat {self._deadman_file} 2>/dev/null)"
+        self.run(f"p={target}; [ -n \"$p\" ] && {{ pkill -P $p 2>/dev/null; kill $p 2>/dev/null; }}; rm -f {self._deadman_file}; true",
+                 check=False)
 
     def wan_state(self) -> dict:
         outputs = [self.run(self._fmt(c), check=False) for c in self.table.state]

@@ -1,0 +1,151 @@
+"""Safety and secrecy: a killed controller never leaves the WAN down; no secret reaches Redis, logs or reports."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+import yaml
+
+from conftest import BIN, lab_spec, run_fleet
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory, worker_factory):
+    lab = lab_factory(lab_spec("safety", 26, phones=3))
+    lab.worker = worker_factory(lab.inventory)
+    return lab
+
+
+def _wan(lab) -> dict:
+    return lab.status()["sites"][0]["router"]["wan_state"]
+
+
+def test_killed_controller_the_router_restores_the_wan_by_itself(lab, redis_url, tmp_path):
+    pb = tmp_path / "long.yml"
+    pb.write_text("kind: experiment\nname: long\nsite: hq\nsteps:\n"
+                  "  - {name: cut, outage: link-down, max_duration: 6}\n  - {name: linger, wait: 120}\n"
+                  "  - {name: back, restore: true}\n")
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
+    proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(lab.inventory),
+                             "--report-dir", str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and _wan(lab)["admin_up"]:
+            time.sleep(0.1)
+        assert _wan(lab)["admin_up"] is False, "the outage never started"
+        t_kill = time.time()
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        while time.monotonic() < deadline + 15 and not _wan(lab)["admin_up"]:
+            time.sleep(0.2)
+        assert _wan(lab)["admin_up"] is True
+        history = lab.status()["sites"][0]["router"]["history"]
+        down = [h["t"] for h in history if h["change"] == "link down"][-1]
+        up = [h["t"] for h in history if h["change"] == "link up" and h["t"] > down][0]
+        assert 5.5 <= up - down <= 9, (up - down)
+        assert up > t_kill
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    # the lease the dead controller held blocks a second run until it expires, with a message saying so
+    res = run_fleet(["experiment", "run", str(pb), "--inventory", str(lab.inventory)], redis_url)
+    assert res.returncode == 3 and "leased by" in res.stderr
+
+
+def test_ctrl_c_restores_the_wan_before_exiting(lab, redis_url, tmp_path):
+    # wait for the previous test's lease to lapse (30 s TTL, not renewed by the killed controller)
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 40
+    while r.exists("fleet:lease:hq") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    pb = tmp_path / "long.yml"
+    pb.write_text("kind: experiment\nname: long\nsite: hq\nsteps:\n"
+                  "  - {name: cut, outage: link-down, max_duration: 300}\n  - {name: linger, wait: 120}\n"
+                  "  - {name: back, restore: true}\n")
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
+    proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(lab.inventory),
+                             "--report-dir", str(tmp_path), "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _wan(lab)["admin_up"]:
+        time.sleep(0.1)
+    assert _wan(lab)["admin_up"] is False
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert _wan(lab)["admin_up"] is True, err
+    doc = json.loads(out)
+    assert proc.returncode == 1 and doc["passed"] is False
+    assert any("interrupted" in e for e in doc["errors"])
+    assert not r.exists("fleet:lease:hq")
+
+
+def test_no_secret_reaches_redis_logs_reports_or_task_messages(lab, redis_url, tmp_path):
+    secrets_doc = yaml.safe_load((lab.state / "secrets.yml").read_text())
+    planted = [v["password"] for v in secrets_doc.values() if v.get("password")]
+    key_text = (lab.state / "router_client_key").read_text()
+    planted += [line for line in key_text.splitlines() if len(line) > 40][:2]
+    assert len(planted) >= 5 and all(len(s) >= 8 for s in planted)
+
+    r = redis.Redis.from_url(redis_url)
+    deadline = time.monotonic() + 40
+    while r.exists("fleet:lease:hq") and time.monotonic() < deadline:
+        time.sleep(0.5)
+    seen: list[str] = []
+    stop = threading.Event()
+
+    def monitor() -> None:
+        with r.monitor() as m:
+            for cmd in m.listen():
+                seen.append(cmd["command"])
+                if stop.is_set():
+                    break
+
+    t = threading.Thread(target=monitor, daemon=True)
+    t.start()
+    time.sleep(0.3)
+    from conftest import ROOT
+
+    res = run_fleet(["experiment", "run", str(ROOT / "playbooks/wan-outage-fallback.yml"), "--inventory", str(lab.inventory),
+                     "--report-dir", str(tmp_path / "reports"), "--json"], redis_url)
+    stop.set()
+    r.ping()
+    t.join(5)
+    assert res.returncode == 0, res.stderr
+    assert len(seen) > 50, "the monitor saw the Celery traffic"
+    corpus = {"redis commands": "\n".join(seen), "stdout": res.stdout, "stderr": res.stderr,
+              "worker log": lab.worker.log.read_text(), "lab log": (lab.state / "lab.log").read_text(),
+              "redis data": _dump_redis(r)}
+    for path in (tmp_path / "reports").rglob("*"):
+        if path.is_file():
+            corpus[str(path)] = path.read_text()
+    for name, text in corpus.items():
+        for secret in planted:
+            assert secret not in text, f"a secret leaked into {name}"
+
+
+def _dump_redis(r: redis.Redis) -> str:
+    out = []
+    for key in r.scan_iter(count=1000):
+        kind = r.type(key).decode()
+        if kind == "string":
+            out.append(repr(r.get(key)))
+        elif kind == "hash":
+            out.append(repr(r.hgetall(key)))
+        elif kind == "list":
+            out.append(repr(r.lrange(key, 0, -1)))
+        elif kind == "set":
+            out.append(repr(r.smembers(key)))
+        elif kind == "zset":
+            out.append(repr(r.zrange(key, 0, -1)))
+        elif kind == "stream":
+            out.append(repr(r.xrange(key)))
+    return "\n".join(out)
