@@ -68,6 +68,9 @@ class Router(Strict):
     accept_new_host_key: bool = False
     dns_port: int = Field(53, ge=1, le=65535)
     timeout: float = Field(10.0, gt=0)
+    snmp_version: Literal["2c", "3"] = "3"
+    allow_without_deadman: bool = Field(False, description="SNMP cannot schedule a restore on the router; "
+                                                           "only the controller restores then")
 
 
 class BootServer(Strict):
@@ -152,6 +155,7 @@ class Credentials:
     username: str = ""
     password: str = ""
     key_file: str = ""
+    priv_password: str = ""     # SNMPv3 privacy key; for v2c the community is `password`
 
     def __repr__(self) -> str:
         return f"Credentials(username={self.username!r}, password=***, key_file={'set' if self.key_file else 'unset'})"
@@ -183,7 +187,7 @@ class Secrets:
         if not isinstance(entry, dict):
             raise KeyError(f"credentials {name!r} not found in the secrets file")
         return Credentials(username=str(entry.get("username", "")), password=str(entry.get("password", "")),
-                           key_file=str(entry.get("key_file", "")))
+                           key_file=str(entry.get("key_file", "")), priv_password=str(entry.get("priv_password", "")))
 
     def resolve_param(self, value: str) -> str:
         if value.startswith("secret:"):

@@ -33,6 +33,7 @@ from .router import Forward, UserspaceRouter
 SIP_PORT = 5060
 DNS_PORT = 5353
 SSH_PORT = 2222
+SNMP_PORT = 1161
 BOOT_HTTP_PORT = 8080
 BOOT_FTP_PORT = 2121
 PHONE_HTTP_PORT = 8080
@@ -71,6 +72,9 @@ class Lab:
         self.dns: DnsServer | None = None
         self.sip_users: dict[str, str] = {}
         self.admin_password = secrets.token_urlsafe(9)
+        self.snmp_community = secrets.token_urlsafe(9)
+        self.snmp_auth, self.snmp_priv = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
+        self.snmp_agents: list = []
         self.http_session: aiohttp.ClientSession | None = None
         self.control: web.AppRunner | None = None
         self.started_at = time.time()
@@ -148,6 +152,9 @@ class Lab:
         await router.start_control(ctl)
         await router.start_ssh(lan, SSH_PORT, self.state_dir / "router_host_key", self.state_dir / "router_authorized_keys",
                                tools, ctl, username="admin")
+        from .snmp_agent import SnmpAgent
+
+        self.snmp_agents.append(SnmpAgent(router, lan, SNMP_PORT, self.snmp_community, "fleet", self.snmp_auth, self.snmp_priv))
         gateway = Registrar(f"gateway-{site.name}", lan, SIP_PORT, f"{site.name}.gateway", self.sip_users)
         await gateway.start()
         boot_dir = self.state_dir / f"boot-{site.name}"
@@ -208,7 +215,9 @@ class Lab:
     def inventory(self) -> tuple[dict, dict]:
         """The inventory that `fleet` uses to reach this lab, and the secrets file it points to."""
         secrets_doc: dict = {"phone_admin": {"username": "Polycom", "password": self.admin_password},
-                             "router": {"username": "admin", "key_file": str(self.state_dir / "router_client_key")}}
+                             "router": {"username": "admin", "key_file": str(self.state_dir / "router_client_key")},
+                             "router_snmp_v2c": {"password": self.snmp_community},
+                             "router_snmp_v3": {"username": "fleet", "password": self.snmp_auth, "priv_password": self.snmp_priv}}
         sites = []
         for rt in self.sites:
             site = rt.spec
@@ -308,6 +317,8 @@ class Lab:
                 await rt.boot_http.stop()
             if rt.boot_ftp:
                 rt.boot_ftp.stop()
+        for agent in self.snmp_agents:
+            agent.stop()
         if self.provider:
             self.provider.stop()
         if self.dns:

@@ -179,3 +179,38 @@ def test_phone_uploads_its_log_to_the_boot_server(r5):
     boot = r5.state / "boot-hq"
     logs = _wait(lambda: list(boot.glob("*-app.log")), 8, step=0.5)
     assert logs and "reg.1.server.1" in logs[0].read_text()
+
+
+@pytest.mark.parametrize("version,secret", [("2c", "router_snmp_v2c"), ("3", "router_snmp_v3")])
+def test_snmp_driver_cuts_and_restores_with_checked_sets(std, version, secret):
+    inv = _inv(std)
+    site = inv.sites[0]
+    snmp = site.router.model_copy(update={"driver": "snmp", "port": 1161, "snmp_version": version,
+                                          "allow_without_deadman": True, "timeout": 3})
+    creds = inventory.Secrets(inv).credentials(secret)
+    drv = routers.connect(snmp, creds)
+    assert drv.if_index == 2
+    try:
+        drv.cut("link-down")
+        assert drv.wan_state() == {"link_up": False, "oper_up": False, "dropping": False, "dns_blocked": False, "netem": False}
+        assert std.status()["sites"][0]["router"]["wan_state"]["admin_up"] is False
+    finally:
+        drv.restore("link-down")
+    assert drv.wan_state()["link_up"] is True
+    assert std.status()["sites"][0]["router"]["wan_state"]["admin_up"] is True
+
+
+def test_snmp_set_refused_by_the_agent_is_an_error_not_a_success(std):
+    from fleet.drivers.errors import DeviceRefused, DeviceTimeout
+    from fleet.drivers.router.snmp import SnmpRouter
+
+    inv = _inv(std)
+    site = inv.sites[0]
+    snmp = site.router.model_copy(update={"driver": "snmp", "port": 1161, "snmp_version": "2c", "timeout": 3})
+    drv = SnmpRouter(snmp, inventory.Secrets(inv).credentials("router_snmp_v2c"))
+    with pytest.raises(DeviceRefused, match="wrongValue"):
+        drv._run(drv._set_admin(3))
+    with pytest.raises(DeviceRefused, match="dead-man"):
+        drv.arm_deadman("link-down", 60)
+    with pytest.raises(DeviceTimeout):
+        SnmpRouter(snmp, inventory.Credentials(password="wrong-community"))
