@@ -3,7 +3,9 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := redis-server iproute2
+APT_PACKAGES := redis-server iproute2 openssh-client
+# optional: the interop and browser tests skip with a reason when these cannot be installed
+APT_OPTIONAL := kamailio chromium
 
 .PHONY: deps venv demo test test-fast bench clean
 
@@ -12,6 +14,11 @@ deps:
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; fi; fi
+	@missing=""; for p in $(APT_OPTIONAL); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && [ -z "$$FLEET_SKIP_OPTIONAL" ]; then \
+	  echo "installing optional Debian packages:$$missing"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
+	    || echo "could not install$$missing: the tests that need them will be skipped"; fi
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)
@@ -21,10 +28,10 @@ $(STAMP): pyproject.toml
 
 venv: deps $(STAMP)
 
-demo: venv
+demo: deps $(STAMP)
 	$(PY) -m fleet.demo
 
-test: venv
+test: deps $(STAMP)
 	$(PY) -m pytest -q -ra
 
 test-fast: venv

@@ -121,7 +121,10 @@ class ExperimentRunner:
         renewer.start()
         self.store.register_phones(self.site.name, phone_rows(self.inv, self.site))
         self.store.set_observing(self.site.name, exp)
-        self.store.log_event(exp, "start", playbook=self.pb.name, site=self.site.name)
+        # where each phone stood when the run began: the first lane segment of its timeline
+        self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}
+        self.store.log_event(exp, "start", playbook=self.pb.name, site=self.site.name,
+                             initial={m: s.get("working_server") for m, s in self.initial.items()})
         self.say(f"experiment {exp}: {self.pb.name} on site {self.site.name} ({len(self.site.phones)} phones)")
         try:
             for step in self.pb.steps:
@@ -264,6 +267,10 @@ class ExperimentRunner:
             v.timeline = [{"t": round(o["t"], 3), "working_server": o.get("working_server"), "source": o.get("source"),
                            "server": o.get("server"), "state": o.get("state"), "kind": o.get("kind", "registration")}
                           for o in obs]
+            first = self.initial.get(p.mac) or {}
+            if first.get("observed_at"):
+                v.timeline.insert(0, {"t": round(result.started, 3), "working_server": first.get("working_server"),
+                                      "source": "state at start", "server": None, "state": None, "kind": "registration"})
             if len(servers(params)) < 2:
                 v.passed = False
                 v.reasons.append("no fallback server configured (reg.1.server.2.address is empty): it cannot fail over")

@@ -15,6 +15,7 @@ from xml.etree import ElementTree as ET
 from .experiment import ExperimentResult, summary
 
 COLOURS = {1: "#2e7d32", 2: "#f9a825", 3: "#6a1b9a", 4: "#00838f", None: "#c62828"}
+UNKNOWN = "#e0e0e0"   # before the first observation of a phone
 
 
 def to_dict(result: ExperimentResult) -> dict:
@@ -67,23 +68,31 @@ def timeline_svg(doc: dict, width: int = 900, lane: int = 18) -> str:
     height = 30 + lane * len(doc["phones"]) + 20
     parts = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="working server per phone over time">']
-    for o in doc["outages"]:
-        end = o["end"] or t1
-        parts.append(f'<rect class="outage" x="{x(o["start"]):.1f}" y="20" width="{max(x(end) - x(o["start"]), 1):.1f}" '
-                     f'height="{lane * len(doc["phones"]) + 4}" fill="#9e9e9e" fill-opacity="0.3"><title>{escape(o["mode"])} outage</title></rect>')
     for i, phone in enumerate(doc["phones"]):
         y = 22 + i * lane
         parts.append(f'<text x="2" y="{y + lane - 6}" font-size="11" font-family="monospace">{escape(phone["mac"])}</text>')
         events = [e for e in phone["timeline"] if e.get("kind", "registration") == "registration"]
-        current, since = None, t0
+        current, since = "unknown", t0
         for e in events + [{"t": t1, "working_server": "end"}]:
             if e["working_server"] != current:
                 if e["t"] > since:
-                    parts.append(f'<rect class="lane" data-server="{current}" x="{x(since):.1f}" y="{y}" width="{max(x(e["t"]) - x(since), 0.5):.1f}" '
-                                 f'height="{lane - 4}" fill="{COLOURS.get(current, "#455a64")}"><title>server {current}</title></rect>')
+                    colour = UNKNOWN if current == "unknown" else COLOURS.get(current, "#455a64")
+                    parts.append(f'<rect class="lane" data-server="{current}" x="{x(since):.1f}" y="{y}" '
+                                 f'width="{max(x(e["t"]) - x(since), 0.5):.1f}" height="{lane - 4}" fill="{colour}">'
+                                 f'<title>{"not yet observed" if current == "unknown" else f"server {current}"}</title></rect>')
                 current, since = e["working_server"], e["t"]
-    parts.append(f'<text x="{label_w}" y="{height - 4}" font-size="10">0 s</text>'
-                 f'<text x="{width - 60}" y="{height - 4}" font-size="10">{t1 - t0:.0f} s</text>')
+    lanes_h = lane * len(doc["phones"]) + 4
+    for o in doc["outages"]:
+        end = o["end"] or t1
+        parts.append(f'<rect class="outage" x="{x(o["start"]):.1f}" y="18" width="{max(x(end) - x(o["start"]), 1):.1f}" '
+                     f'height="{lanes_h}" fill="#37474f" fill-opacity="0.18" stroke="#37474f" stroke-dasharray="4 3">'
+                     f'<title>{escape(o["mode"])} outage</title></rect>'
+                     f'<text x="{x(o["start"]) + 3:.1f}" y="14" font-size="10">{escape(o["mode"])} outage</text>')
+    span = t1 - t0
+    step = next(s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600) if span / s <= 12)
+    for k in range(0, int(span) + 1, step):
+        parts.append(f'<line x1="{x(t0 + k):.1f}" y1="{18 + lanes_h}" x2="{x(t0 + k):.1f}" y2="{22 + lanes_h}" stroke="#555"/>'
+                     f'<text x="{x(t0 + k) - 6:.1f}" y="{height - 4}" font-size="10">{k} s</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -97,8 +106,8 @@ def html(doc: dict) -> str:
         f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons']))}</td></tr>" for p in doc["phones"])
     steps = "".join(f"<tr class={'ok' if s['passed'] else 'bad'}><td>{escape(s['name'])}</td><td>{s['elapsed_s']:.1f}</td>"
                     f"<td>{'pass' if s['passed'] else 'FAIL'}</td><td>{escape(s['message'])}</td></tr>" for s in doc["steps"])
-    legend = " ".join(f'<span style="background:{c};padding:0 8px">&nbsp;</span> {"none" if k is None else f"server {k}"}'
-                      for k, c in COLOURS.items())
+    legend = " ".join(f'<span style="background:{c};padding:0 8px">&nbsp;</span> {"no working server" if k is None else f"server {k}"}'
+                      for k, c in COLOURS.items()) + f' <span style="background:{UNKNOWN};padding:0 8px">&nbsp;</span> not yet observed' 
     s = doc["summary"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{escape(doc['playbook'])}: {verdict}</title>
 <style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
@@ -108,7 +117,7 @@ tr.bad td{{background:#ffebee}} .verdict{{font-size:22px;font-weight:bold;color:
 failover p50 {_fmt(s['failover_s']['p50'])} s, p95 {_fmt(s['failover_s']['p95'])} s, max {_fmt(s['failover_s']['max'])} s;
 recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])} s, max {_fmt(s['recovery_s']['max'])} s</p>
 {''.join(f'<p class="bad">{escape(e)}</p>' for e in doc['errors'])}
-<h2>Timeline</h2><p>{legend}; shaded: outage</p>{timeline_svg(doc)}
+<h2>Timeline: working server per phone</h2><p>{legend}; hatched band: outage</p>{timeline_svg(doc)}
 <h2>Steps</h2><table><tr><th>step</th><th>s</th><th>result</th><th>detail</th></tr>{steps}</table>
 <h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>result</th><th>why</th></tr>{rows}</table>
 </body></html>"""

@@ -8,6 +8,7 @@ over HTTP or FTP), so the controller cannot tell it from hardware.
 from __future__ import annotations
 
 import asyncio
+import base64
 import ftplib
 import logging
 import random
@@ -85,6 +86,14 @@ class Registration:
     servers: list[ServerBinding] = field(default_factory=list)
     working: int | None = None
     subscribed_to_primary: bool = False
+
+
+def _basic(parts) -> dict[str, str]:
+    """Basic auth header from the credentials in a boot server URL (none when the URL has none)."""
+    if not parts.username:
+        return {}
+    token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
 
 
 def _int(params: dict[str, str], key: str, default: int) -> int:
@@ -194,9 +203,8 @@ class VirtualPhone:
         parts = urlsplit(target)
         try:
             if parts.scheme in ("http", "https"):
-                auth = aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or "")) if parts.username else None
                 clean = f"{parts.scheme}://{parts.hostname}:{parts.port or 80}{parts.path}"
-                async with self._session.get(clean, auth=auth) as resp:  # type: ignore[union-attr]
+                async with self._session.get(clean, headers=_basic(parts)) as resp:  # type: ignore[union-attr]
                     if resp.status == 404:
                         return None
                     if resp.status != 200:
@@ -258,9 +266,8 @@ class VirtualPhone:
             name = f"{self.mac}-app.log"
             try:
                 if parts.scheme == "http":
-                    auth = aiohttp.BasicAuth(unquote(parts.username), unquote(parts.password or "")) if parts.username else None
                     url = f"http://{parts.hostname}:{parts.port or 80}{parts.path.rstrip('/')}/{name}"
-                    async with self._session.put(url, data=body, auth=auth):  # type: ignore[union-attr]
+                    async with self._session.put(url, data=body, headers=_basic(parts)):  # type: ignore[union-attr]
                         pass
                 elif parts.scheme == "ftp":
                     await asyncio.to_thread(self._ftp_put, parts, name, body)
