@@ -7,13 +7,15 @@ APT_PACKAGES := redis-server iproute2 openssh-client
 # optional: the interop and browser tests skip with a reason when these cannot be installed
 APT_OPTIONAL := kamailio chromium
 
-.PHONY: deps venv demo test test-fast bench clean
+.PHONY: deps deps-optional venv demo test test-fast bench clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ]; then \
 	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
 	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; fi; fi
+
+deps-optional:
 	@missing=""; for p in $(APT_OPTIONAL); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && [ -z "$$FLEET_SKIP_OPTIONAL" ]; then \
 	  echo "installing optional Debian packages:$$missing"; \
@@ -31,7 +33,7 @@ venv: deps $(STAMP)
 demo: deps $(STAMP)
 	$(PY) -m fleet.demo
 
-test: deps $(STAMP)
+test: deps deps-optional $(STAMP)
 	$(PY) -m pytest -q -ra
 
 test-fast: venv
