@@ -15,8 +15,9 @@ import time
 from aiohttp import web
 
 from .drivers.collect.formats import parse_line_event, parse_syslog
-from .inventory import Site
-from .observe import Observation
+from .drivers.collect.poller import Poller
+from .inventory import Secrets, Site
+from .observe import Observation, from_line_info
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,8 @@ class _Syslog(asyncio.DatagramProtocol):
 
 
 class SiteCollector:
-    def __init__(self, site: Site, store: Store) -> None:
-        self.site, self.store = site, store
+    def __init__(self, site: Site, store: Store, secrets: Secrets | None = None) -> None:
+        self.site, self.store, self.secrets = site, store, secrets
         self.pending: list[Observation] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
@@ -81,6 +82,27 @@ class SiteCollector:
         await runner.setup()
         await web.TCPSite(runner, ehost, int(eport), reuse_address=True).start()
         asyncio.ensure_future(self._flush_loop())
+        if self.site.collector.poll_interval > 0 and self.secrets is not None:
+            asyncio.ensure_future(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        """State polling as a second source: REST lineInfo where the model has it, state polling otherwise."""
+        targets = [(p, self.secrets.credentials(p.credentials)) for p in self.site.phones]  # type: ignore[union-attr]
+        configured = {r["mac"]: r["configured_servers"] for r in await asyncio.to_thread(self.store.phones, self.site.name)}
+        async with Poller(concurrency=self.site.collector.poll_concurrency) as poller:
+            while True:
+                started = time.monotonic()
+                infos = {}
+                for res in await poller.poll(targets):
+                    if not res.ok:
+                        continue
+                    for line in res.lines:
+                        self.pending.extend(from_line_info(res.mac, res.t, line, configured.get(res.mac, [])))
+                    if res.firmware or res.in_call is not None:
+                        infos[res.mac] = {"firmware": res.firmware, "in_call": res.in_call}
+                if infos:
+                    await asyncio.to_thread(self.store.set_phone_info, infos)
+                await asyncio.sleep(max(0.0, self.site.collector.poll_interval - (time.monotonic() - started)))
 
     async def _event(self, request: web.Request) -> web.Response:
         obs = parse_line_event(await request.read(), time.time())

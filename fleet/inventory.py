@@ -81,6 +81,8 @@ class BootServer(Strict):
 class Collector(Strict):
     syslog: str = "0.0.0.0:514"
     events: str = "0.0.0.0:8514"
+    poll_interval: float = Field(0.0, ge=0, description="seconds between state-polling rounds; 0: push sources only")
+    poll_concurrency: int = Field(200, ge=1, le=5000)
 
     @field_validator("syslog", "events")
     @classmethod

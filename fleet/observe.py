@@ -79,3 +79,24 @@ def apply(state: PhoneState, obs: Observation) -> bool:
                 s["state"] = UNREGISTERED
             state.working_server = None
     return state.working_server != before
+
+
+def from_line_info(mac: str, t: float, line: dict, configured: list[dict]) -> list[Observation]:
+    """REST lineInfo names only the server in use (ProxyAddress, our inference). By R4 every server of
+    higher priority is then not registered; lower-priority servers stay unknown."""
+    try:
+        reg = int(line.get("LineNumber", 1))
+    except (TypeError, ValueError):
+        return []
+    status = str(line.get("RegistrationStatus", "")).lower()
+    proxy = str(line.get("ProxyAddress", ""))
+    if status != "registered":
+        return [Observation(mac=mac, t=t, source="poll-rest", reg=reg, server=None, state=UNREGISTERED)]
+    index = next((s["index"] for s in configured if s.get("address") == proxy and s.get("register", True)), None)
+    if index is None:
+        return [Observation(mac=mac, t=t, source="poll-rest", reg=reg, server=None, state=REGISTERED, address=proxy)]
+    out = [Observation(mac=mac, t=t, source="poll-rest", reg=reg, server=s["index"], state=UNREGISTERED,
+                       address=s.get("address", ""), detail="inferred: a lower-priority server is working")
+           for s in configured if s["index"] < index and s.get("register", True)]
+    out.append(Observation(mac=mac, t=t, source="poll-rest", reg=reg, server=index, state=REGISTERED, address=proxy))
+    return out

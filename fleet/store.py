@@ -78,6 +78,15 @@ class Store:
         pipe.execute()
         return len(observations)
 
+    def set_phone_info(self, infos: dict[str, dict]) -> None:
+        """Facts read from the phones themselves (firmware, whether a line is in a call)."""
+        pipe = self.r.pipeline(transaction=False)
+        for mac, info in infos.items():
+            mapping = {k: (json.dumps(v) if not isinstance(v, str) else v) for k, v in info.items() if v is not None}
+            if mapping:
+                pipe.hset(f"{P}phone:{mac}", mapping=mapping)
+        pipe.execute()
+
     def phones(self, site: str | None = None) -> list[dict]:
         """Every phone's row for `fleet status`, read with one pipelined round trip."""
         key = f"{P}site:{site}:phones" if site else f"{P}phones"

@@ -147,12 +147,12 @@ def _start_collectors(sender=None, **_: object) -> None:
     from .collector import CollectorError, SiteCollector
     from .store import Store
 
-    inv, _ = context()
+    inv, secrets = context()
     store = Store(os.environ["FLEET_REDIS_URL"])
     for name in sites:
         site = inv.site(name)
         store.register_phones(site.name, phone_rows(inv, site))
-        collector = SiteCollector(site, store)
+        collector = SiteCollector(site, store, secrets)
         try:
             collector.start()
         except CollectorError as exc:

@@ -84,9 +84,19 @@ def up(labfile_path: str, inventory_out: str | None, state_dir: str, foreground:
     raise click.ClickException("lab did not become ready in time")
 
 
+def raise_file_limit() -> None:
+    """Every phone holds a few sockets; a 1,000-phone lab needs more than the usual 1,024 descriptors."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
 async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: float, announce: bool) -> None:
     from .lab import Lab
 
+    raise_file_limit()
     lab = Lab(spec, state)
     loop = asyncio.get_running_loop()
     await lab.start()

@@ -171,7 +171,9 @@ class Lab:
             spec = PhoneSpec(mac=phone_mac(self.net, k, i), model=site.phones.models[i % len(site.phones.models)],
                              ip=phone_ip(self.net, k, i), boot_url=boot_url, http_port=PHONE_HTTP_PORT,
                              dns=(self.public_ip(k, 53), DNS_PORT), admin_password=self.admin_password,
-                             boot_time=self.spec.timing.boot_time, fault=site.faults.get(i))
+                             boot_time=self.spec.timing.boot_time, boot_jitter=self.spec.timing.boot_jitter,
+                             http_latency=self.spec.timing.http_latency,
+                             fault=site.faults.get(i))
             rt.phones.append(VirtualPhone(spec, self.truth, self.http_session))
         return rt
 
@@ -236,7 +238,8 @@ class Lab:
                 "name": site.name,
                 "gateway": self.lan_ip(rt.k, 1),
                 "dns": f"{self.public_ip(rt.k, 53)}:{DNS_PORT}",
-                "collector": {"syslog": site.collector.syslog, "events": site.collector.events},
+                "collector": {"syslog": site.collector.syslog, "events": site.collector.events,
+                              "poll_interval": site.collector.poll_interval},
                 "boot_server": {"url": boot, "credentials": f"boot_{site.name}"},
                 "router": {"driver": "linux_ssh", "address": rt.router.lan_ip, "port": SSH_PORT, "credentials": "router",
                            "wan_interface": rt.router.wan.name, "known_hosts": str(self.state_dir / "known_hosts"),

@@ -42,8 +42,10 @@ class PhonesSpec(Strict):
 
 
 class CollectorSpec(Strict):
+    """Where the controller listens; written into the phones' configuration and the inventory."""
     syslog: str = "127.0.0.1:5514"
     events: str = "127.0.0.1:8514"
+    poll_interval: float = Field(0.0, ge=0)
 
 
 class SiteSpec(Strict):
@@ -64,10 +66,11 @@ class ProviderSpec(Strict):
 
 class TimingSpec(Strict):
     boot_time: float = Field(2.0, ge=0)
+    boot_jitter: float = Field(1.0, ge=0, description="first boots spread over this many seconds (a site powering up)")
     retry_interval: float = Field(30, gt=0, description="registerRetry.baseTimeOut given to the phones")
     log_upload_period: float = Field(60, ge=0)
     dns_ttl: int = Field(5, ge=1)
-    deadman_grace: int = 0
+    http_latency: float = Field(0.0, ge=0, le=10, description="seconds each phone HTTP answer takes (embedded web servers are slow)")
 
 
 class LabFile(Strict):

@@ -54,6 +54,8 @@ class PhoneSpec:
     admin_user: str = "Polycom"
     admin_password: str = "456"
     boot_time: float = 2.0
+    boot_jitter: float = 1.0
+    http_latency: float = 0.0
     # lab faults: a phone that never comes back after a reboot, or that ignores server 1 after reboot
     fault: str | None = None
 
@@ -174,7 +176,7 @@ class VirtualPhone:
 
     async def _boot(self, first: bool) -> None:
         try:
-            await asyncio.sleep(self.spec.boot_time if not first else random.uniform(0, min(self.spec.boot_time, 1.0)))
+            await asyncio.sleep(self.spec.boot_time if not first else random.uniform(0, self.spec.boot_jitter))
             if self.spec.fault == "never-return" and not first:
                 self.truth.record(self.mac, "dead")
                 return
@@ -614,6 +616,8 @@ class VirtualPhone:
     async def _auth_middleware(self, request: web.Request, handler):
         if not self.booted.is_set():
             return web.Response(status=503, text="booting")
+        if self.spec.http_latency:
+            await asyncio.sleep(self.spec.http_latency)
         header = request.headers.get("Authorization", "")
         if header.startswith("Basic "):
             try:

@@ -48,7 +48,8 @@ class RunningLab:
 
 
 def lab_spec(name: str, net: int, *, phones: int = 4, servers: list[dict] | None = None, models=None,
-             boot_protocol: str = "http", faults: dict | None = None, retry_interval: float = 3, site: str = "hq") -> dict:
+             boot_protocol: str = "http", faults: dict | None = None, retry_interval: float = 3, site: str = "hq",
+             poll_interval: float = 0.0) -> dict:
     return {
         "name": name, "net": net, "firmware_family": "uc-5.x",
         "timing": {"boot_time": 0.5, "retry_interval": retry_interval, "log_upload_period": 5, "dns_ttl": 1},
@@ -59,7 +60,8 @@ def lab_spec(name: str, net: int, *, phones: int = 4, servers: list[dict] | None
                 {"address": "provider", "expires": 10, "overlap": 4, "retry_timeout_ms": 400, "retry_max_count": 3},
                 {"address": "gateway", "expires": 10, "overlap": 4, "retry_timeout_ms": 400, "retry_max_count": 3}],
             "faults": faults or {},
-            "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"},
+            "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}",
+                          "poll_interval": poll_interval},
         }],
     }
 

@@ -17,7 +17,7 @@ SAMPLE = 0.25
 
 @pytest.fixture(scope="module")
 def lab(lab_factory, worker_factory):
-    lab = lab_factory(lab_spec("e2e", 21, phones=6))
+    lab = lab_factory(lab_spec("e2e", 21, phones=6, poll_interval=2.0))
     worker_factory(lab.inventory)
     return lab
 
@@ -104,6 +104,10 @@ def test_status_json_shows_every_phone_on_the_provider(lab, redis_url):
         assert row["servers"][0]["address"] == "voip.provider.example"
         assert row["servers"][0]["state"] == "registered"
         assert time.time() - row["observed_at"] < 30
+    # the REST models are also polled (a second source beside syslog), the SoundPoints are not
+    sources = {row["model"]: {s["source"] for s in row["servers"]} for row in rows}
+    assert "poll-rest" in sources["VVX 410"] or "syslog" in sources["VVX 410"]
+    assert "poll-rest" not in sources["SoundPoint IP 650"]
 
 
 def test_invalid_playbook_is_rejected_before_anything_is_touched(lab, redis_url, tmp_path):

@@ -54,3 +54,19 @@ def test_line_events_parse_and_garbage_is_ignored():
 def test_collector_parsers_never_raise(data):
     parse_syslog(data, 0.0)
     parse_line_event(data, 0.0)
+
+
+def test_line_info_names_the_working_server_and_implies_higher_ones_are_down():
+    from fleet.observe import from_line_info
+
+    configured = [{"index": 1, "address": "voip.example", "register": True}, {"index": 2, "address": "10.0.0.1", "register": True}]
+    obs = from_line_info("0004f2000001", 5.0, {"LineNumber": "1", "RegistrationStatus": "registered", "ProxyAddress": "10.0.0.1"},
+                         configured)
+    st_ = PhoneState(mac="0004f2000001")
+    for o in obs:
+        apply(st_, o)
+    assert st_.working_server == 2 and st_.servers[1]["state"] == "unregistered"
+    assert all(o.source == "poll-rest" for o in obs)
+    assert from_line_info("m", 1.0, {"LineNumber": "x"}, configured) == []
+    unreg = from_line_info("m", 1.0, {"LineNumber": "1", "RegistrationStatus": "unregistered"}, configured)
+    assert unreg[0].server is None and unreg[0].state == "unregistered"

@@ -1,0 +1,96 @@
+"""Phone state polling over HTTP, asynchronous: hundreds of phones in flight from one task.
+
+UC Software phones answer REST `lineInfo` (RegistrationStatus, ProxyAddress);
+every SoundPoint answers state polling (`/polling/deviceHandler`: model and
+firmware; `/polling/callStateHandler`: whether a line is in a call). Basic or
+digest authentication, whichever the phone asks for. A phone that times out or
+answers garbage yields a PollResult with the error; nothing raises.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+
+import aiohttp
+
+from sipwire import digest
+
+from ...inventory import Credentials, Phone
+
+
+@dataclass
+class PollResult:
+    mac: str
+    t: float
+    ok: bool
+    error: str = ""
+    lines: list[dict] = field(default_factory=list)     # REST lineInfo entries
+    model: str = ""
+    firmware: str = ""
+    in_call: bool | None = None
+
+
+class Poller:
+    def __init__(self, concurrency: int = 200, timeout: float = 3.0) -> None:
+        self.concurrency = concurrency
+        self.timeout = timeout
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> "Poller":
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
+                                              connector=aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=2))
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        if self._session:
+            await self._session.close()
+
+    async def _get(self, phone: Phone, path: str, creds: Credentials) -> bytes:
+        url = f"http://{phone.address}:{phone.http_port}{path}"
+        basic = aiohttp.helpers.BasicAuth(creds.username, creds.password).encode()
+        async with self._session.get(url, headers={"Authorization": basic}) as resp:  # type: ignore[union-attr]
+            if resp.status == 401 and resp.headers.get("WWW-Authenticate", "").startswith("Digest"):
+                challenge = digest.parse_challenge(resp.headers["WWW-Authenticate"])
+                header = digest.authorization(challenge, username=creds.username, password=creds.password, method="GET", uri=path)
+                async with self._session.get(url, headers={"Authorization": header}) as again:  # type: ignore[union-attr]
+                    again.raise_for_status()
+                    return await again.read()
+            resp.raise_for_status()
+            return await resp.read()
+
+    async def poll_one(self, phone: Phone, creds: Credentials) -> PollResult:
+        t = time.time()
+        try:
+            if phone.has_rest:
+                import json
+
+                doc = json.loads(await self._get(phone, "/api/v1/mgmt/lineInfo", creds))
+                data = doc.get("data") if isinstance(doc, dict) else None
+                if str(doc.get("Status")) != "2000" or not isinstance(data, list):
+                    return PollResult(phone.mac, t, False, "lineInfo: unexpected answer")
+                return PollResult(phone.mac, time.time(), True, lines=[d for d in data if isinstance(d, dict)])
+            root = ET.fromstring(await self._get(phone, "/polling/deviceHandler", creds))
+            info = root.find("DeviceInformation")
+            if info is None:
+                return PollResult(phone.mac, t, False, "deviceHandler: no DeviceInformation")
+            calls = ET.fromstring(await self._get(phone, "/polling/callStateHandler", creds))
+            active = any((c.findtext("LineState") or "") == "Active" for c in calls.iter("CallLineInfo"))
+            return PollResult(phone.mac, time.time(), True, model=info.findtext("ModelNumber") or "",
+                              firmware=info.findtext("AppLoadID") or "", in_call=active)
+        except asyncio.TimeoutError:
+            return PollResult(phone.mac, t, False, f"no answer within {self.timeout:g}s")
+        except (aiohttp.ClientError, OSError) as exc:
+            return PollResult(phone.mac, t, False, f"HTTP error: {type(exc).__name__}")
+        except (ValueError, ET.ParseError, AttributeError) as exc:
+            return PollResult(phone.mac, t, False, f"malformed answer: {type(exc).__name__}")
+
+    async def poll(self, phones: list[tuple[Phone, Credentials]]) -> list[PollResult]:
+        sem = asyncio.Semaphore(self.concurrency)
+
+        async def one(p: Phone, c: Credentials) -> PollResult:
+            async with sem:
+                return await self.poll_one(p, c)
+
+        return await asyncio.gather(*(one(p, c) for p, c in phones))
