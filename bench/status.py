@@ -19,7 +19,6 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fleet.observe import Observation  # noqa: E402
 from fleet.redisboot import start_private  # noqa: E402
-from fleet.status import rows_for_json  # noqa: E402
 from fleet.store import Store  # noqa: E402
 
 
@@ -44,7 +43,7 @@ def main() -> None:
         macs = sorted(raw_client.smembers("fleet:phones"))
 
         def ours() -> int:
-            return len(json.dumps(rows_for_json(store.phones())))
+            return len(store.status_json())
 
         def raw() -> int:
             pipe = raw_client.pipeline(transaction=False)

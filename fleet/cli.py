@@ -178,11 +178,11 @@ def experiment_show(exp_id: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True, help="A list of objects: mac, site, working_server, servers, observed_at.")
 def status(site: str | None, live: bool, as_json: bool) -> None:
     """Which phone is registered where, right now (from the collectors' latest observations)."""
-    from .status import rows_for_json, table
+    from .status import table
 
     store = _store()
     if as_json:
-        click.echo(json.dumps(rows_for_json(store.phones(site))))
+        click.echo(store.status_json(site))
         return
     console = Console()
     if not live:
