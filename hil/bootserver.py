@@ -81,6 +81,9 @@ class FtpBootServer:
         from pyftpdlib.handlers import FTPHandler
         from pyftpdlib.servers import ThreadedFTPServer
 
+        import logging
+
+        logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
         authorizer = DummyAuthorizer()
         authorizer.add_user(username, password, str(root), perm="elradfmw")
         handler = type("BootFtpHandler", (FTPHandler,), {})
@@ -92,8 +95,6 @@ class FtpBootServer:
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"timeout": 0.5}, daemon=True, name="ftp")
 
     def start(self) -> None:
-        import logging
-        logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
         self.thread.start()
 
     def stop(self) -> None:
