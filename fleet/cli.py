@@ -172,6 +172,227 @@ def experiment_show(exp_id: str, as_json: bool) -> None:
                    + " ".join(f"{k}={v}" for k, v in e.items() if k not in ('kind', 't', 'mono'))[:200])
 
 
+@main.group()
+def rollout() -> None:
+    """Configuration rollouts: plan (dry run), run, status, resume, abort."""
+
+
+def _load_rollout(playbook_path: str, inventory_path: str):
+    from . import rollout_playbook
+
+    try:
+        pb = rollout_playbook.load(playbook_path)
+    except FileError as exc:
+        err.print(f"[red]invalid playbook: {exc}[/red]")
+        sys.exit(EXIT_INPUT)
+    return pb, _inventory(inventory_path)
+
+
+def _plan(pb, inv, rid: str, last_pushed: dict | None, playbook_path: str):
+    from .rollout_plan import PlanError, plan
+
+    try:
+        return plan(inv, pb, rid, last_pushed, inv.registrar_limits)
+    except PlanError as exc:
+        err.print(f"[red]{playbook_path}: {exc}[/red]")
+        sys.exit(EXIT_INPUT)
+
+
+def _print_plan(p, console: Console) -> None:
+    console.print(f"[bold]{len(p.phones)} phones in {len(p.waves)} waves[/bold]; max unavailable per site "
+                  + ", ".join(f"{s}: {n}" for s, n in p.max_unavailable.items()) + f"; failure budget {p.budget_total}")
+    for i, wave in enumerate(p.waves):
+        console.print(f"  wave {i}: {len(wave)} phones ({', '.join(wave[:6])}{', ...' if len(wave) > 6 else ''})")
+    changed = [ph for ph in p.phones if ph.diff]
+    console.print(f"[bold]parameter changes[/bold] ({len(changed)} phones change, {len(p.phones) - len(changed)} unchanged)")
+    for ph in changed[:50]:
+        for name, (old, new) in ph.diff.items():
+            console.print(f"  {ph.mac} {name}: {old!s} -> {new!s}")
+    if len(changed) > 50:
+        console.print(f"  ... and {len(changed) - 50} more phones")
+    t = Table("server address", "phones", "REGISTER/s normal", "REGISTER/s primary down", title="registration refresh load (R6)")
+    for addr, v in sorted(p.load.items()):
+        t.add_row(addr, str(v["phones"]), f"{v['normal']:.2f}", f"{v['primary_down']:.2f}")
+    console.print(t)
+    for o in p.overloaded:
+        console.print(f"[red]over the registrar limit: {o}[/red]")
+
+
+@rollout.command("run")
+@click.argument("playbook_path", metavar="PLAYBOOK", type=click.Path(dir_okay=False))
+@click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
+@click.option("--dry-run", is_flag=True, help="Print waves, per-phone diff and the refresh-load check; touch nothing.")
+@click.option("--json", "as_json", is_flag=True)
+def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json: bool) -> None:
+    """Roll PLAYBOOK out: canaries, then waves; halts when the failure budget is spent (exit 1)."""
+    from .rollout import new_id
+
+    pb, inv = _load_rollout(playbook_path, inventory_path)
+    rid = new_id(pb.name)
+    if dry_run:
+        last = None
+        if os.environ.get("FLEET_REDIS_URL"):
+            from .store import RolloutStore, Store
+
+            try:
+                store = Store(os.environ["FLEET_REDIS_URL"])
+                last = RolloutStore(store).last_pushed([p.mac for s in inv.sites for p in s.phones])
+            except Exception:  # a dry run works without Redis too; it then diffs against the inventory
+                last = None
+        p = _plan(pb, inv, rid, last, playbook_path)
+        if as_json:
+            click.echo(json.dumps(p.to_dict() | {"dry_run": True}, indent=1))
+        else:
+            _print_plan(p, Console())
+        sys.exit(EXIT_INPUT if p.overloaded and not pb.strategy.allow_overload else 0)
+    store = _store()
+    from .celeryapp import configure
+    from .store import RolloutStore
+
+    configure(store.url)
+    rs = RolloutStore(store)
+    p = _plan(pb, inv, rid, rs.last_pushed([ph.mac for s in inv.sites for ph in s.phones]), playbook_path)
+    if p.overloaded and not pb.strategy.allow_overload:
+        _print_plan(p, Console(stderr=True))
+        err.print("[red]refusing: the change would overload a registrar (set strategy.allow_overload to override)[/red]")
+        sys.exit(EXIT_INPUT)
+    rs.create(rid, pb.name, p.to_dict(), {"playbook_path": str(Path(playbook_path).resolve()),
+                                          "inventory_path": str(Path(inventory_path).resolve())})
+    _drive(rid, pb, inv, store, as_json)
+
+
+def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from .rollout import RolloutDriver
+    from .store import LeaseHeld, RolloutStore
+
+    console = Console(stderr=as_json)
+    console.print(f"rollout {rid}")
+    bars: dict = {}
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
+                  TimeElapsedColumn(), console=console, disable=as_json) as progress:
+        def show(by_site: dict) -> None:
+            for site, c in by_site.items():
+                if site not in bars:
+                    bars[site] = progress.add_task(f"site {site}", total=c["total"], failed=0)
+                progress.update(bars[site], completed=c["settled"], failed=c["failed"])
+
+        driver = RolloutDriver(rid, inv, store, pb, say=lambda s: progress.console.print(s), progress=show,
+                               drill=lambda path, holder: _run_drill(path, inv, store, holder))
+        try:
+            outcome = driver.run()
+        except LeaseHeld as exc:
+            err.print(f"[red]{exc}[/red]")
+            _exit_now(EXIT_INFRA)
+    summary = {"id": rid, "status": outcome.status, "reason": outcome.reason, "counts": outcome.counts}
+    if as_json:
+        click.echo(json.dumps(summary))
+    else:
+        colour = "green" if outcome.status == "done" else "red"
+        console.print(f"[bold {colour}]{outcome.status}[/]{': ' + outcome.reason if outcome.reason else ''} {outcome.counts}")
+    failed = sum(outcome.counts.get(k, 0) for k in ("failed", "rolled_back", "rollback_failed"))
+    _exit_now(0 if outcome.status == "done" and not failed else EXIT_FAILED)
+
+
+def _run_drill(path: str, inv, store, holder: str) -> bool:
+    from . import playbook as pb_mod
+    from .experiment import ExperimentRunner
+
+    drill = pb_mod.load(path)
+    result = ExperimentRunner(drill, inv, store, lease_holder=holder).run()
+    return result.passed
+
+
+@rollout.command("status")
+@click.argument("rid", metavar="ID")
+@click.option("--json", "as_json", is_flag=True)
+def rollout_status(rid: str, as_json: bool) -> None:
+    """Counts and per-phone states of a rollout."""
+    from .store import RolloutStore
+
+    rs = RolloutStore(_store())
+    meta = rs.get(rid)
+    if not meta:
+        err.print(f"[red]no rollout {rid}[/red]")
+        sys.exit(EXIT_INPUT)
+    macs = [p["mac"] for p in meta["plan"]["phones"]]
+    phones = rs.phones(rid, macs)
+    counts: dict = {}
+    for st in phones.values():
+        counts[st.get("state")] = counts.get(st.get("state"), 0) + 1
+    if as_json:
+        click.echo(json.dumps({"id": rid, "status": meta.get("status"), "reason": meta.get("reason", ""), "counts": counts,
+                               "phones": {m: {k: v for k, v in st.items() if not k.startswith("backed_up:")}
+                                          for m, st in phones.items()}}, indent=1))
+        return
+    console = Console()
+    console.print(f"{rid}: [bold]{meta.get('status')}[/bold] {meta.get('reason', '')} {counts}")
+    t = Table("MAC", "site", "wave", "state", "error")
+    site_of = {p["mac"]: p["site"] for p in meta["plan"]["phones"]}
+    for m, st in phones.items():
+        t.add_row(m, site_of[m], st.get("wave", ""), st.get("state", ""), st.get("error", "")[:80])
+    console.print(t)
+
+
+@rollout.command("resume")
+@click.argument("rid", metavar="ID")
+@click.option("--budget", type=int, help="Raise the failure budget (after a halt because it was spent).")
+@click.option("--json", "as_json", is_flag=True)
+def rollout_resume(rid: str, budget: int | None, as_json: bool) -> None:
+    """Continue a halted or interrupted rollout; verified phones are not touched again."""
+    from . import rollout_playbook
+    from .celeryapp import configure
+    from .store import RolloutStore
+
+    store = _store()
+    configure(store.url)
+    rs = RolloutStore(store)
+    meta = rs.get(rid)
+    if not meta:
+        err.print(f"[red]no rollout {rid}[/red]")
+        sys.exit(EXIT_INPUT)
+    if meta.get("status") == "done":
+        err.print(f"rollout {rid} is already done")
+        sys.exit(0)
+    pb = rollout_playbook.load(meta["playbook_path"])
+    inv = _inventory(meta["inventory_path"])
+    if budget is not None:
+        rs.set(rid, budget_override=budget)
+    rs.set(rid, abort="0")
+    _drive(rid, pb, inv, store, as_json)
+
+
+@rollout.command("abort")
+@click.argument("rid", metavar="ID")
+def rollout_abort(rid: str) -> None:
+    """Stop a running rollout after its in-flight phones settle."""
+    from .store import RolloutStore
+
+    rs = RolloutStore(_store())
+    if not rs.get(rid):
+        err.print(f"[red]no rollout {rid}[/red]")
+        sys.exit(EXIT_INPUT)
+    rs.set(rid, abort="1")
+    click.echo(f"abort requested for {rid}")
+
+
+@rollout.command("list")
+@click.option("--json", "as_json", is_flag=True)
+def rollout_list(as_json: bool) -> None:
+    """Rollouts, newest first."""
+    from .store import RolloutStore
+
+    rows = RolloutStore(_store()).list()
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    t = Table("id", "playbook", "status", "reason")
+    for r in rows:
+        t.add_row(r["id"] or "", r["playbook"] or "", r["status"] or "", (r["reason"] or "")[:60])
+    Console().print(t)
+
+
 @main.command()
 @click.option("--site", help="Only this site.")
 @click.option("--live", is_flag=True, help="Refresh every second until Ctrl-C.")

@@ -80,7 +80,8 @@ def summary(values: list[float]) -> dict:
 
 class ExperimentRunner:
     def __init__(self, playbook: ExperimentPlaybook, inventory: Inventory, store: Store,
-                 say: Callable[[str], None] = lambda s: None, task_timeout: float = TASK_TIMEOUT) -> None:
+                 say: Callable[[str], None] = lambda s: None, task_timeout: float = TASK_TIMEOUT,
+                 lease_holder: str | None = None) -> None:
         self.pb = playbook
         self.inv = inventory
         self.store = store
@@ -90,6 +91,7 @@ class ExperimentRunner:
         self.task_timeout = task_timeout
         self.open_outage: dict | None = None
         self._stop_renew = threading.Event()
+        self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
 
     # ------------------------------------------------------------------ helpers
     def _task(self, name: str, *args) -> dict:
@@ -115,9 +117,10 @@ class ExperimentRunner:
     # ------------------------------------------------------------------ run
     def run(self) -> ExperimentResult:
         exp = self.store.new_experiment(self.site.name, self.pb.name)
-        self.store.acquire_lease(self.site.name, exp)
+        holder = self.lease_holder or exp
+        self.store.acquire_lease(self.site.name, holder)
         result = ExperimentResult(id=exp, playbook=self.pb.name, site=self.site.name, started=time.time())
-        renewer = threading.Thread(target=self._renew, args=(exp,), daemon=True)
+        renewer = threading.Thread(target=self._renew, args=(holder,), daemon=True)
         renewer.start()
         self.store.register_phones(self.site.name, phone_rows(self.inv, self.site))
         self.store.set_observing(self.site.name, exp)
@@ -147,7 +150,8 @@ class ExperimentRunner:
                     result.errors.append(f"cleanup restore failed: {res.message}; the router's dead-man's switch restores it")
             self.store.set_observing(self.site.name, None)
             self._stop_renew.set()
-            self.store.release_lease(self.site.name, exp)
+            if self.lease_holder is None:
+                self.store.release_lease(self.site.name, holder)
         time.sleep(0.2)  # observations already in flight reach the store
         self._verdicts(exp, result)
         result.finished = time.time()

@@ -114,6 +114,7 @@ class Inventory(Strict):
     secrets_file: str | None = None
     provider: Provider | None = None
     params: dict[str, str | int] = {}
+    registrar_limits: dict[str, float] = Field({}, description="REGISTER/s each server address may receive (R6)")
     sites: list[Site] = Field(min_length=1)
     source: str = Field("", exclude=True)
 

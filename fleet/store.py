@@ -9,6 +9,9 @@ Keys (prefix `fleet:`):
   exp:{id}                   hash: experiment metadata;  experiments: zset of ids by start time
   exp:{id}:events            stream: append-only history (operations and observations, wall + monotonic time)
   exp:{id}:obs:{mac}         stream: observations of one phone during the experiment, trimmed by length
+  rollout:{id}               hash: status, playbook, created, plan (JSON), reason, abort flag;  rollouts: zset by time
+  rollout:{id}:phone:{mac}   hash: state, attempt, wave, reboot_at, settled_at, error, backup flags
+  rollout:{id}:events        stream: append-only history of the rollout
 """
 from __future__ import annotations
 
@@ -193,3 +196,73 @@ class Store:
 
     def ping(self) -> bool:
         return bool(self.r.ping())
+
+
+class RolloutStore:
+    """Rollout state, durable in Redis so any process can resume a rollout after a crash."""
+
+    SETTLED = ("verified", "skipped", "failed", "rolled_back", "rollback_failed")
+
+    def __init__(self, store: Store) -> None:
+        self.r = store.r
+
+    def create(self, rid: str, playbook: str, plan: dict, meta: dict) -> None:
+        pipe = self.r.pipeline()
+        pipe.hset(f"{P}rollout:{rid}", mapping={"id": rid, "playbook": playbook, "status": "planned",
+                                                "created": time.time(), "plan": json.dumps(plan), **meta})
+        for wave, macs in enumerate(plan["waves"]):
+            for mac in macs:
+                pipe.hset(f"{P}rollout:{rid}:phone:{mac}", mapping={"state": "pending", "attempt": 1, "wave": wave})
+        pipe.zadd(f"{P}rollouts", {rid: time.time()})
+        pipe.execute()
+
+    def get(self, rid: str) -> dict:
+        data = self.r.hgetall(f"{P}rollout:{rid}")
+        if data.get("plan"):
+            data["plan"] = json.loads(data["plan"])
+        return data
+
+    def list(self, limit: int = 50) -> list[dict]:
+        ids = self.r.zrevrange(f"{P}rollouts", 0, limit - 1)
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hmget(f"{P}rollout:{i}", "id", "playbook", "status", "created", "reason")
+        return [dict(zip(("id", "playbook", "status", "created", "reason"), row)) for row in pipe.execute()]
+
+    def set(self, rid: str, **fields) -> None:
+        self.r.hset(f"{P}rollout:{rid}", mapping={k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()})
+
+    def phone(self, rid: str, mac: str) -> dict:
+        return self.r.hgetall(f"{P}rollout:{rid}:phone:{mac}")
+
+    def phones(self, rid: str, macs: list[str]) -> dict[str, dict]:
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hgetall(f"{P}rollout:{rid}:phone:{mac}")
+        return dict(zip(macs, pipe.execute()))
+
+    def set_phone(self, rid: str, mac: str, **fields) -> None:
+        self.r.hset(f"{P}rollout:{rid}:phone:{mac}", mapping={k: ("" if v is None else v) for k, v in fields.items()})
+
+    def claim_reboot(self, rid: str, mac: str, attempt: int) -> bool:
+        """True once per phone and attempt: the guard that keeps a redelivered task from rebooting twice."""
+        return bool(self.r.set(f"{P}rollout:{rid}:reboot:{mac}:{attempt}", time.time(), nx=True, ex=7 * 86400))
+
+    def log(self, rid: str, kind: str, **data) -> None:
+        self.r.xadd(f"{P}rollout:{rid}:events", {"e": json.dumps({"kind": kind, "t": time.time(), **data}, default=str)},
+                    maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def events(self, rid: str) -> list[dict]:
+        return [json.loads(f["e"]) for _, f in self.r.xrange(f"{P}rollout:{rid}:events")]
+
+    def last_pushed(self, macs: list[str]) -> dict[str, dict]:
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hget(f"{P}phone:{mac}", "pushed_params")
+        return {m: json.loads(v) for m, v in zip(macs, pipe.execute()) if v}
+
+    def config_version(self, mac: str) -> str | None:
+        return self.r.hget(f"{P}phone:{mac}", "config_version")
+
+    def set_pushed(self, mac: str, params: dict, version: str) -> None:
+        self.r.hset(f"{P}phone:{mac}", mapping={"pushed_params": json.dumps(params), "config_version": version})

@@ -173,3 +173,120 @@ def phone_rows(inv: inv_mod.Inventory, site: inv_mod.Site) -> list[dict]:
                                   "address": params.get(f"reg.1.server.{t.index}.address") or params.get(f"voIpProt.server.{t.index}.address", "")}
                                  for t in servers(params)]})
     return rows
+
+
+# ---------------------------------------------------------------- rollouts
+def _rollout_ctx(rid: str, mac: str):
+    from .store import RolloutStore, Store
+
+    inv, secrets = context()
+    store = Store(os.environ["FLEET_REDIS_URL"])
+    rs = RolloutStore(store)
+    site, phone = inv.phone(mac)
+    return inv, secrets, store, rs, site, phone
+
+
+def _in_call(phone: inv_mod.Phone, creds) -> bool:
+    """Call state from REST where the model has it, phone state polling otherwise; unknown counts as idle."""
+    import requests
+
+    try:
+        if phone.has_rest:
+            return RestPhone(phone, creds, timeout=3).call_state() not in ("", "Idle")
+        resp = requests.get(f"http://{phone.address}:{phone.http_port}/polling/callStateHandler",
+                            auth=(creds.username, creds.password), timeout=3)
+        return resp.ok and b"<LineState>Active</LineState>" in resp.content
+    except (DriverError, requests.RequestException):
+        return False
+
+
+def _reboot(phone: inv_mod.Phone, creds) -> str:
+    if phone.has_rest:
+        RestPhone(phone, creds).restart()
+        return "rest safeRestart"
+    from .drivers.control.sip_notify import check_sync_blocking
+
+    check_sync_blocking(phone)
+    return "sip check-sync"
+
+
+@app.task(name="fleet.rollout_push", acks_late=True)
+def rollout_push(rid: str, mac: str, attempt: int) -> dict:
+    """Render, back up, publish and reboot one phone. Idempotent per (rollout, phone, attempt)."""
+    from . import polycom
+    from .drivers.publish import open_publisher
+
+    inv, secrets, store, rs, site, phone = _rollout_ctx(rid, mac)
+    state = rs.phone(rid, mac)
+    if int(state.get("attempt", 1)) != attempt or state.get("state") in rs.SETTLED or state.get("reboot_at"):
+        return {"state": state.get("state"), "note": "already done for this attempt"}
+    entry = next(p for p in rs.get(rid)["plan"]["phones"] if p["mac"] == mac)
+    if rs.config_version(mac) == entry["config_hash"]:
+        rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
+        return {"state": "skipped"}
+    creds = secrets.credentials(phone.credentials)
+    if _in_call(phone, creds):
+        rs.set_phone(rid, mac, state="deferred", deferred_at=time.time())
+        return {"state": "deferred"}
+    boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
+    try:
+        resolved = {k: secrets.resolve_param(v) for k, v in entry["params"].items()}
+        files = polycom.render_phone_files(mac, resolved)
+        pub = open_publisher(site.boot_server.url, boot_creds)
+        try:
+            rs.set_phone(rid, mac, state="publishing")
+            for name in files:
+                backup = f"{name}.before-{rid}"
+                if pub.read(backup) is None and not state.get(f"backed_up:{name}"):
+                    old = pub.read(name)
+                    if old is not None:
+                        pub.write(backup, old)
+                    rs.set_phone(rid, mac, **{f"backed_up:{name}": "yes" if old is not None else "absent"})
+            for name in sorted(files, key=lambda n: n == f"{mac}.cfg"):   # the master file last
+                pub.write(name, files[name])
+        finally:
+            pub.close()
+        if not rs.claim_reboot(rid, mac, attempt):
+            return {"state": "rebooting", "note": "reboot already sent for this attempt"}
+        reboot_at = time.time()
+        rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at)
+        how = _reboot(phone, creds)
+        rs.set_phone(rid, mac, state="verifying", reboot_via=how)
+        return {"state": "verifying", "reboot_at": reboot_at}
+    except (DriverError, KeyError, ValueError) as exc:
+        rs.set_phone(rid, mac, state="failed", error=str(exc)[:300], settled_at=time.time())
+        return {"state": "failed", "error": str(exc)[:300]}
+
+
+@app.task(name="fleet.rollout_rollback", acks_late=True)
+def rollout_rollback(rid: str, mac: str) -> dict:
+    """Put the phone's previous files back and reboot it; the controller verifies it re-registers."""
+    from .drivers.publish import open_publisher
+
+    inv, secrets, store, rs, site, phone = _rollout_ctx(rid, mac)
+    state = rs.phone(rid, mac)
+    if state.get("rollback_at"):
+        return {"state": state.get("state"), "note": "rollback already sent"}
+    boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
+    try:
+        pub = open_publisher(site.boot_server.url, boot_creds)
+        try:
+            for key, value in state.items():
+                if not key.startswith("backed_up:"):
+                    continue
+                name = key.split(":", 1)[1]
+                if value == "absent":
+                    pub.delete(name)
+                else:
+                    old = pub.read(f"{name}.before-{rid}")
+                    if old is None:
+                        raise DriverError(pub.name, f"backup of {name} is missing")
+                    pub.write(name, old)
+        finally:
+            pub.close()
+        rs.set_phone(rid, mac, state="rolling_back", rollback_at=time.time())
+        _reboot(phone, secrets.credentials(phone.credentials))
+        return {"state": "rolling_back"}
+    except (DriverError, KeyError, ValueError) as exc:
+        rs.set_phone(rid, mac, state="rollback_failed", error=str(exc)[:300], settled_at=time.time())
+        return {"state": "rollback_failed", "error": str(exc)[:300]}

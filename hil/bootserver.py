@@ -45,6 +45,12 @@ class HttpBootServer:
         if target is None:
             self.requests.append((request.method, path, 403))
             return web.Response(status=403, text="outside the boot directory")
+        if request.method == "DELETE":
+            existed = target.is_file()
+            if existed:
+                target.unlink()
+            self.requests.append(("DELETE", path, 204 if existed else 404))
+            return web.Response(status=204 if existed else 404)
         if request.method == "PUT":
             body = await request.read()
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -63,6 +69,7 @@ class HttpBootServer:
         app = web.Application(client_max_size=16 * 1024 * 1024)
         app.router.add_route("GET", "/{path:.*}", self._handle)
         app.router.add_route("PUT", "/{path:.*}", self._handle)
+        app.router.add_route("DELETE", "/{path:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
         site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)

@@ -285,10 +285,13 @@ class Lab:
             return web.json_response({"ok": True})
 
         async def fault(request: web.Request) -> web.Response:
+            """Lab-only: make a phone misbehave from its next boot (never-return, wrong-server, bad-boot-once)."""
             body = await request.json()
             phone = self.find_phone(body.get("mac", ""))
             if phone is None:
                 return web.json_response({"error": "no such phone"}, status=404)
+            if body.get("fault") not in (None, "never-return", "wrong-server", "bad-boot-once"):
+                return web.json_response({"error": "unknown fault"}, status=400)
             phone.spec.fault = body.get("fault")
             return web.json_response({"ok": True})
 

@@ -53,7 +53,7 @@ class SiteSpec(Strict):
     boot_protocol: Literal["http", "ftp"] = "http"
     phones: PhonesSpec
     servers: list[ServerSpec] = Field(min_length=1, max_length=9)
-    faults: dict[int, Literal["never-return", "wrong-server"]] = {}
+    faults: dict[int, Literal["never-return", "wrong-server", "bad-boot-once"]] = {}
     params: dict[str, str | int] = {}
     collector: CollectorSpec = CollectorSpec()
 

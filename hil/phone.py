@@ -127,6 +127,7 @@ class VirtualPhone:
         self.lateness: list[float] = []   # seconds each refresh was sent after it was due
         self.register_count = 0
         self._rebooting = False
+        self._boot_fault: str | None = None
 
     # ---------------------------------------------------------------- lifecycle
     async def start(self, http: bool = True) -> None:
@@ -180,6 +181,10 @@ class VirtualPhone:
             if self.spec.fault == "never-return" and not first:
                 self.truth.record(self.mac, "dead")
                 return
+            # lab faults that strike at a boot: this boot ignores server 1 ("bad-boot-once": the next one is fine)
+            self._boot_fault = self.spec.fault if not first else None
+            if self.spec.fault == "bad-boot-once" and not first:
+                self.spec.fault = None
             self.boot_count += 1
             self.boot_errors = []
             params = await self._provision()
@@ -334,7 +339,7 @@ class VirtualPhone:
                 del self.lateness[:500]
 
     async def _register_once(self, reg: Registration, srv: ServerBinding) -> bool:
-        if self.spec.fault == "wrong-server" and srv.index == 1:
+        if srv.index == 1 and ("wrong-server" in (self.spec.fault, self._boot_fault) or self._boot_fault == "bad-boot-once"):
             self._set_server_state(reg, srv, DOWN, reason="disabled")
             return False
         try:

@@ -57,8 +57,8 @@ def lab_spec(name: str, net: int, *, phones: int = 4, servers: list[dict] | None
             "name": site, "boot_protocol": boot_protocol,
             "phones": {"count": phones, "models": models or ["SoundPoint IP 650", "VVX 410"]},
             "servers": servers or [
-                {"address": "provider", "expires": 10, "overlap": 4, "retry_timeout_ms": 400, "retry_max_count": 3},
-                {"address": "gateway", "expires": 10, "overlap": 4, "retry_timeout_ms": 400, "retry_max_count": 3}],
+                {"address": "provider", "expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3},
+                {"address": "gateway", "expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}],
             "faults": faults or {},
             "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}",
                           "poll_interval": poll_interval},

@@ -147,7 +147,7 @@ def test_router_that_does_not_answer_gives_a_typed_error_not_a_traceback(lab, re
 
 def test_phone_without_fallback_fails_with_reason(lab_factory, worker_factory, redis_url, tmp_path):
     spec = lab_spec("nofb", 22, phones=2, site="solo", servers=[
-        {"address": "provider", "expires": 10, "overlap": 4, "retry_timeout_ms": 400, "retry_max_count": 3}])
+        {"address": "provider", "expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}])
     solo = lab_factory(spec)
     worker_factory(solo.inventory, "solo")
     pb = tmp_path / "pb.yml"

@@ -13,7 +13,7 @@ from fleet.drivers.control.sip_notify import check_sync_blocking
 from fleet.drivers.errors import HostKeyUnknown
 
 pytestmark = pytest.mark.slow
-SRV = {"expires": 10, "overlap": 4, "retry_timeout_ms": 400, "retry_max_count": 3}
+SRV = {"expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,31 @@
+"""Publishers to the boot server: one module per protocol, chosen by the boot server URL's scheme.
+
+Each module exposes `open(url, credentials, timeout) -> Publisher`. Writes are
+whole files; a phone never reads a half-written one (HTTP PUT and the local
+directory replace atomically; FTP/SFTP upload to a temporary name and rename).
+"""
+from __future__ import annotations
+
+import importlib
+from typing import Protocol
+from urllib.parse import urlsplit
+
+from ...inventory import Credentials
+
+SCHEMES = {"http": "http_put", "https": "http_put", "ftp": "ftp", "sftp": "sftp", "file": "local"}
+
+
+class Publisher(Protocol):
+    name: str
+
+    def read(self, filename: str) -> bytes | None: ...
+    def write(self, filename: str, data: bytes) -> None: ...
+    def delete(self, filename: str) -> None: ...
+    def close(self) -> None: ...
+
+
+def open_publisher(url: str, credentials: Credentials, timeout: float = 10.0) -> Publisher:
+    scheme = urlsplit(url).scheme
+    if scheme not in SCHEMES:
+        raise ValueError(f"boot server URL {url}: no publisher for scheme {scheme!r}")
+    return importlib.import_module(f"{__name__}.{SCHEMES[scheme]}").open(url, credentials, timeout)

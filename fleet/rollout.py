@@ -1,0 +1,239 @@
+"""Driving a rollout: waves, canaries, max unavailable per site, a failure budget, rollback, resume.
+
+Everything the driver knows is in Redis (fleet.store.RolloutStore), so
+`fleet rollout resume ID` in any process continues exactly where a halted or
+crashed run stopped. Per-phone work (render, publish, reboot; rollback) is a
+short Celery task on the site's queue; verification is read from the store,
+fed by the site's collectors, so no worker slot waits on a rebooting phone.
+A phone counts as unavailable from the moment it is sent to be rebooted until
+it is verified (or settled otherwise), and no site ever has more than its
+`max_unavailable` such phones.
+"""
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable
+
+from .celeryapp import app as celery_app
+from .celeryapp import site_queue
+from .inventory import Inventory
+from .rollout_playbook import RolloutPlaybook
+from .store import RolloutStore, Store
+
+IN_FLIGHT = ("dispatched", "publishing", "rebooting", "verifying", "rolling_back")
+FAILED = ("failed", "rolled_back", "rollback_failed")
+DEFER_RETRY_S = 5.0
+DISPATCH_STALL_S = 60.0   # a dispatched task that shows no progress this long is sent again (its worker died)
+
+
+def new_id(name: str) -> str:
+    return time.strftime("%Y%m%d-%H%M%S-") + name[:20] + "-" + uuid.uuid4().hex[:4]
+
+
+@dataclass
+class Outcome:
+    status: str
+    reason: str
+    counts: dict
+
+
+class RolloutDriver:
+    def __init__(self, rid: str, inventory: Inventory, store: Store, playbook: RolloutPlaybook,
+                 say: Callable[[str], None] = lambda s: None, progress: Callable[[dict], None] = lambda c: None,
+                 poll: float = 0.2, drill: Callable[[str, str], bool] | None = None) -> None:
+        self.rid, self.inv, self.store, self.pb = rid, inventory, store, playbook
+        self.rs = RolloutStore(store)
+        self.say, self.progress, self.poll = say, progress, poll
+        self.drill = drill
+        meta = self.rs.get(rid)
+        self.plan = meta["plan"]
+        self.site_of = {p["mac"]: p["site"] for p in self.plan["phones"]}
+        self.required = self.pb.verify.registered_to
+        self._stop = threading.Event()
+        self.budget_total = int(meta.get("budget_override") or self.plan["budget_total"])
+
+    # ---------------------------------------------------------------- leases
+    def _sites(self) -> list[str]:
+        return sorted(set(self.site_of.values()))
+
+    def _renew(self) -> None:
+        while not self._stop.wait(5):
+            for s in self._sites():
+                self.store.renew_lease(s, f"rollout:{self.rid}")
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> Outcome:
+        holder = f"rollout:{self.rid}"
+        taken = []
+        try:
+            for s in self._sites():
+                self.store.acquire_lease(s, holder)
+                taken.append(s)
+        except Exception:
+            for s in taken:
+                self.store.release_lease(s, holder)
+            raise
+        renewer = threading.Thread(target=self._renew, daemon=True)
+        renewer.start()
+        self.rs.set(self.rid, status="running", reason="")
+        self.rs.log(self.rid, "run", pid=threading.get_native_id())
+        try:
+            outcome = self._drive()
+        except KeyboardInterrupt:
+            outcome = Outcome("halted", "interrupted (Ctrl-C); `fleet rollout resume` continues", self.counts())
+        finally:
+            self._stop.set()
+            for s in taken:
+                self.store.release_lease(s, holder)
+        self.rs.set(self.rid, status=outcome.status, reason=outcome.reason, finished=time.time())
+        self.rs.log(self.rid, "end", status=outcome.status, reason=outcome.reason, counts=outcome.counts)
+        return outcome
+
+    def _drive(self) -> Outcome:
+        for wave, macs in enumerate(self.plan["waves"]):
+            states = self.rs.phones(self.rid, macs)
+            if all(s.get("state") in self.rs.SETTLED for s in states.values()):
+                continue
+            self.say(f"wave {wave}: {len(macs)} phones" + (" (canaries)" if wave == 0 and self.pb.strategy.canary else ""))
+            self.rs.log(self.rid, "wave", wave=wave, phones=len(macs))
+            halted = self._run_wave(wave, macs)
+            if halted:
+                return halted
+            if wave == 0 and self.pb.strategy.canary and self.pb.drill and self.drill is not None:
+                canary_site = self.site_of[macs[0]]
+                self.say(f"failover drill on canary site {canary_site}: {self.pb.drill}")
+                ok = self.drill(self.pb.drill, f"rollout:{self.rid}")
+                self.rs.log(self.rid, "drill", site=canary_site, passed=ok)
+                if not ok:
+                    return Outcome("halted", f"failover drill {self.pb.drill} failed on canary site {canary_site}", self.counts())
+        return Outcome("done", "", self.counts())
+
+    def _run_wave(self, wave: int, macs: list[str]) -> Outcome | None:
+        deadline = time.monotonic() + self.pb.strategy.progress_deadline
+        while True:
+            if self.rs.get(self.rid).get("abort") == "1":
+                self._settle(macs)
+                return Outcome("aborted", "aborted by request", self.counts())
+            states = self.rs.phones(self.rid, macs)
+            self._advance(states)
+            states = self.rs.phones(self.rid, macs)
+            self.progress(self.counts_by_site())
+            spent = self._budget_spent()
+            if spent:
+                self._settle(macs)
+                return Outcome("halted", spent, self.counts())
+            if all(s.get("state") in self.rs.SETTLED for s in states.values()):
+                return None
+            if time.monotonic() > deadline:
+                self._settle(macs)
+                return Outcome("halted", f"wave {wave} missed its progress deadline "
+                                         f"({self.pb.strategy.progress_deadline:g}s)", self.counts())
+            self._dispatch(states)
+            time.sleep(self.poll)
+
+    def _settle(self, macs: list[str]) -> None:
+        """Stop sending work; let phones already rebooting finish (verified, failed or rolled back)."""
+        end = time.monotonic() + self.pb.verify.within * 2 + 30
+        while time.monotonic() < end:
+            states = self.rs.phones(self.rid, macs)
+            self._advance(states)
+            if not any(s.get("state") in IN_FLIGHT for s in self.rs.phones(self.rid, macs).values()):
+                return
+            time.sleep(self.poll)
+
+    # ---------------------------------------------------------------- per phone
+    def _unavailable(self, site: str) -> int:
+        macs = [m for m, s in self.site_of.items() if s == site]
+        return sum(1 for st in self.rs.phones(self.rid, macs).values() if st.get("state") in IN_FLIGHT)
+
+    def _dispatch(self, states: dict[str, dict]) -> None:
+        now = time.time()
+        limits = self.plan["max_unavailable"]
+        for mac, st in states.items():
+            state = st.get("state")
+            ready = state == "pending" or (state == "deferred" and now - float(st.get("deferred_at", 0)) > DEFER_RETRY_S)
+            if not ready:
+                continue
+            site = self.site_of[mac]
+            if self._unavailable(site) >= limits[site]:
+                continue
+            attempt = int(st.get("attempt", 1))
+            self.rs.set_phone(self.rid, mac, state="dispatched", dispatched_at=now)
+            celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, attempt], queue=site_queue(site))
+
+    def _advance(self, states: dict[str, dict]) -> None:
+        """Verification and rollback decisions, from the collectors' observations in the store."""
+        now = time.time()
+        for mac, st in states.items():
+            state = st.get("state")
+            site = self.site_of[mac]
+            if state == "dispatched" and now - float(st.get("dispatched_at") or now) > DISPATCH_STALL_S:
+                # the task was lost with its worker before it did anything visible: send it again
+                self.rs.set_phone(self.rid, mac, dispatched_at=now)
+                celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site))
+            elif state == "verifying" or (state == "rebooting" and st.get("reboot_at")):
+                since = float(st["reboot_at"])
+                if self._registered(mac, self.required, since):
+                    entry = next(p for p in self.plan["phones"] if p["mac"] == mac)
+                    self.store_pushed(mac, entry)
+                    self.rs.set_phone(self.rid, mac, state="verified", settled_at=now, verified_in=round(now - since, 2))
+                    self.rs.log(self.rid, "verified", mac=mac, seconds=round(now - since, 2))
+                elif now - since > self.pb.verify.within:
+                    reason = f"not registered to server(s) {self.required} within {self.pb.verify.within:g}s of the reboot"
+                    self.rs.log(self.rid, "failed", mac=mac, reason=reason)
+                    if self.pb.rollback:
+                        self.rs.set_phone(self.rid, mac, state="rolling_back", error=reason, rollback_requested=now)
+                        celery_app.send_task("fleet.rollout_rollback", args=[self.rid, mac], queue=site_queue(site))
+                    else:
+                        self.rs.set_phone(self.rid, mac, state="failed", error=reason, settled_at=now)
+            elif state == "rolling_back" and st.get("rollback_at"):
+                since = float(st["rollback_at"])
+                if self._registered(mac, [1], since):
+                    self.rs.set_phone(self.rid, mac, state="rolled_back", settled_at=now)
+                    self.rs.log(self.rid, "rolled_back", mac=mac)
+                elif now - since > self.pb.verify.within:
+                    self.rs.set_phone(self.rid, mac, state="rollback_failed", settled_at=now,
+                                      error=(st.get("error", "") + "; the rolled-back phone did not re-register")[:300])
+                    self.rs.log(self.rid, "rollback_failed", mac=mac)
+
+    def store_pushed(self, mac: str, entry: dict) -> None:
+        self.rs.set_pushed(mac, entry["params"], entry["config_hash"])
+
+    def _registered(self, mac: str, servers: list[int], since: float) -> bool:
+        st = self.store.phone_state(mac)
+        return all(st.servers.get(i, {}).get("state") == "registered" and st.servers[i].get("t", 0) > since for i in servers)
+
+    # ---------------------------------------------------------------- accounting
+    def counts(self) -> dict:
+        states = self.rs.phones(self.rid, list(self.site_of))
+        counts: dict = {"total": len(states)}
+        for st in states.values():
+            counts[st.get("state", "?")] = counts.get(st.get("state", "?"), 0) + 1
+        return counts
+
+    def counts_by_site(self) -> dict[str, dict]:
+        states = self.rs.phones(self.rid, list(self.site_of))
+        out: dict[str, dict] = {}
+        for mac, st in states.items():
+            c = out.setdefault(self.site_of[mac], {"total": 0, "settled": 0, "failed": 0})
+            c["total"] += 1
+            c["settled"] += st.get("state") in self.rs.SETTLED
+            c["failed"] += st.get("state") in FAILED
+        return out
+
+    def _budget_spent(self) -> str:
+        states = self.rs.phones(self.rid, list(self.site_of))
+        failed = [m for m, st in states.items() if st.get("state") in FAILED
+                  or (st.get("state") == "rolling_back")]
+        if len(failed) > self.budget_total:
+            return f"failure budget spent: {len(failed)} phones failed (budget {self.budget_total})"
+        per_site = self.plan.get("budget_per_site")
+        if per_site:
+            for site, limit in per_site.items():
+                n = sum(1 for m in failed if self.site_of[m] == site)
+                if n > int(limit):
+                    return f"failure budget of site {site} spent: {n} phones failed (budget {limit})"
+        return ""

@@ -1,0 +1,172 @@
+"""Rollouts end to end on a two-site virtual lab, with real Redis and real `fleet worker` processes."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import BIN, ROOT, RunningLab, free_port, run_fleet, start_lab
+
+pytestmark = pytest.mark.slow
+SRV = {"expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}
+
+
+def two_site_spec(name: str, net: int, per_site: int) -> dict:
+    site = lambda n: {"name": n, "phones": {"count": per_site, "models": ["SoundPoint IP 650", "VVX 410"]},  # noqa: E731
+                      "servers": [{"address": "provider", **SRV}, {"address": "gateway", **SRV}],
+                      "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}}
+    return {"name": name, "net": net, "firmware_family": "uc-5.x",
+            "timing": {"boot_time": 0.3, "boot_jitter": 2, "retry_interval": 3, "log_upload_period": 0, "dns_ttl": 1},
+            "sites": [site("east"), site("west")]}
+
+
+@pytest.fixture(scope="module")
+def fleet_lab(tmp_path_factory, worker_factory):
+    lab = start_lab(tmp_path_factory.mktemp("rollout"), two_site_spec("rollout", 31, 25))
+    lab.workers = {s: worker_factory(lab.inventory, s) for s in ("east", "west")}
+    yield lab
+    lab.down()
+
+
+def playbook(tmp: Path, **overrides) -> Path:
+    doc = {"kind": "rollout", "name": "expiry", "params": {"reg.1.server.1.expires": 12},
+           "strategy": {"canary": 2, "wave_size": 10, "max_unavailable": 3, "failure_budget": {"total": 0},
+                        "progress_deadline": 120},
+           "verify": {"registered_to": [1, 2], "within": 25}, "rollback": True}
+    for k, v in overrides.items():
+        doc[k] = v
+    path = tmp / f"pb-{time.time_ns()}.yml"
+    path.write_text(yaml.safe_dump(doc))
+    return path
+
+
+def boot_dirs_digest(lab: RunningLab) -> str:
+    h = hashlib.sha256()
+    for d in sorted(lab.state.glob("boot-*")):
+        for f in sorted(d.iterdir()):
+            if not f.name.endswith("-app.log"):
+                h.update(f.name.encode() + f.read_bytes())
+    return h.hexdigest()
+
+
+def unavailable_peaks(truth: dict, macs_by_site: dict[str, set[str]], since: float) -> dict[str, int]:
+    """From the lab's own timeline: most phones of a site between reboot and re-registration at once."""
+    peaks = {}
+    for site, macs in macs_by_site.items():
+        edges = []
+        for mac in macs:
+            events = truth["phones"][mac]["events"]
+            for i, e in enumerate(events):
+                if e["kind"] == "reboot" and e["t"] >= since:
+                    back = next((x["t"] for x in events[i + 1:] if x["kind"] == "working_server" and x["data"]["server"]), None)
+                    edges += [(e["t"], 1), (back or float("inf"), -1)]
+        level = peak = 0
+        for _, d in sorted(edges):
+            level += d
+            peak = max(peak, level)
+        peaks[site] = peak
+    return peaks
+
+
+def reboots(truth: dict, since: float) -> dict[str, int]:
+    return {mac: sum(1 for e in p["events"] if e["kind"] == "reboot" and e["t"] >= since) for mac, p in truth["phones"].items()}
+
+
+def macs_by_site(lab) -> dict[str, set[str]]:
+    inv = yaml.safe_load(lab.inventory.read_text())
+    return {s["name"]: {p["mac"] for p in s["phones"]} for s in inv["sites"]}
+
+
+def test_dry_run_touches_nothing(fleet_lab, redis_url, tmp_path):
+    before_files = boot_dirs_digest(fleet_lab)
+    before_boots = {p["mac"]: p["boot_count"] for p in fleet_lab.status()["phones"]}
+    res = run_fleet(["rollout", "run", str(playbook(tmp_path)), "--inventory", str(fleet_lab.inventory), "--dry-run", "--json"],
+                    redis_url)
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    assert len(plan["phones"]) == 50 and plan["waves"][0] == sorted(plan["waves"][0]) and len(plan["waves"][0]) == 2
+    assert all(p["diff"]["reg.1.server.1.expires"] == ["10", "12"] for p in plan["phones"])
+    assert plan["load"]["voip.provider.example"]["phones"] == 50
+    assert plan["max_unavailable"] == {"east": 3, "west": 3}
+    assert "secret:" in json.dumps(plan) and not any(
+        s in res.stdout for s in yaml.safe_load((fleet_lab.state / "secrets.yml").read_text())["phone_admin"].values() if len(s) > 6)
+    time.sleep(1)
+    assert boot_dirs_digest(fleet_lab) == before_files
+    assert {p["mac"]: p["boot_count"] for p in fleet_lab.status()["phones"]} == before_boots
+
+
+def test_invalid_parameter_is_rejected_before_any_phone_is_touched(fleet_lab, redis_url, tmp_path):
+    before = boot_dirs_digest(fleet_lab)
+    res = run_fleet(["rollout", "run", str(playbook(tmp_path, params={"reg.1.server.1.expires": 5})),
+                     "--inventory", str(fleet_lab.inventory)], redis_url)
+    assert res.returncode == 2 and "reg.1.server.1.expires=5: out of range" in res.stderr
+    assert boot_dirs_digest(fleet_lab) == before
+
+
+def test_fifty_phone_rollout_across_two_sites_respects_max_unavailable(fleet_lab, redis_url, tmp_path):
+    t0 = time.time()
+    res = run_fleet(["rollout", "run", str(playbook(tmp_path)), "--inventory", str(fleet_lab.inventory), "--json"],
+                    redis_url, timeout=400)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["status"] == "done" and out["counts"] == {"total": 50, "verified": 50}
+    truth = fleet_lab.status()["ground_truth"]
+    assert set(reboots(truth, t0).values()) == {1}, "every phone rebooted exactly once"
+    peaks = unavailable_peaks(truth, macs_by_site(fleet_lab), t0)
+    assert all(1 <= v <= 3 for v in peaks.values()), peaks
+    # the phones now run the new configuration: read back over REST from a VVX
+    from fleet import inventory
+    from fleet.drivers.control.rest import RestPhone
+
+    inv = inventory.load(fleet_lab.inventory)
+    vvx = next(p for p in inv.sites[0].phones if p.has_rest)
+    assert RestPhone(vvx, inventory.Secrets(inv).credentials(vvx.credentials)).config_get(
+        ["reg.1.server.1.expires"]) == {"reg.1.server.1.expires": "12"}
+    # content-addressed: the same rollout again changes nothing and reboots nobody
+    t1 = time.time()
+    res = run_fleet(["rollout", "run", str(playbook(tmp_path)), "--inventory", str(fleet_lab.inventory), "--json"], redis_url)
+    assert json.loads(res.stdout)["counts"] == {"total": 50, "skipped": 50}
+    assert set(reboots(fleet_lab.status()["ground_truth"], t1).values()) == {0}
+    status = json.loads(run_fleet(["rollout", "status", out["id"], "--json"], redis_url).stdout)
+    assert status["status"] == "done" and status["counts"] == {"verified": 50}
+
+
+def test_failures_spend_the_budget_halt_and_roll_back_then_resume_finishes(fleet_lab, redis_url, tmp_path):
+    inv = yaml.safe_load(fleet_lab.inventory.read_text())
+    east = [p["mac"] for p in inv["sites"][0]["phones"]]
+    bad = east[:3]
+    boot = fleet_lab.state / "boot-east"
+    originals = {m: {f.name: f.read_bytes() for f in boot.glob(f"{m}*.cfg")} for m in bad}
+    for m in bad:
+        fleet_lab.post("/fault", {"mac": m, "fault": "bad-boot-once"})
+    pb = playbook(tmp_path, targets={"sites": ["east"]}, params={"reg.1.server.1.expires": 14},
+                  strategy={"canary": 0, "wave_size": 5, "max_unavailable": 5, "failure_budget": {"total": 1},
+                            "progress_deadline": 120},
+                  verify={"registered_to": [1, 2], "within": 8})
+    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(fleet_lab.inventory), "--json"], redis_url, timeout=400)
+    out = json.loads(res.stdout)
+    assert res.returncode == 1 and out["status"] == "halted" and "failure budget spent" in out["reason"]
+    status = json.loads(run_fleet(["rollout", "status", out["id"], "--json"], redis_url).stdout)
+    states = {m: st["state"] for m, st in status["phones"].items()}
+    assert {states[m] for m in bad} == {"rolled_back"}
+    assert sum(1 for s in states.values() if s == "pending") > 0, "halted before the rest of the site"
+    for m in bad:
+        assert {f.name: f.read_bytes() for f in boot.glob(f"{m}*.cfg")} == originals[m], "previous files restored"
+    # the rolled-back phones run their old configuration again and are back on the provider
+    phones = {p["mac"]: p for p in fleet_lab.status()["phones"]}
+    assert all(phones[m]["registrations"][0]["working_server"] == 1 for m in bad)
+    # resume with a bigger budget: verified phones are not touched again, the rest complete
+    t1 = time.time()
+    res = run_fleet(["rollout", "resume", out["id"], "--budget", "10", "--json"], redis_url, timeout=400)
+    done = json.loads(res.stdout)
+    assert done["status"] == "done", res.stderr[-2000:]
+    assert done["counts"]["rolled_back"] == 3 and done["counts"]["verified"] == 22
+    truth = fleet_lab.status()["ground_truth"]
+    verified_before = [m for m, s in states.items() if s == "verified"]
+    assert all(reboots(truth, t1)[m] == 0 for m in verified_before)
