@@ -24,7 +24,8 @@ def configure(url: str | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        broker_transport_options={"visibility_timeout": 600},
+        # a task lost with its worker (acks_late) is delivered again after this many seconds
+        broker_transport_options={"visibility_timeout": int(os.environ.get("FLEET_VISIBILITY_TIMEOUT", "600"))},
         result_expires=24 * 3600,
         task_default_queue="fleet",
         broker_connection_retry_on_startup=True,

@@ -11,6 +11,7 @@ it is verified (or settled otherwise), and no site ever has more than its
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -26,7 +27,8 @@ from .store import RolloutStore, Store
 IN_FLIGHT = ("dispatched", "publishing", "rebooting", "verifying", "rolling_back")
 FAILED = ("failed", "rolled_back", "rollback_failed")
 DEFER_RETRY_S = 5.0
-DISPATCH_STALL_S = 60.0   # a dispatched task that shows no progress this long is sent again (its worker died)
+# a dispatched task that shows no progress this long is sent again (its worker died with it)
+DISPATCH_STALL_S = float(os.environ.get("FLEET_DISPATCH_STALL", "60"))
 
 
 def new_id(name: str) -> str:
@@ -170,7 +172,7 @@ class RolloutDriver:
         for mac, st in states.items():
             state = st.get("state")
             site = self.site_of[mac]
-            if state == "dispatched" and now - float(st.get("dispatched_at") or now) > DISPATCH_STALL_S:
+            if state in ("dispatched", "publishing") and now - float(st.get("dispatched_at") or now) > DISPATCH_STALL_S:
                 # the task was lost with its worker before it did anything visible: send it again
                 self.rs.set_phone(self.rid, mac, dispatched_at=now)
                 celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site))
