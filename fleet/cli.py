@@ -247,17 +247,18 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
         sys.exit(EXIT_INPUT if p.overloaded and not pb.strategy.allow_overload else 0)
     store = _store()
     from .celeryapp import configure
-    from .store import RolloutStore
+    from .rollout import Overloaded, create
+    from .rollout_plan import PlanError
 
     configure(store.url)
-    rs = RolloutStore(store)
-    p = _plan(pb, inv, rid, rs.last_pushed([ph.mac for s in inv.sites for ph in s.phones]), playbook_path)
-    if p.overloaded and not pb.strategy.allow_overload:
-        _print_plan(p, Console(stderr=True))
-        err.print("[red]refusing: the change would overload a registrar (set strategy.allow_overload to override)[/red]")
+    try:
+        rid, pb, inv, _ = create(playbook_path, inventory_path, store, rid)
+    except PlanError as exc:
+        err.print(f"[red]{playbook_path}: {exc}[/red]")
         sys.exit(EXIT_INPUT)
-    rs.create(rid, pb.name, p.to_dict(), {"playbook_path": str(Path(playbook_path).resolve()),
-                                          "inventory_path": str(Path(inventory_path).resolve())})
+    except Overloaded as exc:
+        err.print(f"[red]refusing: the change would overload a registrar ({exc}); set strategy.allow_overload to override[/red]")
+        sys.exit(EXIT_INPUT)
     _drive(rid, pb, inv, store, as_json)
 
 
@@ -422,12 +423,45 @@ def status(site: str | None, live: bool, as_json: bool) -> None:
 
 @main.command()
 @click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
-@click.option("--site", "sites", multiple=True, required=True, help="Serve this site's queue (repeatable).")
+@click.option("--playbooks", "playbook_dir", default="playbooks", show_default=True, type=click.Path(file_okay=False),
+              help="Directory of rollout playbooks; those with a `schedule` are run by cron.")
+@click.option("--check", is_flag=True, help="Print the schedule and any missed runs, then exit.")
+def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
+    """Run Celery beat with the schedules of the rollout playbooks (a worker with --control runs them)."""
+    from . import schedule
+
+    _inventory(inventory_path)
+    try:
+        entries = schedule.load_entries(playbook_dir)
+    except FileError as exc:
+        err.print(f"[red]invalid playbook: {exc}[/red]")
+        sys.exit(EXIT_INPUT)
+    store = _store()
+    for e in entries:
+        click.echo(f"{e.name}: '{e.cron}' ({e.timezone}) -> {e.playbook}")
+    for message in schedule.check_missed(store.r, entries):
+        err.print(f"[yellow]missed: {message}[/yellow]")
+    if check:
+        return
+    from .celeryapp import app, configure
+
+    configure(store.url)
+    app.conf.beat_schedule = schedule.beat_schedule(entries, str(Path(inventory_path).resolve()))
+    app.Beat(loglevel="WARNING", schedule=str(Path(os.environ.get("FLEET_BEAT_DIR", ".")) / "fleet-beat-schedule")).run()
+
+
+@main.command()
+@click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
+@click.option("--site", "sites", multiple=True, help="Serve this site's queue (repeatable).")
+@click.option("--control", is_flag=True, help="Also serve the fleet.control queue (scheduled rollouts run there).")
 @click.option("--concurrency", default=2, show_default=True)
 @click.option("--no-collect", is_flag=True, help="Do not run the syslog/event collectors in this worker.")
-def worker(inventory_path: str, sites: tuple[str, ...], concurrency: int, no_collect: bool) -> None:
+def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurrency: int, no_collect: bool) -> None:
     """Start a Celery worker for the given sites' queues (site.NAME), with their collectors."""
     inv = _inventory(inventory_path)
+    if not sites and not control:
+        err.print("[red]give at least one --site, or --control[/red]")
+        sys.exit(EXIT_INPUT)
     for s in sites:
         try:
             inv.site(s)
@@ -440,8 +474,9 @@ def worker(inventory_path: str, sites: tuple[str, ...], concurrency: int, no_col
     from .celeryapp import app, configure
 
     configure(store.url)
-    app.worker_main(["worker", "-Q", ",".join(f"site.{s}" for s in sites), "--concurrency", str(concurrency),
-                     "-n", f"{'+'.join(sites)}@{socket.gethostname()}", "--loglevel", "WARNING", "--without-gossip",
+    queues = [f"site.{s}" for s in sites] + (["fleet.control"] if control else [])
+    app.worker_main(["worker", "-Q", ",".join(queues), "--concurrency", str(concurrency),
+                     "-n", f"{'+'.join(list(sites) + (['control'] if control else []))}@{socket.gethostname()}", "--loglevel", "WARNING", "--without-gossip",
                      "--without-mingle"])
 
 

@@ -239,3 +239,27 @@ class RolloutDriver:
                 if n > int(limit):
                     return f"failure budget of site {site} spent: {n} phones failed (budget {limit})"
         return ""
+
+
+class Overloaded(ValueError):
+    """The change would push a registrar over its REGISTER/s limit (R6) and the playbook does not allow it."""
+
+
+def create(playbook_path: str, inventory_path: str, store: Store, rid: str | None = None):
+    """Validate, plan and record a rollout; returns (id, playbook, inventory, plan). Nothing is touched yet."""
+    from pathlib import Path
+
+    from . import inventory as inv_mod
+    from . import rollout_playbook
+    from .rollout_plan import plan
+
+    pb = rollout_playbook.load(playbook_path)
+    inv = inv_mod.load(inventory_path)
+    rid = rid or new_id(pb.name)
+    rs = RolloutStore(store)
+    p = plan(inv, pb, rid, rs.last_pushed([ph.mac for s in inv.sites for ph in s.phones]), inv.registrar_limits)
+    if p.overloaded and not pb.strategy.allow_overload:
+        raise Overloaded("; ".join(p.overloaded))
+    rs.create(rid, pb.name, p.to_dict(), {"playbook_path": str(Path(playbook_path).resolve()),
+                                          "inventory_path": str(Path(inventory_path).resolve())})
+    return rid, pb, inv, p

@@ -102,10 +102,12 @@ class Worker:
                 os.killpg(self.proc.pid, signal.SIGKILL)
 
 
-def start_worker(redis_url: str, inventory: Path, site: str, log: Path, collect: bool = True) -> Worker:
+def start_worker(redis_url: str, inventory: Path, site: str, log: Path, collect: bool = True,
+                 extra: tuple[str, ...] = ()) -> Worker:
     env = dict(os.environ, FLEET_REDIS_URL=redis_url)
     out = open(log, "w")
-    proc = subprocess.Popen([BIN / "fleet", "worker", "--inventory", str(inventory), "--site", site]
+    site_args = ["--site", site] if site != "control" else []
+    proc = subprocess.Popen([BIN / "fleet", "worker", "--inventory", str(inventory), *site_args, *extra]
                             + ([] if collect else ["--no-collect"]),
                             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     from fleet.celeryapp import app, configure
