@@ -40,7 +40,8 @@ test-fast: venv
 	$(PY) -m pytest -q -ra -m "not slow and not lab"
 
 bench: venv
-	for b in bench/*.py; do $(PY) $$b || exit 1; done
+	$(PY) -m pip install -q -e '.[test,bench]'
+	for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) .pytest_cache

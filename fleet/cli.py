@@ -324,7 +324,7 @@ def rollout_status(rid: str, as_json: bool) -> None:
         counts[st.get("state")] = counts.get(st.get("state"), 0) + 1
     if as_json:
         click.echo(json.dumps({"id": rid, "status": meta.get("status"), "reason": meta.get("reason", ""), "counts": counts,
-                               "phones": {m: {k: v for k, v in st.items() if not k.startswith("backed_up:")}
+                               "phones": {m: {k: v for k, v in st.items() if not k.startswith("backed_up:") and k != "plan"}
                                           for m, st in phones.items()}}, indent=1))
         return
     console = Console()
@@ -455,8 +455,10 @@ def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
 @click.option("--site", "sites", multiple=True, help="Serve this site's queue (repeatable).")
 @click.option("--control", is_flag=True, help="Also serve the fleet.control queue (scheduled rollouts run there).")
 @click.option("--concurrency", default=2, show_default=True)
+@click.option("--pool", type=click.Choice(["prefork", "threads"]), default="prefork", show_default=True,
+              help="threads suits rollouts: their tasks wait on the network, not the CPU.")
 @click.option("--no-collect", is_flag=True, help="Do not run the syslog/event collectors in this worker.")
-def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurrency: int, no_collect: bool) -> None:
+def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurrency: int, pool: str, no_collect: bool) -> None:
     """Start a Celery worker for the given sites' queues (site.NAME), with their collectors."""
     inv = _inventory(inventory_path)
     if not sites and not control:
@@ -475,7 +477,7 @@ def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurren
 
     configure(store.url)
     queues = [f"site.{s}" for s in sites] + (["fleet.control"] if control else [])
-    app.worker_main(["worker", "-Q", ",".join(queues), "--concurrency", str(concurrency),
+    app.worker_main(["worker", "-Q", ",".join(queues), "--concurrency", str(concurrency), "--pool", pool,
                      "-n", f"{'+'.join(list(sites) + (['control'] if control else []))}@{socket.gethostname()}", "--loglevel", "WARNING", "--without-gossip",
                      "--without-mingle"])
 

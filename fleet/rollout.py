@@ -45,7 +45,7 @@ class Outcome:
 class RolloutDriver:
     def __init__(self, rid: str, inventory: Inventory, store: Store, playbook: RolloutPlaybook,
                  say: Callable[[str], None] = lambda s: None, progress: Callable[[dict], None] = lambda c: None,
-                 poll: float = 0.2, drill: Callable[[str, str], bool] | None = None) -> None:
+                 poll: float = 0.1, drill: Callable[[str, str], bool] | None = None) -> None:
         self.rid, self.inv, self.store, self.pb = rid, inventory, store, playbook
         self.rs = RolloutStore(store)
         self.say, self.progress, self.poll = say, progress, poll
@@ -53,6 +53,8 @@ class RolloutDriver:
         meta = self.rs.get(rid)
         self.plan = meta["plan"]
         self.site_of = {p["mac"]: p["site"] for p in self.plan["phones"]}
+        self._entries = {p["mac"]: p for p in self.plan["phones"]}
+        self._phone_states: dict = {}
         self.required = self.pb.verify.registered_to
         self._stop = threading.Event()
         self.budget_total = int(meta.get("budget_override") or self.plan["budget_total"])
@@ -147,21 +149,27 @@ class RolloutDriver:
             time.sleep(self.poll)
 
     # ---------------------------------------------------------------- per phone
-    def _unavailable(self, site: str) -> int:
-        macs = [m for m, s in self.site_of.items() if s == site]
-        return sum(1 for st in self.rs.phones(self.rid, macs).values() if st.get("state") in IN_FLIGHT)
+    def _unavailable(self) -> dict[str, int]:
+        """Phones of each site between dispatch and settling, across all waves (read once per pass)."""
+        counts: dict[str, int] = {s: 0 for s in self._sites()}
+        for mac, st in self.rs.phones(self.rid, list(self.site_of)).items():
+            if st.get("state") in IN_FLIGHT:
+                counts[self.site_of[mac]] += 1
+        return counts
 
     def _dispatch(self, states: dict[str, dict]) -> None:
         now = time.time()
         limits = self.plan["max_unavailable"]
+        unavailable = self._unavailable()
         for mac, st in states.items():
             state = st.get("state")
             ready = state == "pending" or (state == "deferred" and now - float(st.get("deferred_at", 0)) > DEFER_RETRY_S)
             if not ready:
                 continue
             site = self.site_of[mac]
-            if self._unavailable(site) >= limits[site]:
+            if unavailable[site] >= limits[site]:
                 continue
+            unavailable[site] += 1
             attempt = int(st.get("attempt", 1))
             self.rs.set_phone(self.rid, mac, state="dispatched", dispatched_at=now)
             celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, attempt], queue=site_queue(site))
@@ -169,6 +177,8 @@ class RolloutDriver:
     def _advance(self, states: dict[str, dict]) -> None:
         """Verification and rollback decisions, from the collectors' observations in the store."""
         now = time.time()
+        waiting = [m for m, st in states.items() if st.get("state") in ("verifying", "rebooting", "rolling_back")]
+        self._phone_states = self.store.phone_states(waiting) if waiting else {}
         for mac, st in states.items():
             state = st.get("state")
             site = self.site_of[mac]
@@ -179,8 +189,7 @@ class RolloutDriver:
             elif state == "verifying" or (state == "rebooting" and st.get("reboot_at")):
                 since = float(st["reboot_at"])
                 if self._registered(mac, self.required, since):
-                    entry = next(p for p in self.plan["phones"] if p["mac"] == mac)
-                    self.store_pushed(mac, entry)
+                    self.store_pushed(mac, self._entries[mac])
                     self.rs.set_phone(self.rid, mac, state="verified", settled_at=now, verified_in=round(now - since, 2))
                     self.rs.log(self.rid, "verified", mac=mac, seconds=round(now - since, 2))
                 elif now - since > self.pb.verify.within:
@@ -205,7 +214,7 @@ class RolloutDriver:
         self.rs.set_pushed(mac, entry["params"], entry["config_hash"])
 
     def _registered(self, mac: str, servers: list[int], since: float) -> bool:
-        st = self.store.phone_state(mac)
+        st = self._phone_states.get(mac) or self.store.phone_state(mac)
         return all(st.servers.get(i, {}).get("state") == "registered" and st.servers[i].get("t", 0) > since for i in servers)
 
     # ---------------------------------------------------------------- accounting

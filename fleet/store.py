@@ -59,6 +59,12 @@ class Store:
             pipe.sadd(f"{P}phones", p["mac"])
         pipe.execute()
 
+    def phone_states(self, macs: list[str]) -> dict[str, PhoneState]:
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hget(f"{P}phone:{mac}", "state")
+        return {m: PhoneState.from_dict(json.loads(raw)) if raw else PhoneState(mac=m) for m, raw in zip(macs, pipe.execute())}
+
     def phone_state(self, mac: str) -> PhoneState:
         raw = self.r.hget(f"{P}phone:{mac}", "state")
         return PhoneState.from_dict(json.loads(raw)) if raw else PhoneState(mac=mac)
@@ -210,9 +216,12 @@ class RolloutStore:
         pipe = self.r.pipeline()
         pipe.hset(f"{P}rollout:{rid}", mapping={"id": rid, "playbook": playbook, "status": "planned",
                                                 "created": time.time(), "plan": json.dumps(plan), **meta})
+        entries = {p["mac"]: p for p in plan["phones"]}
         for wave, macs in enumerate(plan["waves"]):
             for mac in macs:
-                pipe.hset(f"{P}rollout:{rid}:phone:{mac}", mapping={"state": "pending", "attempt": 1, "wave": wave})
+                # each phone's own part of the plan beside its state: a task reads only what it needs
+                pipe.hset(f"{P}rollout:{rid}:phone:{mac}", mapping={"state": "pending", "attempt": 1, "wave": wave,
+                                                                    "plan": json.dumps(entries[mac])})
         pipe.zadd(f"{P}rollouts", {rid: time.time()})
         pipe.execute()
 

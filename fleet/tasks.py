@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import json
 import logging
 import os
 import time
@@ -176,23 +177,29 @@ def phone_rows(inv: inv_mod.Inventory, site: inv_mod.Site) -> list[dict]:
 
 
 # ---------------------------------------------------------------- rollouts
-def _rollout_ctx(rid: str, mac: str):
+@functools.lru_cache(maxsize=2)
+def _stores(url: str):
+    """One Redis connection pool per worker process, not one per task."""
     from .store import RolloutStore, Store
 
+    store = Store(url)
+    return store, RolloutStore(store)
+
+
+def _rollout_ctx(rid: str, mac: str):
     inv, secrets = context()
-    store = Store(os.environ["FLEET_REDIS_URL"])
-    rs = RolloutStore(store)
+    store, rs = _stores(os.environ["FLEET_REDIS_URL"])
     site, phone = inv.phone(mac)
     return inv, secrets, store, rs, site, phone
 
 
-def _in_call(phone: inv_mod.Phone, creds) -> bool:
+def _in_call(phone: inv_mod.Phone, creds, rest: RestPhone | None = None) -> bool:
     """Call state from REST where the model has it, phone state polling otherwise; unknown counts as idle."""
     import requests
 
     try:
-        if phone.has_rest:
-            return RestPhone(phone, creds, timeout=3).call_state() not in ("", "Idle")
+        if rest is not None:
+            return rest.call_state() not in ("", "Idle")
         resp = requests.get(f"http://{phone.address}:{phone.http_port}/polling/callStateHandler",
                             auth=(creds.username, creds.password), timeout=3)
         return resp.ok and b"<LineState>Active</LineState>" in resp.content
@@ -200,9 +207,9 @@ def _in_call(phone: inv_mod.Phone, creds) -> bool:
         return False
 
 
-def _reboot(phone: inv_mod.Phone, creds) -> str:
+def _reboot(phone: inv_mod.Phone, creds, rest: RestPhone | None = None) -> str:
     if phone.has_rest:
-        RestPhone(phone, creds).restart()
+        (rest or RestPhone(phone, creds)).restart()
         return "rest safeRestart"
     from .drivers.control.sip_notify import check_sync_blocking
 
@@ -220,12 +227,13 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
     state = rs.phone(rid, mac)
     if int(state.get("attempt", 1)) != attempt or state.get("state") in rs.SETTLED or state.get("reboot_at"):
         return {"state": state.get("state"), "note": "already done for this attempt"}
-    entry = next(p for p in rs.get(rid)["plan"]["phones"] if p["mac"] == mac)
+    entry = json.loads(state["plan"])
     if rs.config_version(mac) == entry["config_hash"]:
         rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
         return {"state": "skipped"}
     creds = secrets.credentials(phone.credentials)
-    if _in_call(phone, creds):
+    rest = RestPhone(phone, creds) if phone.has_rest else None   # one digest session for both calls
+    if _in_call(phone, creds, rest):
         rs.set_phone(rid, mac, state="deferred", deferred_at=time.time())
         return {"state": "deferred"}
     boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
@@ -237,7 +245,7 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
             rs.set_phone(rid, mac, state="publishing")
             for name in files:
                 backup = f"{name}.before-{rid}"
-                if pub.read(backup) is None and not state.get(f"backed_up:{name}"):
+                if not state.get(f"backed_up:{name}") and pub.read(backup) is None:
                     old = pub.read(name)
                     if old is not None:
                         pub.write(backup, old)
@@ -250,7 +258,7 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
             return {"state": "rebooting", "note": "reboot already sent for this attempt"}
         reboot_at = time.time()
         rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at)
-        how = _reboot(phone, creds)
+        how = _reboot(phone, creds, rest)
         rs.set_phone(rid, mac, state="verifying", reboot_via=how)
         return {"state": "verifying", "reboot_at": reboot_at}
     except (DriverError, KeyError, ValueError) as exc:

@@ -170,8 +170,12 @@ class VirtualPhone:
         await self._send_line_events("LineUnregistrationEvent")
         self._stop_registrations()
         for reg in self.regs:
+            # all of a registration's servers go at once: the ground truth shows one step to "no working server"
             for srv in reg.servers:
-                self._set_server_state(reg, srv, OFF if not srv.register else DOWN, quiet=True)
+                if srv.state != (OFF if not srv.register else DOWN):
+                    srv.state = OFF if not srv.register else DOWN
+                    self.truth.record(self.mac, "server_state", reg=reg.index, server=srv.index, state=srv.state, reason="reboot")
+            self._update_working(reg)
         self.booted.clear()
         self._spawn(self._boot(first=False))
 

@@ -64,7 +64,8 @@ def unavailable_peaks(truth: dict, macs_by_site: dict[str, set[str]], since: flo
             events = truth["phones"][mac]["events"]
             for i, e in enumerate(events):
                 if e["kind"] == "reboot" and e["t"] >= since:
-                    back = next((x["t"] for x in events[i + 1:] if x["kind"] == "working_server" and x["data"]["server"]), None)
+                    boot = next((j for j in range(i + 1, len(events)) if events[j]["kind"] == "boot"), len(events))
+                    back = next((x["t"] for x in events[boot:] if x["kind"] == "working_server" and x["data"]["server"]), None)
                     edges += [(e["t"], 1), (back or float("inf"), -1)]
         level = peak = 0
         for _, d in sorted(edges):

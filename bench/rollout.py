@@ -1,0 +1,227 @@
+"""A 1,000-phone rollout on the virtual lab vs the same push-reboot-verify calls from Ansible and from a bare client.
+
+1. ours: `fleet rollout run` (Redis, two real workers, every step recorded, resumable), instant reboot;
+2. bare: a thread pool of 50 with requests: PUT the phone's file, POST safeRestart, poll lineInfo until registered;
+3. ansible: ansible-core, `uri` module, forks 50, the same three calls per phone (on --ansible-phones phones,
+   scaled to the full count, because Ansible takes minutes per few hundred hosts).
+Then the controller overhead: a rollout of --overhead-phones phones that take --boot-time seconds to reboot,
+compared with the time the phones themselves take from reboot to registration (the lab's ground truth).
+Run: .venv/bin/python bench/rollout.py [--phones 1000] [--ansible-phones 100]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import requests
+import yaml
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fleet import inventory, polycom  # noqa: E402
+from fleet.redisboot import free_port, start_private  # noqa: E402
+
+BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def lab(work: Path, name: str, net: int, phones: int, boot_time: float) -> tuple[Path, Path]:
+    per_site = phones // 2
+    site = lambda n: {"name": n, "phones": {"count": per_site, "models": ["VVX 410"]},  # noqa: E731
+                      "servers": [{"address": "provider", "expires": 60, "overlap": 10, "retry_timeout_ms": 500},
+                                  {"address": "gateway", "expires": 60, "overlap": 10, "retry_timeout_ms": 500}],
+                      "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}}
+    spec = {"name": name, "net": net, "firmware_family": "uc-5.x",
+            "timing": {"boot_time": boot_time, "boot_jitter": 5, "retry_interval": 5, "log_upload_period": 0, "dns_ttl": 30},
+            "sites": [site("east"), site("west")]}
+    (work / f"{name}.yml").write_text(yaml.safe_dump(spec))
+    state, inv = work / f"{name}-state", work / f"{name}-inv.yml"
+    subprocess.run([BIN / "hil", "up", str(work / f"{name}.yml"), "--state-dir", str(state), "--inventory-out", str(inv),
+                    "--ready-timeout", "180"], check=True)
+    return state, inv
+
+
+def workers(inv: Path, url: str, work: Path) -> list[subprocess.Popen]:
+    env = dict(os.environ, FLEET_REDIS_URL=url)
+    procs = [subprocess.Popen([BIN / "fleet", "worker", "--inventory", str(inv), "--site", s, "--concurrency", "25", "--pool", "threads"], env=env,
+                              stdout=open(work / f"w-{s}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+             for s in ("east", "west")]
+    time.sleep(6)
+    return procs
+
+
+def our_rollout(inv: Path, url: str, work: Path, expires: int, phones: int, max_unavailable: int) -> float:
+    pb = work / f"pb-{expires}.yml"
+    pb.write_text(yaml.safe_dump({"kind": "rollout", "name": "bench", "params": {"reg.1.server.1.expires": expires},
+                                  "strategy": {"canary": 0, "wave_size": phones, "max_unavailable": max_unavailable,
+                                               "failure_budget": {"total": 0}, "progress_deadline": 900},
+                                  "verify": {"registered_to": [1, 2], "within": 120}}))
+    env = dict(os.environ, FLEET_REDIS_URL=url)
+    t0 = time.perf_counter()
+    res = subprocess.run([BIN / "fleet", "rollout", "run", str(pb), "--inventory", str(inv), "--json"], env=env,
+                         capture_output=True, text=True)
+    elapsed = time.perf_counter() - t0
+    out = json.loads(res.stdout)
+    assert out["status"] == "done" and out["counts"].get("verified") == phones, out
+    import redis
+
+    meta = redis.Redis.from_url(url, decode_responses=True).hmget(f"fleet:rollout:{out['id']}", "created", "finished")
+    our_rollout.span = float(meta[1]) - float(meta[0])   # the rollout's own recorded span, without CLI start-up
+    return elapsed
+
+
+def calls(inv_path: Path, expires: int):
+    """Per phone: (boot server PUT url, file bytes, REST base url) for the bare client and Ansible."""
+    inv = inventory.load(inv_path)
+    secrets = inventory.Secrets(inv)
+    out = []
+    for site in inv.sites:
+        boot = secrets.credentials(site.boot_server.credentials)
+        for p in site.phones:
+            params = {k: secrets.resolve_param(v) for k, v in inv.effective_params(site, p).items()}
+            params["reg.1.server.1.expires"] = str(expires)
+            files = polycom.render_phone_files(p.mac, params)
+            out.append({"mac": p.mac, "put": site.boot_server.url + f"{p.mac}-fleet.cfg", "master": site.boot_server.url + f"{p.mac}.cfg",
+                        "files": files, "boot": (boot.username, boot.password), "rest": f"http://{p.address}:{p.http_port}",
+                        "admin": (secrets.credentials(p.credentials).username, secrets.credentials(p.credentials).password)})
+    return out
+
+
+def bare(items: list[dict]) -> float:
+    def one(it: dict) -> None:
+        s = requests.Session()
+        s.put(it["put"], data=it["files"][it["put"].rsplit("/", 1)[1]], auth=it["boot"], timeout=10).raise_for_status()
+        s.put(it["master"], data=it["files"][it["master"].rsplit("/", 1)[1]], auth=it["boot"], timeout=10).raise_for_status()
+        t = time.time()
+        s.post(it["rest"] + "/api/v1/mgmt/safeRestart", auth=it["admin"], timeout=10).raise_for_status()
+        time.sleep(0.3)
+        while time.time() - t < 120:
+            try:
+                r = s.get(it["rest"] + "/api/v1/mgmt/lineInfo", auth=it["admin"], timeout=5)
+                if r.ok and r.json()["data"][0]["RegistrationStatus"] == "registered":
+                    return
+            except (requests.RequestException, ValueError, KeyError, IndexError):
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(f"{it['mac']} did not re-register")
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(50) as pool:
+        list(pool.map(one, items))
+    return time.perf_counter() - t0
+
+
+def ansible(items: list[dict], work: Path) -> float | None:
+    if not shutil.which("ansible-playbook", path=str(BIN)) and not shutil.which("ansible-playbook"):
+        return None
+    hosts = {f"p{i}": {"ansible_connection": "local", "put_url": it["put"], "master_url": it["master"],
+                       "body": it["files"][it["put"].rsplit("/", 1)[1]].decode(),
+                       "master_body": it["files"][it["master"].rsplit("/", 1)[1]].decode(), "rest": it["rest"]}
+             for i, it in enumerate(items)}
+    boot_user, boot_pw = items[0]["boot"]
+    admin_user, admin_pw = items[0]["admin"]
+    (work / "hosts.yml").write_text(yaml.safe_dump({"all": {"hosts": hosts, "vars": {
+        "ansible_python_interpreter": sys.executable, "boot_user": boot_user, "boot_pw": boot_pw,
+        "admin_user": admin_user, "admin_pw": admin_pw}}}))
+    (work / "site.yml").write_text(yaml.safe_dump([{"hosts": "all", "gather_facts": False, "tasks": [
+        {"uri": {"url": "{{ put_url }}", "method": "PUT", "body": "{{ body }}", "user": "{{ boot_user }}",
+                 "password": "{{ boot_pw }}", "force_basic_auth": True, "status_code": [200, 201, 204]}},
+        {"uri": {"url": "{{ master_url }}", "method": "PUT", "body": "{{ master_body }}", "user": "{{ boot_user }}",
+                 "password": "{{ boot_pw }}", "force_basic_auth": True, "status_code": [200, 201, 204]}},
+        {"uri": {"url": "{{ rest }}/api/v1/mgmt/safeRestart", "method": "POST", "user": "{{ admin_user }}",
+                 "password": "{{ admin_pw }}", "force_basic_auth": True}},
+        {"uri": {"url": "{{ rest }}/api/v1/mgmt/lineInfo", "user": "{{ admin_user }}", "password": "{{ admin_pw }}",
+                 "force_basic_auth": True, "return_content": True}, "register": "li",
+         "until": "li.status == 200 and li.json.data[0].RegistrationStatus == 'registered'", "retries": 100, "delay": 1}]}]))
+    env = dict(os.environ, ANSIBLE_FORKS="50", ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_DISPLAY_OK_HOSTS="false")
+    t0 = time.perf_counter()
+    res = subprocess.run([BIN / "ansible-playbook", "-i", str(work / "hosts.yml"), str(work / "site.yml"), "-f", "50"],
+                         env=env, capture_output=True, text=True, cwd=work)
+    elapsed = time.perf_counter() - t0
+    if res.returncode != 0:
+        print(res.stdout[-2000:], res.stderr[-2000:])
+        raise RuntimeError("ansible-playbook failed")
+    return elapsed
+
+
+def own_reboot_times(state: Path, since: float) -> list[float]:
+    control = json.loads((state / "control.json").read_text())["url"]
+    truth = requests.get(control + "/status", timeout=120).json()["ground_truth"]["phones"]
+    out = []
+    for p in truth.values():
+        ev = p["events"]
+        for i, e in enumerate(ev):
+            if e["kind"] == "reboot" and e["t"] >= since:
+                boot = next((j for j in range(i + 1, len(ev)) if ev[j]["kind"] == "boot"), len(ev))
+                back = next((x["t"] for x in ev[boot:] if x["kind"] == "working_server" and x["data"]["server"]), None)
+                if back:
+                    out.append(back - e["t"])
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--phones", type=int, default=1000)
+    ap.add_argument("--ansible-phones", type=int, default=100)
+    ap.add_argument("--overhead-phones", type=int, default=100)
+    ap.add_argument("--boot-time", type=float, default=20.0)
+    args = ap.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
+    url, redis_proc = start_private(work / "redis")
+    procs: list[subprocess.Popen] = []
+    states: list[Path] = []
+    try:
+        state, inv = lab(work, "bench", 57, args.phones, 0.0)
+        states.append(state)
+        procs += workers(inv, url, work)
+        t_ours = our_rollout(inv, url, work, 61, args.phones, max_unavailable=args.phones)
+        items = calls(inv, 62)
+        t_bare = bare(items)
+        t_ans = ansible(calls(inv, 63)[: args.ansible_phones], work)
+        print(f"phones:                  {args.phones} (instant reboot), 2 sites, 2 workers")
+        print(f"ours (fleet rollout):    {t_ours:.1f} s")
+        print(f"bare thread pool (50):   {t_bare:.1f} s   ours/bare = {t_ours / t_bare:.2f}x  (target <= 2x)")
+        if t_ans is None:
+            print("ansible:                 skipped (pip install ansible-core, or `make bench`)")
+        else:
+            scaled = t_ans * args.phones / args.ansible_phones
+            print(f"ansible (forks 50):      {t_ans:.1f} s for {args.ansible_phones} phones, {scaled:.0f} s scaled to {args.phones}"
+                  f"   ansible/ours = {scaled / t_ours:.0f}x  (target >= 100x)")
+        for p in procs:
+            os.killpg(p.pid, 15)
+        procs.clear()
+        subprocess.run([BIN / "hil", "down", "--state-dir", str(state)])
+        states.clear()
+        # overhead with phones that take a realistic while to reboot
+        state, inv = lab(work, "slow", 58, args.overhead_phones, args.boot_time)
+        states.append(state)
+        procs += workers(inv, url, work)
+        t0 = time.time()
+        t_slow = our_rollout(inv, url, work, 64, args.overhead_phones, max_unavailable=args.overhead_phones)
+        own = own_reboot_times(state, t0)
+        print(f"overhead run:            {args.overhead_phones} phones rebooting in ~{args.boot_time:g} s, all at once")
+        span = our_rollout.span
+        print(f"rollout wall time:       {t_slow:.1f} s with CLI start-up, {span:.1f} s recorded span; "
+              f"the phones' own reboot-to-registered max {max(own):.1f} s")
+        print(f"controller overhead:     {(span - max(own)) / max(own) * 100:.1f}% of the span "
+              f"({(t_slow - max(own)) / max(own) * 100:.1f}% with CLI start-up)  (target <= 5%)")
+    finally:
+        for p in procs:
+            try:
+                os.killpg(p.pid, 15)
+            except ProcessLookupError:
+                pass
+        for s in states:
+            subprocess.run([BIN / "hil", "down", "--state-dir", str(s)])
+        redis_proc.terminate()
+
+
+if __name__ == "__main__":
+    main()
