@@ -1,0 +1,123 @@
+"""Publishers against real HTTP and FTP boot servers (the lab's), and the boot server's own path confinement."""
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+
+import pytest
+
+from fleet.drivers.errors import DeviceRefused
+from fleet.drivers.publish import open_publisher
+from fleet.inventory import Credentials
+from fleet.redisboot import free_port
+from hil.bootserver import FtpBootServer, HttpBootServer
+
+
+@pytest.fixture
+def http_boot(tmp_path):
+    root = tmp_path / "boot"
+    root.mkdir()
+    (tmp_path / "secret.txt").write_text("TOP-SECRET-77")
+    port = free_port()
+    loop = asyncio.new_event_loop()
+    server = HttpBootServer(root, "127.0.0.1", port, "PlcmSpIp", "pw-123")
+    ready = threading.Event()
+
+    def run():
+        asyncio.set_event_loop(loop)
+        loop.run_until_complete(server.start())
+        ready.set()
+        loop.run_forever()
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    ready.wait(5)
+    yield f"http://127.0.0.1:{port}/", root
+    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
+    loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.fixture
+def ftp_boot(tmp_path):
+    root = tmp_path / "ftpboot"
+    root.mkdir()
+    port = free_port()
+    server = FtpBootServer(root, "127.0.0.1", port, "PlcmSpIp", "pw-456")
+    server.start()
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            time.sleep(0.05)
+    yield f"ftp://127.0.0.1:{port}/", root
+    server.stop()
+
+
+@pytest.mark.parametrize("kind", ["http", "ftp", "local"])
+def test_publisher_roundtrip(kind, http_boot, ftp_boot, tmp_path):
+    url, root, creds = {"http": (*http_boot, Credentials("PlcmSpIp", "pw-123")),
+                        "ftp": (*ftp_boot, Credentials("PlcmSpIp", "pw-456")),
+                        "local": (f"file://{tmp_path}/local/", tmp_path / "local", Credentials())}[kind]
+    root.mkdir(exist_ok=True)
+    pub = open_publisher(url, creds)
+    try:
+        assert pub.read("0004f2000001.cfg") is None
+        pub.write("0004f2000001.cfg", b"<APPLICATION/>")
+        assert (root / "0004f2000001.cfg").read_bytes() == b"<APPLICATION/>"
+        assert pub.read("0004f2000001.cfg") == b"<APPLICATION/>"
+        assert not list(root.glob("*.part")), "no temporary file left behind"
+        pub.delete("0004f2000001.cfg")
+        assert pub.read("0004f2000001.cfg") is None
+    finally:
+        pub.close()
+
+
+def test_wrong_credentials_are_refused(http_boot):
+    pub = open_publisher(http_boot[0], Credentials("PlcmSpIp", "wrong"))
+    with pytest.raises(DeviceRefused, match="HTTP 401"):
+        pub.write("x.cfg", b"x")
+
+
+def test_http_boot_server_confines_paths(http_boot):
+    import base64
+    import http.client
+
+    url, root = http_boot
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    auth = {"Authorization": "Basic " + base64.b64encode(b"PlcmSpIp:pw-123").decode()}
+    for path in ("/../secret.txt", "/%2e%2e/secret.txt", "/..%2fsecret.txt", "/a/../../secret.txt"):
+        for method, body in (("GET", None), ("PUT", b"pwned")):
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)   # sends the path as given, unnormalised
+            conn.request(method, path, body=body, headers=auth)
+            resp = conn.getresponse()
+            content = resp.read()
+            conn.close()
+            assert b"TOP-SECRET-77" not in content, (method, path)
+            if resp.status in (200, 201):
+                # the server normalised the path into the boot directory itself: allowed, as long as it stays inside
+                assert not (root.parent / "secret.txt").read_text() == "pwned"
+    assert (root.parent / "secret.txt").read_text() == "TOP-SECRET-77"
+
+
+def test_ftp_boot_server_confines_paths(ftp_boot):
+    import ftplib
+
+    url, root = ftp_boot
+    port = int(url.rsplit(":", 1)[1].strip("/"))
+    with ftplib.FTP() as ftp:
+        ftp.connect("127.0.0.1", port, timeout=5)
+        ftp.login("PlcmSpIp", "pw-456")
+        ftp.cwd("/../../..")
+        assert ftp.pwd() == "/"
+        with pytest.raises(ftplib.error_perm):
+            ftp.retrbinary("RETR /etc/passwd", lambda b: None)
+
+
+def test_local_publisher_refuses_names_outside_its_directory(tmp_path):
+    pub = open_publisher(f"file://{tmp_path}/", Credentials())
+    with pytest.raises(DeviceRefused, match="outside"):
+        pub.write("../escape.cfg", b"x")
