@@ -59,21 +59,16 @@ def _probe(site: inv_mod.Site) -> dict:
     return asyncio.run(probe_provider(inv.provider.name, inv.provider.port, dns)).to_dict()
 
 
-@app.task(name="fleet.router_outage", acks_late=True)
-def router_outage(site_name: str, exp_id: str, mode: str, max_duration: int, loss: float = 0.0, delay_ms: int = 0) -> dict:
-    """Arm the dead-man's switch, cut, then prove the cut from the router's state and from the LAN side."""
+def _with_router(site_name: str, work, **result) -> dict:
+    """Open the site's router driver, run `work(site, driver, result)`, and turn any driver error into
+    {"ok": False, "error": ...} naming the device; the driver is always closed."""
     try:
         site, drv = _router(site_name)
     except (DriverError, KeyError) as exc:
         return {"ok": False, "error": str(exc)}
-    result: dict = {"ok": False, "mode": mode}
+    result.setdefault("ok", False)
     try:
-        result["deadman"] = drv.arm_deadman(mode, max_duration)
-        result["t_cut"] = time.time()
-        drv.cut(mode, loss=loss, delay_ms=delay_ms)
-        result["t_cut_done"] = time.time()
-        result["router_state"] = drv.wan_state()
-        result["probe"] = _probe(site) if mode != "degrade" else None
+        work(site, drv, result)
         result["ok"] = True
     except DriverError as exc:
         result["error"] = str(exc)
@@ -82,14 +77,23 @@ def router_outage(site_name: str, exp_id: str, mode: str, max_duration: int, los
     return result
 
 
+@app.task(name="fleet.router_outage", acks_late=True)
+def router_outage(site_name: str, exp_id: str, mode: str, max_duration: int, loss: float = 0.0, delay_ms: int = 0) -> dict:
+    """Arm the dead-man's switch, cut, then prove the cut from the router's state and from the LAN side."""
+    def work(site, drv, result: dict) -> None:
+        result["deadman"] = drv.arm_deadman(mode, max_duration)
+        result["t_cut"] = time.time()
+        drv.cut(mode, loss=loss, delay_ms=delay_ms)
+        result["t_cut_done"] = time.time()
+        result["router_state"] = drv.wan_state()
+        result["probe"] = _probe(site) if mode != "degrade" else None
+
+    return _with_router(site_name, work, mode=mode)
+
+
 @app.task(name="fleet.router_restore", acks_late=True)
 def router_restore(site_name: str, exp_id: str, mode: str, deadman: str | None = None, probe_for: float = 10.0) -> dict:
-    try:
-        site, drv = _router(site_name)
-    except (DriverError, KeyError) as exc:
-        return {"ok": False, "error": str(exc)}
-    result: dict = {"ok": False, "mode": mode}
-    try:
+    def work(site, drv, result: dict) -> None:
         result["t_restore"] = time.time()
         drv.restore(mode)
         result["t_restore_done"] = time.time()
@@ -101,26 +105,17 @@ def router_restore(site_name: str, exp_id: str, mode: str, deadman: str | None =
             time.sleep(0.5)
             probe = _probe(site)
         result["probe"] = probe
-        result["ok"] = True
-    except DriverError as exc:
-        result["error"] = str(exc)
-    finally:
-        drv.close()
-    return result
+
+    return _with_router(site_name, work, mode=mode)
 
 
 @app.task(name="fleet.router_state", acks_late=True)
 def router_state(site_name: str) -> dict:
-    try:
-        site, drv = _router(site_name)
-    except (DriverError, KeyError) as exc:
-        return {"ok": False, "error": str(exc)}
-    try:
-        return {"ok": True, "router_state": drv.wan_state(), "probe": _probe(site)}
-    except DriverError as exc:
-        return {"ok": False, "error": str(exc)}
-    finally:
-        drv.close()
+    def work(site, drv, result: dict) -> None:
+        result["router_state"] = drv.wan_state()
+        result["probe"] = _probe(site)
+
+    return _with_router(site_name, work)
 
 
 @app.task(name="fleet.place_call", acks_late=True)

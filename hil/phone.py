@@ -98,13 +98,6 @@ def _basic(parts) -> dict[str, str]:
     return {"Authorization": f"Basic {token}"}
 
 
-def _int(params: dict[str, str], key: str, default: int) -> int:
-    try:
-        return int(params.get(key, "") or default)
-    except ValueError:
-        return default
-
-
 class VirtualPhone:
     def __init__(self, spec: PhoneSpec, truth: GroundTruth, http_session: aiohttp.ClientSession | None = None) -> None:
         self.spec = spec
@@ -357,26 +350,17 @@ class VirtualPhone:
         aor = f"sip:{reg.user}@{domain}"
         tag = sip.new_tag()
         extra = [("Expires", str(srv.expires)), ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, NOTIFY, SUBSCRIBE")]
+        contact = f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>"
+
+        def build(auth: tuple[str, str] | None) -> sip.SipMessage:
+            srv.cseq += 1
+            self.register_count += 1
+            return sip.make_request("REGISTER", uri, local=self.endpoint.local, from_uri=aor, to_uri=aor,  # type: ignore[union-attr]
+                                    call_id=srv.call_id, cseq=srv.cseq, from_tag=tag, contact=contact,
+                                    extra=extra + ([auth] if auth else []),
+                                    user_agent=f"PolycomSoundPointIP-SPIP_650-UA/{self.model['firmware']}")
         try:
-            resp = None
-            auth_header: tuple[str, str] | None = None
-            for _ in range(2):
-                srv.cseq += 1
-                headers = list(extra) + ([auth_header] if auth_header else [])
-                req = sip.make_request("REGISTER", uri, local=self.endpoint.local, from_uri=aor, to_uri=aor,  # type: ignore[union-attr]
-                                       call_id=srv.call_id, cseq=srv.cseq, from_tag=tag,
-                                       contact=f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>",
-                                       extra=headers, user_agent=f"PolycomSoundPointIP-SPIP_650-UA/{self.model['firmware']}")
-                self.register_count += 1
-                resp = await self.endpoint.request(req, (ip, srv.port), srv.timers)  # type: ignore[union-attr]
-                if resp.status in (401, 407) and auth_header is None:
-                    hname = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
-                    challenge = digest.parse_challenge(resp.get(hname) or "")
-                    value = digest.authorization(challenge, username=reg.auth_user, password=reg.password,
-                                                 method="REGISTER", uri=uri)
-                    auth_header = ("Authorization" if resp.status == 401 else "Proxy-Authorization", value)
-                    continue
-                break
+            _, resp = await self._authenticated(build, (ip, srv.port), srv.timers, reg, "REGISTER", uri)
         except TransactionTimeout:
             self._set_server_state(reg, srv, DOWN, reason="timeout")
             return False
@@ -390,6 +374,22 @@ class VirtualPhone:
         srv.granted = self._granted_expiry(resp, srv.expires)
         self._set_server_state(reg, srv, UP, expires=srv.granted)
         return True
+
+    async def _authenticated(self, build, dest: tuple[str, int], timers: TransactionTimers, reg: Registration,
+                             method: str, uri: str, on_challenge=None) -> tuple[sip.SipMessage, sip.SipMessage]:
+        """Send `build(auth_header)`; answer one 401/407 digest challenge. Returns (last request, final response)."""
+        auth_header: tuple[str, str] | None = None
+        while True:
+            req = build(auth_header)
+            resp = await self.endpoint.request(req, dest, timers)  # type: ignore[union-attr]
+            if resp.status not in (401, 407) or auth_header is not None:
+                return req, resp
+            if on_challenge:
+                on_challenge(req, resp)
+            hname = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
+            challenge = digest.parse_challenge(resp.get(hname) or "")
+            auth_header = ("Authorization" if resp.status == 401 else "Proxy-Authorization",
+                           digest.authorization(challenge, username=reg.auth_user, password=reg.password, method=method, uri=uri))
 
     @staticmethod
     def _granted_expiry(resp: sip.SipMessage, requested: int) -> int:
@@ -440,22 +440,14 @@ class VirtualPhone:
             uri = f"sip:{reg.user}@{srv.address}"
             tag = sip.new_tag()
             call_id = sip.new_call_id(self.spec.ip)
-            auth_header = None
-            for cseq in (1, 2):
-                req = sip.make_request("SUBSCRIBE", uri, local=self.endpoint.local, from_uri=uri, to_uri=uri,  # type: ignore[union-attr]
-                                       call_id=call_id, cseq=cseq, from_tag=tag,
-                                       contact=f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>",
-                                       extra=[("Event", "message-summary"), ("Accept", "application/simple-message-summary"),
-                                              ("Expires", str(srv.expires))] + ([auth_header] if auth_header else []))
-                resp = await self.endpoint.request(req, (ip, srv.port), srv.timers)  # type: ignore[union-attr]
-                if resp.status in (401, 407) and auth_header is None:
-                    hname = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
-                    challenge = digest.parse_challenge(resp.get(hname) or "")
-                    auth_header = ("Authorization" if resp.status == 401 else "Proxy-Authorization",
-                                   digest.authorization(challenge, username=reg.auth_user, password=reg.password,
-                                                        method="SUBSCRIBE", uri=uri))
-                    continue
-                break
+            cseqs = iter(range(1, 10))
+            extra = [("Event", "message-summary"), ("Accept", "application/simple-message-summary"), ("Expires", str(srv.expires))]
+            await self._authenticated(
+                lambda auth: sip.make_request("SUBSCRIBE", uri, local=self.endpoint.local, from_uri=uri, to_uri=uri,  # type: ignore[union-attr]
+                                              call_id=call_id, cseq=next(cseqs), from_tag=tag,
+                                              contact=f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>",
+                                              extra=extra + ([auth] if auth else [])),
+                (ip, srv.port), srv.timers, reg, "SUBSCRIBE", uri)
         except (TransactionTimeout, ResolveError, sip.SipParseError):
             reg.subscribed_to_primary = False
 
@@ -479,24 +471,15 @@ class VirtualPhone:
             tag, call_id = sip.new_tag(), sip.new_call_id(self.spec.ip)
             sdp = (f"v=0\r\no=- 1 1 IN IP4 {self.spec.ip}\r\ns=-\r\nc=IN IP4 {self.spec.ip}\r\nt=0 0\r\n"
                    f"m=audio 2222 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n").encode()
-            auth_header = None
+            cseqs = iter(range(1, 10))
             try:
-                for cseq in (1, 2):
-                    req = sip.make_request("INVITE", uri, local=self.endpoint.local, from_uri=from_uri, to_uri=uri,  # type: ignore[union-attr]
-                                           call_id=call_id, cseq=cseq, from_tag=tag,
-                                           contact=f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>",
-                                           extra=[("Content-Type", "application/sdp")] + ([auth_header] if auth_header else []),
-                                           body=sdp)
-                    resp = await self.endpoint.request(req, (ip, srv.port), srv.timers)  # type: ignore[union-attr]
-                    if resp.status in (401, 407) and auth_header is None:
-                        self._ack(req, resp, ip, srv.port)
-                        hname = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
-                        challenge = digest.parse_challenge(resp.get(hname) or "")
-                        auth_header = ("Authorization" if resp.status == 401 else "Proxy-Authorization",
-                                       digest.authorization(challenge, username=reg.auth_user, password=reg.password,
-                                                            method="INVITE", uri=uri))
-                        continue
-                    break
+                req, resp = await self._authenticated(
+                    lambda auth: sip.make_request("INVITE", uri, local=self.endpoint.local, from_uri=from_uri, to_uri=uri,  # type: ignore[union-attr]
+                                                  call_id=call_id, cseq=next(cseqs), from_tag=tag,
+                                                  contact=f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>",
+                                                  extra=[("Content-Type", "application/sdp")] + ([auth] if auth else []), body=sdp),
+                    (ip, srv.port), srv.timers, reg, "INVITE", uri,
+                    on_challenge=lambda rq, rs: self._ack(rq, rs, ip, srv.port))
             except (TransactionTimeout, sip.SipParseError):
                 attempts.append({"server": srv.index, "result": "timeout"})
                 continue
@@ -509,7 +492,7 @@ class VirtualPhone:
                 await asyncio.sleep(hold)
                 to_tag = sip.header_params(resp.get("to") or "").get("tag")
                 bye = sip.make_request("BYE", uri, local=self.endpoint.local, from_uri=from_uri, to_uri=uri,  # type: ignore[union-attr]
-                                       call_id=call_id, cseq=cseq + 1, from_tag=tag, to_tag=to_tag)
+                                       call_id=call_id, cseq=req.cseq[0] + 1, from_tag=tag, to_tag=to_tag)
                 try:
                     await self.endpoint.request(bye, (ip, srv.port), srv.timers)  # type: ignore[union-attr]
                 except TransactionTimeout:

@@ -84,9 +84,11 @@ def lab_factory(tmp_path_factory):
         labs.append(lab)
         return lab
 
-    yield make
-    for lab in labs:
-        lab.down()
+    try:
+        yield make
+    finally:
+        for lab in labs:
+            lab.down()
 
 
 class Worker:
@@ -110,18 +112,22 @@ def start_worker(redis_url: str, inventory: Path, site: str, log: Path, collect:
     proc = subprocess.Popen([BIN / "fleet", "worker", "--inventory", str(inventory), *site_args, *extra]
                             + ([] if collect else ["--no-collect"]),
                             env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    from fleet.celeryapp import app, configure
+    from celery import Celery
 
-    configure(redis_url)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        replies = app.control.ping(timeout=0.5) or []
-        if any(site in list(r)[0] for r in replies):
-            time.sleep(0.5)  # the collectors start on worker_ready
-            return Worker(proc, log)
-        if proc.poll() is not None:
-            raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
-    raise RuntimeError("worker did not answer ping")
+    # a Celery app of its own: the shared one keeps a broker pool for the first Redis it was configured with
+    probe = Celery(broker=redis_url, backend=redis_url)
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            replies = probe.control.ping(timeout=0.5) or []
+            if any(site in list(r)[0] for r in replies):
+                time.sleep(0.5)  # the collectors start on worker_ready
+                return Worker(proc, log)
+            if proc.poll() is not None:
+                raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
+        raise RuntimeError("worker did not answer ping")
+    finally:
+        probe.close()
 
 
 @pytest.fixture(scope="module")

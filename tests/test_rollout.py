@@ -29,9 +29,11 @@ def two_site_spec(name: str, net: int, per_site: int) -> dict:
 @pytest.fixture(scope="module")
 def fleet_lab(tmp_path_factory, worker_factory):
     lab = start_lab(tmp_path_factory.mktemp("rollout"), two_site_spec("rollout", 31, 25))
-    lab.workers = {s: worker_factory(lab.inventory, s) for s in ("east", "west")}
-    yield lab
-    lab.down()
+    try:
+        lab.workers = {s: worker_factory(lab.inventory, s) for s in ("east", "west")}
+        yield lab
+    finally:
+        lab.down()
 
 
 def playbook(tmp: Path, **overrides) -> Path:

@@ -31,13 +31,15 @@ def lab(tmp_path_factory, aof_redis):
     os.environ["FLEET_VISIBILITY_TIMEOUT"] = "15"   # inherited by the workers started below
     lab = start_lab(tmp_path_factory.mktemp("faults"), two_site_spec("faults", 33, 30))
     lab.workers = {}
-    for site in ("east", "west"):
-        lab.workers[site] = start_worker(aof_redis["url"], lab.inventory, site, tmp_path_factory.mktemp(site) / "w.log")
-    yield lab
-    for w in lab.workers.values():
-        w.stop()
-    lab.down()
-    os.environ.pop("FLEET_VISIBILITY_TIMEOUT", None)
+    try:
+        for site in ("east", "west"):
+            lab.workers[site] = start_worker(aof_redis["url"], lab.inventory, site, tmp_path_factory.mktemp(site) / "w.log")
+        yield lab
+    finally:
+        for w in lab.workers.values():
+            w.stop()
+        lab.down()
+        os.environ.pop("FLEET_VISIBILITY_TIMEOUT", None)
 
 
 def _start(pb, lab, url, extra=()):
