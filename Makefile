@@ -31,7 +31,7 @@ $(STAMP): pyproject.toml
 venv: deps $(STAMP)
 
 demo: deps $(STAMP)
-	$(PY) -m fleet.demo
+	$(PY) -m hil.demo
 
 test: deps deps-optional $(STAMP)
 	$(PY) -m pytest -q -ra

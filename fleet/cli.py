@@ -318,7 +318,7 @@ def rollout_status(rid: str, as_json: bool) -> None:
         err.print(f"[red]no rollout {rid}[/red]")
         sys.exit(EXIT_INPUT)
     macs = [p["mac"] for p in meta["plan"]["phones"]]
-    phones = rs.phones(rid, macs)
+    phones = rs.phones(rid, macs, full=True)
     counts: dict = {}
     for st in phones.values():
         counts[st.get("state")] = counts.get(st.get("state"), 0) + 1

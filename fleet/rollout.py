@@ -117,50 +117,49 @@ class RolloutDriver:
 
     def _run_wave(self, wave: int, macs: list[str]) -> Outcome | None:
         deadline = time.monotonic() + self.pb.strategy.progress_deadline
+        everyone = list(self.site_of)
         while True:
-            if self.rs.get(self.rid).get("abort") == "1":
+            if self.rs.get_field(self.rid, "abort") == "1":
                 self._settle(macs)
                 return Outcome("aborted", "aborted by request", self.counts())
-            states = self.rs.phones(self.rid, macs)
-            self._advance(states)
-            states = self.rs.phones(self.rid, macs)
-            self.progress(self.counts_by_site())
-            spent = self._budget_spent()
+            self._advance(self.rs.phones(self.rid, macs))
+            snapshot = self.rs.phones(self.rid, everyone)     # one read per pass serves every decision below
+            self.progress(self.counts_by_site(snapshot))
+            spent = self._budget_spent(snapshot)
             if spent:
                 self._settle(macs)
                 return Outcome("halted", spent, self.counts())
-            if all(s.get("state") in self.rs.SETTLED for s in states.values()):
+            if all(snapshot[m].get("state") in self.rs.SETTLED for m in macs):
                 return None
             if time.monotonic() > deadline:
                 self._settle(macs)
                 return Outcome("halted", f"wave {wave} missed its progress deadline "
                                          f"({self.pb.strategy.progress_deadline:g}s)", self.counts())
-            self._dispatch(states)
+            self._dispatch({m: snapshot[m] for m in macs}, snapshot)
             time.sleep(self.poll)
 
     def _settle(self, macs: list[str]) -> None:
         """Stop sending work; let phones already rebooting finish (verified, failed or rolled back)."""
         end = time.monotonic() + self.pb.verify.within * 2 + 30
         while time.monotonic() < end:
-            states = self.rs.phones(self.rid, macs)
-            self._advance(states)
+            self._advance(self.rs.phones(self.rid, macs))
             if not any(s.get("state") in IN_FLIGHT for s in self.rs.phones(self.rid, macs).values()):
                 return
             time.sleep(self.poll)
 
     # ---------------------------------------------------------------- per phone
-    def _unavailable(self) -> dict[str, int]:
-        """Phones of each site between dispatch and settling, across all waves (read once per pass)."""
+    def _unavailable(self, snapshot: dict[str, dict]) -> dict[str, int]:
+        """Phones of each site between dispatch and settling, across all waves."""
         counts: dict[str, int] = {s: 0 for s in self._sites()}
-        for mac, st in self.rs.phones(self.rid, list(self.site_of)).items():
+        for mac, st in snapshot.items():
             if st.get("state") in IN_FLIGHT:
                 counts[self.site_of[mac]] += 1
         return counts
 
-    def _dispatch(self, states: dict[str, dict]) -> None:
+    def _dispatch(self, states: dict[str, dict], snapshot: dict[str, dict]) -> None:
         now = time.time()
         limits = self.plan["max_unavailable"]
-        unavailable = self._unavailable()
+        unavailable = self._unavailable(snapshot)
         for mac, st in states.items():
             state = st.get("state")
             ready = state == "pending" or (state == "deferred" and now - float(st.get("deferred_at", 0)) > DEFER_RETRY_S)
@@ -225,8 +224,7 @@ class RolloutDriver:
             counts[st.get("state", "?")] = counts.get(st.get("state", "?"), 0) + 1
         return counts
 
-    def counts_by_site(self) -> dict[str, dict]:
-        states = self.rs.phones(self.rid, list(self.site_of))
+    def counts_by_site(self, states: dict[str, dict]) -> dict[str, dict]:
         out: dict[str, dict] = {}
         for mac, st in states.items():
             c = out.setdefault(self.site_of[mac], {"total": 0, "settled": 0, "failed": 0})
@@ -235,8 +233,7 @@ class RolloutDriver:
             c["failed"] += st.get("state") in FAILED
         return out
 
-    def _budget_spent(self) -> str:
-        states = self.rs.phones(self.rid, list(self.site_of))
+    def _budget_spent(self, states: dict[str, dict]) -> str:
         failed = [m for m, st in states.items() if st.get("state") in FAILED
                   or (st.get("state") == "rolling_back")]
         if len(failed) > self.budget_total:

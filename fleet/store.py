@@ -238,17 +238,30 @@ class RolloutStore:
             pipe.hmget(f"{P}rollout:{i}", "id", "playbook", "status", "created", "reason")
         return [dict(zip(("id", "playbook", "status", "created", "reason"), row)) for row in pipe.execute()]
 
+    def get_field(self, rid: str, name: str) -> str | None:
+        return self.r.hget(f"{P}rollout:{rid}", name)
+
     def set(self, rid: str, **fields) -> None:
         self.r.hset(f"{P}rollout:{rid}", mapping={k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()})
 
     def phone(self, rid: str, mac: str) -> dict:
         return self.r.hgetall(f"{P}rollout:{rid}:phone:{mac}")
 
-    def phones(self, rid: str, macs: list[str]) -> dict[str, dict]:
+    STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
+                    "verified_in")
+
+    def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
+        """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hgetall(f"{P}rollout:{rid}:phone:{mac}")
-        return dict(zip(macs, pipe.execute()))
+            if full:
+                pipe.hgetall(f"{P}rollout:{rid}:phone:{mac}")
+            else:
+                pipe.hmget(f"{P}rollout:{rid}:phone:{mac}", self.STATE_FIELDS)
+        rows = pipe.execute()
+        if full:
+            return dict(zip(macs, rows))
+        return {m: {k: v for k, v in zip(self.STATE_FIELDS, row) if v is not None} for m, row in zip(macs, rows)}
 
     def set_phone(self, rid: str, mac: str, **fields) -> None:
         self.r.hset(f"{P}rollout:{rid}:phone:{mac}", mapping={k: ("" if v is None else v) for k, v in fields.items()})

@@ -219,7 +219,7 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
     from .drivers.publish import open_publisher
 
     inv, secrets, store, rs, site, phone = _rollout_ctx(rid, mac)
-    state = rs.phone(rid, mac)
+    state = rs.phone(rid, mac)   # the full record: state, this phone's plan, backup flags
     if int(state.get("attempt", 1)) != attempt or state.get("state") in rs.SETTLED or state.get("reboot_at"):
         return {"state": state.get("state"), "note": "already done for this attempt"}
     entry = json.loads(state["plan"])

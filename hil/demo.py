@@ -1,4 +1,7 @@
-"""The main job, end to end: virtual lab + Redis + a worker, then the WAN-outage playbook. Cleans up after itself."""
+"""The main job, end to end: the virtual lab, a private Redis and a `fleet worker`, then the WAN-outage playbook.
+
+Lives beside the lab, not in `fleet/`: the controller never knows it is talking to a lab. Cleans up after itself.
+"""
 from __future__ import annotations
 
 import os
@@ -10,7 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from .redisboot import start_private
+from fleet.redisboot import start_private
 
 ROOT = Path(__file__).resolve().parent.parent
 
