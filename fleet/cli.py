@@ -280,13 +280,15 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
                 progress.update(bars[site], completed=c["settled"], failed=c["failed"])
 
         driver = RolloutDriver(rid, inv, store, pb, say=lambda s: progress.console.print(s), progress=show,
-                               drill=lambda path, holder: _run_drill(path, inv, store, holder))
+                               drill=lambda path, site, holder: _run_drill(path, site, inv, store, holder))
         try:
             outcome = driver.run()
         except LeaseHeld as exc:
             err.print(f"[red]{exc}[/red]")
             _exit_now(EXIT_INFRA)
     summary = {"id": rid, "status": outcome.status, "reason": outcome.reason, "counts": outcome.counts}
+    if outcome.reason:
+        console.print(f"[red]{outcome.reason}[/red]")
     if as_json:
         click.echo(json.dumps(summary))
     else:
@@ -296,12 +298,15 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
     _exit_now(0 if outcome.status == "done" and not failed else EXIT_FAILED)
 
 
-def _run_drill(path: str, inv, store, holder: str) -> bool:
+def _run_drill(path: str, site: str, inv, store, holder: str) -> bool:
+    """The failover drill gate: the experiment playbook, run on the canary site under the rollout's lease."""
     from . import playbook as pb_mod
     from .experiment import ExperimentRunner
 
-    drill = pb_mod.load(path)
+    drill = pb_mod.load(path).model_copy(update={"site": site})
+    pb_mod.check_against(drill, inv, path)
     result = ExperimentRunner(drill, inv, store, lease_holder=holder).run()
+    store.finish_experiment(result.id, result.passed, "")
     return result.passed
 
 

@@ -20,7 +20,7 @@ from .celeryapp import site_queue
 from .inventory import Inventory, Phone, Site
 from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
 from .predict import failover_max, recovery_max, servers
-from .store import Store
+from .store import RolloutStore, Store
 from .tasks import phone_rows
 
 TASK_TIMEOUT = 60.0
@@ -263,8 +263,10 @@ class ExperimentRunner:
         expects = [s for s in self.pb.steps if isinstance(s, ExpectStep)]
         step_results = {s.name: s for s in result.steps}
         outage = result.outages[0] if result.outages else None
+        # predictions follow what each phone really runs: the configuration a rollout last pushed, else the inventory's
+        pushed = RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])
         for p in self.site.phones:
-            params = self.inv.effective_params(self.site, p)
+            params = pushed.get(p.mac) or self.inv.effective_params(self.site, p)
             v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=failover_max(params),
                              predicted_recovery_max_s=recovery_max(params))
             obs = self.store.observations(exp, p.mac)

@@ -45,7 +45,7 @@ class Outcome:
 class RolloutDriver:
     def __init__(self, rid: str, inventory: Inventory, store: Store, playbook: RolloutPlaybook,
                  say: Callable[[str], None] = lambda s: None, progress: Callable[[dict], None] = lambda c: None,
-                 poll: float = 0.1, drill: Callable[[str, str], bool] | None = None) -> None:
+                 poll: float = 0.1, drill: Callable[[str, str, str], bool] | None = None) -> None:
         self.rid, self.inv, self.store, self.pb = rid, inventory, store, playbook
         self.rs = RolloutStore(store)
         self.say, self.progress, self.poll = say, progress, poll
@@ -109,7 +109,11 @@ class RolloutDriver:
             if wave == 0 and self.pb.strategy.canary and self.pb.drill and self.drill is not None:
                 canary_site = self.site_of[macs[0]]
                 self.say(f"failover drill on canary site {canary_site}: {self.pb.drill}")
-                ok = self.drill(self.pb.drill, f"rollout:{self.rid}")
+                try:
+                    ok = self.drill(self.pb.drill, canary_site, f"rollout:{self.rid}")
+                except Exception as exc:  # a drill that cannot run (bad playbook, no router) fails the gate, with why
+                    self.rs.log(self.rid, "drill", site=canary_site, passed=False, error=str(exc)[:300])
+                    return Outcome("halted", f"failover drill could not run on {canary_site}: {exc}"[:300], self.counts())
                 self.rs.log(self.rid, "drill", site=canary_site, passed=ok)
                 if not ok:
                     return Outcome("halted", f"failover drill {self.pb.drill} failed on canary site {canary_site}", self.counts())

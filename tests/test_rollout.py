@@ -173,3 +173,51 @@ def test_failures_spend_the_budget_halt_and_roll_back_then_resume_finishes(fleet
     truth = fleet_lab.status()["ground_truth"]
     verified_before = [m for m, s in states.items() if s == "verified"]
     assert all(reboots(truth, t1)[m] == 0 for m in verified_before)
+
+
+def test_abort_stops_after_in_flight_phones_settle_and_resume_finishes(fleet_lab, redis_url, tmp_path):
+    import redis as redis_mod
+
+    r = redis_mod.Redis.from_url(redis_url, decode_responses=True)
+    pb = playbook(tmp_path, params={"reg.1.server.1.expires": 22}, targets={"sites": ["west"]},
+                  strategy={"canary": 0, "wave_size": 25, "max_unavailable": 1, "failure_budget": {"total": 0},
+                            "progress_deadline": 200})
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
+    proc = subprocess.Popen([BIN / "fleet", "rollout", "run", str(pb), "--inventory", str(fleet_lab.inventory), "--json"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    rid = None
+    while time.monotonic() < deadline:
+        ids = r.zrevrange("fleet:rollouts", 0, 0)
+        if ids and r.hget(f"fleet:rollout:{ids[0]}", "playbook_path") == str(pb.resolve()):
+            rid = ids[0]
+            if any(r.hget(k, "state") == "verified" for k in r.scan_iter(f"fleet:rollout:{rid}:phone:*")):
+                break
+        time.sleep(0.1)
+    assert rid
+    assert run_fleet(["rollout", "abort", rid], redis_url).returncode == 0
+    out, err = proc.communicate(timeout=120)
+    doc = json.loads(out)
+    assert doc["status"] == "aborted" and proc.returncode == 1
+    assert doc["counts"].get("pending", 0) > 0 and not any(k in doc["counts"] for k in ("dispatched", "verifying", "rebooting"))
+    res = run_fleet(["rollout", "resume", rid, "--json"], redis_url, timeout=300)
+    assert json.loads(res.stdout)["counts"] == {"total": 25, "verified": 25}
+
+
+def test_failover_drill_gates_the_rollout_after_the_canaries(fleet_lab, redis_url, tmp_path):
+    pb = playbook(tmp_path, params={"reg.1.server.1.expires": 24}, targets={"sites": ["east"]},
+                  drill=str(ROOT / "playbooks/wan-outage-fallback.yml"),
+                  strategy={"canary": 1, "wave_size": 24, "max_unavailable": 5, "failure_budget": {"total": 0},
+                            "progress_deadline": 200})
+    t0 = time.time()
+    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(fleet_lab.inventory), "--json"], redis_url, timeout=400)
+    out = json.loads(res.stdout)
+    assert out["status"] == "done", res.stderr[-3000:]
+    experiments = json.loads(run_fleet(["experiment", "list", "--json"], redis_url).stdout)
+    drill = next(e for e in experiments if float(e["started"]) > t0)
+    assert drill["site"] == "east" and drill["status"] == "passed"
+    events = json.loads(run_fleet(["experiment", "show", drill["id"], "--json"], redis_url).stdout)["events"]
+    assert [e["kind"] for e in events].count("outage") == 1
+    # the drill ran between the canary and the rest: the canary was verified before it, the others after
+    states = json.loads(run_fleet(["rollout", "status", out["id"], "--json"], redis_url).stdout)["phones"]
+    assert sorted(int(s["wave"]) for s in states.values()).count(0) == 1
