@@ -266,7 +266,7 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from .rollout import RolloutDriver
-    from .store import LeaseHeld, RolloutStore
+    from .store import LeaseHeld
 
     console = Console(stderr=as_json)
     console.print(f"rollout {rid}")

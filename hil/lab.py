@@ -295,17 +295,9 @@ class Lab:
             phone.spec.fault = body.get("fault")
             return web.json_response({"ok": True})
 
-        async def call(request: web.Request) -> web.Response:
-            body = await request.json()
-            phone = self.find_phone(body.get("mac", ""))
-            if phone is None:
-                return web.json_response({"error": "no such phone"}, status=404)
-            return web.json_response(await phone.place_call(str(body.get("number", "2000"))))
-
         app.router.add_get("/status", status)
         app.router.add_post("/shutdown", shutdown)
         app.router.add_post("/fault", fault)
-        app.router.add_post("/call", call)
         self.control = web.AppRunner(app, access_log=None)
         await self.control.setup()
         site = web.TCPSite(self.control, "127.0.0.1", 0)

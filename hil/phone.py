@@ -12,7 +12,6 @@ import base64
 import ftplib
 import logging
 import random
-import socket
 import time
 from dataclasses import dataclass, field
 from urllib.parse import urlsplit, unquote

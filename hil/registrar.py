@@ -6,7 +6,6 @@ with its time and source so tests can see what reached which server.
 """
 from __future__ import annotations
 
-import asyncio
 import secrets
 import time
 from dataclasses import asdict, dataclass
