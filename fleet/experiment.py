@@ -122,7 +122,8 @@ class ExperimentRunner:
         result = ExperimentResult(id=exp, playbook=self.pb.name, site=self.site.name, started=time.time())
         renewer = threading.Thread(target=self._renew, args=(holder,), daemon=True)
         renewer.start()
-        self.store.register_phones(self.site.name, phone_rows(self.inv, self.site))
+        self.store.register_phones(self.site.name, phone_rows(
+            self.inv, self.site, RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])))
         self.store.set_observing(self.site.name, exp)
         # where each phone stood when the run began: the first lane segment of its timeline
         self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}

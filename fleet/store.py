@@ -287,4 +287,11 @@ class RolloutStore:
         return self.r.hget(f"{P}phone:{mac}", "config_version")
 
     def set_pushed(self, mac: str, params: dict, version: str) -> None:
-        self.r.hset(f"{P}phone:{mac}", mapping={"pushed_params": json.dumps(params), "config_version": version})
+        """Record what the phone now runs; its configured servers (for `fleet status`) follow it."""
+        from .predict import servers
+
+        configured = [{"index": t.index, "register": t.register,
+                       "address": params.get(f"reg.1.server.{t.index}.address") or params.get(f"voIpProt.server.{t.index}.address", "")}
+                      for t in servers(params)]
+        self.r.hset(f"{P}phone:{mac}", mapping={"pushed_params": json.dumps(params), "config_version": version,
+                                                "servers": json.dumps(configured)})

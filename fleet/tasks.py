@@ -147,7 +147,9 @@ def _start_collectors(sender=None, **_: object) -> None:
     store = Store(os.environ["FLEET_REDIS_URL"])
     for name in sites:
         site = inv.site(name)
-        store.register_phones(site.name, phone_rows(inv, site))
+        from .store import RolloutStore
+
+        store.register_phones(site.name, phone_rows(inv, site, RolloutStore(store).last_pushed([p.mac for p in site.phones])))
         collector = SiteCollector(site, store, secrets)
         try:
             collector.start()
@@ -158,12 +160,14 @@ def _start_collectors(sender=None, **_: object) -> None:
         log.warning("collecting syslog on %s and events on %s for site %s", site.collector.syslog, site.collector.events, name)
 
 
-def phone_rows(inv: inv_mod.Inventory, site: inv_mod.Site) -> list[dict]:
+def phone_rows(inv: inv_mod.Inventory, site: inv_mod.Site, pushed: dict[str, dict] | None = None) -> list[dict]:
+    """Phones as the store keeps them; configured servers from what a rollout last pushed, else the inventory."""
     from .predict import servers
 
+    pushed = pushed or {}
     rows = []
     for p in site.phones:
-        params = inv.effective_params(site, p)
+        params = pushed.get(p.mac) or inv.effective_params(site, p)
         rows.append({"mac": p.mac, "model": p.model, "address": p.address,
                      "servers": [{"index": t.index, "register": t.register,
                                   "address": params.get(f"reg.1.server.{t.index}.address") or params.get(f"voIpProt.server.{t.index}.address", "")}
