@@ -1,4 +1,4 @@
-"""`fleet`: run WAN-outage experiments, see which phone is registered where, start workers.
+"""`fleet`: roll configuration out to SoundPoint phones, run WAN-outage experiments, see which phone is registered where.
 
 Exit codes: 0 success / every expectation held; 1 an expectation failed;
 2 bad input (playbook, inventory, parameters): nothing was touched;
