@@ -172,6 +172,8 @@ def main() -> None:
     ap.add_argument("--ansible-phones", type=int, default=100)
     ap.add_argument("--overhead-phones", type=int, default=100)
     ap.add_argument("--boot-time", type=float, default=20.0)
+    ap.add_argument("--skip-ansible", action="store_true")
+    ap.add_argument("--skip-overhead", action="store_true")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     url, redis_proc = start_private(work / "redis")
@@ -184,7 +186,7 @@ def main() -> None:
         t_ours = our_rollout(inv, url, work, 61, args.phones, max_unavailable=args.phones)
         items = calls(inv, 62)
         t_bare = bare(items)
-        t_ans = ansible(calls(inv, 63)[: args.ansible_phones], work)
+        t_ans = None if args.skip_ansible else ansible(calls(inv, 63)[: args.ansible_phones], work)
         print(f"phones:                  {args.phones} (instant reboot), 2 sites, 2 workers")
         print(f"ours (fleet rollout):    {t_ours:.1f} s")
         print(f"bare thread pool (50):   {t_bare:.1f} s   ours/bare = {t_ours / t_bare:.2f}x  (target <= 2x)")
@@ -199,6 +201,8 @@ def main() -> None:
         procs.clear()
         subprocess.run([BIN / "hil", "down", "--state-dir", str(state)])
         states.clear()
+        if args.skip_overhead:
+            return
         # overhead with phones that take a realistic while to reboot
         state, inv = lab(work, "slow", 58, args.overhead_phones, args.boot_time)
         states.append(state)

@@ -243,12 +243,18 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
         try:
             rs.set_phone(rid, mac, state="publishing")
             for name in files:
+                if state.get(f"backed_up:{name}"):
+                    continue
                 backup = f"{name}.before-{rid}"
-                if not state.get(f"backed_up:{name}") and pub.read(backup) is None:
-                    old = pub.read(name)
-                    if old is not None:
-                        pub.write(backup, old)
-                    rs.set_phone(rid, mac, **{f"backed_up:{name}": "yes" if old is not None else "absent"})
+                # a task redelivered after it began backing up must not take the new file for the old one
+                if state.get(f"backing_up:{name}") and pub.read(backup) is not None:
+                    rs.set_phone(rid, mac, **{f"backed_up:{name}": "yes"})
+                    continue
+                rs.set_phone(rid, mac, **{f"backing_up:{name}": "1"})
+                old = pub.read(name)
+                if old is not None:
+                    pub.write(backup, old)
+                rs.set_phone(rid, mac, **{f"backed_up:{name}": "yes" if old is not None else "absent"})
             for name in sorted(files, key=lambda n: n == f"{mac}.cfg"):   # the master file last
                 pub.write(name, files[name])
         finally:
