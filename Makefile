@@ -4,8 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := redis-server iproute2 openssh-client
-# optional: the interop and browser tests skip with a reason when these cannot be installed
-APT_OPTIONAL := kamailio chromium
+# optional: the interop, browser and compose-file checks skip when these cannot be installed
+APT_OPTIONAL := kamailio chromium docker-compose
 
 .PHONY: deps deps-optional venv demo test test-fast bench clean
 

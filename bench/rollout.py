@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import shutil
 import subprocess
 import sys
@@ -30,6 +31,37 @@ from fleet.redisboot import free_port, start_private  # noqa: E402
 
 BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU a process has used so far (from /proc), to show where a run's time goes."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """CPU seconds per named process over a block, plus this process and its waited-for children."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self.pids = pids
+
+    def __enter__(self) -> "CpuMeter":
+        self.t0 = time.perf_counter()
+        self.before = {n: cpu_seconds(p) for n, p in self.pids.items()}
+        self.self0 = time.process_time()
+        self.child0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.wall = time.perf_counter() - self.t0
+        self.used = {n: cpu_seconds(p) - self.before[n] for n, p in self.pids.items()}
+        child = resource.getrusage(resource.RUSAGE_CHILDREN)
+        self.used["bench process"] = time.process_time() - self.self0
+        self.used["cli (controller)"] = child.ru_utime + child.ru_stime - self.child0.ru_utime - self.child0.ru_stime
+
+    def line(self) -> str:
+        parts = ", ".join(f"{n} {v:.1f}" for n, v in sorted(self.used.items(), key=lambda kv: -kv[1]) if v >= 0.05)
+        return f"CPU s over {self.wall:.1f} s wall: {parts} (total {sum(self.used.values()):.1f})"
 
 
 def lab(work: Path, name: str, net: int, phones: int, boot_time: float) -> tuple[Path, Path]:
@@ -183,13 +215,19 @@ def main() -> None:
         state, inv = lab(work, "bench", 57, args.phones, 0.0)
         states.append(state)
         procs += workers(inv, url, work)
-        t_ours = our_rollout(inv, url, work, 61, args.phones, max_unavailable=args.phones)
+        pids = {"lab": json.loads((state / "control.json").read_text())["pid"], "redis": redis_proc.pid,
+                **{f"worker {i}": p.pid for i, p in enumerate(procs)}}
+        with CpuMeter(pids) as cpu_ours:
+            t_ours = our_rollout(inv, url, work, 61, args.phones, max_unavailable=args.phones)
         items = calls(inv, 62)
-        t_bare = bare(items)
+        with CpuMeter(pids) as cpu_bare:
+            t_bare = bare(items)
         t_ans = None if args.skip_ansible else ansible(calls(inv, 63)[: args.ansible_phones], work)
         print(f"phones:                  {args.phones} (instant reboot), 2 sites, 2 workers")
         print(f"ours (fleet rollout):    {t_ours:.1f} s")
         print(f"bare thread pool (50):   {t_bare:.1f} s   ours/bare = {t_ours / t_bare:.2f}x  (target <= 2x)")
+        print(f"  ours: {cpu_ours.line()}")
+        print(f"  bare: {cpu_bare.line()}")
         if t_ans is None:
             print("ansible:                 skipped (pip install ansible-core, or `make bench`)")
         else:

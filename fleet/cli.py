@@ -457,6 +457,47 @@ def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
 
 @main.command()
 @click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
+@click.option("--site", "sites", multiple=True, required=True, help="Collect for this site (repeatable).")
+def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
+    """Run the sites' syslog and event collectors as a service of their own.
+
+    Phones push their registration changes the moment they happen; whatever
+    arrives while nobody listens is lost until the phone reports again. Run
+    this beside workers started with --no-collect, so that a worker that
+    crashes or restarts does not blind the site (docker-compose.yml does).
+    """
+    import logging
+    import signal
+    import threading
+
+    from .collector import start_site_collectors
+    from .inventory import Secrets
+
+    logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
+
+    inv = _inventory(inventory_path)
+    for s in sites:
+        try:
+            inv.site(s)
+        except KeyError as exc:
+            err.print(f"[red]{exc.args[0]}[/red]")
+            sys.exit(EXIT_INPUT)
+    secrets = Secrets(inv)
+    running = start_site_collectors(inv, secrets, _store(), list(sites))
+    if len(running) != len(sites):
+        err.print("[red]a collector could not start (see the log above)[/red]")
+        sys.exit(EXIT_INFRA)
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    err.print(f"collecting for {', '.join(sites)}; Ctrl-C stops")
+    done.wait()
+    for c in running:
+        c.stop()
+
+
+@main.command()
+@click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
 @click.option("--site", "sites", multiple=True, help="Serve this site's queue (repeatable).")
 @click.option("--control", is_flag=True, help="Also serve the fleet.control queue (scheduled rollouts run there).")
 @click.option("--concurrency", default=2, show_default=True)

@@ -124,3 +124,23 @@ class SiteCollector:
                 log.warning("collector %s: cannot store %d observations (%s); retrying", self.site.name, len(batch), type(exc).__name__)
                 self.pending[:0] = batch
                 await asyncio.sleep(1)
+
+
+def start_site_collectors(inv, secrets: Secrets, store: Store, sites: list[str]) -> list[SiteCollector]:
+    """Register the sites' phones in the store and start a collector per site; a site that cannot listen is logged."""
+    from .store import RolloutStore
+    from .tasks import phone_rows
+
+    started = []
+    for name in sites:
+        site = inv.site(name)
+        store.register_phones(site.name, phone_rows(inv, site, RolloutStore(store).last_pushed([p.mac for p in site.phones])))
+        collector = SiteCollector(site, store, secrets)
+        try:
+            collector.start()
+        except CollectorError as exc:
+            log.error("%s; nothing is observed for that site here", exc)
+            continue
+        started.append(collector)
+        log.warning("collecting syslog on %s and events on %s for site %s", site.collector.syslog, site.collector.events, name)
+    return started

@@ -266,6 +266,7 @@ class ExperimentRunner:
         outage = result.outages[0] if result.outages else None
         # predictions follow what each phone really runs: the configuration a rollout last pushed, else the inventory's
         pushed = RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])
+        selected = {step.name: {p.mac for p in self._phones(step.phones)} for step in expects}
         for p in self.site.phones:
             params = pushed.get(p.mac) or self.inv.effective_params(self.site, p)
             v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=failover_max(params),
@@ -282,9 +283,8 @@ class ExperimentRunner:
                 v.passed = False
                 v.reasons.append("no fallback server configured (reg.1.server.2.address is empty): it cannot fail over")
             for step in expects:
-                if step.phones.macs or step.phones.models:
-                    if p not in self._phones(step.phones):
-                        continue
+                if p.mac not in selected[step.name]:
+                    continue
                 sr = step_results.get(step.name)
                 if sr is None:
                     v.checks.append({"name": step.name, "passed": False, "message": "not run"})

@@ -40,16 +40,19 @@ class PhoneState:
     working_server: int | None = None
     observed_at: float | None = None
     last_source: str = ""
+    line_down_at: float | None = None   # last line unregistration: a phone sends it when it shuts down gracefully
 
     def to_dict(self) -> dict:
         return {"mac": self.mac, "servers": {str(k): v for k, v in self.servers.items()}, "line_state": self.line_state,
-                "working_server": self.working_server, "observed_at": self.observed_at, "last_source": self.last_source}
+                "working_server": self.working_server, "observed_at": self.observed_at, "last_source": self.last_source,
+                "line_down_at": self.line_down_at}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PhoneState":
         return cls(mac=d["mac"], servers={int(k): v for k, v in (d.get("servers") or {}).items()},
                    line_state=d.get("line_state", UNKNOWN), working_server=d.get("working_server"),
-                   observed_at=d.get("observed_at"), last_source=d.get("last_source", ""))
+                   observed_at=d.get("observed_at"), last_source=d.get("last_source", ""),
+                   line_down_at=d.get("line_down_at"))
 
 
 def working_server(servers: dict[int, dict]) -> int | None:
@@ -75,6 +78,7 @@ def apply(state: PhoneState, obs: Observation) -> bool:
     else:
         state.line_state = obs.state
         if obs.state == UNREGISTERED:
+            state.line_down_at = max(obs.t, state.line_down_at or 0.0)
             for s in state.servers.values():
                 s["state"] = UNREGISTERED
             state.working_server = None

@@ -17,6 +17,7 @@ DETECTION_SLACK = 1.0   # seconds: syslog/event delivery and the resolver's own 
 @dataclass(frozen=True)
 class ServerTiming:
     index: int
+    address: str
     register: bool
     expires: int
     overlap: int
@@ -24,6 +25,7 @@ class ServerTiming:
     retry_interval: float
     failback_mode: str
     failback_timeout: int
+    retry_max_count: int = 3
 
 
 def server_timing(params: dict[str, str], reg: int, server: int) -> ServerTiming | None:
@@ -38,11 +40,11 @@ def server_timing(params: dict[str, str], reg: int, server: int) -> ServerTiming
     retry_ms = int(get("retryTimeOut", "0") or 0)
     retry_count = int(get("retryMaxCount", "3") or 0) or 3
     tx = retry_ms / 1000 * (retry_count + 1) if retry_ms else 32.0
-    return ServerTiming(index=server, register=get("register", "1") != "0", expires=int(get("expires", "3600")),
+    return ServerTiming(index=server, address=get("address", ""), register=get("register", "1") != "0", expires=int(get("expires", "3600")),
                         overlap=int(get("expires.overlap", "60")), transaction_timeout=tx,
                         retry_interval=float(get("registerRetry.baseTimeOut", "60")),
                         failback_mode=get("failOver.failBack.mode", "newRequests"),
-                        failback_timeout=int(get("failOver.failBack.timeout", "3600")))
+                        failback_timeout=int(get("failOver.failBack.timeout", "3600")), retry_max_count=retry_count)
 
 
 def servers(params: dict[str, str], reg: int = 1) -> list[ServerTiming]:
@@ -52,6 +54,11 @@ def servers(params: dict[str, str], reg: int = 1) -> list[ServerTiming]:
         if t:
             out.append(t)
     return out
+
+
+def configured_servers(params: dict[str, str], reg: int = 1) -> list[dict]:
+    """The servers of a registration as the store and `fleet status` list them."""
+    return [{"index": t.index, "register": t.register, "address": t.address} for t in servers(params, reg)]
 
 
 def refresh_interval(expires: int, overlap: int) -> float:

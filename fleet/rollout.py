@@ -189,12 +189,18 @@ class RolloutDriver:
                 # the task was lost with its worker before it did anything visible: send it again
                 self.rs.set_phone(self.rid, mac, dispatched_at=now)
                 celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site))
-            elif state == "verifying" or (state == "rebooting" and st.get("reboot_at")):
+            elif state in ("verifying", "rebooting") and st.get("reboot_at"):
+                # "rebooting" means the reboot was claimed but not yet known to be sent: no registration proves it
                 since = float(st["reboot_at"])
-                if self._registered(mac, self.required, since):
+                if state == "verifying" and self._registered(mac, self.required, since):
                     self.store_pushed(mac, self._entries[mac])
                     self.rs.set_phone(self.rid, mac, state="verified", settled_at=now, verified_in=round(now - since, 2))
                     self.rs.log(self.rid, "verified", mac=mac, seconds=round(now - since, 2))
+                elif (state == "rebooting" and now - since > DISPATCH_STALL_S
+                      and now - float(st.get("confirm_sent") or 0) > DISPATCH_STALL_S):
+                    # the task claimed the reboot and vanished before saying it went out: a task finds out and finishes
+                    self.rs.set_phone(self.rid, mac, confirm_sent=now)
+                    celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site))
                 elif now - since > self.pb.verify.within:
                     reason = f"not registered to server(s) {self.required} within {self.pb.verify.within:g}s of the reboot"
                     self.rs.log(self.rid, "failed", mac=mac, reason=reason)

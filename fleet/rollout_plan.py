@@ -145,14 +145,12 @@ def refresh_load(phones: list[tuple[str, dict[str, str]]]) -> dict[str, dict]:
         for t in predict.servers(params):
             if not t.register:
                 continue
-            address = params.get(f"reg.1.server.{t.index}.address") or params.get(f"voIpProt.server.{t.index}.address", "")
             rate = MESSAGES_PER_REFRESH / max(predict.refresh_interval(t.expires, t.overlap), 1)
-            entry = load[address]
+            entry = load[t.address]
             entry["normal"] += rate
             entry["phones"] += 1
             if t.index == 1:
-                retries = int(params.get("reg.1.server.1.retryMaxCount") or 3) or 3
-                entry["primary_down"] += (retries + 1) / (t.retry_interval + t.transaction_timeout)
+                entry["primary_down"] += (t.retry_max_count + 1) / (t.retry_interval + t.transaction_timeout)
             else:
                 entry["primary_down"] += rate
     return {k: {"normal": round(v["normal"], 3), "primary_down": round(v["primary_down"], 3), "phones": v["phones"]}

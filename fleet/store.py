@@ -248,7 +248,7 @@ class RolloutStore:
         return self.r.hgetall(f"{P}rollout:{rid}:phone:{mac}")
 
     STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
-                    "verified_in")
+                    "verified_in", "confirm_sent")
 
     def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
         """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""
@@ -270,6 +270,10 @@ class RolloutStore:
         """True once per phone and attempt: the guard that keeps a redelivered task from rebooting twice."""
         return bool(self.r.set(f"{P}rollout:{rid}:reboot:{mac}:{attempt}", time.time(), nx=True, ex=7 * 86400))
 
+    def reboot_claimed_at(self, rid: str, mac: str, attempt: int) -> float | None:
+        value = self.r.get(f"{P}rollout:{rid}:reboot:{mac}:{attempt}")
+        return float(value) if value else None
+
     def log(self, rid: str, kind: str, **data) -> None:
         self.r.xadd(f"{P}rollout:{rid}:events", {"e": json.dumps({"kind": kind, "t": time.time(), **data}, default=str)},
                     maxlen=EVENTS_MAXLEN, approximate=True)
@@ -288,10 +292,8 @@ class RolloutStore:
 
     def set_pushed(self, mac: str, params: dict, version: str) -> None:
         """Record what the phone now runs; its configured servers (for `fleet status`) follow it."""
-        from .predict import servers
+        from .predict import configured_servers
 
-        configured = [{"index": t.index, "register": t.register,
-                       "address": params.get(f"reg.1.server.{t.index}.address") or params.get(f"voIpProt.server.{t.index}.address", "")}
-                      for t in servers(params)]
+        configured = configured_servers(params)
         self.r.hset(f"{P}phone:{mac}", mapping={"pushed_params": json.dumps(params), "config_version": version,
                                                 "servers": json.dumps(configured)})

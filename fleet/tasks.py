@@ -21,8 +21,9 @@ from . import inventory as inv_mod
 from .celeryapp import app
 from .drivers import router as routers
 from .drivers.control.rest import RestPhone
-from .drivers.errors import DriverError
+from .drivers.errors import DeviceRefused, DeviceTimeout, DriverError
 from .drivers.probe import probe_provider
+from .failpoints import failpoint
 
 log = logging.getLogger(__name__)
 
@@ -140,38 +141,22 @@ def _start_collectors(sender=None, **_: object) -> None:
     sites = [s for s in os.environ.get("FLEET_COLLECT_SITES", "").split(",") if s]
     if not sites:
         return
-    from .collector import CollectorError, SiteCollector
+    from .collector import start_site_collectors
     from .store import Store
 
     inv, secrets = context()
-    store = Store(os.environ["FLEET_REDIS_URL"])
-    for name in sites:
-        site = inv.site(name)
-        from .store import RolloutStore
-
-        store.register_phones(site.name, phone_rows(inv, site, RolloutStore(store).last_pushed([p.mac for p in site.phones])))
-        collector = SiteCollector(site, store, secrets)
-        try:
-            collector.start()
-        except CollectorError as exc:
-            log.error("%s; this worker runs tasks but observes nothing for that site", exc)
-            continue
-        _collectors.append(collector)
-        log.warning("collecting syslog on %s and events on %s for site %s", site.collector.syslog, site.collector.events, name)
+    _collectors.extend(start_site_collectors(inv, secrets, Store(os.environ["FLEET_REDIS_URL"]), sites))
 
 
 def phone_rows(inv: inv_mod.Inventory, site: inv_mod.Site, pushed: dict[str, dict] | None = None) -> list[dict]:
     """Phones as the store keeps them; configured servers from what a rollout last pushed, else the inventory."""
-    from .predict import servers
+    from .predict import configured_servers
 
     pushed = pushed or {}
     rows = []
     for p in site.phones:
         params = pushed.get(p.mac) or inv.effective_params(site, p)
-        rows.append({"mac": p.mac, "model": p.model, "address": p.address,
-                     "servers": [{"index": t.index, "register": t.register,
-                                  "address": params.get(f"reg.1.server.{t.index}.address") or params.get(f"voIpProt.server.{t.index}.address", "")}
-                                 for t in servers(params)]})
+        rows.append({"mac": p.mac, "model": p.model, "address": p.address, "servers": configured_servers(params)})
     return rows
 
 
@@ -224,13 +209,18 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
 
     inv, secrets, store, rs, site, phone = _rollout_ctx(rid, mac)
     state = rs.phone(rid, mac)   # the full record: state, this phone's plan, backup flags
-    if int(state.get("attempt", 1)) != attempt or state.get("state") in rs.SETTLED or state.get("reboot_at"):
+    if int(state.get("attempt", 1)) != attempt or state.get("state") in rs.SETTLED:
+        return {"state": state.get("state"), "note": "already done for this attempt"}
+    creds = secrets.credentials(phone.credentials)
+    if state.get("state") == "rebooting" and state.get("reboot_at"):
+        return _confirm_reboot(rid, mac, attempt, float(state["reboot_at"]), phone, creds,
+                               json.loads(state["plan"])["params"], store, rs)
+    if state.get("reboot_at"):
         return {"state": state.get("state"), "note": "already done for this attempt"}
     entry = json.loads(state["plan"])
     if rs.config_version(mac) == entry["config_hash"]:
         rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
         return {"state": "skipped"}
-    creds = secrets.credentials(phone.credentials)
     rest = RestPhone(phone, creds) if phone.has_rest else None   # one digest session for both calls
     if _in_call(phone, creds, rest):
         rs.set_phone(rid, mac, state="deferred", deferred_at=time.time())
@@ -260,11 +250,69 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
         finally:
             pub.close()
         if not rs.claim_reboot(rid, mac, attempt):
-            return {"state": "rebooting", "note": "reboot already sent for this attempt"}
+            # an earlier copy of this task claimed the reboot and died before recording it
+            if rs.phone(rid, mac).get("reboot_at"):
+                return {"state": "rebooting", "note": "reboot already sent for this attempt"}
+            since = rs.reboot_claimed_at(rid, mac, attempt) or time.time()
+            rs.set_phone(rid, mac, state="rebooting", reboot_at=since)
+            return _confirm_reboot(rid, mac, attempt, since, phone, creds, entry["params"], store, rs)
+        failpoint("rollout.reboot_claimed", mac)
         reboot_at = time.time()
         rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at)
+        failpoint("rollout.reboot_recorded", mac)
         how = _reboot(phone, creds, rest)
+        failpoint("rollout.reboot_sent", mac)
         rs.set_phone(rid, mac, state="verifying", reboot_via=how)
+        return {"state": "verifying", "reboot_at": reboot_at}
+    except (DriverError, KeyError, ValueError) as exc:
+        rs.set_phone(rid, mac, state="failed", error=str(exc)[:300], settled_at=time.time())
+        return {"state": "failed", "error": str(exc)[:300]}
+
+
+def _rebooted_since(phone: inv_mod.Phone, creds, params: dict, store, since: float) -> bool:
+    """Whether the reboot sent at `since` reached the phone.
+
+    REST phones say so through their uptime; a REST phone that does not
+    answer is taken as rebooting. SoundPoint phones have no uptime to ask
+    for: their check-sync is idempotent unless alwaysReboot=1 (a phone already
+    running the new files ignores a second one), so we answer False and let it
+    be sent again; with alwaysReboot=1 the evidence is the line unregistration
+    event a phone sends as it shuts down, where the phone sends events; without
+    any evidence we answer True: better a phone that fails verification than one
+    rebooted twice.
+    """
+    if phone.has_rest:
+        try:
+            return RestPhone(phone, creds).uptime() < time.time() - since + 1
+        except (DeviceTimeout, DeviceRefused):
+            return True
+        except DriverError:
+            return False
+    if params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") != "1":
+        return False
+    sends_events = params.get("apps.telNotification.URL") and params.get("apps.telNotification.lineRegistrationEvent", "1") != "0"
+    if not sends_events:
+        return True
+    return (store.phone_state(phone.mac).line_down_at or 0.0) > since
+
+
+def _confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_mod.Phone, creds, params: dict,
+                    store, rs) -> dict:
+    """The task that claimed this reboot died before it recorded sending it: send it only if the phone never got it.
+
+    Exactly one confirmation runs per attempt (its own claim), so a phone is
+    rebooted at most once per attempt even when several copies are redelivered.
+    """
+    if not rs.claim_reboot(rid, mac, f"{attempt}-confirm"):
+        return {"state": "rebooting", "note": "reboot already being confirmed"}
+    try:
+        if _rebooted_since(phone, creds, params, store, since):
+            rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task")
+            return {"state": "verifying", "note": "the phone had rebooted"}
+        reboot_at = time.time()
+        rs.set_phone(rid, mac, reboot_at=reboot_at)
+        how = _reboot(phone, creds)
+        rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task")
         return {"state": "verifying", "reboot_at": reboot_at}
     except (DriverError, KeyError, ValueError) as exc:
         rs.set_phone(rid, mac, state="failed", error=str(exc)[:300], settled_at=time.time())

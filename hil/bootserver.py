@@ -86,6 +86,7 @@ class FtpBootServer:
     def __init__(self, root: Path, host: str, port: int, username: str, password: str) -> None:
         from pyftpdlib.authorizers import DummyAuthorizer
         from pyftpdlib.handlers import FTPHandler
+        from pyftpdlib.ioloop import IOLoop
         from pyftpdlib.servers import ThreadedFTPServer
 
         import logging
@@ -97,7 +98,8 @@ class FtpBootServer:
         handler.authorizer = authorizer
         handler.banner = "boot server ready"
         handler.passive_ports = None
-        self.server = ThreadedFTPServer((host, port), handler)
+        # an IOLoop of its own: the shared default one races between sites starting in the same lab process
+        self.server = ThreadedFTPServer((host, port), handler, ioloop=IOLoop())
         self.server.max_cons = 2048
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"timeout": 0.5}, daemon=True, name="ftp")
 

@@ -26,7 +26,7 @@ from .bootserver import FtpBootServer, HttpBootServer
 from .dns_server import DnsServer
 from .groundtruth import GroundTruth
 from .labfile import LabFile, SiteSpec
-from .phone import PhoneSpec, VirtualPhone
+from .phone import FAULTS, PhoneSpec, VirtualPhone
 from .registrar import Registrar
 from .router import Forward, UserspaceRouter
 
@@ -290,7 +290,7 @@ class Lab:
             phone = self.find_phone(body.get("mac", ""))
             if phone is None:
                 return web.json_response({"error": "no such phone"}, status=404)
-            if body.get("fault") not in (None, "never-return", "wrong-server", "bad-boot-once"):
+            if body.get("fault") not in (None, *FAULTS):
                 return web.json_response({"error": "unknown fault"}, status=400)
             phone.spec.fault = body.get("fault")
             return web.json_response({"ok": True})

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fleet.yamlfile import load_model
 
-from .phone import MODELS
+from .phone import FAULTS, MODELS
 
 
 class Strict(BaseModel):
@@ -53,9 +53,17 @@ class SiteSpec(Strict):
     boot_protocol: Literal["http", "ftp"] = "http"
     phones: PhonesSpec
     servers: list[ServerSpec] = Field(min_length=1, max_length=9)
-    faults: dict[int, Literal["never-return", "wrong-server", "bad-boot-once"]] = {}
+    faults: dict[int, str] = {}
     params: dict[str, str | int] = {}
     collector: CollectorSpec = CollectorSpec()
+
+    @field_validator("faults")
+    @classmethod
+    def known_faults(cls, v: dict[int, str]) -> dict[int, str]:
+        for fault in v.values():
+            if fault not in FAULTS:
+                raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+        return v
 
 
 class ProviderSpec(Strict):

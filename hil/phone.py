@@ -39,6 +39,8 @@ MODELS = {
 }
 
 UP, DOWN, OFF = "registered", "unregistered", "not-registering"
+# lab faults, taking effect at a phone's next boot: it never comes back; it ignores server 1; it ignores server 1 once
+FAULTS = ("never-return", "wrong-server", "bad-boot-once")
 
 
 @dataclass
@@ -112,6 +114,7 @@ class VirtualPhone:
         self._own_session = http_session is None
         self._tasks: set[asyncio.Task] = set()
         self.booted = asyncio.Event()
+        self.booted_at = time.monotonic()
         self.boot_count = 0
         self.in_call = False
         self.log_lines: list[str] = []
@@ -188,6 +191,7 @@ class VirtualPhone:
             self.truth.record(self.mac, "boot", count=self.boot_count, errors=list(self.boot_errors))
             self.truth.current[self.mac].update(model=self.spec.model, ip=self.spec.ip, boot_count=self.boot_count)
             self._configure_registrations()
+            self.booted_at = time.monotonic()
             self.booted.set()
             self.truth.record(self.mac, "available")
             for reg in self.regs:
@@ -529,15 +533,12 @@ class VirtualPhone:
         return sip.make_response(msg, 405, "Method Not Allowed", received=addr)
 
     async def _check_sync(self) -> None:
-        always = self.params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") == "1"
-        if always or self.in_call is False:
-            # Our model: reboot when alwaysReboot=1 or when the files changed (checked by re-provisioning).
-            if always:
-                await self.reboot("check-sync")
-                return
-            new = await self._provision()
-            if new != self.params:
-                await self.reboot("check-sync (configuration changed)")
+        """Reboot when alwaysReboot=1; otherwise, outside a call, only when the files changed (our model of the
+        uncertain rule)."""
+        if self.params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") == "1":
+            await self.reboot("check-sync")
+        elif not self.in_call and await self._provision() != self.params:
+            await self.reboot("check-sync (configuration changed)")
 
     # ---------------------------------------------------------------- reports
     def _log(self, text: str) -> None:
@@ -639,7 +640,7 @@ class VirtualPhone:
     async def _h_device_info(self, request: web.Request) -> web.Response:
         return web.json_response(reports.rest_ok({"ModelNumber": self.spec.model, "MACAddress": self.mac,
                                                   "FirmwareRelease": self.model["firmware"], "IPV4Address": self.spec.ip,
-                                                  "UpTimeSinceLastReboot": "0"}))
+                                                  "UpTimeSinceLastReboot": reports.uptime_text(time.monotonic() - self.booted_at)}))
 
     async def _h_line_info(self, request: web.Request) -> web.Response:
         data = []

@@ -69,5 +69,11 @@ def rest_ok(data) -> dict:
     return {"Status": "2000", "data": data}
 
 
+def uptime_text(seconds: float) -> str:
+    """`UpTimeSinceLastReboot` as UC Software 5.5 writes it: "20 Days 16:11:42"."""
+    s = int(seconds)
+    return f"{s // 86400} Days {s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
 def rest_error(code: str = "4000") -> dict:
     return {"Status": code}

@@ -130,6 +130,19 @@ def start_worker(redis_url: str, inventory: Path, site: str, log: Path, collect:
         probe.close()
 
 
+def start_collector(redis_url: str, inventory: Path, sites: tuple[str, ...], log: Path) -> Worker:
+    """`fleet collector` as its own process: observations keep flowing while workers are killed."""
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
+    proc = subprocess.Popen([BIN / "fleet", "collector", "--inventory", str(inventory), *[a for s in sites for a in ("--site", s)]],
+                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while "collecting for" not in log.read_text():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            raise RuntimeError(f"collector did not start: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    return Worker(proc, log)
+
+
 @pytest.fixture(scope="module")
 def worker_factory(redis_url, tmp_path_factory):
     workers: list[Worker] = []

@@ -1,7 +1,9 @@
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet.drivers.collect.formats import parse_line_event, parse_syslog
+from fleet.drivers.control.rest import parse_uptime
 from fleet.observe import Observation, PhoneState, apply
 from hil import phone_reports
 
@@ -70,3 +72,37 @@ def test_line_info_names_the_working_server_and_implies_higher_ones_are_down():
     assert from_line_info("m", 1.0, {"LineNumber": "x"}, configured) == []
     unreg = from_line_info("m", 1.0, {"LineNumber": "1", "RegistrationStatus": "unregistered"}, configured)
     assert unreg[0].server is None and unreg[0].state == "unregistered"
+
+
+@pytest.mark.parametrize("value,seconds", [
+    ("20 Days 16:11:42", 20 * 86400 + 16 * 3600 + 11 * 60 + 42),
+    ("1 Day 00:00:05", 86405.0),
+    ("0:07:09", 429.0),
+    ({"Days": 2, "Hours": 1, "Minutes": 0, "Seconds": 3}, 2 * 86400 + 3600 + 3),
+    ("yesterday", None), ("", None), (None, None), (17, None), ({"Days": "many"}, None)])
+def test_uptime_is_read_in_both_firmware_shapes_and_garbage_is_none(value, seconds):
+    assert parse_uptime(value) == seconds
+
+
+def test_a_line_unregistration_is_remembered_after_the_phone_registers_again():
+    """The proof a check-sync phone went down: it survives the registrations that follow the reboot."""
+    state = PhoneState(mac="0004f2000001")
+    apply(state, Observation("0004f2000001", 10.0, "syslog", server=1, state="registered"))
+    apply(state, Observation("0004f2000001", 20.0, "event", server=None, state="unregistered"))
+    apply(state, Observation("0004f2000001", 21.0, "syslog", server=1, state="registered"))
+    again = PhoneState.from_dict(state.to_dict())
+    assert again.line_down_at == 20.0 and again.working_server == 1
+
+
+def test_failpoints_reject_a_malformed_setting(monkeypatch):
+    from fleet import failpoints
+
+    failpoints._armed.cache_clear()
+    monkeypatch.setenv("FLEET_FAILPOINTS", "rollout.reboot_sent=explode")
+    with pytest.raises(ValueError, match="NAME=kill@N"):
+        failpoints.failpoint("rollout.reboot_sent")
+    failpoints._armed.cache_clear()
+    monkeypatch.setenv("FLEET_FAILPOINTS", "rollout.reboot_sent:0004f2000009=kill@1")
+    failpoints.failpoint("rollout.reboot_sent", "0004f2000001")   # another phone: nothing happens
+    failpoints.failpoint("rollout.other", "0004f2000009")
+    failpoints._armed.cache_clear()

@@ -28,19 +28,28 @@ def _wan(lab) -> dict:
     return lab.status()["sites"][0]["router"]["wan_state"]
 
 
-def test_killed_controller_the_router_restores_the_wan_by_itself(lab, redis_url, tmp_path):
+def _start_outage_run(lab, redis_url: str, tmp_path, max_duration: int, **popen) -> subprocess.Popen:
+    """Start `fleet experiment run` on a playbook that cuts the WAN and then lingers; return once the WAN is down."""
     pb = tmp_path / "long.yml"
     pb.write_text("kind: experiment\nname: long\nsite: hq\nsteps:\n"
-                  "  - {name: cut, outage: link-down, max_duration: 6}\n  - {name: linger, wait: 120}\n"
+                  f"  - {{name: cut, outage: link-down, max_duration: {max_duration}}}\n  - {{name: linger, wait: 120}}\n"
                   "  - {name: back, restore: true}\n")
     env = dict(os.environ, FLEET_REDIS_URL=redis_url)
     proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(lab.inventory),
-                             "--report-dir", str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            start_new_session=True)
+                             "--report-dir", str(tmp_path), "--json"], env=env, **popen)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and _wan(lab)["admin_up"]:
+        time.sleep(0.1)
+    proc.playbook = pb
+    return proc
+
+
+def test_killed_controller_the_router_restores_the_wan_by_itself(lab, redis_url, tmp_path):
+    proc = _start_outage_run(lab, redis_url, tmp_path, 6, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                             start_new_session=True)
+    pb = proc.playbook
     try:
         deadline = time.monotonic() + 30
-        while time.monotonic() < deadline and _wan(lab)["admin_up"]:
-            time.sleep(0.1)
         assert _wan(lab)["admin_up"] is False, "the outage never started"
         t_kill = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
@@ -67,17 +76,7 @@ def test_ctrl_c_restores_the_wan_before_exiting(lab, redis_url, tmp_path):
     deadline = time.monotonic() + 40
     while r.exists("fleet:lease:hq") and time.monotonic() < deadline:
         time.sleep(0.5)
-    pb = tmp_path / "long.yml"
-    pb.write_text("kind: experiment\nname: long\nsite: hq\nsteps:\n"
-                  "  - {name: cut, outage: link-down, max_duration: 300}\n  - {name: linger, wait: 120}\n"
-                  "  - {name: back, restore: true}\n")
-    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
-    proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(lab.inventory),
-                             "--report-dir", str(tmp_path), "--json"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _wan(lab)["admin_up"]:
-        time.sleep(0.1)
+    proc = _start_outage_run(lab, redis_url, tmp_path, 300, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert _wan(lab)["admin_up"] is False
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

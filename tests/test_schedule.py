@@ -55,9 +55,16 @@ def test_bad_cron_names_the_file(tmp_path):
 def test_compose_file_has_redis_with_aof_workers_beat_flower_and_lab():
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = doc["services"]
-    assert {"redis", "worker-hq", "scheduler", "flower", "lab"} <= set(services)
+    assert {"redis", "worker-hq", "collector-hq", "scheduler", "flower", "lab"} <= set(services)
     assert "--appendonly yes" in " ".join(services["redis"]["command"])
     assert services["worker-hq"]["environment"]["FLEET_REDIS_URL"].startswith("redis://127.0.0.1:6379")
+    assert "--no-collect" in services["worker-hq"]["command"] and services["collector-hq"]["command"][:2] == ["fleet", "collector"]
+    # Compose itself judges the file where it is installed: the v2 plugin, or Debian's docker-compose (v1)
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
-        res = subprocess.run(["docker", "compose", "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)
-        assert res.returncode == 0, res.stderr
+        compose = ["docker", "compose"]
+    elif shutil.which("docker-compose"):
+        compose = ["docker-compose"]
+    else:
+        return
+    res = subprocess.run([*compose, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr

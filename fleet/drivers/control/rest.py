@@ -6,6 +6,8 @@ typed error naming the phone; a malformed answer never escapes as a traceback.
 """
 from __future__ import annotations
 
+import re
+
 import requests
 from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 
@@ -51,6 +53,14 @@ class RestPhone:
             raise MalformedAnswer(self.name, "device/info data is not an object")
         return data
 
+    def uptime(self) -> float:
+        """Seconds since the phone last booted: how a redelivered task tells whether its reboot reached the phone."""
+        value = self.device_info().get("UpTimeSinceLastReboot")
+        seconds = parse_uptime(value)
+        if seconds is None:
+            raise MalformedAnswer(self.name, f"device/info UpTimeSinceLastReboot is not an uptime: {str(value)[:40]!r}")
+        return seconds
+
     def line_info(self) -> list[dict]:
         data = self._call("GET", "/api/v1/mgmt/lineInfo")
         if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
@@ -75,3 +85,25 @@ class RestPhone:
 
     def dial(self, number: str, line: int = 1) -> None:
         self._call("POST", "/api/v1/callctrl/dial", {"data": {"Dest": number, "Line": str(line), "Type": "TEL"}})
+
+
+_UPTIME = re.compile(r"^\s*(?:(\d+)\s+Days?\s+)?(\d+):(\d{1,2}):(\d{1,2})\s*$", re.IGNORECASE)
+
+
+def parse_uptime(value: object) -> float | None:
+    """`UpTimeSinceLastReboot` in seconds, or None.
+
+    UC Software 5.5 writes "20 Days 16:11:42"; later releases are reported to
+    send an object of Days/Hours/Minutes/Seconds, so both are read.
+    """
+    if isinstance(value, dict):
+        try:
+            return float(sum(int(value.get(k, 0)) * m for k, m in (("Days", 86400), ("Hours", 3600),
+                                                                    ("Minutes", 60), ("Seconds", 1))))
+        except (TypeError, ValueError):
+            return None
+    match = _UPTIME.match(str(value)) if isinstance(value, str) else None
+    if not match:
+        return None
+    days, hours, minutes, seconds = (int(g or 0) for g in match.groups())
+    return float(days * 86400 + hours * 3600 + minutes * 60 + seconds)

@@ -74,27 +74,26 @@ class SnmpRouter:
         finally:
             engine.close_dispatcher()
 
-    async def _get(self, column: str) -> int:
+    async def _request(self, command, what: str, *var_binds):
+        """One SNMP request with its own engine; errorIndication and errorStatus are always checked."""
         engine = SnmpEngine()
         try:
-            ei, es, ex, binds = await get_cmd(engine, self.auth, await self._target(), ContextData(),
-                                              ObjectType(ObjectIdentity(f"{column}.{self.if_index}")))
-            self._check(f"get {column}.{self.if_index}", ei, es, ex)
-            try:
-                return int(binds[0][1])
-            except (TypeError, ValueError, IndexError):
-                raise MalformedAnswer(self.name, f"{column}.{self.if_index} is not an integer") from None
+            ei, es, ex, binds = await command(engine, self.auth, await self._target(), ContextData(), *var_binds)
+            self._check(what, ei, es, ex)
+            return binds
         finally:
             engine.close_dispatcher()
 
-    async def _set_admin(self, value: int) -> None:
-        engine = SnmpEngine()
+    async def _get(self, column: str) -> int:
+        binds = await self._request(get_cmd, f"get {column}.{self.if_index}", ObjectType(ObjectIdentity(f"{column}.{self.if_index}")))
         try:
-            ei, es, ex, _ = await set_cmd(engine, self.auth, await self._target(), ContextData(),
-                                          ObjectType(ObjectIdentity(f"{IF_ADMIN}.{self.if_index}"), Integer(value)))
-            self._check(f"set ifAdminStatus.{self.if_index}={value}", ei, es, ex)
-        finally:
-            engine.close_dispatcher()
+            return int(binds[0][1])
+        except (TypeError, ValueError, IndexError):
+            raise MalformedAnswer(self.name, f"{column}.{self.if_index} is not an integer") from None
+
+    async def _set_admin(self, value: int) -> None:
+        await self._request(set_cmd, f"set ifAdminStatus.{self.if_index}={value}",
+                            ObjectType(ObjectIdentity(f"{IF_ADMIN}.{self.if_index}"), Integer(value)))
         if await self._get(IF_ADMIN) != value:
             raise DeviceRefused(self.name, f"ifAdminStatus.{self.if_index} reads back differently after the set")
 
