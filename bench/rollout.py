@@ -82,9 +82,13 @@ def lab(work: Path, name: str, net: int, phones: int, boot_time: float) -> tuple
 
 def workers(inv: Path, url: str, work: Path) -> list[subprocess.Popen]:
     env = dict(os.environ, FLEET_REDIS_URL=url)
-    procs = [subprocess.Popen([BIN / "fleet", "worker", "--inventory", str(inv), "--site", s, "--concurrency", "25", "--pool", "threads"], env=env,
+    # the deployment docker-compose.yml describes: collectors as a process of their own, workers without them
+    procs = [subprocess.Popen([BIN / "fleet", "worker", "--inventory", str(inv), "--site", s, "--concurrency", "25", "--pool", "threads",
+                               "--no-collect"], env=env,
                               stdout=open(work / f"w-{s}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
              for s in ("east", "west")]
+    procs.append(subprocess.Popen([BIN / "fleet", "collector", "--inventory", str(inv), "--site", "east", "--site", "west"], env=env,
+                                  stdout=open(work / "collector.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
     time.sleep(6)
     return procs
 
@@ -104,8 +108,23 @@ def our_rollout(inv: Path, url: str, work: Path, expires: int, phones: int, max_
     assert out["status"] == "done" and out["counts"].get("verified") == phones, out
     import redis
 
-    meta = redis.Redis.from_url(url, decode_responses=True).hmget(f"fleet:rollout:{out['id']}", "created", "finished")
-    our_rollout.span = float(meta[1]) - float(meta[0])   # the rollout's own recorded span, without CLI start-up
+    r = redis.Redis.from_url(url, decode_responses=True)
+    meta = r.hmget(f"fleet:rollout:{out['id']}", "created", "finished")
+    created = float(meta[0])
+    our_rollout.span = float(meta[1]) - created   # the rollout's own recorded span, without CLI start-up
+    pipe = r.pipeline(transaction=False)
+    for key in r.scan_iter(f"fleet:rollout:{out['id']}:phone:*", count=1000):
+        pipe.hmget(key, "dispatched_at", "reboot_at", "settled_at")
+    stamps = [[float(x) for x in row] for row in pipe.execute() if all(row)]
+
+    def pct(values: list[float]) -> str:
+        values = sorted(values)
+        return "/".join(f"{values[min(len(values) - 1, int(q * len(values)))]:.2f}" for q in (0.5, 0.95, 1.0))
+
+    our_rollout.phases = (f"p50/p95/max s: dispatched after start {pct([d - created for d, _, _ in stamps])}, "
+                          f"reboot after dispatch {pct([b - d for d, b, _ in stamps])}, "
+                          f"verified after reboot {pct([v - b for _, b, v in stamps])}; "
+                          f"CLI start to recorded start {elapsed - our_rollout.span:.2f}")
     return elapsed
 
 
@@ -126,7 +145,7 @@ def calls(inv_path: Path, expires: int):
     return out
 
 
-def bare(items: list[dict]) -> float:
+def bare(items: list[dict], pool: int = 50) -> float:
     def one(it: dict) -> None:
         s = requests.Session()
         s.put(it["put"], data=it["files"][it["put"].rsplit("/", 1)[1]], auth=it["boot"], timeout=10).raise_for_status()
@@ -145,8 +164,8 @@ def bare(items: list[dict]) -> float:
         raise RuntimeError(f"{it['mac']} did not re-register")
 
     t0 = time.perf_counter()
-    with ThreadPoolExecutor(50) as pool:
-        list(pool.map(one, items))
+    with ThreadPoolExecutor(pool) as threads:
+        list(threads.map(one, items))
     return time.perf_counter() - t0
 
 
@@ -198,12 +217,31 @@ def own_reboot_times(state: Path, since: float) -> list[float]:
     return out
 
 
+def truth_registered_after_reboot(state: Path, since: float) -> list[float]:
+    """Per phone, from the lab's ground truth: seconds from its reboot until both servers are registered again."""
+    control = json.loads((state / "control.json").read_text())["url"]
+    truth = requests.get(control + "/status", timeout=120).json()["ground_truth"]["phones"]
+    out = []
+    for p in truth.values():
+        reboot = next((e["t"] for e in p["events"] if e["kind"] == "reboot" and e["t"] >= since), None)
+        if reboot is None:
+            continue
+        up: dict[int, float] = {}
+        for e in p["events"]:
+            if e["t"] > reboot and e["kind"] == "server_state" and e["data"]["state"] == "registered":
+                up.setdefault(e["data"]["server"], e["t"])
+        if len(up) >= 2:
+            out.append(max(up.values()) - reboot)
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--phones", type=int, default=1000)
     ap.add_argument("--ansible-phones", type=int, default=100)
     ap.add_argument("--overhead-phones", type=int, default=100)
     ap.add_argument("--boot-time", type=float, default=20.0)
+    ap.add_argument("--pool", type=int, default=50, help="the bare client's threads; ours may have as many phones down at once")
     ap.add_argument("--skip-ansible", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true")
     args = ap.parse_args()
@@ -216,18 +254,26 @@ def main() -> None:
         states.append(state)
         procs += workers(inv, url, work)
         pids = {"lab": json.loads((state / "control.json").read_text())["pid"], "redis": redis_proc.pid,
-                **{f"worker {i}": p.pid for i, p in enumerate(procs)}}
+                **{f"worker {i}": p.pid for i, p in enumerate(procs[:-1])}, "collector": procs[-1].pid}
+        t0 = time.time()
         with CpuMeter(pids) as cpu_ours:
-            t_ours = our_rollout(inv, url, work, 61, args.phones, max_unavailable=args.phones)
+            # as many phones down at once as the bare client has threads (25 per site): the same registration storm
+            t_ours = our_rollout(inv, url, work, 61, args.phones, max_unavailable=args.pool // 2)
+        back = sorted(truth_registered_after_reboot(state, t0))
         items = calls(inv, 62)
+        t1 = time.time()
         with CpuMeter(pids) as cpu_bare:
-            t_bare = bare(items)
+            t_bare = bare(items, args.pool)
+        back_bare = sorted(truth_registered_after_reboot(state, t1))
         t_ans = None if args.skip_ansible else ansible(calls(inv, 63)[: args.ansible_phones], work)
         print(f"phones:                  {args.phones} (instant reboot), 2 sites, 2 workers")
         print(f"ours (fleet rollout):    {t_ours:.1f} s")
         print(f"bare thread pool (50):   {t_bare:.1f} s   ours/bare = {t_ours / t_bare:.2f}x  (target <= 2x)")
         print(f"  ours: {cpu_ours.line()}")
+        print(f"  ours: {our_rollout.phases}")
+        print(f"  ours: the lab's own reboot-to-both-servers-registered p50/max {back[len(back) // 2]:.2f}/{back[-1]:.2f} s")
         print(f"  bare: {cpu_bare.line()}")
+        print(f"  bare: the lab's own reboot-to-both-servers-registered p50/max {back_bare[len(back_bare) // 2]:.2f}/{back_bare[-1]:.2f} s")
         if t_ans is None:
             print("ansible:                 skipped (pip install ansible-core, or `make bench`)")
         else:

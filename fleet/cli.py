@@ -520,8 +520,10 @@ def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurren
     os.environ["FLEET_INVENTORY"] = str(Path(inventory_path).resolve())
     os.environ["FLEET_COLLECT_SITES"] = "" if no_collect else ",".join(sites)
     from .celeryapp import app, configure
+    from .tasks import context
 
     configure(store.url)
+    context()   # parsed before the pool starts (and before prefork forks), not by its first tasks
     queues = [f"site.{s}" for s in sites] + (["fleet.control"] if control else [])
     app.worker_main(["worker", "-Q", ",".join(queues), "--concurrency", str(concurrency), "--pool", pool,
                      "-n", f"{'+'.join(list(sites) + (['control'] if control else []))}@{socket.gethostname()}", "--loglevel", "WARNING", "--without-gossip",

@@ -2,7 +2,7 @@
 
 Push sources see a change the moment the phone reports it, so detection
 latency is the network's, not a polling interval's. Observations are batched
-(every 50 ms) into the store, which derives per-server state and the working
+(every 20 ms) into the store, which derives per-server state and the working
 server (fleet.observe).
 """
 from __future__ import annotations
@@ -21,6 +21,7 @@ from .observe import Observation, from_line_info
 from .store import Store
 
 log = logging.getLogger(__name__)
+FLUSH_S = 0.02   # observations reach the store in batches this far apart
 
 
 class CollectorError(RuntimeError):
@@ -113,7 +114,7 @@ class SiteCollector:
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(0.05)
+            await asyncio.sleep(FLUSH_S)
             if not self.pending:
                 continue
             batch, self.pending[:] = list(self.pending), []

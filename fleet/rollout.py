@@ -29,6 +29,9 @@ FAILED = ("failed", "rolled_back", "rollback_failed")
 DEFER_RETRY_S = 5.0
 # a dispatched task that shows no progress this long is sent again (its worker died with it)
 DISPATCH_STALL_S = float(os.environ.get("FLEET_DISPATCH_STALL", "60"))
+# how often a running wave re-reads every phone in full, beside the change feeds
+FULL_READ_S = 5.0
+MIN_PASS_S = 0.02
 
 
 def new_id(name: str) -> str:
@@ -120,14 +123,35 @@ class RolloutDriver:
         return Outcome("done", "", self.counts())
 
     def _run_wave(self, wave: int, macs: list[str]) -> Outcome | None:
+        """One wave, driven from an in-memory snapshot of every phone's rollout state.
+
+        The snapshot is kept current by the rollout's change feed (tasks' state
+        changes) and the collectors' observation feed, so a pass reads only the
+        phones something happened to; a full read every FULL_READ_S seconds is
+        the safety net for anything a feed lost (a trimmed stream, a Redis restart).
+        """
         deadline = time.monotonic() + self.pb.strategy.progress_deadline
         everyone = list(self.site_of)
+        wave_set = set(macs)
+        positions = self.rs.feed_positions(self.rid)
+        snapshot = self.rs.phones(self.rid, everyone)
+        last_full = time.monotonic()
+        recheck = set(macs)          # phones whose verification must be looked at this pass
         while True:
+            started = time.monotonic()
             if self.rs.get_field(self.rid, "abort") == "1":
                 self._settle(macs)
                 return Outcome("aborted", "aborted by request", self.counts())
-            self._advance(self.rs.phones(self.rid, macs))
-            snapshot = self.rs.phones(self.rid, everyone)     # one read per pass serves every decision below
+            changed, observed = self.rs.feed_read(positions, block=self.poll)
+            if time.monotonic() - last_full > FULL_READ_S:
+                snapshot = self.rs.phones(self.rid, everyone)
+                last_full = time.monotonic()
+                recheck |= wave_set
+            elif changed:
+                snapshot.update(self.rs.phones(self.rid, [m for m in changed if m in self.site_of]))
+            recheck |= (changed | observed) & wave_set
+            self._advance({m: snapshot[m] for m in macs}, recheck, snapshot)
+            recheck = set()
             self.progress(self.counts_by_site(snapshot))
             spent = self._budget_spent(snapshot)
             if spent:
@@ -140,18 +164,24 @@ class RolloutDriver:
                 return Outcome("halted", f"wave {wave} missed its progress deadline "
                                          f"({self.pb.strategy.progress_deadline:g}s)", self.counts())
             self._dispatch({m: snapshot[m] for m in macs}, snapshot)
-            time.sleep(self.poll)
+            time.sleep(max(0.0, MIN_PASS_S - (time.monotonic() - started)))   # busy feeds: a pass at most every 20 ms
 
     def _settle(self, macs: list[str]) -> None:
         """Stop sending work; let phones already rebooting finish (verified, failed or rolled back)."""
         end = time.monotonic() + self.pb.verify.within * 2 + 30
         while time.monotonic() < end:
-            self._advance(self.rs.phones(self.rid, macs))
-            if not any(s.get("state") in IN_FLIGHT for s in self.rs.phones(self.rid, macs).values()):
+            states = self.rs.phones(self.rid, macs)
+            self._advance(states, set(macs), states)
+            if not any(s.get("state") in IN_FLIGHT for s in states.values()):
                 return
             time.sleep(self.poll)
 
     # ---------------------------------------------------------------- per phone
+    def _set(self, snapshot: dict[str, dict], mac: str, **fields) -> None:
+        """Write a phone's fields and mirror them in the snapshot, so this pass's later decisions see them."""
+        self.rs.set_phone(self.rid, mac, **fields)
+        snapshot.setdefault(mac, {}).update({k: str(v) for k, v in fields.items()})
+
     def _unavailable(self, snapshot: dict[str, dict]) -> dict[str, int]:
         """Phones of each site between dispatch and settling, across all waves."""
         counts: dict[str, int] = {s: 0 for s in self._sites()}
@@ -174,56 +204,63 @@ class RolloutDriver:
                 continue
             unavailable[site] += 1
             attempt = int(st.get("attempt", 1))
-            self.rs.set_phone(self.rid, mac, state="dispatched", dispatched_at=now)
-            celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, attempt], queue=site_queue(site))
+            self._set(snapshot, mac, state="dispatched", dispatched_at=now)
+            celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, attempt], queue=site_queue(site), ignore_result=True)
 
-    def _advance(self, states: dict[str, dict]) -> None:
-        """Verification and rollback decisions, from the collectors' observations in the store."""
+    def _advance(self, states: dict[str, dict], recheck: set[str], snapshot: dict[str, dict]) -> None:
+        """Verification and rollback decisions, from the collectors' observations in the store.
+
+        Observations are read only for the phones in `recheck` (something was
+        observed or changed); every other waiting phone only has its clocks
+        looked at, which needs no I/O.
+        """
         now = time.time()
-        waiting = [m for m, st in states.items() if st.get("state") in ("verifying", "rebooting", "rolling_back")]
-        self._phone_states = self.store.phone_states(waiting) if waiting else {}
+        looked_at = [m for m in recheck if states.get(m, {}).get("state") in ("verifying", "rolling_back")]
+        self._phone_states = self.store.phone_states(looked_at) if looked_at else {}
         for mac, st in states.items():
             state = st.get("state")
             site = self.site_of[mac]
             if state in ("dispatched", "publishing") and now - float(st.get("dispatched_at") or now) > DISPATCH_STALL_S:
                 # the task was lost with its worker before it did anything visible: send it again
-                self.rs.set_phone(self.rid, mac, dispatched_at=now)
-                celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site))
+                self._set(snapshot, mac, dispatched_at=now)
+                celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site),
+                                     ignore_result=True)
             elif state in ("verifying", "rebooting") and st.get("reboot_at"):
                 # "rebooting" means the reboot was claimed but not yet known to be sent: no registration proves it
                 since = float(st["reboot_at"])
-                if state == "verifying" and self._registered(mac, self.required, since):
+                if state == "verifying" and mac in self._phone_states and self._registered(mac, self.required, since):
                     self.store_pushed(mac, self._entries[mac])
-                    self.rs.set_phone(self.rid, mac, state="verified", settled_at=now, verified_in=round(now - since, 2))
+                    self._set(snapshot, mac, state="verified", settled_at=now, verified_in=round(now - since, 2))
                     self.rs.log(self.rid, "verified", mac=mac, seconds=round(now - since, 2))
                 elif (state == "rebooting" and now - since > DISPATCH_STALL_S
                       and now - float(st.get("confirm_sent") or 0) > DISPATCH_STALL_S):
                     # the task claimed the reboot and vanished before saying it went out: a task finds out and finishes
-                    self.rs.set_phone(self.rid, mac, confirm_sent=now)
-                    celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site))
+                    self._set(snapshot, mac, confirm_sent=now)
+                    celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site),
+                                         ignore_result=True)
                 elif now - since > self.pb.verify.within:
                     reason = f"not registered to server(s) {self.required} within {self.pb.verify.within:g}s of the reboot"
                     self.rs.log(self.rid, "failed", mac=mac, reason=reason)
                     if self.pb.rollback:
-                        self.rs.set_phone(self.rid, mac, state="rolling_back", error=reason, rollback_requested=now)
-                        celery_app.send_task("fleet.rollout_rollback", args=[self.rid, mac], queue=site_queue(site))
+                        self._set(snapshot, mac, state="rolling_back", error=reason, rollback_requested=now)
+                        celery_app.send_task("fleet.rollout_rollback", args=[self.rid, mac], queue=site_queue(site), ignore_result=True)
                     else:
-                        self.rs.set_phone(self.rid, mac, state="failed", error=reason, settled_at=now)
+                        self._set(snapshot, mac, state="failed", error=reason, settled_at=now)
             elif state == "rolling_back" and st.get("rollback_at"):
                 since = float(st["rollback_at"])
-                if self._registered(mac, [1], since):
-                    self.rs.set_phone(self.rid, mac, state="rolled_back", settled_at=now)
+                if mac in self._phone_states and self._registered(mac, [1], since):
+                    self._set(snapshot, mac, state="rolled_back", settled_at=now)
                     self.rs.log(self.rid, "rolled_back", mac=mac)
                 elif now - since > self.pb.verify.within:
-                    self.rs.set_phone(self.rid, mac, state="rollback_failed", settled_at=now,
-                                      error=(st.get("error", "") + "; the rolled-back phone did not re-register")[:300])
+                    self._set(snapshot, mac, state="rollback_failed", settled_at=now,
+                              error=(st.get("error", "") + "; the rolled-back phone did not re-register")[:300])
                     self.rs.log(self.rid, "rollback_failed", mac=mac)
 
     def store_pushed(self, mac: str, entry: dict) -> None:
         self.rs.set_pushed(mac, entry["params"], entry["config_hash"])
 
     def _registered(self, mac: str, servers: list[int], since: float) -> bool:
-        st = self._phone_states.get(mac) or self.store.phone_state(mac)
+        st = self._phone_states[mac]
         return all(st.servers.get(i, {}).get("state") == "registered" and st.servers[i].get("t", 0) > since for i in servers)
 
     # ---------------------------------------------------------------- accounting

@@ -28,6 +28,8 @@ from .status import row_for_json
 P = "fleet:"
 OBS_MAXLEN = 10_000
 EVENTS_MAXLEN = 200_000
+FEED_MAXLEN = 100_000
+OBSERVED_FEED = f"{P}observed"
 
 
 class LeaseHeld(Exception):
@@ -99,6 +101,9 @@ class Store:
                 as_dict = state.to_dict()
                 row = row_for_json({"mac": mac, "site": site, "state": as_dict, **metas[mac]})
                 pipe.hset(f"{P}phone:{mac}", mapping={"state": json.dumps(as_dict), "row": json.dumps(row)})
+        # one feed entry per batch: a rollout driver re-reads only the phones named here
+        pipe.xadd(OBSERVED_FEED, {"macs": " ".join(m for m, (_, site) in states.items() if site is not None)},
+                  maxlen=FEED_MAXLEN, approximate=True)
         pipe.execute()
         return len(observations)
 
@@ -264,7 +269,45 @@ class RolloutStore:
         return {m: {k: v for k, v in zip(self.STATE_FIELDS, row) if v is not None} for m, row in zip(macs, rows)}
 
     def set_phone(self, rid: str, mac: str, **fields) -> None:
-        self.r.hset(f"{P}rollout:{rid}:phone:{mac}", mapping={k: ("" if v is None else v) for k, v in fields.items()})
+        """Write a phone's rollout fields; a change of state also goes on the rollout's change feed."""
+        mapping = {k: ("" if v is None else v) for k, v in fields.items()}
+        if "state" not in fields:
+            self.r.hset(f"{P}rollout:{rid}:phone:{mac}", mapping=mapping)
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(f"{P}rollout:{rid}:phone:{mac}", mapping=mapping)
+        pipe.xadd(self.changes_key(rid), {"mac": mac}, maxlen=FEED_MAXLEN, approximate=True)
+        pipe.execute()
+
+    @staticmethod
+    def changes_key(rid: str) -> str:
+        return f"{P}rollout:{rid}:changes"
+
+    def feed_positions(self, rid: str) -> dict[str, str]:
+        """Where the change and observation feeds end now: read from here on, nothing after a full read is missed."""
+        out = {}
+        for key in (self.changes_key(rid), OBSERVED_FEED):
+            last = self.r.xrevrange(key, count=1)
+            out[key] = last[0][0] if last else "0-0"
+        return out
+
+    def feed_read(self, positions: dict[str, str], block: float | None = None) -> tuple[set[str], set[str]]:
+        """(phones whose rollout state changed, phones observed) since `positions`, which it advances.
+
+        With `block`, waits up to that many seconds for the first entry: a driver
+        wakes when something happens rather than on a timer.
+        """
+        changed: set[str] = set()
+        observed: set[str] = set()
+        wait = int(block * 1000) if block else None
+        for key, entries in self.r.xread(positions, count=100_000, block=wait) or []:
+            for entry_id, fields in entries:
+                positions[key] = entry_id
+                if key == OBSERVED_FEED:
+                    observed.update(fields.get("macs", "").split())
+                else:
+                    changed.add(fields["mac"])
+        return changed, observed
 
     def claim_reboot(self, rid: str, mac: str, attempt: int) -> bool:
         """True once per phone and attempt: the guard that keeps a redelivered task from rebooting twice."""

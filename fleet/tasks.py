@@ -13,6 +13,7 @@ import functools
 import json
 import logging
 import os
+import threading
 import time
 
 from celery import signals
@@ -34,11 +35,16 @@ def _inventory(path: str) -> tuple[inv_mod.Inventory, inv_mod.Secrets]:
     return inv, inv_mod.Secrets(inv)
 
 
+_inventory_lock = threading.Lock()
+
+
 def context() -> tuple[inv_mod.Inventory, inv_mod.Secrets]:
+    """The worker's inventory, parsed once: without the lock, a thread pool's first tasks each parse it at once."""
     path = os.environ.get("FLEET_INVENTORY")
     if not path:
         raise RuntimeError("FLEET_INVENTORY is not set for this worker (start it with `fleet worker --inventory FILE`)")
-    return _inventory(path)
+    with _inventory_lock:
+        return _inventory(path)
 
 
 def _router(site_name: str):
@@ -201,7 +207,7 @@ def _reboot(phone: inv_mod.Phone, creds, rest: RestPhone | None = None) -> str:
     return "sip check-sync"
 
 
-@app.task(name="fleet.rollout_push", acks_late=True)
+@app.task(name="fleet.rollout_push", acks_late=True, ignore_result=True)
 def rollout_push(rid: str, mac: str, attempt: int) -> dict:
     """Render, back up, publish and reboot one phone. Idempotent per (rollout, phone, attempt)."""
     from . import polycom
@@ -231,22 +237,26 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
         files = polycom.render_phone_files(mac, resolved)
         pub = open_publisher(site.boot_server.url, boot_creds)
         try:
-            rs.set_phone(rid, mac, state="publishing")
-            for name in files:
-                if state.get(f"backed_up:{name}"):
-                    continue
+            todo = [n for n in files if not state.get(f"backed_up:{n}")]
+            rs.set_phone(rid, mac, state="publishing", **{f"backing_up:{n}": "1" for n in todo})
+            outcome = {}
+            for name in todo:
                 backup = f"{name}.before-{rid}"
                 # a task redelivered after it began backing up must not take the new file for the old one
                 if state.get(f"backing_up:{name}") and pub.read(backup) is not None:
-                    rs.set_phone(rid, mac, **{f"backed_up:{name}": "yes"})
+                    outcome[f"backed_up:{name}"] = "yes"
                     continue
-                rs.set_phone(rid, mac, **{f"backing_up:{name}": "1"})
                 old = pub.read(name)
-                if old is not None:
+                if old is not None and old != files[name]:
                     pub.write(backup, old)
-                rs.set_phone(rid, mac, **{f"backed_up:{name}": "yes" if old is not None else "absent"})
+                # "same": the file already holds what we render (the master file, mostly): nothing to write or restore
+                outcome[f"backed_up:{name}"] = "absent" if old is None else ("same" if old == files[name] else "yes")
+            if outcome:
+                rs.set_phone(rid, mac, **outcome)
+            marks = {n: outcome.get(f"backed_up:{n}") or state.get(f"backed_up:{n}") for n in files}
             for name in sorted(files, key=lambda n: n == f"{mac}.cfg"):   # the master file last
-                pub.write(name, files[name])
+                if marks[name] != "same":
+                    pub.write(name, files[name])
         finally:
             pub.close()
         if not rs.claim_reboot(rid, mac, attempt):
@@ -319,7 +329,7 @@ def _confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_m
         return {"state": "failed", "error": str(exc)[:300]}
 
 
-@app.task(name="fleet.rollout_rollback", acks_late=True)
+@app.task(name="fleet.rollout_rollback", acks_late=True, ignore_result=True)
 def rollout_rollback(rid: str, mac: str) -> dict:
     """Put the phone's previous files back and reboot it; the controller verifies it re-registers."""
     from .drivers.publish import open_publisher
@@ -336,6 +346,8 @@ def rollout_rollback(rid: str, mac: str) -> dict:
                 if not key.startswith("backed_up:"):
                     continue
                 name = key.split(":", 1)[1]
+                if value == "same":
+                    continue
                 if value == "absent":
                     pub.delete(name)
                 else:

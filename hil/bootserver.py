@@ -108,3 +108,71 @@ class FtpBootServer:
 
     def stop(self) -> None:
         self.server.close_all()
+
+
+class HttpBootServerProcess:
+    """The HTTP boot server in a process of its own, as a boot server is a host of its own.
+
+    In one process with a thousand phones it would share their event loop, and a
+    controller publishing hard would delay the phones' DNS and SIP timers: the
+    lab would then measure itself. Credentials reach the child on stdin, never
+    in its command line; it dies with the lab (PR_SET_PDEATHSIG).
+    """
+
+    def __init__(self, root: Path, host: str, port: int, username: str, password: str) -> None:
+        self.config = {"root": str(root), "host": host, "port": port, "username": username, "password": password}
+        self.proc: "subprocess.Popen | None" = None
+
+    async def start(self) -> None:
+        import asyncio
+        import json
+        import subprocess
+        import sys
+
+        self.proc = subprocess.Popen([sys.executable, "-m", "hil.bootserver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                                     preexec_fn=_die_with_parent)
+        assert self.proc.stdin and self.proc.stdout
+        self.proc.stdin.write(json.dumps(self.config).encode() + b"\n")
+        self.proc.stdin.close()
+        line = await asyncio.to_thread(self.proc.stdout.readline)
+        if line.strip() != b"ready":
+            raise RuntimeError(f"boot server on {self.config['host']}:{self.config['port']} did not start")
+
+    async def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except Exception:
+                self.proc.kill()
+
+
+def _die_with_parent() -> None:
+    import ctypes
+    import signal
+
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+
+
+def _main() -> None:
+    import asyncio
+    import json
+    import signal
+    import sys
+
+    config = json.loads(sys.stdin.readline())
+
+    async def serve() -> None:
+        server = HttpBootServer(Path(config["root"]), config["host"], int(config["port"]), config["username"], config["password"])
+        await server.start()
+        stop = asyncio.Event()
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+        print("ready", flush=True)
+        await stop.wait()
+        await server.stop()
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    _main()

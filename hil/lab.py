@@ -22,7 +22,7 @@ import asyncssh
 import yaml
 from aiohttp import web
 
-from .bootserver import FtpBootServer, HttpBootServer
+from .bootserver import FtpBootServer, HttpBootServerProcess
 from .dns_server import DnsServer
 from .groundtruth import GroundTruth
 from .labfile import LabFile, SiteSpec
@@ -55,7 +55,7 @@ class SiteRuntime:
     router: UserspaceRouter
     gateway: Registrar
     boot_dir: Path
-    boot_http: HttpBootServer | None = None
+    boot_http: HttpBootServerProcess | None = None
     boot_ftp: FtpBootServer | None = None
     phones: list[VirtualPhone] = field(default_factory=list)
     boot_user: str = "PlcmSpIp"
@@ -160,7 +160,7 @@ class Lab:
         boot_dir = self.state_dir / f"boot-{site.name}"
         boot_dir.mkdir(exist_ok=True)
         rt = SiteRuntime(site, k, router, gateway, boot_dir, boot_password=secrets.token_urlsafe(9))
-        rt.boot_http = HttpBootServer(boot_dir, self.lan_ip(k, 3), BOOT_HTTP_PORT, rt.boot_user, rt.boot_password)
+        rt.boot_http = HttpBootServerProcess(boot_dir, self.lan_ip(k, 3), BOOT_HTTP_PORT, rt.boot_user, rt.boot_password)
         await rt.boot_http.start()
         rt.boot_ftp = FtpBootServer(boot_dir, self.lan_ip(k, 3), BOOT_FTP_PORT, rt.boot_user, rt.boot_password)
         rt.boot_ftp.start()
@@ -266,8 +266,8 @@ class Lab:
                 "ground_truth": self.truth.snapshot(),
                 "phones": [p.summary() for rt in self.sites for p in rt.phones],
                 "provider": self.provider.summary(since) if self.provider else None,
-                "sites": [{"name": rt.spec.name, "router": rt.router.summary(), "gateway": rt.gateway.summary(since),
-                           "boot_requests": (rt.boot_http.requests[-500:] if rt.boot_http else [])} for rt in self.sites]}
+                "sites": [{"name": rt.spec.name, "router": rt.router.summary(), "gateway": rt.gateway.summary(since)}
+                          for rt in self.sites]}
 
     def find_phone(self, mac: str) -> VirtualPhone | None:
         return next((p for rt in self.sites for p in rt.phones if p.mac == mac.lower()), None)

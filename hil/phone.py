@@ -172,6 +172,7 @@ class VirtualPhone:
                     self.truth.record(self.mac, "server_state", reg=reg.index, server=srv.index, state=srv.state, reason="reboot")
             self._update_working(reg)
         self.booted.clear()
+        self.resolver.forget()
         self._spawn(self._boot(first=False))
 
     async def _boot(self, first: bool) -> None:

@@ -34,6 +34,10 @@ class Resolver:
         self.tries = tries
         self._cache: dict[str, tuple[float, str]] = {}
 
+    def forget(self) -> None:
+        """A rebooted phone starts with an empty DNS cache."""
+        self._cache.clear()
+
     async def resolve(self, name: str) -> str:
         try:
             ipaddress.ip_address(name)
