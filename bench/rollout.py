@@ -6,7 +6,7 @@
    scaled to the full count, because Ansible takes minutes per few hundred hosts).
 Then the controller overhead: a rollout of --overhead-phones phones that take --boot-time seconds to reboot,
 compared with the time the phones themselves take from reboot to registration (the lab's ground truth).
-Run: .venv/bin/python bench/rollout.py [--phones 1000] [--ansible-phones 100]
+Run: .venv/bin/python -u bench/rollout.py [--phones 1000] [--ansible-phones 100]
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import resource
+import signal
 import shutil
 import subprocess
 import sys
@@ -245,6 +246,7 @@ def main() -> None:
     ap.add_argument("--skip-ansible", action="store_true")
     ap.add_argument("--skip-overhead", action="store_true")
     args = ap.parse_args()
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # `timeout` and Ctrl-C both clean up the lab and workers
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
     url, redis_proc = start_private(work / "redis")
     procs: list[subprocess.Popen] = []
@@ -265,7 +267,6 @@ def main() -> None:
         with CpuMeter(pids) as cpu_bare:
             t_bare = bare(items, args.pool)
         back_bare = sorted(truth_registered_after_reboot(state, t1))
-        t_ans = None if args.skip_ansible else ansible(calls(inv, 63)[: args.ansible_phones], work)
         print(f"phones:                  {args.phones} (instant reboot), 2 sites, 2 workers")
         print(f"ours (fleet rollout):    {t_ours:.1f} s")
         print(f"bare thread pool (50):   {t_bare:.1f} s   ours/bare = {t_ours / t_bare:.2f}x  (target <= 2x)")
@@ -274,6 +275,7 @@ def main() -> None:
         print(f"  ours: the lab's own reboot-to-both-servers-registered p50/max {back[len(back) // 2]:.2f}/{back[-1]:.2f} s")
         print(f"  bare: {cpu_bare.line()}")
         print(f"  bare: the lab's own reboot-to-both-servers-registered p50/max {back_bare[len(back_bare) // 2]:.2f}/{back_bare[-1]:.2f} s")
+        t_ans = None if args.skip_ansible else ansible(calls(inv, 63)[: args.ansible_phones], work)
         if t_ans is None:
             print("ansible:                 skipped (pip install ansible-core, or `make bench`)")
         else:

@@ -6,6 +6,7 @@ STOR. Paths are confined to the directory (no traversal), over both protocols.
 from __future__ import annotations
 
 import os
+import subprocess
 import threading
 from pathlib import Path
 
@@ -121,12 +122,11 @@ class HttpBootServerProcess:
 
     def __init__(self, root: Path, host: str, port: int, username: str, password: str) -> None:
         self.config = {"root": str(root), "host": host, "port": port, "username": username, "password": password}
-        self.proc: "subprocess.Popen | None" = None
+        self.proc: subprocess.Popen | None = None
 
     async def start(self) -> None:
         import asyncio
         import json
-        import subprocess
         import sys
 
         self.proc = subprocess.Popen([sys.executable, "-m", "hil.bootserver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -143,7 +143,7 @@ class HttpBootServerProcess:
             self.proc.terminate()
             try:
                 self.proc.wait(5)
-            except Exception:
+            except subprocess.TimeoutExpired:
                 self.proc.kill()
 
 

@@ -177,12 +177,13 @@ def test_worker_dies_around_the_reboot(lab, aof_redis, tmp_path, monkeypatch, po
     out, err = proc.communicate(timeout=400)
     assert proc.returncode == 0 and json.loads(out)["status"] == "done", (point, victim, err[-3000:], _trouble(r, rid))
     _check_outcome(lab, r, rid, t0, expires, point)   # every phone rebooted exactly once
-    resent = [(r.hget(k, "reboot_via") or b"").decode() for k in r.scan_iter(f"fleet:rollout:{rid}:phone:*")]
-    resent = [via for via in resent if "resent" in via]
+    # the kill takes the worker's other in-flight task with it, so other phones may take the same path; the
+    # victim's record says which way its own reboot went (every phone rebooted once is checked above)
+    via = (r.hget(f"fleet:rollout:{rid}:phone:{victim}", "reboot_via") or b"").decode()
     if expected:
-        assert resent == [expected + " after a lost task"], (point, victim, resent)
+        assert via == expected + " after a lost task", (point, victim, via)
     else:
-        assert resent == [], (point, victim, resent)
+        assert "resent" not in via, (point, victim, via)
 
 
 def test_redis_restarted_mid_rollout(lab, aof_redis, tmp_path):
