@@ -194,11 +194,17 @@ def ansible(items: list[dict], work: Path) -> float | None:
          "until": "li.status == 200 and li.json.data[0].RegistrationStatus == 'registered'", "retries": 100, "delay": 1}]}]))
     env = dict(os.environ, ANSIBLE_FORKS="50", ANSIBLE_HOST_KEY_CHECKING="False", ANSIBLE_STDOUT_CALLBACK="default", ANSIBLE_DISPLAY_OK_HOSTS="false")
     t0 = time.perf_counter()
-    res = subprocess.run([BIN / "ansible-playbook", "-i", str(work / "hosts.yml"), str(work / "site.yml"), "-f", "50"],
-                         env=env, capture_output=True, text=True, cwd=work)
+    # its own process group, so that an interrupted bench does not leave 50 forks behind
+    proc = subprocess.Popen([BIN / "ansible-playbook", "-i", str(work / "hosts.yml"), str(work / "site.yml"), "-f", "50"],
+                            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=work, start_new_session=True)
+    try:
+        out, errs = proc.communicate()
+    except BaseException:
+        os.killpg(proc.pid, signal.SIGKILL)
+        raise
     elapsed = time.perf_counter() - t0
-    if res.returncode != 0:
-        print(res.stdout[-2000:], res.stderr[-2000:])
+    if proc.returncode != 0:
+        print(out[-2000:], errs[-2000:])
         raise RuntimeError("ansible-playbook failed")
     return elapsed
 
