@@ -209,9 +209,14 @@ def ansible(items: list[dict], work: Path) -> float | None:
     return elapsed
 
 
-def own_reboot_times(state: Path, since: float) -> list[float]:
+def ground_truth(state: Path) -> dict:
+    """Every phone's timeline, as the lab itself recorded it."""
     control = json.loads((state / "control.json").read_text())["url"]
-    truth = requests.get(control + "/status", timeout=120).json()["ground_truth"]["phones"]
+    return requests.get(control + "/status", timeout=120).json()["ground_truth"]["phones"]
+
+
+def own_reboot_times(state: Path, since: float) -> list[float]:
+    truth = ground_truth(state)
     out = []
     for p in truth.values():
         ev = p["events"]
@@ -226,8 +231,7 @@ def own_reboot_times(state: Path, since: float) -> list[float]:
 
 def truth_registered_after_reboot(state: Path, since: float) -> list[float]:
     """Per phone, from the lab's ground truth: seconds from its reboot until both servers are registered again."""
-    control = json.loads((state / "control.json").read_text())["url"]
-    truth = requests.get(control + "/status", timeout=120).json()["ground_truth"]["phones"]
+    truth = ground_truth(state)
     out = []
     for p in truth.values():
         reboot = next((e["t"] for e in p["events"] if e["kind"] == "reboot" and e["t"] >= since), None)

@@ -49,6 +49,16 @@ def _inventory(path: str):
         sys.exit(EXIT_INPUT)
 
 
+def _check_sites(inv, sites) -> None:
+    """Every --site must be in the inventory: a typo stops here, not in a worker's first task."""
+    for s in sites:
+        try:
+            inv.site(s)
+        except KeyError as exc:
+            err.print(f"[red]{exc.args[0]}[/red]")
+            sys.exit(EXIT_INPUT)
+
+
 @click.group(help=__doc__)
 def main() -> None:
     pass
@@ -476,12 +486,7 @@ def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
 
     inv = _inventory(inventory_path)
-    for s in sites:
-        try:
-            inv.site(s)
-        except KeyError as exc:
-            err.print(f"[red]{exc.args[0]}[/red]")
-            sys.exit(EXIT_INPUT)
+    _check_sites(inv, sites)
     secrets = Secrets(inv)
     running = start_site_collectors(inv, secrets, _store(), list(sites))
     if len(running) != len(sites):
@@ -506,24 +511,23 @@ def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
 @click.option("--no-collect", is_flag=True, help="Do not run the syslog/event collectors in this worker.")
 def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurrency: int, pool: str, no_collect: bool) -> None:
     """Start a Celery worker for the given sites' queues (site.NAME), with their collectors."""
-    inv = _inventory(inventory_path)
     if not sites and not control:
         err.print("[red]give at least one --site, or --control[/red]")
         sys.exit(EXIT_INPUT)
-    for s in sites:
-        try:
-            inv.site(s)
-        except KeyError as exc:
-            err.print(f"[red]{exc.args[0]}[/red]")
-            sys.exit(EXIT_INPUT)
-    store = _store()
     os.environ["FLEET_INVENTORY"] = str(Path(inventory_path).resolve())
     os.environ["FLEET_COLLECT_SITES"] = "" if no_collect else ",".join(sites)
     from .celeryapp import app, configure
     from .tasks import context
 
+    # the tasks' own copy, parsed once before the pool starts (and before prefork forks), not by its first tasks
+    try:
+        inv, _ = context()
+    except FileError as exc:
+        err.print(f"[red]invalid inventory: {exc}[/red]")
+        sys.exit(EXIT_INPUT)
+    _check_sites(inv, sites)
+    store = _store()
     configure(store.url)
-    context()   # parsed before the pool starts (and before prefork forks), not by its first tasks
     queues = [f"site.{s}" for s in sites] + (["fleet.control"] if control else [])
     app.worker_main(["worker", "-Q", ",".join(queues), "--concurrency", str(concurrency), "--pool", pool,
                      "-n", f"{'+'.join(list(sites) + (['control'] if control else []))}@{socket.gethostname()}", "--loglevel", "WARNING", "--without-gossip",

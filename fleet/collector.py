@@ -16,7 +16,7 @@ from aiohttp import web
 
 from .drivers.collect.formats import parse_line_event, parse_syslog
 from .drivers.collect.poller import Poller
-from .inventory import Secrets, Site
+from .inventory import Inventory, Secrets, Site
 from .observe import Observation, from_line_info
 from .store import Store
 
@@ -127,15 +127,12 @@ class SiteCollector:
                 await asyncio.sleep(1)
 
 
-def start_site_collectors(inv, secrets: Secrets, store: Store, sites: list[str]) -> list[SiteCollector]:
+def start_site_collectors(inv: Inventory, secrets: Secrets, store: Store, sites: list[str]) -> list[SiteCollector]:
     """Register the sites' phones in the store and start a collector per site; a site that cannot listen is logged."""
-    from .store import RolloutStore
-    from .tasks import phone_rows
-
     started = []
     for name in sites:
         site = inv.site(name)
-        store.register_phones(site.name, phone_rows(inv, site, RolloutStore(store).last_pushed([p.mac for p in site.phones])))
+        store.register_site(inv, site)
         collector = SiteCollector(site, store, secrets)
         try:
             collector.start()

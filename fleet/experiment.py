@@ -21,7 +21,6 @@ from .inventory import Inventory, Phone, Site
 from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
 from .predict import failover_max, recovery_max, servers
 from .store import RolloutStore, Store
-from .tasks import phone_rows
 
 TASK_TIMEOUT = 60.0
 
@@ -122,8 +121,7 @@ class ExperimentRunner:
         result = ExperimentResult(id=exp, playbook=self.pb.name, site=self.site.name, started=time.time())
         renewer = threading.Thread(target=self._renew, args=(holder,), daemon=True)
         renewer.start()
-        self.store.register_phones(self.site.name, phone_rows(
-            self.inv, self.site, RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])))
+        self.store.register_site(self.inv, self.site)
         self.store.set_observing(self.site.name, exp)
         # where each phone stood when the run began: the first lane segment of its timeline
         self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}

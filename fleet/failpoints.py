@@ -3,8 +3,9 @@
 `FLEET_FAILPOINTS="rollout.reboot_sent=kill@2"` makes the second pass through
 that point SIGKILL the whole worker process group: no cleanup, no acks, the
 way a host dies. `rollout.reboot_sent:KEY=kill@1` counts only the passes made
-with that key (a phone's MAC), so a test can pick the phone. Random kills rarely land inside the few milliseconds between
-claiming a reboot and recording it; a failpoint lands there every time. Unset
+with that key (a phone's MAC), so a test can pick the phone. Random kills
+rarely land inside the few milliseconds between claiming a reboot and
+recording it; a failpoint lands there every time. Unset
 (the only production setting), a failpoint is one dictionary lookup.
 """
 from __future__ import annotations

@@ -150,7 +150,8 @@ class RolloutDriver:
             elif changed:
                 snapshot.update(self.rs.phones(self.rid, [m for m in changed if m in self.site_of]))
             recheck |= (changed | observed) & wave_set
-            self._advance({m: snapshot[m] for m in macs}, recheck, snapshot)
+            wave_states = {m: snapshot[m] for m in macs}   # the same dicts as the snapshot's: updates show in both
+            self._advance(wave_states, recheck, snapshot)
             recheck = set()
             self.progress(self.counts_by_site(snapshot))
             spent = self._budget_spent(snapshot)
@@ -163,7 +164,7 @@ class RolloutDriver:
                 self._settle(macs)
                 return Outcome("halted", f"wave {wave} missed its progress deadline "
                                          f"({self.pb.strategy.progress_deadline:g}s)", self.counts())
-            self._dispatch({m: snapshot[m] for m in macs}, snapshot)
+            self._dispatch(wave_states, snapshot)
             time.sleep(max(0.0, MIN_PASS_S - (time.monotonic() - started)))   # busy feeds: a pass at most every 20 ms
 
     def _settle(self, macs: list[str]) -> None:

@@ -42,6 +42,15 @@ class Store:
         self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, health_check_interval=30)
 
     # ------------------------------------------------------------ phones
+    def register_site(self, inv, site) -> None:
+        """Register a site's phones; their configured servers follow what a rollout last pushed, else the inventory."""
+        from .predict import configured_servers
+
+        pushed = RolloutStore(self).last_pushed([p.mac for p in site.phones])
+        self.register_phones(site.name, [{"mac": p.mac, "model": p.model, "address": p.address,
+                                          "servers": configured_servers(pushed.get(p.mac) or inv.effective_params(site, p))}
+                                         for p in site.phones])
+
     def register_phones(self, site: str, phones: Iterable[dict]) -> None:
         phones = list(phones)
         pipe = self.r.pipeline(transaction=False)
@@ -309,8 +318,8 @@ class RolloutStore:
                     changed.add(fields["mac"])
         return changed, observed
 
-    def claim_reboot(self, rid: str, mac: str, attempt: int) -> bool:
-        """True once per phone and attempt: the guard that keeps a redelivered task from rebooting twice."""
+    def claim_reboot(self, rid: str, mac: str, attempt: int | str) -> bool:
+        """True once per phone and attempt (or per "ATTEMPT-confirm"): the guard against rebooting twice."""
         return bool(self.r.set(f"{P}rollout:{rid}:reboot:{mac}:{attempt}", time.time(), nx=True, ex=7 * 86400))
 
     def reboot_claimed_at(self, rid: str, mac: str, attempt: int) -> float | None:

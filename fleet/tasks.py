@@ -154,18 +154,6 @@ def _start_collectors(sender=None, **_: object) -> None:
     _collectors.extend(start_site_collectors(inv, secrets, Store(os.environ["FLEET_REDIS_URL"]), sites))
 
 
-def phone_rows(inv: inv_mod.Inventory, site: inv_mod.Site, pushed: dict[str, dict] | None = None) -> list[dict]:
-    """Phones as the store keeps them; configured servers from what a rollout last pushed, else the inventory."""
-    from .predict import configured_servers
-
-    pushed = pushed or {}
-    rows = []
-    for p in site.phones:
-        params = pushed.get(p.mac) or inv.effective_params(site, p)
-        rows.append({"mac": p.mac, "model": p.model, "address": p.address, "servers": configured_servers(params)})
-    return rows
-
-
 # ---------------------------------------------------------------- rollouts
 @functools.lru_cache(maxsize=2)
 def _stores(url: str):
@@ -275,8 +263,13 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
         rs.set_phone(rid, mac, state="verifying", reboot_via=how)
         return {"state": "verifying", "reboot_at": reboot_at}
     except (DriverError, KeyError, ValueError) as exc:
-        rs.set_phone(rid, mac, state="failed", error=str(exc)[:300], settled_at=time.time())
-        return {"state": "failed", "error": str(exc)[:300]}
+        return _failed(rs, rid, mac, exc)
+
+
+def _failed(rs, rid: str, mac: str, exc: Exception) -> dict:
+    """Settle the phone as failed with why; the driver counts it against the budget."""
+    rs.set_phone(rid, mac, state="failed", error=str(exc)[:300], settled_at=time.time())
+    return {"state": "failed", "error": str(exc)[:300]}
 
 
 def _rebooted_since(phone: inv_mod.Phone, creds, params: dict, store, since: float) -> bool:
@@ -325,8 +318,7 @@ def _confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_m
         rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task")
         return {"state": "verifying", "reboot_at": reboot_at}
     except (DriverError, KeyError, ValueError) as exc:
-        rs.set_phone(rid, mac, state="failed", error=str(exc)[:300], settled_at=time.time())
-        return {"state": "failed", "error": str(exc)[:300]}
+        return _failed(rs, rid, mac, exc)
 
 
 @app.task(name="fleet.rollout_rollback", acks_late=True, ignore_result=True)

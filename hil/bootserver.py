@@ -5,8 +5,12 @@ STOR. Paths are confined to the directory (no traversal), over both protocols.
 """
 from __future__ import annotations
 
+import asyncio
+import json
 import os
+import signal
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -27,7 +31,6 @@ class HttpBootServer:
         self.root, self.host, self.port = root, host, port
         self.username, self.password = username, password
         self.runner: web.AppRunner | None = None
-        self.requests: list[tuple[str, str, int]] = []
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
@@ -40,17 +43,14 @@ class HttpBootServer:
     async def _handle(self, request: web.Request) -> web.StreamResponse:
         path = request.match_info["path"]
         if not self._authorized(request):
-            self.requests.append((request.method, path, 401))
             return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="boot"'})
         target = safe_path(self.root, path)
         if target is None:
-            self.requests.append((request.method, path, 403))
             return web.Response(status=403, text="outside the boot directory")
         if request.method == "DELETE":
             existed = target.is_file()
             if existed:
                 target.unlink()
-            self.requests.append(("DELETE", path, 204 if existed else 404))
             return web.Response(status=204 if existed else 404)
         if request.method == "PUT":
             body = await request.read()
@@ -58,12 +58,9 @@ class HttpBootServer:
             tmp = target.with_name(target.name + ".part")
             tmp.write_bytes(body)
             os.replace(tmp, target)  # a phone never reads a half-written file
-            self.requests.append(("PUT", path, 201))
             return web.Response(status=201)
         if not target.is_file():
-            self.requests.append(("GET", path, 404))
             return web.Response(status=404)
-        self.requests.append(("GET", path, 200))
         return web.Response(body=target.read_bytes(), content_type="application/octet-stream")
 
     async def start(self) -> None:
@@ -125,10 +122,6 @@ class HttpBootServerProcess:
         self.proc: subprocess.Popen | None = None
 
     async def start(self) -> None:
-        import asyncio
-        import json
-        import sys
-
         self.proc = subprocess.Popen([sys.executable, "-m", "hil.bootserver"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                      preexec_fn=_die_with_parent)
         assert self.proc.stdin and self.proc.stdout
@@ -149,17 +142,11 @@ class HttpBootServerProcess:
 
 def _die_with_parent() -> None:
     import ctypes
-    import signal
 
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
 
 
 def _main() -> None:
-    import asyncio
-    import json
-    import signal
-    import sys
-
     config = json.loads(sys.stdin.readline())
 
     async def serve() -> None:
