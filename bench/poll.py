@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import subprocess
 import sys
@@ -25,6 +26,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fleet import inventory  # noqa: E402
 from fleet.drivers import router as routers  # noqa: E402
+from fleet.drivers.router import OutageSpec  # noqa: E402
 from fleet.drivers.collect.poller import Poller  # noqa: E402
 from fleet.redisboot import free_port  # noqa: E402
 
@@ -90,11 +92,12 @@ def main() -> None:
 
         drv = routers.connect(site.router, secrets.credentials(site.router.credentials))
         t_cut = time.time()
-        drv.cut("link-down")
+        outage = OutageSpec(f"bench-poll-{os.getpid()}", "link-down", 120)
+        drv.cut(outage)
         try:
             rounds = asyncio.run(watch(time.time() + 40))
         finally:
-            drv.restore("link-down")
+            drv.restore(outage.outage_id, "link-down")
             drv.close()
         control = yaml.safe_load((work / "state" / "control.json").read_text())["url"]
         truth = requests.get(control + "/status", timeout=60).json()["ground_truth"]["phones"]

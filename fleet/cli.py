@@ -19,7 +19,7 @@ from rich.table import Table
 
 from .yamlfile import FileError
 
-EXIT_FAILED, EXIT_INPUT, EXIT_INFRA = 1, 2, 3
+EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 1, 2, 3, 130
 err = Console(stderr=True)
 
 
@@ -83,6 +83,7 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     from . import report
     from .celeryapp import configure
     from .experiment import ExperimentRunner
+    from .signals import signals_deferred
     from .store import LeaseHeld
 
     try:
@@ -108,8 +109,9 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
         err.print(f"[red]{exc}[/red]")
         sys.exit(EXIT_INFRA)
     directory = Path(report_dir) / result.id
-    doc = report.write(result, directory)
-    store.finish_experiment(result.id, result.passed, str(directory.resolve()))
+    with signals_deferred():     # a signal now must not lose the report of a run that already restored the WAN
+        doc = report.write(result, directory)
+        store.finish_experiment(result.id, result.passed, str(directory.resolve()))
     if as_json:
         click.echo(json.dumps(doc, indent=1))
     else:
@@ -124,7 +126,7 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
         for e in doc["errors"]:
             out.print(f"  [red]{e}[/red]")
         out.print(f"report: {(directory / 'report.html').resolve()}")
-    _exit_now(0 if result.passed else EXIT_FAILED)
+    _exit_now(EXIT_INTERRUPTED if result.interrupted else 0 if result.passed else EXIT_FAILED)
 
 
 def _exit_now(code: int) -> None:

@@ -20,6 +20,7 @@ from .celeryapp import site_queue
 from .inventory import Inventory, Phone, Site
 from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
 from .predict import failover_max, recovery_max, servers
+from .signals import Interrupted, interruptible, signals_deferred
 from .store import RolloutStore, Store
 
 TASK_TIMEOUT = 60.0
@@ -61,6 +62,7 @@ class ExperimentResult:
     phones: list[PhoneVerdict] = field(default_factory=list)
     outages: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    interrupted: str | None = None     # the signal that ended the run early, if one did
 
 
 def _percentile(values: list[float], q: float) -> float | None:
@@ -93,8 +95,9 @@ class ExperimentRunner:
         self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
 
     # ------------------------------------------------------------------ helpers
-    def _task(self, name: str, *args) -> dict:
-        result = celery_app.send_task(name, args=list(args), queue=self.queue)
+    def _task(self, name: str, *args, expires: float | None = None) -> dict:
+        """Send a task and wait for it. `expires`: seconds after which no worker may start it any more."""
+        result = celery_app.send_task(name, args=list(args), queue=self.queue, expires=expires)
         try:
             return result.get(timeout=self.task_timeout, propagate=True)
         except Exception as exc:  # timeouts, worker lost: surfaced as a step failure with a reason
@@ -129,34 +132,34 @@ class ExperimentRunner:
                              initial={m: s.get("working_server") for m, s in self.initial.items()})
         self.say(f"experiment {exp}: {self.pb.name} on site {self.site.name} ({len(self.site.phones)} phones)")
         try:
-            for step in self.pb.steps:
-                t0 = time.monotonic()
-                res = self._run_step(exp, step, result)
-                res.elapsed_s = round(time.monotonic() - t0, 3)
-                result.steps.append(res)
-                self.store.log_event(exp, "step", name=res.name, passed=res.passed, message=res.message)
-                self.say(f"{'PASS' if res.passed else 'FAIL'} {res.name} ({res.elapsed_s:.1f}s){': ' + res.message if res.message else ''}")
-                if not res.passed and res.kind == "outage":
-                    break   # a fault that did not take effect makes the rest meaningless
-        except KeyboardInterrupt:
-            result.errors.append("interrupted (Ctrl-C): WAN restored, run abandoned")
-            self.store.log_event(exp, "interrupted")
+            with interruptible():
+                for step in self.pb.steps:
+                    t0 = time.monotonic()
+                    res = self._run_step(exp, step, result)
+                    res.elapsed_s = round(time.monotonic() - t0, 3)
+                    result.steps.append(res)
+                    self.store.log_event(exp, "step", name=res.name, passed=res.passed, message=res.message)
+                    self.say(f"{'PASS' if res.passed else 'FAIL'} {res.name} ({res.elapsed_s:.1f}s){': ' + res.message if res.message else ''}")
+                    if not res.passed and res.kind == "outage":
+                        break   # a fault that did not take effect makes the rest meaningless
+        except Interrupted as exc:
+            result.interrupted = exc.signame
+            result.errors.append(f"interrupted ({exc.signame}): run abandoned")
+            self.store.log_event(exp, "interrupted", signal=exc.signame)
         finally:
-            if self.open_outage is not None:
-                self.say("restoring the WAN (cleanup)")
-                res = self._restore(exp, "cleanup", result)
-                if not res.passed:
-                    result.errors.append(f"cleanup restore failed: {res.message}; the router's dead-man's switch restores it")
-            self.store.set_observing(self.site.name, None)
-            self._stop_renew.set()
-            if self.lease_holder is None:
-                self.store.release_lease(self.site.name, holder)
-        time.sleep(0.2)  # observations already in flight reach the store
-        self._verdicts(exp, result)
-        result.finished = time.time()
-        result.passed = (not result.errors and all(s.passed for s in result.steps)
-                         and all(p.passed for p in result.phones))
-        self.store.log_event(exp, "finish", passed=result.passed)
+            # From here on a further Ctrl-C, SIGTERM or SIGHUP is noted and ignored: the restore and the report come first.
+            with signals_deferred() as late:
+                self._cleanup(exp, result, holder)
+            for name in late:
+                result.errors.append(f"{name} received during cleanup: ignored until the WAN was restored and the report written")
+        with signals_deferred() as late:
+            time.sleep(0.2)  # observations already in flight reach the store
+            self._verdicts(exp, result)
+            result.finished = time.time()
+            result.passed = (not result.errors and all(s.passed for s in result.steps)
+                             and all(p.passed for p in result.phones))
+            self.store.log_event(exp, "finish", passed=result.passed)
+        result.errors.extend(f"{name} received while the verdicts were computed: ignored" for name in late)
         return result
 
     def _run_step(self, exp: str, step, result: ExperimentResult) -> StepResult:
@@ -173,43 +176,85 @@ class ExperimentRunner:
             return StepResult(step.name, "wait", True, 0.0)
         raise TypeError(f"unknown step {step!r}")
 
+    def _cleanup(self, exp: str, result: ExperimentResult, holder: str) -> None:
+        if self.open_outage is not None:
+            self.say("restoring the WAN (cleanup)")
+            res = self._restore(exp, "cleanup", result)
+            if not res.passed:
+                result.errors.append(f"cleanup restore failed: {res.message}")
+        self.store.set_observing(self.site.name, None)
+        self._stop_renew.set()
+        if self.lease_holder is None:
+            self.store.release_lease(self.site.name, holder)
+
     def _outage(self, exp: str, step: OutageStep, result: ExperimentResult) -> StepResult:
-        self.store.log_event(exp, "outage_request", mode=step.outage, max_duration=step.max_duration)
-        # Marked open before the task is sent: an interrupt while the router is being cut must still restore it.
-        self.open_outage = {"mode": step.outage, "deadman": None, "t_cut": time.time()}
-        res = self._task("fleet.router_outage", self.site.name, exp, step.outage, step.max_duration, step.loss, step.delay_ms)
-        if res.get("deadman"):
-            self.open_outage["deadman"] = res["deadman"]
+        outage_id = f"{exp}-o{len(result.outages) + 1}"
+        self.store.log_event(exp, "outage_request", outage_id=outage_id, mode=step.outage, max_duration=step.max_duration)
+        # Recorded before the task is sent: an interrupt or a timeout while the router is being cut must still
+        # send the restore, which then either undoes the cut or cancels it before it happens.
+        record = {"id": outage_id, "mode": step.outage, "start": time.time(), "end": None, "cut": "requested",
+                  "deadman": "", "restore": None, "confirmed": "not restored yet"}
+        result.outages.append(record)
+        self.open_outage = record
+        res = self._task("fleet.router_outage", self.site.name, exp, outage_id, step.outage, step.max_duration,
+                         step.loss, step.delay_ms, getattr(step, "rate_kbit", 0), expires=self.task_timeout)
+        self.store.log_event(exp, "outage", **res)
+        record["cut"] = res.get("outcome") or f"unknown ({res.get('error', 'no answer')})"
+        record["deadman"] = res.get("deadman") or ""
         if res.get("t_cut"):
-            self.open_outage["t_cut"] = res.get("t_cut_done") or res["t_cut"]
-            result.outages.append({"mode": step.outage, "start": self.open_outage["t_cut"], "end": None})
-        self.store.log_event(exp, "outage", **{k: v for k, v in res.items()})
+            record["start"] = res.get("t_cut_done") or res["t_cut"]
         if not res.get("ok"):
             return StepResult(step.name, "outage", False, 0, f"cut failed: {res.get('error')}", res)
-        state, probe = res.get("router_state") or {}, res.get("probe")
-        expected = {"link-down": not state.get("link_up", True), "drop": state.get("dropping"),
-                    "dns-fail": state.get("dns_blocked"), "degrade": state.get("netem")}[step.outage]
+        if res.get("outcome") not in ("cut", "already-cut"):
+            return StepResult(step.name, "outage", False, 0, f"the router did not cut: {res.get('outcome')} "
+                                                             f"({res.get('note', '')})", res)
+        state, probe = res.get("state") or {}, res.get("probe")
+        expected = {"link-down": state.get("link_up") is False, "drop": state.get("dropping"),
+                    "dns-fail": state.get("dns_blocked"), "degrade": state.get("degraded")}[step.outage]
         if not expected:
-            return StepResult(step.name, "outage", False, 0, f"router state after the cut does not show it: {state}", res)
+            return StepResult(step.name, "outage", False, 0, f"router state after the cut does not show it: {describe_state(state)}", res)
         if probe is not None and probe.get("reachable"):
             return StepResult(step.name, "outage", False, 0,
                               f"outage did not take effect: the provider is still reachable from the LAN ({probe.get('detail')})", res)
-        return StepResult(step.name, "outage", True, 0, f"router {state}; LAN probe: {probe.get('detail') if probe else 'n/a'}", res)
+        return StepResult(step.name, "outage", True, 0,
+                          f"router: {describe_state(state)}; dead-man: {record['deadman'] or 'none'}; "
+                          f"LAN probe: {probe.get('detail') if probe else 'n/a'}", res)
 
     def _restore(self, exp: str, name: str, result: ExperimentResult) -> StepResult:
-        outage = self.open_outage or {}
-        res = self._task("fleet.router_restore", self.site.name, exp, outage.get("mode", "link-down"), outage.get("deadman"))
+        record = self.open_outage
+        if record is None:
+            return StepResult(name, "restore", True, 0, "no outage open")
+        # No worker may start this restore after the dead-man has fired anyway; until then it is always worth running.
+        expires = max(self.task_timeout, float(self._max_duration(record)))
+        res = self._task("fleet.router_restore", self.site.name, exp, record["id"], record["mode"], expires=expires)
         self.store.log_event(exp, "restore", **res)
-        if res.get("ok"):
-            self.open_outage = None
-            if result.outages and result.outages[-1]["end"] is None:
-                result.outages[-1]["end"] = res.get("t_restore_done") or time.time()
+        record["restore"] = res.get("outcome") or f"failed ({res.get('error', 'no answer')})"
         if not res.get("ok"):
+            record["confirmed"] = (f"NOT confirmed: {res.get('error')}; " +
+                                   (f"the router's dead-man's switch restores it ({record['deadman']})" if record["deadman"]
+                                    else "no dead-man's switch is armed: restore the WAN by hand"))
             return StepResult(name, "restore", False, 0, f"restore failed: {res.get('error')}", res)
+        self.open_outage = None
+        outcome, state = res.get("outcome"), res.get("state") or {}
+        record["router_state"] = state
+        if outcome == "cancelled-before-cut":
+            record["end"] = record["start"]
+            record["confirmed"] = "cancelled: the router never cut (the restore arrived first)"
+        else:
+            record["end"] = res.get("t_restore_done") or time.time()
+            by = f" by the {res.get('by')}" if res.get("by") else ""
+            record["confirmed"] = (f"restored{by}: {describe_state(state)}" if not res.get("leftovers")
+                                   else f"NOT fully restored: {'; '.join(res['leftovers'])}")
+        if res.get("leftovers"):
+            return StepResult(name, "restore", False, 0, f"router after restore: {'; '.join(res['leftovers'])}", res)
         probe = res.get("probe") or {}
         if probe.get("reachable") is False:
             return StepResult(name, "restore", False, 0, f"provider still unreachable after restore ({probe.get('detail')})", res)
-        return StepResult(name, "restore", True, 0, f"LAN probe: {probe.get('detail', 'n/a')}", res)
+        return StepResult(name, "restore", True, 0, f"{record['confirmed']}; LAN probe: {probe.get('detail', 'n/a')}", res)
+
+    def _max_duration(self, record: dict) -> int:
+        steps = [s for s in self.pb.steps if isinstance(s, OutageStep) and s.outage == record["mode"]]
+        return max((s.max_duration for s in steps), default=int(self.task_timeout))
 
     def _expect(self, exp: str, step: ExpectStep, result: ExperimentResult) -> StepResult:
         phones = self._phones(step.phones)
@@ -261,7 +306,8 @@ class ExperimentRunner:
     def _verdicts(self, exp: str, result: ExperimentResult) -> None:
         expects = [s for s in self.pb.steps if isinstance(s, ExpectStep)]
         step_results = {s.name: s for s in result.steps}
-        outage = result.outages[0] if result.outages else None
+        cut = [o for o in result.outages if o.get("cut") in ("cut", "already-cut")]
+        outage = cut[0] if cut else None
         # predictions follow what each phone really runs: the configuration a rollout last pushed, else the inventory's
         pushed = RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])
         selected = {step.name: {p.mac for p in self._phones(step.phones)} for step in expects}
@@ -318,3 +364,19 @@ class ExperimentRunner:
             if o["t"] >= after and o.get("kind", "registration") == "registration" and o.get("working_server") == server:
                 return o["t"]
         return None
+
+
+def describe_state(state: dict) -> str:
+    """The router's WAN state in words, for step messages and reports."""
+    if not state:
+        return "no state"
+    parts = ["link up" if state.get("link_up") else "link DOWN"]
+    if state.get("rules_ours"):
+        parts.append(f"{state['rules_ours']} rule(s) of ours")
+    if state.get("qdisc_ours"):
+        parts.append("our qdisc")
+    if not state.get("rules_ours") and not state.get("qdisc_ours"):
+        parts.append("nothing of ours left")
+    if state.get("outage"):
+        parts.append(f"outage {state['outage']}")
+    return ", ".join(parts)

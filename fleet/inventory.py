@@ -71,6 +71,9 @@ class Router(Strict):
     snmp_version: Literal["2c", "3"] = "3"
     allow_without_deadman: bool = Field(False, description="SNMP cannot schedule a restore on the router; "
                                                            "only the controller restores then")
+    state_dir: str | None = Field(None, pattern=r"^/[A-Za-z0-9_./-]{1,200}$",
+                                  description="private directory on the router for per-outage state files "
+                                              "(default: ~/.fleet-outages of the SSH user)")
 
 
 class BootServer(Strict):

@@ -24,6 +24,7 @@ def to_dict(result: ExperimentResult) -> dict:
     return {
         "id": result.id, "playbook": result.playbook, "site": result.site, "passed": result.passed,
         "started": result.started, "finished": result.finished, "errors": result.errors, "outages": result.outages,
+        "interrupted": result.interrupted,
         "steps": [{"name": s.name, "kind": s.kind, "passed": s.passed, "elapsed_s": s.elapsed_s, "message": s.message}
                   for s in result.steps],
         "phones": [asdict(p) for p in result.phones],
@@ -108,6 +109,11 @@ def html(doc: dict) -> str:
                     f"<td>{'pass' if s['passed'] else 'FAIL'}</td><td>{escape(s['message'])}</td></tr>" for s in doc["steps"])
     legend = " ".join(f'<span style="background:{c};padding:0 8px">&nbsp;</span> {"no working server" if k is None else f"server {k}"}'
                       for k, c in COLOURS.items()) + f' <span style="background:{UNKNOWN};padding:0 8px">&nbsp;</span> not yet observed' 
+    outages = "".join(
+        f"<tr class={'ok' if str(o.get('confirmed', '')).startswith(('restored', 'cancelled')) else 'bad'}>"
+        f"<td>{escape(str(o.get('id', '')))}</td><td>{escape(o['mode'])}</td><td>{escape(str(o.get('cut', '')))}</td>"
+        f"<td>{escape(str(o.get('deadman') or 'none'))}</td><td>{escape(str(o.get('restore') or '-'))}</td>"
+        f"<td>{escape(str(o.get('confirmed', '')))}</td></tr>" for o in doc["outages"])
     s = doc["summary"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{escape(doc['playbook'])}: {verdict}</title>
 <style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
@@ -118,6 +124,7 @@ failover p50 {_fmt(s['failover_s']['p50'])} s, p95 {_fmt(s['failover_s']['p95'])
 recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])} s, max {_fmt(s['recovery_s']['max'])} s</p>
 {''.join(f'<p class="bad">{escape(e)}</p>' for e in doc['errors'])}
 <h2>Timeline: working server per phone</h2><p>{legend}; hatched band: outage</p>{timeline_svg(doc)}
+<h2>Outages: what the router confirmed</h2><table><tr><th>outage</th><th>mode</th><th>cut</th><th>dead-man's switch</th><th>restore</th><th>confirmed</th></tr>{outages}</table>
 <h2>Steps</h2><table><tr><th>step</th><th>s</th><th>result</th><th>detail</th></tr>{steps}</table>
 <h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>result</th><th>why</th></tr>{rows}</table>
 </body></html>"""

@@ -12,6 +12,7 @@ Keys (prefix `fleet:`):
   rollout:{id}               hash: status, playbook, created, plan (JSON), reason, abort flag;  rollouts: zset by time
   rollout:{id}:phone:{mac}   hash: state, attempt, wave, reboot_at, settled_at, error, backup flags
   rollout:{id}:events        stream: append-only history of the rollout
+  outage:{id}:restore        set when a restore of that outage was requested (a cut seeing it does nothing)
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ P = "fleet:"
 OBS_MAXLEN = 10_000
 EVENTS_MAXLEN = 200_000
 FEED_MAXLEN = 100_000
+OUTAGE_MARK_TTL = 2 * 86400   # longer than any outage may last (max_duration <= 1 day)
 OBSERVED_FEED = f"{P}observed"
 
 
@@ -174,6 +176,14 @@ class Store:
     def release_lease(self, site: str, holder: str) -> None:
         script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
         self.r.eval(script, 1, f"{P}lease:{site}", holder)
+
+    # ------------------------------------------------------------ outages
+    def request_outage_restore(self, outage_id: str) -> None:
+        """Mark the outage as ended before the router is touched: a cut still queued or running sees it."""
+        self.r.set(f"{P}outage:{outage_id}:restore", time.time(), ex=OUTAGE_MARK_TTL)
+
+    def outage_restore_requested(self, outage_id: str) -> bool:
+        return bool(self.r.exists(f"{P}outage:{outage_id}:restore"))
 
     # ------------------------------------------------------------ experiments
     def new_experiment(self, site: str, playbook: str) -> str:

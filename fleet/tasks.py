@@ -84,28 +84,32 @@ def _with_router(site_name: str, work, **result) -> dict:
     return result
 
 
+# Cut and restore tasks expire: a cut that no worker started in time must never run later, after the
+# controller has moved on (the router-side protocol makes a late one harmless; expiry keeps it from running).
 @app.task(name="fleet.router_outage", acks_late=True)
-def router_outage(site_name: str, exp_id: str, mode: str, max_duration: int, loss: float = 0.0, delay_ms: int = 0) -> dict:
-    """Arm the dead-man's switch, cut, then prove the cut from the router's state and from the LAN side."""
-    def work(site, drv, result: dict) -> None:
-        result["deadman"] = drv.arm_deadman(mode, max_duration)
-        result["t_cut"] = time.time()
-        drv.cut(mode, loss=loss, delay_ms=delay_ms)
-        result["t_cut_done"] = time.time()
-        result["router_state"] = drv.wan_state()
-        result["probe"] = _probe(site) if mode != "degrade" else None
+def router_outage(site_name: str, exp_id: str, outage_id: str, mode: str, max_duration: int, loss: float = 0.0,
+                  delay_ms: int = 0, rate_kbit: int = 0) -> dict:
+    """Arm the dead-man's switch and cut in one step on the router, then prove the cut from the LAN side."""
+    from . import outage
+    from .drivers.router import OutageSpec
 
-    return _with_router(site_name, work, mode=mode)
+    spec = OutageSpec(outage_id, mode, max_duration, loss, delay_ms, rate_kbit)
+
+    def work(site, drv, result: dict) -> None:
+        result.update(outage.cut(_stores(os.environ["FLEET_REDIS_URL"])[0], drv, spec, lambda: _probe(site)))
+
+    return _with_router(site_name, work, mode=mode, outage_id=outage_id)
 
 
 @app.task(name="fleet.router_restore", acks_late=True)
-def router_restore(site_name: str, exp_id: str, mode: str, deadman: str | None = None, probe_for: float = 10.0) -> dict:
+def router_restore(site_name: str, exp_id: str, outage_id: str, mode: str, probe_for: float = 10.0) -> dict:
+    """End the outage (idempotent; cancels a cut that has not happened yet), then wait for the LAN to see the provider."""
+    from . import outage
+
     def work(site, drv, result: dict) -> None:
-        result["t_restore"] = time.time()
-        drv.restore(mode)
-        result["t_restore_done"] = time.time()
-        drv.disarm_deadman(deadman)
-        result["router_state"] = drv.wan_state()
+        result.update(outage.restore(_stores(os.environ["FLEET_REDIS_URL"])[0], drv, outage_id, mode))
+        if result["outcome"] == "cancelled-before-cut":
+            return
         deadline = time.monotonic() + probe_for
         probe = _probe(site)
         while probe.get("reachable") is False and time.monotonic() < deadline:
@@ -113,13 +117,13 @@ def router_restore(site_name: str, exp_id: str, mode: str, deadman: str | None =
             probe = _probe(site)
         result["probe"] = probe
 
-    return _with_router(site_name, work, mode=mode)
+    return _with_router(site_name, work, mode=mode, outage_id=outage_id)
 
 
 @app.task(name="fleet.router_state", acks_late=True)
-def router_state(site_name: str) -> dict:
+def router_state(site_name: str, outage_id: str | None = None) -> dict:
     def work(site, drv, result: dict) -> None:
-        result["router_state"] = drv.wan_state()
+        result["state"] = drv.wan_state(outage_id)
         result["probe"] = _probe(site)
 
     return _with_router(site_name, work)

@@ -243,7 +243,7 @@ class Lab:
                 "boot_server": {"url": boot, "credentials": f"boot_{site.name}"},
                 "router": {"driver": "linux_ssh", "address": rt.router.lan_ip, "port": SSH_PORT, "credentials": "router",
                            "wan_interface": rt.router.wan.name, "known_hosts": str(self.state_dir / "known_hosts"),
-                           "dns_port": DNS_PORT},
+                           "dns_port": DNS_PORT, "state_dir": str((self.state_dir / f"router-{site.name}-outages").resolve())},
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
             })

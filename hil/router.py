@@ -34,13 +34,38 @@ class Forward:
 
 @dataclass
 class WanState:
+    """The WAN side as a Linux router holds it: link flag, routes, FORWARD rules and the root qdisc.
+
+    The data plane is derived from the rules and the qdisc the way the kernel
+    would apply them, so the router commands fleet sends are judged by their
+    effect, not by their spelling."""
     name: str = "wan0"
     admin_up: bool = True
-    loss: float = 0.0            # 0..1
-    delay: float = 0.0           # seconds
-    drop_all: bool = False       # iptables FORWARD DROP on the WAN interface
-    drop_ports: set[int] = field(default_factory=set)   # iptables FORWARD DROP --dport
+    routes: list[str] = field(default_factory=lambda: ["default via 203.0.113.1 proto static"])
+    rules: list[list[str]] = field(default_factory=list)      # FORWARD chain, in order, each rule's words
+    root_qdisc: list[str] = field(default_factory=list)       # [] = the kernel's default; else e.g. ["netem", "1fe1:", ...]
     history: list[dict] = field(default_factory=list)
+
+    def _drop_rules(self) -> list[list[str]]:
+        return [r for r in self.rules if r[-2:] == ["-j", "DROP"]]
+
+    @property
+    def drop_all(self) -> bool:
+        return any(("-i" in r or "-o" in r) and "statistic" not in r and "--dport" not in r for r in self._drop_rules())
+
+    @property
+    def drop_ports(self) -> set[int]:
+        return {int(r[r.index("--dport") + 1]) for r in self._drop_rules() if "--dport" in r}
+
+    @property
+    def loss(self) -> float:
+        probs = [float(r[r.index("--probability") + 1]) for r in self._drop_rules() if "--probability" in r]
+        return max(probs, default=0.0)
+
+    @property
+    def delay(self) -> float:
+        q = self.root_qdisc
+        return _duration(q[q.index("delay") + 1]) if q[:1] == ["netem"] and "delay" in q else 0.0
 
     def passes(self, dport: int) -> bool:
         if not self.admin_up or self.drop_all or dport in self.drop_ports:
@@ -147,6 +172,8 @@ class UserspaceRouter:
             if dev != self.wan.name and dev != "lan0":
                 return 1, "", f'Cannot find device "{dev}"\n'
             if dev == self.wan.name and action in ("up", "down"):
+                if action == "down" and self.wan.admin_up:
+                    self.wan.routes = []          # as on Linux: routes through the link go with it, and up does not bring them back
                 self.wan.admin_up = action == "up"
                 self._note(f"link {action}")
                 return 0, "", ""
@@ -168,63 +195,93 @@ class UserspaceRouter:
                 state = "UP" if up else "DOWN"
                 lines.append(f"{i}: {dev}: <{flags}> mtu 1500 qdisc noqueue state {state} mode DEFAULT group default qlen 1000")
             return 0, "\n".join(lines) + "\n", ""
-        return 1, "", "ip: only 'link set' and 'link show' are emulated\n"
+        if args[:2] == ["route", "show"]:
+            return 0, "".join(r + "\n" for r in self.wan.routes), ""
+        if args[:2] == ["route", "replace"]:
+            words = args[2:]
+            if "dev" in words:
+                i = words.index("dev")
+                words = words[:i] + words[i + 2:]
+            route = " ".join(words)
+            if route not in self.wan.routes:
+                self.wan.routes.append(route)
+            self._note(f"route {route}")
+            return 0, "", ""
+        return 1, "", "ip: only 'link set|show' and 'route show|replace' are emulated\n"
 
     def _tc(self, args: list[str]) -> tuple[int, str, str]:
         if args[:1] != ["qdisc"]:
             return 1, "", "tc: only qdisc is emulated\n"
-        op = args[1]
+        op, words = args[1], args[2:]
+        if "dev" in words and words[words.index("dev") + 1] != self.wan.name:
+            return 1, "", f'Cannot find device "{words[words.index("dev") + 1]}"\n'
         if op == "show":
-            if self.wan.loss or self.wan.delay:
-                desc = f"qdisc netem 8001: dev {self.wan.name} root refcnt 2 limit 1000 delay {self.wan.delay * 1000:.0f}ms loss {self.wan.loss * 100:g}%"
+            q = self.wan.root_qdisc
+            if q:
+                desc = f"qdisc {q[0]} {q[1]} dev {self.wan.name} root refcnt 2 {' '.join(q[2:])}".rstrip()
             else:
                 desc = f"qdisc noqueue 0: dev {self.wan.name} root refcnt 2"
             return 0, desc + "\n", ""
-        if op in ("add", "replace", "change"):
-            words = args[2:]
-            if "netem" not in words:
-                return 1, "", "tc: only netem is emulated\n"
-            loss = delay = 0.0
-            if "loss" in words:
-                loss = float(words[words.index("loss") + 1].rstrip("%")) / 100
-            if "delay" in words:
-                delay = _duration(words[words.index("delay") + 1])
-            self.wan.loss, self.wan.delay = loss, delay
-            self._note(f"netem loss {loss} delay {delay}")
+        if op in ("add", "replace"):
+            if "root" not in words:
+                return 1, "", "tc: only root qdiscs are emulated\n"
+            after = words[words.index("root") + 1:]
+            handle = "8001:"
+            if after[:1] == ["handle"]:
+                handle, after = after[1], after[2:]
+            if not after:
+                return 1, "", "tc: qdisc kind missing\n"
+            if op == "add" and self.wan.root_qdisc:
+                return 2, "", "Error: Exclusivity flag on, cannot modify.\n"
+            self.wan.root_qdisc = [after[0], handle, *after[1:]]
+            self._note(f"qdisc {' '.join(self.wan.root_qdisc)}")
             return 0, "", ""
         if op == "del":
-            self.wan.loss = self.wan.delay = 0.0
-            self._note("netem removed")
+            if not self.wan.root_qdisc:
+                return 2, "", "Error: Cannot delete qdisc with handle of zero.\n"
+            if "handle" in words and words[words.index("handle") + 1] != self.wan.root_qdisc[1]:
+                return 2, "", "Error: Invalid handle.\n"
+            self.wan.root_qdisc = []
+            self._note("qdisc removed")
             return 0, "", ""
         return 1, "", f"tc: unsupported {op}\n"
 
     def _iptables(self, args: list[str]) -> tuple[int, str, str]:
-        if args[:2] == ["-S", "FORWARD"] or args[:1] == ["-S"]:
-            rules = ["-P FORWARD ACCEPT"]
-            if self.wan.drop_all:
-                rules += [f"-A FORWARD -i {self.wan.name} -j DROP", f"-A FORWARD -o {self.wan.name} -j DROP"]
-            rules += [f"-A FORWARD -p udp -m udp --dport {p} -j DROP" for p in sorted(self.wan.drop_ports)]
-            return 0, "\n".join(rules) + "\n", ""
-        if len(args) < 2 or args[0] not in ("-I", "-A", "-D") or args[1] != "FORWARD":
-            return 1, "", "iptables: only FORWARD DROP rules are emulated\n"
-        add = args[0] in ("-I", "-A")
-        if "--dport" in args:
-            port = int(args[args.index("--dport") + 1])
-            if add:
-                self.wan.drop_ports.add(port)
-            elif port in self.wan.drop_ports:
-                self.wan.drop_ports.discard(port)
-            else:
-                return 1, "", "iptables: Bad rule (does a matching rule exist in that chain?).\n"
-            self._note(f"{'drop' if add else 'accept'} udp dport {port}")
+        args = [a for a in args if a != "-w"]
+        if args[:1] == ["-S"]:
+            if args[1:] not in ([], ["FORWARD"]):
+                return 1, "", "iptables: only the FORWARD chain is emulated\n"
+            lines = ["-P FORWARD ACCEPT"] + ["-A FORWARD " + " ".join(_quote_comment(r)) for r in self.wan.rules]
+            return 0, "\n".join(lines) + "\n", ""
+        if len(args) < 2 or args[0] not in ("-I", "-A", "-D", "-C") or args[1] != "FORWARD":
+            return 1, "", "iptables: only FORWARD rules are emulated\n"
+        op, spec = args[0], args[2:]
+        if op == "-D" and len(spec) == 1 and spec[0].isdigit():
+            n = int(spec[0])
+            if not 1 <= n <= len(self.wan.rules):
+                return 1, "", "iptables: Index of deletion too big.\n"
+            removed = self.wan.rules.pop(n - 1)
+            self._note(f"rule removed: {' '.join(removed)}")
             return 0, "", ""
-        if ("-i" in args or "-o" in args) and args[-2:] == ["-j", "DROP"]:
-            if not add and not self.wan.drop_all:
+        if "-j" not in spec or spec.index("-j") != len(spec) - 2:
+            return 2, "", "iptables: a rule must end with -j TARGET\n"
+        for opt in ("--dport", "--probability"):
+            if opt in spec:
+                float(spec[spec.index(opt) + 1])     # ValueError: bad argument, as iptables refuses it
+        if op == "-C":
+            return (0, "", "") if spec in self.wan.rules else (1, "", "iptables: Bad rule (does a matching rule exist in that chain?).\n")
+        if op == "-D":
+            if spec not in self.wan.rules:
                 return 1, "", "iptables: Bad rule (does a matching rule exist in that chain?).\n"
-            self.wan.drop_all = add
-            self._note(f"{'drop' if add else 'accept'} all forwarded WAN traffic")
+            self.wan.rules.remove(spec)
+            self._note(f"rule removed: {' '.join(spec)}")
             return 0, "", ""
-        return 1, "", "iptables: unsupported rule\n"
+        if op == "-I":
+            self.wan.rules.insert(0, spec)
+        else:
+            self.wan.rules.append(spec)
+        self._note(f"rule added: {' '.join(spec)}")
+        return 0, "", ""
 
     async def start_control(self, socket_path: Path) -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -276,7 +333,9 @@ class UserspaceRouter:
     def summary(self) -> dict:
         return {"name": self.name, "lan": self.lan_ip, "wan": self.wan_ip,
                 "wan_state": {"interface": self.wan.name, "admin_up": self.wan.admin_up, "loss": self.wan.loss,
-                              "delay": self.wan.delay, "drop_all": self.wan.drop_all, "drop_ports": sorted(self.wan.drop_ports)},
+                              "delay": self.wan.delay, "drop_all": self.wan.drop_all, "drop_ports": sorted(self.wan.drop_ports),
+                              "rules": [" ".join(r) for r in self.wan.rules], "root_qdisc": " ".join(self.wan.root_qdisc),
+                              "routes": list(self.wan.routes)},
                 "history": self.wan.history[-200:], "commands": self.commands[-200:]}
 
     async def stop(self) -> None:
@@ -308,3 +367,12 @@ def _duration(text: str) -> float:
         if text.endswith(suffix):
             return float(text[: -len(suffix)]) * scale
     return float(text) / 1000 if text else 0.0
+
+
+def _quote_comment(rule: list[str]) -> list[str]:
+    """iptables -S prints a comment in double quotes."""
+    out = list(rule)
+    if "--comment" in out:
+        i = out.index("--comment") + 1
+        out[i] = f'"{out[i]}"'
+    return out

@@ -1,6 +1,7 @@
 """The virtual lab obeys R1-R5 and R7, driven only over its network interfaces (SIP, HTTP, FTP, SSH, DNS)."""
 from __future__ import annotations
 
+import os
 import time
 
 import pytest
@@ -11,6 +12,7 @@ from fleet.drivers import router as routers
 from fleet.drivers.control.rest import RestPhone
 from fleet.drivers.control.sip_notify import check_sync_blocking
 from fleet.drivers.errors import HostKeyUnknown
+from fleet.drivers.router import OutageSpec
 
 pytestmark = pytest.mark.slow
 SRV = {"expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}
@@ -70,12 +72,20 @@ def test_r1_r2_register_everywhere_subscribe_only_to_primary(std):
     assert {r["source"].split(":")[0] for r in provider} == {"127.64.1.1"}
 
 
+def _oid(name: str) -> str:
+    return f"test-{name}-{os.getpid()}"
+
+
+def _spec(mode: str, name: str, max_duration: int = 120) -> OutageSpec:
+    return OutageSpec(_oid(name), mode, max_duration)
+
+
 def test_r3_r4_cut_moves_to_gateway_at_next_refresh_and_back_within_retry_interval(std):
     drv = _router(std)
     mac = next(iter(_working(std)))
     try:
         t_cut = time.time()
-        drv.cut("link-down")
+        drv.cut(_spec("link-down", "r3r4"))
         assert drv.wan_state()["link_up"] is False
         moved = _wait(lambda: set(_working(std).values()) == {2}, 6 + 1.6 + 3)
         assert moved, _working(std)
@@ -92,7 +102,7 @@ def test_r3_r4_cut_moves_to_gateway_at_next_refresh_and_back_within_retry_interv
         assert not [r for r in std.status(since)["provider"]["requests"] if r["method"] == "INVITE"]
     finally:
         t_restore = time.time()
-        drv.restore("link-down")
+        drv.restore(_oid("r3r4"), "link-down")
         drv.close()
     back = _wait(lambda: set(_working(std).values()) == {1}, 3 + 1.6 + 2)
     assert back, _working(std)
@@ -104,15 +114,15 @@ def test_r3_r4_cut_moves_to_gateway_at_next_refresh_and_back_within_retry_interv
 def test_r7_provider_name_that_stops_resolving_is_a_down_server(std):
     drv = _router(std)
     try:
-        drv.cut("dns-fail")
-        assert drv.wan_state()["dns_blocked"] is True
+        drv.cut(_spec("dns-fail", "r7"))
+        assert drv.wan_state(_oid("r7"))["dns_blocked"] is True
         assert _wait(lambda: set(_working(std).values()) == {2}, 6 + 1 + 2 + 3)
         truth = std.status()["ground_truth"]["phones"]
         reasons = {e["data"].get("reason") for m in truth for e in truth[m]["events"]
                    if e["kind"] == "server_state" and e["data"]["server"] == 1 and e["data"]["state"] == "unregistered"}
         assert "dns" in reasons
     finally:
-        drv.restore("dns-fail")
+        drv.restore(_oid("r7"), "dns-fail")
         drv.close()
     assert _wait(lambda: set(_working(std).values()) == {1}, 10)
 
@@ -120,12 +130,15 @@ def test_r7_provider_name_that_stops_resolving_is_a_down_server(std):
 def test_deadman_switch_on_the_router_restores_by_itself(std):
     drv = _router(std)
     try:
-        drv.arm_deadman("link-down", 2)
-        drv.cut("link-down")
+        cut = drv.cut(_spec("link-down", "deadman", max_duration=2))
+        assert cut.outcome == "cut" and "armed" in cut.deadman
         assert drv.wan_state()["link_up"] is False
         assert _wait(lambda: drv.wan_state()["link_up"], 5, step=0.5)
+        # the router says who restored it, and a late restore from the controller is a no-op
+        assert drv.wan_state(_oid("deadman"))["outage"] == "restored by deadman"
+        assert drv.restore(_oid("deadman"), "link-down").outcome == "already-restored"
     finally:
-        drv.restore("link-down")
+        drv.restore(_oid("deadman"), "link-down")
         drv.close()
 
 
@@ -161,7 +174,7 @@ def test_r5_register0_server_gets_no_register_but_takes_the_call_when_the_primar
     assert all(p["boot_count"] == 1 and not p["boot_errors"] for p in r5.status()["phones"])
     drv = _router(r5)
     try:
-        drv.cut("link-down")
+        drv.cut(_spec("link-down", "r5"))
         assert _wait(lambda: set(_working(r5).values()) == {None}, 10)
         inv = _inv(r5)
         phone = inv.sites[0].phones[0]
@@ -170,7 +183,7 @@ def test_r5_register0_server_gets_no_register_but_takes_the_call_when_the_primar
         invites = _wait(lambda: [r for r in r5.status(since)["sites"][0]["gateway"]["requests"] if r["method"] == "INVITE"], 5)
         assert invites
     finally:
-        drv.restore("link-down")
+        drv.restore(_oid("r5"), "link-down")
         drv.close()
     assert _wait(lambda: set(_working(r5).values()) == {1}, 10)
 
@@ -191,11 +204,12 @@ def test_snmp_driver_cuts_and_restores_with_checked_sets(std, version, secret):
     drv = routers.connect(snmp, creds)
     assert drv.if_index == 2
     try:
-        drv.cut("link-down")
-        assert drv.wan_state() == {"link_up": False, "oper_up": False, "dropping": False, "dns_blocked": False, "netem": False}
+        drv.cut(_spec("link-down", f"snmp{version}"))
+        assert drv.wan_state() == {"link_up": False, "oper_up": False, "dropping": False, "dns_blocked": False,
+                                   "degraded": False, "rules_ours": 0, "qdisc_ours": False}
         assert std.status()["sites"][0]["router"]["wan_state"]["admin_up"] is False
     finally:
-        drv.restore("link-down")
+        drv.restore(_oid(f"snmp{version}"), "link-down")
     assert drv.wan_state()["link_up"] is True
     assert std.status()["sites"][0]["router"]["wan_state"]["admin_up"] is True
 
@@ -211,6 +225,7 @@ def test_snmp_set_refused_by_the_agent_is_an_error_not_a_success(std):
     with pytest.raises(DeviceRefused, match="wrongValue"):
         drv._run(drv._set_admin(3))
     with pytest.raises(DeviceRefused, match="dead-man"):
-        drv.arm_deadman("link-down", 60)
+        drv.cut(_spec("link-down", "snmp-refused", max_duration=60))
+    assert std.status()["sites"][0]["router"]["wan_state"]["admin_up"] is True
     with pytest.raises(DeviceTimeout):
         SnmpRouter(snmp, inventory.Credentials(password="wrong-community"))

@@ -1,45 +1,126 @@
-"""A Linux router over SSH: `ip link`, `iptables` and `tc netem` on the WAN interface."""
+"""A Linux router over SSH (Debian, VyOS, OpenWrt with iptables): `ip`, `iptables` and `tc` on the WAN interface.
+
+Platform facts this table encodes:
+- `ip link set dev X up` does not bring back the routes through X, so a
+  link-down cut saves them and the restore replaces them;
+- drop, dns-fail and degrade's loss are FORWARD rules tagged with a comment
+  naming the outage (`fleet-<id>`), so a repeated cut adds nothing and a
+  restore deletes exactly ours (works with iptables-legacy and iptables-nft);
+- degrade's delay and rate need a root qdisc (netem, tbf) under our own
+  handle 1fe1:; when the WAN interface already has a root qdisc of its own
+  (the router's QoS), the cut is refused before anything changes rather than
+  replacing it; loss alone never touches qdiscs.
+"""
 from __future__ import annotations
 
 import re
 
 from ...inventory import Credentials, Router
 from ..errors import MalformedAnswer
-from .ssh_base import CommandTable, SshRouter
+from .ssh_base import Platform, SshRouter
 
-TABLE = CommandTable(
+QDISC_HANDLE = "1fe1:"
+
+PLATFORM = Platform(
+    precheck={
+        "link-down": 'ip -o link show dev "$WAN" >/dev/null || exit 73',
+        "drop": 'ip -o link show dev "$WAN" >/dev/null || exit 73',
+        "dns-fail": ':',
+        "degrade": r'''if [ "$DELAY" != 0 ] || [ "$RATE" != 0 ]; then
+      root=$(tc qdisc show dev "$WAN" | awk '/ root/ {print $2 " " $3; exit}')
+      case "$root" in
+        ""|*" 0:") ;;
+        *) echo "fleet: $WAN has its own root qdisc ($root); a degrade with delay or rate would replace it" >&2; exit 73 ;;
+      esac
+    fi''',
+    },
     cut={
-        "link-down": ["ip link set dev {wan} down"],
-        "drop": ["iptables -I FORWARD -i {wan} -j DROP", "iptables -I FORWARD -o {wan} -j DROP"],
-        "degrade": ["tc qdisc replace dev {wan} root netem loss {loss} delay {delay}"],
-        "dns-fail": ["iptables -I FORWARD -p udp --dport {dns_port} -j DROP"],
+        "link-down": r'''if ip -o link show dev "$WAN" | grep -Eq '[<,]UP[,>]'; then
+      ip route show dev "$WAN" > "$F.routes"
+      : > "$F.linkdown"
+      ip link set dev "$WAN" down
+    fi''',
+        "drop": r'''add_rule -i "$WAN" -m comment --comment "$TAG" -j DROP
+    add_rule -o "$WAN" -m comment --comment "$TAG" -j DROP''',
+        "dns-fail": r'''add_rule -p udp --dport "$DNSPORT" -m comment --comment "$TAG" -j DROP
+    add_rule -p tcp --dport "$DNSPORT" -m comment --comment "$TAG" -j DROP''',
+        "degrade": r'''if [ "$PROB" != 0 ]; then
+      add_rule -i "$WAN" -m statistic --mode random --probability "$PROB" -m comment --comment "$TAG" -j DROP
+      add_rule -o "$WAN" -m statistic --mode random --probability "$PROB" -m comment --comment "$TAG" -j DROP
+    fi
+    if [ "$DELAY" != 0 ]; then
+      : > "$F.qdisc"
+      if [ "$RATE" != 0 ]; then tc qdisc add dev "$WAN" root handle 1fe1: netem delay "${DELAY}ms" rate "${RATE}kbit"
+      else tc qdisc add dev "$WAN" root handle 1fe1: netem delay "${DELAY}ms"; fi
+    elif [ "$RATE" != 0 ]; then
+      : > "$F.qdisc"
+      tc qdisc add dev "$WAN" root handle 1fe1: tbf rate "${RATE}kbit" burst 32kbit latency 400ms
+    fi''',
     },
-    restore={
-        "link-down": ["ip link set dev {wan} up"],
-        "drop": ["iptables -D FORWARD -i {wan} -j DROP", "iptables -D FORWARD -o {wan} -j DROP"],
-        "degrade": ["tc qdisc del dev {wan} root"],
-        "dns-fail": ["iptables -D FORWARD -p udp --dport {dns_port} -j DROP"],
-    },
-    state=["ip -o link show dev {wan}", "iptables -S FORWARD", "tc qdisc show dev {wan}"],
+    restore=r'''if [ -e "$F.rules" ]; then
+  while read -r spec; do
+    k=0
+    # shellcheck disable=SC2086  (the saved rule is our own words: interface, numbers, our tag)
+    while [ "$k" -lt 50 ] && iptables -w -C FORWARD $spec 2>/dev/null; do
+      iptables -w -D FORWARD $spec || { fail=1; break; }
+      k=$((k+1))
+    done
+  done < "$F.rules"
+fi
+if [ -e "$F.qdisc" ] && tc qdisc show dev "$WAN" | grep -q " 1fe1: root"; then
+  tc qdisc del dev "$WAN" root handle 1fe1: || fail=1
+fi
+if [ -e "$F.linkdown" ]; then
+  ip link set dev "$WAN" up || fail=1
+  if [ -e "$F.routes" ]; then
+    while read -r r; do
+      # shellcheck disable=SC2086
+      [ -n "$r" ] && ip route replace $r dev "$WAN" 2>/dev/null
+    done < "$F.routes"
+  fi
+fi''',
+    state=r'''echo "@link"; ip -o link show dev "$WAN" 2>&1
+echo "@rules"; iptables -w -S FORWARD 2>&1
+echo "@qdisc"; tc qdisc show dev "$WAN" 2>&1''',
 )
-MODES = tuple(TABLE.cut)
+MODES = tuple(PLATFORM.cut)
 
 _LINK = re.compile(r"^\d+:\s+(?P<dev>[^:@]+)[^<]*<(?P<flags>[^>]*)>")
 
 
 class LinuxSshRouter(SshRouter):
-    table = TABLE
+    platform = PLATFORM
 
-    def parse_state(self, outputs: list[str]) -> dict:
-        link, rules, qdisc = (outputs + ["", "", ""])[:3]
-        m = _LINK.match(link.strip())
+    def parse_state(self, sections: dict[str, list[str]], outage_id: str | None) -> dict:
+        link = " ".join(sections.get("link", [])).strip()
+        m = _LINK.match(link)
         if not m:
-            raise MalformedAnswer(self.name, f"cannot parse `ip link show` output: {link.strip()[:120]!r}")
+            raise MalformedAnswer(self.name, f"cannot parse `ip link show` output: {link[:120]!r}")
+        tag = f"fleet-{outage_id}" if outage_id else "fleet-"
+        ours = [r for r in sections.get("rules", []) if r.startswith("-A ") and _tagged(r, tag)]
+        qdisc = [q for q in sections.get("qdisc", []) if " root" in q]
+        ours_qdisc = any(f" {QDISC_HANDLE} root" in q for q in qdisc)
         wan = self.router.wan_interface
-        return {"link_up": "UP" in m["flags"].split(","),
-                "dropping": f"-i {wan} -j DROP" in rules or f"-o {wan} -j DROP" in rules,
-                "dns_blocked": f"--dport {self.router.dns_port} -j DROP" in rules,
-                "netem": "netem" in qdisc}
+        state = {
+            "link_up": "UP" in m["flags"].split(","),
+            "dropping": any((f"-i {wan} " in r or f"-o {wan} " in r) and "statistic" not in r for r in ours),
+            "dns_blocked": any(f"--dport {self.router.dns_port} " in r for r in ours),
+            "degraded": ours_qdisc or any("statistic" in r for r in ours),
+            "rules_ours": len(ours),
+            "qdisc_ours": ours_qdisc,
+            "root_qdisc": qdisc[0].strip()[:120] if qdisc else "",
+        }
+        if outage_id:
+            marks = dict(line.split(" ", 1) if " " in line else (line, "") for line in sections.get("outage", []))
+            state["outage"] = ("restored by " + marks["restored"].split(" ")[0] if "restored" in marks
+                               else "cancelled before the cut" if "cancelled" in marks
+                               else "cut" if "cut" in marks else "cut failed" if "cutting" in marks else "unknown to the router")
+        return state
+
+
+def _tagged(rule: str, tag: str) -> bool:
+    """iptables prints a comment quoted or bare depending on version; match the tag as a whole word either way."""
+    return re.search(r'--comment "?' + re.escape(tag) + (r'[A-Za-z0-9_-]*' if tag.endswith("-") else "") + r'"?(\s|$)', rule) is not None
 
 
 def connect(router: Router, credentials: Credentials) -> LinuxSshRouter:

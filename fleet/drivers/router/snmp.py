@@ -16,12 +16,15 @@ from pysnmp.hlapi.v3arch.asyncio import (CommunityData, ContextData, Integer, Ob
 
 from ...inventory import Credentials, Router
 from ..errors import DeviceRefused, DeviceTimeout, DriverError, MalformedAnswer
+from . import OutageSpec, RouterOutcome
 
 IF_DESCR = "1.3.6.1.2.1.2.2.1.2"
 IF_ADMIN = "1.3.6.1.2.1.2.2.1.7"
 IF_OPER = "1.3.6.1.2.1.2.2.1.8"
 MODES = ("link-down",)
 UP, DOWN = 1, 2
+NO_DEADMAN = ("none: SNMP cannot schedule a restore on the router; cut only because the inventory sets "
+              "allow_without_deadman, so a controller that dies mid-outage leaves the WAN down")
 
 
 class SnmpRouter:
@@ -97,27 +100,28 @@ class SnmpRouter:
         if await self._get(IF_ADMIN) != value:
             raise DeviceRefused(self.name, f"ifAdminStatus.{self.if_index} reads back differently after the set")
 
-    def cut(self, mode: str, *, loss: float = 0.0, delay_ms: int = 0) -> None:
-        if mode not in MODES:
-            raise DeviceRefused(self.name, f"outage mode {mode!r} not supported over SNMP")
-        self._run(self._set_admin(DOWN))
+    has_deadman = False
 
-    def restore(self, mode: str) -> None:
-        self._run(self._set_admin(UP))
-
-    def arm_deadman(self, mode: str, seconds: int) -> str:
+    def cut(self, spec: OutageSpec) -> RouterOutcome:
+        """ifAdminStatus down. The router keeps no outage state over SNMP: the order of cut and restore is
+        guarded by the worker (fleet.outage), and there is no router-side restore to fall back on."""
+        if spec.mode not in MODES:
+            raise DeviceRefused(self.name, f"outage mode {spec.mode!r} not supported over SNMP")
         if not self.router.allow_without_deadman:
             raise DeviceRefused(self.name, "SNMP cannot schedule a restore on the router (no dead-man's switch); "
                                            "set allow_without_deadman: true in the inventory to cut anyway")
-        return ""
+        self._run(self._set_admin(DOWN))
+        return RouterOutcome("cut", deadman=NO_DEADMAN, state=self.wan_state(spec.outage_id))
 
-    def disarm_deadman(self, token: str | None = None) -> None:
-        return None
+    def restore(self, outage_id: str, mode: str) -> RouterOutcome:
+        self._run(self._set_admin(UP))
+        return RouterOutcome("restored", by="controller", state=self.wan_state(outage_id))
 
-    def wan_state(self) -> dict:
+    def wan_state(self, outage_id: str | None = None) -> dict:
         admin = self._run(self._get(IF_ADMIN))
         oper = self._run(self._get(IF_OPER))
-        return {"link_up": admin == UP, "oper_up": oper == UP, "dropping": False, "dns_blocked": False, "netem": False}
+        return {"link_up": admin == UP, "oper_up": oper == UP, "dropping": False, "dns_blocked": False,
+                "degraded": False, "rules_ours": 0, "qdisc_ours": False}
 
     def close(self) -> None:
         return None

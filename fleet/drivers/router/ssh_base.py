@@ -1,32 +1,149 @@
 """One SSH base for router platforms (paramiko): connect, host-key checking, timeouts, typed errors.
 
-A platform is a table of shell commands (scrapli's lesson: a vendor is mostly
-data). The dead-man's switch is a restore scheduled on the router itself when
-a cut is made, so a controller that dies mid-outage never leaves a site
-without WAN.
+A platform is data (scrapli's lesson): shell snippets per outage mode, run
+inside fixed scripts that carry the outage protocol. The scripts run on the
+router under a per-outage lock, with the outage's state in files of a private
+directory there, so the router itself decides what a late or repeated task
+may still do:
+- the cut arms the dead-man's switch and cuts under one lock, so a restore can
+  never fall between the two;
+- a restore that finds no cut leaves a "cancelled" mark, and the cut then
+  does nothing;
+- disarming kills the dead-man's shell before its sleep, and the dead-man
+  re-checks the "restored" mark under the lock anyway, so disarming can never
+  run a restore early;
+- every rule carries the outage's tag and every qdisc our handle, so a
+  repeated cut adds nothing and a restore removes exactly ours.
+
+Nothing from a task is ever formatted into a command: every value reaches
+the router as a quoted positional argument of a constant script.
 """
 from __future__ import annotations
 
 import shlex
-from abc import ABC, abstractmethod
 import socket
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
 import paramiko
 
 from ...inventory import Credentials, Router
 from ..errors import DeviceRefused, DeviceTimeout, DriverError, HostKeyUnknown, MalformedAnswer
+from . import CUT_OUTCOMES, OUTAGE_ID, RESTORE_OUTCOMES, OutageSpec, RouterOutcome
 
 
 @dataclass(frozen=True)
-class CommandTable:
-    cut: dict[str, list[str]]
-    restore: dict[str, list[str]]
-    state: list[str]
+class Platform:
+    """What differs between router platforms: per mode, a check that must pass before anything changes and
+    the commands that cut; the scripts below supply the protocol. Snippets see $WAN, $TAG, $F, $PROB, $DELAY,
+    $RATE, $DNSPORT and the helpers add_rule/mark."""
+    precheck: dict[str, str]
+    cut: dict[str, str]
+    restore: str          # undo whatever the marks under $F say we did, leaving everything else alone
+    state: str            # print "@section" headers followed by raw command output
+
+
+# Common to every script: the private directory, checked before use (no symlink, ours, mode 700).
+_PROLOGUE = r'''set -u
+umask 077
+D=${1:-$HOME/.fleet-outages}; ID=$2; WAN=$3
+F="$D/$ID"; TAG="fleet-$ID"
+if [ -L "$D" ]; then echo "fleet: outage directory $D is a symbolic link; refusing it" >&2; exit 71; fi
+mkdir -p "$D" 2>/dev/null
+if [ ! -d "$D" ] || [ ! -O "$D" ]; then echo "fleet: outage directory $D is not a directory of $(id -un)" >&2; exit 71; fi
+chmod 700 "$D"
+take_lock() {
+  n=0
+  until mkdir "$F.lock" 2>/dev/null; do
+    n=$((n+1))
+    if [ "$n" -ge "$1" ]; then return 1; fi
+    sleep 0.1
+  done
+  trap 'rmdir "$F.lock" 2>/dev/null' EXIT
+}
+'''
+
+# Positional arguments: D ID WAN WHO. WHO is controller, deadman, or failed-cut (run by a cut that holds the lock).
+RESTORE_SCRIPT = _PROLOGUE + r'''WHO=$4
+if [ "$WHO" = deadman ]; then
+  # a lock left by a killed script must not stop the dead-man: wait a minute, then break it
+  take_lock 600 || { rm -rf "$F.lock"; take_lock 600 || exit 75; }
+elif [ "$WHO" != failed-cut ]; then
+  take_lock 150 || { echo "fleet: outage $ID is busy (its lock is held)" >&2; exit 75; }
+fi
+if [ -e "$F.restored" ]; then echo "outcome=already-restored"; echo "by=$(cut -d' ' -f1 "$F.restored")"; exit 0; fi
+if [ ! -e "$F.cutting" ]; then
+  [ "$WHO" = deadman ] && exit 0
+  : > "$F.cancelled"
+  echo "outcome=cancelled-before-cut"
+  exit 0
+fi
+fail=0
+@RESTORE@
+if [ "$fail" != 0 ]; then echo "fleet: restore of outage $ID incomplete; the dead-man's switch stays armed" >&2; exit 74; fi
+echo "$WHO $(date +%s)" > "$F.restored"
+if [ "$WHO" != deadman ] && [ -e "$F.deadman" ]; then
+  p=$(cat "$F.deadman"); s=$(cat "$F.sleep" 2>/dev/null || true)
+  kill "$p" 2>/dev/null
+  if [ -n "$s" ]; then kill "$s" 2>/dev/null; fi
+fi
+echo "outcome=restored"
+'''
+
+# Positional arguments: D ID WAN MODE MAX PROB DELAY RATE DNSPORT RESTORE-SCRIPT
+CUT_SCRIPT = _PROLOGUE + r'''MODE=$4; MAX=$5; PROB=$6; DELAY=$7; RATE=$8; DNSPORT=$9; RESTORE=${10}
+take_lock 150 || { echo "fleet: outage $ID is busy (its lock is held)" >&2; exit 75; }
+if [ -e "$F.cancelled" ]; then echo "outcome=cancelled"; exit 0; fi
+if [ -e "$F.restored" ]; then echo "outcome=already-restored"; exit 0; fi
+if [ -e "$F.cut" ]; then echo "outcome=already-cut"; echo "deadman=$(cat "$F.deadman" 2>/dev/null)"; exit 0; fi
+add_rule() {
+  echo "$*" >> "$F.rules"
+  iptables -w -C FORWARD "$@" 2>/dev/null || iptables -w -I FORWARD "$@"
+}
+case "$MODE" in
+@PRECHECK@
+  *) echo "fleet: mode $MODE is not supported by this router platform" >&2; exit 73 ;;
+esac
+printf '%s\n' "$RESTORE" > "$F.restore.sh"
+nohup sh -c 'sleep "$1" & echo $! > "$2.sleep"; wait $!; exec sh "$2.restore.sh" "$3" "$4" "$5" deadman' \
+  fleet-deadman "$MAX" "$F" "$D" "$ID" "$WAN" >/dev/null 2>&1 &
+echo $! > "$F.deadman"
+: > "$F.cutting"
+(
+  set -e
+  case "$MODE" in
+@CUT@
+  esac
+)
+rc=$?
+if [ "$rc" = 0 ]; then
+  : > "$F.cut"
+  echo "outcome=cut"
+  echo "deadman=$(cat "$F.deadman")"
+else
+  sh "$F.restore.sh" "$D" "$ID" "$WAN" failed-cut >/dev/null
+  echo "fleet: the $MODE cut failed (exit $rc) and what it had done was undone" >&2
+  exit 72
+fi
+'''
+
+# Positional arguments: D ID WAN (ID may be "-" for no outage)
+STATE_SCRIPT = _PROLOGUE + r'''@STATE@
+if [ "$ID" != "-" ]; then
+  echo "@outage"
+  for m in cutting cut cancelled restored; do
+    if [ -e "$F.$m" ]; then echo "$m $(cat "$F.$m")"; fi
+  done
+fi
+'''
+
+
+def _cases(snippets: dict[str, str]) -> str:
+    return "\n".join(f"  {mode}) {body.strip()} ;;" for mode, body in snippets.items())
 
 
 class SshRouter(ABC):
-    table: CommandTable
+    platform: Platform
 
     def __init__(self, router: Router, credentials: Credentials) -> None:
         self.router = router
@@ -58,64 +175,95 @@ class SshRouter(ABC):
         except OSError as exc:
             raise DeviceTimeout(self.name, f"cannot connect ({exc.strerror or type(exc).__name__})") from None
 
-    def run(self, command: str, check: bool = True) -> str:
+    # ------------------------------------------------------------------ transport
+    def run(self, command: str, check: bool = True, what: str = "") -> str:
+        what = what or command
         try:
             _, stdout, stderr = self.client.exec_command(command, timeout=self.router.timeout)
             out = stdout.read().decode(errors="replace")
             err = stderr.read().decode(errors="replace")
             rc = stdout.channel.recv_exit_status()
         except (socket.timeout, TimeoutError):
-            raise DeviceTimeout(self.name, f"command did not finish within {self.router.timeout:g}s: {command}") from None
+            raise DeviceTimeout(self.name, f"{what} did not finish within {self.router.timeout:g}s") from None
         except paramiko.SSHException as exc:
-            raise DriverError(self.name, f"SSH error running {command!r}: {type(exc).__name__}") from None
+            raise DriverError(self.name, f"SSH error running {what}: {type(exc).__name__}") from None
         if check and rc != 0:
-            raise DeviceRefused(self.name, f"{command!r} exited {rc}: {err.strip()[:200]}")
+            raise DeviceRefused(self.name, f"{what} exited {rc}: {_last_line(err)}")
         return out
 
-    def _fmt(self, template: str, **kw) -> str:
-        return template.format(wan=shlex.quote(self.router.wan_interface), dns_port=self.router.dns_port, **kw)
+    def _script(self, script: str, args: list[str], what: str) -> str:
+        """Run a constant script with quoted positional arguments: the only way values reach the router."""
+        return self.run(" ".join(["sh", "-c", shlex.quote(script), "fleet", *(shlex.quote(str(a)) for a in args)]), what=what)
 
+    def _base_args(self, outage_id: str | None) -> list[str]:
+        if outage_id is not None and not OUTAGE_ID.match(outage_id):
+            raise DeviceRefused(self.name, "invalid outage id")
+        return [self.router.state_dir or "", outage_id or "-", self.router.wan_interface]
+
+    # ------------------------------------------------------------------ the outage protocol
     @property
     def modes(self) -> tuple[str, ...]:
-        return tuple(self.table.cut)
+        return tuple(self.platform.cut)
 
-    def cut(self, mode: str, *, loss: float = 0.0, delay_ms: int = 0) -> None:
-        if mode not in self.table.cut:
-            raise DeviceRefused(self.name, f"outage mode {mode!r} not supported by this router driver")
-        for cmd in self.table.cut[mode]:
-            self.run(self._fmt(cmd, loss=f"{loss * 100:g}%", delay=f"{delay_ms}ms"))
+    has_deadman = True
 
-    def restore(self, mode: str) -> None:
-        for cmd in self.table.restore[mode]:
-            self.run(self._fmt(cmd), check=False)
+    def restore_script(self) -> str:
+        return RESTORE_SCRIPT.replace("@RESTORE@", self.platform.restore.strip())
 
-    @property
-    def _deadman_file(self) -> str:
-        # on the router, so that any controller (even one that lost the token when it died) can disarm it
-        return shlex.quote(f"/tmp/fleet-deadman-{self.router.wan_interface}.pid")
+    def cut_script(self) -> str:
+        return (CUT_SCRIPT.replace("@PRECHECK@", _cases(self.platform.precheck))
+                .replace("@CUT@", _cases(self.platform.cut)))
 
-    def arm_deadman(self, mode: str, seconds: int) -> str:
-        restore = "; ".join(self._fmt(c) for c in self.table.restore[mode])
-        script = f"sleep {int(seconds)}; {restore}; rm -f {self._deadman_file}"
-        out = self.run(f"nohup sh -c {shlex.quote(script)} >/dev/null 2>&1 & echo $! > {self._deadman_file}; cat {self._deadman_file}")
-        pid = out.strip().splitlines()[-1] if out.strip() else ""
-        if not pid.isdigit():
-            raise MalformedAnswer(self.name, "dead-man's switch did not report a process id")
-        return pid
+    def cut(self, spec: OutageSpec) -> RouterOutcome:
+        if spec.mode not in self.platform.cut:
+            raise DeviceRefused(self.name, f"outage mode {spec.mode!r} not supported by this router driver")
+        args = self._base_args(spec.outage_id) + [spec.mode, spec.max_duration, f"{spec.loss:.4f}" if spec.loss else "0",
+                                                   spec.delay_ms, spec.rate_kbit, self.router.dns_port, self.restore_script()]
+        answer = _keyvalues(self._script(self.cut_script(), args, f"cut {spec.mode} (outage {spec.outage_id})"))
+        outcome = answer.get("outcome", "")
+        if outcome not in CUT_OUTCOMES:
+            raise MalformedAnswer(self.name, f"cut answered no known outcome ({outcome[:40]!r})")
+        pid = answer.get("deadman", "")
+        deadman = f"armed on the router (pid {pid}), restores {spec.max_duration}s after the cut" if pid.isdigit() else ""
+        return RouterOutcome(outcome, deadman=deadman, state=self.wan_state(spec.outage_id))
 
-    def disarm_deadman(self, token: str | None = None) -> None:
-        """Cancel the scheduled restore: the given one, or the one recorded on the router."""
-        target = token if token and token.isdigit() else f"$(cat {self._deadman_file} 2>/dev/null)"
-        self.run(f"p={target}; [ -n \"$p\" ] && {{ pkill -P $p 2>/dev/null; kill $p 2>/dev/null; }}; rm -f {self._deadman_file}; true",
-                 check=False)
+    def restore(self, outage_id: str, mode: str) -> RouterOutcome:
+        answer = _keyvalues(self._script(self.restore_script(), self._base_args(outage_id) + ["controller"],
+                                         f"restore (outage {outage_id})"))
+        outcome = answer.get("outcome", "")
+        if outcome not in RESTORE_OUTCOMES:
+            raise MalformedAnswer(self.name, f"restore answered no known outcome ({outcome[:40]!r})")
+        return RouterOutcome(outcome, by=answer.get("by", ""), state=self.wan_state(outage_id))
 
-    def wan_state(self) -> dict:
-        outputs = [self.run(self._fmt(c), check=False) for c in self.table.state]
-        return self.parse_state(outputs)
+    def wan_state(self, outage_id: str | None = None) -> dict:
+        script = STATE_SCRIPT.replace("@STATE@", self.platform.state.strip())
+        out = self._script(script, self._base_args(outage_id), "state query")
+        sections: dict[str, list[str]] = {}
+        current = None
+        for line in out.splitlines():
+            if line.startswith("@") and line[1:].isidentifier():
+                current = sections.setdefault(line[1:], [])
+            elif current is not None:
+                current.append(line)
+        return self.parse_state(sections, outage_id)
 
     @abstractmethod
-    def parse_state(self, outputs: list[str]) -> dict:
-        """Turn the outputs of the table's state commands into {link_up, dropping, netem, dns_blocked}."""
+    def parse_state(self, sections: dict[str, list[str]], outage_id: str | None) -> dict:
+        """Turn the state script's sections into {link_up, dropping, dns_blocked, degraded, ours, outage}."""
 
     def close(self) -> None:
         self.client.close()
+
+
+def _keyvalues(out: str) -> dict[str, str]:
+    answer: dict[str, str] = {}
+    for line in out.splitlines():
+        key, sep, value = line.partition("=")
+        if sep and key.isidentifier():
+            answer[key] = value.strip()
+    return answer
+
+
+def _last_line(err: str) -> str:
+    lines = [line for line in err.strip().splitlines() if line.strip()]
+    return lines[-1][:200] if lines else "no message"
