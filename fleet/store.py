@@ -200,6 +200,10 @@ class Store:
         else:
             self.r.delete(f"{P}site:{site}:experiment")
 
+    def observing(self, site: str) -> str | None:
+        """The experiment that collectors copy the site's observations to now, if any."""
+        return self.r.get(f"{P}site:{site}:experiment")
+
     def finish_experiment(self, exp: str, passed: bool, report_dir: str) -> None:
         self.r.hset(f"{P}exp:{exp}", mapping={"status": "passed" if passed else "failed", "finished": time.time(),
                                               "report_dir": report_dir})

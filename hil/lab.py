@@ -295,9 +295,21 @@ class Lab:
             phone.spec.fault = body.get("fault")
             return web.json_response({"ok": True})
 
+        async def router_fault(request: web.Request) -> web.Response:
+            """Lab-only: make the site router's commands slow ({"site": S, "slow": {"link set": 2.0}}), so a test can
+            land a second task inside a cut, as a loaded router would let it."""
+            body = await request.json()
+            rt = next((r for r in self.sites if r.spec.name == body.get("site")), None)
+            slow = body.get("slow") or {}
+            if rt is None or not isinstance(slow, dict) or not all(isinstance(v, (int, float)) and 0 <= v <= 30 for v in slow.values()):
+                return web.json_response({"error": "need a known site and slow: {substring: seconds <= 30}"}, status=400)
+            rt.router.slow = {str(k): float(v) for k, v in slow.items()}
+            return web.json_response({"ok": True})
+
         app.router.add_get("/status", status)
         app.router.add_post("/shutdown", shutdown)
         app.router.add_post("/fault", fault)
+        app.router.add_post("/router-fault", router_fault)
         self.control = web.AppRunner(app, access_log=None)
         await self.control.setup()
         site = web.TCPSite(self.control, "127.0.0.1", 0)

@@ -121,6 +121,7 @@ class UserspaceRouter:
         self.ctl_server: asyncio.AbstractServer | None = None
         self.ssh_server: asyncssh.SSHAcceptor | None = None
         self.commands: list[dict] = []
+        self.slow: dict[str, float] = {}    # lab fault: command substring -> seconds before it runs
 
     # ------------------------------------------------------------------ data plane
     async def start_relay(self) -> None:
@@ -286,8 +287,11 @@ class UserspaceRouter:
     async def start_control(self, socket_path: Path) -> None:
         async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
             try:
-                argv = json.loads(await reader.readline())
-                rc, out, err = self.apply([str(a) for a in argv])
+                argv = [str(a) for a in json.loads(await reader.readline())]
+                delay = max((t for k, t in self.slow.items() if k in " ".join(argv)), default=0.0)
+                if delay:
+                    await asyncio.sleep(delay)
+                rc, out, err = self.apply(argv)
             except (ValueError, TypeError):
                 rc, out, err = 2, "", "router control: bad request\n"
             writer.write(json.dumps({"rc": rc, "stdout": out, "stderr": err}).encode() + b"\n")

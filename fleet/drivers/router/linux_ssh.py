@@ -67,7 +67,7 @@ PLATFORM = Platform(
     done
   done < "$F.rules"
 fi
-if [ -e "$F.qdisc" ] && tc qdisc show dev "$WAN" | grep -q " 1fe1: root"; then
+if [ -e "$F.qdisc" ] && tc qdisc show dev "$WAN" | grep -Eq '^qdisc [a-z_]+ 1fe1: .*root'; then
   tc qdisc del dev "$WAN" root handle 1fe1: || fail=1
 fi
 if [ -e "$F.linkdown" ]; then
@@ -99,7 +99,7 @@ class LinuxSshRouter(SshRouter):
         tag = f"fleet-{outage_id}" if outage_id else "fleet-"
         ours = [r for r in sections.get("rules", []) if r.startswith("-A ") and _tagged(r, tag)]
         qdisc = [q for q in sections.get("qdisc", []) if " root" in q]
-        ours_qdisc = any(f" {QDISC_HANDLE} root" in q for q in qdisc)
+        ours_qdisc = any(re.match(r"qdisc \S+ " + QDISC_HANDLE + " ", q.strip()) for q in qdisc)
         wan = self.router.wan_interface
         state = {
             "link_up": "UP" in m["flags"].split(","),

@@ -233,7 +233,8 @@ class SshRouter(ABC):
         outcome = answer.get("outcome", "")
         if outcome not in RESTORE_OUTCOMES:
             raise MalformedAnswer(self.name, f"restore answered no known outcome ({outcome[:40]!r})")
-        return RouterOutcome(outcome, by=answer.get("by", ""), state=self.wan_state(outage_id))
+        by = answer.get("by") or ("controller" if outcome == "restored" else "")
+        return RouterOutcome(outcome, by=by, state=self.wan_state(outage_id))
 
     def wan_state(self, outage_id: str | None = None) -> dict:
         script = STATE_SCRIPT.replace("@STATE@", self.platform.state.strip())

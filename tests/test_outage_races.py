@@ -1,0 +1,255 @@
+"""The races of a cut and its restore, replayed against the Linux router's command table in a real shell.
+
+The router is the lab's: a real SSH server whose commands run in /bin/sh,
+with the dead-man's switch a real background process of that shell. The
+tasks are the real `router_outage`/`router_restore` task bodies, run on
+threads of this process against the lab, as two workers would run them. After
+every race: the link is up, no rule or qdisc of ours is left, whatever the
+site had before is intact, no dead-man is left behind, and the outcome says
+what the router did.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from conftest import BIN, lab_spec, run_fleet
+from fleet import inventory, tasks
+from fleet.drivers import router as routers
+from fleet.drivers.router import OutageSpec
+from fleet.store import Store
+
+pytestmark = pytest.mark.slow
+
+SITE_RULE = "-i lan0 -p udp --dport 5999 -m comment --comment site-qos -j ACCEPT"
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory):
+    return lab_factory(lab_spec("races", 27, phones=2))
+
+
+@pytest.fixture
+def on_worker(lab, redis_url, monkeypatch):
+    """This process plays the worker: the task bodies read the inventory and Redis from the environment."""
+    monkeypatch.setenv("FLEET_INVENTORY", str(lab.inventory))
+    monkeypatch.setenv("FLEET_REDIS_URL", redis_url)
+    tasks._inventory.cache_clear()
+    yield
+    tasks._inventory.cache_clear()
+    lab.post("/router-fault", {"site": "hq", "slow": {}})
+
+
+@pytest.fixture
+def drv(lab):
+    inv = inventory.load(str(lab.inventory))
+    site = inv.sites[0]
+    d = routers.connect(site.router, inventory.Secrets(inv).credentials(site.router.credentials))
+    yield d
+    d.close()
+
+
+def _oid(name: str) -> str:
+    return f"race-{name}-{uuid.uuid4().hex[:8]}"
+
+
+def _wan(lab) -> dict:
+    return lab.status()["sites"][0]["router"]["wan_state"]
+
+
+def _state_dir(lab) -> Path:
+    return Path(yaml.safe_load(lab.inventory.read_text())["sites"][0]["router"]["state_dir"])
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(") ", 1)[1][0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _deadman_pids(lab, oid: str) -> list[int]:
+    pids = []
+    for suffix in ("deadman", "sleep"):
+        f = _state_dir(lab) / f"{oid}.{suffix}"
+        if f.exists() and f.read_text().strip().isdigit():
+            pids.append(int(f.read_text()))
+    return pids
+
+
+def _wait(cond, timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"{what} not reached within {timeout}s")
+
+
+def assert_back_as_found(lab, oid: str, before: dict) -> None:
+    """The WAN is up, nothing of ours is left, the site's own rule and qdisc are as they were, no dead-man lingers."""
+    wan = _wan(lab)
+    assert wan["admin_up"] is True, wan
+    assert not [r for r in wan["rules"] if "fleet-" in r], wan["rules"]
+    assert wan["rules"] == before["rules"], (before["rules"], wan["rules"])
+    assert wan["root_qdisc"] == before["root_qdisc"], (before["root_qdisc"], wan["root_qdisc"])
+    assert sorted(wan["routes"]) == sorted(before["routes"]), (before["routes"], wan["routes"])
+    live = [p for p in _deadman_pids(lab, oid) if _alive(p)]
+    assert not live, f"dead-man processes still running: {live}"
+
+
+@pytest.fixture
+def site_config(lab, drv):
+    """A site rule the router had before us; every test checks it survives."""
+    drv.run(f"iptables -w -A FORWARD {SITE_RULE}")
+    before = _wan(lab)
+    yield before
+    drv.run(f"iptables -w -D FORWARD {SITE_RULE}", check=False)
+
+
+def test_restore_before_cut_cancels_the_cut(lab, on_worker, drv, site_config):
+    oid = _oid("first")
+    restore = tasks.router_restore("hq", "exp-race", oid, "link-down", 0)
+    assert restore["ok"] and restore["outcome"] == "cancelled-before-cut", restore
+    cut = tasks.router_outage("hq", "exp-race", oid, "link-down", 60)
+    assert cut["ok"] and cut["outcome"] == "cancelled", cut
+    # and on the router itself, without the worker's Redis guard: the late cut finds the cancellation there
+    oid2 = _oid("router-first")
+    assert drv.restore(oid2, "link-down").outcome == "cancelled-before-cut"
+    late = drv.cut(OutageSpec(oid2, "link-down", 60))
+    assert late.outcome == "cancelled" and late.state["link_up"] is True
+    assert_back_as_found(lab, oid, site_config)
+    assert_back_as_found(lab, oid2, site_config)
+
+
+def test_restore_between_arming_and_cutting_waits_for_the_cut_and_undoes_it(lab, on_worker, site_config):
+    oid = _oid("between")
+    lab.post("/router-fault", {"site": "hq", "slow": {"link set": 2.0}})
+    results: dict[str, dict] = {}
+    cutter = threading.Thread(target=lambda: results.update(cut=tasks.router_outage("hq", "exp-race", oid, "link-down", 60)))
+    cutter.start()
+    # the dead-man is armed (its pid file exists) while `ip link set ... down` is still running
+    _wait(lambda: (_state_dir(lab) / f"{oid}.deadman").exists(), 10, "the dead-man's switch armed")
+    results["restore"] = tasks.router_restore("hq", "exp-race", oid, "link-down", 5)
+    cutter.join(30)
+    assert not cutter.is_alive(), "the cut task never returned"
+    restore, cut = results["restore"], results["cut"]
+    assert restore["ok"] and restore["outcome"] == "restored" and restore["by"] == "controller", restore
+    assert restore["state"]["link_up"] is True and restore["state"]["outage"] == "restored by controller", restore
+    assert cut["ok"] and cut["outcome"] == "cancelled", cut
+    history = [h["change"] for h in lab.status()["sites"][0]["router"]["history"]]
+    assert history[-2:] == ["link up", "route default via 203.0.113.1 proto static"], history[-6:]
+    assert_back_as_found(lab, oid, site_config)
+
+
+def test_redelivered_cut_adds_nothing_and_restore_removes_exactly_ours(lab, on_worker, drv, site_config):
+    oid = _oid("redeliver")
+    first = tasks.router_outage("hq", "exp-race", oid, "drop", 60)
+    again = tasks.router_outage("hq", "exp-race", oid, "drop", 60)
+    assert first["outcome"] == "cut" and again["outcome"] == "already-cut", (first, again)
+    ours = [r for r in _wan(lab)["rules"] if f"fleet-{oid}" in r]
+    assert len(ours) == 2, ours      # one in, one out: the second delivery added nothing
+    assert first["state"]["dropping"] is True
+    restore = tasks.router_restore("hq", "exp-race", oid, "drop", 5)
+    assert restore["outcome"] == "restored" and restore["state"]["rules_ours"] == 0, restore
+    again = tasks.router_restore("hq", "exp-race", oid, "drop", 0)
+    assert again["ok"] and again["outcome"] == "already-restored" and again["by"] == "controller", again
+    assert_back_as_found(lab, oid, site_config)
+
+
+def test_degrade_leaves_the_sites_own_qdisc_alone(lab, on_worker, drv, site_config):
+    drv.run("tc qdisc add dev wan0 root handle 1: htb default 10")
+    try:
+        before = _wan(lab)
+        assert before["root_qdisc"].startswith("htb 1:")
+        # a delay needs the root qdisc: refused before anything changes
+        oid = _oid("qdisc-delay")
+        refused = tasks.router_outage("hq", "exp-race", oid, "degrade", 60, 0.0, 200)
+        assert not refused["ok"] and "own root qdisc" in refused["error"], refused
+        assert_back_as_found(lab, oid, before)
+        # loss alone is a rule, not a qdisc: allowed, and the qdisc survives the restore
+        oid = _oid("qdisc-loss")
+        cut = tasks.router_outage("hq", "exp-race", oid, "degrade", 60, 0.3)
+        assert cut["ok"] and cut["state"]["degraded"] is True and cut["state"]["qdisc_ours"] is False, cut
+        assert _wan(lab)["loss"] == pytest.approx(0.3)
+        tasks.router_restore("hq", "exp-race", oid, "degrade", 0)
+        assert_back_as_found(lab, oid, before)
+    finally:
+        drv.run("tc qdisc del dev wan0 root", check=False)
+    # with the kernel's default root qdisc, a delay adds ours and the restore takes exactly it away
+    oid = _oid("netem")
+    cut = tasks.router_outage("hq", "exp-race", oid, "degrade", 60, 0.0, 150)
+    assert cut["ok"] and cut["state"]["qdisc_ours"] is True and _wan(lab)["delay"] == pytest.approx(0.15), cut
+    tasks.router_restore("hq", "exp-race", oid, "degrade", 0)
+    assert_back_as_found(lab, oid, site_config)
+
+
+def test_cut_task_past_its_expiry_never_runs(lab, worker_factory, redis_url):
+    from datetime import datetime, timedelta, timezone
+
+    from celery import Celery
+
+    worker_factory(lab.inventory)
+    app = Celery(broker=redis_url, backend=redis_url)
+    before = len(lab.status()["sites"][0]["router"]["commands"])
+    try:
+        res = app.send_task("fleet.router_outage", args=["hq", "exp-race", _oid("expired"), "link-down", 60],
+                            queue="site.hq", expires=datetime.now(timezone.utc) - timedelta(seconds=1))
+        with pytest.raises(Exception, match="revoked|Revoked|expired"):
+            res.get(timeout=20)
+    finally:
+        app.close()
+    assert len(lab.status()["sites"][0]["router"]["commands"]) == before
+    assert _wan(lab)["admin_up"] is True
+
+
+@pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
+def test_signal_to_the_controller_mid_cut_restores_and_reports(lab, worker_factory, redis_url, tmp_path, signame, drv,
+                                                               site_config):
+    worker_factory(lab.inventory)
+    lab.post("/router-fault", {"site": "hq", "slow": {"link set": 2.0}})
+    pb = tmp_path / "long.yml"
+    pb.write_text("kind: experiment\nname: long\nsite: hq\nsteps:\n"
+                  "  - {name: cut, outage: link-down, max_duration: 300}\n  - {name: linger, wait: 120}\n"
+                  "  - {name: back, restore: true}\n")
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
+    reports = tmp_path / "reports"
+    proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(lab.inventory),
+                             "--report-dir", str(reports)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    try:
+        # mid-cut: the dead-man is armed and `ip link set ... down` is still running on the router
+        deadman = _wait(lambda: sorted(_state_dir(lab).glob("*-o1.deadman"), key=lambda p: p.stat().st_mtime)[-1:]
+                        and time.time() - sorted(_state_dir(lab).glob("*-o1.deadman"), key=lambda p: p.stat().st_mtime)[-1].stat().st_mtime < 3,
+                        30, "the experiment's cut in progress")
+        assert deadman
+        proc.send_signal(getattr(signal, signame))
+        time.sleep(0.3)
+        proc.send_signal(signal.SIGINT)          # a second signal during the cleanup must not skip it
+        out, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        lab.post("/router-fault", {"site": "hq", "slow": {}})
+    assert proc.returncode == 130, out[-2000:]
+    doc = json.loads(next(reports.glob("*/report.json")).read_text())
+    assert doc["interrupted"] == signame and not doc["passed"], doc["errors"]
+    outage = doc["outages"][0]
+    assert outage["restore"] == "restored" and outage["confirmed"].startswith("restored by the controller"), outage
+    assert any("SIGINT received during cleanup" in e for e in doc["errors"]), doc["errors"]
+    assert_back_as_found(lab, outage["id"], site_config)
+    # the experiment is finished in the store and no longer observing the site
+    shown = run_fleet(["experiment", "show", doc["id"], "--json"], redis_url)
+    assert json.loads(shown.stdout)["experiment"]["status"] == "failed", shown.stdout[-500:]
+    assert Store(redis_url).observing("hq") is None
