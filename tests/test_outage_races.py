@@ -253,3 +253,40 @@ def test_signal_to_the_controller_mid_cut_restores_and_reports(lab, worker_facto
     shown = run_fleet(["experiment", "show", doc["id"], "--json"], redis_url)
     assert json.loads(shown.stdout)["experiment"]["status"] == "failed", shown.stdout[-500:]
     assert Store(redis_url).observing("hq") is None
+
+
+@pytest.fixture
+def snmp_worker(lab, redis_url, monkeypatch, tmp_path):
+    """The same site with its router driven over SNMP (v2c), as the inventory of an SNMP-only router says."""
+    def use(allow: bool) -> None:
+        doc = yaml.safe_load(lab.inventory.read_text())
+        doc["sites"][0]["router"] = {**{k: v for k, v in doc["sites"][0]["router"].items() if k not in ("known_hosts", "state_dir")},
+                                     "driver": "snmp", "port": 1161, "snmp_version": "2c", "credentials": "router_snmp_v2c",
+                                     "allow_without_deadman": allow, "timeout": 3}
+        path = tmp_path / f"snmp-{allow}.yml"
+        path.write_text(yaml.safe_dump(doc))
+        monkeypatch.setenv("FLEET_INVENTORY", str(path))
+        tasks._inventory.cache_clear()
+
+    monkeypatch.setenv("FLEET_REDIS_URL", redis_url)
+    yield use
+    tasks._inventory.cache_clear()
+
+
+def test_snmp_router_refuses_without_deadman_and_says_so_when_allowed(lab, snmp_worker):
+    snmp_worker(False)
+    refused = tasks.router_outage("hq", "exp-race", _oid("snmp-no"), "link-down", 60)
+    assert not refused["ok"] and "no dead-man's switch" in refused["error"], refused
+    assert _wan(lab)["admin_up"] is True
+    snmp_worker(True)
+    oid = _oid("snmp-yes")
+    cut = tasks.router_outage("hq", "exp-race", oid, "link-down", 60)
+    assert cut["ok"] and cut["outcome"] == "cut" and cut["deadman"].startswith("none: SNMP"), cut
+    assert cut["has_deadman"] is False and _wan(lab)["admin_up"] is False
+    restore = tasks.router_restore("hq", "exp-race", oid, "link-down", 5)
+    assert restore["outcome"] == "restored" and restore["state"]["link_up"] is True, restore
+    # SNMP keeps no outage state on the router: the worker's guard in Redis cancels a cut that comes after its restore
+    late = _oid("snmp-late")
+    assert tasks.router_restore("hq", "exp-race", late, "link-down", 0)["ok"]
+    assert tasks.router_outage("hq", "exp-race", late, "link-down", 60)["outcome"] == "cancelled"
+    assert _wan(lab)["admin_up"] is True

@@ -82,8 +82,9 @@ def test_ctrl_c_restores_the_wan_before_exiting(lab, redis_url, tmp_path):
     out, err = proc.communicate(timeout=60)
     assert _wan(lab)["admin_up"] is True, err
     doc = json.loads(out)
-    assert proc.returncode == 1 and doc["passed"] is False
+    assert proc.returncode == 130 and doc["passed"] is False and doc["interrupted"] == "SIGINT"
     assert any("interrupted" in e for e in doc["errors"])
+    assert doc["outages"][0]["confirmed"].startswith("restored by the controller"), doc["outages"]
     assert not r.exists("fleet:lease:hq")
 
 
