@@ -243,7 +243,8 @@ class ExperimentRunner:
         else:
             record["end"] = res.get("t_restore_done") or time.time()
             by = f" by the {res.get('by')}" if res.get("by") else ""
-            record["confirmed"] = (f"restored{by}: {describe_state(state)}" if not res.get("leftovers")
+            plain = {k: v for k, v in state.items() if k != "outage"}
+            record["confirmed"] = (f"restored{by}: {describe_state(plain)}" if not res.get("leftovers")
                                    else f"NOT fully restored: {'; '.join(res['leftovers'])}")
         if res.get("leftovers"):
             return StepResult(name, "restore", False, 0, f"router after restore: {'; '.join(res['leftovers'])}", res)
