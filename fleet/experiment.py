@@ -9,7 +9,6 @@ experiment's append-only event log.
 """
 from __future__ import annotations
 
-import statistics
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, Rest
 from .predict import failover_max, recovery_max, servers
 from .signals import Interrupted, interruptible, signals_deferred
 from .store import RolloutStore, Store
+from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, timeline
 
 TASK_TIMEOUT = 60.0
 
@@ -37,20 +37,6 @@ class StepResult:
 
 
 @dataclass
-class PhoneVerdict:
-    mac: str
-    model: str
-    passed: bool = True
-    failover_s: float | None = None
-    recovery_s: float | None = None
-    predicted_failover_max_s: float | None = None
-    predicted_recovery_max_s: float | None = None
-    reasons: list[str] = field(default_factory=list)
-    checks: list[dict] = field(default_factory=list)     # one per expectation, for JUnit
-    timeline: list[dict] = field(default_factory=list)
-
-
-@dataclass
 class ExperimentResult:
     id: str
     playbook: str
@@ -63,20 +49,6 @@ class ExperimentResult:
     outages: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     interrupted: str | None = None     # the signal that ended the run early, if one did
-
-
-def _percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    values = sorted(values)
-    if len(values) == 1:
-        return values[0]
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1]
-
-
-def summary(values: list[float]) -> dict:
-    return {"count": len(values), "p50": _percentile(values, 50), "p95": _percentile(values, 95),
-            "max": max(values) if values else None}
 
 
 class ExperimentRunner:
@@ -305,66 +277,28 @@ class ExperimentRunner:
 
     # ------------------------------------------------------------------ verdicts
     def _verdicts(self, exp: str, result: ExperimentResult) -> None:
+        """Gather the history and the predictions; `fleet.verdict` decides."""
         expects = [s for s in self.pb.steps if isinstance(s, ExpectStep)]
+        expectations = [Expectation(s.name, s.server, s.within, s.measure) for s in expects]
         step_results = {s.name: s for s in result.steps}
+        seen_by_step = {}
+        for step in expects:
+            sr = step_results.get(step.name)
+            seen_by_step[step.name] = None if sr is None else Reached(sr.detail.get("reached") or {},
+                                                                      sr.detail.get("missing") or {})
         cut = [o for o in result.outages if o.get("cut") in ("cut", "already-cut")]
-        outage = cut[0] if cut else None
+        outage = OutageWindow(cut[0]["start"], cut[0].get("end")) if cut else None
         # predictions follow what each phone really runs: the configuration a rollout last pushed, else the inventory's
         pushed = RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])
         selected = {step.name: {p.mac for p in self._phones(step.phones)} for step in expects}
         for p in self.site.phones:
             params = pushed.get(p.mac) or self.inv.effective_params(self.site, p)
-            v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=failover_max(params),
-                             predicted_recovery_max_s=recovery_max(params))
             obs = self.store.observations(exp, p.mac)
-            v.timeline = [{"t": round(o["t"], 3), "working_server": o.get("working_server"), "source": o.get("source"),
-                           "server": o.get("server"), "state": o.get("state"), "kind": o.get("kind", "registration")}
-                          for o in obs]
-            first = self.initial.get(p.mac) or {}
-            if first.get("observed_at"):
-                v.timeline.insert(0, {"t": round(result.started, 3), "working_server": first.get("working_server"),
-                                      "source": "state at start", "server": None, "state": None, "kind": "registration"})
-            if len(servers(params)) < 2:
-                v.passed = False
-                v.reasons.append("no fallback server configured (reg.1.server.2.address is empty): it cannot fail over")
-            for step in expects:
-                if p.mac not in selected[step.name]:
-                    continue
-                sr = step_results.get(step.name)
-                if sr is None:
-                    v.checks.append({"name": step.name, "passed": False, "message": "not run"})
-                    v.passed = False
-                    continue
-                reached = (sr.detail.get("reached") or {}).get(p.mac)
-                ok = reached is not None
-                message = "" if ok else (f"never moved to server {step.server} within {step.within:g}s; "
-                                         f"working server was {sr.detail.get('missing', {}).get(p.mac)}")
-                if ok and outage and step.measure in ("failover", "recovery"):
-                    ref = outage["start"] if step.measure == "failover" else outage.get("end")
-                    if ref is not None:
-                        t = self._first_change(obs, step.server, ref)
-                        measured = round((t if t is not None else reached) - ref, 3)
-                        if step.measure == "failover":
-                            v.failover_s = measured
-                            bound = v.predicted_failover_max_s
-                        else:
-                            v.recovery_s = measured
-                            bound = v.predicted_recovery_max_s
-                        if bound is not None and measured > bound:
-                            message = f"{step.measure} took {measured:.1f}s, over the {bound:.1f}s its configuration predicts"
-                            ok = False
-                if not ok:
-                    v.passed = False
-                    v.reasons.append(f"{step.name}: {message}")
-                v.checks.append({"name": step.name, "passed": ok, "message": message})
-            result.phones.append(v)
-
-    @staticmethod
-    def _first_change(obs: list[dict], server: int, after: float) -> float | None:
-        for o in obs:
-            if o["t"] >= after and o.get("kind", "registration") == "registration" and o.get("working_server") == server:
-                return o["t"]
-        return None
+            v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=failover_max(params),
+                             predicted_recovery_max_s=recovery_max(params),
+                             timeline=timeline(obs, self.initial.get(p.mac), result.started))
+            seen = {name: r for name, r in seen_by_step.items() if p.mac in selected[name]}
+            result.phones.append(judge_phone(v, len(servers(params)), expectations, seen, obs, outage))
 
 
 def describe_state(state: dict) -> str:

@@ -12,7 +12,8 @@ from html import escape
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from .experiment import ExperimentResult, summary
+from .experiment import ExperimentResult
+from .verdict import summary
 
 COLOURS = {1: "#2e7d32", 2: "#f9a825", 3: "#6a1b9a", 4: "#00838f", None: "#c62828"}
 UNKNOWN = "#e0e0e0"   # before the first observation of a phone

@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 from fleet import report
-from fleet.experiment import ExperimentResult, PhoneVerdict, StepResult
+from fleet.experiment import ExperimentResult, StepResult
+from fleet.verdict import PhoneVerdict
 
 
 def sample() -> ExperimentResult:

@@ -1,0 +1,99 @@
+"""Unit tests for experiment verdicts: the edge cases, without Redis or a lab."""
+from __future__ import annotations
+
+import pytest
+
+from fleet.verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, first_change, judge_phone, summary,
+                           timeline)
+
+MAC = "00040a000001"
+FAIL = Expectation("fall back", server=2, within=20, measure="failover")
+BACK = Expectation("come back", server=1, within=20, measure="recovery")
+
+
+def _obs(t: float, ws: int | None, kind: str = "registration") -> dict:
+    return {"t": t, "working_server": ws, "kind": kind, "source": "syslog"}
+
+
+def _verdict(**kw) -> PhoneVerdict:
+    return PhoneVerdict(mac=MAC, model="SoundPoint IP 650", predicted_failover_max_s=kw.pop("fail_max", 20.0),
+                        predicted_recovery_max_s=kw.pop("back_max", 10.0))
+
+
+def test_failover_and_recovery_are_measured_from_the_first_observation_after_the_confirmed_window():
+    obs = [_obs(99, 1), _obs(107.5, 2), _obs(108, 2), _obs(203.2, 1)]
+    seen = {"fall back": Reached({MAC: 109.0}, {}), "come back": Reached({MAC: 204.0}, {})}
+    v = judge_phone(_verdict(), 2, [FAIL, BACK], seen, obs, OutageWindow(100.0, 200.0))
+    assert v.passed and v.reasons == []
+    assert v.failover_s == 7.5 and v.recovery_s == 3.2
+    assert [c["passed"] for c in v.checks] == [True, True]
+
+
+def test_measured_time_over_the_predicted_bound_fails_with_both_figures():
+    obs = [_obs(125, 2)]
+    v = judge_phone(_verdict(fail_max=20.0), 2, [FAIL], {"fall back": Reached({MAC: 125.0}, {})}, obs,
+                    OutageWindow(100.0, 200.0))
+    assert not v.passed and v.failover_s == 25.0
+    assert "25.0s" in v.reasons[0] and "20.0s" in v.reasons[0]
+
+
+def test_phone_that_never_reports_fails_naming_where_it_was():
+    v = judge_phone(_verdict(), 2, [FAIL], {"fall back": Reached({}, {MAC: 1})}, [], OutageWindow(100.0, 200.0))
+    assert not v.passed and v.failover_s is None
+    assert "never moved to server 2 within 20s; working server was 1" in v.reasons[0]
+
+
+def test_step_that_never_ran_fails_the_phone():
+    v = judge_phone(_verdict(), 2, [FAIL], {"fall back": None}, [], None)
+    assert not v.passed and v.checks == [{"name": "fall back", "passed": False, "message": "not run"}]
+
+
+def test_expectation_that_did_not_select_the_phone_is_not_checked():
+    v = judge_phone(_verdict(), 2, [FAIL], {}, [], None)
+    assert v.passed and v.checks == []
+
+
+def test_no_fallback_server_fails_even_when_every_step_held():
+    v = judge_phone(_verdict(), 1, [FAIL], {"fall back": Reached({MAC: 101.0}, {})}, [_obs(101, 2)], OutageWindow(100, 200))
+    assert not v.passed and "no fallback server configured" in v.reasons[0]
+
+
+def test_outage_never_confirmed_restored_measures_no_recovery():
+    v = judge_phone(_verdict(), 2, [BACK], {"come back": Reached({MAC: 250.0}, {})}, [_obs(250, 1)], OutageWindow(100, None))
+    assert v.passed and v.recovery_s is None
+
+
+def test_cancelled_outage_measures_nothing_but_still_checks_reaching():
+    v = judge_phone(_verdict(), 2, [FAIL], {"fall back": Reached({MAC: 101.0}, {})}, [_obs(101, 2)], None)
+    assert v.passed and v.failover_s is None
+
+
+def test_reached_time_is_used_when_no_observation_shows_the_change():
+    # the expect step saw it (from the status rows) but the observation stream was trimmed
+    v = judge_phone(_verdict(), 2, [FAIL], {"fall back": Reached({MAC: 104.0}, {})}, [_obs(90, 1)], OutageWindow(100, 200))
+    assert v.failover_s == 4.0
+
+
+def test_first_change_ignores_calls_and_earlier_observations():
+    obs = [_obs(90, 2), _obs(101, 2, kind="call"), _obs(102, 1), _obs(103, 2)]
+    assert first_change(obs, 2, 100) == 103
+    assert first_change(obs, 3, 100) is None
+
+
+def test_timeline_starts_with_the_state_at_start_only_when_it_was_observed():
+    obs = [_obs(101.23456, 2)]
+    assert timeline(obs, {"observed_at": 50, "working_server": 1}, 100.0)[0] == {
+        "t": 100.0, "working_server": 1, "source": "state at start", "server": None, "state": None, "kind": "registration"}
+    assert len(timeline(obs, {"working_server": 1}, 100.0)) == 1
+    assert timeline(obs, None, 100.0)[0]["t"] == 101.235
+
+
+@pytest.mark.parametrize("values,expected", [([], {"count": 0, "p50": None, "p95": None, "max": None}),
+                                             ([3.0], {"count": 1, "p50": 3.0, "p95": 3.0, "max": 3.0})])
+def test_summary_of_empty_and_single(values, expected):
+    assert summary(values) == expected
+
+
+def test_summary_percentiles_interpolate():
+    s = summary([float(i) for i in range(1, 101)])
+    assert s["p50"] == pytest.approx(50.5) and s["p95"] == pytest.approx(95.05) and s["max"] == 100.0
