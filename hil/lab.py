@@ -26,7 +26,8 @@ from .bootserver import FtpBootServer, HttpBootServerProcess
 from .dns_server import DnsServer
 from .groundtruth import GroundTruth
 from .labfile import LabFile, SiteSpec
-from .phone import FAULTS, PhoneSpec, VirtualPhone
+from .phone import VirtualPhone
+from .phone_types import FAULTS, PhoneSpec
 from .registrar import Registrar
 from .router import Forward, UserspaceRouter
 

@@ -8,7 +8,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fleet.yamlfile import load_model
 
-from .phone import FAULTS, MODELS
+from .phone_types import FAULTS, MODELS
 
 
 class Strict(BaseModel):

@@ -18,7 +18,8 @@ from fleet import polycom
 from fleet.redisboot import free_port
 from hil.bootserver import HttpBootServer
 from hil.groundtruth import GroundTruth
-from hil.phone import PhoneSpec, VirtualPhone
+from hil.phone import VirtualPhone
+from hil.phone_types import PhoneSpec
 
 pytestmark = pytest.mark.lab
 PASSWORD = "kam-Secret-42"

@@ -1,0 +1,109 @@
+"""Fetching configuration from the boot server (HTTP or FTP) and uploading logs, as the phone's provisioning client does.
+
+A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import ftplib
+from urllib.parse import urlsplit, unquote
+
+import aiohttp
+
+from .config_files import ConfigFileError, merge_first_wins, parse_master, parse_parameters
+
+
+
+
+def _basic(parts) -> dict[str, str]:
+    """Basic auth header from the credentials in a boot server URL (none when the URL has none)."""
+    if not parts.username:
+        return {}
+    token = base64.b64encode(f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()).decode()
+    return {"Authorization": f"Basic {token}"}
+
+
+class Provisioning:
+    async def _fetch(self, name: str) -> bytes | None:
+        target = name if "://" in name else self.spec.boot_url.rstrip("/") + "/" + name
+        parts = urlsplit(target)
+        try:
+            if parts.scheme in ("http", "https"):
+                clean = f"{parts.scheme}://{parts.hostname}:{parts.port or 80}{parts.path}"
+                async with self._session.get(clean, headers=_basic(parts)) as resp:  # type: ignore[union-attr]
+                    if resp.status == 404:
+                        return None
+                    if resp.status != 200:
+                        self.boot_errors.append(f"{name}: HTTP {resp.status}")
+                        return None
+                    return await resp.read()
+            if parts.scheme == "ftp":
+                return await asyncio.to_thread(self._ftp_get, parts)
+            self.boot_errors.append(f"{name}: unsupported protocol {parts.scheme}")
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ftplib.Error) as exc:
+            self.boot_errors.append(f"{name}: {type(exc).__name__}")
+        return None
+
+    def _ftp_get(self, parts) -> bytes | None:
+        chunks: list[bytes] = []
+        with ftplib.FTP(timeout=5) as ftp:
+            ftp.connect(parts.hostname, parts.port or 21, source_address=(self.spec.ip, 0))
+            ftp.login(unquote(parts.username or "anonymous"), unquote(parts.password or ""))
+            try:
+                ftp.retrbinary(f"RETR {parts.path}", chunks.append)
+            except ftplib.error_perm as exc:
+                if str(exc).startswith("550"):
+                    return None
+                raise
+        return b"".join(chunks)
+
+    async def _provision(self) -> dict[str, str]:
+        master_name, data = f"{self.mac}.cfg", await self._fetch(f"{self.mac}.cfg")
+        if data is None:
+            master_name, data = "000000000000.cfg", await self._fetch("000000000000.cfg")
+        if data is None:
+            self.boot_errors.append("no master configuration file")
+            return dict(self.params)  # keep running with what it had, as a real phone does
+        try:
+            master = parse_master(master_name, data)
+        except ConfigFileError as exc:
+            self.boot_errors.append(str(exc))
+            return dict(self.params)
+        layers = []
+        for name in master.config_files:
+            body = await self._fetch(name)
+            if body is None:
+                self.boot_errors.append(f"{name}: not found")
+                continue
+            try:
+                layers.append(parse_parameters(name, body))
+            except ConfigFileError as exc:
+                self.boot_errors.append(str(exc))
+        return merge_first_wins(layers)
+
+    async def _log_upload_loop(self) -> None:
+        interval = float(self.params.get("log.upload.period", "60") or 60)
+        if interval <= 0:
+            return
+        while True:
+            await asyncio.sleep(interval)
+            body = ("\n".join(self.log_lines[-500:]) + "\n").encode()
+            parts = urlsplit(self.spec.boot_url)
+            name = f"{self.mac}-app.log"
+            try:
+                if parts.scheme == "http":
+                    url = f"http://{parts.hostname}:{parts.port or 80}{parts.path.rstrip('/')}/{name}"
+                    async with self._session.put(url, data=body, headers=_basic(parts)):  # type: ignore[union-attr]
+                        pass
+                elif parts.scheme == "ftp":
+                    await asyncio.to_thread(self._ftp_put, parts, name, body)
+            except (aiohttp.ClientError, OSError, asyncio.TimeoutError, ftplib.Error) as exc:
+                self._log(f"log upload failed: {type(exc).__name__}")
+
+    def _ftp_put(self, parts, name: str, body: bytes) -> None:
+        import io
+        with ftplib.FTP(timeout=5) as ftp:
+            ftp.connect(parts.hostname, parts.port or 21, source_address=(self.spec.ip, 0))
+            ftp.login(unquote(parts.username or "anonymous"), unquote(parts.password or ""))
+            ftp.storbinary(f"STOR {parts.path.rstrip('/')}/{name}", io.BytesIO(body))

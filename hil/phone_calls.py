@@ -1,0 +1,119 @@
+"""SUBSCRIBE to the primary only (R2), INVITE with failover to lower servers (R5), and requests the phone answers (check-sync NOTIFY).
+
+A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
+"""
+from __future__ import annotations
+
+import asyncio
+
+from sipwire import message as sip
+from sipwire.endpoint import TransactionTimeout
+
+from .resolver import ResolveError
+
+from .phone_types import UP, Registration, ServerBinding
+
+
+class Dialogs:
+    async def _subscribe(self, reg: Registration, srv: ServerBinding) -> None:
+        """message-summary subscription, with server 1 only."""
+        reg.subscribed_to_primary = True
+        try:
+            ip = await self.resolver.resolve(srv.address)
+            uri = f"sip:{reg.user}@{srv.address}"
+            tag = sip.new_tag()
+            call_id = sip.new_call_id(self.spec.ip)
+            cseqs = iter(range(1, 10))
+            extra = [("Event", "message-summary"), ("Accept", "application/simple-message-summary"), ("Expires", str(srv.expires))]
+            await self._authenticated(
+                lambda auth: sip.make_request("SUBSCRIBE", uri, local=self.endpoint.local, from_uri=uri, to_uri=uri,  # type: ignore[union-attr]
+                                              call_id=call_id, cseq=next(cseqs), from_tag=tag,
+                                              contact=f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>",
+                                              extra=extra + ([auth] if auth else [])),
+                (ip, srv.port), srv.timers, reg, "SUBSCRIBE", uri)
+        except (TransactionTimeout, ResolveError, sip.SipParseError):
+            reg.subscribed_to_primary = False
+
+    async def place_call(self, number: str, reg_index: int = 1, hold: float = 0.5) -> dict:
+        """INVITE through the servers in priority order, skipping registered-type servers that are down."""
+        reg = next((r for r in self.regs if r.index == reg_index), None)
+        if reg is None:
+            return {"ok": False, "reason": f"no registration {reg_index}"}
+        attempts = []
+        for srv in reg.servers:
+            if srv.register and srv.state != UP:
+                continue
+            try:
+                ip = await self.resolver.resolve(srv.address)
+            except ResolveError:
+                attempts.append({"server": srv.index, "result": "dns"})
+                continue
+            uri = f"sip:{number}@{srv.address}"
+            from_uri = f"sip:{reg.user}@{srv.address}"
+            tag, call_id = sip.new_tag(), sip.new_call_id(self.spec.ip)
+            sdp = (f"v=0\r\no=- 1 1 IN IP4 {self.spec.ip}\r\ns=-\r\nc=IN IP4 {self.spec.ip}\r\nt=0 0\r\n"
+                   f"m=audio 2222 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n").encode()
+            cseqs = iter(range(1, 10))
+            try:
+                req, resp = await self._authenticated(
+                    lambda auth: sip.make_request("INVITE", uri, local=self.endpoint.local, from_uri=from_uri, to_uri=uri,  # type: ignore[union-attr]
+                                                  call_id=call_id, cseq=next(cseqs), from_tag=tag,
+                                                  contact=f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>",
+                                                  extra=[("Content-Type", "application/sdp")] + ([auth] if auth else []), body=sdp),
+                    (ip, srv.port), srv.timers, reg, "INVITE", uri,
+                    on_challenge=lambda rq, rs: self._ack(rq, rs, ip, srv.port))
+            except (TransactionTimeout, sip.SipParseError):
+                attempts.append({"server": srv.index, "result": "timeout"})
+                continue
+            self._ack(req, resp, ip, srv.port)
+            attempts.append({"server": srv.index, "result": resp.status})
+            self._report_call(number, srv, resp.status)
+            if resp.status == 200:
+                self.truth.record(self.mac, "call", server=srv.index, number=number)
+                self.in_call = True
+                await asyncio.sleep(hold)
+                to_tag = sip.header_params(resp.get("to") or "").get("tag")
+                bye = sip.make_request("BYE", uri, local=self.endpoint.local, from_uri=from_uri, to_uri=uri,  # type: ignore[union-attr]
+                                       call_id=call_id, cseq=req.cseq[0] + 1, from_tag=tag, to_tag=to_tag)
+                try:
+                    await self.endpoint.request(bye, (ip, srv.port), srv.timers)  # type: ignore[union-attr]
+                except TransactionTimeout:
+                    pass
+                self.in_call = False
+                return {"ok": True, "server": srv.index, "attempts": attempts}
+            if 400 <= resp.status < 500:
+                break
+        return {"ok": False, "server": None, "attempts": attempts}
+
+    def _ack(self, invite: sip.SipMessage, resp: sip.SipMessage, ip: str, port: int) -> None:
+        ack = sip.SipMessage(method="ACK", uri=invite.uri)
+        ack.add("Via", invite.get("via") or "")
+        ack.add("Max-Forwards", "70")
+        ack.add("From", invite.get("from") or "")
+        ack.add("To", resp.get("to") or "")
+        ack.add("Call-ID", invite.call_id)
+        ack.add("CSeq", f"{invite.cseq[0]} ACK")
+        self.endpoint.send(ack, (ip, port))  # type: ignore[union-attr]
+
+    async def _on_sip_request(self, msg: sip.SipMessage, addr: tuple[str, int]) -> sip.SipMessage | None:
+        if msg.method == "NOTIFY" and (msg.get("event") or "").lower().startswith("check-sync"):
+            self._log(f"check-sync NOTIFY from {addr[0]}")
+            self._spawn(self._check_sync())
+            return sip.make_response(msg, 200, "OK", to_tag=sip.new_tag(), received=addr)
+        if msg.method == "OPTIONS":
+            return sip.make_response(msg, 200, "OK", to_tag=sip.new_tag(), received=addr)
+        if msg.method in ("ACK",):
+            return None
+        if msg.method == "INVITE":
+            return sip.make_response(msg, 486, "Busy Here", to_tag=sip.new_tag(), received=addr)
+        if msg.method in ("BYE", "NOTIFY"):
+            return sip.make_response(msg, 200, "OK", received=addr)
+        return sip.make_response(msg, 405, "Method Not Allowed", received=addr)
+
+    async def _check_sync(self) -> None:
+        """Reboot when alwaysReboot=1; otherwise, outside a call, only when the files changed (our model of the
+        uncertain rule)."""
+        if self.params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") == "1":
+            await self.reboot("check-sync")
+        elif not self.in_call and await self._provision() != self.params:
+            await self.reboot("check-sync (configuration changed)")

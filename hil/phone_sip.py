@@ -1,0 +1,162 @@
+"""The SIP user agent's registrations: one loop per configured server (R1, R3), the working server (R4).
+
+A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+
+from sipwire import digest
+from sipwire import message as sip
+from sipwire.endpoint import TransactionTimeout, TransactionTimers
+
+from .resolver import ResolveError
+
+from .phone_types import DOWN, UP, Registration, ServerBinding
+
+
+class SipRegistrations:
+    def _server_param(self, x: int, y: int, attr: str) -> str | None:
+        """reg.x.server.y.* overrides voIpProt.server.y.* (confirmed precedence)."""
+        v = self.params.get(f"reg.{x}.server.{y}.{attr}")
+        if v in (None, ""):
+            v = self.params.get(f"voIpProt.server.{y}.{attr}")
+        return v if v not in (None, "") else None
+
+    def _configure_registrations(self) -> None:
+        self.regs = []
+        for x in range(1, self.model["lines"] + 1):
+            user = self.params.get(f"reg.{x}.address")
+            if not user:
+                continue
+            reg = Registration(index=x, user=user.split("@")[0], auth_user=self.params.get(f"reg.{x}.auth.userId") or user.split("@")[0],
+                               password=self.params.get(f"reg.{x}.auth.password", ""))
+            for y in range(1, 10):
+                address = self._server_param(x, y, "address")
+                if not address:
+                    continue
+                retry_ms = int(self._server_param(x, y, "retryTimeOut") or 0)
+                retry_count = int(self._server_param(x, y, "retryMaxCount") or 0) or 3
+                timers = TransactionTimers(retry_timeout=retry_ms / 1000 if retry_ms else None, retry_max_count=retry_count)
+                port = int(self._server_param(x, y, "port") or 0) or 5060
+                reg.servers.append(ServerBinding(
+                    reg=x, index=y, address=address, port=port,
+                    register=(self._server_param(x, y, "register") or "1") != "0",
+                    expires=int(self._server_param(x, y, "expires") or 3600),
+                    overlap=int(self._server_param(x, y, "expires.overlap") or 60),
+                    timers=timers,
+                    retry_interval=float(self._server_param(x, y, "registerRetry.baseTimeOut") or 60),
+                    call_id=sip.new_call_id(self.spec.ip)))
+            if reg.servers:
+                self.regs.append(reg)
+
+    async def _server_loop(self, reg: Registration, srv: ServerBinding) -> None:
+        while True:
+            ok = await self._register_once(reg, srv)
+            if ok:
+                # Refresh `overlap` s before the granted expiry, or at half of it if that is sooner.
+                delay = srv.granted - srv.overlap if srv.granted / 2 >= srv.overlap else srv.granted / 2
+            else:
+                delay = srv.retry_interval
+            due = time.monotonic() + max(delay, 0.1)
+            await asyncio.sleep(max(delay, 0.1))
+            self.lateness.append(time.monotonic() - due)
+            if len(self.lateness) > 1000:
+                del self.lateness[:500]
+
+    async def _register_once(self, reg: Registration, srv: ServerBinding) -> bool:
+        if srv.index == 1 and ("wrong-server" in (self.spec.fault, self._boot_fault) or self._boot_fault == "bad-boot-once"):
+            self._set_server_state(reg, srv, DOWN, reason="disabled")
+            return False
+        try:
+            ip = await self.resolver.resolve(srv.address)
+        except ResolveError as exc:
+            self._set_server_state(reg, srv, DOWN, reason="dns")
+            self._log(f"reg.{reg.index}.server.{srv.index}: {exc}")
+            return False
+        domain = srv.address
+        uri = f"sip:{domain}" + (f":{srv.port}" if srv.port != 5060 else "")
+        aor = f"sip:{reg.user}@{domain}"
+        tag = sip.new_tag()
+        extra = [("Expires", str(srv.expires)), ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, NOTIFY, SUBSCRIBE")]
+        contact = f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>"
+
+        def build(auth: tuple[str, str] | None) -> sip.SipMessage:
+            srv.cseq += 1
+            self.register_count += 1
+            return sip.make_request("REGISTER", uri, local=self.endpoint.local, from_uri=aor, to_uri=aor,  # type: ignore[union-attr]
+                                    call_id=srv.call_id, cseq=srv.cseq, from_tag=tag, contact=contact,
+                                    extra=extra + ([auth] if auth else []),
+                                    user_agent=f"PolycomSoundPointIP-SPIP_650-UA/{self.model['firmware']}")
+        try:
+            _, resp = await self._authenticated(build, (ip, srv.port), srv.timers, reg, "REGISTER", uri)
+        except TransactionTimeout:
+            self._set_server_state(reg, srv, DOWN, reason="timeout")
+            return False
+        except sip.SipParseError as exc:
+            self._set_server_state(reg, srv, DOWN, reason="bad-challenge")
+            self._log(f"reg.{reg.index}.server.{srv.index}: {exc}")
+            return False
+        if resp is None or resp.status != 200:
+            self._set_server_state(reg, srv, DOWN, reason=f"status-{resp.status if resp else 'none'}")
+            return False
+        srv.granted = self._granted_expiry(resp, srv.expires)
+        self._set_server_state(reg, srv, UP, expires=srv.granted)
+        return True
+
+    async def _authenticated(self, build, dest: tuple[str, int], timers: TransactionTimers, reg: Registration,
+                             method: str, uri: str, on_challenge=None) -> tuple[sip.SipMessage, sip.SipMessage]:
+        """Send `build(auth_header)`; answer one 401/407 digest challenge. Returns (last request, final response)."""
+        auth_header: tuple[str, str] | None = None
+        while True:
+            req = build(auth_header)
+            resp = await self.endpoint.request(req, dest, timers)  # type: ignore[union-attr]
+            if resp.status not in (401, 407) or auth_header is not None:
+                return req, resp
+            if on_challenge:
+                on_challenge(req, resp)
+            hname = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
+            challenge = digest.parse_challenge(resp.get(hname) or "")
+            auth_header = ("Authorization" if resp.status == 401 else "Proxy-Authorization",
+                           digest.authorization(challenge, username=reg.auth_user, password=reg.password, method=method, uri=uri))
+
+    @staticmethod
+    def _granted_expiry(resp: sip.SipMessage, requested: int) -> int:
+        for contact in resp.get_all("contact"):
+            value = sip.header_params(contact).get("expires")
+            if value and value.isdigit():
+                return int(value)
+        hdr = resp.get("expires")
+        return int(hdr) if hdr and hdr.isdigit() else requested
+
+    def _set_server_state(self, reg: Registration, srv: ServerBinding, state: str, *, reason: str = "",
+                          expires: int | None = None, quiet: bool = False) -> None:
+        changed = srv.state != state
+        srv.state = state
+        if not quiet and (changed or state == UP):
+            self._report_registration(reg, srv, state == UP, expires, reason)
+        if changed:
+            self.truth.record(self.mac, "server_state", reg=reg.index, server=srv.index, state=state, reason=reason)
+        self._update_working(reg)
+
+    def _update_working(self, reg: Registration) -> None:
+        """R4: the working server is the highest-priority server whose registration is up."""
+        working = next((s.index for s in reg.servers if s.register and s.state == UP), None)
+        if working != reg.working:
+            was_registered = reg.working is not None
+            reg.working = working
+            self.truth.record(self.mac, "working_server", reg=reg.index, server=working)
+            cur = self.truth.current[self.mac]
+            cur.setdefault("working_server", {})[str(reg.index)] = working
+            cur.setdefault("servers", {})[str(reg.index)] = {str(s.index): s.state for s in reg.servers}
+            if working is not None and not was_registered:
+                self._spawn(self._send_line_events("LineRegistrationEvent", only=reg.index))
+            primary = reg.servers[0]
+            if working == primary.index and primary.register and not reg.subscribed_to_primary:
+                self._spawn(self._subscribe(reg, primary))
+            if working != primary.index:
+                reg.subscribed_to_primary = False
+        else:
+            cur = self.truth.current[self.mac]
+            cur.setdefault("servers", {})[str(reg.index)] = {str(s.index): s.state for s in reg.servers}
