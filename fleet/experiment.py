@@ -16,6 +16,7 @@ from typing import Callable
 
 from .celeryapp import app as celery_app
 from .celeryapp import site_queue
+from .deadline import poll_until
 from .inventory import Inventory, Phone, Site
 from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
 from .predict import failover_max, recovery_max, servers
@@ -231,17 +232,18 @@ class ExperimentRunner:
 
     def _expect(self, exp: str, step: ExpectStep, result: ExperimentResult) -> StepResult:
         phones = self._phones(step.phones)
-        deadline = time.monotonic() + step.within
         reached: dict[str, float] = {}
         rows: dict[str, dict] = {}
-        while True:
-            rows = {r["mac"]: r for r in self.store.phones(self.site.name)}
+
+        def all_reached() -> bool:
+            rows.clear()
+            rows.update({r["mac"]: r for r in self.store.phones(self.site.name)})
             for p in phones:
                 if p.mac not in reached and (rows.get(p.mac) or {}).get("state", {}).get("working_server") == step.server:
                     reached[p.mac] = time.time()
-            if len(reached) == len(phones) or time.monotonic() >= deadline:
-                break
-            time.sleep(self.pb.sample_interval)
+            return len(reached) == len(phones)
+
+        poll_until(all_reached, step.within, self.pb.sample_interval)
         missing = [p.mac for p in phones if p.mac not in reached]
         detail = {"expected_server": step.server, "reached": reached, "measure": step.measure,
                   "missing": {m: (rows.get(m) or {}).get("state", {}).get("working_server") for m in missing}}
@@ -261,19 +263,16 @@ class ExperimentRunner:
         res = self._task("fleet.place_call", self.site.name, exp, phone.mac, step.call)
         if not res.get("ok"):
             return StepResult(step.name, "call", False, 0, f"dial failed: {res.get('error')}", res)
-        deadline = time.monotonic() + step.within
-        while time.monotonic() < deadline:
-            calls = [o for o in self.store.observations(exp, phone.mac) if o.get("kind") == "call" and o["t"] >= t0]
-            if calls:
-                server = calls[0]["server"]
-                detail = {"mac": phone.mac, "server": server, "observed": calls[0]}
-                self.store.log_event(exp, "call", **detail)
-                ok = server == step.expect_server
-                return StepResult(step.name, "call", ok, 0,
-                                  f"call from {phone.mac} went to server {server} ({calls[0]['address']})"
-                                  + ("" if ok else f", expected server {step.expect_server}"), detail)
-            time.sleep(self.pb.sample_interval)
-        return StepResult(step.name, "call", False, 0, f"no call report from {phone.mac} within {step.within:g}s")
+        calls = poll_until(lambda: [o for o in self.store.observations(exp, phone.mac) if o.get("kind") == "call" and o["t"] >= t0],
+                           step.within, self.pb.sample_interval)
+        if not calls:
+            return StepResult(step.name, "call", False, 0, f"no call report from {phone.mac} within {step.within:g}s")
+        server = calls[0]["server"]
+        detail = {"mac": phone.mac, "server": server, "observed": calls[0]}
+        self.store.log_event(exp, "call", **detail)
+        ok = server == step.expect_server
+        return StepResult(step.name, "call", ok, 0, f"call from {phone.mac} went to server {server} ({calls[0]['address']})"
+                          + ("" if ok else f", expected server {step.expect_server}"), detail)
 
     # ------------------------------------------------------------------ verdicts
     def _verdicts(self, exp: str, result: ExperimentResult) -> None:

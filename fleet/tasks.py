@@ -24,6 +24,7 @@ from .drivers import router as routers
 from .drivers.control.rest import RestPhone
 from .drivers.errors import DeviceRefused, DeviceTimeout, DriverError
 from .drivers.probe import probe_provider
+from .deadline import poll_until
 from .failpoints import failpoint
 
 log = logging.getLogger(__name__)
@@ -110,12 +111,14 @@ def router_restore(site_name: str, exp_id: str, outage_id: str, mode: str, probe
         result.update(outage.restore(_stores(os.environ["FLEET_REDIS_URL"])[0], drv, outage_id, mode))
         if result["outcome"] == "cancelled-before-cut":
             return
-        deadline = time.monotonic() + probe_for
-        probe = _probe(site)
-        while probe.get("reachable") is False and time.monotonic() < deadline:
-            time.sleep(0.5)
-            probe = _probe(site)
-        result["probe"] = probe
+        last: dict = {}
+
+        def reachable() -> bool:
+            last.update(_probe(site))
+            return last.get("reachable") is not False
+
+        poll_until(reachable, probe_for, 0.5)
+        result["probe"] = dict(last)
 
     return _with_router(site_name, work, mode=mode, outage_id=outage_id)
 
