@@ -6,6 +6,7 @@ STOR. Paths are confined to the directory (no traversal), over both protocols.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import json
 import os
 import signal
@@ -14,6 +15,7 @@ import sys
 import threading
 from pathlib import Path
 
+import asyncssh
 from aiohttp import BasicAuth, web
 
 
@@ -81,7 +83,8 @@ class HttpBootServer:
 class FtpBootServer:
     """pyftpdlib in its own thread; its authorizer confines the user to the directory."""
 
-    def __init__(self, root: Path, host: str, port: int, username: str, password: str) -> None:
+    def __init__(self, root: Path, host: str, port: int, username: str, password: str, perm: str = "elradfmw") -> None:
+        """`perm` is pyftpdlib's permission string: a site whose user may not delete ("elrafmw") is a real case."""
         from pyftpdlib.authorizers import DummyAuthorizer
         from pyftpdlib.handlers import FTPHandler
         from pyftpdlib.ioloop import IOLoop
@@ -91,7 +94,7 @@ class FtpBootServer:
 
         logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
         authorizer = DummyAuthorizer()
-        authorizer.add_user(username, password, str(root), perm="elradfmw")
+        authorizer.add_user(username, password, str(root), perm=perm)
         handler = type("BootFtpHandler", (FTPHandler,), {})
         handler.authorizer = authorizer
         handler.banner = "boot server ready"
@@ -106,6 +109,69 @@ class FtpBootServer:
 
     def stop(self) -> None:
         self.server.close_all()
+
+
+class _ConfinedSftp(asyncssh.SFTPServer):
+    """asyncssh's chroot maps names but follows symlinks out of it; this refuses any path whose real location leaves the root."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, root: bytes) -> None:
+        super().__init__(chan, chroot=root)
+        self.root = root
+
+    def map_path(self, path: bytes) -> bytes:
+        if b"\0" in path:
+            raise asyncssh.SFTPInvalidFilename("NUL byte in file name")
+        local = super().map_path(path)
+        real = os.path.realpath(local)
+        if real != self.root and not real.startswith(self.root + b"/"):
+            raise asyncssh.SFTPPermissionDenied("outside the boot directory")
+        return local
+
+
+class _PasswordLogin(asyncssh.SSHServer):
+    def __init__(self, username: str, password: str) -> None:
+        self.username, self.password = username, password
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def validate_password(self, username: str, password: str) -> bool:
+        return hmac.compare_digest(username.encode(), self.username.encode()) and \
+            hmac.compare_digest(password.encode(), self.password.encode())
+
+
+class SftpBootServer:
+    """The boot directory over SFTP (asyncssh), password login, for sites whose boot server only speaks SFTP.
+
+    Paths are confined like the HTTP and FTP servers': a symlink that leads out
+    of the directory is refused rather than followed. The host key is made per
+    server unless one is given; `known_hosts_line()` is what a controller must trust.
+    """
+
+    def __init__(self, root: Path, host: str, port: int, username: str, password: str,
+                 host_key: asyncssh.SSHKey | None = None) -> None:
+        self.root, self.host, self.port = root, host, port
+        self.username, self.password = username, password
+        self.host_key = host_key or asyncssh.generate_private_key("ssh-ed25519")
+        self.server: asyncssh.SSHAcceptor | None = None
+
+    def known_hosts_line(self) -> str:
+        name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        return f"{name} {self.host_key.export_public_key('openssh').decode().strip()}\n"
+
+    async def start(self) -> None:
+        root = os.fsencode(os.path.realpath(self.root))
+        self.server = await asyncssh.create_server(
+            lambda: _PasswordLogin(self.username, self.password), self.host, self.port,
+            server_host_keys=[self.host_key], sftp_factory=lambda chan: _ConfinedSftp(chan, root), allow_scp=False)
+
+    async def stop(self) -> None:
+        if self.server:
+            self.server.close()
+            await self.server.wait_closed()
 
 
 class HttpBootServerProcess:
