@@ -13,6 +13,7 @@ import base64
 import ftplib
 import http.client
 import io
+import json
 import logging
 import os
 import socket
@@ -23,9 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import yaml
 
+from conftest import lab_spec, run_fleet, start_lab
 from fleet.drivers.errors import DeviceRefused, DriverError, HostKeyUnknown
 from fleet.drivers.publish import open_publisher
+from fleet.drivers.publish.names import UnsafeName
 from fleet.inventory import Credentials
 from fleet.redisboot import free_port
 from hil.bootserver import FtpBootServer, HttpBootServerProcess, SftpBootServer
@@ -200,10 +204,33 @@ def test_roundtrip_replaces_and_leaves_no_temporary_file(boot, pub):
 def test_unsafe_names_are_refused_before_any_io(boot, pub, name, tmp_path):
     before = tree(tmp_path)
     for op, args in (("read", (name,)), ("write", (name, b"pwned")), ("delete", (name,))):
-        with pytest.raises(DriverError) as exc:
+        with pytest.raises(UnsafeName) as exc:
             getattr(pub, op)(*args)
         _names_file(exc.value, name, pub)
     assert tree(tmp_path) == before, "a refused name changed files"
+
+
+@pytest.mark.parametrize("kind", ["http", "ftp", "sftp"])
+def test_unsafe_names_are_refused_before_the_server_is_asked(kind, request):
+    """With the connection already gone, a bad name still gets its own refusal: nothing was sent first."""
+    boot = request.getfixturevalue(f"{kind}_server")
+    pub = open_publisher(boot.url, boot.creds)
+    try:
+        if kind == "ftp":
+            pub.ftp.sock.shutdown(socket.SHUT_RDWR)
+        elif kind == "sftp":
+            pub.client.get_transport().close()
+        else:
+            pub.base = f"http://127.0.0.1:{free_port()}/"   # nothing listens there
+        for name in BAD_NAMES:
+            for op, args in (("read", (name,)), ("write", (name, b"x")), ("delete", (name,))):
+                with pytest.raises(UnsafeName):
+                    getattr(pub, op)(*args)
+        with pytest.raises(DriverError) as exc:   # a good name does reach the (gone) server
+            pub.read(FILE)
+        assert not isinstance(exc.value, UnsafeName)
+    finally:
+        pub.close()
 
 
 def test_planted_part_symlink_is_never_written_through(boot, pub, outside):
@@ -399,3 +426,41 @@ def test_sftp_connection_lost_mid_session_is_a_driver_error(sftp_server):
             getattr(pub, op)(*args)
         _names_file(exc.value, FILE, pub)
     pub.close()
+
+
+# --- a rollout through a publisher that cannot start -----------------------------------------------
+
+@pytest.mark.slow
+def test_rollout_fails_phones_at_once_when_sftp_known_hosts_is_missing(tmp_path, redis_url, worker_factory, sftp_lab,
+                                                                      monkeypatch):
+    """The SFTP publisher's setup error settles each phone as failed with that reason, instead of
+    leaving it dispatched (and re-sent every 60 s) until the progress deadline."""
+    boot, _ = sftp_lab
+    (tmp_path / "lab").mkdir()
+    lab = start_lab(tmp_path / "lab", lab_spec("sftpkh", 57, phones=2))
+    try:
+        inv = yaml.safe_load(lab.inventory.read_text())
+        inv["sites"][0]["boot_server"]["url"] = boot.url
+        inv_path = tmp_path / "inventory-sftp.yml"
+        inv_path.write_text(yaml.safe_dump(inv))
+        missing = tmp_path / "no-such-dir" / "known_hosts"
+        monkeypatch.setenv("FLEET_SFTP_KNOWN_HOSTS", str(missing))   # the worker inherits it
+        worker = worker_factory(inv_path, "hq")
+        pb = tmp_path / "rollout.yml"
+        pb.write_text(yaml.safe_dump({
+            "kind": "rollout", "name": "sftp-known-hosts", "params": {"reg.1.server.1.expires": 12},
+            "strategy": {"canary": 0, "wave_size": 2, "max_unavailable": 2, "failure_budget": {"total": 0},
+                         "progress_deadline": 90},
+            "verify": {"registered_to": [1, 2], "within": 20}, "rollback": True}))
+        res = run_fleet(["rollout", "run", str(pb), "--inventory", str(inv_path), "--json"], redis_url, timeout=200)
+        out = json.loads(res.stdout)
+        status = json.loads(run_fleet(["rollout", "status", out["id"], "--json"], redis_url).stdout)
+        phones = status["phones"]
+        assert {st["state"] for st in phones.values()} <= {"failed", "rollback_failed"}, phones
+        for mac, st in phones.items():
+            assert "known_hosts" in st.get("error", "") and str(missing) in st["error"], (mac, st)
+        boot_password = yaml.safe_load((lab.state / "secrets.yml").read_text())["boot_hq"]["password"]
+        assert boot_password not in res.stdout + res.stderr + json.dumps(status)
+        assert "Traceback" not in worker.log.read_text()
+    finally:
+        lab.down()
