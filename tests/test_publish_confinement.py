@@ -25,11 +25,13 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from conftest import lab_spec, run_fleet, start_lab
 from fleet.drivers.errors import DeviceRefused, DriverError, HostKeyUnknown
 from fleet.drivers.publish import open_publisher
-from fleet.drivers.publish.names import UnsafeName
+from fleet.drivers.publish.names import MAX_NAME_BYTES, UnsafeName, check_name
 from fleet.inventory import Credentials
 from fleet.redisboot import free_port
 from hil.bootserver import FtpBootServer, HttpBootServerProcess, SftpBootServer
@@ -185,6 +187,22 @@ def _names_file(exc: BaseException, name: str, publisher) -> None:
     assert publisher.name in text, text
     assert repr(name[:40])[:-1] in text, f"{text!r} does not name {name[:40]!r}"
     assert PASSWORD not in text
+
+
+# --- the name check every publisher runs first ----------------------------------------------------
+
+@settings(max_examples=400, deadline=None)
+@given(st.one_of(st.text(), st.text(alphabet="./\\\x00\n\x7fa\u00e9\ud800", max_size=300),
+                 st.binary(max_size=10), st.integers(), st.none()))
+def test_check_name_accepts_only_plain_names(name):
+    try:
+        assert check_name("boot server x", name) == name
+    except UnsafeName as exc:
+        assert str(exc).startswith("boot server x: ")
+        return
+    assert name not in ("", ".", "..") and "/" not in name and "\\" not in name
+    assert all(ord(c) >= 0x20 and ord(c) != 0x7F for c in name)
+    assert len(name.encode("utf-8")) <= MAX_NAME_BYTES
 
 
 # --- every publisher -------------------------------------------------------------------------------
