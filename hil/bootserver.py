@@ -279,8 +279,14 @@ class _ConfinedSftp(asyncssh.SFTPServer):
 
 
 class _PasswordLogin(asyncssh.SSHServer):
-    def __init__(self, username: str, password: str) -> None:
-        self.username, self.password = username, password
+    def __init__(self, username: str, password: str, connections: set) -> None:
+        self.username, self.password, self.connections = username, password, connections
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.difference_update([c for c in self.connections if c.is_closed()])
 
     def begin_auth(self, username: str) -> bool:
         return True
@@ -307,6 +313,7 @@ class SftpBootServer:
         self.username, self.password = username, password
         self.host_key = host_key or asyncssh.generate_private_key("ssh-ed25519")
         self.server: asyncssh.SSHAcceptor | None = None
+        self.connections: set[asyncssh.SSHServerConnection] = set()
 
     def known_hosts_line(self) -> str:
         name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
@@ -315,13 +322,17 @@ class SftpBootServer:
     async def start(self) -> None:
         root = os.fsencode(os.path.realpath(self.root))
         self.server = await asyncssh.create_server(
-            lambda: _PasswordLogin(self.username, self.password), self.host, self.port,
+            lambda: _PasswordLogin(self.username, self.password, self.connections), self.host, self.port,
             server_host_keys=[self.host_key], sftp_factory=lambda chan: _ConfinedSftp(chan, root), allow_scp=False)
 
     async def stop(self) -> None:
         if self.server:
             self.server.close()
             await self.server.wait_closed()
+        for conn in list(self.connections):   # sessions still open would outlive the server otherwise
+            conn.close()
+            await conn.wait_closed()
+        self.connections.clear()
 
 
 class HttpBootServerProcess:
