@@ -1,34 +1,174 @@
-"""The boot (provisioning) server: one directory served over HTTP (GET, PUT) and FTP, with credentials.
+"""The boot (provisioning) server: one directory served over HTTP (GET, PUT, DELETE), FTP and SFTP, with credentials.
 
-Phones read their files and upload logs; the controller publishes with PUT or
-STOR. Paths are confined to the directory (no traversal), over both protocols.
+Phones read their files and upload logs; the controller publishes with PUT,
+STOR or SFTP. Paths are confined to the directory over every protocol: no
+traversal, no symlink followed out of it, and a bad name gets a refusal (4xx
+over HTTP, 5xx over FTP), never a traceback.
 """
 from __future__ import annotations
 
 import asyncio
+import errno
+import hmac
 import json
 import os
+import secrets
 import signal
+import stat
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
+import asyncssh
 from aiohttp import BasicAuth, web
 
 
-def safe_path(root: Path, relative: str) -> Path | None:
-    """The file `relative` inside `root`, or None if it would leave `root`."""
-    candidate = (root / relative.lstrip("/")).resolve()
-    root = root.resolve()
-    if candidate != root and root not in candidate.parents:
-        return None
-    return candidate
+MAX_NAME_BYTES = 255   # NAME_MAX: longer names are refused up front, not left to fail as a 500
+
+
+class Refused(Exception):
+    """A request the boot server answers with a 4xx before touching any file."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
+
+
+def request_names(relative: str) -> list[str]:
+    """The names along a request path inside the boot directory (empty: the directory itself).
+
+    Checked lexically, before any file is touched: no NUL, no `..`, no name
+    longer than a file system allows. Symlinks are dealt with while walking.
+    """
+    if "\0" in relative:
+        raise Refused(400, "NUL byte in the path")
+    names = [n for n in relative.split("/") if n not in ("", ".")]
+    if ".." in names:
+        raise Refused(403, "outside the boot directory")
+    if any(len(n.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for n in names):
+        raise Refused(400, f"a name in the path is longer than {MAX_NAME_BYTES} bytes")
+    return names
+
+
+def _os_refusal(exc: OSError) -> Refused:
+    """An OSError met while serving, as the answer a client can act on (and no traceback)."""
+    by_errno = {errno.ENOENT: (404, "not found"), errno.ENOTDIR: (404, "not found"),
+                errno.ELOOP: (403, "a symbolic link: not followed"), errno.EISDIR: (409, "is a directory"),
+                errno.ENAMETOOLONG: (400, "name too long"), errno.EACCES: (403, "permission denied"),
+                errno.EPERM: (403, "permission denied"), errno.EROFS: (403, "read-only file system"),
+                errno.ENOSPC: (507, "no space left"), errno.EDQUOT: (507, "quota exceeded")}
+    status, reason = by_errno.get(exc.errno, (500, exc.strerror or type(exc).__name__))
+    return Refused(status, reason)
+
+
+class BootDirectory:
+    """File operations confined to one directory: symlinks are never followed, temporary files never reused.
+
+    Every path is walked from a descriptor of the root with O_NOFOLLOW, so a
+    symlink planted anywhere (a directory, the file, `<file>.part`) cannot
+    lead a write, read or delete outside. A PUT writes a fresh temporary file
+    created exclusively beside the target and renames it over the target, so a
+    phone never reads half a file and a planted name is never written through.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def _walk(self, dirs: list[str], create: bool) -> int:
+        fd = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            for name in dirs:
+                try:
+                    nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    try:
+                        os.mkdir(name, 0o755, dir_fd=fd)
+                    except FileExistsError:
+                        pass
+                    nxt = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fd)
+                os.close(fd)
+                fd = nxt
+            return fd
+        except BaseException:
+            os.close(fd)
+            raise
+
+    @staticmethod
+    def _lstat(name: str, dir_fd: int) -> os.stat_result | None:
+        try:
+            return os.stat(name, dir_fd=dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+
+    def read(self, names: list[str]) -> bytes:
+        if not names:
+            raise Refused(403, "a directory, not a file")
+        dir_fd = self._walk(names[:-1], create=False)
+        try:
+            fd = os.open(names[-1], os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+        finally:
+            os.close(dir_fd)
+        try:
+            mode = os.fstat(fd).st_mode
+            if not stat.S_ISREG(mode):
+                raise Refused(403, "a directory, not a file" if stat.S_ISDIR(mode) else "not a regular file")
+            chunks = []
+            while chunk := os.read(fd, 1 << 20):
+                chunks.append(chunk)
+            return b"".join(chunks)
+        finally:
+            os.close(fd)
+
+    def write(self, names: list[str], body: bytes) -> None:
+        if not names:
+            raise Refused(400, "PUT needs a file name, not the boot directory")
+        dir_fd = self._walk(names[:-1], create=True)
+        try:
+            st = self._lstat(names[-1], dir_fd)
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                raise Refused(409, "is a directory")
+            tmp = f".{secrets.token_hex(16)}.put"
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=dir_fd)
+            try:
+                with os.fdopen(fd, "wb") as f:
+                    f.write(body)
+                os.rename(tmp, names[-1], src_dir_fd=dir_fd, dst_dir_fd=dir_fd)   # replaces a symlink, never follows it
+            except BaseException:
+                try:
+                    os.unlink(tmp, dir_fd=dir_fd)
+                except OSError:
+                    pass
+                raise
+        finally:
+            os.close(dir_fd)
+
+    def delete(self, names: list[str]) -> bool:
+        """Whether there was a file to delete; a symlink is removed itself, a directory refused."""
+        if not names:
+            raise Refused(400, "DELETE needs a file name, not the boot directory")
+        try:
+            dir_fd = self._walk(names[:-1], create=False)
+        except (FileNotFoundError, NotADirectoryError):
+            return False
+        try:
+            st = self._lstat(names[-1], dir_fd)
+            if st is None:
+                return False
+            if stat.S_ISDIR(st.st_mode):
+                raise Refused(409, "is a directory")
+            os.unlink(names[-1], dir_fd=dir_fd)
+            return True
+        finally:
+            os.close(dir_fd)
 
 
 class HttpBootServer:
     def __init__(self, root: Path, host: str, port: int, username: str, password: str) -> None:
         self.root, self.host, self.port = root, host, port
+        self.files = BootDirectory(root)
         self.username, self.password = username, password
         self.runner: web.AppRunner | None = None
 
@@ -41,27 +181,21 @@ class HttpBootServer:
         return auth.login == self.username and auth.password == self.password
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        path = request.match_info["path"]
         if not self._authorized(request):
             return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="boot"'})
-        target = safe_path(self.root, path)
-        if target is None:
-            return web.Response(status=403, text="outside the boot directory")
-        if request.method == "DELETE":
-            existed = target.is_file()
-            if existed:
-                target.unlink()
-            return web.Response(status=204 if existed else 404)
-        if request.method == "PUT":
-            body = await request.read()
-            target.parent.mkdir(parents=True, exist_ok=True)
-            tmp = target.with_name(target.name + ".part")
-            tmp.write_bytes(body)
-            os.replace(tmp, target)  # a phone never reads a half-written file
-            return web.Response(status=201)
-        if not target.is_file():
-            return web.Response(status=404)
-        return web.Response(body=target.read_bytes(), content_type="application/octet-stream")
+        try:
+            names = request_names(request.match_info["path"])
+            if request.method == "PUT":
+                self.files.write(names, await request.read())
+                return web.Response(status=201)
+            if request.method == "DELETE":
+                return web.Response(status=204 if self.files.delete(names) else 404)
+            return web.Response(body=self.files.read(names), content_type="application/octet-stream")
+        except Refused as exc:
+            return web.Response(status=exc.status, text=exc.reason + "\n")
+        except OSError as exc:
+            refusal = _os_refusal(exc)
+            return web.Response(status=refusal.status, text=refusal.reason + "\n")
 
     async def start(self) -> None:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -78,10 +212,29 @@ class HttpBootServer:
             await self.runner.cleanup()
 
 
+class _SaneNames:
+    """Refuses NUL bytes and over-long names with an FTP reply before pyftpdlib meets them.
+
+    pyftpdlib resolves every path with os.path.realpath, which raises on a NUL
+    byte: the session died with a traceback in the server's log.
+    """
+
+    def pre_process_command(self, line: str, cmd: str, arg: str) -> None:
+        if "\0" in line:
+            self.respond("501 NUL byte in the command.")
+            return
+        spec = self.proto_cmds.get(cmd) or {}
+        if arg and spec.get("perm") and any(len(n.encode("utf-8", "surrogateescape")) > MAX_NAME_BYTES for n in arg.split("/")):
+            self.respond(f"553 File name not allowed: a name is longer than {MAX_NAME_BYTES} bytes.")
+            return
+        super().pre_process_command(line, cmd, arg)
+
+
 class FtpBootServer:
     """pyftpdlib in its own thread; its authorizer confines the user to the directory."""
 
-    def __init__(self, root: Path, host: str, port: int, username: str, password: str) -> None:
+    def __init__(self, root: Path, host: str, port: int, username: str, password: str, perm: str = "elradfmw") -> None:
+        """`perm` is pyftpdlib's permission string: a site whose user may not delete ("elrafmw") is a real case."""
         from pyftpdlib.authorizers import DummyAuthorizer
         from pyftpdlib.handlers import FTPHandler
         from pyftpdlib.ioloop import IOLoop
@@ -91,8 +244,8 @@ class FtpBootServer:
 
         logging.getLogger("pyftpdlib").setLevel(logging.WARNING)
         authorizer = DummyAuthorizer()
-        authorizer.add_user(username, password, str(root), perm="elradfmw")
-        handler = type("BootFtpHandler", (FTPHandler,), {})
+        authorizer.add_user(username, password, str(root), perm=perm)
+        handler = type("BootFtpHandler", (_SaneNames, FTPHandler), {})
         handler.authorizer = authorizer
         handler.banner = "boot server ready"
         handler.passive_ports = None
@@ -106,6 +259,80 @@ class FtpBootServer:
 
     def stop(self) -> None:
         self.server.close_all()
+
+
+class _ConfinedSftp(asyncssh.SFTPServer):
+    """asyncssh's chroot maps names but follows symlinks out of it; this refuses any path whose real location leaves the root."""
+
+    def __init__(self, chan: asyncssh.SSHServerChannel, root: bytes) -> None:
+        super().__init__(chan, chroot=root)
+        self.root = root
+
+    def map_path(self, path: bytes) -> bytes:
+        if b"\0" in path:
+            raise asyncssh.SFTPInvalidFilename("NUL byte in file name")
+        local = super().map_path(path)
+        real = os.path.realpath(local)
+        if real != self.root and not real.startswith(self.root + b"/"):
+            raise asyncssh.SFTPPermissionDenied("outside the boot directory")
+        return local
+
+
+class _PasswordLogin(asyncssh.SSHServer):
+    def __init__(self, username: str, password: str, connections: set) -> None:
+        self.username, self.password, self.connections = username, password, connections
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self.connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.connections.difference_update([c for c in self.connections if c.is_closed()])
+
+    def begin_auth(self, username: str) -> bool:
+        return True
+
+    def password_auth_supported(self) -> bool:
+        return True
+
+    def validate_password(self, username: str, password: str) -> bool:
+        return hmac.compare_digest(username.encode(), self.username.encode()) and \
+            hmac.compare_digest(password.encode(), self.password.encode())
+
+
+class SftpBootServer:
+    """The boot directory over SFTP (asyncssh), password login, for sites whose boot server only speaks SFTP.
+
+    Paths are confined like the HTTP and FTP servers': a symlink that leads out
+    of the directory is refused rather than followed. The host key is made per
+    server unless one is given; `known_hosts_line()` is what a controller must trust.
+    """
+
+    def __init__(self, root: Path, host: str, port: int, username: str, password: str,
+                 host_key: asyncssh.SSHKey | None = None) -> None:
+        self.root, self.host, self.port = root, host, port
+        self.username, self.password = username, password
+        self.host_key = host_key or asyncssh.generate_private_key("ssh-ed25519")
+        self.server: asyncssh.SSHAcceptor | None = None
+        self.connections: set[asyncssh.SSHServerConnection] = set()
+
+    def known_hosts_line(self) -> str:
+        name = self.host if self.port == 22 else f"[{self.host}]:{self.port}"
+        return f"{name} {self.host_key.export_public_key('openssh').decode().strip()}\n"
+
+    async def start(self) -> None:
+        root = os.fsencode(os.path.realpath(self.root))
+        self.server = await asyncssh.create_server(
+            lambda: _PasswordLogin(self.username, self.password, self.connections), self.host, self.port,
+            server_host_keys=[self.host_key], sftp_factory=lambda chan: _ConfinedSftp(chan, root), allow_scp=False)
+
+    async def stop(self) -> None:
+        if self.server:
+            self.server.close()
+            await self.server.wait_closed()
+        for conn in list(self.connections):   # sessions still open would outlive the server otherwise
+            conn.close()
+            await conn.wait_closed()
+        self.connections.clear()
 
 
 class HttpBootServerProcess:

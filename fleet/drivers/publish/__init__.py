@@ -2,7 +2,11 @@
 
 Each module exposes `open(url, credentials, timeout) -> Publisher`. Writes are
 whole files; a phone never reads a half-written one (HTTP PUT and the local
-directory replace atomically; FTP/SFTP upload to a temporary name and rename).
+directory replace atomically; FTP/SFTP upload to a fresh temporary name and
+rename). Every name is checked before any I/O (names.check_name): a publisher
+only ever touches plain file names in its one directory, never follows a
+symlink to write, and reports every failure as a DriverError naming itself and
+the file, never a password.
 """
 from __future__ import annotations
 
@@ -18,7 +22,8 @@ SCHEMES = {"http": "http_put", "https": "http_put", "ftp": "ftp", "sftp": "sftp"
 class Publisher(Protocol):
     name: str
 
-    def read(self, filename: str) -> bytes | None: ...
+    def read(self, filename: str) -> bytes | None:
+        """The file's content, or None only when it is confirmed absent."""
     def write(self, filename: str, data: bytes) -> None: ...
     def delete(self, filename: str) -> None: ...
     def close(self) -> None: ...
