@@ -19,6 +19,7 @@ import time
 from celery import signals
 
 from . import inventory as inv_mod
+from . import secret_params
 from .celeryapp import app
 from .drivers import router as routers
 from .drivers.control.rest import RestPhone
@@ -173,15 +174,11 @@ def _rollout_ctx(rid: str, mac: str):
 
 def _in_call(phone: inv_mod.Phone, creds, rest: RestPhone | None = None) -> bool:
     """Call state from REST where the model has it, phone state polling otherwise; unknown counts as idle."""
-    import requests
+    from .drivers.control.polling import polling_in_call
 
     try:
-        if rest is not None:
-            return rest.call_state() not in ("", "Idle")
-        resp = requests.get(f"http://{phone.address}:{phone.http_port}/polling/callStateHandler",
-                            auth=(creds.username, creds.password), timeout=3)
-        return resp.ok and b"<LineState>Active</LineState>" in resp.content
-    except (DriverError, requests.RequestException):
+        return rest.call_state() not in ("", "Idle") if rest is not None else polling_in_call(phone, creds)
+    except DriverError:
         return False
 
 
@@ -221,7 +218,7 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
         return {"state": "deferred"}
     boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
     try:
-        resolved = {k: secrets.resolve_param(v) for k, v in entry["params"].items()}
+        resolved = secret_params.resolve(entry["params"], entry.get("secret_refs", {}), secrets.resolve_param)
         files = polycom.render_phone_files(mac, resolved)
         pub = open_publisher(site.boot_server.url, boot_creds)
         try:
@@ -355,6 +352,48 @@ def rollout_rollback(rid: str, mac: str) -> dict:
     except (DriverError, KeyError, ValueError) as exc:
         rs.set_phone(rid, mac, state="rollback_failed", error=str(exc)[:300], settled_at=time.time())
         return {"state": "rollback_failed", "error": str(exc)[:300]}
+
+
+@app.task(name="fleet.rollout_cleanup", acks_late=True, ignore_result=True)
+def rollout_cleanup(rid: str, site_name: str) -> dict:
+    """Delete a finished rollout's `<file>.before-<id>` backups on the site's boot server (they may hold SIP passwords).
+
+    File names come from the MACs of the worker's own inventory, never from
+    Redis; a phone whose rollback failed keeps its backup (the operator's copy).
+    """
+    from . import polycom
+    from .drivers.publish import open_publisher
+    from .rollout import FINISHED
+
+    inv, secrets = context()
+    _, rs = _stores(os.environ["FLEET_REDIS_URL"])
+    meta = rs.get(rid)
+    if not meta or meta.get("status") not in FINISHED or "/" in rid or rid.startswith("."):
+        return {"ok": False, "error": f"rollout {rid[:80]!r} is not finished: its backups stay"}
+    try:
+        site = inv.site(site_name)
+        mine = {p.mac for p in site.phones}
+        macs = [p["mac"] for p in meta["plan"]["phones"] if p.get("mac") in mine]
+        removed, kept = 0, 0
+        boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
+        pub = open_publisher(site.boot_server.url, boot_creds)
+        try:
+            for mac, st in rs.phones(rid, macs, full=True).items():
+                if st.get("state") == "rollback_failed":
+                    kept += 1
+                    continue
+                for name in polycom.render_phone_files(mac, {}):
+                    if st.get(f"backed_up:{name}") == "yes" or st.get(f"backing_up:{name}"):
+                        pub.delete(f"{name}.before-{rid}")
+                        removed += 1
+        finally:
+            pub.close()
+    except (DriverError, KeyError, ValueError) as exc:
+        rs.log(rid, "backups_removal_failed", site=site_name, error=str(exc)[:300])
+        return {"ok": False, "error": str(exc)[:300]}
+    rs.set(rid, **{f"backups_removed:{site_name}": time.time()})
+    rs.log(rid, "backups_removed", site=site_name, files=removed, kept_for_failed_rollback=kept)
+    return {"ok": True, "removed": removed, "kept": kept}
 
 
 @app.task(name="fleet.scheduled_rollout", bind=True, acks_late=True)
