@@ -12,6 +12,7 @@ yields a PollResult with the error; nothing raises.
 from __future__ import annotations
 
 import asyncio
+import base64
 import time
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
@@ -53,7 +54,8 @@ class Poller:
 
     def _authorization(self, phone: Phone, path: str, creds: Credentials) -> dict[str, str]:
         if phone.http_auth == "basic":
-            return {"Authorization": aiohttp.BasicAuth(creds.username, creds.password).encode()}
+            token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
+            return {"Authorization": f"Basic {token}"}
         challenge = self._challenges.get((phone.address, phone.http_port))
         if challenge is None:
             return {}
@@ -64,13 +66,14 @@ class Poller:
         url = f"http://{phone.address}:{phone.http_port}{path}"
         for _ in range(2):   # with the last challenge (or none), then once more with a fresh one
             async with self._session.get(url, headers=self._authorization(phone, path, creds)) as resp:  # type: ignore[union-attr]
-                asked = resp.headers.get("WWW-Authenticate", "")
-                if resp.status != 401 or phone.http_auth == "basic" or not asked.lower().startswith("digest"):
-                    if resp.status == 401 and phone.http_auth != "basic" and asked:
-                        raise PermissionError(f"the phone asks for {asked.split(' ', 1)[0][:20]!r} authentication; "
-                                              f"the inventory says {phone.http_auth}")
+                if resp.status != 401:
                     resp.raise_for_status()
                     return await resp.read()
+                asked = resp.headers.get("WWW-Authenticate", "")
+                scheme = asked.split(" ", 1)[0].lower()
+                if phone.http_auth == "basic" or scheme != "digest":
+                    raise PermissionError(f"credentials refused ({phone.http_auth} sent, the phone asks for "
+                                          f"{scheme[:20] or 'nothing'!r})")
                 self._challenges[(phone.address, phone.http_port)] = digest.parse_challenge(asked)
         raise PermissionError("digest credentials refused")
 
