@@ -458,3 +458,28 @@ def test_finished_rollout_leaves_no_backups_unless_asked_to_keep_them(small_lab,
         time.sleep(0.2)
     assert _backups(small_lab) == kept_files, f"left behind: {_backups(small_lab)}"
     assert r.hget(f"fleet:rollout:{out['id']}", "backups_removed:hq"), "the worker recorded the removal"
+
+
+def test_digest_is_enough_for_the_virtual_phones(small_lab):
+    """Digest by default does not cost the real path anything: the lab's phones answer polls and REST with it."""
+    import asyncio
+
+    from fleet.drivers.collect.poller import Poller
+    from fleet.drivers.control.polling import polling_in_call
+    from fleet.drivers.control.rest import RestPhone
+
+    inv = inventory.load(small_lab.inventory)
+    secrets = inventory.Secrets(inv)
+    targets = [(p, secrets.credentials(p.credentials)) for p in inv.sites[0].phones]
+    assert all(p.http_auth == "digest" for p, _ in targets)
+
+    async def poll():
+        async with Poller(concurrency=4, timeout=5) as poller:
+            return await poller.poll(targets) + await poller.poll(targets)   # the second round reuses challenges
+
+    results = asyncio.run(poll())
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    for phone, creds in targets:
+        assert polling_in_call(phone, creds) is False
+        if phone.has_rest:
+            assert RestPhone(phone, creds).uptime() >= 0
