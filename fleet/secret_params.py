@@ -77,8 +77,10 @@ def resolve(masked: Mapping[str, str], refs: Mapping[str, str], resolve_one: Cal
     """
     out = {}
     for name, value in masked.items():
-        if is_ref(value) and not is_secret(name):
-            raise SecretPlacementError(f"{name}: refusing to resolve a secret reference into a non-secret parameter")
+        if is_ref(value):
+            if not is_secret(name):
+                raise SecretPlacementError(f"{name}: refusing to resolve a secret reference into a non-secret parameter")
+            value = resolve_one(name, value)   # a plan stored before references travelled apart
         out[name] = value
     for name, ref in refs.items():
         if not is_secret(name):

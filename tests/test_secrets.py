@@ -483,3 +483,10 @@ def test_digest_is_enough_for_the_virtual_phones(small_lab):
         assert polling_in_call(phone, creds) is False
         if phone.has_rest:
             assert RestPhone(phone, creds).uptime() >= 0
+
+
+def test_a_plan_stored_before_masking_still_renders_its_secrets(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLEET_TEST_PLANTED", ENV_SECRET)
+    secrets = inventory.Secrets(inventory.load(write_inventory(tmp_path)))
+    assert secret_params.resolve({"reg.1.auth.password": "secret:sip_1001", "reg.1.label": "x"}, {},
+                                 secrets.resolve_param) == {"reg.1.auth.password": SIP_SECRET, "reg.1.label": "x"}
