@@ -356,36 +356,24 @@ def rollout_rollback(rid: str, mac: str) -> dict:
 
 @app.task(name="fleet.rollout_cleanup", acks_late=True, ignore_result=True)
 def rollout_cleanup(rid: str, site_name: str) -> dict:
-    """Delete a finished rollout's `<file>.before-<id>` backups on the site's boot server (they may hold SIP passwords).
-
-    File names come from the MACs of the worker's own inventory, never from
-    Redis; a phone whose rollback failed keeps its backup (the operator's copy).
-    """
-    from . import polycom
+    """Delete a finished rollout's `<file>.before-<id>` backups on the site's boot server: they may hold SIP passwords."""
+    from . import rollout_backups
     from .drivers.publish import open_publisher
     from .rollout import FINISHED
 
     inv, secrets = context()
     _, rs = _stores(os.environ["FLEET_REDIS_URL"])
     meta = rs.get(rid)
-    if not meta or meta.get("status") not in FINISHED or "/" in rid or rid.startswith("."):
+    if not meta or meta.get("status") not in FINISHED:
         return {"ok": False, "error": f"rollout {rid[:80]!r} is not finished: its backups stay"}
     try:
         site = inv.site(site_name)
         mine = {p.mac for p in site.phones}
         macs = [p["mac"] for p in meta["plan"]["phones"] if p.get("mac") in mine]
-        removed, kept = 0, 0
         boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
         pub = open_publisher(site.boot_server.url, boot_creds)
         try:
-            for mac, st in rs.phones(rid, macs, full=True).items():
-                if st.get("state") == "rollback_failed":
-                    kept += 1
-                    continue
-                for name in polycom.render_phone_files(mac, {}):
-                    if st.get(f"backed_up:{name}") == "yes" or st.get(f"backing_up:{name}"):
-                        pub.delete(f"{name}.before-{rid}")
-                        removed += 1
+            removed, kept = rollout_backups.remove(pub, rid, rs.phones(rid, macs, full=True))
         finally:
             pub.close()
     except (DriverError, KeyError, ValueError) as exc:

@@ -419,7 +419,7 @@ def test_worker_refuses_a_forged_plan_and_asks_a_spoofed_phone_only_with_digest(
 # ------------------------------------------------------------------ backups of a finished rollout
 @pytest.fixture(scope="module")
 def small_lab(tmp_path_factory, worker_factory):
-    lab = start_lab(tmp_path_factory.mktemp("secrets-lab"), lab_spec("secrets", 47, phones=4))
+    lab = start_lab(tmp_path_factory.mktemp("secrets-lab"), lab_spec("secrets", 45, phones=4))
     try:
         lab.worker = worker_factory(lab.inventory, "hq")
         yield lab
@@ -490,3 +490,27 @@ def test_a_plan_stored_before_masking_still_renders_its_secrets(tmp_path, monkey
     secrets = inventory.Secrets(inventory.load(write_inventory(tmp_path)))
     assert secret_params.resolve({"reg.1.auth.password": "secret:sip_1001", "reg.1.label": "x"}, {},
                                  secrets.resolve_param) == {"reg.1.auth.password": SIP_SECRET, "reg.1.label": "x"}
+
+
+def test_backup_removal_spares_failed_rollbacks_and_refuses_odd_ids(tmp_path):
+    from fleet import rollout_backups
+    from fleet.drivers.publish import open_publisher
+
+    boot = tmp_path / "b"
+    boot.mkdir()
+    pub = open_publisher(f"file://{boot}/", Credentials())
+    for mac in ("0004f2000001", "0004f2000002", "0004f2000003"):
+        for name in (f"{mac}.cfg", f"{mac}-fleet.cfg"):
+            (boot / f"{name}.before-r1").write_text("old")
+    (boot / "0004f2000001.cfg.before-r2").write_text("another rollout's")
+    phones = {"0004f2000001": {"state": "verified", "backed_up:0004f2000001.cfg": "yes",
+                               "backed_up:0004f2000001-fleet.cfg": "absent"},
+              "0004f2000002": {"state": "failed", "backing_up:0004f2000002-fleet.cfg": "1"},
+              "0004f2000003": {"state": "rollback_failed", "backed_up:0004f2000003.cfg": "yes"}}
+    assert rollout_backups.remove(pub, "r1", phones) == (2, 1)
+    assert sorted(f.name for f in boot.iterdir()) == [
+        "0004f2000001-fleet.cfg.before-r1", "0004f2000001.cfg.before-r2", "0004f2000002.cfg.before-r1",
+        "0004f2000003-fleet.cfg.before-r1", "0004f2000003.cfg.before-r1"]
+    for rid in ("../x", "a/b", ".hidden", ""):
+        with pytest.raises(ValueError, match="not a plain name"):
+            rollout_backups.remove(pub, rid, phones)
