@@ -26,7 +26,7 @@ HttpAuth = Literal["digest", "basic"]
 
 def _secrets_placed(params: dict[str, str | int]) -> dict[str, str | int]:
     """`secret:`/`env:` only in secret parameters, and secret parameters only by reference (fleet.secret_params)."""
-    secret_params.check(params)
+    secret_params.validate_field(params)
     return params
 
 

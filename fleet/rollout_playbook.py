@@ -87,7 +87,7 @@ class RolloutPlaybook(Strict):
     @classmethod
     def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
         """`secret:`/`env:` only in secret parameters, which take nothing else (fleet.secret_params)."""
-        secret_params.check(v)
+        secret_params.validate_field(v)
         return v
 
 

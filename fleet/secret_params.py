@@ -54,6 +54,19 @@ def check(params: Mapping[str, object]) -> None:
             raise SecretPlacementError(why)
 
 
+def validate_field(params: Mapping[str, object]) -> None:
+    """For a pydantic validator of a `params` field: the error's location ends at the parameter itself,
+    so a file error names the line of the offending parameter, not of the `params:` block."""
+    from pydantic import ValidationError
+    from pydantic_core import InitErrorDetails, PydanticCustomError
+
+    for name, value in params.items():
+        why = problem(name, value)
+        if why:
+            error = PydanticCustomError("secret_placement", why.split(": ", 1)[1])
+            raise ValidationError.from_exception_data("params", [InitErrorDetails(type=error, loc=(name,), input="***")])
+
+
 def mask(name: str, value: str | None) -> str | None:
     """The value as shown anywhere outside the renderer: `***` for a non-empty secret parameter."""
     if value is None or value == "" or not is_secret(name):

@@ -112,7 +112,8 @@ def test_no_non_secret_parameter_accepts_a_reference_anywhere(name, tmp_path):
             with pytest.raises(FileError) as exc:
                 inventory.load(path)
             msg = str(exc.value)
-            assert msg.startswith(f"{path}:") and name in msg and "only in secret parameters" in msg, msg
+            line = next(i for i, ln in enumerate(path.read_text().splitlines(), 1) if f"{name}: " in ln and ref in ln)
+            assert msg.startswith(f"{path}:{line}: ") and f"params.{name}: " in msg and "only in secret parameters" in msg, msg
             assert not any(s in msg for s in PLANTED)
         with pytest.raises(ValueError, match="only in secret parameters"):
             RolloutPlaybook.model_validate({"kind": "rollout", "name": "t", "params": {name: ref}})
@@ -134,7 +135,8 @@ def test_cli_rejects_a_reference_in_a_label_with_file_line_and_parameter(tmp_pat
     res = fleet_cli(["rollout", "run", str(pb), "--inventory", str(inv), "--dry-run"])
     assert res.returncode == 2, res.stdout + res.stderr
     text = " ".join(res.stderr.split())   # Rich wraps long lines
-    assert f"{pb}:4: params:" in text and "reg.1.label:" in text and "only in secret parameters" in text, text
+    line = next(i for i, ln in enumerate(pb.read_text().splitlines(), 1) if "reg.1.label" in ln)
+    assert f"{pb}:{line}: params.reg.1.label: secret:/env: references are allowed only in secret parameters" in text, text
     assert "Traceback" not in res.stderr and not any(s in res.stdout + res.stderr for s in PLANTED)
     # the other example: the expiry that crashed the dry run
     pb = write_playbook(tmp_path, {"reg.1.server.1.expires": "secret:router"})
@@ -144,7 +146,8 @@ def test_cli_rejects_a_reference_in_a_label_with_file_line_and_parameter(tmp_pat
     res = fleet_cli(["rollout", "run", str(write_playbook(tmp_path, {"reg.1.server.1.expires": 120})),
                      "--inventory", str(bad_inv), "--dry-run"])
     text = " ".join(res.stderr.split())
-    assert res.returncode == 2 and f"{bad_inv}:" in text and "reg.1.displayName" in text, text
+    line = next(i for i, ln in enumerate(bad_inv.read_text().splitlines(), 1) if "reg.1.displayName" in ln)
+    assert res.returncode == 2 and f"{bad_inv}:{line}: sites[0].phones[0].params.reg.1.displayName:" in text, text
 
 
 def test_interpolation_cannot_smuggle_a_reference_into_a_parameter(tmp_path):
