@@ -44,7 +44,7 @@ def _env() -> dict:
 
 def write_inventory(tmp: Path, phone_params: dict | None = None, site_params: dict | None = None,
                     fleet_params: dict | None = None, address: str = "127.0.0.2", http_port: int = 80,
-                    boot: str | None = None, http_auth: str | None = None) -> Path:
+                    boot: str | None = None, http_auth: str | None = None, site: str = "hq") -> Path:
     (tmp / "secrets.yml").write_text(yaml.safe_dump({
         "admin": {"username": "Polycom", "password": ADMIN_SECRET},
         "router": {"username": "root", "password": ROUTER_SECRET},
@@ -59,7 +59,7 @@ def write_inventory(tmp: Path, phone_params: dict | None = None, site_params: di
         phone["http_auth"] = http_auth
     doc = {"name": "t", "secrets_file": "secrets.yml", "firmware_family": "uc-5.x",
            "params": fleet_params or {},
-           "sites": [{"name": "hq", "gateway": "127.0.0.1", "boot_server": {"url": boot or f"file://{boot_dir}/"},
+           "sites": [{"name": site, "gateway": "127.0.0.1", "boot_server": {"url": boot or f"file://{boot_dir}/"},
                       "router": {"driver": "linux_ssh", "address": "127.0.0.1", "credentials": "router",
                                  "wan_interface": "wan0"},
                       "params": {"reg.1.server.1.address": "voip.example", "reg.1.server.1.expires": "60"}
@@ -394,8 +394,9 @@ def test_worker_refuses_a_forged_plan_and_asks_a_spoofed_phone_only_with_digest(
 
     spoof = SpoofedPhone("127.0.0.88", "basic")
     try:
-        inv_path = write_inventory(tmp_path, address="127.0.0.88", http_port=spoof.port)
-        worker_factory(inv_path, "hq", collect=False)
+        # a site of its own: the module's lab worker serves site.hq
+        inv_path = write_inventory(tmp_path, address="127.0.0.88", http_port=spoof.port, site="forged")
+        worker = worker_factory(inv_path, "forged", collect=False)
         rs = RolloutStore(Store(redis_url))
         client = Celery(broker=redis_url, backend=redis_url)
         forged = {
@@ -404,17 +405,19 @@ def test_worker_refuses_a_forged_plan_and_asks_a_spoofed_phone_only_with_digest(
         }
         for what, (params, refs) in forged.items():
             rid = f"forged-{what}-{time.time_ns()}"
-            entry = {"mac": "0004f2000001", "site": "hq", "model": "SoundPoint IP 650", "params": params, "diff": {},
+            entry = {"mac": "0004f2000001", "site": "forged", "model": "SoundPoint IP 650", "params": params, "diff": {},
                      "config_hash": what, "secret_refs": refs}
             rs.create(rid, "forged", {"rollout": rid, "phones": [entry], "waves": [["0004f2000001"]],
-                                      "max_unavailable": {"hq": 1}, "budget_total": 0, "budget_per_site": None}, {})
-            client.send_task("fleet.rollout_push", args=[rid, "0004f2000001", 1], queue="site.hq")
+                                      "max_unavailable": {"forged": 1}, "budget_total": 0, "budget_per_site": None}, {})
+            client.send_task("fleet.rollout_push", args=[rid, "0004f2000001", 1], queue="site.forged")
             st = _wait_state(rs, rid, "0004f2000001", ("failed",))
             assert "refusing to resolve a secret reference into a non-secret parameter" in st["error"], st
         client.close()
         assert list((tmp_path / "boot").iterdir()) == [], "nothing was published"
         assert spoof.headers and spoof.basic_passwords() == [], "the call-state check sent no Basic header"
         assert not any(s in _redis_dump(redis_url) for s in PLANTED)
+        worker.stop()
+        assert not any(s in worker.log.read_text() for s in PLANTED)
     finally:
         spoof.close()
 
@@ -517,3 +520,19 @@ def test_backup_removal_spares_failed_rollbacks_and_refuses_odd_ids(tmp_path):
     for rid in ("../x", "a/b", ".hidden", ""):
         with pytest.raises(ValueError, match="not a plain name"):
             rollout_backups.remove(pub, rid, phones)
+
+
+def test_rollouts_leave_no_secret_in_redis_or_the_worker_log(small_lab, redis_url, tmp_path):
+    """After real rollouts that rendered SIP passwords into the phones' files: none of them is in Redis or a log."""
+    res = run_fleet(["rollout", "run", str(write_playbook(tmp_path, {"reg.1.server.1.expires": 18},
+                                                           verify={"registered_to": [1], "within": 30})),
+                     "--inventory", str(small_lab.inventory), "--json"], redis_url, timeout=200)
+    assert json.loads(res.stdout)["status"] == "done", res.stderr[-2000:]
+    planted = [v["password"] for v in yaml.safe_load((small_lab.state / "secrets.yml").read_text()).values()
+               if isinstance(v, dict) and len(str(v.get("password", ""))) >= 6]
+    boot = "".join(f.read_text() for f in (small_lab.state / "boot-hq").glob("*-fleet.cfg"))
+    assert any(p in boot for p in planted), "the SIP passwords were rendered into the phones' files"
+    texts = {"redis": _redis_dump(redis_url), "worker log": small_lab.worker.log.read_text()}
+    for name, text in texts.items():
+        leaked = [p for p in planted if p in text]
+        assert not leaked, f"{len(leaked)} secrets in the {name}"
