@@ -137,7 +137,7 @@ def calls(inv_path: Path, expires: int):
     for site in inv.sites:
         boot = secrets.credentials(site.boot_server.credentials)
         for p in site.phones:
-            params = {k: secrets.resolve_param(v) for k, v in inv.effective_params(site, p).items()}
+            params = {k: secrets.resolve_param(k, v) for k, v in inv.effective_params(site, p).items()}
             params["reg.1.server.1.expires"] = str(expires)
             files = polycom.render_phone_files(p.mac, params)
             out.append({"mac": p.mac, "put": site.boot_server.url + f"{p.mac}-fleet.cfg", "master": site.boot_server.url + f"{p.mac}.cfg",

@@ -35,7 +35,9 @@ def _store():
         err.print(f"[red]{exc}[/red]")
         sys.exit(EXIT_INFRA)
     except Exception as exc:  # redis.ConnectionError and friends
-        err.print(f"[red]cannot reach Redis at {os.environ.get('FLEET_REDIS_URL')}: {type(exc).__name__}[/red]")
+        from .redact import redact_url
+
+        err.print(f"[red]cannot reach Redis at {redact_url(os.environ.get('FLEET_REDIS_URL'))}: {type(exc).__name__}[/red]")
         sys.exit(EXIT_INFRA)
 
 
@@ -253,7 +255,7 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
                 last = None
         p = _plan(pb, inv, rid, last, playbook_path)
         if as_json:
-            click.echo(json.dumps(p.to_dict() | {"dry_run": True}, indent=1))
+            click.echo(json.dumps(p.to_dict(refs=False) | {"dry_run": True}, indent=1))
         else:
             _print_plan(p, Console())
         sys.exit(EXIT_INPUT if p.overloaded and not pb.strategy.allow_overload else 0)

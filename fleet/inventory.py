@@ -17,9 +17,17 @@ from typing import Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from . import secret_params
 from .yamlfile import FileError, load_model
 
 MAC_RE = re.compile(r"^[0-9a-f]{12}$")
+HttpAuth = Literal["digest", "basic"]
+
+
+def _secrets_placed(params: dict[str, str | int]) -> dict[str, str | int]:
+    """`secret:`/`env:` only in secret parameters, and secret parameters only by reference (fleet.secret_params)."""
+    secret_params.validate_field(params)
+    return params
 
 
 class Strict(BaseModel):
@@ -42,7 +50,14 @@ class Phone(Strict):
     http_port: int = Field(80, ge=1, le=65535)
     sip_port: int = Field(5060, ge=1, le=65535)
     credentials: str = Field(description="name of the secret holding the admin username/password")
+    http_auth: HttpAuth = Field("digest", description="basic only for a phone that cannot do digest: it sends the "
+                                                      "admin password in clear; site and fleet may set the default")
     params: dict[str, str | int] = {}
+
+    @field_validator("params")
+    @classmethod
+    def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        return _secrets_placed(v)
 
     @field_validator("mac", mode="before")
     @classmethod
@@ -102,8 +117,14 @@ class Site(Strict):
     collector: Collector = Collector()
     boot_server: BootServer
     router: Router | None = None
+    http_auth: HttpAuth | None = Field(None, description="default for this site's phones")
     params: dict[str, str | int] = {}
     phones: list[Phone] = []
+
+    @field_validator("params")
+    @classmethod
+    def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        return _secrets_placed(v)
 
 
 class Provider(Strict):
@@ -116,10 +137,31 @@ class Inventory(Strict):
     firmware_family: Literal["sip-1.x", "sip-2.x", "sip-3.x", "uc-4.x", "uc-5.x"] = "sip-3.x"
     secrets_file: str | None = None
     provider: Provider | None = None
+    http_auth: HttpAuth | None = Field(None, description="default for every phone")
     params: dict[str, str | int] = {}
     registrar_limits: dict[str, float] = Field({}, description="REGISTER/s each server address may receive (R6)")
     sites: list[Site] = Field(min_length=1)
     source: str = Field("", exclude=True)
+
+    @field_validator("params")
+    @classmethod
+    def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        return _secrets_placed(v)
+
+    @model_validator(mode="before")
+    @classmethod
+    def http_auth_defaults(cls, data):
+        """Layer `http_auth` fleet -> site -> phone by filling each phone's own field from the nearest default."""
+        if not isinstance(data, dict) or not isinstance(data.get("sites"), list):
+            return data
+        sites = []
+        for site in data["sites"]:
+            default = site.get("http_auth") or data.get("http_auth") if isinstance(site, dict) else None
+            if default and isinstance(site.get("phones"), list):
+                site = {**site, "phones": [{"http_auth": default, **p} if isinstance(p, dict) else p
+                                           for p in site["phones"]]}
+            sites.append(site)
+        return {**data, "sites": sites}
 
     @model_validator(mode="after")
     def unique(self) -> "Inventory":
@@ -195,12 +237,16 @@ class Secrets:
         return Credentials(username=str(entry.get("username", "")), password=str(entry.get("password", "")),
                            key_file=str(entry.get("key_file", "")), priv_password=str(entry.get("priv_password", "")))
 
-    def resolve_param(self, value: str) -> str:
+    def resolve_param(self, name: str, value: str) -> str:
+        """The value of parameter `name` to render; a reference resolves only in a parameter the catalogue marks secret."""
+        if not secret_params.is_ref(value):
+            return value
+        if not secret_params.is_secret(name):
+            raise secret_params.SecretPlacementError(
+                f"{name}: refusing to resolve a secret reference into a non-secret parameter")
         if value.startswith("secret:"):
             return self.credentials(value[7:]).password
-        if value.startswith("env:"):
-            return self.credentials(value).password
-        return value
+        return self.credentials(value).password
 
 
 def load(path: str | Path) -> Inventory:

@@ -31,7 +31,7 @@ class Param:
     hi: int | None = None
     choices: tuple[str, ...] = ()
     families: frozenset[str] | None = None   # None: every family
-    secret: bool = False
+    secret: bool = False     # holds a password: only `secret:`/`env:` references, shown as *** (fleet.secret_params)
 
 
 _SERVER_ATTRS = [
@@ -71,6 +71,14 @@ for _p in [Param("device.syslog.serverName", "str"), Param("device.syslog.server
            Param("apps.restapi.enabled", "bool01", "0", families=frozenset({"uc-5.x"})),
            Param("apps.statePolling.URL", "str"), Param("apps.statePolling.username", "str"),
            Param("apps.statePolling.password", "str", secret=True),
+           Param("apps.push.username", "str"),
+           Param("apps.push.password", "str", secret=True),
+           # device.* credentials (apply only with device.set=1): admin and user passwords of the phone's web UI
+           # and the boot server account; names as in the UC Software admin guide (uncertain for SIP 2.x/3.x)
+           Param("device.auth.localAdminPassword", "str", secret=True),
+           Param("device.auth.localUserPassword", "str", secret=True),
+           Param("device.prov.user", "str"),
+           Param("device.prov.password", "str", secret=True),
            Param("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "bool01", "0"),
            Param("log.upload.period", "int", "172800", 0, 2**31 - 1)]:
     _add("", _p)

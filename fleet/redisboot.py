@@ -12,6 +12,8 @@ from pathlib import Path
 
 import redis
 
+from .redact import redact_url
+
 
 class RedisUnavailable(RuntimeError):
     pass
@@ -54,5 +56,6 @@ def redis_url(announce: bool = True) -> str:
     url, proc = start_private()
     os.environ["FLEET_REDIS_URL"] = url
     if announce:
-        print(f"fleet: FLEET_REDIS_URL not set; started a private redis-server at {url} (pid {proc.pid})", file=sys.stderr)
+        print(f"fleet: FLEET_REDIS_URL not set; started a private redis-server at {redact_url(url)} (pid {proc.pid})",
+              file=sys.stderr)
     return url

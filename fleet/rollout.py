@@ -26,6 +26,8 @@ from .store import RolloutStore, Store
 
 IN_FLIGHT = ("dispatched", "publishing", "rebooting", "verifying", "rolling_back")
 FAILED = ("failed", "rolled_back", "rollback_failed")
+# outcomes after which nothing can resume or roll back a phone of this run: its boot-server backups may go
+FINISHED = ("done", "aborted")
 DEFER_RETRY_S = 5.0
 # a dispatched task that shows no progress this long is sent again (its worker died with it)
 DISPATCH_STALL_S = float(os.environ.get("FLEET_DISPATCH_STALL", "60"))
@@ -97,7 +99,25 @@ class RolloutDriver:
                 self.store.release_lease(s, holder)
         self.rs.set(self.rid, status=outcome.status, reason=outcome.reason, finished=time.time())
         self.rs.log(self.rid, "end", status=outcome.status, reason=outcome.reason, counts=outcome.counts)
+        self._remove_backups(outcome)
         return outcome
+
+    def _remove_backups(self, outcome: Outcome) -> None:
+        """Have each site's worker delete this run's `<file>.before-<id>` backups: they may hold SIP passwords.
+
+        Only once the run is finished (done, or aborted with no phone still in
+        flight): a halted run can be resumed and its phones rolled back, which
+        needs them. `keep_backups: true` in the playbook keeps them.
+        """
+        if outcome.status not in FINISHED or self.pb.keep_backups:
+            return
+        busy = [m for m, st in self.rs.phones(self.rid, list(self.site_of)).items() if st.get("state") in IN_FLIGHT]
+        if busy:
+            self.rs.log(self.rid, "backups_kept", reason=f"{len(busy)} phones still in flight", phones=busy[:20])
+            return
+        for site in self._sites():
+            celery_app.send_task("fleet.rollout_cleanup", args=[self.rid, site], queue=site_queue(site), ignore_result=True)
+        self.rs.log(self.rid, "backups_removal_sent", sites=self._sites())
 
     def _drive(self) -> Outcome:
         for wave, macs in enumerate(self.plan["waves"]):
@@ -258,7 +278,8 @@ class RolloutDriver:
                     self.rs.log(self.rid, "rollback_failed", mac=mac)
 
     def store_pushed(self, mac: str, entry: dict) -> None:
-        self.rs.set_pushed(mac, entry["params"], entry["config_hash"])
+        # secrets as references (names in the secrets file, never values): the next plan diffs against them
+        self.rs.set_pushed(mac, {**entry["params"], **entry.get("secret_refs", {})}, entry["config_hash"])
 
     def _registered(self, mac: str, servers: list[int], since: float) -> bool:
         st = self._phone_states[mac]

@@ -3,7 +3,11 @@
 Pure functions over the inventory and the playbook (no I/O), so a dry run
 touches nothing and a plan can be checked in unit tests. Secrets stay as
 `secret:NAME` references here; only the worker that renders a phone's files
-resolves them, so plans and their hashes can live in Redis.
+resolves them, so plans and their hashes can live in Redis. Secret parameters
+are masked as `***` in the parameters and the diff (what a dry run prints and
+Redis keeps); their references travel apart, in `secret_refs`, for the worker,
+and the content hash is taken over the references so a changed one still
+changes the hash.
 """
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
-from . import polycom, predict
+from . import polycom, predict, secret_params
 from .inventory import Inventory, Phone, Site
 from .rollout_playbook import RolloutPlaybook, amount
 
@@ -30,12 +34,21 @@ class PhonePlan:
     mac: str
     site: str
     model: str
-    params: dict[str, str]            # complete new parameter set, secrets as references
-    diff: dict[str, list]             # name -> [old, new]
-    config_hash: str
+    params: dict[str, str]            # complete new parameter set, secret parameters masked as ***
+    diff: dict[str, list]             # name -> [old, new], secret parameters masked as ***
+    config_hash: str                  # over the unmasked parameters (secret references, never values)
+    secret_refs: dict[str, str] = field(default_factory=dict)   # secret parameter -> secret:NAME / env:VAR
 
-    def to_dict(self) -> dict:
-        return asdict(self)
+    def to_dict(self, refs: bool = True) -> dict:
+        """The phone's plan; without `refs`, as shown to people (a dry run): no secret reference at all."""
+        out = asdict(self)
+        if not refs:
+            del out["secret_refs"]
+        return out
+
+    def pushed_params(self) -> dict[str, str]:
+        """What the phone will run, with secrets as references: the next plan's diff compares against it."""
+        return {**self.params, **self.secret_refs}
 
 
 @dataclass
@@ -49,8 +62,8 @@ class Plan:
     load: dict[str, dict] = field(default_factory=dict)
     overloaded: list[str] = field(default_factory=list)
 
-    def to_dict(self) -> dict:
-        return {"rollout": self.rollout, "phones": [p.to_dict() for p in self.phones], "waves": self.waves,
+    def to_dict(self, refs: bool = True) -> dict:
+        return {"rollout": self.rollout, "phones": [p.to_dict(refs) for p in self.phones], "waves": self.waves,
                 "max_unavailable": self.max_unavailable, "budget_total": self.budget_total,
                 "budget_per_site": self.budget_per_site, "load": self.load, "overloaded": self.overloaded}
 
@@ -99,15 +112,18 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         for name, value in pb.params.items():
             new[name] = _interpolate(str(value), site, phone, inv, name)
         for name, value in new.items():
-            if value.startswith(("secret:", "env:")):
-                continue
             try:
                 polycom.check(name, value, inv.firmware_family)
             except polycom.ParameterError as exc:
                 raise PlanError(f"phone {phone.mac} (site {site.name}): {exc}") from None
+            why = secret_params.problem(name, value)   # again after interpolation: "{site.gateway}" may hold a reference
+            if why:
+                raise PlanError(f"phone {phone.mac} (site {site.name}): {why}")
         old = last_pushed.get(phone.mac) or base
-        diff = {k: [old.get(k), new.get(k)] for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
-        phones.append(PhonePlan(phone.mac, site.name, phone.model, new, diff, config_hash(new)))
+        diff = {k: [secret_params.mask(k, old.get(k)), secret_params.mask(k, new.get(k))]
+                for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+        masked, refs = secret_params.split(new)
+        phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
     per_site = defaultdict(int)
     for p in phones:

@@ -7,6 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from . import secret_params
 from .yamlfile import load_model
 
 COUNT_OR_PERCENT = re.compile(r"^(\d+)%?$")
@@ -78,6 +79,16 @@ class RolloutPlaybook(Strict):
     rollback: bool = True
     drill: str | None = Field(None, description="experiment playbook run on the canary site after the canary wave")
     schedule: Schedule | None = None
+    keep_backups: bool = Field(False, description="keep the boot server's <file>.before-<id> backups (they may hold "
+                                                  "SIP passwords) after the rollout finished; by default they are "
+                                                  "removed once it can no longer be resumed or rolled back")
+
+    @field_validator("params")
+    @classmethod
+    def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        """`secret:`/`env:` only in secret parameters, which take nothing else (fleet.secret_params)."""
+        secret_params.validate_field(v)
+        return v
 
 
 def load(path: str | Path) -> RolloutPlaybook:

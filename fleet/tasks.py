@@ -19,6 +19,7 @@ import time
 from celery import signals
 
 from . import inventory as inv_mod
+from . import secret_params
 from .celeryapp import app
 from .drivers import router as routers
 from .drivers.control.rest import RestPhone
@@ -180,15 +181,11 @@ def _rollout_ctx(rid: str, mac: str):
 
 def _in_call(phone: inv_mod.Phone, creds, rest: RestPhone | None = None) -> bool:
     """Call state from REST where the model has it, phone state polling otherwise; unknown counts as idle."""
-    import requests
+    from .drivers.control.polling import polling_in_call
 
     try:
-        if rest is not None:
-            return rest.call_state() not in ("", "Idle")
-        resp = requests.get(f"http://{phone.address}:{phone.http_port}/polling/callStateHandler",
-                            auth=(creds.username, creds.password), timeout=3)
-        return resp.ok and b"<LineState>Active</LineState>" in resp.content
-    except (DriverError, requests.RequestException):
+        return rest.call_state() not in ("", "Idle") if rest is not None else polling_in_call(phone, creds)
+    except DriverError:
         return False
 
 
@@ -228,7 +225,7 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
         return {"state": "deferred"}
     boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
     try:
-        resolved = {k: secrets.resolve_param(v) for k, v in entry["params"].items()}
+        resolved = secret_params.resolve(entry["params"], entry.get("secret_refs", {}), secrets.resolve_param)
         files = polycom.render_phone_files(mac, resolved)
         pub = open_publisher(site.boot_server.url, boot_creds)
         try:
@@ -362,6 +359,36 @@ def rollout_rollback(rid: str, mac: str) -> dict:
     except (DriverError, KeyError, ValueError) as exc:
         rs.set_phone(rid, mac, state="rollback_failed", error=str(exc)[:300], settled_at=time.time())
         return {"state": "rollback_failed", "error": str(exc)[:300]}
+
+
+@app.task(name="fleet.rollout_cleanup", acks_late=True, ignore_result=True)
+def rollout_cleanup(rid: str, site_name: str) -> dict:
+    """Delete a finished rollout's `<file>.before-<id>` backups on the site's boot server: they may hold SIP passwords."""
+    from . import rollout_backups
+    from .drivers.publish import open_publisher
+    from .rollout import FINISHED
+
+    inv, secrets = context()
+    _, rs = _stores(os.environ["FLEET_REDIS_URL"])
+    meta = rs.get(rid)
+    if not meta or meta.get("status") not in FINISHED:
+        return {"ok": False, "error": f"rollout {rid[:80]!r} is not finished: its backups stay"}
+    try:
+        site = inv.site(site_name)
+        mine = {p.mac for p in site.phones}
+        macs = [p["mac"] for p in meta["plan"]["phones"] if p.get("mac") in mine]
+        boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
+        pub = open_publisher(site.boot_server.url, boot_creds)
+        try:
+            removed, kept = rollout_backups.remove(pub, rid, rs.phones(rid, macs, full=True))
+        finally:
+            pub.close()
+    except (DriverError, KeyError, ValueError) as exc:
+        rs.log(rid, "backups_removal_failed", site=site_name, error=str(exc)[:300])
+        return {"ok": False, "error": str(exc)[:300]}
+    rs.set(rid, **{f"backups_removed:{site_name}": time.time()})
+    rs.log(rid, "backups_removed", site=site_name, files=removed, kept_for_failed_rollback=kept)
+    return {"ok": True, "removed": removed, "kept": kept}
 
 
 @app.task(name="fleet.scheduled_rollout", bind=True, acks_late=True)

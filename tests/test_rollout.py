@@ -97,7 +97,8 @@ def test_dry_run_touches_nothing(fleet_lab, redis_url, tmp_path):
     assert all(p["diff"]["reg.1.server.1.expires"] == ["10", "12"] for p in plan["phones"])
     assert plan["load"]["voip.provider.example"]["phones"] == 50
     assert plan["max_unavailable"] == {"east": 3, "west": 3}
-    assert "secret:" in json.dumps(plan) and not any(
+    assert all(p["params"]["reg.1.auth.password"] == "***" for p in plan["phones"])
+    assert "secret:" not in json.dumps(plan) and not any(
         s in res.stdout for s in yaml.safe_load((fleet_lab.state / "secrets.yml").read_text())["phone_admin"].values() if len(s) > 6)
     time.sleep(1)
     assert boot_dirs_digest(fleet_lab) == before_files

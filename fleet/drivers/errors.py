@@ -1,9 +1,13 @@
 """Typed driver errors: each names the device, never a secret, and carries no traceback noise to reports."""
 from __future__ import annotations
 
+from ..redact import redact
+
 
 class DriverError(Exception):
     def __init__(self, device: str, message: str) -> None:
+        # a device named by its URL, or a message quoting one, must not carry the URL's password along
+        device, message = redact(device), redact(message)
         self.device, self.message = device, message
         super().__init__(f"{device}: {message}")
 

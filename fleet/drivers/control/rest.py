@@ -1,18 +1,27 @@
 """UC Software 5+ REST API (confirmed paths): restart, config set/get, device and line info, dial.
 
-Authentication is digest or basic depending on firmware (uncertain): we try
-digest and fall back to basic on a 401. Every call has a timeout and raises a
-typed error naming the phone; a malformed answer never escapes as a traceback.
+Authentication is digest unless the inventory says the phone needs basic
+(`http_auth: basic`): basic sends the admin password in clear, so it is never
+tried as a fallback after a 401 (a spoofed phone address would collect it).
+Every call has a timeout and raises a typed error naming the phone; a
+malformed answer never escapes as a traceback.
 """
 from __future__ import annotations
 
 import re
 
 import requests
-from requests.auth import HTTPBasicAuth, HTTPDigestAuth
+from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
 
 from ...inventory import Credentials, Phone
 from ..errors import DeviceRefused, DeviceTimeout, MalformedAnswer
+
+
+def phone_auth(phone: Phone, credentials: Credentials) -> AuthBase:
+    """The one authentication this phone gets: digest (answering its challenge), or basic where the inventory says so."""
+    if phone.http_auth == "basic":
+        return HTTPBasicAuth(credentials.username, credentials.password)
+    return HTTPDigestAuth(credentials.username, credentials.password)
 
 
 class RestPhone:
@@ -22,23 +31,20 @@ class RestPhone:
         self.name = f"phone {phone.mac} ({phone.address})"
         self.base = f"http://{phone.address}:{phone.http_port}"
         self.session = session or requests.Session()
-        self.auths = [HTTPDigestAuth(credentials.username, credentials.password),
-                      HTTPBasicAuth(credentials.username, credentials.password)]
+        self.auth = phone_auth(phone, credentials)
         self.timeout = timeout
 
     def _call(self, method: str, path: str, body: dict | None = None):
-        resp = None
-        for auth in self.auths:
-            try:
-                resp = self.session.request(method, self.base + path, json=body, auth=auth, timeout=self.timeout)
-            except requests.Timeout:
-                raise DeviceTimeout(self.name, f"{method} {path}: no answer within {self.timeout:g}s") from None
-            except requests.RequestException as exc:
-                raise DeviceTimeout(self.name, f"{method} {path}: {type(exc).__name__}") from None
-            if resp.status_code != 401:
-                break
-        if resp is None or resp.status_code >= 400:
-            raise DeviceRefused(self.name, f"{method} {path}: HTTP {resp.status_code if resp is not None else '?'}")
+        try:
+            resp = self.session.request(method, self.base + path, json=body, auth=self.auth, timeout=self.timeout)
+        except requests.Timeout:
+            raise DeviceTimeout(self.name, f"{method} {path}: no answer within {self.timeout:g}s") from None
+        except requests.RequestException as exc:
+            raise DeviceTimeout(self.name, f"{method} {path}: {type(exc).__name__}") from None
+        if resp.status_code == 401:
+            raise DeviceRefused(self.name, f"{method} {path}: HTTP 401 ({auth_hint(self.phone, resp)})")
+        if resp.status_code >= 400:
+            raise DeviceRefused(self.name, f"{method} {path}: HTTP {resp.status_code}")
         try:
             doc = resp.json()
         except ValueError:
@@ -85,6 +91,15 @@ class RestPhone:
 
     def dial(self, number: str, line: int = 1) -> None:
         self._call("POST", "/api/v1/callctrl/dial", {"data": {"Dest": number, "Line": str(line), "Type": "TEL"}})
+
+
+def auth_hint(phone: Phone, resp: requests.Response) -> str:
+    """Why a 401 happened, for the operator: wrong credentials, or a phone that asks for the other scheme."""
+    asked = resp.headers.get("WWW-Authenticate", "").split(" ", 1)[0].lower()
+    if asked and asked != phone.http_auth:
+        return (f"the phone asks for {asked} authentication, the inventory says {phone.http_auth}; "
+                f"set http_auth: {asked} for it only if it really is that phone")
+    return "credentials refused"
 
 
 _UPTIME = re.compile(r"^\s*(?:(\d+)\s+Days?\s+)?(\d+):(\d{1,2}):(\d{1,2})\s*$", re.IGNORECASE)

@@ -15,6 +15,7 @@ from typing import Protocol
 from urllib.parse import urlsplit
 
 from ...inventory import Credentials
+from ...redact import redact_url
 
 SCHEMES = {"http": "http_put", "https": "http_put", "ftp": "ftp", "sftp": "sftp", "file": "local"}
 
@@ -32,5 +33,5 @@ class Publisher(Protocol):
 def open_publisher(url: str, credentials: Credentials, timeout: float = 10.0) -> Publisher:
     scheme = urlsplit(url).scheme
     if scheme not in SCHEMES:
-        raise ValueError(f"boot server URL {url}: no publisher for scheme {scheme!r}")
+        raise ValueError(f"boot server URL {redact_url(url)}: no publisher for scheme {scheme!r}")
     return importlib.import_module(f"{__name__}.{SCHEMES[scheme]}").open(url, credentials, timeout)

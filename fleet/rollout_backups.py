@@ -1,0 +1,40 @@
+"""The boot-server backups a rollout writes before it changes a phone's files, and their removal once it is finished.
+
+`<file>.before-<rollout id>` holds what the phone ran before: rollback needs
+it, but it may hold SIP passwords, so it must not outlive the rollout. The
+names to delete are derived from the MAC (the files fleet renders), never
+read from Redis, so a forged record cannot point the deletion elsewhere.
+"""
+from __future__ import annotations
+
+import re
+
+from . import polycom
+from .drivers.publish import Publisher
+
+# rollout ids as fleet.rollout.new_id makes them (and scheduled ones): a file-name suffix, nothing more
+SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
+
+
+def backup_name(name: str, rid: str) -> str:
+    return f"{name}.before-{rid}"
+
+
+def remove(pub: Publisher, rid: str, phones: dict[str, dict]) -> tuple[int, int]:
+    """Delete the backups `phones` (MAC -> rollout record) say were written; (files removed, phones kept).
+
+    A phone whose rollback failed keeps its backup: it is the operator's copy
+    of what the phone ran, to put back by hand.
+    """
+    if not SAFE_ID.match(rid):
+        raise ValueError(f"rollout id {rid[:80]!r} is not a plain name")
+    removed = kept = 0
+    for mac, record in phones.items():
+        if record.get("state") == "rollback_failed":
+            kept += 1
+            continue
+        for name in polycom.render_phone_files(mac, {}):
+            if record.get(f"backed_up:{name}") == "yes" or record.get(f"backing_up:{name}"):
+                pub.delete(backup_name(name, rid))
+                removed += 1
+    return removed, kept
