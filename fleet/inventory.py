@@ -214,6 +214,10 @@ class Credentials:
 class Secrets:
     def __init__(self, inventory: Inventory) -> None:
         self._data: dict = {}
+        # Logins of the infrastructure (routers, boot servers) never go into a phone parameter: a plan forged
+        # in Redis could otherwise publish the router's password to a boot server.
+        self._device_logins = {c for site in inventory.sites for c in
+                               [site.router.credentials if site.router else None, site.boot_server.credentials] if c}
         if inventory.secrets_file:
             path = Path(inventory.secrets_file)
             if not path.is_absolute() and inventory.source:
@@ -244,9 +248,13 @@ class Secrets:
         if not secret_params.is_secret(name):
             raise secret_params.SecretPlacementError(
                 f"{name}: refusing to resolve a secret reference into a non-secret parameter")
-        if value.startswith("secret:"):
-            return self.credentials(value[7:]).password
-        return self.credentials(value).password
+        ref = value[7:] if value.startswith("secret:") else value
+        if ref in self._device_logins:
+            raise secret_params.SecretPlacementError(
+                f"{name}: refusing to put the login of a router or boot server (credentials {ref!r}) into a phone parameter")
+        if ref.startswith("env:FLEET_"):
+            raise secret_params.SecretPlacementError(f"{name}: refusing to put fleet's own settings ({ref}) into a phone parameter")
+        return self.credentials(ref).password
 
 
 def load(path: str | Path) -> Inventory:

@@ -39,7 +39,7 @@ PLANTED = (SIP_SECRET, ROUTER_SECRET, ENV_SECRET, ADMIN_SECRET)
 def _env() -> dict:
     """The CLI's environment with the planted variable, and no Redis: a dry run needs none."""
     env = {k: v for k, v in os.environ.items() if k != "FLEET_REDIS_URL"}
-    return env | {"FLEET_TEST_PLANTED": ENV_SECRET, "COLUMNS": "400"}
+    return env | {"SITE_TEST_PLANTED": ENV_SECRET, "COLUMNS": "400"}
 
 
 def write_inventory(tmp: Path, phone_params: dict | None = None, site_params: dict | None = None,
@@ -93,7 +93,7 @@ def _examples() -> list[str]:
 
 NON_SECRET = [n for n in _examples() if not polycom.lookup(n).secret]
 SECRET = [n for n in _examples() if polycom.lookup(n).secret]
-REFS = ("secret:router", "secret:sip_1001", "secret:admin", "env:FLEET_TEST_PLANTED")
+REFS = ("secret:router", "secret:sip_1001", "secret:admin", "env:SITE_TEST_PLANTED")
 
 
 # ------------------------------------------------------------------ catalogue and load-time rejection
@@ -131,7 +131,7 @@ def test_secret_parameters_take_references_not_values(name, tmp_path):
 
 def test_cli_rejects_a_reference_in_a_label_with_file_line_and_parameter(tmp_path):
     inv = write_inventory(tmp_path)
-    pb = write_playbook(tmp_path, {"reg.1.server.1.expires": 120, "reg.1.label": "env:FLEET_TEST_PLANTED"})
+    pb = write_playbook(tmp_path, {"reg.1.server.1.expires": 120, "reg.1.label": "env:SITE_TEST_PLANTED"})
     res = fleet_cli(["rollout", "run", str(pb), "--inventory", str(inv), "--dry-run"])
     assert res.returncode == 2, res.stdout + res.stderr
     text = " ".join(res.stderr.split())   # Rich wraps long lines
@@ -167,7 +167,7 @@ def test_interpolation_cannot_smuggle_a_reference_into_a_parameter(tmp_path):
 # ------------------------------------------------------------------ the worker's resolver
 @pytest.mark.parametrize("name", NON_SECRET)
 def test_worker_resolver_refuses_references_in_non_secret_parameters(name, tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEET_TEST_PLANTED", ENV_SECRET)
+    monkeypatch.setenv("SITE_TEST_PLANTED", ENV_SECRET)
     secrets = inventory.Secrets(inventory.load(write_inventory(tmp_path)))
     for ref in REFS:
         with pytest.raises(secret_params.SecretPlacementError, match="refusing") as exc:
@@ -180,10 +180,10 @@ def test_worker_resolver_refuses_references_in_non_secret_parameters(name, tmp_p
 
 
 def test_worker_resolver_resolves_secret_parameters(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEET_TEST_PLANTED", ENV_SECRET)
+    monkeypatch.setenv("SITE_TEST_PLANTED", ENV_SECRET)
     secrets = inventory.Secrets(inventory.load(write_inventory(tmp_path)))
     masked = {"reg.1.address": "1001", "reg.1.auth.password": "***", "apps.statePolling.password": "***"}
-    refs = {"reg.1.auth.password": "secret:sip_1001", "apps.statePolling.password": "env:FLEET_TEST_PLANTED"}
+    refs = {"reg.1.auth.password": "secret:sip_1001", "apps.statePolling.password": "env:SITE_TEST_PLANTED"}
     assert secret_params.resolve(masked, refs, secrets.resolve_param) == {
         "reg.1.address": "1001", "reg.1.auth.password": SIP_SECRET, "apps.statePolling.password": ENV_SECRET}
     with pytest.raises(secret_params.SecretPlacementError, match="no reference"):
@@ -193,7 +193,7 @@ def test_worker_resolver_resolves_secret_parameters(tmp_path, monkeypatch):
 # ------------------------------------------------------------------ dry run and the stored plan
 def test_dry_run_shows_stars_for_secrets_and_hashes_follow_references(tmp_path):
     inv_path = write_inventory(tmp_path)
-    pb = write_playbook(tmp_path, {"reg.1.auth.password": "env:FLEET_TEST_PLANTED", "apps.statePolling.password":
+    pb = write_playbook(tmp_path, {"reg.1.auth.password": "env:SITE_TEST_PLANTED", "apps.statePolling.password":
                                    "secret:admin", "reg.1.server.1.expires": 120})
     for extra in ([], ["--json"]):
         res = fleet_cli(["rollout", "run", str(pb), "--inventory", str(inv_path), "--dry-run", *extra])
@@ -238,15 +238,15 @@ def test_the_plan_in_redis_holds_no_secret_value(tmp_path, redis_url, monkeypatc
     from fleet.rollout import create
     from fleet.store import RolloutStore, Store
 
-    monkeypatch.setenv("FLEET_TEST_PLANTED", ENV_SECRET)
+    monkeypatch.setenv("SITE_TEST_PLANTED", ENV_SECRET)
     inv_path = write_inventory(tmp_path)
-    pb = write_playbook(tmp_path, {"reg.1.auth.password": "env:FLEET_TEST_PLANTED", "reg.1.server.1.expires": 90})
+    pb = write_playbook(tmp_path, {"reg.1.auth.password": "env:SITE_TEST_PLANTED", "reg.1.server.1.expires": 90})
     store = Store(redis_url)
     rid, *_ = create(str(pb), str(inv_path), store)
     meta = RolloutStore(store).get(rid)
     entry = meta["plan"]["phones"][0]
     assert entry["params"]["reg.1.auth.password"] == "***" and entry["diff"]["reg.1.auth.password"] == ["***", "***"]
-    assert entry["secret_refs"] == {"reg.1.auth.password": "env:FLEET_TEST_PLANTED"}
+    assert entry["secret_refs"] == {"reg.1.auth.password": "env:SITE_TEST_PLANTED"}
     dump = _redis_dump(redis_url)
     assert rid in dump and not any(s in dump for s in PLANTED)
 
@@ -401,7 +401,7 @@ def test_worker_refuses_a_forged_plan_and_asks_a_spoofed_phone_only_with_digest(
         client = Celery(broker=redis_url, backend=redis_url)
         forged = {
             "label": ({"reg.1.label": "secret:router", "reg.1.address": "1001"}, {}),
-            "smuggled": ({"reg.1.label": "***", "reg.1.address": "1001"}, {"reg.1.label": "env:FLEET_TEST_PLANTED"}),
+            "smuggled": ({"reg.1.label": "***", "reg.1.address": "1001"}, {"reg.1.label": "env:SITE_TEST_PLANTED"}),
         }
         for what, (params, refs) in forged.items():
             rid = f"forged-{what}-{time.time_ns()}"
@@ -492,7 +492,7 @@ def test_digest_is_enough_for_the_virtual_phones(small_lab):
 
 
 def test_a_plan_stored_before_masking_still_renders_its_secrets(tmp_path, monkeypatch):
-    monkeypatch.setenv("FLEET_TEST_PLANTED", ENV_SECRET)
+    monkeypatch.setenv("SITE_TEST_PLANTED", ENV_SECRET)
     secrets = inventory.Secrets(inventory.load(write_inventory(tmp_path)))
     assert secret_params.resolve({"reg.1.auth.password": "secret:sip_1001", "reg.1.label": "x"}, {},
                                  secrets.resolve_param) == {"reg.1.auth.password": SIP_SECRET, "reg.1.label": "x"}
@@ -536,3 +536,19 @@ def test_rollouts_leave_no_secret_in_redis_or_the_worker_log(small_lab, redis_ur
     for name, text in texts.items():
         leaked = [p for p in planted if p in text]
         assert not leaked, f"{len(leaked)} secrets in the {name}"
+
+
+def test_worker_never_puts_an_infrastructure_login_or_fleet_setting_into_a_phone_parameter(tmp_path, monkeypatch):
+    """A plan forged in Redis may name any secret in a secret parameter: not the router's or boot server's login."""
+    doc = yaml.safe_load(Path(write_inventory(tmp_path)).read_text())
+    site = doc["sites"][0]
+    site["router"] = {"driver": "linux_ssh", "address": "127.0.0.1", "credentials": "router_login", "wan_interface": "wan0"}
+    site["boot_server"]["credentials"] = "boot_login"
+    path = tmp_path / "with-router.yml"
+    path.write_text(yaml.safe_dump(doc))
+    monkeypatch.setenv("FLEET_REDIS_URL", "redis://:hunter2hunter2@127.0.0.1:1/0")
+    secrets = inventory.Secrets(inventory.load(path))
+    for ref in ("secret:router_login", "secret:boot_login", "env:FLEET_REDIS_URL"):
+        with pytest.raises(secret_params.SecretPlacementError, match="refusing") as exc:
+            secrets.resolve_param("reg.1.auth.password", ref)
+        assert "hunter2" not in str(exc.value)
