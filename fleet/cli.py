@@ -31,7 +31,7 @@ err = Console(stderr=True)
 
 def _fail(message: str, code: int) -> None:
     """Print one line on stderr (user text stays text: a `[/x]` in a value is not markup) and exit."""
-    err.print(Text(message, style="red"))
+    err.print(Text(message, style="red"), soft_wrap=True)   # one line, never wrapped: grep finds it
     sys.exit(code)
 
 
@@ -92,7 +92,7 @@ def _inventory(path: str):
 
     try:
         inv = inventory.load(path, keep_source=True)
-        inventory.Secrets(inv).check_refs(inv)
+        inventory.check_secrets(inv)
         return inv
     except FileError as exc:
         _fail(f"invalid inventory: {exc}", EXIT_INPUT)

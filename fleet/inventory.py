@@ -318,6 +318,16 @@ def read_secrets(path: str | Path) -> dict[str, dict[str, str]]:
     return data
 
 
+def check_secrets(inventory: Inventory) -> "Secrets":
+    """The secrets file the inventory names exists, is well formed, and holds every secret the inventory names."""
+    path = secrets_path(inventory)
+    if path is not None and not path.exists():
+        raise source_of(inventory, inventory.source).error(("secrets_file",), f"secrets file {path} not found")
+    secrets = Secrets(inventory)
+    secrets.check_refs(inventory)
+    return secrets
+
+
 class Secrets:
     def __init__(self, inventory: Inventory) -> None:
         self._data: dict = {}

@@ -121,7 +121,14 @@ def _read_text(path: Path, max_bytes: int) -> str:
         with open(path, "rb") as fh:
             if os.path.isdir(path):
                 raise IsADirectoryError
-            raw = fh.read(max_bytes + 1)
+            chunks, size = [], 0
+            while size <= max_bytes:      # in chunks: read(max_bytes) would allocate max_bytes up front
+                chunk = fh.read(min(1 << 20, max_bytes + 1 - size))
+                if not chunk:
+                    break
+                chunks.append(chunk)
+                size += len(chunk)
+            raw = b"".join(chunks)
     except FileNotFoundError:
         raise FileError(path, None, "", "file not found") from None
     except IsADirectoryError:
