@@ -56,6 +56,8 @@ class Phone(Strict):
     def normal_mac(cls, v) -> str:
         return validate.mac(v)
 
+    _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
+
     @field_validator("model")
     @classmethod
     def known_model(cls, v: str) -> str:
@@ -146,6 +148,8 @@ class Site(Strict):
     def an_address(cls, v: str) -> str:
         return validate.host(v, "gateway address")
 
+    _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
+
     @field_validator("dns")
     @classmethod
     def dns_hostport(cls, v: str | None) -> str | None:
@@ -183,6 +187,8 @@ class Inventory(Strict):
     @classmethod
     def printable(cls, v: str) -> str:
         return validate.no_control(v, "name")
+
+    _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
 
     @field_validator("registrar_limits")
     @classmethod

@@ -134,9 +134,11 @@ class RolloutPlaybook(Strict):
                               description="experiment playbook run on the canary site after the canary wave")
     schedule: Schedule | None = None
 
-    @field_validator("params")
+    @field_validator("params", mode="before")
     @classmethod
-    def known_params(cls, v: dict) -> dict:
+    def known_params(cls, v):
+        if not isinstance(v, dict):
+            return v
         for name, value in v.items():
             try:
                 validate.param(name, value, allow_placeholders=True)

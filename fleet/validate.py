@@ -193,6 +193,20 @@ def did_you_mean(value: str, choices) -> str:
 
 
 # ----------------------------------------------------------------- phone parameters
+def param_types(v):
+    """A pydantic `mode="before"` check for parameter mappings: text or integers only, said plainly.
+
+    (pydantic's own message for `true` in a `str | int` field is "Input should be a valid string".)
+    """
+    from .yamlfile import FieldError
+
+    if isinstance(v, dict):
+        for name, value in v.items():
+            if isinstance(value, bool) or not isinstance(value, (str, int)):
+                raise FieldError((name,), f"{name}: expected text or an integer, found {type(value).__name__}; quote it")
+    return v
+
+
 def placeholders(value: str) -> list[tuple[str, str]]:
     """The `{obj.attr}` references in a parameter value; anything else in braces is refused."""
     refs = []

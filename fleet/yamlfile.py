@@ -38,6 +38,7 @@ class FileError(ValueError):
     """An input file that cannot be used; str() is the message to show the user."""
 
     def __init__(self, path: str | Path, line: int | None, field: str, message: str) -> None:
+        message = " ".join(str(message).split())      # one line, whatever the parser said
         self.path, self.line, self.field, self.message = str(path), line, field, message
         where = f"{self.path}:{line}" if line else self.path
         super().__init__(f"{where}: {field + ': ' if field else ''}{message}")
@@ -247,8 +248,15 @@ def read(path: str | Path, max_bytes: int | None = None, quiet: bool = False) ->
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        problem = "" if quiet else f" ({getattr(exc, 'problem', None) or exc})"
-        raise FileError(path, mark.line + 1 if mark else None, "", f"not valid YAML{problem}") from None
+        line = mark.line + 1 if mark else None
+        if line is None and isinstance(getattr(exc, "position", None), int):   # reader errors: a bad character
+            line = text.count("\n", 0, exc.position) + 1
+        if isinstance(exc, yaml.reader.ReaderError):
+            problem = f"character #x{exc.character:04x} is not allowed in YAML" if isinstance(exc.character, int) else "bad character"
+        else:
+            problem = str(getattr(exc, "problem", None) or exc)
+        problem = "" if quiet else f" ({problem})"
+        raise FileError(path, line, "", f"not valid YAML{problem}") from None
     except RecursionError:
         raise FileError(path, None, "", "nested too deeply") from None
     finally:
@@ -276,9 +284,11 @@ def error_at(path: str | Path, node: yaml.Node | None, loc: tuple, message: str)
 
 
 def _first_error(exc: ValidationError) -> tuple[tuple, str]:
-    err = exc.errors()[0]
+    errors = exc.errors()
+    # an unknown field is usually a misspelt known one; name it rather than the "missing" field it causes
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
     loc = tuple(err["loc"])
-    msg = err["msg"]
+    msg = "unknown field" if err["type"] == "extra_forbidden" else err["msg"]
     cause = (err.get("ctx") or {}).get("error")
     if isinstance(cause, FieldError):
         loc, msg = loc + cause.loc, str(cause)

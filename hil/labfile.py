@@ -90,6 +90,8 @@ class SiteSpec(Strict):
     params: dict[str, str | int] = {}
     collector: CollectorSpec = CollectorSpec()
 
+    _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
+
     @field_validator("faults")
     @classmethod
     def known_faults(cls, v: dict[int, str]) -> dict[int, str]:

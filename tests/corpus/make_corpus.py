@@ -32,7 +32,7 @@ CASES: list[dict] = []
 
 
 def case(name: str, kind: str, edits, field: str, mark: str | None = None, contains: str = "",
-         line: int | None = None, base: str | None = None, raw: bytes | None = None) -> None:
+         line: int | None = None, base: str | None = None, raw: bytes | None = None, last: bool = False) -> None:
     """edits: (old, new) replacements on the base text (each old must occur); mark: text on the line the error names."""
     text = BASE[base or kind]
     for old, new in edits:
@@ -42,7 +42,7 @@ def case(name: str, kind: str, edits, field: str, mark: str | None = None, conta
         probe = mark if mark is not None else edits[-1][1].strip().splitlines()[0]
         lines = [i + 1 for i, ln in enumerate(text.splitlines()) if probe in ln]
         assert lines, f"{name}: mark {probe!r} not found"
-        line = lines[0]
+        line = lines[-1] if last else lines[0]
     CASES.append({"file": f"cases/{name}.yml", "kind": kind, "line": line, "field": field, "contains": contains,
                   "_data": raw if raw is not None else text.encode()})
 
@@ -72,8 +72,8 @@ case("inv_bad_mac", I, [('"0004f2000002"', '"0004f2zz0002"')], "sites[0].phones[
 case("inv_mac_as_number", I, [('"0004f2000002"', "000400000002")], "sites[0].phones[1].mac", contains="quote it")
 case("inv_duplicate_mac", I, [('mac: "0004f2000101"', 'mac: "00:04:F2:00:00:02"')], "sites[1].phones[0].mac",
      mark='"00:04:F2:00:00:02"', contains="listed twice")
-case("inv_duplicate_site", I, [("  - name: branch\n", "  - name: hq\n")], "sites[1].name", mark="gateway: 127.71.0.1",
-     line=None, contains="listed twice")
+case("inv_duplicate_site", I, [("  - name: branch\n", "  - name: hq\n")], "sites[1].name", mark="  - name: hq",
+     last=True, contains="listed twice")
 case("inv_site_name_upper", I, [("  - name: branch\n", "  - name: Branch\n")], "sites[1].name", contains="pattern")
 case("inv_http_port_zero", I, [("http_port: 8080", "http_port: 0")], "sites[0].phones[0].http_port", mark="http_port: 0")
 case("inv_http_port_too_big", I, [("http_port: 8080", "http_port: 70000")], "sites[0].phones[0].http_port", mark="http_port: 70000")
@@ -134,7 +134,7 @@ case("inv_param_below_family_min", I, [("      reg.1.server.1.expires: 60\n", " 
 case("inv_param_server_zero", I, [("      reg.1.server.2.expires: 60\n", "      reg.1.server.0.expires: 60\n")],
      "sites[0].params.reg.1.server.0.expires", contains="servers are numbered")
 case("inv_param_garbage_server_address", I, [("      reg.1.server.2.address: 127.70.0.1\n", "      reg.1.server.2.address: '...'\n")],
-     "sites[0].params.reg.1.server.2.address", contains="IP address or host name")
+     "sites[0].params.reg.1.server.2.address", contains="neither an IP address nor a host name")
 case("inv_credentials_missing_secret", I, [(P1, P1.replace("credentials: phone_admin", "credentials: phone_admn"))],
      "sites[0].phones[1].credentials", mark="phone_admn", contains="no secret 'phone_admn'")
 case("inv_credentials_shell", I, [(P1, P1.replace("credentials: phone_admin", "credentials: 'admin; rm -rf /'"))],
@@ -142,7 +142,8 @@ case("inv_credentials_shell", I, [(P1, P1.replace("credentials: phone_admin", "c
 case("inv_param_secret_missing", I, [('"secret:sip_1001"', '"secret:sip_9999"')],
      "sites[0].phones[0].params.reg.1.auth.password", mark="sip_9999", contains="no secret 'sip_9999'")
 case("inv_unknown_top_field", I, [("name: corpus\n", "name: corpus\nsite: hq\n")], "site", mark="site: hq")
-case("inv_unknown_phone_field", I, [(P1, P1.replace("model:", "modle:"))], "sites[0].phones[1].modle", mark="modle")
+case("inv_unknown_phone_field", I, [(P1, P1.replace("model:", "modle:"))], "sites[0].phones[1].modle", mark="modle",
+     contains="unknown field")
 case("inv_missing_boot_server", I, [('    boot_server: {url: "ftp://127.71.0.3:2121/"}\n', "")],
      "sites[1].boot_server", mark="  - name: branch", contains="Field required")
 case("inv_no_sites", I, [(BASE[I][BASE[I].index("sites:\n"):], "sites: []\n")], "sites", mark="sites: []")
@@ -232,7 +233,7 @@ case("ro_param_dict_interp", R, [('"{site.gateway}"', '"{site.__dict__}"')], "pa
 case("ro_param_router_interp", R, [('"{site.gateway}"', '"{site.router}"')], "params.reg.1.server.2.address",
      contains="not a placeholder")
 case("ro_param_credentials_interp", R, [("  reg.1.server.1.expires: 120\n", "  reg.1.server.1.expires: 120\n  reg.1.label: \"{phone.credentials}\"\n")],
-     "params.reg.1.label", contains="not a placeholder")
+     "params.reg.1.label", mark="reg.1.label", contains="not a placeholder")
 case("ro_param_unbalanced_brace", R, [('"{site.gateway}"', '"{site.gateway"')], "params.reg.1.server.2.address",
      contains="unbalanced")
 case("ro_param_env_home", R, [("  reg.1.server.1.expires: 120\n", "  reg.1.server.1.expires: 'env:HOME'\n")],
@@ -240,7 +241,7 @@ case("ro_param_env_home", R, [("  reg.1.server.1.expires: 120\n", "  reg.1.serve
 case("ro_param_secret_x", R, [("  reg.1.server.1.expires: 120\n", "  reg.1.server.1.expires: 'secret:x'\n")],
      "params.reg.1.server.1.expires", contains="only allowed in secret parameters")
 case("ro_param_env_label", R, [("  reg.1.server.1.expires: 120\n", "  reg.1.server.1.expires: 120\n  reg.1.label: env:FLEET_REDIS_URL\n")],
-     "params.reg.1.label", contains="only allowed in secret parameters")
+     "params.reg.1.label", mark="reg.1.label", contains="only allowed in secret parameters")
 case("ro_param_fullwidth", R, [("  reg.1.server.1.expires: 120\n", '  reg.1.server.1.expires: "１２０"\n')],
      "params.reg.1.server.1.expires", contains="ASCII digits")
 case("ro_param_fullwidth_name", R, [("  reg.1.server.1.expires: 120\n", "  reg.１.server.1.expires: 120\n")],
@@ -322,7 +323,7 @@ case("exp_restore_first", E, [("  - {name: baseline, expect: working_server, ser
      "steps[0].restore", mark="early", contains="restore without an outage")
 case("exp_two_outages", E, [(OUT, OUT + "\n  - {name: cut again, outage: drop, max_duration: 60}")], "steps[2].outage",
      mark="cut again", contains="second outage")
-case("exp_duplicate_step_names", E, [("{name: back,", "{name: baseline,")], "steps[5].name", contains="unique")
+case("exp_duplicate_step_names", E, [("{name: back,", "{name: baseline,")], "steps[5].name", mark="{name: baseline,", last=True, contains="unique")
 case("exp_step_name_control", E, [("{name: back,", '{name: "ba\\u0007ck",')], "steps[5].name", contains="control characters")
 case("exp_unknown_site", E, [("site: hq", "site: hqq")], "site", contains="no site 'hqq'")
 case("exp_mac_typo", E, [('phones: {macs: ["0004f2000001"]}', 'phones: {macs: ["0004f2000001", "0004f2000030"]}')],
@@ -376,9 +377,9 @@ case("lab_count_string", L, [("phones: {count: 2,", 'phones: {count: "2",')], "s
 case("lab_count_float", L, [("phones: {count: 2,", "phones: {count: 2.0,")], "sites[0].phones.count")
 case("lab_count_bool", L, [("phones: {count: 2,", "phones: {count: true,")], "sites[0].phones.count")
 case("lab_expires_fullwidth", L, [(S2, '      - {address: gateway, expires: "１２", overlap: 5}')], "sites[0].servers[1].expires")
-case("lab_fault_out_of_range", L, [("faults: {1: never-return}", "faults: {5: never-return}")], "sites[0].faults.5",
+case("lab_fault_out_of_range", L, [("faults: {1: never-return}", "faults: {5: never-return}")], "sites[0].faults[5]",
      contains="phone 5 does not exist")
-case("lab_unknown_fault", L, [("faults: {1: never-return}", "faults: {1: explode}")], "sites[0].faults.1",
+case("lab_unknown_fault", L, [("faults: {1: never-return}", "faults: {1: explode}")], "sites[0].faults[1]",
      contains="unknown fault")
 case("lab_duplicate_key", L, [("net: 50\n", "net: 50\nnet: 51\n")], "net", mark="net: 51", contains="key given twice")
 case("lab_register_two", L, [(S2, "      - {address: gateway, expires: 12, overlap: 5, register: 2}")],
