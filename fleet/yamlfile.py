@@ -145,23 +145,52 @@ def _read_text(path: Path, max_bytes: int) -> str:
         raise FileError(path, line, "", f"not UTF-8 text: byte 0x{raw[exc.start]:02x} at offset {exc.start}") from None
 
 
+_STR_TAG = "tag:yaml.org,2002:str"
+
+
 def _scalar_key(constructor: Any, node: yaml.Node) -> Any:
     """A mapping key as Python will see it (`yes` and `true` are one key), or its text if that fails."""
+    if node.tag == _STR_TAG:
+        return node.value
     try:
         return (node.tag, constructor.construct_object(node))
     except Exception:
         return (node.tag, node.value)
 
 
-def check_tree(path: str | Path, root: yaml.Node | None, limit: int | None = None, constructor: Any = None) -> None:
+def _check_keys(path: str | Path, node: yaml.MappingNode, loc: tuple, constructor: Any) -> None:
+    seen: dict[Any, yaml.Node] = {}
+    for k, _ in node.value:
+        if isinstance(k, yaml.ScalarNode):
+            key = _scalar_key(constructor, k)
+            first = seen.setdefault(key, k)
+            if first is not k:
+                raise FileError(path, _line(k), format_loc(loc + (k.value,)),
+                                f"key given twice (lines {_line(first)} and {_line(k)}); YAML would silently keep the last one")
+
+
+def check_tree(path: str | Path, root: yaml.Node | None, limit: int | None = None, constructor: Any = None,
+               aliases: bool = True) -> None:
     """Refuse duplicate keys, recursive aliases and an alias expansion beyond the budget.
 
     Linear in the number of distinct nodes: each node's expanded size is computed once (memoised by
     identity), so an alias bomb costs as much as its text, not as much as its expansion.
+    aliases=False: the text has no `*`, so no node is shared and only duplicate keys need looking for.
     """
     if root is None:
         return
     constructor = constructor or yaml.constructor.SafeConstructor()
+    if not aliases:
+        todo: list[tuple[yaml.Node, tuple]] = [(root, ())]
+        while todo:
+            node, loc = todo.pop()
+            if isinstance(node, yaml.MappingNode):
+                _check_keys(path, node, loc, constructor)
+                todo.extend((v, loc + (k.value if isinstance(k, yaml.ScalarNode) else "?",)) for k, v in node.value
+                            if not isinstance(v, yaml.ScalarNode))
+            elif isinstance(node, yaml.SequenceNode):
+                todo.extend((v, loc + (i,)) for i, v in enumerate(node.value) if not isinstance(v, yaml.ScalarNode))
+        return
     size: dict[int, int] = {}
     on_stack: set[int] = set()
     distinct = 0
@@ -196,16 +225,7 @@ def check_tree(path: str | Path, root: yaml.Node | None, limit: int | None = Non
         if isinstance(node, yaml.MappingNode):
             if nid not in checked_keys:
                 checked_keys.add(nid)
-                seen: dict[Any, yaml.Node] = {}
-                for k, _ in node.value:
-                    if isinstance(k, yaml.ScalarNode):
-                        key = _scalar_key(constructor, k)
-                        if key in seen:
-                            first = seen[key]
-                            raise FileError(path, _line(k), format_loc(loc + (k.value,)),
-                                            f"key given twice (lines {_line(first)} and {_line(k)}); "
-                                            "YAML would silently keep the last one")
-                        seen[key] = k
+                _check_keys(path, node, loc, constructor)
             for k, v in reversed(node.value):
                 kname = k.value if isinstance(k, yaml.ScalarNode) else "?"
                 stack.append((v, loc + (kname,), False))
@@ -244,7 +264,7 @@ def read(path: str | Path, max_bytes: int | None = None, quiet: bool = False) ->
         node = loader.get_single_node()
         # node budget: checked on the composed tree (anchors shared, nothing expanded yet), before
         # any Python object or model exists
-        check_tree(path, node, constructor=loader)
+        check_tree(path, node, constructor=loader, aliases="*" in text)
         data = loader.construct_document(node) if node is not None else None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
