@@ -18,6 +18,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 CORPUS = Path(__file__).parent / "corpus"
 BIN = Path(sys.executable).parent
@@ -244,3 +246,67 @@ def test_duplicate_mac_check_is_linear(tmp_path):
     with pytest.raises(FileError, match="listed twice") as exc:
         inventory.load(path)
     assert exc.value.line == 50007 and exc.value.field == "sites[0].phones[50000].mac", str(exc.value)
+
+
+# ------------------------------------------------------------------ beyond the corpus: random damage
+def _paths(doc, prefix=()):
+    yield prefix
+    if isinstance(doc, dict):
+        for k, v in doc.items():
+            yield from _paths(v, prefix + (k,))
+    elif isinstance(doc, list):
+        for i, v in enumerate(doc):
+            yield from _paths(v, prefix + (i,))
+
+
+_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=12),
+                       lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=8), c, max_size=3),
+                       max_leaves=8)
+
+
+def _load_and_check(kind: str, path: Path) -> None:
+    """What the CLI does with a file of this kind before touching anything (in-process)."""
+    from fleet import inventory, playbook, rollout_playbook
+    from hil import labfile
+
+    base_inv = CORPUS / "base" / "inventory.yml"
+    if kind == "inventory":
+        inv = inventory.load(path, keep_source=True)
+        inventory.check_secrets(inv)
+        rollout_playbook.check_against(rollout_playbook.load(CORPUS / "base" / "rollout.yml"), inv, "base/rollout.yml")
+    elif kind == "rollout":
+        pb = rollout_playbook.load(path)
+        rollout_playbook.check_against(pb, inventory.load(base_inv), path)
+    elif kind == "experiment":
+        pb = playbook.load(path)
+        playbook.check_against(pb, inventory.load(base_inv), path)
+    elif kind == "lab":
+        labfile.load(path)
+    elif kind == "secrets":
+        text = base_inv.read_text().replace("secrets_file: ../base/secrets.yml", f"secrets_file: {path}")
+        inv_path = path.with_name("inv.yml")
+        inv_path.write_text(text)
+        inv = inventory.load(inv_path, keep_source=True)
+        inventory.check_secrets(inv)
+
+
+@pytest.mark.parametrize("kind", ["inventory", "secrets", "rollout", "experiment", "lab"])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(data=st.data())
+def test_random_damage_gives_a_file_error_or_a_valid_file(kind, data, tmp_path, monkeypatch):
+    from fleet.yamlfile import FileError
+
+    monkeypatch.chdir(CORPUS)       # the base rollout's drill path is relative to the working directory
+    doc = yaml.safe_load((CORPUS / "base" / f"{kind}.yml").read_text())
+    where = data.draw(st.sampled_from(list(_paths(doc))[1:]))
+    value = data.draw(_VALUES)
+    parent = doc
+    for part in where[:-1]:
+        parent = parent[part]
+    parent[where[-1]] = value
+    path = tmp_path / f"{kind}.yml"
+    path.write_text(yaml.safe_dump(doc, allow_unicode=True))
+    try:
+        _load_and_check(kind, path)
+    except FileError as exc:
+        assert exc.path and str(exc).startswith(exc.path), str(exc)
