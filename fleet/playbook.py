@@ -7,7 +7,7 @@ from typing import Annotated, Literal, Union
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
 from . import validate
-from .yamlfile import FieldError, FileError, load_model, source_of
+from .yamlfile import FieldError, load_model, source_of
 
 MAX_SECONDS = 86400.0
 
