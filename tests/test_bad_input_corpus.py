@@ -109,6 +109,8 @@ def test_corpus_is_large_enough():
 
 
 @pytest.mark.parametrize("case", INDEX, ids=[Path(c["file"]).stem for c in INDEX])
+@pytest.mark.slow
+@pytest.mark.timeout(900)   # the first one runs the whole corpus (about 200 CLI processes, two at a time) in its fixture
 def test_bad_input_is_refused_with_file_line_and_field(case, results):
     res = results[0][case["file"]]
     out = res["out"]
@@ -126,6 +128,8 @@ def test_bad_input_is_refused_with_file_line_and_field(case, results):
         assert not state.exists(), f"hil up created {state} before refusing the lab file\n{context}"
 
 
+@pytest.mark.slow
+@pytest.mark.timeout(900)
 def test_secret_values_never_appear_in_secrets_file_errors(results):
     for case in INDEX:
         if case["kind"] == "secrets":
