@@ -154,11 +154,12 @@ def load(path: str | Path) -> ExperimentPlaybook:
     return load_model(path, ExperimentPlaybook, keep_source=True)
 
 
-def check_against(playbook: ExperimentPlaybook, inventory, path: str) -> None:
+def check_against(playbook: ExperimentPlaybook, inventory, path: str, extra_params: dict | None = None) -> None:
     """Cross-checks that need the inventory; raises FileError naming the playbook's file, line and field.
 
     Servers are checked against each selected phone's configuration: `server: 3` on phones that have
     two servers can never hold, and would only show up as a failed experiment after a WAN cut.
+    extra_params: parameters applied on top of the inventory's (a rollout's, for its drill).
     """
     from . import predict
     from .drivers.router import supported_modes
@@ -169,7 +170,8 @@ def check_against(playbook: ExperimentPlaybook, inventory, path: str) -> None:
     except KeyError as exc:
         raise src.error(("site",), str(exc.args[0]) + validate.did_you_mean(playbook.site, [s.name for s in inventory.sites])) from None
     by_mac = {p.mac: p for p in site.phones}
-    counts = {p.mac: len(predict.servers(inventory.effective_params(site, p))) for p in site.phones}
+    extra = {k: str(v) for k, v in (extra_params or {}).items()}
+    counts = {p.mac: len(predict.servers(inventory.effective_params(site, p) | extra)) for p in site.phones}
     for i, step in enumerate(playbook.steps):
         if isinstance(step, OutageStep):
             if site.router is None:

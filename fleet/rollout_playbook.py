@@ -233,6 +233,7 @@ def check_against(pb: RolloutPlaybook, inventory, path: str | Path) -> None:
         drill = experiment_playbook.load(pb.drill)
         canary_site = chosen[0][0].name
         try:
-            experiment_playbook.check_against(drill.model_copy(update={"site": canary_site}), inventory, pb.drill)
+            experiment_playbook.check_against(drill.model_copy(update={"site": canary_site}), inventory, pb.drill,
+                                              extra_params=pb.params)
         except FileError as exc:
             raise src.error(("drill",), f"the drill cannot run on site {canary_site}: {exc}") from None
