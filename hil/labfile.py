@@ -123,11 +123,11 @@ class ProviderSpec(Strict):
 
 
 class TimingSpec(Strict):
-    boot_time: float = Field(2.0, ge=0)
-    boot_jitter: float = Field(1.0, ge=0, description="first boots spread over this many seconds (a site powering up)")
-    retry_interval: float = Field(30, gt=0, description="registerRetry.baseTimeOut given to the phones")
-    log_upload_period: float = Field(60, ge=0)
-    dns_ttl: int = Field(5, ge=1)
+    boot_time: float = Field(2.0, ge=0, le=600)
+    boot_jitter: float = Field(1.0, ge=0, le=3600, description="first boots spread over this many seconds (a site powering up)")
+    retry_interval: float = Field(30, gt=0, le=3600, description="registerRetry.baseTimeOut given to the phones")
+    log_upload_period: float = Field(60, ge=0, le=86400)
+    dns_ttl: int = Field(5, ge=1, le=86400)
     http_latency: float = Field(0.0, ge=0, le=10, description="seconds each phone HTTP answer takes (embedded web servers are slow)")
 
 
