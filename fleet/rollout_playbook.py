@@ -153,7 +153,8 @@ class RolloutPlaybook(Strict):
             try:
                 validate.param(name, value, allow_placeholders=True)
             except ValueError as exc:
-                raise FieldError((name,), str(exc)) from None
+                message = str(exc)
+                raise FieldError((name,), message.removeprefix(f"{name}: ")) from None
         return v
 
 

@@ -250,8 +250,9 @@ def param(name, value, family: str | None = None, allow_placeholders: bool = Fal
     no_control(text, name)
     if text.startswith(("secret:", "env:")):
         if not p.secret:
-            raise ValueError(f"{name}: {text.split(':')[0]}: references are only allowed in secret parameters "
-                             "(passwords), not in a value that is published to phones")
+            from .secret_params import problem
+
+            raise ValueError(problem(name, text))
         if not re.fullmatch(r"(secret|env):[A-Za-z0-9_.-]{1,128}", text):
             raise ValueError(f"{name}: a reference is secret:NAME or env:VAR (letters, digits, _ . -)")
         return text
