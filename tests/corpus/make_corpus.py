@@ -118,11 +118,11 @@ case("inv_unknown_family", I, [("firmware_family: uc-5.x", "firmware_family: uc-
 case("inv_param_unknown", I, [("      reg.1.server.1.expires: 60\n", "      reg.1.server.1.expirse: 60\n")],
      "sites[0].params.reg.1.server.1.expirse", contains="not a parameter")
 case("inv_param_env_in_int", I, [("      reg.1.server.1.expires: 60\n", "      reg.1.server.1.expires: 'env:HOME'\n")],
-     "sites[0].params.reg.1.server.1.expires", contains="only allowed in secret parameters")
+     "sites[0].params.reg.1.server.1.expires", contains="allowed only in secret parameters")
 case("inv_param_secret_in_int", I, [("      reg.1.server.1.expires: 60\n", "      reg.1.server.1.expires: 'secret:x'\n")],
-     "sites[0].params.reg.1.server.1.expires", contains="only allowed in secret parameters")
+     "sites[0].params.reg.1.server.1.expires", contains="allowed only in secret parameters")
 case("inv_param_secret_in_label", I, [("params: {reg.1.address: \"1001\"", "params: {reg.1.label: \"secret:router\"")],
-     "sites[0].phones[0].params.reg.1.label", mark="secret:router", contains="only allowed in secret parameters")
+     "sites[0].phones[0].params.reg.1.label", mark="secret:router", contains="allowed only in secret parameters")
 case("inv_param_fullwidth", I, [("      reg.1.server.1.expires: 60\n", '      reg.1.server.1.expires: "６０"\n')],
      "sites[0].params.reg.1.server.1.expires", contains="ASCII digits")
 case("inv_param_float", I, [("      reg.1.server.1.expires: 60\n", "      reg.1.server.1.expires: 60.5\n")],
@@ -237,11 +237,11 @@ case("ro_param_credentials_interp", R, [("  reg.1.server.1.expires: 120\n", "  r
 case("ro_param_unbalanced_brace", R, [('"{site.gateway}"', '"{site.gateway"')], "params.reg.1.server.2.address",
      contains="unbalanced")
 case("ro_param_env_home", R, [("  reg.1.server.1.expires: 120\n", "  reg.1.server.1.expires: 'env:HOME'\n")],
-     "params.reg.1.server.1.expires", contains="only allowed in secret parameters")
+     "params.reg.1.server.1.expires", contains="allowed only in secret parameters")
 case("ro_param_secret_x", R, [("  reg.1.server.1.expires: 120\n", "  reg.1.server.1.expires: 'secret:x'\n")],
-     "params.reg.1.server.1.expires", contains="only allowed in secret parameters")
+     "params.reg.1.server.1.expires", contains="allowed only in secret parameters")
 case("ro_param_env_label", R, [("  reg.1.server.1.expires: 120\n", "  reg.1.server.1.expires: 120\n  reg.1.label: env:FLEET_REDIS_URL\n")],
-     "params.reg.1.label", mark="reg.1.label", contains="only allowed in secret parameters")
+     "params.reg.1.label", mark="reg.1.label", contains="allowed only in secret parameters")
 case("ro_param_fullwidth", R, [("  reg.1.server.1.expires: 120\n", '  reg.1.server.1.expires: "１２０"\n')],
      "params.reg.1.server.1.expires", contains="ASCII digits")
 case("ro_param_fullwidth_name", R, [("  reg.1.server.1.expires: 120\n", "  reg.１.server.1.expires: 120\n")],
@@ -392,7 +392,7 @@ case("lab_provider_is_ip", L, [("provider: {name: voip.provider.example}", "prov
      "provider.name", contains="DNS name")
 case("lab_net_zero", L, [("net: 50\n", "net: 0\n")], "net")
 case("lab_params_env_home", L, [("    faults: {1: never-return}\n", "    faults: {1: never-return}\n    params: {reg.1.server.1.expires: 'env:HOME'}\n")],
-     "sites[0].params.reg.1.server.1.expires", mark="env:HOME", contains="only allowed in secret parameters")
+     "sites[0].params.reg.1.server.1.expires", mark="env:HOME", contains="allowed only in secret parameters")
 case("lab_expires_below_family", L, [("firmware_family: uc-5.x", "firmware_family: sip-3.x")], "sites[0].servers[0].expires",
      mark=S1.strip(), contains="out of range")
 case("lab_no_servers", L, [("    servers:\n" + S1 + "\n" + S2 + "\n", "    servers: []\n")], "sites[0].servers",
