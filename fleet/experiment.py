@@ -9,6 +9,7 @@ experiment's append-only event log.
 """
 from __future__ import annotations
 
+import secrets
 import statistics
 import threading
 import time
@@ -176,8 +177,9 @@ class ExperimentRunner:
     def _outage(self, exp: str, step: OutageStep, result: ExperimentResult) -> StepResult:
         self.store.log_event(exp, "outage_request", mode=step.outage, max_duration=step.max_duration)
         # Marked open before the task is sent: an interrupt while the router is being cut must still restore it.
-        self.open_outage = {"mode": step.outage, "deadman": None, "t_cut": time.time()}
-        res = self._task("fleet.router_outage", self.site.name, exp, step.outage, step.max_duration, step.loss, step.delay_ms)
+        self.open_outage = {"mode": step.outage, "deadman": None, "t_cut": time.time(), "outage_id": secrets.token_hex(8)}
+        res = self._task("fleet.router_outage", self.site.name, exp, self.open_outage["outage_id"], step.outage,
+                         step.max_duration, step.loss, step.delay_ms)
         if res.get("deadman"):
             self.open_outage["deadman"] = res["deadman"]
         if res.get("t_cut"):
@@ -198,7 +200,8 @@ class ExperimentRunner:
 
     def _restore(self, exp: str, name: str, result: ExperimentResult) -> StepResult:
         outage = self.open_outage or {}
-        res = self._task("fleet.router_restore", self.site.name, exp, outage.get("mode", "link-down"), outage.get("deadman"))
+        res = self._task("fleet.router_restore", self.site.name, exp, outage.get("outage_id") or secrets.token_hex(8),
+                         outage.get("mode", "link-down"))
         self.store.log_event(exp, "restore", **res)
         if res.get("ok"):
             self.open_outage = None
