@@ -1,7 +1,18 @@
-"""Where Redis is: FLEET_REDIS_URL, or a private redis-server this tool starts when none is configured."""
+"""Where Redis is: FLEET_REDIS_URL, or a private redis-server this tool starts when none is configured.
+
+Whoever can write to the broker can queue work for the routers and phones,
+so Redis is never open: the private server (and every test's) has its
+default user switched off and one ACL user, `fleet`, with a random password,
+allowed every command except the administrative ones (CONFIG, MODULE, DEBUG,
+REPLICAOF, SHUTDOWN...: the usual ways from Redis onto its host). The
+configuration reaches redis-server on its standard input, so the password
+is neither on its command line (visible in `ps`) nor in a file.
+"""
 from __future__ import annotations
 
 import os
+import re
+import secrets
 import shutil
 import socket
 import subprocess
@@ -9,8 +20,13 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import redis
+
+ACL_USER = "fleet"
+# every key and channel, every command but the administrative ones
+ACL_RULES = "~* &* +@all -@admin"
 
 
 class RedisUnavailable(RuntimeError):
@@ -23,21 +39,49 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_private(directory: Path | None = None, port: int | None = None, appendonly: bool = False) -> tuple[str, subprocess.Popen]:
-    """Start redis-server on a free loopback port; returns its URL and process (the caller stops it)."""
+def redacted(url: str) -> str:
+    """The URL with any password replaced by ***, for messages and logs.
+
+    (A local stand-in: fleet/redact.py, when it lands, is the one place for this.)
+    """
+    return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]*@", r"\1***@", url, flags=re.I)
+
+
+def server_config(port: int, directory: Path, password: str, appendonly: bool) -> str:
+    """redis.conf text for a private server: loopback only, default user off, one ACL user with `password`."""
+    if not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", password):
+        raise ValueError("the Redis password must be 16-128 characters of [A-Za-z0-9_-]")
+    return "\n".join([
+        f"port {port}", "bind 127.0.0.1", "protected-mode yes", 'save ""', f'dir "{directory}"',
+        f"appendonly {'yes' if appendonly else 'no'}",
+        "user default off",
+        f"user {ACL_USER} on >{password} {ACL_RULES}",
+    ]) + "\n"
+
+
+def start_private(directory: Path | None = None, port: int | None = None, appendonly: bool = False,
+                  password: str | None = None) -> tuple[str, subprocess.Popen]:
+    """Start redis-server on a free loopback port with a fresh ACL password (or `password`, to restart a server
+    on its data under the same credentials); returns its URL, credentials included, and process (the caller stops it)."""
     binary = shutil.which("redis-server")
     if not binary:
         raise RedisUnavailable("FLEET_REDIS_URL is not set and redis-server is not installed: "
-                               "install it (Debian: apt-get install redis-server) or set FLEET_REDIS_URL=redis://host:port/0")
+                               "install it (Debian: apt-get install redis-server) or set "
+                               "FLEET_REDIS_URL=redis://fleet:PASSWORD@host:port/0")
     port = port or free_port()
     directory = directory or Path(tempfile.mkdtemp(prefix="fleet-redis-"))
     directory.mkdir(parents=True, exist_ok=True)
-    args = [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(directory),
-            "--appendonly", "yes" if appendonly else "no", "--protected-mode", "yes"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    url = f"redis://127.0.0.1:{port}/0"
+    password = password or secrets.token_urlsafe(24)
+    if not re.fullmatch(r"[^\x00-\x1f\"]+", str(directory)):
+        raise RedisUnavailable(f"cannot use {directory!r} as the Redis data directory")
+    proc = subprocess.Popen([binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    assert proc.stdin is not None
+    proc.stdin.write(server_config(port, directory, password, appendonly).encode())
+    proc.stdin.close()
+    url = f"redis://{ACL_USER}:{quote(password, safe='')}@127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and proc.poll() is None:
         try:
             if redis.Redis.from_url(url, socket_timeout=0.5).ping():
                 return url, proc
@@ -54,5 +98,6 @@ def redis_url(announce: bool = True) -> str:
     url, proc = start_private()
     os.environ["FLEET_REDIS_URL"] = url
     if announce:
-        print(f"fleet: FLEET_REDIS_URL not set; started a private redis-server at {url} (pid {proc.pid})", file=sys.stderr)
+        print(f"fleet: FLEET_REDIS_URL not set; started a private redis-server at {redacted(url)} (pid {proc.pid})",
+              file=sys.stderr)
     return url
