@@ -112,6 +112,7 @@ class VirtualPhone:
         self.http_runner: web.AppRunner | None = None
         self._session = http_session
         self._own_session = http_session is None
+        self._events_session: aiohttp.ClientSession | None = None   # bound to the phone's own address
         self._tasks: set[asyncio.Task] = set()
         self.booted = asyncio.Event()
         self.booted_at = time.monotonic()
@@ -143,6 +144,9 @@ class VirtualPhone:
             await self.http_runner.cleanup()
         if self._own_session and self._session:
             await self._session.close()
+        if self._events_session:
+            await self._events_session.close()
+            self._events_session = None
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)
@@ -571,6 +575,14 @@ class VirtualPhone:
         if target:
             self._send_udp(reports.syslog_call(self.mac, self.spec.ip, number, srv.index, f"{srv.address}:{srv.port}", status), target)
 
+    def _events(self) -> aiohttp.ClientSession:
+        """Events leave from the phone's own address, as a real phone's do (collectors drop other sources)."""
+        if self._events_session is None or self._events_session.closed:
+            self._events_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=5),
+                connector=aiohttp.TCPConnector(local_addr=(self.spec.ip, 0), limit=2))
+        return self._events_session
+
     async def _send_line_events(self, kind: str, only: int | None = None) -> None:
         url = self.params.get("apps.telNotification.URL")
         if not url or self.params.get("apps.telNotification.lineRegistrationEvent", "1") == "0":
@@ -579,7 +591,7 @@ class VirtualPhone:
             if only is not None and reg.index != only:
                 continue
             try:
-                async with self._session.post(url, data=reports.line_event(kind, self.mac, self.spec.ip, reg.index),  # type: ignore[union-attr]
+                async with self._events().post(url, data=reports.line_event(kind, self.mac, self.spec.ip, reg.index),
                                               headers={"Content-Type": "application/xml"}):
                     pass
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
