@@ -47,20 +47,23 @@ def redacted(url: str) -> str:
     return re.sub(r"^([a-z][a-z0-9+.-]*://[^:/@]*:)[^@/]*@", r"\1***@", url, flags=re.I)
 
 
-def server_config(port: int, directory: Path, password: str, appendonly: bool) -> str:
-    """redis.conf text for a private server: loopback only, default user off, one ACL user with `password`."""
-    if not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", password):
-        raise ValueError("the Redis password must be 16-128 characters of [A-Za-z0-9_-]")
+def server_config(port: int, directory: Path, password: str, appendonly: bool, admin_password: str | None = None) -> str:
+    """redis.conf text for a private server: loopback only, default user off, one ACL user with `password`
+    (and, for a test harness that watches the server with MONITOR, an `admin` user with every command)."""
+    for pw in (password, admin_password):
+        if pw is not None and not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", pw):
+            raise ValueError("a Redis password must be 16-128 characters of [A-Za-z0-9_-]")
     return "\n".join([
         f"port {port}", "bind 127.0.0.1", "protected-mode yes", 'save ""', f'dir "{directory}"',
         f"appendonly {'yes' if appendonly else 'no'}",
         "user default off",
         f"user {ACL_USER} on >{password} {ACL_RULES}",
+        *([f"user admin on >{admin_password} ~* &* +@all"] if admin_password else []),
     ]) + "\n"
 
 
 def start_private(directory: Path | None = None, port: int | None = None, appendonly: bool = False,
-                  password: str | None = None) -> tuple[str, subprocess.Popen]:
+                  password: str | None = None, admin_password: str | None = None) -> tuple[str, subprocess.Popen]:
     """Start redis-server on a free loopback port with a fresh ACL password (or `password`, to restart a server
     on its data under the same credentials); returns its URL, credentials included, and process (the caller stops it)."""
     binary = shutil.which("redis-server")
@@ -77,7 +80,7 @@ def start_private(directory: Path | None = None, port: int | None = None, append
     proc = subprocess.Popen([binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     assert proc.stdin is not None
-    proc.stdin.write(server_config(port, directory, password, appendonly).encode())
+    proc.stdin.write(server_config(port, directory, password, appendonly, admin_password).encode())
     proc.stdin.close()
     url = f"redis://{ACL_USER}:{quote(password, safe='')}@127.0.0.1:{port}/0"
     deadline = time.monotonic() + 10
