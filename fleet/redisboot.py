@@ -1,12 +1,16 @@
 """Where Redis is: FLEET_REDIS_URL, or a private redis-server this tool starts when none is configured.
 
 Whoever can write to the broker can queue work for the routers and phones,
-so Redis is never open: the private server (and every test's) has its
-default user switched off and one ACL user, `fleet`, with a random password,
-allowed every command except the administrative ones (CONFIG, MODULE, DEBUG,
-REPLICAOF, SHUTDOWN...: the usual ways from Redis onto its host). The
-configuration reaches redis-server on its standard input, so the password
-is neither on its command line (visible in `ps`) nor in a file.
+so Redis is never open: the private server (and every test's) has one ACL
+user, `fleet`, with a random password, allowed every command except the
+administrative ones (CONFIG, MODULE, DEBUG, REPLICAOF, SHUTDOWN...: the usual
+ways from Redis onto its host). Nobody can log in as the default user: it has
+no password at all (`resetpass`, and not `nopass`). It stays `on` because
+Redis 7 replays MULTI/EXEC from the append-only file as the default user, and
+with that user off every transaction is silently dropped at restart (redis
+issue 14541, fixed only in later releases). The configuration reaches
+redis-server on its standard input, so the password is neither on its
+command line (visible in `ps`) nor in a file.
 """
 from __future__ import annotations
 
@@ -27,6 +31,9 @@ import redis
 ACL_USER = "fleet"
 # every key and channel, every command but the administrative ones
 ACL_RULES = "~* &* +@all -@admin"
+# no password can match (resetpass, not nopass), so nobody logs in as it; on, with the fleet user's rights,
+# only so that Redis 7 can replay the AOF's transactions as it (see above)
+DEFAULT_USER = f"user default on resetpass {ACL_RULES}"
 
 
 class RedisUnavailable(RuntimeError):
@@ -56,7 +63,7 @@ def server_config(port: int, directory: Path, password: str, appendonly: bool, a
     return "\n".join([
         f"port {port}", "bind 127.0.0.1", "protected-mode yes", 'save ""', f'dir "{directory}"',
         f"appendonly {'yes' if appendonly else 'no'}",
-        "user default off",
+        DEFAULT_USER,
         f"user {ACL_USER} on >{password} {ACL_RULES}",
         *([f"user admin on >{admin_password} ~* &* +@all"] if admin_password else []),
     ]) + "\n"

@@ -195,6 +195,29 @@ def test_private_redis_has_an_acl_user_and_no_open_default(tmp_path):
         proc.wait(10)
 
 
+def test_transactions_survive_a_restart_from_the_append_only_file(tmp_path):
+    """Redis 7 replays MULTI/EXEC from the AOF as the default user: with that user off they would be lost."""
+    url, proc = start_private(tmp_path / "aof", appendonly=True)
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    try:
+        r = redis.Redis.from_url(url)
+        with r.pipeline(transaction=True) as pipe:
+            pipe.hset("tx", mapping={"a": 1}).set("tx2", "b").execute()
+        r.set("plain", "c")
+    finally:
+        proc.terminate()
+        proc.wait(10)
+    url, proc = start_private(tmp_path / "aof", port=port, appendonly=True, password=password_of(url))
+    try:
+        r = redis.Redis.from_url(url, decode_responses=True)
+        assert (r.hgetall("tx"), r.get("tx2"), r.get("plain")) == ({"a": "1"}, "b", "c")
+        with pytest.raises(redis.exceptions.AuthenticationError):
+            redis.Redis.from_url(re.sub(r"//fleet:", "//default:", url)).ping()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def password_of(url: str) -> str:
     return url.split("//", 1)[1].split("@", 1)[0].split(":", 1)[1]
 
@@ -208,7 +231,8 @@ def test_compose_sets_redis_password_and_flower_auth_from_the_environment():
     doc = yaml.safe_load(text)
     services = doc["services"]
     redis_cmd = " ".join(services["redis"]["command"])
-    assert "user default off" in redis_cmd and "user fleet on >$$FLEET_REDIS_PASSWORD" in redis_cmd
+    assert "user default on resetpass ~*" in redis_cmd and "user fleet on >$$FLEET_REDIS_PASSWORD" in redis_cmd
+    assert "nopass" not in redis_cmd
     assert "--requirepass" not in redis_cmd          # ACL user, not the default user's password
     for name in ("worker-hq", "worker-control", "collector-hq", "scheduler", "flower"):
         url = services[name]["environment"]["FLEET_REDIS_URL"]
