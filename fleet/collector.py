@@ -48,34 +48,50 @@ def listen_address(site: Site, what: str, value: str) -> tuple[str, int]:
 
 
 class SourceFilter:
-    """Which source addresses a site's collector accepts: the phones' own addresses and `collector.allow_from`."""
+    """Which source addresses a site's collector accepts: the phones' own addresses and `collector.allow_from`.
+
+    A report from a phone's own address may speak only for the phone(s) at
+    that address, so one phone cannot pass itself off as another; from an
+    `allow_from` network (phones the inventory has no address for) any of the
+    site's phones.
+    """
 
     def __init__(self, site: Site) -> None:
         self.site = site.name
-        self.hosts: set[str] = set()
+        self.hosts: dict[str, set[str]] = {}     # address -> MACs of the phones there
         self.unresolved: list[str] = []
         for phone in site.phones:
             try:
-                self.hosts.add(str(ipaddress.ip_address(phone.address)))
+                addresses = {str(ipaddress.ip_address(phone.address))}
             except ValueError:   # a host name: what it resolves to now
                 try:
-                    self.hosts.update(str(ipaddress.ip_address(ai[4][0])) for ai in socket.getaddrinfo(phone.address, None))
+                    addresses = {str(ipaddress.ip_address(ai[4][0])) for ai in socket.getaddrinfo(phone.address, None)}
                 except (OSError, ValueError):
                     self.unresolved.append(phone.mac)
+                    continue
+            for address in addresses:
+                self.hosts.setdefault(address, set()).add(phone.mac)
+        self.macs = {p.mac for p in site.phones}
         self.networks = [ipaddress.ip_network(n, strict=False) for n in site.collector.allow_from]
         self.dropped = 0
         self._logged: set[str] = set()
 
-    def allows(self, host: str) -> bool:
+    def speaks_for(self, host: str) -> set[str]:
+        """The MACs a report from `host` may be about; empty: drop it."""
         if host in self.hosts:
-            return True
+            return self.hosts[host]
         try:
             ip = ipaddress.ip_address(host.split("%", 1)[0])
         except ValueError:
-            return False
+            return set()
         if ip.version == 6 and ip.ipv4_mapped is not None:
             ip = ip.ipv4_mapped
-        return str(ip) in self.hosts or any(ip in net for net in self.networks)
+        if str(ip) in self.hosts:
+            return self.hosts[str(ip)]
+        return self.macs if any(ip in net for net in self.networks) else set()
+
+    def allows(self, host: str) -> bool:
+        return bool(self.speaks_for(host))
 
     def drop(self, host: str, what: str) -> None:
         """Count a dropped datagram or request; say so once per source (bounded, so a flood cannot fill memory)."""
@@ -94,12 +110,17 @@ class _Syslog(asyncio.DatagramProtocol):
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
         self.received += 1
-        if not self.sources.allows(addr[0]):
+        macs = self.sources.speaks_for(addr[0])
+        if not macs:
             self.sources.drop(addr[0], "syslog")
             return
         obs = parse_syslog(data, time.time())
-        if obs is not None:
-            self.sink.append(obs)
+        if obs is None:
+            return
+        if obs.mac not in macs:
+            self.sources.drop(addr[0], f"syslog about phone {obs.mac}")
+            return
+        self.sink.append(obs)
 
 
 class SiteCollector:
@@ -175,12 +196,16 @@ class SiteCollector:
                 await asyncio.sleep(max(0.0, self.site.collector.poll_interval - (time.monotonic() - started)))
 
     async def _event(self, request: web.Request) -> web.Response:
-        if not self.sources.allows(request.remote or ""):
+        macs = self.sources.speaks_for(request.remote or "")
+        if not macs:
             self.sources.drop(request.remote or "?", "an event")
             return web.Response(status=403, text="not a phone of this site")
         obs = parse_line_event(await request.read(), time.time())
         if obs is None:
             return web.Response(status=400, text="not a telephone notification event")
+        if obs.mac not in macs:
+            self.sources.drop(request.remote or "?", f"an event about phone {obs.mac}")
+            return web.Response(status=403, text="a phone reports only for itself")
         self.pending.append(obs)
         return web.Response(status=200)
 

@@ -98,6 +98,17 @@ def test_events_from_a_stranger_are_refused_and_from_the_phone_recorded(collecto
     assert state.last_source == "event", state.to_dict()
 
 
+def test_a_phone_cannot_report_for_another(collector):
+    c, store, syslog, events = collector
+    # phone B's address claims phone A registered, by syslog and by event; then B reports for itself
+    _send_syslog(ADDR_B, syslog, phone_reports.syslog_registration(PHONE_A, ADDR_A, 1, 1, "10.0.0.1:5060", True, 60))
+    assert _post_event(ADDR_B, events, phone_reports.line_event("LineRegistrationEvent", PHONE_A, ADDR_A, 1)) == 403
+    _send_syslog(ADDR_B, syslog, phone_reports.syslog_registration(PHONE_B, ADDR_B, 1, 1, "10.0.0.1:5060", True, 60))
+    assert _wait_for(store, PHONE_B).working_server == 1
+    state_a = store.phone_state(PHONE_A)
+    assert state_a.observed_at is None, state_a.to_dict()
+
+
 def test_allow_from_network_is_accepted(collector):
     c, store, syslog, _ = collector
     _send_syslog(ALLOWED_NET_HOST, syslog,
