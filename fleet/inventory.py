@@ -8,6 +8,7 @@ inventory itself can be logged and stored without leaking anything.
 """
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from dataclasses import dataclass
@@ -137,15 +138,27 @@ class BootServer(Strict):
 
 
 class Collector(Strict):
-    syslog: str = "0.0.0.0:514"
+    syslog: str = "0.0.0.0:514"     # a wildcard is refused when the collector starts: name the address phones send to
     events: str = "0.0.0.0:8514"
     poll_interval: float = Field(0.0, ge=0, le=3600, description="seconds between state-polling rounds; 0: push sources only")
     poll_concurrency: int = Field(200, ge=1, le=5000)
+    allow_from: list[str] = Field([], description="networks (CIDR) whose syslog and events are accepted besides "
+                                                  "the site's phones' own addresses")
 
     @field_validator("syslog", "events")
     @classmethod
     def hostport(cls, v: str, info) -> str:
         validate.hostport(v, f"collector {info.field_name} address")
+        return v
+
+    @field_validator("allow_from")
+    @classmethod
+    def networks(cls, v: list[str]) -> list[str]:
+        for net in v:
+            try:
+                ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"{net!r} is not a network (e.g. 10.1.20.0/24)") from None
         return v
 
 

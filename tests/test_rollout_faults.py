@@ -16,6 +16,7 @@ import random
 import signal
 import subprocess
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -189,10 +190,11 @@ def test_worker_dies_around_the_reboot(lab, aof_redis, tmp_path, monkeypatch, po
 def test_redis_restarted_mid_rollout(lab, aof_redis, tmp_path):
     r, proc, rid, t0 = _start_rollout(lab, aof_redis["url"], tmp_path, 20)
     _wait_for_verified(r, rid, 30, proc)
-    r.shutdown(save=False, now=False)   # AOF is fsynced on shutdown
+    aof_redis["proc"].terminate()   # SIGTERM: a clean shutdown, AOF fsynced (the fleet ACL user may not SHUTDOWN)
     aof_redis["proc"].wait(10)
     time.sleep(1)
-    _, aof_redis["proc"] = start_private(aof_redis["dir"], port=aof_redis["port"], appendonly=True)
+    _, aof_redis["proc"] = start_private(aof_redis["dir"], port=aof_redis["port"], appendonly=True,
+                                         password=urlsplit(aof_redis["url"]).password)
     out, err = proc.communicate(timeout=400)
     if proc.returncode != 0 or json.loads(out or "{}").get("status") != "done":
         # the controller may have died with its connection; the rollout's state survived in Redis: resume it

@@ -1,6 +1,7 @@
 """Scheduled rollouts: cron entries from playbooks, previous fire times, missed runs recorded; compose file sane."""
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from datetime import datetime
@@ -57,7 +58,7 @@ def test_compose_file_has_redis_with_aof_workers_beat_flower_and_lab():
     services = doc["services"]
     assert {"redis", "worker-hq", "collector-hq", "scheduler", "flower", "lab"} <= set(services)
     assert "--appendonly yes" in " ".join(services["redis"]["command"])
-    assert services["worker-hq"]["environment"]["FLEET_REDIS_URL"].startswith("redis://127.0.0.1:6379")
+    assert services["worker-hq"]["environment"]["FLEET_REDIS_URL"].startswith("redis://fleet:${FLEET_REDIS_PASSWORD:?")
     assert "--no-collect" in services["worker-hq"]["command"] and services["collector-hq"]["command"][:2] == ["fleet", "collector"]
     # Compose itself judges the file where it is installed: the v2 plugin, or Debian's docker-compose (v1)
     if shutil.which("docker") and subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0:
@@ -66,5 +67,7 @@ def test_compose_file_has_redis_with_aof_workers_beat_flower_and_lab():
         compose = ["docker-compose"]
     else:
         return
-    res = subprocess.run([*compose, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True)
+    env = dict(os.environ, FLEET_REDIS_PASSWORD="0123456789abcdef0123", FLOWER_BASIC_AUTH="admin:0123456789abcdef")
+    res = subprocess.run([*compose, "-f", str(ROOT / "docker-compose.yml"), "config", "-q"], capture_output=True, text=True,
+                         env=env)
     assert res.returncode == 0, res.stderr
