@@ -75,7 +75,7 @@ def _params(mac: str, params: dict[str, str], family: str) -> None:
             continue
         if value.startswith(("secret:", "env:")):
             if not param.secret:
-                raise PlanRefused(f"{where}: a secret reference in a parameter that is not secret")
+                raise PlanRefused(f"{where}: a secret reference in a parameter that is not a secret parameter")
             if not _REFERENCE.match(value):
                 raise PlanRefused(f"{where}: malformed secret reference")
             continue

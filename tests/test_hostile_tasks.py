@@ -199,9 +199,9 @@ def test_tampered_rollout_records_fail_the_phone_and_touch_nothing(lab, client, 
     good = _entry(lab, mac, **{"reg.1.server.1.expires": "14"})
     pushes = {
         "secret-in-label": (dict(good, params=dict(good["params"], **{"reg.1.displayName": "secret:router"})),
-                            "secret reference in a parameter that is not secret"),
+                            "secret reference in a parameter that is not a secret parameter"),
         "env-in-label": (dict(good, params=dict(good["params"], **{"reg.1.label": "env:FLEET_REDIS_URL"})),
-                         "secret reference in a parameter that is not secret"),
+                         "secret reference in a parameter that is not a secret parameter"),
         "unknown-param": (dict(good, params=dict(good["params"], **{"device.sh.command": "touch /tmp/x"})),
                           "not a parameter the catalogue knows"),
         "out-of-range": (dict(good, params=dict(good["params"], **{"reg.1.server.1.port": "70000"})), "out of range"),
