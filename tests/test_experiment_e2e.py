@@ -152,19 +152,21 @@ def test_router_that_does_not_answer_gives_a_typed_error_not_a_traceback(lab, re
     assert "Traceback" not in res.stderr and "Traceback" not in worker.log.read_text()
 
 
-def test_phone_without_fallback_fails_with_reason(lab_factory, worker_factory, redis_url, tmp_path):
+def test_playbook_expecting_a_fallback_the_phones_lack_is_refused_before_the_cut(lab_factory, worker_factory, redis_url,
+                                                                                   tmp_path):
+    """Phones with one server cannot fall back: the playbook is refused with its line, and the router never touched.
+    (The verdict for a phone without fallback that reaches a run anyway is unit-tested in test_verdict.py.)"""
     spec = lab_spec("nofb", 22, phones=2, site="solo", servers=[
         {"address": "provider", "expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}])
     solo = lab_factory(spec)
     worker_factory(solo.inventory, "solo")
     pb = tmp_path / "pb.yml"
-    pb.write_text((ROOT / "playbooks/wan-outage-fallback.yml").read_text().replace("site: hq", "site: solo")
-                  .replace("within: 30, measure: failover", "within: 12, measure: failover"))
-    res, doc = _run(pb, solo, redis_url, tmp_path)
-    assert res.returncode == 1
-    for p in doc["phones"]:
-        assert p["passed"] is False
-        assert any("no fallback server configured" in r for r in p["reasons"])
-        assert p["predicted_failover_max_s"] is None
-    # the WAN was restored even though expectations failed
+    pb.write_text((ROOT / "playbooks/wan-outage-fallback.yml").read_text().replace("site: hq", "site: solo"))
+    before = len(solo.status()["sites"][0]["router"]["commands"])
+    res = run_fleet(["experiment", "run", str(pb), "--inventory", str(solo.inventory), "--report-dir", str(tmp_path)],
+                    redis_url)
+    assert res.returncode == 2, res.stderr
+    assert f"{pb}:" in res.stderr and ".server: server 2 does not exist" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr
+    assert len(solo.status()["sites"][0]["router"]["commands"]) == before
     assert solo.status()["sites"][0]["router"]["wan_state"]["admin_up"] is True
