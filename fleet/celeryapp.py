@@ -16,6 +16,8 @@ def configure(url: str | None = None) -> Celery:
     url = url or os.environ.get("FLEET_REDIS_URL", "redis://127.0.0.1:6379/0")
     app.conf.update(
         broker_url=url,
+        # kombu's Redis transport, fixed so that a worker survives Redis going away mid-task (fleet/broker.py)
+        broker_transport="fleet.broker:Transport",
         result_backend=url,
         task_serializer="json",
         result_serializer="json",

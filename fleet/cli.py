@@ -275,7 +275,7 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
 def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .rollout import RolloutDriver
+    from .rollout import RolloutDriver, experiment_drill
     from .store import LeaseHeld
 
     console = Console(stderr=as_json)
@@ -290,7 +290,7 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
                 progress.update(bars[site], completed=c["settled"], failed=c["failed"])
 
         driver = RolloutDriver(rid, inv, store, pb, say=lambda s: progress.console.print(s), progress=show,
-                               drill=lambda path, site, holder: _run_drill(path, site, inv, store, holder))
+                               drill=experiment_drill(inv, store))
         try:
             outcome = driver.run()
         except LeaseHeld as exc:
@@ -306,18 +306,6 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
         console.print(f"[bold {colour}]{outcome.status}[/]{': ' + outcome.reason if outcome.reason else ''} {outcome.counts}")
     failed = sum(outcome.counts.get(k, 0) for k in ("failed", "rolled_back", "rollback_failed"))
     _exit_now(0 if outcome.status == "done" and not failed else EXIT_FAILED)
-
-
-def _run_drill(path: str, site: str, inv, store, holder: str) -> bool:
-    """The failover drill gate: the experiment playbook, run on the canary site under the rollout's lease."""
-    from . import playbook as pb_mod
-    from .experiment import ExperimentRunner
-
-    drill = pb_mod.load(path).model_copy(update={"site": site})
-    pb_mod.check_against(drill, inv, path)
-    result = ExperimentRunner(drill, inv, store, lease_holder=holder).run()
-    store.finish_experiment(result.id, result.passed, "")
-    return result.passed
 
 
 @rollout.command("status")

@@ -171,6 +171,14 @@ class Store:
         script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
         return bool(self.r.eval(script, 1, f"{P}lease:{site}", holder, int(ttl * 1000)))
 
+    def lease_info(self, site: str) -> tuple[str | None, int]:
+        """(holder, milliseconds left) of a site's lease; (None, -2) when nobody holds it."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(f"{P}lease:{site}")
+        pipe.pttl(f"{P}lease:{site}")
+        holder, pttl = pipe.execute()
+        return holder, int(pttl)
+
     def release_lease(self, site: str, holder: str) -> None:
         script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
         self.r.eval(script, 1, f"{P}lease:{site}", holder)
