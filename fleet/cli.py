@@ -442,7 +442,7 @@ def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
     store = _store()
     for e in entries:
         click.echo(f"{e.name}: '{e.cron}' ({e.timezone}) -> {e.playbook}")
-    for message in schedule.check_missed(store.r, entries):
+    for message in schedule.check_missed(store, entries):
         err.print(f"[yellow]missed: {message}[/yellow]")
     if check:
         return
@@ -450,7 +450,8 @@ def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
 
     configure(store.url)
     app.conf.beat_schedule = schedule.beat_schedule(entries, str(Path(inventory_path).resolve()))
-    app.Beat(loglevel="WARNING", schedule=str(Path(os.environ.get("FLEET_BEAT_DIR", ".")) / "fleet-beat-schedule")).run()
+    # no schedule file: the schedule comes from the playbooks, last-sent times go to Redis (fleet.schedule)
+    app.Beat(loglevel="WARNING", scheduler=schedule.scheduler_for(store, entries)).run()
 
 
 @main.command()

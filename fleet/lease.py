@@ -72,11 +72,11 @@ class SiteLease:
                     continue   # it expired between our attempt and the look: try again
                 if not (self.wait_for_predecessor and self._predecessor(holder)) or time.monotonic() > deadline:
                     raise
-                if last_ttl is not None and pttl > last_ttl + 500:
+                if last_ttl is not None and pttl > last_ttl:
                     # the TTL went up: the other holder renewed it, so it is alive and doing this work
                     raise LeaseHeld(f"site {site} is leased by {holder}, a live run of the same work") from None
                 last_ttl = pttl
-                time.sleep(0.5)
+                time.sleep(min(0.5, self.ttl / 10))
 
     def acquire(self) -> SiteLease:
         taken_at = []

@@ -122,12 +122,21 @@ class RolloutDriver:
             self.lease.check()
 
     # ---------------------------------------------------------------- main loop
-    def run(self) -> Outcome:
-        """Drive the rollout; raises LeaseHeld (nothing done) if another run holds one of its sites."""
+    def run(self, only_from: tuple[str, ...] | None = None) -> Outcome:
+        """Drive the rollout; raises LeaseHeld (nothing done) if another run holds one of its sites.
+
+        With `only_from`, the rollout is driven only if, once the lease is ours,
+        its status is one of those: a copy that was waiting for the lease while
+        another run finished the rollout does not run it a second time.
+        """
         lease = SiteLease(self.store, self._sites(), owner=f"rollout:{self.rid}", ttl=self.lease_ttl,
                           on_lost=lambda why: self.say(f"lease lost: {why}"))
         lease.acquire()
         self.lease = lease
+        status = self.rs.get_field(self.rid, "status")
+        if only_from is not None and status not in only_from:
+            lease.release()
+            return Outcome(status or "?", f"not driven again: the rollout is already {status}", self.counts())
         try:
             self.rs.set(self.rid, status="running", reason="", driver=lease.holder)
             self.rs.log(self.rid, "run", holder=lease.holder, pid=os.getpid(), host=socket.gethostname())
@@ -400,8 +409,10 @@ class Overloaded(ValueError):
     """The change would push a registrar over its REGISTER/s limit (R6) and the playbook does not allow it."""
 
 
-def create(playbook_path: str, inventory_path: str, store: Store, rid: str | None = None):
-    """Validate, plan and record a rollout; returns (id, playbook, inventory, plan). Nothing is touched yet."""
+def create(playbook_path: str, inventory_path: str, store: Store, rid: str | None = None, exclusive: bool = False):
+    """Validate, plan and record a rollout; returns (id, playbook, inventory, plan). Nothing is touched yet.
+
+    With `exclusive`, store.RolloutExists is raised if `rid` was created before (by another copy of the same run)."""
     from pathlib import Path
 
     from . import inventory as inv_mod
@@ -416,5 +427,5 @@ def create(playbook_path: str, inventory_path: str, store: Store, rid: str | Non
     if p.overloaded and not pb.strategy.allow_overload:
         raise Overloaded("; ".join(p.overloaded))
     rs.create(rid, pb.name, p.to_dict(), {"playbook_path": str(Path(playbook_path).resolve()),
-                                          "inventory_path": str(Path(inventory_path).resolve())})
+                                          "inventory_path": str(Path(inventory_path).resolve())}, exclusive=exclusive)
     return rid, pb, inv, p
