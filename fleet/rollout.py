@@ -133,10 +133,14 @@ class RolloutDriver:
                           on_lost=lambda why: self.say(f"lease lost: {why}"))
         lease.acquire()
         self.lease = lease
-        status = self.rs.get_field(self.rid, "status")
+        try:
+            status = self.rs.get_field(self.rid, "status")
+        except BaseException:
+            lease.release()
+            raise
         if only_from is not None and status not in only_from:
             lease.release()
-            return Outcome(status or "?", f"not driven again: the rollout is already {status}", self.counts())
+            return Outcome(status or "?", f"not driven again: the rollout is already {status}", self._counts_if_reachable())
         try:
             self.rs.set(self.rid, status="running", reason="", driver=lease.holder)
             self.rs.log(self.rid, "run", holder=lease.holder, pid=os.getpid(), host=socket.gethostname())
