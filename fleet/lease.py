@@ -60,7 +60,7 @@ class SiteLease:
     def _acquire_one(self, site: str) -> float:
         """Take one site's lease; returns the monotonic time just before the attempt that took it."""
         deadline = time.monotonic() + self.ttl + 2
-        last_ttl = None
+        last: tuple[str, int] | None = None
         while True:
             started = time.monotonic()
             try:
@@ -72,24 +72,25 @@ class SiteLease:
                     continue   # it expired between our attempt and the look: try again
                 if not (self.wait_for_predecessor and self._predecessor(holder)) or time.monotonic() > deadline:
                     raise
-                if last_ttl is not None and pttl > last_ttl:
+                if last is not None and last[0] == holder and pttl > last[1]:
                     # the TTL went up: the other holder renewed it, so it is alive and doing this work
                     raise LeaseHeld(f"site {site} is leased by {holder}, a live run of the same work") from None
-                last_ttl = pttl
+                last = (holder, pttl)
                 time.sleep(min(0.5, self.ttl / 10))
 
     def acquire(self) -> SiteLease:
-        taken_at = []
         try:
             for site in self.sites:
-                taken_at.append(self._acquire_one(site))
+                taken = self._acquire_one(site)
                 self._held.append(site)
+                if self._thread is None:
+                    # renewing starts with the first site: taking the next ones may wait up to a TTL
+                    self._confirmed = taken
+                    self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.holder}", daemon=True)
+                    self._thread.start()
         except BaseException:
             self.release()
             raise
-        self._confirmed = min(taken_at, default=time.monotonic())
-        self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.holder}", daemon=True)
-        self._thread.start()
         return self
 
     def release(self) -> None:
@@ -125,7 +126,7 @@ class SiteLease:
         while not self._stop.wait(wait):
             started = time.monotonic()
             try:
-                for site in self._held:
+                for site in list(self._held):
                     if not self.store.renew_lease(site, self.holder, self.ttl):
                         holder, _ = self.store.lease_info(site)
                         self._lose(f"the lease on site {site} is no longer ours "
