@@ -325,7 +325,7 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
 def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .rollout import RolloutDriver
+    from .rollout import RolloutDriver, experiment_drill
     from .store import LeaseHeld
 
     console = Console(stderr=as_json)
@@ -340,7 +340,7 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
                 progress.update(bars[site], completed=c["settled"], failed=c["failed"])
 
         driver = RolloutDriver(rid, inv, store, pb, say=lambda s: progress.console.print(Text(str(s))), progress=show,
-                               drill=lambda path, site, holder: _run_drill(path, site, inv, store, holder))
+                               drill=experiment_drill(inv, store))
         try:
             outcome = driver.run()
         except LeaseHeld as exc:
@@ -357,18 +357,6 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
                                     f"{': ' + str(outcome.reason) if outcome.reason else ''} {outcome.counts}"))
     failed = sum(outcome.counts.get(k, 0) for k in ("failed", "rolled_back", "rollback_failed"))
     _exit_now(0 if outcome.status == "done" and not failed else EXIT_FAILED)
-
-
-def _run_drill(path: str, site: str, inv, store, holder: str) -> bool:
-    """The failover drill gate: the experiment playbook, run on the canary site under the rollout's lease."""
-    from . import playbook as pb_mod
-    from .experiment import ExperimentRunner
-
-    drill = pb_mod.load(path).model_copy(update={"site": site})
-    pb_mod.check_against(drill, inv, path)
-    result = ExperimentRunner(drill, inv, store, lease_holder=holder).run()
-    store.finish_experiment(result.id, result.passed, "")
-    return result.passed
 
 
 @rollout.command("status")
@@ -499,7 +487,7 @@ def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
     store = _store()
     for e in entries:
         click.echo(f"{e.name}: '{e.cron}' ({e.timezone}) -> {e.playbook}")
-    for message in schedule.check_missed(store.r, entries):
+    for message in schedule.check_missed(store, entries):
         err.print(Text(f"missed: {message}", style="yellow"))
     if check:
         return
@@ -507,7 +495,8 @@ def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
 
     configure(store.url)
     app.conf.beat_schedule = schedule.beat_schedule(entries, str(Path(inventory_path).resolve()))
-    app.Beat(loglevel="WARNING", schedule=str(Path(os.environ.get("FLEET_BEAT_DIR", ".")) / "fleet-beat-schedule")).run()
+    # no schedule file: the schedule comes from the playbooks, last-sent times go to Redis (fleet.schedule)
+    app.Beat(loglevel="WARNING", scheduler=schedule.scheduler_for(store, entries)).run()
 
 
 @main.command()

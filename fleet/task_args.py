@@ -96,6 +96,9 @@ class ScheduledRolloutArgs(TaskArgs):
     playbook_path: YamlPath
     inventory_path: YamlPath
     schedule_name: Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,99}$")]
+    # the cron time beat fires for, as datetime.isoformat() writes it
+    fire_time: Annotated[str, StringConstraints(strict=True, max_length=40,
+                                                pattern=r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,6})?)?([+-][0-9]{2}:[0-9]{2}|Z)?$")] | None = None
 
     @field_validator("inventory_path")
     @classmethod

@@ -415,28 +415,15 @@ def rollout_cleanup(rid: str, site_name: str) -> dict:
     return {"ok": True, "removed": removed, "kept": kept}
 
 
-@app.task(name="fleet.scheduled_rollout", bind=True, acks_late=True)
+@app.task(name="fleet.scheduled_rollout", acks_late=True)
 @validated(task_args.ScheduledRolloutArgs)
-def scheduled_rollout(self, playbook_path: str, inventory_path: str, schedule_name: str) -> dict:
-    """Run a scheduled rollout to the end in this worker. A redelivered message resumes the same rollout."""
-    from .rollout import Overloaded, RolloutDriver, create
-    from .rollout_plan import PlanError
-    from .store import P, RolloutStore, Store
-    from .yamlfile import FileError
+def scheduled_rollout(playbook_path: str, inventory_path: str, schedule_name: str, fire_time: str | None = None) -> dict:
+    """One scheduled run: create its rollout (id from the schedule's name and `fire_time`) and drive it once.
 
-    store = Store(os.environ["FLEET_REDIS_URL"])
-    store.r.set(f"{P}schedule:{schedule_name}:last_run", time.time())
-    rid = f"{schedule_name}-{self.request.id[:8]}"
-    rs = RolloutStore(store)
-    try:
-        if rs.get(rid):
-            from . import rollout_playbook
+    A redelivered copy (acks_late, the broker's visibility timeout) computes the
+    same id and finds the rollout driven or finished; see fleet.schedule.
+    """
+    from .schedule import run_scheduled
 
-            pb, inv = rollout_playbook.load(playbook_path), inv_mod.load(inventory_path)
-        else:
-            rid, pb, inv, _ = create(playbook_path, inventory_path, store, rid)
-    except (FileError, PlanError, Overloaded) as exc:
-        store.r.rpush(f"{P}schedule:missed", f"scheduled rollout {schedule_name} refused: {exc}")
-        return {"ok": False, "error": str(exc)}
-    outcome = RolloutDriver(rid, inv, store, pb).run()
-    return {"ok": outcome.status == "done", "id": rid, "status": outcome.status, "reason": outcome.reason}
+    store, _ = _stores(os.environ["FLEET_REDIS_URL"])
+    return run_scheduled(store, playbook_path, inventory_path, schedule_name, fire_time)
