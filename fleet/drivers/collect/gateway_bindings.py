@@ -83,6 +83,9 @@ def parse_kamailio(text: str, now: float | None = None) -> list[Binding]:
     closed = sum(1 for line in text.splitlines() if line.strip() == "}")
     if opened != closed:
         raise GatewayOutputError(f"Kamailio ul.dump answer is cut ({opened} blocks opened, {closed} closed)")
+    if re.search(r"^\s*AoR:\s*\S", text, re.M) and not re.search(r"^\s*Address:\s*\S", text, re.M):
+        raise GatewayOutputError("Kamailio ul.dump answer lists AoRs without contacts (the 'brief' form?); "
+                                 "run `kamcmd ul.dump` without 'brief'")
     out: list[Binding] = []
     aor = ""
     cur: dict[str, str] | None = None

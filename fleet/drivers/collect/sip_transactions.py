@@ -142,7 +142,7 @@ def split_contacts(values: list[str]) -> list[tuple[str, dict[str, str]]]:
             lt, gt = part.find("<"), part.find(">")
             if 0 <= lt < gt:
                 uri = part[lt + 1:gt].strip()
-                params = sip.header_params(part[gt:] if ";" in part[gt:] else "")
+                params = sip.header_params("<>" + part[gt + 1:])
             else:
                 uri = part.split(";")[0].strip()
                 params = sip.header_params(part)
@@ -191,7 +191,7 @@ class RegisterMatcher:
     def __init__(self, timeout: float = T1_TIMEOUT, max_pending: int = 200_000) -> None:
         self.timeout = timeout
         self.max_pending = max_pending
-        self._pending: dict[tuple, list] = {}       # key -> [RegisterRequest, retransmissions]
+        self._pending: dict[tuple, list] = {}       # key -> [RegisterRequest, retransmissions, challenge code]
         self._done: dict[tuple, float] = {}         # key -> t: absorbs late retransmissions and duplicates
         self._challenged: dict[str, tuple[RegisterOutcome, float]] = {}   # call-id -> (challenge, t)
         self.stats: Counter[str] = Counter()
@@ -221,13 +221,15 @@ class RegisterMatcher:
         req = request_info(msg, t, src, dst)
         if req is None:
             return
+        after = None
         challenged = self._challenged.get(req.call_id)
         if challenged is not None and challenged[0].request.cseq < req.cseq:
-            del self._challenged[req.call_id]
+            del self._challenged[req.call_id]        # the phone answered the challenge
+            after = challenged[0].code
         if len(self._pending) >= self.max_pending:
             self._pending.pop(next(iter(self._pending)))
             self.stats["evicted"] += 1
-        self._pending[key] = [req, 0]
+        self._pending[key] = [req, 0, after]
         self.stats["requests"] += 1
 
     def _response(self, msg: sip.SipMessage, t: float) -> RegisterOutcome | None:
@@ -246,10 +248,9 @@ class RegisterMatcher:
             self.stats["duplicate_final" if key in self._done else "stray_responses"] += 1
             return None
         self._done[key] = t
-        req, retrans = entry
+        req, retrans, after = entry
         code = msg.status
-        prior = self._challenged.pop(req.call_id, None)
-        after = prior[0].code if prior else None
+        self._challenged.pop(req.call_id, None)
         if code in INTERIM_CODES and (code == 423 or not req.has_credentials or _stale(msg)):
             outcome = RegisterOutcome(INTERIM, req, t, code=code, retransmissions=retrans)
             self._challenged[req.call_id] = (outcome, t)
@@ -266,7 +267,7 @@ class RegisterMatcher:
         out: list[RegisterOutcome] = []
         while self._pending:
             key = next(iter(self._pending))
-            req, retrans = self._pending[key]
+            req, retrans, _ = self._pending[key]
             if now - req.t < self.timeout:
                 break
             del self._pending[key]

@@ -30,9 +30,6 @@ LINKTYPE_LINUX_SLL2 = 276
 LINKTYPE_IPV4 = 228
 LINKTYPE_IPV6 = 229
 
-_IP_MF = 0x2000
-_IP_OFFMASK = 0x1FFF
-
 
 @dataclass(frozen=True, slots=True)
 class Datagram:
@@ -152,10 +149,9 @@ class FrameDecoder:
                 self.stats["not_udp"] += 1
                 return None
             src, dst = socket.inet_ntoa(ip.src), socket.inet_ntoa(ip.dst)
-            if ip.off & (_IP_MF | _IP_OFFMASK):
+            if ip.mf or ip.offset:
                 raw = ip.data if isinstance(ip.data, bytes) else ip.data.pack_hdr() + bytes(ip.data.data)
-                whole = self.reassembler.add(t, (ip.src, ip.dst, ip.id, ip.p), (ip.off & _IP_OFFMASK) * 8,
-                                             bool(ip.off & _IP_MF), raw)
+                whole = self.reassembler.add(t, (ip.src, ip.dst, ip.id, ip.p), ip.offset * 8, bool(ip.mf), raw)
                 if whole is None:
                     return None
                 return self._from_udp_bytes(t, src, dst, whole)
