@@ -14,6 +14,7 @@ as the protocol intends.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import struct
 import zlib
 from dataclasses import dataclass
@@ -88,9 +89,9 @@ def _packet(fields: dict[int, bytes]) -> HepPacket:
     family = _int(fields, 1, 1, "IP family")
     ip_proto = _int(fields, 2, 1, "IP protocol")
     if family == 2:
-        src_raw, dst_raw, size = fields.get(3), fields.get(4), 4
+        src_raw, dst_raw, size, af = fields.get(3), fields.get(4), 4, socket.AF_INET
     elif family == 10:
-        src_raw, dst_raw, size = fields.get(5), fields.get(6), 16
+        src_raw, dst_raw, size, af = fields.get(5), fields.get(6), 16, socket.AF_INET6
     else:
         raise HepError(f"unknown IP family {family}")
     if src_raw is None or dst_raw is None or len(src_raw) != size or len(dst_raw) != size:
@@ -110,8 +111,8 @@ def _packet(fields: dict[int, bytes]) -> HepPacket:
     else:
         raise HepError("missing payload chunk (15 or 16)")
     return HepPacket(family=family, ip_proto=ip_proto,
-                     src=(str(ipaddress.ip_address(src_raw)), sport),
-                     dst=(str(ipaddress.ip_address(dst_raw)), dport),
+                     src=(socket.inet_ntop(af, src_raw), sport),
+                     dst=(socket.inet_ntop(af, dst_raw), dport),
                      t=secs + usecs / 1e6, proto_type=proto_type, agent_id=agent, payload=payload,
                      correlation_id=fields.get(17, b""))
 

@@ -17,10 +17,21 @@ not marked stale) is a refusal at once.
 """
 from __future__ import annotations
 
+import re
 from collections import Counter
 from dataclasses import dataclass
 
 from sipwire import message as sip
+
+from .wire_sip import WireMessage
+
+_DIGITS = re.compile(r"[0-9]{1,10}")
+_USER = re.compile(r"sips?:([^@;>]+)@", re.I)
+
+
+def uri_user(uri: str) -> str:
+    m = _USER.search(uri)
+    return m.group(1) if m else ""
 
 T1_TIMEOUT = 32.0      # RFC 3261 Timer F: 64 * T1 with T1 = 500 ms
 FINAL, TIMEOUT, INTERIM = "final", "timeout", "interim"
@@ -67,7 +78,8 @@ class RegisterOutcome:
         return self.granted_expires == 0
 
 
-def request_info(msg: sip.SipMessage, t: float, src: tuple[str, int], dst: tuple[str, int]) -> RegisterRequest | None:
+def request_info(msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[str, int],
+                 key: tuple[str, int, str] | None = None) -> RegisterRequest | None:
     """The parts of a REGISTER we need; None when the message lacks what a REGISTER must have."""
     try:
         cseq, method = msg.cseq
@@ -81,22 +93,26 @@ def request_info(msg: sip.SipMessage, t: float, src: tuple[str, int], dst: tuple
     contact_expires: int | None = None
     if contacts:
         contact_uri = contacts[0][0]
-        contact_user = sip.uri_user(contact_uri) if contact_uri != "*" else ""
+        contact_user = uri_user(contact_uri) if contact_uri != "*" else ""
         contact_expires = _int(contacts[0][1].get("expires"))
     header_expires = _int(msg.get("expires"))
     requested = contact_expires if contact_expires is not None else header_expires
     return RegisterRequest(
-        t=t, src=src, dst=dst, call_id=msg.call_id, cseq=cseq, key=transaction_key(msg, cseq),
-        aor_user=sip.uri_user(msg.get("to") or ""), from_user=sip.uri_user(msg.get("from") or ""),
+        t=t, src=src, dst=dst, call_id=msg.call_id, cseq=cseq, key=key or transaction_key(msg, cseq),
+        aor_user=uri_user(msg.get("to") or ""), from_user=uri_user(msg.get("from") or ""),
         contact_uri=contact_uri, contact_user=contact_user, requested_expires=requested,
         has_credentials=msg.get("authorization") is not None or msg.get("proxy-authorization") is not None,
         transport=_via_transport(via))
 
 
-def transaction_key(msg: sip.SipMessage, cseq: int) -> tuple[str, int, str]:
-    branch = msg.top_via_branch
+_BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)
+
+
+def transaction_key(msg: WireMessage, cseq: int) -> tuple[str, int, str]:
+    via = (msg.get("via") or "").split(",")[0]
+    m = _BRANCH.search(via)
+    branch = m.group(1) if m else ""
     if not branch:
-        via = (msg.get("via") or "").split(",")[0]
         branch = "sent-by:" + via.split(";")[0].strip()
     return (msg.call_id, cseq, branch)
 
@@ -111,7 +127,7 @@ def _int(value: str | None) -> int | None:
     if value is None:
         return None
     value = value.strip()
-    if not value.isdigit() or len(value) > 10:
+    if not _DIGITS.fullmatch(value):
         return None
     return int(value)
 
@@ -120,18 +136,10 @@ def split_contacts(values: list[str]) -> list[tuple[str, dict[str, str]]]:
     """Contact header values -> [(uri, params)], splitting on commas outside <> and quotes."""
     out: list[tuple[str, dict[str, str]]] = []
     for value in values:
-        parts, depth, quoted, start = [], 0, False, 0
-        for i, ch in enumerate(value):
-            if ch == '"':
-                quoted = not quoted
-            elif not quoted and ch == "<":
-                depth += 1
-            elif not quoted and ch == ">":
-                depth = max(0, depth - 1)
-            elif not quoted and depth == 0 and ch == ",":
-                parts.append(value[start:i])
-                start = i + 1
-        parts.append(value[start:])
+        if "," not in value:
+            parts = [value]
+        else:
+            parts = _split_commas(value)
         for part in parts:
             part = part.strip()
             if not part:
@@ -142,7 +150,8 @@ def split_contacts(values: list[str]) -> list[tuple[str, dict[str, str]]]:
             lt, gt = part.find("<"), part.find(">")
             if 0 <= lt < gt:
                 uri = part[lt + 1:gt].strip()
-                params = sip.header_params("<>" + part[gt + 1:])
+                rest = part[gt + 1:]
+                params = sip.header_params("<>" + rest) if ";" in rest else {}
             else:
                 uri = part.split(";")[0].strip()
                 params = sip.header_params(part)
@@ -150,12 +159,20 @@ def split_contacts(values: list[str]) -> list[tuple[str, dict[str, str]]]:
     return out
 
 
+_ITEM = re.compile(r'(?:[^,"<]+|"[^"]*"?|<[^>]*>?)+')
+
+
+def _split_commas(value: str) -> list[str]:
+    """Split a header value on commas outside <> and quotes."""
+    return _ITEM.findall(value)
+
+
 def same_contact(a: str, b: str) -> bool:
     """Contact URIs compared as RFC 3261 19.1.4 does in practice: scheme, user, host, port; case of host ignored."""
     def norm(u: str) -> tuple[str, str, str, int]:
         u = u.strip()
         scheme = u.split(":", 1)[0].lower()
-        user = sip.uri_user(u)
+        user = uri_user(u)
         try:
             host, port = sip.uri_host_port(u, 5061 if scheme == "sips" else 5060)
         except sip.SipParseError:
@@ -164,11 +181,11 @@ def same_contact(a: str, b: str) -> bool:
     return norm(a) == norm(b)
 
 
-def granted_expiry(resp: sip.SipMessage, req: RegisterRequest) -> int | None:
+def granted_expiry(resp: WireMessage, req: RegisterRequest) -> int | None:
     """The expiry a 2xx granted the request's contact: its Contact entry's expires, else the Expires header,
     else what was asked for."""
     for uri, params in split_contacts(resp.get_all("contact")):
-        if req.contact_uri and uri != "*" and same_contact(uri, req.contact_uri):
+        if req.contact_uri and uri != "*" and (uri == req.contact_uri or same_contact(uri, req.contact_uri)):
             value = _int(params.get("expires"))
             if value is not None:
                 return value
@@ -199,13 +216,13 @@ class RegisterMatcher:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def feed(self, msg: sip.SipMessage, t: float, src: tuple[str, int], dst: tuple[str, int]) -> RegisterOutcome | None:
+    def feed(self, msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[str, int]) -> RegisterOutcome | None:
         if msg.is_request:
             self._request(msg, t, src, dst)
             return None
         return self._response(msg, t)
 
-    def _request(self, msg: sip.SipMessage, t: float, src: tuple[str, int], dst: tuple[str, int]) -> None:
+    def _request(self, msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[str, int]) -> None:
         try:
             key = transaction_key(msg, msg.cseq[0])
         except sip.SipParseError:
@@ -218,7 +235,7 @@ class RegisterMatcher:
         if key in self._done:
             self.stats["retransmissions_after_final"] += 1
             return
-        req = request_info(msg, t, src, dst)
+        req = request_info(msg, t, src, dst, key)
         if req is None:
             return
         after = None
@@ -232,7 +249,7 @@ class RegisterMatcher:
         self._pending[key] = [req, 0, after]
         self.stats["requests"] += 1
 
-    def _response(self, msg: sip.SipMessage, t: float) -> RegisterOutcome | None:
+    def _response(self, msg: WireMessage, t: float) -> RegisterOutcome | None:
         try:
             cseq, method = msg.cseq
         except sip.SipParseError:
@@ -291,7 +308,7 @@ class RegisterMatcher:
         return out
 
 
-def _stale(msg: sip.SipMessage) -> bool:
+def _stale(msg: WireMessage) -> bool:
     for name in ("www-authenticate", "proxy-authenticate"):
         for value in msg.get_all(name):
             if "stale=true" in value.lower().replace(" ", "").replace('"', ""):

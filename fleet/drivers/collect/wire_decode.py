@@ -17,7 +17,9 @@ from dataclasses import dataclass
 
 import dpkt
 
-from sipwire import message as sip
+from sipwire.message import SipParseError
+
+from . import wire_sip
 
 # pcap link types we decode (tcpdump's DLT/LINKTYPE numbers)
 LINKTYPE_NULL = 0
@@ -208,11 +210,11 @@ def _network_layer(linktype: int, frame: bytes):
     return pkt if isinstance(pkt, (dpkt.ip.IP, dpkt.ip6.IP6)) else None
 
 
-def register_message(payload: bytes) -> sip.SipMessage | None:
+def register_message(payload: bytes) -> wire_sip.WireMessage | None:
     """The REGISTER request or REGISTER response in a UDP payload, or None for anything else.
 
     A cheap look at the first bytes keeps RTP, DNS and other SIP methods away from the parser;
-    only well-formed messages (sipwire's strict parser) get through.
+    only well-formed messages (wire_sip's strict parser) get through.
     """
     if payload[:9] == b"REGISTER ":
         pass
@@ -221,10 +223,10 @@ def register_message(payload: bytes) -> sip.SipMessage | None:
     else:
         return None
     try:
-        msg = sip.parse(payload)
-        method = msg.cseq[1]
-    except sip.SipParseError:
+        msg = wire_sip.parse(payload)
+    except SipParseError:
         return None
+    method = msg.cseq[1]
     if method != "REGISTER" or (msg.is_request and msg.method != "REGISTER"):
         return None
     return msg
