@@ -740,3 +740,57 @@ def test_fuzz_shuffled_kamailio_lines_never_invent_contacts(lines):
         return
     real = {"sip:1001@127.0.0.1:35061", "sip:1002@127.0.0.1:35062", "sip:1005@127.0.0.1:35065"}
     assert {b.contact for b in bindings} <= real
+
+
+# --- the lean SIP parser -----------------------------------------------------------------------------------
+
+def test_wire_sip_reads_compact_folded_and_combined_headers():
+    from fleet.drivers.collect import wire_sip
+    raw = (b"REGISTER sip:203.0.113.10 SIP/2.0\r\n"
+           b"v: SIP/2.0/UDP 192.168.10.21:5060;branch=z9hG4bKtop, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKlow\r\n"
+           b"f: <sip:1001@203.0.113.10>;tag=a\r\nt: <sip:1001@203.0.113.10>\r\ni: abc@host\r\n"
+           b"CSeq: 9 register\r\nm: <sip:1001@192.168.10.21:5060>,\r\n <sip:1001@192.168.10.21:5062>;expires=30\r\n"
+           b"l: 0\r\n\r\n")
+    msg = wire_sip.parse(raw)
+    assert (msg.method, msg.cseq, msg.call_id, msg.top_via_branch) == ("REGISTER", (9, "REGISTER"), "abc@host", "z9hG4bKtop")
+    assert msg.get("Contact") == "<sip:1001@192.168.10.21:5060>, <sip:1001@192.168.10.21:5062>;expires=30"
+    from fleet.drivers.collect.sip_transactions import split_contacts
+    assert split_contacts(msg.get_all("contact")) == [("sip:1001@192.168.10.21:5060", {}),
+                                                      ("sip:1001@192.168.10.21:5062", {"expires": "30"})]
+    for bad in (raw.replace(b"CSeq: 9", b"CSeq: \xc2\xb2"), raw.replace(b"i: abc@host\r\n", b""),
+                raw.replace(b"l: 0", b"l: 40"), raw.replace(b"SIP/2.0\r\n", b"SIP/3.0\r\n", 1),
+                raw.replace(b"f: <", b"f <"), raw[:-4]):
+        with pytest.raises(wire_sip.SipParseError):
+            wire_sip.parse(bad)
+
+
+@FUZZ
+@given(junk)
+def test_fuzz_wire_sip_raises_only_its_parse_error(data):
+    from fleet.drivers.collect import wire_sip
+    try:
+        wire_sip.parse(data)
+    except wire_sip.SipParseError:
+        pass
+
+
+def test_hep_evidence_can_be_kept_as_a_pcap_file_that_decodes_back():
+    from fleet.drivers.collect.wire_decode import ip_packet
+    payloads = [hep.parse(hep.encode(A_ADDR, PROVIDER, T0, register("1001", A_ADDR))),
+                hep.parse(hep.encode(("2001:db8::21", 5060), ("2001:db8::1", 5060), T0 + 1, b"SIP/2.0 200 OK\r\n\r\n"))]
+    buf = io.BytesIO()
+    w = PcapWriter(buf, LINKTYPE_RAW)
+    for p in payloads:
+        w.write(p.t, ip_packet(p.datagram()))
+    back = [FrameDecoder().decode(r.t, r.linktype, r.frame) for r in iter_pcap(io.BytesIO(buf.getvalue()))]
+    assert back == [p.datagram() for p in payloads]
+
+
+def test_packet_clock_follows_the_capture_and_keeps_running_when_traffic_stops():
+    from fleet.drivers.collect.wire_pipeline import PacketClock
+    clock = PacketClock()
+    assert clock.now() is None
+    clock.saw(T0)
+    clock.saw(T0 - 5)            # an older packet never moves the clock back
+    now = clock.now()
+    assert T0 <= now < T0 + 5

@@ -270,6 +270,9 @@ class RegisterMatcher:
         self._challenged.pop(req.call_id, None)
         if code in INTERIM_CODES and (code == 423 or not req.has_credentials or _stale(msg)):
             outcome = RegisterOutcome(INTERIM, req, t, code=code, retransmissions=retrans)
+            if len(self._challenged) >= self.max_pending:
+                self._challenged.pop(next(iter(self._challenged)))
+                self.stats["evicted"] += 1
             self._challenged[req.call_id] = (outcome, t)
             self.stats["challenges"] += 1
             return outcome

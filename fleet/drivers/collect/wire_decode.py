@@ -210,6 +210,21 @@ def _network_layer(linktype: int, frame: bytes):
     return pkt if isinstance(pkt, (dpkt.ip.IP, dpkt.ip6.IP6)) else None
 
 
+def ip_packet(dg: Datagram) -> bytes:
+    """A datagram as a raw IPv4/IPv6 UDP packet (pcap LINKTYPE_RAW), so evidence that arrived as HEP can be
+    kept in the experiment's pcap file beside the captured frames and opened in Wireshark."""
+    udp = dpkt.udp.UDP(sport=dg.src[1], dport=dg.dst[1], data=dg.payload)
+    udp.ulen = 8 + len(dg.payload)
+    if ":" in dg.src[0]:
+        ip6 = dpkt.ip6.IP6(src=socket.inet_pton(socket.AF_INET6, dg.src[0]),
+                           dst=socket.inet_pton(socket.AF_INET6, dg.dst[0]), nxt=17, hlim=64, data=udp)
+        ip6.plen = len(bytes(udp))
+        return bytes(ip6)
+    ip = dpkt.ip.IP(src=socket.inet_aton(dg.src[0]), dst=socket.inet_aton(dg.dst[0]), p=17, ttl=64, data=udp)
+    ip.len = 20 + udp.ulen
+    return bytes(ip)
+
+
 def register_message(payload: bytes) -> wire_sip.WireMessage | None:
     """The REGISTER request or REGISTER response in a UDP payload, or None for anything else.
 
