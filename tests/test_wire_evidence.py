@@ -26,7 +26,7 @@ from fleet.drivers.collect.hep_listener import HepListener, start_hep_listener
 from fleet.drivers.collect.local_capture import CaptureUnavailable, check_capture, local_capture_argv
 from fleet.drivers.collect.pcap_stream import (CAPTURE_COMMANDS, PcapFormatError, PcapStreamParser, PcapWriter,
                                                capture_command, iter_pcap)
-from fleet.drivers.collect.sip_transactions import FINAL, INTERIM, TIMEOUT, RegisterMatcher
+from fleet.drivers.collect.sip_transactions import FINAL, INTERIM
 from fleet.drivers.collect.wire_decode import (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2,
                                                LINKTYPE_RAW, Datagram, FrameDecoder, register_message)
 from fleet.drivers.collect.wire_observations import (NOT_OBSERVABLE, Attribution, WireTarget, detail_fields)
@@ -794,3 +794,14 @@ def test_packet_clock_follows_the_capture_and_keeps_running_when_traffic_stops()
     clock.saw(T0 - 5)            # an older packet never moves the clock back
     now = clock.now()
     assert T0 <= now < T0 + 5
+
+
+def test_live_streams_can_stamp_observations_on_the_local_clock():
+    ev = WireEvidence(Attribution(targets(PHONE_A)), stamp="local")
+    skewed = time.time() - 3600          # a router whose clock is an hour behind
+    req = register("1001", A_ADDR)
+    ev.feed_datagram(Datagram(skewed, A_ADDR, PROVIDER, req))
+    obs = ev.feed_datagram(Datagram(skewed + 0.05, PROVIDER, A_ADDR, response(req, 200)))
+    assert len(obs) == 1 and abs(obs[0].t - time.time()) < 60, obs
+    with pytest.raises(ValueError, match="stamp"):
+        WireEvidence(Attribution([]), stamp="router")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from dataclasses import replace
 
 from ...observe import Observation
 from . import hep
@@ -20,15 +21,18 @@ from .wire_observations import Attribution, ObservationBuilder
 class PacketClock:
     """`now` on the capture's clock: the newest packet time advanced by our own monotonic time since it
     arrived. Timeouts then neither depend on the router's clock agreeing with ours nor stall when the
-    traffic stops (an outage is exactly when it stops)."""
+    traffic stops (an outage is exactly when it stops). `offset` maps capture time to our wall clock
+    (router clock skew plus transport delay, as of the newest packet)."""
 
     def __init__(self) -> None:
         self._last: float | None = None
         self._at = 0.0
+        self.offset = 0.0
 
     def saw(self, t: float) -> None:
         if self._last is None or t >= self._last:
             self._last, self._at = t, time.monotonic()
+            self.offset = time.time() - t
 
     def now(self) -> float | None:
         if self._last is None:
@@ -37,8 +41,17 @@ class PacketClock:
 
 
 class WireEvidence:
+    """The pipeline for one input. `stamp="capture"` keeps the capture's packet times in observations (right
+    for a pcap file replayed later); `stamp="local"` moves them onto this host's wall clock through the packet
+    clock's offset (right for a live stream from a router whose clock may be off, since fleet.observe orders
+    observations from all sources by time). Call `tick()` every second or so: it ends unanswered transactions
+    and forgets old state."""
+
     def __init__(self, attribution: Attribution, *, source: str = "wire", timeout: float = T1_TIMEOUT,
-                 max_pending: int = 200_000) -> None:
+                 max_pending: int = 200_000, stamp: str = "capture") -> None:
+        if stamp not in ("capture", "local"):
+            raise ValueError(f"stamp must be 'capture' or 'local', got {stamp!r}")
+        self.stamp = stamp
         self.source = source
         self.decoder = FrameDecoder()
         self.matcher = RegisterMatcher(timeout=timeout, max_pending=max_pending)
@@ -87,6 +100,8 @@ class WireEvidence:
                 self.outcomes.append(outcome)
             obs = self.build(outcome)
             if obs is not None:
+                if self.stamp == "local":
+                    obs = replace(obs, t=obs.t + self.clock.offset)
                 out.append(obs)
         return out
 
