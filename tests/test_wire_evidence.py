@@ -805,3 +805,18 @@ def test_live_streams_can_stamp_observations_on_the_local_clock():
     assert len(obs) == 1 and abs(obs[0].t - time.time()) < 60, obs
     with pytest.raises(ValueError, match="stamp"):
         WireEvidence(Attribution([]), stamp="router")
+
+
+def test_async_pcap_stream_from_a_subprocess_stdout(tmp_path):
+    from fleet.drivers.collect.pcap_stream import aiter_pcap
+    frames = [(T0 + i, eth(A_ADDR, PROVIDER, register("1001", A_ADDR, cseq=i + 1))) for i in range(3)]
+    path = tmp_path / "c.pcap"
+    path.write_bytes(pcap(frames))
+
+    async def read():
+        proc = await asyncio.create_subprocess_exec("cat", str(path), stdout=asyncio.subprocess.PIPE)
+        got = [r async for r in aiter_pcap(proc.stdout, chunk=50)]
+        await proc.wait()
+        return got
+    got = asyncio.run(read())
+    assert [(r.t, r.frame) for r in got] == [(pytest.approx(t), f) for t, f in frames]
