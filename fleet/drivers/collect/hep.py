@@ -62,16 +62,20 @@ def parse(data: bytes) -> HepPacket:
         raise HepError(f"total length {total} does not fit the {len(data)}-byte datagram")
     pos = 6
     fields: dict[int, bytes] = {}
+    unpack = _CHUNK.unpack_from
     while pos < total:
         if total - pos < 6:
             raise HepError(f"chunk header truncated at offset {pos}")
-        vendor, ctype, clen = struct.unpack_from("!HHH", data, pos)
+        vendor, ctype, clen = unpack(data, pos)
         if clen < 6 or pos + clen > total:
             raise HepError(f"chunk {vendor}:{ctype} at offset {pos} has bad length {clen}")
         if vendor == 0 and ctype not in fields:
             fields[ctype] = data[pos + 6:pos + clen]
         pos += clen
     return _packet(fields)
+
+
+_CHUNK = struct.Struct("!HHH")
 
 
 def _int(fields: dict[int, bytes], ctype: int, size: int, name: str, required: bool = True) -> int | None:

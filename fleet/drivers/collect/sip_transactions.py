@@ -38,9 +38,10 @@ FINAL, TIMEOUT, INTERIM = "final", "timeout", "interim"
 INTERIM_CODES = frozenset({401, 407, 423})
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class RegisterRequest:
-    """What we keep of one REGISTER: enough to attribute it and to judge its answer."""
+    """What we keep of one REGISTER: enough to attribute it and to judge its answer (read-only by
+    convention: not frozen, because a frozen dataclass costs a few microseconds per message)."""
     t: float
     src: tuple[str, int]
     dst: tuple[str, int]
@@ -80,41 +81,39 @@ class RegisterOutcome:
 
 def request_info(msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[str, int],
                  key: tuple[str, int, str] | None = None) -> RegisterRequest | None:
-    """The parts of a REGISTER we need; None when the message lacks what a REGISTER must have."""
-    try:
-        cseq, method = msg.cseq
-    except sip.SipParseError:
-        return None
+    """The parts of a REGISTER we need; None when the message is not a REGISTER request."""
+    cseq, method = msg.cseq
     if method != "REGISTER" or not msg.is_request:
         return None
-    via = msg.get("via") or ""
-    contacts = split_contacts(msg.get_all("contact"))
+    h = msg.headers
     contact_uri = contact_user = ""
     contact_expires: int | None = None
-    if contacts:
-        contact_uri = contacts[0][0]
-        contact_user = uri_user(contact_uri) if contact_uri != "*" else ""
-        contact_expires = _int(contacts[0][1].get("expires"))
-    header_expires = _int(msg.get("expires"))
-    requested = contact_expires if contact_expires is not None else header_expires
+    raw_contacts = h.get("contact")
+    if raw_contacts:
+        contacts = split_contacts(raw_contacts)
+        if contacts:
+            contact_uri = contacts[0][0]
+            contact_user = uri_user(contact_uri) if contact_uri != "*" else ""
+            contact_expires = _int(contacts[0][1].get("expires"))
+    requested = contact_expires if contact_expires is not None else _int((h.get("expires") or (None,))[0])
+    to, frm = h["to"][0], h["from"][0]
+    aor_user = uri_user(to)
     return RegisterRequest(
-        t=t, src=src, dst=dst, call_id=msg.call_id, cseq=cseq, key=key or transaction_key(msg, cseq),
-        aor_user=uri_user(msg.get("to") or ""), from_user=uri_user(msg.get("from") or ""),
-        contact_uri=contact_uri, contact_user=contact_user, requested_expires=requested,
-        has_credentials=msg.get("authorization") is not None or msg.get("proxy-authorization") is not None,
-        transport=_via_transport(via))
+        t, src, dst, h["call-id"][0], cseq, key or transaction_key(msg, cseq), aor_user,
+        aor_user if frm == to else uri_user(frm), contact_uri, contact_user, requested,
+        "authorization" in h or "proxy-authorization" in h, _via_transport(h["via"][0]))
 
 
 _BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)
 
 
 def transaction_key(msg: WireMessage, cseq: int) -> tuple[str, int, str]:
-    via = (msg.get("via") or "").split(",")[0]
+    via = msg.headers["via"][0].split(",", 1)[0]
     m = _BRANCH.search(via)
     branch = m.group(1) if m else ""
     if not branch:
         branch = "sent-by:" + via.split(";")[0].strip()
-    return (msg.call_id, cseq, branch)
+    return (msg.headers["call-id"][0], cseq, branch)
 
 
 def _via_transport(via: str) -> str:

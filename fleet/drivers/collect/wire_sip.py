@@ -89,8 +89,10 @@ def parse(data: bytes) -> WireMessage:
         text = head.decode("utf-8")
     except UnicodeDecodeError:
         raise SipParseError("headers are not UTF-8") from None
-    lines = text.replace("\r\n", "\n").split("\n")
-    first = lines[0].strip()
+    # splitlines also breaks at \x0b, \x0c, \x1c-\x1e and Unicode line separators: inside SIP headers those
+    # are junk either way, and the message is then refused as malformed rather than read differently
+    lines = text.splitlines()
+    first = lines[0].strip() if lines else ""
     method = uri = None
     status = None
     reason = ""
@@ -104,7 +106,9 @@ def parse(data: bytes) -> WireMessage:
         status, reason = int(m.group(1)), m.group(2) or ""
     headers: dict[str, list[str]] = {}
     last: list[str] | None = None
-    for line in lines[1:]:
+    names = _NAMES
+    for i in range(1, len(lines)):
+        line = lines[i]
         if not line:
             continue
         if line[0] in " \t":
@@ -112,11 +116,17 @@ def parse(data: bytes) -> WireMessage:
                 raise SipParseError("continuation line before any header")
             last[-1] = last[-1] + " " + line.strip()
             continue
-        name, colon, value = line.partition(":")
-        if not colon:
+        colon = line.find(":")
+        if colon <= 0:
             raise SipParseError(f"malformed header line: {line[:80]!r}")
-        last = headers.setdefault(_name(name), [])
-        last.append(value.strip())
+        raw = line[:colon]
+        name = names.get(raw) or _name(raw)
+        value = line[colon + 1:].strip()
+        last = headers.get(name)
+        if last is None:
+            last = headers[name] = [value]
+        else:
+            last.append(value)
     for required in _REQUIRED:
         if required not in headers:
             raise SipParseError(f"missing {required} header")
