@@ -820,3 +820,16 @@ def test_async_pcap_stream_from_a_subprocess_stdout(tmp_path):
         return got
     got = asyncio.run(read())
     assert [(r.t, r.frame) for r in got] == [(pytest.approx(t), f) for t, f in frames]
+
+
+def test_a_forked_second_final_answer_and_provisional_answers_change_nothing():
+    ev = evidence(PHONE_A)
+    req = register("1001", A_ADDR)
+    trying = response(req, 100, "Trying")
+    ok = response(req, 200, expires=300)
+    forked = response(req, 403, "Forbidden").replace(b";tag=srv", b";tag=other-branch")
+    obs = run(ev, [(T0, A_ADDR, PROVIDER, req), (T0, PROVIDER, A_ADDR, trying), (T0 + 0.1, PROVIDER, A_ADDR, ok),
+                   (T0 + 0.2, PROVIDER, A_ADDR, forked)])
+    obs += ev.tick(T0 + 100)
+    assert [(o.state, detail_fields(o.detail)["code"]) for o in obs] == [(REGISTERED, "200")]
+    assert ev.stats["provisional"] == 1 and ev.stats["duplicate_final"] == 1

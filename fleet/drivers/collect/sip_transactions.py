@@ -200,8 +200,9 @@ class RegisterMatcher:
 
     `expire(now)` turns transactions older than `timeout` into TIMEOUT outcomes ("no answer") and
     unanswered challenges into refusals; call it regularly with a clock on the same base as the packet
-    times. Memory is bounded by `max_pending`: the oldest open transactions are dropped first (counted,
-    never turned into a false "no answer").
+    times. Memory is bounded by `max_pending` (per table: open transactions, recently finished ones,
+    open challenges): the oldest entries are dropped first (counted, never turned into a false "no answer").
+    Messages are WireMessage objects (wire_sip.parse), with REGISTER in their CSeq.
     """
 
     def __init__(self, timeout: float = T1_TIMEOUT, max_pending: int = 200_000) -> None:
@@ -222,10 +223,7 @@ class RegisterMatcher:
         return self._response(msg, t)
 
     def _request(self, msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[str, int]) -> None:
-        try:
-            key = transaction_key(msg, msg.cseq[0])
-        except sip.SipParseError:
-            return
+        key = transaction_key(msg, msg.cseq[0])
         entry = self._pending.get(key)
         if entry is not None:
             entry[1] += 1
@@ -249,10 +247,7 @@ class RegisterMatcher:
         self.stats["requests"] += 1
 
     def _response(self, msg: WireMessage, t: float) -> RegisterOutcome | None:
-        try:
-            cseq, method = msg.cseq
-        except sip.SipParseError:
-            return None
+        cseq, method = msg.cseq
         if method != "REGISTER" or msg.status is None:
             return None
         key = transaction_key(msg, cseq)
@@ -263,7 +258,7 @@ class RegisterMatcher:
         if entry is None:
             self.stats["duplicate_final" if key in self._done else "stray_responses"] += 1
             return None
-        self._done[key] = t
+        self._finish(key, t)
         req, retrans, after = entry
         code = msg.status
         self._challenged.pop(req.call_id, None)
@@ -280,6 +275,11 @@ class RegisterMatcher:
         return RegisterOutcome(FINAL, req, t, code=code, granted_expires=granted, retransmissions=retrans,
                                after_challenge=after)
 
+    def _finish(self, key: tuple, t: float) -> None:
+        if len(self._done) >= self.max_pending:
+            self._done.pop(next(iter(self._done)))
+        self._done[key] = t
+
     def expire(self, now: float) -> list[RegisterOutcome]:
         """Outcomes for transactions that got no final answer within the timeout, and challenges left
         unanswered by the phone."""
@@ -290,7 +290,7 @@ class RegisterMatcher:
             if now - req.t < self.timeout:
                 break
             del self._pending[key]
-            self._done[key] = now
+            self._finish(key, now)
             self.stats["timeouts"] += 1
             out.append(RegisterOutcome(TIMEOUT, req, req.t + self.timeout, retransmissions=retrans))
         while self._done:
