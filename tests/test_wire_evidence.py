@@ -833,3 +833,14 @@ def test_a_forked_second_final_answer_and_provisional_answers_change_nothing():
     obs += ev.tick(T0 + 100)
     assert [(o.state, detail_fields(o.detail)["code"]) for o in obs] == [(REGISTERED, "200")]
     assert ev.stats["provisional"] == 1 and ev.stats["duplicate_final"] == 1
+
+
+def test_attribution_needs_resolved_addresses_and_accepts_any_ipv6_spelling():
+    with pytest.raises(ValueError, match="resolve names first"):
+        Attribution([WireTarget("0004f2000001", 1, 1, ("voip.provider.example", 5060), "1001")])
+    att = Attribution([WireTarget("0004f2000001", 1, 1, ("2001:DB8:0:0::1", 5060), "1001")])
+    ev = WireEvidence(att)
+    phone, server = ("2001:db8::21", 5060), ("2001:db8::1", 5060)
+    req = register("1001", phone, server)
+    obs = ev.feed_hep(hep.encode(phone, server, T0, req)) + ev.feed_hep(hep.encode(server, phone, T0, response(req, 200)))
+    assert [(o.mac, o.state) for o in obs] == [("0004f2000001", REGISTERED)]

@@ -17,6 +17,7 @@ as ``code=NNN expires=SSS`` tokens (parse with `detail_fields`).
 """
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -52,6 +53,14 @@ class Unobservable:
     reason: str = NOT_OBSERVABLE
 
 
+def _canonical(address: tuple[str, int]) -> tuple[str, int]:
+    """The address as decoders print it (IPv6 compressed, lower case), so an inventory's spelling matches."""
+    try:
+        return (str(ipaddress.ip_address(address[0])), int(address[1]))
+    except ValueError:
+        raise ValueError(f"wire target address {address[0]!r} is not an IP address: resolve names first") from None
+
+
 class Attribution:
     """Finds the target a REGISTER belongs to. Built once from the inventory, read per packet."""
 
@@ -63,11 +72,12 @@ class Attribution:
         for t in self.targets:
             if not t.observable:
                 continue
-            self._by_addr.setdefault(t.address, []).append(t)
+            addr = _canonical(t.address)
+            self._by_addr.setdefault(addr, []).append(t)
             if t.user:
-                self._by_user.setdefault((*t.address, t.user), []).append(t)
+                self._by_user.setdefault((*addr, t.user), []).append(t)
             else:
-                self._wild.setdefault(t.address, []).append(t)
+                self._wild.setdefault(addr, []).append(t)
         self.stats: Counter[str] = Counter()
 
     @classmethod
