@@ -157,7 +157,7 @@ def parse_asterisk(text: str, now: float | None = None) -> list[Binding]:
             try:
                 rec = json.loads(m.group("json"))
                 uri = str(rec["uri"])
-                aor = m.group("id").split(";@", 1)[0]
+                aor = m.group("id").split(";@", 1)[0].split("@@", 1)[0]
                 exp_at = int(rec.get("expiration_time", "0"))
             except (ValueError, KeyError, TypeError):
                 continue
