@@ -844,3 +844,25 @@ def test_attribution_needs_resolved_addresses_and_accepts_any_ipv6_spelling():
     req = register("1001", phone, server)
     obs = ev.feed_hep(hep.encode(phone, server, T0, req)) + ev.feed_hep(hep.encode(server, phone, T0, response(req, 200)))
     assert [(o.mac, o.state) for o in obs] == [("0004f2000001", REGISTERED)]
+
+
+_plain_frames = st.sampled_from([eth(A_ADDR, PROVIDER, _valid_req), eth(PROVIDER, A_ADDR, _valid_ok),
+                                 eth(A_ADDR, PROVIDER, b""), eth(A_ADDR, PROVIDER, _valid_req, vlan=7)])
+
+
+def _mutate_header(args):
+    frame, edits = args
+    b = bytearray(frame)
+    for pos, val in edits:
+        b[pos % min(len(b), 60)] = val          # the link, IP and UDP headers
+    return bytes(b)
+
+
+@settings(max_examples=1500, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.one_of(st.binary(max_size=120), _mutations(),
+                 st.tuples(_plain_frames, st.lists(st.tuples(st.integers(0, 59), st.integers(0, 255)), max_size=4))
+                 .map(_mutate_header),
+                 st.tuples(_plain_frames, st.integers(0, 400)).map(lambda a: a[0][:a[1]])))
+def test_fuzz_fast_path_agrees_with_dpkt(frame):
+    fast, slow = FrameDecoder(fast_path=True), FrameDecoder(fast_path=False)
+    assert fast.decode(T0, LINKTYPE_ETHERNET, frame) == slow.decode(T0, LINKTYPE_ETHERNET, frame)

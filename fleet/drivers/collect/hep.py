@@ -30,8 +30,9 @@ class HepError(ValueError):
     """A datagram that is not well-formed HEP v3; the text says what is wrong."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class HepPacket:
+    """One decoded HEP datagram (read-only by convention; not frozen, as that costs per packet)."""
     family: int                    # 2 = IPv4, 10 = IPv6 (as the protocol numbers them)
     ip_proto: int                  # 17 = UDP, 6 = TCP
     src: tuple[str, int]
@@ -114,11 +115,8 @@ def _packet(fields: dict[int, bytes]) -> HepPacket:
         payload = _inflate(fields[16])
     else:
         raise HepError("missing payload chunk (15 or 16)")
-    return HepPacket(family=family, ip_proto=ip_proto,
-                     src=(socket.inet_ntop(af, src_raw), sport),
-                     dst=(socket.inet_ntop(af, dst_raw), dport),
-                     t=secs + usecs / 1e6, proto_type=proto_type, agent_id=agent, payload=payload,
-                     correlation_id=fields.get(17, b""))
+    return HepPacket(family, ip_proto, (socket.inet_ntop(af, src_raw), sport), (socket.inet_ntop(af, dst_raw), dport),
+                     secs + usecs / 1e6, proto_type, agent, payload, fields.get(17, b""))
 
 
 def _inflate(raw: bytes) -> bytes:

@@ -122,11 +122,16 @@ class FrameDecoder:
     recognised by the UDP length field and dropped: half a SIP message must never be guessed at.
     """
 
-    def __init__(self, reassembler: FragmentReassembler | None = None) -> None:
+    def __init__(self, reassembler: FragmentReassembler | None = None, fast_path: bool = True) -> None:
         self.reassembler = reassembler or FragmentReassembler()
+        self.fast_path = fast_path
         self.stats: Counter[str] = Counter()
 
     def decode(self, t: float, linktype: int, frame: bytes) -> Datagram | None:
+        if self.fast_path and linktype == LINKTYPE_ETHERNET:
+            dg = self._plain_ethernet_udp(t, frame)
+            if dg is not _NOT_PLAIN:
+                return dg
         try:
             net = _network_layer(linktype, frame)
         except Exception:          # dpkt raises several types on malformed frames; all mean "not for us"
@@ -140,6 +145,23 @@ class FrameDecoder:
         except Exception:
             self.stats["frames_malformed"] += 1
             return None
+
+    def _plain_ethernet_udp(self, t: float, frame: bytes):
+        """The one layout that is nearly all of a SIP capture (untagged Ethernet II, IPv4 without options,
+        unfragmented UDP) read with a single struct call: dpkt builds three objects per frame, which
+        was a third of the decoder's time. Anything else (a VLAN tag, options, fragments, IPv6, an odd
+        length) returns _NOT_PLAIN and goes to dpkt; a differential fuzz test holds both paths to the
+        same answers."""
+        if len(frame) < 42 or frame[12:15] != b"\x08\x00\x45":
+            return _NOT_PLAIN
+        total, flags_off, proto, sport, dport, ulen = _PLAIN.unpack_from(frame, 16)
+        if proto != 17 or flags_off & 0x3FFF or total < 28 or 14 + total > len(frame):
+            return _NOT_PLAIN
+        if ulen < 8 or ulen > total - 20:
+            self.stats["frames_truncated"] += 1
+            return None
+        return Datagram(t, (socket.inet_ntoa(frame[26:30]), sport), (socket.inet_ntoa(frame[30:34]), dport),
+                        frame[42:34 + ulen])
 
     def decode_ip(self, t: float, packet: bytes) -> Datagram | None:
         """A raw IPv4/IPv6 packet (no link layer)."""
@@ -188,6 +210,12 @@ class FrameDecoder:
             self.stats["frames_truncated"] += 1
             return None
         return Datagram(t, (src, sport), (dst, dport), whole[8:ulen])
+
+
+_NOT_PLAIN = object()
+# from offset 16: total length, (id skipped), flags+fragment offset, (ttl skipped), protocol,
+# (checksum, addresses skipped), then the UDP source port, destination port and length
+_PLAIN = struct.Struct("!H2xHxB10xHHH")
 
 
 def _network_layer(linktype: int, frame: bytes):
