@@ -79,20 +79,29 @@ def parse(data: bytes) -> HepPacket:
 _CHUNK = struct.Struct("!HHH")
 
 
-def _int(fields: dict[int, bytes], ctype: int, size: int, name: str, required: bool = True) -> int | None:
-    raw = fields.get(ctype)
-    if raw is None:
-        if required:
-            raise HepError(f"missing {name} chunk ({ctype})")
-        return None
-    if len(raw) != size:
-        raise HepError(f"{name} chunk ({ctype}) has {len(raw)} bytes, expected {size}")
-    return int.from_bytes(raw, "big")
+# required generic chunks: type -> (size in bytes, name for the error message)
+_REQUIRED = ((1, 1, "IP family"), (2, 1, "IP protocol"), (7, 2, "source port"), (8, 2, "destination port"),
+             (9, 4, "timestamp"), (11, 1, "protocol type"))
+_OPTIONAL = ((10, 4, "timestamp microseconds"), (12, 4, "capture agent id"))
+_FROM_BYTES = int.from_bytes
 
 
 def _packet(fields: dict[int, bytes]) -> HepPacket:
-    family = _int(fields, 1, 1, "IP family")
-    ip_proto = _int(fields, 2, 1, "IP protocol")
+    v: dict[int, int] = {}
+    for ctype, size, name in _REQUIRED:
+        raw = fields.get(ctype)
+        if raw is None:
+            raise HepError(f"missing {name} chunk ({ctype})")
+        if len(raw) != size:
+            raise HepError(f"{name} chunk ({ctype}) has {len(raw)} bytes, expected {size}")
+        v[ctype] = _FROM_BYTES(raw, "big")
+    for ctype, size, name in _OPTIONAL:
+        raw = fields.get(ctype)
+        if raw is not None:
+            if len(raw) != size:
+                raise HepError(f"{name} chunk ({ctype}) has {len(raw)} bytes, expected {size}")
+            v[ctype] = _FROM_BYTES(raw, "big")
+    family = v[1]
     if family == 2:
         src_raw, dst_raw, size, af = fields.get(3), fields.get(4), 4, socket.AF_INET
     elif family == 10:
@@ -101,22 +110,16 @@ def _packet(fields: dict[int, bytes]) -> HepPacket:
         raise HepError(f"unknown IP family {family}")
     if src_raw is None or dst_raw is None or len(src_raw) != size or len(dst_raw) != size:
         raise HepError(f"source or destination address missing or not {size} bytes for family {family}")
-    sport = _int(fields, 7, 2, "source port")
-    dport = _int(fields, 8, 2, "destination port")
-    secs = _int(fields, 9, 4, "timestamp")
-    usecs = _int(fields, 10, 4, "timestamp microseconds", required=False) or 0
+    usecs = v.get(10, 0)
     if usecs >= 1_000_000:
         raise HepError(f"timestamp microseconds out of range: {usecs}")
-    proto_type = _int(fields, 11, 1, "protocol type")
-    agent = _int(fields, 12, 4, "capture agent id", required=False)
-    if 15 in fields:
-        payload = fields[15]
-    elif 16 in fields:
+    payload = fields.get(15)
+    if payload is None:
+        if 16 not in fields:
+            raise HepError("missing payload chunk (15 or 16)")
         payload = _inflate(fields[16])
-    else:
-        raise HepError("missing payload chunk (15 or 16)")
-    return HepPacket(family, ip_proto, (socket.inet_ntop(af, src_raw), sport), (socket.inet_ntop(af, dst_raw), dport),
-                     secs + usecs / 1e6, proto_type, agent, payload, fields.get(17, b""))
+    return HepPacket(family, v[2], (socket.inet_ntop(af, src_raw), v[7]), (socket.inet_ntop(af, dst_raw), v[8]),
+                     v[9] + usecs / 1e6, v[11], v.get(12), payload, fields.get(17, b""))
 
 
 def _inflate(raw: bytes) -> bytes:
