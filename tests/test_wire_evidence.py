@@ -866,3 +866,18 @@ def _mutate_header(args):
 def test_fuzz_fast_path_agrees_with_dpkt(frame):
     fast, slow = FrameDecoder(fast_path=True), FrameDecoder(fast_path=False)
     assert fast.decode(T0, LINKTYPE_ETHERNET, frame) == slow.decode(T0, LINKTYPE_ETHERNET, frame)
+
+
+def test_targets_follow_the_phone_configuration():
+    from fleet.drivers.collect.wire_observations import targets_for
+    servers = [{"index": 1, "address": "voip.provider.example", "port": 0, "transport": "DNSnaptr", "register": True},
+               {"index": 2, "address": "192.168.10.1", "port": 5080, "register": True},
+               {"index": 3, "address": "192.168.10.2", "register": False},
+               {"index": 4, "address": "sbc.provider.example", "transport": "TLS"}]
+    dns = {"voip.provider.example": ["203.0.113.10", "203.0.113.11"], "sbc.provider.example": ["203.0.113.20"]}
+    tg = targets_for("0004f2000001", 1, "1001", servers, lambda name: dns[name])
+    assert [(t.server, t.address, t.transport) for t in tg] == [
+        (1, ("203.0.113.10", 5060), "udp"), (1, ("203.0.113.11", 5060), "udp"), (2, ("192.168.10.1", 5080), "udp"),
+        (4, ("203.0.113.20", 5061), "tls")]
+    att = Attribution(tg)
+    assert [(u.server, u.reason) for u in att.unobservable()] == [(4, NOT_OBSERVABLE)]

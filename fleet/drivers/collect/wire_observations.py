@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ...observe import REGISTERED, UNREGISTERED, Observation
@@ -59,6 +59,33 @@ def _canonical(address: tuple[str, int]) -> tuple[str, int]:
         return (str(ipaddress.ip_address(address[0])), int(address[1]))
     except ValueError:
         raise ValueError(f"wire target address {address[0]!r} is not an IP address: resolve names first") from None
+
+
+def targets_for(mac: str, reg: int, user: str, servers: Iterable[Mapping], resolve: Callable[[str], list[str]],
+                phone_ip: str = "") -> list[WireTarget]:
+    """The wire targets of one registration from its configured servers (dicts with index, address, and
+    optionally port, transport, register), the way the phone resolves them: a name through `resolve` (every
+    address it returns is a target: the phone may use any of them), port 0/None meaning 5060 (5061 for TLS).
+    Servers with register=0 get no REGISTER (R5) and so no target. TLS servers give targets that
+    `Attribution.unobservable` reports instead of matching. SRV/NAPTR ports are the resolver's business:
+    give `resolve` the addresses and an explicit port where the site uses SRV."""
+    out: list[WireTarget] = []
+    for s in servers:
+        if not s.get("register", True) or str(s.get("register", "1")) == "0":
+            continue
+        transport = str(s.get("transport") or "").lower()
+        tls = transport == "tls"
+        kind = "tls" if tls else "tcp" if transport == "tcponly" else "udp"
+        port = int(s.get("port") or (5061 if tls else 5060))
+        address = str(s["address"])
+        try:
+            ips = [str(ipaddress.ip_address(address))]
+        except ValueError:
+            ips = list(resolve(address))
+        for ip in ips:
+            out.append(WireTarget(mac=mac, reg=reg, server=int(s["index"]), address=(ip, port), user=user,
+                                  transport=kind, phone_ip=phone_ip))
+    return out
 
 
 class Attribution:
