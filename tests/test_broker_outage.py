@@ -13,6 +13,7 @@ import signal
 import subprocess
 import sys
 import time
+from urllib.parse import urlsplit
 from pathlib import Path
 
 import pytest
@@ -52,10 +53,10 @@ def test_worker_keeps_serving_after_redis_restarts_under_a_running_task(tmp_path
         client.send_task("test.slow", args=[6, "first"], queue="slow")
         _wait(lambda: r.get("first"), 30, "the slow task did not start", log)
         time.sleep(0.5)
-        r.shutdown(save=False, now=False)
+        server.terminate()   # SIGTERM: a clean shutdown, AOF fsynced (the fleet ACL user may not SHUTDOWN)
         server.wait(10)
         time.sleep(2)
-        _, server = start_private(tmp_path / "redis", port=port, appendonly=True)
+        _, server = start_private(tmp_path / "redis", port=port, appendonly=True, password=urlsplit(url).password)
         # the worker reconnects and takes new work; before the fix it had exited by now
         result = client.send_task("test.slow", args=[0, "second"], queue="slow")
         try:

@@ -36,7 +36,7 @@ SITE_RULE = "-i lan0 -p udp --dport 5999 -m comment --comment site-qos -j ACCEPT
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    return lab_factory(lab_spec("races", 27, phones=2))
+    return lab_factory(lab_spec("races", 27, phones=2, site="edge"))
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def on_worker(lab, redis_url, monkeypatch):
     tasks._inventory.cache_clear()
     yield
     tasks._inventory.cache_clear()
-    lab.post("/router-fault", {"site": "hq", "slow": {}})
+    lab.post("/router-fault", {"site": "edge", "slow": {}})
 
 
 @pytest.fixture
@@ -120,9 +120,9 @@ def site_config(lab, drv):
 
 def test_restore_before_cut_cancels_the_cut(lab, on_worker, drv, site_config):
     oid = _oid("first")
-    restore = tasks.router_restore("hq", "exp-race", oid, "link-down", 0)
+    restore = tasks.router_restore("edge", "exp-race", oid, "link-down", 0)
     assert restore["ok"] and restore["outcome"] == "cancelled-before-cut", restore
-    cut = tasks.router_outage("hq", "exp-race", oid, "link-down", 60)
+    cut = tasks.router_outage("edge", "exp-race", oid, "link-down", 60)
     assert cut["ok"] and cut["outcome"] == "cancelled", cut
     # and on the router itself, without the worker's Redis guard: the late cut finds the cancellation there
     oid2 = _oid("router-first")
@@ -135,13 +135,13 @@ def test_restore_before_cut_cancels_the_cut(lab, on_worker, drv, site_config):
 
 def test_restore_between_arming_and_cutting_waits_for_the_cut_and_undoes_it(lab, on_worker, site_config):
     oid = _oid("between")
-    lab.post("/router-fault", {"site": "hq", "slow": {"link set": 2.0}})
+    lab.post("/router-fault", {"site": "edge", "slow": {"link set": 2.0}})
     results: dict[str, dict] = {}
-    cutter = threading.Thread(target=lambda: results.update(cut=tasks.router_outage("hq", "exp-race", oid, "link-down", 60)))
+    cutter = threading.Thread(target=lambda: results.update(cut=tasks.router_outage("edge", "exp-race", oid, "link-down", 60)))
     cutter.start()
     # the dead-man is armed (its pid file exists) while `ip link set ... down` is still running
     _wait(lambda: (_state_dir(lab) / f"{oid}.deadman").exists(), 10, "the dead-man's switch armed")
-    results["restore"] = tasks.router_restore("hq", "exp-race", oid, "link-down", 5)
+    results["restore"] = tasks.router_restore("edge", "exp-race", oid, "link-down", 5)
     cutter.join(30)
     assert not cutter.is_alive(), "the cut task never returned"
     restore, cut = results["restore"], results["cut"]
@@ -155,15 +155,15 @@ def test_restore_between_arming_and_cutting_waits_for_the_cut_and_undoes_it(lab,
 
 def test_redelivered_cut_adds_nothing_and_restore_removes_exactly_ours(lab, on_worker, drv, site_config):
     oid = _oid("redeliver")
-    first = tasks.router_outage("hq", "exp-race", oid, "drop", 60)
-    again = tasks.router_outage("hq", "exp-race", oid, "drop", 60)
+    first = tasks.router_outage("edge", "exp-race", oid, "drop", 60)
+    again = tasks.router_outage("edge", "exp-race", oid, "drop", 60)
     assert first["outcome"] == "cut" and again["outcome"] == "already-cut", (first, again)
     ours = [r for r in _wan(lab)["rules"] if f"fleet-{oid}" in r]
     assert len(ours) == 2, ours      # one in, one out: the second delivery added nothing
     assert first["state"]["dropping"] is True
-    restore = tasks.router_restore("hq", "exp-race", oid, "drop", 5)
+    restore = tasks.router_restore("edge", "exp-race", oid, "drop", 5)
     assert restore["outcome"] == "restored" and restore["state"]["rules_ours"] == 0, restore
-    again = tasks.router_restore("hq", "exp-race", oid, "drop", 0)
+    again = tasks.router_restore("edge", "exp-race", oid, "drop", 0)
     assert again["ok"] and again["outcome"] == "already-restored" and again["by"] == "controller", again
     assert_back_as_found(lab, oid, site_config)
 
@@ -175,23 +175,23 @@ def test_degrade_leaves_the_sites_own_qdisc_alone(lab, on_worker, drv, site_conf
         assert before["root_qdisc"].startswith("htb 1:")
         # a delay needs the root qdisc: refused before anything changes
         oid = _oid("qdisc-delay")
-        refused = tasks.router_outage("hq", "exp-race", oid, "degrade", 60, 0.0, 200)
+        refused = tasks.router_outage("edge", "exp-race", oid, "degrade", 60, 0.0, 200)
         assert not refused["ok"] and "own root qdisc" in refused["error"], refused
         assert_back_as_found(lab, oid, before)
         # loss alone is a rule, not a qdisc: allowed, and the qdisc survives the restore
         oid = _oid("qdisc-loss")
-        cut = tasks.router_outage("hq", "exp-race", oid, "degrade", 60, 0.3)
+        cut = tasks.router_outage("edge", "exp-race", oid, "degrade", 60, 0.3)
         assert cut["ok"] and cut["state"]["degraded"] is True and cut["state"]["qdisc_ours"] is False, cut
         assert _wan(lab)["loss"] == pytest.approx(0.3)
-        tasks.router_restore("hq", "exp-race", oid, "degrade", 0)
+        tasks.router_restore("edge", "exp-race", oid, "degrade", 0)
         assert_back_as_found(lab, oid, before)
     finally:
         drv.run("tc qdisc del dev wan0 root", check=False)
     # with the kernel's default root qdisc, a delay adds ours and the restore takes exactly it away
     oid = _oid("netem")
-    cut = tasks.router_outage("hq", "exp-race", oid, "degrade", 60, 0.0, 150)
+    cut = tasks.router_outage("edge", "exp-race", oid, "degrade", 60, 0.0, 150)
     assert cut["ok"] and cut["state"]["qdisc_ours"] is True and _wan(lab)["delay"] == pytest.approx(0.15), cut
-    tasks.router_restore("hq", "exp-race", oid, "degrade", 0)
+    tasks.router_restore("edge", "exp-race", oid, "degrade", 0)
     assert_back_as_found(lab, oid, site_config)
 
 
@@ -200,12 +200,12 @@ def test_cut_task_past_its_expiry_never_runs(lab, worker_factory, redis_url):
 
     from celery import Celery
 
-    worker_factory(lab.inventory)
+    worker_factory(lab.inventory, "edge")
     app = Celery(broker=redis_url, backend=redis_url)
     before = len(lab.status()["sites"][0]["router"]["commands"])
     try:
-        res = app.send_task("fleet.router_outage", args=["hq", "exp-race", _oid("expired"), "link-down", 60],
-                            queue="site.hq", expires=datetime.now(timezone.utc) - timedelta(seconds=1))
+        res = app.send_task("fleet.router_outage", args=["edge", "exp-race", _oid("expired"), "link-down", 60],
+                            queue="site.edge", expires=datetime.now(timezone.utc) - timedelta(seconds=1))
         with pytest.raises(Exception, match="revoked|Revoked|expired"):
             res.get(timeout=20)
     finally:
@@ -217,10 +217,10 @@ def test_cut_task_past_its_expiry_never_runs(lab, worker_factory, redis_url):
 @pytest.mark.parametrize("signame", ["SIGTERM", "SIGHUP"])
 def test_signal_to_the_controller_mid_cut_restores_and_reports(lab, worker_factory, redis_url, tmp_path, signame, drv,
                                                                site_config):
-    worker_factory(lab.inventory)
-    lab.post("/router-fault", {"site": "hq", "slow": {"link set": 2.0}})
+    worker_factory(lab.inventory, "edge")
+    lab.post("/router-fault", {"site": "edge", "slow": {"link set": 2.0}})
     pb = tmp_path / "long.yml"
-    pb.write_text("kind: experiment\nname: long\nsite: hq\nsteps:\n"
+    pb.write_text("kind: experiment\nname: long\nsite: edge\nsteps:\n"
                   "  - {name: cut, outage: link-down, max_duration: 300}\n  - {name: linger, wait: 120}\n"
                   "  - {name: back, restore: true}\n")
     env = dict(os.environ, FLEET_REDIS_URL=redis_url)
@@ -241,7 +241,7 @@ def test_signal_to_the_controller_mid_cut_restores_and_reports(lab, worker_facto
     finally:
         if proc.poll() is None:
             proc.kill()
-        lab.post("/router-fault", {"site": "hq", "slow": {}})
+        lab.post("/router-fault", {"site": "edge", "slow": {}})
     assert proc.returncode == 130, out[-2000:]
     doc = json.loads(next(reports.glob("*/report.json")).read_text())
     assert doc["interrupted"] == signame and not doc["passed"], doc["errors"]
@@ -252,7 +252,7 @@ def test_signal_to_the_controller_mid_cut_restores_and_reports(lab, worker_facto
     # the experiment is finished in the store and no longer observing the site
     shown = run_fleet(["experiment", "show", doc["id"], "--json"], redis_url)
     assert json.loads(shown.stdout)["experiment"]["status"] == "failed", shown.stdout[-500:]
-    assert Store(redis_url).observing("hq") is None
+    assert Store(redis_url).observing("edge") is None
 
 
 @pytest.fixture
@@ -275,18 +275,18 @@ def snmp_worker(lab, redis_url, monkeypatch, tmp_path):
 
 def test_snmp_router_refuses_without_deadman_and_says_so_when_allowed(lab, snmp_worker):
     snmp_worker(False)
-    refused = tasks.router_outage("hq", "exp-race", _oid("snmp-no"), "link-down", 60)
+    refused = tasks.router_outage("edge", "exp-race", _oid("snmp-no"), "link-down", 60)
     assert not refused["ok"] and "no dead-man's switch" in refused["error"], refused
     assert _wan(lab)["admin_up"] is True
     snmp_worker(True)
     oid = _oid("snmp-yes")
-    cut = tasks.router_outage("hq", "exp-race", oid, "link-down", 60)
+    cut = tasks.router_outage("edge", "exp-race", oid, "link-down", 60)
     assert cut["ok"] and cut["outcome"] == "cut" and cut["deadman"].startswith("none: SNMP"), cut
     assert cut["has_deadman"] is False and _wan(lab)["admin_up"] is False
-    restore = tasks.router_restore("hq", "exp-race", oid, "link-down", 5)
+    restore = tasks.router_restore("edge", "exp-race", oid, "link-down", 5)
     assert restore["outcome"] == "restored" and restore["state"]["link_up"] is True, restore
     # SNMP keeps no outage state on the router: the worker's guard in Redis cancels a cut that comes after its restore
     late = _oid("snmp-late")
-    assert tasks.router_restore("hq", "exp-race", late, "link-down", 0)["ok"]
-    assert tasks.router_outage("hq", "exp-race", late, "link-down", 60)["outcome"] == "cancelled"
+    assert tasks.router_restore("edge", "exp-race", late, "link-down", 0)["ok"]
+    assert tasks.router_outage("edge", "exp-race", late, "link-down", 60)["outcome"] == "cancelled"
     assert _wan(lab)["admin_up"] is True

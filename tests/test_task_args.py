@@ -128,8 +128,8 @@ def test_plan_check_accepts_a_plan_the_planner_makes():
 
 
 @pytest.mark.parametrize("params, reason", [
-    ({"reg.1.label": "secret:router"}, "not secret"),
-    ({"reg.1.displayName": "env:FLEET_REDIS_URL"}, "not secret"),
+    ({"reg.1.label": "secret:router"}, "not a secret parameter"),
+    ({"reg.1.displayName": "env:FLEET_REDIS_URL"}, "not a secret parameter"),
     ({"reg.1.auth.password": "secret:a b"}, "malformed secret reference"),
     ({"no.such.param": "1"}, "catalogue"),
     ({"reg.1.server.1.expires": "5"}, "out of range"),
