@@ -84,6 +84,8 @@ class TimingSpec(Strict):
 class LabFile(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     net: int = Field(10, ge=1, le=60, description="second octet base of the lab's 127.x addresses")
+    backend: Literal["userspace", "netns"] = Field("userspace", description="netns: real router, OpenSSH, net-snmp and "
+                                                   "Kamailio in network namespaces (root only; see hil/netns)")
     firmware_family: Literal["sip-3.x", "uc-5.x"] = "sip-3.x"
     provider: ProviderSpec = ProviderSpec()
     timing: TimingSpec = TimingSpec()
