@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := redis-server iproute2 openssh-client
-# optional: the interop, browser and compose-file checks skip when these cannot be installed
-APT_OPTIONAL := kamailio chromium docker-compose
+# optional: the interop, namespace-lab (real router: sshd, snmpd, iptables, tc, tcpdump, Kamailio), browser and
+# compose-file checks skip when these cannot be installed
+APT_OPTIONAL := kamailio chromium docker-compose openssh-server snmpd snmp tcpdump nftables iptables
 
 .PHONY: deps deps-optional venv demo test test-fast bench clean
 

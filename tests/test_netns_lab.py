@@ -301,6 +301,61 @@ def test_wan_outage_playbook_passes_on_the_real_router(nslab, worker_factory, re
     assert nslab.link_up() and nslab.rules() == []
 
 
+def _snmp_inventory(nslab, tmp_path: Path, version: str) -> Path:
+    """The same site, its router driven over SNMP (net-snmp on the router namespace) instead of SSH."""
+    doc = yaml.safe_load(nslab.inventory.read_text())
+    r = doc["sites"][0]["router"]
+    doc["sites"][0]["router"] = {"driver": "snmp", "address": r["address"], "port": plan.SNMP_PORT,
+                                 "credentials": "router_snmp_v3" if version == "3" else "router_snmp_v2c",
+                                 "snmp_version": version, "wan_interface": "wan0", "allow_without_deadman": True}
+    path = tmp_path / f"inventory-snmp{version}.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_snmp_v3_authpriv_sets_ifadminstatus_on_real_snmpd_and_the_kernel_drops_the_routes(nslab, tmp_path):
+    before = nslab.routes()
+    v2c = inventory.load(str(_snmp_inventory(nslab, tmp_path, "2c")))
+    d2 = routers.connect(v2c.sites[0].router, inventory.Secrets(v2c).credentials(v2c.sites[0].router.credentials))
+    assert d2.wan_state()["link_up"] is True
+    inv = inventory.load(str(_snmp_inventory(nslab, tmp_path, "3")))
+    d = routers.connect(inv.sites[0].router, inventory.Secrets(inv).credentials(inv.sites[0].router.credentials))
+    oid = _oid("snmp")
+    cut = d.cut(OutageSpec(oid, "link-down", 60))
+    assert cut.state["link_up"] is False and nslab.link_up() is False, cut
+    back = d.restore(oid, "link-down")
+    assert back.state["link_up"] is True and nslab.link_up() is True, back
+    # a real kernel: the static route through the WAN went with the link, and SNMP has no way to put it back
+    lost = [r for r in before if r not in nslab.routes()]
+    assert lost and all(" via " in r for r in lost), (before, nslab.routes())
+    for r in lost:
+        subprocess.run(["ip", "-n", nslab.router_ns, "route", "replace", *r.split(), "dev", "wan0"], check=True)
+    assert nslab.routes() == before
+
+
+def test_wan_outage_playbook_passes_with_the_snmp_driver_on_a_managed_router(nslab, worker_factory, redis_url, tmp_path):
+    from hil.netns.daemons import start_route_keeper
+
+    keeper = start_route_keeper(nslab.router_ns, "wan0", [r for r in nslab.routes() if " via " in r])
+    if getattr(nslab, "worker", None):
+        nslab.worker.stop()
+        nslab.worker = None
+    inv = _snmp_inventory(nslab, tmp_path, "3")
+    worker_factory(inv)
+    try:
+        res = run_fleet(["experiment", "run", str(ROOT / "playbooks" / "wan-outage-fallback.yml"), "--inventory", str(inv),
+                         "--report-dir", str(tmp_path), "--json"], redis_url)
+        assert "Traceback" not in res.stderr, res.stderr
+        assert res.returncode == 0, res.stderr + res.stdout[-3000:]
+        doc = json.loads(res.stdout)
+        assert doc["passed"] is True and len(doc["phones"]) == 4
+        assert all(p["failover_s"] and p["recovery_s"] for p in doc["phones"]), doc["phones"]
+        assert "none: SNMP cannot schedule a restore" in doc["outages"][0]["deadman"]
+    finally:
+        keeper.kill()
+    assert nslab.link_up()
+
+
 def test_hil_down_after_a_sigkilled_hil_up_removes_every_namespace_and_process(tmp_path):
     labfile, state = tmp_path / "lab.yml", tmp_path / "state"
     labfile.write_text(yaml.safe_dump(_spec("killed", KILLED_NET, 2)))

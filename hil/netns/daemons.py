@@ -213,3 +213,22 @@ def ul_dump(sock: Path) -> str:
     """Kamailio's own view of its bindings (`kamcmd ul.dump brief`)."""
     return subprocess.run(["kamcmd", "-s", f"unix:{sock}", "ul.dump", "brief"], capture_output=True, text=True,
                           timeout=10).stdout
+
+
+# ---------------------------------------------------------------- the router's own network manager
+ROUTE_KEEPER = r'''dev=$1; shift
+ip monitor link | while read -r line; do
+  case "$line" in
+    *" $dev:"*"<"*UP*">"*|*" $dev@"*"<"*UP*">"*)
+      case "$line" in *[\<,]UP[,\>]*) for r in "$@"; do ip route replace $r dev "$dev" 2>/dev/null; done ;; esac ;;
+  esac
+done
+'''
+
+
+def start_route_keeper(ns: str, dev: str, routes: list[str]) -> subprocess.Popen:
+    """What networkd, ifupdown hooks or VyOS do on a managed router: put the static routes back whenever `dev`
+    comes up. A plain Linux router has none, and then a link-down over SNMP (which cannot re-add routes) leaves the
+    WAN without them; the lab starts this only where a test wants a managed router. Dies with the namespace."""
+    return subprocess.Popen(["ip", "netns", "exec", ns, "sh", "-c", ROUTE_KEEPER, "hil-route-keeper", dev, *routes],
+                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
