@@ -97,6 +97,11 @@ class LabFile(Strict):
         names = [s.name for s in self.sites]
         if len(set(names)) != len(names):
             raise ValueError("site names must be unique")
+        if self.backend == "netns":
+            from .netns.plan import MAX_PHONES_PER_SITE, MAX_SITES
+
+            if len(self.sites) > MAX_SITES or any(s.phones.count > MAX_PHONES_PER_SITE for s in self.sites):
+                raise ValueError(f"backend netns: at most {MAX_SITES} sites of at most {MAX_PHONES_PER_SITE} phones each")
         return self
 
 

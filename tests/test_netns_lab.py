@@ -301,6 +301,24 @@ def test_wan_outage_playbook_passes_on_the_real_router(nslab, worker_factory, re
     assert nslab.link_up() and nslab.rules() == []
 
 
+def test_fleet_status_agrees_with_kamailios_own_bindings(nslab, worker_factory, redis_url):
+    if not getattr(nslab, "worker", None):
+        nslab.worker = worker_factory(nslab.inventory)
+    exts = {p["mac"]: p["params"]["reg.1.address"] for p in yaml.safe_load(nslab.inventory.read_text())["sites"][0]["phones"]}
+
+    def rows():
+        out = run_fleet(["status", "--site", "hq", "--json"], redis_url).stdout
+        got = {r["mac"]: r for r in json.loads(out or "[]")}
+        return got if set(got) == set(exts) and all(r["working_server"] == 1 for r in got.values()) else None
+
+    got = _wait(rows, 20, "fleet status shows every phone on the provider")
+    st = nslab.status()
+    dumps = {1: st["provider"]["bindings"], 2: st["sites"][0]["gateway"]["bindings"]}
+    for mac, ext in exts.items():
+        for server in got[mac]["servers"]:
+            assert (server["state"] == "registered") == (f"AoR: {ext}" in dumps[server["index"]]), (mac, server, dumps)
+
+
 def _snmp_inventory(nslab, tmp_path: Path, version: str) -> Path:
     """The same site, its router driven over SNMP (net-snmp on the router namespace) instead of SSH."""
     doc = yaml.safe_load(nslab.inventory.read_text())

@@ -84,9 +84,6 @@ class NetnsLab(Lab):
         missing = daemons.missing_tools()
         if missing:
             raise NetnsError(f"the namespace lab needs these Debian packages: {' '.join(missing)}")
-        for site in self.spec.sites:
-            if site.phones.count > plan.MAX_PHONES_PER_SITE:
-                raise NetnsError(f"site {site.name}: a namespace lab holds at most {plan.MAX_PHONES_PER_SITE} phones per site")
         await asyncio.to_thread(teardown, self.net, self.state_dir)        # what a killed lab with this net left
         self.record.add("pids", os.getpid())
         for k, site in enumerate(self.spec.sites):

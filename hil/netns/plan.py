@@ -1,6 +1,6 @@
 """Names and addresses of a namespace lab: pure functions of the lab's `net` and a site's index.
 
-LANs come from 198.18.0.0/15 (one /24 per site, distinct across `net` values,
+LANs come from 198.18.0.0/15 (one /24 per site, distinct for every `net` 1-60 and site 0-7,
 so two labs can run side by side: their LANs meet in the root namespace through
 the controller host's veths). The WAN is 203.0.113.0/24 and lives only inside
 the lab's own namespaces, so it may repeat from lab to lab. No address of the
@@ -20,7 +20,7 @@ SNMP_PORT = 161
 BOOT_HTTP_PORT = 8080
 PHONE_HTTP_PORT = 8080
 MAX_PHONES_PER_SITE = 240          # .10 .. .249 of the site's /24
-MAX_SITES = 20
+MAX_SITES = 8                      # per namespace lab: (net-1)*8+k keeps every lab's LANs apart in 198.18.0.0/15
 
 
 def prefix(net: int) -> str:
@@ -63,7 +63,7 @@ class SitePlan:
 
     @property
     def lan(self) -> ipaddress.IPv4Network:
-        n = (self.net % 25) * MAX_SITES + self.k
+        n = (self.net - 1) * MAX_SITES + self.k
         return ipaddress.ip_network(f"{LAN_RANGE.network_address + n * 256}/24")
 
     def lan_ip(self, host: int) -> str:
