@@ -319,6 +319,34 @@ def test_fleet_status_agrees_with_kamailios_own_bindings(nslab, worker_factory, 
             assert (server["state"] == "registered") == (f"AoR: {ext}" in dumps[server["index"]]), (mac, server, dumps)
 
 
+def _pcap_udp_payloads(data: bytes) -> list[bytes]:
+    """The UDP payloads of an Ethernet pcap stream (tcpdump -w -), enough to read SIP off the wire."""
+    import struct
+
+    if len(data) < 24:
+        return []
+    endian = "<" if data[:4] == b"\xd4\xc3\xb2\xa1" else ">"
+    out, pos = [], 24
+    while pos + 16 <= len(data):
+        incl = struct.unpack(endian + "I", data[pos + 8:pos + 12])[0]
+        frame = data[pos + 16:pos + 16 + incl]
+        pos += 16 + incl
+        if len(frame) >= 42 and frame[12:14] == b"\x08\x00" and frame[23] == 17:
+            ihl = (frame[14] & 0x0F) * 4
+            out.append(frame[14 + ihl + 8:])
+    return out
+
+
+def test_tcpdump_on_the_router_streams_the_sip_on_the_wan_over_ssh(nslab, drv):
+    """A wire capture as a collector would take it: tcpdump on the router, a pcap streamed back over SSH."""
+    if not drv.run("command -v tcpdump", check=False).strip():
+        pytest.skip("tcpdump is not installed on the router (apt-get install tcpdump)")
+    out = drv.client.exec_command("timeout 6 tcpdump -U -n -w - -i wan0 -c 4 'udp port 5060' 2>/dev/null", timeout=15)[1]
+    payloads = _pcap_udp_payloads(out.read())
+    methods = {p.split(b" ", 1)[0] for p in payloads}
+    assert b"REGISTER" in methods and b"SIP/2.0" in methods, payloads[:2]
+
+
 def _snmp_inventory(nslab, tmp_path: Path, version: str) -> Path:
     """The same site, its router driven over SNMP (net-snmp on the router namespace) instead of SSH."""
     doc = yaml.safe_load(nslab.inventory.read_text())
