@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import json
 import os
+import shutil
 import signal
 import subprocess
 import time
@@ -221,8 +222,10 @@ def test_firewall_modes_on_iptables_nft(nslab, drv, mode, kwargs, key):
     if mode == "dns-fail":
         assert probe.stage == "dns", probe
     # the kernel really holds them (iptables-nft writes nft rules; loss is nft's `meta random`)
-    ruleset = _sh(nslab.router_ns, "nft", "list", "chain", "ip", "filter", "FORWARD")
-    assert ("meta random" in ruleset) == (mode == "degrade"), ruleset
+    if "nf_tables" in _sh(nslab.router_ns, "iptables", "--version") and shutil.which("nft"):
+        ruleset = _sh(nslab.router_ns, "nft", "list", "chain", "ip", "filter", "FORWARD")
+        assert ruleset.count(f"fleet-{oid}") == 2 or ruleset.count("drop") >= 2, ruleset
+        assert ("meta random" in ruleset) == (mode == "degrade"), ruleset
     again = drv.cut(OutageSpec(oid, mode, 60, **kwargs))
     assert again.outcome == "already-cut" and len(nslab.rules()) == 2
     back = drv.restore(oid, mode)
@@ -345,6 +348,21 @@ def test_tcpdump_on_the_router_streams_the_sip_on_the_wan_over_ssh(nslab, drv):
     payloads = _pcap_udp_payloads(out.read())
     methods = {p.split(b" ", 1)[0] for p in payloads}
     assert b"REGISTER" in methods and b"SIP/2.0" in methods, payloads[:2]
+
+
+def test_add_fallback_gateway_rollout_passes_on_the_real_router(nslab, worker_factory, redis_url):
+    """The shipped rollout, with its failover drill after the canary, against the real router and Kamailio."""
+    if not getattr(nslab, "worker", None):
+        nslab.worker = worker_factory(nslab.inventory)
+    res = run_fleet(["rollout", "run", str(ROOT / "playbooks" / "add-fallback-gateway.yml"), "--inventory",
+                     str(nslab.inventory), "--json"], redis_url, timeout=240, cwd=ROOT)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-2000:]
+    out = json.loads(res.stdout)
+    assert out["status"] == "done" and out["counts"] == {"total": 4, "verified": 4}, out
+    gateway = nslab.status()["sites"][0]["gateway"]["bindings"]
+    assert all(f"AoR: {1001 + i}" in gateway for i in range(4)), gateway
+    assert nslab.link_up() and nslab.rules() == []
 
 
 def _snmp_inventory(nslab, tmp_path: Path, version: str) -> Path:
