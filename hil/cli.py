@@ -52,6 +52,11 @@ def up(labfile_path: str, inventory_out: str | None, state_dir: str, foreground:
         spec = labfile.load(labfile_path)
     except FileError as exc:
         raise click.ClickException(str(exc)) from None
+    if spec.backend == "netns":
+        from .netns.daemons import preflight
+
+        if (problem := preflight()) is not None:
+            raise click.UsageError(f"{labfile_path}: {problem}")
     state = Path(state_dir).resolve()
     inv = Path(inventory_out).resolve() if inventory_out else state / "inventory.yml"
     if foreground:

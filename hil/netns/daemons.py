@@ -33,6 +33,16 @@ def missing_tools() -> list[str]:
     return sorted(set(missing))
 
 
+def preflight() -> str | None:
+    """Why a namespace lab cannot start on this machine, or None."""
+    if os.geteuid() != 0:
+        return "backend netns needs root (network namespaces, sshd, snmpd)"
+    missing = missing_tools()
+    if missing:
+        return f"backend netns needs these Debian packages: {' '.join(missing)} (apt-get install {' '.join(missing)})"
+    return None
+
+
 def kamailio_modules() -> str | None:
     found = glob.glob("/usr/lib/*/kamailio/modules/tm.so") + glob.glob("/usr/lib/kamailio/modules/tm.so")
     return str(Path(found[0]).parent) + "/" if found else None

@@ -81,11 +81,11 @@ class NetnsLab(Lab):
     async def _start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
-        missing = daemons.missing_tools()
-        if missing:
-            raise NetnsError(f"the namespace lab needs these Debian packages: {' '.join(missing)}")
+        problem = daemons.preflight()
+        if problem:
+            raise NetnsError(problem)
         await asyncio.to_thread(teardown, self.net, self.state_dir)        # what a killed lab with this net left
-        self.record.add("pids", os.getpid())
+        self.record.process(os.getpid())
         for k, site in enumerate(self.spec.sites):
             for i in range(site.phones.count):
                 self.sip_users[str(site.phones.first_extension + i + 1000 * k)] = secrets.token_urlsafe(9)
@@ -151,7 +151,7 @@ class NetnsLab(Lab):
             ["ip", "netns", "exec", wan, sys.executable, "-m", "hil.netns.dns_proc", plan.dns_ip(self.net), str(DNS_PORT),
              str(self.spec.timing.dns_ttl), f"{self.spec.provider.name}={plan.provider_ip(self.net)}"],
             stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
-        self.record.add("pids", self.dns_proc.pid)
+        self.record.process(self.dns_proc.pid)
         if self.dns_proc.stdout.readline().strip() != b"ready":  # type: ignore[union-attr]
             raise NetnsError("the provider's DNS did not start in the WAN namespace")
         self.provider_sock = daemons.start_kamailio(wan, self.state_dir, "provider", "the provider's registrar",
@@ -186,7 +186,7 @@ class NetnsLab(Lab):
         log = open(self.state_dir / f"site-{rt.spec.name}.log", "ab")
         rt.proc = subprocess.Popen(["ip", "netns", "exec", plan.lan_ns(self.net, rt.k), sys.executable, "-m", "hil.netns.site_proc"],
                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log)
-        self.record.add("pids", rt.proc.pid)
+        self.record.process(rt.proc.pid)
         rt.proc.stdin.write(json.dumps(config).encode() + b"\n")  # type: ignore[union-attr]
         rt.proc.stdin.close()  # type: ignore[union-attr]
         line = await asyncio.to_thread(rt.proc.stdout.readline)  # type: ignore[union-attr]

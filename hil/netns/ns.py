@@ -63,6 +63,9 @@ class Record:
             self.data[kind].append(value)
             self._save()
 
+    def process(self, pid: int) -> None:
+        self.add("pids", [pid, start_time(pid)])
+
     def namespace(self, name: str) -> None:
         self.add("namespaces", name)
         if name not in list_namespaces():
@@ -99,11 +102,12 @@ def _kill_all(pids: set[int], timeout: float = 5.0) -> None:
                 pass
 
 
-def _is_lab_process(pid: int) -> bool:
+def start_time(pid: int) -> int | None:
+    """The process's start time in clock ticks since boot (field 22 of /proc/PID/stat): with the pid, an identity."""
     try:
-        return b"hil" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(") ", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 def ns_pids(name: str) -> set[int]:
@@ -121,8 +125,9 @@ def teardown(net: int, state_dir: Path | None = None) -> list[str]:
             pass
     pre = plan.prefix(net) + "-"
     names = [n for n in list_namespaces() if n.startswith(pre) or n in recorded.get("namespaces", [])]
-    # a recorded pid is only trusted while it is still one of ours (pids are reused)
-    pids = {p for p in recorded.get("pids", []) if isinstance(p, int) and p != os.getpid() and _is_lab_process(p)}
+    # a recorded pid is only trusted while it is still the same process (pids are reused): same start time
+    pids = {p[0] for p in recorded.get("pids", []) if isinstance(p, list) and len(p) == 2 and p[0] != os.getpid()
+            and start_time(p[0]) == p[1]}
     for name in names:
         pids |= ns_pids(name)
     pids.discard(os.getpid())
