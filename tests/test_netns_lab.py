@@ -420,13 +420,18 @@ def test_wan_outage_playbook_passes_with_the_snmp_driver_on_a_managed_router(nsl
     assert nslab.link_up()
 
 
-def test_hil_down_after_a_sigkilled_hil_up_removes_every_namespace_and_process(tmp_path):
+@pytest.mark.parametrize("kill_at", ["sshd-hq.pid", "ready"])
+def test_hil_down_after_a_sigkilled_hil_up_removes_every_namespace_and_process(nslab, tmp_path, kill_at):
+    """Killed halfway (its router's sshd running) or once ready (a second lab side by side with this module's)."""
     labfile, state = tmp_path / "lab.yml", tmp_path / "state"
     labfile.write_text(yaml.safe_dump(_spec("killed", KILLED_NET, 2)))
     up = subprocess.Popen([BIN / "hil", "up", str(labfile), "--state-dir", str(state), "--foreground"],
                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
-    # killed once its router and provider exist (its daemons are running)
-    _wait(lambda: (state / "sshd-hq.pid").exists() or up.poll() is not None, 30, "the lab's router started")
+    _wait(lambda: (state / kill_at).exists() or up.poll() is not None, 40, f"the killed lab reached {kill_at}")
+    assert up.poll() is None, "the second lab started"
+    if kill_at == "ready":
+        assert json.loads((state / "ready").read_text())["ok"] is True
+        assert nslab.status()["ready"] is True and nslab.reach_provider().reachable, "two labs run side by side"
     os.kill(up.pid, signal.SIGKILL)     # the lab process alone: its children and daemons are orphaned
     up.wait(10)
     left = _lab_namespaces(KILLED_NET)
@@ -441,6 +446,7 @@ def test_hil_down_after_a_sigkilled_hil_up_removes_every_namespace_and_process(t
     assert alive == [], f"processes of the killed lab still running: {alive}"
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
     assert f"{plan.prefix(KILLED_NET)}h" not in links
+    assert nslab.status()["ready"] is True, "the other lab was left alone"
 
 
 def test_hil_down_removes_the_lab(nslab):
