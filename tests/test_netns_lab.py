@@ -290,6 +290,12 @@ def test_wan_outage_playbook_passes_on_the_real_router(nslab, worker_factory, re
     assert res.returncode == 0, res.stderr + res.stdout[-3000:]
     doc = json.loads(res.stdout)
     assert doc["passed"] is True and len(doc["phones"]) == 4
+    _assert_times_agree_with_truth(nslab, doc)
+    assert nslab.link_up() and nslab.rules() == []
+
+
+def _assert_times_agree_with_truth(nslab, doc: dict) -> None:
+    """Measured failover and recovery agree with the phones' own timeline within the sampling interval."""
     truth = nslab.status()
     outage = doc["outages"][0]
     for p in doc["phones"]:
@@ -301,25 +307,37 @@ def test_wan_outage_playbook_passes_on_the_real_router(nslab, worker_factory, re
         assert t_fail is not None and t_back is not None, p["mac"]
         assert abs((outage["start"] + p["failover_s"]) - t_fail) <= SAMPLE, (p["mac"], outage, p["failover_s"], t_fail)
         assert abs((outage["end"] + p["recovery_s"]) - t_back) <= SAMPLE, (p["mac"], outage, p["recovery_s"], t_back)
-    assert nslab.link_up() and nslab.rules() == []
 
 
-def test_fleet_status_agrees_with_kamailios_own_bindings(nslab, worker_factory, redis_url):
+def test_fleet_status_agrees_with_kamailios_own_bindings_before_during_and_after_an_outage(nslab, worker_factory,
+                                                                                          redis_url, drv):
     if not getattr(nslab, "worker", None):
         nslab.worker = worker_factory(nslab.inventory)
     exts = {p["mac"]: p["params"]["reg.1.address"] for p in yaml.safe_load(nslab.inventory.read_text())["sites"][0]["phones"]}
 
-    def rows():
+    def agreeing(working: int):
+        """fleet status and both Kamailios' ul.dump, once every phone works on `working` and they agree."""
         out = run_fleet(["status", "--site", "hq", "--json"], redis_url).stdout
-        got = {r["mac"]: r for r in json.loads(out or "[]")}
-        return got if set(got) == set(exts) and all(r["working_server"] == 1 for r in got.values()) else None
+        rows = {r["mac"]: r for r in json.loads(out or "[]")}
+        st = nslab.status()
+        dumps = {1: st["provider"]["bindings"], 2: st["sites"][0]["gateway"]["bindings"]}
+        if set(rows) != set(exts) or any(r["working_server"] != working for r in rows.values()):
+            return None
+        for mac, ext in exts.items():
+            for server in rows[mac]["servers"]:
+                if (server["state"] == "registered") != (f"AoR: {ext}" in dumps[server["index"]]):
+                    return None
+        return rows
 
-    got = _wait(rows, 20, "fleet status shows every phone on the provider")
-    st = nslab.status()
-    dumps = {1: st["provider"]["bindings"], 2: st["sites"][0]["gateway"]["bindings"]}
-    for mac, ext in exts.items():
-        for server in got[mac]["servers"]:
-            assert (server["state"] == "registered") == (f"AoR: {ext}" in dumps[server["index"]]), (mac, server, dumps)
+    _wait(lambda: agreeing(1), 20, "fleet status and Kamailio agree: every phone on the provider", step=0.5)
+    oid = _oid("agree")
+    assert drv.cut(OutageSpec(oid, "drop", 90)).outcome == "cut"
+    try:
+        # the provider forgets a binding only when it expires (10 s here, usrloc timer 1 s)
+        _wait(lambda: agreeing(2), 40, "fleet status and Kamailio agree: every phone on the gateway", step=0.5)
+    finally:
+        assert drv.restore(oid, "drop").outcome == "restored"
+    _wait(lambda: agreeing(1), 30, "fleet status and Kamailio agree: every phone back on the provider", step=0.5)
 
 
 def _pcap_udp_payloads(data: bytes) -> list[bytes]:
@@ -415,6 +433,7 @@ def test_wan_outage_playbook_passes_with_the_snmp_driver_on_a_managed_router(nsl
         assert doc["passed"] is True and len(doc["phones"]) == 4
         assert all(p["failover_s"] and p["recovery_s"] for p in doc["phones"]), doc["phones"]
         assert "none: SNMP cannot schedule a restore" in doc["outages"][0]["deadman"]
+        _assert_times_agree_with_truth(nslab, doc)
     finally:
         keeper.kill()
     assert nslab.link_up()
