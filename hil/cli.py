@@ -103,8 +103,11 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
 
     raise_file_limit()
     if spec.backend == "netns":
-        from .netns.lab import NetnsLab as Lab  # type: ignore[assignment]
-    lab = Lab(spec, state)
+        from .netns.lab import NetnsLab
+
+        lab: Lab = NetnsLab(spec, state)
+    else:
+        lab = Lab(spec, state)
     loop = asyncio.get_running_loop()
     await lab.start()
     for sig in (signal.SIGINT, signal.SIGTERM):
