@@ -14,8 +14,11 @@ app = Celery("fleet", include=["fleet.tasks"])
 
 def configure(url: str | None = None) -> Celery:
     url = url or os.environ.get("FLEET_REDIS_URL", "redis://127.0.0.1:6379/0")
+    visibility = int(os.environ.get("FLEET_VISIBILITY_TIMEOUT", "600"))
     app.conf.update(
         broker_url=url,
+        # kombu's Redis transport, fixed so that a worker survives Redis going away mid-task (fleet/broker.py)
+        broker_transport="fleet.broker:Transport",
         result_backend=url,
         task_serializer="json",
         result_serializer="json",
@@ -24,8 +27,11 @@ def configure(url: str | None = None) -> Celery:
         task_acks_late=True,
         task_reject_on_worker_lost=True,
         worker_prefetch_multiplier=1,
-        # a task lost with its worker (acks_late) is delivered again after this many seconds
-        broker_transport_options={"visibility_timeout": int(os.environ.get("FLEET_VISIBILITY_TIMEOUT", "600"))},
+        # a task lost with its worker (acks_late) is delivered again after this many seconds; every worker looks
+        # for such tasks every few seconds (kombu's default sweep, every 10th of 10 s ticks, adds up to 100 s)
+        broker_transport_options={"visibility_timeout": visibility,
+                                  "unacked_restore_interval": min(10, max(1, visibility // 3)),
+                                  "unacked_restore_throttle": 1},
         result_expires=24 * 3600,
         task_default_queue="fleet",
         broker_connection_retry_on_startup=True,

@@ -1,13 +1,17 @@
 """`fleet`: roll configuration out to SoundPoint phones, run WAN-outage experiments, see which phone is registered where.
 
-Exit codes: 0 success / every expectation held; 1 an expectation failed;
-2 bad input (playbook, inventory, parameters): nothing was touched;
-3 infrastructure unavailable (Redis, workers, lease held).
+Exit codes: 0 success / every expectation held; 1 an expectation failed or a
+rollout failed or halted; 2 bad input (playbook, inventory, lab or secrets file,
+parameters, command line): nothing was touched, the message names file, line
+and field; 3 infrastructure unreachable or a runtime error (Redis, workers, lease
+held); 4 internal error (a bug: one line, FLEET_DEBUG=1 shows the traceback);
+130 interrupted.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import sys
 import time
@@ -15,12 +19,57 @@ from pathlib import Path
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
+from rich.text import Text
 
 from .yamlfile import FileError
 
-EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED = 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 err = Console(stderr=True)
+
+
+def _fail(message: str, code: int) -> None:
+    """Print one line on stderr (user text stays text: a `[/x]` in a value is not markup) and exit."""
+    err.print(Text(message, style="red"), soft_wrap=True)   # one line, never wrapped: grep finds it
+    sys.exit(code)
+
+
+_URL_CREDENTIALS = re.compile(r"(://)[^/@\s]*@")
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())[:300]
+    return _URL_CREDENTIALS.sub(r"\1***@", text)
+
+
+def _infra(exc: BaseException) -> bool:
+    """Redis, Celery or the network gave out: not a bug, not bad input."""
+    mod = type(exc).__module__.split(".")[0]
+    return isinstance(exc, (OSError, TimeoutError)) or (mod in ("redis", "kombu", "celery", "amqp")
+                                                        and "rror" in type(exc).__name__)
+
+
+class _Cli(click.Group):
+    """Maps every way a command can end onto the exit code table above; never a traceback for the user."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except FileError as exc:
+            _fail(f"invalid input: {exc}", EXIT_INPUT)
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as exc:
+            if os.environ.get("FLEET_DEBUG"):
+                raise
+            if _infra(exc):
+                _fail(f"runtime error: {type(exc).__name__}: {_one_line(exc)}", EXIT_INFRA)
+            _fail(f"internal error: {type(exc).__name__}: {_one_line(exc)} (FLEET_DEBUG=1 shows the traceback)",
+                  EXIT_INTERNAL)
 
 
 def _store():
@@ -32,23 +81,23 @@ def _store():
         store.ping()
         return store
     except RedisUnavailable as exc:
-        err.print(f"[red]{exc}[/red]")
-        sys.exit(EXIT_INFRA)
+        _fail(_one_line(exc), EXIT_INFRA)
     except Exception as exc:  # redis.ConnectionError and friends
         from .redact import redact_url
 
-        err.print(f"[red]cannot reach Redis at {redact_url(os.environ.get('FLEET_REDIS_URL'))}: {type(exc).__name__}[/red]")
-        sys.exit(EXIT_INFRA)
+        _fail(_one_line(f"cannot reach Redis at {redact_url(os.environ.get('FLEET_REDIS_URL'))}: {type(exc).__name__}"), EXIT_INFRA)
 
 
 def _inventory(path: str):
+    """The inventory, validated, with its secrets file checked (shape, and every secret it names present)."""
     from . import inventory
 
     try:
-        return inventory.load(path)
+        inv = inventory.load(path, keep_source=True)
+        inventory.check_secrets(inv)
+        return inv
     except FileError as exc:
-        err.print(f"[red]invalid inventory: {exc}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"invalid inventory: {exc}", EXIT_INPUT)
 
 
 def _check_sites(inv, sites) -> None:
@@ -57,11 +106,10 @@ def _check_sites(inv, sites) -> None:
         try:
             inv.site(s)
         except KeyError as exc:
-            err.print(f"[red]{exc.args[0]}[/red]")
-            sys.exit(EXIT_INPUT)
+            _fail(str(exc.args[0]), EXIT_INPUT)
 
 
-@click.group(help=__doc__)
+@click.group(help=__doc__, cls=_Cli)
 def main() -> None:
     pass
 
@@ -91,25 +139,22 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     try:
         pb = pb_mod.load(playbook_path)
     except FileError as exc:
-        err.print(f"[red]invalid playbook: {exc}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
     inv = _inventory(inventory_path)
     try:
         pb_mod.check_against(pb, inv, playbook_path)
     except FileError as exc:
-        err.print(f"[red]invalid playbook: {exc}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
     store = _store()
     configure(store.url)
     out = Console(stderr=as_json)
-    runner = ExperimentRunner(pb, inv, store, say=lambda s: out.print(f"[dim]{time.strftime('%H:%M:%S')}[/dim] {s}"),
+    runner = ExperimentRunner(pb, inv, store, say=lambda s: out.print(Text.assemble((time.strftime('%H:%M:%S'), "dim"), " ", str(s))),
                               task_timeout=task_timeout)
     try:
         with out.status("running", spinner="dots") if not as_json else _null():
             result = runner.run()
     except LeaseHeld as exc:
-        err.print(f"[red]{exc}[/red]")
-        sys.exit(EXIT_INFRA)
+        _fail(_one_line(exc), EXIT_INFRA)
     directory = Path(report_dir) / result.id
     with signals_deferred():     # a signal now must not lose the report of a run that already restored the WAN
         doc = report.write(result, directory)
@@ -124,10 +169,10 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
                   f"{_f(s['recovery_s']['p50'])}/{_f(s['recovery_s']['p95'])}/{_f(s['recovery_s']['max'])} s")
         for p in doc["phones"]:
             if not p["passed"]:
-                out.print(f"  [red]{p['mac']}[/red]: {'; '.join(p['reasons'])}")
+                out.print(Text.assemble("  ", (str(p["mac"]), "red"), ": ", "; ".join(map(str, p["reasons"]))))
         for e in doc["errors"]:
-            out.print(f"  [red]{e}[/red]")
-        out.print(f"report: {(directory / 'report.html').resolve()}")
+            out.print(Text(f"  {e}", style="red"))
+        out.print(Text(f"report: {(directory / 'report.html').resolve()}"))
     _exit_now(EXIT_INTERRUPTED if result.interrupted else 0 if result.passed else EXIT_FAILED)
 
 
@@ -161,7 +206,7 @@ def experiment_list(as_json: bool) -> None:
         return
     t = Table("id", "playbook", "site", "status", "started")
     for r in rows:
-        t.add_row(r.get("id", ""), r.get("playbook", ""), r.get("site", ""), r.get("status", ""),
+        t.add_row(*(escape(str(r.get(k, ""))) for k in ("id", "playbook", "site", "status")),
                   time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(r.get("started", 0)))))
     Console().print(t)
 
@@ -174,8 +219,7 @@ def experiment_show(exp_id: str, as_json: bool) -> None:
     store = _store()
     meta = store.experiment(exp_id)
     if not meta:
-        err.print(f"[red]no experiment {exp_id}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"no experiment {exp_id}", EXIT_INPUT)
     events = store.events(exp_id)
     if as_json:
         click.echo(json.dumps({"experiment": meta, "events": events}, indent=1))
@@ -192,14 +236,19 @@ def rollout() -> None:
 
 
 def _load_rollout(playbook_path: str, inventory_path: str):
+    """Playbook, inventory, secrets and every cross-check between them, before anything is touched."""
     from . import rollout_playbook
 
     try:
         pb = rollout_playbook.load(playbook_path)
     except FileError as exc:
-        err.print(f"[red]invalid playbook: {exc}[/red]")
-        sys.exit(EXIT_INPUT)
-    return pb, _inventory(inventory_path)
+        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
+    inv = _inventory(inventory_path)
+    try:
+        rollout_playbook.check_against(pb, inv, playbook_path)
+    except FileError as exc:
+        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
+    return pb, inv
 
 
 def _plan(pb, inv, rid: str, last_pushed: dict | None, playbook_path: str):
@@ -208,28 +257,27 @@ def _plan(pb, inv, rid: str, last_pushed: dict | None, playbook_path: str):
     try:
         return plan(inv, pb, rid, last_pushed, inv.registrar_limits)
     except PlanError as exc:
-        err.print(f"[red]{playbook_path}: {exc}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"{playbook_path}: {exc}", EXIT_INPUT)
 
 
 def _print_plan(p, console: Console) -> None:
     console.print(f"[bold]{len(p.phones)} phones in {len(p.waves)} waves[/bold]; max unavailable per site "
                   + ", ".join(f"{s}: {n}" for s, n in p.max_unavailable.items()) + f"; failure budget {p.budget_total}")
     for i, wave in enumerate(p.waves):
-        console.print(f"  wave {i}: {len(wave)} phones ({', '.join(wave[:6])}{', ...' if len(wave) > 6 else ''})")
+        console.print(Text(f"  wave {i}: {len(wave)} phones ({', '.join(wave[:6])}{', ...' if len(wave) > 6 else ''})"))
     changed = [ph for ph in p.phones if ph.diff]
     console.print(f"[bold]parameter changes[/bold] ({len(changed)} phones change, {len(p.phones) - len(changed)} unchanged)")
     for ph in changed[:50]:
         for name, (old, new) in ph.diff.items():
-            console.print(f"  {ph.mac} {name}: {old!s} -> {new!s}")
+            console.print(Text(f"  {ph.mac} {name}: {old!s} -> {new!s}"))
     if len(changed) > 50:
         console.print(f"  ... and {len(changed) - 50} more phones")
     t = Table("server address", "phones", "REGISTER/s normal", "REGISTER/s primary down", title="registration refresh load (R6)")
     for addr, v in sorted(p.load.items()):
-        t.add_row(addr, str(v["phones"]), f"{v['normal']:.2f}", f"{v['primary_down']:.2f}")
+        t.add_row(escape(addr), str(v["phones"]), f"{v['normal']:.2f}", f"{v['primary_down']:.2f}")
     console.print(t)
     for o in p.overloaded:
-        console.print(f"[red]over the registrar limit: {o}[/red]")
+        console.print(Text(f"over the registrar limit: {o}", style="red"))
 
 
 @rollout.command("run")
@@ -268,22 +316,20 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
     try:
         rid, pb, inv, _ = create(playbook_path, inventory_path, store, rid)
     except PlanError as exc:
-        err.print(f"[red]{playbook_path}: {exc}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"{playbook_path}: {exc}", EXIT_INPUT)
     except Overloaded as exc:
-        err.print(f"[red]refusing: the change would overload a registrar ({exc}); set strategy.allow_overload to override[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"refusing: the change would overload a registrar ({exc}); set strategy.allow_overload to override", EXIT_INPUT)
     _drive(rid, pb, inv, store, as_json)
 
 
 def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .rollout import RolloutDriver
+    from .rollout import RolloutDriver, experiment_drill
     from .store import LeaseHeld
 
     console = Console(stderr=as_json)
-    console.print(f"rollout {rid}")
+    console.print(Text(f"rollout {rid}"))
     bars: dict = {}
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
                   TimeElapsedColumn(), console=console, disable=as_json) as progress:
@@ -293,35 +339,24 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
                     bars[site] = progress.add_task(f"site {site}", total=c["total"], failed=0)
                 progress.update(bars[site], completed=c["settled"], failed=c["failed"])
 
-        driver = RolloutDriver(rid, inv, store, pb, say=lambda s: progress.console.print(s), progress=show,
-                               drill=lambda path, site, holder: _run_drill(path, site, inv, store, holder))
+        driver = RolloutDriver(rid, inv, store, pb, say=lambda s: progress.console.print(Text(str(s))), progress=show,
+                               drill=experiment_drill(inv, store))
         try:
             outcome = driver.run()
         except LeaseHeld as exc:
-            err.print(f"[red]{exc}[/red]")
+            err.print(Text(_one_line(exc), style="red"))
             _exit_now(EXIT_INFRA)
     summary = {"id": rid, "status": outcome.status, "reason": outcome.reason, "counts": outcome.counts}
     if outcome.reason:
-        console.print(f"[red]{outcome.reason}[/red]")
+        console.print(Text(str(outcome.reason), style="red"))
     if as_json:
         click.echo(json.dumps(summary))
     else:
         colour = "green" if outcome.status == "done" else "red"
-        console.print(f"[bold {colour}]{outcome.status}[/]{': ' + outcome.reason if outcome.reason else ''} {outcome.counts}")
+        console.print(Text.assemble((str(outcome.status), f"bold {colour}"),
+                                    f"{': ' + str(outcome.reason) if outcome.reason else ''} {outcome.counts}"))
     failed = sum(outcome.counts.get(k, 0) for k in ("failed", "rolled_back", "rollback_failed"))
     _exit_now(0 if outcome.status == "done" and not failed else EXIT_FAILED)
-
-
-def _run_drill(path: str, site: str, inv, store, holder: str) -> bool:
-    """The failover drill gate: the experiment playbook, run on the canary site under the rollout's lease."""
-    from . import playbook as pb_mod
-    from .experiment import ExperimentRunner
-
-    drill = pb_mod.load(path).model_copy(update={"site": site})
-    pb_mod.check_against(drill, inv, path)
-    result = ExperimentRunner(drill, inv, store, lease_holder=holder).run()
-    store.finish_experiment(result.id, result.passed, "")
-    return result.passed
 
 
 @rollout.command("status")
@@ -334,8 +369,7 @@ def rollout_status(rid: str, as_json: bool) -> None:
     rs = RolloutStore(_store())
     meta = rs.get(rid)
     if not meta:
-        err.print(f"[red]no rollout {rid}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"no rollout {rid}", EXIT_INPUT)
     macs = [p["mac"] for p in meta["plan"]["phones"]]
     phones = rs.phones(rid, macs, full=True)
     counts: dict = {}
@@ -347,11 +381,11 @@ def rollout_status(rid: str, as_json: bool) -> None:
                                           for m, st in phones.items()}}, indent=1))
         return
     console = Console()
-    console.print(f"{rid}: [bold]{meta.get('status')}[/bold] {meta.get('reason', '')} {counts}")
+    console.print(Text.assemble(f"{rid}: ", (str(meta.get("status")), "bold"), f" {meta.get('reason', '')} {counts}"))
     t = Table("MAC", "site", "wave", "state", "error")
     site_of = {p["mac"]: p["site"] for p in meta["plan"]["phones"]}
     for m, st in phones.items():
-        t.add_row(m, site_of[m], st.get("wave", ""), st.get("state", ""), st.get("error", "")[:80])
+        t.add_row(*(escape(str(x)) for x in (m, site_of[m], st.get("wave", ""), st.get("state", ""), st.get("error", "")[:80])))
     console.print(t)
 
 
@@ -361,7 +395,6 @@ def rollout_status(rid: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def rollout_resume(rid: str, budget: int | None, as_json: bool) -> None:
     """Continue a halted or interrupted rollout; verified phones are not touched again."""
-    from . import rollout_playbook
     from .celeryapp import configure
     from .store import RolloutStore
 
@@ -370,13 +403,11 @@ def rollout_resume(rid: str, budget: int | None, as_json: bool) -> None:
     rs = RolloutStore(store)
     meta = rs.get(rid)
     if not meta:
-        err.print(f"[red]no rollout {rid}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"no rollout {rid}", EXIT_INPUT)
     if meta.get("status") == "done":
-        err.print(f"rollout {rid} is already done")
+        err.print(Text(f"rollout {rid} is already done"))
         sys.exit(0)
-    pb = rollout_playbook.load(meta["playbook_path"])
-    inv = _inventory(meta["inventory_path"])
+    pb, inv = _load_rollout(meta["playbook_path"], meta["inventory_path"])
     if budget is not None:
         rs.set(rid, budget_override=budget)
     rs.set(rid, abort="0")
@@ -391,8 +422,7 @@ def rollout_abort(rid: str) -> None:
 
     rs = RolloutStore(_store())
     if not rs.get(rid):
-        err.print(f"[red]no rollout {rid}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"no rollout {rid}", EXIT_INPUT)
     rs.set(rid, abort="1")
     click.echo(f"abort requested for {rid}")
 
@@ -409,7 +439,7 @@ def rollout_list(as_json: bool) -> None:
         return
     t = Table("id", "playbook", "status", "reason")
     for r in rows:
-        t.add_row(r["id"] or "", r["playbook"] or "", r["status"] or "", (r["reason"] or "")[:60])
+        t.add_row(*(escape(str(x)) for x in (r["id"] or "", r["playbook"] or "", r["status"] or "", (r["reason"] or "")[:60])))
     Console().print(t)
 
 
@@ -453,20 +483,20 @@ def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
     try:
         entries = schedule.load_entries(playbook_dir)
     except FileError as exc:
-        err.print(f"[red]invalid playbook: {exc}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
     store = _store()
     for e in entries:
         click.echo(f"{e.name}: '{e.cron}' ({e.timezone}) -> {e.playbook}")
-    for message in schedule.check_missed(store.r, entries):
-        err.print(f"[yellow]missed: {message}[/yellow]")
+    for message in schedule.check_missed(store, entries):
+        err.print(Text(f"missed: {message}", style="yellow"))
     if check:
         return
     from .celeryapp import app, configure
 
     configure(store.url)
     app.conf.beat_schedule = schedule.beat_schedule(entries, str(Path(inventory_path).resolve()))
-    app.Beat(loglevel="WARNING", schedule=str(Path(os.environ.get("FLEET_BEAT_DIR", ".")) / "fleet-beat-schedule")).run()
+    # no schedule file: the schedule comes from the playbooks, last-sent times go to Redis (fleet.schedule)
+    app.Beat(loglevel="WARNING", scheduler=schedule.scheduler_for(store, entries)).run()
 
 
 @main.command()
@@ -494,12 +524,11 @@ def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
     secrets = Secrets(inv)
     running = start_site_collectors(inv, secrets, _store(), list(sites))
     if len(running) != len(sites):
-        err.print("[red]a collector could not start (see the log above)[/red]")
-        sys.exit(EXIT_INFRA)
+        _fail("a collector could not start (see the log above)", EXIT_INFRA)
     done = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: done.set())
-    err.print(f"collecting for {', '.join(sites)}; Ctrl-C stops")
+    err.print(Text(f"collecting for {', '.join(sites)}; Ctrl-C stops"))
     done.wait()
     for c in running:
         c.stop()
@@ -516,8 +545,7 @@ def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
 def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurrency: int, pool: str, no_collect: bool) -> None:
     """Start a Celery worker for the given sites' queues (site.NAME), with their collectors."""
     if not sites and not control:
-        err.print("[red]give at least one --site, or --control[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail("give at least one --site, or --control", EXIT_INPUT)
     os.environ["FLEET_INVENTORY"] = str(Path(inventory_path).resolve())
     os.environ["FLEET_COLLECT_SITES"] = "" if no_collect else ",".join(sites)
     from .celeryapp import app, configure
@@ -527,8 +555,7 @@ def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurren
     try:
         inv, _ = context()
     except FileError as exc:
-        err.print(f"[red]invalid inventory: {exc}[/red]")
-        sys.exit(EXIT_INPUT)
+        _fail(f"invalid inventory: {exc}", EXIT_INPUT)
     _check_sites(inv, sites)
     store = _store()
     configure(store.url)

@@ -4,11 +4,18 @@ Push sources see a change the moment the phone reports it, so detection
 latency is the network's, not a polling interval's. Observations are batched
 (every 20 ms) into the store, which derives per-server state and the working
 server (fleet.observe).
+
+Whatever reaches a collector becomes a phone's registration state, so a
+collector listens only on the addresses the inventory names (never a
+wildcard) and drops datagrams and requests from any source that is not one of
+the site's phones (or inside the site's `collector.allow_from` networks).
 """
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
+import socket
 import threading
 import time
 
@@ -28,16 +35,92 @@ class CollectorError(RuntimeError):
     """A collector that cannot start (its address is taken, say); the message says which."""
 
 
+WILDCARDS = frozenset({"", "*", "0.0.0.0", "::", "[::]"})
+
+
+def listen_address(site: Site, what: str, value: str) -> tuple[str, int]:
+    """host and port from `collector.syslog` / `collector.events`; a wildcard host is refused (CollectorError)."""
+    host, _, port = value.rpartition(":")
+    if host.strip("[]") in WILDCARDS or host in WILDCARDS:
+        raise CollectorError(f"site {site.name}: collector.{what} is {value}: name the address the phones send to "
+                             f"(listening on every address would take observations from any network)")
+    return host.strip("[]"), int(port)
+
+
+class SourceFilter:
+    """Which source addresses a site's collector accepts: the phones' own addresses and `collector.allow_from`.
+
+    A report from a phone's own address may speak only for the phone(s) at
+    that address, so one phone cannot pass itself off as another; from an
+    `allow_from` network (phones the inventory has no address for) any of the
+    site's phones.
+    """
+
+    def __init__(self, site: Site) -> None:
+        self.site = site.name
+        self.hosts: dict[str, set[str]] = {}     # address -> MACs of the phones there
+        self.unresolved: list[str] = []
+        for phone in site.phones:
+            try:
+                addresses = {str(ipaddress.ip_address(phone.address))}
+            except ValueError:   # a host name: what it resolves to now
+                try:
+                    addresses = {str(ipaddress.ip_address(ai[4][0])) for ai in socket.getaddrinfo(phone.address, None)}
+                except (OSError, ValueError):
+                    self.unresolved.append(phone.mac)
+                    continue
+            for address in addresses:
+                self.hosts.setdefault(address, set()).add(phone.mac)
+        self.macs = {p.mac for p in site.phones}
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in site.collector.allow_from]
+        self.dropped = 0
+        self._logged: set[str] = set()
+
+    def speaks_for(self, host: str) -> set[str]:
+        """The MACs a report from `host` may be about; empty: drop it."""
+        if host in self.hosts:
+            return self.hosts[host]
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return set()
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if str(ip) in self.hosts:
+            return self.hosts[str(ip)]
+        return self.macs if any(ip in net for net in self.networks) else set()
+
+    def allows(self, host: str) -> bool:
+        return bool(self.speaks_for(host))
+
+    def drop(self, host: str, what: str) -> None:
+        """Count a dropped datagram or request; say so once per source (bounded, so a flood cannot fill memory)."""
+        self.dropped += 1
+        if host not in self._logged and len(self._logged) < 1000:
+            self._logged.add(host)
+            log.warning("collector %s: dropped %s from %s: not a phone of the site nor in collector.allow_from",
+                        self.site, what, host)
+
+
 class _Syslog(asyncio.DatagramProtocol):
-    def __init__(self, sink: list[Observation]) -> None:
+    def __init__(self, sink: list[Observation], sources: SourceFilter) -> None:
         self.sink = sink
+        self.sources = sources
         self.received = 0
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
         self.received += 1
+        macs = self.sources.speaks_for(addr[0])
+        if not macs:
+            self.sources.drop(addr[0], "syslog")
+            return
         obs = parse_syslog(data, time.time())
-        if obs is not None:
-            self.sink.append(obs)
+        if obs is None:
+            return
+        if obs.mac not in macs:
+            self.sources.drop(addr[0], f"syslog about phone {obs.mac}")
+            return
+        self.sink.append(obs)
 
 
 class SiteCollector:
@@ -49,8 +132,15 @@ class SiteCollector:
         self.thread = threading.Thread(target=self._run, name=f"collector-{site.name}", daemon=True)
         self.errors = 0
         self.start_error: str | None = None
+        self.sources = SourceFilter(site)
+        if self.sources.unresolved:
+            log.warning("collector %s: %d phones have addresses that do not resolve (%s...): their reports are dropped "
+                        "unless collector.allow_from covers them", site.name, len(self.sources.unresolved),
+                        ", ".join(self.sources.unresolved[:3]))
 
     def start(self) -> None:
+        listen_address(self.site, "syslog", self.site.collector.syslog)   # a wildcard fails here, before any thread
+        listen_address(self.site, "events", self.site.collector.events)
         self.thread.start()
         if not self.ready.wait(10):
             raise CollectorError(f"collector for site {self.site.name} did not start within 10 s")
@@ -74,9 +164,9 @@ class SiteCollector:
         self.loop.run_forever()
 
     async def _start(self) -> None:
-        host, _, port = self.site.collector.syslog.rpartition(":")
-        await self.loop.create_datagram_endpoint(lambda: _Syslog(self.pending), local_addr=(host, int(port)))  # type: ignore[union-attr]
-        ehost, _, eport = self.site.collector.events.rpartition(":")
+        host, port = listen_address(self.site, "syslog", self.site.collector.syslog)
+        ehost, eport = listen_address(self.site, "events", self.site.collector.events)
+        await self.loop.create_datagram_endpoint(lambda: _Syslog(self.pending, self.sources), local_addr=(host, port))  # type: ignore[union-attr]
         app = web.Application(client_max_size=65536)
         app.router.add_post("/events", self._event)
         runner = web.AppRunner(app, access_log=None)
@@ -106,9 +196,16 @@ class SiteCollector:
                 await asyncio.sleep(max(0.0, self.site.collector.poll_interval - (time.monotonic() - started)))
 
     async def _event(self, request: web.Request) -> web.Response:
+        macs = self.sources.speaks_for(request.remote or "")
+        if not macs:
+            self.sources.drop(request.remote or "?", "an event")
+            return web.Response(status=403, text="not a phone of this site")
         obs = parse_line_event(await request.read(), time.time())
         if obs is None:
             return web.Response(status=400, text="not a telephone notification event")
+        if obs.mac not in macs:
+            self.sources.drop(request.remote or "?", f"an event about phone {obs.mac}")
+            return web.Response(status=403, text="a phone reports only for itself")
         self.pending.append(obs)
         return web.Response(status=200)
 

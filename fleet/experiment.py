@@ -9,7 +9,6 @@ experiment's append-only event log.
 """
 from __future__ import annotations
 
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,6 +19,7 @@ from .deadline import poll_until
 from .inventory import Inventory, Phone, Site
 from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
 from .predict import failover_max, recovery_max, servers
+from .lease import LeaseLost, SiteLease
 from .signals import Interrupted, interruptible, signals_deferred
 from .store import RolloutStore, Store
 from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, timeline
@@ -64,7 +64,6 @@ class ExperimentRunner:
         self.queue = site_queue(self.site.name)
         self.task_timeout = task_timeout
         self.open_outage: dict | None = None
-        self._stop_renew = threading.Event()
         self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
 
     # ------------------------------------------------------------------ helpers
@@ -75,10 +74,6 @@ class ExperimentRunner:
             return result.get(timeout=self.task_timeout, propagate=True)
         except Exception as exc:  # timeouts, worker lost: surfaced as a step failure with a reason
             return {"ok": False, "error": f"{name}: {type(exc).__name__}: {exc}"[:300]}
-
-    def _renew(self, exp: str) -> None:
-        while not self._stop_renew.wait(5):
-            self.store.renew_lease(self.site.name, exp)
 
     def _phones(self, selector) -> list[Phone]:
         phones = self.site.phones
@@ -91,12 +86,15 @@ class ExperimentRunner:
 
     # ------------------------------------------------------------------ run
     def run(self) -> ExperimentResult:
+        # The lease first: a run refused because the site is busy leaves no experiment record behind. A rollout
+        # running this as its drill already holds the site and renews it.
+        self.lease = None
+        if self.lease_holder is None:
+            self.lease = SiteLease(self.store, [self.site.name], owner=f"experiment:{self.pb.name}",
+                                   wait_for_predecessor=False, on_lost=lambda why: self.say(f"lease lost: {why}"))
+            self.lease.acquire()
         exp = self.store.new_experiment(self.site.name, self.pb.name)
-        holder = self.lease_holder or exp
-        self.store.acquire_lease(self.site.name, holder)
         result = ExperimentResult(id=exp, playbook=self.pb.name, site=self.site.name, started=time.time())
-        renewer = threading.Thread(target=self._renew, args=(holder,), daemon=True)
-        renewer.start()
         self.store.register_site(self.inv, self.site)
         self.store.set_observing(self.site.name, exp)
         # where each phone stood when the run began: the first lane segment of its timeline
@@ -107,6 +105,8 @@ class ExperimentRunner:
         try:
             with interruptible():
                 for step in self.pb.steps:
+                    if self.lease is not None:
+                        self.lease.check()     # LeaseLost: another run may own the site now; cut nothing more
                     t0 = time.monotonic()
                     res = self._run_step(exp, step, result)
                     res.elapsed_s = round(time.monotonic() - t0, 3)
@@ -115,6 +115,9 @@ class ExperimentRunner:
                     self.say(f"{'PASS' if res.passed else 'FAIL'} {res.name} ({res.elapsed_s:.1f}s){': ' + res.message if res.message else ''}")
                     if not res.passed and res.kind == "outage":
                         break   # a fault that did not take effect makes the rest meaningless
+        except LeaseLost as exc:
+            result.errors.append(f"stopped: {exc}; run abandoned")
+            self.store.log_event(exp, "lease_lost", reason=str(exc))
         except Interrupted as exc:
             result.interrupted = exc.signame
             result.errors.append(f"interrupted ({exc.signame}): run abandoned")
@@ -122,7 +125,7 @@ class ExperimentRunner:
         finally:
             # From here on a further Ctrl-C, SIGTERM or SIGHUP is noted and ignored: the restore and the report come first.
             with signals_deferred() as late:
-                self._cleanup(exp, result, holder)
+                self._cleanup(exp, result)
             for name in late:
                 result.errors.append(f"{name} received during cleanup: ignored until the WAN was restored and the report written")
         with signals_deferred() as late:
@@ -149,16 +152,15 @@ class ExperimentRunner:
             return StepResult(step.name, "wait", True, 0.0)
         raise TypeError(f"unknown step {step!r}")
 
-    def _cleanup(self, exp: str, result: ExperimentResult, holder: str) -> None:
+    def _cleanup(self, exp: str, result: ExperimentResult) -> None:
         if self.open_outage is not None:
             self.say("restoring the WAN (cleanup)")
             res = self._restore(exp, "cleanup", result)
             if not res.passed:
                 result.errors.append(f"cleanup restore failed: {res.message}")
         self.store.set_observing(self.site.name, None)
-        self._stop_renew.set()
-        if self.lease_holder is None:
-            self.store.release_lease(self.site.name, holder)
+        if self.lease is not None:
+            self.lease.release()
 
     def _outage(self, exp: str, step: OutageStep, result: ExperimentResult) -> StepResult:
         outage_id = f"{exp}-o{len(result.outages) + 1}"

@@ -61,11 +61,11 @@ def _add(prefix_regex: str, p: Param) -> None:
 
 
 for _p in _SERVER_ATTRS:
-    _add(r"reg\.(?P<x>\d+)\.server\.(?P<y>\d+)\.", _p)
-    _add(r"voIpProt\.server\.(?P<y>\d+)\.", _p)
+    _add(r"reg\.(?P<x>[0-9]+)\.server\.(?P<y>[0-9]+)\.", _p)
+    _add(r"voIpProt\.server\.(?P<y>[0-9]+)\.", _p)
 for _p in [Param("address", "str"), Param("displayName", "str"), Param("label", "str"), Param("auth.userId", "str"),
            Param("auth.password", "str", secret=True), Param("type", "enum", "private", choices=("private", "shared"))]:
-    _add(r"reg\.(?P<x>\d+)\.", _p)
+    _add(r"reg\.(?P<x>[0-9]+)\.", _p)
 for _p in [Param("device.syslog.serverName", "str"), Param("device.syslog.serverPort", "int", "514", 1, 65535),
            Param("apps.telNotification.URL", "str"), Param("apps.telNotification.lineRegistrationEvent", "bool01", "1"),
            Param("apps.restapi.enabled", "bool01", "0", families=frozenset({"uc-5.x"})),
@@ -104,7 +104,7 @@ def check(name: str, value: str, family: str) -> str:
     if p.kind == "int":
         if value == "" and p.default is None:
             return value
-        if not re.fullmatch(r"-?\d+", value):
+        if not re.fullmatch(r"-?[0-9]+", value):
             raise ParameterError(f"{name}={value!r}: expected an integer")
         lo = EXPIRES_MIN[family] if name.endswith(".expires") else p.lo
         if (lo is not None and int(value) < lo) or (p.hi is not None and int(value) > p.hi):

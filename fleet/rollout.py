@@ -12,15 +12,19 @@ it is verified (or settled otherwise), and no site ever has more than its
 from __future__ import annotations
 
 import os
-import threading
+import socket
 import time
 import uuid
 from dataclasses import dataclass
 from typing import Callable
 
+import kombu.exceptions
+import redis
+
 from .celeryapp import app as celery_app
 from .celeryapp import site_queue
 from .inventory import Inventory
+from .lease import LeaseLost, SiteLease
 from .rollout_playbook import RolloutPlaybook
 from .store import RolloutStore, Store
 
@@ -29,6 +33,8 @@ FAILED = ("failed", "rolled_back", "rollback_failed")
 # outcomes after which nothing can resume or roll back a phone of this run: its boot-server backups may go
 FINISHED = ("done", "aborted")
 DEFER_RETRY_S = 5.0
+# Redis (and the Celery broker in it) unreachable: the driver waits for it, bounded by its lease's TTL
+REDIS_AWAY = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError)
 # a dispatched task that shows no progress this long is sent again (its worker died with it)
 DISPATCH_STALL_S = float(os.environ.get("FLEET_DISPATCH_STALL", "60"))
 # how often a running wave re-reads every phone in full, beside the change feeds
@@ -47,59 +53,116 @@ class Outcome:
     counts: dict
 
 
+@dataclass
+class DrillResult:
+    passed: bool
+    experiment: str = ""   # the drill's experiment id: its report and event log
+
+
+DrillFn = Callable[[str, str, str], "DrillResult | bool"]
+
+
+def experiment_drill(inv: Inventory, store: Store) -> DrillFn:
+    """The failover drill gate: the drill's experiment playbook, run on the canary site under the rollout's lease.
+
+    Returns fn(drill playbook path, site, lease holder) -> DrillResult. It may
+    run inside a Celery task (a scheduled rollout): the drill's router tasks go
+    to the site's queue, served by the site's workers, so waiting on their
+    results there is allowed explicitly.
+    """
+    def run(path: str, site: str, holder: str) -> DrillResult:
+        from celery.result import allow_join_result
+
+        from . import playbook as pb_mod
+        from .experiment import ExperimentRunner
+
+        drill = pb_mod.load(path).model_copy(update={"site": site})
+        pb_mod.check_against(drill, inv, path)
+        with allow_join_result():
+            result = ExperimentRunner(drill, inv, store, lease_holder=holder).run()
+        store.finish_experiment(result.id, result.passed, "")
+        return DrillResult(result.passed, result.id)
+
+    return run
+
+
 class RolloutDriver:
+    """Drives one rollout to its end under an exclusive lease on every site it touches.
+
+    The lease holder is unique to this driver (fleet.lease), so a second driver
+    of the same rollout (a redelivered scheduled task, a second `resume`) is
+    refused while this one is alive, and a driver whose lease lapses or is taken
+    stops before its next action; the rollout stays resumable.
+    """
+
     def __init__(self, rid: str, inventory: Inventory, store: Store, playbook: RolloutPlaybook,
                  say: Callable[[str], None] = lambda s: None, progress: Callable[[dict], None] = lambda c: None,
-                 poll: float = 0.1, drill: Callable[[str, str, str], bool] | None = None) -> None:
+                 poll: float = 0.1, drill: DrillFn | None = None, lease_ttl: float | None = None) -> None:
         self.rid, self.inv, self.store, self.pb = rid, inventory, store, playbook
         self.rs = RolloutStore(store)
         self.say, self.progress, self.poll = say, progress, poll
-        self.drill = drill
+        # the playbook's drill always runs (a caller that forgot to pass one must not skip the gate)
+        self.drill = drill if drill is not None else experiment_drill(inventory, store)
+        self.lease_ttl = lease_ttl or float(os.environ.get("FLEET_LEASE_TTL", "30"))
+        self.lease: SiteLease | None = None
+        self._away_since = 0.0
         meta = self.rs.get(rid)
         self.plan = meta["plan"]
         self.site_of = {p["mac"]: p["site"] for p in self.plan["phones"]}
         self._entries = {p["mac"]: p for p in self.plan["phones"]}
         self._phone_states: dict = {}
         self.required = self.pb.verify.registered_to
-        self._stop = threading.Event()
         self.budget_total = int(meta.get("budget_override") or self.plan["budget_total"])
 
     # ---------------------------------------------------------------- leases
     def _sites(self) -> list[str]:
         return sorted(set(self.site_of.values()))
 
-    def _renew(self) -> None:
-        while not self._stop.wait(5):
-            for s in self._sites():
-                self.store.renew_lease(s, f"rollout:{self.rid}")
+    def _check_lease(self) -> None:
+        """Before anything that touches a site: stop (LeaseLost) if this driver may no longer own it."""
+        if self.lease is not None:
+            self.lease.check()
 
     # ---------------------------------------------------------------- main loop
-    def run(self) -> Outcome:
-        holder = f"rollout:{self.rid}"
-        taken = []
+    def run(self, only_from: tuple[str, ...] | None = None) -> Outcome:
+        """Drive the rollout; raises LeaseHeld (nothing done) if another run holds one of its sites.
+
+        With `only_from`, the rollout is driven only if, once the lease is ours,
+        its status is one of those: a copy that was waiting for the lease while
+        another run finished the rollout does not run it a second time.
+        """
+        lease = SiteLease(self.store, self._sites(), owner=f"rollout:{self.rid}", ttl=self.lease_ttl,
+                          on_lost=lambda why: self.say(f"lease lost: {why}"))
+        lease.acquire()
+        self.lease = lease
         try:
-            for s in self._sites():
-                self.store.acquire_lease(s, holder)
-                taken.append(s)
-        except Exception:
-            for s in taken:
-                self.store.release_lease(s, holder)
+            status = self.rs.get_field(self.rid, "status")
+        except BaseException:
+            lease.release()
             raise
-        renewer = threading.Thread(target=self._renew, daemon=True)
-        renewer.start()
-        self.rs.set(self.rid, status="running", reason="")
-        self.rs.log(self.rid, "run", pid=threading.get_native_id())
+        if only_from is not None and status not in only_from:
+            lease.release()
+            return Outcome(status or "?", f"not driven again: the rollout is already {status}", self._counts_if_reachable())
         try:
-            outcome = self._drive()
-        except KeyboardInterrupt:
-            outcome = Outcome("halted", "interrupted (Ctrl-C); `fleet rollout resume` continues", self.counts())
+            self.rs.set(self.rid, status="running", reason="", driver=lease.holder)
+            self.rs.log(self.rid, "run", holder=lease.holder, pid=os.getpid(), host=socket.gethostname())
+            try:
+                outcome = self._drive()
+            except KeyboardInterrupt:
+                outcome = Outcome("halted", "interrupted (Ctrl-C); `fleet rollout resume` continues", self._counts_if_reachable())
+            except LeaseLost as exc:
+                outcome = Outcome("halted", f"stopped: {exc}; `fleet rollout resume` continues", self._counts_if_reachable())
         finally:
-            self._stop.set()
-            for s in taken:
-                self.store.release_lease(s, holder)
-        self.rs.set(self.rid, status=outcome.status, reason=outcome.reason, finished=time.time())
-        self.rs.log(self.rid, "end", status=outcome.status, reason=outcome.reason, counts=outcome.counts)
-        self._remove_backups(outcome)
+            lease.release()
+        try:
+            self.rs.log(self.rid, "end", status=outcome.status, reason=outcome.reason, counts=outcome.counts,
+                        holder=lease.holder)
+            if lease.lost.is_set() and self.rs.get_field(self.rid, "driver") != lease.holder:
+                return outcome   # another run drives the rollout now: its status is not ours to write
+            self.rs.set(self.rid, status=outcome.status, reason=outcome.reason, finished=time.time())
+            self._remove_backups(outcome)
+        except REDIS_AWAY as exc:   # the outcome stands; Redis still says "running", and a resume continues
+            self.say(f"could not record the outcome, Redis is unreachable ({type(exc).__name__})")
         return outcome
 
     def _remove_backups(self, outcome: Outcome) -> None:
@@ -119,9 +182,21 @@ class RolloutDriver:
             celery_app.send_task("fleet.rollout_cleanup", args=[self.rid, site], queue=site_queue(site), ignore_result=True)
         self.rs.log(self.rid, "backups_removal_sent", sites=self._sites())
 
+    def _counts_if_reachable(self) -> dict:
+        try:
+            return self.counts()
+        except REDIS_AWAY:
+            return {}
+
     def _drive(self) -> Outcome:
         for wave, macs in enumerate(self.plan["waves"]):
-            states = self.rs.phones(self.rid, macs)
+            while True:
+                self._check_lease()
+                try:
+                    states = self.rs.phones(self.rid, macs)
+                    break
+                except REDIS_AWAY as exc:
+                    self._redis_away(exc)
             if all(s.get("state") in self.rs.SETTLED for s in states.values()):
                 continue
             self.say(f"wave {wave}: {len(macs)} phones" + (" (canaries)" if wave == 0 and self.pb.strategy.canary else ""))
@@ -132,12 +207,18 @@ class RolloutDriver:
             if wave == 0 and self.pb.strategy.canary and self.pb.drill and self.drill is not None:
                 canary_site = self.site_of[macs[0]]
                 self.say(f"failover drill on canary site {canary_site}: {self.pb.drill}")
+                self._check_lease()
+                holder = self.lease.holder if self.lease is not None else f"rollout:{self.rid}"
                 try:
-                    ok = self.drill(self.pb.drill, canary_site, f"rollout:{self.rid}")
+                    res = self.drill(self.pb.drill, canary_site, holder)
                 except Exception as exc:  # a drill that cannot run (bad playbook, no router) fails the gate, with why
                     self.rs.log(self.rid, "drill", site=canary_site, passed=False, error=str(exc)[:300])
                     return Outcome("halted", f"failover drill could not run on {canary_site}: {exc}"[:300], self.counts())
-                self.rs.log(self.rid, "drill", site=canary_site, passed=ok)
+                if not isinstance(res, DrillResult):
+                    res = DrillResult(bool(res))
+                ok = res.passed
+                self.rs.log(self.rid, "drill", site=canary_site, passed=ok, experiment=res.experiment, holder=holder)
+                self._check_lease()
                 if not ok:
                     return Outcome("halted", f"failover drill {self.pb.drill} failed on canary site {canary_site}", self.counts())
         return Outcome("done", "", self.counts())
@@ -153,46 +234,79 @@ class RolloutDriver:
         deadline = time.monotonic() + self.pb.strategy.progress_deadline
         everyone = list(self.site_of)
         wave_set = set(macs)
-        positions = self.rs.feed_positions(self.rid)
-        snapshot = self.rs.phones(self.rid, everyone)
-        last_full = time.monotonic()
+        positions: dict[str, str] | None = None
+        snapshot: dict[str, dict] = {}
+        last_full = 0.0
         recheck = set(macs)          # phones whose verification must be looked at this pass
         while True:
             started = time.monotonic()
-            if self.rs.get_field(self.rid, "abort") == "1":
-                self._settle(macs)
-                return Outcome("aborted", "aborted by request", self.counts())
-            changed, observed = self.rs.feed_read(positions, block=self.poll)
-            if time.monotonic() - last_full > FULL_READ_S:
-                snapshot = self.rs.phones(self.rid, everyone)
-                last_full = time.monotonic()
-                recheck |= wave_set
-            elif changed:
-                snapshot.update(self.rs.phones(self.rid, [m for m in changed if m in self.site_of]))
-            recheck |= (changed | observed) & wave_set
-            wave_states = {m: snapshot[m] for m in macs}   # the same dicts as the snapshot's: updates show in both
-            self._advance(wave_states, recheck, snapshot)
-            recheck = set()
-            self.progress(self.counts_by_site(snapshot))
-            spent = self._budget_spent(snapshot)
-            if spent:
-                self._settle(macs)
-                return Outcome("halted", spent, self.counts())
-            if all(snapshot[m].get("state") in self.rs.SETTLED for m in macs):
-                return None
-            if time.monotonic() > deadline:
-                self._settle(macs)
-                return Outcome("halted", f"wave {wave} missed its progress deadline "
-                                         f"({self.pb.strategy.progress_deadline:g}s)", self.counts())
-            self._dispatch(wave_states, snapshot)
+            self._check_lease()
+            try:
+                if positions is None:
+                    positions = self.rs.feed_positions(self.rid)
+                if self.rs.get_field(self.rid, "abort") == "1":
+                    self._settle(macs)
+                    return Outcome("aborted", "aborted by request", self.counts())
+                changed, observed = self.rs.feed_read(positions, block=self.poll)
+                if time.monotonic() - last_full > FULL_READ_S:
+                    snapshot = self.rs.phones(self.rid, everyone)
+                    last_full = time.monotonic()
+                    recheck |= wave_set
+                elif changed:
+                    snapshot.update(self.rs.phones(self.rid, [m for m in changed if m in self.site_of]))
+                recheck |= (changed | observed) & wave_set
+                wave_states = {m: snapshot[m] for m in macs}   # the same dicts as the snapshot's: updates show in both
+                self._advance(wave_states, recheck, snapshot)
+                recheck = set()
+                self.progress(self.counts_by_site(snapshot))
+                spent = self._budget_spent(snapshot)
+                if spent:
+                    self._settle(macs)
+                    return Outcome("halted", spent, self.counts())
+                if all(snapshot[m].get("state") in self.rs.SETTLED for m in macs):
+                    return None
+                if time.monotonic() > deadline:
+                    self._settle(macs)
+                    return Outcome("halted", f"wave {wave} missed its progress deadline "
+                                             f"({self.pb.strategy.progress_deadline:g}s)", self.counts())
+                self._check_lease()
+                self._dispatch(wave_states, snapshot)
+                self._redis_back()
+            except REDIS_AWAY as exc:
+                self._redis_away(exc)
+                last_full, recheck = 0.0, set(macs)   # once it is back, read every phone again
+                continue
             time.sleep(max(0.0, MIN_PASS_S - (time.monotonic() - started)))   # busy feeds: a pass at most every 20 ms
+
+    def _redis_away(self, exc: Exception) -> None:
+        """Redis (or the broker in it) is unreachable: wait for it, as long as the lease is not lost.
+
+        Every write the driver makes is repeated or re-derived on a later pass
+        (a phone marked dispatched whose task was never sent is sent again after
+        DISPATCH_STALL_S), so an outage mid-pass leaves nothing half done. The
+        lease's TTL bounds the wait: past it, `_check_lease` stops the driver.
+        """
+        if not self._away_since:
+            self._away_since = time.monotonic()
+            self.say(f"Redis unreachable ({type(exc).__name__}); waiting for it while the lease lasts")
+        time.sleep(1.0)
+
+    def _redis_back(self) -> None:
+        if self._away_since:
+            self.say(f"Redis is back after {time.monotonic() - self._away_since:.0f}s")
+            self._away_since = 0.0
 
     def _settle(self, macs: list[str]) -> None:
         """Stop sending work; let phones already rebooting finish (verified, failed or rolled back)."""
         end = time.monotonic() + self.pb.verify.within * 2 + 30
         while time.monotonic() < end:
-            states = self.rs.phones(self.rid, macs)
-            self._advance(states, set(macs), states)
+            self._check_lease()
+            try:
+                states = self.rs.phones(self.rid, macs)
+                self._advance(states, set(macs), states)
+            except REDIS_AWAY as exc:
+                self._redis_away(exc)
+                continue
             if not any(s.get("state") in IN_FLIGHT for s in states.values()):
                 return
             time.sleep(self.poll)
@@ -320,8 +434,10 @@ class Overloaded(ValueError):
     """The change would push a registrar over its REGISTER/s limit (R6) and the playbook does not allow it."""
 
 
-def create(playbook_path: str, inventory_path: str, store: Store, rid: str | None = None):
-    """Validate, plan and record a rollout; returns (id, playbook, inventory, plan). Nothing is touched yet."""
+def create(playbook_path: str, inventory_path: str, store: Store, rid: str | None = None, exclusive: bool = False):
+    """Validate, plan and record a rollout; returns (id, playbook, inventory, plan). Nothing is touched yet.
+
+    With `exclusive`, store.RolloutExists is raised if `rid` was created before (by another copy of the same run)."""
     from pathlib import Path
 
     from . import inventory as inv_mod
@@ -336,5 +452,5 @@ def create(playbook_path: str, inventory_path: str, store: Store, rid: str | Non
     if p.overloaded and not pb.strategy.allow_overload:
         raise Overloaded("; ".join(p.overloaded))
     rs.create(rid, pb.name, p.to_dict(), {"playbook_path": str(Path(playbook_path).resolve()),
-                                          "inventory_path": str(Path(inventory_path).resolve())})
+                                          "inventory_path": str(Path(inventory_path).resolve())}, exclusive=exclusive)
     return rid, pb, inv, p

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import time
 
+from rich.markup import escape
 from rich.table import Table
 
 
@@ -32,6 +33,6 @@ def table(phones: list[dict]) -> Table:
         servers = " ".join(f"{s['index']}:{'[green]up[/]' if s['state'] == 'registered' else ('[red]down[/]' if s['state'] == 'unregistered' else '?')}"
                            for s in row["servers"])
         age = f"{now - row['observed_at']:.0f}s" if row["observed_at"] else "never"
-        t.add_row(row["site"] or "", row["mac"], row["model"] or "", servers,
+        t.add_row(escape(str(row["site"] or "")), escape(str(row["mac"])), escape(str(row["model"] or "")), servers,
                   str(row["working_server"]) if row["working_server"] else "[red]none[/]", age)
     return t

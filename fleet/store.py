@@ -13,6 +13,8 @@ Keys (prefix `fleet:`):
   rollout:{id}:phone:{mac}   hash: state, attempt, wave, reboot_at, settled_at, error, backup flags
   rollout:{id}:events        stream: append-only history of the rollout
   outage:{id}:restore        set when a restore of that outage was requested (a cut seeing it does nothing)
+  schedule:{name}:since      when the scheduler first saw a schedule;  schedule:{name}:last_run  when it last ran
+  schedule:{name}:sent       when beat last sent it;  schedule:missed  list of messages;  schedule:missed:seen  set
 """
 from __future__ import annotations
 
@@ -36,6 +38,10 @@ OBSERVED_FEED = f"{P}observed"
 
 class LeaseHeld(Exception):
     """Another experiment or rollout holds the site."""
+
+
+class RolloutExists(Exception):
+    """A rollout with this id was already created."""
 
 
 class Store:
@@ -173,6 +179,14 @@ class Store:
         script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
         return bool(self.r.eval(script, 1, f"{P}lease:{site}", holder, int(ttl * 1000)))
 
+    def lease_info(self, site: str) -> tuple[str | None, int]:
+        """(holder, milliseconds left) of a site's lease; (None, -2) when nobody holds it."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(f"{P}lease:{site}")
+        pipe.pttl(f"{P}lease:{site}")
+        holder, pttl = pipe.execute()
+        return holder, int(pttl)
+
     def release_lease(self, site: str, holder: str) -> None:
         script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
         self.r.eval(script, 1, f"{P}lease:{site}", holder)
@@ -184,6 +198,36 @@ class Store:
 
     def outage_restore_requested(self, outage_id: str) -> bool:
         return bool(self.r.exists(f"{P}outage:{outage_id}:restore"))
+
+    # ------------------------------------------------------------ schedules
+    def schedule_seen_since(self, name: str) -> float:
+        """When the scheduler first saw this schedule (set now if never): runs due before then were never missed."""
+        key = f"{P}schedule:{name}:since"
+        self.r.setnx(key, time.time())
+        return float(self.r.get(key))
+
+    def schedule_last_run(self, name: str) -> float:
+        return float(self.r.get(f"{P}schedule:{name}:last_run") or 0)
+
+    def set_schedule_last_run(self, name: str, t: float) -> None:
+        self.r.set(f"{P}schedule:{name}:last_run", t)
+
+    def set_schedule_sent(self, name: str, t: float, fire_time: str) -> None:
+        """Beat sent the run due at `fire_time`: kept in Redis rather than in a schedule file beside beat."""
+        self.r.hset(f"{P}schedule:{name}:sent", mapping={"t": t, "fire_time": fire_time})
+
+    def schedule_sent(self, name: str) -> dict:
+        return self.r.hgetall(f"{P}schedule:{name}:sent")
+
+    def record_missed(self, occurrence: str, message: str) -> bool:
+        """Record a missed (or refused) run once per occurrence; True if it is new."""
+        if self.r.sadd(f"{P}schedule:missed:seen", occurrence):
+            self.r.rpush(f"{P}schedule:missed", message)
+            return True
+        return False
+
+    def missed_runs(self) -> list[str]:
+        return self.r.lrange(f"{P}schedule:missed", 0, -1)
 
     # ------------------------------------------------------------ experiments
     def new_experiment(self, site: str, playbook: str) -> str:
@@ -240,18 +284,29 @@ class RolloutStore:
     def __init__(self, store: Store) -> None:
         self.r = store.r
 
-    def create(self, rid: str, playbook: str, plan: dict, meta: dict) -> None:
-        pipe = self.r.pipeline()
-        pipe.hset(f"{P}rollout:{rid}", mapping={"id": rid, "playbook": playbook, "status": "planned",
-                                                "created": time.time(), "plan": json.dumps(plan), **meta})
-        entries = {p["mac"]: p for p in plan["phones"]}
-        for wave, macs in enumerate(plan["waves"]):
-            for mac in macs:
-                # each phone's own part of the plan beside its state: a task reads only what it needs
-                pipe.hset(f"{P}rollout:{rid}:phone:{mac}", mapping={"state": "pending", "attempt": 1, "wave": wave,
-                                                                    "plan": json.dumps(entries[mac])})
-        pipe.zadd(f"{P}rollouts", {rid: time.time()})
-        pipe.execute()
+    def create(self, rid: str, playbook: str, plan: dict, meta: dict, exclusive: bool = False) -> None:
+        """Record a planned rollout, all of it or nothing (one MULTI). With `exclusive`, raise RolloutExists if
+        the id is taken: two copies of one scheduled run compute the same id, and only the first creates it."""
+        key = f"{P}rollout:{rid}"
+        with self.r.pipeline() as pipe:
+            try:
+                if exclusive:
+                    pipe.watch(key)
+                    if pipe.exists(key):
+                        raise RolloutExists(rid)
+                pipe.multi()
+                pipe.hset(key, mapping={"id": rid, "playbook": playbook, "status": "planned",
+                                        "created": time.time(), "plan": json.dumps(plan), **meta})
+                entries = {p["mac"]: p for p in plan["phones"]}
+                for wave, macs in enumerate(plan["waves"]):
+                    for mac in macs:
+                        # each phone's own part of the plan beside its state: a task reads only what it needs
+                        pipe.hset(f"{P}rollout:{rid}:phone:{mac}", mapping={"state": "pending", "attempt": 1, "wave": wave,
+                                                                            "plan": json.dumps(entries[mac])})
+                pipe.zadd(f"{P}rollouts", {rid: time.time()})
+                pipe.execute()
+            except redis.WatchError:
+                raise RolloutExists(rid) from None
 
     def get(self, rid: str) -> dict:
         data = self.r.hgetall(f"{P}rollout:{rid}")

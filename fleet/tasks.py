@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import json
 import logging
 import os
 import threading
@@ -19,7 +18,7 @@ import time
 from celery import signals
 
 from . import inventory as inv_mod
-from . import secret_params
+from . import plan_check, secret_params, task_args
 from .celeryapp import app
 from .drivers import router as routers
 from .drivers.control.rest import RestPhone
@@ -27,6 +26,7 @@ from .drivers.errors import DeviceRefused, DeviceTimeout, DriverError
 from .drivers.probe import probe_provider
 from .deadline import poll_until
 from .failpoints import failpoint
+from .task_args import validated
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +89,7 @@ def _with_router(site_name: str, work, **result) -> dict:
 # Cut and restore tasks expire: a cut that no worker started in time must never run later, after the
 # controller has moved on (the router-side protocol makes a late one harmless; expiry keeps it from running).
 @app.task(name="fleet.router_outage", acks_late=True)
+@validated(task_args.RouterOutageArgs)
 def router_outage(site_name: str, exp_id: str, outage_id: str, mode: str, max_duration: int, loss: float = 0.0,
                   delay_ms: int = 0, rate_kbit: int = 0) -> dict:
     """Arm the dead-man's switch and cut in one step on the router, then prove the cut from the LAN side."""
@@ -104,6 +105,7 @@ def router_outage(site_name: str, exp_id: str, outage_id: str, mode: str, max_du
 
 
 @app.task(name="fleet.router_restore", acks_late=True)
+@validated(task_args.RouterRestoreArgs)
 def router_restore(site_name: str, exp_id: str, outage_id: str, mode: str, probe_for: float = 10.0) -> dict:
     """End the outage (idempotent; cancels a cut that has not happened yet), then wait for the LAN to see the provider."""
     from . import outage
@@ -125,6 +127,7 @@ def router_restore(site_name: str, exp_id: str, outage_id: str, mode: str, probe
 
 
 @app.task(name="fleet.router_state", acks_late=True)
+@validated(task_args.RouterStateArgs)
 def router_state(site_name: str, outage_id: str | None = None) -> dict:
     def work(site, drv, result: dict) -> None:
         result["state"] = drv.wan_state(outage_id)
@@ -134,6 +137,7 @@ def router_state(site_name: str, outage_id: str | None = None) -> dict:
 
 
 @app.task(name="fleet.place_call", acks_late=True)
+@validated(task_args.PlaceCallArgs)
 def place_call(site_name: str, exp_id: str, mac: str, number: str) -> dict:
     inv, secrets = context()
     try:
@@ -172,11 +176,26 @@ def _stores(url: str):
     return store, RolloutStore(store)
 
 
-def _rollout_ctx(rid: str, mac: str):
+def _rollout_ctx(rid: str, mac: str, settle_as: str):
+    """The phone's rollout record, re-checked (plan_check) before anything acts on it.
+
+    A record that fails the check settles the phone as `settle_as` with the
+    reason and touches nothing else; a record that does not exist (or a
+    phone this worker does not know) fails the task itself.
+    """
     inv, secrets = context()
     store, rs = _stores(os.environ["FLEET_REDIS_URL"])
-    site, phone = inv.phone(mac)
-    return inv, secrets, store, rs, site, phone
+    state = rs.phone(rid, mac)   # the full record: state, this phone's plan, backup flags
+    try:
+        plan = plan_check.check(inv, rid, mac, state)
+    except plan_check.PlanRefused as exc:
+        log.warning("rollout %s: refused the record of phone %s: %s", rid, mac, exc)
+        if not state:
+            raise   # no record to settle: the task itself fails, with the reason
+        if state.get("state") not in rs.SETTLED:
+            rs.set_phone(rid, mac, state=settle_as, error=f"refused: {exc}"[:300], settled_at=time.time())
+        return None
+    return inv, secrets, store, rs, state, plan
 
 
 def _in_call(phone: inv_mod.Phone, creds, rest: RestPhone | None = None) -> bool:
@@ -200,23 +219,26 @@ def _reboot(phone: inv_mod.Phone, creds, rest: RestPhone | None = None) -> str:
 
 
 @app.task(name="fleet.rollout_push", acks_late=True, ignore_result=True)
+@validated(task_args.RolloutPushArgs)
 def rollout_push(rid: str, mac: str, attempt: int) -> dict:
     """Render, back up, publish and reboot one phone. Idempotent per (rollout, phone, attempt)."""
     from . import polycom
     from .drivers.publish import open_publisher
 
-    inv, secrets, store, rs, site, phone = _rollout_ctx(rid, mac)
-    state = rs.phone(rid, mac)   # the full record: state, this phone's plan, backup flags
-    if int(state.get("attempt", 1)) != attempt or state.get("state") in rs.SETTLED:
+    ctx = _rollout_ctx(rid, mac, "failed")
+    if ctx is None:
+        return {"state": "failed", "error": "the phone's rollout record was refused"}
+    inv, secrets, store, rs, state, plan = ctx
+    site, phone = plan.site, plan.phone
+    if plan.attempt != attempt or state.get("state") in rs.SETTLED:
         return {"state": state.get("state"), "note": "already done for this attempt"}
     creds = secrets.credentials(phone.credentials)
     if state.get("state") == "rebooting" and state.get("reboot_at"):
         return _confirm_reboot(rid, mac, attempt, float(state["reboot_at"]), phone, creds,
-                               json.loads(state["plan"])["params"], store, rs)
+                               plan.params, store, rs)
     if state.get("reboot_at"):
         return {"state": state.get("state"), "note": "already done for this attempt"}
-    entry = json.loads(state["plan"])
-    if rs.config_version(mac) == entry["config_hash"]:
+    if rs.config_version(mac) == plan.config_hash:
         rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
         return {"state": "skipped"}
     rest = RestPhone(phone, creds) if phone.has_rest else None   # one digest session for both calls
@@ -225,7 +247,7 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
         return {"state": "deferred"}
     boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
     try:
-        resolved = secret_params.resolve(entry["params"], entry.get("secret_refs", {}), secrets.resolve_param)
+        resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
         files = polycom.render_phone_files(mac, resolved)
         pub = open_publisher(site.boot_server.url, boot_creds)
         try:
@@ -257,7 +279,7 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
                 return {"state": "rebooting", "note": "reboot already sent for this attempt"}
             since = rs.reboot_claimed_at(rid, mac, attempt) or time.time()
             rs.set_phone(rid, mac, state="rebooting", reboot_at=since)
-            return _confirm_reboot(rid, mac, attempt, since, phone, creds, entry["params"], store, rs)
+            return _confirm_reboot(rid, mac, attempt, since, phone, creds, plan.params, store, rs)
         failpoint("rollout.reboot_claimed", mac)
         reboot_at = time.time()
         rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at)
@@ -326,22 +348,23 @@ def _confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_m
 
 
 @app.task(name="fleet.rollout_rollback", acks_late=True, ignore_result=True)
+@validated(task_args.RolloutRollbackArgs)
 def rollout_rollback(rid: str, mac: str) -> dict:
     """Put the phone's previous files back and reboot it; the controller verifies it re-registers."""
     from .drivers.publish import open_publisher
 
-    inv, secrets, store, rs, site, phone = _rollout_ctx(rid, mac)
-    state = rs.phone(rid, mac)
+    ctx = _rollout_ctx(rid, mac, "rollback_failed")
+    if ctx is None:
+        return {"state": "rollback_failed", "error": "the phone's rollout record was refused"}
+    inv, secrets, store, rs, state, plan = ctx
+    site, phone = plan.site, plan.phone
     if state.get("rollback_at"):
         return {"state": state.get("state"), "note": "rollback already sent"}
     boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
     try:
         pub = open_publisher(site.boot_server.url, boot_creds)
         try:
-            for key, value in state.items():
-                if not key.startswith("backed_up:"):
-                    continue
-                name = key.split(":", 1)[1]
+            for name, value in plan.backups.items():   # only the renderer's names for this MAC
                 if value == "same":
                     continue
                 if value == "absent":
@@ -362,6 +385,7 @@ def rollout_rollback(rid: str, mac: str) -> dict:
 
 
 @app.task(name="fleet.rollout_cleanup", acks_late=True, ignore_result=True)
+@validated(task_args.RolloutCleanupArgs)
 def rollout_cleanup(rid: str, site_name: str) -> dict:
     """Delete a finished rollout's `<file>.before-<id>` backups on the site's boot server: they may hold SIP passwords."""
     from . import rollout_backups
@@ -391,27 +415,15 @@ def rollout_cleanup(rid: str, site_name: str) -> dict:
     return {"ok": True, "removed": removed, "kept": kept}
 
 
-@app.task(name="fleet.scheduled_rollout", bind=True, acks_late=True)
-def scheduled_rollout(self, playbook_path: str, inventory_path: str, schedule_name: str) -> dict:
-    """Run a scheduled rollout to the end in this worker. A redelivered message resumes the same rollout."""
-    from .rollout import Overloaded, RolloutDriver, create
-    from .rollout_plan import PlanError
-    from .store import P, RolloutStore, Store
-    from .yamlfile import FileError
+@app.task(name="fleet.scheduled_rollout", acks_late=True)
+@validated(task_args.ScheduledRolloutArgs)
+def scheduled_rollout(playbook_path: str, inventory_path: str, schedule_name: str, fire_time: str | None = None) -> dict:
+    """One scheduled run: create its rollout (id from the schedule's name and `fire_time`) and drive it once.
 
-    store = Store(os.environ["FLEET_REDIS_URL"])
-    store.r.set(f"{P}schedule:{schedule_name}:last_run", time.time())
-    rid = f"{schedule_name}-{self.request.id[:8]}"
-    rs = RolloutStore(store)
-    try:
-        if rs.get(rid):
-            from . import rollout_playbook
+    A redelivered copy (acks_late, the broker's visibility timeout) computes the
+    same id and finds the rollout driven or finished; see fleet.schedule.
+    """
+    from .schedule import run_scheduled
 
-            pb, inv = rollout_playbook.load(playbook_path), inv_mod.load(inventory_path)
-        else:
-            rid, pb, inv, _ = create(playbook_path, inventory_path, store, rid)
-    except (FileError, PlanError, Overloaded) as exc:
-        store.r.rpush(f"{P}schedule:missed", f"scheduled rollout {schedule_name} refused: {exc}")
-        return {"ok": False, "error": str(exc)}
-    outcome = RolloutDriver(rid, inv, store, pb).run()
-    return {"ok": outcome.status == "done", "id": rid, "status": outcome.status, "reason": outcome.reason}
+    store, _ = _stores(os.environ["FLEET_REDIS_URL"])
+    return run_scheduled(store, playbook_path, inventory_path, schedule_name, fire_time)

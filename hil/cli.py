@@ -4,6 +4,11 @@
 registered, writes the inventory for `fleet`, and returns; `hil down` stops it.
 `hil status --json` is the lab's ground truth, for tests to compare with what
 `fleet` observed.
+
+Exit codes: 0 success; 2 bad input (the lab file: the message names file, line
+and field; nothing was started); 3 runtime error (no lab running, a lab that
+did not become ready, a port in use); 4 internal error (a bug: one line,
+HIL_DEBUG=1 shows the traceback); 130 interrupted.
 """
 from __future__ import annotations
 
@@ -25,16 +30,53 @@ from fleet.yamlfile import FileError
 from . import labfile
 
 DEFAULT_STATE = Path(os.environ.get("HIL_STATE_DIR", ".hil"))
+EXIT_INPUT, EXIT_RUNTIME, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 4, 130
+
+
+class LabError(click.ClickException):
+    """The lab could not do what was asked (not running, not ready): a runtime error, exit 3."""
+    exit_code = EXIT_RUNTIME
+
+
+class InputError(click.ClickException):
+    """A lab file that cannot be used: exit 2, nothing started."""
+    exit_code = EXIT_INPUT
 
 
 def _control(state_dir: Path) -> dict:
     path = state_dir / "control.json"
     if not path.exists():
-        raise click.ClickException(f"no lab is running with state directory {state_dir}")
-    return json.loads(path.read_text())
+        raise LabError(f"no lab is running with state directory {state_dir}")
+    try:
+        return json.loads(path.read_text())
+    except ValueError:
+        raise LabError(f"{path} is damaged; remove it if no lab is running") from None
 
 
-@click.group(help=__doc__)
+class _Cli(click.Group):
+    """Every way a command ends maps onto the exit code table; never a traceback for the user."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except FileError as exc:
+            raise InputError(str(exc)) from None
+        except KeyboardInterrupt:
+            click.echo("interrupted", err=True)
+            sys.exit(EXIT_INTERRUPTED)
+        except Exception as exc:
+            if os.environ.get("HIL_DEBUG"):
+                raise
+            message = " ".join(str(exc).split())[:300]
+            if isinstance(exc, (OSError, requests.RequestException)):
+                raise LabError(f"{type(exc).__name__}: {message}") from None
+            click.echo(f"Error: internal error: {type(exc).__name__}: {message} (HIL_DEBUG=1 shows the traceback)", err=True)
+            sys.exit(EXIT_INTERNAL)
+
+
+@click.group(help=__doc__, cls=_Cli)
 def main() -> None:
     logging.basicConfig(level=os.environ.get("HIL_LOG", "WARNING"), format="%(asctime)s %(name)s %(message)s")
 
@@ -51,12 +93,12 @@ def up(labfile_path: str, inventory_out: str | None, state_dir: str, foreground:
     try:
         spec = labfile.load(labfile_path)
     except FileError as exc:
-        raise click.ClickException(str(exc)) from None
+        raise InputError(str(exc)) from None
     if spec.backend == "netns":
         from .netns.daemons import preflight
 
         if (problem := preflight()) is not None:
-            raise click.UsageError(f"{labfile_path}: {problem}")
+            raise LabError(f"{labfile_path}: {problem}")
     state = Path(state_dir).resolve()
     inv = Path(inventory_out).resolve() if inventory_out else state / "inventory.yml"
     if foreground:
@@ -65,7 +107,7 @@ def up(labfile_path: str, inventory_out: str | None, state_dir: str, foreground:
     if (state / "control.json").exists():
         try:
             requests.get(_control(state)["url"] + "/status", timeout=2)
-            raise click.ClickException(f"a lab is already running with state directory {state}; `hil down` first")
+            raise LabError(f"a lab is already running with state directory {state}; `hil down` first")
         except requests.RequestException:
             (state / "control.json").unlink()
     state.mkdir(parents=True, exist_ok=True)
@@ -79,14 +121,14 @@ def up(labfile_path: str, inventory_out: str | None, state_dir: str, foreground:
         if (state / "ready").exists():
             ready = json.loads((state / "ready").read_text())
             if not ready["ok"]:
-                raise click.ClickException(f"lab started but not every phone registered within {ready_timeout}s; see {state / 'lab.log'}")
+                raise LabError(f"lab started but not every phone registered within {ready_timeout}s; see {state / 'lab.log'}")
             click.echo(f"lab {spec.name} up (pid {proc.pid}): {ready['phones']} phones; inventory: {inv}")
             return
         if proc.poll() is not None:
-            raise click.ClickException(f"lab process exited with {proc.returncode}; see {state / 'lab.log'}")
+            raise LabError(f"lab process exited with {proc.returncode}; see {state / 'lab.log'}")
         time.sleep(0.2)
     proc.terminate()
-    raise click.ClickException("lab did not become ready in time")
+    raise LabError("lab did not become ready in time")
 
 
 def raise_file_limit() -> None:

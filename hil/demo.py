@@ -13,6 +13,7 @@ import tempfile
 import time
 from pathlib import Path
 
+from fleet.redact import redact_url
 from fleet.redisboot import start_private
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -27,7 +28,7 @@ def main() -> int:
     procs.append(redis_proc)
     env = dict(os.environ, FLEET_REDIS_URL=url)
     bindir = Path(sys.executable).parent
-    print(f"demo: private Redis at {url}", flush=True)
+    print(f"demo: private Redis at {redact_url(url)}", flush=True)
     try:
         inv = work / "inventory.yml"
         subprocess.run([bindir / "hil", "up", str(ROOT / "hil/labs/one-site.yml"), "--state-dir", str(lab_state),

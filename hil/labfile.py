@@ -1,34 +1,60 @@
 """The lab file: what virtual hardware `hil up` starts (validated; errors name the line)."""
 from __future__ import annotations
 
+import ipaddress
 from pathlib import Path
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fleet.yamlfile import load_model
+from fleet import validate
+from fleet.yamlfile import FieldError, load_model
 
 from .phone_types import FAULTS, MODELS
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+    # strict: no "5" for 5, no true for 1, no 3.0 for 3; allow_inf_nan: no `.inf` or `.nan` for a time
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True, allow_inf_nan=False)
+
+
+def _loopback(value: str, what: str) -> str:
+    """The lab lives on 127.0.0.0/8: an address elsewhere would send its traffic off this machine."""
+    try:
+        ip = ipaddress.ip_address(value)
+    except ValueError:
+        raise ValueError(f"{what} {value!r:.60} is not an IP address") from None
+    if not ip.is_loopback:
+        raise ValueError(f"{what} {value} is not a loopback address (the lab only uses 127.0.0.0/8)")
+    return value
 
 
 class ServerSpec(Strict):
     address: str = Field(description="'provider' (the provider's DNS name), 'gateway' (the site router), or a literal address")
     port: int = Field(5060, ge=1, le=65535)
-    expires: int = Field(3600, ge=1)
+    expires: int = Field(3600, ge=1, le=2**31 - 1)
     overlap: int = Field(60, ge=1, le=65535)
     register_: Literal[0, 1] = Field(1, alias="register")
-    retry_timeout_ms: int = Field(0, ge=0)
-    retry_max_count: int = Field(3, ge=0)
+    retry_timeout_ms: int = Field(0, ge=0, le=2**31 - 1)
+    retry_max_count: int = Field(3, ge=0, le=100)
+
+    @field_validator("address")
+    @classmethod
+    def provider_gateway_or_loopback(cls, v: str) -> str:
+        return v if v in ("provider", "gateway") else _loopback(v, "server address ('provider', 'gateway' or")
+
+    @model_validator(mode="after")
+    def overlap_below_expires(self) -> "ServerSpec":
+        if self.overlap >= self.expires:
+            raise FieldError(("overlap",), f"overlap ({self.overlap} s) must be less than expires ({self.expires} s): "
+                                           "the phone would refresh before its registration even started")
+        return self
 
 
 class PhonesSpec(Strict):
     count: int = Field(ge=0, le=20000)
     models: list[str] = ["SoundPoint IP 650"]
-    first_extension: int = Field(1001, ge=1)
+    first_extension: int = Field(1001, ge=1, le=10**9)
 
     @field_validator("models")
     @classmethod
@@ -45,7 +71,14 @@ class CollectorSpec(Strict):
     """Where the controller listens; written into the phones' configuration and the inventory."""
     syslog: str = "127.0.0.1:5514"
     events: str = "127.0.0.1:8514"
-    poll_interval: float = Field(0.0, ge=0)
+    poll_interval: float = Field(0.0, ge=0, le=3600)
+
+    @field_validator("syslog", "events")
+    @classmethod
+    def loopback_hostport(cls, v: str, info) -> str:
+        host, _ = validate.hostport(v, f"collector {info.field_name} address")
+        _loopback(host, f"collector {info.field_name} host")
+        return v
 
 
 class SiteSpec(Strict):
@@ -57,27 +90,44 @@ class SiteSpec(Strict):
     params: dict[str, str | int] = {}
     collector: CollectorSpec = CollectorSpec()
 
+    _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
+
     @field_validator("faults")
     @classmethod
     def known_faults(cls, v: dict[int, str]) -> dict[int, str]:
-        for fault in v.values():
+        for i, fault in v.items():
             if fault not in FAULTS:
-                raise ValueError(f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
+                raise FieldError((i,), f"unknown fault {fault!r}; known: {', '.join(FAULTS)}")
         return v
+
+    @model_validator(mode="after")
+    def faults_name_phones(self) -> "SiteSpec":
+        for i in self.faults:
+            if not 0 <= i < self.phones.count:
+                raise FieldError(("faults", i), f"phone {i} does not exist: this site has phones 0 to {self.phones.count - 1}")
+        return self
 
 
 class ProviderSpec(Strict):
     name: str = "voip.provider.example"
-    realm: str = "provider.example"
-    max_expires: int = 3600
+    realm: str = Field("provider.example", pattern=r"^[A-Za-z0-9.-]{1,253}$")
+    max_expires: int = Field(3600, ge=1, le=2**31 - 1)
+
+    @field_validator("name")
+    @classmethod
+    def a_host_name(cls, v: str) -> str:
+        validate.host(v, "provider name")
+        if validate.is_ip(v):
+            raise ValueError("the provider is a DNS name (the lab serves it), not an address")
+        return v
 
 
 class TimingSpec(Strict):
-    boot_time: float = Field(2.0, ge=0)
-    boot_jitter: float = Field(1.0, ge=0, description="first boots spread over this many seconds (a site powering up)")
-    retry_interval: float = Field(30, gt=0, description="registerRetry.baseTimeOut given to the phones")
-    log_upload_period: float = Field(60, ge=0)
-    dns_ttl: int = Field(5, ge=1)
+    boot_time: float = Field(2.0, ge=0, le=600)
+    boot_jitter: float = Field(1.0, ge=0, le=3600, description="first boots spread over this many seconds (a site powering up)")
+    retry_interval: float = Field(30, gt=0, le=3600, description="registerRetry.baseTimeOut given to the phones")
+    log_upload_period: float = Field(60, ge=0, le=86400)
+    dns_ttl: int = Field(5, ge=1, le=86400)
     http_latency: float = Field(0.0, ge=0, le=10, description="seconds each phone HTTP answer takes (embedded web servers are slow)")
 
 
@@ -94,14 +144,34 @@ class LabFile(Strict):
 
     @model_validator(mode="after")
     def unique_sites(self) -> "LabFile":
-        names = [s.name for s in self.sites]
-        if len(set(names)) != len(names):
-            raise ValueError("site names must be unique")
+        """Site names once each, and every value the lab writes into phones' files valid for its firmware family."""
+        names: dict[str, int] = {}
+        for k, site in enumerate(self.sites):
+            if site.name in names:
+                raise FieldError(("sites", k, "name"), f"site {site.name} is listed twice (also sites[{names[site.name]}])")
+            names[site.name] = k
+            for y, srv in enumerate(site.servers):
+                for field, param, value in (("expires", "expires", srv.expires), ("overlap", "expires.overlap", srv.overlap),
+                                            ("retry_timeout_ms", "retryTimeOut", srv.retry_timeout_ms),
+                                            ("retry_max_count", "retryMaxCount", srv.retry_max_count)):
+                    try:
+                        validate.param(f"reg.1.server.{y + 1}.{param}", value, self.firmware_family)
+                    except ValueError as exc:
+                        raise FieldError(("sites", k, "servers", y, field), str(exc)) from None
+            for name, value in site.params.items():
+                try:
+                    validate.param(name, value, self.firmware_family)
+                except ValueError as exc:
+                    raise FieldError(("sites", k, "params", name), str(exc)) from None
         if self.backend == "netns":
             from .netns.plan import MAX_PHONES_PER_SITE, MAX_SITES
 
-            if len(self.sites) > MAX_SITES or any(s.phones.count > MAX_PHONES_PER_SITE for s in self.sites):
-                raise ValueError(f"backend netns: at most {MAX_SITES} sites of at most {MAX_PHONES_PER_SITE} phones each")
+            if len(self.sites) > MAX_SITES:
+                raise FieldError(("sites",), f"backend netns: at most {MAX_SITES} sites")
+            for k, site in enumerate(self.sites):
+                if site.phones.count > MAX_PHONES_PER_SITE:
+                    raise FieldError(("sites", k, "phones", "count"),
+                                     f"backend netns: at most {MAX_PHONES_PER_SITE} phones per site")
         return self
 
 

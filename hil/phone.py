@@ -44,6 +44,7 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
         self.http_runner: web.AppRunner | None = None
         self._session = http_session
         self._own_session = http_session is None
+        self._events_session: aiohttp.ClientSession | None = None   # bound to the phone's own address
         self._tasks: set[asyncio.Task] = set()
         self.booted = asyncio.Event()
         self.booted_at = time.monotonic()
@@ -74,6 +75,9 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
             await self.http_runner.cleanup()
         if self._own_session and self._session:
             await self._session.close()
+        if self._events_session:
+            await self._events_session.close()
+            self._events_session = None
 
     def _spawn(self, coro) -> asyncio.Task:
         task = asyncio.ensure_future(coro)

@@ -44,6 +44,14 @@ class Reporting:
         if target:
             self._send_udp(reports.syslog_call(self.mac, self.spec.ip, number, srv.index, f"{srv.address}:{srv.port}", status), target)
 
+    def _events(self) -> aiohttp.ClientSession:
+        """Events leave from the phone's own address, as a real phone's do (collectors drop other sources)."""
+        if self._events_session is None or self._events_session.closed:
+            self._events_session = aiohttp.ClientSession(
+                timeout=aiohttp.ClientTimeout(total=5),
+                connector=aiohttp.TCPConnector(local_addr=(self.spec.ip, 0), limit=2))
+        return self._events_session
+
     async def _send_line_events(self, kind: str, only: int | None = None) -> None:
         url = self.params.get("apps.telNotification.URL")
         if not url or self.params.get("apps.telNotification.lineRegistrationEvent", "1") == "0":
@@ -52,7 +60,7 @@ class Reporting:
             if only is not None and reg.index != only:
                 continue
             try:
-                async with self._session.post(url, data=reports.line_event(kind, self.mac, self.spec.ip, reg.index),  # type: ignore[union-attr]
+                async with self._events().post(url, data=reports.line_event(kind, self.mac, self.spec.ip, reg.index),
                                               headers={"Content-Type": "application/xml"}):
                     pass
             except (aiohttp.ClientError, OSError, asyncio.TimeoutError):

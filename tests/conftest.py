@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -25,11 +26,24 @@ BIN = Path(sys.executable).parent
 
 
 @pytest.fixture(scope="session")
-def redis_url(tmp_path_factory):
-    url, proc = start_private(tmp_path_factory.mktemp("redis"))
-    yield url
+def redis_server(tmp_path_factory):
+    """The session's redis-server: default user off; `fleet` (what the code under test uses) and `admin`
+    (MONITOR, for tests that watch every command) with random passwords."""
+    admin = secrets.token_urlsafe(24)
+    url, proc = start_private(tmp_path_factory.mktemp("redis"), admin_password=admin)
+    yield url, f"redis://admin:{admin}@{url.rsplit('@', 1)[1]}"
     proc.terminate()
     proc.wait(10)
+
+
+@pytest.fixture(scope="session")
+def redis_url(redis_server):
+    return redis_server[0]
+
+
+@pytest.fixture(scope="session")
+def redis_admin_url(redis_server):
+    return redis_server[1]
 
 
 class RunningLab:

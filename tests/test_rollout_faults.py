@@ -16,6 +16,7 @@ import random
 import signal
 import subprocess
 import time
+from urllib.parse import urlsplit
 
 import pytest
 import redis
@@ -40,6 +41,18 @@ def aof_redis(tmp_path_factory):
 PER_SITE = 50
 MAX_UNAVAILABLE = 5
 SEED = int(os.environ.get("FLEET_FAULT_SEED", time.time_ns() % 1_000_000))
+# pytest's own timeout is 300 s (pyproject.toml); every wait below ends before it, so a stuck rollout fails with
+# its state in the message instead of a bare timeout. A wave's progress deadline is shorter still: a wave that
+# stops moving halts the rollout (with its reason) well inside the budget.
+TEST_BUDGET_S = 270
+PROGRESS_DEADLINE_S = 90
+
+
+@pytest.fixture
+def budget():
+    """Seconds left for this test's waits: each one is bounded by it."""
+    end = time.monotonic() + TEST_BUDGET_S
+    return lambda: max(1.0, end - time.monotonic())
 
 
 @pytest.fixture(scope="module")
@@ -65,6 +78,29 @@ def _start(pb, lab, url):
     env = dict(os.environ, FLEET_REDIS_URL=url, FLEET_DISPATCH_STALL="8")
     return subprocess.Popen([BIN / "fleet", "rollout", "run", str(pb), "--inventory", str(lab.inventory), "--json"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _status(url: str, rid: str) -> str:
+    """`fleet rollout status --json`, cut to what explains a stuck run: status, reason, counts, unsettled phones."""
+    try:
+        res = subprocess.run([BIN / "fleet", "rollout", "status", rid, "--json"], env=dict(os.environ, FLEET_REDIS_URL=url),
+                             capture_output=True, text=True, timeout=20)
+        doc = json.loads(res.stdout)
+    except (subprocess.TimeoutExpired, json.JSONDecodeError) as exc:
+        return f"(no status: {exc!r})"
+    doc["phones"] = {m: p for m, p in doc["phones"].items() if p.get("state") not in ("verified", "pending")}
+    return json.dumps(doc)
+
+
+def _finish(proc: subprocess.Popen, url: str, rid: str, budget, what: str) -> tuple[str, str]:
+    """The controller's output, or a failure naming the rollout's state if it does not end within the budget."""
+    try:
+        return proc.communicate(timeout=budget())
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _, err = proc.communicate()
+        pytest.fail(f"{what} did not end within the test's budget; rollout status: {_status(url, rid)}; "
+                    f"its stderr: {err[-2000:]}")
 
 
 def _rollout_id(r: redis.Redis) -> str:
@@ -105,7 +141,7 @@ def _start_rollout(lab, url: str, tmp_path, expires: int):
     r = redis.Redis.from_url(url)
     pb = playbook(tmp_path, params={"reg.1.server.1.expires": expires},
                   strategy={"canary": 1, "wave_size": 20, "max_unavailable": MAX_UNAVAILABLE, "failure_budget": {"total": 0},
-                            "progress_deadline": 300})
+                            "progress_deadline": PROGRESS_DEADLINE_S})
     before = r.zcard("fleet:rollouts")
     t0 = time.time()
     proc = _start(pb, lab, url)
@@ -116,15 +152,16 @@ def _start_rollout(lab, url: str, tmp_path, expires: int):
     return r, proc, _rollout_id(r), t0
 
 
-def _wait_for_verified(r, rid: str, count: int, proc) -> None:
-    deadline = time.monotonic() + 120
+def _wait_for_verified(r, url: str, rid: str, count: int, proc, budget) -> None:
+    deadline = time.monotonic() + min(120, budget())
     while sum(1 for s in _states(r, rid).values() if s == "verified") < count:
-        assert time.monotonic() < deadline and proc.poll() is None, "the rollout stopped moving before the kill point"
+        if time.monotonic() > deadline or proc.poll() is not None:
+            pytest.fail(f"the rollout stopped moving before {count} phones were verified: {_status(url, rid)}")
         time.sleep(0.02)
 
 
 @pytest.mark.parametrize("run", range(3))
-def test_workers_killed_at_random_points(lab, aof_redis, tmp_path, run):
+def test_workers_killed_at_random_points(lab, aof_redis, tmp_path, run, budget):
     """1-2 SIGKILLs per run, each of a random site's worker once a random number of phones is verified, plus a
     random delay that lands it anywhere in the tasks then in flight (publishing, claiming or sending a reboot)."""
     rng = random.Random(SEED * 10 + run)
@@ -134,13 +171,13 @@ def test_workers_killed_at_random_points(lab, aof_redis, tmp_path, run):
     expires = 14 + run
     r, proc, rid, t0 = _start_rollout(lab, aof_redis["url"], tmp_path, expires)
     for at, site, delay in plan:
-        _wait_for_verified(r, rid, at, proc)
+        _wait_for_verified(r, aof_redis["url"], rid, at, proc, budget)
         time.sleep(delay)
         worker = lab.workers[site]
         os.killpg(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait()
         lab.workers[site] = start_worker(aof_redis["url"], lab.inventory, site, tmp_path / f"{site}-{at}.log", collect=False)
-    out, err = proc.communicate(timeout=400)
+    out, err = _finish(proc, aof_redis["url"], rid, budget, f"the rollout ({context})")
     assert proc.returncode == 0, (context, err[-3000:], _trouble(r, rid))
     assert json.loads(out)["status"] == "done", (context, out)
     _check_outcome(lab, r, rid, t0, expires, context)
@@ -160,7 +197,7 @@ def _east_phone(lab, model: str) -> str:
     ("rollout.reboot_recorded", "SoundPoint IP 650", "sip check-sync, resent"),
     ("rollout.reboot_sent", "VVX 410", None),
     ("rollout.reboot_sent", "SoundPoint IP 650", None)])
-def test_worker_dies_around_the_reboot(lab, aof_redis, tmp_path, monkeypatch, point, model, expected):
+def test_worker_dies_around_the_reboot(lab, aof_redis, tmp_path, monkeypatch, point, model, expected, budget):
     """The milliseconds between claiming a phone's reboot and recording that it went out, which random kills
     rarely hit: a failpoint kills the east worker there, on a REST phone (the proof is its uptime) and on a
     check-sync one (the proof is the unregistration event it sent as it shut down). A reboot that never left
@@ -172,9 +209,13 @@ def test_worker_dies_around_the_reboot(lab, aof_redis, tmp_path, monkeypatch, po
     monkeypatch.delenv("FLEET_FAILPOINTS")
     expires = 30 + len(point) + len(model)
     r, proc, rid, t0 = _start_rollout(lab, aof_redis["url"], tmp_path, expires)
-    lab.workers["east"].proc.wait(120)   # the failpoint fired
+    try:
+        lab.workers["east"].proc.wait(min(120, budget()))   # the failpoint fired
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        pytest.fail(f"the failpoint {point} on {victim} never fired: {_status(aof_redis['url'], rid)}")
     lab.workers["east"] = start_worker(aof_redis["url"], lab.inventory, "east", tmp_path / "east-after.log", collect=False)
-    out, err = proc.communicate(timeout=400)
+    out, err = _finish(proc, aof_redis["url"], rid, budget, f"the rollout ({point} on {victim})")
     assert proc.returncode == 0 and json.loads(out)["status"] == "done", (point, victim, err[-3000:], _trouble(r, rid))
     _check_outcome(lab, r, rid, t0, expires, point)   # every phone rebooted exactly once
     # the kill takes the worker's other in-flight task with it, so other phones may take the same path; the
@@ -186,18 +227,26 @@ def test_worker_dies_around_the_reboot(lab, aof_redis, tmp_path, monkeypatch, po
         assert "resent" not in via, (point, victim, via)
 
 
-def test_redis_restarted_mid_rollout(lab, aof_redis, tmp_path):
-    r, proc, rid, t0 = _start_rollout(lab, aof_redis["url"], tmp_path, 20)
-    _wait_for_verified(r, rid, 30, proc)
-    r.shutdown(save=False, now=False)   # AOF is fsynced on shutdown
+@pytest.mark.parametrize("down_s", [1, 8])
+def test_redis_restarted_mid_rollout(lab, aof_redis, tmp_path, budget, down_s):
+    """Redis stops and comes back from its AOF, briefly (the clients' retries ride it out) and for longer than the
+    clients retry (tasks and the controller fail with it); the rollout finishes, resumed if its controller died."""
+    url = aof_redis["url"]
+    expires = 20 + down_s
+    r, proc, rid, t0 = _start_rollout(lab, url, tmp_path, expires)
+    _wait_for_verified(r, url, rid, 30, proc, budget)
+    aof_redis["proc"].terminate()   # SIGTERM: a clean shutdown, AOF fsynced (the fleet ACL user may not SHUTDOWN)
     aof_redis["proc"].wait(10)
-    time.sleep(1)
-    _, aof_redis["proc"] = start_private(aof_redis["dir"], port=aof_redis["port"], appendonly=True)
-    out, err = proc.communicate(timeout=400)
+    time.sleep(down_s)
+    _, aof_redis["proc"] = start_private(aof_redis["dir"], port=aof_redis["port"], appendonly=True,
+                                         password=urlsplit(url).password)
+    out, err = _finish(proc, url, rid, budget, "the rollout across the Redis restart")
     if proc.returncode != 0 or json.loads(out or "{}").get("status") != "done":
         # the controller may have died with its connection; the rollout's state survived in Redis: resume it
-        env = dict(os.environ, FLEET_REDIS_URL=aof_redis["url"], FLEET_DISPATCH_STALL="8")
-        res = subprocess.run([BIN / "fleet", "rollout", "resume", rid, "--json"], env=env, capture_output=True, text=True,
-                             timeout=400)
-        assert res.returncode == 0, res.stderr[-3000:]
-    _check_outcome(lab, redis.Redis.from_url(aof_redis["url"]), rid, t0, 20, "redis restart")
+        env = dict(os.environ, FLEET_REDIS_URL=url, FLEET_DISPATCH_STALL="8")
+        resume = subprocess.Popen([BIN / "fleet", "rollout", "resume", rid, "--json"], env=env, stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True)
+        out2, err2 = _finish(resume, url, rid, budget, f"`fleet rollout resume` (the controller exited {proc.returncode}: "
+                                                       f"{err[-1500:]})")
+        assert resume.returncode == 0, (err[-1500:], err2[-3000:], _status(url, rid))
+    _check_outcome(lab, redis.Redis.from_url(url), rid, t0, expires, f"redis down {down_s}s")

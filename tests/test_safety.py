@@ -88,11 +88,12 @@ def test_ctrl_c_restores_the_wan_before_exiting(lab, redis_url, tmp_path):
     assert not r.exists("fleet:lease:hq")
 
 
-def test_no_secret_reaches_redis_logs_reports_or_task_messages(lab, redis_url, tmp_path):
+def test_no_secret_reaches_redis_logs_reports_or_task_messages(lab, redis_url, redis_admin_url, tmp_path):
     secrets_doc = yaml.safe_load((lab.state / "secrets.yml").read_text())
     planted = [v["password"] for v in secrets_doc.values() if v.get("password")]
     key_text = (lab.state / "router_client_key").read_text()
     planted += [line for line in key_text.splitlines() if len(line) > 40][:2]
+    planted.append(redis_url.split("//", 1)[1].split("@", 1)[0].split(":", 1)[1])   # the Redis ACL password
     assert len(planted) >= 5 and all(len(s) >= 8 for s in planted)
 
     r = redis.Redis.from_url(redis_url)
@@ -103,7 +104,7 @@ def test_no_secret_reaches_redis_logs_reports_or_task_messages(lab, redis_url, t
     stop = threading.Event()
 
     def monitor() -> None:
-        with r.monitor() as m:
+        with redis.Redis.from_url(redis_admin_url).monitor() as m:   # MONITOR is not for the fleet user
             for cmd in m.listen():
                 seen.append(cmd["command"])
                 if stop.is_set():

@@ -21,6 +21,7 @@ from typing import Protocol
 
 from ...inventory import Credentials, Router
 
+OUTAGE_MODES = ("link-down", "drop", "degrade", "dns-fail")
 OUTAGE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
 
 # What a cut/restore can report. "cancelled": the restore came first, nothing was cut.
@@ -41,7 +42,7 @@ class OutageSpec:
     def __post_init__(self) -> None:
         if not isinstance(self.outage_id, str) or not OUTAGE_ID.match(self.outage_id):
             raise ValueError("outage_id must be 8-64 characters of letters, digits, '_' or '-'")
-        if self.mode not in ("link-down", "drop", "degrade", "dns-fail"):
+        if self.mode not in OUTAGE_MODES:
             raise ValueError(f"unknown outage mode {self.mode!r}")
         for name, value, low, high in (("max_duration", self.max_duration, 1, 86400), ("delay_ms", self.delay_ms, 0, 60000),
                                        ("rate_kbit", self.rate_kbit, 0, 10_000_000)):

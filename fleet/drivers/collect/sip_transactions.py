@@ -1,0 +1,318 @@
+"""REGISTER transactions as a capture sees them: each request matched to its final response, or timed out.
+
+A capture point sees retransmitted requests, retransmitted and forked
+responses, responses whose request it never saw, and requests that are never
+answered (the server is unreachable: exactly the outage we want to see). RFC
+3261 17.1.3 matches a response to a client transaction by the top Via branch
+and the CSeq method; we add Call-ID and the CSeq number so that phones reusing
+a branch (old RFC 2543 stacks without the magic cookie) still match, falling
+back to the Via sent-by when there is no branch at all.
+
+A digest challenge (401/407) or a 423 Interval Too Brief is not an outcome for
+our purpose: the phone answers it with a new REGISTER on the same Call-ID, and
+the answer to that decides. Only when the phone does not follow up within the
+transaction timeout does the challenge become the outcome (refused with that
+code), and a challenge to a REGISTER that already carried credentials (and was
+not marked stale) is a refusal at once.
+"""
+from __future__ import annotations
+
+import re
+from collections import Counter
+from dataclasses import dataclass
+
+from sipwire import message as sip
+
+from .wire_sip import WireMessage
+
+_DIGITS = re.compile(r"[0-9]{1,10}")
+_USER = re.compile(r"sips?:([^@;>]+)@", re.I)
+
+
+def uri_user(uri: str) -> str:
+    m = _USER.search(uri)
+    return m.group(1) if m else ""
+
+T1_TIMEOUT = 32.0      # RFC 3261 Timer F: 64 * T1 with T1 = 500 ms
+FINAL, TIMEOUT, INTERIM = "final", "timeout", "interim"
+INTERIM_CODES = frozenset({401, 407, 423})
+
+
+@dataclass(slots=True)
+class RegisterRequest:
+    """What we keep of one REGISTER: enough to attribute it and to judge its answer (read-only by
+    convention: not frozen, because a frozen dataclass costs a few microseconds per message)."""
+    t: float
+    src: tuple[str, int]
+    dst: tuple[str, int]
+    call_id: str
+    cseq: int
+    key: tuple[str, int, str]
+    aor_user: str                 # user part of the To URI (the address of record)
+    from_user: str
+    contact_uri: str              # "" when the request has no Contact (a binding query); "*" for remove-all
+    contact_user: str
+    requested_expires: int | None
+    has_credentials: bool
+    transport: str                # from the top Via: UDP, TCP, TLS
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterOutcome:
+    """How one REGISTER ended. kind FINAL: `code` is the final status; TIMEOUT: no final answer within
+    the timeout. `granted_expires` is the expiry the registrar granted our contact (2xx only)."""
+    kind: str
+    request: RegisterRequest
+    t: float
+    code: int | None = None
+    granted_expires: int | None = None
+    retransmissions: int = 0
+    after_challenge: int | None = None     # the challenge code when this answer followed one
+
+    @property
+    def unregister(self) -> bool:
+        """An accepted REGISTER that removed the binding (expires=0, or Contact: *)."""
+        if self.kind != FINAL or self.code is None or not 200 <= self.code < 300:
+            return False
+        if self.request.contact_uri == "*" or self.request.requested_expires == 0:
+            return True
+        return self.granted_expires == 0
+
+
+def request_info(msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[str, int],
+                 key: tuple[str, int, str] | None = None) -> RegisterRequest | None:
+    """The parts of a REGISTER we need; None when the message is not a REGISTER request."""
+    cseq, method = msg.cseq
+    if method != "REGISTER" or not msg.is_request:
+        return None
+    h = msg.headers
+    contact_uri = contact_user = ""
+    contact_expires: int | None = None
+    raw_contacts = h.get("contact")
+    if raw_contacts:
+        contacts = split_contacts(raw_contacts)
+        if contacts:
+            contact_uri = contacts[0][0]
+            contact_user = uri_user(contact_uri) if contact_uri != "*" else ""
+            contact_expires = _int(contacts[0][1].get("expires"))
+    requested = contact_expires if contact_expires is not None else _int((h.get("expires") or (None,))[0])
+    to, frm = h["to"][0], h["from"][0]
+    aor_user = uri_user(to)
+    return RegisterRequest(
+        t, src, dst, h["call-id"][0], cseq, key or transaction_key(msg, cseq), aor_user,
+        aor_user if frm == to else uri_user(frm), contact_uri, contact_user, requested,
+        "authorization" in h or "proxy-authorization" in h, _via_transport(h["via"][0]))
+
+
+_BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)
+
+
+def transaction_key(msg: WireMessage, cseq: int) -> tuple[str, int, str]:
+    via = msg.headers["via"][0].split(",", 1)[0]
+    m = _BRANCH.search(via)
+    branch = m.group(1) if m else ""
+    if not branch:
+        branch = "sent-by:" + via.split(";")[0].strip()
+    return (msg.headers["call-id"][0], cseq, branch)
+
+
+def _via_transport(via: str) -> str:
+    head = via.split(";")[0].strip().split()
+    proto = head[0].upper() if head else ""
+    return proto.rsplit("/", 1)[-1] if "/" in proto else ""
+
+
+def _int(value: str | None) -> int | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if not _DIGITS.fullmatch(value):
+        return None
+    return int(value)
+
+
+def split_contacts(values: list[str]) -> list[tuple[str, dict[str, str]]]:
+    """Contact header values -> [(uri, params)], splitting on commas outside <> and quotes."""
+    out: list[tuple[str, dict[str, str]]] = []
+    for value in values:
+        if "," not in value:
+            parts = [value]
+        else:
+            parts = _split_commas(value)
+        for part in parts:
+            part = part.strip()
+            if not part:
+                continue
+            if part == "*" or part.startswith("*;"):
+                out.append(("*", sip.header_params(part)))
+                continue
+            lt, gt = part.find("<"), part.find(">")
+            if 0 <= lt < gt:
+                uri = part[lt + 1:gt].strip()
+                rest = part[gt + 1:]
+                params = sip.header_params("<>" + rest) if ";" in rest else {}
+            else:
+                uri = part.split(";")[0].strip()
+                params = sip.header_params(part)
+            out.append((uri, params))
+    return out
+
+
+_ITEM = re.compile(r'(?:[^,"<]+|"[^"]*"?|<[^>]*>?)+')
+
+
+def _split_commas(value: str) -> list[str]:
+    """Split a header value on commas outside <> and quotes."""
+    return _ITEM.findall(value)
+
+
+def same_contact(a: str, b: str) -> bool:
+    """Contact URIs compared as RFC 3261 19.1.4 does in practice: scheme, user, host, port; case of host ignored."""
+    def norm(u: str) -> tuple[str, str, str, int]:
+        u = u.strip()
+        scheme = u.split(":", 1)[0].lower()
+        user = uri_user(u)
+        try:
+            host, port = sip.uri_host_port(u, 5061 if scheme == "sips" else 5060)
+        except sip.SipParseError:
+            return (scheme, user, u.lower(), 0)
+        return (scheme, user, host.lower(), port)
+    return norm(a) == norm(b)
+
+
+def granted_expiry(resp: WireMessage, req: RegisterRequest) -> int | None:
+    """The expiry a 2xx granted the request's contact: its Contact entry's expires, else the Expires header,
+    else what was asked for."""
+    for uri, params in split_contacts(resp.get_all("contact")):
+        if req.contact_uri and uri != "*" and (uri == req.contact_uri or same_contact(uri, req.contact_uri)):
+            value = _int(params.get("expires"))
+            if value is not None:
+                return value
+            break
+    value = _int(resp.get("expires"))
+    if value is not None:
+        return value
+    return req.requested_expires
+
+
+class RegisterMatcher:
+    """Feed it every REGISTER request and response (in capture order); it returns outcomes.
+
+    `expire(now)` turns transactions older than `timeout` into TIMEOUT outcomes ("no answer") and
+    unanswered challenges into refusals; call it regularly with a clock on the same base as the packet
+    times. Memory is bounded by `max_pending` (per table: open transactions, recently finished ones,
+    open challenges): the oldest entries are dropped first (counted, never turned into a false "no answer").
+    Messages are WireMessage objects (wire_sip.parse), with REGISTER in their CSeq.
+    """
+
+    def __init__(self, timeout: float = T1_TIMEOUT, max_pending: int = 200_000) -> None:
+        self.timeout = timeout
+        self.max_pending = max_pending
+        self._pending: dict[tuple, list] = {}       # key -> [RegisterRequest, retransmissions, challenge code]
+        self._done: dict[tuple, float] = {}         # key -> t: absorbs late retransmissions and duplicates
+        self._challenged: dict[str, tuple[RegisterOutcome, float]] = {}   # call-id -> (challenge, t)
+        self.stats: Counter[str] = Counter()
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def feed(self, msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[str, int]) -> RegisterOutcome | None:
+        if msg.is_request:
+            self._request(msg, t, src, dst)
+            return None
+        return self._response(msg, t)
+
+    def _request(self, msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[str, int]) -> None:
+        key = transaction_key(msg, msg.cseq[0])
+        entry = self._pending.get(key)
+        if entry is not None:
+            entry[1] += 1
+            self.stats["retransmissions"] += 1
+            return
+        if key in self._done:
+            self.stats["retransmissions_after_final"] += 1
+            return
+        req = request_info(msg, t, src, dst, key)
+        if req is None:
+            return
+        after = None
+        challenged = self._challenged.get(req.call_id)
+        if challenged is not None and challenged[0].request.cseq < req.cseq:
+            del self._challenged[req.call_id]        # the phone answered the challenge
+            after = challenged[0].code
+        if len(self._pending) >= self.max_pending:
+            self._pending.pop(next(iter(self._pending)))
+            self.stats["evicted"] += 1
+        self._pending[key] = [req, 0, after]
+        self.stats["requests"] += 1
+
+    def _response(self, msg: WireMessage, t: float) -> RegisterOutcome | None:
+        cseq, method = msg.cseq
+        if method != "REGISTER" or msg.status is None:
+            return None
+        key = transaction_key(msg, cseq)
+        if msg.status < 200:
+            self.stats["provisional"] += 1
+            return None
+        entry = self._pending.pop(key, None)
+        if entry is None:
+            self.stats["duplicate_final" if key in self._done else "stray_responses"] += 1
+            return None
+        self._finish(key, t)
+        req, retrans, after = entry
+        code = msg.status
+        self._challenged.pop(req.call_id, None)
+        if code in INTERIM_CODES and (code == 423 or not req.has_credentials or _stale(msg)):
+            outcome = RegisterOutcome(INTERIM, req, t, code=code, retransmissions=retrans)
+            if len(self._challenged) >= self.max_pending:
+                self._challenged.pop(next(iter(self._challenged)))
+                self.stats["evicted"] += 1
+            self._challenged[req.call_id] = (outcome, t)
+            self.stats["challenges"] += 1
+            return outcome
+        granted = granted_expiry(msg, req) if 200 <= code < 300 else None
+        self.stats["finals"] += 1
+        return RegisterOutcome(FINAL, req, t, code=code, granted_expires=granted, retransmissions=retrans,
+                               after_challenge=after)
+
+    def _finish(self, key: tuple, t: float) -> None:
+        if len(self._done) >= self.max_pending:
+            self._done.pop(next(iter(self._done)))
+        self._done[key] = t
+
+    def expire(self, now: float) -> list[RegisterOutcome]:
+        """Outcomes for transactions that got no final answer within the timeout, and challenges left
+        unanswered by the phone."""
+        out: list[RegisterOutcome] = []
+        while self._pending:
+            key = next(iter(self._pending))
+            req, retrans, _ = self._pending[key]
+            if now - req.t < self.timeout:
+                break
+            del self._pending[key]
+            self._finish(key, now)
+            self.stats["timeouts"] += 1
+            out.append(RegisterOutcome(TIMEOUT, req, req.t + self.timeout, retransmissions=retrans))
+        while self._done:
+            key = next(iter(self._done))
+            if now - self._done[key] < self.timeout:
+                break
+            del self._done[key]
+        while self._challenged:
+            call_id = next(iter(self._challenged))
+            challenge, t = self._challenged[call_id]
+            if now - t < self.timeout:
+                break
+            del self._challenged[call_id]
+            self.stats["unanswered_challenges"] += 1
+            out.append(RegisterOutcome(FINAL, challenge.request, t + self.timeout, code=challenge.code,
+                                       retransmissions=challenge.retransmissions))
+        return out
+
+
+def _stale(msg: WireMessage) -> bool:
+    for name in ("www-authenticate", "proxy-authenticate"):
+        for value in msg.get_all(name):
+            if "stale=true" in value.lower().replace(" ", "").replace('"', ""):
+                return True
+    return False

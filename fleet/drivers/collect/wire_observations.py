@@ -1,0 +1,188 @@
+"""REGISTER outcomes -> per-phone, per-server observations, attributed by where the phone sent them.
+
+Which server a REGISTER was for follows from its destination address and
+port: the address the phone's configuration resolves to (server 1 is usually
+the provider's name, resolved by DNS; server 2 the gateway's address). Which
+phone sent it follows from the registration's user (To/From/Contact user),
+because several phones may sit behind one address (NAT at the capture point,
+or a soft phone beside a desk phone), and where that is not enough, from the
+phone's own address. When the evidence fits no target or more than one, no
+observation is made: a guess would be worse than a gap.
+
+Phones that register over TLS cannot be seen by a capture: they are reported
+"not observable on the wire" instead of being guessed from silence.
+
+The Observation type has no expiry or code fields; they travel in `detail`
+as ``code=NNN expires=SSS`` tokens (parse with `detail_fields`).
+"""
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from ...observe import REGISTERED, UNREGISTERED, Observation
+from .sip_transactions import FINAL, TIMEOUT, RegisterOutcome, RegisterRequest
+
+NOT_OBSERVABLE = "not observable on the wire"
+
+
+@dataclass(frozen=True, slots=True)
+class WireTarget:
+    """One configured server of one registration of one phone, as it appears on the wire."""
+    mac: str
+    reg: int
+    server: int
+    address: tuple[str, int]        # resolved destination IP and port
+    user: str = ""                  # registration user (reg.x.address / auth user); "" matches any
+    transport: str = "udp"          # udp, tcp, tls
+    phone_ip: str = ""              # the phone's source address as the capture sees it; "" matches any
+
+    @property
+    def observable(self) -> bool:
+        return self.transport.lower() not in ("tls", "sips", "wss") and self.address[1] != 5061
+
+
+@dataclass(frozen=True, slots=True)
+class Unobservable:
+    mac: str
+    reg: int
+    server: int
+    address: tuple[str, int]
+    reason: str = NOT_OBSERVABLE
+
+
+def _canonical(address: tuple[str, int]) -> tuple[str, int]:
+    """The address as decoders print it (IPv6 compressed, lower case), so an inventory's spelling matches."""
+    try:
+        return (str(ipaddress.ip_address(address[0])), int(address[1]))
+    except ValueError:
+        raise ValueError(f"wire target address {address[0]!r} is not an IP address: resolve names first") from None
+
+
+def targets_for(mac: str, reg: int, user: str, servers: Iterable[Mapping], resolve: Callable[[str], list[str]],
+                phone_ip: str = "") -> list[WireTarget]:
+    """The wire targets of one registration from its configured servers (dicts with index, address, and
+    optionally port, transport, register), the way the phone resolves them: a name through `resolve` (every
+    address it returns is a target: the phone may use any of them), port 0/None meaning 5060 (5061 for TLS).
+    Servers with register=0 get no REGISTER (R5) and so no target. TLS servers give targets that
+    `Attribution.unobservable` reports instead of matching. SRV/NAPTR ports are the resolver's business:
+    give `resolve` the addresses and an explicit port where the site uses SRV."""
+    out: list[WireTarget] = []
+    for s in servers:
+        if not s.get("register", True) or str(s.get("register", "1")) == "0":
+            continue
+        transport = str(s.get("transport") or "").lower()
+        tls = transport == "tls"
+        kind = "tls" if tls else "tcp" if transport == "tcponly" else "udp"
+        port = int(s.get("port") or (5061 if tls else 5060))
+        address = str(s["address"])
+        try:
+            ips = [str(ipaddress.ip_address(address))]
+        except ValueError:
+            ips = list(resolve(address))
+        for ip in ips:
+            out.append(WireTarget(mac=mac, reg=reg, server=int(s["index"]), address=(ip, port), user=user,
+                                  transport=kind, phone_ip=phone_ip))
+    return out
+
+
+class Attribution:
+    """Finds the target a REGISTER belongs to. Built once from the inventory, read per packet."""
+
+    def __init__(self, targets: Iterable[WireTarget]) -> None:
+        self.targets = list(targets)
+        self._by_addr: dict[tuple[str, int], list[WireTarget]] = {}
+        self._by_user: dict[tuple[str, int, str], list[WireTarget]] = {}
+        self._wild: dict[tuple[str, int], list[WireTarget]] = {}
+        for t in self.targets:
+            if not t.observable:
+                continue
+            addr = _canonical(t.address)
+            self._by_addr.setdefault(addr, []).append(t)
+            if t.user:
+                self._by_user.setdefault((*addr, t.user), []).append(t)
+            else:
+                self._wild.setdefault(addr, []).append(t)
+        self.stats: Counter[str] = Counter()
+
+    @classmethod
+    def from_map(cls, mapping: Mapping[tuple[str, int], tuple[str, int, int]]) -> "Attribution":
+        """The simplest form: one phone per destination {(ip, port): (mac, reg, server index)}."""
+        return cls(WireTarget(mac=v[0], reg=v[1], server=v[2], address=(k[0], int(k[1]))) for k, v in mapping.items())
+
+    def unobservable(self) -> list[Unobservable]:
+        return [Unobservable(t.mac, t.reg, t.server, t.address) for t in self.targets if not t.observable]
+
+    def lookup(self, req: RegisterRequest) -> WireTarget | None:
+        """The one target this REGISTER is for, or None (counted in `stats`) when none or several fit.
+
+        Candidates are the targets at the destination whose user is one of the request's To, From or
+        Contact users (else those configured without a user); the phone's address only breaks ties, so a
+        NAT between phone and capture point does not hide a phone that its user already identifies."""
+        if req.dst not in self._by_addr:
+            self.stats["unknown_destination"] += 1
+            return None
+        matched: list[WireTarget] = []
+        for u in (req.aor_user, req.from_user, req.contact_user):
+            if u:
+                for t in self._by_user.get((*req.dst, u), ()):
+                    if t not in matched:
+                        matched.append(t)
+        if not matched:
+            matched = self._wild.get(req.dst, [])
+        if len(matched) > 1:
+            by_ip = [t for t in matched if t.phone_ip and t.phone_ip == req.src[0]]
+            if by_ip:
+                matched = by_ip
+        if len(matched) == 1:
+            return matched[0]
+        self.stats["ambiguous" if matched else "no_matching_phone"] += 1
+        return None
+
+
+def observation(outcome: RegisterOutcome, target: WireTarget, source: str = "wire") -> Observation | None:
+    """The observation one outcome gives about `target`'s server; None for a challenge in progress."""
+    addr = f"{target.address[0]}:{target.address[1]}"
+    base = dict(mac=target.mac, t=outcome.t, source=source, reg=target.reg, server=target.server, address=addr)
+    if outcome.kind == TIMEOUT:
+        return Observation(**base, state=UNREGISTERED,
+                           detail=f"no answer within {outcome.t - outcome.request.t:g}s "
+                                  f"retransmissions={outcome.retransmissions}")
+    if outcome.kind != FINAL or outcome.code is None:
+        return None
+    code = outcome.code
+    if 200 <= code < 300:
+        if outcome.unregister:
+            return Observation(**base, state=UNREGISTERED, detail=f"unregistered code={code} expires=0")
+        expires = outcome.granted_expires
+        detail = f"registered code={code}" + (f" expires={expires}" if expires is not None else "")
+        if outcome.after_challenge:
+            detail += f" after-challenge={outcome.after_challenge}"
+        return Observation(**base, state=REGISTERED, detail=detail)
+    return Observation(**base, state=UNREGISTERED, detail=f"refused code={code}")
+
+
+def detail_fields(detail: str) -> dict[str, str]:
+    """`code=200 expires=3600` tokens of a wire observation's detail, as a dict."""
+    out: dict[str, str] = {}
+    for token in detail.split():
+        k, eq, v = token.partition("=")
+        if eq:
+            out[k] = v
+    return out
+
+
+class ObservationBuilder:
+    """Outcome -> observation with attribution; counts what could not be attributed."""
+
+    def __init__(self, attribution: Attribution, source: str = "wire") -> None:
+        self.attribution = attribution
+        self.source = source
+
+    def __call__(self, outcome: RegisterOutcome) -> Observation | None:
+        target = self.attribution.lookup(outcome.request)
+        if target is None:
+            return None
+        return observation(outcome, target, self.source)

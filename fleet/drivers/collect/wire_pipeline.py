@@ -1,0 +1,114 @@
+"""One decoder for the three wire inputs: frames from a pcap stream, HEP v3 datagrams, plain UDP datagrams.
+
+frame/HEP -> Datagram -> REGISTER message -> RegisterMatcher -> outcome -> attributed Observation.
+Each input gets its own WireEvidence (its own source label: "wire" for a
+capture, "hep" for HEP) so reports can name which one saw a transition.
+Nothing fed in can raise out of here: malformed input is counted in `stats`.
+"""
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import replace
+
+from ...observe import Observation
+from . import hep
+from .sip_transactions import T1_TIMEOUT, RegisterMatcher, RegisterOutcome
+from .wire_decode import Datagram, FrameDecoder, register_message
+from .wire_observations import Attribution, ObservationBuilder
+
+
+class PacketClock:
+    """`now` on the capture's clock: the newest packet time advanced by our own monotonic time since it
+    arrived. Timeouts then neither depend on the router's clock agreeing with ours nor stall when the
+    traffic stops (an outage is exactly when it stops). `offset` maps capture time to our wall clock
+    (router clock skew plus transport delay, as of the newest packet)."""
+
+    def __init__(self) -> None:
+        self._last: float | None = None
+        self._at = 0.0
+        self.offset = 0.0
+
+    def saw(self, t: float) -> None:
+        if self._last is None or t >= self._last:
+            self._last, self._at = t, time.monotonic()
+            self.offset = time.time() - t
+
+    def now(self) -> float | None:
+        if self._last is None:
+            return None
+        return self._last + (time.monotonic() - self._at)
+
+
+class WireEvidence:
+    """The pipeline for one input. `stamp="capture"` keeps the capture's packet times in observations (right
+    for a pcap file replayed later); `stamp="local"` moves them onto this host's wall clock through the packet
+    clock's offset (right for a live stream from a router whose clock may be off, since fleet.observe orders
+    observations from all sources by time). Call `tick()` every second or so: it ends unanswered transactions
+    and forgets old state."""
+
+    def __init__(self, attribution: Attribution, *, source: str = "wire", timeout: float = T1_TIMEOUT,
+                 max_pending: int = 200_000, stamp: str = "capture") -> None:
+        if stamp not in ("capture", "local"):
+            raise ValueError(f"stamp must be 'capture' or 'local', got {stamp!r}")
+        self.stamp = stamp
+        self.source = source
+        self.decoder = FrameDecoder()
+        self.matcher = RegisterMatcher(timeout=timeout, max_pending=max_pending)
+        self.build = ObservationBuilder(attribution, source)
+        self.clock = PacketClock()
+        self.outcomes: list[RegisterOutcome] | None = None     # set to [] to keep outcomes (tests, reports)
+        self._stats: Counter[str] = Counter()
+
+    def feed_frame(self, t: float, linktype: int, frame: bytes) -> list[Observation]:
+        dg = self.decoder.decode(t, linktype, frame)
+        return self.feed_datagram(dg) if dg is not None else []
+
+    def feed_hep(self, data: bytes) -> list[Observation]:
+        try:
+            pkt = hep.parse(data)
+        except hep.HepError:
+            self._stats["hep_malformed"] += 1
+            return []
+        if pkt.proto_type != hep.PROTO_SIP or pkt.ip_proto not in (6, 17):
+            self._stats["hep_not_sip"] += 1
+            return []
+        return self.feed_datagram(pkt.datagram())
+
+    def feed_datagram(self, dg: Datagram) -> list[Observation]:
+        self.clock.saw(dg.t)
+        msg = register_message(dg.payload)
+        if msg is None:
+            self._stats["not_register"] += 1
+            return []
+        self._stats["register_messages"] += 1
+        outcome = self.matcher.feed(msg, dg.t, dg.src, dg.dst)
+        return self._observe([outcome] if outcome is not None else [])
+
+    def tick(self, now: float | None = None) -> list[Observation]:
+        """Time out unanswered transactions; `now` defaults to the packet clock."""
+        now = self.clock.now() if now is None else now
+        if now is None:
+            return []
+        self.decoder.reassembler.expire(now)
+        return self._observe(self.matcher.expire(now))
+
+    def _observe(self, outcomes: list[RegisterOutcome]) -> list[Observation]:
+        out: list[Observation] = []
+        for outcome in outcomes:
+            if self.outcomes is not None:
+                self.outcomes.append(outcome)
+            obs = self.build(outcome)
+            if obs is not None:
+                if self.stamp == "local":
+                    obs = replace(obs, t=obs.t + self.clock.offset)
+                out.append(obs)
+        return out
+
+    @property
+    def stats(self) -> dict[str, int]:
+        total: Counter[str] = Counter()
+        for c in (self._stats, self.decoder.stats, self.decoder.reassembler.stats, self.matcher.stats,
+                  self.build.attribution.stats):
+            total.update(c)
+        return dict(total)

@@ -1,0 +1,126 @@
+"""Collectors listen where the inventory says and believe only the site's phones.
+
+A real collector (its own thread, real UDP and HTTP sockets on loopback) and a
+real Redis: reports sent from a loopback address that is not one of the site's
+phones are dropped, the same reports from the phone's own address are recorded.
+"""
+from __future__ import annotations
+
+import http.client
+import socket
+import time
+
+import pytest
+
+from conftest import free_port
+from fleet.collector import CollectorError, SiteCollector
+from fleet.inventory import Inventory
+from fleet.store import Store
+from hil import phone_reports
+
+PHONE_A, PHONE_B = "0004f2a0a001", "0004f2a0a002"
+ADDR_A, ADDR_B = "127.77.0.2", "127.77.0.3"
+STRANGER = "127.77.0.9"          # loopback, but not a phone of the site
+ALLOWED_NET_HOST = "127.78.5.5"  # not a phone, but inside collector.allow_from
+
+
+def _inventory(syslog: str, events: str, allow_from: list[str] | None = None) -> Inventory:
+    phone = {"model": "VVX 410", "credentials": "admin", "params": {"reg.1.server.1.address": "10.0.0.1"}}
+    return Inventory.model_validate({
+        "name": "sources", "firmware_family": "uc-5.x",
+        "sites": [{"name": "src", "gateway": "127.77.0.1", "boot_server": {"url": "file:///nonexistent"},
+                   "collector": {"syslog": syslog, "events": events, "allow_from": allow_from or []},
+                   "phones": [dict(phone, mac=PHONE_A, address=ADDR_A), dict(phone, mac=PHONE_B, address=ADDR_B)]}]})
+
+
+@pytest.fixture
+def collector(redis_url):
+    syslog, events = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    inv = _inventory(syslog, events, ["127.78.5.0/24"])
+    store = Store(redis_url)
+    for mac in (PHONE_A, PHONE_B):
+        store.r.delete(f"fleet:phone:{mac}")
+    site = inv.sites[0]
+    store.register_site(inv, site)
+    c = SiteCollector(site, store)
+    c.start()
+    yield c, store, syslog, events
+    c.stop()
+
+
+def _send_syslog(source: str, target: str, payload: bytes) -> None:
+    host, port = target.rsplit(":", 1)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind((source, 0))
+        s.sendto(payload, (host, int(port)))
+
+
+def _post_event(source: str, target: str, payload: bytes) -> int:
+    host, port = target.rsplit(":", 1)
+    conn = http.client.HTTPConnection(host, int(port), timeout=5, source_address=(source, 0))
+    try:
+        conn.request("POST", "/events", body=payload, headers={"Content-Type": "application/xml"})
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _wait_for(store: Store, mac: str, timeout: float = 10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = store.phone_state(mac)
+        if state.observed_at is not None:
+            return state
+        time.sleep(0.05)
+    raise AssertionError(f"no observation of {mac} within {timeout}s: {store.phone_state(mac).to_dict()}")
+
+
+def test_syslog_from_a_stranger_is_dropped_and_from_the_phone_recorded(collector):
+    c, store, syslog, _ = collector
+    # the stranger claims phone A registered; sent first, on the same socket path as the phone's own report
+    _send_syslog(STRANGER, syslog, phone_reports.syslog_registration(PHONE_A, ADDR_A, 1, 1, "10.0.0.1:5060", True, 60))
+    _send_syslog(ADDR_B, syslog, phone_reports.syslog_registration(PHONE_B, ADDR_B, 1, 1, "10.0.0.1:5060", True, 60))
+    state_b = _wait_for(store, PHONE_B)
+    assert state_b.working_server == 1, state_b.to_dict()
+    # B's report was recorded, so the earlier datagram was handled too: it must have been dropped
+    state_a = store.phone_state(PHONE_A)
+    assert state_a.observed_at is None and state_a.servers == {}, state_a.to_dict()
+    assert c.sources.dropped >= 1
+
+
+def test_events_from_a_stranger_are_refused_and_from_the_phone_recorded(collector):
+    c, store, _, events = collector
+    body = phone_reports.line_event("LineRegistrationEvent", PHONE_A, ADDR_A, 1)
+    assert _post_event(STRANGER, events, body) == 403
+    assert store.phone_state(PHONE_A).observed_at is None
+    assert _post_event(ADDR_A, events, body) == 200
+    state = _wait_for(store, PHONE_A)
+    assert state.last_source == "event", state.to_dict()
+
+
+def test_a_phone_cannot_report_for_another(collector):
+    c, store, syslog, events = collector
+    # phone B's address claims phone A registered, by syslog and by event; then B reports for itself
+    _send_syslog(ADDR_B, syslog, phone_reports.syslog_registration(PHONE_A, ADDR_A, 1, 1, "10.0.0.1:5060", True, 60))
+    assert _post_event(ADDR_B, events, phone_reports.line_event("LineRegistrationEvent", PHONE_A, ADDR_A, 1)) == 403
+    _send_syslog(ADDR_B, syslog, phone_reports.syslog_registration(PHONE_B, ADDR_B, 1, 1, "10.0.0.1:5060", True, 60))
+    assert _wait_for(store, PHONE_B).working_server == 1
+    state_a = store.phone_state(PHONE_A)
+    assert state_a.observed_at is None, state_a.to_dict()
+
+
+def test_allow_from_network_is_accepted(collector):
+    c, store, syslog, _ = collector
+    _send_syslog(ALLOWED_NET_HOST, syslog,
+                 phone_reports.syslog_registration(PHONE_B, ADDR_B, 1, 1, "10.0.0.1:5060", True, 60))
+    assert _wait_for(store, PHONE_B).working_server == 1
+
+
+@pytest.mark.parametrize("field", ["syslog", "events"])
+@pytest.mark.parametrize("wildcard", ["0.0.0.0", "[::]"])
+def test_wildcard_listen_address_is_refused(redis_url, field, wildcard):
+    addrs = {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}
+    addrs[field] = f"{wildcard}:{free_port()}"
+    site = _inventory(addrs["syslog"], addrs["events"]).sites[0]
+    with pytest.raises(CollectorError, match=f"collector.{field}.*name the address"):
+        SiteCollector(site, Store(redis_url)).start()
