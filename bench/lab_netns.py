@@ -44,7 +44,7 @@ def run(phones: int, window: float, net: int) -> dict:
             "sites": [{"name": f"s{k}", "phones": {"count": n, "models": ["SoundPoint IP 650"]},
                        "servers": [{"address": "provider", "expires": 20, "overlap": 10},
                                    {"address": "gateway", "expires": 20, "overlap": 10}],
-                       "collector": {"syslog": "0.0.0.0:9", "events": "0.0.0.0:9"}} for k, n in enumerate(per)]}
+                       "collector": {"syslog": "127.0.0.1:9", "events": "127.0.0.1:9"}} for k, n in enumerate(per)]}
     tmp = Path(tempfile.mkdtemp(prefix="lab-netns-bench-"))
     (tmp / "lab.yml").write_text(yaml.safe_dump(spec))
     state = tmp / "state"
