@@ -4,8 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := redis-server iproute2 openssh-client
-# optional: the interop, browser and compose-file checks skip when these cannot be installed
-APT_OPTIONAL := kamailio chromium docker-compose
+# optional: the interop, namespace-lab (real router: sshd, snmpd, iptables, tc, tcpdump, Kamailio), browser and
+# compose-file checks skip when these cannot be installed
+APT_OPTIONAL := kamailio chromium docker-compose openssh-server snmpd snmp tcpdump nftables iptables
 
 .PHONY: deps deps-optional venv demo test test-fast bench clean
 
@@ -19,8 +20,9 @@ deps-optional:
 	@missing=""; for p in $(APT_OPTIONAL); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
 	if [ -n "$$missing" ] && [ "$$(id -u)" = 0 ] && [ -z "$$FLEET_SKIP_OPTIONAL" ]; then \
 	  echo "installing optional Debian packages:$$missing"; \
-	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null) \
-	    || echo "could not install$$missing: the tests that need them will be skipped"; fi
+	  apt-get update -qq || true; \
+	  for p in $$missing; do DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$p >/dev/null \
+	    || echo "could not install $$p: the tests that need it will be skipped"; done; fi
 
 $(STAMP): pyproject.toml
 	python3 -m venv $(VENV)

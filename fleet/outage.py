@@ -20,7 +20,7 @@ def cut(store, drv: RouterDriver, spec: OutageSpec, probe: Callable[[], dict]) -
         return {"outcome": "cancelled", "note": "its restore arrived first: nothing was cut", "t_cut": None}
     t_cut = time.time()
     res = drv.cut(spec)
-    result = {**res.to_dict(), "t_cut": t_cut, "t_cut_done": time.time(), "has_deadman": drv.has_deadman}
+    result = {**res.to_dict(), "t_cut": t_cut, "t_cut_done": res.done_at or time.time(), "has_deadman": drv.has_deadman}
     if res.outcome in ("cut", "already-cut") and store.outage_restore_requested(spec.outage_id):
         back = drv.restore(spec.outage_id, spec.mode)
         result.update(outcome="cancelled", note=f"its restore arrived during the cut: undone ({back.outcome})",
@@ -36,7 +36,7 @@ def restore(store, drv: RouterDriver, outage_id: str, mode: str) -> dict:
     store.request_outage_restore(outage_id)
     t_restore = time.time()
     res = drv.restore(outage_id, mode)
-    result = {**res.to_dict(), "t_restore": t_restore, "t_restore_done": time.time()}
+    result = {**res.to_dict(), "t_restore": t_restore, "t_restore_done": res.done_at or time.time()}
     left = leftovers(res.state)
     if left and res.outcome != "cancelled-before-cut":
         result["leftovers"] = left

@@ -94,6 +94,11 @@ def up(labfile_path: str, inventory_out: str | None, state_dir: str, foreground:
         spec = labfile.load(labfile_path)
     except FileError as exc:
         raise InputError(str(exc)) from None
+    if spec.backend == "netns":
+        from .netns.daemons import preflight
+
+        if (problem := preflight()) is not None:
+            raise LabError(f"{labfile_path}: {problem}")
     state = Path(state_dir).resolve()
     inv = Path(inventory_out).resolve() if inventory_out else state / "inventory.yml"
     if foreground:
@@ -139,7 +144,12 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
     from .lab import Lab
 
     raise_file_limit()
-    lab = Lab(spec, state)
+    if spec.backend == "netns":
+        from .netns.lab import NetnsLab
+
+        lab: Lab = NetnsLab(spec, state)
+    else:
+        lab = Lab(spec, state)
     loop = asyncio.get_running_loop()
     await lab.start()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -160,15 +170,25 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
 def down(state_dir: str) -> None:
     """Stop the running lab."""
     state = Path(state_dir).resolve()
+    from .netns.ns import RECORD, teardown_recorded
+
+    if not (state / "control.json").exists() and (state / RECORD).exists():
+        click.echo(f"lab stopped (namespaces removed: {' '.join(teardown_recorded(state)) or 'none'})")
+        return
     ctl = _control(state)
     try:
         requests.post(ctl["url"] + "/shutdown", timeout=5)
     except requests.RequestException:
-        os.kill(ctl["pid"], signal.SIGTERM)
-    for _ in range(100):
+        try:
+            os.kill(ctl["pid"], signal.SIGTERM)
+        except ProcessLookupError:
+            (state / "control.json").unlink(missing_ok=True)
+    for _ in range(300):
         if not (state / "control.json").exists():
             break
         time.sleep(0.1)
+    if (state / RECORD).exists():   # a namespace lab killed before it could clean up after itself
+        teardown_recorded(state)
     click.echo("lab stopped")
 
 

@@ -134,6 +134,8 @@ class TimingSpec(Strict):
 class LabFile(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
     net: int = Field(10, ge=1, le=60, description="second octet base of the lab's 127.x addresses")
+    backend: Literal["userspace", "netns"] = Field("userspace", description="netns: real router, OpenSSH, net-snmp and "
+                                                   "Kamailio in network namespaces (root only; see hil/netns)")
     firmware_family: Literal["sip-3.x", "uc-5.x"] = "sip-3.x"
     provider: ProviderSpec = ProviderSpec()
     timing: TimingSpec = TimingSpec()
@@ -161,6 +163,15 @@ class LabFile(Strict):
                     validate.param(name, value, self.firmware_family)
                 except ValueError as exc:
                     raise FieldError(("sites", k, "params", name), str(exc)) from None
+        if self.backend == "netns":
+            from .netns.plan import MAX_PHONES_PER_SITE, MAX_SITES
+
+            if len(self.sites) > MAX_SITES:
+                raise FieldError(("sites",), f"backend netns: at most {MAX_SITES} sites")
+            for k, site in enumerate(self.sites):
+                if site.phones.count > MAX_PHONES_PER_SITE:
+                    raise FieldError(("sites", k, "phones", "count"),
+                                     f"backend netns: at most {MAX_PHONES_PER_SITE} phones per site")
         return self
 
 

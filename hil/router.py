@@ -159,7 +159,7 @@ class UserspaceRouter:
     def tools(self, tools_dir: Path) -> None:
         """Write the stand-in executables that the SSH shell finds first on PATH."""
         tools_dir.mkdir(parents=True, exist_ok=True)
-        for tool in ("ip", "tc", "iptables"):
+        for tool in ("ip", "tc", "iptables", "modprobe"):
             path = tools_dir / tool
             path.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m hil.router_tools {tool} \"$@\"\n")
             path.chmod(0o755)

@@ -1,4 +1,4 @@
-"""The router's commands, emulated on its WAN state: `ip`, `tc` and `iptables` as a Linux router answers them.
+"""The router's commands, emulated on its WAN state: `ip`, `tc`, `iptables` and `modprobe` as a Linux router answers them.
 
 Only what fleet's Linux router platform sends is emulated, but with Linux's
 own answers and side effects (routes lost when a link goes down, the
@@ -71,6 +71,8 @@ class RouterCommands:
                 return self._tc(args)
             if tool == "iptables":
                 return self._iptables(args)
+            if tool == "modprobe":
+                return self._modprobe(args)
         except (IndexError, ValueError) as exc:
             return 1, "", f"{argv[0]}: bad arguments ({exc})\n"
         return 127, "", f"{argv[0]}: command not found\n"
@@ -124,6 +126,14 @@ class RouterCommands:
             self._note(f"route {route}")
             return 0, "", ""
         return 1, "", "ip: only 'link set|show' and 'route show|replace' are emulated\n"
+
+    def _modprobe(self, args: list[str]) -> tuple[int, str, str]:
+        """The emulated kernel has the qdiscs it emulates (netem, tbf) as modules, as a Debian router's has."""
+        names = [a for a in args if not a.startswith("-")]
+        missing = [n for n in names if n not in ("sch_netem", "sch_tbf")]
+        if missing:
+            return 1, "", f"modprobe: FATAL: Module {missing[0]} not found in directory /lib/modules/emulated\n"
+        return 0, "", ""
 
     def _tc(self, args: list[str]) -> tuple[int, str, str]:
         if args[:1] != ["qdisc"]:

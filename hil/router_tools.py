@@ -1,4 +1,4 @@
-"""Stand-in `ip`, `tc` and `iptables` for the userspace router's SSH shell.
+"""Stand-in `ip`, `tc`, `iptables` and `modprobe` for the userspace router's SSH shell.
 
 Each call sends its argv to the router process over the control socket named
 in HIL_ROUTER_CTL and prints what the router answers, with its exit code, so

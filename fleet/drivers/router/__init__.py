@@ -61,6 +61,9 @@ class RouterOutcome:
     deadman: str = ""            # how the router-side restore is armed ("pid 1234, fires in 300 s"), or why there is none
     by: str = ""                 # for a restore already done: who did it ("controller", "deadman")
     state: dict = field(default_factory=dict)
+    # when the router answered the cut or restore itself, before any state query: the outage's real edge
+    # (a state query over SSH takes as long again, and a phone can re-register inside it)
+    done_at: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -9,7 +9,13 @@ Platform facts this table encodes:
 - degrade's delay and rate need a root qdisc (netem, tbf) under our own
   handle 1fe1:; when the WAN interface already has a root qdisc of its own
   (the router's QoS), the cut is refused before anything changes rather than
-  replacing it; loss alone never touches qdiscs.
+  replacing it; loss alone never touches qdiscs (it is an iptables
+  `statistic` match, which iptables-nft turns into nft's `meta random`);
+- delay needs the kernel's sch_netem, which many router and cloud kernels
+  lack (`tc` then says "Specified qdisc kind is unknown" only after the
+  dead-man is armed): the precheck looks for the module (loaded, loadable
+  with modprobe, or built in) and refuses a delay before anything changes;
+  rate uses tbf, which such kernels do have.
 """
 from __future__ import annotations
 
@@ -26,7 +32,11 @@ PLATFORM = Platform(
         "link-down": 'ip -o link show dev "$WAN" >/dev/null || exit 73',
         "drop": 'ip -o link show dev "$WAN" >/dev/null || exit 73',
         "dns-fail": ':',
-        "degrade": r'''if [ "$DELAY" != 0 ] || [ "$RATE" != 0 ]; then
+        "degrade": r'''if [ "$DELAY" != 0 ] && ! { [ -d /sys/module/sch_netem ] || modprobe -q sch_netem 2>/dev/null \
+        || grep -qsw sch_netem "/lib/modules/$(uname -r)/modules.builtin"; }; then
+      echo "fleet: this router's kernel has no netem (sch_netem is neither loaded, loadable nor built in), so a degrade with delay cannot be made on it; use loss or rate_kbit" >&2; exit 73
+    fi
+    if [ "$DELAY" != 0 ] || [ "$RATE" != 0 ]; then
       root=$(tc qdisc show dev "$WAN" | awk '/ root/ {print $2 " " $3; exit}')
       case "$root" in
         ""|*" 0:") ;;

@@ -9,6 +9,7 @@ router, so there is no router-side dead-man's switch: the inventory must say
 from __future__ import annotations
 
 import asyncio
+import time
 
 from pysnmp.hlapi.v3arch.asyncio import (CommunityData, ContextData, Integer, ObjectIdentity, ObjectType, SnmpEngine,
                                          UdpTransportTarget, UsmUserData, get_cmd, next_cmd, set_cmd,
@@ -111,11 +112,13 @@ class SnmpRouter:
             raise DeviceRefused(self.name, "SNMP cannot schedule a restore on the router (no dead-man's switch); "
                                            "set allow_without_deadman: true in the inventory to cut anyway")
         self._run(self._set_admin(DOWN))
-        return RouterOutcome("cut", deadman=NO_DEADMAN, state=self.wan_state(spec.outage_id))
+        done_at = time.time()
+        return RouterOutcome("cut", deadman=NO_DEADMAN, state=self.wan_state(spec.outage_id), done_at=done_at)
 
     def restore(self, outage_id: str, mode: str) -> RouterOutcome:
         self._run(self._set_admin(UP))
-        return RouterOutcome("restored", by="controller", state=self.wan_state(outage_id))
+        done_at = time.time()
+        return RouterOutcome("restored", by="controller", state=self.wan_state(outage_id), done_at=done_at)
 
     def wan_state(self, outage_id: str | None = None) -> dict:
         admin = self._run(self._get(IF_ADMIN))

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import shlex
 import socket
+import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -220,21 +221,23 @@ class SshRouter(ABC):
         args = self._base_args(spec.outage_id) + [spec.mode, spec.max_duration, f"{spec.loss:.4f}" if spec.loss else "0",
                                                    spec.delay_ms, spec.rate_kbit, self.router.dns_port, self.restore_script()]
         answer = _keyvalues(self._script(self.cut_script(), args, f"cut {spec.mode} (outage {spec.outage_id})"))
+        done_at = time.time()
         outcome = answer.get("outcome", "")
         if outcome not in CUT_OUTCOMES:
             raise MalformedAnswer(self.name, f"cut answered no known outcome ({outcome[:40]!r})")
         pid = answer.get("deadman", "")
         deadman = f"armed on the router (pid {pid}), restores {spec.max_duration}s after the cut" if pid.isdigit() else ""
-        return RouterOutcome(outcome, deadman=deadman, state=self.wan_state(spec.outage_id))
+        return RouterOutcome(outcome, deadman=deadman, state=self.wan_state(spec.outage_id), done_at=done_at)
 
     def restore(self, outage_id: str, mode: str) -> RouterOutcome:
         answer = _keyvalues(self._script(self.restore_script(), self._base_args(outage_id) + ["controller"],
                                          f"restore (outage {outage_id})"))
+        done_at = time.time()
         outcome = answer.get("outcome", "")
         if outcome not in RESTORE_OUTCOMES:
             raise MalformedAnswer(self.name, f"restore answered no known outcome ({outcome[:40]!r})")
         by = answer.get("by") or ("controller" if outcome == "restored" else "")
-        return RouterOutcome(outcome, by=by, state=self.wan_state(outage_id))
+        return RouterOutcome(outcome, by=by, state=self.wan_state(outage_id), done_at=done_at)
 
     def wan_state(self, outage_id: str | None = None) -> dict:
         script = STATE_SCRIPT.replace("@STATE@", self.platform.state.strip())
