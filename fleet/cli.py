@@ -130,11 +130,6 @@ def experiment() -> None:
 def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_json: bool, task_timeout: float) -> None:
     """Run an experiment PLAYBOOK against its site; exit 0 only if every expectation held."""
     from . import playbook as pb_mod
-    from . import report
-    from .celeryapp import configure
-    from .experiment import ExperimentRunner
-    from .signals import signals_deferred
-    from .store import LeaseHeld
 
     try:
         pb = pb_mod.load(playbook_path)
@@ -145,6 +140,13 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
         pb_mod.check_against(pb, inv, playbook_path)
     except FileError as exc:
         _fail(f"invalid playbook: {exc}", EXIT_INPUT)
+    # everything is validated: only now the heavy imports (Celery, the runner)
+    from . import report
+    from .celeryapp import configure
+    from .experiment import ExperimentRunner
+    from .signals import signals_deferred
+    from .store import LeaseHeld
+
     store = _store()
     configure(store.url)
     out = Console(stderr=as_json)
@@ -287,9 +289,9 @@ def _print_plan(p, console: Console) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json: bool) -> None:
     """Roll PLAYBOOK out: canaries, then waves; halts when the failure budget is spent (exit 1)."""
+    pb, inv = _load_rollout(playbook_path, inventory_path)   # everything validated before the heavy imports
     from .rollout import new_id
 
-    pb, inv = _load_rollout(playbook_path, inventory_path)
     rid = new_id(pb.name)
     if dry_run:
         last = None
