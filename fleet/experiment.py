@@ -19,7 +19,7 @@ from .deadline import poll_until
 from .inventory import Inventory, Phone, Site
 from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
 from .predict import failover_max, recovery_max, servers
-from .lease import LeaseLost, SiteLease
+from .lease import LeaseLost, SiteLease, default_ttl
 from .signals import Interrupted, interruptible, signals_deferred
 from .store import RolloutStore, Store
 from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, timeline
@@ -90,7 +90,7 @@ class ExperimentRunner:
         # running this as its drill already holds the site and renews it.
         self.lease = None
         if self.lease_holder is None:
-            self.lease = SiteLease(self.store, [self.site.name], owner=f"experiment:{self.pb.name}",
+            self.lease = SiteLease(self.store, [self.site.name], owner=f"experiment:{self.pb.name}", ttl=default_ttl(),
                                    wait_for_predecessor=False, on_lost=lambda why: self.say(f"lease lost: {why}"))
             self.lease.acquire()
         exp = self.store.new_experiment(self.site.name, self.pb.name)

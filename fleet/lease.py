@@ -16,6 +16,7 @@ waits proves the predecessor alive, and it gives up at once.
 """
 from __future__ import annotations
 
+import os
 import threading
 import time
 import uuid
@@ -26,6 +27,11 @@ import redis
 from .store import LeaseHeld, Store
 
 DEFAULT_TTL_S = 30.0
+
+
+def default_ttl() -> float:
+    """Seconds a lease outlives its last renewal: how long a crashed holder blocks its sites (FLEET_LEASE_TTL)."""
+    return float(os.environ.get("FLEET_LEASE_TTL", DEFAULT_TTL_S))
 
 
 class LeaseLost(RuntimeError):

@@ -24,7 +24,7 @@ import redis
 from .celeryapp import app as celery_app
 from .celeryapp import site_queue
 from .inventory import Inventory
-from .lease import LeaseLost, SiteLease
+from .lease import LeaseLost, SiteLease, default_ttl
 from .rollout_playbook import RolloutPlaybook
 from .store import RolloutStore, Store
 
@@ -103,7 +103,7 @@ class RolloutDriver:
         self.say, self.progress, self.poll = say, progress, poll
         # the playbook's drill always runs (a caller that forgot to pass one must not skip the gate)
         self.drill = drill if drill is not None else experiment_drill(inventory, store)
-        self.lease_ttl = lease_ttl or float(os.environ.get("FLEET_LEASE_TTL", "30"))
+        self.lease_ttl = lease_ttl or default_ttl()
         self.lease: SiteLease | None = None
         self._away_since = 0.0
         meta = self.rs.get(rid)

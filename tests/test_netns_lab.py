@@ -415,6 +415,38 @@ def test_snmp_v3_authpriv_sets_ifadminstatus_on_real_snmpd_and_the_kernel_drops_
     assert nslab.routes() == before
 
 
+def test_controller_sigkilled_mid_outage_the_real_router_restores_wan_and_routes(nslab, worker_factory, redis_url,
+                                                                                    tmp_path):
+    """The controller dies (SIGKILL: no cleanup at all) while the WAN is down; the router's dead-man brings the link
+    and the routes through it back by itself, and the dead controller's lease lapses by itself."""
+    from fleet.store import Store
+
+    if not getattr(nslab, "worker", None):
+        nslab.worker = worker_factory(nslab.inventory)
+    before = nslab.routes()
+    state_dir = Path(yaml.safe_load(Path(nslab.inventory).read_text())["sites"][0]["router"]["state_dir"])
+    pb = tmp_path / "long.yml"
+    pb.write_text("kind: experiment\nname: killed\nsite: hq\nsteps:\n"
+                  "  - {name: cut, outage: link-down, max_duration: 8}\n  - {name: linger, wait: 120}\n"
+                  "  - {name: back, restore: true}\n")
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url, FLEET_LEASE_TTL="5")
+    proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(nslab.inventory),
+                             "--report-dir", str(tmp_path)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            start_new_session=True)
+    try:
+        _wait(lambda: not nslab.link_up(), 40, "the cut")
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait(5)
+        _wait(lambda: nslab.link_up() and nslab.routes() == before, 30, "WAN and its routes back by the dead-man")
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    marks = sorted(state_dir.glob("*-o1.restored"), key=lambda p: p.stat().st_mtime)
+    assert marks and marks[-1].read_text().startswith("deadman"), [m.read_text() for m in marks]
+    _wait(lambda: nslab.reach_provider().reachable, 10, "provider reachable again")
+    _wait(lambda: Store(redis_url).lease_info("hq")[0] is None, 15, "the killed controller's lease lapsed")
+
+
 def test_wan_outage_playbook_passes_with_the_snmp_driver_on_a_managed_router(nslab, worker_factory, redis_url, tmp_path):
     from hil.netns.daemons import start_route_keeper
 
