@@ -7,7 +7,6 @@ before the site file in CONFIG_FILES.
 """
 from __future__ import annotations
 
-import hashlib
 import re
 from dataclasses import dataclass
 from xml.sax.saxutils import quoteattr
@@ -121,10 +120,6 @@ def check(name: str, value: str, family: str) -> str:
     return value
 
 
-def check_all(params: dict[str, str], family: str) -> dict[str, str]:
-    return {k: check(k, v, family) for k, v in params.items()}
-
-
 def render_master(mac: str, config_files: list[str], app_file: str = "sip.ld") -> str:
     listed = ", ".join(config_files)
     if len(listed) > 2047:
@@ -149,10 +144,3 @@ def render_phone_files(mac: str, params: dict[str, str]) -> dict[str, bytes]:
     """All files of one phone: `<MAC>.cfg` and `<MAC>-fleet.cfg` (everything in one per-phone file)."""
     name = f"{mac}-fleet.cfg"
     return {f"{mac}.cfg": render_master(mac, [name]).encode(), name: render_config(params).encode()}
-
-
-def content_hash(files: dict[str, bytes]) -> str:
-    h = hashlib.sha256()
-    for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name] + b"\0")
-    return h.hexdigest()[:16]

@@ -116,7 +116,7 @@ def test_invalid_parameter_is_rejected_before_any_phone_is_touched(fleet_lab, re
 def test_fifty_phone_rollout_across_two_sites_respects_max_unavailable(fleet_lab, redis_url, tmp_path):
     t0 = time.time()
     res = run_fleet(["rollout", "run", str(playbook(tmp_path)), "--inventory", str(fleet_lab.inventory), "--json"],
-                    redis_url, timeout=400)
+                    redis_url, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     out = json.loads(res.stdout)
     assert out["status"] == "done" and out["counts"] == {"total": 50, "verified": 50}
@@ -153,7 +153,7 @@ def test_failures_spend_the_budget_halt_and_roll_back_then_resume_finishes(fleet
                   strategy={"canary": 0, "wave_size": 5, "max_unavailable": 5, "failure_budget": {"total": 1},
                             "progress_deadline": 120},
                   verify={"registered_to": [1, 2], "within": 8})
-    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(fleet_lab.inventory), "--json"], redis_url, timeout=400)
+    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(fleet_lab.inventory), "--json"], redis_url, timeout=240)
     out = json.loads(res.stdout)
     assert res.returncode == 1 and out["status"] == "halted" and "failure budget spent" in out["reason"]
     status = json.loads(run_fleet(["rollout", "status", out["id"], "--json"], redis_url).stdout)
@@ -167,7 +167,7 @@ def test_failures_spend_the_budget_halt_and_roll_back_then_resume_finishes(fleet
     assert all(phones[m]["registrations"][0]["working_server"] == 1 for m in bad)
     # resume with a bigger budget: verified phones are not touched again, the rest complete
     t1 = time.time()
-    res = run_fleet(["rollout", "resume", out["id"], "--budget", "10", "--json"], redis_url, timeout=400)
+    res = run_fleet(["rollout", "resume", out["id"], "--budget", "10", "--json"], redis_url, timeout=240)
     done = json.loads(res.stdout)
     assert done["status"] == "done", res.stderr[-2000:]
     assert done["counts"]["rolled_back"] == 3 and done["counts"]["verified"] == 22
@@ -211,7 +211,7 @@ def test_failover_drill_gates_the_rollout_after_the_canaries(fleet_lab, redis_ur
                   strategy={"canary": 1, "wave_size": 24, "max_unavailable": 5, "failure_budget": {"total": 0},
                             "progress_deadline": 200})
     t0 = time.time()
-    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(fleet_lab.inventory), "--json"], redis_url, timeout=400)
+    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(fleet_lab.inventory), "--json"], redis_url, timeout=240)
     out = json.loads(res.stdout)
     assert out["status"] == "done", res.stderr[-3000:]
     experiments = json.loads(run_fleet(["experiment", "list", "--json"], redis_url).stdout)

@@ -67,17 +67,8 @@ class RestPhone:
             raise MalformedAnswer(self.name, f"device/info UpTimeSinceLastReboot is not an uptime: {str(value)[:40]!r}")
         return seconds
 
-    def line_info(self) -> list[dict]:
-        data = self._call("GET", "/api/v1/mgmt/lineInfo")
-        if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
-            raise MalformedAnswer(self.name, "lineInfo data is not a list of objects")
-        return data
-
     def restart(self) -> None:
         self._call("POST", "/api/v1/mgmt/safeRestart")
-
-    def config_set(self, values: dict[str, str]) -> None:
-        self._call("POST", "/api/v1/mgmt/config/set", {"data": values})
 
     def config_get(self, names: list[str]) -> dict:
         data = self._call("POST", "/api/v1/mgmt/config/get", {"data": names})
