@@ -36,7 +36,7 @@ demo: deps $(STAMP)
 	$(PY) -m hil.demo
 
 test: deps deps-optional $(STAMP)
-	$(PY) -m pytest -q -ra
+	$(PY) -m pytest -q -ra --durations=15
 
 test-fast: venv
 	$(PY) -m pytest -q -ra -m "not slow and not lab"

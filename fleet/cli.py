@@ -144,7 +144,7 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     from . import report
     from .celeryapp import configure
     from .experiment import ExperimentRunner
-    from .signals import signals_deferred
+    from .signals import SignalGuard
     from .store import LeaseHeld
 
     store = _store()
@@ -152,13 +152,15 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     out = Console(stderr=as_json)
     runner = ExperimentRunner(pb, inv, store, say=lambda s: out.print(Text.assemble((time.strftime('%H:%M:%S'), "dim"), " ", str(s))),
                               task_timeout=task_timeout)
-    try:
-        with out.status("running", spinner="dots") if not as_json else _null():
-            result = runner.run()
-    except LeaseHeld as exc:
-        _fail(_one_line(exc), EXIT_INFRA)
-    directory = Path(report_dir) / result.id
-    with signals_deferred():     # a signal now must not lose the report of a run that already restored the WAN
+    # One guard from the first step to the written report: the first stop signal restores the WAN and ends the
+    # run; no later one can skip the restore or the report.
+    with SignalGuard() as guard:
+        try:
+            with out.status("running", spinner="dots") if not as_json else _null():
+                result = runner.run(guard)
+        except LeaseHeld as exc:
+            _fail(_one_line(exc), EXIT_INFRA)
+        directory = Path(report_dir) / result.id
         doc = report.write(result, directory)
         store.finish_experiment(result.id, result.passed, str(directory.resolve()))
     if as_json:

@@ -9,6 +9,7 @@ experiment's append-only event log.
 """
 from __future__ import annotations
 
+import signal
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -20,7 +21,7 @@ from .inventory import Inventory, Phone, Site
 from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
 from .predict import failover_max, recovery_max, servers
 from .lease import LeaseLost, SiteLease, default_ttl
-from .signals import Interrupted, interruptible, signals_deferred
+from .signals import Interrupted, SignalGuard
 from .store import RolloutStore, Store
 from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, timeline
 
@@ -85,7 +86,16 @@ class ExperimentRunner:
         return phones
 
     # ------------------------------------------------------------------ run
-    def run(self) -> ExperimentResult:
+    def run(self, guard: SignalGuard | None = None) -> ExperimentResult:
+        """Run the playbook. `guard` (the caller's, so that it also covers writing the report) turns the first
+        Ctrl-C, SIGTERM or SIGHUP into an orderly stop and notes every later one."""
+        if guard is not None:
+            return self._run(guard)
+        with SignalGuard() as own:
+            return self._run(own)
+
+    def _run(self, guard: SignalGuard) -> ExperimentResult:
+        guard.defer()    # setting up: a signal now is noted, and stops the run before its first step
         # The lease first: a run refused because the site is busy leaves no experiment record behind. A rollout
         # running this as its drill already holds the site and renews it.
         self.lease = None
@@ -95,26 +105,28 @@ class ExperimentRunner:
             self.lease.acquire()
         exp = self.store.new_experiment(self.site.name, self.pb.name)
         result = ExperimentResult(id=exp, playbook=self.pb.name, site=self.site.name, started=time.time())
-        self.store.register_site(self.inv, self.site)
-        self.store.set_observing(self.site.name, exp)
-        # where each phone stood when the run began: the first lane segment of its timeline
-        self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}
-        self.store.log_event(exp, "start", playbook=self.pb.name, site=self.site.name,
-                             initial={m: s.get("working_server") for m, s in self.initial.items()})
-        self.say(f"experiment {exp}: {self.pb.name} on site {self.site.name} ({len(self.site.phones)} phones)")
         try:
-            with interruptible():
-                for step in self.pb.steps:
-                    if self.lease is not None:
-                        self.lease.check()     # LeaseLost: another run may own the site now; cut nothing more
-                    t0 = time.monotonic()
-                    res = self._run_step(exp, step, result)
-                    res.elapsed_s = round(time.monotonic() - t0, 3)
-                    result.steps.append(res)
-                    self.store.log_event(exp, "step", name=res.name, passed=res.passed, message=res.message)
-                    self.say(f"{'PASS' if res.passed else 'FAIL'} {res.name} ({res.elapsed_s:.1f}s){': ' + res.message if res.message else ''}")
-                    if not res.passed and res.kind == "outage":
-                        break   # a fault that did not take effect makes the rest meaningless
+            self.store.register_site(self.inv, self.site)
+            self.store.set_observing(self.site.name, exp)
+            # where each phone stood when the run began: the first lane segment of its timeline
+            self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}
+            self.store.log_event(exp, "start", playbook=self.pb.name, site=self.site.name,
+                                 initial={m: s.get("working_server") for m, s in self.initial.items()})
+            self.say(f"experiment {exp}: {self.pb.name} on site {self.site.name} ({len(self.site.phones)} phones)")
+            if guard.received:
+                raise Interrupted(signal.Signals[guard.received.pop(0)])
+            guard.raising = True
+            for step in self.pb.steps:
+                if self.lease is not None:
+                    self.lease.check()     # LeaseLost: another run may own the site now; cut nothing more
+                t0 = time.monotonic()
+                res = self._run_step(exp, step, result)
+                res.elapsed_s = round(time.monotonic() - t0, 3)
+                result.steps.append(res)
+                self.store.log_event(exp, "step", name=res.name, passed=res.passed, message=res.message)
+                self.say(f"{'PASS' if res.passed else 'FAIL'} {res.name} ({res.elapsed_s:.1f}s){': ' + res.message if res.message else ''}")
+                if not res.passed and res.kind == "outage":
+                    break   # a fault that did not take effect makes the rest meaningless
         except LeaseLost as exc:
             result.errors.append(f"stopped: {exc}; run abandoned")
             self.store.log_event(exp, "lease_lost", reason=str(exc))
@@ -123,19 +135,17 @@ class ExperimentRunner:
             result.errors.append(f"interrupted ({exc.signame}): run abandoned")
             self.store.log_event(exp, "interrupted", signal=exc.signame)
         finally:
-            # From here on a further Ctrl-C, SIGTERM or SIGHUP is noted and ignored: the restore and the report come first.
-            with signals_deferred() as late:
-                self._cleanup(exp, result)
-            for name in late:
-                result.errors.append(f"{name} received during cleanup: ignored until the WAN was restored and the report written")
-        with signals_deferred() as late:
-            time.sleep(0.2)  # observations already in flight reach the store
-            self._verdicts(exp, result)
-            result.finished = time.time()
-            result.passed = (not result.errors and all(s.passed for s in result.steps)
-                             and all(p.passed for p in result.phones))
-            self.store.log_event(exp, "finish", passed=result.passed)
-        result.errors.extend(f"{name} received while the verdicts were computed: ignored" for name in late)
+            # From here on every Ctrl-C, SIGTERM or SIGHUP is noted and ignored: the restore and the report come first.
+            guard.defer()
+            self._cleanup(exp, result)
+        time.sleep(0.2)  # observations already in flight reach the store
+        self._verdicts(exp, result)
+        result.finished = time.time()
+        result.errors.extend(f"{name} received while the WAN was being restored or the report computed: ignored until "
+                             f"both were done" for name in guard.received)
+        result.passed = (not result.errors and all(s.passed for s in result.steps)
+                         and all(p.passed for p in result.phones))
+        self.store.log_event(exp, "finish", passed=result.passed)
         return result
 
     def _run_step(self, exp: str, step, result: ExperimentResult) -> StepResult:

@@ -11,6 +11,8 @@ from __future__ import annotations
 import time
 from typing import Callable
 
+import redis
+
 from .drivers.router import OutageSpec, RouterDriver
 
 
@@ -33,10 +35,16 @@ def cut(store, drv: RouterDriver, spec: OutageSpec, probe: Callable[[], dict]) -
 
 def restore(store, drv: RouterDriver, outage_id: str, mode: str) -> dict:
     """End the outage on the router and report what the router says, checked against its state."""
-    store.request_outage_restore(outage_id)
+    note = ""
+    try:
+        store.request_outage_restore(outage_id)
+    except redis.RedisError as exc:   # the router comes first: restore it even when the guard cannot be written
+        note = f"the restore mark could not be written to Redis ({type(exc).__name__}); a late cut is stopped by the router only"
     t_restore = time.time()
     res = drv.restore(outage_id, mode)
     result = {**res.to_dict(), "t_restore": t_restore, "t_restore_done": res.done_at or time.time()}
+    if note:
+        result["note"] = note
     left = leftovers(res.state)
     if left and res.outcome != "cancelled-before-cut":
         result["leftovers"] = left
@@ -52,4 +60,6 @@ def leftovers(state: dict) -> list[str]:
         left.append(f"{state['rules_ours']} firewall rule(s) of this outage remain")
     if state.get("qdisc_ours"):
         left.append("our qdisc remains on the WAN interface")
+    if state.get("routes_missing") and state.get("link_up"):
+        left.append(f"{len(state['routes_missing'])} route(s) through the WAN not back: {'; '.join(state['routes_missing'][:3])}")
     return left

@@ -232,7 +232,14 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
     site, phone = plan.site, plan.phone
     if plan.attempt != attempt or state.get("state") in rs.SETTLED:
         return {"state": state.get("state"), "note": "already done for this attempt"}
-    creds = secrets.credentials(phone.credentials)
+    try:
+        # a credential this worker cannot resolve (another secrets file, an env: variable it lacks) fails the
+        # phone with the reason, instead of failing the task and leaving the phone "dispatched" to be re-sent
+        creds = secrets.credentials(phone.credentials)
+        boot_creds = (secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials
+                      else inv_mod.Credentials())
+    except (KeyError, ValueError) as exc:
+        return _failed(rs, rid, mac, DriverError(f"phone {mac}", f"credentials: {exc}"))
     if state.get("state") == "rebooting" and state.get("reboot_at"):
         return _confirm_reboot(rid, mac, attempt, float(state["reboot_at"]), phone, creds,
                                plan.params, store, rs)
@@ -245,7 +252,6 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
     if _in_call(phone, creds, rest):
         rs.set_phone(rid, mac, state="deferred", deferred_at=time.time())
         return {"state": "deferred"}
-    boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
     try:
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
         files = polycom.render_phone_files(mac, resolved)

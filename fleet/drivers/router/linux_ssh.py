@@ -83,15 +83,22 @@ fi
 if [ -e "$F.linkdown" ]; then
   ip link set dev "$WAN" up || fail=1
   if [ -e "$F.routes" ]; then
+    # the link may take a moment to carry routes again: a route that cannot be put back after 5 tries fails the restore
     while read -r r; do
+      [ -n "$r" ] || continue
+      t=0
       # shellcheck disable=SC2086
-      [ -n "$r" ] && ip route replace $r dev "$WAN" 2>/dev/null
+      until ip route replace $r dev "$WAN" 2>/dev/null; do
+        t=$((t+1)); if [ "$t" -ge 5 ]; then fail=1; break; fi; sleep 1
+      done
     done < "$F.routes"
   fi
 fi''',
     state=r'''echo "@link"; ip -o link show dev "$WAN" 2>&1
 echo "@rules"; iptables -w -S FORWARD 2>&1
-echo "@qdisc"; tc qdisc show dev "$WAN" 2>&1''',
+echo "@qdisc"; tc qdisc show dev "$WAN" 2>&1
+echo "@routes"; ip route show dev "$WAN" 2>&1
+if [ "$ID" != "-" ] && [ -e "$F.routes" ]; then echo "@saved_routes"; cat "$F.routes"; fi''',
 )
 MODES = tuple(PLATFORM.cut)
 
@@ -120,12 +127,20 @@ class LinuxSshRouter(SshRouter):
             "qdisc_ours": ours_qdisc,
             "root_qdisc": qdisc[0].strip()[:120] if qdisc else "",
         }
+        saved = {_route(r) for r in sections.get("saved_routes", []) if r.strip()}
+        if saved:
+            state["routes_missing"] = sorted(saved - {_route(r) for r in sections.get("routes", []) if r.strip()})
         if outage_id:
             marks = dict(line.split(" ", 1) if " " in line else (line, "") for line in sections.get("outage", []))
             state["outage"] = ("restored by " + marks["restored"].split(" ")[0] if "restored" in marks
                                else "cancelled before the cut" if "cancelled" in marks
                                else "cut" if "cut" in marks else "cut failed" if "cutting" in marks else "unknown to the router")
         return state
+
+
+def _route(line: str) -> str:
+    """A route as `ip route show` prints it, without the flags that come and go with the carrier."""
+    return " ".join(w for w in line.split() if w not in ("linkdown", "dead", "onlink"))
 
 
 def _tagged(rule: str, tag: str) -> bool:

@@ -53,14 +53,25 @@ if [ -L "$D" ]; then echo "fleet: outage directory $D is a symbolic link; refusi
 mkdir -p "$D" 2>/dev/null
 if [ ! -d "$D" ] || [ ! -O "$D" ]; then echo "fleet: outage directory $D is not a directory of $(id -un)" >&2; exit 71; fi
 chmod 700 "$D"
+# A dropped SSH session must not kill a script halfway (its cut done, its lock kept): hangups and broken pipes are
+# ignored, and any other signal still releases the lock through the EXIT trap.
+trap '' HUP PIPE
+trap 'exit 143' INT TERM
 take_lock() {
   n=0
   until mkdir "$F.lock" 2>/dev/null; do
+    # a lock whose holder is gone (killed outright) is broken at once, whoever finds it
+    holder=$(cat "$F.lock/pid" 2>/dev/null || true)
+    if [ -n "$holder" ] && ! kill -0 "$holder" 2>/dev/null; then
+      rm -rf "$F.lock"
+      continue
+    fi
     n=$((n+1))
     if [ "$n" -ge "$1" ]; then return 1; fi
-    sleep 0.1
+    sleep 0.1 2>/dev/null || sleep 1      # BusyBox without fractional sleep: wait a whole second
   done
-  trap 'rmdir "$F.lock" 2>/dev/null' EXIT
+  echo $$ > "$F.lock/pid"
+  trap 'rm -rf "$F.lock"' EXIT
 }
 '''
 
@@ -106,7 +117,10 @@ case "$MODE" in
   *) echo "fleet: mode $MODE is not supported by this router platform" >&2; exit 73 ;;
 esac
 printf '%s\n' "$RESTORE" > "$F.restore.sh"
-nohup sh -c 'sleep "$1" & echo $! > "$2.sleep"; wait $!; exec sh "$2.restore.sh" "$3" "$4" "$5" deadman' \
+# The dead-man: sleep, then restore; a restore that fails (a busy xtables lock, a link slow to come up) is tried
+# again every 5 s for 10 minutes, since nobody else may be left to do it.
+nohup sh -c 'sleep "$1" & echo $! > "$2.sleep"; wait $!
+  n=0; until sh "$2.restore.sh" "$3" "$4" "$5" deadman; do n=$((n+1)); [ "$n" -ge 120 ] && exit 1; sleep 5; done' \
   fleet-deadman "$MAX" "$F" "$D" "$ID" "$WAN" >/dev/null 2>&1 &
 echo $! > "$F.deadman"
 : > "$F.cutting"
