@@ -322,7 +322,7 @@ def describe_state(state: dict) -> str:
     if state.get("qdisc_ours"):
         parts.append("our qdisc")
     if not state.get("rules_ours") and not state.get("qdisc_ours"):
-        parts.append("nothing of ours left")
+        parts.append("no rule or qdisc of ours")
     if state.get("outage"):
         parts.append(f"outage {state['outage']}")
     return ", ".join(parts)
