@@ -95,11 +95,15 @@ class SnmpRouter:
         except (TypeError, ValueError, IndexError):
             raise MalformedAnswer(self.name, f"{column}.{self.if_index} is not an integer") from None
 
-    async def _set_admin(self, value: int) -> None:
+    async def _set_admin(self, value: int) -> float:
+        """Set ifAdminStatus and read it back; returns when the agent answered the set (the change happened then,
+        not after the read-back, which costs a second SNMP engine)."""
         await self._request(set_cmd, f"set ifAdminStatus.{self.if_index}={value}",
                             ObjectType(ObjectIdentity(f"{IF_ADMIN}.{self.if_index}"), Integer(value)))
+        answered = time.time()
         if await self._get(IF_ADMIN) != value:
             raise DeviceRefused(self.name, f"ifAdminStatus.{self.if_index} reads back differently after the set")
+        return answered
 
     has_deadman = False
 
@@ -111,13 +115,11 @@ class SnmpRouter:
         if not self.router.allow_without_deadman:
             raise DeviceRefused(self.name, "SNMP cannot schedule a restore on the router (no dead-man's switch); "
                                            "set allow_without_deadman: true in the inventory to cut anyway")
-        self._run(self._set_admin(DOWN))
-        done_at = time.time()
+        done_at = self._run(self._set_admin(DOWN))
         return RouterOutcome("cut", deadman=NO_DEADMAN, state=self.wan_state(spec.outage_id), done_at=done_at)
 
     def restore(self, outage_id: str, mode: str) -> RouterOutcome:
-        self._run(self._set_admin(UP))
-        done_at = time.time()
+        done_at = self._run(self._set_admin(UP))
         return RouterOutcome("restored", by="controller", state=self.wan_state(outage_id), done_at=done_at)
 
     def wan_state(self, outage_id: str | None = None) -> dict:
