@@ -285,7 +285,7 @@ def read(path: str | Path, max_bytes: int | None = None, quiet: bool = False) ->
 
 
 def read_mapping(path: str | Path, quiet: bool = False) -> tuple[dict, yaml.Node | None]:
-    """read() for files whose top level must be a mapping (every input file of fleet and hil)."""
+    """read() for files whose top level must be a mapping (every input file: inventories, playbooks, lab and secrets files)."""
     data, node = read(path, quiet=quiet)
     if not isinstance(data, dict):
         raise FileError(path, 1, "", f"expected a mapping at the top level, found {type(data).__name__}")

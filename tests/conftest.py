@@ -171,6 +171,16 @@ def worker_factory(redis_url, tmp_path_factory):
         w.stop()
 
 
+def wait_until(cond, timeout: float, what: str, step: float = 0.1):
+    """Poll `cond` until it returns something truthy; past `timeout`, fail naming `what` and the last value seen."""
+    from fleet.deadline import poll_until
+
+    value = poll_until(cond, timeout, step)
+    if not value:
+        raise AssertionError(f"{what} not reached within {timeout}s (last seen: {value!r})")
+    return value
+
+
 def run_fleet(args: list[str], redis_url: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, FLEET_REDIS_URL=redis_url)
     return subprocess.run([BIN / "fleet", *args], env=env, capture_output=True, text=True, timeout=timeout, **kw)

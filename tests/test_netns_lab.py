@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, lab_spec, run_fleet
+from conftest import BIN, ROOT, lab_spec, run_fleet, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -95,15 +95,7 @@ def _running(pid: int) -> bool:
         return False
 
 
-def _wait(cond, timeout: float, what: str, step: float = 0.1):
-    deadline = time.monotonic() + timeout
-    value = None
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"{what} not reached within {timeout}s (last seen: {value!r})")
+_wait = wait_until
 
 
 class NsLab:

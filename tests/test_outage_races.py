@@ -23,7 +23,7 @@ import pytest
 import requests
 import yaml
 
-from conftest import BIN, lab_spec, run_fleet
+from conftest import BIN, lab_spec, run_fleet, wait_until
 from fleet import inventory, tasks
 from fleet.drivers import router as routers
 from fleet.drivers.router import OutageSpec
@@ -87,14 +87,7 @@ def _deadman_pids(lab, oid: str) -> list[int]:
     return pids
 
 
-def _wait(cond, timeout: float, what: str, step: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = cond()
-        if value:
-            return value
-        time.sleep(step)
-    raise AssertionError(f"{what} not reached within {timeout}s")
+_wait = wait_until
 
 
 def assert_back_as_found(lab, oid: str, before: dict) -> None:
