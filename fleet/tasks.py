@@ -18,11 +18,11 @@ import time
 from celery import signals
 
 from . import inventory as inv_mod
-from . import plan_check, secret_params, task_args
+from . import phone_ops, plan_check, secret_params, task_args
 from .celeryapp import app
 from .drivers import router as routers
 from .drivers.control.rest import RestPhone
-from .drivers.errors import DeviceRefused, DeviceTimeout, DriverError
+from .drivers.errors import DriverError
 from .drivers.probe import probe_provider
 from .deadline import poll_until
 from .failpoints import failpoint
@@ -198,24 +198,8 @@ def _rollout_ctx(rid: str, mac: str, settle_as: str):
     return inv, secrets, store, rs, state, plan
 
 
-def _in_call(phone: inv_mod.Phone, creds, rest: RestPhone | None = None) -> bool:
-    """Call state from REST where the model has it, phone state polling otherwise; unknown counts as idle."""
-    from .drivers.control.polling import polling_in_call
-
-    try:
-        return rest.call_state() not in ("", "Idle") if rest is not None else polling_in_call(phone, creds)
-    except DriverError:
-        return False
 
 
-def _reboot(phone: inv_mod.Phone, creds, rest: RestPhone | None = None) -> str:
-    if phone.has_rest:
-        (rest or RestPhone(phone, creds)).restart()
-        return "rest safeRestart"
-    from .drivers.control.sip_notify import check_sync_blocking
-
-    check_sync_blocking(phone)
-    return "sip check-sync"
 
 
 @app.task(name="fleet.rollout_push", acks_late=True, ignore_result=True)
@@ -249,7 +233,7 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
         rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
         return {"state": "skipped"}
     rest = RestPhone(phone, creds) if phone.has_rest else None   # one digest session for both calls
-    if _in_call(phone, creds, rest):
+    if phone_ops.in_call(phone, creds, rest):
         rs.set_phone(rid, mac, state="deferred", deferred_at=time.time())
         return {"state": "deferred"}
     try:
@@ -290,7 +274,7 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
         reboot_at = time.time()
         rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at)
         failpoint("rollout.reboot_recorded", mac)
-        how = _reboot(phone, creds, rest)
+        how = phone_ops.reboot(phone, creds, rest)
         failpoint("rollout.reboot_sent", mac)
         rs.set_phone(rid, mac, state="verifying", reboot_via=how)
         return {"state": "verifying", "reboot_at": reboot_at}
@@ -304,31 +288,6 @@ def _failed(rs, rid: str, mac: str, exc: Exception) -> dict:
     return {"state": "failed", "error": str(exc)[:300]}
 
 
-def _rebooted_since(phone: inv_mod.Phone, creds, params: dict, store, since: float) -> bool:
-    """Whether the reboot sent at `since` reached the phone.
-
-    REST phones say so through their uptime; a REST phone that does not
-    answer is taken as rebooting. SoundPoint phones have no uptime to ask
-    for: their check-sync is idempotent unless alwaysReboot=1 (a phone already
-    running the new files ignores a second one), so we answer False and let it
-    be sent again; with alwaysReboot=1 the evidence is the line unregistration
-    event a phone sends as it shuts down, where the phone sends events; without
-    any evidence we answer True: better a phone that fails verification than one
-    rebooted twice.
-    """
-    if phone.has_rest:
-        try:
-            return RestPhone(phone, creds).uptime() < time.time() - since + 1
-        except (DeviceTimeout, DeviceRefused):
-            return True
-        except DriverError:
-            return False
-    if params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") != "1":
-        return False
-    sends_events = params.get("apps.telNotification.URL") and params.get("apps.telNotification.lineRegistrationEvent", "1") != "0"
-    if not sends_events:
-        return True
-    return (store.phone_state(phone.mac).line_down_at or 0.0) > since
 
 
 def _confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_mod.Phone, creds, params: dict,
@@ -341,12 +300,12 @@ def _confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_m
     if not rs.claim_reboot(rid, mac, f"{attempt}-confirm"):
         return {"state": "rebooting", "note": "reboot already being confirmed"}
     try:
-        if _rebooted_since(phone, creds, params, store, since):
+        if phone_ops.rebooted_since(phone, creds, params, store, since):
             rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task")
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
         rs.set_phone(rid, mac, reboot_at=reboot_at)
-        how = _reboot(phone, creds)
+        how = phone_ops.reboot(phone, creds)
         rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task")
         return {"state": "verifying", "reboot_at": reboot_at}
     except (DriverError, KeyError, ValueError) as exc:
@@ -383,7 +342,7 @@ def rollout_rollback(rid: str, mac: str) -> dict:
         finally:
             pub.close()
         rs.set_phone(rid, mac, state="rolling_back", rollback_at=time.time())
-        _reboot(phone, secrets.credentials(phone.credentials))
+        phone_ops.reboot(phone, secrets.credentials(phone.credentials))
         return {"state": "rolling_back"}
     except (DriverError, KeyError, ValueError) as exc:
         rs.set_phone(rid, mac, state="rollback_failed", error=str(exc)[:300], settled_at=time.time())
