@@ -53,7 +53,7 @@ class Checked:
 
 def file_names(mac: str) -> frozenset[str]:
     """The files the renderer writes for this phone: the only names a worker backs up, restores or deletes."""
-    return frozenset(polycom.render_phone_files(mac, {}))
+    return frozenset(polycom.phone_file_names(mac))
 
 
 def _phone(inv: Inventory, mac: str) -> tuple[Site, Phone]:

@@ -363,7 +363,9 @@ class RolloutDriver:
             elif state in ("verifying", "rebooting") and st.get("reboot_at"):
                 # "rebooting" means the reboot was claimed but not yet known to be sent: no registration proves it
                 since = float(st["reboot_at"])
-                if state == "verifying" and mac in self._phone_states and self._registered(mac, self.required, since):
+                registered = state == "verifying" and mac in self._phone_states and self._registered(mac, self.required, since)
+                shadowed = st.get("shadowed", "") if registered else ""   # fleet.overrides: an override file won
+                if registered and not shadowed:
                     self.store_pushed(mac, self._entries[mac])
                     self._set(snapshot, mac, state="verified", settled_at=now, verified_in=round(now - since, 2))
                     self.rs.log(self.rid, "verified", mac=mac, seconds=round(now - since, 2))
@@ -373,8 +375,8 @@ class RolloutDriver:
                     self._set(snapshot, mac, confirm_sent=now)
                     celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site),
                                          ignore_result=True)
-                elif now - since > self.pb.verify.within:
-                    reason = f"not registered to server(s) {self.required} within {self.pb.verify.within:g}s of the reboot"
+                elif shadowed or now - since > self.pb.verify.within:
+                    reason = shadowed or f"not registered to server(s) {self.required} within {self.pb.verify.within:g}s of the reboot"
                     self.rs.log(self.rid, "failed", mac=mac, reason=reason)
                     if self.pb.rollback:
                         self._set(snapshot, mac, state="rolling_back", error=reason, rollback_requested=now)

@@ -33,7 +33,7 @@ def remove(pub: Publisher, rid: str, phones: dict[str, dict]) -> tuple[int, int]
         if record.get("state") == "rollback_failed":
             kept += 1
             continue
-        for name in polycom.render_phone_files(mac, {}):
+        for name in polycom.phone_file_names(mac):
             if record.get(f"backed_up:{name}") == "yes" or record.get(f"backing_up:{name}"):
                 pub.delete(backup_name(name, rid))
                 removed += 1
