@@ -306,10 +306,16 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
             except Exception:  # a dry run works without Redis too; it then diffs against the inventory
                 last = None
         p = _plan(pb, inv, rid, last, playbook_path)
+        from .site_files import describe, survey   # read only: each phone's master and override files
+
+        found = survey(inv, p.phones)
         if as_json:
-            click.echo(json.dumps(p.to_dict(refs=False) | {"dry_run": True}, indent=1))
+            click.echo(json.dumps(p.to_dict(refs=False) | {"dry_run": True, "site_files": found}, indent=1))
         else:
             _print_plan(p, Console())
+            Console().print("[bold]site files[/bold]")
+            for line in describe(found):
+                Console().print(Text("  " + line))
         sys.exit(EXIT_INPUT if p.overloaded and not pb.strategy.allow_overload else 0)
     store = _store()
     from .celeryapp import configure
