@@ -331,7 +331,7 @@ class RolloutStore:
         return self.r.hgetall(f"{P}rollout:{rid}:phone:{mac}")
 
     STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
-                    "verified_in", "confirm_sent")
+                    "verified_in", "confirm_sent", "shadowed")   # shadowed: fleet.overrides
 
     def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
         """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""
