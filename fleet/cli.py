@@ -273,7 +273,8 @@ def _print_plan(p, console: Console) -> None:
     console.print(f"[bold]parameter changes[/bold] ({len(changed)} phones change, {len(p.phones) - len(changed)} unchanged)")
     for ph in changed[:50]:
         for name, (old, new) in ph.diff.items():
-            console.print(Text(f"  {ph.mac} {name}: {old!s} -> {new!s}"))
+            verbatim = " (uncatalogued: passed through verbatim, unchecked)" if name in ph.verbatim else ""
+            console.print(Text(f"  {ph.mac} {name}: {old!s} -> {new!s}{verbatim}"))
     if len(changed) > 50:
         console.print(f"  ... and {len(changed) - 50} more phones")
     t = Table("server address", "phones", "REGISTER/s normal", "REGISTER/s primary down", title="registration refresh load (R6)")

@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import polycom, predict, secret_params
 from .inventory import Inventory, Phone, Site
-from .rollout_playbook import RolloutPlaybook, amount
+from .rollout_playbook import RolloutPlaybook, amount, verbatim_names
 
 REF = re.compile(r"\{(site|phone|provider)\.([a-z_]+)\}")
 MESSAGES_PER_REFRESH = 2   # REGISTER, 401 challenge, REGISTER with credentials: two requests per refresh
@@ -38,6 +38,7 @@ class PhonePlan:
     diff: dict[str, list]             # name -> [old, new], secret parameters masked as ***
     config_hash: str                  # over the unmasked parameters (secret references, never values)
     secret_refs: dict[str, str] = field(default_factory=dict)   # secret parameter -> secret:NAME / env:VAR
+    verbatim: list[str] = field(default_factory=list)   # uncatalogued, passed through (allow_uncatalogued)
 
     def to_dict(self, refs: bool = True) -> dict:
         """The phone's plan; without `refs`, as shown to people (a dry run): no secret reference at all."""
@@ -106,12 +107,15 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
     if not selected:
         raise PlanError("the targets select no phone")
     phones: list[PhonePlan] = []
+    verbatim = verbatim_names(pb)   # allow_uncatalogued: written as given, never checked or interpolated
     for site, phone in selected:
         base = inv.effective_params(site, phone)
         new = dict(base)
         for name, value in pb.params.items():
-            new[name] = _interpolate(str(value), site, phone, inv, name)
+            new[name] = str(value) if name in verbatim else _interpolate(str(value), site, phone, inv, name)
         for name, value in new.items():
+            if name in verbatim:
+                continue
             try:
                 polycom.check(name, value, inv.firmware_family)
             except polycom.ParameterError as exc:
@@ -123,7 +127,7 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         diff = {k: [secret_params.mask(k, old.get(k)), secret_params.mask(k, new.get(k))]
                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
         masked, refs = secret_params.split(new)
-        phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs))
+        phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs, sorted(verbatim)))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
     per_site = defaultdict(int)
     for p in phones:
