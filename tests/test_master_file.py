@@ -86,3 +86,14 @@ def test_render_phone_files_copies_the_default_master_into_the_per_phone_one():
     assert set(files) == {f"{MAC}.cfg", OURS}
     assert files[f"{MAC}.cfg"] == edit(UC4)
     assert bootfiles.parse_parameters(OURS, files[OURS]) == {"reg.1.address": "1001"}
+
+
+def test_the_virtual_phone_reads_its_models_list_macros_and_override_files_as_a_real_one():
+    from hil.config_files import parse_master
+
+    master = parse_master("000000000000.cfg", edit(UC4))
+    assert master.files_for(MAC, "SoundPoint IP 650") == [OURS, f"{MAC}-reg.cfg", "site.cfg", "features.cfg", "sip-basic.cfg"]
+    assert master.files_for(MAC, "SoundPoint IP 331") == [OURS, "ip331.cfg", "site.cfg"]
+    assert master.override_files(MAC) == [f"overrides/{MAC}-phone.cfg", f"overrides/{MAC}-web.cfg"]
+    assert master.log_file_directory == "logs"
+    assert parse_master("x", b'<APPLICATION CONFIG_FILES="a.cfg"/>').override_files(MAC) == [f"{MAC}-phone.cfg", f"{MAC}-web.cfg"]
