@@ -255,9 +255,9 @@ class RolloutDriver:
                     elif changed:
                         snapshot.update(self.rs.phones(self.rid, [m for m in changed if m in self.site_of]))
                     recheck |= (changed | observed) & wave_set
-                wave_states = {m: snapshot.get(m, {}) for m in macs}
-                decided = policy.step(wave, macs, snapshot, self._observed(wave_states, recheck), self.limits,
-                                      now=time.time(), deadline_passed=deadline.expired, abort=abort)
+                observed_now = {} if abort else self._observed({m: snapshot.get(m, {}) for m in macs}, recheck)
+                decided = policy.step(wave, macs, snapshot, observed_now, self.limits, now=time.time(),
+                                      deadline_passed=deadline.expired, abort=abort)
                 self._carry_out(decided.actions, snapshot)
                 recheck = set()
                 if decided.verdict != policy.ABORT:
