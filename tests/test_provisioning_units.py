@@ -148,3 +148,21 @@ def test_verbatim_parameters_reach_the_plan_and_the_worker_check_and_the_dry_run
     assert f"{MAC}: {MAC}.cfg created from 000000000000.cfg" in text
     other = plan(inv, pb.model_copy(update={"params": {**pb.params, "tcpIpApp.sntp.address": "zntp"}}), "r2")
     assert other.phones[0].config_hash != entry.config_hash == config_hash(dict(entry.params))   # verbatim values count
+
+
+# ---------------------------------------------------------------- verification of a shadowed phone
+def test_verification_fails_a_registered_phone_whose_push_found_a_shadowing_override():
+    from fleet import rollout_policy as rp
+
+    site_of = {MAC: "hq", "0004f2000002": "hq"}
+    limits = rp.Limits(site_of=site_of, max_unavailable={"hq": 2}, budget_total=1, budget_per_site=None,
+                       verify_within=120.0, registered_to=(1,), rollback=True, progress_deadline=600.0,
+                       dispatch_stall=60.0, defer_retry=5.0)
+    reason = f"shadowed by overrides/{MAC}-phone.cfg: reg.1.server.1.expires"
+    snap = {MAC: {"state": "verifying", "reboot_at": "990", "attempt": "1", "shadowed": reason},
+            "0004f2000002": {"state": "verifying", "reboot_at": "990", "attempt": "1", "shadowed": ""}}
+    seen = {m: {1: {"state": "registered", "t": 995.0}} for m in site_of}
+    actions = {a.mac: a for a in rp.advance(snap, seen, limits, 1000.0)}
+    assert actions[MAC].kind == rp.FAIL and actions[MAC].fields["error"] == reason and actions[MAC].task == "rollback"
+    assert actions["0004f2000002"].kind == rp.VERIFIED
+    assert rp.advance(snap, {}, limits, 1000.0) == []     # not yet registered: not judged early
