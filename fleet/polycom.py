@@ -2,8 +2,9 @@
 
 Pure functions, no I/O. Facts come from shared/reference/polycom.md; where the
 reference marks something uncertain it says so beside the entry. The first
-occurrence of a parameter wins on the phone, so the per-phone file is listed
-before the site file in CONFIG_FILES.
+occurrence of a parameter wins on the phone, so fleet's per-phone file is put
+in front of the site's own files in the master file's CONFIG_FILES (the
+master-file part below: an edit of the site's file, never a rendered one).
 """
 from __future__ import annotations
 
