@@ -230,6 +230,12 @@ def with_fleet_file(name: str, data: bytes, ours: str, mac: str) -> bytes:
     out = data
     for start, end, new in sorted(edits, reverse=True):
         out = out[:start] + new + out[end:]
+    try:   # the edited file, read as the phone reads it, must list ours first
+        first = [bootfiles.expand(f, mac) for f in bootfiles.parse_master(name, out).config_files[:1]]
+    except bootfiles.BootFileError as exc:
+        raise MasterFileError(f"{name}: the edit would break the file ({exc})") from None
+    if first != [ours]:
+        raise MasterFileError(f"{name}: could not put {ours} first in CONFIG_FILES by a text edit; edit it by hand")
     return out
 
 
