@@ -248,3 +248,30 @@ def kamcmd(sock: Path, *args: str, timeout: float = 10.0) -> subprocess.Complete
 def ul_dump(sock: Path, brief: bool = False) -> str:
     """Kamailio's own view of its bindings (`kamcmd ul.dump`, optionally `brief`)."""
     return kamcmd(sock, "ul.dump", *(["brief"] if brief else [])).stdout
+
+
+class KamailioGateway:
+    """A site's gateway registrar played by Kamailio (lab file `gateway: kamailio`), in the place and with the
+    interface of the built-in one (start, stop, summary), for hil.lab."""
+
+    def __init__(self, name: str, host: str, port: int, realm: str, users: dict[str, str], workdir: Path,
+                 hep: tuple[str, int] | None = None) -> None:
+        self.name, self.host, self.port = name, host, port
+        self.server = Kamailio(KamailioConfig(host, port, realm, users, hep=hep, role=f"{name} (site gateway)"), workdir)
+
+    @property
+    def ctl(self) -> Path:
+        return self.server.sock
+
+    async def start(self) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.server.start)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def summary(self, since: float = 0.0) -> dict:
+        """Kamailio keeps its own books: ask it (`kamcmd ul.dump` over the router's SSH, or on `control_socket`)."""
+        return {"name": self.name, "address": f"{self.host}:{self.port}", "platform": "kamailio",
+                "control_socket": str(self.ctl), "hep": list(self.server.config.hep) if self.server.config.hep else None}
