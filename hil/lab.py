@@ -272,11 +272,22 @@ class Lab:
                            "dns_port": DNS_PORT, "state_dir": str((self.state_dir / f"router-{site.name}-outages").resolve())},
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
+                **self._evidence_inventory(rt),
             })
         inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
                "secrets_file": str(self.state_dir / "secrets.yml"),
                "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
         return inv, secrets_doc
+
+    def _evidence_inventory(self, rt: SiteRuntime) -> dict:
+        """A Kamailio gateway is a per-server evidence source a real site has: its registrar (polled with kamcmd
+        over the router's SSH) and, with a HEP address, its siptrace. Nothing for the lab's own gateway."""
+        if rt.spec.gateway != "kamailio":
+            return {}
+        out: dict = {"gateway": {"address": self.lan_ip(rt.k, 1), "platform": "kamailio"}}
+        if rt.spec.collector.hep:
+            out["capture"] = [f"hep {rt.spec.collector.hep}"]
+        return out
 
     def write_inventory(self, path: Path) -> None:
         inv, secrets_doc = self.inventory()
