@@ -174,9 +174,9 @@ class UserspaceRouter:
                 if router.captures:
                     sip = hep3_sip(data)
                     if sip is not None:
-                        t, src, dst, payload = sip
-                        for cap in router.captures:
-                            cap.offer(t, "lan0", src, dst, payload)
+                        # stamped on arrival, not with Kamailio's time: a capture's records are in time order
+                        _, src, dst, payload = sip
+                        router.capture("lan0", src, dst, payload)
 
         self.hep_tap, _ = await asyncio.get_running_loop().create_datagram_endpoint(_Tap, local_addr=listen)
 
