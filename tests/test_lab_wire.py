@@ -31,7 +31,7 @@ from fleet.observe import REGISTERED, UNREGISTERED
 from fleet.redisboot import free_port
 from hil import kamailio as kam
 from hil.phone_types import UP
-from tests.conftest import lab_spec, wait_until
+from conftest import lab_spec, wait_until
 
 pytestmark = pytest.mark.lab
 NET = 19
