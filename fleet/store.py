@@ -108,7 +108,7 @@ class Store:
             state, site = states[obs.mac]
             if site is None:
                 continue   # a phone not in the inventory: ignored rather than trusted
-            apply(state, obs)
+            apply(state, obs, [s["index"] for s in metas[obs.mac]["configured_servers"] if s.get("register", True)])
             exp = active.get(site)
             if exp:
                 entry = obs.to_dict() | {"working_server": state.working_server}
