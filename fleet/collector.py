@@ -165,8 +165,17 @@ class SiteCollector:
         for source in self.evidence:
             if isinstance(source, wire_sources.SourceThread):
                 source.stop()
-        if self.loop:
-            self.loop.call_soon_threadsafe(self.loop.stop)
+        if self.loop and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._shutdown()))
+
+    async def _shutdown(self) -> None:
+        for transport in getattr(self, "hep_transports", []):
+            transport.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.get_running_loop().stop()
 
     # ------------------------------------------------------------------ per-server evidence sources
     def phone_params(self) -> dict[str, dict[str, str]]:

@@ -48,13 +48,14 @@ class WireEvidence:
     and forgets old state."""
 
     def __init__(self, attribution: Attribution, *, source: str = "wire", timeout: float = T1_TIMEOUT,
-                 max_pending: int = 200_000, stamp: str = "capture") -> None:
+                 max_pending: int = 200_000, stamp: str = "capture",
+                 timeouts: dict[tuple[str, int], float] | None = None) -> None:
         if stamp not in ("capture", "local"):
             raise ValueError(f"stamp must be 'capture' or 'local', got {stamp!r}")
         self.stamp = stamp
         self.source = source
         self.decoder = FrameDecoder()
-        self.matcher = RegisterMatcher(timeout=timeout, max_pending=max_pending)
+        self.matcher = RegisterMatcher(timeout=timeout, max_pending=max_pending, timeouts=timeouts)
         self.build = ObservationBuilder(attribution, source)
         self.clock = PacketClock()
         self.outcomes: list[RegisterOutcome] | None = None     # set to [] to keep outcomes (tests, reports)

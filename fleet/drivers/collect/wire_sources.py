@@ -108,16 +108,16 @@ def site_targets(site: Site, params_by_mac: dict[str, dict[str, str]], resolve: 
     return out
 
 
-def transaction_timeout(params_by_mac: dict[str, dict[str, str]]) -> float:
-    """How long a REGISTER may go unanswered before the phone itself gives up on it: the longest of the site's
-    configured transaction timeouts (retryTimeOut x (retryMaxCount + 1)), at most Timer F."""
-    longest = 0.0
-    for params in params_by_mac.values():
-        for s in phone_servers(params):
-            timing = server_timing(params, 1, s["index"])
-            if timing is not None:
-                longest = max(longest, timing.transaction_timeout)
-    return min(T1_TIMEOUT, longest) if longest else T1_TIMEOUT
+def transaction_timeouts(targets: list[WireTarget], params_by_mac: dict[str, dict[str, str]]
+                         ) -> dict[tuple[str, int], float]:
+    """Per server address, how long a REGISTER may go unanswered before the phone itself gives up on it
+    (retryTimeOut x (retryMaxCount + 1), else Timer F): the longest among the phones using that address."""
+    out: dict[tuple[str, int], float] = {}
+    for t in targets:
+        timing = server_timing(params_by_mac.get(t.mac, {}), t.reg, t.server)
+        tx = min(T1_TIMEOUT, timing.transaction_timeout) if timing is not None else T1_TIMEOUT
+        out[t.address] = max(out.get(t.address, 0.0), tx)
+    return out
 
 
 def gateway_server(site: Site, params: dict[str, str]) -> int | None:
@@ -150,6 +150,12 @@ class Targets:
             log.warning("site %s: cannot rebuild wire targets (%s); keeping the previous ones", self.site.name, exc)
             return False
         return True
+
+
+def retarget(ev: WireEvidence, targets: Targets) -> None:
+    """Point a running pipeline at rebuilt targets (open transactions stay open)."""
+    ev.build.attribution = Attribution(targets.wire)
+    ev.matcher.timeouts = transaction_timeouts(targets.wire, targets.by_mac)
 
 
 class SourceThread(threading.Thread):
@@ -197,8 +203,8 @@ class _WireThread(SourceThread):
 
     def _pipeline(self) -> WireEvidence:
         self.targets.refresh(force=True)
-        return WireEvidence(Attribution(self.targets.wire), source=self.source,
-                            timeout=transaction_timeout(self.targets.by_mac), stamp="local")
+        return WireEvidence(Attribution(self.targets.wire), source=self.source, stamp="local",
+                            timeouts=transaction_timeouts(self.targets.wire, self.targets.by_mac))
 
     def pump(self, read: Callable[[float], bytes | None]) -> None:
         """Read until the stream ends or we stop; every framing error ends this run (the caller restarts)."""
@@ -223,7 +229,7 @@ class _WireThread(SourceThread):
                 next_tick = time.monotonic() + 1.0
                 out += ev.tick()
                 if self.targets.refresh():
-                    ev.build.attribution = Attribution(self.targets.wire)
+                    retarget(ev, self.targets)
             if kept:
                 self.sink.keep(self.source, kept)
             if out:
@@ -307,8 +313,8 @@ class HepSource:
     def __init__(self, site: Site, sink: Sink, targets: Targets) -> None:
         self.site, self.sink, self.targets = site, sink, targets
         targets.refresh(force=True)
-        self.evidence = WireEvidence(Attribution(targets.wire), source=self.source,
-                                     timeout=transaction_timeout(targets.by_mac), stamp="local")
+        self.evidence = WireEvidence(Attribution(targets.wire), source=self.source, stamp="local",
+                                     timeouts=transaction_timeouts(targets.wire, targets.by_mac))
 
     def on_packet(self, pkt, addr) -> None:
         from . import hep
@@ -324,7 +330,7 @@ class HepSource:
     def tick(self) -> None:
         out = self.evidence.tick()
         if self.targets.refresh():
-            self.evidence.build.attribution = Attribution(self.targets.wire)
+            retarget(self.evidence, self.targets)
         if out:
             self.sink.observe(out)
 
