@@ -54,20 +54,22 @@ class PhoneState:
     observed_at: float | None = None
     last_source: str = ""
     line_down_at: float | None = None   # last line unregistration: a phone sends it when it shuts down gracefully
+    line_up_at: float | None = None     # last line-level registration (events, polling): the line is up, server unsaid
     evidence: dict[str, float] = field(default_factory=dict)   # source -> time of its newest observation
     inferred: bool = False              # working_server follows from a line-level source plus per-server gaps
 
     def to_dict(self) -> dict:
         return {"mac": self.mac, "servers": {str(k): v for k, v in self.servers.items()}, "line_state": self.line_state,
                 "working_server": self.working_server, "observed_at": self.observed_at, "last_source": self.last_source,
-                "line_down_at": self.line_down_at, "evidence": self.evidence, "inferred": self.inferred}
+                "line_down_at": self.line_down_at, "line_up_at": self.line_up_at, "evidence": self.evidence,
+                "inferred": self.inferred}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PhoneState":
         return cls(mac=d["mac"], servers={int(k): v for k, v in (d.get("servers") or {}).items()},
                    line_state=d.get("line_state", UNKNOWN), working_server=d.get("working_server"),
                    observed_at=d.get("observed_at"), last_source=d.get("last_source", ""),
-                   line_down_at=d.get("line_down_at"), evidence=dict(d.get("evidence") or {}),
+                   line_down_at=d.get("line_down_at"), line_up_at=d.get("line_up_at"), evidence=dict(d.get("evidence") or {}),
                    inferred=bool(d.get("inferred", False)))
 
 
@@ -78,11 +80,14 @@ def working_server(servers: dict[int, dict]) -> int | None:
 
 def derive_working(state: PhoneState, configured: list[int] | None = None) -> tuple[int | None, bool]:
     """(working server, inferred?). R4 over the per-server states; when none is known registered but a
-    line-level source says the line is up, and per-server evidence rules out every configured server but
-    one, that one is working (inferred). `configured`: the indices of the servers the phone registers with."""
+    line-level source said the line is up after the newest per-server evidence, and that evidence rules out
+    every configured server but one, that one is working (inferred). `configured`: the indices of the
+    servers the phone registers with."""
     ws = working_server(state.servers)
-    if ws is not None or state.line_state != REGISTERED or not configured:
+    if ws is not None or state.line_state != REGISTERED or not configured or state.line_up_at is None:
         return ws, False
+    if any(s.get("t", 0.0) > state.line_up_at for s in state.servers.values()):
+        return None, False      # a server went down after the line said it was up: the line may be down now
     possible = [i for i in configured if state.servers.get(i, {}).get("state") != UNREGISTERED]
     return (possible[0], True) if len(possible) == 1 else (None, False)
 
@@ -111,6 +116,8 @@ def apply(state: PhoneState, obs: Observation, configured: list[int] | None = No
             state.line_state = REGISTERED
     else:
         state.line_state = obs.state
+        if obs.state == REGISTERED:
+            state.line_up_at = max(obs.t, state.line_up_at or 0.0)
         if obs.state == UNREGISTERED:
             state.line_down_at = max(obs.t, state.line_down_at or 0.0)
             for s in state.servers.values():

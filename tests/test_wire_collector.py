@@ -49,6 +49,7 @@ class SshRouter:
         os.chmod(tmp / "client_key", 0o600)
         host.write_private_key(str(tmp / "host_key"))
         (tmp / "authorized_keys").write_text(client.export_public_key().decode())
+        (tmp / "bin").mkdir()
         (tmp / "known_hosts").write_text(f"[127.0.0.1]:{self.port} {host.export_public_key().decode().strip()}\n")
         ready = threading.Event()
         threading.Thread(target=self._serve, args=(ready,), daemon=True).start()
@@ -65,7 +66,8 @@ class SshRouter:
                 process.stdout.write(b"this is not a pcap stream at all, just text\n" * 4)
                 process.exit(0)
                 return
-            proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", command, stdout=asyncio.subprocess.PIPE,
+            env = dict(os.environ, PATH=f"{self.tmp / 'bin'}:{os.environ.get('PATH', '/usr/bin:/bin')}")
+            proc = await asyncio.create_subprocess_exec("/bin/sh", "-c", command, stdout=asyncio.subprocess.PIPE, env=env,
                                                         stderr=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL)
             try:
                 while data := await proc.stdout.read(65536):
@@ -100,16 +102,17 @@ def ssh_router(tmp_path):
     router.close()
 
 
-def _inventory(tmp: Path, router: SshRouter, ports: tuple[int, int], capture: list) -> Inventory:
+def _inventory(tmp: Path, router: SshRouter, ports: tuple[int, int], capture: list, gateway=GATEWAY,
+               provider: str = "127.0.0.1") -> Inventory:
     (tmp / "secrets.yml").write_text(yaml.safe_dump({"router": {"username": "fleet",
                                                                 "key_file": str(tmp / "client_key")},
                                                      "admin": {"password": "x"}}))
-    params = {"reg.1.server.1.address": "127.0.0.1", "reg.1.server.1.port": ports[0],
+    params = {"reg.1.server.1.address": provider, "reg.1.server.1.port": ports[0],
               "reg.1.server.2.address": GATEWAY, "reg.1.server.2.port": ports[1],
               "reg.1.server.1.retryTimeOut": 300, "reg.1.server.1.retryMaxCount": 2}
     return Inventory.model_validate({
         "name": "wire", "firmware_family": "sip-3.x", "secrets_file": str(tmp / "secrets.yml"),
-        "sites": [{"name": "wire", "gateway": GATEWAY, "boot_server": {"url": "file:///nonexistent"},
+        "sites": [{"name": "wire", "gateway": gateway, "boot_server": {"url": "file:///nonexistent"},
                    "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"},
                    "router": {"driver": "linux_ssh", "address": "127.0.0.1", "port": router.port, "credentials": "router",
                               "wan_interface": "lo", "known_hosts": str(tmp / "known_hosts")},
@@ -234,3 +237,46 @@ def test_router_capture_and_hep_give_per_server_state_through_the_store(tmp_path
         for s in phones.values():
             s.close()
         provider.close()
+
+
+FS_CLI = """#!/bin/sh
+# FreeSWITCH's fs_cli as the gateway answers `show registrations` (expires: absolute, on the gateway's clock)
+cat "$(dirname "$0")/registrations.txt"
+"""
+
+
+def test_gateway_bindings_are_polled_over_the_router_ssh(tmp_path, ssh_router, store):
+    """FreeSWITCH as the gateway (its fs_cli stands on the router's PATH): bindings become server 2's state;
+    an answer that is not a complete listing gives no observation, and a binding that goes away reads as
+    unregistered at the next poll."""
+    fs = tmp_path / "bin" / "fs_cli"
+    fs.write_text(FS_CLI)
+    fs.chmod(0o755)
+    listing = tmp_path / "bin" / "registrations.txt"
+    listing.write_text("-ERR no reply\n")
+
+    def bound(*users: str) -> str:
+        rows = "".join(f"{u},127.0.0.1,tok{u},sofia/internal/sip:{u}@{ip}:5060,{int(__import__('time').time()) + 60},"
+                       f"{ip},5060,udp,gw,\n" for mac, (ip, u) in PHONES.items() if u in users)
+        return (f"reg_user,realm,token,url,expires,network_ip,network_port,network_proto,hostname,metadata\n{rows}\n"
+                f"{len(users)} total.\n")
+
+    inv = _inventory(tmp_path, ssh_router, (free_port(), free_port()), [],
+                     gateway={"address": GATEWAY, "platform": "freeswitch", "interval": 1}, provider="127.0.0.5")
+    c = _start(inv, store)
+    try:
+        poller = c.evidence[0]
+        wait_until(lambda: any("fs_cli" in cmd for cmd in ssh_router.commands), 10, "the first poll")
+        assert poller.polls == 0 and store.phone_state("0004f2fa0001").observed_at is None, "junk made an observation"
+        listing.write_text(bound("5001"))
+        wait_until(lambda: _server_state(store, "0004f2fa0002", 2).get("source") == "gateway", 10, "a bindings poll")
+        s1, s2 = _server_state(store, "0004f2fa0001", 2), _server_state(store, "0004f2fa0002", 2)
+        assert s1["state"] == REGISTERED and 55 <= s1["until"] - s1["t"] <= 61, s1
+        assert s2["state"] == UNREGISTERED, s2
+        assert store.phone_state("0004f2fa0001").working_server == 2
+        listing.write_text(bound())
+        wait_until(lambda: _server_state(store, "0004f2fa0001", 2).get("state") == UNREGISTERED, 10,
+                   "the binding's removal seen")
+        assert store.phone_state("0004f2fa0001").working_server is None
+    finally:
+        c.stop()
