@@ -105,3 +105,31 @@ def test_bad_capture_or_gateway_names_file_line_and_field(tmp_path, extra, route
         _load(tmp_path, extra, router)
     text = str(err.value)
     assert f"inv.yml:{line}" in text and message in text, text
+
+
+# ---------------------------------------------------------------- fleet status: state at each server, evidence age
+
+def test_status_row_and_table_show_each_server_with_source_and_age():
+    import time
+
+    from rich.console import Console
+
+    from fleet.status import row_for_json, table
+
+    st = PhoneState(mac=MAC)
+    now = time.time()
+    apply(st, wire(1, UNREGISTERED, now - 3, 403))
+    apply(st, wire(2, REGISTERED, now - 20, 200, 60, source="gateway"))
+    apply(st, line(REGISTERED, now - 100))
+    p = {"mac": MAC, "site": "hq", "model": "VVX 410", "state": st.to_dict(),
+         "configured_servers": [{"index": 1, "address": "prov", "register": True},
+                                {"index": 2, "address": "10.0.0.1", "register": True}]}
+    row = row_for_json(p)
+    assert [(s["index"], s["state"], s["source"], s["code"]) for s in row["servers"]] == [
+        (1, UNREGISTERED, "wire", 403), (2, REGISTERED, "gateway", 200)]
+    assert row["servers"][1]["expires_at"] == pytest.approx(now + 40, abs=0.01) and row["working_server"] == 2
+    assert set(row["evidence"]) == {"wire", "gateway", "event"}
+    console = Console(width=200, record=True)
+    console.print(table([p]))
+    text = console.export_text()
+    assert "1:down(403) wire 3s" in text and "2:up gateway 20s" in text and "wire 3s" in text, text
