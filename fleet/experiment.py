@@ -51,6 +51,7 @@ class ExperimentResult:
     outages: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     interrupted: str | None = None     # the signal that ended the run early, if one did
+    capture: list[dict] = field(default_factory=list)   # SIP the wire sources saw (report writes capture.pcap)
 
 
 class ExperimentRunner:
@@ -140,6 +141,7 @@ class ExperimentRunner:
             self._cleanup(exp, result)
         time.sleep(0.2)  # observations already in flight reach the store
         self._verdicts(exp, result)
+        result.capture = self.store.capture(exp)
         result.finished = time.time()
         result.errors.extend(f"{name} received while the WAN was being restored or the report computed: ignored until "
                              f"both were done" for name in guard.received)
