@@ -191,7 +191,7 @@ class SiteCollector:
                 out[p.mac] = {k: str(v) for layer in (self.site.params, p.params) for k, v in layer.items()}
         return out
 
-    def _sink(self) -> wire_sources.Sink:
+    def sink(self) -> wire_sources.Sink:
         """Callbacks for source threads: everything reaches the lists on the event loop's own thread."""
         loop = self.loop
         assert loop is not None
@@ -215,7 +215,7 @@ class SiteCollector:
 
     async def _start_sources(self) -> None:
         """Start what the inventory names; a source that cannot start is logged and the others still run."""
-        sink = self._sink()
+        sink = self.sink()
         targets = wire_sources.Targets(self.site, self.phone_params)
         await asyncio.to_thread(targets.refresh, True)
         for capture in self.site.capture:
