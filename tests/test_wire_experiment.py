@@ -1,0 +1,92 @@
+"""End to end without our invented syslog line: a WAN outage experiment observed from SIP on the wire and the
+phones' telephone notifications only.
+
+The lab (net 15, one site) has the phones' registration syslog line switched off, as on a SIP 3.x site. The
+inventory names `capture: router lan0`: the collector in a real `fleet worker` runs fleet's capture command
+over the router's SSH and decodes the pcap stream. Each phone's failover and recovery times must agree with
+the lab's ground truth within the sampling interval, the report must name the wire as the source of every
+transition, and capture.pcap must hold the SIP the run used.
+
+The DNS TTL is long (300 s) as on most sites: with the lab's 1 s the phones would re-resolve the provider's
+name at each refresh, the query would fail first (the WAN is down), and the phone would give up on the
+provider without sending a REGISTER, which a SIP capture cannot see.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dpkt
+import pytest
+import yaml
+
+from conftest import lab_spec, run_fleet
+
+pytestmark = pytest.mark.slow
+NET = 15
+SAMPLE = 0.25
+PLAYBOOK = """kind: experiment
+name: wire-only-fallback
+site: hq
+sample_interval: 0.25
+steps:
+  - {name: baseline on the provider, expect: working_server, server: 1, within: 30}
+  - {name: cut the WAN, outage: link-down, max_duration: 120}
+  - {name: phones fall back to the gateway, expect: working_server, server: 2, within: 30, measure: failover}
+  - {name: bring the WAN back, restore: true}
+  - {name: phones return to the provider, expect: working_server, server: 1, within: 20, measure: recovery}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory, worker_factory):
+    spec = lab_spec("wireonly", NET, phones=4)
+    spec["syslog_registration_line"] = False
+    spec["timing"]["dns_ttl"] = 300
+    lab = lab_factory(spec)
+    inv = yaml.safe_load(lab.inventory.read_text())
+    inv["sites"][0]["capture"] = "router lan0"
+    lab.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
+    worker_factory(lab.inventory)
+    return lab
+
+
+def _truth_change_time(status: dict, mac: str, server: int, after: float) -> float | None:
+    for e in status["ground_truth"]["phones"][mac]["events"]:
+        if e["kind"] == "working_server" and e["data"]["server"] == server and e["t"] >= after:
+            return e["t"]
+    return None
+
+
+def test_outage_observed_from_the_wire_and_notifications_agrees_with_ground_truth(lab, redis_url, tmp_path):
+    playbook = tmp_path / "wire-only.yml"
+    playbook.write_text(PLAYBOOK)
+    res = run_fleet(["experiment", "run", str(playbook), "--inventory", str(lab.inventory),
+                     "--report-dir", str(tmp_path / "reports"), "--json"], redis_url)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == 0, res.stderr + res.stdout[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["passed"] is True and len(doc["phones"]) == 4
+
+    truth = lab.status()
+    outage = doc["outages"][0]
+    for p in doc["phones"]:
+        sources = {e["source"] for e in p["timeline"]} - {"state at start"}
+        assert "syslog" not in sources and "wire" in sources and sources <= {"wire", "event"}, (p["mac"], sources)
+        t_fail = _truth_change_time(truth, p["mac"], 2, outage["start"])
+        t_back = _truth_change_time(truth, p["mac"], 1, outage["end"])
+        assert t_fail is not None and t_back is not None, p["mac"]
+        assert abs(outage["start"] + p["failover_s"] - t_fail) <= SAMPLE, (p["mac"], p["failover_s"], t_fail - outage["start"])
+        assert abs(outage["end"] + p["recovery_s"] - t_back) <= SAMPLE, (p["mac"], p["recovery_s"], t_back - outage["end"])
+        moves = [(t["from"], t["to"]) for t in p["transitions"]]
+        assert (1, 2) in moves and (2, 1) in moves, p["transitions"]
+        assert all("wire" in t["sources"] for t in p["transitions"] if (t["from"], t["to"]) in ((1, 2), (2, 1)))
+
+    report_dir = next((tmp_path / "reports").iterdir())
+    assert doc["capture"]["file"] == "capture.pcap" and doc["capture"]["written"] > 0
+    with open(report_dir / "capture.pcap", "rb") as f:
+        payloads = [bytes(dpkt.ip.IP(buf).data.data) for _, buf in dpkt.pcap.Reader(f)]
+    assert sum(p.startswith(b"REGISTER ") for p in payloads) >= 4 and any(p.startswith(b"SIP/2.0 200") for p in payloads)
+    page = (report_dir / "report.html").read_text()
+    assert 'class="register" data-server="1" data-source="wire"' in page
+    assert 'class="register" data-server="2" data-source="wire"' in page
