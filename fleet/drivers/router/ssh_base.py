@@ -211,7 +211,9 @@ class SshRouter(ABC):
         The caller reads with `StreamingExec.read` and ends it with `close`."""
         what = what or command
         try:
-            channel = self.client.get_transport().open_session(timeout=self.router.timeout)  # type: ignore[union-attr]
+            transport = self.client.get_transport()
+            transport.set_keepalive(15)  # type: ignore[union-attr]  # a vanished router: a broken stream, not a silent one
+            channel = transport.open_session(timeout=self.router.timeout)  # type: ignore[union-attr]
             channel.exec_command(command)
         except (socket.timeout, TimeoutError):
             raise DeviceTimeout(self.name, f"{what} did not start within {self.router.timeout:g}s") from None
