@@ -280,3 +280,27 @@ def test_gateway_bindings_are_polled_over_the_router_ssh(tmp_path, ssh_router, s
         assert store.phone_state("0004f2fa0001").working_server is None
     finally:
         c.stop()
+
+
+def test_a_capture_that_cannot_start_is_reported_and_the_rest_keeps_working(tmp_path, ssh_router, store):
+    """`capture: interface NAME` naming no interface of this host: the source says why (and is retried slowly);
+    the collector's other sources still record."""
+    import http.client
+
+    from hil import phone_reports
+
+    inv = _inventory(tmp_path, ssh_router, (free_port(), free_port()), ["interface nosuch0"])
+    c = _start(inv, store)
+    try:
+        local = c.evidence[0]
+        wait_until(lambda: local.last_error, 10, "the local capture's error")
+        assert "nosuch0" in local.last_error or "CAP_NET_RAW" in local.last_error, local.last_error
+        mac, (ip, _) = next(iter(PHONES.items()))
+        host, port = inv.sites[0].collector.events.rsplit(":", 1)
+        conn = http.client.HTTPConnection(host, int(port), timeout=5, source_address=(ip, 0))
+        conn.request("POST", "/events", body=phone_reports.line_event("LineRegistrationEvent", mac, ip, 1))
+        assert conn.getresponse().status == 200
+        conn.close()
+        wait_until(lambda: store.phone_state(mac).line_state == REGISTERED, 10, "the event recorded")
+    finally:
+        c.stop()

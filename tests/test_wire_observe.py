@@ -133,3 +133,53 @@ def test_status_row_and_table_show_each_server_with_source_and_age():
     console.print(table([p]))
     text = console.export_text()
     assert "1:down(403) wire 3s" in text and "2:up gateway 20s" in text and "wire 3s" in text, text
+
+
+# ---------------------------------------------------------------- a capture source fed junk
+
+def _pump(chunks: list[bytes]):
+    """Run the capture sources' read loop (wire_sources._WireThread.pump) over `chunks`; (observations, error)."""
+    from fleet.drivers.collect import wire_sources
+    from fleet.inventory import Capture
+    from fleet.drivers.collect.pcap_stream import PcapFormatError
+
+    params = {"reg.1.address": "1001", "reg.1.server.1.address": "10.0.0.5"}
+    site = Inventory.model_validate({"name": "x", "sites": [{"name": "a", "gateway": "10.0.0.1",
+                                                             "boot_server": {"url": "file:///x"},
+                                                             "phones": [{"mac": MAC, "model": "VVX 410",
+                                                                         "address": "10.0.0.20", "credentials": "c",
+                                                                         "params": params}]}]}).sites[0]
+    got: list = []
+    sink = wire_sources.Sink(got.extend, lambda source, dgs: None)
+    src = wire_sources.LocalCapture(site, sink, Capture(kind="interface", interface="eth0"),
+                                    wire_sources.Targets(site, lambda: {MAC: params}))
+    feed = iter(chunks)
+    assert src._pipeline().build.attribution.targets, "a phone is a target: junk must still give nothing"
+    try:
+        src.pump(lambda timeout: next(feed, None))
+    except PcapFormatError as exc:
+        return got, exc
+    return got, None
+
+
+def test_junk_on_the_capture_stream_ends_the_run_with_a_format_error_and_no_observation():
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    from fleet.drivers.collect.pcap_stream import PcapWriter
+
+    import io
+    head = io.BytesIO()
+    PcapWriter(head, 1)
+
+    @settings(max_examples=150, deadline=None)
+    @given(st.lists(st.binary(max_size=400), max_size=6), st.booleans())
+    def run(chunks, with_header):
+        got, _ = _pump(([head.getvalue()] if with_header else []) + chunks)
+        assert got == []
+
+    run()
+    got, err = _pump([b"GET / HTTP/1.1\r\n\r\n" * 3])
+    assert got == [] and "not a pcap stream" in str(err)
+    got, err = _pump([head.getvalue(), b"\x00" * 10])
+    assert got == [] and "ended inside a record" in str(err)
