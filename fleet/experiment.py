@@ -285,7 +285,9 @@ class ExperimentRunner:
         detail = {"mac": phone.mac, "server": server, "observed": calls[0]}
         self.store.log_event(exp, "call", **detail)
         ok = server == step.expect_server
-        return StepResult(step.name, "call", ok, 0, f"call from {phone.mac} went to server {server} ({calls[0]['address']})"
+        seen_by = sorted({c.get("source", "?") for c in calls if c.get("server") == server})
+        return StepResult(step.name, "call", ok, 0, f"call from {phone.mac} went to server {server} ({calls[0]['address']}; "
+                          f"seen by {', '.join(seen_by)})"
                           + ("" if ok else f", expected server {step.expect_server}"), detail)
 
     # ------------------------------------------------------------------ verdicts

@@ -188,3 +188,12 @@ class ObservationBuilder:
         if target is None:
             return None
         return observation(outcome, target, self.source)
+
+    def call(self, outcome) -> Observation | None:
+        """A call observation (sip_calls.CallOutcome): the server at the INVITE's destination answered it."""
+        target = self.attribution.lookup(outcome.request)
+        if target is None:
+            return None
+        return Observation(mac=target.mac, t=outcome.t, source=self.source, reg=target.reg, server=target.server,
+                           address=f"{target.address[0]}:{target.address[1]}", kind="call", code=outcome.code,
+                           detail=f"call to {outcome.dialled} answered {outcome.code}")

@@ -1,6 +1,8 @@
 """One decoder for the three wire inputs: frames from a pcap stream, HEP v3 datagrams, plain UDP datagrams.
 
 frame/HEP -> Datagram -> REGISTER message -> RegisterMatcher -> outcome -> attributed Observation.
+INVITEs take the same path through InviteMatcher: the final answer to a phone's INVITE becomes a "call"
+observation naming the server that answered it (what a call check asks).
 Each input gets its own WireEvidence (its own source label: "wire" for a
 capture, "hep" for HEP) so reports can name which one saw a transition.
 Nothing fed in can raise out of here: malformed input is counted in `stats`.
@@ -13,6 +15,7 @@ from dataclasses import replace
 
 from ...observe import Observation
 from . import hep
+from .sip_calls import CallOutcome, InviteMatcher, invite_message
 from .sip_transactions import T1_TIMEOUT, RegisterMatcher, RegisterOutcome
 from .wire_decode import Datagram, FrameDecoder, register_message
 from .wire_observations import Attribution, ObservationBuilder
@@ -56,6 +59,7 @@ class WireEvidence:
         self.source = source
         self.decoder = FrameDecoder()
         self.matcher = RegisterMatcher(timeout=timeout, max_pending=max_pending, timeouts=timeouts)
+        self.invites = InviteMatcher()
         self.build = ObservationBuilder(attribution, source)
         self.clock = PacketClock()
         self.outcomes: list[RegisterOutcome] | None = None     # set to [] to keep outcomes (tests, reports)
@@ -80,6 +84,9 @@ class WireEvidence:
         self.clock.saw(dg.t)
         msg = register_message(dg.payload)
         if msg is None:
+            call = invite_message(dg.payload)
+            if call is not None:
+                return self._call(self.invites.feed(call, dg.t, dg.src, dg.dst))
             self._stats["not_register"] += 1
             return []
         self._stats["register_messages"] += 1
@@ -92,7 +99,16 @@ class WireEvidence:
         if now is None:
             return []
         self.decoder.reassembler.expire(now)
+        self.invites.expire(now)
         return self._observe(self.matcher.expire(now))
+
+    def _call(self, outcome: CallOutcome | None) -> list[Observation]:
+        if outcome is None:
+            return []
+        obs = self.build.call(outcome)
+        if obs is None:
+            return []
+        return [replace(obs, t=obs.t + self.clock.offset) if self.stamp == "local" else obs]
 
     def _observe(self, outcomes: list[RegisterOutcome]) -> list[Observation]:
         out: list[Observation] = []
@@ -110,6 +126,6 @@ class WireEvidence:
     def stats(self) -> dict[str, int]:
         total: Counter[str] = Counter()
         for c in (self._stats, self.decoder.stats, self.decoder.reassembler.stats, self.matcher.stats,
-                  self.build.attribution.stats):
+                  self.invites.stats, self.build.attribution.stats):
             total.update(c)
         return dict(total)

@@ -1,0 +1,52 @@
+"""Call evidence from the wire: the final answer to a phone's INVITE names the server that took the call."""
+from __future__ import annotations
+
+from fleet.drivers.collect.wire_decode import Datagram
+from fleet.drivers.collect.wire_observations import Attribution, WireTarget
+from fleet.drivers.collect.wire_pipeline import WireEvidence
+from sipwire import message as sip
+
+MAC = "0004f2000001"
+PHONE = ("192.168.1.10", 5060)
+PROVIDER, GATEWAY = ("203.0.113.10", 5060), ("192.168.1.1", 5060)
+
+
+def _ev() -> WireEvidence:
+    return WireEvidence(Attribution([WireTarget(MAC, 1, 1, PROVIDER, "1001"), WireTarget(MAC, 1, 2, GATEWAY, "1001")]))
+
+
+def _invite(server, cseq: int, call_id: str = "call-1@x") -> sip.SipMessage:
+    return sip.make_request("INVITE", f"sip:2000@{server[0]}", local=PHONE, from_uri=f"sip:1001@{server[0]}",
+                            to_uri=f"sip:2000@{server[0]}", call_id=call_id, cseq=cseq, from_tag="f",
+                            contact="<sip:1001@192.168.1.10:5060>")
+
+
+def _feed(ev: WireEvidence, t: float, src, dst, msg) -> list:
+    return ev.feed_datagram(Datagram(t, src, dst, msg.encode() if hasattr(msg, "encode") else msg))
+
+
+def test_the_answered_invite_names_the_server_and_a_challenge_is_not_the_answer():
+    ev = _ev()
+    out = []
+    first = _invite(PROVIDER, 1)
+    out += _feed(ev, 1.0, PHONE, PROVIDER, first)            # the provider never answers (WAN down)
+    out += _feed(ev, 1.5, PHONE, PROVIDER, first)            # a retransmission
+    second = _invite(GATEWAY, 1, "call-2@x")
+    out += _feed(ev, 5.0, PHONE, GATEWAY, second)
+    out += _feed(ev, 5.01, GATEWAY, PHONE, sip.make_response(second, 100, "Trying"))
+    out += _feed(ev, 5.02, GATEWAY, PHONE, sip.make_response(second, 407, "Proxy Authentication Required"))
+    third = _invite(GATEWAY, 2, "call-2@x")
+    out += _feed(ev, 5.1, PHONE, GATEWAY, third)
+    out += _feed(ev, 5.3, GATEWAY, PHONE, sip.make_response(third, 200, "OK"))
+    out += _feed(ev, 5.4, GATEWAY, PHONE, sip.make_response(third, 200, "OK"))   # retransmitted 200: one call
+    out += ev.tick(100.0)
+    assert [(o.kind, o.server, o.code, o.detail, o.t) for o in out] == [("call", 2, 200, "call to 2000 answered 200", 5.3)]
+
+
+def test_junk_and_stray_answers_make_no_call():
+    ev = _ev()
+    stray = sip.make_response(_invite(GATEWAY, 9), 486, "Busy Here")
+    assert _feed(ev, 1.0, GATEWAY, PHONE, stray) == []
+    assert _feed(ev, 1.0, PHONE, GATEWAY, b"INVITE sip:x SIP/2.0\r\nVia: nonsense\r\n\r\n") == []
+    assert _feed(ev, 1.0, PHONE, ("10.9.9.9", 5060), _invite(("10.9.9.9", 5060), 1)) == []
+    assert ev.stats.get("stray_invite_responses") == 1
