@@ -50,3 +50,27 @@ def test_junk_and_stray_answers_make_no_call():
     assert _feed(ev, 1.0, PHONE, GATEWAY, b"INVITE sip:x SIP/2.0\r\nVia: nonsense\r\n\r\n") == []
     assert _feed(ev, 1.0, PHONE, ("10.9.9.9", 5060), _invite(("10.9.9.9", 5060), 1)) == []
     assert ev.stats.get("stray_invite_responses") == 1
+
+
+def _register(server, cseq: int, expires: int = 60) -> sip.SipMessage:
+    return sip.make_request("REGISTER", f"sip:{server[0]}", local=PHONE, from_uri=f"sip:1001@{server[0]}",
+                            to_uri=f"sip:1001@{server[0]}", call_id="reg-1@x", cseq=cseq, from_tag="f",
+                            contact="<sip:1001@192.168.1.10:5060>", extra=[("Expires", str(expires))])
+
+
+def test_a_registration_not_refreshed_by_its_expiry_lapses():
+    """The phone goes silent (switched off, or its DNS lookup failed so it sent nothing): the binding the
+    wire saw granted is reported gone at its expiry; a refresh in time keeps it."""
+    ev = WireEvidence(_ev().build.attribution, lapse=True)
+    req = _register(PROVIDER, 1)
+    out = _feed(ev, 10.0, PHONE, PROVIDER, req) + _feed(ev, 10.1, PROVIDER, PHONE, sip.make_response(req, 200, "OK", extra=[("Expires", "60")]))
+    assert [(o.state, o.expires) for o in out] == [("registered", 60)]
+    assert ev.tick(60.0) == []
+    again = _register(PROVIDER, 2)
+    _feed(ev, 60.0, PHONE, PROVIDER, again)
+    _feed(ev, 60.1, PROVIDER, PHONE, sip.make_response(again, 200, "OK", extra=[("Expires", "60")]))
+    assert ev.tick(100.0) == [], "refreshed at 60: good until 120"
+    lapsed = ev.tick(121.5)
+    assert [(o.server, o.state, o.t, o.source) for o in lapsed] == [(1, "unregistered", 120.1, "wire")], lapsed
+    assert "lapsed" in lapsed[0].detail and ev.tick(500.0) == []
+    assert WireEvidence(_ev().build.attribution).lapse is False, "replays of a file do not invent lapses"

@@ -13,7 +13,7 @@ import time
 from collections import Counter
 from dataclasses import replace
 
-from ...observe import Observation
+from ...observe import REGISTERED, UNREGISTERED, Observation
 from . import hep
 from .sip_calls import CallOutcome, InviteMatcher, invite_message
 from .sip_transactions import T1_TIMEOUT, RegisterMatcher, RegisterOutcome
@@ -48,11 +48,18 @@ class WireEvidence:
     for a pcap file replayed later); `stamp="local"` moves them onto this host's wall clock through the packet
     clock's offset (right for a live stream from a router whose clock may be off, since fleet.observe orders
     observations from all sources by time). Call `tick()` every second or so: it ends unanswered transactions
-    and forgets old state."""
+    and forgets old state.
+
+    `lapse=True`: a registration this input saw granted is reported unregistered when its expiry passes
+    with no refresh seen (t = the expiry): the registrar has dropped the binding by then. That is how a
+    phone that went silent shows (switched off, or it stopped sending because its DNS lookup of the server
+    failed, which a SIP capture cannot see)."""
+
+    LAPSE_GRACE = 1.0      # seconds past the expiry before calling it lapsed (an answer may be in flight)
 
     def __init__(self, attribution: Attribution, *, source: str = "wire", timeout: float = T1_TIMEOUT,
                  max_pending: int = 200_000, stamp: str = "capture",
-                 timeouts: dict[tuple[str, int], float] | None = None) -> None:
+                 timeouts: dict[tuple[str, int], float] | None = None, lapse: bool = False) -> None:
         if stamp not in ("capture", "local"):
             raise ValueError(f"stamp must be 'capture' or 'local', got {stamp!r}")
         self.stamp = stamp
@@ -63,6 +70,8 @@ class WireEvidence:
         self.build = ObservationBuilder(attribution, source)
         self.clock = PacketClock()
         self.outcomes: list[RegisterOutcome] | None = None     # set to [] to keep outcomes (tests, reports)
+        self.lapse = lapse
+        self._bound: dict[tuple[str, int, int], Observation] = {}   # newest granted registration per target
         self._stats: Counter[str] = Counter()
 
     def feed_frame(self, t: float, linktype: int, frame: bytes) -> list[Observation]:
@@ -100,7 +109,29 @@ class WireEvidence:
             return []
         self.decoder.reassembler.expire(now)
         self.invites.expire(now)
-        return self._observe(self.matcher.expire(now))
+        out = self._observe(self.matcher.expire(now))
+        if self.lapse:
+            out += self._lapsed(now + (self.clock.offset if self.stamp == "local" else 0.0))
+        return out
+
+    def _track(self, obs: Observation) -> None:
+        key = (obs.mac, obs.reg, obs.server or 0)
+        if obs.state == REGISTERED and obs.expires:
+            self._bound[key] = obs
+        else:
+            self._bound.pop(key, None)
+
+    def _lapsed(self, now: float) -> list[Observation]:
+        out = []
+        for key, obs in list(self._bound.items()):
+            until = obs.t + (obs.expires or 0)
+            if now >= until + self.LAPSE_GRACE:
+                del self._bound[key]
+                self._stats["lapsed"] += 1
+                out.append(Observation(mac=obs.mac, t=until, source=self.source, reg=obs.reg, server=obs.server,
+                                       state=UNREGISTERED, address=obs.address,
+                                       detail=f"lapsed: no refresh seen within expires={obs.expires}"))
+        return out
 
     def _call(self, outcome: CallOutcome | None) -> list[Observation]:
         if outcome is None:
@@ -119,6 +150,8 @@ class WireEvidence:
             if obs is not None:
                 if self.stamp == "local":
                     obs = replace(obs, t=obs.t + self.clock.offset)
+                if self.lapse:
+                    self._track(obs)
                 out.append(obs)
         return out
 

@@ -203,7 +203,7 @@ class _WireThread(SourceThread):
 
     def _pipeline(self) -> WireEvidence:
         self.targets.refresh(force=True)
-        return WireEvidence(Attribution(self.targets.wire), source=self.source, stamp="local",
+        return WireEvidence(Attribution(self.targets.wire), source=self.source, stamp="local", lapse=True,
                             timeouts=transaction_timeouts(self.targets.wire, self.targets.by_mac))
 
     def pump(self, read: Callable[[float], bytes | None]) -> None:
@@ -313,7 +313,7 @@ class HepSource:
     def __init__(self, site: Site, sink: Sink, targets: Targets) -> None:
         self.site, self.sink, self.targets = site, sink, targets
         targets.refresh(force=True)
-        self.evidence = WireEvidence(Attribution(targets.wire), source=self.source, stamp="local",
+        self.evidence = WireEvidence(Attribution(targets.wire), source=self.source, stamp="local", lapse=True,
                                      timeouts=transaction_timeouts(targets.wire, targets.by_mac))
 
     def on_packet(self, pkt, addr) -> None:
