@@ -16,6 +16,8 @@ Kamailio is proved about one configuration:
 * the `ctl` module's binrpc socket, for `kamcmd ul.dump`.
 
 Kamailio forks into the background with a pid file; `stop` ends it by that pid.
+Started `attached`, it stays a child of the caller instead and gets SIGTERM
+when the caller dies (so a killed lab leaves no Kamailio holding its address).
 """
 from __future__ import annotations
 
@@ -167,6 +169,7 @@ class Kamailio:
     config: KamailioConfig
     workdir: Path
     pid: int | None = field(default=None, init=False)
+    process: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
     @property
     def sock(self) -> Path:
@@ -192,18 +195,29 @@ class Kamailio:
             raise KamailioError(f"Kamailio refused {self.cfg_file}: {check.stderr.strip()[-600:]}")
         return self.cfg_file
 
-    def start(self, wrap: list[str] | None = None, timeout: float = 10.0) -> Path:
-        """Start it (inside `wrap`, e.g. `ip netns exec NS`); returns the control socket once it is there."""
+    def start(self, wrap: list[str] | None = None, timeout: float = 10.0, attached: bool = False) -> Path:
+        """Start it (inside `wrap`, e.g. `ip netns exec NS`); returns the control socket once it is there.
+        `attached`: Kamailio's main process stays our child (-DD) and ends when we do."""
         self.write_config()
         argv = [*(wrap or []), "kamailio", "-f", str(self.cfg_file), "-P", str(self.pid_file), "-w", str(self.workdir)]
-        res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
-        if res.returncode != 0:
-            raise KamailioError(f"`{' '.join(argv)}` exited {res.returncode}: {res.stderr.strip()[-600:]}")
+        if attached:
+            self.process = subprocess.Popen([*argv, "-DD"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+        else:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                raise KamailioError(f"`{' '.join(argv)}` exited {res.returncode}: {res.stderr.strip()[-600:]}")
         deadline = time.monotonic() + timeout
         while not self.sock.exists():
+            if self.process is not None and self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise KamailioError(f"Kamailio ({self.config.role}) exited {self.process.returncode}: {err.strip()[-600:]}")
             if time.monotonic() > deadline:
+                self.stop()
                 raise KamailioError(f"Kamailio ({self.config.role}) did not start within {timeout:g}s (no {self.sock})")
             time.sleep(0.05)
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()           # logging goes to syslog (log_stderror=no); nothing more to read
         try:
             self.pid = int(self.pid_file.read_text().strip())
         except (OSError, ValueError):
@@ -218,19 +232,29 @@ class Kamailio:
                 pid = int(self.pid_file.read_text().strip())
             except ValueError:
                 pid = None
+        if pid is None and self.process is not None:
+            pid = self.process.pid
         if pid is None:
             return
         try:
             os.kill(pid, signal.SIGTERM)
         except ProcessLookupError:
             pass
-        deadline = time.monotonic() + 5
-        while time.monotonic() < deadline:
+        if self.process is not None:
             try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                break
-            time.sleep(0.05)
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+            self.process = None
+        else:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
         self.pid = None
 
     def kamcmd(self, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
@@ -238,6 +262,16 @@ class Kamailio:
 
     def ul_dump(self, brief: bool = False) -> str:
         return ul_dump(self.sock, brief=brief)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+    except OSError:
+        pass
 
 
 def kamcmd(sock: Path, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
@@ -264,9 +298,9 @@ class KamailioGateway:
         return self.server.sock
 
     async def start(self) -> None:
-        import asyncio
-
-        await asyncio.to_thread(self.server.start)
+        """In the event loop's own thread on purpose: the death signal is tied to the thread that forked, and a
+        worker thread of to_thread may end before the lab does. It runs before any phone starts."""
+        self.server.start(attached=True)
 
     def stop(self) -> None:
         self.server.stop()

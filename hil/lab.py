@@ -36,6 +36,7 @@ SIP_PORT = 5060
 DNS_PORT = 5353
 SSH_PORT = 2222
 SNMP_PORT = 1161
+HEP_TAP_PORT = 9060     # on the router's LAN address: the Kamailio gateway's siptrace
 BOOT_HTTP_PORT = 8080
 BOOT_FTP_PORT = 2121
 PHONE_HTTP_PORT = 8080
@@ -186,11 +187,14 @@ class Lab:
         siptrace sending HEP to the site's collector)."""
         lan, name, realm = self.lan_ip(k, 1), f"gateway-{site.name}", f"{site.name}.gateway"
         if site.gateway == "kamailio":
-            hep = None
+            collector = None
             if site.collector.hep:
                 host, _, port = site.collector.hep.rpartition(":")
-                hep = (host, int(port))
-            kam = KamailioGateway(name, lan, SIP_PORT, realm, self.sip_users, self.state_dir / f"kamailio-{site.name}", hep)
+                collector = (host, int(port))
+            # siptrace goes to the router, which shows the SIP to its captures and passes the HEP on to the collector
+            await router.start_hep_tap((lan, HEP_TAP_PORT), collector)
+            kam = KamailioGateway(name, lan, SIP_PORT, realm, self.sip_users, self.state_dir / f"kamailio-{site.name}",
+                                  (lan, HEP_TAP_PORT))
             await kam.start()
             router.kamailio_ctl = kam.ctl
             return kam
@@ -268,11 +272,22 @@ class Lab:
                            "dns_port": DNS_PORT, "state_dir": str((self.state_dir / f"router-{site.name}-outages").resolve())},
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
+                **self._evidence_inventory(rt),
             })
         inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
                "secrets_file": str(self.state_dir / "secrets.yml"),
                "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
         return inv, secrets_doc
+
+    def _evidence_inventory(self, rt: SiteRuntime) -> dict:
+        """A Kamailio gateway is a per-server evidence source a real site has: its registrar (polled with kamcmd
+        over the router's SSH) and, with a HEP address, its siptrace. Nothing for the lab's own gateway."""
+        if rt.spec.gateway != "kamailio":
+            return {}
+        out: dict = {"gateway": {"address": self.lan_ip(rt.k, 1), "platform": "kamailio"}}
+        if rt.spec.collector.hep:
+            out["capture"] = [f"hep {rt.spec.collector.hep}"]
+        return out
 
     def write_inventory(self, path: Path) -> None:
         inv, secrets_doc = self.inventory()

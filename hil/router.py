@@ -25,7 +25,7 @@ from pathlib import Path
 
 import asyncssh
 
-from .router_capture import Capture, CaptureArgsError, parse_args, pcap_header
+from .router_capture import Capture, CaptureArgsError, hep3_sip, parse_args, pcap_header
 from .router_commands import RouterCommands, WanState
 
 log = logging.getLogger(__name__)
@@ -96,6 +96,7 @@ class UserspaceRouter:
         self.slow: dict[str, float] = {}    # lab fault: command substring -> seconds before it runs
         self.captures: list[Capture] = []    # running `tcpdump -w -` streams
         self.kamailio_ctl: Path | None = None    # the site's Kamailio gateway, for `kamcmd` over SSH
+        self.hep_tap: asyncio.DatagramTransport | None = None
 
     # ------------------------------------------------------------------ data plane
     async def start_relay(self) -> None:
@@ -156,6 +157,28 @@ class UserspaceRouter:
 
         endpoint.datagram_received = on_datagram  # type: ignore[method-assign]
         endpoint.transport = _Tapped()  # type: ignore[attr-defined]
+
+    async def start_hep_tap(self, listen: tuple[str, int], forward_to: tuple[str, int] | None) -> None:
+        """Receive the Kamailio gateway's siptrace (HEP v3): its SIP goes into the LAN captures (the gateway runs
+        on the router, so tcpdump there would see it), and each datagram goes on unchanged to the site's HEP
+        collector when it has one."""
+        router = self
+
+        class _Tap(asyncio.DatagramProtocol):
+            def connection_made(self, transport) -> None:  # type: ignore[override]
+                self.transport = transport
+
+            def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+                if forward_to is not None:
+                    self.transport.sendto(data, forward_to)
+                if router.captures:
+                    sip = hep3_sip(data)
+                    if sip is not None:
+                        # stamped on arrival, not with Kamailio's time: a capture's records are in time order
+                        _, src, dst, payload = sip
+                        router.capture("lan0", src, dst, payload)
+
+        self.hep_tap, _ = await asyncio.get_running_loop().create_datagram_endpoint(_Tap, local_addr=listen)
 
     async def _stream_capture(self, argv: list[str], reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         """`tcpdump ...` on the control socket: a JSON answer line, then pcap bytes until the tool goes away."""
@@ -268,6 +291,8 @@ class UserspaceRouter:
         for cap in list(self.captures):
             cap.closed = True
             cap.writer.close()  # type: ignore[attr-defined]
+        if self.hep_tap:
+            self.hep_tap.close()
         if self.ctl_server:
             self.ctl_server.close()
         if self.ssh_server:

@@ -160,3 +160,34 @@ class Capture:
             return
         self.frames += 1
         self.writer.write(pcap_record(t, udp_frame(src, dst, payload, self.frames)))  # type: ignore[attr-defined]
+
+
+def hep3_sip(data: bytes) -> tuple[float, tuple[str, int], tuple[str, int], bytes] | None:
+    """(time, source, destination, SIP bytes) of one HEP v3 datagram over IPv4, or None for anything else.
+
+    The Kamailio gateway's siptrace reports its SIP this way; the router puts it into its LAN captures, as
+    tcpdump on a router that runs the gateway itself would see it."""
+    if len(data) < 6 or data[:4] != b"HEP3":
+        return None
+    total = struct.unpack("!H", data[4:6])[0]
+    if total > len(data):
+        return None
+    chunks: dict[int, bytes] = {}
+    pos = 6
+    while pos + 6 <= total:
+        vendor, ctype, length = struct.unpack("!HHH", data[pos:pos + 6])
+        if length < 6 or pos + length > total:
+            return None
+        if vendor == 0:
+            chunks.setdefault(ctype, data[pos + 6:pos + length])
+        pos += length
+    try:
+        src = (str(ipaddress.IPv4Address(chunks[3])), struct.unpack("!H", chunks[7])[0])
+        dst = (str(ipaddress.IPv4Address(chunks[4])), struct.unpack("!H", chunks[8])[0])
+        t = struct.unpack("!I", chunks[9])[0] + struct.unpack("!I", chunks[10])[0] / 1e6
+        payload = chunks[15]
+    except (KeyError, struct.error, ipaddress.AddressValueError):
+        return None
+    if chunks.get(11, b"\x01")[:1] != b"\x01":      # protocol type 1 = SIP
+        return None
+    return t, src, dst, payload

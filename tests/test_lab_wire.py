@@ -31,7 +31,7 @@ from fleet.observe import REGISTERED, UNREGISTERED
 from fleet.redisboot import free_port
 from hil import kamailio as kam
 from hil.phone_types import UP
-from tests.conftest import lab_spec, wait_until
+from conftest import lab_spec, wait_until
 
 pytestmark = pytest.mark.lab
 NET = 19
@@ -65,7 +65,8 @@ class Site:
         self.site = inv["sites"][0]
         self.router = self.site["router"]
         self.phones = {p["mac"]: (p["address"], p["params"]["reg.1.address"]) for p in self.site["phones"]}
-        self.gateway = (self.site["gateway"], 5060)
+        gateway = self.site["gateway"]      # an address, or {address, platform} for a Kamailio gateway
+        self.gateway = (gateway["address"] if isinstance(gateway, dict) else gateway, 5060)
 
     async def ssh(self) -> asyncssh.SSHClientConnection:
         return await asyncssh.connect(self.router["address"], port=self.router["port"], username="admin",
@@ -151,8 +152,8 @@ def test_router_capture_over_ssh_shows_each_phones_register_and_200_on_both_side
 
     def lan_done(msgs):
         lan_dst = {dg.dst[0] for dg, m, _ in msgs if m.method == "REGISTER" and dg.src[0] in ips and dg.dst[1] == 5060}
-        return all(any(_register_answered(msgs, u, d) for d in lan_dst) for u in users) and (
-            KAMAILIO_MISSING is None or all(_register_answered(msgs, u, site.gateway[0]) for u in users))
+        return all(any(_register_answered(msgs, u, d) for d in lan_dst) for u in users) and all(
+            _register_answered(msgs, u, site.gateway[0]) for u in users)
 
     ips = {ip for ip, _ in site.phones.values()}
     msgs, err = asyncio.run(_capture(site, "any", lambda m: lan_done(m) and all(
@@ -165,9 +166,11 @@ def test_router_capture_over_ssh_shows_each_phones_register_and_200_on_both_side
     assert all(dg.src[0] == wan_ip or dg.dst[0] == wan_ip for dg, m, _ in msgs if provider in (dg.src[0], dg.dst[0]))
     # LAN side: each phone's own address sends its REGISTERs and gets the 200s
     assert lan_done(msgs), [(dg.src, dg.dst, m.method or m.status) for dg, m, _ in msgs][-30:]
-    if KAMAILIO_MISSING is not None:      # the built-in gateway's SIP is on the router: the LAN capture has it too
-        for u in users:
-            assert _register_answered(msgs, u, site.gateway[0]), u
+    # the gateway runs on the router (the lab's own registrar, or Kamailio through its siptrace): the LAN side
+    # of the capture has its REGISTERs and 200s too, with the phones' own addresses
+    for u in users:
+        assert _register_answered(msgs, u, site.gateway[0]), u
+    assert {dg.src[0] for dg, m, _ in msgs if m.method == "REGISTER" and dg.dst == site.gateway} == ips
     # real capture times, in order within a second of the wall clock
     times = [t for _, _, t in msgs]
     assert times == sorted(times) and abs(times[-1] - time.time()) < 60
@@ -233,10 +236,11 @@ def _dump_says(dump: str) -> dict[str, bool]:
     return out
 
 
-def _agreement(site: Site) -> tuple[dict, dict, dict]:
-    """(collector, Kamailio's own dump, lab ground truth): per phone, registered at server 2 or not."""
-    res = site.run(gb.platform("kamailio").command)
-    assert res.exit_status == 0, res.stderr
+def _agreement(site: Site, before: str = "") -> tuple[dict, dict, dict]:
+    """(collector, Kamailio's own dump, lab ground truth): per phone, registered at server 2 or not.
+    `before`: a command run in the same SSH command just ahead of the dump."""
+    res = site.run(before + gb.platform("kamailio").command)
+    assert res.exit_status == 0 and "error:" not in res.stderr, res.stderr
     dump = res.stdout.decode() if isinstance(res.stdout, bytes) else res.stdout
     targets = [WireTarget(mac, 1, 2, site.gateway, user, phone_ip=ip) for mac, (ip, user) in site.phones.items()]
     obs = gb.observations(gb.platform("kamailio").parse(dump, None), targets, time.time())
@@ -251,6 +255,12 @@ def _agreement(site: Site) -> tuple[dict, dict, dict]:
 def _working(site: Site, server: int) -> bool:
     truth = site.truth()
     return all(truth[mac]["current"].get("working_server", {}).get("1") == server for mac in site.phones)
+
+
+@pytest.mark.skipif(KAMAILIO_MISSING is not None, reason=str(KAMAILIO_MISSING))
+def test_inventory_names_the_kamailio_gateway_and_its_hep_as_evidence_sources(site):
+    assert site.site["gateway"] == {"address": site.gateway[0], "platform": "kamailio"}
+    assert site.site["capture"] == [f"hep {site.lab.spec['sites'][0]['collector']['hep']}"]
 
 
 @pytest.mark.skipif(KAMAILIO_MISSING is not None, reason=str(KAMAILIO_MISSING))
@@ -271,6 +281,15 @@ def test_kamailio_ul_dump_over_router_ssh_and_the_bindings_collector_agree_throu
         assert set(collector) == set(site.phones), (phase, collector)
         assert collector == kamailio == lab, (phase, collector, kamailio, lab)
         assert set(collector.values()) == {REGISTERED}, (phase, collector)
+    # the collector reads Kamailio, not the phones: a binding the gateway drops is gone for it at once, while the
+    # phone still believes itself registered until its next refresh puts the binding back
+    mac, (_, user) = next(iter(site.phones.items()))
+    # s: keeps kamcmd from sending 1001 as a number; the dump follows at once, before the phone's next refresh
+    collector, kamailio, _ = _agreement(site, before=f"kamcmd ul.rm location s:{user} >&2 && ")
+    assert collector[mac] == kamailio[mac] == UNREGISTERED, (collector, kamailio)
+    assert [m for m, state in collector.items() if state == REGISTERED] == [m for m in site.phones if m != mac]
+    wait_until(lambda: (lambda c, k, t: c == k == t and set(c.values()) == {REGISTERED})(*_agreement(site)), 20,
+               "the phone's refresh restored its binding, and all three agree again")
 
 
 @pytest.mark.skipif(KAMAILIO_MISSING is not None, reason=str(KAMAILIO_MISSING))
@@ -297,3 +316,70 @@ def test_kamailio_siptrace_sends_hep_with_every_phones_register_to_the_site_coll
     phone_ips = {ip for ip, _ in site.phones.values()}
     assert {pkt.src[0] for pkt, m in seen if m.method == "REGISTER"} <= phone_ips
     assert all(pkt.proto_type == hep.PROTO_SIP for pkt, _ in seen)
+
+
+# ----------------------------------------------------------------------------------------------- units
+
+def test_router_capture_understands_fleets_capture_commands_and_refuses_what_tcpdump_would():
+    import shlex
+
+    from hil.router_capture import CaptureArgsError, parse_args
+
+    argv = shlex.split(capture_command("linux", "lan0", ports=(5060, 5070), hosts=("127.19.0.1", "127.69.0.10")))
+    assert argv[:2] == ["exec", "tcpdump"]
+    spec = parse_args(argv[2:])
+    assert spec.interfaces == ("lan0",) and spec.ports == {5060, 5070}
+    assert spec.hosts == {"127.19.0.1", "127.69.0.10"}
+    assert spec.matches("lan0", ("127.119.0.2", 5060), ("127.19.0.1", 5060))
+    assert not spec.matches("wan0", ("127.119.0.2", 5060), ("127.19.0.1", 5060))
+    assert not spec.matches("lan0", ("127.119.0.2", 5060), ("127.19.0.9", 5060)), "host filter"
+    assert not spec.matches("lan0", ("127.119.0.2", 40000), ("127.19.0.1", 53)), "port filter"
+    assert parse_args(shlex.split(capture_command("linux", "any"))[2:]).interfaces == ("lan0", "wan0")
+    for bad, word in ((["-w", "/tmp/x.pcap", "-i", "lan0"], "only streams"), (["-w", "-", "-i", "eth9"], "No such device"),
+                      (["-w", "-", "-X"], "not emulated"), (["-w", "-", "-i"], "requires an argument"),
+                      (["-w", "-", "host", "nowhere.example"], "unknown host")):
+        with pytest.raises(CaptureArgsError, match=word):
+            parse_args(bad)
+
+
+def test_router_capture_frames_decode_with_fleets_decoder_and_hep_from_kamailio_is_read():
+    from fleet.drivers.collect.hep import encode
+    from hil.router_capture import hep3_sip, pcap_header, pcap_record, udp_frame
+
+    payload = b"REGISTER sip:127.19.0.1 SIP/2.0\r\nCall-ID: a@b\r\nCSeq: 1 REGISTER\r\n\r\n"
+    stream = pcap_header() + pcap_record(1764000000.25, udp_frame(("127.119.0.2", 5060), ("127.19.0.1", 5060), payload))
+    parser = PcapStreamParser()
+    recs = parser.feed(stream[:30]) + parser.feed(stream[30:])
+    assert len(recs) == 1 and recs[0].t == pytest.approx(1764000000.25)
+    dg = FrameDecoder(fast_path=False).decode(recs[0].t, recs[0].linktype, recs[0].frame)
+    assert dg is not None and (dg.src, dg.dst, dg.payload) == (("127.119.0.2", 5060), ("127.19.0.1", 5060), payload)
+    hep_bytes = encode(("127.119.0.2", 5060), ("127.19.0.1", 5060), 1764000000.5, payload)
+    assert hep3_sip(hep_bytes) == (pytest.approx(1764000000.5), ("127.119.0.2", 5060), ("127.19.0.1", 5060), payload)
+    for junk in (b"", b"HEP3", hep_bytes[:20], b"HEP3\xff\xff" + hep_bytes[6:], b"\x01" * 40):
+        assert hep3_sip(junk) is None
+
+
+def test_lab_file_gateway_and_hep_options_are_validated(tmp_path):
+    from fleet.yamlfile import FileError
+    from hil import labfile
+
+    base = lab_spec("v", NET, phones=1)
+    ok = dict(base, syslog_registration_line=False)
+    ok["sites"] = [dict(base["sites"][0], gateway="kamailio",
+                        collector=dict(base["sites"][0]["collector"], hep="127.0.0.1:9999"))]
+    path = tmp_path / "ok.yml"
+    path.write_text(yaml.safe_dump(ok))
+    lab = labfile.load(path)
+    assert lab.sites[0].gateway == "kamailio" and lab.sites[0].collector.hep == "127.0.0.1:9999"
+    assert lab.syslog_registration_line is False
+    for change, words in (({"gateway": "asterisk"}, "gateway"),
+                          ({"collector": dict(base["sites"][0]["collector"], hep="127.0.0.1:9999")}, "gateway: kamailio"),
+                          ({"gateway": "kamailio", "collector": dict(base["sites"][0]["collector"], hep="10.0.0.1:9060")},
+                           "loopback")):
+        bad = dict(base, sites=[dict(base["sites"][0], **change)])
+        path.write_text(yaml.safe_dump(bad))
+        with pytest.raises(FileError, match=words):
+            labfile.load(path)
+    path.write_text(yaml.safe_dump(dict(base, syslog_registration_line="no")))
+    with pytest.raises(FileError, match="syslog_registration_line"):
+        labfile.load(path)
