@@ -65,7 +65,8 @@ def lab(lab_factory, worker_factory):
     site["capture"] = "router lan0"
     if not KAMAILIO_MISSING:
         site["capture"] = ["router lan0", f"hep {hep}"]
-        site["gateway"] = {"address": site["gateway"], "platform": "kamailio", "interval": 1}
+        gw = site["gateway"] if isinstance(site["gateway"], dict) else {"address": site["gateway"]}
+        site["gateway"] = {**gw, "platform": "kamailio", "interval": 1}
     lab.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
     worker_factory(lab.inventory)
     return lab
