@@ -18,6 +18,7 @@ the site's phones (or inside the site's `collector.allow_from` networks).
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import logging
 import socket
@@ -25,8 +26,6 @@ import threading
 import time
 
 from aiohttp import web
-
-import base64
 
 from .drivers.collect import wire_sources
 from .drivers.collect.formats import parse_line_event, parse_syslog
