@@ -249,6 +249,7 @@ class SiteCollector:
         while True:
             await asyncio.sleep(0.5)
             try:
+                await asyncio.to_thread(source.follow.refresh)    # Redis and DNS: off the event loop
                 source.tick()
             except Exception as exc:  # never let one source's bug stop the collector
                 log.warning("collector %s: %s tick failed: %s", self.site.name, source.source, exc)

@@ -74,3 +74,30 @@ def test_a_registration_not_refreshed_by_its_expiry_lapses():
     assert [(o.server, o.state, o.t, o.source) for o in lapsed] == [(1, "unregistered", 120.1, "wire")], lapsed
     assert "lapsed" in lapsed[0].detail and ev.tick(500.0) == []
     assert WireEvidence(_ev().build.attribution).lapse is False, "replays of a file do not invent lapses"
+
+
+def test_register_to_an_address_no_target_has_makes_the_targets_rebuild_soon(monkeypatch):
+    """A rollout moved server 2: the capture sees REGISTERs to the new address, rebuilds its targets from the
+    configuration the phones now run, and attributes the next ones."""
+    from fleet.drivers.collect import wire_sources
+    from fleet.inventory import Inventory
+
+    monkeypatch.setattr(wire_sources, "RETARGET_SOON_S", 0.0)
+    params = {"reg.1.address": "1001", "reg.1.server.1.address": PROVIDER[0], "reg.1.server.2.address": GATEWAY[0]}
+    site = Inventory.model_validate({"name": "x", "sites": [{"name": "a", "gateway": GATEWAY[0],
+                                                             "boot_server": {"url": "file:///x"},
+                                                             "phones": [{"mac": MAC, "model": "VVX 410",
+                                                                         "address": PHONE[0], "credentials": "c"}]}]}).sites[0]
+    running = {MAC: dict(params)}
+    targets = wire_sources.Targets(site, lambda: {m: dict(p) for m, p in running.items()})
+    targets.refresh(force=True)
+    ev = WireEvidence(Attribution(targets.wire))
+    follow = wire_sources.Follower(ev, targets)
+    moved = ("192.168.1.254", 5060)
+    running[MAC]["reg.1.server.2.address"] = moved[0]           # what the rollout pushed
+    first = _register(moved, 1)
+    assert _feed(ev, 1.0, PHONE, moved, first) + _feed(ev, 1.1, moved, PHONE, sip.make_response(first, 200, "OK")) == []
+    follow.tick()
+    again = _register(moved, 2)
+    out = _feed(ev, 2.0, PHONE, moved, again) + _feed(ev, 2.1, moved, PHONE, sip.make_response(again, 200, "OK"))
+    assert [(o.server, o.state, o.address) for o in out] == [(2, "registered", "192.168.1.254:5060")]

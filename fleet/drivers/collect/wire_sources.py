@@ -37,6 +37,7 @@ from .wire_pipeline import WireEvidence
 
 log = logging.getLogger(__name__)
 RETARGET_S = 60.0          # how often attribution is rebuilt (DNS answers and pushed configurations change)
+RETARGET_SOON_S = 5.0      # ... or this soon when REGISTERs went to addresses no target has (a rollout moved them)
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
 
 
@@ -139,23 +140,50 @@ class Targets:
         self.wire: list[WireTarget] = []
         self.by_mac: dict[str, dict[str, str]] = {}
 
-    def refresh(self, force: bool = False) -> bool:
-        if not force and time.monotonic() - self.at < RETARGET_S:
-            return False
+    def refresh(self, force: bool = False, soon: bool = False) -> None:
+        """Rebuild when `force`, when RETARGET_S passed, or (`soon`: traffic nobody's target fits) when
+        RETARGET_SOON_S passed. Sources share one Targets and follow its `generation` (see `follow`)."""
+        age = time.monotonic() - self.at
+        if not force and age < (RETARGET_SOON_S if soon else RETARGET_S):
+            return
         self.at = time.monotonic()
         try:
-            self.by_mac = self.params()
-            self.wire = site_targets(self.site, self.by_mac, self.resolve)
+            by_mac = self.params()
+            self.wire = site_targets(self.site, by_mac, self.resolve)
+            self.by_mac = by_mac
+            self.generation += 1
         except Exception as exc:
             log.warning("site %s: cannot rebuild wire targets (%s); keeping the previous ones", self.site.name, exc)
-            return False
-        return True
+
+    generation = 0
 
 
-def retarget(ev: WireEvidence, targets: Targets) -> None:
-    """Point a running pipeline at rebuilt targets (open transactions stay open)."""
-    ev.build.attribution = Attribution(targets.wire)
-    ev.matcher.timeouts = transaction_timeouts(targets.wire, targets.by_mac)
+class Follower:
+    """Keeps one pipeline on the site's current targets: call `tick()` about once a second."""
+
+    def __init__(self, ev: WireEvidence, targets: Targets) -> None:
+        self.ev, self.targets = ev, targets
+        self.generation = targets.generation
+        self.unattributed = 0
+
+    def tick(self) -> None:
+        self.refresh()
+        self.apply()
+
+    def refresh(self) -> None:
+        """The slow half (Redis, DNS): may run on another thread than the pipeline's."""
+        stats = self.ev.build.attribution.stats
+        unattributed = stats["unknown_destination"] + stats["no_matching_phone"]
+        self.targets.refresh(soon=unattributed > self.unattributed)
+        self.unattributed = unattributed
+
+    def apply(self) -> None:
+        """The quick half: on the pipeline's own thread."""
+        if self.targets.generation != self.generation:
+            self.generation = self.targets.generation
+            self.ev.build.attribution = Attribution(self.targets.wire)
+            self.ev.matcher.timeouts = transaction_timeouts(self.targets.wire, self.targets.by_mac)
+            self.unattributed = 0
 
 
 class SourceThread(threading.Thread):
@@ -209,6 +237,7 @@ class _WireThread(SourceThread):
     def pump(self, read: Callable[[float], bytes | None]) -> None:
         """Read until the stream ends or we stop; every framing error ends this run (the caller restarts)."""
         ev = self.evidence = self._pipeline()
+        follow = Follower(ev, self.targets)
         parser = PcapStreamParser()
         next_tick = time.monotonic() + 1.0
         self.running.set()
@@ -228,8 +257,7 @@ class _WireThread(SourceThread):
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0
                 out += ev.tick()
-                if self.targets.refresh():
-                    retarget(ev, self.targets)
+                follow.tick()
             if kept:
                 self.sink.keep(self.source, kept)
             if out:
@@ -311,10 +339,11 @@ class HepSource:
     source = "hep"
 
     def __init__(self, site: Site, sink: Sink, targets: Targets) -> None:
+        """`targets` must be built already (its refresh blocks: not on the event loop)."""
         self.site, self.sink, self.targets = site, sink, targets
-        targets.refresh(force=True)
         self.evidence = WireEvidence(Attribution(targets.wire), source=self.source, stamp="local", lapse=True,
                                      timeouts=transaction_timeouts(targets.wire, targets.by_mac))
+        self.follow = Follower(self.evidence, targets)
 
     def on_packet(self, pkt, addr) -> None:
         from . import hep
@@ -328,9 +357,9 @@ class HepSource:
             self.sink.observe(out)
 
     def tick(self) -> None:
+        """On the event loop (where packets are fed): timeouts and lapses; `follow.refresh` runs elsewhere."""
         out = self.evidence.tick()
-        if self.targets.refresh():
-            retarget(self.evidence, self.targets)
+        self.follow.apply()
         if out:
             self.sink.observe(out)
 
