@@ -6,7 +6,8 @@ inventory names `capture: router lan0`: the collector in a real `fleet worker` r
 over the router's SSH and decodes the pcap stream. Each phone's failover and recovery times must agree with
 the lab's ground truth within the sampling interval, the report must name the wire as the source of every
 transition, the call step must learn from the wire (the answered INVITE) that the call went to the gateway,
-and capture.pcap must hold the SIP the run used.
+and capture.pcap must hold the SIP the run used. A rollout on the same lab verifies `registered_to: [1, 2]`
+after each reboot from the same evidence.
 
 Where Kamailio is installed the site's gateway is Kamailio, as on many real sites: its siptrace sends HEP to
 the collector (`capture: hep ...`) and its registrar is polled with `kamcmd ul.dump` over the router's SSH
@@ -144,3 +145,28 @@ def test_kamailio_gateway_hep_and_bindings_agree_with_its_own_dump(lab, redis_ur
     for mac in phones:
         assert truth[mac]["current"].get("working_server", {}).get("1") == 1, truth[mac]["current"]
         assert states[mac].working_server == 1, states[mac].to_dict()
+
+
+def test_rollout_verifies_registered_to_both_servers_without_syslog(lab, redis_url, tmp_path):
+    """`verify: registered_to: [1, 2]` after each reboot, with the registration syslog line off: the wire's
+    REGISTER answers (and Kamailio's HEP and bindings, where it runs) are the evidence."""
+    import time
+
+    pb = tmp_path / "expiry.yml"
+    pb.write_text(yaml.safe_dump({
+        "kind": "rollout", "name": "wire-expiry", "params": {"reg.1.server.1.expires": 12},
+        "strategy": {"canary": 1, "wave_size": 2, "max_unavailable": 2, "failure_budget": {"total": 0},
+                     "progress_deadline": 120},
+        "verify": {"registered_to": [1, 2], "within": 25}, "rollback": True}))
+    t0 = time.time()
+    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(lab.inventory), "--json"], redis_url, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-2000:]
+    out = json.loads(res.stdout)
+    assert out["status"] == "done" and out["counts"] == {"total": 4, "verified": 4}, out
+    truth = lab.status()["ground_truth"]["phones"]
+    store = Store(redis_url)
+    for mac in truth:
+        assert any(e["kind"] == "reboot" and e["t"] >= t0 for e in truth[mac]["events"]), mac
+        state = store.phone_state(mac)
+        assert state.servers[1]["source"] == "wire" and state.servers[1]["t"] >= t0, state.to_dict()
+        assert "syslog" not in state.evidence, state.evidence
