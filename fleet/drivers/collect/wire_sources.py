@@ -206,7 +206,7 @@ class SourceThread(threading.Thread):
                 self.run_once()
                 self.failures = 0
             except Exception as exc:  # anything: a source never takes the collector down
-                self.failures += 1
+                self.failures = 1 if self.running.is_set() else self.failures + 1   # it had worked: retry soon
                 self.last_error = f"{type(exc).__name__}: {exc}"[:300]
                 log.warning("collector %s: %s failed (%s); restarting", self.site.name, self.label, self.last_error)
             self.running.clear()
@@ -230,7 +230,8 @@ class _WireThread(SourceThread):
         self.evidence: WireEvidence | None = None
 
     def _pipeline(self) -> WireEvidence:
-        self.targets.refresh(force=True)
+        if self.targets.generation == 0:      # never built yet (run_once builds them before a capture starts)
+            self.targets.refresh(force=True)
         return WireEvidence(Attribution(self.targets.wire), source=self.source, stamp="local", lapse=True,
                             timeouts=transaction_timeouts(self.targets.wire, self.targets.by_mac))
 
