@@ -25,6 +25,7 @@ from .drivers.collect.formats import parse_line_event, parse_syslog
 from .drivers.collect.poller import Poller
 from .inventory import Inventory, Secrets, Site
 from .observe import Observation, from_line_info
+from .site_registry import register_site
 from .store import Store
 
 log = logging.getLogger(__name__)
@@ -229,7 +230,7 @@ def start_site_collectors(inv: Inventory, secrets: Secrets, store: Store, sites:
     started = []
     for name in sites:
         site = inv.site(name)
-        store.register_site(inv, site)
+        register_site(store, inv, site)
         collector = SiteCollector(site, store, secrets)
         try:
             collector.start()

@@ -22,6 +22,7 @@ from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, Rest
 from .predict import failover_max, recovery_max, servers
 from .lease import LeaseLost, SiteLease, default_ttl
 from .signals import Interrupted, SignalGuard
+from .site_registry import register_site
 from .store import RolloutStore, Store
 from .task_errors import TaskFailed
 from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, timeline
@@ -114,7 +115,7 @@ class ExperimentRunner:
         exp = self.store.new_experiment(self.site.name, self.pb.name)
         result = ExperimentResult(id=exp, playbook=self.pb.name, site=self.site.name, started=time.time())
         try:
-            self.store.register_site(self.inv, self.site)
+            register_site(self.store, self.inv, self.site)
             self.store.set_observing(self.site.name, exp)
             # where each phone stood when the run began: the first lane segment of its timeline
             self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}
