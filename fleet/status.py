@@ -1,4 +1,4 @@
-"""Rows for `fleet status`: the JSON shape scripts rely on, and the table people read."""
+"""`fleet status` for people: the table (the JSON rows scripts read are shaped in fleet.phone_row)."""
 from __future__ import annotations
 
 import time
