@@ -14,6 +14,8 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
+from celery import Signature
+
 from . import tasks
 from .celeryapp import site_queue
 from .deadline import poll_until
@@ -70,7 +72,7 @@ class ExperimentRunner:
         self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
 
     # ------------------------------------------------------------------ helpers
-    def _task(self, sig, expires: float | None = None) -> dict:
+    def _task(self, sig: Signature, expires: float | None = None) -> dict:
         """Send a task signature to the site's queue and wait for it; its result with `ok`, or `ok: False` and why.
 
         `expires`: seconds after which no worker may start it any more. A task
