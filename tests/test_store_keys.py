@@ -67,3 +67,13 @@ def test_no_key_name_is_built_outside_the_store():
                 if pattern.search(line):
                     offenders.append(f"{path.relative_to(ROOT)}:{n}: {line.strip()}")
     assert not offenders, "\n".join(offenders)
+
+
+def test_inside_the_store_only_keys_builds_a_name():
+    """A new key family is added to `Keys` and the table, not written as an f-string in some method."""
+    source = (ROOT / "fleet/store.py").read_text()
+    start = source.index("\nclass Keys:")
+    end = source.index("\nK = Keys")
+    outside = source[:start] + source[end:]
+    loose = [line.strip() for line in outside.splitlines() if 'f"{P}' in line or "f'{P}" in line]
+    assert not loose, loose
