@@ -207,12 +207,12 @@ def percentiles(values: list[float]) -> str:
 def latency(phones: int, spread: float) -> None:
     import http.client
     import tempfile
-    import threading
 
     from fleet.collector import SiteCollector
     from fleet.drivers.collect import wire_sources
     from fleet.inventory import Inventory
     from fleet.redisboot import free_port, start_private
+    from fleet.site_registry import register_site
     from hil import phone_reports
 
     url, redis_proc = start_private(Path(tempfile.mkdtemp(prefix="bench-evidence-")))
@@ -228,7 +228,7 @@ def latency(phones: int, spread: float) -> None:
                                "params": {"reg.1.address": user}} for mac, user, ip in map(lat_phone, range(phones))]}]})
     site = inv.sites[0]
     store = TimedStore(url)
-    store.register_site(inv, site)
+    register_site(store, inv, site)
     collector = SiteCollector(site, store, None, inv)      # type: ignore[arg-type]
     collector.start()
 

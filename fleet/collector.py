@@ -33,6 +33,7 @@ from .drivers.collect.poller import Poller
 from .drivers.collect.wire_decode import Datagram
 from .inventory import Inventory, Secrets, Site
 from .observe import Observation, from_line_info
+from .site_registry import register_site
 from .store import RolloutStore, Store
 
 log = logging.getLogger(__name__)
@@ -355,7 +356,7 @@ def start_site_collectors(inv: Inventory, secrets: Secrets, store: Store, sites:
     started = []
     for name in sites:
         site = inv.site(name)
-        store.register_site(inv, site)
+        register_site(store, inv, site)
         collector = SiteCollector(site, store, secrets, inv)
         try:
             collector.start()

@@ -14,7 +14,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .celeryapp import app as celery_app
+from celery import Signature
+
+from . import tasks
 from .celeryapp import site_queue
 from .deadline import poll_until
 from .inventory import Inventory, Phone, Site
@@ -22,7 +24,9 @@ from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, Rest
 from .predict import failover_max, recovery_max, servers
 from .lease import LeaseLost, SiteLease, default_ttl
 from .signals import Interrupted, SignalGuard
+from .site_registry import register_site
 from .store import RolloutStore, Store
+from .task_errors import TaskFailed
 from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, timeline
 
 TASK_TIMEOUT = 60.0
@@ -69,13 +73,20 @@ class ExperimentRunner:
         self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
 
     # ------------------------------------------------------------------ helpers
-    def _task(self, name: str, *args, expires: float | None = None) -> dict:
-        """Send a task and wait for it. `expires`: seconds after which no worker may start it any more."""
-        result = celery_app.send_task(name, args=list(args), queue=self.queue, expires=expires)
+    def _task(self, sig: Signature, expires: float | None = None) -> dict:
+        """Send a task signature to the site's queue and wait for it; its result with `ok`, or `ok: False` and why.
+
+        `expires`: seconds after which no worker may start it any more. A task
+        that failed says why itself (TaskFailed); a timeout or a lost worker is
+        named with the task.
+        """
+        result = sig.apply_async(queue=self.queue, expires=expires)
         try:
-            return result.get(timeout=self.task_timeout, propagate=True)
+            return {"ok": True, **result.get(timeout=self.task_timeout, propagate=True)}
+        except TaskFailed as exc:
+            return {"ok": False, "error": str(exc)[:300]}
         except Exception as exc:  # timeouts, worker lost: surfaced as a step failure with a reason
-            return {"ok": False, "error": f"{name}: {type(exc).__name__}: {exc}"[:300]}
+            return {"ok": False, "error": f"{sig.task}: {type(exc).__name__}: {exc}"[:300]}
 
     def _phones(self, selector) -> list[Phone]:
         phones = self.site.phones
@@ -107,7 +118,7 @@ class ExperimentRunner:
         exp = self.store.new_experiment(self.site.name, self.pb.name)
         result = ExperimentResult(id=exp, playbook=self.pb.name, site=self.site.name, started=time.time())
         try:
-            self.store.register_site(self.inv, self.site)
+            register_site(self.store, self.inv, self.site)
             self.store.set_observing(self.site.name, exp)
             # where each phone stood when the run began: the first lane segment of its timeline
             self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}
@@ -183,8 +194,9 @@ class ExperimentRunner:
                   "deadman": "", "restore": None, "confirmed": "not restored yet"}
         result.outages.append(record)
         self.open_outage = record
-        res = self._task("fleet.router_outage", self.site.name, exp, outage_id, step.outage, step.max_duration,
-                         step.loss, step.delay_ms, getattr(step, "rate_kbit", 0), expires=self.task_timeout)
+        res = self._task(tasks.router_outage.s(self.site.name, exp, outage_id, step.outage, step.max_duration,
+                                               step.loss, step.delay_ms, getattr(step, "rate_kbit", 0)),
+                         expires=self.task_timeout)
         self.store.log_event(exp, "outage", **res)
         record["cut"] = res.get("outcome") or f"unknown ({res.get('error', 'no answer')})"
         record["deadman"] = res.get("deadman") or ""
@@ -213,7 +225,7 @@ class ExperimentRunner:
             return StepResult(name, "restore", True, 0, "no outage open")
         # No worker may start this restore after the dead-man has fired anyway; until then it is always worth running.
         expires = max(self.task_timeout, float(self._max_duration(record)))
-        res = self._task("fleet.router_restore", self.site.name, exp, record["id"], record["mode"], expires=expires)
+        res = self._task(tasks.router_restore.s(self.site.name, exp, record["id"], record["mode"]), expires=expires)
         self.store.log_event(exp, "restore", **res)
         record["restore"] = res.get("outcome") or f"failed ({res.get('error', 'no answer')})"
         if not res.get("ok"):
@@ -274,7 +286,7 @@ class ExperimentRunner:
         if phone is None:
             return StepResult(step.name, "call", False, 0, "no phone to call from")
         t0 = time.time()
-        res = self._task("fleet.place_call", self.site.name, exp, phone.mac, step.call)
+        res = self._task(tasks.place_call.s(self.site.name, exp, phone.mac, step.call))
         if not res.get("ok"):
             return StepResult(step.name, "call", False, 0, f"dial failed: {res.get('error')}", res)
         calls = poll_until(lambda: [o for o in self.store.observations(exp, phone.mac) if o.get("kind") == "call" and o["t"] >= t0],

@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import BIN, ROOT, RunningLab, free_port, run_fleet, start_lab
+from fleet.store import RolloutStore, Store
 
 pytestmark = pytest.mark.slow
 SRV = {"expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}
@@ -177,9 +178,7 @@ def test_failures_spend_the_budget_halt_and_roll_back_then_resume_finishes(fleet
 
 
 def test_abort_stops_after_in_flight_phones_settle_and_resume_finishes(fleet_lab, redis_url, tmp_path):
-    import redis as redis_mod
-
-    r = redis_mod.Redis.from_url(redis_url, decode_responses=True)
+    rs = RolloutStore(Store(redis_url))
     pb = playbook(tmp_path, params={"reg.1.server.1.expires": 22}, targets={"sites": ["west"]},
                   strategy={"canary": 0, "wave_size": 25, "max_unavailable": 1, "failure_budget": {"total": 0},
                             "progress_deadline": 200})
@@ -189,10 +188,10 @@ def test_abort_stops_after_in_flight_phones_settle_and_resume_finishes(fleet_lab
     deadline = time.monotonic() + 60
     rid = None
     while time.monotonic() < deadline:
-        ids = r.zrevrange("fleet:rollouts", 0, 0)
-        if ids and r.hget(f"fleet:rollout:{ids[0]}", "playbook_path") == str(pb.resolve()):
-            rid = ids[0]
-            if any(r.hget(k, "state") == "verified" for k in r.scan_iter(f"fleet:rollout:{rid}:phone:*")):
+        latest = rs.list(limit=1)
+        if latest and rs.get_field(latest[0]["id"], "playbook_path") == str(pb.resolve()):
+            rid = latest[0]["id"]
+            if any(st.get("state") == "verified" for st in rs.phones(rid, rs.macs(rid)).values()):
                 break
         time.sleep(0.1)
     assert rid

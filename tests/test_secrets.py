@@ -448,9 +448,9 @@ def _backups(lab) -> list[str]:
 
 
 def test_finished_rollout_leaves_no_backups_unless_asked_to_keep_them(small_lab, redis_url, tmp_path):
-    import redis as redis_mod
+    from fleet.store import RolloutStore, Store
 
-    r = redis_mod.Redis.from_url(redis_url, decode_responses=True)
+    rs = RolloutStore(Store(redis_url))
     strategy = {"canary": 1, "wave_size": 3, "max_unavailable": 2, "progress_deadline": 120}
     verify = {"registered_to": [1], "within": 30}
     assert _backups(small_lab) == []
@@ -466,14 +466,14 @@ def test_finished_rollout_leaves_no_backups_unless_asked_to_keep_them(small_lab,
     res = run_fleet(["rollout", "run", str(pb), "--inventory", str(small_lab.inventory), "--json"], redis_url, timeout=200)
     out = json.loads(res.stdout)
     assert out["status"] == "done" and out["counts"] == {"total": 4, "verified": 4}, res.stderr[-2000:]
-    marks = [v for k in r.scan_iter(f"fleet:rollout:{out['id']}:phone:*") for f, v in r.hgetall(k).items()
+    marks = [v for rec in rs.phones(out["id"], rs.macs(out["id"]), full=True).values() for f, v in rec.items()
              if f.startswith("backed_up:")]
     assert "yes" in marks, f"the rollout backed files up before changing them: {marks}"
     deadline = time.monotonic() + 30
     while any(out["id"] in f for f in _backups(small_lab)) and time.monotonic() < deadline:
         time.sleep(0.2)
     assert _backups(small_lab) == kept_files, f"left behind: {_backups(small_lab)}"
-    assert r.hget(f"fleet:rollout:{out['id']}", "backups_removed:hq"), "the worker recorded the removal"
+    assert rs.get_field(out["id"], "backups_removed:hq"), "the worker recorded the removal"
 
 
 def test_digest_is_enough_for_the_virtual_phones(small_lab):

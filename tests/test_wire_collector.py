@@ -22,6 +22,7 @@ import yaml
 
 from conftest import free_port, wait_until
 from fleet.collector import SiteCollector
+from fleet.site_registry import register_site
 from fleet.drivers.collect import hep
 from fleet.drivers.collect.local_capture import CaptureUnavailable, check_capture
 from fleet.inventory import Inventory, Secrets
@@ -124,14 +125,13 @@ def _inventory(tmp: Path, router: SshRouter, ports: tuple[int, int], capture: li
 @pytest.fixture
 def store(redis_url):
     s = Store(redis_url)
-    for mac in PHONES:
-        s.r.delete(f"fleet:phone:{mac}")
+    s.forget_phones(list(PHONES))
     return s
 
 
 def _start(inv: Inventory, store: Store) -> SiteCollector:
     site = inv.sites[0]
-    store.register_site(inv, site)
+    register_site(store, inv, site)
     c = SiteCollector(site, store, Secrets(inv), inv)
     c.start()
     return c
