@@ -19,11 +19,11 @@ from .celeryapp import site_queue
 from .deadline import poll_until
 from .inventory import Inventory, Phone, Site
 from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
-from .predict import failover_max, recovery_max, servers
+from .predict import servers
 from .lease import LeaseLost, SiteLease, default_ttl
 from .signals import Interrupted, SignalGuard
 from .store import RolloutStore, Store
-from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, timeline
+from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, predicted_bounds, timeline
 
 TASK_TIMEOUT = 60.0
 
@@ -68,6 +68,26 @@ class ExperimentRunner:
         self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
 
     # ------------------------------------------------------------------ helpers
+    def _family(self, phone: Phone) -> str:
+        """The firmware family the phone runs (its own, else the inventory's)."""
+        return getattr(phone, "firmware_family", None) or self.inv.firmware_family
+
+    def _dns_ttl(self, params: dict[str, str], family: str) -> float | None:
+        """The TTL the site's DNS gives the primary's name, read once and only for a phone in DNSTTL mode."""
+        if not hasattr(self, "_ttl_cache"):
+            self._ttl_cache: dict[str, float | None] = {}
+        primary = next(iter(servers(params, family=family)), None)
+        if primary is None or primary.failback_mode != "DNSTTL" or not self.site.dns:
+            return None
+        name = primary.address
+        if name not in self._ttl_cache:
+            from . import validate
+            from .dns_ttl import ttl_of
+
+            host, port = validate.hostport(self.site.dns, "DNS server address")
+            self._ttl_cache[name] = ttl_of(name, host, int(port or 53))
+        return self._ttl_cache[name]
+
     def _task(self, name: str, *args, expires: float | None = None) -> dict:
         """Send a task and wait for it. `expires`: seconds after which no worker may start it any more."""
         result = celery_app.send_task(name, args=list(args), queue=self.queue, expires=expires)
@@ -305,8 +325,10 @@ class ExperimentRunner:
         for p in self.site.phones:
             params = pushed.get(p.mac) or self.inv.effective_params(self.site, p)
             obs = self.store.observations(exp, p.mac)
-            v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=failover_max(params),
-                             predicted_recovery_max_s=recovery_max(params),
+            family = self._family(p)
+            pred = predicted_bounds(params, family, obs, outage, self._dns_ttl(params, family))
+            v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=pred.failover_max_s,
+                             predicted_recovery_max_s=pred.recovery_max_s, prediction_notes=pred.notes,
                              timeline=timeline(obs, self.initial.get(p.mac), result.started))
             seen = {name: r for name, r in seen_by_step.items() if p.mac in selected[name]}
             result.phones.append(judge_phone(v, len(servers(params)), expectations, seen, obs, outage))
