@@ -20,6 +20,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from soundpoint import families
+
 DETECTION_SLACK = 1.0   # seconds: syslog/event delivery and the resolver's own timeout budget
 RFC3261_TIMER_F = 32.0  # 64 x T1 (500 ms): a REGISTER with retryTimeOut 0/null gives up after this
 
@@ -28,9 +30,11 @@ RFC3261_TIMER_F = 32.0  # 64 x T1 (500 ms): a REGISTER with retryTimeOut 0/null 
 class RetryModel:
     """How a family retries a failed registration, as far as the predictions need it.
 
-    backoff False: a fixed interval, at most `fixed_max` s (SIP 2.x/3.x have no parameter for it).
+    backoff False: a fixed interval, at most `fixed_max` s (SIP 2.x/3.x and UC Software 4.0 have no parameter
+    for it: the seed's "typically 30 to 60 seconds").
     backoff True: waits from registerRetry.baseTimeOut doubling to maxTimeOut, each 50-100 % of its nominal
-    value (UC Software; the doubling is our reading of "grows from base to max", uncertain in detail).
+    value (UC Software 4.1.6+, i.e. the families with failover controls; the doubling is our reading of
+    "grows from base to max", uncertain in detail).
     """
     backoff: bool
     failover_controls: bool          # failOver.* (failBack.mode, reRegisterOn, onlySignalWithRegistered) exist
@@ -44,19 +48,14 @@ _UC = RetryModel(backoff=True, failover_controls=True)
 
 
 def retry_model(family: str | None) -> RetryModel:
-    """The retry model of a firmware family (None or an unknown name: the fixed interval of the seed)."""
+    """The retry model of a firmware family (soundpoint.families); None or an unknown name: the seed's fixed interval."""
+    if family is None:
+        return _FIXED
     try:
-        from soundpoint import families as _families   # the firmware profiles, when present
-    except ImportError:
-        _families = None
-    if family and _families is not None and hasattr(_families, "get"):
-        try:
-            fam = _families.get(family)
-        except (KeyError, ValueError):
-            fam = None
-        if fam is not None and hasattr(fam, "failover_controls"):
-            return _UC if fam.failover_controls else _FIXED
-    return _UC if family and family.startswith("uc-") else _FIXED
+        fam = families.get(family)
+    except families.FamilyError:
+        return _FIXED
+    return _UC if fam.failover_controls else _FIXED
 
 
 @dataclass(frozen=True)

@@ -99,12 +99,13 @@ def test_dnsttl_mode_receives_the_ttl():
 def test_uc_fallback_without_reregister_gets_no_register():
     params = two_servers()
     del params["reg.1.server.2.failOver.reRegisterOn"]          # UC Software default 0
-    assert predict.failover_max(params, family="uc-4.0") is None
-    assert "reRegisterOn" in predict.failover_problem(params, family="uc-4.0")
-    assert [t.registers for t in predict.servers(params, family="uc-4.0")] == [True, False]
-    # SIP 3.x has no such control: it registers with every configured server (R1)
-    assert predict.failover_problem(params, family="sip-3.x") is None
-    assert predict.failover_max(params, family="sip-3.x") == 100 + 2.0 + S
+    assert predict.failover_max(params, family=UC) is None
+    assert "reRegisterOn" in predict.failover_problem(params, family=UC)
+    assert [t.registers for t in predict.servers(params, family=UC)] == [True, False]
+    # SIP 3.x and UC Software 4.0 have no such control: they register with every configured server (R1)
+    for family in ("sip-3.x", "uc-4.0"):
+        assert predict.failover_problem(params, family=family) is None
+        assert predict.failover_max(params, family=family) == 100 + 2.0 + S
 
 
 def test_verdict_uses_granted_expiry_outage_length_and_says_why_a_bound_is_missing():
@@ -125,10 +126,10 @@ def test_verdict_uses_granted_expiry_outage_length_and_says_why_a_bound_is_missi
 
     no_rereg = two_servers()
     del no_rereg["reg.1.server.2.failOver.reRegisterOn"]
-    pred = predicted_bounds(no_rereg, "uc-4.0", obs, outage)
+    pred = predicted_bounds(no_rereg, UC, obs, outage)
     assert pred.failover_max_s is None and "reRegisterOn" in pred.notes[0]
 
 
-@pytest.mark.parametrize("family,expect_backoff", [("sip-2.x", False), ("sip-3.x", False), ("uc-4.0", True), ("uc-5.x", True)])
+@pytest.mark.parametrize("family,expect_backoff", [("sip-2.x", False), ("sip-3.x", False), ("uc-4.0", False), ("uc-5.x", True)])
 def test_retry_model_per_family(family, expect_backoff):
     assert predict.retry_model(family).backoff is expect_backoff
