@@ -11,7 +11,7 @@ from sipwire.endpoint import TransactionTimeout
 
 from .resolver import ResolveError
 
-from .phone_types import UP, Registration, ServerBinding
+from .phone_types import Registration, ServerBinding
 
 
 class Dialogs:
@@ -41,7 +41,7 @@ class Dialogs:
             return {"ok": False, "reason": f"no registration {reg_index}"}
         attempts = []
         for srv in reg.servers:
-            if srv.register and srv.state != UP:
+            if not self._may_signal_via(srv):
                 continue
             try:
                 ip = await self.resolver.resolve(srv.address)
@@ -105,6 +105,8 @@ class Dialogs:
         if msg.method in ("ACK",):
             return None
         if msg.method == "INVITE":
+            if not await self._request_allowed(msg, addr):
+                return sip.make_response(msg, 403, "Forbidden", to_tag=sip.new_tag(), received=addr)
             return sip.make_response(msg, 486, "Busy Here", to_tag=sip.new_tag(), received=addr)
         if msg.method in ("BYE", "NOTIFY"):
             return sip.make_response(msg, 200, "OK", received=addr)
