@@ -22,6 +22,8 @@ import asyncssh
 import yaml
 from aiohttp import web
 
+from soundpoint import families
+
 from .bootserver import FtpBootServer, HttpBootServerProcess
 from .dns_server import DnsServer
 from .groundtruth import GroundTruth
@@ -174,7 +176,8 @@ class Lab:
                              dns=(self.public_ip(k, 53), DNS_PORT), admin_password=self.admin_password,
                              boot_time=self.spec.timing.boot_time, boot_jitter=self.spec.timing.boot_jitter,
                              http_latency=self.spec.timing.http_latency,
-                             fault=site.faults.get(i))
+                             fault=site.faults.get(i), family=self.spec.phone_family(k, i),
+                             fixed_retry=self.spec.fixed_retry)
             rt.phones.append(VirtualPhone(spec, self.truth, self.http_session))
         return rt
 
@@ -187,7 +190,14 @@ class Lab:
             params.update({p + "address": address, p + "port": str(srv.port), p + "expires": str(srv.expires),
                            p + "expires.overlap": str(srv.overlap), p + "register": str(srv.register_),
                            p + "retryTimeOut": str(srv.retry_timeout_ms), p + "retryMaxCount": str(srv.retry_max_count),
-                           p + "registerRetry.baseTimeOut": f"{self.spec.timing.retry_interval:g}"})
+                           })
+            if any(families.get(f).failover_controls for f in self.spec.site_families(k)):
+                # UC Software 4.1.6+ only (the others ignore them): the retry backoff and, for a fallback,
+                # failOver.reRegisterOn (the phone's default 0 would never register there)
+                params.update({p + "registerRetry.baseTimeOut": f"{self.spec.timing.retry_interval:g}",
+                               p + "registerRetry.maxTimeOut": f"{self.spec.retry_max:g}"})
+                if y > 1:
+                    params[p + "failOver.reRegisterOn"] = str(srv.re_register)
         return params
 
     def site_params(self, k: int, site: SiteSpec) -> dict[str, str]:
@@ -229,7 +239,8 @@ class Lab:
             for i, phone in enumerate(rt.phones):
                 ext = str(site.phones.first_extension + i + 1000 * rt.k)
                 secrets_doc[f"sip_{ext}"] = {"password": self.sip_users[ext]}
-                phones.append({"mac": phone.mac, "model": phone.spec.model, "address": phone.spec.ip,
+                phones.append({"mac": phone.mac, "model": phone.spec.model, "firmware_family": phone.spec.family,
+                               "address": phone.spec.ip,
                                "http_port": PHONE_HTTP_PORT, "sip_port": SIP_PORT, "credentials": "phone_admin",
                                "params": {"reg.1.address": ext, "reg.1.auth.userId": ext,
                                           "reg.1.auth.password": f"secret:sip_{ext}"}})

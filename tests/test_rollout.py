@@ -22,7 +22,8 @@ def two_site_spec(name: str, net: int, per_site: int) -> dict:
                       "servers": [{"address": "provider", **SRV}, {"address": "gateway", **SRV}],
                       "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}}
     return {"name": name, "net": net, "firmware_family": "uc-5.x",
-            "timing": {"boot_time": 0.3, "boot_jitter": 2, "retry_interval": 3, "log_upload_period": 0, "dns_ttl": 1},
+            "timing": {"boot_time": 0.3, "boot_jitter": 2, "retry_interval": 3, "log_upload_period": 0, "dns_ttl": 1,
+                       "test_speed": True},
             "sites": [site("east"), site("west")]}
 
 
