@@ -118,3 +118,34 @@ def test_phone_whose_call_state_cannot_be_read_is_deferred_not_rebooted(lab, wor
     status = run_fleet(["rollout", "status", out["id"], "--json"], redis_url)
     assert "deferred" in status.stdout and "401" in status.stdout, status.stdout[-2000:]
     assert _boots(lab)[mac] == before, "a phone whose call state is unknown must not be rebooted"
+
+
+def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_url):
+    """apps.statePolling.URL set: the phone answers the poll with nothing and POSTs its state to the collector."""
+    from fleet.collector import SiteCollector
+    from fleet.store import Store
+
+    inv = inventory.load(lab.inventory)
+    site, phone = inv.sites[0], inv.sites[0].phones[0]
+    wait_until(lambda: lab.status()["phones"][0]["booted"], 20, "phone booted")
+    own = lab.state / f"boot-{site.name}" / f"{phone.mac}-reg.cfg"
+    url = f"http://{site.collector.events}/state"
+    own.write_text(own.read_text().replace("<reg\n", f"<reg\n  apps.statePolling.URL=\"{url}\"\n", 1))
+    store = Store(redis_url)
+    store.register_site(inv, site)
+    collector = SiteCollector(site, store)
+    collector.start()
+    try:
+        before = _boots(lab)[phone.mac]
+        _controls(lab)[0].reboot()          # alwaysReboot=1: the phone re-reads its files
+        wait_until(lambda: _boots(lab)[phone.mac] > before and lab.status()["phones"][0]["booted"], 20,
+                   "phone rebooted into push mode")
+        ctl = _controls(lab, **{"apps.statePolling.URL": url})[0]
+        ctl.access.store = store
+        check = ctl.call_check()
+        assert (check.state, check.reason) == ("idle", "pushed state")
+        assert store.pushed_call_state(phone.mac)[1] > time.time() - 10
+        # the same phone asked without a store to read pushes from: unknown, never idle
+        assert _controls(lab, **{"apps.statePolling.URL": url})[0].call_check().state == "unknown"
+    finally:
+        collector.stop()
