@@ -324,11 +324,13 @@ class Inventory(Strict):
             default = site.get("firmware_family") or fleet_default
             phones = []
             for j, phone in enumerate(site["phones"]):
-                if isinstance(phone, dict) and not (phone.get("firmware_family") or default):
-                    phone = {**phone, "firmware_family": _implicit_family(phone.get("model"))}
-                elif isinstance(phone, dict) and (phone.get("firmware_family") or default) in families.NAMES:
-                    own = bool(phone.get("firmware_family"))
-                    phone = {**phone, "firmware_family": phone.get("firmware_family") or default}
+                if not isinstance(phone, dict):
+                    phones.append(phone)
+                    continue
+                own = bool(phone.get("firmware_family"))
+                chosen = phone.get("firmware_family") or default
+                if chosen in families.NAMES or not chosen:
+                    phone = {**phone, "firmware_family": chosen or _implicit_family(phone.get("model"))}
                     _check_family(phone, ("sites", i, "phones", j), own,
                                   "site" if site.get("firmware_family") else "fleet")
                 phones.append(phone)

@@ -5,8 +5,6 @@ firmware does differently.
 """
 from __future__ import annotations
 
-import time
-
 from soundpoint import families
 
 from ..drivers.control import polling, sip_notify, web_ui

@@ -65,13 +65,16 @@ def pushed_call_state(phone: Phone, credentials: Credentials, store, timeout: fl
     name = f"phone {phone.mac} ({phone.address})"
     if store is None:
         raise DeviceTimeout(name, "state is pushed to apps.statePolling.URL, and no store to read it from")
+    from ...deadline import poll_until
+
     asked = time.time()
     _get(phone, credentials, timeout, True)
-    deadline = asked + wait
-    while True:
+
+    def newer():
         pushed = store.pushed_call_state(phone.mac)
-        if pushed is not None and pushed[1] >= asked:
-            return CallCheck("in-call" if pushed[0] else "idle", "pushed state")
-        if time.time() >= deadline:
-            raise DeviceTimeout(name, f"no state pushed to apps.statePolling.URL within {wait:g}s")
-        time.sleep(0.1)
+        return pushed if pushed is not None and pushed[1] >= asked else None
+
+    pushed = poll_until(newer, wait, 0.1)
+    if not pushed:
+        raise DeviceTimeout(name, f"no state pushed to apps.statePolling.URL within {wait:g}s")
+    return CallCheck("in-call" if pushed[0] else "idle", "pushed state")
