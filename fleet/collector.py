@@ -169,6 +169,7 @@ class SiteCollector:
         await self.loop.create_datagram_endpoint(lambda: _Syslog(self.pending, self.sources), local_addr=(host, port))  # type: ignore[union-attr]
         app = web.Application(client_max_size=65536)
         app.router.add_post("/events", self._event)
+        app.router.add_post("/state", self._state_push)     # apps.statePolling.URL (push mode)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, ehost, int(eport), reuse_address=True).start()
@@ -207,6 +208,22 @@ class SiteCollector:
             self.sources.drop(request.remote or "?", f"an event about phone {obs.mac}")
             return web.Response(status=403, text="a phone reports only for itself")
         self.pending.append(obs)
+        return web.Response(status=200)
+
+    async def _state_push(self, request: web.Request) -> web.Response:
+        """A phone in state-polling push mode POSTs its call state here; stored as the newest pushed state."""
+        from .drivers.control.polling import parse_call_state
+        from .drivers.errors import DriverError
+
+        macs = self.sources.speaks_for(request.remote or "")
+        if len(macs) != 1:
+            self.sources.drop(request.remote or "?", "a pushed state")
+            return web.Response(status=403, text="not exactly one phone of this site at that address")
+        try:
+            active = parse_call_state(await request.read(), f"phone at {request.remote}")
+        except DriverError:
+            return web.Response(status=400, text="not a call state document")
+        await asyncio.to_thread(self.store.set_phone_info, {next(iter(macs)): {"in_call": active, "in_call_pushed_at": time.time()}})
         return web.Response(status=200)
 
     async def _flush_loop(self) -> None:

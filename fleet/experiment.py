@@ -288,7 +288,7 @@ class ExperimentRunner:
 
     def _call(self, exp: str, step: CallStep) -> StepResult:
         phone = next((p for p in self.site.phones if (step.from_phone and p.mac == step.from_phone.lower())
-                      or (not step.from_phone and p.has_rest)), None)
+                      or (not step.from_phone and p.family.rest)), None)
         if phone is None:
             return StepResult(step.name, "call", False, 0, "no phone to call from")
         t0 = time.time()

@@ -79,6 +79,8 @@ def _params(mac: str, params: dict[str, str], family: str) -> None:
             if not _REFERENCE.match(value):
                 raise PlanRefused(f"{where}: malformed secret reference")
             continue
+        if polycom.families.get(family).lookup(name) is None:
+            continue        # known to another family only: the phone ignores it (see rollout_plan)
         try:
             polycom.check(name, value, family)
         except polycom.ParameterError as exc:
@@ -120,7 +122,7 @@ def check(inv: Inventory, rid: str, mac: str, state: dict) -> Checked:
     if entry.mac != mac or entry.site != site.name:
         raise PlanRefused(f"phone {mac}: the plan is for phone {entry.mac[:20]!r} at site {entry.site[:40]!r}, "
                           f"but the inventory has this phone at site {site.name}")
-    _params(mac, entry.params, inv.firmware_family)
+    _params(mac, entry.params, phone.family.name)
     for name, ref in entry.secret_refs.items():
         param = polycom.lookup(name)
         if param is None or not param.secret or not _REFERENCE.match(ref):

@@ -18,7 +18,7 @@ import time
 from celery import signals
 
 from . import inventory as inv_mod
-from . import phone_ops, plan_check, secret_params, task_args
+from . import phones, plan_check, secret_params, task_args
 from .celeryapp import app
 from .drivers import router as routers
 from .drivers.control.rest import RestPhone
@@ -142,8 +142,8 @@ def place_call(site_name: str, exp_id: str, mac: str, number: str) -> dict:
     inv, secrets = context()
     try:
         _, phone = inv.phone(mac)
-        if not phone.has_rest:
-            return {"ok": False, "error": f"phone {mac} ({phone.model}) has no REST API to place a call from"}
+        if not phone.family.rest:
+            return {"ok": False, "error": f"phone {mac} ({phone.model}, {phone.family.name}) has no REST API to place a call from"}
         RestPhone(phone, secrets.credentials(phone.credentials)).dial(number)
         return {"ok": True, "t": time.time()}
     except (DriverError, KeyError) as exc:
@@ -225,17 +225,19 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
     except (KeyError, ValueError) as exc:
         return _failed(rs, rid, mac, DriverError(f"phone {mac}", f"credentials: {exc}"))
     if state.get("state") == "rebooting" and state.get("reboot_at"):
-        return _confirm_reboot(rid, mac, attempt, float(state["reboot_at"]), phone, creds,
-                               plan.params, store, rs)
+        return _confirm_reboot(rid, mac, attempt, float(state["reboot_at"]),
+                               phones.for_phone(phone, creds, inv, secrets, store), plan.params, rs)
     if state.get("reboot_at"):
         return {"state": state.get("state"), "note": "already done for this attempt"}
     if rs.config_version(mac) == plan.config_hash:
         rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
         return {"state": "skipped"}
-    rest = RestPhone(phone, creds) if phone.has_rest else None   # one digest session for both calls
-    if phone_ops.in_call(phone, creds, rest):
-        rs.set_phone(rid, mac, state="deferred", deferred_at=time.time())
-        return {"state": "deferred"}
+    control = phones.for_phone(phone, creds, inv, secrets, store)   # one session for the check and the reboot
+    check = control.call_check()
+    if not check.may_reboot:    # in a call, or cannot tell: deferred, never rebooted
+        rs.set_phone(rid, mac, state="deferred", deferred_at=time.time(), deferred_reason=f"{check.state}: {check.reason}"[:300])
+        rs.log(rid, "deferred", mac=mac, call_state=check.state, reason=check.reason[:300])
+        return {"state": "deferred", "reason": check.reason}
     try:
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
         files = polycom.render_phone_files(mac, resolved)
@@ -269,12 +271,12 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
                 return {"state": "rebooting", "note": "reboot already sent for this attempt"}
             since = rs.reboot_claimed_at(rid, mac, attempt) or time.time()
             rs.set_phone(rid, mac, state="rebooting", reboot_at=since)
-            return _confirm_reboot(rid, mac, attempt, since, phone, creds, plan.params, store, rs)
+            return _confirm_reboot(rid, mac, attempt, since, control, plan.params, rs)
         failpoint("rollout.reboot_claimed", mac)
         reboot_at = time.time()
         rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at)
         failpoint("rollout.reboot_recorded", mac)
-        how = phone_ops.reboot(phone, creds, rest)
+        how = control.reboot()
         failpoint("rollout.reboot_sent", mac)
         rs.set_phone(rid, mac, state="verifying", reboot_via=how)
         return {"state": "verifying", "reboot_at": reboot_at}
@@ -290,8 +292,8 @@ def _failed(rs, rid: str, mac: str, exc: Exception) -> dict:
 
 
 
-def _confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_mod.Phone, creds, params: dict,
-                    store, rs) -> dict:
+def _confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phones.PhoneControl, params: dict,
+                    rs) -> dict:
     """The task that claimed this reboot died before it recorded sending it: send it only if the phone never got it.
 
     Exactly one confirmation runs per attempt (its own claim), so a phone is
@@ -300,12 +302,12 @@ def _confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_m
     if not rs.claim_reboot(rid, mac, f"{attempt}-confirm"):
         return {"state": "rebooting", "note": "reboot already being confirmed"}
     try:
-        if phone_ops.rebooted_since(phone, creds, params, store, since):
+        if control.rebooted_since(since, params):
             rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task")
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
         rs.set_phone(rid, mac, reboot_at=reboot_at)
-        how = phone_ops.reboot(phone, creds)
+        how = control.reboot()
         rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task")
         return {"state": "verifying", "reboot_at": reboot_at}
     except (DriverError, KeyError, ValueError) as exc:
@@ -342,7 +344,7 @@ def rollout_rollback(rid: str, mac: str) -> dict:
         finally:
             pub.close()
         rs.set_phone(rid, mac, state="rolling_back", rollback_at=time.time())
-        phone_ops.reboot(phone, secrets.credentials(phone.credentials))
+        phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets, store).reboot()
         return {"state": "rolling_back"}
     except (DriverError, KeyError, ValueError) as exc:
         rs.set_phone(rid, mac, state="rollback_failed", error=str(exc)[:300], settled_at=time.time())

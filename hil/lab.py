@@ -65,6 +65,35 @@ class SiteRuntime:
     boot_password: str = ""
 
 
+def fit_to_families(inv: dict) -> dict:
+    """Make the exported inventory describe phones that can exist (soundpoint.families).
+
+    A phone whose model cannot run the lab's family gets the newest family it runs as its own
+    `firmware_family` (a SoundPoint IP 650 in a uc-5.x lab is a uc-4.0 phone). A site parameter that
+    no family at the site accepts with that value (a lab retry interval below the real minimum) is
+    left out of the inventory: the lab's phones still use it, but fleet must not claim a real phone could.
+    """
+    lab_family = families.get(inv["firmware_family"])
+    for site in inv["sites"]:
+        used = set()
+        for phone in site["phones"]:
+            fam = lab_family
+            if not lab_family.runs_on(phone["model"]):
+                fam = (families.families_for(phone["model"]) or [lab_family])[-1]
+                phone["firmware_family"] = fam.name
+            used.add(fam)
+
+        def accepted(name: str, value: str) -> bool:
+            knowing = [f for f in used if f.lookup(name) is not None]
+            try:
+                return bool(knowing) and all(f.check(name, value) is not None for f in knowing)
+            except families.ParameterError:
+                return False
+
+        site["params"] = {k: v for k, v in site["params"].items() if accepted(k, v)}
+    return inv
+
+
 class Lab:
     def __init__(self, spec: LabFile, state_dir: Path) -> None:
         self.spec = spec
@@ -262,7 +291,7 @@ class Lab:
         inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
                "secrets_file": str(self.state_dir / "secrets.yml"),
                "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
-        return inv, secrets_doc
+        return fit_to_families(inv), secrets_doc
 
     def write_inventory(self, path: Path) -> None:
         inv, secrets_doc = self.inventory()

@@ -130,7 +130,7 @@ def test_fifty_phone_rollout_across_two_sites_respects_max_unavailable(fleet_lab
     from fleet.drivers.control.rest import RestPhone
 
     inv = inventory.load(fleet_lab.inventory)
-    vvx = next(p for p in inv.sites[0].phones if p.has_rest)
+    vvx = next(p for p in inv.sites[0].phones if p.family.rest)
     assert RestPhone(vvx, inventory.Secrets(inv).credentials(vvx.credentials)).config_get(
         ["reg.1.server.1.expires"]) == {"reg.1.server.1.expires": "12"}
     # content-addressed: the same rollout again changes nothing and reboots nobody

@@ -21,7 +21,7 @@ import aiohttp
 
 from aiohttp import web
 
-from ..lab import Lab, phone_mac
+from ..lab import Lab, fit_to_families, phone_mac
 from ..labfile import LabFile, SiteSpec
 from ..phone_types import PhoneSpec
 from . import daemons, plan
@@ -230,7 +230,7 @@ class NetnsLab(Lab):
         inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
                "secrets_file": str(self.state_dir / "secrets.yml"),
                "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
-        return inv, secrets_doc
+        return fit_to_families(inv), secrets_doc
 
     # ------------------------------------------------------------ ground truth and control
     async def _site_status(self, rt: NetnsSite) -> dict:
