@@ -69,8 +69,8 @@ class ExperimentRunner:
 
     # ------------------------------------------------------------------ helpers
     def _family(self, phone: Phone) -> str:
-        """The firmware family the phone runs (its own, else the inventory's)."""
-        return getattr(phone, "firmware_family", None) or self.inv.firmware_family
+        """The firmware family the phone runs (its own, else its site's or the inventory's)."""
+        return phone.family.name
 
     def _dns_ttl(self, params: dict[str, str], family: str) -> float | None:
         """The TTL the site's DNS gives the primary's name, read once and only for a phone in DNSTTL mode."""

@@ -68,7 +68,7 @@ class SiteRuntime:
 def fit_to_families(inv: dict) -> dict:
     """Make the exported inventory describe phones that can exist (soundpoint.families).
 
-    A phone whose model cannot run the lab's family gets the newest family it runs as its own
+    Each phone keeps the family the lab file gave it; one whose model cannot run it gets the newest family it runs as its own
     `firmware_family` (a SoundPoint IP 650 in a uc-5.x lab is a uc-4.0 phone). A site parameter that
     no family at the site accepts with that value (a lab retry interval below the real minimum) is
     left out of the inventory: the lab's phones still use it, but fleet must not claim a real phone could.
@@ -77,8 +77,9 @@ def fit_to_families(inv: dict) -> dict:
     for site in inv["sites"]:
         used = set()
         for phone in site["phones"]:
-            fam = lab_family
-            if not lab_family.runs_on(phone["model"]):
+            # the family the lab file gave the phone (hil.labfile), else the lab's
+            fam = families.get(phone["firmware_family"]) if phone.get("firmware_family") else lab_family
+            if not fam.runs_on(phone["model"]):
                 fam = (families.families_for(phone["model"]) or [lab_family])[-1]
                 phone["firmware_family"] = fam.name
             used.add(fam)
