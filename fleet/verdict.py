@@ -65,7 +65,8 @@ def predicted_bounds(params: dict[str, str], family: str | None, observations: l
     from . import predict
 
     cut = outage.start if outage else None
-    granted = predict.granted_expiry(observations, 1, before=cut)
+    # the last grant before the cut; else the one the primary gave when it came back (a server grants alike)
+    granted = predict.granted_expiry(observations, 1, before=cut) or predict.granted_expiry(observations, 1)
     fb_granted = predict.granted_expiry(observations, 2)
     outage_s = (outage.end - outage.start) if outage and outage.end is not None else None
     notes = []
