@@ -54,7 +54,8 @@ class SipRegistrations:
                     retry = dict(retry_interval=base, backoff=True,
                                  retry_max=max(float(self._server_param(x, y, "registerRetry.maxTimeOut") or 60), base),
                                  re_register=(self._server_param(x, y, "failOver.reRegisterOn") or "0") == "1",
-                                 only_signal_with_registered=(self._server_param(x, y, "failOver.onlySignalWithRegistered") or "1") == "1")
+                                 only_signal_with_registered=(self._server_param(x, y, "failOver.onlySignalWithRegistered") or "1") == "1",
+                                 fail_registration_on=(self._server_param(x, y, "failOver.failRegistrationOn") or "0") == "1")
                 else:          # SIP 2.x/3.x, UC Software 4.0: a fixed interval no parameter sets
                     retry = dict(retry_interval=self.spec.fixed_retry, retry_max=self.spec.fixed_retry)
                 reg.servers.append(ServerBinding(
@@ -73,13 +74,13 @@ class SipRegistrations:
         return srv.register and (srv.index == 1 or srv.re_register)
 
     def _may_signal_via(self, srv: ServerBinding) -> bool:
-        """Whether a new request (INVITE) may go through this server now: a registering server must be up (R5 for
-        the others); with failOver.onlySignalWithRegistered=1 (UC Software default) only a registered one."""
-        if srv.only_signal_with_registered:
-            return srv.state == UP
+        """Whether a new request (INVITE) may go through this server now. A server the phone registers with must be
+        up. One it does not register with takes requests (R5, and UC Software's reRegisterOn=0, which assumes the
+        servers share registrations), unless onlySignalWithRegistered=1 applies: the UC Software guides make it
+        apply when reRegisterOn and failRegistrationOn are both 1 (our reading; uncertain in detail)."""
         if self._sends_register(srv):
             return srv.state == UP
-        return True
+        return not (srv.only_signal_with_registered and srv.re_register and srv.fail_registration_on)
 
     async def _request_allowed(self, msg: sip.SipMessage, addr: tuple[str, int]) -> bool:
         """voIpProt.SIP.requestValidation.n.*: with method `source` (or `both`) for this request, the phone accepts

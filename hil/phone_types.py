@@ -84,6 +84,7 @@ class ServerBinding:
     failures: int = 0                   # consecutive failed registrations
     re_register: bool = True            # failOver.reRegisterOn (UC Software; a fallback needs 1 to register)
     only_signal_with_registered: bool = False
+    fail_registration_on: bool = False
 
     def next_retry(self, rng: random.Random | None = None) -> float:
         """Seconds until the next attempt after `failures` consecutive failures.

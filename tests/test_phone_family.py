@@ -50,16 +50,20 @@ def test_families_without_register_retry_retry_at_a_fixed_interval(family):
 
 
 def test_uc5_defaults_register_with_the_primary_only():
-    """failOver.reRegisterOn defaults to 0: the phone never sends server 2 a REGISTER (and, with
-    onlySignalWithRegistered 1, never sends it an INVITE either)."""
+    """failOver.reRegisterOn defaults to 0: the phone never sends server 2 a REGISTER. It still sends it new
+    calls (the servers are assumed to share registrations), unless onlySignalWithRegistered applies, which
+    needs reRegisterOn and failRegistrationOn set."""
     p = phone("uc-5.x", TWO)
     primary, fallback = p.regs[0].servers
     assert p._sends_register(primary) and not p._sends_register(fallback)
-    assert not p._may_signal_via(fallback)    # never registered there: no INVITE through it either
+    assert p._may_signal_via(fallback)
     on = phone("uc-5.x", TWO | {"reg.1.server.2.failOver.reRegisterOn": "1"})
-    assert on._sends_register(on.regs[0].servers[1])
-    # onlySignalWithRegistered=0: calls may go to server 2 without registering there (shared registrations)
-    loose = phone("uc-5.x", TWO | {"reg.1.server.2.failOver.onlySignalWithRegistered": "0"})
+    assert on._sends_register(on.regs[0].servers[1]) and not on._may_signal_via(on.regs[0].servers[1])  # not up yet
+    # a register=0 server with every switch on: no signalling through it (R5 does not hold there)
+    strict = phone("uc-5.x", TWO | {"reg.1.server.2.register": "0", "reg.1.server.2.failOver.reRegisterOn": "1",
+                                    "reg.1.server.2.failOver.failRegistrationOn": "1"})
+    assert not strict._may_signal_via(strict.regs[0].servers[1])
+    loose = phone("uc-5.x", TWO | {"reg.1.server.2.register": "0"})
     assert not loose._sends_register(loose.regs[0].servers[1]) and loose._may_signal_via(loose.regs[0].servers[1])
     # SIP 3.x has none of these switches: it registers with every server (R1)
     sip3 = phone("sip-3.x", TWO, model="SoundPoint IP 650")
