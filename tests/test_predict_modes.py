@@ -133,3 +133,23 @@ def test_verdict_uses_granted_expiry_outage_length_and_says_why_a_bound_is_missi
 @pytest.mark.parametrize("family,expect_backoff", [("sip-2.x", False), ("sip-3.x", False), ("uc-4.0", False), ("uc-5.x", True)])
 def test_retry_model_per_family(family, expect_backoff):
     assert predict.retry_model(family).backoff is expect_backoff
+
+
+def test_dns_ttl_read_from_the_sites_dns_server():
+    """The DNSTTL bound's TTL comes from the site's DNS server (a real UDP query); unknown is None, never a guess."""
+    import asyncio
+
+    from fleet.dns_ttl import ttl_of
+    from hil.dns_server import DnsServer
+
+    async def run():
+        srv = await DnsServer.start("127.46.9.53", 0, {"voip.provider.example": "127.46.9.10"}, ttl=42)
+        port = srv.transport.get_extra_info("sockname")[1]
+        try:
+            return (await asyncio.to_thread(ttl_of, "voip.provider.example", "127.46.9.53", port),
+                    await asyncio.to_thread(ttl_of, "other.example", "127.46.9.53", port))
+        finally:
+            srv.stop()
+
+    assert asyncio.run(run()) == (42, None)
+    assert ttl_of("voip.provider.example", "127.46.9.54", 9, timeout=0.3) is None     # nobody answers
