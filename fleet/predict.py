@@ -151,17 +151,23 @@ def refresh_interval(expires: int, overlap: int) -> float:
 
 
 def granted_expiry(observations: list[dict], server: int = 1, before: float | None = None) -> int | None:
-    """The expiry the server last granted, from the phone's observations (`expires=N` in a successful
-    registration's detail, as syslog and the wire report it); None when nothing said."""
+    """The expiry the server last granted, from the phone's observations, or None when nothing said.
+
+    Sources that see the grant: SIP on the wire and HEP (`expires` field, or `expires=N` in the detail) and the
+    registration syslog line. Not the gateway's bindings: their expiry is the time left, not the grant."""
     found = None
     for o in observations:
         if before is not None and o.get("t", 0) > before:
             break
-        if o.get("server") != server or o.get("state") != "registered" or o.get("kind", "registration") != "registration":
+        if (o.get("server") != server or o.get("state") != "registered" or o.get("kind", "registration") != "registration"
+                or o.get("source") == "gateway"):
             continue
-        m = re.search(r"\bexpires=([0-9]+)\b", str(o.get("detail", "")))
-        if m and int(m.group(1)) > 0:
-            found = int(m.group(1))
+        value = o.get("expires")
+        if not isinstance(value, int) or isinstance(value, bool):
+            m = re.search(r"\bexpires=([0-9]+)\b", str(o.get("detail", "")))
+            value = int(m.group(1)) if m else None
+        if value:
+            found = value
     return found
 
 

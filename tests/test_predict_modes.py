@@ -44,6 +44,10 @@ def test_failover_uses_the_expiry_the_server_granted():
     assert predict.granted_expiry(obs, 1) == 30
     assert predict.granted_expiry(obs, 1, before=5.0) == 20
     assert predict.granted_expiry([{"t": 1, "server": 1, "state": "registered", "detail": ""}], 1) is None
+    # a wire/HEP observation carries the grant as a field; the gateway's bindings give the time left (not a grant)
+    assert predict.granted_expiry([{"t": 1, "server": 1, "state": "registered", "source": "wire", "expires": 60}]) == 60
+    assert predict.granted_expiry([{"t": 1, "server": 1, "state": "registered", "source": "gateway",
+                                    "expires": 3, "detail": "binding expires=3"}]) is None
 
 
 def test_uc_backoff_bound_grows_with_the_outage_up_to_max_timeout():
