@@ -124,8 +124,8 @@ class _Syslog(asyncio.DatagramProtocol):
 
 
 class SiteCollector:
-    def __init__(self, site: Site, store: Store, secrets: Secrets | None = None) -> None:
-        self.site, self.store, self.secrets = site, store, secrets
+    def __init__(self, site: Site, store: Store, secrets: Secrets | None = None, inventory: Inventory | None = None) -> None:
+        self.site, self.store, self.secrets, self.inventory = site, store, secrets, inventory
         self.pending: list[Observation] = []
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
@@ -179,7 +179,7 @@ class SiteCollector:
 
     async def _poll_loop(self) -> None:
         """State polling as a second source: REST lineInfo where the model has it, state polling otherwise."""
-        targets = [(p, self.secrets.credentials(p.credentials)) for p in self.site.phones]  # type: ignore[union-attr]
+        targets = [(p, self._poll_login(p)) for p in self.site.phones]
         configured = {r["mac"]: r["configured_servers"] for r in await asyncio.to_thread(self.store.phones, self.site.name)}
         async with Poller(concurrency=self.site.collector.poll_concurrency) as poller:
             while True:
@@ -195,6 +195,15 @@ class SiteCollector:
                 if infos:
                     await asyncio.to_thread(self.store.set_phone_info, infos)
                 await asyncio.sleep(max(0.0, self.site.collector.poll_interval - (time.monotonic() - started)))
+
+    def _poll_login(self, phone):
+        """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one."""
+        creds = self.secrets.credentials(phone.credentials)  # type: ignore[union-attr]
+        if phone.family.rest or self.inventory is None:
+            return creds
+        from . import phones
+
+        return phones.for_phone(phone, creds, self.inventory, self.secrets).polling_credentials()
 
     async def _event(self, request: web.Request) -> web.Response:
         macs = self.sources.speaks_for(request.remote or "")
@@ -247,7 +256,7 @@ def start_site_collectors(inv: Inventory, secrets: Secrets, store: Store, sites:
     for name in sites:
         site = inv.site(name)
         store.register_site(inv, site)
-        collector = SiteCollector(site, store, secrets)
+        collector = SiteCollector(site, store, secrets, inv)
         try:
             collector.start()
         except CollectorError as exc:
