@@ -69,9 +69,10 @@ def fit_to_families(inv: dict) -> dict:
     """Make the exported inventory describe phones that can exist (soundpoint.families).
 
     A phone whose model cannot run the lab's family gets the newest family it runs as its own
-    `firmware_family` (a SoundPoint IP 650 in a uc-5.x lab is a uc-4.0 phone). A site parameter that
-    no family at the site accepts with that value (a lab retry interval below the real minimum) is
-    left out of the inventory: the lab's phones still use it, but fleet must not claim a real phone could.
+    `firmware_family` (a SoundPoint IP 650 in a uc-5.x lab is a uc-4.0 phone). A numeric site parameter
+    outside the range of a family that knows it (a lab retry interval below the real 10 s minimum) is
+    exported at the nearest value a real phone accepts; one that still fails is left out. The lab's own
+    files keep the lab's value, so a lab with timers inside the real ranges exports them unchanged.
     """
     lab_family = families.get(inv["firmware_family"])
     for site in inv["sites"]:
@@ -83,14 +84,22 @@ def fit_to_families(inv: dict) -> dict:
                 phone["firmware_family"] = fam.name
             used.add(fam)
 
-        def accepted(name: str, value: str) -> bool:
+        def fitted(name: str, value: str) -> str | None:
             knowing = [f for f in used if f.lookup(name) is not None]
+            if not knowing:
+                return None
+            for fam in knowing:
+                p = fam.lookup(name)
+                if p.kind == "int" and str(value).lstrip("-").isdigit() and int(value) not in p.also:
+                    lo = max(fam.expires_min, p.lo or 0) if name.endswith(".expires") else p.lo
+                    n = max(int(value), lo) if lo is not None else int(value)
+                    value = str(min(n, p.hi) if p.hi is not None else n)
             try:
-                return bool(knowing) and all(f.check(name, value) is not None for f in knowing)
+                return value if all(f.check(name, value) is not None for f in knowing) else None
             except families.ParameterError:
-                return False
+                return None
 
-        site["params"] = {k: v for k, v in site["params"].items() if accepted(k, v)}
+        site["params"] = {k: fv for k, v in site["params"].items() if (fv := fitted(k, v)) is not None}
     return inv
 
 
