@@ -51,6 +51,7 @@ class ExperimentResult:
     outages: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     interrupted: str | None = None     # the signal that ended the run early, if one did
+    capture: list[dict] = field(default_factory=list)   # SIP the wire sources saw (report writes capture.pcap)
 
 
 class ExperimentRunner:
@@ -160,6 +161,7 @@ class ExperimentRunner:
             self._cleanup(exp, result)
         time.sleep(0.2)  # observations already in flight reach the store
         self._verdicts(exp, result)
+        result.capture = self.store.capture(exp)
         result.finished = time.time()
         result.errors.extend(f"{name} received while the WAN was being restored or the report computed: ignored until "
                              f"both were done" for name in guard.received)
@@ -303,7 +305,9 @@ class ExperimentRunner:
         detail = {"mac": phone.mac, "server": server, "observed": calls[0]}
         self.store.log_event(exp, "call", **detail)
         ok = server == step.expect_server
-        return StepResult(step.name, "call", ok, 0, f"call from {phone.mac} went to server {server} ({calls[0]['address']})"
+        seen_by = sorted({c.get("source", "?") for c in calls if c.get("server") == server})
+        return StepResult(step.name, "call", ok, 0, f"call from {phone.mac} went to server {server} ({calls[0]['address']}; "
+                          f"seen by {', '.join(seen_by)})"
                           + ("" if ok else f", expected server {step.expect_server}"), detail)
 
     # ------------------------------------------------------------------ verdicts

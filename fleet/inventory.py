@@ -219,6 +219,81 @@ class Collector(Strict):
         return v
 
 
+# --- per-server evidence sources of a site: SIP on the wire and the gateway's registrar --------------------
+
+CAPTURE_FORMS = "router [IFACE] | interface NAME | hep HOST:PORT"
+GATEWAY_PLATFORMS = ("kamailio", "asterisk", "freeswitch")
+ROUTER_CAPTURE_PLATFORMS = ("linux", "openwrt", "vyos")
+_IFACE = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$"
+
+
+class Capture(Strict):
+    """One wire source: `router` (tcpdump over the router's SSH), `interface` (a local mirror port, needs
+    CAP_NET_RAW) or `hep` (a HEP v3 UDP listener fed by the SIP servers in `senders`). Written in the
+    inventory as text (`router lan0`, `interface eth1`, `hep 10.1.0.5:9060`) or as this mapping."""
+    kind: Literal["router", "interface", "hep"]
+    interface: str | None = Field(None, pattern=_IFACE, description="router: its LAN interface (default any); "
+                                                                    "interface: the local mirror port")
+    platform: Literal["linux", "openwrt", "vyos"] = Field("linux", description="router: how to run tcpdump there")
+    listen: str | None = Field(None, description="hep: the address the SIP servers send HEP to (host:port)")
+    senders: list[str] = Field([], description="hep: IP addresses allowed to send HEP (default: the site's gateway)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def from_text(cls, data):
+        if not isinstance(data, str):
+            return data
+        words = data.split()
+        if not words or words[0] not in ("router", "interface", "hep"):
+            raise ValueError(f"capture {data!r:.60} is not one of: {CAPTURE_FORMS}")
+        kind, rest = words[0], words[1:]
+        if kind == "router" and len(rest) <= 1:
+            return {"kind": kind, **({"interface": rest[0]} if rest else {})}
+        if kind == "interface" and len(rest) == 1:
+            return {"kind": kind, "interface": rest[0]}
+        if kind == "hep" and len(rest) == 1:
+            return {"kind": kind, "listen": rest[0]}
+        raise ValueError(f"capture {data!r:.60}: expected {CAPTURE_FORMS}")
+
+    @field_validator("listen")
+    @classmethod
+    def listen_hostport(cls, v: str | None) -> str | None:
+        if v is not None:
+            host, _ = validate.hostport(v, "HEP listen address")
+            if host in ("0.0.0.0", "::", "*"):
+                raise ValueError("HEP listen address: name the address the SIP servers send to, not a wildcard")
+        return v
+
+    @field_validator("senders")
+    @classmethod
+    def ip_senders(cls, v: list[str]) -> list[str]:
+        for a in v:
+            try:
+                ipaddress.ip_address(a)
+            except ValueError:
+                raise ValueError(f"HEP sender {a!r:.60} is not an IP address") from None
+        return v
+
+    @model_validator(mode="after")
+    def complete(self) -> "Capture":
+        if self.kind == "interface" and not self.interface:
+            raise ValueError("capture interface needs the interface name (interface eth1)")
+        if self.kind == "hep" and not self.listen:
+            raise ValueError("capture hep needs the listen address (hep 10.1.0.5:9060)")
+        if self.kind != "hep" and (self.listen or self.senders):
+            raise ValueError(f"listen and senders belong to a hep capture, not to {self.kind}")
+        return self
+
+
+class GatewayRegistrar(Strict):
+    """The site gateway's registrar, polled for its bindings over SSH (the router's, by default: the gateway
+    is often the router itself)."""
+    platform: Literal["kamailio", "asterisk", "freeswitch"]
+    interval: float = Field(10.0, ge=1, le=3600, description="seconds between polls")
+    server: int | None = Field(None, ge=1, le=9, description="which server of each phone the gateway is "
+                                                             "(default: the one whose address is the gateway's)")
+
+
 class Site(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
     gateway: str
@@ -260,6 +335,52 @@ class Site(Strict):
     @classmethod
     def a_timezone(cls, v: str) -> str:
         return validate.timezone(v)
+
+    # --- evidence sources (issue 10) ---
+    capture: list[Capture] = Field([], description=f"wire sources: {CAPTURE_FORMS}, one or a list")
+    gateway_registrar: GatewayRegistrar | None = Field(None, description="written `gateway: {address, platform}`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def gateway_mapping(cls, data):
+        """`gateway: ADDRESS` or `gateway: {address: ADDRESS, platform: kamailio, interval: 10}`; `capture` one or a list."""
+        if not isinstance(data, dict):
+            return data
+        data = dict(data)
+        gw = data.get("gateway")
+        if isinstance(gw, dict):
+            if "gateway_registrar" in data:
+                raise ValueError("give the gateway's registrar inside `gateway`, not as gateway_registrar as well")
+            if "address" not in gw:
+                raise FieldError(("gateway", "address"), "the gateway's address is required (gateway: {address: "
+                                                         "10.1.0.1, platform: kamailio})")
+            for key in gw:
+                if key not in ("address", *GatewayRegistrar.model_fields):
+                    raise FieldError(("gateway", key), f"unknown field; known: address, "
+                                                       f"{', '.join(GatewayRegistrar.model_fields)}")
+            if "platform" in gw and gw["platform"] not in GATEWAY_PLATFORMS:
+                raise FieldError(("gateway", "platform"), f"gateway platform {gw['platform']!r:.40} is not one of "
+                                                          f"{', '.join(GATEWAY_PLATFORMS)}")
+            data["gateway"] = gw["address"]
+            rest = {k: v for k, v in gw.items() if k != "address"}
+            if rest:
+                data["gateway_registrar"] = rest
+        if isinstance(data.get("capture"), (str, dict)):
+            data["capture"] = [data["capture"]]
+        return data
+
+    @model_validator(mode="after")
+    def sources_reachable(self) -> "Site":
+        """A router capture and gateway polling run over the router's SSH: refuse them without one."""
+        ssh = self.router is not None and self.router.driver == "linux_ssh"
+        for i, c in enumerate(self.capture):
+            if c.kind == "router" and not ssh:
+                raise FieldError(("capture", i), "a router capture runs tcpdump over the router's SSH: the site needs "
+                                                 "a router with driver linux_ssh")
+        if self.gateway_registrar is not None and not ssh:
+            raise FieldError(("gateway", "platform"), "the gateway's bindings are polled over the router's SSH: the "
+                                                      "site needs a router with driver linux_ssh")
+        return self
 
 
 class Provider(Strict):

@@ -9,6 +9,7 @@ Keys (prefix `fleet:`):
   exp:{id}                   hash: experiment metadata;  experiments: zset of ids by start time
   exp:{id}:events            stream: append-only history (operations and observations, wall + monotonic time)
   exp:{id}:obs:{mac}         stream: observations of one phone during the experiment, trimmed by length
+  exp:{id}:capture           stream: SIP datagrams the wire sources saw during the experiment (its capture.pcap)
   rollout:{id}               hash: status, playbook, created, plan (JSON), reason, abort flag;  rollouts: zset by time
   rollout:{id}:phone:{mac}   hash: state, attempt, wave, reboot_at, settled_at, error, backup flags
   rollout:{id}:events        stream: append-only history of the rollout
@@ -30,6 +31,7 @@ from .status import row_for_json
 
 P = "fleet:"
 OBS_MAXLEN = 10_000
+CAPTURE_MAXLEN = 200_000      # SIP datagrams kept per experiment for its capture.pcap
 EVENTS_MAXLEN = 200_000
 FEED_MAXLEN = 100_000
 OUTAGE_MARK_TTL = 2 * 86400   # longer than any outage may last (max_duration <= 1 day)
@@ -108,7 +110,7 @@ class Store:
             state, site = states[obs.mac]
             if site is None:
                 continue   # a phone not in the inventory: ignored rather than trusted
-            apply(state, obs)
+            apply(state, obs, [s["index"] for s in metas[obs.mac]["configured_servers"] if s.get("register", True)])
             exp = active.get(site)
             if exp:
                 entry = obs.to_dict() | {"working_server": state.working_server}
@@ -264,6 +266,16 @@ class Store:
         entry = {"kind": kind, "t": time.time(), "mono": time.monotonic(), **data}
         self.r.xadd(f"{P}exp:{exp}:events", {"e": json.dumps(entry, default=str)}, maxlen=EVENTS_MAXLEN, approximate=True)
 
+    def keep_capture(self, exp: str, datagrams: list[dict]) -> None:
+        """SIP datagrams a wire source saw while the experiment ran ({t, src, dst, payload (base64), source})."""
+        pipe = self.r.pipeline(transaction=False)
+        for d in datagrams:
+            pipe.xadd(f"{P}exp:{exp}:capture", {"d": json.dumps(d)}, maxlen=CAPTURE_MAXLEN, approximate=True)
+        pipe.execute()
+
+    def capture(self, exp: str) -> list[dict]:
+        return [json.loads(f["d"]) for _, f in self.r.xrange(f"{P}exp:{exp}:capture")]
+
     def events(self, exp: str) -> list[dict]:
         return [json.loads(f["e"]) for _, f in self.r.xrange(f"{P}exp:{exp}:events")]
 
@@ -339,7 +351,7 @@ class RolloutStore:
         return self.r.hgetall(f"{P}rollout:{rid}:phone:{mac}")
 
     STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
-                    "verified_in", "confirm_sent")
+                    "verified_in", "confirm_sent", "shadowed")   # shadowed: fleet.overrides
 
     def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
         """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""

@@ -206,7 +206,7 @@ def _rollout_ctx(rid: str, mac: str, settle_as: str):
 @validated(task_args.RolloutPushArgs)
 def rollout_push(rid: str, mac: str, attempt: int) -> dict:
     """Render, back up, publish and reboot one phone. Idempotent per (rollout, phone, attempt)."""
-    from . import polycom
+    from . import site_files
     from .drivers.publish import open_publisher
 
     ctx = _rollout_ctx(rid, mac, "failed")
@@ -240,9 +240,13 @@ def rollout_push(rid: str, mac: str, attempt: int) -> dict:
         return {"state": "deferred", "reason": check.reason}
     try:
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
-        files = polycom.render_phone_files(mac, resolved)
         pub = open_publisher(site.boot_server.url, boot_creds)
         try:
+            # the site's master file with ours first; override files read for what they shadow (fleet.site_files)
+            prepared = site_files.phone_files(pub, site.boot_server.url, mac, resolved,
+                                              lambda url: open_publisher(url, boot_creds))
+            files = prepared.files
+            rs.set_phone(rid, mac, shadowed=prepared.shadowed())   # fleet.overrides: verification fails such a phone
             todo = [n for n in files if not state.get(f"backed_up:{n}")]
             rs.set_phone(rid, mac, state="publishing", **{f"backing_up:{n}": "1" for n in todo})
             outcome = {}

@@ -93,7 +93,8 @@ def first_change(observations: list[dict], server: int, after: float) -> float |
 def timeline(observations: list[dict], initial: dict | None, started: float) -> list[dict]:
     """The phone's lane for the report: its state when the run began, then every observation."""
     lane = [{"t": round(o["t"], 3), "working_server": o.get("working_server"), "source": o.get("source"),
-             "server": o.get("server"), "state": o.get("state"), "kind": o.get("kind", "registration")}
+             "server": o.get("server"), "state": o.get("state"), "kind": o.get("kind", "registration"),
+             **{k: o[k] for k in ("code", "expires") if o.get(k) is not None}}
             for o in observations]
     if initial and initial.get("observed_at"):
         lane.insert(0, {"t": round(started, 3), "working_server": initial.get("working_server"),

@@ -27,6 +27,7 @@ from soundpoint import families
 from .bootserver import FtpBootServer, HttpBootServerProcess
 from .dns_server import DnsServer
 from .groundtruth import GroundTruth
+from .kamailio import KamailioGateway
 from .labfile import LabFile, SiteSpec
 from .phone import VirtualPhone
 from .phone_types import FAULTS, PhoneSpec
@@ -37,6 +38,7 @@ SIP_PORT = 5060
 DNS_PORT = 5353
 SSH_PORT = 2222
 SNMP_PORT = 1161
+HEP_TAP_PORT = 9060     # on the router's LAN address: the Kamailio gateway's siptrace
 BOOT_HTTP_PORT = 8080
 BOOT_FTP_PORT = 2121
 PHONE_HTTP_PORT = 8080
@@ -56,7 +58,7 @@ class SiteRuntime:
     spec: SiteSpec
     k: int
     router: UserspaceRouter
-    gateway: Registrar
+    gateway: Registrar | KamailioGateway
     boot_dir: Path
     boot_http: HttpBootServerProcess | None = None
     boot_ftp: FtpBootServer | None = None
@@ -68,10 +70,11 @@ class SiteRuntime:
 def fit_to_families(inv: dict) -> dict:
     """Make the exported inventory describe phones that can exist (soundpoint.families).
 
-    Each phone keeps the family the lab file gave it; one whose model cannot run it gets the newest family it runs as its own
-    `firmware_family` (a SoundPoint IP 650 in a uc-5.x lab is a uc-4.0 phone). A site parameter that
-    no family at the site accepts with that value (a lab retry interval below the real minimum) is
-    left out of the inventory: the lab's phones still use it, but fleet must not claim a real phone could.
+    Each phone keeps the family the lab file gave it (hil.labfile); one whose model cannot run it gets the newest
+    family it runs as its own `firmware_family` (a SoundPoint IP 650 in a uc-5.x lab is a uc-4.0 phone). A numeric
+    site parameter outside the range of a family that knows it (a lab retry interval below the real 10 s minimum) is
+    exported at the nearest value a real phone accepts; one that still fails is left out. The lab's own
+    files keep the lab's value, so a lab with timers inside the real ranges exports them unchanged.
     """
     lab_family = families.get(inv["firmware_family"])
     for site in inv["sites"]:
@@ -84,14 +87,22 @@ def fit_to_families(inv: dict) -> dict:
                 phone["firmware_family"] = fam.name
             used.add(fam)
 
-        def accepted(name: str, value: str) -> bool:
+        def fitted(name: str, value: str) -> str | None:
             knowing = [f for f in used if f.lookup(name) is not None]
+            if not knowing:
+                return None
+            for fam in knowing:
+                p = fam.lookup(name)
+                if p.kind == "int" and str(value).lstrip("-").isdigit() and int(value) not in p.also:
+                    lo = max(fam.expires_min, p.lo or 0) if name.endswith(".expires") else p.lo
+                    n = max(int(value), lo) if lo is not None else int(value)
+                    value = str(min(n, p.hi) if p.hi is not None else n)
             try:
-                return bool(knowing) and all(f.check(name, value) is not None for f in knowing)
+                return value if all(f.check(name, value) is not None for f in knowing) else None
             except families.ParameterError:
-                return False
+                return None
 
-        site["params"] = {k: v for k, v in site["params"].items() if accepted(k, v)}
+        site["params"] = {k: fv for k, v in site["params"].items() if (fv := fitted(k, v)) is not None}
     return inv
 
 
@@ -179,6 +190,7 @@ class Lab:
         ])
         self.dns.views[wan_ip] = {self.spec.provider.name.lower(): public}  # type: ignore[union-attr]
         await router.start_relay()
+        gateway = await self._start_gateway(k, site, router)
         tools = self.state_dir / "router-tools"
         router.tools(tools)
         ctl = self.state_dir / f"router-{site.name}.sock"
@@ -188,8 +200,6 @@ class Lab:
         from .snmp_agent import SnmpAgent
 
         self.snmp_agents.append(SnmpAgent(router, lan, SNMP_PORT, self.snmp_community, "fleet", self.snmp_auth, self.snmp_priv))
-        gateway = Registrar(f"gateway-{site.name}", lan, SIP_PORT, f"{site.name}.gateway", self.sip_users)
-        await gateway.start()
         boot_dir = self.state_dir / f"boot-{site.name}"
         boot_dir.mkdir(exist_ok=True)
         rt = SiteRuntime(site, k, router, gateway, boot_dir, boot_password=secrets.token_urlsafe(9))
@@ -208,8 +218,32 @@ class Lab:
                              http_latency=self.spec.timing.http_latency,
                              fault=site.faults.get(i), family=self.spec.phone_family(k, i),
                              fixed_retry=self.spec.fixed_retry)
-            rt.phones.append(VirtualPhone(spec, self.truth, self.http_session))
+            phone = VirtualPhone(spec, self.truth, self.http_session)
+            phone.syslog_registration_line = self.spec.syslog_registration_line
+            rt.phones.append(phone)
         return rt
+
+    async def _start_gateway(self, k: int, site: SiteSpec, router: UserspaceRouter) -> Registrar | KamailioGateway:
+        """The site's gateway registrar on the router's LAN address: the lab's own (its SIP shown to the router's
+        captures, as tcpdump on the LAN side would see it) or Kamailio (`kamcmd` reachable over the router's SSH,
+        siptrace sending HEP to the site's collector)."""
+        lan, name, realm = self.lan_ip(k, 1), f"gateway-{site.name}", f"{site.name}.gateway"
+        if site.gateway == "kamailio":
+            collector = None
+            if site.collector.hep:
+                host, _, port = site.collector.hep.rpartition(":")
+                collector = (host, int(port))
+            # siptrace goes to the router, which shows the SIP to its captures and passes the HEP on to the collector
+            await router.start_hep_tap((lan, HEP_TAP_PORT), collector)
+            kam = KamailioGateway(name, lan, SIP_PORT, realm, self.sip_users, self.state_dir / f"kamailio-{site.name}",
+                                  (lan, HEP_TAP_PORT))
+            await kam.start()
+            router.kamailio_ctl = kam.ctl
+            return kam
+        gateway = Registrar(name, lan, SIP_PORT, realm, self.sip_users)
+        await gateway.start()
+        router.tap_endpoint(gateway.endpoint)  # type: ignore[arg-type]
+        return gateway
 
     # ------------------------------------------------------------ provisioning files and inventory
     def server_params(self, k: int, site: SiteSpec) -> dict[str, str]:
@@ -288,11 +322,22 @@ class Lab:
                            "dns_port": DNS_PORT, "state_dir": str((self.state_dir / f"router-{site.name}-outages").resolve())},
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
+                **self._evidence_inventory(rt),
             })
         inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
                "secrets_file": str(self.state_dir / "secrets.yml"),
                "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
         return fit_to_families(inv), secrets_doc
+
+    def _evidence_inventory(self, rt: SiteRuntime) -> dict:
+        """A Kamailio gateway is a per-server evidence source a real site has: its registrar (polled with kamcmd
+        over the router's SSH) and, with a HEP address, its siptrace. Nothing for the lab's own gateway."""
+        if rt.spec.gateway != "kamailio":
+            return {}
+        out: dict = {"gateway": {"address": self.lan_ip(rt.k, 1), "platform": "kamailio"}}
+        if rt.spec.collector.hep:
+            out["capture"] = [f"hep {rt.spec.collector.hep}"]
+        return out
 
     def write_inventory(self, path: Path) -> None:
         inv, secrets_doc = self.inventory()

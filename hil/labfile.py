@@ -116,12 +116,21 @@ class CollectorSpec(Strict):
     syslog: str = "127.0.0.1:5514"
     events: str = "127.0.0.1:8514"
     poll_interval: float = Field(0.0, ge=0, le=3600)
+    hep: str | None = Field(None, description="HOST:PORT where a Kamailio gateway's siptrace sends HEP v3")
 
     @field_validator("syslog", "events")
     @classmethod
     def loopback_hostport(cls, v: str, info) -> str:
         host, _ = validate.hostport(v, f"collector {info.field_name} address")
         _loopback(host, f"collector {info.field_name} host")
+        return v
+
+    @field_validator("hep")
+    @classmethod
+    def loopback_hep(cls, v: str | None) -> str | None:
+        if v is not None:
+            host, _ = validate.hostport(v, "collector hep address")
+            _loopback(host, "collector hep host")
         return v
 
 
@@ -134,6 +143,8 @@ class SiteSpec(Strict):
     faults: dict[int, str] = {}
     params: dict[str, str | int] = {}
     collector: CollectorSpec = CollectorSpec()
+    gateway: Literal["builtin", "kamailio"] = Field("builtin", description="the site's gateway registrar: the lab's "
+                                                    "own, or Kamailio (installed on this machine) on the router")
 
     _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
 
@@ -200,6 +211,8 @@ class LabFile(Strict):
     timing: TimingSpec = TimingSpec()
     http: bool = True
     sites: list[SiteSpec] = Field(min_length=1, max_length=20)
+    syslog_registration_line: bool = Field(True, description="false: phones send no per-server registration syslog "
+                                           "line (ours, undocumented by Polycom), as on a SIP 3.x site")
 
     _family = field_validator("firmware_family")(classmethod(lambda cls, v: _family_name(v)))
 
@@ -318,6 +331,18 @@ class LabFile(Strict):
                 if site.phones.count > MAX_PHONES_PER_SITE:
                     raise FieldError(("sites", k, "phones", "count"),
                                      f"backend netns: at most {MAX_PHONES_PER_SITE} phones per site")
+        return self
+
+    @model_validator(mode="after")
+    def hep_needs_kamailio(self) -> "LabFile":
+        """Only Kamailio's siptrace sends HEP here; a HEP address without it would promise evidence never sent."""
+        for k, site in enumerate(self.sites):
+            if site.collector.hep and site.gateway != "kamailio":
+                raise FieldError(("sites", k, "collector", "hep"), "a HEP address needs `gateway: kamailio` "
+                                 "(only Kamailio's siptrace sends HEP in this lab)")
+            if site.collector.hep and self.backend == "netns":
+                raise FieldError(("sites", k, "collector", "hep"), "backend netns does not wire siptrace yet "
+                                 "(its router runs the real tcpdump); HEP is for the userspace lab")
         return self
 
 

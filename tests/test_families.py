@@ -173,3 +173,14 @@ def test_call_check_fails_closed(family):
                   firmware_family=family)
     check = phones.control(phones.PhoneAccess(phone, Credentials("u", "p"))).call_check()
     assert check.state == "unknown" and not check.may_reboot and check.reason
+
+
+def test_lab_inventory_export_gives_each_model_a_family_it_runs():
+    from hil.lab import fit_to_families
+
+    inv = {"firmware_family": "uc-5.x", "sites": [{"params": {S + "registerRetry.baseTimeOut": "3",
+                                                              S + "expires": "12", "device.syslog.serverName": "x"},
+                                                   "phones": [{"model": "SoundPoint IP 650"}, {"model": "VVX 410"}]}]}
+    site = fit_to_families(inv)["sites"][0]
+    assert [p.get("firmware_family") for p in site["phones"]] == ["uc-4.0", None]
+    assert site["params"] == {S + "registerRetry.baseTimeOut": "10", S + "expires": "12", "device.syslog.serverName": "x"}

@@ -72,9 +72,12 @@ def test_state_polling_uses_its_own_digest_login(lab):
 def test_check_sync_to_a_phone_that_challenges_it_succeeds(lab):
     ctl = _controls(lab)[0]
     mac = ctl.phone.mac
-    # without the phone's SIP credentials the challenge cannot be answered: refused, and the phone keeps running
+    # without the phone's SIP credentials the challenge cannot be answered: refused (the inventory chose
+    # check-sync for this phone, so there is no fallback), and the phone keeps running
+    explicit = _controls(lab, **{"reg.1.auth.password": ""})[0]
+    explicit.phone = explicit.phone.model_copy(update={"reboot": "check-sync"})
     with pytest.raises(DeviceRefused, match="challenged"):
-        _controls(lab, **{"reg.1.auth.password": ""})[0].reboot()
+        explicit.reboot()
     before = _boots(lab)[mac]
     t0 = time.time()
     assert ctl.reboot() == "sip check-sync"
@@ -95,29 +98,15 @@ def test_uc40_phone_configured_for_web_reboot_is_rebooted_through_it(lab):
     assert [e["data"].get("reason") for e in events if e["kind"] == "reboot" and e["t"] >= t0] == ["web"]
 
 
-def test_phone_whose_call_state_cannot_be_read_is_deferred_not_rebooted(lab, worker_factory, redis_url, tmp_path):
-    """The inventory's state polling password is wrong: the phone may be in a call, so the rollout defers it."""
-    wait_until(lambda: all(p["booted"] and p["registrations"][0]["working_server"] for p in lab.status()["phones"]),
-               30, "every phone registered again")
-    doc = yaml.safe_load(lab.inventory.read_text())
-    doc["sites"][0]["params"]["apps.statePolling.password"] = "secret:phone_admin"
-    bad = tmp_path / "inventory-bad-poll.yml"
-    bad.write_text(yaml.safe_dump(doc, sort_keys=False))
-    worker_factory(bad, "hq")
-    mac = doc["sites"][0]["phones"][0]["mac"]
-    pb = tmp_path / "pb.yml"
-    pb.write_text(yaml.safe_dump({
-        "kind": "rollout", "name": "deferred", "params": {"reg.1.server.1.expires": 12}, "targets": {"macs": [mac]},
-        "strategy": {"canary": 1, "wave_size": 1, "max_unavailable": 1, "failure_budget": {"total": 0},
-                     "progress_deadline": 12},
-        "verify": {"registered_to": [1], "within": 20}, "rollback": True}))
+def test_uc40_falls_back_to_the_web_ui_when_check_sync_is_refused(lab):
+    """No `reboot:` in the inventory and no SIP credentials to answer the challenge: the web UI reboots it."""
+    ctl = _controls(lab, **{"reg.1.auth.password": ""})[0]
+    mac = ctl.phone.mac
+    wait_until(lambda: lab.status()["phones"][0]["booted"], 20, "phone booted")
     before = _boots(lab)[mac]
-    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(bad), "--json"], redis_url, timeout=120)
-    out = json.loads(res.stdout)
-    assert res.returncode == 1 and out["status"] != "done", res.stdout + res.stderr[-2000:]
-    status = run_fleet(["rollout", "status", out["id"], "--json"], redis_url)
-    assert "deferred" in status.stdout and "401" in status.stdout, status.stdout[-2000:]
-    assert _boots(lab)[mac] == before, "a phone whose call state is unknown must not be rebooted"
+    how = ctl.reboot()
+    assert how.startswith("web /form-submit/Reboot (check-sync refused: ") and "challenged" in how, how
+    wait_until(lambda: _boots(lab)[mac] > before, 20, f"phone {mac} rebooted through the web UI fallback")
 
 
 def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_url):
@@ -149,3 +138,29 @@ def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_
         assert _controls(lab, **{"apps.statePolling.URL": url})[0].call_check().state == "unknown"
     finally:
         collector.stop()
+
+
+def test_phone_whose_call_state_cannot_be_read_is_deferred_not_rebooted(lab, worker_factory, redis_url, tmp_path):
+    """The inventory's state polling password is wrong: the phone may be in a call, so the rollout defers it."""
+    wait_until(lambda: all(p["booted"] and p["registrations"][0]["working_server"] for p in lab.status()["phones"]),
+               30, "every phone registered again")
+    doc = yaml.safe_load(lab.inventory.read_text())
+    doc["sites"][0]["params"]["apps.statePolling.password"] = "secret:phone_admin"
+    bad = tmp_path / "inventory-bad-poll.yml"
+    bad.write_text(yaml.safe_dump(doc, sort_keys=False))
+    worker_factory(bad, "hq")
+    mac = doc["sites"][0]["phones"][0]["mac"]
+    pb = tmp_path / "pb.yml"
+    pb.write_text(yaml.safe_dump({
+        "kind": "rollout", "name": "deferred", "params": {"reg.1.server.1.expires": 12}, "targets": {"macs": [mac]},
+        "strategy": {"canary": 1, "wave_size": 1, "max_unavailable": 1, "failure_budget": {"total": 0},
+                     "progress_deadline": 12},
+        "verify": {"registered_to": [1], "within": 20}, "rollback": True}))
+    before = _boots(lab)[mac]
+    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(bad), "--json"], redis_url, timeout=120)
+    out = json.loads(res.stdout)
+    assert res.returncode == 1 and out["status"] != "done", res.stdout + res.stderr[-2000:]
+    status = run_fleet(["rollout", "status", out["id"], "--json"], redis_url)
+    assert "deferred" in status.stdout and "401" in status.stdout, status.stdout[-2000:]
+    assert _boots(lab)[mac] == before, "a phone whose call state is unknown must not be rebooted"
+

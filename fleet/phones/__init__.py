@@ -73,6 +73,9 @@ class PhoneControl(Protocol):
     def rebooted_since(self, since: float, params: dict[str, str]) -> bool:
         """Whether the reboot sent at `since` reached the phone (params: the files it was rebooted into)."""
 
+    def polling_credentials(self) -> Credentials:
+        """The login state polling takes (apps.statePolling.*), for the collectors' poller too."""
+
 
 def control(access: PhoneAccess) -> PhoneControl:
     """The control of the phone's family."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 from soundpoint import families
 
 from ..drivers.control import polling, sip_notify, web_ui
-from ..drivers.errors import DriverError
+from ..drivers.errors import DeviceRefused, DriverError
 from ..inventory import Credentials
 from . import CallCheck, PhoneAccess
 
@@ -48,7 +48,14 @@ class SoundPointControl:
         if method not in self.family.reboot_methods:
             raise DriverError(f"phone {self.phone.mac} ({self.phone.address})",
                               f"reboot by {method} is not available on {self.family.name}")
-        getattr(self, "_reboot_" + method.replace("-", "_"))()
+        try:
+            getattr(self, "_reboot_" + method.replace("-", "_"))()
+        except DeviceRefused as exc:
+            # the family's fallback (UC Software 4.x: the web UI), only where the inventory did not choose a method
+            if self.phone.reboot is not None or method != "check-sync" or "web" not in self.family.reboot_methods:
+                raise
+            self._reboot_web()
+            return f"{REBOOT_DESCRIPTIONS['web']} (check-sync refused: {exc.message})"[:300]
         return REBOOT_DESCRIPTIONS[method]
 
     def _reboot_check_sync(self) -> None:
