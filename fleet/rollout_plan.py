@@ -116,8 +116,10 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         for name, value in new.items():
             if name in verbatim:
                 continue
+            if name not in pb.params and phone.family.lookup(name) is None:
+                continue    # an inherited site/fleet parameter this phone's firmware does not have: it ignores it
             try:
-                polycom.check(name, value, inv.firmware_family)
+                polycom.check(name, value, phone.family.name)
             except polycom.ParameterError as exc:
                 raise PlanError(f"phone {phone.mac} (site {site.name}): {exc}") from None
             why = secret_params.problem(name, value)   # again after interpolation: "{site.gateway}" may hold a reference
