@@ -15,6 +15,7 @@ import yaml
 from conftest import lab_spec, run_fleet, wait_until
 from fleet import inventory, phones
 from fleet.drivers.errors import DeviceRefused
+from fleet.site_registry import register_site
 
 pytestmark = pytest.mark.slow
 POLL_PASSWORD = "poll-Secret-77"
@@ -121,7 +122,7 @@ def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_
     url = f"http://{site.collector.events}/state"
     own.write_text(own.read_text().replace("<reg\n", f"<reg\n  apps.statePolling.URL=\"{url}\"\n", 1))
     store = Store(redis_url)
-    store.register_site(inv, site)
+    register_site(store, inv, site)
     collector = SiteCollector(site, store)
     collector.start()
     try:
