@@ -18,8 +18,9 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
+
 from . import secret_params, validate
-from .yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
 
 MAC_RE = validate.MAC_RE
 CREDENTIALS_RE = r"^(env:)?[A-Za-z0-9_.-]{1,128}$"

@@ -28,9 +28,11 @@ from zoneinfo import ZoneInfo
 from celery import beat
 from celery.schedules import crontab
 
-from . import rollout_playbook, yamlfile
+from soundpoint import yamlfile
+from soundpoint.yamlfile import FileError
+
+from . import rollout_playbook
 from .store import LeaseHeld, RolloutExists, RolloutStore, Store
-from .yamlfile import FileError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import yaml
 from conftest import ROOT
 from fleet import schedule
 from fleet.store import Store
-from fleet.yamlfile import FileError
+from soundpoint.yamlfile import FileError
 
 
 def test_shipped_playbooks_schedule_parses():

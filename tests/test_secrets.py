@@ -28,7 +28,7 @@ from fleet.inventory import Credentials, Phone
 from fleet.redact import redact, redact_url
 from fleet.rollout_playbook import RolloutPlaybook
 from fleet.rollout_plan import config_hash, plan
-from fleet.yamlfile import FileError
+from soundpoint.yamlfile import FileError
 
 SIP_SECRET = "planted-SIP-secret-4711"
 ROUTER_SECRET = "planted-ROUTER-secret-0815"
