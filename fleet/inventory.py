@@ -91,7 +91,7 @@ class Phone(Strict):
 
 
 class Router(Strict):
-    driver: Literal["linux_ssh", "snmp"]
+    driver: str = Field(description="a name registered in fleet.drivers.router.DRIVERS")
     address: str
     port: int = Field(22, ge=1, le=65535)
     credentials: str = Field(pattern=CREDENTIALS_RE)
@@ -111,6 +111,13 @@ class Router(Strict):
     @classmethod
     def an_address(cls, v: str) -> str:
         return validate.host(v, "router address")
+
+    @field_validator("driver")
+    @classmethod
+    def a_registered_driver(cls, v: str) -> str:
+        from .drivers.router import check_driver   # here, not at the top: the driver modules import this one
+
+        return check_driver(v)
 
 
 class BootServer(Strict):
