@@ -146,7 +146,7 @@ def _collector_addresses(inventory: Path, sites: tuple[str, ...]) -> list[tuple[
     return out
 
 
-def _listening(address: tuple[str, int]) -> bool:
+def listening(address: tuple[str, int]) -> bool:
     try:
         with socket.create_connection(address, timeout=0.5):
             return True
@@ -169,7 +169,7 @@ def start_worker(redis_url: str, inventory: Path, site: str | tuple[str, ...], l
 
             def collecting() -> bool:
                 _alive(worker, "worker")
-                return all(_listening(a) for a in addresses)
+                return all(listening(a) for a in addresses)
 
             wait_for(collecting, timeout, f"collectors of worker {'+'.join(sites)} listening on {addresses}")
     except BaseException:

@@ -99,13 +99,33 @@ def worker_factory(redis_url, tmp_path_factory):
         w.stop()
 
 
-def wait_until(cond, timeout: float, what: str, step: float = 0.1):
-    """Poll `cond` until it returns something truthy; past `timeout`, fail naming `what` and the last value seen."""
+def wait_until(cond, timeout: float, what: str, step: float = 0.1, state=None):
+    """Poll `cond` until it returns something truthy; past `timeout`, fail naming `what` and the last value seen
+    (or what `state()` returns then, when the last value alone would say little)."""
     from fleet.deadline import poll_until
 
     value = poll_until(cond, timeout, step)
     if not value:
-        raise AssertionError(f"{what} not reached within {timeout}s (last seen: {value!r})")
+        raise AssertionError(f"{what} not reached within {timeout}s (last seen: {state() if state else value!r})")
+    return value
+
+
+async def await_until(cond, timeout: float, what: str, step: float = 0.05, state=None, fail: bool = True):
+    """`wait_until` for code on an event loop: `cond` is checked between awaits, so the loop keeps serving.
+    `state`, if given, is called on failure for what to show instead of the last value of `cond`; with
+    `fail=False` the last value is returned instead, for a caller that asserts on the outcome itself."""
+    import asyncio
+
+    from fleet.deadline import Deadline
+
+    deadline = Deadline(timeout)
+    while True:
+        value = cond()
+        if value or deadline.expired:
+            break
+        await asyncio.sleep(min(step, deadline.remaining()))
+    if not value and fail:
+        raise AssertionError(f"{what} not reached within {timeout}s (last seen: {state() if state else value!r})")
     return value
 
 

@@ -9,11 +9,11 @@ import asyncio
 import glob
 import shutil
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import await_until, wait_until
 from fleet import polycom
 from fleet.redisboot import free_port
 from hil.bootserver import HttpBootServer
@@ -87,9 +87,7 @@ def kamailio(tmp_path):
     assert check.returncode == 0, check.stderr[-2000:]
     pid = tmp_path / "kam.pid"
     subprocess.run(["kamailio", "-f", str(cfg), "-P", str(pid), "-w", str(tmp_path)], check=True, timeout=20)
-    deadline = time.monotonic() + 10
-    while not sock.exists() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    wait_until(sock.exists, 10, "Kamailio's control socket")
     yield port, sock
     if pid.exists():
         subprocess.run(["kill", pid.read_text().strip()])
@@ -121,9 +119,9 @@ def test_virtual_phones_register_subscribe_and_call_through_kamailio(kamailio, t
         try:
             for p in phones:
                 await p.start(http=False)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not all(p.regs and p.regs[0].working == 1 for p in phones):
-                await asyncio.sleep(0.1)
+            # no failure here: the states are asserted below, with their own message
+            await await_until(lambda: all(p.regs and p.regs[0].working == 1 for p in phones), 15, "both phones registered",
+                              step=0.1, fail=False)
             states = [p.regs[0].working if p.regs else None for p in phones]
             dump = await asyncio.to_thread(_ul_dump, sock)
             call = await phones[0].place_call("1002")

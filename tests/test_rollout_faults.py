@@ -22,7 +22,7 @@ import pytest
 import redis
 import yaml
 
-from conftest import BIN, start_collector, start_lab, start_worker
+from conftest import BIN, start_collector, start_lab, start_worker, wait_until
 from fleet.redisboot import start_private
 from test_rollout import macs_by_site, playbook, reboots, two_site_spec, unavailable_peaks
 
@@ -145,19 +145,23 @@ def _start_rollout(lab, url: str, tmp_path, expires: int):
     before = r.zcard("fleet:rollouts")
     t0 = time.time()
     proc = _start(pb, lab, url)
-    deadline = time.monotonic() + 30
-    while r.zcard("fleet:rollouts") == before:
-        assert time.monotonic() < deadline and proc.poll() is None, proc.stderr.read() if proc.poll() is not None else "no rollout"
-        time.sleep(0.05)
+
+    def recorded() -> bool:
+        assert proc.poll() is None, proc.stderr.read()
+        return r.zcard("fleet:rollouts") > before
+
+    wait_until(recorded, 30, "the new rollout recorded", step=0.05)
     return r, proc, _rollout_id(r), t0
 
 
 def _wait_for_verified(r, url: str, rid: str, count: int, proc, budget) -> None:
-    deadline = time.monotonic() + min(120, budget())
-    while sum(1 for s in _states(r, rid).values() if s == "verified") < count:
-        if time.monotonic() > deadline or proc.poll() is not None:
-            pytest.fail(f"the rollout stopped moving before {count} phones were verified: {_status(url, rid)}")
-        time.sleep(0.02)
+
+    def verified() -> bool:
+        if proc.poll() is not None:
+            pytest.fail(f"the rollout exited before {count} phones were verified: {_status(url, rid)}")
+        return sum(1 for s in _states(r, rid).values() if s == "verified") >= count
+
+    wait_until(verified, min(120, budget()), f"{count} phones verified", step=0.02, state=lambda: _status(url, rid))
 
 
 @pytest.mark.parametrize("run", range(3))
@@ -172,7 +176,7 @@ def test_workers_killed_at_random_points(lab, aof_redis, tmp_path, run, budget):
     r, proc, rid, t0 = _start_rollout(lab, aof_redis["url"], tmp_path, expires)
     for at, site, delay in plan:
         _wait_for_verified(r, aof_redis["url"], rid, at, proc, budget)
-        time.sleep(delay)
+        time.sleep(delay)   # the experiment: a random point inside the tasks in flight, not a wait for a condition
         worker = lab.workers[site]
         os.killpg(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait()
@@ -237,7 +241,7 @@ def test_redis_restarted_mid_rollout(lab, aof_redis, tmp_path, budget, down_s):
     _wait_for_verified(r, url, rid, 30, proc, budget)
     aof_redis["proc"].terminate()   # SIGTERM: a clean shutdown, AOF fsynced (the fleet ACL user may not SHUTDOWN)
     aof_redis["proc"].wait(10)
-    time.sleep(down_s)
+    time.sleep(down_s)   # the experiment: how long Redis stays down
     _, aof_redis["proc"] = start_private(aof_redis["dir"], port=aof_redis["port"], appendonly=True,
                                          password=urlsplit(url).password)
     out, err = _finish(proc, url, rid, budget, "the rollout across the Redis restart")

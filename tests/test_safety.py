@@ -12,7 +12,8 @@ import pytest
 import redis
 import yaml
 
-from conftest import BIN, lab_spec, run_fleet
+from conftest import BIN, lab_spec, run_fleet, wait_until
+from fleet.deadline import poll_until
 
 pytestmark = pytest.mark.slow
 
@@ -37,9 +38,7 @@ def _start_outage_run(lab, redis_url: str, tmp_path, max_duration: int, **popen)
     env = dict(os.environ, FLEET_REDIS_URL=redis_url)
     proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(lab.inventory),
                              "--report-dir", str(tmp_path), "--json"], env=env, **popen)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _wan(lab)["admin_up"]:
-        time.sleep(0.1)
+    poll_until(lambda: not _wan(lab)["admin_up"], 30, 0.1)   # the callers assert on the WAN state
     proc.playbook = pb
     return proc
 
@@ -49,14 +48,11 @@ def test_killed_controller_the_router_restores_the_wan_by_itself(lab, redis_url,
                              start_new_session=True)
     pb = proc.playbook
     try:
-        deadline = time.monotonic() + 30
         assert _wan(lab)["admin_up"] is False, "the outage never started"
         t_kill = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
-        while time.monotonic() < deadline + 15 and not _wan(lab)["admin_up"]:
-            time.sleep(0.2)
-        assert _wan(lab)["admin_up"] is True
+        wait_until(lambda: _wan(lab)["admin_up"], 45, "the router's own restore of the WAN", step=0.2, state=lambda: _wan(lab))
         history = lab.status()["sites"][0]["router"]["history"]
         down = [h["t"] for h in history if h["change"] == "link down"][-1]
         up = [h["t"] for h in history if h["change"] == "link up" and h["t"] > down][0]
@@ -73,9 +69,7 @@ def test_killed_controller_the_router_restores_the_wan_by_itself(lab, redis_url,
 def test_ctrl_c_restores_the_wan_before_exiting(lab, redis_url, tmp_path):
     # wait for the previous test's lease to lapse (30 s TTL, not renewed by the killed controller)
     r = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + 40
-    while r.exists("fleet:lease:hq") and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: not r.exists("fleet:lease:hq"), 40, "the dead controller's lease lapsed", step=0.5)
     proc = _start_outage_run(lab, redis_url, tmp_path, 300, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert _wan(lab)["admin_up"] is False
     proc.send_signal(signal.SIGINT)
@@ -97,9 +91,7 @@ def test_no_secret_reaches_redis_logs_reports_or_task_messages(lab, redis_url, r
     assert len(planted) >= 5 and all(len(s) >= 8 for s in planted)
 
     r = redis.Redis.from_url(redis_url)
-    deadline = time.monotonic() + 40
-    while r.exists("fleet:lease:hq") and time.monotonic() < deadline:
-        time.sleep(0.5)
+    wait_until(lambda: not r.exists("fleet:lease:hq"), 40, "the site's lease free", step=0.5)
     seen: list[str] = []
     stop = threading.Event()
 
@@ -112,7 +104,8 @@ def test_no_secret_reaches_redis_logs_reports_or_task_messages(lab, redis_url, r
 
     t = threading.Thread(target=monitor, daemon=True)
     t.start()
-    time.sleep(0.3)
+    # MONITOR is attached once it reports a command of ours
+    wait_until(lambda: r.ping() and any("PING" in c.upper() for c in seen), 10, "MONITOR attached")
     from conftest import ROOT
 
     res = run_fleet(["experiment", "run", str(ROOT / "playbooks/wan-outage-fallback.yml"), "--inventory", str(lab.inventory),

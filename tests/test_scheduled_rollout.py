@@ -19,8 +19,9 @@ import redis
 import yaml
 from celery import Celery
 
-from conftest import BIN, ROOT, lab_spec, run_fleet, start_lab, start_worker
+from conftest import BIN, ROOT, lab_spec, run_fleet, start_lab, start_worker, wait_until
 from fleet import schedule
+from fleet.deadline import poll_until
 from test_rollout import reboots
 
 pytestmark = pytest.mark.slow
@@ -75,13 +76,9 @@ def _status(redis_url: str, rid: str) -> str:
 
 def _wait_finished(r: redis.Redis, redis_url: str, rid: str, end_events: int = 1) -> dict:
     """The rollout's hash once it ended; fails with `fleet rollout status --json` if it does not in the budget."""
-    deadline = time.monotonic() + BUDGET_S
-    while time.monotonic() < deadline:
-        events = _events(r, rid)
-        if sum(1 for e in events if e["kind"] == "end") >= end_events:
-            return r.hgetall(f"fleet:rollout:{rid}")
-        time.sleep(0.5)
-    pytest.fail(f"scheduled rollout {rid} did not finish: {_status(redis_url, rid)}")
+    wait_until(lambda: sum(1 for e in _events(r, rid) if e["kind"] == "end") >= end_events, BUDGET_S,
+               f"the end of scheduled rollout {rid}", step=0.5, state=lambda: _status(redis_url, rid))
+    return r.hgetall(f"fleet:rollout:{rid}")
 
 
 def _events(r: redis.Redis, rid: str) -> list[dict]:
@@ -98,9 +95,7 @@ def test_scheduled_rollout_runs_its_drill_once_though_redelivered(lab, redis_url
     meta = _wait_finished(r, redis_url, rid)
     assert meta["status"] == "done", _status(redis_url, rid)
     # the message was delivered again while the first copy drove the rollout (the visibility timeout passed)...
-    deadline = time.monotonic() + 3 * VISIBILITY_S + 30
-    while sum(1 for e in _events(r, rid) if e["kind"] == "scheduled") < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    poll_until(lambda: sum(1 for e in _events(r, rid) if e["kind"] == "scheduled") >= 2, 3 * VISIBILITY_S + 30, 0.5)
     events = _events(r, rid)
     kinds = [e["kind"] for e in events]
     end_t = next(e["t"] for e in events if e["kind"] == "end")
@@ -165,14 +160,18 @@ def test_a_driver_whose_lease_is_taken_stops_and_the_rollout_resumes(lab, redis_
     env = dict(os.environ, FLEET_REDIS_URL=redis_url, FLEET_LEASE_TTL="3")   # renewed every second
     proc = subprocess.Popen([BIN / "fleet", "rollout", "run", str(pb), "--inventory", str(lab.inventory), "--json"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    holder = None
-    while not (holder and holder.startswith("rollout:")):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            pytest.fail(f"the rollout never took the site's lease: {proc.communicate()[1][-2000:]}")
+
+    def lease_taken() -> str | None:
+        if proc.poll() is not None:
+            pytest.fail(f"the rollout exited before it took the site's lease: {proc.communicate()[1][-2000:]}")
         holder = r.get(f"fleet:lease:{SITE}")
-        time.sleep(0.05)
+        return holder if holder and holder.startswith("rollout:") else None
+
+    try:
+        holder = wait_until(lease_taken, 60, "the rollout holding the site's lease", step=0.05)
+    except BaseException:
+        proc.kill()
+        raise
     r.set(f"fleet:lease:{SITE}", "thief", px=120_000)   # as if it had lapsed and another run had taken the site
     try:
         out, err = proc.communicate(timeout=60)
