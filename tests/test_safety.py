@@ -29,13 +29,14 @@ def _wan(lab) -> dict:
     return lab.status()["sites"][0]["router"]["wan_state"]
 
 
-def _start_outage_run(lab, redis_url: str, tmp_path, max_duration: int, **popen) -> subprocess.Popen:
+def _start_outage_run(lab, redis_url: str, tmp_path, max_duration: int, lease_ttl: float | None = None,
+                      **popen) -> subprocess.Popen:
     """Start `fleet experiment run` on a playbook that cuts the WAN and then lingers; return once the WAN is down."""
     pb = tmp_path / "long.yml"
     pb.write_text("kind: experiment\nname: long\nsite: hq\nsteps:\n"
                   f"  - {{name: cut, outage: link-down, max_duration: {max_duration}}}\n  - {{name: linger, wait: 120}}\n"
                   "  - {name: back, restore: true}\n")
-    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url, **({"FLEET_LEASE_TTL": str(lease_ttl)} if lease_ttl else {}))
     proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(lab.inventory),
                              "--report-dir", str(tmp_path), "--json"], env=env, **popen)
     poll_until(lambda: not _wan(lab)["admin_up"], 30, 0.1)   # the callers assert on the WAN state
@@ -44,14 +45,18 @@ def _start_outage_run(lab, redis_url: str, tmp_path, max_duration: int, **popen)
 
 
 def test_killed_controller_the_router_restores_the_wan_by_itself(lab, redis_url, tmp_path):
-    proc = _start_outage_run(lab, redis_url, tmp_path, 6, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    # a 15 s lease (not the default 30 s): it still outlives the check below, and the next test waits less for it
+    proc = _start_outage_run(lab, redis_url, tmp_path, 6, lease_ttl=15, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
     pb = proc.playbook
     try:
         assert _wan(lab)["admin_up"] is False, "the outage never started"
         t_kill = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
+        # the lease the dead controller held blocks a second run until it expires, with a message saying so
+        res = run_fleet(["experiment", "run", str(pb), "--inventory", str(lab.inventory)], redis_url)
+        assert res.returncode == 3 and "leased by" in res.stderr, res.stderr[-2000:]
         wait_until(lambda: _wan(lab)["admin_up"], 45, "the router's own restore of the WAN", step=0.2, state=lambda: _wan(lab))
         history = lab.status()["sites"][0]["router"]["history"]
         down = [h["t"] for h in history if h["change"] == "link down"][-1]
@@ -61,13 +66,10 @@ def test_killed_controller_the_router_restores_the_wan_by_itself(lab, redis_url,
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    # the lease the dead controller held blocks a second run until it expires, with a message saying so
-    res = run_fleet(["experiment", "run", str(pb), "--inventory", str(lab.inventory)], redis_url)
-    assert res.returncode == 3 and "leased by" in res.stderr
 
 
 def test_ctrl_c_restores_the_wan_before_exiting(lab, redis_url, tmp_path):
-    # wait for the previous test's lease to lapse (30 s TTL, not renewed by the killed controller)
+    # wait for the previous test's lease to lapse (15 s TTL, not renewed by the killed controller)
     r = redis.Redis.from_url(redis_url)
     wait_until(lambda: not r.exists("fleet:lease:hq"), 40, "the dead controller's lease lapsed", step=0.5)
     proc = _start_outage_run(lab, redis_url, tmp_path, 300, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
