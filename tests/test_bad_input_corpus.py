@@ -236,7 +236,8 @@ def test_legitimate_anchors_and_merge_keys_still_work(tmp_path):
 
 
 def test_duplicate_mac_check_is_linear(tmp_path):
-    """50,000 phones load (the check was quadratic: 44 s); a duplicate at the end is still found and named."""
+    """50,000 phones and a duplicate at the end (the check was quadratic: 44 s): found and named. One load, not
+    two: the error naming phones[50000] also shows that none of the 50,000 before it was taken for a duplicate."""
     from fleet import inventory
     from soundpoint.yamlfile import FileError
 
@@ -244,8 +245,6 @@ def test_duplicate_mac_check_is_linear(tmp_path):
                        f"credentials: admin}}" for i in range(1, 50001))
     head = "name: big\nsites:\n  - name: s\n    gateway: 10.0.0.1\n    boot_server: {url: 'http://10.0.0.2/'}\n    phones:\n"
     path = tmp_path / "big.yml"
-    path.write_text(head + phones + "\n")
-    assert len(inventory.load(path).sites[0].phones) == 50000
     path.write_text(head + phones + "\n      - {mac: '00000000c350', model: VVX 410, address: 10.9.9.9, credentials: admin}\n")
     with pytest.raises(FileError, match="listed twice") as exc:
         inventory.load(path)
