@@ -115,15 +115,19 @@ class Proc:
         return self.proc.pid
 
     def stop(self, timeout: float = 15) -> None:
-        if self.proc.poll() is None:
+        """SIGTERM to the group (a worker's pool children go with it), SIGKILL if it is still there after `timeout`."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            if self.proc.poll() is not None:
+                return
             try:
-                os.killpg(self.proc.pid, signal.SIGTERM)
-                self.proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(timeout)
+                os.killpg(self.proc.pid, sig)
             except ProcessLookupError:
                 pass
+            try:
+                self.proc.wait(timeout)
+                return
+            except subprocess.TimeoutExpired:
+                continue
 
 
 def _spawn(args: list, redis_url: str, log: Path) -> Proc:
