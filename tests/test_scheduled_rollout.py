@@ -162,10 +162,13 @@ def test_a_driver_whose_lease_is_taken_stops_and_the_rollout_resumes(lab, redis_
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
     def lease_taken() -> str | None:
-        if proc.poll() is not None:
-            pytest.fail(f"the rollout exited before it took the site's lease: {proc.communicate()[1][-2000:]}")
+        exited = proc.poll() is not None
         holder = r.get(f"fleet:lease:{SITE}")
-        return holder if holder and holder.startswith("rollout:") else None
+        if holder and holder.startswith("rollout:"):
+            return holder
+        if exited:
+            pytest.fail(f"the rollout exited before it took the site's lease: {proc.communicate()[1][-2000:]}")
+        return None
 
     try:
         holder = wait_until(lease_taken, 60, "the rollout holding the site's lease", step=0.05)
