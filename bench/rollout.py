@@ -29,7 +29,7 @@ import yaml
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fleet import inventory, polycom  # noqa: E402
 from fleet.redisboot import free_port  # noqa: E402
-from hil.harness import BIN, Harness, Lab  # noqa: E402
+from hil.harness import BIN, Harness, Lab, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -82,6 +82,8 @@ def lab_and_workers(h: Harness, name: str, net: int, phones: int, boot_time: flo
     lab = h.lab(lab_spec(name, net, phones, boot_time), name, ready_timeout=180, timeout=None)
     workers = h.workers(lab.inventory, ("east", "west"), extra=("--concurrency", "25", "--pool", "threads"))
     collector = h.collector(lab.inventory, ("east", "west"))
+    # `hil up` returns once every phone has a working server; the second registrations are still under way
+    wait_for(lambda: not lab.unsettled(), 120, "every phone registered with both servers", step=1.0)
     return lab, {"lab": lab.pid, **{f"worker {i}": w.pid for i, w in enumerate(workers)}, "collector": collector.pid}
 
 

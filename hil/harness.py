@@ -78,6 +78,13 @@ class Lab:
     def post(self, path: str, body: dict) -> dict:
         return requests.post(self.control + path, json=body, timeout=30).json()
 
+    def unsettled(self) -> list[str]:
+        """Phones not yet registered with every server they register with (`hil up` returns once each has one):
+        a measurement that starts before they are all done measures the lab's start-up with it."""
+        return [p["mac"] for p in self.status(timeout=60)["phones"]
+                if not p["booted"] or not all(s["state"] == "registered" for r in p["registrations"]
+                                               for s in r["servers"] if s["register"])]
+
     def down(self) -> None:
         if self.state.exists():
             subprocess.run([BIN / "hil", "down", "--state-dir", str(self.state)], check=False, capture_output=True)
