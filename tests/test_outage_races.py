@@ -20,7 +20,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from conftest import BIN, lab_spec, run_fleet, wait_until
