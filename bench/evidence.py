@@ -9,10 +9,17 @@ SIP parse -> transaction match -> attribution -> Observation). Prints messages
 per CPU-second of the process (best of several runs; the wall-clock rate is printed beside it). Target: >= 20,000/s, about 100 times the
 steady REGISTER load of a 5,000-phone site.
 
-Detection latency (a phone's real change to the observation, per source, at
-1,000 phones) needs the lab wiring of issue 10 and is not measured here.
+Detection latency (`--latency`, default on): from a phone's real change (the
+moment its registrar's 200 OK, or its own notification, leaves) to the
+observation stored in Redis, per source, at 1,000 phones. A real collector
+(SiteCollector, its own thread and event loop, a private redis-server) runs the
+sources: a pcap stream over a pipe into the capture source's code path (what
+the router's SSH stdout feeds), HEP v3 over real UDP into its listener, and
+telephone notification events over real HTTP from each phone's own loopback
+address. The 1,000 changes are paced over a few seconds (a site's phones
+re-registering after an outage). Target: p99 < 200 ms for wire and HEP.
 
-Run: .venv/bin/python bench/evidence.py [--phones N] [--runs R]
+Run: .venv/bin/python bench/evidence.py [--phones N] [--runs R] [--latency-phones N] [--no-latency]
 """
 from __future__ import annotations
 
@@ -28,6 +35,7 @@ from pathlib import Path
 import dpkt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fleet.deadline import poll_until  # noqa: E402
 from fleet.drivers.collect import hep  # noqa: E402
 from fleet.drivers.collect.pcap_stream import PcapStreamParser, PcapWriter  # noqa: E402
 from fleet.drivers.collect.wire_decode import LINKTYPE_ETHERNET  # noqa: E402
@@ -119,6 +127,9 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--phones", type=int, default=5000)
     ap.add_argument("--runs", type=int, default=5)
+    ap.add_argument("--latency-phones", type=int, default=1000)
+    ap.add_argument("--spread", type=float, default=4.0, help="seconds over which the phones' changes are paced")
+    ap.add_argument("--no-latency", dest="latency", action="store_false")
     args = ap.parse_args()
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})      # one core
@@ -152,7 +163,167 @@ def main() -> None:
         print(f"{name:5s} decode: {rate:10,.0f} SIP messages per CPU-second on one core "
               f"(wall clock: {len(msgs) / best_wall:,.0f}/s; {len(msgs)} messages -> {expected} observations)  "
               f"target >= 20,000/s: {'met' if rate >= 20_000 else 'NOT met'}")
-    print("detection latency: not measured here (needs the lab wiring of issue 10)")
+    if args.latency:
+        if hasattr(os, "sched_setaffinity"):       # the collector's threads and Redis: every core again
+            os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
+        latency(args.latency_phones, args.spread)
+
+
+# ---------------------------------------------------------------- detection latency through a real collector
+
+LAT_PROVIDER, LAT_GATEWAY = ("203.0.113.10", 5060), ("127.0.0.1", 5060)
+
+
+def lat_phone(i: int) -> tuple[str, str, str]:
+    """MAC, user and a loopback address of its own (events must come from the phone's address)."""
+    return f"0004f2{0x800000 + i:06x}", f"{30000 + i}", f"127.15.{200 + i // 250}.{2 + i % 250}"
+
+
+class TimedStore:
+    """The real Store, noting when each observation reached Redis (the moment `fleet status` could show it)."""
+
+    def __init__(self, url: str) -> None:
+        from fleet.store import Store
+
+        self.store = Store(url)
+        self.arrived: dict[tuple[str, str], float] = {}      # (mac, source) -> first store time
+
+    def __getattr__(self, name):
+        return getattr(self.store, name)
+
+    def record_observations(self, observations):
+        n = self.store.record_observations(observations)
+        now = time.time()
+        for o in observations:
+            self.arrived.setdefault((o.mac, o.source), now)
+        return n
+
+
+def percentiles(values: list[float]) -> str:
+    values = sorted(values)
+    pick = lambda q: values[min(len(values) - 1, int(q * len(values)))] * 1000  # noqa: E731
+    return f"p50 {pick(0.50):6.1f} ms  p95 {pick(0.95):6.1f} ms  p99 {pick(0.99):6.1f} ms  max {values[-1] * 1000:6.1f} ms"
+
+
+def latency(phones: int, spread: float) -> None:
+    import http.client
+    import tempfile
+
+    from fleet.collector import SiteCollector
+    from fleet.drivers.collect import wire_sources
+    from fleet.inventory import Inventory
+    from fleet.redisboot import free_port, start_private
+    from fleet.site_registry import register_site
+    from hil import phone_reports
+
+    url, redis_proc = start_private(Path(tempfile.mkdtemp(prefix="bench-evidence-")))
+    hep_port = free_port()
+    params = {"reg.1.server.1.address": LAT_PROVIDER[0], "reg.1.server.2.address": LAT_GATEWAY[0],
+              "reg.1.server.1.retryTimeOut": "400", "reg.1.server.1.retryMaxCount": "3"}
+    inv = Inventory.model_validate({
+        "name": "bench", "firmware_family": "sip-3.x",
+        "sites": [{"name": "bench", "gateway": LAT_GATEWAY[0], "boot_server": {"url": "file:///nonexistent"},
+                   "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"},
+                   "capture": [f"hep 127.0.0.1:{hep_port}"], "params": params,
+                   "phones": [{"mac": mac, "model": "SoundPoint IP 650", "address": ip, "credentials": "x",
+                               "params": {"reg.1.address": user}} for mac, user, ip in map(lat_phone, range(phones))]}]})
+    site = inv.sites[0]
+    store = TimedStore(url)
+    register_site(store, inv, site)
+    collector = SiteCollector(site, store, None, inv)      # type: ignore[arg-type]
+    collector.start()
+
+    # the pcap stream: a pipe into the router-capture code path (pump), as the SSH stdout would feed it
+    rfd, wfd = os.pipe()
+    reader = os.fdopen(rfd, "rb", buffering=0)
+
+    class PipeCapture(wire_sources._WireThread):
+        label = "pipe capture"
+
+        def run_once(self) -> None:
+            import select
+
+            def read(timeout: float):
+                if not select.select([reader], [], [], timeout)[0]:
+                    return b""
+                return reader.read(65536) or None
+            self.pump(read)
+            self.stopping.wait()
+
+    from fleet.inventory import Capture
+    pipe_source = PipeCapture(site, collector.sink(), Capture(kind="router"), wire_sources.Targets(site, collector.phone_params))
+    pipe_source.start()
+    pipe_source.running.wait(10)
+    writer = os.fdopen(wfd, "wb", buffering=0)
+    head = io.BytesIO()
+    PcapWriter(head, LINKTYPE_ETHERNET)
+    writer.write(head.getvalue())
+
+    sent: dict[tuple[str, str], float] = {}
+    hep_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    hep_sock.bind(("127.0.0.1", 0))
+    ehost, eport = site.collector.events.rsplit(":", 1)
+
+    def send_wire(i: int) -> None:
+        mac, user, ip = lat_phone(i)
+        t = time.time()
+        buf = io.BytesIO()
+        w = PcapWriter(buf, LINKTYPE_ETHERNET)
+        w.write(t, frame((ip, 5060), LAT_PROVIDER, register(user, ip, LAT_PROVIDER, 3)))
+        t = time.time()
+        w.write(t, frame(LAT_PROVIDER, (ip, 5060), ok(user, ip, LAT_PROVIDER, 3)))
+        writer.write(buf.getvalue()[24:])
+        sent[(mac, "wire")] = t
+
+    def send_hep(i: int) -> None:
+        mac, user, ip = lat_phone(i)
+        hep_sock.sendto(hep.encode((ip, 5060), LAT_GATEWAY, time.time(), register(user, ip, LAT_GATEWAY, 3)),
+                        ("127.0.0.1", hep_port))
+        t = time.time()
+        hep_sock.sendto(hep.encode(LAT_GATEWAY, (ip, 5060), t, ok(user, ip, LAT_GATEWAY, 3)), ("127.0.0.1", hep_port))
+        sent[(mac, "hep")] = t
+
+    def send_event(i: int) -> None:
+        mac, _, ip = lat_phone(i)
+        conn = http.client.HTTPConnection(ehost, int(eport), timeout=5, source_address=(ip, 0))
+        body = phone_reports.line_event("LineRegistrationEvent", mac, ip, 1)
+        try:
+            t = time.time()
+            conn.request("POST", "/events", body=body, headers={"Content-Type": "application/xml"})
+            conn.getresponse().read()
+            sent[(mac, "event")] = t
+        finally:
+            conn.close()
+
+    try:
+        for name, send in (("wire", send_wire), ("hep", send_hep), ("event", send_event)):
+            start = time.monotonic()
+            for i in range(phones):
+                delay = start + spread * i / phones - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)   # pacing the load over `spread` seconds: part of the experiment
+                send(i)
+            # every observation stored, or 10 s (the ones still missing are counted below)
+            poll_until(lambda: sum(1 for k in store.arrived if k[1] == name) >= phones, 10, 0.05)
+            lat = [store.arrived[k] - t for k, t in sent.items() if k[1] == name and k in store.arrived]
+            missing = phones - len(lat)
+            if not lat:
+                print(f"detection latency {name:5s}: no observation arrived")
+                continue
+            target = ""
+            if name in ("wire", "hep"):
+                p99 = sorted(lat)[min(len(lat) - 1, int(0.99 * len(lat)))]
+                target = f"  target p99 < 200 ms: {'met' if p99 < 0.2 else 'NOT met'}"
+            print(f"detection latency {name:5s} ({phones} phones over {spread:g} s, send -> stored in Redis): "
+                  f"{percentiles(lat)}{f'; {missing} missing' if missing else ''}{target}")
+        print("detection latency gateway: a poll's (gateway.interval, 10 s by default): the change waits for the "
+              "next poll, so up to one interval plus the command's run time; not a push source")
+    finally:
+        pipe_source.stop()
+        collector.stop()
+        writer.close()
+        redis_proc.terminate()
+        redis_proc.wait(10)
 
 
 if __name__ == "__main__":

@@ -72,7 +72,8 @@ def lab_spec(name: str, net: int, phones: int, boot_time: float) -> dict:
                                   {"address": "gateway", "expires": 60, "overlap": 10, "retry_timeout_ms": 500}],
                       "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}}
     return {"name": name, "net": net, "firmware_family": "uc-5.x",
-            "timing": {"boot_time": boot_time, "boot_jitter": 5, "retry_interval": 5, "log_upload_period": 0, "dns_ttl": 30},
+            "timing": {"boot_time": boot_time, "boot_jitter": 5, "retry_interval": 5, "log_upload_period": 0, "dns_ttl": 30,
+                       "test_speed": True},
             "sites": [site("east"), site("west")]}
 
 
@@ -100,16 +101,14 @@ def our_rollout(inv: Path, url: str, work: Path, expires: int, phones: int, max_
     elapsed = time.perf_counter() - t0
     out = json.loads(res.stdout)
     assert out["status"] == "done" and out["counts"].get("verified") == phones, out
-    import redis
+    from fleet.store import RolloutStore, Store
 
-    r = redis.Redis.from_url(url, decode_responses=True)
-    meta = r.hmget(f"fleet:rollout:{out['id']}", "created", "finished")
-    created = float(meta[0])
-    our_rollout.span = float(meta[1]) - created   # the rollout's own recorded span, without CLI start-up
-    pipe = r.pipeline(transaction=False)
-    for key in r.scan_iter(f"fleet:rollout:{out['id']}:phone:*", count=1000):
-        pipe.hmget(key, "dispatched_at", "reboot_at", "settled_at")
-    stamps = [[float(x) for x in row] for row in pipe.execute() if all(row)]
+    rs = RolloutStore(Store(url))
+    created = float(rs.get_field(out["id"], "created"))
+    our_rollout.span = float(rs.get_field(out["id"], "finished")) - created   # its own recorded span, no CLI start-up
+    records = rs.phones(out["id"], rs.macs(out["id"]), full=True).values()
+    stamps = [[float(rec[k]) for k in ("dispatched_at", "reboot_at", "settled_at")] for rec in records
+              if all(rec.get(k) for k in ("dispatched_at", "reboot_at", "settled_at"))]
 
     def pct(values: list[float]) -> str:
         values = sorted(values)

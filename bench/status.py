@@ -19,7 +19,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fleet.observe import Observation  # noqa: E402
 from fleet.redisboot import start_private  # noqa: E402
-from fleet.store import Store  # noqa: E402
+from fleet.store import Keys, Store  # noqa: E402
 
 
 def main() -> None:
@@ -40,7 +40,7 @@ def main() -> None:
             store.record_observations([Observation(mac=r["mac"], t=now, source="syslog", server=s, state="registered",
                                                    address="x") for r in rows for s in (1, 2)])
         raw_client = redis.Redis.from_url(url, decode_responses=True)
-        macs = sorted(raw_client.smembers("fleet:phones"))
+        macs = sorted(raw_client.smembers(Keys.PHONES))   # the baseline: a naive client that knows the key names
 
         def ours() -> int:
             return len(store.status_json())
@@ -48,7 +48,7 @@ def main() -> None:
         def raw() -> int:
             pipe = raw_client.pipeline(transaction=False)
             for m in macs:
-                pipe.hgetall(f"fleet:phone:{m}")
+                pipe.hgetall(Keys.phone(m))
             return len(pipe.execute())
 
         t_ours, t_raw = [], []

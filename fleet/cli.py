@@ -273,7 +273,8 @@ def _print_plan(p, console: Console) -> None:
     console.print(f"[bold]parameter changes[/bold] ({len(changed)} phones change, {len(p.phones) - len(changed)} unchanged)")
     for ph in changed[:50]:
         for name, (old, new) in ph.diff.items():
-            console.print(Text(f"  {ph.mac} {name}: {old!s} -> {new!s}"))
+            verbatim = " (uncatalogued: passed through verbatim, unchecked)" if name in ph.verbatim else ""
+            console.print(Text(f"  {ph.mac} {name}: {old!s} -> {new!s}{verbatim}"))
     if len(changed) > 50:
         console.print(f"  ... and {len(changed) - 50} more phones")
     t = Table("server address", "phones", "REGISTER/s normal", "REGISTER/s primary down", title="registration refresh load (R6)")
@@ -306,10 +307,16 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
             except Exception:  # a dry run works without Redis too; it then diffs against the inventory
                 last = None
         p = _plan(pb, inv, rid, last, playbook_path)
+        from .site_files import describe, survey   # read only: each phone's master and override files
+
+        found = survey(inv, p.phones)
         if as_json:
-            click.echo(json.dumps(p.to_dict(refs=False) | {"dry_run": True}, indent=1))
+            click.echo(json.dumps(p.to_dict(refs=False) | {"dry_run": True, "site_files": found}, indent=1))
         else:
             _print_plan(p, Console())
+            Console().print("[bold]site files[/bold]")
+            for line in describe(found):
+                Console().print(Text("  " + line))
         sys.exit(EXIT_INPUT if p.overloaded and not pb.strategy.allow_overload else 0)
     store = _store()
     from .celeryapp import configure
@@ -445,6 +452,55 @@ def rollout_list(as_json: bool) -> None:
     for r in rows:
         t.add_row(*(escape(str(x)) for x in (r["id"] or "", r["playbook"] or "", r["status"] or "", (r["reason"] or "")[:60])))
     Console().print(t)
+
+
+@main.group("inventory")
+def inventory_group() -> None:
+    """Check an inventory before anything uses it."""
+
+
+@inventory_group.command("check")
+@click.argument("inventory_path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.option("--site", "sites", multiple=True, help="Only this site (repeatable).")
+@click.option("--probe", "do_probe", is_flag=True,
+              help="Also try every device read-only: boot server login and read, router host key and state, "
+                   "each phone's web interface or REST, the collectors' addresses. Changes nothing anywhere.")
+@click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1, 120), help="Seconds per device.")
+@click.option("--json", "as_json", is_flag=True, help="One object: valid, and with --probe a list of checks.")
+def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool, timeout: float, as_json: bool) -> None:
+    """Validate FILE (and its secrets file); with --probe, reach every device read-only.
+
+    Exit codes: 0 valid (and every device reached), 1 a device failed its probe, 2 invalid input.
+    """
+    from . import inventory as inv_mod
+    from .site_probe import device_count, probe
+
+    inv = _inventory(inventory_path)
+    _check_sites(inv, sites)
+    phones = device_count(inv, sites)
+    if not do_probe:
+        summary = {"valid": True, "inventory": inv.name, "sites": [s.name for s in inv.sites], "phones": phones}
+        click.echo(json.dumps(summary) if as_json else f"{inventory_path}: valid ({len(inv.sites)} sites, {phones} phones)")
+        return
+    secrets = inv_mod.check_secrets(inv)
+    if as_json or not sys.stderr.isatty():
+        rows = probe(inv, secrets, sites, timeout)
+    else:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+        with Progress(TextColumn("probing phones"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
+            task = bar.add_task("probe", total=phones)
+            rows = probe(inv, secrets, sites, timeout, progress=lambda n: bar.advance(task, n))
+    failed = [r for r in rows if not r.ok]
+    if as_json:
+        click.echo(json.dumps({"valid": True, "ok": not failed, "checks": [r.to_dict() for r in rows]}, indent=1))
+    else:
+        t = Table("site", "device", "target", "ok", "detail")
+        for r in rows:
+            t.add_row(escape(r.site), escape(r.device), escape(r.target), "yes" if r.ok else "[red]NO[/red]", escape(r.detail))
+        Console().print(t)
+        click.echo(f"{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; failed: {', '.join(r.device for r in failed)}" if failed else ""))
+    sys.exit(EXIT_FAILED if failed else EXIT_OK)
 
 
 @main.command()

@@ -1,7 +1,12 @@
-"""Collectors that run beside a site's worker: syslog and telephone notification events, pushed by phones.
+"""Collectors that run beside a site's worker: what phones push, and the per-server sources the inventory names.
 
-Push sources see a change the moment the phone reports it, so detection
-latency is the network's, not a polling interval's. Observations are batched
+Line level: telephone notification events (and syslog, whose registration
+line is a format of ours) pushed by the phones, state polling. Per server:
+SIP on the wire (a router capture over SSH, a local mirror-port capture, HEP
+v3 from the SIP servers) and the gateway's registrar bindings
+(drivers/collect/wire_sources.py). Push sources and the wire see a change the
+moment it happens, so detection latency is the network's, not a polling
+interval's. Observations are batched
 (every 20 ms) into the store, which derives per-server state and the working
 server (fleet.observe).
 
@@ -13,6 +18,7 @@ the site's phones (or inside the site's `collector.allow_from` networks).
 from __future__ import annotations
 
 import asyncio
+import base64
 import ipaddress
 import logging
 import socket
@@ -21,11 +27,14 @@ import time
 
 from aiohttp import web
 
+from .drivers.collect import wire_sources
 from .drivers.collect.formats import parse_line_event, parse_syslog
 from .drivers.collect.poller import Poller
+from .drivers.collect.wire_decode import Datagram
 from .inventory import Inventory, Secrets, Site
 from .observe import Observation, from_line_info
-from .store import Store
+from .site_registry import register_site
+from .store import RolloutStore, Store
 
 log = logging.getLogger(__name__)
 FLUSH_S = 0.02   # observations reach the store in batches this far apart
@@ -124,9 +133,14 @@ class _Syslog(asyncio.DatagramProtocol):
 
 
 class SiteCollector:
-    def __init__(self, site: Site, store: Store, secrets: Secrets | None = None) -> None:
-        self.site, self.store, self.secrets = site, store, secrets
+    def __init__(self, site: Site, store: Store, secrets: Secrets | None = None,
+                 inventory: Inventory | None = None) -> None:
+        self.site, self.store, self.secrets, self.inventory = site, store, secrets, inventory
         self.pending: list[Observation] = []
+        self.kept: list[dict] = []           # SIP datagrams for the running experiment's capture.pcap
+        self.observing: str | None = None    # that experiment
+        self.evidence: list = []             # per-server evidence sources (wire_sources)
+        self.source_errors: list[str] = []   # sources that could not start, and why
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=f"collector-{site.name}", daemon=True)
@@ -148,8 +162,98 @@ class SiteCollector:
             raise CollectorError(self.start_error)
 
     def stop(self) -> None:
-        if self.loop:
-            self.loop.call_soon_threadsafe(self.loop.stop)
+        for source in self.evidence:
+            if isinstance(source, wire_sources.SourceThread):
+                source.stop()
+        if self.loop and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._shutdown()))
+
+    async def _shutdown(self) -> None:
+        for transport in getattr(self, "hep_transports", []):
+            transport.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.get_running_loop().stop()
+
+    # ------------------------------------------------------------------ per-server evidence sources
+    def phone_params(self) -> dict[str, dict[str, str]]:
+        """The configuration each phone runs: what a rollout last pushed, else the inventory's."""
+        pushed = RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])
+        out = {}
+        for p in self.site.phones:
+            if pushed.get(p.mac):
+                out[p.mac] = {k: str(v) for k, v in pushed[p.mac].items()}
+            elif self.inventory is not None:
+                out[p.mac] = self.inventory.effective_params(self.site, p)
+            else:
+                out[p.mac] = {k: str(v) for layer in (self.site.params, p.params) for k, v in layer.items()}
+        return out
+
+    def sink(self) -> wire_sources.Sink:
+        """Callbacks for source threads: everything reaches the lists on the event loop's own thread."""
+        loop = self.loop
+        assert loop is not None
+
+        def observe(obs: list[Observation]) -> None:
+            loop.call_soon_threadsafe(self.pending.extend, obs)
+
+        def keep(source: str, datagrams: list[Datagram]) -> None:
+            if self.observing is None:
+                return
+            rows = [{"t": d.t, "src": list(d.src), "dst": list(d.dst), "source": source,
+                     "payload": base64.b64encode(d.payload).decode()} for d in datagrams]
+            loop.call_soon_threadsafe(self.kept.extend, rows)
+
+        return wire_sources.Sink(observe, keep)
+
+    def _credentials(self, what: str):
+        if self.secrets is None or self.site.router is None:
+            raise CollectorError(f"site {self.site.name}: {what} needs the router's credentials (a secrets file)")
+        return self.secrets.credentials(self.site.router.credentials)
+
+    async def _start_sources(self) -> None:
+        """Start what the inventory names; a source that cannot start is logged and the others still run."""
+        sink = self.sink()
+        targets = wire_sources.Targets(self.site, self.phone_params)
+        await asyncio.to_thread(targets.refresh, True)
+        for capture in self.site.capture:
+            try:
+                if capture.kind == "hep":
+                    hep = wire_sources.HepSource(self.site, sink, targets)
+                    transport, _ = await wire_sources.start_hep(self.site, capture, hep)
+                    self.evidence.append(hep)
+                    self.hep_transports.append(transport)
+                    asyncio.ensure_future(self._tick_loop(hep))
+                elif capture.kind == "router":
+                    self.evidence.append(wire_sources.RouterCapture(self.site, sink, capture, targets,
+                                                                   self._credentials("a router capture")))
+                else:
+                    self.evidence.append(wire_sources.LocalCapture(self.site, sink, capture, targets))
+            except (OSError, CollectorError, KeyError, ValueError) as exc:
+                why = f"site {self.site.name}: capture {capture.kind} cannot start: {getattr(exc, 'strerror', None) or exc}"
+                self.source_errors.append(why)
+                log.error("%s", why)
+        if self.site.gateway_registrar is not None:
+            try:
+                self.evidence.append(wire_sources.GatewayPoller(self.site, sink, targets,
+                                                               self._credentials("gateway polling")))
+            except (CollectorError, KeyError) as exc:
+                self.source_errors.append(str(exc))
+                log.error("%s", exc)
+        for source in self.evidence:
+            if isinstance(source, wire_sources.SourceThread):
+                source.start()
+
+    async def _tick_loop(self, source) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await asyncio.to_thread(source.follow.refresh)    # Redis and DNS: off the event loop
+                source.tick()
+            except Exception as exc:  # never let one source's bug stop the collector
+                log.warning("collector %s: %s tick failed: %s", self.site.name, source.source, exc)
 
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
@@ -169,16 +273,20 @@ class SiteCollector:
         await self.loop.create_datagram_endpoint(lambda: _Syslog(self.pending, self.sources), local_addr=(host, port))  # type: ignore[union-attr]
         app = web.Application(client_max_size=65536)
         app.router.add_post("/events", self._event)
+        app.router.add_post("/state", self._state_push)     # apps.statePolling.URL (push mode)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, ehost, int(eport), reuse_address=True).start()
         asyncio.ensure_future(self._flush_loop())
+        asyncio.ensure_future(self._observing_loop())
+        self.hep_transports: list = []
+        await self._start_sources()
         if self.site.collector.poll_interval > 0 and self.secrets is not None:
             asyncio.ensure_future(self._poll_loop())
 
     async def _poll_loop(self) -> None:
         """State polling as a second source: REST lineInfo where the model has it, state polling otherwise."""
-        targets = [(p, self.secrets.credentials(p.credentials)) for p in self.site.phones]  # type: ignore[union-attr]
+        targets = [(p, self._poll_login(p)) for p in self.site.phones]
         configured = {r["mac"]: r["configured_servers"] for r in await asyncio.to_thread(self.store.phones, self.site.name)}
         async with Poller(concurrency=self.site.collector.poll_concurrency) as poller:
             while True:
@@ -195,6 +303,15 @@ class SiteCollector:
                     await asyncio.to_thread(self.store.set_phone_info, infos)
                 await asyncio.sleep(max(0.0, self.site.collector.poll_interval - (time.monotonic() - started)))
 
+    def _poll_login(self, phone):
+        """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one."""
+        creds = self.secrets.credentials(phone.credentials)  # type: ignore[union-attr]
+        if phone.family.rest or self.inventory is None:
+            return creds
+        from . import phones
+
+        return phones.for_phone(phone, creds, self.inventory, self.secrets).polling_credentials()
+
     async def _event(self, request: web.Request) -> web.Response:
         macs = self.sources.speaks_for(request.remote or "")
         if not macs:
@@ -209,9 +326,45 @@ class SiteCollector:
         self.pending.append(obs)
         return web.Response(status=200)
 
+    async def _state_push(self, request: web.Request) -> web.Response:
+        """A phone in state-polling push mode POSTs its call state here; stored as the newest pushed state."""
+        from .drivers.control.polling import parse_call_state
+        from .drivers.errors import DriverError
+
+        macs = self.sources.speaks_for(request.remote or "")
+        if len(macs) != 1:
+            self.sources.drop(request.remote or "?", "a pushed state")
+            return web.Response(status=403, text="not exactly one phone of this site at that address")
+        try:
+            active = parse_call_state(await request.read(), f"phone at {request.remote}")
+        except DriverError:
+            return web.Response(status=400, text="not a call state document")
+        await asyncio.to_thread(self.store.set_phone_info, {next(iter(macs)): {"in_call": active, "in_call_pushed_at": time.time()}})
+        return web.Response(status=200)
+
+    async def _observing_loop(self) -> None:
+        """Which experiment observes the site now: the wire sources keep its SIP for its capture.pcap."""
+        while True:
+            try:
+                self.observing = await asyncio.to_thread(self.store.observing, self.site.name)
+            except Exception:   # Redis away: keep the last answer
+                pass
+            await asyncio.sleep(0.5)
+
+    async def _flush_kept(self) -> None:
+        exp, rows = self.observing, list(self.kept)
+        self.kept[:] = []
+        if exp and rows:
+            try:
+                await asyncio.to_thread(self.store.keep_capture, exp, rows)
+            except Exception as exc:   # the capture is a record, not state: losing a batch is logged, not retried
+                log.warning("collector %s: cannot keep %d SIP datagrams (%s)", self.site.name, len(rows), type(exc).__name__)
+
     async def _flush_loop(self) -> None:
         while True:
             await asyncio.sleep(FLUSH_S)
+            if self.kept:
+                await self._flush_kept()
             if not self.pending:
                 continue
             batch, self.pending[:] = list(self.pending), []
@@ -229,13 +382,16 @@ def start_site_collectors(inv: Inventory, secrets: Secrets, store: Store, sites:
     started = []
     for name in sites:
         site = inv.site(name)
-        store.register_site(inv, site)
-        collector = SiteCollector(site, store, secrets)
+        register_site(store, inv, site)
+        collector = SiteCollector(site, store, secrets, inv)
         try:
             collector.start()
         except CollectorError as exc:
             log.error("%s; nothing is observed for that site here", exc)
             continue
         started.append(collector)
-        log.warning("collecting syslog on %s and events on %s for site %s", site.collector.syslog, site.collector.events, name)
+        extra = [f"capture {c.kind}" for c in site.capture] + (
+            [f"{site.gateway_registrar.platform} bindings"] if site.gateway_registrar else [])
+        log.warning("collecting syslog on %s and events on %s for site %s%s", site.collector.syslog, site.collector.events,
+                    name, f" (and {', '.join(extra)})" if extra else "")
     return started

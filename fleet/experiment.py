@@ -14,16 +14,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .celeryapp import app as celery_app
+from celery import Signature
+
+from . import tasks
 from .celeryapp import site_queue
 from .deadline import poll_until
 from .inventory import Inventory, Phone, Site
 from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
-from .predict import failover_max, recovery_max, servers
+from .predict import servers
 from .lease import LeaseLost, SiteLease, default_ttl
 from .signals import Interrupted, SignalGuard
+from .site_registry import register_site
 from .store import RolloutStore, Store
-from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, timeline
+from .task_errors import TaskFailed
+from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, predicted_bounds, timeline
 
 TASK_TIMEOUT = 60.0
 
@@ -51,6 +55,7 @@ class ExperimentResult:
     outages: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     interrupted: str | None = None     # the signal that ended the run early, if one did
+    capture: list[dict] = field(default_factory=list)   # SIP the wire sources saw (report writes capture.pcap)
 
 
 class ExperimentRunner:
@@ -68,13 +73,40 @@ class ExperimentRunner:
         self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
 
     # ------------------------------------------------------------------ helpers
-    def _task(self, name: str, *args, expires: float | None = None) -> dict:
-        """Send a task and wait for it. `expires`: seconds after which no worker may start it any more."""
-        result = celery_app.send_task(name, args=list(args), queue=self.queue, expires=expires)
+    def _family(self, phone: Phone) -> str:
+        """The firmware family the phone runs (its own, else its site's or the inventory's)."""
+        return phone.family.name
+
+    def _dns_ttl(self, params: dict[str, str], family: str) -> float | None:
+        """The TTL the site's DNS gives the primary's name, read once and only for a phone in DNSTTL mode."""
+        if not hasattr(self, "_ttl_cache"):
+            self._ttl_cache: dict[str, float | None] = {}
+        primary = next(iter(servers(params, family=family)), None)
+        if primary is None or primary.failback_mode != "DNSTTL" or not self.site.dns:
+            return None
+        name = primary.address
+        if name not in self._ttl_cache:
+            from . import validate
+            from .dns_ttl import ttl_of
+
+            host, port = validate.hostport(self.site.dns, "DNS server address")
+            self._ttl_cache[name] = ttl_of(name, host, int(port or 53))
+        return self._ttl_cache[name]
+
+    def _task(self, sig: Signature, expires: float | None = None) -> dict:
+        """Send a task signature to the site's queue and wait for it; its result with `ok`, or `ok: False` and why.
+
+        `expires`: seconds after which no worker may start it any more. A task
+        that failed says why itself (TaskFailed); a timeout or a lost worker is
+        named with the task.
+        """
+        result = sig.apply_async(queue=self.queue, expires=expires)
         try:
-            return result.get(timeout=self.task_timeout, propagate=True)
+            return {"ok": True, **result.get(timeout=self.task_timeout, propagate=True)}
+        except TaskFailed as exc:
+            return {"ok": False, "error": str(exc)[:300]}
         except Exception as exc:  # timeouts, worker lost: surfaced as a step failure with a reason
-            return {"ok": False, "error": f"{name}: {type(exc).__name__}: {exc}"[:300]}
+            return {"ok": False, "error": f"{sig.task}: {type(exc).__name__}: {exc}"[:300]}
 
     def _phones(self, selector) -> list[Phone]:
         phones = self.site.phones
@@ -106,7 +138,7 @@ class ExperimentRunner:
         exp = self.store.new_experiment(self.site.name, self.pb.name)
         result = ExperimentResult(id=exp, playbook=self.pb.name, site=self.site.name, started=time.time())
         try:
-            self.store.register_site(self.inv, self.site)
+            register_site(self.store, self.inv, self.site)
             self.store.set_observing(self.site.name, exp)
             # where each phone stood when the run began: the first lane segment of its timeline
             self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}
@@ -140,6 +172,7 @@ class ExperimentRunner:
             self._cleanup(exp, result)
         time.sleep(0.2)  # observations already in flight reach the store
         self._verdicts(exp, result)
+        result.capture = self.store.capture(exp)
         result.finished = time.time()
         result.errors.extend(f"{name} received while the WAN was being restored or the report computed: ignored until "
                              f"both were done" for name in guard.received)
@@ -181,8 +214,9 @@ class ExperimentRunner:
                   "deadman": "", "restore": None, "confirmed": "not restored yet"}
         result.outages.append(record)
         self.open_outage = record
-        res = self._task("fleet.router_outage", self.site.name, exp, outage_id, step.outage, step.max_duration,
-                         step.loss, step.delay_ms, getattr(step, "rate_kbit", 0), expires=self.task_timeout)
+        res = self._task(tasks.router_outage.s(self.site.name, exp, outage_id, step.outage, step.max_duration,
+                                               step.loss, step.delay_ms, getattr(step, "rate_kbit", 0)),
+                         expires=self.task_timeout)
         self.store.log_event(exp, "outage", **res)
         record["cut"] = res.get("outcome") or f"unknown ({res.get('error', 'no answer')})"
         record["deadman"] = res.get("deadman") or ""
@@ -211,7 +245,7 @@ class ExperimentRunner:
             return StepResult(name, "restore", True, 0, "no outage open")
         # No worker may start this restore after the dead-man has fired anyway; until then it is always worth running.
         expires = max(self.task_timeout, float(self._max_duration(record)))
-        res = self._task("fleet.router_restore", self.site.name, exp, record["id"], record["mode"], expires=expires)
+        res = self._task(tasks.router_restore.s(self.site.name, exp, record["id"], record["mode"]), expires=expires)
         self.store.log_event(exp, "restore", **res)
         record["restore"] = res.get("outcome") or f"failed ({res.get('error', 'no answer')})"
         if not res.get("ok"):
@@ -268,11 +302,11 @@ class ExperimentRunner:
 
     def _call(self, exp: str, step: CallStep) -> StepResult:
         phone = next((p for p in self.site.phones if (step.from_phone and p.mac == step.from_phone.lower())
-                      or (not step.from_phone and p.has_rest)), None)
+                      or (not step.from_phone and p.family.rest)), None)
         if phone is None:
             return StepResult(step.name, "call", False, 0, "no phone to call from")
         t0 = time.time()
-        res = self._task("fleet.place_call", self.site.name, exp, phone.mac, step.call)
+        res = self._task(tasks.place_call.s(self.site.name, exp, phone.mac, step.call))
         if not res.get("ok"):
             return StepResult(step.name, "call", False, 0, f"dial failed: {res.get('error')}", res)
         calls = poll_until(lambda: [o for o in self.store.observations(exp, phone.mac) if o.get("kind") == "call" and o["t"] >= t0],
@@ -283,7 +317,9 @@ class ExperimentRunner:
         detail = {"mac": phone.mac, "server": server, "observed": calls[0]}
         self.store.log_event(exp, "call", **detail)
         ok = server == step.expect_server
-        return StepResult(step.name, "call", ok, 0, f"call from {phone.mac} went to server {server} ({calls[0]['address']})"
+        seen_by = sorted({c.get("source", "?") for c in calls if c.get("server") == server})
+        return StepResult(step.name, "call", ok, 0, f"call from {phone.mac} went to server {server} ({calls[0]['address']}; "
+                          f"seen by {', '.join(seen_by)})"
                           + ("" if ok else f", expected server {step.expect_server}"), detail)
 
     # ------------------------------------------------------------------ verdicts
@@ -305,8 +341,10 @@ class ExperimentRunner:
         for p in self.site.phones:
             params = pushed.get(p.mac) or self.inv.effective_params(self.site, p)
             obs = self.store.observations(exp, p.mac)
-            v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=failover_max(params),
-                             predicted_recovery_max_s=recovery_max(params),
+            family = self._family(p)
+            pred = predicted_bounds(params, family, obs, outage, self._dns_ttl(params, family))
+            v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=pred.failover_max_s,
+                             predicted_recovery_max_s=pred.recovery_max_s, prediction_notes=pred.notes,
                              timeline=timeline(obs, self.initial.get(p.mac), result.started))
             seen = {name: r for name, r in seen_by_step.items() if p.mac in selected[name]}
             result.phones.append(judge_phone(v, len(servers(params)), expectations, seen, obs, outage))

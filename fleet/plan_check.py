@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from . import polycom, secret_params
+from . import polycom, rollout_playbook, secret_params
 from .inventory import Inventory, Phone, Site
 
 BACKUP_MARKS = ("yes", "absent", "same")        # what rollout_push records per file in `backed_up:NAME`
@@ -38,6 +38,7 @@ class _Entry(BaseModel):
     params: dict[str, str] = Field(max_length=10_000)
     secret_refs: dict[str, str] = Field({}, max_length=1_000)
     config_hash: str = Field(pattern=r"^[0-9a-f]{16}$")
+    verbatim: list[str] = Field([], max_length=1_000)   # allow_uncatalogued names (fleet.rollout_playbook.uncatalogued)
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,7 @@ class Checked:
 
 def file_names(mac: str) -> frozenset[str]:
     """The files the renderer writes for this phone: the only names a worker backs up, restores or deletes."""
-    return frozenset(polycom.render_phone_files(mac, {}))
+    return frozenset(polycom.phone_file_names(mac))
 
 
 def _phone(inv: Inventory, mac: str) -> tuple[Site, Phone]:
@@ -63,11 +64,17 @@ def _phone(inv: Inventory, mac: str) -> tuple[Site, Phone]:
         raise PlanRefused(f"phone {mac} is not in this worker's inventory ({inv.name})") from None
 
 
-def _params(mac: str, params: dict[str, str], family: str) -> None:
+def _params(mac: str, params: dict[str, str], family: str, verbatim: frozenset[str] = frozenset()) -> None:
     for name, value in params.items():
         where = f"phone {mac}: plan parameter {name[:80]!r}"
         if _CONTROL.search(value):
             raise PlanRefused(f"{where}: value holds control characters")
+        if name in verbatim and polycom.lookup(name) is None:
+            try:   # the playbook allowed it: only its form is checked, as when the playbook was loaded
+                rollout_playbook.uncatalogued(name, value)
+            except ValueError as exc:
+                raise PlanRefused(f"{where}: {exc}") from None
+            continue
         param = polycom.lookup(name)
         if param is None:
             raise PlanRefused(f"{where}: not a parameter the catalogue knows")
@@ -79,6 +86,8 @@ def _params(mac: str, params: dict[str, str], family: str) -> None:
             if not _REFERENCE.match(value):
                 raise PlanRefused(f"{where}: malformed secret reference")
             continue
+        if polycom.families.get(family).lookup(name) is None:
+            continue        # known to another family only: the phone ignores it (see rollout_plan)
         try:
             polycom.check(name, value, family)
         except polycom.ParameterError as exc:
@@ -120,7 +129,7 @@ def check(inv: Inventory, rid: str, mac: str, state: dict) -> Checked:
     if entry.mac != mac or entry.site != site.name:
         raise PlanRefused(f"phone {mac}: the plan is for phone {entry.mac[:20]!r} at site {entry.site[:40]!r}, "
                           f"but the inventory has this phone at site {site.name}")
-    _params(mac, entry.params, inv.firmware_family)
+    _params(mac, entry.params, phone.family.name, frozenset(entry.verbatim))
     for name, ref in entry.secret_refs.items():
         param = polycom.lookup(name)
         if param is None or not param.secret or not _REFERENCE.match(ref):

@@ -2,130 +2,49 @@
 
 Pure functions, no I/O. Facts come from shared/reference/polycom.md; where the
 reference marks something uncertain it says so beside the entry. The first
-occurrence of a parameter wins on the phone, so the per-phone file is listed
-before the site file in CONFIG_FILES.
+occurrence of a parameter wins on the phone, so fleet's per-phone file is put
+in front of the site's own files in the master file's CONFIG_FILES (the
+master-file part below: an edit of the site's file, never a rendered one).
 """
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
-from xml.sax.saxutils import quoteattr
+from xml.sax.saxutils import quoteattr, unescape
 
-# Firmware families: the 300 s minimum `expires` is printed for SIP 1.x-3.x; later firmware (UC 4/5)
-# accepts shorter values (uncertain: taken as 10 s here, enough for lab-speed experiments).
-EXPIRES_MIN = {"sip-1.x": 300, "sip-2.x": 300, "sip-3.x": 300, "uc-4.x": 10, "uc-5.x": 10}
-FAILBACK_FAMILIES = {"uc-4.x", "uc-5.x"}
+from soundpoint import bootfiles, families
 
-
-class ParameterError(ValueError):
-    """An unknown parameter or a value out of range; the message names the parameter."""
-
-
-@dataclass(frozen=True)
-class Param:
-    pattern: str            # with x = registration, y = server
-    kind: str               # int, bool01, str, enum, host
-    default: str | None = None
-    lo: int | None = None
-    hi: int | None = None
-    choices: tuple[str, ...] = ()
-    families: frozenset[str] | None = None   # None: every family
-    secret: bool = False     # holds a password: only `secret:`/`env:` references, shown as *** (fleet.secret_params)
+# The parameter catalogue lives in the firmware profiles (soundpoint.families, one module per family);
+# these names are kept for the callers that ask "any family" or name a family by its string.
+ParameterError = families.ParameterError
+Param = families.Param
+EXPIRES_MIN = {name: fam.expires_min for name, fam in families.FAMILIES.items()}
+FAILBACK_FAMILIES = frozenset(name for name, fam in families.FAMILIES.items() if fam.failover_controls)
 
 
-_SERVER_ATTRS = [
-    Param("address", "host"),
-    Param("port", "int", None, 0, 65535),
-    Param("transport", "enum", "DNSnaptr", choices=("DNSnaptr", "TCPpreferred", "UDPOnly", "TLS", "TCPOnly")),
-    Param("expires", "int", "3600", 1, 2**31 - 1),      # lower bound per family, below
-    Param("expires.overlap", "int", "60", 5, 65535),
-    Param("register", "bool01", "1"),
-    Param("retryTimeOut", "int", "0", 0, 2**31 - 1),
-    Param("retryMaxCount", "int", "3", 0, 100),
-    Param("expires.lineSeize", "int", "30", 10, 2**31 - 1),
-    # UC Software: retry spacing after a failed registration (the seed's "30 to 60 seconds"); name uncertain
-    Param("registerRetry.baseTimeOut", "int", "60", 1, 3600),
-    Param("registerRetry.maxTimeout", "int", "180", 1, 3600),
-    Param("failOver.failBack.mode", "enum", "newRequests", choices=("newRequests", "DNSTTL", "registration", "duration"),
-          families=frozenset(FAILBACK_FAMILIES)),
-    Param("failOver.failBack.timeout", "int", "3600", 0, 65535, families=frozenset(FAILBACK_FAMILIES)),
-    Param("failOver.failRegistrationOn", "bool01", "1", families=frozenset(FAILBACK_FAMILIES)),
-]
-
-CATALOGUE: list[tuple[re.Pattern, Param]] = []
+def _union_catalogue() -> list[tuple[re.Pattern, Param]]:
+    """Every entry of every family once (by name), as (regex, entry): for listings and examples."""
+    seen: dict[str, Param] = {}
+    for fam in reversed(families.FAMILIES.values()):
+        for p in fam.catalogue:
+            seen.setdefault(p.name, p)
+    return [(p.regex, p) for p in seen.values()]
 
 
-def _add(prefix_regex: str, p: Param) -> None:
-    CATALOGUE.append((re.compile("^" + prefix_regex + re.escape(p.pattern) + "$"), p))
-
-
-for _p in _SERVER_ATTRS:
-    _add(r"reg\.(?P<x>[0-9]+)\.server\.(?P<y>[0-9]+)\.", _p)
-    _add(r"voIpProt\.server\.(?P<y>[0-9]+)\.", _p)
-for _p in [Param("address", "str"), Param("displayName", "str"), Param("label", "str"), Param("auth.userId", "str"),
-           Param("auth.password", "str", secret=True), Param("type", "enum", "private", choices=("private", "shared"))]:
-    _add(r"reg\.(?P<x>[0-9]+)\.", _p)
-for _p in [Param("device.syslog.serverName", "str"), Param("device.syslog.serverPort", "int", "514", 1, 65535),
-           Param("apps.telNotification.URL", "str"), Param("apps.telNotification.lineRegistrationEvent", "bool01", "1"),
-           Param("apps.restapi.enabled", "bool01", "0", families=frozenset({"uc-5.x"})),
-           Param("apps.statePolling.URL", "str"), Param("apps.statePolling.username", "str"),
-           Param("apps.statePolling.password", "str", secret=True),
-           Param("apps.push.username", "str"),
-           Param("apps.push.password", "str", secret=True),
-           # device.* credentials (apply only with device.set=1): admin and user passwords of the phone's web UI
-           # and the boot server account; names as in the UC Software admin guide (uncertain for SIP 2.x/3.x)
-           Param("device.auth.localAdminPassword", "str", secret=True),
-           Param("device.auth.localUserPassword", "str", secret=True),
-           Param("device.prov.user", "str"),
-           Param("device.prov.password", "str", secret=True),
-           Param("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "bool01", "0"),
-           Param("log.upload.period", "int", "172800", 0, 2**31 - 1)]:
-    _add("", _p)
+CATALOGUE: list[tuple[re.Pattern, Param]] = _union_catalogue()
 
 
 def lookup(name: str) -> Param | None:
-    for rx, p in CATALOGUE:
-        if rx.match(name):
-            return p
-    return None
+    """The entry for `name` in any family (kind and secrecy agree across families)."""
+    return families.lookup_any(name)
 
 
 def check(name: str, value: str, family: str) -> str:
-    """The value as the phone will read it, or ParameterError naming the parameter."""
-    p = lookup(name)
-    if p is None:
-        raise ParameterError(f"{name}: not a parameter this tool manages (check the spelling)")
-    if p.families is not None and family not in p.families:
-        raise ParameterError(f"{name}: not supported by firmware family {family}")
-    value = str(value).strip()
-    if p.secret:
-        return value
-    if p.kind == "int":
-        if value == "" and p.default is None:
-            return value
-        if not re.fullmatch(r"-?[0-9]+", value):
-            raise ParameterError(f"{name}={value!r}: expected an integer")
-        lo = EXPIRES_MIN[family] if name.endswith(".expires") else p.lo
-        if (lo is not None and int(value) < lo) or (p.hi is not None and int(value) > p.hi):
-            raise ParameterError(f"{name}={value}: out of range {lo}..{p.hi} for firmware family {family}")
-    elif p.kind == "bool01":
-        if value not in ("0", "1"):
-            raise ParameterError(f"{name}={value!r}: expected 0 or 1")
-    elif p.kind == "enum":
-        if value not in p.choices:
-            raise ParameterError(f"{name}={value!r}: expected one of {', '.join(p.choices)}")
-    elif p.kind == "host":
-        if not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]+", value):
-            raise ParameterError(f"{name}={value!r}: expected an IP address or host name")
-    return value
-
-
-def render_master(mac: str, config_files: list[str], app_file: str = "sip.ld") -> str:
-    listed = ", ".join(config_files)
-    if len(listed) > 2047:
-        raise ParameterError("CONFIG_FILES longer than 2047 characters")
-    return (f'<?xml version="1.0" standalone="yes"?>\n<APPLICATION APP_FILE_PATH={quoteattr(app_file)} '
-            f'CONFIG_FILES={quoteattr(listed)} MISC_FILES="" LOG_FILE_DIRECTORY="" OVERRIDES_DIRECTORY=""/>\n')
+    """The value as a phone of `family` will read it, or ParameterError naming the parameter."""
+    try:
+        fam = families.get(family)
+    except families.FamilyError as exc:
+        raise ParameterError(f"{name}: {exc}") from None
+    return fam.check(name, value)
 
 
 def render_config(params: dict[str, str]) -> str:
@@ -140,7 +59,123 @@ def render_config(params: dict[str, str]) -> str:
     return '<?xml version="1.0" standalone="yes"?>\n<polycomConfig>\n' + "\n".join(body) + "\n</polycomConfig>\n"
 
 
-def render_phone_files(mac: str, params: dict[str, str]) -> dict[str, bytes]:
-    """All files of one phone: `<MAC>.cfg` and `<MAC>-fleet.cfg` (everything in one per-phone file)."""
-    name = f"{mac}-fleet.cfg"
-    return {f"{mac}.cfg": render_master(mac, [name]).encode(), name: render_config(params).encode()}
+# ---------------------------------------------------------------- the master file: the site's, edited, never rendered
+# A site's master file (`<MAC>.cfg`, else `000000000000.cfg`) lists the site's own files, firmware image and
+# directories. Fleet changes exactly one thing in it: its per-phone file goes first in CONFIG_FILES (the first
+# occurrence of a parameter wins), by editing the text, so every other byte (attribute order, quoting, spacing,
+# comments, model child elements) stays as the site wrote it, and a rollback restores it byte for byte.
+
+class MasterFileError(ParameterError):
+    """A master file fleet cannot safely add its file to; the message names the file."""
+
+
+_MASK = re.compile(rb"<!--.*?-->|<\?.*?\?>|<!\[CDATA\[.*?\]\]>", re.S)
+_ATTR = rb"""[A-Za-z_:][-A-Za-z0-9_:.]*\s*=\s*(?:"[^"]*"|'[^']*')"""
+_START = re.compile(rb"<(?P<tag>APPLICATION(?:_[A-Za-z0-9]+)?)(?P<attrs>(?:\s+" + _ATTR + rb")*)\s*/?>")
+_ONE_ATTR = re.compile(rb"""(?P<name>[A-Za-z_:][-A-Za-z0-9_:.]*)\s*=\s*(?P<q>["'])(?P<value>.*?)(?P=q)""", re.S)
+
+
+def fleet_file_name(mac: str) -> str:
+    return f"{mac.lower()}-fleet.cfg"
+
+
+def phone_file_names(mac: str) -> tuple[str, str]:
+    """(the phone's master file, fleet's per-phone file): the only names a rollout writes, backs up or deletes."""
+    return bootfiles.master_name(mac), fleet_file_name(mac)
+
+
+def _masked(data: bytes) -> bytes:
+    """`data` with comments, processing instructions and CDATA blanked (same length), so no tag is found inside one."""
+    return _MASK.sub(lambda m: b" " * len(m.group(0)), data)
+
+
+def _entries(raw: bytes, mac: str) -> list[str]:
+    return [bootfiles.expand(f, mac) for f in bootfiles.split_list(unescape(raw.decode("utf-8", "replace"),
+                                                                           {"&quot;": '"', "&apos;": "'"}))]
+
+
+def _front(raw: bytes, ours: str, mac: str) -> bytes | None:
+    """The list with `ours` first, as raw attribute text; None when it is first already."""
+    entries = _entries(raw, mac)
+    if entries and entries[0] == ours:
+        return None
+    if not raw.strip():
+        return ours.encode()
+    sep = b", " if re.search(rb",\s", raw) or b"," not in raw else b","
+    lead = raw[:len(raw) - len(raw.lstrip())]
+    return lead + ours.encode() + sep + raw[len(lead):]
+
+
+def with_fleet_file(name: str, data: bytes, ours: str, mac: str) -> bytes:
+    """The master file `data` with `ours` first in CONFIG_FILES and every other byte unchanged.
+
+    Also put first in a model's non-empty `CONFIG_FILES_<model>` (the list that
+    model reads instead); empty ones stay as they are. Our file already first:
+    `data` is returned unchanged. No CONFIG_FILES attribute: one is added right
+    after the element name. MasterFileError when the file is no usable master
+    or the list would grow past the phone's limit.
+    """
+    try:
+        bootfiles.parse_master(name, data)
+    except bootfiles.BootFileError as exc:
+        raise MasterFileError(str(exc)) from None
+    masked = _masked(data)
+    top = next((m for m in _START.finditer(masked) if m.group("tag") == b"APPLICATION"), None)
+    if top is None:
+        raise MasterFileError(f"{name}: the APPLICATION start tag could not be located in the text")
+    tags = [top]
+    if not top.group(0).endswith(b"/>"):   # its model child elements, up to the next APPLICATION element if any
+        for m in _START.finditer(masked, top.end()):
+            if m.group("tag") == b"APPLICATION":
+                break
+            tags.append(m)
+    edits: list[tuple[int, int, bytes]] = []     # (start, end, replacement) in `data`
+    found = False
+    for m in tags:
+        tag = m.group("tag")
+        wanted = b"CONFIG_FILES" if m is top else b"CONFIG_FILES_" + tag.removeprefix(b"APPLICATION_")
+        for a in _ONE_ATTR.finditer(masked, m.start("attrs"), m.end("attrs")):
+            if a.group("name") != wanted:
+                continue
+            found |= m is top
+            raw = data[a.start("value"):a.end("value")]
+            if m is not top and not raw.strip():
+                continue   # an empty model list means "use CONFIG_FILES": nothing to add there
+            new = _front(raw, ours, mac)
+            if new is None:
+                continue
+            if len(unescape(new.decode("utf-8", "replace"))) > bootfiles.MAX_CONFIG_FILES:
+                raise MasterFileError(f"{name}: {wanted.decode()} would be longer than {bootfiles.MAX_CONFIG_FILES} "
+                                      f"characters with {ours} added")
+            edits.append((a.start("value"), a.end("value"), new))
+    if not found:
+        at = top.start("tag") + len(b"APPLICATION")
+        edits.append((at, at, b' CONFIG_FILES="' + ours.encode() + b'"'))
+    out = data
+    for start, end, new in sorted(edits, reverse=True):
+        out = out[:start] + new + out[end:]
+    try:   # the edited file, read as the phone reads it, must list ours first
+        first = [bootfiles.expand(f, mac) for f in bootfiles.parse_master(name, out).config_files[:1]]
+    except bootfiles.BootFileError as exc:
+        raise MasterFileError(f"{name}: the edit would break the file ({exc})") from None
+    if first != [ours]:
+        raise MasterFileError(f"{name}: could not put {ours} first in CONFIG_FILES by a text edit; edit it by hand")
+    return out
+
+
+def render_phone_files(mac: str, params: dict[str, str], master: bytes | None = None,
+                       master_from: str | None = None) -> dict[str, bytes]:
+    """The phone's files after a push: fleet's per-phone file, and its master file with that file first.
+
+    `master` is the file the phone reads today (`<MAC>.cfg`, else the default,
+    named by `master_from`): its copy becomes `<MAC>.cfg`, the default itself is
+    never written. Without any master (a bare boot directory, as in a lab or a
+    test) a master naming only fleet's file is made.
+    """
+    master_file, ours = phone_file_names(mac)
+    if master is None:
+        master = (b'<?xml version="1.0" standalone="yes"?>\n<APPLICATION CONFIG_FILES=' + quoteattr(ours).encode()
+                  + b"/>\n")
+    else:
+        master = with_fleet_file(master_from or master_file, master, ours, mac)
+    return {master_file: master, ours: render_config(params).encode()}

@@ -1,12 +1,21 @@
 """Experiment reports: report.json for scripts, junit.xml for CI, report.html for people.
 
 The HTML page is self-contained (inline SVG and CSS, no scripts, no network):
-one lane per phone, coloured by working server, the outage window shaded.
+one lane per phone, coloured by working server, the outage window shaded,
+and the REGISTER outcomes the wire saw marked per server on each lane.
+
+Every conclusion names its evidence: per phone, how many observations each
+source gave; per transition of the working server, which sources saw it and
+how long after the first one each did. Beside report.json, capture.pcap holds
+the SIP the wire sources saw during the run (Wireshark opens it).
 """
 from __future__ import annotations
 
+import base64
+import ipaddress
 import json
 import time
+from collections import Counter
 from dataclasses import asdict
 from html import escape
 from pathlib import Path
@@ -14,6 +23,46 @@ from xml.etree import ElementTree as ET
 
 from .experiment import ExperimentResult
 from .verdict import summary
+
+PER_SERVER = ("wire", "hep", "gateway", "syslog", "poll-rest")
+START = "state at start"
+
+
+def _consistent(o: dict, old, new) -> bool:
+    """Does observation `o` tell of the change from working server `old` to `new`?"""
+    if o.get("kind", "registration") != "registration" or o.get("source") == START:
+        return False
+    if o.get("server") is None:
+        return o.get("state") == ("unregistered" if new is None else "registered")
+    if o["server"] == new:
+        return o.get("state") == "registered"
+    if o["server"] == old:
+        return o.get("state") == "unregistered"
+    return False
+
+
+def transitions(lane: list[dict]) -> list[dict]:
+    """Each change of the working server, with the sources that saw it: {source: seconds after the change}.
+    The observation that made the change saw it; another source saw it when, before the next change, it
+    observed the old server going or the new one coming (a line-level source: the line going or coming)."""
+    events = [e for e in lane if e.get("kind", "registration") == "registration"]
+    changes: list[tuple[int, float, object, object]] = []
+    for i in range(1, len(events)):
+        if events[i]["working_server"] != events[i - 1]["working_server"]:
+            changes.append((i, events[i]["t"], events[i - 1]["working_server"], events[i]["working_server"]))
+    out = []
+    for n, (i, t, old, new) in enumerate(changes):
+        end = changes[n + 1][0] if n + 1 < len(changes) else len(events)
+        seen = {str(events[i].get("source")): 0.0}
+        for o in events[i + 1:end]:
+            if _consistent(o, old, new):
+                seen.setdefault(str(o.get("source")), round(max(0.0, o["t"] - t), 3))
+        out.append({"t": t, "from": old, "to": new, "sources": seen})
+    return out
+
+
+def phone_sources(lane: list[dict]) -> dict[str, int]:
+    return dict(Counter(e["source"] for e in lane if e.get("source") and e["source"] != START))
 
 COLOURS = {1: "#2e7d32", 2: "#f9a825", 3: "#6a1b9a", 4: "#00838f", None: "#c62828"}
 UNKNOWN = "#e0e0e0"   # before the first observation of a phone
@@ -28,7 +77,9 @@ def to_dict(result: ExperimentResult) -> dict:
         "interrupted": result.interrupted,
         "steps": [{"name": s.name, "kind": s.kind, "passed": s.passed, "elapsed_s": s.elapsed_s, "message": s.message}
                   for s in result.steps],
-        "phones": [asdict(p) for p in result.phones],
+        "phones": [asdict(p) | {"sources": phone_sources(p.timeline), "transitions": transitions(p.timeline)}
+                   for p in result.phones],
+        "capture": capture_summary(result.capture),
         "summary": {"phones": len(result.phones), "phones_passed": sum(p.passed for p in result.phones),
                     "failover_s": summary(failovers), "recovery_s": summary(recoveries)},
     }
@@ -84,6 +135,8 @@ def timeline_svg(doc: dict, width: int = 900, lane: int = 18) -> str:
                                  f'<title>{"not yet observed" if current == "unknown" else f"server {current}"}</title></rect>')
                 current, since = e["working_server"], e["t"]
     lanes_h = lane * len(doc["phones"]) + 4
+    for i, phone in enumerate(doc["phones"]):
+        parts.extend(register_marks(phone, 22 + i * lane, lane, x))
     for o in doc["outages"]:
         end = o["end"] or t1
         parts.append(f'<rect class="outage" x="{x(o["start"]):.1f}" y="18" width="{max(x(end) - x(o["start"]), 1):.1f}" '
@@ -99,13 +152,72 @@ def timeline_svg(doc: dict, width: int = 900, lane: int = 18) -> str:
     return "".join(parts)
 
 
+def register_marks(phone: dict, y: float, lane: int, x) -> list[str]:
+    """A mark per REGISTER outcome the wire or HEP saw (and per change of a gateway binding): server 1 at the
+    top of the lane, server 2 below it; green registered, red refused or unanswered."""
+    out: list[str] = []
+    last: dict[tuple, str] = {}
+    for e in phone.get("timeline", []):
+        server, source = e.get("server"), e.get("source")
+        if server is None or source not in PER_SERVER or e.get("kind", "registration") != "registration":
+            continue
+        if source not in ("wire", "hep") and last.get((server, source)) == e.get("state"):
+            continue     # a poll repeating the same state is no outcome
+        last[(server, source)] = e.get("state")
+        ok = e.get("state") == "registered"
+        code = e.get("code")
+        what = f"server {server}: {code or ('registered' if ok else 'no answer' if source in ('wire', 'hep') else 'unregistered')} ({source})"
+        cy = y + 3 + (min(int(server), 4) - 1) * (lane - 6) / 3
+        out.append(f'<circle class="register" data-server="{server}" data-source="{escape(str(source))}" '
+                   f'data-code="{code or ""}" cx="{x(e["t"]):.1f}" cy="{cy:.1f}" r="2.5" '
+                   f'fill="{"#1b5e20" if ok else "#b71c1c"}" stroke="white" stroke-width="0.6">'
+                   f'<title>{escape(what)}</title></circle>')
+    return out
+
+
+def capture_summary(rows: list[dict]) -> dict:
+    return {"file": "capture.pcap" if rows else None, "datagrams": len(rows),
+            "sources": dict(Counter(r.get("source", "?") for r in rows))}
+
+
+def write_capture(rows: list[dict], path: Path) -> int:
+    """The SIP datagrams the wire sources saw, as a pcap of raw IP packets (one link type for every source:
+    the router's Ethernet, a mirror port's, HEP's addresses). Returns how many were written."""
+    import dpkt
+
+    from .drivers.collect.pcap_stream import PcapWriter
+    from .drivers.collect.wire_decode import LINKTYPE_RAW
+
+    n = 0
+    with open(path, "wb") as f:
+        w = PcapWriter(f, LINKTYPE_RAW)
+        for r in sorted(rows, key=lambda r: r["t"]):
+            try:
+                src, dst = ipaddress.ip_address(r["src"][0]), ipaddress.ip_address(r["dst"][0])
+                payload = base64.b64decode(r["payload"])
+                udp = dpkt.udp.UDP(sport=int(r["src"][1]), dport=int(r["dst"][1]), data=payload)
+                udp.ulen = 8 + len(payload)
+                if src.version == 4 and dst.version == 4:
+                    ip = dpkt.ip.IP(src=src.packed, dst=dst.packed, p=17, data=udp)
+                    ip.len = 20 + udp.ulen
+                else:
+                    ip = dpkt.ip6.IP6(src=src.packed, dst=dst.packed, nxt=17, hlim=64, data=udp, plen=udp.ulen)
+                frame = bytes(ip)
+            except (KeyError, ValueError, TypeError, IndexError, dpkt.Error):
+                continue        # a damaged row never stops the report
+            w.write(float(r["t"]), frame)
+            n += 1
+    return n
+
+
 def html(doc: dict) -> str:
     verdict = "PASSED" if doc["passed"] else "FAILED"
     rows = "".join(
         f"<tr class={'ok' if p['passed'] else 'bad'}><td>{escape(p['mac'])}</td><td>{escape(p['model'])}</td>"
         f"<td>{_fmt(p['failover_s'])}</td><td>{_fmt(p['predicted_failover_max_s'])}</td>"
         f"<td>{_fmt(p['recovery_s'])}</td><td>{_fmt(p['predicted_recovery_max_s'])}</td>"
-        f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons']))}</td></tr>" for p in doc["phones"])
+        f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons']))}</td>"
+        f"<td>{escape(_sources(p))}</td></tr>" for p in doc["phones"])
     steps = "".join(f"<tr class={'ok' if s['passed'] else 'bad'}><td>{escape(s['name'])}</td><td>{s['elapsed_s']:.1f}</td>"
                     f"<td>{'pass' if s['passed'] else 'FAIL'}</td><td>{escape(s['message'])}</td></tr>" for s in doc["steps"])
     legend = " ".join(f'<span style="background:{c};padding:0 8px">&nbsp;</span> {"no working server" if k is None else f"server {k}"}'
@@ -124,11 +236,22 @@ tr.bad td{{background:#ffebee}} .verdict{{font-size:22px;font-weight:bold;color:
 failover p50 {_fmt(s['failover_s']['p50'])} s, p95 {_fmt(s['failover_s']['p95'])} s, max {_fmt(s['failover_s']['max'])} s;
 recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])} s, max {_fmt(s['recovery_s']['max'])} s</p>
 {''.join(f'<p class="bad">{escape(e)}</p>' for e in doc['errors'])}
-<h2>Timeline: working server per phone</h2><p>{legend}; hatched band: outage</p>{timeline_svg(doc)}
+<h2>Timeline: working server per phone</h2><p>{legend}; hatched band: outage; dots: REGISTER outcomes per server
+(upper row server 1, lower row server 2; green registered, red refused or unanswered)</p>{timeline_svg(doc)}
 <h2>Outages: what the router confirmed</h2><table><tr><th>outage</th><th>mode</th><th>cut</th><th>dead-man's switch</th><th>restore</th><th>confirmed</th></tr>{outages}</table>
 <h2>Steps</h2><table><tr><th>step</th><th>s</th><th>result</th><th>detail</th></tr>{steps}</table>
-<h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>result</th><th>why</th></tr>{rows}</table>
+<h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>result</th><th>why</th><th>transitions: seen by (s after the first)</th></tr>{rows}</table>
+<p>SIP capture: {escape(str((doc.get('capture') or {}).get('file') or 'none kept'))}
+({(doc.get('capture') or {}).get('datagrams', 0)} datagrams)</p>
 </body></html>"""
+
+
+def _sources(p: dict) -> str:
+    parts = []
+    for tr in p.get("transitions", []):
+        seen = ", ".join(f"{src} +{d:g}" for src, d in tr["sources"].items())
+        parts.append(f"{tr['from'] if tr['from'] is not None else 'none'}->{tr['to'] if tr['to'] is not None else 'none'}: {seen}")
+    return "; ".join(parts) or "no change"
 
 
 def _fmt(v) -> str:
@@ -138,6 +261,8 @@ def _fmt(v) -> str:
 def write(result: ExperimentResult, directory: Path) -> dict:
     directory.mkdir(parents=True, exist_ok=True)
     doc = to_dict(result)
+    if result.capture:
+        doc["capture"]["written"] = write_capture(result.capture, directory / "capture.pcap")
     (directory / "report.json").write_text(json.dumps(doc, indent=1))
     (directory / "junit.xml").write_bytes(junit(doc))
     (directory / "report.html").write_text(html(doc))

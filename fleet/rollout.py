@@ -21,22 +21,22 @@ from typing import Callable
 import kombu.exceptions
 import redis
 
-from .celeryapp import app as celery_app
+from . import rollout_policy as policy
 from .celeryapp import site_queue
+from .deadline import Deadline, poll_until
 from .inventory import Inventory
 from .lease import LeaseLost, SiteLease, default_ttl
 from .rollout_playbook import RolloutPlaybook
 from .store import RolloutStore, Store
 
-IN_FLIGHT = ("dispatched", "publishing", "rebooting", "verifying", "rolling_back")
-FAILED = ("failed", "rolled_back", "rollback_failed")
+IN_FLIGHT = policy.IN_FLIGHT
+FAILED = policy.FAILED
 # outcomes after which nothing can resume or roll back a phone of this run: its boot-server backups may go
 FINISHED = ("done", "aborted")
-DEFER_RETRY_S = 5.0
 # Redis (and the Celery broker in it) unreachable: the driver waits for it, bounded by its lease's TTL
 REDIS_AWAY = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError)
 # a dispatched task that shows no progress this long is sent again (its worker died with it)
-DISPATCH_STALL_S = float(os.environ.get("FLEET_DISPATCH_STALL", "60"))
+DISPATCH_STALL_S = float(os.environ.get("FLEET_DISPATCH_STALL", str(policy.DISPATCH_STALL_S)))
 # how often a running wave re-reads every phone in full, beside the change feeds
 FULL_READ_S = 5.0
 MIN_PASS_S = 0.02
@@ -110,9 +110,8 @@ class RolloutDriver:
         self.plan = meta["plan"]
         self.site_of = {p["mac"]: p["site"] for p in self.plan["phones"]}
         self._entries = {p["mac"]: p for p in self.plan["phones"]}
-        self._phone_states: dict = {}
-        self.required = self.pb.verify.registered_to
         self.budget_total = int(meta.get("budget_override") or self.plan["budget_total"])
+        self.limits = policy.Limits.of(self.plan, playbook, self.budget_total, DISPATCH_STALL_S)
 
     # ---------------------------------------------------------------- leases
     def _sites(self) -> list[str]:
@@ -131,19 +130,13 @@ class RolloutDriver:
         its status is one of those: a copy that was waiting for the lease while
         another run finished the rollout does not run it a second time.
         """
-        lease = SiteLease(self.store, self._sites(), owner=f"rollout:{self.rid}", ttl=self.lease_ttl,
-                          on_lost=lambda why: self.say(f"lease lost: {why}"))
-        lease.acquire()
-        self.lease = lease
-        try:
+        with SiteLease(self.store, self._sites(), owner=f"rollout:{self.rid}", ttl=self.lease_ttl,
+                       on_lost=lambda why: self.say(f"lease lost: {why}")) as lease:
+            self.lease = lease
             status = self.rs.get_field(self.rid, "status")
-        except BaseException:
-            lease.release()
-            raise
-        if only_from is not None and status not in only_from:
-            lease.release()
-            return Outcome(status or "?", f"not driven again: the rollout is already {status}", self._counts_if_reachable())
-        try:
+            if only_from is not None and status not in only_from:
+                return Outcome(status or "?", f"not driven again: the rollout is already {status}",
+                               self._counts_if_reachable())
             self.rs.set(self.rid, status="running", reason="", driver=lease.holder)
             self.rs.log(self.rid, "run", holder=lease.holder, pid=os.getpid(), host=socket.gethostname())
             try:
@@ -152,8 +145,7 @@ class RolloutDriver:
                 outcome = Outcome("halted", "interrupted (Ctrl-C); `fleet rollout resume` continues", self._counts_if_reachable())
             except LeaseLost as exc:
                 outcome = Outcome("halted", f"stopped: {exc}; `fleet rollout resume` continues", self._counts_if_reachable())
-        finally:
-            lease.release()
+        # the lease is released: record the outcome (a resume may already hold the sites; then it is not ours to write)
         try:
             self.rs.log(self.rid, "end", status=outcome.status, reason=outcome.reason, counts=outcome.counts,
                         holder=lease.holder)
@@ -178,8 +170,10 @@ class RolloutDriver:
         if busy:
             self.rs.log(self.rid, "backups_kept", reason=f"{len(busy)} phones still in flight", phones=busy[:20])
             return
+        from . import tasks   # here, not at the top: fleet.tasks imports this module's constants
+
         for site in self._sites():
-            celery_app.send_task("fleet.rollout_cleanup", args=[self.rid, site], queue=site_queue(site), ignore_result=True)
+            tasks.rollout_cleanup.s(self.rid, site).apply_async(queue=site_queue(site), ignore_result=True)
         self.rs.log(self.rid, "backups_removal_sent", sites=self._sites())
 
     def _counts_if_reachable(self) -> dict:
@@ -197,31 +191,37 @@ class RolloutDriver:
                     break
                 except REDIS_AWAY as exc:
                     self._redis_away(exc)
-            if all(s.get("state") in self.rs.SETTLED for s in states.values()):
+            if policy.wave_settled(macs, states):
                 continue
             self.say(f"wave {wave}: {len(macs)} phones" + (" (canaries)" if wave == 0 and self.pb.strategy.canary else ""))
             self.rs.log(self.rid, "wave", wave=wave, phones=len(macs))
             halted = self._run_wave(wave, macs)
             if halted:
                 return halted
-            if wave == 0 and self.pb.strategy.canary and self.pb.drill and self.drill is not None:
-                canary_site = self.site_of[macs[0]]
-                self.say(f"failover drill on canary site {canary_site}: {self.pb.drill}")
-                self._check_lease()
-                holder = self.lease.holder if self.lease is not None else f"rollout:{self.rid}"
-                try:
-                    res = self.drill(self.pb.drill, canary_site, holder)
-                except Exception as exc:  # a drill that cannot run (bad playbook, no router) fails the gate, with why
-                    self.rs.log(self.rid, "drill", site=canary_site, passed=False, error=str(exc)[:300])
-                    return Outcome("halted", f"failover drill could not run on {canary_site}: {exc}"[:300], self.counts())
-                if not isinstance(res, DrillResult):
-                    res = DrillResult(bool(res))
-                ok = res.passed
-                self.rs.log(self.rid, "drill", site=canary_site, passed=ok, experiment=res.experiment, holder=holder)
-                self._check_lease()
-                if not ok:
-                    return Outcome("halted", f"failover drill {self.pb.drill} failed on canary site {canary_site}", self.counts())
+            if policy.drill_due(wave, self.pb.strategy.canary, self.pb.drill) and self.drill is not None:
+                halted = self._drill_gate(self.site_of[macs[0]])
+                if halted:
+                    return halted
         return Outcome("done", "", self.counts())
+
+    def _drill_gate(self, canary_site: str) -> Outcome | None:
+        """The failover drill on the canary site, under this driver's lease; a drill that fails or cannot run halts."""
+        assert self.pb.drill is not None
+        self.say(f"failover drill on canary site {canary_site}: {self.pb.drill}")
+        self._check_lease()
+        holder = self.lease.holder if self.lease is not None else f"rollout:{self.rid}"
+        try:
+            res = self.drill(self.pb.drill, canary_site, holder)
+        except Exception as exc:  # a drill that cannot run (bad playbook, no router) fails the gate, with why
+            self.rs.log(self.rid, "drill", site=canary_site, passed=False, error=str(exc)[:300])
+            return Outcome("halted", f"failover drill could not run on {canary_site}: {exc}"[:300], self.counts())
+        if not isinstance(res, DrillResult):
+            res = DrillResult(bool(res))
+        self.rs.log(self.rid, "drill", site=canary_site, passed=res.passed, experiment=res.experiment, holder=holder)
+        self._check_lease()
+        if not res.passed:
+            return Outcome("halted", f"failover drill {self.pb.drill} failed on canary site {canary_site}", self.counts())
+        return None
 
     def _run_wave(self, wave: int, macs: list[str]) -> Outcome | None:
         """One wave, driven from an in-memory snapshot of every phone's rollout state.
@@ -230,13 +230,14 @@ class RolloutDriver:
         changes) and the collectors' observation feed, so a pass reads only the
         phones something happened to; a full read every FULL_READ_S seconds is
         the safety net for anything a feed lost (a trimmed stream, a Redis restart).
+        What to do with what it read is fleet.rollout_policy's decision.
         """
-        deadline = time.monotonic() + self.pb.strategy.progress_deadline
+        deadline = Deadline(self.limits.progress_deadline)
         everyone = list(self.site_of)
         wave_set = set(macs)
         positions: dict[str, str] | None = None
         snapshot: dict[str, dict] = {}
-        last_full = 0.0
+        last_full: Deadline | None = None   # when the next full read is due
         recheck = set(macs)          # phones whose verification must be looked at this pass
         while True:
             started = time.monotonic()
@@ -244,39 +245,42 @@ class RolloutDriver:
             try:
                 if positions is None:
                     positions = self.rs.feed_positions(self.rid)
-                if self.rs.get_field(self.rid, "abort") == "1":
-                    self._settle(macs)
-                    return Outcome("aborted", "aborted by request", self.counts())
-                changed, observed = self.rs.feed_read(positions, block=self.poll)
-                if time.monotonic() - last_full > FULL_READ_S:
-                    snapshot = self.rs.phones(self.rid, everyone)
-                    last_full = time.monotonic()
-                    recheck |= wave_set
-                elif changed:
-                    snapshot.update(self.rs.phones(self.rid, [m for m in changed if m in self.site_of]))
-                recheck |= (changed | observed) & wave_set
-                wave_states = {m: snapshot[m] for m in macs}   # the same dicts as the snapshot's: updates show in both
-                self._advance(wave_states, recheck, snapshot)
+                abort = self.rs.get_field(self.rid, "abort") == "1"
+                if not abort:
+                    changed, observed = self.rs.feed_read(positions, block=self.poll)
+                    if last_full is None or last_full.expired:
+                        snapshot = self.rs.phones(self.rid, everyone)
+                        last_full = Deadline(FULL_READ_S)
+                        recheck |= wave_set
+                    elif changed:
+                        snapshot.update(self.rs.phones(self.rid, [m for m in changed if m in self.site_of]))
+                    recheck |= (changed | observed) & wave_set
+                observed_now = {} if abort else self._observed({m: snapshot.get(m, {}) for m in macs}, recheck)
+                decided = policy.step(wave, macs, snapshot, observed_now, self.limits, now=time.time(),
+                                      deadline_passed=deadline.expired, abort=abort)
+                self._carry_out(decided.actions, snapshot)
                 recheck = set()
-                self.progress(self.counts_by_site(snapshot))
-                spent = self._budget_spent(snapshot)
-                if spent:
+                if decided.verdict != policy.ABORT:
+                    self.progress(self.counts_by_site(snapshot))
+                if decided.verdict in (policy.HALT, policy.ABORT):
                     self._settle(macs)
-                    return Outcome("halted", spent, self.counts())
-                if all(snapshot[m].get("state") in self.rs.SETTLED for m in macs):
+                    return Outcome("aborted" if decided.verdict == policy.ABORT else "halted", decided.reason,
+                                   self.counts())
+                if decided.verdict == policy.WAVE_DONE:
                     return None
-                if time.monotonic() > deadline:
-                    self._settle(macs)
-                    return Outcome("halted", f"wave {wave} missed its progress deadline "
-                                             f"({self.pb.strategy.progress_deadline:g}s)", self.counts())
                 self._check_lease()
-                self._dispatch(wave_states, snapshot)
+                self._carry_out(decided.dispatch, snapshot)
                 self._redis_back()
             except REDIS_AWAY as exc:
                 self._redis_away(exc)
-                last_full, recheck = 0.0, set(macs)   # once it is back, read every phone again
+                last_full, recheck = None, set(macs)   # once it is back, read every phone again
                 continue
             time.sleep(max(0.0, MIN_PASS_S - (time.monotonic() - started)))   # busy feeds: a pass at most every 20 ms
+
+    def _observed(self, states: dict[str, dict], recheck: set[str]) -> dict[str, dict]:
+        """The collectors' view (server index -> state and time) of the phones worth looking at this pass."""
+        looked_at = policy.to_observe(states, recheck)
+        return {m: st.servers for m, st in self.store.phone_states(looked_at).items()} if looked_at else {}
 
     def _redis_away(self, exc: Exception) -> None:
         """Redis (or the broker in it) is unreachable: wait for it, as long as the lease is not lost.
@@ -298,106 +302,52 @@ class RolloutDriver:
 
     def _settle(self, macs: list[str]) -> None:
         """Stop sending work; let phones already rebooting finish (verified, failed or rolled back)."""
-        end = time.monotonic() + self.pb.verify.within * 2 + 30
-        while time.monotonic() < end:
+        def nothing_in_flight() -> bool:
             self._check_lease()
             try:
                 states = self.rs.phones(self.rid, macs)
-                self._advance(states, set(macs), states)
+                actions, done = policy.settle(macs, states, self._observed(states, set(macs)), self.limits, time.time())
+                self._carry_out(actions, states)
             except REDIS_AWAY as exc:
                 self._redis_away(exc)
-                continue
-            if not any(s.get("state") in IN_FLIGHT for s in states.values()):
-                return
-            time.sleep(self.poll)
+                return False
+            return done
 
-    # ---------------------------------------------------------------- per phone
+        poll_until(nothing_in_flight, self.limits.settle_within, self.poll)
+
+    # ---------------------------------------------------------------- carrying out the policy's actions
+    def _carry_out(self, actions: list[policy.Action], snapshot: dict[str, dict]) -> None:
+        """Each action in order: record (the phone's pushed config once verified), write, send its task, log."""
+        for a in actions:
+            if a.kind == policy.VERIFIED:
+                self.store_pushed(a.mac, self._entries[a.mac])
+            if a.fields:
+                self._set(snapshot, a.mac, **a.fields)
+            if a.task == "push":
+                self._send_push(a.mac, a.attempt)
+            elif a.task == "rollback":
+                self._send_rollback(a.mac)
+            if a.event:
+                self.rs.log(self.rid, a.event["kind"], **{k: v for k, v in a.event.items() if k != "kind"})
+
     def _set(self, snapshot: dict[str, dict], mac: str, **fields) -> None:
         """Write a phone's fields and mirror them in the snapshot, so this pass's later decisions see them."""
         self.rs.set_phone(self.rid, mac, **fields)
         snapshot.setdefault(mac, {}).update({k: str(v) for k, v in fields.items()})
 
-    def _unavailable(self, snapshot: dict[str, dict]) -> dict[str, int]:
-        """Phones of each site between dispatch and settling, across all waves."""
-        counts: dict[str, int] = {s: 0 for s in self._sites()}
-        for mac, st in snapshot.items():
-            if st.get("state") in IN_FLIGHT:
-                counts[self.site_of[mac]] += 1
-        return counts
+    def _send_push(self, mac: str, attempt: int) -> None:
+        from . import tasks   # here, not at the top: fleet.tasks imports this module's constants
 
-    def _dispatch(self, states: dict[str, dict], snapshot: dict[str, dict]) -> None:
-        now = time.time()
-        limits = self.plan["max_unavailable"]
-        unavailable = self._unavailable(snapshot)
-        for mac, st in states.items():
-            state = st.get("state")
-            ready = state == "pending" or (state == "deferred" and now - float(st.get("deferred_at", 0)) > DEFER_RETRY_S)
-            if not ready:
-                continue
-            site = self.site_of[mac]
-            if unavailable[site] >= limits[site]:
-                continue
-            unavailable[site] += 1
-            attempt = int(st.get("attempt", 1))
-            self._set(snapshot, mac, state="dispatched", dispatched_at=now)
-            celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, attempt], queue=site_queue(site), ignore_result=True)
+        tasks.rollout_push.s(self.rid, mac, attempt).apply_async(queue=site_queue(self.site_of[mac]), ignore_result=True)
 
-    def _advance(self, states: dict[str, dict], recheck: set[str], snapshot: dict[str, dict]) -> None:
-        """Verification and rollback decisions, from the collectors' observations in the store.
+    def _send_rollback(self, mac: str) -> None:
+        from . import tasks
 
-        Observations are read only for the phones in `recheck` (something was
-        observed or changed); every other waiting phone only has its clocks
-        looked at, which needs no I/O.
-        """
-        now = time.time()
-        looked_at = [m for m in recheck if states.get(m, {}).get("state") in ("verifying", "rolling_back")]
-        self._phone_states = self.store.phone_states(looked_at) if looked_at else {}
-        for mac, st in states.items():
-            state = st.get("state")
-            site = self.site_of[mac]
-            if state in ("dispatched", "publishing") and now - float(st.get("dispatched_at") or now) > DISPATCH_STALL_S:
-                # the task was lost with its worker before it did anything visible: send it again
-                self._set(snapshot, mac, dispatched_at=now)
-                celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site),
-                                     ignore_result=True)
-            elif state in ("verifying", "rebooting") and st.get("reboot_at"):
-                # "rebooting" means the reboot was claimed but not yet known to be sent: no registration proves it
-                since = float(st["reboot_at"])
-                if state == "verifying" and mac in self._phone_states and self._registered(mac, self.required, since):
-                    self.store_pushed(mac, self._entries[mac])
-                    self._set(snapshot, mac, state="verified", settled_at=now, verified_in=round(now - since, 2))
-                    self.rs.log(self.rid, "verified", mac=mac, seconds=round(now - since, 2))
-                elif (state == "rebooting" and now - since > DISPATCH_STALL_S
-                      and now - float(st.get("confirm_sent") or 0) > DISPATCH_STALL_S):
-                    # the task claimed the reboot and vanished before saying it went out: a task finds out and finishes
-                    self._set(snapshot, mac, confirm_sent=now)
-                    celery_app.send_task("fleet.rollout_push", args=[self.rid, mac, int(st.get("attempt", 1))], queue=site_queue(site),
-                                         ignore_result=True)
-                elif now - since > self.pb.verify.within:
-                    reason = f"not registered to server(s) {self.required} within {self.pb.verify.within:g}s of the reboot"
-                    self.rs.log(self.rid, "failed", mac=mac, reason=reason)
-                    if self.pb.rollback:
-                        self._set(snapshot, mac, state="rolling_back", error=reason, rollback_requested=now)
-                        celery_app.send_task("fleet.rollout_rollback", args=[self.rid, mac], queue=site_queue(site), ignore_result=True)
-                    else:
-                        self._set(snapshot, mac, state="failed", error=reason, settled_at=now)
-            elif state == "rolling_back" and st.get("rollback_at"):
-                since = float(st["rollback_at"])
-                if mac in self._phone_states and self._registered(mac, [1], since):
-                    self._set(snapshot, mac, state="rolled_back", settled_at=now)
-                    self.rs.log(self.rid, "rolled_back", mac=mac)
-                elif now - since > self.pb.verify.within:
-                    self._set(snapshot, mac, state="rollback_failed", settled_at=now,
-                              error=(st.get("error", "") + "; the rolled-back phone did not re-register")[:300])
-                    self.rs.log(self.rid, "rollback_failed", mac=mac)
+        tasks.rollout_rollback.s(self.rid, mac).apply_async(queue=site_queue(self.site_of[mac]), ignore_result=True)
 
     def store_pushed(self, mac: str, entry: dict) -> None:
         # secrets as references (names in the secrets file, never values): the next plan diffs against them
         self.rs.set_pushed(mac, {**entry["params"], **entry.get("secret_refs", {})}, entry["config_hash"])
-
-    def _registered(self, mac: str, servers: list[int], since: float) -> bool:
-        st = self._phone_states[mac]
-        return all(st.servers.get(i, {}).get("state") == "registered" and st.servers[i].get("t", 0) > since for i in servers)
 
     # ---------------------------------------------------------------- accounting
     def counts(self) -> dict:
@@ -412,22 +362,9 @@ class RolloutDriver:
         for mac, st in states.items():
             c = out.setdefault(self.site_of[mac], {"total": 0, "settled": 0, "failed": 0})
             c["total"] += 1
-            c["settled"] += st.get("state") in self.rs.SETTLED
+            c["settled"] += st.get("state") in policy.SETTLED
             c["failed"] += st.get("state") in FAILED
         return out
-
-    def _budget_spent(self, states: dict[str, dict]) -> str:
-        failed = [m for m, st in states.items() if st.get("state") in FAILED
-                  or (st.get("state") == "rolling_back")]
-        if len(failed) > self.budget_total:
-            return f"failure budget spent: {len(failed)} phones failed (budget {self.budget_total})"
-        per_site = self.plan.get("budget_per_site")
-        if per_site:
-            for site, limit in per_site.items():
-                n = sum(1 for m in failed if self.site_of[m] == site)
-                if n > int(limit):
-                    return f"failure budget of site {site} spent: {n} phones failed (budget {limit})"
-        return ""
 
 
 class Overloaded(ValueError):

@@ -2,8 +2,14 @@
 
 `<file>.before-<rollout id>` holds what the phone ran before: rollback needs
 it, but it may hold SIP passwords, so it must not outlive the rollout. The
-names to delete are derived from the MAC (the files fleet renders), never
-read from Redis, so a forged record cannot point the deletion elsewhere.
+names to delete are derived from the MAC (polycom.phone_file_names: the
+phone's master and fleet's own file, never a shared file), never read from
+Redis, so a forged record cannot point the deletion elsewhere.
+
+Rollback puts every file back byte for byte: a backed-up file is written
+back as it was; a file the push created (mark `absent`, such as a `<MAC>.cfg`
+made from the default master) is deleted; a file the push left as it was
+(`same`) is not touched.
 """
 from __future__ import annotations
 
@@ -33,7 +39,7 @@ def remove(pub: Publisher, rid: str, phones: dict[str, dict]) -> tuple[int, int]
         if record.get("state") == "rollback_failed":
             kept += 1
             continue
-        for name in polycom.render_phone_files(mac, {}):
+        for name in polycom.phone_file_names(mac):
             if record.get(f"backed_up:{name}") == "yes" or record.get(f"backing_up:{name}"):
                 pub.delete(backup_name(name, rid))
                 removed += 1

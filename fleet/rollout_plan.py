@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import polycom, predict, secret_params
 from .inventory import Inventory, Phone, Site
-from .rollout_playbook import RolloutPlaybook, amount
+from .rollout_playbook import RolloutPlaybook, amount, verbatim_names
 
 REF = re.compile(r"\{(site|phone|provider)\.([a-z_]+)\}")
 MESSAGES_PER_REFRESH = 2   # REGISTER, 401 challenge, REGISTER with credentials: two requests per refresh
@@ -38,6 +38,7 @@ class PhonePlan:
     diff: dict[str, list]             # name -> [old, new], secret parameters masked as ***
     config_hash: str                  # over the unmasked parameters (secret references, never values)
     secret_refs: dict[str, str] = field(default_factory=dict)   # secret parameter -> secret:NAME / env:VAR
+    verbatim: list[str] = field(default_factory=list)   # uncatalogued, passed through (allow_uncatalogued)
 
     def to_dict(self, refs: bool = True) -> dict:
         """The phone's plan; without `refs`, as shown to people (a dry run): no secret reference at all."""
@@ -106,14 +107,19 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
     if not selected:
         raise PlanError("the targets select no phone")
     phones: list[PhonePlan] = []
+    verbatim = verbatim_names(pb)   # allow_uncatalogued: written as given, never checked or interpolated
     for site, phone in selected:
         base = inv.effective_params(site, phone)
         new = dict(base)
         for name, value in pb.params.items():
-            new[name] = _interpolate(str(value), site, phone, inv, name)
+            new[name] = str(value) if name in verbatim else _interpolate(str(value), site, phone, inv, name)
         for name, value in new.items():
+            if name in verbatim:
+                continue
+            if name not in pb.params and phone.family.lookup(name) is None:
+                continue    # an inherited site/fleet parameter this phone's firmware does not have: it ignores it
             try:
-                polycom.check(name, value, inv.firmware_family)
+                polycom.check(name, value, phone.family.name)
             except polycom.ParameterError as exc:
                 raise PlanError(f"phone {phone.mac} (site {site.name}): {exc}") from None
             why = secret_params.problem(name, value)   # again after interpolation: "{site.gateway}" may hold a reference
@@ -123,20 +129,26 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         diff = {k: [secret_params.mask(k, old.get(k)), secret_params.mask(k, new.get(k))]
                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
         masked, refs = secret_params.split(new)
-        phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs))
+        phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs, sorted(verbatim)))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
     per_site = defaultdict(int)
     for p in phones:
         per_site[p.site] += 1
     max_unavailable = {s: max(1, amount(pb.strategy.max_unavailable, n)) for s, n in per_site.items()}
     budget = pb.strategy.failure_budget
-    budget_total = amount(budget.total, len(phones)) if str(budget.total) not in ("0", "0%") else 0
-    budget_sites = ({s: amount(budget.per_site, n) for s, n in per_site.items()} if budget.per_site is not None else None)
+    budget_total = failure_budget(budget.total, len(phones))
+    budget_sites = ({s: failure_budget(budget.per_site, n) for s, n in per_site.items()}
+                    if budget.per_site is not None else None)
     load = refresh_load([(p.site, p.params) for p in phones])
     overloaded = [f"{addr}: {v['primary_down']:.1f} REGISTER/s with the primary down (limit {limits[addr]:g})"
                   if v["primary_down"] > limits[addr] else f"{addr}: {v['normal']:.1f} REGISTER/s (limit {limits[addr]:g})"
                   for addr, v in load.items() if limits and addr in limits and max(v["normal"], v["primary_down"]) > limits[addr]]
     return Plan(rollout_id, phones, waves, dict(max_unavailable), budget_total, budget_sites, load, overloaded)
+
+
+def failure_budget(value: int | str, of: int) -> int:
+    """Failed phones tolerated out of `of`: a count, or a percent rounded down but at least 1; "0%" tolerates none."""
+    return 0 if str(value).strip() in ("0", "0%") else amount(value, of)
 
 
 def _waves(macs: list[str], canary: int, wave_size: int | str) -> list[list[str]]:
@@ -149,25 +161,78 @@ def _waves(macs: list[str], canary: int, wave_size: int | str) -> list[list[str]
     return [w for w in waves if w]
 
 
+# RFC 3261 timers of a non-INVITE transaction over UDP (17.1.2): Timer E starts at T1 and doubles up to T2,
+# Timer F gives up at 64*T1. A Polycom phone uses them when `retryTimeOut` is 0 (polycom.md, "Registration timers").
+T1_S = 0.5
+T2_S = 4.0
+TIMER_F_S = 64 * T1_S
+
+
+def rfc3261_sends(t1: float = T1_S, t2: float = T2_S, timeout: float = TIMER_F_S) -> int:
+    """Transmissions of a non-INVITE request nobody answers: at 0, 0.5, 1.5, 3.5, 7.5, 11.5 ... 31.5 s, so 11."""
+    sent, at, interval = 1, 0.0, t1
+    while at + interval < timeout:
+        at += interval
+        sent += 1
+        interval = min(2 * interval, t2)
+    return sent
+
+
+def register_sends(retry_timeout_ms: int, retry_max_count: int) -> int:
+    """REGISTER transmissions per attempt on an unreachable server.
+
+    `retryTimeOut` 0 means the standard RFC 3261 schedule (about 11 sends in
+    32 s); otherwise the phone sends once and retries `retryMaxCount` times,
+    `retryTimeOut` apart.
+    """
+    return rfc3261_sends() if retry_timeout_ms <= 0 else retry_max_count + 1
+
+
+def _server_attr(params: dict[str, str], reg: int, server: int, attr: str, default: str) -> str:
+    # the lookup fleet.predict.server_timing does (it does not keep retryTimeOut itself): keep the two in step
+    for key in (f"reg.{reg}.server.{server}.{attr}", f"voIpProt.server.{server}.{attr}"):
+        if params.get(key, "") != "":
+            return params[key]
+    return default
+
+
+LINE = re.compile(r"^reg\.([0-9]+)\.address$")
+
+
+def lines(params: dict[str, str]) -> list[int]:
+    """The registrations (lines) a phone has: every `reg.x` with an address; line 1 when none names one."""
+    found = sorted({int(m.group(1)) for k, v in params.items() if (m := LINE.match(k)) and str(v) != ""})
+    return found or [1]
+
+
 def refresh_load(phones: list[tuple[str, dict[str, str]]]) -> dict[str, dict]:
     """REGISTER requests per second that each server address receives from these phones (R6).
 
-    normal: every server up, each phone refreshing each registered server.
-    primary_down: server 1 unreachable; phones retry it every retry interval with (retryMaxCount + 1)
-    transmissions per attempt, while the other servers see their normal refreshes.
+    Every registration counts: a phone with three lines refreshes three times.
+    normal: every server up, each registration refreshing each of its servers
+    (MESSAGES_PER_REFRESH requests per refresh, the challenge included).
+    primary_down: server 1 unreachable; each registration sends `register_sends`
+    transmissions per attempt, one attempt per retry interval plus the time the
+    attempt takes to fail, while the other servers see their normal refreshes.
+    `phones` counts phones, `registrations` their lines, per address.
     """
-    load: dict[str, dict] = defaultdict(lambda: {"normal": 0.0, "primary_down": 0.0, "phones": 0})
-    for _, params in phones:
-        for t in predict.servers(params):
-            if not t.register:
-                continue
-            rate = MESSAGES_PER_REFRESH / max(predict.refresh_interval(t.expires, t.overlap), 1)
-            entry = load[t.address]
-            entry["normal"] += rate
-            entry["phones"] += 1
-            if t.index == 1:
-                entry["primary_down"] += (t.retry_max_count + 1) / (t.retry_interval + t.transaction_timeout)
-            else:
-                entry["primary_down"] += rate
-    return {k: {"normal": round(v["normal"], 3), "primary_down": round(v["primary_down"], 3), "phones": v["phones"]}
+    load: dict[str, dict] = defaultdict(lambda: {"normal": 0.0, "primary_down": 0.0, "phones": set(), "registrations": 0})
+    for n, (_, params) in enumerate(phones):
+        for reg in lines(params):
+            for t in predict.servers(params, reg):
+                if not t.register:
+                    continue
+                rate = MESSAGES_PER_REFRESH / max(predict.refresh_interval(t.expires, t.overlap), 1)
+                entry = load[t.address]
+                entry["normal"] += rate
+                entry["phones"].add(n)
+                entry["registrations"] += 1
+                if t.index == 1:
+                    retry_ms = int(_server_attr(params, reg, t.index, "retryTimeOut", "0") or 0)
+                    sends = register_sends(retry_ms, t.retry_max_count)
+                    entry["primary_down"] += sends / (t.retry_interval + t.transaction_timeout)
+                else:
+                    entry["primary_down"] += rate
+    return {k: {"normal": round(v["normal"], 3), "primary_down": round(v["primary_down"], 3), "phones": len(v["phones"]),
+                "registrations": v["registrations"]}
             for k, v in load.items()}

@@ -5,11 +5,11 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
 from soundpoint.yamlfile import FieldError, FileError, load_model, source_of
 
-from . import secret_params, validate
+from . import polycom, secret_params, validate
 
 COUNT_OR_PERCENT = re.compile(r"^([0-9]{1,7})(%?)$")     # ASCII digits only
 
@@ -127,6 +127,9 @@ class RolloutPlaybook(Strict):
     kind: Literal["rollout"]
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
     targets: Targets = Targets()
+    # declared before `params`: its validator reads it
+    allow_uncatalogued: bool = Field(False, description="pass parameters the catalogue does not know through "
+                                                        "verbatim (unchecked; shown as such in the dry run)")
     params: dict[str, str | int] = Field(min_length=1)
     strategy: Strategy = Strategy()
     verify: Verify = Verify()
@@ -147,16 +150,55 @@ class RolloutPlaybook(Strict):
 
     @field_validator("params", mode="before")
     @classmethod
-    def known_params(cls, v):
+    def known_params(cls, v, info: ValidationInfo):
         if not isinstance(v, dict):
             return v
+        verbatim = info.data.get("allow_uncatalogued") is True
         for name, value in v.items():
             try:
+                if verbatim and isinstance(name, str) and polycom.lookup(name) is None:
+                    uncatalogued(name, value)
+                    continue
                 validate.param(name, value, allow_placeholders=True)
             except ValueError as exc:
                 message = str(exc)
+                if not verbatim and "not a parameter this tool manages" in message:
+                    message += "; `allow_uncatalogued: true` passes such parameters through verbatim"
                 raise FieldError((name,), message.removeprefix(f"{name}: ")) from None
         return v
+
+
+VERBATIM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}(\.[A-Za-z0-9_-]{1,64}){1,15}$")
+
+
+def uncatalogued(name: str, value) -> str:
+    """A parameter outside the catalogue, allowed by `allow_uncatalogued`: written as given, so only its form is checked.
+
+    It must look like a Polycom parameter (dotted name, XML-safe), hold no
+    control character, no secret reference and no placeholder (nothing is
+    substituted in it), and must not be a password: secrets go only in the
+    catalogue's secret parameters, which are never shown or logged.
+    """
+    if not VERBATIM_NAME.match(name):
+        raise ValueError(f"{name[:80]}: not a parameter name (dotted, letters, digits, _ and -)")
+    if "password" in name.lower():
+        raise ValueError(f"{name}: a password is never passed through verbatim; it must be a catalogue secret parameter")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{name}: expected text or an integer, found {type(value).__name__}; quote it")
+    text = str(value)
+    validate.no_control(text, name)
+    if secret_params.is_ref(text):
+        raise ValueError(f"{name}: secret:/env: references only work in catalogue secret parameters")
+    if "{" in text or "}" in text:
+        raise ValueError(f"{name}: placeholders only work in catalogue parameters; this one is written verbatim")
+    return text
+
+
+def verbatim_names(pb: RolloutPlaybook) -> frozenset[str]:
+    """The playbook's parameters that go through unchecked (none unless it says `allow_uncatalogued: true`)."""
+    if not pb.allow_uncatalogued:
+        return frozenset()
+    return frozenset(n for n in pb.params if polycom.lookup(n) is None)
 
 
 def load(path: str | Path) -> RolloutPlaybook:
@@ -203,9 +245,12 @@ def check_against(pb: RolloutPlaybook, inventory, path: str | Path) -> None:
     for i, model in enumerate(pb.targets.models):
         if model not in models:
             raise src.error(("targets", "models", i), f"no {model} phone in the targeted sites")
+    verbatim = verbatim_names(pb)
     for name, value in pb.params.items():
+        if name in verbatim:
+            continue
         try:
-            validate.param(name, value, inventory.firmware_family, allow_placeholders=True)
+            validate.param(name, value, None, allow_placeholders=True)
         except ValueError as exc:
             raise src.error(("params", name), str(exc)) from None
     try:
@@ -218,13 +263,16 @@ def check_against(pb: RolloutPlaybook, inventory, path: str | Path) -> None:
         new = inventory.effective_params(site, phone)
         for name, value in pb.params.items():
             text = str(value)
+            if name in verbatim:
+                new[name] = text
+                continue
             for obj, attr in validate.placeholders(text):
                 ref = {"site": site, "phone": phone, "provider": inventory.provider}[obj]
                 if ref is None:
                     raise src.error(("params", name), f"{{{obj}.{attr}}}: the inventory has no {obj}")
                 text = text.replace(f"{{{obj}.{attr}}}", str(getattr(ref, attr)))
             try:
-                validate.param(name, text, inventory.firmware_family)
+                validate.param(name, text, phone.family.name)
             except ValueError as exc:
                 raise src.error(("params", name), f"phone {phone.mac} (site {site.name}): {exc}") from None
             new[name] = text

@@ -33,6 +33,7 @@ from soundpoint.yamlfile import FileError
 
 from . import rollout_playbook
 from .store import LeaseHeld, RolloutExists, RolloutStore, Store
+from .task_errors import TaskFailed
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,11 @@ def _fire_time(playbook_path: str, fire_time: str | None) -> datetime:
 
 
 def run_scheduled(store: Store, playbook_path: str, inventory_path: str, name: str, fire_time: str | None) -> dict:
-    """Create this run's rollout (once) and drive it (once); a copy that finds it driven or finished exits."""
+    """Create this run's rollout (once) and drive it (once); a copy that finds it driven or finished exits.
+
+    A run refused (bad playbook, plan, load check) is recorded as missed and
+    raised as TaskFailed, as is a run whose rollout did not end `done`.
+    """
     from . import inventory as inv_mod
     from .rollout import Overloaded, RolloutDriver, create
     from .rollout_plan import PlanError
@@ -164,8 +169,9 @@ def run_scheduled(store: Store, playbook_path: str, inventory_path: str, name: s
     try:
         rid = rollout_id(name, _fire_time(playbook_path, fire_time))
     except (FileError, ValueError) as exc:
-        store.record_missed(f"{name}@refused:{time.time():.0f}", f"scheduled rollout {name} refused: {exc}")
-        return {"ok": False, "error": str(exc)}
+        message = f"scheduled rollout {name} refused: {exc}"
+        store.record_missed(f"{name}@refused:{time.time():.0f}", message)
+        raise TaskFailed(message) from None
     store.set_schedule_last_run(name, time.time())
     # every copy of the message says it came: the rollout's history shows how many there were, and what each did
     rs.log(rid, "scheduled", schedule=name, pid=os.getpid(), host=socket.gethostname())
@@ -175,16 +181,18 @@ def run_scheduled(store: Store, playbook_path: str, inventory_path: str, name: s
         except RolloutExists:
             meta = rs.get(rid)
             if meta.get("status") not in ("planned", "running"):
-                return {"ok": meta.get("status") == "done", "id": rid, "status": meta.get("status"),
-                        "note": "already ran"}
+                return {"id": rid, "status": meta.get("status"), "note": "already ran"}
             pb, inv = rollout_playbook.load(meta["playbook_path"]), inv_mod.load(meta["inventory_path"])
     except (FileError, PlanError, Overloaded) as exc:
-        store.record_missed(f"{name}@{rid}:refused", f"scheduled rollout {name} ({rid}) refused: {exc}")
-        return {"ok": False, "id": rid, "error": str(exc)}
+        message = f"scheduled rollout {name} ({rid}) refused: {exc}"
+        store.record_missed(f"{name}@{rid}:refused", message)
+        raise TaskFailed(message) from None
     driver = RolloutDriver(rid, inv, store, pb, say=lambda s: log.warning("rollout %s: %s", rid, s))
     try:
         outcome = driver.run(only_from=("planned", "running"))
     except LeaseHeld as exc:
         rs.log(rid, "not_driven", reason=f"another run drives it: {exc}")
-        return {"ok": True, "id": rid, "note": f"driven by another run ({exc})"}
-    return {"ok": outcome.status == "done", "id": rid, "status": outcome.status, "reason": outcome.reason}
+        return {"id": rid, "note": f"driven by another run ({exc})"}
+    if outcome.status != "done":
+        raise TaskFailed(f"scheduled rollout {name} ({rid}) {outcome.status}: {outcome.reason}")
+    return {"id": rid, "status": outcome.status}

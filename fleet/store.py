@@ -1,20 +1,45 @@
-"""All state in Redis. The only module that knows key names.
+"""All state in Redis. The only module that knows key names: everyone else calls a `Store` method.
 
-Keys (prefix `fleet:`):
-  phone:{mac}                hash: site, model, address, servers (configured, JSON), state (JSON of observe.PhoneState),
-                             row (the phone's `fleet status --json` object, kept ready-made), config_version, firmware
-  site:{site}:phones         set of MACs;  phones: set of every MAC
-  site:{site}:experiment     id of the experiment observing the site now (collectors copy observations to it)
-  lease:{site}               holder of the site's exclusive lease (SET NX PX, renewed while held)
-  exp:{id}                   hash: experiment metadata;  experiments: zset of ids by start time
-  exp:{id}:events            stream: append-only history (operations and observations, wall + monotonic time)
-  exp:{id}:obs:{mac}         stream: observations of one phone during the experiment, trimmed by length
-  rollout:{id}               hash: status, playbook, created, plan (JSON), reason, abort flag;  rollouts: zset by time
-  rollout:{id}:phone:{mac}   hash: state, attempt, wave, reboot_at, settled_at, error, backup flags
-  rollout:{id}:events        stream: append-only history of the rollout
-  outage:{id}:restore        set when a restore of that outage was requested (a cut seeing it does nothing)
-  schedule:{name}:since      when the scheduler first saw a schedule;  schedule:{name}:last_run  when it last ran
-  schedule:{name}:sent       when beat last sent it;  schedule:missed  list of messages;  schedule:missed:seen  set
+Every key family, in one table (the same table is in docs/architecture.md).
+All keys start with `fleet:`; `Keys` below builds each name.
+
+| key (after `fleet:`)                 | type   | holds                                                            | written by                  |
+|--------------------------------------|--------|------------------------------------------------------------------|-----------------------------|
+| `phone:{mac}`                        | hash   | site, model, address, servers (configured, JSON), state (JSON of  | register_phones,            |
+|                                      |        | observe.PhoneState), row (its `fleet status --json` object, kept | record_observations,        |
+|                                      |        | ready-made), firmware, in_call, pushed_params, config_version    | set_phone_info, set_pushed  |
+| `phones`                             | set    | every registered MAC                                             | register_phones             |
+| `site:{site}:phones`                 | set    | the site's MACs                                                  | register_phones             |
+| `site:{site}:experiment`             | string | id of the experiment observing the site now (collectors copy     | set_observing               |
+|                                      |        | observations to it)                                              |                             |
+| `observed`                           | stream | one entry per stored batch of observations: the MACs it touched  | record_observations         |
+| `lease:{site}`                       | string | holder of the site's exclusive lease (SET NX PX, renewed)        | acquire/renew/release_lease |
+| `experiments`                        | zset   | experiment ids by start time                                     | new_experiment              |
+| `exp:{id}`                           | hash   | experiment metadata: site, playbook, status, started, finished   | new/finish_experiment       |
+| `exp:{id}:events`                    | stream | append-only history (operations and observations, wall and       | log_event                   |
+|                                      |        | monotonic time)                                                  |                             |
+| `exp:{id}:obs:{mac}`                 | stream | one phone's observations during the experiment, trimmed          | record_observations         |
+| `exp:{id}:capture`                   | stream | SIP datagrams the wire sources saw during the experiment (its    | keep_capture                |
+|                                      |        | capture.pcap), trimmed                                           |                             |
+| `outage:{id}:restore`                | string | a restore of that outage was requested (a cut seeing it cuts     | request_outage_restore      |
+|                                      |        | nothing); expires after two days                                 |                             |
+| `rollouts`                           | zset   | rollout ids by creation time                                     | RolloutStore.create         |
+| `rollout:{id}`                       | hash   | status, playbook, created, plan (JSON), reason, abort flag,      | RolloutStore.create/set     |
+|                                      |        | backups_removed:{site}                                           |                             |
+| `rollout:{id}:phone:{mac}`           | hash   | state, attempt, wave, plan (the phone's part), reboot_at,        | RolloutStore.create/        |
+|                                      |        | rollback_at, settled_at, error, backing_up:/backed_up:{file}     | set_phone                   |
+| `rollout:{id}:changes`               | stream | one entry per phone state change (the driver wakes on it)        | RolloutStore.set_phone      |
+| `rollout:{id}:events`                | stream | append-only history of the rollout                               | RolloutStore.log            |
+| `rollout:{id}:reboot:{mac}:{attempt}`| string | the claim on a phone's reboot for one attempt (or               | RolloutStore.claim_reboot   |
+|                                      |        | `{attempt}-confirm`), kept a week                                |                             |
+| `schedule:{name}:since`              | string | when the scheduler first saw the schedule                        | schedule_seen_since         |
+| `schedule:{name}:last_run`           | string | when a run of it last started                                    | set_schedule_last_run       |
+| `schedule:{name}:sent`               | hash   | t, fire_time: when beat last sent it, and for which cron time    | set_schedule_sent           |
+| `schedule:missed`                    | list   | messages about missed or refused runs                            | record_missed               |
+| `schedule:missed:seen`               | set    | occurrences already recorded (each is recorded once)             | record_missed               |
+
+Celery's own keys (queues named after them, `unacked*`, `_kombu.*`,
+`celery-task-meta-*`) share the database and are Celery's business.
 """
 from __future__ import annotations
 
@@ -26,14 +51,97 @@ from typing import Iterable
 import redis
 
 from .observe import Observation, PhoneState, apply
-from .status import row_for_json
+from .phone_row import row_for_json
 
 P = "fleet:"
 OBS_MAXLEN = 10_000
+CAPTURE_MAXLEN = 200_000      # SIP datagrams kept per experiment for its capture.pcap
 EVENTS_MAXLEN = 200_000
 FEED_MAXLEN = 100_000
 OUTAGE_MARK_TTL = 2 * 86400   # longer than any outage may last (max_duration <= 1 day)
-OBSERVED_FEED = f"{P}observed"
+
+
+class Keys:
+    """The name of every key in the table above; nothing outside this module builds one."""
+
+    PHONES = f"{P}phones"
+    OBSERVED = f"{P}observed"
+    EXPERIMENTS = f"{P}experiments"
+    ROLLOUTS = f"{P}rollouts"
+    SCHEDULE_MISSED = f"{P}schedule:missed"
+    SCHEDULE_MISSED_SEEN = f"{P}schedule:missed:seen"
+
+    @staticmethod
+    def phone(mac: str) -> str:
+        return f"{P}phone:{mac}"
+
+    @staticmethod
+    def site_phones(site: str) -> str:
+        return f"{P}site:{site}:phones"
+
+    @staticmethod
+    def site_experiment(site: str) -> str:
+        return f"{P}site:{site}:experiment"
+
+    @staticmethod
+    def lease(site: str) -> str:
+        return f"{P}lease:{site}"
+
+    @staticmethod
+    def exp(exp: str) -> str:
+        return f"{P}exp:{exp}"
+
+    @staticmethod
+    def exp_events(exp: str) -> str:
+        return f"{P}exp:{exp}:events"
+
+    @staticmethod
+    def exp_capture(exp: str) -> str:
+        return f"{P}exp:{exp}:capture"
+
+    @staticmethod
+    def exp_obs(exp: str, mac: str) -> str:
+        return f"{P}exp:{exp}:obs:{mac}"
+
+    @staticmethod
+    def outage_restore(outage_id: str) -> str:
+        return f"{P}outage:{outage_id}:restore"
+
+    @staticmethod
+    def rollout(rid: str) -> str:
+        return f"{P}rollout:{rid}"
+
+    @staticmethod
+    def rollout_phone(rid: str, mac: str) -> str:
+        return f"{P}rollout:{rid}:phone:{mac}"
+
+    @staticmethod
+    def rollout_changes(rid: str) -> str:
+        return f"{P}rollout:{rid}:changes"
+
+    @staticmethod
+    def rollout_events(rid: str) -> str:
+        return f"{P}rollout:{rid}:events"
+
+    @staticmethod
+    def rollout_reboot(rid: str, mac: str, attempt: int | str) -> str:
+        return f"{P}rollout:{rid}:reboot:{mac}:{attempt}"
+
+    @staticmethod
+    def schedule_since(name: str) -> str:
+        return f"{P}schedule:{name}:since"
+
+    @staticmethod
+    def schedule_last_run(name: str) -> str:
+        return f"{P}schedule:{name}:last_run"
+
+    @staticmethod
+    def schedule_sent(name: str) -> str:
+        return f"{P}schedule:{name}:sent"
+
+
+K = Keys
+OBSERVED_FEED = K.OBSERVED
 
 
 class LeaseHeld(Exception):
@@ -50,42 +158,33 @@ class Store:
         self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, health_check_interval=30)
 
     # ------------------------------------------------------------ phones
-    def register_site(self, inv, site) -> None:
-        """Register a site's phones; their configured servers follow what a rollout last pushed, else the inventory."""
-        from .predict import configured_servers
-
-        pushed = RolloutStore(self).last_pushed([p.mac for p in site.phones])
-        self.register_phones(site.name, [{"mac": p.mac, "model": p.model, "address": p.address,
-                                          "servers": configured_servers(pushed.get(p.mac) or inv.effective_params(site, p))}
-                                         for p in site.phones])
-
     def register_phones(self, site: str, phones: Iterable[dict]) -> None:
         phones = list(phones)
         pipe = self.r.pipeline(transaction=False)
         for p in phones:
-            pipe.hmget(f"{P}phone:{p['mac']}", "state", "firmware")
+            pipe.hmget(K.phone(p['mac']), "state", "firmware")
         previous = pipe.execute()
         pipe = self.r.pipeline(transaction=False)
         for p, (state, firmware) in zip(phones, previous):
             meta = {"mac": p["mac"], "site": site, "model": p.get("model", ""), "firmware": firmware,
                     "configured_servers": p.get("servers", []),
                     "state": json.loads(state) if state else PhoneState(mac=p["mac"]).to_dict()}
-            pipe.hset(f"{P}phone:{p['mac']}", mapping={"site": site, "model": p.get("model", ""),
+            pipe.hset(K.phone(p['mac']), mapping={"site": site, "model": p.get("model", ""),
                                                        "address": p.get("address", ""),
                                                        "servers": json.dumps(p.get("servers", [])),
                                                        "row": json.dumps(row_for_json(meta))})
-            pipe.sadd(f"{P}site:{site}:phones", p["mac"])
-            pipe.sadd(f"{P}phones", p["mac"])
+            pipe.sadd(K.site_phones(site), p["mac"])
+            pipe.sadd(K.PHONES, p["mac"])
         pipe.execute()
 
     def phone_states(self, macs: list[str]) -> dict[str, PhoneState]:
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hget(f"{P}phone:{mac}", "state")
+            pipe.hget(K.phone(mac), "state")
         return {m: PhoneState.from_dict(json.loads(raw)) if raw else PhoneState(mac=m) for m, raw in zip(macs, pipe.execute())}
 
     def phone_state(self, mac: str) -> PhoneState:
-        raw = self.r.hget(f"{P}phone:{mac}", "state")
+        raw = self.r.hget(K.phone(mac), "state")
         return PhoneState.from_dict(json.loads(raw)) if raw else PhoneState(mac=mac)
 
     def record_observations(self, observations: list[Observation]) -> int:
@@ -95,29 +194,29 @@ class Store:
         macs = sorted({o.mac for o in observations})
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hmget(f"{P}phone:{mac}", "state", "site", "model", "firmware", "servers")
+            pipe.hmget(K.phone(mac), "state", "site", "model", "firmware", "servers")
         rows = pipe.execute()
         states = {mac: (PhoneState.from_dict(json.loads(row[0])) if row[0] else PhoneState(mac=mac), row[1])
                   for mac, row in zip(macs, rows)}
         metas = {mac: {"model": row[2], "firmware": row[3], "configured_servers": json.loads(row[4] or "[]")}
                  for mac, row in zip(macs, rows)}
         sites = {site for _, site in states.values() if site}
-        active = dict(zip(sorted(sites), self.r.mget([f"{P}site:{s}:experiment" for s in sorted(sites)]))) if sites else {}
+        active = dict(zip(sorted(sites), self.r.mget([K.site_experiment(s) for s in sorted(sites)]))) if sites else {}
         pipe = self.r.pipeline(transaction=False)
         for obs in sorted(observations, key=lambda o: o.t):
             state, site = states[obs.mac]
             if site is None:
                 continue   # a phone not in the inventory: ignored rather than trusted
-            apply(state, obs)
+            apply(state, obs, [s["index"] for s in metas[obs.mac]["configured_servers"] if s.get("register", True)])
             exp = active.get(site)
             if exp:
                 entry = obs.to_dict() | {"working_server": state.working_server}
-                pipe.xadd(f"{P}exp:{exp}:obs:{obs.mac}", {"o": json.dumps(entry)}, maxlen=OBS_MAXLEN, approximate=True)
+                pipe.xadd(K.exp_obs(exp, obs.mac), {"o": json.dumps(entry)}, maxlen=OBS_MAXLEN, approximate=True)
         for mac, (state, site) in states.items():
             if site is not None:
                 as_dict = state.to_dict()
                 row = row_for_json({"mac": mac, "site": site, "state": as_dict, **metas[mac]})
-                pipe.hset(f"{P}phone:{mac}", mapping={"state": json.dumps(as_dict), "row": json.dumps(row)})
+                pipe.hset(K.phone(mac), mapping={"state": json.dumps(as_dict), "row": json.dumps(row)})
         # one feed entry per batch: a rollout driver re-reads only the phones named here
         pipe.xadd(OBSERVED_FEED, {"macs": " ".join(m for m, (_, site) in states.items() if site is not None)},
                   maxlen=FEED_MAXLEN, approximate=True)
@@ -129,7 +228,7 @@ class Store:
         macs = sorted(infos)
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hmget(f"{P}phone:{mac}", "row")
+            pipe.hmget(K.phone(mac), "row")
         rows = pipe.execute()
         pipe = self.r.pipeline(transaction=False)
         for mac, (row,) in zip(macs, rows):
@@ -137,25 +236,33 @@ class Store:
             if row and infos[mac].get("firmware"):
                 mapping["row"] = json.dumps(json.loads(row) | {"firmware": infos[mac]["firmware"]})
             if mapping:
-                pipe.hset(f"{P}phone:{mac}", mapping=mapping)
+                pipe.hset(K.phone(mac), mapping=mapping)
         pipe.execute()
+
+    def pushed_call_state(self, mac: str) -> tuple[bool, float] | None:
+        """(in a call, when) from the newest state the phone pushed (state polling push mode), or None."""
+        in_call, at = self.r.hmget(K.phone(mac), "in_call", "in_call_pushed_at")
+        try:
+            return (json.loads(in_call) is True, float(at)) if in_call is not None and at else None
+        except ValueError:
+            return None
 
     def status_json(self, site: str | None = None) -> str:
         """`fleet status --json` straight from the ready-made rows: one round trip, no decoding per phone."""
-        key = f"{P}site:{site}:phones" if site else f"{P}phones"
+        key = K.site_phones(site) if site else K.PHONES
         macs = sorted(self.r.smembers(key))
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hget(f"{P}phone:{mac}", "row")
+            pipe.hget(K.phone(mac), "row")
         return "[" + ",".join(r for r in pipe.execute() if r) + "]"
 
     def phones(self, site: str | None = None) -> list[dict]:
         """Every phone's row for `fleet status`, read with one pipelined round trip."""
-        key = f"{P}site:{site}:phones" if site else f"{P}phones"
+        key = K.site_phones(site) if site else K.PHONES
         macs = sorted(self.r.smembers(key))
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hgetall(f"{P}phone:{mac}")
+            pipe.hgetall(K.phone(mac))
         out = []
         for mac, h in zip(macs, pipe.execute()):
             state = json.loads(h["state"]) if h.get("state") else PhoneState(mac=mac).to_dict()
@@ -164,9 +271,23 @@ class Store:
                         "configured_servers": json.loads(h.get("servers") or "[]"), "state": state})
         return out
 
+    def forget_phones(self, macs: list[str]) -> None:
+        """Take phones out of the store (gone from the inventory): their hash and their place in the phone sets."""
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hget(K.phone(mac), "site")
+        sites = pipe.execute()
+        pipe = self.r.pipeline(transaction=False)
+        for mac, site in zip(macs, sites):
+            pipe.delete(K.phone(mac))
+            pipe.srem(K.PHONES, mac)
+            if site:
+                pipe.srem(K.site_phones(site), mac)
+        pipe.execute()
+
     # ------------------------------------------------------------ leases
     def acquire_lease(self, site: str, holder: str, ttl: float = 30.0) -> None:
-        key = f"{P}lease:{site}"
+        key = K.lease(site)
         if self.r.set(key, holder, nx=True, px=int(ttl * 1000)):
             return
         current = self.r.get(key)
@@ -177,100 +298,125 @@ class Store:
 
     def renew_lease(self, site: str, holder: str, ttl: float = 30.0) -> bool:
         script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-        return bool(self.r.eval(script, 1, f"{P}lease:{site}", holder, int(ttl * 1000)))
+        return bool(self.r.eval(script, 1, K.lease(site), holder, int(ttl * 1000)))
 
     def lease_info(self, site: str) -> tuple[str | None, int]:
         """(holder, milliseconds left) of a site's lease; (None, -2) when nobody holds it."""
         pipe = self.r.pipeline(transaction=False)
-        pipe.get(f"{P}lease:{site}")
-        pipe.pttl(f"{P}lease:{site}")
+        pipe.get(K.lease(site))
+        pipe.pttl(K.lease(site))
         holder, pttl = pipe.execute()
         return holder, int(pttl)
 
     def release_lease(self, site: str, holder: str) -> None:
         script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
-        self.r.eval(script, 1, f"{P}lease:{site}", holder)
+        self.r.eval(script, 1, K.lease(site), holder)
+
+    def break_lease(self, site: str) -> str | None:
+        """Free a site whatever holds it (an operator's last resort for a holder known dead); the holder it had.
+
+        A live holder notices at its next renewal and stops (fleet.lease).
+        """
+        pipe = self.r.pipeline()
+        pipe.get(K.lease(site))
+        pipe.delete(K.lease(site))
+        holder, _ = pipe.execute()
+        return holder
 
     # ------------------------------------------------------------ outages
     def request_outage_restore(self, outage_id: str) -> None:
         """Mark the outage as ended before the router is touched: a cut still queued or running sees it."""
-        self.r.set(f"{P}outage:{outage_id}:restore", time.time(), ex=OUTAGE_MARK_TTL)
+        self.r.set(K.outage_restore(outage_id), time.time(), ex=OUTAGE_MARK_TTL)
 
     def outage_restore_requested(self, outage_id: str) -> bool:
-        return bool(self.r.exists(f"{P}outage:{outage_id}:restore"))
+        return bool(self.r.exists(K.outage_restore(outage_id)))
 
     # ------------------------------------------------------------ schedules
     def schedule_seen_since(self, name: str) -> float:
         """When the scheduler first saw this schedule (set now if never): runs due before then were never missed."""
-        key = f"{P}schedule:{name}:since"
+        key = K.schedule_since(name)
         self.r.setnx(key, time.time())
         return float(self.r.get(key))
 
+    def set_schedule_seen_since(self, name: str, t: float) -> None:
+        """Say the scheduler has known this schedule since `t` (runs due after it count as missed if they never ran)."""
+        self.r.set(K.schedule_since(name), t)
+
     def schedule_last_run(self, name: str) -> float:
-        return float(self.r.get(f"{P}schedule:{name}:last_run") or 0)
+        return float(self.r.get(K.schedule_last_run(name)) or 0)
 
     def set_schedule_last_run(self, name: str, t: float) -> None:
-        self.r.set(f"{P}schedule:{name}:last_run", t)
+        self.r.set(K.schedule_last_run(name), t)
 
     def set_schedule_sent(self, name: str, t: float, fire_time: str) -> None:
         """Beat sent the run due at `fire_time`: kept in Redis rather than in a schedule file beside beat."""
-        self.r.hset(f"{P}schedule:{name}:sent", mapping={"t": t, "fire_time": fire_time})
+        self.r.hset(K.schedule_sent(name), mapping={"t": t, "fire_time": fire_time})
 
     def schedule_sent(self, name: str) -> dict:
-        return self.r.hgetall(f"{P}schedule:{name}:sent")
+        return self.r.hgetall(K.schedule_sent(name))
 
     def record_missed(self, occurrence: str, message: str) -> bool:
         """Record a missed (or refused) run once per occurrence; True if it is new."""
-        if self.r.sadd(f"{P}schedule:missed:seen", occurrence):
-            self.r.rpush(f"{P}schedule:missed", message)
+        if self.r.sadd(K.SCHEDULE_MISSED_SEEN, occurrence):
+            self.r.rpush(K.SCHEDULE_MISSED, message)
             return True
         return False
 
     def missed_runs(self) -> list[str]:
-        return self.r.lrange(f"{P}schedule:missed", 0, -1)
+        return self.r.lrange(K.SCHEDULE_MISSED, 0, -1)
 
     # ------------------------------------------------------------ experiments
     def new_experiment(self, site: str, playbook: str) -> str:
         exp = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
         now = time.time()
-        self.r.hset(f"{P}exp:{exp}", mapping={"id": exp, "site": site, "playbook": playbook, "status": "running",
+        self.r.hset(K.exp(exp), mapping={"id": exp, "site": site, "playbook": playbook, "status": "running",
                                               "started": now})
-        self.r.zadd(f"{P}experiments", {exp: now})
+        self.r.zadd(K.EXPERIMENTS, {exp: now})
         return exp
 
     def set_observing(self, site: str, exp: str | None) -> None:
         if exp:
-            self.r.set(f"{P}site:{site}:experiment", exp)
+            self.r.set(K.site_experiment(site), exp)
         else:
-            self.r.delete(f"{P}site:{site}:experiment")
+            self.r.delete(K.site_experiment(site))
 
     def observing(self, site: str) -> str | None:
         """The experiment that collectors copy the site's observations to now, if any."""
-        return self.r.get(f"{P}site:{site}:experiment")
+        return self.r.get(K.site_experiment(site))
 
     def finish_experiment(self, exp: str, passed: bool, report_dir: str) -> None:
-        self.r.hset(f"{P}exp:{exp}", mapping={"status": "passed" if passed else "failed", "finished": time.time(),
+        self.r.hset(K.exp(exp), mapping={"status": "passed" if passed else "failed", "finished": time.time(),
                                               "report_dir": report_dir})
 
     def log_event(self, exp: str, kind: str, **data) -> None:
         entry = {"kind": kind, "t": time.time(), "mono": time.monotonic(), **data}
-        self.r.xadd(f"{P}exp:{exp}:events", {"e": json.dumps(entry, default=str)}, maxlen=EVENTS_MAXLEN, approximate=True)
+        self.r.xadd(K.exp_events(exp), {"e": json.dumps(entry, default=str)}, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def keep_capture(self, exp: str, datagrams: list[dict]) -> None:
+        """SIP datagrams a wire source saw while the experiment ran ({t, src, dst, payload (base64), source})."""
+        pipe = self.r.pipeline(transaction=False)
+        for d in datagrams:
+            pipe.xadd(K.exp_capture(exp), {"d": json.dumps(d)}, maxlen=CAPTURE_MAXLEN, approximate=True)
+        pipe.execute()
+
+    def capture(self, exp: str) -> list[dict]:
+        return [json.loads(f["d"]) for _, f in self.r.xrange(K.exp_capture(exp))]
 
     def events(self, exp: str) -> list[dict]:
-        return [json.loads(f["e"]) for _, f in self.r.xrange(f"{P}exp:{exp}:events")]
+        return [json.loads(f["e"]) for _, f in self.r.xrange(K.exp_events(exp))]
 
     def observations(self, exp: str, mac: str) -> list[dict]:
-        return [json.loads(f["o"]) for _, f in self.r.xrange(f"{P}exp:{exp}:obs:{mac}")]
+        return [json.loads(f["o"]) for _, f in self.r.xrange(K.exp_obs(exp, mac))]
 
     def experiments(self, limit: int = 50) -> list[dict]:
-        ids = self.r.zrevrange(f"{P}experiments", 0, limit - 1)
+        ids = self.r.zrevrange(K.EXPERIMENTS, 0, limit - 1)
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
-            pipe.hgetall(f"{P}exp:{i}")
+            pipe.hgetall(K.exp(i))
         return pipe.execute()
 
     def experiment(self, exp: str) -> dict:
-        return self.r.hgetall(f"{P}exp:{exp}")
+        return self.r.hgetall(K.exp(exp))
 
     def ping(self) -> bool:
         return bool(self.r.ping())
@@ -287,7 +433,7 @@ class RolloutStore:
     def create(self, rid: str, playbook: str, plan: dict, meta: dict, exclusive: bool = False) -> None:
         """Record a planned rollout, all of it or nothing (one MULTI). With `exclusive`, raise RolloutExists if
         the id is taken: two copies of one scheduled run compute the same id, and only the first creates it."""
-        key = f"{P}rollout:{rid}"
+        key = K.rollout(rid)
         with self.r.pipeline() as pipe:
             try:
                 if exclusive:
@@ -301,46 +447,61 @@ class RolloutStore:
                 for wave, macs in enumerate(plan["waves"]):
                     for mac in macs:
                         # each phone's own part of the plan beside its state: a task reads only what it needs
-                        pipe.hset(f"{P}rollout:{rid}:phone:{mac}", mapping={"state": "pending", "attempt": 1, "wave": wave,
+                        pipe.hset(K.rollout_phone(rid, mac), mapping={"state": "pending", "attempt": 1, "wave": wave,
                                                                             "plan": json.dumps(entries[mac])})
-                pipe.zadd(f"{P}rollouts", {rid: time.time()})
+                pipe.zadd(K.ROLLOUTS, {rid: time.time()})
                 pipe.execute()
             except redis.WatchError:
                 raise RolloutExists(rid) from None
 
     def get(self, rid: str) -> dict:
-        data = self.r.hgetall(f"{P}rollout:{rid}")
+        data = self.r.hgetall(K.rollout(rid))
         if data.get("plan"):
             data["plan"] = json.loads(data["plan"])
         return data
 
     def list(self, limit: int = 50) -> list[dict]:
-        ids = self.r.zrevrange(f"{P}rollouts", 0, limit - 1)
+        ids = self.r.zrevrange(K.ROLLOUTS, 0, limit - 1)
         pipe = self.r.pipeline(transaction=False)
         for i in ids:
-            pipe.hmget(f"{P}rollout:{i}", "id", "playbook", "status", "created", "reason")
+            pipe.hmget(K.rollout(i), "id", "playbook", "status", "created", "reason")
         return [dict(zip(("id", "playbook", "status", "created", "reason"), row)) for row in pipe.execute()]
 
+    def macs(self, rid: str) -> list[str]:
+        """The rollout's phones, wave by wave, as its plan lists them (empty for an unknown rollout)."""
+        raw = self.r.hget(K.rollout(rid), "plan")
+        plan = json.loads(raw) if raw else {}
+        return [mac for wave in plan.get("waves", []) for mac in wave]
+
+    def count(self) -> int:
+        """How many rollouts were ever created."""
+        return int(self.r.zcard(K.ROLLOUTS))
+
+    def ids_with_records(self) -> set[str]:
+        """Every rollout id that has any record at all (created or not): for audits of what wrote to Redis."""
+        prefix = K.rollout("")
+        return {key[len(prefix):].split(":", 1)[0] for key in self.r.scan_iter(f"{prefix}*", count=1000)}
+
     def get_field(self, rid: str, name: str) -> str | None:
-        return self.r.hget(f"{P}rollout:{rid}", name)
+        return self.r.hget(K.rollout(rid), name)
 
     def set(self, rid: str, **fields) -> None:
-        self.r.hset(f"{P}rollout:{rid}", mapping={k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()})
+        self.r.hset(K.rollout(rid), mapping={k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()})
 
     def phone(self, rid: str, mac: str) -> dict:
-        return self.r.hgetall(f"{P}rollout:{rid}:phone:{mac}")
+        return self.r.hgetall(K.rollout_phone(rid, mac))
 
     STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
-                    "verified_in", "confirm_sent")
+                    "verified_in", "confirm_sent", "shadowed")   # shadowed: fleet.overrides
 
     def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
         """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
             if full:
-                pipe.hgetall(f"{P}rollout:{rid}:phone:{mac}")
+                pipe.hgetall(K.rollout_phone(rid, mac))
             else:
-                pipe.hmget(f"{P}rollout:{rid}:phone:{mac}", self.STATE_FIELDS)
+                pipe.hmget(K.rollout_phone(rid, mac), self.STATE_FIELDS)
         rows = pipe.execute()
         if full:
             return dict(zip(macs, rows))
@@ -350,16 +511,16 @@ class RolloutStore:
         """Write a phone's rollout fields; a change of state also goes on the rollout's change feed."""
         mapping = {k: ("" if v is None else v) for k, v in fields.items()}
         if "state" not in fields:
-            self.r.hset(f"{P}rollout:{rid}:phone:{mac}", mapping=mapping)
+            self.r.hset(K.rollout_phone(rid, mac), mapping=mapping)
             return
         pipe = self.r.pipeline(transaction=False)
-        pipe.hset(f"{P}rollout:{rid}:phone:{mac}", mapping=mapping)
+        pipe.hset(K.rollout_phone(rid, mac), mapping=mapping)
         pipe.xadd(self.changes_key(rid), {"mac": mac}, maxlen=FEED_MAXLEN, approximate=True)
         pipe.execute()
 
     @staticmethod
     def changes_key(rid: str) -> str:
-        return f"{P}rollout:{rid}:changes"
+        return K.rollout_changes(rid)
 
     def feed_positions(self, rid: str) -> dict[str, str]:
         """Where the change and observation feeds end now: read from here on, nothing after a full read is missed."""
@@ -389,32 +550,37 @@ class RolloutStore:
 
     def claim_reboot(self, rid: str, mac: str, attempt: int | str) -> bool:
         """True once per phone and attempt (or per "ATTEMPT-confirm"): the guard against rebooting twice."""
-        return bool(self.r.set(f"{P}rollout:{rid}:reboot:{mac}:{attempt}", time.time(), nx=True, ex=7 * 86400))
+        return bool(self.r.set(K.rollout_reboot(rid, mac, attempt), time.time(), nx=True, ex=7 * 86400))
 
     def reboot_claimed_at(self, rid: str, mac: str, attempt: int) -> float | None:
-        value = self.r.get(f"{P}rollout:{rid}:reboot:{mac}:{attempt}")
+        value = self.r.get(K.rollout_reboot(rid, mac, attempt))
         return float(value) if value else None
 
     def log(self, rid: str, kind: str, **data) -> None:
-        self.r.xadd(f"{P}rollout:{rid}:events", {"e": json.dumps({"kind": kind, "t": time.time(), **data}, default=str)},
+        self.r.xadd(K.rollout_events(rid), {"e": json.dumps({"kind": kind, "t": time.time(), **data}, default=str)},
                     maxlen=EVENTS_MAXLEN, approximate=True)
 
     def events(self, rid: str) -> list[dict]:
-        return [json.loads(f["e"]) for _, f in self.r.xrange(f"{P}rollout:{rid}:events")]
+        return [json.loads(f["e"]) for _, f in self.r.xrange(K.rollout_events(rid))]
 
     def last_pushed(self, macs: list[str]) -> dict[str, dict]:
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hget(f"{P}phone:{mac}", "pushed_params")
+            pipe.hget(K.phone(mac), "pushed_params")
         return {m: json.loads(v) for m, v in zip(macs, pipe.execute()) if v}
 
     def config_version(self, mac: str) -> str | None:
-        return self.r.hget(f"{P}phone:{mac}", "config_version")
+        return self.r.hget(K.phone(mac), "config_version")
 
-    def set_pushed(self, mac: str, params: dict, version: str) -> None:
-        """Record what the phone now runs; its configured servers (for `fleet status`) follow it."""
-        from .predict import configured_servers
+    def set_pushed(self, mac: str, params: dict, version: str, servers: list[dict] | None = None) -> None:
+        """Record what the phone now runs; its configured servers (for `fleet status`) follow it.
 
-        configured = configured_servers(params)
-        self.r.hset(f"{P}phone:{mac}", mapping={"pushed_params": json.dumps(params), "config_version": version,
-                                                "servers": json.dumps(configured)})
+        `servers` is `predict.configured_servers(params)`, computed by the
+        caller; a caller that does not pass it yet gets it computed here.
+        """
+        if servers is None:   # transitional: remove once every caller passes servers
+            from .predict import configured_servers
+
+            servers = configured_servers(params)
+        self.r.hset(K.phone(mac), mapping={"pushed_params": json.dumps(params), "config_version": version,
+                                           "servers": json.dumps(servers)})

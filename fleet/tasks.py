@@ -1,394 +1,165 @@
-"""Celery tasks: thin, idempotent where it matters, arguments are ids.
+"""Celery tasks: each one checks its arguments, calls one plain function, and raises when that fails.
 
-Each task loads what it needs by id (site name, MAC) from the worker's
-inventory, calls a driver, and returns a JSON-able result. Driver errors come
-back as {"ok": False, "error": ...} with the device named, so a report shows a
-reason instead of a traceback; only transient faults would be worth a retry,
-and for outages we prefer to fail fast and restore.
+The work lives in plain modules, testable without Celery:
+`router_work` (cut, restore, state of a site's router), `call_work` (a test
+call), `rollout_work` (push, rollback and backup removal for one phone or
+site), `schedule.run_scheduled` (one scheduled rollout). The worker's
+inventory and store come from `worker_context`; its collectors start from
+`worker_collectors`.
+
+Conventions, the same for every task:
+- Arguments are ids (site name, MAC, rollout id), never secrets, checked by
+  `@validated` (fleet/task_args.py) before the body runs.
+- A failure raises. Driver errors and the work's own failures reach the
+  result backend as `TaskFailed` with the device and the reason (Flower shows
+  FAILURE, the caller's `.get()` raises it); nothing returns `{"ok": False}`.
+- Retries are declared on the decorator, and only where repeating the work
+  is safe: `DEVICE_RETRY` retries a device that did not answer in time
+  (DeviceTimeout covers timeouts and refused connections) with exponential
+  backoff and jitter, a few times within seconds. Each task's docstring says
+  why it does or does not retry.
+- `acks_late`: a task lost with its worker is delivered again, so every task
+  is idempotent (outage ids, per-attempt reboot claims, rollout ids).
+
+Callers use signatures (`tasks.router_outage.s(...).apply_async(queue=...)`),
+never task names, so the arguments are the function's own.
 """
 from __future__ import annotations
 
-import asyncio
-import functools
 import logging
-import os
-import threading
-import time
+from typing import Any
 
-from celery import signals
-
-from . import inventory as inv_mod
-from . import phone_ops, plan_check, secret_params, task_args
+from . import call_work, router_work, rollout_work, task_args
 from .celeryapp import app
-from .drivers import router as routers
-from .drivers.control.rest import RestPhone
-from .drivers.errors import DriverError
-from .drivers.probe import probe_provider
-from .deadline import poll_until
-from .failpoints import failpoint
+from .drivers.errors import DeviceTimeout, DriverError
 from .task_args import validated
+from .task_errors import TaskFailed
+from .worker_collectors import start_collectors  # noqa: F401  (connects the worker_ready signal)
+from .worker_context import context  # noqa: F401  (`fleet worker` parses the inventory through it)
 
 log = logging.getLogger(__name__)
 
-
-@functools.lru_cache(maxsize=4)
-def _inventory(path: str) -> tuple[inv_mod.Inventory, inv_mod.Secrets]:
-    inv = inv_mod.load(path)
-    return inv, inv_mod.Secrets(inv)
-
-
-_inventory_lock = threading.Lock()
-
-
-def context() -> tuple[inv_mod.Inventory, inv_mod.Secrets]:
-    """The worker's inventory, parsed once: without the lock, a thread pool's first tasks each parse it at once."""
-    path = os.environ.get("FLEET_INVENTORY")
-    if not path:
-        raise RuntimeError("FLEET_INVENTORY is not set for this worker (start it with `fleet worker --inventory FILE`)")
-    with _inventory_lock:
-        return _inventory(path)
+# A device that did not answer in time may answer a second later (a busy boot server, an SSH server at its
+# session limit, a router reloading its firewall). Errors the device answered (DeviceRefused, MalformedAnswer)
+# would answer the same again: no retry. Delays: up to 1, 2, 4 s (full jitter), so all tries end within
+# seconds, well inside an experiment's task timeout and a rollout's 60 s dispatch-stall window.
+TRANSIENT: tuple[type[BaseException], ...] = (DeviceTimeout,)
+DEVICE_RETRY: dict[str, Any] = dict(autoretry_for=TRANSIENT, retry_backoff=1, retry_backoff_max=4, retry_jitter=True,
+                                    max_retries=3)
 
 
-def _router(site_name: str):
-    inv, secrets = context()
-    site = inv.site(site_name)
-    if site.router is None:
-        raise DriverError(f"site {site_name}", "no router in the inventory")
-    return site, routers.connect(site.router, secrets.credentials(site.router.credentials))
+class FleetTask(app.Task):
+    """Base of every fleet task: a driver error that ends the task becomes TaskFailed (one string, rebuilt as such
+    on the caller's side), and expected failures are logged as one line, not as a traceback."""
+
+    throws = (TaskFailed,)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().__call__(*args, **kwargs)
+        except DriverError as exc:   # after the retry policy gave up, or one it does not retry
+            failed = TaskFailed(str(exc))
+        except TaskFailed as exc:
+            failed = exc
+        log.warning("%s failed: %s", self.name, failed)
+        raise failed
 
 
-def _probe(site: inv_mod.Site) -> dict:
-    inv, _ = context()
-    if inv.provider is None:
-        return {"reachable": None, "stage": "none", "detail": "no provider in the inventory"}
-    dns = None
-    if site.dns:
-        host, _, port = site.dns.rpartition(":")
-        dns = (host, int(port))
-    return asyncio.run(probe_provider(inv.provider.name, inv.provider.port, dns)).to_dict()
+def retry_on(task: FleetTask) -> tuple[type[BaseException], ...]:
+    """The errors this run may leave to the task's retry policy: none on its last try, or when called directly
+    (a test calling the task as a function gets the failure at once)."""
+    req = task.request
+    if req.called_directly or req.retries >= (task.max_retries or 0):
+        return ()
+    return tuple(task.autoretry_for or ())
 
 
-def _with_router(site_name: str, work, **result) -> dict:
-    """Open the site's router driver, run `work(site, driver, result)`, and turn any driver error into
-    {"ok": False, "error": ...} naming the device; the driver is always closed."""
-    try:
-        site, drv = _router(site_name)
-    except (DriverError, KeyError) as exc:
-        return {"ok": False, "error": str(exc)}
-    result.setdefault("ok", False)
-    try:
-        work(site, drv, result)
-        result["ok"] = True
-    except DriverError as exc:
-        result["error"] = str(exc)
-    finally:
-        drv.close()
-    return result
-
-
-# Cut and restore tasks expire: a cut that no worker started in time must never run later, after the
-# controller has moved on (the router-side protocol makes a late one harmless; expiry keeps it from running).
-@app.task(name="fleet.router_outage", acks_late=True)
+# ---------------------------------------------------------------- the router
+# Cut and restore tasks expire (the caller sets `expires`): a cut that no worker started in time must never run
+# later, after the controller has moved on (the router-side protocol makes a late one harmless; expiry keeps it
+# from running at all). A retried restore keeps its message's expiry.
+@app.task(base=FleetTask, name="fleet.router_outage", acks_late=True)
 @validated(task_args.RouterOutageArgs)
 def router_outage(site_name: str, exp_id: str, outage_id: str, mode: str, max_duration: int, loss: float = 0.0,
                   delay_ms: int = 0, rate_kbit: int = 0) -> dict:
-    """Arm the dead-man's switch and cut in one step on the router, then prove the cut from the LAN side."""
-    from . import outage
-    from .drivers.router import OutageSpec
+    """Arm the dead-man's switch and cut, then prove the cut from the LAN side.
 
-    spec = OutageSpec(outage_id, mode, max_duration, loss, delay_ms, rate_kbit)
-
-    def work(site, drv, result: dict) -> None:
-        result.update(outage.cut(_stores(os.environ["FLEET_REDIS_URL"])[0], drv, spec, lambda: _probe(site)))
-
-    return _with_router(site_name, work, mode=mode, outage_id=outage_id)
+    No retry: an outage that cannot be cut now fails fast, so the experiment
+    restores and reports instead of cutting seconds later than it measures from.
+    """
+    return router_work.cut(site_name, outage_id, mode, max_duration, loss, delay_ms, rate_kbit)
 
 
-@app.task(name="fleet.router_restore", acks_late=True)
+@app.task(base=FleetTask, name="fleet.router_restore", acks_late=True, **DEVICE_RETRY)
 @validated(task_args.RouterRestoreArgs)
 def router_restore(site_name: str, exp_id: str, outage_id: str, mode: str, probe_for: float = 10.0) -> dict:
-    """End the outage (idempotent; cancels a cut that has not happened yet), then wait for the LAN to see the provider."""
-    from . import outage
+    """End the outage, then wait for the LAN to see the provider.
 
-    def work(site, drv, result: dict) -> None:
-        result.update(outage.restore(_stores(os.environ["FLEET_REDIS_URL"])[0], drv, outage_id, mode))
-        if result["outcome"] == "cancelled-before-cut":
-            return
-        last: dict = {}
-
-        def reachable() -> bool:
-            last.update(_probe(site))
-            return last.get("reachable") is not False
-
-        poll_until(reachable, probe_for, 0.5)
-        result["probe"] = dict(last)
-
-    return _with_router(site_name, work, mode=mode, outage_id=outage_id)
+    Retried on timeouts: a restore names the outage it ends and is idempotent
+    on the router (a second one answers already-restored), and the WAN coming
+    back is worth every try before the dead-man's switch has to do it.
+    """
+    return router_work.restore(site_name, outage_id, mode, probe_for)
 
 
-@app.task(name="fleet.router_state", acks_late=True)
+@app.task(base=FleetTask, name="fleet.router_state", acks_late=True, **DEVICE_RETRY)
 @validated(task_args.RouterStateArgs)
 def router_state(site_name: str, outage_id: str | None = None) -> dict:
-    def work(site, drv, result: dict) -> None:
-        result["state"] = drv.wan_state(outage_id)
-        result["probe"] = _probe(site)
-
-    return _with_router(site_name, work)
+    """The router's WAN state and the LAN-side probe. Retried on timeouts: it only reads."""
+    return router_work.state(site_name, outage_id)
 
 
-@app.task(name="fleet.place_call", acks_late=True)
+@app.task(base=FleetTask, name="fleet.place_call", acks_late=True)
 @validated(task_args.PlaceCallArgs)
 def place_call(site_name: str, exp_id: str, mac: str, number: str) -> dict:
-    inv, secrets = context()
-    try:
-        _, phone = inv.phone(mac)
-        if not phone.has_rest:
-            return {"ok": False, "error": f"phone {mac} ({phone.model}) has no REST API to place a call from"}
-        RestPhone(phone, secrets.credentials(phone.credentials)).dial(number)
-        return {"ok": True, "t": time.time()}
-    except (DriverError, KeyError) as exc:
-        return {"ok": False, "error": str(exc)}
-
-
-# ---------------------------------------------------------------- collectors in the worker's main process
-_collectors: list = []
-
-
-@signals.worker_ready.connect
-def _start_collectors(sender=None, **_: object) -> None:
-    sites = [s for s in os.environ.get("FLEET_COLLECT_SITES", "").split(",") if s]
-    if not sites:
-        return
-    from .collector import start_site_collectors
-    from .store import Store
-
-    inv, secrets = context()
-    _collectors.extend(start_site_collectors(inv, secrets, Store(os.environ["FLEET_REDIS_URL"]), sites))
+    """Dial from one phone. No retry: a dial request that timed out may still have rung, and a second call would
+    put two INVITEs where the experiment expects one."""
+    return call_work.place_call(mac, number)
 
 
 # ---------------------------------------------------------------- rollouts
-@functools.lru_cache(maxsize=2)
-def _stores(url: str):
-    """One Redis connection pool per worker process, not one per task."""
-    from .store import RolloutStore, Store
-
-    store = Store(url)
-    return store, RolloutStore(store)
-
-
-def _rollout_ctx(rid: str, mac: str, settle_as: str):
-    """The phone's rollout record, re-checked (plan_check) before anything acts on it.
-
-    A record that fails the check settles the phone as `settle_as` with the
-    reason and touches nothing else; a record that does not exist (or a
-    phone this worker does not know) fails the task itself.
-    """
-    inv, secrets = context()
-    store, rs = _stores(os.environ["FLEET_REDIS_URL"])
-    state = rs.phone(rid, mac)   # the full record: state, this phone's plan, backup flags
-    try:
-        plan = plan_check.check(inv, rid, mac, state)
-    except plan_check.PlanRefused as exc:
-        log.warning("rollout %s: refused the record of phone %s: %s", rid, mac, exc)
-        if not state:
-            raise   # no record to settle: the task itself fails, with the reason
-        if state.get("state") not in rs.SETTLED:
-            rs.set_phone(rid, mac, state=settle_as, error=f"refused: {exc}"[:300], settled_at=time.time())
-        return None
-    return inv, secrets, store, rs, state, plan
-
-
-
-
-
-
-@app.task(name="fleet.rollout_push", acks_late=True, ignore_result=True)
+@app.task(base=FleetTask, bind=True, name="fleet.rollout_push", acks_late=True, ignore_result=True, **DEVICE_RETRY)
 @validated(task_args.RolloutPushArgs)
-def rollout_push(rid: str, mac: str, attempt: int) -> dict:
-    """Render, back up, publish and reboot one phone. Idempotent per (rollout, phone, attempt)."""
-    from . import polycom
-    from .drivers.publish import open_publisher
+def rollout_push(self: FleetTask, rid: str, mac: str, attempt: int) -> dict:
+    """Render, back up, publish and reboot one phone.
 
-    ctx = _rollout_ctx(rid, mac, "failed")
-    if ctx is None:
-        return {"state": "failed", "error": "the phone's rollout record was refused"}
-    inv, secrets, store, rs, state, plan = ctx
-    site, phone = plan.site, plan.phone
-    if plan.attempt != attempt or state.get("state") in rs.SETTLED:
-        return {"state": state.get("state"), "note": "already done for this attempt"}
-    try:
-        # a credential this worker cannot resolve (another secrets file, an env: variable it lacks) fails the
-        # phone with the reason, instead of failing the task and leaving the phone "dispatched" to be re-sent
-        creds = secrets.credentials(phone.credentials)
-        boot_creds = (secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials
-                      else inv_mod.Credentials())
-    except (KeyError, ValueError) as exc:
-        return _failed(rs, rid, mac, DriverError(f"phone {mac}", f"credentials: {exc}"))
-    if state.get("state") == "rebooting" and state.get("reboot_at"):
-        return _confirm_reboot(rid, mac, attempt, float(state["reboot_at"]), phone, creds,
-                               plan.params, store, rs)
-    if state.get("reboot_at"):
-        return {"state": state.get("state"), "note": "already done for this attempt"}
-    if rs.config_version(mac) == plan.config_hash:
-        rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
-        return {"state": "skipped"}
-    rest = RestPhone(phone, creds) if phone.has_rest else None   # one digest session for both calls
-    if phone_ops.in_call(phone, creds, rest):
-        rs.set_phone(rid, mac, state="deferred", deferred_at=time.time())
-        return {"state": "deferred"}
-    try:
-        resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
-        files = polycom.render_phone_files(mac, resolved)
-        pub = open_publisher(site.boot_server.url, boot_creds)
-        try:
-            todo = [n for n in files if not state.get(f"backed_up:{n}")]
-            rs.set_phone(rid, mac, state="publishing", **{f"backing_up:{n}": "1" for n in todo})
-            outcome = {}
-            for name in todo:
-                backup = f"{name}.before-{rid}"
-                # a task redelivered after it began backing up must not take the new file for the old one
-                if state.get(f"backing_up:{name}") and pub.read(backup) is not None:
-                    outcome[f"backed_up:{name}"] = "yes"
-                    continue
-                old = pub.read(name)
-                if old is not None and old != files[name]:
-                    pub.write(backup, old)
-                # "same": the file already holds what we render (the master file, mostly): nothing to write or restore
-                outcome[f"backed_up:{name}"] = "absent" if old is None else ("same" if old == files[name] else "yes")
-            if outcome:
-                rs.set_phone(rid, mac, **outcome)
-            marks = {n: outcome.get(f"backed_up:{n}") or state.get(f"backed_up:{n}") for n in files}
-            for name in sorted(files, key=lambda n: n == f"{mac}.cfg"):   # the master file last
-                if marks[name] != "same":
-                    pub.write(name, files[name])
-        finally:
-            pub.close()
-        if not rs.claim_reboot(rid, mac, attempt):
-            # an earlier copy of this task claimed the reboot and died before recording it
-            if rs.phone(rid, mac).get("reboot_at"):
-                return {"state": "rebooting", "note": "reboot already sent for this attempt"}
-            since = rs.reboot_claimed_at(rid, mac, attempt) or time.time()
-            rs.set_phone(rid, mac, state="rebooting", reboot_at=since)
-            return _confirm_reboot(rid, mac, attempt, since, phone, creds, plan.params, store, rs)
-        failpoint("rollout.reboot_claimed", mac)
-        reboot_at = time.time()
-        rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at)
-        failpoint("rollout.reboot_recorded", mac)
-        how = phone_ops.reboot(phone, creds, rest)
-        failpoint("rollout.reboot_sent", mac)
-        rs.set_phone(rid, mac, state="verifying", reboot_via=how)
-        return {"state": "verifying", "reboot_at": reboot_at}
-    except (DriverError, KeyError, ValueError) as exc:
-        return _failed(rs, rid, mac, exc)
-
-
-def _failed(rs, rid: str, mac: str, exc: Exception) -> dict:
-    """Settle the phone as failed with why; the driver counts it against the budget."""
-    rs.set_phone(rid, mac, state="failed", error=str(exc)[:300], settled_at=time.time())
-    return {"state": "failed", "error": str(exc)[:300]}
-
-
-
-
-def _confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_mod.Phone, creds, params: dict,
-                    store, rs) -> dict:
-    """The task that claimed this reboot died before it recorded sending it: send it only if the phone never got it.
-
-    Exactly one confirmation runs per attempt (its own claim), so a phone is
-    rebooted at most once per attempt even when several copies are redelivered.
+    Retried on timeouts: the push is idempotent per (rollout, phone, attempt)
+    (backups are marked before they are taken, the reboot is claimed before
+    it is sent, and a retry after the claim only confirms it). On the last
+    try the phone is settled as failed with the reason.
     """
-    if not rs.claim_reboot(rid, mac, f"{attempt}-confirm"):
-        return {"state": "rebooting", "note": "reboot already being confirmed"}
-    try:
-        if phone_ops.rebooted_since(phone, creds, params, store, since):
-            rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task")
-            return {"state": "verifying", "note": "the phone had rebooted"}
-        reboot_at = time.time()
-        rs.set_phone(rid, mac, reboot_at=reboot_at)
-        how = phone_ops.reboot(phone, creds)
-        rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task")
-        return {"state": "verifying", "reboot_at": reboot_at}
-    except (DriverError, KeyError, ValueError) as exc:
-        return _failed(rs, rid, mac, exc)
+    return rollout_work.push(rid, mac, attempt, retry_on=retry_on(self))
 
 
-@app.task(name="fleet.rollout_rollback", acks_late=True, ignore_result=True)
+@app.task(base=FleetTask, bind=True, name="fleet.rollout_rollback", acks_late=True, ignore_result=True, **DEVICE_RETRY)
 @validated(task_args.RolloutRollbackArgs)
-def rollout_rollback(rid: str, mac: str) -> dict:
-    """Put the phone's previous files back and reboot it; the controller verifies it re-registers."""
-    from .drivers.publish import open_publisher
+def rollout_rollback(self: FleetTask, rid: str, mac: str) -> dict:
+    """Put the phone's previous files back and reboot it.
 
-    ctx = _rollout_ctx(rid, mac, "rollback_failed")
-    if ctx is None:
-        return {"state": "rollback_failed", "error": "the phone's rollout record was refused"}
-    inv, secrets, store, rs, state, plan = ctx
-    site, phone = plan.site, plan.phone
-    if state.get("rollback_at"):
-        return {"state": state.get("state"), "note": "rollback already sent"}
-    boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
-    try:
-        pub = open_publisher(site.boot_server.url, boot_creds)
-        try:
-            for name, value in plan.backups.items():   # only the renderer's names for this MAC
-                if value == "same":
-                    continue
-                if value == "absent":
-                    pub.delete(name)
-                else:
-                    old = pub.read(f"{name}.before-{rid}")
-                    if old is None:
-                        raise DriverError(pub.name, f"backup of {name} is missing")
-                    pub.write(name, old)
-        finally:
-            pub.close()
-        rs.set_phone(rid, mac, state="rolling_back", rollback_at=time.time())
-        phone_ops.reboot(phone, secrets.credentials(phone.credentials))
-        return {"state": "rolling_back"}
-    except (DriverError, KeyError, ValueError) as exc:
-        rs.set_phone(rid, mac, state="rollback_failed", error=str(exc)[:300], settled_at=time.time())
-        return {"state": "rollback_failed", "error": str(exc)[:300]}
+    Retried on timeouts while the files are written back (the same bytes
+    again); a reboot that fails is not retried (see rollout_work.rollback).
+    """
+    return rollout_work.rollback(rid, mac, retry_on=retry_on(self))
 
 
-@app.task(name="fleet.rollout_cleanup", acks_late=True, ignore_result=True)
+@app.task(base=FleetTask, bind=True, name="fleet.rollout_cleanup", acks_late=True, ignore_result=True, **DEVICE_RETRY)
 @validated(task_args.RolloutCleanupArgs)
-def rollout_cleanup(rid: str, site_name: str) -> dict:
-    """Delete a finished rollout's `<file>.before-<id>` backups on the site's boot server: they may hold SIP passwords."""
-    from . import rollout_backups
-    from .drivers.publish import open_publisher
-    from .rollout import FINISHED
-
-    inv, secrets = context()
-    _, rs = _stores(os.environ["FLEET_REDIS_URL"])
-    meta = rs.get(rid)
-    if not meta or meta.get("status") not in FINISHED:
-        return {"ok": False, "error": f"rollout {rid[:80]!r} is not finished: its backups stay"}
-    try:
-        site = inv.site(site_name)
-        mine = {p.mac for p in site.phones}
-        macs = [p["mac"] for p in meta["plan"]["phones"] if p.get("mac") in mine]
-        boot_creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
-        pub = open_publisher(site.boot_server.url, boot_creds)
-        try:
-            removed, kept = rollout_backups.remove(pub, rid, rs.phones(rid, macs, full=True))
-        finally:
-            pub.close()
-    except (DriverError, KeyError, ValueError) as exc:
-        rs.log(rid, "backups_removal_failed", site=site_name, error=str(exc)[:300])
-        return {"ok": False, "error": str(exc)[:300]}
-    rs.set(rid, **{f"backups_removed:{site_name}": time.time()})
-    rs.log(rid, "backups_removed", site=site_name, files=removed, kept_for_failed_rollback=kept)
-    return {"ok": True, "removed": removed, "kept": kept}
+def rollout_cleanup(self: FleetTask, rid: str, site_name: str) -> dict:
+    """Delete a finished rollout's backups on the site's boot server. Retried on timeouts: deleting is idempotent."""
+    return rollout_work.cleanup(rid, site_name, retry_on=retry_on(self))
 
 
-@app.task(name="fleet.scheduled_rollout", acks_late=True)
+@app.task(base=FleetTask, name="fleet.scheduled_rollout", acks_late=True)
 @validated(task_args.ScheduledRolloutArgs)
 def scheduled_rollout(playbook_path: str, inventory_path: str, schedule_name: str, fire_time: str | None = None) -> dict:
     """One scheduled run: create its rollout (id from the schedule's name and `fire_time`) and drive it once.
 
-    A redelivered copy (acks_late, the broker's visibility timeout) computes the
-    same id and finds the rollout driven or finished; see fleet.schedule.
+    No retry policy: the driver waits out Redis and its workers itself, and a
+    redelivered copy (acks_late) computes the same id and finds the rollout
+    driven or finished; see fleet.schedule.
     """
     from .schedule import run_scheduled
+    from .worker_context import stores
 
-    store, _ = _stores(os.environ["FLEET_REDIS_URL"])
+    store, _ = stores()
     return run_scheduled(store, playbook_path, inventory_path, schedule_name, fire_time)

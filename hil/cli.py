@@ -99,6 +99,11 @@ def up(labfile_path: str, inventory_out: str | None, state_dir: str, foreground:
 
         if (problem := preflight()) is not None:
             raise LabError(f"{labfile_path}: {problem}")
+    if any(site.gateway == "kamailio" for site in spec.sites):
+        from .kamailio import unavailable
+
+        if (problem := unavailable(siptrace=True)) is not None:
+            raise LabError(f"{labfile_path}: a site has `gateway: kamailio`, but {problem}")
     state = Path(state_dir).resolve()
     inv = Path(inventory_out).resolve() if inventory_out else state / "inventory.yml"
     if foreground:

@@ -15,6 +15,7 @@ class TruthEvent:
     t: float            # wall clock, seconds since the epoch
     mac: str
     kind: str           # boot, reboot, server_state, working_server, config, call, unavailable, available
+    # `config`: what a boot applied: master file, files read in order (overrides first), parameters and their file
     data: dict = field(default_factory=dict)
 
 
@@ -29,6 +30,10 @@ class GroundTruth:
         events.append(TruthEvent(time.time(), mac, kind, data))
         if len(events) > self.keep:
             del events[: len(events) - self.keep]
+
+    def applied(self, mac: str) -> dict[str, str]:
+        """The parameters the phone's last boot applied (passwords as ***), as `current.applied` in the snapshot."""
+        return dict(self.current.get(mac, {}).get("applied", {}))
 
     def snapshot(self) -> dict:
         return {"phones": {mac: {"current": dict(self.current[mac]),

@@ -59,6 +59,7 @@ class Provisioning:
         return b"".join(chunks)
 
     async def _provision(self) -> dict[str, str]:
+        """Master file, then its CONFIG_FILES in order, the override files above them; first occurrence wins."""
         master_name, data = f"{self.mac}.cfg", await self._fetch(f"{self.mac}.cfg")
         if data is None:
             master_name, data = "000000000000.cfg", await self._fetch("000000000000.cfg")
@@ -70,17 +71,43 @@ class Provisioning:
         except ConfigFileError as exc:
             self.boot_errors.append(str(exc))
             return dict(self.params)
-        layers = []
-        for name in master.config_files:
+        self.log_directory = master.log_file_directory
+        read: list[str] = []
+        layers: list[dict[str, str]] = []
+        for name in master.override_files(self.mac):   # absent is normal: nothing was changed on the phone
+            body = await self._fetch(name)
+            if body is not None:
+                try:
+                    layers.append(parse_parameters(name, body))
+                    read.append(name)
+                except ConfigFileError as exc:
+                    self.boot_errors.append(str(exc))
+        overrides = list(read)
+        for name in master.files_for(self.mac, self.spec.model):
             body = await self._fetch(name)
             if body is None:
                 self.boot_errors.append(f"{name}: not found")
                 continue
             try:
                 layers.append(parse_parameters(name, body))
+                read.append(name)
             except ConfigFileError as exc:
                 self.boot_errors.append(str(exc))
-        return merge_first_wins(layers)
+        applied = merge_first_wins(layers)
+        self._record_applied(master_name, read, overrides, layers, applied)
+        return applied
+
+    def _record_applied(self, master_name: str, read: list[str], overrides: list[str],
+                        layers: list[dict[str, str]], applied: dict[str, str]) -> None:
+        """Ground truth: what this boot applied and from which file (passwords as ***: tests compare the rest)."""
+        source = {}
+        for name, layer in zip(read, layers):
+            for k in layer:
+                source.setdefault(k, name)
+        shown = {k: ("***" if "password" in k.lower() else v) for k, v in applied.items()}
+        self.truth.current[self.mac].update(applied=shown, applied_from=source, master=master_name, files=read)
+        self.truth.record(self.mac, "config", master=master_name, files=read, overrides=overrides, applied=shown,
+                          source=source)
 
     async def _log_upload_loop(self) -> None:
         interval = float(self.params.get("log.upload.period", "60") or 60)
@@ -90,7 +117,8 @@ class Provisioning:
             await asyncio.sleep(interval)
             body = ("\n".join(self.log_lines[-500:]) + "\n").encode()
             parts = urlsplit(self.spec.boot_url)
-            name = f"{self.mac}-app.log"
+            folder = getattr(self, "log_directory", "").strip("/")
+            name = (folder + "/" if folder else "") + f"{self.mac}-app.log"   # LOG_FILE_DIRECTORY, as a real phone
             try:
                 if parts.scheme == "http":
                     url = f"http://{parts.hostname}:{parts.port or 80}{parts.path.rstrip('/')}/{name}"

@@ -35,7 +35,7 @@ class Reporting:
     def _report_registration(self, reg: Registration, srv: ServerBinding, ok: bool, expires: int | None, reason: str) -> None:
         self._log(f"reg.{reg.index}.server.{srv.index} {srv.address} {'registered' if ok else 'failed ' + reason}")
         target = self._syslog_target()
-        if target:
+        if target and reports.sends_registration_line(self):
             self._send_udp(reports.syslog_registration(self.mac, self.spec.ip, reg.index, srv.index,
                                                        f"{srv.address}:{srv.port}", ok, expires, reason), target)
 

@@ -4,7 +4,7 @@ The formats marked uncertain in shared/reference/polycom.md are fixed here, in
 one place, so that correcting one after a look at a real phone is a one-file
 change:
 
-* syslog line (our format, RFC 3164 framing): ``<PRI>Mmm dd hh:mm:ss HOST polycom[MAC]: reg.X.server.Y ADDR registration succeeded expires=N``
+* syslog line (our format, RFC 3164 framing; a lab may switch the registration line off): ``<PRI>Mmm dd hh:mm:ss HOST polycom[MAC]: reg.X.server.Y ADDR registration succeeded expires=N``
   or ``... registration failed reason=TEXT``; calls: ``... call to NUMBER via server Y answered 200``.
 * telephone notification events: XML ``PolycomIPPhone/LineRegistrationEvent`` (confirmed shape).
 * phone state polling: ``GET /polling/deviceHandler`` and ``/polling/callStateHandler`` (paths uncertain).
@@ -18,6 +18,14 @@ from xml.sax.saxutils import escape
 
 FACILITY_LOCAL0_INFO = 134
 FACILITY_LOCAL0_WARNING = 132
+
+
+def sends_registration_line(phone: object) -> bool:
+    """Whether this phone sends the per-server registration line at all. Polycom documents no such line and a
+    SIP 3.x phone takes its syslog settings from the bootROM, so a lab can switch it off (lab file
+    `syslog_registration_line: false`, set on each phone as `syslog_registration_line`): then the controller
+    must learn each server's state from the wire, the gateway's registrar and the line-level sources."""
+    return bool(getattr(phone, "syslog_registration_line", True))
 
 
 def syslog_registration(mac: str, host: str, reg: int, server: int, address: str, ok: bool,

@@ -14,6 +14,7 @@ import pytest
 from conftest import free_port, wait_until
 from fleet.collector import CollectorError, SiteCollector
 from fleet.inventory import Inventory
+from fleet.site_registry import register_site
 from fleet.store import Store
 from hil import phone_reports
 
@@ -37,10 +38,9 @@ def collector(redis_url):
     syslog, events = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
     inv = _inventory(syslog, events, ["127.78.5.0/24"])
     store = Store(redis_url)
-    for mac in (PHONE_A, PHONE_B):
-        store.r.delete(f"fleet:phone:{mac}")
+    store.forget_phones([PHONE_A, PHONE_B])
     site = inv.sites[0]
-    store.register_site(inv, site)
+    register_site(store, inv, site)
     c = SiteCollector(site, store)
     c.start()
     yield c, store, syslog, events

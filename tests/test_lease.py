@@ -13,8 +13,8 @@ from fleet.store import LeaseHeld, Store
 @pytest.fixture
 def store(redis_url):
     s = Store(redis_url)
-    for key in s.r.scan_iter("fleet:lease:lt-*"):
-        s.r.delete(key)
+    for site in ("lt-a", "lt-b"):
+        s.break_lease(site)
     return s
 
 
@@ -47,7 +47,8 @@ def test_a_stolen_lease_is_noticed_and_left_to_the_thief(store):
     seen = []
     lease = SiteLease(store, ["lt-a"], owner="rollout:r3", ttl=2, renew_every=0.2, on_lost=seen.append)
     with lease:
-        store.r.set("fleet:lease:lt-a", "thief", px=10_000)
+        store.break_lease("lt-a")
+        store.acquire_lease("lt-a", "thief", ttl=10)
         wait_until(lease.lost.is_set, 5, "the renewal noticing the theft", step=0.05)
         with pytest.raises(LeaseLost, match="thief"):
             lease.check()
@@ -58,7 +59,7 @@ def test_a_stolen_lease_is_noticed_and_left_to_the_thief(store):
 def test_an_expired_lease_is_lost_even_if_nobody_took_it(store):
     lease = SiteLease(store, ["lt-a"], owner="rollout:r4", ttl=2, renew_every=0.2)
     with lease:
-        store.r.delete("fleet:lease:lt-a")   # as if it had expired while the holder was stalled
+        store.break_lease("lt-a")   # as if it had expired while the holder was stalled
         wait_until(lease.lost.is_set, 5, "the renewal noticing the expiry", step=0.05)
         with pytest.raises(LeaseLost, match="expired"):
             lease.check()

@@ -23,10 +23,11 @@ import pytest
 import yaml
 
 from conftest import BIN, lab_spec, run_fleet, wait_until
-from fleet import inventory, tasks
+from fleet import inventory, tasks, worker_context
 from fleet.drivers import router as routers
 from fleet.drivers.router import OutageSpec
 from fleet.store import Store
+from fleet.task_errors import TaskFailed
 
 pytestmark = pytest.mark.slow
 
@@ -43,9 +44,9 @@ def on_worker(lab, redis_url, monkeypatch):
     """This process plays the worker: the task bodies read the inventory and Redis from the environment."""
     monkeypatch.setenv("FLEET_INVENTORY", str(lab.inventory))
     monkeypatch.setenv("FLEET_REDIS_URL", redis_url)
-    tasks._inventory.cache_clear()
+    worker_context.reset()
     yield
-    tasks._inventory.cache_clear()
+    worker_context.reset()
     lab.post("/router-fault", {"site": "edge", "slow": {}})
 
 
@@ -113,9 +114,9 @@ def site_config(lab, drv):
 def test_restore_before_cut_cancels_the_cut(lab, on_worker, drv, site_config):
     oid = _oid("first")
     restore = tasks.router_restore("edge", "exp-race", oid, "link-down", 0)
-    assert restore["ok"] and restore["outcome"] == "cancelled-before-cut", restore
+    assert restore["outcome"] == "cancelled-before-cut", restore
     cut = tasks.router_outage("edge", "exp-race", oid, "link-down", 60)
-    assert cut["ok"] and cut["outcome"] == "cancelled", cut
+    assert cut["outcome"] == "cancelled", cut
     # and on the router itself, without the worker's Redis guard: the late cut finds the cancellation there
     oid2 = _oid("router-first")
     assert drv.restore(oid2, "link-down").outcome == "cancelled-before-cut"
@@ -137,9 +138,9 @@ def test_restore_between_arming_and_cutting_waits_for_the_cut_and_undoes_it(lab,
     cutter.join(30)
     assert not cutter.is_alive(), "the cut task never returned"
     restore, cut = results["restore"], results["cut"]
-    assert restore["ok"] and restore["outcome"] == "restored" and restore["by"] == "controller", restore
+    assert restore["outcome"] == "restored" and restore["by"] == "controller", restore
     assert restore["state"]["link_up"] is True and restore["state"]["outage"] == "restored by controller", restore
-    assert cut["ok"] and cut["outcome"] == "cancelled", cut
+    assert cut["outcome"] == "cancelled", cut
     history = [h["change"] for h in lab.status()["sites"][0]["router"]["history"]]
     assert history[-2:] == ["link up", "route default via 203.0.113.1 proto static"], history[-6:]
     assert_back_as_found(lab, oid, site_config)
@@ -156,7 +157,7 @@ def test_redelivered_cut_adds_nothing_and_restore_removes_exactly_ours(lab, on_w
     restore = tasks.router_restore("edge", "exp-race", oid, "drop", 5)
     assert restore["outcome"] == "restored" and restore["state"]["rules_ours"] == 0, restore
     again = tasks.router_restore("edge", "exp-race", oid, "drop", 0)
-    assert again["ok"] and again["outcome"] == "already-restored" and again["by"] == "controller", again
+    assert again["outcome"] == "already-restored" and again["by"] == "controller", again
     assert_back_as_found(lab, oid, site_config)
 
 
@@ -170,7 +171,7 @@ def test_a_lock_left_by_a_killed_script_does_not_block_the_restore(lab, on_worke
     lock.mkdir()
     (lock / "pid").write_text(f"{gone.pid}\n")
     restore = tasks.router_restore("edge", "exp-race", oid, "drop", 0)
-    assert restore["ok"] and restore["outcome"] == "restored", restore
+    assert restore["outcome"] == "restored", restore
     assert not lock.exists()
     assert_back_as_found(lab, oid, site_config)
 
@@ -182,13 +183,13 @@ def test_degrade_leaves_the_sites_own_qdisc_alone(lab, on_worker, drv, site_conf
         assert before["root_qdisc"].startswith("htb 1:")
         # a delay needs the root qdisc: refused before anything changes
         oid = _oid("qdisc-delay")
-        refused = tasks.router_outage("edge", "exp-race", oid, "degrade", 60, 0.0, 200)
-        assert not refused["ok"] and "own root qdisc" in refused["error"], refused
+        with pytest.raises(TaskFailed, match="own root qdisc"):
+            tasks.router_outage("edge", "exp-race", oid, "degrade", 60, 0.0, 200)
         assert_back_as_found(lab, oid, before)
         # loss alone is a rule, not a qdisc: allowed, and the qdisc survives the restore
         oid = _oid("qdisc-loss")
         cut = tasks.router_outage("edge", "exp-race", oid, "degrade", 60, 0.3)
-        assert cut["ok"] and cut["state"]["degraded"] is True and cut["state"]["qdisc_ours"] is False, cut
+        assert cut["state"]["degraded"] is True and cut["state"]["qdisc_ours"] is False, cut
         assert _wan(lab)["loss"] == pytest.approx(0.3)
         tasks.router_restore("edge", "exp-race", oid, "degrade", 0)
         assert_back_as_found(lab, oid, before)
@@ -197,7 +198,7 @@ def test_degrade_leaves_the_sites_own_qdisc_alone(lab, on_worker, drv, site_conf
     # with the kernel's default root qdisc, a delay adds ours and the restore takes exactly it away
     oid = _oid("netem")
     cut = tasks.router_outage("edge", "exp-race", oid, "degrade", 60, 0.0, 150)
-    assert cut["ok"] and cut["state"]["qdisc_ours"] is True and _wan(lab)["delay"] == pytest.approx(0.15), cut
+    assert cut["state"]["qdisc_ours"] is True and _wan(lab)["delay"] == pytest.approx(0.15), cut
     tasks.router_restore("edge", "exp-race", oid, "degrade", 0)
     assert_back_as_found(lab, oid, site_config)
 
@@ -276,27 +277,27 @@ def snmp_worker(lab, redis_url, monkeypatch, tmp_path):
         path = tmp_path / f"snmp-{allow}.yml"
         path.write_text(yaml.safe_dump(doc))
         monkeypatch.setenv("FLEET_INVENTORY", str(path))
-        tasks._inventory.cache_clear()
+        worker_context.reset()
 
     monkeypatch.setenv("FLEET_REDIS_URL", redis_url)
     yield use
-    tasks._inventory.cache_clear()
+    worker_context.reset()
 
 
 def test_snmp_router_refuses_without_deadman_and_says_so_when_allowed(lab, snmp_worker):
     snmp_worker(False)
-    refused = tasks.router_outage("edge", "exp-race", _oid("snmp-no"), "link-down", 60)
-    assert not refused["ok"] and "no dead-man's switch" in refused["error"], refused
+    with pytest.raises(TaskFailed, match="no dead-man's switch"):
+        tasks.router_outage("edge", "exp-race", _oid("snmp-no"), "link-down", 60)
     assert _wan(lab)["admin_up"] is True
     snmp_worker(True)
     oid = _oid("snmp-yes")
     cut = tasks.router_outage("edge", "exp-race", oid, "link-down", 60)
-    assert cut["ok"] and cut["outcome"] == "cut" and cut["deadman"].startswith("none: SNMP"), cut
+    assert cut["outcome"] == "cut" and cut["deadman"].startswith("none: SNMP"), cut
     assert cut["has_deadman"] is False and _wan(lab)["admin_up"] is False
     restore = tasks.router_restore("edge", "exp-race", oid, "link-down", 5)
     assert restore["outcome"] == "restored" and restore["state"]["link_up"] is True, restore
     # SNMP keeps no outage state on the router: the worker's guard in Redis cancels a cut that comes after its restore
     late = _oid("snmp-late")
-    assert tasks.router_restore("edge", "exp-race", late, "link-down", 0)["ok"]
+    tasks.router_restore("edge", "exp-race", late, "link-down", 0)   # a failed restore raises TaskFailed
     assert tasks.router_outage("edge", "exp-race", late, "link-down", 60)["outcome"] == "cancelled"
     assert _wan(lab)["admin_up"] is True

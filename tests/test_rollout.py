@@ -12,6 +12,7 @@ import pytest
 import yaml
 
 from conftest import BIN, ROOT, RunningLab, free_port, run_fleet, start_lab, wait_until
+from fleet.store import RolloutStore, Store
 
 pytestmark = pytest.mark.slow
 SRV = {"expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}
@@ -22,7 +23,8 @@ def two_site_spec(name: str, net: int, per_site: int) -> dict:
                       "servers": [{"address": "provider", **SRV}, {"address": "gateway", **SRV}],
                       "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}}
     return {"name": name, "net": net, "firmware_family": "uc-5.x",
-            "timing": {"boot_time": 0.3, "boot_jitter": 2, "retry_interval": 3, "log_upload_period": 0, "dns_ttl": 1},
+            "timing": {"boot_time": 0.3, "boot_jitter": 2, "retry_interval": 3, "log_upload_period": 0, "dns_ttl": 1,
+                       "test_speed": True},
             "sites": [site("east"), site("west")]}
 
 
@@ -131,7 +133,7 @@ def test_fifty_phone_rollout_across_two_sites_respects_max_unavailable(fleet_lab
     from fleet.drivers.control.rest import RestPhone
 
     inv = inventory.load(fleet_lab.inventory)
-    vvx = next(p for p in inv.sites[0].phones if p.has_rest)
+    vvx = next(p for p in inv.sites[0].phones if p.family.rest)
     assert RestPhone(vvx, inventory.Secrets(inv).credentials(vvx.credentials)).config_get(
         ["reg.1.server.1.expires"]) == {"reg.1.server.1.expires": "12"}
     # content-addressed: the same rollout again changes nothing and reboots nobody
@@ -179,9 +181,7 @@ def test_failures_spend_the_budget_halt_and_roll_back_then_resume_finishes(fleet
 
 
 def test_abort_stops_after_in_flight_phones_settle_and_resume_finishes(fleet_lab, redis_url, tmp_path):
-    import redis as redis_mod
-
-    r = redis_mod.Redis.from_url(redis_url, decode_responses=True)
+    rs = RolloutStore(Store(redis_url))
     pb = playbook(tmp_path, params={"reg.1.server.1.expires": 22}, targets={"sites": ["west"]},
                   strategy={"canary": 0, "wave_size": 25, "max_unavailable": 1, "failure_budget": {"total": 0},
                             "progress_deadline": 200})
@@ -191,15 +191,15 @@ def test_abort_stops_after_in_flight_phones_settle_and_resume_finishes(fleet_lab
 
     def one_verified() -> str | None:
         """The rollout's id once one of its phones is verified."""
-        ids = r.zrevrange("fleet:rollouts", 0, 0)
-        if ids and r.hget(f"fleet:rollout:{ids[0]}", "playbook_path") == str(pb.resolve()):
-            if any(r.hget(k, "state") == "verified" for k in r.scan_iter(f"fleet:rollout:{ids[0]}:phone:*")):
-                return ids[0]
+        latest = rs.list(limit=1)
+        if latest and rs.get_field(latest[0]["id"], "playbook_path") == str(pb.resolve()):
+            rid = latest[0]["id"]
+            if any(st.get("state") == "verified" for st in rs.phones(rid, rs.macs(rid)).values()):
+                return rid
         return None
 
     try:
-        rid = wait_until(one_verified, 60, "a verified phone in the new rollout",
-                         state=lambda: r.zrevrange("fleet:rollouts", 0, 0))
+        rid = wait_until(one_verified, 60, "a verified phone in the new rollout", state=lambda: rs.list(limit=1))
     except AssertionError:
         proc.kill()
         raise

@@ -19,11 +19,11 @@ import time
 from urllib.parse import urlsplit
 
 import pytest
-import redis
 import yaml
 
 from conftest import BIN, start_collector, start_lab, start_worker, wait_until
 from fleet.redisboot import start_private
+from fleet.store import RolloutStore, Store
 from test_rollout import macs_by_site, playbook, reboots, two_site_spec, unavailable_peaks
 
 pytestmark = pytest.mark.slow
@@ -103,36 +103,36 @@ def _finish(proc: subprocess.Popen, url: str, rid: str, budget, what: str) -> tu
                     f"its stderr: {err[-2000:]}")
 
 
-def _rollout_id(r: redis.Redis) -> str:
-    return r.zrevrange("fleet:rollouts", 0, 0)[0].decode()
+def _rollout_id(rs: RolloutStore) -> str:
+    return rs.list(limit=1)[0]["id"]
 
 
-def _states(r: redis.Redis, rid: str) -> dict[str, str]:
-    return {k.decode().rsplit(":", 1)[1]: (r.hget(k, "state") or b"?").decode() for k in r.scan_iter(f"fleet:rollout:{rid}:phone:*")}
+def _states(rs: RolloutStore, rid: str) -> dict[str, str]:
+    return {mac: st.get("state", "?") for mac, st in rs.phones(rid, rs.macs(rid)).items()}
 
 
-def _trouble(r: redis.Redis, rid: str) -> dict:
+def _trouble(rs: RolloutStore, rid: str) -> dict:
     """The records of the phones that were started and did not end verified, for assertion messages."""
     out = {}
-    for k in r.scan_iter(f"fleet:rollout:{rid}:phone:*"):
-        rec = {a.decode(): b.decode() for a, b in r.hgetall(k).items() if not a.startswith((b"plan", b"backed"))}
+    for mac, full in rs.phones(rid, rs.macs(rid), full=True).items():
+        rec = {a: b for a, b in full.items() if not a.startswith(("plan", "backed"))}
         if rec.get("state") not in ("verified", "pending"):
-            out[k.decode().rsplit(":", 1)[1]] = rec
+            out[mac] = rec
     return out
 
 
-def _check_outcome(lab, r, rid, t0, expires, context: str, targeted: set[str] | None = None):
+def _check_outcome(lab, rs, rid, t0, expires, context: str, targeted: set[str] | None = None):
     """Every targeted phone (default: all) verified, rebooted exactly once and configured; every other phone
     not rebooted at all; never more than MAX_UNAVAILABLE of a site down at once."""
     by_site = macs_by_site(lab)
     targeted = targeted if targeted is not None else set().union(*by_site.values())
-    states = _states(r, rid)
+    states = _states(rs, rid)
     assert set(states) == targeted and set(states.values()) == {"verified"}, \
         (context, {m: s for m, s in states.items() if s != "verified"})
     truth = lab.status()["ground_truth"]
     counts = reboots(truth, t0)
     odd = {m: c for m, c in counts.items() if c != (1 if m in targeted else 0)}
-    assert not odd, (context, odd, {m: r.hgetall(f"fleet:rollout:{rid}:phone:{m}") for m in odd})
+    assert not odd, (context, odd, {m: rs.phone(rid, m) for m in odd})
     peaks = unavailable_peaks(truth, by_site, t0)
     assert all(v <= MAX_UNAVAILABLE for v in peaks.values()), (context, peaks)
     for site, macs in by_site.items():
@@ -142,30 +142,30 @@ def _check_outcome(lab, r, rid, t0, expires, context: str, targeted: set[str] | 
 
 
 def _start_rollout(lab, url: str, tmp_path, expires: int, targets: dict | None = None):
-    r = redis.Redis.from_url(url)
+    rs = RolloutStore(Store(url))
     pb = playbook(tmp_path, params={"reg.1.server.1.expires": expires},
                   strategy={"canary": 1, "wave_size": 20, "max_unavailable": MAX_UNAVAILABLE, "failure_budget": {"total": 0},
                             "progress_deadline": PROGRESS_DEADLINE_S}, **({"targets": targets} if targets else {}))
-    before = r.zcard("fleet:rollouts")
+    before = rs.count()
     t0 = time.time()
     proc = _start(pb, lab, url)
 
     def recorded() -> bool:
         exited = proc.poll() is not None
-        if r.zcard("fleet:rollouts") > before:
+        if rs.count() > before:
             return True
         assert not exited, proc.stderr.read()
         return False
 
     wait_until(recorded, 30, "the new rollout recorded", step=0.05)
-    return r, proc, _rollout_id(r), t0
+    return rs, proc, _rollout_id(rs), t0
 
 
-def _wait_for_verified(r, url: str, rid: str, count: int, proc, budget) -> None:
+def _wait_for_verified(rs, url: str, rid: str, count: int, proc, budget) -> None:
 
     def verified() -> bool:
         exited = proc.poll() is not None   # looked at first: a rollout that ends in between is judged by its count
-        if sum(1 for s in _states(r, rid).values() if s == "verified") >= count:
+        if sum(1 for s in _states(rs, rid).values() if s == "verified") >= count:
             return True
         if exited:
             pytest.fail(f"the rollout exited before {count} phones were verified: {_status(url, rid)}")
@@ -183,18 +183,18 @@ def test_workers_killed_at_random_points(lab, aof_redis, tmp_path, run, budget):
     plan = [(at, rng.choice(("east", "west")), rng.uniform(0, 0.25)) for at in kills]
     context = f"FLEET_FAULT_SEED={SEED} run {run}: kills {plan}"
     expires = 14 + run
-    r, proc, rid, t0 = _start_rollout(lab, aof_redis["url"], tmp_path, expires)
+    rs, proc, rid, t0 = _start_rollout(lab, aof_redis["url"], tmp_path, expires)
     for at, site, delay in plan:
-        _wait_for_verified(r, aof_redis["url"], rid, at, proc, budget)
+        _wait_for_verified(rs, aof_redis["url"], rid, at, proc, budget)
         time.sleep(delay)   # the experiment: a random point inside the tasks in flight, not a wait for a condition
         worker = lab.workers[site]
         os.killpg(worker.proc.pid, signal.SIGKILL)
         worker.proc.wait()
         lab.workers[site] = start_worker(aof_redis["url"], lab.inventory, site, tmp_path / f"{site}-{at}.log", collect=False)
     out, err = _finish(proc, aof_redis["url"], rid, budget, f"the rollout ({context})")
-    assert proc.returncode == 0, (context, err[-3000:], _trouble(r, rid))
+    assert proc.returncode == 0, (context, err[-3000:], _trouble(rs, rid))
     assert json.loads(out)["status"] == "done", (context, out)
-    _check_outcome(lab, r, rid, t0, expires, context)
+    _check_outcome(lab, rs, rid, t0, expires, context)
 
 
 def _east_phones(lab, model: str) -> list[str]:
@@ -223,8 +223,8 @@ def test_worker_dies_around_the_reboot(lab, aof_redis, tmp_path, monkeypatch, po
     lab.workers["east"] = start_worker(aof_redis["url"], lab.inventory, "east", tmp_path / "east-failpoint.log", collect=False)
     monkeypatch.delenv("FLEET_FAILPOINTS")
     expires = 30 + len(point) + len(model)
-    r, proc, rid, t0 = _start_rollout(lab, aof_redis["url"], tmp_path, expires,
-                                      targets={"sites": ["east"], "models": [model]})
+    rs, proc, rid, t0 = _start_rollout(lab, aof_redis["url"], tmp_path, expires,
+                                       targets={"sites": ["east"], "models": [model]})
     try:
         lab.workers["east"].proc.wait(min(120, budget()))   # the failpoint fired
     except subprocess.TimeoutExpired:
@@ -232,11 +232,11 @@ def test_worker_dies_around_the_reboot(lab, aof_redis, tmp_path, monkeypatch, po
         pytest.fail(f"the failpoint {point} on {victim} never fired: {_status(aof_redis['url'], rid)}")
     lab.workers["east"] = start_worker(aof_redis["url"], lab.inventory, "east", tmp_path / "east-after.log", collect=False)
     out, err = _finish(proc, aof_redis["url"], rid, budget, f"the rollout ({point} on {victim})")
-    assert proc.returncode == 0 and json.loads(out)["status"] == "done", (point, victim, err[-3000:], _trouble(r, rid))
-    _check_outcome(lab, r, rid, t0, expires, point, set(phones))   # every targeted phone rebooted exactly once
+    assert proc.returncode == 0 and json.loads(out)["status"] == "done", (point, victim, err[-3000:], _trouble(rs, rid))
+    _check_outcome(lab, rs, rid, t0, expires, point, set(phones))   # every targeted phone rebooted exactly once
     # the kill takes the worker's other in-flight task with it, so other phones may take the same path; the
     # victim's record says which way its own reboot went (every phone rebooted once is checked above)
-    via = (r.hget(f"fleet:rollout:{rid}:phone:{victim}", "reboot_via") or b"").decode()
+    via = rs.phone(rid, victim).get("reboot_via", "")
     if expected:
         assert via == expected + " after a lost task", (point, victim, via)
     else:
@@ -249,8 +249,8 @@ def test_redis_restarted_mid_rollout(lab, aof_redis, tmp_path, budget, down_s):
     clients retry (tasks and the controller fail with it); the rollout finishes, resumed if its controller died."""
     url = aof_redis["url"]
     expires = 20 + down_s
-    r, proc, rid, t0 = _start_rollout(lab, url, tmp_path, expires)
-    _wait_for_verified(r, url, rid, 30, proc, budget)
+    rs, proc, rid, t0 = _start_rollout(lab, url, tmp_path, expires)
+    _wait_for_verified(rs, url, rid, 30, proc, budget)
     aof_redis["proc"].terminate()   # SIGTERM: a clean shutdown, AOF fsynced (the fleet ACL user may not SHUTDOWN)
     aof_redis["proc"].wait(10)
     time.sleep(down_s)   # the experiment: how long Redis stays down
@@ -265,4 +265,4 @@ def test_redis_restarted_mid_rollout(lab, aof_redis, tmp_path, budget, down_s):
         out2, err2 = _finish(resume, url, rid, budget, f"`fleet rollout resume` (the controller exited {proc.returncode}: "
                                                        f"{err[-1500:]})")
         assert resume.returncode == 0, (err[-1500:], err2[-3000:], _status(url, rid))
-    _check_outcome(lab, redis.Redis.from_url(url), rid, t0, expires, f"redis down {down_s}s")
+    _check_outcome(lab, RolloutStore(Store(url)), rid, t0, expires, f"redis down {down_s}s")

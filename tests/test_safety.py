@@ -14,6 +14,7 @@ import yaml
 
 from conftest import BIN, lab_spec, run_fleet, wait_until
 from fleet.deadline import poll_until
+from fleet.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -70,8 +71,8 @@ def test_killed_controller_the_router_restores_the_wan_by_itself(lab, redis_url,
 
 def test_ctrl_c_restores_the_wan_before_exiting(lab, redis_url, tmp_path):
     # wait for the previous test's lease to lapse (15 s TTL, not renewed by the killed controller)
-    r = redis.Redis.from_url(redis_url)
-    wait_until(lambda: not r.exists("fleet:lease:hq"), 40, "the dead controller's lease lapsed", step=0.5)
+    store = Store(redis_url)
+    wait_until(lambda: store.lease_info("hq")[0] is None, 40, "the killed controller's lease on hq to lapse", step=0.5)
     proc = _start_outage_run(lab, redis_url, tmp_path, 300, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert _wan(lab)["admin_up"] is False
     proc.send_signal(signal.SIGINT)
@@ -81,7 +82,7 @@ def test_ctrl_c_restores_the_wan_before_exiting(lab, redis_url, tmp_path):
     assert proc.returncode == 130 and doc["passed"] is False and doc["interrupted"] == "SIGINT"
     assert any("interrupted" in e for e in doc["errors"])
     assert doc["outages"][0]["confirmed"].startswith("restored by the controller"), doc["outages"]
-    assert not r.exists("fleet:lease:hq")
+    assert store.lease_info("hq")[0] is None, "the interrupted run left its lease behind"
 
 
 def test_no_secret_reaches_redis_logs_reports_or_task_messages(lab, redis_url, redis_admin_url, tmp_path):
@@ -93,7 +94,8 @@ def test_no_secret_reaches_redis_logs_reports_or_task_messages(lab, redis_url, r
     assert len(planted) >= 5 and all(len(s) >= 8 for s in planted)
 
     r = redis.Redis.from_url(redis_url)
-    wait_until(lambda: not r.exists("fleet:lease:hq"), 40, "the site's lease free", step=0.5)
+    store = Store(redis_url)
+    wait_until(lambda: store.lease_info("hq")[0] is None, 40, "the previous run's lease on hq to lapse", step=0.5)
     seen: list[str] = []
     stop = threading.Event()
 

@@ -8,10 +8,12 @@ import os
 import shutil
 import subprocess
 import time
+import uuid
 from datetime import datetime
 from zoneinfo import ZoneInfo
 
 import pytest
+import redis
 import yaml
 
 from conftest import ROOT
@@ -37,16 +39,15 @@ def test_previous_fire_respects_the_time_zone():
 
 def test_missed_run_is_recorded_once(redis_url):
     store = Store(redis_url)
-    e = schedule.Entry("nightly-test", "p", "0 * * * *", "UTC")
-    for key in store.r.scan_iter("fleet:schedule:*"):
-        store.r.delete(key)
-    store.r.set("fleet:schedule:nightly-test:since", datetime(2026, 1, 1, tzinfo=ZoneInfo("UTC")).timestamp())
+    name = f"nightly-test-{uuid.uuid4().hex[:8]}"   # the session's Redis is shared: a schedule of this test's own
+    e = schedule.Entry(name, "p", "0 * * * *", "UTC")
+    store.set_schedule_seen_since(name, datetime(2026, 1, 1, tzinfo=ZoneInfo("UTC")).timestamp())
     now = datetime(2026, 1, 1, 5, 30, tzinfo=ZoneInfo("UTC"))
     missed = schedule.check_missed(store, [e], now)
     assert missed and "was due at 2026-01-01T05:00:00+00:00" in missed[0]
     schedule.check_missed(store, [e], now)
-    assert len(store.missed_runs()) == 1
-    store.set_schedule_last_run("nightly-test", datetime(2026, 1, 1, 5, 0, 5, tzinfo=ZoneInfo("UTC")).timestamp())
+    assert len([m for m in store.missed_runs() if f" {name} " in m]) == 1, store.missed_runs()
+    store.set_schedule_last_run(name, datetime(2026, 1, 1, 5, 0, 5, tzinfo=ZoneInfo("UTC")).timestamp())
     assert schedule.check_missed(store, [e], now) == []
 
 
@@ -74,14 +75,15 @@ def test_beat_sends_the_fire_time_and_keeps_no_schedule_file(redis_url, tmp_path
     monkeypatch.chdir(tmp_path)
     configure(redis_url)
     store = Store(redis_url)
-    store.r.delete("fleet.control")
+    broker = redis.Redis.from_url(redis_url, decode_responses=True)   # Celery's queue, not a key of ours
+    broker.delete("fleet.control")
     e = schedule.Entry("every-minute", str(tmp_path / "pb.yml"), "* * * * *", "UTC")
     app.conf.beat_schedule = schedule.beat_schedule([e], "/x/inv.yml")
     scheduler = schedule.scheduler_for(store, [e])(app=app)
     before = time.time()
     scheduler.apply_async(scheduler.schedule["rollout:every-minute"])
     expected = schedule.previous_fire(e).isoformat()
-    raw = store.r.lrange("fleet.control", 0, -1)
+    raw = broker.lrange("fleet.control", 0, -1)
     assert len(raw) == 1, raw
     message = json.loads(raw[0])
     args, kwargs, _ = json.loads(base64.b64decode(message["body"]))
@@ -89,7 +91,7 @@ def test_beat_sends_the_fire_time_and_keeps_no_schedule_file(redis_url, tmp_path
     sent = store.schedule_sent("every-minute")
     assert sent["fire_time"] == expected and float(sent["t"]) >= before
     assert list(tmp_path.iterdir()) == [], "beat must not leave a schedule file in its working directory"
-    store.r.delete("fleet.control")
+    broker.delete("fleet.control")
 
 
 def test_bad_cron_names_the_file(tmp_path):

@@ -15,13 +15,13 @@ import time
 from datetime import datetime, timezone
 
 import pytest
-import redis
 import yaml
 from celery import Celery
 
 from conftest import BIN, ROOT, lab_spec, run_fleet, start_lab, start_worker, wait_until
 from fleet import schedule
 from fleet.deadline import poll_until
+from fleet.store import RolloutStore, Store
 from test_rollout import reboots
 
 pytestmark = pytest.mark.slow
@@ -74,29 +74,27 @@ def _status(redis_url: str, rid: str) -> str:
     return res.stdout[-3000:] or res.stderr[-1000:]
 
 
-def _wait_finished(r: redis.Redis, redis_url: str, rid: str, end_events: int = 1) -> dict:
-    """The rollout's hash once it ended; fails with `fleet rollout status --json` if it does not in the budget."""
-    wait_until(lambda: sum(1 for e in _events(r, rid) if e["kind"] == "end") >= end_events, BUDGET_S,
+def _wait_finished(rs: RolloutStore, redis_url: str, rid: str, end_events: int = 1) -> dict:
+    """The rollout's record (plan decoded) once it ended; fails with `fleet rollout status --json` if it does not
+    in the budget."""
+    wait_until(lambda: sum(1 for e in rs.events(rid) if e["kind"] == "end") >= end_events, BUDGET_S,
                f"the end of scheduled rollout {rid}", step=0.5, state=lambda: _status(redis_url, rid))
-    return r.hgetall(f"fleet:rollout:{rid}")
-
-
-def _events(r: redis.Redis, rid: str) -> list[dict]:
-    return [json.loads(f["e"]) for _, f in r.xrange(f"fleet:rollout:{rid}:events")]
+    return rs.get(rid)
 
 
 def test_scheduled_rollout_runs_its_drill_once_though_redelivered(lab, redis_url, tmp_path):
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = Store(redis_url)
+    rs = RolloutStore(store)
     fire = datetime(2026, 1, 6, 3, 0, tzinfo=timezone.utc)
     pb = _playbook(tmp_path, "nightly", 26, str(ROOT / "playbooks/wan-outage-fallback.yml"))
     rid = schedule.rollout_id("nightly", fire)
     t0 = time.time()
     _send(redis_url, lab, pb, "nightly", fire)
-    meta = _wait_finished(r, redis_url, rid)
+    meta = _wait_finished(rs, redis_url, rid)
     assert meta["status"] == "done", _status(redis_url, rid)
     # the message was delivered again while the first copy drove the rollout (the visibility timeout passed)...
-    poll_until(lambda: sum(1 for e in _events(r, rid) if e["kind"] == "scheduled") >= 2, 3 * VISIBILITY_S + 30, 0.5)
-    events = _events(r, rid)
+    poll_until(lambda: sum(1 for e in rs.events(rid) if e["kind"] == "scheduled") >= 2, 3 * VISIBILITY_S + 30, 0.5)
+    events = rs.events(rid)
     kinds = [e["kind"] for e in events]
     end_t = next(e["t"] for e in events if e["kind"] == "end")
     copies = [e for e in events if e["kind"] == "scheduled"]
@@ -105,17 +103,17 @@ def test_scheduled_rollout_runs_its_drill_once_though_redelivered(lab, redis_url
     runs = [e for e in events if e["kind"] == "run"]
     assert len(runs) == 1 and kinds.count("end") == 1, kinds
     assert "not_driven" in kinds, kinds
-    assert r.zscore("fleet:rollouts", rid) is not None and len([i for i in r.zrange("fleet:rollouts", 0, -1)
-                                                                if i.startswith("nightly-")]) == 1
+    listed = [row["id"] for row in rs.list(limit=10_000)]
+    assert rid in listed and len([i for i in listed if i.startswith("nightly-")]) == 1, listed
     # the drill ran, as an experiment on the canary site under the driver's lease, and passed
     drill = next(e for e in events if e["kind"] == "drill")
     assert drill["passed"] is True and drill["holder"] == runs[0]["holder"], drill
-    experiment = r.hgetall(f"fleet:exp:{drill['experiment']}")
+    experiment = store.experiment(drill["experiment"])
     assert experiment["site"] == SITE and experiment["status"] == "passed", experiment
-    exp_events = [json.loads(f["e"])["kind"] for _, f in r.xrange(f"fleet:exp:{drill['experiment']}:events")]
+    exp_events = [e["kind"] for e in store.events(drill["experiment"])]
     assert exp_events.count("outage") == 1, exp_events
     # it gated the rollout: the canary was verified before the drill, every other phone after it
-    plan = json.loads(meta["plan"])
+    plan = meta["plan"]
     canary = plan["waves"][0][0]
     order = [(e["kind"], e.get("mac")) for e in events if e["kind"] in ("verified", "drill")]
     at = order.index(("drill", None))
@@ -128,7 +126,8 @@ def test_scheduled_rollout_runs_its_drill_once_though_redelivered(lab, redis_url
 
 
 def test_a_failed_drill_stops_the_scheduled_rollout_after_the_canary(lab, redis_url, tmp_path):
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = Store(redis_url)
+    rs = RolloutStore(store)
     drill = yaml.safe_load((ROOT / "playbooks/wan-outage-fallback.yml").read_text())
     # phones are on the provider: a baseline that expects the gateway cannot hold
     drill["steps"] = [{"name": "impossible baseline", "expect": "working_server", "server": 2, "within": 3}]
@@ -138,19 +137,20 @@ def test_a_failed_drill_stops_the_scheduled_rollout_after_the_canary(lab, redis_
     pb = _playbook(tmp_path, "gated", 27, str(drill_path))
     rid = schedule.rollout_id("gated", fire)
     _send(redis_url, lab, pb, "gated", fire)
-    meta = _wait_finished(r, redis_url, rid)
+    meta = _wait_finished(rs, redis_url, rid)
     assert meta["status"] == "halted" and "failover drill" in meta["reason"], meta.get("reason")
-    events = _events(r, rid)
+    events = rs.events(rid)
     drill_event = next(e for e in events if e["kind"] == "drill")
-    assert drill_event["passed"] is False and r.hget(f"fleet:exp:{drill_event['experiment']}", "status") == "failed"
-    plan = json.loads(meta["plan"])
-    states = {m: r.hget(f"fleet:rollout:{rid}:phone:{m}", "state") for w in plan["waves"] for m in w}
+    assert drill_event["passed"] is False and store.experiment(drill_event["experiment"])["status"] == "failed"
+    plan = meta["plan"]
+    states = {m: st.get("state") for m, st in rs.phones(rid, rs.macs(rid)).items()}
     canary = plan["waves"][0][0]
     assert states[canary] == "verified" and {s for m, s in states.items() if m != canary} == {"pending"}, states
 
 
 def test_a_driver_whose_lease_is_taken_stops_and_the_rollout_resumes(lab, redis_url, tmp_path):
-    r = redis.Redis.from_url(redis_url, decode_responses=True)
+    store = Store(redis_url)
+    rs = RolloutStore(store)
     doc = {"kind": "rollout", "name": "stolen", "params": {"reg.1.server.1.expires": 28},
            "strategy": {"canary": 1, "wave_size": 4, "max_unavailable": 1, "failure_budget": {"total": 0},
                         "progress_deadline": 120},
@@ -163,7 +163,7 @@ def test_a_driver_whose_lease_is_taken_stops_and_the_rollout_resumes(lab, redis_
 
     def lease_taken() -> str | None:
         exited = proc.poll() is not None
-        holder = r.get(f"fleet:lease:{SITE}")
+        holder = store.lease_info(SITE)[0]
         if holder and holder.startswith("rollout:"):
             return holder
         if exited:
@@ -175,7 +175,8 @@ def test_a_driver_whose_lease_is_taken_stops_and_the_rollout_resumes(lab, redis_
     except BaseException:
         proc.kill()
         raise
-    r.set(f"fleet:lease:{SITE}", "thief", px=120_000)   # as if it had lapsed and another run had taken the site
+    store.break_lease(SITE)   # as if it had lapsed and another run had taken the site
+    store.acquire_lease(SITE, "thief", ttl=120)
     try:
         out, err = proc.communicate(timeout=60)
     except subprocess.TimeoutExpired:
@@ -186,13 +187,13 @@ def test_a_driver_whose_lease_is_taken_stops_and_the_rollout_resumes(lab, redis_
     rid = doc["id"]
     assert proc.returncode == 1 and doc["status"] == "halted", (doc, err[-2000:])
     assert "no longer ours" in doc["reason"] and "thief" in doc["reason"], doc["reason"]
-    meta = r.hgetall(f"fleet:rollout:{rid}")
+    meta = rs.get(rid)
     assert meta["status"] == "halted" and "thief" in meta["reason"], meta
-    assert r.get(f"fleet:lease:{SITE}") == "thief", "the driver released a lease that was no longer its own"
-    unsettled = [m for m in json.loads(meta["plan"])["waves"][-1] if r.hget(f"fleet:rollout:{rid}:phone:{m}", "state")
-                 == "pending"]
+    assert store.lease_info(SITE)[0] == "thief", "the driver released a lease that was no longer its own"
+    last_wave = meta["plan"]["waves"][-1]
+    unsettled = [m for m, st in rs.phones(rid, last_wave).items() if st.get("state") == "pending"]
     assert unsettled, "the rollout finished: the theft came too late to show anything"
     # the thief goes away; the rollout was left resumable and finishes
-    r.delete(f"fleet:lease:{SITE}")
+    store.break_lease(SITE)
     res = run_fleet(["rollout", "resume", rid, "--json"], redis_url, timeout=BUDGET_S - 120)
     assert res.returncode == 0 and json.loads(res.stdout)["status"] == "done", (res.stdout[-2000:], res.stderr[-2000:])

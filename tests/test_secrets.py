@@ -58,7 +58,7 @@ def write_inventory(tmp: Path, phone_params: dict | None = None, site_params: di
              "params": {"reg.1.address": "1001", "reg.1.auth.password": "secret:sip_1001"} | (phone_params or {})}
     if http_auth:
         phone["http_auth"] = http_auth
-    doc = {"name": "t", "secrets_file": "secrets.yml", "firmware_family": "uc-5.x",
+    doc = {"name": "t", "secrets_file": "secrets.yml", "firmware_family": "uc-4.0",
            "params": fleet_params or {},
            "sites": [{"name": site, "gateway": "127.0.0.1", "boot_server": {"url": boot or f"file://{boot_dir}/"},
                       "router": {"driver": "linux_ssh", "address": "127.0.0.1", "credentials": "router",
@@ -371,7 +371,7 @@ def test_http_auth_layers_fleet_site_phone(tmp_path):
     doc = yaml.safe_load(path.read_text())
     doc["http_auth"] = "basic"
     doc["sites"][0]["phones"].append({"mac": "0004f2000002", "model": "VVX 410", "address": "127.0.0.3",
-                                      "credentials": "admin", "http_auth": "digest"})
+                                      "credentials": "admin", "http_auth": "digest", "firmware_family": "uc-5.x"})
     path.write_text(yaml.safe_dump(doc))
     assert [p.http_auth for p in inventory.load(path).sites[0].phones] == ["basic", "digest"]
     doc["http_auth"] = None
@@ -443,9 +443,9 @@ def _backups(lab) -> list[str]:
 
 
 def test_finished_rollout_leaves_no_backups_unless_asked_to_keep_them(small_lab, redis_url, tmp_path):
-    import redis as redis_mod
+    from fleet.store import RolloutStore, Store
 
-    r = redis_mod.Redis.from_url(redis_url, decode_responses=True)
+    rs = RolloutStore(Store(redis_url))
     strategy = {"canary": 1, "wave_size": 3, "max_unavailable": 2, "progress_deadline": 120}
     verify = {"registered_to": [1], "within": 30}
     assert _backups(small_lab) == []
@@ -461,13 +461,13 @@ def test_finished_rollout_leaves_no_backups_unless_asked_to_keep_them(small_lab,
     res = run_fleet(["rollout", "run", str(pb), "--inventory", str(small_lab.inventory), "--json"], redis_url, timeout=200)
     out = json.loads(res.stdout)
     assert out["status"] == "done" and out["counts"] == {"total": 4, "verified": 4}, res.stderr[-2000:]
-    marks = [v for k in r.scan_iter(f"fleet:rollout:{out['id']}:phone:*") for f, v in r.hgetall(k).items()
+    marks = [v for rec in rs.phones(out["id"], rs.macs(out["id"]), full=True).values() for f, v in rec.items()
              if f.startswith("backed_up:")]
     assert "yes" in marks, f"the rollout backed files up before changing them: {marks}"
     wait_until(lambda: not any(out["id"] in f for f in _backups(small_lab)), 30, "the rollout's backups removed",
                step=0.2, state=lambda: _backups(small_lab))
     assert _backups(small_lab) == kept_files, f"left behind: {_backups(small_lab)}"
-    assert r.hget(f"fleet:rollout:{out['id']}", "backups_removed:hq"), "the worker recorded the removal"
+    assert rs.get_field(out["id"], "backups_removed:hq"), "the worker recorded the removal"
 
 
 def test_digest_is_enough_for_the_virtual_phones(small_lab):
@@ -491,7 +491,7 @@ def test_digest_is_enough_for_the_virtual_phones(small_lab):
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     for phone, creds in targets:
         assert polling_in_call(phone, creds) is False
-        if phone.has_rest:
+        if phone.family.rest:
             assert RestPhone(phone, creds).uptime() >= 0
 
 

@@ -10,12 +10,8 @@ needs nothing of the virtual lab.
 from __future__ import annotations
 
 import asyncio
-import glob
-import shutil
 import socket
-import subprocess
 import time
-from pathlib import Path
 
 import pytest
 
@@ -25,6 +21,7 @@ from fleet.drivers.collect.wire_observations import Attribution, WireTarget, det
 from fleet.drivers.collect.wire_pipeline import WireEvidence
 from fleet.observe import REGISTERED, UNREGISTERED
 from fleet.redisboot import free_port
+from hil import kamailio as kam
 from sipwire import digest
 from sipwire import message as sip
 
@@ -33,72 +30,19 @@ from conftest import await_until, wait_until
 pytestmark = pytest.mark.lab
 PASSWORD = "gw-Secret-7"
 
-CONFIG = """#!KAMAILIO
-debug=2
-log_stderror=no
-fork=yes
-children=2
-auto_aliases=no
-listen=udp:127.0.0.1:{port}
-mpath="{mpath}"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "auth.so"
-loadmodule "ctl.so"
-loadmodule "kex.so"
-loadmodule "siptrace.so"
-modparam("usrloc", "db_mode", 0)
-modparam("ctl", "binrpc", "unix:{sock}")
-modparam("siptrace", "duplicate_uri", "sip:127.0.0.1:{hep_port}")
-modparam("siptrace", "hep_mode_on", 1)
-modparam("siptrace", "hep_version", 3)
-modparam("siptrace", "hep_capture_id", 2001)
-modparam("siptrace", "trace_to_database", 0)
-modparam("siptrace", "trace_flag", 22)
-modparam("siptrace", "trace_on", 1)
-request_route {{
-    setflag(22);
-    sip_trace();
-    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
-    if (is_method("REGISTER")) {{
-        if ($fU == "3003") {{ sl_send_reply("403", "Forbidden"); exit; }}
-        if (!pv_www_authenticate("$fd", "{password}", "0")) {{ www_challenge("$fd", "0"); exit; }}
-        consume_credentials();
-        if (!save("location")) {{ sl_reply_error(); }}
-        exit;
-    }}
-    sl_send_reply("405", "Method Not Allowed");
-}}
-"""
-
-
-def _mpath() -> str | None:
-    found = glob.glob("/usr/lib/*/kamailio/modules/siptrace.so") + glob.glob("/usr/lib/kamailio/modules/siptrace.so")
-    return str(Path(found[0]).parent) + "/" if found else None
-
-
 @pytest.fixture
 def kamailio(tmp_path):
-    if not shutil.which("kamailio") or not shutil.which("kamcmd") or not _mpath():
-        pytest.skip("Kamailio with siptrace is not installed (Debian: apt-get install kamailio)")
+    """Kamailio (hil.kamailio's configuration) tracing to a HEP port; 3003 is unknown to it (403 Forbidden)."""
+    reason = kam.unavailable(siptrace=True)
+    if reason:
+        pytest.skip(reason)
     port, hep_port = free_port(), free_port()
-    sock = tmp_path / "kam.sock"
-    cfg = tmp_path / "kamailio.cfg"
-    cfg.write_text(CONFIG.format(port=port, mpath=_mpath(), sock=sock, password=PASSWORD, hep_port=hep_port))
-    check = subprocess.run(["kamailio", "-c", "-f", str(cfg)], capture_output=True, text=True)
-    assert check.returncode == 0, check.stderr[-2000:]
-    pid = tmp_path / "kam.pid"
-    subprocess.run(["kamailio", "-f", str(cfg), "-P", str(pid), "-w", str(tmp_path)], check=True, timeout=20)
-    wait_until(sock.exists, 10, "Kamailio's control socket")
+    users = {u: PASSWORD for u in ("3001", "3002", "3004", "3005")}
+    server = kam.Kamailio(kam.KamailioConfig("127.0.0.1", port, "gateway.example", users, hep=("127.0.0.1", hep_port),
+                                             role="gateway with siptrace"), tmp_path / "kamailio")
+    sock = server.start()
     yield port, hep_port, sock
-    if pid.exists():
-        subprocess.run(["kill", pid.read_text().strip()])
+    server.stop()
 
 
 def _register(server: tuple[str, int], user: str, password: str, expires: int, sock: socket.socket) -> list[int]:
@@ -144,9 +88,8 @@ def test_kamailio_hep_and_ul_dump_agree_with_what_the_phones_were_told(kamailio)
                 told[u] = await asyncio.to_thread(_register, server, u, *plan[u], s)
             await await_until(lambda: len({o.mac for o in seen}) >= len(plan), 10, "an observation of every user",
                               step=0.02, state=lambda: (sorted({o.mac for o in seen}), dict(proto.stats)))
-            dump = await asyncio.to_thread(subprocess.run, ["kamcmd", "-s", f"unix:{ctl}", "ul.dump"],
-                                           capture_output=True, text=True, timeout=10)
-            return told, seen, dump.stdout, dict(proto.stats)
+            dump = await asyncio.to_thread(kam.ul_dump, ctl)
+            return told, seen, dump, dict(proto.stats)
         finally:
             for s in socks.values():
                 s.close()

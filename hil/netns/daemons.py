@@ -6,13 +6,14 @@ processes are found again by namespace at teardown.
 """
 from __future__ import annotations
 
-import glob
 import os
 import shutil
 import subprocess
 import time
 from pathlib import Path
 
+from .. import kamailio
+from ..kamailio import Kamailio, KamailioConfig, KamailioError
 from .ns import NetnsError, run
 
 SSHD = "/usr/sbin/sshd"
@@ -44,8 +45,7 @@ def preflight() -> str | None:
 
 
 def kamailio_modules() -> str | None:
-    found = glob.glob("/usr/lib/*/kamailio/modules/tm.so") + glob.glob("/usr/lib/kamailio/modules/tm.so")
-    return str(Path(found[0]).parent) + "/" if found else None
+    return kamailio.modules_path()
 
 
 def _wait_for(path: Path, what: str, timeout: float = 10.0) -> None:
@@ -128,101 +128,23 @@ rwuser {user} priv
 
 
 # ---------------------------------------------------------------- Kamailio
-KAMAILIO_CFG = """#!KAMAILIO
-# hil namespace lab: {role}
-debug=1
-log_stderror=no
-fork=yes
-children=2
-auto_aliases=no
-dns=no
-rev_dns=no
-listen=udp:{address}:{port}
-mpath="{mpath}"
-loadmodule "tm.so"
-loadmodule "sl.so"
-loadmodule "rr.so"
-loadmodule "pv.so"
-loadmodule "maxfwd.so"
-loadmodule "usrloc.so"
-loadmodule "registrar.so"
-loadmodule "textops.so"
-loadmodule "siputils.so"
-loadmodule "sanity.so"
-loadmodule "auth.so"
-loadmodule "htable.so"
-loadmodule "ctl.so"
-loadmodule "kex.so"
-modparam("usrloc", "db_mode", 0)
-modparam("usrloc", "timer_interval", 1)
-modparam("registrar", "min_expires", 1)
-modparam("registrar", "default_expires", 60)
-modparam("registrar", "max_expires", {max_expires})
-modparam("htable", "htable", "users=>size=10;")
-modparam("ctl", "binrpc", "unix:{sock}")
-event_route[htable:mod-init] {{
-{users}
-}}
-request_route {{
-    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
-    if (!sanity_check("1511", "7")) {{ exit; }}
-    if (has_totag()) {{
-        if (loose_route()) {{ t_relay(); exit; }}
-        if (is_method("ACK")) {{ t_check_trans(); }}
-        exit;
-    }}
-    if (is_method("ACK")) {{ t_check_trans(); exit; }}
-    if (is_method("REGISTER|SUBSCRIBE|INVITE")) {{
-        if ($sht(users=>$fU) == $null) {{ sl_send_reply("403", "Forbidden"); exit; }}
-        if (!pv_www_authenticate("{realm}", "$sht(users=>$fU)", "0")) {{ www_challenge("{realm}", "0"); exit; }}
-        consume_credentials();
-    }}
-    if (is_method("REGISTER")) {{ if (!save("location")) {{ sl_reply_error(); }} exit; }}
-    if (is_method("SUBSCRIBE")) {{ sl_send_reply("200", "OK"); exit; }}
-    if (is_method("INVITE")) {{
-        if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
-        record_route();
-        t_relay();
-        exit;
-    }}
-    if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
-    sl_send_reply("405", "Method Not Allowed");
-}}
-"""
-
-
-def _quote_kam(value: str) -> str:
-    if any(c in value for c in '"\\\n'):
-        raise ValueError("a SIP password for Kamailio must not contain quotes, backslashes or newlines")
-    return value
-
-
 def start_kamailio(ns: str, state: Path, name: str, role: str, address: str, port: int, realm: str,
                    users: dict[str, str], max_expires: int) -> Path:
-    """Kamailio as a registrar with digest auth (each user's own password, from an htable) and short timers
-    (min_expires 1 s, usrloc timer 1 s) so bindings expire within an experiment. Returns its ctl socket."""
-    mpath = kamailio_modules()
-    if not mpath:
+    """Kamailio as a registrar (hil.kamailio's one configuration) inside namespace `ns`. Returns its ctl socket;
+    the process ends with the namespace at teardown."""
+    if not kamailio_modules():
         raise NetnsError("Kamailio's modules are not installed (apt-get install kamailio)")
-    workdir = state / f"kamailio-{name}"
-    workdir.mkdir(exist_ok=True)
-    sock, pid, cfg = workdir / "ctl.sock", workdir / "kamailio.pid", workdir / "kamailio.cfg"
-    for p in (sock, pid):
-        p.unlink(missing_ok=True)
-    table = "\n".join(f'    $sht(users=>{u}) = "{_quote_kam(p)}";' for u, p in sorted(users.items()))
-    cfg.write_text(KAMAILIO_CFG.format(role=role, address=address, port=port, mpath=mpath, sock=sock, realm=realm,
-                                       users=table, max_expires=max_expires))
-    os.chmod(cfg, 0o600)
-    run(["kamailio", "-c", "-f", str(cfg)])
-    run(["kamailio", "-f", str(cfg), "-P", str(pid), "-w", str(workdir)], ns=ns)
-    _wait_for(sock, f"Kamailio ({role}) in {ns}")
-    return sock
+    kam = Kamailio(KamailioConfig(address, port, realm, users, max_expires=max_expires, role=role),
+                   state / f"kamailio-{name}")
+    try:
+        return kam.start(wrap=["ip", "netns", "exec", ns])
+    except KamailioError as exc:
+        raise NetnsError(f"{exc} (in {ns})") from None
 
 
 def ul_dump(sock: Path) -> str:
     """Kamailio's own view of its bindings (`kamcmd ul.dump brief`)."""
-    return subprocess.run(["kamcmd", "-s", f"unix:{sock}", "ul.dump", "brief"], capture_output=True, text=True,
-                          timeout=10).stdout
+    return kamailio.ul_dump(sock, brief=True)
 
 
 # ---------------------------------------------------------------- the router's own network manager

@@ -1,9 +1,14 @@
 """Parsers for what phones push: syslog registration lines and telephone notification events.
 
-The syslog text of registration messages is not documented by Polycom
-(uncertain in shared/reference/polycom.md); the format we expect is defined
-here and only here: ``polycom[MAC]: reg.X.server.Y ADDR registration succeeded|failed ...``
-and ``polycom[MAC]: call to N via server Y ADDR answered STATUS``. Anything
+The syslog registration line is OUR format, not Polycom's: Polycom documents
+no such line, SIP 3.x phones take their syslog settings from the bootROM, and
+real sites may never send it. It exists for the virtual lab (hil/phone_reports.py)
+and for sites whose phones were made to log it; it is defined here and only
+here: ``polycom[MAC]: reg.X.server.Y ADDR registration succeeded|failed ...``
+and ``polycom[MAC]: call to N via server Y ADDR answered STATUS``. Nothing in
+fleet needs it for registration state: per-server state comes from the SIP on
+the wire, HEP and the gateway's bindings (wire_sources.py), line state from
+the telephone notification events below, which Polycom does document. Anything
 else is ignored, and nothing here raises on garbage.
 """
 from __future__ import annotations

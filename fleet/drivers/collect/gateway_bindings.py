@@ -275,7 +275,8 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
             known = [b.expires_in for b in active if b.expires_in is not None]
             detail = "binding" + (f" expires={max(known)}" if known else "") + f" contacts={len(active)}"
             out.append(Observation(mac=target.mac, t=t, source=source, reg=target.reg, server=target.server,
-                                   state=REGISTERED, address=addr, detail=detail))
+                                   state=REGISTERED, address=addr, detail=detail,
+                                   expires=max(known) if known else None))
         else:
             out.append(Observation(mac=target.mac, t=t, source=source, reg=target.reg, server=target.server,
                                    state=UNREGISTERED, address=addr, detail="no binding"))

@@ -203,10 +203,16 @@ class RegisterMatcher:
     times. Memory is bounded by `max_pending` (per table: open transactions, recently finished ones,
     open challenges): the oldest entries are dropped first (counted, never turned into a false "no answer").
     Messages are WireMessage objects (wire_sip.parse), with REGISTER in their CSeq.
+
+    `timeouts` gives a destination its own transaction timeout: a phone configured with retryTimeOut and
+    retryMaxCount gives up on a server long before Timer F, and "no answer" should be reported when the
+    phone itself concluded it, not 32 s later.
     """
 
-    def __init__(self, timeout: float = T1_TIMEOUT, max_pending: int = 200_000) -> None:
+    def __init__(self, timeout: float = T1_TIMEOUT, max_pending: int = 200_000,
+                 timeouts: dict[tuple[str, int], float] | None = None) -> None:
         self.timeout = timeout
+        self.timeouts = dict(timeouts or {})
         self.max_pending = max_pending
         self._pending: dict[tuple, list] = {}       # key -> [RegisterRequest, retransmissions, challenge code]
         self._done: dict[tuple, float] = {}         # key -> t: absorbs late retransmissions and duplicates
@@ -284,6 +290,14 @@ class RegisterMatcher:
         """Outcomes for transactions that got no final answer within the timeout, and challenges left
         unanswered by the phone."""
         out: list[RegisterOutcome] = []
+        if self.timeouts:     # per destination: the oldest is not necessarily the first due, so look at all
+            for key in [k for k, (req, _, _) in self._pending.items()
+                        if now - req.t >= self.timeouts.get(req.dst, self.timeout)]:
+                req, retrans, _ = self._pending.pop(key)
+                self._finish(key, now)
+                self.stats["timeouts"] += 1
+                out.append(RegisterOutcome(TIMEOUT, req, req.t + self.timeouts.get(req.dst, self.timeout),
+                                           retransmissions=retrans))
         while self._pending:
             key = next(iter(self._pending))
             req, retrans, _ = self._pending[key]

@@ -12,8 +12,9 @@ observation is made: a guess would be worse than a gap.
 Phones that register over TLS cannot be seen by a capture: they are reported
 "not observable on the wire" instead of being guessed from silence.
 
-The Observation type has no expiry or code fields; they travel in `detail`
-as ``code=NNN expires=SSS`` tokens (parse with `detail_fields`).
+The status code and the granted expiry are the Observation's `code` and
+`expires`; `detail` repeats them as ``code=NNN expires=SSS`` tokens for
+people reading a report (`detail_fields` parses them).
 """
 from __future__ import annotations
 
@@ -155,13 +156,14 @@ def observation(outcome: RegisterOutcome, target: WireTarget, source: str = "wir
     code = outcome.code
     if 200 <= code < 300:
         if outcome.unregister:
-            return Observation(**base, state=UNREGISTERED, detail=f"unregistered code={code} expires=0")
+            return Observation(**base, state=UNREGISTERED, detail=f"unregistered code={code} expires=0",
+                               code=code, expires=0)
         expires = outcome.granted_expires
         detail = f"registered code={code}" + (f" expires={expires}" if expires is not None else "")
         if outcome.after_challenge:
             detail += f" after-challenge={outcome.after_challenge}"
-        return Observation(**base, state=REGISTERED, detail=detail)
-    return Observation(**base, state=UNREGISTERED, detail=f"refused code={code}")
+        return Observation(**base, state=REGISTERED, detail=detail, code=code, expires=expires)
+    return Observation(**base, state=UNREGISTERED, detail=f"refused code={code}", code=code)
 
 
 def detail_fields(detail: str) -> dict[str, str]:
@@ -186,3 +188,12 @@ class ObservationBuilder:
         if target is None:
             return None
         return observation(outcome, target, self.source)
+
+    def call(self, outcome) -> Observation | None:
+        """A call observation (sip_calls.CallOutcome): the server at the INVITE's destination answered it."""
+        target = self.attribution.lookup(outcome.request)
+        if target is None:
+            return None
+        return Observation(mac=target.mac, t=outcome.t, source=self.source, reg=target.reg, server=target.server,
+                           address=f"{target.address[0]}:{target.address[1]}", kind="call", code=outcome.code,
+                           detail=f"call to {outcome.dialled} answered {outcome.code}")

@@ -1,6 +1,8 @@
 """One decoder for the three wire inputs: frames from a pcap stream, HEP v3 datagrams, plain UDP datagrams.
 
 frame/HEP -> Datagram -> REGISTER message -> RegisterMatcher -> outcome -> attributed Observation.
+INVITEs take the same path through InviteMatcher: the final answer to a phone's INVITE becomes a "call"
+observation naming the server that answered it (what a call check asks).
 Each input gets its own WireEvidence (its own source label: "wire" for a
 capture, "hep" for HEP) so reports can name which one saw a transition.
 Nothing fed in can raise out of here: malformed input is counted in `stats`.
@@ -11,8 +13,9 @@ import time
 from collections import Counter
 from dataclasses import replace
 
-from ...observe import Observation
+from ...observe import REGISTERED, UNREGISTERED, Observation
 from . import hep
+from .sip_calls import CallOutcome, InviteMatcher, invite_message
 from .sip_transactions import T1_TIMEOUT, RegisterMatcher, RegisterOutcome
 from .wire_decode import Datagram, FrameDecoder, register_message
 from .wire_observations import Attribution, ObservationBuilder
@@ -45,19 +48,30 @@ class WireEvidence:
     for a pcap file replayed later); `stamp="local"` moves them onto this host's wall clock through the packet
     clock's offset (right for a live stream from a router whose clock may be off, since fleet.observe orders
     observations from all sources by time). Call `tick()` every second or so: it ends unanswered transactions
-    and forgets old state."""
+    and forgets old state.
+
+    `lapse=True`: a registration this input saw granted is reported unregistered when its expiry passes
+    with no refresh seen (t = the expiry): the registrar has dropped the binding by then. That is how a
+    phone that went silent shows (switched off, or it stopped sending because its DNS lookup of the server
+    failed, which a SIP capture cannot see)."""
+
+    LAPSE_GRACE = 1.0      # seconds past the expiry before calling it lapsed (an answer may be in flight)
 
     def __init__(self, attribution: Attribution, *, source: str = "wire", timeout: float = T1_TIMEOUT,
-                 max_pending: int = 200_000, stamp: str = "capture") -> None:
+                 max_pending: int = 200_000, stamp: str = "capture",
+                 timeouts: dict[tuple[str, int], float] | None = None, lapse: bool = False) -> None:
         if stamp not in ("capture", "local"):
             raise ValueError(f"stamp must be 'capture' or 'local', got {stamp!r}")
         self.stamp = stamp
         self.source = source
         self.decoder = FrameDecoder()
-        self.matcher = RegisterMatcher(timeout=timeout, max_pending=max_pending)
+        self.matcher = RegisterMatcher(timeout=timeout, max_pending=max_pending, timeouts=timeouts)
+        self.invites = InviteMatcher()
         self.build = ObservationBuilder(attribution, source)
         self.clock = PacketClock()
         self.outcomes: list[RegisterOutcome] | None = None     # set to [] to keep outcomes (tests, reports)
+        self.lapse = lapse
+        self._bound: dict[tuple[str, int, int], Observation] = {}   # newest granted registration per target
         self._stats: Counter[str] = Counter()
 
     def feed_frame(self, t: float, linktype: int, frame: bytes) -> list[Observation]:
@@ -79,6 +93,9 @@ class WireEvidence:
         self.clock.saw(dg.t)
         msg = register_message(dg.payload)
         if msg is None:
+            call = invite_message(dg.payload)
+            if call is not None:
+                return self._call(self.invites.feed(call, dg.t, dg.src, dg.dst))
             self._stats["not_register"] += 1
             return []
         self._stats["register_messages"] += 1
@@ -91,7 +108,38 @@ class WireEvidence:
         if now is None:
             return []
         self.decoder.reassembler.expire(now)
-        return self._observe(self.matcher.expire(now))
+        self.invites.expire(now)
+        out = self._observe(self.matcher.expire(now))
+        if self.lapse:
+            out += self._lapsed(now + (self.clock.offset if self.stamp == "local" else 0.0))
+        return out
+
+    def _track(self, obs: Observation) -> None:
+        key = (obs.mac, obs.reg, obs.server or 0)
+        if obs.state == REGISTERED and obs.expires:
+            self._bound[key] = obs
+        else:
+            self._bound.pop(key, None)
+
+    def _lapsed(self, now: float) -> list[Observation]:
+        out = []
+        for key, obs in list(self._bound.items()):
+            until = obs.t + (obs.expires or 0)
+            if now >= until + self.LAPSE_GRACE:
+                del self._bound[key]
+                self._stats["lapsed"] += 1
+                out.append(Observation(mac=obs.mac, t=until, source=self.source, reg=obs.reg, server=obs.server,
+                                       state=UNREGISTERED, address=obs.address,
+                                       detail=f"lapsed: no refresh seen within expires={obs.expires}"))
+        return out
+
+    def _call(self, outcome: CallOutcome | None) -> list[Observation]:
+        if outcome is None:
+            return []
+        obs = self.build.call(outcome)
+        if obs is None:
+            return []
+        return [replace(obs, t=obs.t + self.clock.offset) if self.stamp == "local" else obs]
 
     def _observe(self, outcomes: list[RegisterOutcome]) -> list[Observation]:
         out: list[Observation] = []
@@ -102,6 +150,8 @@ class WireEvidence:
             if obs is not None:
                 if self.stamp == "local":
                     obs = replace(obs, t=obs.t + self.clock.offset)
+                if self.lapse:
+                    self._track(obs)
                 out.append(obs)
         return out
 
@@ -109,6 +159,6 @@ class WireEvidence:
     def stats(self) -> dict[str, int]:
         total: Counter[str] = Counter()
         for c in (self._stats, self.decoder.stats, self.decoder.reassembler.stats, self.matcher.stats,
-                  self.build.attribution.stats):
+                  self.invites.stats, self.build.attribution.stats):
             total.update(c)
         return dict(total)

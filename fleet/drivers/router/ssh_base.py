@@ -206,6 +206,21 @@ class SshRouter(ABC):
             raise DeviceRefused(self.name, f"{what} exited {rc}: {_last_line(err)}")
         return out
 
+    def stream(self, command: str, what: str = "") -> "StreamingExec":
+        """Start a command that does not end by itself (a capture) and hand back its stdout as it arrives.
+        The caller reads with `StreamingExec.read` and ends it with `close`."""
+        what = what or command
+        try:
+            transport = self.client.get_transport()
+            transport.set_keepalive(15)  # type: ignore[union-attr]  # a vanished router: a broken stream, not a silent one
+            channel = transport.open_session(timeout=self.router.timeout)  # type: ignore[union-attr]
+            channel.exec_command(command)
+        except (socket.timeout, TimeoutError):
+            raise DeviceTimeout(self.name, f"{what} did not start within {self.router.timeout:g}s") from None
+        except (paramiko.SSHException, AttributeError) as exc:
+            raise DriverError(self.name, f"SSH error starting {what}: {type(exc).__name__}") from None
+        return StreamingExec(channel, self.name, what)
+
     def _script(self, script: str, args: list[str], what: str) -> str:
         """Run a constant script with quoted positional arguments: the only way values reach the router."""
         return self.run(" ".join(["sh", "-c", shlex.quote(script), "fleet", *(shlex.quote(str(a)) for a in args)]), what=what)
@@ -271,6 +286,44 @@ class SshRouter(ABC):
 
     def close(self) -> None:
         self.client.close()
+
+
+class StreamingExec:
+    """The stdout of a long-running command on the router, read in pieces as they arrive.
+
+    `read(timeout)` returns the bytes available (b"" when `timeout` passed with nothing, so the caller can
+    do timed work between reads) and None at the end of the stream; stderr is kept (its tail only) for the
+    error message when the command ends."""
+
+    def __init__(self, channel: paramiko.Channel, name: str, what: str) -> None:
+        self.channel, self.name, self.what = channel, name, what
+        self._err = bytearray()
+
+    def read(self, timeout: float = 1.0, size: int = 65536) -> bytes | None:
+        self.channel.settimeout(timeout)
+        if self.channel.recv_stderr_ready():
+            self._err += self.channel.recv_stderr(4096)
+            del self._err[:-4096]
+        try:
+            data = self.channel.recv(size)
+        except (socket.timeout, TimeoutError):
+            return b""
+        except (paramiko.SSHException, OSError) as exc:
+            raise DriverError(self.name, f"{self.what}: stream broke ({type(exc).__name__})") from None
+        return data if data else None
+
+    def ended(self) -> str:
+        """Why the stream ended, for the log: the exit status and the last line of stderr."""
+        while self.channel.recv_stderr_ready():
+            self._err += self.channel.recv_stderr(4096)
+        rc = self.channel.recv_exit_status() if self.channel.exit_status_ready() else None
+        return f"{self.what} ended (exit {rc if rc is not None else '?'}): {_last_line(self._err.decode(errors='replace'))}"
+
+    def close(self) -> None:
+        try:
+            self.channel.close()
+        except Exception:   # closing a broken channel must not raise out of a collector
+            pass
 
 
 def _keyvalues(out: str) -> dict[str, str]:

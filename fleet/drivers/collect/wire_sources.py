@@ -1,0 +1,432 @@
+"""The per-server evidence sources a site's collector runs: what the inventory's `capture` and `gateway` name.
+
+- a router capture: `tcpdump -U -w -` run through the router's SSH (the command per router platform is
+  data, pcap_stream.CAPTURE_COMMANDS), its stdout parsed as it arrives;
+- a local capture: tcpdump on a mirror port of this host (needs CAP_NET_RAW);
+- HEP v3 datagrams from the site's SIP servers (the collector's event loop listens; `HepSource` decodes);
+- the gateway's registrar bindings, polled over the router's SSH every `interval` seconds.
+
+Each source runs on its own thread with its own decoder, so a slow or broken one never holds up another,
+and everything it could raise is caught: a malformed stream is logged and the source restarts after a
+pause that grows with each failure. Observations and the SIP datagrams seen reach the collector through
+the two callbacks of `Sink`, which must be safe to call from any thread.
+
+Which phone and server a REGISTER was for follows from the configuration each phone runs (what a rollout
+last pushed, else the inventory): its registration user, and its servers' addresses resolved the way the
+phone resolves them (through the site's DNS server where the inventory names one).
+"""
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from ...inventory import Capture, Credentials, Site
+from ...observe import Observation
+from ...predict import server_timing
+from . import gateway_bindings
+from .local_capture import CaptureUnavailable, start_local_capture
+from .pcap_stream import PcapFormatError, PcapStreamParser, capture_command
+from .sip_transactions import T1_TIMEOUT
+from .wire_decode import Datagram
+from .wire_observations import Attribution, WireTarget, targets_for
+from .wire_pipeline import WireEvidence
+
+log = logging.getLogger(__name__)
+RETARGET_S = 60.0          # how often attribution is rebuilt (DNS answers and pushed configurations change)
+RETARGET_SOON_S = 5.0      # ... or this soon when REGISTERs went to addresses no target has (a rollout moved them)
+BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+@dataclass
+class Sink:
+    """Where sources deliver: `observe(list[Observation])`, and `keep(source, list[Datagram])` for the
+    capture an experiment keeps. Both are called from source threads."""
+    observe: Callable[[list[Observation]], None]
+    keep: Callable[[str, list[Datagram]], None]
+
+
+# ---------------------------------------------------------------- attribution from the phones' configuration
+
+class SiteResolver:
+    """Names resolved as the site's phones resolve them: through the site's DNS server, else this host's."""
+
+    def __init__(self, dns: str | None, timeout: float = 2.0) -> None:
+        self.dns = dns
+        self.timeout = timeout
+        self.cache: dict[str, list[str]] = {}
+
+    def __call__(self, name: str) -> list[str]:
+        try:
+            found = self._query(name)
+        except Exception as exc:  # no answer now: keep what it resolved to before (an outage may block DNS)
+            log.debug("cannot resolve %s: %s", name, exc)
+            found = []
+        if found:
+            self.cache[name] = found
+        return self.cache.get(name, [])
+
+    def _query(self, name: str) -> list[str]:
+        if not self.dns:
+            return sorted({ai[4][0] for ai in socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM)})
+        from dnslib import QTYPE, DNSRecord
+
+        host, _, port = self.dns.rpartition(":")
+        reply = DNSRecord.parse(DNSRecord.question(name, "A").send(host.strip("[]"), int(port), timeout=self.timeout))
+        return sorted({str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A})
+
+
+def phone_servers(params: dict[str, str], reg: int = 1) -> list[dict]:
+    """The servers of one registration with what attribution needs: index, address, port, transport, register."""
+    out = []
+    for y in range(1, 10):
+        timing = server_timing(params, reg, y)
+        if timing is None:
+            continue
+        get = lambda attr: params.get(f"reg.{reg}.server.{y}.{attr}") or params.get(f"voIpProt.server.{y}.{attr}") or ""  # noqa: E731
+        port = get("port")
+        out.append({"index": y, "address": timing.address, "port": int(port) if port.isdigit() else 0,
+                    "transport": get("transport"), "register": timing.register})
+    return out
+
+
+def registration_user(params: dict[str, str], reg: int = 1) -> str:
+    """The user part the phone registers as (reg.x.address, "1001" or "1001@example.com")."""
+    addr = params.get(f"reg.{reg}.address", "")
+    return addr.removeprefix("sip:").split("@", 1)[0]
+
+
+def site_targets(site: Site, params_by_mac: dict[str, dict[str, str]], resolve: Callable[[str], list[str]]
+                 ) -> list[WireTarget]:
+    out: list[WireTarget] = []
+    for phone in site.phones:
+        params = params_by_mac.get(phone.mac) or {}
+        out += targets_for(phone.mac, 1, registration_user(params), phone_servers(params), resolve,
+                           phone_ip=phone.address)
+    return out
+
+
+def transaction_timeouts(targets: list[WireTarget], params_by_mac: dict[str, dict[str, str]]
+                         ) -> dict[tuple[str, int], float]:
+    """Per server address, how long a REGISTER may go unanswered before the phone itself gives up on it
+    (retryTimeOut x (retryMaxCount + 1), else Timer F): the longest among the phones using that address."""
+    out: dict[tuple[str, int], float] = {}
+    for t in targets:
+        timing = server_timing(params_by_mac.get(t.mac, {}), t.reg, t.server)
+        tx = min(T1_TIMEOUT, timing.transaction_timeout) if timing is not None else T1_TIMEOUT
+        out[t.address] = max(out.get(t.address, 0.0), tx)
+    return out
+
+
+def gateway_server(site: Site, params: dict[str, str]) -> int | None:
+    """Which server of this phone the site's gateway is: the inventory says, else the one at its address."""
+    if site.gateway_registrar is not None and site.gateway_registrar.server:
+        return site.gateway_registrar.server
+    return next((s["index"] for s in phone_servers(params) if s["address"] == site.gateway), None)
+
+
+# ---------------------------------------------------------------- sources
+
+class Targets:
+    """The site's targets, rebuilt every RETARGET_S from `params()` (the configuration each phone runs)."""
+
+    def __init__(self, site: Site, params: Callable[[], dict[str, dict[str, str]]]) -> None:
+        self.site, self.params = site, params
+        self.resolve = SiteResolver(site.dns)
+        self.at = 0.0
+        self.wire: list[WireTarget] = []
+        self.by_mac: dict[str, dict[str, str]] = {}
+
+    def refresh(self, force: bool = False, soon: bool = False) -> None:
+        """Rebuild when `force`, when RETARGET_S passed, or (`soon`: traffic nobody's target fits) when
+        RETARGET_SOON_S passed. Sources share one Targets and follow its `generation` (see `follow`)."""
+        age = time.monotonic() - self.at
+        if not force and age < (RETARGET_SOON_S if soon else RETARGET_S):
+            return
+        self.at = time.monotonic()
+        try:
+            by_mac = self.params()
+            self.wire = site_targets(self.site, by_mac, self.resolve)
+            self.by_mac = by_mac
+            self.generation += 1
+        except Exception as exc:
+            log.warning("site %s: cannot rebuild wire targets (%s); keeping the previous ones", self.site.name, exc)
+
+    generation = 0
+
+
+class Follower:
+    """Keeps one pipeline on the site's current targets: call `tick()` about once a second."""
+
+    def __init__(self, ev: WireEvidence, targets: Targets) -> None:
+        self.ev, self.targets = ev, targets
+        self.generation = targets.generation
+        self.unattributed = 0
+
+    def tick(self) -> None:
+        self.refresh()
+        self.apply()
+
+    def refresh(self) -> None:
+        """The slow half (Redis, DNS): may run on another thread than the pipeline's."""
+        stats = self.ev.build.attribution.stats
+        unattributed = stats["unknown_destination"] + stats["no_matching_phone"]
+        self.targets.refresh(soon=unattributed > self.unattributed)
+        self.unattributed = unattributed
+
+    def apply(self) -> None:
+        """The quick half: on the pipeline's own thread."""
+        if self.targets.generation != self.generation:
+            self.generation = self.targets.generation
+            self.ev.build.attribution = Attribution(self.targets.wire)
+            self.ev.matcher.timeouts = transaction_timeouts(self.targets.wire, self.targets.by_mac)
+            self.unattributed = 0
+
+
+class SourceThread(threading.Thread):
+    """One source on a thread of its own: `run_once()` until it returns or raises, then again after a pause
+    (growing with consecutive failures) until `stop()`."""
+
+    label = "source"
+
+    def __init__(self, site: Site, sink: Sink) -> None:
+        super().__init__(name=f"{self.label}-{site.name}", daemon=True)
+        self.site, self.sink = site, sink
+        self.stopping = threading.Event()
+        self.failures = 0
+        self.last_error = ""
+        self.running = threading.Event()     # set while the source delivers (tests and status wait on it)
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            try:
+                self.run_once()
+                self.failures = 0
+            except Exception as exc:  # anything: a source never takes the collector down
+                self.failures = 1 if self.running.is_set() else self.failures + 1   # it had worked: retry soon
+                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                log.warning("collector %s: %s failed (%s); restarting", self.site.name, self.label, self.last_error)
+            self.running.clear()
+            self.stopping.wait(BACKOFF[min(self.failures, len(BACKOFF) - 1)])
+
+    def run_once(self) -> None:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+
+class _WireThread(SourceThread):
+    """Shared by the two capture sources: pcap bytes in, observations out, ticking once a second."""
+
+    source = "wire"
+
+    def __init__(self, site: Site, sink: Sink, capture: Capture, targets: Targets) -> None:
+        super().__init__(site, sink)
+        self.capture, self.targets = capture, targets
+        self.evidence: WireEvidence | None = None
+
+    def _pipeline(self) -> WireEvidence:
+        if self.targets.generation == 0:      # never built yet (run_once builds them before a capture starts)
+            self.targets.refresh(force=True)
+        return WireEvidence(Attribution(self.targets.wire), source=self.source, stamp="local", lapse=True,
+                            timeouts=transaction_timeouts(self.targets.wire, self.targets.by_mac))
+
+    def pump(self, read: Callable[[float], bytes | None]) -> None:
+        """Read until the stream ends or we stop; every framing error ends this run (the caller restarts)."""
+        ev = self.evidence = self._pipeline()
+        follow = Follower(ev, self.targets)
+        parser = PcapStreamParser()
+        next_tick = time.monotonic() + 1.0
+        self.running.set()
+        while not self.stopping.is_set():
+            data = read(0.5)
+            if data is None:
+                if parser.pending:
+                    raise PcapFormatError(f"the capture stream ended inside a record ({parser.pending} bytes)")
+                return
+            out: list[Observation] = []
+            kept: list[Datagram] = []
+            for rec in parser.feed(data) if data else ():
+                dg = ev.decoder.decode(rec.t, rec.linktype, rec.frame)
+                if dg is not None:
+                    kept.append(dg)
+                    out += ev.feed_datagram(dg)
+            if time.monotonic() >= next_tick:
+                next_tick = time.monotonic() + 1.0
+                out += ev.tick()
+                follow.tick()
+            if kept:
+                self.sink.keep(self.source, kept)
+            if out:
+                self.sink.observe(out)
+
+
+class RouterCapture(_WireThread):
+    """tcpdump on the site router, its pcap stdout over the router's SSH."""
+
+    label = "router capture"
+
+    def __init__(self, site: Site, sink: Sink, capture: Capture, targets: Targets, credentials: Credentials) -> None:
+        super().__init__(site, sink, capture, targets)
+        self.credentials = credentials
+
+    def command(self) -> str:
+        ports = tuple(sorted({s["port"] or 5060 for p in self.targets.by_mac.values() for s in phone_servers(p)})) or (5060,)
+        return capture_command(self.capture.platform, self.capture.interface or "any", ports)
+
+    def run_once(self) -> None:
+        from ..router import connect
+
+        assert self.site.router is not None
+        self.targets.refresh(force=True)
+        command = self.command()
+        router = connect(self.site.router, self.credentials)
+        try:
+            stream = router.stream(command, what="capture")     # type: ignore[attr-defined]
+            try:
+                self.pump(stream.read)
+                if not self.stopping.is_set():
+                    raise PcapFormatError(stream.ended())
+            finally:
+                stream.close()
+        finally:
+            router.close()
+
+
+class LocalCapture(_WireThread):
+    """tcpdump on a local interface (a switch mirror port)."""
+
+    label = "local capture"
+
+    def run_once(self) -> None:
+        import select
+
+        self.targets.refresh(force=True)
+        try:
+            proc = start_local_capture(self.capture.interface or "any")
+        except CaptureUnavailable:
+            self.failures = len(BACKOFF)       # not worth retrying quickly: it needs the host changed
+            raise
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+
+        def read(timeout: float) -> bytes | None:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            if not ready:
+                return b""
+            data = proc.stdout.read1(65536)     # type: ignore[union-attr]
+            return data or None
+
+        try:
+            self.pump(read)
+            if not self.stopping.is_set():
+                err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip().splitlines()
+                raise PcapFormatError(f"tcpdump ended: {err[-1] if err else 'no message'}")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except Exception:
+                proc.kill()
+
+
+class HepSource:
+    """HEP v3 from the site's SIP servers: fed by the collector's listener (its event loop), ticked by it."""
+
+    source = "hep"
+
+    def __init__(self, site: Site, sink: Sink, targets: Targets) -> None:
+        """`targets` must be built already (its refresh blocks: not on the event loop)."""
+        self.site, self.sink, self.targets = site, sink, targets
+        self.evidence = WireEvidence(Attribution(targets.wire), source=self.source, stamp="local", lapse=True,
+                                     timeouts=transaction_timeouts(targets.wire, targets.by_mac))
+        self.follow = Follower(self.evidence, targets)
+
+    def on_packet(self, pkt, addr) -> None:
+        from . import hep
+
+        if pkt.proto_type != hep.PROTO_SIP or pkt.ip_proto not in (6, 17):
+            return
+        dg = pkt.datagram()
+        out = self.evidence.feed_datagram(dg)
+        self.sink.keep(self.source, [dg])
+        if out:
+            self.sink.observe(out)
+
+    def tick(self) -> None:
+        """On the event loop (where packets are fed): timeouts and lapses; `follow.refresh` runs elsewhere."""
+        out = self.evidence.tick()
+        self.follow.apply()
+        if out:
+            self.sink.observe(out)
+
+
+def hep_senders(site: Site, capture: Capture) -> list[str]:
+    """Who may send HEP: the inventory's senders, else the site's gateway (resolved when it is a name)."""
+    if capture.senders:
+        return list(capture.senders)
+    try:
+        return sorted({ai[4][0] for ai in socket.getaddrinfo(site.gateway, None, socket.AF_INET)})
+    except OSError:
+        return []
+
+
+async def start_hep(site: Site, capture: Capture, source: HepSource):
+    from .hep_listener import start_hep_listener
+
+    host, _, port = (capture.listen or "").rpartition(":")
+    senders = hep_senders(site, capture)
+    if not senders:
+        raise OSError(f"no HEP sender for site {site.name}: name them in capture.senders")
+    return await start_hep_listener(host.strip("[]"), int(port), senders, source.on_packet)
+
+
+class GatewayPoller(SourceThread):
+    """The gateway's registrar bindings, polled over the router's SSH every `interval` seconds."""
+
+    label = "gateway bindings"
+
+    def __init__(self, site: Site, sink: Sink, targets: Targets, credentials: Credentials) -> None:
+        super().__init__(site, sink)
+        assert site.gateway_registrar is not None
+        self.registrar = site.gateway_registrar
+        self.platform = gateway_bindings.platform(self.registrar.platform)
+        self.targets, self.credentials = targets, credentials
+        self.polls = 0
+
+    def gateway_targets(self) -> list[WireTarget]:
+        out: dict[tuple[str, int], WireTarget] = {}
+        for t in self.targets.wire:      # one per phone (a name resolving to several addresses gives several)
+            if t.server == gateway_server(self.site, self.targets.by_mac.get(t.mac, {})):
+                out.setdefault((t.mac, t.server), t)
+        return list(out.values())
+
+    def run_once(self) -> None:
+        from ..router import connect
+
+        assert self.site.router is not None
+        router = connect(self.site.router, self.credentials)
+        try:
+            self.running.set()
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                self.targets.refresh()
+                text = router.run(self.platform.command, check=False, what=f"{self.registrar.platform} bindings")  # type: ignore[attr-defined]
+                t = time.time()
+                try:
+                    bindings = self.platform.parse(text, t)
+                except gateway_bindings.GatewayOutputError as exc:
+                    log.warning("collector %s: gateway answer not usable: %s", self.site.name, exc)
+                else:
+                    out = gateway_bindings.observations(bindings, self.gateway_targets(), t)
+                    self.polls += 1
+                    if out:
+                        self.sink.observe(out)
+                self.stopping.wait(max(0.0, self.registrar.interval - (time.monotonic() - started)))
+        finally:
+            router.close()
+

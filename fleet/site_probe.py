@@ -1,0 +1,171 @@
+"""Read-only reachability checks for a first day on a site: can fleet reach every device with what the inventory says?
+
+Every check here only reads: the boot server is logged into and one file is
+read (never written), the router gets its own read-only state command (SSH, with
+its host key verified) or SNMP reads, each phone answers one read of its web
+interface or REST API with its credentials, and the collectors' listening
+addresses are bound and released at once. A failed check names the device and
+why, and never carries a secret (driver errors never hold passwords).
+"""
+from __future__ import annotations
+
+import errno
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterable
+
+import requests
+
+from .drivers.errors import DriverError
+from .inventory import Credentials, Inventory, Phone, Secrets, Site
+from .redact import redact_url
+
+DEFAULT_MASTER = "000000000000.cfg"
+STATE_PATH = "/polling/deviceHandler"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One device, one read, one answer: what the probe table shows per row."""
+
+    site: str
+    device: str
+    target: str
+    ok: bool
+    detail: str
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def _device_error(exc: BaseException) -> str:
+    """The driver's own words when it is ours (they name no secret), the exception type otherwise."""
+    if isinstance(exc, DriverError):
+        return str(exc)
+    return f"{type(exc).__name__}"
+
+
+def check_boot_server(site: Site, secrets: Secrets, timeout: float) -> Check:
+    """Log in and read the default master file: proves address, credentials and directory without writing."""
+    from .drivers.publish import open_publisher
+
+    url = site.boot_server.url
+    target = redact_url(url)
+    try:
+        creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else Credentials()
+        pub = open_publisher(url, creds, timeout)
+        try:
+            data = pub.read(DEFAULT_MASTER)
+        finally:
+            pub.close()
+    except Exception as exc:  # a probe reports, never crashes: every device gets its row
+        return Check(site.name, "boot server", target, False, _device_error(exc))
+    found = f"read {DEFAULT_MASTER} ({len(data)} bytes)" if data is not None else f"logged in; no {DEFAULT_MASTER} there"
+    if url.startswith(("http://", "https://")):
+        found += "; the write password is first used by a rollout (reads need none)"
+    return Check(site.name, "boot server", target, True, found)
+
+
+def check_router(site: Site, secrets: Secrets) -> Check | None:
+    """The router driver's read-only state query: SSH host key, login and a harmless command, or SNMP reads."""
+    from .drivers import router as routers
+
+    if site.router is None:
+        return None
+    r = site.router
+    target = f"{r.driver} {r.address}:{r.port}"
+    try:
+        drv = routers.connect(r, secrets.credentials(r.credentials))
+        try:
+            state = drv.wan_state()
+        finally:
+            drv.close()
+    except Exception as exc:
+        return Check(site.name, "router", target, False, _device_error(exc))
+    link = state.get("link") or state.get("oper") or state.get("admin")
+    detail = f"state read; WAN {r.wan_interface}" + (f" {link}" if link else "")
+    return Check(site.name, "router", target, True, detail)
+
+
+def _phone_read(phone: Phone, creds: Credentials, timeout: float) -> str:
+    """One authenticated read the phone's family answers: REST device info, else the state-polling handler."""
+    from .drivers.control.rest import RestPhone, auth_hint, phone_auth
+
+    if phone.family.rest:
+        info = RestPhone(phone, creds, timeout=timeout).device_info()
+        return f"REST device/info answered ({str(info.get('ModelNumber', '?'))[:40]})"
+    name = f"phone {phone.mac} ({phone.address})"
+    try:
+        resp = requests.get(f"http://{phone.address}:{phone.http_port}{STATE_PATH}",
+                            auth=phone_auth(phone, creds), timeout=timeout)
+    except requests.RequestException as exc:
+        raise DriverError(name, f"GET {STATE_PATH}: {type(exc).__name__}") from None
+    if resp.status_code == 401:
+        raise DriverError(name, f"GET {STATE_PATH}: HTTP 401 ({auth_hint(phone, resp)})")
+    if resp.status_code >= 400:
+        raise DriverError(name, f"GET {STATE_PATH}: HTTP {resp.status_code}")
+    return f"web interface answered {STATE_PATH}"
+
+
+def check_phone(site: Site, phone: Phone, secrets: Secrets, timeout: float) -> Check:
+    target = f"{phone.address}:{phone.http_port}"
+    try:
+        detail = _phone_read(phone, secrets.credentials(phone.credentials), timeout)
+    except Exception as exc:
+        return Check(site.name, f"phone {phone.mac}", target, False, _device_error(exc))
+    return Check(site.name, f"phone {phone.mac}", target, True, detail)
+
+
+def _bindable(address: str, kind: int) -> str | None:
+    """None when the address can be listened on now; otherwise why not."""
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, kind)
+    try:
+        sock.bind((host, int(port)))
+    except OSError as exc:
+        if exc.errno == errno.EADDRINUSE:
+            return "in use (is a fleet collector or another listener already running?)"
+        if exc.errno == errno.EADDRNOTAVAIL:
+            return "not an address of this host"
+        if exc.errno == errno.EACCES:
+            return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        return exc.strerror or type(exc).__name__
+    finally:
+        sock.close()
+    return None
+
+
+def check_collector(site: Site) -> list[Check]:
+    out = []
+    for what, address, kind in (("collector syslog", site.collector.syslog, socket.SOCK_DGRAM),
+                                ("collector events", site.collector.events, socket.SOCK_STREAM)):
+        why = _bindable(address, kind)
+        out.append(Check(site.name, what, address, why is None, why or "free"))
+    return out
+
+
+def probe(inv: Inventory, secrets: Secrets, sites: Iterable[str] | None = None, timeout: float = 5.0,
+          concurrency: int = 32, progress: Callable[[int], None] | None = None) -> list[Check]:
+    """Every check of the named sites (all by default), phones in parallel; rows in inventory order."""
+    chosen = [inv.site(s) for s in sites] if sites else list(inv.sites)
+    rows: list[Check] = []
+    for site in chosen:
+        rows.append(check_boot_server(site, secrets, timeout))
+        router = check_router(site, secrets)
+        if router is not None:
+            rows.append(router)
+        rows.extend(check_collector(site))
+        with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(site.phones) or 1))) as pool:
+            for row in pool.map(lambda p, s=site: check_phone(s, p, secrets, timeout), site.phones):
+                rows.append(row)
+                if progress:
+                    progress(1)
+    return rows
+
+
+def device_count(inv: Inventory, sites: Iterable[str] | None = None) -> int:
+    chosen = [inv.site(s) for s in sites] if sites else list(inv.sites)
+    return sum(len(s.phones) for s in chosen)

@@ -1,0 +1,311 @@
+"""Kamailio as a registrar for the lab and the interop tests: one configuration, one way to start and query it.
+
+The namespace lab runs it as the provider and as each site's gateway, the
+userspace lab runs it as a site's gateway (`gateway: kamailio`), and the
+interop tests run it alone. All use this module, so what the lab proves about
+Kamailio is proved about one configuration:
+
+* digest authentication with each user's own password (an htable filled at
+  start-up); a user not in the table is refused with 403, as a real site
+  refuses an unknown extension;
+* usrloc in memory with short timers (min_expires 1 s, timer 1 s), so bindings
+  expire within an experiment;
+* REGISTER saved, SUBSCRIBE and OPTIONS answered, INVITE routed to a binding;
+* optionally `siptrace` sending every request and reply as HEP v3 to a
+  collector (the HOMER convention real SIP servers follow);
+* the `ctl` module's binrpc socket, for `kamcmd ul.dump`.
+
+Kamailio forks into the background with a pid file; `stop` ends it by that pid.
+Started `attached`, it stays a child of the caller instead and gets SIGTERM
+when the caller dies (so a killed lab leaves no Kamailio holding its address).
+"""
+from __future__ import annotations
+
+import glob
+import os
+import shutil
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+TRACE_FLAG = 22
+
+CONFIG = """#!KAMAILIO
+# hil: {role}
+debug=1
+log_stderror=no
+fork=yes
+children=2
+auto_aliases=no
+dns=no
+rev_dns=no
+listen=udp:{address}:{port}
+mpath="{mpath}"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "pv.so"
+loadmodule "maxfwd.so"
+loadmodule "usrloc.so"
+loadmodule "registrar.so"
+loadmodule "textops.so"
+loadmodule "siputils.so"
+loadmodule "sanity.so"
+loadmodule "auth.so"
+loadmodule "htable.so"
+loadmodule "ctl.so"
+loadmodule "kex.so"
+{siptrace_modules}
+modparam("usrloc", "db_mode", 0)
+modparam("usrloc", "timer_interval", 1)
+modparam("registrar", "min_expires", 1)
+modparam("registrar", "default_expires", 60)
+modparam("registrar", "max_expires", {max_expires})
+modparam("htable", "htable", "users=>size=10;")
+modparam("ctl", "binrpc", "unix:{sock}")
+{siptrace_params}
+event_route[htable:mod-init] {{
+{users}
+}}
+request_route {{
+{trace}
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (!sanity_check("1511", "7")) {{ exit; }}
+    if (has_totag()) {{
+        if (loose_route()) {{ t_relay(); exit; }}
+        if (is_method("ACK")) {{ t_check_trans(); }}
+        exit;
+    }}
+    if (is_method("ACK")) {{ t_check_trans(); exit; }}
+    if (is_method("REGISTER|SUBSCRIBE|INVITE")) {{
+        if ($sht(users=>$fU) == $null) {{ sl_send_reply("403", "Forbidden"); exit; }}
+        if (!pv_www_authenticate("{realm}", "$sht(users=>$fU)", "0")) {{ www_challenge("{realm}", "0"); exit; }}
+        consume_credentials();
+    }}
+    if (is_method("REGISTER")) {{ if (!save("location")) {{ sl_reply_error(); }} exit; }}
+    if (is_method("SUBSCRIBE")) {{ sl_send_reply("200", "OK"); exit; }}
+    if (is_method("INVITE")) {{
+        if (!lookup("location")) {{ sl_send_reply("404", "Not Found"); exit; }}
+        record_route();
+        t_relay();
+        exit;
+    }}
+    if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
+    sl_send_reply("405", "Method Not Allowed");
+}}
+"""
+
+SIPTRACE_MODULES = 'loadmodule "siptrace.so"'
+SIPTRACE_PARAMS = """modparam("siptrace", "duplicate_uri", "sip:{host}:{port}")
+modparam("siptrace", "hep_mode_on", 1)
+modparam("siptrace", "hep_version", 3)
+modparam("siptrace", "hep_capture_id", {capture_id})
+modparam("siptrace", "trace_to_database", 0)
+modparam("siptrace", "trace_flag", {flag})
+modparam("siptrace", "trace_on", 1)"""
+TRACE_ROUTE = f"    setflag({TRACE_FLAG});\n    sip_trace();"
+
+
+class KamailioError(RuntimeError):
+    """Kamailio is missing, refused its configuration, or did not come up; the text says which."""
+
+
+def modules_path(module: str = "tm.so") -> str | None:
+    """Where Debian put Kamailio's modules (with a trailing slash, as `mpath` wants it), or None."""
+    found = glob.glob(f"/usr/lib/*/kamailio/modules/{module}") + glob.glob(f"/usr/lib/kamailio/modules/{module}")
+    return str(Path(found[0]).parent) + "/" if found else None
+
+
+def unavailable(siptrace: bool = False) -> str | None:
+    """Why Kamailio cannot run here (for a test's skip reason or the lab's error), or None."""
+    if not shutil.which("kamailio") or not shutil.which("kamcmd"):
+        return "Kamailio is not installed (Debian: apt-get install kamailio; `make test` does this as root)"
+    if not modules_path():
+        return "Kamailio's modules are not installed (Debian: apt-get install kamailio)"
+    if siptrace and not modules_path("siptrace.so"):
+        return "Kamailio's siptrace module is not installed (Debian: apt-get install kamailio)"
+    return None
+
+
+def _quote(value: str, what: str) -> str:
+    if any(c in value for c in '"\\\n\r'):
+        raise ValueError(f"a {what} for Kamailio must not contain quotes, backslashes or line breaks")
+    return value
+
+
+@dataclass
+class KamailioConfig:
+    """What one Kamailio registrar is: where it listens, its realm and users, and where it sends HEP."""
+    address: str
+    port: int
+    realm: str
+    users: dict[str, str]
+    max_expires: int = 3600
+    hep: tuple[str, int] | None = None     # siptrace's HEP v3 destination, None = no tracing
+    capture_id: int = 2001
+    role: str = "registrar"
+
+    def render(self, sock: Path) -> str:
+        mpath = modules_path()
+        if not mpath:
+            raise KamailioError(unavailable() or "Kamailio's modules are not installed")
+        table = "\n".join(f'    $sht(users=>{_quote(u, "SIP user")}) = "{_quote(p, "SIP password")}";'
+                          for u, p in sorted(self.users.items()))
+        trace = self.hep is not None
+        return CONFIG.format(
+            role=self.role, address=self.address, port=self.port, mpath=mpath, sock=sock,
+            realm=_quote(self.realm, "realm"), users=table, max_expires=self.max_expires,
+            siptrace_modules=SIPTRACE_MODULES if trace else "",
+            siptrace_params=SIPTRACE_PARAMS.format(host=self.hep[0], port=self.hep[1], capture_id=self.capture_id,
+                                                   flag=TRACE_FLAG) if self.hep else "",
+            trace=TRACE_ROUTE if trace else "")
+
+
+@dataclass
+class Kamailio:
+    """One Kamailio process with its own work directory (configuration, pid file, control socket)."""
+    config: KamailioConfig
+    workdir: Path
+    pid: int | None = field(default=None, init=False)
+    process: subprocess.Popen | None = field(default=None, init=False, repr=False)
+
+    @property
+    def sock(self) -> Path:
+        return self.workdir / "ctl.sock"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.workdir / "kamailio.pid"
+
+    @property
+    def cfg_file(self) -> Path:
+        return self.workdir / "kamailio.cfg"
+
+    def write_config(self) -> Path:
+        """Write and check the configuration (`kamailio -c`), so a bad one fails here with Kamailio's words."""
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        for p in (self.sock, self.pid_file):
+            p.unlink(missing_ok=True)
+        self.cfg_file.write_text(self.config.render(self.sock))
+        os.chmod(self.cfg_file, 0o600)        # it holds the SIP passwords
+        check = subprocess.run(["kamailio", "-c", "-f", str(self.cfg_file)], capture_output=True, text=True, timeout=30)
+        if check.returncode != 0:
+            raise KamailioError(f"Kamailio refused {self.cfg_file}: {check.stderr.strip()[-600:]}")
+        return self.cfg_file
+
+    def start(self, wrap: list[str] | None = None, timeout: float = 10.0, attached: bool = False) -> Path:
+        """Start it (inside `wrap`, e.g. `ip netns exec NS`); returns the control socket once it is there.
+        `attached`: Kamailio's main process stays our child (-DD) and ends when we do."""
+        self.write_config()
+        argv = [*(wrap or []), "kamailio", "-f", str(self.cfg_file), "-P", str(self.pid_file), "-w", str(self.workdir)]
+        if attached:
+            self.process = subprocess.Popen([*argv, "-DD"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                            stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+        else:
+            res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
+            if res.returncode != 0:
+                raise KamailioError(f"`{' '.join(argv)}` exited {res.returncode}: {res.stderr.strip()[-600:]}")
+        deadline = time.monotonic() + timeout
+        while not self.sock.exists():
+            if self.process is not None and self.process.poll() is not None:
+                err = self.process.stderr.read().decode(errors="replace") if self.process.stderr else ""
+                raise KamailioError(f"Kamailio ({self.config.role}) exited {self.process.returncode}: {err.strip()[-600:]}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise KamailioError(f"Kamailio ({self.config.role}) did not start within {timeout:g}s (no {self.sock})")
+            time.sleep(0.05)
+        if self.process is not None and self.process.stderr:
+            self.process.stderr.close()           # logging goes to syslog (log_stderror=no); nothing more to read
+        try:
+            self.pid = int(self.pid_file.read_text().strip())
+        except (OSError, ValueError):
+            self.pid = None
+        return self.sock
+
+    def stop(self) -> None:
+        """End the main process (its children follow it); a Kamailio already gone is fine."""
+        pid = self.pid
+        if pid is None and self.pid_file.exists():
+            try:
+                pid = int(self.pid_file.read_text().strip())
+            except ValueError:
+                pid = None
+        if pid is None and self.process is not None:
+            pid = self.process.pid
+        if pid is None:
+            return
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+        if self.process is not None:
+            try:
+                self.process.wait(5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(5)
+            self.process = None
+        else:
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    break
+                time.sleep(0.05)
+        self.pid = None
+
+    def kamcmd(self, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
+        return kamcmd(self.sock, *args, timeout=timeout)
+
+    def ul_dump(self, brief: bool = False) -> str:
+        return ul_dump(self.sock, brief=brief)
+
+
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent dies (Linux prctl PR_SET_PDEATHSIG)."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM, 0, 0, 0)
+    except OSError:
+        pass
+
+
+def kamcmd(sock: Path, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
+    """`kamcmd` against one Kamailio's control socket."""
+    return subprocess.run(["kamcmd", "-s", f"unix:{sock}", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def ul_dump(sock: Path, brief: bool = False) -> str:
+    """Kamailio's own view of its bindings (`kamcmd ul.dump`, optionally `brief`)."""
+    return kamcmd(sock, "ul.dump", *(["brief"] if brief else [])).stdout
+
+
+class KamailioGateway:
+    """A site's gateway registrar played by Kamailio (lab file `gateway: kamailio`), in the place and with the
+    interface of the built-in one (start, stop, summary), for hil.lab."""
+
+    def __init__(self, name: str, host: str, port: int, realm: str, users: dict[str, str], workdir: Path,
+                 hep: tuple[str, int] | None = None) -> None:
+        self.name, self.host, self.port = name, host, port
+        self.server = Kamailio(KamailioConfig(host, port, realm, users, hep=hep, role=f"{name} (site gateway)"), workdir)
+
+    @property
+    def ctl(self) -> Path:
+        return self.server.sock
+
+    async def start(self) -> None:
+        """In the event loop's own thread on purpose: the death signal is tied to the thread that forked, and a
+        worker thread of to_thread may end before the lab does. It runs before any phone starts."""
+        self.server.start(attached=True)
+
+    def stop(self) -> None:
+        self.server.stop()
+
+    def summary(self, since: float = 0.0) -> dict:
+        """Kamailio keeps its own books: ask it (`kamcmd ul.dump` over the router's SSH, or on `control_socket`)."""
+        return {"name": self.name, "address": f"{self.host}:{self.port}", "platform": "kamailio",
+                "control_socket": str(self.ctl), "hep": list(self.server.config.hep) if self.server.config.hep else None}

@@ -1,0 +1,105 @@
+"""`fleet inventory check --probe`: every device reached read-only, exactly the broken ones named, nothing changed."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import paramiko
+import pytest
+import yaml
+
+from conftest import lab_spec, run_fleet
+
+pytestmark = pytest.mark.slow
+
+NET = 28   # this module's lab network
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory):
+    return lab_factory(lab_spec("probe", NET, phones=3, boot_protocol="ftp", models=["SoundPoint IP 650", "VVX 410"]))
+
+
+def _tree(path: Path) -> dict[str, str]:
+    return {str(p.relative_to(path)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+MUTATING = {"set", "add", "del", "delete", "replace", "change", "flush", "-A", "-D", "-I", "-F", "-X", "-N"}
+
+
+def _changes(argv: list[str]) -> bool:
+    """A router command that changes something (ip link set, tc qdisc add, iptables -A ...); reads are allowed."""
+    return bool(MUTATING & set(argv))
+
+
+def _device_state(lab) -> dict:
+    """What a probe must leave alone: boot files, the router's commands and link, each phone's boots."""
+    st = lab.status()
+    site = st["sites"][0]
+    return {"boot": _tree(lab.state / "boot-hq"),
+            "router_changes": [c for c in site["router"]["commands"] if _changes(c.get("argv") or [])],
+            "link": site["router"].get("link"),
+            "boots": {p["mac"]: p["boot_count"] for p in st["phones"]}}
+
+
+def _probe(lab, inventory: Path, redis_url: str):
+    out = run_fleet(["inventory", "check", str(inventory), "--probe", "--json", "--timeout", "3"], redis_url, timeout=120)
+    assert out.stdout.strip(), f"no JSON (exit {out.returncode}): {out.stderr[-2000:]}"
+    return out.returncode, json.loads(out.stdout)
+
+
+def test_probe_reaches_every_device_of_the_lab(lab, redis_url):
+    before = _device_state(lab)
+    code, doc = _probe(lab, lab.inventory, redis_url)
+    failed = [c for c in doc["checks"] if not c["ok"]]
+    assert code == 0 and not failed, failed
+    devices = {c["device"] for c in doc["checks"]}
+    phones = {p["mac"] for p in lab.status()["phones"]}
+    assert devices == {"boot server", "router", "collector syslog", "collector events"} | {f"phone {m}" for m in phones}
+    assert _device_state(lab) == before
+
+
+def _broken_inventory(lab, tmp_path: Path) -> tuple[Path, str]:
+    """The lab's inventory with a wrong router host key, a wrong boot password and one phone at a dead address."""
+    inv = yaml.safe_load(lab.inventory.read_text())
+    secrets = yaml.safe_load(Path(inv["secrets_file"]).read_text())
+    site = inv["sites"][0]
+    boot_secret = site["boot_server"]["credentials"]
+    secrets[boot_secret]["password"] = "not-the-password"
+    (tmp_path / "secrets.yml").write_text(yaml.safe_dump(secrets))
+    (tmp_path / "secrets.yml").chmod(0o600)
+    inv["secrets_file"] = str(tmp_path / "secrets.yml")
+    router = site["router"]
+    other = paramiko.RSAKey.generate(1024)   # any key but the router's
+    (tmp_path / "known_hosts").write_text(f"[{router['address']}]:{router['port']} ssh-rsa {other.get_base64()}\n")
+    router["known_hosts"] = str(tmp_path / "known_hosts")
+    dead = site["phones"][1]
+    dead["address"] = dead["address"].rsplit(".", 1)[0] + ".249"   # in the lab's range, nothing listens there
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(inv, sort_keys=False))
+    return path, dead["mac"]
+
+
+def test_probe_names_exactly_the_broken_devices_and_changes_nothing(lab, redis_url, tmp_path):
+    before = _device_state(lab)
+    inventory, dead_mac = _broken_inventory(lab, tmp_path)
+    code, doc = _probe(lab, inventory, redis_url)
+    failed = {c["device"]: c["detail"] for c in doc["checks"] if not c["ok"]}
+    assert code == 1, doc
+    assert set(failed) == {"router", "boot server", f"phone {dead_mac.lower()}"}, failed
+    assert "host key does not match" in failed["router"]
+    assert "not-the-password" not in json.dumps(doc)
+    assert _device_state(lab) == before
+
+
+def test_check_without_probe_validates_only(lab, redis_url, tmp_path):
+    out = run_fleet(["inventory", "check", str(lab.inventory), "--json"], redis_url)
+    assert out.returncode == 0, out.stderr
+    doc = json.loads(out.stdout)
+    assert doc["valid"] and doc["phones"] == 3 and "checks" not in doc
+    bad = tmp_path / "bad.yml"
+    bad.write_text(lab.inventory.read_text().replace("driver: linux_ssh", "driver: cisco_telnet"))
+    out = run_fleet(["inventory", "check", str(bad)], redis_url)
+    assert out.returncode == 2 and "bad.yml" in out.stderr and "driver" in out.stderr, out.stderr

@@ -1,0 +1,300 @@
+"""Unit tests for the rollout's decisions (fleet.rollout_policy): no Redis, no workers, no clock."""
+from __future__ import annotations
+
+import pytest
+
+from fleet import rollout_policy as rp
+from fleet.rollout_policy import Limits
+
+NOW = 10_000.0
+A1, A2, A3, B1, B2 = "0004f2a00001", "0004f2a00002", "0004f2a00003", "0004f2b00001", "0004f2b00002"
+SITES = {A1: "a", A2: "a", A3: "a", B1: "b", B2: "b"}
+
+
+def limits(**kw) -> Limits:
+    base = dict(site_of=SITES, max_unavailable={"a": 1, "b": 1}, budget_total=0, budget_per_site=None,
+                verify_within=120.0, registered_to=(1,), rollback=True, progress_deadline=600.0,
+                dispatch_stall=60.0, defer_retry=5.0)
+    base.update(kw)
+    return Limits(**base)
+
+
+def pending(**states) -> dict[str, dict]:
+    """Every phone pending, except those given as MAC=record."""
+    out = {m: {"state": "pending", "attempt": "1"} for m in SITES}
+    out.update({k: v for k, v in states.items()})
+    return out
+
+
+def reg(t: float, *servers: int) -> dict[int, dict]:
+    return {i: {"state": "registered", "t": t} for i in servers}
+
+
+def kinds(actions) -> list[tuple[str, str]]:
+    return [(a.kind, a.mac) for a in actions]
+
+
+# ---------------------------------------------------------------- dispatch and max_unavailable
+def test_a_fresh_wave_dispatches_one_phone_per_site_within_max_unavailable():
+    s = rp.step(1, [A1, A2, B1], pending(), {}, limits(), NOW)
+    assert s.verdict == rp.CONTINUE and s.actions == []
+    assert kinds(s.dispatch) == [(rp.PUSH, A1), (rp.PUSH, B1)]
+    assert s.dispatch[0].fields == {"state": "dispatched", "dispatched_at": NOW} and s.dispatch[0].task == "push"
+
+
+def test_phones_in_flight_from_an_earlier_wave_hold_their_sites_slots():
+    snap = pending(**{B2: {"state": "verifying", "reboot_at": str(NOW - 5)}})
+    s = rp.step(1, [A1, B1], snap, {}, limits(), NOW)
+    assert kinds(s.dispatch) == [(rp.PUSH, A1)]
+
+
+def test_a_phone_verified_this_pass_frees_its_slot_for_the_next_one():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 30), "attempt": "1"}})
+    s = rp.step(0, [A1, A2], snap, {A1: reg(NOW - 1, 1)}, limits(), NOW)
+    assert kinds(s.actions) == [(rp.VERIFIED, A1)]
+    assert s.actions[0].fields["verified_in"] == 30.0 and s.actions[0].event == {"kind": "verified", "mac": A1, "seconds": 30.0}
+    assert kinds(s.dispatch) == [(rp.PUSH, A2)]
+
+
+def test_the_attempt_number_travels_with_the_push():
+    s = rp.step(0, [A1], pending(**{A1: {"state": "pending", "attempt": "3"}}), {}, limits(), NOW)
+    assert s.dispatch[0].attempt == 3
+
+
+# ---------------------------------------------------------------- verification
+def test_registration_older_than_the_reboot_does_not_verify():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10)}})
+    s = rp.step(0, [A1], snap, {A1: reg(NOW - 11, 1)}, limits(), NOW)
+    assert s.actions == [] and s.verdict == rp.CONTINUE
+
+
+def test_every_required_server_must_report_registered():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10)}})
+    assert rp.step(0, [A1], snap, {A1: reg(NOW, 1)}, limits(registered_to=(1, 2)), NOW).actions == []
+    s = rp.step(0, [A1], snap, {A1: reg(NOW, 1, 2)}, limits(registered_to=(1, 2)), NOW)
+    assert kinds(s.actions) == [(rp.VERIFIED, A1)] and s.verdict == rp.WAVE_DONE
+
+
+def test_a_phone_not_looked_at_this_pass_is_not_verified_on_old_evidence():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10)}})
+    assert rp.step(0, [A1], snap, {}, limits(), NOW).actions == []
+    assert rp.to_observe(snap, {A1, A2}) == [A1]
+
+
+def test_a_phone_that_never_reports_is_rolled_back_after_verify_within():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 121), "attempt": "2"}})
+    s = rp.step(0, [A1, A2], snap, {A1: {}}, limits(budget_total=1), NOW)
+    (a,) = s.actions
+    assert a.kind == rp.FAIL and a.task == "rollback" and a.fields["state"] == "rolling_back"
+    assert a.fields["error"] == "not registered to server(s) [1] within 120s of the reboot"
+    assert a.event["kind"] == "failed"
+    # a rolling-back phone is unavailable: its site's slot stays taken
+    assert s.verdict == rp.CONTINUE and s.dispatch == []
+
+
+def test_without_rollback_a_phone_that_never_reports_fails_and_settles():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 121)}})
+    s = rp.step(0, [A1], snap, {}, limits(rollback=False, budget_total=1), NOW)
+    assert [(a.kind, a.task, a.fields["state"]) for a in s.actions] == [(rp.FAIL, None, "failed")]
+    assert s.verdict == rp.WAVE_DONE
+
+
+def test_at_exactly_verify_within_the_phone_still_has_time():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 120)}})
+    assert rp.step(0, [A1], snap, {}, limits(), NOW).actions == []
+
+
+# ---------------------------------------------------------------- lost tasks and reboot claims
+def test_a_dispatched_task_that_shows_nothing_for_the_stall_time_is_sent_again():
+    snap = pending(**{A1: {"state": "dispatched", "dispatched_at": str(NOW - 61), "attempt": "1"}})
+    (a,) = rp.step(0, [A1], snap, {}, limits(), NOW).actions
+    assert (a.kind, a.task, a.fields) == (rp.RESEND, "push", {"dispatched_at": NOW})
+    snap[A1]["dispatched_at"] = str(NOW - 59)
+    assert rp.step(0, [A1], snap, {}, limits(), NOW).actions == []
+
+
+def test_a_reboot_claimed_but_never_confirmed_sent_is_confirmed_once_per_stall_period():
+    rebooting = {"state": "rebooting", "reboot_at": str(NOW - 61), "attempt": "2"}
+    (a,) = rp.step(0, [A1], pending(**{A1: rebooting}), {}, limits(), NOW).actions
+    assert (a.kind, a.task, a.attempt, a.fields) == (rp.CONFIRM_REBOOT, "push", 2, {"confirm_sent": NOW})
+    # the confirmation was itself lost (a redelivered claim): sent again only once the stall time passed since it
+    again = dict(rebooting, confirm_sent=str(NOW - 30))
+    assert rp.step(0, [A1], pending(**{A1: again}), {}, limits(), NOW).actions == []
+    again["confirm_sent"] = str(NOW - 61)
+    assert kinds(rp.step(0, [A1], pending(**{A1: again}), {}, limits(), NOW).actions) == [(rp.CONFIRM_REBOOT, A1)]
+
+
+def test_a_rebooting_phone_is_never_verified_by_a_registration():
+    snap = pending(**{A1: {"state": "rebooting", "reboot_at": str(NOW - 10)}})
+    assert rp.step(0, [A1], snap, {A1: reg(NOW, 1)}, limits(), NOW).actions == []
+
+
+def test_a_reboot_claim_never_confirmed_fails_after_verify_within_when_the_stall_is_longer():
+    snap = pending(**{A1: {"state": "rebooting", "reboot_at": str(NOW - 50), "confirm_sent": str(NOW - 1)}})
+    (a,) = rp.step(0, [A1], snap, {}, limits(verify_within=40, budget_total=1), NOW).actions
+    assert a.kind == rp.FAIL and a.task == "rollback"
+
+
+# ---------------------------------------------------------------- rollback
+def test_rolled_back_once_server_1_registers_after_the_rollback():
+    snap = pending(**{A1: {"state": "rolling_back", "rollback_at": str(NOW - 20), "error": "x"}})
+    assert rp.step(0, [A1], snap, {A1: reg(NOW - 21, 1)}, limits(budget_total=1), NOW).actions == []
+    s = rp.step(0, [A1], snap, {A1: reg(NOW - 1, 1)}, limits(budget_total=1, registered_to=(2,)), NOW)
+    assert kinds(s.actions) == [(rp.ROLLED_BACK, A1)] and s.verdict == rp.WAVE_DONE
+
+
+def test_a_rollback_that_does_not_re_register_fails_with_both_reasons():
+    snap = pending(**{A1: {"state": "rolling_back", "rollback_at": str(NOW - 121), "error": "not registered"}})
+    (a,) = rp.step(0, [A1], snap, {}, limits(budget_total=1), NOW).actions
+    assert a.kind == rp.ROLLBACK_FAILED and a.fields["state"] == "rollback_failed"
+    assert a.fields["error"] == "not registered; the rolled-back phone did not re-register"
+
+
+def test_a_rollback_not_yet_started_by_its_task_waits():
+    snap = pending(**{A1: {"state": "rolling_back", "rollback_requested": str(NOW - 500)}})
+    assert rp.step(0, [A1], snap, {}, limits(budget_total=1), NOW).actions == []
+
+
+# ---------------------------------------------------------------- failure budgets
+def test_budget_exactly_spent_goes_on_and_one_more_failure_halts():
+    snap = pending(**{A1: {"state": "failed"}, B1: {"state": "rolled_back"}})
+    s = rp.step(1, [A2, B2], snap, {}, limits(budget_total=2), NOW)
+    assert s.verdict == rp.CONTINUE and kinds(s.dispatch) == [(rp.PUSH, A2), (rp.PUSH, B2)]
+    snap[A3] = {"state": "rollback_failed"}
+    s = rp.step(1, [A2, B2], snap, {}, limits(budget_total=2), NOW)
+    assert s.verdict == rp.HALT and s.dispatch == []
+    assert s.reason == "failure budget spent: 3 phones failed (budget 2)"
+
+
+def test_a_phone_being_rolled_back_counts_against_the_budget_as_soon_as_it_fails():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 200)}})
+    s = rp.step(0, [A1], snap, {}, limits(budget_total=0), NOW)
+    assert kinds(s.actions) == [(rp.FAIL, A1)]   # the rollback is still sent before the halt
+    assert s.verdict == rp.HALT and s.reason == "failure budget spent: 1 phones failed (budget 0)"
+
+
+def test_per_site_budget_halts_on_one_site_while_the_total_has_room():
+    snap = pending(**{B1: {"state": "failed"}, B2: {"state": "failed"}})
+    lim = limits(budget_total=5, budget_per_site={"a": 1, "b": 1})
+    s = rp.step(1, [A1, A2], snap, {}, lim, NOW)
+    assert s.verdict == rp.HALT and s.reason == "failure budget of site b spent: 2 phones failed (budget 1)"
+    snap[B2] = {"state": "verified"}
+    assert rp.step(1, [A1, A2], snap, {}, lim, NOW).verdict == rp.CONTINUE
+
+
+def test_failures_of_earlier_waves_count():
+    snap = pending(**{B1: {"state": "failed"}})
+    assert rp.budget_spent(snap, limits(budget_total=0)).startswith("failure budget spent: 1")
+    assert rp.budget_spent(snap, limits(budget_total=1)) == ""
+
+
+def test_canary_failure_with_no_budget_halts_before_any_other_phone_is_sent():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 121)}})
+    s = rp.step(0, [A1], snap, {A1: {}}, limits(budget_total=0), NOW)
+    assert s.verdict == rp.HALT and s.dispatch == []
+    # the canary itself failing in its task (a publish error) halts the same way
+    s = rp.step(0, [A1], pending(**{A1: {"state": "failed", "error": "publish refused"}}), {}, limits(), NOW)
+    assert s.verdict == rp.HALT
+
+
+def test_canary_failure_within_the_budget_ends_the_wave_and_the_next_goes_on():
+    s = rp.step(0, [A1], pending(**{A1: {"state": "rolled_back"}}), {}, limits(budget_total=1), NOW)
+    assert s.verdict == rp.WAVE_DONE
+
+
+# ---------------------------------------------------------------- deferred phones and deadlines
+def test_a_deferred_phone_is_sent_again_only_after_the_retry_time():
+    deferred = {"state": "deferred", "deferred_at": str(NOW - 3)}
+    s = rp.step(0, [A1], pending(**{A1: deferred}), {}, limits(), NOW)
+    assert s.dispatch == [] and s.verdict == rp.CONTINUE
+    deferred["deferred_at"] = str(NOW - 6)
+    assert kinds(rp.step(0, [A1], pending(**{A1: deferred}), {}, limits(), NOW).dispatch) == [(rp.PUSH, A1)]
+
+
+def test_a_deferred_phone_at_the_deadline_halts_the_wave_naming_it():
+    snap = pending(**{A1: {"state": "verified"}, A2: {"state": "deferred", "deferred_at": str(NOW - 1)},
+                      B1: {"state": "dispatched", "dispatched_at": str(NOW - 1)}})
+    s = rp.step(2, [A1, A2, B1], snap, {}, limits(), NOW, deadline_passed=True)
+    assert s.verdict == rp.HALT and s.dispatch == []
+    assert s.reason == (f"wave 2 missed its progress deadline (600s); waiting on "
+                        f"1 deferred as possibly in a call ({A2}), 1 dispatched")
+
+
+def test_a_settled_wave_is_done_even_when_its_deadline_passed():
+    snap = pending(**{A1: {"state": "verified"}, A2: {"state": "skipped"}})
+    assert rp.step(0, [A1, A2], snap, {}, limits(), NOW, deadline_passed=True).verdict == rp.WAVE_DONE
+
+
+def test_the_last_verification_before_the_deadline_still_counts():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10)}})
+    s = rp.step(0, [A1], snap, {A1: reg(NOW, 1)}, limits(), NOW, deadline_passed=True)
+    assert s.verdict == rp.WAVE_DONE and kinds(s.actions) == [(rp.VERIFIED, A1)]
+
+
+def test_budget_spent_wins_over_the_deadline():
+    snap = pending(**{A1: {"state": "failed"}, A2: {"state": "deferred", "deferred_at": str(NOW)}})
+    s = rp.step(0, [A1, A2], snap, {}, limits(), NOW, deadline_passed=True)
+    assert s.verdict == rp.HALT and s.reason.startswith("failure budget spent")
+
+
+# ---------------------------------------------------------------- abort and settling
+def test_abort_stops_before_any_decision():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 500)}})
+    s = rp.step(0, [A1, A2], snap, {}, limits(), NOW, abort=True)
+    assert (s.verdict, s.reason, s.actions, s.dispatch) == (rp.ABORT, "aborted by request", [], [])
+
+
+def test_settling_sends_nothing_new_and_finishes_phones_already_rebooting():
+    states = {A1: {"state": "verifying", "reboot_at": str(NOW - 10)}, A2: {"state": "pending"},
+              A3: {"state": "deferred", "deferred_at": str(NOW - 100)}}
+    actions, done = rp.settle([A1, A2, A3], states, {}, limits(), NOW)
+    assert actions == [] and not done
+    actions, done = rp.settle([A1, A2, A3], states, {A1: reg(NOW, 1)}, limits(), NOW)
+    assert kinds(actions) == [(rp.VERIFIED, A1)] and done
+
+
+def test_settling_waits_for_a_rollback_it_started():
+    states = {A1: {"state": "verifying", "reboot_at": str(NOW - 200)}}
+    actions, done = rp.settle([A1], states, {}, limits(), NOW)
+    assert kinds(actions) == [(rp.FAIL, A1)] and not done
+    assert limits().settle_within == 270
+
+
+def test_the_step_does_not_change_what_it_was_given():
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10)}})
+    before = {m: dict(st) for m, st in snap.items()}
+    rp.step(0, [A1, A2], snap, {A1: reg(NOW, 1)}, limits(), NOW)
+    assert snap == before
+
+
+# ---------------------------------------------------------------- plumbing
+def test_limits_from_a_stored_plan_and_playbook():
+    from fleet.rollout_playbook import RolloutPlaybook
+
+    pb = RolloutPlaybook.model_validate({"kind": "rollout", "name": "t", "params": {"reg.1.label": "x"},
+                                         "verify": {"registered_to": [1, 2], "within": 90}, "rollback": False,
+                                         "strategy": {"progress_deadline": 300}})
+    plan = {"phones": [{"mac": A1, "site": "a"}, {"mac": B1, "site": "b"}], "max_unavailable": {"a": 1, "b": 2},
+            "budget_total": 1, "budget_per_site": None}
+    lim = Limits.of(plan, pb, budget_total=4, dispatch_stall=8)
+    assert (lim.site_of, lim.budget_total, lim.budget_per_site, lim.registered_to, lim.verify_within, lim.rollback,
+            lim.progress_deadline, lim.dispatch_stall) == ({A1: "a", B1: "b"}, 4, None, (1, 2), 90.0, False, 300.0, 8)
+    assert Limits.of(dict(plan, budget_per_site={"a": 0}), pb).budget_per_site == {"a": 0}
+
+
+def test_the_drill_gate_runs_after_a_canary_wave_only():
+    assert rp.drill_due(0, 1, "drill.yml")
+    assert not rp.drill_due(1, 1, "drill.yml") and not rp.drill_due(0, 0, "drill.yml") and not rp.drill_due(0, 1, None)
+
+
+def test_settled_states_agree_with_the_store():
+    from fleet.store import RolloutStore
+
+    assert set(rp.SETTLED) == set(RolloutStore.SETTLED)
+    assert set(rp.FAILED) < set(rp.SETTLED) and not set(rp.IN_FLIGHT) & set(rp.SETTLED)
+
+
+@pytest.mark.parametrize("state", ["pending", "deferred"])
+def test_a_site_at_its_limit_sends_nothing(state):
+    snap = pending(**{A1: {"state": "publishing", "dispatched_at": str(NOW)}, A2: {"state": state, "deferred_at": "0"}})
+    assert rp.step(0, [A2], snap, {}, limits(), NOW).dispatch == []

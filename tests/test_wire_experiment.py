@@ -1,0 +1,172 @@
+"""End to end without our invented syslog line: a WAN outage experiment observed from SIP on the wire and the
+phones' telephone notifications only.
+
+The lab (net 15, one site) has the phones' registration syslog line switched off, as on a SIP 3.x site. The
+inventory names `capture: router lan0`: the collector in a real `fleet worker` runs fleet's capture command
+over the router's SSH and decodes the pcap stream. Each phone's failover and recovery times must agree with
+the lab's ground truth within the sampling interval, the report must name the wire as the source of every
+transition, the call step must learn from the wire (the answered INVITE) that the call went to the gateway,
+and capture.pcap must hold the SIP the run used. A rollout on the same lab verifies `registered_to: [1, 2]`
+after each reboot from the same evidence.
+
+Where Kamailio is installed the site's gateway is Kamailio, as on many real sites: its siptrace sends HEP to
+the collector (`capture: hep ...`) and its registrar is polled with `kamcmd ul.dump` over the router's SSH
+(`gateway: {platform: kamailio}`); both then speak for server 2, the capture for server 1.
+
+The DNS TTL is long (300 s) as on most sites: with the lab's 1 s the phones would re-resolve the provider's
+name at each refresh, the query would fail first (the WAN is down), and the phone would give up on the
+provider without sending a REGISTER, which a SIP capture cannot see.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import dpkt
+import pytest
+import yaml
+
+from conftest import free_port, lab_spec, run_fleet, wait_until
+from fleet.drivers.collect import gateway_bindings as gb
+from fleet.observe import REGISTERED
+from fleet.store import Store
+from hil import kamailio
+
+KAMAILIO_MISSING = kamailio.unavailable(siptrace=True)
+
+pytestmark = pytest.mark.slow
+NET = 15
+SAMPLE = 0.25
+PLAYBOOK = """kind: experiment
+name: wire-only-fallback
+site: hq
+sample_interval: 0.25
+steps:
+  - {name: baseline on the provider, expect: working_server, server: 1, within: 30}
+  - {name: cut the WAN, outage: link-down, max_duration: 120}
+  - {name: phones fall back to the gateway, expect: working_server, server: 2, within: 30, measure: failover}
+  - {name: a call during the outage reaches the gateway, call: "2000", expect_server: 2, within: 10}
+  - {name: bring the WAN back, restore: true}
+  - {name: phones return to the provider, expect: working_server, server: 1, within: 20, measure: recovery}
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory, worker_factory):
+    spec = lab_spec("wireonly", NET, phones=4)
+    spec["syslog_registration_line"] = False
+    spec["timing"]["dns_ttl"] = 300
+    hep = f"127.0.0.1:{free_port()}"
+    if not KAMAILIO_MISSING:
+        spec["sites"][0]["gateway"] = "kamailio"
+        spec["sites"][0]["collector"]["hep"] = hep
+    lab = lab_factory(spec)
+    inv = yaml.safe_load(lab.inventory.read_text())
+    site = inv["sites"][0]
+    site["capture"] = "router lan0"
+    if not KAMAILIO_MISSING:
+        site["capture"] = ["router lan0", f"hep {hep}"]
+        gw = site["gateway"] if isinstance(site["gateway"], dict) else {"address": site["gateway"]}
+        site["gateway"] = {**gw, "platform": "kamailio", "interval": 1}
+    lab.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
+    worker_factory(lab.inventory)
+    return lab
+
+
+def _truth_change_time(status: dict, mac: str, server: int, after: float) -> float | None:
+    for e in status["ground_truth"]["phones"][mac]["events"]:
+        if e["kind"] == "working_server" and e["data"]["server"] == server and e["t"] >= after:
+            return e["t"]
+    return None
+
+
+def test_outage_observed_from_the_wire_and_notifications_agrees_with_ground_truth(lab, redis_url, tmp_path):
+    playbook = tmp_path / "wire-only.yml"
+    playbook.write_text(PLAYBOOK)
+    res = run_fleet(["experiment", "run", str(playbook), "--inventory", str(lab.inventory),
+                     "--report-dir", str(tmp_path / "reports"), "--json"], redis_url)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == 0, res.stderr + res.stdout[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["passed"] is True and len(doc["phones"]) == 4
+
+    call = next(s for s in doc["steps"] if s["name"].startswith("a call"))
+    assert call["passed"] and "server 2" in call["message"], call
+    # the lab's phones still log calls (only the registration line is off): the wire must have seen it as well
+    wire_source = "wire" if KAMAILIO_MISSING else "hep"    # Kamailio's INVITEs bypass the router: HEP shows them
+    assert wire_source in call["message"].split("seen by ", 1)[1], call
+    truth = lab.status()
+    outage = doc["outages"][0]
+    for p in doc["phones"]:
+        sources = {e["source"] for e in p["timeline"] if e.get("kind") == "registration"} - {"state at start"}
+        allowed = {"wire", "event"} | (set() if KAMAILIO_MISSING else {"hep", "gateway"})
+        assert "syslog" not in sources and "wire" in sources and sources <= allowed, (p["mac"], sources)
+        t_fail = _truth_change_time(truth, p["mac"], 2, outage["start"])
+        t_back = _truth_change_time(truth, p["mac"], 1, outage["end"])
+        assert t_fail is not None and t_back is not None, p["mac"]
+        assert abs(outage["start"] + p["failover_s"] - t_fail) <= SAMPLE, (p["mac"], p["failover_s"], t_fail - outage["start"])
+        assert abs(outage["end"] + p["recovery_s"] - t_back) <= SAMPLE, (p["mac"], p["recovery_s"], t_back - outage["end"])
+        moves = [(t["from"], t["to"]) for t in p["transitions"]]
+        assert (1, 2) in moves and (2, 1) in moves, p["transitions"]
+        assert all("wire" in t["sources"] for t in p["transitions"] if (t["from"], t["to"]) in ((1, 2), (2, 1)))
+
+    report_dir = next((tmp_path / "reports").iterdir())
+    assert doc["capture"]["file"] == "capture.pcap" and doc["capture"]["written"] > 0
+    with open(report_dir / "capture.pcap", "rb") as f:
+        payloads = [bytes(dpkt.ip.IP(buf).data.data) for _, buf in dpkt.pcap.Reader(f)]
+    assert sum(p.startswith(b"REGISTER ") for p in payloads) >= 4 and any(p.startswith(b"SIP/2.0 200") for p in payloads)
+    page = (report_dir / "report.html").read_text()
+    assert 'class="register" data-server="1" data-source="wire"' in page
+    assert f'class="register" data-server="2" data-source="{"wire" if KAMAILIO_MISSING else "hep"}"' in page
+
+
+@pytest.mark.skipif(KAMAILIO_MISSING is not None, reason=str(KAMAILIO_MISSING))
+def test_kamailio_gateway_hep_and_bindings_agree_with_its_own_dump(lab, redis_url):
+    """Server 2 as the collector stores it (from Kamailio's HEP and from its bindings polled over SSH) is what
+    `kamcmd ul.dump` says and what the lab's phones think, for every phone."""
+    import subprocess
+
+    store = Store(redis_url)
+    inv = yaml.safe_load(lab.inventory.read_text())
+    phones = {p["mac"]: p["params"]["reg.1.address"] for p in inv["sites"][0]["phones"]}
+
+    def both_sources_say_registered():
+        states = {mac: store.phone_state(mac) for mac in phones}
+        ok = all(st.servers.get(2, {}).get("state") == REGISTERED and {"hep", "gateway"} <= set(st.evidence)
+                 for st in states.values())
+        return states if ok else None
+
+    states = wait_until(both_sources_say_registered, 30, "server 2 registered by HEP and bindings for every phone")
+    ctl = lab.state / "kamailio-hq" / "ctl.sock"
+    dump = subprocess.run(["kamcmd", "-s", f"unix:{ctl}", "ul.dump"], capture_output=True, text=True, timeout=10)
+    bound = {b.user for b in gb.parse_kamailio(dump.stdout) if b.active}
+    assert set(phones.values()) <= bound, (bound, dump.stdout[-1500:])
+    truth = lab.status()["ground_truth"]["phones"]
+    for mac in phones:
+        assert truth[mac]["current"].get("working_server", {}).get("1") == 1, truth[mac]["current"]
+        assert states[mac].working_server == 1, states[mac].to_dict()
+
+
+def test_rollout_verifies_registered_to_both_servers_without_syslog(lab, redis_url, tmp_path):
+    """`verify: registered_to: [1, 2]` after each reboot, with the registration syslog line off: the wire's
+    REGISTER answers (and Kamailio's HEP and bindings, where it runs) are the evidence."""
+    import time
+
+    pb = tmp_path / "expiry.yml"
+    pb.write_text(yaml.safe_dump({
+        "kind": "rollout", "name": "wire-expiry", "params": {"reg.1.server.1.expires": 12},
+        "strategy": {"canary": 1, "wave_size": 2, "max_unavailable": 2, "failure_budget": {"total": 0},
+                     "progress_deadline": 120},
+        "verify": {"registered_to": [1, 2], "within": 25}, "rollback": True}))
+    t0 = time.time()
+    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(lab.inventory), "--json"], redis_url, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-2000:]
+    out = json.loads(res.stdout)
+    assert out["status"] == "done" and out["counts"] == {"total": 4, "verified": 4}, out
+    truth = lab.status()["ground_truth"]["phones"]
+    store = Store(redis_url)
+    for mac in truth:
+        assert any(e["kind"] == "reboot" and e["t"] >= t0 for e in truth[mac]["events"]), mac
+        state = store.phone_state(mac)
+        assert state.servers[1]["source"] == "wire" and state.servers[1]["t"] >= t0, state.to_dict()
+        assert "syslog" not in state.evidence, state.evidence
