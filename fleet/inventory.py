@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from soundpoint import families
+from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
 
 from . import secret_params, validate
-from .yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
 
 MAC_RE = validate.MAC_RE
 CREDENTIALS_RE = r"^(env:)?[A-Za-z0-9_.-]{1,128}$"
@@ -147,7 +147,7 @@ class Phone(Strict):
 
 
 class Router(Strict):
-    driver: Literal["linux_ssh", "snmp"]
+    driver: str = Field(description="a name registered in fleet.drivers.router.DRIVERS")
     address: str
     port: int = Field(22, ge=1, le=65535)
     credentials: str = Field(pattern=CREDENTIALS_RE)
@@ -167,6 +167,13 @@ class Router(Strict):
     @classmethod
     def an_address(cls, v: str) -> str:
         return validate.host(v, "router address")
+
+    @field_validator("driver")
+    @classmethod
+    def a_registered_driver(cls, v: str) -> str:
+        from .drivers.router import check_driver   # here, not at the top: the driver modules import this one
+
+        return check_driver(v)
 
 
 class BootServer(Strict):

@@ -1,55 +1,41 @@
 """The main job, end to end: the virtual lab, a private Redis and a `fleet worker`, then the WAN-outage playbook.
 
-Lives beside the lab, not in `fleet/`: the controller never knows it is talking to a lab. Cleans up after itself.
+Lives beside the lab, not in `fleet/`: the controller never knows it is talking to a lab. The start-up and the
+clean-up are `hil.harness` (the tests and benchmarks use the same); the worker is waited for until it answers
+and its collector listens, not for a fixed time.
 """
 from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 from fleet.redact import redact_url
-from fleet.redisboot import start_private
+
+from .harness import BIN, Harness
 
 ROOT = Path(__file__).resolve().parent.parent
+LAB_FILE = ROOT / "hil/labs/one-site.yml"
 
 
 def main() -> int:
     work = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
     report_dir = ROOT / "reports"
-    procs: list[subprocess.Popen] = []
-    lab_state = work / "lab"
-    url, redis_proc = start_private(work / "redis")
-    procs.append(redis_proc)
-    env = dict(os.environ, FLEET_REDIS_URL=url)
-    bindir = Path(sys.executable).parent
-    print(f"demo: private Redis at {redact_url(url)}", flush=True)
     try:
-        inv = work / "inventory.yml"
-        subprocess.run([bindir / "hil", "up", str(ROOT / "hil/labs/one-site.yml"), "--state-dir", str(lab_state),
-                        "--inventory-out", str(inv)], check=True, env=env)
-        worker_log = open(work / "worker.log", "w")
-        procs.append(subprocess.Popen([bindir / "fleet", "worker", "--inventory", str(inv), "--site", "hq"],
-                                      env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True))
-        time.sleep(3)
-        rc = subprocess.run([bindir / "fleet", "experiment", "run", str(ROOT / "playbooks/wan-outage-fallback.yml"),
-                             "--inventory", str(inv), "--report-dir", str(report_dir)], env=env).returncode
-        subprocess.run([bindir / "fleet", "status"], env=env)
-        return rc
+        with Harness(work) as h:
+            url = h.redis()
+            env = dict(os.environ, FLEET_REDIS_URL=url)
+            print(f"demo: private Redis at {redact_url(url)}", flush=True)
+            lab = h.lab(LAB_FILE, ready_timeout=120, timeout=None)
+            h.worker(lab.inventory, "hq")
+            rc = subprocess.run([BIN / "fleet", "experiment", "run", str(ROOT / "playbooks/wan-outage-fallback.yml"),
+                                 "--inventory", str(lab.inventory), "--report-dir", str(report_dir)], env=env).returncode
+            subprocess.run([BIN / "fleet", "status"], env=env)
+            return rc
     finally:
-        if (lab_state / "control.json").exists():
-            subprocess.run([bindir / "hil", "down", "--state-dir", str(lab_state)], env=env)
-        for p in reversed(procs):
-            try:
-                os.killpg(p.pid, signal.SIGTERM)
-                p.wait(10)
-            except (ProcessLookupError, subprocess.TimeoutExpired):
-                p.kill()
         shutil.rmtree(work, ignore_errors=True)
 
 
