@@ -151,7 +151,9 @@ class Router(Strict):
     address: str
     port: int = Field(22, ge=1, le=65535)
     credentials: str = Field(pattern=CREDENTIALS_RE)
-    wan_interface: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+    wan_interface: str = Field(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$",
+                               description="the WAN interface: its Linux name (linux_ssh) or its ifDescr (snmp, "
+                                           "e.g. GigabitEthernet0/0/1)")
     known_hosts: str | None = Field(None, min_length=1, max_length=4096)
     accept_new_host_key: bool = False
     dns_port: int = Field(53, ge=1, le=65535)
@@ -167,6 +169,14 @@ class Router(Strict):
     @classmethod
     def an_address(cls, v: str) -> str:
         return validate.host(v, "router address")
+
+    @model_validator(mode="after")
+    def linux_interface_name(self) -> "Router":
+        """A Linux interface name has no `/` and at most 15 characters; an SNMP ifDescr may have both."""
+        if self.driver == "linux_ssh" and ("/" in self.wan_interface or len(self.wan_interface) > 15):
+            raise FieldError(("wan_interface",), f"{self.wan_interface!r:.70} is not a Linux interface name "
+                                                 "(at most 15 characters, no /)")
+        return self
 
     @field_validator("driver")
     @classmethod
