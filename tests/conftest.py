@@ -10,6 +10,7 @@ uses its own 127.N.x.x block.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import secrets
 import subprocess
@@ -44,6 +45,35 @@ def redis_url(redis_server):
 @pytest.fixture(scope="session")
 def redis_admin_url(redis_server):
     return redis_server[1]
+
+
+# A one-site inventory with one phone, for unit tests of loading and validation (no lab behind it).
+SMALL_INVENTORY = """name: lab
+secrets_file: secrets.yml
+provider: {name: voip.example}
+sites:
+  - name: hq
+    gateway: 127.10.0.1
+    boot_server: {url: "http://127.10.0.3/", credentials: boot}
+    router: {driver: linux_ssh, address: 127.10.0.1, credentials: r, wan_interface: wan0}
+    phones:
+      - {mac: "0004f2000001", model: VVX 410, address: 127.0.0.2, credentials: admin}
+"""
+
+
+@contextlib.contextmanager
+def router_driver(inventory_path: Path):
+    """The router driver of the inventory's first site, connected with its credentials; closed on exit."""
+    from fleet import inventory
+    from fleet.drivers import router as routers
+
+    inv = inventory.load(str(inventory_path))
+    site = inv.sites[0]
+    d = routers.connect(site.router, inventory.Secrets(inv).credentials(site.router.credentials))
+    try:
+        yield d
+    finally:
+        d.close()
 
 
 RunningLab = Lab      # older names, still imported by test modules

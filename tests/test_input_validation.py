@@ -4,23 +4,13 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from conftest import SMALL_INVENTORY
 from fleet import inventory, playbook
 from soundpoint.yamlfile import FileError
 from hil import labfile
 from hil.config_files import ConfigFileError, parse_master, parse_parameters
 
-INV = """name: lab
-secrets_file: secrets.yml
-provider: {name: voip.example}
-sites:
-  - name: hq
-    gateway: 127.10.0.1
-    boot_server: {url: "http://127.10.0.3/", credentials: boot}
-    router: {driver: linux_ssh, address: 127.10.0.1, credentials: r, wan_interface: wan0}
-    phones:
-      - {mac: "0004f2000001", model: VVX 410, address: 127.0.0.2, credentials: admin}
-      - {mac: "0004f2zz0002", model: VVX 410, address: 127.0.0.3, credentials: admin}
-"""
+INV = SMALL_INVENTORY + '      - {mac: "0004f2zz0002", model: VVX 410, address: 127.0.0.3, credentials: admin}\n'
 
 
 def test_inventory_error_names_file_line_and_field(tmp_path):

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, lab_spec, run_fleet, wait_until
+from conftest import BIN, ROOT, lab_spec, router_driver, run_fleet, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -138,11 +138,8 @@ def nslab(tmp_path_factory):
 
 @pytest.fixture
 def drv(nslab):
-    inv = inventory.load(str(nslab.inventory))
-    site = inv.sites[0]
-    d = routers.connect(site.router, inventory.Secrets(inv).credentials(site.router.credentials))
-    yield d
-    d.close()
+    with router_driver(nslab.inventory) as d:
+        yield d
 
 
 def _oid(name: str) -> str:

@@ -22,9 +22,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, lab_spec, run_fleet, wait_until
-from fleet import inventory, tasks, worker_context
-from fleet.drivers import router as routers
+from conftest import BIN, lab_spec, router_driver, run_fleet, wait_until
+from fleet import tasks, worker_context
 from fleet.drivers.router import OutageSpec
 from fleet.store import Store
 from fleet.task_errors import TaskFailed
@@ -52,11 +51,8 @@ def on_worker(lab, redis_url, monkeypatch):
 
 @pytest.fixture
 def drv(lab):
-    inv = inventory.load(str(lab.inventory))
-    site = inv.sites[0]
-    d = routers.connect(site.router, inventory.Secrets(inv).credentials(site.router.credentials))
-    yield d
-    d.close()
+    with router_driver(lab.inventory) as d:
+        yield d
 
 
 def _oid(name: str) -> str:

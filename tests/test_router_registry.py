@@ -3,21 +3,12 @@ import importlib
 
 import pytest
 
+from conftest import SMALL_INVENTORY
 from fleet import inventory
 from fleet.drivers import router as routers
 from soundpoint.yamlfile import FileError
 
-INV = """name: lab
-secrets_file: secrets.yml
-provider: {name: voip.example}
-sites:
-  - name: hq
-    gateway: 127.10.0.1
-    boot_server: {url: "http://127.10.0.3/", credentials: boot}
-    router: {driver: DRIVER, address: 127.10.0.1, credentials: r, wan_interface: wan0}
-    phones:
-      - {mac: "0004f2000001", model: VVX 410, address: 127.0.0.2, credentials: admin}
-"""
+INV = SMALL_INVENTORY.replace("driver: linux_ssh", "driver: DRIVER")
 
 
 @pytest.mark.parametrize("name", sorted(routers.DRIVERS))
