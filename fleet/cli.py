@@ -100,6 +100,21 @@ def _inventory(path: str):
         _fail(f"invalid inventory: {exc}", EXIT_INPUT)
 
 
+def _load_checked(module, playbook_path: str, inventory_path: str):
+    """A playbook (`module.load`), the inventory, and the playbook checked against it (`module.check_against`):
+    the experiment and the rollout playbooks load the same way, and any error exits 2 before anything is touched."""
+    try:
+        pb = module.load(playbook_path)
+    except FileError as exc:
+        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
+    inv = _inventory(inventory_path)
+    try:
+        module.check_against(pb, inv, playbook_path)
+    except FileError as exc:
+        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
+    return pb, inv
+
+
 def _check_sites(inv, sites) -> None:
     """Every --site must be in the inventory: a typo stops here, not in a worker's first task."""
     for s in sites:
@@ -131,15 +146,7 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     """Run an experiment PLAYBOOK against its site; exit 0 only if every expectation held."""
     from . import playbook as pb_mod
 
-    try:
-        pb = pb_mod.load(playbook_path)
-    except FileError as exc:
-        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
-    inv = _inventory(inventory_path)
-    try:
-        pb_mod.check_against(pb, inv, playbook_path)
-    except FileError as exc:
-        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
+    pb, inv = _load_checked(pb_mod, playbook_path, inventory_path)
     # everything is validated: only now the heavy imports (Celery, the runner)
     from . import report
     from .celeryapp import configure
@@ -243,16 +250,7 @@ def _load_rollout(playbook_path: str, inventory_path: str):
     """Playbook, inventory, secrets and every cross-check between them, before anything is touched."""
     from . import rollout_playbook
 
-    try:
-        pb = rollout_playbook.load(playbook_path)
-    except FileError as exc:
-        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
-    inv = _inventory(inventory_path)
-    try:
-        rollout_playbook.check_against(pb, inv, playbook_path)
-    except FileError as exc:
-        _fail(f"invalid playbook: {exc}", EXIT_INPUT)
-    return pb, inv
+    return _load_checked(rollout_playbook, playbook_path, inventory_path)
 
 
 def _plan(pb, inv, rid: str, last_pushed: dict | None, playbook_path: str):

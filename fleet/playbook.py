@@ -21,6 +21,17 @@ class Strict(BaseModel):
 StepName = Annotated[str, Field(min_length=1, max_length=200)]
 
 
+def _each(values: list, check) -> list:
+    """`check` applied to every item; a bad one is reported at its index (`steps[2].macs[1]`), not at the list."""
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(check(value))
+        except ValueError as exc:
+            raise FieldError((i,), str(exc)) from None
+    return out
+
+
 class Selector(Strict):
     """Which phones a step is about: all of the site's, or some by MAC or model."""
     macs: list[str] = []
@@ -29,26 +40,12 @@ class Selector(Strict):
     @field_validator("macs", mode="before")
     @classmethod
     def mac_list(cls, v):
-        if not isinstance(v, list):
-            return v
-        out = []
-        for i, m in enumerate(v):
-            try:
-                out.append(validate.mac(m))
-            except ValueError as exc:
-                raise FieldError((i,), str(exc)) from None
-        return out
+        return _each(v, validate.mac) if isinstance(v, list) else v
 
     @field_validator("models")
     @classmethod
     def model_list(cls, v: list[str]) -> list[str]:
-        out = []
-        for i, m in enumerate(v):
-            try:
-                out.append(validate.phone_model(m))
-            except ValueError as exc:
-                raise FieldError((i,), str(exc)) from None
-        return out
+        return _each(v, validate.phone_model)
 
 
 class _Named(Strict):
