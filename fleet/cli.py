@@ -16,6 +16,7 @@ import socket
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 from rich.console import Console
@@ -23,6 +24,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from soundpoint.cli_exit import ExitCodeGroup, one_line
 from soundpoint.yamlfile import FileError
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
@@ -38,9 +40,8 @@ def _fail(message: str, code: int) -> None:
 _URL_CREDENTIALS = re.compile(r"(://)[^/@\s]*@")
 
 
-def _one_line(exc: BaseException) -> str:
-    text = " ".join(str(exc).split())[:300]
-    return _URL_CREDENTIALS.sub(r"\1***@", text)
+def _one_line(exc: BaseException | str) -> str:
+    return _URL_CREDENTIALS.sub(r"\1***@", one_line(exc))
 
 
 def _infra(exc: BaseException) -> bool:
@@ -50,26 +51,19 @@ def _infra(exc: BaseException) -> bool:
                                                         and "rror" in type(exc).__name__)
 
 
-class _Cli(click.Group):
+class _Cli(ExitCodeGroup):
     """Maps every way a command can end onto the exit code table above; never a traceback for the user."""
 
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except FileError as exc:
-            _fail(f"invalid input: {exc}", EXIT_INPUT)
-        except KeyboardInterrupt:
-            err.print("interrupted")
-            sys.exit(EXIT_INTERRUPTED)
-        except Exception as exc:
-            if os.environ.get("FLEET_DEBUG"):
-                raise
-            if _infra(exc):
-                _fail(f"runtime error: {type(exc).__name__}: {_one_line(exc)}", EXIT_INFRA)
-            _fail(f"internal error: {type(exc).__name__}: {_one_line(exc)} (FLEET_DEBUG=1 shows the traceback)",
-                  EXIT_INTERNAL)
+    debug_env = "FLEET_DEBUG"
+
+    def bad_input(self, exc: FileError) -> NoReturn:
+        _fail(f"invalid input: {exc}", EXIT_INPUT)
+
+    def unexpected(self, exc: Exception) -> NoReturn:
+        if _infra(exc):
+            _fail(f"runtime error: {type(exc).__name__}: {_one_line(exc)}", EXIT_INFRA)
+        _fail(f"internal error: {type(exc).__name__}: {_one_line(exc)} (FLEET_DEBUG=1 shows the traceback)",
+              EXIT_INTERNAL)
 
 
 def _store():

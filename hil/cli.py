@@ -21,10 +21,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import requests
 
+from soundpoint.cli_exit import ExitCodeGroup, one_line
 from soundpoint.yamlfile import FileError
 
 from . import labfile
@@ -53,27 +55,20 @@ def _control(state_dir: Path) -> dict:
         raise LabError(f"{path} is damaged; remove it if no lab is running") from None
 
 
-class _Cli(click.Group):
+class _Cli(ExitCodeGroup):
     """Every way a command ends maps onto the exit code table; never a traceback for the user."""
 
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
-            raise
-        except FileError as exc:
-            raise InputError(str(exc)) from None
-        except KeyboardInterrupt:
-            click.echo("interrupted", err=True)
-            sys.exit(EXIT_INTERRUPTED)
-        except Exception as exc:
-            if os.environ.get("HIL_DEBUG"):
-                raise
-            message = " ".join(str(exc).split())[:300]
-            if isinstance(exc, (OSError, requests.RequestException)):
-                raise LabError(f"{type(exc).__name__}: {message}") from None
-            click.echo(f"Error: internal error: {type(exc).__name__}: {message} (HIL_DEBUG=1 shows the traceback)", err=True)
-            sys.exit(EXIT_INTERNAL)
+    debug_env = "HIL_DEBUG"
+
+    def bad_input(self, exc: FileError) -> NoReturn:
+        raise InputError(str(exc)) from None
+
+    def unexpected(self, exc: Exception) -> NoReturn:
+        message = one_line(exc)
+        if isinstance(exc, (OSError, requests.RequestException)):
+            raise LabError(f"{type(exc).__name__}: {message}") from None
+        click.echo(f"Error: internal error: {type(exc).__name__}: {message} (HIL_DEBUG=1 shows the traceback)", err=True)
+        sys.exit(EXIT_INTERNAL)
 
 
 @click.group(help=__doc__, cls=_Cli)
