@@ -21,31 +21,10 @@ class Strict(BaseModel):
 StepName = Annotated[str, Field(min_length=1, max_length=200)]
 
 
-def _each(values: list, check) -> list:
-    """`check` applied to every item; a bad one is reported at its index (`steps[2].macs[1]`), not at the list."""
-    out = []
-    for i, value in enumerate(values):
-        try:
-            out.append(check(value))
-        except ValueError as exc:
-            raise FieldError((i,), str(exc)) from None
-    return out
-
-
 class Selector(Strict):
     """Which phones a step is about: all of the site's, or some by MAC or model."""
-    macs: list[str] = []
-    models: list[str] = []
-
-    @field_validator("macs", mode="before")
-    @classmethod
-    def mac_list(cls, v):
-        return _each(v, validate.mac) if isinstance(v, list) else v
-
-    @field_validator("models")
-    @classmethod
-    def model_list(cls, v: list[str]) -> list[str]:
-        return _each(v, validate.phone_model)
+    macs: validate.MacList = []
+    models: validate.ModelList = []
 
 
 class _Named(Strict):

@@ -41,30 +41,10 @@ def amount(value: int | str, of: int) -> int:
     return int(text)
 
 
-def _each(v: list, check) -> list:
-    out = []
-    for i, item in enumerate(v):
-        try:
-            out.append(check(item))
-        except ValueError as exc:
-            raise FieldError((i,), str(exc)) from None
-    return out
-
-
 class Targets(Strict):
     sites: list[str] = Field(default=[], description="empty: every site")
-    models: list[str] = []
-    macs: list[str] = []
-
-    @field_validator("macs", mode="before")
-    @classmethod
-    def mac_list(cls, v):
-        return _each(v, validate.mac) if isinstance(v, list) else v
-
-    @field_validator("models")
-    @classmethod
-    def model_list(cls, v: list[str]) -> list[str]:
-        return _each(v, validate.phone_model)
+    models: validate.ModelList = []
+    macs: validate.MacList = []
 
 
 class FailureBudget(Strict):

@@ -11,6 +11,9 @@ import ipaddress
 import math
 import re
 from functools import lru_cache
+from typing import Annotated
+
+from pydantic import AfterValidator, BeforeValidator
 
 from soundpoint import families
 
@@ -196,6 +199,27 @@ def did_you_mean(value: str, choices) -> str:
     close = difflib.get_close_matches(value, list(choices), n=1)
     return f" (did you mean {close[0]}?)" if close else ""
 
+
+def each(values, check):
+    """`check` on every item of a list; a bad item is named by its index (`targets.macs[1]`), not as the list.
+    Anything but a list is returned as it is, for pydantic to refuse in its own words."""
+    from soundpoint.yamlfile import FieldError
+
+    if not isinstance(values, list):
+        return values
+    out = []
+    for i, value in enumerate(values):
+        try:
+            out.append(check(value))
+        except ValueError as exc:
+            raise FieldError((i,), str(exc)) from None
+    return out
+
+
+# The phone selectors of both playbook kinds (experiment `phones:`, rollout `targets:`): MACs normalised
+# before pydantic's strict check (an upper-case MAC is fine), model names checked after it.
+MacList = Annotated[list[str], BeforeValidator(lambda v: each(v, mac))]
+ModelList = Annotated[list[str], AfterValidator(lambda v: each(v, phone_model))]
 
 # ----------------------------------------------------------------- phone parameters
 _lookup = lru_cache(maxsize=4096)(polycom.lookup)   # the catalogue is a list of regexes; names repeat per phone
