@@ -77,25 +77,26 @@ class Provisioning:
         for name in master.override_files(self.mac):   # absent is normal: nothing was changed on the phone
             body = await self._fetch(name)
             if body is not None:
-                try:
-                    layers.append(parse_parameters(name, body))
-                    read.append(name)
-                except ConfigFileError as exc:
-                    self.boot_errors.append(str(exc))
+                self._parse_into(name, body, layers, read)
         overrides = list(read)
         for name in master.files_for(self.mac, self.spec.model):
             body = await self._fetch(name)
             if body is None:
                 self.boot_errors.append(f"{name}: not found")
                 continue
-            try:
-                layers.append(parse_parameters(name, body))
-                read.append(name)
-            except ConfigFileError as exc:
-                self.boot_errors.append(str(exc))
+            self._parse_into(name, body, layers, read)
         applied = merge_first_wins(layers)
         self._record_applied(master_name, read, overrides, layers, applied)
         return applied
+
+    def _parse_into(self, name: str, body: bytes, layers: list[dict[str, str]], read: list[str]) -> None:
+        """One fetched file's parameters appended as the next layer; a file the phone cannot parse is a boot
+        error (the phone goes on with the rest, as a real one does)."""
+        try:
+            layers.append(parse_parameters(name, body))
+            read.append(name)
+        except ConfigFileError as exc:
+            self.boot_errors.append(str(exc))
 
     def _record_applied(self, master_name: str, read: list[str], overrides: list[str],
                         layers: list[dict[str, str]], applied: dict[str, str]) -> None:

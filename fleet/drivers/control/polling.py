@@ -17,8 +17,8 @@ import requests
 from requests.auth import HTTPDigestAuth
 
 from ...inventory import Credentials, Phone
-from ..errors import DeviceRefused, DeviceTimeout, MalformedAnswer
-from .rest import auth_hint, phone_auth
+from ..errors import DeviceTimeout, MalformedAnswer
+from .rest import auth_hint, phone_auth, refuse_error_status
 
 CALL_STATE_PATH = "/polling/callStateHandler"
 
@@ -30,10 +30,7 @@ def _get(phone: Phone, credentials: Credentials, timeout: float, digest_only: bo
         resp = requests.get(f"http://{phone.address}:{phone.http_port}{CALL_STATE_PATH}", auth=auth, timeout=timeout)
     except requests.RequestException as exc:
         raise DeviceTimeout(name, f"GET {CALL_STATE_PATH}: {type(exc).__name__}") from None
-    if resp.status_code == 401:
-        raise DeviceRefused(name, f"GET {CALL_STATE_PATH}: HTTP 401 ({auth_hint(phone, resp)})")
-    if not resp.ok:
-        raise DeviceRefused(name, f"GET {CALL_STATE_PATH}: HTTP {resp.status_code}")
+    refuse_error_status(name, f"GET {CALL_STATE_PATH}", resp, lambda: auth_hint(phone, resp))
     return resp
 
 

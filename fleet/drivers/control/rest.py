@@ -9,6 +9,7 @@ malformed answer never escapes as a traceback.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
@@ -41,10 +42,7 @@ class RestPhone:
             raise DeviceTimeout(self.name, f"{method} {path}: no answer within {self.timeout:g}s") from None
         except requests.RequestException as exc:
             raise DeviceTimeout(self.name, f"{method} {path}: {type(exc).__name__}") from None
-        if resp.status_code == 401:
-            raise DeviceRefused(self.name, f"{method} {path}: HTTP 401 ({auth_hint(self.phone, resp)})")
-        if resp.status_code >= 400:
-            raise DeviceRefused(self.name, f"{method} {path}: HTTP {resp.status_code}")
+        refuse_error_status(self.name, f"{method} {path}", resp, lambda: auth_hint(self.phone, resp))
         try:
             doc = resp.json()
         except ValueError:
@@ -91,6 +89,14 @@ def auth_hint(phone: Phone, resp: requests.Response) -> str:
         return (f"the phone asks for {asked} authentication, the inventory says {phone.http_auth}; "
                 f"set http_auth: {asked} for it only if it really is that phone")
     return "credentials refused"
+
+
+def refuse_error_status(name: str, what: str, resp: requests.Response, why_401: Callable[[], str]) -> None:
+    """An error status as DeviceRefused naming the device and the request; a 401 says why (`why_401()`)."""
+    if resp.status_code == 401:
+        raise DeviceRefused(name, f"{what}: HTTP 401 ({why_401()})")
+    if resp.status_code >= 400:
+        raise DeviceRefused(name, f"{what}: HTTP {resp.status_code}")
 
 
 _UPTIME = re.compile(r"^\s*(?:(\d+)\s+Days?\s+)?(\d+):(\d{1,2}):(\d{1,2})\s*$", re.IGNORECASE)

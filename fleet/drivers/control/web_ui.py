@@ -11,6 +11,7 @@ from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 
 from ...inventory import Credentials, Phone
 from ..errors import DeviceRefused, DeviceTimeout
+from .rest import refuse_error_status
 
 REBOOT_PATH = "/form-submit/Reboot"
 REALM = "SPIP Configuration"
@@ -34,7 +35,4 @@ def reboot(phone: Phone, credentials: Credentials, timeout: float = 5.0) -> None
             first = requests.post(url, auth=auth, timeout=timeout)
     except requests.RequestException as exc:
         raise DeviceTimeout(name, f"POST {REBOOT_PATH}: {type(exc).__name__}") from None
-    if first.status_code == 401:
-        raise DeviceRefused(name, f"POST {REBOOT_PATH}: HTTP 401 (admin credentials refused)")
-    if not first.ok:
-        raise DeviceRefused(name, f"POST {REBOOT_PATH}: HTTP {first.status_code}")
+    refuse_error_status(name, f"POST {REBOOT_PATH}", first, lambda: "admin credentials refused")
