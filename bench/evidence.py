@@ -50,14 +50,19 @@ def phone(i: int) -> tuple[str, str, str]:
     return f"0004f2{i:06x}", f"{2000 + i}", f"192.168.{1 + i // 250}.{2 + i % 250}"
 
 
+def _dialog(user: str, ip: str, server: tuple[str, int], cseq: int, via_received: str, to_tag: str) -> str:
+    """The header lines a REGISTER and its answer share (Via, From, To, Call-ID, CSeq)."""
+    return (f"Via: SIP/2.0/UDP {ip}:5060;branch=z9hG4bK{user}x{cseq}x{server[0]};rport{via_received}\r\n"
+            f"From: \"{user}\" <sip:{user}@{server[0]}>;tag=ab{user}\r\n"
+            f"To: <sip:{user}@{server[0]}>{to_tag}\r\n"
+            f"Call-ID: {user}-{server[0]}@{ip}\r\n"
+            f"CSeq: {cseq} REGISTER\r\n")
+
+
 def register(user: str, ip: str, server: tuple[str, int], cseq: int) -> bytes:
     return (f"REGISTER sip:{server[0]} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {ip}:5060;branch=z9hG4bK{user}x{cseq}x{server[0]};rport\r\n"
-            f"From: \"{user}\" <sip:{user}@{server[0]}>;tag=ab{user}\r\n"
-            f"To: <sip:{user}@{server[0]}>\r\n"
-            f"Call-ID: {user}-{server[0]}@{ip}\r\n"
-            f"CSeq: {cseq} REGISTER\r\n"
-            f"Contact: <sip:{user}@{ip}:5060>;methods=\"INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE, SUBSCRIBE, NOTIFY, PRACK, UPDATE, REFER\"\r\n"
+            + _dialog(user, ip, server, cseq, "", "")
+            + f"Contact: <sip:{user}@{ip}:5060>;methods=\"INVITE, ACK, BYE, CANCEL, OPTIONS, INFO, MESSAGE, SUBSCRIBE, NOTIFY, PRACK, UPDATE, REFER\"\r\n"
             f"User-Agent: PolycomSoundPointIP-SPIP_550-UA/3.3.5.0247\r\n"
             f"Accept-Language: en\r\n"
             f"Max-Forwards: 70\r\n"
@@ -66,13 +71,9 @@ def register(user: str, ip: str, server: tuple[str, int], cseq: int) -> bytes:
 
 
 def ok(user: str, ip: str, server: tuple[str, int], cseq: int) -> bytes:
-    return (f"SIP/2.0 200 OK\r\n"
-            f"Via: SIP/2.0/UDP {ip}:5060;branch=z9hG4bK{user}x{cseq}x{server[0]};rport=5060;received={ip}\r\n"
-            f"From: \"{user}\" <sip:{user}@{server[0]}>;tag=ab{user}\r\n"
-            f"To: <sip:{user}@{server[0]}>;tag=srv{user}\r\n"
-            f"Call-ID: {user}-{server[0]}@{ip}\r\n"
-            f"CSeq: {cseq} REGISTER\r\n"
-            f"Contact: <sip:{user}@{ip}:5060>;expires=3600\r\n"
+    return ("SIP/2.0 200 OK\r\n"
+            + _dialog(user, ip, server, cseq, f"=5060;received={ip}", f";tag=srv{user}")
+            + f"Contact: <sip:{user}@{ip}:5060>;expires=3600\r\n"
             f"Server: kamailio (5.6.3 (x86_64/linux))\r\n"
             f"Content-Length: 0\r\n\r\n").encode()
 
