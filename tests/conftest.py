@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import secrets
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -74,6 +75,24 @@ def router_driver(inventory_path: Path):
         yield d
     finally:
         d.close()
+
+
+def require_loopback_capture() -> None:
+    """Skip the calling test unless tcpdump can capture on `lo` here (it needs tcpdump and CAP_NET_RAW)."""
+    from fleet.drivers.collect.local_capture import CaptureUnavailable, check_capture
+
+    try:
+        check_capture("lo")
+    except CaptureUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+def udp_socket(timeout: float | None = None) -> socket.socket:
+    """A UDP socket bound to a free port on 127.0.0.1."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.settimeout(timeout)
+    return sock
 
 
 RunningLab = Lab      # older names, still imported by test modules

@@ -20,11 +20,10 @@ import asyncssh
 import pytest
 import yaml
 
-from conftest import free_port, wait_until
+from conftest import free_port, require_loopback_capture, udp_socket, wait_until
 from fleet.collector import SiteCollector
 from fleet.site_registry import register_site
 from fleet.drivers.collect import hep
-from fleet.drivers.collect.local_capture import CaptureUnavailable, check_capture
 from fleet.inventory import Inventory, Secrets
 from fleet.observe import REGISTERED, UNREGISTERED
 from fleet.store import Store
@@ -149,13 +148,8 @@ def _server_state(store: Store, mac: str, server: int) -> dict:
 
 
 def test_router_capture_and_hep_give_per_server_state_through_the_store(tmp_path, ssh_router, store):
-    try:
-        check_capture("lo")
-    except CaptureUnavailable as exc:
-        pytest.skip(str(exc))
-    provider = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    provider.bind(("127.0.0.1", 0))
-    provider.settimeout(0.3)
+    require_loopback_capture()
+    provider = udp_socket(timeout=0.3)
     gw_port, hep_port = free_port(), free_port()
     inv = _inventory(tmp_path, ssh_router, (provider.getsockname()[1], gw_port), ["router lo", f"hep 127.0.0.1:{hep_port}"])
     exp = store.new_experiment("wire", "wire-test")

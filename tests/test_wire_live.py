@@ -25,7 +25,7 @@ from hil import kamailio as kam
 from sipwire import digest
 from sipwire import message as sip
 
-from conftest import await_until, wait_until
+from conftest import await_until, require_loopback_capture, udp_socket, wait_until
 
 pytestmark = pytest.mark.lab
 PASSWORD = "gw-Secret-7"
@@ -113,16 +113,10 @@ def test_local_capture_on_loopback_sees_a_register_and_its_answer():
     """The mirror-port input for real: tcpdump on `lo` (needs tcpdump and CAP_NET_RAW), its pcap stdout
     through iter_pcap into the pipeline."""
     import threading
-    from fleet.drivers.collect.local_capture import CaptureUnavailable, check_capture, start_local_capture
+    from fleet.drivers.collect.local_capture import start_local_capture
     from fleet.drivers.collect.pcap_stream import iter_pcap
-    try:
-        check_capture("lo")
-    except CaptureUnavailable as exc:
-        pytest.skip(str(exc))
-    server_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    server_sock.bind(("127.0.0.1", 0))
-    phone_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    phone_sock.bind(("127.0.0.1", 0))
+    require_loopback_capture()
+    server_sock, phone_sock = udp_socket(), udp_socket()
     server = server_sock.getsockname()
     ev = WireEvidence(Attribution([WireTarget("0004f2ab0001", 1, 1, server, "4001")]))
     proc = start_local_capture("lo", ports=(server[1],))
