@@ -15,12 +15,13 @@ from urllib.parse import unquote, urlsplit
 
 from ...inventory import Credentials
 from ..errors import DeviceRefused
+from .base import DirectoryPublisher
 from .names import check_name, shown, temp_name
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 
 
-class LocalPublisher:
+class LocalPublisher(DirectoryPublisher):
     def __init__(self, url: str, credentials: Credentials, timeout: float) -> None:
         raw = unquote(urlsplit(url).path)
         self.name = f"boot directory {raw!r:.200}"
@@ -44,7 +45,7 @@ class LocalPublisher:
         except FileNotFoundError:
             return None
 
-    def _refused(self, verb: str, filename: str, exc: OSError) -> DeviceRefused:
+    def _failure(self, verb: str, filename: str, exc: OSError) -> DeviceRefused:
         return DeviceRefused(self.name, f"cannot {verb} {shown(filename)}: {exc.strerror or type(exc).__name__}")
 
     def read(self, filename: str) -> bytes | None:
@@ -57,7 +58,7 @@ class LocalPublisher:
             st = self._lstat(name)
             if st is not None and stat.S_ISLNK(st.st_mode):
                 raise DeviceRefused(self.name, f"{shown(name)} is a symbolic link: fleet does not read through it") from None
-            raise self._refused("read", name, exc) from None
+            raise self._failure("read", name, exc) from None
         try:
             mode = os.fstat(fd).st_mode
             if not stat.S_ISREG(mode):
@@ -68,7 +69,7 @@ class LocalPublisher:
                 chunks.append(chunk)
             return b"".join(chunks)
         except OSError as exc:
-            raise self._refused("read", name, exc) from None
+            raise self._failure("read", name, exc) from None
         finally:
             os.close(fd)
 
@@ -77,7 +78,7 @@ class LocalPublisher:
         try:
             st = self._lstat(name)
         except OSError as exc:
-            raise self._refused("write", name, exc) from None
+            raise self._failure("write", name, exc) from None
         if st is not None and stat.S_ISDIR(st.st_mode):
             raise DeviceRefused(self.name, f"cannot write {shown(name)}: it is a directory")
         keep_mode = stat.S_IMODE(st.st_mode) if st is not None and stat.S_ISREG(st.st_mode) else None
@@ -85,7 +86,7 @@ class LocalPublisher:
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666, dir_fd=self._fd())
         except OSError as exc:
-            raise self._refused("write", name, exc) from None
+            raise self._failure("write", name, exc) from None
         try:
             with os.fdopen(fd, "wb") as f:
                 if keep_mode is not None:
@@ -96,7 +97,7 @@ class LocalPublisher:
             os.rename(tmp, name, src_dir_fd=self._fd(), dst_dir_fd=self._fd())   # replaces a symlink, never follows it
         except OSError as exc:
             self._discard(tmp)
-            raise self._refused("write", name, exc) from None
+            raise self._failure("write", name, exc) from None
         except BaseException:
             self._discard(tmp)
             raise
@@ -107,19 +108,8 @@ class LocalPublisher:
         except OSError:
             pass
 
-    def delete(self, filename: str) -> None:
-        name = check_name(self.name, filename)
-        try:
-            st = self._lstat(name)
-            if st is None:
-                return
-            if stat.S_ISDIR(st.st_mode):
-                raise DeviceRefused(self.name, f"cannot delete {shown(name)}: it is a directory")
-            os.unlink(name, dir_fd=self._fd())   # a symlink is removed itself, its target left alone
-        except FileNotFoundError:
-            return
-        except OSError as exc:
-            raise self._refused("delete", name, exc) from None
+    def _unlink(self, name: str) -> None:
+        os.unlink(name, dir_fd=self._fd())
 
     def close(self) -> None:
         if self.dir_fd is not None:

@@ -22,6 +22,7 @@ import paramiko
 
 from ...inventory import Credentials
 from ..errors import DeviceRefused, DeviceTimeout, DriverError, HostKeyUnknown
+from .base import DirectoryPublisher
 from .names import check_name, shown, temp_name
 
 # what paramiko and the socket under it raise besides our own errors
@@ -32,7 +33,10 @@ def known_hosts_path() -> str:
     return os.path.expanduser(os.environ.get("FLEET_SFTP_KNOWN_HOSTS", "~/.ssh/known_hosts"))
 
 
-class SftpPublisher:
+class SftpPublisher(DirectoryPublisher):
+    ERRORS = _SSH_ERRORS
+    A_DIRECTORY = "a directory on the server"
+
     def __init__(self, url: str, credentials: Credentials, timeout: float) -> None:
         parts = urlsplit(url)
         self.name = f"boot server sftp://{parts.hostname}:{parts.port or 22}"
@@ -149,19 +153,8 @@ class SftpPublisher:
         except _SSH_ERRORS:
             pass
 
-    def delete(self, filename: str) -> None:
-        name = check_name(self.name, filename)
-        try:
-            st = self._lstat(name)
-            if st is None:
-                return
-            if stat.S_ISDIR(st.st_mode or 0):
-                raise DeviceRefused(self.name, f"cannot delete {shown(name)}: it is a directory on the server")
-            self.sftp.remove(self._path(name))
-        except FileNotFoundError:
-            return
-        except _SSH_ERRORS as exc:
-            raise self._failure("delete", name, exc) from None
+    def _unlink(self, name: str) -> None:
+        self.sftp.remove(self._path(name))
 
     def close(self) -> None:
         try:
