@@ -13,10 +13,10 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from soundpoint import families
 from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
@@ -33,6 +33,12 @@ def _secrets_placed(params: dict[str, str | int]) -> dict[str, str | int]:
     """`secret:`/`env:` only in secret parameters, and secret parameters only by reference (fleet.secret_params)."""
     secret_params.validate_field(params)
     return params
+
+
+# Fields the fleet, its sites and its phones share, with their checks: parameters (text or integers; secrets only
+# by reference, and only in secret parameters) and a firmware family's name (normalised: `SIP-3.x` is `sip-3.x`).
+Params = Annotated[dict[str, str | int], BeforeValidator(validate.param_types), AfterValidator(_secrets_placed)]
+FamilyName = Annotated[str, AfterValidator(lambda v: families.get(v).name)]
 
 
 class Strict(BaseModel):
@@ -94,27 +100,17 @@ def _check_family(phone: dict, loc: tuple, own: bool, default_from: str) -> None
 
 class Phone(Strict):
     mac: str
-    model: str
-    address: str
+    model: validate.PhoneModel
+    address: validate.Host("phone address")
     http_port: int = Field(80, ge=1, le=65535)
     sip_port: int = Field(5060, ge=1, le=65535)
     credentials: str = Field(pattern=CREDENTIALS_RE, description="name of the secret holding the admin username/password")
     http_auth: HttpAuth = Field("digest", description="basic only for a phone that cannot do digest: it sends the "
                                                       "admin password in clear; site and fleet may set the default")
-    params: dict[str, str | int] = {}
+    params: Params = {}
     # filled from the site's or the fleet's default when the inventory is read (Inventory.family_defaults)
-    firmware_family: str | None = Field(None, description="overrides the site's default for this phone")
+    firmware_family: FamilyName | None = Field(None, description="overrides the site's default for this phone")
     reboot: RebootMethod | None = Field(None, description="how fleet reboots it; default per family")
-
-    @field_validator("params")
-    @classmethod
-    def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
-        return _secrets_placed(v)
-
-    @field_validator("firmware_family")
-    @classmethod
-    def known_family(cls, v: str | None) -> str | None:
-        return v if v is None else families.get(v).name
 
     @property
     def family(self) -> families.Family:
@@ -132,23 +128,11 @@ class Phone(Strict):
     def normal_mac(cls, v) -> str:
         return validate.mac(v)
 
-    _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
-
-    @field_validator("model")
-    @classmethod
-    def known_model(cls, v: str) -> str:
-        return validate.phone_model(v)
-
-    @field_validator("address")
-    @classmethod
-    def an_address(cls, v: str) -> str:
-        return validate.host(v, "phone address")
-
 
 
 class Router(Strict):
     driver: str = Field(description="a name registered in fleet.drivers.router.DRIVERS")
-    address: str
+    address: validate.Host("router address")
     port: int = Field(22, ge=1, le=65535)
     credentials: str = Field(pattern=CREDENTIALS_RE)
     wan_interface: str = Field(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$",
@@ -164,11 +148,6 @@ class Router(Strict):
     state_dir: str | None = Field(None, pattern=r"^/[A-Za-z0-9_./-]{1,200}$",
                                   description="private directory on the router for per-outage state files "
                                               "(default: ~/.fleet-outages of the SSH user)")
-
-    @field_validator("address")
-    @classmethod
-    def an_address(cls, v: str) -> str:
-        return validate.host(v, "router address")
 
     @model_validator(mode="after")
     def linux_interface_name(self) -> "Router":
@@ -313,33 +292,16 @@ class GatewayRegistrar(Strict):
 
 class Site(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
-    gateway: str
+    gateway: validate.Host("gateway address")
     dns: str | None = None
-    timezone: str = "UTC"
+    timezone: validate.Timezone = "UTC"
     collector: Collector = Collector()
     boot_server: BootServer
     router: Router | None = None
     http_auth: HttpAuth | None = Field(None, description="default for this site's phones")
-    firmware_family: str | None = Field(None, description="default for this site's phones")
-    params: dict[str, str | int] = {}
+    firmware_family: FamilyName | None = Field(None, description="default for this site's phones")
+    params: Params = {}
     phones: list[Phone] = []
-
-    @field_validator("firmware_family")
-    @classmethod
-    def known_family(cls, v: str | None) -> str | None:
-        return v if v is None else families.get(v).name
-
-    @field_validator("params")
-    @classmethod
-    def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
-        return _secrets_placed(v)
-
-    @field_validator("gateway")
-    @classmethod
-    def an_address(cls, v: str) -> str:
-        return validate.host(v, "gateway address")
-
-    _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
 
     @field_validator("dns")
     @classmethod
@@ -347,11 +309,6 @@ class Site(Strict):
         if v is not None:
             validate.hostport(v, "DNS server address")
         return v
-
-    @field_validator("timezone")
-    @classmethod
-    def a_timezone(cls, v: str) -> str:
-        return validate.timezone(v)
 
     # --- evidence sources (issue 10) ---
     capture: list[Capture] = Field([], description=f"wire sources: {CAPTURE_FORMS}, one or a list")
@@ -401,31 +358,21 @@ class Site(Strict):
 
 
 class Provider(Strict):
-    name: str
+    name: validate.Host("provider name")
     port: int = Field(5060, ge=1, le=65535)
-
-    @field_validator("name")
-    @classmethod
-    def a_name(cls, v: str) -> str:
-        return validate.host(v, "provider name")
 
 
 class Inventory(Strict):
     name: str = Field(min_length=1, max_length=200)
-    firmware_family: str | None = Field(None, description="default for every phone (sites and phones may override); "
+    firmware_family: FamilyName | None = Field(None, description="default for every phone (sites and phones may override); "
                                                           "unset everywhere: sip-3.x, or the newest family the model runs")
     secrets_file: str | None = Field(None, min_length=1, max_length=4096)
     provider: Provider | None = None
     http_auth: HttpAuth | None = Field(None, description="default for every phone")
-    params: dict[str, str | int] = {}
+    params: Params = {}
     registrar_limits: dict[str, float] = Field({}, description="REGISTER/s each server address may receive (R6)")
     sites: list[Site] = Field(min_length=1)
     source: str = Field("", exclude=True)
-
-    @field_validator("params")
-    @classmethod
-    def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
-        return _secrets_placed(v)
 
     @model_validator(mode="before")
     @classmethod
@@ -475,17 +422,10 @@ class Inventory(Strict):
             sites.append({**site, "phones": phones})
         return {**data, "sites": sites}
 
-    @field_validator("firmware_family")
-    @classmethod
-    def known_family(cls, v: str | None) -> str | None:
-        return v if v is None else families.get(v).name
-
     @field_validator("name")
     @classmethod
     def printable(cls, v: str) -> str:
         return validate.no_control(v, "name")
-
-    _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
 
     @field_validator("registrar_limits")
     @classmethod

@@ -89,18 +89,8 @@ class Verify(Strict):
 
 
 class Schedule(Strict):
-    cron: str = Field(description="minute hour day-of-month month day-of-week")
-    timezone: str = "UTC"
-
-    @field_validator("cron")
-    @classmethod
-    def a_cron(cls, v: str) -> str:
-        return validate.cron(v)
-
-    @field_validator("timezone")
-    @classmethod
-    def a_timezone(cls, v: str) -> str:
-        return validate.timezone(v)
+    cron: validate.Cron = Field(description="minute hour day-of-month month day-of-week")
+    timezone: validate.Timezone = "UTC"
 
 
 class RolloutPlaybook(Strict):

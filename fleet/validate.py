@@ -221,6 +221,16 @@ def each(values, check):
 MacList = Annotated[list[str], BeforeValidator(lambda v: each(v, mac))]
 ModelList = Annotated[list[str], AfterValidator(lambda v: each(v, phone_model))]
 
+# Single values as pydantic field types, so a model names the check in its field and needs no validator method.
+PhoneModel = Annotated[str, AfterValidator(phone_model)]
+Cron = Annotated[str, AfterValidator(cron)]
+Timezone = Annotated[str, AfterValidator(timezone)]
+
+
+def Host(what: str):  # noqa: N802 (used as a type: `address: validate.Host("phone address")`)
+    """A host name or address field; an error calls it `what`."""
+    return Annotated[str, AfterValidator(lambda v: host(v, what))]
+
 # ----------------------------------------------------------------- phone parameters
 _lookup = lru_cache(maxsize=4096)(polycom.lookup)   # the catalogue is a list of regexes; names repeat per phone
 
