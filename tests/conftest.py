@@ -16,6 +16,7 @@ import secrets
 import socket
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -75,6 +76,11 @@ def router_driver(inventory_path: Path):
         yield d
     finally:
         d.close()
+
+
+def unique_id(prefix: str, name: str) -> str:
+    """An id no other test run uses (outage ids are remembered by the router and the store): prefix-name-8 hex."""
+    return f"{prefix}-{name}-{uuid.uuid4().hex[:8]}"
 
 
 def require_loopback_capture() -> None:

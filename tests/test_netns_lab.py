@@ -11,6 +11,7 @@ openssh-server, snmpd, kamailio, iptables; skipped with the reason otherwise
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import json
 import os
@@ -18,13 +19,12 @@ import shutil
 import signal
 import subprocess
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, lab_spec, router_driver, run_fleet, wait_until
+from conftest import BIN, ROOT, lab_spec, router_driver, run_fleet, unique_id, wait_until
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
@@ -142,8 +142,7 @@ def drv(nslab):
         yield d
 
 
-def _oid(name: str) -> str:
-    return f"ns-{name}-{uuid.uuid4().hex[:8]}"
+_oid = functools.partial(unique_id, "ns")   # a fresh outage id per call
 
 
 def test_lab_is_real_and_every_phone_registered_with_both_kamailios(nslab):

@@ -10,19 +10,19 @@ what the router did.
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import pytest
 import yaml
 
-from conftest import BIN, lab_spec, router_driver, run_fleet, wait_until
+from conftest import BIN, lab_spec, router_driver, run_fleet, unique_id, wait_until
 from fleet import tasks, worker_context
 from fleet.drivers.router import OutageSpec
 from fleet.store import Store
@@ -55,8 +55,7 @@ def drv(lab):
         yield d
 
 
-def _oid(name: str) -> str:
-    return f"race-{name}-{uuid.uuid4().hex[:8]}"
+_oid = functools.partial(unique_id, "race")   # a fresh outage id per call
 
 
 def _wan(lab) -> dict:
