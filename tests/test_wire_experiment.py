@@ -171,3 +171,100 @@ def test_rollout_verifies_registered_to_both_servers_without_syslog(lab, redis_u
         state = store.phone_state(mac)
         assert state.servers[1]["source"] == "wire" and state.servers[1]["t"] >= t0, state.to_dict()
         assert "syslog" not in state.evidence, state.evidence
+
+
+# ------------------------------------------------------------------------------ Kamailio's HEP as the only source
+
+HEP_NET = 9
+HEP_PLAYBOOK = """kind: experiment
+name: hep-only-fallback
+site: branch
+sample_interval: 0.25
+steps:
+  - {name: baseline on the provider, expect: working_server, server: 1, within: 8}
+  - {name: cut the WAN, outage: link-down, max_duration: 60}
+  - {name: phones fall back to the gateway, expect: working_server, server: 2, within: 20, measure: failover}
+  - {name: a call during the outage reaches the gateway, call: "2000", expect_server: 2, within: 10}
+  - {name: bring the WAN back, restore: true}
+  - {name: phones return to the provider, expect: working_server, server: 1, within: 5, measure: recovery}
+"""
+
+
+@pytest.fixture(scope="module")
+def hep_lab(lab_factory, worker_factory):
+    """A second site (net 9): no syslog lines, no router capture, no bindings polling; the Kamailio gateway's
+    siptrace HEP is the only per-server source (`collector.evidence: [hep]`)."""
+    if KAMAILIO_MISSING:
+        pytest.skip(str(KAMAILIO_MISSING))
+    spec = lab_spec("heponly", HEP_NET, phones=3, site="branch")
+    spec["syslog_registration_line"] = False
+    spec["timing"]["dns_ttl"] = 300
+    hep = f"127.0.0.1:{free_port()}"
+    site = spec["sites"][0]
+    site["gateway"] = "kamailio"
+    site["collector"].update(hep=hep, evidence=["hep"])
+    lab = lab_factory(spec)
+    inv_site = yaml.safe_load(lab.inventory.read_text())["sites"][0]
+    assert inv_site["capture"] == [f"hep {hep}"] and not isinstance(inv_site["gateway"], dict), inv_site
+    worker_factory(lab.inventory, site="branch")
+    return lab
+
+
+def test_kamailio_hep_and_notifications_alone_see_the_gateway_side_only(hep_lab, redis_url, tmp_path):
+    """HEP from the gateway speaks for server 2 only: the call to the gateway is seen (and passes) and every
+    phone's registrations there are observed, but nothing is ever observed about the provider, so the steps that
+    expect server 1 cannot pass and the experiment fails, naming HEP as the only source."""
+    playbook = tmp_path / "hep-only.yml"
+    playbook.write_text(HEP_PLAYBOOK)
+    res = run_fleet(["experiment", "run", str(playbook), "--inventory", str(hep_lab.inventory),
+                     "--report-dir", str(tmp_path / "reports"), "--json"], redis_url)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode != 0, res.stdout[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["passed"] is False and len(doc["phones"]) == 3
+    passed = {s["name"]: s["passed"] for s in doc["steps"]}
+    assert passed == {"baseline on the provider": False, "cut the WAN": True, "phones fall back to the gateway": True,
+                      "a call during the outage reaches the gateway": True, "bring the WAN back": True,
+                      "phones return to the provider": False}, doc["steps"]
+    call = next(s for s in doc["steps"] if s["name"].startswith("a call"))
+    assert "server 2" in call["message"] and call["message"].split("seen by ", 1)[1].startswith("hep)"), call
+    for p in doc["phones"]:
+        regs = [e for e in p["timeline"] if e.get("kind") == "registration" and e["source"] != "state at start"]
+        assert {e["source"] for e in regs} <= {"hep", "event"} and any(e["source"] == "hep" for e in regs), (p["mac"], regs)
+        assert all(e.get("server") in (None, 2) for e in regs), (p["mac"], regs)     # the provider: never observed
+        assert p["recovery_s"] is None and not any(t["to"] == 1 for t in p["transitions"]), p
+    assert doc["capture"]["sources"] == {"hep": doc["capture"]["datagrams"]} and doc["capture"]["written"] > 0
+
+
+def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
+    """Unit: the sources the lab's inventory names per site, by default and as a lab file picks them."""
+    from fleet.yamlfile import FileError
+    from hil import labfile
+    from hil.lab import evidence_inventory
+
+    def load(syslog: bool = True, **site) -> labfile.LabFile:
+        spec = lab_spec("ev", HEP_NET, phones=1)
+        spec["syslog_registration_line"] = syslog
+        collector = dict(spec["sites"][0]["collector"], **site.pop("collector", {}))
+        spec["sites"][0].update(site, collector=collector)
+        path = tmp_path / "lab.yml"
+        path.write_text(yaml.safe_dump(spec))
+        return labfile.load(path)
+
+    def sources(lab: labfile.LabFile) -> dict:
+        return evidence_inventory(lab, lab.sites[0], "127.9.0.1")
+
+    kam = {"address": "127.9.0.1", "platform": "kamailio"}
+    assert sources(load()) == {}                                       # the syslog line is the per-server source
+    assert sources(load(syslog=False)) == {"capture": ["router lan0"]}
+    assert sources(load(gateway="kamailio")) == {"gateway": kam}
+    assert sources(load(syslog=False, gateway="kamailio", collector={"hep": "127.0.0.1:9999"})) == {
+        "capture": ["router lan0", "hep 127.0.0.1:9999"], "gateway": kam}
+    assert sources(load(syslog=False, gateway="kamailio", collector={"hep": "127.0.0.1:9999", "evidence": ["hep"]})) == {
+        "capture": ["hep 127.0.0.1:9999"]}
+    assert sources(load(syslog=False, collector={"evidence": []})) == {}
+    for site, words in (({"collector": {"evidence": ["hep"]}}, "evidence hep needs"),
+                        ({"collector": {"evidence": ["gateway"]}}, "evidence gateway needs `gateway: kamailio`"),
+                        ({"collector": {"evidence": ["mirror"]}}, "evidence")):
+        with pytest.raises(FileError, match=words):
+            load(**site)
