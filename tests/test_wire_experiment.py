@@ -268,3 +268,17 @@ def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
                         ({"collector": {"evidence": ["mirror"]}}, "evidence")):
         with pytest.raises(FileError, match=words):
             load(**site)
+
+
+def test_the_call_line_follows_the_registration_line_switch():
+    from hil import phone_reports
+
+    class Phone:
+        pass
+
+    phone = Phone()
+    assert phone_reports.sends_call_line(phone)
+    phone.syslog_registration_line = False
+    assert not phone_reports.sends_call_line(phone)
+    phone.syslog_call_line = True          # a lab may keep the call line alone
+    assert phone_reports.sends_call_line(phone) and not phone_reports.sends_registration_line(phone)
