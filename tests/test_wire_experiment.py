@@ -282,3 +282,24 @@ def test_the_call_line_follows_the_registration_line_switch():
     assert not phone_reports.sends_call_line(phone)
     phone.syslog_call_line = True          # a lab may keep the call line alone
     assert phone_reports.sends_call_line(phone) and not phone_reports.sends_registration_line(phone)
+
+
+def test_demo_compares_each_phones_times_with_the_ground_truth():
+    """Unit: the demo's closing table agrees only within the sampling interval, and a phone the lab never saw
+    move (or a report without an outage) does not agree."""
+    from hil import demo_truth
+
+    def truth(fail_at: float, back_at: float) -> dict:
+        return {"ground_truth": {"phones": {"a": {"events": [
+            {"kind": "working_server", "t": 50.0, "data": {"server": 1}},
+            {"kind": "working_server", "t": fail_at, "data": {"server": 2}},
+            {"kind": "working_server", "t": back_at, "data": {"server": 1}}]}}}}
+
+    report = {"outages": [{"start": 100.0, "end": 130.0}],
+              "phones": [{"mac": "a", "failover_s": 8.0, "recovery_s": 3.0}]}
+    lines, ok = demo_truth.compare(report, truth(108.2, 133.1), 0.25)
+    assert ok and lines[1].split()[-1] == "yes", lines
+    lines, ok = demo_truth.compare(report, truth(108.3, 133.0), 0.25)
+    assert not ok and "DISAGREES" in lines[-1], lines
+    assert not demo_truth.compare(report, truth(90.0, 95.0), 0.25)[1]        # no move after the cut in the lab
+    assert not demo_truth.compare({"outages": [], "phones": report["phones"]}, truth(108, 133), 0.25)[1]
