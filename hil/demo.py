@@ -28,6 +28,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="the lab file (hil/labs/demo-wire.yml: no syslog line, the router's capture; "
                          "hil/labs/demo-hep.yml: no syslog line, a Kamailio gateway's HEP)")
     args = ap.parse_args(argv)
+    if not args.lab.is_file():
+        ap.error(f"--lab {args.lab}: no such file")
     work = Path(tempfile.mkdtemp(prefix="fleet-demo-"))
     report_dir = ROOT / "reports"
     procs: list[subprocess.Popen] = []
@@ -39,8 +41,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"demo: private Redis at {redact_url(url)}", flush=True)
     try:
         inv = work / "inventory.yml"
-        subprocess.run([bindir / "hil", "up", str(args.lab), "--state-dir", str(lab_state),
-                        "--inventory-out", str(inv)], check=True, env=env)
+        up = subprocess.run([bindir / "hil", "up", str(args.lab), "--state-dir", str(lab_state),
+                             "--inventory-out", str(inv)], env=env)
+        if up.returncode:
+            return up.returncode      # `hil up` said why (a bad lab file: its line and field, exit 2)
         worker_log = open(work / "worker.log", "w")
         procs.append(subprocess.Popen([bindir / "fleet", "worker", "--inventory", str(inv), "--site", "hq"],
                                       env=env, stdout=worker_log, stderr=subprocess.STDOUT, start_new_session=True))
