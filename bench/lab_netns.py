@@ -40,7 +40,7 @@ def run(phones: int, window: float, net: int) -> dict:
     per = [phones // sites + (1 if k < phones % sites else 0) for k in range(sites)]
     spec = {"name": f"bench{phones}", "net": net, "backend": "netns", "http": False, "firmware_family": "uc-5.x",
             "timing": {"boot_time": 0.2, "boot_jitter": max(1.0, phones / 250), "retry_interval": 5,
-                       "log_upload_period": 0, "dns_ttl": 30},
+                       "log_upload_period": 0, "dns_ttl": 30, "test_speed": True},
             "sites": [{"name": f"s{k}", "phones": {"count": n, "models": ["SoundPoint IP 650"]},
                        "servers": [{"address": "provider", "expires": 20, "overlap": 10},
                                    {"address": "gateway", "expires": 20, "overlap": 10}],

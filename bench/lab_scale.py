@@ -24,7 +24,8 @@ from hil.labfile import LabFile  # noqa: E402
 async def run(phones: int, window: float, net: int) -> None:
     spec = LabFile.model_validate({
         "name": "scale", "net": net, "http": False,
-        "timing": {"boot_time": 0, "boot_jitter": max(1.0, phones / 500), "retry_interval": 30, "log_upload_period": 0, "dns_ttl": 300},
+        "timing": {"boot_time": 0, "boot_jitter": max(1.0, phones / 500), "retry_interval": 30, "log_upload_period": 0, "dns_ttl": 300,
+                   "test_speed": True},
         "sites": [{"name": "big", "phones": {"count": phones, "models": ["SoundPoint IP 650"]},
                    "servers": [{"address": "provider", "expires": 60, "overlap": 10},
                                {"address": "gateway", "expires": 60, "overlap": 10}],

@@ -43,7 +43,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-poll-"))
     spec = {"name": "poll", "net": args.net, "firmware_family": "uc-5.x",
             "timing": {"boot_time": 0.5, "boot_jitter": 3, "retry_interval": 5, "log_upload_period": 0, "dns_ttl": 1,
-                       "http_latency": args.latency},
+                       "http_latency": args.latency, "test_speed": True},
             "sites": [{"name": "hq", "phones": {"count": args.phones, "models": ["VVX 410"]},
                        "servers": [{"address": "provider", "expires": 20, "overlap": 5, "retry_timeout_ms": 500},
                                    {"address": "gateway", "expires": 20, "overlap": 5, "retry_timeout_ms": 500}],

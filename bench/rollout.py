@@ -72,7 +72,8 @@ def lab(work: Path, name: str, net: int, phones: int, boot_time: float) -> tuple
                                   {"address": "gateway", "expires": 60, "overlap": 10, "retry_timeout_ms": 500}],
                       "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}}
     spec = {"name": name, "net": net, "firmware_family": "uc-5.x",
-            "timing": {"boot_time": boot_time, "boot_jitter": 5, "retry_interval": 5, "log_upload_period": 0, "dns_ttl": 30},
+            "timing": {"boot_time": boot_time, "boot_jitter": 5, "retry_interval": 5, "log_upload_period": 0, "dns_ttl": 30,
+                       "test_speed": True},
             "sites": [site("east"), site("west")]}
     (work / f"{name}.yml").write_text(yaml.safe_dump(spec))
     state, inv = work / f"{name}-state", work / f"{name}-inv.yml"

@@ -16,7 +16,7 @@ def place_call(mac: str, number: str) -> dict:
         creds = secrets.credentials(phone.credentials)
     except KeyError as exc:
         raise TaskFailed(failure_text(exc)) from None
-    if not phone.has_rest:
-        raise TaskFailed(f"phone {mac} ({phone.model}) has no REST API to place a call from")
+    if not phone.family.rest:
+        raise TaskFailed(f"phone {mac} ({phone.model}, {phone.family.name}) has no REST API to place a call from")
     RestPhone(phone, creds).dial(number)
     return {"t": time.time()}

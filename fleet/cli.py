@@ -277,6 +277,13 @@ def _print_plan(p, console: Console) -> None:
             console.print(Text(f"  {ph.mac} {name}: {old!s} -> {new!s}{verbatim}"))
     if len(changed) > 50:
         console.print(f"  ... and {len(changed) - 50} more phones")
+    warned = [ph for ph in p.phones if ph.warnings]
+    if warned:
+        console.print(f"[bold yellow]failover warnings[/bold yellow] ({len(warned)} phones): "
+                      "set-ups their firmware cannot fail over with as the rules expect")
+        for ph in warned[:50]:
+            for w in ph.warnings:
+                console.print(Text(f"  {ph.mac} ({ph.model}): {w}", style="yellow"))
     t = Table("server address", "phones", "REGISTER/s normal", "REGISTER/s primary down", title="registration refresh load (R6)")
     for addr, v in sorted(p.load.items()):
         t.add_row(escape(addr), str(v["phones"]), f"{v['normal']:.2f}", f"{v['primary_down']:.2f}")

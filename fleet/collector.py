@@ -273,6 +273,7 @@ class SiteCollector:
         await self.loop.create_datagram_endpoint(lambda: _Syslog(self.pending, self.sources), local_addr=(host, port))  # type: ignore[union-attr]
         app = web.Application(client_max_size=65536)
         app.router.add_post("/events", self._event)
+        app.router.add_post("/state", self._state_push)     # apps.statePolling.URL (push mode)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, ehost, int(eport), reuse_address=True).start()
@@ -285,7 +286,7 @@ class SiteCollector:
 
     async def _poll_loop(self) -> None:
         """State polling as a second source: REST lineInfo where the model has it, state polling otherwise."""
-        targets = [(p, self.secrets.credentials(p.credentials)) for p in self.site.phones]  # type: ignore[union-attr]
+        targets = [(p, self._poll_login(p)) for p in self.site.phones]
         configured = {r["mac"]: r["configured_servers"] for r in await asyncio.to_thread(self.store.phones, self.site.name)}
         async with Poller(concurrency=self.site.collector.poll_concurrency) as poller:
             while True:
@@ -302,6 +303,15 @@ class SiteCollector:
                     await asyncio.to_thread(self.store.set_phone_info, infos)
                 await asyncio.sleep(max(0.0, self.site.collector.poll_interval - (time.monotonic() - started)))
 
+    def _poll_login(self, phone):
+        """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one."""
+        creds = self.secrets.credentials(phone.credentials)  # type: ignore[union-attr]
+        if phone.family.rest or self.inventory is None:
+            return creds
+        from . import phones
+
+        return phones.for_phone(phone, creds, self.inventory, self.secrets).polling_credentials()
+
     async def _event(self, request: web.Request) -> web.Response:
         macs = self.sources.speaks_for(request.remote or "")
         if not macs:
@@ -314,6 +324,22 @@ class SiteCollector:
             self.sources.drop(request.remote or "?", f"an event about phone {obs.mac}")
             return web.Response(status=403, text="a phone reports only for itself")
         self.pending.append(obs)
+        return web.Response(status=200)
+
+    async def _state_push(self, request: web.Request) -> web.Response:
+        """A phone in state-polling push mode POSTs its call state here; stored as the newest pushed state."""
+        from .drivers.control.polling import parse_call_state
+        from .drivers.errors import DriverError
+
+        macs = self.sources.speaks_for(request.remote or "")
+        if len(macs) != 1:
+            self.sources.drop(request.remote or "?", "a pushed state")
+            return web.Response(status=403, text="not exactly one phone of this site at that address")
+        try:
+            active = parse_call_state(await request.read(), f"phone at {request.remote}")
+        except DriverError:
+            return web.Response(status=400, text="not a call state document")
+        await asyncio.to_thread(self.store.set_phone_info, {next(iter(macs)): {"in_call": active, "in_call_pushed_at": time.time()}})
         return web.Response(status=200)
 
     async def _observing_loop(self) -> None:

@@ -21,13 +21,13 @@ from .celeryapp import site_queue
 from .deadline import poll_until
 from .inventory import Inventory, Phone, Site
 from .playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
-from .predict import failover_max, recovery_max, servers
+from .predict import servers
 from .lease import LeaseLost, SiteLease, default_ttl
 from .signals import Interrupted, SignalGuard
 from .site_registry import register_site
 from .store import RolloutStore, Store
 from .task_errors import TaskFailed
-from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, timeline
+from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, predicted_bounds, timeline
 
 TASK_TIMEOUT = 60.0
 
@@ -73,6 +73,26 @@ class ExperimentRunner:
         self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
 
     # ------------------------------------------------------------------ helpers
+    def _family(self, phone: Phone) -> str:
+        """The firmware family the phone runs (its own, else its site's or the inventory's)."""
+        return phone.family.name
+
+    def _dns_ttl(self, params: dict[str, str], family: str) -> float | None:
+        """The TTL the site's DNS gives the primary's name, read once and only for a phone in DNSTTL mode."""
+        if not hasattr(self, "_ttl_cache"):
+            self._ttl_cache: dict[str, float | None] = {}
+        primary = next(iter(servers(params, family=family)), None)
+        if primary is None or primary.failback_mode != "DNSTTL" or not self.site.dns:
+            return None
+        name = primary.address
+        if name not in self._ttl_cache:
+            from . import validate
+            from .dns_ttl import ttl_of
+
+            host, port = validate.hostport(self.site.dns, "DNS server address")
+            self._ttl_cache[name] = ttl_of(name, host, int(port or 53))
+        return self._ttl_cache[name]
+
     def _task(self, sig: Signature, expires: float | None = None) -> dict:
         """Send a task signature to the site's queue and wait for it; its result with `ok`, or `ok: False` and why.
 
@@ -282,7 +302,7 @@ class ExperimentRunner:
 
     def _call(self, exp: str, step: CallStep) -> StepResult:
         phone = next((p for p in self.site.phones if (step.from_phone and p.mac == step.from_phone.lower())
-                      or (not step.from_phone and p.has_rest)), None)
+                      or (not step.from_phone and p.family.rest)), None)
         if phone is None:
             return StepResult(step.name, "call", False, 0, "no phone to call from")
         t0 = time.time()
@@ -321,8 +341,10 @@ class ExperimentRunner:
         for p in self.site.phones:
             params = pushed.get(p.mac) or self.inv.effective_params(self.site, p)
             obs = self.store.observations(exp, p.mac)
-            v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=failover_max(params),
-                             predicted_recovery_max_s=recovery_max(params),
+            family = self._family(p)
+            pred = predicted_bounds(params, family, obs, outage, self._dns_ttl(params, family))
+            v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=pred.failover_max_s,
+                             predicted_recovery_max_s=pred.recovery_max_s, prediction_notes=pred.notes,
                              timeline=timeline(obs, self.initial.get(p.mac), result.started))
             seen = {name: r for name, r in seen_by_step.items() if p.mac in selected[name]}
             result.phones.append(judge_phone(v, len(servers(params)), expectations, seen, obs, outage))

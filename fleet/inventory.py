@@ -18,12 +18,15 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from soundpoint import families
+
 from . import secret_params, validate
 from .yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
 
 MAC_RE = validate.MAC_RE
 CREDENTIALS_RE = r"^(env:)?[A-Za-z0-9_.-]{1,128}$"
 HttpAuth = Literal["digest", "basic"]
+RebootMethod = Literal["check-sync", "web", "rest"]
 
 
 def _secrets_placed(params: dict[str, str | int]) -> dict[str, str | int]:
@@ -50,6 +53,45 @@ def _check_params(params: dict, family: str) -> None:
             raise FieldError(("params", name), str(exc)) from None
 
 
+def _check_shared_params(params: dict, used: set[str]) -> None:
+    """A fleet or site parameter reaches phones of several families: each family that knows it must accept the
+    value, and at least one must know it (a phone ignores a parameter its firmware does not have)."""
+    for name, value in params.items():
+        knowing = sorted(f for f in used if families.get(f).lookup(name) is not None) or sorted(used)
+        for fam in knowing:
+            try:
+                validate.param(name, value, fam)
+            except ValueError as exc:
+                raise FieldError(("params", name), str(exc)) from None
+
+
+def _implicit_family(model) -> str:
+    """No level names a family: sip-3.x (the tool's first default) where the model runs it, else the newest it runs."""
+    try:
+        can = families.families_for(validate.phone_model(model))
+    except (ValueError, TypeError):
+        return "sip-3.x"
+    return "sip-3.x" if any(f.name == "sip-3.x" for f in can) else (can[-1].name if can else "sip-3.x")
+
+
+def _check_family(phone: dict, loc: tuple, own: bool, default_from: str) -> None:
+    """FieldError when the phone's model cannot run its family, or its reboot method does not exist there."""
+    try:
+        fam = families.get(phone["firmware_family"])
+        model = validate.phone_model(phone.get("model"))
+    except (ValueError, TypeError):
+        return          # reported by the field validators, with their own words
+    try:
+        families.check_model(model, fam)
+    except families.FamilyError as exc:
+        where = "" if own else f" (the {default_from}'s firmware_family)"
+        raise FieldError(loc + (("firmware_family",) if own else ("model",)), f"{exc}{where}") from None
+    reboot = phone.get("reboot")
+    if isinstance(reboot, str) and reboot in families.REBOOT_METHODS and reboot not in fam.reboot_methods:
+        raise FieldError(loc + ("reboot",), f"reboot {reboot} is not available on {fam.name}; "
+                                            f"it offers {', '.join(fam.reboot_methods)}")
+
+
 class Phone(Strict):
     mac: str
     model: str
@@ -60,11 +102,30 @@ class Phone(Strict):
     http_auth: HttpAuth = Field("digest", description="basic only for a phone that cannot do digest: it sends the "
                                                       "admin password in clear; site and fleet may set the default")
     params: dict[str, str | int] = {}
+    # filled from the site's or the fleet's default when the inventory is read (Inventory.family_defaults)
+    firmware_family: str | None = Field(None, description="overrides the site's default for this phone")
+    reboot: RebootMethod | None = Field(None, description="how fleet reboots it; default per family")
 
     @field_validator("params")
     @classmethod
     def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
         return _secrets_placed(v)
+
+    @field_validator("firmware_family")
+    @classmethod
+    def known_family(cls, v: str | None) -> str | None:
+        return v if v is None else families.get(v).name
+
+    @property
+    def family(self) -> families.Family:
+        """The phone's firmware profile (the newest family its model runs, for a phone built outside an inventory)."""
+        if self.firmware_family is not None:
+            return families.get(self.firmware_family)
+        return (families.families_for(self.model) or [families.get("sip-3.x")])[-1]
+
+    @property
+    def reboot_method(self) -> str:
+        return self.reboot or self.family.default_reboot
 
     @field_validator("mac", mode="before")
     @classmethod
@@ -83,10 +144,6 @@ class Phone(Strict):
     def an_address(cls, v: str) -> str:
         return validate.host(v, "phone address")
 
-    @property
-    def has_rest(self) -> bool:
-        """UC Software 5+ models (VVX, Trio) have the REST API; SoundPoint models on SIP 2.x-4.x do not."""
-        return self.model.upper().startswith(("VVX", "TRIO"))
 
 
 class Router(Strict):
@@ -246,8 +303,14 @@ class Site(Strict):
     boot_server: BootServer
     router: Router | None = None
     http_auth: HttpAuth | None = Field(None, description="default for this site's phones")
+    firmware_family: str | None = Field(None, description="default for this site's phones")
     params: dict[str, str | int] = {}
     phones: list[Phone] = []
+
+    @field_validator("firmware_family")
+    @classmethod
+    def known_family(cls, v: str | None) -> str | None:
+        return v if v is None else families.get(v).name
 
     @field_validator("params")
     @classmethod
@@ -332,7 +395,8 @@ class Provider(Strict):
 
 class Inventory(Strict):
     name: str = Field(min_length=1, max_length=200)
-    firmware_family: Literal["sip-1.x", "sip-2.x", "sip-3.x", "uc-4.x", "uc-5.x"] = "sip-3.x"
+    firmware_family: str | None = Field(None, description="default for every phone (sites and phones may override); "
+                                                          "unset everywhere: sip-3.x, or the newest family the model runs")
     secrets_file: str | None = Field(None, min_length=1, max_length=4096)
     provider: Provider | None = None
     http_auth: HttpAuth | None = Field(None, description="default for every phone")
@@ -361,6 +425,44 @@ class Inventory(Strict):
             sites.append(site)
         return {**data, "sites": sites}
 
+    @model_validator(mode="before")
+    @classmethod
+    def family_defaults(cls, data):
+        """Give each phone its firmware family (phone -> site -> fleet) and refuse a model/family that cannot exist.
+
+        Done on the raw document so the error names the line that chose the family: the phone's own
+        `firmware_family`, else its `model` (the family came from a default). Malformed parts are left to
+        the field validators.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("sites"), list):
+            return data
+        fleet_default = data.get("firmware_family")
+        sites = []
+        for i, site in enumerate(data["sites"]):
+            if not isinstance(site, dict) or not isinstance(site.get("phones"), list):
+                sites.append(site)
+                continue
+            default = site.get("firmware_family") or fleet_default
+            phones = []
+            for j, phone in enumerate(site["phones"]):
+                if not isinstance(phone, dict):
+                    phones.append(phone)
+                    continue
+                own = bool(phone.get("firmware_family"))
+                chosen = phone.get("firmware_family") or default
+                if chosen in families.NAMES or not chosen:
+                    phone = {**phone, "firmware_family": chosen or _implicit_family(phone.get("model"))}
+                    _check_family(phone, ("sites", i, "phones", j), own,
+                                  "site" if site.get("firmware_family") else "fleet")
+                phones.append(phone)
+            sites.append({**site, "phones": phones})
+        return {**data, "sites": sites}
+
+    @field_validator("firmware_family")
+    @classmethod
+    def known_family(cls, v: str | None) -> str | None:
+        return v if v is None else families.get(v).name
+
     @field_validator("name")
     @classmethod
     def printable(cls, v: str) -> str:
@@ -383,7 +485,8 @@ class Inventory(Strict):
     @model_validator(mode="after")
     def unique(self) -> "Inventory":
         """Names and MACs once each; parameters known to the catalogue. Linear: 50,000 phones check in a blink."""
-        _check_params(self.params, self.firmware_family)
+        used = {p.family.name for s in self.sites for p in s.phones} or {self.firmware_family or "sip-3.x"}
+        _check_shared_params(self.params, used)
         sites: dict[str, int] = {}
         macs: dict[str, tuple[int, int]] = {}
         for i, s in enumerate(self.sites):
@@ -391,7 +494,8 @@ class Inventory(Strict):
                 raise FieldError(("sites", i, "name"), f"site {s.name} is listed twice (also sites[{sites[s.name]}])")
             sites[s.name] = i
             try:
-                _check_params(s.params, self.firmware_family)
+                _check_shared_params(s.params, {p.family.name for p in s.phones}
+                                     or {s.firmware_family or self.firmware_family or "sip-3.x"})
             except FieldError as exc:
                 raise FieldError(("sites", i) + exc.loc, str(exc)) from None
             for j, p in enumerate(s.phones):
@@ -401,7 +505,7 @@ class Inventory(Strict):
                                      f"MAC address listed twice: {p.mac} (also sites[{first[0]}].phones[{first[1]}])")
                 if p.params:
                     try:
-                        _check_params(p.params, self.firmware_family)
+                        _check_params(p.params, p.family.name)
                     except FieldError as exc:
                         raise FieldError(("sites", i, "phones", j) + exc.loc, str(exc)) from None
         return self

@@ -86,6 +86,8 @@ def _params(mac: str, params: dict[str, str], family: str, verbatim: frozenset[s
             if not _REFERENCE.match(value):
                 raise PlanRefused(f"{where}: malformed secret reference")
             continue
+        if polycom.families.get(family).lookup(name) is None:
+            continue        # known to another family only: the phone ignores it (see rollout_plan)
         try:
             polycom.check(name, value, family)
         except polycom.ParameterError as exc:
@@ -127,7 +129,7 @@ def check(inv: Inventory, rid: str, mac: str, state: dict) -> Checked:
     if entry.mac != mac or entry.site != site.name:
         raise PlanRefused(f"phone {mac}: the plan is for phone {entry.mac[:20]!r} at site {entry.site[:40]!r}, "
                           f"but the inventory has this phone at site {site.name}")
-    _params(mac, entry.params, inv.firmware_family, frozenset(entry.verbatim))
+    _params(mac, entry.params, phone.family.name, frozenset(entry.verbatim))
     for name, ref in entry.secret_refs.items():
         param = polycom.lookup(name)
         if param is None or not param.secret or not _REFERENCE.match(ref):

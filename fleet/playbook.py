@@ -180,7 +180,7 @@ def check_against(playbook: ExperimentPlaybook, inventory, path: str, extra_para
                 raise src.error(("steps", i, "outage"),
                                 f"mode {step.outage} is not supported by router driver {site.router.driver}")
         if isinstance(step, CallStep):
-            macs = {p.mac for p in site.phones if p.has_rest}
+            macs = {p.mac for p in site.phones if p.family.rest}
             if step.from_phone and step.from_phone not in by_mac:
                 raise src.error(("steps", i, "from_phone"), f"{step.from_phone} is not a phone of site {site.name}")
             if not macs:

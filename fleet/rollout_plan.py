@@ -17,7 +17,7 @@ import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
-from . import polycom, predict, secret_params
+from . import failover_lint, polycom, predict, secret_params
 from .inventory import Inventory, Phone, Site
 from .rollout_playbook import RolloutPlaybook, amount, verbatim_names
 
@@ -39,6 +39,7 @@ class PhonePlan:
     config_hash: str                  # over the unmasked parameters (secret references, never values)
     secret_refs: dict[str, str] = field(default_factory=dict)   # secret parameter -> secret:NAME / env:VAR
     verbatim: list[str] = field(default_factory=list)   # uncatalogued, passed through (allow_uncatalogued)
+    warnings: list[str] = field(default_factory=list)   # failover set-ups this family cannot run (failover_lint)
 
     def to_dict(self, refs: bool = True) -> dict:
         """The phone's plan; without `refs`, as shown to people (a dry run): no secret reference at all."""
@@ -116,8 +117,10 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         for name, value in new.items():
             if name in verbatim:
                 continue
+            if name not in pb.params and phone.family.lookup(name) is None:
+                continue    # an inherited site/fleet parameter this phone's firmware does not have: it ignores it
             try:
-                polycom.check(name, value, inv.firmware_family)
+                polycom.check(name, value, phone.family.name)
             except polycom.ParameterError as exc:
                 raise PlanError(f"phone {phone.mac} (site {site.name}): {exc}") from None
             why = secret_params.problem(name, value)   # again after interpolation: "{site.gateway}" may hold a reference
@@ -127,7 +130,8 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         diff = {k: [secret_params.mask(k, old.get(k)), secret_params.mask(k, new.get(k))]
                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
         masked, refs = secret_params.split(new)
-        phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs, sorted(verbatim)))
+        phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs, sorted(verbatim),
+                                failover_lint.problems(new, phone.family.name)))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
     per_site = defaultdict(int)
     for p in phones:

@@ -249,7 +249,7 @@ def check_against(pb: RolloutPlaybook, inventory, path: str | Path) -> None:
         if name in verbatim:
             continue
         try:
-            validate.param(name, value, inventory.firmware_family, allow_placeholders=True)
+            validate.param(name, value, None, allow_placeholders=True)
         except ValueError as exc:
             raise src.error(("params", name), str(exc)) from None
     try:
@@ -271,7 +271,7 @@ def check_against(pb: RolloutPlaybook, inventory, path: str | Path) -> None:
                     raise src.error(("params", name), f"{{{obj}.{attr}}}: the inventory has no {obj}")
                 text = text.replace(f"{{{obj}.{attr}}}", str(getattr(ref, attr)))
             try:
-                validate.param(name, text, inventory.firmware_family)
+                validate.param(name, text, phone.family.name)
             except ValueError as exc:
                 raise src.error(("params", name), f"phone {phone.mac} (site {site.name}): {exc}") from None
             new[name] = text

@@ -21,8 +21,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from . import inventory as inv_mod
-from . import phone_ops, plan_check, rollout_backups, secret_params, site_files
-from .drivers.control.rest import RestPhone
+from . import phones, plan_check, rollout_backups, secret_params, site_files
 from .drivers.errors import DriverError
 from .drivers.publish import open_publisher
 from .failpoints import failpoint
@@ -94,16 +93,20 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
     except (KeyError, ValueError) as exc:
         raise _settle(rs, rid, mac, "failed", DriverError(f"phone {mac}", f"credentials: {failure_text(exc)}")) from None
     if state.get("state") == "rebooting" and state.get("reboot_at"):
-        return confirm_reboot(rid, mac, attempt, float(state["reboot_at"]), phone, creds, plan.params, store, rs)
+        return confirm_reboot(rid, mac, attempt, float(state["reboot_at"]),
+                              phones.for_phone(phone, creds, inv, secrets, store), plan.params, rs)
     if state.get("reboot_at"):
         return {"state": state.get("state"), "note": "already done for this attempt"}
     if rs.config_version(mac) == plan.config_hash:
         rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
         return {"state": "skipped"}
-    rest = RestPhone(phone, creds) if phone.has_rest else None   # one digest session for both calls
-    if phone_ops.in_call(phone, creds, rest):
-        rs.set_phone(rid, mac, state="deferred", deferred_at=time.time())
-        return {"state": "deferred"}
+    control = phones.for_phone(phone, creds, inv, secrets, store)   # one session for the check and the reboot
+    check = control.call_check()
+    if not check.may_reboot:    # in a call, or cannot tell: deferred, never rebooted
+        rs.set_phone(rid, mac, state="deferred", deferred_at=time.time(),
+                     deferred_reason=f"{check.state}: {check.reason}"[:300])
+        rs.log(rid, "deferred", mac=mac, call_state=check.state, reason=check.reason[:300])
+        return {"state": "deferred", "reason": check.reason}
     with _settles_as(rs, rid, mac, "failed", retry_on):
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
         _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds)
@@ -113,14 +116,14 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
                 return {"state": "rebooting", "note": "reboot already sent for this attempt"}
             since = rs.reboot_claimed_at(rid, mac, attempt) or time.time()
             rs.set_phone(rid, mac, state="rebooting", reboot_at=since)
-            return confirm_reboot(rid, mac, attempt, since, phone, creds, plan.params, store, rs)
+            return confirm_reboot(rid, mac, attempt, since, control, plan.params, rs)
         failpoint("rollout.reboot_claimed", mac)
         reboot_at = time.time()
         rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at)
         failpoint("rollout.reboot_recorded", mac)
         # a retry after a reboot that timed out finds state "rebooting" and goes through confirm_reboot: the
         # claim above keeps it from sending a second reboot the phone may already have had
-        how = phone_ops.reboot(phone, creds, rest)
+        how = control.reboot()
         failpoint("rollout.reboot_sent", mac)
         rs.set_phone(rid, mac, state="verifying", reboot_via=how)
         return {"state": "verifying", "reboot_at": reboot_at}
@@ -163,8 +166,8 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
         pub.close()
 
 
-def confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_mod.Phone, creds, params: dict,
-                   store: Store, rs: RolloutStore) -> dict:
+def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phones.PhoneControl, params: dict,
+                   rs: RolloutStore) -> dict:
     """The task that claimed this reboot died before it recorded sending it: send it only if the phone never got it.
 
     Exactly one confirmation runs per attempt (its own claim), so a phone is
@@ -175,12 +178,12 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, phone: inv_mo
     if not rs.claim_reboot(rid, mac, f"{attempt}-confirm"):
         return {"state": "rebooting", "note": "reboot already being confirmed"}
     with _settles_as(rs, rid, mac, "failed"):
-        if phone_ops.rebooted_since(phone, creds, params, store, since):
+        if control.rebooted_since(since, params):
             rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task")
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
         rs.set_phone(rid, mac, reboot_at=reboot_at)
-        how = phone_ops.reboot(phone, creds)
+        how = control.reboot()
         rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task")
         return {"state": "verifying", "reboot_at": reboot_at}
 
@@ -213,7 +216,7 @@ def rollback(rid: str, mac: str, retry_on: Retryable = ()) -> dict:
             pub.close()
     with _settles_as(rs, rid, mac, "rollback_failed"):
         rs.set_phone(rid, mac, state="rolling_back", rollback_at=time.time())
-        phone_ops.reboot(phone, secrets.credentials(phone.credentials))
+        phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets, store).reboot()
     return {"state": "rolling_back"}
 
 

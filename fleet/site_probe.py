@@ -92,7 +92,7 @@ def _phone_read(phone: Phone, creds: Credentials, timeout: float) -> str:
     """One authenticated read the phone's family answers: REST device info, else the state-polling handler."""
     from .drivers.control.rest import RestPhone, auth_hint, phone_auth
 
-    if phone.has_rest:
+    if phone.family.rest:
         info = RestPhone(phone, creds, timeout=timeout).device_info()
         return f"REST device/info answered ({str(info.get('ModelNumber', '?'))[:40]})"
     name = f"phone {phone.mac} ({phone.address})"

@@ -239,6 +239,14 @@ class Store:
                 pipe.hset(K.phone(mac), mapping=mapping)
         pipe.execute()
 
+    def pushed_call_state(self, mac: str) -> tuple[bool, float] | None:
+        """(in a call, when) from the newest state the phone pushed (state polling push mode), or None."""
+        in_call, at = self.r.hmget(K.phone(mac), "in_call", "in_call_pushed_at")
+        try:
+            return (json.loads(in_call) is True, float(at)) if in_call is not None and at else None
+        except ValueError:
+            return None
+
     def status_json(self, site: str | None = None) -> str:
         """`fleet status --json` straight from the ready-made rows: one round trip, no decoding per phone."""
         key = K.site_phones(site) if site else K.PHONES

@@ -12,6 +12,8 @@ import math
 import re
 from functools import lru_cache
 
+from soundpoint import families
+
 from . import polycom
 
 MAC_RE = re.compile(r"^[0-9a-f]{12}$")
@@ -230,22 +232,28 @@ def placeholders(value: str) -> list[tuple[str, str]]:
 def param(name, value, family: str | None = None, allow_placeholders: bool = False) -> str:
     """A phone parameter as the catalogue knows it; `secret:`/`env:` only where the catalogue marks a secret.
 
-    family None: the checks that hold for every firmware family (names, kinds, references, ASCII integers);
-    the family's own ranges are checked again once the inventory is known.
+    family: a name from soundpoint.families (`uc-4.0`); an old or unknown name is refused with a hint.
+    family None: checked against the newest family that knows the parameter; the phone's own family's
+    ranges are checked again once the inventory is known.
     """
     if not isinstance(name, str):
         raise ValueError(f"parameter name {name!r:.40} must be text")
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f"{name}: expected text or an integer, found {type(value).__name__}; quote it")
-    p = _lookup(name)
+    try:
+        fam = families.get(family) if family is not None else None
+    except families.FamilyError as exc:
+        raise ValueError(str(exc)) from None
+    p = _lookup(name) if fam is None else fam.lookup(name)
     if p is None:
+        if fam is not None and _lookup(name) is not None:
+            raise ValueError(f"{name}: not supported by firmware family {fam.name}")
         raise ValueError(f"{name}: not a parameter this tool manages (check the spelling)")
-    m = re.match(r"reg\.([0-9]+)\.", name)
-    if m and not 1 <= int(m.group(1)) <= 99:
-        raise ValueError(f"{name}: registrations are numbered 1 to 99")
-    m = re.match(r"(?:reg\.[0-9]+\.|voIpProt\.)server\.([0-9]+)\.", name)
-    if m and not 1 <= int(m.group(1)) <= 9:
-        raise ValueError(f"{name}: servers are numbered 1 to 9")
+    # family None: the newest family that knows the name (its index ranges are the widest)
+    fam = fam or next(f for f in reversed(families.FAMILIES.values()) if f.lookup(name) is not None)
+    bad_index = fam.index_problem(name)
+    if bad_index:
+        raise ValueError(bad_index)
     text = str(value)
     no_control(text, name)
     if text.startswith(("secret:", "env:")):
@@ -269,12 +277,11 @@ def param(name, value, family: str | None = None, allow_placeholders: bool = Fal
         probe = _BRACE.sub("x", text)
     if p.kind == "int" and not (probe == "" and p.default is None) and not _INT.match(probe.strip()):
         raise ValueError(f"{name}={text!r:.40}: expected an integer (ASCII digits)")
-    fam = family or (sorted(p.families)[0] if p.families is not None else "uc-5.x")
-    if p.kind == "str" and p.families is None:
+    if p.kind == "str":
         return text          # free text: nothing more to check (and 50,000 phones' extensions load fast)
     try:
-        polycom.check(name, probe, fam)
-    except polycom.ParameterError as exc:
+        fam.check(name, probe)
+    except families.ParameterError as exc:
         raise ValueError(str(exc)) from None
     if p.kind == "host" and probe.strip():
         host(probe.strip(), name)

@@ -22,6 +22,7 @@ class PhoneVerdict:
     recovery_s: float | None = None
     predicted_failover_max_s: float | None = None
     predicted_recovery_max_s: float | None = None
+    prediction_notes: list[str] = field(default_factory=list)   # why a bound is missing (fleet.predict says)
     reasons: list[str] = field(default_factory=list)
     checks: list[dict] = field(default_factory=list)     # one per expectation, for JUnit
     timeline: list[dict] = field(default_factory=list)
@@ -47,6 +48,38 @@ class Reached:
 class OutageWindow:
     start: float
     end: float | None                    # None: never confirmed restored
+
+
+@dataclass(frozen=True)
+class Predicted:
+    failover_max_s: float | None
+    recovery_max_s: float | None
+    notes: list[str]
+
+
+def predicted_bounds(params: dict[str, str], family: str | None, observations: list[dict],
+                     outage: OutageWindow | None, dns_ttl: float | None = None) -> Predicted:
+    """A phone's predicted bounds for this run: its family's retry model and failback mode, the expiry each
+    server granted (from the observations before the cut) rather than only the configured one, and the
+    outage's length (it bounds how far a backoff can have grown)."""
+    from . import predict
+
+    cut = outage.start if outage else None
+    # the last grant before the cut; else the one the primary gave when it came back (a server grants alike)
+    granted = predict.granted_expiry(observations, 1, before=cut) or predict.granted_expiry(observations, 1)
+    fb_granted = predict.granted_expiry(observations, 2)
+    outage_s = (outage.end - outage.start) if outage and outage.end is not None else None
+    notes = []
+    failover = predict.failover_max(params, family=family, granted=granted)
+    if failover is None:
+        problem = predict.failover_problem(params, family=family)
+        if problem:
+            notes.append(f"failover: {problem}")
+    rec = predict.recovery_bound(params, family=family, dns_ttl=dns_ttl, outage_s=outage_s,
+                                 fallback_granted=fb_granted)
+    if rec.seconds is None and rec.reason:
+        notes.append(f"recovery: {rec.reason}")
+    return Predicted(failover, rec.seconds, notes)
 
 
 def first_change(observations: list[dict], server: int, after: float) -> float | None:
@@ -88,6 +121,12 @@ def judge_phone(verdict: PhoneVerdict, configured_servers: int, expectations: li
         ok = reached is not None
         message = "" if ok else (f"never moved to server {exp.server} within {exp.within:g}s; "
                                  f"working server was {step.missing.get(verdict.mac)}")
+        if exp.measure in ("failover", "recovery"):
+            bound = verdict.predicted_failover_max_s if exp.measure == "failover" else verdict.predicted_recovery_max_s
+            notes = [n for n in verdict.prediction_notes if n.startswith(exp.measure + ":")]
+            if bound is None and notes:
+                # no bound to hold the phone to: say why (e.g. duration 0 never fails back), pass or fail
+                message = "; ".join(filter(None, [message, "no predicted bound (" + notes[0].split(":", 1)[1].strip() + ")"]))
         if ok and outage is not None and exp.measure in ("failover", "recovery"):
             ref = outage.start if exp.measure == "failover" else outage.end
             if ref is not None:

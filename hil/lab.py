@@ -22,6 +22,8 @@ import asyncssh
 import yaml
 from aiohttp import web
 
+from soundpoint import families
+
 from .bootserver import FtpBootServer, HttpBootServerProcess
 from .dns_server import DnsServer
 from .groundtruth import GroundTruth
@@ -88,6 +90,45 @@ class SiteRuntime:
     phones: list[VirtualPhone] = field(default_factory=list)
     boot_user: str = "PlcmSpIp"
     boot_password: str = ""
+
+
+def fit_to_families(inv: dict) -> dict:
+    """Make the exported inventory describe phones that can exist (soundpoint.families).
+
+    Each phone keeps the family the lab file gave it (hil.labfile); one whose model cannot run it gets the newest
+    family it runs as its own `firmware_family` (a SoundPoint IP 650 in a uc-5.x lab is a uc-4.0 phone). A numeric
+    site parameter outside the range of a family that knows it (a lab retry interval below the real 10 s minimum) is
+    exported at the nearest value a real phone accepts; one that still fails is left out. The lab's own
+    files keep the lab's value, so a lab with timers inside the real ranges exports them unchanged.
+    """
+    lab_family = families.get(inv["firmware_family"])
+    for site in inv["sites"]:
+        used = set()
+        for phone in site["phones"]:
+            # the family the lab file gave the phone (hil.labfile), else the lab's
+            fam = families.get(phone["firmware_family"]) if phone.get("firmware_family") else lab_family
+            if not fam.runs_on(phone["model"]):
+                fam = (families.families_for(phone["model"]) or [lab_family])[-1]
+                phone["firmware_family"] = fam.name
+            used.add(fam)
+
+        def fitted(name: str, value: str) -> str | None:
+            knowing = [f for f in used if f.lookup(name) is not None]
+            if not knowing:
+                return None
+            for fam in knowing:
+                p = fam.lookup(name)
+                if p.kind == "int" and str(value).lstrip("-").isdigit() and int(value) not in p.also:
+                    lo = max(fam.expires_min, p.lo or 0) if name.endswith(".expires") else p.lo
+                    n = max(int(value), lo) if lo is not None else int(value)
+                    value = str(min(n, p.hi) if p.hi is not None else n)
+            try:
+                return value if all(f.check(name, value) is not None for f in knowing) else None
+            except families.ParameterError:
+                return None
+
+        site["params"] = {k: fv for k, v in site["params"].items() if (fv := fitted(k, v)) is not None}
+    return inv
 
 
 class Lab:
@@ -200,7 +241,8 @@ class Lab:
                              dns=(self.public_ip(k, 53), DNS_PORT), admin_password=self.admin_password,
                              boot_time=self.spec.timing.boot_time, boot_jitter=self.spec.timing.boot_jitter,
                              http_latency=self.spec.timing.http_latency,
-                             fault=site.faults.get(i))
+                             fault=site.faults.get(i), family=self.spec.phone_family(k, i),
+                             fixed_retry=self.spec.fixed_retry)
             phone = VirtualPhone(spec, self.truth, self.http_session)
             phone.syslog_registration_line = self.spec.syslog_registration_line
             rt.phones.append(phone)
@@ -237,7 +279,14 @@ class Lab:
             params.update({p + "address": address, p + "port": str(srv.port), p + "expires": str(srv.expires),
                            p + "expires.overlap": str(srv.overlap), p + "register": str(srv.register_),
                            p + "retryTimeOut": str(srv.retry_timeout_ms), p + "retryMaxCount": str(srv.retry_max_count),
-                           p + "registerRetry.baseTimeOut": f"{self.spec.timing.retry_interval:g}"})
+                           })
+            if any(families.get(f).failover_controls for f in self.spec.site_families(k)):
+                # UC Software 4.1.6+ only (the others ignore them): the retry backoff and, for a fallback,
+                # failOver.reRegisterOn (the phone's default 0 would never register there)
+                params.update({p + "registerRetry.baseTimeOut": f"{self.spec.timing.retry_interval:g}",
+                               p + "registerRetry.maxTimeOut": f"{self.spec.retry_max:g}"})
+                if y > 1:
+                    params[p + "failOver.reRegisterOn"] = str(srv.re_register)
         return params
 
     def site_params(self, k: int, site: SiteSpec) -> dict[str, str]:
@@ -279,7 +328,8 @@ class Lab:
             for i, phone in enumerate(rt.phones):
                 ext = str(site.phones.first_extension + i + 1000 * rt.k)
                 secrets_doc[f"sip_{ext}"] = {"password": self.sip_users[ext]}
-                phones.append({"mac": phone.mac, "model": phone.spec.model, "address": phone.spec.ip,
+                phones.append({"mac": phone.mac, "model": phone.spec.model, "firmware_family": phone.spec.family,
+                               "address": phone.spec.ip,
                                "http_port": PHONE_HTTP_PORT, "sip_port": SIP_PORT, "credentials": "phone_admin",
                                "params": {"reg.1.address": ext, "reg.1.auth.userId": ext,
                                           "reg.1.auth.password": f"secret:sip_{ext}"}})
@@ -302,7 +352,7 @@ class Lab:
         inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
                "secrets_file": str(self.state_dir / "secrets.yml"),
                "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
-        return inv, secrets_doc
+        return fit_to_families(inv), secrets_doc
 
     def _evidence_inventory(self, rt: SiteRuntime) -> dict:
         return evidence_inventory(self.spec, rt.spec, self.lan_ip(rt.k, 1))

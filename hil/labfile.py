@@ -9,8 +9,23 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from fleet import validate
 from fleet.yamlfile import FieldError, load_model
+from soundpoint import families
 
 from .phone_types import FAULTS, MODELS
+
+# Failed registrations on a family without registerRetry.* (SIP 2.x/3.x, UC Software 4.0) are retried at a fixed
+# interval no parameter sets: "typically 30 to 60 seconds" (the seed bulletin) is all that is documented.
+FIXED_RETRY_RANGE = (30.0, 60.0)
+
+
+def _family_name(v: str | None) -> str | None:
+    """A family name from soundpoint.families (an old or misspelt one is refused with a hint)."""
+    if v is None:
+        return v
+    try:
+        return families.get(v).name
+    except families.FamilyError as exc:
+        raise ValueError(str(exc)) from None
 
 
 class Strict(BaseModel):
@@ -37,6 +52,8 @@ class ServerSpec(Strict):
     register_: Literal[0, 1] = Field(1, alias="register")
     retry_timeout_ms: int = Field(0, ge=0, le=2**31 - 1)
     retry_max_count: int = Field(3, ge=0, le=100)
+    re_register: Literal[0, 1] = Field(1, description="failOver.reRegisterOn written for this server on families that "
+                                                       "have it (UC Software 5.x; the phone's own default is 0)")
 
     @field_validator("address")
     @classmethod
@@ -55,6 +72,33 @@ class PhonesSpec(Strict):
     count: int = Field(ge=0, le=20000)
     models: list[str] = ["SoundPoint IP 650"]
     first_extension: int = Field(1001, ge=1, le=10**9)
+    families: dict[str, str] = Field({}, description="firmware family per model, over the site's")
+    family_of: dict[int, str] = Field({}, description="firmware family per phone (by index), over everything")
+
+    @field_validator("families")
+    @classmethod
+    def known_model_families(cls, v: dict[str, str]) -> dict[str, str]:
+        for model, fam in v.items():
+            if model not in MODELS:
+                raise FieldError((model,), f"unknown model {model!r}; known: {', '.join(MODELS)}")
+            try:
+                v[model] = _family_name(fam)  # type: ignore[assignment]
+            except ValueError as exc:
+                raise FieldError((model,), str(exc)) from None
+        return v
+
+    @field_validator("family_of")
+    @classmethod
+    def known_phone_families(cls, v: dict[int, str]) -> dict[int, str]:
+        for i, fam in v.items():
+            try:
+                v[i] = _family_name(fam)  # type: ignore[assignment]
+            except ValueError as exc:
+                raise FieldError((i,), str(exc)) from None
+        return v
+
+    def model_of(self, i: int) -> str:
+        return self.models[i % len(self.models)]
 
     @field_validator("models")
     @classmethod
@@ -96,6 +140,7 @@ class CollectorSpec(Strict):
 
 class SiteSpec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    firmware_family: str | None = Field(None, description="default for this site's phones, over the lab's")
     boot_protocol: Literal["http", "ftp"] = "http"
     phones: PhonesSpec
     servers: list[ServerSpec] = Field(min_length=1, max_length=9)
@@ -106,6 +151,8 @@ class SiteSpec(Strict):
                                                     "own, or Kamailio (installed on this machine) on the router")
 
     _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
+
+    _family = field_validator("firmware_family")(classmethod(lambda cls, v: _family_name(v)))
 
     @field_validator("faults")
     @classmethod
@@ -120,6 +167,10 @@ class SiteSpec(Strict):
         for i in self.faults:
             if not 0 <= i < self.phones.count:
                 raise FieldError(("faults", i), f"phone {i} does not exist: this site has phones 0 to {self.phones.count - 1}")
+        for i in self.phones.family_of:
+            if not 0 <= i < self.phones.count:
+                raise FieldError(("phones", "family_of", i),
+                                 f"phone {i} does not exist: this site has phones 0 to {self.phones.count - 1}")
         return self
 
 
@@ -140,7 +191,15 @@ class ProviderSpec(Strict):
 class TimingSpec(Strict):
     boot_time: float = Field(2.0, ge=0, le=600)
     boot_jitter: float = Field(1.0, ge=0, le=3600, description="first boots spread over this many seconds (a site powering up)")
-    retry_interval: float = Field(30, gt=0, le=3600, description="registerRetry.baseTimeOut given to the phones")
+    retry_interval: float = Field(30, gt=0, le=3600, description="registerRetry.baseTimeOut given to the phones "
+                                  "(UC Software 5.x: 10-120); on families without it, the fixed retry unless fixed_retry is set")
+    retry_max: float | None = Field(None, gt=0, le=3600, description="registerRetry.maxTimeOut (UC Software 5.x: "
+                                    "60-1800; default 60, or retry_interval with test_speed: no backoff)")
+    fixed_retry: float | None = Field(None, gt=0, le=3600, description="the fixed retry of SIP 2.x/3.x and UC Software "
+                                      "4.0 phones (no parameter sets it; the seed says 30 to 60 s)")
+    test_speed: bool = Field(False, description="timers below the real firmware ranges, for the test suite: not "
+                             "checked against the families, and a model that cannot run the lab's family runs the "
+                             "newest family it can. The exported inventory leaves out what no real phone accepts")
     log_upload_period: float = Field(60, ge=0, le=86400)
     dns_ttl: int = Field(5, ge=1, le=86400)
     http_latency: float = Field(0.0, ge=0, le=10, description="seconds each phone HTTP answer takes (embedded web servers are slow)")
@@ -151,7 +210,7 @@ class LabFile(Strict):
     net: int = Field(10, ge=1, le=60, description="second octet base of the lab's 127.x addresses")
     backend: Literal["userspace", "netns"] = Field("userspace", description="netns: real router, OpenSSH, net-snmp and "
                                                    "Kamailio in network namespaces (root only; see hil/netns)")
-    firmware_family: Literal["sip-3.x", "uc-5.x"] = "sip-3.x"
+    firmware_family: str = Field("sip-3.x", description="default for every phone; sites and phones may override")
     provider: ProviderSpec = ProviderSpec()
     timing: TimingSpec = TimingSpec()
     http: bool = True
@@ -160,27 +219,114 @@ class LabFile(Strict):
                                            "per-server registration line and the call line, undocumented by Polycom), "
                                            "as on a SIP 3.x site")
 
+    _family = field_validator("firmware_family")(classmethod(lambda cls, v: _family_name(v)))
+
+    @property
+    def retry_max(self) -> float:
+        if self.timing.retry_max is not None:
+            return self.timing.retry_max
+        return self.timing.retry_interval if self.timing.test_speed else 60.0
+
+    @property
+    def fixed_retry(self) -> float:
+        return self.timing.fixed_retry if self.timing.fixed_retry is not None else self.timing.retry_interval
+
+    def model_family(self, k: int, model: str) -> str:
+        """The family a phone of this model at site k runs unless the phone has its own: the model's, else the
+        site's, else the lab's (with test_speed, a model that cannot run the lab's family runs the newest it can)."""
+        site = self.sites[k]
+        explicit = site.phones.families.get(model) or site.firmware_family
+        if explicit:
+            return explicit
+        fam = families.get(self.firmware_family)
+        if self.timing.test_speed and not fam.runs_on(model):
+            return (families.families_for(model) or [fam])[-1].name
+        return fam.name
+
+    def phone_family(self, k: int, i: int) -> str:
+        """The family phone i of site k runs: its own (phones.family_of), else its model's default."""
+        site = self.sites[k]
+        return site.phones.family_of.get(i) or self.model_family(k, site.phones.model_of(i))
+
+    def site_families(self, k: int) -> list[str]:
+        site = self.sites[k]
+        used = {self.model_family(k, m) for m in site.phones.models[: max(site.phones.count, 1)]}
+        used |= set(site.phones.family_of.values())
+        return sorted(used, key=families.NAMES.index)
+
+    def _check_models(self, k: int) -> None:
+        """Every phone's model must run its family; the error names the field that chose the family."""
+        site = self.sites[k]
+        for i, fam in site.phones.family_of.items():
+            try:
+                families.check_model(site.phones.model_of(i), families.get(fam))
+            except families.FamilyError as exc:
+                raise FieldError(("sites", k, "phones", "family_of", i), str(exc)) from None
+        for model in site.phones.models[: max(site.phones.count, 1)]:
+            fam = self.model_family(k, model)
+            try:
+                families.check_model(model, families.get(fam))
+            except families.FamilyError as exc:
+                loc = (("sites", k, "phones", "families", model) if model in site.phones.families
+                       else ("sites", k, "firmware_family") if site.firmware_family else ("firmware_family",))
+                raise FieldError(loc, f"{exc} (sites[{k}] phones.models)") from None
+
+    def _check_timers(self, k: int) -> None:
+        """The values the lab writes into this site's files, inside the real ranges of every family there."""
+        site = self.sites[k]
+        fams = [families.get(f) for f in self.site_families(k)]
+        for y, srv in enumerate(site.servers):
+            values = [("expires", "expires", srv.expires), ("overlap", "expires.overlap", srv.overlap),
+                      ("retry_timeout_ms", "retryTimeOut", srv.retry_timeout_ms),
+                      ("retry_max_count", "retryMaxCount", srv.retry_max_count)]
+            for fam in fams:
+                for field, param, value in values:
+                    try:
+                        validate.param(f"reg.1.server.{y + 1}.{param}", value, fam.name)
+                    except ValueError as exc:
+                        if self.timing.test_speed and field == "expires":
+                            continue
+                        raise FieldError(("sites", k, "servers", y, field), str(exc)) from None
+        if self.timing.test_speed:
+            return
+        for fam in fams:
+            if fam.failover_controls:
+                for field, param, value in (("retry_interval", "baseTimeOut", self.timing.retry_interval),
+                                            ("retry_max", "maxTimeOut", self.retry_max)):
+                    if value != int(value):
+                        raise FieldError(("timing", field), f"registerRetry.{param} is whole seconds, not {value:g}")
+                    try:
+                        validate.param(f"reg.1.server.1.registerRetry.{param}", int(value), fam.name)
+                    except ValueError as exc:
+                        raise FieldError(("timing", field), f"{exc} (sites[{k}] has {fam.name} phones)") from None
+            else:
+                lo, hi = FIXED_RETRY_RANGE
+                if not lo <= self.fixed_retry <= hi:
+                    field = "fixed_retry" if self.timing.fixed_retry is not None else "retry_interval"
+                    raise FieldError(("timing", field),
+                                     f"{fam.name} phones (sites[{k}]) retry a failed registration at a fixed interval of "
+                                     f"{lo:g} to {hi:g} s (no parameter sets it); {self.fixed_retry:g} s is not one "
+                                     f"(set timing.fixed_retry, or test_speed: true for a test lab)")
+
     @model_validator(mode="after")
     def unique_sites(self) -> "LabFile":
-        """Site names once each, and every value the lab writes into phones' files valid for its firmware family."""
+        """Site names once each, every phone's model able to run its family, and every value the lab writes into
+        phones' files valid for the families at the site."""
         names: dict[str, int] = {}
         for k, site in enumerate(self.sites):
             if site.name in names:
                 raise FieldError(("sites", k, "name"), f"site {site.name} is listed twice (also sites[{names[site.name]}])")
             names[site.name] = k
-            for y, srv in enumerate(site.servers):
-                for field, param, value in (("expires", "expires", srv.expires), ("overlap", "expires.overlap", srv.overlap),
-                                            ("retry_timeout_ms", "retryTimeOut", srv.retry_timeout_ms),
-                                            ("retry_max_count", "retryMaxCount", srv.retry_max_count)):
-                    try:
-                        validate.param(f"reg.1.server.{y + 1}.{param}", value, self.firmware_family)
-                    except ValueError as exc:
-                        raise FieldError(("sites", k, "servers", y, field), str(exc)) from None
+            self._check_models(k)
+            self._check_timers(k)
+            fams = [families.get(f) for f in self.site_families(k)]
             for name, value in site.params.items():
-                try:
-                    validate.param(name, value, self.firmware_family)
-                except ValueError as exc:
-                    raise FieldError(("sites", k, "params", name), str(exc)) from None
+                knowing = [f for f in fams if f.lookup(name) is not None] or fams
+                for fam in knowing:
+                    try:
+                        validate.param(name, value, fam.name)
+                    except ValueError as exc:
+                        raise FieldError(("sites", k, "params", name), str(exc)) from None
         if self.backend == "netns":
             from .netns.plan import MAX_PHONES_PER_SITE, MAX_SITES
 

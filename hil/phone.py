@@ -24,7 +24,7 @@ from .phone_boot import Provisioning
 from .phone_calls import Dialogs
 from .phone_events import Reporting
 from .phone_sip import SipRegistrations
-from .phone_types import DOWN, MODELS, OFF, PhoneSpec, Registration
+from .phone_types import DOWN, OFF, PhoneSpec, Registration, model_info
 from .phone_web import WebApi
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
         self.spec = spec
         self.mac = spec.mac.lower()
         self.truth = truth
-        self.model = MODELS[spec.model]
+        self.model = model_info(spec.model, spec.family)
         self.params: dict[str, str] = {}
         self.regs: list[Registration] = []
         self.endpoint: SipEndpoint | None = None
@@ -102,8 +102,8 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
         for reg in self.regs:
             # all of a registration's servers go at once: the ground truth shows one step to "no working server"
             for srv in reg.servers:
-                if srv.state != (OFF if not srv.register else DOWN):
-                    srv.state = OFF if not srv.register else DOWN
+                if srv.state != (OFF if not self._sends_register(srv) else DOWN):
+                    srv.state = OFF if not self._sends_register(srv) else DOWN
                     self.truth.record(self.mac, "server_state", reg=reg.index, server=srv.index, state=srv.state, reason="reboot")
             self._update_working(reg)
         self.booted.clear()
@@ -132,7 +132,7 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
             self.truth.record(self.mac, "available")
             for reg in self.regs:
                 for srv in reg.servers:
-                    if srv.register:
+                    if self._sends_register(srv):
                         srv.task = self._spawn(self._server_loop(reg, srv))
                     else:
                         self._set_server_state(reg, srv, OFF, quiet=True)

@@ -5,13 +5,15 @@ A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
 from __future__ import annotations
 
 import asyncio
+import secrets
 
+from sipwire import digest
 from sipwire import message as sip
 from sipwire.endpoint import TransactionTimeout
 
 from .resolver import ResolveError
 
-from .phone_types import UP, Registration, ServerBinding
+from .phone_types import Registration, ServerBinding
 
 
 class Dialogs:
@@ -41,7 +43,7 @@ class Dialogs:
             return {"ok": False, "reason": f"no registration {reg_index}"}
         attempts = []
         for srv in reg.servers:
-            if srv.register and srv.state != UP:
+            if not self._may_signal_via(srv):
                 continue
             try:
                 ip = await self.resolver.resolve(srv.address)
@@ -97,6 +99,9 @@ class Dialogs:
 
     async def _on_sip_request(self, msg: sip.SipMessage, addr: tuple[str, int]) -> sip.SipMessage | None:
         if msg.method == "NOTIFY" and (msg.get("event") or "").lower().startswith("check-sync"):
+            refused = self._validate_check_sync(msg, addr)
+            if refused is not None:
+                return refused
             self._log(f"check-sync NOTIFY from {addr[0]}")
             self._spawn(self._check_sync())
             return sip.make_response(msg, 200, "OK", to_tag=sip.new_tag(), received=addr)
@@ -105,10 +110,37 @@ class Dialogs:
         if msg.method in ("ACK",):
             return None
         if msg.method == "INVITE":
+            if not await self._request_allowed(msg, addr):
+                return sip.make_response(msg, 403, "Forbidden", to_tag=sip.new_tag(), received=addr)
             return sip.make_response(msg, 486, "Busy Here", to_tag=sip.new_tag(), received=addr)
         if msg.method in ("BYE", "NOTIFY"):
             return sip.make_response(msg, 200, "OK", received=addr)
         return sip.make_response(msg, 405, "Method Not Allowed", received=addr)
+
+    def _validate_check_sync(self, msg: sip.SipMessage, addr: tuple[str, int]) -> sip.SipMessage | None:
+        """voIpProt.SIP.requestValidation for NOTIFY with method digest (or both): challenge, then check the answer
+        against the line's SIP credentials; the request must name one of the phone's lines. None: accepted."""
+        methods = {self.params.get(f"voIpProt.SIP.requestValidation.{n}.method", "")
+                   for n in range(1, 11)
+                   if self.params.get(f"voIpProt.SIP.requestValidation.{n}.request", "").upper() == "NOTIFY"}
+        if not methods & {"digest", "both"}:
+            return None
+        user = msg.uri.split(":", 1)[-1].split("@")[0] if "@" in msg.uri else ""
+        lines = {r.user: r for r in self.regs}
+        if user not in lines:
+            return sip.make_response(msg, 404, "Not Found", to_tag=sip.new_tag(), received=addr)
+        reg = lines[user]
+        realm = self.params.get("voIpProt.SIP.requestValidation.digest.realm", "") or "PolycomSPIP"
+        header = msg.get("authorization") or ""
+        if header and digest.verify(header, method="NOTIFY",
+                                    password_for=lambda u, r: reg.password if u == reg.auth_user and r == realm else None):
+            self.truth.record(self.mac, "check_sync_authenticated", user=user)
+            return None
+        if header:
+            return sip.make_response(msg, 403, "Forbidden", to_tag=sip.new_tag(), received=addr)
+        nonce = secrets.token_hex(8)
+        return sip.make_response(msg, 401, "Unauthorized", to_tag=sip.new_tag(), received=addr,
+                                 extra=[("WWW-Authenticate", f'Digest realm="{realm}", nonce="{nonce}", qop="auth"')])
 
     async def _check_sync(self) -> None:
         """Reboot when alwaysReboot=1; otherwise, outside a call, only when the files changed (our model of the

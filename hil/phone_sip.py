@@ -17,15 +17,23 @@ from .phone_types import DOWN, UP, Registration, ServerBinding
 
 
 class SipRegistrations:
+    def _server_prefix(self, x: int, y: int) -> str | None:
+        """Whole-server precedence (confirmed in the guides): once reg.x.server.y.address is set, that server's
+        reg.x.server.y.* values are used as a whole; voIpProt.server.y.* serves only a server without one."""
+        if self.params.get(f"reg.{x}.server.{y}.address", "") != "":
+            return f"reg.{x}.server.{y}."
+        if self.params.get(f"voIpProt.server.{y}.address", "") != "":
+            return f"voIpProt.server.{y}."
+        return None
+
     def _server_param(self, x: int, y: int, attr: str) -> str | None:
-        """reg.x.server.y.* overrides voIpProt.server.y.* (confirmed precedence)."""
-        v = self.params.get(f"reg.{x}.server.{y}.{attr}")
-        if v in (None, ""):
-            v = self.params.get(f"voIpProt.server.{y}.{attr}")
+        prefix = self._server_prefix(x, y)
+        v = self.params.get(prefix + attr) if prefix else None
         return v if v not in (None, "") else None
 
     def _configure_registrations(self) -> None:
         self.regs = []
+        profile = self.spec.profile
         for x in range(1, self.model["lines"] + 1):
             user = self.params.get(f"reg.{x}.address")
             if not user:
@@ -40,25 +48,75 @@ class SipRegistrations:
                 retry_count = int(self._server_param(x, y, "retryMaxCount") or 0) or 3
                 timers = TransactionTimers(retry_timeout=retry_ms / 1000 if retry_ms else None, retry_max_count=retry_count)
                 port = int(self._server_param(x, y, "port") or 0) or 5060
+                controls = profile.failover_controls
+                if controls:   # UC Software 4.1.6+: registerRetry.* backoff and the failOver.* switches (defaults per guide)
+                    base = float(self._server_param(x, y, "registerRetry.baseTimeOut") or 60)
+                    retry = dict(retry_interval=base, backoff=True,
+                                 retry_max=max(float(self._server_param(x, y, "registerRetry.maxTimeOut") or 60), base),
+                                 re_register=(self._server_param(x, y, "failOver.reRegisterOn") or "0") == "1",
+                                 only_signal_with_registered=(self._server_param(x, y, "failOver.onlySignalWithRegistered") or "1") == "1",
+                                 fail_registration_on=(self._server_param(x, y, "failOver.failRegistrationOn") or "0") == "1")
+                else:          # SIP 2.x/3.x, UC Software 4.0: a fixed interval no parameter sets
+                    retry = dict(retry_interval=self.spec.fixed_retry, retry_max=self.spec.fixed_retry)
                 reg.servers.append(ServerBinding(
                     reg=x, index=y, address=address, port=port,
                     register=(self._server_param(x, y, "register") or "1") != "0",
                     expires=int(self._server_param(x, y, "expires") or 3600),
                     overlap=int(self._server_param(x, y, "expires.overlap") or 60),
-                    timers=timers,
-                    retry_interval=float(self._server_param(x, y, "registerRetry.baseTimeOut") or 60),
-                    call_id=sip.new_call_id(self.spec.ip)))
+                    timers=timers, call_id=sip.new_call_id(self.spec.ip), **retry))
             if reg.servers:
                 self.regs.append(reg)
+
+    @staticmethod
+    def _sends_register(srv: ServerBinding) -> bool:
+        """R1, except on UC Software: a fallback server (y >= 2) gets a REGISTER only with failOver.reRegisterOn=1
+        (default 0: the phone assumes the servers share registrations)."""
+        return srv.register and (srv.index == 1 or srv.re_register)
+
+    def _may_signal_via(self, srv: ServerBinding) -> bool:
+        """Whether a new request (INVITE) may go through this server now. A server the phone registers with must be
+        up. One it does not register with takes requests (R5, and UC Software's reRegisterOn=0, which assumes the
+        servers share registrations), unless onlySignalWithRegistered=1 applies: the UC Software guides make it
+        apply when reRegisterOn and failRegistrationOn are both 1 (our reading; uncertain in detail)."""
+        if self._sends_register(srv):
+            return srv.state == UP
+        return not (srv.only_signal_with_registered and srv.re_register and srv.fail_registration_on)
+
+    async def _request_allowed(self, msg: sip.SipMessage, addr: tuple[str, int]) -> bool:
+        """voIpProt.SIP.requestValidation.n.*: with method `source` (or `both`) for this request, the phone accepts
+        it only from a server it is registered with (source check only; `digest` is not modelled). A phone not
+        registered with server 2 thus refuses calls that server 2 sends it, the failure operators report."""
+        for n in range(1, 21):
+            method = self.params.get(f"voIpProt.SIP.requestValidation.{n}.method", "")
+            request = self.params.get(f"voIpProt.SIP.requestValidation.{n}.request", "")
+            if not method and not request:
+                continue
+            if request.upper() != (msg.method or "").upper() or method not in ("source", "both"):
+                continue
+            for reg in self.regs:
+                for srv in reg.servers:
+                    if srv.state != UP:
+                        continue
+                    try:
+                        if await self.resolver.resolve(srv.address) == addr[0]:
+                            return True
+                    except ResolveError:
+                        continue
+            self._log(f"{msg.method} from {addr[0]} refused: not from a server this phone is registered with "
+                      f"(voIpProt.SIP.requestValidation.{n})")
+            return False
+        return True
 
     async def _server_loop(self, reg: Registration, srv: ServerBinding) -> None:
         while True:
             ok = await self._register_once(reg, srv)
             if ok:
+                srv.failures = 0
                 # Refresh `overlap` s before the granted expiry, or at half of it if that is sooner.
                 delay = srv.granted - srv.overlap if srv.granted / 2 >= srv.overlap else srv.granted / 2
             else:
-                delay = srv.retry_interval
+                srv.failures += 1
+                delay = srv.next_retry()
             due = time.monotonic() + max(delay, 0.1)
             await asyncio.sleep(max(delay, 0.1))
             self.lateness.append(time.monotonic() - due)
@@ -142,7 +200,7 @@ class SipRegistrations:
 
     def _update_working(self, reg: Registration) -> None:
         """R4: the working server is the highest-priority server whose registration is up."""
-        working = next((s.index for s in reg.servers if s.register and s.state == UP), None)
+        working = next((s.index for s in reg.servers if self._sends_register(s) and s.state == UP), None)
         if working != reg.working:
             was_registered = reg.working is not None
             reg.working = working
@@ -153,7 +211,7 @@ class SipRegistrations:
             if working is not None and not was_registered:
                 self._spawn(self._send_line_events("LineRegistrationEvent", only=reg.index))
             primary = reg.servers[0]
-            if working == primary.index and primary.register and not reg.subscribed_to_primary:
+            if working == primary.index and self._sends_register(primary) and not reg.subscribed_to_primary:
                 self._spawn(self._subscribe(reg, primary))
             if working != primary.index:
                 reg.subscribed_to_primary = False

@@ -2,10 +2,12 @@
 from __future__ import annotations
 
 import asyncio
+import random
 from dataclasses import dataclass, field
 
 from sipwire.endpoint import TransactionTimers
 
+from soundpoint import families
 
 
 # Models and what they offer. SoundPoint (SIP 2.x-4.x): no REST. VVX (UC Software 5+): REST.
@@ -15,6 +17,19 @@ MODELS = {
     "SoundPoint IP 331": {"rest": False, "firmware": "3.1.8.0070", "lines": 2},
     "VVX 410": {"rest": True, "firmware": "5.9.7.3480", "lines": 12},
 }
+
+# The application version a phone of each family reports (User-Agent, state polling's AppLoadID): typical
+# releases of each line, for show only.
+FIRMWARE = {"sip-2.x": "2.2.2.0047", "sip-3.x": "3.1.8.0070", "uc-4.0": "4.0.15.1009", "uc-5.x": "5.9.7.3480"}
+
+
+def model_info(model: str, family: str) -> dict:
+    """What a phone of `model` offers when it runs `family`: REST only where the family has it."""
+    info = dict(MODELS[model])
+    fam = families.get(family)
+    info.update(firmware=FIRMWARE.get(fam.name, info["firmware"]), rest=fam.rest)
+    return info
+
 
 UP, DOWN, OFF = "registered", "unregistered", "not-registering"
 # lab faults, taking effect at a phone's next boot: it never comes back; it ignores server 1; it ignores server 1 once
@@ -37,6 +52,14 @@ class PhoneSpec:
     http_latency: float = 0.0
     # lab faults: a phone that never comes back after a reboot, or that ignores server 1 after reboot
     fault: str | None = None
+    # the firmware it runs (soundpoint.families), and on a family without registerRetry.* (SIP 2.x/3.x,
+    # UC Software 4.0) the fixed interval at which it retries a failed registration (the seed: 30 to 60 s)
+    family: str = "sip-3.x"
+    fixed_retry: float = 30.0
+
+    @property
+    def profile(self) -> families.Family:
+        return families.get(self.family)
 
 
 @dataclass
@@ -49,13 +72,30 @@ class ServerBinding:
     expires: int
     overlap: int
     timers: TransactionTimers
-    retry_interval: float
+    retry_interval: float               # the fixed retry, or registerRetry.baseTimeOut with backoff
     state: str = DOWN
     call_id: str = ""
     cseq: int = 0
     granted: int = 0
     task: asyncio.Task | None = None
     last_refresh_due: float | None = None
+    backoff: bool = False               # UC Software: waits grow from retry_interval to retry_max
+    retry_max: float = 0.0
+    failures: int = 0                   # consecutive failed registrations
+    re_register: bool = True            # failOver.reRegisterOn (UC Software; a fallback needs 1 to register)
+    only_signal_with_registered: bool = False
+    fail_registration_on: bool = False
+
+    def next_retry(self, rng: random.Random | None = None) -> float:
+        """Seconds until the next attempt after `failures` consecutive failures.
+
+        Fixed interval on families without registerRetry.*; on UC Software the nominal wait is
+        baseTimeOut doubling per failure up to maxTimeOut, and each wait is 50-100 % of it (the doubling is
+        our reading of "grows from base to max", uncertain in detail; fleet.predict bounds it the same way)."""
+        if not self.backoff:
+            return self.retry_interval
+        nominal = min(self.retry_interval * 2 ** max(self.failures - 1, 0), max(self.retry_max, self.retry_interval))
+        return nominal * (rng or random).uniform(0.5, 1.0)
 
 
 @dataclass

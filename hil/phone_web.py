@@ -1,4 +1,11 @@
-"""The phone's web server: state polling and, on models that have it, the REST API, behind digest or Basic auth.
+"""The phone's web server: state polling, the web UI's reboot form and, on models that have it, the REST API.
+
+State polling has its own login when the phone is configured with one
+(`apps.statePolling.username/password`, digest only); with `apps.statePolling.URL`
+set the phone answers a poll with an empty 200 and POSTs its state to that URL.
+The web UI's `/form-submit/Reboot` asks for Basic auth in the realm
+"SPIP Configuration" (polycom.md "More facts"). Everything else takes the admin
+login, digest or Basic.
 
 A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
 """
@@ -21,6 +28,7 @@ class WebApi:
         app = web.Application(middlewares=[self._auth_middleware])
         app.router.add_get("/polling/deviceHandler", self._h_poll_device)
         app.router.add_get("/polling/callStateHandler", self._h_poll_calls)
+        app.router.add_post("/form-submit/Reboot", self._h_web_reboot)
         if self.model["rest"]:
             app.router.add_get("/api/v1/mgmt/device/info", self._h_device_info)
             app.router.add_get("/api/v1/mgmt/lineInfo", self._h_line_info)
@@ -43,18 +51,26 @@ class WebApi:
         if self.spec.http_latency:
             await asyncio.sleep(self.spec.http_latency)
         header = request.headers.get("Authorization", "")
-        if header.startswith("Basic "):
+        login = (self.spec.admin_user, self.spec.admin_password)
+        poll_user = self.params.get("apps.statePolling.username", "")
+        polling = request.path.startswith("/polling/")
+        if polling and poll_user:       # state polling's own login, digest only
+            login = (poll_user, self.params.get("apps.statePolling.password", ""))
+        web_form = request.path.startswith("/form-submit/")
+        if header.startswith("Basic ") and not (polling and poll_user):
             try:
                 auth = aiohttp.BasicAuth.decode(header)
-                if auth.login == self.spec.admin_user and auth.password == self.spec.admin_password:
+                if (auth.login, auth.password) == login:
                     return await handler(request)
             except ValueError:
                 pass
-        elif header.startswith("Digest "):
+        elif header.startswith("Digest ") and not web_form:
             user = digest.verify(header, method=request.method,
-                                 password_for=lambda u, r: self.spec.admin_password if u == self.spec.admin_user else None)
+                                 password_for=lambda u, r: login[1] if u == login[0] else None)
             if user:
                 return await handler(request)
+        if web_form:
+            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="SPIP Configuration"'})
         nonce = f"{random.getrandbits(64):016x}"
         return web.Response(status=401, headers={"WWW-Authenticate": f'Digest realm="PolycomSPIP", nonce="{nonce}", qop="auth"'})
 
@@ -66,8 +82,24 @@ class WebApi:
                             content_type="application/xml")
 
     async def _h_poll_calls(self, request: web.Request) -> web.Response:
-        return web.Response(body=reports.polling_call_state({r.index: (r.user, self.in_call) for r in self.regs}),
-                            content_type="application/xml")
+        body = reports.polling_call_state({r.index: (r.user, self.in_call) for r in self.regs})
+        url = self.params.get("apps.statePolling.URL", "")
+        if url:      # push mode: the state goes to the URL, the poll gets an empty answer
+            self._spawn(self._push_state(url, body))
+            return web.Response(status=200)
+        return web.Response(body=body, content_type="application/xml")
+
+    async def _push_state(self, url: str, body: bytes) -> None:
+        try:
+            async with self._events().post(url, data=body, headers={"Content-Type": "application/xml"}):
+                pass
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError):
+            self._log(f"state push to {url} failed")
+
+    async def _h_web_reboot(self, request: web.Request) -> web.Response:
+        """The web UI's reboot button (UC Software 4.x path)."""
+        self._spawn(self.reboot("web"))
+        return web.Response(status=200, text="rebooting")
 
     async def _h_device_info(self, request: web.Request) -> web.Response:
         return web.json_response(reports.rest_ok({"ModelNumber": self.spec.model, "MACAddress": self.mac,

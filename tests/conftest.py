@@ -66,7 +66,8 @@ def lab_spec(name: str, net: int, *, phones: int = 4, servers: list[dict] | None
              poll_interval: float = 0.0) -> dict:
     return {
         "name": name, "net": net, "firmware_family": "uc-5.x",
-        "timing": {"boot_time": 0.5, "retry_interval": retry_interval, "log_upload_period": 5, "dns_ttl": 1},
+        "timing": {"boot_time": 0.5, "retry_interval": retry_interval, "log_upload_period": 5, "dns_ttl": 1,
+                   "test_speed": True},   # timers below the real ranges: fast tests (hil.labfile)
         "sites": [{
             "name": site, "boot_protocol": boot_protocol,
             "phones": {"count": phones, "models": models or ["SoundPoint IP 650", "VVX 410"]},

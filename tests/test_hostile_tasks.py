@@ -86,7 +86,7 @@ def _payloads(marker_base: str) -> list[str]:
 
 def _valid_args(lab, tmp_path: Path) -> dict[str, dict]:
     site = lab.inv.site(SITE)
-    rest_phone = next(p for p in site.phones if p.has_rest)
+    rest_phone = next(p for p in site.phones if p.family.rest)
     playbook = tmp_path / "scheduled.yml"
     playbook.write_text("kind: rollout\nname: nightly\nparams: {reg.1.server.1.expires: 600}\n")
     return {

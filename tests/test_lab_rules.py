@@ -94,7 +94,7 @@ def test_r3_r4_cut_moves_to_gateway_at_next_refresh_and_back_within_retry_interv
         assert ev and ev[0]["data"]["server"] == 2 and ev[0]["t"] - t_cut <= 6 + 1.6 + 0.5
         # a call placed now goes to the gateway (REST dial on the VVX)
         inv = _inv(std)
-        vvx = next(p for p in inv.sites[0].phones if p.has_rest)
+        vvx = next(p for p in inv.sites[0].phones if p.family.rest)
         since = time.time()
         RestPhone(vvx, inventory.Secrets(inv).credentials(vvx.credentials)).dial("2000")
         invites = _wait(lambda: [r for r in std.status(since)["sites"][0]["gateway"]["requests"] if r["method"] == "INVITE"], 5)

@@ -23,7 +23,8 @@ def two_site_spec(name: str, net: int, per_site: int) -> dict:
                       "servers": [{"address": "provider", **SRV}, {"address": "gateway", **SRV}],
                       "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}}
     return {"name": name, "net": net, "firmware_family": "uc-5.x",
-            "timing": {"boot_time": 0.3, "boot_jitter": 2, "retry_interval": 3, "log_upload_period": 0, "dns_ttl": 1},
+            "timing": {"boot_time": 0.3, "boot_jitter": 2, "retry_interval": 3, "log_upload_period": 0, "dns_ttl": 1,
+                       "test_speed": True},
             "sites": [site("east"), site("west")]}
 
 
@@ -130,7 +131,7 @@ def test_fifty_phone_rollout_across_two_sites_respects_max_unavailable(fleet_lab
     from fleet.drivers.control.rest import RestPhone
 
     inv = inventory.load(fleet_lab.inventory)
-    vvx = next(p for p in inv.sites[0].phones if p.has_rest)
+    vvx = next(p for p in inv.sites[0].phones if p.family.rest)
     assert RestPhone(vvx, inventory.Secrets(inv).credentials(vvx.credentials)).config_get(
         ["reg.1.server.1.expires"]) == {"reg.1.server.1.expires": "12"}
     # content-addressed: the same rollout again changes nothing and reboots nobody

@@ -26,7 +26,7 @@ SERVERS = {"voIpProt.server.1.address": PRIMARY, "voIpProt.server.1.expires": "6
 
 
 def inventory(*sites: dict, limits: dict | None = None) -> Inventory:
-    return Inventory.model_validate({"name": "t", "firmware_family": "uc-4.x", "params": SERVERS,
+    return Inventory.model_validate({"name": "t", "firmware_family": "uc-4.0", "params": SERVERS,
                                      "registrar_limits": limits or {}, "sites": list(sites)})
 
 

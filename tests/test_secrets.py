@@ -58,7 +58,7 @@ def write_inventory(tmp: Path, phone_params: dict | None = None, site_params: di
              "params": {"reg.1.address": "1001", "reg.1.auth.password": "secret:sip_1001"} | (phone_params or {})}
     if http_auth:
         phone["http_auth"] = http_auth
-    doc = {"name": "t", "secrets_file": "secrets.yml", "firmware_family": "uc-5.x",
+    doc = {"name": "t", "secrets_file": "secrets.yml", "firmware_family": "uc-4.0",
            "params": fleet_params or {},
            "sites": [{"name": site, "gateway": "127.0.0.1", "boot_server": {"url": boot or f"file://{boot_dir}/"},
                       "router": {"driver": "linux_ssh", "address": "127.0.0.1", "credentials": "router",
@@ -371,7 +371,7 @@ def test_http_auth_layers_fleet_site_phone(tmp_path):
     doc = yaml.safe_load(path.read_text())
     doc["http_auth"] = "basic"
     doc["sites"][0]["phones"].append({"mac": "0004f2000002", "model": "VVX 410", "address": "127.0.0.3",
-                                      "credentials": "admin", "http_auth": "digest"})
+                                      "credentials": "admin", "http_auth": "digest", "firmware_family": "uc-5.x"})
     path.write_text(yaml.safe_dump(doc))
     assert [p.http_auth for p in inventory.load(path).sites[0].phones] == ["basic", "digest"]
     doc["http_auth"] = None
@@ -497,7 +497,7 @@ def test_digest_is_enough_for_the_virtual_phones(small_lab):
     assert all(r.ok for r in results), [r.error for r in results if not r.ok]
     for phone, creds in targets:
         assert polling_in_call(phone, creds) is False
-        if phone.has_rest:
+        if phone.family.rest:
             assert RestPhone(phone, creds).uptime() >= 0
 
 

@@ -21,7 +21,7 @@ import aiohttp
 
 from aiohttp import web
 
-from ..lab import Lab, evidence_inventory, phone_mac
+from ..lab import Lab, evidence_inventory, fit_to_families, phone_mac
 from ..labfile import LabFile, SiteSpec
 from ..phone_types import PhoneSpec
 from . import daemons, plan
@@ -176,7 +176,8 @@ class NetnsLab(Lab):
                                        ip=p.phone_ip(i), boot_url=boot_url, http_port=PHONE_HTTP_PORT,
                                        dns=(plan.dns_ip(self.net), DNS_PORT), admin_password=self.admin_password,
                                        boot_time=self.spec.timing.boot_time, boot_jitter=self.spec.timing.boot_jitter,
-                                       http_latency=self.spec.timing.http_latency, fault=site.faults.get(i)))
+                                       http_latency=self.spec.timing.http_latency, fault=site.faults.get(i),
+                                       family=self.spec.phone_family(k, i), fixed_retry=self.spec.fixed_retry))
         return rt
 
     async def _start_phones(self, rt: NetnsSite) -> None:
@@ -207,7 +208,8 @@ class NetnsLab(Lab):
             for i, phone in enumerate(rt.phones):
                 ext = str(site.phones.first_extension + i + 1000 * rt.k)
                 secrets_doc[f"sip_{ext}"] = {"password": self.sip_users[ext]}
-                phones.append({"mac": phone.mac, "model": phone.model, "address": phone.ip,
+                phones.append({"mac": phone.mac, "model": phone.model, "firmware_family": phone.family,
+                               "address": phone.ip,
                                "http_port": PHONE_HTTP_PORT, "sip_port": SIP_PORT, "credentials": "phone_admin",
                                "params": {"reg.1.address": ext, "reg.1.auth.userId": ext,
                                           "reg.1.auth.password": f"secret:sip_{ext}"}})
@@ -230,7 +232,7 @@ class NetnsLab(Lab):
         inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
                "secrets_file": str(self.state_dir / "secrets.yml"),
                "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
-        return inv, secrets_doc
+        return fit_to_families(inv), secrets_doc
 
     # ------------------------------------------------------------ ground truth and control
     async def _site_status(self, rt: NetnsSite) -> dict:

@@ -57,7 +57,8 @@ def bytes_case(name: str, kind: str, data: bytes, line: int | None, field: str, 
 
 # ------------------------------------------------------------------ inventories
 I = "inventory"
-P1 = '      - {mac: "0004f2000002", model: SoundPoint IP 650, address: 127.70.0.12, credentials: phone_admin}'
+P1 = ('      - {mac: "0004f2000002", model: SoundPoint IP 650, address: 127.70.0.12, credentials: phone_admin, '
+      'firmware_family: uc-4.0}')
 case("inv_duplicate_key", I, [("    gateway: 127.70.0.1\n", "    gateway: 127.70.0.1\n    gateway: 127.70.0.9\n")],
      "sites[0].gateway", mark="gateway: 127.70.0.9", contains="lines 9 and 10")
 case("inv_unknown_model", I, [("model: SoundPoint IP 650, address: 127.70.0.12", "model: SoundPoint IP 9999, address: 127.70.0.12")],
@@ -114,6 +115,10 @@ case("inv_provider_garbage", I, [("provider: {name: voip.provider.example, port:
      "provider.name", contains="neither an IP address nor a host name")
 case("inv_provider_port_zero", I, [("provider: {name: voip.provider.example, port: 5060}", "provider: {name: voip.provider.example, port: 0}")],
      "provider.port")
+case("inv_model_cannot_run_family", I, [(P1, P1.replace(", firmware_family: uc-4.0", ""))],
+     "sites[0].phones[1].model", mark='"0004f2000002"', contains="SoundPoint IP 650 cannot run UC Software 5.x")
+case("inv_old_family_name", I, [(P1, P1.replace("uc-4.0", "uc-4.x"))], "sites[0].phones[1].firmware_family",
+     mark='"0004f2000002"', contains="use uc-4.0")
 case("inv_unknown_family", I, [("firmware_family: uc-5.x", "firmware_family: uc-6.x")], "firmware_family")
 case("inv_param_unknown", I, [("      reg.1.server.1.expires: 60\n", "      reg.1.server.1.expirse: 60\n")],
      "sites[0].params.reg.1.server.1.expirse", contains="not a parameter")

@@ -80,7 +80,7 @@ class Poller:
     async def poll_one(self, phone: Phone, creds: Credentials) -> PollResult:
         t = time.time()
         try:
-            if phone.has_rest:
+            if phone.family.rest:
                 import json
 
                 doc = json.loads(await self._get(phone, "/api/v1/mgmt/lineInfo", creds))

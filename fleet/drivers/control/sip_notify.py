@@ -1,8 +1,15 @@
-"""SIP NOTIFY check-sync: the one control every SoundPoint understands (reboot or resync)."""
+"""SIP NOTIFY check-sync: the one control every SoundPoint understands (reboot or resync).
+
+Addressed to the phone's registered user (`sip:1001@phone`), since phones match
+the request URI against their lines. A phone with `voIpProt.SIP.requestValidation`
+challenges it (401/407): the challenge is answered once with the phone's own SIP
+credentials (reg.1.auth.*), and only a refusal after that is reported as refused.
+"""
 from __future__ import annotations
 
 import asyncio
 
+from sipwire import digest
 from sipwire import message as sip
 from sipwire.endpoint import SipEndpoint, TransactionTimeout, TransactionTimers
 
@@ -10,23 +17,43 @@ from ...inventory import Phone
 from ..errors import DeviceRefused, DeviceTimeout
 
 
-async def check_sync(phone: Phone, timeout: float = 4.0) -> int:
+async def check_sync(phone: Phone, timeout: float = 4.0, user: str | None = None,
+                     auth: tuple[str, str] | None = None) -> int:
+    name = f"phone {phone.mac} ({phone.address})"
     ep = await SipEndpoint.bind("0.0.0.0", 0, name="check-sync")
     try:
-        uri = f"sip:{phone.address}:{phone.sip_port}"
-        req = sip.make_request("NOTIFY", uri, local=ep.local, from_uri="sip:fleet@fleet.invalid", to_uri=uri,
-                               call_id=sip.new_call_id("fleet"), cseq=1, from_tag=sip.new_tag(),
-                               extra=[("Event", "check-sync"), ("Subscription-State", "terminated")])
-        try:
-            resp = await ep.request(req, (phone.address, phone.sip_port), TransactionTimers(retry_timeout=timeout / 4))
-        except TransactionTimeout:
-            raise DeviceTimeout(f"phone {phone.mac} ({phone.address})", "no answer to check-sync NOTIFY") from None
+        uri = f"sip:{user + '@' if user else ''}{phone.address}:{phone.sip_port}"
+        call_id, tag = sip.new_call_id("fleet"), sip.new_tag()
+        header: list[tuple[str, str]] = []
+        for cseq in (1, 2):
+            req = sip.make_request("NOTIFY", uri, local=ep.local, from_uri="sip:fleet@fleet.invalid", to_uri=uri,
+                                   call_id=call_id, cseq=cseq, from_tag=tag,
+                                   extra=[("Event", "check-sync"), ("Subscription-State", "terminated")] + header)
+            try:
+                resp = await ep.request(req, (phone.address, phone.sip_port), TransactionTimers(retry_timeout=timeout / 4))
+            except TransactionTimeout:
+                raise DeviceTimeout(name, "no answer to check-sync NOTIFY") from None
+            if resp.status in (401, 407) and not header:
+                if auth is None:
+                    raise DeviceRefused(name, f"check-sync challenged ({resp.status}) and the inventory gives no "
+                                              "SIP credentials (reg.1.auth.password) to answer it")
+                hname = "WWW-Authenticate" if resp.status == 401 else "Proxy-Authenticate"
+                try:
+                    challenge = digest.parse_challenge(resp.get(hname) or "")
+                    value = digest.authorization(challenge, username=auth[0], password=auth[1], method="NOTIFY", uri=uri)
+                except (sip.SipParseError, KeyError, ValueError):
+                    raise DeviceRefused(name, f"check-sync challenge ({resp.status}) cannot be read") from None
+                header = [("Authorization" if resp.status == 401 else "Proxy-Authorization", value)]
+                continue
+            break
         if resp.status is None or resp.status >= 300:
-            raise DeviceRefused(f"phone {phone.mac} ({phone.address})", f"check-sync answered {resp.status}")
+            after = " after answering its digest challenge" if header else ""
+            raise DeviceRefused(name, f"check-sync refused{after}: {resp.status}")
         return resp.status
     finally:
         ep.close()
 
 
-def check_sync_blocking(phone: Phone, timeout: float = 4.0) -> int:
-    return asyncio.run(check_sync(phone, timeout))
+def check_sync_blocking(phone: Phone, timeout: float = 4.0, user: str | None = None,
+                        auth: tuple[str, str] | None = None) -> int:
+    return asyncio.run(check_sync(phone, timeout, user, auth))

@@ -1,0 +1,62 @@
+"""Primary/fallback configurations that cannot work on a phone's firmware, found before anything is pushed.
+
+A rollout's dry run shows these per phone, so an operator learns before the
+next WAN outage (not during it) that server 2 will never see a REGISTER, that
+an outbound proxy reachable only over the WAN takes server 2 down with the
+primary (Polycom TB 5844), or that the phone will refuse calls from server 2.
+They are warnings, not errors: the site may know better (a shared-registration
+pair of servers, a proxy on the LAN).
+"""
+from __future__ import annotations
+
+import re
+
+from .predict import failover_problem, servers
+
+_VALIDATION = re.compile(r"^voIpProt\.SIP\.requestValidation\.(\d+)\.(method|request)$")
+
+
+def _proxy(params: dict[str, str], reg: int) -> str:
+    return params.get(f"reg.{reg}.outboundProxy.address") or params.get("voIpProt.SIP.outboundProxy.address", "")
+
+
+def _proxy_problem(params: dict[str, str], reg: int, family: str | None) -> str | None:
+    proxy = _proxy(params, reg)
+    if not proxy:
+        return None
+    fallbacks = servers(params, reg, family)[1:]
+    stuck = [i + 2 for i, _ in enumerate(fallbacks)
+             if params.get(f"reg.{reg}.server.{i + 2}.useOutboundProxy", "1") != "0"]
+    if not stuck:
+        return None
+    which = ", ".join(str(i) for i in stuck)
+    return (f"outbound proxy {proxy} is used for fallback server {which} too "
+            f"(reg.{reg}.server.{stuck[0]}.useOutboundProxy is not 0): if the proxy is reached over the WAN, "
+            "the fallback fails with the primary (TB 5844)")
+
+
+def _invite_validation(params: dict[str, str]) -> str | None:
+    """INVITE validated by source: a call routed through a server the phone is not registered with is refused."""
+    methods: dict[str, str] = {}
+    requests: dict[str, str] = {}
+    for name, value in params.items():
+        m = _VALIDATION.match(name)
+        if m:
+            (methods if m.group(2) == "method" else requests)[m.group(1)] = str(value)
+    for n, request in requests.items():
+        if request.upper() == "INVITE" and methods.get(n) in ("source", "both"):
+            return (f"voIpProt.SIP.requestValidation.{n} checks the source of INVITEs: calls from a server the phone "
+                    "is not registered with are refused, so server 2 cannot ring it unless it is registered there")
+    return None
+
+
+def problems(params: dict[str, str], family: str | None, reg: int = 1) -> list[str]:
+    """Every reason registration `reg` cannot fail over and back as R1-R7 expect; empty when none is known."""
+    found = []
+    why = failover_problem(params, reg, family)
+    if why and servers(params, reg, family)[1:]:   # a phone with no fallback at all is a choice, not a mistake
+        found.append(why)
+    for check in (_proxy_problem(params, reg, family), _invite_validation(params)):
+        if check:
+            found.append(check)
+    return found

@@ -1,0 +1,92 @@
+"""The phone-control seam: what a rollout asks of one phone, answered by the module of the phone's firmware family.
+
+Each family (soundpoint.families) has one module here exporting `Control`; it is
+found by the family's name, as labgrid finds its power backends, so a new family
+is one profile in soundpoint/families plus one module here. Callers never ask
+which model or firmware a phone has: they ask the control.
+
+Every answer fails closed: a call check that gets no answer, an error or an
+answer it cannot read says "unknown", and a phone in state unknown is deferred,
+never rebooted.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from typing import Callable, Literal, Protocol
+
+from soundpoint import families
+
+from ..inventory import Credentials, Phone
+
+# family name -> module (relative to this package); checked against soundpoint.families at import
+BACKENDS = {"sip-2.x": "sip2", "sip-3.x": "sip3", "uc-4.0": "ucs4", "uc-5.x": "ucs5"}
+if set(BACKENDS) != set(families.NAMES):
+    raise ImportError(f"fleet.phones.BACKENDS {sorted(BACKENDS)} does not match the families {sorted(families.NAMES)}")
+
+
+@dataclass(frozen=True)
+class CallCheck:
+    """Whether the phone may be rebooted now. `unknown` is treated as "possibly in a call"."""
+    state: Literal["idle", "in-call", "unknown"]
+    reason: str = ""
+
+    @property
+    def may_reboot(self) -> bool:
+        return self.state == "idle"
+
+
+@dataclass
+class PhoneAccess:
+    """What a control needs to reach one phone: the inventory's phone, its admin login, its effective parameters
+    (secret ones as references) and how to resolve them, and the store (for pushed state and events)."""
+    phone: Phone
+    creds: Credentials
+    params: dict[str, str] = field(default_factory=dict)
+    resolve: Callable[[str, str], str] | None = None
+    store: object | None = None
+
+    def param(self, name: str, default: str = "") -> str:
+        return str(self.params.get(name, default) or default)
+
+    def secret(self, name: str) -> str:
+        """A secret parameter's value (resolved from its reference), or "" when unset or unresolvable."""
+        value = self.param(name)
+        if not value or self.resolve is None:
+            return "" if value.startswith(("secret:", "env:")) else value
+        try:
+            return self.resolve(name, value)
+        except (KeyError, ValueError):
+            return ""
+
+
+class PhoneControl(Protocol):
+    family: families.Family
+
+    def call_check(self) -> CallCheck:
+        """Idle, in a call, or unknown (no answer, an error, a family that cannot tell)."""
+
+    def reboot(self) -> str:
+        """Reboot by the phone's method (inventory `reboot:`, else the family's default); returns how, for reports.
+        Raises DriverError naming the phone when the phone refuses or does not answer."""
+
+    def rebooted_since(self, since: float, params: dict[str, str]) -> bool:
+        """Whether the reboot sent at `since` reached the phone (params: the files it was rebooted into)."""
+
+    def polling_credentials(self) -> Credentials:
+        """The login state polling takes (apps.statePolling.*), for the collectors' poller too."""
+
+
+def control(access: PhoneAccess) -> PhoneControl:
+    """The control of the phone's family."""
+    module = importlib.import_module(f".{BACKENDS[access.phone.family.name]}", __name__)
+    return module.Control(access)
+
+
+def for_phone(phone: Phone, creds: Credentials, inventory=None, secrets=None, store=None) -> PhoneControl:
+    """The control for an inventory phone: its effective parameters from `inventory`, resolved with `secrets`."""
+    params: dict[str, str] = {}
+    if inventory is not None:
+        site, _ = inventory.phone(phone.mac)
+        params = inventory.effective_params(site, phone)
+    return control(PhoneAccess(phone, creds, params, secrets.resolve_param if secrets is not None else None, store))

@@ -1,0 +1,90 @@
+"""Controls every Polycom family shares: state polling call check, check-sync and web UI reboots, reboot evidence.
+
+The family modules (sip2, sip3, ucs4, ucs5) subclass this and change what their
+firmware does differently.
+"""
+from __future__ import annotations
+
+from soundpoint import families
+
+from ..drivers.control import polling, sip_notify, web_ui
+from ..drivers.errors import DeviceRefused, DriverError
+from ..inventory import Credentials
+from . import CallCheck, PhoneAccess
+
+REBOOT_DESCRIPTIONS = {"check-sync": "sip check-sync", "web": "web /form-submit/Reboot", "rest": "rest safeRestart"}
+
+
+class SoundPointControl:
+    def __init__(self, access: PhoneAccess) -> None:
+        self.access = access
+        self.phone = access.phone
+        self.family: families.Family = access.phone.family
+
+    # ------------------------------------------------------------ call state
+    def polling_credentials(self) -> Credentials:
+        """State polling has its own login (apps.statePolling.username/password); without one in the inventory the
+        admin login is tried (a real phone refuses it, which counts as unknown)."""
+        user = self.access.param("apps.statePolling.username")
+        if user:
+            return Credentials(username=user, password=self.access.secret("apps.statePolling.password"))
+        return self.access.creds
+
+    def call_check(self) -> CallCheck:
+        if self.family.call_state_source is None:
+            return CallCheck("unknown", f"{self.family.name} cannot report call state")
+        push_url = self.access.param("apps.statePolling.URL")
+        try:
+            if push_url:
+                return polling.pushed_call_state(self.phone, self.polling_credentials(), self.access.store)
+            active = polling.polling_in_call(self.phone, self.polling_credentials(), digest_only=True)
+        except DriverError as exc:
+            return CallCheck("unknown", f"state polling: {exc.message}")
+        return CallCheck("in-call" if active else "idle")
+
+    # ------------------------------------------------------------ reboot
+    def reboot(self) -> str:
+        method = self.phone.reboot_method
+        if method not in self.family.reboot_methods:
+            raise DriverError(f"phone {self.phone.mac} ({self.phone.address})",
+                              f"reboot by {method} is not available on {self.family.name}")
+        try:
+            getattr(self, "_reboot_" + method.replace("-", "_"))()
+        except DeviceRefused as exc:
+            # the family's fallback (UC Software 4.x: the web UI), only where the inventory did not choose a method
+            if self.phone.reboot is not None or method != "check-sync" or "web" not in self.family.reboot_methods:
+                raise
+            self._reboot_web()
+            return f"{REBOOT_DESCRIPTIONS['web']} (check-sync refused: {exc.message})"[:300]
+        return REBOOT_DESCRIPTIONS[method]
+
+    def _reboot_check_sync(self) -> None:
+        user = self.access.param("reg.1.address").split("@")[0] or None
+        auth_user = self.access.param("reg.1.auth.userId") or (user or "")
+        password = self.access.secret("reg.1.auth.password")
+        sip_notify.check_sync_blocking(self.phone, user=user, auth=(auth_user, password) if password else None)
+
+    def _reboot_web(self) -> None:
+        web_ui.reboot(self.phone, self.access.creds)
+
+    def _reboot_rest(self) -> None:
+        raise DriverError(f"phone {self.phone.mac}", f"{self.family.name} has no REST API")
+
+    # ------------------------------------------------------------ evidence
+    def rebooted_since(self, since: float, params: dict[str, str]) -> bool:
+        """SoundPoint phones have no uptime to ask for: their check-sync is idempotent unless alwaysReboot=1 (a phone
+        already running the new files ignores a second one), so we answer False and let it be sent again; with
+        alwaysReboot=1, or a web UI reboot, the evidence is the line unregistration event a phone sends as it shuts
+        down, where the phone sends events; without any evidence we answer True: better a phone that fails
+        verification than one rebooted twice."""
+        always = (self.phone.reboot_method == "web"
+                  or params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") == "1")
+        if not always:
+            return False
+        sends_events = (families.TEL_NOTIFICATION in self.family.interfaces and params.get("apps.telNotification.URL")
+                        and params.get("apps.telNotification.lineRegistrationEvent", "1") != "0")
+        if not sends_events or self.access.store is None:
+            return True
+        return (self.access.store.phone_state(self.phone.mac).line_down_at or 0.0) > since
+
+

@@ -1,0 +1,46 @@
+"""UC Software 5.x (VVX, Trio): call state, reboot and uptime over REST, one request at a time per phone."""
+from __future__ import annotations
+
+import time
+
+from ..drivers.control.rest import RestPhone
+from ..drivers.errors import DeviceRefused, DeviceTimeout, DriverError
+from . import CallCheck, PhoneAccess
+from .soundpoint import SoundPointControl
+
+
+class Control(SoundPointControl):
+    def __init__(self, access: PhoneAccess) -> None:
+        super().__init__(access)
+        self._rest: RestPhone | None = None
+
+    @property
+    def rest(self) -> RestPhone:
+        """One session per control: its calls run one after another (the phone serves one request at a time)."""
+        if self._rest is None:
+            self._rest = RestPhone(self.phone, self.access.creds)
+        return self._rest
+
+    def call_check(self) -> CallCheck:
+        try:
+            state = self.rest.call_state()
+        except DriverError as exc:
+            return CallCheck("unknown", f"REST callStatus: {exc.message}")
+        if state == "Idle":
+            return CallCheck("idle")
+        return CallCheck("in-call" if state else "unknown", f"REST callStatus {state!r:.40}" if state else
+                         "REST callStatus gave no state")
+
+    def _reboot_rest(self) -> None:
+        self.rest.restart()
+
+    def rebooted_since(self, since: float, params: dict[str, str]) -> bool:
+        """REST phones say so through their uptime; one that does not answer is taken as rebooting."""
+        if self.phone.reboot_method != "rest":
+            return super().rebooted_since(since, params)
+        try:
+            return self.rest.uptime() < time.time() - since + 1
+        except (DeviceTimeout, DeviceRefused):
+            return True
+        except DriverError:
+            return False

@@ -1,0 +1,28 @@
+"""UC Software 4.0.x on the SoundPoint IP models that reach it (IP 321/331/335/450/550/560/650/670).
+
+Sources: UC Software 4.0 Administrator's Guide (device.* with device.set and `.set` companions, template
+names, <MAC>-web.cfg); polycom.md "More facts": web UI reboot `/form-submit/Reboot` on UC Software 4.x
+(Basic auth, realm "SPIP Configuration"), failover controls only from UC Software 4.1.6 on, which
+no SoundPoint IP reaches, so this family has none of them. No REST API on any SoundPoint IP.
+"""
+from . import (CHECK_SYNC, LOG_UPLOAD, STATE_POLLING, SYSLOG_CONFIG, TEL_NOTIFICATION, WEB_REBOOT, WEB_UI, Family,
+               _params)
+
+MODELS = frozenset([f"SoundPoint IP {n}" for n in (321, 331, 335, 450, 550, 560, 650, 670)]
+                   # SoundStation IP 5000/6000/7000 on UC Software 4.0: *uncertain*
+                   + [f"SoundStation IP {n}" for n in (5000, 6000, 7000)])
+
+FAMILY = Family(
+    name="uc-4.0", title="UC Software 4.0 (SoundPoint IP)",
+    catalogue=tuple(_params.server("UC 4.0 guide") + _params.registration() + _params.outbound_proxy_global()
+                    + _params.outbound_proxy_per_line() + _params.use_outbound_proxy() + _params.check_sync()
+                    + _params.request_validation() + _params.web_apps() + _params.device()),
+    expires_min=10,             # *uncertain*: no minimum printed for UC Software; 10 s is what the lab uses
+    interfaces=frozenset({CHECK_SYNC, WEB_UI, WEB_REBOOT, TEL_NOTIFICATION, STATE_POLLING, SYSLOG_CONFIG, LOG_UPLOAD}),
+    reboot_methods=("check-sync", "web"),
+    models=MODELS,
+    failover_controls=False,
+    max_registrations=34,       # with expansion modules (IP 650/670)
+    notes=("no failBack modes, reRegisterOn or registerRetry (UC Software 4.1.6 and later)",
+           "web UI reboot path documented for 4.x only"),
+)

@@ -1,0 +1,55 @@
+"""The dry run's failover warnings (fleet.failover_lint): set-ups a family cannot fail over with, named per phone."""
+from __future__ import annotations
+
+from fleet.failover_lint import problems
+from fleet.inventory import Inventory
+from fleet.rollout_plan import plan
+from fleet.rollout_playbook import RolloutPlaybook
+
+BASE = {"reg.1.address": "1001", "reg.1.server.1.address": "voip.example", "reg.1.server.1.expires": "600",
+        "reg.1.server.2.address": "10.0.0.1", "reg.1.server.2.expires": "600"}
+
+
+def test_plain_two_server_set_up_on_sip3_has_no_warning():
+    assert problems(BASE, "sip-3.x") == []
+
+
+def test_uc5_phone_on_reregister_defaults_never_registers_with_server_2():
+    found = problems(BASE, "uc-5.x")
+    assert len(found) == 1 and "reRegisterOn=1" in found[0] and "server 2" in found[0]
+    assert problems(BASE | {"reg.1.server.2.failOver.reRegisterOn": "1"}, "uc-5.x") == []
+
+
+def test_outbound_proxy_used_for_the_fallback_is_flagged_until_useoutboundproxy_is_0():
+    with_proxy = BASE | {"reg.1.outboundProxy.address": "sbc.voip.example"}
+    found = problems(with_proxy, "sip-3.x")
+    assert len(found) == 1 and "sbc.voip.example" in found[0] and "useOutboundProxy" in found[0]
+    assert problems(with_proxy | {"reg.1.server.2.useOutboundProxy": "0"}, "sip-3.x") == []
+    assert problems(BASE | {"voIpProt.SIP.outboundProxy.address": "sbc.voip.example"}, "sip-3.x")
+
+
+def test_invite_source_validation_refuses_calls_from_a_server_the_phone_is_not_registered_with():
+    validated = BASE | {"voIpProt.SIP.requestValidation.1.request": "INVITE",
+                        "voIpProt.SIP.requestValidation.1.method": "source"}
+    found = problems(validated, "sip-3.x")
+    assert len(found) == 1 and "requestValidation.1" in found[0]
+    assert problems(validated | {"voIpProt.SIP.requestValidation.1.method": "digest"}, "sip-3.x") == []
+
+
+def test_a_phone_without_a_fallback_is_not_warned_about():
+    assert problems({"reg.1.address": "1001", "reg.1.server.1.address": "voip.example"}, "uc-5.x") == []
+
+
+def test_the_rollout_plan_carries_the_warnings_of_each_phone():
+    inv = Inventory.model_validate({"name": "t", "sites": [{
+        "name": "a", "gateway": "10.0.0.1", "boot_server": {"url": "file:///srv/tftp/"}, "params": BASE,
+        "phones": [{"mac": "0004f2000001", "model": "VVX 410", "firmware_family": "uc-5.x", "address": "10.0.1.1",
+                    "credentials": "admin"},
+                   {"mac": "0004f2000002", "model": "SoundPoint IP 650", "firmware_family": "sip-3.x",
+                    "address": "10.0.1.2", "credentials": "admin"}]}]})
+    pb = RolloutPlaybook.model_validate({"kind": "rollout", "name": "t", "params": {"reg.1.label": "x"}})
+    p = plan(inv, pb, "r")
+    warnings = {ph.mac: ph.warnings for ph in p.phones}
+    assert len(warnings["0004f2000001"]) == 1 and "reRegisterOn" in warnings["0004f2000001"][0]
+    assert warnings["0004f2000002"] == []
+    assert p.to_dict(refs=False)["phones"][0]["warnings"] == warnings[p.phones[0].mac]

@@ -1,0 +1,82 @@
+"""Lab files name firmware families their models really run, with timers inside the families' real ranges."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fleet.yamlfile import FileError
+from hil import labfile
+
+ROOT = Path(__file__).resolve().parent.parent
+SERVERS = [{"address": "provider", "expires": 12, "overlap": 5}, {"address": "gateway", "expires": 12, "overlap": 5}]
+
+
+def lab(tmp_path: Path, timing: dict | None = None, family: str = "uc-5.x", **site) -> Path:
+    doc = {"name": "t", "firmware_family": family,
+           "timing": {"retry_interval": 10, "fixed_retry": 30, **(timing or {})},
+           "sites": [{"name": "hq", "phones": {"count": 4, "models": ["VVX 410"]}, "servers": SERVERS, **site}]}
+    path = tmp_path / "lab.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    return path
+
+
+def test_example_labs_use_families_their_models_run():
+    for path in sorted((ROOT / "hil/labs").glob("*.yml")):
+        spec = labfile.load(path)
+        assert not spec.timing.test_speed, path
+        for k, site in enumerate(spec.sites):
+            for i in range(site.phones.count):
+                model, family = site.phones.model_of(i), spec.phone_family(k, i)
+                assert family == ("uc-5.x" if model.startswith("VVX") else "uc-4.0"), (path, model, family)
+
+
+def test_soundpoint_on_uc5_is_rejected_naming_the_field(tmp_path):
+    path = lab(tmp_path, phones={"count": 2, "models": ["SoundPoint IP 650", "VVX 410"]})
+    with pytest.raises(FileError, match="SoundPoint IP 650 cannot run UC Software 5.x") as exc:
+        labfile.load(path)
+    assert str(exc.value).startswith(f"{path}:2: firmware_family")
+    path = lab(tmp_path, family="sip-3.x", phones={"count": 2, "models": ["SoundPoint IP 650"],
+                                                     "families": {"SoundPoint IP 650": "uc-5.x"}})
+    with pytest.raises(FileError, match=r"sites\[0\]\.phones\.families\.SoundPoint IP 650: SoundPoint IP 650 cannot run"):
+        labfile.load(path)
+    path = lab(tmp_path, phones={"count": 2, "models": ["VVX 410"], "family_of": {1: "sip-3.x"}})
+    with pytest.raises(FileError, match=r"family_of\[1\]: VVX 410 cannot run"):
+        labfile.load(path)
+
+
+def test_family_per_site_model_and_phone(tmp_path):
+    path = lab(tmp_path, family="sip-3.x", firmware_family="uc-4.0",
+               servers=[{"address": "provider", "expires": 300, "overlap": 60}],   # 300: the SIP 3.x minimum
+               phones={"count": 4, "models": ["SoundPoint IP 650", "VVX 410"], "families": {"VVX 410": "uc-5.x"},
+                       "family_of": {2: "sip-3.x"}})
+    spec = labfile.load(path)
+    assert [spec.phone_family(0, i) for i in range(4)] == ["uc-4.0", "uc-5.x", "sip-3.x", "uc-5.x"]
+
+
+@pytest.mark.parametrize("timing,site,field,words", [
+    ({"retry_interval": 4}, {}, "timing.retry_interval", "registerRetry.baseTimeOut=4: out of range 10..120"),
+    ({"retry_max": 30}, {}, "timing.retry_max", "registerRetry.maxTimeOut=30: out of range 60..1800"),
+    ({"fixed_retry": 5}, {"phones": {"count": 1, "models": ["SoundPoint IP 650"], "families": {"SoundPoint IP 650": "uc-4.0"}}},
+     "timing.fixed_retry", "fixed interval of 30 to 60 s"),
+    ({}, {"servers": [{"address": "provider", "expires": 5, "overlap": 2}]}, "sites[0].servers[0].expires", "out of range"),
+])
+def test_timers_outside_the_real_ranges_are_rejected(tmp_path, timing, site, field, words):
+    with pytest.raises(FileError, match=re.escape(field) + ": .*" + re.escape(words)):
+        labfile.load(lab(tmp_path, timing, **site))
+
+
+def test_sip3_expires_minimum(tmp_path):
+    path = lab(tmp_path, family="sip-3.x", phones={"count": 1, "models": ["SoundPoint IP 650"]})
+    with pytest.raises(FileError, match=r"expires=12: out of range 300\.\."):
+        labfile.load(path)
+
+
+def test_test_speed_allows_fast_timers_and_picks_a_family_the_model_runs(tmp_path):
+    path = lab(tmp_path, {"retry_interval": 3, "test_speed": True},
+               phones={"count": 2, "models": ["SoundPoint IP 650", "VVX 410"]})
+    spec = labfile.load(path)
+    assert [spec.phone_family(0, i) for i in range(2)] == ["uc-4.0", "uc-5.x"]
+    assert spec.retry_max == 3          # no backoff in a test lab unless asked for

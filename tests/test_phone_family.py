@@ -1,0 +1,110 @@
+"""The virtual phone follows its firmware family: retry backoff, failover switches, whole-server precedence,
+request validation. The phone's registration logic is driven directly (no boot server); INVITEs travel over
+real UDP sockets on loopback addresses of lab net 6's unused corner (127.46.9.x, 127.106.9.x)."""
+from __future__ import annotations
+
+import asyncio
+import random
+
+import pytest
+
+from hil.groundtruth import GroundTruth
+from hil.phone import VirtualPhone
+from hil.phone_types import UP, PhoneSpec
+from sipwire import message as sip
+from sipwire.endpoint import SipEndpoint, TransactionTimers
+
+PHONE_IP, SERVER1, SERVER2 = "127.106.9.2", "127.46.9.1", "127.46.9.2"
+
+
+def phone(family: str, params: dict[str, str], model: str = "VVX 410", fixed_retry: float = 30.0) -> VirtualPhone:
+    p = VirtualPhone(PhoneSpec(mac="0004f2090902", model=model, ip=PHONE_IP, boot_url="http://127.0.0.1:1/",
+                               family=family, fixed_retry=fixed_retry), GroundTruth())
+    p.params = {"reg.1.address": "1001", **params}
+    p._configure_registrations()
+    return p
+
+
+TWO = {"reg.1.server.1.address": SERVER1, "reg.1.server.2.address": SERVER2}
+
+
+def test_uc5_backoff_grows_from_base_to_max_each_wait_50_to_100_percent():
+    srv = phone("uc-5.x", TWO | {"reg.1.server.1.registerRetry.baseTimeOut": "10",
+                                 "reg.1.server.1.registerRetry.maxTimeOut": "60"}).regs[0].servers[0]
+    assert srv.backoff and (srv.retry_interval, srv.retry_max) == (10, 60)
+    rng = random.Random(7)
+    for failures, nominal in ((1, 10), (2, 20), (3, 40), (4, 60), (9, 60)):
+        srv.failures = failures
+        waits = [srv.next_retry(rng) for _ in range(400)]
+        assert nominal * 0.5 <= min(waits) and max(waits) <= nominal, (failures, min(waits), max(waits))
+        assert max(waits) - min(waits) > nominal * 0.3          # randomised, not one fixed value
+
+
+@pytest.mark.parametrize("family", ["sip-2.x", "sip-3.x", "uc-4.0"])
+def test_families_without_register_retry_retry_at_a_fixed_interval(family):
+    p = phone(family, TWO | {"reg.1.server.1.registerRetry.baseTimeOut": "10"}, model="SoundPoint IP 650", fixed_retry=45)
+    srv = p.regs[0].servers[0]
+    for failures in (1, 2, 5):
+        srv.failures = failures
+        assert srv.next_retry() == 45          # the parameter does not exist on this firmware: ignored
+
+
+def test_uc5_defaults_register_with_the_primary_only():
+    """failOver.reRegisterOn defaults to 0: the phone never sends server 2 a REGISTER. It still sends it new
+    calls (the servers are assumed to share registrations), unless onlySignalWithRegistered applies, which
+    needs reRegisterOn and failRegistrationOn set."""
+    p = phone("uc-5.x", TWO)
+    primary, fallback = p.regs[0].servers
+    assert p._sends_register(primary) and not p._sends_register(fallback)
+    assert p._may_signal_via(fallback)
+    on = phone("uc-5.x", TWO | {"reg.1.server.2.failOver.reRegisterOn": "1"})
+    assert on._sends_register(on.regs[0].servers[1]) and not on._may_signal_via(on.regs[0].servers[1])  # not up yet
+    # a register=0 server with every switch on: no signalling through it (R5 does not hold there)
+    strict = phone("uc-5.x", TWO | {"reg.1.server.2.register": "0", "reg.1.server.2.failOver.reRegisterOn": "1",
+                                    "reg.1.server.2.failOver.failRegistrationOn": "1"})
+    assert not strict._may_signal_via(strict.regs[0].servers[1])
+    loose = phone("uc-5.x", TWO | {"reg.1.server.2.register": "0"})
+    assert not loose._sends_register(loose.regs[0].servers[1]) and loose._may_signal_via(loose.regs[0].servers[1])
+    # SIP 3.x has none of these switches: it registers with every server (R1)
+    sip3 = phone("sip-3.x", TWO, model="SoundPoint IP 650")
+    assert all(sip3._sends_register(s) for s in sip3.regs[0].servers)
+
+
+def test_whole_server_precedence():
+    p = phone("uc-5.x", {"reg.1.server.1.address": SERVER1, "voIpProt.server.1.expires": "100",
+                         "voIpProt.server.1.port": "5070", "voIpProt.server.2.address": SERVER2,
+                         "voIpProt.server.2.expires": "400"})
+    primary, fallback = p.regs[0].servers
+    assert (primary.expires, primary.port) == (3600, 5060)    # not 100 / 5070 from voIpProt.server.1.*
+    assert (fallback.address, fallback.expires) == (SERVER2, 400)
+
+
+async def _invite_from(source_ip: str) -> int:
+    ep = await SipEndpoint.bind(source_ip, 0, name="server")
+    try:
+        req = sip.make_request("INVITE", f"sip:1001@{PHONE_IP}", local=ep.local, from_uri=f"sip:2000@{source_ip}",
+                               to_uri=f"sip:1001@{PHONE_IP}", call_id=sip.new_call_id(source_ip), cseq=1,
+                               from_tag=sip.new_tag(), contact=f"<sip:2000@{source_ip}:{ep.local[1]}>")
+        resp = await ep.request(req, (PHONE_IP, 5060), TransactionTimers(retry_timeout=0.2, retry_max_count=3))
+        return resp.status
+    finally:
+        ep.close()
+
+
+@pytest.mark.parametrize("validation,from_server2", [(True, 403), (False, 486)])
+def test_request_validation_refuses_an_invite_from_a_server_it_is_not_registered_with(validation, from_server2):
+    params = TWO | ({"voIpProt.SIP.requestValidation.1.method": "source",
+                     "voIpProt.SIP.requestValidation.1.request": "INVITE"} if validation else {})
+
+    async def run() -> tuple[int, int]:
+        p = phone("uc-5.x", params)             # defaults: registered with server 1 only
+        p.regs[0].servers[0].state = UP
+        p.endpoint = await SipEndpoint.bind(PHONE_IP, 5060, p._on_sip_request, name="phone")
+        try:
+            return await _invite_from(SERVER1), await _invite_from(SERVER2)
+        finally:
+            p.endpoint.close()
+
+    via1, via2 = asyncio.run(run())
+    assert via1 == 486                          # reached the phone (which is busy: it never answers)
+    assert via2 == from_server2
