@@ -35,6 +35,7 @@ from pathlib import Path
 import dpkt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fleet.deadline import poll_until  # noqa: E402
 from fleet.drivers.collect import hep  # noqa: E402
 from fleet.drivers.collect.pcap_stream import PcapStreamParser, PcapWriter  # noqa: E402
 from fleet.drivers.collect.wire_decode import LINKTYPE_ETHERNET  # noqa: E402
@@ -300,11 +301,10 @@ def latency(phones: int, spread: float) -> None:
             for i in range(phones):
                 delay = start + spread * i / phones - time.monotonic()
                 if delay > 0:
-                    time.sleep(delay)
+                    time.sleep(delay)   # pacing the load over `spread` seconds: part of the experiment
                 send(i)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and sum(1 for k in store.arrived if k[1] == name) < phones:
-                time.sleep(0.05)
+            # every observation stored, or 10 s (the ones still missing are counted below)
+            poll_until(lambda: sum(1 for k in store.arrived if k[1] == name) >= phones, 10, 0.05)
             lat = [store.arrived[k] - t for k, t in sent.items() if k[1] == name and k in store.arrived]
             missing = phones - len(lat)
             if not lat:

@@ -54,7 +54,7 @@ def run(phones: int, window: float, net: int) -> dict:
     try:
         url = json.loads((state / "control.json").read_text())["url"]
         n0, t1 = accepted(state), time.monotonic()
-        time.sleep(window)
+        time.sleep(window)   # the measurement window, not a wait for a condition
         n1, t2 = accepted(state), time.monotonic()
         status = requests.get(url + "/status", timeout=60).json()
         registered = sum(1 for p in status["phones"] if p["registrations"] and p["registrations"][0]["working_server"] == 1)

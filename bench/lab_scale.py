@@ -40,7 +40,7 @@ async def run(phones: int, window: float, net: int) -> None:
         p.lateness.clear()
     sent0 = sum(p.register_count for p in all_phones)
     cpu0 = time.process_time()
-    await asyncio.sleep(window)
+    await asyncio.sleep(window)   # the measurement window, not a wait for a condition
     sent = sum(p.register_count for p in all_phones) - sent0
     cpu = time.process_time() - cpu0
     late = sorted(x for p in all_phones for x in p.lateness)

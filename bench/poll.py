@@ -13,15 +13,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
+import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import requests
-import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fleet import inventory  # noqa: E402
@@ -29,8 +28,7 @@ from fleet.drivers import router as routers  # noqa: E402
 from fleet.drivers.router import OutageSpec  # noqa: E402
 from fleet.drivers.collect.poller import Poller  # noqa: E402
 from fleet.redisboot import free_port  # noqa: E402
-
-BIN = Path(sys.executable).parent
+from hil.harness import Harness  # noqa: E402
 
 
 def main() -> None:
@@ -48,11 +46,9 @@ def main() -> None:
                        "servers": [{"address": "provider", "expires": 20, "overlap": 5, "retry_timeout_ms": 500},
                                    {"address": "gateway", "expires": 20, "overlap": 5, "retry_timeout_ms": 500}],
                        "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}}]}
-    (work / "lab.yml").write_text(yaml.safe_dump(spec))
-    subprocess.run([BIN / "hil", "up", str(work / "lab.yml"), "--state-dir", str(work / "state"),
-                    "--inventory-out", str(work / "inv.yml"), "--ready-timeout", "120"], check=True)
-    try:
-        inv = inventory.load(work / "inv.yml")
+    with Harness(work) as h:
+        lab = h.lab(spec, "poll", ready_timeout=120, timeout=None)
+        inv = inventory.load(lab.inventory)
         secrets = inventory.Secrets(inv)
         site = inv.sites[0]
         targets = [(p, secrets.credentials(p.credentials)) for p in site.phones]
@@ -99,8 +95,7 @@ def main() -> None:
         finally:
             drv.restore(outage.outage_id, "link-down")
             drv.close()
-        control = yaml.safe_load((work / "state" / "control.json").read_text())["url"]
-        truth = requests.get(control + "/status", timeout=60).json()["ground_truth"]["phones"]
+        truth = lab.status(timeout=60)["ground_truth"]["phones"]
         latencies = []
         for mac, t_seen in seen.items():
             t_true = next((e["t"] for e in truth[mac]["events"] if e["kind"] == "working_server"
@@ -111,8 +106,7 @@ def main() -> None:
         print(f"failover detected by polling: {len(latencies)}/{args.phones} phones in {rounds} rounds")
         print(f"detection latency p50:        {statistics.median(latencies) * 1000:.0f} ms")
         print(f"detection latency p99:        {latencies[int(len(latencies) * 0.99) - 1] * 1000:.0f} ms  (target <= 1000 ms)")
-    finally:
-        subprocess.run([BIN / "hil", "down", "--state-dir", str(work / "state")])
+    shutil.rmtree(work, ignore_errors=True)
 
 
 if __name__ == "__main__":

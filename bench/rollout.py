@@ -28,9 +28,9 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fleet import inventory, polycom  # noqa: E402
-from fleet.redisboot import free_port, start_private  # noqa: E402
+from fleet.redisboot import free_port  # noqa: E402
+from hil.harness import BIN, Harness, Lab, wait_for  # noqa: E402
 
-BIN = Path(sys.executable).parent
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -65,34 +65,27 @@ class CpuMeter:
         return f"CPU s over {self.wall:.1f} s wall: {parts} (total {sum(self.used.values()):.1f})"
 
 
-def lab(work: Path, name: str, net: int, phones: int, boot_time: float) -> tuple[Path, Path]:
+def lab_spec(name: str, net: int, phones: int, boot_time: float) -> dict:
     per_site = phones // 2
     site = lambda n: {"name": n, "phones": {"count": per_site, "models": ["VVX 410"]},  # noqa: E731
                       "servers": [{"address": "provider", "expires": 60, "overlap": 10, "retry_timeout_ms": 500},
                                   {"address": "gateway", "expires": 60, "overlap": 10, "retry_timeout_ms": 500}],
                       "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}}
-    spec = {"name": name, "net": net, "firmware_family": "uc-5.x",
+    return {"name": name, "net": net, "firmware_family": "uc-5.x",
             "timing": {"boot_time": boot_time, "boot_jitter": 5, "retry_interval": 5, "log_upload_period": 0, "dns_ttl": 30,
                        "test_speed": True},
             "sites": [site("east"), site("west")]}
-    (work / f"{name}.yml").write_text(yaml.safe_dump(spec))
-    state, inv = work / f"{name}-state", work / f"{name}-inv.yml"
-    subprocess.run([BIN / "hil", "up", str(work / f"{name}.yml"), "--state-dir", str(state), "--inventory-out", str(inv),
-                    "--ready-timeout", "180"], check=True)
-    return state, inv
 
 
-def workers(inv: Path, url: str, work: Path) -> list[subprocess.Popen]:
-    env = dict(os.environ, FLEET_REDIS_URL=url)
-    # the deployment docker-compose.yml describes: collectors as a process of their own, workers without them
-    procs = [subprocess.Popen([BIN / "fleet", "worker", "--inventory", str(inv), "--site", s, "--concurrency", "25", "--pool", "threads",
-                               "--no-collect"], env=env,
-                              stdout=open(work / f"w-{s}.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
-             for s in ("east", "west")]
-    procs.append(subprocess.Popen([BIN / "fleet", "collector", "--inventory", str(inv), "--site", "east", "--site", "west"], env=env,
-                                  stdout=open(work / "collector.log", "w"), stderr=subprocess.STDOUT, start_new_session=True))
-    time.sleep(6)
-    return procs
+def lab_and_workers(h: Harness, name: str, net: int, phones: int, boot_time: float) -> tuple[Lab, dict[str, int]]:
+    """The lab, then the deployment docker-compose.yml describes: a worker per site without collectors (25 threads
+    each) and the collectors as a process of their own. Returns the lab and the pids to meter."""
+    lab = h.lab(lab_spec(name, net, phones, boot_time), name, ready_timeout=180, timeout=None)
+    workers = h.workers(lab.inventory, ("east", "west"), extra=("--concurrency", "25", "--pool", "threads"))
+    collector = h.collector(lab.inventory, ("east", "west"))
+    # `hil up` returns once every phone has a working server; the second registrations are still under way
+    wait_for(lambda: not lab.unsettled(), 120, "every phone registered with both servers", step=1.0)
+    return lab, {"lab": lab.pid, **{f"worker {i}": w.pid for i, w in enumerate(workers)}, "collector": collector.pid}
 
 
 def our_rollout(inv: Path, url: str, work: Path, expires: int, phones: int, max_unavailable: int) -> float:
@@ -152,7 +145,7 @@ def bare(items: list[dict], pool: int = 50) -> float:
         s.put(it["master"], data=it["files"][it["master"].rsplit("/", 1)[1]], auth=it["boot"], timeout=10).raise_for_status()
         t = time.time()
         s.post(it["rest"] + "/api/v1/mgmt/safeRestart", auth=it["admin"], timeout=10).raise_for_status()
-        time.sleep(0.3)
+        time.sleep(0.3)   # the measured client's own pacing (as a hand-written script would): part of the experiment
         while time.time() - t < 120:
             try:
                 r = s.get(it["rest"] + "/api/v1/mgmt/lineInfo", auth=it["admin"], timeout=5)
@@ -160,7 +153,7 @@ def bare(items: list[dict], pool: int = 50) -> float:
                     return
             except (requests.RequestException, ValueError, KeyError, IndexError):
                 pass
-            time.sleep(0.2)
+            time.sleep(0.2)   # the measured client's poll interval: part of the experiment
         raise RuntimeError(f"{it['mac']} did not re-register")
 
     t0 = time.perf_counter()
@@ -257,70 +250,51 @@ def main() -> None:
     args = ap.parse_args()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # `timeout` and Ctrl-C both clean up the lab and workers
     work = Path(tempfile.mkdtemp(prefix="bench-rollout-"))
-    url, redis_proc = start_private(work / "redis")
-    procs: list[subprocess.Popen] = []
-    states: list[Path] = []
-    try:
-        state, inv = lab(work, "bench", 57, args.phones, 0.0)
-        states.append(state)
-        procs += workers(inv, url, work)
-        pids = {"lab": json.loads((state / "control.json").read_text())["pid"], "redis": redis_proc.pid,
-                **{f"worker {i}": p.pid for i, p in enumerate(procs[:-1])}, "collector": procs[-1].pid}
-        t0 = time.time()
-        with CpuMeter(pids) as cpu_ours:
-            # as many phones down at once as the bare client has threads (25 per site): the same registration storm
-            t_ours = our_rollout(inv, url, work, 61, args.phones, max_unavailable=args.pool // 2)
-        back = sorted(truth_registered_after_reboot(state, t0))
-        items = calls(inv, 62)
-        t1 = time.time()
-        with CpuMeter(pids) as cpu_bare:
-            t_bare = bare(items, args.pool)
-        back_bare = sorted(truth_registered_after_reboot(state, t1))
-        print(f"phones:                  {args.phones} (instant reboot), 2 sites, 2 workers")
-        print(f"ours (fleet rollout):    {t_ours:.1f} s")
-        print(f"bare thread pool (50):   {t_bare:.1f} s   ours/bare = {t_ours / t_bare:.2f}x  (target <= 2x)")
-        print(f"  ours: {cpu_ours.line()}")
-        print(f"  ours: {our_rollout.phases}")
-        print(f"  ours: the lab's own reboot-to-both-servers-registered p50/max {back[len(back) // 2]:.2f}/{back[-1]:.2f} s")
-        print(f"  bare: {cpu_bare.line()}")
-        print(f"  bare: the lab's own reboot-to-both-servers-registered p50/max {back_bare[len(back_bare) // 2]:.2f}/{back_bare[-1]:.2f} s")
-        t_ans = None if args.skip_ansible else ansible(calls(inv, 63)[: args.ansible_phones], work)
-        if t_ans is None:
-            print("ansible:                 skipped (pip install ansible-core, or `make bench`)")
-        else:
-            scaled = t_ans * args.phones / args.ansible_phones
-            print(f"ansible (forks 50):      {t_ans:.1f} s for {args.ansible_phones} phones, {scaled:.0f} s scaled to {args.phones}"
-                  f"   ansible/ours = {scaled / t_ours:.0f}x  (target >= 100x)")
-        for p in procs:
-            os.killpg(p.pid, 15)
-        procs.clear()
-        subprocess.run([BIN / "hil", "down", "--state-dir", str(state)])
-        states.clear()
+    with Harness(work) as outer:
+        url = outer.redis()
+        with Harness(work, redis_url=url) as h:
+            lab, pids = lab_and_workers(h, "bench", 57, args.phones, 0.0)
+            pids["redis"] = outer.redis_pid
+            state, inv = lab.state, lab.inventory
+            t0 = time.time()
+            with CpuMeter(pids) as cpu_ours:
+                # as many phones down at once as the bare client has threads (25 per site): the same registration storm
+                t_ours = our_rollout(inv, url, work, 61, args.phones, max_unavailable=args.pool // 2)
+            back = sorted(truth_registered_after_reboot(state, t0))
+            items = calls(inv, 62)
+            t1 = time.time()
+            with CpuMeter(pids) as cpu_bare:
+                t_bare = bare(items, args.pool)
+            back_bare = sorted(truth_registered_after_reboot(state, t1))
+            print(f"phones:                  {args.phones} (instant reboot), 2 sites, 2 workers")
+            print(f"ours (fleet rollout):    {t_ours:.1f} s")
+            print(f"bare thread pool (50):   {t_bare:.1f} s   ours/bare = {t_ours / t_bare:.2f}x  (target <= 2x)")
+            print(f"  ours: {cpu_ours.line()}")
+            print(f"  ours: {our_rollout.phases}")
+            print(f"  ours: the lab's own reboot-to-both-servers-registered p50/max {back[len(back) // 2]:.2f}/{back[-1]:.2f} s")
+            print(f"  bare: {cpu_bare.line()}")
+            print(f"  bare: the lab's own reboot-to-both-servers-registered p50/max {back_bare[len(back_bare) // 2]:.2f}/{back_bare[-1]:.2f} s")
+            t_ans = None if args.skip_ansible else ansible(calls(inv, 63)[: args.ansible_phones], work)
+            if t_ans is None:
+                print("ansible:                 skipped (pip install ansible-core, or `make bench`)")
+            else:
+                scaled = t_ans * args.phones / args.ansible_phones
+                print(f"ansible (forks 50):      {t_ans:.1f} s for {args.ansible_phones} phones, {scaled:.0f} s scaled to {args.phones}"
+                      f"   ansible/ours = {scaled / t_ours:.0f}x  (target >= 100x)")
         if args.skip_overhead:
             return
         # overhead with phones that take a realistic while to reboot
-        state, inv = lab(work, "slow", 58, args.overhead_phones, args.boot_time)
-        states.append(state)
-        procs += workers(inv, url, work)
-        t0 = time.time()
-        t_slow = our_rollout(inv, url, work, 64, args.overhead_phones, max_unavailable=args.overhead_phones)
-        own = own_reboot_times(state, t0)
-        print(f"overhead run:            {args.overhead_phones} phones rebooting in ~{args.boot_time:g} s, all at once")
-        span = our_rollout.span
-        print(f"rollout wall time:       {t_slow:.1f} s with CLI start-up, {span:.1f} s recorded span; "
-              f"the phones' own reboot-to-registered max {max(own):.1f} s")
-        print(f"controller overhead:     {(span - max(own)) / max(own) * 100:.1f}% of the span "
-              f"({(t_slow - max(own)) / max(own) * 100:.1f}% with CLI start-up)  (target <= 5%)")
-    finally:
-        for p in procs:
-            try:
-                os.killpg(p.pid, 15)
-            except ProcessLookupError:
-                pass
-        for s in states:
-            subprocess.run([BIN / "hil", "down", "--state-dir", str(s)])
-        redis_proc.terminate()
-
+        with Harness(work, redis_url=url) as h:
+            lab, _ = lab_and_workers(h, "slow", 58, args.overhead_phones, args.boot_time)
+            t0 = time.time()
+            t_slow = our_rollout(lab.inventory, url, work, 64, args.overhead_phones, max_unavailable=args.overhead_phones)
+            own = own_reboot_times(lab.state, t0)
+            print(f"overhead run:            {args.overhead_phones} phones rebooting in ~{args.boot_time:g} s, all at once")
+            span = our_rollout.span
+            print(f"rollout wall time:       {t_slow:.1f} s with CLI start-up, {span:.1f} s recorded span; "
+                  f"the phones' own reboot-to-registered max {max(own):.1f} s")
+            print(f"controller overhead:     {(span - max(own)) / max(own) * 100:.1f}% of the span "
+                  f"({(t_slow - max(own)) / max(own) * 100:.1f}% with CLI start-up)  (target <= 5%)")
 
 if __name__ == "__main__":
     main()

@@ -19,9 +19,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from soundpoint import families
+from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
 
 from . import secret_params, validate
-from .yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
 
 MAC_RE = validate.MAC_RE
 CREDENTIALS_RE = r"^(env:)?[A-Za-z0-9_.-]{1,128}$"
@@ -147,11 +147,13 @@ class Phone(Strict):
 
 
 class Router(Strict):
-    driver: Literal["linux_ssh", "snmp"]
+    driver: str = Field(description="a name registered in fleet.drivers.router.DRIVERS")
     address: str
     port: int = Field(22, ge=1, le=65535)
     credentials: str = Field(pattern=CREDENTIALS_RE)
-    wan_interface: str = Field(pattern=r"^[A-Za-z0-9_.:-]{1,32}$")
+    wan_interface: str = Field(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$",
+                               description="the WAN interface: its Linux name (linux_ssh) or its ifDescr (snmp, "
+                                           "e.g. GigabitEthernet0/0/1)")
     known_hosts: str | None = Field(None, min_length=1, max_length=4096)
     accept_new_host_key: bool = False
     dns_port: int = Field(53, ge=1, le=65535)
@@ -167,6 +169,21 @@ class Router(Strict):
     @classmethod
     def an_address(cls, v: str) -> str:
         return validate.host(v, "router address")
+
+    @model_validator(mode="after")
+    def linux_interface_name(self) -> "Router":
+        """A Linux interface name has no `/` and at most 15 characters; an SNMP ifDescr may have both."""
+        if self.driver == "linux_ssh" and ("/" in self.wan_interface or len(self.wan_interface) > 15):
+            raise FieldError(("wan_interface",), f"{self.wan_interface!r:.70} is not a Linux interface name "
+                                                 "(at most 15 characters, no /)")
+        return self
+
+    @field_validator("driver")
+    @classmethod
+    def a_registered_driver(cls, v: str) -> str:
+        from .drivers.router import check_driver   # here, not at the top: the driver modules import this one
+
+        return check_driver(v)
 
 
 class BootServer(Strict):

@@ -6,8 +6,9 @@ from typing import Annotated, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
 
+from soundpoint.yamlfile import FieldError, load_model, source_of
+
 from . import validate
-from .yamlfile import FieldError, load_model, source_of
 
 MAX_SECONDS = 86400.0
 

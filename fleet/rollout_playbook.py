@@ -7,8 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
 
+from soundpoint.yamlfile import FieldError, FileError, load_model, source_of
+
 from . import polycom, secret_params, validate
-from .yamlfile import FieldError, FileError, load_model, source_of
 
 COUNT_OR_PERCENT = re.compile(r"^([0-9]{1,7})(%?)$")     # ASCII digits only
 

@@ -28,10 +28,12 @@ from zoneinfo import ZoneInfo
 from celery import beat
 from celery.schedules import crontab
 
-from . import rollout_playbook, yamlfile
+from soundpoint import yamlfile
+from soundpoint.yamlfile import FileError
+
+from . import rollout_playbook
 from .store import LeaseHeld, RolloutExists, RolloutStore, Store
 from .task_errors import TaskFailed
-from .yamlfile import FileError
 
 log = logging.getLogger(__name__)
 

@@ -206,7 +206,7 @@ def param_types(v):
 
     (pydantic's own message for `true` in a `str | int` field is "Input should be a valid string".)
     """
-    from .yamlfile import FieldError
+    from soundpoint.yamlfile import FieldError
 
     if isinstance(v, dict):
         for name, value in v.items():

@@ -25,7 +25,7 @@ from pathlib import Path
 import click
 import requests
 
-from fleet.yamlfile import FileError
+from soundpoint.yamlfile import FileError
 
 from . import labfile
 

@@ -54,9 +54,9 @@ def newest_report(report_dir: Path, since: float = 0.0) -> dict | None:
     return json.loads(found[-1].read_text()) if found else None
 
 
-def check(report_dir: Path, status_json: str, playbook: Path, since: float = 0.0) -> bool:
-    """Print the comparison for the newest report in `report_dir` written since `since`; True when every phone
-    agrees."""
+def check(report_dir: Path, truth: dict, playbook: Path, since: float = 0.0) -> bool:
+    """Print the comparison for the newest report in `report_dir` written since `since` against the lab's
+    `/status` answer `truth`; True when every phone agrees."""
     import yaml
 
     report = newest_report(report_dir, since)
@@ -64,6 +64,6 @@ def check(report_dir: Path, status_json: str, playbook: Path, since: float = 0.0
         print("ground truth: no report.json to compare", flush=True)
         return False
     sample = float(yaml.safe_load(playbook.read_text()).get("sample_interval") or 0.25)
-    lines, ok = compare(report, json.loads(status_json), sample)
+    lines, ok = compare(report, truth, sample)
     print("\n".join(lines), flush=True)
     return ok

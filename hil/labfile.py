@@ -8,8 +8,8 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleet import validate
-from fleet.yamlfile import FieldError, load_model
 from soundpoint import families
+from soundpoint.yamlfile import FieldError, load_model
 
 from .phone_types import FAULTS, MODELS
 

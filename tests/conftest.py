@@ -1,25 +1,25 @@
 """Shared fixtures: a private Redis, virtual labs started with `hil up`, and real `fleet worker` processes.
 
+The start-up itself (lab, workers, collector, each waited for on a condition) is
+`hil.harness`, shared with the benchmarks and the demo; here are the pytest
+lifetimes around it and the tests' default lab spec.
+
 Nothing here touches the machine's own Redis or any address outside loopback:
 each test session starts its own redis-server on a free port, and each lab
 uses its own 127.N.x.x block.
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
-import requests
-import yaml
 
 from fleet.redisboot import free_port, start_private
+from hil.harness import Lab, Proc, start_collector, start_lab, start_worker  # noqa: F401 (imported by test modules)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -46,19 +46,8 @@ def redis_admin_url(redis_server):
     return redis_server[1]
 
 
-class RunningLab:
-    def __init__(self, state: Path, inventory: Path, spec: dict) -> None:
-        self.state, self.inventory, self.spec = state, inventory, spec
-        self.control = json.loads((state / "control.json").read_text())["url"]
-
-    def status(self, since: float = 0.0) -> dict:
-        return requests.get(self.control + "/status", params={"since": since}, timeout=10).json()
-
-    def post(self, path: str, body: dict) -> dict:
-        return requests.post(self.control + path, json=body, timeout=30).json()
-
-    def down(self) -> None:
-        subprocess.run([BIN / "hil", "down", "--state-dir", str(self.state)], check=False, capture_output=True)
+RunningLab = Lab      # older names, still imported by test modules
+Worker = Proc
 
 
 def lab_spec(name: str, net: int, *, phones: int = 4, servers: list[dict] | None = None, models=None,
@@ -81,15 +70,6 @@ def lab_spec(name: str, net: int, *, phones: int = 4, servers: list[dict] | None
     }
 
 
-def start_lab(tmp: Path, spec: dict) -> RunningLab:
-    labfile = tmp / "lab.yml"
-    labfile.write_text(yaml.safe_dump(spec))
-    state, inv = tmp / "state", tmp / "inventory.yml"
-    subprocess.run([BIN / "hil", "up", str(labfile), "--state-dir", str(state), "--inventory-out", str(inv),
-                    "--ready-timeout", "40"], check=True, timeout=90)
-    return RunningLab(state, inv, spec)
-
-
 @pytest.fixture(scope="module")
 def lab_factory(tmp_path_factory):
     labs: list[RunningLab] = []
@@ -106,58 +86,6 @@ def lab_factory(tmp_path_factory):
             lab.down()
 
 
-class Worker:
-    def __init__(self, proc: subprocess.Popen, log: Path) -> None:
-        self.proc, self.log = proc, log
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-
-
-def start_worker(redis_url: str, inventory: Path, site: str, log: Path, collect: bool = True,
-                 extra: tuple[str, ...] = ()) -> Worker:
-    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
-    out = open(log, "w")
-    site_args = ["--site", site] if site != "control" else []
-    proc = subprocess.Popen([BIN / "fleet", "worker", "--inventory", str(inventory), *site_args, *extra]
-                            + ([] if collect else ["--no-collect"]),
-                            env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    from celery import Celery
-
-    # a Celery app of its own: the shared one keeps a broker pool for the first Redis it was configured with
-    probe = Celery(broker=redis_url, backend=redis_url)
-    try:
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            replies = probe.control.ping(timeout=0.5) or []
-            if any(site in list(r)[0] for r in replies):
-                time.sleep(0.5)  # the collectors start on worker_ready
-                return Worker(proc, log)
-            if proc.poll() is not None:
-                raise RuntimeError(f"worker exited: {log.read_text()[-2000:]}")
-        raise RuntimeError("worker did not answer ping")
-    finally:
-        probe.close()
-
-
-def start_collector(redis_url: str, inventory: Path, sites: tuple[str, ...], log: Path) -> Worker:
-    """`fleet collector` as its own process: observations keep flowing while workers are killed."""
-    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
-    proc = subprocess.Popen([BIN / "fleet", "collector", "--inventory", str(inventory), *[a for s in sites for a in ("--site", s)]],
-                            env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT, start_new_session=True)
-    deadline = time.monotonic() + 30
-    while "collecting for" not in log.read_text():
-        if proc.poll() is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"collector did not start: {log.read_text()[-2000:]}")
-        time.sleep(0.1)
-    return Worker(proc, log)
-
-
 @pytest.fixture(scope="module")
 def worker_factory(redis_url, tmp_path_factory):
     workers: list[Worker] = []
@@ -172,13 +100,33 @@ def worker_factory(redis_url, tmp_path_factory):
         w.stop()
 
 
-def wait_until(cond, timeout: float, what: str, step: float = 0.1):
-    """Poll `cond` until it returns something truthy; past `timeout`, fail naming `what` and the last value seen."""
+def wait_until(cond, timeout: float, what: str, step: float = 0.1, state=None):
+    """Poll `cond` until it returns something truthy; past `timeout`, fail naming `what` and the last value seen
+    (or what `state()` returns then, when the last value alone would say little)."""
     from fleet.deadline import poll_until
 
     value = poll_until(cond, timeout, step)
     if not value:
-        raise AssertionError(f"{what} not reached within {timeout}s (last seen: {value!r})")
+        raise AssertionError(f"{what} not reached within {timeout}s (last seen: {state() if state else value!r})")
+    return value
+
+
+async def await_until(cond, timeout: float, what: str, step: float = 0.05, state=None, fail: bool = True):
+    """`wait_until` for code on an event loop: `cond` is checked between awaits, so the loop keeps serving.
+    `state`, if given, is called on failure for what to show instead of the last value of `cond`; with
+    `fail=False` the last value is returned instead, for a caller that asserts on the outcome itself."""
+    import asyncio
+
+    from fleet.deadline import Deadline
+
+    deadline = Deadline(timeout)
+    while True:
+        value = cond()
+        if value or deadline.expired:
+            break
+        await asyncio.sleep(min(step, deadline.remaining()))
+    if not value and fail:
+        raise AssertionError(f"{what} not reached within {timeout}s (last seen: {state() if state else value!r})")
     return value
 
 

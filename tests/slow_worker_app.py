@@ -21,5 +21,5 @@ def slow(seconds: float, mark: str) -> str:
     """Marks its start in Redis, then sleeps without touching Redis: tasks finish, and are acknowledged, while
     the worker is without its broker."""
     redis.Redis.from_url(os.environ["FLEET_REDIS_URL"]).set(mark, "started")
-    time.sleep(seconds)
+    time.sleep(seconds)   # the task holding the worker for `seconds` is the experiment
     return f"slept {seconds}"

@@ -12,7 +12,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -210,7 +209,7 @@ def test_hil_up_missing_lab_file_exits_2(tmp_path):
 
 def test_alias_bomb_is_rejected_before_building_anything(tmp_path):
     """The 1 KB bomb of bench/alias_bomb.py: refused by the loader with the line of the first node over budget."""
-    from fleet.yamlfile import FileError, read
+    from soundpoint.yamlfile import FileError, read
 
     sys.path.insert(0, str(Path(__file__).parent.parent / "bench"))
     try:
@@ -226,7 +225,7 @@ def test_alias_bomb_is_rejected_before_building_anything(tmp_path):
 
 
 def test_legitimate_anchors_and_merge_keys_still_work(tmp_path):
-    from fleet.yamlfile import read
+    from soundpoint.yamlfile import read
 
     path = tmp_path / "ok.yml"
     phones = "\n".join(f"  - {{<<: *d, mac: '{i:012x}'}}" for i in range(3000))
@@ -236,16 +235,15 @@ def test_legitimate_anchors_and_merge_keys_still_work(tmp_path):
 
 
 def test_duplicate_mac_check_is_linear(tmp_path):
-    """50,000 phones load (the check was quadratic: 44 s); a duplicate at the end is still found and named."""
+    """50,000 phones and a duplicate at the end (the check was quadratic: 44 s): found and named. One load, not
+    two: the error naming phones[50000] also shows that none of the 50,000 before it was taken for a duplicate."""
     from fleet import inventory
-    from fleet.yamlfile import FileError
+    from soundpoint.yamlfile import FileError
 
     phones = "\n".join(f"      - {{mac: '{i:012x}', model: VVX 410, address: 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}, "
                        f"credentials: admin}}" for i in range(1, 50001))
     head = "name: big\nsites:\n  - name: s\n    gateway: 10.0.0.1\n    boot_server: {url: 'http://10.0.0.2/'}\n    phones:\n"
     path = tmp_path / "big.yml"
-    path.write_text(head + phones + "\n")
-    assert len(inventory.load(path).sites[0].phones) == 50000
     path.write_text(head + phones + "\n      - {mac: '00000000c350', model: VVX 410, address: 10.9.9.9, credentials: admin}\n")
     with pytest.raises(FileError, match="listed twice") as exc:
         inventory.load(path)
@@ -298,7 +296,7 @@ def _load_and_check(kind: str, path: Path) -> None:
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(data=st.data())
 def test_random_damage_gives_a_file_error_or_a_valid_file(kind, data, tmp_path, monkeypatch):
-    from fleet.yamlfile import FileError
+    from soundpoint.yamlfile import FileError
 
     monkeypatch.chdir(CORPUS)       # the base rollout's drill path is relative to the working directory
     doc = yaml.safe_load((CORPUS / "base" / f"{kind}.yml").read_text())

@@ -9,6 +9,7 @@ test_redis_restarted_mid_rollout).
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -20,23 +21,19 @@ import pytest
 import redis
 from celery import Celery
 
+from conftest import wait_until
 from fleet.redisboot import start_private
 
 HERE = Path(__file__).resolve().parent
 
 
 def _wait(condition, seconds: float, what: str, log: Path):
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    pytest.fail(f"{what} within {seconds}s; worker log: {log.read_text()[-3000:]}")
+    return wait_until(condition, seconds, what, state=lambda: f"worker log: {log.read_text()[-3000:]}")
 
 
 def test_worker_keeps_serving_after_redis_restarts_under_a_running_task(tmp_path):
-    url, server = start_private(tmp_path / "redis", appendonly=True)
+    admin = secrets.token_urlsafe(24)
+    url, server = start_private(tmp_path / "redis", appendonly=True, admin_password=admin)
     port = int(url.rsplit(":", 1)[1].split("/")[0])
     log = tmp_path / "worker.log"
     env = dict(os.environ, FLEET_REDIS_URL=url, PYTHONPATH=f"{HERE}{os.pathsep}{os.environ.get('PYTHONPATH', '')}")
@@ -51,11 +48,14 @@ def test_worker_keeps_serving_after_redis_restarts_under_a_running_task(tmp_path
         # one task running (delivered, not acknowledged) while the other process is idle: the worker is also
         # waiting on the queue (BRPOP) when Redis goes away, as a site's worker mostly is during a rollout
         client.send_task("test.slow", args=[6, "first"], queue="slow")
-        _wait(lambda: r.get("first"), 30, "the slow task did not start", log)
-        time.sleep(0.5)
+        _wait(lambda: r.get("first"), 30, "the slow task started", log)
+        watcher = redis.Redis(port=port, username="admin", password=admin)   # CLIENT LIST is for admins only
+        _wait(lambda: any(c.get("cmd") == "brpop" for c in watcher.client_list()), 10,
+              "the worker waiting on its queue (BRPOP) beside the running task", log)
+        watcher.close()
         server.terminate()   # SIGTERM: a clean shutdown, AOF fsynced (the fleet ACL user may not SHUTDOWN)
         server.wait(10)
-        time.sleep(2)
+        time.sleep(2)   # the experiment: Redis stays away for 2 s
         _, server = start_private(tmp_path / "redis", port=port, appendonly=True, password=urlsplit(url).password)
         # the worker reconnects and takes new work; before the fix it had exited by now
         result = client.send_task("test.slow", args=[0, "second"], queue="slow")

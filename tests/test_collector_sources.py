@@ -8,11 +8,10 @@ from __future__ import annotations
 
 import http.client
 import socket
-import time
 
 import pytest
 
-from conftest import free_port
+from conftest import free_port, wait_until
 from fleet.collector import CollectorError, SiteCollector
 from fleet.inventory import Inventory
 from fleet.site_registry import register_site
@@ -66,13 +65,8 @@ def _post_event(source: str, target: str, payload: bytes) -> int:
 
 
 def _wait_for(store: Store, mac: str, timeout: float = 10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        state = store.phone_state(mac)
-        if state.observed_at is not None:
-            return state
-        time.sleep(0.05)
-    raise AssertionError(f"no observation of {mac} within {timeout}s: {store.phone_state(mac).to_dict()}")
+    return wait_until(lambda: (state := store.phone_state(mac)).observed_at is not None and state, timeout,
+                      f"an observation of {mac}", step=0.05, state=lambda: store.phone_state(mac).to_dict())
 
 
 def test_syslog_from_a_stranger_is_dropped_and_from_the_phone_recorded(collector):

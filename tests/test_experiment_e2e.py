@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import statistics
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -49,7 +50,7 @@ def test_wan_outage_playbook_passes_within_predicted_bounds(lab, redis_url, tmp_
     assert doc["summary"]["failover_s"]["count"] == 6
     failovers = sorted(p["failover_s"] for p in doc["phones"])
     assert doc["summary"]["failover_s"]["max"] == failovers[-1]
-    assert failovers[0] <= doc["summary"]["failover_s"]["p50"] <= failovers[-1]
+    assert doc["summary"]["failover_s"]["p50"] == pytest.approx(statistics.median(failovers), abs=0.01), failovers
     # REST polling is a source of its own: the VVX phones' timelines hold polled observations, the SoundPoints' none
     by_model = {}
     for p in doc["phones"]:

@@ -9,7 +9,7 @@ import yaml
 
 from fleet import inventory, phones, validate
 from fleet.inventory import Credentials, Phone
-from fleet.yamlfile import FileError
+from soundpoint.yamlfile import FileError
 from soundpoint import families
 
 UC5, UC4, SIP3, SIP2 = (families.get(n) for n in ("uc-5.x", "uc-4.0", "sip-3.x", "sip-2.x"))

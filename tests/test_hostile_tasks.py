@@ -17,13 +17,12 @@ from __future__ import annotations
 import glob
 import json
 import secrets
-import time
 from pathlib import Path
 
 import pytest
 from celery import Celery
 
-from conftest import lab_spec
+from conftest import lab_spec, wait_until
 from fleet import inventory as inv_mod
 from fleet.rollout_plan import config_hash
 from fleet.store import RolloutStore, Store
@@ -56,14 +55,11 @@ def _send(client: Celery, name: str, args: list | None = None, kwargs: dict | No
 
 
 def _wait(results: list, timeout: float = 120.0) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        pending = [r for r in results if r.state not in ("SUCCESS", "FAILURE")]
-        if not pending:
-            return
-        time.sleep(0.2)
-    raise AssertionError(f"{len(pending)} of {len(results)} tasks unfinished after {timeout}s, e.g. "
-                         f"{pending[0].id} in state {pending[0].state}")
+    def pending() -> list:
+        return [r for r in results if r.state not in ("SUCCESS", "FAILURE")]
+
+    wait_until(lambda: not pending(), timeout, f"all {len(results)} tasks finished", step=0.2,
+               state=lambda: [f"{r.id} {r.state}" for r in pending()][:3])
 
 
 def _router_commands(lab) -> list:
@@ -179,14 +175,10 @@ def _record(store: Store, rid: str, mac: str, entry: dict, **fields: str) -> Non
 
 
 def _settled(store: Store, rid: str, mac: str, states: tuple[str, ...], timeout: float = 60.0) -> dict:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        rec = RolloutStore(store).phone(rid, mac)
-        if rec.get("state") in states:
-            return rec
-        time.sleep(0.1)
-    raise AssertionError(f"phone {mac} of rollout {rid} not in {states} after {timeout}s: "
-                         f"{ {k: v for k, v in RolloutStore(store).phone(rid, mac).items() if k != 'plan'} }")
+    rs = RolloutStore(store)
+    return wait_until(lambda: (rec := rs.phone(rid, mac)).get("state") in states and rec, timeout,
+                      f"phone {mac} of rollout {rid} in {states}",
+                      state=lambda: {k: v for k, v in rs.phone(rid, mac).items() if k != "plan"})
 
 
 def test_tampered_rollout_records_fail_the_phone_and_touch_nothing(lab, client, redis_url):

@@ -5,7 +5,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from fleet import inventory, playbook
-from fleet.yamlfile import FileError
+from soundpoint.yamlfile import FileError
 from hil import labfile
 from hil.config_files import ConfigFileError, parse_master, parse_parameters
 

@@ -6,10 +6,10 @@ Marked `lab`; skipped with the reason when Kamailio is not installed (`make test
 from __future__ import annotations
 
 import asyncio
-import time
 
 import pytest
 
+from conftest import await_until
 from fleet import polycom
 from fleet.redisboot import free_port
 from hil import kamailio as kam
@@ -57,9 +57,9 @@ def test_virtual_phones_register_subscribe_and_call_through_kamailio(kamailio, t
         try:
             for p in phones:
                 await p.start(http=False)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and not all(p.regs and p.regs[0].working == 1 for p in phones):
-                await asyncio.sleep(0.1)
+            # no failure here: the states are asserted below, with their own message
+            await await_until(lambda: all(p.regs and p.regs[0].working == 1 for p in phones), 15, "both phones registered",
+                              step=0.1, fail=False)
             states = [p.regs[0].working if p.regs else None for p in phones]
             dump = await asyncio.to_thread(kam.ul_dump, sock, True)
             call = await phones[0].place_call("1002")

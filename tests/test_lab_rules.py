@@ -7,6 +7,7 @@ import time
 import pytest
 
 from conftest import lab_spec
+from fleet.deadline import poll_until
 from fleet import inventory
 from fleet.drivers import router as routers
 from fleet.drivers.control.rest import RestPhone
@@ -44,13 +45,8 @@ def _users(lab):
 
 
 def _wait(pred, timeout, step=0.1):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = pred()
-        if value:
-            return value
-        time.sleep(step)
-    return pred()
+    """The first truthy value of `pred`, or its falsy one at the deadline (the caller asserts on it)."""
+    return poll_until(pred, timeout, step)
 
 
 def _working(lab):

@@ -360,7 +360,7 @@ def test_router_capture_frames_decode_with_fleets_decoder_and_hep_from_kamailio_
 
 
 def test_lab_file_gateway_and_hep_options_are_validated(tmp_path):
-    from fleet.yamlfile import FileError
+    from soundpoint.yamlfile import FileError
     from hil import labfile
 
     base = lab_spec("v", NET, phones=1)

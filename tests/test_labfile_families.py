@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.yamlfile import FileError
+from soundpoint.yamlfile import FileError
 from hil import labfile
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -5,6 +5,7 @@ import time
 
 import pytest
 
+from conftest import wait_until
 from fleet.lease import LeaseLost, SiteLease
 from fleet.store import LeaseHeld, Store
 
@@ -15,14 +16,6 @@ def store(redis_url):
     for site in ("lt-a", "lt-b"):
         s.break_lease(site)
     return s
-
-
-def _until(condition, seconds: float, what: str):
-    deadline = time.monotonic() + seconds
-    while not condition():
-        if time.monotonic() > deadline:
-            pytest.fail(what)
-        time.sleep(0.05)
 
 
 def test_two_runs_of_the_same_work_never_share_a_lease(store):
@@ -56,7 +49,7 @@ def test_a_stolen_lease_is_noticed_and_left_to_the_thief(store):
     with lease:
         store.break_lease("lt-a")
         store.acquire_lease("lt-a", "thief", ttl=10)
-        _until(lease.lost.is_set, 5, "the renewal did not notice the theft")
+        wait_until(lease.lost.is_set, 5, "the renewal noticing the theft", step=0.05)
         with pytest.raises(LeaseLost, match="thief"):
             lease.check()
     assert seen and "thief" in seen[0]
@@ -67,7 +60,7 @@ def test_an_expired_lease_is_lost_even_if_nobody_took_it(store):
     lease = SiteLease(store, ["lt-a"], owner="rollout:r4", ttl=2, renew_every=0.2)
     with lease:
         store.break_lease("lt-a")   # as if it had expired while the holder was stalled
-        _until(lease.lost.is_set, 5, "the renewal did not notice the expiry")
+        wait_until(lease.lost.is_set, 5, "the renewal noticing the expiry", step=0.05)
         with pytest.raises(LeaseLost, match="expired"):
             lease.check()
 
@@ -76,7 +69,7 @@ def test_an_unconfirmed_lease_counts_as_lost_after_its_ttl(store):
     """A renewal thread that cannot reach Redis (or is starved) must not let the work run past the TTL."""
     lease = SiteLease(store, ["lt-a"], owner="rollout:r5", ttl=0.5, renew_every=60)   # renews far too late
     with lease:
-        _until(lambda: _raises_lost(lease), 5, "check() kept trusting a lease it had not confirmed for a TTL")
+        wait_until(lambda: _raises_lost(lease), 5, "check() refusing a lease it had not confirmed for a TTL", step=0.05)
 
 
 def _raises_lost(lease: SiteLease) -> bool:

@@ -102,7 +102,28 @@ def test_failpoints_reject_a_malformed_setting(monkeypatch):
     with pytest.raises(ValueError, match="NAME=kill@N"):
         failpoints.failpoint("rollout.reboot_sent")
     failpoints._armed.cache_clear()
-    monkeypatch.setenv("FLEET_FAILPOINTS", "rollout.reboot_sent:0004f2000009=kill@1")
-    failpoints.failpoint("rollout.reboot_sent", "0004f2000001")   # another phone: nothing happens
-    failpoints.failpoint("rollout.other", "0004f2000009")
+
+
+def test_failpoints_fire_only_on_their_name_key_and_pass(monkeypatch):
+    """The kill itself is faked (it would take pytest down): what matters is when it is asked for."""
+    import signal
+
+    from fleet import failpoints
+
+    kills: list[tuple[int, int]] = []
+    monkeypatch.setattr(failpoints.os, "killpg", lambda pgid, sig: kills.append((pgid, sig)))
+    monkeypatch.setattr(failpoints, "_hits", {})
     failpoints._armed.cache_clear()
+    monkeypatch.setenv("FLEET_FAILPOINTS", "rollout.reboot_sent:0004f2000009=kill@2,rollout.confirm=kill@1")
+    try:
+        failpoints.failpoint("rollout.reboot_sent", "0004f2000001")   # another phone
+        failpoints.failpoint("rollout.other", "0004f2000009")         # another point
+        failpoints.failpoint("rollout.reboot_sent", "0004f2000009")   # its first pass: kill@2 waits for the second
+        assert kills == []
+        failpoints.failpoint("rollout.reboot_sent", "0004f2000009")
+        assert kills == [(failpoints.os.getpgid(0), signal.SIGKILL)]
+        failpoints.failpoint("rollout.reboot_sent", "0004f2000009")   # fires once, not on every later pass
+        failpoints.failpoint("rollout.confirm")
+        assert len(kills) == 2
+    finally:
+        failpoints._armed.cache_clear()

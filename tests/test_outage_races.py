@@ -20,7 +20,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-import requests
 import yaml
 
 from conftest import BIN, lab_spec, run_fleet, wait_until
@@ -232,11 +231,12 @@ def test_signal_to_the_controller_mid_cut_restores_and_reports(lab, worker_facto
     pb.write_text("kind: experiment\nname: long\nsite: edge\nsteps:\n"
                   "  - {name: cut, outage: link-down, max_duration: 300}\n  - {name: linger, wait: 120}\n"
                   "  - {name: back, restore: true}\n")
-    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url, PYTHONUNBUFFERED="1")
     reports = tmp_path / "reports"
-    proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(lab.inventory),
-                             "--report-dir", str(reports)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True)
+    console = tmp_path / "run.out"   # a file, not a pipe: the test reads it while the run goes on
+    with open(console, "w") as sink:
+        proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(lab.inventory),
+                                 "--report-dir", str(reports)], env=env, stdout=sink, stderr=subprocess.STDOUT, text=True)
     try:
         # mid-cut: the dead-man is armed and `ip link set ... down` is still running on the router
         deadman = _wait(lambda: sorted(_state_dir(lab).glob("*-o1.deadman"), key=lambda p: p.stat().st_mtime)[-1:]
@@ -244,9 +244,11 @@ def test_signal_to_the_controller_mid_cut_restores_and_reports(lab, worker_facto
                         30, "the experiment's cut in progress")
         assert deadman
         proc.send_signal(getattr(signal, signame))
-        time.sleep(0.3)
+        wait_until(lambda: "restoring the WAN (cleanup)" in console.read_text(), 30, "the controller's cleanup under way",
+                   state=lambda: console.read_text()[-1000:])
         proc.send_signal(signal.SIGINT)          # a second signal during the cleanup must not skip it
-        out, _ = proc.communicate(timeout=60)
+        proc.wait(60)
+        out = console.read_text()
     finally:
         if proc.poll() is None:
             proc.kill()

@@ -15,7 +15,7 @@ from fleet.drivers.publish import open_publisher
 from fleet.inventory import Credentials
 from fleet.inventory import load as load_inventory
 from fleet.rollout_plan import config_hash, plan
-from fleet.yamlfile import FileError
+from soundpoint.yamlfile import FileError
 from soundpoint import bootfiles
 
 MAC = "0004f2000001"

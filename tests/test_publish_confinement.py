@@ -19,7 +19,6 @@ import os
 import socket
 import stat
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,13 +27,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import lab_spec, run_fleet, start_lab
+from conftest import lab_spec, run_fleet, start_lab, wait_until
 from fleet.drivers.errors import DeviceRefused, DriverError, HostKeyUnknown
 from fleet.drivers.publish import open_publisher
 from fleet.drivers.publish.names import MAX_NAME_BYTES, UnsafeName, check_name
 from fleet.inventory import Credentials
 from fleet.redisboot import free_port
 from hil.bootserver import FtpBootServer, HttpBootServerProcess, SftpBootServer
+from hil.harness import listening
 
 USER, PASSWORD = "PlcmSpIp", "boot-pw-Zq81x"
 OUTSIDE = b"OUTSIDE-ORIGINAL"
@@ -55,15 +55,7 @@ class Boot:
 
 
 def _wait_listening(port: int) -> None:
-    deadline = time.monotonic() + 10
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            return
-        except OSError:
-            if time.monotonic() > deadline:
-                raise AssertionError(f"nothing listens on 127.0.0.1:{port} after 10 s") from None
-            time.sleep(0.05)
+    wait_until(lambda: listening(("127.0.0.1", port)), 10, f"something listening on 127.0.0.1:{port}", step=0.05)
 
 
 class LoopThread:

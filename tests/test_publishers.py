@@ -2,9 +2,7 @@
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
-import time
 
 import pytest
 
@@ -13,6 +11,9 @@ from fleet.drivers.publish import open_publisher
 from fleet.inventory import Credentials
 from fleet.redisboot import free_port
 from hil.bootserver import FtpBootServer, HttpBootServer
+from hil.harness import listening
+
+from conftest import wait_until
 
 
 @pytest.fixture
@@ -46,13 +47,7 @@ def ftp_boot(tmp_path):
     port = free_port()
     server = FtpBootServer(root, "127.0.0.1", port, "PlcmSpIp", "pw-456")
     server.start()
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            time.sleep(0.05)
+    wait_until(lambda: listening(("127.0.0.1", port)), 5, f"the FTP boot server listening on port {port}", step=0.05)
     yield f"ftp://127.0.0.1:{port}/", root
     server.stop()
 

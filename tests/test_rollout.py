@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, ROOT, RunningLab, free_port, run_fleet, start_lab
+from conftest import BIN, ROOT, RunningLab, free_port, run_fleet, start_lab, wait_until
 from fleet.store import RolloutStore, Store
 
 pytestmark = pytest.mark.slow
@@ -102,6 +102,8 @@ def test_dry_run_touches_nothing(fleet_lab, redis_url, tmp_path):
     assert all(p["params"]["reg.1.auth.password"] == "***" for p in plan["phones"])
     assert "secret:" not in json.dumps(plan) and not any(
         s in res.stdout for s in yaml.safe_load((fleet_lab.state / "secrets.yml").read_text())["phone_admin"].values() if len(s) > 6)
+    # not a wait for a condition: a second in which any task the dry run had queued would have acted, so that
+    # nothing having changed means something
     time.sleep(1)
     assert boot_dirs_digest(fleet_lab) == before_files
     assert {p["mac"]: p["boot_count"] for p in fleet_lab.status()["phones"]} == before_boots
@@ -186,16 +188,21 @@ def test_abort_stops_after_in_flight_phones_settle_and_resume_finishes(fleet_lab
     env = dict(os.environ, FLEET_REDIS_URL=redis_url)
     proc = subprocess.Popen([BIN / "fleet", "rollout", "run", str(pb), "--inventory", str(fleet_lab.inventory), "--json"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    rid = None
-    while time.monotonic() < deadline:
+
+    def one_verified() -> str | None:
+        """The rollout's id once one of its phones is verified."""
         latest = rs.list(limit=1)
         if latest and rs.get_field(latest[0]["id"], "playbook_path") == str(pb.resolve()):
             rid = latest[0]["id"]
             if any(st.get("state") == "verified" for st in rs.phones(rid, rs.macs(rid)).values()):
-                break
-        time.sleep(0.1)
-    assert rid
+                return rid
+        return None
+
+    try:
+        rid = wait_until(one_verified, 60, "a verified phone in the new rollout", state=lambda: rs.list(limit=1))
+    except AssertionError:
+        proc.kill()
+        raise
     assert run_fleet(["rollout", "abort", rid], redis_url).returncode == 0
     out, err = proc.communicate(timeout=120)
     doc = json.loads(out)
@@ -221,4 +228,11 @@ def test_failover_drill_gates_the_rollout_after_the_canaries(fleet_lab, redis_ur
     assert [e["kind"] for e in events].count("outage") == 1
     # the drill ran between the canary and the rest: the canary was verified before it, the others after
     states = json.loads(run_fleet(["rollout", "status", out["id"], "--json"], redis_url).stdout)["phones"]
-    assert sorted(int(s["wave"]) for s in states.values()).count(0) == 1
+    canary = {m: s for m, s in states.items() if int(s["wave"]) == 0}
+    others = {m: s for m, s in states.items() if int(s["wave"]) > 0}
+    assert len(canary) == 1 and len(others) == 24, states
+    assert all(s["state"] == "verified" for s in states.values()), states
+    started, finished = float(drill["started"]), float(drill["finished"])
+    assert all(float(s["settled_at"]) <= started for s in canary.values()), (canary, drill)
+    assert all(float(s["dispatched_at"]) >= finished for s in others.values()), (
+        {m: s["dispatched_at"] for m, s in others.items()}, drill)

@@ -13,6 +13,7 @@ import redis
 import yaml
 
 from conftest import BIN, lab_spec, run_fleet, wait_until
+from fleet.deadline import poll_until
 from fleet.store import Store
 
 pytestmark = pytest.mark.slow
@@ -29,35 +30,35 @@ def _wan(lab) -> dict:
     return lab.status()["sites"][0]["router"]["wan_state"]
 
 
-def _start_outage_run(lab, redis_url: str, tmp_path, max_duration: int, **popen) -> subprocess.Popen:
+def _start_outage_run(lab, redis_url: str, tmp_path, max_duration: int, lease_ttl: float | None = None,
+                      **popen) -> subprocess.Popen:
     """Start `fleet experiment run` on a playbook that cuts the WAN and then lingers; return once the WAN is down."""
     pb = tmp_path / "long.yml"
     pb.write_text("kind: experiment\nname: long\nsite: hq\nsteps:\n"
                   f"  - {{name: cut, outage: link-down, max_duration: {max_duration}}}\n  - {{name: linger, wait: 120}}\n"
                   "  - {name: back, restore: true}\n")
-    env = dict(os.environ, FLEET_REDIS_URL=redis_url)
+    env = dict(os.environ, FLEET_REDIS_URL=redis_url, **({"FLEET_LEASE_TTL": str(lease_ttl)} if lease_ttl else {}))
     proc = subprocess.Popen([BIN / "fleet", "experiment", "run", str(pb), "--inventory", str(lab.inventory),
                              "--report-dir", str(tmp_path), "--json"], env=env, **popen)
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and _wan(lab)["admin_up"]:
-        time.sleep(0.1)
+    poll_until(lambda: not _wan(lab)["admin_up"], 30, 0.1)   # the callers assert on the WAN state
     proc.playbook = pb
     return proc
 
 
 def test_killed_controller_the_router_restores_the_wan_by_itself(lab, redis_url, tmp_path):
-    proc = _start_outage_run(lab, redis_url, tmp_path, 6, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             start_new_session=True)
+    # a 15 s lease (not the default 30 s): it still outlives the check below, and the next test waits less for it
+    proc = _start_outage_run(lab, redis_url, tmp_path, 6, lease_ttl=15, stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, start_new_session=True)
     pb = proc.playbook
     try:
-        deadline = time.monotonic() + 30
         assert _wan(lab)["admin_up"] is False, "the outage never started"
         t_kill = time.time()
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait(5)
-        while time.monotonic() < deadline + 15 and not _wan(lab)["admin_up"]:
-            time.sleep(0.2)
-        assert _wan(lab)["admin_up"] is True
+        # the lease the dead controller held blocks a second run until it expires, with a message saying so
+        res = run_fleet(["experiment", "run", str(pb), "--inventory", str(lab.inventory)], redis_url)
+        assert res.returncode == 3 and "leased by" in res.stderr, res.stderr[-2000:]
+        wait_until(lambda: _wan(lab)["admin_up"], 45, "the router's own restore of the WAN", step=0.2, state=lambda: _wan(lab))
         history = lab.status()["sites"][0]["router"]["history"]
         down = [h["t"] for h in history if h["change"] == "link down"][-1]
         up = [h["t"] for h in history if h["change"] == "link up" and h["t"] > down][0]
@@ -66,15 +67,12 @@ def test_killed_controller_the_router_restores_the_wan_by_itself(lab, redis_url,
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
-    # the lease the dead controller held blocks a second run until it expires, with a message saying so
-    res = run_fleet(["experiment", "run", str(pb), "--inventory", str(lab.inventory)], redis_url)
-    assert res.returncode == 3 and "leased by" in res.stderr
 
 
 def test_ctrl_c_restores_the_wan_before_exiting(lab, redis_url, tmp_path):
-    # wait for the previous test's lease to lapse (30 s TTL, not renewed by the killed controller)
+    # wait for the previous test's lease to lapse (15 s TTL, not renewed by the killed controller)
     store = Store(redis_url)
-    wait_until(lambda: store.lease_info("hq")[0] is None, 40, "the killed controller's lease on hq to lapse")
+    wait_until(lambda: store.lease_info("hq")[0] is None, 40, "the killed controller's lease on hq to lapse", step=0.5)
     proc = _start_outage_run(lab, redis_url, tmp_path, 300, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert _wan(lab)["admin_up"] is False
     proc.send_signal(signal.SIGINT)
@@ -97,7 +95,7 @@ def test_no_secret_reaches_redis_logs_reports_or_task_messages(lab, redis_url, r
 
     r = redis.Redis.from_url(redis_url)
     store = Store(redis_url)
-    wait_until(lambda: store.lease_info("hq")[0] is None, 40, "the previous run's lease on hq to lapse")
+    wait_until(lambda: store.lease_info("hq")[0] is None, 40, "the previous run's lease on hq to lapse", step=0.5)
     seen: list[str] = []
     stop = threading.Event()
 
@@ -110,7 +108,8 @@ def test_no_secret_reaches_redis_logs_reports_or_task_messages(lab, redis_url, r
 
     t = threading.Thread(target=monitor, daemon=True)
     t.start()
-    time.sleep(0.3)
+    # MONITOR is attached once it reports a command of ours
+    wait_until(lambda: r.ping() and any("PING" in c.upper() for c in seen), 10, "MONITOR attached")
     from conftest import ROOT
 
     res = run_fleet(["experiment", "run", str(ROOT / "playbooks/wan-outage-fallback.yml"), "--inventory", str(lab.inventory),

@@ -18,8 +18,9 @@ import pytest
 import yaml
 from celery import Celery
 
-from conftest import BIN, ROOT, lab_spec, run_fleet, start_lab, start_worker
+from conftest import BIN, ROOT, lab_spec, run_fleet, start_lab, start_worker, wait_until
 from fleet import schedule
+from fleet.deadline import poll_until
 from fleet.store import RolloutStore, Store
 from test_rollout import reboots
 
@@ -76,12 +77,9 @@ def _status(redis_url: str, rid: str) -> str:
 def _wait_finished(rs: RolloutStore, redis_url: str, rid: str, end_events: int = 1) -> dict:
     """The rollout's record (plan decoded) once it ended; fails with `fleet rollout status --json` if it does not
     in the budget."""
-    deadline = time.monotonic() + BUDGET_S
-    while time.monotonic() < deadline:
-        if sum(1 for e in rs.events(rid) if e["kind"] == "end") >= end_events:
-            return rs.get(rid)
-        time.sleep(0.5)
-    pytest.fail(f"scheduled rollout {rid} did not finish: {_status(redis_url, rid)}")
+    wait_until(lambda: sum(1 for e in rs.events(rid) if e["kind"] == "end") >= end_events, BUDGET_S,
+               f"the end of scheduled rollout {rid}", step=0.5, state=lambda: _status(redis_url, rid))
+    return rs.get(rid)
 
 
 def test_scheduled_rollout_runs_its_drill_once_though_redelivered(lab, redis_url, tmp_path):
@@ -95,9 +93,7 @@ def test_scheduled_rollout_runs_its_drill_once_though_redelivered(lab, redis_url
     meta = _wait_finished(rs, redis_url, rid)
     assert meta["status"] == "done", _status(redis_url, rid)
     # the message was delivered again while the first copy drove the rollout (the visibility timeout passed)...
-    deadline = time.monotonic() + 3 * VISIBILITY_S + 30
-    while sum(1 for e in rs.events(rid) if e["kind"] == "scheduled") < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    poll_until(lambda: sum(1 for e in rs.events(rid) if e["kind"] == "scheduled") >= 2, 3 * VISIBILITY_S + 30, 0.5)
     events = rs.events(rid)
     kinds = [e["kind"] for e in events]
     end_t = next(e["t"] for e in events if e["kind"] == "end")
@@ -164,14 +160,21 @@ def test_a_driver_whose_lease_is_taken_stops_and_the_rollout_resumes(lab, redis_
     env = dict(os.environ, FLEET_REDIS_URL=redis_url, FLEET_LEASE_TTL="3")   # renewed every second
     proc = subprocess.Popen([BIN / "fleet", "rollout", "run", str(pb), "--inventory", str(lab.inventory), "--json"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    holder = None
-    while not (holder and holder.startswith("rollout:")):
-        if time.monotonic() > deadline or proc.poll() is not None:
-            proc.kill()
-            pytest.fail(f"the rollout never took the site's lease: {proc.communicate()[1][-2000:]}")
+
+    def lease_taken() -> str | None:
+        exited = proc.poll() is not None
         holder = store.lease_info(SITE)[0]
-        time.sleep(0.05)
+        if holder and holder.startswith("rollout:"):
+            return holder
+        if exited:
+            pytest.fail(f"the rollout exited before it took the site's lease: {proc.communicate()[1][-2000:]}")
+        return None
+
+    try:
+        holder = wait_until(lease_taken, 60, "the rollout holding the site's lease", step=0.05)
+    except BaseException:
+        proc.kill()
+        raise
     store.break_lease(SITE)   # as if it had lapsed and another run had taken the site
     store.acquire_lease(SITE, "thief", ttl=120)
     try:

@@ -22,13 +22,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import BIN, free_port, lab_spec, run_fleet, start_lab
+from conftest import BIN, free_port, lab_spec, run_fleet, start_lab, wait_until
 from fleet import inventory, polycom, secret_params
 from fleet.inventory import Credentials, Phone
 from fleet.redact import redact, redact_url
 from fleet.rollout_playbook import RolloutPlaybook
 from fleet.rollout_plan import config_hash, plan
-from fleet.yamlfile import FileError
+from soundpoint.yamlfile import FileError
 
 SIP_SECRET = "planted-SIP-secret-4711"
 ROUTER_SECRET = "planted-ROUTER-secret-0815"
@@ -386,13 +386,8 @@ def test_http_auth_layers_fleet_site_phone(tmp_path):
 
 # ------------------------------------------------------------------ a real worker and a forged plan in Redis
 def _wait_state(rs, rid: str, mac: str, states: tuple[str, ...], timeout: float = 40) -> dict:
-    deadline = time.monotonic() + timeout
-    st = rs.phone(rid, mac)
-    while st.get("state") not in states and time.monotonic() < deadline:
-        time.sleep(0.1)
-        st = rs.phone(rid, mac)
-    assert st.get("state") in states, f"phone {mac} still {st.get('state')!r}: {st}"
-    return st
+    return wait_until(lambda: (st := rs.phone(rid, mac)).get("state") in states and st, timeout,
+                      f"phone {mac} in {states}", state=lambda: rs.phone(rid, mac))
 
 
 def test_worker_refuses_a_forged_plan_and_asks_a_spoofed_phone_only_with_digest(tmp_path, redis_url, worker_factory):
@@ -469,9 +464,8 @@ def test_finished_rollout_leaves_no_backups_unless_asked_to_keep_them(small_lab,
     marks = [v for rec in rs.phones(out["id"], rs.macs(out["id"]), full=True).values() for f, v in rec.items()
              if f.startswith("backed_up:")]
     assert "yes" in marks, f"the rollout backed files up before changing them: {marks}"
-    deadline = time.monotonic() + 30
-    while any(out["id"] in f for f in _backups(small_lab)) and time.monotonic() < deadline:
-        time.sleep(0.2)
+    wait_until(lambda: not any(out["id"] in f for f in _backups(small_lab)), 30, "the rollout's backups removed",
+               step=0.2, state=lambda: _backups(small_lab))
     assert _backups(small_lab) == kept_files, f"left behind: {_backups(small_lab)}"
     assert rs.get_field(out["id"], "backups_removed:hq"), "the worker recorded the removal"
 

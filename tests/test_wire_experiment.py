@@ -238,7 +238,7 @@ def test_kamailio_hep_and_notifications_alone_see_the_gateway_side_only(hep_lab,
 
 def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
     """Unit: the sources the lab's inventory names per site, by default and as a lab file picks them."""
-    from fleet.yamlfile import FileError
+    from soundpoint.yamlfile import FileError
     from hil import labfile
     from hil.lab import evidence_inventory
 

@@ -25,6 +25,8 @@ from hil import kamailio as kam
 from sipwire import digest
 from sipwire import message as sip
 
+from conftest import await_until, wait_until
+
 pytestmark = pytest.mark.lab
 PASSWORD = "gw-Secret-7"
 
@@ -84,9 +86,8 @@ def test_kamailio_hep_and_ul_dump_agree_with_what_the_phones_were_told(kamailio)
                 if u == "3002":       # registers, then removes its binding with expires=0
                     await asyncio.to_thread(_register, server, u, PASSWORD, 300, s)
                 told[u] = await asyncio.to_thread(_register, server, u, *plan[u], s)
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline and len({o.mac for o in seen}) < len(plan):
-                await asyncio.sleep(0.02)
+            await await_until(lambda: len({o.mac for o in seen}) >= len(plan), 10, "an observation of every user",
+                              step=0.02, state=lambda: (sorted({o.mac for o in seen}), dict(proto.stats)))
             dump = await asyncio.to_thread(kam.ul_dump, ctl)
             return told, seen, dump, dict(proto.stats)
         finally:
@@ -134,17 +135,22 @@ def test_local_capture_on_loopback_sees_a_register_and_its_answer():
                                from_uri="sip:4001@127.0.0.1", to_uri="sip:4001@127.0.0.1", call_id="lo-1@127.0.0.1",
                                cseq=1, from_tag="x", contact=f"<sip:4001@127.0.0.1:{phone_sock.getsockname()[1]}>",
                                extra=[("Expires", "90")])
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not seen:
-            # tcpdump needs a moment to attach; a repeated REGISTER is a retransmission to the matcher
+
+        def exchange() -> list:
+            """Once seen, the observations; until then one more REGISTER and its 200 (tcpdump needs a moment to
+            attach; a repeated REGISTER is a retransmission to the matcher)."""
+            if seen:
+                return seen
             phone_sock.sendto(req.encode(), server)
             server_sock.settimeout(0.5)
             try:
                 data, addr = server_sock.recvfrom(65535)
             except socket.timeout:
-                continue
+                return seen
             server_sock.sendto(sip.make_response(sip.parse(data), 200, "OK", extra=[("Expires", "90")]).encode(), addr)
-            time.sleep(0.2)
+            return seen
+
+        wait_until(exchange, 15, "the capture seeing the REGISTER", step=0.2, state=lambda: ev.stats)
         assert [(o.mac, o.state, detail_fields(o.detail)["expires"]) for o in seen] == [
             ("0004f2ab0001", REGISTERED, "90")], ev.stats
     finally:

@@ -7,7 +7,7 @@ import pytest
 
 from fleet.inventory import Inventory, load
 from fleet.observe import REGISTERED, UNREGISTERED, Observation, PhoneState, apply
-from fleet.yamlfile import FileError
+from soundpoint.yamlfile import FileError
 
 MAC = "0004f2000001"
 

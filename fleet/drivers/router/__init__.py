@@ -1,6 +1,10 @@
-"""Router drivers: one module per kind, found by the inventory's `driver` name (no closed class map).
+"""Router drivers: one module per platform, chosen by the inventory's `driver` name through `DRIVERS`.
 
-Each module exposes `connect(router, credentials) -> RouterDriver` and `MODES`.
+A new router platform is one new module here plus one line in `DRIVERS`. Each
+module exposes `connect(router, credentials) -> RouterDriver` and `MODES` (the
+outage modes it can make). The inventory checks a router's `driver` against
+`DRIVERS` when it is loaded (`check_driver`), so a misspelt name is an error
+naming the file and line, not an ImportError inside a worker mid-experiment.
 
 An outage is a small protocol with an identity, because a cut and its restore
 travel as separate tasks and can arrive in any order (a cut still queued when
@@ -17,9 +21,17 @@ from __future__ import annotations
 import importlib
 import re
 from dataclasses import asdict, dataclass, field
-from typing import Protocol
+from types import ModuleType
+from typing import TYPE_CHECKING, Protocol
 
-from ...inventory import Credentials, Router
+if TYPE_CHECKING:   # only for annotations: the inventory imports this module to check driver names
+    from ...inventory import Credentials, Router
+
+# driver name (the inventory's `router.driver`) -> module that implements it
+DRIVERS: dict[str, str] = {
+    "linux_ssh": f"{__name__}.linux_ssh",
+    "snmp": f"{__name__}.snmp",
+}
 
 OUTAGE_MODES = ("link-down", "drop", "degrade", "dns-fail")
 OUTAGE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -80,10 +92,21 @@ class RouterDriver(Protocol):
     def close(self) -> None: ...
 
 
+def check_driver(name: str) -> str:
+    """`name` if it is a registered driver; otherwise a ValueError that lists the known names."""
+    if name not in DRIVERS:
+        raise ValueError(f"unknown router driver {name!r}; known drivers: {', '.join(sorted(DRIVERS))}")
+    return name
+
+
+def driver_module(name: str) -> ModuleType:
+    """The module registered for `name` (imported on first use: the SNMP one pulls in pysnmp)."""
+    return importlib.import_module(DRIVERS[check_driver(name)])
+
+
 def connect(router: Router, credentials: Credentials) -> RouterDriver:
-    module = importlib.import_module(f"{__name__}.{router.driver}")
-    return module.connect(router, credentials)
+    return driver_module(router.driver).connect(router, credentials)
 
 
 def supported_modes(driver: str) -> tuple[str, ...]:
-    return importlib.import_module(f"{__name__}.{driver}").MODES
+    return driver_module(driver).MODES
