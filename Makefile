@@ -8,7 +8,7 @@ APT_PACKAGES := redis-server iproute2 openssh-client
 # compose-file checks skip when these cannot be installed
 APT_OPTIONAL := kamailio chromium docker-compose openssh-server snmpd snmp tcpdump nftables iptables
 
-.PHONY: deps deps-optional venv demo test test-fast bench clean
+.PHONY: deps deps-optional venv demo demo-wire demo-hep test test-fast bench clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -34,6 +34,14 @@ venv: deps $(STAMP)
 
 demo: deps $(STAMP)
 	$(PY) -m hil.demo
+
+# the same demo with the phones' syslog lines off: evidence from the router's SIP capture, or from a Kamailio
+# gateway's HEP only (needs kamailio), beside the telephone notifications
+demo-wire: deps $(STAMP)
+	$(PY) -m hil.demo --lab hil/labs/demo-wire.yml
+
+demo-hep: deps $(STAMP)
+	$(PY) -m hil.demo --lab hil/labs/demo-hep.yml
 
 test: deps deps-optional $(STAMP)
 	$(PY) -m pytest -q -ra --durations=15

@@ -562,7 +562,14 @@ def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
 @click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
 @click.option("--site", "sites", multiple=True, required=True, help="Collect for this site (repeatable).")
 def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
-    """Run the sites' syslog and event collectors as a service of their own.
+    """Run the sites' collectors (every evidence source the inventory names) as a service of their own.
+
+    Per site: syslog and telephone notification events (and state polling with
+    poll_interval); the SIP wire sources of `capture:` (`router [IFACE]`:
+    tcpdump over the router's SSH; `interface NAME`: a local mirror port,
+    needs CAP_NET_RAW; `hep HOST:PORT`: a HEP v3 listener fed by the SIP
+    servers); and the gateway registrar's bindings of `gateway: {platform:
+    kamailio|asterisk|freeswitch}`, polled over the router's SSH.
 
     Phones push their registration changes the moment they happen; whatever
     arrives while nobody listens is lost until the phone reports again. Run
@@ -600,7 +607,8 @@ def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
 @click.option("--concurrency", default=2, show_default=True)
 @click.option("--pool", type=click.Choice(["prefork", "threads"]), default="prefork", show_default=True,
               help="threads suits rollouts: their tasks wait on the network, not the CPU.")
-@click.option("--no-collect", is_flag=True, help="Do not run the syslog/event collectors in this worker.")
+@click.option("--no-collect", is_flag=True, help="Do not run the site collectors (syslog, events, capture, HEP, "
+              "gateway bindings) in this worker.")
 def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurrency: int, pool: str, no_collect: bool) -> None:
     """Start a Celery worker for the given sites' queues (site.NAME), with their collectors."""
     if not sites and not control:

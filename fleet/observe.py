@@ -11,8 +11,11 @@ but not with which server. Per-server sources (SIP on the wire: a router
 capture, a mirror port or HEP from a SIP server; the gateway's registrar
 bindings) say, per server, registered with the granted expiry, refused with
 the code, or no answer. The working server follows from the per-server states
-(R4); where per-server evidence leaves exactly one configured server possible
-and a line-level source says the line is up, that server is the working one.
+(R4), and only while every higher-priority configured server is known to be down:
+evidence about server 2 alone (a gateway's registrar, its HEP) says nothing of
+the provider, so the working server stays unknown. Where per-server evidence
+leaves exactly one configured server possible and a line-level source says the
+line is up, that server is the working one.
 The syslog registration line is a format of ours (drivers/collect/formats.py)
 and is just one more per-server source: nothing here depends on it.
 """
@@ -84,6 +87,11 @@ def derive_working(state: PhoneState, configured: list[int] | None = None) -> tu
     every configured server but one, that one is working (inferred). `configured`: the indices of the
     servers the phone registers with."""
     ws = working_server(state.servers)
+    if ws is not None and configured and any(state.servers.get(i, {}).get("state") != UNREGISTERED
+                                             for i in configured if i < ws):
+        # a higher-priority server we have no word on may be the one in use (gateway-only evidence cannot see the
+        # provider): the working server is unknown, not the lowest one we happen to see
+        return None, False
     if ws is not None or state.line_state != REGISTERED or not configured or state.line_up_at is None:
         return ws, False
     if any(s.get("t", 0.0) > state.line_up_at for s in state.servers.values()):

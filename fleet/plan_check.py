@@ -39,6 +39,7 @@ class _Entry(BaseModel):
     secret_refs: dict[str, str] = Field({}, max_length=1_000)
     config_hash: str = Field(pattern=r"^[0-9a-f]{16}$")
     verbatim: list[str] = Field([], max_length=1_000)   # allow_uncatalogued names (fleet.rollout_playbook.uncatalogued)
+    unchecked_reboot: bool = False   # strategy.reboot_without_call_check, for a family that cannot report call state
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,7 @@ class Checked:
     config_hash: str
     backups: dict[str, str]              # file name -> BACKUP_MARKS value, only the renderer's names
     attempt: int
+    unchecked_reboot: bool = False
 
 
 def file_names(mac: str) -> frozenset[str]:
@@ -137,4 +139,5 @@ def check(inv: Inventory, rid: str, mac: str, state: dict) -> Checked:
     attempt = state.get("attempt", "1")
     if not re.fullmatch(r"[1-9][0-9]{0,3}", attempt):
         raise PlanRefused(f"phone {mac}: attempt {attempt[:20]!r} is not a number of attempts")
-    return Checked(site, phone, entry.params, dict(entry.secret_refs), entry.config_hash, _backups(mac, state), int(attempt))
+    return Checked(site, phone, entry.params, dict(entry.secret_refs), entry.config_hash, _backups(mac, state), int(attempt),
+                   entry.unchecked_reboot and phone.family.call_state_source is None)

@@ -40,6 +40,7 @@ class PhonePlan:
     secret_refs: dict[str, str] = field(default_factory=dict)   # secret parameter -> secret:NAME / env:VAR
     verbatim: list[str] = field(default_factory=list)   # uncatalogued, passed through (allow_uncatalogued)
     warnings: list[str] = field(default_factory=list)   # failover set-ups this family cannot run (failover_lint)
+    unchecked_reboot: bool = False    # its family cannot report call state and the playbook allows rebooting it anyway
 
     def to_dict(self, refs: bool = True) -> dict:
         """The phone's plan; without `refs`, as shown to people (a dry run): no secret reference at all."""
@@ -130,8 +131,13 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         diff = {k: [secret_params.mask(k, old.get(k)), secret_params.mask(k, new.get(k))]
                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
         masked, refs = secret_params.split(new)
+        blind = phone.family.call_state_source is None
+        warnings = failover_lint.problems(new, phone.family.name)
+        if blind and not pb.strategy.reboot_without_call_check:
+            warnings.append(f"{phone.family.name} cannot report its call state: the phone will be deferred, never "
+                            "rebooted (strategy.reboot_without_call_check: true reboots it unchecked)")
         phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs, sorted(verbatim),
-                                failover_lint.problems(new, phone.family.name)))
+                                warnings, blind and pb.strategy.reboot_without_call_check))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
     per_site = defaultdict(int)
     for p in phones:

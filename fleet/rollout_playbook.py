@@ -64,6 +64,9 @@ class Strategy(Strict):
     failure_budget: FailureBudget = FailureBudget()
     progress_deadline: float = Field(600, gt=0, le=7 * 86400, description="seconds a wave may take before the rollout halts")
     allow_overload: bool = False
+    reboot_without_call_check: bool = Field(False, description="phones whose firmware cannot report its call state "
+                                                               "(SIP 2.x) are rebooted unchecked instead of deferred; "
+                                                               "a phone whose check fails is still deferred")
 
     @field_validator("wave_size", "max_unavailable", mode="before")
     @classmethod

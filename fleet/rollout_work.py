@@ -102,11 +102,14 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
         return {"state": "skipped"}
     control = phones.for_phone(phone, creds, inv, secrets, store)   # one session for the check and the reboot
     check = control.call_check()
-    if not check.may_reboot:    # in a call, or cannot tell: deferred, never rebooted
+    # the playbook's reboot_without_call_check covers only a family with no way to tell; a check that failed defers
+    if not check.may_reboot and not (plan.unchecked_reboot and control.family.call_state_source is None):
         rs.set_phone(rid, mac, state="deferred", deferred_at=time.time(),
                      deferred_reason=f"{check.state}: {check.reason}"[:300])
         rs.log(rid, "deferred", mac=mac, call_state=check.state, reason=check.reason[:300])
         return {"state": "deferred", "reason": check.reason}
+    if not check.may_reboot:
+        rs.log(rid, "reboot-unchecked", mac=mac, reason=f"{check.reason} (strategy.reboot_without_call_check)"[:300])
     with _settles_as(rs, rid, mac, "failed", retry_on):
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
         _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds)

@@ -42,6 +42,31 @@ HEP_TAP_PORT = 9060     # on the router's LAN address: the Kamailio gateway's si
 BOOT_HTTP_PORT = 8080
 BOOT_FTP_PORT = 2121
 PHONE_HTTP_PORT = 8080
+LAN_INTERFACE = "lan0"  # the router's LAN side, as its captures and `ip link` name it (both labs)
+
+
+def evidence_sources(lab: LabFile, site: SiteSpec) -> list[str]:
+    """The per-server sources a real site of this shape has, unless the lab file picks them (`collector.evidence`):
+    without the phones' registration line (a SIP 3.x site) the router's SIP capture is what is left; a Kamailio
+    gateway adds its siptrace HEP (with a HEP address) and its registrar's bindings."""
+    if site.collector.evidence is not None:
+        return list(site.collector.evidence)
+    return ((["router"] if not lab.syslog_registration_line else []) + (["hep"] if site.collector.hep else [])
+            + (["gateway"] if site.gateway == "kamailio" else []))
+
+
+def evidence_inventory(lab: LabFile, site: SiteSpec, gateway: str, lan_interface: str = LAN_INTERFACE) -> dict:
+    """Those sources as a site's inventory keys (fleet.inventory): `capture: [router lan0, hep ADDRESS]` (the
+    router's LAN side sees every phone's SIP to both servers) and `gateway: {address, platform: kamailio}`
+    (kamcmd over the router's SSH)."""
+    sources = evidence_sources(lab, site)
+    capture = [f"router {lan_interface}"] if "router" in sources else []
+    if "hep" in sources and site.collector.hep:
+        capture.append(f"hep {site.collector.hep}")
+    out: dict = {"capture": capture} if capture else {}
+    if "gateway" in sources and site.gateway == "kamailio":
+        out["gateway"] = {"address": gateway, "platform": "kamailio"}
+    return out
 
 
 def phone_ip(net: int, k: int, i: int) -> str:
@@ -330,14 +355,7 @@ class Lab:
         return fit_to_families(inv), secrets_doc
 
     def _evidence_inventory(self, rt: SiteRuntime) -> dict:
-        """A Kamailio gateway is a per-server evidence source a real site has: its registrar (polled with kamcmd
-        over the router's SSH) and, with a HEP address, its siptrace. Nothing for the lab's own gateway."""
-        if rt.spec.gateway != "kamailio":
-            return {}
-        out: dict = {"gateway": {"address": self.lan_ip(rt.k, 1), "platform": "kamailio"}}
-        if rt.spec.collector.hep:
-            out["capture"] = [f"hep {rt.spec.collector.hep}"]
-        return out
+        return evidence_inventory(self.spec, rt.spec, self.lan_ip(rt.k, 1))
 
     def write_inventory(self, path: Path) -> None:
         inv, secrets_doc = self.inventory()

@@ -117,6 +117,10 @@ class CollectorSpec(Strict):
     events: str = "127.0.0.1:8514"
     poll_interval: float = Field(0.0, ge=0, le=3600)
     hep: str | None = Field(None, description="HOST:PORT where a Kamailio gateway's siptrace sends HEP v3")
+    evidence: list[Literal["router", "hep", "gateway"]] | None = Field(
+        None, description="per-server sources the exported inventory names for the site: router (capture: router "
+        "lan0), hep (capture: hep ADDRESS), gateway (the Kamailio registrar's bindings); default: what a site of "
+        "this shape has (the router's capture when the syslog line is off, HEP and bindings with a Kamailio gateway)")
 
     @field_validator("syslog", "events")
     @classmethod
@@ -211,8 +215,9 @@ class LabFile(Strict):
     timing: TimingSpec = TimingSpec()
     http: bool = True
     sites: list[SiteSpec] = Field(min_length=1, max_length=20)
-    syslog_registration_line: bool = Field(True, description="false: phones send no per-server registration syslog "
-                                           "line (ours, undocumented by Polycom), as on a SIP 3.x site")
+    syslog_registration_line: bool = Field(True, description="false: phones send none of our syslog lines (the "
+                                           "per-server registration line and the call line, undocumented by Polycom), "
+                                           "as on a SIP 3.x site")
 
     _family = field_validator("firmware_family")(classmethod(lambda cls, v: _family_name(v)))
 
@@ -340,6 +345,10 @@ class LabFile(Strict):
             if site.collector.hep and site.gateway != "kamailio":
                 raise FieldError(("sites", k, "collector", "hep"), "a HEP address needs `gateway: kamailio` "
                                  "(only Kamailio's siptrace sends HEP in this lab)")
+            for source, needs, why in (("hep", site.collector.hep, "a `collector: {hep: ADDRESS}`"),
+                                       ("gateway", site.gateway == "kamailio", "`gateway: kamailio`")):
+                if source in (site.collector.evidence or ()) and not needs:
+                    raise FieldError(("sites", k, "collector", "evidence"), f"evidence {source} needs {why}")
             if site.collector.hep and self.backend == "netns":
                 raise FieldError(("sites", k, "collector", "hep"), "backend netns does not wire siptrace yet "
                                  "(its router runs the real tcpdump); HEP is for the userspace lab")

@@ -41,7 +41,7 @@ class Reporting:
 
     def _report_call(self, number: str, srv: ServerBinding, status: int) -> None:
         target = self._syslog_target()
-        if target:
+        if target and reports.sends_call_line(self):
             self._send_udp(reports.syslog_call(self.mac, self.spec.ip, number, srv.index, f"{srv.address}:{srv.port}", status), target)
 
     def _events(self) -> aiohttp.ClientSession:

@@ -4,7 +4,7 @@ The formats marked uncertain in shared/reference/polycom.md are fixed here, in
 one place, so that correcting one after a look at a real phone is a one-file
 change:
 
-* syslog line (our format, RFC 3164 framing; a lab may switch the registration line off): ``<PRI>Mmm dd hh:mm:ss HOST polycom[MAC]: reg.X.server.Y ADDR registration succeeded expires=N``
+* syslog line (our format, RFC 3164 framing; a lab may switch both lines off): ``<PRI>Mmm dd hh:mm:ss HOST polycom[MAC]: reg.X.server.Y ADDR registration succeeded expires=N``
   or ``... registration failed reason=TEXT``; calls: ``... call to NUMBER via server Y answered 200``.
 * telephone notification events: XML ``PolycomIPPhone/LineRegistrationEvent`` (confirmed shape).
 * phone state polling: ``GET /polling/deviceHandler`` and ``/polling/callStateHandler`` (paths uncertain).
@@ -26,6 +26,12 @@ def sends_registration_line(phone: object) -> bool:
     `syslog_registration_line: false`, set on each phone as `syslog_registration_line`): then the controller
     must learn each server's state from the wire, the gateway's registrar and the line-level sources."""
     return bool(getattr(phone, "syslog_registration_line", True))
+
+
+def sends_call_line(phone: object) -> bool:
+    """Whether this phone sends our call line. It is as invented as the registration line, so the same switch
+    turns it off: then the controller learns which server took a call from the wire (the answered INVITE) only."""
+    return bool(getattr(phone, "syslog_call_line", sends_registration_line(phone)))
 
 
 def syslog_registration(mac: str, host: str, reg: int, server: int, address: str, ok: bool,

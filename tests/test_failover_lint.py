@@ -53,3 +53,42 @@ def test_the_rollout_plan_carries_the_warnings_of_each_phone():
     assert len(warnings["0004f2000001"]) == 1 and "reRegisterOn" in warnings["0004f2000001"][0]
     assert warnings["0004f2000002"] == []
     assert p.to_dict(refs=False)["phones"][0]["warnings"] == warnings[p.phones[0].mac]
+
+
+# ---------------------------------------------------------------- phones whose family cannot report call state
+def _mixed_inventory() -> Inventory:
+    return Inventory.model_validate({"name": "t", "sites": [{
+        "name": "a", "gateway": "10.0.0.1", "boot_server": {"url": "file:///srv/tftp/"}, "params": BASE,
+        "phones": [{"mac": "0004f2000011", "model": "SoundPoint IP 500", "firmware_family": "sip-2.x",
+                    "address": "10.0.1.11", "credentials": "admin"},
+                   {"mac": "0004f2000012", "model": "SoundPoint IP 650", "firmware_family": "sip-3.x",
+                    "address": "10.0.1.12", "credentials": "admin"}]}]})
+
+
+def _plan(**strategy):
+    pb = RolloutPlaybook.model_validate({"kind": "rollout", "name": "t", "params": {"reg.1.label": "x"},
+                                         "strategy": strategy})
+    return {ph.mac: ph for ph in plan(_mixed_inventory(), pb, "r").phones}
+
+
+def test_a_sip2_phone_is_announced_as_deferred_unless_the_playbook_allows_an_unchecked_reboot():
+    default = _plan()
+    assert any("cannot report its call state" in w for w in default["0004f2000011"].warnings)
+    assert not default["0004f2000011"].unchecked_reboot
+    allowed = _plan(reboot_without_call_check=True)
+    assert allowed["0004f2000011"].unchecked_reboot and not allowed["0004f2000011"].warnings
+    # a family that can report its call state is always checked, whatever the playbook says
+    assert not allowed["0004f2000012"].unchecked_reboot and not default["0004f2000012"].warnings
+
+
+def test_the_worker_honours_an_unchecked_reboot_only_for_a_family_that_cannot_report_call_state():
+    import json
+
+    from fleet import plan_check
+
+    inv = _mixed_inventory()
+    for mac, expected in (("0004f2000011", True), ("0004f2000012", False)):   # the second one is forged
+        entry = {"mac": mac, "site": "a", "params": {"reg.1.label": "x"}, "config_hash": "0" * 16,
+                 "unchecked_reboot": True}
+        checked = plan_check.check(inv, "r", mac, {"plan": json.dumps(entry), "attempt": "1"})
+        assert checked.unchecked_reboot is expected, mac

@@ -260,7 +260,7 @@ def _working(site: Site, server: int) -> bool:
 @pytest.mark.skipif(KAMAILIO_MISSING is not None, reason=str(KAMAILIO_MISSING))
 def test_inventory_names_the_kamailio_gateway_and_its_hep_as_evidence_sources(site):
     assert site.site["gateway"] == {"address": site.gateway[0], "platform": "kamailio"}
-    assert site.site["capture"] == [f"hep {site.lab.spec['sites'][0]['collector']['hep']}"]
+    assert site.site["capture"] == ["router lan0", f"hep {site.lab.spec['sites'][0]['collector']['hep']}"]
 
 
 @pytest.mark.skipif(KAMAILIO_MISSING is not None, reason=str(KAMAILIO_MISSING))

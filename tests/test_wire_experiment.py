@@ -1,8 +1,8 @@
 """End to end without our invented syslog line: a WAN outage experiment observed from SIP on the wire and the
 phones' telephone notifications only.
 
-The lab (net 15, one site) has the phones' registration syslog line switched off, as on a SIP 3.x site. The
-inventory names `capture: router lan0`: the collector in a real `fleet worker` runs fleet's capture command
+The lab (net 15, one site) has the phones' syslog lines (registration and call) switched off, as on a SIP 3.x
+site. The lab's inventory names `capture: router lan0`: the collector in a real `fleet worker` runs fleet's capture command
 over the router's SSH and decodes the pcap stream. Each phone's failover and recovery times must agree with
 the lab's ground truth within the sampling interval, the report must name the wire as the source of every
 transition, the call step must learn from the wire (the answered INVITE) that the call went to the gateway,
@@ -61,14 +61,14 @@ def lab(lab_factory, worker_factory):
         spec["sites"][0]["gateway"] = "kamailio"
         spec["sites"][0]["collector"]["hep"] = hep
     lab = lab_factory(spec)
-    inv = yaml.safe_load(lab.inventory.read_text())
-    site = inv["sites"][0]
-    site["capture"] = "router lan0"
-    if not KAMAILIO_MISSING:
-        site["capture"] = ["router lan0", f"hep {hep}"]
-        gw = site["gateway"] if isinstance(site["gateway"], dict) else {"address": site["gateway"]}
-        site["gateway"] = {**gw, "platform": "kamailio", "interval": 1}
-    lab.inventory.write_text(yaml.safe_dump(inv, sort_keys=False))
+    # the lab's inventory names the sources a site of this shape has: the router's capture (no syslog line),
+    # and with a Kamailio gateway its HEP and its bindings
+    site = yaml.safe_load(lab.inventory.read_text())["sites"][0]
+    if KAMAILIO_MISSING:
+        assert site["capture"] == ["router lan0"] and not isinstance(site["gateway"], dict), site
+    else:
+        assert site["capture"] == ["router lan0", f"hep {hep}"], site
+        assert site["gateway"] == {"address": site["router"]["address"], "platform": "kamailio"}, site
     worker_factory(lab.inventory)
     return lab
 
@@ -92,9 +92,10 @@ def test_outage_observed_from_the_wire_and_notifications_agrees_with_ground_trut
 
     call = next(s for s in doc["steps"] if s["name"].startswith("a call"))
     assert call["passed"] and "server 2" in call["message"], call
-    # the lab's phones still log calls (only the registration line is off): the wire must have seen it as well
+    # the lab's phones log no call line either: the answered INVITE on the wire is the only evidence
     wire_source = "wire" if KAMAILIO_MISSING else "hep"    # Kamailio's INVITEs bypass the router: HEP shows them
-    assert wire_source in call["message"].split("seen by ", 1)[1], call
+    seen_by = call["message"].split("seen by ", 1)[1]
+    assert wire_source in seen_by and "syslog" not in seen_by, call
     truth = lab.status()
     outage = doc["outages"][0]
     for p in doc["phones"]:
@@ -170,3 +171,136 @@ def test_rollout_verifies_registered_to_both_servers_without_syslog(lab, redis_u
         state = store.phone_state(mac)
         assert state.servers[1]["source"] == "wire" and state.servers[1]["t"] >= t0, state.to_dict()
         assert "syslog" not in state.evidence, state.evidence
+
+
+# ------------------------------------------------------------------------------ Kamailio's HEP as the only source
+
+HEP_NET = 9
+HEP_PLAYBOOK = """kind: experiment
+name: hep-only-fallback
+site: branch
+sample_interval: 0.25
+steps:
+  - {name: baseline on the provider, expect: working_server, server: 1, within: 8}
+  - {name: cut the WAN, outage: link-down, max_duration: 60}
+  - {name: phones fall back to the gateway, expect: working_server, server: 2, within: 20, measure: failover}
+  - {name: a call during the outage reaches the gateway, call: "2000", expect_server: 2, within: 10}
+  - {name: bring the WAN back, restore: true}
+  - {name: phones return to the provider, expect: working_server, server: 1, within: 5, measure: recovery}
+"""
+
+
+@pytest.fixture(scope="module")
+def hep_lab(lab_factory, worker_factory):
+    """A second site (net 9): no syslog lines, no router capture, no bindings polling; the Kamailio gateway's
+    siptrace HEP is the only per-server source (`collector.evidence: [hep]`)."""
+    if KAMAILIO_MISSING:
+        pytest.skip(str(KAMAILIO_MISSING))
+    spec = lab_spec("heponly", HEP_NET, phones=3, site="branch")
+    spec["syslog_registration_line"] = False
+    spec["timing"]["dns_ttl"] = 300
+    hep = f"127.0.0.1:{free_port()}"
+    site = spec["sites"][0]
+    site["gateway"] = "kamailio"
+    site["collector"].update(hep=hep, evidence=["hep"])
+    lab = lab_factory(spec)
+    inv_site = yaml.safe_load(lab.inventory.read_text())["sites"][0]
+    assert inv_site["capture"] == [f"hep {hep}"] and not isinstance(inv_site["gateway"], dict), inv_site
+    worker_factory(lab.inventory, site="branch")
+    return lab
+
+
+def test_kamailio_hep_and_notifications_alone_see_the_gateway_side_only(hep_lab, redis_url, tmp_path):
+    """HEP from the gateway speaks for server 2 only: the call to the gateway is seen (and passes) and every
+    phone's registrations there are observed, but nothing is ever observed about the provider. The working server
+    is then unknown rather than guessed (server 1 would be working if it were up), so every step that expects a
+    working server fails, and the experiment fails naming HEP as the only source."""
+    playbook = tmp_path / "hep-only.yml"
+    playbook.write_text(HEP_PLAYBOOK)
+    res = run_fleet(["experiment", "run", str(playbook), "--inventory", str(hep_lab.inventory),
+                     "--report-dir", str(tmp_path / "reports"), "--json"], redis_url)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode != 0, res.stdout[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["passed"] is False and len(doc["phones"]) == 3
+    passed = {s["name"]: s["passed"] for s in doc["steps"]}
+    assert passed == {"baseline on the provider": False, "cut the WAN": True, "phones fall back to the gateway": False,
+                      "a call during the outage reaches the gateway": True, "bring the WAN back": True,
+                      "phones return to the provider": False}, doc["steps"]
+    call = next(s for s in doc["steps"] if s["name"].startswith("a call"))
+    assert "server 2" in call["message"] and call["message"].split("seen by ", 1)[1].startswith("hep)"), call
+    for p in doc["phones"]:
+        regs = [e for e in p["timeline"] if e.get("kind") == "registration" and e["source"] != "state at start"]
+        assert {e["source"] for e in regs} <= {"hep", "event"} and any(e["source"] == "hep" for e in regs), (p["mac"], regs)
+        assert all(e.get("server") in (None, 2) for e in regs), (p["mac"], regs)     # the provider: never observed
+        assert p["recovery_s"] is None and p["failover_s"] is None and not any(t["to"] == 1 for t in p["transitions"]), p
+    assert doc["capture"]["sources"] == {"hep": doc["capture"]["datagrams"]} and doc["capture"]["written"] > 0
+
+
+def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
+    """Unit: the sources the lab's inventory names per site, by default and as a lab file picks them."""
+    from soundpoint.yamlfile import FileError
+    from hil import labfile
+    from hil.lab import evidence_inventory
+
+    def load(syslog: bool = True, **site) -> labfile.LabFile:
+        spec = lab_spec("ev", HEP_NET, phones=1)
+        spec["syslog_registration_line"] = syslog
+        collector = dict(spec["sites"][0]["collector"], **site.pop("collector", {}))
+        spec["sites"][0].update(site, collector=collector)
+        path = tmp_path / "lab.yml"
+        path.write_text(yaml.safe_dump(spec))
+        return labfile.load(path)
+
+    def sources(lab: labfile.LabFile) -> dict:
+        return evidence_inventory(lab, lab.sites[0], "127.9.0.1")
+
+    kam = {"address": "127.9.0.1", "platform": "kamailio"}
+    assert sources(load()) == {}                                       # the syslog line is the per-server source
+    assert sources(load(syslog=False)) == {"capture": ["router lan0"]}
+    assert sources(load(gateway="kamailio")) == {"gateway": kam}
+    assert sources(load(syslog=False, gateway="kamailio", collector={"hep": "127.0.0.1:9999"})) == {
+        "capture": ["router lan0", "hep 127.0.0.1:9999"], "gateway": kam}
+    assert sources(load(syslog=False, gateway="kamailio", collector={"hep": "127.0.0.1:9999", "evidence": ["hep"]})) == {
+        "capture": ["hep 127.0.0.1:9999"]}
+    assert sources(load(syslog=False, collector={"evidence": []})) == {}
+    for site, words in (({"collector": {"evidence": ["hep"]}}, "evidence hep needs"),
+                        ({"collector": {"evidence": ["gateway"]}}, "evidence gateway needs `gateway: kamailio`"),
+                        ({"collector": {"evidence": ["mirror"]}}, "evidence")):
+        with pytest.raises(FileError, match=words):
+            load(**site)
+
+
+def test_the_call_line_follows_the_registration_line_switch():
+    from hil import phone_reports
+
+    class Phone:
+        pass
+
+    phone = Phone()
+    assert phone_reports.sends_call_line(phone)
+    phone.syslog_registration_line = False
+    assert not phone_reports.sends_call_line(phone)
+    phone.syslog_call_line = True          # a lab may keep the call line alone
+    assert phone_reports.sends_call_line(phone) and not phone_reports.sends_registration_line(phone)
+
+
+def test_demo_compares_each_phones_times_with_the_ground_truth():
+    """Unit: the demo's closing table agrees only within the sampling interval, and a phone the lab never saw
+    move (or a report without an outage) does not agree."""
+    from hil import demo_truth
+
+    def truth(fail_at: float, back_at: float) -> dict:
+        return {"ground_truth": {"phones": {"a": {"events": [
+            {"kind": "working_server", "t": 50.0, "data": {"server": 1}},
+            {"kind": "working_server", "t": fail_at, "data": {"server": 2}},
+            {"kind": "working_server", "t": back_at, "data": {"server": 1}}]}}}}
+
+    report = {"outages": [{"start": 100.0, "end": 130.0}],
+              "phones": [{"mac": "a", "failover_s": 8.0, "recovery_s": 3.0}]}
+    lines, ok = demo_truth.compare(report, truth(108.2, 133.1), 0.25)
+    assert ok and lines[1].split()[-1] == "yes", lines
+    lines, ok = demo_truth.compare(report, truth(108.3, 133.0), 0.25)
+    assert not ok and "DISAGREES" in lines[-1], lines
+    assert not demo_truth.compare(report, truth(90.0, 95.0), 0.25)[1]        # no move after the cut in the lab
+    assert not demo_truth.compare({"outages": [], "phones": report["phones"]}, truth(108, 133), 0.25)[1]

@@ -47,7 +47,7 @@ def test_no_inference_from_a_line_state_older_than_the_per_server_evidence():
     st = PhoneState(mac=MAC)
     apply(st, line(REGISTERED, 1.0), configured=[1, 2])
     apply(st, wire(2, REGISTERED, 2.0, 200, 60, source="gateway"), configured=[1, 2])
-    assert st.working_server == 2
+    assert st.working_server is None, "the gateway's word says nothing of server 1, which would be working if up"
     apply(st, wire(2, UNREGISTERED, 3.0, source="gateway"), configured=[1, 2])
     assert st.working_server is None, "the line may have gone down with server 2: no guess"
     apply(st, line(REGISTERED, 1.5), configured=[1, 2])
@@ -183,3 +183,15 @@ def test_junk_on_the_capture_stream_ends_the_run_with_a_format_error_and_no_obse
     assert got == [] and "not a pcap stream" in str(err)
     got, err = _pump([head.getvalue(), b"\x00" * 10])
     assert got == [] and "ended inside a record" in str(err)
+
+
+def test_server_2_is_working_only_once_server_1_is_known_down():
+    st = PhoneState(mac=MAC)
+    apply(st, wire(2, REGISTERED, 1.0, 200, 60, source="hep"), configured=[1, 2])
+    assert st.working_server is None
+    assert apply(st, wire(1, UNREGISTERED, 2.0, 408, source="wire"), configured=[1, 2]) and st.working_server == 2
+    assert apply(st, wire(1, REGISTERED, 3.0, 200, 60, source="wire"), configured=[1, 2]) and st.working_server == 1
+    # a server the phone does not register with (register=0) is not waited for
+    st2 = PhoneState(mac=MAC)
+    apply(st2, wire(2, REGISTERED, 1.0, 200, 60, source="gateway"), configured=[2])
+    assert st2.working_server == 2

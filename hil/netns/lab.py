@@ -21,7 +21,7 @@ import aiohttp
 
 from aiohttp import web
 
-from ..lab import Lab, fit_to_families, phone_mac
+from ..lab import Lab, evidence_inventory, fit_to_families, phone_mac
 from ..labfile import LabFile, SiteSpec
 from ..phone_types import PhoneSpec
 from . import daemons, plan
@@ -226,6 +226,8 @@ class NetnsLab(Lab):
                            "dns_port": DNS_PORT, "state_dir": str((self.state_dir / f"router-{site.name}-outages").resolve())},
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
+                # the router namespace runs the real tcpdump on its lan0
+                **evidence_inventory(self.spec, site, p.router_lan),
             })
         inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
                "secrets_file": str(self.state_dir / "secrets.yml"),
