@@ -30,7 +30,7 @@ from .groundtruth import GroundTruth
 from .kamailio import KamailioGateway
 from .labfile import LabFile, SiteSpec
 from .phone import VirtualPhone
-from .phone_types import FAULTS, PhoneSpec
+from .phone_types import PhoneSpec, set_fault
 from .registrar import Registrar
 from .router import Forward, UserspaceRouter
 
@@ -342,17 +342,24 @@ class Lab:
                 "collector": {"syslog": site.collector.syslog, "events": site.collector.events,
                               "poll_interval": site.collector.poll_interval},
                 "boot_server": {"url": boot, "credentials": f"boot_{site.name}"},
-                "router": {"driver": "linux_ssh", "address": rt.router.lan_ip, "port": SSH_PORT, "credentials": "router",
-                           "wan_interface": rt.router.wan.name, "known_hosts": str(self.state_dir / "known_hosts"),
-                           "dns_port": DNS_PORT, "state_dir": str((self.state_dir / f"router-{site.name}-outages").resolve())},
+                "router": self._router_entry(rt.router.lan_ip, rt.router.wan.name, site.name),
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
                 **self._evidence_inventory(rt),
             })
+        return self._inventory_doc(sites), secrets_doc
+
+    def _router_entry(self, address: str, wan_interface: str, site: str) -> dict:
+        """The site router as fleet reaches it: SSH with the lab's host key, outage state in the lab's directory."""
+        return {"driver": "linux_ssh", "address": address, "port": SSH_PORT, "credentials": "router",
+                "wan_interface": wan_interface, "known_hosts": str(self.state_dir / "known_hosts"),
+                "dns_port": DNS_PORT, "state_dir": str((self.state_dir / f"router-{site}-outages").resolve())}
+
+    def _inventory_doc(self, sites: list[dict]) -> dict:
         inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
                "secrets_file": str(self.state_dir / "secrets.yml"),
                "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
-        return fit_to_families(inv), secrets_doc
+        return fit_to_families(inv)
 
     def _evidence_inventory(self, rt: SiteRuntime) -> dict:
         return evidence_inventory(self.spec, rt.spec, self.lan_ip(rt.k, 1))
@@ -391,14 +398,8 @@ class Lab:
 
         async def fault(request: web.Request) -> web.Response:
             """Lab-only: make a phone misbehave from its next boot (never-return, wrong-server, bad-boot-once)."""
-            body = await request.json()
-            phone = self.find_phone(body.get("mac", ""))
-            if phone is None:
-                return web.json_response({"error": "no such phone"}, status=404)
-            if body.get("fault") not in (None, *FAULTS):
-                return web.json_response({"error": "unknown fault"}, status=400)
-            phone.spec.fault = body.get("fault")
-            return web.json_response({"ok": True})
+            answer, status = set_fault([p for rt in self.sites for p in rt.phones], await request.json())
+            return web.json_response(answer, status=status)
 
         async def router_fault(request: web.Request) -> web.Response:
             """Lab-only: make the site router's commands slow ({"site": S, "slow": {"link set": 2.0}}), so a test can

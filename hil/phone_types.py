@@ -36,6 +36,17 @@ UP, DOWN, OFF = "registered", "unregistered", "not-registering"
 FAULTS = ("never-return", "wrong-server", "bad-boot-once")
 
 
+def set_fault(phones, body: dict) -> tuple[dict, int]:
+    """The lab's /fault request: make one phone misbehave from its next boot; (answer, HTTP status)."""
+    phone = next((p for p in phones if p.mac == str(body.get("mac", "")).lower()), None)
+    if phone is None:
+        return {"error": "no such phone"}, 404
+    if body.get("fault") not in (None, *FAULTS):
+        return {"error": "unknown fault"}, 400
+    phone.spec.fault = body.get("fault")
+    return {"ok": True}, 200
+
+
 @dataclass
 class PhoneSpec:
     mac: str

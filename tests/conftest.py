@@ -20,6 +20,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fleet.redisboot import free_port, start_private
 from hil.harness import Lab, Proc, start_collector, start_lab, start_worker  # noqa: F401 (imported by test modules)
@@ -183,6 +184,16 @@ async def await_until(cond, timeout: float, what: str, step: float = 0.05, state
     if not value and fail:
         raise AssertionError(f"{what} not reached within {timeout}s (last seen: {state() if state else value!r})")
     return value
+
+
+def write_rollout_playbook(path: Path, name: str, canary: int, deadline: float, within: float) -> Path:
+    """A rollout that shortens server 1's expiry to 12 s and verifies every phone on both servers afterwards."""
+    path.write_text(yaml.safe_dump({
+        "kind": "rollout", "name": name, "params": {"reg.1.server.1.expires": 12},
+        "strategy": {"canary": canary, "wave_size": 2, "max_unavailable": 2, "failure_budget": {"total": 0},
+                     "progress_deadline": deadline},
+        "verify": {"registered_to": [1, 2], "within": within}, "rollback": True}))
+    return path
 
 
 def run_fleet(args: list[str], redis_url: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:

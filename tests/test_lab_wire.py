@@ -212,16 +212,19 @@ def test_phones_send_no_registration_syslog_line_when_switched_off(site):
     assert not [line for line in lines if b"registration" in line], lines[:5]
 
 
-def test_registration_line_switch_is_per_phone_and_on_by_default():
+def test_syslog_line_switches_are_per_phone_and_on_by_default():
+    """The registration line's switch takes the call line with it, unless a lab keeps the call line alone."""
     from hil import phone_reports
 
     class Phone:
         pass
 
     phone = Phone()
-    assert phone_reports.sends_registration_line(phone)
+    assert phone_reports.sends_registration_line(phone) and phone_reports.sends_call_line(phone)
     phone.syslog_registration_line = False
-    assert not phone_reports.sends_registration_line(phone)
+    assert not phone_reports.sends_registration_line(phone) and not phone_reports.sends_call_line(phone)
+    phone.syslog_call_line = True
+    assert phone_reports.sends_call_line(phone) and not phone_reports.sends_registration_line(phone)
 
 
 # ----------------------------------------------------------------------------------------------- Kamailio

@@ -27,7 +27,7 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import lab_spec, run_fleet, start_lab, wait_until
+from conftest import lab_spec, run_fleet, start_lab, wait_until, write_rollout_playbook
 from fleet.drivers.errors import DeviceRefused, DriverError, HostKeyUnknown
 from fleet.drivers.publish import open_publisher
 from fleet.drivers.publish.names import MAX_NAME_BYTES, UnsafeName, check_name
@@ -448,12 +448,7 @@ def test_rollout_fails_phones_at_once_when_sftp_known_hosts_is_missing(tmp_path,
         missing = tmp_path / "no-such-dir" / "known_hosts"
         monkeypatch.setenv("FLEET_SFTP_KNOWN_HOSTS", str(missing))   # the worker inherits it
         worker = worker_factory(inv_path, "hq")
-        pb = tmp_path / "rollout.yml"
-        pb.write_text(yaml.safe_dump({
-            "kind": "rollout", "name": "sftp-known-hosts", "params": {"reg.1.server.1.expires": 12},
-            "strategy": {"canary": 0, "wave_size": 2, "max_unavailable": 2, "failure_budget": {"total": 0},
-                         "progress_deadline": 90},
-            "verify": {"registered_to": [1, 2], "within": 20}, "rollback": True}))
+        pb = write_rollout_playbook(tmp_path / "rollout.yml", "sftp-known-hosts", canary=0, deadline=90, within=20)
         res = run_fleet(["rollout", "run", str(pb), "--inventory", str(inv_path), "--json"], redis_url, timeout=200)
         out = json.loads(res.stdout)
         status = json.loads(run_fleet(["rollout", "status", out["id"], "--json"], redis_url).stdout)

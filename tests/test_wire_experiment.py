@@ -20,13 +20,12 @@ provider without sending a REGISTER, which a SIP capture cannot see.
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import dpkt
 import pytest
 import yaml
 
-from conftest import free_port, lab_spec, run_fleet, wait_until
+from conftest import free_port, lab_spec, run_fleet, wait_until, write_rollout_playbook
 from fleet.drivers.collect import gateway_bindings as gb
 from fleet.observe import REGISTERED
 from fleet.store import Store
@@ -37,18 +36,25 @@ KAMAILIO_MISSING = kamailio.unavailable(siptrace=True)
 pytestmark = pytest.mark.slow
 NET = 15
 SAMPLE = 0.25
-PLAYBOOK = """kind: experiment
-name: wire-only-fallback
-site: hq
+
+
+def outage_playbook(name: str, site: str, baseline: int, cut_for: int, fallback: int, recovery: int) -> str:
+    """The WAN-outage experiment both labs of this module run, with their own time limits."""
+    return f"""kind: experiment
+name: {name}
+site: {site}
 sample_interval: 0.25
 steps:
-  - {name: baseline on the provider, expect: working_server, server: 1, within: 30}
-  - {name: cut the WAN, outage: link-down, max_duration: 120}
-  - {name: phones fall back to the gateway, expect: working_server, server: 2, within: 30, measure: failover}
-  - {name: a call during the outage reaches the gateway, call: "2000", expect_server: 2, within: 10}
-  - {name: bring the WAN back, restore: true}
-  - {name: phones return to the provider, expect: working_server, server: 1, within: 20, measure: recovery}
+  - {{name: baseline on the provider, expect: working_server, server: 1, within: {baseline}}}
+  - {{name: cut the WAN, outage: link-down, max_duration: {cut_for}}}
+  - {{name: phones fall back to the gateway, expect: working_server, server: 2, within: {fallback}, measure: failover}}
+  - {{name: a call during the outage reaches the gateway, call: "2000", expect_server: 2, within: 10}}
+  - {{name: bring the WAN back, restore: true}}
+  - {{name: phones return to the provider, expect: working_server, server: 1, within: {recovery}, measure: recovery}}
 """
+
+
+PLAYBOOK = outage_playbook("wire-only-fallback", "hq", 30, 120, 30, 20)
 
 
 @pytest.fixture(scope="module")
@@ -153,12 +159,7 @@ def test_rollout_verifies_registered_to_both_servers_without_syslog(lab, redis_u
     REGISTER answers (and Kamailio's HEP and bindings, where it runs) are the evidence."""
     import time
 
-    pb = tmp_path / "expiry.yml"
-    pb.write_text(yaml.safe_dump({
-        "kind": "rollout", "name": "wire-expiry", "params": {"reg.1.server.1.expires": 12},
-        "strategy": {"canary": 1, "wave_size": 2, "max_unavailable": 2, "failure_budget": {"total": 0},
-                     "progress_deadline": 120},
-        "verify": {"registered_to": [1, 2], "within": 25}, "rollback": True}))
+    pb = write_rollout_playbook(tmp_path / "expiry.yml", "wire-expiry", canary=1, deadline=120, within=25)
     t0 = time.time()
     res = run_fleet(["rollout", "run", str(pb), "--inventory", str(lab.inventory), "--json"], redis_url, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-2000:]
@@ -176,18 +177,7 @@ def test_rollout_verifies_registered_to_both_servers_without_syslog(lab, redis_u
 # ------------------------------------------------------------------------------ Kamailio's HEP as the only source
 
 HEP_NET = 9
-HEP_PLAYBOOK = """kind: experiment
-name: hep-only-fallback
-site: branch
-sample_interval: 0.25
-steps:
-  - {name: baseline on the provider, expect: working_server, server: 1, within: 8}
-  - {name: cut the WAN, outage: link-down, max_duration: 60}
-  - {name: phones fall back to the gateway, expect: working_server, server: 2, within: 20, measure: failover}
-  - {name: a call during the outage reaches the gateway, call: "2000", expect_server: 2, within: 10}
-  - {name: bring the WAN back, restore: true}
-  - {name: phones return to the provider, expect: working_server, server: 1, within: 5, measure: recovery}
-"""
+HEP_PLAYBOOK = outage_playbook("hep-only-fallback", "branch", 8, 60, 20, 5)
 
 
 @pytest.fixture(scope="module")
@@ -269,20 +259,6 @@ def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
                         ({"collector": {"evidence": ["mirror"]}}, "evidence")):
         with pytest.raises(FileError, match=words):
             load(**site)
-
-
-def test_the_call_line_follows_the_registration_line_switch():
-    from hil import phone_reports
-
-    class Phone:
-        pass
-
-    phone = Phone()
-    assert phone_reports.sends_call_line(phone)
-    phone.syslog_registration_line = False
-    assert not phone_reports.sends_call_line(phone)
-    phone.syslog_call_line = True          # a lab may keep the call line alone
-    assert phone_reports.sends_call_line(phone) and not phone_reports.sends_registration_line(phone)
 
 
 def test_demo_compares_each_phones_times_with_the_ground_truth():

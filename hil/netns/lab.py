@@ -21,7 +21,7 @@ import aiohttp
 
 from aiohttp import web
 
-from ..lab import Lab, evidence_inventory, fit_to_families, phone_mac
+from ..lab import Lab, evidence_inventory, phone_mac
 from ..labfile import LabFile, SiteSpec
 from ..phone_types import PhoneSpec
 from . import daemons, plan
@@ -221,18 +221,13 @@ class NetnsLab(Lab):
                               "events": f"{p.host_ip}:{site.collector.events.rpartition(':')[2]}",
                               "poll_interval": site.collector.poll_interval},
                 "boot_server": {"url": f"http://{p.boot_ip}:{BOOT_HTTP_PORT}/", "credentials": f"boot_{site.name}"},
-                "router": {"driver": "linux_ssh", "address": p.router_lan, "port": SSH_PORT, "credentials": "router",
-                           "wan_interface": WAN_IF, "known_hosts": str(self.state_dir / "known_hosts"),
-                           "dns_port": DNS_PORT, "state_dir": str((self.state_dir / f"router-{site.name}-outages").resolve())},
+                "router": self._router_entry(p.router_lan, WAN_IF, site.name),
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
                 # the router namespace runs the real tcpdump on its lan0
                 **evidence_inventory(self.spec, site, p.router_lan),
             })
-        inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
-               "secrets_file": str(self.state_dir / "secrets.yml"),
-               "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
-        return fit_to_families(inv), secrets_doc
+        return self._inventory_doc(sites), secrets_doc
 
     # ------------------------------------------------------------ ground truth and control
     async def _site_status(self, rt: NetnsSite) -> dict:

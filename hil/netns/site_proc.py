@@ -19,7 +19,7 @@ from aiohttp import web
 from ..bootserver import HttpBootServerProcess
 from ..groundtruth import GroundTruth
 from ..phone import VirtualPhone
-from ..phone_types import FAULTS, PhoneSpec
+from ..phone_types import PhoneSpec, set_fault
 
 
 async def serve(config: dict) -> None:
@@ -46,14 +46,8 @@ async def serve(config: dict) -> None:
         return web.json_response({"ready": ready, "ground_truth": truth.snapshot(), "phones": [p.summary() for p in phones]})
 
     async def fault(request: web.Request) -> web.Response:
-        body = await request.json()
-        phone = next((p for p in phones if p.mac == str(body.get("mac", "")).lower()), None)
-        if phone is None:
-            return web.json_response({"error": "no such phone"}, status=404)
-        if body.get("fault") not in (None, *FAULTS):
-            return web.json_response({"error": "unknown fault"}, status=400)
-        phone.spec.fault = body.get("fault")
-        return web.json_response({"ok": True})
+        answer, status = set_fault(phones, await request.json())
+        return web.json_response(answer, status=status)
 
     app = web.Application()
     app.router.add_get("/status", status)
