@@ -221,7 +221,7 @@ class NetnsLab(Lab):
                               "events": f"{p.host_ip}:{site.collector.events.rpartition(':')[2]}",
                               "poll_interval": site.collector.poll_interval},
                 "boot_server": {"url": f"http://{p.boot_ip}:{BOOT_HTTP_PORT}/", "credentials": f"boot_{site.name}"},
-                "router": self._router_entry(p.router_lan, WAN_IF, site.name),
+                "router": self._router_entry(p.router_lan, WAN_IF, site.name, SSH_PORT, DNS_PORT),
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
                 # the router namespace runs the real tcpdump on its lan0
