@@ -145,20 +145,36 @@ def cron(expr) -> str:
     fields = expr.split()
     if len(fields) != 5:
         raise ValueError(f"cron {expr!r:.60} needs 5 fields (minute hour day-of-month month day-of-week), has {len(fields)}")
-    for text, (what, lo, hi, names) in zip(fields, _CRON_FIELDS):
-        for part in text.split(","):
-            base, _, step = part.partition("/")
-            if step and not (re.fullmatch(r"[0-9]{1,2}", step) and 0 < int(step) <= hi - lo + 1):
-                raise ValueError(f"cron {what}: bad step {step!r} in {part!r}")
-            if base == "*":
-                continue
+    values = [_cron_field(text, what, lo, hi, names) for text, (what, lo, hi, names) in zip(fields, _CRON_FIELDS)]
+    days, months = values[2], values[3]
+    # with day-of-week left open, a day of month must exist in one of the months, or the entry never fires (cron
+    # ORs the two day fields when both are restricted, so then day-of-week alone can fire it)
+    if fields[4] == "*" and not any(d <= _MONTH_DAYS[m - 1] for d in days for m in months):
+        raise ValueError(f"cron {expr!r:.60} never fires: day {', '.join(map(str, sorted(days)))} of the month "
+                         f"does not occur in month {', '.join(map(str, sorted(months)))}")
+    return expr
+
+
+_MONTH_DAYS = (31, 29, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)   # February 29 fires in leap years
+
+
+def _cron_field(text: str, what: str, lo: int, hi: int, names: dict) -> set[int]:
+    """The values one cron field selects; ValueError naming the field for a bad number, range or step."""
+    out: set[int] = set()
+    for part in text.split(","):
+        base, _, step = part.partition("/")
+        if step and not (re.fullmatch(r"[0-9]{1,2}", step) and 0 < int(step) <= hi - lo + 1):
+            raise ValueError(f"cron {what}: bad step {step!r} in {part!r}")
+        if base == "*":
+            first, last = lo, hi
+        else:
             a, dash, b = base.partition("-")
             first = _cron_value(a, lo, hi, names, f"cron {what}")
-            if dash:
-                last = _cron_value(b, lo, hi, names, f"cron {what}")
-                if last < first:
-                    raise ValueError(f"cron {what}: range {base!r} runs backwards")
-    return expr
+            last = _cron_value(b, lo, hi, names, f"cron {what}") if dash else (hi if step else first)
+            if last < first:
+                raise ValueError(f"cron {what}: range {base!r} runs backwards")
+        out.update(range(first, last + 1, int(step) if step else 1))
+    return out
 
 
 @lru_cache(maxsize=1)

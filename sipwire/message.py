@@ -76,7 +76,8 @@ class SipMessage:
 
     @property
     def top_via_branch(self) -> str:
-        via = self.get("via") or ""
+        """The branch of the topmost Via, also when several Vias share one header line (comma-separated)."""
+        via = (self.get("via") or "").split(",", 1)[0]
         return header_params(via).get("branch", "")
 
     def encode(self) -> bytes:

@@ -101,6 +101,20 @@ def test_bad_cron_names_the_file(tmp_path):
         schedule.load_entries(tmp_path)
 
 
+def test_a_cron_entry_that_never_fires_is_refused_naming_the_file(tmp_path):
+    (tmp_path / "r.yml").write_text("kind: rollout\nname: r\nparams: {reg.1.server.1.expires: 600}\n"
+                                    "schedule: {cron: '0 3 31 2,4 *'}\n")
+    with pytest.raises(FileError, match=r"r\.yml:4: schedule\.cron: .*never fires: day 31 .* month 2, 4"):
+        schedule.load_entries(tmp_path)
+
+
+@pytest.mark.parametrize("expr", ["0 3 29 2 *", "0 3 31 2 mon", "0 3 31 */2 *", "0 3 5/10 * *", "*/15 1-5/2 1,15 jan-mar *"])
+def test_cron_entries_that_can_fire_are_accepted(expr):
+    from fleet import validate
+
+    assert validate.cron(expr) == expr
+
+
 def test_compose_file_has_redis_with_aof_workers_beat_flower_and_lab():
     doc = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
     services = doc["services"]

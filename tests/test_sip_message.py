@@ -22,6 +22,12 @@ def test_parses_compact_headers_and_folded_lines():
     assert msg.get("subject") == "folded continuation"
 
 
+def test_top_via_branch_is_the_first_of_several_vias_on_one_line():
+    folded = REGISTER.replace(b"branch=z9hG4bKabc;rport\r\n",
+                              b"branch=z9hG4bKtop;rport, SIP/2.0/UDP 10.0.0.1:5060;branch=z9hG4bKlower\r\n")
+    assert sip.parse(folded).top_via_branch == "z9hG4bKtop"
+
+
 def test_response_echoes_dialog_headers_and_stamps_received():
     req = sip.parse(REGISTER)
     resp = sip.make_response(req, 200, "OK", to_tag="srv", received=("127.0.0.9", 40000))
