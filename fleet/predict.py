@@ -13,7 +13,7 @@ firmware's failback mode, where the family has one.
 Which server attributes apply (confirmed in the guides): once
 `reg.x.server.y.address` is set, that server's `reg.x.server.y.*` values are
 used as a whole; `voIpProt.server.y.*` applies only to a server whose
-`reg.x.server.y.address` is empty. The lab's virtual phone reads them the same way.
+`reg.x.server.y.address` is empty.
 """
 from __future__ import annotations
 

@@ -2,8 +2,8 @@
 
 The syslog registration line is OUR format, not Polycom's: Polycom documents
 no such line, SIP 3.x phones take their syslog settings from the bootROM, and
-real sites may never send it. It exists for the virtual lab (hil/phone_reports.py)
-and for sites whose phones were made to log it; it is defined here and only
+real sites may never send it. It is for sites whose phones (or a log relay in
+front of them) were made to send it; it is defined here and only
 here: ``polycom[MAC]: reg.X.server.Y ADDR registration succeeded|failed ...``
 and ``polycom[MAC]: call to N via server Y ADDR answered STATUS``. Nothing in
 fleet needs it for registration state: per-server state comes from the SIP on

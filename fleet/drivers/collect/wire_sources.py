@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from abc import ABCMeta, abstractmethod
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -186,7 +187,7 @@ class Follower:
             self.unattributed = 0
 
 
-class SourceThread(threading.Thread):
+class SourceThread(threading.Thread, metaclass=ABCMeta):
     """One source on a thread of its own: `run_once()` until it returns or raises, then again after a pause
     (growing with consecutive failures) until `stop()`."""
 
@@ -212,8 +213,9 @@ class SourceThread(threading.Thread):
             self.running.clear()
             self.stopping.wait(BACKOFF[min(self.failures, len(BACKOFF) - 1)])
 
+    @abstractmethod
     def run_once(self) -> None:
-        raise NotImplementedError
+        """Deliver until the source ends (return) or fails (raise); `run` starts it again after a pause."""
 
     def stop(self) -> None:
         self.stopping.set()

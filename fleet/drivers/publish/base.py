@@ -8,25 +8,28 @@ name without following links, how it removes one, and how it words a failure.
 from __future__ import annotations
 
 import stat
+from abc import ABC, abstractmethod
 
 from ..errors import DeviceRefused, DriverError
 from .names import check_name, shown
 
 
-class DirectoryPublisher:
+class DirectoryPublisher(ABC):
     name: str
     ERRORS: tuple[type[BaseException], ...] = (OSError,)   # what the transport raises for a failed operation
     A_DIRECTORY = "a directory"                            # how a refusal names a directory
 
+    @abstractmethod
     def _lstat(self, name: str):
         """The name's attributes without following a link (`.st_mode`), or None when absent."""
-        raise NotImplementedError
 
+    @abstractmethod
     def _unlink(self, name: str) -> None:
-        raise NotImplementedError
+        """Remove the name itself (a link, never its target)."""
 
+    @abstractmethod
     def _failure(self, verb: str, filename: str, exc: BaseException) -> DriverError:
-        raise NotImplementedError
+        """The publisher's own wording of a failed operation, naming itself and the file, never a password."""
 
     def delete(self, filename: str) -> None:
         name = check_name(self.name, filename)
