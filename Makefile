@@ -44,7 +44,7 @@ demo-hep: deps $(STAMP)
 	$(PY) -m hil.demo --lab hil/labs/demo-hep.yml
 
 test: deps deps-optional $(STAMP)
-	$(PY) -m pytest -q -ra --durations=15
+	$(PY) -m pytest -q -ra --durations=15 -n 2 --dist loadfile
 
 test-fast: venv
 	$(PY) -m pytest -q -ra -m "not slow and not lab"

@@ -23,7 +23,8 @@ import pytest
 import yaml
 
 from fleet.redisboot import free_port, start_private
-from hil.harness import Lab, Proc, start_collector, start_lab, start_worker  # noqa: F401 (imported by test modules)
+from hil import harness
+from hil.harness import Lab, Proc, start_collector, start_worker  # noqa: F401 (imported by test modules)
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
@@ -100,6 +101,42 @@ def udp_socket(timeout: float | None = None) -> socket.socket:
     sock.bind(("127.0.0.1", 0))
     sock.settimeout(timeout)
     return sock
+
+
+# Every userspace lab the suite starts: net -> (sites, what starts it). Test modules run in parallel
+# (pytest-xdist, `make test`), so no two labs may hold the same loopback address; a lab of net N with K sites
+# holds 127.(N..N+K-1), 127.(N+40), 127.(N+50..N+50+K-1) and 127.(N+100..N+100+K-1) (hil.lab's address plan),
+# which is why nets ten apart collide (N+50 = (N+10)+40). `start_lab` refuses a net missing here, and
+# tests/test_lab_nets.py checks that no two entries share an address. Net 10 is the demos'.
+LAB_NETS: dict[int, tuple[int, str]] = {
+    2: (1, "test_phone_controls"), 3: (1, "test_family_experiments sip-3.x"),
+    4: (1, "test_family_experiments uc-4.0"), 6: (1, "test_family_experiments uc-5.x"),
+    8: (1, "test_site_files_lab"), 10: (1, "make demo, demo-wire, demo-hep (hil/labs)"),
+    15: (1, "test_wire_experiment"), 19: (1, "test_lab_wire"), 21: (1, "test_experiment_e2e"),
+    22: (1, "test_experiment_e2e, no fallback"), 24: (1, "test_lab_rules"), 26: (1, "test_safety"),
+    27: (1, "test_outage_races"), 28: (1, "test_inventory_probe"), 30: (1, "test_scheduled_rollout"),
+    33: (2, "test_rollout_faults"), 39: (2, "test_rollout"), 41: (1, "test_hostile_tasks"),
+    45: (1, "test_secrets"), 57: (1, "test_publish_confinement"), 92: (1, "test_lab_rules, R5"),
+    96: (1, "test_wire_experiment, HEP only"),
+}
+
+
+def lab_octets(net: int, sites: int) -> set[int]:
+    """The second octets of 127.x.y.z a lab of `net` with `sites` sites binds (hil.lab's address plan)."""
+    held = {net + 40}
+    for k in range(sites):
+        held |= {net + k, net + 50 + k, net + 100 + k}
+    return held
+
+
+def start_lab(work: Path, spec: dict | Path, **kwargs) -> Lab:
+    """hil.harness.start_lab for a net registered in LAB_NETS, with no more sites than registered there."""
+    data = spec if isinstance(spec, dict) else yaml.safe_load(Path(spec).read_text())
+    net, sites = int(data["net"]), len(data.get("sites") or [])
+    if net not in LAB_NETS or sites > LAB_NETS[net][0]:
+        raise AssertionError(f"lab net {net} with {sites} site(s) is not registered in tests/conftest.py LAB_NETS: "
+                             "pick a net whose addresses no other lab holds (tests/test_lab_nets.py checks)")
+    return harness.start_lab(work, spec, **kwargs)
 
 
 RunningLab = Lab      # older names, still imported by test modules

@@ -26,7 +26,7 @@ def std(lab_factory):
 
 @pytest.fixture(scope="module")
 def r5(lab_factory):
-    return lab_factory(lab_spec("r5", 25, phones=2, boot_protocol="ftp", models=["VVX 410"], servers=[
+    return lab_factory(lab_spec("r5", 92, phones=2, boot_protocol="ftp", models=["VVX 410"], servers=[
         {"address": "provider", **SRV}, {"address": "gateway", "register": 0, **SRV}]))
 
 

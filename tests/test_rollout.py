@@ -30,7 +30,7 @@ def two_site_spec(name: str, net: int, per_site: int) -> dict:
 
 @pytest.fixture(scope="module")
 def fleet_lab(tmp_path_factory, worker_factory):
-    lab = start_lab(tmp_path_factory.mktemp("rollout"), two_site_spec("rollout", 31, 25))
+    lab = start_lab(tmp_path_factory.mktemp("rollout"), two_site_spec("rollout", 39, 25))
     try:
         lab.workers = {s: worker_factory(lab.inventory, s) for s in ("east", "west")}
         yield lab

@@ -176,13 +176,13 @@ def test_rollout_verifies_registered_to_both_servers_without_syslog(lab, redis_u
 
 # ------------------------------------------------------------------------------ Kamailio's HEP as the only source
 
-HEP_NET = 9
+HEP_NET = 96
 HEP_PLAYBOOK = outage_playbook("hep-only-fallback", "branch", 8, 60, 20, 5)
 
 
 @pytest.fixture(scope="module")
 def hep_lab(lab_factory, worker_factory):
-    """A second site (net 9): no syslog lines, no router capture, no bindings polling; the Kamailio gateway's
+    """A second site (its own net, HEP_NET): no syslog lines, no router capture, no bindings polling; the Kamailio gateway's
     siptrace HEP is the only per-server source (`collector.evidence: [hep]`)."""
     if KAMAILIO_MISSING:
         pytest.skip(str(KAMAILIO_MISSING))
@@ -243,9 +243,9 @@ def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
         return labfile.load(path)
 
     def sources(lab: labfile.LabFile) -> dict:
-        return evidence_inventory(lab, lab.sites[0], "127.9.0.1")
+        return evidence_inventory(lab, lab.sites[0], f"127.{HEP_NET}.0.1")
 
-    kam = {"address": "127.9.0.1", "platform": "kamailio"}
+    kam = {"address": f"127.{HEP_NET}.0.1", "platform": "kamailio"}
     assert sources(load()) == {}                                       # the syslog line is the per-server source
     assert sources(load(syslog=False)) == {"capture": ["router lan0"]}
     assert sources(load(gateway="kamailio")) == {"gateway": kam}
