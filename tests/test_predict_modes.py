@@ -140,10 +140,13 @@ def test_retry_model_per_family(family, expect_backoff):
 
 
 def test_dns_ttl_read_from_the_sites_dns_server():
-    """The DNSTTL bound's TTL comes from the site's DNS server (a real UDP query); unknown is None, never a guess."""
+    """The DNSTTL bound's TTL comes from the site's DNS server (a real UDP query); unknown is None, never a guess.
+    The provider probe resolves names with the same query (drivers.probe.resolve)."""
     import asyncio
+    import socket
 
     from fleet.dns_ttl import ttl_of
+    from fleet.drivers.probe import resolve
     from hil.dns_server import DnsServer
 
     async def run():
@@ -151,9 +154,23 @@ def test_dns_ttl_read_from_the_sites_dns_server():
         port = srv.transport.get_extra_info("sockname")[1]
         try:
             return (await asyncio.to_thread(ttl_of, "voip.provider.example", "127.46.9.53", port),
-                    await asyncio.to_thread(ttl_of, "other.example", "127.46.9.53", port))
+                    await asyncio.to_thread(ttl_of, "other.example", "127.46.9.53", port),
+                    await resolve("voip.provider.example", ("127.46.9.53", port)),
+                    await resolve("other.example", ("127.46.9.53", port)))
         finally:
             srv.stop()
 
-    assert asyncio.run(run()) == (42, None)
+    assert asyncio.run(run()) == (42, None, "127.46.9.10", None)
     assert ttl_of("voip.provider.example", "127.46.9.54", 9, timeout=0.3) is None     # nobody answers
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as garbage:                  # answers, with garbage
+        garbage.bind(("127.46.9.55", 0))
+
+        def answer_garbage():
+            data, addr = garbage.recvfrom(512)
+            garbage.sendto(data[:2] + b"\x81\x80\x00\x01\x00\x05junk", addr)
+
+        import threading
+        t = threading.Thread(target=answer_garbage, daemon=True)
+        t.start()
+        assert ttl_of("voip.provider.example", "127.46.9.55", garbage.getsockname()[1], timeout=2) is None
+        t.join(2)
