@@ -7,13 +7,13 @@ tell that nothing but reads reached the phone.
 """
 from __future__ import annotations
 
+import base64
 import json
 import random
 import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 import yaml
@@ -73,7 +73,6 @@ def _handler(fake: FakePhone, release: threading.Event):
                     password_for=lambda u, r: route.login[1] if u == route.login[0] else None) == route.login[0]
                 challenge = f'Digest realm="{route.realm}", nonce="{random.getrandbits(64):016x}", qop="auth"'
             elif route.scheme == "basic":
-                import base64
                 wanted = "Basic " + base64.b64encode(f"{route.login[0]}:{route.login[1]}".encode()).decode()
                 ok = header == wanted
                 challenge = f'Basic realm="{route.realm}"'
