@@ -174,3 +174,42 @@ def test_dns_ttl_read_from_the_sites_dns_server():
         t.start()
         assert ttl_of("voip.provider.example", "127.46.9.55", garbage.getsockname()[1], timeout=2) is None
         t.join(2)
+
+
+def test_experiment_reads_the_dnsttl_ttl_once_per_name(tmp_path):
+    """The runner asks the site's DNS for the primary's TTL the first time a DNSTTL phone needs it, then keeps it
+    (the server stopped, the same name still has its TTL); a phone not in DNSTTL mode asks nothing."""
+    import asyncio
+
+    import yaml
+
+    from fleet import inventory
+    from fleet.experiment import ExperimentRunner
+    from fleet.playbook import ExperimentPlaybook
+    from hil.dns_server import DnsServer
+
+    async def start():
+        return await DnsServer.start("127.46.9.57", 0, {"voip.provider.example": "127.46.9.10"}, ttl=42)
+
+    loop = asyncio.new_event_loop()
+    srv = loop.run_until_complete(start())
+    port = srv.transport.get_extra_info("sockname")[1]
+    doc = {"name": "t", "firmware_family": "uc-5.x", "sites": [{
+        "name": "hq", "gateway": "127.46.9.1", "dns": f"127.46.9.57:{port}", "boot_server": {"url": "http://127.0.0.1:9/"},
+        "phones": [{"mac": "0004f2000001", "model": "VVX 410", "address": "127.46.9.20", "credentials": "admin"}]}]}
+    path = tmp_path / "inv.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    pb = ExperimentPlaybook.model_validate({"kind": "experiment", "name": "x", "site": "hq",
+                                            "steps": [{"name": "w", "wait": 1}]})
+    runner = ExperimentRunner(pb, inventory.load(path), store=None)
+    dnsttl = two_servers(failOver__failBack__mode="DNSTTL")
+    try:
+        assert runner._dns_ttl(two_servers(), UC) is None       # not DNSTTL: no question asked
+        thread = loop.run_in_executor(None, runner._dns_ttl, dnsttl, UC)
+        assert loop.run_until_complete(thread) == 42
+    finally:
+        srv.stop()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+    assert runner._dns_ttl(dnsttl, UC) == 42                    # kept: the server is gone
+    assert ExperimentRunner(pb, inventory.load(path), store=None)._dns_ttl(dnsttl, UC) is None   # a new run asks again
