@@ -197,10 +197,11 @@ def test_push_mode_phone_that_takes_the_login_is_reachable_without_an_identity(f
 
 
 def test_another_phone_at_the_address_is_the_wrong_device(fake_phone):
-    other = DEVICE_XML.replace(MAC.upper().encode(), b"0004F2FFFFFF")
+    other = DEVICE_XML.replace(MAC.upper().encode(), b"0004F2FFFFFF").replace(b"IP 601", b"IP 601&#9;[2J&#10;x" * 9)
     fake = fake_phone({"/polling/deviceHandler": Route(other, login=(POLL_USER, POLL_PASSWORD))})
     found = _identify("sip-3.x", fake.port, POLL_PARAMS)
-    assert found.problem == "wrong-device" and "0004F2FFFFFF" in found.detail, found
+    assert found.problem == "wrong-device" and "'0004F2FFFFFF'" in found.detail, found
+    assert found.detail.isprintable() and "SoundPoint IP 601?[2J?x" in found.detail and len(found.detail) < 120, found
 
 
 def test_no_answer_and_refused_connection_are_told_apart(fake_phone):

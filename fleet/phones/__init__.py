@@ -37,7 +37,7 @@ class CallCheck:
         return self.state == "idle"
 
 
-Problem = Literal["", "timeout", "refused", "auth", "error-status", "malformed", "wrong-device"]
+Problem = Literal["", "timeout", "refused", "auth", "error-status", "malformed", "wrong-device", "error"]
 
 
 @dataclass(frozen=True)
@@ -63,8 +63,13 @@ def identity_failure(method: str, exc: DriverError) -> Identity:
     """A driver error as the Identity problem it is (the error's own words name no secret)."""
     kind: Problem = ("refused" if isinstance(exc, DeviceUnreachable) else "timeout" if isinstance(exc, DeviceTimeout)
                      else "auth" if isinstance(exc, AuthRefused) else "error-status" if isinstance(exc, DeviceRefused)
-                     else "malformed" if isinstance(exc, MalformedAnswer) else "error-status")
+                     else "malformed" if isinstance(exc, MalformedAnswer) else "error")
     return Identity(method, kind, exc.message[:300])
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A string a phone sent, fit for a report line: at most `limit` characters, control characters as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in str(text)[:limit])
 
 
 def same_mac(answered: str, mac: str) -> bool:

@@ -10,7 +10,7 @@ from soundpoint import families
 from ..drivers.control import polling, sip_notify, web_ui
 from ..drivers.errors import DeviceRefused, DriverError
 from ..inventory import Credentials
-from . import CallCheck, Identity, PhoneAccess, identity_failure, same_mac
+from . import CallCheck, Identity, PhoneAccess, identity_failure, same_mac, shown
 
 REBOOT_DESCRIPTIONS = {"check-sync": "sip check-sync", "web": "web /form-submit/Reboot", "rest": "rest safeRestart"}
 
@@ -65,11 +65,11 @@ class SoundPointControl:
 
     def _identity(self, method: str, mac: str, model: str, firmware: str) -> Identity:
         """What the phone said it is, against the inventory: another MAC at this address is the wrong device."""
-        said = f"{model[:40]}, firmware {firmware[:40]}"
+        said = f"{shown(model)}, firmware {shown(firmware)}"
         if not mac:
             return Identity(method, "malformed", f"the answer names no MAC address ({said})")
         if not same_mac(mac, self.phone.mac):
-            return Identity(method, "wrong-device", f"the phone at {self.phone.address} is {mac[:20]!r} ({said})")
+            return Identity(method, "wrong-device", f"the phone at {self.phone.address} is {shown(mac, 20)!r} ({said})")
         return Identity(method, "", said)
 
     # ------------------------------------------------------------ reboot
