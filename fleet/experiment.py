@@ -71,6 +71,7 @@ class ExperimentRunner:
         self.task_timeout = task_timeout
         self.open_outage: dict | None = None
         self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
+        self._ttl_cache: dict[str, float | None] = {}   # primary's name -> the TTL the site's DNS gives it
 
     # ------------------------------------------------------------------ helpers
     def _family(self, phone: Phone) -> str:
@@ -79,8 +80,6 @@ class ExperimentRunner:
 
     def _dns_ttl(self, params: dict[str, str], family: str) -> float | None:
         """The TTL the site's DNS gives the primary's name, read once and only for a phone in DNSTTL mode."""
-        if not hasattr(self, "_ttl_cache"):
-            self._ttl_cache: dict[str, float | None] = {}
         primary = next(iter(servers(params, family=family)), None)
         if primary is None or primary.failback_mode != "DNSTTL" or not self.site.dns:
             return None

@@ -2,8 +2,9 @@
 
 Every check here only reads: the boot server is logged into and one file is
 read (never written), the router gets its own read-only state command (SSH, with
-its host key verified) or SNMP reads, each phone answers one read of its web
-interface or REST API with its credentials, and the collectors' listening
+its host key verified) or SNMP reads, each phone answers one read asked by its
+family's control (fleet.phones: REST device info, state polling with its own
+login, or the web UI; never a reboot, a setting or a call), and the collectors' listening
 addresses are bound and released at once. A failed check names the device and
 why, and never carries a secret (driver errors never hold passwords).
 """
@@ -15,14 +16,11 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
-import requests
-
 from .drivers.errors import DriverError
 from .inventory import Credentials, Inventory, Phone, Secrets, Site
 from .redact import redact_url
 
 DEFAULT_MASTER = "000000000000.cfg"
-STATE_PATH = "/polling/deviceHandler"
 
 
 @dataclass(frozen=True)
@@ -88,33 +86,22 @@ def check_router(site: Site, secrets: Secrets) -> Check | None:
     return Check(site.name, "router", target, True, detail)
 
 
-def _phone_read(phone: Phone, creds: Credentials, timeout: float) -> str:
-    """One authenticated read the phone's family answers: REST device info, else the state-polling handler."""
-    from .drivers.control.rest import RestPhone, auth_hint, phone_auth
+def check_phone(site: Site, phone: Phone, inv: Inventory, secrets: Secrets, timeout: float) -> Check:
+    """The phone's own control (fleet.phones) reads it by its family's method and login, read-only."""
+    from . import phones
 
-    if phone.family.rest:
-        info = RestPhone(phone, creds, timeout=timeout).device_info()
-        return f"REST device/info answered ({str(info.get('ModelNumber', '?'))[:40]})"
-    name = f"phone {phone.mac} ({phone.address})"
-    try:
-        resp = requests.get(f"http://{phone.address}:{phone.http_port}{STATE_PATH}",
-                            auth=phone_auth(phone, creds), timeout=timeout)
-    except requests.RequestException as exc:
-        raise DriverError(name, f"GET {STATE_PATH}: {type(exc).__name__}") from None
-    if resp.status_code == 401:
-        raise DriverError(name, f"GET {STATE_PATH}: HTTP 401 ({auth_hint(phone, resp)})")
-    if resp.status_code >= 400:
-        raise DriverError(name, f"GET {STATE_PATH}: HTTP {resp.status_code}")
-    return f"web interface answered {STATE_PATH}"
-
-
-def check_phone(site: Site, phone: Phone, secrets: Secrets, timeout: float) -> Check:
     target = f"{phone.address}:{phone.http_port}"
+    device = f"phone {phone.mac}"
     try:
-        detail = _phone_read(phone, secrets.credentials(phone.credentials), timeout)
-    except Exception as exc:
-        return Check(site.name, f"phone {phone.mac}", target, False, _device_error(exc))
-    return Check(site.name, f"phone {phone.mac}", target, True, detail)
+        control = phones.for_phone(phone, secrets.credentials(phone.credentials), inventory=inv, secrets=secrets)
+    except Exception as exc:   # a missing secret: the row says which, never its value
+        return Check(site.name, device, target, False, _device_error(exc) if isinstance(exc, DriverError)
+                     else f"credentials: {str(exc)[:200] if isinstance(exc, KeyError) else type(exc).__name__}")
+    try:
+        found = control.identify(timeout)
+    except Exception as exc:   # a probe reports, never crashes: every device gets its row
+        return Check(site.name, device, target, False, _device_error(exc))
+    return Check(site.name, device, target, found.ok, found.describe())
 
 
 def _bindable(address: str, kind: int) -> str | None:
@@ -159,7 +146,7 @@ def probe(inv: Inventory, secrets: Secrets, sites: Iterable[str] | None = None, 
             rows.append(router)
         rows.extend(check_collector(site))
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(site.phones) or 1))) as pool:
-            for row in pool.map(lambda p, s=site: check_phone(s, p, secrets, timeout), site.phones):
+            for row in pool.map(lambda p, s=site: check_phone(s, p, inv, secrets, timeout), site.phones):
                 rows.append(row)
                 if progress:
                     progress(1)

@@ -59,6 +59,9 @@ def test_probe_reaches_every_device_of_the_lab(lab, redis_url):
     devices = {c["device"] for c in doc["checks"]}
     phones = {p["mac"] for p in lab.status()["phones"]}
     assert devices == {"boot server", "router", "collector syslog", "collector events"} | {f"phone {m}" for m in phones}
+    # each phone read by its family's control: the SoundPoint IP 650 (UC 4.0) by state polling, the VVX by REST
+    methods = {c["detail"].split(" (", 1)[0] for c in doc["checks"] if c["device"].startswith("phone ")}
+    assert methods == {"state polling GET /polling/deviceHandler", "REST GET /api/v1/mgmt/device/info"}, doc["checks"]
     assert _device_state(lab) == before
 
 
@@ -91,6 +94,7 @@ def test_probe_names_exactly_the_broken_devices_and_changes_nothing(lab, redis_u
     assert code == 1, doc
     assert set(failed) == {"router", "boot server", f"phone {dead_mac.lower()}"}, failed
     assert "host key does not match" in failed["router"]
+    assert ": refused: " in failed[f"phone {dead_mac.lower()}"] and "connection refused" in failed[f"phone {dead_mac.lower()}"]
     assert "not-the-password" not in json.dumps(doc)
     assert _device_state(lab) == before
 

@@ -140,10 +140,13 @@ def test_retry_model_per_family(family, expect_backoff):
 
 
 def test_dns_ttl_read_from_the_sites_dns_server():
-    """The DNSTTL bound's TTL comes from the site's DNS server (a real UDP query); unknown is None, never a guess."""
+    """The DNSTTL bound's TTL comes from the site's DNS server (a real UDP query); unknown is None, never a guess.
+    The provider probe resolves names with the same query (drivers.probe.resolve)."""
     import asyncio
+    import socket
 
     from fleet.dns_ttl import ttl_of
+    from fleet.drivers.probe import resolve
     from hil.dns_server import DnsServer
 
     async def run():
@@ -151,9 +154,62 @@ def test_dns_ttl_read_from_the_sites_dns_server():
         port = srv.transport.get_extra_info("sockname")[1]
         try:
             return (await asyncio.to_thread(ttl_of, "voip.provider.example", "127.46.9.53", port),
-                    await asyncio.to_thread(ttl_of, "other.example", "127.46.9.53", port))
+                    await asyncio.to_thread(ttl_of, "other.example", "127.46.9.53", port),
+                    await resolve("voip.provider.example", ("127.46.9.53", port)),
+                    await resolve("other.example", ("127.46.9.53", port)))
         finally:
             srv.stop()
 
-    assert asyncio.run(run()) == (42, None)
+    assert asyncio.run(run()) == (42, None, "127.46.9.10", None)
     assert ttl_of("voip.provider.example", "127.46.9.54", 9, timeout=0.3) is None     # nobody answers
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as garbage:                  # answers, with garbage
+        garbage.bind(("127.46.9.55", 0))
+
+        def answer_garbage():
+            data, addr = garbage.recvfrom(512)
+            garbage.sendto(data[:2] + b"\x81\x80\x00\x01\x00\x05junk", addr)
+
+        import threading
+        t = threading.Thread(target=answer_garbage, daemon=True)
+        t.start()
+        assert ttl_of("voip.provider.example", "127.46.9.55", garbage.getsockname()[1], timeout=2) is None
+        t.join(2)
+
+
+def test_experiment_reads_the_dnsttl_ttl_once_per_name(tmp_path):
+    """The runner asks the site's DNS for the primary's TTL the first time a DNSTTL phone needs it, then keeps it
+    (the server stopped, the same name still has its TTL); a phone not in DNSTTL mode asks nothing."""
+    import asyncio
+
+    import yaml
+
+    from fleet import inventory
+    from fleet.experiment import ExperimentRunner
+    from fleet.playbook import ExperimentPlaybook
+    from hil.dns_server import DnsServer
+
+    async def start():
+        return await DnsServer.start("127.46.9.57", 0, {"voip.provider.example": "127.46.9.10"}, ttl=42)
+
+    loop = asyncio.new_event_loop()
+    srv = loop.run_until_complete(start())
+    port = srv.transport.get_extra_info("sockname")[1]
+    doc = {"name": "t", "firmware_family": "uc-5.x", "sites": [{
+        "name": "hq", "gateway": "127.46.9.1", "dns": f"127.46.9.57:{port}", "boot_server": {"url": "http://127.0.0.1:9/"},
+        "phones": [{"mac": "0004f2000001", "model": "VVX 410", "address": "127.46.9.20", "credentials": "admin"}]}]}
+    path = tmp_path / "inv.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    pb = ExperimentPlaybook.model_validate({"kind": "experiment", "name": "x", "site": "hq",
+                                            "steps": [{"name": "w", "wait": 1}]})
+    runner = ExperimentRunner(pb, inventory.load(path), store=None)
+    dnsttl = two_servers(failOver__failBack__mode="DNSTTL")
+    try:
+        assert runner._dns_ttl(two_servers(), UC) is None       # not DNSTTL: no question asked
+        thread = loop.run_in_executor(None, runner._dns_ttl, dnsttl, UC)
+        assert loop.run_until_complete(thread) == 42
+    finally:
+        srv.stop()
+        loop.run_until_complete(asyncio.sleep(0))
+        loop.close()
+    assert runner._dns_ttl(dnsttl, UC) == 42                    # kept: the server is gone
+    assert ExperimentRunner(pb, inventory.load(path), store=None)._dns_ttl(dnsttl, UC) is None   # a new run asks again

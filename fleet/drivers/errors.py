@@ -16,8 +16,16 @@ class DeviceTimeout(DriverError):
     """The device did not answer in time."""
 
 
+class DeviceUnreachable(DeviceTimeout):
+    """No connection at all (refused, no route): a kind of no-answer, so whoever retries a timeout retries this too."""
+
+
 class DeviceRefused(DriverError):
     """The device answered with an error (authentication, bad command, SNMP error status)."""
+
+
+class AuthRefused(DeviceRefused):
+    """The device refused the login (HTTP 401): a wrong password or the wrong login, not a broken device."""
 
 
 class MalformedAnswer(DriverError):

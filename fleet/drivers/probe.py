@@ -7,13 +7,12 @@ and sends SIP OPTIONS; any SIP answer at all means the path is up.
 from __future__ import annotations
 
 import asyncio
-import random
 from dataclasses import dataclass
-
-from dnslib import QTYPE, DNSRecord
 
 from sipwire import message as sip
 from sipwire.endpoint import SipEndpoint, TransactionTimeout, TransactionTimers
+
+from ..dns_ttl import a_records
 
 
 @dataclass
@@ -27,31 +26,9 @@ class ProbeResult:
 
 
 async def resolve(name: str, dns: tuple[str, int], timeout: float = 1.0) -> str | None:
-    loop = asyncio.get_running_loop()
-    query = DNSRecord.question(name, "A")
-    query.header.id = random.randint(0, 65535)
-    fut: asyncio.Future = loop.create_future()
-
-    class Proto(asyncio.DatagramProtocol):
-        def datagram_received(self, data, addr):  # type: ignore[override]
-            if not fut.done():
-                fut.set_result(data)
-
-    transport, _ = await loop.create_datagram_endpoint(Proto, remote_addr=dns)
-    try:
-        transport.sendto(query.pack())
-        data = await asyncio.wait_for(fut, timeout)
-        reply = DNSRecord.parse(data)
-    except (asyncio.TimeoutError, OSError):
-        return None
-    except Exception:  # dnslib raises several types on garbage: a garbled answer is no answer
-        return None
-    finally:
-        transport.close()
-    for rr in reply.rr:
-        if rr.rtype == QTYPE.A:
-            return str(rr.rdata)
-    return None
+    """The first A address the site's DNS server gives `name` (fleet.dns_ttl asks), or None."""
+    found = await asyncio.to_thread(a_records, name, dns[0], dns[1], timeout)
+    return found[0][0] if found else None
 
 
 async def probe_provider(name: str, port: int, dns: tuple[str, int] | None, timeout: float = 2.0) -> ProbeResult:

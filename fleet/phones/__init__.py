@@ -17,6 +17,7 @@ from typing import Callable, Literal, Protocol
 
 from soundpoint import families
 
+from ..drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, DriverError, MalformedAnswer
 from ..inventory import Credentials, Phone
 
 # family name -> module (relative to this package); checked against soundpoint.families at import
@@ -34,6 +35,46 @@ class CallCheck:
     @property
     def may_reboot(self) -> bool:
         return self.state == "idle"
+
+
+Problem = Literal["", "timeout", "refused", "auth", "error-status", "malformed", "wrong-device", "error"]
+
+
+@dataclass(frozen=True)
+class Identity:
+    """A read-only answer to "is this phone there, does it take our login, is it the phone the inventory says?"
+
+    `method` says how it was asked (request and which login, never the login itself); `problem` is empty when
+    the phone answered as expected, else what failed; `detail` what it answered, or why it failed, for a report.
+    """
+    method: str
+    problem: Problem = ""
+    detail: str = ""
+
+    @property
+    def ok(self) -> bool:
+        return not self.problem
+
+    def describe(self) -> str:
+        return f"{self.method}: {self.detail}" if self.ok else f"{self.method}: {self.problem}: {self.detail}"
+
+
+def identity_failure(method: str, exc: DriverError) -> Identity:
+    """A driver error as the Identity problem it is (the error's own words name no secret)."""
+    kind: Problem = ("refused" if isinstance(exc, DeviceUnreachable) else "timeout" if isinstance(exc, DeviceTimeout)
+                     else "auth" if isinstance(exc, AuthRefused) else "error-status" if isinstance(exc, DeviceRefused)
+                     else "malformed" if isinstance(exc, MalformedAnswer) else "error")
+    return Identity(method, kind, exc.message[:300])
+
+
+def shown(text: str, limit: int = 40) -> str:
+    """A string a phone sent, fit for a report line: at most `limit` characters, control characters as '?'."""
+    return "".join(c if c.isprintable() else "?" for c in str(text)[:limit])
+
+
+def same_mac(answered: str, mac: str) -> bool:
+    """A MAC address as a phone writes it (upper case, maybe with separators) against the inventory's."""
+    return "".join(c for c in answered.lower() if c in "0123456789abcdef") == mac.lower()
 
 
 @dataclass
@@ -75,6 +116,11 @@ class PhoneControl(Protocol):
 
     def polling_credentials(self) -> Credentials:
         """The login state polling takes (apps.statePolling.*), for the collectors' poller too."""
+
+    def identify(self, timeout: float = 5.0) -> Identity:
+        """One read-only request by the family's own method and login (no reboot, no configuration, no call):
+        whether the phone answers, takes the login and is the phone the inventory names. Never raises for
+        what the phone does (no answer, a refusal, a malformed answer): that is the Identity's `problem`."""
 
 
 def control(access: PhoneAccess) -> PhoneControl:

@@ -10,7 +10,7 @@ from soundpoint import families
 from ..drivers.control import polling, sip_notify, web_ui
 from ..drivers.errors import DeviceRefused, DriverError
 from ..inventory import Credentials
-from . import CallCheck, PhoneAccess
+from . import CallCheck, Identity, PhoneAccess, identity_failure, same_mac, shown
 
 REBOOT_DESCRIPTIONS = {"check-sync": "sip check-sync", "web": "web /form-submit/Reboot", "rest": "rest safeRestart"}
 
@@ -41,6 +41,36 @@ class SoundPointControl:
         except DriverError as exc:
             return CallCheck("unknown", f"state polling: {exc.message}")
         return CallCheck("in-call" if active else "idle")
+
+    # ------------------------------------------------------------ identity
+    def _polling_login(self) -> str:
+        """Which login state polling is asked with, for a report (never the login itself)."""
+        if self.access.param("apps.statePolling.username"):
+            return "the apps.statePolling login"
+        return "the admin login (no apps.statePolling.username in the inventory)"
+
+    def identify(self, timeout: float = 5.0) -> Identity:
+        """State polling's device handler, digest with the polling login, as a call check asks (SIP 3.x, UC 4.0)."""
+        method = f"state polling GET {polling.DEVICE_PATH} (digest, {self._polling_login()})"
+        pushed = bool(self.access.param("apps.statePolling.URL"))
+        try:
+            info = polling.device_information(self.phone, self.polling_credentials(), timeout, pushed=pushed)
+        except DriverError as exc:
+            return identity_failure(method, exc)
+        if info is None:
+            return Identity(method, "", "login accepted; the answer goes to apps.statePolling.URL, so the phone's "
+                                        "identity is not read here")
+        return self._identity(method, info.get("MACAddress", ""), info.get("ModelNumber", "?"),
+                              info.get("AppLoadID", "?"))
+
+    def _identity(self, method: str, mac: str, model: str, firmware: str) -> Identity:
+        """What the phone said it is, against the inventory: another MAC at this address is the wrong device."""
+        said = f"{shown(model)}, firmware {shown(firmware)}"
+        if not mac:
+            return Identity(method, "malformed", f"the answer names no MAC address ({said})")
+        if not same_mac(mac, self.phone.mac):
+            return Identity(method, "wrong-device", f"the phone at {self.phone.address} is {shown(mac, 20)!r} ({said})")
+        return Identity(method, "", said)
 
     # ------------------------------------------------------------ reboot
     def reboot(self) -> str:

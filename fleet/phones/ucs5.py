@@ -5,7 +5,7 @@ import time
 
 from ..drivers.control.rest import RestPhone
 from ..drivers.errors import DeviceRefused, DeviceTimeout, DriverError
-from . import CallCheck, PhoneAccess
+from . import CallCheck, Identity, PhoneAccess, identity_failure
 from .soundpoint import SoundPointControl
 
 
@@ -30,6 +30,16 @@ class Control(SoundPointControl):
             return CallCheck("idle")
         return CallCheck("in-call" if state else "unknown", f"REST callStatus {state!r:.40}" if state else
                          "REST callStatus gave no state")
+
+    def identify(self, timeout: float = 5.0) -> Identity:
+        """REST device/info with the admin login: model, firmware and the MAC to check against the inventory."""
+        method = f"REST GET /api/v1/mgmt/device/info ({self.phone.http_auth}, the admin login)"
+        try:
+            info = RestPhone(self.phone, self.access.creds, timeout=timeout, session=self.rest.session).device_info()
+        except DriverError as exc:
+            return identity_failure(method, exc)
+        return self._identity(method, str(info.get("MACAddress", "")), str(info.get("ModelNumber", "?")),
+                              str(info.get("FirmwareRelease", "?")))
 
     def _reboot_rest(self) -> None:
         self.rest.restart()

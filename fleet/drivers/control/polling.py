@@ -18,20 +18,52 @@ from requests.auth import HTTPDigestAuth
 
 from ...inventory import Credentials, Phone
 from ..errors import DeviceTimeout, MalformedAnswer
-from .rest import auth_hint, phone_auth, refuse_error_status
+from .rest import auth_hint, no_answer, phone_auth, refuse_error_status
 
 CALL_STATE_PATH = "/polling/callStateHandler"
+DEVICE_PATH = "/polling/deviceHandler"
+DEVICE_FIELDS = ("MACAddress", "ModelNumber", "AppLoadID", "BootROMID")
 
 
-def _get(phone: Phone, credentials: Credentials, timeout: float, digest_only: bool) -> requests.Response:
+def _get(phone: Phone, credentials: Credentials, timeout: float, digest_only: bool,
+         path: str = CALL_STATE_PATH) -> requests.Response:
     name = f"phone {phone.mac} ({phone.address})"
     auth = HTTPDigestAuth(credentials.username, credentials.password) if digest_only else phone_auth(phone, credentials)
     try:
-        resp = requests.get(f"http://{phone.address}:{phone.http_port}{CALL_STATE_PATH}", auth=auth, timeout=timeout)
+        resp = requests.get(f"http://{phone.address}:{phone.http_port}{path}", auth=auth, timeout=timeout)
     except requests.RequestException as exc:
-        raise DeviceTimeout(name, f"GET {CALL_STATE_PATH}: {type(exc).__name__}") from None
-    refuse_error_status(name, f"GET {CALL_STATE_PATH}", resp, lambda: auth_hint(phone, resp))
+        raise no_answer(name, f"GET {path}", exc, timeout) from None
+    refuse_error_status(name, f"GET {path}", resp, lambda: auth_hint(phone, resp))
     return resp
+
+
+def parse_device_information(body: bytes, name: str) -> dict[str, str]:
+    """MACAddress, ModelNumber, AppLoadID, BootROMID of a PolycomIPPhone DeviceInformation document (those present);
+    MalformedAnswer when it is not one or names no MAC address."""
+    try:
+        root = ET.fromstring(body)
+    except ET.ParseError:
+        raise MalformedAnswer(name, f"GET {DEVICE_PATH}: answer is not XML") from None
+    info = root.find("DeviceInformation") if root.tag == "PolycomIPPhone" else None
+    if info is None:
+        raise MalformedAnswer(name, f"GET {DEVICE_PATH}: answer is not a PolycomIPPhone DeviceInformation document")
+    out = {f: (info.findtext(f) or "").strip() for f in DEVICE_FIELDS}
+    if not out["MACAddress"]:
+        raise MalformedAnswer(name, f"GET {DEVICE_PATH}: DeviceInformation names no MACAddress")
+    return {k: v for k, v in out.items() if v}
+
+
+def device_information(phone: Phone, credentials: Credentials, timeout: float = 3.0,
+                       pushed: bool = False) -> dict[str, str] | None:
+    """The phone's DeviceInformation read by state polling (digest, the polling login): one GET, nothing changed.
+
+    `pushed`: the phone is configured to POST its answers to apps.statePolling.URL, so an empty 200 is a login it
+    accepted (None: nothing to read here). DriverError when the phone cannot be asked or its answer read.
+    """
+    resp = _get(phone, credentials, timeout, True, DEVICE_PATH)
+    if pushed and not resp.content.strip():
+        return None
+    return parse_device_information(resp.content, f"phone {phone.mac} ({phone.address})")
 
 
 def parse_call_state(body: bytes, name: str) -> bool:

@@ -8,6 +8,7 @@ malformed answer never escapes as a traceback.
 """
 from __future__ import annotations
 
+import errno
 import re
 from collections.abc import Callable
 
@@ -15,7 +16,7 @@ import requests
 from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
 
 from ...inventory import Credentials, Phone
-from ..errors import DeviceRefused, DeviceTimeout, MalformedAnswer
+from ..errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
 
 
 def phone_auth(phone: Phone, credentials: Credentials) -> AuthBase:
@@ -38,10 +39,8 @@ class RestPhone:
     def _call(self, method: str, path: str, body: dict | None = None):
         try:
             resp = self.session.request(method, self.base + path, json=body, auth=self.auth, timeout=self.timeout)
-        except requests.Timeout:
-            raise DeviceTimeout(self.name, f"{method} {path}: no answer within {self.timeout:g}s") from None
         except requests.RequestException as exc:
-            raise DeviceTimeout(self.name, f"{method} {path}: {type(exc).__name__}") from None
+            raise no_answer(self.name, f"{method} {path}", exc, self.timeout) from None
         refuse_error_status(self.name, f"{method} {path}", resp, lambda: auth_hint(self.phone, resp))
         try:
             doc = resp.json()
@@ -94,9 +93,36 @@ def auth_hint(phone: Phone, resp: requests.Response) -> str:
 def refuse_error_status(name: str, what: str, resp: requests.Response, why_401: Callable[[], str]) -> None:
     """An error status as DeviceRefused naming the device and the request; a 401 says why (`why_401()`)."""
     if resp.status_code == 401:
-        raise DeviceRefused(name, f"{what}: HTTP 401 ({why_401()})")
+        raise AuthRefused(name, f"{what}: HTTP 401 ({why_401()})")
     if resp.status_code >= 400:
         raise DeviceRefused(name, f"{what}: HTTP {resp.status_code}")
+
+
+def _os_error(exc: BaseException | None, depth: int = 0) -> OSError | None:
+    """The socket error under a requests/urllib3 exception (they nest it in args, `reason` and causes)."""
+    if exc is None or depth > 6:
+        return None
+    if isinstance(exc, OSError) and exc.errno is not None:
+        return exc
+    inner = [a for a in getattr(exc, "args", ()) if isinstance(a, BaseException)]
+    for nxt in (getattr(exc, "reason", None), exc.__cause__, exc.__context__, *inner):
+        if isinstance(nxt, BaseException):
+            found = _os_error(nxt, depth + 1)
+            if found is not None:
+                return found
+    return None
+
+
+def no_answer(name: str, what: str, exc: requests.RequestException, timeout: float) -> DeviceTimeout:
+    """A request that got no HTTP answer, as the error saying which way: no answer in time, refused, unreachable."""
+    if isinstance(exc, requests.Timeout):
+        return DeviceTimeout(name, f"{what}: no answer within {timeout:g}s")
+    cause = _os_error(exc)
+    if cause is not None and cause.errno == errno.ECONNREFUSED:
+        return DeviceUnreachable(name, f"{what}: connection refused (nothing listens on that port)")
+    if cause is not None and cause.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return DeviceUnreachable(name, f"{what}: no route to the phone ({errno.errorcode[cause.errno]})")
+    return DeviceUnreachable(name, f"{what}: {type(exc).__name__}")
 
 
 _UPTIME = re.compile(r"^\s*(?:(\d+)\s+Days?\s+)?(\d+):(\d{1,2}):(\d{1,2})\s*$", re.IGNORECASE)
