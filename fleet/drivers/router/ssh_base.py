@@ -102,6 +102,26 @@ fi
 echo "outcome=restored"
 '''
 
+# The dead-man: sleep, then restore; a restore that fails (a busy xtables lock, a link slow to come up) is tried
+# again every 5 s for 10 minutes, since nobody else may be left to do it. nohup alone does not outlive the SSH
+# session where systemd-logind has KillUserProcesses=yes (it kills the session's whole scope when SSH closes,
+# whatever ignores SIGHUP): where `systemd-run --scope` works, the dead-man gets a scope of its own outside the
+# session. A dead-man that is not alive a moment later (systemd-run refused it) is started again without it, so a
+# cut never goes ahead with none. $F.deadman holds its pid either way.
+DEADMAN_START = r'''start_deadman() {
+  $1 nohup sh -c 'sleep "$1" & echo $! > "$2.sleep"; wait $!
+    n=0; until sh "$2.restore.sh" "$3" "$4" "$5" deadman; do n=$((n+1)); [ "$n" -ge 120 ] && exit 1; sleep 5; done' \
+    fleet-deadman "$MAX" "$F" "$D" "$ID" "$WAN" >/dev/null 2>&1 &
+  echo $! > "$F.deadman"
+}
+if command -v systemd-run >/dev/null 2>&1 && systemd-run --scope --quiet --collect true >/dev/null 2>&1; then
+  start_deadman "systemd-run --scope --quiet --collect"
+  sleep 0.2
+  kill -0 "$(cat "$F.deadman")" 2>/dev/null || start_deadman ""
+else
+  start_deadman ""
+fi'''
+
 # Positional arguments: D ID WAN MODE MAX PROB DELAY RATE DNSPORT RESTORE-SCRIPT
 CUT_SCRIPT = _PROLOGUE + r'''MODE=$4; MAX=$5; PROB=$6; DELAY=$7; RATE=$8; DNSPORT=$9; RESTORE=${10}
 take_lock 150 || { echo "fleet: outage $ID is busy (its lock is held)" >&2; exit 75; }
@@ -117,12 +137,7 @@ case "$MODE" in
   *) echo "fleet: mode $MODE is not supported by this router platform" >&2; exit 73 ;;
 esac
 printf '%s\n' "$RESTORE" > "$F.restore.sh"
-# The dead-man: sleep, then restore; a restore that fails (a busy xtables lock, a link slow to come up) is tried
-# again every 5 s for 10 minutes, since nobody else may be left to do it.
-nohup sh -c 'sleep "$1" & echo $! > "$2.sleep"; wait $!
-  n=0; until sh "$2.restore.sh" "$3" "$4" "$5" deadman; do n=$((n+1)); [ "$n" -ge 120 ] && exit 1; sleep 5; done' \
-  fleet-deadman "$MAX" "$F" "$D" "$ID" "$WAN" >/dev/null 2>&1 &
-echo $! > "$F.deadman"
+@DEADMAN@
 : > "$F.cutting"
 (
   set -e
@@ -241,7 +256,7 @@ class SshRouter(ABC):
         return RESTORE_SCRIPT.replace("@RESTORE@", self.platform.restore.strip())
 
     def cut_script(self) -> str:
-        return (CUT_SCRIPT.replace("@PRECHECK@", _cases(self.platform.precheck))
+        return (CUT_SCRIPT.replace("@DEADMAN@", DEADMAN_START).replace("@PRECHECK@", _cases(self.platform.precheck))
                 .replace("@CUT@", _cases(self.platform.cut)))
 
     def cut(self, spec: OutageSpec) -> RouterOutcome:

@@ -1,0 +1,69 @@
+"""Unit: the dead-man's switch starts in a systemd scope of its own where systemd-run works (so logind's
+KillUserProcesses cannot kill it with the SSH session), and without one where it does not; it restores either way.
+
+The snippet runs in a real /bin/sh with the variables the cut script gives it; `systemd-run` is a stand-in
+on PATH that records how it was called."""
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from fleet.drivers.router.ssh_base import DEADMAN_START
+
+# What systemd-run --scope does for the command: run it (here: after its options), in the same process.
+SCOPE_WORKS = """#!/bin/sh
+echo "$1 $2 $3 $4" >> "$LOG"
+while [ $# -gt 0 ]; do case "$1" in --*) shift ;; *) break ;; esac; done
+exec "$@"
+"""
+# systemd-run that passes the probe and then refuses the dead-man itself (a policy that denies long-running units)
+SCOPE_REFUSES_THE_DEADMAN = """#!/bin/sh
+echo "$1 $2 $3 $4" >> "$LOG"
+[ "$4" = true ] && exit 0
+exit 1
+"""
+
+
+def _run(tmp_path: Path, systemd_run: str | None) -> tuple[Path, list[str]]:
+    outages, bin_dir = tmp_path / "outages", tmp_path / "bin"
+    outages.mkdir()
+    bin_dir.mkdir()
+    log = tmp_path / "systemd-run.log"
+    if systemd_run is not None:
+        (bin_dir / "systemd-run").write_text(systemd_run)
+        (bin_dir / "systemd-run").chmod(0o755)
+    f = outages / "o1"
+    Path(f"{f}.restore.sh").write_text('echo "$4 $1 $2 $3" > "$1/$2.restored"\n')
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log),
+               D=str(outages), ID="o1", WAN="wan0", MAX="1", F=str(f))
+    subprocess.run(["sh", "-c", DEADMAN_START], env=env, check=True, timeout=10)
+    deadline = time.monotonic() + 8
+    while not Path(f"{f}.restored").exists() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    calls = log.read_text().splitlines() if log.exists() else []
+    return f, calls
+
+
+def test_deadman_runs_in_its_own_scope_where_systemd_run_works(tmp_path):
+    f, calls = _run(tmp_path, SCOPE_WORKS)
+    assert calls[0] == "--scope --quiet --collect true", calls
+    assert calls[1:] == ["--scope --quiet --collect nohup"], calls
+    assert Path(f"{f}.restored").read_text().split() == ["deadman", str(f.parent), "o1", "wan0"]
+    assert int(Path(f"{f}.deadman").read_text()) > 0
+
+
+def test_deadman_refused_by_systemd_run_is_started_without_it(tmp_path):
+    f, calls = _run(tmp_path, SCOPE_REFUSES_THE_DEADMAN)
+    assert [c.split()[3] for c in calls] == ["true", "nohup"], calls
+    assert Path(f"{f}.restored").read_text().split()[0] == "deadman", "the cut went ahead with no dead-man"
+
+
+@pytest.mark.parametrize("fake", ["#!/bin/sh\nexit 1\n"], ids=["systemd-run-fails"])
+def test_deadman_without_a_working_systemd_run_is_plain_nohup(tmp_path, fake):
+    f, calls = _run(tmp_path, fake)
+    assert calls == [], calls      # the stand-in logs nothing: only the probe ran, and it failed
+    assert Path(f"{f}.restored").read_text().split()[0] == "deadman"
