@@ -149,6 +149,9 @@ class SiteSpec(Strict):
     collector: CollectorSpec = CollectorSpec()
     gateway: Literal["builtin", "kamailio"] = Field("builtin", description="the site's gateway registrar: the lab's "
                                                     "own, or Kamailio (installed on this machine) on the router")
+    outbound_proxy: Literal["gateway"] | None = Field(None, description="gateway: the phones use the site's Kamailio "
+                                                      "gateway as their outbound proxy for the provider (it relays "
+                                                      "there through the router), so every REGISTER passes it")
 
     _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
 
@@ -338,6 +341,24 @@ class LabFile(Strict):
                                      f"backend netns: at most {MAX_PHONES_PER_SITE} phones per site")
         return self
 
+    def _check_proxy(self, k: int) -> None:
+        """`outbound_proxy: gateway` needs a gateway that relays (Kamailio; the built-in registrar does not), and
+        servers it can relay for: it sends everything not for itself to the provider, so a server at another
+        address would be relayed to the wrong place."""
+        site = self.sites[k]
+        loc = ("sites", k, "outbound_proxy")
+        if site.gateway != "kamailio":
+            raise FieldError(loc, "outbound_proxy: gateway needs `gateway: kamailio` (the lab's built-in gateway "
+                                  "registrar does not relay)")
+        if self.backend == "netns":
+            raise FieldError(loc, "backend netns does not wire the gateway's relay yet; outbound_proxy is for the "
+                                  "userspace lab")
+        others = [y for y, srv in enumerate(site.servers) if srv.address not in ("provider", "gateway")]
+        if others:
+            raise FieldError(("sites", k, "servers", others[0], "address"),
+                             "with outbound_proxy: gateway every server is `provider` or `gateway` (the gateway "
+                             "relays to the provider only)")
+
     @model_validator(mode="after")
     def hep_needs_kamailio(self) -> "LabFile":
         """Only Kamailio's siptrace sends HEP here; a HEP address without it would promise evidence never sent."""
@@ -349,6 +370,8 @@ class LabFile(Strict):
                                        ("gateway", site.gateway == "kamailio", "`gateway: kamailio`")):
                 if source in (site.collector.evidence or ()) and not needs:
                     raise FieldError(("sites", k, "collector", "evidence"), f"evidence {source} needs {why}")
+            if site.outbound_proxy is not None:
+                self._check_proxy(k)
             if site.collector.hep and self.backend == "netns":
                 raise FieldError(("sites", k, "collector", "hep"), "backend netns does not wire siptrace yet "
                                  "(its router runs the real tcpdump); HEP is for the userspace lab")
