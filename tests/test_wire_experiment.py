@@ -13,6 +13,9 @@ Where Kamailio is installed the site's gateway is Kamailio, as on many real site
 the collector (`capture: hep ...`) and its registrar is polled with `kamcmd ul.dump` over the router's SSH
 (`gateway: {platform: kamailio}`); both then speak for server 2, the capture for server 1.
 
+A second site (net 9) has HEP as its only per-server source, from a Kamailio gateway that is also the phones'
+outbound proxy for the provider: every REGISTER passes Kamailio, and the same experiment passes from HEP alone.
+
 The DNS TTL is long (300 s) as on most sites: with the lab's 1 s the phones would re-resolve the provider's
 name at each refresh, the query would fail first (the WAN is down), and the phone would give up on the
 provider without sending a REGISTER, which a SIP capture cannot see.
