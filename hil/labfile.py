@@ -361,7 +361,8 @@ class LabFile(Strict):
 
     @model_validator(mode="after")
     def hep_needs_kamailio(self) -> "LabFile":
-        """Only Kamailio's siptrace sends HEP here; a HEP address without it would promise evidence never sent."""
+        """Only Kamailio's siptrace sends HEP here; a HEP address without it would promise evidence never sent.
+        Only Kamailio relays, so `outbound_proxy` needs it too (_check_proxy)."""
         for k, site in enumerate(self.sites):
             if site.collector.hep and site.gateway != "kamailio":
                 raise FieldError(("sites", k, "collector", "hep"), "a HEP address needs `gateway: kamailio` "
