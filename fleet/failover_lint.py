@@ -5,7 +5,8 @@ next WAN outage (not during it) that server 2 will never see a REGISTER, that
 an outbound proxy reachable only over the WAN takes server 2 down with the
 primary (Polycom TB 5844), or that the phone will refuse calls from server 2.
 They are warnings, not errors: the site may know better (a shared-registration
-pair of servers, a proxy on the LAN).
+pair of servers, a proxy on the LAN). A fallback that is the proxy itself (the
+LAN gateway as the phones' outbound proxy to the provider) is no such problem.
 """
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ def _proxy(params: dict[str, str], reg: int) -> str:
 
 
 def _proxy_problem(params: dict[str, str], reg: int, family: str | None) -> str | None:
+    """A fallback server whose requests go through the outbound proxy (useOutboundProxy not 0). Not when the
+    fallback is the proxy itself (the site gateway doubling as the phones' proxy to the provider): its requests
+    go to that address either way, so the proxy adds nothing that could fail with the primary."""
     proxy = _proxy(params, reg)
     if not proxy:
         return None
-    fallbacks = servers(params, reg, family)[1:]
-    stuck = [i + 2 for i, _ in enumerate(fallbacks)
-             if params.get(f"reg.{reg}.server.{i + 2}.useOutboundProxy", "1") != "0"]
+    stuck = [s.index for s in servers(params, reg, family)[1:]
+             if params.get(f"reg.{reg}.server.{s.index}.useOutboundProxy", "1") != "0"
+             and s.address.strip().lower() != proxy.strip().lower()]
     if not stuck:
         return None
     which = ", ".join(str(i) for i in stuck)

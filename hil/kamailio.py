@@ -11,8 +11,14 @@ Kamailio is proved about one configuration:
 * usrloc in memory with short timers (min_expires 1 s, timer 1 s), so bindings
   expire within an experiment;
 * REGISTER saved, SUBSCRIBE and OPTIONS answered, INVITE routed to a binding;
+* optionally an outbound proxy for one upstream server: a request whose Request-URI names a host other than
+  Kamailio itself (`uri != myself`) is relayed statefully (tm) to a configured IP and port, unauthenticated
+  (the upstream challenges the phone itself), so a phone that uses the gateway as its outbound proxy sends
+  everything, the provider's REGISTERs included, through it;
 * optionally `siptrace` sending every request and reply as HEP v3 to a
-  collector (the HOMER convention real SIP servers follow);
+  collector (the HOMER convention real SIP servers follow): in transaction
+  mode, so a relayed request shows both legs (in from the phone, out to the
+  upstream) and both of its replies (in from the upstream, out to the phone);
 * the `ctl` module's binrpc socket, for `kamcmd ul.dump`.
 
 Kamailio forks into the background with a pid file; `stop` ends it by that pid.
@@ -22,6 +28,7 @@ when the caller dies (so a killed lab leaves no Kamailio holding its address).
 from __future__ import annotations
 
 import glob
+import ipaddress
 import os
 import shutil
 import signal
@@ -76,10 +83,10 @@ request_route {{
     if (has_totag()) {{
         if (loose_route()) {{ t_relay(); exit; }}
         if (is_method("ACK")) {{ t_check_trans(); }}
-        exit;
+{relay_in_dialog}        exit;
     }}
     if (is_method("ACK")) {{ t_check_trans(); exit; }}
-    if (is_method("REGISTER|SUBSCRIBE|INVITE")) {{
+{relay}    if (is_method("REGISTER|SUBSCRIBE|INVITE")) {{
         if ($sht(users=>$fU) == $null) {{ sl_send_reply("403", "Forbidden"); exit; }}
         if (!pv_www_authenticate("{realm}", "$sht(users=>$fU)", "0")) {{ www_challenge("{realm}", "0"); exit; }}
         consume_credentials();
@@ -106,6 +113,16 @@ modparam("siptrace", "trace_to_database", 0)
 modparam("siptrace", "trace_flag", {flag})
 modparam("siptrace", "trace_on", 1)"""
 TRACE_ROUTE = f"    setflag({TRACE_FLAG});\n    sip_trace();"
+# Outbound proxy for one upstream: anything not for Kamailio itself goes there unchanged (no DNS: an address).
+# In a dialog (BYE, the ACK of a 2xx) the same, so a call placed through the proxy can end.
+RELAY = """    if (uri != myself) {{
+        $du = "sip:{host}:{port}";
+        if (!t_relay()) {{ sl_reply_error(); }}
+        exit;
+    }}
+"""
+RELAY_IN_DIALOG = """        if (uri != myself) {{ $du = "sip:{host}:{port}"; t_relay(); }}
+"""
 
 
 class KamailioError(RuntimeError):
@@ -135,6 +152,18 @@ def _quote(value: str, what: str) -> str:
     return value
 
 
+def _upstream(address: tuple[str, int]) -> tuple[str, int]:
+    """The relay's upstream as Kamailio gets it: an IPv4 address and a port (Kamailio never resolves a name here)."""
+    host, port = address
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        raise ValueError(f"Kamailio's upstream must be an IPv4 address (no DNS here), not {host!r:.60}") from None
+    if not isinstance(port, int) or not 1 <= port <= 65535:
+        raise ValueError(f"Kamailio's upstream port must be 1-65535, not {port!r:.20}")
+    return host, port
+
+
 @dataclass
 class KamailioConfig:
     """What one Kamailio registrar is: where it listens, its realm and users, and where it sends HEP."""
@@ -144,6 +173,7 @@ class KamailioConfig:
     users: dict[str, str]
     max_expires: int = 3600
     hep: tuple[str, int] | None = None     # siptrace's HEP v3 destination, None = no tracing
+    upstream: tuple[str, int] | None = None  # outbound proxy: where requests not for Kamailio itself go (an IP)
     capture_id: int = 2001
     role: str = "registrar"
 
@@ -154,7 +184,13 @@ class KamailioConfig:
         table = "\n".join(f'    $sht(users=>{_quote(u, "SIP user")}) = "{_quote(p, "SIP password")}";'
                           for u, p in sorted(self.users.items()))
         trace = self.hep is not None
+        relay = relay_in_dialog = ""
+        if self.upstream is not None:
+            host, port = _upstream(self.upstream)
+            relay = RELAY.format(host=host, port=port)
+            relay_in_dialog = RELAY_IN_DIALOG.format(host=host, port=port)
         return CONFIG.format(
+            relay=relay, relay_in_dialog=relay_in_dialog,
             role=self.role, address=self.address, port=self.port, mpath=mpath, sock=sock,
             realm=_quote(self.realm, "realm"), users=table, max_expires=self.max_expires,
             siptrace_modules=SIPTRACE_MODULES if trace else "",
@@ -289,9 +325,12 @@ class KamailioGateway:
     interface of the built-in one (start, stop, summary), for hil.lab."""
 
     def __init__(self, name: str, host: str, port: int, realm: str, users: dict[str, str], workdir: Path,
-                 hep: tuple[str, int] | None = None) -> None:
+                 hep: tuple[str, int] | None = None, upstream: tuple[str, int] | None = None) -> None:
+        """`upstream`: the site's phones use this gateway as their outbound proxy, and what is not for the gateway
+        itself (the provider's REGISTERs) goes on to that address."""
         self.name, self.host, self.port = name, host, port
-        self.server = Kamailio(KamailioConfig(host, port, realm, users, hep=hep, role=f"{name} (site gateway)"), workdir)
+        self.server = Kamailio(KamailioConfig(host, port, realm, users, hep=hep, upstream=upstream,
+                                              role=f"{name} (site gateway)"), workdir)
 
     @property
     def ctl(self) -> Path:
@@ -308,4 +347,5 @@ class KamailioGateway:
     def summary(self, since: float = 0.0) -> dict:
         """Kamailio keeps its own books: ask it (`kamcmd ul.dump` over the router's SSH, or on `control_socket`)."""
         return {"name": self.name, "address": f"{self.host}:{self.port}", "platform": "kamailio",
-                "control_socket": str(self.ctl), "hep": list(self.server.config.hep) if self.server.config.hep else None}
+                "control_socket": str(self.ctl), "hep": list(self.server.config.hep) if self.server.config.hep else None,
+                "upstream": list(self.server.config.upstream) if self.server.config.upstream else None}

@@ -260,8 +260,11 @@ class Lab:
                 collector = (host, int(port))
             # siptrace goes to the router, which shows the SIP to its captures and passes the HEP on to the collector
             await router.start_hep_tap((lan, HEP_TAP_PORT), collector)
+            # as the phones' outbound proxy it relays the provider's requests to the router's relay address for the
+            # provider (what the phones' DNS view resolves its name to), so a WAN cut stops the relayed leg too
+            upstream = (self.public_ip(k, 10), SIP_PORT) if site.outbound_proxy == "gateway" else None
             kam = KamailioGateway(name, lan, SIP_PORT, realm, self.sip_users, self.state_dir / f"kamailio-{site.name}",
-                                  (lan, HEP_TAP_PORT))
+                                  (lan, HEP_TAP_PORT), upstream=upstream)
             await kam.start()
             router.kamailio_ctl = kam.ctl
             return kam
@@ -287,6 +290,23 @@ class Lab:
                                p + "registerRetry.maxTimeOut": f"{self.spec.retry_max:g}"})
                 if y > 1:
                     params[p + "failOver.reRegisterOn"] = str(srv.re_register)
+        if site.outbound_proxy == "gateway":
+            params.update(self.proxy_params(k, site))
+        return params
+
+    def proxy_params(self, k: int, site: SiteSpec) -> dict[str, str]:
+        """`outbound_proxy: gateway`: the gateway's address as the line's outbound proxy (reg.1.outboundProxy.* where
+        every family at the site has it, else the phone-wide voIpProt.SIP.outboundProxy.*), and
+        useOutboundProxy=0 for the gateway's own server where a family has that switch (the proxy is the gateway:
+        its requests go there either way, and no fallback depends on the proxy, TB 5844)."""
+        fams = [families.get(f) for f in self.spec.site_families(k)]
+        prefix = ("reg.1.outboundProxy." if all(f.lookup("reg.1.outboundProxy.address") for f in fams)
+                  else "voIpProt.SIP.outboundProxy.")
+        params = {prefix + "address": self.lan_ip(k, 1), prefix + "port": str(SIP_PORT)}
+        if any(f.lookup("reg.1.server.1.useOutboundProxy") for f in fams):
+            for y, srv in enumerate(site.servers, start=1):
+                if srv.address == "gateway":
+                    params[f"reg.1.server.{y}.useOutboundProxy"] = "0"
         return params
 
     def site_params(self, k: int, site: SiteSpec) -> dict[str, str]:

@@ -149,6 +149,9 @@ class SiteSpec(Strict):
     collector: CollectorSpec = CollectorSpec()
     gateway: Literal["builtin", "kamailio"] = Field("builtin", description="the site's gateway registrar: the lab's "
                                                     "own, or Kamailio (installed on this machine) on the router")
+    outbound_proxy: Literal["gateway"] | None = Field(None, description="gateway: the phones use the site's Kamailio "
+                                                      "gateway as their outbound proxy for the provider (it relays "
+                                                      "there through the router), so every REGISTER passes it")
 
     _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
 
@@ -207,7 +210,8 @@ class TimingSpec(Strict):
 
 class LabFile(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    net: int = Field(10, ge=1, le=60, description="second octet base of the lab's 127.x addresses")
+    net: int = Field(10, ge=1, le=150, description="second octet base of the lab's 127.x addresses (userspace: "
+                     "net+100+sites-1 at most 254, hil.lab's address plan; netns: 1-60, hil.netns.plan)")
     backend: Literal["userspace", "netns"] = Field("userspace", description="netns: real router, OpenSSH, net-snmp and "
                                                    "Kamailio in network namespaces (root only; see hil/netns)")
     firmware_family: str = Field("sip-3.x", description="default for every phone; sites and phones may override")
@@ -327,8 +331,15 @@ class LabFile(Strict):
                         validate.param(name, value, fam.name)
                     except ValueError as exc:
                         raise FieldError(("sites", k, "params", name), str(exc)) from None
+        if self.backend == "userspace" and self.net + 100 + len(self.sites) - 1 > 254:
+            raise FieldError(("net",), f"net {self.net} with {len(self.sites)} site(s) would need 127."
+                             f"{self.net + 100 + len(self.sites) - 1}.x.x for phones: at most {255 - 100 - len(self.sites)}")
         if self.backend == "netns":
             from .netns.plan import MAX_PHONES_PER_SITE, MAX_SITES
+
+            if self.net > 60:
+                raise FieldError(("net",), f"backend netns: net {self.net} is above 60 (its LANs and WAN addresses "
+                                 "are laid out for nets 1-60)")
 
             if len(self.sites) > MAX_SITES:
                 raise FieldError(("sites",), f"backend netns: at most {MAX_SITES} sites")
@@ -338,9 +349,28 @@ class LabFile(Strict):
                                      f"backend netns: at most {MAX_PHONES_PER_SITE} phones per site")
         return self
 
+    def _check_proxy(self, k: int) -> None:
+        """`outbound_proxy: gateway` needs a gateway that relays (Kamailio; the built-in registrar does not), and
+        servers it can relay for: it sends everything not for itself to the provider, so a server at another
+        address would be relayed to the wrong place."""
+        site = self.sites[k]
+        loc = ("sites", k, "outbound_proxy")
+        if site.gateway != "kamailio":
+            raise FieldError(loc, "outbound_proxy: gateway needs `gateway: kamailio` (the lab's built-in gateway "
+                                  "registrar does not relay)")
+        if self.backend == "netns":
+            raise FieldError(loc, "backend netns does not wire the gateway's relay yet; outbound_proxy is for the "
+                                  "userspace lab")
+        others = [y for y, srv in enumerate(site.servers) if srv.address not in ("provider", "gateway")]
+        if others:
+            raise FieldError(("sites", k, "servers", others[0], "address"),
+                             "with outbound_proxy: gateway every server is `provider` or `gateway` (the gateway "
+                             "relays to the provider only)")
+
     @model_validator(mode="after")
     def hep_needs_kamailio(self) -> "LabFile":
-        """Only Kamailio's siptrace sends HEP here; a HEP address without it would promise evidence never sent."""
+        """Only Kamailio's siptrace sends HEP here; a HEP address without it would promise evidence never sent.
+        Only Kamailio relays, so `outbound_proxy` needs it too (_check_proxy)."""
         for k, site in enumerate(self.sites):
             if site.collector.hep and site.gateway != "kamailio":
                 raise FieldError(("sites", k, "collector", "hep"), "a HEP address needs `gateway: kamailio` "
@@ -349,6 +379,8 @@ class LabFile(Strict):
                                        ("gateway", site.gateway == "kamailio", "`gateway: kamailio`")):
                 if source in (site.collector.evidence or ()) and not needs:
                     raise FieldError(("sites", k, "collector", "evidence"), f"evidence {source} needs {why}")
+            if site.outbound_proxy is not None:
+                self._check_proxy(k)
             if site.collector.hep and self.backend == "netns":
                 raise FieldError(("sites", k, "collector", "hep"), "backend netns does not wire siptrace yet "
                                  "(its router runs the real tcpdump); HEP is for the userspace lab")

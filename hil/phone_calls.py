@@ -21,7 +21,7 @@ class Dialogs:
         """message-summary subscription, with server 1 only."""
         reg.subscribed_to_primary = True
         try:
-            ip = await self.resolver.resolve(srv.address)
+            hop = await self._next_hop(srv)
             uri = f"sip:{reg.user}@{srv.address}"
             tag = sip.new_tag()
             call_id = sip.new_call_id(self.spec.ip)
@@ -32,12 +32,13 @@ class Dialogs:
                                               call_id=call_id, cseq=next(cseqs), from_tag=tag,
                                               contact=f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>",
                                               extra=extra + ([auth] if auth else [])),
-                (ip, srv.port), srv.timers, reg, "SUBSCRIBE", uri)
+                hop, srv.timers, reg, "SUBSCRIBE", uri)
         except (TransactionTimeout, ResolveError, sip.SipParseError):
             reg.subscribed_to_primary = False
 
     async def place_call(self, number: str, reg_index: int = 1, hold: float = 0.5) -> dict:
-        """INVITE through the servers in priority order, skipping registered-type servers that are down."""
+        """INVITE through the servers in priority order, skipping registered-type servers that are down (each
+        through its outbound proxy when it uses one)."""
         reg = next((r for r in self.regs if r.index == reg_index), None)
         if reg is None:
             return {"ok": False, "reason": f"no registration {reg_index}"}
@@ -46,7 +47,7 @@ class Dialogs:
             if not self._may_signal_via(srv):
                 continue
             try:
-                ip = await self.resolver.resolve(srv.address)
+                ip, port = await self._next_hop(srv)
             except ResolveError:
                 attempts.append({"server": srv.index, "result": "dns"})
                 continue
@@ -62,12 +63,12 @@ class Dialogs:
                                                   call_id=call_id, cseq=next(cseqs), from_tag=tag,
                                                   contact=f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>",
                                                   extra=[("Content-Type", "application/sdp")] + ([auth] if auth else []), body=sdp),
-                    (ip, srv.port), srv.timers, reg, "INVITE", uri,
-                    on_challenge=lambda rq, rs: self._ack(rq, rs, ip, srv.port))
+                    (ip, port), srv.timers, reg, "INVITE", uri,
+                    on_challenge=lambda rq, rs: self._ack(rq, rs, ip, port))
             except (TransactionTimeout, sip.SipParseError):
                 attempts.append({"server": srv.index, "result": "timeout"})
                 continue
-            self._ack(req, resp, ip, srv.port)
+            self._ack(req, resp, ip, port)
             attempts.append({"server": srv.index, "result": resp.status})
             self._report_call(number, srv, resp.status)
             if resp.status == 200:
@@ -78,7 +79,7 @@ class Dialogs:
                 bye = sip.make_request("BYE", uri, local=self.endpoint.local, from_uri=from_uri, to_uri=uri,  # type: ignore[union-attr]
                                        call_id=call_id, cseq=req.cseq[0] + 1, from_tag=tag, to_tag=to_tag)
                 try:
-                    await self.endpoint.request(bye, (ip, srv.port), srv.timers)  # type: ignore[union-attr]
+                    await self.endpoint.request(bye, (ip, port), srv.timers)  # type: ignore[union-attr]
                 except TransactionTimeout:
                     pass
                 self.in_call = False

@@ -31,6 +31,31 @@ class SipRegistrations:
         v = self.params.get(prefix + attr) if prefix else None
         return v if v not in (None, "") else None
 
+    def _knows(self, name: str) -> bool:
+        """Whether this phone's firmware family has the parameter (a firmware ignores what it does not know)."""
+        return self.spec.profile.lookup(name) is not None
+
+    def _outbound_proxy(self, x: int) -> tuple[str, int] | None:
+        """The line's outbound proxy: reg.x.outboundProxy.* where the family has it, else the phone-wide
+        voIpProt.SIP.outboundProxy.*; port 0 or empty means 5060. None: no proxy."""
+        for prefix in (f"reg.{x}.outboundProxy.", "voIpProt.SIP.outboundProxy."):
+            address = self.params.get(prefix + "address", "") if self._knows(prefix + "address") else ""
+            if address:
+                port = str(self.params.get(prefix + "port", "")).strip()
+                return address, (int(port) if port.isdigit() and 0 < int(port) <= 65535 else 5060)
+        return None
+
+    def _uses_proxy(self, x: int, y: int) -> bool:
+        """reg.x.server.y.useOutboundProxy (default 1) where the family has it; without it every server does."""
+        name = f"reg.{x}.server.{y}.useOutboundProxy"
+        return not (self._knows(name) and str(self.params.get(name, "1")).strip() == "0")
+
+    async def _next_hop(self, srv: ServerBinding) -> tuple[str, int]:
+        """Where a request for this server goes: its outbound proxy if it uses one, else the server itself
+        (resolved; ResolveError when the name does not resolve). The Request-URI stays the server's."""
+        host, port = srv.proxy or (srv.address, srv.port)
+        return await self.resolver.resolve(host), port
+
     def _configure_registrations(self) -> None:
         self.regs = []
         profile = self.spec.profile
@@ -40,6 +65,7 @@ class SipRegistrations:
                 continue
             reg = Registration(index=x, user=user.split("@")[0], auth_user=self.params.get(f"reg.{x}.auth.userId") or user.split("@")[0],
                                password=self.params.get(f"reg.{x}.auth.password", ""))
+            proxy = self._outbound_proxy(x)
             for y in range(1, 10):
                 address = self._server_param(x, y, "address")
                 if not address:
@@ -63,7 +89,8 @@ class SipRegistrations:
                     register=(self._server_param(x, y, "register") or "1") != "0",
                     expires=int(self._server_param(x, y, "expires") or 3600),
                     overlap=int(self._server_param(x, y, "expires.overlap") or 60),
-                    timers=timers, call_id=sip.new_call_id(self.spec.ip), **retry))
+                    timers=timers, call_id=sip.new_call_id(self.spec.ip),
+                    proxy=proxy if proxy and self._uses_proxy(x, y) else None, **retry))
             if reg.servers:
                 self.regs.append(reg)
 
@@ -97,11 +124,13 @@ class SipRegistrations:
                 for srv in reg.servers:
                     if srv.state != UP:
                         continue
-                    try:
-                        if await self.resolver.resolve(srv.address) == addr[0]:
-                            return True
-                    except ResolveError:
-                        continue
+                    # the server itself, or the outbound proxy its requests pass (which relays the server's too)
+                    for host in {srv.address, (srv.proxy or (srv.address, 0))[0]}:
+                        try:
+                            if await self.resolver.resolve(host) == addr[0]:
+                                return True
+                        except ResolveError:
+                            continue
             self._log(f"{msg.method} from {addr[0]} refused: not from a server this phone is registered with "
                       f"(voIpProt.SIP.requestValidation.{n})")
             return False
@@ -128,7 +157,7 @@ class SipRegistrations:
             self._set_server_state(reg, srv, DOWN, reason="disabled")
             return False
         try:
-            ip = await self.resolver.resolve(srv.address)
+            hop = await self._next_hop(srv)
         except ResolveError as exc:
             self._set_server_state(reg, srv, DOWN, reason="dns")
             self._log(f"reg.{reg.index}.server.{srv.index}: {exc}")
@@ -148,7 +177,9 @@ class SipRegistrations:
                                     extra=extra + ([auth] if auth else []),
                                     user_agent=f"PolycomSoundPointIP-SPIP_650-UA/{self.model['firmware']}")
         try:
-            _, resp = await self._authenticated(build, (ip, srv.port), srv.timers, reg, "REGISTER", uri)
+            # through an outbound proxy that gets no answer upstream, the phone's own transaction timeout decides
+            # (retryTimeOut x (retryMaxCount + 1)); the proxy's 408 comes later and is dropped as unmatched
+            _, resp = await self._authenticated(build, hop, srv.timers, reg, "REGISTER", uri)
         except TransactionTimeout:
             self._set_server_state(reg, srv, DOWN, reason="timeout")
             return False

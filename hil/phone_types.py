@@ -96,6 +96,7 @@ class ServerBinding:
     re_register: bool = True            # failOver.reRegisterOn (UC Software; a fallback needs 1 to register)
     only_signal_with_registered: bool = False
     fail_registration_on: bool = False
+    proxy: tuple[str, int] | None = None   # the outbound proxy (name or address, port) its requests go to, if any
 
     def next_retry(self, rng: random.Random | None = None) -> float:
         """Seconds until the next attempt after `failures` consecutive failures.

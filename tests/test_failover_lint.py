@@ -28,6 +28,19 @@ def test_outbound_proxy_used_for_the_fallback_is_flagged_until_useoutboundproxy_
     assert problems(BASE | {"voIpProt.SIP.outboundProxy.address": "sbc.voip.example"}, "sip-3.x")
 
 
+def test_the_lan_gateway_as_outbound_proxy_for_the_provider_is_not_flagged():
+    """The gateway (server 2) doubling as the phones' outbound proxy to the provider: with useOutboundProxy=0
+    for server 2, or on a family without that switch, server 2's requests go to the gateway either way."""
+    gateway_proxy = BASE | {"reg.1.outboundProxy.address": "10.0.0.1", "reg.1.outboundProxy.port": "5060"}
+    assert problems(gateway_proxy | {"reg.1.server.2.useOutboundProxy": "0"}, "uc-4.0") == []
+    assert problems(gateway_proxy, "sip-3.x") == []
+    assert problems(BASE | {"voIpProt.SIP.outboundProxy.address": "10.0.0.1"}, "sip-2.x") == []
+    # a third server elsewhere would still depend on the proxy
+    third = gateway_proxy | {"reg.1.server.3.address": "backup.voip.example", "reg.1.server.3.expires": "600"}
+    found = problems(third, "sip-3.x")
+    assert len(found) == 1 and "fallback server 3 " in found[0], found
+
+
 def test_invite_source_validation_refuses_calls_from_a_server_the_phone_is_not_registered_with():
     validated = BASE | {"voIpProt.SIP.requestValidation.1.request": "INVITE",
                         "voIpProt.SIP.requestValidation.1.method": "source"}

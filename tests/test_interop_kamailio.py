@@ -16,7 +16,7 @@ from hil import kamailio as kam
 from hil.bootserver import HttpBootServer
 from hil.groundtruth import GroundTruth
 from hil.phone import VirtualPhone
-from hil.phone_types import PhoneSpec
+from hil.phone_types import DOWN, UP, PhoneSpec
 
 pytestmark = pytest.mark.lab
 PASSWORD = "kam-Secret-42"
@@ -75,3 +75,91 @@ def test_virtual_phones_register_subscribe_and_call_through_kamailio(kamailio, t
     assert subscribed == [True, True], "Kamailio accepted the message-summary SUBSCRIBE"
     # Kamailio authenticated the INVITE, found 1002's binding and relayed it; the callee (a virtual phone) is busy
     assert call["attempts"] == [{"server": 1, "result": 486}], call
+
+
+def test_kamailio_as_outbound_proxy_relays_to_its_upstream_and_traces_both_legs(tmp_path):
+    """hil.kamailio's relay, with a phone that uses it as its outbound proxy (sip-3.x: every server through it):
+    the REGISTER for server 1 (a name, no DNS anywhere) goes on to the upstream Kamailio, which authenticates and
+    binds it; the one for server 2 (Kamailio itself) is handled locally. siptrace's HEP shows both legs of the
+    relayed REGISTER and both replies. When the upstream goes silent the phone's own transaction timeout fails
+    server 1 over to server 2, with the proxy still up."""
+    import socket
+
+    from fleet.drivers.collect import hep
+
+    reason = kam.unavailable(siptrace=True)
+    if reason:
+        pytest.skip(reason)
+    users = {"1001": PASSWORD}
+    upstream = kam.Kamailio(kam.KamailioConfig("127.0.0.1", free_port(), "provider.example", users,
+                                               role="interop upstream"), tmp_path / "upstream")
+    collector = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    collector.bind(("127.0.0.1", 0))
+    collector.setblocking(False)
+    proxy = kam.Kamailio(kam.KamailioConfig("127.0.0.1", free_port(), "gateway.example", users,
+                                            hep=collector.getsockname(), upstream=("127.0.0.1", upstream.config.port),
+                                            role="interop proxy"), tmp_path / "proxy")
+    with pytest.raises(ValueError, match="IPv4 address"):
+        kam.KamailioConfig("127.0.0.1", 5060, "x", users, upstream=("voip.provider.example", 5060)).render(tmp_path)
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    timers = {"expires": "4", "expires.overlap": "2", "retryTimeOut": "500", "retryMaxCount": "3"}
+    params = {"reg.1.address": "1001", "reg.1.auth.userId": "1001", "reg.1.auth.password": PASSWORD,
+              "reg.1.outboundProxy.address": "127.0.0.1", "reg.1.outboundProxy.port": str(proxy.config.port),
+              "reg.1.server.1.address": "voip.provider.example", "reg.1.server.1.port": str(upstream.config.port),
+              "reg.1.server.2.address": "127.0.0.1", "reg.1.server.2.port": str(proxy.config.port)}
+    params |= {f"reg.1.server.{y}.{k}": v for y in (1, 2) for k, v in timers.items()}
+    mac = "0004f2aa0011"
+    for name, data in polycom.render_phone_files(mac, params).items():
+        (boot / name).write_bytes(data)
+
+    async def scenario():
+        server = HttpBootServer(boot, "127.0.0.1", free_port(), "PlcmSpIp", "boot-pw")
+        await server.start()
+        truth = GroundTruth()
+        phone = VirtualPhone(PhoneSpec(mac=mac, model="VVX 410", ip="127.99.0.12", sip_port=free_port(),
+                                       boot_url=f"http://PlcmSpIp:boot-pw@127.0.0.1:{server.port}/", boot_time=0.1),
+                             truth)
+        try:
+            await phone.start(http=False)
+            await await_until(lambda: phone.regs and {s.index: s.state for s in phone.regs[0].servers} == {1: UP, 2: UP},
+                              15, "both servers up through the proxy", step=0.1, fail=False)
+            before = {s.index: s.state for s in phone.regs[0].servers} if phone.regs else {}
+            dumps = [await asyncio.to_thread(kam.ul_dump, k.sock, True) for k in (upstream, proxy)]
+            await asyncio.to_thread(upstream.stop)
+            await await_until(lambda: phone.regs[0].working == 2, 15, "failed over to server 2", step=0.1, fail=False)
+            reasons = [e["data"]["reason"] for e in truth.snapshot()["phones"][mac]["events"]
+                       if e["kind"] == "server_state" and e["data"]["server"] == 1 and e["data"]["state"] == DOWN]
+            after = ({s.index: s.state for s in phone.regs[0].servers}, phone.regs[0].working, reasons)
+            return before, dumps, after
+        finally:
+            await phone.stop()
+            await server.stop()
+
+    upstream.start()
+    try:
+        proxy.start()
+        try:
+            before, dumps, after = asyncio.run(scenario())
+        finally:
+            proxy.stop()
+    finally:
+        upstream.stop()
+    assert before == {1: UP, 2: UP}, before
+    assert "1001" in dumps[0] and "1001" in dumps[1], dumps      # each server bound the phone: relayed and local
+    # the proxy never answered the relayed REGISTER in time: the phone's own transaction timeout decided
+    assert after == ({1: DOWN, 2: UP}, 2, ["timeout"]), after
+    legs = []
+    while True:
+        try:
+            pkt = hep.parse(collector.recv(65535))
+        except BlockingIOError:
+            break
+        first = pkt.payload.split(b"\r\n", 1)[0].decode()
+        legs.append((pkt.src[1], pkt.dst[1], first))
+    collector.close()
+    p, u = proxy.config.port, upstream.config.port
+    relayed = [leg for leg in legs if leg[2].startswith("REGISTER sip:voip.provider.example")]
+    assert {(s == p, d == u) for s, d, _ in relayed} == {(False, False), (True, True)}, legs   # in, and out upstream
+    assert any(s == u and d == p and "200" in f for s, d, f in legs), legs                      # reply in
+    assert any(s == p and d not in (u, p) and "200" in f for s, d, f in legs), legs             # reply out

@@ -30,3 +30,25 @@ def test_an_unregistered_lab_is_refused_before_it_starts(tmp_path, net, sites):
     with pytest.raises(AssertionError, match=f"lab net {net} with {sites} site"):
         start_lab(tmp_path, spec)
     assert not (tmp_path / "lab.yml").exists()
+
+
+def test_lab_file_takes_nets_whose_address_plan_fits(tmp_path):
+    """Userspace labs take nets up to 150 while phones (127.(net+100+k)) stay below 127.255; netns labs 1-60."""
+    import yaml
+
+    from conftest import lab_spec
+    from hil import labfile
+    from soundpoint.yamlfile import FileError
+
+    def load(net: int, backend: str = "userspace") -> labfile.LabFile:
+        spec = dict(lab_spec("n", 1, phones=1), net=net, backend=backend)
+        path = tmp_path / "lab.yml"
+        path.write_text(yaml.safe_dump(spec))
+        return labfile.load(path)
+
+    assert load(96).net == 96 and load(150).net == 150
+    assert load(60, "netns").net == 60
+    with pytest.raises(FileError, match=r"lab.yml:\d+: net: backend netns: net 61 is above 60"):
+        load(61, "netns")
+    with pytest.raises(FileError, match="net"):
+        load(151)

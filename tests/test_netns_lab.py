@@ -465,10 +465,12 @@ def test_hil_down_after_a_sigkilled_hil_up_removes_every_namespace_and_process(n
     """Killed halfway (its router's sshd running) or once ready (a second lab side by side with this module's)."""
     labfile, state = tmp_path / "lab.yml", tmp_path / "state"
     labfile.write_text(yaml.safe_dump(_spec("killed", KILLED_NET, 2)))
-    up = subprocess.Popen([BIN / "hil", "up", str(labfile), "--state-dir", str(state), "--foreground"],
-                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    err = tmp_path / "hil-up.stderr"
+    with err.open("w") as err_file:
+        up = subprocess.Popen([BIN / "hil", "up", str(labfile), "--state-dir", str(state), "--foreground"],
+                              stdout=subprocess.DEVNULL, stderr=err_file, start_new_session=True)
     _wait(lambda: (state / kill_at).exists() or up.poll() is not None, 40, f"the killed lab reached {kill_at}")
-    assert up.poll() is None, "the second lab started"
+    assert up.poll() is None, f"the second lab did not start (exit {up.poll()}): {err.read_text()[-3000:]}"
     if kill_at == "ready":
         assert json.loads((state / "ready").read_text())["ok"] is True
         assert nslab.status()["ready"] is True and nslab.reach_provider().reachable, "two labs run side by side"

@@ -10,7 +10,7 @@ import pytest
 
 from hil.groundtruth import GroundTruth
 from hil.phone import VirtualPhone
-from hil.phone_types import UP, PhoneSpec
+from hil.phone_types import DOWN, UP, PhoneSpec
 from sipwire import message as sip
 from sipwire.endpoint import SipEndpoint, TransactionTimers
 
@@ -77,6 +77,65 @@ def test_whole_server_precedence():
     primary, fallback = p.regs[0].servers
     assert (primary.expires, primary.port) == (3600, 5060)    # not 100 / 5070 from voIpProt.server.1.*
     assert (fallback.address, fallback.expires) == (SERVER2, 400)
+
+
+@pytest.mark.parametrize("family,line_proxy,switch", [("uc-5.x", True, True), ("uc-4.0", True, True),
+                                                       ("sip-3.x", True, False), ("sip-2.x", False, False)])
+def test_outbound_proxy_as_the_family_knows_it(family, line_proxy, switch):
+    """Where a server's requests go: the line's outbound proxy (reg.x.outboundProxy.*, port 0 = 5060) where the
+    family has it, else the phone-wide voIpProt.SIP.outboundProxy.*; reg.x.server.y.useOutboundProxy=0 keeps a
+    server off it where the family has that switch. The Request-URI stays the server's (_register_once)."""
+    gw = "127.46.9.3"
+    params = TWO | {"reg.1.outboundProxy.address": gw, "reg.1.outboundProxy.port": "0",
+                    "voIpProt.SIP.outboundProxy.address": "127.46.9.4", "voIpProt.SIP.outboundProxy.port": "5070",
+                    "reg.1.server.2.useOutboundProxy": "0"}
+    primary, fallback = phone(family, params, model="SoundPoint IP 650" if family == "sip-2.x" else "VVX 410").regs[0].servers
+    expected = (gw, 5060) if line_proxy else ("127.46.9.4", 5070)
+    assert primary.proxy == expected
+    assert fallback.proxy == (None if switch else expected)
+    hops = asyncio.run(_hops(phone(family, params, model="SoundPoint IP 650" if family == "sip-2.x" else "VVX 410")))
+    assert hops == [expected, (SERVER2, 5060) if switch else expected]
+    assert phone(family, TWO).regs[0].servers[0].proxy is None       # no proxy: the server itself
+
+
+async def _hops(p: VirtualPhone) -> list[tuple[str, int]]:
+    return [await p._next_hop(s) for s in p.regs[0].servers]
+
+
+def test_register_through_a_proxy_that_never_answers_in_time_fails_over_and_a_late_408_is_harmless():
+    """The REGISTER for server 1 goes to the proxy with server 1's Request-URI. The proxy (here a bare endpoint,
+    relaying nothing) does not answer: the phone's own timeout (retryTimeOut x (retryMaxCount + 1)) takes server 1
+    down; the proxy's 408 for that request arrives later and changes nothing; the next REGISTER is answered."""
+    proxy_ip = "127.46.9.3"
+    params = TWO | {"reg.1.outboundProxy.address": proxy_ip, "reg.1.server.2.useOutboundProxy": "0",
+                    "reg.1.server.1.retryTimeOut": "100", "reg.1.server.1.retryMaxCount": "3"}
+    seen: list[sip.SipMessage] = []
+
+    def proxy_handler(msg: sip.SipMessage, addr):
+        seen.append(msg)
+        return sip.make_response(msg, 200, "OK", to_tag=sip.new_tag(), received=addr) if len(seen) > 4 else None
+
+    async def run():
+        p = phone("uc-5.x", params)
+        reg, (primary, _) = p.regs[0], p.regs[0].servers
+        proxy = await SipEndpoint.bind(proxy_ip, 5060, proxy_handler, name="proxy")
+        p.endpoint = await SipEndpoint.bind(PHONE_IP, 5060, p._on_sip_request, name="phone")
+        try:
+            first = await p._register_once(reg, primary)                     # 4 sends, no answer
+            state_after_timeout = primary.state
+            proxy.send(sip.make_response(seen[0], 408, "Request Timeout", to_tag=sip.new_tag()), (PHONE_IP, 5060))
+            await asyncio.sleep(0.2)
+            state_after_408 = primary.state
+            second = await p._register_once(reg, primary)
+            return first, state_after_timeout, state_after_408, second, primary.state
+        finally:
+            p.endpoint.close()
+            proxy.close()
+
+    first, after_timeout, after_408, second, final = asyncio.run(run())
+    assert (first, after_timeout, after_408) == (False, DOWN, DOWN)
+    assert (second, final) == (True, UP)
+    assert len(seen) == 5 and {m.uri for m in seen} == {f"sip:{SERVER1}"}, [m.uri for m in seen]
 
 
 async def _invite_from(source_ip: str) -> int:

@@ -13,6 +13,9 @@ Where Kamailio is installed the site's gateway is Kamailio, as on many real site
 the collector (`capture: hep ...`) and its registrar is polled with `kamcmd ul.dump` over the router's SSH
 (`gateway: {platform: kamailio}`); both then speak for server 2, the capture for server 1.
 
+A second site (net 9) has HEP as its only per-server source, from a Kamailio gateway that is also the phones'
+outbound proxy for the provider: every REGISTER passes Kamailio, and the same experiment passes from HEP alone.
+
 The DNS TTL is long (300 s) as on most sites: with the lab's 1 s the phones would re-resolve the provider's
 name at each refresh, the query would fail first (the WAN is down), and the phone would give up on the
 provider without sending a REGISTER, which a SIP capture cannot see.
@@ -182,8 +185,10 @@ HEP_PLAYBOOK = outage_playbook("hep-only-fallback", "branch", 8, 60, 20, 5)
 
 @pytest.fixture(scope="module")
 def hep_lab(lab_factory, worker_factory):
-    """A second site (its own net, HEP_NET): no syslog lines, no router capture, no bindings polling; the Kamailio gateway's
-    siptrace HEP is the only per-server source (`collector.evidence: [hep]`)."""
+    """A second site (its own net, HEP_NET): no syslog lines, no router capture, no bindings polling; the Kamailio
+    gateway's siptrace HEP is the only per-server source (`collector.evidence: [hep]`). The gateway is also the
+    phones' outbound proxy for the provider (`outbound_proxy: gateway`), so every REGISTER, to either server,
+    passes it."""
     if KAMAILIO_MISSING:
         pytest.skip(str(KAMAILIO_MISSING))
     spec = lab_spec("heponly", HEP_NET, phones=3, site="branch")
@@ -191,39 +196,49 @@ def hep_lab(lab_factory, worker_factory):
     spec["timing"]["dns_ttl"] = 300
     hep = f"127.0.0.1:{free_port()}"
     site = spec["sites"][0]
-    site["gateway"] = "kamailio"
+    site.update(gateway="kamailio", outbound_proxy="gateway")
     site["collector"].update(hep=hep, evidence=["hep"])
     lab = lab_factory(spec)
     inv_site = yaml.safe_load(lab.inventory.read_text())["sites"][0]
     assert inv_site["capture"] == [f"hep {hep}"] and not isinstance(inv_site["gateway"], dict), inv_site
+    # the phones' files name the gateway as the line's outbound proxy, and not for the gateway's own server
+    gateway = inv_site["router"]["address"]
+    assert {k: v for k, v in inv_site["params"].items() if "utboundProxy" in k} == {
+        "reg.1.outboundProxy.address": gateway, "reg.1.outboundProxy.port": "5060",
+        "reg.1.server.2.useOutboundProxy": "0"}, inv_site["params"]
     worker_factory(lab.inventory, site="branch")
     return lab
 
 
-def test_kamailio_hep_and_notifications_alone_see_the_gateway_side_only(hep_lab, redis_url, tmp_path):
-    """HEP from the gateway speaks for server 2 only: the call to the gateway is seen (and passes) and every
-    phone's registrations there are observed, but nothing is ever observed about the provider. The working server
-    is then unknown rather than guessed (server 1 would be working if it were up), so every step that expects a
-    working server fails, and the experiment fails naming HEP as the only source."""
+def test_kamailio_hep_alone_sees_both_servers_through_the_outbound_proxy(hep_lab, redis_url, tmp_path):
+    """HEP from the gateway, which is also the phones' outbound proxy for the provider, is the only per-server
+    source: every REGISTER to either server passes Kamailio, and fleet tells the two apart by the Request-URI's
+    host. The experiment passes, every phone's failover and recovery agree with the lab's ground truth within the
+    sampling interval, and HEP names both transitions; the relayed leg (Kamailio to the provider) is nobody's."""
     playbook = tmp_path / "hep-only.yml"
     playbook.write_text(HEP_PLAYBOOK)
     res = run_fleet(["experiment", "run", str(playbook), "--inventory", str(hep_lab.inventory),
                      "--report-dir", str(tmp_path / "reports"), "--json"], redis_url)
     assert "Traceback" not in res.stderr, res.stderr
-    assert res.returncode != 0, res.stdout[-3000:]
+    assert res.returncode == 0, res.stderr + res.stdout[-3000:]
     doc = json.loads(res.stdout)
-    assert doc["passed"] is False and len(doc["phones"]) == 3
-    passed = {s["name"]: s["passed"] for s in doc["steps"]}
-    assert passed == {"baseline on the provider": False, "cut the WAN": True, "phones fall back to the gateway": False,
-                      "a call during the outage reaches the gateway": True, "bring the WAN back": True,
-                      "phones return to the provider": False}, doc["steps"]
+    assert doc["passed"] is True and len(doc["phones"]) == 3, doc["steps"]
     call = next(s for s in doc["steps"] if s["name"].startswith("a call"))
     assert "server 2" in call["message"] and call["message"].split("seen by ", 1)[1].startswith("hep)"), call
+    truth = hep_lab.status()
+    outage = doc["outages"][0]
     for p in doc["phones"]:
         regs = [e for e in p["timeline"] if e.get("kind") == "registration" and e["source"] != "state at start"]
-        assert {e["source"] for e in regs} <= {"hep", "event"} and any(e["source"] == "hep" for e in regs), (p["mac"], regs)
-        assert all(e.get("server") in (None, 2) for e in regs), (p["mac"], regs)     # the provider: never observed
-        assert p["recovery_s"] is None and p["failover_s"] is None and not any(t["to"] == 1 for t in p["transitions"]), p
+        assert {e["source"] for e in regs} <= {"hep", "event"}, (p["mac"], regs)
+        assert {e.get("server") for e in regs if e["source"] == "hep"} == {1, 2}, (p["mac"], regs)   # the provider too
+        t_fail = _truth_change_time(truth, p["mac"], 2, outage["start"])
+        t_back = _truth_change_time(truth, p["mac"], 1, outage["end"])
+        assert t_fail is not None and t_back is not None, p["mac"]
+        assert abs(outage["start"] + p["failover_s"] - t_fail) <= SAMPLE, (p["mac"], p["failover_s"], t_fail - outage["start"])
+        assert abs(outage["end"] + p["recovery_s"] - t_back) <= SAMPLE, (p["mac"], p["recovery_s"], t_back - outage["end"])
+        moves = {(t["from"], t["to"]): t for t in p["transitions"]}
+        assert (1, 2) in moves and (2, 1) in moves, p["transitions"]
+        assert all("hep" in moves[m]["sources"] for m in ((1, 2), (2, 1))), p["transitions"]
     assert doc["capture"]["sources"] == {"hep": doc["capture"]["datagrams"]} and doc["capture"]["written"] > 0
 
 
@@ -259,6 +274,46 @@ def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
                         ({"collector": {"evidence": ["mirror"]}}, "evidence")):
         with pytest.raises(FileError, match=words):
             load(**site)
+
+
+def test_outbound_proxy_option_is_validated_and_written_as_each_family_has_it(tmp_path):
+    """Unit: `outbound_proxy: gateway` needs the Kamailio gateway and servers it can relay for (errors name the lab
+    file and the field); the phones' files get the line's proxy where every family at the site has it, else the
+    phone-wide one, and useOutboundProxy=0 for the gateway's server where the family has that switch."""
+    from soundpoint.yamlfile import FileError
+    from hil import labfile
+    from hil.lab import Lab
+
+    def load(family: str = "uc-5.x", **site) -> labfile.LabFile:
+        spec = lab_spec("proxy", HEP_NET, phones=1)
+        spec["firmware_family"] = family
+        spec["sites"][0].update(site)
+        path = tmp_path / "lab.yml"
+        path.write_text(yaml.safe_dump(spec))
+        return labfile.load(path)
+
+    def proxy_params(lab: labfile.LabFile) -> dict:
+        params = Lab(lab, tmp_path / "state").site_params(0, lab.sites[0])
+        return {k: v for k, v in params.items() if "utboundProxy" in k}
+
+    gw = f"127.{HEP_NET}.0.1"
+    assert proxy_params(load(gateway="kamailio")) == {}
+    assert proxy_params(load(gateway="kamailio", outbound_proxy="gateway")) == {
+        "reg.1.outboundProxy.address": gw, "reg.1.outboundProxy.port": "5060", "reg.1.server.2.useOutboundProxy": "0"}
+    assert proxy_params(load("sip-3.x", gateway="kamailio", outbound_proxy="gateway")) == {
+        "reg.1.outboundProxy.address": gw, "reg.1.outboundProxy.port": "5060"}
+    assert proxy_params(load("sip-2.x", gateway="kamailio", outbound_proxy="gateway", phones={
+        "count": 1, "models": ["SoundPoint IP 650"]})) == {
+        "voIpProt.SIP.outboundProxy.address": gw, "voIpProt.SIP.outboundProxy.port": "5060"}
+    third = {"address": "127.0.0.5", "expires": 10, "overlap": 5}
+    for site, words in (({"outbound_proxy": "gateway"}, r"outbound_proxy.*needs `gateway: kamailio`"),
+                        ({"gateway": "kamailio", "outbound_proxy": "provider"}, "outbound_proxy"),
+                        ({"gateway": "kamailio", "outbound_proxy": "gateway",
+                          "servers": lab_spec("p", HEP_NET)["sites"][0]["servers"] + [third]},
+                         r"servers.*2.*address.*relays to the provider only")):
+        with pytest.raises(FileError, match=words) as err:
+            load(**site)
+        assert "lab.yml" in str(err.value), err.value
 
 
 def test_demo_compares_each_phones_times_with_the_ground_truth():

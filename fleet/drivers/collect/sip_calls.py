@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from sipwire.message import SipParseError
 
 from . import wire_sip
-from .sip_transactions import RegisterRequest, transaction_key, uri_user
+from .sip_transactions import RegisterRequest, transaction_key, uri_host, uri_user
 from .wire_sip import WireMessage
 
 CHALLENGES = frozenset({401, 407})
@@ -64,7 +64,7 @@ class InviteMatcher:
             h = msg.headers
             frm = uri_user(h["from"][0])
             req = RegisterRequest(t, src, dst, h["call-id"][0], cseq, key, frm, frm, "", "", None,
-                                  "authorization" in h or "proxy-authorization" in h, "UDP")
+                                  "authorization" in h or "proxy-authorization" in h, "UDP", uri_host(msg.uri or ""))
             if len(self._pending) >= self.max_pending:
                 self._pending.pop(next(iter(self._pending)))
                 self.stats["invites_evicted"] += 1

@@ -17,6 +17,7 @@ not marked stale) is a refusal at once.
 """
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections import Counter
 from dataclasses import dataclass
@@ -32,6 +33,26 @@ _USER = re.compile(r"sips?:([^@;>]+)@", re.I)
 def uri_user(uri: str) -> str:
     m = _USER.search(uri)
     return m.group(1) if m else ""
+
+
+_HOST = re.compile(r"sips?:(?:[^@;>?]*@)?(\[[^\]]+\]|[^:;>?\s]+)", re.I)
+
+
+def host_key(host: str) -> str:
+    """A host as attribution compares it: lower case, no trailing dot, an IP address in its canonical form
+    (so `sip:VOIP.Example.` and `voip.example`, or two spellings of one IPv6 address, are the same)."""
+    host = host.strip().strip("[]").rstrip(".").lower()
+    try:
+        return str(ipaddress.ip_address(host))
+    except ValueError:
+        return host
+
+
+def uri_host(uri: str) -> str:
+    """The host of a SIP URI as `host_key` spells it ("" when the URI has none): which server a request is
+    for when it goes through an outbound proxy that several servers share."""
+    m = _HOST.search(uri or "")
+    return host_key(m.group(1)) if m else ""
 
 T1_TIMEOUT = 32.0      # RFC 3261 Timer F: 64 * T1 with T1 = 500 ms
 FINAL, TIMEOUT, INTERIM = "final", "timeout", "interim"
@@ -55,6 +76,7 @@ class RegisterRequest:
     requested_expires: int | None
     has_credentials: bool
     transport: str                # from the top Via: UDP, TCP, TLS
+    uri_host: str = ""            # the Request-URI's host (host_key): the server it is for, behind a proxy
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,7 +123,7 @@ def request_info(msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[st
     return RegisterRequest(
         t, src, dst, h["call-id"][0], cseq, key or transaction_key(msg, cseq), aor_user,
         aor_user if frm == to else uri_user(frm), contact_uri, contact_user, requested,
-        "authorization" in h or "proxy-authorization" in h, _via_transport(h["via"][0]))
+        "authorization" in h or "proxy-authorization" in h, _via_transport(h["via"][0]), uri_host(msg.uri or ""))
 
 
 _BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)
@@ -206,11 +228,12 @@ class RegisterMatcher:
 
     `timeouts` gives a destination its own transaction timeout: a phone configured with retryTimeOut and
     retryMaxCount gives up on a server long before Timer F, and "no answer" should be reported when the
-    phone itself concluded it, not 32 s later.
+    phone itself concluded it, not 32 s later. Keys are (ip, port), or (ip, port, Request-URI host) for a
+    destination several servers share (an outbound proxy): the latter wins where both fit.
     """
 
     def __init__(self, timeout: float = T1_TIMEOUT, max_pending: int = 200_000,
-                 timeouts: dict[tuple[str, int], float] | None = None) -> None:
+                 timeouts: dict[tuple, float] | None = None) -> None:
         self.timeout = timeout
         self.timeouts = dict(timeouts or {})
         self.max_pending = max_pending
@@ -286,18 +309,21 @@ class RegisterMatcher:
             self._done.pop(next(iter(self._done)))
         self._done[key] = t
 
+    def limit(self, req: RegisterRequest) -> float:
+        """The transaction timeout of this request: by destination and Request-URI host, else destination."""
+        found = self.timeouts.get((*req.dst, req.uri_host)) if req.uri_host else None
+        return found if found is not None else self.timeouts.get(req.dst, self.timeout)
+
     def expire(self, now: float) -> list[RegisterOutcome]:
         """Outcomes for transactions that got no final answer within the timeout, and challenges left
         unanswered by the phone."""
         out: list[RegisterOutcome] = []
         if self.timeouts:     # per destination: the oldest is not necessarily the first due, so look at all
-            for key in [k for k, (req, _, _) in self._pending.items()
-                        if now - req.t >= self.timeouts.get(req.dst, self.timeout)]:
+            for key in [k for k, (req, _, _) in self._pending.items() if now - req.t >= self.limit(req)]:
                 req, retrans, _ = self._pending.pop(key)
                 self._finish(key, now)
                 self.stats["timeouts"] += 1
-                out.append(RegisterOutcome(TIMEOUT, req, req.t + self.timeouts.get(req.dst, self.timeout),
-                                           retransmissions=retrans))
+                out.append(RegisterOutcome(TIMEOUT, req, req.t + self.limit(req), retransmissions=retrans))
         while self._pending:
             key = next(iter(self._pending))
             req, retrans, _ = self._pending[key]

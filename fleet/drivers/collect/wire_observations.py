@@ -2,7 +2,11 @@
 
 Which server a REGISTER was for follows from its destination address and
 port: the address the phone's configuration resolves to (server 1 is usually
-the provider's name, resolved by DNS; server 2 the gateway's address). Which
+the provider's name, resolved by DNS; server 2 the gateway's address). A server
+the phone reaches through an outbound proxy has the proxy's address instead;
+where several servers share a destination that way, the Request-URI's host
+(the server's configured address) says which one the request is for, and the
+proxy's own relayed leg (sent from the proxy's address) is nobody's. Which
 phone sent it follows from the registration's user (To/From/Contact user),
 because several phones may sit behind one address (NAT at the capture point,
 or a soft phone beside a desk phone), and where that is not enough, from the
@@ -24,7 +28,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ...observe import REGISTERED, UNREGISTERED, Observation
-from .sip_transactions import FINAL, TIMEOUT, RegisterOutcome, RegisterRequest
+from .sip_transactions import FINAL, TIMEOUT, RegisterOutcome, RegisterRequest, host_key
 
 NOT_OBSERVABLE = "not observable on the wire"
 
@@ -39,6 +43,8 @@ class WireTarget:
     user: str = ""                  # registration user (reg.x.address / auth user); "" matches any
     transport: str = "udp"          # udp, tcp, tls
     phone_ip: str = ""              # the phone's source address as the capture sees it; "" matches any
+    uri_host: str = ""              # the host the phone puts in the Request-URI (the configured server address,
+                                    # as sip_transactions.host_key spells it); "" matches any
 
     @property
     def observable(self) -> bool:
@@ -65,8 +71,10 @@ def _canonical(address: tuple[str, int]) -> tuple[str, int]:
 def targets_for(mac: str, reg: int, user: str, servers: Iterable[Mapping], resolve: Callable[[str], list[str]],
                 phone_ip: str = "") -> list[WireTarget]:
     """The wire targets of one registration from its configured servers (dicts with index, address, and
-    optionally port, transport, register), the way the phone resolves them: a name through `resolve` (every
-    address it returns is a target: the phone may use any of them), port 0/None meaning 5060 (5061 for TLS).
+    optionally port, transport, register, proxy), the way the phone resolves them: a name through `resolve`
+    (every address it returns is a target: the phone may use any of them), port 0/None meaning 5060 (5061 for
+    TLS). A server with a `proxy` ({address, port, transport}: the outbound proxy it uses) is reached at the
+    proxy's address, port and transport instead; its Request-URI still names the server (`uri_host`).
     Servers with register=0 get no REGISTER (R5) and so no target. TLS servers give targets that
     `Attribution.unobservable` reports instead of matching. SRV/NAPTR ports are the resolver's business:
     give `resolve` the addresses and an explicit port where the site uses SRV."""
@@ -74,18 +82,19 @@ def targets_for(mac: str, reg: int, user: str, servers: Iterable[Mapping], resol
     for s in servers:
         if not s.get("register", True) or str(s.get("register", "1")) == "0":
             continue
-        transport = str(s.get("transport") or "").lower()
+        hop = s.get("proxy") or s
+        transport = str(hop.get("transport") or "").lower()
         tls = transport == "tls"
         kind = "tls" if tls else "tcp" if transport == "tcponly" else "udp"
-        port = int(s.get("port") or (5061 if tls else 5060))
-        address = str(s["address"])
+        port = int(hop.get("port") or (5061 if tls else 5060))
+        address = str(hop["address"])
         try:
-            ips = [str(ipaddress.ip_address(address))]
+            ips = [str(ipaddress.ip_address(address.strip("[]")))]
         except ValueError:
             ips = list(resolve(address))
         for ip in ips:
             out.append(WireTarget(mac=mac, reg=reg, server=int(s["index"]), address=(ip, port), user=user,
-                                  transport=kind, phone_ip=phone_ip))
+                                  transport=kind, phone_ip=phone_ip, uri_host=host_key(str(s["address"]))))
     return out
 
 
@@ -97,10 +106,12 @@ class Attribution:
         self._by_addr: dict[tuple[str, int], list[WireTarget]] = {}
         self._by_user: dict[tuple[str, int, str], list[WireTarget]] = {}
         self._wild: dict[tuple[str, int], list[WireTarget]] = {}
+        self._servers: set[tuple[str, int]] = set()
         for t in self.targets:
             if not t.observable:
                 continue
             addr = _canonical(t.address)
+            self._servers.add(addr)
             self._by_addr.setdefault(addr, []).append(t)
             if t.user:
                 self._by_user.setdefault((*addr, t.user), []).append(t)
@@ -119,9 +130,16 @@ class Attribution:
     def lookup(self, req: RegisterRequest) -> WireTarget | None:
         """The one target this REGISTER is for, or None (counted in `stats`) when none or several fit.
 
-        Candidates are the targets at the destination whose user is one of the request's To, From or
-        Contact users (else those configured without a user); the phone's address only breaks ties, so a
-        NAT between phone and capture point does not hide a phone that its user already identifies."""
+        A request sent from a target's own address and port is a server's (an outbound proxy relaying a
+        phone's request upstream), never a phone's: it is counted `relayed` and attributed to nobody, so the
+        phone's request and the relayed copy never count twice. Otherwise the candidates are the targets at
+        the destination whose user is one of the request's To, From or Contact users (else those configured
+        without a user); where several remain (servers sharing an outbound proxy), those whose Request-URI host
+        is the request's; the phone's address only breaks ties, so a NAT between phone and capture point does
+        not hide a phone that its user already identifies."""
+        if req.src in self._servers:
+            self.stats["relayed"] += 1
+            return None
         if req.dst not in self._by_addr:
             self.stats["unknown_destination"] += 1
             return None
@@ -133,6 +151,8 @@ class Attribution:
                         matched.append(t)
         if not matched:
             matched = self._wild.get(req.dst, [])
+        if len(matched) > 1 and req.uri_host and any(t.uri_host for t in matched):
+            matched = [t for t in matched if t.uri_host in ("", req.uri_host)]
         if len(matched) > 1:
             by_ip = [t for t in matched if t.phone_ip and t.phone_ip == req.src[0]]
             if by_ip:

@@ -80,17 +80,36 @@ class SiteResolver:
         return sorted({str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A})
 
 
+def outbound_proxy(params: dict[str, str], reg: int = 1) -> dict | None:
+    """The registration's outbound proxy ({address, port, transport}; port 0 = the transport's default):
+    reg.x.outboundProxy.* where set, else the phone-wide voIpProt.SIP.outboundProxy.*; None without one."""
+    for prefix in (f"reg.{reg}.outboundProxy.", "voIpProt.SIP.outboundProxy."):
+        address = str(params.get(prefix + "address") or "").strip()
+        if address:
+            port = str(params.get(prefix + "port") or "").strip()
+            return {"address": address, "port": int(port) if port.isdigit() and int(port) <= 65535 else 0,
+                    "transport": str(params.get(prefix + "transport") or "")}
+    return None
+
+
 def phone_servers(params: dict[str, str], reg: int = 1) -> list[dict]:
-    """The servers of one registration with what attribution needs: index, address, port, transport, register."""
+    """The servers of one registration with what attribution needs: index, address, port, transport, register,
+    and `proxy` (outbound_proxy) for a server whose requests go through it (reg.x.server.y.useOutboundProxy,
+    default 1). Whole-server precedence, as the phone reads them: once reg.x.server.y.address is set, that
+    server's values all come from reg.x.server.y.*; voIpProt.server.y.* serves only a server without one."""
+    proxy = outbound_proxy(params, reg)
     out = []
     for y in range(1, 10):
         timing = server_timing(params, reg, y)
         if timing is None:
             continue
-        get = lambda attr: params.get(f"reg.{reg}.server.{y}.{attr}") or params.get(f"voIpProt.server.{y}.{attr}") or ""  # noqa: E731
-        port = get("port")
-        out.append({"index": y, "address": timing.address, "port": int(port) if port.isdigit() else 0,
-                    "transport": get("transport"), "register": timing.register})
+        prefix = f"reg.{reg}.server.{y}." if timing.source == "reg" else f"voIpProt.server.{y}."
+        port = str(params.get(prefix + "port") or "").strip()
+        server = {"index": y, "address": timing.address, "port": int(port) if port.isdigit() else 0,
+                  "transport": str(params.get(prefix + "transport") or ""), "register": timing.register}
+        if proxy and str(params.get(f"reg.{reg}.server.{y}.useOutboundProxy", "1")).strip() != "0":
+            server["proxy"] = proxy
+        out.append(server)
     return out
 
 
@@ -111,14 +130,16 @@ def site_targets(site: Site, params_by_mac: dict[str, dict[str, str]], resolve: 
 
 
 def transaction_timeouts(targets: list[WireTarget], params_by_mac: dict[str, dict[str, str]]
-                         ) -> dict[tuple[str, int], float]:
+                         ) -> dict[tuple, float]:
     """Per server address, how long a REGISTER may go unanswered before the phone itself gives up on it
-    (retryTimeOut x (retryMaxCount + 1), else Timer F): the longest among the phones using that address."""
-    out: dict[tuple[str, int], float] = {}
+    (retryTimeOut x (retryMaxCount + 1), else Timer F): the longest among the phones using that address; and
+    per (address, Request-URI host) the same for the servers behind one outbound proxy, which may differ."""
+    out: dict[tuple, float] = {}
     for t in targets:
         timing = server_timing(params_by_mac.get(t.mac, {}), t.reg, t.server)
         tx = min(T1_TIMEOUT, timing.transaction_timeout) if timing is not None else T1_TIMEOUT
-        out[t.address] = max(out.get(t.address, 0.0), tx)
+        for key in (t.address, (*t.address, t.uri_host)) if t.uri_host else (t.address,):
+            out[key] = max(out.get(key, 0.0), tx)
     return out
 
 
@@ -277,7 +298,9 @@ class RouterCapture(_WireThread):
         self.credentials = credentials
 
     def command(self) -> str:
-        ports = tuple(sorted({s["port"] or 5060 for p in self.targets.by_mac.values() for s in phone_servers(p)})) or (5060,)
+        # the ports the phones send to: their servers', or their outbound proxy's for a server that uses one
+        ports = tuple(sorted({(s.get("proxy") or s)["port"] or 5060 for p in self.targets.by_mac.values()
+                              for s in phone_servers(p)})) or (5060,)
         return capture_command(self.capture.platform, self.capture.interface or "any", ports)
 
     def run_once(self) -> None:
