@@ -7,11 +7,11 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
 
+from conftest import wait_until
 from fleet.drivers.router.ssh_base import DEADMAN_START
 
 # What systemd-run --scope does for the command: run it (here: after its options), in the same process.
@@ -41,9 +41,8 @@ def _run(tmp_path: Path, systemd_run: str | None) -> tuple[Path, list[str]]:
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log),
                D=str(outages), ID="o1", WAN="wan0", MAX="1", F=str(f))
     subprocess.run(["sh", "-c", DEADMAN_START], env=env, check=True, timeout=10)
-    deadline = time.monotonic() + 8
-    while not Path(f"{f}.restored").exists() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    calls_so_far = lambda: log.read_text() if log.exists() else "no systemd-run call"  # noqa: E731
+    wait_until(lambda: Path(f"{f}.restored").exists(), 8, "the dead-man's restore", step=0.05, state=calls_so_far)
     calls = log.read_text().splitlines() if log.exists() else []
     return f, calls
 
