@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -66,3 +67,29 @@ def test_deadman_without_a_working_systemd_run_is_plain_nohup(tmp_path, fake):
     f, calls = _run(tmp_path, fake)
     assert calls == [], calls      # the stand-in logs nothing: only the probe ran, and it failed
     assert Path(f"{f}.restored").read_text().split()[0] == "deadman"
+
+
+def test_cut_prunes_outages_restored_more_than_a_week_ago_and_keeps_the_rest(tmp_path):
+    """The PRUNE snippet of every cut: old restored outages go; unrestored, locked or recent ones stay."""
+    from fleet.drivers.router.ssh_base import PRUNE, PRUNE_DAYS
+
+    d = tmp_path / "fleet outages"      # a space in the path, as $HOME may have
+    d.mkdir()
+    old = time.time() - (PRUNE_DAYS + 1) * 86400
+
+    def outage(oid: str, restored: bool, age: float, locked: bool = False) -> None:
+        for suffix in ("cut", "rules", "restore.sh", "deadman") + (("restored",) if restored else ()):
+            (d / f"{oid}.{suffix}").write_text("x")
+            os.utime(d / f"{oid}.{suffix}", (age, age))
+        if locked:
+            (d / f"{oid}.lock").mkdir()
+
+    outage("old-restored-1", True, old)
+    outage("old-unrestored", False, old)
+    outage("old-but-locked", True, old, locked=True)
+    outage("recent-restored", True, time.time() - 3600)
+    outage("old-restored-1x", True, time.time() - 60)        # shares a prefix with a pruned id, but is recent
+    subprocess.run(["sh", "-c", PRUNE], env=dict(os.environ, D=str(d)), check=True, timeout=10)
+    left = {p.name.split(".", 1)[0] for p in d.iterdir()}
+    assert left == {"old-unrestored", "old-but-locked", "recent-restored", "old-restored-1x"}, sorted(left)
+    assert len(list(d.glob("old-restored-1x.*"))) == 5

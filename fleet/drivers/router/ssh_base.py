@@ -116,14 +116,26 @@ DEADMAN_START = r'''start_deadman() {
 }
 if command -v systemd-run >/dev/null 2>&1 && systemd-run --scope --quiet --collect true >/dev/null 2>&1; then
   start_deadman "systemd-run --scope --quiet --collect"
-  sleep 0.2
+  sleep 0.2 2>/dev/null || sleep 1
   kill -0 "$(cat "$F.deadman")" 2>/dev/null || start_deadman ""
 else
   start_deadman ""
 fi'''
 
+# Each cut first removes the files of outages restored more than PRUNE_DAYS ago, so the router's outage directory
+# does not grow by one set per experiment for the router's life. An outage never restored keeps its files (they
+# are what an operator needs), and so does one whose lock is held. Outage ids have no dots, so "$o".* is one
+# outage's files only.
+PRUNE_DAYS = 7
+PRUNE = r'''find "$D" -maxdepth 1 -name '*.restored' -mtime +@DAYS@ 2>/dev/null | while IFS= read -r r; do
+  o=${r%.restored}
+  [ -d "$o.lock" ] && continue
+  rm -rf "$o".* 2>/dev/null
+done'''.replace("@DAYS@", str(PRUNE_DAYS))
+
 # Positional arguments: D ID WAN MODE MAX PROB DELAY RATE DNSPORT RESTORE-SCRIPT
 CUT_SCRIPT = _PROLOGUE + r'''MODE=$4; MAX=$5; PROB=$6; DELAY=$7; RATE=$8; DNSPORT=$9; RESTORE=${10}
+@PRUNE@
 take_lock 150 || { echo "fleet: outage $ID is busy (its lock is held)" >&2; exit 75; }
 if [ -e "$F.cancelled" ]; then echo "outcome=cancelled"; exit 0; fi
 if [ -e "$F.restored" ]; then echo "outcome=already-restored"; exit 0; fi
@@ -256,7 +268,7 @@ class SshRouter(ABC):
         return RESTORE_SCRIPT.replace("@RESTORE@", self.platform.restore.strip())
 
     def cut_script(self) -> str:
-        return (CUT_SCRIPT.replace("@DEADMAN@", DEADMAN_START).replace("@PRECHECK@", _cases(self.platform.precheck))
+        return (CUT_SCRIPT.replace("@PRUNE@", PRUNE).replace("@DEADMAN@", DEADMAN_START).replace("@PRECHECK@", _cases(self.platform.precheck))
                 .replace("@CUT@", _cases(self.platform.cut)))
 
     def cut(self, spec: OutageSpec) -> RouterOutcome:
