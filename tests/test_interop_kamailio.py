@@ -21,6 +21,27 @@ from hil.phone_types import DOWN, UP, PhoneSpec
 pytestmark = pytest.mark.lab
 PASSWORD = "kam-Secret-42"
 
+def _publish(boot, params_by_mac: dict[str, dict[str, str]]) -> None:
+    """Each phone's files on the boot directory, as fleet renders them."""
+    boot.mkdir(exist_ok=True)
+    for mac, params in params_by_mac.items():
+        for name, data in polycom.render_phone_files(mac, params).items():
+            (boot / name).write_bytes(data)
+
+
+async def _phones(boot, macs: list[str], first_ip: int) -> tuple[HttpBootServer, GroundTruth, list[VirtualPhone]]:
+    """A boot server on `boot` and one started VVX per MAC at 127.99.0.<first_ip + i>, booting from it."""
+    server = HttpBootServer(boot, "127.0.0.1", free_port(), "PlcmSpIp", "boot-pw")
+    await server.start()
+    truth = GroundTruth()
+    phones = [VirtualPhone(PhoneSpec(mac=mac, model="VVX 410", ip=f"127.99.0.{first_ip + i}", sip_port=free_port(),
+                                     boot_url=f"http://PlcmSpIp:boot-pw@127.0.0.1:{server.port}/", boot_time=0.1),
+                           truth) for i, mac in enumerate(macs)]
+    for p in phones:
+        await p.start(http=False)
+    return server, truth, phones
+
+
 @pytest.fixture
 def kamailio(tmp_path):
     """Kamailio (hil.kamailio's configuration, the one the labs run) with two users."""
@@ -38,25 +59,15 @@ def kamailio(tmp_path):
 def test_virtual_phones_register_subscribe_and_call_through_kamailio(kamailio, tmp_path):
     port, sock = kamailio
     boot = tmp_path / "boot"
-    boot.mkdir()
     site = {"reg.1.server.1.address": "127.0.0.1", "reg.1.server.1.port": str(port), "reg.1.server.1.expires": "60",
             "reg.1.server.1.retryTimeOut": "500", "reg.1.server.1.retryMaxCount": "3"}
     macs = ["0004f2aa0001", "0004f2aa0002"]
-    for i, mac in enumerate(macs):
-        params = site | {"reg.1.address": f"100{i + 1}", "reg.1.auth.userId": f"100{i + 1}", "reg.1.auth.password": PASSWORD}
-        for name, data in polycom.render_phone_files(mac, params).items():
-            (boot / name).write_bytes(data)
+    _publish(boot, {mac: site | {"reg.1.address": f"100{i + 1}", "reg.1.auth.userId": f"100{i + 1}",
+                                 "reg.1.auth.password": PASSWORD} for i, mac in enumerate(macs)})
 
     async def scenario():
-        server = HttpBootServer(boot, "127.0.0.1", free_port(), "PlcmSpIp", "boot-pw")
-        await server.start()
-        truth = GroundTruth()
-        phones = [VirtualPhone(PhoneSpec(mac=mac, model="VVX 410", ip=f"127.99.0.{i + 2}", sip_port=free_port(),
-                                         boot_url=f"http://PlcmSpIp:boot-pw@127.0.0.1:{server.port}/", boot_time=0.1),
-                               truth) for i, mac in enumerate(macs)]
+        server, _, phones = await _phones(boot, macs, 2)
         try:
-            for p in phones:
-                await p.start(http=False)
             # no failure here: the states are asserted below, with their own message
             await await_until(lambda: all(p.regs and p.regs[0].working == 1 for p in phones), 15, "both phones registered",
                               step=0.1, fail=False)
@@ -102,7 +113,6 @@ def test_kamailio_as_outbound_proxy_relays_to_its_upstream_and_traces_both_legs(
     with pytest.raises(ValueError, match="IPv4 address"):
         kam.KamailioConfig("127.0.0.1", 5060, "x", users, upstream=("voip.provider.example", 5060)).render(tmp_path)
     boot = tmp_path / "boot"
-    boot.mkdir()
     timers = {"expires": "4", "expires.overlap": "2", "retryTimeOut": "500", "retryMaxCount": "3"}
     params = {"reg.1.address": "1001", "reg.1.auth.userId": "1001", "reg.1.auth.password": PASSWORD,
               "reg.1.outboundProxy.address": "127.0.0.1", "reg.1.outboundProxy.port": str(proxy.config.port),
@@ -110,18 +120,11 @@ def test_kamailio_as_outbound_proxy_relays_to_its_upstream_and_traces_both_legs(
               "reg.1.server.2.address": "127.0.0.1", "reg.1.server.2.port": str(proxy.config.port)}
     params |= {f"reg.1.server.{y}.{k}": v for y in (1, 2) for k, v in timers.items()}
     mac = "0004f2aa0011"
-    for name, data in polycom.render_phone_files(mac, params).items():
-        (boot / name).write_bytes(data)
+    _publish(boot, {mac: params})
 
     async def scenario():
-        server = HttpBootServer(boot, "127.0.0.1", free_port(), "PlcmSpIp", "boot-pw")
-        await server.start()
-        truth = GroundTruth()
-        phone = VirtualPhone(PhoneSpec(mac=mac, model="VVX 410", ip="127.99.0.12", sip_port=free_port(),
-                                       boot_url=f"http://PlcmSpIp:boot-pw@127.0.0.1:{server.port}/", boot_time=0.1),
-                             truth)
+        server, truth, (phone,) = await _phones(boot, [mac], 12)
         try:
-            await phone.start(http=False)
             await await_until(lambda: phone.regs and {s.index: s.state for s in phone.regs[0].servers} == {1: UP, 2: UP},
                               15, "both servers up through the proxy", step=0.1, fail=False)
             before = {s.index: s.state for s in phone.regs[0].servers} if phone.regs else {}
