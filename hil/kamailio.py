@@ -28,16 +28,19 @@ when the caller dies (so a killed lab leaves no Kamailio holding its address).
 from __future__ import annotations
 
 import glob
+import hashlib
 import ipaddress
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 TRACE_FLAG = 22
+CTL_PATH_MAX = 100       # longest ctl socket path we give Kamailio (it fails above about 104)
 
 CONFIG = """#!KAMAILIO
 # hil: {role}
@@ -209,7 +212,27 @@ class Kamailio:
 
     @property
     def sock(self) -> Path:
-        return self.workdir / "ctl.sock"
+        """The ctl socket. Kamailio refuses a binrpc path of more than about 104 characters (it exits 255 with
+        nothing on stderr), which deep work directories (pytest-xdist's popen-gwN/...) reach: then the socket lives
+        in a short private directory named after the work directory. Clients (kamcmd) have the same limit, so
+        callers use this path; workdir/ctl.sock is then a symbolic link to it, for people looking there."""
+        own = self.workdir / "ctl.sock"
+        if len(str(own)) <= CTL_PATH_MAX:
+            return own
+        digest = hashlib.sha256(str(self.workdir.resolve()).encode()).hexdigest()[:16]
+        return Path(tempfile.gettempdir()) / f"hil-kam-{digest}" / "ctl.sock"
+
+    def _prepare_sock(self) -> None:
+        """Clear the last run's socket; for a short-path socket, its private directory and the link to it."""
+        own, real = self.workdir / "ctl.sock", self.sock
+        real.unlink(missing_ok=True)
+        if real == own:
+            return
+        real.parent.mkdir(mode=0o700, exist_ok=True)
+        os.chmod(real.parent, 0o700)
+        if own.is_symlink() or own.exists():
+            own.unlink()
+        own.symlink_to(real)
 
     @property
     def pid_file(self) -> Path:
@@ -222,8 +245,8 @@ class Kamailio:
     def write_config(self) -> Path:
         """Write and check the configuration (`kamailio -c`), so a bad one fails here with Kamailio's words."""
         self.workdir.mkdir(parents=True, exist_ok=True)
-        for p in (self.sock, self.pid_file):
-            p.unlink(missing_ok=True)
+        self._prepare_sock()
+        self.pid_file.unlink(missing_ok=True)
         self.cfg_file.write_text(self.config.render(self.sock))
         os.chmod(self.cfg_file, 0o600)        # it holds the SIP passwords
         check = subprocess.run(["kamailio", "-c", "-f", str(self.cfg_file)], capture_output=True, text=True, timeout=30)
@@ -242,7 +265,9 @@ class Kamailio:
         else:
             res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
             if res.returncode != 0:
-                raise KamailioError(f"`{' '.join(argv)}` exited {res.returncode}: {res.stderr.strip()[-600:]}")
+                # Kamailio's words first: the command line (long state paths) comes last, where a cut may fall
+                raise KamailioError(f"Kamailio ({self.config.role}) exited {res.returncode}: {res.stderr.strip()[-600:]} "
+                                    f"(`{' '.join(argv)}`)")
         deadline = time.monotonic() + timeout
         while not self.sock.exists():
             if self.process is not None and self.process.poll() is not None:
@@ -271,6 +296,7 @@ class Kamailio:
         if pid is None and self.process is not None:
             pid = self.process.pid
         if pid is None:
+            self._remove_short_sock()
             return
         try:
             os.kill(pid, signal.SIGTERM)
@@ -292,6 +318,11 @@ class Kamailio:
                     break
                 time.sleep(0.05)
         self.pid = None
+        self._remove_short_sock()
+
+    def _remove_short_sock(self) -> None:
+        if self.sock != self.workdir / "ctl.sock":
+            shutil.rmtree(self.sock.parent, ignore_errors=True)
 
     def kamcmd(self, *args: str, timeout: float = 10.0) -> subprocess.CompletedProcess:
         return kamcmd(self.sock, *args, timeout=timeout)

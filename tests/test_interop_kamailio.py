@@ -166,3 +166,26 @@ def test_kamailio_as_outbound_proxy_relays_to_its_upstream_and_traces_both_legs(
     assert {(s == p, d == u) for s, d, _ in relayed} == {(False, False), (True, True)}, legs   # in, and out upstream
     assert any(s == u and d == p and "200" in f for s, d, f in legs), legs                      # reply in
     assert any(s == p and d not in (u, p) and "200" in f for s, d, f in legs), legs             # reply out
+
+
+def test_kamailio_in_a_deep_work_directory_gets_a_short_control_socket(tmp_path):
+    """Kamailio exits 255, saying nothing, when its binrpc socket path is over about 104 characters, which deep
+    test directories (pytest-xdist's popen-gwN/...) reach: the socket then lives in a short private directory."""
+    import subprocess
+
+    reason = kam.unavailable()
+    if reason:
+        pytest.skip(reason)
+    deep = tmp_path / ("d" * (140 - len(str(tmp_path)))) / "kamailio-gateway-hq"
+    server = kam.Kamailio(kam.KamailioConfig("127.0.0.1", free_port(), "deep.example", {"1001": PASSWORD},
+                                             role="deep"), deep)
+    sock = server.start()
+    try:
+        assert len(str(deep / "ctl.sock")) > 104 and len(str(sock)) <= kam.CTL_PATH_MAX, sock
+        version = subprocess.run(["kamcmd", "-s", f"unix:{sock}", "core.version"], capture_output=True, text=True,
+                                 timeout=10)
+        assert version.stdout.startswith("kamailio "), version.stderr
+        assert (deep / "ctl.sock").resolve() == sock.resolve()
+    finally:
+        server.stop()
+    assert not sock.parent.exists(), "the short directory outlived Kamailio"
