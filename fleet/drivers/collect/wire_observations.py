@@ -139,8 +139,9 @@ class Attribution:
         phone's request upstream), never a phone's: it is counted `relayed` and attributed to nobody, so the
         phone's request and the relayed copy never count twice. Otherwise the candidates are the targets at
         the destination whose user is one of the request's To, From or Contact users (else those configured
-        without a user, and only from that phone's own address: a phone whose registration user is unknown
-        must not take another phone's line, or the gateway's own trunk REGISTER); where several remain (servers sharing an outbound proxy), those whose Request-URI host
+        without a user, and only from that phone's own address where the target has one: a phone whose
+        registration user is unknown must not take another phone's line, or the gateway's own trunk
+        REGISTER); where several remain (servers sharing an outbound proxy), those whose Request-URI host
         is the request's; the phone's address only breaks ties, so a NAT between phone and capture point does
         not hide a phone that its user already identifies."""
         if req.src in self._servers:
@@ -157,7 +158,7 @@ class Attribution:
                     if t not in matched:
                         matched.append(t)
         if not matched:
-            matched = [t for t in self._wild.get(req.dst, ()) if t.phone_ip and t.phone_ip == req.src[0]]
+            matched = [t for t in self._wild.get(req.dst, ()) if t.phone_ip in ("", req.src[0])]
         if len(matched) > 1 and req.uri_host and any(t.uri_host for t in matched):
             matched = [t for t in matched if t.uri_host in ("", req.uri_host)]
         if len(matched) > 1:
