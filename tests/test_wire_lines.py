@@ -150,6 +150,15 @@ def test_every_registration_with_an_address_has_targets_and_observations_carry_i
     assert [(o.reg, o.server, o.state) for o in out] == [(2, 1, REGISTERED), (1, 1, REGISTERED)]
 
 
+def test_the_gateway_poller_has_a_target_for_each_line_on_the_gateway():
+    params = PARAMS | {"voIpProt.server.2.address": "192.168.10.1"}
+    targets = wire_sources.Targets(_site(), lambda: {MAC: dict(params)})
+    targets.refresh(force=True)
+    poller = wire_sources.GatewayPoller.__new__(wire_sources.GatewayPoller)   # its targets only: no router
+    poller.site, poller.targets = targets.site, targets
+    assert sorted((t.reg, t.server, t.user) for t in poller.gateway_targets()) == [(1, 2, "1001"), (2, 2, "1012")]
+
+
 def test_traffic_that_never_matches_asks_for_one_rebuild_per_destination_and_user(monkeypatch):
     monkeypatch.setattr(wire_sources, "RETARGET_SOON_S", 0.0)
     calls = []

@@ -157,11 +157,12 @@ def transaction_timeouts(targets: list[WireTarget], params_by_mac: dict[str, dic
     return out
 
 
-def gateway_server(site: Site, params: dict[str, str]) -> int | None:
-    """Which server of this phone the site's gateway is: the inventory says, else the one at its address."""
+def gateway_server(site: Site, params: dict[str, str], reg: int = 1) -> int | None:
+    """Which server of this phone's registration `reg` the site's gateway is: the inventory says, else the
+    one at its address."""
     if site.gateway_registrar is not None and site.gateway_registrar.server:
         return site.gateway_registrar.server
-    return next((s["index"] for s in phone_servers(params) if s["address"] == site.gateway), None)
+    return next((s["index"] for s in phone_servers(params, reg) if s["address"] == site.gateway), None)
 
 
 # ---------------------------------------------------------------- sources
@@ -462,10 +463,10 @@ class GatewayPoller(SourceThread):
         self.polls = 0
 
     def gateway_targets(self) -> list[WireTarget]:
-        out: dict[tuple[str, int], WireTarget] = {}
-        for t in self.targets.wire:      # one per phone (a name resolving to several addresses gives several)
-            if t.server == gateway_server(self.site, self.targets.by_mac.get(t.mac, {})):
-                out.setdefault((t.mac, t.server), t)
+        out: dict[tuple[str, int, int], WireTarget] = {}
+        for t in self.targets.wire:      # one per line (a name resolving to several addresses gives several)
+            if t.server == gateway_server(self.site, self.targets.by_mac.get(t.mac, {}), t.reg):
+                out.setdefault((t.mac, t.reg, t.server), t)
         return list(out.values())
 
     def run_once(self) -> None:
