@@ -224,3 +224,27 @@ def test_targets_are_rebuilt_by_one_thread_at_a_time():
         t.join(10)
     assert not any(t.is_alive() for t in threads), "a rebuild hung"
     assert most[0] == 1 and targets.generation == 2, (most[0], targets.generation)
+
+
+# ---------------------------------------------------------------- the store: `fleet status --json` and rollouts
+
+def test_stored_state_and_status_json_keep_line_1_apart_from_line_2(redis_url):
+    import json
+
+    from fleet.store import Store
+
+    store = Store(redis_url)
+    mac = "0004f20000e2"
+    store.register_phones("lines-hq", [{"mac": mac, "model": "VVX 410", "address": A_ADDR[0], "servers": CONFIGURED}])
+    try:
+        store.record_observations([
+            Observation(mac=mac, t=10.0, source="wire", reg=1, server=1, state=REGISTERED, code=200, expires=600),
+            Observation(mac=mac, t=11.0, source="event", reg=2, server=None, state=UNREGISTERED,
+                        detail="LineUnregistrationEvent")])
+        state = store.phone_state(mac)
+        assert state.working_server == 1 and state.line(2).line_state == UNREGISTERED, state.to_dict()
+        (row,) = json.loads(store.status_json("lines-hq"))
+        assert row["working_server"] == 1 and row["servers"][0]["state"] == REGISTERED, row
+        assert row["lines"]["2"]["working_server"] is None
+    finally:
+        store.forget_phones([mac])
