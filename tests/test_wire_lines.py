@@ -248,3 +248,46 @@ def test_stored_state_and_status_json_keep_line_1_apart_from_line_2(redis_url):
         assert row["lines"]["2"]["working_server"] is None
     finally:
         store.forget_phones([mac])
+
+
+# ---------------------------------------------------------------- 2b. the user from the site's own files
+
+def _cfg(params: dict[str, str]) -> bytes:
+    return ("<polycomConfig><x " + " ".join(f'{k}="{v}"' for k, v in params.items()) + "/></polycomConfig>").encode()
+
+
+def test_a_user_only_the_site_files_give_is_read_from_the_boot_server_once(tmp_path):
+    from fleet.drivers.publish import open_publisher
+    from fleet.inventory import Credentials
+    from fleet.site_users import SiteUsers
+
+    boot = tmp_path / "boot"
+    (boot / "ov").mkdir(parents=True)
+    (boot / "000000000000.cfg").write_bytes(
+        b'<APPLICATION CONFIG_FILES="[PHONE_MAC_ADDRESS]-lines.cfg, site.cfg" OVERRIDES_DIRECTORY="ov/"/>')
+    (boot / "site.cfg").write_bytes(_cfg({"reg.1.address": "site-wide", "reg.2.address": "1012",
+                                          "reg.3.address": "", "reg.1.label": "x"}))
+    (boot / f"{MAC}-lines.cfg").write_bytes(_cfg({"reg.1.address": "1001"}))        # listed first: it wins
+    (boot / "ov" / f"{MAC}-web.cfg").write_bytes(_cfg({"reg.2.address": "1022"}))    # overrides win over both
+    opened = []
+    users = SiteUsers(f"file://{boot}/", lambda url: opened.append(url) or open_publisher(url, Credentials()),
+                      {MAC: "VVX 410", MAC_B: "VVX 410"})
+    known = {"reg.1.address": "2002", "reg.1.server.1.address": PROVIDER[0]}
+    filled = users.fill({MAC: {"voIpProt.server.1.address": PROVIDER[0]}, MAC_B: known})
+    assert filled[MAC] == {"voIpProt.server.1.address": PROVIDER[0], "reg.1.address": "1001", "reg.2.address": "1022"}
+    assert filled[MAC_B] is known, "a phone whose user fleet knows is left alone"
+    targets = wire_sources.site_targets(_site(), {MAC: filled[MAC]}, lambda name: [])
+    assert sorted((t.reg, t.user) for t in targets) == [(1, "1001"), (2, "1022")]
+    users.fill({MAC: {"reg.1.server.1.address": PROVIDER[0]}})
+    assert users.reads == 1, "read once, then kept"
+    assert users.fill({MAC_B: known}) == {MAC_B: known} and users.reads == 1
+
+
+def test_a_boot_server_that_cannot_be_read_leaves_the_configuration_as_it_was(tmp_path):
+    from fleet.drivers.publish import open_publisher
+    from fleet.inventory import Credentials
+    from fleet.site_users import SiteUsers
+
+    users = SiteUsers(f"file://{tmp_path}/none/", lambda url: open_publisher(url, Credentials()), {MAC: "VVX 410"})
+    params = {MAC: {"reg.1.server.1.address": PROVIDER[0]}}
+    assert users.fill(params) == params and users.reads == 1
