@@ -291,3 +291,16 @@ def test_a_boot_server_that_cannot_be_read_leaves_the_configuration_as_it_was(tm
     users = SiteUsers(f"file://{tmp_path}/none/", lambda url: open_publisher(url, Credentials()), {MAC: "VVX 410"})
     params = {MAC: {"reg.1.server.1.address": PROVIDER[0]}}
     assert users.fill(params) == params and users.reads == 1
+
+
+def test_a_phone_known_by_name_is_matched_by_the_address_the_name_resolves_to():
+    site = Inventory.model_validate({"name": "x", "sites": [{"name": "a", "gateway": "192.168.10.1",
+                                                             "boot_server": {"url": "file:///x"},
+                                                             "phones": [{"mac": MAC, "model": "VVX 410",
+                                                                         "address": "phone-a.lan", "credentials": "c"}]}]}).sites[0]
+    names = {"phone-a.lan": [A_ADDR[0]]}
+    targets = wire_sources.site_targets(site, {MAC: {"voIpProt.server.1.address": PROVIDER[0]}},
+                                        lambda name: names.get(name, []))
+    assert [(t.user, t.phone_ip) for t in targets] == [("", A_ADDR[0])]
+    out = _run(_evidence(targets), _exchange("1001", A_ADDR, T0))
+    assert [o.mac for o in out] == [MAC]

@@ -17,6 +17,7 @@ phone resolves them (through the site's DNS server where the inventory names one
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import re
 import socket
@@ -130,6 +131,16 @@ def registrations(params: dict[str, str]) -> list[int]:
     return sorted(found | {1})
 
 
+def phone_ip(address: str, resolve: Callable[[str], list[str]]) -> str:
+    """The inventory's phone address as a capture shows the phone's packets come from: an IP address as
+    decoders print it; a name resolved (when it resolves to one address), else left as it is."""
+    try:
+        return str(ipaddress.ip_address(address.strip("[]")))
+    except ValueError:
+        found = resolve(address)
+        return found[0] if len(found) == 1 else address
+
+
 def site_targets(site: Site, params_by_mac: dict[str, dict[str, str]], resolve: Callable[[str], list[str]]
                  ) -> list[WireTarget]:
     """Every registration's targets (observations then carry reg=x): a phone's line 2 REGISTERs are its own,
@@ -137,9 +148,10 @@ def site_targets(site: Site, params_by_mac: dict[str, dict[str, str]], resolve: 
     out: list[WireTarget] = []
     for phone in site.phones:
         params = params_by_mac.get(phone.mac) or {}
+        ip = phone_ip(phone.address, resolve)
         for reg in registrations(params):
             out += targets_for(phone.mac, reg, registration_user(params, reg), phone_servers(params, reg), resolve,
-                               phone_ip=phone.address)
+                               phone_ip=ip)
     return out
 
 
