@@ -34,6 +34,7 @@ from .drivers.collect.wire_decode import Datagram
 from .inventory import Inventory, Secrets, Site
 from .observe import Observation, from_line_info
 from .site_registry import register_site
+from .site_users import SiteUsers
 from .store import RolloutStore, Store
 
 log = logging.getLogger(__name__)
@@ -147,6 +148,7 @@ class SiteCollector:
         self.errors = 0
         self.start_error: str | None = None
         self.sources = SourceFilter(site)
+        self.site_users = self._site_users()
         if self.sources.unresolved:
             log.warning("collector %s: %d phones have addresses that do not resolve (%s...): their reports are dropped "
                         "unless collector.allow_from covers them", site.name, len(self.sources.unresolved),
@@ -178,8 +180,23 @@ class SiteCollector:
         asyncio.get_running_loop().stop()
 
     # ------------------------------------------------------------------ per-server evidence sources
+    def _site_users(self) -> SiteUsers | None:
+        """Registration users from the site's boot files, for phones fleet knows none for (needs the secrets)."""
+        if self.secrets is None:
+            return None
+        secrets, boot = self.secrets, self.site.boot_server
+
+        def open_pub(url: str):
+            from .drivers.publish import open_publisher
+            from .inventory import Credentials
+
+            return open_publisher(url, secrets.credentials(boot.credentials) if boot.credentials else Credentials())
+
+        return SiteUsers(boot.url, open_pub, {p.mac: p.model for p in self.site.phones})
+
     def phone_params(self) -> dict[str, dict[str, str]]:
-        """The configuration each phone runs: what a rollout last pushed, else the inventory's."""
+        """The configuration each phone runs: what a rollout last pushed, else the inventory's; a phone whose
+        registration user neither gives takes it from the site's own boot files (`site_users`)."""
         pushed = RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])
         out = {}
         for p in self.site.phones:
@@ -189,7 +206,7 @@ class SiteCollector:
                 out[p.mac] = self.inventory.effective_params(self.site, p)
             else:
                 out[p.mac] = {k: str(v) for layer in (self.site.params, p.params) for k, v in layer.items()}
-        return out
+        return self.site_users.fill(out) if self.site_users is not None else out
 
     def sink(self) -> wire_sources.Sink:
         """Callbacks for source threads: everything reaches the lists on the event loop's own thread."""

@@ -49,31 +49,85 @@ class Observation:
 
 
 @dataclass
-class PhoneState:
-    mac: str
-    servers: dict[int, dict] = field(default_factory=dict)   # index -> {state, t, source, address}
+class LineState:
+    """One registration's (line's) state: per-server states, the line-level state and the working server."""
+    servers: dict[int, dict] = field(default_factory=dict)   # index -> {state, t, source, address[, code, until]}
     line_state: str = UNKNOWN
     working_server: int | None = None
-    observed_at: float | None = None
-    last_source: str = ""
     line_down_at: float | None = None   # last line unregistration: a phone sends it when it shuts down gracefully
     line_up_at: float | None = None     # last line-level registration (events, polling): the line is up, server unsaid
-    evidence: dict[str, float] = field(default_factory=dict)   # source -> time of its newest observation
     inferred: bool = False              # working_server follows from a line-level source plus per-server gaps
 
     def to_dict(self) -> dict:
-        return {"mac": self.mac, "servers": {str(k): v for k, v in self.servers.items()}, "line_state": self.line_state,
-                "working_server": self.working_server, "observed_at": self.observed_at, "last_source": self.last_source,
-                "line_down_at": self.line_down_at, "line_up_at": self.line_up_at, "evidence": self.evidence,
-                "inferred": self.inferred}
+        return {"servers": {str(k): v for k, v in self.servers.items()}, "line_state": self.line_state,
+                "working_server": self.working_server, "line_down_at": self.line_down_at,
+                "line_up_at": self.line_up_at, "inferred": self.inferred}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "LineState":
+        return cls(servers={int(k): v for k, v in (d.get("servers") or {}).items()},
+                   line_state=d.get("line_state", UNKNOWN), working_server=d.get("working_server"),
+                   line_down_at=d.get("line_down_at"), line_up_at=d.get("line_up_at"),
+                   inferred=bool(d.get("inferred", False)))
+
+
+def _line1(name: str) -> property:
+    """PhoneState.<name> is registration 1's: what status, experiments and verification read."""
+    return property(lambda self: getattr(self.line(1), name),
+                    lambda self, value: setattr(self.line(1), name, value),
+                    doc=f"registration 1's {name}")
+
+
+class PhoneState:
+    """A phone's observed state: one LineState per registration (`lines`), and what is the phone's own
+    (when and from which source it was last observed). `servers`, `working_server`, `line_state`,
+    `line_up_at`, `line_down_at` and `inferred` are registration 1's, as `fleet status`, experiments and
+    rollout verification read them; `line(x)` is registration x's.
+
+    JSON: registration 1's fields at the top level, as before lines were kept apart, plus `lines`
+    (registration -> LineState.to_dict()) for every other registration observed."""
+
+    def __init__(self, mac: str, lines: dict[int, LineState] | None = None, observed_at: float | None = None,
+                 last_source: str = "", evidence: dict[str, float] | None = None) -> None:
+        self.mac = mac
+        self.lines: dict[int, LineState] = lines if lines is not None else {}
+        self.observed_at = observed_at
+        self.last_source = last_source
+        self.evidence: dict[str, float] = evidence if evidence is not None else {}   # source -> newest observation
+
+    servers = _line1("servers")
+    line_state = _line1("line_state")
+    working_server = _line1("working_server")
+    line_down_at = _line1("line_down_at")
+    line_up_at = _line1("line_up_at")
+    inferred = _line1("inferred")
+
+    def line(self, reg: int = 1) -> LineState:
+        """Registration `reg`'s state (created empty when nothing was observed of it)."""
+        found = self.lines.get(reg)
+        if found is None:
+            found = self.lines[reg] = LineState()
+        return found
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, PhoneState) and self.to_dict() == other.to_dict()
+
+    def __repr__(self) -> str:
+        return f"PhoneState({self.to_dict()!r})"
+
+    def to_dict(self) -> dict:
+        others = {str(reg): ls.to_dict() for reg, ls in sorted(self.lines.items()) if reg != 1}
+        return {"mac": self.mac, **self.line(1).to_dict(), "observed_at": self.observed_at,
+                "last_source": self.last_source, "evidence": self.evidence, "lines": others}
 
     @classmethod
     def from_dict(cls, d: dict) -> "PhoneState":
-        return cls(mac=d["mac"], servers={int(k): v for k, v in (d.get("servers") or {}).items()},
-                   line_state=d.get("line_state", UNKNOWN), working_server=d.get("working_server"),
-                   observed_at=d.get("observed_at"), last_source=d.get("last_source", ""),
-                   line_down_at=d.get("line_down_at"), line_up_at=d.get("line_up_at"), evidence=dict(d.get("evidence") or {}),
-                   inferred=bool(d.get("inferred", False)))
+        lines = {1: LineState.from_dict(d)}
+        for reg, ld in (d.get("lines") or {}).items():
+            if int(reg) != 1:
+                lines[int(reg)] = LineState.from_dict(ld or {})
+        return cls(mac=d["mac"], lines=lines, observed_at=d.get("observed_at"), last_source=d.get("last_source", ""),
+                   evidence=dict(d.get("evidence") or {}))
 
 
 def working_server(servers: dict[int, dict]) -> int | None:
@@ -81,11 +135,13 @@ def working_server(servers: dict[int, dict]) -> int | None:
     return min(up) if up else None
 
 
-def derive_working(state: PhoneState, configured: list[int] | None = None) -> tuple[int | None, bool]:
-    """(working server, inferred?). R4 over the per-server states; when none is known registered but a
-    line-level source said the line is up after the newest per-server evidence, and that evidence rules out
-    every configured server but one, that one is working (inferred). `configured`: the indices of the
-    servers the phone registers with."""
+def derive_working(state: LineState | PhoneState, configured: list[int] | None = None) -> tuple[int | None, bool]:
+    """(working server, inferred?) of one registration (a PhoneState: its registration 1). R4 over the
+    per-server states; when none is known registered but a line-level source said the line is up after the
+    newest per-server evidence, and that evidence rules out every configured server but one, that one is
+    working (inferred). `configured`: the indices of the servers the registration registers with."""
+    if isinstance(state, PhoneState):
+        state = state.line(1)
     ws = working_server(state.servers)
     if ws is not None and configured and any(state.servers.get(i, {}).get("state") != UNREGISTERED
                                              for i in configured if i < ws):
@@ -101,17 +157,19 @@ def derive_working(state: PhoneState, configured: list[int] | None = None) -> tu
 
 
 def apply(state: PhoneState, obs: Observation, configured: list[int] | None = None) -> bool:
-    """Fold one observation into the phone's state; True when the working server changed.
-    `configured` (the indices of the servers the phone registers with) lets a line-level source complete
-    per-server evidence that leaves only one server possible."""
+    """Fold one observation into its registration's state (`obs.reg`: a phone's line 2 never touches line
+    1's servers); True when that registration's working server changed.
+    `configured` (the indices of the servers registration `obs.reg` registers with) lets a line-level source
+    complete per-server evidence that leaves only one server possible."""
     if obs.kind != "registration":
         return False
-    before = state.working_server
+    line = state.line(obs.reg)
+    before = line.working_server
     state.observed_at = obs.t
     state.last_source = obs.source
     state.evidence[obs.source] = max(obs.t, state.evidence.get(obs.source, 0.0))
     if obs.server is not None:
-        prev = state.servers.get(obs.server)
+        prev = line.servers.get(obs.server)
         if prev is not None and prev.get("t", 0) > obs.t:
             return False   # an older message arriving late never overrides a newer one
         entry = {"state": obs.state, "t": obs.t, "source": obs.source, "address": obs.address}
@@ -119,19 +177,19 @@ def apply(state: PhoneState, obs: Observation, configured: list[int] | None = No
             entry["code"] = obs.code
         if obs.state == REGISTERED and obs.expires is not None:
             entry["until"] = round(obs.t + obs.expires, 3)    # when the binding lapses unless it is refreshed
-        state.servers[obs.server] = entry
-        if working_server(state.servers) is not None:
-            state.line_state = REGISTERED
+        line.servers[obs.server] = entry
+        if working_server(line.servers) is not None:
+            line.line_state = REGISTERED
     else:
-        state.line_state = obs.state
+        line.line_state = obs.state
         if obs.state == REGISTERED:
-            state.line_up_at = max(obs.t, state.line_up_at or 0.0)
+            line.line_up_at = max(obs.t, line.line_up_at or 0.0)
         if obs.state == UNREGISTERED:
-            state.line_down_at = max(obs.t, state.line_down_at or 0.0)
-            for s in state.servers.values():
+            line.line_down_at = max(obs.t, line.line_down_at or 0.0)
+            for s in line.servers.values():
                 s["state"] = UNREGISTERED
-    state.working_server, state.inferred = derive_working(state, configured)
-    return state.working_server != before
+    line.working_server, line.inferred = derive_working(line, configured)
+    return line.working_server != before
 
 
 def from_line_info(mac: str, t: float, line: dict, configured: list[dict]) -> list[Observation]:

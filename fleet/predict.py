@@ -150,8 +150,9 @@ def refresh_interval(expires: int, overlap: int) -> float:
     return expires - overlap if expires / 2 >= overlap else expires / 2
 
 
-def granted_expiry(observations: list[dict], server: int = 1, before: float | None = None) -> int | None:
-    """The expiry the server last granted, from the phone's observations, or None when nothing said.
+def granted_expiry(observations: list[dict], server: int = 1, before: float | None = None, reg: int = 1) -> int | None:
+    """The expiry the server last granted registration `reg`, from the phone's observations, or None when
+    nothing said (another line's grant is not this one's: its server may grant another expiry).
 
     Sources that see the grant: SIP on the wire and HEP (`expires` field, or `expires=N` in the detail) and the
     registration syslog line. Not the gateway's bindings: their expiry is the time left, not the grant."""
@@ -159,7 +160,7 @@ def granted_expiry(observations: list[dict], server: int = 1, before: float | No
     for o in observations:
         if before is not None and o.get("t", 0) > before:
             break
-        if (o.get("server") != server or o.get("state") != "registered" or o.get("kind", "registration") != "registration"
+        if (o.get("server") != server or o.get("reg", 1) != reg or o.get("state") != "registered" or o.get("kind", "registration") != "registration"
                 or o.get("source") == "gateway"):
             continue
         value = o.get("expires")

@@ -91,11 +91,12 @@ def first_change(observations: list[dict], server: int, after: float) -> float |
 
 
 def timeline(observations: list[dict], initial: dict | None, started: float) -> list[dict]:
-    """The phone's lane for the report: its state when the run began, then every observation."""
+    """The phone's lane for the report: its state when the run began, then every observation of its
+    registration 1 (the lane is that line's: another line's servers are not its servers)."""
     lane = [{"t": round(o["t"], 3), "working_server": o.get("working_server"), "source": o.get("source"),
              "server": o.get("server"), "state": o.get("state"), "kind": o.get("kind", "registration"),
              **{k: o[k] for k in ("code", "expires") if o.get(k) is not None}}
-            for o in observations]
+            for o in observations if o.get("reg", 1) == 1]
     if initial and initial.get("observed_at"):
         lane.insert(0, {"t": round(started, 3), "working_server": initial.get("working_server"),
                         "source": "state at start", "server": None, "state": None, "kind": "registration"})

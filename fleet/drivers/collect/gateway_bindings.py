@@ -249,7 +249,8 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
 
     Targets are matched by user (the AoR's user part, or the contact's user); where several bindings share a
     user (a shared line on several phones) the target's phone_ip picks the one whose contact or source is that
-    address. A target without a user is matched by its phone_ip alone; without either it is skipped."""
+    address. A target without a user is matched by its phone_ip alone, among the bindings of users no other
+    target has (the same phone's line 2); without either it is skipped."""
     by_user: dict[str, list[Binding]] = {}
     by_ip: dict[str, list[Binding]] = {}
     for b in bindings:
@@ -259,6 +260,8 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
         for ip in {b.contact_host, b.source_ip}:
             if ip:
                 by_ip.setdefault(ip, []).append(b)
+    targets = list(targets)
+    claimed = {t.user for t in targets if t.user}   # a binding of a known user is that user's target's alone
     out: list[Observation] = []
     for target in targets:
         if target.user:
@@ -266,7 +269,8 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
             if len(found) > 1 and target.phone_ip:
                 found = [b for b in found if target.phone_ip in (b.contact_host, b.source_ip)]
         elif target.phone_ip:
-            found = by_ip.get(target.phone_ip, [])
+            # by address, but not the binding of the same phone's other line (whose user its target has)
+            found = [b for b in by_ip.get(target.phone_ip, []) if not ({b.user, sip.uri_user(b.contact)} & claimed)]
         else:
             continue
         active = [b for b in found if b.active]

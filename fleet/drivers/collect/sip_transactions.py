@@ -203,14 +203,23 @@ def same_contact(a: str, b: str) -> bool:
 
 
 def granted_expiry(resp: WireMessage, req: RegisterRequest) -> int | None:
-    """The expiry a 2xx granted the request's contact: its Contact entry's expires, else the Expires header,
-    else what was asked for."""
-    for uri, params in split_contacts(resp.get_all("contact")):
-        if req.contact_uri and uri != "*" and (uri == req.contact_uri or same_contact(uri, req.contact_uri)):
-            value = _int(params.get("expires"))
+    """The expiry a 2xx granted the request's contact: its Contact entry's expires; where the registrar
+    rewrote that contact (NAT, Asterisk's rewrite_contact: same user, another host or port) the expires of
+    the only contact with the phone's user, else of the only contact in the answer; else the Expires
+    header; else what was asked for."""
+    contacts = [(uri, params) for uri, params in split_contacts(resp.get_all("contact")) if uri != "*"]
+    if req.contact_uri and req.contact_uri != "*":
+        own = next((params for uri, params in contacts
+                    if uri == req.contact_uri or same_contact(uri, req.contact_uri)), None)
+        if own is None:
+            user = req.contact_user or req.aor_user
+            same_user = [params for uri, params in contacts if user and uri_user(uri) == user]
+            own = (same_user[0] if len(same_user) == 1 else
+                   contacts[0][1] if not same_user and len(contacts) == 1 else None)
+        if own is not None:
+            value = _int(own.get("expires"))
             if value is not None:
                 return value
-            break
     value = _int(resp.get("expires"))
     if value is not None:
         return value

@@ -31,6 +31,7 @@ from ...observe import REGISTERED, UNREGISTERED, Observation
 from .sip_transactions import FINAL, TIMEOUT, RegisterOutcome, RegisterRequest, host_key
 
 NOT_OBSERVABLE = "not observable on the wire"
+UNMATCHED_KEPT = 1024      # distinct unmatched (destination, user) keys one Attribution lists
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +119,10 @@ class Attribution:
             else:
                 self._wild.setdefault(addr, []).append(t)
         self.stats: Counter[str] = Counter()
+        # (destination, user) of REGISTERs no target fitted, each once, in the order seen (appended on the
+        # pipeline's thread, read by a Follower on another: a list only grows, so a slice is safe to take)
+        self.unmatched: list[tuple] = []
+        self._unmatched_seen: set[tuple] = set()
 
     @classmethod
     def from_map(cls, mapping: Mapping[tuple[str, int], tuple[str, int, int]]) -> "Attribution":
@@ -134,7 +139,9 @@ class Attribution:
         phone's request upstream), never a phone's: it is counted `relayed` and attributed to nobody, so the
         phone's request and the relayed copy never count twice. Otherwise the candidates are the targets at
         the destination whose user is one of the request's To, From or Contact users (else those configured
-        without a user); where several remain (servers sharing an outbound proxy), those whose Request-URI host
+        without a user, and only from that phone's own address where the target has one: a phone whose
+        registration user is unknown must not take another phone's line, or the gateway's own trunk
+        REGISTER); where several remain (servers sharing an outbound proxy), those whose Request-URI host
         is the request's; the phone's address only breaks ties, so a NAT between phone and capture point does
         not hide a phone that its user already identifies."""
         if req.src in self._servers:
@@ -142,6 +149,7 @@ class Attribution:
             return None
         if req.dst not in self._by_addr:
             self.stats["unknown_destination"] += 1
+            self._unmatched(req)
             return None
         matched: list[WireTarget] = []
         for u in (req.aor_user, req.from_user, req.contact_user):
@@ -150,7 +158,7 @@ class Attribution:
                     if t not in matched:
                         matched.append(t)
         if not matched:
-            matched = self._wild.get(req.dst, [])
+            matched = [t for t in self._wild.get(req.dst, ()) if t.phone_ip in ("", req.src[0])]
         if len(matched) > 1 and req.uri_host and any(t.uri_host for t in matched):
             matched = [t for t in matched if t.uri_host in ("", req.uri_host)]
         if len(matched) > 1:
@@ -160,7 +168,15 @@ class Attribution:
         if len(matched) == 1:
             return matched[0]
         self.stats["ambiguous" if matched else "no_matching_phone"] += 1
+        if not matched:
+            self._unmatched(req)
         return None
+
+    def _unmatched(self, req: RegisterRequest) -> None:
+        key = (req.dst, req.aor_user or req.from_user or req.contact_user)
+        if key not in self._unmatched_seen and len(self.unmatched) < UNMATCHED_KEPT:
+            self._unmatched_seen.add(key)
+            self.unmatched.append(key)
 
 
 def observation(outcome: RegisterOutcome, target: WireTarget, source: str = "wire") -> Observation | None:

@@ -17,7 +17,9 @@ phone resolves them (through the site's DNS server where the inventory names one
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
+import re
 import socket
 import threading
 from abc import ABCMeta, abstractmethod
@@ -119,13 +121,37 @@ def registration_user(params: dict[str, str], reg: int = 1) -> str:
     return addr.removeprefix("sip:").split("@", 1)[0]
 
 
+_REG_ADDRESS = re.compile(r"reg\.([1-9][0-9]?)\.address")
+
+
+def registrations(params: dict[str, str]) -> list[int]:
+    """The registrations (lines) a phone registers: 1 always (a phone without reg.1.address still registers
+    line 1, as whoever its servers know it by), and every other x with a reg.x.address."""
+    found = {int(m[1]) for k, v in params.items() if str(v).strip() and (m := _REG_ADDRESS.fullmatch(k))}
+    return sorted(found | {1})
+
+
+def phone_ip(address: str, resolve: Callable[[str], list[str]]) -> str:
+    """The inventory's phone address as a capture shows the phone's packets come from: an IP address as
+    decoders print it; a name resolved (when it resolves to one address), else left as it is."""
+    try:
+        return str(ipaddress.ip_address(address.strip("[]")))
+    except ValueError:
+        found = resolve(address)
+        return found[0] if len(found) == 1 else address
+
+
 def site_targets(site: Site, params_by_mac: dict[str, dict[str, str]], resolve: Callable[[str], list[str]]
                  ) -> list[WireTarget]:
+    """Every registration's targets (observations then carry reg=x): a phone's line 2 REGISTERs are its own,
+    neither unattributed nor taken for line 1's."""
     out: list[WireTarget] = []
     for phone in site.phones:
         params = params_by_mac.get(phone.mac) or {}
-        out += targets_for(phone.mac, 1, registration_user(params), phone_servers(params), resolve,
-                           phone_ip=phone.address)
+        ip = phone_ip(phone.address, resolve)
+        for reg in registrations(params):
+            out += targets_for(phone.mac, reg, registration_user(params, reg), phone_servers(params, reg), resolve,
+                               phone_ip=ip)
     return out
 
 
@@ -143,17 +169,20 @@ def transaction_timeouts(targets: list[WireTarget], params_by_mac: dict[str, dic
     return out
 
 
-def gateway_server(site: Site, params: dict[str, str]) -> int | None:
-    """Which server of this phone the site's gateway is: the inventory says, else the one at its address."""
+def gateway_server(site: Site, params: dict[str, str], reg: int = 1) -> int | None:
+    """Which server of this phone's registration `reg` the site's gateway is: the inventory says, else the
+    one at its address."""
     if site.gateway_registrar is not None and site.gateway_registrar.server:
         return site.gateway_registrar.server
-    return next((s["index"] for s in phone_servers(params) if s["address"] == site.gateway), None)
+    return next((s["index"] for s in phone_servers(params, reg) if s["address"] == site.gateway), None)
 
 
 # ---------------------------------------------------------------- sources
 
 class Targets:
-    """The site's targets, rebuilt every RETARGET_S from `params()` (the configuration each phone runs)."""
+    """The site's targets, rebuilt every RETARGET_S from `params()` (the configuration each phone runs).
+    Several source threads share one Targets: `refresh` holds a lock, so one rebuild runs at a time and the
+    targets, the configuration and the generation always belong together."""
 
     def __init__(self, site: Site, params: Callable[[], dict[str, dict[str, str]]]) -> None:
         self.site, self.params = site, params
@@ -161,32 +190,47 @@ class Targets:
         self.at = 0.0
         self.wire: list[WireTarget] = []
         self.by_mac: dict[str, dict[str, str]] = {}
+        self.generation = 0
+        self.lock = threading.Lock()
 
-    def refresh(self, force: bool = False, soon: bool = False) -> None:
+    def refresh(self, force: bool = False, soon: bool = False) -> bool:
         """Rebuild when `force`, when RETARGET_S passed, or (`soon`: traffic nobody's target fits) when
-        RETARGET_SOON_S passed. Sources share one Targets and follow its `generation` (see `follow`)."""
-        age = time.monotonic() - self.at
-        if not force and age < (RETARGET_SOON_S if soon else RETARGET_S):
-            return
-        self.at = time.monotonic()
-        try:
-            by_mac = self.params()
-            self.wire = site_targets(self.site, by_mac, self.resolve)
-            self.by_mac = by_mac
+        RETARGET_SOON_S passed; True when it rebuilt them. Sources share one Targets and follow its
+        `generation` (see `Follower`)."""
+        with self.lock:
+            age = time.monotonic() - self.at
+            if not force and age < (RETARGET_SOON_S if soon else RETARGET_S):
+                return False
+            self.at = time.monotonic()
+            try:
+                by_mac = self.params()
+                wire = site_targets(self.site, by_mac, self.resolve)
+            except Exception as exc:
+                log.warning("site %s: cannot rebuild wire targets (%s); keeping the previous ones", self.site.name, exc)
+                return False
+            self.wire, self.by_mac = wire, by_mac
             self.generation += 1
-        except Exception as exc:
-            log.warning("site %s: cannot rebuild wire targets (%s); keeping the previous ones", self.site.name, exc)
+            return True
 
-    generation = 0
+
+UNMATCHED_REMEMBERED = 4096    # unmatched (destination, user) keys a Follower remembers having rebuilt for
 
 
 class Follower:
-    """Keeps one pipeline on the site's current targets: call `tick()` about once a second."""
+    """Keeps one pipeline on the site's current targets: call `tick()` about once a second.
+
+    REGISTERs nobody's target fits ask for a rebuild within RETARGET_SOON_S (a rollout may have moved
+    phones), but each unmatched destination and user only once: traffic that will never match (another
+    system's trunk, a phone outside the inventory) would otherwise rebuild the targets every few seconds
+    forever. What still fits nothing after its rebuild waits for the regular one every RETARGET_S."""
 
     def __init__(self, ev: WireEvidence, targets: Targets) -> None:
         self.ev, self.targets = ev, targets
         self.generation = targets.generation
-        self.unattributed = 0
+        self.tried: set[tuple] = set()    # unmatched keys that already asked for their rebuild
+        self.reading: Attribution | None = None
+        self.read = 0                     # how many of `reading.unmatched` were looked at
+        self.soon = False                 # a rebuild was asked for and has not happened yet
 
     def tick(self) -> None:
         self.refresh()
@@ -194,10 +238,18 @@ class Follower:
 
     def refresh(self) -> None:
         """The slow half (Redis, DNS): may run on another thread than the pipeline's."""
-        stats = self.ev.build.attribution.stats
-        unattributed = stats["unknown_destination"] + stats["no_matching_phone"]
-        self.targets.refresh(soon=unattributed > self.unattributed)
-        self.unattributed = unattributed
+        attribution = self.ev.build.attribution
+        if attribution is not self.reading:
+            self.reading, self.read = attribution, 0
+        keys = attribution.unmatched[self.read:]
+        self.read += len(keys)
+        new = [k for k in keys if k not in self.tried]
+        if len(self.tried) + len(new) > UNMATCHED_REMEMBERED:
+            self.tried.clear()
+        self.tried.update(new)
+        self.soon = self.soon or bool(new)
+        if self.targets.refresh(soon=self.soon):
+            self.soon = False
 
     def apply(self) -> None:
         """The quick half: on the pipeline's own thread."""
@@ -205,7 +257,6 @@ class Follower:
             self.generation = self.targets.generation
             self.ev.build.attribution = Attribution(self.targets.wire)
             self.ev.matcher.timeouts = transaction_timeouts(self.targets.wire, self.targets.by_mac)
-            self.unattributed = 0
 
 
 class SourceThread(threading.Thread, metaclass=ABCMeta):
@@ -300,7 +351,7 @@ class RouterCapture(_WireThread):
     def command(self) -> str:
         # the ports the phones send to: their servers', or their outbound proxy's for a server that uses one
         ports = tuple(sorted({(s.get("proxy") or s)["port"] or 5060 for p in self.targets.by_mac.values()
-                              for s in phone_servers(p)})) or (5060,)
+                              for reg in registrations(p) for s in phone_servers(p, reg)})) or (5060,)
         return capture_command(self.capture.platform, self.capture.interface or "any", ports)
 
     def run_once(self) -> None:
@@ -424,10 +475,10 @@ class GatewayPoller(SourceThread):
         self.polls = 0
 
     def gateway_targets(self) -> list[WireTarget]:
-        out: dict[tuple[str, int], WireTarget] = {}
-        for t in self.targets.wire:      # one per phone (a name resolving to several addresses gives several)
-            if t.server == gateway_server(self.site, self.targets.by_mac.get(t.mac, {})):
-                out.setdefault((t.mac, t.server), t)
+        out: dict[tuple[str, int, int], WireTarget] = {}
+        for t in self.targets.wire:      # one per line (a name resolving to several addresses gives several)
+            if t.server == gateway_server(self.site, self.targets.by_mac.get(t.mac, {}), t.reg):
+                out.setdefault((t.mac, t.reg, t.server), t)
         return list(out.values())
 
     def run_once(self) -> None:
