@@ -25,6 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ... import dns_ttl as dns_client
 from ...inventory import Capture, Credentials, Site
 from ...observe import Observation
 from ...predict import server_timing
@@ -53,12 +54,30 @@ class Sink:
 # ---------------------------------------------------------------- attribution from the phones' configuration
 
 class SiteResolver:
-    """Names resolved as the site's phones resolve them: through the site's DNS server, else this host's."""
+    """Names resolved as the site's phones resolve them: through the site's DNS server (fleet.dns_ttl, which
+    asks that server only and reads only the reply to its own query), else this host's resolver.
+
+    `__call__(name)` gives a name's addresses; `locate(name, transport)` follows a server name with port 0 the
+    way a phone in DNSnaptr mode does (RFC 3263): NAPTR for the name (the most preferred of SIP+D2U, SIP+D2T,
+    SIPS+D2T picks the transport and the SRV name), else SRV `_sip._udp.NAME`; each SRV target's A records at
+    the SRV port; with no SRV answer the name's A records at 5060. Without a site DNS server there is no SRV
+    (this host's resolver has no SRV question): A and 5060. When the server does not answer, what a name
+    resolved to before is kept (an outage may block DNS)."""
+
+    NAPTR_SERVICES = {"SIP+D2U": "udp", "SIP+D2T": "tcp", "SIPS+D2T": "tls"}
 
     def __init__(self, dns: str | None, timeout: float = 2.0) -> None:
         self.dns = dns
         self.timeout = timeout
         self.cache: dict[str, list[str]] = {}
+        self.located: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
+
+    def _server(self) -> tuple[str, int]:
+        assert self.dns
+        host, sep, port = self.dns.rpartition(":")
+        if not sep or not port.isdigit() or "]" in port:      # "10.0.0.1" or "[::1]": port 53
+            return self.dns.strip("[]"), 53
+        return host.strip("[]"), int(port)
 
     def __call__(self, name: str) -> list[str]:
         try:
@@ -70,14 +89,51 @@ class SiteResolver:
             self.cache[name] = found
         return self.cache.get(name, [])
 
-    def _query(self, name: str) -> list[str]:
+    def _query(self, name: str) -> list[str] | None:
         if not self.dns:
             return sorted({ai[4][0] for ai in socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM)})
-        from dnslib import QTYPE, DNSRecord
+        host, port = self._server()
+        found = dns_client.a_records(name, host, port, timeout=self.timeout)
+        return sorted({ip for ip, _ in found}) if found else []
 
-        host, _, port = self.dns.rpartition(":")
-        reply = DNSRecord.parse(DNSRecord.question(name, "A").send(host.strip("[]"), int(port), timeout=self.timeout))
-        return sorted({str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A})
+    def locate(self, name: str, transport: str = "") -> list[tuple[str, int, str]]:
+        """[(ip, port, kind)] the phone may send a REGISTER for server `name` (port 0) to; kind udp/tcp/tls."""
+        key = (name, transport.lower())
+        try:
+            found = self._locate(name, transport.lower())
+        except Exception as exc:  # a resolver bug or garbage: keep the previous answer
+            log.debug("cannot locate %s: %s", name, exc)
+            found = None
+        if found:
+            self.located[key] = found
+        return self.located.get(key, [])
+
+    def _locate(self, name: str, transport: str) -> list[tuple[str, int, str]] | None:
+        if not self.dns:
+            return [(ip, 5060, "udp") for ip in self(name)]
+        host, port = self._server()
+        kind, srv_name = "udp", f"_sip._udp.{name}"
+        if transport != "udponly":
+            naptr = dns_client.naptr_records(name, host, port, timeout=self.timeout)
+            if naptr is None:
+                return None                     # no answer: keep the previous one
+            usable = [n for n in naptr if n.service.upper() in self.NAPTR_SERVICES and n.flags.lower() == "s"
+                      and n.replacement]
+            if usable:
+                kind, srv_name = self.NAPTR_SERVICES[usable[0].service.upper()], usable[0].replacement
+        srv = dns_client.srv_records(srv_name, host, port, timeout=self.timeout)
+        if srv is None:
+            return None
+        out: list[tuple[str, int, str]] = []
+        for rec in srv:
+            if rec.target in ("", ".") or not 0 < rec.port < 65536:
+                continue                        # "." : the service is decidedly not available there
+            for ip in self(rec.target):
+                if (ip, rec.port, kind) not in out:
+                    out.append((ip, rec.port, kind))
+        if srv:
+            return out
+        return [(ip, 5061 if kind == "tls" else 5060, kind) for ip in self(name)]     # no SRV: A records
 
 
 def outbound_proxy(params: dict[str, str], reg: int = 1) -> dict | None:
@@ -203,7 +259,7 @@ class Follower:
         """The quick half: on the pipeline's own thread."""
         if self.targets.generation != self.generation:
             self.generation = self.targets.generation
-            self.ev.build.attribution = Attribution(self.targets.wire)
+            self.ev.build.attribution = Attribution(self.targets.wire, self.ev.source)
             self.ev.matcher.timeouts = transaction_timeouts(self.targets.wire, self.targets.by_mac)
             self.unattributed = 0
 
@@ -255,7 +311,7 @@ class _WireThread(SourceThread):
     def _pipeline(self) -> WireEvidence:
         if self.targets.generation == 0:      # never built yet (run_once builds them before a capture starts)
             self.targets.refresh(force=True)
-        return WireEvidence(Attribution(self.targets.wire), source=self.source, stamp="local", lapse=True,
+        return WireEvidence(Attribution(self.targets.wire, self.source), source=self.source, stamp="local", lapse=True,
                             timeouts=transaction_timeouts(self.targets.wire, self.targets.by_mac))
 
     def pump(self, read: Callable[[float], bytes | None]) -> None:
@@ -288,6 +344,12 @@ class _WireThread(SourceThread):
                 self.sink.observe(out)
 
 
+def capture_ports(targets: list[WireTarget]) -> tuple[int, ...]:
+    """The destination ports a capture must let through: those of the targets it can see (a server's, an outbound
+    proxy's, or what SRV gave), 5060 when there are none yet."""
+    return tuple(sorted({t.address[1] for t in targets if t.observable_by("wire")})) or (5060,)
+
+
 class RouterCapture(_WireThread):
     """tcpdump on the site router, its pcap stdout over the router's SSH."""
 
@@ -298,10 +360,7 @@ class RouterCapture(_WireThread):
         self.credentials = credentials
 
     def command(self) -> str:
-        # the ports the phones send to: their servers', or their outbound proxy's for a server that uses one
-        ports = tuple(sorted({(s.get("proxy") or s)["port"] or 5060 for p in self.targets.by_mac.values()
-                              for s in phone_servers(p)})) or (5060,)
-        return capture_command(self.capture.platform, self.capture.interface or "any", ports)
+        return capture_command(self.capture.platform, self.capture.interface or "any", capture_ports(self.targets.wire))
 
     def run_once(self) -> None:
         from ..router import connect
@@ -332,7 +391,7 @@ class LocalCapture(_WireThread):
 
         self.targets.refresh(force=True)
         try:
-            proc = start_local_capture(self.capture.interface or "any")
+            proc = start_local_capture(self.capture.interface or "any", capture_ports(self.targets.wire))
         except CaptureUnavailable:
             self.failures = len(BACKOFF)       # not worth retrying quickly: it needs the host changed
             raise
@@ -367,7 +426,7 @@ class HepSource:
     def __init__(self, site: Site, sink: Sink, targets: Targets) -> None:
         """`targets` must be built already (its refresh blocks: not on the event loop)."""
         self.site, self.sink, self.targets = site, sink, targets
-        self.evidence = WireEvidence(Attribution(targets.wire), source=self.source, stamp="local", lapse=True,
+        self.evidence = WireEvidence(Attribution(targets.wire, self.source), source=self.source, stamp="local", lapse=True,
                                      timeouts=transaction_timeouts(targets.wire, targets.by_mac))
         self.follow = Follower(self.evidence, targets)
 
