@@ -683,6 +683,37 @@ def test_freeswitch_registrations():
         gb.parse_freeswitch("-ERR no reply\n")
 
 
+def test_kamailio_reply_too_big_names_the_ctl_parameter_to_raise():
+    """kamcmd's answer when ul.dump outgrows ctl's binrpc_max_body_size (kamailio issue #1127); before, it read
+    as "not a Kamailio ul.dump answer", which does not say what to change."""
+    for answer in ("ERROR: reply too big\n", "error: 500 - reply too big\n"):
+        with pytest.raises(gb.GatewayOutputError, match=r"binrpc_max_body_size.*modparam\(\"ctl\""):
+            gb.parse_kamailio(answer)
+
+
+def test_asterisk_joins_cli_rows_and_registrar_records_on_the_contact_hash():
+    """A long Contact URI is cut by `pjsip show contacts` (res_pjsip `%-*.*s`): joined on the hash, the phone keeps
+    its expiry and its full URI; before, the (aor, uri) join missed and the binding lost its expiry (and came
+    twice)."""
+    long_uri = "sip:1003@192.168.10.23:5060;transport=udp;line=q7x0k2m9zz;x-long=yes"
+    text = (DATA / "asterisk_contacts.txt").read_text()
+    record = ('/registrar/contact/1003;@77aa66bb55cc44dd33ee22ff11009988: {"expiration_time":"1795715600",'
+              f'"uri":"{long_uri}","via_addr":"192.168.10.23","user_agent":"PolycomSoundPointIP-SPIP_650-UA/4.0.15"}}\n')
+    row = f"  Contact:  1003/{long_uri[:41]} 77aa66bb55 Avail        12.000\n"
+    text = record + text.replace("\nObjects found: 3", row + "\nObjects found: 4")
+    got = [(b.user, b.contact, b.expires_in, b.status, b.source_ip) for b in gb.parse_asterisk(text) if b.user == "1003"]
+    assert got == [("1003", long_uri, 600, "Avail", "192.168.10.23")]
+
+
+def test_freeswitch_profile_named_sip_is_not_the_contact():
+    """`url.find("sip")` took the profile name of `sofia/sip-lan/sip:...` for the URI; before: contact
+    "sip-lan/sip:1001@..." whose host was not the phone's."""
+    text = (DATA / "freeswitch_registrations.txt").read_text().replace("sofia/internal/", "sofia/sip-lan/")
+    got = {b.user: (b.contact, b.contact_host) for b in gb.parse_freeswitch(text)}
+    assert got["1001"] == ("sip:1001@192.168.10.21:5060", "192.168.10.21")
+    assert got["1004"][1] == "192.168.10.24"
+
+
 def test_bindings_become_observations_for_the_gateway_server():
     bindings = gb.parse_asterisk((DATA / "asterisk_contacts.txt").read_text())
     tg = [WireTarget("0004f2000001", 1, 2, GATEWAY, "1001"), WireTarget("0004f2000004", 1, 2, GATEWAY, "1004"),
