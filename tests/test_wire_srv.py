@@ -158,3 +158,51 @@ def test_tcp_and_tls_phones_are_unobservable_by_capture_with_a_reason():
     assert wire.unobservable()[0].to_dict() == {"mac": "0004f2000001", "reg": 1, "server": 1,
                                                 "address": "192.0.2.10:5060", "reason": NOT_OBSERVABLE,
                                                 "why": wire.unobservable()[0].why}
+
+
+def test_site_unobservable_report_prefers_the_source_that_can_see():
+    """With HEP beside a capture, a TCP phone is seen (HEP carries TCP); a TLS one by neither."""
+    from fleet.drivers.collect.wire_sources import unobservable
+
+    tg = [WireTarget("0004f2000001", 1, 1, ("192.0.2.10", 5060), transport="tcp"),
+          WireTarget("0004f2000001", 1, 2, ("192.0.2.11", 5061), transport="tls"),
+          WireTarget("0004f2000002", 1, 1, ("192.0.2.10", 5060))]
+    assert [(u["mac"], u["server"]) for u in unobservable(tg, {"wire"})] == [("0004f2000001", 1), ("0004f2000001", 2)]
+    both = unobservable(tg, {"wire", "hep"})
+    assert [(u["server"], u["reason"], u["why"]) for u in both] == [(2, NOT_OBSERVABLE, "registers over TLS (encrypted)")]
+
+
+def test_fleet_status_shows_unobservable_servers_and_failing_sources(redis_url):
+    """What the collector reports (Store.set_site_evidence) reaches `fleet status --json` per phone and the table:
+    the phone's unobservable servers with why, and per site the failing evidence source, since when and why."""
+    import json
+    import time
+
+    from rich.console import Console
+
+    from fleet.status import view
+    from fleet.store import Store
+
+    store = Store(redis_url)
+    macs = ["0004f2aa0001", "0004f2aa0002"]
+    store.forget_phones(macs)
+    store.register_phones("srvsite", [{"mac": m, "model": "SoundPoint IP 650",
+                                       "servers": [{"index": 1, "address": "192.0.2.10", "register": True},
+                                                   {"index": 2, "address": "192.0.2.11", "register": True}]}
+                                      for m in macs])
+    unseen = {"mac": macs[0], "reg": 1, "server": 2, "address": "192.0.2.11:5061", "reason": NOT_OBSERVABLE,
+              "why": "registers over TLS (encrypted)"}
+    failing = {"source": "gateway bindings", "running": False, "since": time.time() - 300,
+               "error": "GatewayOutputError: Kamailio refused the ul.dump answer as too big"}
+    store.set_site_evidence("srvsite", [unseen], [failing, {"source": "hep", "running": True, "error": "", "since": None}])
+    rows = {r["mac"]: r for r in json.loads(store.status_json("srvsite"))}
+    assert rows[macs[0]]["unobservable"] == [unseen] and rows[macs[1]]["unobservable"] == []
+    assert rows[macs[1]]["evidence_errors"] == [failing]
+    assert rows[macs[0]]["servers"][0]["index"] == 1          # the ready-made row is intact
+    phones = store.phones("srvsite")
+    console = Console(width=250, record=True)
+    console.print(view(phones, store.site_evidence(["srvsite"])))
+    text = console.export_text()
+    assert "2: not observable on the wire (registers over TLS (encrypted))" in text, text
+    assert "gateway bindings" in text and "5m ago" in text and "too big" in text, text
+    store.forget_phones(macs)

@@ -276,6 +276,7 @@ class SourceThread(threading.Thread, metaclass=ABCMeta):
         self.stopping = threading.Event()
         self.failures = 0
         self.last_error = ""
+        self.failing_since: float | None = None   # wall time of the first failure since it last delivered
         self.running = threading.Event()     # set while the source delivers (tests and status wait on it)
 
     def run(self) -> None:
@@ -284,11 +285,24 @@ class SourceThread(threading.Thread, metaclass=ABCMeta):
                 self.run_once()
                 self.failures = 0
             except Exception as exc:  # anything: a source never takes the collector down
-                self.failures = 1 if self.running.is_set() else self.failures + 1   # it had worked: retry soon
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.fail(f"{type(exc).__name__}: {exc}", after_running=self.running.is_set())
                 log.warning("collector %s: %s failed (%s); restarting", self.site.name, self.label, self.last_error)
             self.running.clear()
             self.stopping.wait(BACKOFF[min(self.failures, len(BACKOFF) - 1)])
+
+    def fail(self, why: str, after_running: bool = False) -> None:
+        """Note a failure (for the collector's report in `fleet status`); `after_running`: it had worked, so
+        this is a new failure (retried soon) rather than one more of a series."""
+        self.failures = 1 if after_running else self.failures + 1
+        if after_running or self.failing_since is None:
+            self.failing_since = time.time()
+        self.last_error = why[:300]
+
+    def health(self) -> dict:
+        """{source, running, error, since}: error and since are set while it fails (not after it delivers again)."""
+        failing = bool(self.last_error) and not self.running.is_set()
+        return {"source": self.label, "running": self.running.is_set(),
+                "error": self.last_error if failing else "", "since": self.failing_since if failing else None}
 
     @abstractmethod
     def run_once(self) -> None:
@@ -342,6 +356,20 @@ class _WireThread(SourceThread):
                 self.sink.keep(self.source, kept)
             if out:
                 self.sink.observe(out)
+
+
+def unobservable(targets: list[WireTarget], kinds: set[str]) -> list[dict]:
+    """The targets none of the site's wire sources (`kinds`: "wire" for a capture, "hep") can see, one per phone,
+    registration and server, with why: what `fleet status` and the experiment report show as "not observable
+    on the wire" instead of reading silence as an outage."""
+    from .wire_observations import Unobservable
+
+    out: dict[tuple, dict] = {}
+    for t in targets:
+        if kinds and not any(t.observable_by(k) for k in kinds):
+            why = t.unseen_why(sorted(kinds)[-1])
+            out.setdefault((t.mac, t.reg, t.server), Unobservable(t.mac, t.reg, t.server, t.address, why=why).to_dict())
+    return list(out.values())
 
 
 def capture_ports(targets: list[WireTarget]) -> tuple[int, ...]:
@@ -495,7 +523,6 @@ class GatewayPoller(SourceThread):
         assert self.site.router is not None
         router = connect(self.site.router, self.credentials)
         try:
-            self.running.set()
             while not self.stopping.is_set():
                 started = time.monotonic()
                 self.targets.refresh()
@@ -505,7 +532,11 @@ class GatewayPoller(SourceThread):
                     bindings = self.platform.parse(text, t)
                 except gateway_bindings.GatewayOutputError as exc:
                     log.warning("collector %s: gateway answer not usable: %s", self.site.name, exc)
+                    self.running.clear()            # no evidence from it: `fleet status` says why
+                    self.fail(f"{type(exc).__name__}: {exc}")
                 else:
+                    self.running.set()
+                    self.failures, self.failing_since, self.last_error = 0, None, ""
                     out = gateway_bindings.observations(bindings, self.gateway_targets(), t)
                     self.polls += 1
                     if out:
