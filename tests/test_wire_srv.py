@@ -206,3 +206,16 @@ def test_fleet_status_shows_unobservable_servers_and_failing_sources(redis_url):
     assert "2: not observable on the wire (registers over TLS (encrypted))" in text, text
     assert "gateway bindings" in text and "5m ago" in text and "too big" in text, text
     store.forget_phones(macs)
+
+
+def test_hep_senders_named_by_the_gateway_resolve_through_the_sites_dns(zone_server):
+    """A gateway given as a name is resolved by the site's DNS server, never this host's resolver."""
+    from fleet.drivers.collect.wire_sources import hep_senders
+    from fleet.inventory import Capture, Inventory
+
+    dns = zone_server({("gw.site.example", "A"): [A("192.0.2.1")]})
+    site = Inventory.model_validate({"name": "h", "sites": [{
+        "name": "h", "gateway": "gw.site.example", "dns": dns.address, "boot_server": {"url": "file:///x"},
+        "phones": []}]}).sites[0]
+    assert hep_senders(site, Capture(kind="hep", listen="127.0.0.1:9060")) == ["192.0.2.1"]
+    assert dns.asked == [("gw.site.example", "A")]

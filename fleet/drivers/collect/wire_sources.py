@@ -17,6 +17,7 @@ phone resolves them (through the site's DNS server where the inventory names one
 """
 from __future__ import annotations
 
+import ipaddress
 import logging
 import socket
 import threading
@@ -481,6 +482,11 @@ def hep_senders(site: Site, capture: Capture) -> list[str]:
     """Who may send HEP: the inventory's senders, else the site's gateway (resolved when it is a name)."""
     if capture.senders:
         return list(capture.senders)
+    if site.dns:        # a name: through the site's DNS server, as everything else of the site
+        try:
+            return [str(ipaddress.ip_address(site.gateway.strip("[]")))]
+        except ValueError:
+            return SiteResolver(site.dns)(site.gateway)
     try:
         return sorted({ai[4][0] for ai in socket.getaddrinfo(site.gateway, None, socket.AF_INET)})
     except OSError:
