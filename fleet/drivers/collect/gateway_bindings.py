@@ -239,7 +239,8 @@ class GatewayPlatform:
 _NOW_CMD = 'echo "@now $(date +%s)"; '
 
 PLATFORMS: dict[str, GatewayPlatform] = {
-    "kamailio": GatewayPlatform("kamailio", "kamcmd ul.dump", parse_kamailio),
+    # 2>&1: kamcmd reports a fault ("reply too big", "500 - ...") on stderr, which the router's SSH run drops
+    "kamailio": GatewayPlatform("kamailio", "kamcmd ul.dump 2>&1", parse_kamailio),
     "asterisk": GatewayPlatform("asterisk", _NOW_CMD + "asterisk -rx 'database show registrar/contact'; "
                                 "asterisk -rx 'pjsip show contacts'", parse_asterisk),
     "freeswitch": GatewayPlatform("freeswitch", _NOW_CMD + "fs_cli -x 'show registrations'", parse_freeswitch),
