@@ -219,3 +219,39 @@ def test_hep_senders_named_by_the_gateway_resolve_through_the_sites_dns(zone_ser
         "phones": []}]}).sites[0]
     assert hep_senders(site, Capture(kind="hep", listen="127.0.0.1:9060")) == ["192.0.2.1"]
     assert dns.asked == [("gw.site.example", "A")]
+
+
+def test_a_capture_restarts_when_its_targets_move_to_other_ports():
+    """DNS (a new SRV port) or a rollout moves a server: the running capture's filter would drop its packets, so the
+    read loop ends with True (the source restarts with the new filter) instead of reading on."""
+    import io
+    import struct
+
+    from fleet.drivers.collect import wire_sources
+    from fleet.inventory import Capture, Inventory
+
+    mac = "0004f2000001"
+    params = {"reg.1.address": "1001", "reg.1.server.1.address": "10.0.0.5", "reg.1.server.1.port": "5060"}
+    site = Inventory.model_validate({"name": "x", "sites": [{
+        "name": "a", "gateway": "10.0.0.1", "boot_server": {"url": "file:///x"},
+        "phones": [{"mac": mac, "model": "VVX 410", "address": "10.0.0.20", "credentials": "c"}]}]}).sites[0]
+    current = dict(params)
+    targets = wire_sources.Targets(site, lambda: {mac: dict(current)})
+    src = wire_sources.LocalCapture(site, wire_sources.Sink(lambda o: None, lambda s, d: None),
+                                    Capture(kind="interface", interface="eth0"), targets)
+    targets.refresh(force=True)
+    src.ports = wire_sources.capture_ports(targets.wire)
+    assert src.ports == (5060,)
+    calls = []
+
+    def read(timeout: float):
+        calls.append(timeout)
+        if len(calls) == 1:
+            return struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+        if len(calls) == 3:
+            current["reg.1.server.1.port"] = "5080"
+            targets.refresh(force=True)
+        return None if len(calls) > 20 else b""
+
+    assert src.pump(read) is True and len(calls) < 10, calls
+    assert wire_sources.capture_ports(targets.wire) == (5080,)

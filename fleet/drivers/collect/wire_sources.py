@@ -322,6 +322,7 @@ class _WireThread(SourceThread):
         super().__init__(site, sink)
         self.capture, self.targets = capture, targets
         self.evidence: WireEvidence | None = None
+        self.ports: tuple[int, ...] = ()      # the ports the running capture's filter lets through
 
     def _pipeline(self) -> WireEvidence:
         if self.targets.generation == 0:      # never built yet (run_once builds them before a capture starts)
@@ -329,8 +330,10 @@ class _WireThread(SourceThread):
         return WireEvidence(Attribution(self.targets.wire, self.source), source=self.source, stamp="local", lapse=True,
                             timeouts=transaction_timeouts(self.targets.wire, self.targets.by_mac))
 
-    def pump(self, read: Callable[[float], bytes | None]) -> None:
-        """Read until the stream ends or we stop; every framing error ends this run (the caller restarts)."""
+    def pump(self, read: Callable[[float], bytes | None]) -> bool:
+        """Read until the stream ends or we stop; every framing error ends this run (the caller restarts).
+        True when it ended because the targets' ports changed (DNS moved a server, a rollout changed a port):
+        the caller restarts the capture with a filter for the new ports."""
         ev = self.evidence = self._pipeline()
         follow = Follower(ev, self.targets)
         parser = PcapStreamParser()
@@ -341,7 +344,7 @@ class _WireThread(SourceThread):
             if data is None:
                 if parser.pending:
                     raise PcapFormatError(f"the capture stream ended inside a record ({parser.pending} bytes)")
-                return
+                return False
             out: list[Observation] = []
             kept: list[Datagram] = []
             for rec in parser.feed(data) if data else ():
@@ -357,6 +360,11 @@ class _WireThread(SourceThread):
                 self.sink.keep(self.source, kept)
             if out:
                 self.sink.observe(out)
+            if self.ports and capture_ports(self.targets.wire) != self.ports:
+                log.info("collector %s: %s restarts for ports %s", self.site.name, self.label,
+                         capture_ports(self.targets.wire))
+                return True
+        return False
 
 
 def unobservable(targets: list[WireTarget], kinds: set[str]) -> list[dict]:
@@ -397,12 +405,12 @@ class RouterCapture(_WireThread):
         assert self.site.router is not None
         self.targets.refresh(force=True)
         command = self.command()
+        self.ports = capture_ports(self.targets.wire)
         router = connect(self.site.router, self.credentials)
         try:
             stream = router.stream(command, what="capture")     # type: ignore[attr-defined]
             try:
-                self.pump(stream.read)
-                if not self.stopping.is_set():
+                if not self.pump(stream.read) and not self.stopping.is_set():
                     raise PcapFormatError(stream.ended())
             finally:
                 stream.close()
@@ -420,7 +428,8 @@ class LocalCapture(_WireThread):
 
         self.targets.refresh(force=True)
         try:
-            proc = start_local_capture(self.capture.interface or "any", capture_ports(self.targets.wire))
+            self.ports = capture_ports(self.targets.wire)
+            proc = start_local_capture(self.capture.interface or "any", self.ports)
         except CaptureUnavailable:
             self.failures = len(BACKOFF)       # not worth retrying quickly: it needs the host changed
             raise
@@ -435,8 +444,7 @@ class LocalCapture(_WireThread):
             return data or None
 
         try:
-            self.pump(read)
-            if not self.stopping.is_set():
+            if not self.pump(read) and not self.stopping.is_set():
                 err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip().splitlines()
                 raise PcapFormatError(f"tcpdump ended: {err[-1] if err else 'no message'}")
         finally:
