@@ -257,7 +257,7 @@ class SiteCollector:
         unseen = wire_sources.unobservable(targets.wire, kinds) if targets is not None and kinds else []
         sources = []
         for why in self.source_errors:
-            sources.append({"source": "start", "running": False, "error": self._scrub(why), "since": self.sources_started})
+            sources.append({"source": "not started", "running": False, "error": self._scrub(why), "since": self.sources_started})
         for source in self.evidence:
             if isinstance(source, wire_sources.SourceThread):
                 h = source.health()
