@@ -265,12 +265,15 @@ class Store:
             pipe.hmget(K.phone(mac), "row", "site")
         rows = [(mac, row, s) for mac, (row, s) in zip(macs, pipe.execute()) if row]
         evidence = self.site_evidence(sorted({s for _, _, s in rows if s}))
+        unseen: dict[str, list[dict]] = {}
+        for ev in evidence.values():
+            for u in ev.get("unobservable", []):
+                unseen.setdefault(u.get("mac", ""), []).append(u)
+        errors = {site: json.dumps([e for e in ev.get("sources", []) if e.get("error")]) for site, ev in evidence.items()}
         out = []
-        for mac, row, s in rows:
-            ev = evidence.get(s or "", {})
-            extra = {"unobservable": [u for u in ev.get("unobservable", []) if u.get("mac") == mac],
-                     "evidence_errors": [e for e in ev.get("sources", []) if e.get("error")]}
-            out.append(row.rstrip()[:-1] + ", " + json.dumps(extra)[1:])     # {...} + {"unobservable": ...}
+        for mac, row, s in rows:     # {...} + `"unobservable": [...], "evidence_errors": [...]}`: no decoding
+            out.append(f'{row.rstrip()[:-1]}, "unobservable": {json.dumps(unseen.get(mac, []))}, '
+                       f'"evidence_errors": {errors.get(s or "", "[]")}}}')
         return "[" + ",".join(out) + "]"
 
     def set_site_evidence(self, site: str, unobservable: list[dict], sources: list[dict]) -> None:
