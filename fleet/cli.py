@@ -506,26 +506,31 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
 @click.option("--site", help="Only this site.")
 @click.option("--live", is_flag=True, help="Refresh every second until Ctrl-C.")
 @click.option("--json", "as_json", is_flag=True, help="A list of objects: mac, site, working_server, servers (registration 1's), "
-                                                        "lines (other registrations), observed_at.")
+                                                        "lines (other registrations), observed_at, unobservable, evidence_errors.")
 def status(site: str | None, live: bool, as_json: bool) -> None:
     """Which phone is registered where, right now (from the collectors' latest observations)."""
-    from .status import table
+    from .status import view as status_view
 
     store = _store()
     if as_json:
         click.echo(store.status_json(site))
         return
+
+    def current():
+        phones = store.phones(site)
+        return status_view(phones, store.site_evidence(sorted({p["site"] for p in phones if p.get("site")})))
+
     console = Console()
     if not live:
-        console.print(table(store.phones(site)))
+        console.print(current())
         return
     from rich.live import Live
 
-    with Live(table(store.phones(site)), console=console, refresh_per_second=2) as view:
+    with Live(current(), console=console, refresh_per_second=2) as view:
         try:
             while True:
                 time.sleep(1)
-                view.update(table(store.phones(site)))
+                view.update(current())
         except KeyboardInterrupt:
             pass
 

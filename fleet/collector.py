@@ -233,8 +233,9 @@ class SiteCollector:
     async def _start_sources(self) -> None:
         """Start what the inventory names; a source that cannot start is logged and the others still run."""
         sink = self.sink()
-        targets = wire_sources.Targets(self.site, self.phone_params)
+        targets = self.targets = wire_sources.Targets(self.site, self.phone_params)
         await asyncio.to_thread(targets.refresh, True)
+        self.sources_started = time.time()
         for capture in self.site.capture:
             try:
                 if capture.kind == "hep":
@@ -262,6 +263,57 @@ class SiteCollector:
         for source in self.evidence:
             if isinstance(source, wire_sources.SourceThread):
                 source.start()
+        if self.site.capture or self.site.gateway_registrar is not None:
+            asyncio.ensure_future(self._evidence_report_loop())
+
+    def evidence_report(self) -> tuple[list[dict], list[dict]]:
+        """(unobservable, sources) for `Store.set_site_evidence`: the targets no wire source of the site can see,
+        and each evidence source's state; errors pass through `_scrub` (no secret reaches Redis)."""
+        kinds = {"hep" if c.kind == "hep" else "wire" for c in self.site.capture}
+        targets = getattr(self, "targets", None)
+        unseen = wire_sources.unobservable(targets.wire, kinds) if targets is not None and kinds else []
+        sources = []
+        for why in self.source_errors:
+            sources.append({"source": "not started", "running": False, "error": self._scrub(why), "since": self.sources_started})
+        for source in self.evidence:
+            if isinstance(source, wire_sources.SourceThread):
+                h = source.health()
+                sources.append(h | {"error": self._scrub(h["error"])})
+            else:
+                sources.append({"source": source.source, "running": True, "error": "", "since": None})
+        return unseen, sources
+
+    def _scrub(self, text: str) -> str:
+        """An error as `fleet status` may show it: URLs without credentials, and no value of the site's secrets."""
+        from .redact import redact
+
+        text = redact(text)
+        for secret in self._secret_values():
+            text = text.replace(secret, "***")
+        return text
+
+    def _secret_values(self) -> list[str]:
+        if self.secrets is None or self.site.router is None:
+            return []
+        try:
+            creds = self.secrets.credentials(self.site.router.credentials)
+        except Exception:   # no such entry: nothing of it can leak either
+            return []
+        return [v for v in (creds.password, creds.priv_password) if v and len(v) >= 3]
+
+    async def _evidence_report_loop(self) -> None:
+        """Every 2 s, the report `fleet status` and the experiment report read (written when it changed, and at
+        least every minute so its age says the collector runs)."""
+        last, written = None, 0.0
+        while True:
+            try:
+                report = self.evidence_report()
+                if report != last or time.monotonic() - written > 60:
+                    await asyncio.to_thread(self.store.set_site_evidence, self.site.name, *report)
+                    last, written = report, time.monotonic()
+            except Exception as exc:   # Redis away: the next round writes it
+                log.debug("collector %s: cannot store its evidence report (%s)", self.site.name, type(exc).__name__)
+            await asyncio.sleep(2.0)
 
     async def _tick_loop(self, source) -> None:
         while True:

@@ -56,6 +56,9 @@ class ExperimentResult:
     errors: list[str] = field(default_factory=list)
     interrupted: str | None = None     # the signal that ended the run early, if one did
     capture: list[dict] = field(default_factory=list)   # SIP the wire sources saw (report writes capture.pcap)
+    # from the site collector's report: servers no wire source can see (and why), evidence sources failing
+    unobservable: list[dict] = field(default_factory=list)
+    evidence_errors: list[dict] = field(default_factory=list)
 
 
 class ExperimentRunner:
@@ -172,6 +175,9 @@ class ExperimentRunner:
         time.sleep(0.2)  # observations already in flight reach the store
         self._verdicts(exp, result)
         result.capture = self.store.capture(exp)
+        evidence = self.store.site_evidence([self.site.name]).get(self.site.name, {})
+        result.unobservable = evidence.get("unobservable", [])
+        result.evidence_errors = [e for e in evidence.get("sources", []) if e.get("error")]
         result.finished = time.time()
         result.errors.extend(f"{name} received while the WAN was being restored or the report computed: ignored until "
                              f"both were done" for name in guard.received)

@@ -80,6 +80,8 @@ def to_dict(result: ExperimentResult) -> dict:
         "phones": [asdict(p) | {"sources": phone_sources(p.timeline), "transitions": transitions(p.timeline)}
                    for p in result.phones],
         "capture": capture_summary(result.capture),
+        "unobservable": list(result.unobservable),
+        "evidence_errors": list(result.evidence_errors),
         "summary": {"phones": len(result.phones), "phones_passed": sum(p.passed for p in result.phones),
                     "failover_s": summary(failovers), "recovery_s": summary(recoveries)},
     }
@@ -227,6 +229,17 @@ def html(doc: dict) -> str:
         f"<td>{escape(str(o.get('id', '')))}</td><td>{escape(o['mode'])}</td><td>{escape(str(o.get('cut', '')))}</td>"
         f"<td>{escape(str(o.get('deadman') or 'none'))}</td><td>{escape(str(o.get('restore') or '-'))}</td>"
         f"<td>{escape(str(o.get('confirmed', '')))}</td></tr>" for o in doc["outages"])
+    unseen = "".join(f"<tr><td>{escape(str(u.get('mac', '')))}</td><td>{escape(str(u.get('server', '')))}</td>"
+                     f"<td>{escape(str(u.get('address', '')))}</td><td>{escape(str(u.get('reason', '')))}: "
+                     f"{escape(str(u.get('why', '')))}</td></tr>" for u in doc.get("unobservable") or [])
+    unseen_html = ("<h2>Not observable on the wire</h2><p>No wire source of the site can see these servers' REGISTERs; "
+                   "their state comes from other sources, and silence on the wire says nothing about them.</p>"
+                   f"<table><tr><th>MAC</th><th>server</th><th>address</th><th>why</th></tr>{unseen}</table>"
+                   if unseen else "")
+    failing = "".join(f"<tr class=bad><td>{escape(str(e.get('source', '')))}</td><td>{escape(str(e.get('error', '')))}</td></tr>"
+                      for e in doc.get("evidence_errors") or [])
+    failing_html = (f"<h2>Evidence sources not working</h2><table><tr><th>source</th><th>why</th></tr>{failing}</table>"
+                    if failing else "")
     s = doc["summary"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{escape(doc['playbook'])}: {verdict}</title>
 <style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
@@ -241,6 +254,7 @@ recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])
 <h2>Outages: what the router confirmed</h2><table><tr><th>outage</th><th>mode</th><th>cut</th><th>dead-man's switch</th><th>restore</th><th>confirmed</th></tr>{outages}</table>
 <h2>Steps</h2><table><tr><th>step</th><th>s</th><th>result</th><th>detail</th></tr>{steps}</table>
 <h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>result</th><th>why</th><th>transitions: seen by (s after the first)</th></tr>{rows}</table>
+{unseen_html}{failing_html}
 <p>SIP capture: {escape(str((doc.get('capture') or {}).get('file') or 'none kept'))}
 ({(doc.get('capture') or {}).get('datagrams', 0)} datagrams)</p>
 </body></html>"""

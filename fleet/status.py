@@ -31,14 +31,46 @@ def server_cell(s: dict, now: float) -> str:
     return f"{s['index']}:{word} {escape(str(s.get('source') or ''))} {_age(now, s.get('observed_at'))}"
 
 
+def unobservable_cell(entries: list[dict]) -> str:
+    """`2: not observable on the wire (registers over TLS (encrypted))`, one line per server no wire source sees."""
+    seen: dict[tuple, str] = {}
+    for u in entries:
+        seen.setdefault((u.get("reg", 1), u.get("server")), f"{u.get('reason', '')} ({u.get('why', '')})")
+    return "\n".join(f"{server if reg == 1 else f'reg {reg} server {server}'}: {escape(text)}"
+                     for (reg, server), text in sorted(seen.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)))
+
+
 def table(phones: list[dict]) -> Table:
-    t = Table("site", "MAC", "model", "servers (state source age)", "working", "newest evidence")
+    """One row per phone; servers no wire source can see are named with why (from the collector's report)."""
+    t = Table("site", "MAC", "model", "servers (state source age)", "working", "newest evidence", "not seen on the wire")
     now = time.time()
-    for row in rows_for_json(phones):
+    for p, row in zip(phones, rows_for_json(phones)):
         servers = "  ".join(server_cell(s, now) for s in row["servers"])
         newest = max(row["evidence"].items(), key=lambda kv: kv[1]) if row["evidence"] else None
         evidence = f"{escape(newest[0])} {_age(now, newest[1])}" if newest else _age(now, row["observed_at"])
         working = (str(row["working_server"]) + ("~" if row["working_inferred"] else "")) if row["working_server"] else "[red]none[/]"
         t.add_row(escape(str(row["site"] or "")), escape(str(row["mac"])), escape(str(row["model"] or "")), servers,
-                  working, evidence)
+                  working, evidence, unobservable_cell(p.get("unobservable") or []))
     return t
+
+
+def sources_table(evidence: dict[str, dict]) -> Table | None:
+    """Per site, the evidence sources that are failing: which, since when, why (the collector's report); None when
+    every source of every site works."""
+    now = time.time()
+    rows = [(site, e) for site, ev in sorted(evidence.items()) for e in ev.get("sources", []) if e.get("error")]
+    if not rows:
+        return None
+    t = Table("site", "evidence source", "failing since", "why", title="evidence sources not working")
+    for site, e in rows:
+        t.add_row(escape(site), escape(str(e.get("source", ""))), _age(now, e.get("since")) + " ago" if e.get("since") else "?",
+                  f"[red]{escape(str(e.get('error', '')))}[/]")
+    return t
+
+
+def view(phones: list[dict], evidence: dict[str, dict]):
+    """What `fleet status` prints: the phones' table, and below it the failing evidence sources (if any)."""
+    from rich.console import Group
+
+    extra = sources_table(evidence)
+    return Group(table(phones), extra) if extra is not None else table(phones)

@@ -12,6 +12,9 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `site:{site}:phones`                 | set    | the site's MACs                                                  | register_phones             |
 | `site:{site}:experiment`             | string | id of the experiment observing the site now (collectors copy     | set_observing               |
 |                                      |        | observations to it)                                              |                             |
+| `site:{site}:evidence`               | hash   | the collector's per-server evidence report: unobservable (JSON:  | set_site_evidence           |
+|                                      |        | targets no wire source can see, and why), sources (JSON: each    |                             |
+|                                      |        | evidence source's state, error and since when), t                |                             |
 | `observed`                           | stream | one entry per stored batch of observations: the MACs it touched  | record_observations         |
 | `lease:{site}`                       | string | holder of the site's exclusive lease (SET NX PX, renewed)        | acquire/renew/release_lease |
 | `experiments`                        | zset   | experiment ids by start time                                     | new_experiment              |
@@ -82,6 +85,10 @@ class Keys:
     @staticmethod
     def site_experiment(site: str) -> str:
         return f"{P}site:{site}:experiment"
+
+    @staticmethod
+    def site_evidence(site: str) -> str:
+        return f"{P}site:{site}:evidence"
 
     @staticmethod
     def lease(site: str) -> str:
@@ -248,13 +255,50 @@ class Store:
             return None
 
     def status_json(self, site: str | None = None) -> str:
-        """`fleet status --json` straight from the ready-made rows: one round trip, no decoding per phone."""
+        """`fleet status --json` straight from the ready-made rows: one round trip, no decoding per phone. Each row
+        gains what its site's collector reported (`site_evidence`): `unobservable` (this phone's servers no wire
+        source can see, and why) and `evidence_errors` (the site's evidence sources that are failing)."""
         key = K.site_phones(site) if site else K.PHONES
         macs = sorted(self.r.smembers(key))
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hget(K.phone(mac), "row")
-        return "[" + ",".join(r for r in pipe.execute() if r) + "]"
+            pipe.hmget(K.phone(mac), "row", "site")
+        rows = [(mac, row, s) for mac, (row, s) in zip(macs, pipe.execute()) if row]
+        evidence = self.site_evidence(sorted({s for _, _, s in rows if s}))
+        unseen: dict[str, list[dict]] = {}
+        for ev in evidence.values():
+            for u in ev.get("unobservable", []):
+                unseen.setdefault(u.get("mac", ""), []).append(u)
+        errors = {site: json.dumps([e for e in ev.get("sources", []) if e.get("error")]) for site, ev in evidence.items()}
+        out = []
+        for mac, row, s in rows:     # {...} + `"unobservable": [...], "evidence_errors": [...]}`: no decoding
+            out.append(f'{row.rstrip()[:-1]}, "unobservable": {json.dumps(unseen.get(mac, []))}, '
+                       f'"evidence_errors": {errors.get(s or "", "[]")}}}')
+        return "[" + ",".join(out) + "]"
+
+    def set_site_evidence(self, site: str, unobservable: list[dict], sources: list[dict]) -> None:
+        """The collector's report about its per-server evidence (fleet.collector): which targets no wire source
+        can see and why; per evidence source its state, error (never a secret) and since when."""
+        self.r.hset(K.site_evidence(site), mapping={"unobservable": json.dumps(unobservable),
+                                                     "sources": json.dumps(sources), "t": repr(time.time())})
+
+    def site_evidence(self, sites: list[str]) -> dict[str, dict]:
+        """{site: {unobservable: [...], sources: [...], t}} for the sites whose collector reported; {} for none."""
+        if not sites:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for s in sites:
+            pipe.hgetall(K.site_evidence(s))
+        out: dict[str, dict] = {}
+        for s, h in zip(sites, pipe.execute()):
+            if not h:
+                continue
+            try:
+                out[s] = {"unobservable": json.loads(h.get("unobservable") or "[]"),
+                          "sources": json.loads(h.get("sources") or "[]"), "t": float(h.get("t") or 0)}
+            except ValueError:
+                continue            # a damaged report reads as none
+        return out
 
     def phones(self, site: str | None = None) -> list[dict]:
         """Every phone's row for `fleet status`, read with one pipelined round trip."""
@@ -264,11 +308,15 @@ class Store:
         for mac in macs:
             pipe.hgetall(K.phone(mac))
         out = []
-        for mac, h in zip(macs, pipe.execute()):
+        hashes = pipe.execute()
+        evidence = self.site_evidence(sorted({h["site"] for h in hashes if h.get("site")}))
+        for mac, h in zip(macs, hashes):
             state = json.loads(h["state"]) if h.get("state") else PhoneState(mac=mac).to_dict()
+            ev = evidence.get(h.get("site") or "", {})
             out.append({"mac": mac, "site": h.get("site"), "model": h.get("model"), "address": h.get("address"),
                         "firmware": h.get("firmware"), "config_version": h.get("config_version"),
-                        "configured_servers": json.loads(h.get("servers") or "[]"), "state": state})
+                        "configured_servers": json.loads(h.get("servers") or "[]"), "state": state,
+                        "unobservable": [u for u in ev.get("unobservable", []) if u.get("mac") == mac]})
         return out
 
     def forget_phones(self, macs: list[str]) -> None:

@@ -110,3 +110,21 @@ def test_html_timeline_renders_in_headless_chromium(tmp_path):
     # both lanes drawn: green (server 1) for most of the run, yellow (server 2) during the outage for the good phone,
     # red (no working server) for the one that never failed over
     assert counts["server1"] > 2000 and counts["server2"] > 300 and counts["none"] > 300, counts
+
+
+def test_report_names_servers_not_observable_on_the_wire_and_failing_sources(tmp_path):
+    """The collector's report reaches the experiment report: a TLS-only server is "not observable on the wire"
+    (JSON and HTML), not a silent gap; a failing evidence source is named with why."""
+    res = sample()
+    res.unobservable = [{"mac": "0004f2000001", "reg": 1, "server": 2, "address": "203.0.113.20:5061",
+                         "reason": "not observable on the wire", "why": "registers over TLS (encrypted)"}]
+    res.evidence_errors = [{"source": "router capture", "running": False, "since": res.started,
+                            "error": "PcapFormatError: not a pcap stream"}]
+    doc = report.write(res, tmp_path)
+    again = json.loads((tmp_path / "report.json").read_text())
+    assert again["unobservable"] == res.unobservable and again["evidence_errors"] == res.evidence_errors
+    page = (tmp_path / "report.html").read_text()
+    assert "Not observable on the wire" in page and "registers over TLS (encrypted)" in page
+    assert "203.0.113.20:5061" in page and "router capture" in page and "not a pcap stream" in page
+    plain = report.html(doc | {"unobservable": [], "evidence_errors": []})
+    assert "Not observable on the wire" not in plain and "Evidence sources not working" not in plain

@@ -11,9 +11,11 @@ Needs tcpdump and CAP_NET_RAW for the capture (skips with the reason otherwise).
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 
 import asyncssh
@@ -284,11 +286,22 @@ def test_a_capture_that_cannot_start_is_reported_and_the_rest_keeps_working(tmp_
     from hil import phone_reports
 
     inv = _inventory(tmp_path, ssh_router, (free_port(), free_port()), ["interface nosuch0"])
+    inv.sites[0].params["reg.1.server.2.transport"] = "TLS"          # server 2 over TLS: no capture can see it
     c = _start(inv, store)
     try:
         local = c.evidence[0]
         wait_until(lambda: local.last_error, 10, "the local capture's error")
         assert "nosuch0" in local.last_error or "CAP_NET_RAW" in local.last_error, local.last_error
+        # `fleet status --json`: the failing source with since and why, and every phone's server 2 not observable
+        rows = wait_until(lambda: (lambda r: r if r and r[0].get("evidence_errors") else None)(
+            json.loads(store.status_json("wire"))), 10, "the collector's evidence report in the store",
+            state=lambda: store.site_evidence(["wire"]))
+        errors = rows[0]["evidence_errors"]
+        assert [e["source"] for e in errors] == ["local capture"] and "nosuch0" in errors[0]["error"], errors
+        assert errors[0]["since"] <= time.time()
+        assert {(r["mac"], u["server"], u["why"]) for r in rows for u in r["unobservable"]} == {
+            (mac, 2, "registers over TLS (encrypted)") for mac in PHONES}
+        assert "secret" not in json.dumps(rows).lower() and "password" not in json.dumps(rows).lower()
         mac, (ip, _) = next(iter(PHONES.items()))
         host, port = inv.sites[0].collector.events.rsplit(":", 1)
         conn = http.client.HTTPConnection(host, int(port), timeout=5, source_address=(ip, 0))

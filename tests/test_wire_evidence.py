@@ -444,13 +444,99 @@ def test_capture_command_per_router_platform():
     assert local_capture_argv("eth2")[:2] == ["tcpdump", "-U"]
 
 
-def test_local_capture_without_the_capability_says_what_is_missing():
-    try:
+def _fake_tcpdump(folder: Path, body: str) -> str:
+    """A PATH whose only tcpdump is a Python script with `body` (argv in sys.argv): the tool's answers on demand."""
+    import sys
+    folder.mkdir(exist_ok=True)
+    tool = folder / "tcpdump"
+    tool.write_text(f"#!{sys.executable}\nimport sys, time\n{body}\n")
+    tool.chmod(0o755)
+    return str(folder)
+
+
+PCAP_HEADER = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 262144, 1)
+
+
+def test_local_capture_without_the_capability_says_what_is_missing(tmp_path, monkeypatch):
+    """Forced, not left to the host: tcpdump's permission error becomes CAP_NET_RAW plus the setcap advice; no
+    tcpdump on PATH says to install it; an interface tcpdump does not know is named."""
+    monkeypatch.setenv("PATH", _fake_tcpdump(tmp_path / "denied", (
+        "sys.stderr.write('tcpdump: lo: You don\\'t have permission to capture on that device\\n"
+        "(socket: Operation not permitted)\\n'); sys.exit(1)")))
+    with pytest.raises(CaptureUnavailable, match=r"CAP_NET_RAW.*setcap cap_net_raw.*Operation not permitted"):
         check_capture("lo")
-    except CaptureUnavailable as exc:
-        assert "CAP_NET_RAW" in str(exc) or "tcpdump" in str(exc) or "raw capture" in str(exc)
-    with pytest.raises((CaptureUnavailable, ValueError)):
+    monkeypatch.setenv("PATH", _fake_tcpdump(tmp_path / "nodev", (
+        "sys.stderr.write('tcpdump: no-such-if0: No such device exists\\n'); sys.exit(1)")))
+    with pytest.raises(CaptureUnavailable, match="no network interface named no-such-if0"):
         check_capture("no-such-if0")
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    with pytest.raises(CaptureUnavailable, match="needs tcpdump"):
+        check_capture("lo")
+
+
+def test_local_capture_check_trusts_tcpdump_not_the_workers_own_rights(tmp_path, monkeypatch):
+    """`setcap cap_net_raw+ep tcpdump` is the advice: a tcpdump that opens the capture passes the check even where
+    the worker itself may not open a raw socket (before, the check probed a raw socket from the worker)."""
+    monkeypatch.setenv("PATH", _fake_tcpdump(tmp_path / "capable", (
+        f"sys.stdout.buffer.write({PCAP_HEADER!r}); sys.stdout.flush(); time.sleep(30)")))
+    real_socket = socket.socket
+
+    def no_raw(family=-1, *a, **kw):
+        if family == getattr(socket, "AF_PACKET", None):
+            raise PermissionError(1, "Operation not permitted")
+        return real_socket(family, *a, **kw)
+
+    monkeypatch.setattr(socket, "socket", no_raw)
+    check_capture("lo")                              # no CaptureUnavailable
+    from fleet.drivers.collect.local_capture import start_local_capture
+    proc = start_local_capture("lo", (5080,))
+    try:
+        assert iter_pcap_header(proc) == PCAP_HEADER  # the header is still there for the reader
+    finally:
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def iter_pcap_header(proc) -> bytes:
+    return proc.stdout.read(24)
+
+
+def test_local_capture_filters_the_sites_ports_and_vlan_tagged_frames(tmp_path, monkeypatch):
+    """The local capture runs with the ports of the site's targets (SRV ones included), like the router capture,
+    and its filter also takes 802.1Q-tagged frames (a mirror port keeps the tags); before: 5060, untagged only."""
+    from fleet.drivers.collect import wire_sources
+    from fleet.inventory import Capture, Inventory
+
+    argv_file = tmp_path / "argv"
+    monkeypatch.setenv("PATH", _fake_tcpdump(tmp_path / "capable", (
+        f"open({str(argv_file)!r}, 'w').write(chr(10).join(sys.argv[1:]))\n"
+        f"sys.stdout.buffer.write({PCAP_HEADER!r}); sys.stdout.flush(); time.sleep(30)")))
+    inv = Inventory.model_validate({
+        "name": "lc", "firmware_family": "sip-3.x",
+        "sites": [{"name": "lc", "gateway": "192.0.2.1", "boot_server": {"url": "file:///nonexistent"},
+                   "capture": ["interface lo"],
+                   "params": {"reg.1.server.1.address": "192.0.2.10", "reg.1.server.1.port": "5080",
+                              "reg.1.server.2.address": "192.0.2.1", "reg.1.server.2.port": "5062"},
+                   "phones": [{"mac": "0004f2000001", "model": "SoundPoint IP 650", "address": "192.0.2.20",
+                               "credentials": "admin", "params": {"reg.1.address": "1001"}}]}]})
+    site = inv.sites[0]
+    targets = wire_sources.Targets(site, lambda: {"0004f2000001": inv.effective_params(site, site.phones[0])})
+    source = wire_sources.LocalCapture(site, wire_sources.Sink(lambda o: None, lambda s, d: None),
+                                       site.capture[0], targets)
+    source.start()
+    try:
+        deadline = time.monotonic() + 10
+        while not (argv_file.exists() and argv_file.read_text()) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        argv = argv_file.read_text().split("\n")
+    finally:
+        source.stop()
+        source.join(10)
+    assert argv[argv.index("-i") + 1] == "lo"
+    assert argv[-1].endswith("or (vlan and udp and (port 5062 or port 5080))"), argv[-1]
+    assert "(udp and (port 5062 or port 5080))" in argv[-1]
 
 
 # --- HEP v3 ------------------------------------------------------------------------------------------------
@@ -597,6 +683,37 @@ def test_freeswitch_registrations():
         gb.parse_freeswitch("-ERR no reply\n")
 
 
+def test_kamailio_reply_too_big_names_the_ctl_parameter_to_raise():
+    """kamcmd's answer when ul.dump outgrows ctl's binrpc_max_body_size (kamailio issue #1127); before, it read
+    as "not a Kamailio ul.dump answer", which does not say what to change."""
+    for answer in ("ERROR: reply too big\n", "error: 500 - reply too big\n"):
+        with pytest.raises(gb.GatewayOutputError, match=r"binrpc_max_body_size.*modparam\(\"ctl\""):
+            gb.parse_kamailio(answer)
+
+
+def test_asterisk_joins_cli_rows_and_registrar_records_on_the_contact_hash():
+    """A long Contact URI is cut by `pjsip show contacts` (res_pjsip `%-*.*s`): joined on the hash, the phone keeps
+    its expiry and its full URI; before, the (aor, uri) join missed and the binding lost its expiry (and came
+    twice)."""
+    long_uri = "sip:1003@192.168.10.23:5060;transport=udp;line=q7x0k2m9zz;x-long=yes"
+    text = (DATA / "asterisk_contacts.txt").read_text()
+    record = ('/registrar/contact/1003;@77aa66bb55cc44dd33ee22ff11009988: {"expiration_time":"1795715600",'
+              f'"uri":"{long_uri}","via_addr":"192.168.10.23","user_agent":"PolycomSoundPointIP-SPIP_650-UA/4.0.15"}}\n')
+    row = f"  Contact:  1003/{long_uri[:41]} 77aa66bb55 Avail        12.000\n"
+    text = record + text.replace("\nObjects found: 3", row + "\nObjects found: 4")
+    got = [(b.user, b.contact, b.expires_in, b.status, b.source_ip) for b in gb.parse_asterisk(text) if b.user == "1003"]
+    assert got == [("1003", long_uri, 600, "Avail", "192.168.10.23")]
+
+
+def test_freeswitch_profile_named_sip_is_not_the_contact():
+    """`url.find("sip")` took the profile name of `sofia/sip-lan/sip:...` for the URI; before: contact
+    "sip-lan/sip:1001@..." whose host was not the phone's."""
+    text = (DATA / "freeswitch_registrations.txt").read_text().replace("sofia/internal/", "sofia/sip-lan/")
+    got = {b.user: (b.contact, b.contact_host) for b in gb.parse_freeswitch(text)}
+    assert got["1001"] == ("sip:1001@192.168.10.21:5060", "192.168.10.21")
+    assert got["1004"][1] == "192.168.10.24"
+
+
 def test_bindings_become_observations_for_the_gateway_server():
     bindings = gb.parse_asterisk((DATA / "asterisk_contacts.txt").read_text())
     tg = [WireTarget("0004f2000001", 1, 2, GATEWAY, "1001"), WireTarget("0004f2000004", 1, 2, GATEWAY, "1004"),
@@ -610,7 +727,7 @@ def test_bindings_become_observations_for_the_gateway_server():
 
 def test_gateway_platforms_are_data():
     assert set(gb.PLATFORMS) == {"kamailio", "asterisk", "freeswitch"}
-    assert gb.platform("kamailio").command == "kamcmd ul.dump"
+    assert gb.platform("kamailio").command == "kamcmd ul.dump 2>&1"      # its faults come on stderr
     assert "pjsip show contacts" in gb.platform("asterisk").command
     assert "show registrations" in gb.platform("freeswitch").command
     with pytest.raises(ValueError, match="known"):

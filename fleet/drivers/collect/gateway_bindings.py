@@ -77,6 +77,11 @@ _KV = re.compile(r"^\s*([A-Za-z][A-Za-z-]*):\s*(.*?)\s*$")
 
 def parse_kamailio(text: str, now: float | None = None) -> list[Binding]:
     """`kamcmd ul.dump` (the full form; the `brief` form lists AoRs only and yields no binding)."""
+    if re.search(r"reply too big", text, re.I):
+        raise GatewayOutputError(
+            "Kamailio refused the ul.dump answer as too big for its control socket (kamcmd: 'reply too big'): raise "
+            "the ctl module's binrpc_max_body_size (and binrpc_struct_max_body_size), e.g. "
+            'modparam("ctl", "binrpc_max_body_size", 1024) in kamailio.cfg (KiB; kamailio issue #1127)')
     if not re.search(r"^\s*Domain:\s*\S", text, re.M) or not re.search(r"^\s*AoRs:\s*\{", text, re.M):
         raise GatewayOutputError("not a Kamailio ul.dump answer (no Domain and AoRs sections)")
     opened = sum(1 for line in text.splitlines() if line.rstrip().endswith("{"))
@@ -145,37 +150,42 @@ _ASTDB = re.compile(r"^/registrar/contact/(?P<id>[^:]+?)\s*:\s*(?P<json>\{.*\})\
 
 
 def parse_asterisk(text: str, now: float | None = None) -> list[Binding]:
-    """`pjsip show contacts` rows, with expiry from `database show registrar/contact` rows where present."""
+    """`pjsip show contacts` rows, with expiry from `database show registrar/contact` rows where present.
+
+    The two are joined on the contact's id: AstDB keys are `AOR;@HASH`, and the CLI row prints the first ten
+    characters of that HASH (res_pjsip's `%-10.10s`). Not on the URI: the CLI cuts a long URI to its column
+    (`%-*.*s`), so a phone with a long Contact would never match; the AstDB record's full URI is the contact."""
     if not re.search(r"^\s*(No objects found\.|Objects found: \d+)", text, re.M):
         raise GatewayOutputError("not a complete `pjsip show contacts` answer (no 'Objects found' line)")
     now = gateway_now(text) or now
-    expiry: dict[tuple[str, str], tuple[int | None, str, str]] = {}
-    rows: list[Binding] = []
+    expiry: dict[tuple[str, str], tuple[str, int | None, str, str]] = {}    # (aor, hash[:10]) -> uri, left, via, ua
+    rows: list[tuple[str, Binding]] = []
     for line in text.splitlines():
         m = _ASTDB.match(line)
         if m:
             try:
                 rec = json.loads(m.group("json"))
                 uri = str(rec["uri"])
-                aor = m.group("id").split(";@", 1)[0].split("@@", 1)[0]
+                aor, _, digest = m.group("id").partition(";@")
+                aor = aor.split("@@", 1)[0]
                 exp_at = int(rec.get("expiration_time", "0"))
             except (ValueError, KeyError, TypeError):
                 continue
             left = None if exp_at == 0 or now is None else max(0, int(exp_at - now))
-            expiry[(aor, uri)] = (left, str(rec.get("via_addr", "")), str(rec.get("user_agent", "")))
+            expiry[(aor, (digest or uri)[:10])] = (uri, left, str(rec.get("via_addr", "")), str(rec.get("user_agent", "")))
             continue
         m = _PJSIP_CONTACT.match(line)
         if m:
-            rows.append(Binding(aor=m["aor"], contact=m["uri"], expires_in=None, status=m["status"]))
+            rows.append((m["hash"][:10], Binding(aor=m["aor"], contact=m["uri"], expires_in=None, status=m["status"])))
     out: list[Binding] = []
     seen: set[tuple[str, str]] = set()
-    for b in rows:
-        left, via, ua = expiry.get((b.aor, b.contact), (None, "", ""))
-        out.append(Binding(b.aor, b.contact, left, b.status, via, ua))
-        seen.add((b.aor, b.contact))
-    for (aor, uri), (left, via, ua) in expiry.items():
-        if (aor, uri) not in seen:
-            out.append(Binding(aor, uri, left, "", via, ua))
+    for digest, b in rows:
+        uri, left, via, ua = expiry.get((b.aor, digest), (b.contact, None, "", ""))
+        out.append(Binding(b.aor, uri, left, b.status, via, ua))
+        seen.add((b.aor, digest))
+    for key, (uri, left, via, ua) in expiry.items():
+        if key not in seen:
+            out.append(Binding(key[0], uri, left, "", via, ua))
     return out
 
 
@@ -206,7 +216,8 @@ def parse_freeswitch(text: str, now: float | None = None) -> list[Binding]:
             continue
         rec = dict(zip(header, (c.strip() for c in row)))
         url = rec.get("url", "")
-        uri = url[url.find("sip"):] if "sip:" in url or "sips:" in url else ""
+        at = re.search(r"sips?:", url)       # not url.find("sip"): a profile may be named sip-lan (sofia/sip-lan/...)
+        uri = url[at.start():] if at else ""
         exp = rec.get("expires", "")
         if not uri or not rec.get("reg_user") or not exp.isdigit():
             continue
@@ -228,7 +239,8 @@ class GatewayPlatform:
 _NOW_CMD = 'echo "@now $(date +%s)"; '
 
 PLATFORMS: dict[str, GatewayPlatform] = {
-    "kamailio": GatewayPlatform("kamailio", "kamcmd ul.dump", parse_kamailio),
+    # 2>&1: kamcmd reports a fault ("reply too big", "500 - ...") on stderr, which the router's SSH run drops
+    "kamailio": GatewayPlatform("kamailio", "kamcmd ul.dump 2>&1", parse_kamailio),
     "asterisk": GatewayPlatform("asterisk", _NOW_CMD + "asterisk -rx 'database show registrar/contact'; "
                                 "asterisk -rx 'pjsip show contacts'", parse_asterisk),
     "freeswitch": GatewayPlatform("freeswitch", _NOW_CMD + "fs_cli -x 'show registrations'", parse_freeswitch),

@@ -176,13 +176,18 @@ def _interface(name: str) -> str:
     return name
 
 
-def capture_filter(ports: tuple[int, ...] = SIP_PORTS, hosts: tuple[str, ...] = ()) -> str:
+def capture_filter(ports: tuple[int, ...] = SIP_PORTS, hosts: tuple[str, ...] = (), vlan: bool = False) -> str:
     """A BPF filter for SIP over UDP on the given ports, IP fragments included (a fragment after the first
-    carries no UDP header, so a port filter alone would lose the rest of a large REGISTER answer)."""
+    carries no UDP header, so a port filter alone would lose the rest of a large REGISTER answer).
+
+    `vlan`: also 802.1Q-tagged frames (a switch mirror port often keeps the tags). In BPF, `vlan` shifts the
+    offsets of everything after it, so the tagged alternative comes last: `(...) or (vlan and udp and (...))`."""
     if not ports or any(not isinstance(p, int) or not 0 < p < 65536 for p in ports):
         raise ValueError(f"capture ports must be 1..65535, got {ports!r}")
-    expr = "udp and (" + " or ".join(f"port {p}" for p in ports) + ")"
-    expr = f"({expr}) or (ip[6:2] & 0x1fff != 0)"
+    port_expr = "(" + " or ".join(f"port {p}" for p in ports) + ")"
+    expr = f"(udp and {port_expr}) or (ip[6:2] & 0x1fff != 0)"
+    if vlan:
+        expr = f"{expr} or (vlan and udp and {port_expr})"
     if hosts:
         import ipaddress
         for h in hosts:

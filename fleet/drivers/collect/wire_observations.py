@@ -13,8 +13,10 @@ or a soft phone beside a desk phone), and where that is not enough, from the
 phone's own address. When the evidence fits no target or more than one, no
 observation is made: a guess would be worse than a gap.
 
-Phones that register over TLS cannot be seen by a capture: they are reported
-"not observable on the wire" instead of being guessed from silence.
+Phones that register over TLS, or over TCP (TCPOnly, TCPpreferred), cannot be
+seen by a capture (it decodes UDP only; HEP from the SIP server carries TCP
+too): they are reported "not observable on the wire" instead of being guessed
+from silence.
 
 The status code and the granted expiry are the Observation's `code` and
 `expires`; `detail` repeats them as ``code=NNN expires=SSS`` tokens for
@@ -32,6 +34,11 @@ from .sip_transactions import FINAL, TIMEOUT, RegisterOutcome, RegisterRequest, 
 
 NOT_OBSERVABLE = "not observable on the wire"
 UNMATCHED_KEPT = 1024      # distinct unmatched (destination, user) keys one Attribution lists
+# the phone's reg.x.server.y.transport -> what goes on the wire (TCPpreferred: TCP wherever the server takes it)
+TRANSPORT_KIND = {"tls": "tls", "tcponly": "tcp", "tcppreferred": "tcp"}
+DEFAULT_PORT = {"udp": 5060, "tcp": 5060, "tls": 5061}
+# transports with which a name and port 0 are looked up as RFC 3263 says (NAPTR, SRV, then A)
+SRV_TRANSPORTS = ("", "dnsnaptr", "udponly")
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,7 +56,26 @@ class WireTarget:
 
     @property
     def observable(self) -> bool:
-        return self.transport.lower() not in ("tls", "sips", "wss") and self.address[1] != 5061
+        """Whether a capture (router or mirror port: UDP decoded only) can see this target's REGISTERs."""
+        return self.observable_by("wire")
+
+    def observable_by(self, source: str) -> bool:
+        """Whether evidence source `source` can see this target's REGISTERs: a capture ("wire") decodes UDP
+        only; HEP from the SIP server ("hep") carries UDP and TCP alike. TLS (or port 5061) is encrypted on the
+        wire, and treated as unseen by every source."""
+        kind = self.transport.lower()
+        if kind in ("tls", "sips", "wss") or self.address[1] == 5061:
+            return False
+        return kind == "udp" or (source == "hep" and kind == "tcp")
+
+    def unseen_why(self, source: str = "wire") -> str:
+        """Why `source` cannot see this target (empty when it can)."""
+        if self.observable_by(source):
+            return ""
+        kind = self.transport.lower()
+        if kind in ("tls", "sips", "wss") or self.address[1] == 5061:
+            return "registers over TLS (encrypted)"
+        return "registers over TCP (a capture decodes UDP only; HEP from the SIP server would show it)"
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +85,11 @@ class Unobservable:
     server: int
     address: tuple[str, int]
     reason: str = NOT_OBSERVABLE
+    why: str = ""                   # the transport that hides it, for people: "registers over TLS (encrypted)"
+
+    def to_dict(self) -> dict:
+        return {"mac": self.mac, "reg": self.reg, "server": self.server,
+                "address": f"{self.address[0]}:{self.address[1]}", "reason": self.reason, "why": self.why}
 
 
 def _canonical(address: tuple[str, int]) -> tuple[str, int]:
@@ -76,40 +107,47 @@ def targets_for(mac: str, reg: int, user: str, servers: Iterable[Mapping], resol
     (every address it returns is a target: the phone may use any of them), port 0/None meaning 5060 (5061 for
     TLS). A server with a `proxy` ({address, port, transport}: the outbound proxy it uses) is reached at the
     proxy's address, port and transport instead; its Request-URI still names the server (`uri_host`).
-    Servers with register=0 get no REGISTER (R5) and so no target. TLS servers give targets that
-    `Attribution.unobservable` reports instead of matching. SRV/NAPTR ports are the resolver's business:
-    give `resolve` the addresses and an explicit port where the site uses SRV."""
+    Servers with register=0 get no REGISTER (R5) and so no target. TLS, TCPOnly and TCPpreferred servers give
+    targets that a capture cannot see (`Attribution.unobservable` reports them instead of matching).
+    A name with port 0 and transport DNSnaptr (the default) or UDPOnly is located as the phone does (NAPTR,
+    SRV, then A with 5060) where `resolve` has a `locate(name, transport) -> [(ip, port, kind)]` method
+    (wire_sources.SiteResolver); a plain function only gives addresses, reached at the default port."""
     out: list[WireTarget] = []
     for s in servers:
         if not s.get("register", True) or str(s.get("register", "1")) == "0":
             continue
         hop = s.get("proxy") or s
         transport = str(hop.get("transport") or "").lower()
-        tls = transport == "tls"
-        kind = "tls" if tls else "tcp" if transport == "tcponly" else "udp"
-        port = int(hop.get("port") or (5061 if tls else 5060))
+        kind = TRANSPORT_KIND.get(transport, "udp")
+        port = int(hop.get("port") or 0)
         address = str(hop["address"])
         try:
-            ips = [str(ipaddress.ip_address(address.strip("[]")))]
+            found = [(str(ipaddress.ip_address(address.strip("[]"))), port or DEFAULT_PORT[kind], kind)]
         except ValueError:
-            ips = list(resolve(address))
-        for ip in ips:
-            out.append(WireTarget(mac=mac, reg=reg, server=int(s["index"]), address=(ip, port), user=user,
-                                  transport=kind, phone_ip=phone_ip, uri_host=host_key(str(s["address"]))))
+            locate = getattr(resolve, "locate", None)
+            if port == 0 and transport in SRV_TRANSPORTS and locate is not None:
+                found = list(locate(address, transport))
+            else:
+                found = [(ip, port or DEFAULT_PORT[kind], kind) for ip in resolve(address)]
+        for ip, p, k in found:
+            out.append(WireTarget(mac=mac, reg=reg, server=int(s["index"]), address=(ip, int(p)), user=user,
+                                  transport=k, phone_ip=phone_ip, uri_host=host_key(str(s["address"]))))
     return out
 
 
 class Attribution:
     """Finds the target a REGISTER belongs to. Built once from the inventory, read per packet."""
 
-    def __init__(self, targets: Iterable[WireTarget]) -> None:
+    def __init__(self, targets: Iterable[WireTarget], source: str = "wire") -> None:
+        """`source`: who reads the packets ("wire" for a capture, "hep"), which decides what it can see."""
         self.targets = list(targets)
+        self.source = source
         self._by_addr: dict[tuple[str, int], list[WireTarget]] = {}
         self._by_user: dict[tuple[str, int, str], list[WireTarget]] = {}
         self._wild: dict[tuple[str, int], list[WireTarget]] = {}
         self._servers: set[tuple[str, int]] = set()
         for t in self.targets:
-            if not t.observable:
+            if not t.observable_by(source):
                 continue
             addr = _canonical(t.address)
             self._servers.add(addr)
@@ -130,7 +168,9 @@ class Attribution:
         return cls(WireTarget(mac=v[0], reg=v[1], server=v[2], address=(k[0], int(k[1]))) for k, v in mapping.items())
 
     def unobservable(self) -> list[Unobservable]:
-        return [Unobservable(t.mac, t.reg, t.server, t.address) for t in self.targets if not t.observable]
+        """The targets this source cannot see, each with why (its transport)."""
+        return [Unobservable(t.mac, t.reg, t.server, t.address, why=t.unseen_why(self.source))
+                for t in self.targets if not t.observable_by(self.source)]
 
     def lookup(self, req: RegisterRequest) -> WireTarget | None:
         """The one target this REGISTER is for, or None (counted in `stats`) when none or several fit.

@@ -27,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ... import dns_ttl as dns_client
 from ...inventory import Capture, Credentials, Site
 from ...observe import Observation
 from ...predict import server_timing
@@ -55,12 +56,30 @@ class Sink:
 # ---------------------------------------------------------------- attribution from the phones' configuration
 
 class SiteResolver:
-    """Names resolved as the site's phones resolve them: through the site's DNS server, else this host's."""
+    """Names resolved as the site's phones resolve them: through the site's DNS server (fleet.dns_ttl, which
+    asks that server only and reads only the reply to its own query), else this host's resolver.
+
+    `__call__(name)` gives a name's addresses; `locate(name, transport)` follows a server name with port 0 the
+    way a phone in DNSnaptr mode does (RFC 3263): NAPTR for the name (the most preferred of SIP+D2U, SIP+D2T,
+    SIPS+D2T picks the transport and the SRV name), else SRV `_sip._udp.NAME`; each SRV target's A records at
+    the SRV port; with no SRV answer the name's A records at 5060. Without a site DNS server there is no SRV
+    (this host's resolver has no SRV question): A and 5060. When the server does not answer, what a name
+    resolved to before is kept (an outage may block DNS)."""
+
+    NAPTR_SERVICES = {"SIP+D2U": "udp", "SIP+D2T": "tcp", "SIPS+D2T": "tls"}
 
     def __init__(self, dns: str | None, timeout: float = 2.0) -> None:
         self.dns = dns
         self.timeout = timeout
         self.cache: dict[str, list[str]] = {}
+        self.located: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
+
+    def _server(self) -> tuple[str, int]:
+        assert self.dns
+        host, sep, port = self.dns.rpartition(":")
+        if not sep or not port.isdigit() or "]" in port:      # "10.0.0.1" or "[::1]": port 53
+            return self.dns.strip("[]"), 53
+        return host.strip("[]"), int(port)
 
     def __call__(self, name: str) -> list[str]:
         try:
@@ -72,14 +91,51 @@ class SiteResolver:
             self.cache[name] = found
         return self.cache.get(name, [])
 
-    def _query(self, name: str) -> list[str]:
+    def _query(self, name: str) -> list[str] | None:
         if not self.dns:
             return sorted({ai[4][0] for ai in socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_DGRAM)})
-        from dnslib import QTYPE, DNSRecord
+        host, port = self._server()
+        found = dns_client.a_records(name, host, port, timeout=self.timeout)
+        return sorted({ip for ip, _ in found}) if found else []
 
-        host, _, port = self.dns.rpartition(":")
-        reply = DNSRecord.parse(DNSRecord.question(name, "A").send(host.strip("[]"), int(port), timeout=self.timeout))
-        return sorted({str(rr.rdata) for rr in reply.rr if rr.rtype == QTYPE.A})
+    def locate(self, name: str, transport: str = "") -> list[tuple[str, int, str]]:
+        """[(ip, port, kind)] the phone may send a REGISTER for server `name` (port 0) to; kind udp/tcp/tls."""
+        key = (name, transport.lower())
+        try:
+            found = self._locate(name, transport.lower())
+        except Exception as exc:  # a resolver bug or garbage: keep the previous answer
+            log.debug("cannot locate %s: %s", name, exc)
+            found = None
+        if found:
+            self.located[key] = found
+        return self.located.get(key, [])
+
+    def _locate(self, name: str, transport: str) -> list[tuple[str, int, str]] | None:
+        if not self.dns:
+            return [(ip, 5060, "udp") for ip in self(name)]
+        host, port = self._server()
+        kind, srv_name = "udp", f"_sip._udp.{name}"
+        if transport != "udponly":
+            naptr = dns_client.naptr_records(name, host, port, timeout=self.timeout)
+            if naptr is None:
+                return None                     # no answer: keep the previous one
+            usable = [n for n in naptr if n.service.upper() in self.NAPTR_SERVICES and n.flags.lower() == "s"
+                      and n.replacement]
+            if usable:
+                kind, srv_name = self.NAPTR_SERVICES[usable[0].service.upper()], usable[0].replacement
+        srv = dns_client.srv_records(srv_name, host, port, timeout=self.timeout)
+        if srv is None:
+            return None
+        out: list[tuple[str, int, str]] = []
+        for rec in srv:
+            if rec.target in ("", ".") or not 0 < rec.port < 65536:
+                continue                        # "." : the service is decidedly not available there
+            for ip in self(rec.target):
+                if (ip, rec.port, kind) not in out:
+                    out.append((ip, rec.port, kind))
+        if srv:
+            return out
+        return [(ip, 5061 if kind == "tls" else 5060, kind) for ip in self(name)]     # no SRV: A records
 
 
 def outbound_proxy(params: dict[str, str], reg: int = 1) -> dict | None:
@@ -255,7 +311,7 @@ class Follower:
         """The quick half: on the pipeline's own thread."""
         if self.targets.generation != self.generation:
             self.generation = self.targets.generation
-            self.ev.build.attribution = Attribution(self.targets.wire)
+            self.ev.build.attribution = Attribution(self.targets.wire, self.ev.source)
             self.ev.matcher.timeouts = transaction_timeouts(self.targets.wire, self.targets.by_mac)
 
 
@@ -271,6 +327,7 @@ class SourceThread(threading.Thread, metaclass=ABCMeta):
         self.stopping = threading.Event()
         self.failures = 0
         self.last_error = ""
+        self.failing_since: float | None = None   # wall time of the first failure since it last delivered
         self.running = threading.Event()     # set while the source delivers (tests and status wait on it)
 
     def run(self) -> None:
@@ -279,11 +336,24 @@ class SourceThread(threading.Thread, metaclass=ABCMeta):
                 self.run_once()
                 self.failures = 0
             except Exception as exc:  # anything: a source never takes the collector down
-                self.failures = 1 if self.running.is_set() else self.failures + 1   # it had worked: retry soon
-                self.last_error = f"{type(exc).__name__}: {exc}"[:300]
+                self.fail(f"{type(exc).__name__}: {exc}", after_running=self.running.is_set())
                 log.warning("collector %s: %s failed (%s); restarting", self.site.name, self.label, self.last_error)
             self.running.clear()
             self.stopping.wait(BACKOFF[min(self.failures, len(BACKOFF) - 1)])
+
+    def fail(self, why: str, after_running: bool = False) -> None:
+        """Note a failure (for the collector's report in `fleet status`); `after_running`: it had worked, so
+        this is a new failure (retried soon) rather than one more of a series."""
+        self.failures = 1 if after_running else self.failures + 1
+        if after_running or self.failing_since is None:
+            self.failing_since = time.time()
+        self.last_error = why[:300]
+
+    def health(self) -> dict:
+        """{source, running, error, since}: error and since are set while it fails (not after it delivers again)."""
+        failing = bool(self.last_error) and not self.running.is_set()
+        return {"source": self.label, "running": self.running.is_set(),
+                "error": self.last_error if failing else "", "since": self.failing_since if failing else None}
 
     @abstractmethod
     def run_once(self) -> None:
@@ -302,15 +372,18 @@ class _WireThread(SourceThread):
         super().__init__(site, sink)
         self.capture, self.targets = capture, targets
         self.evidence: WireEvidence | None = None
+        self.ports: tuple[int, ...] = ()      # the ports the running capture's filter lets through
 
     def _pipeline(self) -> WireEvidence:
         if self.targets.generation == 0:      # never built yet (run_once builds them before a capture starts)
             self.targets.refresh(force=True)
-        return WireEvidence(Attribution(self.targets.wire), source=self.source, stamp="local", lapse=True,
+        return WireEvidence(Attribution(self.targets.wire, self.source), source=self.source, stamp="local", lapse=True,
                             timeouts=transaction_timeouts(self.targets.wire, self.targets.by_mac))
 
-    def pump(self, read: Callable[[float], bytes | None]) -> None:
-        """Read until the stream ends or we stop; every framing error ends this run (the caller restarts)."""
+    def pump(self, read: Callable[[float], bytes | None]) -> bool:
+        """Read until the stream ends or we stop; every framing error ends this run (the caller restarts).
+        True when it ended because the targets' ports changed (DNS moved a server, a rollout changed a port):
+        the caller restarts the capture with a filter for the new ports."""
         ev = self.evidence = self._pipeline()
         follow = Follower(ev, self.targets)
         parser = PcapStreamParser()
@@ -321,7 +394,7 @@ class _WireThread(SourceThread):
             if data is None:
                 if parser.pending:
                     raise PcapFormatError(f"the capture stream ended inside a record ({parser.pending} bytes)")
-                return
+                return False
             out: list[Observation] = []
             kept: list[Datagram] = []
             for rec in parser.feed(data) if data else ():
@@ -337,6 +410,31 @@ class _WireThread(SourceThread):
                 self.sink.keep(self.source, kept)
             if out:
                 self.sink.observe(out)
+            if self.ports and capture_ports(self.targets.wire) != self.ports:
+                log.info("collector %s: %s restarts for ports %s", self.site.name, self.label,
+                         capture_ports(self.targets.wire))
+                return True
+        return False
+
+
+def unobservable(targets: list[WireTarget], kinds: set[str]) -> list[dict]:
+    """The targets none of the site's wire sources (`kinds`: "wire" for a capture, "hep") can see, one per phone,
+    registration and server, with why: what `fleet status` and the experiment report show as "not observable
+    on the wire" instead of reading silence as an outage."""
+    from .wire_observations import Unobservable
+
+    out: dict[tuple, dict] = {}
+    for t in targets:
+        if kinds and not any(t.observable_by(k) for k in kinds):
+            why = t.unseen_why(sorted(kinds)[-1])
+            out.setdefault((t.mac, t.reg, t.server), Unobservable(t.mac, t.reg, t.server, t.address, why=why).to_dict())
+    return list(out.values())
+
+
+def capture_ports(targets: list[WireTarget]) -> tuple[int, ...]:
+    """The destination ports a capture must let through: those of the targets it can see (a server's, an outbound
+    proxy's, or what SRV gave), 5060 when there are none yet."""
+    return tuple(sorted({t.address[1] for t in targets if t.observable_by("wire")})) or (5060,)
 
 
 class RouterCapture(_WireThread):
@@ -349,10 +447,7 @@ class RouterCapture(_WireThread):
         self.credentials = credentials
 
     def command(self) -> str:
-        # the ports the phones send to: their servers', or their outbound proxy's for a server that uses one
-        ports = tuple(sorted({(s.get("proxy") or s)["port"] or 5060 for p in self.targets.by_mac.values()
-                              for reg in registrations(p) for s in phone_servers(p, reg)})) or (5060,)
-        return capture_command(self.capture.platform, self.capture.interface or "any", ports)
+        return capture_command(self.capture.platform, self.capture.interface or "any", capture_ports(self.targets.wire))
 
     def run_once(self) -> None:
         from ..router import connect
@@ -360,12 +455,12 @@ class RouterCapture(_WireThread):
         assert self.site.router is not None
         self.targets.refresh(force=True)
         command = self.command()
+        self.ports = capture_ports(self.targets.wire)
         router = connect(self.site.router, self.credentials)
         try:
             stream = router.stream(command, what="capture")     # type: ignore[attr-defined]
             try:
-                self.pump(stream.read)
-                if not self.stopping.is_set():
+                if not self.pump(stream.read) and not self.stopping.is_set():
                     raise PcapFormatError(stream.ended())
             finally:
                 stream.close()
@@ -383,7 +478,8 @@ class LocalCapture(_WireThread):
 
         self.targets.refresh(force=True)
         try:
-            proc = start_local_capture(self.capture.interface or "any")
+            self.ports = capture_ports(self.targets.wire)
+            proc = start_local_capture(self.capture.interface or "any", self.ports)
         except CaptureUnavailable:
             self.failures = len(BACKOFF)       # not worth retrying quickly: it needs the host changed
             raise
@@ -398,8 +494,7 @@ class LocalCapture(_WireThread):
             return data or None
 
         try:
-            self.pump(read)
-            if not self.stopping.is_set():
+            if not self.pump(read) and not self.stopping.is_set():
                 err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip().splitlines()
                 raise PcapFormatError(f"tcpdump ended: {err[-1] if err else 'no message'}")
         finally:
@@ -418,7 +513,7 @@ class HepSource:
     def __init__(self, site: Site, sink: Sink, targets: Targets) -> None:
         """`targets` must be built already (its refresh blocks: not on the event loop)."""
         self.site, self.sink, self.targets = site, sink, targets
-        self.evidence = WireEvidence(Attribution(targets.wire), source=self.source, stamp="local", lapse=True,
+        self.evidence = WireEvidence(Attribution(targets.wire, self.source), source=self.source, stamp="local", lapse=True,
                                      timeouts=transaction_timeouts(targets.wire, targets.by_mac))
         self.follow = Follower(self.evidence, targets)
 
@@ -445,6 +540,11 @@ def hep_senders(site: Site, capture: Capture) -> list[str]:
     """Who may send HEP: the inventory's senders, else the site's gateway (resolved when it is a name)."""
     if capture.senders:
         return list(capture.senders)
+    if site.dns:        # a name: through the site's DNS server, as everything else of the site
+        try:
+            return [str(ipaddress.ip_address(site.gateway.strip("[]")))]
+        except ValueError:
+            return SiteResolver(site.dns)(site.gateway)
     try:
         return sorted({ai[4][0] for ai in socket.getaddrinfo(site.gateway, None, socket.AF_INET)})
     except OSError:
@@ -487,7 +587,6 @@ class GatewayPoller(SourceThread):
         assert self.site.router is not None
         router = connect(self.site.router, self.credentials)
         try:
-            self.running.set()
             while not self.stopping.is_set():
                 started = time.monotonic()
                 self.targets.refresh()
@@ -497,7 +596,11 @@ class GatewayPoller(SourceThread):
                     bindings = self.platform.parse(text, t)
                 except gateway_bindings.GatewayOutputError as exc:
                     log.warning("collector %s: gateway answer not usable: %s", self.site.name, exc)
+                    self.running.clear()            # no evidence from it: `fleet status` says why
+                    self.fail(f"{type(exc).__name__}: {exc}")
                 else:
+                    self.running.set()
+                    self.failures, self.failing_since, self.last_error = 0, None, ""
                     out = gateway_bindings.observations(bindings, self.gateway_targets(), t)
                     self.polls += 1
                     if out:
