@@ -20,7 +20,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from conftest import await_until
+from conftest import await_until, wait_until
 from fleet.drivers.collect import gateway_bindings as gb
 from fleet.drivers.collect import hep
 from fleet.drivers.collect.hep_listener import HepListener, start_hep_listener
@@ -527,9 +527,7 @@ def test_local_capture_filters_the_sites_ports_and_vlan_tagged_frames(tmp_path, 
                                        site.capture[0], targets)
     source.start()
     try:
-        deadline = time.monotonic() + 10
-        while not (argv_file.exists() and argv_file.read_text()) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_until(lambda: argv_file.exists() and argv_file.read_text(), 10, "the capture started tcpdump", step=0.05)
         argv = argv_file.read_text().split("\n")
     finally:
         source.stop()
