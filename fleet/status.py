@@ -46,6 +46,8 @@ def table(phones: list[dict]) -> Table:
     now = time.time()
     for p, row in zip(phones, rows_for_json(phones)):
         servers = "  ".join(server_cell(s, now) for s in row["servers"])
+        for reg, line in row["lines"].items():     # registrations 2 and up, each on its own line of the cell
+            servers += f"\nreg {reg}: " + "  ".join(server_cell(s, now) for s in line["servers"])
         newest = max(row["evidence"].items(), key=lambda kv: kv[1]) if row["evidence"] else None
         evidence = f"{escape(newest[0])} {_age(now, newest[1])}" if newest else _age(now, row["observed_at"])
         working = (str(row["working_server"]) + ("~" if row["working_inferred"] else "")) if row["working_server"] else "[red]none[/]"

@@ -133,6 +133,13 @@ def test_status_row_and_table_show_each_server_with_source_and_age():
     console.print(table([p]))
     text = console.export_text()
     assert "1:down(403) wire 3s" in text and "2:up gateway 20s" in text and "wire 3s" in text, text
+    assert "reg 2" not in text
+    # a second line is shown under the first, with its own servers; line 1's working server is unchanged
+    apply(st, Observation(mac=MAC, t=now - 5, source="hep", reg=2, server=1, state=REGISTERED, code=200, expires=60))
+    console = Console(width=200, record=True)
+    console.print(table([dict(p, state=st.to_dict())]))
+    text = console.export_text()
+    assert "reg 2: 1:up hep 5s" in text and "1:down(403) wire 3s" in text, text
 
 
 # ---------------------------------------------------------------- a capture source fed junk
