@@ -64,21 +64,28 @@ class Srv:
     target: str            # host name, without the trailing dot
 
 
-def srv_records(name: str, server: str, port: int = 53, timeout: float = 1.0) -> list[Srv] | None:
-    """The SRV answers for `name` (e.g. `_sip._udp.example.com`) by priority, then weight (highest first);
-    [] when the server answered without any (the name has no SRV), None when no answer could be read."""
-    reply = query(name, "SRV", server, port, timeout)
+def _records(name: str, qtype: str, server: str, port: int, timeout: float, build) -> list | None:
+    """`build(rdata)` of each `qtype` answer; an answer it cannot read (garbled rdata) is skipped. [] when the
+    server answered without any, None when no answer could be read."""
+    reply = query(name, qtype, server, port, timeout)
     if reply is None:
         return None
     out = []
     for rr in reply.rr:
-        if rr.rtype == QTYPE.SRV:
+        if rr.rtype == getattr(QTYPE, qtype):
             try:
-                out.append(Srv(int(rr.rdata.priority), int(rr.rdata.weight), int(rr.rdata.port),
-                               str(rr.rdata.target).rstrip(".")))
+                out.append(build(rr.rdata))
             except (AttributeError, TypeError, ValueError):
                 continue
-    return sorted(out, key=lambda s: (s.priority, -s.weight, s.target, s.port))
+    return out
+
+
+def srv_records(name: str, server: str, port: int = 53, timeout: float = 1.0) -> list[Srv] | None:
+    """The SRV answers for `name` (e.g. `_sip._udp.example.com`) by priority, then weight (highest first);
+    [] when the server answered without any (the name has no SRV), None when no answer could be read."""
+    found = _records(name, "SRV", server, port, timeout, lambda d: Srv(int(d.priority), int(d.weight), int(d.port),
+                                                                        str(d.target).rstrip(".")))
+    return None if found is None else sorted(found, key=lambda s: (s.priority, -s.weight, s.target, s.port))
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,19 +99,10 @@ class Naptr:
 
 def naptr_records(name: str, server: str, port: int = 53, timeout: float = 1.0) -> list[Naptr] | None:
     """The NAPTR answers for `name` in order, then preference; [] when there are none, None without an answer."""
-    reply = query(name, "NAPTR", server, port, timeout)
-    if reply is None:
-        return None
-    out = []
-    for rr in reply.rr:
-        if rr.rtype == QTYPE.NAPTR:
-            try:
-                d = rr.rdata
-                out.append(Naptr(int(d.order), int(d.preference), bytes(d.flags).decode(errors="replace"),
-                                 bytes(d.service).decode(errors="replace"), str(d.replacement).rstrip(".")))
-            except (AttributeError, TypeError, ValueError):
-                continue
-    return sorted(out, key=lambda n: (n.order, n.preference))
+    found = _records(name, "NAPTR", server, port, timeout,
+                     lambda d: Naptr(int(d.order), int(d.preference), bytes(d.flags).decode(errors="replace"),
+                                     bytes(d.service).decode(errors="replace"), str(d.replacement).rstrip(".")))
+    return None if found is None else sorted(found, key=lambda n: (n.order, n.preference))
 
 
 def ttl_of(name: str, server: str, port: int = 53, timeout: float = 1.0) -> int | None:

@@ -60,6 +60,19 @@ steps:
 PLAYBOOK = outage_playbook("wire-only-fallback", "hq", 30, 120, 30, 20)
 
 
+def run_passing_experiment(playbook_text: str, lab, redis_url: str, tmp_path) -> dict:
+    """`fleet experiment run --json` on the lab; the report, once the run exited 0 and says it passed."""
+    playbook = tmp_path / "playbook.yml"
+    playbook.write_text(playbook_text)
+    res = run_fleet(["experiment", "run", str(playbook), "--inventory", str(lab.inventory),
+                     "--report-dir", str(tmp_path / "reports"), "--json"], redis_url)
+    assert "Traceback" not in res.stderr, res.stderr
+    assert res.returncode == 0, res.stderr + res.stdout[-3000:]
+    doc = json.loads(res.stdout)
+    assert doc["passed"] is True, doc["steps"]
+    return doc
+
+
 @pytest.fixture(scope="module")
 def lab(lab_factory, worker_factory):
     spec = lab_spec("wireonly", NET, phones=4)
@@ -90,14 +103,8 @@ def _truth_change_time(status: dict, mac: str, server: int, after: float) -> flo
 
 
 def test_outage_observed_from_the_wire_and_notifications_agrees_with_ground_truth(lab, redis_url, tmp_path):
-    playbook = tmp_path / "wire-only.yml"
-    playbook.write_text(PLAYBOOK)
-    res = run_fleet(["experiment", "run", str(playbook), "--inventory", str(lab.inventory),
-                     "--report-dir", str(tmp_path / "reports"), "--json"], redis_url)
-    assert "Traceback" not in res.stderr, res.stderr
-    assert res.returncode == 0, res.stderr + res.stdout[-3000:]
-    doc = json.loads(res.stdout)
-    assert doc["passed"] is True and len(doc["phones"]) == 4
+    doc = run_passing_experiment(PLAYBOOK, lab, redis_url, tmp_path)
+    assert len(doc["phones"]) == 4
 
     call = next(s for s in doc["steps"] if s["name"].startswith("a call"))
     assert call["passed"] and "server 2" in call["message"], call
@@ -215,14 +222,8 @@ def test_kamailio_hep_alone_sees_both_servers_through_the_outbound_proxy(hep_lab
     source: every REGISTER to either server passes Kamailio, and fleet tells the two apart by the Request-URI's
     host. The experiment passes, every phone's failover and recovery agree with the lab's ground truth within the
     sampling interval, and HEP names both transitions; the relayed leg (Kamailio to the provider) is nobody's."""
-    playbook = tmp_path / "hep-only.yml"
-    playbook.write_text(HEP_PLAYBOOK)
-    res = run_fleet(["experiment", "run", str(playbook), "--inventory", str(hep_lab.inventory),
-                     "--report-dir", str(tmp_path / "reports"), "--json"], redis_url)
-    assert "Traceback" not in res.stderr, res.stderr
-    assert res.returncode == 0, res.stderr + res.stdout[-3000:]
-    doc = json.loads(res.stdout)
-    assert doc["passed"] is True and len(doc["phones"]) == 3, doc["steps"]
+    doc = run_passing_experiment(HEP_PLAYBOOK, hep_lab, redis_url, tmp_path)
+    assert len(doc["phones"]) == 3, doc["steps"]
     call = next(s for s in doc["steps"] if s["name"].startswith("a call"))
     assert "server 2" in call["message"] and call["message"].split("seen by ", 1)[1].startswith("hep)"), call
     truth = hep_lab.status()
