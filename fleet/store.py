@@ -15,6 +15,7 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `site:{site}:evidence`               | hash   | the collector's per-server evidence report: unobservable (JSON:  | set_site_evidence           |
 |                                      |        | targets no wire source can see, and why), sources (JSON: each    |                             |
 |                                      |        | evidence source's state, error and since when), t                |                             |
+| `evidence:sites`                     | set    | the sites with a `site:{site}:evidence` report                   | set_site_evidence           |
 | `observed`                           | stream | one entry per stored batch of observations: the MACs it touched  | record_observations         |
 | `lease:{site}`                       | string | holder of the site's exclusive lease (SET NX PX, renewed)        | acquire/renew/release_lease |
 | `experiments`                        | zset   | experiment ids by start time                                     | new_experiment              |
@@ -64,10 +65,28 @@ FEED_MAXLEN = 100_000
 OUTAGE_MARK_TTL = 2 * 86400   # longer than any outage may last (max_duration <= 1 day)
 
 
+_SITE_FIELD = '"site": '
+_DECODER = json.JSONDecoder()
+
+
+def _row_site(row: str) -> str | None:
+    """The `site` of a ready-made status row without decoding the row: row_for_json writes `mac` then `site`
+    first, so the first `"site": ` is the top-level one (a MAC cannot hold it)."""
+    at = row.find(_SITE_FIELD)
+    if at < 0:
+        return None
+    try:
+        value, _ = _DECODER.raw_decode(row, at + len(_SITE_FIELD))
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
 class Keys:
     """The name of every key in the table above; nothing outside this module builds one."""
 
     PHONES = f"{P}phones"
+    EVIDENCE_SITES = f"{P}evidence:sites"
     OBSERVED = f"{P}observed"
     EXPERIMENTS = f"{P}experiments"
     ROLLOUTS = f"{P}rollouts"
@@ -257,30 +276,39 @@ class Store:
     def status_json(self, site: str | None = None) -> str:
         """`fleet status --json` straight from the ready-made rows: one round trip, no decoding per phone. Each row
         gains what its site's collector reported (`site_evidence`): `unobservable` (this phone's servers no wire
-        source can see, and why) and `evidence_errors` (the site's evidence sources that are failing)."""
+        source can see, and why) and `evidence_errors` (the site's evidence sources that are failing). Only a row
+        whose site has failing sources has its site read out of it (one string decoded, not the row)."""
         key = K.site_phones(site) if site else K.PHONES
         macs = sorted(self.r.smembers(key))
         pipe = self.r.pipeline(transaction=False)
+        pipe.smembers(K.EVIDENCE_SITES)
         for mac in macs:
-            pipe.hmget(K.phone(mac), "row", "site")
-        rows = [(mac, row, s) for mac, (row, s) in zip(macs, pipe.execute()) if row]
-        evidence = self.site_evidence(sorted({s for _, _, s in rows if s}))
-        unseen: dict[str, list[dict]] = {}
+            pipe.hget(K.phone(mac), "row")
+        reported, *found = pipe.execute()
+        rows = [(mac, row) for mac, row in zip(macs, found) if row]
+        evidence = self.site_evidence(sorted(reported))
+        unseen: dict[str, str] = {}
         for ev in evidence.values():
+            by_mac: dict[str, list[dict]] = {}
             for u in ev.get("unobservable", []):
-                unseen.setdefault(u.get("mac", ""), []).append(u)
-        errors = {site: json.dumps([e for e in ev.get("sources", []) if e.get("error")]) for site, ev in evidence.items()}
+                by_mac.setdefault(u.get("mac", ""), []).append(u)
+            unseen.update({mac: json.dumps(us) for mac, us in by_mac.items()})
+        errors = {s: json.dumps(errs) for s, ev in evidence.items()
+                  if (errs := [e for e in ev.get("sources", []) if e.get("error")])}
         out = []
-        for mac, row, s in rows:     # {...} + `"unobservable": [...], "evidence_errors": [...]}`: no decoding
-            out.append(f'{row.rstrip()[:-1]}, "unobservable": {json.dumps(unseen.get(mac, []))}, '
-                       f'"evidence_errors": {errors.get(s or "", "[]")}}}')
+        for mac, row in rows:     # {...} + `"unobservable": [...], "evidence_errors": [...]}`: no decoding
+            failing = errors.get(_row_site(row), "[]") if errors else "[]"
+            out.append(f'{row.rstrip()[:-1]}, "unobservable": {unseen.get(mac, "[]")}, "evidence_errors": {failing}}}')
         return "[" + ",".join(out) + "]"
 
     def set_site_evidence(self, site: str, unobservable: list[dict], sources: list[dict]) -> None:
         """The collector's report about its per-server evidence (fleet.collector): which targets no wire source
         can see and why; per evidence source its state, error (never a secret) and since when."""
-        self.r.hset(K.site_evidence(site), mapping={"unobservable": json.dumps(unobservable),
-                                                     "sources": json.dumps(sources), "t": repr(time.time())})
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(K.site_evidence(site), mapping={"unobservable": json.dumps(unobservable),
+                                                  "sources": json.dumps(sources), "t": repr(time.time())})
+        pipe.sadd(K.EVIDENCE_SITES, site)
+        pipe.execute()
 
     def site_evidence(self, sites: list[str]) -> dict[str, dict]:
         """{site: {unobservable: [...], sources: [...], t}} for the sites whose collector reported; {} for none."""
