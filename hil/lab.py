@@ -115,9 +115,10 @@ def fit_to_families(inv: dict) -> dict:
         site["params"] = {k: fv for k, v in site["params"].items() if (fv := _fitted_for(list(used), k, v)) is not None}
         for phone in site["phones"]:
             # a phone's own parameters (labfile phones.params_of), fitted to the family that phone runs
-            own = families.get(phone["firmware_family"]) if phone.get("firmware_family") else lab_family
-            phone["params"] = {k: fv for k, v in phone["params"].items()
-                               if (fv := _fitted_for([own], k, v)) is not None}
+            if phone.get("params"):
+                own = families.get(phone["firmware_family"]) if phone.get("firmware_family") else lab_family
+                phone["params"] = {k: fv for k, v in phone["params"].items()
+                                   if (fv := _fitted_for([own], k, v)) is not None}
     return inv
 
 
