@@ -112,23 +112,32 @@ def fit_to_families(inv: dict) -> dict:
                 phone["firmware_family"] = fam.name
             used.add(fam)
 
-        def fitted(name: str, value: str) -> str | None:
-            knowing = [f for f in used if f.lookup(name) is not None]
-            if not knowing:
-                return None
-            for fam in knowing:
-                p = fam.lookup(name)
-                if p.kind == "int" and str(value).lstrip("-").isdigit() and int(value) not in p.also:
-                    lo = max(fam.expires_min, p.lo or 0) if name.endswith(".expires") else p.lo
-                    n = max(int(value), lo) if lo is not None else int(value)
-                    value = str(min(n, p.hi) if p.hi is not None else n)
-            try:
-                return value if all(f.check(name, value) is not None for f in knowing) else None
-            except families.ParameterError:
-                return None
-
-        site["params"] = {k: fv for k, v in site["params"].items() if (fv := fitted(k, v)) is not None}
+        site["params"] = {k: fv for k, v in site["params"].items() if (fv := _fitted_for(list(used), k, v)) is not None}
+        for phone in site["phones"]:
+            # a phone's own parameters (labfile phones.params_of), fitted to the family that phone runs
+            if phone.get("params"):
+                own = families.get(phone["firmware_family"]) if phone.get("firmware_family") else lab_family
+                phone["params"] = {k: fv for k, v in phone["params"].items()
+                                   if (fv := _fitted_for([own], k, v)) is not None}
     return inv
+
+
+def _fitted_for(knowing: list[families.Family], name: str, value: str) -> str | None:
+    """`value` moved into the range of every family in `knowing` (the nearest value each accepts), or None when
+    one of them still refuses it (or none of them knows the parameter)."""
+    knowing = [f for f in knowing if f.lookup(name) is not None]
+    if not knowing:
+        return None
+    for fam in knowing:
+        p = fam.lookup(name)
+        if p.kind == "int" and str(value).lstrip("-").isdigit() and int(value) not in p.also:
+            lo = max(fam.expires_min, p.lo or 0) if name.endswith(".expires") else p.lo
+            n = max(int(value), lo) if lo is not None else int(value)
+            value = str(min(n, p.hi) if p.hi is not None else n)
+    try:
+        return value if all(f.check(name, value) is not None for f in knowing) else None
+    except families.ParameterError:
+        return None
 
 
 class Lab:
@@ -328,8 +337,10 @@ class Lab:
         for i in range(site.phones.count):
             mac = phone_mac(self.net, rt.k, i)
             ext = str(site.phones.first_extension + i + 1000 * rt.k)
+            own = {k2: str(v) for k2, v in site.phones.params_of.get(i, {}).items()}
             (rt.boot_dir / f"{mac}-reg.cfg").write_text(_config_xml({
-                "reg.1.address": ext, "reg.1.label": ext, "reg.1.auth.userId": ext, "reg.1.auth.password": self.sip_users[ext]}))
+                **own, "reg.1.address": ext, "reg.1.label": ext, "reg.1.auth.userId": ext,
+                "reg.1.auth.password": self.sip_users[ext]}))
             (rt.boot_dir / f"{mac}.cfg").write_text(
                 f'<?xml version="1.0" standalone="yes"?>\n<APPLICATION APP_FILE_PATH="sip.ld" '
                 f'CONFIG_FILES="{mac}-reg.cfg, site.cfg" MISC_FILES="" LOG_FILE_DIRECTORY="" OVERRIDES_DIRECTORY=""/>\n')
@@ -351,7 +362,8 @@ class Lab:
                 phones.append({"mac": phone.mac, "model": phone.spec.model, "firmware_family": phone.spec.family,
                                "address": phone.spec.ip,
                                "http_port": PHONE_HTTP_PORT, "sip_port": SIP_PORT, "credentials": "phone_admin",
-                               "params": {"reg.1.address": ext, "reg.1.auth.userId": ext,
+                               "params": {**{k2: str(v) for k2, v in site.phones.params_of.get(i, {}).items()},
+                                          "reg.1.address": ext, "reg.1.auth.userId": ext,
                                           "reg.1.auth.password": f"secret:sip_{ext}"}})
             boot = (f"http://{self.lan_ip(rt.k, 3)}:{BOOT_HTTP_PORT}/" if site.boot_protocol == "http"
                     else f"ftp://{self.lan_ip(rt.k, 3)}:{BOOT_FTP_PORT}/")

@@ -74,6 +74,20 @@ class PhonesSpec(Strict):
     first_extension: int = Field(1001, ge=1, le=10**9)
     families: dict[str, str] = Field({}, description="firmware family per model, over the site's")
     family_of: dict[int, str] = Field({}, description="firmware family per phone (by index), over everything")
+    params_of: dict[int, dict[str, str | int]] = Field({}, description="parameters per phone (by index), over the "
+                                                       "site's: written in the phone's own <MAC>-reg.cfg (read first, "
+                                                       "so they win) and its inventory entry")
+
+    @field_validator("params_of", mode="before")
+    @classmethod
+    def param_mappings(cls, v):
+        if isinstance(v, dict):
+            for i, params in v.items():
+                try:
+                    validate.param_types(params)
+                except FieldError as exc:
+                    raise FieldError((i, *exc.loc), str(exc)) from None
+        return v
 
     @field_validator("families")
     @classmethod
@@ -170,10 +184,11 @@ class SiteSpec(Strict):
         for i in self.faults:
             if not 0 <= i < self.phones.count:
                 raise FieldError(("faults", i), f"phone {i} does not exist: this site has phones 0 to {self.phones.count - 1}")
-        for i in self.phones.family_of:
-            if not 0 <= i < self.phones.count:
-                raise FieldError(("phones", "family_of", i),
-                                 f"phone {i} does not exist: this site has phones 0 to {self.phones.count - 1}")
+        for what, indices in (("family_of", self.phones.family_of), ("params_of", self.phones.params_of)):
+            for i in indices:
+                if not 0 <= i < self.phones.count:
+                    raise FieldError(("phones", what, i),
+                                     f"phone {i} does not exist: this site has phones 0 to {self.phones.count - 1}")
         return self
 
 
@@ -312,6 +327,23 @@ class LabFile(Strict):
                                      f"{lo:g} to {hi:g} s (no parameter sets it); {self.fixed_retry:g} s is not one "
                                      f"(set timing.fixed_retry, or test_speed: true for a test lab)")
 
+    def _check_phone_params(self, k: int) -> None:
+        """Each phone's own parameters, valid for the family it runs. With test_speed an integer below or above the
+        real range is kept (a failBack.timeout of seconds, not minutes); the exported inventory carries the nearest
+        value a real phone accepts (hil.lab.fit_to_families)."""
+        site = self.sites[k]
+        for i, params in site.phones.params_of.items():
+            fam = families.get(self.phone_family(k, i))
+            for name, value in params.items():
+                try:
+                    validate.param(name, value, fam.name)
+                except ValueError as exc:
+                    p = fam.lookup(name)
+                    if (self.timing.test_speed and p is not None and p.kind == "int"
+                            and str(value).strip().isdigit()):
+                        continue
+                    raise FieldError(("sites", k, "phones", "params_of", i, name), str(exc)) from None
+
     @model_validator(mode="after")
     def unique_sites(self) -> "LabFile":
         """Site names once each, every phone's model able to run its family, and every value the lab writes into
@@ -331,6 +363,7 @@ class LabFile(Strict):
                         validate.param(name, value, fam.name)
                     except ValueError as exc:
                         raise FieldError(("sites", k, "params", name), str(exc)) from None
+            self._check_phone_params(k)
         if self.backend == "userspace" and self.net + 100 + len(self.sites) - 1 > 254:
             raise FieldError(("net",), f"net {self.net} with {len(self.sites)} site(s) would need 127."
                              f"{self.net + 100 + len(self.sites) - 1}.x.x for phones: at most {255 - 100 - len(self.sites)}")

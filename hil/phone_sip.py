@@ -13,7 +13,7 @@ from sipwire.endpoint import TransactionTimeout, TransactionTimers
 
 from .resolver import ResolveError
 
-from .phone_types import DOWN, UP, Registration, ServerBinding
+from .phone_types import DOWN, FAILBACK_MODES, UP, Failback, Registration, ServerBinding
 
 
 class SipRegistrations:
@@ -92,7 +92,34 @@ class SipRegistrations:
                     timers=timers, call_id=sip.new_call_id(self.spec.ip),
                     proxy=proxy if proxy and self._uses_proxy(x, y) else None, **retry))
             if reg.servers:
+                reg.failback = self._failback_setting(x)
                 self.regs.append(reg)
+
+    def _failback_setting(self, x: int) -> Failback:
+        """Server 1's failOver.failBack.mode and .timeout (the server failed back to; fleet.predict reads the same),
+        where the family has them: without them, or with a value the firmware would not take, newRequests."""
+        name = f"reg.{x}.server.1.failOver.failBack.mode"
+        if not self._knows(name):
+            return Failback()
+        mode = self._server_param(x, 1, "failOver.failBack.mode") or "newRequests"
+        timeout = str(self._server_param(x, 1, "failOver.failBack.timeout") or "3600").strip()
+        return Failback(mode=mode if mode in FAILBACK_MODES else "newRequests",
+                        timeout=int(timeout) if timeout.isdigit() else 3600)
+
+    def _failback_wait(self, reg: Registration) -> float | None:
+        """Seconds a fallback that just started working holds the primary (None: not by time, see Failback)."""
+        fb = reg.failback
+        if fb.mode == "duration":
+            return float(fb.timeout) if fb.timeout > 0 else None
+        if fb.mode == "DNSTTL":
+            # the TTL of the working server's DNS answer; a server given as an address has none, so the TTL of the
+            # primary's answer (the one fleet.predict asks the site's DNS for); none known: no hold
+            working = next(s for s in reg.servers if s.index == reg.working)
+            ttl = self.resolver.ttl_of(working.address)
+            if ttl is None:
+                ttl = self.resolver.ttl_of(reg.servers[0].address)
+            return float(ttl) if ttl is not None else 0.0
+        return None      # registration: at the working server's next renewal
 
     @staticmethod
     def _sends_register(srv: ServerBinding) -> bool:
@@ -137,7 +164,14 @@ class SipRegistrations:
         return True
 
     async def _server_loop(self, reg: Registration, srv: ServerBinding) -> None:
+        fb = reg.failback
+        primary = srv is reg.servers[0]
         while True:
+            if fb.follows:
+                if primary:
+                    await self._hold_primary(fb)
+                elif srv.index == reg.working:
+                    fb.renewal()
             ok = await self._register_once(reg, srv)
             if ok:
                 srv.failures = 0
@@ -147,10 +181,31 @@ class SipRegistrations:
                 srv.failures += 1
                 delay = srv.next_retry()
             due = time.monotonic() + max(delay, 0.1)
-            await asyncio.sleep(max(delay, 0.1))
+            if fb.follows and primary:
+                # a registration-mode renewal may end a hold while the primary waits to retry: try it then
+                if await self._wait_for_wake(fb, max(delay, 0.1)):
+                    continue
+            else:
+                await asyncio.sleep(max(delay, 0.1))
             self.lateness.append(time.monotonic() - due)
             if len(self.lateness) > 1000:
                 del self.lateness[:500]
+
+    @staticmethod
+    async def _wait_for_wake(fb: Failback, timeout: float | None) -> bool:
+        """Wait `timeout` s (None: without end) or until fb.wake is set; True when woken."""
+        fb.wake.clear()
+        try:
+            await asyncio.wait_for(fb.wake.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def _hold_primary(self, fb: Failback) -> None:
+        """Send the primary nothing while its failback mode holds it (Failback)."""
+        while fb.holding(time.monotonic()):
+            left = fb.due_at - time.monotonic() if fb.due_at is not None else None
+            await self._wait_for_wake(fb, max(left, 0.0) if left is not None else None)
 
     async def _register_once(self, reg: Registration, srv: ServerBinding) -> bool:
         if srv.index == 1 and ("wrong-server" in (self.spec.fault, self._boot_fault) or self._boot_fault == "bad-boot-once"):
@@ -234,7 +289,9 @@ class SipRegistrations:
         working = next((s.index for s in reg.servers if self._sends_register(s) and s.state == UP), None)
         if working != reg.working:
             was_registered = reg.working is not None
+            was = reg.working
             reg.working = working
+            self._follow_failback(reg, was)
             self.truth.record(self.mac, "working_server", reg=reg.index, server=working)
             cur = self.truth.current[self.mac]
             cur.setdefault("working_server", {})[str(reg.index)] = working
@@ -249,3 +306,20 @@ class SipRegistrations:
         else:
             cur = self.truth.current[self.mac]
             cur.setdefault("servers", {})[str(reg.index)] = {str(s.index): s.state for s in reg.servers}
+
+    def _follow_failback(self, reg: Registration, was: int | None) -> None:
+        """The working server changed from `was`: start or end the primary's hold (Failback; newRequests: none)."""
+        fb = reg.failback
+        if not fb.follows:
+            return
+        primary = reg.servers[0].index
+        if reg.working == primary:
+            fb.after_failover = False
+            fb.end_hold(wake=False)     # the primary just registered: its loop waits for its refresh
+            return
+        if was == primary:
+            fb.after_failover = True
+        if reg.working is None:
+            fb.end_hold()          # a failover on the working fallback: the primary is retried as usual
+        elif fb.after_failover:
+            fb.start_hold(time.monotonic(), self._failback_wait(reg))

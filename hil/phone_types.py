@@ -110,6 +110,62 @@ class ServerBinding:
         return nominal * (rng or random).uniform(0.5, 1.0)
 
 
+FAILBACK_MODES = ("newRequests", "DNSTTL", "registration", "duration")
+
+
+@dataclass
+class Failback:
+    """When a registration that failed over from its primary may make the primary its working server again
+    (failOver.failBack.mode and .timeout of server 1, UC Software 4.1.6+; fleet.predict bounds the same modes).
+
+    newRequests (the default, and every family without the parameter): no hold, the primary is retried at its
+    own cadence and is working again as soon as it registers (R4), exactly as before modes existed. The other
+    modes hold the primary: while a fallback is working after a failover from the primary, the phone sends the
+    primary nothing until the mode says so (DNSTTL: the TTL of the working server's DNS answer, or of the
+    primary's when the working server is an address; registration: the working server's next renewal;
+    duration: `timeout` s after the fallback started working, never with 0). Holding the REGISTER, not only
+    the choice of server, keeps what an observer sees on the wire true to the working server. A failover on
+    the working fallback itself ends the hold: the primary is retried at its own cadence again.
+    """
+    mode: str = "newRequests"
+    timeout: int = 3600
+    after_failover: bool = False        # the primary was working and stopped: a fallback taking over is held
+    held_since: float | None = None     # monotonic: when the current fallback started working (holding)
+    due_at: float | None = None         # monotonic: when the hold ends by time (None: not by time)
+    due: bool = False                   # the hold has ended (time passed, or the working server's renewal began)
+    wake: asyncio.Event = field(default_factory=asyncio.Event)   # the primary's loop: stop waiting now
+
+    @property
+    def follows(self) -> bool:
+        """Whether this registration's failback differs from newRequests at all."""
+        return self.mode != "newRequests"
+
+    def holding(self, now: float) -> bool:
+        if self.held_since is None or self.due:
+            return False
+        if self.due_at is not None and now >= self.due_at:
+            self.due = True
+            return False
+        return True
+
+    def start_hold(self, now: float, wait: float | None) -> None:
+        """A fallback started working after a failover from the primary; `wait`: seconds until the primary may
+        be tried (None: not by time; a registration-mode hold ends at a renewal, a duration 0 hold never)."""
+        self.held_since, self.due, self.due_at = now, False, (now + wait if wait is not None else None)
+
+    def end_hold(self, wake: bool = True) -> None:
+        """No hold any more; `wake`: the primary's loop, if waiting, tries the primary now."""
+        self.held_since, self.due_at, self.due = None, None, False
+        if wake:
+            self.wake.set()
+
+    def renewal(self) -> None:
+        """The working fallback's registration renewal begins: in `registration` mode the hold ends now."""
+        if self.mode == "registration" and self.held_since is not None and not self.due:
+            self.due = True
+            self.wake.set()
+
+
 @dataclass
 class Registration:
     index: int
@@ -119,3 +175,4 @@ class Registration:
     servers: list[ServerBinding] = field(default_factory=list)
     working: int | None = None
     subscribed_to_primary: bool = False
+    failback: Failback = field(default_factory=Failback)

@@ -33,10 +33,16 @@ class Resolver:
         self.timeout = timeout
         self.tries = tries
         self._cache: dict[str, tuple[float, str]] = {}
+        self._ttls: dict[str, int] = {}       # the TTL of each name's last answer, kept past its expiry
 
     def forget(self) -> None:
         """A rebooted phone starts with an empty DNS cache."""
         self._cache.clear()
+        self._ttls.clear()
+
+    def ttl_of(self, name: str) -> int | None:
+        """The TTL of the last answer for `name` (failOver.failBack.mode=DNSTTL); None: never resolved, or an address."""
+        return self._ttls.get(name)
 
     async def resolve(self, name: str) -> str:
         try:
@@ -72,6 +78,7 @@ class Resolver:
                 if rr.rtype == QTYPE.A:
                     address = str(rr.rdata)
                     self._cache[name] = (time.monotonic() + max(int(rr.ttl), 1), address)
+                    self._ttls[name] = int(rr.ttl)
                     return address
             raise ResolveError(f"{name}: no A record (rcode {reply.header.rcode})")
         raise ResolveError(f"{name}: DNS server {self.server[0]}:{self.server[1]} did not answer")

@@ -80,3 +80,29 @@ def test_test_speed_allows_fast_timers_and_picks_a_family_the_model_runs(tmp_pat
     spec = labfile.load(path)
     assert [spec.phone_family(0, i) for i in range(2)] == ["uc-4.0", "uc-5.x"]
     assert spec.retry_max == 3          # no backoff in a test lab unless asked for
+
+
+FB = "reg.1.server.1.failOver.failBack."
+
+
+def test_parameters_per_phone_follow_the_phones_family(tmp_path):
+    """phones.params_of: checked against the family each phone runs, naming the phone and the parameter."""
+    ok = lab(tmp_path, phones={"count": 2, "models": ["VVX 410"], "params_of": {1: {FB + "mode": "duration",
+                                                                                     FB + "timeout": 0}}})
+    assert labfile.load(ok).sites[0].phones.params_of == {1: {FB + "mode": "duration", FB + "timeout": 0}}
+    for params_of, words in [
+            ({2: {FB + "mode": "DNSTTL"}}, r"params_of\[2\]: phone 2 does not exist"),
+            ({0: {FB + "mode": "sometimes"}}, r"params_of\[0\]\.reg\.1\.server\.1\.failOver\.failBack\.mode: .*sometimes"),
+            ({0: {FB + "timeout": 5}}, r"params_of\[0\]\.reg\.1\.server\.1\.failOver\.failBack\.timeout: .*5"),
+            ({0: {FB + "mode": True}}, r"params_of\[0\]\.reg\.1\.server\.1\.failOver\.failBack\.mode: .*expected text")]:
+        with pytest.raises(FileError, match=words):
+            labfile.load(lab(tmp_path, phones={"count": 2, "models": ["VVX 410"], "params_of": params_of}))
+    # a SoundPoint IP on UC Software 4.0 has no failback modes: refused for that phone
+    path = lab(tmp_path, family="uc-4.0", phones={"count": 1, "models": ["SoundPoint IP 650"],
+                                                  "params_of": {0: {FB + "mode": "duration"}}})
+    with pytest.raises(FileError, match="not supported by firmware family uc-4.0"):
+        labfile.load(path)
+    # test_speed: a timer below the real range is the lab's to choose (the inventory exports the nearest real value)
+    fast = lab(tmp_path, timing={"test_speed": True, "retry_interval": 3},
+               phones={"count": 1, "models": ["VVX 410"], "params_of": {0: {FB + "timeout": 5}}})
+    assert labfile.load(fast).sites[0].phones.params_of[0][FB + "timeout"] == 5

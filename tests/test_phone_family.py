@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 
@@ -167,3 +168,67 @@ def test_request_validation_refuses_an_invite_from_a_server_it_is_not_registered
     via1, via2 = asyncio.run(run())
     assert via1 == 486                          # reached the phone (which is busy: it never answers)
     assert via2 == from_server2
+
+
+# ---------------------------------------------------------------- failback modes (failOver.failBack.*)
+MODE = "reg.1.server.1.failOver.failBack.mode"
+TIMEOUT = "reg.1.server.1.failOver.failBack.timeout"
+
+
+def test_failback_mode_is_server_1s_and_only_where_the_family_has_it():
+    assert phone("uc-5.x", TWO).regs[0].failback.mode == "newRequests"
+    fb = phone("uc-5.x", TWO | {MODE: "duration", TIMEOUT: "120"}).regs[0].failback
+    assert (fb.mode, fb.timeout) == ("duration", 120)
+    # UC Software 4.0 has no failback modes: a mode in its files changes nothing (newRequests)
+    assert phone("uc-4.0", TWO | {MODE: "duration", TIMEOUT: "0"}, model="SoundPoint IP 650").regs[0].failback.mode \
+        == "newRequests"
+    # whole-server precedence: with reg.1.server.1.address set, voIpProt.server.1.* does not apply
+    assert phone("uc-5.x", TWO | {"voIpProt.server.1.failOver.failBack.mode": "registration"}).regs[0].failback.mode \
+        == "newRequests"
+    glob = {"voIpProt.server.1.address": SERVER1, "voIpProt.server.1.failOver.failBack.mode": "registration",
+            "reg.1.server.2.address": SERVER2}
+    assert phone("uc-5.x", glob).regs[0].failback.mode == "registration"
+    # a value the firmware would not take: its default
+    assert phone("uc-5.x", TWO | {MODE: "sometimes"}).regs[0].failback.mode == "newRequests"
+
+
+def _switch(p: VirtualPhone, primary: str, fallback: str) -> None:
+    reg = p.regs[0]
+    reg.servers[0].state, reg.servers[1].state = primary, fallback
+    p._update_working(reg)
+
+
+@pytest.mark.parametrize("params, wait", [
+    ({}, "none"), ({MODE: "duration", TIMEOUT: "90"}, 90.0), ({MODE: "duration", TIMEOUT: "0"}, None),
+    ({MODE: "DNSTTL"}, 30.0), ({MODE: "registration"}, None)])
+def test_after_a_failover_the_primary_is_held_as_its_mode_says(params, wait):
+    """The primary is held only after a failover from it to a fallback: newRequests never; duration for its
+    timeout (0: until a failover on the fallback); DNSTTL for the TTL of the primary's answer (the fallback is an
+    address); registration until the fallback's renewal begins. Registration states are set directly."""
+    p = phone("uc-5.x", TWO | {"reg.1.server.1.address": "voip.provider.example",
+                               "reg.1.server.2.failOver.reRegisterOn": "1"} | params)
+    p._spawn = lambda coro: coro.close()          # no line events or subscriptions: no network here
+    p.resolver._ttls["voip.provider.example"] = 30
+    reg, fb = p.regs[0], p.regs[0].failback
+    _switch(p, UP, UP)
+    assert reg.working == 1 and not fb.holding(time.monotonic())      # booting on both: no hold
+    _switch(p, DOWN, UP)
+    assert reg.working == 2
+    now = time.monotonic()
+    if wait == "none":
+        assert not fb.holding(now)
+        return
+    assert fb.holding(now)
+    if wait is None:
+        assert fb.due_at is None
+        fb.renewal()
+        assert fb.holding(now) == (params[MODE] == "duration")       # a renewal ends only a registration hold
+    else:
+        assert fb.due_at - now == pytest.approx(wait, abs=1.0)
+        assert not fb.holding(fb.due_at)
+    # a failover on the fallback ends any hold; the primary back at work clears it
+    fb.due = False
+    _switch(p, DOWN, DOWN)
+    assert reg.working is None and not fb.holding(time.monotonic())
+    _switch(p, UP, DOWN)
+    assert reg.working == 1 and not fb.after_failover and fb.held_since is None

@@ -211,7 +211,8 @@ class NetnsLab(Lab):
                 phones.append({"mac": phone.mac, "model": phone.model, "firmware_family": phone.family,
                                "address": phone.ip,
                                "http_port": PHONE_HTTP_PORT, "sip_port": SIP_PORT, "credentials": "phone_admin",
-                               "params": {"reg.1.address": ext, "reg.1.auth.userId": ext,
+                               "params": {**{k2: str(v) for k2, v in site.phones.params_of.get(i, {}).items()},
+                                          "reg.1.address": ext, "reg.1.auth.userId": ext,
                                           "reg.1.auth.password": f"secret:sip_{ext}"}})
             sites.append({
                 "name": site.name,
