@@ -177,6 +177,15 @@ def _tried(recorded: str | None) -> tuple[str, ...] | None:
     return None if recorded is None else tuple(m for m in recorded.split(",") if m)
 
 
+def _resend_may_fall_back(tried: tuple[str, ...] | None) -> bool:
+    """Whether a resent reboot may fall back to the web UI when its check-sync is refused. Not after a check-sync
+    the lost task sent with no fallback after it: that one may have been accepted and rebooted the phone into files
+    that now refuse check-sync (a rollout that turns on NOTIFY validation), where the web UI would reboot it twice;
+    a check-sync refused here fails the phone with the reason instead. Not either when nobody recorded what went
+    out."""
+    return tried is not None and ("check-sync" not in tried or "web" in tried)
+
+
 def _announcer(rs: RolloutStore, rid: str, mac: str) -> phones.Announce:
     """Records each reboot method in the phone's rollout record before it is sent, for a successor that must
     find out whether the reboot went out (confirm_reboot) by the proof that method leaves."""
@@ -207,7 +216,7 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
         rs.set_phone(rid, mac, reboot_at=reboot_at, reboot_tried="")
-        how = control.reboot(_announcer(rs, rid, mac))
+        how = control.reboot(_announcer(rs, rid, mac), fallback=_resend_may_fall_back(tried))
         rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task")
         return {"state": "verifying", "reboot_at": reboot_at}
 

@@ -11,7 +11,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from fleet import phones
+from fleet import phones, rollout_work
 from fleet.drivers.errors import DeviceRefused
 from fleet.inventory import Credentials, Phone
 
@@ -73,6 +73,23 @@ def test_an_explicit_check_sync_that_is_refused_has_no_fallback_to_announce():
     with pytest.raises(DeviceRefused, match="challenged"):
         ctl.reboot(announced.append)
     assert announced == ["check-sync"] and ctl.sent == []
+
+
+def test_a_resend_without_fallback_fails_where_check_sync_is_refused():
+    ctl = _control(refuse_check_sync=True)
+    announced: list[str] = []
+    with pytest.raises(DeviceRefused, match="challenged"):
+        ctl.reboot(announced.append, fallback=False)
+    assert announced == ["check-sync"] and ctl.sent == []
+
+
+@pytest.mark.parametrize("tried,falls_back", [
+    ((), True), (("web",), True), (("check-sync", "web"), True), (("rest",), True),
+    (("check-sync",), False), (None, False)])
+def test_a_resend_falls_back_only_where_no_check_sync_may_have_been_accepted(tried, falls_back):
+    """A check-sync the lost task sent may have rebooted the phone into files that refuse the next one: a web UI
+    fallback then would be the second reboot."""
+    assert rollout_work._resend_may_fall_back(tried) is falls_back
 
 
 @pytest.mark.parametrize("params", [{}, ALWAYS, EVENTS], ids=["plain", "alwaysReboot", "events"])

@@ -111,11 +111,11 @@ class PhoneControl(Protocol):
     def call_check(self) -> CallCheck:
         """Idle, in a call, or unknown (no answer, an error, a family that cannot tell)."""
 
-    def reboot(self, announce: Announce | None = None) -> str:
-        """Reboot by the phone's method (inventory `reboot:`, else the family's default, then its fallback); returns
-        how, for reports. `announce(method)` is called just before each method is sent, so a caller that may die
-        can leave word of what may have reached the phone (rebooted_since's `tried`). Raises DriverError naming
-        the phone when the phone refuses or does not answer."""
+    def reboot(self, announce: Announce | None = None, fallback: bool = True) -> str:
+        """Reboot by the phone's method (inventory `reboot:`, else the family's default, then its fallback unless
+        `fallback` is False); returns how, for reports. `announce(method)` is called just before each method is
+        sent, so a caller that may die can leave word of what may have reached the phone (rebooted_since's
+        `tried`). Raises DriverError naming the phone when the phone refuses or does not answer."""
 
     def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
         """Whether the reboot sent at `since` reached the phone (params: the files it was rebooted into). `tried`:

@@ -81,7 +81,7 @@ class SoundPointControl:
         return (self.phone.reboot is None and self.phone.reboot_method == "check-sync"
                 and "web" in self.family.reboot_methods)
 
-    def reboot(self, announce: Announce | None = None) -> str:
+    def reboot(self, announce: Announce | None = None, fallback: bool = True) -> str:
         method = self.phone.reboot_method
         if method not in self.family.reboot_methods:
             raise DriverError(f"phone {self.phone.mac} ({self.phone.address})",
@@ -91,7 +91,7 @@ class SoundPointControl:
             tell(method)
             getattr(self, "_reboot_" + method.replace("-", "_"))()
         except DeviceRefused as exc:
-            if not self.falls_back_to_web():
+            if not (fallback and self.falls_back_to_web()):
                 raise
             # announced before it is sent: a task lost after this point may have rebooted the phone through the web
             # UI, which a second check-sync (and its fallback) would repeat
