@@ -94,7 +94,8 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
         raise _settle(rs, rid, mac, "failed", DriverError(f"phone {mac}", f"credentials: {failure_text(exc)}")) from None
     if state.get("state") == "rebooting" and state.get("reboot_at"):
         return confirm_reboot(rid, mac, attempt, float(state["reboot_at"]),
-                              phones.for_phone(phone, creds, inv, secrets, store), plan.params, rs)
+                              phones.for_phone(phone, creds, inv, secrets, store), plan.params, rs,
+                              _tried(state.get("reboot_tried")))
     if state.get("reboot_at"):
         return {"state": state.get("state"), "note": "already done for this attempt"}
     if rs.config_version(mac) == plan.config_hash:
@@ -117,16 +118,18 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
             # an earlier copy of this task claimed the reboot and died before recording it
             if rs.phone(rid, mac).get("reboot_at"):
                 return {"state": "rebooting", "note": "reboot already sent for this attempt"}
+            # nothing is sent before reboot_at is recorded: no method was tried
             since = rs.reboot_claimed_at(rid, mac, attempt) or time.time()
-            rs.set_phone(rid, mac, state="rebooting", reboot_at=since)
-            return confirm_reboot(rid, mac, attempt, since, control, plan.params, rs)
+            rs.set_phone(rid, mac, state="rebooting", reboot_at=since, reboot_tried="")
+            return confirm_reboot(rid, mac, attempt, since, control, plan.params, rs, ())
         failpoint("rollout.reboot_claimed", mac)
         reboot_at = time.time()
-        rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at)
+        rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at, reboot_tried="")
         failpoint("rollout.reboot_recorded", mac)
         # a retry after a reboot that timed out finds state "rebooting" and goes through confirm_reboot: the
-        # claim above keeps it from sending a second reboot the phone may already have had
-        how = control.reboot()
+        # claim above keeps it from sending a second reboot the phone may already have had, and the methods
+        # announced below tell it which proof to look for (a web UI fallback is not idempotent as check-sync is)
+        how = control.reboot(_announcer(rs, rid, mac))
         failpoint("rollout.reboot_sent", mac)
         rs.set_phone(rid, mac, state="verifying", reboot_via=how)
         return {"state": "verifying", "reboot_at": reboot_at}
@@ -169,24 +172,51 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
         pub.close()
 
 
+def _tried(recorded: str | None) -> tuple[str, ...] | None:
+    """The reboot methods a lost task announced (`reboot_tried`); None for a record that predates announcing."""
+    return None if recorded is None else tuple(m for m in recorded.split(",") if m)
+
+
+def _resend_may_fall_back(tried: tuple[str, ...] | None) -> bool:
+    """Whether a resent reboot may fall back to the web UI when its check-sync is refused. Not after a check-sync
+    the lost task sent with no fallback after it: that one may have been accepted and rebooted the phone into files
+    that now refuse check-sync (a rollout that turns on NOTIFY validation), where the web UI would reboot it twice;
+    a check-sync refused here fails the phone with the reason instead. Not either when nobody recorded what went
+    out."""
+    return tried is not None and ("check-sync" not in tried or "web" in tried)
+
+
+def _announcer(rs: RolloutStore, rid: str, mac: str) -> phones.Announce:
+    """Records each reboot method in the phone's rollout record before it is sent, for a successor that must
+    find out whether the reboot went out (confirm_reboot) by the proof that method leaves."""
+    tried: list[str] = []
+
+    def announce(method: str) -> None:
+        tried.append(method)
+        rs.set_phone(rid, mac, reboot_tried=",".join(tried))
+    return announce
+
+
 def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phones.PhoneControl, params: dict,
-                   rs: RolloutStore) -> dict:
+                   rs: RolloutStore, tried: tuple[str, ...] | None) -> dict:
     """The task that claimed this reboot died before it recorded sending it: send it only if the phone never got it.
 
-    Exactly one confirmation runs per attempt (its own claim), so a phone is
-    rebooted at most once per attempt even when several copies are
-    redelivered. Its errors are never retried: the claim is spent, so a
-    retry could only find it taken; the phone fails with the reason.
+    `tried`: the reboot methods the lost task announced before sending them
+    (None: not recorded, so any the phone may use). Exactly one confirmation
+    runs per attempt (its own claim), so a phone is rebooted at most once
+    per attempt even when several copies are redelivered. Its errors are
+    never retried: the claim is spent, so a retry could only find it taken;
+    the phone fails with the reason.
     """
     if not rs.claim_reboot(rid, mac, f"{attempt}-confirm"):
         return {"state": "rebooting", "note": "reboot already being confirmed"}
     with _settles_as(rs, rid, mac, "failed"):
-        if control.rebooted_since(since, params):
+        if control.rebooted_since(since, params, tried):
             rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task")
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
-        rs.set_phone(rid, mac, reboot_at=reboot_at)
-        how = control.reboot()
+        rs.set_phone(rid, mac, reboot_at=reboot_at, reboot_tried="")
+        how = control.reboot(_announcer(rs, rid, mac), fallback=_resend_may_fall_back(tried))
         rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task")
         return {"state": "verifying", "reboot_at": reboot_at}
 

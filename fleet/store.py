@@ -31,7 +31,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `rollout:{id}`                       | hash   | status, playbook, created, plan (JSON), reason, abort flag,      | RolloutStore.create/set     |
 |                                      |        | backups_removed:{site}                                           |                             |
 | `rollout:{id}:phone:{mac}`           | hash   | state, attempt, wave, plan (the phone's part), reboot_at,        | RolloutStore.create/        |
-|                                      |        | rollback_at, settled_at, error, backing_up:/backed_up:{file}     | set_phone                   |
+|                                      |        | reboot_tried (methods announced before sending), reboot_via,     | set_phone                   |
+|                                      |        | rollback_at, settled_at, error, backing_up:/backed_up:{file}     |                             |
 | `rollout:{id}:changes`               | stream | one entry per phone state change (the driver wakes on it)        | RolloutStore.set_phone      |
 | `rollout:{id}:events`                | stream | append-only history of the rollout                               | RolloutStore.log            |
 | `rollout:{id}:reboot:{mac}:{attempt}`| string | the claim on a phone's reboot for one attempt (or               | RolloutStore.claim_reboot   |

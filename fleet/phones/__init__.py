@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, field
-from typing import Callable, Literal, Protocol
+from typing import Callable, Collection, Literal, Protocol
 
 from soundpoint import families
 
@@ -24,6 +24,10 @@ from ..inventory import Credentials, Phone
 BACKENDS = {"sip-2.x": "sip2", "sip-3.x": "sip3", "uc-4.0": "ucs4", "uc-5.x": "ucs5"}
 if set(BACKENDS) != set(families.NAMES):
     raise ImportError(f"fleet.phones.BACKENDS {sorted(BACKENDS)} does not match the families {sorted(families.NAMES)}")
+
+
+# called with a reboot method's name ("check-sync", "web", "rest") just before that method is sent
+Announce = Callable[[str], None]
 
 
 @dataclass(frozen=True)
@@ -107,12 +111,16 @@ class PhoneControl(Protocol):
     def call_check(self) -> CallCheck:
         """Idle, in a call, or unknown (no answer, an error, a family that cannot tell)."""
 
-    def reboot(self) -> str:
-        """Reboot by the phone's method (inventory `reboot:`, else the family's default); returns how, for reports.
-        Raises DriverError naming the phone when the phone refuses or does not answer."""
+    def reboot(self, announce: Announce | None = None, fallback: bool = True) -> str:
+        """Reboot by the phone's method (inventory `reboot:`, else the family's default, then its fallback unless
+        `fallback` is False); returns how, for reports. `announce(method)` is called just before each method is
+        sent, so a caller that may die can leave word of what may have reached the phone (rebooted_since's
+        `tried`). Raises DriverError naming the phone when the phone refuses or does not answer."""
 
-    def rebooted_since(self, since: float, params: dict[str, str]) -> bool:
-        """Whether the reboot sent at `since` reached the phone (params: the files it was rebooted into)."""
+    def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
+        """Whether the reboot sent at `since` reached the phone (params: the files it was rebooted into). `tried`:
+        the methods announced before the sender was lost (empty: nothing was sent); None when nobody recorded
+        them, which counts as every method the phone's reboot may use, its fallback included."""
 
     def polling_credentials(self) -> Credentials:
         """The login state polling takes (apps.statePolling.*), for the collectors' poller too."""

@@ -5,12 +5,14 @@ firmware does differently.
 """
 from __future__ import annotations
 
+from typing import Collection
+
 from soundpoint import families
 
 from ..drivers.control import polling, sip_notify, web_ui
 from ..drivers.errors import DeviceRefused, DriverError
 from ..inventory import Credentials
-from . import CallCheck, Identity, PhoneAccess, identity_failure, same_mac, shown
+from . import Announce, CallCheck, Identity, PhoneAccess, identity_failure, same_mac, shown
 
 REBOOT_DESCRIPTIONS = {"check-sync": "sip check-sync", "web": "web /form-submit/Reboot", "rest": "rest safeRestart"}
 
@@ -73,17 +75,27 @@ class SoundPointControl:
         return Identity(method, "", said)
 
     # ------------------------------------------------------------ reboot
-    def reboot(self) -> str:
+    def falls_back_to_web(self) -> bool:
+        """A refused check-sync is followed by a web UI reboot (UC Software 4.x) only where the inventory did not
+        choose the method: an explicit `reboot: check-sync` fails instead."""
+        return (self.phone.reboot is None and self.phone.reboot_method == "check-sync"
+                and "web" in self.family.reboot_methods)
+
+    def reboot(self, announce: Announce | None = None, fallback: bool = True) -> str:
         method = self.phone.reboot_method
         if method not in self.family.reboot_methods:
             raise DriverError(f"phone {self.phone.mac} ({self.phone.address})",
                               f"reboot by {method} is not available on {self.family.name}")
+        tell = announce or (lambda _method: None)
         try:
+            tell(method)
             getattr(self, "_reboot_" + method.replace("-", "_"))()
         except DeviceRefused as exc:
-            # the family's fallback (UC Software 4.x: the web UI), only where the inventory did not choose a method
-            if self.phone.reboot is not None or method != "check-sync" or "web" not in self.family.reboot_methods:
+            if not (fallback and self.falls_back_to_web()):
                 raise
+            # announced before it is sent: a task lost after this point may have rebooted the phone through the web
+            # UI, which a second check-sync (and its fallback) would repeat
+            tell("web")
             self._reboot_web()
             return f"{REBOOT_DESCRIPTIONS['web']} (check-sync refused: {exc.message})"[:300]
         return REBOOT_DESCRIPTIONS[method]
@@ -101,20 +113,27 @@ class SoundPointControl:
         raise DriverError(f"phone {self.phone.mac}", f"{self.family.name} has no REST API")
 
     # ------------------------------------------------------------ evidence
-    def rebooted_since(self, since: float, params: dict[str, str]) -> bool:
-        """SoundPoint phones have no uptime to ask for: their check-sync is idempotent unless alwaysReboot=1 (a phone
-        already running the new files ignores a second one), so we answer False and let it be sent again; with
-        alwaysReboot=1, or a web UI reboot, the evidence is the line unregistration event a phone sends as it shuts
-        down, where the phone sends events; without any evidence we answer True: better a phone that fails
-        verification than one rebooted twice."""
-        always = (self.phone.reboot_method == "web"
-                  or params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") == "1")
-        if not always:
+    def maybe_sent(self, tried: Collection[str] | None) -> set[str]:
+        """The methods a lost reboot may have gone out by: those announced, or, where nobody recorded them, the
+        phone's method and its fallback."""
+        if tried is not None:
+            return set(tried)
+        return {self.phone.reboot_method} | ({"web"} if self.falls_back_to_web() else set())
+
+    def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
+        """SoundPoint phones have no uptime to ask for. Nothing announced: nothing was sent. Where the phone sends
+        events, the evidence is the line unregistration event it sends as it shuts down, whatever rebooted it.
+        Without events: a check-sync alone is idempotent unless alwaysReboot=1 (a phone already running the new
+        files ignores a second one), so we answer False and let it be sent again; a web UI reboot (chosen, or the
+        fallback after a refused check-sync) or an always-rebooting check-sync is not, so we answer True: better a
+        phone that fails verification than one rebooted twice."""
+        sent = self.maybe_sent(tried)
+        if not sent:
             return False
         sends_events = (families.TEL_NOTIFICATION in self.family.interfaces and params.get("apps.telNotification.URL")
                         and params.get("apps.telNotification.lineRegistrationEvent", "1") != "0")
-        if not sends_events or self.access.store is None:
-            return True
-        return (self.access.store.phone_state(self.phone.mac).line_down_at or 0.0) > since
-
-
+        if sends_events and self.access.store is not None:
+            return (self.access.store.phone_state(self.phone.mac).line_down_at or 0.0) > since
+        idempotent = (sent == {"check-sync"}
+                      and params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") != "1")
+        return not idempotent

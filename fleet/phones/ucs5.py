@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from typing import Collection
 
 from ..drivers.control.rest import RestPhone
 from ..drivers.errors import DeviceRefused, DeviceTimeout, DriverError
@@ -44,10 +45,11 @@ class Control(SoundPointControl):
     def _reboot_rest(self) -> None:
         self.rest.restart()
 
-    def rebooted_since(self, since: float, params: dict[str, str]) -> bool:
-        """REST phones say so through their uptime; one that does not answer is taken as rebooting."""
-        if self.phone.reboot_method != "rest":
-            return super().rebooted_since(since, params)
+    def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
+        """REST phones say so through their uptime; one that does not answer is taken as rebooting. A reboot that
+        went out (or may have) by another method is judged as on the other families."""
+        if "rest" not in self.maybe_sent(tried):
+            return super().rebooted_since(since, params, tried)
         try:
             return self.rest.uptime() < time.time() - since + 1
         except (DeviceTimeout, DeviceRefused):
