@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from abc import ABCMeta, abstractmethod
 from typing import NoReturn
 
 import click
@@ -23,18 +24,19 @@ def one_line(exc: BaseException | str, limit: int = 300) -> str:
     return " ".join(str(exc).split())[:limit]
 
 
-class ExitCodeGroup(click.Group):
-    """A click group that never lets an exception reach the user as a traceback."""
+class ExitCodeGroup(click.Group, metaclass=ABCMeta):
+    """A click group that never lets an exception reach the user as a traceback. Each tool (fleet, hil) says
+    what its exit codes are by implementing the two hooks."""
 
     debug_env = ""   # set by the tool: with this variable set, an unexpected error raises (traceback shown)
 
+    @abstractmethod
     def bad_input(self, exc: FileError) -> NoReturn:
         """A file could not be used: exit 2."""
-        raise NotImplementedError
 
+    @abstractmethod
     def unexpected(self, exc: Exception) -> NoReturn:
         """Any other exception: the infrastructure's fault (exit 3) or a bug (exit 4)."""
-        raise NotImplementedError
 
     def invoke(self, ctx: click.Context):
         try:
