@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import socket
 import sys
 import time
@@ -27,6 +26,8 @@ from rich.text import Text
 from soundpoint.cli_exit import ExitCodeGroup, one_line
 from soundpoint.yamlfile import FileError
 
+from .redact import redact
+
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 err = Console(stderr=True)
 
@@ -37,11 +38,9 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
-_URL_CREDENTIALS = re.compile(r"(://)[^/@\s]*@")
-
-
 def _one_line(exc: BaseException | str) -> str:
-    return _URL_CREDENTIALS.sub(r"\1***@", one_line(exc))
+    """One line, credentials out first (a cut at the length limit must not fall inside a URL's password)."""
+    return one_line(redact(str(exc)), limit=300)
 
 
 def _infra(exc: BaseException) -> bool:
@@ -517,8 +516,7 @@ def status(site: str | None, live: bool, as_json: bool) -> None:
         return
 
     def current():
-        phones = store.phones(site)
-        return status_view(phones, store.site_evidence(sorted({p["site"] for p in phones if p.get("site")})))
+        return status_view(*store.phones_and_evidence(site))
 
     console = Console()
     if not live:

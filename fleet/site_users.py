@@ -24,6 +24,7 @@ from collections.abc import Callable
 from soundpoint import bootfiles
 
 from . import overrides
+from .redact import redact
 from .drivers.publish import Publisher
 from .site_files import read_master
 
@@ -45,14 +46,14 @@ def registration_addresses(pub: Publisher, boot_url: str, mac: str, model: str |
         try:
             raw = pub.read(fname)
         except Exception as exc:  # a name the publisher refuses or cannot read: the phone would skip it as well
-            log.debug("%s: %s not read (%s)", mac, fname, exc)
+            log.debug("%s: %s not read (%s)", mac, fname, redact(str(exc)))
             continue
         if raw is None:
             continue
         try:
             layers.append(bootfiles.parse_parameters(fname, raw))
         except bootfiles.BootFileError as exc:
-            log.debug("%s: %s", mac, exc)
+            log.debug("%s: %s", mac, redact(str(exc)))
     out: dict[str, str] = {}
     for params in layers:                   # highest precedence first: the first value found wins
         for k, v in params.items():
@@ -96,7 +97,7 @@ class SiteUsers:
         try:
             pub = self.open_pub(self.boot_url)
         except Exception as exc:  # the boot server is away: try again after TTL_S, attribute by address meanwhile
-            log.warning("cannot open the boot server for registration users (%s)", exc)
+            log.warning("cannot open the boot server for registration users (%s)", redact(str(exc)))
             for mac in macs:
                 self.cache[mac] = (now, self.cache.get(mac, (now, {}))[1])
             return
@@ -106,7 +107,7 @@ class SiteUsers:
                     self.cache[mac] = (now, registration_addresses(pub, self.boot_url, mac, self.models.get(mac),
                                                                    self.open_pub))
                 except Exception as exc:  # no master, a malformed file: this phone stays known by its address
-                    log.warning("%s: registration users not read from the boot server (%s)", mac, exc)
+                    log.warning("%s: registration users not read from the boot server (%s)", mac, redact(str(exc)))
                     self.cache[mac] = (now, self.cache.get(mac, (now, {}))[1])
         finally:
             pub.close()

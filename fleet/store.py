@@ -83,6 +83,15 @@ def _row_site(row: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def _unseen_by_mac(evidence: dict[str, dict]) -> dict[str, list[dict]]:
+    """The collectors' `unobservable` entries (see site_evidence), grouped by phone."""
+    out: dict[str, list[dict]] = {}
+    for ev in evidence.values():
+        for u in ev.get("unobservable", []):
+            out.setdefault(u.get("mac", ""), []).append(u)
+    return out
+
+
 class Keys:
     """The name of every key in the table above; nothing outside this module builds one."""
 
@@ -234,7 +243,10 @@ class Store:
             state, site = states[obs.mac]
             if site is None:
                 continue   # a phone not in the inventory: ignored rather than trusted
-            apply(state, obs, [s["index"] for s in metas[obs.mac]["configured_servers"] if s.get("register", True)])
+            # the store keeps registration 1's configured servers only: other lines are judged on what was seen
+            configured = ([s["index"] for s in metas[obs.mac]["configured_servers"] if s.get("register", True)]
+                          if obs.reg == 1 else None)
+            apply(state, obs, configured)
             exp = active.get(site)
             if exp:
                 entry = obs.to_dict() | {"working_server": state.working_server}
@@ -288,12 +300,7 @@ class Store:
         reported, *found = pipe.execute()
         rows = [(mac, row) for mac, row in zip(macs, found) if row]
         evidence = self.site_evidence(sorted(reported))
-        unseen: dict[str, str] = {}
-        for ev in evidence.values():
-            by_mac: dict[str, list[dict]] = {}
-            for u in ev.get("unobservable", []):
-                by_mac.setdefault(u.get("mac", ""), []).append(u)
-            unseen.update({mac: json.dumps(us) for mac, us in by_mac.items()})
+        unseen = {mac: json.dumps(us) for mac, us in _unseen_by_mac(evidence).items()}
         errors = {s: json.dumps(errs) for s, ev in evidence.items()
                   if (errs := [e for e in ev.get("sources", []) if e.get("error")])}
         out = []
@@ -331,6 +338,11 @@ class Store:
 
     def phones(self, site: str | None = None) -> list[dict]:
         """Every phone's row for `fleet status`, read with one pipelined round trip."""
+        return self.phones_and_evidence(site)[0]
+
+    def phones_and_evidence(self, site: str | None = None) -> tuple[list[dict], dict[str, dict]]:
+        """`phones(site)` and the `site_evidence` of their sites, from one read of each (what `fleet status`
+        draws: the phones' table and the failing sources under it)."""
         key = K.site_phones(site) if site else K.PHONES
         macs = sorted(self.r.smembers(key))
         pipe = self.r.pipeline(transaction=False)
@@ -339,14 +351,14 @@ class Store:
         out = []
         hashes = pipe.execute()
         evidence = self.site_evidence(sorted({h["site"] for h in hashes if h.get("site")}))
+        unseen = _unseen_by_mac(evidence)
         for mac, h in zip(macs, hashes):
             state = json.loads(h["state"]) if h.get("state") else PhoneState(mac=mac).to_dict()
-            ev = evidence.get(h.get("site") or "", {})
             out.append({"mac": mac, "site": h.get("site"), "model": h.get("model"), "address": h.get("address"),
                         "firmware": h.get("firmware"), "config_version": h.get("config_version"),
                         "configured_servers": json.loads(h.get("servers") or "[]"), "state": state,
-                        "unobservable": [u for u in ev.get("unobservable", []) if u.get("mac") == mac]})
-        return out
+                        "unobservable": unseen.get(mac, [])})
+        return out, evidence
 
     def forget_phones(self, macs: list[str]) -> None:
         """Take phones out of the store (gone from the inventory): their hash and their place in the phone sets."""
@@ -649,15 +661,10 @@ class RolloutStore:
     def config_version(self, mac: str) -> str | None:
         return self.r.hget(K.phone(mac), "config_version")
 
-    def set_pushed(self, mac: str, params: dict, version: str, servers: list[dict] | None = None) -> None:
-        """Record what the phone now runs; its configured servers (for `fleet status`) follow it.
+    def set_pushed(self, mac: str, params: dict, version: str) -> None:
+        """Record what the phone now runs; its configured servers (for `fleet status`) follow it."""
+        from .predict import configured_servers
 
-        `servers` is `predict.configured_servers(params)`, computed by the
-        caller; a caller that does not pass it yet gets it computed here.
-        """
-        if servers is None:   # transitional: remove once every caller passes servers
-            from .predict import configured_servers
-
-            servers = configured_servers(params)
+        servers = configured_servers(params)
         self.r.hset(K.phone(mac), mapping={"pushed_params": json.dumps(params), "config_version": version,
                                            "servers": json.dumps(servers)})

@@ -51,3 +51,12 @@ def test_a_bug_exits_4_and_the_debug_variable_shows_it(cls, debug, monkeypatch):
     assert f"{debug}=1" in result.output
     raised = _ending(cls, RuntimeError("bug"), monkeypatch, debug=debug)
     assert isinstance(raised.exception, RuntimeError)
+
+
+def test_fleet_error_lines_hide_url_passwords_before_cutting():
+    """A password with a slash is still hidden, and the length cut never leaves the start of one."""
+    from fleet.cli import _one_line
+
+    assert _one_line("cannot reach redis://:pa/ss@h:6379/0") == "cannot reach redis://***@h:6379/0"
+    cut = _one_line("x" * 290 + " redis://user:secretpassword@host/0")
+    assert len(cut) == 300 and "secr" not in cut and "user" not in cut, cut

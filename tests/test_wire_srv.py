@@ -255,3 +255,33 @@ def test_a_capture_restarts_when_its_targets_move_to_other_ports():
 
     assert src.pump(read) is True and len(calls) < 10, calls
     assert wire_sources.capture_ports(targets.wire) == (5080,)
+
+
+def test_a_targets_rebuild_asks_each_name_once_even_while_dns_does_not_answer():
+    """Twenty phones share the provider's name: one rebuild asks the site's DNS once for it (a silent DNS
+    server, as in an outage, would otherwise cost the timeout twenty times over on the capture thread); the next
+    rebuild asks again."""
+    from fleet.drivers.collect import wire_sources
+    from fleet.inventory import Inventory
+
+    macs = [f"0004f20000{i:02x}" for i in range(20)]
+    site = Inventory.model_validate({"name": "x", "sites": [{
+        "name": "a", "gateway": "10.0.0.1", "boot_server": {"url": "file:///x"}, "dns": "127.0.0.1:9",
+        "phones": [{"mac": m, "model": "VVX 410", "address": f"10.0.0.{20 + i}", "credentials": "c"}
+                   for i, m in enumerate(macs)]}]}).sites[0]
+    params = {m: {"reg.1.address": f"10{i:02d}", "reg.1.server.1.address": "voip.provider.example",
+                  "reg.1.server.2.address": "10.0.0.1"} for i, m in enumerate(macs)}
+    asked: list[str] = []
+
+    class SilentDns(wire_sources.SiteResolver):
+        def _locate(self, name, transport):
+            asked.append(name)
+            return None                      # no answer
+
+    targets = wire_sources.Targets(site, lambda: params)
+    targets.resolve = SilentDns(site.dns)
+    assert targets.refresh(force=True)
+    assert asked == ["voip.provider.example"], asked
+    assert {t.server for t in targets.wire} == {2} and len(targets.wire) == 20
+    targets.refresh(force=True)
+    assert asked == ["voip.provider.example"] * 2, asked

@@ -17,6 +17,8 @@ phone resolves them (through the site's DNS server where the inventory names one
 """
 from __future__ import annotations
 
+import contextlib
+
 import ipaddress
 import logging
 import re
@@ -73,6 +75,27 @@ class SiteResolver:
         self.timeout = timeout
         self.cache: dict[str, list[str]] = {}
         self.located: dict[tuple[str, str], list[tuple[str, int, str]]] = {}
+        self._round: set | None = None       # inside one_round(): what was asked already (answered or not)
+
+    @contextlib.contextmanager
+    def one_round(self):
+        """Within the block every name (and located server) is asked once: a rebuild of a site's targets asks
+        the same provider name for every phone, and while DNS does not answer (an outage) each question would
+        wait out the timeout again."""
+        self._round = set()
+        try:
+            yield self
+        finally:
+            self._round = None
+
+    def _asked(self, key) -> bool:
+        """True when `key` was asked already in this round (its answer, or the kept one, is in the cache)."""
+        if self._round is None:
+            return False
+        if key in self._round:
+            return True
+        self._round.add(key)
+        return False
 
     def _server(self) -> tuple[str, int]:
         assert self.dns
@@ -82,6 +105,8 @@ class SiteResolver:
         return host.strip("[]"), int(port)
 
     def __call__(self, name: str) -> list[str]:
+        if self._asked(name):
+            return self.cache.get(name, [])
         try:
             found = self._query(name)
         except Exception as exc:  # no answer now: keep what it resolved to before (an outage may block DNS)
@@ -101,6 +126,8 @@ class SiteResolver:
     def locate(self, name: str, transport: str = "") -> list[tuple[str, int, str]]:
         """[(ip, port, kind)] the phone may send a REGISTER for server `name` (port 0) to; kind udp/tcp/tls."""
         key = (name, transport.lower())
+        if self._asked(key):
+            return self.located.get(key, [])
         try:
             found = self._locate(name, transport.lower())
         except Exception as exc:  # a resolver bug or garbage: keep the previous answer
@@ -260,7 +287,8 @@ class Targets:
             self.at = time.monotonic()
             try:
                 by_mac = self.params()
-                wire = site_targets(self.site, by_mac, self.resolve)
+                with self.resolve.one_round():
+                    wire = site_targets(self.site, by_mac, self.resolve)
             except Exception as exc:
                 log.warning("site %s: cannot rebuild wire targets (%s); keeping the previous ones", self.site.name, exc)
                 return False
@@ -388,6 +416,7 @@ class _WireThread(SourceThread):
         follow = Follower(ev, self.targets)
         parser = PcapStreamParser()
         next_tick = time.monotonic() + 1.0
+        ports_checked = self.targets.generation
         self.running.set()
         while not self.stopping.is_set():
             data = read(0.5)
@@ -406,11 +435,16 @@ class _WireThread(SourceThread):
                 next_tick = time.monotonic() + 1.0
                 out += ev.tick()
                 follow.tick()
+            moved = False
+            if self.ports and self.targets.generation != ports_checked:
+                # the filter's ports change only with the targets (a new generation): checked once per generation
+                ports_checked = self.targets.generation
+                moved = capture_ports(self.targets.wire) != self.ports
             if kept:
                 self.sink.keep(self.source, kept)
             if out:
                 self.sink.observe(out)
-            if self.ports and capture_ports(self.targets.wire) != self.ports:
+            if moved:
                 log.info("collector %s: %s restarts for ports %s", self.site.name, self.label,
                          capture_ports(self.targets.wire))
                 return True
