@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from celery import Signature
+from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from . import tasks
 from .celeryapp import site_queue
@@ -107,7 +108,10 @@ class ExperimentRunner:
             return {"ok": True, **result.get(timeout=self.task_timeout, propagate=True)}
         except TaskFailed as exc:
             return {"ok": False, "error": str(exc)[:300]}
-        except Exception as exc:  # timeouts, worker lost: surfaced as a step failure with a reason
+        except CeleryTimeoutError:   # not taken, or not finished: say where to look
+            return {"ok": False, "error": f"{sig.task}: no answer from a worker of queue {self.queue} within "
+                                          f"{self.task_timeout:g}s (is `fleet worker --site {self.site.name}` running?)"}
+        except Exception as exc:  # worker lost: surfaced as a step failure with a reason
             return {"ok": False, "error": f"{sig.task}: {type(exc).__name__}: {exc}"[:300]}
 
     def _phones(self, selector) -> list[Phone]:

@@ -27,12 +27,14 @@ when the caller dies (so a killed lab leaves no Kamailio holding its address).
 """
 from __future__ import annotations
 
+import functools
 import glob
 import hashlib
 import ipaddress
 import os
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import time
@@ -210,7 +212,7 @@ class Kamailio:
     pid: int | None = field(default=None, init=False)
     process: subprocess.Popen | None = field(default=None, init=False, repr=False)
 
-    @property
+    @functools.cached_property
     def sock(self) -> Path:
         """The ctl socket. Kamailio refuses a binrpc path of more than about 104 characters (it exits 255 with
         nothing on stderr), which deep work directories (pytest-xdist's popen-gwN/...) reach: then the socket lives
@@ -223,13 +225,22 @@ class Kamailio:
         return Path(tempfile.gettempdir()) / f"hil-kam-{digest}" / "ctl.sock"
 
     def _prepare_sock(self) -> None:
-        """Clear the last run's socket; for a short-path socket, its private directory and the link to it."""
+        """Clear the last run's socket; for a short-path socket, its private directory and the link to it. The
+        directory is in the shared temporary directory: one that someone else made (or a symbolic link planted
+        under its name) is refused rather than used."""
         own, real = self.workdir / "ctl.sock", self.sock
-        real.unlink(missing_ok=True)
         if real == own:
+            real.unlink(missing_ok=True)
             return
-        real.parent.mkdir(mode=0o700, exist_ok=True)
+        try:
+            os.mkdir(real.parent, 0o700)
+        except FileExistsError:
+            pass
+        st = os.lstat(real.parent)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.geteuid():
+            raise KamailioError(f"{real.parent} is not a directory of ours; refusing it for Kamailio's ctl socket")
         os.chmod(real.parent, 0o700)
+        real.unlink(missing_ok=True)
         if own.is_symlink() or own.exists():
             own.unlink()
         own.symlink_to(real)
@@ -260,8 +271,10 @@ class Kamailio:
         self.write_config()
         argv = [*(wrap or []), "kamailio", "-f", str(self.cfg_file), "-P", str(self.pid_file), "-w", str(self.workdir)]
         if attached:
+            # a process group of its own: stop() can end Kamailio's children with it, and Kamailio's own
+            # shutdown (a signal to its group) reaches only them
             self.process = subprocess.Popen([*argv, "-DD"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                                            stderr=subprocess.PIPE, preexec_fn=_die_with_parent)
+                                            stderr=subprocess.PIPE, preexec_fn=_die_with_parent, process_group=0)
         else:
             res = subprocess.run(argv, capture_output=True, text=True, timeout=30)
             if res.returncode != 0:
@@ -286,7 +299,8 @@ class Kamailio:
         return self.sock
 
     def stop(self) -> None:
-        """End the main process (its children follow it); a Kamailio already gone is fine."""
+        """End the main process, then whatever is left of its process group (a child that missed the main
+        process's shutdown would otherwise live on, orphaned); a Kamailio already gone is fine."""
         pid = self.pid
         if pid is None and self.pid_file.exists():
             try:
@@ -317,6 +331,7 @@ class Kamailio:
                 except ProcessLookupError:
                     break
                 time.sleep(0.05)
+        _kill_group(pid)
         self.pid = None
         self._remove_short_sock()
 
@@ -329,6 +344,15 @@ class Kamailio:
 
     def ul_dump(self, brief: bool = False) -> str:
         return ul_dump(self.sock, brief=brief)
+
+
+def _kill_group(pgid: int) -> None:
+    """SIGKILL what is left of Kamailio's process group (its main process leads it: -DD started in a group of
+    its own, or daemonised with setsid); nothing left is fine."""
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
 
 
 def _die_with_parent() -> None:

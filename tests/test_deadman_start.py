@@ -17,14 +17,14 @@ from fleet.drivers.router.ssh_base import DEADMAN_START
 
 # What systemd-run --scope does for the command: run it (here: after its options), in the same process.
 SCOPE_WORKS = """#!/bin/sh
-echo "$1 $2 $3 $4" >> "$LOG"
+echo "$1 $2 $3 $4 $5" >> "$LOG"
 while [ $# -gt 0 ]; do case "$1" in --*) shift ;; *) break ;; esac; done
 exec "$@"
 """
 # systemd-run that passes the probe and then refuses the dead-man itself (a policy that denies long-running units)
 SCOPE_REFUSES_THE_DEADMAN = """#!/bin/sh
-echo "$1 $2 $3 $4" >> "$LOG"
-[ "$4" = true ] && exit 0
+echo "$1 $2 $3 $4 $5" >> "$LOG"
+[ "$5" = true ] && exit 0
 exit 1
 """
 
@@ -50,15 +50,15 @@ def _run(tmp_path: Path, systemd_run: str | None) -> tuple[Path, list[str]]:
 
 def test_deadman_runs_in_its_own_scope_where_systemd_run_works(tmp_path):
     f, calls = _run(tmp_path, SCOPE_WORKS)
-    assert calls[0] == "--scope --quiet --collect true", calls
-    assert calls[1:] == ["--scope --quiet --collect nohup"], calls
+    assert calls[0] == "--scope --quiet --collect --no-ask-password true", calls
+    assert calls[1:] == ["--scope --quiet --collect --no-ask-password nohup"], calls
     assert Path(f"{f}.restored").read_text().split() == ["deadman", str(f.parent), "o1", "wan0"]
     assert int(Path(f"{f}.deadman").read_text()) > 0
 
 
 def test_deadman_refused_by_systemd_run_is_started_without_it(tmp_path):
     f, calls = _run(tmp_path, SCOPE_REFUSES_THE_DEADMAN)
-    assert [c.split()[3] for c in calls] == ["true", "nohup"], calls
+    assert [c.split()[4] for c in calls] == ["true", "nohup"], calls
     assert Path(f"{f}.restored").read_text().split()[0] == "deadman", "the cut went ahead with no dead-man"
 
 
@@ -89,7 +89,29 @@ def test_cut_prunes_outages_restored_more_than_a_week_ago_and_keeps_the_rest(tmp
     outage("old-but-locked", True, old, locked=True)
     outage("recent-restored", True, time.time() - 3600)
     outage("old-restored-1x", True, time.time() - 60)        # shares a prefix with a pruned id, but is recent
+    for suffix in ("cancelled", "restore.sh"):                 # restored before its cut ever ran, long ago
+        (d / f"old-cancelled.{suffix}").write_text("x")
+        os.utime(d / f"old-cancelled.{suffix}", (old, old))
     subprocess.run(["sh", "-c", PRUNE], env=dict(os.environ, D=str(d)), check=True, timeout=10)
     left = {p.name.split(".", 1)[0] for p in d.iterdir()}
     assert left == {"old-unrestored", "old-but-locked", "recent-restored", "old-restored-1x"}, sorted(left)
     assert len(list(d.glob("old-restored-1x.*"))) == 5
+
+
+def test_no_cut_when_the_deadman_cannot_start(tmp_path):
+    """A dead-man whose shell never runs (here nohup itself fails) stops the cut script before anything is cut:
+    exit 76 and a message saying nothing was cut."""
+    outages, bin_dir = tmp_path / "outages", tmp_path / "bin"
+    outages.mkdir()
+    bin_dir.mkdir()
+    (bin_dir / "nohup").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "nohup").chmod(0o755)
+    (bin_dir / "systemd-run").write_text("#!/bin/sh\nexit 1\n")
+    (bin_dir / "systemd-run").chmod(0o755)
+    f = outages / "o1"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", D=str(outages), ID="o1", WAN="wan0", MAX="1",
+               F=str(f))
+    res = subprocess.run(["sh", "-c", DEADMAN_START + '\necho "cutting now"'], env=env, capture_output=True, text=True,
+                         timeout=30)
+    assert res.returncode == 76, (res.returncode, res.stderr)
+    assert "dead-man's switch did not start" in res.stderr and "cutting now" not in res.stdout, res

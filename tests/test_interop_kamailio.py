@@ -189,3 +189,21 @@ def test_kamailio_in_a_deep_work_directory_gets_a_short_control_socket(tmp_path)
     finally:
         server.stop()
     assert not sock.parent.exists(), "the short directory outlived Kamailio"
+
+
+def test_stopping_kamailio_leaves_none_of_its_processes(tmp_path):
+    """Kamailio runs a main process and children; stop() ends the whole process group, so no child is left
+    orphaned (one was once found running, parent 1, after a lab had gone)."""
+    import os
+
+    reason = kam.unavailable()
+    if reason:
+        pytest.skip(reason)
+    server = kam.Kamailio(kam.KamailioConfig("127.0.0.1", free_port(), "stop.example", {"1001": PASSWORD},
+                                             role="stop"), tmp_path / "kamailio")
+    server.start(attached=True)
+    group = server.process.pid
+    assert os.getpgid(group) == group                     # a process group of its own, led by the main process
+    server.stop()
+    with pytest.raises(ProcessLookupError):
+        os.killpg(group, 0)

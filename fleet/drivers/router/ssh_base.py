@@ -106,29 +106,42 @@ echo "outcome=restored"
 # again every 5 s for 10 minutes, since nobody else may be left to do it. nohup alone does not outlive the SSH
 # session where systemd-logind has KillUserProcesses=yes (it kills the session's whole scope when SSH closes,
 # whatever ignores SIGHUP): where `systemd-run --scope` works, the dead-man gets a scope of its own outside the
-# session. A dead-man that is not alive a moment later (systemd-run refused it) is started again without it, so a
-# cut never goes ahead with none. $F.deadman holds its pid either way.
+# session. The dead-man counts as armed once its shell runs (it writes $F.sleep): one that does not get there
+# under systemd-run (refused, no D-Bus) is killed and started again without it, and a cut never goes ahead with
+# none (exit 76). $F.deadman holds its pid either way.
 DEADMAN_START = r'''start_deadman() {
+  rm -f "$F.sleep"
   $1 nohup sh -c 'sleep "$1" & echo $! > "$2.sleep"; wait $!
     n=0; until sh "$2.restore.sh" "$3" "$4" "$5" deadman; do n=$((n+1)); [ "$n" -ge 120 ] && exit 1; sleep 5; done' \
     fleet-deadman "$MAX" "$F" "$D" "$ID" "$WAN" >/dev/null 2>&1 &
   echo $! > "$F.deadman"
 }
-if command -v systemd-run >/dev/null 2>&1 && systemd-run --scope --quiet --collect true >/dev/null 2>&1; then
-  start_deadman "systemd-run --scope --quiet --collect"
-  sleep 0.2 2>/dev/null || sleep 1
-  kill -0 "$(cat "$F.deadman")" 2>/dev/null || start_deadman ""
-else
+deadman_runs() {
+  n=0
+  while [ ! -s "$F.sleep" ]; do
+    kill -0 "$(cat "$F.deadman")" 2>/dev/null || return 1
+    n=$((n+1)); [ "$n" -ge 50 ] && return 1
+    sleep 0.1 2>/dev/null || sleep 1
+  done
+}
+armed=0
+if command -v systemd-run >/dev/null 2>&1 && systemd-run --scope --quiet --collect --no-ask-password true >/dev/null 2>&1; then
+  start_deadman "systemd-run --scope --quiet --collect --no-ask-password"
+  if deadman_runs; then armed=1; else kill "$(cat "$F.deadman")" 2>/dev/null; fi
+fi
+if [ "$armed" = 0 ]; then
   start_deadman ""
+  deadman_runs || { echo "fleet: the dead-man's switch did not start on the router; nothing was cut" >&2; exit 76; }
 fi'''
 
-# Each cut first removes the files of outages restored more than PRUNE_DAYS ago, so the router's outage directory
-# does not grow by one set per experiment for the router's life. An outage never restored keeps its files (they
+# Each cut first removes the files of outages restored (or cancelled before their cut) more than PRUNE_DAYS ago,
+# so the router's outage directory does not grow by one set per experiment for the router's life. An outage never restored keeps its files (they
 # are what an operator needs), and so does one whose lock is held. Outage ids have no dots, so "$o".* is one
 # outage's files only.
 PRUNE_DAYS = 7
-PRUNE = r'''find "$D" -maxdepth 1 -name '*.restored' -mtime +@DAYS@ 2>/dev/null | while IFS= read -r r; do
-  o=${r%.restored}
+PRUNE = r'''find "$D" -maxdepth 1 \( -name '*.restored' -o -name '*.cancelled' \) -mtime +@DAYS@ 2>/dev/null |
+while IFS= read -r r; do
+  o=${r%.*}
   [ -d "$o.lock" ] && continue
   rm -rf "$o".* 2>/dev/null
 done'''.replace("@DAYS@", str(PRUNE_DAYS))
