@@ -147,9 +147,8 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
     try:
         prepared = site_files.phone_files(pub, url, mac, params, lambda u: open_publisher(u, boot_creds))
         files = prepared.files
-        rs.set_phone(rid, mac, shadowed=prepared.shadowed())
         todo = [n for n in files if not state.get(f"backed_up:{n}")]
-        rs.set_phone(rid, mac, state="publishing", **{f"backing_up:{n}": "1" for n in todo})
+        rs.set_phone(rid, mac, shadowed=prepared.shadowed(), state="publishing", **{f"backing_up:{n}": "1" for n in todo})
         outcome = {}
         for name in todo:
             backup = rollout_backups.backup_name(name, rid)

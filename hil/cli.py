@@ -32,7 +32,7 @@ from soundpoint.yamlfile import FileError
 from . import labfile
 
 DEFAULT_STATE = Path(os.environ.get("HIL_STATE_DIR", ".hil"))
-EXIT_INPUT, EXIT_RUNTIME, EXIT_INTERNAL, EXIT_INTERRUPTED = 2, 3, 4, 130
+EXIT_INPUT, EXIT_RUNTIME, EXIT_INTERNAL = 2, 3, 4
 
 
 class LabError(click.ClickException):

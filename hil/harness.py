@@ -99,13 +99,13 @@ def start_lab(work: Path, spec: dict | Path, ready_timeout: float = 40, timeout:
     if isinstance(spec, dict):
         labfile = work / "lab.yml"
         labfile.write_text(yaml.safe_dump(spec))
-        data = spec
     else:
-        labfile, data = Path(spec), yaml.safe_load(Path(spec).read_text())
+        labfile = Path(spec)
     state, inv = work / "state", work / "inventory.yml"
+    # `hil up` judges the lab file (a malformed one: exit 2 naming file, line and field); read it only after
     subprocess.run([BIN / "hil", "up", str(labfile), "--state-dir", str(state), "--inventory-out", str(inv),
                     "--ready-timeout", str(ready_timeout)], check=True, timeout=timeout, env=env)
-    lab = Lab(state, inv, data)
+    lab = Lab(state, inv, spec if isinstance(spec, dict) else yaml.safe_load(labfile.read_text()))
     lab.control   # read now: the control file goes when the lab stops, and callers may ask afterwards
     return lab
 

@@ -96,7 +96,6 @@ def format_loc(loc: tuple) -> str:
     return out
 
 
-_format_loc = format_loc   # older name
 
 
 class _Loader(getattr(yaml, "CSafeLoader", yaml.SafeLoader)):  # type: ignore[misc]
