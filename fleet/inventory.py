@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
 from soundpoint import families
 from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
@@ -368,6 +368,7 @@ class Inventory(Strict):
                                                           "unset everywhere: sip-3.x, or the newest family the model runs")
     secrets_file: str | None = Field(None, min_length=1, max_length=4096)
     provider: Provider | None = None
+    _by_mac: dict | None = PrivateAttr(default=None)      # phone(): mac -> (site, phone), built on first use
     http_auth: HttpAuth | None = Field(None, description="default for every phone")
     params: Params = {}
     registrar_limits: dict[str, float] = Field({}, description="REGISTER/s each server address may receive (R6)")
@@ -475,12 +476,15 @@ class Inventory(Strict):
         raise KeyError(f"no site {name!r} in inventory {self.name}")
 
     def phone(self, mac: str) -> tuple[Site, Phone]:
+        """The site and entry of a phone, from an index built on first use (callers ask once per phone of a
+        fleet: a scan of every site each time made that quadratic)."""
         mac = mac.lower()
-        for s in self.sites:
-            for p in s.phones:
-                if p.mac == mac:
-                    return s, p
-        raise KeyError(f"no phone {mac} in inventory {self.name}")
+        if self._by_mac is None:
+            self._by_mac = {p.mac: (s, p) for s in self.sites for p in s.phones}
+        try:
+            return self._by_mac[mac]
+        except KeyError:
+            raise KeyError(f"no phone {mac} in inventory {self.name}") from None
 
     def effective_params(self, site: Site, phone: Phone) -> dict[str, str]:
         """fleet -> site -> phone; the phone's own value wins."""

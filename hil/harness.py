@@ -86,8 +86,13 @@ class Lab:
                                                for s in r["servers"] if s["register"])]
 
     def down(self) -> None:
-        if self.state.exists():
-            subprocess.run([BIN / "hil", "down", "--state-dir", str(self.state)], check=False, capture_output=True)
+        stop_state(self.state)
+
+
+def stop_state(state: Path) -> None:
+    """`hil down` for the lab of this state directory, if there is one (a lab that never came up is fine)."""
+    if state.exists():
+        subprocess.run([BIN / "hil", "down", "--state-dir", str(state)], check=False, capture_output=True)
 
 
 def start_lab(work: Path, spec: dict | Path, ready_timeout: float = 40, timeout: float | None = 90,
@@ -220,7 +225,8 @@ def start_collector(redis_url: str, inventory: Path, sites: tuple[str, ...], log
 
     def collecting() -> bool:
         _alive(collector, "collector")
-        return "collecting for" in _tail(collector.log)
+        # the whole log: a chatty collector may have written more than a tail's worth after the line
+        return collector.log.exists() and "collecting for" in collector.log.read_text(errors="replace")
 
     try:
         wait_for(collecting, timeout, f"collector for {', '.join(sites)} collecting")

@@ -132,7 +132,7 @@ def lab_octets(net: int, sites: int) -> set[int]:
 def start_lab(work: Path, spec: dict | Path, **kwargs) -> Lab:
     """hil.harness.start_lab for a net registered in LAB_NETS, with no more sites than registered there."""
     data = spec if isinstance(spec, dict) else yaml.safe_load(Path(spec).read_text())
-    net, sites = int(data["net"]), len(data.get("sites") or [])
+    net, sites = int(data.get("net", 10)), len(data.get("sites") or [])
     if net not in LAB_NETS or sites > LAB_NETS[net][0]:
         raise AssertionError(f"lab net {net} with {sites} site(s) is not registered in tests/conftest.py LAB_NETS: "
                              "pick a net whose addresses no other lab holds (tests/test_lab_nets.py checks)")
@@ -167,8 +167,12 @@ def lab_spec(name: str, net: int, *, phones: int = 4, servers: list[dict] | None
 def lab_factory(tmp_path_factory):
     labs: list[RunningLab] = []
 
+    started: list[Path] = []
+
     def make(spec: dict) -> RunningLab:
-        lab = start_lab(tmp_path_factory.mktemp(spec["name"]), spec)
+        work = tmp_path_factory.mktemp(spec["name"])
+        started.append(work)     # before it starts: a lab that came up but timed out waiting for phones goes too
+        lab = start_lab(work, spec)
         labs.append(lab)
         return lab
 
@@ -177,6 +181,8 @@ def lab_factory(tmp_path_factory):
     finally:
         for lab in labs:
             lab.down()
+        for work in started[len(labs):]:
+            harness.stop_state(work / "state")
 
 
 @pytest.fixture(scope="module")
