@@ -1,0 +1,39 @@
+"""The conformance corpus itself: every entry loads, names its source or says why it has none."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from soundpoint import conformance, families
+
+
+def test_every_entry_loads_and_is_well_formed():
+    entries = conformance.entries()
+    assert entries, "the corpus is empty"
+    for e in entries:
+        assert all(f in families.NAMES for f in e.families), f"{e.path}: unknown family in {e.families}"
+        if e.status == "confirmed":
+            assert e.sources and all(s.ref for s in e.sources), f"{e.path}: confirmed without a source"
+        else:
+            assert e.note, f"{e.path}: {e.status} entry without a note"
+        if e.variant_of:
+            conformance.get(e.variant_of)
+
+
+@pytest.mark.parametrize("version,spec,inside", [
+    ("5.8.0.12345", ">=5.8", True), ("5.7.2", ">=5.8", False), ("5.6.3", "5.4-5.6", True),
+    ("5.3.1", "<5.4", True), ("5.4.0", "<5.4", False), ("4.0.15", "any", True), ("3.1.2", "3.0-3.3, 4.0", False),
+    ("4.0.1", "3.0-3.3, 4.0", True),
+])
+def test_version_ranges(version, spec, inside):
+    assert conformance.version_in(version, spec) is inside
+
+
+def test_the_unconfirmed_listing_runs_and_names_only_unconfirmed_entries():
+    out = subprocess.run([sys.executable, "-m", "soundpoint.conformance", "unconfirmed", "--json"],
+                         capture_output=True, text=True, check=True).stdout
+    import json
+    listed = json.loads(out)
+    assert {e["id"] for e in listed} == {e.id for e in conformance.entries() if e.status != "confirmed"}
