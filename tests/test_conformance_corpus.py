@@ -24,7 +24,7 @@ def test_every_entry_loads_and_is_well_formed():
 
 @pytest.mark.parametrize("version,spec,inside", [
     ("5.8.0.12345", ">=5.8", True), ("5.7.2", ">=5.8", False), ("5.6.3", "5.4-5.6", True),
-    ("5.3.1", "<5.4", True), ("5.4.0", "<5.4", False), ("4.0.15", "any", True), ("3.1.2", "3.0-3.3, 4.0", False),
+    ("5.3.1", "<5.4", True), ("5.4.0", "<5.4", False), ("4.0.15", "any", True), ("3.1.2", "3.0-3.3, 4.0", True), ("3.4.1", "3.0-3.3, 4.0", False),
     ("4.0.1", "3.0-3.3, 4.0", True),
 ])
 def test_version_ranges(version, spec, inside):
