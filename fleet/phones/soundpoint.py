@@ -32,12 +32,18 @@ class SoundPointControl:
             return Credentials(username=user, password=self.access.secret("apps.statePolling.password"))
         return self.access.creds
 
+    def polling_mode(self) -> polling.ResponseMode:
+        """Where this phone's state polling answer goes (requestor, push or none), from its effective parameters."""
+        return polling.response_mode(self.access.params)
+
     def call_check(self) -> CallCheck:
         if self.family.call_state_source is None:
             return CallCheck("unknown", f"{self.family.name} cannot report call state")
-        push_url = self.access.param("apps.statePolling.URL")
+        mode = self.polling_mode()
+        if mode == "none":
+            return CallCheck("unknown", f"state polling: {polling.NOT_SENT}")
         try:
-            if push_url:
+            if mode == "push":
                 return polling.pushed_call_state(self.phone, self.polling_credentials(), self.access.store)
             active = polling.polling_in_call(self.phone, self.polling_credentials(), digest_only=True)
         except DriverError as exc:
@@ -54,7 +60,7 @@ class SoundPointControl:
     def identify(self, timeout: float = 5.0) -> Identity:
         """State polling's device handler, digest with the polling login, as a call check asks (SIP 3.x, UC 4.0)."""
         method = f"state polling GET {polling.DEVICE_PATH} (digest, {self._polling_login()})"
-        pushed = bool(self.access.param("apps.statePolling.URL"))
+        pushed = self.polling_mode() == "push"
         try:
             info = polling.device_information(self.phone, self.polling_credentials(), timeout, pushed=pushed)
         except DriverError as exc:
