@@ -111,7 +111,8 @@ def test_uc40_falls_back_to_the_web_ui_when_check_sync_is_refused(lab):
 
 
 def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_url):
-    """apps.statePolling.URL set: the phone answers the poll with nothing and POSTs its state to the collector."""
+    """apps.statePolling.URL set and the response mode not requestor (0): the phone answers the poll with nothing
+    and POSTs its state to the collector."""
     from fleet.collector import SiteCollector
     from fleet.store import Store
 
@@ -120,7 +121,8 @@ def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_
     wait_until(lambda: lab.status()["phones"][0]["booted"], 20, "phone booted")
     own = lab.state / f"boot-{site.name}" / f"{phone.mac}-reg.cfg"
     url = f"http://{site.collector.events}/state"
-    own.write_text(own.read_text().replace("<reg\n", f"<reg\n  apps.statePolling.URL=\"{url}\"\n", 1))
+    push = {"apps.statePolling.URL": url, "apps.statePolling.responseMode": "1"}   # first in CONFIG_FILES: wins
+    own.write_text(own.read_text().replace("<reg\n", "<reg\n" + "".join(f'  {k}="{v}"\n' for k, v in push.items()), 1))
     store = Store(redis_url)
     register_site(store, inv, site)
     collector = SiteCollector(site, store)
@@ -130,13 +132,13 @@ def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_
         _controls(lab)[0].reboot()          # alwaysReboot=1: the phone re-reads its files
         wait_until(lambda: _boots(lab)[phone.mac] > before and lab.status()["phones"][0]["booted"], 20,
                    "phone rebooted into push mode")
-        ctl = _controls(lab, **{"apps.statePolling.URL": url})[0]
+        ctl = _controls(lab, **push)[0]
         ctl.access.store = store
         check = ctl.call_check()
         assert (check.state, check.reason) == ("idle", "pushed state")
         assert store.pushed_call_state(phone.mac)[1] > time.time() - 10
         # the same phone asked without a store to read pushes from: unknown, never idle
-        assert _controls(lab, **{"apps.statePolling.URL": url})[0].call_check().state == "unknown"
+        assert _controls(lab, **push)[0].call_check().state == "unknown"
     finally:
         collector.stop()
 
