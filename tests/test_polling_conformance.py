@@ -256,3 +256,25 @@ def test_the_lab_renders_polling_and_events_from_the_corpus():
     obs = parse_line_event(reports.line_event("LineUnregistrationEvent", "0004f2000001", "10.0.0.5", 2), 1.0)
     assert (obs.mac, obs.reg, obs.state) == ("0004f2000001", 2, UNREGISTERED)
     assert reports.web_answer("web-ui-challenge") == (401, {"WWW-Authenticate": 'Basic realm="SPIP Configuration"'}, "")
+
+
+def test_a_push_mode_phone_that_answers_in_the_response_is_read_there(fake_phone):
+    """URL set but the phone answers the poll with its state (its response mode is not what the inventory says):
+    that answer is the state; nothing is waited for."""
+    body = conformance.get("polling-callstate-requestor-active").body.encode()
+    fake = fake_phone({"/polling/callstateHandler": Route(body, login=(POLL_USER, POLL_PASSWORD))})
+    ctl = _control("uc-4.0", fake.port, POLL_PARAMS | {"apps.statePolling.URL": "http://127.0.0.1:9/state"})
+    ctl.access.store = SimpleNamespace(pushed_call_state=lambda mac: None)
+    check = ctl.call_check()
+    assert (check.state, check.reason) == ("in-call", "answered in the response, not pushed"), check
+
+
+@pytest.mark.parametrize("params,problem", [
+    ({}, "apps.statePolling.responseMode=0"),
+    ({"apps.statePolling.responseMode": "0"}, None),
+    ({"apps.statePolling.URL": "http://10.0.0.5:8514/state"}, None),
+    ({"apps.statePolling.URL": "http://10.0.0.9:80/other"}, "not to this site's collector"),
+])
+def test_the_plan_names_a_polling_set_up_call_checks_cannot_read(params, problem):
+    found = polling.mode_problems(params, "10.0.0.5:8514")
+    assert (found == []) if problem is None else (len(found) == 1 and problem in found[0]), found

@@ -59,6 +59,22 @@ NOT_SENT = ("neither requestor mode (apps.statePolling.responseMode=0) nor a pus
             "set: the phone sends its state nowhere (SIP 3.1 developer's guide p. 2-32)")
 
 
+def mode_problems(params: Mapping[str, str], collector_events: str) -> list[str]:
+    """What keeps a rollout's call checks from reading this phone's state polling, for the plan's warnings:
+    neither mode set, or a push URL that is not the site collector's /state (where call checks read pushes)."""
+    mode = response_mode(params)
+    if mode == "none":
+        return [f"state polling: {NOT_SENT}; every call check will say unknown and defer the phone (set "
+                f"apps.statePolling.responseMode=0, or apps.statePolling.URL to the collector's "
+                f"http://{collector_events}/state)"]
+    url = str(params.get("apps.statePolling.URL", "") or "").strip()
+    host = collector_events.rpartition(":")[0]
+    if mode == "push" and host not in ("", "0.0.0.0", "::", "[::]") and url.rstrip("/") != f"http://{collector_events}/state":
+        return [f"state polling pushes to {url[:80]!r}, not to this site's collector (http://{collector_events}/state): "
+                f"call checks cannot read what the phone pushes"]
+    return []
+
+
 def _get(phone: Phone, credentials: Credentials, timeout: float, digest_only: bool,
          path: str = CALL_STATE_PATH) -> requests.Response:
     name = f"phone {phone.mac} ({phone.address})"
@@ -160,7 +176,12 @@ def pushed_call_state(phone: Phone, credentials: Credentials, store, timeout: fl
     from ...deadline import poll_until
 
     asked = time.time()
-    _get(phone, credentials, timeout, True)
+    resp = _get(phone, credentials, timeout, True)
+    if resp.content.strip():
+        # a phone whose response mode is not what the inventory says answers in the response after all: its answer
+        # is the state (read as requestor mode reads it), not something to wait past
+        active = parse_call_state(resp.content, name)
+        return CallCheck("in-call" if active else "idle", "answered in the response, not pushed")
 
     def newer():
         pushed = store.pushed_call_state(phone.mac)
