@@ -128,7 +128,8 @@ class SoundPointControl:
 
     def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
         """SoundPoint phones have no uptime to ask for. Nothing announced: nothing was sent. Where the phone sends
-        events, the evidence is the line unregistration event it sends as it shuts down, whatever rebooted it.
+        events, the evidence is the line unregistration event it sends as it shuts down, or the line registration event
+        it sends once it is back (a fresh registration), whatever rebooted it.
         Without events: a check-sync alone is idempotent unless alwaysReboot=1 (a phone already running the new
         files ignores a second one), so we answer False and let it be sent again; a web UI reboot (chosen, or the
         fallback after a refused check-sync) or an always-rebooting check-sync is not, so we answer True: better a
@@ -139,7 +140,9 @@ class SoundPointControl:
         sends_events = (families.TEL_NOTIFICATION in self.family.interfaces and params.get("apps.telNotification.URL")
                         and params.get("apps.telNotification.lineRegistrationEvent", "1") != "0")
         if sends_events and self.access.store is not None:
-            return (self.access.store.phone_state(self.phone.mac).line_down_at or 0.0) > since
+            # the unregistration it sends as it shuts down, or the fresh line registration it sends once it is back
+            state = self.access.store.phone_state(self.phone.mac)
+            return max(state.line_down_at or 0.0, getattr(state, "line_up_at", None) or 0.0) > since
         idempotent = (sent == {"check-sync"}
                       and params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") != "1")
         return not idempotent
