@@ -70,6 +70,26 @@ def test_state_polling_uses_its_own_digest_login(lab):
     assert wrong.state == "unknown" and "401" in wrong.reason and not wrong.may_reboot
 
 
+def test_the_lab_phone_answers_corpus_shapes(lab):
+    """The virtual phone's web UI challenge and state polling answers are the corpus entries' (issue 16): the
+    challenge exactly, the call state at both spellings of its path, in requestor mode (the lab's site files)."""
+    import requests
+    from requests.auth import HTTPDigestAuth
+
+    from fleet.drivers.control import polling
+    from soundpoint import conformance
+
+    phone = inventory.load(lab.inventory).sites[0].phones[0]
+    base = f"http://{phone.address}:{phone.http_port}"
+    challenge = conformance.get("web-ui-challenge")
+    bare = requests.post(base + "/form-submit/Reboot", timeout=5)
+    assert (bare.status_code, bare.headers["WWW-Authenticate"], bare.text) == (
+        challenge.status_code, challenge.answer["headers"]["WWW-Authenticate"], challenge.body)
+    for path in ("/polling/callstateHandler", "/polling/callStateHandler"):
+        resp = requests.get(base + path, auth=HTTPDigestAuth("poller", POLL_PASSWORD), timeout=5)
+        assert resp.status_code == 200 and polling.parse_call_state(resp.content, path) is False, (path, resp.text)
+
+
 def test_check_sync_to_a_phone_that_challenges_it_succeeds(lab):
     ctl = _controls(lab)[0]
     mac = ctl.phone.mac
