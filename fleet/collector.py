@@ -356,12 +356,13 @@ class SiteCollector:
     async def _poll_loop(self) -> None:
         """State polling as a second source: REST lineInfo where the model has it, state polling otherwise."""
         targets = [(p, self._poll_login(p)) for p in self.site.phones]
+        modes = {p.mac: self._poll_mode(p) for p in self.site.phones if not p.family.rest}
         configured = {r["mac"]: r["configured_servers"] for r in await asyncio.to_thread(self.store.phones, self.site.name)}
         async with Poller(concurrency=self.site.collector.poll_concurrency) as poller:
             while True:
                 started = time.monotonic()
                 infos = {}
-                for res in await poller.poll(targets):
+                for res in await poller.poll(targets, modes):
                     if not res.ok:
                         continue
                     for line in res.lines:
@@ -380,6 +381,14 @@ class SiteCollector:
         from . import phones
 
         return phones.for_phone(phone, creds, self.inventory, self.secrets).polling_credentials()
+
+    def _poll_mode(self, phone):
+        """The phone's state polling response mode from its effective parameters (requestor where unknown)."""
+        from .drivers.control.polling import response_mode
+
+        if self.inventory is None:
+            return "requestor"
+        return response_mode(self.inventory.effective_params(self.site, phone))
 
     async def _event(self, request: web.Request) -> web.Response:
         macs = self.sources.speaks_for(request.remote or "")

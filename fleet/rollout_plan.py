@@ -18,6 +18,7 @@ from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
 from . import failover_lint, polycom, predict, secret_params
+from .drivers.control import polling
 from .inventory import Inventory, Phone, Site
 from .rollout_playbook import RolloutPlaybook, amount, verbatim_names
 
@@ -133,6 +134,8 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         masked, refs = secret_params.split(new)
         blind = phone.family.call_state_source is None
         warnings = failover_lint.problems(new, phone.family.name)
+        if phone.family.call_state_source == "state-polling":
+            warnings += polling.mode_problems(new, site.collector.events)
         if blind and not pb.strategy.reboot_without_call_check:
             warnings.append(f"{phone.family.name} cannot report its call state: the phone will be deferred, never "
                             "rebooted (strategy.reboot_without_call_check: true reboots it unchecked)")

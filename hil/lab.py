@@ -325,6 +325,12 @@ class Lab:
             "device.syslog.serverName": site.collector.syslog,
             "apps.telNotification.URL": f"http://{events_host}:{events_port}/events",
             "apps.telNotification.lineRegistrationEvent": "1",
+            # device.* (syslog) takes effect only with device.set=1 and the parameter's own .set=1 (polycom.md "More
+            # facts"; wazo-platform/wazo-provd-plugins:plugins/wazo-polycom/common/templates/base.tpl sets both)
+            "device.set": "1",
+            "device.syslog.serverName.set": "1",
+            # requestor mode: state polling answers in the HTTP response (corpus polling-callstate-requestor-*)
+            "apps.statePolling.responseMode": "0",
             "voIpProt.SIP.specialEvent.checkSync.alwaysReboot": "1",
             "log.upload.period": f"{self.spec.timing.log_upload_period:g}",
         })

@@ -21,8 +21,10 @@ class Reporting:
             del self.log_lines[:500]
 
     def _syslog_target(self) -> tuple[str, int] | None:
+        """Where syslog goes: device.syslog.serverName, which a phone applies only with device.set=1 and
+        device.syslog.serverName.set=1 (device.* parameters; polycom.md "More facts"). Without them: no syslog."""
         server = self.params.get("device.syslog.serverName")
-        if not server:
+        if not server or self.params.get("device.set") != "1" or self.params.get("device.syslog.serverName.set") != "1":
             return None
         host, _, port = server.partition(":")
         return host, int(port or self.params.get("device.syslog.serverPort", "514") or 514)

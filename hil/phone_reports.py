@@ -6,15 +6,20 @@ change:
 
 * syslog line (our format, RFC 3164 framing; a lab may switch both lines off): ``<PRI>Mmm dd hh:mm:ss HOST polycom[MAC]: reg.X.server.Y ADDR registration succeeded expires=N``
   or ``... registration failed reason=TEXT``; calls: ``... call to NUMBER via server Y answered 200``.
-* telephone notification events: XML ``PolycomIPPhone/LineRegistrationEvent`` (confirmed shape).
-* phone state polling: ``GET /polling/deviceHandler`` and ``/polling/callStateHandler`` (paths uncertain).
+* telephone notification events, phone state polling and the web UI's answers: rendered from the
+  conformance corpus (soundpoint.conformance, areas ``notification``, ``polling``, ``web-ui``): an
+  entry's body is parsed and only the fields that carry the phone's live values are replaced.
 * REST (UC Software 5+): JSON ``{"Status": "2000", "data": ...}`` (confirmed).
 """
 from __future__ import annotations
 
+import copy
 import time
+import xml.etree.ElementTree as ET
 from datetime import datetime, timezone
-from xml.sax.saxutils import escape
+from functools import lru_cache
+
+from soundpoint import conformance
 
 FACILITY_LOCAL0_INFO = 134
 FACILITY_LOCAL0_WARNING = 132
@@ -54,29 +59,62 @@ def iso_now() -> str:
     return datetime.now(timezone.utc).astimezone().isoformat(timespec="milliseconds")
 
 
+@lru_cache(maxsize=None)
+def _template(entry_id: str) -> ET.Element:
+    """A corpus entry's XML body, parsed once; callers deep-copy it before filling it in."""
+    return ET.fromstring(conformance.get(entry_id).body)
+
+
+def _fill(element: ET.Element, values: dict[str, str]) -> None:
+    """Replace the text of `element`'s children named in `values` (each must be in the entry's body)."""
+    for tag, value in values.items():
+        child = element.find(tag)
+        if child is None:
+            raise KeyError(f"the corpus body has no <{tag}> under <{element.tag}>")
+        child.text = value
+
+
+def _xml(root: ET.Element) -> bytes:
+    return ET.tostring(root, encoding="utf-8", xml_declaration=True)
+
+
 def line_event(kind: str, mac: str, ip: str, line: int) -> bytes:
-    """kind: LineRegistrationEvent or LineUnregistrationEvent."""
-    return (f'<?xml version="1.0"?>\n<PolycomIPPhone><{kind}>'
-            f"<PhoneIP>{escape(ip)}</PhoneIP><MACAddress>{escape(mac)}</MACAddress>"
-            f"<LineNumber>{line}</LineNumber><TimeStamp>{iso_now()}</TimeStamp>"
-            f"</{kind}></PolycomIPPhone>").encode()
+    """kind: LineRegistrationEvent or LineUnregistrationEvent (corpus notification-line-(un)registration)."""
+    entry = {"LineRegistrationEvent": "notification-line-registration",
+             "LineUnregistrationEvent": "notification-line-unregistration"}[kind]
+    root = copy.deepcopy(_template(entry))
+    _fill(root.find(kind), {"PhoneIP": ip, "MACAddress": mac, "LineNumber": str(line), "TimeStamp": iso_now()})
+    return _xml(root)
 
 
 def polling_device(mac: str, model: str, firmware: str, lines: dict[int, str]) -> bytes:
+    """The device handler's answer in requestor mode (corpus polling-device-requestor)."""
+    root = copy.deepcopy(_template("polling-device-requestor"))
     dn = ",".join(f"Line{n}:{user}" for n, user in sorted(lines.items()))
-    return (f'<?xml version="1.0"?>\n<PolycomIPPhone><DeviceInformation>'
-            f"<MACAddress>{escape(mac)}</MACAddress><PhoneDN>{escape(dn)}</PhoneDN>"
-            f"<AppLoadID>{escape(firmware)}</AppLoadID><BootROMID>{escape(firmware)}</BootROMID>"
-            f"<ModelNumber>{escape(model)}</ModelNumber><TimeStamp>{iso_now()}</TimeStamp>"
-            f"</DeviceInformation></PolycomIPPhone>").encode()
+    _fill(root.find("DeviceInformation"), {"MACAddress": mac, "PhoneDN": dn, "AppLoadID": firmware,
+                                          "BootROMID": firmware, "ModelNumber": model, "TimeStamp": iso_now()})
+    return _xml(root)
 
 
 def polling_call_state(lines: dict[int, tuple[str, bool]]) -> bytes:
-    parts = []
+    """The call state handler's document (corpus polling-callstate-requestor-idle / -active): one CallLineInfo per
+    line, an active line with its CallInfo block; the same document is POSTed in push mode."""
+    root = ET.Element("PolycomIPPhone")
     for n, (user, active) in sorted(lines.items()):
-        parts.append(f"<CallLineInfo><LineKeyNum>{n}</LineKeyNum><LineDirNum>{escape(user)}</LineDirNum>"
-                     f"<LineState>{'Active' if active else 'Inactive'}</LineState></CallLineInfo>")
-    return ('<?xml version="1.0"?>\n<PolycomIPPhone>' + "".join(parts) + "</PolycomIPPhone>").encode()
+        entry = "polling-callstate-requestor-active" if active else "polling-callstate-requestor-idle"
+        line = copy.deepcopy(_template(entry).find("CallLineInfo"))
+        _fill(line, {"LineKeyNum": str(n), "LineDirNum": user})
+        call = line.find("CallInfo")
+        if call is not None:
+            _fill(call, {"CallingPartyName": user, "CallingPartyDirNum": user})
+        root.append(line)
+    return _xml(root)
+
+
+def web_answer(entry_id: str) -> tuple[int, dict[str, str], str]:
+    """A web UI answer (status, headers, body) exactly as its corpus entry gives it (challenge, reboot answer)."""
+    entry = conformance.get(entry_id)
+    return entry.status_code or 200, {str(k): str(v) for k, v in (entry.answer.get("headers") or {}).items()}, entry.body
 
 
 def rest_ok(data) -> dict:

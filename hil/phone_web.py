@@ -1,11 +1,15 @@
 """The phone's web server: state polling, the web UI's reboot form and, on models that have it, the REST API.
 
 State polling has its own login when the phone is configured with one
-(`apps.statePolling.username/password`, digest only); with `apps.statePolling.URL`
-set the phone answers a poll with an empty 200 and POSTs its state to that URL.
-The web UI's `/form-submit/Reboot` asks for Basic auth in the realm
-"SPIP Configuration" (polycom.md "More facts"). Everything else takes the admin
-login, digest or Basic.
+(`apps.statePolling.username/password`, digest only). It answers in the HTTP
+response only in requestor mode (`apps.statePolling.responseMode=0`); otherwise,
+with `apps.statePolling.URL` set, it answers the poll with an empty 200 and POSTs
+its state to that URL, and with neither it sends its state nowhere (corpus area
+`polling`). The call state handler answers both spellings of its path (whether a
+real phone matches it case-sensitively is unknown). The web UI's `/form-submit/Reboot`
+takes Basic only and answers exactly its corpus entries (area `web-ui`): the
+challenge for a missing or wrong login, the reboot answer otherwise. Everything
+else takes the admin login, digest or Basic.
 
 A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
 """
@@ -27,6 +31,7 @@ class WebApi:
     async def _start_http(self) -> None:
         app = web.Application(middlewares=[self._auth_middleware])
         app.router.add_get("/polling/deviceHandler", self._h_poll_device)
+        app.router.add_get("/polling/callstateHandler", self._h_poll_calls)     # as public clients spell it
         app.router.add_get("/polling/callStateHandler", self._h_poll_calls)
         app.router.add_post("/form-submit/Reboot", self._h_web_reboot)
         if self.model["rest"]:
@@ -70,7 +75,8 @@ class WebApi:
             if user:
                 return await handler(request)
         if web_form:
-            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="SPIP Configuration"'})
+            status, headers, body = reports.web_answer("web-ui-challenge")
+            return web.Response(status=status, headers=headers, text=body)
         nonce = f"{random.getrandbits(64):016x}"
         return web.Response(status=401, headers={"WWW-Authenticate": f'Digest realm="PolycomSPIP", nonce="{nonce}", qop="auth"'})
 
@@ -78,16 +84,22 @@ class WebApi:
         return {r.index: r.user for r in self.regs}
 
     async def _h_poll_device(self, request: web.Request) -> web.Response:
-        return web.Response(body=reports.polling_device(self.mac.upper(), self.spec.model, self.model["firmware"], self._lines()),
-                            content_type="application/xml")
+        body = reports.polling_device(self.mac.upper(), self.spec.model, self.model["firmware"], self._lines())
+        if self.params.get("apps.statePolling.responseMode", "") == "0":
+            return web.Response(body=body, content_type="application/xml")
+        url = self.params.get("apps.statePolling.URL", "")
+        if url:
+            self._spawn(self._push_state(url, body))
+        return web.Response(status=200)
 
     async def _h_poll_calls(self, request: web.Request) -> web.Response:
         body = reports.polling_call_state({r.index: (r.user, self.in_call) for r in self.regs})
+        if self.params.get("apps.statePolling.responseMode", "") == "0":     # requestor: the state in the answer
+            return web.Response(body=body, content_type="application/xml")
         url = self.params.get("apps.statePolling.URL", "")
-        if url:      # push mode: the state goes to the URL, the poll gets an empty answer
+        if url:      # push mode: the state goes to the URL, the poll gets an empty answer (polling-callstate-push-*)
             self._spawn(self._push_state(url, body))
-            return web.Response(status=200)
-        return web.Response(body=body, content_type="application/xml")
+        return web.Response(status=200)     # no URL either: sent nowhere (polling-callstate-nothing-sent)
 
     async def _push_state(self, url: str, body: bytes) -> None:
         try:
@@ -97,9 +109,10 @@ class WebApi:
             self._log(f"state push to {url} failed")
 
     async def _h_web_reboot(self, request: web.Request) -> web.Response:
-        """The web UI's reboot button (UC Software 4.x path)."""
+        """The web UI's reboot button (UC Software 4.x path); its answer is corpus web-ui-reboot-accepted."""
         self._spawn(self.reboot("web"))
-        return web.Response(status=200, text="rebooting")
+        status, headers, body = reports.web_answer("web-ui-reboot-accepted")
+        return web.Response(status=status, headers=headers, text=body)
 
     async def _h_device_info(self, request: web.Request) -> web.Response:
         return web.json_response(reports.rest_ok({"ModelNumber": self.spec.model, "MACAddress": self.mac,

@@ -63,6 +63,11 @@ def test_the_rollout_plan_carries_the_warnings_of_each_phone():
     pb = RolloutPlaybook.model_validate({"kind": "rollout", "name": "t", "params": {"reg.1.label": "x"}})
     p = plan(inv, pb, "r")
     warnings = {ph.mac: ph.warnings for ph in p.phones}
+    # the SoundPoint's state polling is in neither mode (no responseMode 0, no URL): its call checks cannot answer
+    assert len(warnings["0004f2000002"]) == 1 and "apps.statePolling.responseMode=0" in warnings["0004f2000002"][0]
+    inv.sites[0].phones[1].params["apps.statePolling.responseMode"] = "0"
+    p = plan(inv, pb, "r")
+    warnings = {ph.mac: ph.warnings for ph in p.phones}
     assert len(warnings["0004f2000001"]) == 1 and "reRegisterOn" in warnings["0004f2000001"][0]
     assert warnings["0004f2000002"] == []
     assert p.to_dict(refs=False)["phones"][0]["warnings"] == warnings[p.phones[0].mac]
@@ -75,7 +80,8 @@ def _mixed_inventory() -> Inventory:
         "phones": [{"mac": "0004f2000011", "model": "SoundPoint IP 500", "firmware_family": "sip-2.x",
                     "address": "10.0.1.11", "credentials": "admin"},
                    {"mac": "0004f2000012", "model": "SoundPoint IP 650", "firmware_family": "sip-3.x",
-                    "address": "10.0.1.12", "credentials": "admin"}]}]})
+                    "address": "10.0.1.12", "credentials": "admin",
+                    "params": {"apps.statePolling.responseMode": "0"}}]}]})
 
 
 def _plan(**strategy):

@@ -70,6 +70,26 @@ def test_state_polling_uses_its_own_digest_login(lab):
     assert wrong.state == "unknown" and "401" in wrong.reason and not wrong.may_reboot
 
 
+def test_the_lab_phone_answers_corpus_shapes(lab):
+    """The virtual phone's web UI challenge and state polling answers are the corpus entries' (issue 16): the
+    challenge exactly, the call state at both spellings of its path, in requestor mode (the lab's site files)."""
+    import requests
+    from requests.auth import HTTPDigestAuth
+
+    from fleet.drivers.control import polling
+    from soundpoint import conformance
+
+    phone = inventory.load(lab.inventory).sites[0].phones[0]
+    base = f"http://{phone.address}:{phone.http_port}"
+    challenge = conformance.get("web-ui-challenge")
+    bare = requests.post(base + "/form-submit/Reboot", timeout=5)
+    assert (bare.status_code, bare.headers["WWW-Authenticate"], bare.text) == (
+        challenge.status_code, challenge.answer["headers"]["WWW-Authenticate"], challenge.body)
+    for path in ("/polling/callstateHandler", "/polling/callStateHandler"):
+        resp = requests.get(base + path, auth=HTTPDigestAuth("poller", POLL_PASSWORD), timeout=5)
+        assert resp.status_code == 200 and polling.parse_call_state(resp.content, path) is False, (path, resp.text)
+
+
 def test_check_sync_to_a_phone_that_challenges_it_succeeds(lab):
     ctl = _controls(lab)[0]
     mac = ctl.phone.mac
@@ -111,7 +131,8 @@ def test_uc40_falls_back_to_the_web_ui_when_check_sync_is_refused(lab):
 
 
 def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_url):
-    """apps.statePolling.URL set: the phone answers the poll with nothing and POSTs its state to the collector."""
+    """apps.statePolling.URL set and the response mode not requestor (0): the phone answers the poll with nothing
+    and POSTs its state to the collector."""
     from fleet.collector import SiteCollector
     from fleet.store import Store
 
@@ -120,7 +141,8 @@ def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_
     wait_until(lambda: lab.status()["phones"][0]["booted"], 20, "phone booted")
     own = lab.state / f"boot-{site.name}" / f"{phone.mac}-reg.cfg"
     url = f"http://{site.collector.events}/state"
-    own.write_text(own.read_text().replace("<reg\n", f"<reg\n  apps.statePolling.URL=\"{url}\"\n", 1))
+    push = {"apps.statePolling.URL": url, "apps.statePolling.responseMode": "1"}   # first in CONFIG_FILES: wins
+    own.write_text(own.read_text().replace("<reg\n", "<reg\n" + "".join(f'  {k}="{v}"\n' for k, v in push.items()), 1))
     store = Store(redis_url)
     register_site(store, inv, site)
     collector = SiteCollector(site, store)
@@ -130,13 +152,13 @@ def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_
         _controls(lab)[0].reboot()          # alwaysReboot=1: the phone re-reads its files
         wait_until(lambda: _boots(lab)[phone.mac] > before and lab.status()["phones"][0]["booted"], 20,
                    "phone rebooted into push mode")
-        ctl = _controls(lab, **{"apps.statePolling.URL": url})[0]
+        ctl = _controls(lab, **push)[0]
         ctl.access.store = store
         check = ctl.call_check()
         assert (check.state, check.reason) == ("idle", "pushed state")
         assert store.pushed_call_state(phone.mac)[1] > time.time() - 10
         # the same phone asked without a store to read pushes from: unknown, never idle
-        assert _controls(lab, **{"apps.statePolling.URL": url})[0].call_check().state == "unknown"
+        assert _controls(lab, **push)[0].call_check().state == "unknown"
     finally:
         collector.stop()
 

@@ -133,3 +133,13 @@ def test_a_rest_phone_rebooted_another_way_is_judged_by_that_way():
     ctl = _control(family="uc-5.x", model="VVX 410", reboot="web", line_down_at=SINCE + 1)
     assert ctl.rebooted_since(SINCE, EVENTS, ("web",)) is True
     assert ctl.rebooted_since(SINCE, EVENTS, ()) is False
+
+
+def test_a_fresh_line_registration_after_the_reboot_is_evidence_too():
+    """A web UI reboot whose unregistration event was lost is confirmed by the line registration the phone sends when
+    it is back; one from before the reboot proves nothing."""
+    ctl = _control(reboot="web")
+    ctl.access.store.phone_state = lambda mac: SimpleNamespace(line_down_at=None, line_up_at=SINCE + 3)
+    assert ctl.rebooted_since(SINCE, EVENTS, ("web",)) is True
+    ctl.access.store.phone_state = lambda mac: SimpleNamespace(line_down_at=None, line_up_at=SINCE - 3)
+    assert ctl.rebooted_since(SINCE, EVENTS, ("web",)) is False

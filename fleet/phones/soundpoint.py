@@ -32,12 +32,18 @@ class SoundPointControl:
             return Credentials(username=user, password=self.access.secret("apps.statePolling.password"))
         return self.access.creds
 
+    def polling_mode(self) -> polling.ResponseMode:
+        """Where this phone's state polling answer goes (requestor, push or none), from its effective parameters."""
+        return polling.response_mode(self.access.params)
+
     def call_check(self) -> CallCheck:
         if self.family.call_state_source is None:
             return CallCheck("unknown", f"{self.family.name} cannot report call state")
-        push_url = self.access.param("apps.statePolling.URL")
+        mode = self.polling_mode()
+        if mode == "none":
+            return CallCheck("unknown", f"state polling: {polling.NOT_SENT}")
         try:
-            if push_url:
+            if mode == "push":
                 return polling.pushed_call_state(self.phone, self.polling_credentials(), self.access.store)
             active = polling.polling_in_call(self.phone, self.polling_credentials(), digest_only=True)
         except DriverError as exc:
@@ -54,7 +60,7 @@ class SoundPointControl:
     def identify(self, timeout: float = 5.0) -> Identity:
         """State polling's device handler, digest with the polling login, as a call check asks (SIP 3.x, UC 4.0)."""
         method = f"state polling GET {polling.DEVICE_PATH} (digest, {self._polling_login()})"
-        pushed = bool(self.access.param("apps.statePolling.URL"))
+        pushed = self.polling_mode() == "push"
         try:
             info = polling.device_information(self.phone, self.polling_credentials(), timeout, pushed=pushed)
         except DriverError as exc:
@@ -122,7 +128,8 @@ class SoundPointControl:
 
     def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
         """SoundPoint phones have no uptime to ask for. Nothing announced: nothing was sent. Where the phone sends
-        events, the evidence is the line unregistration event it sends as it shuts down, whatever rebooted it.
+        events, the evidence is the line unregistration event it sends as it shuts down, or the line registration event
+        it sends once it is back (a fresh registration), whatever rebooted it.
         Without events: a check-sync alone is idempotent unless alwaysReboot=1 (a phone already running the new
         files ignores a second one), so we answer False and let it be sent again; a web UI reboot (chosen, or the
         fallback after a refused check-sync) or an always-rebooting check-sync is not, so we answer True: better a
@@ -133,7 +140,9 @@ class SoundPointControl:
         sends_events = (families.TEL_NOTIFICATION in self.family.interfaces and params.get("apps.telNotification.URL")
                         and params.get("apps.telNotification.lineRegistrationEvent", "1") != "0")
         if sends_events and self.access.store is not None:
-            return (self.access.store.phone_state(self.phone.mac).line_down_at or 0.0) > since
+            # the unregistration it sends as it shuts down, or the fresh line registration it sends once it is back
+            state = self.access.store.phone_state(self.phone.mac)
+            return max(state.line_down_at or 0.0, getattr(state, "line_up_at", None) or 0.0) > since
         idempotent = (sent == {"check-sync"}
                       and params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") != "1")
         return not idempotent

@@ -99,8 +99,14 @@ def web_apps(src: str = "Web Application for Polycom Phones (SIP 3.1, UC 5.0); n
     """Telephone notification, state polling (with its own credentials) and push."""
     return [Param("apps.telNotification.URL", "str", source=src),
             Param("apps.telNotification.lineRegistrationEvent", "bool01", "1", source=src),
-            # set: the phone POSTs its state there instead of answering the poll
+            # set (and the response mode not 0): the phone POSTs its state there instead of answering the poll;
+            # unset: "the requested information will not be sent" (SIP 3.1 developer's guide p. 2-32)
             Param("apps.statePolling.URL", "str", source=src),
+            # 0 = requestor: the state comes back in the HTTP answer (rdbahm/Posh-UCS:Posh-UCS/UcsPoll.psm1,
+            # nickrobinson/sipphone-automation:README.md); any other value: pushed to apps.statePolling.URL. Only 0 is
+            # shown by a source, the push value 1 is *uncertain*; no default is printed (corpus area `polling`)
+            Param("apps.statePolling.responseMode", "enum", None, choices=("0", "1"),
+                  source="rdbahm/Posh-UCS:Posh-UCS/UcsPoll.psm1 (0 = requestor); the push value 1 uncertain"),
             Param("apps.statePolling.username", "str", source=src),
             Param("apps.statePolling.password", "str", secret=True, source=src),
             Param("apps.push.username", "str", source=src),

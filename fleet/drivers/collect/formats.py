@@ -41,7 +41,8 @@ def parse_syslog(data: bytes, t: float) -> Observation | None:
 
 
 def parse_line_event(body: bytes, t: float) -> Observation | None:
-    """LineRegistrationEvent / LineUnregistrationEvent (confirmed shape: PhoneIP, MACAddress, LineNumber, TimeStamp)."""
+    """LineRegistrationEvent / LineUnregistrationEvent (corpus area `notification`: PhoneIP, MACAddress, LineNumber,
+    TimeStamp; with or without the PolycomIPPhone root); None for any other event or a malformed one."""
     if len(body) > 65536 or b"<!DOCTYPE" in body or b"<!ENTITY" in body:
         return None
     try:
@@ -49,7 +50,8 @@ def parse_line_event(body: bytes, t: float) -> Observation | None:
     except ET.ParseError:
         return None
     for kind, state in (("LineRegistrationEvent", REGISTERED), ("LineUnregistrationEvent", UNREGISTERED)):
-        ev = root.find(f".//{kind}")
+        # under the PolycomIPPhone root (SIP 3.1 guide's example), or bare as the UC 5.0 guide's table prints it
+        ev = root if root.tag == kind else root.find(f".//{kind}")
         if ev is None:
             continue
         mac = (ev.findtext("MACAddress") or "").strip().lower().replace(":", "")

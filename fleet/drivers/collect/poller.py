@@ -2,7 +2,9 @@
 
 UC Software phones answer REST `lineInfo` (RegistrationStatus, ProxyAddress);
 every SoundPoint answers state polling (`/polling/deviceHandler`: model and
-firmware; `/polling/callStateHandler`: whether a line is in a call). Digest
+firmware; `/polling/callstateHandler`: whether a line is in a call) in requestor
+mode; in push mode the poll only makes the phone POST its state to the
+collector's `/state` (fleet.collector), so its answer is not read. Digest
 authentication, answering the phone's challenge (the last challenge of each
 phone is reused, so a steady poll costs one request); basic only for a phone
 the inventory marks `http_auth: basic`, since basic hands the admin password to
@@ -22,6 +24,8 @@ import aiohttp
 from sipwire import digest
 
 from ...inventory import Credentials, Phone
+from ..control import polling
+from ..errors import DriverError
 
 
 @dataclass
@@ -77,7 +81,9 @@ class Poller:
                 self._challenges[(phone.address, phone.http_port)] = digest.parse_challenge(asked)
         raise PermissionError("digest credentials refused")
 
-    async def poll_one(self, phone: Phone, creds: Credentials) -> PollResult:
+    async def poll_one(self, phone: Phone, creds: Credentials, mode: polling.ResponseMode = "requestor") -> PollResult:
+        """One phone's poll; `mode` its state polling response mode (fleet.drivers.control.polling.response_mode):
+        in push mode the call state arrives at the collector's /state, so only the device handler is read here."""
         t = time.time()
         try:
             if phone.family.rest:
@@ -88,28 +94,34 @@ class Poller:
                 if str(doc.get("Status")) != "2000" or not isinstance(data, list):
                     return PollResult(phone.mac, t, False, "lineInfo: unexpected answer")
                 return PollResult(phone.mac, time.time(), True, lines=[d for d in data if isinstance(d, dict)])
-            root = ET.fromstring(await self._get(phone, "/polling/deviceHandler", creds))
-            info = root.find("DeviceInformation")
-            if info is None:
-                return PollResult(phone.mac, t, False, "deviceHandler: no DeviceInformation")
-            calls = ET.fromstring(await self._get(phone, "/polling/callStateHandler", creds))
-            active = any((c.findtext("LineState") or "") == "Active" for c in calls.iter("CallLineInfo"))
-            return PollResult(phone.mac, time.time(), True, model=info.findtext("ModelNumber") or "",
-                              firmware=info.findtext("AppLoadID") or "", in_call=active)
+            name = f"phone {phone.mac}"
+            if mode != "requestor":
+                # push (or nothing): the answers carry no state; the poll makes a push-mode phone POST it to /state
+                await self._get(phone, polling.CALL_STATE_PATH, creds)
+                return PollResult(phone.mac, time.time(), True)
+            info = polling.parse_device_information(await self._get(phone, polling.DEVICE_PATH, creds), name)
+            active = polling.parse_call_state(await self._get(phone, polling.CALL_STATE_PATH, creds), name)
+            return PollResult(phone.mac, time.time(), True, model=info.get("ModelNumber", ""),
+                              firmware=info.get("AppLoadID", ""), in_call=active)
         except asyncio.TimeoutError:
             return PollResult(phone.mac, t, False, f"no answer within {self.timeout:g}s")
         except PermissionError as exc:
             return PollResult(phone.mac, t, False, f"authentication: {exc}")
         except (aiohttp.ClientError, OSError) as exc:
             return PollResult(phone.mac, t, False, f"HTTP error: {type(exc).__name__}")
+        except DriverError as exc:
+            return PollResult(phone.mac, t, False, f"malformed answer: {exc.message[:200]}")
         except (ValueError, ET.ParseError, AttributeError) as exc:
             return PollResult(phone.mac, t, False, f"malformed answer: {type(exc).__name__}")
 
-    async def poll(self, phones: list[tuple[Phone, Credentials]]) -> list[PollResult]:
+    async def poll(self, phones: list[tuple[Phone, Credentials]],
+                   modes: dict[str, polling.ResponseMode] | None = None) -> list[PollResult]:
+        """Every phone once; `modes`: each phone's state polling response mode by MAC (requestor where unsaid)."""
         sem = asyncio.Semaphore(self.concurrency)
+        modes = modes or {}
 
         async def one(p: Phone, c: Credentials) -> PollResult:
             async with sem:
-                return await self.poll_one(p, c)
+                return await self.poll_one(p, c, modes.get(p.mac, "requestor"))
 
         return await asyncio.gather(*(one(p, c) for p, c in phones))

@@ -2,16 +2,25 @@
 
 The asynchronous poller (drivers.collect.poller) serves the collectors; this is
 the one request a rollout task makes. State polling has its own login
-(`apps.statePolling.username/password`) and uses digest; with
-`apps.statePolling.URL` set the phone does not answer with its state but POSTs it
-to that URL (a collector), so the state is then read from what was pushed.
+(`apps.statePolling.username/password`) and uses digest (SIP 3.1 developer's
+guide p. 2-32). Where the answer goes depends on the phone's response mode
+(corpus area `polling`):
+
+* requestor mode, `apps.statePolling.responseMode=0` (Posh-UCS, sipphone-automation):
+  the state comes back in the answer to the GET;
+* push mode, `apps.statePolling.URL` set and the mode not 0: the phone POSTs its
+  state to that URL (a collector), so the state is read from what was pushed;
+* neither: the phone sends its state nowhere (SIP 3.1 guide: "If this URL is set
+  to Null, the requested information will not be sent").
+
 Anything but a readable answer raises DriverError: the caller counts it as
-"possibly in a call".
+"unknown", with the reason.
 """
 from __future__ import annotations
 
 import time
 import xml.etree.ElementTree as ET
+from typing import Literal, Mapping
 
 import requests
 from requests.auth import HTTPDigestAuth
@@ -20,9 +29,50 @@ from ...inventory import Credentials, Phone
 from ..errors import DeviceTimeout, MalformedAnswer
 from .rest import auth_hint, no_answer, phone_auth, refuse_error_status
 
-CALL_STATE_PATH = "/polling/callStateHandler"
+# the spelling public clients that talk to real phones request (Posh-UCS, sipphone-automation); whether the phone
+# matches it case-sensitively is printed nowhere (corpus polling-callstate-path-camelcase)
+CALL_STATE_PATH = "/polling/callstateHandler"
 DEVICE_PATH = "/polling/deviceHandler"
 DEVICE_FIELDS = ("MACAddress", "ModelNumber", "AppLoadID", "BootROMID")
+MAX_ANSWER = 65536
+
+# LineState values the sources allow: Active/Inactive (SIP 3.1 p. 2-28, UC 5.0 Table 29), Connected (SIP 3.1
+# p. 2-29's example). Anything else is not guessed at: the check says "unknown" and names the value.
+IN_CALL_LINE_STATES = frozenset({"Active", "Connected"})
+IDLE_LINE_STATES = frozenset({"Inactive"})
+
+ResponseMode = Literal["requestor", "push", "none"]
+
+
+def response_mode(params: Mapping[str, str]) -> ResponseMode:
+    """Where the phone's state goes, from its effective parameters: `requestor` (in the HTTP answer; responseMode 0),
+    `push` (POSTed to apps.statePolling.URL), or `none` (neither: the phone sends it nowhere)."""
+    mode = str(params.get("apps.statePolling.responseMode", "") or "").strip()
+    if mode == "0":
+        return "requestor"
+    if str(params.get("apps.statePolling.URL", "") or "").strip():
+        return "push"
+    return "none"
+
+
+NOT_SENT = ("neither requestor mode (apps.statePolling.responseMode=0) nor a push URL (apps.statePolling.URL) is "
+            "set: the phone sends its state nowhere (SIP 3.1 developer's guide p. 2-32)")
+
+
+def mode_problems(params: Mapping[str, str], collector_events: str) -> list[str]:
+    """What keeps a rollout's call checks from reading this phone's state polling, for the plan's warnings:
+    neither mode set, or a push URL that is not the site collector's /state (where call checks read pushes)."""
+    mode = response_mode(params)
+    if mode == "none":
+        return [f"state polling: {NOT_SENT}; every call check will say unknown and defer the phone (set "
+                f"apps.statePolling.responseMode=0, or apps.statePolling.URL to the collector's "
+                f"http://{collector_events}/state)"]
+    url = str(params.get("apps.statePolling.URL", "") or "").strip()
+    host = collector_events.rpartition(":")[0]
+    if mode == "push" and host not in ("", "0.0.0.0", "::", "[::]") and url.rstrip("/") != f"http://{collector_events}/state":
+        return [f"state polling pushes to {url[:80]!r}, not to this site's collector (http://{collector_events}/state): "
+                f"call checks cannot read what the phone pushes"]
+    return []
 
 
 def _get(phone: Phone, credentials: Credentials, timeout: float, digest_only: bool,
@@ -37,14 +87,23 @@ def _get(phone: Phone, credentials: Credentials, timeout: float, digest_only: bo
     return resp
 
 
+def _xml(body: bytes, name: str, what: str) -> ET.Element:
+    """A phone's XML answer, bounded and without document type declarations (entity expansion)."""
+    if len(body) > MAX_ANSWER:
+        raise MalformedAnswer(name, f"{what}: answer longer than {MAX_ANSWER} bytes")
+    if b"<!DOCTYPE" in body or b"<!ENTITY" in body:
+        raise MalformedAnswer(name, f"{what}: answer declares a document type")
+    try:
+        return ET.fromstring(body)
+    except ET.ParseError:
+        raise MalformedAnswer(name, f"{what}: answer is not XML") from None
+
+
 def parse_device_information(body: bytes, name: str) -> dict[str, str]:
     """MACAddress, ModelNumber, AppLoadID, BootROMID of a PolycomIPPhone DeviceInformation document (those present);
     MalformedAnswer when it is not one or names no MAC address."""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        raise MalformedAnswer(name, f"GET {DEVICE_PATH}: answer is not XML") from None
-    info = root.find("DeviceInformation") if root.tag == "PolycomIPPhone" else None
+    root = _xml(body, name, f"GET {DEVICE_PATH}")
+    info = root if root.tag == "DeviceInformation" else root.find("DeviceInformation") if root.tag == "PolycomIPPhone" else None
     if info is None:
         raise MalformedAnswer(name, f"GET {DEVICE_PATH}: answer is not a PolycomIPPhone DeviceInformation document")
     out = {f: (info.findtext(f) or "").strip() for f in DEVICE_FIELDS}
@@ -53,11 +112,38 @@ def parse_device_information(body: bytes, name: str) -> dict[str, str]:
     return {k: v for k, v in out.items() if v}
 
 
+def _shown(value: str) -> str:
+    return "".join(c if c.isprintable() else "?" for c in value[:40])
+
+
+def parse_call_state(body: bytes, name: str) -> bool:
+    """Whether a line is in a call in a CallLineInfo document (under PolycomIPPhone, or bare as the UC 5.0 guide's
+    table prints it). A line is in a call when its LineState is Active or Connected or it carries a CallInfo block
+    (the guides: CallInfo is included only for an active line); idle when every line is Inactive without one.
+    MalformedAnswer naming the value for a LineState no source allows, or a document with no line."""
+    root = _xml(body, name, "call state")
+    if root.tag not in ("PolycomIPPhone", "CallLineInfo"):
+        raise MalformedAnswer(name, f"call state: root element {_shown(root.tag)!r} is not PolycomIPPhone")
+    lines = [root] if root.tag == "CallLineInfo" else root.findall("CallLineInfo")
+    if not lines:
+        raise MalformedAnswer(name, "call state names no line (no CallLineInfo)")
+    in_call = False
+    for line in lines:
+        state = (line.findtext("LineState") or "").strip()
+        if state in IN_CALL_LINE_STATES or line.find("CallInfo") is not None:
+            in_call = True
+        elif state not in IDLE_LINE_STATES:
+            raise MalformedAnswer(name, f"call state: LineState {_shown(state)!r} of line "
+                                        f"{_shown((line.findtext('LineKeyNum') or '?').strip())} is none the sources "
+                                        f"allow (Active, Connected, Inactive)")
+    return in_call
+
+
 def device_information(phone: Phone, credentials: Credentials, timeout: float = 3.0,
                        pushed: bool = False) -> dict[str, str] | None:
     """The phone's DeviceInformation read by state polling (digest, the polling login): one GET, nothing changed.
 
-    `pushed`: the phone is configured to POST its answers to apps.statePolling.URL, so an empty 200 is a login it
+    `pushed`: the phone does not answer in the response (push mode or no mode), so an empty 200 is a login it
     accepted (None: nothing to read here). DriverError when the phone cannot be asked or its answer read.
     """
     resp = _get(phone, credentials, timeout, True, DEVICE_PATH)
@@ -66,22 +152,15 @@ def device_information(phone: Phone, credentials: Credentials, timeout: float = 
     return parse_device_information(resp.content, f"phone {phone.mac} ({phone.address})")
 
 
-def parse_call_state(body: bytes, name: str) -> bool:
-    """Whether a line is Active in a PolycomIPPhone CallLineInfo document; MalformedAnswer if it says nothing."""
-    try:
-        root = ET.fromstring(body)
-    except ET.ParseError:
-        raise MalformedAnswer(name, "call state is not XML") from None
-    states = [c.findtext("LineState") for c in root.iter("CallLineInfo")]
-    if root.tag != "PolycomIPPhone" or not states or any(s not in ("Active", "Inactive") for s in states):
-        raise MalformedAnswer(name, "call state names no line with a LineState")
-    return "Active" in states
-
-
 def polling_in_call(phone: Phone, credentials: Credentials, timeout: float = 3.0, digest_only: bool = False) -> bool:
-    """Whether a line of the phone is Active; DriverError when the phone cannot be asked or its answer read."""
+    """Requestor mode: whether a line of the phone is in a call; DriverError when the phone cannot be asked or its
+    answer read (an empty answer says the phone is not in requestor mode)."""
     resp = _get(phone, credentials, timeout, digest_only)
-    return parse_call_state(resp.content, f"phone {phone.mac} ({phone.address})")
+    name = f"phone {phone.mac} ({phone.address})"
+    if not resp.content.strip():
+        raise MalformedAnswer(name, f"GET {CALL_STATE_PATH}: empty answer (the phone answers in the response only "
+                                    f"in requestor mode, apps.statePolling.responseMode=0)")
+    return parse_call_state(resp.content, name)
 
 
 def pushed_call_state(phone: Phone, credentials: Credentials, store, timeout: float = 3.0, wait: float = 3.0):
@@ -97,7 +176,12 @@ def pushed_call_state(phone: Phone, credentials: Credentials, store, timeout: fl
     from ...deadline import poll_until
 
     asked = time.time()
-    _get(phone, credentials, timeout, True)
+    resp = _get(phone, credentials, timeout, True)
+    if resp.content.strip():
+        # a phone whose response mode is not what the inventory says answers in the response after all: its answer
+        # is the state (read as requestor mode reads it), not something to wait past
+        active = parse_call_state(resp.content, name)
+        return CallCheck("in-call" if active else "idle", "answered in the response, not pushed")
 
     def newer():
         pushed = store.pushed_call_state(phone.mac)

@@ -1,60 +1,100 @@
-"""The web configuration utility: its reboot, POST /form-submit/Reboot (UC Software 4.x; polycom.md "More facts"),
+"""The web configuration utility: its reboot, POST /form-submit/Reboot (UC Software 4.x; corpus area `web-ui`),
 and a read of its home page (a reachability check for phones that have nothing else to ask, SIP 2.x).
 
-The web UI uses HTTP Basic with the realm "SPIP Configuration" (confirmed default). Basic sends the
-admin password in clear, so it is sent only after the phone itself asked for Basic with that realm;
-a phone that asks for digest gets digest.
+The login goes first as HTTP Basic, as the public client that drives real phones' web UIs sends it
+(rdbahm/Posh-UCS:Posh-UCS/UcsWebUtil.psm1, realm "SPIP Configuration"); a phone that challenges
+for digest instead gets digest. An answer is never proof of a reboot: the reboot answer's body is
+printed nowhere (corpus web-ui-reboot-accepted), and a web UI that did not take the login may
+answer its login page with 200 (web-ui-login-page). A 200 login page is refused here as a login
+the phone did not take; any other answer means "sent", and the rollout counts the reboot only
+when the phone re-registers after it (fleet.rollout_policy.advance) or its uptime says so.
 """
 from __future__ import annotations
 
+import re
+
 import requests
-from requests.auth import HTTPBasicAuth, HTTPDigestAuth
+from requests.auth import HTTPBasicAuth
+
+from sipwire import digest
+from sipwire.message import SipParseError
 
 from ...inventory import Credentials, Phone
-from ..errors import DeviceRefused, MalformedAnswer
+from ..errors import AuthRefused, DeviceRefused, MalformedAnswer
 from .rest import no_answer, refuse_error_status
 
 REBOOT_PATH = "/form-submit/Reboot"
 HOME_PATH = "/"
 REALM = "SPIP Configuration"
+FORM = {"Content-Type": "application/x-www-form-urlencoded"}   # as Posh-UCS's Restart-UcsWebPhone posts it
+_LOGIN_PAGE = re.compile(rb"<input[^>]*type\s*=\s*[\"']?password|<form[^>]*login|<title>[^<]*log\s*in", re.I)
+
+
+def is_login_page(resp: requests.Response) -> bool:
+    """Whether a 2xx answer is the web UI's login page (an HTML form asking for a password), not an accepted
+    request. Only the first 64 KiB are looked at."""
+    body = resp.content[:65536]
+    return b"<" in body and bool(_LOGIN_PAGE.search(body))
 
 
 def _request(method: str, phone: Phone, credentials: Credentials, path: str, timeout: float) -> tuple[requests.Response, bool]:
-    """One request to the web UI, first without a login, then answering the phone's own challenge; the answer and
-    whether a login was sent."""
+    """One request to the web UI; the answer and whether a login was sent.
+
+    The reboot (POST) sends the admin login as Basic at once, as Posh-UCS does, and answers a digest challenge
+    once; a read (GET) goes without a login first and sends it only as the phone asks: Basic in the web UI's realm,
+    or digest (a read-only check need not hand the password to whatever answers at the address)."""
     name = f"phone {phone.mac} ({phone.address})"
     url = f"http://{phone.address}:{phone.http_port}{path}"
+    headers = dict(FORM) if method == "POST" else {}
     try:
-        first = requests.request(method, url, timeout=timeout)
+        if method == "POST":
+            first = requests.request(method, url, auth=HTTPBasicAuth(credentials.username, credentials.password),
+                                     timeout=timeout, headers=headers)
+        else:
+            first = requests.request(method, url, timeout=timeout, headers=headers)
         if first.status_code != 401:
-            return first, False
+            return first, method == "POST"
         asked = first.headers.get("WWW-Authenticate", "")
         scheme = asked.split(" ", 1)[0].lower()
+        if scheme == "basic" and method == "POST":
+            return first, True          # the Basic login was refused: refuse_error_status says so
         if scheme == "basic" and f'realm="{REALM}"' in asked:
-            auth = HTTPBasicAuth(credentials.username, credentials.password)
-        elif scheme == "digest":
-            auth = HTTPDigestAuth(credentials.username, credentials.password)
-        else:
+            return requests.request(method, url, auth=HTTPBasicAuth(credentials.username, credentials.password),
+                                    timeout=timeout, headers=headers), True
+        if scheme != "digest":
             raise MalformedAnswer(name, f"{method} {path}: the phone asks for {asked[:60]!r}, not the web UI's "
                                         f"Basic realm {REALM!r} or digest; nothing sent")
-        return requests.request(method, url, auth=auth, timeout=timeout), True
+        try:            # answer the challenge the phone sent, in one request
+            answer = digest.authorization(digest.parse_challenge(asked), username=credentials.username,
+                                          password=credentials.password, method=method, uri=path)
+        except SipParseError:
+            raise MalformedAnswer(name, f"{method} {path}: the phone's digest challenge cannot be read") from None
+        return requests.request(method, url, timeout=timeout, headers={**headers, "Authorization": answer}), True
     except requests.RequestException as exc:
         raise no_answer(name, f"{method} {path}", exc, timeout) from None
 
 
 def reboot(phone: Phone, credentials: Credentials, timeout: float = 5.0) -> None:
+    """Send the web UI's reboot. Returns when the phone took the request; that is not a reboot until the phone
+    re-registers (or its uptime restarts). AuthRefused when the phone answers its login page; DeviceRefused for an
+    error status or an unexpected challenge."""
     name = f"phone {phone.mac} ({phone.address})"
     try:
         resp, _ = _request("POST", phone, credentials, REBOOT_PATH, timeout)
     except MalformedAnswer as exc:       # an unexpected challenge refuses the reboot, as it always has
         raise DeviceRefused(exc.device, exc.message) from None
     refuse_error_status(name, f"POST {REBOOT_PATH}", resp, lambda: "admin credentials refused")
+    if is_login_page(resp):
+        raise AuthRefused(name, f"POST {REBOOT_PATH}: the phone answered {resp.status_code} with its login page: the "
+                                f"admin login was not taken and the phone was not rebooted")
 
 
 def read_home(phone: Phone, credentials: Credentials, timeout: float = 5.0) -> bool:
-    """GET the web UI's home page with the admin login (read-only); whether the phone asked for a login at all
-    (False: it answered without one, so the login was not checked). DriverError when it cannot be read."""
+    """GET the web UI's home page (read-only); whether the phone asked for a login at all (False: it answered
+    without one, so the login was not checked). DriverError when it cannot be read or answers its login page."""
     name = f"phone {phone.mac} ({phone.address})"
     resp, logged_in = _request("GET", phone, credentials, HOME_PATH, timeout)
     refuse_error_status(name, f"GET {HOME_PATH}", resp, lambda: "admin credentials refused")
+    if logged_in and is_login_page(resp):
+        raise AuthRefused(name, f"GET {HOME_PATH}: the phone answered its login page: the admin login was not taken")
     return logged_in
