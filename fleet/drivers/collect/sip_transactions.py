@@ -57,6 +57,10 @@ def uri_host(uri: str) -> str:
 T1_TIMEOUT = 32.0      # RFC 3261 Timer F: 64 * T1 with T1 = 500 ms
 FINAL, TIMEOUT, INTERIM = "final", "timeout", "interim"
 INTERIM_CODES = frozenset({401, 407, 423})
+# A challenge never changes a registration's state by itself (issue 17): anyone on the LAN can draw one for a
+# phone's user with one unauthenticated REGISTER, and even a request with credentials may be a forgery
+# carrying garbage ones. A phone that really cannot authenticate shows when the binding it had lapses.
+CHALLENGE_CODES = frozenset({401, 407})
 
 
 @dataclass(slots=True)
@@ -229,9 +233,9 @@ def granted_expiry(resp: WireMessage, req: RegisterRequest) -> int | None:
 class RegisterMatcher:
     """Feed it every REGISTER request and response (in capture order); it returns outcomes.
 
-    `expire(now)` turns transactions older than `timeout` into TIMEOUT outcomes ("no answer") and
-    unanswered challenges into refusals; call it regularly with a clock on the same base as the packet
-    times. Memory is bounded by `max_pending` (per table: open transactions, recently finished ones,
+    `expire(now)` turns transactions older than `timeout` into TIMEOUT outcomes ("no answer") and forgets
+    unanswered challenges (and 423s: an interim answer is no state); call it regularly with a clock on the
+    same base as the packet times. Memory is bounded by `max_pending` (per table: open transactions, recently finished ones,
     open challenges): the oldest entries are dropped first (counted, never turned into a false "no answer").
     Messages are WireMessage objects (wire_sip.parse), with REGISTER in their CSeq.
 
@@ -300,7 +304,7 @@ class RegisterMatcher:
         req, retrans, after = entry
         code = msg.status
         self._challenged.pop(req.call_id, None)
-        if code in INTERIM_CODES and (code == 423 or not req.has_credentials or _stale(msg)):
+        if code in INTERIM_CODES:
             outcome = RegisterOutcome(INTERIM, req, t, code=code, retransmissions=retrans)
             if len(self._challenged) >= self.max_pending:
                 self._challenged.pop(next(iter(self._challenged)))
@@ -324,8 +328,8 @@ class RegisterMatcher:
         return found if found is not None else self.timeouts.get(req.dst, self.timeout)
 
     def expire(self, now: float) -> list[RegisterOutcome]:
-        """Outcomes for transactions that got no final answer within the timeout, and challenges left
-        unanswered by the phone."""
+        """Outcomes for transactions that got no final answer within the timeout; challenges left unanswered
+        are counted and forgotten (no outcome)."""
         out: list[RegisterOutcome] = []
         if self.timeouts:     # per destination: the oldest is not necessarily the first due, so look at all
             for key in [k for k, (req, _, _) in self._pending.items() if now - req.t >= self.limit(req)]:
@@ -353,15 +357,5 @@ class RegisterMatcher:
             if now - t < self.timeout:
                 break
             del self._challenged[call_id]
-            self.stats["unanswered_challenges"] += 1
-            out.append(RegisterOutcome(FINAL, challenge.request, t + self.timeout, code=challenge.code,
-                                       retransmissions=challenge.retransmissions))
+            self.stats["unanswered_challenges"] += 1     # no outcome: an unanswered challenge is no state (issue 17)
         return out
-
-
-def _stale(msg: WireMessage) -> bool:
-    for name in ("www-authenticate", "proxy-authenticate"):
-        for value in msg.get_all(name):
-            if "stale=true" in value.lower().replace(" ", "").replace('"', ""):
-                return True
-    return False
