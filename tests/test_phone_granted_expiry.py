@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from hil.phone_sip import granted_expiry, split_contacts
+from soundpoint import conformance
 from sipwire import digest
 from sipwire import message as sip
 from test_wire_live import PASSWORD, kamailio  # noqa: F401 (the real Kamailio fixture)
@@ -85,3 +86,20 @@ def test_two_devices_on_one_user_at_real_kamailio_each_read_their_own_expiry(kam
     finally:
         long_.close()
         short.close()
+
+
+@pytest.mark.parametrize("entry", conformance.select(area="sip", prefix="attrib-register-200"), ids=lambda e: e.id)
+def test_the_lab_phone_and_the_collector_read_each_devices_expiry_from_the_corpus_answer(entry):
+    """Both readers of a registrar's 200 (the lab's phone and fleet's wire decoder) against the corpus's answers."""
+    from fleet.drivers.collect import wire_sip
+    from fleet.drivers.collect.sip_transactions import RegisterRequest
+    from fleet.drivers.collect.sip_transactions import granted_expiry as collector_granted
+
+    listed = split_contacts(sip.parse(entry.body.encode()).get_all("contact"))
+    assert len(listed) >= 2, entry.id
+    for uri, rest in listed:
+        want = int(sip.header_params("<>" + rest)["expires"])
+        assert granted_expiry(sip.parse(entry.body.encode()), 0, uri) == want, (entry.id, uri)
+        req = RegisterRequest(0.0, ("127.0.0.1", 1), ("127.0.0.1", 5060), "c", 2, ("c", 2, "b"), "3001", "3001",
+                              uri, sip.uri_user(uri), 3600, True, "UDP")
+        assert collector_granted(wire_sip.parse(entry.body.encode()), req) == want, (entry.id, uri)
