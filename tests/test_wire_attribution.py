@@ -189,3 +189,52 @@ def test_fleet_status_shows_foreign_counts_per_site_and_source(redis_url):
     text = console.export_text()
     assert "router capture" in text and "192.168.10.66: 3" in text and "hep" not in text.split("router capture")[1], text
     console.print(view([], evidence))
+
+
+# ------------------------------------------------------------------------------------ a phone that moved (DHCP)
+
+MOVED = ("10.1.0.99", 5060)
+
+
+def _authenticated(src: tuple[str, int], t: float, *, user: str = "1001", call_id: str = "moved", expires: int = 120,
+                   challenged: bool = True, cseq: int = 1) -> list[tuple]:
+    """A REGISTER from `src`, challenged (or not), answered with credentials naming `user`, accepted with a 200."""
+    out = []
+    if challenged:
+        bare = register("1001", src, call_id=call_id, cseq=cseq)
+        out += [(t, src, PROVIDER, bare), (t, PROVIDER, src, response(bare, 401, challenge='Digest realm="x", nonce="n"'))]
+        cseq += 1
+    creds = register("1001", src, call_id=call_id, cseq=cseq, auth=True)
+    creds = creds.replace(b'username="1001"', f'username="{user}"'.encode())
+    ok = response(creds, 200, contacts=[f"<sip:1001@{src[0]}:{src[1]}>;expires={expires}"])
+    return out + [(t + 0.01, src, PROVIDER, creds), (t + 0.02, PROVIDER, src, ok)]
+
+
+def test_a_phone_that_moved_is_learned_from_a_registration_the_server_authenticated():
+    ev = _evidence()
+    obs = run(ev, _authenticated(MOVED, T0))
+    assert [(o.mac, o.state, o.expires) for o in obs] == [(MAC, REGISTERED, 120)], ev.stats
+    assert ev.build.attribution.learned == {(MAC, MOVED[0]): pytest.approx(T0 + 0.02 + 120 + 32)}
+    # its refreshes reuse the nonce (no new challenge): accepted from the learned address, which they keep
+    obs = run(ev, _authenticated(MOVED, T0 + 100, challenged=False, cseq=5))
+    assert [(o.mac, o.state) for o in obs] == [(MAC, REGISTERED)]
+    assert ev.build.attribution.learned[(MAC, MOVED[0])] == pytest.approx(T0 + 100.02 + 120 + 32)
+    assert ev.build.attribution.foreign == {MOVED[0]: 1}, "only its first challenge, before it proved itself"
+    # long after that binding's expiry, the address is nobody's again until the server authenticates it anew
+    late = run(ev, _authenticated(MOVED, T0 + 1000, challenged=False, cseq=9))
+    assert late == [] and ev.build.attribution.foreign == {MOVED[0]: 2}
+
+
+@pytest.mark.parametrize("how", ["no challenge (open registrar, or a replayed Authorization)",
+                                 "another line's credentials", "a challenge and no credentials"])
+def test_a_spoofer_is_not_learned_from_a_200_that_proves_nothing(how):
+    ev = _evidence()
+    if how.startswith("no challenge"):
+        packets = _authenticated(SPOOFER, T0, challenged=False)
+    elif how == "another line's credentials":
+        packets = _authenticated(SPOOFER, T0, user="1003")
+    else:
+        bare = register("1001", SPOOFER, call_id="x")
+        packets = [(T0, SPOOFER, PROVIDER, bare), (T0, PROVIDER, SPOOFER, response(bare, 200))]
+    assert run(ev, packets) == [], how
+    assert not ev.build.attribution.learned and ev.build.attribution.foreign[SPOOFER[0]] >= 1, ev.stats

@@ -81,6 +81,7 @@ class RegisterRequest:
     has_credentials: bool
     transport: str                # from the top Via: UDP, TCP, TLS
     uri_host: str = ""            # the Request-URI's host (host_key): the server it is for, behind a proxy
+    auth_user: str = ""           # the username of its Authorization / Proxy-Authorization ("" without one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -127,7 +128,23 @@ def request_info(msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[st
     return RegisterRequest(
         t, src, dst, h["call-id"][0], cseq, key or transaction_key(msg, cseq), aor_user,
         aor_user if frm == to else uri_user(frm), contact_uri, contact_user, requested,
-        "authorization" in h or "proxy-authorization" in h, _via_transport(h["via"][0]), uri_host(msg.uri or ""))
+        "authorization" in h or "proxy-authorization" in h, _via_transport(h["via"][0]), uri_host(msg.uri or ""),
+        credentials_user(h))
+
+
+_AUTH_USER = re.compile(r'\busername\s*=\s*"([^"\r\n]{1,128})"', re.I)
+AUTH_SCANNED = 4096        # characters of a credentials header searched for its username (bounded work)
+
+
+def credentials_user(headers: dict[str, list[str]]) -> str:
+    """The digest username a request's credentials name ("" without credentials): which line's password the
+    server checked when it accepted them (wire_observations learns a phone's address from that)."""
+    for name in ("authorization", "proxy-authorization"):
+        for value in headers.get(name) or ():
+            m = _AUTH_USER.search(value[:AUTH_SCANNED])
+            if m:
+                return m.group(1)
+    return ""
 
 
 _BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)

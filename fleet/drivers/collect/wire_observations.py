@@ -21,6 +21,14 @@ phone but that comes from anywhere else is "foreign": counted per source address
 shown by `fleet status` and the report), never an observation. A target without any address (`phone_ip` ""
 and nothing allowed: hand-built targets only; the collector always gives one) is not checked.
 
+A phone that moved (DHCP gave it another address than the inventory's) is learned from its own registration,
+but only from one the server authenticated for this very exchange: the server challenged the request's
+Call-ID, the next request answered with credentials whose username is the phone's registration user, and the
+server accepted it (2xx). A fresh challenge means a replayed Authorization cannot pass, and a 2xx alone proves
+nothing (an open registrar accepts anyone; a lax one may take another line's credentials for this AoR, hence
+the username check). The address is then the phone's until that registration's expiry (extended by its
+accepted refreshes from there); `Attribution.learned` keeps it across rebuilds of the targets.
+
 Phones that register over TLS, or over TCP (TCPOnly, TCPpreferred), cannot be
 seen by a capture (it decodes UDP only; HEP from the SIP server carries TCP
 too): they are reported "not observable on the wire" instead of being guessed
@@ -38,7 +46,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ...observe import REGISTERED, UNREGISTERED, Observation
-from .sip_transactions import CHALLENGE_CODES, FINAL, TIMEOUT, RegisterOutcome, RegisterRequest, host_key
+from .sip_transactions import (CHALLENGE_CODES, FINAL, T1_TIMEOUT, TIMEOUT, RegisterOutcome, RegisterRequest,
+                               host_key)
 
 NOT_OBSERVABLE = "not observable on the wire"
 UNMATCHED_KEPT = 1024      # distinct unmatched (destination, user) keys one Attribution lists
@@ -146,6 +155,8 @@ def targets_for(mac: str, reg: int, user: str, servers: Iterable[Mapping], resol
 
 
 FOREIGN_KEPT = 256         # distinct foreign source addresses counted one by one; the rest add up under "other"
+LEARNED_KEPT = 4096        # (phone, address) pairs learned from authenticated registrations
+LEARN_GRACE = T1_TIMEOUT   # a learned address stays the phone's this long past the expiry it was granted
 
 
 class SenderCheck:
@@ -210,13 +221,16 @@ def count_foreign(foreign: Counter, src_ip: str) -> None:
 class Attribution:
     """Finds the target a REGISTER belongs to. Built once from the inventory, read per packet."""
 
-    def __init__(self, targets: Iterable[WireTarget], source: str = "wire", foreign: Counter | None = None) -> None:
+    def __init__(self, targets: Iterable[WireTarget], source: str = "wire", foreign: Counter | None = None,
+                 learned: dict[tuple[str, str], float] | None = None) -> None:
         """`source`: who reads the packets ("wire" for a capture, "hep"), which decides what it can see.
-        `foreign`: the counter of foreign messages per source address to go on with (the previous
-        Attribution's, when the targets are rebuilt), else a new one."""
+        `foreign` and `learned`: the counter of foreign messages per source address and the addresses learned
+        from authenticated registrations to go on with (the previous Attribution's, when the targets are
+        rebuilt), else new ones."""
         self.targets = list(targets)
         self.senders = SenderCheck()
         self.foreign: Counter[str] = foreign if foreign is not None else Counter()
+        self.learned: dict[tuple[str, str], float] = learned if learned is not None else {}   # (mac, ip) -> until
         self.source = source
         self._by_addr: dict[tuple[str, int], list[WireTarget]] = {}
         self._by_user: dict[tuple[str, int, str], list[WireTarget]] = {}
@@ -248,7 +262,7 @@ class Attribution:
         return [Unobservable(t.mac, t.reg, t.server, t.address, why=t.unseen_why(self.source))
                 for t in self.targets if not t.observable_by(self.source)]
 
-    def lookup(self, req: RegisterRequest) -> WireTarget | None:
+    def lookup(self, req: RegisterRequest, outcome: RegisterOutcome | None = None) -> WireTarget | None:
         """The one target this REGISTER is for, or None (counted in `stats`) when none or several fit.
 
         A request sent from a target's own address and port is a server's (an outbound proxy relaying a
@@ -259,7 +273,8 @@ class Attribution:
         registration user is unknown must not take another phone's line, or the gateway's own trunk
         REGISTER); where several remain (servers sharing an outbound proxy), those whose Request-URI host
         is the request's; among several, the phone's own address breaks ties. A request whose user fits targets
-        none of which admits its source address (`SenderCheck`) is foreign: counted, attributed to nobody."""
+        none of which admits its source address (`SenderCheck`), nor learned it (`outcome`: how the request
+        ended, which may teach it; see the module's docstring), is foreign: counted, attributed to nobody."""
         if req.src in self._servers:
             self.stats["relayed"] += 1
             return None
@@ -275,6 +290,8 @@ class Attribution:
                         matched.append(t)
         if matched:
             admitted = [t for t in matched if self.senders.admits(t, req.src[0])]
+            if not admitted:
+                admitted = self._learn(matched, req, outcome)
             if not admitted:
                 self.stats["foreign"] += 1
                 count_foreign(self.foreign, req.src[0])
@@ -294,6 +311,27 @@ class Attribution:
         if not matched:
             self._unmatched(req)
         return None
+
+    def _learn(self, matched: list[WireTarget], req: RegisterRequest, outcome: RegisterOutcome | None
+               ) -> list[WireTarget]:
+        """The targets that learned the request's source address: before (still valid at the request's time), or
+        now from an authenticated registration (then remembered until its expiry plus LEARN_GRACE)."""
+        src = req.src[0]
+        known = [t for t in matched if self.learned.get((t.mac, src), float("-inf")) >= req.t]
+        accepted = (outcome is not None and outcome.kind == FINAL and outcome.code is not None
+                    and 200 <= outcome.code < 300 and req.has_credentials)
+        owners = known or [t for t in matched if accepted and outcome.after_challenge in CHALLENGE_CODES
+                           and t.user and req.auth_user == t.user]
+        if len({t.mac for t in owners}) != 1:
+            return []
+        if accepted and req.auth_user == owners[0].user:      # learned, or an accepted refresh from there
+            if len(self.learned) >= LEARNED_KEPT and (owners[0].mac, src) not in self.learned:
+                for key in [k for k, until in self.learned.items() if until < req.t] or [next(iter(self.learned))]:
+                    del self.learned[key]
+            until = outcome.t + (outcome.granted_expires or 0) + LEARN_GRACE      # type: ignore[union-attr]
+            self.learned[(owners[0].mac, src)] = max(until, self.learned.get((owners[0].mac, src), until))
+            self.stats["learned" if not known else "learned_refreshed"] += 1
+        return owners
 
     def _unmatched(self, req: RegisterRequest) -> None:
         key = (req.dst, req.aor_user or req.from_user or req.contact_user)
@@ -343,7 +381,7 @@ class ObservationBuilder:
         self.source = source
 
     def __call__(self, outcome: RegisterOutcome) -> Observation | None:
-        target = self.attribution.lookup(outcome.request)
+        target = self.attribution.lookup(outcome.request, outcome)
         if target is None:
             return None
         return observation(outcome, target, self.source)

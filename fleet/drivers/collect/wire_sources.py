@@ -356,8 +356,9 @@ class Follower:
         """The quick half: on the pipeline's own thread."""
         if self.targets.generation != self.generation:
             self.generation = self.targets.generation
-            self.ev.build.attribution = Attribution(self.targets.wire, self.ev.source,
-                                                    foreign=self.ev.build.attribution.foreign)
+            old = self.ev.build.attribution
+            self.ev.build.attribution = Attribution(self.targets.wire, self.ev.source, foreign=old.foreign,
+                                                    learned=old.learned)
             self.ev.matcher.timeouts = transaction_timeouts(self.targets.wire, self.targets.by_mac)
 
 
