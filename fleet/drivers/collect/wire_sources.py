@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 
 from ... import dns_ttl as dns_client
-from ...inventory import Capture, Credentials, Site
+from ...inventory import Capture, Credentials, Phone, Site
 from ...observe import Observation
 from ...predict import server_timing
 from . import gateway_bindings
@@ -225,7 +225,7 @@ def phone_ip(address: str, resolve: Callable[[str], list[str]]) -> str:
         return found[0] if len(found) == 1 else address
 
 
-def phone_allowed(site: Site, phone, ip: str, resolve: Callable[[str], list[str]]) -> tuple[str, ...]:
+def phone_allowed(site: Site, phone: Phone, ip: str, resolve: Callable[[str], list[str]]) -> tuple[str, ...]:
     """Where else the inventory accepts a phone's SIP from (WireTarget.allowed): its own `allow_from`, the site's
     `collector.allow_from`, and every address its host name resolves to when that is several (`ip` then is
     the name itself, which no packet comes from). Never empty for a phone whose name resolves to nothing: it
