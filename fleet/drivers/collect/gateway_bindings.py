@@ -88,7 +88,7 @@ def gateway_now(text: str) -> float | None:
 # - a whole `kamcmd ul.dump` text is still read (captured answers), splitting lines on LF only and opening blocks
 #   only on kamcmd's own struct names; an injected AoR block shows as more AoRs than Kamailio's own count.
 
-_KV = re.compile(r"^\s*([A-Za-z][A-Za-z-]*):\s*(.*?)\s*$")
+_KV = re.compile(r"^\s*([A-Za-z][A-Za-z-]*):(.*)$")      # linear: the value is stripped afterwards
 # the struct names kamcmd prints as "Name: {" in ul.dump and ul.lookup answers (modules/usrloc/ul_rpc.c)
 _STRUCT_OPEN = re.compile(r"^\s*(?:(?:Domains|Domain|AoRs|Info|Contacts|Contact|Stats):\s*)?\{\s*$")
 _STRUCT_CLOSE = re.compile(r"^\s*\}\s*$")
@@ -336,7 +336,7 @@ def parse_kamailio_dump(text: str, now: float | None = None) -> Bindings:
         m = _KV.match(line)
         if not m:
             continue
-        key, value = m.group(1), m.group(2)
+        key, value = m.group(1), m.group(2).strip()
         if key == "AoR":
             flush()
             aor = value if value and value != "{" else ""
