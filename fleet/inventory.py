@@ -147,6 +147,10 @@ class Phone(Strict):
 
 
 
+# Directories every user of a router may write to (or that the system owns for everyone): never an outage directory.
+SHARED_DIRS = frozenset({"/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run", "/run/lock", "/var/lock", "/run/shm"})
+
+
 class Router(Strict):
     driver: str = Field(description="a name registered in fleet.drivers.router.DRIVERS")
     address: validate.Host("router address")
@@ -163,8 +167,27 @@ class Router(Strict):
     allow_without_deadman: bool = Field(False, description="SNMP cannot schedule a restore on the router; "
                                                            "only the controller restores then")
     state_dir: str | None = Field(None, pattern=r"^/[A-Za-z0-9_./-]{1,200}$",
-                                  description="private directory on the router for per-outage state files "
-                                              "(default: ~/.fleet-outages of the SSH user)")
+                                  description="dedicated directory on the router for per-outage state files "
+                                              "(default: ~/.fleet-outages of the SSH user); it and every "
+                                              "directory above it must be root's or the SSH user's and not "
+                                              "writable by others (the router refuses it otherwise)")
+    shared_with: list[str] = Field([], description="the other sites behind this same router (same address and "
+                                                   "port): each lists the others, an experiment on one leases them "
+                                                   "all, and the router allows one outage per WAN interface")
+
+    @field_validator("state_dir")
+    @classmethod
+    def a_dedicated_directory(cls, v: str | None) -> str | None:
+        """The router checks ownership and modes itself (it alone can see them); what the text alone shows is
+        refused here, at load time: `.`/`..` components and the system's shared directories."""
+        if v is None:
+            return v
+        if any(part in (".", "..") for part in v.split("/")):
+            raise ValueError(f"{v!r} has a . or .. component; give the directory's real path")
+        if v.rstrip("/") in SHARED_DIRS or v == "/":
+            raise ValueError(f"{v!r} is a directory shared with other users; give a dedicated one "
+                             "(e.g. /var/lib/fleet-outages)")
+        return v
 
     @model_validator(mode="after")
     def linux_interface_name(self) -> "Router":
@@ -478,6 +501,46 @@ class Inventory(Strict):
                         _check_params(p.params, p.family.name)
                     except FieldError as exc:
                         raise FieldError(("sites", i, "phones", j) + exc.loc, str(exc)) from None
+        return self
+
+    @model_validator(mode="after")
+    def routers_shared_openly(self) -> "Inventory":
+        """One router in two sites is one WAN for both: an outage made for one cuts the other, and leases are per
+        site. It is allowed only when every site behind it says so (router.shared_with names the others) and
+        reaches it the same way (driver, credentials, state_dir: the router's outage lock lives there)."""
+        behind: dict[tuple[str, int], list[int]] = {}
+        names = {s.name for s in self.sites}
+        for i, s in enumerate(self.sites):
+            if s.router is None:
+                continue
+            for other in s.router.shared_with:
+                if other not in names or other == s.name:
+                    raise FieldError(("sites", i, "router", "shared_with"),
+                                     f"{other!r} is not another site of this inventory")
+            behind.setdefault((s.router.address.lower(), s.router.port), []).append(i)
+        for (address, port), idx in behind.items():
+            for i in idx:
+                r = self.sites[i].router
+                assert r is not None
+                others = [self.sites[j] for j in idx if j != i]
+                for o in others:
+                    j = self.sites.index(o)
+                    if o.name not in r.shared_with:
+                        raise FieldError(("sites", i, "router", "address"),
+                                         f"router {address}:{port} is also the router of site {o.name} "
+                                         f"(sites[{j}]): an outage for one cuts both; list each other in "
+                                         "router.shared_with, or give each site its own router")
+                    assert o.router is not None
+                    for attr in ("driver", "credentials", "state_dir"):
+                        if getattr(o.router, attr) != getattr(r, attr):
+                            raise FieldError(("sites", i, "router", attr),
+                                             f"site {o.name} (sites[{j}]) shares this router with another {attr} "
+                                             f"({getattr(o.router, attr)!r}); sites sharing a router reach it "
+                                             "the same way")
+                unknown = set(r.shared_with) - {o.name for o in others}
+                if unknown:
+                    raise FieldError(("sites", i, "router", "shared_with"),
+                                     f"{', '.join(sorted(unknown))} do not have this router ({address}:{port})")
         return self
 
     # ----------------------------------------------------------- lookups

@@ -78,6 +78,7 @@ modparam("registrar", "max_expires", {max_expires})
 modparam("htable", "htable", "users=>size=10;")
 modparam("ctl", "binrpc", "unix:{sock}")
 {siptrace_params}
+{jsonrpc}
 event_route[htable:mod-init] {{
 {users}
 }}
@@ -109,6 +110,13 @@ request_route {{
 }}
 """
 
+# jsonrpcs over a FIFO beside the ctl socket, replies in the same private directory (Kamailio's own kamailio.cfg
+# loads jsonrpcs with its FIFO in /run/kamailio; kamctl and fleet's gateway command speak JSON-RPC to it)
+JSONRPC = """loadmodule "jsonrpcs.so"
+modparam("jsonrpcs", "transport", 2)
+modparam("jsonrpcs", "fifo_name", "{fifo}")
+modparam("jsonrpcs", "fifo_reply_dir", "{reply_dir}/")
+modparam("jsonrpcs", "fifo_mode", 0600)"""
 SIPTRACE_MODULES = 'loadmodule "siptrace.so"'
 SIPTRACE_PARAMS = """modparam("siptrace", "duplicate_uri", "sip:{host}:{port}")
 modparam("siptrace", "hep_mode_on", 1)
@@ -181,6 +189,7 @@ class KamailioConfig:
     upstream: tuple[str, int] | None = None  # outbound proxy: where requests not for Kamailio itself go (an IP)
     capture_id: int = 2001
     role: str = "registrar"
+    jsonrpc: bool = False                   # jsonrpcs' FIFO beside the ctl socket (rpc_fifo(sock))
 
     def render(self, sock: Path) -> str:
         mpath = modules_path()
@@ -201,7 +210,13 @@ class KamailioConfig:
             siptrace_modules=SIPTRACE_MODULES if trace else "",
             siptrace_params=SIPTRACE_PARAMS.format(host=self.hep[0], port=self.hep[1], capture_id=self.capture_id,
                                                    flag=TRACE_FLAG) if self.hep else "",
-            trace=TRACE_ROUTE if trace else "")
+            trace=TRACE_ROUTE if trace else "",
+            jsonrpc=JSONRPC.format(fifo=rpc_fifo(sock), reply_dir=sock.parent) if self.jsonrpc else "")
+
+
+def rpc_fifo(sock: Path) -> Path:
+    """Where a Kamailio with `jsonrpc` has its JSON-RPC FIFO: beside its ctl socket (replies go to that directory)."""
+    return sock.parent / "rpc.fifo"
 
 
 @dataclass
