@@ -225,6 +225,12 @@ class SiteCollector:
 
         return wire_sources.Sink(observe, keep)
 
+    def _hep_keys(self, capture) -> dict[str, bytes]:
+        """capture.auth_keys resolved: sender address -> its HEP auth key (the named secret's password)."""
+        if capture.auth_keys and self.secrets is None:
+            raise CollectorError(f"site {self.site.name}: HEP auth keys need the secrets file")
+        return {ip: self.secrets.credentials(name).password.encode() for ip, name in capture.auth_keys.items()}  # type: ignore[union-attr]
+
     def _credentials(self, what: str):
         if self.secrets is None or self.site.router is None:
             raise CollectorError(f"site {self.site.name}: {what} needs the router's credentials (a secrets file)")
@@ -240,7 +246,7 @@ class SiteCollector:
             try:
                 if capture.kind == "hep":
                     hep = wire_sources.HepSource(self.site, sink, targets)
-                    transport, _ = await wire_sources.start_hep(self.site, capture, hep)
+                    transport, _ = await wire_sources.start_hep(self.site, capture, hep, self._hep_keys(capture))
                     self.evidence.append(hep)
                     self.hep_transports.append(transport)
                     asyncio.ensure_future(self._tick_loop(hep))
@@ -276,11 +282,8 @@ class SiteCollector:
         for why in self.source_errors:
             sources.append({"source": "not started", "running": False, "error": self._scrub(why), "since": self.sources_started})
         for source in self.evidence:
-            if isinstance(source, wire_sources.SourceThread):
-                h = source.health()
-                sources.append(h | {"error": self._scrub(h["error"])})
-            else:
-                sources.append({"source": source.source, "running": True, "error": "", "since": None})
+            h = source.health()
+            sources.append(h | {"error": self._scrub(h["error"])})
         return unseen, sources
 
     def _scrub(self, text: str) -> str:
