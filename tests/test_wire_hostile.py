@@ -102,7 +102,7 @@ def test_the_uri_reader_refuses_what_is_not_a_sip_uri():
 
 def test_a_register_with_a_header_over_the_cap_is_counted_and_dropped_and_the_next_one_is_read():
     ev = WireEvidence(Attribution(targets(PHONE_A)))
-    flood = register("1001", A_ADDR).replace(b"To: <", b"To: " + b"sip:" * 15000 + b" <")   # 60 KB, the issue's
+    flood = register("1001", A_ADDR).replace(b"To: <", b"To: " + b"sip:" * 15000 + b"> <")  # 60 KB, the issue's
     assert len(flood) > MAX_HEADER_LINE
     assert ev.feed_datagram(Datagram(time.time(), ("192.168.10.99", 5060), PROVIDER, flood)) == []
     assert ev.stats.get("register_oversize") == 1, ev.stats
@@ -197,3 +197,48 @@ def test_a_hep_sender_that_is_mostly_refused_shows_as_a_failing_source():
         drops.saw(None)
     health = wire_sources.with_drops({"source": "hep", "running": True, "error": "", "since": None}, drops, [None])
     assert "dropped 30 of 35" in health["error"] and "auth_wrong 30" in health["error"] and health["since"], health
+
+
+# --- Kamailio's siptrace signs its HEP (real Kamailio) -----------------------------------------------------
+
+@pytest.mark.lab
+def test_kamailio_siptrace_sends_the_auth_key_the_lab_sets_and_a_wrong_key_is_refused(tmp_path):
+    from fleet.redisboot import free_port
+    from hil import kamailio as kam
+    from test_wire_live import PASSWORD, _register
+    from conftest import udp_socket
+
+    reason = kam.unavailable(siptrace=True)
+    if reason:
+        pytest.skip(reason)
+    key = "lab-hep-key-5f2"
+
+    async def scenario():
+        got = []
+        transport, proto = await start_hep_listener("127.0.0.1", 0, ["127.0.0.1"], lambda p, a: got.append(p),
+                                                    {"127.0.0.1": key.encode()})
+        hep_port = transport.get_extra_info("sockname")[1]
+        port = free_port()
+        server = kam.Kamailio(kam.KamailioConfig("127.0.0.1", port, "gateway.example", {"3001": PASSWORD},
+                                                 hep=("127.0.0.1", hep_port), hep_auth_key=key,
+                                                 role="gateway with a HEP key"), tmp_path / "kamailio")
+        server.start()
+        try:
+            with udp_socket(5.0) as sock:
+                codes = await asyncio.to_thread(_register, ("127.0.0.1", port), "3001", PASSWORD, 60, sock)
+                await await_until(lambda: proto.stats.get("accepted", 0) >= 4, 10, "Kamailio's HEP accepted",
+                                  step=0.05, fail=False)
+                accepted = dict(proto.stats)
+                proto.auth_keys["127.0.0.1"] = b"another-key"       # the collector expects another key now
+                await asyncio.to_thread(_register, ("127.0.0.1", port), "3001", PASSWORD, 60, sock)
+                await await_until(lambda: proto.stats.get("auth_wrong", 0) >= 4, 10, "Kamailio's HEP refused",
+                                  step=0.05, fail=False)
+        finally:
+            server.stop()
+            transport.close()
+        return codes, accepted, dict(proto.stats), got
+    codes, accepted, stats, got = asyncio.run(scenario())
+    assert codes == [401, 200], codes
+    assert accepted.get("accepted", 0) >= 4 and not accepted.get("auth_missing") and not accepted.get("auth_wrong"), accepted
+    assert got and all(p.auth_key is not None and p.auth_key.rstrip(b"\0") == key.encode() for p in got)
+    assert stats.get("auth_wrong", 0) >= 4 and stats["accepted"] == accepted["accepted"], stats
