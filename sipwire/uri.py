@@ -31,26 +31,13 @@ class SipUri:
 
 def parse_uri(text: str) -> SipUri | None:
     """The first SIP URI in `text` (see the module docstring for the forms), or None when there is none."""
-    if not text:
+    found = _locate(text)
+    if found is None:
         return None
-    lt = -1 if text.lstrip()[:5].lower().startswith(_SCHEMES) else text.find("<")   # a bare URI's params may hold <
-    if lt >= 0:
-        gt = text.find(">", lt + 1)
-        inner = text[lt + 1:gt] if gt >= 0 else text[lt + 1:]
-    else:
-        inner = text
-    start, scheme = _scheme_at(inner)
-    if start < 0:
-        return None
-    rest = inner[start + len(scheme) + 1:]
-    cut = _first_of(rest, (";", "?", ">"))
-    at = rest.find("@", 0, cut)
-    if at >= 0:
-        user = rest[:at].partition(":")[0]
-        hostport = rest[at + 1:cut]
-    else:
-        user, hostport = "", rest[:cut]
-    hostport = hostport[:_first_of(hostport, _END_OF_HOSTPORT)]
+    inner, begin, scheme = found
+    at, user = _user_at(inner, begin)
+    rest = inner[at + 1 if at >= 0 else begin:]
+    hostport = rest[:_first_of(rest, _END_OF_HOSTPORT)]
     if hostport.startswith("["):
         close = hostport.find("]")
         if close < 0:
@@ -61,6 +48,50 @@ def parse_uri(text: str) -> SipUri | None:
         host, _, port_text = hostport.partition(":")
     port = int(port_text) if port_text.isascii() and port_text.isdigit() and len(port_text) <= 5 else None
     return SipUri(scheme, user, host, port if port is not None and port <= 65535 else None)
+
+
+def _locate(text: str) -> tuple[str, int, str] | None:
+    """(the text holding the URI, where its part after "scheme:" begins, the scheme), None without a SIP URI."""
+    if not text:
+        return None
+    found = _at_start(text)
+    if found is not None:                          # the usual bare URI (a Request-URI): no search at all
+        return found
+    lt = -1 if text.lstrip()[:5].lower().startswith(_SCHEMES) else text.find("<")   # a bare URI's params may hold <
+    if lt >= 0:
+        gt = text.find(">", lt + 1)
+        inner = text[lt + 1:gt] if gt >= 0 else text[lt + 1:]
+        found = _at_start(inner)                   # the usual name-addr: the URI right after '<'
+        if found is not None:
+            return found
+    else:
+        inner = text
+    start, scheme = _scheme_at(inner)
+    if start < 0:
+        return None
+    return inner, start + len(scheme) + 1, scheme
+
+
+def _at_start(text: str) -> tuple[str, int, str] | None:
+    """_locate's answer when `text` starts with the scheme, else None."""
+    head = text[:5].lower()
+    if head.startswith("sip:"):
+        return text, 4, "sip"
+    if head == "sips:":
+        return text, 5, "sips"
+    return None
+
+
+def _user_at(inner: str, begin: int) -> tuple[int, str]:
+    """(index of the '@' ending the user part, the user) or (-1, "") when the URI has none: the '@' must come
+    before any ';', '?' or '>' (the old pattern's rule)."""
+    at = inner.find("@", begin)
+    if at < 0:
+        return -1, ""
+    userinfo = inner[begin:at]
+    if ";" in userinfo or "?" in userinfo or ">" in userinfo:
+        return -1, ""
+    return at, userinfo.partition(":")[0]
 
 
 def _scheme_at(text: str) -> tuple[int, str]:
@@ -85,6 +116,6 @@ def _first_of(text: str, chars: tuple[str, ...]) -> int:
 
 
 def uri_user(text: str) -> str:
-    """The user part of the first SIP URI in `text` ("" without one)."""
-    uri = parse_uri(text)
-    return uri.user if uri is not None else ""
+    """The user part of the first SIP URI in `text` ("" without one); reads no further than the user."""
+    found = _locate(text)
+    return _user_at(found[0], found[1])[1] if found is not None else ""
