@@ -20,12 +20,13 @@ from hypothesis import strategies as st
 
 from conftest import await_until
 from fleet.drivers.collect import hep, sip_calls, sip_transactions, wire_sources
-from fleet.drivers.collect.hep_listener import start_hep_listener
+from fleet.drivers.collect.hep_listener import HepListener, start_hep_listener
 from fleet.drivers.collect.wire_decode import Datagram
 from fleet.drivers.collect.wire_observations import Attribution
 from fleet.drivers.collect.wire_pipeline import WireEvidence
 from fleet.drivers.collect.wire_sip import MAX_HEADER_LINE
 from sipwire import message as sipmsg
+from soundpoint import conformance
 from sipwire import uri as sipuri
 from test_wire_evidence import A_ADDR, PHONE_A, PROVIDER, register, response, targets
 
@@ -248,3 +249,18 @@ def test_kamailio_siptrace_sends_the_auth_key_the_lab_sets_and_a_wrong_key_is_re
     assert accepted.get("accepted", 0) >= 4 and not accepted.get("auth_missing") and not accepted.get("auth_wrong"), accepted
     assert got and all(p.auth_key is not None and p.auth_key.rstrip(b"\0") == key.encode() for p in got)
     assert stats.get("auth_wrong", 0) >= 4 and stats["accepted"] == accepted["accepted"], stats
+
+
+@pytest.mark.parametrize("entry", conformance.select(area="gateway", prefix="gateway-hep-"), ids=lambda e: e.id)
+def test_hep_datagrams_of_the_conformance_corpus_carry_their_key_and_are_judged_by_it(entry):
+    """Every HEP datagram a real agent sent (the corpus: Kamailio's siptrace with auth_key) parses, carries the
+    key its note names in chunk 14, and the listener accepts it with that key and refuses it with another."""
+    data = bytes.fromhex(entry.body)
+    pkt = hep.parse(data)
+    assert pkt.auth_key == b"corpus-hep-key" and pkt.payload.startswith(b"REGISTER ")
+    judged = {}
+    for key in (b"corpus-hep-key", b"other-key"):
+        listener = HepListener(["127.0.0.1"], lambda p, a: None, {"127.0.0.1": key})
+        listener.datagram_received(data, ("127.0.0.1", 9060))
+        judged[key] = dict(listener.stats)
+    assert judged == {b"corpus-hep-key": {"accepted": 1}, b"other-key": {"auth_wrong": 1}}, judged
