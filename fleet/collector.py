@@ -296,13 +296,18 @@ class SiteCollector:
         return text
 
     def _secret_values(self) -> list[str]:
-        if self.secrets is None or self.site.router is None:
+        if self.secrets is None:
             return []
-        try:
-            creds = self.secrets.credentials(self.site.router.credentials)
-        except Exception:   # no such entry: nothing of it can leak either
-            return []
-        return [v for v in (creds.password, creds.priv_password) if v and len(v) >= 3]
+        names = [self.site.router.credentials] if self.site.router is not None else []
+        names += [name for c in self.site.capture for name in c.auth_keys.values()]     # HEP auth keys
+        out = []
+        for name in names:
+            try:
+                creds = self.secrets.credentials(name)
+            except Exception:   # no such entry: nothing of it can leak either
+                continue
+            out += [v for v in (creds.password, creds.priv_password) if v and len(v) >= 3]
+        return out
 
     async def _evidence_report_loop(self) -> None:
         """Every 2 s, the report `fleet status` and the experiment report read (written when it changed, and at

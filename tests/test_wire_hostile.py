@@ -264,3 +264,18 @@ def test_hep_datagrams_of_the_conformance_corpus_carry_their_key_and_are_judged_
         listener.datagram_received(data, ("127.0.0.1", 9060))
         judged[key] = dict(listener.stats)
     assert judged == {b"corpus-hep-key": {"accepted": 1}, b"other-key": {"auth_wrong": 1}}, judged
+
+
+def test_the_inventory_names_hep_auth_keys_per_sender_as_secrets():
+    from fleet.inventory import Capture
+
+    cap = Capture.model_validate({"kind": "hep", "listen": "10.0.0.5:9060", "senders": ["10.0.0.1"],
+                                  "auth_keys": {"10.0.0.1": "hep_gateway"}})
+    assert cap.auth_keys == {"10.0.0.1": "hep_gateway"}
+    for bad, words in (({"senders": ["10.0.0.1"], "auth_keys": {"10.0.0.2": "k"}}, "not one of the HEP senders"),
+                       ({"auth_keys": {"gateway": "k"}}, "not an IP address"),
+                       ({"auth_keys": {"10.0.0.1": "secret with spaces"}}, "pattern")):
+        with pytest.raises(ValueError, match=words):
+            Capture.model_validate({"kind": "hep", "listen": "10.0.0.5:9060", **bad})
+    with pytest.raises(ValueError, match="auth_keys belong to a hep capture"):
+        Capture.model_validate({"kind": "router", "auth_keys": {"10.0.0.1": "k"}})

@@ -572,7 +572,11 @@ class LocalCapture(_WireThread):
 
 
 class HepSource:
-    """HEP v3 from the site's SIP servers: fed by the collector's listener (its event loop), ticked by it."""
+    """HEP v3 from the site's SIP servers: fed by the collector's listener (its event loop), ticked by it.
+
+    Decoding runs on the event loop in bounded slices: one datagram at a time, each at most 64 KB, read in
+    linear time with its header lines capped (wire_sip.MAX_HEADER_LINE), and no more bytes per second than the
+    source's budget (DECODE_RATE): a flood costs the loop a bounded, small share of each second."""
 
     source = "hep"
 
