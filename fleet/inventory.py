@@ -268,6 +268,9 @@ class Capture(Strict):
     platform: Literal["linux", "openwrt", "vyos"] = Field("linux", description="router: how to run tcpdump there")
     listen: str | None = Field(None, description="hep: the address the SIP servers send HEP to (host:port)")
     senders: list[str] = Field([], description="hep: IP addresses allowed to send HEP (default: the site's gateway)")
+    auth_keys: dict[str, Annotated[str, Field(pattern=CREDENTIALS_RE)]] = Field(
+        {}, description="hep: per sender IP address, the name of the secret whose password is its HEP v3 auth key "
+                        "(chunk 14, Kamailio siptrace's auth_key); a datagram from that sender without it is dropped")
 
     @model_validator(mode="before")
     @classmethod
@@ -305,14 +308,28 @@ class Capture(Strict):
                 raise ValueError(f"HEP sender {a!r:.60} is not an IP address") from None
         return v
 
+    @field_validator("auth_keys")
+    @classmethod
+    def ip_auth_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for a, name in v.items():
+            try:
+                out[str(ipaddress.ip_address(a))] = name
+            except ValueError:
+                raise ValueError(f"HEP auth key sender {a!r:.60} is not an IP address") from None
+        return out
+
     @model_validator(mode="after")
     def complete(self) -> "Capture":
         if self.kind == "interface" and not self.interface:
             raise ValueError("capture interface needs the interface name (interface eth1)")
         if self.kind == "hep" and not self.listen:
             raise ValueError("capture hep needs the listen address (hep 10.1.0.5:9060)")
-        if self.kind != "hep" and (self.listen or self.senders):
-            raise ValueError(f"listen and senders belong to a hep capture, not to {self.kind}")
+        if self.kind != "hep" and (self.listen or self.senders or self.auth_keys):
+            raise ValueError(f"listen, senders and auth_keys belong to a hep capture, not to {self.kind}")
+        if self.senders and not set(self.auth_keys) <= {str(ipaddress.ip_address(a)) for a in self.senders}:
+            raise ValueError(f"auth_keys names {sorted(set(self.auth_keys) - set(self.senders))[0]}, "
+                             "which is not one of the HEP senders")
         return self
 
 
@@ -576,6 +593,8 @@ class Inventory(Strict):
                 refs.append((("sites", i, "boot_server", "credentials"), s.boot_server.credentials))
             if s.router:
                 refs.append((("sites", i, "router", "credentials"), s.router.credentials))
+            for k, c in enumerate(s.capture):
+                refs += [(("sites", i, "capture", k, "auth_keys", ip), name) for ip, name in c.auth_keys.items()]
             for j, p in enumerate(s.phones):
                 refs.append((("sites", i, "phones", j, "credentials"), p.credentials))
                 refs += [(("sites", i, "phones", j, "params", k), v[7:]) for k, v in p.params.items()

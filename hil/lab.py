@@ -55,14 +55,20 @@ def evidence_sources(lab: LabFile, site: SiteSpec) -> list[str]:
             + (["gateway"] if site.gateway == "kamailio" else []))
 
 
+def hep_key_secret(site: SiteSpec) -> str:
+    """The secret naming a site's HEP auth key in the lab's secrets file (`collector.hep_auth_key`)."""
+    return f"hep_{site.name}"
+
+
 def evidence_inventory(lab: LabFile, site: SiteSpec, gateway: str, lan_interface: str = LAN_INTERFACE) -> dict:
     """Those sources as a site's inventory keys (fleet.inventory): `capture: [router lan0, hep ADDRESS]` (the
     router's LAN side sees every phone's SIP to both servers) and `gateway: {address, platform: kamailio}`
-    (kamcmd over the router's SSH)."""
+    (kamcmd over the router's SSH). With `collector.hep_auth_key` the HEP capture names the gateway's key."""
     sources = evidence_sources(lab, site)
-    capture = [f"router {lan_interface}"] if "router" in sources else []
+    capture: list = [f"router {lan_interface}"] if "router" in sources else []
     if "hep" in sources and site.collector.hep:
-        capture.append(f"hep {site.collector.hep}")
+        capture.append({"kind": "hep", "listen": site.collector.hep, "auth_keys": {gateway: hep_key_secret(site)}}
+                       if site.collector.hep_auth_key else f"hep {site.collector.hep}")
     out: dict = {"capture": capture} if capture else {}
     if "gateway" in sources and site.gateway == "kamailio":
         out["gateway"] = {"address": gateway, "platform": "kamailio"}
@@ -149,6 +155,7 @@ class Lab:
         self.provider: Registrar | None = None
         self.dns: DnsServer | None = None
         self.sip_users: dict[str, str] = {}
+        self.hep_keys: dict[str, str] = {}      # site -> its Kamailio gateway's HEP auth key (collector.hep_auth_key)
         self.admin_password = secrets.token_urlsafe(9)
         self.snmp_community = secrets.token_urlsafe(9)
         self.snmp_auth, self.snmp_priv = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
@@ -272,8 +279,10 @@ class Lab:
             # as the phones' outbound proxy it relays the provider's requests to the router's relay address for the
             # provider (what the phones' DNS view resolves its name to), so a WAN cut stops the relayed leg too
             upstream = (self.public_ip(k, 10), SIP_PORT) if site.outbound_proxy == "gateway" else None
+            if site.collector.hep_auth_key:
+                self.hep_keys[site.name] = secrets.token_urlsafe(18)
             kam = KamailioGateway(name, lan, SIP_PORT, realm, self.sip_users, self.state_dir / f"kamailio-{site.name}",
-                                  (lan, HEP_TAP_PORT), upstream=upstream)
+                                  (lan, HEP_TAP_PORT), upstream=upstream, hep_auth_key=self.hep_keys.get(site.name))
             await kam.start()
             router.kamailio_ctl = kam.ctl
             return kam
@@ -361,6 +370,8 @@ class Lab:
         for rt in self.sites:
             site = rt.spec
             secrets_doc[f"boot_{site.name}"] = {"username": rt.boot_user, "password": rt.boot_password}
+            if site.name in self.hep_keys:
+                secrets_doc[hep_key_secret(site)] = {"password": self.hep_keys[site.name]}
             phones = []
             for i, phone in enumerate(rt.phones):
                 ext = str(site.phones.first_extension + i + 1000 * rt.k)

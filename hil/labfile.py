@@ -131,6 +131,9 @@ class CollectorSpec(Strict):
     events: str = "127.0.0.1:8514"
     poll_interval: float = Field(0.0, ge=0, le=3600)
     hep: str | None = Field(None, description="HOST:PORT where a Kamailio gateway's siptrace sends HEP v3")
+    hep_auth_key: bool = Field(False, description="the Kamailio gateway's siptrace signs its HEP with a key the lab "
+                               "makes (siptrace auth_key, HEP v3 chunk 14); the inventory names it as the sender's "
+                               "auth key (a secret) and the collector drops HEP without it")
     evidence: list[Literal["router", "hep", "gateway"]] | None = Field(
         None, description="per-server sources the exported inventory names for the site: router (capture: router "
         "lan0), hep (capture: hep ADDRESS), gateway (the Kamailio registrar's bindings); default: what a site of "
@@ -142,6 +145,12 @@ class CollectorSpec(Strict):
         host, _ = validate.hostport(v, f"collector {info.field_name} address")
         _loopback(host, f"collector {info.field_name} host")
         return v
+
+    @model_validator(mode="after")
+    def key_needs_hep(self) -> "CollectorSpec":
+        if self.hep_auth_key and not self.hep:
+            raise ValueError("hep_auth_key needs the HEP address (collector: {hep: HOST:PORT})")
+        return self
 
     @field_validator("hep")
     @classmethod
