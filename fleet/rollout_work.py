@@ -129,10 +129,19 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
         # a retry after a reboot that timed out finds state "rebooting" and goes through confirm_reboot: the
         # claim above keeps it from sending a second reboot the phone may already have had, and the methods
         # announced below tell it which proof to look for (a web UI fallback is not idempotent as check-sync is)
-        how = control.reboot(_announcer(rs, rid, mac))
+        sent: list[str] = []
+        how = control.reboot(_announcer(rs, rid, mac, sent))
         failpoint("rollout.reboot_sent", mac)
-        rs.set_phone(rid, mac, state="verifying", reboot_via=how)
+        rs.set_phone(rid, mac, state="verifying", reboot_via=how, **_may_stay_up(control, sent, plan.params))
         return {"state": "verifying", "reboot_at": reboot_at}
+
+
+def _may_stay_up(control: phones.PhoneControl, sent: list[str], params: dict[str, str]) -> dict[str, str]:
+    """Record fields for a phone the push may not reboot (check-sync with alwaysReboot=0): verification takes its
+    registration after the push as the proof, and says whether a reboot was seen (fleet.rollout_policy)."""
+    if not control.may_stay_up(sent, params):
+        return {}
+    return {"reboot_optional": "1", "reports_shutdown": "1" if control.reports_shutdown(params) else "0"}
 
 
 def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str, str], url: str,
@@ -186,10 +195,10 @@ def _resend_may_fall_back(tried: tuple[str, ...] | None) -> bool:
     return tried is not None and ("check-sync" not in tried or "web" in tried)
 
 
-def _announcer(rs: RolloutStore, rid: str, mac: str) -> phones.Announce:
+def _announcer(rs: RolloutStore, rid: str, mac: str, tried: list[str] | None = None) -> phones.Announce:
     """Records each reboot method in the phone's rollout record before it is sent, for a successor that must
-    find out whether the reboot went out (confirm_reboot) by the proof that method leaves."""
-    tried: list[str] = []
+    find out whether the reboot went out (confirm_reboot) by the proof that method leaves; `tried` collects them."""
+    tried = [] if tried is None else tried
 
     def announce(method: str) -> None:
         tried.append(method)
@@ -216,8 +225,10 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
         rs.set_phone(rid, mac, reboot_at=reboot_at, reboot_tried="")
-        how = control.reboot(_announcer(rs, rid, mac), fallback=_resend_may_fall_back(tried))
-        rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task")
+        sent: list[str] = []
+        how = control.reboot(_announcer(rs, rid, mac, sent), fallback=_resend_may_fall_back(tried))
+        rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task",
+                     **_may_stay_up(control, sent, params))
         return {"state": "verifying", "reboot_at": reboot_at}
 
 

@@ -5,6 +5,7 @@ A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 
 from sipwire import digest
@@ -144,9 +145,21 @@ class Dialogs:
                                  extra=[("WWW-Authenticate", f'Digest realm="{realm}", nonce="{nonce}", qop="auth"')])
 
     async def _check_sync(self) -> None:
-        """Reboot when alwaysReboot=1; otherwise, outside a call, only when the files changed (our model of the
-        uncertain rule)."""
+        """Reboot when alwaysReboot=1. Otherwise, outside a call, re-read the files: nothing changed, nothing
+        happens; only parameters the family applies live changed (UC Software: reg.x.*, "Change Causes Restart:
+        No"), they are applied and the lines register again, no reboot; anything else reboots. The rule for
+        alwaysReboot=0 is *unconfirmed* in detail (conformance entries checksync-*)."""
         if self.params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") == "1":
             await self.reboot("check-sync")
-        elif not self.in_call and await self._provision() != self.params:
+            return
+        if self.in_call:
+            return
+        new = await self._provision()
+        changed = sorted(k for k in set(new) | set(self.params) if new.get(k) != self.params.get(k))
+        if not changed:
+            return
+        live = self.spec.profile.live_params
+        if live and all(re.match(live, name) for name in changed):
+            await self.apply_live(new, changed)
+        else:
             await self.reboot("check-sync (configuration changed)")
