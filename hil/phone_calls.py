@@ -101,7 +101,7 @@ class Dialogs:
 
     async def _on_sip_request(self, msg: sip.SipMessage, addr: tuple[str, int]) -> sip.SipMessage | None:
         if msg.method == "NOTIFY" and (msg.get("event") or "").lower().startswith("check-sync"):
-            refused = self._validate_check_sync(msg, addr)
+            refused = await self._source_refusal(msg, addr) or self._validate_check_sync(msg, addr)
             if refused is not None:
                 return refused
             self._log(f"check-sync NOTIFY from {addr[0]}")
@@ -112,20 +112,21 @@ class Dialogs:
         if msg.method in ("ACK",):
             return None
         if msg.method == "INVITE":
-            if not await self._request_allowed(msg, addr):
-                return sip.make_response(msg, 403, "Forbidden", to_tag=sip.new_tag(), received=addr)
+            refused = await self._source_refusal(msg, addr)
+            if refused is not None:
+                return refused
             return sip.make_response(msg, 486, "Busy Here", to_tag=sip.new_tag(), received=addr)
         if msg.method in ("BYE", "NOTIFY"):
             return sip.make_response(msg, 200, "OK", received=addr)
         return sip.make_response(msg, 405, "Method Not Allowed", received=addr)
 
     def _validate_check_sync(self, msg: sip.SipMessage, addr: tuple[str, int]) -> sip.SipMessage | None:
-        """voIpProt.SIP.requestValidation for NOTIFY with method digest (or both): challenge, then check the answer
-        against the line's SIP credentials; the request must name one of the phone's lines. None: accepted."""
-        methods = {self.params.get(f"voIpProt.SIP.requestValidation.{n}.method", "")
-                   for n in range(1, 11)
-                   if self.params.get(f"voIpProt.SIP.requestValidation.{n}.request", "").upper() == "NOTIFY"}
-        if not methods & {"digest", "both"}:
+        """voIpProt.SIP.requestValidation for NOTIFY with method digest (or both/all): challenge, then check the
+        answer against the line's SIP credentials ("the local credentials for the associated registration",
+        SIP 2.2 guide A-14); the request must name one of the phone's lines. None: accepted. The answers to a
+        wrong line (404) and a wrong digest (403) are *unconfirmed* (conformance checksync-notify-*)."""
+        methods = {method for _, method in self._validations(msg)}
+        if not methods & {"digest", "both", "all"}:
             return None
         user = msg.uri.split(":", 1)[-1].split("@")[0] if "@" in msg.uri else ""
         lines = {r.user: r for r in self.regs}

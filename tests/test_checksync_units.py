@@ -58,3 +58,53 @@ def test_uc_software_applies_reg_x_live_and_soundpoint_sip_firmware_does_not_say
         assert families.get(name).live_params
     for name in ("sip-2.x", "sip-3.x"):
         assert families.get(name).live_params == ""
+
+
+# ---------------------------------------------------------------- the lab phone's answers to a check-sync NOTIFY
+async def _notify_from(source_ip: str) -> int:
+    from sipwire import message as sip
+    from sipwire.endpoint import SipEndpoint, TransactionTimers
+    from test_phone_family import PHONE_IP
+
+    ep = await SipEndpoint.bind(source_ip, 0, name="sender")
+    try:
+        uri = f"sip:1001@{PHONE_IP}:5060"
+        req = sip.make_request("NOTIFY", uri, local=ep.local, from_uri="sip:fleet@fleet.invalid", to_uri=uri,
+                               call_id=sip.new_call_id(source_ip), cseq=1, from_tag=sip.new_tag(),
+                               extra=[("Event", "check-sync"), ("Subscription-State", "terminated")])
+        resp = await ep.request(req, (PHONE_IP, 5060), TransactionTimers(retry_timeout=0.2, retry_max_count=3))
+        return resp.status
+    finally:
+        ep.close()
+
+
+@pytest.mark.parametrize("method,event,from_server,from_other", [
+    ("source", "", 200, 400), ("all", "", 401, 400), ("digest", "", 401, 401),
+    ("source", "check-sync", 200, 400), ("source", "message-summary", 200, 200),   # only the events named
+])
+def test_a_check_sync_notify_is_validated_by_source_digest_or_both_and_only_for_the_events_named(
+        method, event, from_server, from_other):
+    import asyncio
+
+    from sipwire.endpoint import SipEndpoint
+    from hil.phone_types import UP
+    from test_phone_family import PHONE_IP, SERVER1, STRANGER, TWO, phone
+
+    params = TWO | {"voIpProt.SIP.requestValidation.1.request": "NOTIFY",
+                    "voIpProt.SIP.requestValidation.1.method": method,
+                    "reg.1.auth.password": "pw"}
+    if event:
+        params["voIpProt.SIP.requestValidation.1.request.1.event"] = event
+
+    async def run() -> tuple[int, int]:
+        p = phone("uc-4.0", params, model="SoundPoint IP 650")
+        p.regs[0].servers[0].state = UP
+        p.endpoint = await SipEndpoint.bind(PHONE_IP, 5060, p._on_sip_request, name="phone")
+        try:
+            return await _notify_from(SERVER1), await _notify_from(STRANGER)
+        finally:
+            p.endpoint.close()
+            for t in list(p._tasks):
+                t.cancel()
+
+    assert asyncio.run(run()) == (from_server, from_other)
