@@ -12,6 +12,7 @@ from sipwire import digest
 from sipwire import message as sip
 from sipwire.endpoint import TransactionTimeout
 
+from . import sip_answers
 from .resolver import ResolveError
 
 from .phone_types import Registration, ServerBinding
@@ -101,21 +102,22 @@ class Dialogs:
 
     async def _on_sip_request(self, msg: sip.SipMessage, addr: tuple[str, int]) -> sip.SipMessage | None:
         if msg.method == "NOTIFY" and (msg.get("event") or "").lower().startswith("check-sync"):
-            refused = await self._source_refusal(msg, addr) or self._validate_check_sync(msg, addr)
+            refused = await self._source_refusal(msg, addr, "checksync-notify-source-refused") \
+                or self._validate_check_sync(msg, addr)
             if refused is not None:
                 return refused
             self._log(f"check-sync NOTIFY from {addr[0]}")
             self._spawn(self._check_sync())
-            return sip.make_response(msg, 200, "OK", to_tag=sip.new_tag(), received=addr)
+            return sip_answers.answer("checksync-notify-accepted", msg, addr)
         if msg.method == "OPTIONS":
             return sip.make_response(msg, 200, "OK", to_tag=sip.new_tag(), received=addr)
         if msg.method in ("ACK",):
             return None
         if msg.method == "INVITE":
-            refused = await self._source_refusal(msg, addr)
+            refused = await self._source_refusal(msg, addr, "sipval-invite-source-refused")
             if refused is not None:
                 return refused
-            return sip.make_response(msg, 486, "Busy Here", to_tag=sip.new_tag(), received=addr)
+            return sip_answers.answer("sipval-invite-configured-server-accepted", msg, addr)
         if msg.method in ("BYE", "NOTIFY"):
             return sip.make_response(msg, 200, "OK", received=addr)
         return sip.make_response(msg, 405, "Method Not Allowed", received=addr)
@@ -131,7 +133,7 @@ class Dialogs:
         user = msg.uri.split(":", 1)[-1].split("@")[0] if "@" in msg.uri else ""
         lines = {r.user: r for r in self.regs}
         if user not in lines:
-            return sip.make_response(msg, 404, "Not Found", to_tag=sip.new_tag(), received=addr)
+            return sip_answers.answer("checksync-notify-unknown-line", msg, addr)
         reg = lines[user]
         realm = self.params.get("voIpProt.SIP.requestValidation.digest.realm", "") or "PolycomSPIP"
         header = msg.get("authorization") or ""
@@ -140,10 +142,10 @@ class Dialogs:
             self.truth.record(self.mac, "check_sync_authenticated", user=user)
             return None
         if header:
-            return sip.make_response(msg, 403, "Forbidden", to_tag=sip.new_tag(), received=addr)
+            return sip_answers.answer("checksync-notify-digest-wrong", msg, addr)
         nonce = secrets.token_hex(8)
-        return sip.make_response(msg, 401, "Unauthorized", to_tag=sip.new_tag(), received=addr,
-                                 extra=[("WWW-Authenticate", f'Digest realm="{realm}", nonce="{nonce}", qop="auth"')])
+        return sip_answers.answer("checksync-notify-digest-challenge", msg, addr,
+                                  fill={"WWW-Authenticate": f'Digest realm="{realm}", nonce="{nonce}", qop="auth"'})
 
     async def _check_sync(self) -> None:
         """Reboot when alwaysReboot=1. Otherwise, outside a call, re-read the files: nothing changed, nothing

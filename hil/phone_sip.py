@@ -11,6 +11,7 @@ from sipwire import digest
 from sipwire import message as sip
 from sipwire.endpoint import TransactionTimeout, TransactionTimers
 
+from . import sip_answers
 from .resolver import ResolveError
 
 from .phone_types import DOWN, FAILBACK_MODES, UP, Failback, Registration, ServerBinding
@@ -172,14 +173,14 @@ class SipRegistrations:
                         continue
         return False
 
-    async def _source_refusal(self, msg: sip.SipMessage, addr: tuple[str, int]) -> sip.SipMessage | None:
-        """400 Bad Request (what operators report for a refused INVITE) when a `source` validation applies and the
-        request is not from a configured registration server; None: accepted by source."""
+    async def _source_refusal(self, msg: sip.SipMessage, addr: tuple[str, int], entry: str) -> sip.SipMessage | None:
+        """The conformance `entry`'s answer (400 Bad Request, what operators report for a refused INVITE) when a
+        `source` validation applies and the request is not from a configured registration server; None: accepted."""
         for n, method in self._validations(msg):
             if method in ("source", "both", "all") and not await self._from_configured_server(addr):
                 self._log(f"{msg.method} from {addr[0]} refused: not from a configured registration server "
                           f"(voIpProt.SIP.requestValidation.{n})")
-                return sip.make_response(msg, 400, "Bad Request", to_tag=sip.new_tag(), received=addr)
+                return sip_answers.answer(entry, msg, addr)   # the conformance entry's answer (400 Bad Request)
         return None
 
     async def _server_loop(self, reg: Registration, srv: ServerBinding) -> None:
