@@ -106,3 +106,16 @@ def test_the_shared_masters_one_backup_is_removed_once_and_kept_for_a_failed_rol
         assert not list(tmp_path.glob("*.before-r1"))
     finally:
         pub.close()
+
+
+def test_the_probe_reads_the_named_master_and_says_when_the_phones_fall_back(tmp_path):
+    from fleet.site_probe import check_boot_server
+
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    inv = inventory.load(inventory_file(tmp_path, {"url": f"file://{boot}/", "master_file": "campus.cfg"}))
+    row = check_boot_server(inv.site("hq"), None, 2.0)
+    assert row.ok and "no campus.cfg there: phones fall back to <MAC>.cfg" in row.detail
+    (boot / "campus.cfg").write_bytes(NAMED)
+    row = check_boot_server(inv.site("hq"), None, 2.0)
+    assert row.ok and row.detail == f"read campus.cfg, the master named in the boot-server address ({len(NAMED)} bytes)"
