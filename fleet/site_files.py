@@ -21,6 +21,11 @@ from . import overrides, polycom
 from .drivers.publish import Publisher
 
 
+# families whose phones expand [PHONE_MAC_ADDRESS] in CONFIG_FILES (polycom.md: UC Software 4.x templates;
+# conformance entry prov-shared-master-mac-macro); elsewhere a shared named master is an unconfirmed layout
+MACRO_FAMILIES = frozenset({"uc-4.0", "uc-5.x"})
+
+
 @dataclass
 class PhoneFiles:
     files: dict[str, bytes]            # name -> content: `<MAC>.cfg` and fleet's per-phone file
@@ -110,6 +115,12 @@ def survey(inventory, phones) -> dict[str, dict]:
                                "shadowed": [s.reason() for s in pf.shadows], "notes": pf.notes}
                 if pf.shared_master:
                     out[ph.mac]["shared"] = True
+                    family = inventory.phone(ph.mac)[1].family.name
+                    if family not in MACRO_FAMILIES:
+                        out[ph.mac]["notes"].append(
+                            f"{bootfiles.MAC_MACRO} in a shared master is documented for UC Software 4.x; on "
+                            f"{family} it is unconfirmed: a phone that does not expand it keeps its old values and "
+                            "fails verification")
         finally:
             pub.close()
     return out

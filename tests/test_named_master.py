@@ -119,3 +119,30 @@ def test_the_probe_reads_the_named_master_and_says_when_the_phones_fall_back(tmp
     (boot / "campus.cfg").write_bytes(NAMED)
     row = check_boot_server(inv.site("hq"), None, 2.0)
     assert row.ok and row.detail == f"read campus.cfg, the master named in the boot-server address ({len(NAMED)} bytes)"
+
+
+def test_the_dry_run_survey_marks_a_shared_master_and_warns_where_the_mac_macro_is_unconfirmed(tmp_path):
+    from types import SimpleNamespace
+
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "campus.cfg").write_bytes(NAMED)
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump({
+        "name": "unit", "secrets_file": "secrets.yml",
+        "sites": [{"name": "hq", "gateway": "10.0.0.1",
+                   "boot_server": {"url": f"file://{boot}/", "master_file": "campus.cfg"},
+                   "phones": [{"mac": MAC, "model": "VVX 410", "firmware_family": "uc-5.x", "address": "10.0.1.2",
+                               "credentials": "admin"},
+                              {"mac": "0004f2000002", "model": "SoundPoint IP 650", "firmware_family": "sip-3.x",
+                               "address": "10.0.1.3", "credentials": "admin"}]}]}))
+    (tmp_path / "secrets.yml").write_text(yaml.safe_dump({"admin": {"username": "Polycom", "password": "456"}}))
+    (tmp_path / "secrets.yml").chmod(0o600)
+    inv = inventory.load(path)
+    planned = [SimpleNamespace(mac=m, site="hq", params={"reg.1.address": "1001"}) for m in (MAC, "0004f2000002")]
+    found = site_files.survey(inv, planned)
+    assert found[MAC] == {"master": "campus.cfg", "creates": False, "shadowed": [], "notes": [], "shared": True}
+    assert found["0004f2000002"]["shared"] and "unconfirmed" in found["0004f2000002"]["notes"][0]
+    lines = site_files.describe(found)
+    assert any(line.startswith(f"{MAC}: campus.cfg (named in the boot-server address") for line in lines)
+    assert (boot / "campus.cfg").read_bytes() == NAMED and sorted(p.name for p in boot.iterdir()) == ["campus.cfg"]
