@@ -180,8 +180,9 @@ def render_phone_files(mac: str, params: dict[str, str], master: bytes | None = 
     `master` is the file the phone reads today (`<MAC>.cfg`, else the default,
     named by `master_from`): its copy becomes `<MAC>.cfg`, the default itself is
     never written. When the phone reads the master named in its boot-server
-    address (`named_master`), that file is edited in place instead. Without any master (a bare boot directory, as in a lab or a
-    test) a master naming only fleet's file is made.
+    address (`named_master`), that file is edited in place instead. Without
+    any master (a bare boot directory, as in a lab or a test) a master naming
+    only fleet's file is made.
     """
     master_file, ours = phone_file_names(mac)[:2]
     if master is None:

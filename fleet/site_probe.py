@@ -67,7 +67,8 @@ def check_boot_server(site: Site, secrets: Secrets, timeout: float) -> Check:
         found = (f"read {named}, the master named in the boot-server address ({len(data)} bytes)" if data is not None
                  else f"logged in; no {named} there: phones fall back to <MAC>.cfg, then {DEFAULT_MASTER}")
     else:
-        found = f"read {DEFAULT_MASTER} ({len(data)} bytes)" if data is not None else f"logged in; no {DEFAULT_MASTER} there"
+        found = (f"read {DEFAULT_MASTER} ({len(data)} bytes)" if data is not None
+                 else f"logged in; no {DEFAULT_MASTER} there")
     if url.startswith(("http://", "https://")):
         found += "; the write password is first used by a rollout (reads need none)"
     return Check(site.name, "boot server", target, True, found)

@@ -57,7 +57,7 @@ def master_order(mac: str, named: str = "") -> tuple[str, ...]:
 
 
 def split_boot_address(url: str) -> tuple[str, str]:
-    """(the boot directory's URL, the master file it names or ""): `ftp://h/dir/site.cfg` -> (`ftp://h/dir/`, `site.cfg`).
+    """(the boot directory's URL, the master file it names or ""): `ftp://h/d/site.cfg` -> (`ftp://h/d/`, `site.cfg`).
 
     Only a last path segment that is a usable master name counts as one
     (named_master_problem); anything else is a directory.

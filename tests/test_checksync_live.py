@@ -11,9 +11,7 @@ anyway and the rollout never said how the files took effect.
 """
 from __future__ import annotations
 
-import json
 import time
-from pathlib import Path
 
 import pytest
 import yaml
