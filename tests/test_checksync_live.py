@@ -52,7 +52,7 @@ def test_a_reg_only_change_is_applied_live_and_verified_without_a_reboot(lab, re
     truth = lab.status()["ground_truth"]["phones"]
     (mac,) = truth
     record = RolloutStore(Store(redis_url)).phone(rid, mac)
-    events = [e for e in truth[mac]["events"] if e.get("t", started) >= started - 1]
+    events = [e for e in truth[mac]["events"] if e["t"] >= started]
     kinds = [e["kind"] for e in events]
     assert (record["state"], record.get("applied"), record.get("reboot_optional")) == \
         ("verified", "without a reboot", "1"), (record, [k for k in kinds if k not in ("server_state", "working_server")])
@@ -63,3 +63,26 @@ def test_a_reg_only_change_is_applied_live_and_verified_without_a_reboot(lab, re
     assert truth[mac]["current"]["applied"][PUSHED] == "12"
     assert truth[mac]["current"]["applied_from"][PUSHED] == f"{mac}-fleet.cfg"
 
+
+
+def test_a_change_that_needs_a_restart_reboots_the_phone_and_the_rollout_says_so(lab, redis_url, tmp_path):
+    """log.upload.period is not reg.x.*: the check-sync with alwaysReboot=0 reboots the phone, which sends its
+    shutdown event, and the verified record says the files were applied after a reboot."""
+    pb = tmp_path / "pb.yml"
+    pb.write_text(yaml.safe_dump({
+        "kind": "rollout", "name": "restart", "params": {"log.upload.period": 3600},
+        "strategy": {"canary": 0, "wave_size": 1, "max_unavailable": 1, "failure_budget": {"total": 0},
+                     "progress_deadline": 120},
+        "verify": {"registered_to": [1], "within": 30}, "rollback": True}))
+    started = time.time()
+    run = run_fleet(["rollout", "run", str(pb), "--inventory", str(lab.inventory)], redis_url)
+    assert run.returncode == 0, run.stdout + run.stderr
+    rid = run.stdout.split("rollout ", 1)[1].split()[0]
+    truth = lab.status()["ground_truth"]["phones"]
+    (mac,) = truth
+    record = RolloutStore(Store(redis_url)).phone(rid, mac)
+    kinds = [e["kind"] for e in truth[mac]["events"] if e["t"] >= started]
+    assert "reboot" in kinds and "applied_live" not in kinds, \
+        ([e for e in truth[mac]["events"] if e["t"] >= started and e["kind"] == "applied_live"], record)
+    assert (record["state"], record.get("applied")) == ("verified", "after a reboot"), record
+    assert "applied after a reboot" in " ".join(run.stdout.split()), run.stdout
