@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from soundpoint import families
+from soundpoint import bootfiles, families
 from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
 
 from . import secret_params, validate
@@ -208,6 +208,17 @@ class Router(Strict):
 class BootServer(Strict):
     url: str = Field(pattern=r"^(https?|ftp|sftp|file)://", max_length=2048)
     credentials: str | None = Field(None, pattern=CREDENTIALS_RE)
+    master_file: str | None = Field(None, max_length=255, description=(
+        "the master file named in the phones' boot-server address (ftp://host/site.cfg: `site.cfg`); the phone "
+        "reads it before <MAC>.cfg and 000000000000.cfg, so fleet adds its file there"))
+
+    @field_validator("master_file")
+    @classmethod
+    def a_master_name(cls, v: str | None) -> str | None:
+        why = None if v is None else bootfiles.named_master_problem(v)
+        if why:
+            raise ValueError(why)
+        return v
 
     @field_validator("url")
     @classmethod

@@ -22,7 +22,7 @@ import asyncssh
 import yaml
 from aiohttp import web
 
-from soundpoint import families
+from soundpoint import bootfiles, families
 
 from .bootserver import FtpBootServer, HttpBootServerProcess
 from .dns_server import DnsServer
@@ -251,6 +251,7 @@ class Lab:
         self._write_provisioning(rt)
         boot_url = (f"http://{rt.boot_user}:{rt.boot_password}@{self.lan_ip(k, 3)}:{BOOT_HTTP_PORT}/" if site.boot_protocol == "http"
                     else f"ftp://{rt.boot_user}:{rt.boot_password}@{self.lan_ip(k, 3)}:{BOOT_FTP_PORT}/")
+        boot_url += site.boot_master or ""    # the boot-server address names the master file (ftp://host/campus.cfg)
         for i in range(site.phones.count):
             spec = PhoneSpec(mac=phone_mac(self.net, k, i), model=site.phones.models[i % len(site.phones.models)],
                              ip=phone_ip(self.net, k, i), boot_url=boot_url, http_port=PHONE_HTTP_PORT,
@@ -356,9 +357,10 @@ class Lab:
             (rt.boot_dir / f"{mac}-reg.cfg").write_text(_config_xml({
                 **own, "reg.1.address": ext, "reg.1.label": ext, "reg.1.auth.userId": ext,
                 "reg.1.auth.password": self.sip_users[ext]}))
-            (rt.boot_dir / f"{mac}.cfg").write_text(
-                f'<?xml version="1.0" standalone="yes"?>\n<APPLICATION APP_FILE_PATH="sip.ld" '
-                f'CONFIG_FILES="{mac}-reg.cfg, site.cfg" MISC_FILES="" LOG_FILE_DIRECTORY="" OVERRIDES_DIRECTORY=""/>\n')
+            if not site.boot_master:
+                (rt.boot_dir / f"{mac}.cfg").write_text(_master_xml(f"{mac}-reg.cfg, site.cfg"))
+        if site.boot_master:   # one master for every phone, named in their boot-server address (SIP 3.1 admin guide)
+            (rt.boot_dir / site.boot_master).write_text(_master_xml(f"{bootfiles.MAC_MACRO}-reg.cfg, site.cfg"))
 
     def inventory(self) -> tuple[dict, dict]:
         """The inventory that `fleet` uses to reach this lab, and the secrets file it points to."""
@@ -390,7 +392,8 @@ class Lab:
                 "dns": f"{self.public_ip(rt.k, 53)}:{DNS_PORT}",
                 "collector": {"syslog": site.collector.syslog, "events": site.collector.events,
                               "poll_interval": site.collector.poll_interval},
-                "boot_server": {"url": boot, "credentials": f"boot_{site.name}"},
+                "boot_server": {"url": boot, "credentials": f"boot_{site.name}",
+                                **({"master_file": site.boot_master} if site.boot_master else {})},
                 "router": self._router_entry(rt.router.lan_ip, rt.router.wan.name, site.name),
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
@@ -506,6 +509,12 @@ class Lab:
                 return True
             await asyncio.sleep(0.2)
         return False
+
+
+def _master_xml(config_files: str) -> str:
+    """A master file in the SIP 2.x/3.x template's shape (admin guide appendix A), listing `config_files`."""
+    return (f'<?xml version="1.0" standalone="yes"?>\n<APPLICATION APP_FILE_PATH="sip.ld" '
+            f'CONFIG_FILES="{config_files}" MISC_FILES="" LOG_FILE_DIRECTORY="" OVERRIDES_DIRECTORY=""/>\n')
 
 
 def _config_xml(params: dict[str, str]) -> str:

@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleet import validate
-from soundpoint import families
+from soundpoint import bootfiles, families
 from soundpoint.yamlfile import FieldError, load_model
 
 from .phone_types import FAULTS, MODELS
@@ -165,6 +165,9 @@ class SiteSpec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
     firmware_family: str | None = Field(None, description="default for this site's phones, over the lab's")
     boot_protocol: Literal["http", "ftp"] = "http"
+    boot_master: str | None = Field(None, description="a master file named in the phones' boot-server address "
+                                    "(ftp://host/campus.cfg): the lab writes it instead of each phone's <MAC>.cfg, "
+                                    "the phones read it first, and the inventory says so (boot_server.master_file)")
     phones: PhonesSpec
     servers: list[ServerSpec] = Field(min_length=1, max_length=9)
     faults: dict[int, str] = {}
@@ -179,6 +182,14 @@ class SiteSpec(Strict):
     _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
 
     _family = field_validator("firmware_family")(classmethod(lambda cls, v: _family_name(v)))
+
+    @field_validator("boot_master")
+    @classmethod
+    def a_master_name(cls, v: str | None) -> str | None:
+        why = None if v is None else bootfiles.named_master_problem(v)
+        if why:
+            raise ValueError(why)
+        return v
 
     @field_validator("faults")
     @classmethod
