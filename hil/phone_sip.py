@@ -8,6 +8,7 @@ import asyncio
 import time
 
 from sipwire import digest
+from soundpoint.timing import refresh_interval
 from sipwire import message as sip
 from sipwire.endpoint import TransactionTimeout, TransactionTimers
 
@@ -175,8 +176,9 @@ class SipRegistrations:
             ok = await self._register_once(reg, srv)
             if ok:
                 srv.failures = 0
-                # Refresh `overlap` s before the granted expiry, or at half of it if that is sooner.
-                delay = srv.granted - srv.overlap if srv.granted / 2 >= srv.overlap else srv.granted / 2
+                # the guides' overlap rule (soundpoint.timing): overlap s before the granted expiry, or at half
+                # of it when the grant itself is below the overlap
+                delay = refresh_interval(srv.granted, srv.overlap)
             else:
                 srv.failures += 1
                 delay = srv.next_retry()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sipwire.endpoint import TransactionTimers
 
 from soundpoint import families
+from soundpoint.timing import rfc5626_wait
 
 
 # Models and what they offer. SoundPoint (SIP 2.x-4.x): no REST. VVX (UC Software 5+): REST.
@@ -101,12 +102,12 @@ class ServerBinding:
     def next_retry(self, rng: random.Random | None = None) -> float:
         """Seconds until the next attempt after `failures` consecutive failures.
 
-        Fixed interval on families without registerRetry.*; on UC Software the nominal wait is
-        baseTimeOut doubling per failure up to maxTimeOut, and each wait is 50-100 % of it (the doubling is
-        our reading of "grows from base to max", uncertain in detail; fleet.predict bounds it the same way)."""
+        Fixed interval on families without registerRetry.*; on UC Software RFC 5626 section 4.5 (the algorithm
+        the guides name): nominal min(maxTimeOut, baseTimeOut x 2^failures), each wait 50-100 % of it
+        (soundpoint.timing, which fleet.predict bounds with)."""
         if not self.backoff:
             return self.retry_interval
-        nominal = min(self.retry_interval * 2 ** max(self.failures - 1, 0), max(self.retry_max, self.retry_interval))
+        nominal = rfc5626_wait(self.retry_interval, self.retry_max, self.failures)
         return nominal * (rng or random).uniform(0.5, 1.0)
 
 
