@@ -170,6 +170,16 @@ def granted_expiry(observations: list[dict], server: int = 1, before: float | No
     return found
 
 
+def fallbacks_on_failure(params: dict[str, str], reg: int = 1, family: str | None = None) -> list[int]:
+    """The fallback servers this phone may leave unregistered while server 1 works: register=1 with
+    failOver.reRegisterOn=1 on a family that has the switch. The UC Software guides read both ways ("registers
+    with it from boot", TB 5844, or "registers with it when server 1 fails"), so a verification that asks for
+    them cannot demand a registration there while the primary holds (fleet.rollout_policy.registered)."""
+    if not retry_model(family).failover_controls:
+        return []
+    return [t.index for t in servers(params, reg, family)[1:] if t.registers]
+
+
 def failover_problem(params: dict[str, str], reg: int = 1, family: str | None = None) -> str | None:
     """Why this phone cannot register with a fallback server, or None when it can."""
     s = servers(params, reg, family)

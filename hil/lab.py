@@ -251,7 +251,8 @@ class Lab:
                              boot_time=self.spec.timing.boot_time, boot_jitter=self.spec.timing.boot_jitter,
                              http_latency=self.spec.timing.http_latency,
                              fault=site.faults.get(i), family=self.spec.phone_family(k, i),
-                             fixed_retry=self.spec.fixed_retry)
+                             fixed_retry=self.spec.fixed_retry,
+                             failover_behaviour=site.phones.behaviour_of(i))
             phone = VirtualPhone(spec, self.truth, self.http_session)
             phone.syslog_registration_line = self.spec.syslog_registration_line
             rt.phones.append(phone)

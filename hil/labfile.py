@@ -68,6 +68,9 @@ class ServerSpec(Strict):
         return self
 
 
+FailoverBehaviour = Literal["concurrent", "on-failure"]
+
+
 class PhonesSpec(Strict):
     count: int = Field(ge=0, le=20000)
     models: list[str] = ["SoundPoint IP 650"]
@@ -77,6 +80,13 @@ class PhonesSpec(Strict):
     params_of: dict[int, dict[str, str | int]] = Field({}, description="parameters per phone (by index), over the "
                                                        "site's: written in the phone's own <MAC>-reg.cfg (read first, "
                                                        "so they win) and its inventory entry")
+    failover_behaviour: FailoverBehaviour = Field("concurrent", description="UC Software with failOver.reRegisterOn=1: "
+                                                  "concurrent registers with server 2 from boot (TB 5844), on-failure "
+                                                  "only once server 1 has failed (the guides read both ways)")
+    failover_behaviour_of: dict[int, FailoverBehaviour] = Field({}, description="failover_behaviour per phone (by index)")
+
+    def behaviour_of(self, i: int) -> str:
+        return self.failover_behaviour_of.get(i, self.failover_behaviour)
 
     @field_validator("params_of", mode="before")
     @classmethod
@@ -184,7 +194,8 @@ class SiteSpec(Strict):
         for i in self.faults:
             if not 0 <= i < self.phones.count:
                 raise FieldError(("faults", i), f"phone {i} does not exist: this site has phones 0 to {self.phones.count - 1}")
-        for what, indices in (("family_of", self.phones.family_of), ("params_of", self.phones.params_of)):
+        for what, indices in (("family_of", self.phones.family_of), ("params_of", self.phones.params_of),
+                              ("failover_behaviour_of", self.phones.failover_behaviour_of)):
             for i in indices:
                 if not 0 <= i < self.phones.count:
                     raise FieldError(("phones", what, i),

@@ -173,6 +173,8 @@ class SipRegistrations:
                     await self._hold_primary(fb)
                 elif srv.index == reg.working:
                     fb.renewal()
+            if self._on_failure_fallback(srv):
+                await self._stand_by(reg, srv)
             ok = await self._register_once(reg, srv)
             if ok:
                 srv.failures = 0
@@ -182,6 +184,7 @@ class SipRegistrations:
             else:
                 srv.failures += 1
                 delay = srv.next_retry()
+            reg.standby_wake.set()      # a fallback standing by looks at the servers before it again
             due = time.monotonic() + max(delay, 0.1)
             if fb.follows and primary:
                 # a registration-mode renewal may end a hold while the primary waits to retry: try it then
@@ -192,6 +195,29 @@ class SipRegistrations:
             self.lateness.append(time.monotonic() - due)
             if len(self.lateness) > 1000:
                 del self.lateness[:500]
+
+    def _on_failure_fallback(self, srv: ServerBinding) -> bool:
+        """Whether this server is a fallback that, on this phone, registers only once the servers before it failed:
+        the "on-failure" reading of failOver.reRegisterOn=1 (lab option failover_behaviour), on a family that has
+        the switch. The other reading ("concurrent", TB 5844, the default) registers with it from boot."""
+        return (self.spec.failover_behaviour == "on-failure" and self.spec.profile.failover_controls
+                and srv.index > 1 and self._sends_register(srv))
+
+    @staticmethod
+    def _standing_by(reg: Registration, srv: ServerBinding) -> bool:
+        """A server before this one registers and has not failed (its last attempt succeeded, or none was made)."""
+        return any(s.failures == 0 and s.register and (s.index == 1 or s.re_register)
+                   for s in reg.servers if s.index < srv.index)
+
+    async def _stand_by(self, reg: Registration, srv: ServerBinding) -> None:
+        """On-failure reading: send this fallback nothing while a server before it works. A registration it holds
+        from a failover is no longer refreshed once the primary is back (it lapses at the registrar: our reading,
+        the guides say nothing of it); the phone's own view of it goes down without a report."""
+        while self._standing_by(reg, srv):
+            if srv.state == UP:
+                self._set_server_state(reg, srv, DOWN, reason="standby", quiet=True)
+            reg.standby_wake.clear()
+            await reg.standby_wake.wait()
 
     @staticmethod
     async def _wait_for_wake(fb: Failback, timeout: float | None) -> bool:

@@ -68,6 +68,9 @@ class PhoneSpec:
     # UC Software 4.0) the fixed interval at which it retries a failed registration (the seed: 30 to 60 s)
     family: str = "sip-3.x"
     fixed_retry: float = 30.0
+    # UC Software with failOver.reRegisterOn=1 on a fallback: the guides read both ways (polycom.md "Failover model"):
+    # "concurrent" registers with it from boot (TB 5844), "on-failure" only once every server before it has failed
+    failover_behaviour: str = "concurrent"
 
     @property
     def profile(self) -> families.Family:
@@ -177,3 +180,5 @@ class Registration:
     working: int | None = None
     subscribed_to_primary: bool = False
     failback: Failback = field(default_factory=Failback)
+    # set whenever a server's registration succeeds or fails: fallbacks standing by (on-failure) look again
+    standby_wake: asyncio.Event = field(default_factory=asyncio.Event)
