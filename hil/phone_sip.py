@@ -8,6 +8,7 @@ import asyncio
 import time
 
 from sipwire import digest
+from soundpoint import user_agent
 from soundpoint.timing import refresh_interval
 from sipwire import message as sip
 from sipwire.endpoint import TransactionTimeout, TransactionTimers
@@ -18,6 +19,11 @@ from .phone_types import DOWN, FAILBACK_MODES, UP, Failback, Registration, Serve
 
 
 class SipRegistrations:
+    @property
+    def user_agent(self) -> str:
+        """What this model on this firmware sends (rendered from the corpus's sip-ua-* entries)."""
+        return user_agent.render(self.spec.model, self.spec.family, self.model["firmware"])
+
     def _server_prefix(self, x: int, y: int) -> str | None:
         """Whole-server precedence (confirmed in the guides): once reg.x.server.y.address is set, that server's
         reg.x.server.y.* values are used as a whole; voIpProt.server.y.* serves only a server without one."""
@@ -258,7 +264,7 @@ class SipRegistrations:
             return sip.make_request("REGISTER", uri, local=self.endpoint.local, from_uri=aor, to_uri=aor,  # type: ignore[union-attr]
                                     call_id=srv.call_id, cseq=srv.cseq, from_tag=tag, contact=contact,
                                     extra=extra + ([auth] if auth else []),
-                                    user_agent=f"PolycomSoundPointIP-SPIP_650-UA/{self.model['firmware']}")
+                                    user_agent=self.user_agent)
         try:
             # through an outbound proxy that gets no answer upstream, the phone's own transaction timeout decides
             # (retryTimeOut x (retryMaxCount + 1)); the proxy's 408 comes later and is dropped as unmatched
