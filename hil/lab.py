@@ -190,7 +190,8 @@ class Lab:
         await self.provider.start()
         # The provider's name resolves to the provider's public address; each site reaches it via its router relay.
         # One shared public address for all sites keeps the DNS zone the same everywhere.
-        self.dns = await DnsServer.start(self.dns_ip, DNS_PORT, {}, ttl=self.spec.timing.dns_ttl)
+        located = {self.spec.provider.name: SIP_PORT} if self.spec.provider.naptr_srv else {}
+        self.dns = await DnsServer.start(self.dns_ip, DNS_PORT, {}, ttl=self.spec.timing.dns_ttl, located=located)
         client_key = self._key("router_client_key")
         host_key = self._key("router_host_key")
         (self.state_dir / "router_authorized_keys").write_text(client_key.export_public_key().decode())
@@ -413,6 +414,8 @@ class Lab:
                 "ground_truth": self.truth.snapshot(),
                 "phones": [p.summary() for rt in self.sites for p in rt.phones],
                 "provider": self.provider.summary(since) if self.provider else None,
+                "dns": ({"asked": [{"qtype": t, "name": n, "count": c} for (t, n), c in sorted(self.dns.asked.items())]}
+                        if self.dns else None),
                 "sites": [{"name": rt.spec.name, "router": rt.router.summary(), "gateway": rt.gateway.summary(since)}
                           for rt in self.sites]}
 

@@ -46,7 +46,8 @@ def _loopback(value: str, what: str) -> str:
 
 class ServerSpec(Strict):
     address: str = Field(description="'provider' (the provider's DNS name), 'gateway' (the site router), or a literal address")
-    port: int = Field(5060, ge=1, le=65535)
+    port: int = Field(5060, ge=0, le=65535, description="0: no port, so a named server with transport DNSnaptr "
+                      "(the default) is located by NAPTR, SRV and A records (RFC 3263; see provider.naptr_srv)")
     expires: int = Field(3600, ge=1, le=2**31 - 1)
     overlap: int = Field(60, ge=1, le=65535)
     register_: Literal[0, 1] = Field(1, alias="register")
@@ -207,6 +208,9 @@ class ProviderSpec(Strict):
     name: str = "voip.provider.example"
     realm: str = Field("provider.example", pattern=r"^[A-Za-z0-9.-]{1,253}$")
     max_expires: int = Field(3600, ge=1, le=2**31 - 1)
+    naptr_srv: bool = Field(False, description="the lab DNS also serves NAPTR (SIP+D2U) and SRV (_sip._udp) for the "
+                            "provider's name (RFC 3263), which phones in DNSnaptr mode with port 0 follow; "
+                            "userspace backend only")
 
     @field_validator("name")
     @classmethod

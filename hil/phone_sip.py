@@ -5,6 +5,7 @@ A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import time
 
 from sipwire import digest
@@ -16,6 +17,14 @@ from sipwire.endpoint import TransactionTimeout, TransactionTimers
 from .resolver import ResolveError
 
 from .phone_types import DOWN, FAILBACK_MODES, UP, Failback, Registration, ServerBinding
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
 
 
 class SipRegistrations:
@@ -60,6 +69,8 @@ class SipRegistrations:
     async def _next_hop(self, srv: ServerBinding) -> tuple[str, int]:
         """Where a request for this server goes: its outbound proxy if it uses one, else the server itself
         (resolved; ResolveError when the name does not resolve). The Request-URI stays the server's."""
+        if srv.proxy is None and srv.locate:
+            return await self.resolver.locate(srv.address)
         host, port = srv.proxy or (srv.address, srv.port)
         return await self.resolver.resolve(host), port
 
@@ -81,6 +92,9 @@ class SipRegistrations:
                 retry_count = int(self._server_param(x, y, "retryMaxCount") or 0) or 3
                 timers = TransactionTimers(retry_timeout=retry_ms / 1000 if retry_ms else None, retry_max_count=retry_count)
                 port = int(self._server_param(x, y, "port") or 0) or 5060
+                transport = (self._server_param(x, y, "transport") or "DNSnaptr").strip().lower()
+                locate = (transport in ("dnsnaptr", "null") and not int(self._server_param(x, y, "port") or 0)
+                          and not _is_address(address))
                 controls = profile.failover_controls
                 if controls:   # UC Software 4.1.6+: registerRetry.* backoff and the failOver.* switches (defaults per guide)
                     base = float(self._server_param(x, y, "registerRetry.baseTimeOut") or 60)
@@ -97,7 +111,7 @@ class SipRegistrations:
                     expires=int(self._server_param(x, y, "expires") or 3600),
                     overlap=int(self._server_param(x, y, "expires.overlap") or 60),
                     timers=timers, call_id=sip.new_call_id(self.spec.ip),
-                    proxy=proxy if proxy and self._uses_proxy(x, y) else None, **retry))
+                    proxy=proxy if proxy and self._uses_proxy(x, y) else None, locate=locate, **retry))
             if reg.servers:
                 reg.failback = self._failback_setting(x)
                 self.regs.append(reg)

@@ -101,6 +101,9 @@ class ServerBinding:
     only_signal_with_registered: bool = False
     fail_registration_on: bool = False
     proxy: tuple[str, int] | None = None   # the outbound proxy (name or address, port) its requests go to, if any
+    # located by RFC 3263 (NAPTR, SRV, A): transport DNSnaptr (the default), a name, and port 0 or Null (the guides'
+    # voIpProt.server.x.transport row); otherwise the name's A record at `port`
+    locate: bool = False
 
     def next_retry(self, rng: random.Random | None = None) -> float:
         """Seconds until the next attempt after `failures` consecutive failures.

@@ -23,6 +23,9 @@ CONCURRENT, ON_FAILURE, NO_REREGISTER = 0, 1, 2
 
 def _spec() -> dict:
     spec = lab_spec("failover-behaviour", 118, phones=3, models=["VVX 410"], site="fo")
+    # the provider located as RFC 3263 says (its servers are named, port 0, transport DNSnaptr by default)
+    spec["provider"] = {"naptr_srv": True}
+    spec["sites"][0]["servers"][0]["port"] = 0
     phones = spec["sites"][0]["phones"]
     phones["failover_behaviour_of"] = {ON_FAILURE: "on-failure"}
     phones["params_of"] = {NO_REREGISTER: {"reg.1.server.2.failOver.reRegisterOn": 0}}
@@ -87,3 +90,10 @@ def test_a_uc5_phone_with_reregister_off_fails_the_experiment_saying_why(run):
     assert "failOver.reRegisterOn=1" in failover and "server 2 will not see a REGISTER" in failover, p["reasons"]
     # the lab phone never sent the gateway a REGISTER
     assert _gateway_up(lab.status(), macs[NO_REREGISTER]) == []
+
+
+def test_the_phones_located_the_provider_by_naptr_and_srv(run):
+    lab, *_ = run
+    asked = {(q["qtype"], q["name"]) for q in lab.status()["dns"]["asked"]}
+    name = "voip.provider.example"
+    assert {("NAPTR", name), ("SRV", f"_sip._udp.{name}"), ("A", f"sip1.{name}")} <= asked, asked
