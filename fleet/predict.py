@@ -1,8 +1,8 @@
 """Predicted worst-case failover and recovery times, from a phone's configuration and its firmware family.
 
 A phone notices a dead primary only when it next talks to it: at its refresh
-(`expires - overlap` of the expiry the server *granted*, or half of it when that
-is sooner), plus the time the REGISTER transaction takes to fail (RFC 3261
+(`overlap` s before the expiry the server *granted*, or at half of it when the
+grant itself is below the overlap: soundpoint.timing), plus the time the REGISTER transaction takes to fail (RFC 3261
 Timer F = 32 s, or retryTimeOut x (retryMaxCount + 1) with Polycom's
 overrides). After the WAN returns, the phone retries the primary: at a fixed
 interval on SIP 2.x/3.x (the seed's "typically 30 to 60 seconds"), with a

@@ -97,3 +97,24 @@ def test_the_phones_located_the_provider_by_naptr_and_srv(run):
     asked = {(q["qtype"], q["name"]) for q in lab.status()["dns"]["asked"]}
     name = "voip.provider.example"
     assert {("NAPTR", name), ("SRV", f"_sip._udp.{name}"), ("A", f"sip1.{name}")} <= asked, asked
+
+
+def test_a_rollout_verifies_the_on_failure_phone_on_server_1_alone_and_says_so(run, redis_url, tmp_path):
+    """verify: registered_to [1, 2]: the concurrent phone shows both; the on-failure phone (reRegisterOn=1 on
+    UC Software) registers with server 1 only while it works, which passes, noted as such."""
+    lab, macs, *_ = run
+    pb = tmp_path / "rollout.yml"
+    pb.write_text(yaml.safe_dump({
+        "kind": "rollout", "name": "expiry-fo", "params": {"reg.1.server.1.expires": 12},
+        "targets": {"macs": [macs[CONCURRENT], macs[ON_FAILURE]]},
+        "strategy": {"canary": 0, "wave_size": 2, "max_unavailable": 2, "failure_budget": {"total": 0},
+                     "progress_deadline": 120},
+        "verify": {"registered_to": [1, 2], "within": 25}, "rollback": True}))
+    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(lab.inventory), "--json"], redis_url, timeout=240)
+    assert res.returncode == 0, res.stderr + res.stdout[-3000:]
+    out = json.loads(res.stdout)
+    assert out["status"] == "done" and out["counts"].get("verified") == 2, out
+    from fleet.store import RolloutStore, Store
+    rows = RolloutStore(Store(redis_url)).phones(out["id"], [macs[CONCURRENT], macs[ON_FAILURE]], full=True)
+    assert "reRegisterOn=1" in rows[macs[ON_FAILURE]].get("verified_note", ""), rows[macs[ON_FAILURE]]
+    assert not rows[macs[CONCURRENT]].get("verified_note"), rows[macs[CONCURRENT]]

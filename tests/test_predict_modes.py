@@ -218,3 +218,12 @@ def test_experiment_reads_the_dnsttl_ttl_once_per_name(tmp_path):
         loop.close()
     assert runner._dns_ttl(dnsttl, UC) == 42                    # kept: the server is gone
     assert ExperimentRunner(pb, inventory.load(path), store=None)._dns_ttl(dnsttl, UC) is None   # a new run asks again
+
+
+def test_fallbacks_a_phone_may_use_only_on_failure_are_uc_reregister_on_ones():
+    """What rollout verification may find silent while server 1 works (fleet.rollout_policy.registered)."""
+    params = two_servers()
+    assert predict.fallbacks_on_failure(params, family=UC) == [2]
+    del params["reg.1.server.2.failOver.reRegisterOn"]
+    assert predict.fallbacks_on_failure(params, family=UC) == []       # never registers there at all
+    assert predict.fallbacks_on_failure(two_servers(), family="sip-3.x") == []   # registers with every server (R1)
