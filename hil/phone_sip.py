@@ -5,11 +5,12 @@ A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import time
 
 from sipwire import digest
-from soundpoint import user_agent
+from soundpoint import conformance, user_agent
 from soundpoint.timing import refresh_interval
 from sipwire import message as sip
 from sipwire.endpoint import TransactionTimeout, TransactionTimers
@@ -17,6 +18,15 @@ from sipwire.endpoint import TransactionTimeout, TransactionTimers
 from .resolver import ResolveError
 
 from .phone_types import DOWN, FAILBACK_MODES, UP, Failback, Registration, ServerBinding
+
+
+@functools.lru_cache(maxsize=None)
+def register_allow(family: str) -> str:
+    """The Allow header of a REGISTER, from the corpus's sip-register-* entry for the family (the SIP 3.x one where
+    the family has none: no source shows another's)."""
+    found = conformance.select(area="sip", family=family, prefix="sip-register-") or [
+        conformance.get("sip-register-soundpoint-sip3")]
+    return sip.parse(found[0].body.encode()).get("allow") or ""
 
 
 def _is_address(host: str) -> bool:
@@ -269,7 +279,7 @@ class SipRegistrations:
         uri = f"sip:{domain}" + (f":{srv.port}" if srv.port != 5060 else "")
         aor = f"sip:{reg.user}@{domain}"
         tag = sip.new_tag()
-        extra = [("Expires", str(srv.expires)), ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, NOTIFY, SUBSCRIBE")]
+        extra = [("Expires", str(srv.expires)), ("Allow", register_allow(self.spec.family))]
         contact = f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>"
 
         def build(auth: tuple[str, str] | None) -> sip.SipMessage:

@@ -53,3 +53,41 @@ def test_a_virtual_vvx_sends_its_own_model_not_spip_650():
     ua = user_agent.parse(p.user_agent)
     assert ua.model == "VVX 410" and ua.version == p.model["firmware"], p.user_agent
     assert p.user_agent.startswith(f"Polycom/{p.model['firmware']} ")
+
+
+def test_the_lab_register_has_the_corpus_header_set_allow_and_user_agent():
+    """A virtual VVX's REGISTER, caught by a registrar socket on loopback: the header names of the corpus's
+    sip-register-* entry (a real phone's REGISTER), its Allow value, and the phone's own User-Agent."""
+    import asyncio
+
+    from sipwire import message as sip
+    from sipwire.endpoint import SipEndpoint
+
+    caught: list[sip.SipMessage] = []
+
+    def registrar(msg: sip.SipMessage, addr):
+        caught.append(msg)
+        return sip.make_response(msg, 200, "OK", to_tag="x", extra=[("Contact", msg.get("contact") + ";expires=60")])
+
+    async def run():
+        server = await SipEndpoint.bind("127.0.0.1", 0, registrar, name="registrar")
+        p = VirtualPhone(PhoneSpec(mac="0004f2090905", model="VVX 410", ip="127.0.0.1", boot_url="http://127.0.0.1:1/",
+                                   family="uc-5.x", sip_port=0), GroundTruth())
+        p.params = {"reg.1.address": "1001", "reg.1.server.1.address": "127.0.0.1",
+                    "reg.1.server.1.port": str(server.local[1])}
+        p._configure_registrations()
+        p.endpoint = await SipEndpoint.bind("127.0.0.1", 0, None, name="phone")
+        try:
+            reg = p.regs[0]
+            return await p._register_once(reg, reg.servers[0]), p.user_agent
+        finally:
+            p.endpoint.close()
+            server.close()
+
+    ok, ua = asyncio.run(run())
+    assert ok and len(caught) == 1
+    real = sip.parse(conformance.get("sip-register-soundpoint-sip3").body.encode())
+    names = lambda m: {h.lower() for h, _ in m.headers}       # noqa: E731
+    assert names(real) <= names(caught[0]), names(real) - names(caught[0])
+    assert caught[0].get("allow") == real.get("allow")
+    assert caught[0].get("user-agent") == ua and user_agent.parse(ua).model == "VVX 410"
