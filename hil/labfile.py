@@ -391,6 +391,9 @@ class LabFile(Strict):
 
             if len(self.sites) > MAX_SITES:
                 raise FieldError(("sites",), f"backend netns: at most {MAX_SITES} sites")
+            if self.provider.naptr_srv:
+                raise FieldError(("provider", "naptr_srv"), "backend netns: its DNS process serves A records only "
+                                 "(naptr_srv is for the userspace backend)")
             for k, site in enumerate(self.sites):
                 if site.phones.count > MAX_PHONES_PER_SITE:
                     raise FieldError(("sites", k, "phones", "count"),

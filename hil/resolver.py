@@ -89,7 +89,7 @@ class Resolver:
         else:
             target, port = name, 5060
         address = await self.resolve(target)
-        self._ttls[name] = self._ttls.get(target, self.ttl_of(target) or 0)
+        self._ttls[name] = self._ttls.get(target, 0)
         ttls.append(self._ttls[name])
         self._located[name] = (time.monotonic() + max(min(ttls), 1), (address, port))
         return address, port
