@@ -1,4 +1,4 @@
-"""The SIP User-Agent: read in every shape the corpus holds, rendered per model and firmware for the lab's phones."""
+"""The lab's SIP identity against the corpus: the User-Agent read in every shape and rendered per model and firmware, the REGISTER header set, and fleet's wire parser on every corpus SIP message."""
 from __future__ import annotations
 
 import pytest
@@ -91,3 +91,18 @@ def test_the_lab_register_has_the_corpus_header_set_allow_and_user_agent():
     assert names(real) <= names(caught[0]), names(real) - names(caught[0])
     assert caught[0].get("allow") == real.get("allow")
     assert caught[0].get("user-agent") == ua and user_agent.parse(ua).model == "VVX 410"
+
+
+SIP_MESSAGES = [e for e in conformance.select(area="sip") if e.body]
+
+
+@pytest.mark.parametrize("entry", SIP_MESSAGES, ids=lambda e: e.id)
+def test_fleet_wire_parser_reads_every_corpus_sip_message(entry):
+    """fleet's capture parser (fleet.drivers.collect.wire_sip) on each real message the corpus holds: method,
+    CSeq, the requested expiry and the User-Agent come out as sent."""
+    from fleet.drivers.collect import wire_sip
+
+    msg = wire_sip.parse(entry.body.encode())
+    assert msg.is_request and msg.method == entry.request["method"]
+    assert msg.cseq[1] == msg.method and msg.get("expires") and msg.call_id
+    assert user_agent.parse(msg.get("user-agent") or "") is not None
