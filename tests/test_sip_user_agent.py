@@ -1,4 +1,5 @@
-"""The lab's SIP identity against the corpus: the User-Agent read in every shape and rendered per model and firmware, the REGISTER header set, and fleet's wire parser on every corpus SIP message."""
+"""The lab's SIP identity against the corpus: the User-Agent read in every shape and rendered per model and
+firmware, the REGISTER header set, and fleet's wire parser on every corpus SIP message."""
 from __future__ import annotations
 
 import pytest
