@@ -379,6 +379,13 @@ class LabFile(Strict):
                     except ValueError as exc:
                         raise FieldError(("sites", k, "params", name), str(exc)) from None
             self._check_phone_params(k)
+            for y, srv in enumerate(site.servers):
+                if srv.address == "provider" and min(srv.expires, self.provider.max_expires) <= srv.overlap:
+                    # the guides' overlap rule (soundpoint.timing): a grant not above the overlap refreshes at once
+                    raise FieldError(("sites", k, "servers", y, "overlap"),
+                                     f"overlap ({srv.overlap} s) must be below the expiry the provider grants "
+                                     f"(provider.max_expires {self.provider.max_expires} s): the phone would "
+                                     "re-register at once, again and again")
         if self.backend == "userspace" and self.net + 100 + len(self.sites) - 1 > 254:
             raise FieldError(("net",), f"net {self.net} with {len(self.sites)} site(s) would need 127."
                              f"{self.net + 100 + len(self.sites) - 1}.x.x for phones: at most {255 - 100 - len(self.sites)}")

@@ -122,3 +122,13 @@ def test_failover_behaviour_per_phone_and_naptr_srv_are_checked(tmp_path):
     path.write_text(yaml.safe_dump(doc))
     with pytest.raises(FileError, match="provider.naptr_srv: backend netns"):
         labfile.load(path)
+
+
+def test_a_provider_grant_not_above_the_overlap_is_refused(tmp_path):
+    """The guides' overlap rule refreshes a grant equal to the overlap at once: the lab refuses that set-up."""
+    doc = yaml.safe_load(lab(tmp_path).read_text())
+    doc["provider"] = {"max_expires": 5}
+    path = tmp_path / "grant.yml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(FileError, match=r"sites\[0\]\.servers\[0\]\.overlap: overlap \(5 s\) must be below"):
+        labfile.load(path)
