@@ -380,11 +380,12 @@ class LabFile(Strict):
                         raise FieldError(("sites", k, "params", name), str(exc)) from None
             self._check_phone_params(k)
             for y, srv in enumerate(site.servers):
-                if srv.address == "provider" and min(srv.expires, self.provider.max_expires) <= srv.overlap:
-                    # the guides' overlap rule (soundpoint.timing): a grant not above the overlap refreshes at once
+                if srv.address == "provider" and min(srv.expires, self.provider.max_expires) == srv.overlap:
+                    # the guides' overlap rule (soundpoint.timing): a grant equal to the overlap refreshes at once
+                    # (below it: at half the grant; above it: overlap s before it)
                     raise FieldError(("sites", k, "servers", y, "overlap"),
-                                     f"overlap ({srv.overlap} s) must be below the expiry the provider grants "
-                                     f"(provider.max_expires {self.provider.max_expires} s): the phone would "
+                                     f"overlap ({srv.overlap} s) must not equal the expiry the provider grants "
+                                     f"({min(srv.expires, self.provider.max_expires)} s): the phone would "
                                      "re-register at once, again and again")
         if self.backend == "userspace" and self.net + 100 + len(self.sites) - 1 > 254:
             raise FieldError(("net",), f"net {self.net} with {len(self.sites)} site(s) would need 127."

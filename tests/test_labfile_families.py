@@ -124,11 +124,14 @@ def test_failover_behaviour_per_phone_and_naptr_srv_are_checked(tmp_path):
         labfile.load(path)
 
 
-def test_a_provider_grant_not_above_the_overlap_is_refused(tmp_path):
+def test_a_provider_grant_equal_to_the_overlap_is_refused(tmp_path):
     """The guides' overlap rule refreshes a grant equal to the overlap at once: the lab refuses that set-up."""
     doc = yaml.safe_load(lab(tmp_path).read_text())
     doc["provider"] = {"max_expires": 5}
     path = tmp_path / "grant.yml"
     path.write_text(yaml.safe_dump(doc))
-    with pytest.raises(FileError, match=r"sites\[0\]\.servers\[0\]\.overlap: overlap \(5 s\) must be below"):
+    with pytest.raises(FileError, match=r"sites\[0\]\.servers\[0\]\.overlap: overlap \(5 s\) must not equal"):
         labfile.load(path)
+    doc["provider"] = {"max_expires": 4}           # below the overlap: refreshed at half the grant, fine
+    path.write_text(yaml.safe_dump(doc))
+    assert labfile.load(path).provider.max_expires == 4
