@@ -3,14 +3,19 @@
 One helper for every place that prints, logs or raises with a URL (the CLI's
 "cannot reach Redis", publishers' names and errors, drivers' errors), so a
 password written into a URL never shows up on a terminal, in a report or in Redis.
+
+A password may hold any character when the user did not percent-escape it:
+a space, a quote, `<`, `/`, `#` and `@` itself. So no character can end the
+hidden part except the line's end: everything from a line's first `scheme://`
+to its last `@` is hidden. That hides too much (a second URL on the line, or a
+path with an `@`) rather than too little, and is one linear pass per line
+(text from the network goes through here too).
 """
 from __future__ import annotations
 
 import re
 
-# scheme://userinfo@ : everything up to the last '@' of the URL's token. A password with an unescaped '/' or '#'
-# must not slip through, so this rather hides too much (a path with an '@') than too little.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"<>]*)@")
+_SCHEME = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def redact_url(url: str | None) -> str:
@@ -18,6 +23,16 @@ def redact_url(url: str | None) -> str:
     return redact(url or "")
 
 
+def _redact_line(line: str) -> str:
+    last_at = line.rfind("@")
+    if last_at < 0:
+        return line
+    scheme = _SCHEME.search(line, 0, last_at)
+    if scheme is None:
+        return line
+    return line[:scheme.end()] + "***" + line[last_at:]
+
+
 def redact(text: str) -> str:
-    """Every URL inside `text` with its credentials replaced by `***`."""
-    return _USERINFO.sub(lambda m: m.group("scheme") + "***@", str(text))
+    """Every URL inside `text` with its credentials replaced by `***` (see the module's note on what is hidden)."""
+    return "\n".join(_redact_line(line) for line in str(text).split("\n"))

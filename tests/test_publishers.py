@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -16,14 +17,12 @@ from hil.harness import listening
 from conftest import wait_until
 
 
-@pytest.fixture
-def http_boot(tmp_path):
-    root = tmp_path / "boot"
-    root.mkdir()
-    (tmp_path / "secret.txt").write_text("TOP-SECRET-77")
+@contextlib.contextmanager
+def _http_server(root, challenges=("Digest",)):
+    """The lab's HTTP boot server on its own loop and thread; yields (url, server)."""
     port = free_port()
     loop = asyncio.new_event_loop()
-    server = HttpBootServer(root, "127.0.0.1", port, "PlcmSpIp", "pw-123")
+    server = HttpBootServer(root, "127.0.0.1", port, "PlcmSpIp", "pw-123", challenges=challenges)
     ready = threading.Event()
 
     def run():
@@ -35,9 +34,20 @@ def http_boot(tmp_path):
     t = threading.Thread(target=run, daemon=True)
     t.start()
     ready.wait(5)
-    yield f"http://127.0.0.1:{port}/", root
-    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
+    try:
+        yield f"http://127.0.0.1:{port}/", server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.fixture
+def http_boot(tmp_path):
+    root = tmp_path / "boot"
+    root.mkdir()
+    (tmp_path / "secret.txt").write_text("TOP-SECRET-77")
+    with _http_server(root) as (url, _server):
+        yield url, root
 
 
 @pytest.fixture
@@ -116,3 +126,37 @@ def test_local_publisher_refuses_names_outside_its_directory(tmp_path):
     pub = open_publisher(f"file://{tmp_path}/", Credentials())
     with pytest.raises(DeviceRefused, match="outside"):
         pub.write("../escape.cfg", b"x")
+
+
+def test_http_reads_carry_no_credentials_and_writes_answer_a_digest_challenge(tmp_path):
+    """Issue 17: the publisher sent Basic on every request, reads included, over plain HTTP."""
+    (tmp_path / "boot").mkdir()
+    with _http_server(tmp_path / "boot") as (url, server):
+        pub = open_publisher(url, Credentials("PlcmSpIp", "pw-123"))
+        try:
+            assert pub.read("a.cfg") is None
+            pub.write("a.cfg", b"<A/>")
+            assert pub.read("a.cfg") == b"<A/>"
+            pub.write("a.cfg", b"<B/>")
+            pub.delete("a.cfg")
+        finally:
+            pub.close()
+        seen = list(server.auth_seen)
+    assert [scheme for method, scheme in seen if method == "GET"] == ["", ""], seen
+    assert [scheme for method, scheme in seen if method == "PUT"] == ["", "Digest", "", "Digest"], seen
+    assert [scheme for method, scheme in seen if method == "DELETE"] == ["", "Digest"], seen
+    assert (tmp_path / "boot" / "a.cfg").exists() is False
+
+
+def test_http_publisher_never_answers_basic_over_plain_http(tmp_path):
+    (tmp_path / "boot").mkdir()
+    with _http_server(tmp_path / "boot", challenges=("Basic",)) as (url, server):
+        pub = open_publisher(url, Credentials("PlcmSpIp", "pw-123"))
+        try:
+            with pytest.raises(DeviceRefused, match="Basic authentication over plain HTTP"):
+                pub.write("a.cfg", b"<A/>")
+        finally:
+            pub.close()
+        seen = list(server.auth_seen)
+    assert seen == [("PUT", "")], seen
+    assert not (tmp_path / "boot" / "a.cfg").exists()
