@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -191,7 +192,7 @@ def write_capture(rows: list[dict], path: Path) -> int:
     from .drivers.collect.wire_decode import LINKTYPE_RAW
 
     n = 0
-    with open(path, "wb") as f:
+    with open_private(path) as f:
         w = PcapWriter(f, LINKTYPE_RAW)
         for r in sorted(rows, key=lambda r: r["t"]):
             try:
@@ -272,7 +273,17 @@ def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def open_private(path: Path):
+    """`path` opened for writing, readable by its owner only (0600, also when it existed with a wider mode), never
+    through a symlink: a capture holds every phone's REGISTERs, digest responses included."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
 def write(result: ExperimentResult, directory: Path) -> dict:
+    """report.json, junit.xml, report.html and, when the wire sources kept SIP, capture.pcap (0600). The report
+    pages hold no SIP message (counts, times and response codes only), so they keep the usual mode."""
     directory.mkdir(parents=True, exist_ok=True)
     doc = to_dict(result)
     if result.capture:
