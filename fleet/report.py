@@ -217,9 +217,9 @@ def html(doc: dict) -> str:
     verdict = "PASSED" if doc["passed"] else "FAILED"
     rows = "".join(
         f"<tr class={'ok' if p['passed'] else 'bad'}><td>{escape(p['mac'])}</td><td>{escape(p['model'])}</td>"
-        f"<td>{_fmt(p['failover_s'])}</td><td>{_fmt(p['predicted_failover_max_s'])}</td>"
-        f"<td>{_fmt(p['recovery_s'])}</td><td>{_fmt(p['predicted_recovery_max_s'])}</td>"
-        f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons']))}</td>"
+        f"<td>{_measured(p, 'failover')}</td><td>{_fmt(p['predicted_failover_max_s'])}</td>"
+        f"<td>{_measured(p, 'recovery')}</td><td>{_fmt(p['predicted_recovery_max_s'])}</td>"
+        f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons'] + _judged(p)))}</td>"
         f"<td>{escape(_sources(p))}</td></tr>" for p in doc["phones"])
     steps = "".join(f"<tr class={'ok' if s['passed'] else 'bad'}><td>{escape(s['name'])}</td><td>{s['elapsed_s']:.1f}</td>"
                     f"<td>{'pass' if s['passed'] else 'FAIL'}</td><td>{escape(s['message'])}</td></tr>" for s in doc["steps"])
@@ -267,6 +267,17 @@ def _sources(p: dict) -> str:
         seen = ", ".join(f"{src} +{d:g}" for src, d in tr["sources"].items())
         parts.append(f"{tr['from'] if tr['from'] is not None else 'none'}->{tr['to'] if tr['to'] is not None else 'none'}: {seen}")
     return "; ".join(parts) or "no change"
+
+
+def _measured(p: dict, measure: str) -> str:
+    """A measured time, or the interval the evidence allows where it only bounds the moment."""
+    interval = p.get(f"{measure}_interval_s")
+    return f"{interval[0]:.2f} to {interval[1]:.2f}" if interval else _fmt(p.get(f"{measure}_s"))
+
+
+def _judged(p: dict) -> list[str]:
+    """What the verdict said of each bounded measure: within bound, over bound, undetermined (and by how much)."""
+    return [f"{measure}: {said}" for measure, said in (p.get("judgement") or {}).items()]
 
 
 def _fmt(v) -> str:
