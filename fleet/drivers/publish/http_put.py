@@ -13,6 +13,7 @@ the boot directory; the server itself writes atomically.
 """
 from __future__ import annotations
 
+import os
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -30,7 +31,10 @@ class HttpPublisher:
         self.name = f"boot server {self.base}"
         self.https = parts.scheme == "https"
         self.session = requests.Session()
-        self.session.trust_env = False   # a ~/.netrc must not add Basic credentials to a request behind our back
+        # a ~/.netrc must not add Basic credentials to a request behind our back (requests reads it when a request
+        # has no auth of its own); the CA bundle the environment names still counts for https
+        self.session.trust_env = False
+        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self.credentials = credentials
         self.timeout = timeout
 
