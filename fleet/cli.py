@@ -176,6 +176,9 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
         for p in doc["phones"]:
             if not p["passed"]:
                 out.print(Text.assemble("  ", (str(p["mac"]), "red"), ": ", "; ".join(map(str, p["reasons"]))))
+            undetermined = [f"{m}: {said}" for m, said in (p.get("judgement") or {}).items() if said.startswith("undetermined")]
+            if p["passed"] and undetermined:   # passed, but the evidence could only bound the moment: say so
+                out.print(Text.assemble("  ", (str(p["mac"]), "yellow"), ": ", "; ".join(undetermined)))
         for e in doc["errors"]:
             out.print(Text(f"  {e}", style="red"))
         out.print(Text(f"report: {(directory / 'report.html').resolve()}"))
