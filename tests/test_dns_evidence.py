@@ -163,3 +163,16 @@ def test_the_router_capture_command_includes_dns():
     src = RouterCapture(site, None, Capture.model_validate("router lan0"), targets, Credentials())
     cmd = src.command()
     assert "port 5353" in cmd and "port 53 " in cmd, cmd
+
+
+@pytest.mark.parametrize("entry", [e for e in __import__("soundpoint.conformance", fromlist=["select"]).select(area="dns")
+                                   if e.id.startswith("dns-lookup-")], ids=lambda e: e.id)
+def test_every_failure_answer_in_the_corpus_is_the_loss_of_the_server(entry):
+    """The site DNS server's failure answers as the corpus has them (RFC 1035's layout), through the decoder."""
+    body = bytes.fromhex(entry.body)
+    msg = de.parse(body)
+    assert msg is not None and msg.response and msg.rcode in de.RCODE_TEXT and de.server_name(msg.qname) == NAME
+    dns = de.DnsLookups(_targets(), ports=(5353,))
+    dns.feed(100.0, (PHONE, 40000), DNS, _query(msg.id))
+    [obs] = dns.feed(100.1, DNS, (PHONE, 40000), body)
+    assert (obs.mac, obs.server, obs.state) == (MAC, 1, UNREGISTERED) and de.RCODE_TEXT[msg.rcode] in obs.detail
