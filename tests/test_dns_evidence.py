@@ -48,7 +48,7 @@ def _answer(ident: int, rcode: int = RCODE.NOERROR, name: str = NAME) -> bytes:
 
 def test_parse_reads_the_question_and_refuses_what_is_not_dns():
     msg = de.parse(_query(7, "_sip._udp.VOIP.provider.example", "SRV"))
-    assert msg == de.DnsMessage(7, False, 0, 0, "_sip._udp.voip.provider.example")
+    assert msg == de.DnsMessage(7, False, 0, 0, "_sip._udp.voip.provider.example", QTYPE.SRV)
     assert de.server_name(msg.qname) == NAME
     answer = de.parse(_answer(7, RCODE.SERVFAIL))
     assert answer.response and answer.rcode == 2
@@ -105,6 +105,20 @@ def test_a_lookup_is_attributed_only_to_the_phone_that_sent_it():
     [obs] = dns.feed(100.1, DNS, (PHONE2, 40000), _answer(13, RCODE.NXDOMAIN))
     assert obs.mac == OTHER and obs.address == PHONE2
     assert dns.stats["dns_other_queries"] == 2
+
+
+def test_only_the_address_lookup_counts():
+    """A site without SRV records answers the phone's SRV question NXDOMAIN at every lookup: that is no loss; an A
+    answer without an address is."""
+    dns = de.DnsLookups(_targets(), ports=(5353,))
+    dns.feed(100.0, (PHONE, 40000), DNS, _query(11, "_sip._udp." + NAME, "SRV"))
+    srv_nx = DNSRecord.parse(_query(11, "_sip._udp." + NAME, "SRV")).reply()
+    srv_nx.header.rcode = RCODE.NXDOMAIN
+    assert dns.feed(100.1, DNS, (PHONE, 40000), srv_nx.pack()) == [] and dns.expire(200.0) == []
+    dns.feed(100.2, (PHONE, 40000), DNS, _query(12))
+    empty = DNSRecord.parse(_query(12)).reply()
+    [obs] = dns.feed(100.3, DNS, (PHONE, 40000), empty.pack())
+    assert obs.server == 1 and "no address" in obs.detail and dns.stats["dns_not_a"] == 2
 
 
 def test_pending_lookups_are_bounded():

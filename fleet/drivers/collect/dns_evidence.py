@@ -8,14 +8,16 @@ lookup itself is on the wire, so the capture's filter takes the site's DNS
 traffic and this module turns it into per-server observations:
 
 - `parse` reads the header and the first question of a DNS message: linear in
-  its size, bounded (512-byte names at most, compression pointers followed a
+  its size, bounded (255-octet names at most, compression pointers followed a
   bounded number of times, only backwards), None for anything malformed.
 - `DnsLookups` pairs queries with answers per (phone address, port, id). A
   lookup is attributed only by the query's source address, which must be a
   phone's own (its target's `phone_ip`), and only to the servers whose
-  configured name it asks for (`_sip._udp.NAME` SRV and NAPTR questions count
-  for NAME). A failure answer becomes an UNREGISTERED observation at the
-  answer's time; a lookup left unanswered (and not retried) for `wait` seconds
+  configured name it asks for. Only A questions count: a NAPTR or SRV question
+  that fails is followed by an A lookup (a site without SRV records answers
+  NXDOMAIN there every time). A failure answer (or one with no address)
+  becomes an UNREGISTERED observation at the answer's time; a lookup left
+  unanswered (and not retried) for `wait` seconds
   becomes one that bounds the moment: `earliest` the last try (the phone gave
   up after it), `t` the last try plus `wait`. A successful answer clears it.
 Its table is bounded (`max_pending`); what it drops or cannot parse is counted.
@@ -34,6 +36,7 @@ MAX_NAME = 255            # RFC 1035: a name's wire form is at most 255 octets
 MAX_POINTERS = 16         # compression pointers followed in one name before it is called malformed
 NO_ANSWER_WAIT = 3.0      # seconds without an answer or a retry before a lookup counts as failed
 RCODE_TEXT = {2: "SERVFAIL", 3: "NXDOMAIN"}
+QTYPE_A = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +46,7 @@ class DnsMessage:
     rcode: int
     answers: int
     qname: str        # lower case, no trailing dot; "" when the message has no question
+    qtype: int = 0    # the first question's type (1: A); 0 when there is none
 
 
 def _name(data: bytes, pos: int) -> tuple[str, int] | None:
@@ -81,13 +85,13 @@ def parse(data: bytes) -> DnsMessage | None:
     ident, flags, qd, an = struct.unpack_from("!HHHH", data)
     if flags & 0x7800:                      # opcode other than QUERY
         return None
-    qname = ""
+    qname, qtype = "", 0
     if qd:
         found = _name(data, 12)
         if found is None or found[1] + 4 > len(data):
             return None
-        qname = found[0]
-    return DnsMessage(ident, bool(flags & 0x8000), flags & 0x000F, an, qname)
+        qname, qtype = found[0], struct.unpack_from("!H", data, found[1])[0]
+    return DnsMessage(ident, bool(flags & 0x8000), flags & 0x000F, an, qname, qtype)
 
 
 def site_dns_ports(dns: str | None) -> tuple[int, ...]:
@@ -156,6 +160,12 @@ class DnsLookups:
         if msg is None:
             self.stats["dns_malformed"] += 1
             return []
+        if msg.qtype != QTYPE_A:
+            # only the address lookup is the phone's last word on a name: a NAPTR or SRV question that fails is
+            # followed by an A lookup (a site without SRV records answers NXDOMAIN there every time), and AAAA
+            # answers say nothing of an IPv4 phone
+            self.stats["dns_not_a"] += 1
+            return []
         if not msg.response:
             self._query(t, src, dst, msg)
             return []
@@ -165,9 +175,10 @@ class DnsLookups:
             self.stats["dns_unmatched_answers"] += 1
             return []
         self._forget(key)
-        if msg.rcode in RCODE_TEXT:
+        if msg.rcode in RCODE_TEXT or (msg.rcode == 0 and msg.answers == 0):
             self.stats["dns_failed"] += 1
-            return self._lost(key, t, None, f"DNS lookup of {key[1]} failed: {RCODE_TEXT[msg.rcode]}")
+            said = RCODE_TEXT.get(msg.rcode, "no address in the answer")
+            return self._lost(key, t, None, f"DNS lookup of {key[1]} failed: {said}")
         self.stats["dns_answered"] += 1
         return []
 
