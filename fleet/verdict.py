@@ -101,12 +101,15 @@ def change_interval(observations: list[dict], server: int, after: float) -> tupl
     `earliest` where it only bounds its moment (a lapsed binding, an unanswered DNS lookup). Neither can be
     before the server's own registration seen so far: a server is not working before it is registered, so a
     loss stamped early (a DNS lookup) never makes the change look earlier than the registration that made it."""
-    registered_at: float | None = None
-    for o in observations:
+    registered_at: float | None = None     # since when `server` has been registered without a break (refreshes
+    for o in observations:                 # of a standing registration do not move it)
         if o.get("kind", "registration") != "registration":
             continue
-        if o.get("server") == server and o.get("state") == "registered":
-            registered_at = o["t"]
+        if o.get("server") == server:
+            if o.get("state") != "registered":
+                registered_at = None
+            elif registered_at is None:
+                registered_at = o["t"]
         if o["t"] >= after and o.get("working_server") == server:
             latest = o["t"] if registered_at is None else max(o["t"], registered_at)
             earliest = o["t"] if o.get("earliest") is None else min(o["earliest"], o["t"])

@@ -145,3 +145,13 @@ def test_a_loss_stamped_early_never_makes_the_move_earlier_than_the_registration
                     OutageWindow(100.0, 200.0))
     assert v.passed and v.failover_s == 6.0 and v.failover_interval_s is None
     assert v.judgement == {"failover": "within bound"}
+
+
+def test_a_refresh_of_a_standing_registration_does_not_delay_the_move():
+    """Server 2 registered long before the cut and refreshed at 106.3; server 1's timeout, stamped 106.0, arrives
+    after that refresh: the move is at 106.0, not at the refresh."""
+    obs = [_reg(90, 2, "registered", 1), _reg(99, 1, "registered", 1), _reg(106.3, 2, "registered", 1),
+           _reg(106.0, 1, "unregistered", 2)]
+    v = judge_phone(_verdict(fail_max=10.0), 2, [FAIL], {"fall back": Reached({MAC: 106.5}, {})}, obs,
+                    OutageWindow(100.0, 200.0))
+    assert v.passed and v.failover_s == 6.0 and v.failover_interval_s is None
