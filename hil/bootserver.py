@@ -183,8 +183,10 @@ class HttpBootServer:
     REALM = "boot"
 
     def __init__(self, root: Path, host: str, port: int, username: str, password: str,
-                 challenges: tuple[str, ...] = ("Digest",)) -> None:
+                 challenges: tuple[str, ...] = ("Digest",), ssl_context=None) -> None:
+        """`ssl_context`: serve HTTPS (an `ssl.SSLContext` holding the server's certificate)."""
         self.root, self.host, self.port = root, host, port
+        self.ssl_context = ssl_context
         self.files = BootDirectory(root)
         self.username, self.password = username, password
         self.digest = DigestAuthority(self.REALM, username, password)
@@ -234,7 +236,7 @@ class HttpBootServer:
         app.router.add_route("DELETE", "/{path:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
         await site.start()
 
     async def stop(self) -> None:

@@ -18,11 +18,12 @@ from conftest import wait_until
 
 
 @contextlib.contextmanager
-def _http_server(root, challenges=("Digest",)):
+def _http_server(root, challenges=("Digest",), ssl_context=None):
     """The lab's HTTP boot server on its own loop and thread; yields (url, server)."""
     port = free_port()
     loop = asyncio.new_event_loop()
-    server = HttpBootServer(root, "127.0.0.1", port, "PlcmSpIp", "pw-123", challenges=challenges)
+    server = HttpBootServer(root, "127.0.0.1", port, "PlcmSpIp", "pw-123", challenges=challenges,
+                            ssl_context=ssl_context)
     ready = threading.Event()
 
     def run():
@@ -35,7 +36,7 @@ def _http_server(root, challenges=("Digest",)):
     t.start()
     ready.wait(5)
     try:
-        yield f"http://127.0.0.1:{port}/", server
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}/", server
     finally:
         asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
@@ -160,3 +161,48 @@ def test_http_publisher_never_answers_basic_over_plain_http(tmp_path):
         seen = list(server.auth_seen)
     assert seen == [("PUT", "")], seen
     assert not (tmp_path / "boot" / "a.cfg").exists()
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and the server's TLS context holding it; (context, PEM path)."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pem, key_pem)
+    return ctx, pem
+
+
+def test_https_publisher_answers_basic_only_when_challenged(tmp_path, monkeypatch):
+    """Over HTTPS a Basic-only server gets Basic, and only as the answer to its challenge."""
+    (tmp_path / "boot").mkdir()
+    ctx, pem = _self_signed(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pem))
+    with _http_server(tmp_path / "boot", challenges=("Basic",), ssl_context=ctx) as (url, server):
+        pub = open_publisher(url, Credentials("PlcmSpIp", "pw-123"))
+        try:
+            pub.write("a.cfg", b"<A/>")
+            assert pub.read("a.cfg") == b"<A/>"
+        finally:
+            pub.close()
+        seen = list(server.auth_seen)
+    assert seen == [("PUT", ""), ("PUT", "Basic"), ("GET", "")], seen
