@@ -130,7 +130,7 @@ def judge_measure(measure: str, earliest_s: float, latest_s: float, bound: float
     if earliest_s > bound:
         took = f"{latest_s:.1f}s" if earliest_s == latest_s else f"at least {earliest_s:.1f}s (between {earliest_s:.1f} and {latest_s:.1f}s)"
         return False, "over bound", f"{measure} took {took}, over the {bound:.1f}s its configuration predicts"
-    late = latest_s - max(earliest_s, 0.0)
+    late = latest_s - earliest_s
     return True, f"undetermined: evidence late by up to {late:.1f} s", (
         f"{measure} between {earliest_s:.1f} and {latest_s:.1f}s, the {bound:.1f}s bound inside: undetermined: "
         f"evidence late by up to {late:.1f} s")
@@ -179,6 +179,7 @@ def judge_phone(verdict: PhoneVerdict, configured_servers: int, expectations: li
             if ref is not None:
                 found = change_interval(observations, exp.server, ref)
                 lo, hi = found if found is not None else (reached, reached)
+                lo = max(lo, ref)    # the move the outage (or the restore) caused is not before it
                 earliest_s, latest_s = round(lo - ref, 3), round(hi - ref, 3)
                 interval = [earliest_s, latest_s] if earliest_s < latest_s else None
                 if exp.measure == "failover":
