@@ -1,7 +1,9 @@
 """The boot (provisioning) server: one directory served over HTTP (GET, PUT, DELETE), FTP and SFTP, with credentials.
 
 Phones read their files and upload logs; the controller publishes with PUT,
-STOR or SFTP. Paths are confined to the directory over every protocol: no
+STOR or SFTP. Over HTTP reads are open (or checked when they carry
+credentials) and writes are challenged with Digest (hil.http_digest), so no
+client has to send a password in clear; the server can serve HTTPS too. Paths are confined to the directory over every protocol: no
 traversal, no symlink followed out of it, and a bad name gets a refusal (4xx
 over HTTP, 5xx over FTP), never a traceback.
 """

@@ -206,3 +206,29 @@ def test_https_publisher_answers_basic_only_when_challenged(tmp_path, monkeypatc
             pub.close()
         seen = list(server.auth_seen)
     assert seen == [("PUT", ""), ("PUT", "Basic"), ("GET", "")], seen
+
+
+def test_lab_digest_authority_checks_uri_nonce_and_password():
+    """The lab boot server's Digest check (hil.http_digest): an answer is for one method, one URI, a fresh nonce
+    of this server, and the right password; a malformed or oversized header is refused unparsed."""
+    import hashlib
+
+    from hil.http_digest import NONCE_LIFETIME_S, DigestAuthority, parse_params
+
+    auth = DigestAuthority("boot", "PlcmSpIp", "pw-123")
+    nonce = parse_params(auth.challenge().partition(" ")[2])["nonce"]
+
+    def answer(method="PUT", uri="/a.cfg", password="pw-123", n=nonce):
+        h = lambda s: hashlib.md5(s.encode()).hexdigest()   # noqa: E731
+        resp = h(f"{h(f'PlcmSpIp:boot:{password}')}:{n}:00000001:c0ffee:auth:{h(f'{method}:{uri}')}")
+        return (f'Digest username="PlcmSpIp", realm="boot", nonce="{n}", uri="{uri}", qop=auth, nc=00000001, '
+                f'cnonce="c0ffee", response="{resp}", algorithm=MD5')
+
+    assert auth.verify(answer(), "PUT", "/a.cfg")
+    assert not auth.verify(answer(), "PUT", "/b.cfg")                       # replayed for another file
+    assert not auth.verify(answer(), "DELETE", "/a.cfg")                    # or another method
+    assert not auth.verify(answer(password="wrong"), "PUT", "/a.cfg")
+    assert not auth.verify(answer(n="1.0-" + "0" * 32), "PUT", "/a.cfg")    # a nonce this server never issued
+    stamp = float(nonce.split("-")[0])
+    assert not auth.verify(answer(), "PUT", "/a.cfg", now=stamp + NONCE_LIFETIME_S + 1)   # expired
+    assert not auth.verify('Digest username="x', "PUT", "/a.cfg") and not auth.verify("Digest " + "a=b," * 2000, "PUT", "/")
