@@ -5,10 +5,11 @@ One helper for every place that prints, logs or raises with a URL (the CLI's
 password written into a URL never shows up on a terminal, in a report or in Redis.
 
 A password may hold any character when the user did not percent-escape it:
-a space, a quote, `<`, `/`, `#` and `@` itself. So no character can end the
-hidden part except the line's end: everything from a line's first `scheme://`
-to its last `@` is hidden. That hides too much (a second URL on the line, or a
-path with an `@`) rather than too little, and is one linear pass per line
+a space, a quote, `<`, `/`, `#`, `://`, a line break and `@` itself. So no
+character can end the hidden part: everything from the text's first
+`scheme://` to its last `@` is hidden. That hides too much (a second URL, a
+path or a later word with an `@`) rather than too little, which suits what
+goes through here (one error message, one log line), and it is one linear pass
 (text from the network goes through here too).
 """
 from __future__ import annotations
@@ -23,16 +24,13 @@ def redact_url(url: str | None) -> str:
     return redact(url or "")
 
 
-def _redact_line(line: str) -> str:
-    last_at = line.rfind("@")
-    if last_at < 0:
-        return line
-    scheme = _SCHEME.search(line, 0, last_at)
-    if scheme is None:
-        return line
-    return line[:scheme.end()] + "***" + line[last_at:]
-
-
 def redact(text: str) -> str:
-    """Every URL inside `text` with its credentials replaced by `***` (see the module's note on what is hidden)."""
-    return "\n".join(_redact_line(line) for line in str(text).split("\n"))
+    """`text` with everything from its first URL's `scheme://` to its last `@` replaced by `***` (see above)."""
+    text = str(text)
+    last_at = text.rfind("@")
+    if last_at < 0:
+        return text
+    scheme = _SCHEME.search(text, 0, last_at)
+    if scheme is None:
+        return text
+    return text[:scheme.end()] + "***" + text[last_at:]

@@ -58,21 +58,21 @@ def test_a_private_redis_for_a_run_is_stopped_with_its_directory(tmp_path, monke
 
 
 # every character an unescaped URL password can hold that ended the hidden part before: space, quotes, <, >, @
-PASSWORD = "p a\"s's<w>o@rd"
+PASSWORD = "p a\"s's<w>o@r\nd://x"
 URLS = [f"redis://fleet:{PASSWORD}@127.0.0.1:9/0",             # nothing listens: connection refused
         f"redis://fleet:{PASSWORD}@127.0.0.1:notaport/0",       # the URL does not parse
         f"redis://fleet:{PASSWORD}@[::1/0"]                     # nor does this one
 
 
 def _leaks(text: str) -> bool:
-    return any(part in text for part in ("p a", "s's", "<w>", "o@rd", "rd@"))
+    return any(part in text for part in ("p a", "s's", "<w>", "o@r", "d://x"))
 
 
 def test_redaction_hides_any_password_character():
     for text in (f"cannot reach Redis at {URLS[0]}: ConnectionError", f"x {URLS[1]} y", f"<a href='{URLS[0]}'>"):
         assert not _leaks(redact(text)), redact(text)
     assert redact(f"at {URLS[0]}: refused") == "at redis://***@127.0.0.1:9/0: refused"
-    assert redact("line one http://h/x\nline two mail@example") == "line one http://h/x\nline two mail@example"
+    assert redact("no URL, just mail@example") == "no URL, just mail@example"
 
 
 @pytest.mark.parametrize("url", URLS)
