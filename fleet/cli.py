@@ -4,7 +4,7 @@ Exit codes: 0 success / every expectation held; 1 an expectation failed or a
 rollout failed or halted; 2 bad input (playbook, inventory, lab or secrets file,
 parameters, command line): nothing was touched, the message names file, line
 and field; 3 infrastructure unreachable or a runtime error (Redis, workers, lease
-held); 4 internal error (a bug: one line, FLEET_DEBUG=1 shows the traceback);
+held), or no fleet state to read (FLEET_REDIS_URL not set); 4 internal error (a bug: one line, FLEET_DEBUG=1 shows the traceback);
 130 interrupted.
 """
 from __future__ import annotations
@@ -65,15 +65,17 @@ class _Cli(ExitCodeGroup):
               EXIT_INTERNAL)
 
 
-def _store():
-    from .redisboot import RedisUnavailable, redis_url
+def _store(creates_state: bool = False):
+    """The Store on FLEET_REDIS_URL. Without it, a command that reads existing state exits 3 saying there is none;
+    one that creates state (`creates_state`) runs on a private redis-server stopped when the command ends."""
+    from .redisboot import NoFleetState, RedisUnavailable, existing_redis_url, private_redis_url
     from .store import Store
 
     try:
-        store = Store(redis_url())
+        store = Store(private_redis_url() if creates_state else existing_redis_url())
         store.ping()
         return store
-    except RedisUnavailable as exc:
+    except (RedisUnavailable, NoFleetState) as exc:
         _fail(_one_line(exc), EXIT_INFRA)
     except Exception as exc:  # redis.ConnectionError and friends
         from .redact import redact_url
@@ -147,7 +149,7 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     from .signals import SignalGuard
     from .store import LeaseHeld
 
-    store = _store()
+    store = _store(creates_state=True)
     configure(store.url)
     out = Console(stderr=as_json)
     runner = ExperimentRunner(pb, inv, store, say=lambda s: out.print(Text.assemble((time.strftime('%H:%M:%S'), "dim"), " ", str(s))),
@@ -174,6 +176,9 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
         for p in doc["phones"]:
             if not p["passed"]:
                 out.print(Text.assemble("  ", (str(p["mac"]), "red"), ": ", "; ".join(map(str, p["reasons"]))))
+            undetermined = [f"{m}: {said}" for m, said in (p.get("judgement") or {}).items() if said.startswith("undetermined")]
+            if p["passed"] and undetermined:   # passed, but the evidence could only bound the moment: say so
+                out.print(Text.assemble("  ", (str(p["mac"]), "yellow"), ": ", "; ".join(undetermined)))
         for e in doc["errors"]:
             out.print(Text(f"  {e}", style="red"))
         out.print(Text(f"report: {(directory / 'report.html').resolve()}"))
@@ -182,7 +187,11 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
 
 def _exit_now(code: int) -> None:
     """Exit without interpreter teardown: Celery's result objects otherwise try to unsubscribe from Redis
-    while the interpreter is shutting down and print noise after an interrupted run."""
+    while the interpreter is shutting down and print noise after an interrupted run. A private Redis this run
+    started is stopped first (os._exit skips atexit)."""
+    from .redisboot import stop_private
+
+    stop_private()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
@@ -316,7 +325,7 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
             for line in describe(found):
                 Console().print(Text("  " + line))
         sys.exit(EXIT_INPUT if p.overloaded and not pb.strategy.allow_overload else 0)
-    store = _store()
+    store = _store(creates_state=True)
     from .celeryapp import configure
     from .rollout import Overloaded, create
     from .rollout_plan import PlanError

@@ -39,6 +39,8 @@ class Observation:
     kind: str = "registration"   # registration, call
     code: int | None = None      # the registrar's final status code (wire, HEP), when the source saw one
     expires: int | None = None   # seconds the binding was granted for (wire, HEP) or has left (gateway)
+    earliest: float | None = None   # the change happened between this and `t`, not exactly at `t`: a lapsed
+                                    # binding, an unanswered DNS lookup (None: `t` is the moment)
 
     def to_dict(self) -> dict:
         return asdict(self)

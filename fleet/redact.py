@@ -3,14 +3,20 @@
 One helper for every place that prints, logs or raises with a URL (the CLI's
 "cannot reach Redis", publishers' names and errors, drivers' errors), so a
 password written into a URL never shows up on a terminal, in a report or in Redis.
+
+A password may hold any character when the user did not percent-escape it:
+a space, a quote, `<`, `/`, `#`, `://`, a line break and `@` itself. So no
+character can end the hidden part: everything from the text's first
+`scheme://` to its last `@` is hidden. That hides too much (a second URL, a
+path or a later word with an `@`) rather than too little, which suits what
+goes through here (one error message, one log line), and it is one linear pass
+(text from the network goes through here too).
 """
 from __future__ import annotations
 
 import re
 
-# scheme://userinfo@ : everything up to the last '@' of the URL's token. A password with an unescaped '/' or '#'
-# must not slip through, so this rather hides too much (a path with an '@') than too little.
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.-]*://)(?P<userinfo>[^\s'\"<>]*)@")
+_SCHEME = re.compile(r"\b[A-Za-z][A-Za-z0-9+.-]*://")
 
 
 def redact_url(url: str | None) -> str:
@@ -19,5 +25,12 @@ def redact_url(url: str | None) -> str:
 
 
 def redact(text: str) -> str:
-    """Every URL inside `text` with its credentials replaced by `***`."""
-    return _USERINFO.sub(lambda m: m.group("scheme") + "***@", str(text))
+    """`text` with everything from its first URL's `scheme://` to its last `@` replaced by `***` (see above)."""
+    text = str(text)
+    last_at = text.rfind("@")
+    if last_at < 0:
+        return text
+    scheme = _SCHEME.search(text, 0, last_at)
+    if scheme is None:
+        return text
+    return text[:scheme.end()] + "***" + text[last_at:]

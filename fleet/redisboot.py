@@ -1,4 +1,12 @@
-"""Where Redis is: FLEET_REDIS_URL, or a private redis-server this tool starts when none is configured.
+"""Where Redis is: FLEET_REDIS_URL, or, for a command that creates state, a private redis-server for its run.
+
+Fleet's state (experiments, rollouts, phone status) lives in the Redis that
+FLEET_REDIS_URL names. Without it there is no state to read: a command that
+reads state says so (NoFleetState; the CLI exits 3) instead of starting an
+empty server and printing an empty table. A command that creates state may
+run on a private server (`private_redis_url`); that server and its temporary
+directory are stopped and removed when the process exits (`stop_private`,
+also called by a CLI that leaves through os._exit).
 
 Whoever can write to the broker can queue work for the routers and phones,
 so Redis is never open: the private server (and every test's) has one ACL
@@ -14,6 +22,7 @@ command line (visible in `ps`) nor in a file.
 """
 from __future__ import annotations
 
+import atexit
 import os
 import re
 import secrets
@@ -40,6 +49,14 @@ DEFAULT_USER = f"user default on resetpass {ACL_RULES}"
 
 class RedisUnavailable(RuntimeError):
     pass
+
+
+class NoFleetState(RuntimeError):
+    """FLEET_REDIS_URL is not set: there is no Redis, so no experiment, rollout or phone status to read."""
+
+    def __init__(self) -> None:
+        super().__init__("no fleet state: FLEET_REDIS_URL is not set, so there is no Redis holding experiments, "
+                         "rollouts or phone status; set FLEET_REDIS_URL to the Redis your workers use")
 
 
 def free_port() -> int:
@@ -95,13 +112,51 @@ def start_private(directory: Path | None = None, port: int | None = None, append
     raise RedisUnavailable(f"private redis-server on port {port} did not start")
 
 
-def redis_url(announce: bool = True) -> str:
+def existing_redis_url() -> str:
+    """FLEET_REDIS_URL, for a command that needs state that already exists; NoFleetState when it is not set."""
+    url = os.environ.get("FLEET_REDIS_URL")
+    if not url:
+        raise NoFleetState()
+    return url
+
+
+# the private server this process started (process, data directory), stopped by stop_private
+_private: list[tuple[str, subprocess.Popen, Path]] = []
+
+
+def private_redis_url(announce: bool = True) -> str:
+    """FLEET_REDIS_URL, or for a command that creates state, a private redis-server that lives as long as this
+    process (stopped with its temporary directory at exit)."""
     url = os.environ.get("FLEET_REDIS_URL")
     if url:
         return url
-    url, proc = start_private()
+    directory = Path(tempfile.mkdtemp(prefix="fleet-redis-"))
+    try:
+        url, proc = start_private(directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    if not _private:
+        atexit.register(stop_private)
+    _private.append((url, proc, directory))
     os.environ["FLEET_REDIS_URL"] = url
     if announce:
-        print(f"fleet: FLEET_REDIS_URL not set; started a private redis-server at {redact_url(url)} (pid {proc.pid})",
-              file=sys.stderr)
+        print(f"fleet: FLEET_REDIS_URL not set; started a private redis-server at {redact_url(url)} (pid {proc.pid}) "
+              "for this run; it stops when the command ends", file=sys.stderr)
     return url
+
+
+def stop_private() -> None:
+    """Stop the private server(s) this process started and remove their directories (idempotent)."""
+    while _private:
+        url, proc, directory = _private.pop()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        shutil.rmtree(directory, ignore_errors=True)
+        if os.environ.get("FLEET_REDIS_URL") == url:
+            os.environ.pop("FLEET_REDIS_URL", None)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import ipaddress
 import json
+import os
 import time
 from collections import Counter
 from dataclasses import asdict
@@ -197,7 +198,7 @@ def write_capture(rows: list[dict], path: Path) -> int:
     from .drivers.collect.wire_decode import LINKTYPE_RAW
 
     n = 0
-    with open(path, "wb") as f:
+    with open_private(path) as f:
         w = PcapWriter(f, LINKTYPE_RAW)
         for r in sorted(rows, key=lambda r: r["t"]):
             try:
@@ -222,10 +223,10 @@ def html(doc: dict) -> str:
     verdict = "PASSED" if doc["passed"] else "FAILED"
     rows = "".join(
         f"<tr class={'ok' if p['passed'] else 'bad'}><td>{escape(p['mac'])}</td><td>{escape(p['model'])}</td>"
-        f"<td>{_fmt(p['failover_s'])}</td><td>{_fmt(p['predicted_failover_max_s'])}</td>"
-        f"<td>{_fmt(p['recovery_s'])}</td><td>{_fmt(p['predicted_recovery_max_s'])}</td>"
+        f"<td>{_measured(p, 'failover')}</td><td>{_fmt(p['predicted_failover_max_s'])}</td>"
+        f"<td>{_measured(p, 'recovery')}</td><td>{_fmt(p['predicted_recovery_max_s'])}</td>"
         f"<td>{escape(BEHAVIOURS.get(p.get('failover_behaviour'), '-'))}</td>"
-        f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons']))}</td>"
+        f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons'] + _judged(p)))}</td>"
         f"<td>{escape(_sources(p))}</td></tr>" for p in doc["phones"])
     steps = "".join(f"<tr class={'ok' if s['passed'] else 'bad'}><td>{escape(s['name'])}</td><td>{s['elapsed_s']:.1f}</td>"
                     f"<td>{'pass' if s['passed'] else 'FAIL'}</td><td>{escape(s['message'])}</td></tr>" for s in doc["steps"])
@@ -282,11 +283,32 @@ def _sources(p: dict) -> str:
     return "; ".join(parts) or "no change"
 
 
+def _measured(p: dict, measure: str) -> str:
+    """A measured time, or the interval the evidence allows where it only bounds the moment."""
+    interval = p.get(f"{measure}_interval_s")
+    return f"{interval[0]:.2f} to {interval[1]:.2f}" if interval else _fmt(p.get(f"{measure}_s"))
+
+
+def _judged(p: dict) -> list[str]:
+    """What the verdict said of each bounded measure: within bound, over bound, undetermined (and by how much)."""
+    return [f"{measure}: {said}" for measure, said in (p.get("judgement") or {}).items()]
+
+
 def _fmt(v) -> str:
     return "-" if v is None else f"{v:.2f}"
 
 
+def open_private(path: Path):
+    """`path` opened for writing, readable by its owner only (0600, also when it existed with a wider mode), never
+    through a symlink: a capture holds every phone's REGISTERs, digest responses included."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)
+    return os.fdopen(fd, "wb")
+
+
 def write(result: ExperimentResult, directory: Path) -> dict:
+    """report.json, junit.xml, report.html and, when the wire sources kept SIP, capture.pcap (0600). The report
+    pages hold no SIP message (counts, times and response codes only), so they keep the usual mode."""
     directory.mkdir(parents=True, exist_ok=True)
     doc = to_dict(result)
     if result.capture:

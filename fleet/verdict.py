@@ -22,6 +22,10 @@ class PhoneVerdict:
     recovery_s: float | None = None
     predicted_failover_max_s: float | None = None
     predicted_recovery_max_s: float | None = None
+    # where the evidence only bounds the moment (a lapsed binding, an unanswered DNS lookup): [earliest, latest] s
+    failover_interval_s: list[float] | None = None
+    recovery_interval_s: list[float] | None = None
+    judgement: dict[str, str] = field(default_factory=dict)   # measure -> within bound / over bound / undetermined: ...
     prediction_notes: list[str] = field(default_factory=list)   # why a bound is missing (fleet.predict says)
     reasons: list[str] = field(default_factory=list)
     # how the phone used its fallback (server 2) around the cut: fallback_behaviour() says what each value means
@@ -124,6 +128,48 @@ def first_change(observations: list[dict], server: int, after: float) -> float |
     return None
 
 
+def change_interval(observations: list[dict], server: int, after: float) -> tuple[float, float] | None:
+    """When `server` became the working server, at or after `after`, as (earliest, latest) wall times.
+
+    The first observation showing it working gives the latest moment; the earliest is that observation's own
+    `earliest` where it only bounds its moment (a lapsed binding, an unanswered DNS lookup). Neither can be
+    before the server's own registration seen so far: a server is not working before it is registered, so a
+    loss stamped early (a DNS lookup) never makes the change look earlier than the registration that made it."""
+    registered_at: float | None = None     # since when `server` has been registered without a break (refreshes
+    for o in observations:                 # of a standing registration do not move it)
+        if o.get("kind", "registration") != "registration":
+            continue
+        if o.get("server") == server:
+            if o.get("state") != "registered":
+                registered_at = None
+            elif registered_at is None:
+                registered_at = o["t"]
+        if o["t"] >= after and o.get("working_server") == server:
+            latest = o["t"] if registered_at is None else max(o["t"], registered_at)
+            earliest = o["t"] if o.get("earliest") is None else min(o["earliest"], o["t"])
+            if registered_at is not None:
+                earliest = max(earliest, registered_at)
+            return min(earliest, latest), latest
+    return None
+
+
+def judge_measure(measure: str, earliest_s: float, latest_s: float, bound: float | None) -> tuple[bool, str, str]:
+    """(passed, judgement, message) for a measured time known to lie in [earliest_s, latest_s]. A phone fails only
+    when even the earliest moment the evidence allows is over its bound; when the bound falls inside the interval
+    the evidence cannot say, and the phone is not failed on a guess."""
+    if bound is None:
+        return True, "", ""
+    if latest_s <= bound:
+        return True, "within bound", ""
+    if earliest_s > bound:
+        took = f"{latest_s:.1f}s" if earliest_s == latest_s else f"at least {earliest_s:.1f}s (between {earliest_s:.1f} and {latest_s:.1f}s)"
+        return False, "over bound", f"{measure} took {took}, over the {bound:.1f}s its configuration predicts"
+    late = latest_s - earliest_s
+    return True, f"undetermined: evidence late by up to {late:.1f} s", (
+        f"{measure} between {earliest_s:.1f} and {latest_s:.1f}s, the {bound:.1f}s bound inside: undetermined: "
+        f"evidence late by up to {late:.1f} s")
+
+
 def timeline(observations: list[dict], initial: dict | None, started: float) -> list[dict]:
     """The phone's lane for the report: its state when the run began, then every observation of its
     registration 1 (the lane is that line's: another line's servers are not its servers)."""
@@ -165,15 +211,22 @@ def judge_phone(verdict: PhoneVerdict, configured_servers: int, expectations: li
         if ok and outage is not None and exp.measure in ("failover", "recovery"):
             ref = outage.start if exp.measure == "failover" else outage.end
             if ref is not None:
-                t = first_change(observations, exp.server, ref)
-                measured = round((t if t is not None else reached) - ref, 3)
+                found = change_interval(observations, exp.server, ref)
+                lo, hi = found if found is not None else (reached, reached)
+                lo = max(lo, ref)    # the move the outage (or the restore) caused is not before it
+                earliest_s, latest_s = round(lo - ref, 3), round(hi - ref, 3)
+                interval = [earliest_s, latest_s] if earliest_s < latest_s else None
                 if exp.measure == "failover":
-                    verdict.failover_s, bound = measured, verdict.predicted_failover_max_s
+                    verdict.failover_s, verdict.failover_interval_s = latest_s, interval
+                    bound = verdict.predicted_failover_max_s
                 else:
-                    verdict.recovery_s, bound = measured, verdict.predicted_recovery_max_s
-                if bound is not None and measured > bound:
-                    message = f"{exp.measure} took {measured:.1f}s, over the {bound:.1f}s its configuration predicts"
-                    ok = False
+                    verdict.recovery_s, verdict.recovery_interval_s = latest_s, interval
+                    bound = verdict.predicted_recovery_max_s
+                ok, judgement, said = judge_measure(exp.measure, earliest_s, latest_s, bound)
+                if judgement:
+                    verdict.judgement[exp.measure] = judgement
+                if said:
+                    message = "; ".join(filter(None, [message, said])) if ok else said
         if not ok:
             verdict.passed = False
             why = [n.split(":", 1)[1].strip() for n in verdict.prediction_notes if n.startswith("failover:")]

@@ -1,7 +1,9 @@
 """The boot (provisioning) server: one directory served over HTTP (GET, PUT, DELETE), FTP and SFTP, with credentials.
 
 Phones read their files and upload logs; the controller publishes with PUT,
-STOR or SFTP. Paths are confined to the directory over every protocol: no
+STOR or SFTP. Over HTTP reads are open (or checked when they carry
+credentials) and writes are challenged with Digest (hil.http_digest), so no
+client has to send a password in clear; the server can serve HTTPS too. Paths are confined to the directory over every protocol: no
 traversal, no symlink followed out of it, and a bad name gets a refusal (4xx
 over HTTP, 5xx over FTP), never a traceback.
 """
@@ -18,10 +20,13 @@ import stat
 import subprocess
 import sys
 import threading
+from collections import deque
 from pathlib import Path
 
 import asyncssh
 from aiohttp import BasicAuth, web
+
+from .http_digest import DigestAuthority
 
 
 MAX_NAME_BYTES = 255   # NAME_MAX: longer names are refused up front, not left to fail as a 500
@@ -166,23 +171,52 @@ class BootDirectory:
 
 
 class HttpBootServer:
-    def __init__(self, root: Path, host: str, port: int, username: str, password: str) -> None:
+    """The boot directory over HTTP: reads open to anyone (or with valid credentials), writes only with credentials.
+
+    A write is challenged with Digest (`challenges`, "Digest" first), so a
+    client never has to send the password in clear over plain HTTP; Basic is
+    still accepted from clients that send it unasked (the lab's phones, as
+    many real ones, upload their logs that way). A site whose server offers
+    only Basic is `challenges=("Basic",)`. `auth_seen` keeps, per request, the
+    method and the authorization scheme it carried ("" for none): the lab's
+    ground truth of what crossed the wire.
+    """
+
+    REALM = "boot"
+
+    def __init__(self, root: Path, host: str, port: int, username: str, password: str,
+                 challenges: tuple[str, ...] = ("Digest",), ssl_context=None) -> None:
+        """`ssl_context`: serve HTTPS (an `ssl.SSLContext` holding the server's certificate)."""
         self.root, self.host, self.port = root, host, port
+        self.ssl_context = ssl_context
         self.files = BootDirectory(root)
         self.username, self.password = username, password
+        self.digest = DigestAuthority(self.REALM, username, password)
+        self.challenges = challenges
+        self.auth_seen: deque[tuple[str, str]] = deque(maxlen=10_000)
         self.runner: web.AppRunner | None = None
 
     def _authorized(self, request: web.Request) -> bool:
         header = request.headers.get("Authorization", "")
+        if header[:7].lower() == "digest ":
+            return self.digest.verify(header, request.method, request.raw_path)
         try:
             auth = BasicAuth.decode(header)
         except ValueError:
             return False
-        return auth.login == self.username and auth.password == self.password
+        return hmac.compare_digest(auth.login.encode(), self.username.encode()) and \
+            hmac.compare_digest(auth.password.encode(), self.password.encode())
+
+    def _challenge(self) -> web.Response:
+        offers = [self.digest.challenge() if c == "Digest" else f'Basic realm="{self.REALM}"' for c in self.challenges]
+        return web.Response(status=401, headers=[("WWW-Authenticate", o) for o in offers])   # type: ignore[arg-type]
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
-        if not self._authorized(request):
-            return web.Response(status=401, headers={"WWW-Authenticate": 'Basic realm="boot"'})
+        header = request.headers.get("Authorization", "")
+        self.auth_seen.append((request.method, header.partition(" ")[0]))
+        anonymous_read = request.method == "GET" and not header
+        if not anonymous_read and not self._authorized(request):
+            return self._challenge()
         try:
             names = request_names(request.match_info["path"])
             if request.method == "PUT":
@@ -204,7 +238,7 @@ class HttpBootServer:
         app.router.add_route("DELETE", "/{path:.*}", self._handle)
         self.runner = web.AppRunner(app, access_log=None)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True)
+        site = web.TCPSite(self.runner, self.host, self.port, reuse_address=True, ssl_context=self.ssl_context)
         await site.start()
 
     async def stop(self) -> None:

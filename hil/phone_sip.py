@@ -18,7 +18,7 @@ from sipwire.endpoint import TransactionTimeout, TransactionTimers
 from . import sip_answers
 from .resolver import ResolveError
 
-from .phone_types import DOWN, FAILBACK_MODES, UP, Failback, Registration, ServerBinding
+from .phone_types import DOWN, FAILBACK_MODES, LATE_FAILOVER_S, UP, Failback, Registration, ServerBinding
 
 
 VALIDATION_METHODS = ("source", "digest", "both", "all")
@@ -268,10 +268,26 @@ class SipRegistrations:
                 return sip_answers.answer(entry, msg, addr)   # the conformance entry's answer (400 Bad Request)
         return None
 
+    async def _late_fallback(self, reg: Registration) -> None:
+        """Lab fault `late-failover`: a fallback server gets a REGISTER only once the primary has been down for
+        LATE_FAILOVER_S (a firmware that keeps no standby registration and is slow to fall back). What the wire
+        shows of it is real: the fallback's REGISTER comes late."""
+        down_since: float | None = None
+        while True:
+            if reg.servers[0].state == UP:
+                down_since = None
+            elif down_since is None:
+                down_since = time.monotonic()
+            elif time.monotonic() - down_since >= LATE_FAILOVER_S:
+                return
+            await asyncio.sleep(0.2)
+
     async def _server_loop(self, reg: Registration, srv: ServerBinding) -> None:
         fb = reg.failback
         primary = srv is reg.servers[0]
         while True:
+            if not primary and self.spec.fault == "late-failover":
+                await self._late_fallback(reg)
             if fb.follows:
                 if primary:
                     await self._hold_primary(fb)

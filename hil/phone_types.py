@@ -33,8 +33,10 @@ def model_info(model: str, family: str) -> dict:
 
 
 UP, DOWN, OFF = "registered", "unregistered", "not-registering"
-# lab faults, taking effect at a phone's next boot: it never comes back; it ignores server 1; it ignores server 1 once
-FAULTS = ("never-return", "wrong-server", "bad-boot-once")
+# lab faults, taking effect at a phone's next boot: it never comes back; it ignores server 1; it ignores server 1 once;
+# it keeps no standby registration and falls back late (LATE_FAILOVER_S after losing server 1)
+FAULTS = ("never-return", "wrong-server", "bad-boot-once", "late-failover")
+LATE_FAILOVER_S = 12.0
 
 
 def set_fault(phones, body: dict) -> tuple[dict, int]:

@@ -119,7 +119,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     45: (1, "test_secrets"), 57: (1, "test_publish_confinement"), 92: (1, "test_lab_rules, R5"),
     96: (1, "test_wire_experiment, HEP only"), 109: (1, "test_failback_modes"), 125: (1, "test_lab_flood"),
     114: (1, "test_named_master_lab"), 116: (1, "test_checksync_live"), 131: (1, "test_wire_attribution_lab"),
-    118: (1, "test_failover_behaviour"),
+    118: (1, "test_failover_behaviour"), 150: (1, "test_dns_blind_spot"),
 }
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 
 import pytest
@@ -16,14 +17,13 @@ from hil.harness import listening
 from conftest import wait_until
 
 
-@pytest.fixture
-def http_boot(tmp_path):
-    root = tmp_path / "boot"
-    root.mkdir()
-    (tmp_path / "secret.txt").write_text("TOP-SECRET-77")
+@contextlib.contextmanager
+def _http_server(root, challenges=("Digest",), ssl_context=None):
+    """The lab's HTTP boot server on its own loop and thread; yields (url, server)."""
     port = free_port()
     loop = asyncio.new_event_loop()
-    server = HttpBootServer(root, "127.0.0.1", port, "PlcmSpIp", "pw-123")
+    server = HttpBootServer(root, "127.0.0.1", port, "PlcmSpIp", "pw-123", challenges=challenges,
+                            ssl_context=ssl_context)
     ready = threading.Event()
 
     def run():
@@ -35,9 +35,20 @@ def http_boot(tmp_path):
     t = threading.Thread(target=run, daemon=True)
     t.start()
     ready.wait(5)
-    yield f"http://127.0.0.1:{port}/", root
-    asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
-    loop.call_soon_threadsafe(loop.stop)
+    try:
+        yield f"{'https' if ssl_context else 'http'}://127.0.0.1:{port}/", server
+    finally:
+        asyncio.run_coroutine_threadsafe(server.stop(), loop).result(5)
+        loop.call_soon_threadsafe(loop.stop)
+
+
+@pytest.fixture
+def http_boot(tmp_path):
+    root = tmp_path / "boot"
+    root.mkdir()
+    (tmp_path / "secret.txt").write_text("TOP-SECRET-77")
+    with _http_server(root) as (url, _server):
+        yield url, root
 
 
 @pytest.fixture
@@ -116,3 +127,108 @@ def test_local_publisher_refuses_names_outside_its_directory(tmp_path):
     pub = open_publisher(f"file://{tmp_path}/", Credentials())
     with pytest.raises(DeviceRefused, match="outside"):
         pub.write("../escape.cfg", b"x")
+
+
+def test_http_reads_carry_no_credentials_and_writes_answer_a_digest_challenge(tmp_path):
+    """Issue 17: the publisher sent Basic on every request, reads included, over plain HTTP."""
+    (tmp_path / "boot").mkdir()
+    with _http_server(tmp_path / "boot") as (url, server):
+        pub = open_publisher(url, Credentials("PlcmSpIp", "pw-123"))
+        try:
+            assert pub.read("a.cfg") is None
+            pub.write("a.cfg", b"<A/>")
+            assert pub.read("a.cfg") == b"<A/>"
+            pub.write("a.cfg", b"<B/>")
+            pub.delete("a.cfg")
+        finally:
+            pub.close()
+        seen = list(server.auth_seen)
+    assert [scheme for method, scheme in seen if method == "GET"] == ["", ""], seen
+    assert [scheme for method, scheme in seen if method == "PUT"] == ["", "Digest", "", "Digest"], seen
+    assert [scheme for method, scheme in seen if method == "DELETE"] == ["", "Digest"], seen
+    assert (tmp_path / "boot" / "a.cfg").exists() is False
+
+
+def test_http_publisher_never_answers_basic_over_plain_http(tmp_path):
+    (tmp_path / "boot").mkdir()
+    with _http_server(tmp_path / "boot", challenges=("Basic",)) as (url, server):
+        pub = open_publisher(url, Credentials("PlcmSpIp", "pw-123"))
+        try:
+            with pytest.raises(DeviceRefused, match="Basic authentication over plain HTTP"):
+                pub.write("a.cfg", b"<A/>")
+        finally:
+            pub.close()
+        seen = list(server.auth_seen)
+    assert seen == [("PUT", "")], seen
+    assert not (tmp_path / "boot" / "a.cfg").exists()
+
+
+def _self_signed(tmp_path):
+    """A certificate for 127.0.0.1 and the server's TLS context holding it; (context, PEM path)."""
+    import datetime
+    import ipaddress
+    import ssl
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+            .serial_number(x509.random_serial_number()).not_valid_before(now - datetime.timedelta(minutes=1))
+            .not_valid_after(now + datetime.timedelta(hours=1))
+            .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), False)
+            .add_extension(x509.BasicConstraints(ca=True, path_length=None), True)
+            .sign(key, hashes.SHA256()))
+    pem, key_pem = tmp_path / "cert.pem", tmp_path / "key.pem"
+    pem.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_pem.write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                          serialization.NoEncryption()))
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ctx.load_cert_chain(pem, key_pem)
+    return ctx, pem
+
+
+def test_https_publisher_answers_basic_only_when_challenged(tmp_path, monkeypatch):
+    """Over HTTPS a Basic-only server gets Basic, and only as the answer to its challenge."""
+    (tmp_path / "boot").mkdir()
+    ctx, pem = _self_signed(tmp_path)
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(pem))
+    with _http_server(tmp_path / "boot", challenges=("Basic",), ssl_context=ctx) as (url, server):
+        pub = open_publisher(url, Credentials("PlcmSpIp", "pw-123"))
+        try:
+            pub.write("a.cfg", b"<A/>")
+            assert pub.read("a.cfg") == b"<A/>"
+        finally:
+            pub.close()
+        seen = list(server.auth_seen)
+    assert seen == [("PUT", ""), ("PUT", "Basic"), ("GET", "")], seen
+
+
+def test_lab_digest_authority_checks_uri_nonce_and_password():
+    """The lab boot server's Digest check (hil.http_digest): an answer is for one method, one URI, a fresh nonce
+    of this server, and the right password; a malformed or oversized header is refused unparsed."""
+    import hashlib
+
+    from hil.http_digest import NONCE_LIFETIME_S, DigestAuthority, parse_params
+
+    auth = DigestAuthority("boot", "PlcmSpIp", "pw-123")
+    nonce = parse_params(auth.challenge().partition(" ")[2])["nonce"]
+
+    def answer(method="PUT", uri="/a.cfg", password="pw-123", n=nonce):
+        h = lambda s: hashlib.md5(s.encode()).hexdigest()   # noqa: E731
+        resp = h(f"{h(f'PlcmSpIp:boot:{password}')}:{n}:00000001:c0ffee:auth:{h(f'{method}:{uri}')}")
+        return (f'Digest username="PlcmSpIp", realm="boot", nonce="{n}", uri="{uri}", qop=auth, nc=00000001, '
+                f'cnonce="c0ffee", response="{resp}", algorithm=MD5')
+
+    assert auth.verify(answer(), "PUT", "/a.cfg")
+    assert not auth.verify(answer(), "PUT", "/b.cfg")                       # replayed for another file
+    assert not auth.verify(answer(), "DELETE", "/a.cfg")                    # or another method
+    assert not auth.verify(answer(password="wrong"), "PUT", "/a.cfg")
+    assert not auth.verify(answer(n="1.0-" + "0" * 32), "PUT", "/a.cfg")    # a nonce this server never issued
+    stamp = float(nonce.split("-")[0])
+    assert not auth.verify(answer(), "PUT", "/a.cfg", now=stamp + NONCE_LIFETIME_S + 1)   # expired
+    assert not auth.verify('Digest username="x', "PUT", "/a.cfg") and not auth.verify("Digest " + "a=b," * 2000, "PUT", "/")

@@ -123,3 +123,61 @@ def test_a_failover_that_cannot_happen_says_why_first():
     v = PhoneVerdict(mac="m", model="VVX 410", prediction_notes=[f"failover: {why}"])
     judge_phone(v, 2, [Expectation("fall back", 2, 30, "failover")], {"fall back": Reached({}, {"m": None})}, [], None)
     assert not v.passed and v.reasons[0].startswith(f"fall back: {why}; never moved to server 2")
+
+
+# ------------------------------------------------------------------ evidence that only bounds a moment (issue 17)
+def _reg(t: float, server: int, state: str, ws: int | None, earliest: float | None = None) -> dict:
+    return {"t": t, "working_server": ws, "kind": "registration", "source": "wire", "server": server,
+            "state": state, **({"earliest": earliest} if earliest is not None else {})}
+
+
+def test_a_lapse_that_straddles_the_bound_is_undetermined_with_its_interval_not_failed():
+    """The demo's blind spot: server 2 registered 3.5 s into the outage, server 1's binding lapsed at 11.1 s: the
+    phone moved somewhere in [3.5, 11.1] s; with a 10 s bound the evidence cannot fail it."""
+    obs = [_reg(99, 1, "registered", 1), _reg(103.5, 2, "registered", 1),
+           _reg(111.1, 1, "unregistered", 2, earliest=99.0)]
+    v = judge_phone(_verdict(fail_max=10.0), 2, [FAIL], {"fall back": Reached({MAC: 111.3}, {})}, obs,
+                    OutageWindow(100.0, 200.0))
+    assert v.passed and v.reasons == [], v.reasons
+    assert v.failover_interval_s == [3.5, 11.1] and v.failover_s == 11.1
+    assert v.judgement == {"failover": "undetermined: evidence late by up to 7.6 s"}
+    assert "undetermined" in v.checks[0]["message"] and v.checks[0]["passed"]
+
+
+def test_a_lapse_wholly_within_the_bound_is_within_bound():
+    obs = [_reg(99, 1, "registered", 1), _reg(103.5, 2, "registered", 1),
+           _reg(108.0, 1, "unregistered", 2, earliest=99.0)]
+    v = judge_phone(_verdict(fail_max=10.0), 2, [FAIL], {"fall back": Reached({MAC: 108.2}, {})}, obs,
+                    OutageWindow(100.0, 200.0))
+    assert v.passed and v.judgement == {"failover": "within bound"}
+
+
+def test_a_phone_whose_earliest_possible_move_is_over_the_bound_still_fails():
+    """A phone that really fails over late: server 2 registered only 14 s in, so whatever server 1 did it
+    cannot have been working on server 2 before that."""
+    obs = [_reg(99, 1, "registered", 1), _reg(111.1, 1, "unregistered", None, earliest=99.0),
+           _reg(114.0, 2, "registered", 2)]
+    v = judge_phone(_verdict(fail_max=10.0), 2, [FAIL], {"fall back": Reached({MAC: 114.2}, {})}, obs,
+                    OutageWindow(100.0, 200.0))
+    assert not v.passed and v.judgement == {"failover": "over bound"}
+    assert "14.0s" in v.reasons[0] and "10.0s" in v.reasons[0]
+
+
+def test_a_loss_stamped_early_never_makes_the_move_earlier_than_the_registration():
+    """A DNS lookup failure arrives after server 2's 200 but is stamped before it: the move is at the 200."""
+    obs = [_reg(99, 1, "registered", 1), _reg(106.0, 2, "registered", 1),
+           _reg(104.0, 1, "unregistered", 2, earliest=103.0)]
+    v = judge_phone(_verdict(fail_max=10.0), 2, [FAIL], {"fall back": Reached({MAC: 106.5}, {})}, obs,
+                    OutageWindow(100.0, 200.0))
+    assert v.passed and v.failover_s == 6.0 and v.failover_interval_s is None
+    assert v.judgement == {"failover": "within bound"}
+
+
+def test_a_refresh_of_a_standing_registration_does_not_delay_the_move():
+    """Server 2 registered long before the cut and refreshed at 106.3; server 1's timeout, stamped 106.0, arrives
+    after that refresh: the move is at 106.0, not at the refresh."""
+    obs = [_reg(90, 2, "registered", 1), _reg(99, 1, "registered", 1), _reg(106.3, 2, "registered", 1),
+           _reg(106.0, 1, "unregistered", 2)]
+    v = judge_phone(_verdict(fail_max=10.0), 2, [FAIL], {"fall back": Reached({MAC: 106.5}, {})}, obs,
+                    OutageWindow(100.0, 200.0))
+    assert v.passed and v.failover_s == 6.0 and v.failover_interval_s is None

@@ -541,8 +541,9 @@ def test_local_capture_filters_the_sites_ports_and_vlan_tagged_frames(tmp_path, 
         source.stop()
         source.join(10)
     assert argv[argv.index("-i") + 1] == "lo"
-    assert argv[-1].endswith("or (vlan and udp and (port 5062 or port 5080))"), argv[-1]
-    assert "(udp and (port 5062 or port 5080))" in argv[-1]
+    # the servers' ports and the DNS port (a phone's failed lookup is evidence too: issue 17)
+    assert argv[-1].endswith("or (vlan and udp and (port 53 or port 5062 or port 5080))"), argv[-1]
+    assert "(udp and (port 53 or port 5062 or port 5080))" in argv[-1]
 
 
 # --- HEP v3 ------------------------------------------------------------------------------------------------

@@ -82,3 +82,13 @@ def test_report_keeps_the_capture_and_marks_register_outcomes(tmp_path):
     assert 'data-server="2" data-source="hep" data-code="200"' in page
     assert "1-&gt;2: wire +0, gateway +0.4" in page and "capture.pcap" in page
     assert doc["phones"][0]["sources"]["wire"] == 3
+
+
+def test_capture_pcap_is_readable_by_its_owner_only(tmp_path):
+    """Issue 17: capture.pcap was written 0644, with every phone's digest responses in it; an existing file keeps
+    no wider mode either."""
+    (tmp_path / "capture.pcap").write_bytes(b"old")
+    (tmp_path / "capture.pcap").chmod(0o644)
+    report.write(_result(), tmp_path)
+    assert (tmp_path / "capture.pcap").stat().st_mode & 0o777 == 0o600
+    assert (tmp_path / "capture.pcap").read_bytes()[:4] != b"old"

@@ -177,8 +177,10 @@ def _interface(name: str) -> str:
 
 
 def capture_filter(ports: tuple[int, ...] = SIP_PORTS, hosts: tuple[str, ...] = (), vlan: bool = False) -> str:
-    """A BPF filter for SIP over UDP on the given ports, IP fragments included (a fragment after the first
-    carries no UDP header, so a port filter alone would lose the rest of a large REGISTER answer).
+    """A BPF filter for UDP on the given ports, IP fragments included (a fragment after the first
+    carries no UDP header, so a port filter alone would lose the rest of a large REGISTER answer). A site's wire
+    source passes its servers' SIP ports and its DNS ports (53 and the inventory's `dns` port): a phone's
+    failed lookup is evidence too (dns_evidence).
 
     `vlan`: also 802.1Q-tagged frames (a switch mirror port often keeps the tags). In BPF, `vlan` shifts the
     offsets of everything after it, so the tagged alternative comes last: `(...) or (vlan and udp and (...))`."""

@@ -16,6 +16,7 @@ from dataclasses import replace
 from ...observe import REGISTERED, UNREGISTERED, Observation
 from . import hep
 from .sip_calls import CallOutcome, InviteMatcher, invite_message
+from .dns_evidence import DnsLookups
 from .sip_transactions import T1_TIMEOUT, RegisterMatcher, RegisterOutcome
 from .source_guard import ByteBudget, ClockGuard, DropHealth
 from .wire_decode import Datagram, FrameDecoder, register_message
@@ -86,6 +87,7 @@ class WireEvidence:
         self.clock = PacketClock()
         self.outcomes: list[RegisterOutcome] | None = None     # set to [] to keep outcomes (tests, reports)
         self.lapse = lapse
+        self.dns: DnsLookups | None = None      # set by a capture source: the phones' DNS lookups (dns_evidence)
         self._bound: dict[tuple[str, int, int], Observation] = {}   # newest granted registration per target
         self._stats: Counter[str] = Counter()
 
@@ -110,6 +112,8 @@ class WireEvidence:
             self._stats[why] += 1
             self.health.saw(why)
             return []
+        if self.dns is not None and self.dns.is_dns(dg.src, dg.dst):
+            return self._stamped(self.dns.feed(dg.t, dg.src, dg.dst, dg.payload))
         oversize = self._stats["register_oversize"]
         msg = register_message(dg.payload, self._stats)
         self.health.saw("register_oversize" if self._stats["register_oversize"] != oversize else None)
@@ -144,6 +148,8 @@ class WireEvidence:
         self.decoder.reassembler.expire(now)
         self.invites.expire(now)
         out = self._observe(self.matcher.expire(now))
+        if self.dns is not None:
+            out += self._stamped(self.dns.expire(now))
         if self.lapse:
             out += self._lapsed(now + (self.clock.offset if self.stamp == "local" else 0.0))
         return out
@@ -163,9 +169,16 @@ class WireEvidence:
                 del self._bound[key]
                 self._stats["lapsed"] += 1
                 out.append(Observation(mac=obs.mac, t=until, source=self.source, reg=obs.reg, server=obs.server,
-                                       state=UNREGISTERED, address=obs.address,
+                                       state=UNREGISTERED, address=obs.address, earliest=obs.t,
                                        detail=f"lapsed: no refresh seen within expires={obs.expires}"))
         return out
+
+    def _stamped(self, found: list[Observation]) -> list[Observation]:
+        """Observations stamped in capture time, on this host's clock when `stamp="local"`."""
+        if self.stamp != "local" or not found:
+            return found
+        shift = self.clock.offset
+        return [replace(o, t=o.t + shift, earliest=None if o.earliest is None else o.earliest + shift) for o in found]
 
     def _call(self, outcome: CallOutcome | None) -> list[Observation]:
         if outcome is None:
@@ -193,6 +206,6 @@ class WireEvidence:
     def stats(self) -> dict[str, int]:
         total: Counter[str] = Counter()
         for c in (self._stats, self.decoder.stats, self.decoder.reassembler.stats, self.matcher.stats,
-                  self.invites.stats, self.build.attribution.stats):
+                  self.invites.stats, self.build.attribution.stats, self.dns.stats if self.dns else {}):
             total.update(c)
         return dict(total)

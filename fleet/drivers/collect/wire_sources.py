@@ -36,6 +36,7 @@ from ...observe import Observation
 from ...predict import server_timing
 from . import gateway_bindings
 from .local_capture import CaptureUnavailable, start_local_capture
+from .dns_evidence import DnsLookups, site_dns_ports
 from .pcap_stream import PcapFormatError, PcapStreamParser, capture_command
 from .sip_transactions import T1_TIMEOUT
 from .source_guard import ByteBudget, ClockGuard, DropHealth
@@ -388,6 +389,8 @@ class Follower:
             self.ev.build.attribution = Attribution(self.targets.wire, self.ev.source, foreign=old.foreign,
                                                     learned=old.learned)
             self.ev.matcher.timeouts = transaction_timeouts(self.targets.wire, self.targets.by_mac)
+            if self.ev.dns is not None:
+                self.ev.dns.retarget(self.targets.wire)
 
 
 class SourceThread(threading.Thread, metaclass=ABCMeta):
@@ -464,10 +467,17 @@ class _WireThread(SourceThread):
     def _pipeline(self) -> WireEvidence:
         if self.targets.generation == 0:      # never built yet (run_once builds them before a capture starts)
             self.targets.refresh(force=True)
-        return guarded_evidence(self.source, self.targets, None, self.drops)
+        ev = guarded_evidence(self.source, self.targets, None, self.drops)
+        ev.dns = DnsLookups(self.targets.wire, self.source, site_dns_ports(self.site.dns))   # its filter takes DNS
+        return ev
 
     def health(self) -> dict:
         return with_drops(super().health(), self.drops, self._drops_since)
+
+    def filter_ports(self) -> tuple[int, ...]:
+        """The capture filter's ports: the servers' SIP ports and the site's DNS (a phone's failed lookup is
+        evidence too: dns_evidence)."""
+        return tuple(sorted(set(capture_ports(self.targets.wire)) | set(site_dns_ports(self.site.dns))))
 
     def pump(self, read: Callable[[float], bytes | None]) -> bool:
         """Read until the stream ends or we stop; every framing error ends this run (the caller restarts).
@@ -542,7 +552,7 @@ class RouterCapture(_WireThread):
         self.credentials = credentials
 
     def command(self) -> str:
-        return capture_command(self.capture.platform, self.capture.interface or "any", capture_ports(self.targets.wire))
+        return capture_command(self.capture.platform, self.capture.interface or "any", self.filter_ports())
 
     def run_once(self) -> None:
         from ..router import connect
@@ -574,7 +584,7 @@ class LocalCapture(_WireThread):
         self.targets.refresh(force=True)
         try:
             self.ports = capture_ports(self.targets.wire)
-            proc = start_local_capture(self.capture.interface or "any", self.ports)
+            proc = start_local_capture(self.capture.interface or "any", self.filter_ports())
         except CaptureUnavailable:
             self.failures = len(BACKOFF)       # not worth retrying quickly: it needs the host changed
             raise

@@ -1,4 +1,11 @@
-"""HTTP GET/PUT/DELETE to the boot server (requests), basic or digest auth.
+"""HTTP GET/PUT/DELETE to the boot server (requests): no credentials unasked, a password never in clear.
+
+Every request goes out without credentials: a read (the `--probe` too) needs
+none on a server that serves phones anonymously. When the server answers 401,
+the publisher answers its challenge: Digest on any connection (the password
+never crosses the wire), Basic only over HTTPS. A server that offers only
+Basic over plain HTTP is refused with a message saying so, rather than handed
+the password in clear on a LAN anyone can capture.
 
 Names are checked before any request (names.check_name) and sent as one
 percent-encoded path segment, so no name can address anything but a file in
@@ -6,10 +13,11 @@ the boot directory; the server itself writes atomically.
 """
 from __future__ import annotations
 
+import os
 from urllib.parse import quote, urlsplit
 
 import requests
-from requests.auth import HTTPBasicAuth
+from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 
 from ...inventory import Credentials
 from ..errors import DeviceRefused, DeviceTimeout
@@ -21,14 +29,34 @@ class HttpPublisher:
         parts = urlsplit(url)
         self.base = f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}{parts.path.rstrip('/')}/"
         self.name = f"boot server {self.base}"
+        self.https = parts.scheme == "https"
         self.session = requests.Session()
-        self.session.auth = HTTPBasicAuth(credentials.username, credentials.password) if credentials.username else None
+        # a ~/.netrc must not add Basic credentials to a request behind our back (requests reads it when a request
+        # has no auth of its own); the CA bundle the environment names still counts for https
+        self.session.trust_env = False
+        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        self.credentials = credentials
         self.timeout = timeout
 
     def _call(self, method: str, filename: str, data: bytes | None = None) -> requests.Response:
         name = check_name(self.name, filename)
+        url = self.base + quote(name, safe="")
+        creds = self.credentials
         try:
-            return self.session.request(method, self.base + quote(name, safe=""), data=data, timeout=self.timeout)
+            # a fresh digest state per request: requests' own would send a digest unasked on the next one; it
+            # sends nothing until challenged, and answers only a Digest challenge
+            digest = HTTPDigestAuth(creds.username, creds.password) if creds.username else None
+            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=digest)
+            if resp.status_code != 401 or not creds.username or "digest" in (offers := _offered_schemes(resp)):
+                return resp
+            if "basic" in offers and self.https:
+                return self.session.request(method, url, data=data, timeout=self.timeout,
+                                            auth=HTTPBasicAuth(creds.username, creds.password))
+            if "basic" in offers:
+                raise DeviceRefused(self.name, f"{method} {shown(name)}: the server asks for Basic authentication over "
+                                               "plain HTTP; fleet never sends the password in clear (offer Digest on "
+                                               "the server, or use https://)")
+            return resp
         except requests.Timeout:
             raise DeviceTimeout(self.name, f"{method} {shown(name)}: no answer within {self.timeout:g}s") from None
         except (requests.RequestException, OSError, ValueError) as exc:
@@ -54,6 +82,18 @@ class HttpPublisher:
 
     def close(self) -> None:
         self.session.close()
+
+
+def _offered_schemes(resp: requests.Response) -> set[str]:
+    """The authentication schemes a 401 offers, lower-cased (`WWW-Authenticate` headers, joined by requests with
+    commas: a scheme is a piece's first word when that word is not a `name=value` parameter)."""
+    text = resp.headers.get("WWW-Authenticate", "")[:4096]
+    schemes = set()
+    for piece in text.split(","):
+        word = piece.strip().split(" ", 1)[0]
+        if word and "=" not in word:
+            schemes.add(word.lower())
+    return schemes
 
 
 def _why(resp: requests.Response) -> str:
