@@ -240,17 +240,11 @@ def _waiting_on(macs: list[str], states: PhoneStates) -> str:
     parts = []
     for state in sorted(by_state):
         phones = by_state[state]
-        if state != "deferred":
+        if state == "deferred":
+            parts.append(f"{len(phones)} deferred as possibly in a call ({', '.join(phones[:5])}"
+                         + (", ..." if len(phones) > 5 else "") + ")")
+        else:
             parts.append(f"{len(phones)} {state}")
-            continue
-        # why each waits, as its call check said: in a call, or its state unknown and why (a record written before
-        # the reason was kept says only what a deferral meant then)
-        by_reason: dict[str, list[str]] = {}
-        for m in phones:
-            by_reason.setdefault(states[m].get("deferred_reason") or "possibly in a call", []).append(m)
-        for why, named in by_reason.items():
-            parts.append(f"{len(named)} deferred, {why[:160]} ({', '.join(named[:5])}"
-                         + (", ..." if len(named) > 5 else "") + ")")
     return ", ".join(parts)
 
 

@@ -106,7 +106,7 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
     # the playbook's reboot_without_call_check covers only a family with no way to tell; a check that failed defers
     if not check.may_reboot and not (plan.unchecked_reboot and control.family.call_state_source is None):
         rs.set_phone(rid, mac, state="deferred", deferred_at=time.time(),
-                     deferred_reason=check.wait_reason[:300])
+                     deferred_reason=f"{check.state}: {check.reason}"[:300])
         rs.log(rid, "deferred", mac=mac, call_state=check.state, reason=check.reason[:300])
         return {"state": "deferred", "reason": check.reason}
     if not check.may_reboot:

@@ -580,9 +580,8 @@ class RolloutStore:
     def phone(self, rid: str, mac: str) -> dict:
         return self.r.hgetall(K.rollout_phone(rid, mac))
 
-    # shadowed: fleet.overrides; deferred_reason: why a deferred phone waits, for a halt's reason
-    STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at",
-                    "deferred_reason", "error", "verified_in", "confirm_sent", "shadowed")
+    STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
+                    "verified_in", "confirm_sent", "shadowed")   # shadowed: fleet.overrides
 
     def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
         """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""

@@ -139,7 +139,7 @@ def test_requestor_mode_reads_the_answer_at_the_public_clients_path(family, fake
     body = conformance.get("polling-callstate-requestor-active").body.encode()
     fake = fake_phone({"/polling/callstateHandler": Route(body, login=(POLL_USER, POLL_PASSWORD))})
     check = _control(family, fake.port, REQUESTOR).call_check()
-    assert (check.state, check.wait_reason) == ("in-call", "in a call (state polling, requestor mode)"), check
+    assert (check.state, check.reason) == ("in-call", "state polling, requestor mode"), check
     assert [p for _, p, _ in fake.requests] == ["/polling/callstateHandler"] * 2      # challenge, answer
 
 

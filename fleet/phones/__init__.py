@@ -40,14 +40,6 @@ class CallCheck:
     def may_reboot(self) -> bool:
         return self.state == "idle"
 
-    @property
-    def wait_reason(self) -> str:
-        """Why a phone that may not be rebooted waits, for a rollout's record and its halt reason: in a call, or
-        its call state unknown and why (the two read differently to an operator deciding whether to force it)."""
-        if self.state == "in-call":
-            return "in a call" + (f" ({self.reason})" if self.reason else "")
-        return f"call state unknown: {self.reason or 'no reason given'}"
-
 
 Problem = Literal["", "timeout", "refused", "auth", "error-status", "malformed", "wrong-device", "error"]
 
