@@ -505,7 +505,8 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
 @click.option("--site", help="Only this site.")
 @click.option("--live", is_flag=True, help="Refresh every second until Ctrl-C.")
 @click.option("--json", "as_json", is_flag=True, help="A list of objects: mac, site, working_server, servers (registration 1's), "
-                                                        "lines (other registrations), observed_at, unobservable, evidence_errors.")
+                                                        "lines (other registrations), observed_at, unobservable, evidence_errors, "
+                                                        "evidence_foreign.")
 def status(site: str | None, live: bool, as_json: bool) -> None:
     """Which phone is registered where, right now (from the collectors' latest observations)."""
     from .status import view as status_view

@@ -276,11 +276,8 @@ class SiteCollector:
         for why in self.source_errors:
             sources.append({"source": "not started", "running": False, "error": self._scrub(why), "since": self.sources_started})
         for source in self.evidence:
-            if isinstance(source, wire_sources.SourceThread):
-                h = source.health()
-                sources.append(h | {"error": self._scrub(h["error"])})
-            else:
-                sources.append({"source": source.source, "running": True, "error": "", "since": None})
+            h = source.health()
+            sources.append(h | {"error": self._scrub(h["error"])})
         return unseen, sources
 
     def _scrub(self, text: str) -> str:

@@ -26,7 +26,7 @@ from .predict import servers
 from .lease import LeaseLost, SiteLease, default_ttl
 from .signals import Interrupted, SignalGuard
 from .site_registry import register_site
-from .store import RolloutStore, Store
+from .store import RolloutStore, Store, foreign_sources
 from .task_errors import TaskFailed
 from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, predicted_bounds, timeline
 
@@ -60,6 +60,7 @@ class ExperimentResult:
     # from the site collector's report: servers no wire source can see (and why), evidence sources failing
     unobservable: list[dict] = field(default_factory=list)
     evidence_errors: list[dict] = field(default_factory=list)
+    evidence_foreign: list[dict] = field(default_factory=list)   # store.foreign_sources: SIP from non-phone addresses
 
 
 class ExperimentRunner:
@@ -182,6 +183,7 @@ class ExperimentRunner:
         evidence = self.store.site_evidence([self.site.name]).get(self.site.name, {})
         result.unobservable = evidence.get("unobservable", [])
         result.evidence_errors = [e for e in evidence.get("sources", []) if e.get("error")]
+        result.evidence_foreign = foreign_sources(evidence)
         result.finished = time.time()
         result.errors.extend(f"{name} received while the WAN was being restored or the report computed: ignored until "
                              f"both were done" for name in guard.received)

@@ -117,6 +117,16 @@ def _check_family(phone: dict, loc: tuple, own: bool, default_from: str) -> None
                                             f"it offers {', '.join(fam.reboot_methods)}")
 
 
+def _networks(values: list[str]) -> list[str]:
+    """An `allow_from` list: each an address or a network in CIDR form (host bits allowed: 10.1.20.5/24)."""
+    for net in values:
+        try:
+            ipaddress.ip_network(str(net).strip(), strict=False)
+        except ValueError:
+            raise ValueError(f"{net!r} is not an address or network (e.g. 10.1.20.7 or 10.1.20.0/24)") from None
+    return [str(net).strip() for net in values]
+
+
 class Phone(Strict):
     mac: str
     model: validate.PhoneModel
@@ -130,6 +140,13 @@ class Phone(Strict):
     # filled from the site's or the fleet's default when the inventory is read (Inventory.family_defaults)
     firmware_family: FamilyName | None = Field(None, description="overrides the site's default for this phone")
     reboot: RebootMethod | None = Field(None, description="how fleet reboots it; default per family")
+    allow_from: list[str] = Field([], description="addresses or networks (CIDR) besides its own address whose SIP "
+                                                  "on the wire counts as this phone's (the NAT in front of it)")
+
+    @field_validator("allow_from")
+    @classmethod
+    def allowed_networks(cls, v: list[str]) -> list[str]:
+        return _networks(v)
 
     @property
     def family(self) -> families.Family:
@@ -214,8 +231,8 @@ class Collector(Strict):
     events: str = "0.0.0.0:8514"
     poll_interval: float = Field(0.0, ge=0, le=3600, description="seconds between state-polling rounds; 0: push sources only")
     poll_concurrency: int = Field(200, ge=1, le=5000)
-    allow_from: list[str] = Field([], description="networks (CIDR) whose syslog and events are accepted besides "
-                                                  "the site's phones' own addresses")
+    allow_from: list[str] = Field([], description="networks (CIDR) whose syslog, events and SIP on the wire are "
+                                                  "accepted as any of the site's phones' besides their own addresses")
 
     @field_validator("syslog", "events")
     @classmethod
@@ -226,12 +243,7 @@ class Collector(Strict):
     @field_validator("allow_from")
     @classmethod
     def networks(cls, v: list[str]) -> list[str]:
-        for net in v:
-            try:
-                ipaddress.ip_network(net, strict=False)
-            except ValueError:
-                raise ValueError(f"{net!r} is not a network (e.g. 10.1.20.0/24)") from None
-        return v
+        return _networks(v)
 
 
 # --- per-server evidence sources of a site: SIP on the wire and the gateway's registrar --------------------

@@ -82,6 +82,7 @@ def to_dict(result: ExperimentResult) -> dict:
         "capture": capture_summary(result.capture),
         "unobservable": list(result.unobservable),
         "evidence_errors": list(result.evidence_errors),
+        "evidence_foreign": list(result.evidence_foreign),
         "summary": {"phones": len(result.phones), "phones_passed": sum(p.passed for p in result.phones),
                     "failover_s": summary(failovers), "recovery_s": summary(recoveries)},
     }
@@ -240,6 +241,13 @@ def html(doc: dict) -> str:
                       for e in doc.get("evidence_errors") or [])
     failing_html = (f"<h2>Evidence sources not working</h2><table><tr><th>source</th><th>why</th></tr>{failing}</table>"
                     if failing else "")
+    foreign = "".join(f"<tr class=bad><td>{escape(str(f.get('source', '')))}</td><td>{escape(str(f.get('total', '')))}</td>"
+                      f"<td>{escape(', '.join(f'{a}: {n}' for a, n in sorted((f.get('foreign') or {}).items())))}</td></tr>"
+                      for f in doc.get("evidence_foreign") or [])
+    foreign_html = ("<h2>Foreign SIP</h2><p>Messages naming the site's phones from addresses that are not theirs nor "
+                    "allowed by the inventory (allow_from), since the collector started: counted, never taken as a "
+                    "phone's state.</p><table><tr><th>source</th><th>messages</th><th>from (address: count)</th></tr>"
+                    f"{foreign}</table>" if foreign else "")
     s = doc["summary"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{escape(doc['playbook'])}: {verdict}</title>
 <style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
@@ -254,7 +262,7 @@ recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])
 <h2>Outages: what the router confirmed</h2><table><tr><th>outage</th><th>mode</th><th>cut</th><th>dead-man's switch</th><th>restore</th><th>confirmed</th></tr>{outages}</table>
 <h2>Steps</h2><table><tr><th>step</th><th>s</th><th>result</th><th>detail</th></tr>{steps}</table>
 <h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>result</th><th>why</th><th>transitions: seen by (s after the first)</th></tr>{rows}</table>
-{unseen_html}{failing_html}
+{unseen_html}{failing_html}{foreign_html}
 <p>SIP capture: {escape(str((doc.get('capture') or {}).get('file') or 'none kept'))}
 ({(doc.get('capture') or {}).get('datagrams', 0)} datagrams)</p>
 </body></html>"""

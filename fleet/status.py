@@ -7,6 +7,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from .phone_row import row_for_json
+from .store import foreign_sources
 
 
 def rows_for_json(phones: list[dict]) -> list[dict]:
@@ -70,9 +71,29 @@ def sources_table(evidence: dict[str, dict]) -> Table | None:
     return t
 
 
+FOREIGN_SHOWN = 5       # source addresses named per evidence source in the table (the JSON has them all)
+
+
+def foreign_table(evidence: dict[str, dict]) -> Table | None:
+    """Per site and evidence source, SIP naming the site's phones that came from addresses not theirs (issue 17:
+    counted, never taken as the phones' state); None when there is none."""
+    rows = [(site, f) for site, ev in sorted(evidence.items()) for f in foreign_sources(ev)]
+    if not rows:
+        return None
+    t = Table("site", "evidence source", "messages", "from (address: count)",
+              title="foreign SIP: naming a phone, not from its address nor an allowed one (inventory allow_from)")
+    for site, f in rows:
+        top = sorted(f["foreign"].items(), key=lambda kv: (-kv[1], kv[0]))
+        shown = ", ".join(f"{addr}: {n}" for addr, n in top[:FOREIGN_SHOWN])
+        more = f" and {len(top) - FOREIGN_SHOWN} more" if len(top) > FOREIGN_SHOWN else ""
+        t.add_row(escape(site), escape(str(f["source"])), f"[red]{f['total']}[/]", escape(shown + more))
+    return t
+
+
 def view(phones: list[dict], evidence: dict[str, dict]):
-    """What `fleet status` prints: the phones' table, and below it the failing evidence sources (if any)."""
+    """What `fleet status` prints: the phones' table, and below it the failing evidence sources and the foreign
+    SIP they got (if any)."""
     from rich.console import Group
 
-    extra = sources_table(evidence)
-    return Group(table(phones), extra) if extra is not None else table(phones)
+    extra = [x for x in (sources_table(evidence), foreign_table(evidence)) if x is not None]
+    return Group(table(phones), *extra) if extra else table(phones)

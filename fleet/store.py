@@ -83,6 +83,17 @@ def _row_site(row: str) -> str | None:
     return value if isinstance(value, str) else None
 
 
+def foreign_sources(site_evidence: dict) -> list[dict]:
+    """One site's evidence sources that got messages naming its phones from addresses not theirs (issue 17):
+    [{source, foreign: {address: count}, total}], from the collector's report (see site_evidence)."""
+    out = []
+    for e in site_evidence.get("sources", []):
+        counts = e.get("foreign") or {}
+        if counts:
+            out.append({"source": e.get("source", ""), "foreign": counts, "total": sum(counts.values())})
+    return out
+
+
 def _unseen_by_mac(evidence: dict[str, dict]) -> dict[str, list[dict]]:
     """The collectors' `unobservable` entries (see site_evidence), grouped by phone."""
     out: dict[str, list[dict]] = {}
@@ -289,8 +300,10 @@ class Store:
     def status_json(self, site: str | None = None) -> str:
         """`fleet status --json` straight from the ready-made rows: one round trip, no decoding per phone. Each row
         gains what its site's collector reported (`site_evidence`): `unobservable` (this phone's servers no wire
-        source can see, and why) and `evidence_errors` (the site's evidence sources that are failing). Only a row
-        whose site has failing sources has its site read out of it (one string decoded, not the row)."""
+        source can see, and why), `evidence_errors` (the site's evidence sources that are failing) and
+        `evidence_foreign` (`foreign_sources`: the site's sources that got SIP naming its phones from other
+        addresses, counted per address). Only a row whose site has failing sources or foreign counts has its site
+        read out of it (one string decoded, not the row)."""
         key = K.site_phones(site) if site else K.PHONES
         macs = sorted(self.r.smembers(key))
         pipe = self.r.pipeline(transaction=False)
@@ -303,10 +316,13 @@ class Store:
         unseen = {mac: json.dumps(us) for mac, us in _unseen_by_mac(evidence).items()}
         errors = {s: json.dumps(errs) for s, ev in evidence.items()
                   if (errs := [e for e in ev.get("sources", []) if e.get("error")])}
+        foreign = {s: json.dumps(found) for s, ev in evidence.items() if (found := foreign_sources(ev))}
         out = []
-        for mac, row in rows:     # {...} + `"unobservable": [...], "evidence_errors": [...]}`: no decoding
-            failing = errors.get(_row_site(row), "[]") if errors else "[]"
-            out.append(f'{row.rstrip()[:-1]}, "unobservable": {unseen.get(mac, "[]")}, "evidence_errors": {failing}}}')
+        for mac, row in rows:     # {...} + `"unobservable": [...], "evidence_errors": [...], ...}`: no decoding
+            row_site = _row_site(row) if errors or foreign else None
+            failing = errors.get(row_site, "[]") if errors else "[]"
+            out.append(f'{row.rstrip()[:-1]}, "unobservable": {unseen.get(mac, "[]")}, "evidence_errors": {failing}, '
+                       f'"evidence_foreign": {foreign.get(row_site, "[]") if foreign else "[]"}}}')
         return "[" + ",".join(out) + "]"
 
     def set_site_evidence(self, site: str, unobservable: list[dict], sources: list[dict]) -> None:

@@ -16,6 +16,60 @@ from .resolver import ResolveError
 from .phone_types import DOWN, FAILBACK_MODES, UP, Failback, Registration, ServerBinding
 
 
+def split_contacts(values: list[str]) -> list[tuple[str, str]]:
+    """Contact header values -> [(uri, the entry's text after the URI)], split on commas outside <> and quotes
+    (a registrar may list every binding of the AoR in one header or one header each). One pass per value."""
+    out: list[tuple[str, str]] = []
+    for value in values:
+        start, depth, quoted = 0, 0, False
+        for i, ch in enumerate(value + ","):
+            if ch == '"' and depth == 0:
+                quoted = not quoted
+            elif not quoted and ch == "<":
+                depth += 1
+            elif not quoted and ch == ">":
+                depth = max(0, depth - 1)
+            elif ch == "," and not quoted and depth == 0:
+                entry = value[start:i].strip()
+                start = i + 1
+                if not entry:
+                    continue
+                lt, gt = entry.find("<"), entry.find(">")
+                if 0 <= lt < gt:
+                    out.append((entry[lt + 1:gt].strip(), entry[gt + 1:]))
+                else:
+                    uri, _, rest = entry.partition(";")
+                    out.append((uri.strip(), ";" + rest if rest else ""))
+    return out
+
+
+def same_contact(a: str, b: str) -> bool:
+    """Two Contact URIs name the same binding: scheme, user, host (any case) and port (RFC 3261 19.1.4)."""
+    def key(uri: str) -> tuple:
+        scheme = uri.split(":", 1)[0].lower()
+        try:
+            host, port = sip.uri_host_port(uri, 5061 if scheme == "sips" else 5060)
+        except sip.SipParseError:
+            return (uri.strip().lower(),)
+        return scheme, sip.uri_user(uri), host.lower(), port
+    return key(a) == key(b)
+
+
+def granted_expiry(resp: sip.SipMessage, requested: int, own_contact: str) -> int:
+    """The expiry a 200 granted this phone's own binding: the `expires` of the Contact entry that is its own
+    contact (a shared AoR's 200 lists every device's binding, in any order); else, with one contact only
+    (a registrar that rewrote it), that one's; else the Expires header; else what was asked for."""
+    contacts = split_contacts(resp.get_all("contact"))
+    own = [rest for uri, rest in contacts if same_contact(uri, own_contact)]
+    chosen = own[0] if own else contacts[0][1] if len(contacts) == 1 else None
+    if chosen is not None:
+        value = sip.header_params("<>" + chosen).get("expires", "")
+        if value.isdigit():
+            return int(value)
+    hdr = (resp.get("expires") or "").strip()
+    return int(hdr) if hdr.isdigit() else requested
+
+
 class SipRegistrations:
     def _server_prefix(self, x: int, y: int) -> str | None:
         """Whole-server precedence (confirmed in the guides): once reg.x.server.y.address is set, that server's
@@ -245,7 +299,7 @@ class SipRegistrations:
         if resp is None or resp.status != 200:
             self._set_server_state(reg, srv, DOWN, reason=f"status-{resp.status if resp else 'none'}")
             return False
-        srv.granted = self._granted_expiry(resp, srv.expires)
+        srv.granted = granted_expiry(resp, srv.expires, contact.strip("<>"))
         self._set_server_state(reg, srv, UP, expires=srv.granted)
         return True
 
@@ -264,15 +318,6 @@ class SipRegistrations:
             challenge = digest.parse_challenge(resp.get(hname) or "")
             auth_header = ("Authorization" if resp.status == 401 else "Proxy-Authorization",
                            digest.authorization(challenge, username=reg.auth_user, password=reg.password, method=method, uri=uri))
-
-    @staticmethod
-    def _granted_expiry(resp: sip.SipMessage, requested: int) -> int:
-        for contact in resp.get_all("contact"):
-            value = sip.header_params(contact).get("expires")
-            if value and value.isdigit():
-                return int(value)
-        hdr = resp.get("expires")
-        return int(hdr) if hdr and hdr.isdigit() else requested
 
     def _set_server_state(self, reg: Registration, srv: ServerBinding, state: str, *, reason: str = "",
                           expires: int | None = None, quiet: bool = False) -> None:

@@ -128,3 +128,15 @@ def test_report_names_servers_not_observable_on_the_wire_and_failing_sources(tmp
     assert "203.0.113.20:5061" in page and "router capture" in page and "not a pcap stream" in page
     plain = report.html(doc | {"unobservable": [], "evidence_errors": []})
     assert "Not observable on the wire" not in plain and "Evidence sources not working" not in plain
+
+
+def test_report_lists_foreign_sip_per_source(tmp_path):
+    """Issue 17: SIP naming the site's phones from addresses not theirs is counted by the collector and named in
+    the report (JSON and HTML), never taken as a phone's state."""
+    res = sample()
+    res.evidence_foreign = [{"source": "hep", "foreign": {"192.168.10.66": 4, "192.168.10.67": 1}, "total": 5}]
+    doc = report.write(res, tmp_path)
+    assert json.loads((tmp_path / "report.json").read_text())["evidence_foreign"] == res.evidence_foreign
+    page = (tmp_path / "report.html").read_text()
+    assert "Foreign SIP" in page and "192.168.10.66: 4, 192.168.10.67: 1" in page
+    assert "Foreign SIP" not in report.html(doc | {"evidence_foreign": []})

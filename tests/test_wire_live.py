@@ -86,7 +86,8 @@ def test_kamailio_hep_and_ul_dump_agree_with_what_the_phones_were_told(kamailio)
                 if u == "3002":       # registers, then removes its binding with expires=0
                     await asyncio.to_thread(_register, server, u, PASSWORD, 300, s)
                 told[u] = await asyncio.to_thread(_register, server, u, *plan[u], s)
-            await await_until(lambda: len({o.mac for o in seen}) >= len(plan), 10, "an observation of every user",
+            # 3004 (wrong password) gets only challenges: no state from those (issue 17); its binding never was
+            await await_until(lambda: len({o.mac for o in seen}) >= len(plan) - 1, 10, "an observation of every user but 3004",
                               step=0.02, state=lambda: (sorted({o.mac for o in seen}), dict(proto.stats)))
             dump = await asyncio.to_thread(kam.ul_dump, ctl)
             return told, seen, dump, dict(proto.stats)
@@ -101,12 +102,12 @@ def test_kamailio_hep_and_ul_dump_agree_with_what_the_phones_were_told(kamailio)
     for o in seen:
         last[o.mac[-4:]] = (o.state, detail_fields(o.detail).get("code"), detail_fields(o.detail).get("expires"))
     assert last == {"3001": (REGISTERED, "200", "300"), "3002": (UNREGISTERED, "200", "0"),
-                    "3003": (UNREGISTERED, "403", None), "3004": (UNREGISTERED, "401", None),
+                    "3003": (UNREGISTERED, "403", None),
                     "3005": (REGISTERED, "200", "120")}, (last, stats)
     bindings = gb.observations(gb.parse_kamailio(dump), targets, time.time())
     from_gateway = {o.mac[-4:]: o.state for o in bindings}
     from_wire = {k: v[0] for k, v in last.items()}
-    assert from_gateway == from_wire, (from_gateway, from_wire, dump)
+    assert from_gateway == from_wire | {"3004": UNREGISTERED}, (from_gateway, from_wire, dump)
 
 
 def test_local_capture_on_loopback_sees_a_register_and_its_answer():

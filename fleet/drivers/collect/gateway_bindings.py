@@ -23,12 +23,13 @@ from __future__ import annotations
 import csv
 import json
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from ...observe import REGISTERED, UNREGISTERED, Observation
 from sipwire import message as sip
-from .wire_observations import WireTarget
+from .wire_observations import SenderCheck, WireTarget, count_foreign
 
 _NOW = re.compile(r"^@now\s+(\d{9,11})\s*$", re.M)
 
@@ -255,14 +256,19 @@ def platform(name: str) -> GatewayPlatform:
 
 
 def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: float,
-                 source: str = "gateway") -> list[Observation]:
+                 source: str = "gateway", foreign: Counter | None = None) -> list[Observation]:
     """One observation per target (the gateway's server entry of each phone): registered with the binding's
     expiry when the registrar holds an active binding for the target's user, unregistered when it holds none.
 
     Targets are matched by user (the AoR's user part, or the contact's user); where several bindings share a
     user (a shared line on several phones) the target's phone_ip picks the one whose contact or source is that
     address. A target without a user is matched by its phone_ip alone, among the bindings of users no other
-    target has (the same phone's line 2); without either it is skipped."""
+    target has (the same phone's line 2); without either it is skipped.
+
+    A binding counts for a target only when it was registered from the phone's address or one the inventory
+    allows (wire_observations.SenderCheck), even when it is the user's only one: the address the registrar saw
+    the REGISTER come from where the platform shows it, else the contact's host. Others are counted in
+    `foreign` per address (issue 17)."""
     by_user: dict[str, list[Binding]] = {}
     by_ip: dict[str, list[Binding]] = {}
     for b in bindings:
@@ -275,14 +281,21 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
     targets = list(targets)
     claimed = {t.user for t in targets if t.user}   # a binding of a known user is that user's target's alone
     out: list[Observation] = []
+    senders = SenderCheck()
     for target in targets:
         if target.user:
             found = by_user.get(target.user, [])
-            if len(found) > 1 and target.phone_ip:
-                found = [b for b in found if target.phone_ip in (b.contact_host, b.source_ip)]
+            admitted = [b for b in found if senders.admits(target, b.source_ip or b.contact_host)]
+            if foreign is not None:
+                for b in found:
+                    if b not in admitted:
+                        count_foreign(foreign, b.source_ip or b.contact_host or "?")
+            exact = [b for b in admitted if target.phone_ip and target.phone_ip == (b.source_ip or b.contact_host)]
+            found = exact if len(admitted) > 1 and exact else admitted     # a shared line: the phone's own binding
         elif target.phone_ip:
             # by address, but not the binding of the same phone's other line (whose user its target has)
-            found = [b for b in by_ip.get(target.phone_ip, []) if not ({b.user, sip.uri_user(b.contact)} & claimed)]
+            found = [b for b in by_ip.get(target.phone_ip, []) if not ({b.user, sip.uri_user(b.contact)} & claimed)
+                     and senders.admits(target, b.source_ip or b.contact_host)]
         else:
             continue
         active = [b for b in found if b.active]

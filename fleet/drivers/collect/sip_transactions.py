@@ -57,6 +57,10 @@ def uri_host(uri: str) -> str:
 T1_TIMEOUT = 32.0      # RFC 3261 Timer F: 64 * T1 with T1 = 500 ms
 FINAL, TIMEOUT, INTERIM = "final", "timeout", "interim"
 INTERIM_CODES = frozenset({401, 407, 423})
+# A challenge never changes a registration's state by itself (issue 17): anyone on the LAN can draw one for a
+# phone's user with one unauthenticated REGISTER, and even a request with credentials may be a forgery
+# carrying garbage ones. A phone that really cannot authenticate shows when the binding it had lapses.
+CHALLENGE_CODES = frozenset({401, 407})
 
 
 @dataclass(slots=True)
@@ -77,6 +81,7 @@ class RegisterRequest:
     has_credentials: bool
     transport: str                # from the top Via: UDP, TCP, TLS
     uri_host: str = ""            # the Request-URI's host (host_key): the server it is for, behind a proxy
+    auth_user: str = ""           # the username of its Authorization / Proxy-Authorization ("" without one)
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,7 +128,23 @@ def request_info(msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[st
     return RegisterRequest(
         t, src, dst, h["call-id"][0], cseq, key or transaction_key(msg, cseq), aor_user,
         aor_user if frm == to else uri_user(frm), contact_uri, contact_user, requested,
-        "authorization" in h or "proxy-authorization" in h, _via_transport(h["via"][0]), uri_host(msg.uri or ""))
+        "authorization" in h or "proxy-authorization" in h, _via_transport(h["via"][0]), uri_host(msg.uri or ""),
+        credentials_user(h))
+
+
+_AUTH_USER = re.compile(r'\busername\s*=\s*"([^"\r\n]{1,128})"', re.I)
+AUTH_SCANNED = 4096        # characters of a credentials header searched for its username (bounded work)
+
+
+def credentials_user(headers: dict[str, list[str]]) -> str:
+    """The digest username a request's credentials name ("" without credentials): which line's password the
+    server checked when it accepted them (wire_observations learns a phone's address from that)."""
+    for name in ("authorization", "proxy-authorization"):
+        for value in headers.get(name) or ():
+            m = _AUTH_USER.search(value[:AUTH_SCANNED])
+            if m:
+                return m.group(1)
+    return ""
 
 
 _BRANCH = re.compile(r";\s*branch\s*=\s*([^;,\s]+)", re.I)
@@ -229,9 +250,9 @@ def granted_expiry(resp: WireMessage, req: RegisterRequest) -> int | None:
 class RegisterMatcher:
     """Feed it every REGISTER request and response (in capture order); it returns outcomes.
 
-    `expire(now)` turns transactions older than `timeout` into TIMEOUT outcomes ("no answer") and
-    unanswered challenges into refusals; call it regularly with a clock on the same base as the packet
-    times. Memory is bounded by `max_pending` (per table: open transactions, recently finished ones,
+    `expire(now)` turns transactions older than `timeout` into TIMEOUT outcomes ("no answer") and forgets
+    unanswered challenges (and 423s: an interim answer is no state); call it regularly with a clock on the
+    same base as the packet times. Memory is bounded by `max_pending` (per table: open transactions, recently finished ones,
     open challenges): the oldest entries are dropped first (counted, never turned into a false "no answer").
     Messages are WireMessage objects (wire_sip.parse), with REGISTER in their CSeq.
 
@@ -300,7 +321,7 @@ class RegisterMatcher:
         req, retrans, after = entry
         code = msg.status
         self._challenged.pop(req.call_id, None)
-        if code in INTERIM_CODES and (code == 423 or not req.has_credentials or _stale(msg)):
+        if code in INTERIM_CODES:
             outcome = RegisterOutcome(INTERIM, req, t, code=code, retransmissions=retrans)
             if len(self._challenged) >= self.max_pending:
                 self._challenged.pop(next(iter(self._challenged)))
@@ -324,8 +345,8 @@ class RegisterMatcher:
         return found if found is not None else self.timeouts.get(req.dst, self.timeout)
 
     def expire(self, now: float) -> list[RegisterOutcome]:
-        """Outcomes for transactions that got no final answer within the timeout, and challenges left
-        unanswered by the phone."""
+        """Outcomes for transactions that got no final answer within the timeout; challenges left unanswered
+        are counted and forgotten (no outcome)."""
         out: list[RegisterOutcome] = []
         if self.timeouts:     # per destination: the oldest is not necessarily the first due, so look at all
             for key in [k for k, (req, _, _) in self._pending.items() if now - req.t >= self.limit(req)]:
@@ -353,15 +374,5 @@ class RegisterMatcher:
             if now - t < self.timeout:
                 break
             del self._challenged[call_id]
-            self.stats["unanswered_challenges"] += 1
-            out.append(RegisterOutcome(FINAL, challenge.request, t + self.timeout, code=challenge.code,
-                                       retransmissions=challenge.retransmissions))
+            self.stats["unanswered_challenges"] += 1     # no outcome: an unanswered challenge is no state (issue 17)
         return out
-
-
-def _stale(msg: WireMessage) -> bool:
-    for name in ("www-authenticate", "proxy-authenticate"):
-        for value in msg.get_all(name):
-            if "stale=true" in value.lower().replace(" ", "").replace('"', ""):
-                return True
-    return False

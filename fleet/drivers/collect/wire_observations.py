@@ -13,6 +13,22 @@ or a soft phone beside a desk phone), and where that is not enough, from the
 phone's own address. When the evidence fits no target or more than one, no
 observation is made: a guess would be worse than a gap.
 
+Who sent it is checked too (issue 17): anyone on a site's LAN can send a REGISTER with a phone's user in
+it, so a request counts for a phone only when its source address is the phone's (the inventory's address, or
+what its host name resolves to) or one the inventory allows for it (`WireTarget.allowed`: the phone's and the
+site's `allow_from`, e.g. the NAT in front of several phones). A request whose user or destination names a
+phone but that comes from anywhere else is "foreign": counted per source address (`Attribution.foreign`,
+shown by `fleet status` and the report), never an observation. A target without any address (`phone_ip` ""
+and nothing allowed: hand-built targets only; the collector always gives one) is not checked.
+
+A phone that moved (DHCP gave it another address than the inventory's) is learned from its own registration,
+but only from one the server authenticated for this very exchange: the server challenged the request's
+Call-ID, the next request answered with credentials whose username is the phone's registration user, and the
+server accepted it (2xx). A fresh challenge means a replayed Authorization cannot pass, and a 2xx alone proves
+nothing (an open registrar accepts anyone; a lax one may take another line's credentials for this AoR, hence
+the username check). The address is then the phone's until that registration's expiry (extended by its
+accepted refreshes from there); `Attribution.learned` keeps it across rebuilds of the targets.
+
 Phones that register over TLS, or over TCP (TCPOnly, TCPpreferred), cannot be
 seen by a capture (it decodes UDP only; HEP from the SIP server carries TCP
 too): they are reported "not observable on the wire" instead of being guessed
@@ -30,7 +46,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from ...observe import REGISTERED, UNREGISTERED, Observation
-from .sip_transactions import FINAL, TIMEOUT, RegisterOutcome, RegisterRequest, host_key
+from .sip_transactions import (CHALLENGE_CODES, FINAL, T1_TIMEOUT, TIMEOUT, RegisterOutcome, RegisterRequest,
+                               host_key)
 
 NOT_OBSERVABLE = "not observable on the wire"
 UNMATCHED_KEPT = 1024      # distinct unmatched (destination, user) keys one Attribution lists
@@ -53,6 +70,8 @@ class WireTarget:
     phone_ip: str = ""              # the phone's source address as the capture sees it; "" matches any
     uri_host: str = ""              # the host the phone puts in the Request-URI (the configured server address,
                                     # as sip_transactions.host_key spells it); "" matches any
+    allowed: tuple[str, ...] = ()   # other source addresses or networks (CIDR) the inventory accepts this phone's
+                                    # REGISTERs from: a NAT in front of it, its DHCP network, its name's other addresses
 
     @property
     def observable(self) -> bool:
@@ -135,12 +154,83 @@ def targets_for(mac: str, reg: int, user: str, servers: Iterable[Mapping], resol
     return out
 
 
+FOREIGN_KEPT = 256         # distinct foreign source addresses counted one by one; the rest add up under "other"
+LEARNED_KEPT = 4096        # (phone, address) pairs learned from authenticated registrations
+LEARN_GRACE = T1_TIMEOUT   # a learned address stays the phone's this long past the expiry it was granted
+
+
+class SenderCheck:
+    """Whether a source address may speak for a target: the phone's own address, or one its `allowed` covers.
+    Networks are parsed once per target and source addresses once each (bounded), so a flood from many
+    addresses costs a dict lookup per packet after the first."""
+
+    def __init__(self) -> None:
+        self._nets: dict[tuple[str, ...], list] = {}
+        self._ips: dict[str, ipaddress.IPv4Address | ipaddress.IPv6Address | None] = {}
+
+    def admits(self, target: WireTarget, src_ip: str) -> bool:
+        if src_ip == target.phone_ip or (not target.phone_ip and not target.allowed):
+            return True
+        if not target.allowed:
+            return False
+        nets = self._nets.get(target.allowed)
+        if nets is None:
+            nets = self._nets[target.allowed] = _networks(target.allowed)
+        ip = self._ips.get(src_ip, False)
+        if ip is False:
+            try:
+                ip = ipaddress.ip_address(src_ip.split("%", 1)[0])
+                if ip.version == 6 and ip.ipv4_mapped is not None:
+                    ip = ip.ipv4_mapped
+            except ValueError:
+                ip = None
+            if len(self._ips) >= 4096:
+                self._ips.clear()
+            self._ips[src_ip] = ip
+        return ip is not None and any(ip.version == n.version and ip in n for n in nets)
+
+
+def _networks(allowed: Iterable[str]) -> list:
+    """The networks of an `allowed` list; an entry that is none is skipped (the inventory validated them: this
+    only keeps a bad resolver answer from taking a source down)."""
+    out = []
+    for entry in allowed:
+        try:
+            out.append(ipaddress.ip_network(entry, strict=False))
+        except ValueError:
+            continue
+    return out
+
+
+def foreign_counts(foreign: Counter) -> dict[str, int]:
+    """A copy of a foreign counter another thread may be adding to (for the collector's report)."""
+    for _ in range(3):
+        try:
+            return dict(foreign)
+        except RuntimeError:        # changed size while copied: try again
+            continue
+    return {}
+
+
+def count_foreign(foreign: Counter, src_ip: str) -> None:
+    """One more foreign message from `src_ip` (bounded: past FOREIGN_KEPT addresses they add up under "other")."""
+    key = src_ip if src_ip in foreign or len(foreign) < FOREIGN_KEPT else "other"
+    foreign[key] += 1
+
+
 class Attribution:
     """Finds the target a REGISTER belongs to. Built once from the inventory, read per packet."""
 
-    def __init__(self, targets: Iterable[WireTarget], source: str = "wire") -> None:
-        """`source`: who reads the packets ("wire" for a capture, "hep"), which decides what it can see."""
+    def __init__(self, targets: Iterable[WireTarget], source: str = "wire", foreign: Counter | None = None,
+                 learned: dict[tuple[str, str], float] | None = None) -> None:
+        """`source`: who reads the packets ("wire" for a capture, "hep"), which decides what it can see.
+        `foreign` and `learned`: the counter of foreign messages per source address and the addresses learned
+        from authenticated registrations to go on with (the previous Attribution's, when the targets are
+        rebuilt), else new ones."""
         self.targets = list(targets)
+        self.senders = SenderCheck()
+        self.foreign: Counter[str] = foreign if foreign is not None else Counter()
+        self.learned: dict[tuple[str, str], float] = learned if learned is not None else {}   # (mac, ip) -> until
         self.source = source
         self._by_addr: dict[tuple[str, int], list[WireTarget]] = {}
         self._by_user: dict[tuple[str, int, str], list[WireTarget]] = {}
@@ -172,7 +262,7 @@ class Attribution:
         return [Unobservable(t.mac, t.reg, t.server, t.address, why=t.unseen_why(self.source))
                 for t in self.targets if not t.observable_by(self.source)]
 
-    def lookup(self, req: RegisterRequest) -> WireTarget | None:
+    def lookup(self, req: RegisterRequest, outcome: RegisterOutcome | None = None) -> WireTarget | None:
         """The one target this REGISTER is for, or None (counted in `stats`) when none or several fit.
 
         A request sent from a target's own address and port is a server's (an outbound proxy relaying a
@@ -182,8 +272,9 @@ class Attribution:
         without a user, and only from that phone's own address where the target has one: a phone whose
         registration user is unknown must not take another phone's line, or the gateway's own trunk
         REGISTER); where several remain (servers sharing an outbound proxy), those whose Request-URI host
-        is the request's; the phone's address only breaks ties, so a NAT between phone and capture point does
-        not hide a phone that its user already identifies."""
+        is the request's; among several, the phone's own address breaks ties. A request whose user fits targets
+        none of which admits its source address (`SenderCheck`), nor learned it (`outcome`: how the request
+        ended, which may teach it; see the module's docstring), is foreign: counted, attributed to nobody."""
         if req.src in self._servers:
             self.stats["relayed"] += 1
             return None
@@ -197,8 +288,17 @@ class Attribution:
                 for t in self._by_user.get((*req.dst, u), ()):
                     if t not in matched:
                         matched.append(t)
-        if not matched:
-            matched = [t for t in self._wild.get(req.dst, ()) if t.phone_ip in ("", req.src[0])]
+        if matched:
+            admitted = [t for t in matched if self.senders.admits(t, req.src[0])]
+            if not admitted:
+                admitted = self._learn(matched, req, outcome)
+            if not admitted:
+                self.stats["foreign"] += 1
+                count_foreign(self.foreign, req.src[0])
+                return None
+            matched = admitted
+        else:
+            matched = [t for t in self._wild.get(req.dst, ()) if self.senders.admits(t, req.src[0])]
         if len(matched) > 1 and req.uri_host and any(t.uri_host for t in matched):
             matched = [t for t in matched if t.uri_host in ("", req.uri_host)]
         if len(matched) > 1:
@@ -211,6 +311,27 @@ class Attribution:
         if not matched:
             self._unmatched(req)
         return None
+
+    def _learn(self, matched: list[WireTarget], req: RegisterRequest, outcome: RegisterOutcome | None
+               ) -> list[WireTarget]:
+        """The targets that learned the request's source address: before (still valid at the request's time), or
+        now from an authenticated registration (then remembered until its expiry plus LEARN_GRACE)."""
+        src = req.src[0]
+        known = [t for t in matched if self.learned.get((t.mac, src), float("-inf")) >= req.t]
+        accepted = (outcome is not None and outcome.kind == FINAL and outcome.code is not None
+                    and 200 <= outcome.code < 300 and req.has_credentials)
+        owners = known or [t for t in matched if accepted and outcome.after_challenge in CHALLENGE_CODES
+                           and t.user and req.auth_user == t.user]
+        if len({t.mac for t in owners}) != 1:
+            return []
+        if accepted and req.auth_user == owners[0].user:      # learned, or an accepted refresh from there
+            if len(self.learned) >= LEARNED_KEPT and (owners[0].mac, src) not in self.learned:
+                for key in [k for k, until in self.learned.items() if until < req.t] or [next(iter(self.learned))]:
+                    del self.learned[key]
+            until = outcome.t + (outcome.granted_expires or 0) + LEARN_GRACE      # type: ignore[union-attr]
+            self.learned[(owners[0].mac, src)] = max(until, self.learned.get((owners[0].mac, src), until))
+            self.stats["learned" if not known else "learned_refreshed"] += 1
+        return owners
 
     def _unmatched(self, req: RegisterRequest) -> None:
         key = (req.dst, req.aor_user or req.from_user or req.contact_user)
@@ -227,8 +348,8 @@ def observation(outcome: RegisterOutcome, target: WireTarget, source: str = "wir
         return Observation(**base, state=UNREGISTERED,
                            detail=f"no answer within {outcome.t - outcome.request.t:g}s "
                                   f"retransmissions={outcome.retransmissions}")
-    if outcome.kind != FINAL or outcome.code is None:
-        return None
+    if outcome.kind != FINAL or outcome.code is None or outcome.code in CHALLENGE_CODES:
+        return None         # a challenge says nothing about the binding: anyone can draw one with one packet
     code = outcome.code
     if 200 <= code < 300:
         if outcome.unregister:
@@ -260,7 +381,7 @@ class ObservationBuilder:
         self.source = source
 
     def __call__(self, outcome: RegisterOutcome) -> Observation | None:
-        target = self.attribution.lookup(outcome.request)
+        target = self.attribution.lookup(outcome.request, outcome)
         if target is None:
             return None
         return observation(outcome, target, self.source)

@@ -26,11 +26,12 @@ import socket
 import threading
 from abc import ABCMeta, abstractmethod
 import time
+from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from ... import dns_ttl as dns_client
-from ...inventory import Capture, Credentials, Site
+from ...inventory import Capture, Credentials, Phone, Site
 from ...observe import Observation
 from ...predict import server_timing
 from . import gateway_bindings
@@ -38,7 +39,7 @@ from .local_capture import CaptureUnavailable, start_local_capture
 from .pcap_stream import PcapFormatError, PcapStreamParser, capture_command
 from .sip_transactions import T1_TIMEOUT
 from .wire_decode import Datagram
-from .wire_observations import Attribution, WireTarget, targets_for
+from .wire_observations import Attribution, WireTarget, foreign_counts, targets_for
 from .wire_pipeline import WireEvidence
 
 log = logging.getLogger(__name__)
@@ -224,17 +225,33 @@ def phone_ip(address: str, resolve: Callable[[str], list[str]]) -> str:
         return found[0] if len(found) == 1 else address
 
 
+def phone_allowed(site: Site, phone: Phone, ip: str, resolve: Callable[[str], list[str]]) -> tuple[str, ...]:
+    """Where else the inventory accepts a phone's SIP from (WireTarget.allowed): its own `allow_from`, the site's
+    `collector.allow_from`, and every address its host name resolves to when that is several (`ip` then is
+    the name itself, which no packet comes from). Never empty for a phone whose name resolves to nothing: it
+    gets its unresolved name as address, which admits nobody (foreign until the name resolves)."""
+    extra = list(phone.allow_from) + list(site.collector.allow_from)
+    try:
+        ipaddress.ip_address(ip)
+    except ValueError:
+        extra += resolve(phone.address)
+    return tuple(dict.fromkeys(extra))
+
+
 def site_targets(site: Site, params_by_mac: dict[str, dict[str, str]], resolve: Callable[[str], list[str]]
                  ) -> list[WireTarget]:
     """Every registration's targets (observations then carry reg=x): a phone's line 2 REGISTERs are its own,
-    neither unattributed nor taken for line 1's."""
+    neither unattributed nor taken for line 1's. Each carries where the phone may send from (its address and
+    `phone_allowed`): SIP naming the phone from anywhere else is foreign."""
     out: list[WireTarget] = []
     for phone in site.phones:
         params = params_by_mac.get(phone.mac) or {}
         ip = phone_ip(phone.address, resolve)
+        allowed = phone_allowed(site, phone, ip, resolve)
         for reg in registrations(params):
-            out += targets_for(phone.mac, reg, registration_user(params, reg), phone_servers(params, reg), resolve,
-                               phone_ip=ip)
+            out += [replace(t, allowed=allowed) for t in
+                    targets_for(phone.mac, reg, registration_user(params, reg), phone_servers(params, reg), resolve,
+                                phone_ip=ip)]
     return out
 
 
@@ -339,7 +356,9 @@ class Follower:
         """The quick half: on the pipeline's own thread."""
         if self.targets.generation != self.generation:
             self.generation = self.targets.generation
-            self.ev.build.attribution = Attribution(self.targets.wire, self.ev.source)
+            old = self.ev.build.attribution
+            self.ev.build.attribution = Attribution(self.targets.wire, self.ev.source, foreign=old.foreign,
+                                                    learned=old.learned)
             self.ev.matcher.timeouts = transaction_timeouts(self.targets.wire, self.targets.by_mac)
 
 
@@ -378,10 +397,17 @@ class SourceThread(threading.Thread, metaclass=ABCMeta):
         self.last_error = why[:300]
 
     def health(self) -> dict:
-        """{source, running, error, since}: error and since are set while it fails (not after it delivers again)."""
+        """{source, running, error, since, foreign}: error and since are set while it fails (not after it delivers
+        again); foreign counts, per source address, the messages naming a site's phone that came from an
+        address not the phone's (never an observation)."""
         failing = bool(self.last_error) and not self.running.is_set()
         return {"source": self.label, "running": self.running.is_set(),
-                "error": self.last_error if failing else "", "since": self.failing_since if failing else None}
+                "error": self.last_error if failing else "", "since": self.failing_since if failing else None,
+                "foreign": self.foreign()}
+
+    def foreign(self) -> dict[str, int]:
+        """Foreign messages per source address so far (none for a source that attributes nothing)."""
+        return {}
 
     @abstractmethod
     def run_once(self) -> None:
@@ -401,6 +427,9 @@ class _WireThread(SourceThread):
         self.capture, self.targets = capture, targets
         self.evidence: WireEvidence | None = None
         self.ports: tuple[int, ...] = ()      # the ports the running capture's filter lets through
+
+    def foreign(self) -> dict[str, int]:
+        return foreign_counts(self.evidence.build.attribution.foreign) if self.evidence is not None else {}
 
     def _pipeline(self) -> WireEvidence:
         if self.targets.generation == 0:      # never built yet (run_once builds them before a capture starts)
@@ -551,6 +580,11 @@ class HepSource:
                                      timeouts=transaction_timeouts(targets.wire, targets.by_mac))
         self.follow = Follower(self.evidence, targets)
 
+    def health(self) -> dict:
+        """As SourceThread.health: a HEP listener runs as long as the collector's event loop does."""
+        return {"source": self.source, "running": True, "error": "", "since": None,
+                "foreign": foreign_counts(self.evidence.build.attribution.foreign)}
+
     def on_packet(self, pkt, addr) -> None:
         from . import hep
 
@@ -607,6 +641,11 @@ class GatewayPoller(SourceThread):
         self.platform = gateway_bindings.platform(self.registrar.platform)
         self.targets, self.credentials = targets, credentials
         self.polls = 0
+        self.foreign_bindings: Counter[str] = Counter()     # the last poll's bindings of a phone's user held from
+                                                            # another address, per address
+
+    def foreign(self) -> dict[str, int]:
+        return foreign_counts(self.foreign_bindings)
 
     def gateway_targets(self) -> list[WireTarget]:
         out: dict[tuple[str, int, int], WireTarget] = {}
@@ -635,7 +674,9 @@ class GatewayPoller(SourceThread):
                 else:
                     self.running.set()
                     self.failures, self.failing_since, self.last_error = 0, None, ""
-                    out = gateway_bindings.observations(bindings, self.gateway_targets(), t)
+                    foreign: Counter[str] = Counter()
+                    out = gateway_bindings.observations(bindings, self.gateway_targets(), t, foreign=foreign)
+                    self.foreign_bindings = foreign
                     self.polls += 1
                     if out:
                         self.sink.observe(out)
