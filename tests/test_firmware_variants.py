@@ -1,6 +1,6 @@
 """Every firmware version variant on one lab (issue 16): a rollout with call checks and the WAN-outage experiment.
 
-One lab (net 112, one site) holds a few SoundPoint IP 650s per variant, each phone running its variant's family
+One lab (net 112, one site) holds a few phones per variant, each of its variant's model running its family
 (`phones.family_of`) with its variant's parameters (`phones.params_of`), inside the families' real timer ranges
 (expires 300, the provider grants 10 s). The site takes one rollout at a time, so one rollout covers every
 variant and each phone's outcome is read per variant (`run_rollouts`):
@@ -153,7 +153,7 @@ def run_rollouts(lab, macs: dict[str, list[str]], redis_url: str, tmp: Path) -> 
     outcome then read per variant:
 
     1. with call checks, the first phone of each variant that can tell holding a call: those and the SIP 2.x
-       phones are deferred, the wave misses its deadline and the rollout halts saying why each waits;
+       phones are deferred (each record says why), the wave misses its deadline and the rollout halts;
     2. the calls hung up, SIP 2.x's phones again with `reboot_without_call_check`;
     3. the first rollout resumed: the phones that were in a call are rebooted (SIP 2.x's now have the same
        configuration, so it skips them) and it is done.
@@ -203,7 +203,8 @@ def test_the_lab_runs_every_variant_inside_its_real_ranges():
     assert not spec.timing.test_speed
     for v in VARIANTS:
         assert {spec.phone_family(0, i) for i in indices()[v.name]} == {v.family}, v.name
-    assert [polling.response_mode({**{"apps.statePolling.responseMode": "0"}, **v.params}) for v in VARIANTS
+    # the lab's site files choose requestor mode; the push variant's own file overrides it
+    assert [polling.response_mode({"apps.statePolling.responseMode": "0"} | v.params) for v in VARIANTS
             if v.family in ("sip-3.x", "uc-4.0")] == ["requestor", "push", "requestor"]
 
 
@@ -212,7 +213,7 @@ def test_phone_in_a_call_is_deferred_the_rest_reboot_once_and_verify(variants, v
     _, macs, runs, _ = variants
     caller, rest = macs[variant.name][0], macs[variant.name][1:]
     checked, status = runs["checked"]
-    # the call outlasts the wave's deadline: the rollout halts naming the phone and why it waits
+    # the call outlasts the wave's deadline: the rollout halts, the phone's record says it is in a call
     assert checked["returncode"] == 1 and checked["status"] == "halted", checked
     assert "missed its progress deadline" in checked["reason"] and "deferred" in checked["reason"], checked["reason"]
     record = status["phones"][caller]
