@@ -225,6 +225,12 @@ class SiteCollector:
 
         return wire_sources.Sink(observe, keep)
 
+    def _hep_keys(self, capture) -> dict[str, bytes]:
+        """capture.auth_keys resolved: sender address -> its HEP auth key (the named secret's password)."""
+        if capture.auth_keys and self.secrets is None:
+            raise CollectorError(f"site {self.site.name}: HEP auth keys need the secrets file")
+        return {ip: self.secrets.credentials(name).password.encode() for ip, name in capture.auth_keys.items()}  # type: ignore[union-attr]
+
     def _credentials(self, what: str):
         if self.secrets is None or self.site.router is None:
             raise CollectorError(f"site {self.site.name}: {what} needs the router's credentials (a secrets file)")
@@ -240,7 +246,7 @@ class SiteCollector:
             try:
                 if capture.kind == "hep":
                     hep = wire_sources.HepSource(self.site, sink, targets)
-                    transport, _ = await wire_sources.start_hep(self.site, capture, hep)
+                    transport, _ = await wire_sources.start_hep(self.site, capture, hep, self._hep_keys(capture))
                     self.evidence.append(hep)
                     self.hep_transports.append(transport)
                     asyncio.ensure_future(self._tick_loop(hep))
@@ -290,13 +296,18 @@ class SiteCollector:
         return text
 
     def _secret_values(self) -> list[str]:
-        if self.secrets is None or self.site.router is None:
+        if self.secrets is None:
             return []
-        try:
-            creds = self.secrets.credentials(self.site.router.credentials)
-        except Exception:   # no such entry: nothing of it can leak either
-            return []
-        return [v for v in (creds.password, creds.priv_password) if v and len(v) >= 3]
+        names = [self.site.router.credentials] if self.site.router is not None else []
+        names += [name for c in self.site.capture for name in c.auth_keys.values()]     # HEP auth keys
+        out = []
+        for name in names:
+            try:
+                creds = self.secrets.credentials(name)
+            except Exception:   # no such entry: nothing of it can leak either
+                continue
+            out += [v for v in (creds.password, creds.priv_password) if v and len(v) >= 3]
+        return out
 
     async def _evidence_report_loop(self) -> None:
         """Every 2 s, the report `fleet status` and the experiment report read (written when it changed, and at

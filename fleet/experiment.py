@@ -139,7 +139,9 @@ class ExperimentRunner:
         # running this as its drill already holds the site and renews it.
         self.lease = None
         if self.lease_holder is None:
-            self.lease = SiteLease(self.store, [self.site.name], owner=f"experiment:{self.pb.name}", ttl=default_ttl(),
+            # a router shared with other sites is their WAN too: the outage this run makes is theirs as well
+            shared = self.site.router.shared_with if self.site.router else []
+            self.lease = SiteLease(self.store, [self.site.name, *shared], owner=f"experiment:{self.pb.name}", ttl=default_ttl(),
                                    wait_for_predecessor=False, on_lost=lambda why: self.say(f"lease lost: {why}"))
             self.lease.acquire()
         exp = self.store.new_experiment(self.site.name, self.pb.name)

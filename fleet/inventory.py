@@ -18,7 +18,7 @@ from urllib.parse import urlsplit
 
 from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
 
-from soundpoint import families
+from soundpoint import bootfiles, families
 from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
 
 from . import secret_params, validate
@@ -166,6 +166,10 @@ class Phone(Strict):
 
 
 
+# Directories every user of a router may write to (or that the system owns for everyone): never an outage directory.
+SHARED_DIRS = frozenset({"/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run", "/run/lock", "/var/lock", "/run/shm"})
+
+
 class Router(Strict):
     driver: str = Field(description="a name registered in fleet.drivers.router.DRIVERS")
     address: validate.Host("router address")
@@ -182,8 +186,27 @@ class Router(Strict):
     allow_without_deadman: bool = Field(False, description="SNMP cannot schedule a restore on the router; "
                                                            "only the controller restores then")
     state_dir: str | None = Field(None, pattern=r"^/[A-Za-z0-9_./-]{1,200}$",
-                                  description="private directory on the router for per-outage state files "
-                                              "(default: ~/.fleet-outages of the SSH user)")
+                                  description="dedicated directory on the router for per-outage state files "
+                                              "(default: ~/.fleet-outages of the SSH user); it and every "
+                                              "directory above it must be root's or the SSH user's and not "
+                                              "writable by others (the router refuses it otherwise)")
+    shared_with: list[str] = Field([], description="the other sites behind this same router (same address and "
+                                                   "port): each lists the others, an experiment on one leases them "
+                                                   "all, and the router allows one outage per WAN interface")
+
+    @field_validator("state_dir")
+    @classmethod
+    def a_dedicated_directory(cls, v: str | None) -> str | None:
+        """The router checks ownership and modes itself (it alone can see them); what the text alone shows is
+        refused here, at load time: `.`/`..` components and the system's shared directories."""
+        if v is None:
+            return v
+        if any(part in (".", "..") for part in v.split("/")):
+            raise ValueError(f"{v!r} has a . or .. component; give the directory's real path")
+        if v.rstrip("/") in SHARED_DIRS or v == "/":
+            raise ValueError(f"{v!r} is a directory shared with other users; give a dedicated one "
+                             "(e.g. /var/lib/fleet-outages)")
+        return v
 
     @model_validator(mode="after")
     def linux_interface_name(self) -> "Router":
@@ -204,6 +227,17 @@ class Router(Strict):
 class BootServer(Strict):
     url: str = Field(pattern=r"^(https?|ftp|sftp|file)://", max_length=2048)
     credentials: str | None = Field(None, pattern=CREDENTIALS_RE)
+    master_file: str | None = Field(None, max_length=255, description=(
+        "the master file named in the phones' boot-server address (ftp://host/site.cfg: `site.cfg`); the phone "
+        "reads it before <MAC>.cfg and 000000000000.cfg, so fleet adds its file there"))
+
+    @field_validator("master_file")
+    @classmethod
+    def a_master_name(cls, v: str | None) -> str | None:
+        why = None if v is None else bootfiles.named_master_problem(v)
+        if why:
+            raise ValueError(why)
+        return v
 
     @field_validator("url")
     @classmethod
@@ -264,6 +298,9 @@ class Capture(Strict):
     platform: Literal["linux", "openwrt", "vyos"] = Field("linux", description="router: how to run tcpdump there")
     listen: str | None = Field(None, description="hep: the address the SIP servers send HEP to (host:port)")
     senders: list[str] = Field([], description="hep: IP addresses allowed to send HEP (default: the site's gateway)")
+    auth_keys: dict[str, Annotated[str, Field(pattern=CREDENTIALS_RE)]] = Field(
+        {}, description="hep: per sender IP address, the name of the secret whose password is its HEP v3 auth key "
+                        "(chunk 14, Kamailio siptrace's auth_key); a datagram from that sender without it is dropped")
 
     @model_validator(mode="before")
     @classmethod
@@ -301,14 +338,28 @@ class Capture(Strict):
                 raise ValueError(f"HEP sender {a!r:.60} is not an IP address") from None
         return v
 
+    @field_validator("auth_keys")
+    @classmethod
+    def ip_auth_keys(cls, v: dict[str, str]) -> dict[str, str]:
+        out = {}
+        for a, name in v.items():
+            try:
+                out[str(ipaddress.ip_address(a))] = name
+            except ValueError:
+                raise ValueError(f"HEP auth key sender {a!r:.60} is not an IP address") from None
+        return out
+
     @model_validator(mode="after")
     def complete(self) -> "Capture":
         if self.kind == "interface" and not self.interface:
             raise ValueError("capture interface needs the interface name (interface eth1)")
         if self.kind == "hep" and not self.listen:
             raise ValueError("capture hep needs the listen address (hep 10.1.0.5:9060)")
-        if self.kind != "hep" and (self.listen or self.senders):
-            raise ValueError(f"listen and senders belong to a hep capture, not to {self.kind}")
+        if self.kind != "hep" and (self.listen or self.senders or self.auth_keys):
+            raise ValueError(f"listen, senders and auth_keys belong to a hep capture, not to {self.kind}")
+        if self.senders and not set(self.auth_keys) <= {str(ipaddress.ip_address(a)) for a in self.senders}:
+            raise ValueError(f"auth_keys names {sorted(set(self.auth_keys) - set(self.senders))[0]}, "
+                             "which is not one of the HEP senders")
         return self
 
 
@@ -499,6 +550,46 @@ class Inventory(Strict):
                         raise FieldError(("sites", i, "phones", j) + exc.loc, str(exc)) from None
         return self
 
+    @model_validator(mode="after")
+    def routers_shared_openly(self) -> "Inventory":
+        """One router in two sites is one WAN for both: an outage made for one cuts the other, and leases are per
+        site. It is allowed only when every site behind it says so (router.shared_with names the others) and
+        reaches it the same way (driver, credentials, state_dir: the router's outage lock lives there)."""
+        behind: dict[tuple[str, int], list[int]] = {}
+        names = {s.name for s in self.sites}
+        for i, s in enumerate(self.sites):
+            if s.router is None:
+                continue
+            for other in s.router.shared_with:
+                if other not in names or other == s.name:
+                    raise FieldError(("sites", i, "router", "shared_with"),
+                                     f"{other!r} is not another site of this inventory")
+            behind.setdefault((s.router.address.lower(), s.router.port), []).append(i)
+        for (address, port), idx in behind.items():
+            for i in idx:
+                r = self.sites[i].router
+                assert r is not None
+                others = [self.sites[j] for j in idx if j != i]
+                for o in others:
+                    j = self.sites.index(o)
+                    if o.name not in r.shared_with:
+                        raise FieldError(("sites", i, "router", "address"),
+                                         f"router {address}:{port} is also the router of site {o.name} "
+                                         f"(sites[{j}]): an outage for one cuts both; list each other in "
+                                         "router.shared_with, or give each site its own router")
+                    assert o.router is not None
+                    for attr in ("driver", "credentials", "state_dir"):
+                        if getattr(o.router, attr) != getattr(r, attr):
+                            raise FieldError(("sites", i, "router", attr),
+                                             f"site {o.name} (sites[{j}]) shares this router with another {attr} "
+                                             f"({getattr(o.router, attr)!r}); sites sharing a router reach it "
+                                             "the same way")
+                unknown = set(r.shared_with) - {o.name for o in others}
+                if unknown:
+                    raise FieldError(("sites", i, "router", "shared_with"),
+                                     f"{', '.join(sorted(unknown))} do not have this router ({address}:{port})")
+        return self
+
     # ----------------------------------------------------------- lookups
     def site(self, name: str) -> Site:
         for s in self.sites:
@@ -534,6 +625,8 @@ class Inventory(Strict):
                 refs.append((("sites", i, "boot_server", "credentials"), s.boot_server.credentials))
             if s.router:
                 refs.append((("sites", i, "router", "credentials"), s.router.credentials))
+            for k, c in enumerate(s.capture):
+                refs += [(("sites", i, "capture", k, "auth_keys", ip), name) for ip, name in c.auth_keys.items()]
             for j, p in enumerate(s.phones):
                 refs.append((("sites", i, "phones", j, "credentials"), p.credentials))
                 refs += [(("sites", i, "phones", j, "params", k), v[7:]) for k, v in p.params.items()

@@ -54,9 +54,10 @@ class Checked:
     unchecked_reboot: bool = False
 
 
-def file_names(mac: str) -> frozenset[str]:
-    """The files the renderer writes for this phone: the only names a worker backs up, restores or deletes."""
-    return frozenset(polycom.phone_file_names(mac))
+def file_names(mac: str, named_master: str = "") -> frozenset[str]:
+    """The files the renderer writes for this phone: the only names a worker backs up, restores or deletes
+    (`named_master`: the site's boot_server.master_file from the worker's own inventory, never from the record)."""
+    return frozenset(polycom.phone_file_names(mac, named_master))
 
 
 def _phone(inv: Inventory, mac: str) -> tuple[Site, Phone]:
@@ -96,8 +97,8 @@ def _params(mac: str, params: dict[str, str], family: str, verbatim: frozenset[s
             raise PlanRefused(f"phone {mac}: plan parameter {exc}") from None
 
 
-def _backups(mac: str, state: dict) -> dict[str, str]:
-    names = file_names(mac)
+def _backups(mac: str, state: dict, named_master: str = "") -> dict[str, str]:
+    names = file_names(mac, named_master)
     marks: dict[str, str] = {}
     for key, value in state.items():
         kind, sep, name = key.partition(":")
@@ -139,5 +140,6 @@ def check(inv: Inventory, rid: str, mac: str, state: dict) -> Checked:
     attempt = state.get("attempt", "1")
     if not re.fullmatch(r"[1-9][0-9]{0,3}", attempt):
         raise PlanRefused(f"phone {mac}: attempt {attempt[:20]!r} is not a number of attempts")
-    return Checked(site, phone, entry.params, dict(entry.secret_refs), entry.config_hash, _backups(mac, state), int(attempt),
+    return Checked(site, phone, entry.params, dict(entry.secret_refs), entry.config_hash,
+                   _backups(mac, state, site.boot_server.master_file or ""), int(attempt),
                    entry.unchecked_reboot and phone.family.call_state_source is None)

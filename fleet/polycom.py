@@ -75,13 +75,19 @@ _START = re.compile(rb"<(?P<tag>APPLICATION(?:_[A-Za-z0-9]+)?)(?P<attrs>(?:\s+" 
 _ONE_ATTR = re.compile(rb"""(?P<name>[A-Za-z_:][-A-Za-z0-9_:.]*)\s*=\s*(?P<q>["'])(?P<value>.*?)(?P=q)""", re.S)
 
 
+FLEET_SUFFIX = "-fleet.cfg"
+# how a master shared by many phones (one named in the boot-server address) lists each phone's own fleet file
+SHARED_ENTRY = bootfiles.MAC_MACRO + FLEET_SUFFIX
+
+
 def fleet_file_name(mac: str) -> str:
-    return f"{mac.lower()}-fleet.cfg"
+    return f"{mac.lower()}{FLEET_SUFFIX}"
 
 
-def phone_file_names(mac: str) -> tuple[str, str]:
-    """(the phone's master file, fleet's per-phone file): the only names a rollout writes, backs up or deletes."""
-    return bootfiles.master_name(mac), fleet_file_name(mac)
+def phone_file_names(mac: str, named_master: str = "") -> tuple[str, ...]:
+    """The phone's master file, fleet's per-phone file, and the site's named master (when the inventory names
+    one, boot_server.master_file): the only names a rollout writes, backs up or deletes for this phone."""
+    return (bootfiles.master_name(mac), fleet_file_name(mac)) + ((named_master,) if named_master else ())
 
 
 def _masked(data: bytes) -> bytes:
@@ -94,20 +100,24 @@ def _entries(raw: bytes, mac: str) -> list[str]:
                                                                            {"&quot;": '"', "&apos;": "'"}))]
 
 
-def _front(raw: bytes, ours: str, mac: str) -> bytes | None:
-    """The list with `ours` first, as raw attribute text; None when it is first already."""
+def _front(raw: bytes, ours: str, mac: str, entry: str) -> bytes | None:
+    """The list with `entry` (naming `ours` for this phone) first, as raw attribute text; None when it is first."""
     entries = _entries(raw, mac)
     if entries and entries[0] == ours:
         return None
     if not raw.strip():
-        return ours.encode()
+        return entry.encode()
     sep = b", " if re.search(rb",\s", raw) or b"," not in raw else b","
     lead = raw[:len(raw) - len(raw.lstrip())]
-    return lead + ours.encode() + sep + raw[len(lead):]
+    return lead + entry.encode() + sep + raw[len(lead):]
 
 
-def with_fleet_file(name: str, data: bytes, ours: str, mac: str) -> bytes:
+def with_fleet_file(name: str, data: bytes, ours: str, mac: str, entry: str | None = None) -> bytes:
     """The master file `data` with `ours` first in CONFIG_FILES and every other byte unchanged.
+
+    `entry` is the text put in the list when it is not `ours` itself: a master
+    shared by many phones gets SHARED_ENTRY, which each phone expands to its
+    own fleet file.
 
     Also put first in a model's non-empty `CONFIG_FILES_<model>` (the list that
     model reads instead); empty ones stay as they are. Our file already first:
@@ -141,7 +151,7 @@ def with_fleet_file(name: str, data: bytes, ours: str, mac: str) -> bytes:
             raw = data[a.start("value"):a.end("value")]
             if m is not top and not raw.strip():
                 continue   # an empty model list means "use CONFIG_FILES": nothing to add there
-            new = _front(raw, ours, mac)
+            new = _front(raw, ours, mac, entry or ours)
             if new is None:
                 continue
             if len(unescape(new.decode("utf-8", "replace"))) > bootfiles.MAX_CONFIG_FILES:
@@ -150,7 +160,7 @@ def with_fleet_file(name: str, data: bytes, ours: str, mac: str) -> bytes:
             edits.append((a.start("value"), a.end("value"), new))
     if not found:
         at = top.start("tag") + len(b"APPLICATION")
-        edits.append((at, at, b' CONFIG_FILES="' + ours.encode() + b'"'))
+        edits.append((at, at, b' CONFIG_FILES="' + (entry or ours).encode() + b'"'))
     out = data
     for start, end, new in sorted(edits, reverse=True):
         out = out[:start] + new + out[end:]
@@ -164,18 +174,25 @@ def with_fleet_file(name: str, data: bytes, ours: str, mac: str) -> bytes:
 
 
 def render_phone_files(mac: str, params: dict[str, str], master: bytes | None = None,
-                       master_from: str | None = None) -> dict[str, bytes]:
+                       master_from: str | None = None, named_master: str = "") -> dict[str, bytes]:
     """The phone's files after a push: fleet's per-phone file, and its master file with that file first.
 
     `master` is the file the phone reads today (`<MAC>.cfg`, else the default,
     named by `master_from`): its copy becomes `<MAC>.cfg`, the default itself is
-    never written. Without any master (a bare boot directory, as in a lab or a
-    test) a master naming only fleet's file is made.
+    never written. When the phone reads the master named in its boot-server
+    address (`named_master`), that file is edited in place instead. Without
+    any master (a bare boot directory, as in a lab or a test) a master naming
+    only fleet's file is made.
     """
-    master_file, ours = phone_file_names(mac)
+    master_file, ours = phone_file_names(mac)[:2]
     if master is None:
         master = (b'<?xml version="1.0" standalone="yes"?>\n<APPLICATION CONFIG_FILES=' + quoteattr(ours).encode()
                   + b"/>\n")
+    elif named_master and master_from == named_master:
+        # the master named in the boot-server address is shared by every phone that names it: it keeps its name
+        # and gains the MAC macro's entry, which each phone expands to its own fleet file
+        return {named_master: with_fleet_file(named_master, master, ours, mac, SHARED_ENTRY),
+                ours: render_config(params).encode()}
     else:
         master = with_fleet_file(master_from or master_file, master, ours, mac)
     return {master_file: master, ours: render_config(params).encode()}

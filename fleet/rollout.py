@@ -106,6 +106,7 @@ class RolloutDriver:
         self.lease_ttl = lease_ttl or default_ttl()
         self.lease: SiteLease | None = None
         self._away_since = 0.0
+        self._downs: dict[str, float] = {}   # MAC -> its last shutdown event (line_down_at), as last read
         meta = self.rs.get(rid)
         self.plan = meta["plan"]
         self.site_of = {p["mac"]: p["site"] for p in self.plan["phones"]}
@@ -257,7 +258,7 @@ class RolloutDriver:
                     recheck |= (changed | observed) & wave_set
                 observed_now = {} if abort else self._observed({m: snapshot.get(m, {}) for m in macs}, recheck)
                 decided = policy.step(wave, macs, snapshot, observed_now, self.limits, now=time.time(),
-                                      deadline_passed=deadline.expired, abort=abort)
+                                      deadline_passed=deadline.expired, abort=abort, downs=self._downs)
                 self._carry_out(decided.actions, snapshot)
                 recheck = set()
                 if decided.verdict != policy.ABORT:
@@ -280,7 +281,12 @@ class RolloutDriver:
     def _observed(self, states: dict[str, dict], recheck: set[str]) -> dict[str, dict]:
         """The collectors' view (server index -> state and time) of the phones worth looking at this pass."""
         looked_at = policy.to_observe(states, recheck)
-        return {m: st.servers for m, st in self.store.phone_states(looked_at).items()} if looked_at else {}
+        if not looked_at:
+            return {}
+        found = self.store.phone_states(looked_at)
+        # each phone's last shutdown event, read with the same states: did a check-sync that need not reboot it?
+        self._downs.update({m: st.line_down_at for m, st in found.items() if st.line_down_at})
+        return {m: st.servers for m, st in found.items()}
 
     def _redis_away(self, exc: Exception) -> None:
         """Redis (or the broker in it) is unreachable: wait for it, as long as the lease is not lost.
@@ -306,7 +312,8 @@ class RolloutDriver:
             self._check_lease()
             try:
                 states = self.rs.phones(self.rid, macs)
-                actions, done = policy.settle(macs, states, self._observed(states, set(macs)), self.limits, time.time())
+                actions, done = policy.settle(macs, states, self._observed(states, set(macs)), self.limits, time.time(),
+                                              self._downs)
                 self._carry_out(actions, states)
             except REDIS_AWAY as exc:
                 self._redis_away(exc)
@@ -329,6 +336,9 @@ class RolloutDriver:
                 self._send_rollback(a.mac)
             if a.event:
                 self.rs.log(self.rid, a.event["kind"], **{k: v for k, v in a.event.items() if k != "kind"})
+            if a.kind == policy.VERIFIED and a.fields.get("applied"):
+                self.say(f"{a.mac}: verified, the new files applied {a.fields['applied']} (check-sync, "
+                         "alwaysReboot=0; registered again since the push)")
 
     def _set(self, snapshot: dict[str, dict], mac: str, **fields) -> None:
         """Write a phone's fields and mirror them in the snapshot, so this pass's later decisions see them."""

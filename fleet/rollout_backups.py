@@ -9,7 +9,9 @@ Redis, so a forged record cannot point the deletion elsewhere.
 Rollback puts every file back byte for byte: a backed-up file is written
 back as it was; a file the push created (mark `absent`, such as a `<MAC>.cfg`
 made from the default master) is deleted; a file the push left as it was
-(`same`) is not touched.
+(`same`) is not touched. A master named in the boot-server address is shared
+by the site's phones: it is written back only once no phone of the site has
+a fleet file left on the boot server (fleet.rollout_work.rollback).
 """
 from __future__ import annotations
 
@@ -26,7 +28,7 @@ def backup_name(name: str, rid: str) -> str:
     return f"{name}.before-{rid}"
 
 
-def remove(pub: Publisher, rid: str, phones: dict[str, dict]) -> tuple[int, int]:
+def remove(pub: Publisher, rid: str, phones: dict[str, dict], named_master: str = "") -> tuple[int, int]:
     """Delete the backups `phones` (MAC -> rollout record) say were written; (files removed, phones kept).
 
     A phone whose rollback failed keeps its backup: it is the operator's copy
@@ -35,12 +37,19 @@ def remove(pub: Publisher, rid: str, phones: dict[str, dict]) -> tuple[int, int]
     if not SAFE_ID.match(rid):
         raise ValueError(f"rollout id {rid[:80]!r} is not a plain name")
     removed = kept = 0
+    shared_backup = False     # the named master's one backup: kept while any phone that wrote it keeps its own
     for mac, record in phones.items():
         if record.get("state") == "rollback_failed":
             kept += 1
             continue
-        for name in polycom.phone_file_names(mac):
+        for name in polycom.phone_file_names(mac, named_master):
             if record.get(f"backed_up:{name}") == "yes" or record.get(f"backing_up:{name}"):
+                if name == named_master:
+                    shared_backup = True
+                    continue
                 pub.delete(backup_name(name, rid))
                 removed += 1
+    if shared_backup and not kept:
+        pub.delete(backup_name(named_master, rid))
+        removed += 1
     return removed, kept

@@ -13,6 +13,8 @@ A phone's rollout states, and who moves it:
     pending ──driver──> dispatched ──task──> publishing ──task──> rebooting ──task──> verifying
     deferred (the task found it possibly in a call) ──driver, after DEFER_RETRY_S──> dispatched
     verifying ──driver: registered to the required servers since the reboot──> verified
+        (a check-sync with alwaysReboot=0 may apply the files without a reboot: the registration since the push
+        verifies it all the same, and `applied` says whether a reboot was seen)
     verifying/rebooting ──driver: not registered within verify.within──> rolling_back (or failed)
     rolling_back ──driver: server 1 registered since the rollback──> rolled_back, else rollback_failed
     skipped (nothing to change) and failed are set by the task.
@@ -144,12 +146,28 @@ def _apply(view: dict[str, dict], action: Action) -> None:
 
 
 # ---------------------------------------------------------------- per phone
-def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float) -> list[Action]:
+def applied_how(st: Mapping[str, str], down_at: float | None, since: float) -> str:
+    """For a verified phone the push may not have rebooted (`reboot_optional`: check-sync, alwaysReboot=0): how
+    its files took effect, from the evidence. A shutdown event after the push: after a reboot; none from a phone
+    that sends them: without a reboot; a phone that sends none: not observable. "" for every other phone."""
+    if st.get("reboot_optional") != "1":
+        return ""
+    if down_at is not None and down_at > since:
+        return "after a reboot"
+    if st.get("reports_shutdown") == "1":
+        return "without a reboot"
+    return "with or without a reboot (not observable: the phone sends no shutdown event)"
+
+
+def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
+            downs: Mapping[str, float] | None = None) -> list[Action]:
     """Verification, rollback and re-send decisions for phones already dispatched.
 
     `observed` holds the collectors' view of the phones worth looking at this
     pass (to_observe); a phone not in it is judged by its clocks only, so it is
-    never verified on stale evidence.
+    never verified on stale evidence. `downs`: each phone's last shutdown event
+    (line unregistration), which tells a phone verified after a check-sync
+    that need not reboot it whether it did.
     """
     out: list[Action] = []
     for mac, st in states.items():
@@ -165,8 +183,10 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float)
             shadowed = st.get("shadowed", "") if up else ""   # fleet.overrides: an override file beat a pushed value
             if up and not shadowed:
                 took = round(now - since, 2)
-                out.append(Action(VERIFIED, mac, {"state": "verified", "settled_at": now, "verified_in": took},
-                                  event={"kind": "verified", "mac": mac, "seconds": took}))
+                how = applied_how(st, (downs or {}).get(mac), since)
+                extra = {"applied": how} if how else {}
+                out.append(Action(VERIFIED, mac, {"state": "verified", "settled_at": now, "verified_in": took, **extra},
+                                  event={"kind": "verified", "mac": mac, "seconds": took, **extra}))
             elif (state == "rebooting" and now - since > limits.dispatch_stall
                   and now - _f(st, "confirm_sent") > limits.dispatch_stall):
                 # the task claimed the reboot and vanished before saying it went out: a new one finds out and finishes
@@ -249,7 +269,7 @@ def _waiting_on(macs: list[str], states: PhoneStates) -> str:
 
 
 def step(wave: int, macs: list[str], snapshot: PhoneStates, observed: Observed, limits: Limits, now: float,
-         deadline_passed: bool = False, abort: bool = False) -> Step:
+         deadline_passed: bool = False, abort: bool = False, downs: Mapping[str, float] | None = None) -> Step:
     """One pass over a wave: the phones' next actions and whether the wave goes on, is done, or ends the rollout.
 
     `snapshot` holds every phone of the rollout (budgets and max_unavailable
@@ -262,7 +282,7 @@ def step(wave: int, macs: list[str], snapshot: PhoneStates, observed: Observed, 
     view = {m: dict(st) for m, st in snapshot.items()}
     for m in macs:
         view.setdefault(m, {})
-    actions = advance({m: view[m] for m in macs}, observed, limits, now)
+    actions = advance({m: view[m] for m in macs}, observed, limits, now, downs)
     for a in actions:
         _apply(view, a)
     spent = budget_spent(view, limits)
@@ -276,10 +296,11 @@ def step(wave: int, macs: list[str], snapshot: PhoneStates, observed: Observed, 
     return Step(actions, dispatch({m: view[m] for m in macs}, view, limits, now))
 
 
-def settle(macs: list[str], states: PhoneStates, observed: Observed, limits: Limits, now: float) -> tuple[list[Action], bool]:
+def settle(macs: list[str], states: PhoneStates, observed: Observed, limits: Limits, now: float,
+           downs: Mapping[str, float] | None = None) -> tuple[list[Action], bool]:
     """A wave that ends sends no more work: (what to do for phones already rebooting, whether none is in flight now)."""
     view = {m: dict(states.get(m, {})) for m in macs}
-    actions = advance(view, observed, limits, now)
+    actions = advance(view, observed, limits, now, downs)
     for a in actions:
         _apply(view, a)
     return actions, not in_flight(macs, view)

@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from . import inventory as inv_mod
-from . import phones, plan_check, rollout_backups, secret_params, site_files
+from . import phones, plan_check, polycom, rollout_backups, secret_params, site_files
 from .drivers.errors import DriverError
 from .drivers.publish import open_publisher
 from .failpoints import failpoint
@@ -113,7 +113,7 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
         rs.log(rid, "reboot-unchecked", mac=mac, reason=f"{check.reason} (strategy.reboot_without_call_check)"[:300])
     with _settles_as(rs, rid, mac, "failed", retry_on):
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
-        _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds)
+        _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds, site.boot_server.master_file or "")
         if not rs.claim_reboot(rid, mac, attempt):
             # an earlier copy of this task claimed the reboot and died before recording it
             if rs.phone(rid, mac).get("reboot_at"):
@@ -129,14 +129,23 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
         # a retry after a reboot that timed out finds state "rebooting" and goes through confirm_reboot: the
         # claim above keeps it from sending a second reboot the phone may already have had, and the methods
         # announced below tell it which proof to look for (a web UI fallback is not idempotent as check-sync is)
-        how = control.reboot(_announcer(rs, rid, mac))
+        sent: list[str] = []
+        how = control.reboot(_announcer(rs, rid, mac, sent))
         failpoint("rollout.reboot_sent", mac)
-        rs.set_phone(rid, mac, state="verifying", reboot_via=how)
+        rs.set_phone(rid, mac, state="verifying", reboot_via=how, **_may_stay_up(control, sent, plan.params))
         return {"state": "verifying", "reboot_at": reboot_at}
 
 
+def _may_stay_up(control: phones.PhoneControl, sent: list[str], params: dict[str, str]) -> dict[str, str]:
+    """Record fields for a phone the push may not reboot (check-sync with alwaysReboot=0): verification takes its
+    registration after the push as the proof, and says whether a reboot was seen (fleet.rollout_policy)."""
+    if not control.may_stay_up(sent, params):
+        return {}
+    return {"reboot_optional": "1", "reports_shutdown": "1" if control.reports_shutdown(params) else "0"}
+
+
 def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str, str], url: str,
-             boot_creds: inv_mod.Credentials) -> None:
+             boot_creds: inv_mod.Credentials, named_master: str = "") -> None:
     """Back up the phone's current files (once) and write ours, the master file last.
 
     The master is the one the phone reads today with our file put first in its
@@ -145,7 +154,7 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
     """
     pub = open_publisher(url, boot_creds)
     try:
-        prepared = site_files.phone_files(pub, url, mac, params, lambda u: open_publisher(u, boot_creds))
+        prepared = site_files.phone_files(pub, url, mac, params, lambda u: open_publisher(u, boot_creds), named_master)
         files = prepared.files
         todo = [n for n in files if not state.get(f"backed_up:{n}")]
         rs.set_phone(rid, mac, shadowed=prepared.shadowed(), state="publishing", **{f"backing_up:{n}": "1" for n in todo})
@@ -164,7 +173,8 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
         if outcome:
             rs.set_phone(rid, mac, **outcome)
         marks = {n: outcome.get(f"backed_up:{n}") or state.get(f"backed_up:{n}") for n in files}
-        for name in sorted(files, key=lambda n: n == f"{mac}.cfg"):   # the master file last
+        ours = polycom.fleet_file_name(mac)
+        for name in sorted(files, key=lambda n: n != ours):   # the master file last
             if marks[name] != "same":
                 pub.write(name, files[name])
     finally:
@@ -185,10 +195,10 @@ def _resend_may_fall_back(tried: tuple[str, ...] | None) -> bool:
     return tried is not None and ("check-sync" not in tried or "web" in tried)
 
 
-def _announcer(rs: RolloutStore, rid: str, mac: str) -> phones.Announce:
+def _announcer(rs: RolloutStore, rid: str, mac: str, tried: list[str] | None = None) -> phones.Announce:
     """Records each reboot method in the phone's rollout record before it is sent, for a successor that must
-    find out whether the reboot went out (confirm_reboot) by the proof that method leaves."""
-    tried: list[str] = []
+    find out whether the reboot went out (confirm_reboot) by the proof that method leaves; `tried` collects them."""
+    tried = [] if tried is None else tried
 
     def announce(method: str) -> None:
         tried.append(method)
@@ -215,8 +225,10 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
         rs.set_phone(rid, mac, reboot_at=reboot_at, reboot_tried="")
-        how = control.reboot(_announcer(rs, rid, mac), fallback=_resend_may_fall_back(tried))
-        rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task")
+        sent: list[str] = []
+        how = control.reboot(_announcer(rs, rid, mac, sent), fallback=_resend_may_fall_back(tried))
+        rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task",
+                     **_may_stay_up(control, sent, params))
         return {"state": "verifying", "reboot_at": reboot_at}
 
 
@@ -233,9 +245,10 @@ def rollback(rid: str, mac: str, retry_on: Retryable = ()) -> dict:
         return {"state": state.get("state"), "note": "rollback already sent"}
     with _settles_as(rs, rid, mac, "rollback_failed", retry_on):
         pub = open_publisher(site.boot_server.url, _boot_credentials(secrets, site))
+        named = site.boot_server.master_file or ""
         try:
             for name, value in plan.backups.items():   # only the renderer's names for this MAC
-                if value == "same":
+                if value == "same" or name == named:
                     continue
                 if value == "absent":
                     pub.delete(name)
@@ -244,12 +257,34 @@ def rollback(rid: str, mac: str, retry_on: Retryable = ()) -> dict:
                     if old is None:
                         raise DriverError(pub.name, f"backup of {name} is missing")
                     pub.write(name, old)
+            if named in plan.backups:
+                _restore_shared_master(pub, rid, mac, named, site, rs)
         finally:
             pub.close()
     with _settles_as(rs, rid, mac, "rollback_failed"):
         rs.set_phone(rid, mac, state="rolling_back", rollback_at=time.time())
         phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets, store).reboot()
     return {"state": "rolling_back"}
+
+
+def _restore_shared_master(pub, rid: str, mac: str, named: str, site: inv_mod.Site, rs: RolloutStore) -> None:
+    """Put the site's named master back as this rollout found it, once no phone of the site has a fleet file left.
+
+    The master named in the boot-server address is read by every phone that
+    names it: while another phone still has its fleet file there, the master
+    keeps the `[PHONE_MAC_ADDRESS]-fleet.cfg` entry that phone needs, and the
+    last phone rolled back writes the backup (made by whichever phone of this
+    rollout changed the file first) back byte for byte.
+    """
+    still = [p.mac for p in site.phones if pub.read(polycom.fleet_file_name(p.mac)) is not None]
+    if still:
+        rs.log(rid, "shared_master_kept", mac=mac, file=named,
+               reason=f"{len(still)} phone(s) of site {site.name} still have a fleet file: {', '.join(still[:5])}")
+        return
+    old = pub.read(rollout_backups.backup_name(named, rid))
+    if old is not None:
+        pub.write(named, old)
+        rs.log(rid, "shared_master_restored", mac=mac, file=named)
 
 
 def cleanup(rid: str, site_name: str, retry_on: Retryable = ()) -> dict:
@@ -270,7 +305,8 @@ def cleanup(rid: str, site_name: str, retry_on: Retryable = ()) -> dict:
         macs = [p["mac"] for p in meta["plan"]["phones"] if p.get("mac") in mine]
         pub = open_publisher(site.boot_server.url, _boot_credentials(secrets, site))
         try:
-            removed, kept = rollout_backups.remove(pub, rid, rs.phones(rid, macs, full=True))
+            removed, kept = rollout_backups.remove(pub, rid, rs.phones(rid, macs, full=True),
+                                                   site.boot_server.master_file or "")
         finally:
             pub.close()
     except retry_on:

@@ -16,11 +16,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterable
 
+from soundpoint import bootfiles
+
 from .drivers.errors import DriverError
 from .inventory import Credentials, Inventory, Phone, Secrets, Site
 from .redact import redact_url
 
-DEFAULT_MASTER = "000000000000.cfg"
+DEFAULT_MASTER = bootfiles.DEFAULT_MASTER
 
 
 @dataclass(frozen=True)
@@ -45,21 +47,28 @@ def _device_error(exc: BaseException) -> str:
 
 
 def check_boot_server(site: Site, secrets: Secrets, timeout: float) -> Check:
-    """Log in and read the default master file: proves address, credentials and directory without writing."""
+    """Log in and read the master the phones read first (the named one, else the default): proves address,
+    credentials and directory without writing."""
     from .drivers.publish import open_publisher
 
     url = site.boot_server.url
     target = redact_url(url)
+    named = site.boot_server.master_file
     try:
         creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else Credentials()
         pub = open_publisher(url, creds, timeout)
         try:
-            data = pub.read(DEFAULT_MASTER)
+            data = pub.read(named or DEFAULT_MASTER)
         finally:
             pub.close()
     except Exception as exc:  # a probe reports, never crashes: every device gets its row
         return Check(site.name, "boot server", target, False, _device_error(exc))
-    found = f"read {DEFAULT_MASTER} ({len(data)} bytes)" if data is not None else f"logged in; no {DEFAULT_MASTER} there"
+    if named:   # the master the boot-server address names: the phones read it first (soundpoint.bootfiles)
+        found = (f"read {named}, the master named in the boot-server address ({len(data)} bytes)" if data is not None
+                 else f"logged in; no {named} there: phones fall back to <MAC>.cfg, then {DEFAULT_MASTER}")
+    else:
+        found = (f"read {DEFAULT_MASTER} ({len(data)} bytes)" if data is not None
+                 else f"logged in; no {DEFAULT_MASTER} there")
     if url.startswith(("http://", "https://")):
         found += "; the write password is first used by a rollout (reads need none)"
     return Check(site.name, "boot server", target, True, found)

@@ -597,7 +597,8 @@ class RolloutStore:
         return self.r.hgetall(K.rollout_phone(rid, mac))
 
     STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
-                    "verified_in", "confirm_sent", "shadowed")   # shadowed: fleet.overrides
+                    "verified_in", "confirm_sent", "shadowed",   # shadowed: fleet.overrides
+                    "reboot_optional", "reports_shutdown", "applied")   # a check-sync that need not reboot
 
     def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
         """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""

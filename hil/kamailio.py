@@ -78,6 +78,7 @@ modparam("registrar", "max_expires", {max_expires})
 modparam("htable", "htable", "users=>size=10;")
 modparam("ctl", "binrpc", "unix:{sock}")
 {siptrace_params}
+{jsonrpc}
 event_route[htable:mod-init] {{
 {users}
 }}
@@ -109,6 +110,13 @@ request_route {{
 }}
 """
 
+# jsonrpcs over a FIFO beside the ctl socket, replies in the same private directory (Kamailio's own kamailio.cfg
+# loads jsonrpcs with its FIFO in /run/kamailio; kamctl and fleet's gateway command speak JSON-RPC to it)
+JSONRPC = """loadmodule "jsonrpcs.so"
+modparam("jsonrpcs", "transport", 2)
+modparam("jsonrpcs", "fifo_name", "{fifo}")
+modparam("jsonrpcs", "fifo_reply_dir", "{reply_dir}/")
+modparam("jsonrpcs", "fifo_mode", 0600)"""
 SIPTRACE_MODULES = 'loadmodule "siptrace.so"'
 SIPTRACE_PARAMS = """modparam("siptrace", "duplicate_uri", "sip:{host}:{port}")
 modparam("siptrace", "hep_mode_on", 1)
@@ -116,7 +124,9 @@ modparam("siptrace", "hep_version", 3)
 modparam("siptrace", "hep_capture_id", {capture_id})
 modparam("siptrace", "trace_to_database", 0)
 modparam("siptrace", "trace_flag", {flag})
-modparam("siptrace", "trace_on", 1)"""
+modparam("siptrace", "trace_on", 1){auth_key}"""
+# HEP v3 only: the key goes in chunk 14 of every datagram (Kamailio siptrace docs, parameter auth_key)
+SIPTRACE_AUTH_KEY = '\nmodparam("siptrace", "auth_key", "{key}")'
 TRACE_ROUTE = f"    setflag({TRACE_FLAG});\n    sip_trace();"
 # Outbound proxy for one upstream: anything not for Kamailio itself goes there unchanged (no DNS: an address).
 # In a dialog (BYE, the ACK of a 2xx) the same, so a call placed through the proxy can end.
@@ -181,6 +191,8 @@ class KamailioConfig:
     upstream: tuple[str, int] | None = None  # outbound proxy: where requests not for Kamailio itself go (an IP)
     capture_id: int = 2001
     role: str = "registrar"
+    jsonrpc: bool = False                   # jsonrpcs' FIFO beside the ctl socket (rpc_fifo(sock))
+    hep_auth_key: str | None = None        # siptrace's auth_key (HEP v3 chunk 14); None = datagrams carry none
 
     def render(self, sock: Path) -> str:
         mpath = modules_path()
@@ -199,9 +211,17 @@ class KamailioConfig:
             role=self.role, address=self.address, port=self.port, mpath=mpath, sock=sock,
             realm=_quote(self.realm, "realm"), users=table, max_expires=self.max_expires,
             siptrace_modules=SIPTRACE_MODULES if trace else "",
-            siptrace_params=SIPTRACE_PARAMS.format(host=self.hep[0], port=self.hep[1], capture_id=self.capture_id,
-                                                   flag=TRACE_FLAG) if self.hep else "",
-            trace=TRACE_ROUTE if trace else "")
+            siptrace_params=SIPTRACE_PARAMS.format(
+                host=self.hep[0], port=self.hep[1], capture_id=self.capture_id, flag=TRACE_FLAG,
+                auth_key=SIPTRACE_AUTH_KEY.format(key=_quote(self.hep_auth_key, "HEP auth key"))
+                if self.hep_auth_key else "") if self.hep else "",
+            trace=TRACE_ROUTE if trace else "",
+            jsonrpc=JSONRPC.format(fifo=rpc_fifo(sock), reply_dir=sock.parent) if self.jsonrpc else "")
+
+
+def rpc_fifo(sock: Path) -> Path:
+    """Where a Kamailio with `jsonrpc` has its JSON-RPC FIFO: beside its ctl socket (replies go to that directory)."""
+    return sock.parent / "rpc.fifo"
 
 
 @dataclass
@@ -380,12 +400,13 @@ class KamailioGateway:
     interface of the built-in one (start, stop, summary), for hil.lab."""
 
     def __init__(self, name: str, host: str, port: int, realm: str, users: dict[str, str], workdir: Path,
-                 hep: tuple[str, int] | None = None, upstream: tuple[str, int] | None = None) -> None:
+                 hep: tuple[str, int] | None = None, upstream: tuple[str, int] | None = None,
+                 hep_auth_key: str | None = None) -> None:
         """`upstream`: the site's phones use this gateway as their outbound proxy, and what is not for the gateway
-        itself (the provider's REGISTERs) goes on to that address."""
+        itself (the provider's REGISTERs) goes on to that address. `hep_auth_key`: the key its HEP carries."""
         self.name, self.host, self.port = name, host, port
         self.server = Kamailio(KamailioConfig(host, port, realm, users, hep=hep, upstream=upstream,
-                                              role=f"{name} (site gateway)"), workdir)
+                                              role=f"{name} (site gateway)", hep_auth_key=hep_auth_key), workdir)
 
     @property
     def ctl(self) -> Path:

@@ -22,7 +22,7 @@ import asyncssh
 import yaml
 from aiohttp import web
 
-from soundpoint import families
+from soundpoint import bootfiles, families
 
 from .bootserver import FtpBootServer, HttpBootServerProcess
 from .dns_server import DnsServer
@@ -55,14 +55,20 @@ def evidence_sources(lab: LabFile, site: SiteSpec) -> list[str]:
             + (["gateway"] if site.gateway == "kamailio" else []))
 
 
+def hep_key_secret(site: SiteSpec) -> str:
+    """The secret naming a site's HEP auth key in the lab's secrets file (`collector.hep_auth_key`)."""
+    return f"hep_{site.name}"
+
+
 def evidence_inventory(lab: LabFile, site: SiteSpec, gateway: str, lan_interface: str = LAN_INTERFACE) -> dict:
     """Those sources as a site's inventory keys (fleet.inventory): `capture: [router lan0, hep ADDRESS]` (the
     router's LAN side sees every phone's SIP to both servers) and `gateway: {address, platform: kamailio}`
-    (kamcmd over the router's SSH)."""
+    (kamcmd over the router's SSH). With `collector.hep_auth_key` the HEP capture names the gateway's key."""
     sources = evidence_sources(lab, site)
-    capture = [f"router {lan_interface}"] if "router" in sources else []
+    capture: list = [f"router {lan_interface}"] if "router" in sources else []
     if "hep" in sources and site.collector.hep:
-        capture.append(f"hep {site.collector.hep}")
+        capture.append({"kind": "hep", "listen": site.collector.hep, "auth_keys": {gateway: hep_key_secret(site)}}
+                       if site.collector.hep_auth_key else f"hep {site.collector.hep}")
     out: dict = {"capture": capture} if capture else {}
     if "gateway" in sources and site.gateway == "kamailio":
         out["gateway"] = {"address": gateway, "platform": "kamailio"}
@@ -149,6 +155,7 @@ class Lab:
         self.provider: Registrar | None = None
         self.dns: DnsServer | None = None
         self.sip_users: dict[str, str] = {}
+        self.hep_keys: dict[str, str] = {}      # site -> its Kamailio gateway's HEP auth key (collector.hep_auth_key)
         self.admin_password = secrets.token_urlsafe(9)
         self.snmp_community = secrets.token_urlsafe(9)
         self.snmp_auth, self.snmp_priv = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
@@ -244,6 +251,7 @@ class Lab:
         self._write_provisioning(rt)
         boot_url = (f"http://{rt.boot_user}:{rt.boot_password}@{self.lan_ip(k, 3)}:{BOOT_HTTP_PORT}/" if site.boot_protocol == "http"
                     else f"ftp://{rt.boot_user}:{rt.boot_password}@{self.lan_ip(k, 3)}:{BOOT_FTP_PORT}/")
+        boot_url += site.boot_master or ""    # the boot-server address names the master file (ftp://host/campus.cfg)
         for i in range(site.phones.count):
             spec = PhoneSpec(mac=phone_mac(self.net, k, i), model=site.phones.models[i % len(site.phones.models)],
                              ip=phone_ip(self.net, k, i), boot_url=boot_url, http_port=PHONE_HTTP_PORT,
@@ -272,8 +280,10 @@ class Lab:
             # as the phones' outbound proxy it relays the provider's requests to the router's relay address for the
             # provider (what the phones' DNS view resolves its name to), so a WAN cut stops the relayed leg too
             upstream = (self.public_ip(k, 10), SIP_PORT) if site.outbound_proxy == "gateway" else None
+            if site.collector.hep_auth_key:
+                self.hep_keys[site.name] = secrets.token_urlsafe(18)
             kam = KamailioGateway(name, lan, SIP_PORT, realm, self.sip_users, self.state_dir / f"kamailio-{site.name}",
-                                  (lan, HEP_TAP_PORT), upstream=upstream)
+                                  (lan, HEP_TAP_PORT), upstream=upstream, hep_auth_key=self.hep_keys.get(site.name))
             await kam.start()
             router.kamailio_ctl = kam.ctl
             return kam
@@ -347,9 +357,10 @@ class Lab:
             (rt.boot_dir / f"{mac}-reg.cfg").write_text(_config_xml({
                 **own, "reg.1.address": ext, "reg.1.label": ext, "reg.1.auth.userId": ext,
                 "reg.1.auth.password": self.sip_users[ext]}))
-            (rt.boot_dir / f"{mac}.cfg").write_text(
-                f'<?xml version="1.0" standalone="yes"?>\n<APPLICATION APP_FILE_PATH="sip.ld" '
-                f'CONFIG_FILES="{mac}-reg.cfg, site.cfg" MISC_FILES="" LOG_FILE_DIRECTORY="" OVERRIDES_DIRECTORY=""/>\n')
+            if not site.boot_master:
+                (rt.boot_dir / f"{mac}.cfg").write_text(_master_xml(f"{mac}-reg.cfg, site.cfg"))
+        if site.boot_master:   # one master for every phone, named in their boot-server address (SIP 3.1 admin guide)
+            (rt.boot_dir / site.boot_master).write_text(_master_xml(f"{bootfiles.MAC_MACRO}-reg.cfg, site.cfg"))
 
     def inventory(self) -> tuple[dict, dict]:
         """The inventory that `fleet` uses to reach this lab, and the secrets file it points to."""
@@ -361,6 +372,8 @@ class Lab:
         for rt in self.sites:
             site = rt.spec
             secrets_doc[f"boot_{site.name}"] = {"username": rt.boot_user, "password": rt.boot_password}
+            if site.name in self.hep_keys:
+                secrets_doc[hep_key_secret(site)] = {"password": self.hep_keys[site.name]}
             phones = []
             for i, phone in enumerate(rt.phones):
                 ext = str(site.phones.first_extension + i + 1000 * rt.k)
@@ -379,7 +392,8 @@ class Lab:
                 "dns": f"{self.public_ip(rt.k, 53)}:{DNS_PORT}",
                 "collector": {"syslog": site.collector.syslog, "events": site.collector.events,
                               "poll_interval": site.collector.poll_interval},
-                "boot_server": {"url": boot, "credentials": f"boot_{site.name}"},
+                "boot_server": {"url": boot, "credentials": f"boot_{site.name}",
+                                **({"master_file": site.boot_master} if site.boot_master else {})},
                 "router": self._router_entry(rt.router.lan_ip, rt.router.wan.name, site.name),
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
@@ -516,6 +530,12 @@ class Lab:
                 return True
             await asyncio.sleep(0.2)
         return False
+
+
+def _master_xml(config_files: str) -> str:
+    """A master file in the SIP 2.x/3.x template's shape (admin guide appendix A), listing `config_files`."""
+    return (f'<?xml version="1.0" standalone="yes"?>\n<APPLICATION APP_FILE_PATH="sip.ld" '
+            f'CONFIG_FILES="{config_files}" MISC_FILES="" LOG_FILE_DIRECTORY="" OVERRIDES_DIRECTORY=""/>\n')
 
 
 def _config_xml(params: dict[str, str]) -> str:

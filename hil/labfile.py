@@ -8,7 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from fleet import validate
-from soundpoint import families
+from soundpoint import bootfiles, families
 from soundpoint.yamlfile import FieldError, load_model
 
 from .phone_types import FAULTS, MODELS
@@ -131,6 +131,9 @@ class CollectorSpec(Strict):
     events: str = "127.0.0.1:8514"
     poll_interval: float = Field(0.0, ge=0, le=3600)
     hep: str | None = Field(None, description="HOST:PORT where a Kamailio gateway's siptrace sends HEP v3")
+    hep_auth_key: bool = Field(False, description="the Kamailio gateway's siptrace signs its HEP with a key the lab "
+                               "makes (siptrace auth_key, HEP v3 chunk 14); the inventory names it as the sender's "
+                               "auth key (a secret) and the collector drops HEP without it")
     evidence: list[Literal["router", "hep", "gateway"]] | None = Field(
         None, description="per-server sources the exported inventory names for the site: router (capture: router "
         "lan0), hep (capture: hep ADDRESS), gateway (the Kamailio registrar's bindings); default: what a site of "
@@ -142,6 +145,12 @@ class CollectorSpec(Strict):
         host, _ = validate.hostport(v, f"collector {info.field_name} address")
         _loopback(host, f"collector {info.field_name} host")
         return v
+
+    @model_validator(mode="after")
+    def key_needs_hep(self) -> "CollectorSpec":
+        if self.hep_auth_key and not self.hep:
+            raise ValueError("hep_auth_key needs the HEP address (collector: {hep: HOST:PORT})")
+        return self
 
     @field_validator("hep")
     @classmethod
@@ -156,6 +165,9 @@ class SiteSpec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
     firmware_family: str | None = Field(None, description="default for this site's phones, over the lab's")
     boot_protocol: Literal["http", "ftp"] = "http"
+    boot_master: str | None = Field(None, description="a master file named in the phones' boot-server address "
+                                    "(ftp://host/campus.cfg): the lab writes it instead of each phone's <MAC>.cfg, "
+                                    "the phones read it first, and the inventory says so (boot_server.master_file)")
     phones: PhonesSpec
     servers: list[ServerSpec] = Field(min_length=1, max_length=9)
     faults: dict[int, str] = {}
@@ -170,6 +182,14 @@ class SiteSpec(Strict):
     _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
 
     _family = field_validator("firmware_family")(classmethod(lambda cls, v: _family_name(v)))
+
+    @field_validator("boot_master")
+    @classmethod
+    def a_master_name(cls, v: str | None) -> str | None:
+        why = None if v is None else bootfiles.named_master_problem(v)
+        if why:
+            raise ValueError(why)
+        return v
 
     @field_validator("faults")
     @classmethod

@@ -131,15 +131,28 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
             self.booted_at = time.monotonic()
             self.booted.set()
             self.truth.record(self.mac, "available")
-            for reg in self.regs:
-                for srv in reg.servers:
-                    if self._sends_register(srv):
-                        srv.task = self._spawn(self._server_loop(reg, srv))
-                    else:
-                        self._set_server_state(reg, srv, OFF, quiet=True)
+            self._start_registrations()
             self._spawn(self._log_upload_loop())
         finally:
             self._rebooting = False
+
+    def _start_registrations(self) -> None:
+        for reg in self.regs:
+            for srv in reg.servers:
+                if self._sends_register(srv):
+                    srv.task = self._spawn(self._server_loop(reg, srv))
+                else:
+                    self._set_server_state(reg, srv, OFF, quiet=True)
+
+    async def apply_live(self, params: dict[str, str], changed: list[str]) -> None:
+        """A check-sync with alwaysReboot=0 whose changes are all live-applicable (Family.live_params): the new
+        values take effect without a restart, and every registration registers again with them (no boot, no
+        shutdown event; *unconfirmed*, see soundpoint/conformance check-sync entries)."""
+        self._stop_registrations()
+        self.params = params
+        self.truth.record(self.mac, "applied_live", params=sorted(changed))
+        self._configure_registrations()
+        self._start_registrations()
 
     def summary(self) -> dict:
         return {"mac": self.mac, "model": self.spec.model, "ip": self.spec.ip, "booted": self.booted.is_set(),

@@ -11,6 +11,8 @@ from urllib.parse import urlsplit, unquote
 
 import aiohttp
 
+from soundpoint import bootfiles
+
 from .config_files import ConfigFileError, merge_first_wins, parse_master, parse_parameters
 
 
@@ -25,8 +27,12 @@ def _basic(parts) -> dict[str, str]:
 
 
 class Provisioning:
+    def _boot_dir(self) -> str:
+        """The boot directory's URL: the boot-server address without the master file it may name."""
+        return bootfiles.split_boot_address(self.spec.boot_url)[0]
+
     async def _fetch(self, name: str) -> bytes | None:
-        target = name if "://" in name else self.spec.boot_url.rstrip("/") + "/" + name
+        target = name if "://" in name else self._boot_dir().rstrip("/") + "/" + name
         parts = urlsplit(target)
         try:
             if parts.scheme in ("http", "https"):
@@ -59,10 +65,15 @@ class Provisioning:
         return b"".join(chunks)
 
     async def _provision(self) -> dict[str, str]:
-        """Master file, then its CONFIG_FILES in order, the override files above them; first occurrence wins."""
-        master_name, data = f"{self.mac}.cfg", await self._fetch(f"{self.mac}.cfg")
-        if data is None:
-            master_name, data = "000000000000.cfg", await self._fetch("000000000000.cfg")
+        """Master file, then its CONFIG_FILES in order, the override files above them; first occurrence wins.
+
+        The master is the first that downloads of: the file named in the boot-server address, `<MAC>.cfg`,
+        `000000000000.cfg` (SIP 3.1 admin guide, appendix A; soundpoint.bootfiles.master_order)."""
+        master_name, data = "", None
+        for master_name in bootfiles.master_order(self.mac, bootfiles.split_boot_address(self.spec.boot_url)[1]):
+            data = await self._fetch(master_name)
+            if data is not None:
+                break
         if data is None:
             self.boot_errors.append("no master configuration file")
             return dict(self.params)  # keep running with what it had, as a real phone does
@@ -117,7 +128,7 @@ class Provisioning:
         while True:
             await asyncio.sleep(interval)
             body = ("\n".join(self.log_lines[-500:]) + "\n").encode()
-            parts = urlsplit(self.spec.boot_url)
+            parts = urlsplit(self._boot_dir())
             folder = getattr(self, "log_directory", "").strip("/")
             name = (folder + "/" if folder else "") + f"{self.mac}-app.log"   # LOG_FILE_DIRECTORY, as a real phone
             try:

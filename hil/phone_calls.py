@@ -5,12 +5,14 @@ A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
 from __future__ import annotations
 
 import asyncio
+import re
 import secrets
 
 from sipwire import digest
 from sipwire import message as sip
 from sipwire.endpoint import TransactionTimeout
 
+from . import sip_answers
 from .resolver import ResolveError
 
 from .phone_types import Registration, ServerBinding
@@ -104,36 +106,38 @@ class Dialogs:
 
     async def _on_sip_request(self, msg: sip.SipMessage, addr: tuple[str, int]) -> sip.SipMessage | None:
         if msg.method == "NOTIFY" and (msg.get("event") or "").lower().startswith("check-sync"):
-            refused = self._validate_check_sync(msg, addr)
+            refused = await self._source_refusal(msg, addr, "checksync-notify-source-refused") \
+                or self._validate_check_sync(msg, addr)
             if refused is not None:
                 return refused
             self._log(f"check-sync NOTIFY from {addr[0]}")
             self._spawn(self._check_sync())
-            return sip.make_response(msg, 200, "OK", to_tag=sip.new_tag(), received=addr)
+            return sip_answers.answer("checksync-notify-accepted", msg, addr)
         if msg.method == "OPTIONS":
             return sip.make_response(msg, 200, "OK", to_tag=sip.new_tag(), received=addr)
         if msg.method in ("ACK",):
             return None
         if msg.method == "INVITE":
-            if not await self._request_allowed(msg, addr):
-                return sip.make_response(msg, 403, "Forbidden", to_tag=sip.new_tag(), received=addr)
-            return sip.make_response(msg, 486, "Busy Here", to_tag=sip.new_tag(), received=addr)
+            refused = await self._source_refusal(msg, addr, "sipval-invite-source-refused")
+            if refused is not None:
+                return refused
+            return sip_answers.answer("sipval-invite-configured-server-accepted", msg, addr)
         if msg.method in ("BYE", "NOTIFY"):
             return sip.make_response(msg, 200, "OK", received=addr)
         return sip.make_response(msg, 405, "Method Not Allowed", received=addr)
 
     def _validate_check_sync(self, msg: sip.SipMessage, addr: tuple[str, int]) -> sip.SipMessage | None:
-        """voIpProt.SIP.requestValidation for NOTIFY with method digest (or both): challenge, then check the answer
-        against the line's SIP credentials; the request must name one of the phone's lines. None: accepted."""
-        methods = {self.params.get(f"voIpProt.SIP.requestValidation.{n}.method", "")
-                   for n in range(1, 11)
-                   if self.params.get(f"voIpProt.SIP.requestValidation.{n}.request", "").upper() == "NOTIFY"}
-        if not methods & {"digest", "both"}:
+        """voIpProt.SIP.requestValidation for NOTIFY with method digest (or both/all): challenge, then check the
+        answer against the line's SIP credentials ("the local credentials for the associated registration",
+        SIP 2.2 guide A-14); the request must name one of the phone's lines. None: accepted. The answers to a
+        wrong line (404) and a wrong digest (403) are *unconfirmed* (conformance checksync-notify-*)."""
+        methods = {method for _, method in self._validations(msg)}
+        if not methods & {"digest", "both", "all"}:
             return None
         user = msg.uri.split(":", 1)[-1].split("@")[0] if "@" in msg.uri else ""
         lines = {r.user: r for r in self.regs}
         if user not in lines:
-            return sip.make_response(msg, 404, "Not Found", to_tag=sip.new_tag(), received=addr)
+            return sip_answers.answer("checksync-notify-unknown-line", msg, addr)
         reg = lines[user]
         realm = self.params.get("voIpProt.SIP.requestValidation.digest.realm", "") or "PolycomSPIP"
         header = msg.get("authorization") or ""
@@ -142,15 +146,27 @@ class Dialogs:
             self.truth.record(self.mac, "check_sync_authenticated", user=user)
             return None
         if header:
-            return sip.make_response(msg, 403, "Forbidden", to_tag=sip.new_tag(), received=addr)
+            return sip_answers.answer("checksync-notify-digest-wrong", msg, addr)
         nonce = secrets.token_hex(8)
-        return sip.make_response(msg, 401, "Unauthorized", to_tag=sip.new_tag(), received=addr,
-                                 extra=[("WWW-Authenticate", f'Digest realm="{realm}", nonce="{nonce}", qop="auth"')])
+        return sip_answers.answer("checksync-notify-digest-challenge", msg, addr,
+                                  fill={"WWW-Authenticate": f'Digest realm="{realm}", nonce="{nonce}", qop="auth"'})
 
     async def _check_sync(self) -> None:
-        """Reboot when alwaysReboot=1; otherwise, outside a call, only when the files changed (our model of the
-        uncertain rule)."""
+        """Reboot when alwaysReboot=1. Otherwise, outside a call, re-read the files: nothing changed, nothing
+        happens; only parameters the family applies live changed (UC Software: reg.x.*, "Change Causes Restart:
+        No"), they are applied and the lines register again, no reboot; anything else reboots. The rule for
+        alwaysReboot=0 is *unconfirmed* in detail (conformance entries checksync-*)."""
         if self.params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") == "1":
             await self.reboot("check-sync")
-        elif not self.in_call and await self._provision() != self.params:
+            return
+        if self.in_call:
+            return
+        new = await self._provision()
+        changed = sorted(k for k in set(new) | set(self.params) if new.get(k) != self.params.get(k))
+        if not changed:
+            return
+        live = self.spec.profile.live_params
+        if live and all(re.match(live, name) for name in changed):
+            await self.apply_live(new, changed)
+        else:
             await self.reboot("check-sync (configuration changed)")

@@ -11,9 +11,13 @@ from sipwire import digest
 from sipwire import message as sip
 from sipwire.endpoint import TransactionTimeout, TransactionTimers
 
+from . import sip_answers
 from .resolver import ResolveError
 
 from .phone_types import DOWN, FAILBACK_MODES, UP, Failback, Registration, ServerBinding
+
+
+VALIDATION_METHODS = ("source", "digest", "both", "all")
 
 
 def split_contacts(values: list[str]) -> list[tuple[str, str]]:
@@ -190,32 +194,48 @@ class SipRegistrations:
             return srv.state == UP
         return not (srv.only_signal_with_registered and srv.re_register and srv.fail_registration_on)
 
-    async def _request_allowed(self, msg: sip.SipMessage, addr: tuple[str, int]) -> bool:
-        """voIpProt.SIP.requestValidation.n.*: with method `source` (or `both`) for this request, the phone accepts
-        it only from a server it is registered with (source check only; `digest` is not modelled). A phone not
-        registered with server 2 thus refuses calls that server 2 sends it, the failure operators report."""
+    def _validations(self, msg: sip.SipMessage) -> list[tuple[int, str]]:
+        """voIpProt.SIP.requestValidation.n.* entries that apply to this request: (n, method), method being
+        source, digest, both or all ("both or all: apply both", SIP 1.4 guide 4.6.2.1.3.3, SIP 2.2 guide A-14,
+        UC 4.1.6 guide). For SUBSCRIBE/NOTIFY, `.request.y.event` names the events validated (none: all)."""
+        found = []
+        event = (msg.get("event") or "").split(";")[0].strip().lower()
         for n in range(1, 21):
             method = self.params.get(f"voIpProt.SIP.requestValidation.{n}.method", "")
             request = self.params.get(f"voIpProt.SIP.requestValidation.{n}.request", "")
-            if not method and not request:
+            if method not in VALIDATION_METHODS or request.upper() != (msg.method or "").upper():
                 continue
-            if request.upper() != (msg.method or "").upper() or method not in ("source", "both"):
+            events = [self.params.get(f"voIpProt.SIP.requestValidation.{n}.request.{y}.event", "").strip().lower()
+                      for y in range(1, 11)]
+            events = [e for e in events if e]
+            if events and msg.method in ("SUBSCRIBE", "NOTIFY") and event not in events:
                 continue
-            for reg in self.regs:
-                for srv in reg.servers:
-                    if srv.state != UP:
+            found.append((n, method))
+        return found
+
+    async def _from_configured_server(self, addr: tuple[str, int]) -> bool:
+        """Whether `addr` is an address of one of the phone's configured registration servers, registered with
+        or not ("a server belonging to the set of target registration servers", SIP 2.2 guide A-14), or of the
+        outbound proxy that relays their requests (*unconfirmed*: the guides do not say)."""
+        for reg in self.regs:
+            for srv in reg.servers:
+                for host in {srv.address, (srv.proxy or (srv.address, 0))[0]}:
+                    try:
+                        if await self.resolver.resolve(host) == addr[0]:
+                            return True
+                    except ResolveError:
                         continue
-                    # the server itself, or the outbound proxy its requests pass (which relays the server's too)
-                    for host in {srv.address, (srv.proxy or (srv.address, 0))[0]}:
-                        try:
-                            if await self.resolver.resolve(host) == addr[0]:
-                                return True
-                        except ResolveError:
-                            continue
-            self._log(f"{msg.method} from {addr[0]} refused: not from a server this phone is registered with "
-                      f"(voIpProt.SIP.requestValidation.{n})")
-            return False
-        return True
+        return False
+
+    async def _source_refusal(self, msg: sip.SipMessage, addr: tuple[str, int], entry: str) -> sip.SipMessage | None:
+        """The conformance `entry`'s answer (400 Bad Request, what operators report for a refused INVITE) when a
+        `source` validation applies and the request is not from a configured registration server; None: accepted."""
+        for n, method in self._validations(msg):
+            if method in ("source", "both", "all") and not await self._from_configured_server(addr):
+                self._log(f"{msg.method} from {addr[0]} refused: not from a configured registration server "
+                          f"(voIpProt.SIP.requestValidation.{n})")
+                return sip_answers.answer(entry, msg, addr)   # the conformance entry's answer (400 Bad Request)
+        return None
 
     async def _server_loop(self, reg: Registration, srv: ServerBinding) -> None:
         fb = reg.failback

@@ -13,6 +13,8 @@ import re
 import string
 from dataclasses import dataclass, field
 
+from .uri import parse_uri, uri_user  # noqa: F401  (uri_user: re-exported, the lab and fleet read it here)
+
 COMPACT = {"v": "via", "f": "from", "t": "to", "i": "call-id", "m": "contact", "l": "content-length",
            "c": "content-type", "e": "content-encoding", "k": "supported", "o": "event", "s": "subject"}
 CANONICAL = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cseq": "CSeq",
@@ -181,19 +183,12 @@ def header_params(value: str) -> dict[str, str]:
     return out
 
 
-_URI_HOSTPORT = re.compile(r"sips?:(?:[^@;>]*@)?(\[[^\]]+\]|[^:;>?]+)(?::(\d+))?", re.I)
-
-
 def uri_host_port(uri: str, default_port: int = 5060) -> tuple[str, int]:
-    m = _URI_HOSTPORT.search(uri)
-    if not m:
-        raise SipParseError(f"not a SIP URI: {uri!r}")
-    return m.group(1), int(m.group(2) or default_port)
-
-
-def uri_user(uri: str) -> str:
-    m = re.search(r"sips?:([^@;>]+)@", uri, re.I)
-    return m.group(1) if m else ""
+    """Host and port of the first SIP URI in `uri` (sipwire.uri, linear in the text's length)."""
+    found = parse_uri(uri)
+    if found is None or not found.host:
+        raise SipParseError(f"not a SIP URI: {uri[:80]!r}")
+    return found.host, found.port if found.port is not None else default_port
 
 
 def new_tag() -> str:

@@ -29,6 +29,45 @@ def master_name(mac: str) -> str:
     return f"{mac.lower()}.cfg"
 
 
+NAMED_MASTER_MIN = 5                    # confirmed: a master named in the boot-server address ends in .cfg, >= 5 chars
+
+
+def named_master_problem(name: str) -> str | None:
+    """Why `name` cannot be the master file named in a boot-server address (None: it can).
+
+    Confirmed (SIP 2.2/3.0/3.1 admin guides, appendix A "Master Configuration
+    Files"): "The filename must end with .cfg and be at least five characters
+    long. If this file cannot be downloaded, the phone will search for the
+    per-phone master configuration file". Fleet also asks for a plain name in
+    the boot directory (no folder, no URL), the only place it publishes.
+    """
+    if not name.endswith(".cfg"):
+        return f"{name[:80]!r} does not end in .cfg (the phone ignores any other name)"
+    if len(name) < NAMED_MASTER_MIN:
+        return f"{name!r} is shorter than {NAMED_MASTER_MIN} characters"
+    if len(name) > MAX_NAME or not re.fullmatch(r"[A-Za-z0-9_.\-]+", name) or name.startswith("."):
+        return f"{name[:80]!r} is not a plain file name in the boot directory (letters, digits, . _ -)"
+    return None
+
+
+def master_order(mac: str, named: str = "") -> tuple[str, ...]:
+    """The master files a phone tries, in order (confirmed): the one named in its boot-server address, if any,
+    then `<MAC>.cfg`, then `000000000000.cfg`; the first that downloads is the one it reads."""
+    return ((named,) if named else ()) + (master_name(mac), DEFAULT_MASTER)
+
+
+def split_boot_address(url: str) -> tuple[str, str]:
+    """(the boot directory's URL, the master file it names or ""): `ftp://h/d/site.cfg` -> (`ftp://h/d/`, `site.cfg`).
+
+    Only a last path segment that is a usable master name counts as one
+    (named_master_problem); anything else is a directory.
+    """
+    head, sep, last = url.rpartition("/")
+    if sep and "://" in head + sep and not head.endswith(":/") and last and named_master_problem(last) is None:
+        return head + "/", last
+    return url, ""
+
+
 def override_names(mac: str) -> tuple[str, ...]:
     """The phone's write-back files, highest precedence first; both win over every CONFIG_FILES entry.
 

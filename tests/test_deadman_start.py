@@ -29,7 +29,12 @@ exit 1
 """
 
 
-def _run(tmp_path: Path, systemd_run: str | None) -> tuple[Path, list[str]]:
+# The restore the cut hands the dead-man (the real one takes the outage's lock and undoes the cut): here it leaves
+# a mark saying who ran it with which arguments.
+RESTORE = 'echo "$4 $1 $2 $3" > "$1/$2.restored"\n'
+
+
+def _run(tmp_path: Path, systemd_run: str | None, after_start=None) -> tuple[Path, list[str]]:
     outages, bin_dir = tmp_path / "outages", tmp_path / "bin"
     outages.mkdir()
     bin_dir.mkdir()
@@ -38,10 +43,11 @@ def _run(tmp_path: Path, systemd_run: str | None) -> tuple[Path, list[str]]:
         (bin_dir / "systemd-run").write_text(systemd_run)
         (bin_dir / "systemd-run").chmod(0o755)
     f = outages / "o1"
-    Path(f"{f}.restore.sh").write_text('echo "$4 $1 $2 $3" > "$1/$2.restored"\n')
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log),
-               D=str(outages), ID="o1", WAN="wan0", MAX="1", F=str(f))
+               D=str(outages), ID="o1", WAN="wan0", MAX="1", F=str(f), RESTORE=RESTORE)
     subprocess.run(["sh", "-c", DEADMAN_START], env=env, check=True, timeout=10)
+    if after_start is not None:
+        after_start(f)
     calls_so_far = lambda: log.read_text() if log.exists() else "no systemd-run call"  # noqa: E731
     wait_until(lambda: Path(f"{f}.restored").exists(), 8, "the dead-man's restore", step=0.05, state=calls_so_far)
     calls = log.read_text().splitlines() if log.exists() else []
@@ -66,6 +72,19 @@ def test_deadman_refused_by_systemd_run_is_started_without_it(tmp_path):
 def test_deadman_without_a_working_systemd_run_is_plain_nohup(tmp_path, fake):
     f, calls = _run(tmp_path, fake)
     assert calls == [], calls      # the stand-in logs nothing: only the probe ran, and it failed
+    assert Path(f"{f}.restored").read_text().split()[0] == "deadman"
+
+
+def test_deadman_runs_its_own_copy_of_the_restore_not_a_file_that_can_be_replaced(tmp_path):
+    """The dead-man sleeps for up to max_duration and then restores as the SSH user (often root): what it runs is
+    the copy the cut handed it, so a restore.sh planted in the outage directory meanwhile is never run."""
+    planted = tmp_path / "planted-ran"
+
+    def plant(f: Path) -> None:
+        Path(f"{f}.restore.sh").write_text(f'echo attacker > "{planted}"\n')
+
+    f, _ = _run(tmp_path, None, after_start=plant)
+    assert not planted.exists(), "the dead-man ran a restore script planted in the outage directory"
     assert Path(f"{f}.restored").read_text().split()[0] == "deadman"
 
 
@@ -110,7 +129,7 @@ def test_no_cut_when_the_deadman_cannot_start(tmp_path):
     (bin_dir / "systemd-run").chmod(0o755)
     f = outages / "o1"
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", D=str(outages), ID="o1", WAN="wan0", MAX="1",
-               F=str(f))
+               F=str(f), RESTORE=RESTORE)
     res = subprocess.run(["sh", "-c", DEADMAN_START + '\necho "cutting now"'], env=env, capture_output=True, text=True,
                          timeout=30)
     assert res.returncode == 76, (res.returncode, res.stderr)

@@ -41,12 +41,20 @@ def test_the_lan_gateway_as_outbound_proxy_for_the_provider_is_not_flagged():
     assert len(found) == 1 and "fallback server 3 " in found[0], found
 
 
-def test_invite_source_validation_refuses_calls_from_a_server_the_phone_is_not_registered_with():
+def test_invite_source_validation_accepts_every_configured_server_and_warns_only_about_dns_names():
+    """The guides accept INVITEs from the set of configured registration servers, registered with or not (SIP 2.2
+    guide A-14): server 2 rings the phone. A server given by DNS name is the risk: calls from another address of
+    the provider are answered 400 Bad Request."""
     validated = BASE | {"voIpProt.SIP.requestValidation.1.request": "INVITE",
                         "voIpProt.SIP.requestValidation.1.method": "source"}
     found = problems(validated, "sip-3.x")
-    assert len(found) == 1 and "requestValidation.1" in found[0]
+    assert len(found) == 1 and "requestValidation.1" in found[0] and "server 1 (voip.example)" in found[0], found
+    assert "400 Bad Request" in found[0] and "server 2" not in found[0]
+    for method in ("both", "all"):
+        assert problems(validated | {"voIpProt.SIP.requestValidation.1.method": method}, "sip-2.x") == found
     assert problems(validated | {"voIpProt.SIP.requestValidation.1.method": "digest"}, "sip-3.x") == []
+    by_address = validated | {"reg.1.server.1.address": "192.0.2.10"}
+    assert problems(by_address, "sip-3.x") == []      # two servers by address: every call they send is accepted
 
 
 def test_a_phone_without_a_fallback_is_not_warned_about():

@@ -296,3 +296,84 @@ def test_snmp_router_refuses_without_deadman_and_says_so_when_allowed(lab, snmp_
     tasks.router_restore("edge", "exp-race", late, "link-down", 0)   # a failed restore raises TaskFailed
     assert tasks.router_outage("edge", "exp-race", late, "link-down", 60)["outcome"] == "cancelled"
     assert _wan(lab)["admin_up"] is True
+
+
+_SECOND_CONTROLLER = """
+import json, sys
+from fleet import tasks
+from fleet.task_errors import TaskFailed
+try:
+    print(json.dumps({"outcome": tasks.router_outage("edge", "exp-other", sys.argv[1], sys.argv[2], 60)["outcome"]}))
+except TaskFailed as exc:
+    print(json.dumps({"refused": str(exc)}))
+"""
+
+
+def _other_controller(lab, redis_url: str, oid: str, mode: str) -> dict:
+    """A second controller: its own process, its own SSH connection to the router, its own experiment."""
+    env = dict(os.environ, FLEET_INVENTORY=str(lab.inventory), FLEET_REDIS_URL=redis_url)
+    res = subprocess.run([BIN / "python", "-c", _SECOND_CONTROLLER, oid, mode], env=env, capture_output=True,
+                         text=True, timeout=120)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def test_two_controllers_one_wan_the_second_outage_is_refused_and_the_first_restore_ends_only_the_first(
+        lab, on_worker, redis_url, site_config):
+    first, second, drop, later = _oid("wan-a"), _oid("wan-b"), _oid("wan-c"), _oid("wan-d")
+    assert tasks.router_outage("edge", "exp-race", first, "link-down", 60)["outcome"] == "cut"
+    try:
+        for oid, mode in ((second, "link-down"), (drop, "drop")):
+            answer = _other_controller(lab, redis_url, oid, mode)
+            assert "refused" in answer, f"a second {mode} on a WAN already down answered {answer}"
+            assert f"already in outage {first}" in answer["refused"], answer
+        assert _wan(lab)["rules"] == site_config["rules"], "the refused drop left rules behind"
+    finally:
+        restore = tasks.router_restore("edge", "exp-race", first, "link-down", 5)
+    assert restore["outcome"] == "restored" and restore["state"]["link_up"] is True, restore
+    # once the first is restored the interface is free again; a repeated restore of the first does not end it
+    assert _other_controller(lab, redis_url, later, "link-down") == {"outcome": "cut"}
+    try:
+        assert tasks.router_restore("edge", "exp-race", first, "link-down", 0)["outcome"] == "already-restored"
+        assert _wan(lab)["admin_up"] is False, "the first outage's restore ended the second one"
+    finally:
+        assert tasks.router_restore("edge", "exp-race", later, "link-down", 5)["outcome"] == "restored"
+    for oid in (first, second, drop, later):
+        assert_back_as_found(lab, oid, site_config)
+
+
+@pytest.fixture
+def state_dir_worker(lab, redis_url, monkeypatch, tmp_path):
+    """The same site with its outage directory at a given path on the router (the lab's router is this host)."""
+    def use(state_dir: Path) -> None:
+        doc = yaml.safe_load(lab.inventory.read_text())
+        doc["sites"][0]["router"]["state_dir"] = str(state_dir)
+        path = tmp_path / "state-dir.yml"
+        path.write_text(yaml.safe_dump(doc))
+        monkeypatch.setenv("FLEET_INVENTORY", str(path))
+        worker_context.reset()
+
+    monkeypatch.setenv("FLEET_REDIS_URL", redis_url)
+    yield use
+    worker_context.reset()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_a_state_dir_whose_parent_another_user_owns_or_a_shared_tmp_is_refused_before_the_cut(lab, state_dir_worker,
+                                                                                               tmp_path):
+    """Another user owning a parent could swap in the directory (and the restore the dead-man runs as root);
+    a sticky world-writable one (/tmp: the stand-in here, never the real one) is nobody's own."""
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    for state_dir, why in ((theirs / "outages", "belongs to uid 65534"), (shared, "writable by group or others")):
+        state_dir_worker(state_dir)
+        before = len(lab.status()["sites"][0]["router"]["commands"])
+        with pytest.raises(TaskFailed, match=why):
+            tasks.router_outage("edge", "exp-race", _oid("unsafe-dir"), "link-down", 60)
+        assert _wan(lab)["admin_up"] is True
+        assert len(lab.status()["sites"][0]["router"]["commands"]) == before, "the router ran commands for the cut"
+    assert not (theirs / "outages").exists() and shared.stat().st_mode & 0o7777 == 0o1777

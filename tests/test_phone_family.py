@@ -16,6 +16,7 @@ from sipwire import message as sip
 from sipwire.endpoint import SipEndpoint, TransactionTimers
 
 PHONE_IP, SERVER1, SERVER2 = "127.106.9.2", "127.46.9.1", "127.46.9.2"
+STRANGER = "127.46.9.3"        # no server of the phone's
 
 
 def phone(family: str, params: dict[str, str], model: str = "VVX 410", fixed_retry: float = 30.0) -> VirtualPhone:
@@ -151,23 +152,28 @@ async def _invite_from(source_ip: str) -> int:
         ep.close()
 
 
-@pytest.mark.parametrize("validation,from_server2", [(True, 403), (False, 486)])
-def test_request_validation_refuses_an_invite_from_a_server_it_is_not_registered_with(validation, from_server2):
-    params = TWO | ({"voIpProt.SIP.requestValidation.1.method": "source",
-                     "voIpProt.SIP.requestValidation.1.request": "INVITE"} if validation else {})
+@pytest.mark.parametrize("family", ["uc-5.x", "sip-2.x"])
+@pytest.mark.parametrize("method", ["source", "both", "all", ""])
+def test_request_validation_accepts_every_configured_server_and_refuses_others_with_400(family, method):
+    """Source validation accepts INVITEs from the configured registration servers, registered with or not (SIP 2.2
+    guide A-14: "the set of target registration servers"); anything else gets 400 Bad Request (operators' reports).
+    `all` is `both`; SIP 2.x has the parameters (SIP 2.2 guide)."""
+    params = TWO | ({"voIpProt.SIP.requestValidation.1.method": method,
+                     "voIpProt.SIP.requestValidation.1.request": "INVITE"} if method else {})
 
-    async def run() -> tuple[int, int]:
-        p = phone("uc-5.x", params)             # defaults: registered with server 1 only
+    async def run() -> tuple[int, int, int]:
+        p = phone(family, params, model="VVX 410" if family == "uc-5.x" else "SoundPoint IP 650")
+        # defaults: registered with server 1 only
         p.regs[0].servers[0].state = UP
         p.endpoint = await SipEndpoint.bind(PHONE_IP, 5060, p._on_sip_request, name="phone")
         try:
-            return await _invite_from(SERVER1), await _invite_from(SERVER2)
+            return await _invite_from(SERVER1), await _invite_from(SERVER2), await _invite_from(STRANGER)
         finally:
             p.endpoint.close()
 
-    via1, via2 = asyncio.run(run())
-    assert via1 == 486                          # reached the phone (which is busy: it never answers)
-    assert via2 == from_server2
+    via1, via2, other = asyncio.run(run())
+    assert (via1, via2) == (486, 486)           # reached the phone (which is busy: it never answers)
+    assert other == (400 if method else 486)
 
 
 # ---------------------------------------------------------------- failback modes (failOver.failBack.*)

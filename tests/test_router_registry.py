@@ -40,3 +40,62 @@ def test_a_module_path_name_is_not_a_driver():
     for name in ("ssh_base", "__init__", "linux_ssh.connect", "../snmp"):
         with pytest.raises(ValueError, match="known drivers: linux_ssh, snmp"):
             routers.driver_module(name)
+
+
+TWO_SITES = SMALL_INVENTORY.replace("DRIVER", "linux_ssh") + """  - name: branch
+    gateway: 127.10.0.1
+    boot_server: {url: "http://127.10.0.3/", credentials: boot}
+    router: {driver: linux_ssh, address: 127.10.0.1, credentials: r, wan_interface: wan0ROUTER_EXTRA}
+    phones:
+      - {mac: "0004f2000002", model: VVX 410, address: 127.0.0.3, credentials: admin}
+"""
+
+
+def _load(tmp_path, text: str):
+    path = tmp_path / "inv.yml"
+    path.write_text(text)
+    return path, lambda: inventory.load(path)
+
+
+def test_one_router_in_two_sites_without_saying_so_is_refused_naming_the_line(tmp_path):
+    """Leases are per site: two experiments, one per site, would both cut the one WAN and end each other's outage."""
+    path, load = _load(tmp_path, TWO_SITES.replace("ROUTER_EXTRA", ""))
+    with pytest.raises(FileError) as exc:
+        load()
+    message = str(exc.value)
+    assert message.startswith(f"{path}:8: sites[0].router.address"), message
+    assert "also the router of site branch (sites[1])" in message and "shared_with" in message, message
+
+
+def test_one_router_shared_openly_by_two_sites_loads(tmp_path):
+    text = TWO_SITES.replace("ROUTER_EXTRA", ", shared_with: [hq]").replace(
+        "wan_interface: wan0}\n    phones:\n      - {mac: \"0004f2000001\"",
+        "wan_interface: wan0, shared_with: [branch]}\n    phones:\n      - {mac: \"0004f2000001\"")
+    _, load = _load(tmp_path, text)
+    inv = load()
+    assert inv.site("hq").router.shared_with == ["branch"] and inv.site("branch").router.shared_with == ["hq"]
+
+
+def test_a_shared_router_reached_another_way_is_refused(tmp_path):
+    text = TWO_SITES.replace("ROUTER_EXTRA", ", shared_with: [hq], state_dir: /var/lib/other").replace(
+        "wan_interface: wan0}\n    phones:\n      - {mac: \"0004f2000001\"",
+        "wan_interface: wan0, shared_with: [branch]}\n    phones:\n      - {mac: \"0004f2000001\"")
+    path, load = _load(tmp_path, text)
+    with pytest.raises(FileError, match=r"sites\[0\]\.router\.state_dir.*site branch \(sites\[1\]\) shares this router"):
+        load()
+
+
+def test_shared_with_naming_a_site_without_this_router_is_refused(tmp_path):
+    text = SMALL_INVENTORY.replace("DRIVER", "linux_ssh").replace("wan_interface: wan0}", "wan_interface: wan0, shared_with: [hq]}")
+    _, load = _load(tmp_path, text)
+    with pytest.raises(FileError, match=r"sites\[0\]\.router\.shared_with.*not another site"):
+        load()
+
+
+@pytest.mark.parametrize("state_dir", ["/tmp", "/tmp/", "/tmp/..", "/var/lib/../tmp", "/var/lib/./x", "/dev/shm", "/"])
+def test_a_shared_or_dotted_state_dir_is_refused_at_load_naming_the_line(tmp_path, state_dir):
+    text = SMALL_INVENTORY.replace("DRIVER", "linux_ssh").replace("wan_interface: wan0}", f"wan_interface: wan0, state_dir: {state_dir}}}")
+    path, load = _load(tmp_path, text)
+    with pytest.raises(FileError) as exc:
+        load()
+    assert str(exc.value).startswith(f"{path}:8: sites[0].router.state_dir"), str(exc.value)

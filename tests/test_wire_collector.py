@@ -180,8 +180,9 @@ def test_router_capture_and_hep_give_per_server_state_through_the_store(tmp_path
             # a stranger's forged 200 for phone 2 comes first and must be dropped
             stranger.sendto(hep.encode((ip2, 5060), gw, 1.0, _register(ip2, u2, gw, 1, 90)), ("127.0.0.1", hep_port))
             to_hep.sendto(b"HEP3 junk that is not a HEP packet", ("127.0.0.1", hep_port))
-            to_hep.sendto(hep.encode((ip, 5060), gw, 1_795_000_000.0, req), ("127.0.0.1", hep_port))
-            to_hep.sendto(hep.encode(gw, (ip, 5060), 1_795_000_000.01, resp), ("127.0.0.1", hep_port))
+            now = time.time()      # a HEP agent's clock is ours within seconds (NTP); far off, it is dropped
+            to_hep.sendto(hep.encode((ip, 5060), gw, now, req), ("127.0.0.1", hep_port))
+            to_hep.sendto(hep.encode(gw, (ip, 5060), now + 0.01, resp), ("127.0.0.1", hep_port))
         wait_until(lambda: _server_state(store, "0004f2fa0002", 2).get("code") == 403
                    and _server_state(store, "0004f2fa0001", 2).get("state") == REGISTERED, 10,
                    "HEP observations in the store")

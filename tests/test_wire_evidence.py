@@ -734,7 +734,9 @@ def test_bindings_become_observations_for_the_gateway_server():
 
 def test_gateway_platforms_are_data():
     assert set(gb.PLATFORMS) == {"kamailio", "asterisk", "freeswitch"}
-    assert gb.platform("kamailio").command == "kamcmd ul.dump 2>&1"      # its faults come on stderr
+    kamailio = gb.platform("kamailio").command       # JSON-RPC, else kamcmd per AoR; kamcmd's faults come on stderr
+    assert '"method\\": \\"ul.dump\\"' in kamailio and "kamcmd ul.dump brief 2>&1" in kamailio
+    assert 'kamcmd ul.lookup "s:$table" "s:$aor" 2>&1' in kamailio
     assert "pjsip show contacts" in gb.platform("asterisk").command
     assert "show registrations" in gb.platform("freeswitch").command
     with pytest.raises(ValueError, match="known"):

@@ -204,10 +204,11 @@ def hep_lab(lab_factory, worker_factory):
     hep = f"127.0.0.1:{free_port()}"
     site = spec["sites"][0]
     site.update(gateway="kamailio", outbound_proxy="gateway")
-    site["collector"].update(hep=hep, evidence=["hep"])
+    site["collector"].update(hep=hep, evidence=["hep"], hep_auth_key=True)     # siptrace signs its HEP (issue 17)
     lab = lab_factory(spec)
     inv_site = yaml.safe_load(lab.inventory.read_text())["sites"][0]
-    assert inv_site["capture"] == [f"hep {hep}"] and not isinstance(inv_site["gateway"], dict), inv_site
+    assert inv_site["capture"] == [{"kind": "hep", "listen": hep, "auth_keys": {inv_site["gateway"]: "hep_branch"}}] \
+        and not isinstance(inv_site["gateway"], dict), inv_site
     # the phones' files name the gateway as the line's outbound proxy, and not for the gateway's own server
     gateway = inv_site["router"]["address"]
     assert {k: v for k, v in inv_site["params"].items() if "utboundProxy" in k} == {
@@ -270,9 +271,13 @@ def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
     assert sources(load(syslog=False, gateway="kamailio", collector={"hep": "127.0.0.1:9999", "evidence": ["hep"]})) == {
         "capture": ["hep 127.0.0.1:9999"]}
     assert sources(load(syslog=False, collector={"evidence": []})) == {}
+    assert sources(load(syslog=False, gateway="kamailio", collector={"hep": "127.0.0.1:9999", "evidence": ["hep"],
+                                                                     "hep_auth_key": True})) == {
+        "capture": [{"kind": "hep", "listen": "127.0.0.1:9999", "auth_keys": {f"127.{HEP_NET}.0.1": "hep_hq"}}]}
     for site, words in (({"collector": {"evidence": ["hep"]}}, "evidence hep needs"),
                         ({"collector": {"evidence": ["gateway"]}}, "evidence gateway needs `gateway: kamailio`"),
-                        ({"collector": {"evidence": ["mirror"]}}, "evidence")):
+                        ({"collector": {"evidence": ["mirror"]}}, "evidence"),
+                        ({"collector": {"hep_auth_key": True}}, "hep_auth_key needs the HEP address")):
         with pytest.raises(FileError, match=words):
             load(**site)
 

@@ -117,6 +117,12 @@ class PhoneControl(Protocol):
         sent, so a caller that may die can leave word of what may have reached the phone (rebooted_since's
         `tried`). Raises DriverError naming the phone when the phone refuses or does not answer."""
 
+    def may_stay_up(self, sent: Collection[str], params: dict[str, str]) -> bool:
+        """The reboot methods `sent` may leave the phone running the new files without a reboot."""
+
+    def reports_shutdown(self, params: dict[str, str]) -> bool:
+        """A reboot of this phone leaves a shutdown event fleet's store sees (line_down_at)."""
+
     def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
         """Whether the reboot sent at `since` reached the phone (params: the files it was rebooted into). `tried`:
         the methods announced before the sender was lost (empty: nothing was sent); None when nobody recorded

@@ -14,6 +14,7 @@ from ..drivers.errors import DeviceRefused, DriverError
 from ..inventory import Credentials
 from . import Announce, CallCheck, Identity, PhoneAccess, identity_failure, same_mac, shown
 
+ALWAYS_REBOOT = "voIpProt.SIP.specialEvent.checkSync.alwaysReboot"
 REBOOT_DESCRIPTIONS = {"check-sync": "sip check-sync", "web": "web /form-submit/Reboot", "rest": "rest safeRestart"}
 
 
@@ -126,6 +127,19 @@ class SoundPointControl:
             return set(tried)
         return {self.phone.reboot_method} | ({"web"} if self.falls_back_to_web() else set())
 
+    def reports_shutdown(self, params: dict[str, str]) -> bool:
+        """The phone sends a line unregistration event as it shuts down (telephone notification events, to a URL
+        fleet's collector reads): a reboot leaves a `line_down_at` in the store, and its absence means none."""
+        return bool(families.TEL_NOTIFICATION in self.family.interfaces and params.get("apps.telNotification.URL")
+                    and params.get("apps.telNotification.lineRegistrationEvent", "1") != "0"
+                    and self.access.store is not None)
+
+    def may_stay_up(self, sent: Collection[str], params: dict[str, str]) -> bool:
+        """Whether the phone may take the pushed files without a reboot: a check-sync alone with alwaysReboot=0
+        (the default) reboots only when a change needs it, and UC Software applies reg.x.* live ("Change Causes
+        Restart: No"). Verification then rests on a registration after the push, never on a reboot."""
+        return set(sent) == {"check-sync"} and params.get(ALWAYS_REBOOT, "0") != "1"
+
     def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
         """SoundPoint phones have no uptime to ask for. Nothing announced: nothing was sent. Where the phone sends
         events, the evidence is the line unregistration event it sends as it shuts down, or the line registration event
@@ -137,12 +151,10 @@ class SoundPointControl:
         sent = self.maybe_sent(tried)
         if not sent:
             return False
-        sends_events = (families.TEL_NOTIFICATION in self.family.interfaces and params.get("apps.telNotification.URL")
-                        and params.get("apps.telNotification.lineRegistrationEvent", "1") != "0")
-        if sends_events and self.access.store is not None:
+        if self.reports_shutdown(params):
             # the unregistration it sends as it shuts down, or the fresh line registration it sends once it is back
             state = self.access.store.phone_state(self.phone.mac)
             return max(state.line_down_at or 0.0, getattr(state, "line_up_at", None) or 0.0) > since
         idempotent = (sent == {"check-sync"}
-                      and params.get("voIpProt.SIP.specialEvent.checkSync.alwaysReboot", "0") != "1")
+                      and params.get(ALWAYS_REBOOT, "0") != "1")
         return not idempotent

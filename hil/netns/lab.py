@@ -170,7 +170,7 @@ class NetnsLab(Lab):
         rt.gateway_sock = daemons.start_kamailio(rtr, self.state_dir, f"gateway-{site.name}", "the on-site gateway",
                                                  p.router_lan, SIP_PORT, f"{site.name}.gateway", self.sip_users, 3600)
         self._write_provisioning(rt)  # type: ignore[arg-type]
-        boot_url = f"http://{rt.boot_user}:{rt.boot_password}@{p.boot_ip}:{BOOT_HTTP_PORT}/"
+        boot_url = f"http://{rt.boot_user}:{rt.boot_password}@{p.boot_ip}:{BOOT_HTTP_PORT}/" + (site.boot_master or "")
         for i in range(site.phones.count):
             rt.phones.append(PhoneSpec(mac=phone_mac(self.net, k, i), model=site.phones.models[i % len(site.phones.models)],
                                        ip=p.phone_ip(i), boot_url=boot_url, http_port=PHONE_HTTP_PORT,
@@ -221,7 +221,8 @@ class NetnsLab(Lab):
                 "collector": {"syslog": f"{p.host_ip}:{site.collector.syslog.rpartition(':')[2]}",
                               "events": f"{p.host_ip}:{site.collector.events.rpartition(':')[2]}",
                               "poll_interval": site.collector.poll_interval},
-                "boot_server": {"url": f"http://{p.boot_ip}:{BOOT_HTTP_PORT}/", "credentials": f"boot_{site.name}"},
+                "boot_server": {"url": f"http://{p.boot_ip}:{BOOT_HTTP_PORT}/", "credentials": f"boot_{site.name}",
+                                **({"master_file": site.boot_master} if site.boot_master else {})},
                 "router": self._router_entry(p.router_lan, WAN_IF, site.name, SSH_PORT, DNS_PORT),
                 "params": self.site_params(rt.k, site),
                 "phones": phones,

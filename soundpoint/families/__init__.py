@@ -80,6 +80,10 @@ class Family:
     max_servers: int = 3                   # reg.x.server.y / voIpProt.server.y: y in 1..this
     max_index: int = 20                    # other indexed names ({n}: requestValidation.n)
     notes: tuple[str, ...] = ()            # what fleet cannot do on this family, for people
+    # parameters a check-sync with alwaysReboot=0 applies without a restart (a regex on the name; "" none): the
+    # UC Software guides' "Change Causes Restart: No" for reg.x.* (*unconfirmed* here: not read in a guide by us,
+    # taken from issue 16; conformance entry checksync-uc-live-apply). SIP 2.x/3.x: the guides say nothing.
+    live_params: str = ""
     _index: dict = field(default_factory=dict, compare=False, repr=False)
 
     @property

@@ -86,10 +86,12 @@ def check_sync(src: str = "SIP 2.x-3.1 admin guides") -> list[Param]:
             Param("log.upload.period", "int", "172800", 0, _MAX, source=src)]
 
 
-def request_validation(src: str = "SIP 3.x admin guide, UC 4.x guide (confirmed name; value set uncertain)") -> list[Param]:
-    """voIpProt.SIP.requestValidation.*: the phone challenges or refuses requests (INVITE, NOTIFY) not from its server."""
+def request_validation(src: str = "SIP 1.4 guide 4.6.2.1.3.3; SIP 2.2 guide A-14; UC 4.1.6 guide p. 57") -> list[Param]:
+    """voIpProt.SIP.requestValidation.*: the phone refuses requests (INVITE, NOTIFY, ...) not from one of its
+    configured registration servers (`source`), challenges them with the line's credentials (`digest`), or both
+    (`both` or `all`, the same: "both or all: apply both of the above methods")."""
     p = "voIpProt.SIP.requestValidation."
-    return [Param(p + "{n}.method", "enum", "", choices=("", "source", "digest", "both"), source=src),
+    return [Param(p + "{n}.method", "enum", "", choices=("", "source", "digest", "both", "all"), source=src),
             Param(p + "{n}.request", "str", source=src),
             Param(p + "{n}.request.{y}.event", "str", source=src),
             Param(p + "digest.realm", "str", "PolycomSPIP", source=src)]

@@ -1,6 +1,7 @@
 """SIP 2.x on SoundPoint IP (the seed bulletin's firmware; Technical Bulletin 5844 is for SIP 2.1 and later).
 
-Sources: SoundPoint IP SIP 2.x Administrator's Guide; polycom.md "Firmware families" and "More facts".
+Sources: SoundPoint IP SIP 2.x Administrator's Guide (SIP 2.2: voIpProt.SIP.requestValidation.* on page A-14);
+polycom.md "Firmware families" and "More facts".
 No web-application interfaces (telephone notification and state polling arrived with SIP 3.1),
 syslog only from the bootROM, no failover controls beyond the server list. The web UI's reboot form
 path is documented for UC Software 4.x only, so check-sync is the one reboot fleet uses.
@@ -15,7 +16,7 @@ MODELS = frozenset(
 FAMILY = Family(
     name="sip-2.x", title="SoundPoint IP SIP 2.x",
     catalogue=tuple(_params.server() + _params.registration() + _params.outbound_proxy_global()
-                    + _params.check_sync()),
+                    + _params.check_sync() + _params.request_validation("SIP 2.2 admin guide, appendix A-14")),
     expires_min=300,            # printed minimum in the SIP 1.x-3.x guides
     interfaces=frozenset({CHECK_SYNC, WEB_UI, SYSLOG_BOOTROM, LOG_UPLOAD}),
     reboot_methods=("check-sync",),

@@ -21,6 +21,7 @@ FAMILY = Family(
     interfaces=frozenset({CHECK_SYNC, WEB_UI, WEB_REBOOT, TEL_NOTIFICATION, STATE_POLLING, SYSLOG_CONFIG, LOG_UPLOAD}),
     reboot_methods=("check-sync", "web"),
     models=MODELS,
+    live_params=r"reg\.\d+\.",   # *unconfirmed*: see Family.live_params
     failover_controls=False,
     max_registrations=34,       # with expansion modules (IP 650/670)
     notes=("no failBack modes, reRegisterOn or registerRetry (UC Software 4.1.6 and later)",

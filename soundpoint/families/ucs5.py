@@ -21,6 +21,7 @@ FAMILY = Family(
                           REST}),
     reboot_methods=("rest", "check-sync", "web"),
     models=MODELS,
+    live_params=r"reg\.\d+\.",   # *unconfirmed*: see Family.live_params
     failover_controls=True,
     max_registrations=34,
     notes=("REST serves one request at a time: fleet never sends two at once to a phone",),

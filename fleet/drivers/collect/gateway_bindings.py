@@ -4,8 +4,10 @@ An on-site gateway knows exactly which phones hold a binding with it, so its
 registrar is the second per-server source beside the wire. Each platform is a
 shell command (run on the gateway through the router/gateway driver's SSH) and
 a parser of its text output:
-- Kamailio: `kamcmd ul.dump` (usrloc's tree: AoR, then per contact Address,
-  Expires in seconds remaining, or "permanent", "expired", "deleted");
+- Kamailio: `ul.dump` over JSON-RPC where jsonrpcs' FIFO is there, else kamcmd's
+  `ul.dump brief` and one `ul.lookup` per AoR (usrloc's tree: AoR, then per
+  contact Address, Expires in seconds remaining, or "permanent", "expired",
+  "deleted"); read by structure, never by a header value's text (see below);
 - Asterisk: `pjsip show contacts` (AoR/URI, hash, status, RTT; no expiry),
   with the registrar's AstDB records (`database show registrar/contact`,
   JSON with the absolute expiration_time) for the expiry;
@@ -16,7 +18,8 @@ prints `@now <epoch seconds>` from the gateway, so clock skew between gateway
 and controller does not shorten or stretch a binding.
 
 Parsers accept junk (banners, warnings, cut output) and skip what they do not
-recognise; a line they cannot read never invents a binding.
+recognise; a line they cannot read never invents a binding, and a record they
+cannot read makes its own user unreadable (no observation), not the answer.
 """
 from __future__ import annotations
 
@@ -72,72 +75,273 @@ def gateway_now(text: str) -> float | None:
 
 
 # --- Kamailio ----------------------------------------------------------------------------------------------
+#
+# usrloc keeps a header's value as the phone sent it, folding included (CRLF or a bare LF, then a TAB or a space),
+# and kamcmd prints strings raw: a User-Agent can carry lines that look like kamcmd's own, a fake contact of
+# another user among them, or an unmatched "{". So fleet reads Kamailio by structure:
+# - JSON-RPC (the jsonrpcs module's FIFO, on by default in Kamailio's own kamailio.cfg): `ul.dump` as JSON, where
+#   every value is an escaped string of its own (answer section `@jsonrpc`);
+# - without it, kamcmd per AoR: `ul.dump brief` lists the AoRs (names only: no header text in it), then one
+#   `ul.lookup TABLE AOR` each, under a `@aor TABLE AOR` line of ours. A folded value's lines all start with a
+#   space or a TAB, so a line at column 0 is ours or kamcmd's, never a value's: whatever a User-Agent carries stays
+#   inside its own AoR's section, and the section is read as that AoR's alone (a malformed one is that user's
+#   loss, "unreadable", never another user's binding and never the whole answer's);
+# - a whole `kamcmd ul.dump` text is still read (captured answers), splitting lines on LF only and opening blocks
+#   only on kamcmd's own struct names; an injected AoR block shows as more AoRs than Kamailio's own count.
 
-_KV = re.compile(r"^\s*([A-Za-z][A-Za-z-]*):\s*(.*?)\s*$")
+_KV = re.compile(r"^\s*([A-Za-z][A-Za-z-]*):(.*)$")      # linear: the value is stripped afterwards
+# the struct names kamcmd prints as "Name: {" in ul.dump and ul.lookup answers (modules/usrloc/ul_rpc.c)
+_STRUCT_OPEN = re.compile(r"^\s*(?:(?:Domains|Domain|AoRs|Info|Contacts|Contact|Stats):\s*)?\{\s*$")
+_STRUCT_CLOSE = re.compile(r"^\s*\}\s*$")
+_TOO_BIG = re.compile(r"reply too big", re.I)
+KAMAILIO_MAX_ANSWER = 64 * 1024 * 1024      # a bigger answer is refused, not parsed
 
 
-def parse_kamailio(text: str, now: float | None = None) -> list[Binding]:
-    """`kamcmd ul.dump` (the full form; the `brief` form lists AoRs only and yields no binding)."""
-    if re.search(r"reply too big", text, re.I):
+class Bindings(list):
+    """The bindings of an answer, with the users whose record could not be read (`unreadable`): for them the
+    answer says nothing (neither bound nor unbound), so no observation may be made."""
+
+    def __init__(self, items: Iterable[Binding] = (), unreadable: Iterable[str] = ()) -> None:
+        super().__init__(items)
+        self.unreadable: set[str] = set(unreadable)
+
+
+def _lines(text: str) -> list[str]:
+    """kamcmd ends its lines with LF: a CR, VT, FF or U+2028 inside a value is the value's (str.splitlines would
+    split there)."""
+    return text.split("\n")
+
+
+def _too_big(text: str) -> None:
+    if _TOO_BIG.search(text):
         raise GatewayOutputError(
             "Kamailio refused the ul.dump answer as too big for its control socket (kamcmd: 'reply too big'): raise "
             "the ctl module's binrpc_max_body_size (and binrpc_struct_max_body_size), e.g. "
             'modparam("ctl", "binrpc_max_body_size", 1024) in kamailio.cfg (KiB; kamailio issue #1127)')
+
+
+def _contact_binding(aor: str, fields: dict, strict_types: bool) -> Binding | None:
+    """One usrloc contact (ul_rpc.c rpc_dump_contact: Address, Expires as seconds left or "permanent", "deleted",
+    "expired", ..., Received, State) as a binding; None when it cannot be read (never a guess)."""
+    address = fields.get("Address")
+    if not isinstance(address, str) or not address.lower().startswith(("sip:", "sips:")) or any(
+            c in address for c in " \t\r\n"):
+        return None
+    raw = fields.get("Expires", "")
+    state = fields.get("State", "")
+    if not isinstance(state, str):
+        return None
+    if isinstance(raw, int) and not isinstance(raw, bool):
+        expires: int | None = max(0, raw)
+    elif isinstance(raw, str) and raw.lstrip("-").isdigit() and not strict_types:
+        expires = max(0, int(raw))
+    elif isinstance(raw, str) and raw.lower() == "permanent":
+        expires = None
+    elif isinstance(raw, str) and raw.lower() in ("expired", "deleted"):
+        expires, state = 0, raw.lower()
+    else:
+        return None
+    received = fields.get("Received", "")
+    src = ""
+    if isinstance(received, str) and received.lower().startswith("sip:"):
+        try:
+            src = sip.uri_host_port(received)[0]
+        except sip.SipParseError:
+            src = ""
+    ua = fields.get("User-Agent", "")
+    return Binding(aor=aor, contact=address, expires_in=expires, status=state, source_ip=src,
+                   user_agent=ua if isinstance(ua, str) else "")
+
+
+def _user_of(aor: str) -> str:
+    return aor.split("@", 1)[0].removeprefix("sip:").removeprefix("sips:")
+
+
+def parse_kamailio(text: str, now: float | None = None) -> Bindings:
+    """Whichever form the gateway command got: JSON-RPC, kamcmd per AoR, or a whole `kamcmd ul.dump` text."""
+    if len(text) > KAMAILIO_MAX_ANSWER:
+        raise GatewayOutputError(f"Kamailio answer of {len(text)} characters is over fleet's cap "
+                                 f"({KAMAILIO_MAX_ANSWER}); not read")
+    lines = _lines(text)
+    if "@jsonrpc" in lines:
+        return parse_kamailio_json(text[text.index("@jsonrpc\n") + len("@jsonrpc\n"):] if "@jsonrpc\n" in text else "")
+    if any(line.startswith("@aor ") or line.startswith("@brief") for line in lines):
+        return parse_kamailio_lookups(text)
+    return parse_kamailio_dump(text)
+
+
+def parse_kamailio_json(text: str) -> Bindings:
+    """jsonrpcs' answer to `ul.dump`: {"result": {"Domains": [{"Domain": {"Domain", "Size", "AoRs": [{"Info":
+    {"AoR", "HashID", "Contacts": [{"Contact": {...}}]}}], "Stats"}}]}}. Every check is local to one AoR: one whose
+    fields have the wrong types is unreadable, the others stand."""
+    try:
+        doc = json.loads(text)
+    except ValueError:
+        raise GatewayOutputError("Kamailio's JSON-RPC answer is not JSON (cut?)") from None
+    if not isinstance(doc, dict):
+        raise GatewayOutputError("Kamailio's JSON-RPC answer is not a JSON-RPC object")
+    if "error" in doc:
+        err = doc["error"] if isinstance(doc["error"], dict) else {}
+        message = str(err.get("message", ""))[:200]
+        _too_big(message)
+        raise GatewayOutputError(f"Kamailio's JSON-RPC answered an error: {err.get('code', '?')} {message}")
+    result = doc.get("result")
+    domains = result.get("Domains") if isinstance(result, dict) else None
+    if not isinstance(domains, list):
+        raise GatewayOutputError("Kamailio's JSON-RPC answer has no result.Domains list (not ul.dump's answer)")
+    out = Bindings()
+    for dom in domains:
+        domain = dom.get("Domain") if isinstance(dom, dict) else None
+        aors = domain.get("AoRs") if isinstance(domain, dict) else None
+        if not isinstance(aors, list):
+            raise GatewayOutputError("Kamailio's JSON-RPC answer has a domain without an AoRs list")
+        for item in aors:
+            info = item.get("Info") if isinstance(item, dict) else None
+            aor = info.get("AoR") if isinstance(info, dict) else None
+            if not isinstance(aor, str) or not aor:
+                continue                      # no AoR to blame: nothing can be said of anyone from it
+            contacts = info.get("Contacts")
+            if not isinstance(contacts, list):
+                out.unreadable.add(_user_of(aor))
+                continue
+            found: list[Binding] = []
+            for c in contacts:
+                fields = c.get("Contact") if isinstance(c, dict) else None
+                b = _contact_binding(aor, fields, strict_types=True) if isinstance(fields, dict) else None
+                if b is None:
+                    found = []
+                    out.unreadable.add(_user_of(aor))
+                    break
+                found.append(b)
+            out.extend(found)
+    return out
+
+
+def parse_kamailio_lookups(text: str) -> Bindings:
+    """`@brief` then kamcmd's `ul.dump brief`, then per AoR `@aor TABLE AOR` and kamcmd's `ul.lookup` answer."""
+    lines = _lines(text)
+    sections: list[tuple[str, list[str]]] = []
+    brief: list[str] | None = None
+    current: list[str] | None = None
+    for line in lines:
+        if line.startswith("@brief"):
+            brief = current = []
+        elif line.startswith("@aor "):
+            current = []
+            sections.append((line[5:].strip(), current))
+        elif current is not None:
+            current.append(line)
+    if brief is None:
+        raise GatewayOutputError("Kamailio answer lists AoRs without the `ul.dump brief` they came from")
+    brief_text = "\n".join(brief)
+    _too_big(brief_text)
+    if not re.search(r"^\s*AoRs:\s*\{", brief_text, re.M):
+        raise GatewayOutputError("Kamailio's `ul.dump brief` is not an answer (no AoRs section): "
+                                 + (brief_text.strip().splitlines() or ["no output"])[0][:200])
+    listed = [m.group(1) for m in re.finditer(r"^\t+AoR: (\S+)$", brief_text, re.M)]
+    out = Bindings()
+    seen: set[str] = set()
+    for head, body in sections:
+        table, _, aor = head.partition(" ")
+        if not aor or aor not in listed:
+            continue                          # not an AoR Kamailio listed: not ours to read
+        seen.add(aor)
+        found = _lookup_section(aor, body)
+        if found is None:
+            out.unreadable.add(_user_of(aor))
+        else:
+            out.extend(found)
+    for aor in listed:
+        if aor not in seen:
+            out.unreadable.add(_user_of(aor))     # listed but not looked up (a cut answer)
+    return out
+
+
+def _lookup_section(aor: str, body: list[str]) -> list[Binding] | None:
+    """One `kamcmd ul.lookup` answer: its contacts, all of `aor`; None when it cannot be read."""
+    text = "\n".join(body).strip("\n")
+    first = text.split("\n", 1)[0]
+    if first.startswith("error:"):
+        # ul_rpc.c: a record gone (expired) between the brief dump and the lookup, or one with no valid contact
+        return [] if re.search(r"AOR not found|AOR has no contacts", first) else None
+    rows = [line for line in text.split("\n") if line.strip()]
+    if not rows or rows[0] != "{" or rows[-1] != "}":
+        return None
+    opened = sum(1 for line in rows if _STRUCT_OPEN.match(line))
+    closed = sum(1 for line in rows if _STRUCT_CLOSE.match(line))
+    if opened != closed or any(not line.startswith(("\t", " ")) for line in rows[1:-1]):
+        return None
+    out: list[Binding] = []
+    cur: dict[str, str] | None = None
+    for line in rows[1:-1]:
+        if re.match(r"^\t\tContact: \{$", line):
+            if cur is not None:
+                b = _contact_binding(aor, cur, strict_types=False)
+                if b is None:
+                    return None
+                out.append(b)
+            cur = {}
+            continue
+        m = re.match(r"^\t\t\t([A-Za-z][A-Za-z-]*): (.*)$", line)
+        if m and cur is not None and m.group(1) not in cur:
+            cur[m.group(1)] = m.group(2).strip()
+    if cur is not None:
+        b = _contact_binding(aor, cur, strict_types=False)
+        if b is None:
+            return None
+        out.append(b)
+    return out
+
+
+def parse_kamailio_dump(text: str, now: float | None = None) -> Bindings:
+    """A whole `kamcmd ul.dump` (the full form; the `brief` form lists AoRs only and yields no binding)."""
+    _too_big(text)
+    lines = _lines(text)
     if not re.search(r"^\s*Domain:\s*\S", text, re.M) or not re.search(r"^\s*AoRs:\s*\{", text, re.M):
         raise GatewayOutputError("not a Kamailio ul.dump answer (no Domain and AoRs sections)")
-    opened = sum(1 for line in text.splitlines() if line.rstrip().endswith("{"))
-    closed = sum(1 for line in text.splitlines() if line.strip() == "}")
+    opened = sum(1 for line in lines if _STRUCT_OPEN.match(line))
+    closed = sum(1 for line in lines if _STRUCT_CLOSE.match(line))
     if opened != closed:
         raise GatewayOutputError(f"Kamailio ul.dump answer is cut ({opened} blocks opened, {closed} closed)")
     if re.search(r"^\s*AoR:\s*\S", text, re.M) and not re.search(r"^\s*Address:\s*\S", text, re.M):
         raise GatewayOutputError("Kamailio ul.dump answer lists AoRs without contacts (the 'brief' form?); "
                                  "run `kamcmd ul.dump` without 'brief'")
-    out: list[Binding] = []
+    infos = sum(1 for line in lines if re.match(r"^\s*Info:\s*\{\s*$", line))
+    counted = [int(m.group(1)) for m in re.finditer(r"^\s*Records:\s*(\d+)\s*$", text, re.M)]
+    if counted and infos != sum(counted):
+        raise GatewayOutputError(
+            f"Kamailio ul.dump text shows {infos} AoRs where Kamailio counted {sum(counted)}: a header value "
+            "(a folded User-Agent) carries lines of its own, so this text cannot be read safely; fleet reads "
+            "Kamailio over JSON-RPC or per AoR (its own gateway command)")
+    out = Bindings()
     aor = ""
     cur: dict[str, str] | None = None
 
     def flush() -> None:
         nonlocal cur
-        if cur is not None and aor and cur.get("Address", "").lower().startswith(("sip:", "sips:")):
-            raw = cur.get("Expires", "")
-            if raw.lstrip("-").isdigit():
-                expires: int | None = max(0, int(raw))
-                status = cur.get("State", "")
-            elif raw.lower() == "permanent":
-                expires, status = None, cur.get("State", "")
-            elif raw.lower() in ("expired", "deleted"):
-                expires, status = 0, raw.lower()
-            else:
-                expires, status = None, ""
-                if raw:
-                    cur = None
-                    return            # an Expires we cannot read: no binding rather than a guess
-            received = cur.get("Received", "")
-            src = ""
-            if received.lower().startswith("sip:"):
-                try:
-                    src = sip.uri_host_port(received)[0]
-                except sip.SipParseError:
-                    src = ""
-            out.append(Binding(aor=aor, contact=cur["Address"], expires_in=expires, status=status,
-                               source_ip=src, user_agent=cur.get("User-Agent", "")))
+        if cur is not None and aor and "Address" in cur:
+            b = _contact_binding(aor, cur, strict_types=False)
+            if b is not None:
+                out.append(b)
         cur = None
 
-    for line in text.splitlines():
+    for line in lines:
+        if re.match(r"^\s*Contact:\s*\{\s*$", line):
+            flush()
+            cur = {}
+            continue
+        if re.match(r"^\s*Info:\s*\{\s*$", line):
+            flush()
+            aor = ""
+            continue
         m = _KV.match(line)
         if not m:
             continue
-        key, value = m.group(1), m.group(2)
+        key, value = m.group(1), m.group(2).strip()
         if key == "AoR":
             flush()
             aor = value if value and value != "{" else ""
-        elif key == "Contact" and value == "{":
-            flush()
-            cur = {}
-        elif key == "Info" and value == "{":
-            flush()
-            aor = ""
-        elif cur is not None and value != "{" and key not in cur:
+        elif cur is not None and not _STRUCT_OPEN.match(line) and key not in cur:
             cur[key] = value
     flush()
     return out
@@ -239,9 +443,38 @@ class GatewayPlatform:
 
 _NOW_CMD = 'echo "@now $(date +%s)"; '
 
+# Kamailio: JSON-RPC over jsonrpcs' FIFO where there is one (its path and reply directory: KAMAILIO_RPC_FIFO and
+# KAMAILIO_RPC_REPLY_DIR on the gateway, else Kamailio's defaults), otherwise kamcmd per AoR. kamcmd reports its
+# faults ("reply too big", "500 - ...") on stderr, which the router's SSH run drops: hence 2>&1.
+KAMAILIO_COMMAND = r"""fifo=${KAMAILIO_RPC_FIFO:-}
+if [ -z "$fifo" ]; then
+  for f in /run/kamailio/kamailio_rpc.fifo /var/run/kamailio/kamailio_rpc.fifo; do
+    if [ -p "$f" ]; then fifo=$f; break; fi
+  done
+fi
+if [ -n "$fifo" ] && [ -p "$fifo" ] && [ -w "$fifo" ] && command -v timeout >/dev/null 2>&1; then
+  dir=${KAMAILIO_RPC_REPLY_DIR:-/tmp}
+  name="fleet_ul_$$_$(date +%s)"
+  if (umask 077; mkfifo "$dir/$name") 2>/dev/null; then
+    ( sleep 0.2; timeout 3 sh -c 'printf "%s\n" "$2" > "$1"' fleet "$fifo" \
+        "{\"jsonrpc\": \"2.0\", \"method\": \"ul.dump\", \"reply_name\": \"$name\", \"id\": 1}" ) &
+    out=$(timeout 5 cat "$dir/$name")
+    rm -f "$dir/$name"
+    if [ -n "$out" ]; then echo "@jsonrpc"; printf '%s\n' "$out"; exit 0; fi
+  fi
+fi
+brief=$(kamcmd ul.dump brief 2>&1)
+echo "@brief"
+printf '%s\n' "$brief"
+printf '%s\n' "$brief" | awk '/^\t\t\tDomain: / { d = $2 } /^\t\t\t\tAoR: / { print d, $2 }' |
+while read -r table aor; do
+  printf '@aor %s %s\n' "$table" "$aor"
+  kamcmd ul.lookup "s:$table" "s:$aor" 2>&1
+done"""
+
 PLATFORMS: dict[str, GatewayPlatform] = {
     # 2>&1: kamcmd reports a fault ("reply too big", "500 - ...") on stderr, which the router's SSH run drops
-    "kamailio": GatewayPlatform("kamailio", "kamcmd ul.dump 2>&1", parse_kamailio),
+    "kamailio": GatewayPlatform("kamailio", KAMAILIO_COMMAND, parse_kamailio),
     "asterisk": GatewayPlatform("asterisk", _NOW_CMD + "asterisk -rx 'database show registrar/contact'; "
                                 "asterisk -rx 'pjsip show contacts'", parse_asterisk),
     "freeswitch": GatewayPlatform("freeswitch", _NOW_CMD + "fs_cli -x 'show registrations'", parse_freeswitch),
@@ -269,12 +502,16 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
     allows (wire_observations.SenderCheck), even when it is the user's only one: the address the registrar saw
     the REGISTER come from where the platform shows it, else the contact's host. Others are counted in
     `foreign` per address (issue 17)."""
+    # a user whose record the answer could not read (Bindings.unreadable) is neither bound nor unbound: no observation
+    unreadable = set(getattr(bindings, "unreadable", ()))
     by_user: dict[str, list[Binding]] = {}
     by_ip: dict[str, list[Binding]] = {}
     for b in bindings:
-        for u in {b.user, sip.uri_user(b.contact)}:
-            if u:
-                by_user.setdefault(u, []).append(b)
+        # the AoR's user, which the registrar keyed the binding by; the contact's user (text the sender wrote)
+        # only where the platform shows no AoR: a binding of X whose contact names Y is never Y's
+        u = b.user or sip.uri_user(b.contact)
+        if u:
+            by_user.setdefault(u, []).append(b)
         for ip in {b.contact_host, b.source_ip}:
             if ip:
                 by_ip.setdefault(ip, []).append(b)
@@ -283,6 +520,8 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
     out: list[Observation] = []
     senders = SenderCheck()
     for target in targets:
+        if target.user in unreadable:
+            continue
         if target.user:
             found = by_user.get(target.user, [])
             admitted = [b for b in found if senders.admits(target, b.source_ip or b.contact_host)]

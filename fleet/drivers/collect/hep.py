@@ -7,7 +7,7 @@ chunk length including its 6-byte header, value). The framing is small enough
 that a library would add more surface than it saves. Generic chunks (vendor 0)
 we use: 1 IP family, 2 IP protocol, 3/4 IPv4 source/destination, 5/6 IPv6
 source/destination, 7/8 ports, 9/10 time (seconds, microseconds), 11 protocol
-type (1 = SIP), 12 capture agent id, 15 payload, 16 compressed payload
+type (1 = SIP), 12 capture agent id, 14 auth key (Kamailio's siptrace `auth_key`), 15 payload, 16 compressed payload
 (zlib/gzip), 17 correlation id. Unknown chunks and vendor chunks are skipped,
 as the protocol intends.
 """
@@ -42,6 +42,7 @@ class HepPacket:
     agent_id: int | None
     payload: bytes
     correlation_id: bytes = b""
+    auth_key: bytes | None = None  # chunk 14 as sent (None: the datagram carries none)
 
     def datagram(self) -> Datagram:
         return Datagram(self.t, self.src, self.dst, self.payload)
@@ -119,7 +120,7 @@ def _packet(fields: dict[int, bytes]) -> HepPacket:
             raise HepError("missing payload chunk (15 or 16)")
         payload = _inflate(fields[16])
     return HepPacket(family, v[2], (socket.inet_ntop(af, src_raw), v[7]), (socket.inet_ntop(af, dst_raw), v[8]),
-                     v[9] + usecs / 1e6, v[11], v.get(12), payload, fields.get(17, b""))
+                     v[9] + usecs / 1e6, v[11], v.get(12), payload, fields.get(17, b""), fields.get(14))
 
 
 def _inflate(raw: bytes) -> bytes:
@@ -141,7 +142,8 @@ def _chunk(ctype: int, value: bytes) -> bytes:
 
 
 def encode(src: tuple[str, int], dst: tuple[str, int], t: float, payload: bytes, *, ip_proto: int = 17,
-           proto_type: int = PROTO_SIP, agent_id: int | None = 2001, correlation_id: bytes = b"") -> bytes:
+           proto_type: int = PROTO_SIP, agent_id: int | None = 2001, correlation_id: bytes = b"",
+           auth_key: bytes | None = None) -> bytes:
     """Build a HEP v3 datagram as a capture agent does (for the lab, tests and the bench)."""
     s, d = ipaddress.ip_address(src[0]), ipaddress.ip_address(dst[0])
     if s.version != d.version:
@@ -156,6 +158,7 @@ def encode(src: tuple[str, int], dst: tuple[str, int], t: float, payload: bytes,
         _chunk(9, struct.pack("!I", secs)), _chunk(10, struct.pack("!I", usecs)),
         _chunk(11, bytes([proto_type])),
         _chunk(12, struct.pack("!I", agent_id)) if agent_id is not None else b"",
+        _chunk(14, auth_key) if auth_key is not None else b"",
         _chunk(17, correlation_id) if correlation_id else b"",
         _chunk(15, payload),
     ])

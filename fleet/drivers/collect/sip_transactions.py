@@ -23,19 +23,11 @@ from collections import Counter
 from dataclasses import dataclass
 
 from sipwire import message as sip
+from sipwire.uri import parse_uri, uri_user  # noqa: F401  (uri_user: re-exported for sip_calls)
 
 from .wire_sip import WireMessage
 
 _DIGITS = re.compile(r"[0-9]{1,10}")
-_USER = re.compile(r"sips?:([^@;>]+)@", re.I)
-
-
-def uri_user(uri: str) -> str:
-    m = _USER.search(uri)
-    return m.group(1) if m else ""
-
-
-_HOST = re.compile(r"sips?:(?:[^@;>?]*@)?(\[[^\]]+\]|[^:;>?\s]+)", re.I)
 
 
 def host_key(host: str) -> str:
@@ -51,8 +43,9 @@ def host_key(host: str) -> str:
 def uri_host(uri: str) -> str:
     """The host of a SIP URI as `host_key` spells it ("" when the URI has none): which server a request is
     for when it goes through an outbound proxy that several servers share."""
-    m = _HOST.search(uri or "")
-    return host_key(m.group(1)) if m else ""
+    found = parse_uri(uri or "")
+    return host_key(found.host) if found is not None and found.host else ""
+
 
 T1_TIMEOUT = 32.0      # RFC 3261 Timer F: 64 * T1 with T1 = 500 ms
 FINAL, TIMEOUT, INTERIM = "final", "timeout", "interim"

@@ -253,11 +253,12 @@ def ip_packet(dg: Datagram) -> bytes:
     return bytes(ip)
 
 
-def register_message(payload: bytes) -> wire_sip.WireMessage | None:
+def register_message(payload: bytes, stats: Counter[str] | None = None) -> wire_sip.WireMessage | None:
     """The REGISTER request or REGISTER response in a UDP payload, or None for anything else.
 
     A cheap look at the first bytes keeps RTP, DNS and other SIP methods away from the parser;
-    only well-formed messages (wire_sip's strict parser) get through.
+    only well-formed messages (wire_sip's strict parser) get through. One over wire_sip's size caps is
+    counted in `stats` as "register_oversize" (a flood of huge REGISTERs shows as such, not as junk).
     """
     if payload[:9] == b"REGISTER ":
         pass
@@ -267,6 +268,10 @@ def register_message(payload: bytes) -> wire_sip.WireMessage | None:
         return None
     try:
         msg = wire_sip.parse(payload)
+    except wire_sip.SipOversizeError:
+        if stats is not None:
+            stats["register_oversize"] += 1
+        return None
     except SipParseError:
         return None
     method = msg.cseq[1]

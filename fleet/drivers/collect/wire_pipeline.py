@@ -17,6 +17,7 @@ from ...observe import REGISTERED, UNREGISTERED, Observation
 from . import hep
 from .sip_calls import CallOutcome, InviteMatcher, invite_message
 from .sip_transactions import T1_TIMEOUT, RegisterMatcher, RegisterOutcome
+from .source_guard import ByteBudget, ClockGuard, DropHealth
 from .wire_decode import Datagram, FrameDecoder, register_message
 from .wire_observations import Attribution, ObservationBuilder
 
@@ -32,10 +33,13 @@ class PacketClock:
         self._at = 0.0
         self.offset = 0.0
 
-    def saw(self, t: float) -> None:
-        if self._last is None or t >= self._last:
+    def saw(self, t: float, offset: float | None = None, step_back: float | None = None) -> None:
+        """A packet at `t`. `offset`: the source's agreed offset (ClockGuard) instead of this packet's own;
+        `step_back`: a packet this much older than the newest resets the clock (the guard agreed the
+        capture's clock stepped back), where otherwise an older packet never moves it."""
+        if self._last is None or t >= self._last or (step_back is not None and t < self._last - step_back):
             self._last, self._at = t, time.monotonic()
-            self.offset = time.time() - t
+            self.offset = time.time() - t if offset is None else offset
 
     def now(self) -> float | None:
         if self._last is None:
@@ -53,15 +57,26 @@ class WireEvidence:
     `lapse=True`: a registration this input saw granted is reported unregistered when its expiry passes
     with no refresh seen (t = the expiry): the registrar has dropped the binding by then. That is how a
     phone that went silent shows (switched off, or it stopped sending because its DNS lookup of the server
-    failed, which a SIP capture cannot see)."""
+    failed, which a SIP capture cannot see).
+
+    `budget` (source_guard.ByteBudget) caps the bytes this input decodes per second; `clock_guard`
+    (source_guard.ClockGuard, `stamp="local"` only) drops packets whose time is far from what the source's
+    recent packets agree on; `health` (source_guard.DropHealth) learns of every datagram and every drop.
+    Drops are counted in `stats` by reason (over_budget, clock_ahead, clock_behind, register_oversize)."""
 
     LAPSE_GRACE = 1.0      # seconds past the expiry before calling it lapsed (an answer may be in flight)
 
     def __init__(self, attribution: Attribution, *, source: str = "wire", timeout: float = T1_TIMEOUT,
                  max_pending: int = 200_000, stamp: str = "capture",
-                 timeouts: dict[tuple[str, int], float] | None = None, lapse: bool = False) -> None:
+                 timeouts: dict[tuple[str, int], float] | None = None, lapse: bool = False,
+                 budget: ByteBudget | None = None, clock_guard: ClockGuard | None = None,
+                 health: DropHealth | None = None) -> None:
         if stamp not in ("capture", "local"):
             raise ValueError(f"stamp must be 'capture' or 'local', got {stamp!r}")
+        if clock_guard is not None and stamp != "local":
+            raise ValueError("a clock guard judges packet times against the local clock: stamp='local' only")
+        self.budget, self.clock_guard = budget, clock_guard
+        self.health = health or DropHealth()
         self.stamp = stamp
         self.source = source
         self.decoder = FrameDecoder()
@@ -90,8 +105,14 @@ class WireEvidence:
         return self.feed_datagram(pkt.datagram())
 
     def feed_datagram(self, dg: Datagram) -> list[Observation]:
-        self.clock.saw(dg.t)
-        msg = register_message(dg.payload)
+        why = self._refused(dg)
+        if why is not None:
+            self._stats[why] += 1
+            self.health.saw(why)
+            return []
+        oversize = self._stats["register_oversize"]
+        msg = register_message(dg.payload, self._stats)
+        self.health.saw("register_oversize" if self._stats["register_oversize"] != oversize else None)
         if msg is None:
             call = invite_message(dg.payload)
             if call is not None:
@@ -101,6 +122,19 @@ class WireEvidence:
         self._stats["register_messages"] += 1
         outcome = self.matcher.feed(msg, dg.t, dg.src, dg.dst)
         return self._observe([outcome] if outcome is not None else [])
+
+    def _refused(self, dg: Datagram) -> str | None:
+        """Why this datagram is dropped before decoding (over the byte budget, a time far off the source's
+        clock), else None; an accepted one moves the packet clock."""
+        if self.budget is not None and not self.budget.take(len(dg.payload)):
+            return "over_budget"
+        if self.clock_guard is None:
+            self.clock.saw(dg.t)
+            return None
+        why = self.clock_guard.check(dg.t, time.time())
+        if why is None:
+            self.clock.saw(dg.t, self.clock_guard.offset, step_back=self.clock_guard.tolerance)
+        return why
 
     def tick(self, now: float | None = None) -> list[Observation]:
         """Time out unanswered transactions; `now` defaults to the packet clock."""

@@ -20,7 +20,15 @@ _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6]\d\d)(?: (.*))?")
 _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _REQUIRED = ("via", "call-id", "cseq", "from", "to")
+# No header line of a REGISTER or its answer comes near this (the longest are an Authorization of a few hundred
+# bytes and a registrar's 200 listing a shared AoR's contacts); a longer one is an attack or junk, refused before
+# any of its text is read further.
+MAX_HEADER_LINE = 16384
 _NAMES: dict[str, str] = {}       # raw header name -> normalised name (cache: real traffic uses few spellings)
+
+
+class SipOversizeError(SipParseError):
+    """A message or header line over the caps (MAX_MESSAGE, MAX_HEADER_LINE): counted apart from junk."""
 
 
 def _name(raw: str) -> str:
@@ -79,7 +87,7 @@ class WireMessage:
 def parse(data: bytes) -> WireMessage:
     """Parse one datagram's SIP message; raise SipParseError (never anything else) on malformed input."""
     if len(data) > MAX_MESSAGE:
-        raise SipParseError("datagram larger than 65535 bytes")
+        raise SipOversizeError("datagram larger than 65535 bytes")
     head, sep, body = data.partition(b"\r\n\r\n")
     if not sep:
         head, sep, body = data.partition(b"\n\n")
@@ -92,6 +100,8 @@ def parse(data: bytes) -> WireMessage:
     # splitlines also breaks at \x0b, \x0c, \x1c-\x1e and Unicode line separators: inside SIP headers those
     # are junk either way, and the message is then refused as malformed rather than read differently
     lines = text.splitlines()
+    if len(text) > MAX_HEADER_LINE and max(map(len, lines)) > MAX_HEADER_LINE:
+        raise SipOversizeError(f"a header line is longer than {MAX_HEADER_LINE} bytes")
     first = lines[0].strip() if lines else ""
     method = uri = None
     status = None

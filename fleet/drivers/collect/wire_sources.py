@@ -38,6 +38,7 @@ from . import gateway_bindings
 from .local_capture import CaptureUnavailable, start_local_capture
 from .pcap_stream import PcapFormatError, PcapStreamParser, capture_command
 from .sip_transactions import T1_TIMEOUT
+from .source_guard import ByteBudget, ClockGuard, DropHealth
 from .wire_decode import Datagram
 from .wire_observations import Attribution, WireTarget, foreign_counts, targets_for
 from .wire_pipeline import WireEvidence
@@ -46,6 +47,33 @@ log = logging.getLogger(__name__)
 RETARGET_S = 60.0          # how often attribution is rebuilt (DNS answers and pushed configurations change)
 RETARGET_SOON_S = 5.0      # ... or this soon when REGISTERs went to addresses no target has (a rollout moved them)
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+# Per source: bytes of SIP it may decode per second, and at once. Far above a 5,000-phone site re-registering
+# after an outage (some 20 MB over several seconds), and a bound on the CPU one flooded source can take.
+DECODE_RATE, DECODE_BURST = 8e6, 16e6
+CLOCK_TOLERANCE_S = 10.0   # how far a packet's clock offset may stray from what the source's recent packets agree on
+HEP_MAX_SKEW_S = 300.0     # HEP agents are SIP servers (NTP): a packet stamped further from our clock is dropped
+
+
+def guarded_evidence(source: str, targets: "Targets", max_skew: float | None, health: DropHealth | None = None
+                     ) -> WireEvidence:
+    """A live source's pipeline: local stamps, lapses, its own byte budget and clock guard (source_guard)."""
+    return WireEvidence(Attribution(targets.wire, source), source=source, stamp="local", lapse=True,
+                        timeouts=transaction_timeouts(targets.wire, targets.by_mac),
+                        budget=ByteBudget(DECODE_RATE, DECODE_BURST),
+                        clock_guard=ClockGuard(tolerance=CLOCK_TOLERANCE_S, max_skew=max_skew), health=health)
+
+
+def with_drops(health: dict, drops: DropHealth, since: list[float | None]) -> dict:
+    """A source's health as `fleet status` shows it, failing also while it drops most of what it gets
+    (`since` holds when that began, kept by the caller between calls)."""
+    why = drops.failing()
+    if not why:
+        since[0] = None
+        return health
+    if health.get("error"):
+        return health
+    since[0] = since[0] or time.time()
+    return health | {"error": why, "since": since[0]}
 
 
 @dataclass
@@ -427,6 +455,8 @@ class _WireThread(SourceThread):
         self.capture, self.targets = capture, targets
         self.evidence: WireEvidence | None = None
         self.ports: tuple[int, ...] = ()      # the ports the running capture's filter lets through
+        self.drops = DropHealth()             # what it dropped lately, across capture restarts
+        self._drops_since: list[float | None] = [None]
 
     def foreign(self) -> dict[str, int]:
         return foreign_counts(self.evidence.build.attribution.foreign) if self.evidence is not None else {}
@@ -434,8 +464,10 @@ class _WireThread(SourceThread):
     def _pipeline(self) -> WireEvidence:
         if self.targets.generation == 0:      # never built yet (run_once builds them before a capture starts)
             self.targets.refresh(force=True)
-        return WireEvidence(Attribution(self.targets.wire, self.source), source=self.source, stamp="local", lapse=True,
-                            timeouts=transaction_timeouts(self.targets.wire, self.targets.by_mac))
+        return guarded_evidence(self.source, self.targets, None, self.drops)
+
+    def health(self) -> dict:
+        return with_drops(super().health(), self.drops, self._drops_since)
 
     def pump(self, read: Callable[[float], bytes | None]) -> bool:
         """Read until the stream ends or we stop; every framing error ends this run (the caller restarts).
@@ -569,16 +601,28 @@ class LocalCapture(_WireThread):
 
 
 class HepSource:
-    """HEP v3 from the site's SIP servers: fed by the collector's listener (its event loop), ticked by it."""
+    """HEP v3 from the site's SIP servers: fed by the collector's listener (its event loop), ticked by it.
+
+    Decoding runs on the event loop in bounded slices: one datagram at a time, each at most 64 KB, read in
+    linear time with its header lines capped (wire_sip.MAX_HEADER_LINE), and no more bytes per second than the
+    source's budget (DECODE_RATE): a flood costs the loop a bounded, small share of each second."""
 
     source = "hep"
 
     def __init__(self, site: Site, sink: Sink, targets: Targets) -> None:
         """`targets` must be built already (its refresh blocks: not on the event loop)."""
         self.site, self.sink, self.targets = site, sink, targets
-        self.evidence = WireEvidence(Attribution(targets.wire, self.source), source=self.source, stamp="local", lapse=True,
-                                     timeouts=transaction_timeouts(targets.wire, targets.by_mac))
+        self.drops = DropHealth()
+        self._drops_since: list[float | None] = [None]
+        self.evidence = guarded_evidence(self.source, targets, HEP_MAX_SKEW_S, self.drops)
         self.follow = Follower(self.evidence, targets)
+        self.listener = None      # the HepListener, once start_hep bound it
+
+    def health(self) -> dict:
+        """Like SourceThread.health: failing while most datagrams from its senders are dropped (no key, a
+        wrong key, a clock far off, over the size caps or the byte budget)."""
+        return with_drops({"source": self.source, "running": True, "error": "", "since": None}, self.drops,
+                          self._drops_since)
 
     def health(self) -> dict:
         """As SourceThread.health: a HEP listener runs as long as the collector's event loop does."""
@@ -619,14 +663,17 @@ def hep_senders(site: Site, capture: Capture) -> list[str]:
         return []
 
 
-async def start_hep(site: Site, capture: Capture, source: HepSource):
+async def start_hep(site: Site, capture: Capture, source: HepSource, auth_keys: dict[str, bytes] | None = None):
+    """Listen for the site's HEP; `auth_keys`: sender address -> its auth key (resolved capture.auth_keys)."""
     from .hep_listener import start_hep_listener
 
     host, _, port = (capture.listen or "").rpartition(":")
     senders = hep_senders(site, capture)
     if not senders:
         raise OSError(f"no HEP sender for site {site.name}: name them in capture.senders")
-    return await start_hep_listener(host.strip("[]"), int(port), senders, source.on_packet)
+    transport, source.listener = await start_hep_listener(host.strip("[]"), int(port), senders, source.on_packet,
+                                                          auth_keys, source.drops)
+    return transport, source.listener
 
 
 class GatewayPoller(SourceThread):

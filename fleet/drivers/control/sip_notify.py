@@ -3,7 +3,8 @@
 Addressed to the phone's registered user (`sip:1001@phone`), since phones match
 the request URI against their lines. A phone with `voIpProt.SIP.requestValidation`
 challenges it (401/407): the challenge is answered once with the phone's own SIP
-credentials (reg.1.auth.*), and only a refusal after that is reported as refused.
+credentials (reg.1.auth.*), and only a refusal after that is reported as refused. Validation by source
+answers 400 Bad Request to a NOTIFY not from a configured registration server (conformance checksync-notify-*).
 """
 from __future__ import annotations
 
@@ -48,7 +49,9 @@ async def check_sync(phone: Phone, timeout: float = 4.0, user: str | None = None
             break
         if resp.status is None or resp.status >= 300:
             after = " after answering its digest challenge" if header else ""
-            raise DeviceRefused(name, f"check-sync refused{after}: {resp.status}")
+            why = (" (a phone validating NOTIFY by source takes it only from its configured registration servers: "
+                   "voIpProt.SIP.requestValidation)" if resp.status == 400 else "")
+            raise DeviceRefused(name, f"check-sync refused{after}: {resp.status}{why}")
         return resp.status
     finally:
         ep.close()

@@ -29,7 +29,12 @@ QDISC_HANDLE = "1fe1:"
 
 PLATFORM = Platform(
     precheck={
-        "link-down": 'ip -o link show dev "$WAN" >/dev/null || exit 73',
+        # a link already down is someone else's outage (another controller's, an operator's): cutting nothing and
+        # answering "cut" would let this outage's restore bring up a link it never took down
+        "link-down": r'''link=$(ip -o link show dev "$WAN") || exit 73
+    if ! printf '%s\n' "$link" | grep -Eq '[<,]UP[,>]'; then
+      echo "fleet: $WAN is already down (not by outage $ID); a link-down cut would do nothing here, refusing it" >&2; exit 73
+    fi''',
         "drop": 'ip -o link show dev "$WAN" >/dev/null || exit 73',
         "dns-fail": ':',
         "degrade": r'''if [ "$DELAY" != 0 ] && ! { [ -d /sys/module/sch_netem ] || modprobe -q sch_netem 2>/dev/null \

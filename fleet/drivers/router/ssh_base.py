@@ -44,34 +44,112 @@ class Platform:
     state: str            # print "@section" headers followed by raw command output
 
 
-# Common to every script: the private directory, checked before use (no symlink, ours, mode 700).
+# Common to every script: the private directory, checked before use. It holds the restore the dead-man runs as
+# the SSH user (often root) and the marks that decide what a late task may do, so nobody but root and that user
+# may be able to change it or any directory above it:
+# - an absolute path without "." or ".." components and without symbolic links (give the real path);
+# - every existing ancestor is a directory of root or of the SSH user, not writable by group or others, except a
+#   sticky one (like /tmp): there nobody else can rename or remove an entry of root's or ours, and the entry below
+#   is itself held to these rules;
+# - the directory itself is ours and dedicated: one that existed writable by group or others (/tmp itself) is
+#   refused, and so is one that holds other files without fleet's marker `.fleet-outages` (a home directory, /).
+# Missing ancestors are created by us (umask 077). The checks run before anything else, the cut's included.
 _PROLOGUE = r'''set -u
 umask 077
 D=${1:-$HOME/.fleet-outages}; ID=$2; WAN=$3
-F="$D/$ID"; TAG="fleet-$ID"
-if [ -L "$D" ]; then echo "fleet: outage directory $D is a symbolic link; refusing it" >&2; exit 71; fi
+F="$D/$ID"; TAG="fleet-$ID"; W="$D/wan-$WAN"
+refuse_dir() { echo "fleet: outage directory $D: $*; refusing it" >&2; exit 71; }
+case "$D" in /*) ;; *) refuse_dir "not an absolute path" ;; esac
+case "$D/" in */./*|*/../*) refuse_dir "it has a . or .. component (give its real path)" ;; esac
+ME=$(id -u)
+# $1 path -> "MODE UID" of an existing path (ls -ldn is POSIX and BusyBox)
+mode_uid() { ls -ldn -- "$1" 2>/dev/null | { read -r m _ u _ && echo "$m $u"; }; }
+check_ancestor() {
+  if [ -L "$1" ]; then refuse_dir "$1 is a symbolic link (give the real path)"; fi
+  set -- "$1" $(mode_uid "$1")
+  case "$2" in d*) ;; *) refuse_dir "$1 is not a directory" ;; esac
+  if [ "$3" != 0 ] && [ "$3" != "$ME" ]; then refuse_dir "$1 belongs to uid $3, neither root nor $(id -un)"; fi
+  case "$2" in
+    ?????w????*|????????w?*) case "$2" in ?????????[tT]*) ;; *) refuse_dir "$1 is writable by others than root and $(id -un)" ;; esac ;;
+  esac
+}
+existed=0
+if [ -e "$D" ] || [ -L "$D" ]; then existed=1; fi
+a=""; rest=${D#/}
+check_ancestor /
+while :; do
+  part=${rest%%/*}
+  case "$rest" in */*) rest=${rest#*/} ;; *) rest="" ;; esac
+  [ -n "$part" ] || { [ -n "$rest" ] && continue; break; }
+  a="$a/$part"
+  [ -n "$rest" ] || break
+  [ -e "$a" ] || [ -L "$a" ] || break          # created below by us, under a parent that passed
+  check_ancestor "$a"
+done
+if [ -L "$D" ]; then refuse_dir "it is a symbolic link"; fi
+if [ "$existed" = 1 ]; then
+  case "$(mode_uid "$D")" in
+    d????w????*|d???????w?*) refuse_dir "it is writable by group or others (a shared directory, not a dedicated one)" ;;
+  esac
+fi
 mkdir -p "$D" 2>/dev/null
-if [ ! -d "$D" ] || [ ! -O "$D" ]; then echo "fleet: outage directory $D is not a directory of $(id -un)" >&2; exit 71; fi
+if [ ! -d "$D" ] || [ ! -O "$D" ]; then refuse_dir "it is not a directory of $(id -un)"; fi
+if [ ! -e "$D/.fleet-outages" ]; then
+  if [ "$existed" = 1 ] && [ -n "$(ls -A "$D" 2>/dev/null)" ]; then
+    refuse_dir "it holds other files and no .fleet-outages marker (not a dedicated directory; create an empty one)"
+  fi
+  : > "$D/.fleet-outages"
+fi
 chmod 700 "$D"
 # A dropped SSH session must not kill a script halfway (its cut done, its lock kept): hangups and broken pipes are
-# ignored, and any other signal still releases the lock through the EXIT trap.
+# ignored, and any other signal still releases what the script holds through the EXIT trap.
 trap '' HUP PIPE
 trap 'exit 143' INT TERM
-take_lock() {
+LOCK=""; WL=""; WAN_TAKEN=0
+cleanup() {
+  if [ "$WAN_TAKEN" = 1 ]; then release_wan; fi
+  if [ -n "$WL" ]; then rm -rf "$WL"; fi
+  if [ -n "$LOCK" ]; then rm -rf "$LOCK"; fi
+}
+trap cleanup EXIT
+# $1 tries (0.1 s apart), $2 the lock directory
+mkdir_lock() {
   n=0
-  until mkdir "$F.lock" 2>/dev/null; do
+  until mkdir "$2" 2>/dev/null; do
     # a lock whose holder is gone (killed outright) is broken at once, whoever finds it
-    holder=$(cat "$F.lock/pid" 2>/dev/null || true)
+    holder=$(cat "$2/pid" 2>/dev/null || true)
     if [ -n "$holder" ] && ! kill -0 "$holder" 2>/dev/null; then
-      rm -rf "$F.lock"
+      rm -rf "$2"
       continue
     fi
     n=$((n+1))
     if [ "$n" -ge "$1" ]; then return 1; fi
     sleep 0.1 2>/dev/null || sleep 1      # BusyBox without fractional sleep: wait a whole second
   done
-  echo $$ > "$F.lock/pid"
-  trap 'rm -rf "$F.lock"' EXIT
+  echo $$ > "$2/pid"
+}
+take_lock() { mkdir_lock "$1" "$F.lock" || return 1; LOCK="$F.lock"; }
+# One outage per WAN interface: $W names the outage that holds the interface. A holder whose outage was restored
+# or cancelled, or that never got as far as its cut (no lock, no cutting mark), holds nothing.
+wan_holder() { sed -n '1s/ .*//p' "$W" 2>/dev/null; }
+take_wan() {
+  mkdir_lock 150 "$W.lock" || { echo "fleet: the outage lock of $WAN is busy" >&2; exit 75; }
+  WL="$W.lock"
+  h=$(wan_holder)
+  if [ -n "$h" ] && [ "$h" != "$ID" ] && [ ! -e "$D/$h.restored" ] && [ ! -e "$D/$h.cancelled" ] \
+     && { [ -e "$D/$h.cutting" ] || [ -d "$D/$h.lock" ]; }; then
+    echo "fleet: $WAN is already in outage $h since $(sed -n '1s/^[^ ]* //p' "$W" 2>/dev/null); one outage per WAN interface at a time, so outage $ID is refused" >&2
+    exit 77
+  fi
+  echo "$ID $(date +%s)" > "$W.new" && mv -f "$W.new" "$W"
+  WAN_TAKEN=1
+  rm -rf "$WL"; WL=""
+}
+release_wan() {
+  if mkdir_lock 150 "$W.lock"; then WL="$W.lock"; fi
+  if [ "$(wan_holder)" = "$ID" ]; then rm -f "$W"; fi
+  WAN_TAKEN=0
+  if [ -n "$WL" ]; then rm -rf "$WL"; WL=""; fi
 }
 '''
 
@@ -94,6 +172,7 @@ fail=0
 @RESTORE@
 if [ "$fail" != 0 ]; then echo "fleet: restore of outage $ID incomplete; the dead-man's switch stays armed" >&2; exit 74; fi
 echo "$WHO $(date +%s)" > "$F.restored"
+release_wan
 if [ "$WHO" != deadman ] && [ -e "$F.deadman" ]; then
   p=$(cat "$F.deadman"); s=$(cat "$F.sleep" 2>/dev/null || true)
   kill "$p" 2>/dev/null
@@ -108,12 +187,13 @@ echo "outcome=restored"
 # whatever ignores SIGHUP): where `systemd-run --scope` works, the dead-man gets a scope of its own outside the
 # session. The dead-man counts as armed once its shell runs (it writes $F.sleep): one that does not get there
 # under systemd-run (refused, no D-Bus) is killed and started again without it, and a cut never goes ahead with
-# none (exit 76). $F.deadman holds its pid either way.
+# none (exit 76). $F.deadman holds its pid either way. The restore it runs is its own copy, handed to it as an
+# argument ($RESTORE, kept in its memory), never a file another user could replace while it sleeps.
 DEADMAN_START = r'''start_deadman() {
   rm -f "$F.sleep"
   $1 nohup sh -c 'sleep "$1" & echo $! > "$2.sleep"; wait $!
-    n=0; until sh "$2.restore.sh" "$3" "$4" "$5" deadman; do n=$((n+1)); [ "$n" -ge 120 ] && exit 1; sleep 5; done' \
-    fleet-deadman "$MAX" "$F" "$D" "$ID" "$WAN" >/dev/null 2>&1 &
+    n=0; until sh -c "$6" fleet-restore "$3" "$4" "$5" deadman; do n=$((n+1)); [ "$n" -ge 120 ] && exit 1; sleep 5; done' \
+    fleet-deadman "$MAX" "$F" "$D" "$ID" "$WAN" "$RESTORE" >/dev/null 2>&1 &
   echo $! > "$F.deadman"
 }
 deadman_runs() {
@@ -157,11 +237,11 @@ add_rule() {
   echo "$*" >> "$F.rules"
   iptables -w -C FORWARD "$@" 2>/dev/null || iptables -w -I FORWARD "$@"
 }
+take_wan      # before the precheck: a second outage on this interface is told which one holds it
 case "$MODE" in
 @PRECHECK@
   *) echo "fleet: mode $MODE is not supported by this router platform" >&2; exit 73 ;;
 esac
-printf '%s\n' "$RESTORE" > "$F.restore.sh"
 @DEADMAN@
 : > "$F.cutting"
 (
@@ -173,10 +253,12 @@ printf '%s\n' "$RESTORE" > "$F.restore.sh"
 rc=$?
 if [ "$rc" = 0 ]; then
   : > "$F.cut"
+  WAN_TAKEN=0      # held until this outage's restore (the controller's, the dead-man's) releases it
   echo "outcome=cut"
   echo "deadman=$(cat "$F.deadman")"
 else
-  sh "$F.restore.sh" "$D" "$ID" "$WAN" failed-cut >/dev/null
+  WAN_TAKEN=0      # the failed-cut restore releases the interface once it has undone the cut
+  sh -c "$RESTORE" fleet-restore "$D" "$ID" "$WAN" failed-cut >/dev/null
   echo "fleet: the $MODE cut failed (exit $rc) and what it had done was undone" >&2
   exit 72
 fi

@@ -1,0 +1,80 @@
+"""Unit: fleet's gateway parsers against every gateway answer of the conformance corpus (area `gateway`).
+
+Each entry is read the way fleet reads it: a whole answer of its platform through the platform's parser, a part of
+the per-AoR Kamailio answer (the brief dump, one lookup) through the piece that reads it. For every entry: no
+binding that the answer does not hold, no user of a hostile value's text, and the answer's own users read."""
+from __future__ import annotations
+
+import pytest
+
+from fleet.drivers.collect import gateway_bindings as gb
+from fleet.drivers.collect.wire_observations import WireTarget
+from fleet.observe import REGISTERED
+from soundpoint import conformance
+
+ENTRIES = conformance.select(area="gateway")
+T0 = 1795715000.0
+
+# what each entry must read as: {user: active} of its bindings, or the GatewayOutputError text it must raise
+EXPECTED: dict[str, dict[str, bool] | str] = {
+    "gateway-kamailio-ul-dump": {"1001": True, "1002": True},
+    "gateway-kamailio-ul-dump-folded-user-agent": "AoRs where Kamailio counted",
+    "gateway-kamailio-ul-dump-brief": "brief",
+    "gateway-kamailio-command-per-aor": {"1001": True, "1002": True},
+    "gateway-kamailio-command-per-aor-folded-user-agent": {"1001": True, "1002": True, "1003": True},
+    "gateway-kamailio-command-jsonrpc": {"1001": True, "1002": True},
+    "gateway-kamailio-command-jsonrpc-folded-user-agent": {"1001": True, "1002": True, "1003": True},
+    "gateway-asterisk-pjsip-show-contacts": {"1001": True, "1002": True, "1004": True},
+    "gateway-asterisk-contacts-with-registrar": {"1001": True, "1002": True, "1004": False},
+    "gateway-freeswitch-show-registrations": {"1001": True, "1002": True, "1004": False},
+}
+PIECES = {"gateway-kamailio-ul-lookup": ("1001", {"1001": True}), "gateway-kamailio-ul-lookup-not-found": ("1009", {})}
+
+
+def test_every_gateway_entry_has_an_expectation():
+    assert {e.id for e in ENTRIES} == set(EXPECTED) | set(PIECES)
+
+
+def _platform(entry_id: str) -> gb.GatewayPlatform:
+    return gb.platform(entry_id.split("-")[1])
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.id in EXPECTED], ids=lambda e: e.id)
+def test_gateway_answers_read_as_the_entry_says(entry):
+    want = EXPECTED[entry.id]
+    if isinstance(want, str):
+        with pytest.raises(gb.GatewayOutputError, match=want):
+            _platform(entry.id).parse(entry.body, T0)
+        return
+    bindings = _platform(entry.id).parse(entry.body, T0)
+    assert {b.user: b.active for b in bindings} == want, bindings
+    assert all(b.contact.lower().startswith(("sip:", "sips:")) and "10.9.9.9" not in b.contact for b in bindings)
+    assert not getattr(bindings, "unreadable", set()), bindings.unreadable
+
+
+@pytest.mark.parametrize("entry", [e for e in ENTRIES if e.id in PIECES], ids=lambda e: e.id)
+def test_kamailio_lookup_answers_read_as_their_own_aor(entry):
+    aor, want = PIECES[entry.id]
+    found = gb._lookup_section(aor, entry.body.split("\n"))
+    assert found is not None and {b.user: b.active for b in found} == want, found
+
+
+def test_a_folded_user_agent_in_a_per_aor_answer_stays_in_its_own_aor():
+    """The hostile entry's 1002 section is 1002's own; the injected 10.9.9.9 contact is nowhere."""
+    body = conformance.get("gateway-kamailio-command-per-aor-folded-user-agent").body
+    assert "sip:1002@10.9.9.9:5060" in body                    # the hostile text is there ...
+    bindings = gb.parse_kamailio(body, T0)
+    assert [b.contact for b in bindings if b.user == "1002"] and all(
+        "10.9.9.9" not in b.contact for b in bindings)            # ... and reads as nobody's binding
+
+
+def test_a_per_aor_section_that_cannot_be_read_is_that_users_loss_only():
+    body = conformance.get("gateway-kamailio-command-per-aor").body
+    broken = body.replace("\t\t\tExpires: ", "\t\t\tExpires: soon", 1)      # the first looked-up AoR's only contact
+    bindings = gb.parse_kamailio(broken, T0)
+    first = body.split("@aor location ", 2)[1].split("\n", 1)[0]
+    assert bindings.unreadable == {first} and {b.user for b in bindings} == {"1001", "1002"} - {first}
+    targets = [WireTarget(mac=f"0004f2{int(u):06d}", reg=1, server=1, address=("127.0.0.1", 5060), user=u)
+               for u in ("1001", "1002")]
+    observed = {o.mac[-4:]: o.state for o in gb.observations(bindings, targets, T0)}
+    assert observed == {u: REGISTERED for u in ("1001", "1002") if u != first}, observed   # neither bound nor unbound

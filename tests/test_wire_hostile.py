@@ -1,0 +1,281 @@
+"""Evidence from a hostile LAN (issue 17, points 1 and 4): linear bounded decoding, HEP trust, clocks no packet moves.
+
+Unit level: the shared URI reader, the size caps, the clock guard and the HEP listener's key check, each
+fed what an attacker on the LAN sends. The whole collector under a flood is in test_wire_flood.py.
+"""
+from __future__ import annotations
+
+import ast
+import asyncio
+import inspect
+import socket
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from conftest import await_until
+from fleet.drivers.collect import hep, sip_calls, sip_transactions, wire_sources
+from fleet.drivers.collect.hep_listener import HepListener, start_hep_listener
+from fleet.drivers.collect.wire_decode import Datagram
+from fleet.drivers.collect.wire_observations import Attribution
+from fleet.drivers.collect.wire_pipeline import WireEvidence
+from fleet.drivers.collect.wire_sip import MAX_HEADER_LINE
+from sipwire import message as sipmsg
+from soundpoint import conformance
+from sipwire import uri as sipuri
+from test_wire_evidence import A_ADDR, PHONE_A, PROVIDER, register, response, targets
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+# --- one linear URI reader ---------------------------------------------------------------------------------
+
+def _python_steps(fn, *args) -> int:
+    """How many Python lines `fn(*args)` executes (C calls such as str.find count as one step)."""
+    steps = 0
+
+    def tracer(frame, event, arg):
+        nonlocal steps
+        if event == "line":
+            steps += 1
+        return tracer
+    sys.settrace(tracer)
+    try:
+        fn(*args)
+    finally:
+        sys.settrace(None)
+    return steps
+
+
+STEP_BOUND = 100
+PATHOLOGICAL = st.lists(st.sampled_from(["sip:", "sips:", "SIP:", "@", ";", ">", "<", ":", "[", "]", "a", "1", " ", ","]),
+                        min_size=0, max_size=16000).map("".join)
+
+
+def test_every_decoder_reads_uris_with_the_one_shared_reader_and_none_with_a_backtracking_pattern():
+    assert sip_transactions.uri_user is sipuri.uri_user is sipmsg.uri_user is sip_calls.uri_user
+    # the reader itself uses no regular expression at all
+    tree = ast.parse(inspect.getsource(sipuri))
+    imported = {a.name for n in ast.walk(tree) if isinstance(n, (ast.Import, ast.ImportFrom))
+                for a in n.names} | {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "re" not in imported, imported
+    # no decoder keeps its own copy of the quadratic user/host patterns
+    for path in [*(ROOT / "fleet" / "drivers" / "collect").glob("*.py"), *(ROOT / "sipwire").glob("*.py")]:
+        if path.name == "uri.py":      # its docstring names the old pattern
+            continue
+        text = path.read_text()
+        assert 'sips?:([^@;>]+)@' not in text and 'sips?:(?:[^@;>' not in text, path
+
+
+@settings(max_examples=60, deadline=None)
+@given(PATHOLOGICAL)
+def test_the_uri_reader_does_a_constant_number_of_python_steps_on_any_input(text):
+    """Linear: a constant number of Python steps, each a single C pass (find/partition/lower) over the text;
+    the input that cost the old pattern seconds (a header of repeated "sip:") costs what a short one does."""
+    # every path through the reader is well under 100 Python lines; a loop over the text would take thousands
+    assert _python_steps(sipuri.parse_uri, text) <= STEP_BOUND
+    assert _python_steps(sipuri.uri_user, text) <= STEP_BOUND
+
+
+def test_the_old_stalling_header_costs_the_uri_reader_what_a_short_one_does():
+    for fn in (sipuri.parse_uri, sipuri.uri_user):
+        assert _python_steps(fn, "sip:" * 15000 + ">") == _python_steps(fn, "sip:" * 3 + ">")
+        assert _python_steps(fn, "<" + "sip:" * 15000) == _python_steps(fn, "<" + "sip:" * 3)
+
+
+@given(user=st.from_regex(r"[A-Za-z0-9_.+-]{0,12}", fullmatch=True),
+       host=st.sampled_from(["voip.example", "10.0.0.1", "[2001:db8::1]", "VOIP.Example."]),
+       port=st.one_of(st.none(), st.integers(1, 65535)), scheme=st.sampled_from(["sip", "sips", "SIP"]),
+       form=st.sampled_from(["{u}", "<{u}>;tag=x", '"Desk 1" <{u}>', "{u};transport=udp", "<{u};lr>"]))
+def test_the_uri_reader_reads_user_host_and_port_of_every_form(user, host, port, scheme, form):
+    uri = f"{scheme}:{user + '@' if user else ''}{host}{f':{port}' if port else ''}"
+    got = sipuri.parse_uri(form.format(u=uri))
+    assert got is not None and (got.scheme, got.user, got.host, got.port) == (scheme.lower(), user, host, port)
+    assert sipmsg.uri_host_port(form.format(u=uri)) == (host, port or 5060)
+
+
+def test_the_uri_reader_refuses_what_is_not_a_sip_uri():
+    assert sipuri.parse_uri("tel:+15551234") is None and sipuri.uri_user("") == ""
+    with pytest.raises(sipmsg.SipParseError):
+        sipmsg.uri_host_port("mailto:x@y")
+
+
+# --- size caps -----------------------------------------------------------------------------------------------
+
+def test_a_register_with_a_header_over_the_cap_is_counted_and_dropped_and_the_next_one_is_read():
+    ev = WireEvidence(Attribution(targets(PHONE_A)))
+    flood = register("1001", A_ADDR).replace(b"To: <", b"To: " + b"sip:" * 15000 + b"> <")  # 60 KB, the issue's
+    assert len(flood) > MAX_HEADER_LINE
+    assert ev.feed_datagram(Datagram(time.time(), ("192.168.10.99", 5060), PROVIDER, flood)) == []
+    assert ev.stats.get("register_oversize") == 1, ev.stats
+    req = register("1001", A_ADDR, cseq=2)
+    ev.feed_datagram(Datagram(time.time(), A_ADDR, PROVIDER, req))
+    assert len(ev.feed_datagram(Datagram(time.time(), PROVIDER, A_ADDR, response(req, 200, expires=60)))) == 1
+
+
+# --- clocks no single packet moves -------------------------------------------------------------------------
+
+def _live(max_skew: float | None) -> WireEvidence:
+    """The pipeline a live source runs (wire_sources.guarded_evidence), on phone A's targets."""
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={})
+    return wire_sources.guarded_evidence("hep" if max_skew else "wire", stub, max_skew)  # type: ignore[arg-type]
+
+
+def _exchange(ev: WireEvidence, t: float, cseq: int) -> list:
+    req = register("1001", A_ADDR, cseq=cseq)
+    out = ev.feed_datagram(Datagram(t, A_ADDR, PROVIDER, req))
+    return out + ev.feed_datagram(Datagram(t + 0.01, PROVIDER, A_ADDR, response(req, 200, expires=60)))
+
+
+def test_hep_stamped_a_day_ahead_is_dropped_and_counted_and_later_evidence_keeps_local_time():
+    ev = _live(wire_sources.HEP_MAX_SKEW_S)
+    now = time.time()
+    assert len(_exchange(ev, now, 1)) == 1
+    assert _exchange(ev, now + 86400, 2) == []           # the forged future exchange: neither half believed
+    assert ev.stats.get("clock_ahead") == 2, ev.stats
+    later = _exchange(ev, time.time(), 3)
+    assert len(later) == 1 and abs(later[0].t - time.time()) < 5, later
+    assert ev.clock.now() is not None and abs(ev.clock.now() - time.time()) < 5
+
+
+def test_a_capture_whose_clock_steps_back_loses_a_few_packets_then_stamps_evidence_on_our_clock_again():
+    ev = _live(None)
+    router = time.time() - 40           # a router 40 s behind: its own offset, followed as it is
+    for i in range(3):
+        assert len(_exchange(ev, router + i, i + 1)) == 1
+    stepped = router - 3600             # its clock steps back an hour (NTP fixed it, or someone set it)
+    outs = [_exchange(ev, stepped + 3 + i, 10 + i) for i in range(6)]
+    assert ev.stats.get("clock_behind", 0) >= 1, ev.stats          # the first packets after the step are dropped
+    got = [o for out in outs for o in out]
+    assert got, ev.stats                                            # ... then the step is the consensus and followed
+    assert all(abs(o.t - time.time()) < 30 for o in got), [(o.t - time.time()) for o in got]
+
+
+def test_one_packet_from_the_past_does_not_move_a_capture_clock():
+    ev = _live(None)
+    now = time.time()
+    for i in range(3):
+        _exchange(ev, now + i * 0.1, i + 1)
+    before = ev.clock.offset
+    assert _exchange(ev, now - 7200, 9) == [] and ev.stats.get("clock_behind") == 2
+    assert ev.clock.offset == pytest.approx(before, abs=1.0)
+
+
+# --- HEP auth key ------------------------------------------------------------------------------------------
+
+def test_hep_without_the_senders_key_or_with_a_wrong_one_is_dropped_and_counted():
+    key = b"s3cret-hep-key"
+
+    async def scenario():
+        got = []
+        transport, proto = await start_hep_listener("127.0.0.1", 0, ["127.0.0.1"], lambda p, a: got.append(p),
+                                                    {"127.0.0.1": key})
+        port = transport.get_extra_info("sockname")[1]
+        payload = register("1001", A_ADDR)
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("127.0.0.1", 0))
+        try:
+            s.sendto(hep.encode(A_ADDR, PROVIDER, time.time(), payload), ("127.0.0.1", port))
+            s.sendto(hep.encode(A_ADDR, PROVIDER, time.time(), payload, auth_key=b"guess"), ("127.0.0.1", port))
+            s.sendto(hep.encode(A_ADDR, PROVIDER, time.time(), payload, auth_key=key), ("127.0.0.1", port))
+            await await_until(lambda: sum(proto.stats.values()) >= 3, 5, "three datagrams counted", step=0.01, fail=False)
+            return got, dict(proto.stats), proto.health
+        finally:
+            s.close()
+            transport.close()
+    got, stats, health = asyncio.run(scenario())
+    assert stats == {"auth_missing": 1, "auth_wrong": 1, "accepted": 1}, stats
+    assert len(got) == 1 and got[0].auth_key == key
+    assert health.failing() == ""        # 2 of 3 is not yet "most of what it gets" over the minimum sample
+
+
+def test_a_hep_sender_that_is_mostly_refused_shows_as_a_failing_source():
+    from fleet.drivers.collect.source_guard import DropHealth
+
+    drops = DropHealth()
+    for _ in range(30):
+        drops.saw("auth_wrong")
+    for _ in range(5):
+        drops.saw(None)
+    health = wire_sources.with_drops({"source": "hep", "running": True, "error": "", "since": None}, drops, [None])
+    assert "dropped 30 of 35" in health["error"] and "auth_wrong 30" in health["error"] and health["since"], health
+
+
+# --- Kamailio's siptrace signs its HEP (real Kamailio) -----------------------------------------------------
+
+@pytest.mark.lab
+def test_kamailio_siptrace_sends_the_auth_key_the_lab_sets_and_a_wrong_key_is_refused(tmp_path):
+    from fleet.redisboot import free_port
+    from hil import kamailio as kam
+    from test_wire_live import PASSWORD, _register
+    from conftest import udp_socket
+
+    reason = kam.unavailable(siptrace=True)
+    if reason:
+        pytest.skip(reason)
+    key = "lab-hep-key-5f2"
+
+    async def scenario():
+        got = []
+        transport, proto = await start_hep_listener("127.0.0.1", 0, ["127.0.0.1"], lambda p, a: got.append(p),
+                                                    {"127.0.0.1": key.encode()})
+        hep_port = transport.get_extra_info("sockname")[1]
+        port = free_port()
+        server = kam.Kamailio(kam.KamailioConfig("127.0.0.1", port, "gateway.example", {"3001": PASSWORD},
+                                                 hep=("127.0.0.1", hep_port), hep_auth_key=key,
+                                                 role="gateway with a HEP key"), tmp_path / "kamailio")
+        server.start()
+        try:
+            with udp_socket(5.0) as sock:
+                codes = await asyncio.to_thread(_register, ("127.0.0.1", port), "3001", PASSWORD, 60, sock)
+                await await_until(lambda: proto.stats.get("accepted", 0) >= 4, 10, "Kamailio's HEP accepted",
+                                  step=0.05, fail=False)
+                accepted = dict(proto.stats)
+                proto.auth_keys["127.0.0.1"] = b"another-key"       # the collector expects another key now
+                await asyncio.to_thread(_register, ("127.0.0.1", port), "3001", PASSWORD, 60, sock)
+                await await_until(lambda: proto.stats.get("auth_wrong", 0) >= 4, 10, "Kamailio's HEP refused",
+                                  step=0.05, fail=False)
+        finally:
+            server.stop()
+            transport.close()
+        return codes, accepted, dict(proto.stats), got
+    codes, accepted, stats, got = asyncio.run(scenario())
+    assert codes == [401, 200], codes
+    assert accepted.get("accepted", 0) >= 4 and not accepted.get("auth_missing") and not accepted.get("auth_wrong"), accepted
+    assert got and all(p.auth_key is not None and p.auth_key.rstrip(b"\0") == key.encode() for p in got)
+    assert stats.get("auth_wrong", 0) >= 4 and stats["accepted"] == accepted["accepted"], stats
+
+
+@pytest.mark.parametrize("entry", conformance.select(area="gateway", prefix="gateway-hep-"), ids=lambda e: e.id)
+def test_hep_datagrams_of_the_conformance_corpus_carry_their_key_and_are_judged_by_it(entry):
+    """Every HEP datagram a real agent sent (the corpus: Kamailio's siptrace with auth_key) parses, carries the
+    key its note names in chunk 14, and the listener accepts it with that key and refuses it with another."""
+    data = bytes.fromhex(entry.body)
+    pkt = hep.parse(data)
+    assert pkt.auth_key == b"corpus-hep-key" and pkt.payload.startswith(b"REGISTER ")
+    judged = {}
+    for key in (b"corpus-hep-key", b"other-key"):
+        listener = HepListener(["127.0.0.1"], lambda p, a: None, {"127.0.0.1": key})
+        listener.datagram_received(data, ("127.0.0.1", 9060))
+        judged[key] = dict(listener.stats)
+    assert judged == {b"corpus-hep-key": {"accepted": 1}, b"other-key": {"auth_wrong": 1}}, judged
+
+
+def test_the_inventory_names_hep_auth_keys_per_sender_as_secrets():
+    from fleet.inventory import Capture
+
+    cap = Capture.model_validate({"kind": "hep", "listen": "10.0.0.5:9060", "senders": ["10.0.0.1"],
+                                  "auth_keys": {"10.0.0.1": "hep_gateway"}})
+    assert cap.auth_keys == {"10.0.0.1": "hep_gateway"}
+    for bad, words in (({"senders": ["10.0.0.1"], "auth_keys": {"10.0.0.2": "k"}}, "not one of the HEP senders"),
+                       ({"auth_keys": {"gateway": "k"}}, "not an IP address"),
+                       ({"auth_keys": {"10.0.0.1": "secret with spaces"}}, "pattern")):
+        with pytest.raises(ValueError, match=words):
+            Capture.model_validate({"kind": "hep", "listen": "10.0.0.5:9060", **bad})
+    with pytest.raises(ValueError, match="auth_keys belong to a hep capture"):
+        Capture.model_validate({"kind": "router", "auth_keys": {"10.0.0.1": "k"}})
