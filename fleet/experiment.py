@@ -28,7 +28,8 @@ from .signals import Interrupted, SignalGuard
 from .site_registry import register_site
 from .store import RolloutStore, Store, foreign_sources
 from .task_errors import TaskFailed
-from .verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, predicted_bounds, timeline
+from .verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, fallback_behaviour, judge_phone,
+                      predicted_bounds, timeline)
 
 TASK_TIMEOUT = 60.0
 
@@ -361,6 +362,10 @@ class ExperimentRunner:
                              timeline=timeline(obs, self.initial.get(p.mac), result.started))
             seen = {name: r for name, r in seen_by_step.items() if p.mac in selected[name]}
             result.phones.append(judge_phone(v, len(servers(params)), expectations, seen, obs, outage))
+            fallback = next((t for t in servers(params, 1, family) if t.index == 2), None)
+            if fallback is not None:
+                v.failover_behaviour = fallback_behaviour(obs, (self.initial.get(p.mac) or {}).get("servers"), outage,
+                                                          fallback.expires)
 
 
 def describe_state(state: dict) -> str:

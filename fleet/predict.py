@@ -1,8 +1,8 @@
 """Predicted worst-case failover and recovery times, from a phone's configuration and its firmware family.
 
 A phone notices a dead primary only when it next talks to it: at its refresh
-(`expires - overlap` of the expiry the server *granted*, or half of it when that
-is sooner), plus the time the REGISTER transaction takes to fail (RFC 3261
+(`overlap` s before the expiry the server *granted*, or at half of it when the
+grant itself is below the overlap: soundpoint.timing), plus the time the REGISTER transaction takes to fail (RFC 3261
 Timer F = 32 s, or retryTimeOut x (retryMaxCount + 1) with Polycom's
 overrides). After the WAN returns, the phone retries the primary: at a fixed
 interval on SIP 2.x/3.x (the seed's "typically 30 to 60 seconds"), with a
@@ -21,6 +21,7 @@ import re
 from dataclasses import dataclass
 
 from soundpoint import families
+from soundpoint.timing import refresh_interval, rfc5626_wait  # noqa: F401  (refresh_interval: fleet.rollout_plan)
 
 DETECTION_SLACK = 1.0   # seconds: syslog/event delivery and the resolver's own timeout budget
 RFC3261_TIMER_F = 32.0  # 64 x T1 (500 ms): a REGISTER with retryTimeOut 0/null gives up after this
@@ -32,9 +33,10 @@ class RetryModel:
 
     backoff False: a fixed interval, at most `fixed_max` s (SIP 2.x/3.x and UC Software 4.0 have no parameter
     for it: the seed's "typically 30 to 60 seconds").
-    backoff True: waits from registerRetry.baseTimeOut doubling to maxTimeOut, each 50-100 % of its nominal
-    value (UC Software 4.1.6+, i.e. the families with failover controls; the doubling is our reading of
-    "grows from base to max", uncertain in detail).
+    backoff True: the algorithm of RFC 5626 section 4.5, which the UC Software guides name for
+    registerRetry.baseTimeOut/maxTimeOut: after n consecutive failures the wait is
+    min(maxTimeOut, baseTimeOut x 2^n), then a random 50-100 % of it (UC Software 4.1.6+, i.e. the families
+    with failover controls).
     """
     backoff: bool
     failover_controls: bool          # failOver.* (failBack.mode, reRegisterOn, onlySignalWithRegistered) exist
@@ -146,10 +148,6 @@ def configured_servers(params: dict[str, str], reg: int = 1) -> list[dict]:
     return [{"index": t.index, "register": t.register, "address": t.address} for t in servers(params, reg)]
 
 
-def refresh_interval(expires: int, overlap: int) -> float:
-    return expires - overlap if expires / 2 >= overlap else expires / 2
-
-
 def granted_expiry(observations: list[dict], server: int = 1, before: float | None = None, reg: int = 1) -> int | None:
     """The expiry the server last granted registration `reg`, from the phone's observations, or None when
     nothing said (another line's grant is not this one's: its server may grant another expiry).
@@ -170,6 +168,16 @@ def granted_expiry(observations: list[dict], server: int = 1, before: float | No
         if value:
             found = value
     return found
+
+
+def fallbacks_on_failure(params: dict[str, str], reg: int = 1, family: str | None = None) -> list[int]:
+    """The fallback servers this phone may leave unregistered while server 1 works: register=1 with
+    failOver.reRegisterOn=1 on a family that has the switch. The UC Software guides read both ways ("registers
+    with it from boot", TB 5844, or "registers with it when server 1 fails"), so a verification that asks for
+    them cannot demand a registration there while the primary holds (fleet.rollout_policy.registered)."""
+    if not retry_model(family).failover_controls:
+        return []
+    return [t.index for t in servers(params, reg, family)[1:] if t.registers]
 
 
 def failover_problem(params: dict[str, str], reg: int = 1, family: str | None = None) -> str | None:
@@ -205,14 +213,14 @@ def failover_max(params: dict[str, str], reg: int = 1, family: str | None = None
 def retry_wait_bound(t: ServerTiming, outage_s: float | None = None) -> float:
     """The longest wait between two attempts at a failed server that can be in force when it returns.
 
-    Fixed interval: the interval. Backoff: the nominal wait after n failures (base doubling to max); with the
-    outage's length known, n is at most the failures that fit in it (each wait lasts at least half its nominal
-    value), otherwise the maximum."""
+    Fixed interval: the interval. Backoff (RFC 5626 section 4.5): the nominal wait after n >= 1 consecutive
+    failures is min(max, base x 2^n); with the outage's length known, n is at most the failures that fit in it
+    (each wait lasts at least half its nominal value), otherwise the maximum."""
     if not t.backoff:
         return t.retry_interval
     if outage_s is None:
         return t.retry_max
-    elapsed, nominal = 0.0, t.retry_interval
+    elapsed, nominal = 0.0, min(rfc5626_wait(t.retry_interval, t.retry_max, 1), t.retry_max)
     while nominal < t.retry_max and elapsed + nominal / 2 <= outage_s:
         elapsed += nominal / 2
         nominal = min(nominal * 2, t.retry_max)

@@ -64,6 +64,11 @@ def transitions(lane: list[dict]) -> list[dict]:
 def phone_sources(lane: list[dict]) -> dict[str, int]:
     return dict(Counter(e["source"] for e in lane if e.get("source") and e["source"] != START))
 
+# fleet.verdict.fallback_behaviour's values, as people read them
+BEHAVIOURS = {"concurrent": "concurrent (registered with server 2 before the cut)",
+              "on-failure": "on failure (registered with server 2 only after the cut)",
+              "none": "never registered with server 2"}
+
 COLOURS = {1: "#2e7d32", 2: "#f9a825", 3: "#6a1b9a", 4: "#00838f", None: "#c62828"}
 UNKNOWN = "#e0e0e0"   # before the first observation of a phone
 
@@ -219,6 +224,7 @@ def html(doc: dict) -> str:
         f"<tr class={'ok' if p['passed'] else 'bad'}><td>{escape(p['mac'])}</td><td>{escape(p['model'])}</td>"
         f"<td>{_fmt(p['failover_s'])}</td><td>{_fmt(p['predicted_failover_max_s'])}</td>"
         f"<td>{_fmt(p['recovery_s'])}</td><td>{_fmt(p['predicted_recovery_max_s'])}</td>"
+        f"<td>{escape(BEHAVIOURS.get(p.get('failover_behaviour'), '-'))}</td>"
         f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons']))}</td>"
         f"<td>{escape(_sources(p))}</td></tr>" for p in doc["phones"])
     steps = "".join(f"<tr class={'ok' if s['passed'] else 'bad'}><td>{escape(s['name'])}</td><td>{s['elapsed_s']:.1f}</td>"
@@ -261,7 +267,7 @@ recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])
 (upper row server 1, lower row server 2; green registered, red refused or unanswered)</p>{timeline_svg(doc)}
 <h2>Outages: what the router confirmed</h2><table><tr><th>outage</th><th>mode</th><th>cut</th><th>dead-man's switch</th><th>restore</th><th>confirmed</th></tr>{outages}</table>
 <h2>Steps</h2><table><tr><th>step</th><th>s</th><th>result</th><th>detail</th></tr>{steps}</table>
-<h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>result</th><th>why</th><th>transitions: seen by (s after the first)</th></tr>{rows}</table>
+<h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>fallback used</th><th>result</th><th>why</th><th>transitions: seen by (s after the first)</th></tr>{rows}</table>
 {unseen_html}{failing_html}{foreign_html}
 <p>SIP capture: {escape(str((doc.get('capture') or {}).get('file') or 'none kept'))}
 ({(doc.get('capture') or {}).get('datagrams', 0)} datagrams)</p>

@@ -61,6 +61,8 @@ class Limits:
     verify_within: float                       # seconds after the reboot (or the rollback) to register
     registered_to: tuple[int, ...] = (1,)
     rollback: bool = True
+    # per phone: fallbacks it may register with only once server 1 fails (PhonePlan.on_failure_fallbacks)
+    on_failure_fallbacks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     progress_deadline: float = 600.0
     dispatch_stall: float = DISPATCH_STALL_S
     defer_retry: float = DEFER_RETRY_S
@@ -81,7 +83,8 @@ class Limits:
                                     if plan.get("budget_per_site") else None),
                    verify_within=float(playbook.verify.within), registered_to=tuple(playbook.verify.registered_to),
                    rollback=bool(playbook.rollback), progress_deadline=float(playbook.strategy.progress_deadline),
-                   dispatch_stall=dispatch_stall)
+                   dispatch_stall=dispatch_stall,
+                   on_failure_fallbacks={p["mac"]: tuple(p.get("on_failure_fallbacks") or ()) for p in plan["phones"]})
 
 
 @dataclass(frozen=True)
@@ -118,9 +121,21 @@ def _attempt(st: Mapping[str, str]) -> int:
     return int(st.get("attempt", 1) or 1)
 
 
-def registered(servers: Mapping[int, Mapping], required: tuple[int, ...] | list[int], since: float) -> bool:
-    """Every required server reports the phone registered, by an observation newer than `since`."""
-    return all(servers.get(i, {}).get("state") == "registered" and servers[i].get("t", 0) > since for i in required)
+def registered(servers: Mapping[int, Mapping], required: tuple[int, ...] | list[int], since: float,
+               on_failure: tuple[int, ...] | list[int] = ()) -> bool:
+    """Every required server reports the phone registered, by an observation newer than `since`.
+
+    A fallback in `on_failure` (UC Software, failOver.reRegisterOn=1) may instead be silent: a phone that reads
+    the switch as "register with server 2 when server 1 fails" sends it nothing while server 1 works. What tells
+    that apart from a fallback that is broken is the evidence since the reboot: server 1 registered, and nothing
+    at all of the fallback (a phone that tried it and failed shows that failure, and is not verified)."""
+    def up(i: int) -> bool:
+        return servers.get(i, {}).get("state") == "registered" and servers[i].get("t", 0) > since
+
+    def silent_standby(i: int) -> bool:
+        return i in on_failure and up(1) and servers.get(i, {}).get("t", 0) <= since
+
+    return all(up(i) or silent_standby(i) for i in required)
 
 
 def to_observe(states: PhoneStates, recheck: set[str]) -> list[str]:
@@ -179,14 +194,21 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
         elif state in ("verifying", "rebooting") and st.get("reboot_at"):
             # "rebooting": the reboot was claimed but not known to be sent, so no registration proves it
             since = _f(st, "reboot_at")
-            up = state == "verifying" and mac in observed and registered(observed[mac], limits.registered_to, since)
+            up = state == "verifying" and mac in observed and registered(
+                observed[mac], limits.registered_to, since, limits.on_failure_fallbacks.get(mac, ()))
             shadowed = st.get("shadowed", "") if up else ""   # fleet.overrides: an override file beat a pushed value
             if up and not shadowed:
                 took = round(now - since, 2)
                 how = applied_how(st, (downs or {}).get(mac), since)
-                extra = {"applied": how} if how else {}
-                out.append(Action(VERIFIED, mac, {"state": "verified", "settled_at": now, "verified_in": took, **extra},
-                                  event={"kind": "verified", "mac": mac, "seconds": took, **extra}))
+                standby = [i for i in limits.registered_to
+                           if observed[mac].get(i, {}).get("t", 0) <= since]   # held as on-failure fallbacks
+                fields = {"state": "verified", "settled_at": now, "verified_in": took, **({"applied": how} if how else {})}
+                event = {"kind": "verified", "mac": mac, "seconds": took, **({"applied": how} if how else {})}
+                if standby:
+                    note = (f"server(s) {standby} not registered: failOver.reRegisterOn=1 fallback(s) this phone "
+                            "uses only once server 1 fails")
+                    fields["verified_note"] = event["note"] = note
+                out.append(Action(VERIFIED, mac, fields, event=event))
             elif (state == "rebooting" and now - since > limits.dispatch_stall
                   and now - _f(st, "confirm_sent") > limits.dispatch_stall):
                 # the task claimed the reboot and vanished before saying it went out: a new one finds out and finishes

@@ -24,6 +24,8 @@ class PhoneVerdict:
     predicted_recovery_max_s: float | None = None
     prediction_notes: list[str] = field(default_factory=list)   # why a bound is missing (fleet.predict says)
     reasons: list[str] = field(default_factory=list)
+    # how the phone used its fallback (server 2) around the cut: fallback_behaviour() says what each value means
+    failover_behaviour: str | None = None
     checks: list[dict] = field(default_factory=list)     # one per expectation, for JUnit
     timeline: list[dict] = field(default_factory=list)
 
@@ -80,6 +82,38 @@ def predicted_bounds(params: dict[str, str], family: str | None, observations: l
     if rec.seconds is None and rec.reason:
         notes.append(f"recovery: {rec.reason}")
     return Predicted(failover, rec.seconds, notes)
+
+
+CONCURRENT = "concurrent"      # registered with the fallback before the cut (TB 5844's reading of reRegisterOn=1)
+ON_FAILURE = "on-failure"      # first registered with it only after the cut (the other reading)
+NO_FALLBACK = "none"           # never registered with it in the run
+# A fallback a phone does not register with is fine for a phone that uses it only once server 1 fails: what tells
+# the two readings apart is whether the phone registered there while server 1 still worked.
+
+
+def fallback_behaviour(observations: list[dict], initial_servers: dict | None, outage: OutageWindow | None,
+                       fallback_expires: float, server: int = 2) -> str | None:
+    """Which reading of failOver.reRegisterOn=1 the phone followed, from what it sent (None: no cut to judge by).
+
+    Evidence of a REGISTER the phone sent: a `registered` observation of `server` on registration 1 from any
+    source but the gateway's bindings (a binding left from an earlier failover outlives the phone's interest in
+    it), before the cut (concurrent) or after it (on-failure); the state at the run's start counts as before the
+    cut while that registration can still be valid (its time plus the fallback's expiry is after the cut)."""
+    if outage is None:
+        return None
+
+    def sent(o: dict) -> bool:
+        return (o.get("server") == server and o.get("reg", 1) == 1 and o.get("state") == "registered"
+                and o.get("kind", "registration") == "registration" and o.get("source") != "gateway")
+
+    start = (initial_servers or {}).get(str(server)) or (initial_servers or {}).get(server) or {}
+    if sent(start | {"server": server}) and float(start.get("t") or 0) + fallback_expires > outage.start:
+        return CONCURRENT
+    if any(sent(o) and o["t"] < outage.start for o in observations):
+        return CONCURRENT
+    if any(sent(o) and o["t"] >= outage.start for o in observations) or first_change(observations, server, outage.start):
+        return ON_FAILURE
+    return NO_FALLBACK
 
 
 def first_change(observations: list[dict], server: int, after: float) -> float | None:
@@ -142,6 +176,10 @@ def judge_phone(verdict: PhoneVerdict, configured_servers: int, expectations: li
                     ok = False
         if not ok:
             verdict.passed = False
+            why = [n.split(":", 1)[1].strip() for n in verdict.prediction_notes if n.startswith("failover:")]
+            if exp.measure == "failover" and why:
+                # the configuration says why it could not fail over: that first, not as a missing bound
+                message = f"{why[0]}; " + message.replace(f"; no predicted bound ({why[0]})", "")
             verdict.reasons.append(f"{exp.name}: {message}")
         verdict.checks.append({"name": exp.name, "passed": ok, "message": message})
     return verdict

@@ -197,7 +197,8 @@ class Lab:
         await self.provider.start()
         # The provider's name resolves to the provider's public address; each site reaches it via its router relay.
         # One shared public address for all sites keeps the DNS zone the same everywhere.
-        self.dns = await DnsServer.start(self.dns_ip, DNS_PORT, {}, ttl=self.spec.timing.dns_ttl)
+        located = {self.spec.provider.name: SIP_PORT} if self.spec.provider.naptr_srv else {}
+        self.dns = await DnsServer.start(self.dns_ip, DNS_PORT, {}, ttl=self.spec.timing.dns_ttl, located=located)
         client_key = self._key("router_client_key")
         host_key = self._key("router_host_key")
         (self.state_dir / "router_authorized_keys").write_text(client_key.export_public_key().decode())
@@ -259,7 +260,8 @@ class Lab:
                              boot_time=self.spec.timing.boot_time, boot_jitter=self.spec.timing.boot_jitter,
                              http_latency=self.spec.timing.http_latency,
                              fault=site.faults.get(i), family=self.spec.phone_family(k, i),
-                             fixed_retry=self.spec.fixed_retry)
+                             fixed_retry=self.spec.fixed_retry,
+                             failover_behaviour=site.phones.behaviour_of(i))
             phone = VirtualPhone(spec, self.truth, self.http_session)
             phone.syslog_registration_line = self.spec.syslog_registration_line
             rt.phones.append(phone)
@@ -432,6 +434,8 @@ class Lab:
                 "ground_truth": self.truth.snapshot(),
                 "phones": [p.summary() for rt in self.sites for p in rt.phones],
                 "provider": self.provider.summary(since) if self.provider else None,
+                "dns": ({"asked": [{"qtype": t, "name": n, "count": c} for (t, n), c in sorted(self.dns.asked.items())]}
+                        if self.dns else None),
                 "sites": [{"name": rt.spec.name, "router": rt.router.summary(), "gateway": rt.gateway.summary(since)}
                           for rt in self.sites]}
 

@@ -46,7 +46,8 @@ def _loopback(value: str, what: str) -> str:
 
 class ServerSpec(Strict):
     address: str = Field(description="'provider' (the provider's DNS name), 'gateway' (the site router), or a literal address")
-    port: int = Field(5060, ge=1, le=65535)
+    port: int = Field(5060, ge=0, le=65535, description="0: no port, so a named server with transport DNSnaptr "
+                      "(the default) is located by NAPTR, SRV and A records (RFC 3263; see provider.naptr_srv)")
     expires: int = Field(3600, ge=1, le=2**31 - 1)
     overlap: int = Field(60, ge=1, le=65535)
     register_: Literal[0, 1] = Field(1, alias="register")
@@ -68,6 +69,9 @@ class ServerSpec(Strict):
         return self
 
 
+FailoverBehaviour = Literal["concurrent", "on-failure"]
+
+
 class PhonesSpec(Strict):
     count: int = Field(ge=0, le=20000)
     models: list[str] = ["SoundPoint IP 650"]
@@ -77,6 +81,13 @@ class PhonesSpec(Strict):
     params_of: dict[int, dict[str, str | int]] = Field({}, description="parameters per phone (by index), over the "
                                                        "site's: written in the phone's own <MAC>-reg.cfg (read first, "
                                                        "so they win) and its inventory entry")
+    failover_behaviour: FailoverBehaviour = Field("concurrent", description="UC Software with failOver.reRegisterOn=1: "
+                                                  "concurrent registers with server 2 from boot (TB 5844), on-failure "
+                                                  "only once server 1 has failed (the guides read both ways)")
+    failover_behaviour_of: dict[int, FailoverBehaviour] = Field({}, description="failover_behaviour per phone (by index)")
+
+    def behaviour_of(self, i: int) -> str:
+        return self.failover_behaviour_of.get(i, self.failover_behaviour)
 
     @field_validator("params_of", mode="before")
     @classmethod
@@ -204,7 +215,8 @@ class SiteSpec(Strict):
         for i in self.faults:
             if not 0 <= i < self.phones.count:
                 raise FieldError(("faults", i), f"phone {i} does not exist: this site has phones 0 to {self.phones.count - 1}")
-        for what, indices in (("family_of", self.phones.family_of), ("params_of", self.phones.params_of)):
+        for what, indices in (("family_of", self.phones.family_of), ("params_of", self.phones.params_of),
+                              ("failover_behaviour_of", self.phones.failover_behaviour_of)):
             for i in indices:
                 if not 0 <= i < self.phones.count:
                     raise FieldError(("phones", what, i),
@@ -216,6 +228,9 @@ class ProviderSpec(Strict):
     name: str = "voip.provider.example"
     realm: str = Field("provider.example", pattern=r"^[A-Za-z0-9.-]{1,253}$")
     max_expires: int = Field(3600, ge=1, le=2**31 - 1)
+    naptr_srv: bool = Field(False, description="the lab DNS also serves NAPTR (SIP+D2U) and SRV (_sip._udp) for the "
+                            "provider's name (RFC 3263), which phones in DNSnaptr mode with port 0 follow; "
+                            "userspace backend only")
 
     @field_validator("name")
     @classmethod
@@ -384,6 +399,14 @@ class LabFile(Strict):
                     except ValueError as exc:
                         raise FieldError(("sites", k, "params", name), str(exc)) from None
             self._check_phone_params(k)
+            for y, srv in enumerate(site.servers):
+                if srv.address == "provider" and min(srv.expires, self.provider.max_expires) == srv.overlap:
+                    # the guides' overlap rule (soundpoint.timing): a grant equal to the overlap refreshes at once
+                    # (below it: at half the grant; above it: overlap s before it)
+                    raise FieldError(("sites", k, "servers", y, "overlap"),
+                                     f"overlap ({srv.overlap} s) must not equal the expiry the provider grants "
+                                     f"({min(srv.expires, self.provider.max_expires)} s): the phone would "
+                                     "re-register at once, again and again")
         if self.backend == "userspace" and self.net + 100 + len(self.sites) - 1 > 254:
             raise FieldError(("net",), f"net {self.net} with {len(self.sites)} site(s) would need 127."
                              f"{self.net + 100 + len(self.sites) - 1}.x.x for phones: at most {255 - 100 - len(self.sites)}")
@@ -396,6 +419,9 @@ class LabFile(Strict):
 
             if len(self.sites) > MAX_SITES:
                 raise FieldError(("sites",), f"backend netns: at most {MAX_SITES} sites")
+            if self.provider.naptr_srv:
+                raise FieldError(("provider", "naptr_srv"), "backend netns: its DNS process serves A records only "
+                                 "(naptr_srv is for the userspace backend)")
             for k, site in enumerate(self.sites):
                 if site.phones.count > MAX_PHONES_PER_SITE:
                     raise FieldError(("sites", k, "phones", "count"),

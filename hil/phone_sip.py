@@ -5,9 +5,13 @@ A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
 from __future__ import annotations
 
 import asyncio
+import functools
+import ipaddress
 import time
 
 from sipwire import digest
+from soundpoint import conformance, user_agent
+from soundpoint.timing import refresh_interval
 from sipwire import message as sip
 from sipwire.endpoint import TransactionTimeout, TransactionTimers
 
@@ -74,7 +78,29 @@ def granted_expiry(resp: sip.SipMessage, requested: int, own_contact: str) -> in
     return int(hdr) if hdr.isdigit() else requested
 
 
+@functools.lru_cache(maxsize=None)
+def register_allow(family: str) -> str:
+    """The Allow header of a REGISTER, from the corpus's sip-register-* entry for the family (the SIP 3.x one where
+    the family has none: no source shows another's)."""
+    found = conformance.select(area="sip", family=family, prefix="sip-register-") or [
+        conformance.get("sip-register-soundpoint-sip3")]
+    return sip.parse(found[0].body.encode()).get("allow") or ""
+
+
+def _is_address(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return False
+
+
 class SipRegistrations:
+    @property
+    def user_agent(self) -> str:
+        """What this model on this firmware sends (rendered from the corpus's sip-ua-* entries)."""
+        return user_agent.render(self.spec.model, self.spec.family, self.model["firmware"])
+
     def _server_prefix(self, x: int, y: int) -> str | None:
         """Whole-server precedence (confirmed in the guides): once reg.x.server.y.address is set, that server's
         reg.x.server.y.* values are used as a whole; voIpProt.server.y.* serves only a server without one."""
@@ -111,6 +137,8 @@ class SipRegistrations:
     async def _next_hop(self, srv: ServerBinding) -> tuple[str, int]:
         """Where a request for this server goes: its outbound proxy if it uses one, else the server itself
         (resolved; ResolveError when the name does not resolve). The Request-URI stays the server's."""
+        if srv.proxy is None and srv.locate:
+            return await self.resolver.locate(srv.address)
         host, port = srv.proxy or (srv.address, srv.port)
         return await self.resolver.resolve(host), port
 
@@ -132,6 +160,9 @@ class SipRegistrations:
                 retry_count = int(self._server_param(x, y, "retryMaxCount") or 0) or 3
                 timers = TransactionTimers(retry_timeout=retry_ms / 1000 if retry_ms else None, retry_max_count=retry_count)
                 port = int(self._server_param(x, y, "port") or 0) or 5060
+                transport = (self._server_param(x, y, "transport") or "DNSnaptr").strip().lower()
+                locate = (transport in ("dnsnaptr", "null") and not int(self._server_param(x, y, "port") or 0)
+                          and not _is_address(address))
                 controls = profile.failover_controls
                 if controls:   # UC Software 4.1.6+: registerRetry.* backoff and the failOver.* switches (defaults per guide)
                     base = float(self._server_param(x, y, "registerRetry.baseTimeOut") or 60)
@@ -148,7 +179,7 @@ class SipRegistrations:
                     expires=int(self._server_param(x, y, "expires") or 3600),
                     overlap=int(self._server_param(x, y, "expires.overlap") or 60),
                     timers=timers, call_id=sip.new_call_id(self.spec.ip),
-                    proxy=proxy if proxy and self._uses_proxy(x, y) else None, **retry))
+                    proxy=proxy if proxy and self._uses_proxy(x, y) else None, locate=locate, **retry))
             if reg.servers:
                 reg.failback = self._failback_setting(x)
                 self.regs.append(reg)
@@ -246,14 +277,18 @@ class SipRegistrations:
                     await self._hold_primary(fb)
                 elif srv.index == reg.working:
                     fb.renewal()
+            if self._on_failure_fallback(srv):
+                await self._stand_by(reg, srv)
             ok = await self._register_once(reg, srv)
             if ok:
                 srv.failures = 0
-                # Refresh `overlap` s before the granted expiry, or at half of it if that is sooner.
-                delay = srv.granted - srv.overlap if srv.granted / 2 >= srv.overlap else srv.granted / 2
+                # the guides' overlap rule (soundpoint.timing): overlap s before the granted expiry, or at half
+                # of it when the grant itself is below the overlap
+                delay = refresh_interval(srv.granted, srv.overlap)
             else:
                 srv.failures += 1
                 delay = srv.next_retry()
+            reg.standby_wake.set()      # a fallback standing by looks at the servers before it again
             due = time.monotonic() + max(delay, 0.1)
             if fb.follows and primary:
                 # a registration-mode renewal may end a hold while the primary waits to retry: try it then
@@ -264,6 +299,29 @@ class SipRegistrations:
             self.lateness.append(time.monotonic() - due)
             if len(self.lateness) > 1000:
                 del self.lateness[:500]
+
+    def _on_failure_fallback(self, srv: ServerBinding) -> bool:
+        """Whether this server is a fallback that, on this phone, registers only once the servers before it failed:
+        the "on-failure" reading of failOver.reRegisterOn=1 (lab option failover_behaviour), on a family that has
+        the switch. The other reading ("concurrent", TB 5844, the default) registers with it from boot."""
+        return (self.spec.failover_behaviour == "on-failure" and self.spec.profile.failover_controls
+                and srv.index > 1 and self._sends_register(srv))
+
+    @staticmethod
+    def _standing_by(reg: Registration, srv: ServerBinding) -> bool:
+        """A server before this one registers and has not failed (its last attempt succeeded, or none was made)."""
+        return any(s.failures == 0 and s.register and (s.index == 1 or s.re_register)
+                   for s in reg.servers if s.index < srv.index)
+
+    async def _stand_by(self, reg: Registration, srv: ServerBinding) -> None:
+        """On-failure reading: send this fallback nothing while a server before it works. A registration it holds
+        from a failover is no longer refreshed once the primary is back (it lapses at the registrar: our reading,
+        the guides say nothing of it); the phone's own view of it goes down without a report."""
+        while self._standing_by(reg, srv):
+            if srv.state == UP:
+                self._set_server_state(reg, srv, DOWN, reason="standby", quiet=True)
+            reg.standby_wake.clear()
+            await reg.standby_wake.wait()
 
     @staticmethod
     async def _wait_for_wake(fb: Failback, timeout: float | None) -> bool:
@@ -295,7 +353,7 @@ class SipRegistrations:
         uri = f"sip:{domain}" + (f":{srv.port}" if srv.port != 5060 else "")
         aor = f"sip:{reg.user}@{domain}"
         tag = sip.new_tag()
-        extra = [("Expires", str(srv.expires)), ("Allow", "INVITE, ACK, BYE, CANCEL, OPTIONS, NOTIFY, SUBSCRIBE")]
+        extra = [("Expires", str(srv.expires)), ("Allow", register_allow(self.spec.family))]
         contact = f"<sip:{reg.user}@{self.spec.ip}:{self.spec.sip_port}>"
 
         def build(auth: tuple[str, str] | None) -> sip.SipMessage:
@@ -304,7 +362,7 @@ class SipRegistrations:
             return sip.make_request("REGISTER", uri, local=self.endpoint.local, from_uri=aor, to_uri=aor,  # type: ignore[union-attr]
                                     call_id=srv.call_id, cseq=srv.cseq, from_tag=tag, contact=contact,
                                     extra=extra + ([auth] if auth else []),
-                                    user_agent=f"PolycomSoundPointIP-SPIP_650-UA/{self.model['firmware']}")
+                                    user_agent=self.user_agent)
         try:
             # through an outbound proxy that gets no answer upstream, the phone's own transaction timeout decides
             # (retryTimeOut x (retryMaxCount + 1)); the proxy's 408 comes later and is dropped as unmatched

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from sipwire.endpoint import TransactionTimers
 
 from soundpoint import families
+from soundpoint.timing import rfc5626_wait
 
 
 # Models and what they offer. SoundPoint (SIP 2.x-4.x): no REST. VVX (UC Software 5+): REST.
@@ -67,6 +68,9 @@ class PhoneSpec:
     # UC Software 4.0) the fixed interval at which it retries a failed registration (the seed: 30 to 60 s)
     family: str = "sip-3.x"
     fixed_retry: float = 30.0
+    # UC Software with failOver.reRegisterOn=1 on a fallback: the guides read both ways (polycom.md "Failover model"):
+    # "concurrent" registers with it from boot (TB 5844), "on-failure" only once every server before it has failed
+    failover_behaviour: str = "concurrent"
 
     @property
     def profile(self) -> families.Family:
@@ -97,16 +101,19 @@ class ServerBinding:
     only_signal_with_registered: bool = False
     fail_registration_on: bool = False
     proxy: tuple[str, int] | None = None   # the outbound proxy (name or address, port) its requests go to, if any
+    # located by RFC 3263 (NAPTR, SRV, A): transport DNSnaptr (the default), a name, and port 0 or Null (the guides'
+    # voIpProt.server.x.transport row); otherwise the name's A record at `port`
+    locate: bool = False
 
     def next_retry(self, rng: random.Random | None = None) -> float:
         """Seconds until the next attempt after `failures` consecutive failures.
 
-        Fixed interval on families without registerRetry.*; on UC Software the nominal wait is
-        baseTimeOut doubling per failure up to maxTimeOut, and each wait is 50-100 % of it (the doubling is
-        our reading of "grows from base to max", uncertain in detail; fleet.predict bounds it the same way)."""
+        Fixed interval on families without registerRetry.*; on UC Software RFC 5626 section 4.5 (the algorithm
+        the guides name): nominal min(maxTimeOut, baseTimeOut x 2^failures), each wait 50-100 % of it
+        (soundpoint.timing, which fleet.predict bounds with)."""
         if not self.backoff:
             return self.retry_interval
-        nominal = min(self.retry_interval * 2 ** max(self.failures - 1, 0), max(self.retry_max, self.retry_interval))
+        nominal = rfc5626_wait(self.retry_interval, self.retry_max, self.failures)
         return nominal * (rng or random).uniform(0.5, 1.0)
 
 
@@ -176,3 +183,5 @@ class Registration:
     working: int | None = None
     subscribed_to_primary: bool = False
     failback: Failback = field(default_factory=Failback)
+    # set whenever a server's registration succeeds or fails: fallbacks standing by (on-failure) look again
+    standby_wake: asyncio.Event = field(default_factory=asyncio.Event)

@@ -118,9 +118,10 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     27: (1, "test_outage_races"), 28: (1, "test_inventory_probe"), 30: (1, "test_scheduled_rollout"),
     33: (2, "test_rollout_faults"), 39: (2, "test_rollout"), 41: (1, "test_hostile_tasks"),
     45: (1, "test_secrets"), 57: (1, "test_publish_confinement"), 92: (1, "test_lab_rules, R5"),
-    96: (1, "test_wire_experiment, HEP only"), 109: (1, "test_failback_modes"), 112: (1, "test_firmware_variants"),
-    125: (1, "test_lab_flood"), 114: (1, "test_named_master_lab"), 116: (1, "test_checksync_live"),
-    131: (1, "test_wire_attribution_lab"),
+    96: (1, "test_wire_experiment, HEP only"), 109: (1, "test_failback_modes"), 125: (1, "test_lab_flood"),
+    114: (1, "test_named_master_lab"), 116: (1, "test_checksync_live"), 131: (1, "test_wire_attribution_lab"),
+    118: (1, "test_failover_behaviour"),
+    112: (1, "test_firmware_variants"),
 }
 
 

@@ -64,8 +64,11 @@ def test_failover_controls_exist_only_on_uc5():
 
 
 def test_index_ranges_are_bounded():
-    with pytest.raises(families.ParameterError, match="servers are numbered 1 to 3"):
-        UC5.check("reg.1.server.4.expires", "60")
+    # "x=1 to 4" (UC Software 4.1.6 guide, voIpProt.server.x.address): a fourth server is allowed, a fifth not
+    assert UC5.check("voIpProt.server.4.address", "10.0.0.4") == "10.0.0.4"
+    assert UC5.check("reg.1.server.4.expires", "60") == "60"
+    with pytest.raises(families.ParameterError, match="servers are numbered 1 to 4"):
+        UC5.check("reg.1.server.5.expires", "60")
     with pytest.raises(families.ParameterError, match="registrations are numbered 1 to 6"):
         SIP2.check("reg.7.address", "1007")
     with pytest.raises(ValueError, match="servers are numbered"):

@@ -106,3 +106,32 @@ def test_parameters_per_phone_follow_the_phones_family(tmp_path):
     fast = lab(tmp_path, timing={"test_speed": True, "retry_interval": 3},
                phones={"count": 1, "models": ["VVX 410"], "params_of": {0: {FB + "timeout": 5}}})
     assert labfile.load(fast).sites[0].phones.params_of[0][FB + "timeout"] == 5
+
+
+def test_failover_behaviour_per_phone_and_naptr_srv_are_checked(tmp_path):
+    spec = labfile.load(lab(tmp_path, phones={"count": 3, "models": ["VVX 410"], "failover_behaviour": "on-failure",
+                                              "failover_behaviour_of": {0: "concurrent"}}))
+    assert [spec.sites[0].phones.behaviour_of(i) for i in range(3)] == ["concurrent", "on-failure", "on-failure"]
+    with pytest.raises(FileError, match=r"failover_behaviour_of\[5\]: phone 5 does not exist"):
+        labfile.load(lab(tmp_path, phones={"count": 3, "models": ["VVX 410"], "failover_behaviour_of": {5: "on-failure"}}))
+    with pytest.raises(FileError, match="failover_behaviour"):
+        labfile.load(lab(tmp_path, phones={"count": 3, "models": ["VVX 410"], "failover_behaviour": "sometimes"}))
+    doc = yaml.safe_load(lab(tmp_path).read_text())
+    doc.update(backend="netns", net=20, provider={"naptr_srv": True})
+    path = tmp_path / "netns.yml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(FileError, match="provider.naptr_srv: backend netns"):
+        labfile.load(path)
+
+
+def test_a_provider_grant_equal_to_the_overlap_is_refused(tmp_path):
+    """The guides' overlap rule refreshes a grant equal to the overlap at once: the lab refuses that set-up."""
+    doc = yaml.safe_load(lab(tmp_path).read_text())
+    doc["provider"] = {"max_expires": 5}
+    path = tmp_path / "grant.yml"
+    path.write_text(yaml.safe_dump(doc))
+    with pytest.raises(FileError, match=r"sites\[0\]\.servers\[0\]\.overlap: overlap \(5 s\) must not equal"):
+        labfile.load(path)
+    doc["provider"] = {"max_expires": 4}           # below the overlap: refreshed at half the grant, fine
+    path.write_text(yaml.safe_dump(doc))
+    assert labfile.load(path).provider.max_expires == 4

@@ -51,8 +51,12 @@ def test_predicted_failover_follows_refresh_and_transaction_timeout():
     # defaults: refresh at 3540 s, RFC 3261 Timer F 32 s
     assert predict.failover_max(params) == 3540 + 32 + predict.DETECTION_SLACK
     params |= {"reg.1.server.1.expires": "100", "reg.1.server.1.retryTimeOut": "500", "reg.1.server.1.retryMaxCount": "3"}
-    # half the expiry (50) is less than the overlap (60): refresh at half
-    assert predict.failover_max(params) == 50 + 2.0 + predict.DETECTION_SLACK
+    # the expiry (100) is not below the overlap (60): refresh 60 s before it (the guide's "server value", not
+    # half of it, is compared with the overlap)
+    assert predict.failover_max(params) == 40 + 2.0 + predict.DETECTION_SLACK
+    # an expiry below the overlap: refresh at half of it
+    params |= {"reg.1.server.1.expires": "50"}
+    assert predict.failover_max(params) == 25 + 2.0 + predict.DETECTION_SLACK
 
 
 def test_no_fallback_means_no_failover_prediction():

@@ -35,9 +35,12 @@ def test_whole_server_precedence_not_attribute_by_attribute():
 def test_failover_uses_the_expiry_the_server_granted():
     params = two_servers()
     configured = predict.failover_max(params, family=UC)
-    granted = predict.failover_max(params, family=UC, granted=20)
+    granted = predict.failover_max(params, family=UC, granted=30)
     assert configured == 100 + 2.0 + S + 2.0          # refresh 120-20, primary tx, fallback's REGISTER tx
-    assert granted == 10 + 2.0 + S + 2.0              # half of 20 is below the overlap: refresh at half
+    # the grant (30) is not below the overlap (20): refresh 20 s before it, although half of it (15) is
+    assert granted == 10 + 2.0 + S + 2.0
+    # a grant below the overlap: refresh at half of it
+    assert predict.failover_max(params, family=UC, granted=16) == 8 + 2.0 + S + 2.0
     obs = [{"t": 1.0, "server": 1, "state": "registered", "detail": "expires=20"},
            {"t": 2.0, "server": 2, "state": "registered", "detail": "expires=300"},
            {"t": 9.0, "server": 1, "state": "registered", "detail": "expires=30"}]
@@ -55,11 +58,13 @@ def test_uc_backoff_bound_grows_with_the_outage_up_to_max_timeout():
     tx = 2.0
     # unknown outage length: the longest wait is maxTimeOut
     assert predict.recovery_max(params, family=UC) == 60 + tx + S
-    # a 4 s outage: only the first wait (nominal 10) can be in force
-    assert predict.recovery_max(params, family=UC, outage_s=4) == 10 + tx + S
-    # waits last at least half their nominal value: the 2nd failure comes >= 5 s in (next wait 20), the 3rd >= 15 s
-    assert predict.recovery_max(params, family=UC, outage_s=12) == 20 + tx + S
-    assert predict.recovery_max(params, family=UC, outage_s=15) == 40 + tx + S
+    # RFC 5626 4.5: after n consecutive failures the nominal wait is min(max, base x 2^n), so after the first
+    # failure of a 4 s outage it is 20 (not the base 10)
+    assert predict.recovery_max(params, family=UC, outage_s=4) == 20 + tx + S
+    # waits last at least half their nominal value: the 2nd failure comes >= 10 s in (next wait 40), the 3rd >= 30 s
+    assert predict.recovery_max(params, family=UC, outage_s=12) == 40 + tx + S
+    assert predict.recovery_max(params, family=UC, outage_s=29) == 40 + tx + S
+    assert predict.recovery_max(params, family=UC, outage_s=30) == 60 + tx + S
     assert predict.recovery_max(params, family=UC, outage_s=3600) == 60 + tx + S
 
 
@@ -76,12 +81,12 @@ def test_sip3_fixed_retry_ignores_uc_timers():
 def test_registration_mode_is_not_new_requests():
     new_requests = predict.recovery_max(two_servers(), family=UC, outage_s=4)
     registration = predict.recovery_max(two_servers(failOver__failBack__mode="registration"), family=UC, outage_s=4)
-    assert new_requests == 10 + 2.0 + S
+    assert new_requests == 20 + 2.0 + S       # RFC 5626: base 10 x 2^1 after the first failure
     # back at the next renewal of the fallback's registration: refresh of 300 s with overlap 60
     assert registration == 240 + 2.0 + S
     # the fallback granted less: its renewal is sooner
     assert predict.recovery_max(two_servers(failOver__failBack__mode="registration"), family=UC, outage_s=4,
-                                fallback_granted=40) == 20 + 2.0 + S
+                                fallback_granted=100) == 40 + 2.0 + S
 
 
 def test_duration_mode_waits_the_timeout_and_zero_never_fails_back():
@@ -94,8 +99,8 @@ def test_duration_mode_waits_the_timeout_and_zero_never_fails_back():
 
 def test_dnsttl_mode_receives_the_ttl():
     params = two_servers(failOver__failBack__mode="DNSTTL")
-    assert predict.recovery_max(params, family=UC, dns_ttl=300, outage_s=4) == 10 + 2.0 + S + 300
-    assert predict.recovery_max(params, family=UC, dns_ttl=5, outage_s=4) == 10 + 2.0 + S + 5
+    assert predict.recovery_max(params, family=UC, dns_ttl=300, outage_s=4) == 20 + 2.0 + S + 300
+    assert predict.recovery_max(params, family=UC, dns_ttl=5, outage_s=4) == 20 + 2.0 + S + 5
     unknown = predict.recovery_bound(params, family=UC, outage_s=4)
     assert unknown.seconds is None and "TTL is unknown" in unknown.reason
 
@@ -114,10 +119,10 @@ def test_uc_fallback_without_reregister_gets_no_register():
 
 def test_verdict_uses_granted_expiry_outage_length_and_says_why_a_bound_is_missing():
     outage = OutageWindow(start=100.0, end=104.0)
-    obs = [{"t": 90.0, "server": 1, "state": "registered", "detail": "expires=20", "working_server": 1},
-           {"t": 105.0, "server": 1, "state": "registered", "detail": "expires=20", "working_server": 1}]
+    obs = [{"t": 90.0, "server": 1, "state": "registered", "detail": "expires=30", "working_server": 1},
+           {"t": 105.0, "server": 1, "state": "registered", "detail": "expires=30", "working_server": 1}]
     pred = predicted_bounds(two_servers(), UC, obs, outage)
-    assert pred.failover_max_s == 10 + 2.0 + S + 2.0 and pred.recovery_max_s == 10 + 2.0 + S and not pred.notes
+    assert pred.failover_max_s == 10 + 2.0 + S + 2.0 and pred.recovery_max_s == 20 + 2.0 + S and not pred.notes
 
     never = predicted_bounds(two_servers(failOver__failBack__mode="duration", failOver__failBack__timeout="0"),
                              UC, obs, outage)
@@ -213,3 +218,12 @@ def test_experiment_reads_the_dnsttl_ttl_once_per_name(tmp_path):
         loop.close()
     assert runner._dns_ttl(dnsttl, UC) == 42                    # kept: the server is gone
     assert ExperimentRunner(pb, inventory.load(path), store=None)._dns_ttl(dnsttl, UC) is None   # a new run asks again
+
+
+def test_fallbacks_a_phone_may_use_only_on_failure_are_uc_reregister_on_ones():
+    """What rollout verification may find silent while server 1 works (fleet.rollout_policy.registered)."""
+    params = two_servers()
+    assert predict.fallbacks_on_failure(params, family=UC) == [2]
+    del params["reg.1.server.2.failOver.reRegisterOn"]
+    assert predict.fallbacks_on_failure(params, family=UC) == []       # never registers there at all
+    assert predict.fallbacks_on_failure(two_servers(), family="sip-3.x") == []   # registers with every server (R1)

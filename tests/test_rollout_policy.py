@@ -298,3 +298,20 @@ def test_settled_states_agree_with_the_store():
 def test_a_site_at_its_limit_sends_nothing(state):
     snap = pending(**{A1: {"state": "publishing", "dispatched_at": str(NOW)}, A2: {"state": state, "deferred_at": "0"}})
     assert rp.step(0, [A2], snap, {}, limits(), NOW).dispatch == []
+
+
+def test_an_on_failure_fallback_silent_since_the_reboot_verifies_a_failed_one_does_not():
+    """UC Software with reRegisterOn=1 on server 2 (PhonePlan.on_failure_fallbacks): a phone that registers with
+    server 2 only once server 1 fails sends it nothing while server 1 works. verify: registered_to [1, 2] passes
+    it on server 1 alone, saying so; a phone that tried server 2 since the reboot and failed there is not passed,
+    and a phone without the switch (SIP 3.x, reRegisterOn=0) still needs server 2."""
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10)}})
+    held = limits(registered_to=(1, 2), on_failure_fallbacks={A1: (2,)})
+    s = rp.step(0, [A1], snap, {A1: reg(NOW, 1)}, held, NOW)
+    assert kinds(s.actions) == [(rp.VERIFIED, A1)]
+    assert "reRegisterOn=1" in s.actions[0].fields["verified_note"] and "[2]" in s.actions[0].event["note"]
+    failed = {A1: reg(NOW, 1) | {2: {"state": "unregistered", "t": NOW - 2}}}
+    assert rp.step(0, [A1], snap, failed, held, NOW).actions == []
+    # server 1 not (yet) registered: nothing to verify on
+    assert rp.step(0, [A1], snap, {A1: {}}, held, NOW).actions == []
+    assert rp.step(0, [A1], snap, {A1: reg(NOW, 1)}, limits(registered_to=(1, 2)), NOW).actions == []

@@ -97,3 +97,29 @@ def test_summary_of_empty_and_single(values, expected):
 def test_summary_percentiles_interpolate():
     s = summary([float(i) for i in range(1, 101)])
     assert s["p50"] == pytest.approx(50.5) and s["p95"] == pytest.approx(95.05) and s["max"] == 100.0
+
+
+def test_fallback_behaviour_tells_the_two_readings_of_reregister_on_apart():
+    from fleet.verdict import OutageWindow, fallback_behaviour
+    cut = OutageWindow(start=100.0, end=130.0)
+    before = [{"t": 90.0, "server": 2, "state": "registered", "source": "syslog"}]
+    after = [{"t": 110.0, "server": 2, "state": "registered", "source": "syslog", "working_server": 2}]
+    assert fallback_behaviour(before + after, None, cut, 60) == "concurrent"
+    assert fallback_behaviour(after, None, cut, 60) == "on-failure"
+    assert fallback_behaviour([], None, cut, 60) == "none"
+    assert fallback_behaviour(after, None, None, 60) is None
+    # a gateway binding left from an earlier failover is not the phone registering there now
+    stale = [{"t": 90.0, "server": 2, "state": "registered", "source": "gateway"}]
+    assert fallback_behaviour(stale + after, None, cut, 60) == "on-failure"
+    # the state at the start counts while that registration can still be valid
+    assert fallback_behaviour(after, {"2": {"state": "registered", "t": 70.0, "source": "wire"}}, cut, 60) == "concurrent"
+    assert fallback_behaviour(after, {"2": {"state": "registered", "t": 10.0, "source": "wire"}}, cut, 60) == "on-failure"
+
+
+def test_a_failover_that_cannot_happen_says_why_first():
+    from fleet.verdict import Expectation, PhoneVerdict, Reached, judge_phone
+    why = ("on uc-5.x a phone registers with a fallback server only with failOver.reRegisterOn=1 (default 0: it "
+           "assumes the servers share registrations); server 2 will not see a REGISTER")
+    v = PhoneVerdict(mac="m", model="VVX 410", prediction_notes=[f"failover: {why}"])
+    judge_phone(v, 2, [Expectation("fall back", 2, 30, "failover")], {"fall back": Reached({}, {"m": None})}, [], None)
+    assert not v.passed and v.reasons[0].startswith(f"fall back: {why}; never moved to server 2")

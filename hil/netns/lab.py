@@ -177,7 +177,8 @@ class NetnsLab(Lab):
                                        dns=(plan.dns_ip(self.net), DNS_PORT), admin_password=self.admin_password,
                                        boot_time=self.spec.timing.boot_time, boot_jitter=self.spec.timing.boot_jitter,
                                        http_latency=self.spec.timing.http_latency, fault=site.faults.get(i),
-                                       family=self.spec.phone_family(k, i), fixed_retry=self.spec.fixed_retry))
+                                       family=self.spec.phone_family(k, i), fixed_retry=self.spec.fixed_retry,
+                                       failover_behaviour=site.phones.behaviour_of(i)))
         return rt
 
     async def _start_phones(self, rt: NetnsSite) -> None:

@@ -77,7 +77,10 @@ class Family:
     models: frozenset[str]
     failover_controls: bool                # failOver.failBack.*, reRegisterOn, registerRetry.* exist
     max_registrations: int = 34            # reg.x: x in 1..this
-    max_servers: int = 3                   # reg.x.server.y / voIpProt.server.y: y in 1..this
+    # reg.x.server.y / voIpProt.server.y: y in 1..this. "Multiple servers can be listed starting with x=1 to 4 for
+    # fault tolerance" (UC Software 4.1.6 guide, VoIP Server Parameters, voIpProt.server.x.address); the SIP 1.4-3.1
+    # guides print "x=1, 2, ..." with no bound, so 4 everywhere
+    max_servers: int = 4
     max_index: int = 20                    # other indexed names ({n}: requestValidation.n)
     notes: tuple[str, ...] = ()            # what fleet cannot do on this family, for people
     # parameters a check-sync with alwaysReboot=0 applies without a restart (a regex on the name; "" none): the

@@ -17,7 +17,9 @@ FAMILY = Family(
     catalogue=tuple(_params.server("UC 4.0 guide") + _params.registration() + _params.outbound_proxy_global()
                     + _params.outbound_proxy_per_line() + _params.use_outbound_proxy() + _params.check_sync()
                     + _params.request_validation() + _params.web_apps() + _params.device()),
-    expires_min=10,             # *uncertain*: no minimum printed for UC Software; 10 s is what the lab uses
+    # printed: reg.x.server.y.expires "positive integer, minimum 10" (Polycom UC Software Administrator's Guide,
+    # Registration Server Parameters table, reg.x.server.y.expires row; the SIP 2.x-3.x guides print 300)
+    expires_min=10,
     interfaces=frozenset({CHECK_SYNC, WEB_UI, WEB_REBOOT, TEL_NOTIFICATION, STATE_POLLING, SYSLOG_CONFIG, LOG_UPLOAD}),
     reboot_methods=("check-sync", "web"),
     models=MODELS,

@@ -16,7 +16,7 @@ FAMILY = Family(
                     + _params.outbound_proxy_global() + _params.outbound_proxy_per_line()
                     + _params.use_outbound_proxy() + _params.check_sync() + _params.request_validation()
                     + _params.web_apps() + _params.device() + _params.rest()),
-    expires_min=10,             # *uncertain*, as for uc-4.0
+    expires_min=10,             # reg.x.server.y.expires "positive integer, minimum 10" (UC Software guide; see uc-4.0)
     interfaces=frozenset({CHECK_SYNC, WEB_UI, WEB_REBOOT, TEL_NOTIFICATION, STATE_POLLING, SYSLOG_CONFIG, LOG_UPLOAD,
                           REST}),
     reboot_methods=("rest", "check-sync", "web"),

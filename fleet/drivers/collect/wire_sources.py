@@ -619,15 +619,12 @@ class HepSource:
         self.listener = None      # the HepListener, once start_hep bound it
 
     def health(self) -> dict:
-        """Like SourceThread.health: failing while most datagrams from its senders are dropped (no key, a
-        wrong key, a clock far off, over the size caps or the byte budget)."""
-        return with_drops({"source": self.source, "running": True, "error": "", "since": None}, self.drops,
+        """Like SourceThread.health (a HEP listener runs as long as the collector's event loop does): failing
+        while most datagrams from its senders are dropped (no key, a wrong key, a clock far off, over the size
+        caps or the byte budget); foreign messages per sender address."""
+        return with_drops({"source": self.source, "running": True, "error": "", "since": None,
+                           "foreign": foreign_counts(self.evidence.build.attribution.foreign)}, self.drops,
                           self._drops_since)
-
-    def health(self) -> dict:
-        """As SourceThread.health: a HEP listener runs as long as the collector's event loop does."""
-        return {"source": self.source, "running": True, "error": "", "since": None,
-                "foreign": foreign_counts(self.evidence.build.attribution.foreign)}
 
     def on_packet(self, pkt, addr) -> None:
         from . import hep
