@@ -35,6 +35,25 @@ def _secrets_placed(params: dict[str, str | int]) -> dict[str, str | int]:
     return params
 
 
+STATE_POLLING_MODE = ("apps.statePolling.URL", "apps.statePolling.responseMode")
+WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]", "*")
+
+
+def push_state_default(site: "Site", phone: "Phone", params: dict[str, str]) -> dict[str, str]:
+    """Push mode to the site's collector (`apps.statePolling.URL` = http://EVENTS/state, responseMode 1), for a phone
+    whose call checks use state polling (SIP 3.x, UC Software 4.0) when no layer sets either parameter: with neither,
+    the phone sends its state nowhere (SIP 3.1 developer's guide p. 2-32) and every call check would defer it. Only
+    where the collector's events address names a host the phone can reach (a wildcard bind does not); a site that
+    chooses requestor mode (responseMode 0) or its own URL keeps it. {} when nothing is to be added."""
+    if phone.family.call_state_source != families.STATE_POLLING:
+        return {}
+    if any(str(params.get(name, "") or "").strip() for name in STATE_POLLING_MODE):
+        return {}
+    if site.collector.events.rpartition(":")[0] in WILDCARD_HOSTS:
+        return {}
+    return {"apps.statePolling.URL": f"http://{site.collector.events}/state", "apps.statePolling.responseMode": "1"}
+
+
 # Fields the fleet, its sites and its phones share, with their checks: parameters (text or integers; secrets only
 # by reference, and only in secret parameters) and a firmware family's name (normalised: `SIP-3.x` is `sip-3.x`).
 Params = Annotated[dict[str, str | int], BeforeValidator(validate.param_types), AfterValidator(_secrets_placed)]
@@ -590,10 +609,12 @@ class Inventory(Strict):
             raise KeyError(f"no phone {mac} in inventory {self.name}") from None
 
     def effective_params(self, site: Site, phone: Phone) -> dict[str, str]:
-        """fleet -> site -> phone; the phone's own value wins."""
+        """fleet -> site -> phone; the phone's own value wins. A state-polling phone whose state goes nowhere pushes
+        it to the site's collector by default (`push_state_default`)."""
         merged: dict[str, str] = {}
         for layer in (self.params, site.params, phone.params):
             merged.update({k: str(v) for k, v in layer.items()})
+        merged.update(push_state_default(site, phone, merged))
         return merged
 
     def credential_refs(self) -> list[tuple[tuple, str]]:

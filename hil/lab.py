@@ -459,6 +459,25 @@ class Lab:
             answer, status = set_fault([p for rt in self.sites for p in rt.phones], await request.json())
             return web.json_response(answer, status=status)
 
+        async def call(request: web.Request) -> web.Response:
+            """Lab-only: a phone places a call and holds it ({"mac": M, "number": "2000", "hold": seconds <= 600}),
+            as its user would, so a test can find it in a call; the answer comes once the INVITE is sent."""
+            body = await request.json()
+            phone = self.find_phone(str(body.get("mac", "")))
+            hold, number = body.get("hold", 60), str(body.get("number", "2000"))
+            if phone is None or not isinstance(hold, (int, float)) or not 0 < hold <= 600 or not number.isdigit():
+                return web.json_response({"error": "need a known mac, a number of digits and 0 < hold <= 600"}, status=400)
+            phone._spawn(phone.place_call(number, hold=float(hold)))
+            return web.json_response({"ok": True})
+
+        async def hang_up(request: web.Request) -> web.Response:
+            """Lab-only: end the call a phone holds ({"mac": M})."""
+            phone = self.find_phone(str((await request.json()).get("mac", "")))
+            if phone is None:
+                return web.json_response({"error": "no such phone"}, status=404)
+            phone.hang_up.set()
+            return web.json_response({"ok": True, "in_call": phone.in_call})
+
         async def router_fault(request: web.Request) -> web.Response:
             """Lab-only: make the site router's commands slow ({"site": S, "slow": {"link set": 2.0}}), so a test can
             land a second task inside a cut, as a loaded router would let it."""
@@ -474,6 +493,8 @@ class Lab:
         app.router.add_post("/shutdown", shutdown)
         app.router.add_post("/fault", fault)
         app.router.add_post("/router-fault", router_fault)
+        app.router.add_post("/call", call)
+        app.router.add_post("/hang-up", hang_up)
         self.control = web.AppRunner(app, access_log=None)
         await self.control.setup()
         site = web.TCPSite(self.control, "127.0.0.1", 0)

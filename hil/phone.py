@@ -50,6 +50,7 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
         self.booted_at = time.monotonic()
         self.boot_count = 0
         self.in_call = False
+        self.hang_up = asyncio.Event()     # set to end the call place_call holds (the lab's /hang-up)
         self.log_lines: list[str] = []
         self.boot_errors: list[str] = []
         self.lateness: list[float] = []   # seconds each refresh was sent after it was due
@@ -155,7 +156,7 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
 
     def summary(self) -> dict:
         return {"mac": self.mac, "model": self.spec.model, "ip": self.spec.ip, "booted": self.booted.is_set(),
-                "boot_count": self.boot_count, "boot_errors": self.boot_errors,
+                "boot_count": self.boot_count, "boot_errors": self.boot_errors, "in_call": self.in_call,
                 "registrations": [{"index": r.index, "user": r.user, "working_server": r.working,
                                    "servers": [{"index": s.index, "address": s.address, "register": s.register,
                                                 "state": s.state} for s in r.servers]} for r in self.regs]}

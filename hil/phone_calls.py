@@ -76,7 +76,11 @@ class Dialogs:
             if resp.status == 200:
                 self.truth.record(self.mac, "call", server=srv.index, number=number)
                 self.in_call = True
-                await asyncio.sleep(hold)
+                self.hang_up.clear()
+                try:       # held for `hold` seconds, or until the lab's /hang-up
+                    await asyncio.wait_for(self.hang_up.wait(), hold)
+                except asyncio.TimeoutError:
+                    pass
                 to_tag = sip.header_params(resp.get("to") or "").get("tag")
                 bye = sip.make_request("BYE", uri, local=self.endpoint.local, from_uri=from_uri, to_uri=uri,  # type: ignore[union-attr]
                                        call_id=call_id, cseq=req.cseq[0] + 1, from_tag=tag, to_tag=to_tag)

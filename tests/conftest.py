@@ -11,6 +11,7 @@ uses its own 127.N.x.x block.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import socket
@@ -120,6 +121,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     96: (1, "test_wire_experiment, HEP only"), 109: (1, "test_failback_modes"), 125: (1, "test_lab_flood"),
     114: (1, "test_named_master_lab"), 116: (1, "test_checksync_live"), 131: (1, "test_wire_attribution_lab"),
     118: (1, "test_failover_behaviour"), 150: (1, "test_dns_blind_spot"),
+    112: (1, "test_firmware_variants"),
 }
 
 
@@ -239,6 +241,16 @@ def write_rollout_playbook(path: Path, name: str, canary: int, deadline: float, 
                      "progress_deadline": deadline},
         "verify": {"registered_to": [1, 2], "within": within}, "rollback": True}))
     return path
+
+
+def both_registered(lab: Lab, site: str, redis_url: str) -> bool:
+    """Whether `fleet status` shows every phone of the lab's first site registered with servers 1 and 2 (what the
+    worker's collector heard: an experiment's baseline and fallback need both)."""
+    macs = {p["mac"] for p in yaml.safe_load(lab.inventory.read_text())["sites"][0]["phones"]}
+    rows = [r for r in json.loads(run_fleet(["status", "--site", site, "--json"], redis_url).stdout or "[]")
+            if r["mac"] in macs]
+    states = {r["mac"]: {s["index"]: s["state"] for s in r["servers"]} for r in rows}
+    return len(states) == len(macs) and all(st.get(1) == st.get(2) == "registered" for st in states.values())
 
 
 def run_fleet(args: list[str], redis_url: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import ROOT, run_fleet, wait_until
+from conftest import ROOT, both_registered, run_fleet, wait_until
 from fleet import inventory, predict
 from fleet.drivers.control.sip_notify import check_sync_blocking
 from fleet.redisboot import free_port
@@ -63,14 +63,6 @@ def playbook(family: str, tmp: Path) -> Path:
     return path
 
 
-def _both_registered(lab, site: str, redis_url: str):
-    macs = {p["mac"] for p in yaml.safe_load(lab.inventory.read_text())["sites"][0]["phones"]}
-    rows = [r for r in json.loads(run_fleet(["status", "--site", site, "--json"], redis_url).stdout or "[]")
-            if r["mac"] in macs]
-    states = {r["mac"]: {s["index"]: s["state"] for s in r["servers"]} for r in rows}
-    return len(states) == len(macs) and all(st.get(1) == st.get(2) == "registered" for st in states.values())
-
-
 @pytest.fixture(scope="module")
 def runs(lab_factory, worker_factory, redis_url, tmp_path_factory):
     labs = {f: lab_factory(family_lab(f)) for f in LABS}
@@ -82,7 +74,7 @@ def runs(lab_factory, worker_factory, redis_url, tmp_path_factory):
         for phone in inventory.load(lab.inventory).sites[0].phones:
             assert check_sync_blocking(phone, user=phone.params["reg.1.address"]) == 200
     for f, lab in labs.items():
-        wait_until(lambda: _both_registered(lab, LABS[f]["site"], redis_url), 30,
+        wait_until(lambda: both_registered(lab, LABS[f]["site"], redis_url), 30,
                    f"{f}: every phone seen registered with servers 1 and 2")
     tmp = tmp_path_factory.mktemp("family-runs")
 

@@ -139,7 +139,7 @@ def test_requestor_mode_reads_the_answer_at_the_public_clients_path(family, fake
     body = conformance.get("polling-callstate-requestor-active").body.encode()
     fake = fake_phone({"/polling/callstateHandler": Route(body, login=(POLL_USER, POLL_PASSWORD))})
     check = _control(family, fake.port, REQUESTOR).call_check()
-    assert (check.state, check.reason) == ("in-call", ""), check
+    assert (check.state, check.reason) == ("in-call", "state polling, requestor mode"), check
     assert [p for _, p, _ in fake.requests] == ["/polling/callstateHandler"] * 2      # challenge, answer
 
 
@@ -278,3 +278,71 @@ def test_a_push_mode_phone_that_answers_in_the_response_is_read_there(fake_phone
 def test_the_plan_names_a_polling_set_up_call_checks_cannot_read(params, problem):
     found = polling.mode_problems(params, "10.0.0.5:8514")
     assert (found == []) if problem is None else (len(found) == 1 and problem in found[0]), found
+
+
+# ---------------------------------------------------------------- push mode as the default where a collector listens
+def _site_inventory(events: str | None, site_params: dict | None = None, phone_params: dict | None = None):
+    """One site with a phone of every family, its collector's events address given (None: the default wildcard);
+    `phone_params` go to the state-polling phones (a family without the parameters refuses them)."""
+    from fleet.inventory import Inventory
+
+    models = {"sip-2.x": "SoundPoint IP 500", "sip-3.x": "SoundPoint IP 650", "uc-4.0": "SoundPoint IP 650",
+              "uc-5.x": "VVX 410"}
+    return Inventory.model_validate({"name": "t", "sites": [{
+        "name": "a", "gateway": "10.0.0.1", "boot_server": {"url": "file:///srv/tftp/"}, "params": site_params or {},
+        **({"collector": {"syslog": "10.0.0.5:514", "events": events}} if events else {}),
+        "phones": [{"mac": f"0004f20000{i:02x}", "model": model, "firmware_family": family, "address": f"10.0.1.{i + 1}",
+                    "credentials": "admin", "params": (phone_params or {}) if family in ("sip-3.x", "uc-4.0") else {}}
+                   for i, (family, model) in enumerate(models.items())]}]})
+
+
+def _params_by_family(inv) -> dict[str, dict[str, str]]:
+    site = inv.sites[0]
+    return {p.family.name: inv.effective_params(site, p) for p in site.phones}
+
+
+def test_state_polling_pushes_to_the_site_collector_by_default():
+    """No layer sets a response mode or a URL, and the site's collector listens on an address: SIP 3.x and UC
+    Software 4.0 phones push to its /state (their state otherwise goes nowhere); a plan has nothing to warn about and
+    a call check reads what was pushed. SIP 2.x (no state polling) and UC Software 5 (REST) get nothing."""
+    from fleet.rollout_plan import plan
+    from fleet.rollout_playbook import RolloutPlaybook
+
+    inv = _site_inventory("10.0.0.5:8514")
+    params = _params_by_family(inv)
+    push = {"apps.statePolling.URL": "http://10.0.0.5:8514/state", "apps.statePolling.responseMode": "1"}
+    for family in ("sip-3.x", "uc-4.0"):
+        assert {k: params[family].get(k) for k in push} == push, family
+        assert polling.response_mode(params[family]) == "push"
+        assert polling.mode_problems(params[family], "10.0.0.5:8514") == []
+    for family in ("sip-2.x", "uc-5.x"):
+        assert not any(k.startswith("apps.statePolling.") for k in params[family]), family
+    pb = RolloutPlaybook.model_validate({"kind": "rollout", "name": "t", "params": {"reg.1.label": "x"}})
+    pushed = {p.mac: p.params for p in plan(inv, pb, "r").phones}
+    assert all(pushed[p.mac]["apps.statePolling.URL"] == push["apps.statePolling.URL"] for p in inv.sites[0].phones
+               if p.family.name in ("sip-3.x", "uc-4.0"))
+
+
+@pytest.mark.parametrize("events,site_params,phone_params,mode", [
+    (None, {}, {}, "none"),                                                       # a wildcard bind names no host
+    ("10.0.0.5:8514", {"apps.statePolling.responseMode": "0"}, {}, "requestor"),  # the lab's sites, chosen
+    ("10.0.0.5:8514", {}, {"apps.statePolling.responseMode": "0"}, "requestor"),
+    ("10.0.0.5:8514", {}, {"apps.statePolling.URL": "http://10.0.0.9/state"}, "push"),
+])
+def test_a_chosen_mode_or_a_wildcard_collector_keeps_the_parameters_as_written(events, site_params, phone_params, mode):
+    """The default fills only a gap: whatever a layer sets is kept, so existing configurations (and their config
+    hashes) do not change; without a reachable collector address nothing is guessed and the plan still warns."""
+    from fleet.rollout_plan import config_hash
+
+    inv = _site_inventory(events, site_params, phone_params)
+    site = inv.sites[0]
+    for phone in site.phones:
+        written = {k: str(v) for layer in (inv.params, site.params, phone.params) for k, v in layer.items()}
+        params = inv.effective_params(site, phone)
+        assert params == written and config_hash(params) == config_hash(written), phone.family.name
+        if phone.family.call_state_source == families.STATE_POLLING:
+            assert polling.response_mode(params) == mode
+    if mode == "none":
+        sip3 = next(p for p in site.phones if p.family.name == "sip-3.x")
+        assert "apps.statePolling.responseMode=0" in polling.mode_problems(inv.effective_params(site, sip3),
+                                                                             site.collector.events)[0]

@@ -49,7 +49,7 @@ class SoundPointControl:
             active = polling.polling_in_call(self.phone, self.polling_credentials(), digest_only=True)
         except DriverError as exc:
             return CallCheck("unknown", f"state polling: {exc.message}")
-        return CallCheck("in-call" if active else "idle")
+        return CallCheck("in-call", "state polling, requestor mode") if active else CallCheck("idle")
 
     # ------------------------------------------------------------ identity
     def _polling_login(self) -> str:
