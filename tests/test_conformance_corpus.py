@@ -37,3 +37,22 @@ def test_the_unconfirmed_listing_runs_and_names_only_unconfirmed_entries():
     import json
     listed = json.loads(out)
     assert {e["id"] for e in listed} == {e.id for e in conformance.entries() if e.status != "confirmed"}
+
+
+def test_the_corpus_holds_at_least_sixty_answers_each_with_its_source_or_a_note():
+    entries = conformance.entries()
+    assert len(entries) >= 60, len(entries)
+    assert all(e.sources or e.note for e in entries)
+
+
+def test_the_readme_says_per_family_what_the_corpus_confirms():
+    """README.md's table between the corpus-summary markers is the corpus's own summary, so it cannot go stale."""
+    from pathlib import Path
+
+    from soundpoint.conformance.__main__ import markdown_summary
+
+    text = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    start, end = "<!-- corpus-summary -->\n", "<!-- /corpus-summary -->"
+    block = text[text.index(start) + len(start):text.index(end)].strip()
+    assert block == markdown_summary(conformance.entries()).strip(), \
+        "README.md's corpus table is stale: paste `python -m soundpoint.conformance summary --markdown` between its markers"

@@ -1,4 +1,7 @@
-"""List the conformance corpus: `python -m soundpoint.conformance [list|unconfirmed|summary] [--json]`."""
+"""List the conformance corpus: `python -m soundpoint.conformance [list|unconfirmed|summary] [--json|--markdown]`.
+
+`summary --markdown` prints the table README.md holds between its corpus-summary markers (a test keeps the
+two equal), so what the README says is confirmed per family is what the corpus says."""
 from __future__ import annotations
 
 import json
@@ -9,11 +12,11 @@ from . import CorpusError, entries
 
 
 def main(argv: list[str]) -> int:
-    args = [a for a in argv if a != "--json"]
-    as_json = "--json" in argv
+    args = [a for a in argv if a not in ("--json", "--markdown")]
+    as_json, as_markdown = "--json" in argv, "--markdown" in argv
     what = args[0] if args else "list"
     if what not in ("list", "unconfirmed", "summary") or len(args) > 1:
-        print("usage: python -m soundpoint.conformance [list|unconfirmed|summary] [--json]", file=sys.stderr)
+        print("usage: python -m soundpoint.conformance [list|unconfirmed|summary] [--json|--markdown]", file=sys.stderr)
         return 2
     try:
         all_entries = entries()
@@ -24,7 +27,9 @@ def main(argv: list[str]) -> int:
     if what == "summary":
         counts = Counter((fam, e.status) for e in all_entries for fam in (e.families or ("(devices)",)))
         rows = sorted({f for f, _ in counts})
-        if as_json:
+        if as_markdown:
+            print(markdown_summary(all_entries))
+        elif as_json:
             print(json.dumps({f: {s: counts[(f, s)] for s in ("confirmed", "unconfirmed", "disputed")} for f in rows}))
         else:
             print(f"{len(all_entries)} entries")
@@ -43,6 +48,24 @@ def main(argv: list[str]) -> int:
         if what == "unconfirmed":
             print(f"{'':12}{e.note}")
     return 0
+
+
+def markdown_summary(all_entries) -> str:
+    """Per family: how many answers a source confirms, and which ones none does (by area), as README shows it."""
+    fams = sorted({f for e in all_entries for f in e.families}) + ["(routers, gateways, DNS)"]
+    lines = [f"{len(all_entries)} entries.", "",
+             "| family | confirmed | disputed | unconfirmed | not confirmed by any source (area: entries) |",
+             "| --- | --- | --- | --- | --- |"]
+    for fam in fams:
+        mine = [e for e in all_entries if (fam in e.families) or (fam.startswith("(") and not e.families)]
+        open_ = [e for e in mine if e.status != "confirmed"]
+        by_area: dict[str, list[str]] = {}
+        for e in open_:
+            by_area.setdefault(e.area, []).append(e.id + (" (disputed)" if e.status == "disputed" else ""))
+        what = "; ".join(f"{a}: {', '.join(ids)}" for a, ids in sorted(by_area.items())) or "-"
+        count = Counter(e.status for e in mine)
+        lines.append(f"| {fam} | {count['confirmed']} | {count['disputed']} | {count['unconfirmed']} | {what} |")
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
