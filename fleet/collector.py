@@ -357,7 +357,12 @@ class SiteCollector:
         """State polling as a second source: REST lineInfo where the model has it, state polling otherwise."""
         targets = [(p, self._poll_login(p)) for p in self.site.phones]
         configured = {r["mac"]: r["configured_servers"] for r in await asyncio.to_thread(self.store.phones, self.site.name)}
-        async with Poller(concurrency=self.site.collector.poll_concurrency) as poller:
+        from .lease import PhoneRestLock
+
+        def rest_lock(phone):
+            return PhoneRestLock(self.store, phone.mac, owner=f"collector:{self.site.name}")
+
+        async with Poller(concurrency=self.site.collector.poll_concurrency, rest_lock=rest_lock) as poller:
             while True:
                 started = time.monotonic()
                 infos = {}

@@ -18,6 +18,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `evidence:sites`                     | set    | the sites with a `site:{site}:evidence` report                   | set_site_evidence           |
 | `observed`                           | stream | one entry per stored batch of observations: the MACs it touched  | record_observations         |
 | `lease:{site}`                       | string | holder of the site's exclusive lease (SET NX PX, renewed)        | acquire/renew/release_lease |
+| `rest:{mac}`                         | string | holder of the phone's REST lock: one request at a time across    | acquire/release_phone_lock  |
+|                                      |        | processes (SET NX PX, a few seconds; released after the request) |                             |
 | `experiments`                        | zset   | experiment ids by start time                                     | new_experiment              |
 | `exp:{id}`                           | hash   | experiment metadata: site, playbook, status, started, finished   | new/finish_experiment       |
 | `exp:{id}:events`                    | stream | append-only history (operations and observations, wall and       | log_event                   |
@@ -122,6 +124,10 @@ class Keys:
     @staticmethod
     def lease(site: str) -> str:
         return f"{P}lease:{site}"
+
+    @staticmethod
+    def rest_lock(mac: str) -> str:
+        return f"{P}rest:{mac}"
 
     @staticmethod
     def exp(exp: str) -> str:
@@ -411,6 +417,19 @@ class Store:
         pipe.delete(K.lease(site))
         holder, _ = pipe.execute()
         return holder
+
+    # ------------------------------------------------------------ per-phone REST lock
+    def acquire_phone_lock(self, mac: str, holder: str, ttl: float) -> bool:
+        """Take the phone's REST lock for `ttl` seconds if nobody holds it; whether we got it."""
+        return bool(self.r.set(K.rest_lock(mac), holder, nx=True, px=max(1, int(ttl * 1000))))
+
+    def phone_lock_holder(self, mac: str) -> str | None:
+        return self.r.get(K.rest_lock(mac))
+
+    def release_phone_lock(self, mac: str, holder: str) -> None:
+        """Free the phone's REST lock if it is still ours (an expired one taken by another stays theirs)."""
+        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+        self.r.eval(script, 1, K.rest_lock(mac), holder)
 
     # ------------------------------------------------------------ outages
     def request_outage_restore(self, outage_id: str) -> None:
