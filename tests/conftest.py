@@ -117,7 +117,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     27: (1, "test_outage_races"), 28: (1, "test_inventory_probe"), 30: (1, "test_scheduled_rollout"),
     33: (2, "test_rollout_faults"), 39: (2, "test_rollout"), 41: (1, "test_hostile_tasks"),
     45: (1, "test_secrets"), 57: (1, "test_publish_confinement"), 92: (1, "test_lab_rules, R5"),
-    96: (1, "test_wire_experiment, HEP only"), 109: (1, "test_failback_modes"),
+    96: (1, "test_wire_experiment, HEP only"), 98: (1, "test_rest_one_at_a_time"), 109: (1, "test_failback_modes"),
 }
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import errno
 import json
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -37,6 +38,7 @@ CALL_STATUS_V2_FROM = "5.8"       # api/v2/webCallControl/callStatus (a list of 
 MAX_ANSWER = 256 * 1024           # bytes read of one answer; a phone's JSON is a few kB
 CONFIG_GET_MAX = 20               # names per config/get (the manual; Posh-UCS refuses more)
 OK, NO_CALL = "2000", "4007"
+BUSY_RETRIES, BUSY_PAUSE_S = 2, 0.3     # a busy answer (4001) is asked again, at most twice
 # the `Status` codes (rdbahm/Posh-UCS Get-UcsStatusCodeString, zloeber/PSVVX PostLoad.ps1)
 STATUS_TEXT = {
     "2000": "success", "4000": "invalid input parameters", "4001": "device busy", "4002": "line not registered",
@@ -262,10 +264,19 @@ class RestPhone:
     def _call(self, method: str, path: str, body: dict | None = None, timeout: float | None = None,
               accept: tuple[str, ...] = (OK,)) -> dict:
         """The answer document of one request whose Status is in `accept`; typed errors otherwise."""
-        if self.guard is None:
-            return self._call_unguarded(method, path, body, timeout or self.timeout, accept)
-        with self.guard():  # type: ignore[attr-defined]
-            return self._call_unguarded(method, path, body, timeout or self.timeout, accept)
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                if self.guard is None:
+                    return self._call_unguarded(method, path, body, timeout or self.timeout, accept)
+                with self.guard():  # type: ignore[attr-defined]
+                    return self._call_unguarded(method, path, body, timeout or self.timeout, accept)
+            except RestBusy:
+                # busy: the phone did not act on it, so asking again is safe; someone without the lock
+                # (an operator's tool) was talking to it
+                if attempt == BUSY_RETRIES:
+                    raise
+                time.sleep(BUSY_PAUSE_S * (attempt + 1))
+        raise AssertionError("unreachable")
 
     def _call_unguarded(self, method: str, path: str, body: dict | None, timeout: float,
                         accept: tuple[str, ...]) -> dict:

@@ -1,0 +1,117 @@
+"""One REST request at a time per UC Software 5 phone, across processes, and the lab's REST rules.
+
+A collector process polls lineInfo while another process runs a worker's phone control (call check, uptime)
+against the same virtual VVX, both through real Redis: the phone's lock (fleet.lease.PhoneRestLock) keeps
+their requests apart, so the lab's count of requests that arrived while another was served stays 0. The same
+control without the store's lock overlaps the poller, and the lab sees it: the count can fail.
+"""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import requests
+import yaml
+
+from conftest import lab_spec, start_collector, wait_until
+
+pytestmark = pytest.mark.slow
+
+NET = 98   # this module's lab network
+
+CONTROL_LOOP = r'''
+import sys, time
+from fleet import inventory, phones
+from fleet.store import Store
+inv_path, redis_url, mac, seconds, locked = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5] == "1"
+inv = inventory.load(inv_path)
+secrets = inventory.Secrets(inv)
+site, phone = inv.phone(mac)
+store = Store(redis_url) if locked else None
+end, rounds, states = time.monotonic() + seconds, 0, set()
+while time.monotonic() < end:
+    ctl = phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets, store=store)
+    states.add(ctl.call_check().state)
+    ctl.rest.uptime()
+    rounds += 1
+print(f"rounds={rounds} states={sorted(states)}", flush=True)
+'''
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory):
+    spec = lab_spec("restlock", NET, phones=1, models=["VVX 410"], poll_interval=0.1)
+    spec["timing"]["http_latency"] = 0.03          # a slow embedded web server: overlaps have room to happen
+    spec["sites"][0]["firmware_version"] = "5.8.0"
+    return lab_factory(spec)
+
+
+def _rest(lab) -> dict:
+    phone = lab.status()["phones"][0]
+    return phone["rest"]
+
+
+def _control_loop(lab, redis_url: str, seconds: float, locked: bool) -> str:
+    mac = lab.status()["phones"][0]["mac"]
+    res = subprocess.run([sys.executable, "-c", CONTROL_LOOP, str(lab.inventory), redis_url, mac, str(seconds),
+                          "1" if locked else "0"], capture_output=True, text=True, timeout=seconds + 60)
+    assert res.returncode == 0, res.stderr[-2000:]
+    return res.stdout.strip()
+
+
+def test_lab_phone_reports_its_firmware_and_inventory_carries_it(lab):
+    assert _rest(lab)["firmware"] == "5.8.0"
+    inv = yaml.safe_load(Path(lab.inventory).read_text())
+    assert inv["sites"][0]["phones"][0]["firmware_version"] == "5.8.0"
+
+
+def test_poller_and_worker_control_never_overlap_on_one_phone(lab, redis_url, tmp_path):
+    collector = start_collector(redis_url, Path(lab.inventory), ("hq",), tmp_path / "collector.log")
+    try:
+        before = _rest(lab)
+        wait_until(lambda: _rest(lab)["requests"] > before["requests"] + 20, 30, "the collector polling lineInfo",
+                   state=lambda: _rest(lab))
+        out = _control_loop(lab, redis_url, 8, locked=True)
+        after = _rest(lab)
+        rounds = int(out.split()[0].split("=")[1])
+        assert rounds >= 3 and "states=['idle']" in out, out
+        # both talked to the phone meanwhile: more requests than the control's own three per round
+        assert after["requests"] - before["requests"] > 3 * rounds + 20, (before, after, out)
+        assert after["concurrent"] == before["concurrent"] == 0, (before, after)
+        # the same control without the store's lock: the lab sees the overlap (so the count above can fail)
+        _control_loop(lab, redis_url, 8, locked=False)
+        assert _rest(lab)["concurrent"] > 0, _rest(lab)
+    finally:
+        collector.stop()
+
+
+def test_concurrent_request_gets_busy_and_config_get_takes_at_most_20_names(lab):
+    inv = yaml.safe_load(Path(lab.inventory).read_text())
+    entry = inv["sites"][0]["phones"][0]
+    base = f"http://{entry['address']}:{entry['http_port']}"
+    from fleet import inventory as fleet_inventory
+
+    creds = fleet_inventory.Secrets(fleet_inventory.load(lab.inventory)).credentials(entry["credentials"])
+    auth = (creds.username, creds.password)
+    names = [f"reg.1.server.{i}.expires" for i in range(1, 22)]
+    answer = requests.post(base + "/api/v1/mgmt/config/get", json={"data": names}, auth=auth, timeout=10).json()
+    assert answer == {"Status": "4009"}
+    answer = requests.post(base + "/api/v1/mgmt/config/get", json={"data": names[:20]}, auth=auth, timeout=10).json()
+    assert answer["Status"] == "2000" and len(answer["data"]) == 20
+    before = _rest(lab)["concurrent"]
+    answers: list[dict] = []
+
+    def ask() -> None:
+        answers.append(requests.get(base + "/api/v1/mgmt/lineInfo", auth=auth, timeout=10).json())
+
+    threads = [threading.Thread(target=ask) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(15)
+    statuses = sorted(a["Status"] for a in answers)
+    assert "2000" in statuses and "4001" in statuses, statuses
+    assert _rest(lab)["concurrent"] - before == statuses.count("4001")
