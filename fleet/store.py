@@ -34,7 +34,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | backups_removed:{site}                                           |                             |
 | `rollout:{id}:phone:{mac}`           | hash   | state, attempt, wave, plan (the phone's part), reboot_at,        | RolloutStore.create/        |
 |                                      |        | reboot_tried (methods announced before sending), reboot_via,     | set_phone                   |
-|                                      |        | rollback_at, settled_at, error, backing_up:/backed_up:{file}     |                             |
+|                                      |        | rollback_at, settled_at, error, deferred_at, deferred_reason     |                             |
+|                                      |        | (call state: why), backing_up:/backed_up:{file}                  |                             |
 | `rollout:{id}:changes`               | stream | one entry per phone state change (the driver wakes on it)        | RolloutStore.set_phone      |
 | `rollout:{id}:events`                | stream | append-only history of the rollout                               | RolloutStore.log            |
 | `rollout:{id}:reboot:{mac}:{attempt}`| string | the claim on a phone's reboot for one attempt (or               | RolloutStore.claim_reboot   |
@@ -600,7 +601,8 @@ class RolloutStore:
         return self.r.hgetall(K.rollout_phone(rid, mac))
 
     STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
-                    "verified_in", "confirm_sent", "shadowed")   # shadowed: fleet.overrides
+                    "verified_in", "confirm_sent", "shadowed",   # shadowed: fleet.overrides
+                    "deferred_reason")                           # why a deferred phone waits (rollout_policy.why_deferred)
 
     def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
         """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""

@@ -312,3 +312,73 @@ def test_control_callcheck_never_raises_on_driver_errors():
     finally:
         server.close()
     assert issubclass(rest.RestBusy, DriverError)
+
+
+# ------------------------------------------------------------ firmware version in the inventory and the lab
+def _uc5_inventory(tmp_path, text: str):
+    from pathlib import Path
+
+    src = Path(__file__).resolve().parent.parent / "examples" / "site-uc5.yml"
+    path = tmp_path / "inv.yml"
+    path.write_text(src.read_text().replace("model: VVX 410, address: 10.40.0.101,", text, 1))
+    (tmp_path / "secrets.example.yml").write_text((src.parent / "secrets.example.yml").read_text())
+    return path
+
+
+def test_inventory_firmware_version_is_read_and_layered(tmp_path):
+    from fleet import inventory
+
+    path = _uc5_inventory(tmp_path, 'model: VVX 410, firmware_version: "5.7.0", address: 10.40.0.101,')
+    inv = inventory.load(path)
+    assert [p.firmware_version for p in inv.sites[0].phones] == ["5.7.0", None]
+
+
+@pytest.mark.parametrize("text,words", [('firmware_version: "five"', "expected a version"),
+                                        ('firmware_version: "4.0.15"', "is not a uc-5.x version")])
+def test_a_bad_firmware_version_names_the_file_and_line(tmp_path, text, words):
+    from fleet import inventory
+
+    path = _uc5_inventory(tmp_path, f"model: VVX 410, {text}, address: 10.40.0.101,")
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "firmware_version" in t)
+    with pytest.raises(Exception) as exc:
+        inventory.load(path)
+    assert words in str(exc.value) and f"{path.name}:{line}" in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize("version", ["5.4.5", "5.6.0", "5.7.0", "5.8.0", "5.9.7.3480"])
+def test_the_lab_answers_in_the_shapes_of_its_version_and_fleet_reads_them(version):
+    from hil import phone_reports as reports
+
+    v2 = conformance.version_in(version, ">=5.8")
+    doc, status = reports.rest_device_info(version, "0004f2abcdef", "VVX 410", 93784)
+    info = rest.parse_device_info(doc["data"])
+    assert status == 200 and info.firmware == version and info.uptime == 93784.0 and info.mac == "0004f2abcdef"
+    assert ("UpTime" in doc["data"]) == conformance.version_in(version, ">=5.7")
+    idle, _ = reports.rest_call_status(version, v2, [])
+    busy, _ = reports.rest_call_status(version, v2, [{"CallState": "Connected", "LineId": 1, "DurationSeconds": 3}])
+    assert not rest.parse_call_status(idle).in_call
+    assert rest.parse_call_status(busy).states == ("Connected",)
+    lines, _ = reports.rest_line_info(version, [{"LineNumber": 1, "RegistrationStatus": "registered", "UserID": "1001",
+                                                 "address": "1001@sip.example", "ProxyAddress": "sip.example", "Port": 5060}])
+    [line] = rest.parse_line_info(lines)
+    assert line["ProxyAddress"] == "sip.example" and line["RegistrationStatus"] == "registered"
+    assert ("Username" in line) == conformance.version_in(version, ">=5.7")
+    values, _ = reports.rest_config_values({"a.b": "1"})
+    assert rest.parse_config_values(values["data"]) == {"a.b": "1"}
+
+
+def test_lab_file_version_must_fit_the_phone_family():
+    from hil import labfile
+    from soundpoint.yamlfile import FieldError
+
+    spec = {"name": "v", "net": 98, "firmware_family": "uc-5.x",
+            "sites": [{"name": "hq", "phones": {"count": 2, "models": ["VVX 410", "SoundPoint IP 650"],
+                                                "families": {"SoundPoint IP 650": "sip-3.x"},
+                                                "version_of": {1: "5.7.0"}},
+                       "servers": [{"address": "provider"}]}]}
+    with pytest.raises((FieldError, ValueError)) as exc:
+        labfile.LabFile.model_validate(spec)
+    assert "not a sip-3.x version" in str(exc.value)
+    spec["sites"][0]["phones"]["version_of"] = {0: "5.3.0"}
+    lab = labfile.LabFile.model_validate(spec)
+    assert lab.phone_version(0, 0) == "5.3.0" and lab.phone_version(0, 1) == ""

@@ -311,10 +311,11 @@ class RestPhone:
                                                  f"firmware lacks)")
             if resp.status_code >= 400:
                 raise DeviceRefused(self.name, f"{what}: HTTP {resp.status_code}")
-            raise MalformedAnswer(self.name, f"{what}: answer is not a JSON object with a Status")
+            raise MalformedAnswer(self.name, f"{what}: answer is not JSON" if doc is None else
+                                  f"{what}: answer is a JSON {type(doc).__name__} without a Status")
         if status in accept:
             return doc  # type: ignore[return-value]
-        text = f"{what}: Status {status[:10]} ({STATUS_TEXT.get(status, 'unknown status')})"
+        text = f"{what}: status {status[:10]} ({STATUS_TEXT.get(status, 'unknown status')})"
         if status == "4001":
             raise RestBusy(self.name, text + ": it serves one request at a time", status)
         raise RestStatus(self.name, text, status)
