@@ -380,7 +380,9 @@ class SiteCollector:
     def _poll_login(self, phone):
         """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one."""
         creds = self.secrets.credentials(phone.credentials)  # type: ignore[union-attr]
-        if phone.family.rest or self.inventory is None:
+        from .drivers.control.rest import uses_rest
+
+        if uses_rest(phone) or self.inventory is None:
             return creds
         from . import phones
 

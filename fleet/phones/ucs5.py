@@ -89,6 +89,10 @@ class Control(SoundPointControl):
     def identify(self, timeout: float = 5.0) -> Identity:
         """REST device/info with the admin login: model, firmware and the MAC to check against the inventory;
         a firmware version other than the inventory's is the row's problem."""
+        listed = self.phone.firmware_version
+        if listed and not supports_rest(listed):
+            found = super().identify(timeout)     # no REST before 5.4: the family's state polling
+            return Identity(f"{found.method}; no REST on firmware {listed}", found.problem, found.detail)
         auth = self.phone.http_auth or "basic first, digest on challenge"
         method = f"REST GET /api/v1/mgmt/device/info ({auth}, the admin login)"
         try:
@@ -97,7 +101,6 @@ class Control(SoundPointControl):
             return identity_failure(method, exc)
         self._reported = info.firmware
         found = self._identity(method, info.mac, info.model or "?", info.firmware or "?")
-        listed = self.phone.firmware_version
         if found.ok and listed and info.firmware and not version_in(info.firmware, listed):
             return Identity(method, "error-status", f"{found.detail}: firmware mismatch, the inventory says {listed}")
         return found

@@ -27,7 +27,7 @@ import aiohttp
 from sipwire import digest
 
 from ...inventory import Credentials, Phone
-from ..control.rest import MAX_ANSWER, parse_line_info
+from ..control.rest import MAX_ANSWER, parse_line_info, uses_rest
 from ..errors import DriverError
 
 
@@ -100,7 +100,7 @@ class Poller:
     async def poll_one(self, phone: Phone, creds: Credentials) -> PollResult:
         t = time.time()
         try:
-            if phone.family.rest:
+            if uses_rest(phone):
                 return await self._line_info(phone, creds, t)
             root = ET.fromstring(await self._get(phone, "/polling/deviceHandler", creds))
             info = root.find("DeviceInformation")

@@ -72,6 +72,12 @@ def call_status_v2(version: str) -> bool:
     return version_in(version, f">={CALL_STATUS_V2_FROM}")
 
 
+def uses_rest(phone: Phone) -> bool:
+    """Whether fleet talks REST to this phone: a REST family, unless the inventory names a version before 5.4
+    (then the family's other interfaces serve: state polling, check-sync)."""
+    return phone.family.rest and (not phone.firmware_version or supports_rest(phone.firmware_version))
+
+
 # ------------------------------------------------------------ answer parsing (pure: tested against the corpus)
 def _key(obj: dict, name: str):
     """`obj[name]` with the key matched case-insensitively (the PowerShell clients that show most shapes do not
