@@ -25,27 +25,35 @@ NET = 98   # this module's lab network
 CONTROL_LOOP = r'''
 import sys, time
 from fleet import inventory, phones
+from fleet.drivers.errors import DriverError
 from fleet.store import Store
 inv_path, redis_url, mac, seconds, locked = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5] == "1"
 inv = inventory.load(inv_path)
 secrets = inventory.Secrets(inv)
 site, phone = inv.phone(mac)
 store = Store(redis_url) if locked else None
-end, rounds, states = time.monotonic() + seconds, 0, set()
+end, rounds, states, why = time.monotonic() + seconds, 0, set(), set()
 while time.monotonic() < end:
     ctl = phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets, store=store)
-    states.add(ctl.call_check().state)
-    ctl.rest.uptime()
+    check = ctl.call_check()
+    states.add(check.state)
+    if check.state != "idle":
+        why.add(check.reason[:200])
+    try:
+        ctl.rest.uptime()
+    except DriverError as exc:
+        why.add(exc.message[:200])
     rounds += 1
-print(f"rounds={rounds} states={sorted(states)}", flush=True)
+print(f"rounds={rounds} states={sorted(states)} why={sorted(why)}", flush=True)
 '''
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    spec = lab_spec("restlock", NET, phones=1, models=["VVX 410"], poll_interval=0.1)
+    spec = lab_spec("restlock", NET, phones=4, models=["VVX 410"], poll_interval=0.1)
     spec["timing"]["http_latency"] = 0.03          # a slow embedded web server: overlaps have room to happen
     spec["sites"][0]["firmware_version"] = "5.8.0"
+    spec["sites"][0]["phones"]["version_of"] = {1: "5.4.5", 2: "5.7.0", 3: "5.3.0"}
     return lab_factory(spec)
 
 
@@ -77,7 +85,7 @@ def test_poller_and_worker_control_never_overlap_on_one_phone(lab, redis_url, tm
         out = _control_loop(lab, redis_url, 8, locked=True)
         after = _rest(lab)
         rounds = int(out.split()[0].split("=")[1])
-        assert rounds >= 3 and "states=['idle']" in out, out
+        assert rounds >= 3 and "states=['idle'] why=[]" in out, out
         # both talked to the phone meanwhile: more requests than the control's own three per round
         assert after["requests"] - before["requests"] > 3 * rounds + 20, (before, after, out)
         assert after["concurrent"] == before["concurrent"] == 0, (before, after)
@@ -115,3 +123,35 @@ def test_concurrent_request_gets_busy_and_config_get_takes_at_most_20_names(lab)
     statuses = sorted(a["Status"] for a in answers)
     assert "2000" in statuses and "4001" in statuses, statuses
     assert _rest(lab)["concurrent"] - before == statuses.count("4001")
+
+
+def _control(lab, index: int):
+    from fleet import inventory, phones
+
+    inv = inventory.load(lab.inventory)
+    secrets = inventory.Secrets(inv)
+    phone = inv.sites[0].phones[index]
+    return phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets)
+
+
+@pytest.mark.parametrize("index,version,endpoint", [(0, "5.8.0", "v2"), (1, "5.4.5", "v1"), (2, "5.7.0", "v1")])
+def test_each_version_is_asked_by_its_endpoints_and_read_in_its_shapes(lab, index, version, endpoint):
+    ctl = _control(lab, index)
+    assert ctl.identify(5).ok and version in ctl.identify(5).detail
+    check = ctl.call_check()
+    assert check.state == "idle" and f"callStatus {endpoint}" in check.reason, check
+    assert 0 <= ctl.rest.uptime() < 3600
+
+
+def test_a_phone_below_54_is_checked_by_state_polling_and_rebooted_by_check_sync(lab):
+    ctl = _control(lab, 3)
+    mac = ctl.phone.mac
+    assert lab.status()["phones"][3].get("rest") is None, "no REST API on 5.3"
+    check = ctl.call_check()
+    assert check.state == "idle" and "REST refused" in check.reason and "5.3.0" in check.reason, check
+    boots = next(p for p in lab.status()["phones"] if p["mac"] == mac)["boot_count"]
+    how = ctl.reboot()
+    assert how.startswith("sip check-sync (REST refused"), how
+    wait_until(lambda: next(p for p in lab.status()["phones"] if p["mac"] == mac)["boot_count"] > boots, 30,
+               "the 5.3 phone rebooted by check-sync", state=lambda: next(p for p in lab.status()["phones"]
+                                                                          if p["mac"] == mac))
