@@ -155,3 +155,24 @@ def test_a_phone_below_54_is_checked_by_state_polling_and_rebooted_by_check_sync
     wait_until(lambda: next(p for p in lab.status()["phones"] if p["mac"] == mac)["boot_count"] > boots, 30,
                "the 5.3 phone rebooted by check-sync", state=lambda: next(p for p in lab.status()["phones"]
                                                                           if p["mac"] == mac))
+
+
+def test_the_phone_lock_excludes_waits_a_bounded_time_and_names_the_holder(redis_url):
+    from fleet.drivers.errors import DeviceTimeout
+    from fleet.lease import PhoneRestLock
+    from fleet.store import Store
+
+    store = Store(redis_url)
+    mac = "0004f2fe0001"
+    with PhoneRestLock(store, mac, owner="collector:hq"):
+        with pytest.raises(DeviceTimeout) as exc:
+            with PhoneRestLock(store, mac, owner="control", wait=0.3):
+                pass
+        assert "collector:hq" in str(exc.value) and "nothing sent" in str(exc.value)
+    with PhoneRestLock(store, mac, owner="control", wait=0.3):     # released: the next one gets it at once
+        assert store.phone_lock_holder(mac).startswith("control:")
+    assert store.phone_lock_holder(mac) is None
+    # a holder that died keeps the phone only for the lock's short lease
+    PhoneRestLock(store, mac, owner="dead", ttl=0.3).__enter__()
+    with PhoneRestLock(store, mac, owner="control", wait=5):
+        assert store.phone_lock_holder(mac).startswith("control:")
