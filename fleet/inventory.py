@@ -111,6 +111,33 @@ def _check_family(phone: dict, loc: tuple, own: bool, default_from: str) -> None
                                             f"it offers {', '.join(fam.reboot_methods)}")
 
 
+def _fits(version: object, family: object) -> bool:
+    """Whether a firmware version can belong to a family (5.8.0 to uc-5.x); True when either is unknown."""
+    starts = _FAMILY_VERSIONS.get(family, ()) if isinstance(family, str) else ()
+    return not starts or not isinstance(version, str) or any(version == p or version.startswith(p + ".")
+                                                                  for p in starts)
+
+
+def _layer_version(data: dict, site: dict, i: int) -> dict:
+    """A site's or the fleet's `firmware_version` goes to each phone of the site whose family can run it (a mixed
+    site's SoundPoints keep none); one that fits none of the site's phones is an error at the line that set it."""
+    own = site.get("firmware_version")
+    default = own or data.get("firmware_version")
+    if not default:
+        return site
+    fam_default = site.get("firmware_family") or data.get("firmware_family")
+    phones, fitted = [], 0
+    for p in site["phones"]:
+        if isinstance(p, dict) and "firmware_version" not in p and _fits(default, p.get("firmware_family") or fam_default):
+            p, fitted = {"firmware_version": default, **p}, fitted + 1
+        phones.append(p)
+    if not fitted and any(isinstance(p, dict) and "firmware_version" not in p for p in site["phones"]):
+        raise FieldError(("sites", i, "firmware_version") if own else ("firmware_version",),
+                         f"firmware_version {str(default)[:40]} fits no phone of site {site.get('name', i)} "
+                         f"(their families: {fam_default or 'per model'})")
+    return {**site, "phones": phones}
+
+
 class Phone(Strict):
     mac: str
     model: validate.PhoneModel
@@ -414,12 +441,13 @@ class Inventory(Strict):
         if not isinstance(data, dict) or not isinstance(data.get("sites"), list):
             return data
         sites = []
-        for site in data["sites"]:
-            for name in ("http_auth", "firmware_version"):
-                default = site.get(name) or data.get(name) if isinstance(site, dict) else None
-                if default and isinstance(site.get("phones"), list):
-                    site = {**site, "phones": [{name: default, **p} if isinstance(p, dict) else p
-                                               for p in site["phones"]]}
+        for i, site in enumerate(data["sites"]):
+            default = site.get("http_auth") or data.get("http_auth") if isinstance(site, dict) else None
+            if default and isinstance(site.get("phones"), list):
+                site = {**site, "phones": [{"http_auth": default, **p} if isinstance(p, dict) else p
+                                           for p in site["phones"]]}
+            if isinstance(site, dict) and isinstance(site.get("phones"), list):
+                site = _layer_version(data, site, i)
             sites.append(site)
         return {**data, "sites": sites}
 

@@ -382,3 +382,17 @@ def test_lab_file_version_must_fit_the_phone_family():
     spec["sites"][0]["phones"]["version_of"] = {0: "5.3.0"}
     lab = labfile.LabFile.model_validate(spec)
     assert lab.phone_version(0, 0) == "5.3.0" and lab.phone_version(0, 1) == ""
+
+
+def test_a_site_version_goes_to_the_phones_that_can_run_it_and_one_that_fits_none_is_refused(tmp_path):
+    from fleet import inventory
+
+    path = _uc5_inventory(tmp_path, "model: VVX 410, address: 10.40.0.101,")
+    text = path.read_text().replace("  - name: hq\n", '  - name: hq\n    firmware_version: "5.4.5"\n', 1)
+    path.write_text(text)
+    assert {p.firmware_version for p in inventory.load(path).sites[0].phones} == {"5.4.5"}
+    path.write_text(text.replace('firmware_version: "5.4.5"', 'firmware_version: "3.1.8"'))
+    line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "firmware_version" in t)
+    with pytest.raises(Exception) as exc:
+        inventory.load(path)
+    assert "fits no phone of site hq" in str(exc.value) and f"{path.name}:{line}" in str(exc.value), str(exc.value)
