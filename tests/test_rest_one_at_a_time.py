@@ -176,3 +176,34 @@ def test_the_phone_lock_excludes_waits_a_bounded_time_and_names_the_holder(redis
     PhoneRestLock(store, mac, owner="dead", ttl=0.3).__enter__()
     with PhoneRestLock(store, mac, owner="control", wait=5):
         assert store.phone_lock_holder(mac).startswith("control:")
+
+
+def test_a_rollout_over_every_firmware_variant_reboots_each_phone_once_by_its_method(lab, worker_factory, redis_url,
+                                                                                     tmp_path):
+    """5.8.0, 5.4.5 and 5.7.0 by REST safeRestart, 5.3.0 by check-sync (no REST there); the worker's collector
+    polls lineInfo meanwhile, and no phone ever sees two REST requests at once."""
+    import json
+    import time
+
+    from conftest import run_fleet, write_rollout_playbook
+
+    worker_factory(lab.inventory, "hq")
+    before = [(p.get("rest") or {}).get("concurrent", 0) for p in lab.status()["phones"]]
+    t0 = time.time()
+    pb = write_rollout_playbook(tmp_path / "pb.yml", "versions", canary=1, deadline=120, within=25)
+    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(lab.inventory), "--json"], redis_url, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout)
+    assert out["status"] == "done" and out["counts"] == {"total": 4, "verified": 4}, out
+    status = lab.status()
+    events = {mac: [e for e in p["events"] if e["kind"] == "reboot" and e["t"] >= t0]
+              for mac, p in status["ground_truth"]["phones"].items()}
+    assert all(len(v) == 1 for v in events.values()), events
+    reasons = {p["mac"]: events[p["mac"]][0]["data"].get("reason") for p in status["phones"]}
+    macs = [p["mac"] for p in status["phones"]]
+    assert [reasons[m] for m in macs[:3]] == ["rest"] * 3 and reasons[macs[3]] != "rest", reasons
+    assert [(p.get("rest") or {}).get("concurrent", 0) for p in status["phones"]] == before, \
+        ("REST requests overlapped during the rollout", before, [p.get("rest") for p in status["phones"]])
+    detail = json.loads(run_fleet(["rollout", "status", out["id"], "--json"], redis_url).stdout)
+    via = {m: st.get("reboot_via", "") for m, st in detail["phones"].items()}
+    assert "REST refused" in via[macs[3]] and "5.3.0" in via[macs[3]], via
