@@ -394,16 +394,25 @@ def rollout_status(rid: str, as_json: bool) -> None:
     for st in phones.values():
         counts[st.get("state")] = counts.get(st.get("state"), 0) + 1
     if as_json:
+        from .rollout_policy import why_deferred
+
+        rows = {m: {k: v for k, v in st.items() if not k.startswith("backed_up:") and k != "plan"}
+                for m, st in phones.items()}
+        for row in rows.values():
+            if row.get("state") == "deferred":
+                row["waiting_for"] = why_deferred(row.get("deferred_reason"))
         click.echo(json.dumps({"id": rid, "status": meta.get("status"), "reason": meta.get("reason", ""), "counts": counts,
-                               "phones": {m: {k: v for k, v in st.items() if not k.startswith("backed_up:") and k != "plan"}
-                                          for m, st in phones.items()}}, indent=1))
+                               "phones": rows}, indent=1))
         return
     console = Console()
     console.print(Text.assemble(f"{rid}: ", (str(meta.get("status")), "bold"), f" {meta.get('reason', '')} {counts}"))
-    t = Table("MAC", "site", "wave", "state", "error")
+    from .rollout_policy import why_deferred
+
+    t = Table("MAC", "site", "wave", "state", "error / why it waits")
     site_of = {p["mac"]: p["site"] for p in meta["plan"]["phones"]}
     for m, st in phones.items():
-        t.add_row(*(escape(str(x)) for x in (m, site_of[m], st.get("wave", ""), st.get("state", ""), st.get("error", "")[:80])))
+        why = st.get("error", "") or (why_deferred(st.get("deferred_reason")) if st.get("state") == "deferred" else "")
+        t.add_row(*(escape(str(x)) for x in (m, site_of[m], st.get("wave", ""), st.get("state", ""), why[:120])))
     console.print(t)
 
 

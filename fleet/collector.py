@@ -366,7 +366,12 @@ class SiteCollector:
         targets = [(p, self._poll_login(p)) for p in self.site.phones]
         modes = {p.mac: self._poll_mode(p) for p in self.site.phones if not p.family.rest}
         configured = {r["mac"]: r["configured_servers"] for r in await asyncio.to_thread(self.store.phones, self.site.name)}
-        async with Poller(concurrency=self.site.collector.poll_concurrency) as poller:
+        from .lease import PhoneRestLock
+
+        def rest_lock(phone):
+            return PhoneRestLock(self.store, phone.mac, owner=f"collector:{self.site.name}")
+
+        async with Poller(concurrency=self.site.collector.poll_concurrency, rest_lock=rest_lock) as poller:
             while True:
                 started = time.monotonic()
                 infos = {}
@@ -384,7 +389,9 @@ class SiteCollector:
     def _poll_login(self, phone):
         """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one."""
         creds = self.secrets.credentials(phone.credentials)  # type: ignore[union-attr]
-        if phone.family.rest or self.inventory is None:
+        from .drivers.control.rest import uses_rest
+
+        if uses_rest(phone) or self.inventory is None:
             return creds
         from . import phones
 

@@ -60,6 +60,19 @@ Params = Annotated[dict[str, str | int], BeforeValidator(validate.param_types), 
 FamilyName = Annotated[str, AfterValidator(lambda v: families.get(v).name)]
 
 
+def _firmware_version(v: str) -> str:
+    """A firmware version as Polycom numbers it ("5.8.0", "5.9.7.3480"): two to four dot-separated numbers."""
+    if not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,6}){1,3}", v):
+        raise ValueError(f"firmware_version {v[:40]!r}: expected a version such as 5.8.0 (two to four numbers "
+                         "separated by dots), quoted in YAML")
+    return v
+
+
+FirmwareVersion = Annotated[str, AfterValidator(_firmware_version)]
+# the major.minor a family's versions start with (soundpoint.families names)
+_FAMILY_VERSIONS = {"sip-2.x": ("2",), "sip-3.x": ("3",), "uc-4.0": ("4.0",), "uc-5.x": ("5",)}
+
+
 class Strict(BaseModel):
     # strict: no "5" for 5, no true for 1, no 3.0 for 3; allow_inf_nan: no `.inf` or `.nan` for a number
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
@@ -127,6 +140,33 @@ def _networks(values: list[str]) -> list[str]:
     return [str(net).strip() for net in values]
 
 
+def _fits(version: object, family: object) -> bool:
+    """Whether a firmware version can belong to a family (5.8.0 to uc-5.x); True when either is unknown."""
+    starts = _FAMILY_VERSIONS.get(family, ()) if isinstance(family, str) else ()
+    return not starts or not isinstance(version, str) or any(version == p or version.startswith(p + ".")
+                                                                  for p in starts)
+
+
+def _layer_version(data: dict, site: dict, i: int) -> dict:
+    """A site's or the fleet's `firmware_version` goes to each phone of the site whose family can run it (a mixed
+    site's SoundPoints keep none); one that fits none of the site's phones is an error at the line that set it."""
+    own = site.get("firmware_version")
+    default = own or data.get("firmware_version")
+    if not default:
+        return site
+    fam_default = site.get("firmware_family") or data.get("firmware_family")
+    phones, fitted = [], 0
+    for p in site["phones"]:
+        if isinstance(p, dict) and "firmware_version" not in p and _fits(default, p.get("firmware_family") or fam_default):
+            p, fitted = {"firmware_version": default, **p}, fitted + 1
+        phones.append(p)
+    if not fitted and any(isinstance(p, dict) and "firmware_version" not in p for p in site["phones"]):
+        raise FieldError(("sites", i, "firmware_version") if own else ("firmware_version",),
+                         f"firmware_version {str(default)[:40]} fits no phone of site {site.get('name', i)} "
+                         f"(their families: {fam_default or 'per model'})")
+    return {**site, "phones": phones}
+
+
 class Phone(Strict):
     mac: str
     model: validate.PhoneModel
@@ -134,8 +174,13 @@ class Phone(Strict):
     http_port: int = Field(80, ge=1, le=65535)
     sip_port: int = Field(5060, ge=1, le=65535)
     credentials: str = Field(pattern=CREDENTIALS_RE, description="name of the secret holding the admin username/password")
-    http_auth: HttpAuth = Field("digest", description="basic only for a phone that cannot do digest: it sends the "
-                                                      "admin password in clear; site and fleet may set the default")
+    http_auth: HttpAuth | None = Field(None, description="unset: digest, except REST (UC Software 5), which sends "
+                                       "Basic as Poly documents it and answers a digest challenge; digest: never "
+                                       "Basic; basic: only Basic (the password in clear); site and fleet may set "
+                                       "the default")
+    firmware_version: FirmwareVersion | None = Field(None, description="the firmware version the phone runs (e.g. "
+                                                     "\"5.8.0\"): which endpoints and answer shapes to expect; "
+                                                     "controls read it from the phone and report a mismatch")
     params: Params = {}
     # filled from the site's or the fleet's default when the inventory is read (Inventory.family_defaults)
     firmware_family: FamilyName | None = Field(None, description="overrides the site's default for this phone")
@@ -147,6 +192,17 @@ class Phone(Strict):
     @classmethod
     def allowed_networks(cls, v: list[str]) -> list[str]:
         return _networks(v)
+
+    @model_validator(mode="after")
+    def version_in_family(self) -> "Phone":
+        """A firmware_version its family cannot have (5.8.0 on sip-3.x) is a typo in one of them."""
+        if self.firmware_version and self.firmware_family:
+            starts = _FAMILY_VERSIONS.get(self.firmware_family, ())
+            if starts and not any(self.firmware_version == s or self.firmware_version.startswith(s + ".")
+                                  for s in starts):
+                raise FieldError(("firmware_version",), f"firmware_version {self.firmware_version} is not a "
+                                 f"{self.firmware_family} version (those start with {' or '.join(starts)}.)")
+        return self
 
     @property
     def family(self) -> families.Family:
@@ -381,6 +437,7 @@ class Site(Strict):
     boot_server: BootServer
     router: Router | None = None
     http_auth: HttpAuth | None = Field(None, description="default for this site's phones")
+    firmware_version: FirmwareVersion | None = Field(None, description="default for this site's phones")
     firmware_family: FamilyName | None = Field(None, description="default for this site's phones")
     params: Params = {}
     phones: list[Phone] = []
@@ -452,6 +509,7 @@ class Inventory(Strict):
     provider: Provider | None = None
     _by_mac: dict | None = PrivateAttr(default=None)      # phone(): mac -> (site, phone), built on first use
     http_auth: HttpAuth | None = Field(None, description="default for every phone")
+    firmware_version: FirmwareVersion | None = Field(None, description="default for every phone")
     params: Params = {}
     registrar_limits: dict[str, float] = Field({}, description="REGISTER/s each server address may receive (R6)")
     sites: list[Site] = Field(min_length=1)
@@ -460,15 +518,18 @@ class Inventory(Strict):
     @model_validator(mode="before")
     @classmethod
     def http_auth_defaults(cls, data):
-        """Layer `http_auth` fleet -> site -> phone by filling each phone's own field from the nearest default."""
+        """Layer `http_auth` and `firmware_version` fleet -> site -> phone by filling each phone's own field from
+        the nearest default."""
         if not isinstance(data, dict) or not isinstance(data.get("sites"), list):
             return data
         sites = []
-        for site in data["sites"]:
+        for i, site in enumerate(data["sites"]):
             default = site.get("http_auth") or data.get("http_auth") if isinstance(site, dict) else None
             if default and isinstance(site.get("phones"), list):
                 site = {**site, "phones": [{"http_auth": default, **p} if isinstance(p, dict) else p
                                            for p in site["phones"]]}
+            if isinstance(site, dict) and isinstance(site.get("phones"), list):
+                site = _layer_version(data, site, i)
             sites.append(site)
         return {**data, "sites": sites}
 

@@ -153,3 +153,65 @@ class SiteLease:
                        f"beyond its {self.ttl:g}s TTL; it may have lapsed")
         if self.lost.is_set():
             raise LeaseLost(self.reason)
+
+
+# ------------------------------------------------------------ one REST request at a time per phone
+REST_LOCK_TTL_S = 10.0      # longer than any one REST request (timeouts 3-5 s); a dead holder blocks this long
+REST_LOCK_WAIT_S = 20.0     # how long a request waits for the phone's lock before giving up
+
+
+class PhoneRestLock:
+    """`with PhoneRestLock(store, mac, owner):` one REST request to the phone; `async with` in a collector.
+
+    UC Software serves one REST request at a time and refuses a concurrent one (status 4001). The lock is a
+    short lease in the store (`Store.acquire_phone_lock`), taken per request by every process that talks REST
+    to the phone (the collectors' lineInfo poller, the workers' controls) and released right after; its TTL
+    frees it if the holder dies mid-request. Waiting is bounded: past `wait` seconds the request is not sent
+    and DeviceTimeout says who held the phone.
+    """
+
+    def __init__(self, store: Store, mac: str, owner: str, ttl: float = REST_LOCK_TTL_S,
+                 wait: float = REST_LOCK_WAIT_S) -> None:
+        self.store, self.mac, self.ttl, self.wait = store, mac, ttl, wait
+        self.holder = f"{owner}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+    @classmethod
+    def factory(cls, store: Store, mac: str, owner: str) -> Callable[[], "PhoneRestLock"]:
+        return lambda: cls(store, mac, owner)
+
+    def _refused(self) -> Exception:
+        from .drivers.errors import DeviceTimeout
+
+        held = self.store.phone_lock_holder(self.mac)
+        return DeviceTimeout(f"phone {self.mac}", f"another REST request to it ({str(held or '?')[:60]}) held the "
+                                                  f"phone for over {self.wait:g}s; nothing sent")
+
+    def __enter__(self) -> "PhoneRestLock":
+        deadline = time.monotonic() + self.wait
+        pause = 0.01
+        while not self.store.acquire_phone_lock(self.mac, self.holder, self.ttl):
+            if time.monotonic() >= deadline:
+                raise self._refused()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.store.release_phone_lock(self.mac, self.holder)
+
+    async def __aenter__(self) -> "PhoneRestLock":
+        import asyncio
+
+        deadline = time.monotonic() + self.wait
+        pause = 0.01
+        while not await asyncio.to_thread(self.store.acquire_phone_lock, self.mac, self.holder, self.ttl):
+            if time.monotonic() >= deadline:
+                raise await asyncio.to_thread(self._refused)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self.store.release_phone_lock, self.mac, self.holder)

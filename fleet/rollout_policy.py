@@ -282,12 +282,28 @@ def _waiting_on(macs: list[str], states: PhoneStates) -> str:
     parts = []
     for state in sorted(by_state):
         phones = by_state[state]
-        if state == "deferred":
-            parts.append(f"{len(phones)} deferred as possibly in a call ({', '.join(phones[:5])}"
-                         + (", ..." if len(phones) > 5 else "") + ")")
-        else:
+        if state != "deferred":
             parts.append(f"{len(phones)} {state}")
+            continue
+        calls = [m for m in phones if why_deferred(states.get(m, {}).get("deferred_reason")).startswith("in a call")]
+        unknown = [m for m in phones if m not in calls]
+        if calls:
+            parts.append(f"{len(calls)} deferred in a call ({', '.join(calls[:5])}" + (", ..." if len(calls) > 5 else "") + ")")
+        if unknown:
+            named = [f"{m}: {why_deferred(states.get(m, {}).get('deferred_reason'))[:120]}" for m in unknown[:5]]
+            parts.append(f"{len(unknown)} deferred ({'; '.join(named)}" + ("; ..." if len(unknown) > 5 else "") + ")")
     return ", ".join(parts)
+
+
+def why_deferred(reason: str | None) -> str:
+    """Why a deferred phone waits, from its record's `deferred_reason` ("<call state>: <why>"): "in a call (...)"
+    or "state unknown: <why>"; a record without one (an older rollout) says what is known."""
+    state, _, why = str(reason or "").partition(": ")
+    if state == "in-call":
+        return f"in a call ({why})" if why else "in a call"
+    if state == "unknown":
+        return f"state unknown: {why or 'no reason recorded'}"
+    return "possibly in a call (no reason recorded)"
 
 
 def step(wave: int, macs: list[str], snapshot: PhoneStates, observed: Observed, limits: Limits, now: float,

@@ -18,6 +18,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `evidence:sites`                     | set    | the sites with a `site:{site}:evidence` report                   | set_site_evidence           |
 | `observed`                           | stream | one entry per stored batch of observations: the MACs it touched  | record_observations         |
 | `lease:{site}`                       | string | holder of the site's exclusive lease (SET NX PX, renewed)        | acquire/renew/release_lease |
+| `rest:{mac}`                         | string | holder of the phone's REST lock: one request at a time across    | acquire/release_phone_lock  |
+|                                      |        | processes (SET NX PX, a few seconds; released after the request) |                             |
 | `experiments`                        | zset   | experiment ids by start time                                     | new_experiment              |
 | `exp:{id}`                           | hash   | experiment metadata: site, playbook, status, started, finished   | new/finish_experiment       |
 | `exp:{id}:events`                    | stream | append-only history (operations and observations, wall and       | log_event                   |
@@ -32,7 +34,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | backups_removed:{site}                                           |                             |
 | `rollout:{id}:phone:{mac}`           | hash   | state, attempt, wave, plan (the phone's part), reboot_at,        | RolloutStore.create/        |
 |                                      |        | reboot_tried (methods announced before sending), reboot_via,     | set_phone                   |
-|                                      |        | rollback_at, settled_at, error, backing_up:/backed_up:{file}     |                             |
+|                                      |        | rollback_at, settled_at, error, deferred_at, deferred_reason     |                             |
+|                                      |        | (call state: why), backing_up:/backed_up:{file}                  |                             |
 | `rollout:{id}:changes`               | stream | one entry per phone state change (the driver wakes on it)        | RolloutStore.set_phone      |
 | `rollout:{id}:events`                | stream | append-only history of the rollout                               | RolloutStore.log            |
 | `rollout:{id}:reboot:{mac}:{attempt}`| string | the claim on a phone's reboot for one attempt (or               | RolloutStore.claim_reboot   |
@@ -133,6 +136,10 @@ class Keys:
     @staticmethod
     def lease(site: str) -> str:
         return f"{P}lease:{site}"
+
+    @staticmethod
+    def rest_lock(mac: str) -> str:
+        return f"{P}rest:{mac}"
 
     @staticmethod
     def exp(exp: str) -> str:
@@ -428,6 +435,19 @@ class Store:
         holder, _ = pipe.execute()
         return holder
 
+    # ------------------------------------------------------------ per-phone REST lock
+    def acquire_phone_lock(self, mac: str, holder: str, ttl: float) -> bool:
+        """Take the phone's REST lock for `ttl` seconds if nobody holds it; whether we got it."""
+        return bool(self.r.set(K.rest_lock(mac), holder, nx=True, px=max(1, int(ttl * 1000))))
+
+    def phone_lock_holder(self, mac: str) -> str | None:
+        return self.r.get(K.rest_lock(mac))
+
+    def release_phone_lock(self, mac: str, holder: str) -> None:
+        """Free the phone's REST lock if it is still ours (an expired one taken by another stays theirs)."""
+        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+        self.r.eval(script, 1, K.rest_lock(mac), holder)
+
     # ------------------------------------------------------------ outages
     def request_outage_restore(self, outage_id: str) -> None:
         """Mark the outage as ended before the router is touched: a cut still queued or running sees it."""
@@ -598,7 +618,8 @@ class RolloutStore:
 
     STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
                     "verified_in", "confirm_sent", "shadowed",   # shadowed: fleet.overrides
-                    "reboot_optional", "reports_shutdown", "applied")   # a check-sync that need not reboot
+                    "reboot_optional", "reports_shutdown", "applied",   # a check-sync that need not reboot
+                    "deferred_reason")                           # why a deferred phone waits (rollout_policy.why_deferred)
 
     def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
         """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""

@@ -260,7 +260,7 @@ class Lab:
                              boot_time=self.spec.timing.boot_time, boot_jitter=self.spec.timing.boot_jitter,
                              http_latency=self.spec.timing.http_latency,
                              fault=site.faults.get(i), family=self.spec.phone_family(k, i),
-                             fixed_retry=self.spec.fixed_retry,
+                             fixed_retry=self.spec.fixed_retry, firmware_version=self.spec.phone_version(k, i),
                              failover_behaviour=site.phones.behaviour_of(i))
             phone = VirtualPhone(spec, self.truth, self.http_session)
             phone.syslog_registration_line = self.spec.syslog_registration_line
@@ -381,6 +381,8 @@ class Lab:
                 ext = str(site.phones.first_extension + i + 1000 * rt.k)
                 secrets_doc[f"sip_{ext}"] = {"password": self.sip_users[ext]}
                 phones.append({"mac": phone.mac, "model": phone.spec.model, "firmware_family": phone.spec.family,
+                               **({"firmware_version": phone.spec.firmware_version}
+                                  if phone.spec.firmware_version else {}),
                                "address": phone.spec.ip,
                                "http_port": PHONE_HTTP_PORT, "sip_port": SIP_PORT, "credentials": "phone_admin",
                                "params": {**{k2: str(v) for k2, v in site.phones.params_of.get(i, {}).items()},

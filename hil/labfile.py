@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from pathlib import Path
 from typing import Literal
 
@@ -71,6 +72,13 @@ class ServerSpec(Strict):
 
 FailoverBehaviour = Literal["concurrent", "on-failure"]
 
+def _firmware_version(v: str, loc: tuple) -> str:
+    """Two to four dot-separated numbers ("5.7.0"); FieldError at `loc` otherwise."""
+    if not isinstance(v, str) or not re.fullmatch(r"[0-9]{1,3}(\.[0-9]{1,6}){1,3}", v):
+        raise FieldError(loc, f"firmware version {str(v)[:40]!r}: expected numbers separated by dots, such as "
+                              "\"5.7.0\" (quoted)")
+    return v
+
 
 class PhonesSpec(Strict):
     count: int = Field(ge=0, le=20000)
@@ -78,6 +86,9 @@ class PhonesSpec(Strict):
     first_extension: int = Field(1001, ge=1, le=10**9)
     families: dict[str, str] = Field({}, description="firmware family per model, over the site's")
     family_of: dict[int, str] = Field({}, description="firmware family per phone (by index), over everything")
+    version_of: dict[int, str] = Field({}, description="firmware version per phone (by index), over the site's "
+                                       "firmware_version: the virtual phone reports it and answers in its shapes "
+                                       "(REST from 5.4, v2 callStatus from 5.8, UpTime/Firmware objects from 5.7)")
     params_of: dict[int, dict[str, str | int]] = Field({}, description="parameters per phone (by index), over the "
                                                        "site's: written in the phone's own <MAC>-reg.cfg (read first, "
                                                        "so they win) and its inventory entry")
@@ -120,6 +131,13 @@ class PhonesSpec(Strict):
                 v[i] = _family_name(fam)  # type: ignore[assignment]
             except ValueError as exc:
                 raise FieldError((i,), str(exc)) from None
+        return v
+
+    @field_validator("version_of")
+    @classmethod
+    def version_numbers(cls, v: dict[int, str]) -> dict[int, str]:
+        for i, version in v.items():
+            _firmware_version(version, (i,))
         return v
 
     def model_of(self, i: int) -> str:
@@ -175,6 +193,9 @@ class CollectorSpec(Strict):
 class SiteSpec(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
     firmware_family: str | None = Field(None, description="default for this site's phones, over the lab's")
+    firmware_version: str | None = Field(None, description="firmware version of this site's UC Software 5 phones "
+                                         "(e.g. \"5.7.0\"; phones.version_of per phone): what they report and "
+                                         "the answer shapes they use")
     boot_protocol: Literal["http", "ftp"] = "http"
     boot_master: str | None = Field(None, description="a master file named in the phones' boot-server address "
                                     "(ftp://host/campus.cfg): the lab writes it instead of each phone's <MAC>.cfg, "
@@ -201,6 +222,11 @@ class SiteSpec(Strict):
         if why:
             raise ValueError(why)
         return v
+
+    @field_validator("firmware_version")
+    @classmethod
+    def version_number(cls, v: str | None) -> str | None:
+        return _firmware_version(v, ()) if v is not None else v
 
     @field_validator("faults")
     @classmethod
@@ -302,6 +328,27 @@ class LabFile(Strict):
         site = self.sites[k]
         return site.phones.family_of.get(i) or self.model_family(k, site.phones.model_of(i))
 
+    def phone_version(self, k: int, i: int) -> str:
+        """The firmware version phone i of site k reports: its own (phones.version_of), else the site's for a
+        UC Software 5 phone, else "" (the family's typical release, hil.phone_types.FIRMWARE)."""
+        site = self.sites[k]
+        if i in site.phones.version_of:
+            return site.phones.version_of[i]
+        return site.firmware_version or "" if self.phone_family(k, i) == "uc-5.x" else ""
+
+    def _check_versions(self, k: int) -> None:
+        """A per-phone version must belong to the phone's family (5.7.0 on a sip-3.x phone is a typo)."""
+        site = self.sites[k]
+        for i, version in site.phones.version_of.items():
+            fam = self.phone_family(k, i)
+            major = {"sip-2.x": "2", "sip-3.x": "3", "uc-4.0": "4", "uc-5.x": "5"}[fam]
+            if version.split(".")[0] != major:
+                raise FieldError(("sites", k, "phones", "version_of", i),
+                                 f"firmware version {version} is not a {fam} version (phone {i} runs {fam})")
+        if site.firmware_version and not site.firmware_version.startswith("5."):
+            raise FieldError(("sites", k, "firmware_version"), f"firmware_version {site.firmware_version}: the "
+                             "site's version is for its UC Software 5 phones (5.x); use phones.version_of for others")
+
     def site_families(self, k: int) -> list[str]:
         site = self.sites[k]
         used = {self.model_family(k, m) for m in site.phones.models[: max(site.phones.count, 1)]}
@@ -389,6 +436,7 @@ class LabFile(Strict):
                 raise FieldError(("sites", k, "name"), f"site {site.name} is listed twice (also sites[{names[site.name]}])")
             names[site.name] = k
             self._check_models(k)
+            self._check_versions(k)
             self._check_timers(k)
             fams = [families.get(f) for f in self.site_families(k)]
             for name, value in site.params.items():

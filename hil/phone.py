@@ -36,7 +36,7 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
         self.spec = spec
         self.mac = spec.mac.lower()
         self.truth = truth
-        self.model = model_info(spec.model, spec.family)
+        self.model = model_info(spec.model, spec.family, spec.firmware_version)
         self.params: dict[str, str] = {}
         self.regs: list[Registration] = []
         self.endpoint: SipEndpoint | None = None
@@ -159,4 +159,5 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
                 "boot_count": self.boot_count, "boot_errors": self.boot_errors, "in_call": self.in_call,
                 "registrations": [{"index": r.index, "user": r.user, "working_server": r.working,
                                    "servers": [{"index": s.index, "address": s.address, "register": s.register,
-                                                "state": s.state} for s in r.servers]} for r in self.regs]}
+                                                "state": s.state} for s in r.servers]} for r in self.regs],
+                **({"rest": self.rest_summary()} if self.model["rest"] else {})}

@@ -9,7 +9,8 @@ change:
 * telephone notification events, phone state polling and the web UI's answers: rendered from the
   conformance corpus (soundpoint.conformance, areas ``notification``, ``polling``, ``web-ui``): an
   entry's body is parsed and only the fields that carry the phone's live values are replaced.
-* REST (UC Software 5+): JSON ``{"Status": "2000", "data": ...}`` (confirmed).
+* REST (UC Software 5.4+): rendered from the conformance corpus (soundpoint/conformance/entries/rest), the
+  entry chosen by the phone's firmware version, live values replaced in the parsed body (``rest_*`` below).
 """
 from __future__ import annotations
 
@@ -117,15 +118,88 @@ def web_answer(entry_id: str) -> tuple[int, dict[str, str], str]:
     return entry.status_code or 200, {str(k): str(v) for k, v in (entry.answer.get("headers") or {}).items()}, entry.body
 
 
-def rest_ok(data) -> dict:
-    return {"Status": "2000", "data": data}
+# ------------------------------------------------------------ REST (UC Software 5): rendered from the corpus
+# Each answer is a conformance entry's body (soundpoint/conformance/entries/rest), parsed, with only the live
+# fields replaced in the parsed structure; which entry depends on the phone's firmware version.
+def rest_answer(entry_id: str) -> tuple[dict, int]:
+    """An entry's answer as (parsed JSON body, HTTP status): a fresh copy to fill in."""
+    from soundpoint import conformance
+
+    entry = conformance.get(entry_id)
+    return entry.json(), entry.status_code or 200
 
 
-def uptime_text(seconds: float) -> str:
-    """`UpTimeSinceLastReboot` as UC Software 5.5 writes it: "20 Days 16:11:42"."""
+def _uptime_text(seconds: float) -> str:
+    """`UpTimeSinceLastReboot` before 5.7, in the shape rdbahm/Posh-UCS documents ("2 days 12:44:11")."""
     s = int(seconds)
-    return f"{s // 86400} Days {s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+    days = s // 86400
+    return f"{days} {'day' if days == 1 else 'days'} {s % 86400 // 3600}:{s % 3600 // 60:02d}:{s % 60:02d}"
 
 
-def rest_error(code: str = "4000") -> dict:
-    return {"Status": code}
+def rest_device_info(version: str, mac: str, model: str, uptime: float) -> tuple[dict, int]:
+    """device/info: FirmwareRelease and UpTimeSinceLastReboot text before 5.7, Firmware and UpTime objects from 5.7."""
+    from soundpoint.conformance import version_in
+
+    if version_in(version, ">=5.7"):
+        doc, status = rest_answer("rest-device-info-5.7")
+        s = int(uptime)
+        doc["data"]["UpTime"] = {"Days": s // 86400, "Hours": s % 86400 // 3600, "Minutes": s % 3600 // 60,
+                                 "Seconds": s % 60}
+        doc["data"]["Firmware"] = {k: version for k in doc["data"]["Firmware"]}
+    else:
+        doc, status = rest_answer("rest-device-info-5.4")
+        doc["data"]["FirmwareRelease"] = version
+        doc["data"]["UpTimeSinceLastReboot"] = _uptime_text(uptime)
+    doc["data"].update(MACAddress=mac, ModelNumber=model)
+    return doc, status
+
+
+def rest_call_status(version: str, v2: bool, calls: list[dict]) -> tuple[dict, int]:
+    """callStatus: v2 a list (empty when idle); v1 one call, or Status 4007 when there is none (5.7: DurationSeconds).
+    `calls`: each with RemotePartyNumber, LineId, CallState, DurationSeconds."""
+    from soundpoint.conformance import version_in
+
+    if v2:
+        doc, status = rest_answer("rest-callstatus-v2-idle")
+        template, _ = rest_answer("rest-callstatus-v2-in-call")
+        doc["data"] = [{**template["data"][0], **{k: str(v) for k, v in c.items()}} for c in calls]
+        return doc, status
+    if not calls:
+        return rest_answer("rest-callstatus-v1-idle")
+    five_seven = version_in(version, "5.7")
+    doc, status = rest_answer("rest-callstatus-v1-in-call-5.7" if five_seven else "rest-callstatus-v1-in-call")
+    call = {k: str(v) for k, v in calls[0].items()}
+    if not five_seven:
+        call["DurationInSeconds"] = call.pop("DurationSeconds", "0")
+    doc["data"].update(call)
+    return doc, status
+
+
+def rest_line_info(version: str, lines: list[dict]) -> tuple[dict, int]:
+    """lineInfo: one object per line; SIPAddress before 5.7, Username from 5.7. `lines`: LineNumber,
+    RegistrationStatus, ProxyAddress, address (user@host), UserID, Port."""
+    from soundpoint.conformance import version_in
+
+    five_seven = version_in(version, ">=5.7")
+    doc, status = rest_answer("rest-lineinfo-5.7" if five_seven else "rest-lineinfo-5.4")
+    template = doc["data"][0]
+    out = []
+    for line in lines:
+        entry = {**template, **{k: str(v) for k, v in line.items() if k != "address"}, "Label": str(line["UserID"])}
+        entry["Username" if five_seven else "SIPAddress"] = str(line["address"])
+        out.append(entry)
+    doc["data"] = out
+    return doc, status
+
+
+def rest_config_values(values: dict[str, str]) -> tuple[dict, int]:
+    """config/get: each name to {Value, Source} (the Source of the corpus entry; its set of values is unknown)."""
+    doc, status = rest_answer("rest-config-get")
+    source = next(iter(doc["data"].values()))["Source"]
+    doc["data"] = {name: {"Value": value, "Source": source} for name, value in values.items()}
+    return doc, status
+
+
+def rest_status(entry_id: str) -> tuple[dict, int]:
+    """An answer that is only a Status (safeRestart, config/set, dial, errors, busy)."""
+    return rest_answer(entry_id)

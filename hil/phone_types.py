@@ -24,11 +24,15 @@ MODELS = {
 FIRMWARE = {"sip-2.x": "2.2.2.0047", "sip-3.x": "3.1.8.0070", "uc-4.0": "4.0.15.1009", "uc-5.x": "5.9.7.3480"}
 
 
-def model_info(model: str, family: str) -> dict:
-    """What a phone of `model` offers when it runs `family`: REST only where the family has it."""
+def model_info(model: str, family: str, version: str = "") -> dict:
+    """What a phone of `model` offers when it runs `family` at `version` (default: the family's typical release):
+    REST only where the family has it and from UC Software 5.4 (rdbahm/Posh-UCS README)."""
+    from soundpoint.conformance import version_in
+
     info = dict(MODELS[model])
     fam = families.get(family)
-    info.update(firmware=FIRMWARE.get(fam.name, info["firmware"]), rest=fam.rest)
+    firmware = version or FIRMWARE.get(fam.name, info["firmware"])
+    info.update(firmware=firmware, rest=fam.rest and version_in(firmware, ">=5.4"))
     return info
 
 
@@ -73,6 +77,7 @@ class PhoneSpec:
     # UC Software with failOver.reRegisterOn=1 on a fallback: the guides read both ways (polycom.md "Failover model"):
     # "concurrent" registers with it from boot (TB 5844), "on-failure" only once every server before it has failed
     failover_behaviour: str = "concurrent"
+    firmware_version: str = ""          # "" : the family's typical release (FIRMWARE)
 
     @property
     def profile(self) -> families.Family:

@@ -1,5 +1,8 @@
 """The phone's web server: state polling, the web UI's reboot form and, on models that have it, the REST API.
 
+REST (UC Software 5.4+) answers in the shapes of the phone's firmware version, rendered from the conformance
+corpus (hil.phone_reports.rest_*), one request at a time (a concurrent one is answered busy and counted).
+
 State polling has its own login when the phone is configured with one
 (`apps.statePolling.username/password`, digest only). It answers in the HTTP
 response only in requestor mode (`apps.statePolling.responseMode=0`); otherwise,
@@ -26,24 +29,20 @@ from sipwire import digest
 
 from . import phone_reports as reports
 
+# names per config/get: the REST manual's limit (rdbahm/Posh-UCS: "The REST API only lets us request 20
+# parameters at a time"); more gets the corpus's rest-config-get-too-many answer
+CONFIG_GET_MAX = 20
+
 
 class WebApi:
     async def _start_http(self) -> None:
-        app = web.Application(middlewares=[self._auth_middleware])
+        app = web.Application(middlewares=[self._rest_one_at_a_time, self._auth_middleware])
         app.router.add_get("/polling/deviceHandler", self._h_poll_device)
         app.router.add_get("/polling/callstateHandler", self._h_poll_calls)     # as public clients spell it
         app.router.add_get("/polling/callStateHandler", self._h_poll_calls)
         app.router.add_post("/form-submit/Reboot", self._h_web_reboot)
         if self.model["rest"]:
-            app.router.add_get("/api/v1/mgmt/device/info", self._h_device_info)
-            app.router.add_get("/api/v1/mgmt/lineInfo", self._h_line_info)
-            app.router.add_get("/api/v2/mgmt/lineInfo", self._h_line_info)
-            app.router.add_post("/api/v1/mgmt/safeRestart", self._h_restart)
-            app.router.add_post("/api/v1/mgmt/safeReboot", self._h_restart)
-            app.router.add_post("/api/v1/mgmt/config/set", self._h_config_set)
-            app.router.add_post("/api/v1/mgmt/config/get", self._h_config_get)
-            app.router.add_get("/api/v2/webCallControl/callStatus", self._h_call_status)
-            app.router.add_post("/api/v1/callctrl/dial", self._h_dial)
+            self._add_rest_routes(app)
         self.http_runner = web.AppRunner(app, access_log=None)
         await self.http_runner.setup()
         site = web.TCPSite(self.http_runner, self.spec.ip, self.spec.http_port, reuse_address=True)
@@ -114,24 +113,69 @@ class WebApi:
         status, headers, body = reports.web_answer("web-ui-reboot-accepted")
         return web.Response(status=status, headers=headers, text=body)
 
+    # ------------------------------------------------------------ REST (UC Software 5.4+), answers from the corpus
+    def _add_rest_routes(self, app: web.Application) -> None:
+        """The REST paths this phone's firmware has: v2 callStatus only from 5.8 (a 5.4-5.7 phone answers 404)."""
+        from soundpoint.conformance import version_in
+
+        self.rest_in_flight = 0          # REST requests being served now
+        self.rest_concurrent = 0         # requests that arrived while another was served (answered busy)
+        self.rest_requests = 0
+        app.router.add_get("/api/v1/mgmt/device/info", self._h_device_info)
+        app.router.add_get("/api/v1/mgmt/lineInfo", self._h_line_info)
+        app.router.add_get("/api/v2/mgmt/lineInfo", self._h_line_info)
+        app.router.add_post("/api/v1/mgmt/safeRestart", self._h_restart)
+        app.router.add_post("/api/v1/mgmt/safeReboot", self._h_restart)
+        app.router.add_post("/api/v1/mgmt/config/set", self._h_config_set)
+        app.router.add_post("/api/v1/mgmt/config/get", self._h_config_get)
+        app.router.add_get("/api/v1/webCallControl/callStatus", self._h_call_status)
+        if version_in(self.model["firmware"], ">=5.8"):
+            app.router.add_get("/api/v2/webCallControl/callStatus", self._h_call_status)
+        app.router.add_post("/api/v1/callctrl/dial", self._h_dial)
+
+    def rest_summary(self) -> dict:
+        """For `hil status --json`: the firmware it answers as, requests served, and how many arrived while
+        another was being served (a real phone refuses those: fleet must never send them)."""
+        return {"firmware": self.model["firmware"], "requests": getattr(self, "rest_requests", 0),
+                "concurrent": getattr(self, "rest_concurrent", 0)}
+
+    @web.middleware
+    async def _rest_one_at_a_time(self, request: web.Request, handler):
+        """The REST API serves one request at a time: one that arrives while another is served (login
+        included) is counted and answered busy (Status 4001, conformance rest-busy)."""
+        if not self.model["rest"] or not request.path.startswith("/api/"):
+            return await handler(request)
+        self.rest_requests += 1
+        if self.rest_in_flight:
+            self.rest_concurrent += 1
+            doc, status = reports.rest_status("rest-busy")
+            return web.json_response(doc, status=status)
+        self.rest_in_flight += 1
+        try:
+            return await handler(request)
+        finally:
+            self.rest_in_flight -= 1
+
+    def _json(self, answer: tuple[dict, int]) -> web.Response:
+        doc, status = answer
+        return web.json_response(doc, status=status)
+
     async def _h_device_info(self, request: web.Request) -> web.Response:
-        return web.json_response(reports.rest_ok({"ModelNumber": self.spec.model, "MACAddress": self.mac,
-                                                  "FirmwareRelease": self.model["firmware"], "IPV4Address": self.spec.ip,
-                                                  "UpTimeSinceLastReboot": reports.uptime_text(time.monotonic() - self.booted_at)}))
+        return self._json(reports.rest_device_info(self.model["firmware"], self.mac, self.spec.model,
+                                                   time.monotonic() - self.booted_at))
 
     async def _h_line_info(self, request: web.Request) -> web.Response:
-        data = []
+        lines = []
         for r in self.regs:
             working = next((s for s in r.servers if s.index == r.working), None)
-            data.append({"LineNumber": str(r.index), "RegistrationStatus": "registered" if working else "unregistered",
-                         "UserID": r.user, "Label": r.user, "LineType": "private", "SIPAddress": f"{r.user}@{r.servers[0].address}",
-                         "ProxyAddress": working.address if working else "", "Port": str(working.port if working else 0),
-                         "Protocol": "SIP"})
-        return web.json_response(reports.rest_ok(data))
+            lines.append({"LineNumber": r.index, "RegistrationStatus": "registered" if working else "unregistered",
+                          "UserID": r.user, "address": f"{r.user}@{r.servers[0].address}",
+                          "ProxyAddress": working.address if working else "", "Port": working.port if working else 0})
+        return self._json(reports.rest_line_info(self.model["firmware"], lines))
 
     async def _h_restart(self, request: web.Request) -> web.Response:
         self._spawn(self.reboot("rest"))
-        return web.json_response(reports.rest_ok({}))
+        return self._json(reports.rest_status("rest-safe-restart"))
 
     async def _h_config_set(self, request: web.Request) -> web.Response:
         try:
@@ -140,9 +184,9 @@ class WebApi:
             if not isinstance(values, dict) or not all(isinstance(k, str) for k in values):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            return web.json_response(reports.rest_error("4000"), status=400)
+            return self._json(reports.rest_status("rest-error-4000"))
         self.params.update({k: str(v) for k, v in values.items()})
-        return web.json_response(reports.rest_ok({}))
+        return self._json(reports.rest_status("rest-config-set"))
 
     async def _h_config_get(self, request: web.Request) -> web.Response:
         try:
@@ -150,11 +194,14 @@ class WebApi:
             if not isinstance(names, list):
                 raise ValueError
         except (ValueError, KeyError, TypeError):
-            return web.json_response(reports.rest_error("4000"), status=400)
-        return web.json_response(reports.rest_ok({str(n): self.params.get(str(n), "") for n in names}))
+            return self._json(reports.rest_status("rest-error-4000"))
+        if len(names) > CONFIG_GET_MAX:
+            return self._json(reports.rest_status("rest-config-get-too-many"))
+        return self._json(reports.rest_config_values({str(n): self.params.get(str(n), "") for n in names}))
 
     async def _h_call_status(self, request: web.Request) -> web.Response:
-        return web.json_response(reports.rest_ok({"CallState": "Connected" if self.in_call else "Idle"}))
+        calls = [{"CallState": "Connected", "LineId": 1, "DurationSeconds": 1}] if self.in_call else []
+        return self._json(reports.rest_call_status(self.model["firmware"], request.path.startswith("/api/v2/"), calls))
 
     async def _h_dial(self, request: web.Request) -> web.Response:
         try:
@@ -162,6 +209,6 @@ class WebApi:
             dest = str(body["data"]["Dest"])
             line = int(body["data"].get("Line", 1))
         except (ValueError, KeyError, TypeError):
-            return web.json_response(reports.rest_error("4000"), status=400)
+            return self._json(reports.rest_status("rest-error-4000"))
         self._spawn(self.place_call(dest, line))
-        return web.json_response(reports.rest_ok({}))
+        return self._json(reports.rest_status("rest-dial"))

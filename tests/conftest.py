@@ -122,6 +122,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     114: (1, "test_named_master_lab"), 116: (1, "test_checksync_live"), 131: (1, "test_wire_attribution_lab"),
     118: (1, "test_failover_behaviour"), 150: (1, "test_dns_blind_spot"),
     112: (1, "test_firmware_variants"),
+    98: (1, "test_rest_one_at_a_time"),
 }
 
 

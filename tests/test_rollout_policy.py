@@ -212,12 +212,27 @@ def test_a_deferred_phone_is_sent_again_only_after_the_retry_time():
 
 
 def test_a_deferred_phone_at_the_deadline_halts_the_wave_naming_it():
-    snap = pending(**{A1: {"state": "verified"}, A2: {"state": "deferred", "deferred_at": str(NOW - 1)},
+    snap = pending(**{A1: {"state": "verified"},
+                      A2: {"state": "deferred", "deferred_at": str(NOW - 1),
+                           "deferred_reason": "in-call: REST callStatus v2: 1 call(s) (Connected)"},
                       B1: {"state": "dispatched", "dispatched_at": str(NOW - 1)}})
     s = rp.step(2, [A1, A2, B1], snap, {}, limits(), NOW, deadline_passed=True)
     assert s.verdict == rp.HALT and s.dispatch == []
     assert s.reason == (f"wave 2 missed its progress deadline (600s); waiting on "
-                        f"1 deferred as possibly in a call ({A2}), 1 dispatched")
+                        f"1 deferred in a call ({A2}), 1 dispatched")
+
+
+def test_a_halted_wave_says_which_phone_is_in_a_call_and_which_state_is_unknown_and_why():
+    """Failed before: both were "deferred as possibly in a call"."""
+    snap = pending(**{A1: {"state": "deferred", "deferred_at": str(NOW - 1),
+                           "deferred_reason": "in-call: REST callStatus v2: 1 call(s) (Connected)"},
+                      A2: {"state": "deferred", "deferred_at": str(NOW - 1),
+                           "deferred_reason": "unknown: REST callStatus v2: no answer within 5s"}})
+    s = rp.step(0, [A1, A2], snap, {}, limits(), NOW, deadline_passed=True)
+    assert s.verdict == rp.HALT
+    assert f"1 deferred in a call ({A1})" in s.reason
+    assert f"1 deferred ({A2}: state unknown: REST callStatus v2: no answer within 5s)" in s.reason
+    assert rp.why_deferred("unknown: x") == "state unknown: x" and rp.why_deferred(None).startswith("possibly")
 
 
 def test_a_settled_wave_is_done_even_when_its_deadline_passed():

@@ -346,19 +346,28 @@ def _ask_every_way(phone: Phone, creds: Credentials) -> None:
 
 @pytest.mark.parametrize("challenge", ["digest", "basic"])
 def test_spoofed_phone_never_gets_the_password_in_basic_form_unless_configured(challenge):
+    """`http_auth: digest` keeps Basic off every path; unset, only REST sends Basic (Poly's documented method:
+    user Polycom, conformance rest-auth-challenge-basic) and state polling stays digest; `basic` is Basic."""
     creds = Credentials(username="Polycom", password=ADMIN_SECRET)
     spoof = SpoofedPhone("127.0.0.87", challenge)
     try:
         phone = Phone(mac="0004f2000001", model="SoundPoint IP 650", address="127.0.0.87", http_port=spoof.port,
-                      credentials="admin")
-        assert phone.http_auth == "digest"
+                      credentials="admin", http_auth="digest")
         _ask_every_way(phone, creds)
         assert spoof.headers, "the clients reached the spoofed phone"
-        assert spoof.basic_passwords() == [], "no Basic header without http_auth: basic"
+        assert spoof.basic_passwords() == [], "no Basic header with http_auth: digest"
         assert not any(ADMIN_SECRET in h for h in spoof.headers)
         if challenge == "digest":
             assert any(h.startswith("Digest ") for h in spoof.headers), "the digest challenge was answered"
-        # the inventory says this phone needs basic: then, and only then, it gets basic
+        # unset: state polling still never sends Basic; REST (UC Software 5) sends it first, as Poly documents
+        spoof.headers.clear()
+        from fleet.drivers.control.polling import polling_in_call
+        from fleet.drivers.errors import DriverError
+
+        with pytest.raises(DriverError):
+            polling_in_call(phone.model_copy(update={"http_auth": None}), creds)
+        assert spoof.basic_passwords() == [], "state polling never sends Basic unless configured"
+        # the inventory says this phone needs basic: then every path gets basic
         spoof.headers.clear()
         _ask_every_way(phone.model_copy(update={"http_auth": "basic"}), creds)
         assert spoof.basic_passwords() and set(spoof.basic_passwords()) == {f"Polycom:{ADMIN_SECRET}"}
@@ -480,8 +489,9 @@ def test_digest_is_enough_for_the_virtual_phones(small_lab):
 
     inv = inventory.load(small_lab.inventory)
     secrets = inventory.Secrets(inv)
-    targets = [(p, secrets.credentials(p.credentials)) for p in inv.sites[0].phones]
-    assert all(p.http_auth == "digest" for p, _ in targets)
+    # unset, REST sends Basic first (Poly's method); `http_auth: digest` must still reach every lab phone
+    targets = [(p.model_copy(update={"http_auth": "digest"}), secrets.credentials(p.credentials))
+               for p in inv.sites[0].phones]
 
     async def poll():
         async with Poller(concurrency=4, timeout=5) as poller:

@@ -1,6 +1,9 @@
 """Phone state polling over HTTP, asynchronous: hundreds of phones in flight from one task.
 
-UC Software phones answer REST `lineInfo` (RegistrationStatus, ProxyAddress);
+UC Software phones answer REST `lineInfo` (RegistrationStatus, ProxyAddress; read by
+drivers.control.rest.parse_line_info, every corpus shape), one request at a time across
+processes: each lineInfo holds the phone's lock (`rest_lock`, fleet.lease.PhoneRestLock)
+and REST sends Basic first unless the inventory says digest (drivers.control.rest);
 every SoundPoint answers state polling (`/polling/deviceHandler`: model and
 firmware; `/polling/callstateHandler`: whether a line is in a call) in requestor
 mode; in push mode the poll only makes the phone POST its state to the
@@ -15,7 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import time
+from typing import AsyncContextManager, Callable
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 
@@ -25,6 +30,7 @@ from sipwire import digest
 
 from ...inventory import Credentials, Phone
 from ..control import polling
+from ..control.rest import MAX_ANSWER, parse_line_info, uses_rest
 from ..errors import DriverError
 
 
@@ -40,10 +46,22 @@ class PollResult:
     in_call: bool | None = None
 
 
+async def _bounded(resp: aiohttp.ClientResponse) -> bytes:
+    """The answer's body, at most MAX_ANSWER + 1 bytes (a longer one is refused by the reader)."""
+    out = bytearray()
+    async for chunk in resp.content.iter_chunked(65536):
+        out += chunk
+        if len(out) > MAX_ANSWER:
+            break
+    return bytes(out)
+
+
 class Poller:
-    def __init__(self, concurrency: int = 200, timeout: float = 3.0) -> None:
+    def __init__(self, concurrency: int = 200, timeout: float = 3.0,
+                 rest_lock: Callable[[Phone], AsyncContextManager] | None = None) -> None:
         self.concurrency = concurrency
         self.timeout = timeout
+        self.rest_lock = rest_lock         # the phone's REST lock for one request (None: no other process talks REST)
         self._session: aiohttp.ClientSession | None = None
         self._challenges: dict[tuple[str, int], dict[str, str]] = {}   # the last digest challenge of each phone
 
@@ -56,23 +74,24 @@ class Poller:
         if self._session:
             await self._session.close()
 
-    def _authorization(self, phone: Phone, path: str, creds: Credentials) -> dict[str, str]:
-        if phone.http_auth == "basic":
+    def _authorization(self, phone: Phone, path: str, creds: Credentials, basic_first: bool = False) -> dict[str, str]:
+        challenge = self._challenges.get((phone.address, phone.http_port))
+        if phone.http_auth == "basic" or (basic_first and challenge is None):
             token = base64.b64encode(f"{creds.username}:{creds.password}".encode()).decode()
             return {"Authorization": f"Basic {token}"}
-        challenge = self._challenges.get((phone.address, phone.http_port))
         if challenge is None:
             return {}
         return {"Authorization": digest.authorization(challenge, username=creds.username, password=creds.password,
                                                       method="GET", uri=path)}
 
-    async def _get(self, phone: Phone, path: str, creds: Credentials) -> bytes:
+    async def _get(self, phone: Phone, path: str, creds: Credentials, basic_first: bool = False) -> bytes:
         url = f"http://{phone.address}:{phone.http_port}{path}"
         for _ in range(2):   # with the last challenge (or none), then once more with a fresh one
-            async with self._session.get(url, headers=self._authorization(phone, path, creds)) as resp:  # type: ignore[union-attr]
+            headers = self._authorization(phone, path, creds, basic_first)
+            async with self._session.get(url, headers=headers) as resp:  # type: ignore[union-attr]
                 if resp.status != 401:
                     resp.raise_for_status()
-                    return await resp.read()
+                    return await _bounded(resp)
                 asked = resp.headers.get("WWW-Authenticate", "")
                 scheme = asked.split(" ", 1)[0].lower()
                 if phone.http_auth == "basic" or scheme != "digest":
@@ -86,14 +105,8 @@ class Poller:
         in push mode the call state arrives at the collector's /state, so only the device handler is read here."""
         t = time.time()
         try:
-            if phone.family.rest:
-                import json
-
-                doc = json.loads(await self._get(phone, "/api/v1/mgmt/lineInfo", creds))
-                data = doc.get("data") if isinstance(doc, dict) else None
-                if str(doc.get("Status")) != "2000" or not isinstance(data, list):
-                    return PollResult(phone.mac, t, False, "lineInfo: unexpected answer")
-                return PollResult(phone.mac, time.time(), True, lines=[d for d in data if isinstance(d, dict)])
+            if uses_rest(phone):
+                return await self._line_info(phone, creds, t)
             name = f"phone {phone.mac}"
             if mode != "requestor":
                 # push (or nothing): the answers carry no state; the poll makes a push-mode phone POST it to /state
@@ -113,6 +126,25 @@ class Poller:
             return PollResult(phone.mac, t, False, f"malformed answer: {exc.message[:200]}")
         except (ValueError, ET.ParseError, AttributeError) as exc:
             return PollResult(phone.mac, t, False, f"malformed answer: {type(exc).__name__}")
+
+    async def _line_info(self, phone: Phone, creds: Credentials, t: float) -> PollResult:
+        """REST lineInfo, holding the phone's lock for the one request (other processes talk REST to it too)."""
+        basic_first = phone.http_auth != "digest"
+        if self.rest_lock is None:
+            body = await self._get(phone, "/api/v1/mgmt/lineInfo", creds, basic_first)
+        else:
+            try:
+                async with self.rest_lock(phone):
+                    body = await self._get(phone, "/api/v1/mgmt/lineInfo", creds, basic_first)
+            except DriverError as exc:
+                return PollResult(phone.mac, t, False, f"lineInfo: {exc.message}")
+        if len(body) > MAX_ANSWER:
+            return PollResult(phone.mac, t, False, "lineInfo: answer too long")
+        try:
+            lines = parse_line_info(json.loads(body))
+        except ValueError as exc:
+            return PollResult(phone.mac, t, False, f"lineInfo: {exc}")
+        return PollResult(phone.mac, time.time(), True, lines=lines)
 
     async def poll(self, phones: list[tuple[Phone, Credentials]],
                    modes: dict[str, polling.ResponseMode] | None = None) -> list[PollResult]:
