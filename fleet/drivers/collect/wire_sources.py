@@ -221,7 +221,8 @@ def phone_servers(params: dict[str, str], reg: int = 1) -> list[dict]:
         prefix = f"reg.{reg}.server.{y}." if timing.source == "reg" else f"voIpProt.server.{y}."
         port = str(params.get(prefix + "port") or "").strip()
         server = {"index": y, "address": timing.address, "port": int(port) if port.isdigit() else 0,
-                  "transport": str(params.get(prefix + "transport") or ""), "register": timing.register}
+                  "transport": str(params.get(prefix + "transport") or ""), "register": timing.register,
+                  "expires": timing.expires}
         if proxy and str(params.get(f"reg.{reg}.server.{y}.useOutboundProxy", "1")).strip() != "0":
             server["proxy"] = proxy
         out.append(server)
