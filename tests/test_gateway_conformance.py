@@ -79,3 +79,28 @@ def test_a_per_aor_section_that_cannot_be_read_is_that_users_loss_only():
                for u in ("1001", "1002")]
     observed = {o.mac[-4:]: o.state for o in gb.observations(bindings, targets, T0)}
     assert observed == {u: REGISTERED for u in ("1001", "1002") if u != first}, observed   # neither bound nor unbound
+
+
+RECEIVED_FOLD = "X\r\n\t\t\tReceived: sip:10.0.0.6:5060"      # a folded User-Agent saying where the REGISTER came from
+
+
+def _shared_line_targets() -> list[WireTarget]:
+    """Phones X (127.0.0.1, where the REGISTER really came from) and Y (10.0.0.6) on one shared AoR 1001."""
+    return [WireTarget(mac=mac, reg=1, server=1, address=("127.0.0.1", 5060), user="1001", phone_ip=ip)
+            for mac, ip in (("0004f200000a", "127.0.0.1"), ("0004f200000b", "10.0.0.6"))]
+
+
+@pytest.mark.parametrize("entry_id, indent", [("gateway-kamailio-command-per-aor", "\t\t\t"),
+                                              ("gateway-kamailio-ul-dump", "\t" * 7)])
+def test_a_folded_user_agent_cannot_say_where_a_binding_came_from(entry_id, indent):
+    """Review of issue 17: the first occurrence of a key was kept and usrloc prints Received after User-Agent, so the
+    fold made 1001's binding look as if 10.0.0.6 (phone Y) had registered it: Y registered, X unregistered. Now a
+    contact showing a key twice makes its AoR unreadable: no observation for either phone."""
+    body = conformance.get(entry_id).body
+    ua = next(line for line in body.split("\n") if "User-Agent: PolycomVVX" in line)
+    assert ua.startswith(indent + "User-Agent: "), ua
+    hostile = body.replace(ua, indent + "User-Agent: " + RECEIVED_FOLD.replace("\t\t\t", indent))
+    bindings = gb.parse_kamailio(hostile, T0)
+    assert "1001" in bindings.unreadable and not [b for b in bindings if b.user == "1001"], bindings
+    assert gb.observations(bindings, _shared_line_targets(), T0) == []
+    assert [b.user for b in bindings] == ["1002"], "the other AoR is still read"

@@ -86,6 +86,8 @@ def gateway_now(text: str) -> float | None:
 #   space or a TAB, so a line at column 0 is ours or kamcmd's, never a value's: whatever a User-Agent carries stays
 #   inside its own AoR's section, and the section is read as that AoR's alone (a malformed one is that user's
 #   loss, "unreadable", never another user's binding and never the whole answer's);
+#   inside a section, a contact that shows one of usrloc's keys twice is unreadable too (ul_rpc.c prints each key
+#   once, and every key from User-Agent on always: a folded User-Agent saying `Received: ...` repeats one);
 # - a whole `kamcmd ul.dump` text is still read (captured answers), splitting lines on LF only and opening blocks
 #   only on kamcmd's own struct names; an injected AoR block shows as more AoRs than Kamailio's own count.
 
@@ -283,7 +285,9 @@ def _lookup_section(aor: str, body: list[str]) -> list[Binding] | None:
             cur = {}
             continue
         m = re.match(r"^\t\t\t([A-Za-z][A-Za-z-]*): (.*)$", line)
-        if m and cur is not None and m.group(1) not in cur:
+        if m and cur is not None:
+            if m.group(1) in cur:
+                return None         # a key twice: a value (a folded User-Agent) carries lines of its own
             cur[m.group(1)] = m.group(2).strip()
     if cur is not None:
         b = _contact_binding(aor, cur, strict_types=False)
@@ -316,10 +320,11 @@ def parse_kamailio_dump(text: str, now: float | None = None) -> Bindings:
     out = Bindings()
     aor = ""
     cur: dict[str, str] | None = None
+    repeated: set[str] = set()        # AoRs with a contact that shows a key twice (see _lookup_section)
 
     def flush() -> None:
         nonlocal cur
-        if cur is not None and aor and "Address" in cur:
+        if cur is not None and aor and "Address" in cur and aor not in repeated:
             b = _contact_binding(aor, cur, strict_types=False)
             if b is not None:
                 out.append(b)
@@ -341,9 +346,13 @@ def parse_kamailio_dump(text: str, now: float | None = None) -> Bindings:
         if key == "AoR":
             flush()
             aor = value if value and value != "{" else ""
-        elif cur is not None and not _STRUCT_OPEN.match(line) and key not in cur:
+        elif cur is not None and not _STRUCT_OPEN.match(line):
+            if key in cur:
+                repeated.add(aor)
             cur[key] = value
     flush()
+    if repeated:
+        out = Bindings([b for b in out if b.aor not in repeated], out.unreadable | {_user_of(a) for a in repeated})
     return out
 
 
@@ -501,7 +510,15 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
     A binding counts for a target only when it was registered from the phone's address or one the inventory
     allows (wire_observations.SenderCheck), even when it is the user's only one: the address the registrar saw
     the REGISTER come from where the platform shows it, else the contact's host. Others are counted in
-    `foreign` per address (issue 17)."""
+    `foreign` per address (issue 17). A user whose bindings are all foreign gets no observation: its phone may
+    have moved (DHCP) or not registered there, and the answer cannot say which. A target's `allowed` may carry
+    addresses the wire sources learned for it (GatewayPoller).
+
+    The contact's host stands in for the sender only where the platform does not show one (Kamailio without
+    nathelper's received: `Received: [not set]`; its `Socket` is Kamailio's own listening socket, not the
+    sender's): it is text the registering party wrote, but the registrar accepted it with that AoR's
+    credentials and sends that AoR's calls there, so a binding with the phone's address as contact reaches the
+    phone. Where a shared AoR must be told apart by sender, record it (fix_nated_register / received_avp)."""
     # a user whose record the answer could not read (Bindings.unreadable) is neither bound nor unbound: no observation
     unreadable = set(getattr(bindings, "unreadable", ()))
     by_user: dict[str, list[Binding]] = {}
@@ -529,6 +546,8 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
                 for b in found:
                     if b not in admitted:
                         count_foreign(foreign, b.source_ip or b.contact_host or "?")
+            if found and not admitted:
+                continue        # only foreign bindings (the phone moved, or someone else's): they say nothing of it
             exact = [b for b in admitted if target.phone_ip and target.phone_ip == (b.source_ip or b.contact_host)]
             found = exact if len(admitted) > 1 and exact else admitted     # a shared line: the phone's own binding
         elif target.phone_ip:
