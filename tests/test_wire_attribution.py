@@ -301,3 +301,31 @@ def test_targets_carry_the_phones_configured_expiry():
 
     servers = [{"index": 1, "address": "203.0.113.10", "expires": 300}, {"index": 2, "address": "192.168.10.1"}]
     assert [t.expires for t in targets_for(MAC, 1, "1001", servers, lambda name: [])] == [300, 3600]
+
+
+def test_the_gateway_source_takes_a_binding_from_the_address_a_wire_source_learned():
+    """Review of issue 17: a phone that DHCP moved proves its new address to the router capture (a registration its
+    provider authenticated); the gateway's binding from that address is then its own, not foreign."""
+    import time
+
+    from fleet.drivers.collect import wire_sources
+    from test_wire_lines import PARAMS, _site
+
+    params = PARAMS | {"voIpProt.server.2.address": GATEWAY[0]}
+    targets = wire_sources.Targets(_site(), lambda: {MAC: dict(params)})
+    targets.refresh(force=True)
+    capture = wire_sources.LocalCapture(targets.site, None, None, targets)     # never started: its pipeline only
+    ev = capture._pipeline()
+    now = time.time()
+    obs = run(ev, _authenticated(MOVED, now))
+    assert [(o.reg, o.server, o.state) for o in obs] == [(1, 1, REGISTERED)], ev.stats
+    assert targets.learned_addresses(now + 60) == {MAC: (MOVED[0],)}
+    poller = wire_sources.GatewayPoller.__new__(wire_sources.GatewayPoller)   # its targets only: no router
+    poller.site, poller.targets = targets.site, targets
+    binding = gb.Binding("1001", f"sip:1001@{MOVED[0]}:5060", 3600, source_ip=MOVED[0])
+    found = [(o.reg, o.server, o.state) for o in gb.observations([binding], poller.gateway_targets(now + 60), now + 60)]
+    assert (1, 2, REGISTERED) in found, found
+    # long after the binding the learning came from lapsed, the address is nobody's again: no observation for line 1
+    late = now + 3600 + 120 + 60
+    assert targets.learned_addresses(late) == {}
+    assert [o for o in gb.observations([binding], poller.gateway_targets(late), late) if o.reg == 1] == []
