@@ -104,3 +104,36 @@ def test_a_folded_user_agent_cannot_say_where_a_binding_came_from(entry_id, inde
     assert "1001" in bindings.unreadable and not [b for b in bindings if b.user == "1001"], bindings
     assert gb.observations(bindings, _shared_line_targets(), T0) == []
     assert [b.user for b in bindings] == ["1002"], "the other AoR is still read"
+
+
+def test_on_a_shared_aor_a_contact_naming_another_phone_is_not_that_phones_binding():
+    """Review of issue 17: without a recorded sender (Kamailio's `Received: [not set]`) the Contact host stood for
+    the sender, and any phone of a shared AoR may write any Contact: X's binding naming Y's address made Y registered
+    and X unregistered. Now neither phone gets an observation; a recorded sender still tells them apart."""
+    x, y = _shared_line_targets()
+    planted = gb.Binding("1001", "sip:1001@10.0.0.6:5060", 300)                  # X wrote Y's address
+    assert gb.observations(gb.Bindings([planted]), [x, y], T0) == []
+    recorded = gb.Binding("1001", "sip:1001@10.0.0.6:5060", 300, source_ip="127.0.0.1")
+    assert {o.mac: o.state for o in gb.observations(gb.Bindings([recorded]), [x, y], T0)} == {x.mac: REGISTERED}
+    # the same sender read from kamcmd's text, which a folded value can still forge as a whole contact: no observation
+    assert gb.observations(gb.Bindings([recorded], senders_recorded=False), [x, y], T0) == []
+    # one phone on the AoR: its Contact stands for the sender (only that line's credentials could write it)
+    assert {o.mac: o.state for o in gb.observations(gb.Bindings([planted]), [y], T0)} == {y.mac: REGISTERED}
+
+
+def test_a_folded_user_agent_split_into_two_whole_contacts_cannot_speak_for_another_phone():
+    """The fold may also close its contact and open another, each key once (ul_rpc.c's order): X's own binding then
+    shows Y's address as Received (folded with bare LFs, which Kamailio keeps too). Per-AoR text is not a recorded
+    sender: no observation on the shared AoR."""
+    body = conformance.get("gateway-kamailio-command-per-aor").body
+    ua = next(line for line in body.split("\n") if "User-Agent: PolycomVVX" in line)
+    section = body.split("@aor location 1001\n", 1)[1]
+    tail = section.split(ua + "\n", 1)[1].split("\n\t\t}\n", 1)[0].split("\n")          # Received .. Last-Modified
+    head = section.split("\t\tContact: {\n", 1)[1].split(ua, 1)[0].rstrip("\n").split("\n")   # Address .. CSeq
+    forged_tail = ["\t\t\tReceived: sip:10.0.0.6:5060" if line.startswith("\t\t\tReceived:") else line for line in tail]
+    fold = "\n".join(["X", *forged_tail, "\t\t}", "\t\tContact: {",
+                        *[line.replace("127.0.0.1:", "127.0.0.1:1") for line in head], "\t\t\tUser-Agent: Y"])
+    hostile = body.replace(ua, "\t\t\tUser-Agent: " + fold)
+    bindings = gb.parse_kamailio(hostile, T0)
+    assert sorted(b.source_ip for b in bindings if b.user == "1001") == ["", "10.0.0.6"], bindings   # the forgery reads
+    assert gb.observations(bindings, _shared_line_targets(), T0) == []                           # ... and says nothing

@@ -101,11 +101,18 @@ KAMAILIO_MAX_ANSWER = 64 * 1024 * 1024      # a bigger answer is refused, not pa
 
 class Bindings(list):
     """The bindings of an answer, with the users whose record could not be read (`unreadable`): for them the
-    answer says nothing (neither bound nor unbound), so no observation may be made."""
+    answer says nothing (neither bound nor unbound), so no observation may be made.
 
-    def __init__(self, items: Iterable[Binding] = (), unreadable: Iterable[str] = ()) -> None:
+    `senders_recorded` False: the answer is text in which a value could still forge a whole, well-formed contact
+    (kamcmd prints values raw: a User-Agent folded into balanced lines can split its own contact in two, each key
+    once), so its `source_ip` is no better than the Contact text and cannot tell the phones of a shared AoR apart
+    (`observations`). JSON-RPC, AstDB's and FreeSWITCH's records keep it in a field of its own."""
+
+    def __init__(self, items: Iterable[Binding] = (), unreadable: Iterable[str] = (), senders_recorded: bool = True
+                 ) -> None:
         super().__init__(items)
         self.unreadable: set[str] = set(unreadable)
+        self.senders_recorded = senders_recorded
 
 
 def _lines(text: str) -> list[str]:
@@ -241,7 +248,7 @@ def parse_kamailio_lookups(text: str) -> Bindings:
         raise GatewayOutputError("Kamailio's `ul.dump brief` is not an answer (no AoRs section): "
                                  + (brief_text.strip().splitlines() or ["no output"])[0][:200])
     listed = [m.group(1) for m in re.finditer(r"^\t+AoR: (\S+)$", brief_text, re.M)]
-    out = Bindings()
+    out = Bindings(senders_recorded=False)
     seen: set[str] = set()
     for head, body in sections:
         table, _, aor = head.partition(" ")
@@ -317,7 +324,7 @@ def parse_kamailio_dump(text: str, now: float | None = None) -> Bindings:
             f"Kamailio ul.dump text shows {infos} AoRs where Kamailio counted {sum(counted)}: a header value "
             "(a folded User-Agent) carries lines of its own, so this text cannot be read safely; fleet reads "
             "Kamailio over JSON-RPC or per AoR (its own gateway command)")
-    out = Bindings()
+    out = Bindings(senders_recorded=False)
     aor = ""
     cur: dict[str, str] | None = None
     repeated: set[str] = set()        # AoRs with a contact that shows a key twice (see _lookup_section)
@@ -352,7 +359,8 @@ def parse_kamailio_dump(text: str, now: float | None = None) -> Bindings:
             cur[key] = value
     flush()
     if repeated:
-        out = Bindings([b for b in out if b.aor not in repeated], out.unreadable | {_user_of(a) for a in repeated})
+        out = Bindings([b for b in out if b.aor not in repeated], out.unreadable | {_user_of(a) for a in repeated},
+                       senders_recorded=False)
     return out
 
 
@@ -516,9 +524,13 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
 
     The contact's host stands in for the sender only where the platform does not show one (Kamailio without
     nathelper's received: `Received: [not set]`; its `Socket` is Kamailio's own listening socket, not the
-    sender's): it is text the registering party wrote, but the registrar accepted it with that AoR's
-    credentials and sends that AoR's calls there, so a binding with the phone's address as contact reaches the
-    phone. Where a shared AoR must be told apart by sender, record it (fix_nated_register / received_avp)."""
+    sender's), and only for an AoR one phone holds: it is text the registering party wrote, but the registrar
+    accepted it with that AoR's own credentials and sends that AoR's calls there, so a binding with the phone's
+    address as contact reaches the phone. On a shared AoR (several phones of the targets hold its user) any of
+    them could write another's address, so there only a sender the registrar recorded in a field of its own
+    counts (`Bindings.senders_recorded`: Kamailio over JSON-RPC with received recorded, e.g.
+    fix_nated_register or received_avp; Asterisk's via_addr; FreeSWITCH's network_ip); a binding without
+    one leaves that AoR's phones without an observation (neither bound nor unbound)."""
     # a user whose record the answer could not read (Bindings.unreadable) is neither bound nor unbound: no observation
     unreadable = set(getattr(bindings, "unreadable", ()))
     by_user: dict[str, list[Binding]] = {}
@@ -534,6 +546,11 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
                 by_ip.setdefault(ip, []).append(b)
     targets = list(targets)
     claimed = {t.user for t in targets if t.user}   # a binding of a known user is that user's target's alone
+    phones_of: dict[str, set[str]] = {}
+    for t_ in targets:
+        if t_.user:
+            phones_of.setdefault(t_.user, set()).add(t_.mac)
+    recorded = getattr(bindings, "senders_recorded", True)
     out: list[Observation] = []
     senders = SenderCheck()
     for target in targets:
@@ -541,14 +558,24 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
             continue
         if target.user:
             found = by_user.get(target.user, [])
-            admitted = [b for b in found if senders.admits(target, b.source_ip or b.contact_host)]
+            if len(phones_of[target.user]) > 1:
+                # a shared AoR: any of its phones may write any Contact, so only a sender the registrar recorded
+                # tells them apart; a binding without one might be this phone's: no observation
+                def sender(b: Binding) -> str:
+                    return b.source_ip if recorded else ""
+            else:
+                def sender(b: Binding) -> str:
+                    return b.source_ip or b.contact_host
+            if any(not sender(b) for b in found):
+                continue
+            admitted = [b for b in found if senders.admits(target, sender(b))]
             if foreign is not None:
                 for b in found:
                     if b not in admitted:
-                        count_foreign(foreign, b.source_ip or b.contact_host or "?")
+                        count_foreign(foreign, sender(b))
             if found and not admitted:
                 continue        # only foreign bindings (the phone moved, or someone else's): they say nothing of it
-            exact = [b for b in admitted if target.phone_ip and target.phone_ip == (b.source_ip or b.contact_host)]
+            exact = [b for b in admitted if target.phone_ip and target.phone_ip == sender(b)]
             found = exact if len(admitted) > 1 and exact else admitted     # a shared line: the phone's own binding
         elif target.phone_ip:
             # by address, but not the binding of the same phone's other line (whose user its target has)
