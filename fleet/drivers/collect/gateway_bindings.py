@@ -359,7 +359,7 @@ def parse_kamailio_dump(text: str, now: float | None = None) -> Bindings:
             cur[key] = value
     flush()
     if repeated:
-        out = Bindings([b for b in out if b.aor not in repeated], out.unreadable | {_user_of(a) for a in repeated},
+        out = Bindings([b for b in out if b.aor not in repeated], out.unreadable | {_user_of(a) for a in repeated if a},
                        senders_recorded=False)
     return out
 
@@ -505,6 +505,14 @@ def platform(name: str) -> GatewayPlatform:
         raise ValueError(f"unknown gateway platform {name!r}; known: {', '.join(sorted(PLATFORMS))}") from None
 
 
+def _sender(b: Binding, shared: bool, recorded: bool) -> str:
+    """Where `b` counts as registered from ("" when unknown): the sender the registrar recorded, else (an AoR one
+    phone holds) the contact's host; on a shared AoR only a recorded sender from a field of its own (`observations`)."""
+    if shared:
+        return b.source_ip if recorded else ""
+    return b.source_ip or b.contact_host
+
+
 def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: float,
                  source: str = "gateway", foreign: Counter | None = None) -> list[Observation]:
     """One observation per target (the gateway's server entry of each phone): registered with the binding's
@@ -558,24 +566,17 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
             continue
         if target.user:
             found = by_user.get(target.user, [])
-            if len(phones_of[target.user]) > 1:
-                # a shared AoR: any of its phones may write any Contact, so only a sender the registrar recorded
-                # tells them apart; a binding without one might be this phone's: no observation
-                def sender(b: Binding) -> str:
-                    return b.source_ip if recorded else ""
-            else:
-                def sender(b: Binding) -> str:
-                    return b.source_ip or b.contact_host
-            if any(not sender(b) for b in found):
-                continue
-            admitted = [b for b in found if senders.admits(target, sender(b))]
+            shared = len(phones_of[target.user]) > 1
+            if any(not _sender(b, shared, recorded) for b in found):
+                continue        # a binding that might be this phone's: neither bound nor unbound
+            admitted = [b for b in found if senders.admits(target, _sender(b, shared, recorded))]
             if foreign is not None:
                 for b in found:
                     if b not in admitted:
-                        count_foreign(foreign, sender(b))
+                        count_foreign(foreign, _sender(b, shared, recorded))
             if found and not admitted:
                 continue        # only foreign bindings (the phone moved, or someone else's): they say nothing of it
-            exact = [b for b in admitted if target.phone_ip and target.phone_ip == sender(b)]
+            exact = [b for b in admitted if target.phone_ip and target.phone_ip == _sender(b, shared, recorded)]
             found = exact if len(admitted) > 1 and exact else admitted     # a shared line: the phone's own binding
         elif target.phone_ip:
             # by address, but not the binding of the same phone's other line (whose user its target has)
