@@ -79,3 +79,61 @@ def test_a_per_aor_section_that_cannot_be_read_is_that_users_loss_only():
                for u in ("1001", "1002")]
     observed = {o.mac[-4:]: o.state for o in gb.observations(bindings, targets, T0)}
     assert observed == {u: REGISTERED for u in ("1001", "1002") if u != first}, observed   # neither bound nor unbound
+
+
+RECEIVED_FOLD = "X\r\n\t\t\tReceived: sip:10.0.0.6:5060"      # a folded User-Agent saying where the REGISTER came from
+
+
+def _shared_line_targets() -> list[WireTarget]:
+    """Phones X (127.0.0.1, where the REGISTER really came from) and Y (10.0.0.6) on one shared AoR 1001."""
+    return [WireTarget(mac=mac, reg=1, server=1, address=("127.0.0.1", 5060), user="1001", phone_ip=ip)
+            for mac, ip in (("0004f200000a", "127.0.0.1"), ("0004f200000b", "10.0.0.6"))]
+
+
+@pytest.mark.parametrize("entry_id, indent", [("gateway-kamailio-command-per-aor", "\t\t\t"),
+                                              ("gateway-kamailio-ul-dump", "\t" * 7)])
+def test_a_folded_user_agent_cannot_say_where_a_binding_came_from(entry_id, indent):
+    """Review of issue 17: the first occurrence of a key was kept and usrloc prints Received after User-Agent, so the
+    fold made 1001's binding look as if 10.0.0.6 (phone Y) had registered it: Y registered, X unregistered. Now a
+    contact showing a key twice makes its AoR unreadable: no observation for either phone."""
+    body = conformance.get(entry_id).body
+    ua = next(line for line in body.split("\n") if "User-Agent: PolycomVVX" in line)
+    assert ua.startswith(indent + "User-Agent: "), ua
+    hostile = body.replace(ua, indent + "User-Agent: " + RECEIVED_FOLD.replace("\t\t\t", indent))
+    bindings = gb.parse_kamailio(hostile, T0)
+    assert "1001" in bindings.unreadable and not [b for b in bindings if b.user == "1001"], bindings
+    assert gb.observations(bindings, _shared_line_targets(), T0) == []
+    assert [b.user for b in bindings] == ["1002"], "the other AoR is still read"
+
+
+def test_on_a_shared_aor_a_contact_naming_another_phone_is_not_that_phones_binding():
+    """Review of issue 17: without a recorded sender (Kamailio's `Received: [not set]`) the Contact host stood for
+    the sender, and any phone of a shared AoR may write any Contact: X's binding naming Y's address made Y registered
+    and X unregistered. Now neither phone gets an observation; a recorded sender still tells them apart."""
+    x, y = _shared_line_targets()
+    planted = gb.Binding("1001", "sip:1001@10.0.0.6:5060", 300)                  # X wrote Y's address
+    assert gb.observations(gb.Bindings([planted]), [x, y], T0) == []
+    recorded = gb.Binding("1001", "sip:1001@10.0.0.6:5060", 300, source_ip="127.0.0.1")
+    assert {o.mac: o.state for o in gb.observations(gb.Bindings([recorded]), [x, y], T0)} == {x.mac: REGISTERED}
+    # the same sender read from kamcmd's text, which a folded value can still forge as a whole contact: no observation
+    assert gb.observations(gb.Bindings([recorded], senders_recorded=False), [x, y], T0) == []
+    # one phone on the AoR: its Contact stands for the sender (only that line's credentials could write it)
+    assert {o.mac: o.state for o in gb.observations(gb.Bindings([planted]), [y], T0)} == {y.mac: REGISTERED}
+
+
+def test_a_folded_user_agent_split_into_two_whole_contacts_cannot_speak_for_another_phone():
+    """The fold may also close its contact and open another, each key once (ul_rpc.c's order): X's own binding then
+    shows Y's address as Received (folded with bare LFs, which Kamailio keeps too). Per-AoR text is not a recorded
+    sender: no observation on the shared AoR."""
+    body = conformance.get("gateway-kamailio-command-per-aor").body
+    ua = next(line for line in body.split("\n") if "User-Agent: PolycomVVX" in line)
+    section = body.split("@aor location 1001\n", 1)[1]
+    tail = section.split(ua + "\n", 1)[1].split("\n\t\t}\n", 1)[0].split("\n")          # Received .. Last-Modified
+    head = section.split("\t\tContact: {\n", 1)[1].split(ua, 1)[0].rstrip("\n").split("\n")   # Address .. CSeq
+    forged_tail = ["\t\t\tReceived: sip:10.0.0.6:5060" if line.startswith("\t\t\tReceived:") else line for line in tail]
+    fold = "\n".join(["X", *forged_tail, "\t\t}", "\t\tContact: {",
+                        *[line.replace("127.0.0.1:", "127.0.0.1:1") for line in head], "\t\t\tUser-Agent: Y"])
+    hostile = body.replace(ua, "\t\t\tUser-Agent: " + fold)
+    bindings = gb.parse_kamailio(hostile, T0)
+    assert sorted(b.source_ip for b in bindings if b.user == "1001") == ["", "10.0.0.6"], bindings   # the forgery reads
+    assert gb.observations(bindings, _shared_line_targets(), T0) == []                           # ... and says nothing

@@ -150,3 +150,19 @@ def test_bindings_read_by_both_forms_agree(kamailio, form):
         got[how] = sorted((b.user, b.contact, b.user_agent, b.active) for b in bindings)
         assert {b.user: b.expires_in for b in bindings}["1001"] in range(115, 121), bindings
     assert got["json"] == got["per-aor"] and len(got["json"]) == 2, got
+
+
+def test_a_folded_user_agent_cannot_say_where_a_shared_lines_binding_came_from(kamailio, form):
+    """Review of issue 17: phone X (127.0.0.1) registers the shared AoR 1001 with a User-Agent folded into
+    `Received: sip:10.0.0.6:5060` (phone Y's address). Before the fix the per-AoR reading kept that first Received:
+    Y registered, X unregistered. Now the contact is unreadable per AoR (a key twice); over JSON-RPC the value stays
+    a value, and Kamailio recorded no sender (no nathelper: `Received: [not set]`): on a shared AoR the Contact
+    text cannot say whose binding it is, so neither phone gets an observation (never Y registered, never X down)."""
+    register(kamailio, "1001", "X\r\n\t\t\tReceived: sip:10.0.0.6:5060")
+    bindings = gb.platform("kamailio").parse(gateway_answer(kamailio, form), time.time())
+    targets = [WireTarget(mac=mac, reg=1, server=1, address=("127.0.0.1", 5060), user="1001", phone_ip=ip)
+               for mac, ip in (("0004f200000a", "127.0.0.1"), ("0004f200000b", "10.0.0.6"))]
+    obs = {o.mac: o.state for o in gb.observations(bindings, targets, time.time())}
+    assert obs == {}, (obs, bindings)
+    if form == "json":
+        assert [b.source_ip for b in bindings] == [""] and bindings.senders_recorded, bindings

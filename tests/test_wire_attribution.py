@@ -158,16 +158,24 @@ def test_a_users_only_binding_from_another_address_is_not_the_phones():
     """Before issue 17 the address was compared only among two or more bindings: a single foreign one was the phone's."""
     target = WireTarget(MAC, 1, 2, GATEWAY, "1001", phone_ip=A_ADDR[0])
     foreign_binding = gb.Binding("1001", f"sip:1001@{SPOOFER[0]}:5060", 3600, source_ip=SPOOFER[0])
-    obs = gb.observations([foreign_binding], [target], T0)
-    assert [(o.mac, o.state, o.detail) for o in obs] == [(MAC, UNREGISTERED, "no binding")]
     counted: Counter[str] = Counter()
-    gb.observations([foreign_binding], [target], T0, foreign=counted)
-    assert counted == {SPOOFER[0]: 1}
+    obs = gb.observations([foreign_binding], [target], T0, foreign=counted)
+    assert obs == [] and counted == {SPOOFER[0]: 1}, obs
     # a Contact naming the phone's address does not help when the registrar saw the REGISTER come from elsewhere
     planted = gb.Binding("1001", f"sip:1001@{A_ADDR[0]}:5060", 3600, source_ip=SPOOFER[0])
-    assert [o.state for o in gb.observations([planted], [target], T0)] == [UNREGISTERED]
+    assert gb.observations([planted], [target], T0) == []
     own = gb.Binding("1001", f"sip:1001@{A_ADDR[0]}:5060", 3600)
     assert [(o.state, o.expires) for o in gb.observations([own, foreign_binding], [target], T0)] == [(REGISTERED, 3600)]
+    assert [(o.state, o.detail) for o in gb.observations([], [target], T0)] == [(UNREGISTERED, "no binding")]
+
+
+def test_a_phone_whose_only_binding_is_from_its_new_address_is_not_reported_down_at_every_poll():
+    """Review of issue 17: a phone that DHCP moved holds its binding from the new address; before the fix every poll
+    said "unregistered: no binding". Now no observation (counted foreign) ..."""
+    target = WireTarget(MAC, 1, 2, GATEWAY, "1001", phone_ip=A_ADDR[0])
+    moved = gb.Binding("1001", f"sip:1001@{MOVED[0]}:5060", 3600, source_ip=MOVED[0])
+    counted: Counter[str] = Counter()
+    assert gb.observations([moved], [target], T0, foreign=counted) == [] and counted == {MOVED[0]: 1}
 
 
 # ------------------------------------------------------------------------------------ fleet status and the report
@@ -238,3 +246,86 @@ def test_a_spoofer_is_not_learned_from_a_200_that_proves_nothing(how):
         packets = [(T0, SPOOFER, PROVIDER, bare), (T0, PROVIDER, SPOOFER, response(bare, 200))]
     assert run(ev, packets) == [], how
     assert not ev.build.attribution.learned and ev.build.attribution.foreign[SPOOFER[0]] >= 1, ev.stats
+
+
+# ------------------------------------------------------------------------------------ forged answers (review of issue 17)
+
+def _forged_exchange(spoofer: tuple[str, int], t: float) -> list[tuple]:
+    """What a LAN host does alone, every packet from its own address: a REGISTER for the phone's user, a 401 it
+    answers itself, a second REGISTER with garbage credentials naming the phone's user, its own 200 (a long expires),
+    then its own 403."""
+    bare = register("1001", spoofer, call_id="forged")
+    creds = register("1001", spoofer, call_id="forged", cseq=2, auth=True)
+    ok = response(creds, 200, contacts=[f"<sip:1001@{spoofer[0]}:{spoofer[1]}>;expires=3600"], expires=3600)
+    third = register("1001", spoofer, call_id="forged", cseq=3, auth=True)
+    return [(t, spoofer, PROVIDER, bare),
+            (t + 0.01, spoofer, spoofer, response(bare, 401, challenge='Digest realm="x", nonce="n"')),
+            (t + 0.02, spoofer, PROVIDER, creds), (t + 0.03, spoofer, spoofer, ok),
+            (t + 1, spoofer, PROVIDER, third), (t + 1.01, spoofer, PROVIDER, response(third, 403, "Forbidden"))]
+
+
+def test_answers_forged_by_a_lan_host_from_its_own_address_change_nothing():
+    """Before the fix the matcher took any response with the request's Call-ID, CSeq and branch: the phone showed
+    registered, the spoofer's address was learned for 3632 s, and the forged 403 then marked it unregistered."""
+    ev = _evidence()
+    obs = run(ev, _forged_exchange(SPOOFER, T0))
+    assert obs == [], obs
+    assert not ev.build.attribution.learned, ev.build.attribution.learned
+    assert ev.stats["foreign_responses"] == 3, ev.stats
+    # the forged requests are never answered by the server: a timeout, and that is the spoofer's (foreign), not the phone's
+    assert ev.tick(T0 + 60) == [] and ev.build.attribution.foreign[SPOOFER[0]] >= 1, ev.stats
+
+
+def test_a_forged_200_does_not_beat_the_servers_real_answer():
+    """Through a router capture a forged 200 sent ahead of the provider's answer ended the transaction: the provider's
+    real 403 was then a duplicate, and the phone read as registered."""
+    ev = _evidence()
+    req = register("1001", A_ADDR)
+    forged = response(req, 200, contacts=[f"<sip:1001@{A_ADDR[0]}:{A_ADDR[1]}>;expires=3600"])
+    obs = run(ev, [(T0, A_ADDR, PROVIDER, req), (T0 + 0.01, SPOOFER, A_ADDR, forged),
+                   (T0 + 0.05, PROVIDER, A_ADDR, response(req, 403, "Forbidden"))])
+    assert [(o.mac, o.state, o.code) for o in obs] == [(MAC, UNREGISTERED, 403)], ev.stats
+    assert ev.stats["foreign_responses"] == 1, ev.stats
+
+
+def test_a_learned_address_is_believed_no_longer_than_the_phones_configured_expiry():
+    """The granted expiry is text: before the fix an answer's expires=1000000 kept the address learned for that long."""
+    ev = _evidence(expires=600)
+    obs = run(ev, _authenticated(MOVED, T0, expires=1_000_000))
+    assert [(o.mac, o.state) for o in obs] == [(MAC, REGISTERED)], ev.stats
+    assert ev.build.attribution.learned == {(MAC, MOVED[0]): pytest.approx(T0 + 0.02 + 600 + 32)}
+
+
+def test_targets_carry_the_phones_configured_expiry():
+    from fleet.drivers.collect.wire_observations import targets_for
+
+    servers = [{"index": 1, "address": "203.0.113.10", "expires": 300}, {"index": 2, "address": "192.168.10.1"}]
+    assert [t.expires for t in targets_for(MAC, 1, "1001", servers, lambda name: [])] == [300, 3600]
+
+
+def test_the_gateway_source_takes_a_binding_from_the_address_a_wire_source_learned():
+    """Review of issue 17: a phone that DHCP moved proves its new address to the router capture (a registration its
+    provider authenticated); the gateway's binding from that address is then its own, not foreign."""
+    import time
+
+    from fleet.drivers.collect import wire_sources
+    from test_wire_lines import PARAMS, _site
+
+    params = PARAMS | {"voIpProt.server.2.address": GATEWAY[0]}
+    targets = wire_sources.Targets(_site(), lambda: {MAC: dict(params)})
+    targets.refresh(force=True)
+    capture = wire_sources.LocalCapture(targets.site, None, None, targets)     # never started: its pipeline only
+    ev = capture._pipeline()
+    now = time.time()
+    obs = run(ev, _authenticated(MOVED, now))
+    assert [(o.reg, o.server, o.state) for o in obs] == [(1, 1, REGISTERED)], ev.stats
+    assert targets.learned_addresses(now + 60) == {MAC: (MOVED[0],)}
+    poller = wire_sources.GatewayPoller.__new__(wire_sources.GatewayPoller)   # its targets only: no router
+    poller.site, poller.targets = targets.site, targets
+    binding = gb.Binding("1001", f"sip:1001@{MOVED[0]}:5060", 3600, source_ip=MOVED[0])
+    found = [(o.reg, o.server, o.state) for o in gb.observations([binding], poller.gateway_targets(now + 60), now + 60)]
+    assert (1, 2, REGISTERED) in found, found
+    # long after the binding the learning came from lapsed, the address is nobody's again: no observation for line 1
+    late = now + 3600 + 120 + 60
+    assert targets.learned_addresses(late) == {}
+    assert [o for o in gb.observations([binding], poller.gateway_targets(late), late) if o.reg == 1] == []

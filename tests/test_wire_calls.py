@@ -52,6 +52,19 @@ def test_junk_and_stray_answers_make_no_call():
     assert ev.stats.get("stray_invite_responses") == 1
 
 
+def test_an_answer_forged_by_another_host_makes_no_call():
+    """Review of issue 17: an INVITE's answer counted by Call-ID, CSeq and branch alone, so a LAN host could say the
+    provider took a call it never answered. Only the INVITE's destination answering back to the phone counts."""
+    ev = _ev()
+    invite = _invite(PROVIDER, 1)
+    spoofer = ("192.168.1.66", 5060)
+    out = _feed(ev, 1.0, PHONE, PROVIDER, invite)
+    out += _feed(ev, 1.1, spoofer, PHONE, sip.make_response(invite, 200, "OK"))
+    assert out == [] and ev.stats.get("foreign_invite_responses") == 1, ev.stats
+    out += _feed(ev, 1.2, PROVIDER, PHONE, sip.make_response(invite, 486, "Busy Here"))
+    assert [(o.server, o.code) for o in out] == [(1, 486)], "the provider's own answer still counts"
+
+
 def _register(server, cseq: int, expires: int = 60) -> sip.SipMessage:
     return sip.make_request("REGISTER", f"sip:{server[0]}", local=PHONE, from_uri=f"sip:1001@{server[0]}",
                             to_uri=f"sip:1001@{server[0]}", call_id="reg-1@x", cseq=cseq, from_tag="f",

@@ -86,6 +86,8 @@ def gateway_now(text: str) -> float | None:
 #   space or a TAB, so a line at column 0 is ours or kamcmd's, never a value's: whatever a User-Agent carries stays
 #   inside its own AoR's section, and the section is read as that AoR's alone (a malformed one is that user's
 #   loss, "unreadable", never another user's binding and never the whole answer's);
+#   inside a section, a contact that shows one of usrloc's keys twice is unreadable too (ul_rpc.c prints each key
+#   once, and every key from User-Agent on always: a folded User-Agent saying `Received: ...` repeats one);
 # - a whole `kamcmd ul.dump` text is still read (captured answers), splitting lines on LF only and opening blocks
 #   only on kamcmd's own struct names; an injected AoR block shows as more AoRs than Kamailio's own count.
 
@@ -99,11 +101,18 @@ KAMAILIO_MAX_ANSWER = 64 * 1024 * 1024      # a bigger answer is refused, not pa
 
 class Bindings(list):
     """The bindings of an answer, with the users whose record could not be read (`unreadable`): for them the
-    answer says nothing (neither bound nor unbound), so no observation may be made."""
+    answer says nothing (neither bound nor unbound), so no observation may be made.
 
-    def __init__(self, items: Iterable[Binding] = (), unreadable: Iterable[str] = ()) -> None:
+    `senders_recorded` False: the answer is text in which a value could still forge a whole, well-formed contact
+    (kamcmd prints values raw: a User-Agent folded into balanced lines can split its own contact in two, each key
+    once), so its `source_ip` is no better than the Contact text and cannot tell the phones of a shared AoR apart
+    (`observations`). JSON-RPC, AstDB's and FreeSWITCH's records keep it in a field of its own."""
+
+    def __init__(self, items: Iterable[Binding] = (), unreadable: Iterable[str] = (), senders_recorded: bool = True
+                 ) -> None:
         super().__init__(items)
         self.unreadable: set[str] = set(unreadable)
+        self.senders_recorded = senders_recorded
 
 
 def _lines(text: str) -> list[str]:
@@ -239,7 +248,7 @@ def parse_kamailio_lookups(text: str) -> Bindings:
         raise GatewayOutputError("Kamailio's `ul.dump brief` is not an answer (no AoRs section): "
                                  + (brief_text.strip().splitlines() or ["no output"])[0][:200])
     listed = [m.group(1) for m in re.finditer(r"^\t+AoR: (\S+)$", brief_text, re.M)]
-    out = Bindings()
+    out = Bindings(senders_recorded=False)
     seen: set[str] = set()
     for head, body in sections:
         table, _, aor = head.partition(" ")
@@ -283,7 +292,9 @@ def _lookup_section(aor: str, body: list[str]) -> list[Binding] | None:
             cur = {}
             continue
         m = re.match(r"^\t\t\t([A-Za-z][A-Za-z-]*): (.*)$", line)
-        if m and cur is not None and m.group(1) not in cur:
+        if m and cur is not None:
+            if m.group(1) in cur:
+                return None         # a key twice: a value (a folded User-Agent) carries lines of its own
             cur[m.group(1)] = m.group(2).strip()
     if cur is not None:
         b = _contact_binding(aor, cur, strict_types=False)
@@ -313,13 +324,14 @@ def parse_kamailio_dump(text: str, now: float | None = None) -> Bindings:
             f"Kamailio ul.dump text shows {infos} AoRs where Kamailio counted {sum(counted)}: a header value "
             "(a folded User-Agent) carries lines of its own, so this text cannot be read safely; fleet reads "
             "Kamailio over JSON-RPC or per AoR (its own gateway command)")
-    out = Bindings()
+    out = Bindings(senders_recorded=False)
     aor = ""
     cur: dict[str, str] | None = None
+    repeated: set[str] = set()        # AoRs with a contact that shows a key twice (see _lookup_section)
 
     def flush() -> None:
         nonlocal cur
-        if cur is not None and aor and "Address" in cur:
+        if cur is not None and aor and "Address" in cur and aor not in repeated:
             b = _contact_binding(aor, cur, strict_types=False)
             if b is not None:
                 out.append(b)
@@ -341,9 +353,14 @@ def parse_kamailio_dump(text: str, now: float | None = None) -> Bindings:
         if key == "AoR":
             flush()
             aor = value if value and value != "{" else ""
-        elif cur is not None and not _STRUCT_OPEN.match(line) and key not in cur:
+        elif cur is not None and not _STRUCT_OPEN.match(line):
+            if key in cur:
+                repeated.add(aor)
             cur[key] = value
     flush()
+    if repeated:
+        out = Bindings([b for b in out if b.aor not in repeated], out.unreadable | {_user_of(a) for a in repeated if a},
+                       senders_recorded=False)
     return out
 
 
@@ -488,6 +505,14 @@ def platform(name: str) -> GatewayPlatform:
         raise ValueError(f"unknown gateway platform {name!r}; known: {', '.join(sorted(PLATFORMS))}") from None
 
 
+def _sender(b: Binding, shared: bool, recorded: bool) -> str:
+    """Where `b` counts as registered from ("" when unknown): the sender the registrar recorded, else (an AoR one
+    phone holds) the contact's host; on a shared AoR only a recorded sender from a field of its own (`observations`)."""
+    if shared:
+        return b.source_ip if recorded else ""
+    return b.source_ip or b.contact_host
+
+
 def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: float,
                  source: str = "gateway", foreign: Counter | None = None) -> list[Observation]:
     """One observation per target (the gateway's server entry of each phone): registered with the binding's
@@ -501,7 +526,19 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
     A binding counts for a target only when it was registered from the phone's address or one the inventory
     allows (wire_observations.SenderCheck), even when it is the user's only one: the address the registrar saw
     the REGISTER come from where the platform shows it, else the contact's host. Others are counted in
-    `foreign` per address (issue 17)."""
+    `foreign` per address (issue 17). A user whose bindings are all foreign gets no observation: its phone may
+    have moved (DHCP) or not registered there, and the answer cannot say which. A target's `allowed` may carry
+    addresses the wire sources learned for it (GatewayPoller).
+
+    The contact's host stands in for the sender only where the platform does not show one (Kamailio without
+    nathelper's received: `Received: [not set]`; its `Socket` is Kamailio's own listening socket, not the
+    sender's), and only for an AoR one phone holds: it is text the registering party wrote, but the registrar
+    accepted it with that AoR's own credentials and sends that AoR's calls there, so a binding with the phone's
+    address as contact reaches the phone. On a shared AoR (several phones of the targets hold its user) any of
+    them could write another's address, so there only a sender the registrar recorded in a field of its own
+    counts (`Bindings.senders_recorded`: Kamailio over JSON-RPC with received recorded, e.g.
+    fix_nated_register or received_avp; Asterisk's via_addr; FreeSWITCH's network_ip); a binding without
+    one leaves that AoR's phones without an observation (neither bound nor unbound)."""
     # a user whose record the answer could not read (Bindings.unreadable) is neither bound nor unbound: no observation
     unreadable = set(getattr(bindings, "unreadable", ()))
     by_user: dict[str, list[Binding]] = {}
@@ -517,6 +554,11 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
                 by_ip.setdefault(ip, []).append(b)
     targets = list(targets)
     claimed = {t.user for t in targets if t.user}   # a binding of a known user is that user's target's alone
+    phones_of: dict[str, set[str]] = {}
+    for t_ in targets:
+        if t_.user:
+            phones_of.setdefault(t_.user, set()).add(t_.mac)
+    recorded = getattr(bindings, "senders_recorded", True)
     out: list[Observation] = []
     senders = SenderCheck()
     for target in targets:
@@ -524,12 +566,17 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
             continue
         if target.user:
             found = by_user.get(target.user, [])
-            admitted = [b for b in found if senders.admits(target, b.source_ip or b.contact_host)]
+            shared = len(phones_of[target.user]) > 1
+            if any(not _sender(b, shared, recorded) for b in found):
+                continue        # a binding that might be this phone's: neither bound nor unbound
+            admitted = [b for b in found if senders.admits(target, _sender(b, shared, recorded))]
             if foreign is not None:
                 for b in found:
                     if b not in admitted:
-                        count_foreign(foreign, b.source_ip or b.contact_host or "?")
-            exact = [b for b in admitted if target.phone_ip and target.phone_ip == (b.source_ip or b.contact_host)]
+                        count_foreign(foreign, _sender(b, shared, recorded))
+            if found and not admitted:
+                continue        # only foreign bindings (the phone moved, or someone else's): they say nothing of it
+            exact = [b for b in admitted if target.phone_ip and target.phone_ip == _sender(b, shared, recorded)]
             found = exact if len(admitted) > 1 and exact else admitted     # a shared line: the phone's own binding
         elif target.phone_ip:
             # by address, but not the binding of the same phone's other line (whose user its target has)

@@ -73,10 +73,15 @@ class InviteMatcher:
             return None
         if msg.status is None or msg.status < 200:
             return None
-        entry = self._pending.pop(key, None)
+        entry = self._pending.get(key)
         if entry is None:
             self.stats["stray_invite_responses"] += 1
             return None
+        if src != entry[0].dst or dst[0] != entry[0].src[0]:
+            # not from the INVITE's destination back to its source: copied text (RegisterMatcher._response)
+            self.stats["foreign_invite_responses"] += 1
+            return None
+        del self._pending[key]
         if msg.status in CHALLENGES:
             self.stats["invite_challenges"] += 1
             return None

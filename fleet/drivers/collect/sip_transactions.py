@@ -272,7 +272,7 @@ class RegisterMatcher:
         if msg.is_request:
             self._request(msg, t, src, dst)
             return None
-        return self._response(msg, t)
+        return self._response(msg, t, src, dst)
 
     def _request(self, msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[str, int]) -> None:
         key = transaction_key(msg, msg.cseq[0])
@@ -298,7 +298,14 @@ class RegisterMatcher:
         self._pending[key] = [req, 0, after]
         self.stats["requests"] += 1
 
-    def _response(self, msg: WireMessage, t: float) -> RegisterOutcome | None:
+    def _response(self, msg: WireMessage, t: float, src: tuple[str, int], dst: tuple[str, int]
+                  ) -> RegisterOutcome | None:
+        """A response ends its transaction only when it went from the request's destination (address and port)
+        back to the request's source address (issue 17): Call-ID, CSeq and branch are text anyone who saw or sent
+        the request can copy, so a LAN host could otherwise answer its own REGISTER (or a phone's) with a 200
+        or a 403 and set the phone's state, or have its address learned. Such a response is counted
+        (`foreign_responses`) and leaves the transaction open for the real answer. The destination port of the
+        response is not compared: without rport a server answers to the Via's port (RFC 3261 18.2.2)."""
         cseq, method = msg.cseq
         if method != "REGISTER" or msg.status is None:
             return None
@@ -306,10 +313,14 @@ class RegisterMatcher:
         if msg.status < 200:
             self.stats["provisional"] += 1
             return None
-        entry = self._pending.pop(key, None)
+        entry = self._pending.get(key)
         if entry is None:
             self.stats["duplicate_final" if key in self._done else "stray_responses"] += 1
             return None
+        if src != entry[0].dst or dst[0] != entry[0].src[0]:
+            self.stats["foreign_responses"] += 1
+            return None
+        del self._pending[key]
         self._finish(key, t)
         req, retrans, after = entry
         code = msg.status

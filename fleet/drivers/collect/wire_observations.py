@@ -72,6 +72,8 @@ class WireTarget:
                                     # as sip_transactions.host_key spells it); "" matches any
     allowed: tuple[str, ...] = ()   # other source addresses or networks (CIDR) the inventory accepts this phone's
                                     # REGISTERs from: a NAT in front of it, its DHCP network, its name's other addresses
+    expires: int = 3600             # the expiry the phone asks for (reg.x.server.y.expires, Polycom's default 3600):
+                                    # the longest an address learned from its registration is believed
 
     @property
     def observable(self) -> bool:
@@ -148,9 +150,11 @@ def targets_for(mac: str, reg: int, user: str, servers: Iterable[Mapping], resol
                 found = list(locate(address, transport))
             else:
                 found = [(ip, port or DEFAULT_PORT[kind], kind) for ip in resolve(address)]
+        expires = int(s.get("expires") or 3600)
         for ip, p, k in found:
             out.append(WireTarget(mac=mac, reg=reg, server=int(s["index"]), address=(ip, int(p)), user=user,
-                                  transport=k, phone_ip=phone_ip, uri_host=host_key(str(s["address"]))))
+                                  transport=k, phone_ip=phone_ip, uri_host=host_key(str(s["address"])),
+                                  expires=expires))
     return out
 
 
@@ -315,7 +319,10 @@ class Attribution:
     def _learn(self, matched: list[WireTarget], req: RegisterRequest, outcome: RegisterOutcome | None
                ) -> list[WireTarget]:
         """The targets that learned the request's source address: before (still valid at the request's time), or
-        now from an authenticated registration (then remembered until its expiry plus LEARN_GRACE)."""
+        now from an authenticated registration (then remembered until its expiry plus LEARN_GRACE). The 2xx came
+        from the request's destination (RegisterMatcher accepts no other answer); the expiry believed is the one
+        granted but never more than the phone's own configured expiry (`WireTarget.expires`: a registrar may
+        shorten what a phone asks for, never lengthen it), so a forged or odd `expires` cannot pin an address."""
         src = req.src[0]
         known = [t for t in matched if self.learned.get((t.mac, src), float("-inf")) >= req.t]
         accepted = (outcome is not None and outcome.kind == FINAL and outcome.code is not None
@@ -326,9 +333,11 @@ class Attribution:
             return []
         if accepted and req.auth_user == owners[0].user:      # learned, or an accepted refresh from there
             if len(self.learned) >= LEARNED_KEPT and (owners[0].mac, src) not in self.learned:
-                for key in [k for k, until in self.learned.items() if until < req.t] or [next(iter(self.learned))]:
-                    del self.learned[key]
-            until = outcome.t + (outcome.granted_expires or 0) + LEARN_GRACE      # type: ignore[union-attr]
+                held = list(self.learned.items())      # one C-level copy: another source's thread may add meanwhile
+                for key in [k for k, until in held if until < req.t] or [held[0][0]]:
+                    self.learned.pop(key, None)
+            granted = min(outcome.granted_expires or 0, owners[0].expires)    # type: ignore[union-attr]
+            until = outcome.t + granted + LEARN_GRACE      # type: ignore[union-attr]
             self.learned[(owners[0].mac, src)] = max(until, self.learned.get((owners[0].mac, src), until))
             self.stats["learned" if not known else "learned_refreshed"] += 1
         return owners

@@ -221,7 +221,8 @@ def phone_servers(params: dict[str, str], reg: int = 1) -> list[dict]:
         prefix = f"reg.{reg}.server.{y}." if timing.source == "reg" else f"voIpProt.server.{y}."
         port = str(params.get(prefix + "port") or "").strip()
         server = {"index": y, "address": timing.address, "port": int(port) if port.isdigit() else 0,
-                  "transport": str(params.get(prefix + "transport") or ""), "register": timing.register}
+                  "transport": str(params.get(prefix + "transport") or ""), "register": timing.register,
+                  "expires": timing.expires}
         if proxy and str(params.get(f"reg.{reg}.server.{y}.useOutboundProxy", "1")).strip() != "0":
             server["proxy"] = proxy
         out.append(server)
@@ -321,6 +322,20 @@ class Targets:
         self.by_mac: dict[str, dict[str, str]] = {}
         self.generation = 0
         self.lock = threading.Lock()
+        # the wire sources' pipelines, by source object: where the gateway source finds the addresses they learned
+        self.pipelines: dict[int, WireEvidence] = {}
+
+    def learned_addresses(self, now: float) -> dict[str, tuple[str, ...]]:
+        """Per phone (mac), the addresses a wire source learned from a registration the server authenticated and
+        still believes at `now` (this host's clock: each learned time is in its source's packet time, shifted by
+        that source's clock offset). Read from another thread than the sources': copies only."""
+        out: dict[str, dict[str, None]] = {}
+        for ev in list(self.pipelines.values()):
+            shift = ev.clock.offset if ev.stamp == "local" else 0.0
+            for (mac, ip), until in dict(ev.build.attribution.learned).items():
+                if until + shift >= now:
+                    out.setdefault(mac, {})[ip] = None
+        return {mac: tuple(ips) for mac, ips in out.items()}
 
     def refresh(self, force: bool = False, soon: bool = False) -> bool:
         """Rebuild when `force`, when RETARGET_S passed, or (`soon`: traffic nobody's target fits) when
@@ -469,6 +484,7 @@ class _WireThread(SourceThread):
             self.targets.refresh(force=True)
         ev = guarded_evidence(self.source, self.targets, None, self.drops)
         ev.dns = DnsLookups(self.targets.wire, self.source, site_dns_ports(self.site.dns))   # its filter takes DNS
+        self.targets.pipelines[id(self)] = ev       # this source's current pipeline (a restart replaces it)
         return ev
 
     def health(self) -> dict:
@@ -625,6 +641,7 @@ class HepSource:
         self.drops = DropHealth()
         self._drops_since: list[float | None] = [None]
         self.evidence = guarded_evidence(self.source, targets, HEP_MAX_SKEW_S, self.drops)
+        targets.pipelines[id(self)] = self.evidence
         self.follow = Follower(self.evidence, targets)
         self.listener = None      # the HepListener, once start_hep bound it
 
@@ -701,11 +718,16 @@ class GatewayPoller(SourceThread):
     def foreign(self) -> dict[str, int]:
         return foreign_counts(self.foreign_bindings)
 
-    def gateway_targets(self) -> list[WireTarget]:
+    def gateway_targets(self, now: float | None = None) -> list[WireTarget]:
+        """The gateway's server entry of each phone's lines; with `now`, each also admitting the addresses the
+        site's wire sources learned for its phone (a phone DHCP moved, proved by a registration its server
+        authenticated: Attribution._learn), so its binding from there is its own."""
+        learned = self.targets.learned_addresses(now) if now is not None else {}
         out: dict[tuple[str, int, int], WireTarget] = {}
         for t in self.targets.wire:      # one per line (a name resolving to several addresses gives several)
             if t.server == gateway_server(self.site, self.targets.by_mac.get(t.mac, {}), t.reg):
-                out.setdefault((t.mac, t.reg, t.server), t)
+                extra = tuple(ip for ip in learned.get(t.mac, ()) if ip != t.phone_ip and ip not in t.allowed)
+                out.setdefault((t.mac, t.reg, t.server), replace(t, allowed=t.allowed + extra) if extra else t)
         return list(out.values())
 
     def run_once(self) -> None:
@@ -729,7 +751,7 @@ class GatewayPoller(SourceThread):
                     self.running.set()
                     self.failures, self.failing_since, self.last_error = 0, None, ""
                     foreign: Counter[str] = Counter()
-                    out = gateway_bindings.observations(bindings, self.gateway_targets(), t, foreign=foreign)
+                    out = gateway_bindings.observations(bindings, self.gateway_targets(t), t, foreign=foreign)
                     self.foreign_bindings = foreign
                     self.polls += 1
                     if out:
