@@ -24,6 +24,8 @@ from fleet.drivers.collect.hep_listener import HepListener, start_hep_listener
 from fleet.drivers.collect.wire_decode import Datagram
 from fleet.drivers.collect.wire_observations import Attribution
 from fleet.drivers.collect.wire_pipeline import WireEvidence
+from fleet.drivers.collect import wire_sip
+from fleet.drivers.collect.source_guard import ByteBudget
 from fleet.drivers.collect.wire_sip import MAX_HEADER_LINE
 from sipwire import message as sipmsg
 from soundpoint import conformance
@@ -279,3 +281,61 @@ def test_the_inventory_names_hep_auth_keys_per_sender_as_secrets():
             Capture.model_validate({"kind": "hep", "listen": "10.0.0.5:9060", **bad})
     with pytest.raises(ValueError, match="auth_keys belong to a hep capture"):
         Capture.model_validate({"kind": "router", "auth_keys": {"10.0.0.1": "k"}})
+
+
+# --- folded headers, header counts and the per-message budget (review of issue 17's decoding) ---------------
+
+def _folded(pieces: int, piece: bytes = b"ab") -> bytes:
+    """A REGISTER with one header folded over `pieces` continuation lines (what Kamailio relays as HEP)."""
+    fold = b"X-Fold: x" + b"".join(b"\r\n\t" + piece for _ in range(pieces))
+    return register("1001", A_ADDR).replace(b"\r\n\r\n", b"\r\n" + fold + b"\r\n\r\n", 1)
+
+
+def test_a_folded_header_over_the_line_cap_once_unfolded_is_counted_as_oversize_by_both_parsers():
+    flood = _folded(15_000, b"a")                              # 60 KB, no raw line near the cap
+    assert len(flood) <= sipmsg.MAX_MESSAGE and max(map(len, flood.split(b"\r\n"))) < 100
+    ev = WireEvidence(Attribution(targets(PHONE_A)))
+    assert ev.feed_datagram(Datagram(time.time(), ("192.168.10.99", 5060), PROVIDER, flood)) == []
+    assert ev.stats.get("register_oversize") == 1, ev.stats
+    few = _folded(40, b"c" * 300).replace(b"\r\n\t", b"\r\n ")    # 40 short lines, 12 KB unfolded: over no cap
+    long = _folded(60, b"c" * 300)                                # 60 short lines, 18 KB unfolded
+    assert wire_sip.parse(few).get("x-fold") == "x " + " ".join(["c" * 300] * 40)
+    assert sipmsg.parse(few).get("x-fold") == "x " + " ".join(["c" * 300] * 40)
+    with pytest.raises(wire_sip.SipOversizeError):
+        wire_sip.parse(long)
+    with pytest.raises(sipmsg.SipParseError):
+        sipmsg.parse(long)
+
+
+def test_a_message_with_more_header_lines_than_the_cap_is_counted_as_oversize_by_both_parsers():
+    many = register("1001", A_ADDR).replace(b"\r\n\r\n", b"\r\n" + b"X-N: 1\r\n" * wire_sip.MAX_HEADER_LINES
+                                            + b"\r\n", 1)
+    ev = WireEvidence(Attribution(targets(PHONE_A)))
+    assert ev.feed_datagram(Datagram(time.time(), ("192.168.10.99", 5060), PROVIDER, many)) == []
+    assert ev.stats.get("register_oversize") == 1, ev.stats
+    with pytest.raises(sipmsg.SipParseError):
+        sipmsg.parse(many)
+    fewer = register("1001", A_ADDR).replace(b"\r\n\r\n", b"\r\n" + b"X-N: 1\r\n" * 200 + b"\r\n", 1)
+    assert len(wire_sip.parse(fewer).get_all("x-n")) == 200 and len(sipmsg.parse(fewer).get_all("x-n")) == 200
+
+
+def test_the_budget_charges_each_message_so_tiny_messages_cannot_take_more_cpu_than_large_ones():
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={})
+    ev = wire_sources.guarded_evidence("hep", stub, None)  # type: ignore[arg-type]
+    assert ev.budget is not None and ev.budget.per_message == wire_sources.DECODE_MESSAGE_COST > 0
+    frozen = ByteBudget(1000.0, 10_000.0, clock=lambda: 0.0, per_message=900)
+    taken = sum(frozen.take(100) for _ in range(50))
+    assert taken == 10                                            # 10,000 / (100 + 900), not 10,000 / 100
+
+
+def test_an_answer_naming_both_register_and_invite_is_parsed_once(monkeypatch):
+    req = register("1001", A_ADDR)
+    answer = response(req, 200, expires=60).replace(b"\r\n\r\n", b"\r\nAllow: INVITE, REGISTER\r\n\r\n", 1)
+    answer = answer.replace(b" REGISTER\r\n", b" INVITE\r\n", 1)      # the CSeq: an answer to an INVITE
+    assert b"CSeq: 1 INVITE" in answer or b"CSeq: 2 INVITE" in answer, answer
+    calls = []
+    real = wire_sip.parse
+    monkeypatch.setattr(wire_sip, "parse", lambda data: calls.append(1) or real(data))
+    ev = WireEvidence(Attribution(targets(PHONE_A)))
+    ev.feed_datagram(Datagram(time.time(), PROVIDER, A_ADDR, answer))
+    assert len(calls) == 1

@@ -3,9 +3,10 @@
 Every host on a site's LAN can put packets in front of a capture, and whoever reaches the HEP port can send
 datagrams; so each wire source gets:
 
-- `ByteBudget`: a per-source token bucket on the bytes it decodes. Decoding is linear and capped
-  (wire_sip's size caps, sipwire.uri), so a budget bounds the CPU one source can take per second: a flood on
-  one source is dropped (counted) there and never starves the others or the collector's event loop.
+- `ByteBudget`: a per-source token bucket on the bytes it decodes, each message charged a fixed cost too.
+  Decoding is linear and capped (wire_sip's size caps, sipwire.uri), so a budget bounds the CPU one source can
+  take per second, whether it is flooded with large messages or with many tiny ones: a flood on one source is
+  dropped (counted) there and never starves the others or the collector's event loop.
 - `ClockGuard`: packet times judged against this host's clock by the offset most recent packets agree on.
   A packet whose offset is far from that consensus (a datagram stamped a day ahead, a router whose clock
   stepped back) is dropped and counted, so no single packet moves the source's clock; a lasting step (NTP
@@ -22,22 +23,29 @@ from collections import Counter, deque
 
 
 class ByteBudget:
-    """Token bucket: `rate` bytes per second, up to `burst` at once. `take(n)` is False when over budget."""
+    """Token bucket: `rate` bytes per second, up to `burst` at once. `take(n)` is False when over budget.
 
-    def __init__(self, rate: float, burst: float, clock=time.monotonic) -> None:
-        if rate <= 0 or burst <= 0:
-            raise ValueError("a byte budget needs a positive rate and burst")
+    Each message also costs `per_message` bytes on top of its own: decoding has a fixed cost per message
+    (parsing, matching) besides the cost per byte, so a budget in bytes alone would let a flood of tiny
+    messages take many times the CPU the same bytes in large ones do."""
+
+    def __init__(self, rate: float, burst: float, clock=time.monotonic, per_message: int = 0) -> None:
+        if rate <= 0 or burst <= 0 or per_message < 0:
+            raise ValueError("a byte budget needs a positive rate and burst, and no negative cost per message")
         self.rate, self.burst, self._clock = rate, burst, clock
+        self.per_message = per_message
         self._tokens = burst
         self._at = clock()
 
     def take(self, n: int) -> bool:
+        """Charge one message of `n` bytes (plus `per_message`); False, and nothing charged, when over budget."""
+        cost = n + self.per_message
         now = self._clock()
         self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
         self._at = now
-        if n > self._tokens:
+        if cost > self._tokens:
             return False
-        self._tokens -= n
+        self._tokens -= cost
         return True
 
 

@@ -15,11 +15,11 @@ from dataclasses import replace
 
 from ...observe import REGISTERED, UNREGISTERED, Observation
 from . import hep
-from .sip_calls import CallOutcome, InviteMatcher, invite_message
+from .sip_calls import CallOutcome, InviteMatcher
 from .dns_evidence import DnsLookups
 from .sip_transactions import T1_TIMEOUT, RegisterMatcher, RegisterOutcome
 from .source_guard import ByteBudget, ClockGuard, DropHealth
-from .wire_decode import Datagram, FrameDecoder, register_message
+from .wire_decode import Datagram, FrameDecoder, sip_message
 from .wire_observations import Attribution, ObservationBuilder
 
 
@@ -115,12 +115,11 @@ class WireEvidence:
         if self.dns is not None and self.dns.is_dns(dg.src, dg.dst):
             return self._stamped(self.dns.feed(dg.t, dg.src, dg.dst, dg.payload))
         oversize = self._stats["register_oversize"]
-        msg = register_message(dg.payload, self._stats)
+        msg = sip_message(dg.payload, self._stats)
         self.health.saw("register_oversize" if self._stats["register_oversize"] != oversize else None)
-        if msg is None:
-            call = invite_message(dg.payload)
-            if call is not None:
-                return self._call(self.invites.feed(call, dg.t, dg.src, dg.dst))
+        if msg is None or msg.cseq[1] != "REGISTER":
+            if msg is not None:
+                return self._call(self.invites.feed(msg, dg.t, dg.src, dg.dst))
             self._stats["not_register"] += 1
             return []
         self._stats["register_messages"] += 1

@@ -48,9 +48,12 @@ log = logging.getLogger(__name__)
 RETARGET_S = 60.0          # how often attribution is rebuilt (DNS answers and pushed configurations change)
 RETARGET_SOON_S = 5.0      # ... or this soon when REGISTERs went to addresses no target has (a rollout moved them)
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
-# Per source: bytes of SIP it may decode per second, and at once. Far above a 5,000-phone site re-registering
-# after an outage (some 20 MB over several seconds), and a bound on the CPU one flooded source can take.
-DECODE_RATE, DECODE_BURST = 8e6, 16e6
+# Per source: bytes of SIP it may decode per second, and at once, each message charged DECODE_MESSAGE_COST bytes
+# on top of its own (decoding a 400-byte REGISTER costs about what 2,000 more bytes of a large message do:
+# bench/evidence.py's figures). Above a 5,000-phone site re-registering after an outage (some 20,000 messages,
+# 20 MB, over several seconds: 60 MB charged), and a bound on the CPU one flooded source can take (some 0.1 s per
+# second for large messages at ~160 MB/s decoded, as for 6,000 tiny ones per second).
+DECODE_RATE, DECODE_BURST, DECODE_MESSAGE_COST = 16e6, 32e6, 2000
 CLOCK_TOLERANCE_S = 10.0   # how far a packet's clock offset may stray from what the source's recent packets agree on
 HEP_MAX_SKEW_S = 300.0     # HEP agents are SIP servers (NTP): a packet stamped further from our clock is dropped
 
@@ -60,7 +63,7 @@ def guarded_evidence(source: str, targets: "Targets", max_skew: float | None, he
     """A live source's pipeline: local stamps, lapses, its own byte budget and clock guard (source_guard)."""
     return WireEvidence(Attribution(targets.wire, source), source=source, stamp="local", lapse=True,
                         timeouts=transaction_timeouts(targets.wire, targets.by_mac),
-                        budget=ByteBudget(DECODE_RATE, DECODE_BURST),
+                        budget=ByteBudget(DECODE_RATE, DECODE_BURST, per_message=DECODE_MESSAGE_COST),
                         clock_guard=ClockGuard(tolerance=CLOCK_TOLERANCE_S, max_skew=max_skew), health=health)
 
 
