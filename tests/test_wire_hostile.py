@@ -339,3 +339,51 @@ def test_an_answer_naming_both_register_and_invite_is_parsed_once(monkeypatch):
     ev = WireEvidence(Attribution(targets(PHONE_A)))
     ev.feed_datagram(Datagram(time.time(), PROVIDER, A_ADDR, answer))
     assert len(calls) == 1
+
+
+# --- a clock guard and drop health per HEP sender ------------------------------------------------------------
+
+def _hep_source():
+    observed, kept = [], []
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1)
+    source = wire_sources.HepSource(SimpleNamespace(name="s"), wire_sources.Sink(observed.extend,  # type: ignore[arg-type]
+                                                                                  lambda _s, d: kept.extend(d)), stub)
+    return source, observed, kept
+
+
+def _hep_exchange(source, sender: str, t: float, cseq: int) -> None:
+    req = register("1001", A_ADDR, cseq=cseq)
+    for dg in (Datagram(t, A_ADDR, PROVIDER, req), Datagram(t + 0.01, PROVIDER, A_ADDR, response(req, 200, expires=60))):
+        source.on_packet(hep.parse(hep.encode(dg.src, dg.dst, dg.t, dg.payload)), (sender, 9060))
+
+
+def test_two_hep_senders_whose_clocks_differ_by_20_s_are_each_judged_by_their_own_clock():
+    source, observed, _ = _hep_source()
+    now = time.time()
+    for i in range(4):                                          # sender A on our clock, B 20 s behind, interleaved
+        _hep_exchange(source, "10.0.0.1", now + i, 2 * i + 1)
+        _hep_exchange(source, "10.0.0.2", now - 20 + i, 2 * i + 2)
+    stats = source.evidence.stats
+    assert not stats.get("clock_behind") and not stats.get("clock_ahead"), stats
+    assert len(observed) == 8, (len(observed), stats)
+    assert all(abs(o.t - time.time()) < 10 for o in observed), [o.t - time.time() for o in observed]
+
+
+def test_a_hep_sender_whose_datagrams_are_mostly_dropped_shows_the_source_failing_beside_a_healthy_one():
+    source, _, _ = _hep_source()
+    now = time.time()
+    for i in range(15):
+        _hep_exchange(source, "10.0.0.1", now + i * 0.01, 2 * i + 1)              # healthy
+        _hep_exchange(source, "10.0.0.2", now - 3600 + i * 0.01, 2 * i + 2)      # an hour behind: over max_skew
+    error = source.health()["error"]
+    assert "10.0.0.2" in error and "clock_behind" in error and "10.0.0.1" not in error, error
+
+
+def test_a_hep_source_keeps_only_the_datagrams_it_accepted():
+    source, _, kept = _hep_source()
+    now = time.time()
+    _hep_exchange(source, "10.0.0.1", now, 1)
+    _hep_exchange(source, "10.0.0.1", now + 86400, 2)                             # dropped: a day ahead
+    flood = register("1001", A_ADDR, cseq=3).replace(b"To: <", b"To: " + b"sip:" * 15000 + b"> <")
+    source.on_packet(hep.parse(hep.encode(A_ADDR, PROVIDER, now, flood)), ("10.0.0.1", 9060))   # dropped: oversize
+    assert len(kept) == 2 and all(abs(d.t - now) < 1 for d in kept), [(d.t - now, len(d.payload)) for d in kept]

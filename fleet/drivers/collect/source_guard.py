@@ -14,6 +14,10 @@ datagrams; so each wire source gets:
   offset itself (HEP agents are SIP servers, expected to run NTP).
 - `DropHealth`: how much of what a source got it dropped lately; mostly dropping is a failing source
   (`fleet status` shows it as failing, with the reasons), not a quiet healthy one.
+- `SenderClocks`, `SenderDrops`: the same per sender address, for a source several agents send to (HEP from
+  each of a site's SIP servers): each server's clock is its own (two servers 20 s apart must not make one of
+  them the other's outlier), and one sender whose datagrams are mostly dropped shows the source as failing
+  even while another sender's traffic is fine. Both hold at most `max_senders` senders.
 """
 from __future__ import annotations
 
@@ -98,8 +102,9 @@ class DropHealth:
             self._current = Counter()
             self._started = now
 
-    def saw(self, dropped: str | None = None) -> None:
-        """One datagram received; `dropped` names why it was dropped (None: it was used)."""
+    def saw(self, dropped: str | None = None, sender: str | None = None) -> None:
+        """One datagram received; `dropped` names why it was dropped (None: it was used). `sender` is for
+        SenderDrops' sake (one DropHealth judges the source as a whole)."""
         self._roll()
         self._current["received"] += 1
         if dropped:
@@ -114,3 +119,48 @@ class DropHealth:
             return ""
         why = ", ".join(f"{k[4:]} {n}" for k, n in total.most_common() if k.startswith("why:"))
         return f"dropped {dropped} of {received} datagrams lately ({why})"
+
+
+class SenderClocks:
+    """A ClockGuard per sender address (made by `make`), at most `max_senders`: `guard(sender)` is None for a
+    sender past that bound (its datagrams are dropped: the listener's allowed senders are far fewer)."""
+
+    def __init__(self, make, max_senders: int = 64) -> None:
+        self._make, self.max_senders = make, max_senders
+        self._guards: dict[str, ClockGuard] = {}
+
+    def guard(self, sender: str) -> ClockGuard | None:
+        found = self._guards.get(sender)
+        if found is None and len(self._guards) < self.max_senders:
+            found = self._guards[sender] = self._make()
+        return found
+
+
+class SenderDrops:
+    """A DropHealth per sender address (at most `max_senders`; later ones share one entry, "other"):
+    `failing()` names every sender that drops most of what it sends."""
+
+    OTHER = "other"
+
+    def __init__(self, max_senders: int = 64, clock=time.monotonic) -> None:
+        self.max_senders, self._clock = max_senders, clock
+        self._by_sender: dict[str, DropHealth] = {}
+
+    def of(self, sender: str | None) -> DropHealth:
+        key = sender or self.OTHER
+        found = self._by_sender.get(key)
+        if found is None:
+            if len(self._by_sender) >= self.max_senders:
+                key = self.OTHER
+                found = self._by_sender.get(key)
+            if found is None:
+                found = self._by_sender[key] = DropHealth(clock=self._clock)
+        return found
+
+    def saw(self, dropped: str | None = None, sender: str | None = None) -> None:
+        self.of(sender).saw(dropped)
+
+    def failing(self) -> str:
+        reasons = [f"sender {sender}: {why}" for sender, health in sorted(self._by_sender.items())
+                   if (why := health.failing())]
+        return "; ".join(reasons)
