@@ -387,3 +387,42 @@ def test_a_hep_source_keeps_only_the_datagrams_it_accepted():
     flood = register("1001", A_ADDR, cseq=3).replace(b"To: <", b"To: " + b"sip:" * 15000 + b"> <")
     source.on_packet(hep.parse(hep.encode(A_ADDR, PROVIDER, now, flood)), ("10.0.0.1", 9060))   # dropped: oversize
     assert len(kept) == 2 and all(abs(d.t - now) < 1 for d in kept), [(d.t - now, len(d.payload)) for d in kept]
+
+
+def test_a_capture_source_keeps_only_the_datagrams_it_accepted():
+    """The capture path (_WireThread.pump over a pcap stream): a datagram stamped far from the capture's clock
+    and one over the size caps are dropped, and neither is kept for the experiment's capture."""
+    import io
+
+    from fleet.drivers.collect.pcap_stream import PcapWriter
+    from fleet.drivers.collect.wire_decode import LINKTYPE_ETHERNET
+    from test_wire_evidence import eth
+
+    kept: list = []
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1)
+    site = SimpleNamespace(name="s", dns=None)
+
+    class Piped(wire_sources._WireThread):
+        label = "router capture"
+
+        def run_once(self) -> None:   # pragma: no cover - pump is called directly
+            pass
+
+    source = Piped(site, wire_sources.Sink(lambda _o: None, lambda _s, d: kept.extend(d)),  # type: ignore[arg-type]
+                   SimpleNamespace(), stub)                                                   # type: ignore[arg-type]
+    stream = io.BytesIO()
+    pcap = PcapWriter(stream, LINKTYPE_ETHERNET, snaplen=262144)
+    now = time.time()
+    req = register("1001", A_ADDR, cseq=1)
+    for i, (t, src, dst, payload) in enumerate([
+            (now, A_ADDR, PROVIDER, req), (now + 0.01, PROVIDER, A_ADDR, response(req, 200, expires=60)),
+            (now + 0.02, A_ADDR, PROVIDER, register("1001", A_ADDR, cseq=2)),
+            (now + 0.03, A_ADDR, PROVIDER, register("1001", A_ADDR, cseq=3)),
+            (now - 7200, A_ADDR, PROVIDER, register("1001", A_ADDR, cseq=4)),                 # an hour off
+            (now + 0.04, A_ADDR, PROVIDER, register("1001", A_ADDR, cseq=5).replace(
+                b"To: <", b"To: " + b"sip:" * 15000 + b"> <"))]):                            # oversize
+        pcap.write(t, eth(src, dst, payload))
+    chunks = [stream.getvalue(), None]
+    source.pump(lambda _timeout: chunks.pop(0))
+    assert len(kept) == 4 and all(abs(d.t - now) < 1 for d in kept), [(d.t - now, len(d.payload)) for d in kept]
+    assert source.evidence is not None and source.evidence.stats.get("clock_behind") == 1, source.evidence.stats
