@@ -13,20 +13,18 @@ from __future__ import annotations
 
 import re
 
-from sipwire.message import COMPACT, MAX_MESSAGE, SipParseError, header_params
+from sipwire.message import COMPACT, MAX_HEADER_LINE, MAX_HEADER_LINES, MAX_MESSAGE, SipParseError, header_params
 
 _REQUEST_LINE = re.compile(r"([A-Za-z]+) (\S+) SIP/2\.0")
 _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6]\d\d)(?: (.*))?")
 _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _REQUIRED = ("via", "call-id", "cseq", "from", "to")
-# No header line of a REGISTER or its answer comes near this (the longest are an Authorization of a few hundred
-# bytes and a registrar's 200 listing a shared AoR's contacts); a longer one is an attack or junk, refused before
-# any of its text is read further.
-MAX_HEADER_LINE = 16384
-# Nor does any come near this many header lines (physical lines, continuation lines included): a message with more
-# is refused as oversize. It bounds the per-message work a small datagram of tiny (or folded) lines can ask for.
-MAX_HEADER_LINES = 256
+# MAX_HEADER_LINE (characters of one header, unfolded) and MAX_HEADER_LINES (physical header lines, continuations
+# included) are sipwire.message's, the caps both parsers hold to: no REGISTER or answer comes near them (the longest
+# lines are an Authorization of a few hundred bytes and a registrar's 200 listing a shared AoR's contacts), so a
+# message over either is an attack or junk, refused before its text is read further, and the lines bound the work
+# a small datagram of tiny (or folded) lines can ask for.
 _NAMES: dict[str, str] = {}       # raw header name -> normalised name (cache: real traffic uses few spellings)
 
 
