@@ -58,6 +58,7 @@ class ExperimentResult:
     errors: list[str] = field(default_factory=list)
     interrupted: str | None = None     # the signal that ended the run early, if one did
     capture: list[dict] = field(default_factory=list)   # SIP the wire sources saw (report writes capture.pcap)
+    capture_left_out: int = 0          # datagrams not kept: the capture reached store.CAPTURE_MAX_BYTES
     # from the site collector's report: servers no wire source can see (and why), evidence sources failing
     unobservable: list[dict] = field(default_factory=list)
     evidence_errors: list[dict] = field(default_factory=list)
@@ -183,6 +184,7 @@ class ExperimentRunner:
         time.sleep(0.2)  # observations already in flight reach the store
         self._verdicts(exp, result)
         result.capture = self.store.capture(exp)
+        result.capture_left_out = self.store.capture_left_out(exp)
         evidence = self.store.site_evidence([self.site.name]).get(self.site.name, {})
         result.unobservable = evidence.get("unobservable", [])
         result.evidence_errors = [e for e in evidence.get("sources", []) if e.get("error")]

@@ -85,7 +85,7 @@ def to_dict(result: ExperimentResult) -> dict:
                   for s in result.steps],
         "phones": [asdict(p) | {"sources": phone_sources(p.timeline), "transitions": transitions(p.timeline)}
                    for p in result.phones],
-        "capture": capture_summary(result.capture),
+        "capture": capture_summary(result.capture, result.capture_left_out),
         "unobservable": list(result.unobservable),
         "evidence_errors": list(result.evidence_errors),
         "evidence_foreign": list(result.evidence_foreign),
@@ -184,8 +184,9 @@ def register_marks(phone: dict, y: float, lane: int, x) -> list[str]:
     return out
 
 
-def capture_summary(rows: list[dict]) -> dict:
-    return {"file": "capture.pcap" if rows else None, "datagrams": len(rows),
+def capture_summary(rows: list[dict], left_out: int = 0) -> dict:
+    """What capture.pcap holds; `left_out`: datagrams not kept because the capture reached its byte cap."""
+    return {"file": "capture.pcap" if rows else None, "datagrams": len(rows), "left_out": left_out,
             "sources": dict(Counter(r.get("source", "?") for r in rows))}
 
 
@@ -271,7 +272,8 @@ recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])
 <h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>fallback used</th><th>result</th><th>why</th><th>transitions: seen by (s after the first)</th></tr>{rows}</table>
 {unseen_html}{failing_html}{foreign_html}
 <p>SIP capture: {escape(str((doc.get('capture') or {}).get('file') or 'none kept'))}
-({(doc.get('capture') or {}).get('datagrams', 0)} datagrams)</p>
+({(doc.get('capture') or {}).get('datagrams', 0)} datagrams, \
+{(doc.get('capture') or {}).get('left_out', 0)} left out over its byte cap)</p>
 </body></html>"""
 
 

@@ -25,8 +25,9 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `exp:{id}:events`                    | stream | append-only history (operations and observations, wall and       | log_event                   |
 |                                      |        | monotonic time)                                                  |                             |
 | `exp:{id}:obs:{mac}`                 | stream | one phone's observations during the experiment, trimmed          | record_observations         |
-| `exp:{id}:capture`                   | stream | SIP datagrams the wire sources saw during the experiment (its    | keep_capture                |
-|                                      |        | capture.pcap), trimmed                                           |                             |
+| `exp:{id}:capture`                   | stream | SIP datagrams the wire sources accepted during the experiment    | keep_capture                |
+|                                      |        | (its capture.pcap), up to CAPTURE_MAX_BYTES (exp:{id} counts     |                             |
+|                                      |        | capture_bytes and capture_left_out), trimmed                     |                             |
 | `outage:{id}:restore`                | string | a restore of that outage was requested (a cut seeing it cuts     | request_outage_restore      |
 |                                      |        | nothing); expires after two days                                 |                             |
 | `rollouts`                           | zset   | rollout ids by creation time                                     | RolloutStore.create         |
@@ -64,6 +65,10 @@ from .phone_row import row_for_json
 P = "fleet:"
 OBS_MAXLEN = 10_000
 CAPTURE_MAXLEN = 200_000      # SIP datagrams kept per experiment for its capture.pcap
+# ... and at most this many bytes of them (as stored): a count alone let a flood of 64 KB datagrams fill Redis
+# (200,000 x 64 KB) and evict real state. 128 MB holds some 200,000 typical REGISTER exchanges' datagrams;
+# what does not fit is counted in the experiment's hash (capture_left_out), never silently lost.
+CAPTURE_MAX_BYTES = 128 * 1024 * 1024
 EVENTS_MAXLEN = 200_000
 FEED_MAXLEN = 100_000
 OUTAGE_MARK_TTL = 2 * 86400   # longer than any outage may last (max_duration <= 1 day)
@@ -518,11 +523,30 @@ class Store:
         self.r.xadd(K.exp_events(exp), {"e": json.dumps(entry, default=str)}, maxlen=EVENTS_MAXLEN, approximate=True)
 
     def keep_capture(self, exp: str, datagrams: list[dict]) -> None:
-        """SIP datagrams a wire source saw while the experiment ran ({t, src, dst, payload (base64), source})."""
+        """SIP datagrams a wire source saw while the experiment ran ({t, src, dst, payload (base64), source}),
+        up to CAPTURE_MAX_BYTES per experiment: the bytes are reserved first (HINCRBY, atomic, so concurrent
+        batches never pass the cap together), what does not fit is given back and counted as left out."""
+        encoded = [json.dumps(d) for d in datagrams]
+        if not encoded:
+            return
+        batch = sum(map(len, encoded))
+        room = CAPTURE_MAX_BYTES - (self.r.hincrby(K.exp(exp), "capture_bytes", batch) - batch)
+        kept = used = 0
+        for row in encoded:
+            if used + len(row) > room:
+                break
+            kept, used = kept + 1, used + len(row)
         pipe = self.r.pipeline(transaction=False)
-        for d in datagrams:
-            pipe.xadd(K.exp_capture(exp), {"d": json.dumps(d)}, maxlen=CAPTURE_MAXLEN, approximate=True)
+        for row in encoded[:kept]:
+            pipe.xadd(K.exp_capture(exp), {"d": row}, maxlen=CAPTURE_MAXLEN, approximate=True)
+        if kept < len(encoded):
+            pipe.hincrby(K.exp(exp), "capture_bytes", used - batch)
+            pipe.hincrby(K.exp(exp), "capture_left_out", len(encoded) - kept)
         pipe.execute()
+
+    def capture_left_out(self, exp: str) -> int:
+        """SIP datagrams not kept for the experiment's capture because it reached CAPTURE_MAX_BYTES."""
+        return int(self.r.hget(K.exp(exp), "capture_left_out") or 0)
 
     def capture(self, exp: str) -> list[dict]:
         return [json.loads(f["d"]) for _, f in self.r.xrange(K.exp_capture(exp))]

@@ -14,47 +14,17 @@ import hmac
 import secrets
 import time
 
-MAX_HEADER_CHARS = 4096   # an Authorization header longer than this is refused unparsed
+from sipwire.auth_params import MAX_AUTH_PARAMS_CHARS, parse_auth_params
+
+MAX_HEADER_CHARS = MAX_AUTH_PARAMS_CHARS   # an Authorization header longer than this is refused unparsed
 NONCE_LIFETIME_S = 300.0
 ALGORITHMS = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
 
 
 def parse_params(text: str) -> dict[str, str] | None:
-    """`k=v, k="quoted, \\"v\\""` pairs in one pass; None when malformed or over the cap (keys lower-cased)."""
-    if len(text) > MAX_HEADER_CHARS:
-        return None
-    params: dict[str, str] = {}
-    i, n = 0, len(text)
-    while i < n:
-        while i < n and text[i] in " \t,":
-            i += 1
-        if i >= n:
-            break
-        eq = text.find("=", i)
-        if eq < 0:
-            return None
-        key = text[i:eq].strip().lower()
-        i = eq + 1
-        if i < n and text[i] == '"':
-            i += 1
-            value = []
-            while i < n and text[i] != '"':
-                if text[i] == "\\" and i + 1 < n:
-                    i += 1
-                value.append(text[i])
-                i += 1
-            if i >= n:
-                return None   # unterminated quote
-            i += 1
-            params[key] = "".join(value)
-        else:
-            end = text.find(",", i)
-            end = n if end < 0 else end
-            params[key] = text[i:end].strip()
-            i = end
-        if not key:
-            return None
-    return params
+    """`k=v, k="quoted, \\"v\\""` pairs (keys lower-cased): sipwire.auth_params, the one linear reader with its
+    size cap (MAX_HEADER_CHARS); None when malformed or over the cap."""
+    return parse_auth_params(text)
 
 
 class DigestAuthority:

@@ -9,7 +9,7 @@ import functools
 import ipaddress
 import time
 
-from sipwire import digest
+from sipwire import contacts, digest
 from soundpoint import conformance, user_agent
 from soundpoint.timing import refresh_interval
 from sipwire import message as sip
@@ -24,58 +24,12 @@ from .phone_types import DOWN, FAILBACK_MODES, LATE_FAILOVER_S, UP, Failback, Re
 VALIDATION_METHODS = ("source", "digest", "both", "all")
 
 
-def split_contacts(values: list[str]) -> list[tuple[str, str]]:
-    """Contact header values -> [(uri, the entry's text after the URI)], split on commas outside <> and quotes
-    (a registrar may list every binding of the AoR in one header or one header each). One pass per value."""
-    out: list[tuple[str, str]] = []
-    for value in values:
-        start, depth, quoted = 0, 0, False
-        for i, ch in enumerate(value + ","):
-            if ch == '"' and depth == 0:
-                quoted = not quoted
-            elif not quoted and ch == "<":
-                depth += 1
-            elif not quoted and ch == ">":
-                depth = max(0, depth - 1)
-            elif ch == "," and not quoted and depth == 0:
-                entry = value[start:i].strip()
-                start = i + 1
-                if not entry:
-                    continue
-                lt, gt = entry.find("<"), entry.find(">")
-                if 0 <= lt < gt:
-                    out.append((entry[lt + 1:gt].strip(), entry[gt + 1:]))
-                else:
-                    uri, _, rest = entry.partition(";")
-                    out.append((uri.strip(), ";" + rest if rest else ""))
-    return out
-
-
-def same_contact(a: str, b: str) -> bool:
-    """Two Contact URIs name the same binding: scheme, user, host (any case) and port (RFC 3261 19.1.4)."""
-    def key(uri: str) -> tuple:
-        scheme = uri.split(":", 1)[0].lower()
-        try:
-            host, port = sip.uri_host_port(uri, 5061 if scheme == "sips" else 5060)
-        except sip.SipParseError:
-            return (uri.strip().lower(),)
-        return scheme, sip.uri_user(uri), host.lower(), port
-    return key(a) == key(b)
-
-
 def granted_expiry(resp: sip.SipMessage, requested: int, own_contact: str) -> int:
-    """The expiry a 200 granted this phone's own binding: the `expires` of the Contact entry that is its own
-    contact (a shared AoR's 200 lists every device's binding, in any order); else, with one contact only
-    (a registrar that rewrote it), that one's; else the Expires header; else what was asked for."""
-    contacts = split_contacts(resp.get_all("contact"))
-    own = [rest for uri, rest in contacts if same_contact(uri, own_contact)]
-    chosen = own[0] if own else contacts[0][1] if len(contacts) == 1 else None
-    if chosen is not None:
-        value = sip.header_params("<>" + chosen).get("expires", "")
-        if value.isdigit():
-            return int(value)
-    hdr = (resp.get("expires") or "").strip()
-    return int(hdr) if hdr.isdigit() else requested
+    """The expiry a 200 granted this phone's own binding (sipwire.contacts.granted_expiry, the rule the collector
+    reads the wire by): its own Contact entry's, else a rewritten one's, else the Expires header, else what was
+    asked for."""
+    granted = contacts.granted_expiry(resp.get_all("contact"), resp.get("expires"), requested, own_contact)
+    return requested if granted is None else granted
 
 
 @functools.lru_cache(maxsize=None)

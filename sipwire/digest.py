@@ -2,12 +2,10 @@
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 
+from .auth_params import MAX_AUTH_PARAMS_CHARS, parse_auth_params
 from .message import SipParseError
-
-_PARAM = re.compile(r'([A-Za-z0-9_-]+)\s*=\s*("([^"]*)"|[^,\s]+)')
 
 
 def md5(text: str) -> str:
@@ -15,11 +13,14 @@ def md5(text: str) -> str:
 
 
 def parse_challenge(value: str) -> dict[str, str]:
+    """A Digest challenge's (or Authorization's) parameters, read in linear time (sipwire.auth_params);
+    SipParseError for another scheme, malformed or oversize parameters, or no realm or nonce."""
     scheme, _, rest = value.strip().partition(" ")
     if scheme.lower() != "digest":
         raise SipParseError(f"unsupported auth scheme: {scheme!r}")
-    params = {m.group(1).lower(): (m.group(3) if m.group(3) is not None else m.group(2))
-              for m in _PARAM.finditer(rest)}
+    params = parse_auth_params(rest)
+    if params is None:
+        raise SipParseError(f"malformed digest parameters (or over {MAX_AUTH_PARAMS_CHARS} characters): {rest[:40]!r}")
     if "nonce" not in params or "realm" not in params:
         raise SipParseError("digest challenge without realm or nonce")
     return params

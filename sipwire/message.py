@@ -24,6 +24,8 @@ CANONICAL = {"via": "Via", "from": "From", "to": "To", "call-id": "Call-ID", "cs
              "proxy-authorization": "Proxy-Authorization", "expires": "Expires", "event": "Event",
              "user-agent": "User-Agent", "subscription-state": "Subscription-State", "allow": "Allow"}
 MAX_MESSAGE = 65535
+MAX_HEADER_LINES = 256     # physical header lines of one message (continuations included); more is refused
+MAX_HEADER_LINE = 16384    # characters of one header, unfolded; a longer one is refused
 
 
 class SipParseError(ValueError):
@@ -105,6 +107,23 @@ _STATUS_LINE = re.compile(r"^SIP/2\.0 (\d{3}) ?(.*)$")
 _TOKEN = re.compile(r"^[A-Za-z0-9.!%*_+`'~-]+$")
 
 
+def _unfold(lines: list[str]) -> list[str]:
+    """RFC 3261 7.3.1: a line starting with whitespace continues the previous header. The pieces of a header
+    are joined once (linear, where appending to the joined string per line was quadratic), and a header longer
+    than MAX_HEADER_LINE once unfolded is refused."""
+    groups: list[list[str]] = []
+    for line in lines:
+        if line[:1] in (" ", "\t") and groups:
+            groups[-1].append(line.strip())
+        else:
+            groups.append([line])
+    unfolded = [" ".join(g) if len(g) > 1 else g[0] for g in groups]
+    for header in unfolded:
+        if len(header) > MAX_HEADER_LINE:
+            raise SipParseError(f"a header is longer than {MAX_HEADER_LINE} characters: {header[:40]!r}")
+    return unfolded
+
+
 def parse(data: bytes) -> SipMessage:
     """Parse one datagram; raise SipParseError (never anything else) on malformed input."""
     if not isinstance(data, (bytes, bytearray)):
@@ -121,13 +140,9 @@ def parse(data: bytes) -> SipMessage:
     except UnicodeDecodeError as exc:
         raise SipParseError(f"headers are not UTF-8: {exc}") from None
     lines = text.replace("\r\n", "\n").split("\n")
-    # RFC 3261 7.3.1: a line starting with whitespace continues the previous header
-    unfolded: list[str] = []
-    for line in lines[1:]:
-        if line[:1] in (" ", "\t") and unfolded:
-            unfolded[-1] += " " + line.strip()
-        else:
-            unfolded.append(line)
+    if len(lines) > MAX_HEADER_LINES + 1:
+        raise SipParseError(f"more than {MAX_HEADER_LINES} header lines")
+    unfolded = _unfold(lines[1:])
     msg = SipMessage()
     first = lines[0].strip()
     if m := _REQUEST_LINE.match(first):

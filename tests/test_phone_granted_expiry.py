@@ -10,7 +10,8 @@ import socket
 
 import pytest
 
-from hil.phone_sip import granted_expiry, split_contacts
+from hil.phone_sip import granted_expiry
+from sipwire.contacts import split_contacts
 from soundpoint import conformance
 from sipwire import digest
 from sipwire import message as sip
@@ -42,7 +43,7 @@ def test_without_its_own_contact_the_only_contact_then_expires_then_the_request(
     assert granted_expiry(_ok("<sip:2000@10.0.0.9>;expires=30", "<sip:2000@10.0.0.8>;expires=20", expires="45"),
                           120, OWN) == 45, "another device's expiry is never ours"
     assert granted_expiry(_ok(), 120, OWN) == 120
-    assert split_contacts(["<sip:a@h;x=1,2>;expires=5"]) == [("sip:a@h;x=1,2", ";expires=5")]
+    assert split_contacts(["<sip:a@h;x=1,2>;expires=5"]) == [("sip:a@h;x=1,2", {"expires": "5"})]
 
 
 def _register(server: tuple[str, int], sock: socket.socket, user: str, expires: int) -> sip.SipMessage:
@@ -97,9 +98,35 @@ def test_the_lab_phone_and_the_collector_read_each_devices_expiry_from_the_corpu
 
     listed = split_contacts(sip.parse(entry.body.encode()).get_all("contact"))
     assert len(listed) >= 2, entry.id
-    for uri, rest in listed:
-        want = int(sip.header_params("<>" + rest)["expires"])
+    for uri, params in listed:
+        want = int(params["expires"])
         assert granted_expiry(sip.parse(entry.body.encode()), 0, uri) == want, (entry.id, uri)
         req = RegisterRequest(0.0, ("127.0.0.1", 1), ("127.0.0.1", 5060), "c", 2, ("c", 2, "b"), "3001", "3001",
                               uri, sip.uri_user(uri), 3600, True, "UDP")
         assert collector_granted(wire_sip.parse(entry.body.encode()), req) == want, (entry.id, uri)
+
+
+@pytest.mark.parametrize("headers,expires", [
+    (["<sip:2000@192.0.2.1:40000>;expires=90", "<sip:3000@10.0.0.9>;expires=3600"], "45"),   # rewritten, beside another user
+    (["<sip:2000@10.0.0.9>;expires=30", "<sip:2000@10.0.0.8>;expires=20"], "45"),             # two others of our user
+    (["<sip:2000@10.0.0.5:5062>;expires=0010"], None),
+    (["*"], "7"),
+    (['"a, <b>" <sip:2000@10.0.0.5:5062>;expires=61, <sip:2000@x>;expires=5'], None),
+], ids=["rewritten-among-others", "two-of-ours", "own-only", "wildcard", "quoted-commas"])
+def test_the_lab_phone_and_the_collector_read_a_200_by_the_one_shared_rule(headers, expires):
+    """Issue 17 review: hil.phone_sip carried its own copy of split_contacts/same_contact/granted_expiry with
+    other rules than the collector's; both now use sipwire.contacts and read every 200 alike."""
+    import hil.phone_sip as phone_sip
+    from fleet.drivers.collect import sip_transactions, wire_sip
+    from fleet.drivers.collect.sip_transactions import RegisterRequest
+    from sipwire import contacts
+
+    assert not hasattr(phone_sip, "split_contacts") and not hasattr(phone_sip, "same_contact")
+    assert sip_transactions.split_contacts is contacts.split_contacts
+    assert sip_transactions.same_contact is contacts.same_contact
+    resp = _ok(*headers, expires=expires)
+    req = RegisterRequest(0.0, ("10.0.0.5", 5062), ("10.0.0.1", 5060), "c1", 2, ("c1", 2, "b"), "2000", "2000",
+                          OWN, "2000", 120, True, "UDP")
+    lab = phone_sip.granted_expiry(resp, 120, OWN)
+    assert lab == sip_transactions.granted_expiry(wire_sip.parse(resp.encode()), req)
+    assert lab == contacts.granted_expiry(resp.get_all("contact"), resp.get("expires"), 120, OWN)

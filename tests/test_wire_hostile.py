@@ -24,6 +24,8 @@ from fleet.drivers.collect.hep_listener import HepListener, start_hep_listener
 from fleet.drivers.collect.wire_decode import Datagram
 from fleet.drivers.collect.wire_observations import Attribution
 from fleet.drivers.collect.wire_pipeline import WireEvidence
+from fleet.drivers.collect import wire_sip
+from fleet.drivers.collect.source_guard import ByteBudget
 from fleet.drivers.collect.wire_sip import MAX_HEADER_LINE
 from sipwire import message as sipmsg
 from soundpoint import conformance
@@ -279,3 +281,148 @@ def test_the_inventory_names_hep_auth_keys_per_sender_as_secrets():
             Capture.model_validate({"kind": "hep", "listen": "10.0.0.5:9060", **bad})
     with pytest.raises(ValueError, match="auth_keys belong to a hep capture"):
         Capture.model_validate({"kind": "router", "auth_keys": {"10.0.0.1": "k"}})
+
+
+# --- folded headers, header counts and the per-message budget (review of issue 17's decoding) ---------------
+
+def _folded(pieces: int, piece: bytes = b"ab") -> bytes:
+    """A REGISTER with one header folded over `pieces` continuation lines (what Kamailio relays as HEP)."""
+    fold = b"X-Fold: x" + b"".join(b"\r\n\t" + piece for _ in range(pieces))
+    return register("1001", A_ADDR).replace(b"\r\n\r\n", b"\r\n" + fold + b"\r\n\r\n", 1)
+
+
+def test_a_folded_header_over_the_line_cap_once_unfolded_is_counted_as_oversize_by_both_parsers():
+    flood = _folded(15_000, b"a")                              # 60 KB, no raw line near the cap
+    assert len(flood) <= sipmsg.MAX_MESSAGE and max(map(len, flood.split(b"\r\n"))) < 100
+    ev = WireEvidence(Attribution(targets(PHONE_A)))
+    assert ev.feed_datagram(Datagram(time.time(), ("192.168.10.99", 5060), PROVIDER, flood)) == []
+    assert ev.stats.get("register_oversize") == 1, ev.stats
+    few = _folded(40, b"c" * 300).replace(b"\r\n\t", b"\r\n ")    # 40 short lines, 12 KB unfolded: over no cap
+    long = _folded(60, b"c" * 300)                                # 60 short lines, 18 KB unfolded
+    assert wire_sip.parse(few).get("x-fold") == "x " + " ".join(["c" * 300] * 40)
+    assert sipmsg.parse(few).get("x-fold") == "x " + " ".join(["c" * 300] * 40)
+    with pytest.raises(wire_sip.SipOversizeError):
+        wire_sip.parse(long)
+    with pytest.raises(sipmsg.SipParseError):
+        sipmsg.parse(long)
+
+
+def test_a_message_with_more_header_lines_than_the_cap_is_counted_as_oversize_by_both_parsers():
+    many = register("1001", A_ADDR).replace(b"\r\n\r\n", b"\r\n" + b"X-N: 1\r\n" * wire_sip.MAX_HEADER_LINES
+                                            + b"\r\n", 1)
+    ev = WireEvidence(Attribution(targets(PHONE_A)))
+    assert ev.feed_datagram(Datagram(time.time(), ("192.168.10.99", 5060), PROVIDER, many)) == []
+    assert ev.stats.get("register_oversize") == 1, ev.stats
+    with pytest.raises(sipmsg.SipParseError):
+        sipmsg.parse(many)
+    fewer = register("1001", A_ADDR).replace(b"\r\n\r\n", b"\r\n" + b"X-N: 1\r\n" * 200 + b"\r\n", 1)
+    assert len(wire_sip.parse(fewer).get_all("x-n")) == 200 and len(sipmsg.parse(fewer).get_all("x-n")) == 200
+
+
+def test_the_budget_charges_each_message_so_tiny_messages_cannot_take_more_cpu_than_large_ones():
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={})
+    ev = wire_sources.guarded_evidence("hep", stub, None)  # type: ignore[arg-type]
+    assert ev.budget is not None and ev.budget.per_message == wire_sources.DECODE_MESSAGE_COST > 0
+    frozen = ByteBudget(1000.0, 10_000.0, clock=lambda: 0.0, per_message=900)
+    taken = sum(frozen.take(100) for _ in range(50))
+    assert taken == 10                                            # 10,000 / (100 + 900), not 10,000 / 100
+
+
+def test_an_answer_naming_both_register_and_invite_is_parsed_once(monkeypatch):
+    req = register("1001", A_ADDR)
+    answer = response(req, 200, expires=60).replace(b"\r\n\r\n", b"\r\nAllow: INVITE, REGISTER\r\n\r\n", 1)
+    answer = answer.replace(b" REGISTER\r\n", b" INVITE\r\n", 1)      # the CSeq: an answer to an INVITE
+    assert b"CSeq: 1 INVITE" in answer or b"CSeq: 2 INVITE" in answer, answer
+    calls = []
+    real = wire_sip.parse
+    monkeypatch.setattr(wire_sip, "parse", lambda data: calls.append(1) or real(data))
+    ev = WireEvidence(Attribution(targets(PHONE_A)))
+    ev.feed_datagram(Datagram(time.time(), PROVIDER, A_ADDR, answer))
+    assert len(calls) == 1
+
+
+# --- a clock guard and drop health per HEP sender ------------------------------------------------------------
+
+def _hep_source():
+    observed, kept = [], []
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1)
+    source = wire_sources.HepSource(SimpleNamespace(name="s"), wire_sources.Sink(observed.extend,  # type: ignore[arg-type]
+                                                                                  lambda _s, d: kept.extend(d)), stub)
+    return source, observed, kept
+
+
+def _hep_exchange(source, sender: str, t: float, cseq: int) -> None:
+    req = register("1001", A_ADDR, cseq=cseq)
+    for dg in (Datagram(t, A_ADDR, PROVIDER, req), Datagram(t + 0.01, PROVIDER, A_ADDR, response(req, 200, expires=60))):
+        source.on_packet(hep.parse(hep.encode(dg.src, dg.dst, dg.t, dg.payload)), (sender, 9060))
+
+
+def test_two_hep_senders_whose_clocks_differ_by_20_s_are_each_judged_by_their_own_clock():
+    source, observed, _ = _hep_source()
+    now = time.time()
+    for i in range(4):                                          # sender A on our clock, B 20 s behind, interleaved
+        _hep_exchange(source, "10.0.0.1", now + i, 2 * i + 1)
+        _hep_exchange(source, "10.0.0.2", now - 20 + i, 2 * i + 2)
+    stats = source.evidence.stats
+    assert not stats.get("clock_behind") and not stats.get("clock_ahead"), stats
+    assert len(observed) == 8, (len(observed), stats)
+    assert all(abs(o.t - time.time()) < 10 for o in observed), [o.t - time.time() for o in observed]
+
+
+def test_a_hep_sender_whose_datagrams_are_mostly_dropped_shows_the_source_failing_beside_a_healthy_one():
+    source, _, _ = _hep_source()
+    now = time.time()
+    for i in range(15):
+        _hep_exchange(source, "10.0.0.1", now + i * 0.01, 2 * i + 1)              # healthy
+        _hep_exchange(source, "10.0.0.2", now - 3600 + i * 0.01, 2 * i + 2)      # an hour behind: over max_skew
+    error = source.health()["error"]
+    assert "10.0.0.2" in error and "clock_behind" in error and "10.0.0.1" not in error, error
+
+
+def test_a_hep_source_keeps_only_the_datagrams_it_accepted():
+    source, _, kept = _hep_source()
+    now = time.time()
+    _hep_exchange(source, "10.0.0.1", now, 1)
+    _hep_exchange(source, "10.0.0.1", now + 86400, 2)                             # dropped: a day ahead
+    flood = register("1001", A_ADDR, cseq=3).replace(b"To: <", b"To: " + b"sip:" * 15000 + b"> <")
+    source.on_packet(hep.parse(hep.encode(A_ADDR, PROVIDER, now, flood)), ("10.0.0.1", 9060))   # dropped: oversize
+    assert len(kept) == 2 and all(abs(d.t - now) < 1 for d in kept), [(d.t - now, len(d.payload)) for d in kept]
+
+
+def test_a_capture_source_keeps_only_the_datagrams_it_accepted():
+    """The capture path (_WireThread.pump over a pcap stream): a datagram stamped far from the capture's clock
+    and one over the size caps are dropped, and neither is kept for the experiment's capture."""
+    import io
+
+    from fleet.drivers.collect.pcap_stream import PcapWriter
+    from fleet.drivers.collect.wire_decode import LINKTYPE_ETHERNET
+    from test_wire_evidence import eth
+
+    kept: list = []
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1)
+    site = SimpleNamespace(name="s", dns=None)
+
+    class Piped(wire_sources._WireThread):
+        label = "router capture"
+
+        def run_once(self) -> None:   # pragma: no cover - pump is called directly
+            pass
+
+    source = Piped(site, wire_sources.Sink(lambda _o: None, lambda _s, d: kept.extend(d)),  # type: ignore[arg-type]
+                   SimpleNamespace(), stub)                                                   # type: ignore[arg-type]
+    stream = io.BytesIO()
+    pcap = PcapWriter(stream, LINKTYPE_ETHERNET, snaplen=262144)
+    now = time.time()
+    req = register("1001", A_ADDR, cseq=1)
+    for i, (t, src, dst, payload) in enumerate([
+            (now, A_ADDR, PROVIDER, req), (now + 0.01, PROVIDER, A_ADDR, response(req, 200, expires=60)),
+            (now + 0.02, A_ADDR, PROVIDER, register("1001", A_ADDR, cseq=2)),
+            (now + 0.03, A_ADDR, PROVIDER, register("1001", A_ADDR, cseq=3)),
+            (now - 7200, A_ADDR, PROVIDER, register("1001", A_ADDR, cseq=4)),                 # an hour off
+            (now + 0.04, A_ADDR, PROVIDER, register("1001", A_ADDR, cseq=5).replace(
+                b"To: <", b"To: " + b"sip:" * 15000 + b"> <"))]):                            # oversize
+        pcap.write(t, eth(src, dst, payload))
+    chunks = [stream.getvalue(), None]
+    source.pump(lambda _timeout: chunks.pop(0))
+    assert len(kept) == 4 and all(abs(d.t - now) < 1 for d in kept), [(d.t - now, len(d.payload)) for d in kept]
+    assert source.evidence is not None and source.evidence.stats.get("clock_behind") == 1, source.evidence.stats

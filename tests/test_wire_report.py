@@ -66,7 +66,8 @@ def test_transitions_name_the_sources_that_saw_them():
 def test_report_keeps_the_capture_and_marks_register_outcomes(tmp_path):
     doc = report.write(_result(), tmp_path)
     again = json.loads((tmp_path / "report.json").read_text())
-    assert again["capture"] == {"file": "capture.pcap", "datagrams": 3, "sources": {"wire": 3}, "written": 2}
+    assert again["capture"] == {"file": "capture.pcap", "datagrams": 3, "left_out": 0, "sources": {"wire": 3},
+                                "written": 2}
     assert again["phones"][0]["transitions"][0]["sources"] == {"wire": 0.0, "gateway": 0.4}
     # the pcap opens with dpkt, and our own pipeline finds the registration in it again
     with open(tmp_path / "capture.pcap", "rb") as f:

@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
 from . import hep
-from .source_guard import DropHealth
+from .source_guard import DropHealth, SenderDrops
 
 AUTH_MISSING, AUTH_WRONG = "auth_missing", "auth_wrong"
 
@@ -27,7 +27,8 @@ class HepListener(asyncio.DatagramProtocol):
     none). `on_packet` exceptions are counted, never allowed to stop the listener."""
 
     def __init__(self, allowed_sources: Iterable[str], on_packet: Callable[[hep.HepPacket, tuple], None],
-                 auth_keys: Mapping[str, bytes] | None = None, health: DropHealth | None = None) -> None:
+                 auth_keys: Mapping[str, bytes] | None = None, health: DropHealth | SenderDrops | None = None
+                 ) -> None:
         self.allowed = frozenset(str(ipaddress.ip_address(a)) for a in allowed_sources)
         if not self.allowed:
             raise ValueError("a HEP listener needs at least one allowed source address")
@@ -54,15 +55,15 @@ class HepListener(asyncio.DatagramProtocol):
         try:
             pkt = hep.parse(data)
         except hep.HepError:
-            self._drop("malformed")
+            self._drop("malformed", host)
             return
         key = self.auth_keys.get(host)
         if key is not None:
             if pkt.auth_key is None:
-                self._drop(AUTH_MISSING)
+                self._drop(AUTH_MISSING, host)
                 return
             if not hmac.compare_digest(pkt.auth_key.rstrip(b"\0"), key):
-                self._drop(AUTH_WRONG)
+                self._drop(AUTH_WRONG, host)
                 return
         self.stats["accepted"] += 1
         try:
@@ -70,9 +71,9 @@ class HepListener(asyncio.DatagramProtocol):
         except Exception:
             self.stats["handler_errors"] += 1
 
-    def _drop(self, why: str) -> None:
+    def _drop(self, why: str, sender: str) -> None:
         self.stats[why] += 1
-        self.health.saw(why)
+        self.health.saw(why, sender=sender)
 
     def error_received(self, exc: Exception) -> None:
         self.stats["socket_errors"] += 1
@@ -80,7 +81,8 @@ class HepListener(asyncio.DatagramProtocol):
 
 async def start_hep_listener(host: str, port: int, allowed_sources: Iterable[str],
                              on_packet: Callable[[hep.HepPacket, tuple], None],
-                             auth_keys: Mapping[str, bytes] | None = None, health: DropHealth | None = None,
+                             auth_keys: Mapping[str, bytes] | None = None,
+                             health: DropHealth | SenderDrops | None = None
                              ) -> tuple[asyncio.DatagramTransport, HepListener]:
     """Bind host:port (UDP) and serve until the returned transport is closed."""
     loop = asyncio.get_running_loop()

@@ -14,9 +14,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-from sipwire.message import SipParseError
-
-from . import wire_sip
 from .sip_transactions import RegisterRequest, transaction_key, uri_host, uri_user
 from .wire_sip import WireMessage
 
@@ -24,16 +21,11 @@ CHALLENGES = frozenset({401, 407})
 
 
 def invite_message(payload: bytes) -> WireMessage | None:
-    """An INVITE request or a response to one, or None (a cheap look first, as for REGISTER)."""
-    if payload[:7] != b"INVITE " and not (payload[:8] == b"SIP/2.0 " and b"INVITE" in payload):
-        return None
-    try:
-        msg = wire_sip.parse(payload)
-    except SipParseError:
-        return None
-    if msg.cseq[1] != "INVITE" or (msg.is_request and msg.method != "INVITE"):
-        return None
-    return msg
+    """An INVITE request or a response to one, or None (wire_decode.sip_message: one parse for either method)."""
+    from .wire_decode import sip_message
+
+    msg = sip_message(payload)
+    return msg if msg is not None and msg.cseq[1] == "INVITE" else None
 
 
 @dataclass(frozen=True, slots=True)

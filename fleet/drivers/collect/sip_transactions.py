@@ -22,7 +22,8 @@ import re
 from collections import Counter
 from dataclasses import dataclass
 
-from sipwire import message as sip
+from sipwire.contacts import granted_expiry as granted_expiry_of
+from sipwire.contacts import same_contact, split_contacts  # noqa: F401  (re-exported: wire readers import them here)
 from sipwire.uri import parse_uri, uri_user  # noqa: F401  (uri_user: re-exported for sip_calls)
 
 from .wire_sip import WireMessage
@@ -167,77 +168,12 @@ def _int(value: str | None) -> int | None:
     return int(value)
 
 
-def split_contacts(values: list[str]) -> list[tuple[str, dict[str, str]]]:
-    """Contact header values -> [(uri, params)], splitting on commas outside <> and quotes."""
-    out: list[tuple[str, dict[str, str]]] = []
-    for value in values:
-        if "," not in value:
-            parts = [value]
-        else:
-            parts = _split_commas(value)
-        for part in parts:
-            part = part.strip()
-            if not part:
-                continue
-            if part == "*" or part.startswith("*;"):
-                out.append(("*", sip.header_params(part)))
-                continue
-            lt, gt = part.find("<"), part.find(">")
-            if 0 <= lt < gt:
-                uri = part[lt + 1:gt].strip()
-                rest = part[gt + 1:]
-                params = sip.header_params("<>" + rest) if ";" in rest else {}
-            else:
-                uri = part.split(";")[0].strip()
-                params = sip.header_params(part)
-            out.append((uri, params))
-    return out
-
-
-_ITEM = re.compile(r'(?:[^,"<]+|"[^"]*"?|<[^>]*>?)+')
-
-
-def _split_commas(value: str) -> list[str]:
-    """Split a header value on commas outside <> and quotes."""
-    return _ITEM.findall(value)
-
-
-def same_contact(a: str, b: str) -> bool:
-    """Contact URIs compared as RFC 3261 19.1.4 does in practice: scheme, user, host, port; case of host ignored."""
-    def norm(u: str) -> tuple[str, str, str, int]:
-        u = u.strip()
-        scheme = u.split(":", 1)[0].lower()
-        user = uri_user(u)
-        try:
-            host, port = sip.uri_host_port(u, 5061 if scheme == "sips" else 5060)
-        except sip.SipParseError:
-            return (scheme, user, u.lower(), 0)
-        return (scheme, user, host.lower(), port)
-    return norm(a) == norm(b)
-
-
 def granted_expiry(resp: WireMessage, req: RegisterRequest) -> int | None:
-    """The expiry a 2xx granted the request's contact: its Contact entry's expires; where the registrar
-    rewrote that contact (NAT, Asterisk's rewrite_contact: same user, another host or port) the expires of
-    the only contact with the phone's user, else of the only contact in the answer; else the Expires
-    header; else what was asked for."""
-    contacts = [(uri, params) for uri, params in split_contacts(resp.get_all("contact")) if uri != "*"]
-    if req.contact_uri and req.contact_uri != "*":
-        own = next((params for uri, params in contacts
-                    if uri == req.contact_uri or same_contact(uri, req.contact_uri)), None)
-        if own is None:
-            user = req.contact_user or req.aor_user
-            same_user = [params for uri, params in contacts if user and uri_user(uri) == user]
-            own = (same_user[0] if len(same_user) == 1 else
-                   contacts[0][1] if not same_user and len(contacts) == 1 else None)
-        if own is not None:
-            value = _int(own.get("expires"))
-            if value is not None:
-                return value
-    value = _int(resp.get("expires"))
-    if value is not None:
-        return value
-    return req.requested_expires
+    """The expiry a 2xx granted the request's contact (sipwire.contacts.granted_expiry, the rule the lab's phones
+    read their own answers by): its Contact entry's expires; where the registrar rewrote that contact the
+    only one with the phone's user, else the only one listed; else the Expires header; else what was asked."""
+    return granted_expiry_of(resp.get_all("contact"), resp.get("expires"), req.requested_expires, req.contact_uri,
+                             req.contact_user or req.aor_user)
 
 
 class RegisterMatcher:

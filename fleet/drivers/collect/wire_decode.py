@@ -253,16 +253,17 @@ def ip_packet(dg: Datagram) -> bytes:
     return bytes(ip)
 
 
-def register_message(payload: bytes, stats: Counter[str] | None = None) -> wire_sip.WireMessage | None:
-    """The REGISTER request or REGISTER response in a UDP payload, or None for anything else.
+def sip_message(payload: bytes, stats: Counter[str] | None = None) -> wire_sip.WireMessage | None:
+    """The REGISTER or INVITE request, or the answer to one, in a UDP payload, parsed once; None for anything else.
 
-    A cheap look at the first bytes keeps RTP, DNS and other SIP methods away from the parser;
-    only well-formed messages (wire_sip's strict parser) get through. One over wire_sip's size caps is
-    counted in `stats` as "register_oversize" (a flood of huge REGISTERs shows as such, not as junk).
+    A cheap look at the first bytes keeps RTP, DNS and other SIP methods away from the parser; only
+    well-formed messages (wire_sip's strict parser) get through, and a response naming both methods is still
+    parsed only once (its CSeq says which it answers). One over wire_sip's size caps is counted in `stats` as
+    "register_oversize" (a flood of huge REGISTERs shows as such, not as junk; an oversize INVITE counts there too).
     """
-    if payload[:9] == b"REGISTER ":
+    if payload[:9] == b"REGISTER " or payload[:7] == b"INVITE ":
         pass
-    elif payload[:8] == b"SIP/2.0 " and b"REGISTER" in payload:
+    elif payload[:8] == b"SIP/2.0 " and (b"REGISTER" in payload or b"INVITE" in payload):
         pass
     else:
         return None
@@ -275,6 +276,12 @@ def register_message(payload: bytes, stats: Counter[str] | None = None) -> wire_
     except SipParseError:
         return None
     method = msg.cseq[1]
-    if method != "REGISTER" or (msg.is_request and msg.method != "REGISTER"):
+    if method not in ("REGISTER", "INVITE") or (msg.is_request and msg.method != method):
         return None
     return msg
+
+
+def register_message(payload: bytes, stats: Counter[str] | None = None) -> wire_sip.WireMessage | None:
+    """The REGISTER request or REGISTER response in a UDP payload, or None for anything else (sip_message)."""
+    msg = sip_message(payload, stats)
+    return msg if msg is not None and msg.cseq[1] == "REGISTER" else None

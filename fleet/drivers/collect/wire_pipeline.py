@@ -15,11 +15,11 @@ from dataclasses import replace
 
 from ...observe import REGISTERED, UNREGISTERED, Observation
 from . import hep
-from .sip_calls import CallOutcome, InviteMatcher, invite_message
+from .sip_calls import CallOutcome, InviteMatcher
 from .dns_evidence import DnsLookups
 from .sip_transactions import T1_TIMEOUT, RegisterMatcher, RegisterOutcome
-from .source_guard import ByteBudget, ClockGuard, DropHealth
-from .wire_decode import Datagram, FrameDecoder, register_message
+from .source_guard import ByteBudget, ClockGuard, DropHealth, SenderClocks, SenderDrops
+from .wire_decode import Datagram, FrameDecoder, sip_message
 from .wire_observations import Attribution, ObservationBuilder
 
 
@@ -70,8 +70,8 @@ class WireEvidence:
     def __init__(self, attribution: Attribution, *, source: str = "wire", timeout: float = T1_TIMEOUT,
                  max_pending: int = 200_000, stamp: str = "capture",
                  timeouts: dict[tuple[str, int], float] | None = None, lapse: bool = False,
-                 budget: ByteBudget | None = None, clock_guard: ClockGuard | None = None,
-                 health: DropHealth | None = None) -> None:
+                 budget: ByteBudget | None = None, clock_guard: ClockGuard | SenderClocks | None = None,
+                 health: DropHealth | SenderDrops | None = None) -> None:
         if stamp not in ("capture", "local"):
             raise ValueError(f"stamp must be 'capture' or 'local', got {stamp!r}")
         if clock_guard is not None and stamp != "local":
@@ -106,39 +106,60 @@ class WireEvidence:
             return []
         return self.feed_datagram(pkt.datagram())
 
-    def feed_datagram(self, dg: Datagram) -> list[Observation]:
-        why = self._refused(dg)
+    def feed_datagram(self, dg: Datagram, sender: str | None = None,
+                      kept: list[Datagram] | None = None) -> list[Observation]:
+        """Observations from one datagram. `sender`: the address that delivered it (a HEP agent), judged by its
+        own clock guard and drop health when they are per sender (SenderClocks, SenderDrops). `kept`: the
+        datagram is appended when it was accepted and is SIP or DNS read whole (not over the byte budget, the
+        clock guard or the size caps): what an experiment keeps as its capture."""
+        why, dg = self._refused(dg, sender)
         if why is not None:
             self._stats[why] += 1
-            self.health.saw(why)
+            self.health.saw(why, sender=sender)
             return []
         if self.dns is not None and self.dns.is_dns(dg.src, dg.dst):
+            if kept is not None:
+                kept.append(dg)
             return self._stamped(self.dns.feed(dg.t, dg.src, dg.dst, dg.payload))
         oversize = self._stats["register_oversize"]
-        msg = register_message(dg.payload, self._stats)
-        self.health.saw("register_oversize" if self._stats["register_oversize"] != oversize else None)
-        if msg is None:
-            call = invite_message(dg.payload)
-            if call is not None:
-                return self._call(self.invites.feed(call, dg.t, dg.src, dg.dst))
+        msg = sip_message(dg.payload, self._stats)
+        refused = self._stats["register_oversize"] != oversize
+        self.health.saw("register_oversize" if refused else None, sender=sender)
+        if kept is not None and not refused:
+            kept.append(dg)
+        if msg is None or msg.cseq[1] != "REGISTER":
+            if msg is not None:
+                return self._call(self.invites.feed(msg, dg.t, dg.src, dg.dst))
             self._stats["not_register"] += 1
             return []
         self._stats["register_messages"] += 1
         outcome = self.matcher.feed(msg, dg.t, dg.src, dg.dst)
         return self._observe([outcome] if outcome is not None else [])
 
-    def _refused(self, dg: Datagram) -> str | None:
-        """Why this datagram is dropped before decoding (over the byte budget, a time far off the source's
-        clock), else None; an accepted one moves the packet clock."""
+    def _refused(self, dg: Datagram, sender: str | None) -> tuple[str | None, Datagram]:
+        """(why this datagram is dropped before decoding: over the byte budget, a time far off the source's
+        clock, a sender past SenderClocks' bound; else None) and the datagram to read. An accepted one moves
+        the packet clock. With a clock guard per sender the datagram's time is moved onto this host's clock by
+        its sender's agreed offset (senders' clocks differ; the packet clock then holds local time)."""
         if self.budget is not None and not self.budget.take(len(dg.payload)):
-            return "over_budget"
-        if self.clock_guard is None:
+            return "over_budget", dg
+        guard = self.clock_guard
+        if guard is None:
             self.clock.saw(dg.t)
-            return None
-        why = self.clock_guard.check(dg.t, time.time())
+            return None, dg
+        if isinstance(guard, SenderClocks):
+            own = guard.guard(sender or "")
+            if own is None:
+                return "too_many_senders", dg
+            why = own.check(dg.t, time.time())
+            if why is None:
+                dg = replace(dg, t=dg.t + (own.offset or 0.0))
+                self.clock.saw(dg.t, 0.0, step_back=own.tolerance)
+            return why, dg
+        why = guard.check(dg.t, time.time())
         if why is None:
-            self.clock.saw(dg.t, self.clock_guard.offset, step_back=self.clock_guard.tolerance)
-        return why
+            self.clock.saw(dg.t, guard.offset, step_back=guard.tolerance)
+        return why, dg
 
     def tick(self, now: float | None = None) -> list[Observation]:
         """Time out unanswered transactions; `now` defaults to the packet clock."""

@@ -13,17 +13,18 @@ from __future__ import annotations
 
 import re
 
-from sipwire.message import COMPACT, MAX_MESSAGE, SipParseError, header_params
+from sipwire.message import COMPACT, MAX_HEADER_LINE, MAX_HEADER_LINES, MAX_MESSAGE, SipParseError, header_params
 
 _REQUEST_LINE = re.compile(r"([A-Za-z]+) (\S+) SIP/2\.0")
 _STATUS_LINE = re.compile(r"SIP/2\.0 ([1-6]\d\d)(?: (.*))?")
 _TOKEN = re.compile(r"[A-Za-z0-9.!%*_+`'~-]+")
 _DIGITS = re.compile(r"[0-9]{1,10}")
 _REQUIRED = ("via", "call-id", "cseq", "from", "to")
-# No header line of a REGISTER or its answer comes near this (the longest are an Authorization of a few hundred
-# bytes and a registrar's 200 listing a shared AoR's contacts); a longer one is an attack or junk, refused before
-# any of its text is read further.
-MAX_HEADER_LINE = 16384
+# MAX_HEADER_LINE (characters of one header, unfolded) and MAX_HEADER_LINES (physical header lines, continuations
+# included) are sipwire.message's, the caps both parsers hold to: no REGISTER or answer comes near them (the longest
+# lines are an Authorization of a few hundred bytes and a registrar's 200 listing a shared AoR's contacts), so a
+# message over either is an attack or junk, refused before its text is read further, and the lines bound the work
+# a small datagram of tiny (or folded) lines can ask for.
 _NAMES: dict[str, str] = {}       # raw header name -> normalised name (cache: real traffic uses few spellings)
 
 
@@ -84,6 +85,40 @@ class WireMessage:
         return header_params(self.top_via).get("branch", "")
 
 
+def _unfolded(lines: list[str]):
+    """(normalised name, value) per header of `lines[1:]`, continuation lines joined to their header once
+    (RFC 3261 7.3.1): pieces are collected and joined when the header ends, so folding costs linear time, and
+    the unfolded value is held to MAX_HEADER_LINE as a raw line is."""
+    names = _NAMES
+    name: str | None = None
+    pieces: list[str] = []
+    size = 0
+    for i in range(1, len(lines)):
+        line = lines[i]
+        if not line:
+            continue
+        if line[0] in " \t":
+            if name is None:
+                raise SipParseError("continuation line before any header")
+            piece = line.strip()
+            size += 1 + len(piece)
+            if size > MAX_HEADER_LINE:
+                raise SipOversizeError(f"a folded header is longer than {MAX_HEADER_LINE} bytes")
+            pieces.append(piece)
+            continue
+        if name is not None:
+            yield name, " ".join(pieces)
+        colon = line.find(":")
+        if colon <= 0:
+            raise SipParseError(f"malformed header line: {line[:80]!r}")
+        raw = line[:colon]
+        name = names.get(raw) or _name(raw)
+        value = line[colon + 1:].strip()
+        pieces, size = [value], len(value)
+    if name is not None:
+        yield name, " ".join(pieces)
+
+
 def parse(data: bytes) -> WireMessage:
     """Parse one datagram's SIP message; raise SipParseError (never anything else) on malformed input."""
     if len(data) > MAX_MESSAGE:
@@ -100,6 +135,8 @@ def parse(data: bytes) -> WireMessage:
     # splitlines also breaks at \x0b, \x0c, \x1c-\x1e and Unicode line separators: inside SIP headers those
     # are junk either way, and the message is then refused as malformed rather than read differently
     lines = text.splitlines()
+    if len(lines) > MAX_HEADER_LINES + 1:
+        raise SipOversizeError(f"more than {MAX_HEADER_LINES} header lines")
     if len(text) > MAX_HEADER_LINE and max(map(len, lines)) > MAX_HEADER_LINE:
         raise SipOversizeError(f"a header line is longer than {MAX_HEADER_LINE} bytes")
     first = lines[0].strip() if lines else ""
@@ -115,28 +152,12 @@ def parse(data: bytes) -> WireMessage:
             raise SipParseError(f"not a SIP request or status line: {first[:80]!r}")
         status, reason = int(m.group(1)), m.group(2) or ""
     headers: dict[str, list[str]] = {}
-    last: list[str] | None = None
-    names = _NAMES
-    for i in range(1, len(lines)):
-        line = lines[i]
-        if not line:
-            continue
-        if line[0] in " \t":
-            if last is None:
-                raise SipParseError("continuation line before any header")
-            last[-1] = last[-1] + " " + line.strip()
-            continue
-        colon = line.find(":")
-        if colon <= 0:
-            raise SipParseError(f"malformed header line: {line[:80]!r}")
-        raw = line[:colon]
-        name = names.get(raw) or _name(raw)
-        value = line[colon + 1:].strip()
-        last = headers.get(name)
-        if last is None:
-            last = headers[name] = [value]
+    for name, value in _unfolded(lines):
+        found = headers.get(name)
+        if found is None:
+            headers[name] = [value]
         else:
-            last.append(value)
+            found.append(value)
     for required in _REQUIRED:
         if required not in headers:
             raise SipParseError(f"missing {required} header")

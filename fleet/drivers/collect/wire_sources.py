@@ -39,7 +39,7 @@ from .local_capture import CaptureUnavailable, start_local_capture
 from .dns_evidence import DnsLookups, site_dns_ports
 from .pcap_stream import PcapFormatError, PcapStreamParser, capture_command
 from .sip_transactions import T1_TIMEOUT
-from .source_guard import ByteBudget, ClockGuard, DropHealth
+from .source_guard import ByteBudget, ClockGuard, DropHealth, SenderClocks, SenderDrops
 from .wire_decode import Datagram
 from .wire_observations import Attribution, WireTarget, foreign_counts, targets_for
 from .wire_pipeline import WireEvidence
@@ -48,23 +48,31 @@ log = logging.getLogger(__name__)
 RETARGET_S = 60.0          # how often attribution is rebuilt (DNS answers and pushed configurations change)
 RETARGET_SOON_S = 5.0      # ... or this soon when REGISTERs went to addresses no target has (a rollout moved them)
 BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
-# Per source: bytes of SIP it may decode per second, and at once. Far above a 5,000-phone site re-registering
-# after an outage (some 20 MB over several seconds), and a bound on the CPU one flooded source can take.
-DECODE_RATE, DECODE_BURST = 8e6, 16e6
+# Per source: bytes of SIP it may decode per second, and at once, each message charged DECODE_MESSAGE_COST bytes
+# on top of its own (decoding a 400-byte REGISTER costs about what 2,000 more bytes of a large message do:
+# bench/evidence.py's figures). Above a 5,000-phone site re-registering after an outage (some 20,000 messages,
+# 20 MB, over several seconds: 60 MB charged), and a bound on the CPU one flooded source can take (some 0.1 s per
+# second for large messages at ~160 MB/s decoded, as for 6,000 tiny ones per second).
+DECODE_RATE, DECODE_BURST, DECODE_MESSAGE_COST = 16e6, 32e6, 2000
 CLOCK_TOLERANCE_S = 10.0   # how far a packet's clock offset may stray from what the source's recent packets agree on
 HEP_MAX_SKEW_S = 300.0     # HEP agents are SIP servers (NTP): a packet stamped further from our clock is dropped
+MAX_HEP_SENDERS = 64       # senders a HEP source keeps a clock guard and drop health for (the inventory names fewer)
 
 
-def guarded_evidence(source: str, targets: "Targets", max_skew: float | None, health: DropHealth | None = None
-                     ) -> WireEvidence:
-    """A live source's pipeline: local stamps, lapses, its own byte budget and clock guard (source_guard)."""
+def guarded_evidence(source: str, targets: "Targets", max_skew: float | None,
+                     health: DropHealth | SenderDrops | None = None, per_sender: bool = False) -> WireEvidence:
+    """A live source's pipeline: local stamps, lapses, its own byte budget and clock guard (source_guard);
+    `per_sender`: a clock guard per sender address (HEP: each SIP server's clock is its own)."""
+    def guard() -> ClockGuard:
+        return ClockGuard(tolerance=CLOCK_TOLERANCE_S, max_skew=max_skew)
+
     return WireEvidence(Attribution(targets.wire, source), source=source, stamp="local", lapse=True,
                         timeouts=transaction_timeouts(targets.wire, targets.by_mac),
-                        budget=ByteBudget(DECODE_RATE, DECODE_BURST),
-                        clock_guard=ClockGuard(tolerance=CLOCK_TOLERANCE_S, max_skew=max_skew), health=health)
+                        budget=ByteBudget(DECODE_RATE, DECODE_BURST, per_message=DECODE_MESSAGE_COST),
+                        clock_guard=SenderClocks(guard, MAX_HEP_SENDERS) if per_sender else guard(), health=health)
 
 
-def with_drops(health: dict, drops: DropHealth, since: list[float | None]) -> dict:
+def with_drops(health: dict, drops: DropHealth | SenderDrops, since: list[float | None]) -> dict:
     """A source's health as `fleet status` shows it, failing also while it drops most of what it gets
     (`since` holds when that began, kept by the caller between calls)."""
     why = drops.failing()
@@ -516,8 +524,7 @@ class _WireThread(SourceThread):
             for rec in parser.feed(data) if data else ():
                 dg = ev.decoder.decode(rec.t, rec.linktype, rec.frame)
                 if dg is not None:
-                    kept.append(dg)
-                    out += ev.feed_datagram(dg)
+                    out += ev.feed_datagram(dg, kept=kept)      # kept: only what was accepted and read
             if time.monotonic() >= next_tick:
                 next_tick = time.monotonic() + 1.0
                 out += ev.tick()
@@ -630,17 +637,20 @@ class HepSource:
     """HEP v3 from the site's SIP servers: fed by the collector's listener (its event loop), ticked by it.
 
     Decoding runs on the event loop in bounded slices: one datagram at a time, each at most 64 KB, read in
-    linear time with its header lines capped (wire_sip.MAX_HEADER_LINE), and no more bytes per second than the
-    source's budget (DECODE_RATE): a flood costs the loop a bounded, small share of each second."""
+    linear time with its header lines capped (wire_sip.MAX_HEADER_LINE, MAX_HEADER_LINES), and no more bytes
+    per second than the source's budget (DECODE_RATE, each message charged DECODE_MESSAGE_COST more): a flood
+    costs the loop a bounded, small share of each second. Each sender (HEP agent) has its own clock guard and
+    drop health: two servers whose clocks differ are each judged by their own, and one whose datagrams are
+    mostly dropped shows the source failing, naming it."""
 
     source = "hep"
 
     def __init__(self, site: Site, sink: Sink, targets: Targets) -> None:
         """`targets` must be built already (its refresh blocks: not on the event loop)."""
         self.site, self.sink, self.targets = site, sink, targets
-        self.drops = DropHealth()
+        self.drops = SenderDrops(MAX_HEP_SENDERS)     # per sender: one failing server shows, beside a healthy one
         self._drops_since: list[float | None] = [None]
-        self.evidence = guarded_evidence(self.source, targets, HEP_MAX_SKEW_S, self.drops)
+        self.evidence = guarded_evidence(self.source, targets, HEP_MAX_SKEW_S, self.drops, per_sender=True)
         targets.pipelines[id(self)] = self.evidence
         self.follow = Follower(self.evidence, targets)
         self.listener = None      # the HepListener, once start_hep bound it
@@ -658,9 +668,11 @@ class HepSource:
 
         if pkt.proto_type != hep.PROTO_SIP or pkt.ip_proto not in (6, 17):
             return
-        dg = pkt.datagram()
-        out = self.evidence.feed_datagram(dg)
-        self.sink.keep(self.source, [dg])
+        sender = addr[0][7:] if addr[0].startswith("::ffff:") else addr[0]
+        kept: list[Datagram] = []
+        out = self.evidence.feed_datagram(pkt.datagram(), sender=sender, kept=kept)
+        if kept:                          # only what was accepted (not over budget, clock or size caps)
+            self.sink.keep(self.source, kept)
         if out:
             self.sink.observe(out)
 
