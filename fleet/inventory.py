@@ -192,7 +192,7 @@ class Router(Strict):
             raise ValueError(f"{v!r} has a . or .. component; give the directory's real path")
         if v.rstrip("/") in SHARED_DIRS or v == "/":
             raise ValueError(f"{v!r} is a directory shared with other users; give a dedicated one "
-                             "(e.g. /var/lib/fleet-outages)")
+                             "(e.g. /var/lib/fleet-outages, /run/fleet)")
         return v
 
     @model_validator(mode="after")

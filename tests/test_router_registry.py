@@ -141,3 +141,12 @@ def test_a_router_name_that_cannot_be_resolved_loads_with_a_warning(tmp_path, ca
     with caplog.at_level("WARNING", logger="fleet.router_identity"):
         load()
     assert "router address router.branch.example could not be resolved" in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("lock_dir", ["/run", "/tmp/", "/run/../tmp"])
+def test_a_shared_or_dotted_wan_lock_dir_is_refused_at_load_naming_the_line(tmp_path, lock_dir):
+    text = SMALL_INVENTORY.replace("wan_interface: wan0}", f"wan_interface: wan0, wan_lock_dir: {lock_dir}}}")
+    path, load = _load(tmp_path, text)
+    with pytest.raises(FileError) as exc:
+        load()
+    assert str(exc.value).startswith(f"{path}:8: sites[0].router.wan_lock_dir"), str(exc.value)

@@ -197,7 +197,7 @@ take_wan() {
   h=""; since=""; hd=""
   if [ -e "$W" ]; then read -r h since hd < "$W" || true; fi
   if holds_wan "$h" "$since" "$hd"; then
-    echo "fleet: $WAN is already in outage $h since $since; one outage per WAN interface at a time, so outage $ID is refused" >&2
+    echo "fleet: $WAN is already in outage $h since $since (its record: $W); one outage per WAN interface at a time, so outage $ID is refused" >&2
     exit 77
   fi
   echo "$ID $(date +%s) $D" > "$W.new" && mv -f "$W.new" "$W"
