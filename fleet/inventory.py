@@ -246,11 +246,17 @@ class Router(Strict):
                                               "(default: ~/.fleet-outages of the SSH user); it and every "
                                               "directory above it must be root's or the SSH user's and not "
                                               "writable by others (the router refuses it otherwise)")
+    wan_lock_dir: str | None = Field(None, pattern=r"^/[A-Za-z0-9_./-]{1,200}$",
+                                     description="where the router keeps its per-WAN outage lock, which every "
+                                                 "controller reaching it must share (default: the platform's, "
+                                                 "/run/fleet for linux_ssh; leave it unset on real routers). Root's "
+                                                 "or the SSH user's, not writable by others; a non-root SSH user "
+                                                 "needs it made for them at boot")
     shared_with: list[str] = Field([], description="the other sites behind this same router (same address and "
                                                    "port): each lists the others, an experiment on one leases them "
                                                    "all, and the router allows one outage per WAN interface")
 
-    @field_validator("state_dir")
+    @field_validator("state_dir", "wan_lock_dir")
     @classmethod
     def a_dedicated_directory(cls, v: str | None) -> str | None:
         """The router checks ownership and modes itself (it alone can see them); what the text alone shows is
@@ -261,7 +267,7 @@ class Router(Strict):
             raise ValueError(f"{v!r} has a . or .. component; give the directory's real path")
         if v.rstrip("/") in SHARED_DIRS or v == "/":
             raise ValueError(f"{v!r} is a directory shared with other users; give a dedicated one "
-                             "(e.g. /var/lib/fleet-outages)")
+                             "(e.g. /var/lib/fleet-outages, /run/fleet)")
         return v
 
     @model_validator(mode="after")
@@ -615,31 +621,52 @@ class Inventory(Strict):
     def routers_shared_openly(self) -> "Inventory":
         """One router in two sites is one WAN for both: an outage made for one cuts the other, and leases are per
         site. It is allowed only when every site behind it says so (router.shared_with names the others) and
-        reaches it the same way (driver, credentials, state_dir: the router's outage lock lives there)."""
-        behind: dict[tuple[str, int], list[int]] = {}
+        reaches it the same way (driver, credentials, state_dir, wan_lock_dir). One router is one port of one
+        host however it is written: IP addresses compare in canonical form and host names by spelling and by what
+        the controller's resolver gives for them (fleet.router_identity), so a name and an IP are not two routers."""
+        from . import router_identity
+
+        routed = [(i, s.router) for i, s in enumerate(self.sites) if s.router is not None]
         names = {s.name for s in self.sites}
-        for i, s in enumerate(self.sites):
-            if s.router is None:
-                continue
-            for other in s.router.shared_with:
-                if other not in names or other == s.name:
+        for i, r in routed:
+            for other in r.shared_with:
+                if other not in names or other == self.sites[i].name:
                     raise FieldError(("sites", i, "router", "shared_with"),
                                      f"{other!r} is not another site of this inventory")
-            behind.setdefault((s.router.address.lower(), s.router.port), []).append(i)
-        for (address, port), idx in behind.items():
+        ids = router_identity.identities(r.address for _, r in routed) if len(routed) > 1 else {}
+        # sites whose routers share a token (and the port) are behind one router: union-find over the tokens
+        parent = list(range(len(routed)))
+
+        def root(k: int) -> int:
+            while parent[k] != k:
+                parent[k] = parent[parent[k]]
+                k = parent[k]
+            return k
+
+        first_with: dict[tuple[str, int], int] = {}
+        for k, (_, r) in enumerate(routed):
+            for token in ids.get(r.address, frozenset({r.address.lower()})):
+                j = first_with.setdefault((token, r.port), k)
+                parent[root(k)] = root(j)
+        behind: dict[int, list[int]] = {}
+        for k, (i, _) in enumerate(routed):
+            behind.setdefault(root(k), []).append(i)
+        for idx in behind.values():
             for i in idx:
                 r = self.sites[i].router
                 assert r is not None
+                address, port = r.address, r.port
                 others = [self.sites[j] for j in idx if j != i]
                 for o in others:
                     j = self.sites.index(o)
+                    assert o.router is not None
+                    seen_as = "" if o.router.address == address else f", as {o.router.address}"
                     if o.name not in r.shared_with:
                         raise FieldError(("sites", i, "router", "address"),
                                          f"router {address}:{port} is also the router of site {o.name} "
-                                         f"(sites[{j}]): an outage for one cuts both; list each other in "
+                                         f"(sites[{j}]{seen_as}): an outage for one cuts both; list each other in "
                                          "router.shared_with, or give each site its own router")
-                    assert o.router is not None
-                    for attr in ("driver", "credentials", "state_dir"):
+                    for attr in ("driver", "credentials", "state_dir", "wan_lock_dir"):
                         if getattr(o.router, attr) != getattr(r, attr):
                             raise FieldError(("sites", i, "router", attr),
                                              f"site {o.name} (sites[{j}]) shares this router with another {attr} "

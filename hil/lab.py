@@ -407,11 +407,13 @@ class Lab:
 
     def _router_entry(self, address: str, wan_interface: str, site: str, ssh_port: int = SSH_PORT,
                       dns_port: int = DNS_PORT) -> dict:
-        """The site router as fleet reaches it: SSH with the lab's host key, outage state in the lab's directory
+        """The site router as fleet reaches it: SSH with the lab's host key, outage state and WAN locks in the lab's directory
         (the namespace lab passes its own ports: a real sshd and DNS on the standard ones)."""
         return {"driver": "linux_ssh", "address": address, "port": ssh_port, "credentials": "router",
                 "wan_interface": wan_interface, "known_hosts": str(self.state_dir / "known_hosts"),
-                "dns_port": dns_port, "state_dir": str((self.state_dir / f"router-{site}-outages").resolve())}
+                "dns_port": dns_port, "state_dir": str((self.state_dir / f"router-{site}-outages").resolve()),
+                # every lab router is this host: the platform's /run/fleet would be one lock for every lab on it
+                "wan_lock_dir": str((self.state_dir / f"router-{site}-wanlocks").resolve())}
 
     def _inventory_doc(self, sites: list[dict]) -> dict:
         inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,

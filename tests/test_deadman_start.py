@@ -31,7 +31,7 @@ exit 1
 
 # The restore the cut hands the dead-man (the real one takes the outage's lock and undoes the cut): here it leaves
 # a mark saying who ran it with which arguments.
-RESTORE = 'echo "$4 $1 $2 $3" > "$1/$2.restored"\n'
+RESTORE = 'echo "$5 $1 $2 $3 $4" > "$1/$2.restored"\n'
 
 
 def _run(tmp_path: Path, systemd_run: str | None, after_start=None) -> tuple[Path, list[str]]:
@@ -44,7 +44,7 @@ def _run(tmp_path: Path, systemd_run: str | None, after_start=None) -> tuple[Pat
         (bin_dir / "systemd-run").chmod(0o755)
     f = outages / "o1"
     env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", LOG=str(log),
-               D=str(outages), ID="o1", WAN="wan0", MAX="1", F=str(f), RESTORE=RESTORE)
+               D=str(outages), ID="o1", WAN="wan0", L=str(tmp_path / "wanlocks"), MAX="1", F=str(f), RESTORE=RESTORE)
     subprocess.run(["sh", "-c", DEADMAN_START], env=env, check=True, timeout=10)
     if after_start is not None:
         after_start(f)
@@ -58,7 +58,7 @@ def test_deadman_runs_in_its_own_scope_where_systemd_run_works(tmp_path):
     f, calls = _run(tmp_path, SCOPE_WORKS)
     assert calls[0] == "--scope --quiet --collect --no-ask-password true", calls
     assert calls[1:] == ["--scope --quiet --collect --no-ask-password nohup"], calls
-    assert Path(f"{f}.restored").read_text().split() == ["deadman", str(f.parent), "o1", "wan0"]
+    assert Path(f"{f}.restored").read_text().split() == ["deadman", str(f.parent), "o1", "wan0", str(tmp_path / "wanlocks")]
     assert int(Path(f"{f}.deadman").read_text()) > 0
 
 

@@ -309,9 +309,10 @@ except TaskFailed as exc:
 """
 
 
-def _other_controller(lab, redis_url: str, oid: str, mode: str) -> dict:
-    """A second controller: its own process, its own SSH connection to the router, its own experiment."""
-    env = dict(os.environ, FLEET_INVENTORY=str(lab.inventory), FLEET_REDIS_URL=redis_url)
+def _other_controller(lab, redis_url: str, oid: str, mode: str, inventory: Path | None = None) -> dict:
+    """A second controller: its own process, its own SSH connection to the router, its own experiment (and its
+    own inventory, if given)."""
+    env = dict(os.environ, FLEET_INVENTORY=str(inventory or lab.inventory), FLEET_REDIS_URL=redis_url)
     res = subprocess.run([BIN / "python", "-c", _SECOND_CONTROLLER, oid, mode], env=env, capture_output=True,
                          text=True, timeout=120)
     assert res.returncode == 0, res.stderr[-2000:]
@@ -340,6 +341,34 @@ def test_two_controllers_one_wan_the_second_outage_is_refused_and_the_first_rest
         assert tasks.router_restore("edge", "exp-race", later, "link-down", 5)["outcome"] == "restored"
     for oid in (first, second, drop, later):
         assert_back_as_found(lab, oid, site_config)
+
+
+def test_two_controllers_with_their_own_state_dirs_see_one_wan_lock_in_every_mode(lab, on_worker, redis_url,
+                                                                                 site_config, tmp_path):
+    """Two inventories of the one router, each with its own state_dir: the WAN lock is the router's (its
+    wan_lock_dir), not the controller's, so a drop or dns-fail of the second on a WAN the first holds with a drop
+    (the link still up: no "already down" check can catch it) is refused and adds nothing."""
+    doc = yaml.safe_load(lab.inventory.read_text())
+    doc["sites"][0]["router"]["state_dir"] = str(tmp_path / "second-controller" / "outages")
+    second_inventory = tmp_path / "second.yml"
+    second_inventory.write_text(yaml.safe_dump(doc))
+    first, later = _oid("own-a"), _oid("own-d")
+    assert tasks.router_outage("edge", "exp-race", first, "drop", 60)["outcome"] == "cut"
+    try:
+        ours = [r for r in _wan(lab)["rules"] if f"fleet-{first}" in r]
+        for mode in ("drop", "dns-fail"):
+            answer = _other_controller(lab, redis_url, _oid("own-b"), mode, second_inventory)
+            assert "refused" in answer, f"a {mode} by a second controller on a WAN in outage answered {answer}"
+            assert f"already in outage {first}" in answer["refused"], answer
+        assert [r for r in _wan(lab)["rules"] if "fleet-" in r] == ours, "the refused cuts left rules behind"
+    finally:
+        restore = tasks.router_restore("edge", "exp-race", first, "drop", 5)
+    assert restore["outcome"] == "restored", restore
+    # the first restored, the interface is free for the second controller; its restore is its own
+    assert _other_controller(lab, redis_url, later, "drop", second_inventory) == {"outcome": "cut"}
+    with router_driver(second_inventory) as second:
+        assert second.restore(later, "drop").outcome == "restored"
+    assert_back_as_found(lab, first, site_config)
 
 
 @pytest.fixture

@@ -99,3 +99,54 @@ def test_a_shared_or_dotted_state_dir_is_refused_at_load_naming_the_line(tmp_pat
     with pytest.raises(FileError) as exc:
         load()
     assert str(exc.value).startswith(f"{path}:8: sites[0].router.state_dir"), str(exc.value)
+
+
+def _two_routers(hq: str, branch: str) -> str:
+    return TWO_SITES.replace("ROUTER_EXTRA", "").replace("address: 127.10.0.1, credentials: r, wan_interface: wan0}\n    phones:\n      - {mac: \"0004f2000001\"",
+                                                          f"address: '{hq}', credentials: r, wan_interface: wan0}}\n    phones:\n      - {{mac: \"0004f2000001\"").replace(
+        "address: 127.10.0.1, credentials: r, wan_interface: wan0}\n    phones:\n      - {mac: \"0004f2000002\"",
+        f"address: '{branch}', credentials: r, wan_interface: wan0}}\n    phones:\n      - {{mac: \"0004f2000002\"")
+
+
+@pytest.mark.parametrize("hq, branch", [
+    ("localhost", "127.0.0.1"),                # a name and the address it resolves to (/etc/hosts here)
+    ("Router.Example.", "router.example"),     # one name, spelled two ways (compared without resolving it)
+    ("::1", "0:0::1"),                         # one IPv6 address, written two ways
+    ("::ffff:127.10.0.9", "127.10.0.9"),       # an IPv4-mapped IPv6 address and its IPv4 one
+])
+def test_one_router_written_two_ways_is_still_one_router(tmp_path, hq, branch):
+    text = _two_routers(hq, branch)
+    assert f"address: '{hq}'," in text and f"address: '{branch}'," in text
+    path, load = _load(tmp_path, text)
+    with pytest.raises(FileError) as exc:
+        load()
+    message = str(exc.value)
+    assert message.startswith(f"{path}:8: sites[0].router.address"), message
+    assert f"also the router of site branch (sites[1], as {branch})" in message, message
+
+
+def test_two_routers_with_different_addresses_load(tmp_path):
+    _, load = _load(tmp_path, _two_routers("127.10.0.1", "127.10.0.2"))
+    assert [s.router.address for s in load().sites] == ["127.10.0.1", "127.10.0.2"]
+
+
+def test_a_router_name_that_cannot_be_resolved_loads_with_a_warning(tmp_path, caplog, monkeypatch):
+    from fleet import router_identity
+
+    def no_dns(*args, **kwargs):
+        raise OSError("no resolver here")
+
+    monkeypatch.setattr(router_identity.socket, "getaddrinfo", no_dns)
+    _, load = _load(tmp_path, _two_routers("router.branch.example", "127.10.0.2"))
+    with caplog.at_level("WARNING", logger="fleet.router_identity"):
+        load()
+    assert "router address router.branch.example could not be resolved" in caplog.text, caplog.text
+
+
+@pytest.mark.parametrize("lock_dir", ["/run", "/tmp/", "/run/../tmp"])
+def test_a_shared_or_dotted_wan_lock_dir_is_refused_at_load_naming_the_line(tmp_path, lock_dir):
+    text = SMALL_INVENTORY.replace("wan_interface: wan0}", f"wan_interface: wan0, wan_lock_dir: {lock_dir}}}")
+    path, load = _load(tmp_path, text)
+    with pytest.raises(FileError) as exc:
+        load()
+    assert str(exc.value).startswith(f"{path}:8: sites[0].router.wan_lock_dir"), str(exc.value)

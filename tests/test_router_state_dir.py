@@ -126,3 +126,38 @@ def test_a_directory_with_other_files_and_no_marker_is_not_dedicated(tmp_path):
     (home / ".profile").write_text("x")
     _refused(_prologue(str(home)), "not a dedicated directory")
     assert not (home / ".fleet-outages").exists()
+
+
+RACING_MKDIR = """#!/bin/sh
+# A stand-in for mkdir: another user wins the race for $RACE, creating it the moment before we do.
+for a in "$@"; do
+  case "$a" in -*) ;; *)
+    case "$a/" in "$RACE"/*) if [ ! -e "$RACE" ]; then "$REAL_MKDIR" "$RACE"; chown 65534:65534 "$RACE"; chmod 755 "$RACE"; fi ;; esac ;;
+  esac
+done
+exec "$REAL_MKDIR" "$@"
+"""
+
+
+@needs_root
+@pytest.mark.parametrize("depth", ["parent", "grandparent"])
+def test_a_missing_ancestor_another_user_creates_first_is_refused_not_used(tmp_path, depth):
+    """The walk looks, then makes what is missing: another user who makes a missing ancestor in between (here a
+    mkdir stand-in does it for them) must not end up owning a directory above ours, or the cut passes and our
+    own restore is later refused with the WAN down."""
+    import shutil
+
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "mkdir").write_text(RACING_MKDIR)
+    (bin_dir / "mkdir").chmod(0o755)
+    race = tmp_path / "a" if depth == "grandparent" else tmp_path / "a" / "b"
+    if depth == "parent":
+        (tmp_path / "a").mkdir(mode=0o700)
+    state_dir = tmp_path / "a" / "b" / "outages"
+    env = dict(os.environ, PATH=f"{bin_dir}:{os.environ['PATH']}", RACE=str(race), REAL_MKDIR=shutil.which("mkdir"))
+    res = subprocess.run(["sh", "-c", _PROLOGUE + 'echo "checked $D"', "fleet", str(state_dir), "o1", "wan0"],
+                         capture_output=True, text=True, timeout=30, env=env)
+    assert race.stat().st_uid == OTHER_UID, "the stand-in did not race"
+    _refused(res, f"{race} could not be made")
+    assert not state_dir.exists(), "the outage directory was made under another user's directory"

@@ -42,6 +42,9 @@ class Platform:
     cut: dict[str, str]
     restore: str          # undo whatever the marks under $F say we did, leaving everything else alone
     state: str            # print "@section" headers followed by raw command output
+    # where every controller finds the per-WAN outage lock on this platform's routers (the inventory's
+    # router.wan_lock_dir overrides it, for a router whose /run is unusable and for labs sharing one host)
+    wan_lock_dir: str = "/run/fleet"
 
 
 # Common to every script: the private directory, checked before use. It holds the restore the dead-man runs as
@@ -53,14 +56,23 @@ class Platform:
 #   is itself held to these rules;
 # - the directory itself is ours and dedicated: one that existed writable by group or others (/tmp itself) is
 #   refused, and so is one that holds other files without fleet's marker `.fleet-outages` (a home directory, /).
-# Missing ancestors are created by us (umask 077). The checks run before anything else, the cut's included.
+# A missing ancestor is made by us with a plain mkdir (umask 077), one component at a time, and checked once made:
+# one that another user creates between our look and our mkdir makes the mkdir fail and is refused, never used
+# (so a cut can never pass on a path whose restore would then be refused). The checks run before anything else.
+#
+# One outage per WAN interface: the lock and the record of the outage that holds the interface live in the WAN
+# lock directory $L, a fixed place on the router that does not depend on the outage directory, so every
+# controller sees it whatever its state_dir (the platform's default, /run/fleet: a tmpfs, emptied by a reboot,
+# which also ends every outage). It is checked the same way, and must itself be root's or the SSH user's, not
+# writable by group or others, and writable by the SSH user. A root SSH user makes it; for a non-root SSH user it
+# must be made for that user at boot (systemd-tmpfiles: `d /run/fleet 0700 fleet - -`), and every controller
+# reaching the router then logs in as that user: another one is refused, never given a lock of its own.
 _PROLOGUE = r'''set -u
 umask 077
-D=${1:-$HOME/.fleet-outages}; ID=$2; WAN=$3
-F="$D/$ID"; TAG="fleet-$ID"; W="$D/wan-$WAN"
-refuse_dir() { echo "fleet: outage directory $D: $*; refusing it" >&2; exit 71; }
-case "$D" in /*) ;; *) refuse_dir "not an absolute path" ;; esac
-case "$D/" in */./*|*/../*) refuse_dir "it has a . or .. component (give its real path)" ;; esac
+D=${1:-$HOME/.fleet-outages}; ID=$2; WAN=$3; L=${4:-}
+F="$D/$ID"; TAG="fleet-$ID"; W="$L/wan-$WAN"
+WHAT="outage directory $D"
+refuse_dir() { echo "fleet: $WHAT: $*; refusing it" >&2; exit 71; }
 ME=$(id -u)
 # $1 path -> "MODE UID" of an existing path (ls -ldn is POSIX and BusyBox)
 mode_uid() { ls -ldn -- "$1" 2>/dev/null | { read -r m _ u _ && echo "$m $u"; }; }
@@ -73,26 +85,35 @@ check_ancestor() {
     ?????w????*|????????w?*) case "$2" in ?????????[tT]*) ;; *) refuse_dir "$1 is writable by others than root and $(id -un)" ;; esac ;;
   esac
 }
+# $1 an absolute path: every directory above it checked, a missing one made (plain mkdir) and then checked
+check_path() {
+  case "$1" in /*) ;; *) refuse_dir "not an absolute path" ;; esac
+  case "$1/" in */./*|*/../*) refuse_dir "it has a . or .. component (give its real path)" ;; esac
+  a=""; rest=${1#/}
+  check_ancestor /
+  while :; do
+    part=${rest%%/*}
+    case "$rest" in */*) rest=${rest#*/} ;; *) rest="" ;; esac
+    [ -n "$part" ] || { [ -n "$rest" ] && continue; break; }
+    a="$a/$part"
+    [ -n "$rest" ] || break
+    if [ ! -e "$a" ] && [ ! -L "$a" ]; then
+      mkdir "$a" 2>/dev/null || refuse_dir "$a could not be made by $(id -un) (or appeared meanwhile)"
+    fi
+    check_ancestor "$a"
+  done
+}
 existed=0
 if [ -e "$D" ] || [ -L "$D" ]; then existed=1; fi
-a=""; rest=${D#/}
-check_ancestor /
-while :; do
-  part=${rest%%/*}
-  case "$rest" in */*) rest=${rest#*/} ;; *) rest="" ;; esac
-  [ -n "$part" ] || { [ -n "$rest" ] && continue; break; }
-  a="$a/$part"
-  [ -n "$rest" ] || break
-  [ -e "$a" ] || [ -L "$a" ] || break          # created below by us, under a parent that passed
-  check_ancestor "$a"
-done
+check_path "$D"
 if [ -L "$D" ]; then refuse_dir "it is a symbolic link"; fi
 if [ "$existed" = 1 ]; then
   case "$(mode_uid "$D")" in
     d????w????*|d???????w?*) refuse_dir "it is writable by group or others (a shared directory, not a dedicated one)" ;;
   esac
+else
+  mkdir "$D" 2>/dev/null || refuse_dir "it could not be made by $(id -un) (or appeared meanwhile)"
 fi
-mkdir -p "$D" 2>/dev/null
 if [ ! -d "$D" ] || [ ! -O "$D" ]; then refuse_dir "it is not a directory of $(id -un)"; fi
 if [ ! -e "$D/.fleet-outages" ]; then
   if [ "$existed" = 1 ] && [ -n "$(ls -A "$D" 2>/dev/null)" ]; then
@@ -101,6 +122,24 @@ if [ ! -e "$D/.fleet-outages" ]; then
   : > "$D/.fleet-outages"
 fi
 chmod 700 "$D"
+# The WAN lock directory, checked (and made) by whoever takes or releases the interface; exits 71 if unsafe.
+check_wan_dir() {
+  WHAT="WAN lock directory $L"
+  [ -n "$L" ] || refuse_dir "none given"
+  check_path "$L"
+  if [ -L "$L" ]; then refuse_dir "it is a symbolic link"; fi
+  if [ ! -e "$L" ]; then
+    mkdir "$L" 2>/dev/null || refuse_dir "$(id -un) cannot make it (for a non-root SSH user it must be made at boot, owned by that user: systemd-tmpfiles 'd $L 0700 $(id -un) - -')"
+  fi
+  set -- $(mode_uid "$L")
+  case "${1:-}" in d*) ;; *) refuse_dir "it is not a directory" ;; esac
+  if [ "$2" != 0 ] && [ "$2" != "$ME" ]; then
+    refuse_dir "it belongs to uid $2, neither root nor $(id -un) (every controller reaching this router logs in as the user who owns it)"
+  fi
+  case "$1" in d????w????*|d???????w?*) refuse_dir "it is writable by group or others" ;; esac
+  [ -w "$L" ] || refuse_dir "$(id -un) cannot write in it (it must be owned by the SSH user)"
+  WHAT="outage directory $D"
+}
 # A dropped SSH session must not kill a script halfway (its cut done, its lock kept): hangups and broken pipes are
 # ignored, and any other signal still releases what the script holds through the EXIT trap.
 trap '' HUP PIPE
@@ -112,14 +151,25 @@ cleanup() {
   if [ -n "$LOCK" ]; then rm -rf "$LOCK"; fi
 }
 trap cleanup EXIT
+# $1 a lock directory, $2 the pid of its dead holder as a waiter read it. Two waiters can both see that holder
+# gone: the lock is removed under an flock of its own, and only while it still names that pid, so the second
+# never removes the lock the first has taken meanwhile. Without flock (util-linux, or BusyBox's applet) a stale
+# lock is not broken here: its waiters time out (the dead-man breaks its own outage's lock after a minute).
+break_stale() {
+  command -v flock >/dev/null 2>&1 || return 1
+  ( flock -w 10 9 || exit 1
+    h=$(cat "$1/pid" 2>/dev/null || true)
+    if [ "$h" = "$2" ] && ! kill -0 "$h" 2>/dev/null; then rm -rf "$1" && exit 0; fi
+    exit 1
+  ) 9>>"$1.break"
+}
 # $1 tries (0.1 s apart), $2 the lock directory
 mkdir_lock() {
   n=0
   until mkdir "$2" 2>/dev/null; do
     # a lock whose holder is gone (killed outright) is broken at once, whoever finds it
     holder=$(cat "$2/pid" 2>/dev/null || true)
-    if [ -n "$holder" ] && ! kill -0 "$holder" 2>/dev/null; then
-      rm -rf "$2"
+    if [ -n "$holder" ] && ! kill -0 "$holder" 2>/dev/null && break_stale "$2" "$holder"; then
       continue
     fi
     n=$((n+1))
@@ -129,32 +179,44 @@ mkdir_lock() {
   echo $$ > "$2/pid"
 }
 take_lock() { mkdir_lock "$1" "$F.lock" || return 1; LOCK="$F.lock"; }
-# One outage per WAN interface: $W names the outage that holds the interface. A holder whose outage was restored
-# or cancelled, or that never got as far as its cut (no lock, no cutting mark), holds nothing.
-wan_holder() { sed -n '1s/ .*//p' "$W" 2>/dev/null; }
+# $W holds "ID SINCE DIR": the outage that holds the interface, and its outage directory (another controller's,
+# maybe). $1-$3 such a record: does that outage hold the interface? One restored or cancelled, or that never got
+# as far as its cut (no lock, no cutting mark), holds nothing; one whose directory we cannot read holds it.
+holds_wan() {
+  [ -n "$1" ] || return 1
+  hd=${3:-$D}
+  if [ "$1" = "$ID" ] && [ "$hd" = "$D" ]; then return 1; fi
+  if [ ! -d "$hd" ] || [ ! -x "$hd" ]; then return 0; fi
+  if [ -e "$hd/$1.restored" ] || [ -e "$hd/$1.cancelled" ]; then return 1; fi
+  [ -e "$hd/$1.cutting" ] || [ -d "$hd/$1.lock" ]
+}
 take_wan() {
+  check_wan_dir
   mkdir_lock 150 "$W.lock" || { echo "fleet: the outage lock of $WAN is busy" >&2; exit 75; }
   WL="$W.lock"
-  h=$(wan_holder)
-  if [ -n "$h" ] && [ "$h" != "$ID" ] && [ ! -e "$D/$h.restored" ] && [ ! -e "$D/$h.cancelled" ] \
-     && { [ -e "$D/$h.cutting" ] || [ -d "$D/$h.lock" ]; }; then
-    echo "fleet: $WAN is already in outage $h since $(sed -n '1s/^[^ ]* //p' "$W" 2>/dev/null); one outage per WAN interface at a time, so outage $ID is refused" >&2
+  h=""; since=""; hd=""
+  if [ -e "$W" ]; then read -r h since hd < "$W" || true; fi
+  if holds_wan "$h" "$since" "$hd"; then
+    echo "fleet: $WAN is already in outage $h since $since (its record: $W); one outage per WAN interface at a time, so outage $ID is refused" >&2
     exit 77
   fi
-  echo "$ID $(date +%s)" > "$W.new" && mv -f "$W.new" "$W"
+  echo "$ID $(date +%s) $D" > "$W.new" && mv -f "$W.new" "$W"
   WAN_TAKEN=1
   rm -rf "$WL"; WL=""
 }
 release_wan() {
-  if mkdir_lock 150 "$W.lock"; then WL="$W.lock"; fi
-  if [ "$(wan_holder)" = "$ID" ]; then rm -f "$W"; fi
   WAN_TAKEN=0
+  if ! ( check_wan_dir ); then echo "fleet: the record of outage $ID on $WAN was left in $L" >&2; return 0; fi
+  if mkdir_lock 150 "$W.lock"; then WL="$W.lock"; fi
+  h=""; since=""; hd=""
+  if [ -e "$W" ]; then read -r h since hd < "$W" || true; fi
+  if [ "$h" = "$ID" ] && [ "${hd:-$D}" = "$D" ]; then rm -f "$W"; fi
   if [ -n "$WL" ]; then rm -rf "$WL"; WL=""; fi
 }
 '''
 
-# Positional arguments: D ID WAN WHO. WHO is controller, deadman, or failed-cut (run by a cut that holds the lock).
-RESTORE_SCRIPT = _PROLOGUE + r'''WHO=$4
+# Positional arguments: D ID WAN L WHO. WHO is controller, deadman, or failed-cut (run by a cut that holds the lock).
+RESTORE_SCRIPT = _PROLOGUE + r'''WHO=$5
 if [ "$WHO" = deadman ]; then
   # a lock left by a killed script must not stop the dead-man: wait a minute, then break it
   take_lock 600 || { rm -rf "$F.lock"; take_lock 600 || exit 75; }
@@ -192,8 +254,8 @@ echo "outcome=restored"
 DEADMAN_START = r'''start_deadman() {
   rm -f "$F.sleep"
   $1 nohup sh -c 'sleep "$1" & echo $! > "$2.sleep"; wait $!
-    n=0; until sh -c "$6" fleet-restore "$3" "$4" "$5" deadman; do n=$((n+1)); [ "$n" -ge 120 ] && exit 1; sleep 5; done' \
-    fleet-deadman "$MAX" "$F" "$D" "$ID" "$WAN" "$RESTORE" >/dev/null 2>&1 &
+    n=0; until sh -c "$7" fleet-restore "$3" "$4" "$5" "$6" deadman; do n=$((n+1)); [ "$n" -ge 120 ] && exit 1; sleep 5; done' \
+    fleet-deadman "$MAX" "$F" "$D" "$ID" "$WAN" "$L" "$RESTORE" >/dev/null 2>&1 &
   echo $! > "$F.deadman"
 }
 deadman_runs() {
@@ -226,8 +288,8 @@ while IFS= read -r r; do
   rm -rf "$o".* 2>/dev/null
 done'''.replace("@DAYS@", str(PRUNE_DAYS))
 
-# Positional arguments: D ID WAN MODE MAX PROB DELAY RATE DNSPORT RESTORE-SCRIPT
-CUT_SCRIPT = _PROLOGUE + r'''MODE=$4; MAX=$5; PROB=$6; DELAY=$7; RATE=$8; DNSPORT=$9; RESTORE=${10}
+# Positional arguments: D ID WAN L MODE MAX PROB DELAY RATE DNSPORT RESTORE-SCRIPT
+CUT_SCRIPT = _PROLOGUE + r'''MODE=$5; MAX=$6; PROB=$7; DELAY=$8; RATE=$9; DNSPORT=${10}; RESTORE=${11}
 @PRUNE@
 take_lock 150 || { echo "fleet: outage $ID is busy (its lock is held)" >&2; exit 75; }
 if [ -e "$F.cancelled" ]; then echo "outcome=cancelled"; exit 0; fi
@@ -258,13 +320,13 @@ if [ "$rc" = 0 ]; then
   echo "deadman=$(cat "$F.deadman")"
 else
   WAN_TAKEN=0      # the failed-cut restore releases the interface once it has undone the cut
-  sh -c "$RESTORE" fleet-restore "$D" "$ID" "$WAN" failed-cut >/dev/null
+  sh -c "$RESTORE" fleet-restore "$D" "$ID" "$WAN" "$L" failed-cut >/dev/null
   echo "fleet: the $MODE cut failed (exit $rc) and what it had done was undone" >&2
   exit 72
 fi
 '''
 
-# Positional arguments: D ID WAN (ID may be "-" for no outage)
+# Positional arguments: D ID WAN L (ID may be "-" for no outage)
 STATE_SCRIPT = _PROLOGUE + r'''@STATE@
 if [ "$ID" != "-" ]; then
   echo "@outage"
@@ -350,7 +412,8 @@ class SshRouter(ABC):
     def _base_args(self, outage_id: str | None) -> list[str]:
         if outage_id is not None and not OUTAGE_ID.match(outage_id):
             raise DeviceRefused(self.name, "invalid outage id")
-        return [self.router.state_dir or "", outage_id or "-", self.router.wan_interface]
+        return [self.router.state_dir or "", outage_id or "-", self.router.wan_interface,
+                self.router.wan_lock_dir or self.platform.wan_lock_dir]
 
     # ------------------------------------------------------------------ the outage protocol
     @property
