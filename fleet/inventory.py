@@ -293,13 +293,7 @@ class BootServer(Strict):
         "the master file named in the phones' boot-server address (ftp://host/site.cfg: `site.cfg`); the phone "
         "reads it before <MAC>.cfg and 000000000000.cfg, so fleet adds its file there"))
 
-    @field_validator("master_file")
-    @classmethod
-    def a_master_name(cls, v: str | None) -> str | None:
-        why = None if v is None else bootfiles.named_master_problem(v)
-        if why:
-            raise ValueError(why)
-        return v
+    _master = field_validator("master_file")(classmethod(lambda cls, v: bootfiles.named_master(v)))
 
     @field_validator("url")
     @classmethod

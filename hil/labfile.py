@@ -215,13 +215,7 @@ class SiteSpec(Strict):
 
     _family = field_validator("firmware_family")(classmethod(lambda cls, v: _family_name(v)))
 
-    @field_validator("boot_master")
-    @classmethod
-    def a_master_name(cls, v: str | None) -> str | None:
-        why = None if v is None else bootfiles.named_master_problem(v)
-        if why:
-            raise ValueError(why)
-        return v
+    _master = field_validator("boot_master")(classmethod(lambda cls, v: bootfiles.named_master(v)))
 
     @field_validator("firmware_version")
     @classmethod

@@ -32,6 +32,14 @@ def master_name(mac: str) -> str:
 NAMED_MASTER_MIN = 5                    # confirmed: a master named in the boot-server address ends in .cfg, >= 5 chars
 
 
+def named_master(name: str | None) -> str | None:
+    """A validator's check of a master file named in a boot-server address: the name, or ValueError saying why not."""
+    why = None if name is None else named_master_problem(name)
+    if why:
+        raise ValueError(why)
+    return name
+
+
 def named_master_problem(name: str) -> str | None:
     """Why `name` cannot be the master file named in a boot-server address (None: it can).
 
