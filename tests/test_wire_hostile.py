@@ -124,7 +124,7 @@ def test_a_register_with_a_header_over_the_cap_is_counted_and_dropped_and_the_ne
 
 def _live(max_skew: float | None) -> WireEvidence:
     """The pipeline a live source runs (wire_sources.guarded_evidence), on phone A's targets."""
-    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={})
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, pipelines={})
     return wire_sources.guarded_evidence("hep" if max_skew else "wire", stub, max_skew)  # type: ignore[arg-type]
 
 
@@ -320,7 +320,7 @@ def test_a_message_with_more_header_lines_than_the_cap_is_counted_as_oversize_by
 
 
 def test_the_budget_charges_each_message_so_tiny_messages_cannot_take_more_cpu_than_large_ones():
-    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={})
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, pipelines={})
     ev = wire_sources.guarded_evidence("hep", stub, None)  # type: ignore[arg-type]
     assert ev.budget is not None and ev.budget.per_message == wire_sources.DECODE_MESSAGE_COST > 0
     frozen = ByteBudget(1000.0, 10_000.0, clock=lambda: 0.0, per_message=900)
@@ -345,7 +345,7 @@ def test_an_answer_naming_both_register_and_invite_is_parsed_once(monkeypatch):
 
 def _hep_source():
     observed, kept = [], []
-    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1)
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1, pipelines={})
     source = wire_sources.HepSource(SimpleNamespace(name="s"), wire_sources.Sink(observed.extend,  # type: ignore[arg-type]
                                                                                   lambda _s, d: kept.extend(d)), stub)
     return source, observed, kept
@@ -399,7 +399,7 @@ def test_a_capture_source_keeps_only_the_datagrams_it_accepted():
     from test_wire_evidence import eth
 
     kept: list = []
-    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1)
+    stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1, pipelines={})
     site = SimpleNamespace(name="s", dns=None)
 
     class Piped(wire_sources._WireThread):

@@ -521,5 +521,7 @@ def _keyvalues(out: str) -> dict[str, str]:
 
 
 def _last_line(err: str) -> str:
+    """The router's last word, bounded: 600 characters hold a refusal naming two deep paths and why (an outage
+    directory under another user's parent), where 200 cut the why off."""
     lines = [line for line in err.strip().splitlines() if line.strip()]
-    return lines[-1][:200] if lines else "no message"
+    return lines[-1][:600] if lines else "no message"
