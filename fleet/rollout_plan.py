@@ -44,6 +44,8 @@ class PhonePlan:
     unchecked_reboot: bool = False    # its family cannot report call state and the playbook allows rebooting it anyway
     # fallbacks it may register with only once server 1 fails (UC Software reRegisterOn=1: predict.fallbacks_on_failure)
     on_failure_fallbacks: list[int] = field(default_factory=list)
+    # of those, the ones whose address or port this push changes: silence there proves nothing (predict.moved_fallbacks)
+    moved_fallbacks: list[int] = field(default_factory=list)
 
     def to_dict(self, refs: bool = True) -> dict:
         """The phone's plan; without `refs`, as shown to people (a dry run): no secret reference at all."""
@@ -143,7 +145,8 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
                             "rebooted (strategy.reboot_without_call_check: true reboots it unchecked)")
         phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs, sorted(verbatim),
                                 warnings, blind and pb.strategy.reboot_without_call_check,
-                                predict.fallbacks_on_failure(new, 1, phone.family.name)))
+                                predict.fallbacks_on_failure(new, 1, phone.family.name),
+                                predict.moved_fallbacks(old, new, 1, phone.family.name)))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
     per_site = defaultdict(int)
     for p in phones:
