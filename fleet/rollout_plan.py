@@ -140,13 +140,19 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         warnings = failover_lint.problems(new, phone.family.name)
         if phone.family.call_state_source == "state-polling":
             warnings += polling.mode_problems(new, site.collector.events)
+        moved = predict.moved_fallbacks(old, new, 1, phone.family.name)
+        unprovable = sorted(set(moved) & set(pb.verify.registered_to))
+        if unprovable:
+            warnings.append(f"server(s) {unprovable} get a new address or port, and with failOver.reRegisterOn=1 the "
+                            "phone may register there only once server 1 fails: verify.registered_to passes it only if "
+                            "it registers there anyway, else it fails as 'fallback unverified' (verify server 1 alone "
+                            "and prove the fallback with the WAN-outage experiment)")
         if blind and not pb.strategy.reboot_without_call_check:
             warnings.append(f"{phone.family.name} cannot report its call state: the phone will be deferred, never "
                             "rebooted (strategy.reboot_without_call_check: true reboots it unchecked)")
         phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs, sorted(verbatim),
                                 warnings, blind and pb.strategy.reboot_without_call_check,
-                                predict.fallbacks_on_failure(new, 1, phone.family.name),
-                                predict.moved_fallbacks(old, new, 1, phone.family.name)))
+                                predict.fallbacks_on_failure(new, 1, phone.family.name), moved))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
     per_site = defaultdict(int)
     for p in phones:
