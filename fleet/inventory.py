@@ -295,6 +295,28 @@ class BootServer(Strict):
 
     _master = field_validator("master_file")(classmethod(lambda cls, v: bootfiles.named_master(v)))
 
+    @model_validator(mode="before")
+    @classmethod
+    def master_named_in_url(cls, data):
+        """Split a boot-server address that names its master file (`ftp://host/dir/site.cfg`) as the phone does.
+
+        The phone reads `site.cfg` from the directory `ftp://host/dir/` (SIP 3.1
+        admin guide, appendix A); the lab splits the address the same way
+        (soundpoint.bootfiles.split_boot_address). Publishers get the directory,
+        `master_file` the name; an explicit `master_file` naming another file is
+        refused, since the phones read only the one in their address.
+        """
+        if not isinstance(data, dict) or not isinstance(data.get("url"), str):
+            return data
+        directory, named = bootfiles.split_boot_address(data["url"])
+        if not named:
+            return data
+        explicit = data.get("master_file")
+        if explicit is not None and explicit != named:
+            raise FieldError(("master_file",), f"{str(explicit)[:80]!r} conflicts with the url, which names "
+                                               f"{named!r} (the master file the phones read)")
+        return {**data, "url": directory, "master_file": named}
+
     @field_validator("url")
     @classmethod
     def a_url(cls, v: str) -> str:

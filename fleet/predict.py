@@ -180,6 +180,19 @@ def fallbacks_on_failure(params: dict[str, str], reg: int = 1, family: str | Non
     return [t.index for t in servers(params, reg, family)[1:] if t.registers]
 
 
+def moved_fallbacks(old: dict[str, str], new: dict[str, str], reg: int = 1, family: str | None = None) -> list[int]:
+    """The on-failure fallbacks (fallbacks_on_failure of `new`) whose address or port `new` changes from `old`.
+
+    Such a fallback may not be taken as a silent standby by a verification: the phone never registered with
+    the new address, so silence there proves nothing (a wrong address times out, often unseen by the wire
+    evidence, which attributes a REGISTER by the addresses it knows)."""
+    def where(params: dict[str, str], y: int) -> tuple[str, str] | None:
+        prefix = _attr_source(params, reg, y)
+        return None if prefix is None else (params.get(prefix + "address", ""), params.get(prefix + "port", ""))
+
+    return [y for y in fallbacks_on_failure(new, reg, family) if where(old, y) != where(new, y)]
+
+
 def failover_problem(params: dict[str, str], reg: int = 1, family: str | None = None) -> str | None:
     """Why this phone cannot register with a fallback server, or None when it can."""
     s = servers(params, reg, family)

@@ -44,6 +44,8 @@ class PhonePlan:
     unchecked_reboot: bool = False    # its family cannot report call state and the playbook allows rebooting it anyway
     # fallbacks it may register with only once server 1 fails (UC Software reRegisterOn=1: predict.fallbacks_on_failure)
     on_failure_fallbacks: list[int] = field(default_factory=list)
+    # of those, the ones whose address or port this push changes: silence there proves nothing (predict.moved_fallbacks)
+    moved_fallbacks: list[int] = field(default_factory=list)
 
     def to_dict(self, refs: bool = True) -> dict:
         """The phone's plan; without `refs`, as shown to people (a dry run): no secret reference at all."""
@@ -138,12 +140,19 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         warnings = failover_lint.problems(new, phone.family.name)
         if phone.family.call_state_source == "state-polling":
             warnings += polling.mode_problems(new, site.collector.events)
+        moved = predict.moved_fallbacks(old, new, 1, phone.family.name)
+        unprovable = sorted(set(moved) & set(pb.verify.registered_to))
+        if unprovable:
+            warnings.append(f"server(s) {unprovable} get a new address or port, and with failOver.reRegisterOn=1 the "
+                            "phone may register there only once server 1 fails: verify.registered_to passes it only if "
+                            "it registers there anyway, else it fails as 'fallback unverified' (verify server 1 alone "
+                            "and prove the fallback with the WAN-outage experiment)")
         if blind and not pb.strategy.reboot_without_call_check:
             warnings.append(f"{phone.family.name} cannot report its call state: the phone will be deferred, never "
                             "rebooted (strategy.reboot_without_call_check: true reboots it unchecked)")
         phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs, sorted(verbatim),
                                 warnings, blind and pb.strategy.reboot_without_call_check,
-                                predict.fallbacks_on_failure(new, 1, phone.family.name)))
+                                predict.fallbacks_on_failure(new, 1, phone.family.name), moved))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
     per_site = defaultdict(int)
     for p in phones:

@@ -63,6 +63,8 @@ class Limits:
     rollback: bool = True
     # per phone: fallbacks it may register with only once server 1 fails (PhonePlan.on_failure_fallbacks)
     on_failure_fallbacks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
+    # per phone: those of them whose address or port the push changes (PhonePlan.moved_fallbacks): never silent
+    moved_fallbacks: Mapping[str, tuple[int, ...]] = field(default_factory=dict)
     progress_deadline: float = 600.0
     dispatch_stall: float = DISPATCH_STALL_S
     defer_retry: float = DEFER_RETRY_S
@@ -84,7 +86,8 @@ class Limits:
                    verify_within=float(playbook.verify.within), registered_to=tuple(playbook.verify.registered_to),
                    rollback=bool(playbook.rollback), progress_deadline=float(playbook.strategy.progress_deadline),
                    dispatch_stall=dispatch_stall,
-                   on_failure_fallbacks={p["mac"]: tuple(p.get("on_failure_fallbacks") or ()) for p in plan["phones"]})
+                   on_failure_fallbacks={p["mac"]: tuple(p.get("on_failure_fallbacks") or ()) for p in plan["phones"]},
+                   moved_fallbacks={p["mac"]: tuple(p.get("moved_fallbacks") or ()) for p in plan["phones"]})
 
 
 @dataclass(frozen=True)
@@ -122,20 +125,35 @@ def _attempt(st: Mapping[str, str]) -> int:
 
 
 def registered(servers: Mapping[int, Mapping], required: tuple[int, ...] | list[int], since: float,
-               on_failure: tuple[int, ...] | list[int] = ()) -> bool:
+               on_failure: tuple[int, ...] | list[int] = (), moved: tuple[int, ...] | list[int] = ()) -> bool:
     """Every required server reports the phone registered, by an observation newer than `since`.
 
     A fallback in `on_failure` (UC Software, failOver.reRegisterOn=1) may instead be silent: a phone that reads
     the switch as "register with server 2 when server 1 fails" sends it nothing while server 1 works. What tells
     that apart from a fallback that is broken is the evidence since the reboot: server 1 registered, and nothing
-    at all of the fallback (a phone that tried it and failed shows that failure, and is not verified)."""
+    at all of the fallback (a phone that tried it and failed shows that failure, and is not verified). And only
+    when the push left the fallback where it was (not in `moved`): a new address the phone never registered
+    with may be wrong, and REGISTERs to a wrong address time out unseen (the wire evidence attributes them by
+    the addresses it knows), so silence there is no evidence; such a phone is "fallback unverified"."""
     def up(i: int) -> bool:
         return servers.get(i, {}).get("state") == "registered" and servers[i].get("t", 0) > since
 
     def silent_standby(i: int) -> bool:
-        return i in on_failure and up(1) and servers.get(i, {}).get("t", 0) <= since
+        return i in on_failure and i not in moved and up(1) and servers.get(i, {}).get("t", 0) <= since
 
     return all(up(i) or silent_standby(i) for i in required)
+
+
+def _unverified_fallback(servers: Mapping[int, Mapping], limits: Limits, mac: str, since: float) -> str:
+    """Why a failure may be only a fallback that could not be proven: the on-failure fallbacks the push moved
+    and nothing was heard of since (fallback unverified), with what would prove them; "" otherwise."""
+    unseen = [i for i in limits.moved_fallbacks.get(mac, ()) if i in limits.registered_to
+              and servers.get(i, {}).get("t", 0) <= since]
+    if not unseen:
+        return ""
+    return (f"; fallback unverified: server(s) {unseen} got a new address or port in this push and nothing has been "
+            "seen of them since; with failOver.reRegisterOn=1 the phone may register there only once server 1 "
+            "fails (run the WAN-outage experiment, or verify registered_to without them)")
 
 
 def to_observe(states: PhoneStates, recheck: set[str]) -> list[str]:
@@ -194,8 +212,9 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
         elif state in ("verifying", "rebooting") and st.get("reboot_at"):
             # "rebooting": the reboot was claimed but not known to be sent, so no registration proves it
             since = _f(st, "reboot_at")
+            moved = limits.moved_fallbacks.get(mac, ())
             up = state == "verifying" and mac in observed and registered(
-                observed[mac], limits.registered_to, since, limits.on_failure_fallbacks.get(mac, ()))
+                observed[mac], limits.registered_to, since, limits.on_failure_fallbacks.get(mac, ()), moved)
             shadowed = st.get("shadowed", "") if up else ""   # fleet.overrides: an override file beat a pushed value
             if up and not shadowed:
                 took = round(now - since, 2)
@@ -215,7 +234,8 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
                 out.append(Action(CONFIRM_REBOOT, mac, {"confirm_sent": now}, "push", _attempt(st)))
             elif shadowed or now - since > limits.verify_within:
                 reason = shadowed or (f"not registered to server(s) {list(limits.registered_to)} within "
-                                      f"{limits.verify_within:g}s of the reboot")
+                                      f"{limits.verify_within:g}s of the reboot") + _unverified_fallback(
+                                          observed.get(mac, {}), limits, mac, since)
                 event = {"kind": "failed", "mac": mac, "reason": reason}
                 if limits.rollback:
                     out.append(Action(FAIL, mac, {"state": "rolling_back", "error": reason, "rollback_requested": now},

@@ -396,8 +396,9 @@ class Lab:
                 "dns": f"{self.public_ip(rt.k, 53)}:{DNS_PORT}",
                 "collector": {"syslog": site.collector.syslog, "events": site.collector.events,
                               "poll_interval": site.collector.poll_interval},
-                "boot_server": {"url": boot, "credentials": f"boot_{site.name}",
-                                **({"master_file": site.boot_master} if site.boot_master else {})},
+                # the address the phones are given, master file and all (ftp://host/campus.cfg): the inventory
+                # splits it as the phones do (inventory.BootServer), so the lab tests that reading
+                "boot_server": {"url": boot + (site.boot_master or ""), "credentials": f"boot_{site.name}"},
                 "router": self._router_entry(rt.router.lan_ip, rt.router.wan.name, site.name),
                 "params": self.site_params(rt.k, site),
                 "phones": phones,

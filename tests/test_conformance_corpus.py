@@ -45,6 +45,15 @@ def test_the_corpus_holds_at_least_sixty_answers_each_with_its_source_or_a_note(
     assert all(e.sources or e.note for e in entries)
 
 
+def test_every_entry_names_at_least_one_source_it_was_read_against():
+    """Issue 16: each entry names its source. An unconfirmed one names the nearest source read (silent or related,
+    its `says` stating what it does and does not show), so "no source" is never an empty list."""
+    bare = sorted(e.id for e in conformance.entries() if not e.sources)
+    assert bare == [], f"entries without a source: {bare}"
+    for e in conformance.entries():
+        assert all(s.ref.strip() and s.says.strip() for s in e.sources), f"{e.path}: a source without ref or says"
+
+
 def test_the_readme_says_per_family_what_the_corpus_confirms():
     """README.md's table between the corpus-summary markers is the corpus's own summary, so it cannot go stale."""
     from pathlib import Path

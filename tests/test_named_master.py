@@ -45,6 +45,47 @@ def test_a_bad_master_file_name_is_refused_naming_file_line_and_field(tmp_path, 
         inventory.load(inventory_file(tmp_path, {"url": "ftp://10.0.0.3/", "master_file": name}))
 
 
+@pytest.mark.parametrize("url,directory", [
+    ("ftp://10.0.0.3/dir/campus.cfg", "ftp://10.0.0.3/dir/"), ("ftp://10.0.0.3/campus.cfg", "ftp://10.0.0.3/"),
+    ("http://10.0.0.3:8080/p/campus.cfg", "http://10.0.0.3:8080/p/"), ("sftp://10.0.0.3/srv/campus.cfg", "sftp://10.0.0.3/srv/"),
+    ("file:///srv/tftp/campus.cfg", "file:///srv/tftp/"),
+])
+def test_a_boot_address_naming_its_master_gives_publishers_the_directory(tmp_path, url, directory):
+    """Before: the url was kept whole and FtpPublisher took `/dir/campus.cfg` as its directory (the lab split it)."""
+    for form in ({"url": url}, {"url": url, "master_file": "campus.cfg"}):
+        boot = inventory.load(inventory_file(tmp_path, form)).site("hq").boot_server
+        assert (boot.url, boot.master_file) == (directory, "campus.cfg")
+        assert bootfiles.split_boot_address(url) == (boot.url, boot.master_file)   # the lab's reading of the address
+
+
+def test_a_master_file_that_conflicts_with_the_boot_address_is_refused_naming_file_line_and_field(tmp_path):
+    with pytest.raises(FileError, match=r"inventory\.yml:\d+: sites\[0\]\.boot_server\.master_file: 'other\.cfg' "
+                                        r"conflicts with the url, which names 'campus\.cfg'"):
+        inventory.load(inventory_file(tmp_path, {"url": "ftp://10.0.0.3/campus.cfg", "master_file": "other.cfg"}))
+
+
+def test_a_site_whose_boot_address_names_its_master_publishes_into_the_directory_and_edits_that_master(tmp_path):
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / "campus.cfg").write_bytes(NAMED)
+    (boot / f"{MAC}.cfg").write_bytes(b'<APPLICATION CONFIG_FILES="old.cfg"/>')
+    server = inventory.load(inventory_file(tmp_path, {"url": f"file://{boot}/campus.cfg"})).site("hq").boot_server
+    pub = open_publisher(server.url, Credentials())     # before: the publisher refused campus.cfg as its directory
+    try:
+        pf = site_files.phone_files(pub, server.url, MAC, {"reg.1.address": "1001"},
+                                    lambda u: open_publisher(u, Credentials()), server.master_file or "")
+        for name, data in pf.files.items():
+            pub.write(name, data)
+    finally:
+        pub.close()
+    assert pf.master_from == "campus.cfg" and pf.shared_master
+    assert sorted(p.name for p in boot.iterdir()) == sorted(["campus.cfg", f"{MAC}.cfg", f"{MAC}-fleet.cfg"])
+    assert (boot / "campus.cfg").read_bytes().startswith(NAMED.split(b'CONFIG_FILES="')[0])
+    assert b'CONFIG_FILES="[PHONE_MAC_ADDRESS]-fleet.cfg, ' in (boot / "campus.cfg").read_bytes()
+    assert (boot / f"{MAC}.cfg").read_bytes() == b'<APPLICATION CONFIG_FILES="old.cfg"/>'
+    assert plan_check.file_names(MAC, server.master_file) == {f"{MAC}.cfg", f"{MAC}-fleet.cfg", "campus.cfg"}
+
+
 def test_the_lookup_order_and_the_boot_address_split():
     assert bootfiles.master_order(MAC, "campus.cfg") == ("campus.cfg", f"{MAC}.cfg", "000000000000.cfg")
     assert bootfiles.master_order(MAC) == (f"{MAC}.cfg", "000000000000.cfg")

@@ -209,3 +209,26 @@ def test_a_second_line_can_push_a_site_over_its_limit():
     two_lines = inventory(site("a", 20, phone_params={"reg.2.address": "2000"}))
     assert plan(two_lines, playbook(), "r", limits=limits).overloaded == [
         f"{PRIMARY}: 4.8 REGISTER/s with the primary down (limit 4)"]
+
+
+def test_a_push_that_moves_an_on_failure_fallback_the_playbook_verifies_warns_and_is_recorded():
+    """Review of issue 16: server 2 moved on a UC Software phone with reRegisterOn=1 cannot be proven by registration
+    while server 1 works; the dry run says so, and the plan carries the moved fallback to the verification."""
+    held = {"reg.1.server.1.address": PRIMARY, "reg.1.server.2.address": BACKUP,
+            "reg.1.server.2.failOver.reRegisterOn": "1"}
+    inv = Inventory.model_validate({"name": "t", "firmware_family": "uc-5.x",
+                                    "sites": [site("a", 1, params=held) | {"phones": [
+                                        {"mac": "0004f2000001", "model": "VVX 410", "address": "10.0.1.10",
+                                         "credentials": "admin", "params": {"reg.1.address": "1000"}}]}]})
+
+    def pb(params: dict, registered_to: list[int]) -> RolloutPlaybook:
+        return RolloutPlaybook.model_validate({"kind": "rollout", "name": "t", "params": params,
+                                               "verify": {"registered_to": registered_to}})
+
+    (ph,) = plan(inv, pb({"reg.1.server.2.address": "10.0.0.99"}, [1, 2]), "r").phones
+    assert ph.on_failure_fallbacks == [2] and ph.moved_fallbacks == [2]
+    assert any("server(s) [2] get a new address or port" in w and "fallback unverified" in w for w in ph.warnings)
+    (ph,) = plan(inv, pb({"reg.1.server.2.address": "10.0.0.99"}, [1]), "r").phones
+    assert ph.moved_fallbacks == [2] and not any("fallback unverified" in w for w in ph.warnings)
+    (ph,) = plan(inv, pb({"reg.1.server.1.expires": "300"}, [1, 2]), "r").phones
+    assert ph.moved_fallbacks == [] and not any("fallback unverified" in w for w in ph.warnings)

@@ -330,3 +330,44 @@ def test_an_on_failure_fallback_silent_since_the_reboot_verifies_a_failed_one_do
     # server 1 not (yet) registered: nothing to verify on
     assert rp.step(0, [A1], snap, {A1: {}}, held, NOW).actions == []
     assert rp.step(0, [A1], snap, {A1: reg(NOW, 1)}, limits(registered_to=(1, 2)), NOW).actions == []
+
+
+def test_a_silent_fallback_the_push_moved_is_not_taken_as_a_standby_and_the_failure_says_fallback_unverified():
+    """Review of issue 16: a phone whose new server 2 address is wrong sends REGISTERs that time out at an
+    address the wire evidence does not attribute, so nothing of server 2 is seen since the push; its last
+    "registered" there is from before the push, at the old address. That silence proves nothing: the phone is
+    not verified, and at the deadline it fails with "fallback unverified" and what would prove it. Server 2
+    left where it was keeps the silent standby (test above)."""
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10)}})
+    moved = limits(registered_to=(1, 2), on_failure_fallbacks={A1: (2,)}, moved_fallbacks={A1: (2,)})
+    before_push = {A1: reg(NOW, 1) | {2: {"state": "registered", "t": NOW - 500}}}
+    assert rp.step(0, [A1], snap, before_push, moved, NOW).actions == []
+    assert rp.step(0, [A1], snap, {A1: reg(NOW, 1)}, moved, NOW).actions == []
+    # registered at the new address since the push: proven, verified without a note
+    s = rp.step(0, [A1], snap, {A1: reg(NOW, 1, 2)}, moved, NOW)
+    assert kinds(s.actions) == [(rp.VERIFIED, A1)] and "verified_note" not in s.actions[0].fields
+    late = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 121)}})
+    (a,) = rp.step(0, [A1], late, before_push, moved, NOW).actions
+    assert a.kind == rp.FAIL and a.fields["state"] == "rolling_back"
+    assert a.fields["error"].startswith("not registered to server(s) [1, 2] within 120s of the reboot; fallback "
+                                        "unverified: server(s) [2] got a new address or port in this push")
+    assert "WAN-outage experiment" in a.event["reason"]
+
+
+def test_the_plan_says_which_on_failure_fallbacks_the_push_moves():
+    from fleet import predict
+
+    old = {"reg.1.server.1.address": "a.example", "reg.1.server.2.address": "b.example",
+           "reg.1.server.2.failOver.reRegisterOn": "1"}
+    assert predict.fallbacks_on_failure(old, 1, "uc-5.x") == [2]
+    assert predict.moved_fallbacks(old, dict(old), 1, "uc-5.x") == []
+    assert predict.moved_fallbacks(old, {**old, "reg.1.server.1.expires": "120"}, 1, "uc-5.x") == []
+    assert predict.moved_fallbacks(old, {**old, "reg.1.server.2.address": "c.example"}, 1, "uc-5.x") == [2]
+    assert predict.moved_fallbacks(old, {**old, "reg.1.server.2.port": "5070"}, 1, "uc-5.x") == [2]
+    fresh = {k: v for k, v in old.items() if ".server.2." not in k}
+    assert predict.moved_fallbacks(fresh, old, 1, "uc-5.x") == [2]      # a fallback the push adds is new too
+    lim = Limits.of({"phones": [{"mac": A1, "site": "a", "on_failure_fallbacks": [2], "moved_fallbacks": [2]}],
+                     "max_unavailable": {"a": 1}, "budget_total": 0},
+                    type("PB", (), {"verify": type("V", (), {"within": 60, "registered_to": [1, 2]}),
+                                    "rollback": True, "strategy": type("S", (), {"progress_deadline": 600})})())
+    assert lim.moved_fallbacks == {A1: (2,)}

@@ -222,8 +222,9 @@ class NetnsLab(Lab):
                 "collector": {"syslog": f"{p.host_ip}:{site.collector.syslog.rpartition(':')[2]}",
                               "events": f"{p.host_ip}:{site.collector.events.rpartition(':')[2]}",
                               "poll_interval": site.collector.poll_interval},
-                "boot_server": {"url": f"http://{p.boot_ip}:{BOOT_HTTP_PORT}/", "credentials": f"boot_{site.name}",
-                                **({"master_file": site.boot_master} if site.boot_master else {})},
+                # the phones' own boot address, master file and all: the inventory splits it (inventory.BootServer)
+                "boot_server": {"url": f"http://{p.boot_ip}:{BOOT_HTTP_PORT}/" + (site.boot_master or ""),
+                                "credentials": f"boot_{site.name}"},
                 "router": self._router_entry(p.router_lan, WAN_IF, site.name, SSH_PORT, DNS_PORT),
                 "params": self.site_params(rt.k, site),
                 "phones": phones,
