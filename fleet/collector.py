@@ -364,14 +364,15 @@ class SiteCollector:
     async def _poll_loop(self) -> None:
         """State polling as a second source: REST lineInfo where the model has it, state polling otherwise."""
         targets = [(p, self._poll_login(p)) for p in self.site.phones]
-        modes = {p.mac: self._poll_mode(p) for p in self.site.phones if not p.family.rest}
+        modes = self._poll_modes()
         configured = {r["mac"]: r["configured_servers"] for r in await asyncio.to_thread(self.store.phones, self.site.name)}
         from .lease import PhoneRestLock
 
         def rest_lock(phone):
             return PhoneRestLock(self.store, phone.mac, owner=f"collector:{self.site.name}")
 
-        async with Poller(concurrency=self.site.collector.poll_concurrency, rest_lock=rest_lock) as poller:
+        async with Poller(concurrency=self.site.collector.poll_concurrency, rest_lock=rest_lock,
+                          polling_login=lambda p: self._poll_login(p, rest=False)) as poller:
             while True:
                 started = time.monotonic()
                 infos = {}
@@ -386,16 +387,25 @@ class SiteCollector:
                     await asyncio.to_thread(self.store.set_phone_info, infos)
                 await asyncio.sleep(max(0.0, self.site.collector.poll_interval - (time.monotonic() - started)))
 
-    def _poll_login(self, phone):
-        """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one."""
+    def _poll_login(self, phone, rest: bool | None = None):
+        """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one.
+        `rest`: which of the two (None: as fleet talks to the phone by its firmware version, `uses_rest`)."""
         creds = self.secrets.credentials(phone.credentials)  # type: ignore[union-attr]
         from .drivers.control.rest import uses_rest
 
-        if uses_rest(phone) or self.inventory is None:
+        if (uses_rest(phone) if rest is None else rest) or self.inventory is None:
             return creds
         from . import phones
 
         return phones.for_phone(phone, creds, self.inventory, self.secrets).polling_credentials()
+
+    def _poll_modes(self) -> dict:
+        """Each phone's state polling response mode, by MAC, for every phone the poller may read by state polling:
+        those fleet does not talk REST to (by firmware version, `uses_rest`: a UC Software 5.0-5.3 phone is in push
+        mode by default, and is not read as requestor), and REST-family phones it finds without REST (lineInfo 404)."""
+        from soundpoint import families
+
+        return {p.mac: self._poll_mode(p) for p in self.site.phones if families.STATE_POLLING in p.family.interfaces}
 
     def _poll_mode(self, phone):
         """The phone's state polling response mode from its effective parameters (requestor where unknown)."""

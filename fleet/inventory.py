@@ -41,11 +41,14 @@ WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]", "*")
 
 def push_state_default(site: "Site", phone: "Phone", params: dict[str, str]) -> dict[str, str]:
     """Push mode to the site's collector (`apps.statePolling.URL` = http://EVENTS/state, responseMode 1), for a phone
-    whose call checks use state polling (SIP 3.x, UC Software 4.0) when no layer sets either parameter: with neither,
-    the phone sends its state nowhere (SIP 3.1 developer's guide p. 2-32) and every call check would defer it. Only
-    where the collector's events address names a host the phone can reach (a wildcard bind does not); a site that
-    chooses requestor mode (responseMode 0) or its own URL keeps it. {} when nothing is to be added."""
-    if phone.family.call_state_source != families.STATE_POLLING:
+    whose call checks use state polling (SIP 3.x, UC Software 4.0, UC Software 5.0-5.3 by its `firmware_version`:
+    fleet.drivers.control.rest.uses_state_polling) when no layer sets either parameter: with neither, the phone sends
+    its state nowhere (SIP 3.1 developer's guide p. 2-32) and every call check would defer it. Only where the
+    collector's events address names a host the phone can reach (a wildcard bind does not); a site that chooses
+    requestor mode (responseMode 0) or its own URL keeps it. {} when nothing is to be added."""
+    from .drivers.control.rest import uses_state_polling   # here: rest reads this module's Phone
+
+    if not uses_state_polling(phone):
         return {}
     if any(str(params.get(name, "") or "").strip() for name in STATE_POLLING_MODE):
         return {}

@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 
 from . import failover_lint, polycom, predict, secret_params
 from .drivers.control import polling
+from .drivers.control.rest import uses_state_polling
 from .inventory import Inventory, Phone, Site
 from .rollout_playbook import RolloutPlaybook, amount, verbatim_names
 
@@ -138,7 +139,7 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         masked, refs = secret_params.split(new)
         blind = phone.family.call_state_source is None
         warnings = failover_lint.problems(new, phone.family.name)
-        if phone.family.call_state_source == "state-polling":
+        if uses_state_polling(phone):      # by firmware version: UC Software 5.0-5.3 too
             warnings += polling.mode_problems(new, site.collector.events)
         moved = predict.moved_fallbacks(old, new, 1, phone.family.name)
         unprovable = sorted(set(moved) & set(pb.verify.registered_to))

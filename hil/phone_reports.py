@@ -118,6 +118,19 @@ def web_answer(entry_id: str) -> tuple[int, dict[str, str], str]:
     return entry.status_code or 200, {str(k): str(v) for k, v in (entry.answer.get("headers") or {}).items()}, entry.body
 
 
+def digest_challenge(entry_id: str, nonce: str) -> tuple[int, dict[str, str], str]:
+    """A digest challenge (status, headers, body) as its corpus entry gives it (rest-auth-challenge-digest,
+    polling-auth-digest-challenge), with only its nonce replaced: the entry's WWW-Authenticate is parsed, the nonce
+    read from it and swapped for this one, the rest of the header kept as written."""
+    from sipwire import digest
+
+    status, headers, body = web_answer(entry_id)
+    asked = headers["WWW-Authenticate"]
+    written = digest.parse_challenge(asked)["nonce"]
+    headers["WWW-Authenticate"] = asked.replace(f'nonce="{written}"', f'nonce="{nonce}"', 1)
+    return status, headers, body
+
+
 # ------------------------------------------------------------ REST (UC Software 5): rendered from the corpus
 # Each answer is a conformance entry's body (soundpoint/conformance/entries/rest), parsed, with only the live
 # fields replaced in the parsed structure; which entry depends on the phone's firmware version.

@@ -12,7 +12,9 @@ its state to that URL, and with neither it sends its state nowhere (corpus area
 real phone matches it case-sensitively is unknown). The web UI's `/form-submit/Reboot`
 takes Basic only and answers exactly its corpus entries (area `web-ui`): the
 challenge for a missing or wrong login, the reboot answer otherwise. Everything
-else takes the admin login, digest or Basic.
+else takes the admin login, digest or Basic; a missing or wrong one gets the digest
+challenge of its corpus entry (polling-auth-digest-challenge, rest-auth-challenge-digest).
+While the phone reboots, a request's connection is reset unanswered.
 
 A mixin of VirtualPhone (hil.phone): it works on the phone's own state.
 """
@@ -51,7 +53,10 @@ class WebApi:
     @web.middleware
     async def _auth_middleware(self, request: web.Request, handler):
         if not self.booted.is_set():
-            return web.Response(status=503, text="booting")
+            # a rebooting phone has no web server to answer: the connection is reset, no HTTP answer at all (no
+            # source prints what a phone does while it boots; a 503 page was the lab's invention)
+            request.transport.abort()    # type: ignore[union-attr]
+            return web.Response()        # never sent: the connection is gone
         if self.spec.http_latency:
             await asyncio.sleep(self.spec.http_latency)
         header = request.headers.get("Authorization", "")
@@ -76,8 +81,9 @@ class WebApi:
         if web_form:
             status, headers, body = reports.web_answer("web-ui-challenge")
             return web.Response(status=status, headers=headers, text=body)
-        nonce = f"{random.getrandbits(64):016x}"
-        return web.Response(status=401, headers={"WWW-Authenticate": f'Digest realm="PolycomSPIP", nonce="{nonce}", qop="auth"'})
+        status, headers, body = reports.digest_challenge(
+            "polling-auth-digest-challenge" if polling else "rest-auth-challenge-digest", f"{random.getrandbits(64):016x}")
+        return web.Response(status=status, headers=headers, text=body)
 
     def _lines(self) -> dict[int, str]:
         return {r.index: r.user for r in self.regs}

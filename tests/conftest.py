@@ -123,6 +123,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     118: (1, "test_failover_behaviour"), 150: (1, "test_dns_blind_spot"),
     112: (1, "test_firmware_variants"),
     98: (1, "test_rest_one_at_a_time"),
+    113: (1, "test_uc53_push_lab"),
 }
 
 

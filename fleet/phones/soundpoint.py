@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Collection
 
 from soundpoint import families
+from soundpoint.conformance import version_in
 
 from ..drivers.control import polling, sip_notify, web_ui
 from ..drivers.errors import DeviceRefused, DriverError
@@ -67,10 +68,28 @@ class SoundPointControl:
         except DriverError as exc:
             return identity_failure(method, exc)
         if info is None:
+            listed = self.phone.firmware_version
             return Identity(method, "", "login accepted; the answer goes to apps.statePolling.URL, so the phone's "
-                                        "identity is not read here")
-        return self._identity(method, info.get("MACAddress", ""), info.get("ModelNumber", "?"),
-                              info.get("AppLoadID", "?"))
+                                        "identity is not read here" + (f" (nor its firmware checked against the "
+                                                                        f"inventory's {listed})" if listed else ""))
+        firmware = info.get("AppLoadID", "")
+        found = self._identity(method, info.get("MACAddress", ""), info.get("ModelNumber", "?"), firmware or "?")
+        return self._firmware_checked(found, firmware)
+
+    def _firmware_checked(self, found: Identity, reported: str) -> Identity:
+        """The phone answered as itself: a firmware version other than the inventory's `firmware_version` (a prefix
+        match, "5.3" covers 5.3.0.1234) is the row's problem, reported and never guessed, whichever interface read it
+        (REST device/info, state polling's AppLoadID). A phone that names no version is not compared."""
+        listed = self.phone.firmware_version
+        if not (found.ok and listed and reported):
+            return found
+        try:
+            same = version_in(reported, listed)
+        except ValueError:       # an AppLoadID with no version in it is not the listed version either
+            same = False
+        if same:
+            return found
+        return Identity(found.method, "error-status", f"{found.detail}: firmware mismatch, the inventory says {listed}")
 
     def _identity(self, method: str, mac: str, model: str, firmware: str) -> Identity:
         """What the phone said it is, against the inventory: another MAC at this address is the wrong device."""

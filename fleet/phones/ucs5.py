@@ -87,8 +87,8 @@ class Control(SoundPointControl):
 
     # ------------------------------------------------------------ identity
     def identify(self, timeout: float = 5.0) -> Identity:
-        """REST device/info with the admin login: model, firmware and the MAC to check against the inventory;
-        a firmware version other than the inventory's is the row's problem."""
+        """REST device/info with the admin login (state polling below 5.4): model, firmware and the MAC to check
+        against the inventory; a firmware version other than the inventory's is the row's problem."""
         listed = self.phone.firmware_version
         if listed and not supports_rest(listed):
             found = super().identify(timeout)     # no REST before 5.4: the family's state polling
@@ -100,10 +100,8 @@ class Control(SoundPointControl):
         except DriverError as exc:
             return identity_failure(method, exc)
         self._reported = info.firmware
-        found = self._identity(method, info.mac, info.model or "?", info.firmware or "?")
-        if found.ok and listed and info.firmware and not version_in(info.firmware, listed):
-            return Identity(method, "error-status", f"{found.detail}: firmware mismatch, the inventory says {listed}")
-        return found
+        return self._firmware_checked(self._identity(method, info.mac, info.model or "?", info.firmware or "?"),
+                                      info.firmware)
 
     # ------------------------------------------------------------ reboot
     def reboot(self, announce: Announce | None = None, fallback: bool = True) -> str:

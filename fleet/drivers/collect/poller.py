@@ -30,7 +30,7 @@ from sipwire import digest
 
 from ...inventory import Credentials, Phone
 from ..control import polling
-from ..control.rest import MAX_ANSWER, parse_line_info, uses_rest
+from ..control.rest import MAX_ANSWER, REST_FROM, parse_line_info, uses_rest
 from ..errors import DriverError
 
 
@@ -44,6 +44,7 @@ class PollResult:
     model: str = ""
     firmware: str = ""
     in_call: bool | None = None
+    no_rest: str = ""       # why this REST-family phone is polled by state polling instead (a 404 learned), or ""
 
 
 async def _bounded(resp: aiohttp.ClientResponse) -> bytes:
@@ -58,10 +59,17 @@ async def _bounded(resp: aiohttp.ClientResponse) -> bytes:
 
 class Poller:
     def __init__(self, concurrency: int = 200, timeout: float = 3.0,
-                 rest_lock: Callable[[Phone], AsyncContextManager] | None = None) -> None:
+                 rest_lock: Callable[[Phone], AsyncContextManager] | None = None,
+                 polling_login: Callable[[Phone], Credentials] | None = None) -> None:
         self.concurrency = concurrency
         self.timeout = timeout
         self.rest_lock = rest_lock         # the phone's REST lock for one request (None: no other process talks REST)
+        # the state polling login of a phone found without REST (None: the login poll_one is given)
+        self.polling_login = polling_login
+        # MAC -> why the phone is not asked REST any more: a REST-family phone with no firmware_version in the inventory
+        # that answered lineInfo with 404 (UC Software 5.0-5.3, or REST off) is polled by state polling for this
+        # poller's life, as the controls fall back after device/info (fleet.phones.ucs5)
+        self.no_rest: dict[str, str] = {}
         self._session: aiohttp.ClientSession | None = None
         self._challenges: dict[tuple[str, int], dict[str, str]] = {}   # the last digest challenge of each phone
 
@@ -102,11 +110,25 @@ class Poller:
 
     async def poll_one(self, phone: Phone, creds: Credentials, mode: polling.ResponseMode = "requestor") -> PollResult:
         """One phone's poll; `mode` its state polling response mode (fleet.drivers.control.polling.response_mode):
-        in push mode the call state arrives at the collector's /state, so only the device handler is read here."""
+        in push mode the call state arrives at the collector's /state, so only the device handler is read here.
+        A REST phone found without REST (lineInfo 404) is polled by state polling, the reason in `no_rest`."""
+        found = await self._poll_one(phone, creds, mode)
+        found.no_rest = self.no_rest.get(phone.mac, "")
+        return found
+
+    async def _poll_one(self, phone: Phone, creds: Credentials, mode: polling.ResponseMode) -> PollResult:
         t = time.time()
         try:
-            if uses_rest(phone):
-                return await self._line_info(phone, creds, t)
+            if uses_rest(phone) and phone.mac not in self.no_rest:
+                try:
+                    return await self._line_info(phone, creds, t)
+                except aiohttp.ClientResponseError as exc:
+                    if exc.status != 404:
+                        raise
+                    self.no_rest[phone.mac] = ("REST lineInfo answered HTTP 404: no REST API (UC Software before "
+                                               f"{REST_FROM}, or REST off); state polling from now on")
+            if phone.mac in self.no_rest and self.polling_login is not None:
+                creds = self.polling_login(phone)
             name = f"phone {phone.mac}"
             if mode != "requestor":
                 # push (or nothing): the answers carry no state; the poll makes a push-mode phone POST it to /state

@@ -28,6 +28,7 @@ import requests
 from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
 from requests.utils import parse_dict_header
 
+from soundpoint import families
 from soundpoint.conformance import version_in
 
 from ...inventory import Credentials, Phone
@@ -76,6 +77,12 @@ def uses_rest(phone: Phone) -> bool:
     """Whether fleet talks REST to this phone: a REST family, unless the inventory names a version before 5.4
     (then the family's other interfaces serve: state polling, check-sync)."""
     return phone.family.rest and (not phone.firmware_version or supports_rest(phone.firmware_version))
+
+
+def uses_state_polling(phone: Phone) -> bool:
+    """Whether call checks on this phone read state polling: its family has it and fleet does not talk REST to it
+    (SIP 3.x, UC Software 4.0, and UC Software 5.0-5.3 by the inventory's `firmware_version`)."""
+    return families.STATE_POLLING in phone.family.interfaces and not uses_rest(phone)
 
 
 # ------------------------------------------------------------ answer parsing (pure: tested against the corpus)
