@@ -374,17 +374,25 @@ class SiteCollector:
         async with Poller(concurrency=self.site.collector.poll_concurrency, rest_lock=rest_lock) as poller:
             while True:
                 started = time.monotonic()
-                infos = {}
-                for res in await poller.poll(targets, modes):
-                    if not res.ok:
-                        continue
-                    for line in res.lines:
-                        self.pending.extend(from_line_info(res.mac, res.t, line, configured.get(res.mac, [])))
-                    if res.firmware or res.in_call is not None:
-                        infos[res.mac] = {"firmware": res.firmware, "in_call": res.in_call}
-                if infos:
-                    await asyncio.to_thread(self.store.set_phone_info, infos)
+                try:
+                    await self._poll_round(poller, targets, modes, configured)
+                except Exception as exc:   # a bad round (Redis away, a bug) is logged; polling goes on
+                    log.warning("collector %s: a polling round failed: %s", self.site.name, type(exc).__name__,
+                                exc_info=True)
                 await asyncio.sleep(max(0.0, self.site.collector.poll_interval - (time.monotonic() - started)))
+
+    async def _poll_round(self, poller: Poller, targets: list, modes: dict, configured: dict) -> None:
+        """Every phone polled once; what they said queued as observations and stored as phone facts."""
+        infos = {}
+        for res in await poller.poll(targets, modes):
+            if not res.ok:
+                continue
+            for line in res.lines:
+                self.pending.extend(from_line_info(res.mac, res.t, line, configured.get(res.mac, [])))
+            if res.firmware or res.in_call is not None:
+                infos[res.mac] = {"firmware": res.firmware, "in_call": res.in_call}
+        if infos:
+            await asyncio.to_thread(self.store.set_phone_info, infos)
 
     def _poll_login(self, phone):
         """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one."""
@@ -432,7 +440,7 @@ class SiteCollector:
             active = parse_call_state(await request.read(), f"phone at {request.remote}")
         except DriverError:
             return web.Response(status=400, text="not a call state document")
-        await asyncio.to_thread(self.store.set_phone_info, {next(iter(macs)): {"in_call": active, "in_call_pushed_at": time.time()}})
+        await asyncio.to_thread(self.store.record_pushed_call_state, next(iter(macs)), active, time.time())
         return web.Response(status=200)
 
     async def _observing_loop(self) -> None:
