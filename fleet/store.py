@@ -20,8 +20,9 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `evidence:sites`                     | set    | the sites with a `site:{site}:evidence` report                   | set_site_evidence           |
 | `observed`                           | stream | one entry per stored batch of observations: the MACs it touched  | record_observations         |
 | `lease:{site}`                       | string | holder of the site's exclusive lease (SET NX PX, renewed)        | acquire/renew/release_lease |
-| `rest:{mac}`                         | string | holder of the phone's REST lock: one request at a time across    | acquire/release_phone_lock  |
-|                                      |        | processes (SET NX PX, a few seconds; released after the request) |                             |
+| `rest:{mac}`                         | string | holder of the phone's REST lock: one request at a time across    | acquire/renew/release_      |
+|                                      |        | processes (SET NX PX, a few seconds, renewed while the request   | phone_lock                  |
+|                                      |        | runs; released after it)                                         |                             |
 | `experiments`                        | zset   | experiment ids by start time                                     | new_experiment              |
 | `exp:{id}`                           | hash   | experiment metadata: site, playbook, status, started, finished   | new/finish_experiment       |
 | `exp:{id}:events`                    | stream | append-only history (operations and observations, wall and       | log_event                   |

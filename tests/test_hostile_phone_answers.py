@@ -18,6 +18,7 @@ import pytest
 from conftest import await_until
 from fleet.collector import SiteCollector
 from fleet.drivers.collect import gateway_bindings
+from fleet.drivers.collect.formats import parse_line_event
 from fleet.drivers.collect.poller import Poller
 from fleet.drivers.control import polling, rest, web_ui
 from fleet.drivers.device_json import device_json
@@ -218,3 +219,12 @@ def test_the_collectors_polling_survives_a_round_that_fails(redis_url, monkeypat
 
     asyncio.run(run())
     assert len(rounds) >= 3
+
+
+def test_deeply_nested_xml_is_read_without_recursion():
+    """ElementTree parses with expat and walks with iterators: depth costs no recursion (a guard, not a fix: the
+    JSON parser is the one that recursed)."""
+    deep = b"<PolycomIPPhone>" + b"<a>" * 50000 + b"</a>" * 50000 + b"</PolycomIPPhone>"
+    with pytest.raises(MalformedAnswer, match="no line"):
+        polling.parse_call_state(deep, "phone under test")
+    assert parse_line_event(deep, 1.0) is None

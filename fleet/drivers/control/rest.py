@@ -292,7 +292,7 @@ class RestPhone:
     def _call_unguarded(self, method: str, path: str, body: dict | None, timeout: float,
                         accept: tuple[str, ...]) -> dict:
         """One request, the retry after a challenge included, done within `request_budget(timeout)` in total: the
-        phone's lock is held for no longer than that (fleet.lease.PhoneRestLock sizes its lease by it)."""
+        phone's lock (fleet.lease.PhoneRestLock, renewed while held) is held for no longer than that."""
         what = f"{method} {path}"
         deadline = time.monotonic() + request_budget(timeout)
         resp = self._send(method, path, body, timeout)
