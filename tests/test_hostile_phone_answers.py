@@ -26,6 +26,7 @@ from fleet.drivers.errors import DeviceTimeout, MalformedAnswer
 from fleet.inventory import Credentials, Phone
 from fleet.phones import PhoneAccess, control
 from fleet.store import Store
+from soundpoint import conformance
 
 CREDS = Credentials(username="Polycom", password="s3cret-admin")
 DEEP = b"[" * 5000 + b"]" * 5000          # 10 kB: deeper than the interpreter's recursion limit
@@ -228,3 +229,24 @@ def test_deeply_nested_xml_is_read_without_recursion():
     with pytest.raises(MalformedAnswer, match="no line"):
         polling.parse_call_state(deep, "phone under test")
     assert parse_line_event(deep, 1.0) is None
+
+
+def test_a_digest_challenge_with_a_long_body_is_answered_without_reading_it_all(answering):
+    """requests' own digest handling reads a challenge's whole body before answering it; ours reads a few kB."""
+    idle = conformance.get("polling-callstate-requestor-idle").body.encode()
+
+    def respond(h: BaseHTTPRequestHandler) -> None:
+        if not h.headers.get("Authorization", "").startswith("Digest "):
+            h.send_response(401)
+            h.send_header("WWW-Authenticate", 'Digest realm="PolycomSPIP", nonce="0123456789abcdef", qop="auth"')
+            h.send_header("Content-Length", str(10 ** 9))
+            h.end_headers()
+            h.wfile.write(b"x" * 70000)
+            h.wfile.flush()
+            h.release.wait(30)   # type: ignore[attr-defined]
+            return
+        _head(h, len(idle), "text/xml")
+        h.wfile.write(idle)
+
+    server = answering(respond)
+    assert polling.polling_in_call(_sip3(server.port), CREDS, timeout=2, digest_only=True) is False

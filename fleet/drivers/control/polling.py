@@ -24,11 +24,11 @@ from typing import Literal, Mapping
 
 import redis
 import requests
-from requests.auth import HTTPDigestAuth
 
 from ...inventory import Credentials, Phone
 from ..errors import DeviceTimeout, MalformedAnswer
-from .rest import auth_hint, no_answer, phone_auth, read_answer, refuse_error_status, request_budget
+from .rest import (BoundedDigestAuth, auth_hint, no_answer, phone_auth, read_answer, refuse_error_status,
+                   request_budget)
 
 # the spelling public clients that talk to real phones request (Posh-UCS, sipphone-automation); whether the phone
 # matches it case-sensitively is printed nowhere (corpus polling-callstate-path-camelcase)
@@ -81,7 +81,7 @@ def _get(phone: Phone, credentials: Credentials, timeout: float, digest_only: bo
     """The body of one GET (at most MAX_ANSWER + 1 bytes, read as it streams in: `_xml` refuses a longer one);
     DriverError for no answer, an error status, or an answer that breaks off or drips past the request's budget."""
     name = f"phone {phone.mac} ({phone.address})"
-    auth = HTTPDigestAuth(credentials.username, credentials.password) if digest_only else phone_auth(phone, credentials)
+    auth = BoundedDigestAuth(credentials.username, credentials.password) if digest_only else phone_auth(phone, credentials)
     deadline = time.monotonic() + request_budget(timeout)
     try:
         resp = requests.get(f"http://{phone.address}:{phone.http_port}{path}", auth=auth, timeout=timeout,

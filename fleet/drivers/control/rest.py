@@ -210,6 +210,19 @@ def parse_config_values(data: object) -> dict[str, str]:
 
 
 # ------------------------------------------------------------ the client
+class BoundedDigestAuth(HTTPDigestAuth):
+    """requests' digest authentication, reading at most CHALLENGE_BODY bytes of a challenge's body: requests' own
+    handle_401 reads the whole body (`r.content`) before answering the challenge, however long it is."""
+
+    CHALLENGE_BODY = 4096
+
+    def handle_401(self, r: requests.Response, **kwargs) -> requests.Response:
+        if 400 <= r.status_code < 500 and r._content is False:
+            body = read_answer(r, self.CHALLENGE_BODY, r.url or "the phone", f"{r.request.method} (its challenge)")
+            r._content, r._content_consumed = body[:self.CHALLENGE_BODY], True
+        return super().handle_401(r, **kwargs)
+
+
 class _SessionAuth(AuthBase):
     """Basic first (unless the inventory says digest), digest once the phone challenges with digest: the
     digest state (nonce, count) lives here, per RestPhone, so later requests carry it without a new 401."""
@@ -217,7 +230,7 @@ class _SessionAuth(AuthBase):
     def __init__(self, mode: str | None, credentials: Credentials) -> None:
         self.mode = mode                      # None: basic first, "basic", "digest"
         self.basic = HTTPBasicAuth(credentials.username, credentials.password)
-        self.digest = HTTPDigestAuth(credentials.username, credentials.password)
+        self.digest = BoundedDigestAuth(credentials.username, credentials.password)
         self.digest_known = mode == "digest"
 
     def __call__(self, r):
@@ -244,7 +257,7 @@ def phone_auth(phone: Phone, credentials: Credentials) -> AuthBase:
     inventory says so."""
     if phone.http_auth == "basic":
         return HTTPBasicAuth(credentials.username, credentials.password)
-    return HTTPDigestAuth(credentials.username, credentials.password)
+    return BoundedDigestAuth(credentials.username, credentials.password)
 
 
 class RestPhone:
@@ -404,8 +417,8 @@ def read_answer(resp: requests.Response, limit: int, name: str, what: str, deadl
     `resp.content` would load the whole body before any size check."""
     out = bytearray()
     try:
-        if resp.raw is None:          # an answer that was not streamed (nothing left to bound)
-            return bytes(resp.content[:limit + 1])
+        if resp.raw is None or getattr(resp, "_content_consumed", False):
+            return bytes(resp.content[:limit + 1])     # not streamed, or already read (bounded) by BoundedDigestAuth
         while len(out) <= limit:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeviceTimeout(name, f"{what}: the answer was not complete in time")
