@@ -66,6 +66,10 @@ from .observe import Observation, PhoneState, apply
 from .phone_row import row_for_json
 
 
+# extend a lease or lock key's TTL (ARGV[2] ms) only if ARGV[1] still holds it
+RENEW_IF_HELD = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+
+
 class PushedState(NamedTuple):
     """A phone's newest pushed call state: whether a line is in a call, when the collector received it (its clock),
     and its number in the phone's count of pushes (what readers compare)."""
@@ -435,8 +439,7 @@ class Store:
         raise LeaseHeld(f"site {site} is leased by {current} (it expires by itself {self.r.pttl(key) / 1000:.0f}s after its holder stops renewing it)")
 
     def renew_lease(self, site: str, holder: str, ttl: float = 30.0) -> bool:
-        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-        return bool(self.r.eval(script, 1, K.lease(site), holder, int(ttl * 1000)))
+        return bool(self.r.eval(RENEW_IF_HELD, 1, K.lease(site), holder, int(ttl * 1000)))
 
     def lease_info(self, site: str) -> tuple[str | None, int]:
         """(holder, milliseconds left) of a site's lease; (None, -2) when nobody holds it."""
@@ -468,8 +471,7 @@ class Store:
 
     def renew_phone_lock(self, mac: str, holder: str, ttl: float) -> bool:
         """Extend the phone's REST lock to `ttl` seconds from now if it is still ours; whether it was."""
-        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-        return bool(self.r.eval(script, 1, K.rest_lock(mac), holder, max(1, int(ttl * 1000))))
+        return bool(self.r.eval(RENEW_IF_HELD, 1, K.rest_lock(mac), holder, max(1, int(ttl * 1000))))
 
     def phone_lock_holder(self, mac: str) -> str | None:
         return self.r.get(K.rest_lock(mac))
