@@ -4,12 +4,14 @@ from __future__ import annotations
 import time
 
 from .drivers.control.rest import RestPhone
+from .lease import PhoneRestLock
 from .task_errors import TaskFailed, failure_text
-from .worker_context import context
+from .worker_context import context, stores
 
 
 def place_call(mac: str, number: str) -> dict:
-    """Dial `number` from the phone; returns when the phone accepted the dial request, with the time it did."""
+    """Dial `number` from the phone; returns when the phone accepted the dial request, with the time it did. The
+    request holds the phone's REST lock, as every other REST request does (the collector may be polling it)."""
     inv, secrets = context()
     try:
         _, phone = inv.phone(mac)
@@ -18,5 +20,6 @@ def place_call(mac: str, number: str) -> dict:
         raise TaskFailed(failure_text(exc)) from None
     if not phone.family.rest:
         raise TaskFailed(f"phone {mac} ({phone.model}, {phone.family.name}) has no REST API to place a call from")
-    RestPhone(phone, creds).dial(number)
+    store, _ = stores()
+    RestPhone(phone, creds, guard=PhoneRestLock.factory(store, mac, owner="experiment")).dial(number)
     return {"t": time.time()}

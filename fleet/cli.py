@@ -490,6 +490,7 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
     """
     from . import inventory as inv_mod
     from .site_probe import device_count, probe
+    from .store import Store
 
     inv = _inventory(inventory_path)
     _check_sites(inv, sites)
@@ -499,14 +500,16 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
         click.echo(json.dumps(summary) if as_json else f"{inventory_path}: valid ({len(inv.sites)} sites, {phones} phones)")
         return
     secrets = inv_mod.check_secrets(inv)
+    # the phones' REST locks live in fleet's Redis: a probe holds them as the collectors and workers do
+    store = Store(os.environ["FLEET_REDIS_URL"]) if os.environ.get("FLEET_REDIS_URL") else None
     if as_json or not sys.stderr.isatty():
-        rows = probe(inv, secrets, sites, timeout)
+        rows = probe(inv, secrets, sites, timeout, store=store)
     else:
         from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 
         with Progress(TextColumn("probing phones"), BarColumn(), MofNCompleteColumn(), console=err, transient=True) as bar:
             task = bar.add_task("probe", total=phones)
-            rows = probe(inv, secrets, sites, timeout, progress=lambda n: bar.advance(task, n))
+            rows = probe(inv, secrets, sites, timeout, progress=lambda n: bar.advance(task, n), store=store)
     failed = [r for r in rows if not r.ok]
     if as_json:
         click.echo(json.dumps({"valid": True, "ok": not failed, "checks": [r.to_dict() for r in rows]}, indent=1))

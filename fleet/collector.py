@@ -365,7 +365,7 @@ class SiteCollector:
         """State polling as a second source: REST lineInfo where the model has it, state polling otherwise."""
         targets = [(p, self._poll_login(p)) for p in self.site.phones]
         modes = self._poll_modes()
-        configured = {r["mac"]: r["configured_servers"] for r in await asyncio.to_thread(self.store.phones, self.site.name)}
+        configured: dict | None = None      # read in the first round that reaches Redis (it may be away at start)
         from .lease import PhoneRestLock
 
         def rest_lock(phone):
@@ -375,17 +375,28 @@ class SiteCollector:
                           polling_login=lambda p: self._poll_login(p, rest=False)) as poller:
             while True:
                 started = time.monotonic()
-                infos = {}
-                for res in await poller.poll(targets, modes):
-                    if not res.ok:
-                        continue
-                    for line in res.lines:
-                        self.pending.extend(from_line_info(res.mac, res.t, line, configured.get(res.mac, [])))
-                    if res.firmware or res.in_call is not None:
-                        infos[res.mac] = {"firmware": res.firmware, "in_call": res.in_call}
-                if infos:
-                    await asyncio.to_thread(self.store.set_phone_info, infos)
+                try:
+                    if configured is None:
+                        configured = {r["mac"]: r["configured_servers"]
+                                      for r in await asyncio.to_thread(self.store.phones, self.site.name)}
+                    await self._poll_round(poller, targets, modes, configured)
+                except Exception as exc:   # a bad round (Redis away, a bug) is logged; polling goes on
+                    log.warning("collector %s: a polling round failed: %s", self.site.name, type(exc).__name__,
+                                exc_info=True)
                 await asyncio.sleep(max(0.0, self.site.collector.poll_interval - (time.monotonic() - started)))
+
+    async def _poll_round(self, poller: Poller, targets: list, modes: dict, configured: dict) -> None:
+        """Every phone polled once; what they said queued as observations and stored as phone facts."""
+        infos = {}
+        for res in await poller.poll(targets, modes):
+            if not res.ok:
+                continue
+            for line in res.lines:
+                self.pending.extend(from_line_info(res.mac, res.t, line, configured.get(res.mac, [])))
+            if res.firmware or res.in_call is not None:
+                infos[res.mac] = {"firmware": res.firmware, "in_call": res.in_call}
+        if infos:
+            await asyncio.to_thread(self.store.set_phone_info, infos)
 
     def _poll_login(self, phone, rest: bool | None = None):
         """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one.
@@ -442,7 +453,7 @@ class SiteCollector:
             active = parse_call_state(await request.read(), f"phone at {request.remote}")
         except DriverError:
             return web.Response(status=400, text="not a call state document")
-        await asyncio.to_thread(self.store.set_phone_info, {next(iter(macs)): {"in_call": active, "in_call_pushed_at": time.time()}})
+        await asyncio.to_thread(self.store.record_pushed_call_state, next(iter(macs)), active, time.time())
         return web.Response(status=200)
 
     async def _observing_loop(self) -> None:

@@ -24,6 +24,7 @@ from typing import Callable, Iterable
 
 import redis
 
+from .drivers.errors import DeviceTimeout
 from .store import LeaseHeld, Store
 
 DEFAULT_TTL_S = 30.0
@@ -156,8 +157,14 @@ class SiteLease:
 
 
 # ------------------------------------------------------------ one REST request at a time per phone
-REST_LOCK_TTL_S = 10.0      # longer than any one REST request (timeouts 3-5 s); a dead holder blocks this long
+REST_LOCK_TTL_S = 10.0      # how long a dead holder blocks the phone; a live one renews it (every TTL/3) while held
 REST_LOCK_WAIT_S = 20.0     # how long a request waits for the phone's lock before giving up
+
+
+class PhoneLockUnavailable(DeviceTimeout):
+    """The phone's REST lock could not be taken because the store (Redis) is away: the request was not sent.
+    A DriverError, so every caller that reads a phone (the poller, a control's call check) reports it as the
+    phone's state being unknown instead of crashing."""
 
 
 class PhoneRestLock:
@@ -165,53 +172,94 @@ class PhoneRestLock:
 
     UC Software serves one REST request at a time and refuses a concurrent one (status 4001). The lock is a
     short lease in the store (`Store.acquire_phone_lock`), taken per request by every process that talks REST
-    to the phone (the collectors' lineInfo poller, the workers' controls) and released right after; its TTL
-    frees it if the holder dies mid-request. Waiting is bounded: past `wait` seconds the request is not sent
-    and DeviceTimeout says who held the phone.
+    to the phone (the collectors' lineInfo poller, the workers' controls, the experiment's dial, `--probe`) and
+    released right after. While it is held it is renewed every TTL/3, so a request that runs longer than the
+    TTL (a digest retry, a slow body: fleet.drivers.control.rest bounds one request to `request_budget`) never
+    loses it to a second process mid-request; the TTL frees it if the holder dies. Waiting is bounded: past
+    `wait` seconds the request is not sent and DeviceTimeout says who held the phone. With Redis away nothing
+    is sent either (PhoneLockUnavailable).
     """
 
     def __init__(self, store: Store, mac: str, owner: str, ttl: float = REST_LOCK_TTL_S,
                  wait: float = REST_LOCK_WAIT_S) -> None:
         self.store, self.mac, self.ttl, self.wait = store, mac, ttl, wait
         self.holder = f"{owner}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lost = threading.Event()          # a renewal found the lock no longer ours (Redis lost it)
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
 
     @classmethod
     def factory(cls, store: Store, mac: str, owner: str) -> Callable[[], "PhoneRestLock"]:
         return lambda: cls(store, mac, owner)
 
-    def _refused(self) -> Exception:
-        from .drivers.errors import DeviceTimeout
+    def _unavailable(self, exc: Exception) -> PhoneLockUnavailable:
+        return PhoneLockUnavailable(f"phone {self.mac}", f"the store holding the phone's REST lock is unavailable "
+                                                         f"({type(exc).__name__}); nothing sent")
 
-        held = self.store.phone_lock_holder(self.mac)
+    def _try(self) -> bool:
+        try:
+            return self.store.acquire_phone_lock(self.mac, self.holder, self.ttl)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from None
+
+    def _refused(self) -> Exception:
+        try:
+            held = self.store.phone_lock_holder(self.mac)
+        except redis.RedisError:
+            held = None
         return DeviceTimeout(f"phone {self.mac}", f"another REST request to it ({str(held or '?')[:60]}) held the "
                                                   f"phone for over {self.wait:g}s; nothing sent")
+
+    def _release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(5)
+        try:
+            self.store.release_phone_lock(self.mac, self.holder)
+        except redis.RedisError:
+            pass   # the request is done; the lock expires by itself within its TTL
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                if not self.store.renew_phone_lock(self.mac, self.holder, self.ttl):
+                    self.lost.set()
+                    return
+            except redis.RedisError:
+                pass   # try again at the next tick, before the TTL runs out
+
+    def _start_renewing(self) -> None:
+        self._renewer = threading.Thread(target=self._renew_loop, name=f"rest lock {self.mac}", daemon=True)
+        self._renewer.start()
 
     def __enter__(self) -> "PhoneRestLock":
         deadline = time.monotonic() + self.wait
         pause = 0.01
-        while not self.store.acquire_phone_lock(self.mac, self.holder, self.ttl):
+        while not self._try():
             if time.monotonic() >= deadline:
                 raise self._refused()
             time.sleep(pause)
             pause = min(pause * 2, 0.1)
+        self._start_renewing()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.store.release_phone_lock(self.mac, self.holder)
+        self._release()
 
     async def __aenter__(self) -> "PhoneRestLock":
         import asyncio
 
         deadline = time.monotonic() + self.wait
         pause = 0.01
-        while not await asyncio.to_thread(self.store.acquire_phone_lock, self.mac, self.holder, self.ttl):
+        while not await asyncio.to_thread(self._try):
             if time.monotonic() >= deadline:
                 raise await asyncio.to_thread(self._refused)
             await asyncio.sleep(pause)
             pause = min(pause * 2, 0.1)
+        self._start_renewing()
         return self
 
     async def __aexit__(self, *exc) -> None:
         import asyncio
 
-        await asyncio.to_thread(self.store.release_phone_lock, self.mac, self.holder)
+        await asyncio.to_thread(self._release)

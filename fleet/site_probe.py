@@ -21,6 +21,7 @@ from soundpoint import bootfiles
 from .drivers.errors import DriverError
 from .inventory import Credentials, Inventory, Phone, Secrets, Site
 from .redact import redact_url
+from .store import Store
 
 DEFAULT_MASTER = bootfiles.DEFAULT_MASTER
 
@@ -95,14 +96,17 @@ def check_router(site: Site, secrets: Secrets) -> Check | None:
     return Check(site.name, "router", target, True, detail)
 
 
-def check_phone(site: Site, phone: Phone, inv: Inventory, secrets: Secrets, timeout: float) -> Check:
-    """The phone's own control (fleet.phones) reads it by its family's method and login, read-only."""
+def check_phone(site: Site, phone: Phone, inv: Inventory, secrets: Secrets, timeout: float,
+                store: Store | None = None) -> Check:
+    """The phone's own control (fleet.phones) reads it by its family's method and login, read-only; its REST
+    request holds the phone's lock in `store`, as the collectors' and workers' requests do."""
     from . import phones
 
     target = f"{phone.address}:{phone.http_port}"
     device = f"phone {phone.mac}"
     try:
-        control = phones.for_phone(phone, secrets.credentials(phone.credentials), inventory=inv, secrets=secrets)
+        control = phones.for_phone(phone, secrets.credentials(phone.credentials), inventory=inv, secrets=secrets,
+                                   store=store)
     except Exception as exc:   # a missing secret: the row says which, never its value
         return Check(site.name, device, target, False, _device_error(exc) if isinstance(exc, DriverError)
                      else f"credentials: {str(exc)[:200] if isinstance(exc, KeyError) else type(exc).__name__}")
@@ -144,8 +148,10 @@ def check_collector(site: Site) -> list[Check]:
 
 
 def probe(inv: Inventory, secrets: Secrets, sites: Iterable[str] | None = None, timeout: float = 5.0,
-          concurrency: int = 32, progress: Callable[[int], None] | None = None) -> list[Check]:
-    """Every check of the named sites (all by default), phones in parallel; rows in inventory order."""
+          concurrency: int = 32, progress: Callable[[int], None] | None = None,
+          store: Store | None = None) -> list[Check]:
+    """Every check of the named sites (all by default), phones in parallel; rows in inventory order. `store`: fleet's
+    Redis, where the phones' REST locks are (None only where no collector or worker shares one with this run)."""
     chosen = [inv.site(s) for s in sites] if sites else list(inv.sites)
     rows: list[Check] = []
     for site in chosen:
@@ -155,7 +161,7 @@ def probe(inv: Inventory, secrets: Secrets, sites: Iterable[str] | None = None, 
             rows.append(router)
         rows.extend(check_collector(site))
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(site.phones) or 1))) as pool:
-            for row in pool.map(lambda p, s=site: check_phone(s, p, inv, secrets, timeout), site.phones):
+            for row in pool.map(lambda p, s=site: check_phone(s, p, inv, secrets, timeout, store), site.phones):
                 rows.append(row)
                 if progress:
                     progress(1)

@@ -7,7 +7,9 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |--------------------------------------|--------|------------------------------------------------------------------|-----------------------------|
 | `phone:{mac}`                        | hash   | site, model, address, servers (configured, JSON), state (JSON of  | register_phones,            |
 |                                      |        | observe.PhoneState), row (its `fleet status --json` object, kept | record_observations,        |
-|                                      |        | ready-made), firmware, in_call, pushed_params, config_version    | set_phone_info, set_pushed  |
+|                                      |        | ready-made), firmware, in_call, pushed_params, config_version,   | set_phone_info, set_pushed, |
+|                                      |        | in_call_pushed_at/_seq (a pushed call state: collector's clock,  | record_pushed_call_state    |
+|                                      |        | and the count of pushes readers compare)                         |                             |
 | `phones`                             | set    | every registered MAC                                             | register_phones             |
 | `site:{site}:phones`                 | set    | the site's MACs                                                  | register_phones             |
 | `site:{site}:experiment`             | string | id of the experiment observing the site now (collectors copy     | set_observing               |
@@ -18,8 +20,9 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `evidence:sites`                     | set    | the sites with a `site:{site}:evidence` report                   | set_site_evidence           |
 | `observed`                           | stream | one entry per stored batch of observations: the MACs it touched  | record_observations         |
 | `lease:{site}`                       | string | holder of the site's exclusive lease (SET NX PX, renewed)        | acquire/renew/release_lease |
-| `rest:{mac}`                         | string | holder of the phone's REST lock: one request at a time across    | acquire/release_phone_lock  |
-|                                      |        | processes (SET NX PX, a few seconds; released after the request) |                             |
+| `rest:{mac}`                         | string | holder of the phone's REST lock: one request at a time across    | acquire/renew/release_      |
+|                                      |        | processes (SET NX PX, a few seconds, renewed while the request   | phone_lock                  |
+|                                      |        | runs; released after it)                                         |                             |
 | `experiments`                        | zset   | experiment ids by start time                                     | new_experiment              |
 | `exp:{id}`                           | hash   | experiment metadata: site, playbook, status, started, finished   | new/finish_experiment       |
 | `exp:{id}:events`                    | stream | append-only history (operations and observations, wall and       | log_event                   |
@@ -55,12 +58,24 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from typing import Iterable
+from typing import Iterable, NamedTuple
 
 import redis
 
 from .observe import Observation, PhoneState, apply
 from .phone_row import row_for_json
+
+
+# extend a lease or lock key's TTL (ARGV[2] ms) only if ARGV[1] still holds it
+RENEW_IF_HELD = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+
+
+class PushedState(NamedTuple):
+    """A phone's newest pushed call state: whether a line is in a call, when the collector received it (its clock),
+    and its number in the phone's count of pushes (what readers compare)."""
+    in_call: bool
+    at: float
+    seq: int
 
 P = "fleet:"
 OBS_MAXLEN = 10_000
@@ -301,11 +316,21 @@ class Store:
                 pipe.hset(K.phone(mac), mapping=mapping)
         pipe.execute()
 
-    def pushed_call_state(self, mac: str) -> tuple[bool, float] | None:
-        """(in a call, when) from the newest state the phone pushed (state polling push mode), or None."""
-        in_call, at = self.r.hmget(K.phone(mac), "in_call", "in_call_pushed_at")
+    def record_pushed_call_state(self, mac: str, in_call: bool, t: float) -> int:
+        """A state the phone pushed (state polling push mode), received at `t` by the collector's clock; returns
+        its number in the phone's count of pushes. Readers tell a newer push by that count, never by comparing
+        `t` with their own clock (the collector and the workers run on different hosts)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(K.phone(mac), mapping={"in_call": json.dumps(bool(in_call)), "in_call_pushed_at": repr(float(t))})
+        pipe.hincrby(K.phone(mac), "in_call_pushed_seq", 1)
+        return int(pipe.execute()[1])
+
+    def pushed_call_state(self, mac: str) -> PushedState | None:
+        """The newest state the phone pushed (in a call, the collector's time, its number), or None."""
+        in_call, at, seq = self.r.hmget(K.phone(mac), "in_call", "in_call_pushed_at", "in_call_pushed_seq")
         try:
-            return (json.loads(in_call) is True, float(at)) if in_call is not None and at else None
+            return PushedState(json.loads(in_call) is True, float(at), int(seq)) if in_call is not None and at and seq \
+                else None
         except ValueError:
             return None
 
@@ -414,8 +439,7 @@ class Store:
         raise LeaseHeld(f"site {site} is leased by {current} (it expires by itself {self.r.pttl(key) / 1000:.0f}s after its holder stops renewing it)")
 
     def renew_lease(self, site: str, holder: str, ttl: float = 30.0) -> bool:
-        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
-        return bool(self.r.eval(script, 1, K.lease(site), holder, int(ttl * 1000)))
+        return bool(self.r.eval(RENEW_IF_HELD, 1, K.lease(site), holder, int(ttl * 1000)))
 
     def lease_info(self, site: str) -> tuple[str | None, int]:
         """(holder, milliseconds left) of a site's lease; (None, -2) when nobody holds it."""
@@ -444,6 +468,10 @@ class Store:
     def acquire_phone_lock(self, mac: str, holder: str, ttl: float) -> bool:
         """Take the phone's REST lock for `ttl` seconds if nobody holds it; whether we got it."""
         return bool(self.r.set(K.rest_lock(mac), holder, nx=True, px=max(1, int(ttl * 1000))))
+
+    def renew_phone_lock(self, mac: str, holder: str, ttl: float) -> bool:
+        """Extend the phone's REST lock to `ttl` seconds from now if it is still ours; whether it was."""
+        return bool(self.r.eval(RENEW_IF_HELD, 1, K.rest_lock(mac), holder, max(1, int(ttl * 1000))))
 
     def phone_lock_holder(self, mac: str) -> str | None:
         return self.r.get(K.rest_lock(mac))

@@ -99,8 +99,7 @@ def test_event_parser_reads_every_notification_entry(entry_id):
 @pytest.mark.parametrize("entry_id", _ids("web-ui"))
 def test_login_page_detection_over_every_web_ui_entry(entry_id):
     entry = conformance.get(entry_id)
-    resp = SimpleNamespace(content=entry.body.encode())
-    assert web_ui.is_login_page(resp) is WEB_LOGIN_PAGE[entry_id]
+    assert web_ui.is_login_page(entry.body.encode()) is WEB_LOGIN_PAGE[entry_id]
 
 
 # ------------------------------------------------------------------ response mode and the catalogue

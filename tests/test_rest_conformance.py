@@ -160,8 +160,14 @@ def test_uptime_in_every_source_shape(value, seconds):
     assert rest.parse_uptime(value) == seconds
 
 
+@pytest.mark.parametrize("doc", [{"Status": "2000"}, {"Status": "2000", "data": None}, {"status": "2000", "Data": []}])
+def test_a_success_with_no_calls_listed_is_idle(doc):
+    """Posh-UCS iterates `$Output.Data`: an empty list, a null and a missing `data` all mean no call."""
+    assert rest.parse_call_status(doc) == rest.CallStatus(())
+
+
 @pytest.mark.parametrize("doc", [
-    {"Status": "2000"}, {"Status": "2000", "data": {}}, {"Status": "2000", "data": "Idle"},
+    {"Status": "2000", "data": {}}, {"Status": "2000", "data": "Idle"},
     {"Status": "2000", "data": [1]}, {"Status": "5000"}, [], "x"])
 def test_a_callstatus_nobody_documents_is_malformed_never_idle(doc):
     with pytest.raises(ValueError):

@@ -172,8 +172,8 @@ def test_the_phone_lock_excludes_waits_a_bounded_time_and_names_the_holder(redis
     with PhoneRestLock(store, mac, owner="control", wait=0.3):     # released: the next one gets it at once
         assert store.phone_lock_holder(mac).startswith("control:")
     assert store.phone_lock_holder(mac) is None
-    # a holder that died keeps the phone only for the lock's short lease
-    PhoneRestLock(store, mac, owner="dead", ttl=0.3).__enter__()
+    # a holder that died (its process and the lock's renewal with it) keeps the phone only for the lock's lease
+    assert store.acquire_phone_lock(mac, "dead:1:0", 0.3)
     with PhoneRestLock(store, mac, owner="control", wait=5):
         assert store.phone_lock_holder(mac).startswith("control:")
 

@@ -98,12 +98,12 @@ def test_a_53_phones_call_check_reads_the_pushed_state(fake_phone, redis_url):
     store = Store(redis_url)
     store.r.delete(f"phone:{MAC}")
 
-    def collector_gets_the_push():   # what fleet.collector._state_push stores when the phone POSTs
+    def collector_gets_the_push():   # what fleet.collector._state_push records when the phone POSTs
         deadline = time.monotonic() + 5
         while not fake.requests and time.monotonic() < deadline:
             time.sleep(0.02)
         time.sleep(0.05)
-        store.set_phone_info({MAC: {"in_call": True, "in_call_pushed_at": time.time()}})
+        store.record_pushed_call_state(MAC, True, time.time())
 
     threading.Thread(target=collector_gets_the_push, daemon=True).start()
     access = phones.PhoneAccess(inv.sites[0].phones[0], ADMIN, _params(inv), _resolve, store=store)

@@ -24,12 +24,12 @@ cannot read makes its own user unreadable (no observation), not the answer.
 from __future__ import annotations
 
 import csv
-import json
 import re
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+from ..device_json import device_json
 from ...observe import REGISTERED, UNREGISTERED, Observation
 from sipwire import message as sip
 from .wire_observations import SenderCheck, WireTarget, count_foreign
@@ -184,7 +184,7 @@ def parse_kamailio_json(text: str) -> Bindings:
     {"AoR", "HashID", "Contacts": [{"Contact": {...}}]}}], "Stats"}}]}}. Every check is local to one AoR: one whose
     fields have the wrong types is unreadable, the others stand."""
     try:
-        doc = json.loads(text)
+        doc = device_json(text)
     except ValueError:
         raise GatewayOutputError("Kamailio's JSON-RPC answer is not JSON (cut?)") from None
     if not isinstance(doc, dict):
@@ -386,7 +386,7 @@ def parse_asterisk(text: str, now: float | None = None) -> list[Binding]:
         m = _ASTDB.match(line)
         if m:
             try:
-                rec = json.loads(m.group("json"))
+                rec = device_json(m.group("json"))
                 uri = str(rec["uri"])
                 aor, _, digest = m.group("id").partition(";@")
                 aor = aor.split("@@", 1)[0]

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import json
+import logging
 import time
 from typing import AsyncContextManager, Callable
 import xml.etree.ElementTree as ET
@@ -31,7 +31,10 @@ from sipwire import digest
 from ...inventory import Credentials, Phone
 from ..control import polling
 from ..control.rest import MAX_ANSWER, REST_FROM, parse_line_info, uses_rest
+from ..device_json import device_json
 from ..errors import DriverError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -146,8 +149,11 @@ class Poller:
             return PollResult(phone.mac, t, False, f"HTTP error: {type(exc).__name__}")
         except DriverError as exc:
             return PollResult(phone.mac, t, False, f"malformed answer: {exc.message[:200]}")
-        except (ValueError, ET.ParseError, AttributeError) as exc:
+        except (ValueError, ET.ParseError, AttributeError, RecursionError) as exc:
             return PollResult(phone.mac, t, False, f"malformed answer: {type(exc).__name__}")
+        except Exception as exc:   # one phone's answer must not take the round (and the collector's loop) down
+            log.warning("poll of phone %s failed unexpectedly: %s", phone.mac, type(exc).__name__, exc_info=True)
+            return PollResult(phone.mac, t, False, f"poll failed: {type(exc).__name__}")
 
     async def _line_info(self, phone: Phone, creds: Credentials, t: float) -> PollResult:
         """REST lineInfo, holding the phone's lock for the one request (other processes talk REST to it too)."""
@@ -163,7 +169,7 @@ class Poller:
         if len(body) > MAX_ANSWER:
             return PollResult(phone.mac, t, False, "lineInfo: answer too long")
         try:
-            lines = parse_line_info(json.loads(body))
+            lines = parse_line_info(device_json(body))
         except ValueError as exc:
             return PollResult(phone.mac, t, False, f"lineInfo: {exc}")
         return PollResult(phone.mac, time.time(), True, lines=lines)

@@ -22,12 +22,13 @@ import time
 import xml.etree.ElementTree as ET
 from typing import Literal, Mapping
 
+import redis
 import requests
-from requests.auth import HTTPDigestAuth
 
 from ...inventory import Credentials, Phone
 from ..errors import DeviceTimeout, MalformedAnswer
-from .rest import auth_hint, no_answer, phone_auth, refuse_error_status
+from .rest import (BoundedDigestAuth, auth_hint, no_answer, phone_auth, read_answer, refuse_error_status,
+                   request_budget)
 
 # the spelling public clients that talk to real phones request (Posh-UCS, sipphone-automation); whether the phone
 # matches it case-sensitively is printed nowhere (corpus polling-callstate-path-camelcase)
@@ -76,15 +77,20 @@ def mode_problems(params: Mapping[str, str], collector_events: str) -> list[str]
 
 
 def _get(phone: Phone, credentials: Credentials, timeout: float, digest_only: bool,
-         path: str = CALL_STATE_PATH) -> requests.Response:
+         path: str = CALL_STATE_PATH) -> bytes:
+    """The body of one GET (at most MAX_ANSWER + 1 bytes, read as it streams in: `_xml` refuses a longer one);
+    DriverError for no answer, an error status, or an answer that breaks off or drips past the request's budget."""
     name = f"phone {phone.mac} ({phone.address})"
-    auth = HTTPDigestAuth(credentials.username, credentials.password) if digest_only else phone_auth(phone, credentials)
+    auth = BoundedDigestAuth(credentials.username, credentials.password) if digest_only else phone_auth(phone, credentials)
+    deadline = time.monotonic() + request_budget(timeout)
     try:
-        resp = requests.get(f"http://{phone.address}:{phone.http_port}{path}", auth=auth, timeout=timeout)
+        resp = requests.get(f"http://{phone.address}:{phone.http_port}{path}", auth=auth, timeout=timeout,
+                            stream=True)
     except requests.RequestException as exc:
         raise no_answer(name, f"GET {path}", exc, timeout) from None
+    body = read_answer(resp, MAX_ANSWER, name, f"GET {path}", deadline)
     refuse_error_status(name, f"GET {path}", resp, lambda: auth_hint(phone, resp))
-    return resp
+    return body
 
 
 def _xml(body: bytes, name: str, what: str) -> ET.Element:
@@ -146,27 +152,31 @@ def device_information(phone: Phone, credentials: Credentials, timeout: float = 
     `pushed`: the phone does not answer in the response (push mode or no mode), so an empty 200 is a login it
     accepted (None: nothing to read here). DriverError when the phone cannot be asked or its answer read.
     """
-    resp = _get(phone, credentials, timeout, True, DEVICE_PATH)
-    if pushed and not resp.content.strip():
+    body = _get(phone, credentials, timeout, True, DEVICE_PATH)
+    if pushed and not body.strip():
         return None
-    return parse_device_information(resp.content, f"phone {phone.mac} ({phone.address})")
+    return parse_device_information(body, f"phone {phone.mac} ({phone.address})")
 
 
 def polling_in_call(phone: Phone, credentials: Credentials, timeout: float = 3.0, digest_only: bool = False) -> bool:
     """Requestor mode: whether a line of the phone is in a call; DriverError when the phone cannot be asked or its
     answer read (an empty answer says the phone is not in requestor mode)."""
-    resp = _get(phone, credentials, timeout, digest_only)
+    body = _get(phone, credentials, timeout, digest_only)
     name = f"phone {phone.mac} ({phone.address})"
-    if not resp.content.strip():
+    if not body.strip():
         raise MalformedAnswer(name, f"GET {CALL_STATE_PATH}: empty answer (the phone answers in the response only "
                                     f"in requestor mode, apps.statePolling.responseMode=0)")
-    return parse_call_state(resp.content, name)
+    return parse_call_state(body, name)
 
 
 def pushed_call_state(phone: Phone, credentials: Credentials, store, timeout: float = 3.0, wait: float = 3.0):
-    """Push mode: ask the phone, then take the state it POSTed to the collector after the request.
+    """Push mode: ask the phone, then take the first state it POSTs to the collector after the asking began.
 
-    Returns a CallCheck; DeviceTimeout when nothing newer than the request arrives within `wait` seconds.
+    "After" is told by the store's push counter for the phone (Store.record_pushed_call_state), read before the
+    request: a push counted later is newer, whatever the collector's and this worker's clocks say (they run on
+    different hosts; comparing the collector's timestamp with our own clock would take a stale push for a fresh one
+    when the collector's clock is ahead, and wait out a fresh one when it is behind).
+    Returns a CallCheck; DeviceTimeout when no new push arrives within `wait` seconds or the store is away.
     """
     from ...phones import CallCheck
 
@@ -175,19 +185,26 @@ def pushed_call_state(phone: Phone, credentials: Credentials, store, timeout: fl
         raise DeviceTimeout(name, "state is pushed to apps.statePolling.URL, and no store to read it from")
     from ...deadline import poll_until
 
-    asked = time.time()
-    resp = _get(phone, credentials, timeout, True)
-    if resp.content.strip():
+    def pushed_now():
+        try:
+            return store.pushed_call_state(phone.mac)
+        except redis.RedisError as exc:
+            raise DeviceTimeout(name, f"the store holding pushed states is unavailable ({type(exc).__name__})") from None
+
+    before = pushed_now()
+    seen = before.seq if before is not None else 0
+    body = _get(phone, credentials, timeout, True)
+    if body.strip():
         # a phone whose response mode is not what the inventory says answers in the response after all: its answer
         # is the state (read as requestor mode reads it), not something to wait past
-        active = parse_call_state(resp.content, name)
+        active = parse_call_state(body, name)
         return CallCheck("in-call" if active else "idle", "answered in the response, not pushed")
 
     def newer():
-        pushed = store.pushed_call_state(phone.mac)
-        return pushed if pushed is not None and pushed[1] >= asked else None
+        pushed = pushed_now()
+        return pushed if pushed is not None and pushed.seq > seen else None
 
     pushed = poll_until(newer, wait, 0.1)
     if not pushed:
         raise DeviceTimeout(name, f"no state pushed to apps.statePolling.URL within {wait:g}s")
-    return CallCheck("in-call" if pushed[0] else "idle", "pushed state")
+    return CallCheck("in-call" if pushed.in_call else "idle", "pushed state")

@@ -18,13 +18,13 @@ never escapes as a traceback.
 from __future__ import annotations
 
 import errno
-import json
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
+import urllib3
 from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
 from requests.utils import parse_dict_header
 
@@ -32,6 +32,7 @@ from soundpoint import families
 from soundpoint.conformance import version_in
 
 from ...inventory import Credentials, Phone
+from ..device_json import device_json
 from ..errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
 
 REST_FROM = "5.4"                 # the oldest UC Software with the REST API
@@ -163,8 +164,10 @@ class CallStatus:
 
 def parse_call_status(doc: object) -> CallStatus:
     """A callStatus answer, v1 or v2: `data` a list of calls (v2: empty when idle), one call object (v1 in a
-    call), or Status 4007 "call does not exist" (v1 idle). ValueError for anything else: a check that cannot
-    read the answer must not call the phone idle."""
+    call), or Status 4007 "call does not exist" (v1 idle). A success whose `data` is absent or null is idle too:
+    the only source (Posh-UCS) iterates `$Output.Data`, which does nothing for an empty list, a null or a missing
+    member alike, so all three are shapes it allows (corpus rest-callstatus-v2-idle*, unconfirmed). ValueError for
+    anything else: a check that cannot read the answer must not call the phone idle."""
     if not isinstance(doc, dict):
         raise ValueError("callStatus answer is not an object")
     status = str(_key(doc, "Status"))
@@ -173,6 +176,8 @@ def parse_call_status(doc: object) -> CallStatus:
     if status != OK:
         raise ValueError(f"callStatus Status {status[:10]!r}")
     data = _key(doc, "data")
+    if data is None:
+        return CallStatus(())
     calls = data if isinstance(data, list) else [data] if isinstance(data, dict) and data else None
     if calls is None:
         raise ValueError("callStatus data is neither a list of calls nor a call")
@@ -212,6 +217,19 @@ def parse_config_values(data: object) -> dict[str, str]:
 
 
 # ------------------------------------------------------------ the client
+class BoundedDigestAuth(HTTPDigestAuth):
+    """requests' digest authentication, reading at most CHALLENGE_BODY bytes of a challenge's body: requests' own
+    handle_401 reads the whole body (`r.content`) before answering the challenge, however long it is."""
+
+    CHALLENGE_BODY = 4096
+
+    def handle_401(self, r: requests.Response, **kwargs) -> requests.Response:
+        if 400 <= r.status_code < 500 and r._content is False:
+            body = read_answer(r, self.CHALLENGE_BODY, r.url or "the phone", f"{r.request.method} (its challenge)")
+            r._content, r._content_consumed = body[:self.CHALLENGE_BODY], True
+        return super().handle_401(r, **kwargs)
+
+
 class _SessionAuth(AuthBase):
     """Basic first (unless the inventory says digest), digest once the phone challenges with digest: the
     digest state (nonce, count) lives here, per RestPhone, so later requests carry it without a new 401."""
@@ -219,7 +237,7 @@ class _SessionAuth(AuthBase):
     def __init__(self, mode: str | None, credentials: Credentials) -> None:
         self.mode = mode                      # None: basic first, "basic", "digest"
         self.basic = HTTPBasicAuth(credentials.username, credentials.password)
-        self.digest = HTTPDigestAuth(credentials.username, credentials.password)
+        self.digest = BoundedDigestAuth(credentials.username, credentials.password)
         self.digest_known = mode == "digest"
 
     def __call__(self, r):
@@ -246,7 +264,7 @@ def phone_auth(phone: Phone, credentials: Credentials) -> AuthBase:
     inventory says so."""
     if phone.http_auth == "basic":
         return HTTPBasicAuth(credentials.username, credentials.password)
-    return HTTPDigestAuth(credentials.username, credentials.password)
+    return BoundedDigestAuth(credentials.username, credentials.password)
 
 
 class RestPhone:
@@ -293,28 +311,29 @@ class RestPhone:
 
     def _call_unguarded(self, method: str, path: str, body: dict | None, timeout: float,
                         accept: tuple[str, ...]) -> dict:
+        """One request, the retry after a challenge included, done within `request_budget(timeout)` in total: the
+        phone's lock (fleet.lease.PhoneRestLock, renewed while held) is held for no longer than that."""
         what = f"{method} {path}"
+        deadline = time.monotonic() + request_budget(timeout)
         resp = self._send(method, path, body, timeout)
         if resp.status_code == 401:
             self.challenges += 1
             if self.auth.take_challenge(resp.headers.get("WWW-Authenticate", "")):
                 resp.close()
-                resp = self._send(method, path, body, timeout)
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise DeviceTimeout(self.name, f"{what}: no answer within {request_budget(timeout):g}s in all")
+                resp = self._send(method, path, body, min(timeout, left))
                 if resp.status_code == 401:
                     self.challenges += 1
-        try:
-            raw = resp.raw.read(MAX_ANSWER + 1, decode_content=True) if resp.raw is not None else resp.content
-        except (requests.RequestException, OSError, ValueError):
-            raise DeviceTimeout(self.name, f"{what}: the answer broke off") from None
-        finally:
-            resp.close()
+        raw = read_answer(resp, MAX_ANSWER, self.name, what, deadline)
         if resp.status_code == 401:
             raise AuthRefused(self.name, f"{what}: HTTP 401 ({auth_hint(self.phone, resp)})")
         if len(raw) > MAX_ANSWER:
             raise MalformedAnswer(self.name, f"{what}: answer longer than {MAX_ANSWER} bytes")
         try:
-            doc = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
+            doc = device_json(raw)
+        except ValueError:
             doc = None
         status = str(_key(doc, "Status")) if isinstance(doc, dict) and _key(doc, "Status") is not None else None
         if status is None:
@@ -388,6 +407,37 @@ class RestPhone:
 
     def dial(self, number: str, line: int = 1) -> None:
         self._call("POST", "/api/v1/callctrl/dial", {"data": {"Dest": number, "Line": str(line), "Type": "TEL"}})
+
+
+def request_budget(timeout: float) -> float:
+    """The most one REST request may take in all, for a per-operation `timeout`: the first send, the send after a
+    digest challenge, and the body, each bounded by `timeout` (one read of the body may start just before the
+    deadline, so the request ends by budget + timeout at worst)."""
+    return 3 * timeout
+
+
+def read_answer(resp: requests.Response, limit: int, name: str, what: str, deadline: float | None = None) -> bytes:
+    """At most `limit + 1` bytes of a streamed answer's body (the caller refuses more as too long), and the response
+    closed. The body is read one socket read at a time, so one that drips in is cut off at `deadline` (monotonic
+    seconds) rather than held open by a phone sending a byte per timeout. DeviceTimeout when it breaks off or is
+    not complete by the deadline. Every reader of a phone's HTTP answer uses this (REST, state polling, web UI):
+    `resp.content` would load the whole body before any size check."""
+    out = bytearray()
+    try:
+        if resp.raw is None or getattr(resp, "_content_consumed", False):
+            return bytes(resp.content[:limit + 1])     # not streamed, or already read (bounded) by BoundedDigestAuth
+        while len(out) <= limit:
+            if deadline is not None and time.monotonic() > deadline:
+                raise DeviceTimeout(name, f"{what}: the answer was not complete in time")
+            chunk = resp.raw.read1(min(65536, limit + 1 - len(out)), decode_content=True)
+            if not chunk:
+                break
+            out += chunk
+    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
+        raise DeviceTimeout(name, f"{what}: the answer broke off") from None
+    finally:
+        resp.close()
+    return bytes(out)
 
 
 def auth_hint(phone: Phone, resp: requests.Response) -> str:

@@ -12,6 +12,7 @@ when the phone re-registers after it (fleet.rollout_policy.advance) or its uptim
 from __future__ import annotations
 
 import re
+import time
 
 import requests
 from requests.auth import HTTPBasicAuth
@@ -21,7 +22,7 @@ from sipwire.message import SipParseError
 
 from ...inventory import Credentials, Phone
 from ..errors import AuthRefused, DeviceRefused, MalformedAnswer
-from .rest import no_answer, refuse_error_status
+from .rest import no_answer, read_answer, refuse_error_status
 
 REBOOT_PATH = "/form-submit/Reboot"
 HOME_PATH = "/"
@@ -30,15 +31,23 @@ FORM = {"Content-Type": "application/x-www-form-urlencoded"}   # as Posh-UCS's R
 _LOGIN_PAGE = re.compile(rb"<input[^>]*type\s*=\s*[\"']?password|<form[^>]*login|<title>[^<]*log\s*in", re.I)
 
 
-def is_login_page(resp: requests.Response) -> bool:
-    """Whether a 2xx answer is the web UI's login page (an HTML form asking for a password), not an accepted
-    request. Only the first 64 KiB are looked at."""
-    body = resp.content[:65536]
+LOOKED_AT = 65536          # bytes of an answer read: enough for any login page, and all that is ever read
+
+
+def is_login_page(body: bytes) -> bool:
+    """Whether a 2xx answer's body is the web UI's login page (an HTML form asking for a password), not an accepted
+    request. Only the first LOOKED_AT bytes are looked at."""
+    body = body[:LOOKED_AT]
     return b"<" in body and bool(_LOGIN_PAGE.search(body))
 
 
+def _body(resp: requests.Response, name: str, what: str, timeout: float) -> bytes:
+    """The first LOOKED_AT (+1) bytes of a streamed answer, read within `timeout` in all; the rest is never read."""
+    return read_answer(resp, LOOKED_AT, name, what, time.monotonic() + timeout)
+
+
 def _request(method: str, phone: Phone, credentials: Credentials, path: str, timeout: float) -> tuple[requests.Response, bool]:
-    """One request to the web UI; the answer and whether a login was sent.
+    """One request to the web UI; the answer (streamed: its body read only by `_body`) and whether a login was sent.
 
     The reboot (POST) sends the admin login as Basic at once, as Posh-UCS does, and answers a digest challenge
     once; a read (GET) goes without a login first and sends it only as the phone asks: Basic in the web UI's realm,
@@ -49,18 +58,19 @@ def _request(method: str, phone: Phone, credentials: Credentials, path: str, tim
     try:
         if method == "POST":
             first = requests.request(method, url, auth=HTTPBasicAuth(credentials.username, credentials.password),
-                                     timeout=timeout, headers=headers)
+                                     timeout=timeout, headers=headers, stream=True)
         else:
-            first = requests.request(method, url, timeout=timeout, headers=headers)
+            first = requests.request(method, url, timeout=timeout, headers=headers, stream=True)
         if first.status_code != 401:
             return first, method == "POST"
         asked = first.headers.get("WWW-Authenticate", "")
         scheme = asked.split(" ", 1)[0].lower()
         if scheme == "basic" and method == "POST":
             return first, True          # the Basic login was refused: refuse_error_status says so
+        first.close()                   # a challenge: its body is never read
         if scheme == "basic" and f'realm="{REALM}"' in asked:
             return requests.request(method, url, auth=HTTPBasicAuth(credentials.username, credentials.password),
-                                    timeout=timeout, headers=headers), True
+                                    timeout=timeout, headers=headers, stream=True), True
         if scheme != "digest":
             raise MalformedAnswer(name, f"{method} {path}: the phone asks for {asked[:60]!r}, not the web UI's "
                                         f"Basic realm {REALM!r} or digest; nothing sent")
@@ -69,7 +79,8 @@ def _request(method: str, phone: Phone, credentials: Credentials, path: str, tim
                                           password=credentials.password, method=method, uri=path)
         except SipParseError:
             raise MalformedAnswer(name, f"{method} {path}: the phone's digest challenge cannot be read") from None
-        return requests.request(method, url, timeout=timeout, headers={**headers, "Authorization": answer}), True
+        return requests.request(method, url, timeout=timeout, headers={**headers, "Authorization": answer},
+                                stream=True), True
     except requests.RequestException as exc:
         raise no_answer(name, f"{method} {path}", exc, timeout) from None
 
@@ -83,8 +94,9 @@ def reboot(phone: Phone, credentials: Credentials, timeout: float = 5.0) -> None
         resp, _ = _request("POST", phone, credentials, REBOOT_PATH, timeout)
     except MalformedAnswer as exc:       # an unexpected challenge refuses the reboot, as it always has
         raise DeviceRefused(exc.device, exc.message) from None
+    body = _body(resp, name, f"POST {REBOOT_PATH}", timeout)
     refuse_error_status(name, f"POST {REBOOT_PATH}", resp, lambda: "admin credentials refused")
-    if is_login_page(resp):
+    if is_login_page(body):
         raise AuthRefused(name, f"POST {REBOOT_PATH}: the phone answered {resp.status_code} with its login page: the "
                                 f"admin login was not taken and the phone was not rebooted")
 
@@ -94,7 +106,8 @@ def read_home(phone: Phone, credentials: Credentials, timeout: float = 5.0) -> b
     without one, so the login was not checked). DriverError when it cannot be read or answers its login page."""
     name = f"phone {phone.mac} ({phone.address})"
     resp, logged_in = _request("GET", phone, credentials, HOME_PATH, timeout)
+    body = _body(resp, name, f"GET {HOME_PATH}", timeout)
     refuse_error_status(name, f"GET {HOME_PATH}", resp, lambda: "admin credentials refused")
-    if logged_in and is_login_page(resp):
+    if logged_in and is_login_page(body):
         raise AuthRefused(name, f"GET {HOME_PATH}: the phone answered its login page: the admin login was not taken")
     return logged_in
