@@ -31,28 +31,12 @@ from sipwire import message as sipmsg
 from soundpoint import conformance
 from sipwire import uri as sipuri
 from test_wire_evidence import A_ADDR, PHONE_A, PROVIDER, register, response, targets
+from linear import python_steps
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
 # --- one linear URI reader ---------------------------------------------------------------------------------
-
-def _python_steps(fn, *args) -> int:
-    """How many Python lines `fn(*args)` executes (C calls such as str.find count as one step)."""
-    steps = 0
-
-    def tracer(frame, event, arg):
-        nonlocal steps
-        if event == "line":
-            steps += 1
-        return tracer
-    sys.settrace(tracer)
-    try:
-        fn(*args)
-    finally:
-        sys.settrace(None)
-    return steps
-
 
 STEP_BOUND = 100
 PATHOLOGICAL = st.lists(st.sampled_from(["sip:", "sips:", "SIP:", "@", ";", ">", "<", ":", "[", "]", "a", "1", " ", ","]),
@@ -80,14 +64,14 @@ def test_the_uri_reader_does_a_constant_number_of_python_steps_on_any_input(text
     """Linear: a constant number of Python steps, each a single C pass (find/partition/lower) over the text;
     the input that cost the old pattern seconds (a header of repeated "sip:") costs what a short one does."""
     # every path through the reader is well under 100 Python lines; a loop over the text would take thousands
-    assert _python_steps(sipuri.parse_uri, text) <= STEP_BOUND
-    assert _python_steps(sipuri.uri_user, text) <= STEP_BOUND
+    assert python_steps(sipuri.parse_uri, text) <= STEP_BOUND
+    assert python_steps(sipuri.uri_user, text) <= STEP_BOUND
 
 
 def test_the_old_stalling_header_costs_the_uri_reader_what_a_short_one_does():
     for fn in (sipuri.parse_uri, sipuri.uri_user):
-        assert _python_steps(fn, "sip:" * 15000 + ">") == _python_steps(fn, "sip:" * 3 + ">")
-        assert _python_steps(fn, "<" + "sip:" * 15000) == _python_steps(fn, "<" + "sip:" * 3)
+        assert python_steps(fn, "sip:" * 15000 + ">") == python_steps(fn, "sip:" * 3 + ">")
+        assert python_steps(fn, "<" + "sip:" * 15000) == python_steps(fn, "<" + "sip:" * 3)
 
 
 @given(user=st.from_regex(r"[A-Za-z0-9_.+-]{0,12}", fullmatch=True),

@@ -23,12 +23,12 @@ from collections import Counter
 from dataclasses import dataclass
 
 from sipwire.contacts import granted_expiry as granted_expiry_of
+from sipwire.contacts import seconds as _int     # an expires value: 1 to 10 digits, else None
 from sipwire.contacts import same_contact, split_contacts  # noqa: F401  (re-exported: wire readers import them here)
 from sipwire.uri import parse_uri, uri_user  # noqa: F401  (uri_user: re-exported for sip_calls)
 
 from .wire_sip import WireMessage
 
-_DIGITS = re.compile(r"[0-9]{1,10}")
 
 
 def host_key(host: str) -> str:
@@ -157,15 +157,6 @@ def _via_transport(via: str) -> str:
     head = via.split(";")[0].strip().split()
     proto = head[0].upper() if head else ""
     return proto.rsplit("/", 1)[-1] if "/" in proto else ""
-
-
-def _int(value: str | None) -> int | None:
-    if value is None:
-        return None
-    value = value.strip()
-    if not _DIGITS.fullmatch(value):
-        return None
-    return int(value)
 
 
 def granted_expiry(resp: WireMessage, req: RegisterRequest) -> int | None:
