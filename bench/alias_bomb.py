@@ -28,7 +28,7 @@ def bomb_document(levels: int = 9, fanout: int = 10) -> str:
 
 def main() -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-    from fleet import inventory
+    from fleet.config import inventory
     from soundpoint.yamlfile import FileError
 
     doc = bomb_document()

@@ -35,12 +35,12 @@ from pathlib import Path
 import dpkt
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fleet.deadline import poll_until  # noqa: E402
-from fleet.drivers.collect import hep  # noqa: E402
-from fleet.drivers.collect.pcap_stream import PcapStreamParser, PcapWriter  # noqa: E402
-from fleet.drivers.collect.wire_decode import LINKTYPE_ETHERNET  # noqa: E402
-from fleet.drivers.collect.wire_observations import Attribution, WireTarget  # noqa: E402
-from fleet.drivers.collect.wire_pipeline import WireEvidence  # noqa: E402
+from soundpoint.deadline import poll_until  # noqa: E402
+from fleet.evidence.wire import hep  # noqa: E402
+from fleet.evidence.wire.pcap import PcapStreamParser, PcapWriter  # noqa: E402
+from fleet.evidence.wire.decode import LINKTYPE_ETHERNET  # noqa: E402
+from fleet.evidence.wire.attribution import Attribution, WireTarget  # noqa: E402
+from fleet.evidence.wire.pipeline import WireEvidence  # noqa: E402
 
 SERVERS = {1: ("203.0.113.10", 5060), 2: ("192.168.0.1", 5060)}
 T0 = 1_795_700_000.0
@@ -184,7 +184,7 @@ class TimedStore:
     """The real Store, noting when each observation reached Redis (the moment `fleet status` could show it)."""
 
     def __init__(self, url: str) -> None:
-        from fleet.store import Store
+        from fleet.state.store import Store
 
         self.store = Store(url)
         self.arrived: dict[tuple[str, str], float] = {}      # (mac, source) -> first store time
@@ -210,11 +210,11 @@ def latency(phones: int, spread: float) -> None:
     import http.client
     import tempfile
 
-    from fleet.collector import SiteCollector
-    from fleet.drivers.collect import wire_sources
-    from fleet.inventory import Inventory
-    from fleet.redisboot import free_port, start_private
-    from fleet.site_registry import register_site
+    from fleet.evidence.collector import SiteCollector
+    from fleet.evidence.sources import wire_sources
+    from fleet.config.inventory import Inventory
+    from soundpoint.redisboot import free_port, start_private
+    from fleet.state.sites import register_site
     from hil import phone_reports
 
     url, redis_proc = start_private(Path(tempfile.mkdtemp(prefix="bench-evidence-")))
@@ -251,7 +251,7 @@ def latency(phones: int, spread: float) -> None:
             self.pump(read)
             self.stopping.wait()
 
-    from fleet.inventory import Capture
+    from fleet.config.inventory import Capture
     pipe_source = PipeCapture(site, collector.sink(), Capture(kind="router"), wire_sources.Targets(site, collector.phone_params))
     pipe_source.start()
     pipe_source.running.wait(10)

@@ -23,11 +23,11 @@ from pathlib import Path
 import requests
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fleet import inventory  # noqa: E402
+from fleet.config import inventory  # noqa: E402
 from fleet.drivers import router as routers  # noqa: E402
 from fleet.drivers.router import OutageSpec  # noqa: E402
-from fleet.drivers.collect.poller import Poller  # noqa: E402
-from fleet.redisboot import free_port  # noqa: E402
+from fleet.evidence.sources.poller import Poller  # noqa: E402
+from soundpoint.redisboot import free_port  # noqa: E402
 from hil.harness import Harness  # noqa: E402
 
 

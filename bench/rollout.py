@@ -27,8 +27,9 @@ import requests
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fleet import inventory, polycom  # noqa: E402
-from fleet.redisboot import free_port  # noqa: E402
+from fleet.config import inventory
+from fleet.phoneconf import polycom  # noqa: E402
+from soundpoint.redisboot import free_port  # noqa: E402
 from hil.harness import BIN, Harness, Lab, wait_for  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -101,7 +102,7 @@ def our_rollout(inv: Path, url: str, work: Path, expires: int, phones: int, max_
     elapsed = time.perf_counter() - t0
     out = json.loads(res.stdout)
     assert out["status"] == "done" and out["counts"].get("verified") == phones, out
-    from fleet.store import RolloutStore, Store
+    from fleet.state.store import RolloutStore, Store
 
     rs = RolloutStore(Store(url))
     created = float(rs.get_field(out["id"], "created"))

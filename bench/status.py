@@ -17,9 +17,9 @@ from pathlib import Path
 import redis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fleet.observe import Observation  # noqa: E402
-from fleet.redisboot import start_private  # noqa: E402
-from fleet.store import Keys, Store  # noqa: E402
+from fleet.state.observe import Observation  # noqa: E402
+from soundpoint.redisboot import start_private  # noqa: E402
+from fleet.state.store import Keys, Store  # noqa: E402
 
 
 def main() -> None:

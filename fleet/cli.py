@@ -26,7 +26,7 @@ from rich.text import Text
 from soundpoint.cli_exit import ExitCodeGroup, one_line
 from soundpoint.yamlfile import FileError
 
-from .redact import redact
+from soundpoint.redact import redact
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 err = Console(stderr=True)
@@ -68,8 +68,8 @@ class _Cli(ExitCodeGroup):
 def _store(creates_state: bool = False):
     """The Store on FLEET_REDIS_URL. Without it, a command that reads existing state exits 3 saying there is none;
     one that creates state (`creates_state`) runs on a private redis-server stopped when the command ends."""
-    from .redisboot import NoFleetState, RedisUnavailable, existing_redis_url, private_redis_url
-    from .store import Store
+    from soundpoint.redisboot import NoFleetState, RedisUnavailable, existing_redis_url, private_redis_url
+    from fleet.state.store import Store
 
     try:
         store = Store(private_redis_url() if creates_state else existing_redis_url())
@@ -78,14 +78,14 @@ def _store(creates_state: bool = False):
     except (RedisUnavailable, NoFleetState) as exc:
         _fail(_one_line(exc), EXIT_INFRA)
     except Exception as exc:  # redis.ConnectionError and friends
-        from .redact import redact_url
+        from soundpoint.redact import redact_url
 
         _fail(_one_line(f"cannot reach Redis at {redact_url(os.environ.get('FLEET_REDIS_URL'))}: {type(exc).__name__}"), EXIT_INFRA)
 
 
 def _inventory(path: str):
     """The inventory, validated, with its secrets file checked (shape, and every secret it names present)."""
-    from . import inventory
+    from fleet.config import inventory
 
     try:
         inv = inventory.load(path, keep_source=True)
@@ -139,15 +139,15 @@ def experiment() -> None:
 @click.option("--task-timeout", default=60.0, show_default=True, help="Seconds to wait for a worker to answer a task.")
 def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_json: bool, task_timeout: float) -> None:
     """Run an experiment PLAYBOOK against its site; exit 0 only if every expectation held."""
-    from . import playbook as pb_mod
+    from fleet.experiment import playbook as pb_mod
 
     pb, inv = _load_checked(pb_mod, playbook_path, inventory_path)
     # everything is validated: only now the heavy imports (Celery, the runner)
-    from . import report
-    from .celeryapp import configure
-    from .experiment import ExperimentRunner
-    from .signals import SignalGuard
-    from .store import LeaseHeld
+    from fleet.experiment import report
+    from fleet.worker.app import configure
+    from fleet.experiment.runner import ExperimentRunner
+    from fleet.experiment.signals import SignalGuard
+    from fleet.state.store import LeaseHeld
 
     store = _store(creates_state=True)
     configure(store.url)
@@ -189,7 +189,7 @@ def _exit_now(code: int) -> None:
     """Exit without interpreter teardown: Celery's result objects otherwise try to unsubscribe from Redis
     while the interpreter is shutting down and print noise after an interrupted run. A private Redis this run
     started is stopped first (os._exit skips atexit)."""
-    from .redisboot import stop_private
+    from soundpoint.redisboot import stop_private
 
     stop_private()
     sys.stdout.flush()
@@ -250,13 +250,13 @@ def rollout() -> None:
 
 def _load_rollout(playbook_path: str, inventory_path: str):
     """Playbook, inventory, secrets and every cross-check between them, before anything is touched."""
-    from . import rollout_playbook
+    from fleet.rollout import playbook as rollout_playbook
 
     return _load_checked(rollout_playbook, playbook_path, inventory_path)
 
 
 def _plan(pb, inv, rid: str, last_pushed: dict | None, playbook_path: str):
-    from .rollout_plan import PlanError, plan
+    from fleet.rollout.plan import PlanError, plan
 
     try:
         return plan(inv, pb, rid, last_pushed, inv.registrar_limits)
@@ -300,13 +300,13 @@ def _print_plan(p, console: Console) -> None:
 def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json: bool) -> None:
     """Roll PLAYBOOK out: canaries, then waves; halts when the failure budget is spent (exit 1)."""
     pb, inv = _load_rollout(playbook_path, inventory_path)   # everything validated before the heavy imports
-    from .rollout import new_id
+    from fleet.rollout.driver import new_id
 
     rid = new_id(pb.name)
     if dry_run:
         last = None
         if os.environ.get("FLEET_REDIS_URL"):
-            from .store import RolloutStore, Store
+            from fleet.state.store import RolloutStore, Store
 
             try:
                 store = Store(os.environ["FLEET_REDIS_URL"])
@@ -314,7 +314,7 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
             except Exception:  # a dry run works without Redis too; it then diffs against the inventory
                 last = None
         p = _plan(pb, inv, rid, last, playbook_path)
-        from .site_files import describe, survey   # read only: each phone's master and override files
+        from fleet.sites.files import describe, survey   # read only: each phone's master and override files
 
         found = survey(inv, p.phones)
         if as_json:
@@ -326,9 +326,9 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
                 Console().print(Text("  " + line))
         sys.exit(EXIT_INPUT if p.overloaded and not pb.strategy.allow_overload else 0)
     store = _store(creates_state=True)
-    from .celeryapp import configure
-    from .rollout import Overloaded, create
-    from .rollout_plan import PlanError
+    from fleet.worker.app import configure
+    from fleet.rollout.driver import Overloaded, create
+    from fleet.rollout.plan import PlanError
 
     configure(store.url)
     try:
@@ -343,8 +343,8 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
 def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from .rollout import RolloutDriver, experiment_drill
-    from .store import LeaseHeld
+    from fleet.rollout.driver import RolloutDriver, experiment_drill
+    from fleet.state.store import LeaseHeld
 
     console = Console(stderr=as_json)
     console.print(Text(f"rollout {rid}"))
@@ -382,7 +382,7 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def rollout_status(rid: str, as_json: bool) -> None:
     """Counts and per-phone states of a rollout."""
-    from .store import RolloutStore
+    from fleet.state.store import RolloutStore
 
     rs = RolloutStore(_store())
     meta = rs.get(rid)
@@ -394,7 +394,7 @@ def rollout_status(rid: str, as_json: bool) -> None:
     for st in phones.values():
         counts[st.get("state")] = counts.get(st.get("state"), 0) + 1
     if as_json:
-        from .rollout_policy import why_deferred
+        from fleet.rollout.policy import why_deferred
 
         rows = {m: {k: v for k, v in st.items() if not k.startswith("backed_up:") and k != "plan"}
                 for m, st in phones.items()}
@@ -406,7 +406,7 @@ def rollout_status(rid: str, as_json: bool) -> None:
         return
     console = Console()
     console.print(Text.assemble(f"{rid}: ", (str(meta.get("status")), "bold"), f" {meta.get('reason', '')} {counts}"))
-    from .rollout_policy import why_deferred
+    from fleet.rollout.policy import why_deferred
 
     t = Table("MAC", "site", "wave", "state", "error / why it waits")
     site_of = {p["mac"]: p["site"] for p in meta["plan"]["phones"]}
@@ -422,8 +422,8 @@ def rollout_status(rid: str, as_json: bool) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def rollout_resume(rid: str, budget: int | None, as_json: bool) -> None:
     """Continue a halted or interrupted rollout; verified phones are not touched again."""
-    from .celeryapp import configure
-    from .store import RolloutStore
+    from fleet.worker.app import configure
+    from fleet.state.store import RolloutStore
 
     store = _store()
     configure(store.url)
@@ -445,7 +445,7 @@ def rollout_resume(rid: str, budget: int | None, as_json: bool) -> None:
 @click.argument("rid", metavar="ID")
 def rollout_abort(rid: str) -> None:
     """Stop a running rollout after its in-flight phones settle."""
-    from .store import RolloutStore
+    from fleet.state.store import RolloutStore
 
     rs = RolloutStore(_store())
     if not rs.get(rid):
@@ -458,7 +458,7 @@ def rollout_abort(rid: str) -> None:
 @click.option("--json", "as_json", is_flag=True)
 def rollout_list(as_json: bool) -> None:
     """Rollouts, newest first."""
-    from .store import RolloutStore
+    from fleet.state.store import RolloutStore
 
     rows = RolloutStore(_store()).list()
     if as_json:
@@ -488,9 +488,9 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
 
     Exit codes: 0 valid (and every device reached), 1 a device failed its probe, 2 invalid input.
     """
-    from . import inventory as inv_mod
-    from .site_probe import device_count, probe
-    from .store import Store
+    from fleet.config import inventory as inv_mod
+    from fleet.sites.probe import device_count, probe
+    from fleet.state.store import Store
 
     inv = _inventory(inventory_path)
     _check_sites(inv, sites)
@@ -530,7 +530,7 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
                                                         "evidence_foreign.")
 def status(site: str | None, live: bool, as_json: bool) -> None:
     """Which phone is registered where, right now (from the collectors' latest observations)."""
-    from .status import view as status_view
+    from fleet.evidence.status import view as status_view
 
     store = _store()
     if as_json:
@@ -562,7 +562,7 @@ def status(site: str | None, live: bool, as_json: bool) -> None:
 @click.option("--check", is_flag=True, help="Print the schedule and any missed runs, then exit.")
 def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
     """Run Celery beat with the schedules of the rollout playbooks (a worker with --control runs them)."""
-    from . import schedule
+    from fleet.rollout import schedule
 
     _inventory(inventory_path)
     try:
@@ -576,11 +576,11 @@ def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
         err.print(Text(f"missed: {message}", style="yellow"))
     if check:
         return
-    from .celeryapp import app, configure
+    from fleet.worker.app import app, configure
 
     configure(store.url)
     app.conf.beat_schedule = schedule.beat_schedule(entries, str(Path(inventory_path).resolve()))
-    # no schedule file: the schedule comes from the playbooks, last-sent times go to Redis (fleet.schedule)
+    # no schedule file: the schedule comes from the playbooks, last-sent times go to Redis (fleet.rollout.schedule)
     app.Beat(loglevel="WARNING", scheduler=schedule.scheduler_for(store, entries)).run()
 
 
@@ -606,8 +606,8 @@ def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
     import signal
     import threading
 
-    from .collector import start_site_collectors
-    from .inventory import Secrets
+    from fleet.evidence.collector import start_site_collectors
+    from fleet.config.inventory import Secrets
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
 
@@ -641,8 +641,8 @@ def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurren
         _fail("give at least one --site, or --control", EXIT_INPUT)
     os.environ["FLEET_INVENTORY"] = str(Path(inventory_path).resolve())
     os.environ["FLEET_COLLECT_SITES"] = "" if no_collect else ",".join(sites)
-    from .celeryapp import app, configure
-    from .tasks import context
+    from fleet.worker.app import app, configure
+    from fleet.worker.tasks import context
 
     # the tasks' own copy, parsed once before the pool starts (and before prefork forks), not by its first tasks
     try:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from fleet.redact import redact_url
+from soundpoint.redact import redact_url
 
 from . import demo_truth
 from .harness import BIN, Harness

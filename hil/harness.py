@@ -33,8 +33,8 @@ from typing import Callable, TypeVar
 import requests
 import yaml
 
-from fleet.deadline import poll_until
-from fleet.redisboot import start_private
+from soundpoint.deadline import poll_until
+from soundpoint.redisboot import start_private
 
 BIN = Path(sys.executable).parent
 T = TypeVar("T")
@@ -263,7 +263,7 @@ class Harness:
         self._stack.close()
 
     def redis(self, appendonly: bool = False) -> str:
-        """A private redis-server (fleet.redisboot): loopback, a fresh ACL password; its URL."""
+        """A private redis-server (soundpoint.redisboot): loopback, a fresh ACL password; its URL."""
         url, proc = start_private(self.work / "redis", appendonly=appendonly)
 
         def stop() -> None:

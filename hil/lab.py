@@ -61,7 +61,7 @@ def hep_key_secret(site: SiteSpec) -> str:
 
 
 def evidence_inventory(lab: LabFile, site: SiteSpec, gateway: str, lan_interface: str = LAN_INTERFACE) -> dict:
-    """Those sources as a site's inventory keys (fleet.inventory): `capture: [router lan0, hep ADDRESS]` (the
+    """Those sources as a site's inventory keys (fleet.config.inventory): `capture: [router lan0, hep ADDRESS]` (the
     router's LAN side sees every phone's SIP to both servers) and `gateway: {address, platform: kamailio}`
     (kamcmd over the router's SSH). With `collector.hep_auth_key` the HEP capture names the gateway's key."""
     sources = evidence_sources(lab, site)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from fleet import validate
+from fleet.config import validate
 from soundpoint import bootfiles, families
 from soundpoint.yamlfile import FieldError, load_model
 

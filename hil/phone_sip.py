@@ -139,7 +139,7 @@ class SipRegistrations:
                 self.regs.append(reg)
 
     def _failback_setting(self, x: int) -> Failback:
-        """Server 1's failOver.failBack.mode and .timeout (the server failed back to; fleet.predict reads the same),
+        """Server 1's failOver.failBack.mode and .timeout (the server failed back to; fleet.phoneconf.predict reads the same),
         where the family has them: without them, or with a value the firmware would not take, newRequests."""
         name = f"reg.{x}.server.1.failOver.failBack.mode"
         if not self._knows(name):
@@ -156,7 +156,7 @@ class SipRegistrations:
             return float(fb.timeout) if fb.timeout > 0 else None
         if fb.mode == "DNSTTL":
             # the TTL of the working server's DNS answer; a server given as an address has none, so the TTL of the
-            # primary's answer (the one fleet.predict asks the site's DNS for); none known: no hold
+            # primary's answer (the one fleet.phoneconf.predict asks the site's DNS for); none known: no hold
             working = next(s for s in reg.servers if s.index == reg.working)
             ttl = self.resolver.ttl_of(working.address)
             if ttl is None:

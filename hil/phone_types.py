@@ -117,7 +117,7 @@ class ServerBinding:
 
         Fixed interval on families without registerRetry.*; on UC Software RFC 5626 section 4.5 (the algorithm
         the guides name): nominal min(maxTimeOut, baseTimeOut x 2^failures), each wait 50-100 % of it
-        (soundpoint.timing, which fleet.predict bounds with)."""
+        (soundpoint.timing, which fleet.phoneconf.predict bounds with)."""
         if not self.backoff:
             return self.retry_interval
         nominal = rfc5626_wait(self.retry_interval, self.retry_max, self.failures)
@@ -130,7 +130,7 @@ FAILBACK_MODES = ("newRequests", "DNSTTL", "registration", "duration")
 @dataclass
 class Failback:
     """When a registration that failed over from its primary may make the primary its working server again
-    (failOver.failBack.mode and .timeout of server 1, UC Software 4.1.6+; fleet.predict bounds the same modes).
+    (failOver.failBack.mode and .timeout of server 1, UC Software 4.1.6+; fleet.phoneconf.predict bounds the same modes).
 
     newRequests (the default, and every family without the parameter): no hold, the primary is retried at its
     own cadence and is working again as soon as it registers (R4), exactly as before modes existed. The other

@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet.redisboot import free_port, start_private
+from soundpoint.redisboot import free_port, start_private
 from hil import harness
 from hil.harness import Lab, Proc, start_collector, start_worker  # noqa: F401 (imported by test modules)
 
@@ -69,7 +69,7 @@ sites:
 @contextlib.contextmanager
 def router_driver(inventory_path: Path):
     """The router driver of the inventory's first site, connected with its credentials; closed on exit."""
-    from fleet import inventory
+    from fleet.config import inventory
     from fleet.drivers import router as routers
 
     inv = inventory.load(str(inventory_path))
@@ -88,7 +88,7 @@ def unique_id(prefix: str, name: str) -> str:
 
 def require_loopback_capture() -> None:
     """Skip the calling test unless tcpdump can capture on `lo` here (it needs tcpdump and CAP_NET_RAW)."""
-    from fleet.drivers.collect.local_capture import CaptureUnavailable, check_capture
+    from fleet.evidence.sources.local_capture import CaptureUnavailable, check_capture
 
     try:
         check_capture("lo")
@@ -208,7 +208,7 @@ def worker_factory(redis_url, tmp_path_factory):
 def wait_until(cond, timeout: float, what: str, step: float = 0.1, state=None):
     """Poll `cond` until it returns something truthy; past `timeout`, fail naming `what` and the last value seen
     (or what `state()` returns then, when the last value alone would say little)."""
-    from fleet.deadline import poll_until
+    from soundpoint.deadline import poll_until
 
     value = poll_until(cond, timeout, step)
     if not value:
@@ -222,7 +222,7 @@ async def await_until(cond, timeout: float, what: str, step: float = 0.05, state
     `fail=False` the last value is returned instead, for a caller that asserts on the outcome itself."""
     import asyncio
 
-    from fleet.deadline import Deadline
+    from soundpoint.deadline import Deadline
 
     deadline = Deadline(timeout)
     while True:

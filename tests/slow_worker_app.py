@@ -11,7 +11,7 @@ import time
 
 import redis
 
-from fleet.celeryapp import app, configure
+from fleet.worker.app import app, configure
 
 configure(os.environ["FLEET_REDIS_URL"])
 

@@ -237,7 +237,7 @@ def test_legitimate_anchors_and_merge_keys_still_work(tmp_path):
 def test_duplicate_mac_check_is_linear(tmp_path):
     """50,000 phones and a duplicate at the end (the check was quadratic: 44 s): found and named. One load, not
     two: the error naming phones[50000] also shows that none of the 50,000 before it was taken for a duplicate."""
-    from fleet import inventory
+    from fleet.config import inventory
     from soundpoint.yamlfile import FileError
 
     phones = "\n".join(f"      - {{mac: '{i:012x}', model: VVX 410, address: 10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255}, "
@@ -268,7 +268,9 @@ _VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | 
 
 def _load_and_check(kind: str, path: Path) -> None:
     """What the CLI does with a file of this kind before touching anything (in-process)."""
-    from fleet import inventory, playbook, rollout_playbook
+    from fleet.config import inventory
+    from fleet.experiment import playbook
+    from fleet.rollout import playbook as rollout_playbook
     from hil import labfile
 
     base_inv = CORPUS / "base" / "inventory.yml"

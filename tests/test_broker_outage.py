@@ -1,4 +1,4 @@
-"""A worker survives Redis going away while it runs a late-acked task (fleet.broker).
+"""A worker survives Redis going away while it runs a late-acked task (fleet.worker.broker).
 
 Before the fix, the worker exited ("Unrecoverable error: AttributeError:
 'NoneType' object has no attribute 'hostname'") whenever a task was in flight
@@ -22,7 +22,7 @@ import redis
 from celery import Celery
 
 from conftest import wait_until
-from fleet.redisboot import start_private
+from soundpoint.redisboot import start_private
 
 HERE = Path(__file__).resolve().parent
 

@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import base64
 
-from fleet import store as store_mod
-from fleet.store import Store
+from fleet.state import store as store_mod
+from fleet.state.store import Store
 
 
 def _row(n: int, size: int) -> dict:

@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import lab_spec, run_fleet, start_lab
-from fleet.store import RolloutStore, Store
+from fleet.state.store import RolloutStore, Store
 
 pytestmark = pytest.mark.slow
 PUSHED = "reg.1.server.1.expires"

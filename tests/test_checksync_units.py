@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet import rollout_policy as rp
+from fleet.rollout import policy as rp
 from soundpoint import families
 
 MAC = "0004f2000001"

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from fleet import redisboot
-from fleet.redact import redact
+from soundpoint import redisboot
+from soundpoint.redact import redact
 
 from conftest import BIN, SMALL_INVENTORY
 

@@ -12,10 +12,10 @@ import socket
 import pytest
 
 from conftest import free_port, wait_until
-from fleet.collector import CollectorError, SiteCollector
-from fleet.inventory import Inventory
-from fleet.site_registry import register_site
-from fleet.store import Store
+from fleet.evidence.collector import CollectorError, SiteCollector
+from fleet.config.inventory import Inventory
+from fleet.state.sites import register_site
+from fleet.state.store import Store
 from hil import phone_reports
 
 PHONE_A, PHONE_B = "0004f2a0a001", "0004f2a0a002"

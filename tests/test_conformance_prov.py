@@ -14,10 +14,11 @@ from types import SimpleNamespace
 
 import pytest
 
-from fleet import overrides, polycom
+from fleet.sites import overrides
+from fleet.phoneconf import polycom
 from fleet.drivers.control import sip_notify
 from fleet.drivers.errors import DeviceRefused
-from fleet.failover_lint import problems
+from fleet.phoneconf.lint import problems
 from hil import sip_answers
 from sipwire import message as sip
 from sipwire.endpoint import SipEndpoint

@@ -1,7 +1,7 @@
 """Unit tests for the one deadline type, on a fake clock (no sleeping)."""
 from __future__ import annotations
 
-from fleet.deadline import Deadline, poll_until
+from soundpoint.deadline import Deadline, poll_until
 
 
 class FakeClock:

@@ -1,6 +1,6 @@
 """Issue 17, point 9: a phone's failed DNS lookup of a server's name, on the wire, is evidence it lost that server.
 
-Unit tests of fleet.drivers.collect.dns_evidence and of its use by the capture pipeline (WireEvidence), with
+Unit tests of fleet.evidence.wire.dns and of its use by the capture pipeline (WireEvidence), with
 DNS messages built by dnslib and SIP built by sipwire: no lab. The capture's filter must take the site's DNS."""
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ import time
 import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
-from fleet.drivers.collect import dns_evidence as de
-from fleet.drivers.collect.pcap_stream import capture_command
-from fleet.drivers.collect.wire_observations import Attribution, WireTarget
-from fleet.drivers.collect.wire_pipeline import WireEvidence
-from fleet.observe import REGISTERED, UNREGISTERED
+from fleet.evidence.wire import dns as de
+from fleet.evidence.wire.pcap import capture_command
+from fleet.evidence.wire.attribution import Attribution, WireTarget
+from fleet.evidence.wire.pipeline import WireEvidence
+from fleet.state.observe import REGISTERED, UNREGISTERED
 from sipwire import message as sip
 
 MAC, OTHER = "0004f2000001", "0004f2000002"
@@ -130,7 +130,7 @@ def test_pending_lookups_are_bounded():
 
 
 def _datagram_frames(ev: WireEvidence, t: float, src, dst, payload: bytes):
-    from fleet.drivers.collect.wire_decode import Datagram
+    from fleet.evidence.wire.decode import Datagram
 
     return ev.feed_datagram(Datagram(t, src, dst, payload))
 
@@ -155,7 +155,7 @@ def test_the_capture_pipeline_sees_the_lookup_fail_before_the_binding_lapses():
 
 
 def test_the_capture_filter_takes_the_sites_dns():
-    from fleet.drivers.collect.local_capture import local_capture_argv
+    from fleet.evidence.sources.local_capture import local_capture_argv
 
     ports = tuple(sorted({5060} | set(de.site_dns_ports("10.0.0.1:5353"))))
     assert ports == (53, 5060, 5353) and de.site_dns_ports(None) == (53,)
@@ -166,8 +166,8 @@ def test_the_capture_filter_takes_the_sites_dns():
 
 def test_the_router_capture_command_includes_dns():
     """The router capture source's command (what runs over SSH) lets the site's DNS through."""
-    from fleet.drivers.collect.wire_sources import RouterCapture, Targets
-    from fleet.inventory import Capture, Credentials, Site
+    from fleet.evidence.sources.wire_sources import RouterCapture, Targets
+    from fleet.config.inventory import Capture, Credentials, Site
 
     site = Site.model_validate({"name": "hq", "gateway": "10.0.0.1", "dns": "10.0.0.1:5353",
                                 "boot_server": {"url": "http://10.0.0.3/"},

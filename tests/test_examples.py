@@ -24,7 +24,7 @@ def test_example_inventory_is_valid_and_its_family_is_the_one_it_says(path, redi
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["valid"] and doc["phones"] == 2
-    from fleet import inventory
+    from fleet.config import inventory
 
     inv = inventory.load(path)
     stated = path.read_text().split("firmware_family:", 1)[1].split()[0]

@@ -114,7 +114,7 @@ def test_a_rollout_verifies_the_on_failure_phone_on_server_1_alone_and_says_so(r
     assert res.returncode == 0, res.stderr + res.stdout[-3000:]
     out = json.loads(res.stdout)
     assert out["status"] == "done" and out["counts"].get("verified") == 2, out
-    from fleet.store import RolloutStore, Store
+    from fleet.state.store import RolloutStore, Store
     rows = RolloutStore(Store(redis_url)).phones(out["id"], [macs[CONCURRENT], macs[ON_FAILURE]], full=True)
     assert "reRegisterOn=1" in rows[macs[ON_FAILURE]].get("verified_note", ""), rows[macs[ON_FAILURE]]
     assert not rows[macs[CONCURRENT]].get("verified_note"), rows[macs[CONCURRENT]]

@@ -1,10 +1,10 @@
-"""The dry run's failover warnings (fleet.failover_lint): set-ups a family cannot fail over with, named per phone."""
+"""The dry run's failover warnings (fleet.phoneconf.lint): set-ups a family cannot fail over with, named per phone."""
 from __future__ import annotations
 
-from fleet.failover_lint import problems
-from fleet.inventory import Inventory
-from fleet.rollout_plan import plan
-from fleet.rollout_playbook import RolloutPlaybook
+from fleet.phoneconf.lint import problems
+from fleet.config.inventory import Inventory
+from fleet.rollout.plan import plan
+from fleet.rollout.playbook import RolloutPlaybook
 
 BASE = {"reg.1.address": "1001", "reg.1.server.1.address": "voip.example", "reg.1.server.1.expires": "600",
         "reg.1.server.2.address": "10.0.0.1", "reg.1.server.2.expires": "600"}
@@ -111,7 +111,7 @@ def test_a_sip2_phone_is_announced_as_deferred_unless_the_playbook_allows_an_unc
 def test_the_worker_honours_an_unchecked_reboot_only_for_a_family_that_cannot_report_call_state():
     import json
 
-    from fleet import plan_check
+    from fleet.rollout import record_check as plan_check
 
     inv = _mixed_inventory()
     for mac, expected in (("0004f2000011", True), ("0004f2000012", False)):   # the second one is forged

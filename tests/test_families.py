@@ -7,8 +7,10 @@ import socket
 import pytest
 import yaml
 
-from fleet import inventory, phones, validate
-from fleet.inventory import Credentials, Phone
+from fleet import phones
+from fleet.config import inventory
+from fleet.config import validate
+from fleet.config.inventory import Credentials, Phone
 from soundpoint.yamlfile import FileError
 from soundpoint import families
 

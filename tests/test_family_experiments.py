@@ -16,9 +16,10 @@ import pytest
 import yaml
 
 from conftest import ROOT, both_registered, run_fleet, wait_until
-from fleet import inventory, predict
+from fleet.config import inventory
+from fleet.phoneconf import predict
 from fleet.drivers.control.sip_notify import check_sync_blocking
-from fleet.redisboot import free_port
+from soundpoint.redisboot import free_port
 from hil import labfile
 
 pytestmark = pytest.mark.slow

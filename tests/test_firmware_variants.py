@@ -27,10 +27,10 @@ import pytest
 import yaml
 
 from conftest import ROOT, both_registered, run_fleet, wait_until
-from fleet import inventory
+from fleet.config import inventory
 from fleet.drivers.control import polling
 from fleet.drivers.control.sip_notify import check_sync_blocking
-from fleet.redisboot import free_port
+from soundpoint.redisboot import free_port
 from hil import labfile
 
 pytestmark = pytest.mark.slow

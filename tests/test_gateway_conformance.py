@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.drivers.collect import gateway_bindings as gb
-from fleet.drivers.collect.wire_observations import WireTarget
-from fleet.observe import REGISTERED
+from fleet.evidence.sources import gateway_bindings as gb
+from fleet.evidence.wire.attribution import WireTarget
+from fleet.state.observe import REGISTERED
 from soundpoint import conformance
 
 # registrar bindings only: the HEP datagram entries (gateway-hep-*) are read in tests/test_wire_hostile.py

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from fleet.drivers.collect import gateway_bindings as gb
-from fleet.drivers.collect.wire_observations import WireTarget
-from fleet.observe import REGISTERED, UNREGISTERED
-from fleet.redisboot import free_port
+from fleet.evidence.sources import gateway_bindings as gb
+from fleet.evidence.wire.attribution import WireTarget
+from fleet.state.observe import REGISTERED, UNREGISTERED
+from soundpoint.redisboot import free_port
 from hil import kamailio as kam
 from sipwire import digest
 

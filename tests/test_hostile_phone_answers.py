@@ -16,16 +16,16 @@ from typing import Callable
 import pytest
 
 from conftest import await_until
-from fleet.collector import SiteCollector
-from fleet.drivers.collect import gateway_bindings
-from fleet.drivers.collect.formats import parse_line_event
-from fleet.drivers.collect.poller import Poller
+from fleet.evidence.collector import SiteCollector
+from fleet.evidence.sources import gateway_bindings
+from fleet.evidence.sources.formats import parse_line_event
+from fleet.evidence.sources.poller import Poller
 from fleet.drivers.control import polling, rest, web_ui
 from fleet.drivers.device_json import device_json
 from fleet.drivers.errors import DeviceTimeout, MalformedAnswer
-from fleet.inventory import Credentials, Phone
+from fleet.config.inventory import Credentials, Phone
 from fleet.phones import PhoneAccess, control
-from fleet.store import Store
+from fleet.state.store import Store
 from soundpoint import conformance
 
 CREDS = Credentials(username="Polycom", password="s3cret-admin")

@@ -23,9 +23,9 @@ import pytest
 from celery import Celery
 
 from conftest import lab_spec, wait_until
-from fleet import inventory as inv_mod
-from fleet.rollout_plan import config_hash
-from fleet.store import RolloutStore, Store
+from fleet.config import inventory as inv_mod
+from fleet.rollout.plan import config_hash
+from fleet.state.store import RolloutStore, Store
 
 pytestmark = pytest.mark.slow
 SITE = "hq"

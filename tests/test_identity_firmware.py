@@ -9,7 +9,7 @@ from __future__ import annotations
 import pytest
 
 from fleet import phones
-from fleet.inventory import Phone
+from fleet.config.inventory import Phone
 from soundpoint import conformance
 from test_phone_identity import (ADMIN, DEVICE_XML, MAC, POLL_PARAMS, POLL_PASSWORD, POLL_USER, Route, _resolve,  # noqa: F401
                                  fake_phone)

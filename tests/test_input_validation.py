@@ -5,7 +5,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import SMALL_INVENTORY
-from fleet import inventory, playbook
+from fleet.config import inventory
+from fleet.experiment import playbook
 from soundpoint.yamlfile import FileError
 from hil import labfile
 from hil.config_files import ConfigFileError, parse_master, parse_parameters

@@ -10,8 +10,8 @@ import asyncio
 import pytest
 
 from conftest import await_until
-from fleet import polycom
-from fleet.redisboot import free_port
+from fleet.phoneconf import polycom
+from soundpoint.redisboot import free_port
 from hil import kamailio as kam
 from hil.bootserver import HttpBootServer
 from hil.groundtruth import GroundTruth
@@ -96,7 +96,7 @@ def test_kamailio_as_outbound_proxy_relays_to_its_upstream_and_traces_both_legs(
     server 1 over to server 2, with the proxy still up."""
     import socket
 
-    from fleet.drivers.collect import hep
+    from fleet.evidence.wire import hep
 
     reason = kam.unavailable(siptrace=True)
     if reason:

@@ -7,8 +7,8 @@ import asyncio
 
 import pytest
 
-from fleet import dns_ttl
-from fleet.drivers.collect.wire_sources import SiteResolver
+from fleet.base import dns as dns_ttl
+from fleet.evidence.sources.wire_sources import SiteResolver
 from hil.dns_server import DnsServer
 from hil.groundtruth import GroundTruth
 from hil.phone import VirtualPhone
@@ -62,7 +62,7 @@ def test_without_naptr_and_srv_the_phone_uses_the_a_record_at_5060():
 
 
 def test_fleet_reads_the_lab_answers_rendered_from_every_dns_entry():
-    """fleet.dns_ttl's NAPTR and SRV readers, and the collector's RFC 3263 location, against the lab's server."""
+    """fleet.base.dns's NAPTR and SRV readers, and the collector's RFC 3263 location, against the lab's server."""
     loop = asyncio.new_event_loop()
     server = loop.run_until_complete(_serve(located=True))
     try:

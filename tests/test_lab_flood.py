@@ -22,7 +22,7 @@ import pytest
 import yaml
 
 from conftest import lab_spec, wait_until
-from fleet.store import Store
+from fleet.state.store import Store
 from hil import phone_reports
 from test_wire_evidence import register
 

@@ -7,8 +7,8 @@ import time
 import pytest
 
 from conftest import lab_spec
-from fleet.deadline import poll_until
-from fleet import inventory
+from soundpoint.deadline import poll_until
+from fleet.config import inventory
 from fleet.drivers import router as routers
 from fleet.drivers.control.rest import RestPhone
 from fleet.drivers.control.sip_notify import check_sync_blocking

@@ -22,13 +22,14 @@ import asyncssh
 import pytest
 import yaml
 
-from fleet.drivers.collect import gateway_bindings as gb
-from fleet.drivers.collect import hep, wire_sip
-from fleet.drivers.collect.pcap_stream import PcapStreamParser, capture_command
-from fleet.drivers.collect.wire_decode import FrameDecoder
-from fleet.drivers.collect.wire_observations import WireTarget
-from fleet.observe import REGISTERED, UNREGISTERED
-from fleet.redisboot import free_port
+from fleet.evidence.sources import gateway_bindings as gb
+from fleet.evidence.wire import hep
+from fleet.evidence.wire import sip as wire_sip
+from fleet.evidence.wire.pcap import PcapStreamParser, capture_command
+from fleet.evidence.wire.decode import FrameDecoder
+from fleet.evidence.wire.attribution import WireTarget
+from fleet.state.observe import REGISTERED, UNREGISTERED
+from soundpoint.redisboot import free_port
 from hil import kamailio as kam
 from hil.phone_types import UP
 from conftest import lab_spec, wait_until
@@ -346,7 +347,7 @@ def test_router_capture_understands_fleets_capture_commands_and_refuses_what_tcp
 
 
 def test_router_capture_frames_decode_with_fleets_decoder_and_hep_from_kamailio_is_read():
-    from fleet.drivers.collect.hep import encode
+    from fleet.evidence.wire.hep import encode
     from hil.router_capture import hep3_sip, pcap_header, pcap_record, udp_frame
 
     payload = b"REGISTER sip:127.19.0.1 SIP/2.0\r\nCall-ID: a@b\r\nCSeq: 1 REGISTER\r\n\r\n"

@@ -6,8 +6,8 @@ import time
 import pytest
 
 from conftest import wait_until
-from fleet.lease import LeaseLost, SiteLease
-from fleet.store import LeaseHeld, Store
+from fleet.state.lease import LeaseLost, SiteLease
+from fleet.state.store import LeaseHeld, Store
 
 
 @pytest.fixture

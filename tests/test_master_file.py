@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet import polycom
+from fleet.phoneconf import polycom
 from soundpoint import bootfiles
 
 MAC = "0004f200106c"

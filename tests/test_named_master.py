@@ -13,9 +13,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleet import inventory, plan_check, polycom, rollout_backups, site_files
+from fleet.config import inventory
+from fleet.rollout import record_check as plan_check
+from fleet.phoneconf import polycom
+from fleet.rollout import backups as rollout_backups
+from fleet.sites import files as site_files
 from fleet.drivers.publish import open_publisher
-from fleet.inventory import Credentials
+from fleet.config.inventory import Credentials
 from soundpoint import bootfiles
 from soundpoint.yamlfile import FileError
 
@@ -150,7 +154,7 @@ def test_the_shared_masters_one_backup_is_removed_once_and_kept_for_a_failed_rol
 
 
 def test_the_probe_reads_the_named_master_and_says_when_the_phones_fall_back(tmp_path):
-    from fleet.site_probe import check_boot_server
+    from fleet.sites.probe import check_boot_server
 
     boot = tmp_path / "boot"
     boot.mkdir()

@@ -19,8 +19,8 @@ import yaml
 from celery import Celery
 
 from conftest import lab_spec, run_fleet, start_lab, wait_until
-from fleet import inventory as inv_mod
-from fleet.store import RolloutStore, Store
+from fleet.config import inventory as inv_mod
+from fleet.state.store import RolloutStore, Store
 
 pytestmark = pytest.mark.slow
 PUSHED = "reg.1.server.1.expires"

@@ -50,7 +50,7 @@ _SKIP = _why_skip()
 if _SKIP:
     pytest.skip(_SKIP, allow_module_level=True)
 
-from fleet import inventory  # noqa: E402
+from fleet.config import inventory  # noqa: E402
 from fleet.drivers import router as routers  # noqa: E402
 from fleet.drivers.errors import DeviceRefused  # noqa: E402
 from fleet.drivers.probe import probe_provider  # noqa: E402
@@ -408,7 +408,7 @@ def test_controller_sigkilled_mid_outage_the_real_router_restores_wan_and_routes
                                                                                     tmp_path):
     """The controller dies (SIGKILL: no cleanup at all) while the WAN is down; the router's dead-man brings the link
     and the routes through it back by itself, and the dead controller's lease lapses by itself."""
-    from fleet.store import Store
+    from fleet.state.store import Store
 
     if not getattr(nslab, "worker", None):
         nslab.worker = worker_factory(nslab.inventory)

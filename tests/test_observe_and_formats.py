@@ -2,9 +2,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fleet.drivers.collect.formats import parse_line_event, parse_syslog
+from fleet.evidence.sources.formats import parse_line_event, parse_syslog
 from fleet.drivers.control.rest import parse_uptime
-from fleet.observe import Observation, PhoneState, apply
+from fleet.state.observe import Observation, PhoneState, apply
 from hil import phone_reports
 
 
@@ -59,7 +59,7 @@ def test_collector_parsers_never_raise(data):
 
 
 def test_line_info_names_the_working_server_and_implies_higher_ones_are_down():
-    from fleet.observe import from_line_info
+    from fleet.state.observe import from_line_info
 
     configured = [{"index": 1, "address": "voip.example", "register": True}, {"index": 2, "address": "10.0.0.1", "register": True}]
     obs = from_line_info("0004f2000001", 5.0, {"LineNumber": "1", "RegistrationStatus": "registered", "ProxyAddress": "10.0.0.1"},
@@ -95,7 +95,7 @@ def test_a_line_unregistration_is_remembered_after_the_phone_registers_again():
 
 
 def test_failpoints_reject_a_malformed_setting(monkeypatch):
-    from fleet import failpoints
+    from fleet.base import failpoints
 
     failpoints._armed.cache_clear()
     monkeypatch.setenv("FLEET_FAILPOINTS", "rollout.reboot_sent=explode")
@@ -108,7 +108,7 @@ def test_failpoints_fire_only_on_their_name_key_and_pass(monkeypatch):
     """The kill itself is faked (it would take pytest down): what matters is when it is asked for."""
     import signal
 
-    from fleet import failpoints
+    from fleet.base import failpoints
 
     kills: list[tuple[int, int]] = []
     monkeypatch.setattr(failpoints.os, "killpg", lambda pgid, sig: kills.append((pgid, sig)))

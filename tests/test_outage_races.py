@@ -23,10 +23,11 @@ import pytest
 import yaml
 
 from conftest import BIN, lab_spec, router_driver, run_fleet, unique_id, wait_until
-from fleet import tasks, worker_context
+from fleet.worker import tasks
+from fleet.worker import context as worker_context
 from fleet.drivers.router import OutageSpec
-from fleet.store import Store
-from fleet.task_errors import TaskFailed
+from fleet.state.store import Store
+from fleet.worker.errors import TaskFailed
 
 pytestmark = pytest.mark.slow
 
@@ -301,7 +302,7 @@ def test_snmp_router_refuses_without_deadman_and_says_so_when_allowed(lab, snmp_
 _SECOND_CONTROLLER = """
 import json, sys
 from fleet import tasks
-from fleet.task_errors import TaskFailed
+from fleet.worker.errors import TaskFailed
 try:
     print(json.dumps({"outcome": tasks.router_outage("edge", "exp-other", sys.argv[1], sys.argv[2], 60)["outcome"]}))
 except TaskFailed as exc:

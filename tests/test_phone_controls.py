@@ -13,9 +13,10 @@ import pytest
 import yaml
 
 from conftest import lab_spec, run_fleet, wait_until
-from fleet import inventory, phones
+from fleet import phones
+from fleet.config import inventory
 from fleet.drivers.errors import DeviceRefused
-from fleet.site_registry import register_site
+from fleet.state.sites import register_site
 
 pytestmark = pytest.mark.slow
 POLL_PASSWORD = "poll-Secret-77"
@@ -133,8 +134,8 @@ def test_uc40_falls_back_to_the_web_ui_when_check_sync_is_refused(lab):
 def test_push_mode_takes_the_state_the_phone_pushed_to_the_collector(lab, redis_url):
     """apps.statePolling.URL set and the response mode not requestor (0): the phone answers the poll with nothing
     and POSTs its state to the collector."""
-    from fleet.collector import SiteCollector
-    from fleet.store import Store
+    from fleet.evidence.collector import SiteCollector
+    from fleet.state.store import Store
 
     inv = inventory.load(lab.inventory)
     site, phone = inv.sites[0], inv.sites[0].phones[0]

@@ -92,9 +92,9 @@ def test_two_devices_on_one_user_at_real_kamailio_each_read_their_own_expiry(kam
 @pytest.mark.parametrize("entry", conformance.select(area="sip", prefix="attrib-register-200"), ids=lambda e: e.id)
 def test_the_lab_phone_and_the_collector_read_each_devices_expiry_from_the_corpus_answer(entry):
     """Both readers of a registrar's 200 (the lab's phone and fleet's wire decoder) against the corpus's answers."""
-    from fleet.drivers.collect import wire_sip
-    from fleet.drivers.collect.sip_transactions import RegisterRequest
-    from fleet.drivers.collect.sip_transactions import granted_expiry as collector_granted
+    from fleet.evidence.wire import sip as wire_sip
+    from fleet.evidence.wire.transactions import RegisterRequest
+    from fleet.evidence.wire.transactions import granted_expiry as collector_granted
 
     listed = split_contacts(sip.parse(entry.body.encode()).get_all("contact"))
     assert len(listed) >= 2, entry.id
@@ -117,8 +117,9 @@ def test_the_lab_phone_and_the_collector_read_a_200_by_the_one_shared_rule(heade
     """Issue 17 review: hil.phone_sip carried its own copy of split_contacts/same_contact/granted_expiry with
     other rules than the collector's; both now use sipwire.contacts and read every 200 alike."""
     import hil.phone_sip as phone_sip
-    from fleet.drivers.collect import sip_transactions, wire_sip
-    from fleet.drivers.collect.sip_transactions import RegisterRequest
+    from fleet.evidence.wire import transactions as sip_transactions
+    from fleet.evidence.wire import sip as wire_sip
+    from fleet.evidence.wire.transactions import RegisterRequest
     from sipwire import contacts
 
     assert not hasattr(phone_sip, "split_contacts") and not hasattr(phone_sip, "same_contact")

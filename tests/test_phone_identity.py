@@ -18,8 +18,10 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import yaml
 
-from fleet import inventory, phones, site_probe
-from fleet.inventory import Credentials, Phone
+from fleet import phones
+from fleet.config import inventory
+from fleet.sites import probe as site_probe
+from fleet.config.inventory import Credentials, Phone
 from sipwire import digest
 from soundpoint import families
 

@@ -1,4 +1,4 @@
-"""The per-phone REST lock (fleet.lease.PhoneRestLock) against the tests' real Redis (review of issue 16):
+"""The per-phone REST lock (fleet.state.lease.PhoneRestLock) against the tests' real Redis (review of issue 16):
 held for the whole of a request that outlives its TTL, a store that is away is a DriverError with nothing sent,
 and every REST sender holds it: the controls, the collector's poller, the experiment's dial, `--probe`. And the
 pushed call state a worker waits for is told fresh by the store's push count, not by comparing two hosts' clocks.
@@ -13,14 +13,15 @@ from types import SimpleNamespace
 
 import pytest
 
-from fleet import call_work, site_probe
-from fleet.drivers.collect.poller import Poller
+from fleet.experiment import call_work
+from fleet.sites import probe as site_probe
+from fleet.evidence.sources.poller import Poller
 from fleet.drivers.control import polling, rest
 from fleet.drivers.errors import DeviceTimeout, DriverError
-from fleet.inventory import Credentials, Phone
-from fleet.lease import PhoneRestLock
+from fleet.config.inventory import Credentials, Phone
+from fleet.state.lease import PhoneRestLock
 from fleet.phones import PhoneAccess, control
-from fleet.store import Keys, Store
+from fleet.state.store import Keys, Store
 from soundpoint import conformance
 from test_hostile_phone_answers import Answering, _head, answering  # noqa: F401  (the fixture)
 

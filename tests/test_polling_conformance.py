@@ -10,10 +10,10 @@ from types import SimpleNamespace
 import pytest
 
 from fleet import phones
-from fleet.drivers.collect.formats import parse_line_event
+from fleet.evidence.sources.formats import parse_line_event
 from fleet.drivers.control import polling, web_ui
 from fleet.drivers.errors import AuthRefused, MalformedAnswer
-from fleet.observe import REGISTERED, UNREGISTERED
+from fleet.state.observe import REGISTERED, UNREGISTERED
 from hil.phone_events import Reporting
 from soundpoint import conformance, families
 from test_phone_identity import ADMIN, POLL_PARAMS, POLL_PASSWORD, POLL_USER, Route, _phone, _resolve, fake_phone  # noqa: F401
@@ -283,7 +283,7 @@ def test_the_plan_names_a_polling_set_up_call_checks_cannot_read(params, problem
 def _site_inventory(events: str | None, site_params: dict | None = None, phone_params: dict | None = None):
     """One site with a phone of every family, its collector's events address given (None: the default wildcard);
     `phone_params` go to the state-polling phones (a family without the parameters refuses them)."""
-    from fleet.inventory import Inventory
+    from fleet.config.inventory import Inventory
 
     models = {"sip-2.x": "SoundPoint IP 500", "sip-3.x": "SoundPoint IP 650", "uc-4.0": "SoundPoint IP 650",
               "uc-5.x": "VVX 410"}
@@ -304,8 +304,8 @@ def test_state_polling_pushes_to_the_site_collector_by_default():
     """No layer sets a response mode or a URL, and the site's collector listens on an address: SIP 3.x and UC
     Software 4.0 phones push to its /state (their state otherwise goes nowhere); a plan has nothing to warn about and
     a call check reads what was pushed. SIP 2.x (no state polling) and UC Software 5 (REST) get nothing."""
-    from fleet.rollout_plan import plan
-    from fleet.rollout_playbook import RolloutPlaybook
+    from fleet.rollout.plan import plan
+    from fleet.rollout.playbook import RolloutPlaybook
 
     inv = _site_inventory("10.0.0.5:8514")
     params = _params_by_family(inv)
@@ -331,7 +331,7 @@ def test_state_polling_pushes_to_the_site_collector_by_default():
 def test_a_chosen_mode_or_a_wildcard_collector_keeps_the_parameters_as_written(events, site_params, phone_params, mode):
     """The default fills only a gap: whatever a layer sets is kept, so existing configurations (and their config
     hashes) do not change; without a reachable collector address nothing is guessed and the plan still warns."""
-    from fleet.rollout_plan import config_hash
+    from fleet.rollout.plan import config_hash
 
     inv = _site_inventory(events, site_params, phone_params)
     site = inv.sites[0]

@@ -1,6 +1,7 @@
 import pytest
 
-from fleet import polycom, predict
+from fleet.phoneconf import polycom
+from fleet.phoneconf import predict
 from hil.config_files import merge_first_wins, parse_master, parse_parameters
 
 

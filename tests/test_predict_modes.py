@@ -1,10 +1,10 @@
-"""Predicted bounds per firmware family and failback mode (fleet.predict, and the verdict's use of them)."""
+"""Predicted bounds per firmware family and failback mode (fleet.phoneconf.predict, and the verdict's use of them)."""
 from __future__ import annotations
 
 import pytest
 
-from fleet import predict
-from fleet.verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, predicted_bounds
+from fleet.phoneconf import predict
+from fleet.experiment.verdict import Expectation, OutageWindow, PhoneVerdict, Reached, judge_phone, predicted_bounds
 
 S = predict.DETECTION_SLACK
 UC = "uc-5.x"
@@ -150,7 +150,7 @@ def test_dns_ttl_read_from_the_sites_dns_server():
     import asyncio
     import socket
 
-    from fleet.dns_ttl import ttl_of
+    from fleet.base.dns import ttl_of
     from fleet.drivers.probe import resolve
     from hil.dns_server import DnsServer
 
@@ -188,9 +188,9 @@ def test_experiment_reads_the_dnsttl_ttl_once_per_name(tmp_path):
 
     import yaml
 
-    from fleet import inventory
-    from fleet.experiment import ExperimentRunner
-    from fleet.playbook import ExperimentPlaybook
+    from fleet.config import inventory
+    from fleet.experiment.runner import ExperimentRunner
+    from fleet.experiment.playbook import ExperimentPlaybook
     from hil.dns_server import DnsServer
 
     async def start():
@@ -221,7 +221,7 @@ def test_experiment_reads_the_dnsttl_ttl_once_per_name(tmp_path):
 
 
 def test_fallbacks_a_phone_may_use_only_on_failure_are_uc_reregister_on_ones():
-    """What rollout verification may find silent while server 1 works (fleet.rollout_policy.registered)."""
+    """What rollout verification may find silent while server 1 works (fleet.rollout.policy.registered)."""
     params = two_servers()
     assert predict.fallbacks_on_failure(params, family=UC) == [2]
     del params["reg.1.server.2.failOver.reRegisterOn"]

@@ -10,11 +10,14 @@ import pytest
 import yaml
 
 from conftest import BIN
-from fleet import overrides, plan_check, rollout_playbook, site_files
+from fleet.sites import overrides
+from fleet.rollout import record_check as plan_check
+from fleet.rollout import playbook as rollout_playbook
+from fleet.sites import files as site_files
 from fleet.drivers.publish import open_publisher
-from fleet.inventory import Credentials
-from fleet.inventory import load as load_inventory
-from fleet.rollout_plan import config_hash, plan
+from fleet.config.inventory import Credentials
+from fleet.config.inventory import load as load_inventory
+from fleet.rollout.plan import config_hash, plan
 from soundpoint.yamlfile import FileError
 from soundpoint import bootfiles
 
@@ -152,7 +155,7 @@ def test_verbatim_parameters_reach_the_plan_and_the_worker_check_and_the_dry_run
 
 # ---------------------------------------------------------------- verification of a shadowed phone
 def test_verification_fails_a_registered_phone_whose_push_found_a_shadowing_override():
-    from fleet import rollout_policy as rp
+    from fleet.rollout import policy as rp
 
     site_of = {MAC: "hq", "0004f2000002": "hq"}
     limits = rp.Limits(site_of=site_of, max_unavailable={"hq": 2}, budget_total=1, budget_per_site=None,

@@ -31,8 +31,8 @@ from conftest import lab_spec, run_fleet, start_lab, wait_until, write_rollout_p
 from fleet.drivers.errors import DeviceRefused, DriverError, HostKeyUnknown
 from fleet.drivers.publish import open_publisher
 from fleet.drivers.publish.names import MAX_NAME_BYTES, UnsafeName, check_name
-from fleet.inventory import Credentials
-from fleet.redisboot import free_port
+from fleet.config.inventory import Credentials
+from soundpoint.redisboot import free_port
 from hil.bootserver import FtpBootServer, HttpBootServerProcess, SftpBootServer
 from hil.harness import listening
 

@@ -9,8 +9,8 @@ import pytest
 
 from fleet.drivers.errors import DeviceRefused
 from fleet.drivers.publish import open_publisher
-from fleet.inventory import Credentials
-from fleet.redisboot import free_port
+from fleet.config.inventory import Credentials
+from soundpoint.redisboot import free_port
 from hil.bootserver import FtpBootServer, HttpBootServer
 from hil.harness import listening
 

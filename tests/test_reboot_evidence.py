@@ -11,9 +11,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from fleet import phones, rollout_work
+from fleet import phones
+from fleet.rollout import work as rollout_work
 from fleet.drivers.errors import DeviceRefused
-from fleet.inventory import Credentials, Phone
+from fleet.config.inventory import Credentials, Phone
 
 MAC = "0004f2a0b0c1"
 SINCE = 1_000.0

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from fleet import report
-from fleet.experiment import ExperimentResult, StepResult
-from fleet.verdict import PhoneVerdict
+from fleet.experiment import report
+from fleet.experiment.runner import ExperimentResult, StepResult
+from fleet.experiment.verdict import PhoneVerdict
 
 
 def sample() -> ExperimentResult:

@@ -16,7 +16,7 @@ import pytest
 
 from fleet.drivers.control import rest
 from fleet.drivers.errors import AuthRefused, DriverError, MalformedAnswer
-from fleet.inventory import Credentials, Phone
+from fleet.config.inventory import Credentials, Phone
 from fleet.phones import CallCheck, PhoneAccess, control
 from sipwire import digest
 from soundpoint import conformance
@@ -333,7 +333,7 @@ def _uc5_inventory(tmp_path, text: str):
 
 
 def test_inventory_firmware_version_is_read_and_layered(tmp_path):
-    from fleet import inventory
+    from fleet.config import inventory
 
     path = _uc5_inventory(tmp_path, 'model: VVX 410, firmware_version: "5.7.0", address: 10.40.0.101,')
     inv = inventory.load(path)
@@ -343,7 +343,7 @@ def test_inventory_firmware_version_is_read_and_layered(tmp_path):
 @pytest.mark.parametrize("text,words", [('firmware_version: "five"', "expected a version"),
                                         ('firmware_version: "4.0.15"', "is not a uc-5.x version")])
 def test_a_bad_firmware_version_names_the_file_and_line(tmp_path, text, words):
-    from fleet import inventory
+    from fleet.config import inventory
 
     path = _uc5_inventory(tmp_path, f"model: VVX 410, {text}, address: 10.40.0.101,")
     line = next(i for i, t in enumerate(path.read_text().splitlines(), 1) if "firmware_version" in t)
@@ -392,7 +392,7 @@ def test_lab_file_version_must_fit_the_phone_family():
 
 
 def test_a_site_version_goes_to_the_phones_that_can_run_it_and_one_that_fits_none_is_refused(tmp_path):
-    from fleet import inventory
+    from fleet.config import inventory
 
     path = _uc5_inventory(tmp_path, "model: VVX 410, address: 10.40.0.101,")
     text = path.read_text().replace("  - name: hq\n", '  - name: hq\n    firmware_version: "5.4.5"\n', 1)

@@ -1,7 +1,7 @@
 """One REST request at a time per UC Software 5 phone, across processes, and the lab's REST rules.
 
 A collector process polls lineInfo while another process runs a worker's phone control (call check, uptime)
-against the same virtual VVX, both through real Redis: the phone's lock (fleet.lease.PhoneRestLock) keeps
+against the same virtual VVX, both through real Redis: the phone's lock (fleet.state.lease.PhoneRestLock) keeps
 their requests apart, so the lab's count of requests that arrived while another was served stays 0. The same
 control without the store's lock overlaps the poller, and the lab sees it: the count can fail.
 """
@@ -26,7 +26,7 @@ CONTROL_LOOP = r'''
 import sys, time
 from fleet import inventory, phones
 from fleet.drivers.errors import DriverError
-from fleet.store import Store
+from fleet.state.store import Store
 inv_path, redis_url, mac, seconds, locked = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5] == "1"
 inv = inventory.load(inv_path)
 secrets = inventory.Secrets(inv)
@@ -100,7 +100,7 @@ def test_concurrent_request_gets_busy_and_config_get_takes_at_most_20_names(lab)
     inv = yaml.safe_load(Path(lab.inventory).read_text())
     entry = inv["sites"][0]["phones"][0]
     base = f"http://{entry['address']}:{entry['http_port']}"
-    from fleet import inventory as fleet_inventory
+    from fleet.config import inventory as fleet_inventory
 
     creds = fleet_inventory.Secrets(fleet_inventory.load(lab.inventory)).credentials(entry["credentials"])
     auth = (creds.username, creds.password)
@@ -126,7 +126,8 @@ def test_concurrent_request_gets_busy_and_config_get_takes_at_most_20_names(lab)
 
 
 def _control(lab, index: int):
-    from fleet import inventory, phones
+    from fleet import phones
+    from fleet.config import inventory
 
     inv = inventory.load(lab.inventory)
     secrets = inventory.Secrets(inv)
@@ -159,8 +160,8 @@ def test_a_phone_below_54_is_checked_by_state_polling_and_rebooted_by_check_sync
 
 def test_the_phone_lock_excludes_waits_a_bounded_time_and_names_the_holder(redis_url):
     from fleet.drivers.errors import DeviceTimeout
-    from fleet.lease import PhoneRestLock
-    from fleet.store import Store
+    from fleet.state.lease import PhoneRestLock
+    from fleet.state.store import Store
 
     store = Store(redis_url)
     mac = "0004f2fe0001"

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import BIN, ROOT, RunningLab, free_port, run_fleet, start_lab, wait_until
-from fleet.store import RolloutStore, Store
+from fleet.state.store import RolloutStore, Store
 
 pytestmark = pytest.mark.slow
 SRV = {"expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}
@@ -129,7 +129,7 @@ def test_fifty_phone_rollout_across_two_sites_respects_max_unavailable(fleet_lab
     peaks = unavailable_peaks(truth, macs_by_site(fleet_lab), t0)
     assert all(1 <= v <= 3 for v in peaks.values()), peaks
     # the phones now run the new configuration: read back over REST from a VVX
-    from fleet import inventory
+    from fleet.config import inventory
     from fleet.drivers.control.rest import RestPhone
 
     inv = inventory.load(fleet_lab.inventory)

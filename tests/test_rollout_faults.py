@@ -22,8 +22,8 @@ import pytest
 import yaml
 
 from conftest import BIN, start_collector, start_lab, start_worker, wait_until
-from fleet.redisboot import start_private
-from fleet.store import RolloutStore, Store
+from soundpoint.redisboot import start_private
+from fleet.state.store import RolloutStore, Store
 from test_rollout import macs_by_site, playbook, reboots, two_site_spec, unavailable_peaks
 
 pytestmark = pytest.mark.slow

@@ -1,12 +1,12 @@
-"""Unit tests for rollout planning (fleet.rollout_plan): waves, per-site limits, budgets and the R6 refresh load."""
+"""Unit tests for rollout planning (fleet.rollout.plan): waves, per-site limits, budgets and the R6 refresh load."""
 from __future__ import annotations
 
 import pytest
 
-from fleet.inventory import Inventory
-from fleet.rollout_plan import (PlanError, failure_budget, lines, plan, refresh_load, register_sends, rfc3261_sends,
+from fleet.config.inventory import Inventory
+from fleet.rollout.plan import (PlanError, failure_budget, lines, plan, refresh_load, register_sends, rfc3261_sends,
                                 targets)
-from fleet.rollout_playbook import RolloutPlaybook
+from fleet.rollout.playbook import RolloutPlaybook
 
 PRIMARY, BACKUP = "voip.example", "10.0.0.1"
 

@@ -1,10 +1,10 @@
-"""Unit tests for the rollout's decisions (fleet.rollout_policy): no Redis, no workers, no clock."""
+"""Unit tests for the rollout's decisions (fleet.rollout.policy): no Redis, no workers, no clock."""
 from __future__ import annotations
 
 import pytest
 
-from fleet import rollout_policy as rp
-from fleet.rollout_policy import Limits
+from fleet.rollout import policy as rp
+from fleet.rollout.policy import Limits
 
 NOW = 10_000.0
 A1, A2, A3, B1, B2 = "0004f2a00001", "0004f2a00002", "0004f2a00003", "0004f2b00001", "0004f2b00002"
@@ -284,7 +284,7 @@ def test_the_step_does_not_change_what_it_was_given():
 
 # ---------------------------------------------------------------- plumbing
 def test_limits_from_a_stored_plan_and_playbook():
-    from fleet.rollout_playbook import RolloutPlaybook
+    from fleet.rollout.playbook import RolloutPlaybook
 
     pb = RolloutPlaybook.model_validate({"kind": "rollout", "name": "t", "params": {"reg.1.label": "x"},
                                          "verify": {"registered_to": [1, 2], "within": 90}, "rollback": False,
@@ -303,7 +303,7 @@ def test_the_drill_gate_runs_after_a_canary_wave_only():
 
 
 def test_settled_states_agree_with_the_store():
-    from fleet.store import RolloutStore
+    from fleet.state.store import RolloutStore
 
     assert set(rp.SETTLED) == set(RolloutStore.SETTLED)
     assert set(rp.FAILED) < set(rp.SETTLED) and not set(rp.IN_FLIGHT) & set(rp.SETTLED)
@@ -355,7 +355,7 @@ def test_a_silent_fallback_the_push_moved_is_not_taken_as_a_standby_and_the_fail
 
 
 def test_the_plan_says_which_on_failure_fallbacks_the_push_moves():
-    from fleet import predict
+    from fleet.phoneconf import predict
 
     old = {"reg.1.server.1.address": "a.example", "reg.1.server.2.address": "b.example",
            "reg.1.server.2.failOver.reRegisterOn": "1"}

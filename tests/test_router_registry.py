@@ -4,7 +4,7 @@ import importlib
 import pytest
 
 from conftest import SMALL_INVENTORY
-from fleet import inventory
+from fleet.config import inventory
 from fleet.drivers import router as routers
 from soundpoint.yamlfile import FileError
 
@@ -131,14 +131,14 @@ def test_two_routers_with_different_addresses_load(tmp_path):
 
 
 def test_a_router_name_that_cannot_be_resolved_loads_with_a_warning(tmp_path, caplog, monkeypatch):
-    from fleet import router_identity
+    from fleet.config import router_identity
 
     def no_dns(*args, **kwargs):
         raise OSError("no resolver here")
 
     monkeypatch.setattr(router_identity.socket, "getaddrinfo", no_dns)
     _, load = _load(tmp_path, _two_routers("router.branch.example", "127.10.0.2"))
-    with caplog.at_level("WARNING", logger="fleet.router_identity"):
+    with caplog.at_level("WARNING", logger="fleet.config.router_identity"):
         load()
     assert "router address router.branch.example could not be resolved" in caplog.text, caplog.text
 

@@ -13,8 +13,8 @@ import redis
 import yaml
 
 from conftest import BIN, lab_spec, run_fleet, wait_until
-from fleet.deadline import poll_until
-from fleet.store import Store
+from soundpoint.deadline import poll_until
+from fleet.state.store import Store
 
 pytestmark = pytest.mark.slow
 

@@ -17,8 +17,8 @@ import redis
 import yaml
 
 from conftest import ROOT
-from fleet import schedule
-from fleet.store import Store
+from fleet.rollout import schedule
+from fleet.state.store import Store
 from soundpoint.yamlfile import FileError
 
 
@@ -70,7 +70,7 @@ def test_rollout_id_is_the_same_for_every_copy_of_one_run():
 def test_beat_sends_the_fire_time_and_keeps_no_schedule_file(redis_url, tmp_path, monkeypatch):
     """FleetScheduler is beat's in-memory scheduler: the message names the cron time it fires for, the time it
     was sent goes to Redis (through the store), and nothing is written where beat runs."""
-    from fleet.celeryapp import app, configure
+    from fleet.worker.app import app, configure
 
     monkeypatch.chdir(tmp_path)
     configure(redis_url)
@@ -110,7 +110,7 @@ def test_a_cron_entry_that_never_fires_is_refused_naming_the_file(tmp_path):
 
 @pytest.mark.parametrize("expr", ["0 3 29 2 *", "0 3 31 2 mon", "0 3 31 */2 *", "0 3 5/10 * *", "*/15 1-5/2 1,15 jan-mar *"])
 def test_cron_entries_that_can_fire_are_accepted(expr):
-    from fleet import validate
+    from fleet.config import validate
 
     assert validate.cron(expr) == expr
 

@@ -19,9 +19,9 @@ import yaml
 from celery import Celery
 
 from conftest import BIN, ROOT, lab_spec, run_fleet, start_lab, start_worker, wait_until
-from fleet import schedule
-from fleet.deadline import poll_until
-from fleet.store import RolloutStore, Store
+from fleet.rollout import schedule
+from soundpoint.deadline import poll_until
+from fleet.state.store import RolloutStore, Store
 from test_rollout import reboots
 
 pytestmark = pytest.mark.slow

@@ -23,11 +23,13 @@ import pytest
 import yaml
 
 from conftest import BIN, free_port, lab_spec, run_fleet, start_lab, wait_until
-from fleet import inventory, polycom, secret_params
-from fleet.inventory import Credentials, Phone
-from fleet.redact import redact, redact_url
-from fleet.rollout_playbook import RolloutPlaybook
-from fleet.rollout_plan import config_hash, plan
+from fleet.config import inventory
+from fleet.phoneconf import polycom
+from fleet.phoneconf import secrets as secret_params
+from fleet.config.inventory import Credentials, Phone
+from soundpoint.redact import redact, redact_url
+from fleet.rollout.playbook import RolloutPlaybook
+from fleet.rollout.plan import config_hash, plan
 from soundpoint.yamlfile import FileError
 
 SIP_SECRET = "planted-SIP-secret-4711"
@@ -167,7 +169,7 @@ def test_interpolation_cannot_smuggle_a_reference_into_a_parameter(tmp_path):
     site = inv.sites[0]
     inv = inv.model_copy(update={"sites": [site.model_copy(update={"gateway": "secret:router"})]})
     pb = RolloutPlaybook.model_validate({"kind": "rollout", "name": "t", "params": {"reg.1.label": "{site.gateway}"}})
-    from fleet.rollout_plan import PlanError
+    from fleet.rollout.plan import PlanError
 
     with pytest.raises(PlanError, match="reg.1.label: secret:/env: references are allowed only in secret parameters"):
         plan(inv, pb, "r1")
@@ -244,8 +246,8 @@ def _redis_dump(url: str) -> str:
 
 
 def test_the_plan_in_redis_holds_no_secret_value(tmp_path, redis_url, monkeypatch):
-    from fleet.rollout import create
-    from fleet.store import RolloutStore, Store
+    from fleet.rollout.driver import create
+    from fleet.state.store import RolloutStore, Store
 
     monkeypatch.setenv("SITE_TEST_PLANTED", ENV_SECRET)
     inv_path = write_inventory(tmp_path)
@@ -325,7 +327,7 @@ def _ask_every_way(phone: Phone, creds: Credentials) -> None:
     """Every path that authenticates to a phone: REST driver, call-state check, collector poller."""
     import asyncio
 
-    from fleet.drivers.collect.poller import Poller
+    from fleet.evidence.sources.poller import Poller
     from fleet.drivers.control.polling import polling_in_call
     from fleet.drivers.control.rest import RestPhone
     from fleet.drivers.errors import DriverError
@@ -403,7 +405,7 @@ def test_worker_refuses_a_forged_plan_and_asks_a_spoofed_phone_only_with_digest(
     """A plan written into Redis by someone else: the worker resolves no secret into a label, publishes nothing."""
     from celery import Celery
 
-    from fleet.store import RolloutStore, Store
+    from fleet.state.store import RolloutStore, Store
 
     spoof = SpoofedPhone("127.0.0.88", "basic")
     try:
@@ -452,7 +454,7 @@ def _backups(lab) -> list[str]:
 
 
 def test_finished_rollout_leaves_no_backups_unless_asked_to_keep_them(small_lab, redis_url, tmp_path):
-    from fleet.store import RolloutStore, Store
+    from fleet.state.store import RolloutStore, Store
 
     rs = RolloutStore(Store(redis_url))
     strategy = {"canary": 1, "wave_size": 3, "max_unavailable": 2, "progress_deadline": 120}
@@ -483,7 +485,7 @@ def test_digest_is_enough_for_the_virtual_phones(small_lab):
     """Digest by default does not cost the real path anything: the lab's phones answer polls and REST with it."""
     import asyncio
 
-    from fleet.drivers.collect.poller import Poller
+    from fleet.evidence.sources.poller import Poller
     from fleet.drivers.control.polling import polling_in_call
     from fleet.drivers.control.rest import RestPhone
 
@@ -513,7 +515,7 @@ def test_a_plan_stored_before_masking_still_renders_its_secrets(tmp_path, monkey
 
 
 def test_backup_removal_spares_failed_rollbacks_and_refuses_odd_ids(tmp_path):
-    from fleet import rollout_backups
+    from fleet.rollout import backups as rollout_backups
     from fleet.drivers.publish import open_publisher
 
     boot = tmp_path / "b"

@@ -100,9 +100,9 @@ SIP_MESSAGES = [e for e in conformance.select(area="sip") if e.body and e.body.s
 
 @pytest.mark.parametrize("entry", SIP_MESSAGES, ids=lambda e: e.id)
 def test_fleet_wire_parser_reads_every_corpus_sip_message(entry):
-    """fleet's capture parser (fleet.drivers.collect.wire_sip) on each real message the corpus holds: method,
+    """fleet's capture parser (fleet.evidence.wire.sip) on each real message the corpus holds: method,
     CSeq, the requested expiry and the User-Agent come out as sent."""
-    from fleet.drivers.collect import wire_sip
+    from fleet.evidence.wire import sip as wire_sip
 
     msg = wire_sip.parse(entry.body.encode())
     assert msg.is_request and msg.method == entry.request["method"]

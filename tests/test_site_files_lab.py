@@ -17,8 +17,8 @@ import yaml
 from celery import Celery
 
 from conftest import lab_spec, run_fleet, start_lab, wait_until
-from fleet import inventory as inv_mod
-from fleet.store import RolloutStore, Store
+from fleet.config import inventory as inv_mod
+from fleet.state.store import RolloutStore, Store
 from soundpoint import bootfiles
 
 pytestmark = pytest.mark.slow

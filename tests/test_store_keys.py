@@ -6,7 +6,7 @@ import inspect
 import re
 
 from conftest import ROOT
-from fleet import store
+from fleet.state import store
 
 
 def _table(text: str) -> list[str]:
@@ -55,13 +55,13 @@ def test_every_key_the_store_builds_is_in_the_table_and_nothing_else():
 
 
 def test_no_key_name_is_built_outside_the_store():
-    """`fleet:` followed by a key family appears only in fleet/store.py (tests and benchmarks use Store methods)."""
+    """`fleet:` followed by a key family appears only in fleet/state/store.py (tests and benchmarks use Store methods)."""
     families = sorted({f.split(":")[0].split("{")[0] for f in _families(_table(store.__doc__))})
     pattern = re.compile(r"fleet:(%s)\b" % "|".join(map(re.escape, families)))
     offenders = []
     for folder in ("fleet", "hil", "bench", "tests", "soundpoint"):
         for path in sorted((ROOT / folder).rglob("*.py")):
-            if path == ROOT / "fleet/store.py":
+            if path == ROOT / "fleet/state/store.py":
                 continue
             for n, line in enumerate(path.read_text().splitlines(), 1):
                 if pattern.search(line):
@@ -71,7 +71,7 @@ def test_no_key_name_is_built_outside_the_store():
 
 def test_inside_the_store_only_keys_builds_a_name():
     """A new key family is added to `Keys` and the table, not written as an f-string in some method."""
-    source = (ROOT / "fleet/store.py").read_text()
+    source = (ROOT / "fleet/state/store.py").read_text()
     start = source.index("\nclass Keys:")
     end = source.index("\nK = Keys")
     outside = source[:start] + source[end:]

@@ -10,23 +10,24 @@ import redis
 import yaml
 
 from conftest import ROOT
-from fleet import plan_check, task_args
-from fleet.celeryapp import app
+from fleet.rollout import record_check as plan_check
+from fleet.worker import args as task_args
+from fleet.worker.app import app
 from fleet.drivers.router import OUTAGE_MODES
-from fleet.inventory import Inventory
-from fleet.redact import redact_url as redacted
-from fleet.redisboot import start_private
-from fleet.rollout_plan import config_hash
-from fleet.task_args import TaskArgumentError, validated
+from fleet.config.inventory import Inventory
+from soundpoint.redact import redact_url as redacted
+from soundpoint.redisboot import start_private
+from fleet.rollout.plan import config_hash
+from fleet.worker.args import TaskArgumentError, validated
 
-import fleet.tasks  # noqa: F401  (registers the tasks)
+import fleet.worker.tasks  # noqa: F401  (registers the tasks)
 
 
 def test_every_fleet_task_checks_its_arguments():
     tasks = {name: t for name, t in app.tasks.items() if name.startswith("fleet.")}
     assert {"fleet.router_outage", "fleet.rollout_push", "fleet.scheduled_rollout"} <= set(tasks)
     unchecked = [name for name, t in tasks.items() if not hasattr(t.run, "__fleet_args_model__")]
-    assert not unchecked, f"tasks without an argument model (add one in fleet/task_args.py): {unchecked}"
+    assert not unchecked, f"tasks without an argument model (add one in fleet/worker/args.py): {unchecked}"
 
 
 def test_outage_modes_match_the_router_drivers():

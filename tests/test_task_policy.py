@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 from celery.backends.base import BaseBackend
 
-from fleet import router_work, rollout_work, tasks
-from fleet.celeryapp import app
+from fleet.experiment import router_work
+from fleet.rollout import work as rollout_work
+from fleet.worker import tasks
+from fleet.worker.app import app
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError
-from fleet.task_errors import TaskFailed
+from fleet.worker.errors import TaskFailed
 
 
 def _round_trip(exc: BaseException) -> BaseException:

@@ -27,8 +27,9 @@ def lab(lab_factory):
 
 
 def test_the_collector_polls_a_53_phone_in_push_mode_and_a_call_check_reads_the_push(lab, redis_url, tmp_path):
-    from fleet import inventory, phones
-    from fleet.store import Store
+    from fleet import phones
+    from fleet.config import inventory
+    from fleet.state.store import Store
 
     inv = inventory.load(lab.inventory)
     secrets = inventory.Secrets(inv)

@@ -14,11 +14,11 @@ import time
 import pytest
 
 from fleet import phones
-from fleet.collector import SiteCollector
-from fleet.drivers.collect.poller import Poller
+from fleet.evidence.collector import SiteCollector
+from fleet.evidence.sources.poller import Poller
 from fleet.drivers.control import polling
-from fleet.inventory import Credentials, Inventory
-from fleet.store import Store
+from fleet.config.inventory import Credentials, Inventory
+from fleet.state.store import Store
 from soundpoint import conformance
 from test_phone_identity import ADMIN, POLL_PARAMS, POLL_PASSWORD, POLL_USER, Route, _resolve, fake_phone  # noqa: F401
 
@@ -54,8 +54,8 @@ def test_a_phone_below_54_pushes_its_state_to_the_collector_by_default(version, 
 
 def test_the_plan_warns_about_a_53_phone_whose_state_goes_nowhere():
     """A 5.3 phone whose site sets a push URL other than the collector's is named in the plan, as a SIP 3.x one is."""
-    from fleet.rollout_plan import plan
-    from fleet.rollout_playbook import RolloutPlaybook
+    from fleet.rollout.plan import plan
+    from fleet.rollout.playbook import RolloutPlaybook
 
     inv = _inventory("5.3.0")
     object.__setattr__(inv.sites[0].phones[0], "params", POLL_PARAMS | {"apps.statePolling.URL": "http://10.9.9.9/s"})
@@ -98,7 +98,7 @@ def test_a_53_phones_call_check_reads_the_pushed_state(fake_phone, redis_url):
     store = Store(redis_url)
     store.r.delete(f"phone:{MAC}")
 
-    def collector_gets_the_push():   # what fleet.collector._state_push records when the phone POSTs
+    def collector_gets_the_push():   # what fleet.evidence.collector._state_push records when the phone POSTs
         deadline = time.monotonic() + 5
         while not fake.requests and time.monotonic() < deadline:
             time.sleep(0.02)

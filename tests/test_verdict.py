@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from fleet.verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, first_change, judge_phone, summary,
+from fleet.experiment.verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, first_change, judge_phone, summary,
                            timeline)
 
 MAC = "00040a000001"
@@ -100,7 +100,7 @@ def test_summary_percentiles_interpolate():
 
 
 def test_fallback_behaviour_tells_the_two_readings_of_reregister_on_apart():
-    from fleet.verdict import OutageWindow, fallback_behaviour
+    from fleet.experiment.verdict import OutageWindow, fallback_behaviour
     cut = OutageWindow(start=100.0, end=130.0)
     before = [{"t": 90.0, "server": 2, "state": "registered", "source": "syslog"}]
     after = [{"t": 110.0, "server": 2, "state": "registered", "source": "syslog", "working_server": 2}]
@@ -117,7 +117,7 @@ def test_fallback_behaviour_tells_the_two_readings_of_reregister_on_apart():
 
 
 def test_a_failover_that_cannot_happen_says_why_first():
-    from fleet.verdict import Expectation, PhoneVerdict, Reached, judge_phone
+    from fleet.experiment.verdict import Expectation, PhoneVerdict, Reached, judge_phone
     why = ("on uc-5.x a phone registers with a fallback server only with failOver.reRegisterOn=1 (default 0: it "
            "assumes the servers share registrations); server 2 will not see a REGISTER")
     v = PhoneVerdict(mac="m", model="VVX 410", prediction_notes=[f"failover: {why}"])

@@ -15,16 +15,16 @@ import pytest
 from rich.console import Console
 
 from conftest import SMALL_INVENTORY
-from fleet import inventory
-from fleet.drivers.collect import gateway_bindings as gb
-from fleet.drivers.collect import hep
-from fleet.drivers.collect.wire_observations import Attribution, WireTarget
-from fleet.drivers.collect.wire_pipeline import WireEvidence
-from fleet.drivers.collect.wire_sources import site_targets
-from fleet.observe import REGISTERED, UNREGISTERED
-from fleet.status import foreign_table, view
-from fleet.store import Keys as K
-from fleet.store import Store
+from fleet.config import inventory
+from fleet.evidence.sources import gateway_bindings as gb
+from fleet.evidence.wire import hep
+from fleet.evidence.wire.attribution import Attribution, WireTarget
+from fleet.evidence.wire.pipeline import WireEvidence
+from fleet.evidence.sources.wire_sources import site_targets
+from fleet.state.observe import REGISTERED, UNREGISTERED
+from fleet.evidence.status import foreign_table, view
+from fleet.state.store import Keys as K
+from fleet.state.store import Store
 from soundpoint.yamlfile import FileError
 from test_wire_evidence import A_ADDR, PROVIDER, T0, register, response, run
 
@@ -77,7 +77,7 @@ def test_an_address_the_inventory_allows_speaks_for_the_phone():
 
 
 def test_the_foreign_count_survives_a_rebuild_of_the_targets():
-    from fleet.drivers.collect.wire_sources import Follower
+    from fleet.evidence.sources.wire_sources import Follower
 
     class Targets:
         generation, wire, by_mac = 1, [WireTarget(MAC, 1, 1, PROVIDER, "1001", phone_ip=A_ADDR[0])], {}
@@ -297,7 +297,7 @@ def test_a_learned_address_is_believed_no_longer_than_the_phones_configured_expi
 
 
 def test_targets_carry_the_phones_configured_expiry():
-    from fleet.drivers.collect.wire_observations import targets_for
+    from fleet.evidence.wire.attribution import targets_for
 
     servers = [{"index": 1, "address": "203.0.113.10", "expires": 300}, {"index": 2, "address": "192.168.10.1"}]
     assert [t.expires for t in targets_for(MAC, 1, "1001", servers, lambda name: [])] == [300, 3600]
@@ -308,7 +308,7 @@ def test_the_gateway_source_takes_a_binding_from_the_address_a_wire_source_learn
     provider authenticated); the gateway's binding from that address is then its own, not foreign."""
     import time
 
-    from fleet.drivers.collect import wire_sources
+    from fleet.evidence.sources import wire_sources
     from test_wire_lines import PARAMS, _site
 
     params = PARAMS | {"voIpProt.server.2.address": GATEWAY[0]}

@@ -17,8 +17,8 @@ import pytest
 import yaml
 
 from conftest import lab_spec, run_fleet, wait_until
-from fleet.observe import REGISTERED
-from fleet.store import Store
+from fleet.state.observe import REGISTERED
+from fleet.state.store import Store
 from hil import kamailio
 from sipwire import message as sip
 
@@ -43,7 +43,7 @@ def lab(lab_factory, worker_factory):
 
 
 def _free_port() -> int:
-    from fleet.redisboot import free_port
+    from soundpoint.redisboot import free_port
     return free_port()
 
 

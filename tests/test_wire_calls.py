@@ -1,9 +1,9 @@
 """Call evidence from the wire: the final answer to a phone's INVITE names the server that took the call."""
 from __future__ import annotations
 
-from fleet.drivers.collect.wire_decode import Datagram
-from fleet.drivers.collect.wire_observations import Attribution, WireTarget
-from fleet.drivers.collect.wire_pipeline import WireEvidence
+from fleet.evidence.wire.decode import Datagram
+from fleet.evidence.wire.attribution import Attribution, WireTarget
+from fleet.evidence.wire.pipeline import WireEvidence
 from sipwire import message as sip
 
 MAC = "0004f2000001"
@@ -92,8 +92,8 @@ def test_a_registration_not_refreshed_by_its_expiry_lapses():
 def test_register_to_an_address_no_target_has_makes_the_targets_rebuild_soon(monkeypatch):
     """A rollout moved server 2: the capture sees REGISTERs to the new address, rebuilds its targets from the
     configuration the phones now run, and attributes the next ones."""
-    from fleet.drivers.collect import wire_sources
-    from fleet.inventory import Inventory
+    from fleet.evidence.sources import wire_sources
+    from fleet.config.inventory import Inventory
 
     monkeypatch.setattr(wire_sources, "RETARGET_SOON_S", 0.0)
     params = {"reg.1.address": "1001", "reg.1.server.1.address": PROVIDER[0], "reg.1.server.2.address": GATEWAY[0]}

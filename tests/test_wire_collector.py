@@ -23,12 +23,12 @@ import pytest
 import yaml
 
 from conftest import free_port, require_loopback_capture, udp_socket, wait_until
-from fleet.collector import SiteCollector
-from fleet.site_registry import register_site
-from fleet.drivers.collect import hep
-from fleet.inventory import Inventory, Secrets
-from fleet.observe import REGISTERED, UNREGISTERED
-from fleet.store import Store
+from fleet.evidence.collector import SiteCollector
+from fleet.state.sites import register_site
+from fleet.evidence.wire import hep
+from fleet.config.inventory import Inventory, Secrets
+from fleet.state.observe import REGISTERED, UNREGISTERED
+from fleet.state.store import Store
 from sipwire import message as sip
 
 PHONES = {"0004f2fa0001": ("127.15.250.2", "5001"), "0004f2fa0002": ("127.15.250.3", "5002")}

@@ -21,18 +21,18 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from conftest import await_until, wait_until
-from fleet.drivers.collect import gateway_bindings as gb
-from fleet.drivers.collect import hep
-from fleet.drivers.collect.hep_listener import HepListener, start_hep_listener
-from fleet.drivers.collect.local_capture import CaptureUnavailable, check_capture, local_capture_argv
-from fleet.drivers.collect.pcap_stream import (CAPTURE_COMMANDS, PcapFormatError, PcapStreamParser, PcapWriter,
+from fleet.evidence.sources import gateway_bindings as gb
+from fleet.evidence.wire import hep
+from fleet.evidence.sources.hep_listener import HepListener, start_hep_listener
+from fleet.evidence.sources.local_capture import CaptureUnavailable, check_capture, local_capture_argv
+from fleet.evidence.wire.pcap import (CAPTURE_COMMANDS, PcapFormatError, PcapStreamParser, PcapWriter,
                                                capture_command, iter_pcap)
-from fleet.drivers.collect.sip_transactions import FINAL, INTERIM
-from fleet.drivers.collect.wire_decode import (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2,
+from fleet.evidence.wire.transactions import FINAL, INTERIM
+from fleet.evidence.wire.decode import (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2,
                                                LINKTYPE_RAW, Datagram, FrameDecoder, register_message)
-from fleet.drivers.collect.wire_observations import (NOT_OBSERVABLE, Attribution, WireTarget, detail_fields)
-from fleet.drivers.collect.wire_pipeline import WireEvidence
-from fleet.observe import REGISTERED, UNREGISTERED
+from fleet.evidence.wire.attribution import (NOT_OBSERVABLE, Attribution, WireTarget, detail_fields)
+from fleet.evidence.wire.pipeline import WireEvidence
+from fleet.state.observe import REGISTERED, UNREGISTERED
 
 DATA = Path(__file__).parent / "data" / "wire"
 PROVIDER = ("203.0.113.10", 5060)
@@ -496,7 +496,7 @@ def test_local_capture_check_trusts_tcpdump_not_the_workers_own_rights(tmp_path,
 
     monkeypatch.setattr(socket, "socket", no_raw)
     check_capture("lo")                              # no CaptureUnavailable
-    from fleet.drivers.collect.local_capture import start_local_capture
+    from fleet.evidence.sources.local_capture import start_local_capture
     proc = start_local_capture("lo", (5080,))
     try:
         assert iter_pcap_header(proc) == PCAP_HEADER  # the header is still there for the reader
@@ -514,8 +514,8 @@ def iter_pcap_header(proc) -> bytes:
 def test_local_capture_filters_the_sites_ports_and_vlan_tagged_frames(tmp_path, monkeypatch):
     """The local capture runs with the ports of the site's targets (SRV ones included), like the router capture,
     and its filter also takes 802.1Q-tagged frames (a mirror port keeps the tags); before: 5060, untagged only."""
-    from fleet.drivers.collect import wire_sources
-    from fleet.inventory import Capture, Inventory
+    from fleet.evidence.sources import wire_sources
+    from fleet.config.inventory import Capture, Inventory
 
     argv_file = tmp_path / "argv"
     monkeypatch.setenv("PATH", _fake_tcpdump(tmp_path / "capable", (
@@ -872,7 +872,7 @@ def test_fuzz_shuffled_kamailio_lines_never_invent_contacts(lines):
 # --- the lean SIP parser -----------------------------------------------------------------------------------
 
 def test_wire_sip_reads_compact_folded_and_combined_headers():
-    from fleet.drivers.collect import wire_sip
+    from fleet.evidence.wire import sip as wire_sip
     raw = (b"REGISTER sip:203.0.113.10 SIP/2.0\r\n"
            b"v: SIP/2.0/UDP 192.168.10.21:5060;branch=z9hG4bKtop, SIP/2.0/UDP 10.0.0.1;branch=z9hG4bKlow\r\n"
            b"f: <sip:1001@203.0.113.10>;tag=a\r\nt: <sip:1001@203.0.113.10>\r\ni: abc@host\r\n"
@@ -881,7 +881,7 @@ def test_wire_sip_reads_compact_folded_and_combined_headers():
     msg = wire_sip.parse(raw)
     assert (msg.method, msg.cseq, msg.call_id, msg.top_via_branch) == ("REGISTER", (9, "REGISTER"), "abc@host", "z9hG4bKtop")
     assert msg.get("Contact") == "<sip:1001@192.168.10.21:5060>, <sip:1001@192.168.10.21:5062>;expires=30"
-    from fleet.drivers.collect.sip_transactions import split_contacts
+    from fleet.evidence.wire.transactions import split_contacts
     assert split_contacts(msg.get_all("contact")) == [("sip:1001@192.168.10.21:5060", {}),
                                                       ("sip:1001@192.168.10.21:5062", {"expires": "30"})]
     for bad in (raw.replace(b"CSeq: 9", b"CSeq: \xc2\xb2"), raw.replace(b"i: abc@host\r\n", b""),
@@ -894,7 +894,7 @@ def test_wire_sip_reads_compact_folded_and_combined_headers():
 @FUZZ
 @given(junk)
 def test_fuzz_wire_sip_raises_only_its_parse_error(data):
-    from fleet.drivers.collect import wire_sip
+    from fleet.evidence.wire import sip as wire_sip
     try:
         wire_sip.parse(data)
     except wire_sip.SipParseError:
@@ -902,7 +902,7 @@ def test_fuzz_wire_sip_raises_only_its_parse_error(data):
 
 
 def test_hep_evidence_can_be_kept_as_a_pcap_file_that_decodes_back():
-    from fleet.drivers.collect.wire_decode import ip_packet
+    from fleet.evidence.wire.decode import ip_packet
     payloads = [hep.parse(hep.encode(A_ADDR, PROVIDER, T0, register("1001", A_ADDR))),
                 hep.parse(hep.encode(("2001:db8::21", 5060), ("2001:db8::1", 5060), T0 + 1, b"SIP/2.0 200 OK\r\n\r\n"))]
     buf = io.BytesIO()
@@ -914,7 +914,7 @@ def test_hep_evidence_can_be_kept_as_a_pcap_file_that_decodes_back():
 
 
 def test_packet_clock_follows_the_capture_and_keeps_running_when_traffic_stops():
-    from fleet.drivers.collect.wire_pipeline import PacketClock
+    from fleet.evidence.wire.pipeline import PacketClock
     clock = PacketClock()
     assert clock.now() is None
     clock.saw(T0)
@@ -935,7 +935,7 @@ def test_live_streams_can_stamp_observations_on_the_local_clock():
 
 
 def test_async_pcap_stream_from_a_subprocess_stdout(tmp_path):
-    from fleet.drivers.collect.pcap_stream import aiter_pcap
+    from fleet.evidence.wire.pcap import aiter_pcap
     frames = [(T0 + i, eth(A_ADDR, PROVIDER, register("1001", A_ADDR, cseq=i + 1))) for i in range(3)]
     path = tmp_path / "c.pcap"
     path.write_bytes(pcap(frames))
@@ -996,7 +996,7 @@ def test_fuzz_fast_path_agrees_with_dpkt(frame):
 
 
 def test_targets_follow_the_phone_configuration():
-    from fleet.drivers.collect.wire_observations import targets_for
+    from fleet.evidence.wire.attribution import targets_for
     servers = [{"index": 1, "address": "voip.provider.example", "port": 0, "transport": "DNSnaptr", "register": True},
                {"index": 2, "address": "192.168.10.1", "port": 5080, "register": True},
                {"index": 3, "address": "192.168.10.2", "register": False},

@@ -29,9 +29,9 @@ import pytest
 import yaml
 
 from conftest import free_port, lab_spec, run_fleet, wait_until, write_rollout_playbook
-from fleet.drivers.collect import gateway_bindings as gb
-from fleet.observe import REGISTERED
-from fleet.store import Store
+from fleet.evidence.sources import gateway_bindings as gb
+from fleet.state.observe import REGISTERED
+from fleet.state.store import Store
 from hil import kamailio
 
 KAMAILIO_MISSING = kamailio.unavailable(siptrace=True)

@@ -23,13 +23,14 @@ import pytest
 import yaml
 
 from conftest import free_port, wait_until
-from fleet.collector import SiteCollector
-from fleet.drivers.collect import hep, wire_sources
-from fleet.drivers.collect.pcap_stream import PcapWriter
-from fleet.drivers.collect.wire_decode import LINKTYPE_ETHERNET
-from fleet.inventory import Capture, Inventory, Secrets
-from fleet.site_registry import register_site
-from fleet.store import Store
+from fleet.evidence.collector import SiteCollector
+from fleet.evidence.wire import hep
+from fleet.evidence.sources import wire_sources
+from fleet.evidence.wire.pcap import PcapWriter
+from fleet.evidence.wire.decode import LINKTYPE_ETHERNET
+from fleet.config.inventory import Capture, Inventory, Secrets
+from fleet.state.sites import register_site
+from fleet.state.store import Store
 from hil import phone_reports
 from test_wire_evidence import eth, register, response
 

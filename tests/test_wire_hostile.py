@@ -19,14 +19,17 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import await_until
-from fleet.drivers.collect import hep, sip_calls, sip_transactions, wire_sources
-from fleet.drivers.collect.hep_listener import HepListener, start_hep_listener
-from fleet.drivers.collect.wire_decode import Datagram
-from fleet.drivers.collect.wire_observations import Attribution
-from fleet.drivers.collect.wire_pipeline import WireEvidence
-from fleet.drivers.collect import wire_sip
-from fleet.drivers.collect.source_guard import ByteBudget
-from fleet.drivers.collect.wire_sip import MAX_HEADER_LINE
+from fleet.evidence.wire import hep
+from fleet.evidence.wire import calls as sip_calls
+from fleet.evidence.wire import transactions as sip_transactions
+from fleet.evidence.sources import wire_sources
+from fleet.evidence.sources.hep_listener import HepListener, start_hep_listener
+from fleet.evidence.wire.decode import Datagram
+from fleet.evidence.wire.attribution import Attribution
+from fleet.evidence.wire.pipeline import WireEvidence
+from fleet.evidence.wire import sip as wire_sip
+from fleet.evidence.wire.guard import ByteBudget
+from fleet.evidence.wire.sip import MAX_HEADER_LINE
 from sipwire import message as sipmsg
 from soundpoint import conformance
 from sipwire import uri as sipuri
@@ -181,7 +184,7 @@ def test_hep_without_the_senders_key_or_with_a_wrong_one_is_dropped_and_counted(
 
 
 def test_a_hep_sender_that_is_mostly_refused_shows_as_a_failing_source():
-    from fleet.drivers.collect.source_guard import DropHealth
+    from fleet.evidence.wire.guard import DropHealth
 
     drops = DropHealth()
     for _ in range(30):
@@ -196,7 +199,7 @@ def test_a_hep_sender_that_is_mostly_refused_shows_as_a_failing_source():
 
 @pytest.mark.lab
 def test_kamailio_siptrace_sends_the_auth_key_the_lab_sets_and_a_wrong_key_is_refused(tmp_path):
-    from fleet.redisboot import free_port
+    from soundpoint.redisboot import free_port
     from hil import kamailio as kam
     from test_wire_live import PASSWORD, _register
     from conftest import udp_socket
@@ -253,7 +256,7 @@ def test_hep_datagrams_of_the_conformance_corpus_carry_their_key_and_are_judged_
 
 
 def test_the_inventory_names_hep_auth_keys_per_sender_as_secrets():
-    from fleet.inventory import Capture
+    from fleet.config.inventory import Capture
 
     cap = Capture.model_validate({"kind": "hep", "listen": "10.0.0.5:9060", "senders": ["10.0.0.1"],
                                   "auth_keys": {"10.0.0.1": "hep_gateway"}})
@@ -378,8 +381,8 @@ def test_a_capture_source_keeps_only_the_datagrams_it_accepted():
     and one over the size caps are dropped, and neither is kept for the experiment's capture."""
     import io
 
-    from fleet.drivers.collect.pcap_stream import PcapWriter
-    from fleet.drivers.collect.wire_decode import LINKTYPE_ETHERNET
+    from fleet.evidence.wire.pcap import PcapWriter
+    from fleet.evidence.wire.decode import LINKTYPE_ETHERNET
     from test_wire_evidence import eth
 
     kept: list = []

@@ -7,16 +7,16 @@ import threading
 
 import pytest
 
-from fleet.drivers.collect import gateway_bindings as gb
-from fleet.drivers.collect import wire_sources
-from fleet.drivers.collect.pcap_stream import PcapStreamParser
-from fleet.drivers.collect.wire_observations import Attribution, WireTarget
-from fleet.drivers.collect.wire_pipeline import WireEvidence
-from fleet.inventory import Inventory
-from fleet.observe import REGISTERED, UNKNOWN, UNREGISTERED, Observation, PhoneState, apply, from_line_info
-from fleet.phone_row import row_for_json
-from fleet.predict import granted_expiry
-from fleet.verdict import timeline
+from fleet.evidence.sources import gateway_bindings as gb
+from fleet.evidence.sources import wire_sources
+from fleet.evidence.wire.pcap import PcapStreamParser
+from fleet.evidence.wire.attribution import Attribution, WireTarget
+from fleet.evidence.wire.pipeline import WireEvidence
+from fleet.config.inventory import Inventory
+from fleet.state.observe import REGISTERED, UNKNOWN, UNREGISTERED, Observation, PhoneState, apply, from_line_info
+from fleet.state.phone_row import row_for_json
+from fleet.phoneconf.predict import granted_expiry
+from fleet.experiment.verdict import timeline
 from test_wire_evidence import A_ADDR, B_ADDR, PROVIDER, T0, eth, pcap, register, response
 
 MAC = "0004f2000001"
@@ -231,7 +231,7 @@ def test_targets_are_rebuilt_by_one_thread_at_a_time():
 def test_stored_state_and_status_json_keep_line_1_apart_from_line_2(redis_url):
     import json
 
-    from fleet.store import Store
+    from fleet.state.store import Store
 
     store = Store(redis_url)
     mac = "0004f20000e2"
@@ -258,8 +258,8 @@ def _cfg(params: dict[str, str]) -> bytes:
 
 def test_a_user_only_the_site_files_give_is_read_from_the_boot_server_once(tmp_path):
     from fleet.drivers.publish import open_publisher
-    from fleet.inventory import Credentials
-    from fleet.site_users import SiteUsers
+    from fleet.config.inventory import Credentials
+    from fleet.sites.users import SiteUsers
 
     boot = tmp_path / "boot"
     (boot / "ov").mkdir(parents=True)
@@ -285,8 +285,8 @@ def test_a_user_only_the_site_files_give_is_read_from_the_boot_server_once(tmp_p
 
 def test_a_boot_server_that_cannot_be_read_leaves_the_configuration_as_it_was(tmp_path):
     from fleet.drivers.publish import open_publisher
-    from fleet.inventory import Credentials
-    from fleet.site_users import SiteUsers
+    from fleet.config.inventory import Credentials
+    from fleet.sites.users import SiteUsers
 
     users = SiteUsers(f"file://{tmp_path}/none/", lambda url: open_publisher(url, Credentials()), {MAC: "VVX 410"})
     params = {MAC: {"reg.1.server.1.address": PROVIDER[0]}}

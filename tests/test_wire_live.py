@@ -15,12 +15,12 @@ import time
 
 import pytest
 
-from fleet.drivers.collect import gateway_bindings as gb
-from fleet.drivers.collect.hep_listener import start_hep_listener
-from fleet.drivers.collect.wire_observations import Attribution, WireTarget, detail_fields
-from fleet.drivers.collect.wire_pipeline import WireEvidence
-from fleet.observe import REGISTERED, UNREGISTERED
-from fleet.redisboot import free_port
+from fleet.evidence.sources import gateway_bindings as gb
+from fleet.evidence.sources.hep_listener import start_hep_listener
+from fleet.evidence.wire.attribution import Attribution, WireTarget, detail_fields
+from fleet.evidence.wire.pipeline import WireEvidence
+from fleet.state.observe import REGISTERED, UNREGISTERED
+from soundpoint.redisboot import free_port
 from hil import kamailio as kam
 from sipwire import digest
 from sipwire import message as sip
@@ -114,8 +114,8 @@ def test_local_capture_on_loopback_sees_a_register_and_its_answer():
     """The mirror-port input for real: tcpdump on `lo` (needs tcpdump and CAP_NET_RAW), its pcap stdout
     through iter_pcap into the pipeline."""
     import threading
-    from fleet.drivers.collect.local_capture import start_local_capture
-    from fleet.drivers.collect.pcap_stream import iter_pcap
+    from fleet.evidence.sources.local_capture import start_local_capture
+    from fleet.evidence.wire.pcap import iter_pcap
     require_loopback_capture()
     server_sock, phone_sock = udp_socket(), udp_socket()
     server = server_sock.getsockname()

@@ -1,12 +1,12 @@
-"""fleet.observe with per-server wire evidence and line-level sources, and the inventory's evidence fields."""
+"""fleet.state.observe with per-server wire evidence and line-level sources, and the inventory's evidence fields."""
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
 
-from fleet.inventory import Inventory, load
-from fleet.observe import REGISTERED, UNREGISTERED, Observation, PhoneState, apply
+from fleet.config.inventory import Inventory, load
+from fleet.state.observe import REGISTERED, UNREGISTERED, Observation, PhoneState, apply
 from soundpoint.yamlfile import FileError
 
 MAC = "0004f2000001"
@@ -114,7 +114,7 @@ def test_status_row_and_table_show_each_server_with_source_and_age():
 
     from rich.console import Console
 
-    from fleet.status import row_for_json, table
+    from fleet.evidence.status import row_for_json, table
 
     st = PhoneState(mac=MAC)
     now = time.time()
@@ -146,9 +146,9 @@ def test_status_row_and_table_show_each_server_with_source_and_age():
 
 def _pump(chunks: list[bytes]):
     """Run the capture sources' read loop (wire_sources._WireThread.pump) over `chunks`; (observations, error)."""
-    from fleet.drivers.collect import wire_sources
-    from fleet.inventory import Capture
-    from fleet.drivers.collect.pcap_stream import PcapFormatError
+    from fleet.evidence.sources import wire_sources
+    from fleet.config.inventory import Capture
+    from fleet.evidence.wire.pcap import PcapFormatError
 
     params = {"reg.1.address": "1001", "reg.1.server.1.address": "10.0.0.5"}
     site = Inventory.model_validate({"name": "x", "sites": [{"name": "a", "gateway": "10.0.0.1",
@@ -173,7 +173,7 @@ def test_junk_on_the_capture_stream_ends_the_run_with_a_format_error_and_no_obse
     from hypothesis import given, settings
     from hypothesis import strategies as st
 
-    from fleet.drivers.collect.pcap_stream import PcapWriter
+    from fleet.evidence.wire.pcap import PcapWriter
 
     import io
     head = io.BytesIO()

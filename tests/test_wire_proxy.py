@@ -6,12 +6,12 @@ phone's own transaction may give an observation, exactly once. Datagrams are fed
 """
 from __future__ import annotations
 
-from fleet.drivers.collect.sip_transactions import host_key, uri_host
-from fleet.drivers.collect.wire_decode import Datagram
-from fleet.drivers.collect.wire_observations import Attribution, targets_for
-from fleet.drivers.collect.wire_pipeline import WireEvidence
-from fleet.drivers.collect.wire_sources import outbound_proxy, phone_servers, registration_user, transaction_timeouts
-from fleet.observe import REGISTERED, UNREGISTERED
+from fleet.evidence.wire.transactions import host_key, uri_host
+from fleet.evidence.wire.decode import Datagram
+from fleet.evidence.wire.attribution import Attribution, targets_for
+from fleet.evidence.wire.pipeline import WireEvidence
+from fleet.evidence.sources.wire_sources import outbound_proxy, phone_servers, registration_user, transaction_timeouts
+from fleet.state.observe import REGISTERED, UNREGISTERED
 
 MAC = "0004f2000001"
 PHONE = ("192.168.10.21", 5060)

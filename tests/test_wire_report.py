@@ -6,13 +6,13 @@ import json
 
 import dpkt
 
-from fleet import report
-from fleet.drivers.collect.pcap_stream import iter_pcap
-from fleet.drivers.collect.wire_observations import Attribution, WireTarget
-from fleet.drivers.collect.wire_pipeline import WireEvidence
-from fleet.experiment import ExperimentResult
-from fleet.observe import REGISTERED
-from fleet.verdict import PhoneVerdict
+from fleet.experiment import report
+from fleet.evidence.wire.pcap import iter_pcap
+from fleet.evidence.wire.attribution import Attribution, WireTarget
+from fleet.evidence.wire.pipeline import WireEvidence
+from fleet.experiment.runner import ExperimentResult
+from fleet.state.observe import REGISTERED
+from fleet.experiment.verdict import PhoneVerdict
 from sipwire import message as sip
 
 T0 = 1_800_000_000.0

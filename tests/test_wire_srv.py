@@ -9,9 +9,9 @@ import threading
 import pytest
 from dnslib import NAPTR, QTYPE, RCODE, RR, SRV, A, DNSRecord
 
-from fleet.drivers.collect.pcap_stream import capture_command
-from fleet.drivers.collect.wire_observations import NOT_OBSERVABLE, Attribution, WireTarget, targets_for
-from fleet.drivers.collect.wire_sources import SiteResolver, capture_ports
+from fleet.evidence.wire.pcap import capture_command
+from fleet.evidence.wire.attribution import NOT_OBSERVABLE, Attribution, WireTarget, targets_for
+from fleet.evidence.sources.wire_sources import SiteResolver, capture_ports
 
 
 class ZoneServer:
@@ -162,7 +162,7 @@ def test_tcp_and_tls_phones_are_unobservable_by_capture_with_a_reason():
 
 def test_site_unobservable_report_prefers_the_source_that_can_see():
     """With HEP beside a capture, a TCP phone is seen (HEP carries TCP); a TLS one by neither."""
-    from fleet.drivers.collect.wire_sources import unobservable
+    from fleet.evidence.sources.wire_sources import unobservable
 
     tg = [WireTarget("0004f2000001", 1, 1, ("192.0.2.10", 5060), transport="tcp"),
           WireTarget("0004f2000001", 1, 2, ("192.0.2.11", 5061), transport="tls"),
@@ -180,8 +180,8 @@ def test_fleet_status_shows_unobservable_servers_and_failing_sources(redis_url):
 
     from rich.console import Console
 
-    from fleet.status import view
-    from fleet.store import Store
+    from fleet.evidence.status import view
+    from fleet.state.store import Store
 
     store = Store(redis_url)
     macs = ["0004f2aa0001", "0004f2aa0002"]
@@ -210,8 +210,8 @@ def test_fleet_status_shows_unobservable_servers_and_failing_sources(redis_url):
 
 def test_hep_senders_named_by_the_gateway_resolve_through_the_sites_dns(zone_server):
     """A gateway given as a name is resolved by the site's DNS server, never this host's resolver."""
-    from fleet.drivers.collect.wire_sources import hep_senders
-    from fleet.inventory import Capture, Inventory
+    from fleet.evidence.sources.wire_sources import hep_senders
+    from fleet.config.inventory import Capture, Inventory
 
     dns = zone_server({("gw.site.example", "A"): [A("192.0.2.1")]})
     site = Inventory.model_validate({"name": "h", "sites": [{
@@ -227,8 +227,8 @@ def test_a_capture_restarts_when_its_targets_move_to_other_ports():
     import io
     import struct
 
-    from fleet.drivers.collect import wire_sources
-    from fleet.inventory import Capture, Inventory
+    from fleet.evidence.sources import wire_sources
+    from fleet.config.inventory import Capture, Inventory
 
     mac = "0004f2000001"
     params = {"reg.1.address": "1001", "reg.1.server.1.address": "10.0.0.5", "reg.1.server.1.port": "5060"}
@@ -261,8 +261,8 @@ def test_a_targets_rebuild_asks_each_name_once_even_while_dns_does_not_answer():
     """Twenty phones share the provider's name: one rebuild asks the site's DNS once for it (a silent DNS
     server, as in an outage, would otherwise cost the timeout twenty times over on the capture thread); the next
     rebuild asks again."""
-    from fleet.drivers.collect import wire_sources
-    from fleet.inventory import Inventory
+    from fleet.evidence.sources import wire_sources
+    from fleet.config.inventory import Inventory
 
     macs = [f"0004f20000{i:02x}" for i in range(20)]
     site = Inventory.model_validate({"name": "x", "sites": [{

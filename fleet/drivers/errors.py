@@ -1,7 +1,7 @@
 """Typed driver errors: each names the device, never a secret, and carries no traceback noise to reports."""
 from __future__ import annotations
 
-from ..redact import redact
+from soundpoint.redact import redact
 
 
 class DriverError(Exception):

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from sipwire import message as sip
 from sipwire.endpoint import SipEndpoint, TransactionTimeout, TransactionTimers
 
-from ..dns_ttl import a_records
+from fleet.base.dns import a_records
 
 
 @dataclass
@@ -26,7 +26,7 @@ class ProbeResult:
 
 
 async def resolve(name: str, dns: tuple[str, int], timeout: float = 1.0) -> str | None:
-    """The first A address the site's DNS server gives `name` (fleet.dns_ttl asks), or None."""
+    """The first A address the site's DNS server gives `name` (fleet.base.dns asks), or None."""
     found = await asyncio.to_thread(a_records, name, dns[0], dns[1], timeout)
     return found[0][0] if found else None
 

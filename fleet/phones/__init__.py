@@ -17,8 +17,8 @@ from typing import Callable, Collection, Literal, Protocol
 
 from soundpoint import families
 
-from ..drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, DriverError, MalformedAnswer
-from ..inventory import Credentials, Phone
+from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, DriverError, MalformedAnswer
+from fleet.config.inventory import Credentials, Phone
 
 # family name -> module (relative to this package); checked against soundpoint.families at import
 BACKENDS = {"sip-2.x": "sip2", "sip-3.x": "sip3", "uc-4.0": "ucs4", "uc-5.x": "ucs5"}

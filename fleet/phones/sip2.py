@@ -5,10 +5,10 @@ the admin login (its pages say nothing we could check the phone's identity by).
 """
 from __future__ import annotations
 
-from ..drivers.control import web_ui
-from ..drivers.errors import DriverError
-from . import CallCheck, Identity, identity_failure
-from .soundpoint import SoundPointControl
+from fleet.drivers.control import web_ui
+from fleet.drivers.errors import DriverError
+from fleet.phones import CallCheck, Identity, identity_failure
+from fleet.phones.soundpoint import SoundPointControl
 
 
 class Control(SoundPointControl):

@@ -10,10 +10,10 @@ from typing import Collection
 from soundpoint import families
 from soundpoint.conformance import version_in
 
-from ..drivers.control import polling, sip_notify, web_ui
-from ..drivers.errors import DeviceRefused, DriverError
-from ..inventory import Credentials
-from . import Announce, CallCheck, Identity, PhoneAccess, identity_failure, same_mac, shown
+from fleet.drivers.control import polling, sip_notify, web_ui
+from fleet.drivers.errors import DeviceRefused, DriverError
+from fleet.config.inventory import Credentials
+from fleet.phones import Announce, CallCheck, Identity, PhoneAccess, identity_failure, same_mac, shown
 
 ALWAYS_REBOOT = "voIpProt.SIP.specialEvent.checkSync.alwaysReboot"
 REBOOT_DESCRIPTIONS = {"check-sync": "sip check-sync", "web": "web /form-submit/Reboot", "rest": "rest safeRestart"}

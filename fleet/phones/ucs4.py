@@ -1,7 +1,7 @@
 """UC Software 4.0 on SoundPoint IP: as SIP 3.x, plus the web UI reboot (/form-submit/Reboot) as a per-phone choice."""
 from __future__ import annotations
 
-from .soundpoint import SoundPointControl
+from fleet.phones.soundpoint import SoundPointControl
 
 
 class Control(SoundPointControl):

@@ -6,7 +6,7 @@ version comes from the inventory (`firmware_version`) and from the phone itself 
 exist and differ, the control reports the mismatch and does not guess which is right.
 
 One RestPhone (one HTTP session, one authentication state) per control, for the control's life; each REST
-request holds the phone's lock in the store (fleet.lease.PhoneRestLock) when the control has a store, so a
+request holds the phone's lock in the store (fleet.state.lease.PhoneRestLock) when the control has a store, so a
 collector's poller and a worker's control never send the phone two requests at once.
 """
 from __future__ import annotations
@@ -16,10 +16,10 @@ from typing import Collection
 
 from soundpoint.conformance import version_in
 
-from ..drivers.control.rest import REST_FROM, RestPhone, RestUnsupported, call_status_v2, supports_rest
-from ..drivers.errors import DeviceRefused, DeviceTimeout, DriverError
-from . import Announce, CallCheck, Identity, PhoneAccess, identity_failure, shown
-from .soundpoint import REBOOT_DESCRIPTIONS, SoundPointControl
+from fleet.drivers.control.rest import REST_FROM, RestPhone, RestUnsupported, call_status_v2, supports_rest
+from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError
+from fleet.phones import Announce, CallCheck, Identity, PhoneAccess, identity_failure, shown
+from fleet.phones.soundpoint import REBOOT_DESCRIPTIONS, SoundPointControl
 
 
 class Control(SoundPointControl):
@@ -34,7 +34,7 @@ class Control(SoundPointControl):
         if self._rest is None:
             guard = None
             if self.access.store is not None and hasattr(self.access.store, "r"):
-                from ..lease import PhoneRestLock
+                from fleet.state.lease import PhoneRestLock
 
                 guard = PhoneRestLock.factory(self.access.store, self.phone.mac, owner="control")
             self._rest = RestPhone(self.phone, self.access.creds, firmware=self.phone.firmware_version or "",

@@ -54,7 +54,7 @@ class Param:
     hi: int | None = None
     choices: tuple[str, ...] = ()
     also: tuple[int, ...] = ()      # single values allowed outside lo..hi (failBack.timeout 0 = never)
-    secret: bool = False            # a password: only `secret:`/`env:` references (fleet.secret_params)
+    secret: bool = False            # a password: only `secret:`/`env:` references (fleet.phoneconf.secrets)
     source: str = ""                # guide and version the entry comes from
 
     @cached_property

@@ -31,9 +31,9 @@ from requests.utils import parse_dict_header
 from soundpoint import families
 from soundpoint.conformance import version_in
 
-from ...inventory import Credentials, Phone
-from ..device_json import device_json
-from ..errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
+from fleet.config.inventory import Credentials, Phone
+from fleet.drivers.device_json import device_json
+from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
 
 REST_FROM = "5.4"                 # the oldest UC Software with the REST API
 CALL_STATUS_V2_FROM = "5.8"       # api/v2/webCallControl/callStatus (a list of calls)
@@ -312,7 +312,7 @@ class RestPhone:
     def _call_unguarded(self, method: str, path: str, body: dict | None, timeout: float,
                         accept: tuple[str, ...]) -> dict:
         """One request, the retry after a challenge included, done within `request_budget(timeout)` in total: the
-        phone's lock (fleet.lease.PhoneRestLock, renewed while held) is held for no longer than that."""
+        phone's lock (fleet.state.lease.PhoneRestLock, renewed while held) is held for no longer than that."""
         what = f"{method} {path}"
         deadline = time.monotonic() + request_budget(timeout)
         resp = self._send(method, path, body, timeout)

@@ -14,8 +14,8 @@ from sipwire import digest
 from sipwire import message as sip
 from sipwire.endpoint import SipEndpoint, TransactionTimeout, TransactionTimers
 
-from ...inventory import Phone
-from ..errors import DeviceRefused, DeviceTimeout
+from fleet.config.inventory import Phone
+from fleet.drivers.errors import DeviceRefused, DeviceTimeout
 
 
 async def check_sync(phone: Phone, timeout: float = 4.0, user: str | None = None,

@@ -7,7 +7,7 @@ for digest instead gets digest. An answer is never proof of a reboot: the reboot
 printed nowhere (corpus web-ui-reboot-accepted), and a web UI that did not take the login may
 answer its login page with 200 (web-ui-login-page). A 200 login page is refused here as a login
 the phone did not take; any other answer means "sent", and the rollout counts the reboot only
-when the phone re-registers after it (fleet.rollout_policy.advance) or its uptime says so.
+when the phone re-registers after it (fleet.rollout.policy.advance) or its uptime says so.
 """
 from __future__ import annotations
 
@@ -20,9 +20,9 @@ from requests.auth import HTTPBasicAuth
 from sipwire import digest
 from sipwire.message import SipParseError
 
-from ...inventory import Credentials, Phone
-from ..errors import AuthRefused, DeviceRefused, MalformedAnswer
-from .rest import no_answer, read_answer, refuse_error_status
+from fleet.config.inventory import Credentials, Phone
+from fleet.drivers.errors import AuthRefused, DeviceRefused, MalformedAnswer
+from fleet.drivers.control.rest import no_answer, read_answer, refuse_error_status
 
 REBOOT_PATH = "/form-submit/Reboot"
 HOME_PATH = "/"

@@ -14,8 +14,8 @@ import importlib
 from typing import Protocol
 from urllib.parse import urlsplit
 
-from ...inventory import Credentials
-from ...redact import redact_url
+from fleet.config.inventory import Credentials
+from soundpoint.redact import redact_url
 
 SCHEMES = {"http": "http_put", "https": "http_put", "ftp": "ftp", "sftp": "sftp", "file": "local"}
 

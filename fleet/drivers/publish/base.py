@@ -10,8 +10,8 @@ from __future__ import annotations
 import stat
 from abc import ABC, abstractmethod
 
-from ..errors import DeviceRefused, DriverError
-from .names import check_name, shown
+from fleet.drivers.errors import DeviceRefused, DriverError
+from fleet.drivers.publish.names import check_name, shown
 
 
 class DirectoryPublisher(ABC):

@@ -18,9 +18,9 @@ import re
 import socket
 from urllib.parse import urlsplit
 
-from ...inventory import Credentials
-from ..errors import DeviceRefused, DeviceTimeout, DriverError
-from .names import check_name, shown, temp_name
+from fleet.config.inventory import Credentials
+from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError
+from fleet.drivers.publish.names import check_name, shown, temp_name
 
 _NOT_FOUND = re.compile(r"no such file|not found|cannot find|does not exist|doesn't exist|no files found|not exist",
                         re.IGNORECASE)

@@ -19,9 +19,9 @@ from urllib.parse import quote, urlsplit
 import requests
 from requests.auth import HTTPBasicAuth, HTTPDigestAuth
 
-from ...inventory import Credentials
-from ..errors import DeviceRefused, DeviceTimeout
-from .names import check_name, shown
+from fleet.config.inventory import Credentials
+from fleet.drivers.errors import DeviceRefused, DeviceTimeout
+from fleet.drivers.publish.names import check_name, shown
 
 
 class HttpPublisher:

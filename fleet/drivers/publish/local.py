@@ -13,10 +13,10 @@ import stat
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
-from ...inventory import Credentials
-from ..errors import DeviceRefused
-from .base import DirectoryPublisher
-from .names import check_name, shown, temp_name
+from fleet.config.inventory import Credentials
+from fleet.drivers.errors import DeviceRefused
+from fleet.drivers.publish.base import DirectoryPublisher
+from fleet.drivers.publish.names import check_name, shown, temp_name
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
 

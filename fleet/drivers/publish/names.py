@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import secrets
 
-from ..errors import DeviceRefused
+from fleet.drivers.errors import DeviceRefused
 
 MAX_NAME_BYTES = 255   # NAME_MAX on Linux and most servers: one component, in bytes
 TEMP_SUFFIX = ".fleet-part"

@@ -20,10 +20,10 @@ from urllib.parse import urlsplit
 
 import paramiko
 
-from ...inventory import Credentials
-from ..errors import DeviceRefused, DeviceTimeout, DriverError, HostKeyUnknown
-from .base import DirectoryPublisher
-from .names import check_name, shown, temp_name
+from fleet.config.inventory import Credentials
+from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError, HostKeyUnknown
+from fleet.drivers.publish.base import DirectoryPublisher
+from fleet.drivers.publish.names import check_name, shown, temp_name
 
 # what paramiko and the socket under it raise besides our own errors
 _SSH_ERRORS = (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError, socket.timeout)

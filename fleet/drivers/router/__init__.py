@@ -25,7 +25,7 @@ from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:   # only for annotations: the inventory imports this module to check driver names
-    from ...inventory import Credentials, Router
+    from fleet.config.inventory import Credentials, Router
 
 # driver name (the inventory's `router.driver`) -> module that implements it
 DRIVERS: dict[str, str] = {

@@ -21,9 +21,9 @@ from __future__ import annotations
 
 import re
 
-from ...inventory import Credentials, Router
-from ..errors import MalformedAnswer
-from .ssh_base import Platform, SshRouter
+from fleet.config.inventory import Credentials, Router
+from fleet.drivers.errors import MalformedAnswer
+from fleet.drivers.router.ssh_base import Platform, SshRouter
 
 QDISC_HANDLE = "1fe1:"
 

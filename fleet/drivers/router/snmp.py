@@ -15,9 +15,9 @@ from pysnmp.hlapi.v3arch.asyncio import (CommunityData, ContextData, Integer, Ob
                                          UdpTransportTarget, UsmUserData, get_cmd, next_cmd, set_cmd,
                                          usmAesCfb128Protocol, usmHMACSHAAuthProtocol)
 
-from ...inventory import Credentials, Router
-from ..errors import DeviceRefused, DeviceTimeout, DriverError, MalformedAnswer
-from . import OutageSpec, RouterOutcome
+from fleet.config.inventory import Credentials, Router
+from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError, MalformedAnswer
+from fleet.drivers.router import OutageSpec, RouterOutcome
 
 IF_DESCR = "1.3.6.1.2.1.2.2.1.2"
 IF_ADMIN = "1.3.6.1.2.1.2.2.1.7"
@@ -109,7 +109,7 @@ class SnmpRouter:
 
     def cut(self, spec: OutageSpec) -> RouterOutcome:
         """ifAdminStatus down. The router keeps no outage state over SNMP: the order of cut and restore is
-        guarded by the worker (fleet.outage), and there is no router-side restore to fall back on."""
+        guarded by the worker (fleet.experiment.outage), and there is no router-side restore to fall back on."""
         if spec.mode not in MODES:
             raise DeviceRefused(self.name, f"outage mode {spec.mode!r} not supported over SNMP")
         if not self.router.allow_without_deadman:

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 
 import paramiko
 
-from ...inventory import Credentials, Router
-from ..errors import DeviceRefused, DeviceTimeout, DriverError, HostKeyUnknown, MalformedAnswer
-from . import CUT_OUTCOMES, OUTAGE_ID, RESTORE_OUTCOMES, OutageSpec, RouterOutcome
+from fleet.config.inventory import Credentials, Router
+from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError, HostKeyUnknown, MalformedAnswer
+from fleet.drivers.router import CUT_OUTCOMES, OUTAGE_ID, RESTORE_OUTCOMES, OutageSpec, RouterOutcome
 
 
 @dataclass(frozen=True)

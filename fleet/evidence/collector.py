@@ -1,0 +1,511 @@
+"""Collectors that run beside a site's worker: what phones push, and the per-server sources the inventory names.
+
+Line level: telephone notification events (and syslog, whose registration
+line is a format of ours) pushed by the phones, state polling. Per server:
+SIP on the wire (a router capture over SSH, a local mirror-port capture, HEP
+v3 from the SIP servers) and the gateway's registrar bindings
+(drivers/collect/wire_sources.py). Push sources and the wire see a change the
+moment it happens, so detection latency is the network's, not a polling
+interval's. Observations are batched
+(every 20 ms) into the store, which derives per-server state and the working
+server (fleet.state.observe).
+
+Whatever reaches a collector becomes a phone's registration state, so a
+collector listens only on the addresses the inventory names (never a
+wildcard) and drops datagrams and requests from any source that is not one of
+the site's phones (or inside the site's `collector.allow_from` networks).
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import ipaddress
+import logging
+import socket
+import threading
+import time
+
+from aiohttp import web
+
+from fleet.evidence.sources import wire_sources
+from fleet.evidence.sources.formats import parse_line_event, parse_syslog
+from fleet.evidence.sources.poller import Poller
+from fleet.evidence.wire.decode import Datagram
+from fleet.config.inventory import Inventory, Secrets, Site
+from fleet.state.observe import Observation, from_line_info
+from fleet.state.sites import register_site
+from fleet.sites.users import SiteUsers
+from fleet.state.store import RolloutStore, Store
+
+log = logging.getLogger(__name__)
+FLUSH_S = 0.02   # observations reach the store in batches this far apart
+
+
+class CollectorError(RuntimeError):
+    """A collector that cannot start (its address is taken, say); the message says which."""
+
+
+WILDCARDS = frozenset({"", "*", "0.0.0.0", "::", "[::]"})
+
+
+def listen_address(site: Site, what: str, value: str) -> tuple[str, int]:
+    """host and port from `collector.syslog` / `collector.events`; a wildcard host is refused (CollectorError)."""
+    host, _, port = value.rpartition(":")
+    if host.strip("[]") in WILDCARDS or host in WILDCARDS:
+        raise CollectorError(f"site {site.name}: collector.{what} is {value}: name the address the phones send to "
+                             f"(listening on every address would take observations from any network)")
+    return host.strip("[]"), int(port)
+
+
+class SourceFilter:
+    """Which source addresses a site's collector accepts: the phones' own addresses and `collector.allow_from`.
+
+    A report from a phone's own address may speak only for the phone(s) at
+    that address, so one phone cannot pass itself off as another; from an
+    `allow_from` network (phones the inventory has no address for) any of the
+    site's phones.
+    """
+
+    def __init__(self, site: Site) -> None:
+        self.site = site.name
+        self.hosts: dict[str, set[str]] = {}     # address -> MACs of the phones there
+        self.unresolved: list[str] = []
+        for phone in site.phones:
+            try:
+                addresses = {str(ipaddress.ip_address(phone.address))}
+            except ValueError:   # a host name: what it resolves to now
+                try:
+                    addresses = {str(ipaddress.ip_address(ai[4][0])) for ai in socket.getaddrinfo(phone.address, None)}
+                except (OSError, ValueError):
+                    self.unresolved.append(phone.mac)
+                    continue
+            for address in addresses:
+                self.hosts.setdefault(address, set()).add(phone.mac)
+        self.macs = {p.mac for p in site.phones}
+        self.networks = [ipaddress.ip_network(n, strict=False) for n in site.collector.allow_from]
+        self.dropped = 0
+        self._logged: set[str] = set()
+
+    def speaks_for(self, host: str) -> set[str]:
+        """The MACs a report from `host` may be about; empty: drop it."""
+        if host in self.hosts:
+            return self.hosts[host]
+        try:
+            ip = ipaddress.ip_address(host.split("%", 1)[0])
+        except ValueError:
+            return set()
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        if str(ip) in self.hosts:
+            return self.hosts[str(ip)]
+        return self.macs if any(ip in net for net in self.networks) else set()
+
+    def allows(self, host: str) -> bool:
+        return bool(self.speaks_for(host))
+
+    def drop(self, host: str, what: str) -> None:
+        """Count a dropped datagram or request; say so once per source (bounded, so a flood cannot fill memory)."""
+        self.dropped += 1
+        if host not in self._logged and len(self._logged) < 1000:
+            self._logged.add(host)
+            log.warning("collector %s: dropped %s from %s: not a phone of the site nor in collector.allow_from",
+                        self.site, what, host)
+
+
+class _Syslog(asyncio.DatagramProtocol):
+    def __init__(self, sink: list[Observation], sources: SourceFilter) -> None:
+        self.sink = sink
+        self.sources = sources
+        self.received = 0
+
+    def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+        self.received += 1
+        macs = self.sources.speaks_for(addr[0])
+        if not macs:
+            self.sources.drop(addr[0], "syslog")
+            return
+        obs = parse_syslog(data, time.time())
+        if obs is None:
+            return
+        if obs.mac not in macs:
+            self.sources.drop(addr[0], f"syslog about phone {obs.mac}")
+            return
+        self.sink.append(obs)
+
+
+class SiteCollector:
+    def __init__(self, site: Site, store: Store, secrets: Secrets | None = None,
+                 inventory: Inventory | None = None) -> None:
+        self.site, self.store, self.secrets, self.inventory = site, store, secrets, inventory
+        self.pending: list[Observation] = []
+        self.kept: list[dict] = []           # SIP datagrams for the running experiment's capture.pcap
+        self.observing: str | None = None    # that experiment
+        self.evidence: list = []             # per-server evidence sources (wire_sources)
+        self.source_errors: list[str] = []   # sources that could not start, and why
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name=f"collector-{site.name}", daemon=True)
+        self.errors = 0
+        self.start_error: str | None = None
+        self.sources = SourceFilter(site)
+        self.site_users = self._site_users()
+        if self.sources.unresolved:
+            log.warning("collector %s: %d phones have addresses that do not resolve (%s...): their reports are dropped "
+                        "unless collector.allow_from covers them", site.name, len(self.sources.unresolved),
+                        ", ".join(self.sources.unresolved[:3]))
+
+    def start(self) -> None:
+        listen_address(self.site, "syslog", self.site.collector.syslog)   # a wildcard fails here, before any thread
+        listen_address(self.site, "events", self.site.collector.events)
+        self.thread.start()
+        if not self.ready.wait(10):
+            raise CollectorError(f"collector for site {self.site.name} did not start within 10 s")
+        if self.start_error:
+            raise CollectorError(self.start_error)
+
+    def stop(self) -> None:
+        for source in self.evidence:
+            if isinstance(source, wire_sources.SourceThread):
+                source.stop()
+        if self.loop and not self.loop.is_closed():
+            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._shutdown()))
+
+    async def _shutdown(self) -> None:
+        for transport in getattr(self, "hep_transports", []):
+            transport.close()
+        tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
+        for t in tasks:
+            t.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        asyncio.get_running_loop().stop()
+
+    # ------------------------------------------------------------------ per-server evidence sources
+    def _site_users(self) -> SiteUsers | None:
+        """Registration users from the site's boot files, for phones fleet knows none for (needs the secrets)."""
+        if self.secrets is None:
+            return None
+        secrets, boot = self.secrets, self.site.boot_server
+
+        def open_pub(url: str):
+            from fleet.drivers.publish import open_publisher
+            from fleet.config.inventory import Credentials
+
+            return open_publisher(url, secrets.credentials(boot.credentials) if boot.credentials else Credentials())
+
+        return SiteUsers(boot.url, open_pub, {p.mac: p.model for p in self.site.phones})
+
+    def phone_params(self) -> dict[str, dict[str, str]]:
+        """The configuration each phone runs: what a rollout last pushed, else the inventory's; a phone whose
+        registration user neither gives takes it from the site's own boot files (`site_users`)."""
+        pushed = RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])
+        out = {}
+        for p in self.site.phones:
+            if pushed.get(p.mac):
+                out[p.mac] = {k: str(v) for k, v in pushed[p.mac].items()}
+            elif self.inventory is not None:
+                out[p.mac] = self.inventory.effective_params(self.site, p)
+            else:
+                out[p.mac] = {k: str(v) for layer in (self.site.params, p.params) for k, v in layer.items()}
+        return self.site_users.fill(out) if self.site_users is not None else out
+
+    def sink(self) -> wire_sources.Sink:
+        """Callbacks for source threads: everything reaches the lists on the event loop's own thread."""
+        loop = self.loop
+        assert loop is not None
+
+        def observe(obs: list[Observation]) -> None:
+            loop.call_soon_threadsafe(self.pending.extend, obs)
+
+        def keep(source: str, datagrams: list[Datagram]) -> None:
+            if self.observing is None:
+                return
+            rows = [{"t": d.t, "src": list(d.src), "dst": list(d.dst), "source": source,
+                     "payload": base64.b64encode(d.payload).decode()} for d in datagrams]
+            loop.call_soon_threadsafe(self.kept.extend, rows)
+
+        return wire_sources.Sink(observe, keep)
+
+    def _hep_keys(self, capture) -> dict[str, bytes]:
+        """capture.auth_keys resolved: sender address -> its HEP auth key (the named secret's password)."""
+        if capture.auth_keys and self.secrets is None:
+            raise CollectorError(f"site {self.site.name}: HEP auth keys need the secrets file")
+        return {ip: self.secrets.credentials(name).password.encode() for ip, name in capture.auth_keys.items()}  # type: ignore[union-attr]
+
+    def _credentials(self, what: str):
+        if self.secrets is None or self.site.router is None:
+            raise CollectorError(f"site {self.site.name}: {what} needs the router's credentials (a secrets file)")
+        return self.secrets.credentials(self.site.router.credentials)
+
+    async def _start_sources(self) -> None:
+        """Start what the inventory names; a source that cannot start is logged and the others still run."""
+        sink = self.sink()
+        targets = self.targets = wire_sources.Targets(self.site, self.phone_params)
+        await asyncio.to_thread(targets.refresh, True)
+        self.sources_started = time.time()
+        for capture in self.site.capture:
+            try:
+                if capture.kind == "hep":
+                    hep = wire_sources.HepSource(self.site, sink, targets)
+                    transport, _ = await wire_sources.start_hep(self.site, capture, hep, self._hep_keys(capture))
+                    self.evidence.append(hep)
+                    self.hep_transports.append(transport)
+                    asyncio.ensure_future(self._tick_loop(hep))
+                elif capture.kind == "router":
+                    self.evidence.append(wire_sources.RouterCapture(self.site, sink, capture, targets,
+                                                                   self._credentials("a router capture")))
+                else:
+                    self.evidence.append(wire_sources.LocalCapture(self.site, sink, capture, targets))
+            except (OSError, CollectorError, KeyError, ValueError) as exc:
+                why = f"site {self.site.name}: capture {capture.kind} cannot start: {getattr(exc, 'strerror', None) or exc}"
+                self.source_errors.append(why)
+                log.error("%s", why)
+        if self.site.gateway_registrar is not None:
+            try:
+                self.evidence.append(wire_sources.GatewayPoller(self.site, sink, targets,
+                                                               self._credentials("gateway polling")))
+            except (CollectorError, KeyError) as exc:
+                self.source_errors.append(str(exc))
+                log.error("%s", exc)
+        for source in self.evidence:
+            if isinstance(source, wire_sources.SourceThread):
+                source.start()
+        if self.site.capture or self.site.gateway_registrar is not None:
+            asyncio.ensure_future(self._evidence_report_loop())
+
+    def evidence_report(self) -> tuple[list[dict], list[dict]]:
+        """(unobservable, sources) for `Store.set_site_evidence`: the targets no wire source of the site can see,
+        and each evidence source's state; errors pass through `_scrub` (no secret reaches Redis)."""
+        kinds = {"hep" if c.kind == "hep" else "wire" for c in self.site.capture}
+        targets = getattr(self, "targets", None)
+        unseen = wire_sources.unobservable(targets.wire, kinds) if targets is not None and kinds else []
+        sources = []
+        for why in self.source_errors:
+            sources.append({"source": "not started", "running": False, "error": self._scrub(why), "since": self.sources_started})
+        for source in self.evidence:
+            h = source.health()
+            sources.append(h | {"error": self._scrub(h["error"])})
+        return unseen, sources
+
+    def _scrub(self, text: str) -> str:
+        """An error as `fleet status` may show it: URLs without credentials, and no value of the site's secrets."""
+        from soundpoint.redact import redact
+
+        text = redact(text)
+        for secret in self._secret_values():
+            text = text.replace(secret, "***")
+        return text
+
+    def _secret_values(self) -> list[str]:
+        if self.secrets is None:
+            return []
+        names = [self.site.router.credentials] if self.site.router is not None else []
+        names += [name for c in self.site.capture for name in c.auth_keys.values()]     # HEP auth keys
+        out = []
+        for name in names:
+            try:
+                creds = self.secrets.credentials(name)
+            except Exception:   # no such entry: nothing of it can leak either
+                continue
+            out += [v for v in (creds.password, creds.priv_password) if v and len(v) >= 3]
+        return out
+
+    async def _evidence_report_loop(self) -> None:
+        """Every 2 s, the report `fleet status` and the experiment report read (written when it changed, and at
+        least every minute so its age says the collector runs)."""
+        last, written = None, 0.0
+        while True:
+            try:
+                report = self.evidence_report()
+                if report != last or time.monotonic() - written > 60:
+                    await asyncio.to_thread(self.store.set_site_evidence, self.site.name, *report)
+                    last, written = report, time.monotonic()
+            except Exception as exc:   # Redis away: the next round writes it
+                log.debug("collector %s: cannot store its evidence report (%s)", self.site.name, type(exc).__name__)
+            await asyncio.sleep(2.0)
+
+    async def _tick_loop(self, source) -> None:
+        while True:
+            await asyncio.sleep(0.5)
+            try:
+                await asyncio.to_thread(source.follow.refresh)    # Redis and DNS: off the event loop
+                source.tick()
+            except Exception as exc:  # never let one source's bug stop the collector
+                log.warning("collector %s: %s tick failed: %s", self.site.name, source.source, exc)
+
+    def _run(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        try:
+            self.loop.run_until_complete(self._start())
+        except OSError as exc:
+            self.start_error = (f"collector for site {self.site.name} cannot listen on syslog {self.site.collector.syslog} "
+                                f"/ events {self.site.collector.events}: {exc.strerror or exc}")
+            self.ready.set()
+            return
+        self.ready.set()
+        self.loop.run_forever()
+
+    async def _start(self) -> None:
+        host, port = listen_address(self.site, "syslog", self.site.collector.syslog)
+        ehost, eport = listen_address(self.site, "events", self.site.collector.events)
+        await self.loop.create_datagram_endpoint(lambda: _Syslog(self.pending, self.sources), local_addr=(host, port))  # type: ignore[union-attr]
+        app = web.Application(client_max_size=65536)
+        app.router.add_post("/events", self._event)
+        app.router.add_post("/state", self._state_push)     # apps.statePolling.URL (push mode)
+        runner = web.AppRunner(app, access_log=None)
+        await runner.setup()
+        await web.TCPSite(runner, ehost, int(eport), reuse_address=True).start()
+        asyncio.ensure_future(self._flush_loop())
+        asyncio.ensure_future(self._observing_loop())
+        self.hep_transports: list = []
+        await self._start_sources()
+        if self.site.collector.poll_interval > 0 and self.secrets is not None:
+            asyncio.ensure_future(self._poll_loop())
+
+    async def _poll_loop(self) -> None:
+        """State polling as a second source: REST lineInfo where the model has it, state polling otherwise."""
+        targets = [(p, self._poll_login(p)) for p in self.site.phones]
+        modes = self._poll_modes()
+        configured: dict | None = None      # read in the first round that reaches Redis (it may be away at start)
+        from fleet.state.lease import PhoneRestLock
+
+        def rest_lock(phone):
+            return PhoneRestLock(self.store, phone.mac, owner=f"collector:{self.site.name}")
+
+        async with Poller(concurrency=self.site.collector.poll_concurrency, rest_lock=rest_lock,
+                          polling_login=lambda p: self._poll_login(p, rest=False)) as poller:
+            while True:
+                started = time.monotonic()
+                try:
+                    if configured is None:
+                        configured = {r["mac"]: r["configured_servers"]
+                                      for r in await asyncio.to_thread(self.store.phones, self.site.name)}
+                    await self._poll_round(poller, targets, modes, configured)
+                except Exception as exc:   # a bad round (Redis away, a bug) is logged; polling goes on
+                    log.warning("collector %s: a polling round failed: %s", self.site.name, type(exc).__name__,
+                                exc_info=True)
+                await asyncio.sleep(max(0.0, self.site.collector.poll_interval - (time.monotonic() - started)))
+
+    async def _poll_round(self, poller: Poller, targets: list, modes: dict, configured: dict) -> None:
+        """Every phone polled once; what they said queued as observations and stored as phone facts."""
+        infos = {}
+        for res in await poller.poll(targets, modes):
+            if not res.ok:
+                continue
+            for line in res.lines:
+                self.pending.extend(from_line_info(res.mac, res.t, line, configured.get(res.mac, [])))
+            if res.firmware or res.in_call is not None:
+                infos[res.mac] = {"firmware": res.firmware, "in_call": res.in_call}
+        if infos:
+            await asyncio.to_thread(self.store.set_phone_info, infos)
+
+    def _poll_login(self, phone, rest: bool | None = None):
+        """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one.
+        `rest`: which of the two (None: as fleet talks to the phone by its firmware version, `uses_rest`)."""
+        creds = self.secrets.credentials(phone.credentials)  # type: ignore[union-attr]
+        from fleet.drivers.control.rest import uses_rest
+
+        if (uses_rest(phone) if rest is None else rest) or self.inventory is None:
+            return creds
+        from fleet import phones
+
+        return phones.for_phone(phone, creds, self.inventory, self.secrets).polling_credentials()
+
+    def _poll_modes(self) -> dict:
+        """Each phone's state polling response mode, by MAC, for every phone the poller may read by state polling:
+        those fleet does not talk REST to (by firmware version, `uses_rest`: a UC Software 5.0-5.3 phone is in push
+        mode by default, and is not read as requestor), and REST-family phones it finds without REST (lineInfo 404)."""
+        from soundpoint import families
+
+        return {p.mac: self._poll_mode(p) for p in self.site.phones if families.STATE_POLLING in p.family.interfaces}
+
+    def _poll_mode(self, phone):
+        """The phone's state polling response mode from its effective parameters (requestor where unknown)."""
+        from fleet.drivers.control.polling import response_mode
+
+        if self.inventory is None:
+            return "requestor"
+        return response_mode(self.inventory.effective_params(self.site, phone))
+
+    async def _event(self, request: web.Request) -> web.Response:
+        macs = self.sources.speaks_for(request.remote or "")
+        if not macs:
+            self.sources.drop(request.remote or "?", "an event")
+            return web.Response(status=403, text="not a phone of this site")
+        obs = parse_line_event(await request.read(), time.time())
+        if obs is None:
+            return web.Response(status=400, text="not a telephone notification event")
+        if obs.mac not in macs:
+            self.sources.drop(request.remote or "?", f"an event about phone {obs.mac}")
+            return web.Response(status=403, text="a phone reports only for itself")
+        self.pending.append(obs)
+        return web.Response(status=200)
+
+    async def _state_push(self, request: web.Request) -> web.Response:
+        """A phone in state-polling push mode POSTs its call state here; stored as the newest pushed state."""
+        from fleet.drivers.control.polling import parse_call_state
+        from fleet.drivers.errors import DriverError
+
+        macs = self.sources.speaks_for(request.remote or "")
+        if len(macs) != 1:
+            self.sources.drop(request.remote or "?", "a pushed state")
+            return web.Response(status=403, text="not exactly one phone of this site at that address")
+        try:
+            active = parse_call_state(await request.read(), f"phone at {request.remote}")
+        except DriverError:
+            return web.Response(status=400, text="not a call state document")
+        await asyncio.to_thread(self.store.record_pushed_call_state, next(iter(macs)), active, time.time())
+        return web.Response(status=200)
+
+    async def _observing_loop(self) -> None:
+        """Which experiment observes the site now: the wire sources keep its SIP for its capture.pcap."""
+        while True:
+            try:
+                self.observing = await asyncio.to_thread(self.store.observing, self.site.name)
+            except Exception:   # Redis away: keep the last answer
+                pass
+            await asyncio.sleep(0.5)
+
+    async def _flush_kept(self) -> None:
+        exp, rows = self.observing, list(self.kept)
+        self.kept[:] = []
+        if exp and rows:
+            try:
+                await asyncio.to_thread(self.store.keep_capture, exp, rows)
+            except Exception as exc:   # the capture is a record, not state: losing a batch is logged, not retried
+                log.warning("collector %s: cannot keep %d SIP datagrams (%s)", self.site.name, len(rows), type(exc).__name__)
+
+    async def _flush_loop(self) -> None:
+        while True:
+            await asyncio.sleep(FLUSH_S)
+            if self.kept:
+                await self._flush_kept()
+            if not self.pending:
+                continue
+            batch, self.pending[:] = list(self.pending), []
+            try:
+                await asyncio.to_thread(self.store.record_observations, batch)
+            except Exception as exc:  # Redis down: keep the batch and try again; never kill the collector
+                self.errors += 1
+                log.warning("collector %s: cannot store %d observations (%s); retrying", self.site.name, len(batch), type(exc).__name__)
+                self.pending[:0] = batch
+                await asyncio.sleep(1)
+
+
+def start_site_collectors(inv: Inventory, secrets: Secrets, store: Store, sites: list[str]) -> list[SiteCollector]:
+    """Register the sites' phones in the store and start a collector per site; a site that cannot listen is logged."""
+    started = []
+    for name in sites:
+        site = inv.site(name)
+        register_site(store, inv, site)
+        collector = SiteCollector(site, store, secrets, inv)
+        try:
+            collector.start()
+        except CollectorError as exc:
+            log.error("%s; nothing is observed for that site here", exc)
+            continue
+        started.append(collector)
+        extra = [f"capture {c.kind}" for c in site.capture] + (
+            [f"{site.gateway_registrar.platform} bindings"] if site.gateway_registrar else [])
+        log.warning("collecting syslog on %s and events on %s for site %s%s", site.collector.syslog, site.collector.events,
+                    name, f" (and {', '.join(extra)})" if extra else "")
+    return started

@@ -1,0 +1,185 @@
+"""Experiment playbooks: a named list of steps, validated in full before anything runs."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+
+from soundpoint.yamlfile import FieldError, load_model, source_of
+
+from fleet.config import validate
+
+MAX_SECONDS = 86400.0
+
+
+class Strict(BaseModel):
+    # strict: no "5" for 5, no true for 1, no 3.0 for 3; allow_inf_nan: no `.inf` or `.nan` for a duration
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+StepName = Annotated[str, Field(min_length=1, max_length=200)]
+
+
+class Selector(Strict):
+    """Which phones a step is about: all of the site's, or some by MAC or model."""
+    macs: validate.MacList = []
+    models: validate.ModelList = []
+
+
+class _Named(Strict):
+    name: StepName
+
+    @field_validator("name")
+    @classmethod
+    def printable(cls, v: str) -> str:
+        return validate.no_control(v, "step name")
+
+
+class ExpectStep(_Named):
+    expect: Literal["working_server"]
+    server: int | None = Field(ge=1, le=9, description="1-based server index the phones must work on; null: none")
+    within: float = Field(gt=0, le=MAX_SECONDS, description="seconds")
+    phones: Selector = Selector()
+    measure: Literal["failover", "recovery", "none"] = "none"
+
+
+class OutageStep(_Named):
+    outage: Literal["link-down", "drop", "degrade", "dns-fail"]
+    max_duration: int = Field(gt=0, le=86400, description="the router restores by itself after this (dead-man's switch)")
+    loss: float = Field(0.0, ge=0, le=1)
+    delay_ms: int = Field(0, ge=0, le=60000)
+
+
+class RestoreStep(_Named):
+    restore: Literal[True] = True
+
+
+class CallStep(_Named):
+    call: str = Field(pattern=r"^[0-9A-Za-z*#+._-]{1,64}$", description="number to dial")
+    from_phone: str | None = Field(None, description="MAC; default: the first phone with a REST API")
+    expect_server: int = Field(ge=1, le=9)
+    within: float = Field(10.0, gt=0, le=MAX_SECONDS)
+
+    @field_validator("call", mode="before")
+    @classmethod
+    def number_as_text(cls, v):
+        # `call: 2000` is a number to YAML; a dial string it is meant to be (but not 2.0e3 or true)
+        return str(v) if isinstance(v, int) and not isinstance(v, bool) and v >= 0 else v
+
+    @field_validator("from_phone", mode="before")
+    @classmethod
+    def a_mac(cls, v):
+        return None if v is None else validate.mac(v)
+
+
+class WaitStep(_Named):
+    wait: float = Field(gt=0, le=3600)
+
+
+_STEP_KEYS = ("expect", "outage", "restore", "call", "wait")
+
+
+def _step_kind(value) -> str | None:
+    if isinstance(value, dict):
+        kinds = [k for k in _STEP_KEYS if k in value]
+    else:
+        kinds = [k for k in _STEP_KEYS if hasattr(value, k)]
+    return f"step:{kinds[0]}" if len(kinds) == 1 else None
+
+
+Step = Annotated[Union[Annotated[ExpectStep, Tag("step:expect")], Annotated[OutageStep, Tag("step:outage")],
+                       Annotated[RestoreStep, Tag("step:restore")], Annotated[CallStep, Tag("step:call")],
+                       Annotated[WaitStep, Tag("step:wait")]],
+                 Discriminator(_step_kind, custom_error_type="step_kind",
+                               custom_error_message="each step needs exactly one of: expect, outage, restore, call, wait")]
+
+
+class ExperimentPlaybook(Strict):
+    kind: Literal["experiment"]
+    name: str = Field(min_length=1, max_length=200)
+    site: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
+    sample_interval: float = Field(0.25, gt=0, le=10)
+    steps: list[Step] = Field(min_length=1, max_length=1000)
+
+    @field_validator("name")
+    @classmethod
+    def printable(cls, v: str) -> str:
+        return validate.no_control(v, "name")
+
+    @model_validator(mode="after")
+    def outages_are_restored(self) -> "ExperimentPlaybook":
+        open_outage = False
+        names: dict[str, int] = {}
+        for i, step in enumerate(self.steps):
+            if isinstance(step, OutageStep):
+                if open_outage:
+                    raise FieldError(("steps", i, "outage"), f"step {step.name!r}: a second outage before the first is restored")
+                open_outage = True
+            elif isinstance(step, RestoreStep):
+                if not open_outage:
+                    raise FieldError(("steps", i, "restore"), f"step {step.name!r}: restore without an outage")
+                open_outage = False
+            if step.name in names:
+                raise FieldError(("steps", i, "name"), f"step name {step.name!r} is also used by steps[{names[step.name]}]; "
+                                                       "step names must be unique")
+            names[step.name] = i
+        return self
+
+
+def load(path: str | Path) -> ExperimentPlaybook:
+    return load_model(path, ExperimentPlaybook, keep_source=True)
+
+
+def check_against(playbook: ExperimentPlaybook, inventory, path: str, extra_params: dict | None = None) -> None:
+    """Cross-checks that need the inventory; raises FileError naming the playbook's file, line and field.
+
+    Servers are checked against each selected phone's configuration: `server: 3` on phones that have
+    two servers can never hold, and would only show up as a failed experiment after a WAN cut.
+    extra_params: parameters applied on top of the inventory's (a rollout's, for its drill).
+    """
+    from fleet.phoneconf import predict
+    from fleet.drivers.router import supported_modes
+
+    src = source_of(playbook, path)
+    try:
+        site = inventory.site(playbook.site)
+    except KeyError as exc:
+        raise src.error(("site",), str(exc.args[0]) + validate.did_you_mean(playbook.site, [s.name for s in inventory.sites])) from None
+    by_mac = {p.mac: p for p in site.phones}
+    extra = {k: str(v) for k, v in (extra_params or {}).items()}
+    counts = {p.mac: len(predict.servers(inventory.effective_params(site, p) | extra)) for p in site.phones}
+    for i, step in enumerate(playbook.steps):
+        if isinstance(step, OutageStep):
+            if site.router is None:
+                raise src.error(("steps", i, "outage"), f"site {site.name} has no router to cut")
+            if step.outage not in supported_modes(site.router.driver):
+                raise src.error(("steps", i, "outage"),
+                                f"mode {step.outage} is not supported by router driver {site.router.driver}")
+        if isinstance(step, CallStep):
+            macs = {p.mac for p in site.phones if p.family.rest}
+            if step.from_phone and step.from_phone not in by_mac:
+                raise src.error(("steps", i, "from_phone"), f"{step.from_phone} is not a phone of site {site.name}")
+            if not macs:
+                raise src.error(("steps", i, "call"), f"site {site.name} has no phone with a REST API to place a call")
+            _check_server(src, ("steps", i, "expect_server"), step.expect_server, counts.values(), site.name)
+        if isinstance(step, ExpectStep):
+            for j, mac in enumerate(step.phones.macs):
+                if mac not in by_mac:
+                    raise src.error(("steps", i, "phones", "macs", j), f"{mac} is not a phone of site {site.name}"
+                                    + validate.did_you_mean(mac, by_mac))
+            for j, model in enumerate(step.phones.models):
+                if not any(p.model == model for p in site.phones):
+                    raise src.error(("steps", i, "phones", "models", j), f"site {site.name} has no {model} phone")
+            chosen = [counts[p.mac] for p in site.phones
+                      if (not step.phones.macs or p.mac in step.phones.macs)
+                      and (not step.phones.models or p.model in step.phones.models)]
+            if step.server is not None:
+                _check_server(src, ("steps", i, "server"), step.server, chosen, site.name)
+
+
+def _check_server(src, loc: tuple, index: int, counts, site: str) -> None:
+    counts = list(counts)
+    if counts and index > min(counts):
+        raise src.error(loc, f"server {index} does not exist: phones of site {site} have "
+                             f"{min(counts)}{'' if min(counts) == max(counts) else '-' + str(max(counts))} server(s) configured")

@@ -1,0 +1,386 @@
+"""Run an experiment playbook against one site: outages through the router, verdicts from observations.
+
+Safety comes first: a dead-man's switch is armed on the router before every
+cut, the cut is proven from the router's own state and from a LAN-side probe
+(an outage that did not take effect fails the run instead of passing it), and
+the WAN is restored at the end, on error and on Ctrl-C. The site is held under
+an exclusive lease for the whole run, and every operation goes into the
+experiment's append-only event log.
+"""
+from __future__ import annotations
+
+import signal
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+from celery import Signature
+from celery.exceptions import TimeoutError as CeleryTimeoutError
+
+from fleet.worker import tasks
+from fleet.worker.app import site_queue
+from soundpoint.deadline import poll_until
+from fleet.config.inventory import Inventory, Phone, Site
+from fleet.experiment.playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
+from fleet.phoneconf.predict import servers
+from fleet.state.lease import LeaseLost, SiteLease, default_ttl
+from fleet.experiment.signals import Interrupted, SignalGuard
+from fleet.state.sites import register_site
+from fleet.state.store import RolloutStore, Store, foreign_sources
+from fleet.worker.errors import TaskFailed
+from fleet.experiment.verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, fallback_behaviour, judge_phone,
+                      predicted_bounds, timeline)
+
+TASK_TIMEOUT = 60.0
+
+
+@dataclass
+class StepResult:
+    name: str
+    kind: str
+    passed: bool
+    elapsed_s: float
+    message: str = ""
+    detail: dict = field(default_factory=dict)
+
+
+@dataclass
+class ExperimentResult:
+    id: str
+    playbook: str
+    site: str
+    started: float
+    finished: float = 0.0
+    passed: bool = False
+    steps: list[StepResult] = field(default_factory=list)
+    phones: list[PhoneVerdict] = field(default_factory=list)
+    outages: list[dict] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    interrupted: str | None = None     # the signal that ended the run early, if one did
+    capture: list[dict] = field(default_factory=list)   # SIP the wire sources saw (report writes capture.pcap)
+    capture_left_out: int = 0          # datagrams not kept: the capture reached store.CAPTURE_MAX_BYTES
+    # from the site collector's report: servers no wire source can see (and why), evidence sources failing
+    unobservable: list[dict] = field(default_factory=list)
+    evidence_errors: list[dict] = field(default_factory=list)
+    evidence_foreign: list[dict] = field(default_factory=list)   # store.foreign_sources: SIP from non-phone addresses
+
+
+class ExperimentRunner:
+    def __init__(self, playbook: ExperimentPlaybook, inventory: Inventory, store: Store,
+                 say: Callable[[str], None] = lambda s: None, task_timeout: float = TASK_TIMEOUT,
+                 lease_holder: str | None = None) -> None:
+        self.pb = playbook
+        self.inv = inventory
+        self.store = store
+        self.say = say
+        self.site: Site = inventory.site(playbook.site)
+        self.queue = site_queue(self.site.name)
+        self.task_timeout = task_timeout
+        self.open_outage: dict | None = None
+        self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
+        self._ttl_cache: dict[str, float | None] = {}   # primary's name -> the TTL the site's DNS gives it
+
+    # ------------------------------------------------------------------ helpers
+    def _family(self, phone: Phone) -> str:
+        """The firmware family the phone runs (its own, else its site's or the inventory's)."""
+        return phone.family.name
+
+    def _dns_ttl(self, params: dict[str, str], family: str) -> float | None:
+        """The TTL the site's DNS gives the primary's name, read once and only for a phone in DNSTTL mode."""
+        primary = next(iter(servers(params, family=family)), None)
+        if primary is None or primary.failback_mode != "DNSTTL" or not self.site.dns:
+            return None
+        name = primary.address
+        if name not in self._ttl_cache:
+            from fleet.config import validate
+            from fleet.base.dns import ttl_of
+
+            host, port = validate.hostport(self.site.dns, "DNS server address")
+            self._ttl_cache[name] = ttl_of(name, host, int(port or 53))
+        return self._ttl_cache[name]
+
+    def _task(self, sig: Signature, expires: float | None = None) -> dict:
+        """Send a task signature to the site's queue and wait for it; its result with `ok`, or `ok: False` and why.
+
+        `expires`: seconds after which no worker may start it any more. A task
+        that failed says why itself (TaskFailed); a timeout or a lost worker is
+        named with the task.
+        """
+        result = sig.apply_async(queue=self.queue, expires=expires)
+        try:
+            return {"ok": True, **result.get(timeout=self.task_timeout, propagate=True)}
+        except TaskFailed as exc:
+            return {"ok": False, "error": str(exc)[:300]}
+        except CeleryTimeoutError:   # not taken, or not finished: say where to look
+            return {"ok": False, "error": f"{sig.task}: no answer from a worker of queue {self.queue} within "
+                                          f"{self.task_timeout:g}s (is `fleet worker --site {self.site.name}` running?)"}
+        except Exception as exc:  # worker lost: surfaced as a step failure with a reason
+            return {"ok": False, "error": f"{sig.task}: {type(exc).__name__}: {exc}"[:300]}
+
+    def _phones(self, selector) -> list[Phone]:
+        phones = self.site.phones
+        if selector.macs:
+            wanted = {m.lower().replace(":", "") for m in selector.macs}
+            phones = [p for p in phones if p.mac in wanted]
+        if selector.models:
+            phones = [p for p in phones if p.model in selector.models]
+        return phones
+
+    # ------------------------------------------------------------------ run
+    def run(self, guard: SignalGuard | None = None) -> ExperimentResult:
+        """Run the playbook. `guard` (the caller's, so that it also covers writing the report) turns the first
+        Ctrl-C, SIGTERM or SIGHUP into an orderly stop and notes every later one."""
+        if guard is not None:
+            return self._run(guard)
+        with SignalGuard() as own:
+            return self._run(own)
+
+    def _run(self, guard: SignalGuard) -> ExperimentResult:
+        guard.defer()    # setting up: a signal now is noted, and stops the run before its first step
+        # The lease first: a run refused because the site is busy leaves no experiment record behind. A rollout
+        # running this as its drill already holds the site and renews it.
+        self.lease = None
+        if self.lease_holder is None:
+            # a router shared with other sites is their WAN too: the outage this run makes is theirs as well
+            shared = self.site.router.shared_with if self.site.router else []
+            self.lease = SiteLease(self.store, [self.site.name, *shared], owner=f"experiment:{self.pb.name}", ttl=default_ttl(),
+                                   wait_for_predecessor=False, on_lost=lambda why: self.say(f"lease lost: {why}"))
+            self.lease.acquire()
+        exp = self.store.new_experiment(self.site.name, self.pb.name)
+        result = ExperimentResult(id=exp, playbook=self.pb.name, site=self.site.name, started=time.time())
+        try:
+            register_site(self.store, self.inv, self.site)
+            self.store.set_observing(self.site.name, exp)
+            # where each phone stood when the run began: the first lane segment of its timeline
+            self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}
+            self.store.log_event(exp, "start", playbook=self.pb.name, site=self.site.name,
+                                 initial={m: s.get("working_server") for m, s in self.initial.items()})
+            self.say(f"experiment {exp}: {self.pb.name} on site {self.site.name} ({len(self.site.phones)} phones)")
+            if guard.received:
+                raise Interrupted(signal.Signals[guard.received.pop(0)])
+            guard.raising = True
+            for step in self.pb.steps:
+                if self.lease is not None:
+                    self.lease.check()     # LeaseLost: another run may own the site now; cut nothing more
+                t0 = time.monotonic()
+                res = self._run_step(exp, step, result)
+                res.elapsed_s = round(time.monotonic() - t0, 3)
+                result.steps.append(res)
+                self.store.log_event(exp, "step", name=res.name, passed=res.passed, message=res.message)
+                self.say(f"{'PASS' if res.passed else 'FAIL'} {res.name} ({res.elapsed_s:.1f}s){': ' + res.message if res.message else ''}")
+                if not res.passed and res.kind == "outage":
+                    break   # a fault that did not take effect makes the rest meaningless
+        except LeaseLost as exc:
+            result.errors.append(f"stopped: {exc}; run abandoned")
+            self.store.log_event(exp, "lease_lost", reason=str(exc))
+        except Interrupted as exc:
+            result.interrupted = exc.signame
+            result.errors.append(f"interrupted ({exc.signame}): run abandoned")
+            self.store.log_event(exp, "interrupted", signal=exc.signame)
+        finally:
+            # From here on every Ctrl-C, SIGTERM or SIGHUP is noted and ignored: the restore and the report come first.
+            guard.defer()
+            self._cleanup(exp, result)
+        time.sleep(0.2)  # observations already in flight reach the store
+        self._verdicts(exp, result)
+        result.capture = self.store.capture(exp)
+        result.capture_left_out = self.store.capture_left_out(exp)
+        evidence = self.store.site_evidence([self.site.name]).get(self.site.name, {})
+        result.unobservable = evidence.get("unobservable", [])
+        result.evidence_errors = [e for e in evidence.get("sources", []) if e.get("error")]
+        result.evidence_foreign = foreign_sources(evidence)
+        result.finished = time.time()
+        result.errors.extend(f"{name} received while the WAN was being restored or the report computed: ignored until "
+                             f"both were done" for name in guard.received)
+        result.passed = (not result.errors and all(s.passed for s in result.steps)
+                         and all(p.passed for p in result.phones))
+        self.store.log_event(exp, "finish", passed=result.passed)
+        return result
+
+    def _run_step(self, exp: str, step, result: ExperimentResult) -> StepResult:
+        if isinstance(step, OutageStep):
+            return self._outage(exp, step, result)
+        if isinstance(step, RestoreStep):
+            return self._restore(exp, step.name, result)
+        if isinstance(step, ExpectStep):
+            return self._expect(exp, step, result)
+        if isinstance(step, CallStep):
+            return self._call(exp, step)
+        if isinstance(step, WaitStep):
+            time.sleep(step.wait)
+            return StepResult(step.name, "wait", True, 0.0)
+        raise TypeError(f"unknown step {step!r}")
+
+    def _cleanup(self, exp: str, result: ExperimentResult) -> None:
+        if self.open_outage is not None:
+            self.say("restoring the WAN (cleanup)")
+            res = self._restore(exp, "cleanup", result)
+            if not res.passed:
+                result.errors.append(f"cleanup restore failed: {res.message}")
+        self.store.set_observing(self.site.name, None)
+        if self.lease is not None:
+            self.lease.release()
+
+    def _outage(self, exp: str, step: OutageStep, result: ExperimentResult) -> StepResult:
+        outage_id = f"{exp}-o{len(result.outages) + 1}"
+        self.store.log_event(exp, "outage_request", outage_id=outage_id, mode=step.outage, max_duration=step.max_duration)
+        # Recorded before the task is sent: an interrupt or a timeout while the router is being cut must still
+        # send the restore, which then either undoes the cut or cancels it before it happens.
+        record = {"id": outage_id, "mode": step.outage, "start": time.time(), "end": None, "cut": "requested",
+                  "deadman": "", "restore": None, "confirmed": "not restored yet"}
+        result.outages.append(record)
+        self.open_outage = record
+        res = self._task(tasks.router_outage.s(self.site.name, exp, outage_id, step.outage, step.max_duration,
+                                               step.loss, step.delay_ms, getattr(step, "rate_kbit", 0)),
+                         expires=self.task_timeout)
+        self.store.log_event(exp, "outage", **res)
+        record["cut"] = res.get("outcome") or f"unknown ({res.get('error', 'no answer')})"
+        record["deadman"] = res.get("deadman") or ""
+        if res.get("t_cut"):
+            record["start"] = res.get("t_cut_done") or res["t_cut"]
+        if not res.get("ok"):
+            return StepResult(step.name, "outage", False, 0, f"cut failed: {res.get('error')}", res)
+        if res.get("outcome") not in ("cut", "already-cut"):
+            return StepResult(step.name, "outage", False, 0, f"the router did not cut: {res.get('outcome')} "
+                                                             f"({res.get('note', '')})", res)
+        state, probe = res.get("state") or {}, res.get("probe")
+        expected = {"link-down": state.get("link_up") is False, "drop": state.get("dropping"),
+                    "dns-fail": state.get("dns_blocked"), "degrade": state.get("degraded")}[step.outage]
+        if not expected:
+            return StepResult(step.name, "outage", False, 0, f"router state after the cut does not show it: {describe_state(state)}", res)
+        if probe is not None and probe.get("reachable"):
+            return StepResult(step.name, "outage", False, 0,
+                              f"outage did not take effect: the provider is still reachable from the LAN ({probe.get('detail')})", res)
+        return StepResult(step.name, "outage", True, 0,
+                          f"router: {describe_state(state)}; dead-man: {record['deadman'] or 'none'}; "
+                          f"LAN probe: {probe.get('detail') if probe else 'n/a'}", res)
+
+    def _restore(self, exp: str, name: str, result: ExperimentResult) -> StepResult:
+        record = self.open_outage
+        if record is None:
+            return StepResult(name, "restore", True, 0, "no outage open")
+        # No worker may start this restore after the dead-man has fired anyway; until then it is always worth running.
+        expires = max(self.task_timeout, float(self._max_duration(record)))
+        res = self._task(tasks.router_restore.s(self.site.name, exp, record["id"], record["mode"]), expires=expires)
+        self.store.log_event(exp, "restore", **res)
+        record["restore"] = res.get("outcome") or f"failed ({res.get('error', 'no answer')})"
+        if not res.get("ok"):
+            record["confirmed"] = (f"NOT confirmed: {res.get('error')}; " +
+                                   (f"the router's dead-man's switch restores it ({record['deadman']})" if record["deadman"]
+                                    else "no dead-man's switch is armed: restore the WAN by hand"))
+            return StepResult(name, "restore", False, 0, f"restore failed: {res.get('error')}", res)
+        self.open_outage = None
+        outcome, state = res.get("outcome"), res.get("state") or {}
+        record["router_state"] = state
+        if outcome == "cancelled-before-cut":
+            record["end"] = record["start"]
+            record["confirmed"] = "cancelled: the router never cut (the restore arrived first)"
+        else:
+            record["end"] = res.get("t_restore_done") or time.time()
+            by = f" by the {res.get('by')}" if res.get("by") else ""
+            plain = {k: v for k, v in state.items() if k != "outage"}
+            record["confirmed"] = (f"restored{by}: {describe_state(plain)}" if not res.get("leftovers")
+                                   else f"NOT fully restored: {'; '.join(res['leftovers'])}")
+        if res.get("leftovers"):
+            return StepResult(name, "restore", False, 0, f"router after restore: {'; '.join(res['leftovers'])}", res)
+        probe = res.get("probe") or {}
+        if probe.get("reachable") is False:
+            return StepResult(name, "restore", False, 0, f"provider still unreachable after restore ({probe.get('detail')})", res)
+        return StepResult(name, "restore", True, 0, f"{record['confirmed']}; LAN probe: {probe.get('detail', 'n/a')}", res)
+
+    def _max_duration(self, record: dict) -> int:
+        steps = [s for s in self.pb.steps if isinstance(s, OutageStep) and s.outage == record["mode"]]
+        return max((s.max_duration for s in steps), default=int(self.task_timeout))
+
+    def _expect(self, exp: str, step: ExpectStep, result: ExperimentResult) -> StepResult:
+        phones = self._phones(step.phones)
+        reached: dict[str, float] = {}
+        rows: dict[str, dict] = {}
+
+        def all_reached() -> bool:
+            rows.clear()
+            rows.update({r["mac"]: r for r in self.store.phones(self.site.name)})
+            for p in phones:
+                if p.mac not in reached and (rows.get(p.mac) or {}).get("state", {}).get("working_server") == step.server:
+                    reached[p.mac] = time.time()
+            return len(reached) == len(phones)
+
+        poll_until(all_reached, step.within, self.pb.sample_interval)
+        missing = [p.mac for p in phones if p.mac not in reached]
+        detail = {"expected_server": step.server, "reached": reached, "measure": step.measure,
+                  "missing": {m: (rows.get(m) or {}).get("state", {}).get("working_server") for m in missing}}
+        self.store.log_event(exp, "expect", name=step.name, **detail)
+        if missing:
+            where = ", ".join(f"{m} on server {detail['missing'][m]}" for m in missing[:5])
+            return StepResult(step.name, "expect", False, 0,
+                              f"{len(missing)}/{len(phones)} phones not on server {step.server} within {step.within:g}s ({where})", detail)
+        return StepResult(step.name, "expect", True, 0, f"{len(phones)} phones on server {step.server}", detail)
+
+    def _call(self, exp: str, step: CallStep) -> StepResult:
+        phone = next((p for p in self.site.phones if (step.from_phone and p.mac == step.from_phone.lower())
+                      or (not step.from_phone and p.family.rest)), None)
+        if phone is None:
+            return StepResult(step.name, "call", False, 0, "no phone to call from")
+        t0 = time.time()
+        res = self._task(tasks.place_call.s(self.site.name, exp, phone.mac, step.call))
+        if not res.get("ok"):
+            return StepResult(step.name, "call", False, 0, f"dial failed: {res.get('error')}", res)
+        calls = poll_until(lambda: [o for o in self.store.observations(exp, phone.mac) if o.get("kind") == "call" and o["t"] >= t0],
+                           step.within, self.pb.sample_interval)
+        if not calls:
+            return StepResult(step.name, "call", False, 0, f"no call report from {phone.mac} within {step.within:g}s")
+        server = calls[0]["server"]
+        detail = {"mac": phone.mac, "server": server, "observed": calls[0]}
+        self.store.log_event(exp, "call", **detail)
+        ok = server == step.expect_server
+        seen_by = sorted({c.get("source", "?") for c in calls if c.get("server") == server})
+        return StepResult(step.name, "call", ok, 0, f"call from {phone.mac} went to server {server} ({calls[0]['address']}; "
+                          f"seen by {', '.join(seen_by)})"
+                          + ("" if ok else f", expected server {step.expect_server}"), detail)
+
+    # ------------------------------------------------------------------ verdicts
+    def _verdicts(self, exp: str, result: ExperimentResult) -> None:
+        """Gather the history and the predictions; `fleet.experiment.verdict` decides."""
+        expects = [s for s in self.pb.steps if isinstance(s, ExpectStep)]
+        expectations = [Expectation(s.name, s.server, s.within, s.measure) for s in expects]
+        step_results = {s.name: s for s in result.steps}
+        seen_by_step = {}
+        for step in expects:
+            sr = step_results.get(step.name)
+            seen_by_step[step.name] = None if sr is None else Reached(sr.detail.get("reached") or {},
+                                                                      sr.detail.get("missing") or {})
+        cut = [o for o in result.outages if o.get("cut") in ("cut", "already-cut")]
+        outage = OutageWindow(cut[0]["start"], cut[0].get("end")) if cut else None
+        # predictions follow what each phone really runs: the configuration a rollout last pushed, else the inventory's
+        pushed = RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])
+        selected = {step.name: {p.mac for p in self._phones(step.phones)} for step in expects}
+        for p in self.site.phones:
+            params = pushed.get(p.mac) or self.inv.effective_params(self.site, p)
+            obs = self.store.observations(exp, p.mac)
+            family = self._family(p)
+            pred = predicted_bounds(params, family, obs, outage, self._dns_ttl(params, family))
+            v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=pred.failover_max_s,
+                             predicted_recovery_max_s=pred.recovery_max_s, prediction_notes=pred.notes,
+                             timeline=timeline(obs, self.initial.get(p.mac), result.started))
+            seen = {name: r for name, r in seen_by_step.items() if p.mac in selected[name]}
+            result.phones.append(judge_phone(v, len(servers(params)), expectations, seen, obs, outage))
+            fallback = next((t for t in servers(params, 1, family) if t.index == 2), None)
+            if fallback is not None:
+                v.failover_behaviour = fallback_behaviour(obs, (self.initial.get(p.mac) or {}).get("servers"), outage,
+                                                          fallback.expires)
+
+
+def describe_state(state: dict) -> str:
+    """The router's WAN state in words, for step messages and reports."""
+    if not state:
+        return "no state"
+    parts = ["link up" if state.get("link_up") else "link DOWN"]
+    if state.get("rules_ours"):
+        parts.append(f"{state['rules_ours']} rule(s) of ours")
+    if state.get("qdisc_ours"):
+        parts.append("our qdisc")
+    if not state.get("rules_ours") and not state.get("qdisc_ours"):
+        parts.append("no rule or qdisc of ours")
+    if state.get("outage"):
+        parts.append(f"outage {state['outage']}")
+    return ", ".join(parts)

@@ -1,0 +1,274 @@
+"""Rollout playbooks: targets, parameters, strategy, verification, rollback, schedule; validated before anything runs."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+
+from soundpoint.yamlfile import FieldError, FileError, load_model, source_of
+
+from fleet.phoneconf import polycom
+from fleet.phoneconf import secrets as secret_params
+from fleet.config import validate
+
+COUNT_OR_PERCENT = re.compile(r"^([0-9]{1,7})(%?)$")     # ASCII digits only
+
+
+class Strict(BaseModel):
+    # strict: no "5" for 5, no true for 1, no 3.0 for 3; allow_inf_nan: no `.inf` or `.nan` for a duration
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
+
+
+def _count_or_percent(v, positive: bool):
+    if isinstance(v, bool) or not isinstance(v, (int, str)):
+        raise ValueError("a count (10) or a percent ('20%')")
+    m = COUNT_OR_PERCENT.match(str(v))
+    if not m or (isinstance(v, int) and v < 0):
+        raise ValueError("a count (10) or a percent ('20%'), ASCII digits")
+    n = int(m.group(1))
+    if m.group(2) and n > 100:
+        raise ValueError(f"{v}: a percent is at most 100%")
+    if positive and n == 0:
+        raise ValueError("a positive count (10) or a percent ('20%')")
+    return v
+
+
+def amount(value: int | str, of: int) -> int:
+    """A count (5) or a percent of `of` ("20%", rounded down, at least 1 when `of` > 0)."""
+    text = str(value).strip()
+    if text.endswith("%"):
+        return max(1, int(of * int(text[:-1]) / 100)) if of else 0
+    return int(text)
+
+
+class Targets(Strict):
+    sites: list[str] = Field(default=[], description="empty: every site")
+    models: validate.ModelList = []
+    macs: validate.MacList = []
+
+
+class FailureBudget(Strict):
+    total: int | str = Field(0, description="failed phones the whole rollout tolerates; more halts it (count or percent)")
+    per_site: int | str | None = None
+
+    @field_validator("total", "per_site", mode="before")
+    @classmethod
+    def count_or_percent(cls, v):
+        return v if v is None else _count_or_percent(v, positive=False)
+
+
+class Strategy(Strict):
+    canary: int = Field(1, ge=0, le=100000, description="phones updated and verified first, alone")
+    wave_size: int | str = Field("10%", description="phones per wave after the canaries (count or percent)")
+    max_unavailable: int | str = Field(1, description="per site, at any moment (count or percent of the site's targets)")
+    failure_budget: FailureBudget = FailureBudget()
+    progress_deadline: float = Field(600, gt=0, le=7 * 86400, description="seconds a wave may take before the rollout halts")
+    allow_overload: bool = False
+    reboot_without_call_check: bool = Field(False, description="phones whose firmware cannot report its call state "
+                                                               "(SIP 2.x) are rebooted unchecked instead of deferred; "
+                                                               "a phone whose check fails is still deferred")
+
+    @field_validator("wave_size", "max_unavailable", mode="before")
+    @classmethod
+    def count_or_percent(cls, v):
+        return _count_or_percent(v, positive=True)
+
+
+class Verify(Strict):
+    registered_to: list[int] = Field(default=[1], min_length=1, max_length=9, description="servers each phone must be registered to")
+    within: float = Field(120, gt=0, le=86400, description="seconds after the reboot")
+
+    @field_validator("registered_to")
+    @classmethod
+    def indexes(cls, v: list[int]) -> list[int]:
+        seen = set()
+        for i, n in enumerate(v):
+            if not 1 <= n <= 9:
+                raise FieldError((i,), f"server {n}: servers are numbered from 1 (server 1 is the primary) to 9")
+            if n in seen:
+                raise FieldError((i,), f"server {n} is listed twice")
+            seen.add(n)
+        return v
+
+
+class Schedule(Strict):
+    cron: validate.Cron = Field(description="minute hour day-of-month month day-of-week")
+    timezone: validate.Timezone = "UTC"
+
+
+class RolloutPlaybook(Strict):
+    kind: Literal["rollout"]
+    name: str = Field(pattern=r"^[A-Za-z0-9_.-]{1,64}$")
+    targets: Targets = Targets()
+    # declared before `params`: its validator reads it
+    allow_uncatalogued: bool = Field(False, description="pass parameters the catalogue does not know through "
+                                                        "verbatim (unchecked; shown as such in the dry run)")
+    params: dict[str, str | int] = Field(min_length=1)
+    strategy: Strategy = Strategy()
+    verify: Verify = Verify()
+    rollback: bool = True
+    drill: str | None = Field(None, min_length=1, max_length=4096,
+                              description="experiment playbook run on the canary site after the canary wave")
+    schedule: Schedule | None = None
+    keep_backups: bool = Field(False, description="keep the boot server's <file>.before-<id> backups (they may hold "
+                                                  "SIP passwords) after the rollout finished; by default they are "
+                                                  "removed once it can no longer be resumed or rolled back")
+
+    @field_validator("params")
+    @classmethod
+    def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
+        """`secret:`/`env:` only in secret parameters, which take nothing else (fleet.phoneconf.secrets)."""
+        secret_params.validate_field(v)
+        return v
+
+    @field_validator("params", mode="before")
+    @classmethod
+    def known_params(cls, v, info: ValidationInfo):
+        if not isinstance(v, dict):
+            return v
+        verbatim = info.data.get("allow_uncatalogued") is True
+        for name, value in v.items():
+            try:
+                if verbatim and isinstance(name, str) and polycom.lookup(name) is None:
+                    uncatalogued(name, value)
+                    continue
+                validate.param(name, value, allow_placeholders=True)
+            except ValueError as exc:
+                message = str(exc)
+                if not verbatim and "not a parameter this tool manages" in message:
+                    message += "; `allow_uncatalogued: true` passes such parameters through verbatim"
+                raise FieldError((name,), message.removeprefix(f"{name}: ")) from None
+        return v
+
+
+VERBATIM_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}(\.[A-Za-z0-9_-]{1,64}){1,15}$")
+
+
+def uncatalogued(name: str, value) -> str:
+    """A parameter outside the catalogue, allowed by `allow_uncatalogued`: written as given, so only its form is checked.
+
+    It must look like a Polycom parameter (dotted name, XML-safe), hold no
+    control character, no secret reference and no placeholder (nothing is
+    substituted in it), and must not be a password: secrets go only in the
+    catalogue's secret parameters, which are never shown or logged.
+    """
+    if not VERBATIM_NAME.match(name):
+        raise ValueError(f"{name[:80]}: not a parameter name (dotted, letters, digits, _ and -)")
+    if "password" in name.lower():
+        raise ValueError(f"{name}: a password is never passed through verbatim; it must be a catalogue secret parameter")
+    if isinstance(value, bool) or not isinstance(value, (str, int)):
+        raise ValueError(f"{name}: expected text or an integer, found {type(value).__name__}; quote it")
+    text = str(value)
+    validate.no_control(text, name)
+    if secret_params.is_ref(text):
+        raise ValueError(f"{name}: secret:/env: references only work in catalogue secret parameters")
+    if "{" in text or "}" in text:
+        raise ValueError(f"{name}: placeholders only work in catalogue parameters; this one is written verbatim")
+    return text
+
+
+def verbatim_names(pb: RolloutPlaybook) -> frozenset[str]:
+    """The playbook's parameters that go through unchecked (none unless it says `allow_uncatalogued: true`)."""
+    if not pb.allow_uncatalogued:
+        return frozenset()
+    return frozenset(n for n in pb.params if polycom.lookup(n) is None)
+
+
+def load(path: str | Path) -> RolloutPlaybook:
+    """Validate a rollout playbook on its own: fields, parameters, cron, time zone, and the drill file."""
+    pb = load_model(path, RolloutPlaybook, keep_source=True)
+    if pb.drill is not None:
+        from fleet.experiment import playbook as experiment_playbook
+
+        src = source_of(pb, path)
+        drill = Path(pb.drill)
+        if not drill.is_file():
+            raise src.error(("drill",), f"drill playbook {pb.drill} not found (relative paths are from the working "
+                                        f"directory, {Path.cwd()})")
+        try:
+            experiment_playbook.load(drill)
+        except FileError as exc:
+            raise src.error(("drill",), f"the drill playbook is invalid: {exc}") from None
+    return pb
+
+
+def check_against(pb: RolloutPlaybook, inventory, path: str | Path) -> None:
+    """Cross-checks that need the inventory, with the playbook's line numbers; raise FileError.
+
+    Every target site, MAC and model must exist (a typo in one of several MACs would otherwise
+    silently shrink the rollout), parameters must suit the inventory's firmware family, the servers
+    to verify must be configured once the parameters are applied, and the drill must fit its site.
+    """
+    from fleet.phoneconf import predict
+    from fleet.rollout.plan import PlanError, targets
+
+    src = source_of(pb, path)
+    names = [s.name for s in inventory.sites]
+    for i, name in enumerate(pb.targets.sites):
+        if name not in names:
+            raise src.error(("targets", "sites", i), f"no site {name!r} in inventory {inventory.name}"
+                            + validate.did_you_mean(name, names))
+    sites = [inventory.site(n) for n in (pb.targets.sites or names)]
+    macs = {p.mac for s in sites for p in s.phones}
+    for i, mac in enumerate(pb.targets.macs):
+        if mac not in macs:
+            raise src.error(("targets", "macs", i), f"{mac} is not a phone of the targeted sites"
+                            + validate.did_you_mean(mac, macs))
+    models = {p.model for s in sites for p in s.phones}
+    for i, model in enumerate(pb.targets.models):
+        if model not in models:
+            raise src.error(("targets", "models", i), f"no {model} phone in the targeted sites")
+    verbatim = verbatim_names(pb)
+    for name, value in pb.params.items():
+        if name in verbatim:
+            continue
+        try:
+            validate.param(name, value, None, allow_placeholders=True)
+        except ValueError as exc:
+            raise src.error(("params", name), str(exc)) from None
+    try:
+        chosen = targets(inventory, pb)
+    except PlanError as exc:
+        raise src.error(("targets",), str(exc)) from None
+    if not chosen:
+        raise src.error(("targets",), "the targets select no phone")
+    for site, phone in chosen:
+        new = inventory.effective_params(site, phone)
+        for name, value in pb.params.items():
+            text = str(value)
+            if name in verbatim:
+                new[name] = text
+                continue
+            for obj, attr in validate.placeholders(text):
+                ref = {"site": site, "phone": phone, "provider": inventory.provider}[obj]
+                if ref is None:
+                    raise src.error(("params", name), f"{{{obj}.{attr}}}: the inventory has no {obj}")
+                text = text.replace(f"{{{obj}.{attr}}}", str(getattr(ref, attr)))
+            try:
+                validate.param(name, text, phone.family.name)
+            except ValueError as exc:
+                raise src.error(("params", name), f"phone {phone.mac} (site {site.name}): {exc}") from None
+            new[name] = text
+        servers = predict.servers(new)
+        configured = {t.index for t in servers}
+        silent = {t.index for t in servers if not t.register}
+        for i, n in enumerate(pb.verify.registered_to):
+            if n in silent:
+                raise src.error(("verify", "registered_to", i), f"server {n} of phone {phone.mac} has register=0: "
+                                                                "the phone never registers there")
+            if n not in configured:
+                raise src.error(("verify", "registered_to", i),
+                                f"server {n} is not configured on phone {phone.mac} (site {site.name}) once this "
+                                f"rollout's parameters are applied; its servers: {sorted(configured) or 'none'}")
+    if pb.drill is not None:
+        from fleet.experiment import playbook as experiment_playbook
+
+        drill = experiment_playbook.load(pb.drill)
+        canary_site = chosen[0][0].name
+        try:
+            experiment_playbook.check_against(drill.model_copy(update={"site": canary_site}), inventory, pb.drill,
+                                              extra_params=pb.params)
+        except FileError as exc:
+            raise src.error(("drill",), f"the drill cannot run on site {canary_site}: {exc}") from None

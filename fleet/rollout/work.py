@@ -1,0 +1,324 @@
+"""A rollout's work on one phone: push (render, back up, publish, reboot), confirm a lost reboot, roll back,
+and remove a finished rollout's backups from a site's boot server.
+
+Plain functions (no Celery), called by the thin tasks in fleet/worker/tasks.py.
+Every function is idempotent per (rollout, phone, attempt): a redelivered
+or retried task finds what its predecessor did in the phone's rollout record
+and carries on from there. The reboot, the one step that cannot simply be
+repeated, is claimed in Redis before it is sent (`RolloutStore.claim_reboot`).
+
+A failure settles the phone (`failed`, `rollback_failed`) with the reason
+and raises TaskFailed, so the task shows as failed. The one exception:
+errors the caller names in `retry_on` (a device that timed out, while the
+task still has retries left) leave the phone as it is and propagate, so
+the task's declared retry policy can try again.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from contextlib import contextmanager
+from typing import Iterator
+
+from fleet.config import inventory as inv_mod
+from fleet import phones
+from fleet.rollout import record_check as plan_check
+from fleet.phoneconf import polycom
+from fleet.rollout import backups as rollout_backups
+from fleet.phoneconf import secrets as secret_params
+from fleet.sites import files as site_files
+from fleet.drivers.errors import DriverError
+from fleet.drivers.publish import open_publisher
+from fleet.base.failpoints import failpoint
+from fleet.state.store import RolloutStore, Store
+from fleet.worker.errors import TaskFailed, failure_text
+from fleet.worker.context import context, stores
+
+log = logging.getLogger(__name__)
+
+Retryable = tuple[type[BaseException], ...]
+
+
+def _settle(rs: RolloutStore, rid: str, mac: str, state: str, exc: BaseException) -> TaskFailed:
+    """Settle the phone as `state` with why (the driver counts it against the budget); the error to raise."""
+    why = failure_text(exc)[:300]
+    rs.set_phone(rid, mac, state=state, error=why, settled_at=time.time())
+    return TaskFailed(f"rollout {rid}: phone {mac} {state}: {why}")
+
+
+@contextmanager
+def _settles_as(rs: RolloutStore, rid: str, mac: str, state: str, retry_on: Retryable = ()) -> Iterator[None]:
+    """Any device, record or value error inside settles the phone as `state` and raises TaskFailed;
+    errors in `retry_on` pass through untouched for the task to retry."""
+    try:
+        yield
+    except retry_on:
+        raise
+    except (DriverError, KeyError, ValueError) as exc:
+        raise _settle(rs, rid, mac, state, exc) from None
+
+
+def _record(rid: str, mac: str, settle_as: str) -> tuple[inv_mod.Inventory, inv_mod.Secrets, Store, RolloutStore,
+                                                          dict, plan_check.Checked]:
+    """The phone's rollout record, re-checked (plan_check) before anything acts on it.
+
+    A record that fails the check settles the phone as `settle_as` with the
+    reason and touches nothing else; a record that does not exist (or a
+    phone this worker does not know) only fails the task. Either way the
+    task fails with the reason.
+    """
+    inv, secrets = context()
+    store, rs = stores()
+    state = rs.phone(rid, mac)   # the full record: state, this phone's plan, backup flags
+    try:
+        plan = plan_check.check(inv, rid, mac, state)
+    except plan_check.PlanRefused as exc:
+        log.warning("rollout %s: refused the record of phone %s: %s", rid, mac, exc)
+        if state and state.get("state") not in rs.SETTLED:
+            rs.set_phone(rid, mac, state=settle_as, error=f"refused: {exc}"[:300], settled_at=time.time())
+        raise TaskFailed(f"rollout {rid}: phone {mac}: record refused: {exc}") from None
+    return inv, secrets, store, rs, state, plan
+
+
+def _boot_credentials(secrets: inv_mod.Secrets, site: inv_mod.Site) -> inv_mod.Credentials:
+    return secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
+
+
+def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
+    """Render, back up, publish and reboot one phone. Idempotent per (rollout, phone, attempt)."""
+    inv, secrets, store, rs, state, plan = _record(rid, mac, "failed")
+    site, phone = plan.site, plan.phone
+    if plan.attempt != attempt or state.get("state") in rs.SETTLED:
+        return {"state": state.get("state"), "note": "already done for this attempt"}
+    # a credential this worker cannot resolve (another secrets file, an env: variable it lacks) fails the phone
+    # with the reason, instead of failing only the task and leaving the phone "dispatched" to be re-sent
+    try:
+        creds = secrets.credentials(phone.credentials)
+        boot_creds = _boot_credentials(secrets, site)
+    except (KeyError, ValueError) as exc:
+        raise _settle(rs, rid, mac, "failed", DriverError(f"phone {mac}", f"credentials: {failure_text(exc)}")) from None
+    if state.get("state") == "rebooting" and state.get("reboot_at"):
+        return confirm_reboot(rid, mac, attempt, float(state["reboot_at"]),
+                              phones.for_phone(phone, creds, inv, secrets, store), plan.params, rs,
+                              _tried(state.get("reboot_tried")))
+    if state.get("reboot_at"):
+        return {"state": state.get("state"), "note": "already done for this attempt"}
+    if rs.config_version(mac) == plan.config_hash:
+        rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
+        return {"state": "skipped"}
+    control = phones.for_phone(phone, creds, inv, secrets, store)   # one session for the check and the reboot
+    check = control.call_check()
+    # the playbook's reboot_without_call_check covers only a family with no way to tell; a check that failed defers
+    if not check.may_reboot and not (plan.unchecked_reboot and control.family.call_state_source is None):
+        rs.set_phone(rid, mac, state="deferred", deferred_at=time.time(),
+                     deferred_reason=f"{check.state}: {check.reason}"[:300])
+        rs.log(rid, "deferred", mac=mac, call_state=check.state, reason=check.reason[:300])
+        return {"state": "deferred", "reason": check.reason}
+    if not check.may_reboot:
+        rs.log(rid, "reboot-unchecked", mac=mac, reason=f"{check.reason} (strategy.reboot_without_call_check)"[:300])
+    with _settles_as(rs, rid, mac, "failed", retry_on):
+        resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
+        _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds, site.boot_server.master_file or "")
+        if not rs.claim_reboot(rid, mac, attempt):
+            # an earlier copy of this task claimed the reboot and died before recording it
+            if rs.phone(rid, mac).get("reboot_at"):
+                return {"state": "rebooting", "note": "reboot already sent for this attempt"}
+            # nothing is sent before reboot_at is recorded: no method was tried
+            since = rs.reboot_claimed_at(rid, mac, attempt) or time.time()
+            rs.set_phone(rid, mac, state="rebooting", reboot_at=since, reboot_tried="")
+            return confirm_reboot(rid, mac, attempt, since, control, plan.params, rs, ())
+        failpoint("rollout.reboot_claimed", mac)
+        reboot_at = time.time()
+        rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at, reboot_tried="")
+        failpoint("rollout.reboot_recorded", mac)
+        # a retry after a reboot that timed out finds state "rebooting" and goes through confirm_reboot: the
+        # claim above keeps it from sending a second reboot the phone may already have had, and the methods
+        # announced below tell it which proof to look for (a web UI fallback is not idempotent as check-sync is)
+        sent: list[str] = []
+        how = control.reboot(_announcer(rs, rid, mac, sent))
+        failpoint("rollout.reboot_sent", mac)
+        rs.set_phone(rid, mac, state="verifying", reboot_via=how, **_may_stay_up(control, sent, plan.params))
+        return {"state": "verifying", "reboot_at": reboot_at}
+
+
+def _may_stay_up(control: phones.PhoneControl, sent: list[str], params: dict[str, str]) -> dict[str, str]:
+    """Record fields for a phone the push may not reboot (check-sync with alwaysReboot=0): verification takes its
+    registration after the push as the proof, and says whether a reboot was seen (fleet.rollout.policy)."""
+    if not control.may_stay_up(sent, params):
+        return {}
+    return {"reboot_optional": "1", "reports_shutdown": "1" if control.reports_shutdown(params) else "0"}
+
+
+def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str, str], url: str,
+             boot_creds: inv_mod.Credentials, named_master: str = "") -> None:
+    """Back up the phone's current files (once) and write ours, the master file last.
+
+    The master is the one the phone reads today with our file put first in its
+    CONFIG_FILES (fleet.sites.files); what the phone's override files would
+    shadow is recorded, and verification fails such a phone with that reason.
+    """
+    pub = open_publisher(url, boot_creds)
+    try:
+        prepared = site_files.phone_files(pub, url, mac, params, lambda u: open_publisher(u, boot_creds), named_master)
+        files = prepared.files
+        todo = [n for n in files if not state.get(f"backed_up:{n}")]
+        rs.set_phone(rid, mac, shadowed=prepared.shadowed(), state="publishing", **{f"backing_up:{n}": "1" for n in todo})
+        outcome = {}
+        for name in todo:
+            backup = rollout_backups.backup_name(name, rid)
+            # a task redelivered after it began backing up must not take the new file for the old one
+            if state.get(f"backing_up:{name}") and pub.read(backup) is not None:
+                outcome[f"backed_up:{name}"] = "yes"
+                continue
+            old = pub.read(name)
+            if old is not None and old != files[name]:
+                pub.write(backup, old)
+            # "same": the file already holds what we render (the master file, mostly): nothing to write or restore
+            outcome[f"backed_up:{name}"] = "absent" if old is None else ("same" if old == files[name] else "yes")
+        if outcome:
+            rs.set_phone(rid, mac, **outcome)
+        marks = {n: outcome.get(f"backed_up:{n}") or state.get(f"backed_up:{n}") for n in files}
+        ours = polycom.fleet_file_name(mac)
+        for name in sorted(files, key=lambda n: n != ours):   # the master file last
+            if marks[name] != "same":
+                pub.write(name, files[name])
+    finally:
+        pub.close()
+
+
+def _tried(recorded: str | None) -> tuple[str, ...] | None:
+    """The reboot methods a lost task announced (`reboot_tried`); None for a record that predates announcing."""
+    return None if recorded is None else tuple(m for m in recorded.split(",") if m)
+
+
+def _resend_may_fall_back(tried: tuple[str, ...] | None) -> bool:
+    """Whether a resent reboot may fall back to the web UI when its check-sync is refused. Not after a check-sync
+    the lost task sent with no fallback after it: that one may have been accepted and rebooted the phone into files
+    that now refuse check-sync (a rollout that turns on NOTIFY validation), where the web UI would reboot it twice;
+    a check-sync refused here fails the phone with the reason instead. Not either when nobody recorded what went
+    out."""
+    return tried is not None and ("check-sync" not in tried or "web" in tried)
+
+
+def _announcer(rs: RolloutStore, rid: str, mac: str, tried: list[str] | None = None) -> phones.Announce:
+    """Records each reboot method in the phone's rollout record before it is sent, for a successor that must
+    find out whether the reboot went out (confirm_reboot) by the proof that method leaves; `tried` collects them."""
+    tried = [] if tried is None else tried
+
+    def announce(method: str) -> None:
+        tried.append(method)
+        rs.set_phone(rid, mac, reboot_tried=",".join(tried))
+    return announce
+
+
+def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phones.PhoneControl, params: dict,
+                   rs: RolloutStore, tried: tuple[str, ...] | None) -> dict:
+    """The task that claimed this reboot died before it recorded sending it: send it only if the phone never got it.
+
+    `tried`: the reboot methods the lost task announced before sending them
+    (None: not recorded, so any the phone may use). Exactly one confirmation
+    runs per attempt (its own claim), so a phone is rebooted at most once
+    per attempt even when several copies are redelivered. Its errors are
+    never retried: the claim is spent, so a retry could only find it taken;
+    the phone fails with the reason.
+    """
+    if not rs.claim_reboot(rid, mac, f"{attempt}-confirm"):
+        return {"state": "rebooting", "note": "reboot already being confirmed"}
+    with _settles_as(rs, rid, mac, "failed"):
+        if control.rebooted_since(since, params, tried):
+            rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task")
+            return {"state": "verifying", "note": "the phone had rebooted"}
+        reboot_at = time.time()
+        rs.set_phone(rid, mac, reboot_at=reboot_at, reboot_tried="")
+        sent: list[str] = []
+        how = control.reboot(_announcer(rs, rid, mac, sent), fallback=_resend_may_fall_back(tried))
+        rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task",
+                     **_may_stay_up(control, sent, params))
+        return {"state": "verifying", "reboot_at": reboot_at}
+
+
+def rollback(rid: str, mac: str, retry_on: Retryable = ()) -> dict:
+    """Put the phone's previous files back and reboot it; the controller verifies it re-registers.
+
+    Writing the files back may be retried (it writes the same bytes again);
+    the reboot is not: once `rollback_at` is recorded a retry would find the
+    rollback sent and stop, so a reboot that fails settles the phone.
+    """
+    inv, secrets, store, rs, state, plan = _record(rid, mac, "rollback_failed")
+    site, phone = plan.site, plan.phone
+    if state.get("rollback_at"):
+        return {"state": state.get("state"), "note": "rollback already sent"}
+    with _settles_as(rs, rid, mac, "rollback_failed", retry_on):
+        pub = open_publisher(site.boot_server.url, _boot_credentials(secrets, site))
+        named = site.boot_server.master_file or ""
+        try:
+            for name, value in plan.backups.items():   # only the renderer's names for this MAC
+                if value == "same" or name == named:
+                    continue
+                if value == "absent":
+                    pub.delete(name)
+                else:
+                    old = pub.read(rollout_backups.backup_name(name, rid))
+                    if old is None:
+                        raise DriverError(pub.name, f"backup of {name} is missing")
+                    pub.write(name, old)
+            if named in plan.backups:
+                _restore_shared_master(pub, rid, mac, named, site, rs)
+        finally:
+            pub.close()
+    with _settles_as(rs, rid, mac, "rollback_failed"):
+        rs.set_phone(rid, mac, state="rolling_back", rollback_at=time.time())
+        phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets, store).reboot()
+    return {"state": "rolling_back"}
+
+
+def _restore_shared_master(pub, rid: str, mac: str, named: str, site: inv_mod.Site, rs: RolloutStore) -> None:
+    """Put the site's named master back as this rollout found it, once no phone of the site has a fleet file left.
+
+    The master named in the boot-server address is read by every phone that
+    names it: while another phone still has its fleet file there, the master
+    keeps the `[PHONE_MAC_ADDRESS]-fleet.cfg` entry that phone needs, and the
+    last phone rolled back writes the backup (made by whichever phone of this
+    rollout changed the file first) back byte for byte.
+    """
+    still = [p.mac for p in site.phones if pub.read(polycom.fleet_file_name(p.mac)) is not None]
+    if still:
+        rs.log(rid, "shared_master_kept", mac=mac, file=named,
+               reason=f"{len(still)} phone(s) of site {site.name} still have a fleet file: {', '.join(still[:5])}")
+        return
+    old = pub.read(rollout_backups.backup_name(named, rid))
+    if old is not None:
+        pub.write(named, old)
+        rs.log(rid, "shared_master_restored", mac=mac, file=named)
+
+
+def cleanup(rid: str, site_name: str, retry_on: Retryable = ()) -> dict:
+    """Delete a finished rollout's `<file>.before-<id>` backups on the site's boot server: they may hold SIP passwords.
+
+    A failure is logged in the rollout's history (unless it is about to be retried) and raised.
+    """
+    from fleet.rollout.driver import FINISHED
+
+    inv, secrets = context()
+    _, rs = stores()
+    meta = rs.get(rid)
+    if not meta or meta.get("status") not in FINISHED:
+        raise TaskFailed(f"rollout {rid[:80]!r} is not finished: its backups stay")
+    try:
+        site = inv.site(site_name)
+        mine = {p.mac for p in site.phones}
+        macs = [p["mac"] for p in meta["plan"]["phones"] if p.get("mac") in mine]
+        pub = open_publisher(site.boot_server.url, _boot_credentials(secrets, site))
+        try:
+            removed, kept = rollout_backups.remove(pub, rid, rs.phones(rid, macs, full=True),
+                                                   site.boot_server.master_file or "")
+        finally:
+            pub.close()
+    except retry_on:
+        raise
+    except (DriverError, KeyError, ValueError) as exc:
+        rs.log(rid, "backups_removal_failed", site=site_name, error=failure_text(exc)[:300])
+        raise TaskFailed(f"rollout {rid}: backups on site {site_name} not removed: {failure_text(exc)[:300]}") from None
+    rs.set(rid, **{f"backups_removed:{site_name}": time.time()})
+    rs.log(rid, "backups_removed", site=site_name, files=removed, kept_for_failed_rollback=kept)
+    return {"removed": removed, "kept": kept}

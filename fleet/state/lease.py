@@ -1,0 +1,265 @@
+"""Exclusive leases on sites, held for the length of a piece of work, with their loss noticed and signalled.
+
+A lease is a Redis key with a TTL (fleet.state.store). Whoever holds it must renew
+it before the TTL runs out; if a renewal fails (the key expired while the
+holder was stalled, someone deleted or took it, Redis lost it), the holder no
+longer owns the site and must stop acting on it. `SiteLease` does the
+renewing in a background thread and turns any such failure into `lost`, an
+event the work checks before each action that touches the site.
+
+Every SiteLease has a holder name of its own (`OWNER:TOKEN`, the token fresh
+per instance), so two processes doing the same work (a redelivered task, a
+second `resume`) never share a lease: the second one is refused while the
+first is alive. A second one may wait, at most one TTL, for a lease left by a
+dead predecessor with the same owner to expire; a renewal observed while it
+waits proves the predecessor alive, and it gives up at once.
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+import uuid
+from typing import Callable, Iterable
+
+import redis
+
+from fleet.drivers.errors import DeviceTimeout
+from fleet.state.store import LeaseHeld, Store
+
+DEFAULT_TTL_S = 30.0
+
+
+def default_ttl() -> float:
+    """Seconds a lease outlives its last renewal: how long a crashed holder blocks its sites (FLEET_LEASE_TTL)."""
+    return float(os.environ.get("FLEET_LEASE_TTL", DEFAULT_TTL_S))
+
+
+class LeaseLost(RuntimeError):
+    """Raised by `SiteLease.check()` once the lease is no longer ours; str() says why."""
+
+
+class SiteLease:
+    """`with SiteLease(store, sites, owner="rollout:ID") as lease:` ... `lease.check()` before acting on a site."""
+
+    def __init__(self, store: Store, sites: Iterable[str], owner: str, ttl: float = DEFAULT_TTL_S,
+                 renew_every: float | None = None, wait_for_predecessor: bool = True,
+                 on_lost: Callable[[str], None] | None = None) -> None:
+        self.store = store
+        self.sites = sorted(set(sites))
+        self.owner = owner
+        self.holder = f"{owner}:{uuid.uuid4().hex[:12]}"
+        self.ttl = ttl
+        self.renew_every = renew_every if renew_every is not None else ttl / 3
+        self.wait_for_predecessor = wait_for_predecessor
+        self.on_lost = on_lost
+        self.lost = threading.Event()
+        self.reason = ""
+        self._held: list[str] = []
+        self._confirmed = 0.0           # monotonic time of the last renewal every site confirmed
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    # ------------------------------------------------------------ acquire / release
+    def _predecessor(self, holder: str | None) -> bool:
+        return bool(holder) and (holder == self.owner or holder.startswith(self.owner + ":"))
+
+    def _acquire_one(self, site: str) -> float:
+        """Take one site's lease; returns the monotonic time just before the attempt that took it."""
+        deadline = time.monotonic() + self.ttl + 2
+        last: tuple[str, int] | None = None
+        while True:
+            started = time.monotonic()
+            try:
+                self.store.acquire_lease(site, self.holder, self.ttl)
+                return started
+            except LeaseHeld:
+                holder, pttl = self.store.lease_info(site)
+                if holder is None:
+                    continue   # it expired between our attempt and the look: try again
+                if not (self.wait_for_predecessor and self._predecessor(holder)) or time.monotonic() > deadline:
+                    raise
+                if last is not None and last[0] == holder and pttl > last[1]:
+                    # the TTL went up: the other holder renewed it, so it is alive and doing this work
+                    raise LeaseHeld(f"site {site} is leased by {holder}, a live run of the same work") from None
+                last = (holder, pttl)
+                time.sleep(min(0.5, self.ttl / 10))
+
+    def acquire(self) -> SiteLease:
+        try:
+            for site in self.sites:
+                taken = self._acquire_one(site)
+                self._held.append(site)
+                if self._thread is None:
+                    # renewing starts with the first site: taking the next ones may wait up to a TTL
+                    self._confirmed = taken
+                    self._thread = threading.Thread(target=self._renew_loop, name=f"lease {self.holder}", daemon=True)
+                    self._thread.start()
+        except BaseException:
+            self.release()
+            raise
+        return self
+
+    def release(self) -> None:
+        """Stop renewing and delete each site's lease if it is still ours (a lease someone else took is left alone)."""
+        self._stop.set()
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        for site in self._held:
+            try:
+                self.store.release_lease(site, self.holder)
+            except redis.RedisError:
+                pass   # Redis is away: the lease expires by itself within its TTL
+        self._held = []
+
+    def __enter__(self) -> SiteLease:
+        return self.acquire()
+
+    def __exit__(self, *exc) -> bool:
+        self.release()
+        return False
+
+    # ------------------------------------------------------------ renewal
+    def _lose(self, reason: str) -> None:
+        if self.lost.is_set():
+            return
+        self.reason = reason
+        self.lost.set()
+        if self.on_lost is not None:
+            self.on_lost(reason)
+
+    def _renew_loop(self) -> None:
+        wait = self.renew_every
+        while not self._stop.wait(wait):
+            started = time.monotonic()
+            try:
+                for site in list(self._held):
+                    if not self.store.renew_lease(site, self.holder, self.ttl):
+                        holder, _ = self.store.lease_info(site)
+                        self._lose(f"the lease on site {site} is no longer ours "
+                                   + (f"(now held by {holder})" if holder else "(it expired)"))
+                        return
+                self._confirmed = started   # the TTLs run from when we asked, not from when Redis answered
+                wait = self.renew_every
+            except redis.RedisError as exc:
+                if time.monotonic() - self._confirmed >= self.ttl:
+                    self._lose(f"the lease could not be renewed for {self.ttl:g}s ({type(exc).__name__}); it may have lapsed")
+                    return
+                wait = min(self.renew_every, 1.0)   # Redis is away: try again soon, before the TTL runs out
+
+    def check(self) -> None:
+        """Raise LeaseLost unless the lease is certainly still ours (renewed within its TTL)."""
+        if not self.lost.is_set() and self._confirmed and time.monotonic() - self._confirmed >= self.ttl:
+            self._lose(f"the lease was last confirmed {time.monotonic() - self._confirmed:.0f}s ago, "
+                       f"beyond its {self.ttl:g}s TTL; it may have lapsed")
+        if self.lost.is_set():
+            raise LeaseLost(self.reason)
+
+
+# ------------------------------------------------------------ one REST request at a time per phone
+REST_LOCK_TTL_S = 10.0      # how long a dead holder blocks the phone; a live one renews it (every TTL/3) while held
+REST_LOCK_WAIT_S = 20.0     # how long a request waits for the phone's lock before giving up
+
+
+class PhoneLockUnavailable(DeviceTimeout):
+    """The phone's REST lock could not be taken because the store (Redis) is away: the request was not sent.
+    A DriverError, so every caller that reads a phone (the poller, a control's call check) reports it as the
+    phone's state being unknown instead of crashing."""
+
+
+class PhoneRestLock:
+    """`with PhoneRestLock(store, mac, owner):` one REST request to the phone; `async with` in a collector.
+
+    UC Software serves one REST request at a time and refuses a concurrent one (status 4001). The lock is a
+    short lease in the store (`Store.acquire_phone_lock`), taken per request by every process that talks REST
+    to the phone (the collectors' lineInfo poller, the workers' controls, the experiment's dial, `--probe`) and
+    released right after. While it is held it is renewed every TTL/3, so a request that runs longer than the
+    TTL (a digest retry, a slow body: fleet.drivers.control.rest bounds one request to `request_budget`) never
+    loses it to a second process mid-request; the TTL frees it if the holder dies. Waiting is bounded: past
+    `wait` seconds the request is not sent and DeviceTimeout says who held the phone. With Redis away nothing
+    is sent either (PhoneLockUnavailable).
+    """
+
+    def __init__(self, store: Store, mac: str, owner: str, ttl: float = REST_LOCK_TTL_S,
+                 wait: float = REST_LOCK_WAIT_S) -> None:
+        self.store, self.mac, self.ttl, self.wait = store, mac, ttl, wait
+        self.holder = f"{owner}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self.lost = threading.Event()          # a renewal found the lock no longer ours (Redis lost it)
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    @classmethod
+    def factory(cls, store: Store, mac: str, owner: str) -> Callable[[], "PhoneRestLock"]:
+        return lambda: cls(store, mac, owner)
+
+    def _unavailable(self, exc: Exception) -> PhoneLockUnavailable:
+        return PhoneLockUnavailable(f"phone {self.mac}", f"the store holding the phone's REST lock is unavailable "
+                                                         f"({type(exc).__name__}); nothing sent")
+
+    def _try(self) -> bool:
+        try:
+            return self.store.acquire_phone_lock(self.mac, self.holder, self.ttl)
+        except redis.RedisError as exc:
+            raise self._unavailable(exc) from None
+
+    def _refused(self) -> Exception:
+        try:
+            held = self.store.phone_lock_holder(self.mac)
+        except redis.RedisError:
+            held = None
+        return DeviceTimeout(f"phone {self.mac}", f"another REST request to it ({str(held or '?')[:60]}) held the "
+                                                  f"phone for over {self.wait:g}s; nothing sent")
+
+    def _release(self) -> None:
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join(5)
+        try:
+            self.store.release_phone_lock(self.mac, self.holder)
+        except redis.RedisError:
+            pass   # the request is done; the lock expires by itself within its TTL
+
+    def _renew_loop(self) -> None:
+        while not self._stop.wait(self.ttl / 3):
+            try:
+                if not self.store.renew_phone_lock(self.mac, self.holder, self.ttl):
+                    self.lost.set()
+                    return
+            except redis.RedisError:
+                pass   # try again at the next tick, before the TTL runs out
+
+    def _start_renewing(self) -> None:
+        self._renewer = threading.Thread(target=self._renew_loop, name=f"rest lock {self.mac}", daemon=True)
+        self._renewer.start()
+
+    def __enter__(self) -> "PhoneRestLock":
+        deadline = time.monotonic() + self.wait
+        pause = 0.01
+        while not self._try():
+            if time.monotonic() >= deadline:
+                raise self._refused()
+            time.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        self._start_renewing()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._release()
+
+    async def __aenter__(self) -> "PhoneRestLock":
+        import asyncio
+
+        deadline = time.monotonic() + self.wait
+        pause = 0.01
+        while not await asyncio.to_thread(self._try):
+            if time.monotonic() >= deadline:
+                raise await asyncio.to_thread(self._refused)
+            await asyncio.sleep(pause)
+            pause = min(pause * 2, 0.1)
+        self._start_renewing()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        import asyncio
+
+        await asyncio.to_thread(self._release)

@@ -1,0 +1,760 @@
+"""All state in Redis. The only module that knows key names: everyone else calls a `Store` method.
+
+Every key family, in one table (the same table is in docs/architecture.md).
+All keys start with `fleet:`; `Keys` below builds each name.
+
+| key (after `fleet:`)                 | type   | holds                                                            | written by                  |
+|--------------------------------------|--------|------------------------------------------------------------------|-----------------------------|
+| `phone:{mac}`                        | hash   | site, model, address, servers (configured, JSON), state (JSON of  | register_phones,            |
+|                                      |        | observe.PhoneState), row (its `fleet status --json` object, kept | record_observations,        |
+|                                      |        | ready-made), firmware, in_call, pushed_params, config_version,   | set_phone_info, set_pushed, |
+|                                      |        | in_call_pushed_at/_seq (a pushed call state: collector's clock,  | record_pushed_call_state    |
+|                                      |        | and the count of pushes readers compare)                         |                             |
+| `phones`                             | set    | every registered MAC                                             | register_phones             |
+| `site:{site}:phones`                 | set    | the site's MACs                                                  | register_phones             |
+| `site:{site}:experiment`             | string | id of the experiment observing the site now (collectors copy     | set_observing               |
+|                                      |        | observations to it)                                              |                             |
+| `site:{site}:evidence`               | hash   | the collector's per-server evidence report: unobservable (JSON:  | set_site_evidence           |
+|                                      |        | targets no wire source can see, and why), sources (JSON: each    |                             |
+|                                      |        | evidence source's state, error and since when), t                |                             |
+| `evidence:sites`                     | set    | the sites with a `site:{site}:evidence` report                   | set_site_evidence           |
+| `observed`                           | stream | one entry per stored batch of observations: the MACs it touched  | record_observations         |
+| `lease:{site}`                       | string | holder of the site's exclusive lease (SET NX PX, renewed)        | acquire/renew/release_lease |
+| `rest:{mac}`                         | string | holder of the phone's REST lock: one request at a time across    | acquire/renew/release_      |
+|                                      |        | processes (SET NX PX, a few seconds, renewed while the request   | phone_lock                  |
+|                                      |        | runs; released after it)                                         |                             |
+| `experiments`                        | zset   | experiment ids by start time                                     | new_experiment              |
+| `exp:{id}`                           | hash   | experiment metadata: site, playbook, status, started, finished   | new/finish_experiment       |
+| `exp:{id}:events`                    | stream | append-only history (operations and observations, wall and       | log_event                   |
+|                                      |        | monotonic time)                                                  |                             |
+| `exp:{id}:obs:{mac}`                 | stream | one phone's observations during the experiment, trimmed          | record_observations         |
+| `exp:{id}:capture`                   | stream | SIP datagrams the wire sources accepted during the experiment    | keep_capture                |
+|                                      |        | (its capture.pcap), up to CAPTURE_MAX_BYTES (exp:{id} counts     |                             |
+|                                      |        | capture_bytes and capture_left_out), trimmed                     |                             |
+| `outage:{id}:restore`                | string | a restore of that outage was requested (a cut seeing it cuts     | request_outage_restore      |
+|                                      |        | nothing); expires after two days                                 |                             |
+| `rollouts`                           | zset   | rollout ids by creation time                                     | RolloutStore.create         |
+| `rollout:{id}`                       | hash   | status, playbook, created, plan (JSON), reason, abort flag,      | RolloutStore.create/set     |
+|                                      |        | backups_removed:{site}                                           |                             |
+| `rollout:{id}:phone:{mac}`           | hash   | state, attempt, wave, plan (the phone's part), reboot_at,        | RolloutStore.create/        |
+|                                      |        | reboot_tried (methods announced before sending), reboot_via,     | set_phone                   |
+|                                      |        | rollback_at, settled_at, error, deferred_at, deferred_reason     |                             |
+|                                      |        | (call state: why), backing_up:/backed_up:{file}                  |                             |
+| `rollout:{id}:changes`               | stream | one entry per phone state change (the driver wakes on it)        | RolloutStore.set_phone      |
+| `rollout:{id}:events`                | stream | append-only history of the rollout                               | RolloutStore.log            |
+| `rollout:{id}:reboot:{mac}:{attempt}`| string | the claim on a phone's reboot for one attempt (or               | RolloutStore.claim_reboot   |
+|                                      |        | `{attempt}-confirm`), kept a week                                |                             |
+| `schedule:{name}:since`              | string | when the scheduler first saw the schedule                        | schedule_seen_since         |
+| `schedule:{name}:last_run`           | string | when a run of it last started                                    | set_schedule_last_run       |
+| `schedule:{name}:sent`               | hash   | t, fire_time: when beat last sent it, and for which cron time    | set_schedule_sent           |
+| `schedule:missed`                    | list   | messages about missed or refused runs                            | record_missed               |
+| `schedule:missed:seen`               | set    | occurrences already recorded (each is recorded once)             | record_missed               |
+
+Celery's own keys (queues named after them, `unacked*`, `_kombu.*`,
+`celery-task-meta-*`) share the database and are Celery's business.
+"""
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from typing import Iterable, NamedTuple
+
+import redis
+
+from fleet.state.observe import Observation, PhoneState, apply
+from fleet.state.phone_row import row_for_json
+
+
+# extend a lease or lock key's TTL (ARGV[2] ms) only if ARGV[1] still holds it
+RENEW_IF_HELD = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+
+
+class PushedState(NamedTuple):
+    """A phone's newest pushed call state: whether a line is in a call, when the collector received it (its clock),
+    and its number in the phone's count of pushes (what readers compare)."""
+    in_call: bool
+    at: float
+    seq: int
+
+P = "fleet:"
+OBS_MAXLEN = 10_000
+CAPTURE_MAXLEN = 200_000      # SIP datagrams kept per experiment for its capture.pcap
+# ... and at most this many bytes of them (as stored): a count alone let a flood of 64 KB datagrams fill Redis
+# (200,000 x 64 KB) and evict real state. 128 MB holds some 200,000 typical REGISTER exchanges' datagrams;
+# what does not fit is counted in the experiment's hash (capture_left_out), never silently lost.
+CAPTURE_MAX_BYTES = 128 * 1024 * 1024
+EVENTS_MAXLEN = 200_000
+FEED_MAXLEN = 100_000
+OUTAGE_MARK_TTL = 2 * 86400   # longer than any outage may last (max_duration <= 1 day)
+
+
+_SITE_FIELD = '"site": '
+_DECODER = json.JSONDecoder()
+
+
+def _row_site(row: str) -> str | None:
+    """The `site` of a ready-made status row without decoding the row: row_for_json writes `mac` then `site`
+    first, so the first `"site": ` is the top-level one (a MAC cannot hold it)."""
+    at = row.find(_SITE_FIELD)
+    if at < 0:
+        return None
+    try:
+        value, _ = _DECODER.raw_decode(row, at + len(_SITE_FIELD))
+    except ValueError:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def foreign_sources(site_evidence: dict) -> list[dict]:
+    """One site's evidence sources that got messages naming its phones from addresses not theirs (issue 17):
+    [{source, foreign: {address: count}, total}], from the collector's report (see site_evidence)."""
+    out = []
+    for e in site_evidence.get("sources", []):
+        counts = e.get("foreign") or {}
+        if counts:
+            out.append({"source": e.get("source", ""), "foreign": counts, "total": sum(counts.values())})
+    return out
+
+
+def _unseen_by_mac(evidence: dict[str, dict]) -> dict[str, list[dict]]:
+    """The collectors' `unobservable` entries (see site_evidence), grouped by phone."""
+    out: dict[str, list[dict]] = {}
+    for ev in evidence.values():
+        for u in ev.get("unobservable", []):
+            out.setdefault(u.get("mac", ""), []).append(u)
+    return out
+
+
+class Keys:
+    """The name of every key in the table above; nothing outside this module builds one."""
+
+    PHONES = f"{P}phones"
+    EVIDENCE_SITES = f"{P}evidence:sites"
+    OBSERVED = f"{P}observed"
+    EXPERIMENTS = f"{P}experiments"
+    ROLLOUTS = f"{P}rollouts"
+    SCHEDULE_MISSED = f"{P}schedule:missed"
+    SCHEDULE_MISSED_SEEN = f"{P}schedule:missed:seen"
+
+    @staticmethod
+    def phone(mac: str) -> str:
+        return f"{P}phone:{mac}"
+
+    @staticmethod
+    def site_phones(site: str) -> str:
+        return f"{P}site:{site}:phones"
+
+    @staticmethod
+    def site_experiment(site: str) -> str:
+        return f"{P}site:{site}:experiment"
+
+    @staticmethod
+    def site_evidence(site: str) -> str:
+        return f"{P}site:{site}:evidence"
+
+    @staticmethod
+    def lease(site: str) -> str:
+        return f"{P}lease:{site}"
+
+    @staticmethod
+    def rest_lock(mac: str) -> str:
+        return f"{P}rest:{mac}"
+
+    @staticmethod
+    def exp(exp: str) -> str:
+        return f"{P}exp:{exp}"
+
+    @staticmethod
+    def exp_events(exp: str) -> str:
+        return f"{P}exp:{exp}:events"
+
+    @staticmethod
+    def exp_capture(exp: str) -> str:
+        return f"{P}exp:{exp}:capture"
+
+    @staticmethod
+    def exp_obs(exp: str, mac: str) -> str:
+        return f"{P}exp:{exp}:obs:{mac}"
+
+    @staticmethod
+    def outage_restore(outage_id: str) -> str:
+        return f"{P}outage:{outage_id}:restore"
+
+    @staticmethod
+    def rollout(rid: str) -> str:
+        return f"{P}rollout:{rid}"
+
+    @staticmethod
+    def rollout_phone(rid: str, mac: str) -> str:
+        return f"{P}rollout:{rid}:phone:{mac}"
+
+    @staticmethod
+    def rollout_changes(rid: str) -> str:
+        return f"{P}rollout:{rid}:changes"
+
+    @staticmethod
+    def rollout_events(rid: str) -> str:
+        return f"{P}rollout:{rid}:events"
+
+    @staticmethod
+    def rollout_reboot(rid: str, mac: str, attempt: int | str) -> str:
+        return f"{P}rollout:{rid}:reboot:{mac}:{attempt}"
+
+    @staticmethod
+    def schedule_since(name: str) -> str:
+        return f"{P}schedule:{name}:since"
+
+    @staticmethod
+    def schedule_last_run(name: str) -> str:
+        return f"{P}schedule:{name}:last_run"
+
+    @staticmethod
+    def schedule_sent(name: str) -> str:
+        return f"{P}schedule:{name}:sent"
+
+
+K = Keys
+OBSERVED_FEED = K.OBSERVED
+
+
+class LeaseHeld(Exception):
+    """Another experiment or rollout holds the site."""
+
+
+class RolloutExists(Exception):
+    """A rollout with this id was already created."""
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, health_check_interval=30)
+
+    # ------------------------------------------------------------ phones
+    def register_phones(self, site: str, phones: Iterable[dict]) -> None:
+        phones = list(phones)
+        pipe = self.r.pipeline(transaction=False)
+        for p in phones:
+            pipe.hmget(K.phone(p['mac']), "state", "firmware")
+        previous = pipe.execute()
+        pipe = self.r.pipeline(transaction=False)
+        for p, (state, firmware) in zip(phones, previous):
+            meta = {"mac": p["mac"], "site": site, "model": p.get("model", ""), "firmware": firmware,
+                    "configured_servers": p.get("servers", []),
+                    "state": json.loads(state) if state else PhoneState(mac=p["mac"]).to_dict()}
+            pipe.hset(K.phone(p['mac']), mapping={"site": site, "model": p.get("model", ""),
+                                                       "address": p.get("address", ""),
+                                                       "servers": json.dumps(p.get("servers", [])),
+                                                       "row": json.dumps(row_for_json(meta))})
+            pipe.sadd(K.site_phones(site), p["mac"])
+            pipe.sadd(K.PHONES, p["mac"])
+        pipe.execute()
+
+    def phone_states(self, macs: list[str]) -> dict[str, PhoneState]:
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hget(K.phone(mac), "state")
+        return {m: PhoneState.from_dict(json.loads(raw)) if raw else PhoneState(mac=m) for m, raw in zip(macs, pipe.execute())}
+
+    def phone_state(self, mac: str) -> PhoneState:
+        raw = self.r.hget(K.phone(mac), "state")
+        return PhoneState.from_dict(json.loads(raw)) if raw else PhoneState(mac=mac)
+
+    def record_observations(self, observations: list[Observation]) -> int:
+        """Fold observations into each phone's last state, and copy them into the site's running experiment."""
+        if not observations:
+            return 0
+        macs = sorted({o.mac for o in observations})
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hmget(K.phone(mac), "state", "site", "model", "firmware", "servers")
+        rows = pipe.execute()
+        states = {mac: (PhoneState.from_dict(json.loads(row[0])) if row[0] else PhoneState(mac=mac), row[1])
+                  for mac, row in zip(macs, rows)}
+        metas = {mac: {"model": row[2], "firmware": row[3], "configured_servers": json.loads(row[4] or "[]")}
+                 for mac, row in zip(macs, rows)}
+        sites = {site for _, site in states.values() if site}
+        active = dict(zip(sorted(sites), self.r.mget([K.site_experiment(s) for s in sorted(sites)]))) if sites else {}
+        pipe = self.r.pipeline(transaction=False)
+        for obs in sorted(observations, key=lambda o: o.t):
+            state, site = states[obs.mac]
+            if site is None:
+                continue   # a phone not in the inventory: ignored rather than trusted
+            # the store keeps registration 1's configured servers only: other lines are judged on what was seen
+            configured = ([s["index"] for s in metas[obs.mac]["configured_servers"] if s.get("register", True)]
+                          if obs.reg == 1 else None)
+            apply(state, obs, configured)
+            exp = active.get(site)
+            if exp:
+                entry = obs.to_dict() | {"working_server": state.working_server}
+                pipe.xadd(K.exp_obs(exp, obs.mac), {"o": json.dumps(entry)}, maxlen=OBS_MAXLEN, approximate=True)
+        for mac, (state, site) in states.items():
+            if site is not None:
+                as_dict = state.to_dict()
+                row = row_for_json({"mac": mac, "site": site, "state": as_dict, **metas[mac]})
+                pipe.hset(K.phone(mac), mapping={"state": json.dumps(as_dict), "row": json.dumps(row)})
+        # one feed entry per batch: a rollout driver re-reads only the phones named here
+        pipe.xadd(OBSERVED_FEED, {"macs": " ".join(m for m, (_, site) in states.items() if site is not None)},
+                  maxlen=FEED_MAXLEN, approximate=True)
+        pipe.execute()
+        return len(observations)
+
+    def set_phone_info(self, infos: dict[str, dict]) -> None:
+        """Facts read from the phones themselves (firmware, whether a line is in a call)."""
+        macs = sorted(infos)
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hmget(K.phone(mac), "row")
+        rows = pipe.execute()
+        pipe = self.r.pipeline(transaction=False)
+        for mac, (row,) in zip(macs, rows):
+            mapping = {k: (json.dumps(v) if not isinstance(v, str) else v) for k, v in infos[mac].items() if v is not None}
+            if row and infos[mac].get("firmware"):
+                mapping["row"] = json.dumps(json.loads(row) | {"firmware": infos[mac]["firmware"]})
+            if mapping:
+                pipe.hset(K.phone(mac), mapping=mapping)
+        pipe.execute()
+
+    def record_pushed_call_state(self, mac: str, in_call: bool, t: float) -> int:
+        """A state the phone pushed (state polling push mode), received at `t` by the collector's clock; returns
+        its number in the phone's count of pushes. Readers tell a newer push by that count, never by comparing
+        `t` with their own clock (the collector and the workers run on different hosts)."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.hset(K.phone(mac), mapping={"in_call": json.dumps(bool(in_call)), "in_call_pushed_at": repr(float(t))})
+        pipe.hincrby(K.phone(mac), "in_call_pushed_seq", 1)
+        return int(pipe.execute()[1])
+
+    def pushed_call_state(self, mac: str) -> PushedState | None:
+        """The newest state the phone pushed (in a call, the collector's time, its number), or None."""
+        in_call, at, seq = self.r.hmget(K.phone(mac), "in_call", "in_call_pushed_at", "in_call_pushed_seq")
+        try:
+            return PushedState(json.loads(in_call) is True, float(at), int(seq)) if in_call is not None and at and seq \
+                else None
+        except ValueError:
+            return None
+
+    def status_json(self, site: str | None = None) -> str:
+        """`fleet status --json` straight from the ready-made rows: one round trip, no decoding per phone. Each row
+        gains what its site's collector reported (`site_evidence`): `unobservable` (this phone's servers no wire
+        source can see, and why), `evidence_errors` (the site's evidence sources that are failing) and
+        `evidence_foreign` (`foreign_sources`: the site's sources that got SIP naming its phones from other
+        addresses, counted per address). Only a row whose site has failing sources or foreign counts has its site
+        read out of it (one string decoded, not the row)."""
+        key = K.site_phones(site) if site else K.PHONES
+        macs = sorted(self.r.smembers(key))
+        pipe = self.r.pipeline(transaction=False)
+        pipe.smembers(K.EVIDENCE_SITES)
+        for mac in macs:
+            pipe.hget(K.phone(mac), "row")
+        reported, *found = pipe.execute()
+        rows = [(mac, row) for mac, row in zip(macs, found) if row]
+        evidence = self.site_evidence(sorted(reported))
+        unseen = {mac: json.dumps(us) for mac, us in _unseen_by_mac(evidence).items()}
+        errors = {s: json.dumps(errs) for s, ev in evidence.items()
+                  if (errs := [e for e in ev.get("sources", []) if e.get("error")])}
+        foreign = {s: json.dumps(found) for s, ev in evidence.items() if (found := foreign_sources(ev))}
+        out = []
+        for mac, row in rows:     # {...} + `"unobservable": [...], "evidence_errors": [...], ...}`: no decoding
+            row_site = _row_site(row) if errors or foreign else None
+            failing = errors.get(row_site, "[]") if errors else "[]"
+            out.append(f'{row.rstrip()[:-1]}, "unobservable": {unseen.get(mac, "[]")}, "evidence_errors": {failing}, '
+                       f'"evidence_foreign": {foreign.get(row_site, "[]") if foreign else "[]"}}}')
+        return "[" + ",".join(out) + "]"
+
+    def set_site_evidence(self, site: str, unobservable: list[dict], sources: list[dict]) -> None:
+        """The collector's report about its per-server evidence (fleet.evidence.collector): which targets no wire source
+        can see and why; per evidence source its state, error (never a secret) and since when."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(K.site_evidence(site), mapping={"unobservable": json.dumps(unobservable),
+                                                  "sources": json.dumps(sources), "t": repr(time.time())})
+        pipe.sadd(K.EVIDENCE_SITES, site)
+        pipe.execute()
+
+    def site_evidence(self, sites: list[str]) -> dict[str, dict]:
+        """{site: {unobservable: [...], sources: [...], t}} for the sites whose collector reported; {} for none."""
+        if not sites:
+            return {}
+        pipe = self.r.pipeline(transaction=False)
+        for s in sites:
+            pipe.hgetall(K.site_evidence(s))
+        out: dict[str, dict] = {}
+        for s, h in zip(sites, pipe.execute()):
+            if not h:
+                continue
+            try:
+                out[s] = {"unobservable": json.loads(h.get("unobservable") or "[]"),
+                          "sources": json.loads(h.get("sources") or "[]"), "t": float(h.get("t") or 0)}
+            except ValueError:
+                continue            # a damaged report reads as none
+        return out
+
+    def phones(self, site: str | None = None) -> list[dict]:
+        """Every phone's row for `fleet status`, read with one pipelined round trip."""
+        return self.phones_and_evidence(site)[0]
+
+    def phones_and_evidence(self, site: str | None = None) -> tuple[list[dict], dict[str, dict]]:
+        """`phones(site)` and the `site_evidence` of their sites, from one read of each (what `fleet status`
+        draws: the phones' table and the failing sources under it)."""
+        key = K.site_phones(site) if site else K.PHONES
+        macs = sorted(self.r.smembers(key))
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hgetall(K.phone(mac))
+        out = []
+        hashes = pipe.execute()
+        evidence = self.site_evidence(sorted({h["site"] for h in hashes if h.get("site")}))
+        unseen = _unseen_by_mac(evidence)
+        for mac, h in zip(macs, hashes):
+            state = json.loads(h["state"]) if h.get("state") else PhoneState(mac=mac).to_dict()
+            out.append({"mac": mac, "site": h.get("site"), "model": h.get("model"), "address": h.get("address"),
+                        "firmware": h.get("firmware"), "config_version": h.get("config_version"),
+                        "configured_servers": json.loads(h.get("servers") or "[]"), "state": state,
+                        "unobservable": unseen.get(mac, [])})
+        return out, evidence
+
+    def forget_phones(self, macs: list[str]) -> None:
+        """Take phones out of the store (gone from the inventory): their hash and their place in the phone sets."""
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hget(K.phone(mac), "site")
+        sites = pipe.execute()
+        pipe = self.r.pipeline(transaction=False)
+        for mac, site in zip(macs, sites):
+            pipe.delete(K.phone(mac))
+            pipe.srem(K.PHONES, mac)
+            if site:
+                pipe.srem(K.site_phones(site), mac)
+        pipe.execute()
+
+    # ------------------------------------------------------------ leases
+    def acquire_lease(self, site: str, holder: str, ttl: float = 30.0) -> None:
+        key = K.lease(site)
+        if self.r.set(key, holder, nx=True, px=int(ttl * 1000)):
+            return
+        current = self.r.get(key)
+        if current == holder:
+            self.r.pexpire(key, int(ttl * 1000))
+            return
+        raise LeaseHeld(f"site {site} is leased by {current} (it expires by itself {self.r.pttl(key) / 1000:.0f}s after its holder stops renewing it)")
+
+    def renew_lease(self, site: str, holder: str, ttl: float = 30.0) -> bool:
+        return bool(self.r.eval(RENEW_IF_HELD, 1, K.lease(site), holder, int(ttl * 1000)))
+
+    def lease_info(self, site: str) -> tuple[str | None, int]:
+        """(holder, milliseconds left) of a site's lease; (None, -2) when nobody holds it."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.get(K.lease(site))
+        pipe.pttl(K.lease(site))
+        holder, pttl = pipe.execute()
+        return holder, int(pttl)
+
+    def release_lease(self, site: str, holder: str) -> None:
+        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+        self.r.eval(script, 1, K.lease(site), holder)
+
+    def break_lease(self, site: str) -> str | None:
+        """Free a site whatever holds it (an operator's last resort for a holder known dead); the holder it had.
+
+        A live holder notices at its next renewal and stops (fleet.state.lease).
+        """
+        pipe = self.r.pipeline()
+        pipe.get(K.lease(site))
+        pipe.delete(K.lease(site))
+        holder, _ = pipe.execute()
+        return holder
+
+    # ------------------------------------------------------------ per-phone REST lock
+    def acquire_phone_lock(self, mac: str, holder: str, ttl: float) -> bool:
+        """Take the phone's REST lock for `ttl` seconds if nobody holds it; whether we got it."""
+        return bool(self.r.set(K.rest_lock(mac), holder, nx=True, px=max(1, int(ttl * 1000))))
+
+    def renew_phone_lock(self, mac: str, holder: str, ttl: float) -> bool:
+        """Extend the phone's REST lock to `ttl` seconds from now if it is still ours; whether it was."""
+        return bool(self.r.eval(RENEW_IF_HELD, 1, K.rest_lock(mac), holder, max(1, int(ttl * 1000))))
+
+    def phone_lock_holder(self, mac: str) -> str | None:
+        return self.r.get(K.rest_lock(mac))
+
+    def release_phone_lock(self, mac: str, holder: str) -> None:
+        """Free the phone's REST lock if it is still ours (an expired one taken by another stays theirs)."""
+        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+        self.r.eval(script, 1, K.rest_lock(mac), holder)
+
+    # ------------------------------------------------------------ outages
+    def request_outage_restore(self, outage_id: str) -> None:
+        """Mark the outage as ended before the router is touched: a cut still queued or running sees it."""
+        self.r.set(K.outage_restore(outage_id), time.time(), ex=OUTAGE_MARK_TTL)
+
+    def outage_restore_requested(self, outage_id: str) -> bool:
+        return bool(self.r.exists(K.outage_restore(outage_id)))
+
+    # ------------------------------------------------------------ schedules
+    def schedule_seen_since(self, name: str) -> float:
+        """When the scheduler first saw this schedule (set now if never): runs due before then were never missed."""
+        key = K.schedule_since(name)
+        self.r.setnx(key, time.time())
+        return float(self.r.get(key))
+
+    def set_schedule_seen_since(self, name: str, t: float) -> None:
+        """Say the scheduler has known this schedule since `t` (runs due after it count as missed if they never ran)."""
+        self.r.set(K.schedule_since(name), t)
+
+    def schedule_last_run(self, name: str) -> float:
+        return float(self.r.get(K.schedule_last_run(name)) or 0)
+
+    def set_schedule_last_run(self, name: str, t: float) -> None:
+        self.r.set(K.schedule_last_run(name), t)
+
+    def set_schedule_sent(self, name: str, t: float, fire_time: str) -> None:
+        """Beat sent the run due at `fire_time`: kept in Redis rather than in a schedule file beside beat."""
+        self.r.hset(K.schedule_sent(name), mapping={"t": t, "fire_time": fire_time})
+
+    def schedule_sent(self, name: str) -> dict:
+        return self.r.hgetall(K.schedule_sent(name))
+
+    def record_missed(self, occurrence: str, message: str) -> bool:
+        """Record a missed (or refused) run once per occurrence; True if it is new."""
+        if self.r.sadd(K.SCHEDULE_MISSED_SEEN, occurrence):
+            self.r.rpush(K.SCHEDULE_MISSED, message)
+            return True
+        return False
+
+    def missed_runs(self) -> list[str]:
+        return self.r.lrange(K.SCHEDULE_MISSED, 0, -1)
+
+    # ------------------------------------------------------------ experiments
+    def new_experiment(self, site: str, playbook: str) -> str:
+        exp = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+        now = time.time()
+        self.r.hset(K.exp(exp), mapping={"id": exp, "site": site, "playbook": playbook, "status": "running",
+                                              "started": now})
+        self.r.zadd(K.EXPERIMENTS, {exp: now})
+        return exp
+
+    def set_observing(self, site: str, exp: str | None) -> None:
+        if exp:
+            self.r.set(K.site_experiment(site), exp)
+        else:
+            self.r.delete(K.site_experiment(site))
+
+    def observing(self, site: str) -> str | None:
+        """The experiment that collectors copy the site's observations to now, if any."""
+        return self.r.get(K.site_experiment(site))
+
+    def finish_experiment(self, exp: str, passed: bool, report_dir: str) -> None:
+        self.r.hset(K.exp(exp), mapping={"status": "passed" if passed else "failed", "finished": time.time(),
+                                              "report_dir": report_dir})
+
+    def log_event(self, exp: str, kind: str, **data) -> None:
+        entry = {"kind": kind, "t": time.time(), "mono": time.monotonic(), **data}
+        self.r.xadd(K.exp_events(exp), {"e": json.dumps(entry, default=str)}, maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def keep_capture(self, exp: str, datagrams: list[dict]) -> None:
+        """SIP datagrams a wire source saw while the experiment ran ({t, src, dst, payload (base64), source}),
+        up to CAPTURE_MAX_BYTES per experiment: the bytes are reserved first (HINCRBY, atomic, so concurrent
+        batches never pass the cap together), what does not fit is given back and counted as left out."""
+        encoded = [json.dumps(d) for d in datagrams]
+        if not encoded:
+            return
+        batch = sum(map(len, encoded))
+        room = CAPTURE_MAX_BYTES - (self.r.hincrby(K.exp(exp), "capture_bytes", batch) - batch)
+        kept = used = 0
+        for row in encoded:
+            if used + len(row) > room:
+                break
+            kept, used = kept + 1, used + len(row)
+        pipe = self.r.pipeline(transaction=False)
+        for row in encoded[:kept]:
+            pipe.xadd(K.exp_capture(exp), {"d": row}, maxlen=CAPTURE_MAXLEN, approximate=True)
+        if kept < len(encoded):
+            pipe.hincrby(K.exp(exp), "capture_bytes", used - batch)
+            pipe.hincrby(K.exp(exp), "capture_left_out", len(encoded) - kept)
+        pipe.execute()
+
+    def capture_left_out(self, exp: str) -> int:
+        """SIP datagrams not kept for the experiment's capture because it reached CAPTURE_MAX_BYTES."""
+        return int(self.r.hget(K.exp(exp), "capture_left_out") or 0)
+
+    def capture(self, exp: str) -> list[dict]:
+        return [json.loads(f["d"]) for _, f in self.r.xrange(K.exp_capture(exp))]
+
+    def events(self, exp: str) -> list[dict]:
+        return [json.loads(f["e"]) for _, f in self.r.xrange(K.exp_events(exp))]
+
+    def observations(self, exp: str, mac: str) -> list[dict]:
+        return [json.loads(f["o"]) for _, f in self.r.xrange(K.exp_obs(exp, mac))]
+
+    def experiments(self, limit: int = 50) -> list[dict]:
+        ids = self.r.zrevrange(K.EXPERIMENTS, 0, limit - 1)
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hgetall(K.exp(i))
+        return pipe.execute()
+
+    def experiment(self, exp: str) -> dict:
+        return self.r.hgetall(K.exp(exp))
+
+    def ping(self) -> bool:
+        return bool(self.r.ping())
+
+
+class RolloutStore:
+    """Rollout state, durable in Redis so any process can resume a rollout after a crash."""
+
+    SETTLED = ("verified", "skipped", "failed", "rolled_back", "rollback_failed")
+
+    def __init__(self, store: Store) -> None:
+        self.r = store.r
+
+    def create(self, rid: str, playbook: str, plan: dict, meta: dict, exclusive: bool = False) -> None:
+        """Record a planned rollout, all of it or nothing (one MULTI). With `exclusive`, raise RolloutExists if
+        the id is taken: two copies of one scheduled run compute the same id, and only the first creates it."""
+        key = K.rollout(rid)
+        with self.r.pipeline() as pipe:
+            try:
+                if exclusive:
+                    pipe.watch(key)
+                    if pipe.exists(key):
+                        raise RolloutExists(rid)
+                pipe.multi()
+                pipe.hset(key, mapping={"id": rid, "playbook": playbook, "status": "planned",
+                                        "created": time.time(), "plan": json.dumps(plan), **meta})
+                entries = {p["mac"]: p for p in plan["phones"]}
+                for wave, macs in enumerate(plan["waves"]):
+                    for mac in macs:
+                        # each phone's own part of the plan beside its state: a task reads only what it needs
+                        pipe.hset(K.rollout_phone(rid, mac), mapping={"state": "pending", "attempt": 1, "wave": wave,
+                                                                            "plan": json.dumps(entries[mac])})
+                pipe.zadd(K.ROLLOUTS, {rid: time.time()})
+                pipe.execute()
+            except redis.WatchError:
+                raise RolloutExists(rid) from None
+
+    def get(self, rid: str) -> dict:
+        data = self.r.hgetall(K.rollout(rid))
+        if data.get("plan"):
+            data["plan"] = json.loads(data["plan"])
+        return data
+
+    def list(self, limit: int = 50) -> list[dict]:
+        ids = self.r.zrevrange(K.ROLLOUTS, 0, limit - 1)
+        pipe = self.r.pipeline(transaction=False)
+        for i in ids:
+            pipe.hmget(K.rollout(i), "id", "playbook", "status", "created", "reason")
+        return [dict(zip(("id", "playbook", "status", "created", "reason"), row)) for row in pipe.execute()]
+
+    def macs(self, rid: str) -> list[str]:
+        """The rollout's phones, wave by wave, as its plan lists them (empty for an unknown rollout)."""
+        raw = self.r.hget(K.rollout(rid), "plan")
+        plan = json.loads(raw) if raw else {}
+        return [mac for wave in plan.get("waves", []) for mac in wave]
+
+    def count(self) -> int:
+        """How many rollouts were ever created."""
+        return int(self.r.zcard(K.ROLLOUTS))
+
+    def ids_with_records(self) -> set[str]:
+        """Every rollout id that has any record at all (created or not): for audits of what wrote to Redis."""
+        prefix = K.rollout("")
+        return {key[len(prefix):].split(":", 1)[0] for key in self.r.scan_iter(f"{prefix}*", count=1000)}
+
+    def get_field(self, rid: str, name: str) -> str | None:
+        return self.r.hget(K.rollout(rid), name)
+
+    def set(self, rid: str, **fields) -> None:
+        self.r.hset(K.rollout(rid), mapping={k: (json.dumps(v) if isinstance(v, (dict, list)) else v) for k, v in fields.items()})
+
+    def phone(self, rid: str, mac: str) -> dict:
+        return self.r.hgetall(K.rollout_phone(rid, mac))
+
+    STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
+                    "verified_in", "confirm_sent", "shadowed",   # shadowed: fleet.sites.overrides
+                    "reboot_optional", "reports_shutdown", "applied",   # a check-sync that need not reboot
+                    "deferred_reason")                           # why a deferred phone waits (rollout_policy.why_deferred)
+
+    def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
+        """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            if full:
+                pipe.hgetall(K.rollout_phone(rid, mac))
+            else:
+                pipe.hmget(K.rollout_phone(rid, mac), self.STATE_FIELDS)
+        rows = pipe.execute()
+        if full:
+            return dict(zip(macs, rows))
+        return {m: {k: v for k, v in zip(self.STATE_FIELDS, row) if v is not None} for m, row in zip(macs, rows)}
+
+    def set_phone(self, rid: str, mac: str, **fields) -> None:
+        """Write a phone's rollout fields; a change of state also goes on the rollout's change feed."""
+        mapping = {k: ("" if v is None else v) for k, v in fields.items()}
+        if "state" not in fields:
+            self.r.hset(K.rollout_phone(rid, mac), mapping=mapping)
+            return
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(K.rollout_phone(rid, mac), mapping=mapping)
+        pipe.xadd(self.changes_key(rid), {"mac": mac}, maxlen=FEED_MAXLEN, approximate=True)
+        pipe.execute()
+
+    @staticmethod
+    def changes_key(rid: str) -> str:
+        return K.rollout_changes(rid)
+
+    def feed_positions(self, rid: str) -> dict[str, str]:
+        """Where the change and observation feeds end now: read from here on, nothing after a full read is missed."""
+        out = {}
+        for key in (self.changes_key(rid), OBSERVED_FEED):
+            last = self.r.xrevrange(key, count=1)
+            out[key] = last[0][0] if last else "0-0"
+        return out
+
+    def feed_read(self, positions: dict[str, str], block: float | None = None) -> tuple[set[str], set[str]]:
+        """(phones whose rollout state changed, phones observed) since `positions`, which it advances.
+
+        With `block`, waits up to that many seconds for the first entry: a driver
+        wakes when something happens rather than on a timer.
+        """
+        changed: set[str] = set()
+        observed: set[str] = set()
+        wait = int(block * 1000) if block else None
+        for key, entries in self.r.xread(positions, count=100_000, block=wait) or []:
+            for entry_id, fields in entries:
+                positions[key] = entry_id
+                if key == OBSERVED_FEED:
+                    observed.update(fields.get("macs", "").split())
+                else:
+                    changed.add(fields["mac"])
+        return changed, observed
+
+    def claim_reboot(self, rid: str, mac: str, attempt: int | str) -> bool:
+        """True once per phone and attempt (or per "ATTEMPT-confirm"): the guard against rebooting twice."""
+        return bool(self.r.set(K.rollout_reboot(rid, mac, attempt), time.time(), nx=True, ex=7 * 86400))
+
+    def reboot_claimed_at(self, rid: str, mac: str, attempt: int) -> float | None:
+        value = self.r.get(K.rollout_reboot(rid, mac, attempt))
+        return float(value) if value else None
+
+    def log(self, rid: str, kind: str, **data) -> None:
+        self.r.xadd(K.rollout_events(rid), {"e": json.dumps({"kind": kind, "t": time.time(), **data}, default=str)},
+                    maxlen=EVENTS_MAXLEN, approximate=True)
+
+    def events(self, rid: str) -> list[dict]:
+        return [json.loads(f["e"]) for _, f in self.r.xrange(K.rollout_events(rid))]
+
+    def last_pushed(self, macs: list[str]) -> dict[str, dict]:
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hget(K.phone(mac), "pushed_params")
+        return {m: json.loads(v) for m, v in zip(macs, pipe.execute()) if v}
+
+    def config_version(self, mac: str) -> str | None:
+        return self.r.hget(K.phone(mac), "config_version")
+
+    def set_pushed(self, mac: str, params: dict, version: str) -> None:
+        """Record what the phone now runs; its configured servers (for `fleet status`) follow it."""
+        from fleet.phoneconf.predict import configured_servers
+
+        servers = configured_servers(params)
+        self.r.hset(K.phone(mac), mapping={"pushed_params": json.dumps(params), "config_version": version,
+                                           "servers": json.dumps(servers)})

@@ -1,0 +1,162 @@
+"""Where Redis is: FLEET_REDIS_URL, or, for a command that creates state, a private redis-server for its run.
+
+Fleet's state (experiments, rollouts, phone status) lives in the Redis that
+FLEET_REDIS_URL names. Without it there is no state to read: a command that
+reads state says so (NoFleetState; the CLI exits 3) instead of starting an
+empty server and printing an empty table. A command that creates state may
+run on a private server (`private_redis_url`); that server and its temporary
+directory are stopped and removed when the process exits (`stop_private`,
+also called by a CLI that leaves through os._exit).
+
+Whoever can write to the broker can queue work for the routers and phones,
+so Redis is never open: the private server (and every test's) has one ACL
+user, `fleet`, with a random password, allowed every command except the
+administrative ones (CONFIG, MODULE, DEBUG, REPLICAOF, SHUTDOWN...: the usual
+ways from Redis onto its host). Nobody can log in as the default user: it has
+no password at all (`resetpass`, and not `nopass`). It stays `on` because
+Redis 7 replays MULTI/EXEC from the append-only file as the default user, and
+with that user off every transaction is silently dropped at restart (redis
+issue 14541, fixed only in later releases). The configuration reaches
+redis-server on its standard input, so the password is neither on its
+command line (visible in `ps`) nor in a file.
+"""
+from __future__ import annotations
+
+import atexit
+import os
+import re
+import secrets
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import redis
+
+from soundpoint.redact import redact_url
+
+ACL_USER = "fleet"
+# every key and channel, every command but the administrative ones
+ACL_RULES = "~* &* +@all -@admin"
+# no password can match (resetpass, not nopass), so nobody logs in as it; on, with the fleet user's rights,
+# only so that Redis 7 can replay the AOF's transactions as it (see above)
+DEFAULT_USER = f"user default on resetpass {ACL_RULES}"
+
+
+class RedisUnavailable(RuntimeError):
+    pass
+
+
+class NoFleetState(RuntimeError):
+    """FLEET_REDIS_URL is not set: there is no Redis, so no experiment, rollout or phone status to read."""
+
+    def __init__(self) -> None:
+        super().__init__("no fleet state: FLEET_REDIS_URL is not set, so there is no Redis holding experiments, "
+                         "rollouts or phone status; set FLEET_REDIS_URL to the Redis your workers use")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def server_config(port: int, directory: Path, password: str, appendonly: bool, admin_password: str | None = None) -> str:
+    """redis.conf text for a private server: loopback only, default user off, one ACL user with `password`
+    (and, for a test harness that watches the server with MONITOR, an `admin` user with every command)."""
+    for pw in (password, admin_password):
+        if pw is not None and not re.fullmatch(r"[A-Za-z0-9_-]{16,128}", pw):
+            raise ValueError("a Redis password must be 16-128 characters of [A-Za-z0-9_-]")
+    return "\n".join([
+        f"port {port}", "bind 127.0.0.1", "protected-mode yes", 'save ""', f'dir "{directory}"',
+        f"appendonly {'yes' if appendonly else 'no'}",
+        DEFAULT_USER,
+        f"user {ACL_USER} on >{password} {ACL_RULES}",
+        *([f"user admin on >{admin_password} ~* &* +@all"] if admin_password else []),
+    ]) + "\n"
+
+
+def start_private(directory: Path | None = None, port: int | None = None, appendonly: bool = False,
+                  password: str | None = None, admin_password: str | None = None) -> tuple[str, subprocess.Popen]:
+    """Start redis-server on a free loopback port with a fresh ACL password (or `password`, to restart a server
+    on its data under the same credentials); returns its URL, credentials included, and process (the caller stops it)."""
+    binary = shutil.which("redis-server")
+    if not binary:
+        raise RedisUnavailable("FLEET_REDIS_URL is not set and redis-server is not installed: "
+                               "install it (Debian: apt-get install redis-server) or set "
+                               "FLEET_REDIS_URL=redis://fleet:PASSWORD@host:port/0")
+    port = port or free_port()
+    directory = directory or Path(tempfile.mkdtemp(prefix="fleet-redis-"))
+    directory.mkdir(parents=True, exist_ok=True)
+    password = password or secrets.token_urlsafe(24)
+    if not re.fullmatch(r"[^\x00-\x1f\"]+", str(directory)):
+        raise RedisUnavailable(f"cannot use {directory!r} as the Redis data directory")
+    proc = subprocess.Popen([binary, "-"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            start_new_session=True)
+    assert proc.stdin is not None
+    proc.stdin.write(server_config(port, directory, password, appendonly, admin_password).encode())
+    proc.stdin.close()
+    url = f"redis://{ACL_USER}:{quote(password, safe='')}@127.0.0.1:{port}/0"
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            if redis.Redis.from_url(url, socket_timeout=0.5).ping():
+                return url, proc
+        except redis.RedisError:
+            time.sleep(0.05)
+    proc.kill()
+    raise RedisUnavailable(f"private redis-server on port {port} did not start")
+
+
+def existing_redis_url() -> str:
+    """FLEET_REDIS_URL, for a command that needs state that already exists; NoFleetState when it is not set."""
+    url = os.environ.get("FLEET_REDIS_URL")
+    if not url:
+        raise NoFleetState()
+    return url
+
+
+# the private server this process started (process, data directory), stopped by stop_private
+_private: list[tuple[str, subprocess.Popen, Path]] = []
+
+
+def private_redis_url(announce: bool = True) -> str:
+    """FLEET_REDIS_URL, or for a command that creates state, a private redis-server that lives as long as this
+    process (stopped with its temporary directory at exit)."""
+    url = os.environ.get("FLEET_REDIS_URL")
+    if url:
+        return url
+    directory = Path(tempfile.mkdtemp(prefix="fleet-redis-"))
+    try:
+        url, proc = start_private(directory)
+    except BaseException:
+        shutil.rmtree(directory, ignore_errors=True)
+        raise
+    if not _private:
+        atexit.register(stop_private)
+    _private.append((url, proc, directory))
+    os.environ["FLEET_REDIS_URL"] = url
+    if announce:
+        print(f"fleet: FLEET_REDIS_URL not set; started a private redis-server at {redact_url(url)} (pid {proc.pid}) "
+              "for this run; it stops when the command ends", file=sys.stderr)
+    return url
+
+
+def stop_private() -> None:
+    """Stop the private server(s) this process started and remove their directories (idempotent)."""
+    while _private:
+        url, proc, directory = _private.pop()
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(5)
+        shutil.rmtree(directory, ignore_errors=True)
+        if os.environ.get("FLEET_REDIS_URL") == url:
+            os.environ.pop("FLEET_REDIS_URL", None)
