@@ -95,16 +95,16 @@ def _inventory(path: str):
         _fail(f"invalid inventory: {exc}", EXIT_INPUT)
 
 
-def _load_checked(module, playbook_path: str, inventory_path: str):
-    """A playbook (`module.load`), the inventory, and the playbook checked against it (`module.check_against`):
-    the experiment and the rollout playbooks load the same way, and any error exits 2 before anything is touched."""
+def _load_checked(load, check_against, playbook_path: str, inventory_path: str):
+    """A playbook (`load`), the inventory, and the playbook checked against it (`check_against`): the experiment
+    and the rollout playbooks load the same way, and any error exits 2 before anything is touched."""
     try:
-        pb = module.load(playbook_path)
+        pb = load(playbook_path)
     except FileError as exc:
         _fail(f"invalid playbook: {exc}", EXIT_INPUT)
     inv = _inventory(inventory_path)
     try:
-        module.check_against(pb, inv, playbook_path)
+        check_against(pb, inv, playbook_path)
     except FileError as exc:
         _fail(f"invalid playbook: {exc}", EXIT_INPUT)
     return pb, inv
@@ -141,7 +141,7 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     """Run an experiment PLAYBOOK against its site; exit 0 only if every expectation held."""
     from fleet.experiment import playbook as pb_mod
 
-    pb, inv = _load_checked(pb_mod, playbook_path, inventory_path)
+    pb, inv = _load_checked(pb_mod.load, pb_mod.check_against, playbook_path, inventory_path)
     # everything is validated: only now the heavy imports (Celery, the runner)
     from fleet.experiment import report
     from fleet.worker.app import configure
@@ -250,9 +250,9 @@ def rollout() -> None:
 
 def _load_rollout(playbook_path: str, inventory_path: str):
     """Playbook, inventory, secrets and every cross-check between them, before anything is touched."""
-    from fleet.rollout import playbook as rollout_playbook
+    from fleet.rollout import plan, playbook
 
-    return _load_checked(rollout_playbook, playbook_path, inventory_path)
+    return _load_checked(playbook.load, plan.check_against, playbook_path, inventory_path)
 
 
 def _plan(pb, inv, rid: str, last_pushed: dict | None, playbook_path: str):

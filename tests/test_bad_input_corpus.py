@@ -271,16 +271,17 @@ def _load_and_check(kind: str, path: Path) -> None:
     from fleet.config import inventory
     from fleet.experiment import playbook
     from fleet.rollout import playbook as rollout_playbook
+    from fleet.rollout import plan as rollout_plan
     from hil import labfile
 
     base_inv = CORPUS / "base" / "inventory.yml"
     if kind == "inventory":
         inv = inventory.load(path, keep_source=True)
         inventory.check_secrets(inv)
-        rollout_playbook.check_against(rollout_playbook.load(CORPUS / "base" / "rollout.yml"), inv, "base/rollout.yml")
+        rollout_plan.check_against(rollout_playbook.load(CORPUS / "base" / "rollout.yml"), inv, "base/rollout.yml")
     elif kind == "rollout":
         pb = rollout_playbook.load(path)
-        rollout_playbook.check_against(pb, inventory.load(base_inv), path)
+        rollout_plan.check_against(pb, inventory.load(base_inv), path)
     elif kind == "experiment":
         pb = playbook.load(path)
         playbook.check_against(pb, inventory.load(base_inv), path)

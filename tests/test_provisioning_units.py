@@ -17,7 +17,7 @@ from fleet.sites import files as site_files
 from fleet.drivers.publish import open_publisher
 from fleet.config.inventory import Credentials
 from fleet.config.inventory import load as load_inventory
-from fleet.rollout.plan import config_hash, plan
+from fleet.rollout.plan import check_against, config_hash, plan
 from soundpoint.yamlfile import FileError
 from soundpoint import bootfiles
 
@@ -133,7 +133,7 @@ def test_verbatim_parameters_reach_the_plan_and_the_worker_check_and_the_dry_run
     pb_path = write(tmp_path, BASE | {"allow_uncatalogued": True, "params": {"reg.1.server.1.address": "sip.example",
                                                                              "tcpIpApp.sntp.address": "yntp"}})
     pb, inv = rollout_playbook.load(pb_path), load_inventory(inv_path)
-    rollout_playbook.check_against(pb, inv, pb_path)
+    check_against(pb, inv, pb_path)
     p = plan(inv, pb, "r1")
     entry = p.phones[0]
     assert entry.params["tcpIpApp.sntp.address"] == "yntp" and entry.verbatim == ["tcpIpApp.sntp.address"]

@@ -36,6 +36,16 @@ from fleet.state.observe import Observation, from_line_info
 from fleet.state.sites import register_site
 from fleet.sites.users import SiteUsers
 from fleet.state.store import RolloutStore, Store
+from fleet.drivers.publish import open_publisher
+from fleet.config.inventory import Credentials
+from soundpoint.redact import redact
+from fleet.state.lease import PhoneRestLock
+from fleet.drivers.control.rest import uses_rest
+from fleet import phones
+from soundpoint import families
+from fleet.drivers.control.polling import response_mode
+from fleet.drivers.control.polling import parse_call_state
+from fleet.drivers.errors import DriverError
 
 log = logging.getLogger(__name__)
 FLUSH_S = 0.02   # observations reach the store in batches this far apart
@@ -187,9 +197,6 @@ class SiteCollector:
         secrets, boot = self.secrets, self.site.boot_server
 
         def open_pub(url: str):
-            from fleet.drivers.publish import open_publisher
-            from fleet.config.inventory import Credentials
-
             return open_publisher(url, secrets.credentials(boot.credentials) if boot.credentials else Credentials())
 
         return SiteUsers(boot.url, open_pub, {p.mac: p.model for p in self.site.phones})
@@ -288,8 +295,6 @@ class SiteCollector:
 
     def _scrub(self, text: str) -> str:
         """An error as `fleet status` may show it: URLs without credentials, and no value of the site's secrets."""
-        from soundpoint.redact import redact
-
         text = redact(text)
         for secret in self._secret_values():
             text = text.replace(secret, "***")
@@ -366,7 +371,6 @@ class SiteCollector:
         targets = [(p, self._poll_login(p)) for p in self.site.phones]
         modes = self._poll_modes()
         configured: dict | None = None      # read in the first round that reaches Redis (it may be away at start)
-        from fleet.state.lease import PhoneRestLock
 
         def rest_lock(phone):
             return PhoneRestLock(self.store, phone.mac, owner=f"collector:{self.site.name}")
@@ -402,11 +406,9 @@ class SiteCollector:
         """REST: the admin login; state polling: its own login (apps.statePolling.*) where the inventory gives one.
         `rest`: which of the two (None: as fleet talks to the phone by its firmware version, `uses_rest`)."""
         creds = self.secrets.credentials(phone.credentials)  # type: ignore[union-attr]
-        from fleet.drivers.control.rest import uses_rest
 
         if (uses_rest(phone) if rest is None else rest) or self.inventory is None:
             return creds
-        from fleet import phones
 
         return phones.for_phone(phone, creds, self.inventory, self.secrets).polling_credentials()
 
@@ -414,14 +416,10 @@ class SiteCollector:
         """Each phone's state polling response mode, by MAC, for every phone the poller may read by state polling:
         those fleet does not talk REST to (by firmware version, `uses_rest`: a UC Software 5.0-5.3 phone is in push
         mode by default, and is not read as requestor), and REST-family phones it finds without REST (lineInfo 404)."""
-        from soundpoint import families
-
         return {p.mac: self._poll_mode(p) for p in self.site.phones if families.STATE_POLLING in p.family.interfaces}
 
     def _poll_mode(self, phone):
         """The phone's state polling response mode from its effective parameters (requestor where unknown)."""
-        from fleet.drivers.control.polling import response_mode
-
         if self.inventory is None:
             return "requestor"
         return response_mode(self.inventory.effective_params(self.site, phone))
@@ -442,9 +440,6 @@ class SiteCollector:
 
     async def _state_push(self, request: web.Request) -> web.Response:
         """A phone in state-polling push mode POSTs its call state here; stored as the newest pushed state."""
-        from fleet.drivers.control.polling import parse_call_state
-        from fleet.drivers.errors import DriverError
-
         macs = self.sources.speaks_for(request.remote or "")
         if len(macs) != 1:
             self.sources.drop(request.remote or "?", "a pushed state")

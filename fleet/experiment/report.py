@@ -24,6 +24,9 @@ from xml.etree import ElementTree as ET
 
 from fleet.experiment.runner import ExperimentResult
 from fleet.experiment.verdict import summary
+import dpkt
+from fleet.evidence.wire.pcap import PcapWriter
+from fleet.evidence.wire.decode import LINKTYPE_RAW
 
 PER_SERVER = ("wire", "hep", "gateway", "syslog", "poll-rest")
 START = "state at start"
@@ -193,10 +196,6 @@ def capture_summary(rows: list[dict], left_out: int = 0) -> dict:
 def write_capture(rows: list[dict], path: Path) -> int:
     """The SIP datagrams the wire sources saw, as a pcap of raw IP packets (one link type for every source:
     the router's Ethernet, a mirror port's, HEP's addresses). Returns how many were written."""
-    import dpkt
-
-    from fleet.evidence.wire.pcap import PcapWriter
-    from fleet.evidence.wire.decode import LINKTYPE_RAW
 
     n = 0
     with open_private(path) as f:

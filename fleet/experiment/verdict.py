@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import statistics
 from dataclasses import dataclass, field
+from fleet.phoneconf import predict
 
 
 @dataclass
@@ -68,8 +69,6 @@ def predicted_bounds(params: dict[str, str], family: str | None, observations: l
     """A phone's predicted bounds for this run: its family's retry model and failback mode, the expiry each
     server granted (from the observations before the cut) rather than only the configured one, and the
     outage's length (it bounds how far a backoff can have grown)."""
-    from fleet.phoneconf import predict
-
     cut = outage.start if outage else None
     # the last grant before the cut; else the one the primary gave when it came back (a server grants alike)
     granted = predict.granted_expiry(observations, 1, before=cut) or predict.granted_expiry(observations, 1)

@@ -20,6 +20,7 @@ from fleet.drivers.control.rest import REST_FROM, RestPhone, RestUnsupported, ca
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError
 from fleet.phones import Announce, CallCheck, Identity, PhoneAccess, identity_failure, shown
 from fleet.phones.soundpoint import REBOOT_DESCRIPTIONS, SoundPointControl
+from fleet.state.lease import PhoneRestLock
 
 
 class Control(SoundPointControl):
@@ -34,8 +35,6 @@ class Control(SoundPointControl):
         if self._rest is None:
             guard = None
             if self.access.store is not None and hasattr(self.access.store, "r"):
-                from fleet.state.lease import PhoneRestLock
-
                 guard = PhoneRestLock.factory(self.access.store, self.phone.mac, owner="control")
             self._rest = RestPhone(self.phone, self.access.creds, firmware=self.phone.firmware_version or "",
                                    guard=guard)

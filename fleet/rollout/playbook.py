@@ -12,6 +12,7 @@ from soundpoint.yamlfile import FieldError, FileError, load_model, source_of
 from fleet.phoneconf import polycom
 from fleet.phoneconf import secrets as secret_params
 from fleet.config import validate
+from fleet.experiment import playbook as experiment_playbook
 
 COUNT_OR_PERCENT = re.compile(r"^([0-9]{1,7})(%?)$")     # ASCII digits only
 
@@ -180,8 +181,6 @@ def load(path: str | Path) -> RolloutPlaybook:
     """Validate a rollout playbook on its own: fields, parameters, cron, time zone, and the drill file."""
     pb = load_model(path, RolloutPlaybook, keep_source=True)
     if pb.drill is not None:
-        from fleet.experiment import playbook as experiment_playbook
-
         src = source_of(pb, path)
         drill = Path(pb.drill)
         if not drill.is_file():
@@ -193,82 +192,3 @@ def load(path: str | Path) -> RolloutPlaybook:
             raise src.error(("drill",), f"the drill playbook is invalid: {exc}") from None
     return pb
 
-
-def check_against(pb: RolloutPlaybook, inventory, path: str | Path) -> None:
-    """Cross-checks that need the inventory, with the playbook's line numbers; raise FileError.
-
-    Every target site, MAC and model must exist (a typo in one of several MACs would otherwise
-    silently shrink the rollout), parameters must suit the inventory's firmware family, the servers
-    to verify must be configured once the parameters are applied, and the drill must fit its site.
-    """
-    from fleet.phoneconf import predict
-    from fleet.rollout.plan import PlanError, targets
-
-    src = source_of(pb, path)
-    names = [s.name for s in inventory.sites]
-    for i, name in enumerate(pb.targets.sites):
-        if name not in names:
-            raise src.error(("targets", "sites", i), f"no site {name!r} in inventory {inventory.name}"
-                            + validate.did_you_mean(name, names))
-    sites = [inventory.site(n) for n in (pb.targets.sites or names)]
-    macs = {p.mac for s in sites for p in s.phones}
-    for i, mac in enumerate(pb.targets.macs):
-        if mac not in macs:
-            raise src.error(("targets", "macs", i), f"{mac} is not a phone of the targeted sites"
-                            + validate.did_you_mean(mac, macs))
-    models = {p.model for s in sites for p in s.phones}
-    for i, model in enumerate(pb.targets.models):
-        if model not in models:
-            raise src.error(("targets", "models", i), f"no {model} phone in the targeted sites")
-    verbatim = verbatim_names(pb)
-    for name, value in pb.params.items():
-        if name in verbatim:
-            continue
-        try:
-            validate.param(name, value, None, allow_placeholders=True)
-        except ValueError as exc:
-            raise src.error(("params", name), str(exc)) from None
-    try:
-        chosen = targets(inventory, pb)
-    except PlanError as exc:
-        raise src.error(("targets",), str(exc)) from None
-    if not chosen:
-        raise src.error(("targets",), "the targets select no phone")
-    for site, phone in chosen:
-        new = inventory.effective_params(site, phone)
-        for name, value in pb.params.items():
-            text = str(value)
-            if name in verbatim:
-                new[name] = text
-                continue
-            for obj, attr in validate.placeholders(text):
-                ref = {"site": site, "phone": phone, "provider": inventory.provider}[obj]
-                if ref is None:
-                    raise src.error(("params", name), f"{{{obj}.{attr}}}: the inventory has no {obj}")
-                text = text.replace(f"{{{obj}.{attr}}}", str(getattr(ref, attr)))
-            try:
-                validate.param(name, text, phone.family.name)
-            except ValueError as exc:
-                raise src.error(("params", name), f"phone {phone.mac} (site {site.name}): {exc}") from None
-            new[name] = text
-        servers = predict.servers(new)
-        configured = {t.index for t in servers}
-        silent = {t.index for t in servers if not t.register}
-        for i, n in enumerate(pb.verify.registered_to):
-            if n in silent:
-                raise src.error(("verify", "registered_to", i), f"server {n} of phone {phone.mac} has register=0: "
-                                                                "the phone never registers there")
-            if n not in configured:
-                raise src.error(("verify", "registered_to", i),
-                                f"server {n} is not configured on phone {phone.mac} (site {site.name}) once this "
-                                f"rollout's parameters are applied; its servers: {sorted(configured) or 'none'}")
-    if pb.drill is not None:
-        from fleet.experiment import playbook as experiment_playbook
-
-        drill = experiment_playbook.load(pb.drill)
-        canary_site = chosen[0][0].name
-        try:
-            experiment_playbook.check_against(drill.model_copy(update={"site": canary_site}), inventory, pb.drill,
-                                              extra_params=pb.params)
-        except FileError as exc:
-            raise src.error(("drill",), f"the drill cannot run on site {canary_site}: {exc}") from None

@@ -20,6 +20,9 @@ from soundpoint import bootfiles
 from fleet.sites import overrides
 from fleet.phoneconf import polycom
 from fleet.drivers.publish import Publisher
+from fleet.drivers.errors import DriverError
+from fleet.drivers.publish import open_publisher
+from fleet.config.inventory import Credentials, Secrets
 
 
 # families whose phones expand [PHONE_MAC_ADDRESS] in CONFIG_FILES (polycom.md: UC Software 4.x templates;
@@ -84,10 +87,6 @@ def survey(inventory, phones) -> dict[str, dict]:
     from the default master), `shadowed` (reasons), `notes`, or `error` when
     the boot server or its master could not be read.
     """
-    from fleet.drivers.errors import DriverError
-    from fleet.drivers.publish import open_publisher
-    from fleet.config.inventory import Credentials, Secrets
-
     out: dict[str, dict] = {}
     by_site: dict[str, list] = {}
     for ph in phones:

@@ -22,6 +22,9 @@ from fleet.drivers.errors import DriverError
 from fleet.config.inventory import Credentials, Inventory, Phone, Secrets, Site
 from soundpoint.redact import redact_url
 from fleet.state.store import Store
+from fleet.drivers.publish import open_publisher
+from fleet.drivers import router as routers
+from fleet import phones
 
 DEFAULT_MASTER = bootfiles.DEFAULT_MASTER
 
@@ -50,8 +53,6 @@ def _device_error(exc: BaseException) -> str:
 def check_boot_server(site: Site, secrets: Secrets, timeout: float) -> Check:
     """Log in and read the master the phones read first (the named one, else the default): proves address,
     credentials and directory without writing."""
-    from fleet.drivers.publish import open_publisher
-
     url = site.boot_server.url
     target = redact_url(url)
     named = site.boot_server.master_file
@@ -77,8 +78,6 @@ def check_boot_server(site: Site, secrets: Secrets, timeout: float) -> Check:
 
 def check_router(site: Site, secrets: Secrets) -> Check | None:
     """The router driver's read-only state query: SSH host key, login and a harmless command, or SNMP reads."""
-    from fleet.drivers import router as routers
-
     if site.router is None:
         return None
     r = site.router
@@ -100,8 +99,6 @@ def check_phone(site: Site, phone: Phone, inv: Inventory, secrets: Secrets, time
                 store: Store | None = None) -> Check:
     """The phone's own control (fleet.phones) reads it by its family's method and login, read-only; its REST
     request holds the phone's lock in `store`, as the collectors' and workers' requests do."""
-    from fleet import phones
-
     target = f"{phone.address}:{phone.http_port}"
     device = f"phone {phone.mac}"
     try:

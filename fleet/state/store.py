@@ -64,6 +64,7 @@ import redis
 
 from fleet.state.observe import Observation, PhoneState, apply
 from fleet.state.phone_row import row_for_json
+from fleet.phoneconf.predict import configured_servers
 
 
 # extend a lease or lock key's TTL (ARGV[2] ms) only if ARGV[1] still holds it
@@ -753,8 +754,6 @@ class RolloutStore:
 
     def set_pushed(self, mac: str, params: dict, version: str) -> None:
         """Record what the phone now runs; its configured servers (for `fleet status`) follow it."""
-        from fleet.phoneconf.predict import configured_servers
-
         servers = configured_servers(params)
         self.r.hset(K.phone(mac), mapping={"pushed_params": json.dumps(params), "config_version": version,
                                            "servers": json.dumps(servers)})

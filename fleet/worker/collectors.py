@@ -12,6 +12,7 @@ import os
 from celery import signals
 
 from fleet.worker.context import context, stores
+from fleet.evidence.collector import start_site_collectors
 
 _collectors: list = []
 
@@ -22,7 +23,6 @@ def start_collectors(sender=None, **_: object) -> None:
     sites = [s for s in os.environ.get("FLEET_COLLECT_SITES", "").split(",") if s]
     if not sites:
         return
-    from fleet.evidence.collector import start_site_collectors
 
     inv, secrets = context()
     store, _ = stores()

@@ -25,7 +25,10 @@ from typing import Literal, Mapping
 import redis
 import requests
 
+from soundpoint.deadline import poll_until
+
 from fleet.config.inventory import Credentials, Phone
+from fleet.drivers.control.call_check import CallCheck
 from fleet.drivers.errors import DeviceTimeout, MalformedAnswer
 from fleet.drivers.control.rest import (BoundedDigestAuth, auth_hint, no_answer, phone_auth, read_answer, refuse_error_status,
                    request_budget)
@@ -178,13 +181,9 @@ def pushed_call_state(phone: Phone, credentials: Credentials, store, timeout: fl
     when the collector's clock is ahead, and wait out a fresh one when it is behind).
     Returns a CallCheck; DeviceTimeout when no new push arrives within `wait` seconds or the store is away.
     """
-    from fleet.phones import CallCheck
-
     name = f"phone {phone.mac} ({phone.address})"
     if store is None:
         raise DeviceTimeout(name, "state is pushed to apps.statePolling.URL, and no store to read it from")
-    from soundpoint.deadline import poll_until
-
     def pushed_now():
         try:
             return store.pushed_call_state(phone.mac)

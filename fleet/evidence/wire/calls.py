@@ -16,14 +16,13 @@ from dataclasses import dataclass
 
 from fleet.evidence.wire.transactions import RegisterRequest, transaction_key, uri_host, uri_user
 from fleet.evidence.wire.sip import WireMessage
+from fleet.evidence.wire.decode import sip_message
 
 CHALLENGES = frozenset({401, 407})
 
 
 def invite_message(payload: bytes) -> WireMessage | None:
     """An INVITE request or a response to one, or None (wire_decode.sip_message: one parse for either method)."""
-    from fleet.evidence.wire.decode import sip_message
-
     msg = sip_message(payload)
     return msg if msg is not None and msg.cseq[1] == "INVITE" else None
 

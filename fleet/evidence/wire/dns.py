@@ -30,6 +30,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from fleet.state.observe import UNREGISTERED, Observation
+from fleet.config.validate import hostport
 
 DNS_PORT = 53
 MAX_NAME = 255            # RFC 1035: a name's wire form is at most 255 octets
@@ -99,8 +100,6 @@ def site_dns_ports(dns: str | None) -> tuple[int, ...]:
     (`dns: host:port` in the inventory, already validated there)."""
     ports = {DNS_PORT}
     if dns:
-        from fleet.config.validate import hostport
-
         try:
             ports.add(hostport(dns, "dns")[1])
         except ValueError:
