@@ -128,6 +128,12 @@ def test_fifty_phone_rollout_across_two_sites_respects_max_unavailable(fleet_lab
     assert set(reboots(truth, t0).values()) == {1}, "every phone rebooted exactly once"
     peaks = unavailable_peaks(truth, macs_by_site(fleet_lab), t0)
     assert all(1 <= v <= 3 for v in peaks.values()), peaks
+    # every device step is traced into the rollout's history: start and end, outcome, duration (fleet.base.steps)
+    ends = [e for e in RolloutStore(Store(redis_url)).events(out["id"]) if e["kind"] == "step" and e["phase"] == "end"]
+    by_step = {name: [e for e in ends if e["step"] == name] for name in ("call check", "publish", "reboot")}
+    assert {name: len({e["mac"] for e in found}) for name, found in by_step.items()} == \
+        {"call check": 50, "publish": 50, "reboot": 50}, by_step
+    assert all(e["outcome"] == "ok" and e["duration_s"] >= 0 and e["attempt"] >= 0 for e in ends), ends[:3]
     # the phones now run the new configuration: read back over REST from a VVX
     from fleet.config import inventory
     from fleet.drivers.control.rest import RestPhone
@@ -166,6 +172,9 @@ def test_failures_spend_the_budget_halt_and_roll_back_then_resume_finishes(fleet
     assert sum(1 for s in states.values() if s == "pending") > 0, "halted before the rest of the site"
     for m in bad:
         assert {f.name: f.read_bytes() for f in boot.glob(f"{m}*.cfg")} == originals[m], "previous files restored"
+    rolled = [e for e in RolloutStore(Store(redis_url)).events(out["id"])
+              if e["kind"] == "step" and e["phase"] == "end" and e["mac"] in bad and e.get("files") == "backups"]
+    assert {e["mac"] for e in rolled} == set(bad) and all(e["outcome"] == "ok" for e in rolled), rolled
     # the rolled-back phones run their old configuration again and are back on the provider
     phones = {p["mac"]: p for p in fleet_lab.status()["phones"]}
     assert all(phones[m]["registrations"][0]["working_server"] == 1 for m in bad)

@@ -30,6 +30,7 @@ from fleet.sites import files as site_files
 from fleet.drivers.errors import DriverError
 from fleet.drivers.publish import open_publisher
 from fleet.base.failpoints import failpoint
+from fleet.base.steps import journal, step, traced
 from fleet.state.store import RolloutStore, Store
 from fleet.worker.errors import TaskFailed, failure_text
 from fleet.worker.context import context, stores
@@ -84,8 +85,22 @@ def _boot_credentials(secrets: inv_mod.Secrets, site: inv_mod.Site) -> inv_mod.C
     return secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else inv_mod.Credentials()
 
 
+def _journal(rid: str, mac: str, attempt: int | None = None):
+    """The rollout's event log, for the device steps of one phone (fleet.base.steps)."""
+    _, rs = stores()
+    extra = {} if attempt is None else {"attempt": attempt}
+    return journal(lambda kind, **fields: rs.log(rid, kind, **fields), mac=mac, **extra)
+
+
 def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
-    """Render, back up, publish and reboot one phone. Idempotent per (rollout, phone, attempt)."""
+    """Render, back up, publish and reboot one phone. Idempotent per (rollout, phone, attempt).
+
+    Each device step (call check, publish, reboot, state query) is traced into the rollout's history."""
+    with _journal(rid, mac, attempt):
+        return _push(rid, mac, attempt, retry_on)
+
+
+def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
     inv, secrets, store, rs, state, plan = _record(rid, mac, "failed")
     site, phone = plan.site, plan.phone
     if plan.attempt != attempt or state.get("state") in rs.SETTLED:
@@ -107,7 +122,8 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
         rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
         return {"state": "skipped"}
     control = phones.for_phone(phone, creds, inv, secrets, store)   # one session for the check and the reboot
-    check = control.call_check()
+    with traced("call check"):
+        check = control.call_check()
     # the playbook's reboot_without_call_check covers only a family with no way to tell; a check that failed defers
     if not check.may_reboot and not (plan.unchecked_reboot and control.family.call_state_source is None):
         rs.set_phone(rid, mac, state="deferred", deferred_at=time.time(),
@@ -135,7 +151,8 @@ def push(rid: str, mac: str, attempt: int, retry_on: Retryable = ()) -> dict:
         # claim above keeps it from sending a second reboot the phone may already have had, and the methods
         # announced below tell it which proof to look for (a web UI fallback is not idempotent as check-sync is)
         sent: list[str] = []
-        how = control.reboot(_announcer(rs, rid, mac, sent))
+        with traced("reboot"):
+            how = control.reboot(_announcer(rs, rid, mac, sent))
         failpoint("rollout.reboot_sent", mac)
         rs.set_phone(rid, mac, state="verifying", reboot_via=how, **_may_stay_up(control, sent, plan.params))
         return {"state": "verifying", "reboot_at": reboot_at}
@@ -149,6 +166,7 @@ def _may_stay_up(control: phones.PhoneControl, sent: list[str], params: dict[str
     return {"reboot_optional": "1", "reports_shutdown": "1" if control.reports_shutdown(params) else "0"}
 
 
+@step("publish")
 def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str, str], url: str,
              boot_creds: inv_mod.Credentials, named_master: str = "") -> None:
     """Back up the phone's current files (once) and write ours, the master file last.
@@ -225,13 +243,16 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
     if not rs.claim_reboot(rid, mac, f"{attempt}-confirm"):
         return {"state": "rebooting", "note": "reboot already being confirmed"}
     with _settles_as(rs, rid, mac, "failed"):
-        if control.rebooted_since(since, params, tried):
+        with traced("state query"):
+            rebooted = control.rebooted_since(since, params, tried)
+        if rebooted:
             rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task")
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
         rs.set_phone(rid, mac, reboot_at=reboot_at, reboot_tried="")
         sent: list[str] = []
-        how = control.reboot(_announcer(rs, rid, mac, sent), fallback=_resend_may_fall_back(tried))
+        with traced("reboot"):
+            how = control.reboot(_announcer(rs, rid, mac, sent), fallback=_resend_may_fall_back(tried))
         rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task",
                      **_may_stay_up(control, sent, params))
         return {"state": "verifying", "reboot_at": reboot_at}
@@ -244,11 +265,16 @@ def rollback(rid: str, mac: str, retry_on: Retryable = ()) -> dict:
     the reboot is not: once `rollback_at` is recorded a retry would find the
     rollback sent and stop, so a reboot that fails settles the phone.
     """
+    with _journal(rid, mac):
+        return _rollback(rid, mac, retry_on)
+
+
+def _rollback(rid: str, mac: str, retry_on: Retryable) -> dict:
     inv, secrets, store, rs, state, plan = _record(rid, mac, "rollback_failed")
     site, phone = plan.site, plan.phone
     if state.get("rollback_at"):
         return {"state": state.get("state"), "note": "rollback already sent"}
-    with _settles_as(rs, rid, mac, "rollback_failed", retry_on):
+    with _settles_as(rs, rid, mac, "rollback_failed", retry_on), traced("publish", files="backups"):
         pub = open_publisher(site.boot_server.url, _boot_credentials(secrets, site))
         named = site.boot_server.master_file or ""
         try:
@@ -268,7 +294,8 @@ def rollback(rid: str, mac: str, retry_on: Retryable = ()) -> dict:
             pub.close()
     with _settles_as(rs, rid, mac, "rollback_failed"):
         rs.set_phone(rid, mac, state="rolling_back", rollback_at=time.time())
-        phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets, store).reboot()
+        with traced("reboot"):
+            phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets, store).reboot()
     return {"state": "rolling_back"}
 
 
