@@ -24,7 +24,8 @@ NET = 98   # this module's lab network
 
 CONTROL_LOOP = r'''
 import sys, time
-from fleet import inventory, phones
+from fleet import phones
+from fleet.config import inventory
 from fleet.drivers.errors import DriverError
 from fleet.state.store import Store
 inv_path, redis_url, mac, seconds, locked = sys.argv[1], sys.argv[2], sys.argv[3], float(sys.argv[4]), sys.argv[5] == "1"
