@@ -535,7 +535,8 @@ class Site(Strict):
         need = f"a router with driver {' or '.join(platforms.ssh_drivers()) or 'that speaks SSH'}"
         for i, c in enumerate(self.capture):
             if source_kinds.get(c.kind).router_ssh and not ssh:
-                raise FieldError(("capture", i), f"a {c.kind} capture runs over the router's SSH: the site needs {need}")
+                raise FieldError(("capture", i), f"a {c.kind} capture runs over the router's SSH: the site needs "
+                                                 f"{need}")
             if "platform" in source_kinds.get(c.kind).takes and platform is not None:    # how it runs tcpdump there
                 try:
                     platform.capture_template(c.platform)

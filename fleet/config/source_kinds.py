@@ -87,6 +87,7 @@ register(SourceKind("router", "fleet.evidence.sources.router_capture", word="int
 register(SourceKind("interface", "fleet.evidence.sources.local_capture", word="interface",
                     takes=("interface",), needs=("interface",), text_form="interface NAME"))
 register(SourceKind("hep", "fleet.evidence.sources.hep_source", word="listen",
-                    takes=("listen", "senders", "auth_keys"), needs=("listen",), owns=("listen", "senders", "auth_keys"),
+                    takes=("listen", "senders", "auth_keys"), needs=("listen",),
+                    owns=("listen", "senders", "auth_keys"),
                     sees="hep", text_form="hep HOST:PORT"))
 register(SourceKind(GATEWAY, "fleet.evidence.sources.gateway_poller", router_ssh=True, sees=""))

@@ -22,7 +22,7 @@ from fleet.evidence.sources.targets import Follower, Targets
 
 log = logging.getLogger(__name__)
 HEP_MAX_SKEW_S = 300.0     # HEP agents are SIP servers (NTP): a packet stamped further from our clock is dropped
-MAX_HEP_SENDERS = MAX_SENDERS   # senders a HEP source keeps a clock guard and drop health for (the inventory names fewer)
+MAX_HEP_SENDERS = MAX_SENDERS   # senders it keeps a clock guard and drop health for (the inventory names fewer)
 
 
 class HepSource:
