@@ -19,9 +19,9 @@ LINE_2_ONLY = {"reg.2.address": "1012", "voIpProt.server.1.address": PROVIDER[0]
                "voIpProt.server.2.address": GATEWAY[0]}
 
 
-def _site(gateway: dict | str = GATEWAY[0]):
+def _site():
     return Inventory.model_validate({"name": "x", "sites": [{
-        "name": "a", "gateway": gateway, "boot_server": {"url": "file:///x"},
+        "name": "a", "gateway": GATEWAY[0], "boot_server": {"url": "file:///x"},
         "phones": [{"mac": MAC, "model": "VVX 410", "address": A_ADDR[0], "credentials": "c"}]}]}).sites[0]
 
 

@@ -537,8 +537,7 @@ def test_local_capture_filters_the_sites_ports_and_vlan_tagged_frames(tmp_path, 
                                "credentials": "admin", "params": {"reg.1.address": "1001"}}]}]})
     site = inv.sites[0]
     targets = Targets(site, lambda: {"0004f2000001": inv.effective_params(site, site.phones[0])})
-    source = LocalCapture(site, Sink(lambda o: None, lambda s, d: None),
-                                       site.capture[0], targets)
+    source = LocalCapture(site, Sink(lambda o: None, lambda s, d: None), site.capture[0], targets)
     source.start()
     try:
         wait_until(lambda: argv_file.exists() and argv_file.read_text(), 10, "the capture started tcpdump", step=0.05)

@@ -336,7 +336,7 @@ def _hep_source():
     observed, kept = [], []
     stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1, pipelines={})
     source = HepSource(SimpleNamespace(name="s"), Sink(observed.extend,  # type: ignore[arg-type]
-                                                                                  lambda _s, d: kept.extend(d)), stub)
+                                                        lambda _s, d: kept.extend(d)), stub)
     return source, observed, kept
 
 

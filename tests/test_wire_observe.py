@@ -160,8 +160,7 @@ def _pump(chunks: list[bytes]):
                                                                          "params": params}]}]}).sites[0]
     got: list = []
     sink = Sink(got.extend, lambda source, dgs: None)
-    src = LocalCapture(site, sink, Capture(kind="interface", interface="eth0"),
-                                    Targets(site, lambda: {MAC: params}))
+    src = LocalCapture(site, sink, Capture(kind="interface", interface="eth0"), Targets(site, lambda: {MAC: params}))
     feed = iter(chunks)
     assert src._pipeline().build.attribution.targets, "a phone is a target: junk must still give nothing"
     try:
