@@ -453,8 +453,8 @@ class Capture(Strict):
                 raise ValueError(f"capture {kind.name} needs its {name} ({kind.text_form or kind.name})")
         for other in source_kinds.capture_kinds():
             if other.name != kind.name and any(getattr(self, f) and f not in kind.takes for f in other.owns):
-                raise ValueError(f"{', '.join(other.owns[:-1])} and {other.owns[-1]} belong to a {other.name} "
-                                 f"capture, not to {kind.name}")
+                owned = " and ".join(filter(None, (", ".join(other.owns[:-1]), other.owns[-1])))
+                raise ValueError(f"{owned} belong to a {other.name} capture, not to {kind.name}")
         if self.senders and not set(self.auth_keys) <= {str(ipaddress.ip_address(a)) for a in self.senders}:
             raise ValueError(f"auth_keys names {sorted(set(self.auth_keys) - set(self.senders))[0]}, "
                              "which is not one of the HEP senders")
