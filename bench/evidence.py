@@ -211,7 +211,8 @@ def latency(phones: int, spread: float) -> None:
     import tempfile
 
     from fleet.evidence.collector import SiteCollector
-    from fleet.evidence.sources import wire_sources
+    from fleet.evidence.sources.capture import CaptureThread
+    from fleet.evidence.sources.targets import Targets
     from fleet.config.inventory import Inventory
     from soundpoint.redisboot import free_port, start_private
     from fleet.state.sites import register_site
@@ -238,7 +239,7 @@ def latency(phones: int, spread: float) -> None:
     rfd, wfd = os.pipe()
     reader = os.fdopen(rfd, "rb", buffering=0)
 
-    class PipeCapture(wire_sources._WireThread):
+    class PipeCapture(CaptureThread):
         label = "pipe capture"
 
         def run_once(self) -> None:
@@ -252,7 +253,7 @@ def latency(phones: int, spread: float) -> None:
             self.stopping.wait()
 
     from fleet.config.inventory import Capture
-    pipe_source = PipeCapture(site, collector.sink(), Capture(kind="router"), wire_sources.Targets(site, collector.phone_params))
+    pipe_source = PipeCapture(site, collector.sink(), Capture(kind="router"), Targets(site, collector.phone_params))
     pipe_source.start()
     pipe_source.running.wait(10)
     writer = os.fdopen(wfd, "wb", buffering=0)

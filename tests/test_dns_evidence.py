@@ -11,6 +11,7 @@ import pytest
 from dnslib import QTYPE, RCODE, RR, A, DNSRecord
 
 from fleet.evidence.wire import dns as de
+from fleet.config import platforms
 from fleet.evidence.wire.pcap import capture_command
 from fleet.evidence.wire.attribution import Attribution, WireTarget
 from fleet.evidence.wire.pipeline import WireEvidence
@@ -159,14 +160,15 @@ def test_the_capture_filter_takes_the_sites_dns():
 
     ports = tuple(sorted({5060} | set(de.site_dns_ports("10.0.0.1:5353"))))
     assert ports == (53, 5060, 5353) and de.site_dns_ports(None) == (53,)
-    cmd = capture_command("linux", "lan0", ports)
+    cmd = capture_command(platforms.get("linux_ssh").capture_template(), "lan0", ports)
     assert "port 53 " in cmd and "port 5353" in cmd and "port 5060" in cmd
     assert "port 53 " in local_capture_argv("eth1", ports)[-1]
 
 
 def test_the_router_capture_command_includes_dns():
     """The router capture source's command (what runs over SSH) lets the site's DNS through."""
-    from fleet.evidence.sources.wire_sources import RouterCapture, Targets
+    from fleet.evidence.sources.router_capture import RouterCapture
+    from fleet.evidence.sources.targets import Targets
     from fleet.config.inventory import Capture, Credentials, Site
 
     site = Site.model_validate({"name": "hq", "gateway": "10.0.0.1", "dns": "10.0.0.1:5353",

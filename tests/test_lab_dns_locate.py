@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from fleet.base import dns as dns_ttl
-from fleet.evidence.sources.wire_sources import SiteResolver
+from fleet.evidence.sources.resolver import SiteResolver
 from hil.dns_server import DnsServer
 from hil.groundtruth import GroundTruth
 from hil.phone import VirtualPhone

@@ -25,6 +25,7 @@ import yaml
 from fleet.evidence.sources import gateway_bindings as gb
 from fleet.evidence.wire import hep
 from fleet.evidence.wire import sip as wire_sip
+from fleet.config import platforms
 from fleet.evidence.wire.pcap import PcapStreamParser, capture_command
 from fleet.evidence.wire.decode import FrameDecoder
 from fleet.evidence.wire.attribution import WireTarget
@@ -38,6 +39,7 @@ pytestmark = pytest.mark.lab
 NET = 19
 PHONES = 3
 KAMAILIO_MISSING = kam.unavailable(siptrace=True)
+LINUX_CAPTURE = platforms.get("linux_ssh").capture_template()     # the lab router is a Linux one
 
 
 def _udp(port: int) -> socket.socket:
@@ -107,7 +109,7 @@ def site(lab_factory):
 
 async def _capture(site: Site, interface: str, done, timeout: float = 25.0) -> tuple[list, bytes]:
     """Run fleet's capture command over the router's SSH; decode frames with fleet's decoder until `done(msgs)`."""
-    command = capture_command("linux", interface)
+    command = capture_command(LINUX_CAPTURE, interface)
     parser, decoder, msgs = PcapStreamParser(), FrameDecoder(), []
     async with await site.ssh() as conn:
         proc = await conn.create_process(command, encoding=None)
@@ -329,7 +331,7 @@ def test_router_capture_understands_fleets_capture_commands_and_refuses_what_tcp
 
     from hil.router_capture import CaptureArgsError, parse_args
 
-    argv = shlex.split(capture_command("linux", "lan0", ports=(5060, 5070), hosts=("127.19.0.1", "127.69.0.10")))
+    argv = shlex.split(capture_command(LINUX_CAPTURE, "lan0", ports=(5060, 5070), hosts=("127.19.0.1", "127.69.0.10")))
     assert argv[:2] == ["exec", "tcpdump"]
     spec = parse_args(argv[2:])
     assert spec.interfaces == ("lan0",) and spec.ports == {5060, 5070}
@@ -338,7 +340,7 @@ def test_router_capture_understands_fleets_capture_commands_and_refuses_what_tcp
     assert not spec.matches("wan0", ("127.119.0.2", 5060), ("127.19.0.1", 5060))
     assert not spec.matches("lan0", ("127.119.0.2", 5060), ("127.19.0.9", 5060)), "host filter"
     assert not spec.matches("lan0", ("127.119.0.2", 40000), ("127.19.0.1", 53)), "port filter"
-    assert parse_args(shlex.split(capture_command("linux", "any"))[2:]).interfaces == ("lan0", "wan0")
+    assert parse_args(shlex.split(capture_command(LINUX_CAPTURE, "any"))[2:]).interfaces == ("lan0", "wan0")
     for bad, word in ((["-w", "/tmp/x.pcap", "-i", "lan0"], "only streams"), (["-w", "-", "-i", "eth9"], "No such device"),
                       (["-w", "-", "-X"], "not emulated"), (["-w", "-", "-i"], "requires an argument"),
                       (["-w", "-", "host", "nowhere.example"], "unknown host")):

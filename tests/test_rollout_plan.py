@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 from fleet.config.inventory import Inventory
-from fleet.rollout.plan import (PlanError, failure_budget, lines, plan, refresh_load, register_sends, rfc3261_sends,
+from fleet.phoneconf.servers import registrations
+from fleet.rollout.plan import (PlanError, failure_budget, plan, refresh_load, register_sends, rfc3261_sends,
                                 targets)
 from fleet.rollout.playbook import RolloutPlaybook
 
@@ -166,9 +167,9 @@ def test_retry_timeout_from_the_server_defaults_applies_to_every_line():
 
 # ---------------------------------------------------------------- R6: every registration counts
 def test_lines_are_the_registrations_with_an_address():
-    assert lines({"reg.1.address": "1001", "reg.3.address": "1003", "reg.2.address": "", "reg.4.label": "x"}) == [1, 3]
-    assert lines({"reg.12.address": "1012", "reg.2.address": "1002"}) == [2, 12]
-    assert lines({"reg.1.server.1.address": PRIMARY}) == [1]   # no line names one: line 1, as a phone's first line
+    assert registrations({"reg.1.address": "1001", "reg.3.address": "1003", "reg.2.address": "", "reg.4.label": "x"}) == [1, 3]
+    assert registrations({"reg.12.address": "1012", "reg.2.address": "1002"}) == [2, 12]
+    assert registrations({"reg.1.server.1.address": PRIMARY}) == [1]   # no line names one: line 1, as a phone's first line
 
 
 def test_every_line_of_a_phone_is_counted():

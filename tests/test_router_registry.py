@@ -4,16 +4,16 @@ import importlib
 import pytest
 
 from conftest import SMALL_INVENTORY
-from fleet.config import inventory
+from fleet.config import inventory, platforms
 from fleet.drivers import router as routers
 from soundpoint.yamlfile import FileError
 
 INV = SMALL_INVENTORY.replace("driver: linux_ssh", "driver: DRIVER")
 
 
-@pytest.mark.parametrize("name", sorted(routers.DRIVERS))
+@pytest.mark.parametrize("name", sorted(platforms.PLATFORMS))
 def test_every_registered_driver_module_has_connect_and_modes(name):
-    module = importlib.import_module(routers.DRIVERS[name])
+    module = importlib.import_module(platforms.get(name).module)
     assert callable(module.connect)
     assert module.MODES and set(module.MODES) <= set(routers.OUTAGE_MODES)
     assert routers.supported_modes(name) == module.MODES

@@ -20,7 +20,7 @@ from fleet.evidence.sources import gateway_bindings as gb
 from fleet.evidence.wire import hep
 from fleet.evidence.wire.attribution import Attribution, WireTarget
 from fleet.evidence.wire.pipeline import WireEvidence
-from fleet.evidence.sources.wire_sources import site_targets
+from fleet.evidence.sources.targets import site_targets
 from fleet.state.observe import REGISTERED, UNREGISTERED
 from fleet.evidence.status import foreign_table, view
 from fleet.state.store import Keys as K
@@ -77,7 +77,7 @@ def test_an_address_the_inventory_allows_speaks_for_the_phone():
 
 
 def test_the_foreign_count_survives_a_rebuild_of_the_targets():
-    from fleet.evidence.sources.wire_sources import Follower
+    from fleet.evidence.sources.targets import Follower
 
     class Targets:
         generation, wire, by_mac = 1, [WireTarget(MAC, 1, 1, PROVIDER, "1001", phone_ip=A_ADDR[0])], {}
@@ -308,19 +308,21 @@ def test_the_gateway_source_takes_a_binding_from_the_address_a_wire_source_learn
     provider authenticated); the gateway's binding from that address is then its own, not foreign."""
     import time
 
-    from fleet.evidence.sources import wire_sources
+    from fleet.evidence.sources.gateway_poller import GatewayPoller
+    from fleet.evidence.sources.local_capture import LocalCapture
+    from fleet.evidence.sources.targets import Targets
     from test_wire_lines import PARAMS, _site
 
     params = PARAMS | {"voIpProt.server.2.address": GATEWAY[0]}
-    targets = wire_sources.Targets(_site(), lambda: {MAC: dict(params)})
+    targets = Targets(_site(), lambda: {MAC: dict(params)})
     targets.refresh(force=True)
-    capture = wire_sources.LocalCapture(targets.site, None, None, targets)     # never started: its pipeline only
+    capture = LocalCapture(targets.site, None, None, targets)     # never started: its pipeline only
     ev = capture._pipeline()
     now = time.time()
     obs = run(ev, _authenticated(MOVED, now))
     assert [(o.reg, o.server, o.state) for o in obs] == [(1, 1, REGISTERED)], ev.stats
     assert targets.learned_addresses(now + 60) == {MAC: (MOVED[0],)}
-    poller = wire_sources.GatewayPoller.__new__(wire_sources.GatewayPoller)   # its targets only: no router
+    poller = GatewayPoller.__new__(GatewayPoller)   # its targets only: no router
     poller.site, poller.targets = targets.site, targets
     binding = gb.Binding("1001", f"sip:1001@{MOVED[0]}:5060", 3600, source_ip=MOVED[0])
     found = [(o.reg, o.server, o.state) for o in gb.observations([binding], poller.gateway_targets(now + 60), now + 60)]

@@ -92,20 +92,21 @@ def test_a_registration_not_refreshed_by_its_expiry_lapses():
 def test_register_to_an_address_no_target_has_makes_the_targets_rebuild_soon(monkeypatch):
     """A rollout moved server 2: the capture sees REGISTERs to the new address, rebuilds its targets from the
     configuration the phones now run, and attributes the next ones."""
-    from fleet.evidence.sources import wire_sources
+    from fleet.evidence.sources.targets import Follower, Targets
+    from fleet.evidence.sources import targets as wire_targets
     from fleet.config.inventory import Inventory
 
-    monkeypatch.setattr(wire_sources, "RETARGET_SOON_S", 0.0)
+    monkeypatch.setattr(wire_targets, "RETARGET_SOON_S", 0.0)
     params = {"reg.1.address": "1001", "reg.1.server.1.address": PROVIDER[0], "reg.1.server.2.address": GATEWAY[0]}
     site = Inventory.model_validate({"name": "x", "sites": [{"name": "a", "gateway": GATEWAY[0],
                                                              "boot_server": {"url": "file:///x"},
                                                              "phones": [{"mac": MAC, "model": "VVX 410",
                                                                          "address": PHONE[0], "credentials": "c"}]}]}).sites[0]
     running = {MAC: dict(params)}
-    targets = wire_sources.Targets(site, lambda: {m: dict(p) for m, p in running.items()})
+    targets = Targets(site, lambda: {m: dict(p) for m, p in running.items()})
     targets.refresh(force=True)
     ev = WireEvidence(Attribution(targets.wire))
-    follow = wire_sources.Follower(ev, targets)
+    follow = Follower(ev, targets)
     moved = ("192.168.1.254", 5060)
     running[MAC]["reg.1.server.2.address"] = moved[0]           # what the rollout pushed
     first = _register(moved, 1)

@@ -25,8 +25,8 @@ from fleet.evidence.sources import gateway_bindings as gb
 from fleet.evidence.wire import hep
 from fleet.evidence.sources.hep_listener import HepListener, start_hep_listener
 from fleet.evidence.sources.local_capture import CaptureUnavailable, check_capture, local_capture_argv
-from fleet.evidence.wire.pcap import (CAPTURE_COMMANDS, PcapFormatError, PcapStreamParser, PcapWriter,
-                                               capture_command, iter_pcap)
+from fleet.config import platforms
+from fleet.evidence.wire.pcap import PcapFormatError, PcapStreamParser, PcapWriter, capture_command, iter_pcap
 from fleet.evidence.wire.transactions import FINAL, INTERIM
 from fleet.evidence.wire.decode import (LINKTYPE_ETHERNET, LINKTYPE_LINUX_SLL, LINKTYPE_LINUX_SLL2,
                                                LINKTYPE_RAW, Datagram, FrameDecoder, register_message)
@@ -437,18 +437,22 @@ def test_pcap_stream_errors_are_clear():
 
 
 def test_capture_command_per_router_platform():
-    cmd = capture_command("linux", "eth1")
+    linux_ssh = platforms.get("linux_ssh")
+    linux = linux_ssh.capture_template()          # the default flavour: linux
+    assert linux == linux_ssh.capture_template("linux")
+    cmd = capture_command(linux, "eth1")
     assert cmd.startswith("exec tcpdump -U -n -s 0 -w - -i eth1 ") and "'(udp and (port 5060)) or (ip[6:2] & 0x1fff != 0)'" in cmd
-    assert "port 5080" in capture_command("linux", "wan0", ports=(5060, 5080), hosts=("203.0.113.10",))
+    assert "port 5080" in capture_command(linux, "wan0", ports=(5060, 5080), hosts=("203.0.113.10",))
+    assert capture_command(linux_ssh.capture_template("vyos"), "eth1").startswith("exec sudo tcpdump ")
     with pytest.raises(ValueError, match="interface"):
-        capture_command("linux", "eth0; reboot")
+        capture_command(linux, "eth0; reboot")
     with pytest.raises(ValueError, match="cannot stream"):
-        capture_command("cisco-ios", "Gi0/0")
+        platforms.get("snmp").capture_template()
     with pytest.raises(ValueError, match="known:"):
-        capture_command("mikrotik", "ether1")
+        linux_ssh.capture_template("mikrotik")
     with pytest.raises(ValueError):
-        capture_command("linux", "eth1", hosts=("not-an-ip; rm -rf /",))
-    assert set(CAPTURE_COMMANDS) >= {"linux", "local", "cisco-ios"}
+        capture_command(linux, "eth1", hosts=("not-an-ip; rm -rf /",))
+    assert set(linux_ssh.captures) >= {"linux", "openwrt", "vyos"}
     assert local_capture_argv("eth2")[:2] == ["tcpdump", "-U"]
 
 
@@ -514,7 +518,9 @@ def iter_pcap_header(proc) -> bytes:
 def test_local_capture_filters_the_sites_ports_and_vlan_tagged_frames(tmp_path, monkeypatch):
     """The local capture runs with the ports of the site's targets (SRV ones included), like the router capture,
     and its filter also takes 802.1Q-tagged frames (a mirror port keeps the tags); before: 5060, untagged only."""
-    from fleet.evidence.sources import wire_sources
+    from fleet.evidence.sources.base import Sink
+    from fleet.evidence.sources.local_capture import LocalCapture
+    from fleet.evidence.sources.targets import Targets
     from fleet.config.inventory import Capture, Inventory
 
     argv_file = tmp_path / "argv"
@@ -530,9 +536,8 @@ def test_local_capture_filters_the_sites_ports_and_vlan_tagged_frames(tmp_path, 
                    "phones": [{"mac": "0004f2000001", "model": "SoundPoint IP 650", "address": "192.0.2.20",
                                "credentials": "admin", "params": {"reg.1.address": "1001"}}]}]})
     site = inv.sites[0]
-    targets = wire_sources.Targets(site, lambda: {"0004f2000001": inv.effective_params(site, site.phones[0])})
-    source = wire_sources.LocalCapture(site, wire_sources.Sink(lambda o: None, lambda s, d: None),
-                                       site.capture[0], targets)
+    targets = Targets(site, lambda: {"0004f2000001": inv.effective_params(site, site.phones[0])})
+    source = LocalCapture(site, Sink(lambda o: None, lambda s, d: None), site.capture[0], targets)
     source.start()
     try:
         wait_until(lambda: argv_file.exists() and argv_file.read_text(), 10, "the capture started tcpdump", step=0.05)

@@ -25,7 +25,8 @@ import yaml
 from conftest import free_port, wait_until
 from fleet.evidence.collector import SiteCollector
 from fleet.evidence.wire import hep
-from fleet.evidence.sources import wire_sources
+from fleet.evidence.sources.capture import CaptureThread
+from fleet.evidence.sources.hep_source import HepSource
 from fleet.evidence.wire.pcap import PcapWriter
 from fleet.evidence.wire.decode import LINKTYPE_ETHERNET
 from fleet.config.inventory import Capture, Inventory, Secrets
@@ -89,7 +90,7 @@ def collector(redis_url, tmp_path):
     rfd, wfd = os.pipe()
     reader, writer = os.fdopen(rfd, "rb", buffering=0), os.fdopen(wfd, "wb", buffering=0)
 
-    class PipeCapture(wire_sources._WireThread):
+    class PipeCapture(CaptureThread):
         """The capture source's code path (pump), fed by a pipe as the router's SSH stdout feeds it."""
         label = "router capture"
 
@@ -108,7 +109,7 @@ def collector(redis_url, tmp_path):
     pcap = PcapWriter(head, LINKTYPE_ETHERNET, snaplen=262144)
     writer.write(head.getvalue())
     wait_until(capture.running.is_set, 10, "the capture source running")
-    hep_source = next(s for s in c.evidence if isinstance(s, wire_sources.HepSource))
+    hep_source = next(s for s in c.evidence if isinstance(s, HepSource))
     hep_sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     hep_sock.bind((GATEWAY[0], 0))
 

@@ -22,7 +22,9 @@ from conftest import await_until
 from fleet.evidence.wire import hep
 from fleet.evidence.wire import calls as sip_calls
 from fleet.evidence.wire import transactions as sip_transactions
-from fleet.evidence.sources import wire_sources
+from fleet.evidence.sources.base import DECODE_MESSAGE_COST, Sink, guarded_evidence, with_drops
+from fleet.evidence.sources.capture import CaptureThread
+from fleet.evidence.sources.hep_source import HEP_MAX_SKEW_S, HepSource
 from fleet.evidence.sources.hep_listener import HepListener, start_hep_listener
 from fleet.evidence.wire.decode import Datagram
 from fleet.evidence.wire.attribution import Attribution
@@ -110,9 +112,9 @@ def test_a_register_with_a_header_over_the_cap_is_counted_and_dropped_and_the_ne
 # --- clocks no single packet moves -------------------------------------------------------------------------
 
 def _live(max_skew: float | None) -> WireEvidence:
-    """The pipeline a live source runs (wire_sources.guarded_evidence), on phone A's targets."""
+    """The pipeline a live source runs (guarded_evidence), on phone A's targets."""
     stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, pipelines={})
-    return wire_sources.guarded_evidence("hep" if max_skew else "wire", stub, max_skew)  # type: ignore[arg-type]
+    return guarded_evidence("hep" if max_skew else "wire", stub, max_skew)  # type: ignore[arg-type]
 
 
 def _exchange(ev: WireEvidence, t: float, cseq: int) -> list:
@@ -122,7 +124,7 @@ def _exchange(ev: WireEvidence, t: float, cseq: int) -> list:
 
 
 def test_hep_stamped_a_day_ahead_is_dropped_and_counted_and_later_evidence_keeps_local_time():
-    ev = _live(wire_sources.HEP_MAX_SKEW_S)
+    ev = _live(HEP_MAX_SKEW_S)
     now = time.time()
     assert len(_exchange(ev, now, 1)) == 1
     assert _exchange(ev, now + 86400, 2) == []           # the forged future exchange: neither half believed
@@ -191,7 +193,7 @@ def test_a_hep_sender_that_is_mostly_refused_shows_as_a_failing_source():
         drops.saw("auth_wrong")
     for _ in range(5):
         drops.saw(None)
-    health = wire_sources.with_drops({"source": "hep", "running": True, "error": "", "since": None}, drops, [None])
+    health = with_drops({"source": "hep", "running": True, "error": "", "since": None}, drops, [None])
     assert "dropped 30 of 35" in health["error"] and "auth_wrong 30" in health["error"] and health["since"], health
 
 
@@ -308,8 +310,8 @@ def test_a_message_with_more_header_lines_than_the_cap_is_counted_as_oversize_by
 
 def test_the_budget_charges_each_message_so_tiny_messages_cannot_take_more_cpu_than_large_ones():
     stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, pipelines={})
-    ev = wire_sources.guarded_evidence("hep", stub, None)  # type: ignore[arg-type]
-    assert ev.budget is not None and ev.budget.per_message == wire_sources.DECODE_MESSAGE_COST > 0
+    ev = guarded_evidence("hep", stub, None)  # type: ignore[arg-type]
+    assert ev.budget is not None and ev.budget.per_message == DECODE_MESSAGE_COST > 0
     frozen = ByteBudget(1000.0, 10_000.0, clock=lambda: 0.0, per_message=900)
     taken = sum(frozen.take(100) for _ in range(50))
     assert taken == 10                                            # 10,000 / (100 + 900), not 10,000 / 100
@@ -333,8 +335,8 @@ def test_an_answer_naming_both_register_and_invite_is_parsed_once(monkeypatch):
 def _hep_source():
     observed, kept = [], []
     stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1, pipelines={})
-    source = wire_sources.HepSource(SimpleNamespace(name="s"), wire_sources.Sink(observed.extend,  # type: ignore[arg-type]
-                                                                                  lambda _s, d: kept.extend(d)), stub)
+    source = HepSource(SimpleNamespace(name="s"), Sink(observed.extend,  # type: ignore[arg-type]
+                                                        lambda _s, d: kept.extend(d)), stub)
     return source, observed, kept
 
 
@@ -389,13 +391,13 @@ def test_a_capture_source_keeps_only_the_datagrams_it_accepted():
     stub = SimpleNamespace(wire=targets(PHONE_A), by_mac={}, generation=1, pipelines={})
     site = SimpleNamespace(name="s", dns=None)
 
-    class Piped(wire_sources._WireThread):
+    class Piped(CaptureThread):
         label = "router capture"
 
         def run_once(self) -> None:   # pragma: no cover - pump is called directly
             pass
 
-    source = Piped(site, wire_sources.Sink(lambda _o: None, lambda _s, d: kept.extend(d)),  # type: ignore[arg-type]
+    source = Piped(site, Sink(lambda _o: None, lambda _s, d: kept.extend(d)),  # type: ignore[arg-type]
                    SimpleNamespace(), stub)                                                   # type: ignore[arg-type]
     stream = io.BytesIO()
     pcap = PcapWriter(stream, LINKTYPE_ETHERNET, snaplen=262144)

@@ -8,7 +8,9 @@ import threading
 import pytest
 
 from fleet.evidence.sources import gateway_bindings as gb
-from fleet.evidence.sources import wire_sources
+from fleet.evidence.sources.gateway_poller import GatewayPoller
+from fleet.evidence.sources.targets import Follower, Targets, site_targets
+from fleet.evidence.sources import targets as wire_targets
 from fleet.evidence.wire.pcap import PcapStreamParser
 from fleet.evidence.wire.attribution import Attribution, WireTarget
 from fleet.evidence.wire.pipeline import WireEvidence
@@ -142,7 +144,7 @@ PARAMS = {"reg.1.address": "1001", "reg.2.address": "1012@example.com", "reg.1.s
 
 
 def test_every_registration_with_an_address_has_targets_and_observations_carry_its_number():
-    targets = wire_sources.site_targets(_site(), {MAC: PARAMS}, lambda name: [])
+    targets = site_targets(_site(), {MAC: PARAMS}, lambda name: [])
     assert sorted((t.reg, t.server, t.user, t.address) for t in targets) == [
         (1, 1, "1001", PROVIDER), (2, 1, "1012", PROVIDER)]
     ev = _evidence(targets)
@@ -152,20 +154,20 @@ def test_every_registration_with_an_address_has_targets_and_observations_carry_i
 
 def test_the_gateway_poller_has_a_target_for_each_line_on_the_gateway():
     params = PARAMS | {"voIpProt.server.2.address": "192.168.10.1"}
-    targets = wire_sources.Targets(_site(), lambda: {MAC: dict(params)})
+    targets = Targets(_site(), lambda: {MAC: dict(params)})
     targets.refresh(force=True)
-    poller = wire_sources.GatewayPoller.__new__(wire_sources.GatewayPoller)   # its targets only: no router
+    poller = GatewayPoller.__new__(GatewayPoller)   # its targets only: no router
     poller.site, poller.targets = targets.site, targets
     assert sorted((t.reg, t.server, t.user) for t in poller.gateway_targets()) == [(1, 2, "1001"), (2, 2, "1012")]
 
 
 def test_traffic_that_never_matches_asks_for_one_rebuild_per_destination_and_user(monkeypatch):
-    monkeypatch.setattr(wire_sources, "RETARGET_SOON_S", 0.0)
+    monkeypatch.setattr(wire_targets, "RETARGET_SOON_S", 0.0)
     calls = []
-    targets = wire_sources.Targets(_site(), lambda: calls.append(1) or {MAC: dict(PARAMS)})
+    targets = Targets(_site(), lambda: calls.append(1) or {MAC: dict(PARAMS)})
     targets.refresh(force=True)
     ev = _evidence(targets.wire)
-    follow = wire_sources.Follower(ev, targets)
+    follow = Follower(ev, targets)
     stranger = ("192.168.10.99", 5060)
     out = []
     for i in range(5):
@@ -215,7 +217,7 @@ def test_targets_are_rebuilt_by_one_thread_at_a_time():
             inside[0] -= 1
         return {MAC: dict(PARAMS)}
 
-    targets = wire_sources.Targets(_site(), params)
+    targets = Targets(_site(), params)
     threads = [threading.Thread(target=targets.refresh, kwargs={"force": True}) for _ in range(2)]
     threads[0].start()
     assert entered.wait(10), "the first rebuild never started"
@@ -276,7 +278,7 @@ def test_a_user_only_the_site_files_give_is_read_from_the_boot_server_once(tmp_p
     filled = users.fill({MAC: {"voIpProt.server.1.address": PROVIDER[0]}, MAC_B: known})
     assert filled[MAC] == {"voIpProt.server.1.address": PROVIDER[0], "reg.1.address": "1001", "reg.2.address": "1022"}
     assert filled[MAC_B] is known, "a phone whose user fleet knows is left alone"
-    targets = wire_sources.site_targets(_site(), {MAC: filled[MAC]}, lambda name: [])
+    targets = site_targets(_site(), {MAC: filled[MAC]}, lambda name: [])
     assert sorted((t.reg, t.user) for t in targets) == [(1, "1001"), (2, "1022")]
     users.fill({MAC: {"reg.1.server.1.address": PROVIDER[0]}})
     assert users.reads == 1, "read once, then kept"
@@ -299,7 +301,7 @@ def test_a_phone_known_by_name_is_matched_by_the_address_the_name_resolves_to():
                                                              "phones": [{"mac": MAC, "model": "VVX 410",
                                                                          "address": "phone-a.lan", "credentials": "c"}]}]}).sites[0]
     names = {"phone-a.lan": [A_ADDR[0]]}
-    targets = wire_sources.site_targets(site, {MAC: {"voIpProt.server.1.address": PROVIDER[0]}},
+    targets = site_targets(site, {MAC: {"voIpProt.server.1.address": PROVIDER[0]}},
                                         lambda name: names.get(name, []))
     assert [(t.user, t.phone_ip) for t in targets] == [("", A_ADDR[0])]
     out = _run(_evidence(targets), _exchange("1001", A_ADDR, T0))

@@ -145,8 +145,10 @@ def test_status_row_and_table_show_each_server_with_source_and_age():
 # ---------------------------------------------------------------- a capture source fed junk
 
 def _pump(chunks: list[bytes]):
-    """Run the capture sources' read loop (wire_sources._WireThread.pump) over `chunks`; (observations, error)."""
-    from fleet.evidence.sources import wire_sources
+    """Run the capture sources' read loop (CaptureThread.pump) over `chunks`; (observations, error)."""
+    from fleet.evidence.sources.base import Sink
+    from fleet.evidence.sources.local_capture import LocalCapture
+    from fleet.evidence.sources.targets import Targets
     from fleet.config.inventory import Capture
     from fleet.evidence.wire.pcap import PcapFormatError
 
@@ -157,9 +159,8 @@ def _pump(chunks: list[bytes]):
                                                                          "address": "10.0.0.20", "credentials": "c",
                                                                          "params": params}]}]}).sites[0]
     got: list = []
-    sink = wire_sources.Sink(got.extend, lambda source, dgs: None)
-    src = wire_sources.LocalCapture(site, sink, Capture(kind="interface", interface="eth0"),
-                                    wire_sources.Targets(site, lambda: {MAC: params}))
+    sink = Sink(got.extend, lambda source, dgs: None)
+    src = LocalCapture(site, sink, Capture(kind="interface", interface="eth0"), Targets(site, lambda: {MAC: params}))
     feed = iter(chunks)
     assert src._pipeline().build.attribution.targets, "a phone is a target: junk must still give nothing"
     try:

@@ -10,7 +10,8 @@ from fleet.evidence.wire.transactions import host_key, uri_host
 from fleet.evidence.wire.decode import Datagram
 from fleet.evidence.wire.attribution import Attribution, targets_for
 from fleet.evidence.wire.pipeline import WireEvidence
-from fleet.evidence.sources.wire_sources import outbound_proxy, phone_servers, registration_user, transaction_timeouts
+from fleet.phoneconf.servers import outbound_proxy, phone_servers, registration_user
+from fleet.evidence.sources.targets import transaction_timeouts
 from fleet.state.observe import REGISTERED, UNREGISTERED
 
 MAC = "0004f2000001"

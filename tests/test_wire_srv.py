@@ -9,9 +9,11 @@ import threading
 import pytest
 from dnslib import NAPTR, QTYPE, RCODE, RR, SRV, A, DNSRecord
 
+from fleet.config import platforms
 from fleet.evidence.wire.pcap import capture_command
 from fleet.evidence.wire.attribution import NOT_OBSERVABLE, Attribution, WireTarget, targets_for
-from fleet.evidence.sources.wire_sources import SiteResolver, capture_ports
+from fleet.evidence.sources.resolver import SiteResolver
+from fleet.evidence.sources.targets import capture_ports
 
 
 class ZoneServer:
@@ -94,7 +96,7 @@ def test_a_name_without_port_is_located_by_srv_through_the_sites_dns(zone_server
         (("203.0.113.21", 5080), "udp"), (("203.0.113.22", 5070), "udp"), (("203.0.113.23", 5070), "udp")]
     assert ("voip.provider.example", "NAPTR") in dns.asked and ("_sip._udp.voip.provider.example", "SRV") in dns.asked
     assert capture_ports(tg) == (5070, 5080)
-    assert "port 5070 or port 5080" in capture_command("linux", "eth1", capture_ports(tg))
+    assert "port 5070 or port 5080" in capture_command(platforms.get("linux_ssh").capture_template(), "eth1", capture_ports(tg))
     # an explicit port or UDPOnly with a port: no SRV, the name's A record at that port
     explicit = targets_for("0004f2000001", 1, "1001", [SERVER1 | {"port": 5099}], resolve)
     assert [t.address for t in explicit] == [("203.0.113.10", 5099)]
@@ -162,7 +164,7 @@ def test_tcp_and_tls_phones_are_unobservable_by_capture_with_a_reason():
 
 def test_site_unobservable_report_prefers_the_source_that_can_see():
     """With HEP beside a capture, a TCP phone is seen (HEP carries TCP); a TLS one by neither."""
-    from fleet.evidence.sources.wire_sources import unobservable
+    from fleet.evidence.sources.targets import unobservable
 
     tg = [WireTarget("0004f2000001", 1, 1, ("192.0.2.10", 5060), transport="tcp"),
           WireTarget("0004f2000001", 1, 2, ("192.0.2.11", 5061), transport="tls"),
@@ -210,7 +212,7 @@ def test_fleet_status_shows_unobservable_servers_and_failing_sources(redis_url):
 
 def test_hep_senders_named_by_the_gateway_resolve_through_the_sites_dns(zone_server):
     """A gateway given as a name is resolved by the site's DNS server, never this host's resolver."""
-    from fleet.evidence.sources.wire_sources import hep_senders
+    from fleet.evidence.sources.hep_source import hep_senders
     from fleet.config.inventory import Capture, Inventory
 
     dns = zone_server({("gw.site.example", "A"): [A("192.0.2.1")]})
@@ -227,7 +229,9 @@ def test_a_capture_restarts_when_its_targets_move_to_other_ports():
     import io
     import struct
 
-    from fleet.evidence.sources import wire_sources
+    from fleet.evidence.sources.base import Sink
+    from fleet.evidence.sources.local_capture import LocalCapture
+    from fleet.evidence.sources.targets import Targets, capture_ports
     from fleet.config.inventory import Capture, Inventory
 
     mac = "0004f2000001"
@@ -236,11 +240,11 @@ def test_a_capture_restarts_when_its_targets_move_to_other_ports():
         "name": "a", "gateway": "10.0.0.1", "boot_server": {"url": "file:///x"},
         "phones": [{"mac": mac, "model": "VVX 410", "address": "10.0.0.20", "credentials": "c"}]}]}).sites[0]
     current = dict(params)
-    targets = wire_sources.Targets(site, lambda: {mac: dict(current)})
-    src = wire_sources.LocalCapture(site, wire_sources.Sink(lambda o: None, lambda s, d: None),
+    targets = Targets(site, lambda: {mac: dict(current)})
+    src = LocalCapture(site, Sink(lambda o: None, lambda s, d: None),
                                     Capture(kind="interface", interface="eth0"), targets)
     targets.refresh(force=True)
-    src.ports = wire_sources.capture_ports(targets.wire)
+    src.ports = capture_ports(targets.wire)
     assert src.ports == (5060,)
     calls = []
 
@@ -254,14 +258,15 @@ def test_a_capture_restarts_when_its_targets_move_to_other_ports():
         return None if len(calls) > 20 else b""
 
     assert src.pump(read) is True and len(calls) < 10, calls
-    assert wire_sources.capture_ports(targets.wire) == (5080,)
+    assert capture_ports(targets.wire) == (5080,)
 
 
 def test_a_targets_rebuild_asks_each_name_once_even_while_dns_does_not_answer():
     """Twenty phones share the provider's name: one rebuild asks the site's DNS once for it (a silent DNS
     server, as in an outage, would otherwise cost the timeout twenty times over on the capture thread); the next
     rebuild asks again."""
-    from fleet.evidence.sources import wire_sources
+    from fleet.evidence.sources.resolver import SiteResolver
+    from fleet.evidence.sources.targets import Targets
     from fleet.config.inventory import Inventory
 
     macs = [f"0004f20000{i:02x}" for i in range(20)]
@@ -273,12 +278,12 @@ def test_a_targets_rebuild_asks_each_name_once_even_while_dns_does_not_answer():
                   "reg.1.server.2.address": "10.0.0.1"} for i, m in enumerate(macs)}
     asked: list[str] = []
 
-    class SilentDns(wire_sources.SiteResolver):
+    class SilentDns(SiteResolver):
         def _locate(self, name, transport):
             asked.append(name)
             return None                      # no answer
 
-    targets = wire_sources.Targets(site, lambda: params)
+    targets = Targets(site, lambda: params)
     targets.resolve = SilentDns(site.dns)
     assert targets.refresh(force=True)
     assert asked == ["voip.provider.example"], asked

@@ -21,8 +21,9 @@ from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Fie
 from soundpoint import bootfiles, families
 from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
 
+from fleet.phoneconf import firmware
 from fleet.phoneconf import secrets as secret_params
-from fleet.config import validate
+from fleet.config import platforms, source_kinds, validate
 
 MAC_RE = validate.MAC_RE
 CREDENTIALS_RE = r"^(env:)?[A-Za-z0-9_.-]{1,128}$"
@@ -43,13 +44,11 @@ WILDCARD_HOSTS = ("", "0.0.0.0", "::", "[::]", "*")
 def push_state_default(site: "Site", phone: "Phone", params: dict[str, str]) -> dict[str, str]:
     """Push mode to the site's collector (`apps.statePolling.URL` = http://EVENTS/state, responseMode 1), for a phone
     whose call checks use state polling (SIP 3.x, UC Software 4.0, UC Software 5.0-5.3 by its `firmware_version`:
-    fleet.drivers.control.rest.uses_state_polling) when no layer sets either parameter: with neither, the phone sends
+    fleet.phoneconf.firmware.uses_state_polling) when no layer sets either parameter: with neither, the phone sends
     its state nowhere (SIP 3.1 developer's guide p. 2-32) and every call check would defer it. Only where the
     collector's events address names a host the phone can reach (a wildcard bind does not); a site that chooses
     requestor mode (responseMode 0) or its own URL keeps it. {} when nothing is to be added."""
-    from fleet.drivers.control.rest import uses_state_polling   # here: rest reads this module's Phone
-
-    if not uses_state_polling(phone):
+    if not firmware.uses_state_polling(phone.family, phone.firmware_version):
         return {}
     if any(str(params.get(name, "") or "").strip() for name in STATE_POLLING_MODE):
         return {}
@@ -231,7 +230,7 @@ SHARED_DIRS = frozenset({"/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run", "/r
 
 
 class Router(Strict):
-    driver: str = Field(description="a name registered in fleet.drivers.router.DRIVERS")
+    driver: str = Field(description="a router platform registered in fleet.config.platforms")
     address: validate.Host("router address")
     port: int = Field(22, ge=1, le=65535)
     credentials: str = Field(pattern=CREDENTIALS_RE)
@@ -275,19 +274,18 @@ class Router(Strict):
         return v
 
     @model_validator(mode="after")
-    def linux_interface_name(self) -> "Router":
-        """A Linux interface name has no `/` and at most 15 characters; an SNMP ifDescr may have both."""
-        if self.driver == "linux_ssh" and ("/" in self.wan_interface or len(self.wan_interface) > 15):
-            raise FieldError(("wan_interface",), f"{self.wan_interface!r:.70} is not a Linux interface name "
-                                                 "(at most 15 characters, no /)")
+    def platform_interface_name(self) -> "Router":
+        """The WAN interface as the platform names interfaces (linux_ssh: a Linux name, no `/` and at most 15
+        characters; snmp: an ifDescr, which may have both)."""
+        why = platforms.get(self.driver).check_interface(self.wan_interface)
+        if why:
+            raise FieldError(("wan_interface",), why)
         return self
 
     @field_validator("driver")
     @classmethod
     def a_registered_driver(cls, v: str) -> str:
-        from fleet.drivers.router import check_driver   # here, not at the top: the driver modules import this one
-
-        return check_driver(v)
+        return platforms.check_driver(v)
 
 
 class BootServer(Strict):
@@ -364,20 +362,21 @@ class Collector(Strict):
 
 # --- per-server evidence sources of a site: SIP on the wire and the gateway's registrar --------------------
 
-CAPTURE_FORMS = "router [IFACE] | interface NAME | hep HOST:PORT"
 GATEWAY_PLATFORMS = ("kamailio", "asterisk", "freeswitch")
-ROUTER_CAPTURE_PLATFORMS = ("linux", "openwrt", "vyos")
 _IFACE = r"^[A-Za-z0-9][A-Za-z0-9._@:-]{0,63}$"
 
 
 class Capture(Strict):
-    """One wire source: `router` (tcpdump over the router's SSH), `interface` (a local mirror port, needs
-    CAP_NET_RAW) or `hep` (a HEP v3 UDP listener fed by the SIP servers in `senders`). Written in the
-    inventory as text (`router lan0`, `interface eth1`, `hep 10.1.0.5:9060`) or as this mapping."""
-    kind: Literal["router", "interface", "hep"]
+    """One wire source, of a kind registered in fleet.config.source_kinds: `router` (tcpdump over the router's
+    SSH), `interface` (a local mirror port, needs CAP_NET_RAW) or `hep` (a HEP v3 UDP listener fed by the SIP
+    servers in `senders`). Written in the inventory as text (`router lan0`, `interface eth1`,
+    `hep 10.1.0.5:9060`: the kind and its one word) or as this mapping."""
+    kind: str
     interface: str | None = Field(None, pattern=_IFACE, description="router: its LAN interface (default any); "
                                                                     "interface: the local mirror port")
-    platform: Literal["linux", "openwrt", "vyos"] = Field("linux", description="router: how to run tcpdump there")
+    platform: str | None = Field(None, description="router: how to run tcpdump there, one of the router "
+                                                   "platform's capture flavours (linux_ssh: linux, openwrt, vyos; "
+                                                   "default: its first)")
     listen: str | None = Field(None, description="hep: the address the SIP servers send HEP to (host:port)")
     senders: list[str] = Field([], description="hep: IP addresses allowed to send HEP (default: the site's gateway)")
     auth_keys: dict[str, Annotated[str, Field(pattern=CREDENTIALS_RE)]] = Field(
@@ -390,16 +389,30 @@ class Capture(Strict):
         if not isinstance(data, str):
             return data
         words = data.split()
-        if not words or words[0] not in ("router", "interface", "hep"):
-            raise ValueError(f"capture {data!r:.60} is not one of: {CAPTURE_FORMS}")
-        kind, rest = words[0], words[1:]
-        if kind == "router" and len(rest) <= 1:
-            return {"kind": kind, **({"interface": rest[0]} if rest else {})}
-        if kind == "interface" and len(rest) == 1:
-            return {"kind": kind, "interface": rest[0]}
-        if kind == "hep" and len(rest) == 1:
-            return {"kind": kind, "listen": rest[0]}
-        raise ValueError(f"capture {data!r:.60}: expected {CAPTURE_FORMS}")
+        kind = source_kinds.KINDS.get(words[0]) if words else None
+        if kind is None or not kind.is_capture:
+            raise ValueError(f"capture {data!r:.60} is not one of: {source_kinds.capture_forms()}")
+        rest = words[1:]
+        if kind.word is None and not rest:
+            return {"kind": kind.name}
+        if kind.word is not None and (len(rest) == 1 or (kind.word_optional and not rest)):
+            return {"kind": kind.name, **({kind.word: rest[0]} if rest else {})}
+        raise ValueError(f"capture {data!r:.60}: expected {source_kinds.capture_forms()}")
+
+    @field_validator("kind")
+    @classmethod
+    def a_registered_kind(cls, v: str) -> str:
+        if not source_kinds.get(v).is_capture:
+            raise ValueError(f"{v!r} is not a capture; expected {source_kinds.capture_forms()}")
+        return v
+
+    @field_validator("platform")
+    @classmethod
+    def a_capture_flavour(cls, v: str | None) -> str | None:
+        """One some router platform has (which one the site's router has is checked with the site)."""
+        if v is not None and v not in platforms.capture_flavours():
+            raise ValueError(f"capture platform {v!r:.40} is not one of {', '.join(platforms.capture_flavours())}")
+        return v
 
     @field_validator("listen")
     @classmethod
@@ -433,12 +446,15 @@ class Capture(Strict):
 
     @model_validator(mode="after")
     def complete(self) -> "Capture":
-        if self.kind == "interface" and not self.interface:
-            raise ValueError("capture interface needs the interface name (interface eth1)")
-        if self.kind == "hep" and not self.listen:
-            raise ValueError("capture hep needs the listen address (hep 10.1.0.5:9060)")
-        if self.kind != "hep" and (self.listen or self.senders or self.auth_keys):
-            raise ValueError(f"listen, senders and auth_keys belong to a hep capture, not to {self.kind}")
+        """What the kind needs is there, and nothing another kind owns (source_kinds.SourceKind.needs, owns)."""
+        kind = source_kinds.get(self.kind)
+        for name in kind.needs:
+            if not getattr(self, name):
+                raise ValueError(f"capture {kind.name} needs its {name} ({kind.text_form or kind.name})")
+        for other in source_kinds.capture_kinds():
+            if other.name != kind.name and any(getattr(self, f) and f not in kind.takes for f in other.owns):
+                owned = " and ".join(filter(None, (", ".join(other.owns[:-1]), other.owns[-1])))
+                raise ValueError(f"{owned} belong to a {other.name} capture, not to {kind.name}")
         if self.senders and not set(self.auth_keys) <= {str(ipaddress.ip_address(a)) for a in self.senders}:
             raise ValueError(f"auth_keys names {sorted(set(self.auth_keys) - set(self.senders))[0]}, "
                              "which is not one of the HEP senders")
@@ -476,7 +492,9 @@ class Site(Strict):
         return v
 
     # --- evidence sources (issue 10) ---
-    capture: list[Capture] = Field([], description=f"wire sources: {CAPTURE_FORMS}, one or a list")
+    capture: list[Capture] = Field([], description="wire sources: one or a list of a kind registered in "
+                                                   "fleet.config.source_kinds (router [IFACE] | interface NAME | "
+                                                   "hep HOST:PORT)")
     gateway_registrar: GatewayRegistrar | None = Field(None, description="written `gateway: {address, platform}`")
 
     @model_validator(mode="before")
@@ -510,15 +528,23 @@ class Site(Strict):
 
     @model_validator(mode="after")
     def sources_reachable(self) -> "Site":
-        """A router capture and gateway polling run over the router's SSH: refuse them without one."""
-        ssh = self.router is not None and self.router.driver == "linux_ssh"
+        """A source that runs over the router's SSH (a router capture, gateway polling: source_kinds) needs a
+        router whose platform speaks it; a router capture's `platform` must be one its router platform has."""
+        platform = platforms.get(self.router.driver) if self.router is not None else None
+        ssh = platform is not None and platform.ssh
+        need = f"a router with driver {' or '.join(platforms.ssh_drivers()) or 'that speaks SSH'}"
         for i, c in enumerate(self.capture):
-            if c.kind == "router" and not ssh:
-                raise FieldError(("capture", i), "a router capture runs tcpdump over the router's SSH: the site needs "
-                                                 "a router with driver linux_ssh")
-        if self.gateway_registrar is not None and not ssh:
+            if source_kinds.get(c.kind).router_ssh and not ssh:
+                raise FieldError(("capture", i), f"a {c.kind} capture runs over the router's SSH: the site needs "
+                                                 f"{need}")
+            if "platform" in source_kinds.get(c.kind).takes and platform is not None:    # how it runs tcpdump there
+                try:
+                    platform.capture_template(c.platform)
+                except ValueError as exc:
+                    raise FieldError(("capture", i, "platform"), str(exc)) from None
+        if self.gateway_registrar is not None and source_kinds.get(source_kinds.GATEWAY).router_ssh and not ssh:
             raise FieldError(("gateway", "platform"), "the gateway's bindings are polled over the router's SSH: the "
-                                                      "site needs a router with driver linux_ssh")
+                                                      f"site needs {need}")
         return self
 
 

@@ -3,8 +3,9 @@
 Line level: telephone notification events (and syslog, whose registration
 line is a format of ours) pushed by the phones, state polling. Per server:
 SIP on the wire (a router capture over SSH, a local mirror-port capture, HEP
-v3 from the SIP servers) and the gateway's registrar bindings
-(drivers/collect/wire_sources.py). Push sources and the wire see a change the
+v3 from the SIP servers) and the gateway's registrar bindings: one module
+each in fleet/evidence/sources/, found by the inventory's kind through the
+kind table fleet.config.source_kinds. Push sources and the wire see a change the
 moment it happens, so detection latency is the network's, not a polling
 interval's. Observations are batched
 (every 20 ms) into the store, which derives per-server state and the working
@@ -27,9 +28,11 @@ import time
 
 from aiohttp import web
 
-from fleet.evidence.sources import wire_sources
+from fleet.config import source_kinds
+from fleet.evidence.sources.base import Sink, SourceContext, start_source
 from fleet.evidence.sources.formats import parse_line_event, parse_syslog
 from fleet.evidence.sources.poller import Poller
+from fleet.evidence.sources.targets import Targets, unobservable
 from fleet.evidence.wire.decode import Datagram
 from fleet.config.inventory import Inventory, Secrets, Site
 from fleet.state.observe import Observation, from_line_info
@@ -150,7 +153,7 @@ class SiteCollector:
         self.pending: list[Observation] = []
         self.kept: list[dict] = []           # SIP datagrams for the running experiment's capture.pcap
         self.observing: str | None = None    # that experiment
-        self.evidence: list = []             # per-server evidence sources (wire_sources)
+        self.evidence: list = []             # per-server evidence sources (base.EvidenceSource), as started
         self.source_errors: list[str] = []   # sources that could not start, and why
         self.loop: asyncio.AbstractEventLoop | None = None
         self.ready = threading.Event()
@@ -175,14 +178,11 @@ class SiteCollector:
 
     def stop(self) -> None:
         for source in self.evidence:
-            if isinstance(source, wire_sources.SourceThread):
-                source.stop()
+            source.stop()
         if self.loop and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._shutdown()))
 
     async def _shutdown(self) -> None:
-        for transport in getattr(self, "hep_transports", []):
-            transport.close()
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for t in tasks:
             t.cancel()
@@ -215,7 +215,7 @@ class SiteCollector:
                 out[p.mac] = {k: str(v) for layer in (self.site.params, p.params) for k, v in layer.items()}
         return self.site_users.fill(out) if self.site_users is not None else out
 
-    def sink(self) -> wire_sources.Sink:
+    def sink(self) -> Sink:
         """Callbacks for source threads: everything reaches the lists on the event loop's own thread."""
         loop = self.loop
         assert loop is not None
@@ -230,61 +230,52 @@ class SiteCollector:
                      "payload": base64.b64encode(d.payload).decode()} for d in datagrams]
             loop.call_soon_threadsafe(self.kept.extend, rows)
 
-        return wire_sources.Sink(observe, keep)
+        return Sink(observe, keep)
 
-    def _hep_keys(self, capture) -> dict[str, bytes]:
-        """capture.auth_keys resolved: sender address -> its HEP auth key (the named secret's password)."""
-        if capture.auth_keys and self.secrets is None:
-            raise CollectorError(f"site {self.site.name}: HEP auth keys need the secrets file")
-        return {ip: self.secrets.credentials(name).password.encode() for ip, name in capture.auth_keys.items()}  # type: ignore[union-attr]
+    def _secret(self, name: str, what: str):
+        """The named secret, for a source's `what` (a HEP auth key)."""
+        if self.secrets is None:
+            raise CollectorError(f"site {self.site.name}: {what} needs the secrets file")
+        return self.secrets.credentials(name)
 
     def _credentials(self, what: str):
         if self.secrets is None or self.site.router is None:
             raise CollectorError(f"site {self.site.name}: {what} needs the router's credentials (a secrets file)")
         return self.secrets.credentials(self.site.router.credentials)
 
+    def _configured_sources(self) -> list[tuple[str, object]]:
+        """(kind, inventory entry) of every per-server source the site names: its captures, then its gateway's
+        registrar (kind "gateway")."""
+        out: list[tuple[str, object]] = [(c.kind, c) for c in self.site.capture]
+        if self.site.gateway_registrar is not None:
+            out.append((source_kinds.GATEWAY, self.site.gateway_registrar))
+        return out
+
     async def _start_sources(self) -> None:
-        """Start what the inventory names; a source that cannot start is logged and the others still run."""
-        sink = self.sink()
-        targets = self.targets = wire_sources.Targets(self.site, self.phone_params)
+        """Start what the inventory names, each by its kind's module (source_kinds, base.start_source); a source
+        that cannot start is logged and the others still run."""
+        targets = self.targets = Targets(self.site, self.phone_params)
         await asyncio.to_thread(targets.refresh, True)
         self.sources_started = time.time()
-        for capture in self.site.capture:
+        ctx = SourceContext(self.site, self.sink(), targets, self._credentials, self._secret)
+        configured = self._configured_sources()
+        for kind, entry in configured:
             try:
-                if capture.kind == "hep":
-                    hep = wire_sources.HepSource(self.site, sink, targets)
-                    transport, _ = await wire_sources.start_hep(self.site, capture, hep, self._hep_keys(capture))
-                    self.evidence.append(hep)
-                    self.hep_transports.append(transport)
-                    asyncio.ensure_future(self._tick_loop(hep))
-                elif capture.kind == "router":
-                    self.evidence.append(wire_sources.RouterCapture(self.site, sink, capture, targets,
-                                                                   self._credentials("a router capture")))
-                else:
-                    self.evidence.append(wire_sources.LocalCapture(self.site, sink, capture, targets))
+                self.evidence.append(await start_source(kind)(ctx, entry))
             except (OSError, CollectorError, KeyError, ValueError) as exc:
-                why = f"site {self.site.name}: capture {capture.kind} cannot start: {getattr(exc, 'strerror', None) or exc}"
+                what = f"capture {kind}" if kind != source_kinds.GATEWAY else "gateway bindings"
+                why = f"site {self.site.name}: {what} cannot start: {getattr(exc, 'strerror', None) or exc}"
                 self.source_errors.append(why)
                 log.error("%s", why)
-        if self.site.gateway_registrar is not None:
-            try:
-                self.evidence.append(wire_sources.GatewayPoller(self.site, sink, targets,
-                                                               self._credentials("gateway polling")))
-            except (CollectorError, KeyError) as exc:
-                self.source_errors.append(str(exc))
-                log.error("%s", exc)
-        for source in self.evidence:
-            if isinstance(source, wire_sources.SourceThread):
-                source.start()
-        if self.site.capture or self.site.gateway_registrar is not None:
+        if configured:
             asyncio.ensure_future(self._evidence_report_loop())
 
     def evidence_report(self) -> tuple[list[dict], list[dict]]:
         """(unobservable, sources) for `Store.set_site_evidence`: the targets no wire source of the site can see,
         and each evidence source's state; errors pass through `_scrub` (no secret reaches Redis)."""
-        kinds = {"hep" if c.kind == "hep" else "wire" for c in self.site.capture}
+        kinds = {source_kinds.get(c.kind).sees for c in self.site.capture} - {""}
         targets = getattr(self, "targets", None)
-        unseen = wire_sources.unobservable(targets.wire, kinds) if targets is not None and kinds else []
+        unseen = unobservable(targets.wire, kinds) if targets is not None and kinds else []
         sources = []
         for why in self.source_errors:
             sources.append({"source": "not started", "running": False, "error": self._scrub(why), "since": self.sources_started})
@@ -328,15 +319,6 @@ class SiteCollector:
                 log.debug("collector %s: cannot store its evidence report (%s)", self.site.name, type(exc).__name__)
             await asyncio.sleep(2.0)
 
-    async def _tick_loop(self, source) -> None:
-        while True:
-            await asyncio.sleep(0.5)
-            try:
-                await asyncio.to_thread(source.follow.refresh)    # Redis and DNS: off the event loop
-                source.tick()
-            except Exception as exc:  # never let one source's bug stop the collector
-                log.warning("collector %s: %s tick failed: %s", self.site.name, source.source, exc)
-
     def _run(self) -> None:
         self.loop = asyncio.new_event_loop()
         try:
@@ -361,7 +343,6 @@ class SiteCollector:
         await web.TCPSite(runner, ehost, int(eport), reuse_address=True).start()
         asyncio.ensure_future(self._flush_loop())
         asyncio.ensure_future(self._observing_loop())
-        self.hep_transports: list = []
         await self._start_sources()
         if self.site.collector.poll_interval > 0 and self.secrets is not None:
             asyncio.ensure_future(self._poll_loop())

@@ -24,6 +24,7 @@ from fleet.phoneconf import lint as failover_lint
 from fleet.phoneconf import polycom
 from fleet.phoneconf import predict
 from fleet.phoneconf import secrets as secret_params
+from fleet.phoneconf.servers import registrations
 from fleet.drivers.control import polling
 from fleet.drivers.control.rest import uses_state_polling
 from fleet.config import validate
@@ -228,19 +229,10 @@ def _server_attr(params: dict[str, str], reg: int, server: int, attr: str, defau
     return default
 
 
-LINE = re.compile(r"^reg\.([0-9]+)\.address$")
-
-
-def lines(params: dict[str, str]) -> list[int]:
-    """The registrations (lines) a phone has: every `reg.x` with an address; line 1 when none names one."""
-    found = sorted({int(m.group(1)) for k, v in params.items() if (m := LINE.match(k)) and str(v) != ""})
-    return found or [1]
-
-
 def refresh_load(phones: list[tuple[str, dict[str, str]]]) -> dict[str, dict]:
     """REGISTER requests per second that each server address receives from these phones (R6).
 
-    Every registration counts: a phone with three lines refreshes three times.
+    Every registration counts (fleet.phoneconf.servers.registrations): a phone with three lines refreshes three times.
     normal: every server up, each registration refreshing each of its servers
     (MESSAGES_PER_REFRESH requests per refresh, the challenge included).
     primary_down: server 1 unreachable; each registration sends `register_sends`
@@ -250,7 +242,7 @@ def refresh_load(phones: list[tuple[str, dict[str, str]]]) -> dict[str, dict]:
     """
     load: dict[str, dict] = defaultdict(lambda: {"normal": 0.0, "primary_down": 0.0, "phones": set(), "registrations": 0})
     for n, (_, params) in enumerate(phones):
-        for reg in lines(params):
+        for reg in registrations(params):      # the lines wire attribution expects REGISTERs of, too
             for t in predict.servers(params, reg):
                 if not t.register:
                     continue

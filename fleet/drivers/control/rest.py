@@ -28,14 +28,14 @@ import urllib3
 from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
 from requests.utils import parse_dict_header
 
-from soundpoint import families
 from soundpoint.conformance import version_in
 
 from fleet.config.inventory import Credentials, Phone
+from fleet.phoneconf import firmware
+from fleet.phoneconf.firmware import REST_FROM, supports_rest  # noqa: F401  (names the phone controls import from here)
 from fleet.drivers.device_json import device_json
 from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
 
-REST_FROM = "5.4"                 # the oldest UC Software with the REST API
 CALL_STATUS_V2_FROM = "5.8"       # api/v2/webCallControl/callStatus (a list of calls)
 MAX_ANSWER = 256 * 1024           # bytes read of one answer; a phone's JSON is a few kB
 CONFIG_GET_MAX = 20               # names per config/get (the manual; Posh-UCS refuses more)
@@ -66,24 +66,18 @@ class RestUnsupported(DeviceRefused):
     """The phone's firmware has no REST API, or not this endpoint: the caller uses the family's fallback."""
 
 
-def supports_rest(version: str) -> bool:
-    return version_in(version, f">={REST_FROM}")
-
-
 def call_status_v2(version: str) -> bool:
     return version_in(version, f">={CALL_STATUS_V2_FROM}")
 
 
 def uses_rest(phone: Phone) -> bool:
-    """Whether fleet talks REST to this phone: a REST family, unless the inventory names a version before 5.4
-    (then the family's other interfaces serve: state polling, check-sync)."""
-    return phone.family.rest and (not phone.firmware_version or supports_rest(phone.firmware_version))
+    """Whether fleet talks REST to this phone (fleet.phoneconf.firmware.uses_rest on its family and version)."""
+    return firmware.uses_rest(phone.family, phone.firmware_version)
 
 
 def uses_state_polling(phone: Phone) -> bool:
-    """Whether call checks on this phone read state polling: its family has it and fleet does not talk REST to it
-    (SIP 3.x, UC Software 4.0, and UC Software 5.0-5.3 by the inventory's `firmware_version`)."""
-    return families.STATE_POLLING in phone.family.interfaces and not uses_rest(phone)
+    """Whether call checks on this phone read state polling (fleet.phoneconf.firmware.uses_state_polling)."""
+    return firmware.uses_state_polling(phone.family, phone.firmware_version)
 
 
 # ------------------------------------------------------------ answer parsing (pure: tested against the corpus)

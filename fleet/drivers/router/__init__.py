@@ -1,10 +1,12 @@
-"""Router drivers: one module per platform, chosen by the inventory's `driver` name through `DRIVERS`.
+"""Router drivers: one module per platform, chosen by the inventory's `driver` name (fleet.config.platforms).
 
-A new router platform is one new module here plus one line in `DRIVERS`. Each
-module exposes `connect(router, credentials) -> RouterDriver` and `MODES` (the
-outage modes it can make). The inventory checks a router's `driver` against
-`DRIVERS` when it is loaded (`check_driver`), so a misspelt name is an error
-naming the file and line, not an ImportError inside a worker mid-experiment.
+A new router platform is one new module here plus its entry in the platform
+table, fleet.config.platforms (module path, interface rule, SSH, capture
+command). Each module exposes `connect(router, credentials) -> RouterDriver`
+and `MODES` (the outage modes it can make). The inventory checks a router's
+`driver` against that table when it is loaded, without importing a driver, so
+a misspelt name is an error naming the file and line, not an ImportError
+inside a worker mid-experiment; the module is imported here on first use.
 
 An outage is a small protocol with an identity, because a cut and its restore
 travel as separate tasks and can arrive in any order (a cut still queued when
@@ -24,14 +26,10 @@ from dataclasses import asdict, dataclass, field
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
-if TYPE_CHECKING:   # only for annotations: the inventory imports this module to check driver names
-    from fleet.config.inventory import Credentials, Router
+from fleet.config import platforms
 
-# driver name (the inventory's `router.driver`) -> module that implements it
-DRIVERS: dict[str, str] = {
-    "linux_ssh": f"{__name__}.linux_ssh",
-    "snmp": f"{__name__}.snmp",
-}
+if TYPE_CHECKING:   # only for annotations
+    from fleet.config.inventory import Credentials, Router
 
 OUTAGE_MODES = ("link-down", "drop", "degrade", "dns-fail")
 OUTAGE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
@@ -93,15 +91,13 @@ class RouterDriver(Protocol):
 
 
 def check_driver(name: str) -> str:
-    """`name` if it is a registered driver; otherwise a ValueError that lists the known names."""
-    if name not in DRIVERS:
-        raise ValueError(f"unknown router driver {name!r}; known drivers: {', '.join(sorted(DRIVERS))}")
-    return name
+    """`name` if it is a registered platform (fleet.config.platforms); otherwise a ValueError listing the known."""
+    return platforms.check_driver(name)
 
 
 def driver_module(name: str) -> ModuleType:
     """The module registered for `name` (imported on first use: the SNMP one pulls in pysnmp)."""
-    return importlib.import_module(DRIVERS[check_driver(name)])
+    return importlib.import_module(platforms.get(name).module)
 
 
 def connect(router: Router, credentials: Credentials) -> RouterDriver:

@@ -7,7 +7,7 @@ front of them) were made to send it; it is defined here and only
 here: ``polycom[MAC]: reg.X.server.Y ADDR registration succeeded|failed ...``
 and ``polycom[MAC]: call to N via server Y ADDR answered STATUS``. Nothing in
 fleet needs it for registration state: per-server state comes from the SIP on
-the wire, HEP and the gateway's bindings (wire_sources.py), line state from
+the wire, HEP and the gateway's bindings (this package's other sources), line state from
 the telephone notification events below, which Polycom does document. Anything
 else is ignored, and nothing here raises on garbage.
 """

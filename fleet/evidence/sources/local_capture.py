@@ -9,6 +9,8 @@ its terse error becomes a CaptureUnavailable saying what to do.
 
 A mirror port often keeps the 802.1Q tags, so the filter also takes tagged
 frames (`pcap_stream.capture_filter(vlan=True)`).
+
+`LocalCapture` is the `interface NAME` source of an inventory's `capture:`.
 """
 from __future__ import annotations
 
@@ -17,7 +19,11 @@ import shutil
 import subprocess
 import time
 
-from fleet.evidence.wire.pcap import SIP_PORTS, capture_filter, _interface
+from fleet.config.inventory import Capture
+from fleet.evidence.wire.pcap import SIP_PORTS, PcapFormatError, capture_filter, _interface
+from fleet.evidence.sources.base import BACKOFF, SourceContext
+from fleet.evidence.sources.capture import CaptureThread
+from fleet.evidence.sources.targets import capture_ports
 
 OPEN_TIMEOUT = 5.0       # how long tcpdump may take to open the interface and write its pcap header
 
@@ -88,3 +94,44 @@ def check_capture(interface: str) -> None:
         if f is not None:
             f.close()
 
+
+class LocalCapture(CaptureThread):
+    """tcpdump on a local interface (a switch mirror port)."""
+
+    label = "local capture"
+
+    def run_once(self) -> None:
+        self.targets.refresh(force=True)
+        try:
+            self.ports = capture_ports(self.targets.wire)
+            proc = start_local_capture(self.capture.interface or "any", self.filter_ports())
+        except CaptureUnavailable:
+            self.failures = len(BACKOFF)       # not worth retrying quickly: it needs the host changed
+            raise
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+
+        def read(timeout: float) -> bytes | None:
+            ready, _, _ = select.select([fd], [], [], timeout)
+            if not ready:
+                return b""
+            data = proc.stdout.read1(65536)     # type: ignore[union-attr]
+            return data or None
+
+        try:
+            if not self.pump(read) and not self.stopping.is_set():
+                err = (proc.stderr.read() if proc.stderr else b"").decode(errors="replace").strip().splitlines()
+                raise PcapFormatError(f"tcpdump ended: {err[-1] if err else 'no message'}")
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(5)
+            except Exception:
+                proc.kill()
+
+
+async def start(ctx: SourceContext, capture: Capture) -> LocalCapture:
+    """Start the capture on the local interface the inventory names."""
+    source = LocalCapture(ctx.site, ctx.sink, capture, ctx.targets)
+    source.start()
+    return source

@@ -132,7 +132,7 @@ def targets_for(mac: str, reg: int, user: str, servers: Iterable[Mapping], resol
     targets that a capture cannot see (`Attribution.unobservable` reports them instead of matching).
     A name with port 0 and transport DNSnaptr (the default) or UDPOnly is located as the phone does (NAPTR,
     SRV, then A with 5060) where `resolve` has a `locate(name, transport) -> [(ip, port, kind)]` method
-    (wire_sources.SiteResolver); a plain function only gives addresses, reached at the default port."""
+    (sources.resolver.SiteResolver); a plain function only gives addresses, reached at the default port."""
     out: list[WireTarget] = []
     for s in servers:
         if not s.get("register", True) or str(s.get("register", "1")) == "0":

@@ -1,4 +1,4 @@
-"""A pcap byte stream read incrementally, the capture command per router platform, and a pcap writer.
+"""A pcap byte stream read incrementally, a router platform's capture command filled in, and a pcap writer.
 
 The wire evidence arrives as the stdout of `ssh router tcpdump -U -w - ...`
 (or of a local tcpdump on a mirror port): a classic pcap stream that never
@@ -150,24 +150,17 @@ class PcapWriter:
         self.stream.write(struct.pack("<IIII", sec, usec, len(frame), orig_len or len(frame)) + frame)
 
 
-# --- the capture command per router platform, as data ---------------------------------------------------
+# --- the capture command: a router platform's template (fleet.config.platforms) with its values quoted ---------
 
 SIP_PORTS = (5060,)
 
 
-@dataclass(frozen=True)
-class CaptureCommand:
-    """How to get a pcap stream of SIP from a platform. `template` is a shell command with {iface} and
-    {filter} (both quoted by `render`); None means the platform cannot stream one, with `why`."""
-    platform: str
-    template: str | None
-    why: str = ""
-
-    def render(self, interface: str, ports: tuple[int, ...] = SIP_PORTS, hosts: tuple[str, ...] = ()) -> str:
-        if self.template is None:
-            raise ValueError(f"router platform {self.platform} cannot stream a capture: {self.why}")
-        return self.template.format(iface=shlex.quote(_interface(interface)),
-                                    filter=shlex.quote(capture_filter(ports, hosts)))
+def capture_command(template: str, interface: str, ports: tuple[int, ...] = SIP_PORTS,
+                    hosts: tuple[str, ...] = ()) -> str:
+    """The shell command that streams pcap of SIP on `interface`: `template` (a router platform's capture
+    command, fleet.config.platforms.RouterPlatform.capture_template) with {iface} and {filter} filled in, both
+    checked and quoted here, so no platform formats an unchecked value into a command."""
+    return template.format(iface=shlex.quote(_interface(interface)), filter=shlex.quote(capture_filter(ports, hosts)))
 
 
 def _interface(name: str) -> str:
@@ -196,26 +189,3 @@ def capture_filter(ports: tuple[int, ...] = SIP_PORTS, hosts: tuple[str, ...] = 
             ipaddress.ip_address(h)         # raises ValueError naming the bad value
         expr = f"({expr}) and (" + " or ".join(f"host {h}" for h in hosts) + ")"
     return expr
-
-
-CAPTURE_COMMANDS: dict[str, CaptureCommand] = {
-    # -U: flush per packet (latency), -w -: pcap to stdout, -s 0: whole packets, -n: no name lookups
-    "linux": CaptureCommand("linux", "exec tcpdump -U -n -s 0 -w - -i {iface} {filter}"),
-    "openwrt": CaptureCommand("openwrt", "exec tcpdump -U -n -s 0 -w - -i {iface} {filter}"),
-    "vyos": CaptureCommand("vyos", "exec sudo tcpdump -U -n -s 0 -w - -i {iface} {filter}"),
-    "local": CaptureCommand("local", "exec tcpdump -U -n -s 0 -w - -i {iface} {filter}"),
-    "cisco-ios": CaptureCommand("cisco-ios", None,
-                                "IOS Embedded Packet Capture writes to a buffer or file, not a stream; use a "
-                                "SPAN port into a local capture interface, or HEP from the SIP server"),
-}
-
-
-def capture_command(platform: str, interface: str, ports: tuple[int, ...] = SIP_PORTS,
-                    hosts: tuple[str, ...] = ()) -> str:
-    """The shell command that streams pcap of SIP on `interface` of a router of `platform`."""
-    try:
-        cmd = CAPTURE_COMMANDS[platform]
-    except KeyError:
-        raise ValueError(f"no capture command for router platform {platform!r}; known: "
-                         f"{', '.join(sorted(CAPTURE_COMMANDS))}") from None
-    return cmd.render(interface, ports, hosts)

@@ -1,0 +1,86 @@
+"""The `gateway` source: the site gateway's registrar bindings, polled over the router's SSH.
+
+Each gateway platform (Kamailio, Asterisk, FreeSWITCH) is a command and a parser of its answer
+(gateway_bindings.py); a binding becomes an observation of the phone's line at the gateway's server entry.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import replace
+
+from fleet.config.inventory import Credentials, GatewayRegistrar, Site
+from fleet.drivers.router import connect
+from fleet.evidence.wire.attribution import WireTarget, foreign_counts
+from fleet.evidence.sources import gateway_bindings
+from fleet.evidence.sources.base import Sink, SourceContext, SourceThread
+from fleet.evidence.sources.targets import Targets, gateway_server
+
+log = logging.getLogger(__name__)
+
+
+class GatewayPoller(SourceThread):
+    """The gateway's registrar bindings, polled over the router's SSH every `interval` seconds."""
+
+    label = "gateway bindings"
+
+    def __init__(self, site: Site, sink: Sink, targets: Targets, credentials: Credentials) -> None:
+        super().__init__(site, sink)
+        assert site.gateway_registrar is not None
+        self.registrar = site.gateway_registrar
+        self.platform = gateway_bindings.platform(self.registrar.platform)
+        self.targets, self.credentials = targets, credentials
+        self.polls = 0
+        self.foreign_bindings: Counter[str] = Counter()     # the last poll's bindings of a phone's user held from
+                                                            # another address, per address
+
+    def foreign(self) -> dict[str, int]:
+        return foreign_counts(self.foreign_bindings)
+
+    def gateway_targets(self, now: float | None = None) -> list[WireTarget]:
+        """The gateway's server entry of each phone's lines; with `now`, each also admitting the addresses the
+        site's wire sources learned for its phone (a phone DHCP moved, proved by a registration its server
+        authenticated: Attribution._learn), so its binding from there is its own."""
+        learned = self.targets.learned_addresses(now) if now is not None else {}
+        out: dict[tuple[str, int, int], WireTarget] = {}
+        for t in self.targets.wire:      # one per line (a name resolving to several addresses gives several)
+            if t.server == gateway_server(self.site, self.targets.by_mac.get(t.mac, {}), t.reg):
+                extra = tuple(ip for ip in learned.get(t.mac, ()) if ip != t.phone_ip and ip not in t.allowed)
+                out.setdefault((t.mac, t.reg, t.server), replace(t, allowed=t.allowed + extra) if extra else t)
+        return list(out.values())
+
+    def run_once(self) -> None:
+        assert self.site.router is not None
+        router = connect(self.site.router, self.credentials)
+        try:
+            while not self.stopping.is_set():
+                started = time.monotonic()
+                self.targets.refresh()
+                text = router.run(self.platform.command, check=False, what=f"{self.registrar.platform} bindings")  # type: ignore[attr-defined]
+                t = time.time()
+                try:
+                    bindings = self.platform.parse(text, t)
+                except gateway_bindings.GatewayOutputError as exc:
+                    log.warning("collector %s: gateway answer not usable: %s", self.site.name, exc)
+                    self.running.clear()            # no evidence from it: `fleet status` says why
+                    self.fail(f"{type(exc).__name__}: {exc}")
+                else:
+                    self.running.set()
+                    self.failures, self.failing_since, self.last_error = 0, None, ""
+                    foreign: Counter[str] = Counter()
+                    out = gateway_bindings.observations(bindings, self.gateway_targets(t), t, foreign=foreign)
+                    self.foreign_bindings = foreign
+                    self.polls += 1
+                    if out:
+                        self.sink.observe(out)
+                self.stopping.wait(max(0.0, self.registrar.interval - (time.monotonic() - started)))
+        finally:
+            router.close()
+
+
+async def start(ctx: SourceContext, registrar: GatewayRegistrar) -> GatewayPoller:
+    """Start polling the site gateway's bindings (it needs the router's credentials)."""
+    source = GatewayPoller(ctx.site, ctx.sink, ctx.targets, ctx.router_credentials("gateway polling"))
+    source.start()
+    return source
