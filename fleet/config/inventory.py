@@ -24,6 +24,7 @@ from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, rea
 from fleet.phoneconf import firmware
 from fleet.phoneconf import secrets as secret_params
 from fleet.config import platforms, source_kinds, validate
+from fleet.config import router_identity
 
 MAC_RE = validate.MAC_RE
 CREDENTIALS_RE = r"^(env:)?[A-Za-z0-9_.-]{1,128}$"
@@ -670,8 +671,6 @@ class Inventory(Strict):
         reaches it the same way (driver, credentials, state_dir, wan_lock_dir). One router is one port of one
         host however it is written: IP addresses compare in canonical form and host names by spelling and by what
         the controller's resolver gives for them (fleet.config.router_identity), so a name and an IP are not two routers."""
-        from fleet.config import router_identity
-
         routed = [(i, s.router) for i, s in enumerate(self.sites) if s.router is not None]
         names = {s.name for s in self.sites}
         for i, r in routed:

@@ -16,7 +16,8 @@ from typing import Collection
 
 from soundpoint.conformance import version_in
 
-from fleet.drivers.control.rest import REST_FROM, RestPhone, RestUnsupported, call_status_v2, supports_rest
+from fleet.drivers.control.rest import RestPhone, RestUnsupported, call_status_v2
+from fleet.phoneconf.firmware import REST_FROM, supports_rest
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError
 from fleet.phones import Announce, CallCheck, Identity, PhoneAccess, identity_failure, shown
 from fleet.phones.soundpoint import REBOOT_DESCRIPTIONS, SoundPointControl

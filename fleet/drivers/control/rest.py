@@ -32,7 +32,7 @@ from soundpoint.conformance import version_in
 
 from fleet.config.inventory import Credentials, Phone
 from fleet.phoneconf import firmware
-from fleet.phoneconf.firmware import REST_FROM, supports_rest  # noqa: F401  (names the phone controls import from here)
+from fleet.phoneconf.firmware import REST_FROM
 from fleet.drivers.device_json import device_json
 from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
 

@@ -30,7 +30,8 @@ from sipwire import digest
 
 from fleet.config.inventory import Credentials, Phone
 from fleet.drivers.control import polling
-from fleet.drivers.control.rest import MAX_ANSWER, REST_FROM, parse_line_info, uses_rest
+from fleet.drivers.control.rest import MAX_ANSWER, parse_line_info, uses_rest
+from fleet.phoneconf.firmware import REST_FROM
 from fleet.drivers.device_json import device_json
 from fleet.drivers.errors import DriverError
 
