@@ -7,7 +7,7 @@ reference marks uncertain say so.
 """
 from __future__ import annotations
 
-from . import Param
+from soundpoint.families.profile import Param
 
 _TRANSPORTS = ("DNSnaptr", "TCPpreferred", "UDPOnly", "TLS", "TCPOnly")
 _MAX = 2**31 - 1

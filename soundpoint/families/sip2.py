@@ -6,7 +6,8 @@ No web-application interfaces (telephone notification and state polling arrived 
 syslog only from the bootROM, no failover controls beyond the server list. The web UI's reboot form
 path is documented for UC Software 4.x only, so check-sync is the one reboot fleet uses.
 """
-from . import CHECK_SYNC, LOG_UPLOAD, SYSLOG_BOOTROM, WEB_UI, Family, _params
+from soundpoint.families import _params
+from soundpoint.families.profile import CHECK_SYNC, LOG_UPLOAD, SYSLOG_BOOTROM, WEB_UI, Family
 
 # Models that can run SIP 2.x (ceilings from release notes: IP 300/500 stop at SIP 2.1; floors *uncertain*).
 MODELS = frozenset(

@@ -5,8 +5,9 @@ Sources: SoundPoint IP SIP 3.0/3.1 Administrator's Guides; Web Application for P
 syslog in the bootROM on SIP 3.x). No failover controls: failed registrations are retried
 "typically at intervals of 30 to 60 seconds" (seed).
 """
-from . import (CHECK_SYNC, LOG_UPLOAD, STATE_POLLING, SYSLOG_BOOTROM, TEL_NOTIFICATION, WEB_UI, Family,
-               _params)
+from soundpoint.families import _params
+from soundpoint.families.profile import (CHECK_SYNC, LOG_UPLOAD, STATE_POLLING, SYSLOG_BOOTROM, TEL_NOTIFICATION,
+                                         WEB_UI, Family)
 
 # IP 300/500 stop at SIP 2.1; everything else of the SoundPoint line reaches SIP 3.x (floors *uncertain*).
 MODELS = frozenset(

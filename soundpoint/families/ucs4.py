@@ -5,8 +5,9 @@ names, <MAC>-web.cfg); polycom.md "More facts": web UI reboot `/form-submit/Rebo
 (Basic auth, realm "SPIP Configuration"), failover controls only from UC Software 4.1.6 on, which
 no SoundPoint IP reaches, so this family has none of them. No REST API on any SoundPoint IP.
 """
-from . import (CHECK_SYNC, LOG_UPLOAD, STATE_POLLING, SYSLOG_CONFIG, TEL_NOTIFICATION, WEB_REBOOT, WEB_UI, Family,
-               _params)
+from soundpoint.families import _params
+from soundpoint.families.profile import (CHECK_SYNC, LOG_UPLOAD, STATE_POLLING, SYSLOG_CONFIG, TEL_NOTIFICATION,
+                                         WEB_REBOOT, WEB_UI, Family)
 
 MODELS = frozenset([f"SoundPoint IP {n}" for n in (321, 331, 335, 450, 550, 560, 650, 670)]
                    # SoundStation IP 5000/6000/7000 on UC Software 4.0: *uncertain*

@@ -3,8 +3,9 @@
 Sources: UC Software 5.x Administrator's Guides (failover controls, device.*), REST API reference 5.9
 (`apps.restapi.enabled`, safeRestart, callStatus, one request at a time per phone); polycom.md "More facts".
 """
-from . import (CHECK_SYNC, LOG_UPLOAD, REST, STATE_POLLING, SYSLOG_CONFIG, TEL_NOTIFICATION, WEB_REBOOT, WEB_UI, Family,
-               _params)
+from soundpoint.families import _params
+from soundpoint.families.profile import (CHECK_SYNC, LOG_UPLOAD, REST, STATE_POLLING, SYSLOG_CONFIG, TEL_NOTIFICATION,
+                                         WEB_REBOOT, WEB_UI, Family)
 
 MODELS = frozenset(
     [f"VVX {n}" for n in (101, 150, 201, 250, 300, 301, 310, 311, 350, 400, 401, 410, 411, 450, 500, 501, 600, 601, 1500)]
