@@ -1,9 +1,11 @@
 """The phone-control seam: what a rollout asks of one phone, answered by the module of the phone's firmware family.
 
-Each family (soundpoint.families) has one module here exporting `Control`; it is
-found by the family's name, as labgrid finds its power backends, so a new family
-is one profile in soundpoint/families plus one module here. Callers never ask
-which model or firmware a phone has: they ask the control.
+Each family (soundpoint.families) has one module exporting `Control`, named in
+BACKENDS and found by the family's name, as labgrid finds its power backends, so
+a new family is one profile in soundpoint/families plus one module here (and a
+line in each table); a family from outside this tree is added at run time with
+soundpoint.families.register and `register` here. Callers never ask which model
+or firmware a phone has: they ask the control.
 
 Every answer fails closed: a call check that gets no answer, an error or an
 answer it cannot read says "unknown", and a phone in state unknown is deferred,
@@ -21,10 +23,45 @@ from fleet.drivers.control.call_check import CallCheck  # noqa: F401  (part of t
 from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, DriverError, MalformedAnswer
 from fleet.config.inventory import Credentials, Phone
 
-# family name -> module (relative to this package); checked against soundpoint.families at import
-BACKENDS = {"sip-2.x": "sip2", "sip-3.x": "sip3", "uc-4.0": "ucs4", "uc-5.x": "ucs5"}
-if set(BACKENDS) != set(families.NAMES):
-    raise ImportError(f"fleet.phones.BACKENDS {sorted(BACKENDS)} does not match the families {sorted(families.NAMES)}")
+# family name -> the module exporting its `Control` (".name": a module of this package; a dotted name: any module,
+# for a family registered at run time). One control per family of soundpoint.families and no other: checked for
+# every family at import, and for the one concerned when a control is registered or a phone's control asked for.
+BACKENDS = {"sip-2.x": ".sip2", "sip-3.x": ".sip3", "uc-4.0": ".ucs4", "uc-5.x": ".ucs5"}
+_SHIPPED = frozenset(BACKENDS)
+
+
+class NoControl(LookupError):
+    """A firmware family without a phone control (or a control without a family): a plug-in registered only half."""
+
+
+def _mismatch() -> str:
+    """Why BACKENDS and the registered families disagree, or "" when every family has exactly one control."""
+    no_control = [n for n in families.NAMES if n not in BACKENDS]
+    no_family = [n for n in BACKENDS if n not in families.FAMILIES]
+    return "; ".join(([f"no phone control for {', '.join(no_control)} (fleet.phones.register)"] if no_control else [])
+                     + ([f"a phone control for {', '.join(no_family)}, which soundpoint.families does not know"]
+                        if no_family else []))
+
+
+def register(family: str, module: str) -> None:
+    """Give a family registered in soundpoint.families (a plug-in's, a test's) its control: `module` is the
+    importable name of a module exporting `Control` (a class taking a PhoneAccess, answering as PhoneControl).
+    Refused for an unknown family or one that already has a control."""
+    families.get(family)                      # FamilyError for a family soundpoint.families does not know
+    if family in BACKENDS:
+        raise NoControl(f"firmware family {family} already has a phone control ({BACKENDS[family]})")
+    BACKENDS[family] = module
+
+
+def unregister(family: str) -> None:
+    """Forget the control `register` gave a family (a test undoing its fake family); shipped ones stay."""
+    if family in _SHIPPED:
+        raise NoControl(f"the phone control of {family} ships with fleet and cannot be unregistered")
+    BACKENDS.pop(family, None)
+
+
+if _mismatch():
+    raise ImportError(f"fleet.phones.BACKENDS: {_mismatch()}")
 
 
 # called with a reboot method's name ("check-sync", "web", "rest") just before that method is sent
@@ -128,8 +165,11 @@ class PhoneControl(Protocol):
 
 
 def control(access: PhoneAccess) -> PhoneControl:
-    """The control of the phone's family."""
-    module = importlib.import_module(f".{BACKENDS[access.phone.family.name]}", __name__)
+    """The control of the phone's family (its module found by name in BACKENDS, imported on first use)."""
+    name = access.phone.family.name
+    if name not in BACKENDS:
+        raise NoControl(f"firmware family {name}: {_mismatch() or 'no phone control'}")
+    module = importlib.import_module(BACKENDS[name], __name__)
     return module.Control(access)
 
 

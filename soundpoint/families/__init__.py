@@ -1,20 +1,41 @@
 """Firmware families of Polycom phones as data: parameter catalogue, limits, interfaces, reboot methods, models.
 
 One module per family (sip2, sip3, ucs4, ucs5) holds what that firmware accepts
-and offers; this package only defines the shapes and the lookup by name. Both the
-controller (fleet) and the virtual lab (hil) read them, so a correction to a
-family is made once. Facts come from shared/reference/polycom.md; each module
-names its sources and marks the uncertain ones.
+and offers, as a `FAMILY` profile (soundpoint.families.profile: the shapes). This
+package is the lookup by name: MODULES names the family modules, loaded at
+import; `register` adds a family at run time (a plug-in, a test's fake family)
+without editing any module here. Both the controller (fleet) and the virtual lab
+(hil) read them, so a correction to a family is made once. Facts come from
+shared/reference/polycom.md; each module names its sources and marks the
+uncertain ones.
+
+Adding a family: a module here exporting FAMILY and its line in MODULES, plus
+its phone control (fleet.phones.BACKENDS); or, outside this tree, `register`
+here and `fleet.phones.register` there.
 """
 from __future__ import annotations
 
 import difflib
-import re
-from dataclasses import dataclass, field
-from functools import cached_property
+import importlib
 
-# The names used everywhere (inventory, lab files, playbooks), oldest first.
-NAMES = ("sip-2.x", "sip-3.x", "uc-4.0", "uc-5.x")
+from soundpoint.families.profile import (CHECK_SYNC, FAMILIES, LOG_UPLOAD, REBOOT_METHODS, REST, STATE_POLLING,
+                                         SYSLOG_BOOTROM, SYSLOG_CONFIG, TEL_NOTIFICATION, WEB_REBOOT, WEB_UI, Family,
+                                         FamilyError, Param, ParameterError)
+
+__all__ = [
+    "CHECK_SYNC", "FAMILIES", "LOG_UPLOAD", "MODULES", "NAMES", "REBOOT_METHODS", "REST", "STATE_POLLING",
+    "SYSLOG_BOOTROM", "SYSLOG_CONFIG", "TEL_NOTIFICATION", "WEB_REBOOT", "WEB_UI", "Family", "FamilyError", "Param",
+    "ParameterError", "check_model", "families_for", "get", "lookup_any", "register", "unregister",
+]
+
+# The families this tool ships, by the name used everywhere (inventory, lab files, playbooks), oldest first ->
+# the module of this package that holds its profile (`FAMILY`).
+MODULES = {"sip-2.x": "sip2", "sip-3.x": "sip3", "uc-4.0": "ucs4", "uc-5.x": "ucs5"}
+
+# The names of every registered family, oldest first (the shipped ones, then those registered at run time);
+# kept equal to tuple(FAMILIES) by register/unregister.
+NAMES: tuple[str, ...] = ()
+
 # Names of earlier versions of this tool, or guesses, mapped to a hint for the person who wrote them.
 _OLD_NAMES = {
     "sip-1.x": "SIP 1.x is not supported; the oldest family is sip-2.x",
@@ -22,143 +43,35 @@ _OLD_NAMES = {
     "uc-4": "use uc-4.0", "uc-5": "use uc-5.x", "sip-2": "use sip-2.x", "sip-3": "use sip-3.x",
 }
 
-# Interfaces a family may offer (Family.interfaces).
-CHECK_SYNC = "check-sync"             # SIP NOTIFY Event: check-sync
-WEB_UI = "web-ui"                     # the web configuration utility
-WEB_REBOOT = "web-reboot"             # POST /form-submit/Reboot on the web UI
-TEL_NOTIFICATION = "telephone-notification"   # phone POSTs LineRegistrationEvent ... to apps.telNotification.URL
-STATE_POLLING = "state-polling"       # GET /polling/*Handler (or pushed to apps.statePolling.URL)
-SYSLOG_CONFIG = "syslog-config"       # syslog server set by configuration files (device.syslog.*)
-SYSLOG_BOOTROM = "syslog-bootrom"     # syslog server set only in the bootROM (not by fleet)
-LOG_UPLOAD = "log-upload"             # <MAC>-app.log uploaded to the boot server
-REST = "rest"                         # UC Software 5.x REST API
 
-REBOOT_METHODS = ("check-sync", "web", "rest")
+def register(family: Family) -> Family:
+    """Make `family` known by its name from now on (inventory, lab files, playbooks, parameter checks).
 
-
-class ParameterError(ValueError):
-    """An unknown parameter or a value out of range; the message names the parameter."""
-
-
-class FamilyError(ValueError):
-    """An unknown family name, or a model that cannot run a family; the message says why."""
-
-
-@dataclass(frozen=True)
-class Param:
-    """One catalogue entry. `name` uses {x} for the registration, {y} for the server, {n} for other indices."""
-    name: str
-    kind: str                       # int, bool01, str, enum, host
-    default: str | None = None
-    lo: int | None = None
-    hi: int | None = None
-    choices: tuple[str, ...] = ()
-    also: tuple[int, ...] = ()      # single values allowed outside lo..hi (failBack.timeout 0 = never)
-    secret: bool = False            # a password: only `secret:`/`env:` references (fleet.phoneconf.secrets)
-    source: str = ""                # guide and version the entry comes from
-
-    @cached_property
-    def regex(self) -> re.Pattern:
-        text = re.escape(self.name)
-        for key in ("x", "y", "n"):
-            text = text.replace(re.escape("{" + key + "}"), f"(?P<{key}>[0-9]+)")
-        return re.compile("^" + text + "$")
+    For a family outside this package (a plug-in, a test's fake family); a name already registered is refused, so a
+    plug-in cannot silently replace a shipped family. Returns the family, so a module can write
+    `FAMILY = register(Family(...))`."""
+    global NAMES
+    if not isinstance(family, Family):
+        raise TypeError(f"register takes a soundpoint.families.Family, not {type(family).__name__}")
+    if family.name in FAMILIES:
+        raise FamilyError(f"firmware family {family.name!r} is already registered")
+    if not family.name or family.name != family.name.strip().lower():
+        raise FamilyError(f"firmware family name {family.name!r:.40}: lower case, no surrounding spaces")
+    if not family.reboot_methods or not set(family.reboot_methods) <= set(REBOOT_METHODS):
+        raise FamilyError(f"firmware family {family.name}: reboot methods {family.reboot_methods} not among "
+                          f"{', '.join(REBOOT_METHODS)}")
+    FAMILIES[family.name] = family
+    NAMES = tuple(FAMILIES)
+    return family
 
 
-@dataclass(frozen=True)
-class Family:
-    """What one firmware family accepts and offers."""
-    name: str
-    title: str
-    catalogue: tuple[Param, ...]
-    expires_min: int                       # smallest reg.x.server.y.expires the phone accepts
-    interfaces: frozenset[str]
-    reboot_methods: tuple[str, ...]        # what fleet may use, default first
-    models: frozenset[str]
-    failover_controls: bool                # failOver.failBack.*, reRegisterOn, registerRetry.* exist
-    max_registrations: int = 34            # reg.x: x in 1..this
-    # reg.x.server.y / voIpProt.server.y: y in 1..this. "Multiple servers can be listed starting with x=1 to 4 for
-    # fault tolerance" (UC Software 4.1.6 guide, VoIP Server Parameters, voIpProt.server.x.address); the SIP 1.4-3.1
-    # guides print "x=1, 2, ..." with no bound, so 4 everywhere
-    max_servers: int = 4
-    max_index: int = 20                    # other indexed names ({n}: requestValidation.n)
-    notes: tuple[str, ...] = ()            # what fleet cannot do on this family, for people
-    # parameters a check-sync with alwaysReboot=0 applies without a restart (a regex on the name; "" none): the
-    # UC Software guides' "Change Causes Restart: No" for reg.x.* (*unconfirmed* here: not read in a guide by us,
-    # taken from issue 16; conformance entry checksync-uc-live-apply). SIP 2.x/3.x: the guides say nothing.
-    live_params: str = ""
-    _index: dict = field(default_factory=dict, compare=False, repr=False)
-
-    @property
-    def default_reboot(self) -> str:
-        return self.reboot_methods[0]
-
-    @property
-    def rest(self) -> bool:
-        return REST in self.interfaces
-
-    @property
-    def call_state_source(self) -> str | None:
-        """Where a call check asks: "rest", "state-polling", or None (the family cannot tell)."""
-        return "rest" if self.rest else STATE_POLLING if STATE_POLLING in self.interfaces else None
-
-    def lookup(self, name: str) -> Param | None:
-        """The catalogue entry for a parameter name, or None (indices are not range-checked here)."""
-        if name in self._index:
-            return self._index[name]
-        found = next((p for p in self.catalogue if p.regex.match(name)), None)
-        if len(self._index) < 20000:
-            self._index[name] = found
-        return found
-
-    def index_problem(self, name: str) -> str | None:
-        """Why the indices in `name` are out of range for this family, or None."""
-        p = self.lookup(name)
-        if p is None:
-            return None
-        m = p.regex.match(name)
-        for key, top, what in (("x", self.max_registrations, "registrations"), ("y", self.max_servers, "servers"),
-                               ("n", self.max_index, "entries")):
-            if key in m.groupdict() and not 1 <= int(m.group(key)) <= top:
-                return f"{name}: {what} are numbered 1 to {top} on {self.name}"
-        return None
-
-    def check(self, name: str, value: object) -> str:
-        """The value as the phone will read it, or ParameterError naming the parameter and the range."""
-        p = self.lookup(name)
-        if p is None:
-            if any(f.lookup(name) for f in FAMILIES.values()):
-                raise ParameterError(f"{name}: not supported by firmware family {self.name}")
-            raise ParameterError(f"{name}: not a parameter this tool manages (check the spelling)")
-        problem = self.index_problem(name)
-        if problem:
-            raise ParameterError(problem)
-        text = str(value).strip()
-        if p.secret:
-            return text
-        if p.kind == "int":
-            if text == "" and p.default is None:
-                return text
-            if not re.fullmatch(r"-?[0-9]+", text):
-                raise ParameterError(f"{name}={text!r}: expected an integer")
-            lo = max(self.expires_min, p.lo or 0) if name.endswith(".expires") else p.lo
-            n = int(text)
-            if n not in p.also and ((lo is not None and n < lo) or (p.hi is not None and n > p.hi)):
-                extra = "".join(f"{a} or " for a in p.also)
-                raise ParameterError(f"{name}={text}: out of range {extra}{lo}..{p.hi} for firmware family {self.name}")
-        elif p.kind == "bool01":
-            if text not in ("0", "1"):
-                raise ParameterError(f"{name}={text!r}: expected 0 or 1")
-        elif p.kind == "enum":
-            if text not in p.choices:
-                raise ParameterError(f"{name}={text!r}: expected one of {', '.join(p.choices)}")
-        elif p.kind == "host":
-            if not re.fullmatch(r"[A-Za-z0-9.:\-\[\]]*", text):
-                raise ParameterError(f"{name}={text!r}: expected an IP address or host name")
-        return text
-
-    def runs_on(self, model: str) -> bool:
-        return model in self.models
+def unregister(name: str) -> None:
+    """Forget a family added by `register` (a test undoing its fake family); the shipped families stay."""
+    global NAMES
+    if name in MODULES:
+        raise FamilyError(f"{name} ships with this tool (soundpoint.families.MODULES) and cannot be unregistered")
+    FAMILIES.pop(name, None)
+    NAMES = tuple(FAMILIES)
 
 
 def get(name: object) -> Family:
@@ -195,12 +108,13 @@ def lookup_any(name: str) -> Param | None:
     return None
 
 
-def _load() -> dict[str, Family]:
-    from . import sip2, sip3, ucs4, ucs5
+def _load_shipped() -> None:
+    """Register the profile of every module in MODULES, in its order (found by name, as labgrid finds its drivers)."""
+    for name, module_name in MODULES.items():
+        family = importlib.import_module(f"{__name__}.{module_name}").FAMILY
+        if family.name != name:
+            raise ImportError(f"{__name__}.{module_name} holds family {family.name!r}, MODULES says {name!r}")
+        register(family)
 
-    out = {m.FAMILY.name: m.FAMILY for m in (sip2, sip3, ucs4, ucs5)}
-    assert tuple(out) == NAMES, f"family modules and NAMES disagree: {tuple(out)}"
-    return out
 
-
-FAMILIES: dict[str, Family] = _load()
+_load_shipped()

@@ -6,7 +6,8 @@ No web-application interfaces (telephone notification and state polling arrived 
 syslog only from the bootROM, no failover controls beyond the server list. The web UI's reboot form
 path is documented for UC Software 4.x only, so check-sync is the one reboot fleet uses.
 """
-from . import CHECK_SYNC, LOG_UPLOAD, SYSLOG_BOOTROM, WEB_UI, Family, _params
+from soundpoint.families import params
+from soundpoint.families.profile import CHECK_SYNC, LOG_UPLOAD, SYSLOG_BOOTROM, WEB_UI, Family
 
 # Models that can run SIP 2.x (ceilings from release notes: IP 300/500 stop at SIP 2.1; floors *uncertain*).
 MODELS = frozenset(
@@ -15,8 +16,8 @@ MODELS = frozenset(
 
 FAMILY = Family(
     name="sip-2.x", title="SoundPoint IP SIP 2.x",
-    catalogue=tuple(_params.server() + _params.registration() + _params.outbound_proxy_global()
-                    + _params.check_sync() + _params.request_validation("SIP 2.2 admin guide, appendix A-14")),
+    catalogue=tuple(params.server() + params.registration() + params.outbound_proxy_global()
+                    + params.check_sync() + params.request_validation("SIP 2.2 admin guide, appendix A-14")),
     expires_min=300,            # printed minimum in the SIP 1.x-3.x guides
     interfaces=frozenset({CHECK_SYNC, WEB_UI, SYSLOG_BOOTROM, LOG_UPLOAD}),
     reboot_methods=("check-sync",),

@@ -5,8 +5,9 @@ Sources: SoundPoint IP SIP 3.0/3.1 Administrator's Guides; Web Application for P
 syslog in the bootROM on SIP 3.x). No failover controls: failed registrations are retried
 "typically at intervals of 30 to 60 seconds" (seed).
 """
-from . import (CHECK_SYNC, LOG_UPLOAD, STATE_POLLING, SYSLOG_BOOTROM, TEL_NOTIFICATION, WEB_UI, Family,
-               _params)
+from soundpoint.families import params
+from soundpoint.families.profile import (CHECK_SYNC, LOG_UPLOAD, STATE_POLLING, SYSLOG_BOOTROM, TEL_NOTIFICATION,
+                                         WEB_UI, Family)
 
 # IP 300/500 stop at SIP 2.1; everything else of the SoundPoint line reaches SIP 3.x (floors *uncertain*).
 MODELS = frozenset(
@@ -15,9 +16,9 @@ MODELS = frozenset(
 
 FAMILY = Family(
     name="sip-3.x", title="SoundPoint IP SIP 3.x",
-    catalogue=tuple(_params.server() + _params.registration() + _params.outbound_proxy_global()
-                    + _params.outbound_proxy_per_line() + _params.check_sync() + _params.request_validation()
-                    + _params.web_apps()),
+    catalogue=tuple(params.server() + params.registration() + params.outbound_proxy_global()
+                    + params.outbound_proxy_per_line() + params.check_sync() + params.request_validation()
+                    + params.web_apps()),
     expires_min=300,
     interfaces=frozenset({CHECK_SYNC, WEB_UI, TEL_NOTIFICATION, STATE_POLLING, SYSLOG_BOOTROM, LOG_UPLOAD}),
     reboot_methods=("check-sync",),

@@ -5,8 +5,9 @@ names, <MAC>-web.cfg); polycom.md "More facts": web UI reboot `/form-submit/Rebo
 (Basic auth, realm "SPIP Configuration"), failover controls only from UC Software 4.1.6 on, which
 no SoundPoint IP reaches, so this family has none of them. No REST API on any SoundPoint IP.
 """
-from . import (CHECK_SYNC, LOG_UPLOAD, STATE_POLLING, SYSLOG_CONFIG, TEL_NOTIFICATION, WEB_REBOOT, WEB_UI, Family,
-               _params)
+from soundpoint.families import params
+from soundpoint.families.profile import (CHECK_SYNC, LOG_UPLOAD, STATE_POLLING, SYSLOG_CONFIG, TEL_NOTIFICATION,
+                                         WEB_REBOOT, WEB_UI, Family)
 
 MODELS = frozenset([f"SoundPoint IP {n}" for n in (321, 331, 335, 450, 550, 560, 650, 670)]
                    # SoundStation IP 5000/6000/7000 on UC Software 4.0: *uncertain*
@@ -14,9 +15,9 @@ MODELS = frozenset([f"SoundPoint IP {n}" for n in (321, 331, 335, 450, 550, 560,
 
 FAMILY = Family(
     name="uc-4.0", title="UC Software 4.0 (SoundPoint IP)",
-    catalogue=tuple(_params.server("UC 4.0 guide") + _params.registration() + _params.outbound_proxy_global()
-                    + _params.outbound_proxy_per_line() + _params.use_outbound_proxy() + _params.check_sync()
-                    + _params.request_validation() + _params.web_apps() + _params.device()),
+    catalogue=tuple(params.server("UC 4.0 guide") + params.registration() + params.outbound_proxy_global()
+                    + params.outbound_proxy_per_line() + params.use_outbound_proxy() + params.check_sync()
+                    + params.request_validation() + params.web_apps() + params.device()),
     # printed: reg.x.server.y.expires "positive integer, minimum 10" (Polycom UC Software Administrator's Guide,
     # Registration Server Parameters table, reg.x.server.y.expires row; the SIP 2.x-3.x guides print 300)
     expires_min=10,

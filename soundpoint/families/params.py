@@ -1,4 +1,4 @@
-"""Catalogue entries shared by several families; each family module picks the groups it has.
+"""Catalogue entries shared by several families; each family module (and a plug-in family) picks the groups it has.
 
 Sources are named per group: "SIP 2.x-3.1 admin guides" are the SoundPoint IP
 Administrator's Guides (SIP 1.4 to 3.1), "UC 4.x guide" the UC Software 4.0/4.1
@@ -7,7 +7,7 @@ reference marks uncertain say so.
 """
 from __future__ import annotations
 
-from . import Param
+from soundpoint.families.profile import Param
 
 _TRANSPORTS = ("DNSnaptr", "TCPpreferred", "UDPOnly", "TLS", "TCPOnly")
 _MAX = 2**31 - 1
