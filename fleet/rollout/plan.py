@@ -17,6 +17,8 @@ import re
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 
+from soundpoint import catalogue
+
 from fleet.phoneconf import lint as failover_lint
 from fleet.phoneconf import polycom
 from fleet.phoneconf import predict
@@ -130,7 +132,7 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
             if name not in pb.params and phone.family.lookup(name) is None:
                 continue    # an inherited site/fleet parameter this phone's firmware does not have: it ignores it
             try:
-                polycom.check(name, value, phone.family.name)
+                catalogue.check(name, value, phone.family.name)
             except polycom.ParameterError as exc:
                 raise PlanError(f"phone {phone.mac} (site {site.name}): {exc}") from None
             why = secret_params.problem(name, value)   # again after interpolation: "{site.gateway}" may hold a reference

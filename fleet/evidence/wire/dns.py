@@ -29,6 +29,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from soundpoint.values import hostport
+
 from fleet.state.observe import UNREGISTERED, Observation
 
 DNS_PORT = 53
@@ -99,8 +101,6 @@ def site_dns_ports(dns: str | None) -> tuple[int, ...]:
     (`dns: host:port` in the inventory, already validated there)."""
     ports = {DNS_PORT}
     if dns:
-        from fleet.config.validate import hostport
-
         try:
             ports.add(hostport(dns, "dns")[1])
         except ValueError:
