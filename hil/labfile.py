@@ -403,7 +403,7 @@ class LabFile(Strict):
     def _check_phone_params(self, k: int) -> None:
         """Each phone's own parameters, valid for the family it runs. With test_speed an integer below or above the
         real range is kept (a failBack.timeout of seconds, not minutes); the exported inventory carries the nearest
-        value a real phone accepts (hil.lab.fit_to_families)."""
+        value a real phone accepts (hil.inventory_export.fit_to_families)."""
         site = self.sites[k]
         for i, params in site.phones.params_of.items():
             fam = families.get(self.phone_family(k, i))

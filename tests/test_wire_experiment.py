@@ -248,7 +248,7 @@ def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
     """Unit: the sources the lab's inventory names per site, by default and as a lab file picks them."""
     from soundpoint.yamlfile import FileError
     from hil import labfile
-    from hil.lab import evidence_inventory
+    from hil.inventory_export import evidence_inventory
 
     def load(syslog: bool = True, **site) -> labfile.LabFile:
         spec = lab_spec("ev", HEP_NET, phones=1)
