@@ -21,7 +21,7 @@ import aiohttp
 
 from aiohttp import web
 
-from .. import inventory_export
+from .. import inventory_export, kamailio
 from ..lab import Lab, phone_mac
 from ..labfile import LabFile, SiteSpec
 from ..phone_types import PhoneSpec
@@ -241,10 +241,10 @@ class NetnsLab(Lab):
             truth.update(doc["ground_truth"]["phones"])
             ready = ready and doc["ready"]
             site_docs.append({"name": rt.spec.name, "router": await asyncio.to_thread(self.router_state, rt),
-                              "gateway": {"bindings": await asyncio.to_thread(daemons.ul_dump, rt.gateway_sock)}})
+                              "gateway": {"bindings": await asyncio.to_thread(kamailio.ul_dump, rt.gateway_sock, True)}})
         return {"lab": self.spec.name, "backend": "netns", "started_at": self.started_at, "now": time.time(),
                 "ready": ready, "ground_truth": {"phones": truth}, "phones": phones,
-                "provider": {"bindings": await asyncio.to_thread(daemons.ul_dump, self.provider_sock)},
+                "provider": {"bindings": await asyncio.to_thread(kamailio.ul_dump, self.provider_sock, True)},
                 "sites": site_docs}
 
     async def _start_control(self) -> None:
