@@ -27,10 +27,11 @@ HIL = Path(sys.executable).parent / "hil"
 
 
 def accepted(state: Path) -> int:
+    from hil import kamailio     # after main() put the checkout on sys.path
+
     total = 0
     for sock in glob.glob(str(state / "kamailio-*" / "ctl.sock")):
-        out = subprocess.run(["kamcmd", "-s", f"unix:{sock}", "stats.get_statistics", "all"],
-                             capture_output=True, text=True, timeout=10).stdout
+        out = kamailio.kamcmd(Path(sock), "stats.get_statistics", "all").stdout
         total += sum(int(line.rsplit("=", 1)[1]) for line in out.splitlines() if line.startswith("registrar:accepted_regs"))
     return total
 

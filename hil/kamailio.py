@@ -21,9 +21,15 @@ Kamailio is proved about one configuration:
   upstream) and both of its replies (in from the upstream, out to the phone);
 * the `ctl` module's binrpc socket, for `kamcmd ul.dump`.
 
-Kamailio forks into the background with a pid file; `stop` ends it by that pid.
-Started `attached`, it stays a child of the caller instead and gets SIGTERM
-when the caller dies (so a killed lab leaves no Kamailio holding its address).
+`Kamailio` is the one way to run it: it writes and checks the configuration,
+starts the process (inside a namespace with `wrap`), waits until its control
+socket is there, and stops it with its whole process group. The userspace lab
+runs it through `KamailioGateway`, the namespace lab through
+hil.netns.daemons.start_kamailio (its namespace and error type), the tests as
+`with Kamailio(config, workdir) as server:`. Kamailio forks into the background
+with a pid file; `stop` ends it by that pid. Started `attached`, it stays a
+child of the caller instead and gets SIGTERM when the caller dies (so a killed
+lab leaves no Kamailio holding its address).
 """
 from __future__ import annotations
 
@@ -354,6 +360,14 @@ class Kamailio:
         _kill_group(pid)
         self.pid = None
         self._remove_short_sock()
+
+    def __enter__(self) -> "Kamailio":
+        """Started (detached, readiness waited for) for a `with` block, and stopped at its end whatever happens."""
+        self.start()
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.stop()
 
     def _remove_short_sock(self) -> None:
         if self.sock != self.workdir / "ctl.sock":

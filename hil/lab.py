@@ -19,11 +19,11 @@ from xml.sax.saxutils import quoteattr
 
 import aiohttp
 import asyncssh
-import yaml
 from aiohttp import web
 
 from soundpoint import bootfiles, families
 
+from . import inventory_export
 from .bootserver import FtpBootServer, HttpBootServerProcess
 from .dns_server import DnsServer
 from .groundtruth import GroundTruth
@@ -42,37 +42,6 @@ HEP_TAP_PORT = 9060     # on the router's LAN address: the Kamailio gateway's si
 BOOT_HTTP_PORT = 8080
 BOOT_FTP_PORT = 2121
 PHONE_HTTP_PORT = 8080
-LAN_INTERFACE = "lan0"  # the router's LAN side, as its captures and `ip link` name it (both labs)
-
-
-def evidence_sources(lab: LabFile, site: SiteSpec) -> list[str]:
-    """The per-server sources a real site of this shape has, unless the lab file picks them (`collector.evidence`):
-    without the phones' registration line (a SIP 3.x site) the router's SIP capture is what is left; a Kamailio
-    gateway adds its siptrace HEP (with a HEP address) and its registrar's bindings."""
-    if site.collector.evidence is not None:
-        return list(site.collector.evidence)
-    return ((["router"] if not lab.syslog_registration_line else []) + (["hep"] if site.collector.hep else [])
-            + (["gateway"] if site.gateway == "kamailio" else []))
-
-
-def hep_key_secret(site: SiteSpec) -> str:
-    """The secret naming a site's HEP auth key in the lab's secrets file (`collector.hep_auth_key`)."""
-    return f"hep_{site.name}"
-
-
-def evidence_inventory(lab: LabFile, site: SiteSpec, gateway: str, lan_interface: str = LAN_INTERFACE) -> dict:
-    """Those sources as a site's inventory keys (fleet.config.inventory): `capture: [router lan0, hep ADDRESS]` (the
-    router's LAN side sees every phone's SIP to both servers) and `gateway: {address, platform: kamailio}`
-    (kamcmd over the router's SSH). With `collector.hep_auth_key` the HEP capture names the gateway's key."""
-    sources = evidence_sources(lab, site)
-    capture: list = [f"router {lan_interface}"] if "router" in sources else []
-    if "hep" in sources and site.collector.hep:
-        capture.append({"kind": "hep", "listen": site.collector.hep, "auth_keys": {gateway: hep_key_secret(site)}}
-                       if site.collector.hep_auth_key else f"hep {site.collector.hep}")
-    out: dict = {"capture": capture} if capture else {}
-    if "gateway" in sources and site.gateway == "kamailio":
-        out["gateway"] = {"address": gateway, "platform": "kamailio"}
-    return out
 
 
 def phone_ip(net: int, k: int, i: int) -> str:
@@ -96,54 +65,6 @@ class SiteRuntime:
     phones: list[VirtualPhone] = field(default_factory=list)
     boot_user: str = "PlcmSpIp"
     boot_password: str = ""
-
-
-def fit_to_families(inv: dict) -> dict:
-    """Make the exported inventory describe phones that can exist (soundpoint.families).
-
-    Each phone keeps the family the lab file gave it (hil.labfile); one whose model cannot run it gets the newest
-    family it runs as its own `firmware_family` (a SoundPoint IP 650 in a uc-5.x lab is a uc-4.0 phone). A numeric
-    site parameter outside the range of a family that knows it (a lab retry interval below the real 10 s minimum) is
-    exported at the nearest value a real phone accepts; one that still fails is left out. The lab's own
-    files keep the lab's value, so a lab with timers inside the real ranges exports them unchanged.
-    """
-    lab_family = families.get(inv["firmware_family"])
-    for site in inv["sites"]:
-        used = set()
-        for phone in site["phones"]:
-            # the family the lab file gave the phone (hil.labfile), else the lab's
-            fam = families.get(phone["firmware_family"]) if phone.get("firmware_family") else lab_family
-            if not fam.runs_on(phone["model"]):
-                fam = (families.families_for(phone["model"]) or [lab_family])[-1]
-                phone["firmware_family"] = fam.name
-            used.add(fam)
-
-        site["params"] = {k: fv for k, v in site["params"].items() if (fv := _fitted_for(list(used), k, v)) is not None}
-        for phone in site["phones"]:
-            # a phone's own parameters (labfile phones.params_of), fitted to the family that phone runs
-            if phone.get("params"):
-                own = families.get(phone["firmware_family"]) if phone.get("firmware_family") else lab_family
-                phone["params"] = {k: fv for k, v in phone["params"].items()
-                                   if (fv := _fitted_for([own], k, v)) is not None}
-    return inv
-
-
-def _fitted_for(knowing: list[families.Family], name: str, value: str) -> str | None:
-    """`value` moved into the range of every family in `knowing` (the nearest value each accepts), or None when
-    one of them still refuses it (or none of them knows the parameter)."""
-    knowing = [f for f in knowing if f.lookup(name) is not None]
-    if not knowing:
-        return None
-    for fam in knowing:
-        p = fam.lookup(name)
-        if p.kind == "int" and str(value).lstrip("-").isdigit() and int(value) not in p.also:
-            lo = max(fam.expires_min, p.lo or 0) if name.endswith(".expires") else p.lo
-            n = max(int(value), lo) if lo is not None else int(value)
-            value = str(min(n, p.hi) if p.hi is not None else n)
-    try:
-        return value if all(f.check(name, value) is not None for f in knowing) else None
-    except families.ParameterError:
-        return None
 
 
 class Lab:
@@ -191,7 +112,7 @@ class Lab:
                                                   connector=aiohttp.TCPConnector(limit=0))
         for k, site in enumerate(self.spec.sites):
             for i in range(site.phones.count):
-                self.sip_users[str(site.phones.first_extension + i + 1000 * k)] = secrets.token_urlsafe(9)
+                self.sip_users[inventory_export.extension(site, k, i)] = secrets.token_urlsafe(9)
         self.provider = Registrar("provider", self.provider_ip, SIP_PORT, self.spec.provider.realm, self.sip_users,
                                   max_expires=self.spec.provider.max_expires)
         await self.provider.start()
@@ -354,7 +275,7 @@ class Lab:
         (rt.boot_dir / "site.cfg").write_text(_config_xml(self.site_params(rt.k, site)))
         for i in range(site.phones.count):
             mac = phone_mac(self.net, rt.k, i)
-            ext = str(site.phones.first_extension + i + 1000 * rt.k)
+            ext = inventory_export.extension(site, rt.k, i)
             own = {k2: str(v) for k2, v in site.phones.params_of.get(i, {}).items()}
             (rt.boot_dir / f"{mac}-reg.cfg").write_text(_config_xml({
                 **own, "reg.1.address": ext, "reg.1.label": ext, "reg.1.auth.userId": ext,
@@ -365,73 +286,33 @@ class Lab:
             (rt.boot_dir / site.boot_master).write_text(_master_xml(f"{bootfiles.MAC_MACRO}-reg.cfg, site.cfg"))
 
     def inventory(self) -> tuple[dict, dict]:
-        """The inventory that `fleet` uses to reach this lab, and the secrets file it points to."""
-        secrets_doc: dict = {"phone_admin": {"username": "Polycom", "password": self.admin_password},
-                             "router": {"username": "admin", "key_file": str(self.state_dir / "router_client_key")},
-                             "router_snmp_v2c": {"password": self.snmp_community},
-                             "router_snmp_v3": {"username": "fleet", "password": self.snmp_auth, "priv_password": self.snmp_priv}}
-        sites = []
-        for rt in self.sites:
-            site = rt.spec
-            secrets_doc[f"boot_{site.name}"] = {"username": rt.boot_user, "password": rt.boot_password}
-            if site.name in self.hep_keys:
-                secrets_doc[hep_key_secret(site)] = {"password": self.hep_keys[site.name]}
-            phones = []
-            for i, phone in enumerate(rt.phones):
-                ext = str(site.phones.first_extension + i + 1000 * rt.k)
-                secrets_doc[f"sip_{ext}"] = {"password": self.sip_users[ext]}
-                phones.append({"mac": phone.mac, "model": phone.spec.model, "firmware_family": phone.spec.family,
-                               **({"firmware_version": phone.spec.firmware_version}
-                                  if phone.spec.firmware_version else {}),
-                               "address": phone.spec.ip,
-                               "http_port": PHONE_HTTP_PORT, "sip_port": SIP_PORT, "credentials": "phone_admin",
-                               "params": {**{k2: str(v) for k2, v in site.phones.params_of.get(i, {}).items()},
-                                          "reg.1.address": ext, "reg.1.auth.userId": ext,
-                                          "reg.1.auth.password": f"secret:sip_{ext}"}})
-            boot = (f"http://{self.lan_ip(rt.k, 3)}:{BOOT_HTTP_PORT}/" if site.boot_protocol == "http"
-                    else f"ftp://{self.lan_ip(rt.k, 3)}:{BOOT_FTP_PORT}/")
-            sites.append({
-                "name": site.name,
-                "gateway": self.lan_ip(rt.k, 1),
-                "dns": f"{self.public_ip(rt.k, 53)}:{DNS_PORT}",
-                "collector": {"syslog": site.collector.syslog, "events": site.collector.events,
-                              "poll_interval": site.collector.poll_interval},
-                # the address the phones are given, master file and all (ftp://host/campus.cfg): the inventory
-                # splits it as the phones do (inventory.BootServer), so the lab tests that reading
-                "boot_server": {"url": boot + (site.boot_master or ""), "credentials": f"boot_{site.name}"},
-                "router": self._router_entry(rt.router.lan_ip, rt.router.wan.name, site.name),
-                "params": self.site_params(rt.k, site),
-                "phones": phones,
-                **self._evidence_inventory(rt),
-            })
-        return self._inventory_doc(sites), secrets_doc
+        """The inventory that `fleet` uses to reach this lab, and the secrets file it points to (hil.inventory_export)."""
+        return inventory_export.export(self.spec, self.state_dir, SIP_PORT, [self._site_export(rt) for rt in self.sites],
+                                       self._lab_secrets())
 
-    def _router_entry(self, address: str, wan_interface: str, site: str, ssh_port: int = SSH_PORT,
-                      dns_port: int = DNS_PORT) -> dict:
-        """The site router as fleet reaches it: SSH with the lab's host key, outage state and WAN locks in the lab's directory
-        (the namespace lab passes its own ports: a real sshd and DNS on the standard ones)."""
-        return {"driver": "linux_ssh", "address": address, "port": ssh_port, "credentials": "router",
-                "wan_interface": wan_interface, "known_hosts": str(self.state_dir / "known_hosts"),
-                "dns_port": dns_port, "state_dir": str((self.state_dir / f"router-{site}-outages").resolve()),
-                # every lab router is this host: the platform's /run/fleet would be one lock for every lab on it
-                "wan_lock_dir": str((self.state_dir / f"router-{site}-wanlocks").resolve())}
+    def _lab_secrets(self, router_username: str = "admin") -> inventory_export.LabSecrets:
+        """This lab's credentials; the namespace lab's router takes `root` (its real sshd)."""
+        return inventory_export.LabSecrets(
+            admin_password=self.admin_password, router_username=router_username,
+            router_key_file=self.state_dir / "router_client_key", snmp_community=self.snmp_community,
+            snmp_auth=self.snmp_auth, snmp_priv=self.snmp_priv, sip_users=self.sip_users, hep_keys=self.hep_keys)
 
-    def _inventory_doc(self, sites: list[dict]) -> dict:
-        inv = {"name": self.spec.name, "firmware_family": self.spec.firmware_family,
-               "secrets_file": str(self.state_dir / "secrets.yml"),
-               "provider": {"name": self.spec.provider.name, "port": SIP_PORT}, "sites": sites}
-        return fit_to_families(inv)
-
-    def _evidence_inventory(self, rt: SiteRuntime) -> dict:
-        return evidence_inventory(self.spec, rt.spec, self.lan_ip(rt.k, 1))
+    def _site_export(self, rt: SiteRuntime) -> inventory_export.SiteExport:
+        """A site as fleet reaches it: the router's LAN address, the public relay to the lab DNS, the collector the
+        lab file names, the boot server over its protocol, the userspace router's SSH on SSH_PORT."""
+        site = rt.spec
+        boot = (f"http://{self.lan_ip(rt.k, 3)}:{BOOT_HTTP_PORT}/" if site.boot_protocol == "http"
+                else f"ftp://{self.lan_ip(rt.k, 3)}:{BOOT_FTP_PORT}/")
+        return inventory_export.SiteExport(
+            spec=site, k=rt.k, phones=[phone.spec for phone in rt.phones], gateway=self.lan_ip(rt.k, 1),
+            dns=f"{self.public_ip(rt.k, 53)}:{DNS_PORT}", syslog=site.collector.syslog, events=site.collector.events,
+            boot_url=boot, boot_user=rt.boot_user, boot_password=rt.boot_password,
+            router=inventory_export.router_entry(self.state_dir, rt.router.lan_ip, rt.router.wan.name, site.name,
+                                                 SSH_PORT, DNS_PORT),
+            params=self.site_params(rt.k, site))
 
     def write_inventory(self, path: Path) -> None:
-        inv, secrets_doc = self.inventory()
-        secrets_path = self.state_dir / "secrets.yml"
-        secrets_path.write_text(yaml.safe_dump(secrets_doc, sort_keys=True))
-        os.chmod(secrets_path, 0o600)
-        path.write_text("# written by `hil up`; reaches the virtual lab exactly as a real site is reached\n"
-                        + yaml.safe_dump(inv, sort_keys=False))
+        inventory_export.write(path, self.state_dir, *self.inventory())
 
     # ------------------------------------------------------------ control and status
     def status(self, since: float = 0.0) -> dict:

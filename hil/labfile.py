@@ -6,10 +6,10 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from fleet.config import validate
-from soundpoint import bootfiles, families
+from soundpoint import bootfiles, catalogue, families, values
+from soundpoint.strict import Strict
 from soundpoint.yamlfile import FieldError, load_model
 
 from .phone_types import FAULTS, MODELS
@@ -29,11 +29,6 @@ def _family_name(v: str | None) -> str | None:
         raise ValueError(str(exc)) from None
 
 
-class Strict(BaseModel):
-    # strict: no "5" for 5, no true for 1, no 3.0 for 3; allow_inf_nan: no `.inf` or `.nan` for a time
-    model_config = ConfigDict(extra="forbid", populate_by_name=True, strict=True, allow_inf_nan=False)
-
-
 def _loopback(value: str, what: str) -> str:
     """The lab lives on 127.0.0.0/8: an address elsewhere would send its traffic off this machine."""
     try:
@@ -46,6 +41,8 @@ def _loopback(value: str, what: str) -> str:
 
 
 class ServerSpec(Strict):
+    model_config = ConfigDict(populate_by_name=True)   # `register` in the file, `register_` in Python
+
     address: str = Field(description="'provider' (the provider's DNS name), 'gateway' (the site router), or a literal address")
     port: int = Field(5060, ge=0, le=65535, description="0: no port, so a named server with transport DNSnaptr "
                       "(the default) is located by NAPTR, SRV and A records (RFC 3263; see provider.naptr_srv)")
@@ -106,7 +103,7 @@ class PhonesSpec(Strict):
         if isinstance(v, dict):
             for i, params in v.items():
                 try:
-                    validate.param_types(params)
+                    catalogue.param_types(params)
                 except FieldError as exc:
                     raise FieldError((i, *exc.loc), str(exc)) from None
         return v
@@ -171,7 +168,7 @@ class CollectorSpec(Strict):
     @field_validator("syslog", "events")
     @classmethod
     def loopback_hostport(cls, v: str, info) -> str:
-        host, _ = validate.hostport(v, f"collector {info.field_name} address")
+        host, _ = values.hostport(v, f"collector {info.field_name} address")
         _loopback(host, f"collector {info.field_name} host")
         return v
 
@@ -185,7 +182,7 @@ class CollectorSpec(Strict):
     @classmethod
     def loopback_hep(cls, v: str | None) -> str | None:
         if v is not None:
-            host, _ = validate.hostport(v, "collector hep address")
+            host, _ = values.hostport(v, "collector hep address")
             _loopback(host, "collector hep host")
         return v
 
@@ -211,7 +208,7 @@ class SiteSpec(Strict):
                                                       "gateway as their outbound proxy for the provider (it relays "
                                                       "there through the router), so every REGISTER passes it")
 
-    _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: validate.param_types(v)))
+    _param_types = field_validator("params", mode="before")(classmethod(lambda cls, v: catalogue.param_types(v)))
 
     _family = field_validator("firmware_family")(classmethod(lambda cls, v: _family_name(v)))
 
@@ -255,8 +252,8 @@ class ProviderSpec(Strict):
     @field_validator("name")
     @classmethod
     def a_host_name(cls, v: str) -> str:
-        validate.host(v, "provider name")
-        if validate.is_ip(v):
+        values.host(v, "provider name")
+        if values.is_ip(v):
             raise ValueError("the provider is a DNS name (the lab serves it), not an address")
         return v
 
@@ -371,13 +368,13 @@ class LabFile(Strict):
         site = self.sites[k]
         fams = [families.get(f) for f in self.site_families(k)]
         for y, srv in enumerate(site.servers):
-            values = [("expires", "expires", srv.expires), ("overlap", "expires.overlap", srv.overlap),
+            timers = [("expires", "expires", srv.expires), ("overlap", "expires.overlap", srv.overlap),
                       ("retry_timeout_ms", "retryTimeOut", srv.retry_timeout_ms),
                       ("retry_max_count", "retryMaxCount", srv.retry_max_count)]
             for fam in fams:
-                for field, param, value in values:
+                for field, param, value in timers:
                     try:
-                        validate.param(f"reg.1.server.{y + 1}.{param}", value, fam.name)
+                        catalogue.param(f"reg.1.server.{y + 1}.{param}", value, fam.name)
                     except ValueError as exc:
                         if self.timing.test_speed and field == "expires":
                             continue
@@ -391,7 +388,7 @@ class LabFile(Strict):
                     if value != int(value):
                         raise FieldError(("timing", field), f"registerRetry.{param} is whole seconds, not {value:g}")
                     try:
-                        validate.param(f"reg.1.server.1.registerRetry.{param}", int(value), fam.name)
+                        catalogue.param(f"reg.1.server.1.registerRetry.{param}", int(value), fam.name)
                     except ValueError as exc:
                         raise FieldError(("timing", field), f"{exc} (sites[{k}] has {fam.name} phones)") from None
             else:
@@ -406,13 +403,13 @@ class LabFile(Strict):
     def _check_phone_params(self, k: int) -> None:
         """Each phone's own parameters, valid for the family it runs. With test_speed an integer below or above the
         real range is kept (a failBack.timeout of seconds, not minutes); the exported inventory carries the nearest
-        value a real phone accepts (hil.lab.fit_to_families)."""
+        value a real phone accepts (hil.inventory_export.fit_to_families)."""
         site = self.sites[k]
         for i, params in site.phones.params_of.items():
             fam = families.get(self.phone_family(k, i))
             for name, value in params.items():
                 try:
-                    validate.param(name, value, fam.name)
+                    catalogue.param(name, value, fam.name)
                 except ValueError as exc:
                     p = fam.lookup(name)
                     if (self.timing.test_speed and p is not None and p.kind == "int"
@@ -437,7 +434,7 @@ class LabFile(Strict):
                 knowing = [f for f in fams if f.lookup(name) is not None] or fams
                 for fam in knowing:
                     try:
-                        validate.param(name, value, fam.name)
+                        catalogue.param(name, value, fam.name)
                     except ValueError as exc:
                         raise FieldError(("sites", k, "params", name), str(exc)) from None
             self._check_phone_params(k)

@@ -181,7 +181,7 @@ def test_call_check_fails_closed(family):
 
 
 def test_lab_inventory_export_gives_each_model_a_family_it_runs():
-    from hil.lab import fit_to_families
+    from hil.inventory_export import fit_to_families
 
     inv = {"firmware_family": "uc-5.x", "sites": [{"params": {S + "registerRetry.baseTimeOut": "3",
                                                               S + "expires": "12", "device.syslog.serverName": "x"},

@@ -41,16 +41,15 @@ def kamailio(tmp_path_factory):
     if reason:
         pytest.skip(reason)
     work = tmp_path_factory.mktemp("gw") / "kamailio"
-    server = kam.Kamailio(kam.KamailioConfig("127.0.0.1", free_port(), REALM, {u: PASSWORD for u in
-                                             ("1001", "1002", "1003")}, role="gateway under test", jsonrpc=True), work)
-    sock = server.start()
-    tools = work.parent / "bin"
-    tools.mkdir()
-    (tools / "kamcmd").write_text(f'#!/bin/sh\nexec {shutil.which("kamcmd")} -s "unix:{sock}" "$@"\n')
-    (tools / "kamcmd").chmod(0o755)
-    server.tools = tools
-    yield server
-    server.stop()
+    with kam.Kamailio(kam.KamailioConfig("127.0.0.1", free_port(), REALM, {u: PASSWORD for u in
+                                         ("1001", "1002", "1003")}, role="gateway under test", jsonrpc=True),
+                      work) as server:
+        tools = work.parent / "bin"
+        tools.mkdir()
+        (tools / "kamcmd").write_text(f'#!/bin/sh\nexec {shutil.which("kamcmd")} -s "unix:{server.sock}" "$@"\n')
+        (tools / "kamcmd").chmod(0o755)
+        server.tools = tools
+        yield server
 
 
 def register(server: kam.Kamailio, user: str, user_agent: str, expires: int = 300) -> tuple[str, int]:

@@ -48,12 +48,10 @@ def kamailio(tmp_path):
     reason = kam.unavailable()
     if reason:
         pytest.skip(reason)
-    server = kam.Kamailio(kam.KamailioConfig("127.0.0.1", free_port(), "interop.example",
-                                             {"1001": PASSWORD, "1002": PASSWORD}, role="interop registrar"),
-                          tmp_path / "kamailio")
-    sock = server.start()
-    yield server.config.port, sock
-    server.stop()
+    with kam.Kamailio(kam.KamailioConfig("127.0.0.1", free_port(), "interop.example",
+                                         {"1001": PASSWORD, "1002": PASSWORD}, role="interop registrar"),
+                      tmp_path / "kamailio") as server:
+        yield server.config.port, server.sock
 
 
 def test_virtual_phones_register_subscribe_and_call_through_kamailio(kamailio, tmp_path):
@@ -139,15 +137,8 @@ def test_kamailio_as_outbound_proxy_relays_to_its_upstream_and_traces_both_legs(
             await phone.stop()
             await server.stop()
 
-    upstream.start()
-    try:
-        proxy.start()
-        try:
-            before, dumps, after = asyncio.run(scenario())
-        finally:
-            proxy.stop()
-    finally:
-        upstream.stop()
+    with upstream, proxy:
+        before, dumps, after = asyncio.run(scenario())
     assert before == {1: UP, 2: UP}, before
     assert "1001" in dumps[0] and "1001" in dumps[1], dumps      # each server bound the phone: relayed and local
     # the proxy never answered the relayed REGISTER in time: the phone's own transaction timeout decided
@@ -171,23 +162,17 @@ def test_kamailio_as_outbound_proxy_relays_to_its_upstream_and_traces_both_legs(
 def test_kamailio_in_a_deep_work_directory_gets_a_short_control_socket(tmp_path):
     """Kamailio exits 255, saying nothing, when its binrpc socket path is over about 104 characters, which deep
     test directories (pytest-xdist's popen-gwN/...) reach: the socket then lives in a short private directory."""
-    import subprocess
-
     reason = kam.unavailable()
     if reason:
         pytest.skip(reason)
     deep = tmp_path / ("d" * (140 - len(str(tmp_path)))) / "kamailio-gateway-hq"
-    server = kam.Kamailio(kam.KamailioConfig("127.0.0.1", free_port(), "deep.example", {"1001": PASSWORD},
-                                             role="deep"), deep)
-    sock = server.start()
-    try:
+    with kam.Kamailio(kam.KamailioConfig("127.0.0.1", free_port(), "deep.example", {"1001": PASSWORD},
+                                         role="deep"), deep) as server:
+        sock = server.sock
         assert len(str(deep / "ctl.sock")) > 104 and len(str(sock)) <= kam.CTL_PATH_MAX, sock
-        version = subprocess.run(["kamcmd", "-s", f"unix:{sock}", "core.version"], capture_output=True, text=True,
-                                 timeout=10)
+        version = server.kamcmd("core.version")
         assert version.stdout.startswith("kamailio "), version.stderr
         assert (deep / "ctl.sock").resolve() == sock.resolve()
-    finally:
-        server.stop()
     assert not sock.parent.exists(), "the short directory outlived Kamailio"
 
 

@@ -1,33 +1,34 @@
 import pytest
 
 from fleet.phoneconf import polycom
+from soundpoint import catalogue
 from fleet.phoneconf import predict
 from hil.config_files import merge_first_wins, parse_master, parse_parameters
 
 
 def test_unknown_parameter_is_rejected_by_name():
     with pytest.raises(polycom.ParameterError, match="reg.1.server.1.expirse"):
-        polycom.check("reg.1.server.1.expirse", "60", "uc-5.x")
+        catalogue.check("reg.1.server.1.expirse", "60", "uc-5.x")
 
 
 def test_expires_minimum_depends_on_firmware_family():
     with pytest.raises(polycom.ParameterError, match="out of range 300"):
-        polycom.check("reg.1.server.1.expires", "60", "sip-3.x")
-    assert polycom.check("reg.1.server.1.expires", "60", "uc-5.x") == "60"
+        catalogue.check("reg.1.server.1.expires", "60", "sip-3.x")
+    assert catalogue.check("reg.1.server.1.expires", "60", "uc-5.x") == "60"
 
 
 def test_failback_mode_only_on_later_firmware_and_only_known_values():
     with pytest.raises(polycom.ParameterError, match="not supported by firmware family sip-2.x"):
-        polycom.check("reg.1.server.1.failOver.failBack.mode", "duration", "sip-2.x")
+        catalogue.check("reg.1.server.1.failOver.failBack.mode", "duration", "sip-2.x")
     with pytest.raises(polycom.ParameterError, match="expected one of"):
-        polycom.check("reg.1.server.1.failOver.failBack.mode", "sometimes", "uc-5.x")
+        catalogue.check("reg.1.server.1.failOver.failBack.mode", "sometimes", "uc-5.x")
 
 
 @pytest.mark.parametrize("name,value", [("reg.1.server.2.register", "2"), ("voIpProt.server.1.port", "70000"),
                                         ("reg.1.server.1.address", "bad host!"), ("reg.1.server.1.expires.overlap", "4")])
 def test_out_of_range_values(name, value):
     with pytest.raises(polycom.ParameterError, match=name.replace(".", r"\.")):
-        polycom.check(name, value, "uc-5.x")
+        catalogue.check(name, value, "uc-5.x")
 
 
 def test_rendered_files_read_back_as_the_phone_reads_them():

@@ -25,6 +25,7 @@ import yaml
 from conftest import BIN, free_port, lab_spec, run_fleet, start_lab, wait_until
 from fleet.config import inventory
 from fleet.phoneconf import polycom
+from soundpoint import catalogue
 from fleet.phoneconf import secrets as secret_params
 from fleet.config.inventory import Credentials, Phone
 from soundpoint.redact import redact, redact_url
@@ -89,13 +90,13 @@ def _examples() -> list[str]:
     out = []
     for rx, _ in polycom.CATALOGUE:
         name = re.sub(r"\(\?P<[a-z]>[^)]*\)", "1", rx.pattern.strip("^$")).replace("\\", "")
-        assert polycom.lookup(name) is not None, name
+        assert catalogue.lookup(name) is not None, name
         out.append(name)
     return out
 
 
-NON_SECRET = [n for n in _examples() if not polycom.lookup(n).secret]
-SECRET = [n for n in _examples() if polycom.lookup(n).secret]
+NON_SECRET = [n for n in _examples() if not catalogue.lookup(n).secret]
+SECRET = [n for n in _examples() if catalogue.lookup(n).secret]
 REFS = ("secret:router", "secret:sip_1001", "secret:admin", "env:SITE_TEST_PLANTED")
 
 

@@ -141,8 +141,6 @@ def test_outage_observed_from_the_wire_and_notifications_agrees_with_ground_trut
 def test_kamailio_gateway_hep_and_bindings_agree_with_its_own_dump(lab, redis_url):
     """Server 2 as the collector stores it (from Kamailio's HEP and from its bindings polled over SSH) is what
     `kamcmd ul.dump` says and what the lab's phones think, for every phone."""
-    import subprocess
-
     store = Store(redis_url)
     inv = yaml.safe_load(lab.inventory.read_text())
     phones = {p["mac"]: p["params"]["reg.1.address"] for p in inv["sites"][0]["phones"]}
@@ -155,9 +153,9 @@ def test_kamailio_gateway_hep_and_bindings_agree_with_its_own_dump(lab, redis_ur
 
     states = wait_until(both_sources_say_registered, 30, "server 2 registered by HEP and bindings for every phone")
     ctl = lab.state / "kamailio-hq" / "ctl.sock"
-    dump = subprocess.run(["kamcmd", "-s", f"unix:{ctl}", "ul.dump"], capture_output=True, text=True, timeout=10)
-    bound = {b.user for b in gb.parse_kamailio(dump.stdout) if b.active}
-    assert set(phones.values()) <= bound, (bound, dump.stdout[-1500:])
+    dump = kamailio.ul_dump(ctl)
+    bound = {b.user for b in gb.parse_kamailio(dump) if b.active}
+    assert set(phones.values()) <= bound, (bound, dump[-1500:])
     truth = lab.status()["ground_truth"]["phones"]
     for mac in phones:
         assert truth[mac]["current"].get("working_server", {}).get("1") == 1, truth[mac]["current"]
@@ -248,7 +246,7 @@ def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
     """Unit: the sources the lab's inventory names per site, by default and as a lab file picks them."""
     from soundpoint.yamlfile import FileError
     from hil import labfile
-    from hil.lab import evidence_inventory
+    from hil.inventory_export import evidence_inventory
 
     def load(syslog: bool = True, **site) -> labfile.LabFile:
         spec = lab_spec("ev", HEP_NET, phones=1)

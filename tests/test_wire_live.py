@@ -38,11 +38,9 @@ def kamailio(tmp_path):
         pytest.skip(reason)
     port, hep_port = free_port(), free_port()
     users = {u: PASSWORD for u in ("3001", "3002", "3004", "3005")}
-    server = kam.Kamailio(kam.KamailioConfig("127.0.0.1", port, "gateway.example", users, hep=("127.0.0.1", hep_port),
-                                             role="gateway with siptrace"), tmp_path / "kamailio")
-    sock = server.start()
-    yield port, hep_port, sock
-    server.stop()
+    with kam.Kamailio(kam.KamailioConfig("127.0.0.1", port, "gateway.example", users, hep=("127.0.0.1", hep_port),
+                                         role="gateway with siptrace"), tmp_path / "kamailio") as server:
+        yield port, hep_port, server.sock
 
 
 def _register(server: tuple[str, int], user: str, password: str, expires: int, sock: socket.socket) -> list[int]:

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Annotated, Literal
 from urllib.parse import urlsplit
 
-from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import AfterValidator, BeforeValidator, Field, PrivateAttr, field_validator, model_validator
 
-from soundpoint import bootfiles, families
+from soundpoint import bootfiles, catalogue, families, values
+from soundpoint.strict import Strict
 from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, read_mapping, remember_source, source_of
 
 from fleet.phoneconf import firmware
@@ -26,7 +27,7 @@ from fleet.phoneconf import secrets as secret_params
 from fleet.config import platforms, source_kinds, validate
 from fleet.config import router_identity
 
-MAC_RE = validate.MAC_RE
+MAC_RE = values.MAC_RE
 CREDENTIALS_RE = r"^(env:)?[A-Za-z0-9_.-]{1,128}$"
 HttpAuth = Literal["digest", "basic"]
 RebootMethod = Literal["check-sync", "web", "rest"]
@@ -60,7 +61,7 @@ def push_state_default(site: "Site", phone: "Phone", params: dict[str, str]) -> 
 
 # Fields the fleet, its sites and its phones share, with their checks: parameters (text or integers; secrets only
 # by reference, and only in secret parameters) and a firmware family's name (normalised: `SIP-3.x` is `sip-3.x`).
-Params = Annotated[dict[str, str | int], BeforeValidator(validate.param_types), AfterValidator(_secrets_placed)]
+Params = Annotated[dict[str, str | int], BeforeValidator(catalogue.param_types), AfterValidator(_secrets_placed)]
 FamilyName = Annotated[str, AfterValidator(lambda v: families.get(v).name)]
 
 
@@ -77,14 +78,9 @@ FirmwareVersion = Annotated[str, AfterValidator(_firmware_version)]
 _FAMILY_VERSIONS = {"sip-2.x": ("2",), "sip-3.x": ("3",), "uc-4.0": ("4.0",), "uc-5.x": ("5",)}
 
 
-class Strict(BaseModel):
-    # strict: no "5" for 5, no true for 1, no 3.0 for 3; allow_inf_nan: no `.inf` or `.nan` for a number
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
-
-
 def _hostport(value: str, default_port: int | None = None) -> tuple[str, int]:
     """host:port; the port is required (default_port is kept for old callers and ignored)."""
-    return validate.hostport(value)
+    return values.hostport(value)
 
 
 def _check_params(params: dict, family: str) -> None:
@@ -174,7 +170,7 @@ def _layer_version(data: dict, site: dict, i: int) -> dict:
 class Phone(Strict):
     mac: str
     model: validate.PhoneModel
-    address: validate.Host("phone address")
+    address: values.Host("phone address")
     http_port: int = Field(80, ge=1, le=65535)
     sip_port: int = Field(5060, ge=1, le=65535)
     credentials: str = Field(pattern=CREDENTIALS_RE, description="name of the secret holding the admin username/password")
@@ -222,7 +218,7 @@ class Phone(Strict):
     @field_validator("mac", mode="before")
     @classmethod
     def normal_mac(cls, v) -> str:
-        return validate.mac(v)
+        return values.mac(v)
 
 
 
@@ -232,7 +228,7 @@ SHARED_DIRS = frozenset({"/tmp", "/var/tmp", "/dev/shm", "/run", "/var/run", "/r
 
 class Router(Strict):
     driver: str = Field(description="a router platform registered in fleet.config.platforms")
-    address: validate.Host("router address")
+    address: values.Host("router address")
     port: int = Field(22, ge=1, le=65535)
     credentials: str = Field(pattern=CREDENTIALS_RE)
     wan_interface: str = Field(pattern=r"^[A-Za-z0-9_.:/-]{1,64}$",
@@ -323,7 +319,7 @@ class BootServer(Strict):
     @field_validator("url")
     @classmethod
     def a_url(cls, v: str) -> str:
-        validate.no_control(v, "URL")
+        values.no_control(v, "URL")
         if any(c.isspace() for c in v):
             raise ValueError("URL contains white space")
         parts = urlsplit(v)
@@ -333,7 +329,7 @@ class BootServer(Strict):
             return v
         if not parts.hostname:
             raise ValueError(f"URL {v!r:.80} has no host")
-        validate.host(parts.hostname.strip("[]"), "boot server host")
+        values.host(parts.hostname.strip("[]"), "boot server host")
         try:
             parts.port
         except ValueError:
@@ -352,7 +348,7 @@ class Collector(Strict):
     @field_validator("syslog", "events")
     @classmethod
     def hostport(cls, v: str, info) -> str:
-        validate.hostport(v, f"collector {info.field_name} address")
+        values.hostport(v, f"collector {info.field_name} address")
         return v
 
     @field_validator("allow_from")
@@ -419,7 +415,7 @@ class Capture(Strict):
     @classmethod
     def listen_hostport(cls, v: str | None) -> str | None:
         if v is not None:
-            host, _ = validate.hostport(v, "HEP listen address")
+            host, _ = values.hostport(v, "HEP listen address")
             if host in ("0.0.0.0", "::", "*"):
                 raise ValueError("HEP listen address: name the address the SIP servers send to, not a wildcard")
         return v
@@ -473,7 +469,7 @@ class GatewayRegistrar(Strict):
 
 class Site(Strict):
     name: str = Field(pattern=r"^[a-z0-9][a-z0-9-]{0,30}$")
-    gateway: validate.Host("gateway address")
+    gateway: values.Host("gateway address")
     dns: str | None = None
     timezone: validate.Timezone = "UTC"
     collector: Collector = Collector()
@@ -489,7 +485,7 @@ class Site(Strict):
     @classmethod
     def dns_hostport(cls, v: str | None) -> str | None:
         if v is not None:
-            validate.hostport(v, "DNS server address")
+            values.hostport(v, "DNS server address")
         return v
 
     # --- evidence sources (issue 10) ---
@@ -550,7 +546,7 @@ class Site(Strict):
 
 
 class Provider(Strict):
-    name: validate.Host("provider name")
+    name: values.Host("provider name")
     port: int = Field(5060, ge=1, le=65535)
 
 
@@ -622,14 +618,14 @@ class Inventory(Strict):
     @field_validator("name")
     @classmethod
     def printable(cls, v: str) -> str:
-        return validate.no_control(v, "name")
+        return values.no_control(v, "name")
 
     @field_validator("registrar_limits")
     @classmethod
     def limits(cls, v: dict[str, float]) -> dict[str, float]:
         for addr, limit in v.items():
             try:
-                validate.host(addr, "server address")
+                values.host(addr, "server address")
             except ValueError as exc:
                 raise FieldError((addr,), str(exc)) from None
             if not limit > 0:
@@ -855,7 +851,7 @@ class Secrets:
                 continue
             if not isinstance(self._data.get(name), dict):
                 raise src.error(loc, f"no secret {name!r} in the secrets file {secrets_path(inventory) or '(none named)'}"
-                                     + validate.did_you_mean(name, self._data))
+                                     + values.did_you_mean(name, self._data))
 
     def credentials(self, name: str) -> Credentials:
         if name.startswith("env:"):

@@ -17,7 +17,7 @@ import threading
 import time
 from collections.abc import Iterable
 
-from fleet.config import validate
+from soundpoint import values
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ RESOLVE_BUDGET = 3.0      # seconds for all names of one inventory together
 
 def canonical_ip(address: str) -> str | None:
     """The canonical text of an IP address (IPv4-mapped IPv6 as IPv4), or None for a host name."""
-    if not validate.is_ip(address):
+    if not values.is_ip(address):
         return None
     ip = ipaddress.ip_address(address.split("%", 1)[0])
     if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:

@@ -4,18 +4,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Annotated, Literal, Union
 
-from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, field_validator, model_validator
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
+from soundpoint import values
+from soundpoint.strict import Strict
 from soundpoint.yamlfile import FieldError, load_model, source_of
 
 from fleet.config import validate
 
 MAX_SECONDS = 86400.0
-
-
-class Strict(BaseModel):
-    # strict: no "5" for 5, no true for 1, no 3.0 for 3; allow_inf_nan: no `.inf` or `.nan` for a duration
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 StepName = Annotated[str, Field(min_length=1, max_length=200)]
@@ -33,7 +30,7 @@ class _Named(Strict):
     @field_validator("name")
     @classmethod
     def printable(cls, v: str) -> str:
-        return validate.no_control(v, "step name")
+        return values.no_control(v, "step name")
 
 
 class ExpectStep(_Named):
@@ -70,7 +67,7 @@ class CallStep(_Named):
     @field_validator("from_phone", mode="before")
     @classmethod
     def a_mac(cls, v):
-        return None if v is None else validate.mac(v)
+        return None if v is None else values.mac(v)
 
 
 class WaitStep(_Named):
@@ -105,7 +102,7 @@ class ExperimentPlaybook(Strict):
     @field_validator("name")
     @classmethod
     def printable(cls, v: str) -> str:
-        return validate.no_control(v, "name")
+        return values.no_control(v, "name")
 
     @model_validator(mode="after")
     def outages_are_restored(self) -> "ExperimentPlaybook":
@@ -145,7 +142,7 @@ def check_against(playbook: ExperimentPlaybook, inventory, path: str, extra_para
     try:
         site = inventory.site(playbook.site)
     except KeyError as exc:
-        raise src.error(("site",), str(exc.args[0]) + validate.did_you_mean(playbook.site, [s.name for s in inventory.sites])) from None
+        raise src.error(("site",), str(exc.args[0]) + values.did_you_mean(playbook.site, [s.name for s in inventory.sites])) from None
     by_mac = {p.mac: p for p in site.phones}
     extra = {k: str(v) for k, v in (extra_params or {}).items()}
     counts = {p.mac: len(predict.servers(inventory.effective_params(site, p) | extra)) for p in site.phones}
@@ -167,7 +164,7 @@ def check_against(playbook: ExperimentPlaybook, inventory, path: str, extra_para
             for j, mac in enumerate(step.phones.macs):
                 if mac not in by_mac:
                     raise src.error(("steps", i, "phones", "macs", j), f"{mac} is not a phone of site {site.name}"
-                                    + validate.did_you_mean(mac, by_mac))
+                                    + values.did_you_mean(mac, by_mac))
             for j, model in enumerate(step.phones.models):
                 if not any(p.model == model for p in site.phones):
                     raise src.error(("steps", i, "phones", "models", j), f"site {site.name} has no {model} phone")

@@ -92,10 +92,10 @@ class ExperimentRunner:
             return None
         name = primary.address
         if name not in self._ttl_cache:
-            from fleet.config import validate
+            from soundpoint import values
             from fleet.base.dns import ttl_of
 
-            host, port = validate.hostport(self.site.dns, "DNS server address")
+            host, port = values.hostport(self.site.dns, "DNS server address")
             self._ttl_cache[name] = ttl_of(name, host, int(port or 53))
         return self._ttl_cache[name]
 

@@ -13,8 +13,8 @@ from xml.sax.saxutils import quoteattr, unescape
 
 from soundpoint import bootfiles, families
 
-# The parameter catalogue lives in the firmware profiles (soundpoint.families, one module per family);
-# these names are kept for the callers that ask "any family" or name a family by its string.
+# The parameter catalogue lives in the firmware profiles (soundpoint.families, one module per family); a name's
+# entry and a value's check are soundpoint.catalogue (lookup, check). These names are kept for this module's callers.
 ParameterError = families.ParameterError
 Param = families.Param
 EXPIRES_MIN = {name: fam.expires_min for name, fam in families.FAMILIES.items()}
@@ -31,20 +31,6 @@ def _union_catalogue() -> list[tuple[re.Pattern, Param]]:
 
 
 CATALOGUE: list[tuple[re.Pattern, Param]] = _union_catalogue()
-
-
-def lookup(name: str) -> Param | None:
-    """The entry for `name` in any family (kind and secrecy agree across families)."""
-    return families.lookup_any(name)
-
-
-def check(name: str, value: str, family: str) -> str:
-    """The value as a phone of `family` will read it, or ParameterError naming the parameter."""
-    try:
-        fam = families.get(family)
-    except families.FamilyError as exc:
-        raise ParameterError(f"{name}: {exc}") from None
-    return fam.check(name, value)
 
 
 def render_config(params: dict[str, str]) -> str:

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 from typing import Callable, Mapping
 
-from fleet.phoneconf import polycom
+from soundpoint import catalogue
 
 MASK = "***"
-REF_PREFIXES = ("secret:", "env:")
+REF_PREFIXES = catalogue.REF_PREFIXES
 
 
 class SecretPlacementError(ValueError):
@@ -31,15 +31,14 @@ def is_ref(value: object) -> bool:
 
 
 def is_secret(name: str) -> bool:
-    p = polycom.lookup(name)
+    p = catalogue.lookup(name)
     return p is not None and p.secret
 
 
 def problem(name: str, value: object) -> str | None:
     """Why `name: value` may not be written in an inventory or playbook, or None."""
     if is_ref(value) and not is_secret(name):
-        return (f"{name}: secret:/env: references are allowed only in secret parameters "
-                f"(such as reg.x.auth.password), not here")
+        return catalogue.misplaced_reference(name)
     if is_secret(name) and not is_ref(value) and str(value) != "":
         return (f"{name}: a secret parameter takes a reference (secret:NAME from the secrets file or env:VAR), "
                 f"never the value itself")

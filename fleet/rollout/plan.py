@@ -20,6 +20,8 @@ from pathlib import Path
 
 from soundpoint.yamlfile import FileError, source_of
 
+from soundpoint import catalogue, values
+
 from fleet.phoneconf import lint as failover_lint
 from fleet.phoneconf import polycom
 from fleet.phoneconf import predict
@@ -136,7 +138,7 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
             if name not in pb.params and phone.family.lookup(name) is None:
                 continue    # an inherited site/fleet parameter this phone's firmware does not have: it ignores it
             try:
-                polycom.check(name, value, phone.family.name)
+                catalogue.check(name, value, phone.family.name)
             except polycom.ParameterError as exc:
                 raise PlanError(f"phone {phone.mac} (site {site.name}): {exc}") from None
             why = secret_params.problem(name, value)   # again after interpolation: "{site.gateway}" may hold a reference
@@ -274,13 +276,13 @@ def check_against(pb: RolloutPlaybook, inventory, path: str | Path) -> None:
     for i, name in enumerate(pb.targets.sites):
         if name not in names:
             raise src.error(("targets", "sites", i), f"no site {name!r} in inventory {inventory.name}"
-                            + validate.did_you_mean(name, names))
+                            + values.did_you_mean(name, names))
     sites = [inventory.site(n) for n in (pb.targets.sites or names)]
     macs = {p.mac for s in sites for p in s.phones}
     for i, mac in enumerate(pb.targets.macs):
         if mac not in macs:
             raise src.error(("targets", "macs", i), f"{mac} is not a phone of the targeted sites"
-                            + validate.did_you_mean(mac, macs))
+                            + values.did_you_mean(mac, macs))
     models = {p.model for s in sites for p in s.phones}
     for i, model in enumerate(pb.targets.models):
         if model not in models:

@@ -5,21 +5,17 @@ import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 
+from soundpoint import catalogue, values
+from soundpoint.strict import Strict
 from soundpoint.yamlfile import FieldError, FileError, load_model, source_of
 
-from fleet.phoneconf import polycom
 from fleet.phoneconf import secrets as secret_params
 from fleet.config import validate
 from fleet.experiment import playbook as experiment_playbook
 
 COUNT_OR_PERCENT = re.compile(r"^([0-9]{1,7})(%?)$")     # ASCII digits only
-
-
-class Strict(BaseModel):
-    # strict: no "5" for 5, no true for 1, no 3.0 for 3; allow_inf_nan: no `.inf` or `.nan` for a duration
-    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 def _count_or_percent(v, positive: bool):
@@ -132,7 +128,7 @@ class RolloutPlaybook(Strict):
         verbatim = info.data.get("allow_uncatalogued") is True
         for name, value in v.items():
             try:
-                if verbatim and isinstance(name, str) and polycom.lookup(name) is None:
+                if verbatim and isinstance(name, str) and catalogue.lookup(name) is None:
                     uncatalogued(name, value)
                     continue
                 validate.param(name, value, allow_placeholders=True)
@@ -162,7 +158,7 @@ def uncatalogued(name: str, value) -> str:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ValueError(f"{name}: expected text or an integer, found {type(value).__name__}; quote it")
     text = str(value)
-    validate.no_control(text, name)
+    values.no_control(text, name)
     if secret_params.is_ref(text):
         raise ValueError(f"{name}: secret:/env: references only work in catalogue secret parameters")
     if "{" in text or "}" in text:
@@ -174,7 +170,7 @@ def verbatim_names(pb: RolloutPlaybook) -> frozenset[str]:
     """The playbook's parameters that go through unchecked (none unless it says `allow_uncatalogued: true`)."""
     if not pb.allow_uncatalogued:
         return frozenset()
-    return frozenset(n for n in pb.params if polycom.lookup(n) is None)
+    return frozenset(n for n in pb.params if catalogue.lookup(n) is None)
 
 
 def load(path: str | Path) -> RolloutPlaybook:
@@ -191,4 +187,3 @@ def load(path: str | Path) -> RolloutPlaybook:
         except FileError as exc:
             raise src.error(("drill",), f"the drill playbook is invalid: {exc}") from None
     return pb
-

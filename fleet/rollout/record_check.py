@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from soundpoint import catalogue
+
 from fleet.phoneconf import polycom
 from fleet.rollout import playbook as rollout_playbook
 from fleet.phoneconf import secrets as secret_params
@@ -74,13 +76,13 @@ def _params(mac: str, params: dict[str, str], family: str, verbatim: frozenset[s
         where = f"phone {mac}: plan parameter {name[:80]!r}"
         if _CONTROL.search(value):
             raise PlanRefused(f"{where}: value holds control characters")
-        if name in verbatim and polycom.lookup(name) is None:
+        if name in verbatim and catalogue.lookup(name) is None:
             try:   # the playbook allowed it: only its form is checked, as when the playbook was loaded
                 rollout_playbook.uncatalogued(name, value)
             except ValueError as exc:
                 raise PlanRefused(f"{where}: {exc}") from None
             continue
-        param = polycom.lookup(name)
+        param = catalogue.lookup(name)
         if param is None:
             raise PlanRefused(f"{where}: not a parameter the catalogue knows")
         if param.secret and value == secret_params.MASK:
@@ -94,7 +96,7 @@ def _params(mac: str, params: dict[str, str], family: str, verbatim: frozenset[s
         if polycom.families.get(family).lookup(name) is None:
             continue        # known to another family only: the phone ignores it (see rollout_plan)
         try:
-            polycom.check(name, value, family)
+            catalogue.check(name, value, family)
         except polycom.ParameterError as exc:
             raise PlanRefused(f"phone {mac}: plan parameter {exc}") from None
 
@@ -136,7 +138,7 @@ def check(inv: Inventory, rid: str, mac: str, state: dict) -> Checked:
                           f"but the inventory has this phone at site {site.name}")
     _params(mac, entry.params, phone.family.name, frozenset(entry.verbatim))
     for name, ref in entry.secret_refs.items():
-        param = polycom.lookup(name)
+        param = catalogue.lookup(name)
         if param is None or not param.secret or not _REFERENCE.match(ref):
             raise PlanRefused(f"phone {mac}: plan secret reference for {name[:80]!r} is not a reference in a secret parameter")
     attempt = state.get("attempt", "1")

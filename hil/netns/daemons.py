@@ -29,7 +29,7 @@ def missing_tools() -> list[str]:
         missing.append("openssh-server")
     if not os.path.exists(SNMPD):
         missing.append("snmpd")
-    if not kamailio_modules():
+    if not kamailio.modules_path():
         missing.append("kamailio")
     return sorted(set(missing))
 
@@ -42,10 +42,6 @@ def preflight() -> str | None:
     if missing:
         return f"backend netns needs these Debian packages: {' '.join(missing)} (apt-get install {' '.join(missing)})"
     return None
-
-
-def kamailio_modules() -> str | None:
-    return kamailio.modules_path()
 
 
 def _wait_for(path: Path, what: str, timeout: float = 10.0) -> None:
@@ -132,7 +128,7 @@ def start_kamailio(ns: str, state: Path, name: str, role: str, address: str, por
                    users: dict[str, str], max_expires: int) -> Path:
     """Kamailio as a registrar (hil.kamailio's one configuration) inside namespace `ns`. Returns its ctl socket;
     the process ends with the namespace at teardown."""
-    if not kamailio_modules():
+    if not kamailio.modules_path():
         raise NetnsError("Kamailio's modules are not installed (apt-get install kamailio)")
     kam = Kamailio(KamailioConfig(address, port, realm, users, max_expires=max_expires, role=role),
                    state / f"kamailio-{name}")
@@ -140,11 +136,6 @@ def start_kamailio(ns: str, state: Path, name: str, role: str, address: str, por
         return kam.start(wrap=["ip", "netns", "exec", ns])
     except KamailioError as exc:
         raise NetnsError(f"{exc} (in {ns})") from None
-
-
-def ul_dump(sock: Path) -> str:
-    """Kamailio's own view of its bindings (`kamcmd ul.dump brief`)."""
-    return kamailio.ul_dump(sock, brief=True)
 
 
 # ---------------------------------------------------------------- the router's own network manager

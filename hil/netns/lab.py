@@ -21,7 +21,8 @@ import aiohttp
 
 from aiohttp import web
 
-from ..lab import Lab, evidence_inventory, phone_mac
+from .. import inventory_export, kamailio
+from ..lab import Lab, phone_mac
 from ..labfile import LabFile, SiteSpec
 from ..phone_types import PhoneSpec
 from . import daemons, plan
@@ -88,7 +89,7 @@ class NetnsLab(Lab):
         self.record.process(os.getpid())
         for k, site in enumerate(self.spec.sites):
             for i in range(site.phones.count):
-                self.sip_users[str(site.phones.first_extension + i + 1000 * k)] = secrets.token_urlsafe(9)
+                self.sip_users[inventory_export.extension(site, k, i)] = secrets.token_urlsafe(9)
         await asyncio.to_thread(self._build_wan)
         for k, site in enumerate(self.spec.sites):
             await asyncio.to_thread(self._build_site, k, site)
@@ -195,43 +196,23 @@ class NetnsLab(Lab):
         if line.strip() != b"ready":
             raise NetnsError(f"the phones of site {rt.spec.name} did not start; see {self.state_dir / f'site-{rt.spec.name}.log'}")
 
-    # ------------------------------------------------------------ inventory
+    # ------------------------------------------------------------ inventory (hil.inventory_export)
     def inventory(self) -> tuple[dict, dict]:
-        secrets_doc: dict = {"phone_admin": {"username": "Polycom", "password": self.admin_password},
-                             "router": {"username": "root", "key_file": str(self.state_dir / "router_client_key")},
-                             "router_snmp_v2c": {"password": self.snmp_community},
-                             "router_snmp_v3": {"username": "fleet", "password": self.snmp_auth, "priv_password": self.snmp_priv}}
-        sites = []
-        for rt in self.sites:
-            site, p = rt.spec, rt.plan
-            secrets_doc[f"boot_{site.name}"] = {"username": rt.boot_user, "password": rt.boot_password}
-            phones = []
-            for i, phone in enumerate(rt.phones):
-                ext = str(site.phones.first_extension + i + 1000 * rt.k)
-                secrets_doc[f"sip_{ext}"] = {"password": self.sip_users[ext]}
-                phones.append({"mac": phone.mac, "model": phone.model, "firmware_family": phone.family,
-                               "address": phone.ip,
-                               "http_port": PHONE_HTTP_PORT, "sip_port": SIP_PORT, "credentials": "phone_admin",
-                               "params": {**{k2: str(v) for k2, v in site.phones.params_of.get(i, {}).items()},
-                                          "reg.1.address": ext, "reg.1.auth.userId": ext,
-                                          "reg.1.auth.password": f"secret:sip_{ext}"}})
-            sites.append({
-                "name": site.name,
-                "gateway": p.router_lan,
-                "dns": f"{plan.dns_ip(self.net)}:{DNS_PORT}",
-                "collector": {"syslog": f"{p.host_ip}:{site.collector.syslog.rpartition(':')[2]}",
-                              "events": f"{p.host_ip}:{site.collector.events.rpartition(':')[2]}",
-                              "poll_interval": site.collector.poll_interval},
-                # the phones' own boot address, master file and all: the inventory splits it (inventory.BootServer)
-                "boot_server": {"url": f"http://{p.boot_ip}:{BOOT_HTTP_PORT}/" + (site.boot_master or ""),
-                                "credentials": f"boot_{site.name}"},
-                "router": self._router_entry(p.router_lan, WAN_IF, site.name, SSH_PORT, DNS_PORT),
-                "params": self.site_params(rt.k, site),
-                "phones": phones,
-                # the router namespace runs the real tcpdump on its lan0
-                **evidence_inventory(self.spec, site, p.router_lan),
-            })
-        return self._inventory_doc(sites), secrets_doc
+        return inventory_export.export(self.spec, self.state_dir, SIP_PORT, [self._site_export(rt) for rt in self.sites],
+                                       self._lab_secrets("root"))
+
+    def _site_export(self, rt: NetnsSite) -> inventory_export.SiteExport:  # type: ignore[override]
+        """A site as fleet reaches it: the router's LAN address, the WAN namespace's DNS, the controller host's own
+        address on the LAN for the collector (at the ports the lab file names), the real sshd on SSH_PORT; the
+        router namespace runs the real tcpdump on its lan0."""
+        site, p = rt.spec, rt.plan
+        return inventory_export.SiteExport(
+            spec=site, k=rt.k, phones=rt.phones, gateway=p.router_lan, dns=f"{plan.dns_ip(self.net)}:{DNS_PORT}",
+            syslog=f"{p.host_ip}:{site.collector.syslog.rpartition(':')[2]}",
+            events=f"{p.host_ip}:{site.collector.events.rpartition(':')[2]}",
+            boot_url=f"http://{p.boot_ip}:{BOOT_HTTP_PORT}/", boot_user=rt.boot_user, boot_password=rt.boot_password,
+            router=inventory_export.router_entry(self.state_dir, p.router_lan, WAN_IF, site.name, SSH_PORT, DNS_PORT),
+            params=self.site_params(rt.k, site))
 
     # ------------------------------------------------------------ ground truth and control
     async def _site_status(self, rt: NetnsSite) -> dict:
@@ -260,10 +241,10 @@ class NetnsLab(Lab):
             truth.update(doc["ground_truth"]["phones"])
             ready = ready and doc["ready"]
             site_docs.append({"name": rt.spec.name, "router": await asyncio.to_thread(self.router_state, rt),
-                              "gateway": {"bindings": await asyncio.to_thread(daemons.ul_dump, rt.gateway_sock)}})
+                              "gateway": {"bindings": await asyncio.to_thread(kamailio.ul_dump, rt.gateway_sock, True)}})
         return {"lab": self.spec.name, "backend": "netns", "started_at": self.started_at, "now": time.time(),
                 "ready": ready, "ground_truth": {"phones": truth}, "phones": phones,
-                "provider": {"bindings": await asyncio.to_thread(daemons.ul_dump, self.provider_sock)},
+                "provider": {"bindings": await asyncio.to_thread(kamailio.ul_dump, self.provider_sock, True)},
                 "sites": site_docs}
 
     async def _start_control(self) -> None:

@@ -29,6 +29,8 @@ from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from soundpoint.values import hostport
+
 from fleet.state.observe import UNREGISTERED, Observation
 from fleet.config.validate import hostport
 
