@@ -32,7 +32,6 @@ from dataclasses import dataclass
 from soundpoint.values import hostport
 
 from fleet.state.observe import UNREGISTERED, Observation
-from fleet.config.validate import hostport
 
 DNS_PORT = 53
 MAX_NAME = 255            # RFC 1035: a name's wire form is at most 255 octets
