@@ -18,10 +18,12 @@ from pydantic import ValidationError
 from conftest import ROOT
 from fleet.base import outage as outage_mod
 from fleet.base.outage import OUTAGE_MODES, Outage, OutageMode, WanState
+from fleet.drivers.errors import DeviceRefused
 from fleet.drivers.router import RouterOutcome
 from fleet.drivers.router.linux_ssh import PLATFORM, LinuxSshRouter
 from fleet.drivers.router.ssh_base import _PROLOGUE, CUT_SCRIPT, _cases
 from fleet.experiment import playbook
+from fleet.experiment.runner import ExperimentResult, ExperimentRunner
 from fleet.worker import args as task_args
 from soundpoint.yamlfile import FileError
 
@@ -232,10 +234,62 @@ def test_rate_with_delay_is_one_netem_and_loss_is_tagged_rules(tmp_path):
 
 
 def test_a_mode_the_platform_cannot_make_is_refused_before_any_command():
-    from fleet.drivers.errors import DeviceRefused
-
     drv = RecordingRouter()
     drv.platform = SimpleNamespace(cut={"link-down": ""})   # a platform without degrade
     with pytest.raises(DeviceRefused, match="'degrade' not supported"):
         drv.cut(Outage(id=OID, mode="degrade", max_duration=60, rate_kbit=64))
     assert drv.commands == []
+
+
+# ---------------------------------------------------------------- through the runner's task message
+class _Events:
+    def __init__(self) -> None:
+        self.logged: list[tuple[str, dict]] = []
+
+    def log_event(self, exp: str, kind: str, **fields) -> None:
+        self.logged.append((kind, fields))
+
+
+def _runner(answers: dict[str, dict]):
+    """An ExperimentRunner with its task sending replaced: each task's message is checked against the task's own
+    argument model (as a worker would) and answered from `answers`."""
+    runner = ExperimentRunner.__new__(ExperimentRunner)
+    runner.site, runner.store, runner.task_timeout, runner.open_outage = SimpleNamespace(name="hq"), _Events(), 5.0, None
+    runner.sent = []
+    models = {"fleet.router_outage": task_args.RouterOutageArgs, "fleet.router_restore": task_args.RouterRestoreArgs}
+
+    def send(sig, expires=None):
+        message = json.loads(json.dumps(list(sig.args)))          # Celery's JSON, both ways
+        names = [n for n in models[sig.task].model_fields][:len(message)]
+        runner.sent.append((sig.task, models[sig.task].model_validate(dict(zip(names, message))), expires))
+        return {"ok": True, **answers[sig.task]}
+
+    runner._task = send
+    return runner
+
+
+def test_a_playbooks_degrade_reaches_the_tasks_as_one_outage_and_its_state_is_judged_typed(tmp_path):
+    pb = playbook.load(_playbook(tmp_path, "outage: degrade, max_duration: 120, rate_kbit: 256"))
+    degraded = RouterOutcome("cut", deadman="armed", state=CUT_STATES["degrade"]).to_dict()
+    restored = RouterOutcome("restored", by="controller", state=WanState(link_up=True, outage="restored by controller")).to_dict()
+    runner = _runner({"fleet.router_outage": dict(degraded, outcome="cut"), "fleet.router_restore": dict(restored, probe={})})
+    result = ExperimentResult(id="exp-unit", playbook="slow-wan", site="hq", started=0.0)
+    cut = runner._outage("exp-unit", pb.steps[1], result)
+    assert cut.passed and cut.message == "router: link up, our qdisc; dead-man: armed; LAN probe: n/a", cut.message
+    back = runner._restore("exp-unit", "restore", result)
+    assert back.passed, back.message
+    (task, sent, _), (task2, sent2, expires) = runner.sent
+    asked = Outage(id="exp-unit-o1", mode="degrade", max_duration=120, rate_kbit=256)
+    assert (task, sent.outage) == ("fleet.router_outage", asked)
+    assert (task2, sent2.outage) == ("fleet.router_restore", asked) and expires == 120.0   # restores expire with the dead-man
+    assert result.outages[0]["asked"] == asked.to_dict()
+    assert result.outages[0]["confirmed"] == "restored by the controller: link up, no rule or qdisc of ours"
+
+
+def test_a_cut_the_routers_state_does_not_show_fails_the_step(tmp_path):
+    pb = playbook.load(_playbook(tmp_path, "outage: drop, max_duration: 60"))
+    unchanged = RouterOutcome("cut", state=WanState(link_up=True)).to_dict()
+    runner = _runner({"fleet.router_outage": unchanged})
+    cut = runner._outage("exp-unit", pb.steps[1], ExperimentResult(id="exp-unit", playbook="p", site="hq", started=0.0))
+    assert not cut.passed
+    assert cut.message == "router state after the cut does not show it: link up, no rule or qdisc of ours"
