@@ -25,7 +25,7 @@ import requests
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fleet.config import inventory  # noqa: E402
 from fleet.drivers import router as routers  # noqa: E402
-from fleet.drivers.router import OutageSpec  # noqa: E402
+from fleet.drivers.router import Outage  # noqa: E402
 from fleet.evidence.sources.poller import Poller  # noqa: E402
 from soundpoint.redisboot import free_port  # noqa: E402
 from hil.harness import Harness  # noqa: E402
@@ -88,12 +88,12 @@ def main() -> None:
 
         drv = routers.connect(site.router, secrets.credentials(site.router.credentials))
         t_cut = time.time()
-        outage = OutageSpec(f"bench-poll-{os.getpid()}", "link-down", 120)
+        outage = Outage(id=f"bench-poll-{os.getpid()}", mode="link-down", max_duration=120)
         drv.cut(outage)
         try:
             rounds = asyncio.run(watch(time.time() + 40))
         finally:
-            drv.restore(outage.outage_id, "link-down")
+            drv.restore(outage)
             drv.close()
         truth = lab.status(timeout=60)["ground_truth"]["phones"]
         latencies = []

@@ -80,16 +80,18 @@ def _payloads(marker_base: str) -> list[str]:
             f"{SITE}\ntouch {marker_base}-newline", f"x' ; touch {marker_base}-quote; '"]
 
 
+# an outage as a task message carries it (Outage.to_dict()); each of its fields is attacked too
+OUTAGE = dict(id="hostile0123456789", mode="drop", max_duration=30, loss=0.0, delay_ms=0, rate_kbit=0)
+
+
 def _valid_args(lab, tmp_path: Path) -> dict[str, dict]:
     site = lab.inv.site(SITE)
     rest_phone = next(p for p in site.phones if p.family.rest)
     playbook = tmp_path / "scheduled.yml"
     playbook.write_text("kind: rollout\nname: nightly\nparams: {reg.1.server.1.expires: 600}\n")
     return {
-        "fleet.router_outage": dict(site_name=SITE, exp_id="exp-hostile", outage_id="hostile0123456789", mode="drop",
-                                    max_duration=30, loss=0.0, delay_ms=0, rate_kbit=0),
-        "fleet.router_restore": dict(site_name=SITE, exp_id="exp-hostile", outage_id="hostile0123456789", mode="drop",
-                                     probe_for=0.0),
+        "fleet.router_outage": dict(site_name=SITE, exp_id="exp-hostile", outage=OUTAGE),
+        "fleet.router_restore": dict(site_name=SITE, exp_id="exp-hostile", outage=OUTAGE, probe_for=0.0),
         "fleet.router_state": dict(site_name=SITE, outage_id="hostile0123456789"),
         "fleet.place_call": dict(site_name=SITE, exp_id="exp-hostile", mac=rest_phone.mac, number="1002"),
         "fleet.rollout_push": dict(rid="rollout-hostile", mac=site.phones[0].mac, attempt=1),
@@ -106,13 +108,18 @@ def test_shell_syntax_in_every_argument_is_refused_and_nothing_runs(lab, client,
         for field in valid:
             for n, payload in enumerate(_payloads(f"/tmp/pwned-{TOKEN}-{task.split('.')[1]}-{field}")):
                 sent.append((task, field, payload, _send(client, task, kwargs=dict(valid, **{field: payload}))))
+        if "outage" in valid:
+            for field in OUTAGE:
+                for n, payload in enumerate(_payloads(f"/tmp/pwned-{TOKEN}-{task.split('.')[1]}-outage-{field}")):
+                    sent.append((task, f"outage.{field}", payload,
+                                 _send(client, task, kwargs=dict(valid, outage=dict(OUTAGE, **{field: payload})))))
     # the controller's own form (positional), and arguments that are not the task's at all
     outage = _valid_args(lab, tmp_path)["fleet.router_outage"]
-    sent.append(("fleet.router_outage", "delay_ms", "positional",
-                 _send(client, "fleet.router_outage", args=[*list(outage.values())[:6], f"0; touch /tmp/pwned-{TOKEN}-pos #"])))
+    sent.append(("fleet.router_outage", "outage.delay_ms", "positional", _send(client, "fleet.router_outage", args=[
+        SITE, "exp-hostile", dict(OUTAGE, delay_ms=f"0; touch /tmp/pwned-{TOKEN}-pos #")])))
     # the reproduction: degrade formats delay_ms into `tc ... delay {delay}ms` on the router
-    sent.append(("fleet.router_outage", "delay_ms", "degrade", _send(client, "fleet.router_outage", kwargs=dict(
-        outage, mode="degrade", delay_ms=f"0; touch /tmp/pwned-{TOKEN}-degrade #"))))
+    sent.append(("fleet.router_outage", "outage.delay_ms", "degrade", _send(client, "fleet.router_outage", kwargs=dict(
+        outage, outage=dict(OUTAGE, mode="degrade", delay_ms=f"0; touch /tmp/pwned-{TOKEN}-degrade #")))))
     sent.append(("fleet.router_state", "command", "extra kwarg",
                  _send(client, "fleet.router_state", kwargs={"site_name": SITE, "command": f"touch /tmp/pwned-{TOKEN}-extra"})))
     sent.append(("fleet.router_outage", "site_name", "list", _send(client, "fleet.router_outage",
@@ -141,11 +148,14 @@ def test_shell_syntax_in_every_argument_is_refused_and_nothing_runs(lab, client,
 
 def test_refusal_names_the_argument_and_the_rule(lab, client, tmp_path):
     valid = _valid_args(lab, tmp_path)
-    cases = [("fleet.router_outage", "max_duration", 86401, "less than or equal to 86400"),
-             ("fleet.router_outage", "loss", 1.5, "less than or equal to 1"),
-             ("fleet.router_outage", "delay_ms", "5", "valid integer"),
-             ("fleet.router_outage", "mode", "link-up", "link-down"),
-             ("fleet.router_outage", "outage_id", "short", "pattern"),
+    outage = lambda **fields: dict(OUTAGE, **fields)  # noqa: E731
+    cases = [("fleet.router_outage", "outage.max_duration", outage(max_duration=86401), "less than or equal to 86400"),
+             ("fleet.router_outage", "outage.loss", outage(mode="degrade", loss=1.5), "less than or equal to 1"),
+             ("fleet.router_outage", "outage.delay_ms", outage(mode="degrade", delay_ms="5"), "valid integer"),
+             ("fleet.router_outage", "outage.mode", outage(mode="link-up"), "link-down"),
+             ("fleet.router_outage", "outage.id", outage(id="short"), "pattern"),
+             ("fleet.router_outage", "outage", outage(rate_kbit=256), "rate_kbit shapes a degrade outage only"),
+             ("fleet.router_restore", "outage.id", outage(id="hostile; reboot"), "pattern"),
              ("fleet.router_restore", "probe_for", 121.0, "less than or equal to 120"),
              ("fleet.place_call", "number", "1002@evil.example", "pattern"),
              ("fleet.rollout_push", "mac", "0004F2AABBCC", "pattern"),
@@ -153,7 +163,7 @@ def test_refusal_names_the_argument_and_the_rule(lab, client, tmp_path):
              ("fleet.rollout_push", "rid", "../../etc", "pattern"),
              ("fleet.scheduled_rollout", "inventory_path", str(tmp_path / "other.yml"), "not the inventory this worker"),
              ("fleet.scheduled_rollout", "playbook_path", "relative.yml", "pattern")]
-    results = [(task, field, rule, _send(client, task, kwargs=dict(valid[task], **{field: value})))
+    results = [(task, field, rule, _send(client, task, kwargs=dict(valid[task], **{field.split(".")[0]: value})))
                for task, field, value, rule in cases]
     _wait([r for *_, r in results])
     for task, field, rule, res in results:

@@ -13,7 +13,7 @@ from fleet.drivers import router as routers
 from fleet.drivers.control.rest import RestPhone
 from fleet.drivers.control.sip_notify import check_sync_blocking
 from fleet.drivers.errors import HostKeyUnknown
-from fleet.drivers.router import OutageSpec
+from fleet.drivers.router import Outage, WanState
 
 pytestmark = pytest.mark.slow
 SRV = {"expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}
@@ -72,8 +72,8 @@ def _oid(name: str) -> str:
     return f"test-{name}-{os.getpid()}"
 
 
-def _spec(mode: str, name: str, max_duration: int = 120) -> OutageSpec:
-    return OutageSpec(_oid(name), mode, max_duration)
+def _spec(mode: str, name: str, max_duration: int = 120) -> Outage:
+    return Outage(id=_oid(name), mode=mode, max_duration=max_duration)
 
 
 def test_r3_r4_cut_moves_to_gateway_at_next_refresh_and_back_within_retry_interval(std):
@@ -82,7 +82,7 @@ def test_r3_r4_cut_moves_to_gateway_at_next_refresh_and_back_within_retry_interv
     try:
         t_cut = time.time()
         drv.cut(_spec("link-down", "r3r4"))
-        assert drv.wan_state()["link_up"] is False
+        assert drv.wan_state().link_up is False
         moved = _wait(lambda: set(_working(std).values()) == {2}, 6 + 1.6 + 3)
         assert moved, _working(std)
         ev = [e for e in std.status()["ground_truth"]["phones"][mac]["events"]
@@ -98,7 +98,7 @@ def test_r3_r4_cut_moves_to_gateway_at_next_refresh_and_back_within_retry_interv
         assert not [r for r in std.status(since)["provider"]["requests"] if r["method"] == "INVITE"]
     finally:
         t_restore = time.time()
-        drv.restore(_oid("r3r4"), "link-down")
+        drv.restore(_spec("link-down", "r3r4"))
         drv.close()
     back = _wait(lambda: set(_working(std).values()) == {1}, 3 + 1.6 + 2)
     assert back, _working(std)
@@ -111,14 +111,14 @@ def test_r7_provider_name_that_stops_resolving_is_a_down_server(std):
     drv = _router(std)
     try:
         drv.cut(_spec("dns-fail", "r7"))
-        assert drv.wan_state(_oid("r7"))["dns_blocked"] is True
+        assert drv.wan_state(_oid("r7")).dns_blocked is True
         assert _wait(lambda: set(_working(std).values()) == {2}, 6 + 1 + 2 + 3)
         truth = std.status()["ground_truth"]["phones"]
         reasons = {e["data"].get("reason") for m in truth for e in truth[m]["events"]
                    if e["kind"] == "server_state" and e["data"]["server"] == 1 and e["data"]["state"] == "unregistered"}
         assert "dns" in reasons
     finally:
-        drv.restore(_oid("r7"), "dns-fail")
+        drv.restore(_spec("dns-fail", "r7"))
         drv.close()
     assert _wait(lambda: set(_working(std).values()) == {1}, 10)
 
@@ -128,13 +128,13 @@ def test_deadman_switch_on_the_router_restores_by_itself(std):
     try:
         cut = drv.cut(_spec("link-down", "deadman", max_duration=2))
         assert cut.outcome == "cut" and "armed" in cut.deadman
-        assert drv.wan_state()["link_up"] is False
-        assert _wait(lambda: drv.wan_state()["link_up"], 5, step=0.5)
+        assert drv.wan_state().link_up is False
+        assert _wait(lambda: drv.wan_state().link_up, 5, step=0.5)
         # the router says who restored it, and a late restore from the controller is a no-op
-        assert drv.wan_state(_oid("deadman"))["outage"] == "restored by deadman"
-        assert drv.restore(_oid("deadman"), "link-down").outcome == "already-restored"
+        assert drv.wan_state(_oid("deadman")).outage == "restored by deadman"
+        assert drv.restore(_spec("link-down", "deadman", max_duration=2)).outcome == "already-restored"
     finally:
-        drv.restore(_oid("deadman"), "link-down")
+        drv.restore(_spec("link-down", "deadman", max_duration=2))
         drv.close()
 
 
@@ -147,7 +147,7 @@ def test_unknown_host_key_is_refused_unless_accepted_explicitly(std, tmp_path):
     with pytest.raises(HostKeyUnknown):
         routers.connect(site.router.model_copy(update={"known_hosts": str(empty)}), creds)
     drv = routers.connect(site.router.model_copy(update={"known_hosts": str(empty), "accept_new_host_key": True}), creds)
-    assert drv.wan_state()["link_up"] is True
+    assert drv.wan_state().link_up is True
     drv.close()
 
 
@@ -179,7 +179,7 @@ def test_r5_register0_server_gets_no_register_but_takes_the_call_when_the_primar
         invites = _wait(lambda: [r for r in r5.status(since)["sites"][0]["gateway"]["requests"] if r["method"] == "INVITE"], 5)
         assert invites
     finally:
-        drv.restore(_oid("r5"), "link-down")
+        drv.restore(_spec("link-down", "r5"))
         drv.close()
     assert _wait(lambda: set(_working(r5).values()) == {1}, 10)
 
@@ -201,12 +201,11 @@ def test_snmp_driver_cuts_and_restores_with_checked_sets(std, version, secret):
     assert drv.if_index == 2
     try:
         drv.cut(_spec("link-down", f"snmp{version}"))
-        assert drv.wan_state() == {"link_up": False, "oper_up": False, "dropping": False, "dns_blocked": False,
-                                   "degraded": False, "rules_ours": 0, "qdisc_ours": False}
+        assert drv.wan_state() == WanState(link_up=False, oper_up=False)
         assert std.status()["sites"][0]["router"]["wan_state"]["admin_up"] is False
     finally:
-        drv.restore(_oid(f"snmp{version}"), "link-down")
-    assert drv.wan_state()["link_up"] is True
+        drv.restore(_spec("link-down", f"snmp{version}"))
+    assert drv.wan_state().link_up is True
     assert std.status()["sites"][0]["router"]["wan_state"]["admin_up"] is True
 
 

@@ -54,7 +54,7 @@ from fleet.config import inventory  # noqa: E402
 from fleet.drivers import router as routers  # noqa: E402
 from fleet.drivers.errors import DeviceRefused  # noqa: E402
 from fleet.drivers.probe import probe_provider  # noqa: E402
-from fleet.drivers.router import OutageSpec  # noqa: E402
+from fleet.drivers.router import Outage  # noqa: E402
 from hil.netns import plan  # noqa: E402
 
 
@@ -187,22 +187,23 @@ def test_link_down_on_the_real_kernel_and_its_routes_restored(nslab, drv):
     before = nslab.routes()
     assert any(" via " in r for r in before), before
     oid = _oid("link")
-    cut = drv.cut(OutageSpec(oid, "link-down", 60))
-    assert cut.outcome == "cut" and cut.state["link_up"] is False, cut
+    outage = Outage(id=oid, mode="link-down", max_duration=60)
+    cut = drv.cut(outage)
+    assert cut.outcome == "cut" and cut.state.link_up is False, cut
     assert nslab.link_up() is False and nslab.routes() == []     # the kernel took the routes with the link
     assert not nslab.reach_provider().reachable
-    back = drv.restore(oid, "link-down")
-    assert back.outcome == "restored" and back.state["link_up"] is True, back
+    back = drv.restore(outage)
+    assert back.outcome == "restored" and back.state.link_up is True, back
     assert nslab.routes() == before, "the driver put back the routes the kernel dropped"
     assert _wait(lambda: nslab.reach_provider().reachable, 10, "provider reachable again")
 
 
-@pytest.mark.parametrize("mode,kwargs,key", [("drop", {}, "dropping"), ("dns-fail", {}, "dns_blocked"),
-                                             ("degrade", {"loss": 1.0}, "degraded")])
-def test_firewall_modes_on_iptables_nft(nslab, drv, mode, kwargs, key):
+@pytest.mark.parametrize("mode,kwargs", [("drop", {}), ("dns-fail", {}), ("degrade", {"loss": 1.0})])
+def test_firewall_modes_on_iptables_nft(nslab, drv, mode, kwargs):
     oid = _oid(mode)
-    cut = drv.cut(OutageSpec(oid, mode, 60, **kwargs))
-    assert cut.outcome == "cut" and cut.state[key] is True, cut
+    outage = Outage(id=oid, mode=mode, max_duration=60, **kwargs)
+    cut = drv.cut(outage)
+    assert cut.outcome == "cut" and cut.state.shows(mode), cut
     rules = nslab.rules()
     assert len(rules) == 2 and all(f"fleet-{oid}" in r for r in rules), rules
     probe = nslab.reach_provider()
@@ -214,20 +215,21 @@ def test_firewall_modes_on_iptables_nft(nslab, drv, mode, kwargs, key):
         ruleset = _sh(nslab.router_ns, "nft", "list", "chain", "ip", "filter", "FORWARD")
         assert ruleset.count(f"fleet-{oid}") == 2 or ruleset.count("drop") >= 2, ruleset
         assert ("meta random" in ruleset) == (mode == "degrade"), ruleset
-    again = drv.cut(OutageSpec(oid, mode, 60, **kwargs))
+    again = drv.cut(outage)
     assert again.outcome == "already-cut" and len(nslab.rules()) == 2
-    back = drv.restore(oid, mode)
-    assert back.outcome == "restored" and back.state[key] is False, back
+    back = drv.restore(outage)
+    assert back.outcome == "restored" and not back.state.shows(mode), back
     assert nslab.rules() == []
     assert _wait(lambda: nslab.reach_provider().reachable, 10, "provider reachable again")
 
 
 def test_degrade_rate_uses_tbf_under_our_handle(nslab, drv):
     oid = _oid("rate")
-    cut = drv.cut(OutageSpec(oid, "degrade", 60, rate_kbit=256))
-    assert cut.outcome == "cut" and cut.state["qdisc_ours"] is True, cut
+    throttled = Outage(id=oid, mode="degrade", max_duration=60, rate_kbit=256)
+    cut = drv.cut(throttled)
+    assert cut.outcome == "cut" and cut.state.qdisc_ours is True, cut
     assert nslab.qdisc().startswith("qdisc tbf 1fe1: root"), nslab.qdisc()
-    assert drv.restore(oid, "degrade").outcome == "restored"
+    assert drv.restore(throttled).outcome == "restored"
     assert "1fe1:" not in nslab.qdisc()
 
 
@@ -235,24 +237,25 @@ def test_degrade_delay_fails_before_the_cut_when_the_kernel_has_no_netem(nslab, 
     has_netem = Path("/sys/module/sch_netem").is_dir() or subprocess.run(
         ["sh", "-c", "modprobe -q sch_netem"], capture_output=True).returncode == 0
     oid = _oid("delay")
+    delayed = Outage(id=oid, mode="degrade", max_duration=60, delay_ms=50)
     if has_netem:
-        cut = drv.cut(OutageSpec(oid, "degrade", 60, delay_ms=50))
+        cut = drv.cut(delayed)
         assert cut.outcome == "cut" and "netem 1fe1:" in nslab.qdisc()
-        assert drv.restore(oid, "degrade").outcome == "restored"
+        assert drv.restore(delayed).outcome == "restored"
         return
     with pytest.raises(DeviceRefused) as err:
-        drv.cut(OutageSpec(oid, "degrade", 60, delay_ms=50))
+        drv.cut(delayed)
     assert "exited 73" in str(err.value) and "netem" in str(err.value), err.value
     # refused before anything changed: no rule, no qdisc, no dead-man armed, the outage unknown to the router
     assert nslab.rules() == [] and "1fe1:" not in nslab.qdisc() and nslab.link_up()
     assert not (Path(drv.router.state_dir) / f"{oid}.deadman").exists()
-    assert drv.restore(oid, "degrade").outcome == "cancelled-before-cut"
+    assert drv.restore(delayed).outcome == "cancelled-before-cut"
 
 
 def test_deadmans_switch_fires_on_the_real_router_and_brings_wan_and_routes_back(nslab, drv):
     before = nslab.routes()
     oid = _oid("deadman")
-    cut = drv.cut(OutageSpec(oid, "link-down", 2))
+    cut = drv.cut(Outage(id=oid, mode="link-down", max_duration=2))
     assert cut.outcome == "cut" and "armed on the router" in cut.deadman, cut
     drv.close()                       # the controller is gone: nobody restores but the router itself
     assert nslab.link_up() is False
@@ -320,12 +323,13 @@ def test_fleet_status_agrees_with_kamailios_own_bindings_before_during_and_after
 
     _wait(lambda: agreeing(1), 20, "fleet status and Kamailio agree: every phone on the provider", step=0.5)
     oid = _oid("agree")
-    assert drv.cut(OutageSpec(oid, "drop", 90)).outcome == "cut"
+    dropped = Outage(id=oid, mode="drop", max_duration=90)
+    assert drv.cut(dropped).outcome == "cut"
     try:
         # the provider forgets a binding only when it expires (10 s here, usrloc timer 1 s)
         _wait(lambda: agreeing(2), 40, "fleet status and Kamailio agree: every phone on the gateway", step=0.5)
     finally:
-        assert drv.restore(oid, "drop").outcome == "restored"
+        assert drv.restore(dropped).outcome == "restored"
     _wait(lambda: agreeing(1), 30, "fleet status and Kamailio agree: every phone back on the provider", step=0.5)
 
 
@@ -388,14 +392,15 @@ def test_snmp_v3_authpriv_sets_ifadminstatus_on_real_snmpd_and_the_kernel_drops_
     before = nslab.routes()
     v2c = inventory.load(str(_snmp_inventory(nslab, tmp_path, "2c")))
     d2 = routers.connect(v2c.sites[0].router, inventory.Secrets(v2c).credentials(v2c.sites[0].router.credentials))
-    assert d2.wan_state()["link_up"] is True
+    assert d2.wan_state().link_up is True
     inv = inventory.load(str(_snmp_inventory(nslab, tmp_path, "3")))
     d = routers.connect(inv.sites[0].router, inventory.Secrets(inv).credentials(inv.sites[0].router.credentials))
     oid = _oid("snmp")
-    cut = d.cut(OutageSpec(oid, "link-down", 60))
-    assert cut.state["link_up"] is False and nslab.link_up() is False, cut
-    back = d.restore(oid, "link-down")
-    assert back.state["link_up"] is True and nslab.link_up() is True, back
+    outage = Outage(id=oid, mode="link-down", max_duration=60)
+    cut = d.cut(outage)
+    assert cut.state.link_up is False and nslab.link_up() is False, cut
+    back = d.restore(outage)
+    assert back.state.link_up is True and nslab.link_up() is True, back
     # a real kernel: the static route through the WAN went with the link, and SNMP has no way to put it back
     lost = [r for r in before if r not in nslab.routes()]
     assert lost and all(" via " in r for r in lost), (before, nslab.routes())

@@ -25,7 +25,7 @@ import yaml
 from conftest import BIN, lab_spec, router_driver, run_fleet, unique_id, wait_until
 from fleet.worker import tasks
 from fleet.worker import context as worker_context
-from fleet.drivers.router import OutageSpec
+from fleet.drivers.router import Outage
 from fleet.state.store import Store
 from fleet.worker.errors import TaskFailed
 
@@ -57,6 +57,10 @@ def drv(lab):
 
 
 _oid = functools.partial(unique_id, "race")   # a fresh outage id per call
+
+
+def _o(oid: str, mode: str, max_duration: int = 60, **degrade) -> Outage:
+    return Outage(id=oid, mode=mode, max_duration=max_duration, **degrade)
 
 
 def _wan(lab) -> dict:
@@ -109,15 +113,15 @@ def site_config(lab, drv):
 
 def test_restore_before_cut_cancels_the_cut(lab, on_worker, drv, site_config):
     oid = _oid("first")
-    restore = tasks.router_restore("edge", "exp-race", oid, "link-down", 0)
+    restore = tasks.router_restore("edge", "exp-race", _o(oid, "link-down"), 0)
     assert restore["outcome"] == "cancelled-before-cut", restore
-    cut = tasks.router_outage("edge", "exp-race", oid, "link-down", 60)
+    cut = tasks.router_outage("edge", "exp-race", _o(oid, "link-down"))
     assert cut["outcome"] == "cancelled", cut
     # and on the router itself, without the worker's Redis guard: the late cut finds the cancellation there
     oid2 = _oid("router-first")
-    assert drv.restore(oid2, "link-down").outcome == "cancelled-before-cut"
-    late = drv.cut(OutageSpec(oid2, "link-down", 60))
-    assert late.outcome == "cancelled" and late.state["link_up"] is True
+    assert drv.restore(_o(oid2, "link-down")).outcome == "cancelled-before-cut"
+    late = drv.cut(_o(oid2, "link-down"))
+    assert late.outcome == "cancelled" and late.state.link_up is True
     assert_back_as_found(lab, oid, site_config)
     assert_back_as_found(lab, oid2, site_config)
 
@@ -126,11 +130,11 @@ def test_restore_between_arming_and_cutting_waits_for_the_cut_and_undoes_it(lab,
     oid = _oid("between")
     lab.post("/router-fault", {"site": "edge", "slow": {"link set": 2.0}})
     results: dict[str, dict] = {}
-    cutter = threading.Thread(target=lambda: results.update(cut=tasks.router_outage("edge", "exp-race", oid, "link-down", 60)))
+    cutter = threading.Thread(target=lambda: results.update(cut=tasks.router_outage("edge", "exp-race", _o(oid, "link-down"))))
     cutter.start()
     # the dead-man is armed (its pid file exists) while `ip link set ... down` is still running
     _wait(lambda: (_state_dir(lab) / f"{oid}.deadman").exists(), 10, "the dead-man's switch armed")
-    results["restore"] = tasks.router_restore("edge", "exp-race", oid, "link-down", 5)
+    results["restore"] = tasks.router_restore("edge", "exp-race", _o(oid, "link-down"), 5)
     cutter.join(30)
     assert not cutter.is_alive(), "the cut task never returned"
     restore, cut = results["restore"], results["cut"]
@@ -144,15 +148,15 @@ def test_restore_between_arming_and_cutting_waits_for_the_cut_and_undoes_it(lab,
 
 def test_redelivered_cut_adds_nothing_and_restore_removes_exactly_ours(lab, on_worker, drv, site_config):
     oid = _oid("redeliver")
-    first = tasks.router_outage("edge", "exp-race", oid, "drop", 60)
-    again = tasks.router_outage("edge", "exp-race", oid, "drop", 60)
+    first = tasks.router_outage("edge", "exp-race", _o(oid, "drop"))
+    again = tasks.router_outage("edge", "exp-race", _o(oid, "drop"))
     assert first["outcome"] == "cut" and again["outcome"] == "already-cut", (first, again)
     ours = [r for r in _wan(lab)["rules"] if f"fleet-{oid}" in r]
     assert len(ours) == 2, ours      # one in, one out: the second delivery added nothing
     assert first["state"]["dropping"] is True
-    restore = tasks.router_restore("edge", "exp-race", oid, "drop", 5)
+    restore = tasks.router_restore("edge", "exp-race", _o(oid, "drop"), 5)
     assert restore["outcome"] == "restored" and restore["state"]["rules_ours"] == 0, restore
-    again = tasks.router_restore("edge", "exp-race", oid, "drop", 0)
+    again = tasks.router_restore("edge", "exp-race", _o(oid, "drop"), 0)
     assert again["outcome"] == "already-restored" and again["by"] == "controller", again
     assert_back_as_found(lab, oid, site_config)
 
@@ -160,13 +164,13 @@ def test_redelivered_cut_adds_nothing_and_restore_removes_exactly_ours(lab, on_w
 def test_a_lock_left_by_a_killed_script_does_not_block_the_restore(lab, on_worker, site_config):
     """A script killed outright on the router (SIGKILL, no EXIT trap) leaves its lock; the next one breaks it."""
     oid = _oid("stale-lock")
-    assert tasks.router_outage("edge", "exp-race", oid, "drop", 60)["outcome"] == "cut"
+    assert tasks.router_outage("edge", "exp-race", _o(oid, "drop"))["outcome"] == "cut"
     gone = subprocess.Popen(["true"])
     gone.wait()
     lock = _state_dir(lab) / f"{oid}.lock"
     lock.mkdir()
     (lock / "pid").write_text(f"{gone.pid}\n")
-    restore = tasks.router_restore("edge", "exp-race", oid, "drop", 0)
+    restore = tasks.router_restore("edge", "exp-race", _o(oid, "drop"), 0)
     assert restore["outcome"] == "restored", restore
     assert not lock.exists()
     assert_back_as_found(lab, oid, site_config)
@@ -180,23 +184,35 @@ def test_degrade_leaves_the_sites_own_qdisc_alone(lab, on_worker, drv, site_conf
         # a delay needs the root qdisc: refused before anything changes
         oid = _oid("qdisc-delay")
         with pytest.raises(TaskFailed, match="own root qdisc"):
-            tasks.router_outage("edge", "exp-race", oid, "degrade", 60, 0.0, 200)
+            tasks.router_outage("edge", "exp-race", _o(oid, "degrade", delay_ms=200))
         assert_back_as_found(lab, oid, before)
         # loss alone is a rule, not a qdisc: allowed, and the qdisc survives the restore
         oid = _oid("qdisc-loss")
-        cut = tasks.router_outage("edge", "exp-race", oid, "degrade", 60, 0.3)
+        lossy = _o(oid, "degrade", loss=0.3)
+        cut = tasks.router_outage("edge", "exp-race", lossy)
         assert cut["state"]["degraded"] is True and cut["state"]["qdisc_ours"] is False, cut
         assert _wan(lab)["loss"] == pytest.approx(0.3)
-        tasks.router_restore("edge", "exp-race", oid, "degrade", 0)
+        tasks.router_restore("edge", "exp-race", lossy, 0)
         assert_back_as_found(lab, oid, before)
     finally:
         drv.run("tc qdisc del dev wan0 root", check=False)
     # with the kernel's default root qdisc, a delay adds ours and the restore takes exactly it away
     oid = _oid("netem")
-    cut = tasks.router_outage("edge", "exp-race", oid, "degrade", 60, 0.0, 150)
+    delayed = _o(oid, "degrade", delay_ms=150)
+    cut = tasks.router_outage("edge", "exp-race", delayed)
     assert cut["state"]["qdisc_ours"] is True and _wan(lab)["delay"] == pytest.approx(0.15), cut
-    tasks.router_restore("edge", "exp-race", oid, "degrade", 0)
+    tasks.router_restore("edge", "exp-race", delayed, 0)
     assert_back_as_found(lab, oid, site_config)
+
+
+def test_a_degrade_by_rate_alone_puts_our_tbf_on_the_wan_and_the_restore_takes_it_away(lab, on_worker, site_config):
+    """rate_kbit without delay is tc's tbf (kernels without netem have it), under our handle, as the task asked."""
+    throttled = _o(_oid("rate"), "degrade", rate_kbit=256)
+    cut = tasks.router_outage("edge", "exp-race", throttled)
+    assert cut["outcome"] == "cut" and cut["state"]["qdisc_ours"] is True and cut["state"]["degraded"] is True, cut
+    assert _wan(lab)["root_qdisc"].startswith("tbf 1fe1: rate 256kbit "), _wan(lab)["root_qdisc"]
+    assert tasks.router_restore("edge", "exp-race", throttled, 0)["outcome"] == "restored"
+    assert_back_as_found(lab, throttled.id, site_config)
 
 
 def test_cut_task_past_its_expiry_never_runs(lab, worker_factory, redis_url):
@@ -208,7 +224,7 @@ def test_cut_task_past_its_expiry_never_runs(lab, worker_factory, redis_url):
     app = Celery(broker=redis_url, backend=redis_url)
     before = len(lab.status()["sites"][0]["router"]["commands"])
     try:
-        res = app.send_task("fleet.router_outage", args=["edge", "exp-race", _oid("expired"), "link-down", 60],
+        res = app.send_task("fleet.router_outage", args=["edge", "exp-race", _o(_oid("expired"), "link-down").to_dict()],
                             queue="site.edge", expires=datetime.now(timezone.utc) - timedelta(seconds=1))
         with pytest.raises(Exception, match="revoked|Revoked|expired"):
             res.get(timeout=20)
@@ -283,19 +299,19 @@ def snmp_worker(lab, redis_url, monkeypatch, tmp_path):
 def test_snmp_router_refuses_without_deadman_and_says_so_when_allowed(lab, snmp_worker):
     snmp_worker(False)
     with pytest.raises(TaskFailed, match="no dead-man's switch"):
-        tasks.router_outage("edge", "exp-race", _oid("snmp-no"), "link-down", 60)
+        tasks.router_outage("edge", "exp-race", _o(_oid("snmp-no"), "link-down"))
     assert _wan(lab)["admin_up"] is True
     snmp_worker(True)
     oid = _oid("snmp-yes")
-    cut = tasks.router_outage("edge", "exp-race", oid, "link-down", 60)
+    cut = tasks.router_outage("edge", "exp-race", _o(oid, "link-down"))
     assert cut["outcome"] == "cut" and cut["deadman"].startswith("none: SNMP"), cut
     assert cut["has_deadman"] is False and _wan(lab)["admin_up"] is False
-    restore = tasks.router_restore("edge", "exp-race", oid, "link-down", 5)
+    restore = tasks.router_restore("edge", "exp-race", _o(oid, "link-down"), 5)
     assert restore["outcome"] == "restored" and restore["state"]["link_up"] is True, restore
     # SNMP keeps no outage state on the router: the worker's guard in Redis cancels a cut that comes after its restore
     late = _oid("snmp-late")
-    tasks.router_restore("edge", "exp-race", late, "link-down", 0)   # a failed restore raises TaskFailed
-    assert tasks.router_outage("edge", "exp-race", late, "link-down", 60)["outcome"] == "cancelled"
+    tasks.router_restore("edge", "exp-race", _o(late, "link-down"), 0)   # a failed restore raises TaskFailed
+    assert tasks.router_outage("edge", "exp-race", _o(late, "link-down"))["outcome"] == "cancelled"
     assert _wan(lab)["admin_up"] is True
 
 
@@ -304,7 +320,8 @@ import json, sys
 from fleet.worker import tasks
 from fleet.worker.errors import TaskFailed
 try:
-    print(json.dumps({"outcome": tasks.router_outage("edge", "exp-other", sys.argv[1], sys.argv[2], 60)["outcome"]}))
+    outage = {"id": sys.argv[1], "mode": sys.argv[2], "max_duration": 60}    # as a task message carries it
+    print(json.dumps({"outcome": tasks.router_outage("edge", "exp-other", outage)["outcome"]}))
 except TaskFailed as exc:
     print(json.dumps({"refused": str(exc)}))
 """
@@ -323,7 +340,7 @@ def _other_controller(lab, redis_url: str, oid: str, mode: str, inventory: Path 
 def test_two_controllers_one_wan_the_second_outage_is_refused_and_the_first_restore_ends_only_the_first(
         lab, on_worker, redis_url, site_config):
     first, second, drop, later = _oid("wan-a"), _oid("wan-b"), _oid("wan-c"), _oid("wan-d")
-    assert tasks.router_outage("edge", "exp-race", first, "link-down", 60)["outcome"] == "cut"
+    assert tasks.router_outage("edge", "exp-race", _o(first, "link-down"))["outcome"] == "cut"
     try:
         for oid, mode in ((second, "link-down"), (drop, "drop")):
             answer = _other_controller(lab, redis_url, oid, mode)
@@ -331,15 +348,15 @@ def test_two_controllers_one_wan_the_second_outage_is_refused_and_the_first_rest
             assert f"already in outage {first}" in answer["refused"], answer
         assert _wan(lab)["rules"] == site_config["rules"], "the refused drop left rules behind"
     finally:
-        restore = tasks.router_restore("edge", "exp-race", first, "link-down", 5)
+        restore = tasks.router_restore("edge", "exp-race", _o(first, "link-down"), 5)
     assert restore["outcome"] == "restored" and restore["state"]["link_up"] is True, restore
     # once the first is restored the interface is free again; a repeated restore of the first does not end it
     assert _other_controller(lab, redis_url, later, "link-down") == {"outcome": "cut"}
     try:
-        assert tasks.router_restore("edge", "exp-race", first, "link-down", 0)["outcome"] == "already-restored"
+        assert tasks.router_restore("edge", "exp-race", _o(first, "link-down"), 0)["outcome"] == "already-restored"
         assert _wan(lab)["admin_up"] is False, "the first outage's restore ended the second one"
     finally:
-        assert tasks.router_restore("edge", "exp-race", later, "link-down", 5)["outcome"] == "restored"
+        assert tasks.router_restore("edge", "exp-race", _o(later, "link-down"), 5)["outcome"] == "restored"
     for oid in (first, second, drop, later):
         assert_back_as_found(lab, oid, site_config)
 
@@ -354,7 +371,7 @@ def test_two_controllers_with_their_own_state_dirs_see_one_wan_lock_in_every_mod
     second_inventory = tmp_path / "second.yml"
     second_inventory.write_text(yaml.safe_dump(doc))
     first, later = _oid("own-a"), _oid("own-d")
-    assert tasks.router_outage("edge", "exp-race", first, "drop", 60)["outcome"] == "cut"
+    assert tasks.router_outage("edge", "exp-race", _o(first, "drop"))["outcome"] == "cut"
     try:
         ours = [r for r in _wan(lab)["rules"] if f"fleet-{first}" in r]
         for mode in ("drop", "dns-fail"):
@@ -363,12 +380,12 @@ def test_two_controllers_with_their_own_state_dirs_see_one_wan_lock_in_every_mod
             assert f"already in outage {first}" in answer["refused"], answer
         assert [r for r in _wan(lab)["rules"] if "fleet-" in r] == ours, "the refused cuts left rules behind"
     finally:
-        restore = tasks.router_restore("edge", "exp-race", first, "drop", 5)
+        restore = tasks.router_restore("edge", "exp-race", _o(first, "drop"), 5)
     assert restore["outcome"] == "restored", restore
     # the first restored, the interface is free for the second controller; its restore is its own
     assert _other_controller(lab, redis_url, later, "drop", second_inventory) == {"outcome": "cut"}
     with router_driver(second_inventory) as second:
-        assert second.restore(later, "drop").outcome == "restored"
+        assert second.restore(_o(later, "drop")).outcome == "restored"
     assert_back_as_found(lab, first, site_config)
 
 
@@ -403,7 +420,7 @@ def test_a_state_dir_whose_parent_another_user_owns_or_a_shared_tmp_is_refused_b
         state_dir_worker(state_dir)
         before = len(lab.status()["sites"][0]["router"]["commands"])
         with pytest.raises(TaskFailed, match=why):
-            tasks.router_outage("edge", "exp-race", _oid("unsafe-dir"), "link-down", 60)
+            tasks.router_outage("edge", "exp-race", _o(_oid("unsafe-dir"), "link-down"))
         assert _wan(lab)["admin_up"] is True
         assert len(lab.status()["sites"][0]["router"]["commands"]) == before, "the router ran commands for the cut"
     assert not (theirs / "outages").exists() and shared.stat().st_mode & 0o7777 == 0o1777

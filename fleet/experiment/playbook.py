@@ -10,7 +10,10 @@ from soundpoint import values
 from soundpoint.strict import Strict
 from soundpoint.yamlfile import FieldError, load_model, source_of
 
+from fleet.base.outage import DEGRADE_FIELDS, DelayMs, Loss, MaxDuration, Outage, OutageMode, RateKbit, parameter_problem
 from fleet.config import validate
+from fleet.drivers.router import supported_modes
+from fleet.phoneconf import predict
 
 MAX_SECONDS = 86400.0
 
@@ -42,10 +45,23 @@ class ExpectStep(_Named):
 
 
 class OutageStep(_Named):
-    outage: Literal["link-down", "drop", "degrade", "dns-fail"]
-    max_duration: int = Field(gt=0, le=86400, description="the router restores by itself after this (dead-man's switch)")
-    loss: float = Field(0.0, ge=0, le=1)
-    delay_ms: int = Field(0, ge=0, le=60000)
+    """An outage as the playbook writes it (`outage: MODE`); `to_outage` makes the Outage the router is sent."""
+    outage: OutageMode
+    max_duration: MaxDuration = Field(description="the router restores by itself after this (dead-man's switch)")
+    loss: Loss = Field(0.0, description="degrade: the fraction of packets dropped each way")
+    delay_ms: DelayMs = Field(0, description="degrade: added delay (needs the router kernel's sch_netem)")
+    rate_kbit: RateKbit = Field(0, description="degrade: the WAN's rate limit")
+
+    @model_validator(mode="after")
+    def degrade_numbers_fit_the_mode(self) -> "OutageStep":
+        problem = parameter_problem(self.outage, {name: getattr(self, name) for name in DEGRADE_FIELDS})
+        if problem is not None:
+            raise FieldError((problem[0],), problem[1])
+        return self
+
+    def to_outage(self, outage_id: str) -> Outage:
+        return Outage(id=outage_id, mode=self.outage, max_duration=self.max_duration, loss=self.loss,
+                      delay_ms=self.delay_ms, rate_kbit=self.rate_kbit)
 
 
 class RestoreStep(_Named):
@@ -135,9 +151,6 @@ def check_against(playbook: ExperimentPlaybook, inventory, path: str, extra_para
     two servers can never hold, and would only show up as a failed experiment after a WAN cut.
     extra_params: parameters applied on top of the inventory's (a rollout's, for its drill).
     """
-    from fleet.phoneconf import predict
-    from fleet.drivers.router import supported_modes
-
     src = source_of(playbook, path)
     try:
         site = inventory.site(playbook.site)

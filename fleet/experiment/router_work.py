@@ -13,12 +13,12 @@ from contextlib import contextmanager
 from typing import Iterator
 
 from fleet.config import inventory as inv_mod
-from fleet.experiment import outage
+from fleet.experiment import outage as outage_work
 from soundpoint.deadline import poll_until
 from fleet.drivers import router as routers
 from fleet.drivers.errors import DriverError
 from fleet.drivers.probe import probe_provider
-from fleet.drivers.router import OutageSpec, RouterDriver
+from fleet.drivers.router import Outage, RouterDriver
 from fleet.worker.errors import TaskFailed, failure_text
 from fleet.worker.context import context, stores
 
@@ -52,23 +52,18 @@ def probe(site: inv_mod.Site) -> dict:
     return asyncio.run(probe_provider(inv.provider.name, inv.provider.port, dns)).to_dict()
 
 
-def cut(site_name: str, outage_id: str, mode: str, max_duration: int, loss: float = 0.0, delay_ms: int = 0,
-        rate_kbit: int = 0) -> dict:
+def cut(site_name: str, outage: Outage) -> dict:
     """Arm the dead-man's switch and cut in one step on the router, then prove the cut from the LAN side."""
-    try:
-        spec = OutageSpec(outage_id, mode, max_duration, loss, delay_ms, rate_kbit)
-    except ValueError as exc:
-        raise TaskFailed(f"site {site_name}: {exc}") from None
     store, _ = stores()
     with _router(site_name) as (site, drv):
-        return {"mode": mode, "outage_id": outage_id, **outage.cut(store, drv, spec, lambda: probe(site))}
+        return {"mode": outage.mode, "outage_id": outage.id, **outage_work.cut(store, drv, outage, lambda: probe(site))}
 
 
-def restore(site_name: str, outage_id: str, mode: str, probe_for: float = 10.0) -> dict:
+def restore(site_name: str, outage: Outage, probe_for: float = 10.0) -> dict:
     """End the outage (idempotent; cancels a cut that has not happened yet), then wait for the LAN to see the provider."""
     store, _ = stores()
     with _router(site_name) as (site, drv):
-        result = {"mode": mode, "outage_id": outage_id, **outage.restore(store, drv, outage_id, mode)}
+        result = {"mode": outage.mode, "outage_id": outage.id, **outage_work.restore(store, drv, outage)}
     if result["outcome"] == "cancelled-before-cut":
         return result
     last: dict = {}
@@ -86,4 +81,4 @@ def state(site_name: str, outage_id: str | None = None) -> dict:
     """The router's WAN state (and one outage's, if named) and the LAN-side probe."""
     with _router(site_name) as (site, drv):
         wan = drv.wan_state(outage_id)
-    return {"state": wan, "probe": probe(site)}
+    return {"state": wan.to_dict(), "probe": probe(site)}

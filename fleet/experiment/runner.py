@@ -28,6 +28,7 @@ from fleet.experiment.signals import Interrupted, SignalGuard
 from fleet.state.sites import register_site
 from fleet.state.store import RolloutStore, Store, foreign_sources
 from fleet.worker.errors import TaskFailed
+from fleet.base.outage import Outage, WanState
 from fleet.experiment.verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, fallback_behaviour, judge_phone,
                       predicted_bounds, timeline)
 
@@ -222,17 +223,15 @@ class ExperimentRunner:
             self.lease.release()
 
     def _outage(self, exp: str, step: OutageStep, result: ExperimentResult) -> StepResult:
-        outage_id = f"{exp}-o{len(result.outages) + 1}"
-        self.store.log_event(exp, "outage_request", outage_id=outage_id, mode=step.outage, max_duration=step.max_duration)
+        outage = step.to_outage(f"{exp}-o{len(result.outages) + 1}")
+        self.store.log_event(exp, "outage_request", outage_id=outage.id, mode=outage.mode, max_duration=outage.max_duration)
         # Recorded before the task is sent: an interrupt or a timeout while the router is being cut must still
         # send the restore, which then either undoes the cut or cancels it before it happens.
-        record = {"id": outage_id, "mode": step.outage, "start": time.time(), "end": None, "cut": "requested",
-                  "deadman": "", "restore": None, "confirmed": "not restored yet"}
+        record = {"id": outage.id, "mode": outage.mode, "asked": outage.to_dict(), "start": time.time(), "end": None,
+                  "cut": "requested", "deadman": "", "restore": None, "confirmed": "not restored yet"}
         result.outages.append(record)
         self.open_outage = record
-        res = self._task(tasks.router_outage.s(self.site.name, exp, outage_id, step.outage, step.max_duration,
-                                               step.loss, step.delay_ms, getattr(step, "rate_kbit", 0)),
-                         expires=self.task_timeout)
+        res = self._task(tasks.router_outage.s(self.site.name, exp, outage.to_dict()), expires=self.task_timeout)
         self.store.log_event(exp, "outage", **res)
         record["cut"] = res.get("outcome") or f"unknown ({res.get('error', 'no answer')})"
         record["deadman"] = res.get("deadman") or ""
@@ -243,25 +242,25 @@ class ExperimentRunner:
         if res.get("outcome") not in ("cut", "already-cut"):
             return StepResult(step.name, "outage", False, 0, f"the router did not cut: {res.get('outcome')} "
                                                              f"({res.get('note', '')})", res)
-        state, probe = res.get("state") or {}, res.get("probe")
-        expected = {"link-down": state.get("link_up") is False, "drop": state.get("dropping"),
-                    "dns-fail": state.get("dns_blocked"), "degrade": state.get("degraded")}[step.outage]
-        if not expected:
-            return StepResult(step.name, "outage", False, 0, f"router state after the cut does not show it: {describe_state(state)}", res)
+        state, probe = WanState.from_dict(res.get("state")), res.get("probe")
+        said = state.describe() if state else "no state"
+        if state is None or not state.shows(outage.mode):
+            return StepResult(step.name, "outage", False, 0, f"router state after the cut does not show it: {said}", res)
         if probe is not None and probe.get("reachable"):
             return StepResult(step.name, "outage", False, 0,
                               f"outage did not take effect: the provider is still reachable from the LAN ({probe.get('detail')})", res)
         return StepResult(step.name, "outage", True, 0,
-                          f"router: {describe_state(state)}; dead-man: {record['deadman'] or 'none'}; "
+                          f"router: {said}; dead-man: {record['deadman'] or 'none'}; "
                           f"LAN probe: {probe.get('detail') if probe else 'n/a'}", res)
 
     def _restore(self, exp: str, name: str, result: ExperimentResult) -> StepResult:
         record = self.open_outage
         if record is None:
             return StepResult(name, "restore", True, 0, "no outage open")
+        outage = Outage.from_dict(record["asked"])
         # No worker may start this restore after the dead-man has fired anyway; until then it is always worth running.
-        expires = max(self.task_timeout, float(self._max_duration(record)))
-        res = self._task(tasks.router_restore.s(self.site.name, exp, record["id"], record["mode"]), expires=expires)
+        expires = max(self.task_timeout, float(outage.max_duration))
+        res = self._task(tasks.router_restore.s(self.site.name, exp, outage.to_dict()), expires=expires)
         self.store.log_event(exp, "restore", **res)
         record["restore"] = res.get("outcome") or f"failed ({res.get('error', 'no answer')})"
         if not res.get("ok"):
@@ -270,27 +269,22 @@ class ExperimentRunner:
                                     else "no dead-man's switch is armed: restore the WAN by hand"))
             return StepResult(name, "restore", False, 0, f"restore failed: {res.get('error')}", res)
         self.open_outage = None
-        outcome, state = res.get("outcome"), res.get("state") or {}
-        record["router_state"] = state
+        outcome, state = res.get("outcome"), WanState.from_dict(res.get("state"))
+        record["router_state"] = state.to_dict() if state else {}
         if outcome == "cancelled-before-cut":
             record["end"] = record["start"]
             record["confirmed"] = "cancelled: the router never cut (the restore arrived first)"
         else:
             record["end"] = res.get("t_restore_done") or time.time()
             by = f" by the {res.get('by')}" if res.get("by") else ""
-            plain = {k: v for k, v in state.items() if k != "outage"}
-            record["confirmed"] = (f"restored{by}: {describe_state(plain)}" if not res.get("leftovers")
-                                   else f"NOT fully restored: {'; '.join(res['leftovers'])}")
+            record["confirmed"] = (f"restored{by}: {state.describe(with_outage=False) if state else 'no state'}"
+                                   if not res.get("leftovers") else f"NOT fully restored: {'; '.join(res['leftovers'])}")
         if res.get("leftovers"):
             return StepResult(name, "restore", False, 0, f"router after restore: {'; '.join(res['leftovers'])}", res)
         probe = res.get("probe") or {}
         if probe.get("reachable") is False:
             return StepResult(name, "restore", False, 0, f"provider still unreachable after restore ({probe.get('detail')})", res)
         return StepResult(name, "restore", True, 0, f"{record['confirmed']}; LAN probe: {probe.get('detail', 'n/a')}", res)
-
-    def _max_duration(self, record: dict) -> int:
-        steps = [s for s in self.pb.steps if isinstance(s, OutageStep) and s.outage == record["mode"]]
-        return max((s.max_duration for s in steps), default=int(self.task_timeout))
 
     def _expect(self, exp: str, step: ExpectStep, result: ExperimentResult) -> StepResult:
         phones = self._phones(step.phones)
@@ -368,19 +362,3 @@ class ExperimentRunner:
             if fallback is not None:
                 v.failover_behaviour = fallback_behaviour(obs, (self.initial.get(p.mac) or {}).get("servers"), outage,
                                                           fallback.expires)
-
-
-def describe_state(state: dict) -> str:
-    """The router's WAN state in words, for step messages and reports."""
-    if not state:
-        return "no state"
-    parts = ["link up" if state.get("link_up") else "link DOWN"]
-    if state.get("rules_ours"):
-        parts.append(f"{state['rules_ours']} rule(s) of ours")
-    if state.get("qdisc_ours"):
-        parts.append("our qdisc")
-    if not state.get("rules_ours") and not state.get("qdisc_ours"):
-        parts.append("no rule or qdisc of ours")
-    if state.get("outage"):
-        parts.append(f"outage {state['outage']}")
-    return ", ".join(parts)

@@ -90,8 +90,7 @@ def check_router(site: Site, secrets: Secrets) -> Check | None:
             drv.close()
     except Exception as exc:
         return Check(site.name, "router", target, False, _device_error(exc))
-    link = state.get("link") or state.get("oper") or state.get("admin")
-    detail = f"state read; WAN {r.wan_interface}" + (f" {link}" if link else "")
+    detail = f"state read; WAN {r.wan_interface}: {state.describe()}"
     return Check(site.name, "router", target, True, detail)
 
 

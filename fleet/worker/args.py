@@ -14,18 +14,18 @@ import functools
 import inspect
 import os
 from pathlib import Path
-from typing import Annotated, Any, Callable, Literal
+from typing import Annotated, Any, Callable
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from fleet.base.outage import Outage, OutageId
 
 # Identifiers go into Redis keys, backup file names and log lines: letters, digits and a few separators only
 # (no slash, no whitespace, no shell syntax), starting with a letter or digit so none reads as an option.
 SiteName = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$")]
 SafeId = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")]
-OutageId = Annotated[str, StringConstraints(strict=True, pattern=r"^[A-Za-z0-9_-]{8,64}$")]
 Mac = Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9a-f]{12}$")]   # the inventory's normal form
 PhoneNumber = Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9*#]{1,32}$")]
-OutageMode = Literal["link-down", "drop", "degrade", "dns-fail"]
 # Paths appear only where a task really takes a file (scheduled rollouts); no control characters, bounded.
 YamlPath = Annotated[str, StringConstraints(strict=True, min_length=1, max_length=4096,
                                             pattern=r"^/[^\x00-\x1f\x7f]*\.ya?ml$")]
@@ -48,19 +48,13 @@ class TaskArgs(BaseModel):
 class RouterOutageArgs(TaskArgs):
     site_name: SiteName
     exp_id: SafeId
-    outage_id: OutageId
-    mode: OutageMode
-    max_duration: int = Field(ge=1, le=86400)
-    loss: float = Field(0.0, ge=0, le=1)
-    delay_ms: int = Field(0, ge=0, le=60000)
-    rate_kbit: int = Field(0, ge=0, le=10_000_000)
+    outage: Outage       # sent as Outage.to_dict(); checked field by field here (an error names `outage.delay_ms`)
 
 
 class RouterRestoreArgs(TaskArgs):
     site_name: SiteName
     exp_id: SafeId
-    outage_id: OutageId
-    mode: OutageMode
+    outage: Outage       # the one its cut carried: a restore names the outage it ends
     probe_for: float = Field(10.0, ge=0, le=120)
 
 

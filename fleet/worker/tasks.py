@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+from fleet.base.outage import Outage
 from fleet.experiment import call_work
 from fleet.experiment import router_work
 from fleet.rollout import work as rollout_work
@@ -83,26 +84,26 @@ def retry_on(task: FleetTask) -> tuple[type[BaseException], ...]:
 # from running at all). A retried restore keeps its message's expiry.
 @app.task(base=FleetTask, name="fleet.router_outage", acks_late=True)
 @validated(task_args.RouterOutageArgs)
-def router_outage(site_name: str, exp_id: str, outage_id: str, mode: str, max_duration: int, loss: float = 0.0,
-                  delay_ms: int = 0, rate_kbit: int = 0) -> dict:
-    """Arm the dead-man's switch and cut, then prove the cut from the LAN side.
+def router_outage(site_name: str, exp_id: str, outage: Outage) -> dict:
+    """Arm the dead-man's switch and cut, then prove the cut from the LAN side. `outage` travels as
+    `Outage.to_dict()` and arrives here validated back into an Outage.
 
     No retry: an outage that cannot be cut now fails fast, so the experiment
     restores and reports instead of cutting seconds later than it measures from.
     """
-    return router_work.cut(site_name, outage_id, mode, max_duration, loss, delay_ms, rate_kbit)
+    return router_work.cut(site_name, outage)
 
 
 @app.task(base=FleetTask, name="fleet.router_restore", acks_late=True, **DEVICE_RETRY)
 @validated(task_args.RouterRestoreArgs)
-def router_restore(site_name: str, exp_id: str, outage_id: str, mode: str, probe_for: float = 10.0) -> dict:
+def router_restore(site_name: str, exp_id: str, outage: Outage, probe_for: float = 10.0) -> dict:
     """End the outage, then wait for the LAN to see the provider.
 
     Retried on timeouts: a restore names the outage it ends and is idempotent
     on the router (a second one answers already-restored), and the WAN coming
     back is worth every try before the dead-man's switch has to do it.
     """
-    return router_work.restore(site_name, outage_id, mode, probe_for)
+    return router_work.restore(site_name, outage, probe_for)
 
 
 @app.task(base=FleetTask, name="fleet.router_state", acks_late=True, **DEVICE_RETRY)

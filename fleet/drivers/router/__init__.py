@@ -11,57 +11,34 @@ inside a worker mid-experiment; the module is imported here on first use.
 An outage is a small protocol with an identity, because a cut and its restore
 travel as separate tasks and can arrive in any order (a cut still queued when
 the controller gave up on it, a redelivered cut, a restore sent on Ctrl-C):
-- `cut(spec)` is a no-op for an outage already restored or cancelled, and a
+- `cut(outage)` is a no-op for an outage already restored or cancelled, and a
   repeated cut adds nothing;
-- `restore(outage_id, mode)` is idempotent; one that arrives before its cut
-  cancels the outage, so the late cut does nothing;
-- both answer with what the router says happened (`RouterOutcome`), never with
-  what the caller hoped.
+- `restore(outage)` is idempotent; one that arrives before its cut cancels the
+  outage, so the late cut does nothing;
+- both answer with what the router says happened (`RouterOutcome`, its state a
+  `WanState`), never with what the caller hoped.
+The outage itself (`fleet.base.outage.Outage`) is checked before it gets here;
+turning it into shell arguments or SNMP sets is the driver's job alone.
 """
 from __future__ import annotations
 
 import importlib
-import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, fields
 from types import ModuleType
 from typing import TYPE_CHECKING, Protocol
 
+from fleet.base.outage import OUTAGE_ID, OUTAGE_MODES, Outage, WanState
 from fleet.config import platforms
 
 if TYPE_CHECKING:   # only for annotations
     from fleet.config.inventory import Credentials, Router
 
-OUTAGE_MODES = ("link-down", "drop", "degrade", "dns-fail")
-OUTAGE_ID = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+__all__ = ["OUTAGE_ID", "OUTAGE_MODES", "Outage", "WanState", "CUT_OUTCOMES", "RESTORE_OUTCOMES",
+           "RouterOutcome", "RouterDriver", "check_driver", "driver_module", "connect", "supported_modes"]
 
 # What a cut/restore can report. "cancelled": the restore came first, nothing was cut.
 CUT_OUTCOMES = ("cut", "already-cut", "cancelled", "already-restored")
 RESTORE_OUTCOMES = ("restored", "already-restored", "cancelled-before-cut")
-
-
-@dataclass(frozen=True)
-class OutageSpec:
-    """One requested cut. Values are checked here, so no driver ever formats an unchecked one into a command."""
-    outage_id: str
-    mode: str
-    max_duration: int
-    loss: float = 0.0
-    delay_ms: int = 0
-    rate_kbit: int = 0
-
-    def __post_init__(self) -> None:
-        if not isinstance(self.outage_id, str) or not OUTAGE_ID.match(self.outage_id):
-            raise ValueError("outage_id must be 8-64 characters of letters, digits, '_' or '-'")
-        if self.mode not in OUTAGE_MODES:
-            raise ValueError(f"unknown outage mode {self.mode!r}")
-        for name, value, low, high in (("max_duration", self.max_duration, 1, 86400), ("delay_ms", self.delay_ms, 0, 60000),
-                                       ("rate_kbit", self.rate_kbit, 0, 10_000_000)):
-            if type(value) is not int or not low <= value <= high:
-                raise ValueError(f"{name} must be an integer in {low}..{high}")
-        if type(self.loss) not in (int, float) or not 0.0 <= self.loss <= 1.0:
-            raise ValueError("loss must be a fraction in 0..1")
-        if self.mode == "degrade" and not (self.loss or self.delay_ms or self.rate_kbit):
-            raise ValueError("a degrade outage needs loss, delay_ms or rate_kbit")
 
 
 @dataclass
@@ -70,13 +47,14 @@ class RouterOutcome:
     outcome: str
     deadman: str = ""            # how the router-side restore is armed ("pid 1234, fires in 300 s"), or why there is none
     by: str = ""                 # for a restore already done: who did it ("controller", "deadman")
-    state: dict = field(default_factory=dict)
+    state: WanState | None = None  # the WAN as the driver read it right after
     # when the router answered the cut or restore itself, before any state query: the outage's real edge
     # (a state query over SSH takes as long again, and a phone can re-register inside it)
     done_at: float = 0.0
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        """The JSON form a task result carries; `state` as `WanState.to_dict()` (read back with `WanState.from_dict`)."""
+        return {f.name: getattr(self, f.name) for f in fields(self)} | {"state": self.state.to_dict() if self.state else {}}
 
 
 class RouterDriver(Protocol):
@@ -84,9 +62,9 @@ class RouterDriver(Protocol):
     modes: tuple[str, ...]
     has_deadman: bool
 
-    def cut(self, spec: OutageSpec) -> RouterOutcome: ...
-    def restore(self, outage_id: str, mode: str) -> RouterOutcome: ...
-    def wan_state(self, outage_id: str | None = None) -> dict: ...
+    def cut(self, outage: Outage) -> RouterOutcome: ...
+    def restore(self, outage: Outage) -> RouterOutcome: ...
+    def wan_state(self, outage_id: str | None = None) -> WanState: ...
     def close(self) -> None: ...
 
 

@@ -23,6 +23,7 @@ import re
 
 from fleet.config.inventory import Credentials, Router
 from fleet.drivers.errors import MalformedAnswer
+from fleet.drivers.router import WanState
 from fleet.drivers.router.ssh_base import Platform, SshRouter
 
 QDISC_HANDLE = "1fe1:"
@@ -113,7 +114,7 @@ _LINK = re.compile(r"^\d+:\s+(?P<dev>[^:@]+)[^<]*<(?P<flags>[^>]*)>")
 class LinuxSshRouter(SshRouter):
     platform = PLATFORM
 
-    def parse_state(self, sections: dict[str, list[str]], outage_id: str | None) -> dict:
+    def parse_state(self, sections: dict[str, list[str]], outage_id: str | None) -> WanState:
         link = " ".join(sections.get("link", [])).strip()
         m = _LINK.match(link)
         if not m:
@@ -123,24 +124,24 @@ class LinuxSshRouter(SshRouter):
         qdisc = [q for q in sections.get("qdisc", []) if " root" in q]
         ours_qdisc = any(re.match(r"qdisc \S+ " + QDISC_HANDLE + " ", q.strip()) for q in qdisc)
         wan = self.router.wan_interface
-        state = {
-            "link_up": "UP" in m["flags"].split(","),
-            "dropping": any((f"-i {wan} " in r or f"-o {wan} " in r) and "statistic" not in r for r in ours),
-            "dns_blocked": any(f"--dport {self.router.dns_port} " in r for r in ours),
-            "degraded": ours_qdisc or any("statistic" in r for r in ours),
-            "rules_ours": len(ours),
-            "qdisc_ours": ours_qdisc,
-            "root_qdisc": qdisc[0].strip()[:120] if qdisc else "",
-        }
         saved = {_route(r) for r in sections.get("saved_routes", []) if r.strip()}
-        if saved:
-            state["routes_missing"] = sorted(saved - {_route(r) for r in sections.get("routes", []) if r.strip()})
+        standing = None
         if outage_id:
             marks = dict(line.split(" ", 1) if " " in line else (line, "") for line in sections.get("outage", []))
-            state["outage"] = ("restored by " + marks["restored"].split(" ")[0] if "restored" in marks
-                               else "cancelled before the cut" if "cancelled" in marks
-                               else "cut" if "cut" in marks else "cut failed" if "cutting" in marks else "unknown to the router")
-        return state
+            standing = ("restored by " + marks["restored"].split(" ")[0] if "restored" in marks
+                        else "cancelled before the cut" if "cancelled" in marks
+                        else "cut" if "cut" in marks else "cut failed" if "cutting" in marks else "unknown to the router")
+        return WanState(
+            link_up="UP" in m["flags"].split(","),
+            dropping=any((f"-i {wan} " in r or f"-o {wan} " in r) and "statistic" not in r for r in ours),
+            dns_blocked=any(f"--dport {self.router.dns_port} " in r for r in ours),
+            degraded=ours_qdisc or any("statistic" in r for r in ours),
+            rules_ours=len(ours),
+            qdisc_ours=ours_qdisc,
+            root_qdisc=qdisc[0].strip()[:120] if qdisc else "",
+            routes_missing=tuple(sorted(saved - {_route(r) for r in sections.get("routes", []) if r.strip()})),
+            outage=standing,
+        )
 
 
 def _route(line: str) -> str:

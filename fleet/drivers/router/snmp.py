@@ -17,7 +17,7 @@ from pysnmp.hlapi.v3arch.asyncio import (CommunityData, ContextData, Integer, Ob
 
 from fleet.config.inventory import Credentials, Router
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError, MalformedAnswer
-from fleet.drivers.router import OutageSpec, RouterOutcome
+from fleet.drivers.router import Outage, RouterOutcome, WanState
 
 IF_DESCR = "1.3.6.1.2.1.2.2.1.2"
 IF_ADMIN = "1.3.6.1.2.1.2.2.1.7"
@@ -107,26 +107,26 @@ class SnmpRouter:
 
     has_deadman = False
 
-    def cut(self, spec: OutageSpec) -> RouterOutcome:
+    def cut(self, outage: Outage) -> RouterOutcome:
         """ifAdminStatus down. The router keeps no outage state over SNMP: the order of cut and restore is
         guarded by the worker (fleet.experiment.outage), and there is no router-side restore to fall back on."""
-        if spec.mode not in MODES:
-            raise DeviceRefused(self.name, f"outage mode {spec.mode!r} not supported over SNMP")
+        if outage.mode not in MODES:
+            raise DeviceRefused(self.name, f"outage mode {outage.mode!r} not supported over SNMP")
         if not self.router.allow_without_deadman:
             raise DeviceRefused(self.name, "SNMP cannot schedule a restore on the router (no dead-man's switch); "
                                            "set allow_without_deadman: true in the inventory to cut anyway")
         done_at = self._run(self._set_admin(DOWN))
-        return RouterOutcome("cut", deadman=NO_DEADMAN, state=self.wan_state(spec.outage_id), done_at=done_at)
+        return RouterOutcome("cut", deadman=NO_DEADMAN, state=self.wan_state(outage.id), done_at=done_at)
 
-    def restore(self, outage_id: str, mode: str) -> RouterOutcome:
+    def restore(self, outage: Outage) -> RouterOutcome:
         done_at = self._run(self._set_admin(UP))
-        return RouterOutcome("restored", by="controller", state=self.wan_state(outage_id), done_at=done_at)
+        return RouterOutcome("restored", by="controller", state=self.wan_state(outage.id), done_at=done_at)
 
-    def wan_state(self, outage_id: str | None = None) -> dict:
+    def wan_state(self, outage_id: str | None = None) -> WanState:
+        """ifAdminStatus and ifOperStatus; SNMP sets no rules or qdiscs, so those stay at their defaults."""
         admin = self._run(self._get(IF_ADMIN))
         oper = self._run(self._get(IF_OPER))
-        return {"link_up": admin == UP, "oper_up": oper == UP, "dropping": False, "dns_blocked": False,
-                "degraded": False, "rules_ours": 0, "qdisc_ours": False}
+        return WanState(link_up=admin == UP, oper_up=oper == UP)
 
     def close(self) -> None:
         return None

@@ -30,7 +30,7 @@ import paramiko
 
 from fleet.config.inventory import Credentials, Router
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError, HostKeyUnknown, MalformedAnswer
-from fleet.drivers.router import CUT_OUTCOMES, OUTAGE_ID, RESTORE_OUTCOMES, OutageSpec, RouterOutcome
+from fleet.drivers.router import CUT_OUTCOMES, OUTAGE_ID, RESTORE_OUTCOMES, Outage, RouterOutcome, WanState
 
 
 @dataclass(frozen=True)
@@ -429,31 +429,37 @@ class SshRouter(ABC):
         return (CUT_SCRIPT.replace("@PRUNE@", PRUNE).replace("@DEADMAN@", DEADMAN_START).replace("@PRECHECK@", _cases(self.platform.precheck))
                 .replace("@CUT@", _cases(self.platform.cut)))
 
-    def cut(self, spec: OutageSpec) -> RouterOutcome:
-        if spec.mode not in self.platform.cut:
-            raise DeviceRefused(self.name, f"outage mode {spec.mode!r} not supported by this router driver")
-        args = self._base_args(spec.outage_id) + [spec.mode, spec.max_duration, f"{spec.loss:.4f}" if spec.loss else "0",
-                                                   spec.delay_ms, spec.rate_kbit, self.router.dns_port, self.restore_script()]
-        answer = _keyvalues(self._script(self.cut_script(), args, f"cut {spec.mode} (outage {spec.outage_id})"))
+    def cut_args(self, outage: Outage) -> list[str]:
+        """The cut script's positional arguments for `outage` (see CUT_SCRIPT): the one place an Outage becomes
+        shell words. The values were checked by `Outage`; each is still quoted by `_script`."""
+        return self._base_args(outage.id) + [outage.mode, str(outage.max_duration), f"{outage.loss:.4f}" if outage.loss else "0",
+                                             str(outage.delay_ms), str(outage.rate_kbit), str(self.router.dns_port),
+                                             self.restore_script()]
+
+    def cut(self, outage: Outage) -> RouterOutcome:
+        if outage.mode not in self.platform.cut:
+            raise DeviceRefused(self.name, f"outage mode {outage.mode!r} not supported by this router driver")
+        answer = _keyvalues(self._script(self.cut_script(), self.cut_args(outage), f"cut {outage.mode} (outage {outage.id})"))
         done_at = time.time()
         outcome = answer.get("outcome", "")
         if outcome not in CUT_OUTCOMES:
             raise MalformedAnswer(self.name, f"cut answered no known outcome ({outcome[:40]!r})")
         pid = answer.get("deadman", "")
-        deadman = f"armed on the router (pid {pid}), restores {spec.max_duration}s after the cut" if pid.isdigit() else ""
-        return RouterOutcome(outcome, deadman=deadman, state=self.wan_state(spec.outage_id), done_at=done_at)
+        deadman = f"armed on the router (pid {pid}), restores {outage.max_duration}s after the cut" if pid.isdigit() else ""
+        return RouterOutcome(outcome, deadman=deadman, state=self.wan_state(outage.id), done_at=done_at)
 
-    def restore(self, outage_id: str, mode: str) -> RouterOutcome:
-        answer = _keyvalues(self._script(self.restore_script(), self._base_args(outage_id) + ["controller"],
-                                         f"restore (outage {outage_id})"))
+    def restore(self, outage: Outage) -> RouterOutcome:
+        """Undo whatever the router's marks say this outage did (the mode is the router's record, not ours)."""
+        answer = _keyvalues(self._script(self.restore_script(), self._base_args(outage.id) + ["controller"],
+                                         f"restore (outage {outage.id})"))
         done_at = time.time()
         outcome = answer.get("outcome", "")
         if outcome not in RESTORE_OUTCOMES:
             raise MalformedAnswer(self.name, f"restore answered no known outcome ({outcome[:40]!r})")
         by = answer.get("by") or ("controller" if outcome == "restored" else "")
-        return RouterOutcome(outcome, by=by, state=self.wan_state(outage_id), done_at=done_at)
+        return RouterOutcome(outcome, by=by, state=self.wan_state(outage.id), done_at=done_at)
 
-    def wan_state(self, outage_id: str | None = None) -> dict:
+    def wan_state(self, outage_id: str | None = None) -> WanState:
         script = STATE_SCRIPT.replace("@STATE@", self.platform.state.strip())
         out = self._script(script, self._base_args(outage_id), "state query")
         sections: dict[str, list[str]] = {}
@@ -466,8 +472,8 @@ class SshRouter(ABC):
         return self.parse_state(sections, outage_id)
 
     @abstractmethod
-    def parse_state(self, sections: dict[str, list[str]], outage_id: str | None) -> dict:
-        """Turn the state script's sections into {link_up, dropping, dns_blocked, degraded, ours, outage}."""
+    def parse_state(self, sections: dict[str, list[str]], outage_id: str | None) -> WanState:
+        """Turn the state script's sections into a WanState (and the named outage's standing on the router)."""
 
     def close(self) -> None:
         self.client.close()
