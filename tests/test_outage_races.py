@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from conftest import BIN, lab_spec, router_driver, run_fleet, unique_id, wait_until
-from fleet.worker import tasks
+from fleet.experiment import tasks
 from fleet.worker import context as worker_context
 from fleet.drivers.router import OutageSpec
 from fleet.state.store import Store
@@ -301,7 +301,7 @@ def test_snmp_router_refuses_without_deadman_and_says_so_when_allowed(lab, snmp_
 
 _SECOND_CONTROLLER = """
 import json, sys
-from fleet import tasks
+from fleet.experiment import tasks
 from fleet.worker.errors import TaskFailed
 try:
     print(json.dumps({"outcome": tasks.router_outage("edge", "exp-other", sys.argv[1], sys.argv[2], 60)["outcome"]}))

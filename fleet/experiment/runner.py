@@ -17,8 +17,10 @@ from typing import Callable
 from celery import Signature
 from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from fleet.worker import tasks
+from fleet.experiment import tasks
 from fleet.worker.app import site_queue
+from fleet.base.dns import ttl_of
+from fleet.config import validate
 from soundpoint.deadline import poll_until
 from fleet.config.inventory import Inventory, Phone, Site
 from fleet.experiment.playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
@@ -92,9 +94,6 @@ class ExperimentRunner:
             return None
         name = primary.address
         if name not in self._ttl_cache:
-            from fleet.config import validate
-            from fleet.base.dns import ttl_of
-
             host, port = validate.hostport(self.site.dns, "DNS server address")
             self._ttl_cache[name] = ttl_of(name, host, int(port or 53))
         return self._ttl_cache[name]

@@ -16,23 +16,29 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import kombu.exceptions
 import redis
+from celery.result import allow_join_result
 
-from fleet.rollout import policy
-from fleet.worker.app import site_queue
-from soundpoint.deadline import Deadline, poll_until
+from fleet.config import inventory as inv_mod
 from fleet.config.inventory import Inventory
-from fleet.state.lease import LeaseLost, SiteLease, default_ttl
+from fleet.experiment import playbook as experiment_playbook
+from fleet.experiment.runner import ExperimentRunner
+from fleet.rollout import playbook as rollout_playbook
+from fleet.rollout import policy
+from fleet.rollout.plan import plan
 from fleet.rollout.playbook import RolloutPlaybook
+from fleet.state.lease import LeaseLost, SiteLease, default_ttl
 from fleet.state.store import RolloutStore, Store
+from fleet.worker.app import app, site_queue
+from soundpoint.deadline import Deadline, poll_until
 
 IN_FLIGHT = policy.IN_FLIGHT
 FAILED = policy.FAILED
-# outcomes after which nothing can resume or roll back a phone of this run: its boot-server backups may go
-FINISHED = ("done", "aborted")
+FINISHED = policy.FINISHED
 # Redis (and the Celery broker in it) unreachable: the driver waits for it, bounded by its lease's TTL
 REDIS_AWAY = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError)
 # a dispatched task that shows no progress this long is sent again (its worker died with it)
@@ -71,13 +77,8 @@ def experiment_drill(inv: Inventory, store: Store) -> DrillFn:
     results there is allowed explicitly.
     """
     def run(path: str, site: str, holder: str) -> DrillResult:
-        from celery.result import allow_join_result
-
-        from fleet.experiment import playbook as pb_mod
-        from fleet.experiment.runner import ExperimentRunner
-
-        drill = pb_mod.load(path).model_copy(update={"site": site})
-        pb_mod.check_against(drill, inv, path)
+        drill = experiment_playbook.load(path).model_copy(update={"site": site})
+        experiment_playbook.check_against(drill, inv, path)
         with allow_join_result():
             result = ExperimentRunner(drill, inv, store, lease_holder=holder).run()
         store.finish_experiment(result.id, result.passed, "")
@@ -171,10 +172,9 @@ class RolloutDriver:
         if busy:
             self.rs.log(self.rid, "backups_kept", reason=f"{len(busy)} phones still in flight", phones=busy[:20])
             return
-        from fleet.worker import tasks  # here, not at the top: fleet.worker.tasks imports this module's constants
-
         for site in self._sites():
-            tasks.rollout_cleanup.s(self.rid, site).apply_async(queue=site_queue(site), ignore_result=True)
+            app.signature("fleet.rollout_cleanup", args=(self.rid, site)).apply_async(queue=site_queue(site),
+                                                                                       ignore_result=True)
         self.rs.log(self.rid, "backups_removal_sent", sites=self._sites())
 
     def _counts_if_reachable(self) -> dict:
@@ -345,15 +345,15 @@ class RolloutDriver:
         self.rs.set_phone(self.rid, mac, **fields)
         snapshot.setdefault(mac, {}).update({k: str(v) for k, v in fields.items()})
 
+    # The rollout's tasks are sent by name (fleet/rollout/tasks.py defines them): that module imports the
+    # scheduled run, which imports this driver, so importing it here would close a circle.
     def _send_push(self, mac: str, attempt: int) -> None:
-        from fleet.worker import tasks  # here, not at the top: fleet.worker.tasks imports this module's constants
-
-        tasks.rollout_push.s(self.rid, mac, attempt).apply_async(queue=site_queue(self.site_of[mac]), ignore_result=True)
+        app.signature("fleet.rollout_push", args=(self.rid, mac, attempt)).apply_async(
+            queue=site_queue(self.site_of[mac]), ignore_result=True)
 
     def _send_rollback(self, mac: str) -> None:
-        from fleet.worker import tasks
-
-        tasks.rollout_rollback.s(self.rid, mac).apply_async(queue=site_queue(self.site_of[mac]), ignore_result=True)
+        app.signature("fleet.rollout_rollback", args=(self.rid, mac)).apply_async(
+            queue=site_queue(self.site_of[mac]), ignore_result=True)
 
     def store_pushed(self, mac: str, entry: dict) -> None:
         # secrets as references (names in the secrets file, never values): the next plan diffs against them
@@ -385,12 +385,6 @@ def create(playbook_path: str, inventory_path: str, store: Store, rid: str | Non
     """Validate, plan and record a rollout; returns (id, playbook, inventory, plan). Nothing is touched yet.
 
     With `exclusive`, store.RolloutExists is raised if `rid` was created before (by another copy of the same run)."""
-    from pathlib import Path
-
-    from fleet.config import inventory as inv_mod
-    from fleet.rollout import playbook as rollout_playbook
-    from fleet.rollout.plan import plan
-
     pb = rollout_playbook.load(playbook_path)
     inv = inv_mod.load(inventory_path)
     rid = rid or new_id(pb.name)

@@ -31,7 +31,10 @@ from celery.schedules import crontab
 from soundpoint import yamlfile
 from soundpoint.yamlfile import FileError
 
+from fleet.config import inventory as inv_mod
 from fleet.rollout import playbook as rollout_playbook
+from fleet.rollout.driver import Overloaded, RolloutDriver, create
+from fleet.rollout.plan import PlanError
 from fleet.state.store import LeaseHeld, RolloutExists, RolloutStore, Store
 from fleet.worker.errors import TaskFailed
 
@@ -161,10 +164,6 @@ def run_scheduled(store: Store, playbook_path: str, inventory_path: str, name: s
     A run refused (bad playbook, plan, load check) is recorded as missed and
     raised as TaskFailed, as is a run whose rollout did not end `done`.
     """
-    from fleet.config import inventory as inv_mod
-    from fleet.rollout.driver import Overloaded, RolloutDriver, create
-    from fleet.rollout.plan import PlanError
-
     rs = RolloutStore(store)
     try:
         rid = rollout_id(name, _fire_time(playbook_path, fire_time))

@@ -9,7 +9,8 @@ import os
 
 from celery import Celery
 
-app = Celery("fleet", include=["fleet.worker.tasks"])
+# the task modules, one per domain (the shared task base is fleet/worker/base.py)
+app = Celery("fleet", include=["fleet.experiment.tasks", "fleet.rollout.tasks"])
 
 
 def configure(url: str | None = None) -> Celery:
