@@ -15,7 +15,6 @@ from dataclasses import dataclass, field
 from typing import Callable
 
 from celery import Signature
-from celery.exceptions import TimeoutError as CeleryTimeoutError
 
 from fleet.experiment import tasks
 from fleet.worker.app import site_queue
@@ -29,11 +28,13 @@ from fleet.state.lease import LeaseLost, SiteLease, default_ttl
 from fleet.experiment.signals import Interrupted, SignalGuard
 from fleet.state.sites import register_site
 from fleet.state.store import RolloutStore, Store, foreign_sources
-from fleet.worker.errors import TaskFailed
+from fleet.experiment.failures import StepFailed
+from fleet.experiment.sent_task import SentTask
 from fleet.experiment.verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, fallback_behaviour, judge_phone,
                       predicted_bounds, timeline)
 
 TASK_TIMEOUT = 60.0
+TASK_POLL_S = 0.05   # how often a waiting caller looks at a sent task's result again
 
 
 @dataclass
@@ -99,22 +100,16 @@ class ExperimentRunner:
         return self._ttl_cache[name]
 
     def _task(self, sig: Signature, expires: float | None = None) -> dict:
-        """Send a task signature to the site's queue and wait for it; its result with `ok`, or `ok: False` and why.
+        """Send a task signature to the site's queue and wait for it; its answer, or a StepFailed saying why not.
 
         `expires`: seconds after which no worker may start it any more. A task
-        that failed says why itself (TaskFailed); a timeout or a lost worker is
-        named with the task.
+        that failed says why itself (TaskRefused); a timeout (NoWorker) or a lost
+        worker (WorkerLost) is named with the task.
         """
-        result = sig.apply_async(queue=self.queue, expires=expires)
-        try:
-            return {"ok": True, **result.get(timeout=self.task_timeout, propagate=True)}
-        except TaskFailed as exc:
-            return {"ok": False, "error": str(exc)[:300]}
-        except CeleryTimeoutError:   # not taken, or not finished: say where to look
-            return {"ok": False, "error": f"{sig.task}: no answer from a worker of queue {self.queue} within "
-                                          f"{self.task_timeout:g}s (is `fleet worker --site {self.site.name}` running?)"}
-        except Exception as exc:  # worker lost: surfaced as a step failure with a reason
-            return {"ok": False, "error": f"{sig.task}: {type(exc).__name__}: {exc}"[:300]}
+        sent = SentTask.send(sig, self.queue, self.site.name, self.task_timeout, expires)
+        while (answer := sent.answer()) is None:
+            time.sleep(TASK_POLL_S)
+        return answer
 
     def _phones(self, selector) -> list[Phone]:
         phones = self.site.phones
@@ -229,16 +224,19 @@ class ExperimentRunner:
                   "deadman": "", "restore": None, "confirmed": "not restored yet"}
         result.outages.append(record)
         self.open_outage = record
-        res = self._task(tasks.router_outage.s(self.site.name, exp, outage_id, step.outage, step.max_duration,
-                                               step.loss, step.delay_ms, getattr(step, "rate_kbit", 0)),
-                         expires=self.task_timeout)
-        self.store.log_event(exp, "outage", **res)
-        record["cut"] = res.get("outcome") or f"unknown ({res.get('error', 'no answer')})"
+        try:
+            res = self._task(tasks.router_outage.s(self.site.name, exp, outage_id, step.outage, step.max_duration,
+                                                   step.loss, step.delay_ms, getattr(step, "rate_kbit", 0)),
+                             expires=self.task_timeout)
+        except StepFailed as exc:
+            self.store.log_event(exp, "outage", ok=False, error=str(exc))
+            record["cut"] = f"unknown ({exc})"
+            return StepResult(step.name, "outage", False, 0, f"cut failed: {exc}", {"error": str(exc)})
+        self.store.log_event(exp, "outage", ok=True, **res)
+        record["cut"] = res.get("outcome") or "unknown (no answer)"
         record["deadman"] = res.get("deadman") or ""
         if res.get("t_cut"):
             record["start"] = res.get("t_cut_done") or res["t_cut"]
-        if not res.get("ok"):
-            return StepResult(step.name, "outage", False, 0, f"cut failed: {res.get('error')}", res)
         if res.get("outcome") not in ("cut", "already-cut"):
             return StepResult(step.name, "outage", False, 0, f"the router did not cut: {res.get('outcome')} "
                                                              f"({res.get('note', '')})", res)
@@ -260,14 +258,17 @@ class ExperimentRunner:
             return StepResult(name, "restore", True, 0, "no outage open")
         # No worker may start this restore after the dead-man has fired anyway; until then it is always worth running.
         expires = max(self.task_timeout, float(self._max_duration(record)))
-        res = self._task(tasks.router_restore.s(self.site.name, exp, record["id"], record["mode"]), expires=expires)
-        self.store.log_event(exp, "restore", **res)
-        record["restore"] = res.get("outcome") or f"failed ({res.get('error', 'no answer')})"
-        if not res.get("ok"):
-            record["confirmed"] = (f"NOT confirmed: {res.get('error')}; " +
+        try:
+            res = self._task(tasks.router_restore.s(self.site.name, exp, record["id"], record["mode"]), expires=expires)
+        except StepFailed as exc:
+            self.store.log_event(exp, "restore", ok=False, error=str(exc))
+            record["restore"] = f"failed ({exc})"
+            record["confirmed"] = (f"NOT confirmed: {exc}; " +
                                    (f"the router's dead-man's switch restores it ({record['deadman']})" if record["deadman"]
                                     else "no dead-man's switch is armed: restore the WAN by hand"))
-            return StepResult(name, "restore", False, 0, f"restore failed: {res.get('error')}", res)
+            return StepResult(name, "restore", False, 0, f"restore failed: {exc}", {"error": str(exc)})
+        self.store.log_event(exp, "restore", ok=True, **res)
+        record["restore"] = res.get("outcome") or "failed (no answer)"
         self.open_outage = None
         outcome, state = res.get("outcome"), res.get("state") or {}
         record["router_state"] = state
@@ -321,9 +322,10 @@ class ExperimentRunner:
         if phone is None:
             return StepResult(step.name, "call", False, 0, "no phone to call from")
         t0 = time.time()
-        res = self._task(tasks.place_call.s(self.site.name, exp, phone.mac, step.call))
-        if not res.get("ok"):
-            return StepResult(step.name, "call", False, 0, f"dial failed: {res.get('error')}", res)
+        try:
+            self._task(tasks.place_call.s(self.site.name, exp, phone.mac, step.call))
+        except StepFailed as exc:
+            return StepResult(step.name, "call", False, 0, f"dial failed: {exc}", {"error": str(exc)})
         calls = poll_until(lambda: [o for o in self.store.observations(exp, phone.mac) if o.get("kind") == "call" and o["t"] >= t0],
                            step.within, self.pb.sample_interval)
         if not calls:
