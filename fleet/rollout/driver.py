@@ -21,7 +21,6 @@ from typing import Callable
 
 import kombu.exceptions
 import redis
-from celery.result import allow_join_result
 
 from fleet.config import inventory as inv_mod
 from fleet.config.inventory import Inventory
@@ -68,19 +67,24 @@ class DrillResult:
 DrillFn = Callable[[str, str, str], "DrillResult | bool"]
 
 
+def load_drill(path: str, site: str, inv: Inventory) -> experiment_playbook.ExperimentPlaybook:
+    """The drill's experiment playbook, aimed at the canary site and checked against the inventory."""
+    drill = experiment_playbook.load(path).model_copy(update={"site": site})
+    experiment_playbook.check_against(drill, inv, path)
+    return drill
+
+
 def experiment_drill(inv: Inventory, store: Store) -> DrillFn:
     """The failover drill gate: the drill's experiment playbook, run on the canary site under the rollout's lease.
 
-    Returns fn(drill playbook path, site, lease holder) -> DrillResult. It may
-    run inside a Celery task (a scheduled rollout): the drill's router tasks go
-    to the site's queue, served by the site's workers, so waiting on their
-    results there is allowed explicitly.
+    Returns fn(drill playbook path, site, lease holder) -> DrillResult, which
+    runs the experiment to its end, waiting between its moves: for a driver in
+    a process that may wait (the command line). A scheduled rollout, driven in
+    ticks inside Celery tasks, runs the same experiment one move per tick
+    (fleet.rollout.ticks), never waiting on the drill's router tasks.
     """
     def run(path: str, site: str, holder: str) -> DrillResult:
-        drill = experiment_playbook.load(path).model_copy(update={"site": site})
-        experiment_playbook.check_against(drill, inv, path)
-        with allow_join_result():
-            result = ExperimentRunner(drill, inv, store, lease_holder=holder).run()
+        result = ExperimentRunner(load_drill(path, site, inv), inv, store, lease_holder=holder).run()
         store.finish_experiment(result.id, result.passed, "")
         return DrillResult(result.passed, result.id)
 
@@ -148,16 +152,21 @@ class RolloutDriver:
             except LeaseLost as exc:
                 outcome = Outcome("halted", f"stopped: {exc}; `fleet rollout resume` continues", self._counts_if_reachable())
         # the lease is released: record the outcome (a resume may already hold the sites; then it is not ours to write)
+        self._record(outcome, lease.holder, lease.lost.is_set())
+        return outcome
+
+    def _record(self, outcome: Outcome, holder: str, lost: bool) -> None:
+        """Write the run's outcome and have the backups removed; not the status if the lease was lost and another
+        run drives the rollout now."""
         try:
             self.rs.log(self.rid, "end", status=outcome.status, reason=outcome.reason, counts=outcome.counts,
-                        holder=lease.holder)
-            if lease.lost.is_set() and self.rs.get_field(self.rid, "driver") != lease.holder:
-                return outcome   # another run drives the rollout now: its status is not ours to write
+                        holder=holder)
+            if lost and self.rs.get_field(self.rid, "driver") != holder:
+                return   # another run drives the rollout now: its status is not ours to write
             self.rs.set(self.rid, status=outcome.status, reason=outcome.reason, finished=time.time())
             self._remove_backups(outcome)
         except REDIS_AWAY as exc:   # the outcome stands; Redis still says "running", and a resume continues
             self.say(f"could not record the outcome, Redis is unreachable ({type(exc).__name__})")
-        return outcome
 
     def _remove_backups(self, outcome: Outcome) -> None:
         """Have each site's worker delete this run's `<file>.before-<id>` backups: they may hold SIP passwords.
@@ -212,10 +221,17 @@ class RolloutDriver:
         self._check_lease()
         holder = self.lease.holder if self.lease is not None else f"rollout:{self.rid}"
         try:
-            res = self.drill(self.pb.drill, canary_site, holder)
+            res: DrillResult | bool | Exception = self.drill(self.pb.drill, canary_site, holder)
         except Exception as exc:  # a drill that cannot run (bad playbook, no router) fails the gate, with why
-            self.rs.log(self.rid, "drill", site=canary_site, passed=False, error=str(exc)[:300])
-            return Outcome("halted", f"failover drill could not run on {canary_site}: {exc}"[:300], self.counts())
+            res = exc
+        return self._drill_verdict(canary_site, res, holder)
+
+    def _drill_verdict(self, canary_site: str, res: DrillResult | bool | Exception, holder: str) -> Outcome | None:
+        """What the drill's result means for the rollout: go on (None), or halted, with why."""
+        assert self.pb.drill is not None
+        if isinstance(res, Exception):
+            self.rs.log(self.rid, "drill", site=canary_site, passed=False, error=str(res)[:300])
+            return Outcome("halted", f"failover drill could not run on {canary_site}: {res}"[:300], self.counts())
         if not isinstance(res, DrillResult):
             res = DrillResult(bool(res))
         self.rs.log(self.rid, "drill", site=canary_site, passed=res.passed, experiment=res.experiment, holder=holder)
@@ -256,13 +272,8 @@ class RolloutDriver:
                     elif changed:
                         snapshot.update(self.rs.phones(self.rid, [m for m in changed if m in self.site_of]))
                     recheck |= (changed | observed) & wave_set
-                observed_now = {} if abort else self._observed({m: snapshot.get(m, {}) for m in macs}, recheck)
-                decided = policy.step(wave, macs, snapshot, observed_now, self.limits, now=time.time(),
-                                      deadline_passed=deadline.expired, abort=abort, downs=self._downs)
-                self._carry_out(decided.actions, snapshot)
+                decided = self._decide(wave, macs, snapshot, recheck, abort, deadline.expired)
                 recheck = set()
-                if decided.verdict != policy.ABORT:
-                    self.progress(self.counts_by_site(snapshot))
                 if decided.verdict in (policy.HALT, policy.ABORT):
                     self._settle(macs)
                     return Outcome("aborted" if decided.verdict == policy.ABORT else "halted", decided.reason,
@@ -277,6 +288,18 @@ class RolloutDriver:
                 last_full, recheck = None, set(macs)   # once it is back, read every phone again
                 continue
             time.sleep(max(0.0, MIN_PASS_S - (time.monotonic() - started)))   # busy feeds: a pass at most every 20 ms
+
+    def _decide(self, wave: int, macs: list[str], snapshot: dict[str, dict], recheck: set[str], abort: bool,
+                deadline_passed: bool) -> policy.Step:
+        """One decision on a wave from what was read (the policy's), with its actions carried out; the dispatch it
+        decided is the caller's to send, after it checked the lease again."""
+        observed_now = {} if abort else self._observed({m: snapshot.get(m, {}) for m in macs}, recheck)
+        decided = policy.step(wave, macs, snapshot, observed_now, self.limits, now=time.time(),
+                              deadline_passed=deadline_passed, abort=abort, downs=self._downs)
+        self._carry_out(decided.actions, snapshot)
+        if decided.verdict != policy.ABORT:
+            self.progress(self.counts_by_site(snapshot))
+        return decided
 
     def _observed(self, states: dict[str, dict], recheck: set[str]) -> dict[str, dict]:
         """The collectors' view (server index -> state and time) of the phones worth looking at this pass."""
@@ -311,16 +334,20 @@ class RolloutDriver:
         def nothing_in_flight() -> bool:
             self._check_lease()
             try:
-                states = self.rs.phones(self.rid, macs)
-                actions, done = policy.settle(macs, states, self._observed(states, set(macs)), self.limits, time.time(),
-                                              self._downs)
-                self._carry_out(actions, states)
+                return self._settle_pass(macs)
             except REDIS_AWAY as exc:
                 self._redis_away(exc)
                 return False
-            return done
 
         poll_until(nothing_in_flight, self.limits.settle_within, self.poll)
+
+    def _settle_pass(self, macs: list[str]) -> bool:
+        """One look at a wave that sends no more work: settle what can be settled; True once nothing is in flight."""
+        states = self.rs.phones(self.rid, macs)
+        actions, done = policy.settle(macs, states, self._observed(states, set(macs)), self.limits, time.time(),
+                                      self._downs)
+        self._carry_out(actions, states)
+        return done
 
     # ---------------------------------------------------------------- carrying out the policy's actions
     def _carry_out(self, actions: list[policy.Action], snapshot: dict[str, dict]) -> None:

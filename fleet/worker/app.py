@@ -45,4 +45,8 @@ def site_queue(site: str) -> str:
     return f"site.{site}"
 
 
+# what `fleet worker --control` serves: scheduled rollouts and the ticks that drive them
+CONTROL_QUEUE = "fleet.control"
+
+
 configure()
