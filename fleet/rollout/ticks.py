@@ -45,6 +45,10 @@ from fleet.rollout.driver import REDIS_AWAY, DrillResult, Outcome, RolloutDriver
 
 TICK_S = 0.5        # between two passes of a wave: phones reboot and register in seconds, not milliseconds
 MIN_TICK_S = 0.1    # the shortest pause, while a drill waits for a router task's answer
+# The lease is renewed by the ticks, not by a thread: a tick may wait in the queue behind the site's own tasks (one
+# worker of concurrency 1 serving both queues: a restore retried on timeouts takes tens of seconds), so the lease
+# outlives its last renewal by at least this long; it is also how long a chain of ticks that died blocks its sites.
+TICK_LEASE_MIN_S = 120.0
 DRIVABLE = ("planned", "running")   # a scheduled run drives its rollout only from these
 
 
@@ -59,6 +63,11 @@ class Tick:
 
 class TickedRollout(RolloutDriver):
     """The rollout driver, one non-blocking move per call of `tick()`; its state lives in the rollout's record."""
+
+    def __init__(self, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.lease_ttl = max(self.lease_ttl, TICK_LEASE_MIN_S)
+        self.next_in = TICK_S   # when the next tick should come, as this tick's move found out
 
     # ---------------------------------------------------------------- the first tick's preparation
     def start(self) -> tuple[str, int] | Outcome:
@@ -95,15 +104,15 @@ class TickedRollout(RolloutDriver):
     # ---------------------------------------------------------------- one tick
     def tick(self, holder: str, number: int) -> Tick:
         """Tick `number` of the driver `holder`: one move, recorded; what to send next."""
+        driver = self.rs.get_field(self.rid, "driver")
+        if driver != holder:   # a later driver took over (its own ticks, or `fleet rollout resume`)
+            self.rs.log(self.rid, "ticks_stopped", holder=holder, reason=f"the rollout is driven by {driver} now")
+            return Tick(None, summary={"id": self.rid, "tick": number, "note": f"driven by {driver} now"})
         claim = self.rs.claim_tick(self.rid, number, stale_after=self.lease_ttl)
         if claim == "done":
             return Tick(None, summary={"id": self.rid, "tick": number, "note": "a copy of a tick that already ran"})
         if claim == "busy":   # a copy runs it now; look again once a copy that died would no longer count
             return Tick(number, self.lease_ttl, {"id": self.rid, "tick": number, "note": "another copy runs it"})
-        driver = self.rs.get_field(self.rid, "driver")
-        if driver != holder:
-            self.rs.log(self.rid, "ticks_stopped", holder=holder, reason=f"the rollout is driven by {driver} now")
-            return Tick(None, summary={"id": self.rid, "tick": number, "note": f"driven by {driver} now"})
         self.next_in = TICK_S
         deadline = time.monotonic() + self.lease_ttl
         while True:
@@ -114,6 +123,10 @@ class TickedRollout(RolloutDriver):
                 if time.monotonic() > deadline:
                     raise
                 self._redis_away(exc)
+            except Exception as exc:    # no next tick: the rollout stays "running", resumable, and says why
+                self.rs.log(self.rid, "ticks_stopped", holder=holder, tick=number,
+                            reason=f"{type(exc).__name__}: {exc}"[:300])
+                raise
         self._redis_back()
         if outcome is None:
             self.rs.tick_done(self.rid, number)
@@ -228,12 +241,13 @@ class TickedRollout(RolloutDriver):
             self._keep_drill(drill, runner)
             return None
         self.rs.set(self.rid, drill_run="")
-        if lost:
-            return Outcome("halted", f"stopped: {lost}; `fleet rollout resume` continues", self.counts())
         if drill["crashed"]:
             return self._drill_verdict(site, RuntimeError(drill["crashed"]), holder)
         result = runner.finish()
         self.store.finish_experiment(result.id, result.passed, "")
+        if lost:   # the drill was abandoned (its result says why); the rollout stops
+            self.rs.log(self.rid, "drill", site=site, passed=result.passed, experiment=result.id, holder=holder)
+            return Outcome("halted", f"stopped: {lost}; `fleet rollout resume` continues", self.counts())
         outcome = self._drill_verdict(site, DrillResult(result.passed, result.id), holder)
         if outcome is None:
             self.rs.set(self.rid, drill_gate="passed", tick_wave=drill["wave"] + 1)
