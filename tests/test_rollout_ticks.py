@@ -6,6 +6,7 @@ The phones' work (pushes) is played here by writing their rollout states, as a s
 """
 from __future__ import annotations
 
+import base64
 import json
 import time
 import uuid
@@ -18,7 +19,8 @@ from fleet.experiment.sent_task import SentTask
 from fleet.rollout.driver import create, load_drill
 from fleet.rollout.ticks import Tick, TickedRollout
 from fleet.state.store import LeaseHeld, RolloutStore, Store
-from fleet.worker.app import app, configure
+import fleet.rollout.tasks  # noqa: F401  (registers the task names the driver sends)
+from fleet.worker.app import app, configure, site_queue
 
 INVENTORY = """name: lab
 firmware_family: uc-5.x
@@ -79,6 +81,20 @@ def _run_ticks(rollout, holder: str, first: int, until, limit: int = 200) -> tup
     pytest.fail(f"no end after {limit} ticks: {tick}")
 
 
+def _sent_to(store: Store, site: str) -> list[tuple[str, list]]:
+    """The tasks waiting in a site's queue (no worker serves it here): each one's name and arguments; the queue
+    is emptied."""
+    raw = store.r.lrange(site_queue(site), 0, -1)
+    store.r.delete(site_queue(site))
+    found = []
+    for item in reversed(raw):   # LPUSHed: the oldest last
+        message = json.loads(item)
+        args, _, _ = json.loads(base64.b64decode(message["body"]))
+        assert message["headers"]["task"] in app.tasks, message["headers"]["task"]
+        found.append((message["headers"]["task"], args))
+    return found
+
+
 def test_claims_let_one_copy_of_each_tick_run_and_take_over_from_a_dead_one(redis_url):
     rs = RolloutStore(Store(redis_url))
     rid = f"claims-{uuid.uuid4().hex[:6]}"
@@ -103,9 +119,10 @@ def test_ticks_drive_the_rollout_through_its_drill_to_done_and_give_the_lease_ba
         _driver(rollout).start()
     canary, other = rs.get(rid)["plan"]["waves"]
 
-    # the canary is sent; the tick does not wait for it
+    # the canary is sent (by the task's name: the driver does not import the task module); the tick does not wait
     number, _ = _run_ticks(rollout, holder, first, lambda t: rs.phone(rid, canary[0]).get("state") == "dispatched")
     assert rs.phone(rid, other[0])["state"] == "pending"
+    assert _sent_to(store, site) == [("fleet.rollout_push", [rid, canary[0], 1])]
     rs.set_phone(rid, canary[0], state="verified")           # as the site's worker and the verification would
     number, _ = _run_ticks(rollout, holder, number + 1, lambda t: bool(rs.get_field(rid, "drill_run")))
     drill_state = json.loads(rs.get_field(rid, "drill_run"))
@@ -125,6 +142,7 @@ def test_ticks_drive_the_rollout_through_its_drill_to_done_and_give_the_lease_ba
     _, last = _run_ticks(rollout, holder, number + 1, lambda t: t.next_tick is None)
     assert last.summary == {"id": rid, "status": "done"} and not last.failure
     assert rs.get_field(rid, "status") == "done" and store.lease_info(site)[0] is None
+    assert _sent_to(store, site) == [("fleet.rollout_push", [rid, other[0], 1]), ("fleet.rollout_cleanup", [rid, site])]
     kinds = [e["kind"] for e in rs.events(rid)]
     assert kinds.count("run") == 1 and kinds.count("end") == 1 and kinds.count("drill") == 1, kinds
 

@@ -103,7 +103,44 @@ class TickedRollout(RolloutDriver):
 
     # ---------------------------------------------------------------- one tick
     def tick(self, holder: str, number: int) -> Tick:
-        """Tick `number` of the driver `holder`: one move, recorded; what to send next."""
+        """Tick `number` of the driver `holder`: one move, recorded; what to send next.
+
+        Redis away (the broker with it) is waited out here, while the lease may
+        still be ours: a tick that failed for it would send no next tick.
+        """
+        deadline = time.monotonic() + self.lease_ttl
+        claimed = False
+        while True:
+            try:
+                if not claimed:
+                    refused = self._claim(holder, number)
+                    if refused is not None:
+                        return refused
+                    claimed = True
+                outcome = self._move(holder)
+                if outcome is None:
+                    self.rs.tick_done(self.rid, number)
+                    self._redis_back()
+                    return Tick(number + 1, self.next_in, {"id": self.rid, "tick": number})
+                break
+            except REDIS_AWAY as exc:
+                if time.monotonic() > deadline:
+                    raise
+                self._redis_away(exc)
+            except Exception as exc:    # no next tick: the rollout stays "running", resumable, and says why
+                self.rs.log(self.rid, "ticks_stopped", holder=holder, tick=number,
+                            reason=f"{type(exc).__name__}: {exc}"[:300])
+                raise
+        self._record(outcome, holder, lost=bool(self.rs.get_field(self.rid, "tick_lost")))
+        self._release(holder, self._sites())
+        self.rs.tick_done(self.rid, number)
+        summary = {"id": self.rid, "status": outcome.status}
+        if outcome.status != "done":
+            return Tick(None, summary=summary, failure=f"{outcome.status}: {outcome.reason}")
+        return Tick(None, summary=summary)
+
+    def _claim(self, holder: str, number: int) -> Tick | None:
+        """None when this copy runs tick `number`; else what to do instead (nothing, or look again later)."""
         driver = self.rs.get_field(self.rid, "driver")
         if driver != holder:   # a later driver took over (its own ticks, or `fleet rollout resume`)
             self.rs.log(self.rid, "ticks_stopped", holder=holder, reason=f"the rollout is driven by {driver} now")
@@ -113,31 +150,7 @@ class TickedRollout(RolloutDriver):
             return Tick(None, summary={"id": self.rid, "tick": number, "note": "a copy of a tick that already ran"})
         if claim == "busy":   # a copy runs it now; look again once a copy that died would no longer count
             return Tick(number, self.lease_ttl, {"id": self.rid, "tick": number, "note": "another copy runs it"})
-        self.next_in = TICK_S
-        deadline = time.monotonic() + self.lease_ttl
-        while True:
-            try:
-                outcome = self._move(holder)
-                break
-            except REDIS_AWAY as exc:   # wait for Redis while the lease may still be ours, then give up
-                if time.monotonic() > deadline:
-                    raise
-                self._redis_away(exc)
-            except Exception as exc:    # no next tick: the rollout stays "running", resumable, and says why
-                self.rs.log(self.rid, "ticks_stopped", holder=holder, tick=number,
-                            reason=f"{type(exc).__name__}: {exc}"[:300])
-                raise
-        self._redis_back()
-        if outcome is None:
-            self.rs.tick_done(self.rid, number)
-            return Tick(number + 1, self.next_in, {"id": self.rid, "tick": number})
-        self._record(outcome, holder, lost=bool(self.rs.get_field(self.rid, "tick_lost")))
-        self._release(holder, self._sites())
-        self.rs.tick_done(self.rid, number)
-        summary = {"id": self.rid, "status": outcome.status}
-        if outcome.status != "done":
-            return Tick(None, summary=summary, failure=f"{outcome.status}: {outcome.reason}")
-        return Tick(None, summary=summary)
+        return None
 
     def _renew(self, holder: str) -> str:
         """Renew the lease on every site; why it is no longer ours, or "" while it is."""
@@ -195,6 +208,7 @@ class TickedRollout(RolloutDriver):
 
     # ---------------------------------------------------------------- the failover drill, one move per tick
     def _start_drill(self, holder: str, wave: int) -> Outcome | None:
+        """The canary wave is done: open the drill's experiment on the canary site, under this rollout's lease."""
         assert self.pb.drill is not None
         site = self.site_of[self.plan["waves"][wave][0]]
         self.say(f"failover drill on canary site {site}: {self.pb.drill}")
@@ -202,6 +216,8 @@ class TickedRollout(RolloutDriver):
             runner = ExperimentRunner(load_drill(self.pb.drill, site, self.inv), self.inv, self.store,
                                       say=self.say, lease_holder=holder)
             runner.open()
+        except REDIS_AWAY:
+            raise
         except Exception as exc:   # a drill that cannot run (bad playbook, no router) fails the gate, with why
             return self._drill_verdict(site, exc, holder)
         drill = {"site": site, "wave": wave, "crashed": ""}
@@ -216,6 +232,8 @@ class TickedRollout(RolloutDriver):
         return None
 
     def _drill_move(self, holder: str, drill: dict, lost: str) -> Outcome | None:
+        """One move of the drill's experiment; once it is done, what it means for the rollout (the same gate as
+        `RolloutDriver._drill_gate`). A drill that broke, or whose lease was lost, restores the WAN first."""
         site = drill["site"]
         assert self.pb.drill is not None
         try:
@@ -242,6 +260,7 @@ class TickedRollout(RolloutDriver):
             return None
         self.rs.set(self.rid, drill_run="")
         if drill["crashed"]:
+            self.store.finish_experiment(runner.exp, False, "")
             return self._drill_verdict(site, RuntimeError(drill["crashed"]), holder)
         result = runner.finish()
         self.store.finish_experiment(result.id, result.passed, "")
