@@ -642,7 +642,7 @@ def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurren
     os.environ["FLEET_INVENTORY"] = str(Path(inventory_path).resolve())
     os.environ["FLEET_COLLECT_SITES"] = "" if no_collect else ",".join(sites)
     from fleet.worker.app import app, configure
-    from fleet.worker.tasks import context
+    from fleet.worker.context import context
 
     # the tasks' own copy, parsed once before the pool starts (and before prefork forks), not by its first tasks
     try:

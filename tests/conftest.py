@@ -124,6 +124,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     112: (1, "test_firmware_variants"),
     98: (1, "test_rest_one_at_a_time"),
     113: (1, "test_uc53_push_lab"),
+    137: (1, "test_scheduled_one_worker"),
 }
 
 

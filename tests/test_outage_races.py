@@ -23,7 +23,7 @@ import pytest
 import yaml
 
 from conftest import BIN, lab_spec, router_driver, run_fleet, unique_id, wait_until
-from fleet.worker import tasks
+from fleet.experiment import tasks
 from fleet.worker import context as worker_context
 from fleet.drivers.router import Outage
 from fleet.state.store import Store
@@ -317,7 +317,7 @@ def test_snmp_router_refuses_without_deadman_and_says_so_when_allowed(lab, snmp_
 
 _SECOND_CONTROLLER = """
 import json, sys
-from fleet.worker import tasks
+from fleet.experiment import tasks
 from fleet.worker.errors import TaskFailed
 try:
     outage = {"id": sys.argv[1], "mode": sys.argv[2], "max_duration": 60}    # as a task message carries it

@@ -20,7 +20,8 @@ from soundpoint.redisboot import start_private
 from fleet.rollout.plan import config_hash
 from fleet.worker.args import TaskArgumentError, validated
 
-import fleet.worker.tasks  # noqa: F401  (registers the tasks)
+import fleet.experiment.tasks  # noqa: F401  (registers the tasks)
+import fleet.rollout.tasks  # noqa: F401
 
 
 def test_every_fleet_task_checks_its_arguments():

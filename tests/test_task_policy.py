@@ -7,7 +7,9 @@ from celery.backends.base import BaseBackend
 
 from fleet.experiment import router_work
 from fleet.rollout import work as rollout_work
-from fleet.worker import tasks
+from fleet.experiment import tasks as experiment_tasks
+from fleet.rollout import tasks as rollout_tasks
+from fleet.worker import base as task_base
 from fleet.worker.app import app
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError
 from fleet.worker.errors import TaskFailed
@@ -30,7 +32,7 @@ def test_a_task_failure_reaches_the_caller_as_the_same_class_and_words():
 def test_retries_are_declared_only_where_repeating_is_safe():
     retried = {"fleet.router_restore", "fleet.router_state", "fleet.rollout_push", "fleet.rollout_rollback",
                "fleet.rollout_cleanup"}
-    never = {"fleet.router_outage", "fleet.place_call", "fleet.scheduled_rollout"}
+    never = {"fleet.router_outage", "fleet.place_call", "fleet.scheduled_rollout", "fleet.rollout_tick"}
     fleet_tasks = {name: t for name, t in app.tasks.items() if name.startswith("fleet.")}
     assert set(fleet_tasks) == retried | never
     for name in retried:
@@ -39,7 +41,7 @@ def test_retries_are_declared_only_where_repeating_is_safe():
         assert t.retry_backoff and t.retry_jitter and 1 <= t.max_retries <= 5, name
     for name in never:
         assert not getattr(fleet_tasks[name], "autoretry_for", ()), name
-    assert all(t.acks_late and isinstance(t, tasks.FleetTask) for t in fleet_tasks.values())
+    assert all(t.acks_late and isinstance(t, task_base.FleetTask) for t in fleet_tasks.values())
 
 
 def test_a_driver_error_fails_the_task_as_task_failed(monkeypatch):
@@ -48,20 +50,20 @@ def test_a_driver_error_fails_the_task_as_task_failed(monkeypatch):
 
     monkeypatch.setattr(router_work, "state", timed_out)
     with pytest.raises(TaskFailed, match="router 10.1.0.1:22: no SSH answer within 10s"):
-        tasks.router_state("hq")
+        experiment_tasks.router_state("hq")
 
 
 def test_retry_on_is_empty_on_the_last_try_and_when_called_directly():
-    task = tasks.rollout_push
-    assert tasks.retry_on(task) == ()   # called directly: the failure comes at once
+    task = rollout_tasks.rollout_push
+    assert task_base.retry_on(task) == ()   # called directly: the failure comes at once
     task.push_request(retries=0, called_directly=False)
     try:
-        assert tasks.retry_on(task) == (DeviceTimeout,)
+        assert task_base.retry_on(task) == (DeviceTimeout,)
     finally:
         task.pop_request()
     task.push_request(retries=task.max_retries, called_directly=False)
     try:
-        assert tasks.retry_on(task) == ()
+        assert task_base.retry_on(task) == ()
     finally:
         task.pop_request()
 

@@ -4,7 +4,7 @@ Plain functions (no Celery): each opens the site's router driver, does one
 job, closes the driver, and returns a JSON-able result. A failure raises:
 a driver error (naming the router) as it is, anything else about the
 request as TaskFailed. Whether a failure is worth another try is the task's
-decision (fleet/worker/tasks.py), not this module's.
+decision (fleet/experiment/tasks.py), not this module's.
 """
 from __future__ import annotations
 

@@ -6,20 +6,29 @@ cut, the cut is proven from the router's own state and from a LAN-side probe
 the WAN is restored at the end, on error and on Ctrl-C. The site is held under
 an exclusive lease for the whole run, and every operation goes into the
 experiment's append-only event log.
+
+The run is a sequence of non-blocking moves (`advance()`): a step sends its
+device task and comes back for the answer (fleet.experiment.sent_task), an
+expectation looks at the store once per move, a wait checks the clock. That is
+what lets a scheduled rollout run its failover drill from short ticks without
+ever waiting on a task inside a task (fleet.rollout.ticks keeps the run's
+state, `to_state()`, in Redis between ticks). `run()` is the same moves in a
+loop with pauses between them, for a caller that may wait: `fleet experiment
+run`, or a rollout driven from the command line.
 """
 from __future__ import annotations
 
 import signal
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Callable
 
 from celery import Signature
-from celery.exceptions import TimeoutError as CeleryTimeoutError
 
-from fleet.worker import tasks
+from fleet.experiment import tasks
 from fleet.worker.app import site_queue
-from soundpoint.deadline import poll_until
+from fleet.base.dns import ttl_of
+from soundpoint import values
 from fleet.config.inventory import Inventory, Phone, Site
 from fleet.experiment.playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
 from fleet.phoneconf.predict import servers
@@ -27,12 +36,17 @@ from fleet.state.lease import LeaseLost, SiteLease, default_ttl
 from fleet.experiment.signals import Interrupted, SignalGuard
 from fleet.state.sites import register_site
 from fleet.state.store import RolloutStore, Store, foreign_sources
-from fleet.worker.errors import TaskFailed
 from fleet.base.outage import Outage, WanState
+from fleet.experiment.failures import StepFailed
+from fleet.experiment.sent_task import SentTask
 from fleet.experiment.verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, fallback_behaviour, judge_phone,
                       predicted_bounds, timeline)
 
 TASK_TIMEOUT = 60.0
+TASK_POLL_S = 0.05   # how often a waiting caller looks at a sent task's result again
+SETTLE_S = 0.2       # after the cleanup, observations already in flight reach the store before the verdicts
+# the phases of a run, in order: its steps, the cleanup (restore an outage left open, stop observing), the settle
+STEPS, CLEANUP, SETTLE, DONE = "steps", "cleanup", "settle", "done"
 
 
 @dataclass
@@ -79,7 +93,17 @@ class ExperimentRunner:
         self.task_timeout = task_timeout
         self.open_outage: dict | None = None
         self.lease_holder = lease_holder   # a rollout running this as its failover drill already holds the site
+        self.lease: SiteLease | None = None   # the run's own lease (none when a rollout's drill: the rollout holds it)
         self._ttl_cache: dict[str, float | None] = {}   # primary's name -> the TTL the site's DNS gives it
+        # where the run is: what to_state() keeps between the ticks of a drill
+        self.exp = ""
+        self.result: ExperimentResult | None = None
+        self.initial: dict[str, dict] = {}
+        self.phase = STEPS
+        self.position = 0                  # the index of the step being run
+        self.pending: dict | None = None   # that step's progress: when it started, the task it sent, what it saw
+        self.settle_until = 0.0
+        self.pause = TASK_POLL_S           # how long a caller that waits may sleep before the next advance()
 
     # ------------------------------------------------------------------ helpers
     def _family(self, phone: Phone) -> str:
@@ -93,30 +117,28 @@ class ExperimentRunner:
             return None
         name = primary.address
         if name not in self._ttl_cache:
-            from soundpoint import values
-            from fleet.base.dns import ttl_of
-
             host, port = values.hostport(self.site.dns, "DNS server address")
             self._ttl_cache[name] = ttl_of(name, host, int(port or 53))
         return self._ttl_cache[name]
 
-    def _task(self, sig: Signature, expires: float | None = None) -> dict:
-        """Send a task signature to the site's queue and wait for it; its result with `ok`, or `ok: False` and why.
+    def _send(self, sig: Signature, expires: float | None = None) -> None:
+        """Send the current step's task to the site's queue; `expires`: seconds after which no worker may start
+        it any more. The step reads the answer with `_answer()`, on this move or a later one."""
+        assert self.pending is not None
+        self.pending["sent"] = SentTask.send(sig, self.queue, self.site.name, self.task_timeout, expires).to_dict()
 
-        `expires`: seconds after which no worker may start it any more. A task
-        that failed says why itself (TaskFailed); a timeout or a lost worker is
-        named with the task.
+    def _answer(self) -> dict | None:
+        """The answer to the task the current step sent, None while it may still come; never waits.
+
+        Raises a StepFailed when there is none to use: a task that failed says
+        why itself (TaskRefused); a timeout (NoWorker) or a lost worker
+        (WorkerLost) is named with the task.
         """
-        result = sig.apply_async(queue=self.queue, expires=expires)
-        try:
-            return {"ok": True, **result.get(timeout=self.task_timeout, propagate=True)}
-        except TaskFailed as exc:
-            return {"ok": False, "error": str(exc)[:300]}
-        except CeleryTimeoutError:   # not taken, or not finished: say where to look
-            return {"ok": False, "error": f"{sig.task}: no answer from a worker of queue {self.queue} within "
-                                          f"{self.task_timeout:g}s (is `fleet worker --site {self.site.name}` running?)"}
-        except Exception as exc:  # worker lost: surfaced as a step failure with a reason
-            return {"ok": False, "error": f"{sig.task}: {type(exc).__name__}: {exc}"[:300]}
+        assert self.pending is not None
+        answer = SentTask.from_dict(self.pending["sent"]).answer()
+        if answer is None:
+            self.pause = TASK_POLL_S
+        return answer
 
     def _phones(self, selector) -> list[Phone]:
         phones = self.site.phones
@@ -138,51 +160,138 @@ class ExperimentRunner:
 
     def _run(self, guard: SignalGuard) -> ExperimentResult:
         guard.defer()    # setting up: a signal now is noted, and stops the run before its first step
-        # The lease first: a run refused because the site is busy leaves no experiment record behind. A rollout
-        # running this as its drill already holds the site and renews it.
-        self.lease = None
+        self.open()
+        try:
+            self.prepare()
+            if guard.received:
+                raise Interrupted(signal.Signals[guard.received.pop(0)])
+            guard.raising = True
+            while self.phase == STEPS:
+                self.advance()
+                if self.phase == STEPS:
+                    time.sleep(self.pause)
+        except LeaseLost as exc:
+            self.abandon(f"stopped: {exc}; run abandoned", "lease_lost", reason=str(exc))
+        except Interrupted as exc:
+            assert self.result is not None
+            self.result.interrupted = exc.signame
+            self.abandon(f"interrupted ({exc.signame}): run abandoned", "interrupted", signal=exc.signame)
+        finally:
+            # From here on every Ctrl-C, SIGTERM or SIGHUP is noted and ignored: the restore and the report come first.
+            guard.defer()
+            self.abandon()
+            while not self.advance():
+                time.sleep(self.pause)
+        return self.finish([f"{name} received while the WAN was being restored or the report computed: ignored "
+                            f"until both were done" for name in guard.received])
+
+    # ------------------------------------------------------------------ the moves a run is made of
+    def open(self) -> None:
+        """Take the site's lease and create the experiment's record.
+
+        The lease first: a run refused because the site is busy leaves no
+        experiment record behind. A rollout running this as its drill already
+        holds the site and renews it.
+        """
         if self.lease_holder is None:
             # a router shared with other sites is their WAN too: the outage this run makes is theirs as well
             shared = self.site.router.shared_with if self.site.router else []
             self.lease = SiteLease(self.store, [self.site.name, *shared], owner=f"experiment:{self.pb.name}", ttl=default_ttl(),
                                    wait_for_predecessor=False, on_lost=lambda why: self.say(f"lease lost: {why}"))
             self.lease.acquire()
-        exp = self.store.new_experiment(self.site.name, self.pb.name)
-        result = ExperimentResult(id=exp, playbook=self.pb.name, site=self.site.name, started=time.time())
-        try:
-            register_site(self.store, self.inv, self.site)
-            self.store.set_observing(self.site.name, exp)
-            # where each phone stood when the run began: the first lane segment of its timeline
-            self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}
-            self.store.log_event(exp, "start", playbook=self.pb.name, site=self.site.name,
-                                 initial={m: s.get("working_server") for m, s in self.initial.items()})
-            self.say(f"experiment {exp}: {self.pb.name} on site {self.site.name} ({len(self.site.phones)} phones)")
-            if guard.received:
-                raise Interrupted(signal.Signals[guard.received.pop(0)])
-            guard.raising = True
-            for step in self.pb.steps:
+        self.exp = self.store.new_experiment(self.site.name, self.pb.name)
+        self.result = ExperimentResult(id=self.exp, playbook=self.pb.name, site=self.site.name, started=time.time())
+
+    def prepare(self) -> None:
+        """Observe the site for this experiment and note where each phone stands; after it, undo with the cleanup."""
+        exp = self.exp
+        register_site(self.store, self.inv, self.site)
+        self.store.set_observing(self.site.name, exp)
+        # where each phone stood when the run began: the first lane segment of its timeline
+        self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}
+        self.store.log_event(exp, "start", playbook=self.pb.name, site=self.site.name,
+                             initial={m: s.get("working_server") for m, s in self.initial.items()})
+        self.say(f"experiment {exp}: {self.pb.name} on site {self.site.name} ({len(self.site.phones)} phones)")
+
+    def advance(self) -> bool:
+        """Move the run on as far as it goes without waiting; True once it is ready for `finish()`.
+
+        Steps run in order, each as far as it can (a step waiting for its
+        task's answer, a phone, or the clock stays the current one); then the
+        cleanup restores an outage left open and stops observing, then the
+        observations in flight settle. `pause` says how long a caller may
+        sleep before the next move. Raises LeaseLost (own lease) between steps.
+        """
+        self.pause = TASK_POLL_S
+        if self.phase == STEPS:
+            self._advance_steps()
+        if self.phase == CLEANUP:
+            self._advance_cleanup()
+        if self.phase == SETTLE:
+            left = self.settle_until - time.time()
+            if left > 0:
+                self.pause = left
+            else:
+                self.phase = DONE
+        return self.phase == DONE
+
+    def abandon(self, error: str = "", event: str = "", **data) -> None:
+        """Run no more steps (a lost lease, a signal, a drill whose rollout lost its lease): the cleanup comes next.
+        `error` goes into the result (it fails the run), `event` and `data` into the event log."""
+        if self.phase != STEPS:
+            return
+        assert self.result is not None
+        if error:
+            self.result.errors.append(error)
+        if event:
+            self.store.log_event(self.exp, event, **data)
+        self.phase, self.pending = CLEANUP, None
+
+    def _advance_steps(self) -> None:
+        exp, result, steps = self.exp, self.result, self.pb.steps
+        assert result is not None
+        while self.position < len(steps):
+            step = steps[self.position]
+            if self.pending is None:
                 if self.lease is not None:
                     self.lease.check()     # LeaseLost: another run may own the site now; cut nothing more
-                t0 = time.monotonic()
-                res = self._run_step(exp, step, result)
-                res.elapsed_s = round(time.monotonic() - t0, 3)
-                result.steps.append(res)
-                self.store.log_event(exp, "step", name=res.name, passed=res.passed, message=res.message)
-                self.say(f"{'PASS' if res.passed else 'FAIL'} {res.name} ({res.elapsed_s:.1f}s){': ' + res.message if res.message else ''}")
-                if not res.passed and res.kind == "outage":
-                    break   # a fault that did not take effect makes the rest meaningless
-        except LeaseLost as exc:
-            result.errors.append(f"stopped: {exc}; run abandoned")
-            self.store.log_event(exp, "lease_lost", reason=str(exc))
-        except Interrupted as exc:
-            result.interrupted = exc.signame
-            result.errors.append(f"interrupted ({exc.signame}): run abandoned")
-            self.store.log_event(exp, "interrupted", signal=exc.signame)
-        finally:
-            # From here on every Ctrl-C, SIGTERM or SIGHUP is noted and ignored: the restore and the report come first.
-            guard.defer()
-            self._cleanup(exp, result)
-        time.sleep(0.2)  # observations already in flight reach the store
+                self.pending = {"started": time.time()}
+            res = self._run_step(exp, step, result)
+            if res is None:
+                return                     # under way: the next move looks again
+            res.elapsed_s = round(time.time() - self.pending["started"], 3)
+            self.pending = None
+            self.position += 1
+            result.steps.append(res)
+            self.store.log_event(exp, "step", name=res.name, passed=res.passed, message=res.message)
+            self.say(f"{'PASS' if res.passed else 'FAIL'} {res.name} ({res.elapsed_s:.1f}s){': ' + res.message if res.message else ''}")
+            if not res.passed and res.kind == "outage":
+                break   # a fault that did not take effect makes the rest meaningless
+        self.phase, self.pending = CLEANUP, None
+
+    def _advance_cleanup(self) -> None:
+        result = self.result
+        assert result is not None
+        if self.open_outage is not None:
+            if self.pending is None:
+                self.say("restoring the WAN (cleanup)")
+                self.pending = {"started": time.time()}
+            res = self._restore(self.exp, "cleanup", result)
+            if res is None:
+                return
+            self.pending = None
+            if not res.passed:
+                result.errors.append(f"cleanup restore failed: {res.message}")
+        self.store.set_observing(self.site.name, None)
+        if self.lease is not None:
+            self.lease.release()
+        self.phase, self.settle_until = SETTLE, time.time() + SETTLE_S
+        self.pause = SETTLE_S
+
+    def finish(self, late_errors: list[str] | tuple[str, ...] = ()) -> ExperimentResult:
+        """The verdicts and the evidence, once `advance()` said the run is done; `late_errors` fail it too."""
+        exp, result = self.exp, self.result
+        assert result is not None and self.phase == DONE
         self._verdicts(exp, result)
         result.capture = self.store.capture(exp)
         result.capture_left_out = self.store.capture_left_out(exp)
@@ -191,14 +300,41 @@ class ExperimentRunner:
         result.evidence_errors = [e for e in evidence.get("sources", []) if e.get("error")]
         result.evidence_foreign = foreign_sources(evidence)
         result.finished = time.time()
-        result.errors.extend(f"{name} received while the WAN was being restored or the report computed: ignored until "
-                             f"both were done" for name in guard.received)
+        result.errors.extend(late_errors)
         result.passed = (not result.errors and all(s.passed for s in result.steps)
                          and all(p.passed for p in result.phones))
         self.store.log_event(exp, "finish", passed=result.passed)
         return result
 
-    def _run_step(self, exp: str, step, result: ExperimentResult) -> StepResult:
+    # ------------------------------------------------------------------ kept between the ticks of a drill
+    def to_state(self) -> dict:
+        """Where the run is, as JSON-able data: enough for `resume` in another process to carry on.
+        Only for a run under someone else's lease (a rollout's drill): the run's own lease lives in its process."""
+        result = self.result
+        assert result is not None and self.lease is None
+        open_at = next((i for i, o in enumerate(result.outages) if o is self.open_outage), None)
+        return {"exp": self.exp, "started": result.started, "phase": self.phase, "position": self.position,
+                "pending": self.pending, "settle_until": self.settle_until, "initial": self.initial,
+                "steps": [asdict(s) for s in result.steps], "outages": result.outages, "errors": result.errors,
+                "open_outage": open_at}
+
+    @classmethod
+    def resume(cls, playbook: ExperimentPlaybook, inventory: Inventory, store: Store, state: dict,
+               lease_holder: str, say: Callable[[str], None] = lambda s: None,
+               task_timeout: float = TASK_TIMEOUT) -> "ExperimentRunner":
+        """The run `to_state()` described, ready for its next `advance()`."""
+        runner = cls(playbook, inventory, store, say=say, task_timeout=task_timeout, lease_holder=lease_holder)
+        runner.exp = state["exp"]
+        runner.result = ExperimentResult(id=state["exp"], playbook=playbook.name, site=runner.site.name,
+                                         started=state["started"], steps=[StepResult(**s) for s in state["steps"]],
+                                         outages=list(state["outages"]), errors=list(state["errors"]))
+        if state["open_outage"] is not None:
+            runner.open_outage = runner.result.outages[state["open_outage"]]
+        runner.phase, runner.position, runner.pending = state["phase"], state["position"], state["pending"]
+        runner.settle_until, runner.initial = state["settle_until"], state["initial"]
+        return runner
+
+    def _run_step(self, exp: str, step, result: ExperimentResult) -> StepResult | None:
         if isinstance(step, OutageStep):
             return self._outage(exp, step, result)
         if isinstance(step, RestoreStep):
@@ -208,37 +344,45 @@ class ExperimentRunner:
         if isinstance(step, CallStep):
             return self._call(exp, step)
         if isinstance(step, WaitStep):
-            time.sleep(step.wait)
-            return StepResult(step.name, "wait", True, 0.0)
+            return self._wait(step)
         raise TypeError(f"unknown step {step!r}")
 
-    def _cleanup(self, exp: str, result: ExperimentResult) -> None:
-        if self.open_outage is not None:
-            self.say("restoring the WAN (cleanup)")
-            res = self._restore(exp, "cleanup", result)
-            if not res.passed:
-                result.errors.append(f"cleanup restore failed: {res.message}")
-        self.store.set_observing(self.site.name, None)
-        if self.lease is not None:
-            self.lease.release()
+    def _wait(self, step: WaitStep) -> StepResult | None:
+        assert self.pending is not None
+        left = step.wait - (time.time() - self.pending["started"])
+        if left > 0:
+            self.pause = left
+            return None
+        return StepResult(step.name, "wait", True, 0.0)
 
-    def _outage(self, exp: str, step: OutageStep, result: ExperimentResult) -> StepResult:
-        outage = step.to_outage(f"{exp}-o{len(result.outages) + 1}")
-        self.store.log_event(exp, "outage_request", outage_id=outage.id, mode=outage.mode, max_duration=outage.max_duration)
-        # Recorded before the task is sent: an interrupt or a timeout while the router is being cut must still
-        # send the restore, which then either undoes the cut or cancels it before it happens.
-        record = {"id": outage.id, "mode": outage.mode, "asked": outage.to_dict(), "start": time.time(), "end": None,
-                  "cut": "requested", "deadman": "", "restore": None, "confirmed": "not restored yet"}
-        result.outages.append(record)
-        self.open_outage = record
-        res = self._task(tasks.router_outage.s(self.site.name, exp, outage.to_dict()), expires=self.task_timeout)
-        self.store.log_event(exp, "outage", **res)
-        record["cut"] = res.get("outcome") or f"unknown ({res.get('error', 'no answer')})"
+    def _outage(self, exp: str, step: OutageStep, result: ExperimentResult) -> StepResult | None:
+        """Cut the WAN: the first move records the outage and sends the cut; a later one reads the answer."""
+        assert self.pending is not None
+        if "sent" not in self.pending:
+            outage = step.to_outage(f"{exp}-o{len(result.outages) + 1}")
+            self.store.log_event(exp, "outage_request", outage_id=outage.id, mode=outage.mode,
+                                 max_duration=outage.max_duration)
+            # Recorded before the task is sent: an interrupt or a timeout while the router is being cut must still
+            # send the restore, which then either undoes the cut or cancels it before it happens.
+            record = {"id": outage.id, "mode": outage.mode, "asked": outage.to_dict(), "start": time.time(),
+                      "end": None, "cut": "requested", "deadman": "", "restore": None, "confirmed": "not restored yet"}
+            result.outages.append(record)
+            self.open_outage = record
+            self._send(tasks.router_outage.s(self.site.name, exp, outage.to_dict()), expires=self.task_timeout)
+        record = result.outages[-1]
+        try:
+            res = self._answer()
+            if res is None:
+                return None
+        except StepFailed as exc:
+            self.store.log_event(exp, "outage", ok=False, error=str(exc))
+            record["cut"] = f"unknown ({exc})"
+            return StepResult(step.name, "outage", False, 0, f"cut failed: {exc}", {"error": str(exc)})
+        self.store.log_event(exp, "outage", ok=True, **res)
+        record["cut"] = res.get("outcome") or "unknown (no answer)"
         record["deadman"] = res.get("deadman") or ""
         if res.get("t_cut"):
             record["start"] = res.get("t_cut_done") or res["t_cut"]
-        if not res.get("ok"):
-            return StepResult(step.name, "outage", False, 0, f"cut failed: {res.get('error')}", res)
         if res.get("outcome") not in ("cut", "already-cut"):
             return StepResult(step.name, "outage", False, 0, f"the router did not cut: {res.get('outcome')} "
                                                              f"({res.get('note', '')})", res)
@@ -253,21 +397,30 @@ class ExperimentRunner:
                           f"router: {said}; dead-man: {record['deadman'] or 'none'}; "
                           f"LAN probe: {probe.get('detail') if probe else 'n/a'}", res)
 
-    def _restore(self, exp: str, name: str, result: ExperimentResult) -> StepResult:
+    def _restore(self, exp: str, name: str, result: ExperimentResult) -> StepResult | None:
+        """End the open outage: the first move sends the restore, a later one reads the answer."""
         record = self.open_outage
         if record is None:
             return StepResult(name, "restore", True, 0, "no outage open")
+        assert self.pending is not None
         outage = Outage.from_dict(record["asked"])
-        # No worker may start this restore after the dead-man has fired anyway; until then it is always worth running.
-        expires = max(self.task_timeout, float(outage.max_duration))
-        res = self._task(tasks.router_restore.s(self.site.name, exp, outage.to_dict()), expires=expires)
-        self.store.log_event(exp, "restore", **res)
-        record["restore"] = res.get("outcome") or f"failed ({res.get('error', 'no answer')})"
-        if not res.get("ok"):
-            record["confirmed"] = (f"NOT confirmed: {res.get('error')}; " +
+        if "sent" not in self.pending:
+            # No worker may start this restore after the dead-man has fired anyway; until then it is always worth running.
+            expires = max(self.task_timeout, float(outage.max_duration))
+            self._send(tasks.router_restore.s(self.site.name, exp, outage.to_dict()), expires=expires)
+        try:
+            res = self._answer()
+            if res is None:
+                return None
+        except StepFailed as exc:
+            self.store.log_event(exp, "restore", ok=False, error=str(exc))
+            record["restore"] = f"failed ({exc})"
+            record["confirmed"] = (f"NOT confirmed: {exc}; " +
                                    (f"the router's dead-man's switch restores it ({record['deadman']})" if record["deadman"]
                                     else "no dead-man's switch is armed: restore the WAN by hand"))
-            return StepResult(name, "restore", False, 0, f"restore failed: {res.get('error')}", res)
+            return StepResult(name, "restore", False, 0, f"restore failed: {exc}", {"error": str(exc)})
+        self.store.log_event(exp, "restore", ok=True, **res)
+        record["restore"] = res.get("outcome") or "failed (no answer)"
         self.open_outage = None
         outcome, state = res.get("outcome"), WanState.from_dict(res.get("state"))
         record["router_state"] = state.to_dict() if state else {}
@@ -286,20 +439,19 @@ class ExperimentRunner:
             return StepResult(name, "restore", False, 0, f"provider still unreachable after restore ({probe.get('detail')})", res)
         return StepResult(name, "restore", True, 0, f"{record['confirmed']}; LAN probe: {probe.get('detail', 'n/a')}", res)
 
-    def _expect(self, exp: str, step: ExpectStep, result: ExperimentResult) -> StepResult:
+    def _expect(self, exp: str, step: ExpectStep, result: ExperimentResult) -> StepResult | None:
+        """Look once at where the phones work; done when all are on the server or `within` has passed."""
+        assert self.pending is not None
         phones = self._phones(step.phones)
-        reached: dict[str, float] = {}
-        rows: dict[str, dict] = {}
-
-        def all_reached() -> bool:
-            rows.clear()
-            rows.update({r["mac"]: r for r in self.store.phones(self.site.name)})
-            for p in phones:
-                if p.mac not in reached and (rows.get(p.mac) or {}).get("state", {}).get("working_server") == step.server:
-                    reached[p.mac] = time.time()
-            return len(reached) == len(phones)
-
-        poll_until(all_reached, step.within, self.pb.sample_interval)
+        reached: dict[str, float] = self.pending.setdefault("reached", {})   # MAC -> when first seen there
+        rows = {r["mac"]: r for r in self.store.phones(self.site.name)}
+        for p in phones:
+            if p.mac not in reached and (rows.get(p.mac) or {}).get("state", {}).get("working_server") == step.server:
+                reached[p.mac] = time.time()
+        left = step.within - (time.time() - self.pending["started"])
+        if len(reached) < len(phones) and left > 0:
+            self.pause = min(self.pb.sample_interval, left)
+            return None
         missing = [p.mac for p in phones if p.mac not in reached]
         detail = {"expected_server": step.server, "reached": reached, "measure": step.measure,
                   "missing": {m: (rows.get(m) or {}).get("state", {}).get("working_server") for m in missing}}
@@ -310,17 +462,30 @@ class ExperimentRunner:
                               f"{len(missing)}/{len(phones)} phones not on server {step.server} within {step.within:g}s ({where})", detail)
         return StepResult(step.name, "expect", True, 0, f"{len(phones)} phones on server {step.server}", detail)
 
-    def _call(self, exp: str, step: CallStep) -> StepResult:
+    def _call(self, exp: str, step: CallStep) -> StepResult | None:
+        """Dial (the first move sends it), then look for the phone's report of the call until `within` passes."""
         phone = next((p for p in self.site.phones if (step.from_phone and p.mac == step.from_phone.lower())
                       or (not step.from_phone and p.family.rest)), None)
         if phone is None:
             return StepResult(step.name, "call", False, 0, "no phone to call from")
-        t0 = time.time()
-        res = self._task(tasks.place_call.s(self.site.name, exp, phone.mac, step.call))
-        if not res.get("ok"):
-            return StepResult(step.name, "call", False, 0, f"dial failed: {res.get('error')}", res)
-        calls = poll_until(lambda: [o for o in self.store.observations(exp, phone.mac) if o.get("kind") == "call" and o["t"] >= t0],
-                           step.within, self.pb.sample_interval)
+        progress = self.pending
+        assert progress is not None
+        if "sent" not in progress:
+            progress["t0"] = time.time()
+            self._send(tasks.place_call.s(self.site.name, exp, phone.mac, step.call))
+        if "dialled" not in progress:
+            try:
+                if self._answer() is None:
+                    return None
+            except StepFailed as exc:
+                return StepResult(step.name, "call", False, 0, f"dial failed: {exc}", {"error": str(exc)})
+            progress["dialled"] = time.time()
+        t0 = progress["t0"]
+        calls = [o for o in self.store.observations(exp, phone.mac) if o.get("kind") == "call" and o["t"] >= t0]
+        left = step.within - (time.time() - progress["dialled"])
+        if not calls and left > 0:
+            self.pause = min(self.pb.sample_interval, left)
+            return None
         if not calls:
             return StepResult(step.name, "call", False, 0, f"no call report from {phone.mac} within {step.within:g}s")
         server = calls[0]["server"]

@@ -16,23 +16,28 @@ import socket
 import time
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
 import kombu.exceptions
 import redis
 
-from fleet.rollout import policy
-from fleet.worker.app import site_queue
-from soundpoint.deadline import Deadline, poll_until
+from fleet.config import inventory as inv_mod
 from fleet.config.inventory import Inventory
-from fleet.state.lease import LeaseLost, SiteLease, default_ttl
+from fleet.experiment import playbook as experiment_playbook
+from fleet.experiment.runner import ExperimentRunner
+from fleet.rollout import playbook as rollout_playbook
+from fleet.rollout import policy
+from fleet.rollout.plan import plan
 from fleet.rollout.playbook import RolloutPlaybook
+from fleet.state.lease import LeaseLost, SiteLease, default_ttl
 from fleet.state.store import RolloutStore, Store
+from fleet.worker.app import app, site_queue
+from soundpoint.deadline import Deadline, poll_until
 
 IN_FLIGHT = policy.IN_FLIGHT
 FAILED = policy.FAILED
-# outcomes after which nothing can resume or roll back a phone of this run: its boot-server backups may go
-FINISHED = ("done", "aborted")
+FINISHED = policy.FINISHED
 # Redis (and the Celery broker in it) unreachable: the driver waits for it, bounded by its lease's TTL
 REDIS_AWAY = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, kombu.exceptions.OperationalError)
 # a dispatched task that shows no progress this long is sent again (its worker died with it)
@@ -62,24 +67,24 @@ class DrillResult:
 DrillFn = Callable[[str, str, str], "DrillResult | bool"]
 
 
+def load_drill(path: str, site: str, inv: Inventory) -> experiment_playbook.ExperimentPlaybook:
+    """The drill's experiment playbook, aimed at the canary site and checked against the inventory."""
+    drill = experiment_playbook.load(path).model_copy(update={"site": site})
+    experiment_playbook.check_against(drill, inv, path)
+    return drill
+
+
 def experiment_drill(inv: Inventory, store: Store) -> DrillFn:
     """The failover drill gate: the drill's experiment playbook, run on the canary site under the rollout's lease.
 
-    Returns fn(drill playbook path, site, lease holder) -> DrillResult. It may
-    run inside a Celery task (a scheduled rollout): the drill's router tasks go
-    to the site's queue, served by the site's workers, so waiting on their
-    results there is allowed explicitly.
+    Returns fn(drill playbook path, site, lease holder) -> DrillResult, which
+    runs the experiment to its end, waiting between its moves: for a driver in
+    a process that may wait (the command line). A scheduled rollout, driven in
+    ticks inside Celery tasks, runs the same experiment one move per tick
+    (fleet.rollout.ticks), never waiting on the drill's router tasks.
     """
     def run(path: str, site: str, holder: str) -> DrillResult:
-        from celery.result import allow_join_result
-
-        from fleet.experiment import playbook as pb_mod
-        from fleet.experiment.runner import ExperimentRunner
-
-        drill = pb_mod.load(path).model_copy(update={"site": site})
-        pb_mod.check_against(drill, inv, path)
-        with allow_join_result():
-            result = ExperimentRunner(drill, inv, store, lease_holder=holder).run()
+        result = ExperimentRunner(load_drill(path, site, inv), inv, store, lease_holder=holder).run()
         store.finish_experiment(result.id, result.passed, "")
         return DrillResult(result.passed, result.id)
 
@@ -147,16 +152,21 @@ class RolloutDriver:
             except LeaseLost as exc:
                 outcome = Outcome("halted", f"stopped: {exc}; `fleet rollout resume` continues", self._counts_if_reachable())
         # the lease is released: record the outcome (a resume may already hold the sites; then it is not ours to write)
+        self._record(outcome, lease.holder, lease.lost.is_set())
+        return outcome
+
+    def _record(self, outcome: Outcome, holder: str, lost: bool) -> None:
+        """Write the run's outcome and have the backups removed; not the status if the lease was lost and another
+        run drives the rollout now."""
         try:
             self.rs.log(self.rid, "end", status=outcome.status, reason=outcome.reason, counts=outcome.counts,
-                        holder=lease.holder)
-            if lease.lost.is_set() and self.rs.get_field(self.rid, "driver") != lease.holder:
-                return outcome   # another run drives the rollout now: its status is not ours to write
+                        holder=holder)
+            if lost and self.rs.get_field(self.rid, "driver") != holder:
+                return   # another run drives the rollout now: its status is not ours to write
             self.rs.set(self.rid, status=outcome.status, reason=outcome.reason, finished=time.time())
             self._remove_backups(outcome)
         except REDIS_AWAY as exc:   # the outcome stands; Redis still says "running", and a resume continues
             self.say(f"could not record the outcome, Redis is unreachable ({type(exc).__name__})")
-        return outcome
 
     def _remove_backups(self, outcome: Outcome) -> None:
         """Have each site's worker delete this run's `<file>.before-<id>` backups: they may hold SIP passwords.
@@ -171,10 +181,9 @@ class RolloutDriver:
         if busy:
             self.rs.log(self.rid, "backups_kept", reason=f"{len(busy)} phones still in flight", phones=busy[:20])
             return
-        from fleet.worker import tasks  # here, not at the top: fleet.worker.tasks imports this module's constants
-
         for site in self._sites():
-            tasks.rollout_cleanup.s(self.rid, site).apply_async(queue=site_queue(site), ignore_result=True)
+            app.signature("fleet.rollout_cleanup", args=(self.rid, site)).apply_async(queue=site_queue(site),
+                                                                                       ignore_result=True)
         self.rs.log(self.rid, "backups_removal_sent", sites=self._sites())
 
     def _counts_if_reachable(self) -> dict:
@@ -212,10 +221,17 @@ class RolloutDriver:
         self._check_lease()
         holder = self.lease.holder if self.lease is not None else f"rollout:{self.rid}"
         try:
-            res = self.drill(self.pb.drill, canary_site, holder)
+            res: DrillResult | bool | Exception = self.drill(self.pb.drill, canary_site, holder)
         except Exception as exc:  # a drill that cannot run (bad playbook, no router) fails the gate, with why
-            self.rs.log(self.rid, "drill", site=canary_site, passed=False, error=str(exc)[:300])
-            return Outcome("halted", f"failover drill could not run on {canary_site}: {exc}"[:300], self.counts())
+            res = exc
+        return self._drill_verdict(canary_site, res, holder)
+
+    def _drill_verdict(self, canary_site: str, res: DrillResult | bool | Exception, holder: str) -> Outcome | None:
+        """What the drill's result means for the rollout: go on (None), or halted, with why."""
+        assert self.pb.drill is not None
+        if isinstance(res, Exception):
+            self.rs.log(self.rid, "drill", site=canary_site, passed=False, error=str(res)[:300])
+            return Outcome("halted", f"failover drill could not run on {canary_site}: {res}"[:300], self.counts())
         if not isinstance(res, DrillResult):
             res = DrillResult(bool(res))
         self.rs.log(self.rid, "drill", site=canary_site, passed=res.passed, experiment=res.experiment, holder=holder)
@@ -256,13 +272,8 @@ class RolloutDriver:
                     elif changed:
                         snapshot.update(self.rs.phones(self.rid, [m for m in changed if m in self.site_of]))
                     recheck |= (changed | observed) & wave_set
-                observed_now = {} if abort else self._observed({m: snapshot.get(m, {}) for m in macs}, recheck)
-                decided = policy.step(wave, macs, snapshot, observed_now, self.limits, now=time.time(),
-                                      deadline_passed=deadline.expired, abort=abort, downs=self._downs)
-                self._carry_out(decided.actions, snapshot)
+                decided = self._decide(wave, macs, snapshot, recheck, abort, deadline.expired)
                 recheck = set()
-                if decided.verdict != policy.ABORT:
-                    self.progress(self.counts_by_site(snapshot))
                 if decided.verdict in (policy.HALT, policy.ABORT):
                     self._settle(macs)
                     return Outcome("aborted" if decided.verdict == policy.ABORT else "halted", decided.reason,
@@ -277,6 +288,18 @@ class RolloutDriver:
                 last_full, recheck = None, set(macs)   # once it is back, read every phone again
                 continue
             time.sleep(max(0.0, MIN_PASS_S - (time.monotonic() - started)))   # busy feeds: a pass at most every 20 ms
+
+    def _decide(self, wave: int, macs: list[str], snapshot: dict[str, dict], recheck: set[str], abort: bool,
+                deadline_passed: bool) -> policy.Step:
+        """One decision on a wave from what was read (the policy's), with its actions carried out; the dispatch it
+        decided is the caller's to send, after it checked the lease again."""
+        observed_now = {} if abort else self._observed({m: snapshot.get(m, {}) for m in macs}, recheck)
+        decided = policy.step(wave, macs, snapshot, observed_now, self.limits, now=time.time(),
+                              deadline_passed=deadline_passed, abort=abort, downs=self._downs)
+        self._carry_out(decided.actions, snapshot)
+        if decided.verdict != policy.ABORT:
+            self.progress(self.counts_by_site(snapshot))
+        return decided
 
     def _observed(self, states: dict[str, dict], recheck: set[str]) -> dict[str, dict]:
         """The collectors' view (server index -> state and time) of the phones worth looking at this pass."""
@@ -311,16 +334,20 @@ class RolloutDriver:
         def nothing_in_flight() -> bool:
             self._check_lease()
             try:
-                states = self.rs.phones(self.rid, macs)
-                actions, done = policy.settle(macs, states, self._observed(states, set(macs)), self.limits, time.time(),
-                                              self._downs)
-                self._carry_out(actions, states)
+                return self._settle_pass(macs)
             except REDIS_AWAY as exc:
                 self._redis_away(exc)
                 return False
-            return done
 
         poll_until(nothing_in_flight, self.limits.settle_within, self.poll)
+
+    def _settle_pass(self, macs: list[str]) -> bool:
+        """One look at a wave that sends no more work: settle what can be settled; True once nothing is in flight."""
+        states = self.rs.phones(self.rid, macs)
+        actions, done = policy.settle(macs, states, self._observed(states, set(macs)), self.limits, time.time(),
+                                      self._downs)
+        self._carry_out(actions, states)
+        return done
 
     # ---------------------------------------------------------------- carrying out the policy's actions
     def _carry_out(self, actions: list[policy.Action], snapshot: dict[str, dict]) -> None:
@@ -345,15 +372,15 @@ class RolloutDriver:
         self.rs.set_phone(self.rid, mac, **fields)
         snapshot.setdefault(mac, {}).update({k: str(v) for k, v in fields.items()})
 
+    # The rollout's tasks are sent by name (fleet/rollout/tasks.py defines them): that module imports the
+    # scheduled run, which imports this driver, so importing it here would close a circle.
     def _send_push(self, mac: str, attempt: int) -> None:
-        from fleet.worker import tasks  # here, not at the top: fleet.worker.tasks imports this module's constants
-
-        tasks.rollout_push.s(self.rid, mac, attempt).apply_async(queue=site_queue(self.site_of[mac]), ignore_result=True)
+        app.signature("fleet.rollout_push", args=(self.rid, mac, attempt)).apply_async(
+            queue=site_queue(self.site_of[mac]), ignore_result=True)
 
     def _send_rollback(self, mac: str) -> None:
-        from fleet.worker import tasks
-
-        tasks.rollout_rollback.s(self.rid, mac).apply_async(queue=site_queue(self.site_of[mac]), ignore_result=True)
+        app.signature("fleet.rollout_rollback", args=(self.rid, mac)).apply_async(
+            queue=site_queue(self.site_of[mac]), ignore_result=True)
 
     def store_pushed(self, mac: str, entry: dict) -> None:
         # secrets as references (names in the secrets file, never values): the next plan diffs against them
@@ -385,12 +412,6 @@ def create(playbook_path: str, inventory_path: str, store: Store, rid: str | Non
     """Validate, plan and record a rollout; returns (id, playbook, inventory, plan). Nothing is touched yet.
 
     With `exclusive`, store.RolloutExists is raised if `rid` was created before (by another copy of the same run)."""
-    from pathlib import Path
-
-    from fleet.config import inventory as inv_mod
-    from fleet.rollout import playbook as rollout_playbook
-    from fleet.rollout.plan import plan
-
     pb = rollout_playbook.load(playbook_path)
     inv = inv_mod.load(inventory_path)
     rid = rid or new_id(pb.name)

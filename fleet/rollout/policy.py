@@ -27,6 +27,8 @@ from typing import Mapping
 IN_FLIGHT = ("dispatched", "publishing", "rebooting", "verifying", "rolling_back")
 FAILED = ("failed", "rolled_back", "rollback_failed")
 SETTLED = ("verified", "skipped", "failed", "rolled_back", "rollback_failed")
+# rollout outcomes after which nothing can resume or roll back a phone of that run: its boot-server backups may go
+FINISHED = ("done", "aborted")
 # a phone being rolled back counts against the budget already: its failure is known, only the repair is not
 COUNTS_AS_FAILED = FAILED + ("rolling_back",)
 DEFER_RETRY_S = 5.0

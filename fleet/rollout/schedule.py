@@ -12,10 +12,13 @@ is derived from the schedule's name and that time, so every copy of one run
 (a redelivery after the broker's visibility timeout, a beat restarted within
 the minute) names the same rollout. The task only creates that rollout and
 hands it to one driver, under a lease whose holder is unique to the driver:
-a second copy finds the rollout driven (or finished) and exits.
+a second copy finds the rollout driven (or finished) and exits. The driver
+runs in short ticks, each its own task (fleet.rollout.ticks), so that no task
+waits on another one.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -31,7 +34,11 @@ from celery.schedules import crontab
 from soundpoint import yamlfile
 from soundpoint.yamlfile import FileError
 
+from fleet.config import inventory as inv_mod
 from fleet.rollout import playbook as rollout_playbook
+from fleet.rollout.driver import Overloaded, Outcome, create
+from fleet.rollout.ticks import Tick, TickedRollout
+from fleet.rollout.plan import PlanError
 from fleet.state.store import LeaseHeld, RolloutExists, RolloutStore, Store
 from fleet.worker.errors import TaskFailed
 
@@ -156,15 +163,14 @@ def _fire_time(playbook_path: str, fire_time: str | None) -> datetime:
 
 
 def run_scheduled(store: Store, playbook_path: str, inventory_path: str, name: str, fire_time: str | None) -> dict:
-    """Create this run's rollout (once) and drive it (once); a copy that finds it driven or finished exits.
+    """Create this run's rollout (once) and take it for one driver; a copy that finds it driven or finished exits.
 
-    A run refused (bad playbook, plan, load check) is recorded as missed and
-    raised as TaskFailed, as is a run whose rollout did not end `done`.
+    Returns {"id", "holder", "tick"} when this copy drives it: the caller sends
+    that first tick (fleet.rollout.tasks.rollout_tick), and the ticks drive it
+    to its end. A run refused (bad playbook, plan, load check) is recorded as
+    missed and raised as TaskFailed; the last tick fails the same way when the
+    rollout did not end `done`.
     """
-    from fleet.config import inventory as inv_mod
-    from fleet.rollout.driver import Overloaded, RolloutDriver, create
-    from fleet.rollout.plan import PlanError
-
     rs = RolloutStore(store)
     try:
         rid = rollout_id(name, _fire_time(playbook_path, fire_time))
@@ -187,12 +193,32 @@ def run_scheduled(store: Store, playbook_path: str, inventory_path: str, name: s
         message = f"scheduled rollout {name} ({rid}) refused: {exc}"
         store.record_missed(f"{name}@{rid}:refused", message)
         raise TaskFailed(message) from None
-    driver = RolloutDriver(rid, inv, store, pb, say=lambda s: log.warning("rollout %s: %s", rid, s))
     try:
-        outcome = driver.run(only_from=("planned", "running"))
+        taken = ticked(store, rid, inv, pb).start()
     except LeaseHeld as exc:
         rs.log(rid, "not_driven", reason=f"another run drives it: {exc}")
         return {"id": rid, "note": f"driven by another run ({exc})"}
-    if outcome.status != "done":
-        raise TaskFailed(f"scheduled rollout {name} ({rid}) {outcome.status}: {outcome.reason}")
-    return {"id": rid, "status": outcome.status}
+    if isinstance(taken, Outcome):   # another run finished it while this copy looked
+        return {"id": rid, "status": taken.status, "note": taken.reason}
+    holder, first = taken
+    return {"id": rid, "holder": holder, "tick": first}
+
+
+def ticked(store: Store, rid: str, inv: inv_mod.Inventory, pb: rollout_playbook.RolloutPlaybook) -> TickedRollout:
+    """The driver of a scheduled rollout, as each tick builds it again from the rollout's record."""
+    return TickedRollout(rid, inv, store, pb, say=lambda s: log.warning("rollout %s: %s", rid, s))
+
+
+def run_tick(store: Store, rid: str, holder: str, number: int) -> Tick:
+    """One tick of a scheduled rollout (fleet.rollout.ticks), with the playbook and inventory its record names."""
+    meta = RolloutStore(store).get(rid)
+    if not meta or "playbook_path" not in meta:
+        raise TaskFailed(f"rollout {rid[:80]!r} does not exist")
+    pb, inv = _files(rid, meta["playbook_path"], meta["inventory_path"])
+    return ticked(store, rid, inv, pb).tick(holder, number)
+
+
+@functools.lru_cache(maxsize=8)
+def _files(rid: str, playbook_path: str, inventory_path: str) -> tuple[rollout_playbook.RolloutPlaybook, inv_mod.Inventory]:
+    """The rollout's playbook and inventory, read once per rollout in a worker process, not on every tick."""
+    return rollout_playbook.load(playbook_path), inv_mod.load(inventory_path)

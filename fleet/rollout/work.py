@@ -1,7 +1,7 @@
 """A rollout's work on one phone: push (render, back up, publish, reboot), confirm a lost reboot, roll back,
 and remove a finished rollout's backups from a site's boot server.
 
-Plain functions (no Celery), called by the thin tasks in fleet/worker/tasks.py.
+Plain functions (no Celery), called by the thin tasks in fleet/rollout/tasks.py.
 Every function is idempotent per (rollout, phone, attempt): a redelivered
 or retried task finds what its predecessor did in the phone's rollout record
 and carries on from there. The reboot, the one step that cannot simply be
@@ -25,6 +25,7 @@ from fleet import phones
 from fleet.rollout import record_check as plan_check
 from fleet.phoneconf import polycom
 from fleet.rollout import backups as rollout_backups
+from fleet.rollout.policy import FINISHED
 from fleet.phoneconf import secrets as secret_params
 from fleet.sites import files as site_files
 from fleet.drivers.errors import DriverError
@@ -324,8 +325,6 @@ def cleanup(rid: str, site_name: str, retry_on: Retryable = ()) -> dict:
 
     A failure is logged in the rollout's history (unless it is about to be retried) and raised.
     """
-    from fleet.rollout.driver import FINISHED
-
     inv, secrets = context()
     _, rs = stores()
     meta = rs.get(rid)

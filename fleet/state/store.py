@@ -69,6 +69,18 @@ from fleet.phoneconf.predict import configured_servers
 
 # extend a lease or lock key's TTL (ARGV[2] ms) only if ARGV[1] still holds it
 RENEW_IF_HELD = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
+# A rollout driven in ticks (fleet.rollout.ticks): may tick ARGV[1] run? Ticks are numbered; the rollout's record
+# keeps the last one done, and the one running with when it started (Redis' clock, the same for every worker).
+CLAIM_TICK = """
+local n = tonumber(ARGV[1])
+if tonumber(redis.call('hget', KEYS[1], 'tick_done') or '0') >= n then return 'done' end
+local t = redis.call('time')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+if tonumber(redis.call('hget', KEYS[1], 'tick_running') or '0') == n
+   and now - tonumber(redis.call('hget', KEYS[1], 'tick_since') or '0') < tonumber(ARGV[2]) then return 'busy' end
+redis.call('hset', KEYS[1], 'tick_running', n, 'tick_since', tostring(now))
+return 'run'
+"""
 
 
 class PushedState(NamedTuple):
@@ -727,6 +739,16 @@ class RolloutStore:
                 else:
                     changed.add(fields["mac"])
         return changed, observed
+
+    def claim_tick(self, rid: str, tick: int, stale_after: float) -> str:
+        """May tick number `tick` of a rollout driven in ticks run: "run" (claimed for this copy), "done" (it or a
+        later one ran: this copy is a duplicate), or "busy" (another copy claimed it under `stale_after` seconds
+        ago: look again later, by when a copy that died with its worker no longer counts)."""
+        return str(self.r.eval(CLAIM_TICK, 1, K.rollout(rid), int(tick), float(stale_after)))
+
+    def tick_done(self, rid: str, tick: int) -> None:
+        """Tick number `tick` did its work: a copy of it does nothing (claim_tick says "done")."""
+        self.r.hset(K.rollout(rid), mapping={"tick_done": int(tick), "tick_running": 0})
 
     def claim_reboot(self, rid: str, mac: str, attempt: int | str) -> bool:
         """True once per phone and attempt (or per "ATTEMPT-confirm"): the guard against rebooting twice."""

@@ -9,7 +9,8 @@ import os
 
 from celery import Celery
 
-app = Celery("fleet", include=["fleet.worker.tasks"])
+# the task modules, one per domain (the shared task base is fleet/worker/base.py)
+app = Celery("fleet", include=["fleet.experiment.tasks", "fleet.rollout.tasks"])
 
 
 def configure(url: str | None = None) -> Celery:
@@ -42,6 +43,10 @@ def configure(url: str | None = None) -> Celery:
 
 def site_queue(site: str) -> str:
     return f"site.{site}"
+
+
+# what `fleet worker --control` serves: scheduled rollouts and the ticks that drive them
+CONTROL_QUEUE = "fleet.control"
 
 
 configure()

@@ -104,6 +104,13 @@ class ScheduledRolloutArgs(TaskArgs):
         return v
 
 
+class RolloutTickArgs(TaskArgs):
+    rid: SafeId
+    # the driver's lease holder, as fleet.rollout.ticks names it: "rollout:<id>:<12 hex digits>"
+    holder: Annotated[str, StringConstraints(strict=True, pattern=r"^rollout:[A-Za-z0-9][A-Za-z0-9_.-]{0,127}:[0-9a-f]{12}$")]
+    tick: int = Field(ge=1, le=10**9)
+
+
 def _describe(task: str, exc: ValidationError) -> str:
     parts = []
     for err in exc.errors(include_url=False, include_input=False):
