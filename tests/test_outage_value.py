@@ -262,10 +262,19 @@ def _runner(answers: dict[str, dict]):
         message = json.loads(json.dumps(list(sig.args)))          # Celery's JSON, both ways
         names = [n for n in models[sig.task].model_fields][:len(message)]
         runner.sent.append((sig.task, models[sig.task].model_validate(dict(zip(names, message))), expires))
-        return {"ok": True, **answers[sig.task]}
+        runner.pending["sent"] = sig.task
 
-    runner._task = send
+    def answer():
+        return dict(answers[runner.pending["sent"]])
+
+    runner._send, runner._answer = send, answer
     return runner
+
+
+def _move(runner, step):
+    """One step as the runner's moves run it: a fresh pending record, sent and answered at once."""
+    runner.pending = {"started": 0.0}
+    return step()
 
 
 def test_a_playbooks_degrade_reaches_the_tasks_as_one_outage_and_its_state_is_judged_typed(tmp_path):
@@ -274,9 +283,9 @@ def test_a_playbooks_degrade_reaches_the_tasks_as_one_outage_and_its_state_is_ju
     restored = RouterOutcome("restored", by="controller", state=WanState(link_up=True, outage="restored by controller")).to_dict()
     runner = _runner({"fleet.router_outage": dict(degraded, outcome="cut"), "fleet.router_restore": dict(restored, probe={})})
     result = ExperimentResult(id="exp-unit", playbook="slow-wan", site="hq", started=0.0)
-    cut = runner._outage("exp-unit", pb.steps[1], result)
+    cut = _move(runner, lambda: runner._outage("exp-unit", pb.steps[1], result))
     assert cut.passed and cut.message == "router: link up, our qdisc; dead-man: armed; LAN probe: n/a", cut.message
-    back = runner._restore("exp-unit", "restore", result)
+    back = _move(runner, lambda: runner._restore("exp-unit", "restore", result))
     assert back.passed, back.message
     (task, sent, _), (task2, sent2, expires) = runner.sent
     asked = Outage(id="exp-unit-o1", mode="degrade", max_duration=120, rate_kbit=256)
@@ -290,6 +299,7 @@ def test_a_cut_the_routers_state_does_not_show_fails_the_step(tmp_path):
     pb = playbook.load(_playbook(tmp_path, "outage: drop, max_duration: 60"))
     unchanged = RouterOutcome("cut", state=WanState(link_up=True)).to_dict()
     runner = _runner({"fleet.router_outage": unchanged})
-    cut = runner._outage("exp-unit", pb.steps[1], ExperimentResult(id="exp-unit", playbook="p", site="hq", started=0.0))
+    cut = _move(runner, lambda: runner._outage("exp-unit", pb.steps[1],
+                                               ExperimentResult(id="exp-unit", playbook="p", site="hq", started=0.0)))
     assert not cut.passed
     assert cut.message == "router state after the cut does not show it: link up, no rule or qdisc of ours"

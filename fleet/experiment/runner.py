@@ -370,6 +370,7 @@ class ExperimentRunner:
             self.open_outage = record
             self._send(tasks.router_outage.s(self.site.name, exp, outage.to_dict()), expires=self.task_timeout)
         record = result.outages[-1]
+        outage = Outage.from_dict(record["asked"])
         try:
             res = self._answer()
             if res is None:
