@@ -28,9 +28,15 @@ _REFERENCE = re.compile(r"(secret|env):[A-Za-z0-9_.-]{1,128}")
 
 
 @lru_cache(maxsize=4096)   # the catalogue is a list of regexes; names repeat per phone
-def lookup(name: str) -> families.Param | None:
-    """The entry for `name` in any family (kind and secrecy agree across families)."""
+def _lookup(name: str, known: tuple[str, ...]) -> families.Param | None:
     return families.lookup_any(name)
+
+
+def lookup(name: str) -> families.Param | None:
+    """The entry for `name` in any family (kind and secrecy agree across families). Memoised per set of known
+    families (`families.NAMES` changes when a family is registered or forgotten), so a plug-in family's entries
+    are seen while it is registered and never after."""
+    return _lookup(name, families.NAMES)
 
 
 def check(name: str, value: str, family: str) -> str:

@@ -97,9 +97,8 @@ class Control:
 def fake_family():
     """The fake family and its control registered for one test, and forgotten after it whatever happens.
 
-    fleet.config.validate memoises "which family's entry is this parameter name" (`_lookup`): emptied on both
-    sides, so the fake family is seen while registered and nobody sees its entries once it is gone."""
-    validate._lookup.cache_clear()
+    soundpoint.catalogue memoises "which family's entry is this parameter name" per set of known families, so the
+    fake family is seen while registered and nobody sees its entries once it is gone."""
     families.register(FAKE_FAMILY)
     try:
         phones.register(FAKE, __name__)
@@ -108,7 +107,6 @@ def fake_family():
     finally:
         phones.unregister(FAKE)
         families.unregister(FAKE)
-        validate._lookup.cache_clear()
         DEVICES.clear()
 
 
