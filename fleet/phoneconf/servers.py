@@ -9,7 +9,7 @@ to the plan and another to the wire.
 What a line registers (SIP 2.x-3.1 admin guides, `reg.x.address`: "the actual
 address corresponding to this registration", default Null): a registration
 exists where its `reg.x.address` is set; a line without one has no SIP URI to
-register, and the virtual lab's phone (hil/phone_sip.py) skips it alike. So a
+register. So a
 phone configured on line 2 only registers line 2. A configuration that names no
 line at all is taken as line 1: fleet's known configuration of a phone (the
 inventory, what a rollout pushed) may leave `reg.1.address` to the site's own
