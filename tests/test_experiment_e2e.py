@@ -92,6 +92,11 @@ def test_wan_outage_playbook_passes_within_predicted_bounds(lab, redis_url, tmp_
     kinds = [e["kind"] for e in shown["events"]]
     assert kinds[0] == "start" and "outage" in kinds and "restore" in kinds and kinds[-1] == "finish"
     assert all("mono" in e for e in shown["events"])
+    # the worker traced its device steps into the same log (fleet.base.steps): the cut, the restore, the test call
+    ends = {e["step"]: e for e in shown["events"] if e["kind"] == "device_step" and e["phase"] == "end"}
+    assert set(ends) == {"cut", "restore", "test call"}, ends
+    assert all(e["outcome"] == "ok" and e["duration_s"] >= 0 for e in ends.values()), ends
+    assert ends["cut"]["site_name"] == doc["site"] and len(ends["test call"]["mac"]) == 12, ends
 
 
 @pytest.mark.parametrize("playbook", ["dns-failure-fallback.yml", "wan-drop-fallback.yml"])

@@ -7,8 +7,10 @@ from fleet.drivers.control.rest import RestPhone
 from fleet.state.lease import PhoneRestLock
 from fleet.worker.errors import TaskFailed, failure_text
 from fleet.worker.context import context, stores
+from fleet.base.steps import step
 
 
+@step("test call", args=("mac",))
 def place_call(mac: str, number: str) -> dict:
     """Dial `number` from the phone; returns when the phone accepted the dial request, with the time it did. The
     request holds the phone's REST lock, as every other REST request does (the collector may be polling it)."""

@@ -21,6 +21,7 @@ from fleet.drivers.probe import probe_provider
 from fleet.drivers.router import Outage, RouterDriver
 from fleet.worker.errors import TaskFailed, failure_text
 from fleet.worker.context import context, stores
+from fleet.base.steps import step
 
 
 @contextmanager
@@ -52,6 +53,7 @@ def probe(site: inv_mod.Site) -> dict:
     return asyncio.run(probe_provider(inv.provider.name, inv.provider.port, dns)).to_dict()
 
 
+@step("cut", args=("site_name",))
 def cut(site_name: str, outage: Outage) -> dict:
     """Arm the dead-man's switch and cut in one step on the router, then prove the cut from the LAN side."""
     store, _ = stores()
@@ -59,6 +61,7 @@ def cut(site_name: str, outage: Outage) -> dict:
         return {"mode": outage.mode, "outage_id": outage.id, **outage_work.cut(store, drv, outage, lambda: probe(site))}
 
 
+@step("restore", args=("site_name",))
 def restore(site_name: str, outage: Outage, probe_for: float = 10.0) -> dict:
     """End the outage (idempotent; cancels a cut that has not happened yet), then wait for the LAN to see the provider."""
     store, _ = stores()

@@ -14,6 +14,15 @@ from fleet.worker import args as task_args
 from fleet.worker.app import app
 from fleet.worker.args import validated
 from fleet.worker.base import DEVICE_RETRY, FleetTask
+from fleet.worker.context import stores
+from fleet.base.steps import journal
+
+
+def _experiment_log(exp_id: str):
+    """The experiment's event log, for the device steps this task runs (fleet.base.steps); `device_step` events,
+    apart from the runner's own `step` events (one per playbook step)."""
+    store, _ = stores()
+    return journal(lambda kind, **fields: store.log_event(exp_id, "device_step", **fields))
 
 
 # Cut and restore tasks expire (the caller sets `expires`): a cut that no worker started in time must never run
@@ -28,7 +37,8 @@ def router_outage(site_name: str, exp_id: str, outage: Outage) -> dict:
     No retry: an outage that cannot be cut now fails fast, so the experiment
     restores and reports instead of cutting seconds later than it measures from.
     """
-    return router_work.cut(site_name, outage)
+    with _experiment_log(exp_id):
+        return router_work.cut(site_name, outage)
 
 
 @app.task(base=FleetTask, name="fleet.router_restore", acks_late=True, **DEVICE_RETRY)
@@ -40,7 +50,8 @@ def router_restore(site_name: str, exp_id: str, outage: Outage, probe_for: float
     on the router (a second one answers already-restored), and the WAN coming
     back is worth every try before the dead-man's switch has to do it.
     """
-    return router_work.restore(site_name, outage, probe_for)
+    with _experiment_log(exp_id):
+        return router_work.restore(site_name, outage, probe_for)
 
 
 @app.task(base=FleetTask, name="fleet.router_state", acks_late=True, **DEVICE_RETRY)
@@ -55,4 +66,5 @@ def router_state(site_name: str, outage_id: str | None = None) -> dict:
 def place_call(site_name: str, exp_id: str, mac: str, number: str) -> dict:
     """Dial from one phone. No retry: a dial request that timed out may still have rung, and a second call would
     put two INVITEs where the experiment expects one."""
-    return call_work.place_call(mac, number)
+    with _experiment_log(exp_id):
+        return call_work.place_call(mac, number)
