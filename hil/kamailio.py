@@ -380,13 +380,21 @@ class Kamailio:
         return ul_dump(self.sock, brief=brief)
 
 
-def _kill_group(pgid: int) -> None:
+def _kill_group(pgid: int, wait_s: float = 5.0) -> None:
     """SIGKILL what is left of Kamailio's process group (its main process leads it: -DD started in a group of
-    its own, or daemonised with setsid); nothing left is fine."""
+    its own, or daemonised with setsid) and wait, up to `wait_s`, until the group is gone: a killed child lives on
+    until init reaps it, holding the address a next start wants; nothing left is fine."""
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
-        pass
+        return
+    deadline = time.monotonic() + wait_s
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return
+        time.sleep(0.02)
 
 
 def _die_with_parent() -> None:
