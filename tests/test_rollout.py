@@ -121,7 +121,7 @@ def test_fifty_phone_rollout_across_two_sites_respects_max_unavailable(fleet_lab
     t0 = time.time()
     res = run_fleet(["rollout", "run", str(playbook(tmp_path)), "--inventory", str(fleet_lab.inventory), "--json"],
                     redis_url, timeout=240)
-    assert res.returncode == 0, res.stderr[-3000:]
+    assert res.returncode == 0, res.stderr[-3000:] + res.stdout[-6000:]
     out = json.loads(res.stdout)
     assert out["status"] == "done" and out["counts"] == {"total": 50, "verified": 50}
     truth = fleet_lab.status()["ground_truth"]
@@ -208,7 +208,9 @@ def test_abort_stops_after_in_flight_phones_settle_and_resume_finishes(fleet_lab
         return None
 
     try:
-        rid = wait_until(one_verified, 60, "a verified phone in the new rollout", state=lambda: rs.list(limit=1))
+        rid = wait_until(one_verified, 60, "a verified phone in the new rollout", state=lambda: (rs.list(limit=1), {
+            m: st for r in rs.list(limit=1) for m, st in rs.phones(r["id"], rs.macs(r["id"])).items()
+            if st.get("state") not in ("pending", "verified")}))
     except AssertionError:
         proc.kill()
         raise
