@@ -86,6 +86,6 @@ def test_every_module_the_page_names_exists():
 
 
 def test_the_checks_catch_a_name_that_does_not_exist():
-    assert missing_paths(["fleet/phone_ops.py", "fleet/evidence/sources/", "fleet/cli.py"]) == ["fleet/phone_ops.py"]
+    assert missing_paths(["fleet/phone_ops.py", "fleet/evidence/sources/", "fleet/cli/"]) == ["fleet/phone_ops.py"]
     assert missing_files(["phone_ops.py", "runner.py"]) == ["phone_ops.py"]
     assert missing_modules(["fleet.tasks", "fleet.state.observe.Observation", "fleet.phones.BACKENDS"]) == ["fleet.tasks"]

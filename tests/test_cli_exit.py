@@ -6,7 +6,7 @@ import click
 import pytest
 from click.testing import CliRunner
 
-from fleet.cli import _Cli as FleetCli
+from fleet.cli.common import FleetCli
 from hil.cli import _Cli as HilCli
 from soundpoint.yamlfile import FileError
 
@@ -55,7 +55,7 @@ def test_a_bug_exits_4_and_the_debug_variable_shows_it(cls, debug, monkeypatch):
 
 def test_fleet_error_lines_hide_url_passwords_before_cutting():
     """A password with a slash is still hidden, and the length cut never leaves the start of one."""
-    from fleet.cli import _one_line
+    from fleet.cli.common import brief as _one_line
 
     assert _one_line("cannot reach redis://:pa/ss@h:6379/0") == "cannot reach redis://***@h:6379/0"
     cut = _one_line("x" * 290 + " redis://user:secretpassword@host/0")

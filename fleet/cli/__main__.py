@@ -1,0 +1,4 @@
+"""`python -m fleet.cli`."""
+from fleet.cli import main
+
+main()
