@@ -168,8 +168,10 @@ def test_markup_in_values_is_printed_not_interpreted(tmp_path):
 def test_unexpected_exception_is_one_line_and_not_exit_1(tmp_path):
     """A bug (here: a drill path that is a directory, read later) ends with the internal-error code, not 1."""
     from fleet import cli
+    from fleet.cli import common
 
-    assert (cli.EXIT_FAILED, cli.EXIT_INPUT, cli.EXIT_INFRA, cli.EXIT_INTERNAL, cli.EXIT_INTERRUPTED) == (1, 2, 3, 4, 130)
+    assert (common.EXIT_FAILED, common.EXIT_INPUT, common.EXIT_INFRA, common.EXIT_INTERNAL,
+            common.EXIT_INTERRUPTED) == (1, 2, 3, 4, 130)
     from click.testing import CliRunner
 
     @cli.main.command("boom-for-test", hidden=True)
