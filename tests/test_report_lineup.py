@@ -228,7 +228,7 @@ def test_a_bad_ground_truth_file_names_file_line_and_field_and_changes_nothing(t
 
 
 def test_firmware_the_phone_reported_reaches_the_report_else_the_inventorys(redis_url):
-    """The collector (and the probe) record what the phone reported in the phone's hash (Store.set_phone_info);
+    """The collector records what the phone reported in the phone's hash (Store.set_phone_info);
     the run's phone facts read it from there, fall back on the inventory's firmware_version, else unknown."""
     store = Store(redis_url)
     macs = ["0004f2a19001", "0004f2a19002", "0004f2a19003"]

@@ -2,7 +2,8 @@
 
 A report is read beside PBX and router logs, which name phones by address and
 extension, not by MAC. The firmware comes from what the phone itself said (the
-collector's polls and the probe record it in the store, `Store.set_phone_info`);
+collector's polls record it in the phone's hash, `Store.set_phone_info`, and so may
+anything else that reads it from the phone);
 the inventory's `firmware_version` stands in where the phone never said, and
 the report says which. Unknown stays None here: the report writes "unknown".
 """
