@@ -54,9 +54,10 @@ def main(argv: list[str] | None = None) -> int:
             agree = demo_truth.check(report_dir, truth, playbook, since=started)
             ran = demo_truth.newest_report(report_dir, since=started)
             if ran is not None:      # and in the report's page: `fleet experiment report --ground-truth`
-                (work / "ground-truth.json").write_text(json.dumps(truth))
-                subprocess.run([BIN / "fleet", "experiment", "report", str(report_dir / ran["id"]),
-                                "--ground-truth", str(work / "ground-truth.json")], env=env)
+                kept = report_dir / ran["id"] / "ground-truth.json"
+                kept.write_text(json.dumps(truth))
+                subprocess.run([BIN / "fleet", "experiment", "report", str(kept.parent), "--ground-truth", str(kept)],
+                               env=env)
             return rc or (0 if agree else 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -204,6 +204,7 @@ def test_lab_ground_truth_stands_beside_the_measurement(tmp_path, berlin, redis_
     assert rows["0004f2000000"]["failover"] == {"measured_s": 6.5, "truth_s": 6.0, "difference_s": 0.5}
     assert rows["0004f2000000"]["recovery"] == {"measured_s": 3.0, "truth_s": 2.8, "difference_s": 0.2}
     assert rows["0004f2000001"]["recovery"] == {"measured_s": 3.0, "truth_s": None, "difference_s": None}
+    assert report.signed(-0.001) == report.signed(0.004) == "0.00" and report.signed(-0.25) == "-0.25"
     page = (tmp_path / "run/report.html").read_text()
     assert "Ground truth from" in page and "<th>truth s</th><th>difference s</th>" in page
     assert '<td class="truth" data-measure="failover">6.00</td><td class="difference" data-measure="failover">+0.50</td>' in page

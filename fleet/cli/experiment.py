@@ -90,7 +90,7 @@ def experiment_report(report_dir: str, truth_path: str | None) -> None:
     gt = doc.get("ground_truth") or {}
     for p in gt.get("phones", []):
         said = "; ".join(f"{m} {seconds(p[m]['measured_s'])} s, truth {seconds(p[m]['truth_s'])} s"
-                         + (f" ({p[m]['difference_s']:+.2f} s)" if p[m]["difference_s"] is not None else "")
+                         + (f" ({report.signed(p[m]['difference_s'])} s)" if p[m]["difference_s"] is not None else "")
                          for m in ("failover", "recovery")) if p["known"] else "not in the ground truth"
         click.echo(f"{p['mac']}: {said}")
     click.echo(f"report: {(Path(report_dir) / 'report.html').resolve()}")

@@ -434,7 +434,14 @@ def _truth_cells(row: dict | None, measure: str) -> str:
     m = row[measure]
     diff = m["difference_s"]
     return (f'<td class="truth" data-measure="{measure}">{_fmt(m["truth_s"])}</td>'
-            f'<td class="difference" data-measure="{measure}">{"-" if diff is None else f"{diff:+.2f}"}</td>')
+            f'<td class="difference" data-measure="{measure}">{signed(diff)}</td>')
+
+
+def signed(v: float | None) -> str:
+    """A difference with its sign, to the hundredth; one that rounds to nothing is 0.00 (never "-0.00")."""
+    if v is None:
+        return "-"
+    return "0.00" if round(v, 2) == 0 else f"{v:+.2f}"
 
 
 def truth_note(doc: dict) -> str:

@@ -319,7 +319,7 @@ def retry_wait_term(t: ServerTiming, outage_s: float | None = None) -> Term:
         why = (f"fixed retry interval of {t.family}" if t.family else "registerRetry.baseTimeOut, as a fixed interval")
     else:
         why = (f"RFC 5626 backoff, registerRetry.baseTimeOut {t.retry_interval:g} s, maxTimeOut {t.retry_max:g} s"
-               + (f", after a {outage_s:g} s outage" if outage_s is not None else ", outage length unknown"))
+               + (f", after a {outage_s:.1f} s outage" if outage_s is not None else ", outage length unknown"))
     return Term("retry wait", wait, f"server {t.index}: {why}")
 
 
