@@ -196,7 +196,7 @@ def junit_properties(doc: dict) -> list[tuple[str, str]]:
 
 
 def phone_identity(p: dict) -> str:
-    """e.g. "192.168.10.21, extension 1001, VVX 410, firmware 5.9.0 (reported by the phone)"."""
+    """e.g. "192.168.10.21, extension 1001, VVX 410, firmware 5.9.0" (firmware as `firmware_text` says it)."""
     return (f"{p.get('address') or 'address unknown'}, extension {p.get('extension') or 'unknown'}, "
             f"{p.get('model') or 'model unknown'}, firmware {firmware_text(p)}")
 
@@ -500,13 +500,11 @@ def open_private(path: Path):
     return os.fdopen(fd, "wb")
 
 
-def write(result: ExperimentResult, directory: Path, truth: Path | None = None) -> dict:
+def write(result: ExperimentResult, directory: Path) -> dict:
     """report.json, junit.xml, report.html and, when the wire sources kept SIP, capture.pcap (0600). The report
-    pages hold no SIP message (counts, times and response codes only), so they keep the usual mode.
-    `truth`: a lab's ground truth file (fleet.experiment.ground_truth), read before anything is written."""
+    pages hold no SIP message (counts, times and response codes only), so they keep the usual mode. A lab's
+    ground truth comes after the run (`rewrite`): only then does the lab's record hold the run."""
     doc = to_dict(result)
-    if truth is not None:
-        doc["ground_truth"] = ground_truth.compare(doc, ground_truth.load(truth), str(truth))
     directory.mkdir(parents=True, exist_ok=True)
     if result.capture:
         doc["capture"]["written"] = write_capture(result.capture, directory / "capture.pcap")
@@ -528,8 +526,9 @@ def rewrite(directory: Path, truth: Path | None = None) -> dict:
         raise ReportError(f"{source}: cannot read the report ({exc.__class__.__name__}: {exc.strerror or exc})") from None
     except json.JSONDecodeError as exc:
         raise ReportError(f"{source}:{exc.lineno}: not JSON ({exc.msg})") from None
-    if not isinstance(doc, dict) or not isinstance(doc.get("phones"), list) or "started" not in doc:
-        raise ReportError(f"{source}: not an experiment report (no phones or started)")
+    if not isinstance(doc, dict) or not isinstance(doc.get("phones"), list) or not all(
+            isinstance(doc.get(k), (int, float)) for k in ("started", "finished")):
+        raise ReportError(f"{source}: not an experiment report (phones, started or finished missing)")
     if truth is not None:
         doc["ground_truth"] = ground_truth.compare(doc, ground_truth.load(truth), str(truth))
     doc.setdefault("wall_clock", {"started": wall_clock(doc["started"]), "finished": wall_clock(doc["finished"])})
