@@ -7,6 +7,7 @@ and its collector listens, not for a fixed time.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import subprocess
@@ -49,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
                                  "--inventory", str(lab.inventory), "--report-dir", str(report_dir)], env=env).returncode
             subprocess.run([BIN / "fleet", "status"], env=env)
             # the lab's ground truth beside the measured times (only the demo, which owns the lab, sees both)
-            agree = demo_truth.check(report_dir, lab.status(), playbook, since=started)
+            truth = lab.status()
+            agree = demo_truth.check(report_dir, truth, playbook, since=started)
+            ran = demo_truth.newest_report(report_dir, since=started)
+            if ran is not None:      # and in the report's page: `fleet experiment report --ground-truth`
+                kept = report_dir / ran["id"] / "ground-truth.json"
+                kept.write_text(json.dumps(truth))
+                subprocess.run([BIN / "fleet", "experiment", "report", str(kept.parent), "--ground-truth", str(kept)],
+                               env=env)
             return rc or (0 if agree else 1)
     finally:
         shutil.rmtree(work, ignore_errors=True)

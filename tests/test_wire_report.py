@@ -81,7 +81,9 @@ def test_report_keeps_the_capture_and_marks_register_outcomes(tmp_path):
     marks = page.count('class="register"')
     assert marks == 5, "wire and HEP outcomes each, a gateway poll only when its state changes"
     assert 'data-server="2" data-source="hep" data-code="200"' in page
-    assert "1-&gt;2: wire +0, gateway +0.4" in page and "capture.pcap" in page
+    at = report.clock_time        # the page's times of day are the local zone's
+    assert (f"server 1 -&gt; server 2 at {at(T0 + 12)}: evidence: SIP capture (REGISTER unanswered at {at(T0 + 12)}), "
+            f"gateway bindings (server 2 registered at {at(T0 + 12.4)}, +0.4 s)") in page and "capture.pcap" in page
     assert doc["phones"][0]["sources"]["wire"] == 3
 
 

@@ -75,6 +75,27 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     exit_now(EXIT_INTERRUPTED if result.interrupted else 0 if result.passed else EXIT_FAILED)
 
 
+@experiment.command("report")
+@click.argument("report_dir", metavar="REPORT_DIR", type=click.Path(file_okay=False))
+@click.option("--ground-truth", "truth_path", type=click.Path(dir_okay=False),
+              help="A lab's ground truth (the JSON `hil status --json` prints): shown beside each phone's measurement.")
+def experiment_report(report_dir: str, truth_path: str | None) -> None:
+    """Write a run's report pages again from its REPORT_DIR/report.json, with a lab's ground truth if given."""
+    from fleet.experiment import report
+
+    try:
+        doc = report.rewrite(Path(report_dir), Path(truth_path) if truth_path else None)
+    except ValueError as exc:        # ReportError, GroundTruthError: they name the file and the field
+        fail(brief(exc), EXIT_INPUT)
+    gt = doc.get("ground_truth") or {}
+    for p in gt.get("phones", []):
+        said = "; ".join(f"{m} {seconds(p[m]['measured_s'])} s, truth {seconds(p[m]['truth_s'])} s"
+                         + (f" ({report.signed(p[m]['difference_s'])} s)" if p[m]["difference_s"] is not None else "")
+                         for m in ("failover", "recovery")) if p["known"] else "not in the ground truth"
+        click.echo(f"{p['mac']}: {said}")
+    click.echo(f"report: {(Path(report_dir) / 'report.html').resolve()}")
+
+
 @experiment.command("list")
 @click.option("--json", "as_json", is_flag=True)
 def experiment_list(as_json: bool) -> None:

@@ -5,9 +5,16 @@ one lane per phone, coloured by working server, the outage window shaded,
 and the REGISTER outcomes the wire saw marked per server on each lane.
 
 Every conclusion names its evidence: per phone, how many observations each
-source gave; per transition of the working server, which sources saw it and
-how long after the first one each did. Beside report.json, capture.pcap holds
-the SIP the wire sources saw during the run (Wireshark opens it).
+source gave; per transition of the working server, which sources saw it, what
+each saw and when. Beside report.json, capture.pcap holds the SIP the wire
+sources saw during the run (Wireshark opens it).
+
+Reports are read beside PBX and router logs: the run's start and end are given
+in UTC and in the local zone (name and offset, the process's TZ), the timeline
+is labelled with wall-clock times, each phone with its IP address, extension
+and firmware, and each predicted bound with its derivation (on hover and in a
+details row). A lab's ground truth, when given (fleet.experiment.ground_truth),
+stands beside the measurements.
 """
 from __future__ import annotations
 
@@ -18,10 +25,12 @@ import os
 import time
 from collections import Counter
 from dataclasses import asdict
+from datetime import datetime, timezone
 from html import escape
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
+from fleet.experiment import ground_truth
 from fleet.experiment.runner import ExperimentResult
 from fleet.experiment.verdict import summary
 import dpkt
@@ -58,11 +67,48 @@ def transitions(lane: list[dict]) -> list[dict]:
     for n, (i, t, old, new) in enumerate(changes):
         end = changes[n + 1][0] if n + 1 < len(changes) else len(events)
         seen = {str(events[i].get("source")): 0.0}
+        evidence = [_evidence(events[i], t)]
         for o in events[i + 1:end]:
-            if _consistent(o, old, new):
-                seen.setdefault(str(o.get("source")), round(max(0.0, o["t"] - t), 3))
-        out.append({"t": t, "from": old, "to": new, "sources": seen})
+            if _consistent(o, old, new) and str(o.get("source")) not in seen:
+                seen[str(o.get("source"))] = round(max(0.0, o["t"] - t), 3)
+                evidence.append(_evidence(o, t))
+        out.append({"t": t, "from": old, "to": new, "sources": seen, "evidence": evidence})
     return out
+
+
+def _evidence(o: dict, t0: float) -> dict:
+    """One source's first sight of a change: what it saw (a response code, a state) and when."""
+    return {"source": str(o.get("source")), "t": o["t"], "after_s": round(max(0.0, o["t"] - t0), 3),
+            "server": o.get("server"), "state": o.get("state"), "code": o.get("code")}
+
+
+# what each observation source is, as people read it (fleet.state.observe.Observation.source); "wire" is named
+# after the site's capture sources (evidence_label)
+SOURCE_NAMES = {"hep": "HEP capture", "gateway": "gateway bindings", "syslog": "phone syslog",
+                "event": "telephone notification", "poll-rest": "REST poll", "poll-state": "state poll",
+                START: "state at start"}
+REASONS = {200: "OK", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 407: "Proxy Authentication Required",
+           408: "Request Timeout", 423: "Interval Too Brief", 480: "Temporarily Unavailable", 500: "Server Internal Error",
+           503: "Service Unavailable", 504: "Server Time-out"}
+
+
+def evidence_label(source: str, site_sources: list[str]) -> str:
+    """A source's name for people; SIP on the wire by the capture the site has (router, local or both)."""
+    if source != "wire":
+        return SOURCE_NAMES.get(source, source)
+    captures = [s for s in ("router capture", "local capture") if s in site_sources]
+    return " or ".join(captures) if captures else "SIP capture"
+
+
+def _saw(e: dict) -> str:
+    """What one source saw of a change, e.g. "REGISTER 200 OK" or "server 2 registered"."""
+    if e["source"] in ("wire", "hep"):
+        if e.get("code"):
+            return f"REGISTER {e['code']} {REASONS.get(int(e['code']), '')}".rstrip()
+        return "REGISTER answered" if e.get("state") == "registered" else "REGISTER unanswered"
+    if e.get("server") is None:
+        return f"line {e.get('state') or 'state'}"
+    return f"server {e['server']} {e.get('state') or ''}".rstrip()
 
 
 def phone_sources(lane: list[dict]) -> dict[str, int]:
@@ -77,12 +123,23 @@ COLOURS = {1: "#2e7d32", 2: "#f9a825", 3: "#6a1b9a", 4: "#00838f", None: "#c6282
 UNKNOWN = "#e0e0e0"   # before the first observation of a phone
 
 
+def wall_clock(t: float) -> dict:
+    """`t` as PBX and router logs print it: UTC and the local zone (this process's TZ), with its name and offset."""
+    utc = datetime.fromtimestamp(t, timezone.utc)
+    local = datetime.fromtimestamp(t, timezone.utc).astimezone()
+    offset = local.strftime("%z")
+    return {"utc": utc.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "local": local.isoformat(timespec="milliseconds"), "zone": local.tzname() or "",
+            "utc_offset": f"{offset[:3]}:{offset[3:]}" if offset else "+00:00"}
+
+
 def to_dict(result: ExperimentResult) -> dict:
     failovers = [p.failover_s for p in result.phones if p.failover_s is not None]
     recoveries = [p.recovery_s for p in result.phones if p.recovery_s is not None]
     return {
         "id": result.id, "playbook": result.playbook, "site": result.site, "passed": result.passed,
         "started": result.started, "finished": result.finished, "errors": result.errors, "outages": result.outages,
+        "wall_clock": {"started": wall_clock(result.started), "finished": wall_clock(result.finished)},
         "interrupted": result.interrupted,
         "steps": [{"name": s.name, "kind": s.kind, "passed": s.passed, "elapsed_s": s.elapsed_s, "message": s.message}
                   for s in result.steps],
@@ -92,6 +149,8 @@ def to_dict(result: ExperimentResult) -> dict:
         "unobservable": list(result.unobservable),
         "evidence_errors": list(result.evidence_errors),
         "evidence_foreign": list(result.evidence_foreign),
+        "evidence_sources": list(result.evidence_sources),
+        "ground_truth": None,      # fleet.experiment.ground_truth.compare, when a lab's truth is given
         "summary": {"phones": len(result.phones), "phones_passed": sum(p.passed for p in result.phones),
                     "failover_s": summary(failovers), "recovery_s": summary(recoveries)},
     }
@@ -100,6 +159,9 @@ def to_dict(result: ExperimentResult) -> dict:
 def junit(doc: dict) -> bytes:
     suite = ET.Element("testsuite", name=f"experiment {doc['playbook']}", timestamp=time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(doc["started"])),
                        time=f"{doc['finished'] - doc['started']:.3f}")
+    props = ET.SubElement(suite, "properties")
+    for name, value in junit_properties(doc):
+        ET.SubElement(props, "property", name=name, value=value)
     cases = failures = 0
     for step in doc["steps"]:
         case = ET.SubElement(suite, "testcase", classname=f"{doc['site']}.steps", name=step["name"], time=f"{step['elapsed_s']:.3f}")
@@ -124,13 +186,41 @@ def junit(doc: dict) -> bytes:
     return ET.tostring(suite, encoding="utf-8", xml_declaration=True)
 
 
+def junit_properties(doc: dict) -> list[tuple[str, str]]:
+    """The run's wall-clock times and each phone's identity, as JUnit properties a CI page lists."""
+    clock = doc.get("wall_clock") or {}
+    out = [(f"{edge}_{k}", clock[edge][k]) for edge in ("started", "finished") if edge in clock for k in ("utc", "local")]
+    for p in doc["phones"]:
+        out.append((f"phone.{p['mac']}", phone_identity(p)))
+    return out
+
+
+def phone_identity(p: dict) -> str:
+    """e.g. "192.168.10.21, extension 1001, VVX 410, firmware 5.9.0" (firmware as `firmware_text` says it)."""
+    return (f"{p.get('address') or 'address unknown'}, extension {p.get('extension') or 'unknown'}, "
+            f"{p.get('model') or 'model unknown'}, firmware {firmware_text(p)}")
+
+
+def firmware_text(p: dict) -> str:
+    """The firmware as the report shows it: never "None"; where it came from when not the phone itself."""
+    if not p.get("firmware"):
+        return "unknown"
+    return p["firmware"] + (" (inventory's firmware_version)" if p.get("firmware_from") == "inventory" else "")
+
+
+def clock_time(t: float, ms: bool = True) -> str:
+    """A wall-clock time of day in the local zone, as the timeline labels it."""
+    local = datetime.fromtimestamp(t, timezone.utc).astimezone()
+    return local.strftime("%H:%M:%S.%f")[:-3] if ms else local.strftime("%H:%M:%S")
+
+
 def timeline_svg(doc: dict, width: int = 900, lane: int = 18) -> str:
     t0 = doc["started"]
     t1 = max(doc["finished"], t0 + 1)
     label_w = 130
-    scale = (width - label_w - 10) / (t1 - t0)
+    scale = (width - label_w - 30) / (t1 - t0)      # room on the right for the last tick's label
     x = lambda t: label_w + (min(max(t, t0), t1) - t0) * scale  # noqa: E731
-    height = 30 + lane * len(doc["phones"]) + 20
+    height = 30 + lane * len(doc["phones"]) + 32    # tick labels: wall clock, then seconds into the run
     parts = [f'<svg id="timeline" xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" role="img" '
              f'aria-label="working server per phone over time">']
     for i, phone in enumerate(doc["phones"]):
@@ -144,7 +234,8 @@ def timeline_svg(doc: dict, width: int = 900, lane: int = 18) -> str:
                     colour = UNKNOWN if current == "unknown" else COLOURS.get(current, "#455a64")
                     parts.append(f'<rect class="lane" data-server="{current}" x="{x(since):.1f}" y="{y}" '
                                  f'width="{max(x(e["t"]) - x(since), 0.5):.1f}" height="{lane - 4}" fill="{colour}">'
-                                 f'<title>{"not yet observed" if current == "unknown" else f"server {current}"}</title></rect>')
+                                 f'<title>{"not yet observed" if current == "unknown" else f"server {current}"} '
+                                 f'from {clock_time(since)} to {clock_time(e["t"])}</title></rect>')
                 current, since = e["working_server"], e["t"]
     lanes_h = lane * len(doc["phones"]) + 4
     for i, phone in enumerate(doc["phones"]):
@@ -159,7 +250,9 @@ def timeline_svg(doc: dict, width: int = 900, lane: int = 18) -> str:
     step = next(s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 1800, 3600) if span / s <= 12)
     for k in range(0, int(span) + 1, step):
         parts.append(f'<line x1="{x(t0 + k):.1f}" y1="{18 + lanes_h}" x2="{x(t0 + k):.1f}" y2="{22 + lanes_h}" stroke="#555"/>'
-                     f'<text x="{x(t0 + k) - 6:.1f}" y="{height - 4}" font-size="10">{k} s</text>')
+                     f'<text class="tick" x="{x(t0 + k):.1f}" y="{height - 16}" font-size="10" text-anchor="middle">'
+                     f'{clock_time(t0 + k, ms=False)}</text><text x="{x(t0 + k):.1f}" y="{height - 4}" font-size="10" '
+                     f'fill="#555" text-anchor="middle">+{k} s</text>')
     parts.append("</svg>")
     return "".join(parts)
 
@@ -178,7 +271,8 @@ def register_marks(phone: dict, y: float, lane: int, x) -> list[str]:
         last[(server, source)] = e.get("state")
         ok = e.get("state") == "registered"
         code = e.get("code")
-        what = f"server {server}: {code or ('registered' if ok else 'no answer' if source in ('wire', 'hep') else 'unregistered')} ({source})"
+        what = (f"{clock_time(e['t'])} server {server}: "
+                f"{code or ('registered' if ok else 'no answer' if source in ('wire', 'hep') else 'unregistered')} ({source})")
         cy = y + 3 + (min(int(server), 4) - 1) * (lane - 6) / 3
         out.append(f'<circle class="register" data-server="{server}" data-source="{escape(str(source))}" '
                    f'data-code="{code or ""}" cx="{x(e["t"]):.1f}" cy="{cy:.1f}" r="2.5" '
@@ -221,13 +315,7 @@ def write_capture(rows: list[dict], path: Path) -> int:
 
 def html(doc: dict) -> str:
     verdict = "PASSED" if doc["passed"] else "FAILED"
-    rows = "".join(
-        f"<tr class={'ok' if p['passed'] else 'bad'}><td>{escape(p['mac'])}</td><td>{escape(p['model'])}</td>"
-        f"<td>{_measured(p, 'failover')}</td><td>{_fmt(p['predicted_failover_max_s'])}</td>"
-        f"<td>{_measured(p, 'recovery')}</td><td>{_fmt(p['predicted_recovery_max_s'])}</td>"
-        f"<td>{escape(BEHAVIOURS.get(p.get('failover_behaviour'), '-'))}</td>"
-        f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons'] + _judged(p)))}</td>"
-        f"<td>{escape(_sources(p))}</td></tr>" for p in doc["phones"])
+    phones_header, rows = phone_table(doc)
     steps = "".join(f"<tr class={'ok' if s['passed'] else 'bad'}><td>{escape(s['name'])}</td><td>{s['elapsed_s']:.1f}</td>"
                     f"<td>{'pass' if s['passed'] else 'FAIL'}</td><td>{escape(s['message'])}</td></tr>" for s in doc["steps"])
     legend = " ".join(f'<span style="background:{c};padding:0 8px">&nbsp;</span> {"no working server" if k is None else f"server {k}"}'
@@ -258,17 +346,18 @@ def html(doc: dict) -> str:
     s = doc["summary"]
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{escape(doc['playbook'])}: {verdict}</title>
 <style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
-tr.bad td{{background:#ffebee}} .verdict{{font-size:22px;font-weight:bold;color:{'#2e7d32' if doc['passed'] else '#c62828'}}}</style></head>
+tr.bad td{{background:#ffebee}} td.bound{{text-decoration:underline dotted;cursor:help}}
+tr.how td{{border-top:none;font-size:12px;color:#333}} .verdict{{font-size:22px;font-weight:bold;color:{'#2e7d32' if doc['passed'] else '#c62828'}}}</style></head>
 <body><h1>{escape(doc['playbook'])} on site {escape(doc['site'])}</h1>
-<p class="verdict">{verdict}</p><p>experiment {escape(doc['id'])}; {s['phones_passed']}/{s['phones']} phones passed;
+<p class="verdict">{verdict}</p>{wall_clock_html(doc)}<p>experiment {escape(doc['id'])}; {s['phones_passed']}/{s['phones']} phones passed;
 failover p50 {_fmt(s['failover_s']['p50'])} s, p95 {_fmt(s['failover_s']['p95'])} s, max {_fmt(s['failover_s']['max'])} s;
 recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])} s, max {_fmt(s['recovery_s']['max'])} s</p>
 {''.join(f'<p class="bad">{escape(e)}</p>' for e in doc['errors'])}
-<h2>Timeline: working server per phone</h2><p>{legend}; hatched band: outage; dots: REGISTER outcomes per server
+<h2>Timeline: working server per phone</h2><p>times of day {escape(_zone(doc))}; {legend}; hatched band: outage; dots: REGISTER outcomes per server
 (upper row server 1, lower row server 2; green registered, red refused or unanswered)</p>{timeline_svg(doc)}
 <h2>Outages: what the router confirmed</h2><table><tr><th>outage</th><th>mode</th><th>cut</th><th>dead-man's switch</th><th>restore</th><th>confirmed</th></tr>{outages}</table>
 <h2>Steps</h2><table><tr><th>step</th><th>s</th><th>result</th><th>detail</th></tr>{steps}</table>
-<h2>Phones</h2><table><tr><th>MAC</th><th>model</th><th>failover s</th><th>predicted max</th><th>recovery s</th><th>predicted max</th><th>fallback used</th><th>result</th><th>why</th><th>transitions: seen by (s after the first)</th></tr>{rows}</table>
+<h2>Phones</h2>{truth_note(doc)}<table id="phones">{phones_header}{rows}</table>
 {unseen_html}{failing_html}{foreign_html}
 <p>SIP capture: {escape(str((doc.get('capture') or {}).get('file') or 'none kept'))}
 ({(doc.get('capture') or {}).get('datagrams', 0)} datagrams, \
@@ -276,12 +365,116 @@ recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])
 </body></html>"""
 
 
-def _sources(p: dict) -> str:
+def wall_clock_html(doc: dict) -> str:
+    """The run's start and end in UTC and in the local zone, as <time> elements (their datetime: ISO 8601)."""
+    clock = doc.get("wall_clock") or {"started": wall_clock(doc["started"]), "finished": wall_clock(doc["finished"])}
+
+    def edge(c: dict) -> str:
+        return (f'<time datetime="{escape(c["utc"])}">{escape(c["utc"].replace("T", " ").replace("Z", " UTC"))}</time> '
+                f'({escape(c["local"].replace("T", " ")[:23])} {escape(c["zone"])}, UTC{escape(c["utc_offset"])})')
+    return (f'<p id="wall-clock">started {edge(clock["started"])}; finished {edge(clock["finished"])}</p>')
+
+
+def _zone(doc: dict) -> str:
+    c = (doc.get("wall_clock") or {}).get("started") or wall_clock(doc["started"])
+    return f"{c['zone']} (UTC{c['utc_offset']})"
+
+
+def phone_table(doc: dict) -> tuple[str, str]:
+    """(header row, rows) of the phones' table: who each phone is, measured against predicted (each bound's
+    derivation on hover and in a details row under the phone), the lab's truth where given, and the evidence."""
+    truth = {t["mac"]: t for t in (doc.get("ground_truth") or {}).get("phones", [])}
+    with_truth = bool(doc.get("ground_truth"))
+    measure_cols = ["failover s"] + (["truth s", "difference s"] if with_truth else []) + ["predicted max"]
+    measure_cols += ["recovery s"] + (["truth s", "difference s"] if with_truth else []) + ["predicted max"]
+    cols = ["MAC", "IP", "extension", "model", "firmware", *measure_cols, "fallback used", "result", "why",
+            "evidence of each change"]
+    header = "<tr>" + "".join(f"<th>{escape(c)}</th>" for c in cols) + "</tr>"
+    rows = []
+    for p in doc["phones"]:
+        cells = [p["mac"], p.get("address") or "unknown", p.get("extension") or "unknown", p.get("model") or "unknown",
+                 firmware_text(p)]
+        row = "".join(f"<td>{escape(str(c))}</td>" for c in cells)
+        for measure in ("failover", "recovery"):
+            row += f'<td class="measured" data-measure="{measure}">{_measured(p, measure)}</td>'
+            if with_truth:
+                row += _truth_cells(truth.get(p["mac"]), measure)
+            row += _bound_cell(p, measure)
+        row += (f"<td>{escape(BEHAVIOURS.get(p.get('failover_behaviour'), '-'))}</td>"
+                f"<td>{'pass' if p['passed'] else 'FAIL'}</td><td>{escape('; '.join(p['reasons'] + _judged(p)))}</td>"
+                f"<td class=evidence>{escape(evidence_text(p, doc.get('evidence_sources') or []))}</td>")
+        rows.append(f"<tr class={'ok' if p['passed'] else 'bad'} data-mac=\"{escape(p['mac'])}\">{row}</tr>"
+                    f"<tr class=how data-mac=\"{escape(p['mac'])}\"><td colspan={len(cols)}><details>"
+                    f"<summary>how {escape(p['mac'])}'s bounds were derived</summary>{_derivations(p)}</details></td></tr>")
+    return header, "".join(rows)
+
+
+def bound_text(p: dict, measure: str) -> str:
+    """A bound's derivation in one line, or why there is none."""
+    how = (p.get("bounds") or {}).get(measure)
+    if how:
+        return how["text"]
+    notes = [n.split(":", 1)[1].strip() for n in p.get("prediction_notes") or [] if n.startswith(measure + ":")]
+    return f"no bound: {notes[0]}" if notes else "no bound"
+
+
+def _bound_cell(p: dict, measure: str) -> str:
+    return (f'<td class="bound" data-measure="{measure}" title="{escape(bound_text(p, measure))}">'
+            f'{_fmt(p.get(f"predicted_{measure}_max_s"))}</td>')
+
+
+def _derivations(p: dict) -> str:
+    return "".join(f'<p class="derivation" data-measure="{m}">{m}: {escape(bound_text(p, m))}</p>'
+                   for m in ("failover", "recovery"))
+
+
+def _truth_cells(row: dict | None, measure: str) -> str:
+    if row is None or not row.get("known"):
+        return '<td class="truth">not in the ground truth</td><td>-</td>'
+    m = row[measure]
+    diff = m["difference_s"]
+    return (f'<td class="truth" data-measure="{measure}">{_fmt(m["truth_s"])}</td>'
+            f'<td class="difference" data-measure="{measure}">{signed(diff)}</td>')
+
+
+def signed(v: float | None) -> str:
+    """A difference with its sign, to the hundredth; one that rounds to nothing is 0.00 (never "-0.00")."""
+    if v is None:
+        return "-"
+    return "0.00" if round(v, 2) == 0 else f"{v:+.2f}"
+
+
+def truth_note(doc: dict) -> str:
+    """Where the ground truth came from: the lab's, never fleet's own knowledge."""
+    gt = doc.get("ground_truth")
+    if not gt:
+        return ""
+    return (f'<p id="ground-truth">Ground truth from {escape(str(gt.get("file")))} (the lab\'s own record of when each '
+            f"phone changed its working server); difference = measured - truth.</p>")
+
+
+def evidence_text(p: dict, site_sources: list[str]) -> str:
+    """Per change of the working server, which sources saw it, what each saw and when, e.g. "server 1 -> server 2
+    at 12:03:04.120: evidence: router capture (REGISTER 200 OK at 12:03:04.120), telephone notification (line
+    registered at 12:03:04.410, +0.29 s)"."""
     parts = []
     for tr in p.get("transitions", []):
-        seen = ", ".join(f"{src} +{d:g}" for src, d in tr["sources"].items())
-        parts.append(f"{tr['from'] if tr['from'] is not None else 'none'}->{tr['to'] if tr['to'] is not None else 'none'}: {seen}")
+        said = []
+        for i, e in enumerate(tr.get("evidence") or _legacy_evidence(tr)):
+            when = f"at {clock_time(e['t'])}" + (f", +{e['after_s']:g} s" if i else "")
+            said.append(f"{evidence_label(e['source'], site_sources)} ({_saw(e)} {when})")
+        parts.append(f"{_server(tr['from'])} -> {_server(tr['to'])} at {clock_time(tr['t'])}: evidence: {', '.join(said)}")
     return "; ".join(parts) or "no change"
+
+
+def _legacy_evidence(tr: dict) -> list[dict]:
+    """A report.json written before transitions carried their evidence: the sources and delays it has."""
+    return [{"source": src, "t": tr["t"] + d, "after_s": d, "server": None, "state": None, "code": None}
+            for src, d in tr["sources"].items()]
+
+
+def _server(n) -> str:
+    return "no server" if n is None else f"server {n}"
 
 
 def _measured(p: dict, measure: str) -> str:
@@ -309,12 +502,41 @@ def open_private(path: Path):
 
 def write(result: ExperimentResult, directory: Path) -> dict:
     """report.json, junit.xml, report.html and, when the wire sources kept SIP, capture.pcap (0600). The report
-    pages hold no SIP message (counts, times and response codes only), so they keep the usual mode."""
-    directory.mkdir(parents=True, exist_ok=True)
+    pages hold no SIP message (counts, times and response codes only), so they keep the usual mode. A lab's
+    ground truth comes after the run (`rewrite`): only then does the lab's record hold the run."""
     doc = to_dict(result)
+    directory.mkdir(parents=True, exist_ok=True)
     if result.capture:
         doc["capture"]["written"] = write_capture(result.capture, directory / "capture.pcap")
+    _write_pages(doc, directory)
+    return doc
+
+
+class ReportError(ValueError):
+    """A written report that cannot be read back (names the file)."""
+
+
+def rewrite(directory: Path, truth: Path | None = None) -> dict:
+    """The pages of a written report again from its report.json (after the run: with a lab's ground truth
+    beside the measurements). Nothing is written when the truth file or report.json cannot be read."""
+    source = directory / "report.json"
+    try:
+        doc = json.loads(source.read_text())
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ReportError(f"{source}: cannot read the report ({exc.__class__.__name__}: {exc.strerror or exc})") from None
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{source}:{exc.lineno}: not JSON ({exc.msg})") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("phones"), list) or not all(
+            isinstance(doc.get(k), (int, float)) for k in ("started", "finished")):
+        raise ReportError(f"{source}: not an experiment report (phones, started or finished missing)")
+    if truth is not None:
+        doc["ground_truth"] = ground_truth.compare(doc, ground_truth.load(truth), str(truth))
+    doc.setdefault("wall_clock", {"started": wall_clock(doc["started"]), "finished": wall_clock(doc["finished"])})
+    _write_pages(doc, directory)
+    return doc
+
+
+def _write_pages(doc: dict, directory: Path) -> None:
     (directory / "report.json").write_text(json.dumps(doc, indent=1))
     (directory / "junit.xml").write_bytes(junit(doc))
     (directory / "report.html").write_text(html(doc))
-    return doc

@@ -38,6 +38,7 @@ from fleet.state.sites import register_site
 from fleet.state.store import RolloutStore, Store, foreign_sources
 from fleet.base.outage import Outage, WanState
 from fleet.experiment.failures import StepFailed
+from fleet.experiment.phone_facts import phone_facts
 from fleet.experiment.sent_task import SentTask
 from fleet.experiment.verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, fallback_behaviour, judge_phone,
                       predicted_bounds, timeline)
@@ -78,6 +79,7 @@ class ExperimentResult:
     unobservable: list[dict] = field(default_factory=list)
     evidence_errors: list[dict] = field(default_factory=list)
     evidence_foreign: list[dict] = field(default_factory=list)   # store.foreign_sources: SIP from non-phone addresses
+    evidence_sources: list[str] = field(default_factory=list)   # the site's evidence sources, by label (report names)
 
 
 class ExperimentRunner:
@@ -298,6 +300,7 @@ class ExperimentRunner:
         evidence = self.store.site_evidence([self.site.name]).get(self.site.name, {})
         result.unobservable = evidence.get("unobservable", [])
         result.evidence_errors = [e for e in evidence.get("sources", []) if e.get("error")]
+        result.evidence_sources = sorted({str(e.get("source")) for e in evidence.get("sources", []) if e.get("source")})
         result.evidence_foreign = foreign_sources(evidence)
         result.finished = time.time()
         result.errors.extend(late_errors)
@@ -514,14 +517,18 @@ class ExperimentRunner:
         # predictions follow what each phone really runs: the configuration a rollout last pushed, else the inventory's
         pushed = RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])
         selected = {step.name: {p.mac for p in self._phones(step.phones)} for step in expects}
+        stored = {row["mac"]: row for row in self.store.phones(self.site.name)}   # what the phones reported
         for p in self.site.phones:
             params = pushed.get(p.mac) or self.inv.effective_params(self.site, p)
             obs = self.store.observations(exp, p.mac)
             family = self._family(p)
             pred = predicted_bounds(params, family, obs, outage, self._dns_ttl(params, family))
+            facts = phone_facts(p, params, stored.get(p.mac))
             v = PhoneVerdict(mac=p.mac, model=p.model, predicted_failover_max_s=pred.failover_max_s,
                              predicted_recovery_max_s=pred.recovery_max_s, prediction_notes=pred.notes,
-                             timeline=timeline(obs, self.initial.get(p.mac), result.started))
+                             timeline=timeline(obs, self.initial.get(p.mac), result.started),
+                             address=facts.address, extension=facts.extension, firmware=facts.firmware,
+                             firmware_from=facts.firmware_from, bounds=pred.derivations)
             seen = {name: r for name, r in seen_by_step.items() if p.mac in selected[name]}
             result.phones.append(judge_phone(v, len(servers(params)), expectations, seen, obs, outage))
             fallback = next((t for t in servers(params, 1, family) if t.index == 2), None)

@@ -33,6 +33,13 @@ class PhoneVerdict:
     failover_behaviour: str | None = None
     checks: list[dict] = field(default_factory=list)     # one per expectation, for JUnit
     timeline: list[dict] = field(default_factory=list)
+    # who the phone is, for lining the report up with PBX and router logs (None: not known)
+    address: str | None = None           # its IP address (the inventory's)
+    extension: str | None = None         # line 1's user (reg.1.address before any @)
+    firmware: str | None = None          # as the phone reported it (collector, probe), else the inventory's
+    firmware_from: str | None = None     # "phone" or "inventory"
+    # each predicted bound's derivation (fleet.phoneconf.predict.Derivation.to_dict), by measure
+    bounds: dict[str, dict] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -62,6 +69,7 @@ class Predicted:
     failover_max_s: float | None
     recovery_max_s: float | None
     notes: list[str]
+    derivations: dict[str, dict] = field(default_factory=dict)   # measure -> Derivation.to_dict() (the report's)
 
 
 def predicted_bounds(params: dict[str, str], family: str | None, observations: list[dict],
@@ -75,7 +83,11 @@ def predicted_bounds(params: dict[str, str], family: str | None, observations: l
     fb_granted = predict.granted_expiry(observations, 2)
     outage_s = (outage.end - outage.start) if outage and outage.end is not None else None
     notes = []
-    failover = predict.failover_max(params, family=family, granted=granted)
+    derivations = {}
+    how = predict.failover_derivation(params, family=family, granted=granted)
+    failover = None if how is None else how.seconds
+    if how is not None:
+        derivations["failover"] = how.to_dict()
     if failover is None:
         problem = predict.failover_problem(params, family=family)
         if problem:
@@ -84,7 +96,9 @@ def predicted_bounds(params: dict[str, str], family: str | None, observations: l
                                  fallback_granted=fb_granted)
     if rec.seconds is None and rec.reason:
         notes.append(f"recovery: {rec.reason}")
-    return Predicted(failover, rec.seconds, notes)
+    if rec.derivation is not None:
+        derivations["recovery"] = rec.derivation.to_dict()
+    return Predicted(failover, rec.seconds, notes, derivations)
 
 
 CONCURRENT = "concurrent"      # registered with the fallback before the cut (TB 5844's reading of reRegisterOn=1)

@@ -28,6 +28,49 @@ RFC3261_TIMER_F = 32.0  # 64 x T1 (500 ms): a REGISTER with retryTimeOut 0/null 
 
 
 @dataclass(frozen=True)
+class Term:
+    """One addend of a bound: what it is, its seconds, and the configuration (or grant) it comes from."""
+    name: str
+    seconds: float
+    source: str
+
+    def text(self) -> str:
+        return f"{self.name} {self.seconds:g} s ({self.source})"
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """How a bound was reached, so an operator can check it against the phone's configuration: the bound is the
+    largest of `paths`, each a sum of terms (one path for most bounds; a failback mode that waits for something
+    else too adds a second). The terms are summed in the order the bound always was, so `seconds` is the bound
+    to the last bit."""
+    paths: tuple[tuple[Term, ...], ...]
+
+    @property
+    def seconds(self) -> float:
+        return max(_total(path) for path in self.paths)
+
+    def text(self) -> str:
+        """e.g. "refresh 5 s (granted expires 10 s - overlap 5 s) + transaction timeout 1.6 s (retryTimeOut 400 ms
+        x (retryMaxCount 3 + 1)) + detection slack 1 s (evidence delivery) = 7.6 s"."""
+        sums = [" + ".join(t.text() for t in path) + f" = {_total(path):g} s" for path in self.paths]
+        if len(sums) == 1:
+            return sums[0]
+        return "the larger of " + " and ".join(f"[{s}]" for s in sums) + f": {self.seconds:g} s"
+
+    def to_dict(self) -> dict:
+        return {"seconds": self.seconds, "text": self.text(),
+                "paths": [[{"term": t.name, "s": t.seconds, "from": t.source} for t in path] for path in self.paths]}
+
+
+def _total(path: tuple[Term, ...]) -> float:
+    total = 0.0
+    for term in path:
+        total += term.seconds
+    return total
+
+
+@dataclass(frozen=True)
 class RetryModel:
     """How a family retries a failed registration, as far as the predictions need it.
 
@@ -77,6 +120,16 @@ class ServerTiming:
     re_register: bool = True         # failOver.reRegisterOn (always True where the family has no such control)
     only_signal_with_registered: bool = False
     source: str = "reg"              # "reg": reg.x.server.y.*, "voIpProt": voIpProt.server.y.*
+    retry_timeout_ms: int = 0        # retryTimeOut as configured (0: RFC 3261 Timer F), for the derivation
+    family: str | None = None
+
+    def transaction_term(self, what: str = "transaction timeout") -> Term:
+        """Its REGISTER transaction's time to fail, and why."""
+        if self.retry_timeout_ms:
+            why = f"retryTimeOut {self.retry_timeout_ms} ms x (retryMaxCount {self.retry_max_count} + 1)"
+        else:
+            why = "RFC 3261 Timer F, retryTimeOut 0"
+        return Term(what, self.transaction_timeout, f"server {self.index}: {why}")
 
     @property
     def registers(self) -> bool:
@@ -131,7 +184,7 @@ def server_timing(params: dict[str, str], reg: int, server: int, family: str | N
         retry_max_count=retry_count,
         re_register=(get("failOver.reRegisterOn", "0") == "1") if controls else True,
         only_signal_with_registered=(get("failOver.onlySignalWithRegistered", "1") == "1") if controls else False,
-        source="reg" if prefix.startswith("reg.") else "voIpProt")
+        source="reg" if prefix.startswith("reg.") else "voIpProt", retry_timeout_ms=retry_ms, family=family)
 
 
 def servers(params: dict[str, str], reg: int = 1, family: str | None = None) -> list[ServerTiming]:
@@ -206,21 +259,40 @@ def failover_problem(params: dict[str, str], reg: int = 1, family: str | None = 
     return "every fallback server has register=0: the phone never registers there"
 
 
-def failover_max(params: dict[str, str], reg: int = 1, family: str | None = None,
-                 granted: int | None = None) -> float | None:
-    """Outage start -> a fallback server is working. None when the phone registers with no fallback.
+def refresh_term(t: ServerTiming, granted: int | None, name: str = "refresh") -> Term:
+    """When the phone next talks to server `t`: its refresh of the expiry granted (else the one configured)."""
+    expires = granted if granted else t.expires
+    said = f"{'granted' if granted else 'configured'} expires {expires} s"
+    how = (f"half of {said}, below overlap {t.overlap} s" if expires < t.overlap
+           else f"{said} - overlap {t.overlap} s")
+    return Term(name, refresh_interval(expires, t.overlap), f"server {t.index}: {how}")
 
-    granted: the expiry the primary granted (the phone refreshes on that, not on what it asked for)."""
+
+SLACK_TERM = Term("detection slack", DETECTION_SLACK, "evidence delivery and resolver budget")
+
+
+def failover_derivation(params: dict[str, str], reg: int = 1, family: str | None = None,
+                        granted: int | None = None) -> Derivation | None:
+    """`failover_max` with its terms. None when the phone registers with no fallback."""
     s = servers(params, reg, family)
     fallbacks = [t for t in s[1:] if t.registers]
     if not s or not fallbacks:
         return None
     primary = s[0]
-    expires = granted if granted else primary.expires
-    bound = refresh_interval(expires, primary.overlap) + primary.transaction_timeout + DETECTION_SLACK
+    terms = [refresh_term(primary, granted), primary.transaction_term(), SLACK_TERM]
     if retry_model(family).failover_controls:
-        bound += fallbacks[0].transaction_timeout   # the fallback's REGISTER may be sent only now (uncertain)
-    return bound
+        # the fallback's REGISTER may be sent only now (uncertain)
+        terms.append(fallbacks[0].transaction_term("fallback's REGISTER"))
+    return Derivation((tuple(terms),))
+
+
+def failover_max(params: dict[str, str], reg: int = 1, family: str | None = None,
+                 granted: int | None = None) -> float | None:
+    """Outage start -> a fallback server is working. None when the phone registers with no fallback.
+
+    granted: the expiry the primary granted (the phone refreshes on that, not on what it asked for)."""
+    derivation = failover_derivation(params, reg, family, granted)
+    return None if derivation is None else derivation.seconds
 
 
 def retry_wait_bound(t: ServerTiming, outage_s: float | None = None) -> float:
@@ -240,11 +312,24 @@ def retry_wait_bound(t: ServerTiming, outage_s: float | None = None) -> float:
     return nominal
 
 
+def retry_wait_term(t: ServerTiming, outage_s: float | None = None) -> Term:
+    """`retry_wait_bound` with where it comes from."""
+    wait = retry_wait_bound(t, outage_s)
+    if not t.backoff:
+        why = (f"fixed retry interval of {t.family}" if t.family else "registerRetry.baseTimeOut, as a fixed interval")
+    else:
+        why = (f"RFC 5626 backoff, registerRetry.baseTimeOut {t.retry_interval:g} s, maxTimeOut {t.retry_max:g} s"
+               + (f", after a {outage_s:.1f} s outage" if outage_s is not None else ", outage length unknown"))
+    return Term("retry wait", wait, f"server {t.index}: {why}")
+
+
 @dataclass(frozen=True)
 class RecoveryBound:
-    """Restore -> primary working again: `seconds` None when no bound exists, with `reason` saying why."""
+    """Restore -> primary working again: `seconds` None when no bound exists, with `reason` saying why;
+    `derivation` its terms when it exists."""
     seconds: float | None
     reason: str = ""
+    derivation: Derivation | None = None
 
 
 def recovery_bound(params: dict[str, str], reg: int = 1, family: str | None = None, dns_ttl: float | None = None,
@@ -260,24 +345,30 @@ def recovery_bound(params: dict[str, str], reg: int = 1, family: str | None = No
     if not s:
         return RecoveryBound(None, "no server configured")
     p = s[0]
-    retry = retry_wait_bound(p, outage_s) + p.transaction_timeout + DETECTION_SLACK
+    retry = (retry_wait_term(p, outage_s), p.transaction_term(), SLACK_TERM)
     mode = p.failback_mode
+
+    def bound(*paths: tuple[Term, ...]) -> RecoveryBound:
+        d = Derivation(paths)
+        return RecoveryBound(d.seconds, derivation=d)
+
     if mode == "duration":
         if p.failback_timeout == 0:
             return RecoveryBound(None, "failOver.failBack.mode=duration with timeout 0: the phone never fails back "
                                        "to the primary by itself")
-        return RecoveryBound(max(retry, p.failback_timeout + DETECTION_SLACK))
+        return bound(retry, (Term("failback timeout", p.failback_timeout, "failOver.failBack.mode=duration, "
+                                   "failOver.failBack.timeout"), SLACK_TERM))
     if mode == "DNSTTL":
         if dns_ttl is None:
             return RecoveryBound(None, "failOver.failBack.mode=DNSTTL but the primary's DNS TTL is unknown")
-        return RecoveryBound(retry + dns_ttl)
+        return bound(retry + (Term("DNS TTL", dns_ttl, "failOver.failBack.mode=DNSTTL, the primary's name"),))
     if mode == "registration":
         fb = next((t for t in s[1:] if t.registers), None)
         if fb is None:
-            return RecoveryBound(retry)
-        renew = refresh_interval(fallback_granted or fb.expires, fb.overlap) + p.transaction_timeout + DETECTION_SLACK
-        return RecoveryBound(max(retry, renew))
-    return RecoveryBound(retry)   # newRequests, or a family without failback modes (R4)
+            return bound(retry)
+        renew = (refresh_term(fb, fallback_granted, "fallback's renewal"), p.transaction_term(), SLACK_TERM)
+        return bound(retry, renew)
+    return bound(retry)   # newRequests, or a family without failback modes (R4)
 
 
 def recovery_max(params: dict[str, str], reg: int = 1, dns_ttl: float | None = None, family: str | None = None,
