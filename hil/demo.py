@@ -37,12 +37,14 @@ def evidence(lab_file: Path, inventory: Path, site: str) -> str:
     spec = labfile.load(lab_file)
     entry = next(s for s in yaml.safe_load(inventory.read_text())["sites"] if s["name"] == site)
     wire = [c if isinstance(c, str) else f"{c.get('kind')} {c.get('listen', '')}".strip() for c in entry.get("capture") or []]
-    wire += [f"{entry['gateway']['platform']} bindings"] if isinstance(entry.get("gateway"), dict) else []
-    sources = (f"SIP on the wire ({', '.join(wire)})" if wire else "no wire source") + " and telephone notification events"
+    sources = [f"SIP on the wire ({', '.join(wire)})"] if wire else []
+    if isinstance(entry.get("gateway"), dict):
+        sources.append(f"the {entry['gateway']['platform']} gateway's registrar bindings")
     if spec.syslog_registration_line:
-        return (f"evidence: {sources}, and the lab's syslog registration line, which no real phone sends "
-                "(`make demo` runs without it)")
-    return f"evidence: {sources}, as a real site has them; no registration log line"
+        sources.append("the lab's syslog registration line (no real phone sends it: `make demo` runs without it)")
+    said = "evidence: " + " and ".join([", ".join(sources), "telephone notification events"] if sources
+                                       else ["telephone notification events"])
+    return said if spec.syslog_registration_line else f"{said}, as a real site has them; no registration log line"
 
 
 def main(argv: list[str] | None = None) -> int:
