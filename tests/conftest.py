@@ -112,7 +112,7 @@ def udp_socket(timeout: float | None = None) -> socket.socket:
 LAB_NETS: dict[int, tuple[int, str]] = {
     2: (1, "test_phone_controls"), 3: (1, "test_family_experiments sip-3.x"),
     4: (1, "test_family_experiments uc-4.0"), 6: (1, "test_family_experiments uc-5.x"),
-    8: (1, "test_site_files_lab"), 10: (1, "make demo, demo-wire, demo-hep (hil/labs)"),
+    8: (1, "test_site_files_lab"), 10: (1, "make demo, demo-syslog, demo-hep (hil/labs)"),
     15: (1, "test_wire_experiment"), 19: (1, "test_lab_wire"), 21: (1, "test_experiment_e2e"),
     22: (1, "test_experiment_e2e, no fallback"), 24: (1, "test_lab_rules"), 26: (1, "test_safety"),
     27: (1, "test_outage_races"), 28: (1, "test_inventory_probe"), 30: (1, "test_scheduled_rollout"),
@@ -125,6 +125,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     98: (1, "test_rest_one_at_a_time"),
     113: (1, "test_uc53_push_lab"),
     137: (1, "test_scheduled_one_worker"),
+    144: (1, "test_demo (hil.demo on a copy of the demo's lab file)"),
 }
 
 

@@ -3,13 +3,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import socket
 from pathlib import Path
 
 import paramiko
 import pytest
 import yaml
 
-from conftest import lab_spec, run_fleet
+from conftest import lab_spec, run_fleet, start_collector
 
 pytestmark = pytest.mark.slow
 
@@ -63,6 +64,8 @@ def test_probe_reaches_every_device_of_the_lab(lab, redis_url):
     methods = {c["detail"].split(" (", 1)[0] for c in doc["checks"] if c["device"].startswith("phone ")}
     assert methods == {"state polling GET /polling/deviceHandler", "REST GET /api/v1/mgmt/device/info"}, doc["checks"]
     assert _device_state(lab) == before
+    boot = next(c for c in doc["checks"] if c["device"] == "boot server")
+    assert boot["detail"] == "read the <MAC>.cfg of every phone (3); no 000000000000.cfg there", boot
 
 
 def _broken_inventory(lab, tmp_path: Path) -> tuple[Path, str]:
@@ -108,3 +111,47 @@ def test_check_without_probe_validates_only(lab, redis_url, tmp_path):
     bad.write_text(lab.inventory.read_text().replace("driver: linux_ssh", "driver: cisco_telnet"))
     out = run_fleet(["inventory", "check", str(bad)], redis_url)
     assert out.returncode == 2 and "bad.yml" in out.stderr and "driver" in out.stderr, out.stderr
+
+
+def _rows(doc: dict) -> dict[str, dict]:
+    return {c["device"]: c for c in doc["checks"]}
+
+
+def test_probe_passes_while_the_sites_collector_runs_and_fails_when_another_program_holds_its_port(
+        lab, redis_url, tmp_path):
+    """Issue 19: before, the probe failed whenever the site's own collector ran (its ports were "in use")."""
+    collector = start_collector(redis_url, lab.inventory, ("hq",), tmp_path / "collector.log")
+    try:
+        code, doc = _probe(lab, lab.inventory, redis_url)
+    finally:
+        collector.stop()
+    failed = [c for c in doc["checks"] if not c["ok"]]
+    assert code == 0 and not failed, failed
+    rows = _rows(doc)
+    for what in ("collector syslog", "collector events"):
+        assert rows[what]["detail"].startswith(f"in use by this site's fleet collector (pid {collector.pid} on host "
+                                               f"{socket.gethostname()}, alive "), rows[what]
+    # the collector has stopped (its record withdrawn); a program of no concern to fleet takes the events port
+    events = yaml.safe_load(lab.inventory.read_text())["sites"][0]["collector"]["events"]
+    host, _, port = events.rpartition(":")
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as other:
+        other.bind((host, int(port)))
+        other.listen()
+        code, doc = _probe(lab, lab.inventory, redis_url)
+    failed = {c["device"]: c["detail"] for c in doc["checks"] if not c["ok"]}
+    assert code == 1 and failed == {"collector events": "in use by another program: no fleet collector of this site "
+                                                        "has reported in fleet's Redis"}, failed
+
+
+def test_a_wrong_boot_server_path_fails_the_probe(lab, redis_url, tmp_path):
+    """Issue 19: before, a directory without the phones' files passed ("logged in; no 000000000000.cfg there")."""
+    inv = yaml.safe_load(lab.inventory.read_text())
+    inv["sites"][0]["boot_server"]["url"] += "polycom/"       # the files are in the server's top directory
+    path = tmp_path / "inventory.yml"
+    path.write_text(yaml.safe_dump(inv, sort_keys=False))
+    code, doc = _probe(lab, path, redis_url)
+    failed = {c["device"]: c for c in doc["checks"] if not c["ok"]}
+    assert code == 1 and set(failed) == {"boot server"}, failed
+    row = failed["boot server"]
+    assert row["target"].endswith("/polycom/"), row
+    assert row["detail"].startswith(f"no <MAC>.cfg nor master file at {row['target']}: is the boot server path right?"), row

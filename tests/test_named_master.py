@@ -159,6 +159,10 @@ def test_the_probe_reads_the_named_master_and_says_when_the_phones_fall_back(tmp
     boot = tmp_path / "boot"
     boot.mkdir()
     inv = inventory.load(inventory_file(tmp_path, {"url": f"file://{boot}/", "master_file": "campus.cfg"}))
+    row = check_boot_server(inv.site("hq"), None, 2.0)      # nothing there a phone would read
+    assert not row.ok and row.detail.startswith(f"no <MAC>.cfg nor master file at file://{boot}/: is the boot "
+                                                "server path right? (looked for campus.cfg and 000000000000.cfg")
+    (boot / bootfiles.DEFAULT_MASTER).write_bytes(NAMED)
     row = check_boot_server(inv.site("hq"), None, 2.0)
     assert row.ok and "no campus.cfg there: phones fall back to <MAC>.cfg" in row.detail
     (boot / "campus.cfg").write_bytes(NAMED)

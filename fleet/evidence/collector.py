@@ -37,6 +37,7 @@ from fleet.evidence.wire.decode import Datagram
 from fleet.config.inventory import Inventory, Secrets, Site
 from fleet.state.observe import Observation, from_line_info
 from fleet.state.sites import register_site
+from fleet.state import collectors as registry
 from fleet.sites.users import SiteUsers
 from fleet.state.store import RolloutStore, Store
 from fleet.drivers.publish import open_publisher
@@ -162,6 +163,7 @@ class SiteCollector:
         self.start_error: str | None = None
         self.sources = SourceFilter(site)
         self.site_users = self._site_users()
+        self.record: registry.CollectorRecord | None = None    # announced once the listeners are up
         if self.sources.unresolved:
             log.warning("collector %s: %d phones have addresses that do not resolve (%s...): their reports are dropped "
                         "unless collector.allow_from covers them", site.name, len(self.sources.unresolved),
@@ -179,6 +181,11 @@ class SiteCollector:
     def stop(self) -> None:
         for source in self.evidence:
             source.stop()
+        if self.record is not None:
+            try:
+                registry.withdraw(self.store, self.record)
+            except Exception as exc:   # Redis away: the record expires by itself
+                log.debug("collector %s: cannot withdraw its record (%s)", self.site.name, type(exc).__name__)
         if self.loop and not self.loop.is_closed():
             self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._shutdown()))
 
@@ -341,11 +348,30 @@ class SiteCollector:
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
         await web.TCPSite(runner, ehost, int(eport), reuse_address=True).start()
+        # both addresses are ours now: say so in Redis before anyone is told the collector runs (a Redis that does
+        # not answer delays the start by 2 s at most; the heartbeats go on trying)
+        self.record = registry.this_process(self.site.name, self.site.collector.syslog, self.site.collector.events)
+        await asyncio.wait({asyncio.ensure_future(self._announce())}, timeout=registry.HEARTBEAT_S)
+        asyncio.ensure_future(self._heartbeat_loop())
         asyncio.ensure_future(self._flush_loop())
         asyncio.ensure_future(self._observing_loop())
         await self._start_sources()
         if self.site.collector.poll_interval > 0 and self.secrets is not None:
             asyncio.ensure_future(self._poll_loop())
+
+    async def _announce(self) -> None:
+        """Write this collector's record (fleet.state.collectors: its addresses, host, pid); Redis away is logged."""
+        try:
+            await asyncio.to_thread(registry.announce, self.store, self.record)
+        except Exception as exc:   # Redis away: the next heartbeat writes it
+            log.debug("collector %s: cannot announce itself (%s)", self.site.name, type(exc).__name__)
+
+    async def _heartbeat_loop(self) -> None:
+        """The record refreshed every HEARTBEAT_S: `inventory check --probe` takes the addresses as this
+        collector's while it is fresh."""
+        while True:
+            await asyncio.sleep(registry.HEARTBEAT_S)
+            await self._announce()
 
     async def _poll_loop(self) -> None:
         """State polling as a second source: REST lineInfo where the model has it, state polling otherwise."""

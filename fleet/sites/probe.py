@@ -1,12 +1,14 @@
 """Read-only reachability checks for a first day on a site: can fleet reach every device with what the inventory says?
 
-Every check here only reads: the boot server is logged into and one file is
-read (never written), the router gets its own read-only state command (SSH, with
-its host key verified) or SNMP reads, each phone answers one read asked by its
-family's control (fleet.phones: REST device info, state polling with its own
-login, or the web UI; never a reboot, a setting or a call), and the collectors' listening
-addresses are bound and released at once. A failed check names the device and
-why, and never carries a secret (driver errors never hold passwords).
+Every check here only reads: the boot server is logged into and the master
+files the phones would read are read (never written), the router gets its own
+read-only state command (SSH, with its host key verified) or SNMP reads, each
+phone answers one read asked by its family's control (fleet.phones: REST device
+info, state polling with its own login, or the web UI; never a reboot, a setting
+or a call), and the collectors' listening addresses are bound and released at
+once, or found held by the site's own running collector (it reports itself in
+fleet's Redis: fleet.state.collectors). A failed check names the device and why,
+and never carries a secret (driver errors never hold passwords).
 """
 from __future__ import annotations
 
@@ -22,7 +24,8 @@ from fleet.drivers.errors import DriverError
 from fleet.config.inventory import Credentials, Inventory, Phone, Secrets, Site
 from soundpoint.redact import redact_url
 from fleet.state.store import Store
-from fleet.drivers.publish import open_publisher
+from fleet.drivers.publish import Publisher, open_publisher
+from fleet.state import collectors as registry
 from fleet.drivers import router as routers
 from fleet import phones
 
@@ -51,29 +54,48 @@ def _device_error(exc: BaseException) -> str:
 
 
 def check_boot_server(site: Site, secrets: Secrets, timeout: float) -> Check:
-    """Log in and read the master the phones read first (the named one, else the default): proves address,
-    credentials and directory without writing."""
+    """Log in and find the master every phone of the site reads (soundpoint.bootfiles.master_order): the one named
+    in the boot-server address, else its own `<MAC>.cfg`, else the default. Proves address, credentials and
+    directory without writing; a directory where no phone finds its file is the wrong one."""
     url = site.boot_server.url
     target = redact_url(url)
-    named = site.boot_server.master_file
     try:
         creds = secrets.credentials(site.boot_server.credentials) if site.boot_server.credentials else Credentials()
         pub = open_publisher(url, creds, timeout)
         try:
-            data = pub.read(named or DEFAULT_MASTER)
+            ok, found = _masters(pub, site, target)
         finally:
             pub.close()
     except Exception as exc:  # a probe reports, never crashes: every device gets its row
         return Check(site.name, "boot server", target, False, _device_error(exc))
-    if named:   # the master the boot-server address names: the phones read it first (soundpoint.bootfiles)
-        found = (f"read {named}, the master named in the boot-server address ({len(data)} bytes)" if data is not None
-                 else f"logged in; no {named} there: phones fall back to <MAC>.cfg, then {DEFAULT_MASTER}")
-    else:
-        found = (f"read {DEFAULT_MASTER} ({len(data)} bytes)" if data is not None
-                 else f"logged in; no {DEFAULT_MASTER} there")
-    if url.startswith(("http://", "https://")):
+    if ok and url.startswith(("http://", "https://")):
         found += "; the write password is first used by a rollout (reads need none)"
-    return Check(site.name, "boot server", target, True, found)
+    return Check(site.name, "boot server", target, ok, found)
+
+
+def _masters(pub: Publisher, site: Site, target: str) -> tuple[bool, str]:
+    """(every phone finds a master, what was read). The shared masters first (one read covers every phone), the
+    phones' own files only when neither is there; reads only, as the phones would."""
+    named = site.boot_server.master_file
+    if named:
+        data = pub.read(named)
+        if data is not None:
+            return True, f"read {named}, the master named in the boot-server address ({len(data)} bytes)"
+    fallback = f"logged in; no {named} there: phones fall back to <MAC>.cfg, then {DEFAULT_MASTER}; " if named else ""
+    default = pub.read(DEFAULT_MASTER)
+    if default is not None:
+        return True, f"{fallback}read {DEFAULT_MASTER} ({len(default)} bytes), read by every phone without its own <MAC>.cfg"
+    missing = [p.mac for p in site.phones if pub.read(bootfiles.master_name(p.mac)) is None]
+    if len(missing) == len(site.phones):      # a site without phones too: nothing there a phone would read
+        looked = " and ".join(([named] if named else []) + [DEFAULT_MASTER] +
+                              ([f"the {len(missing)} phones' <MAC>.cfg"] if missing else []))
+        return False, f"no <MAC>.cfg nor master file at {target}: is the boot server path right? (looked for {looked})"
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        return False, (f"{fallback}no <MAC>.cfg nor master file for {len(missing)} of {len(site.phones)} phones at "
+                       f"{target} ({shown}): they boot without the site's files, and a push to them fails (fleet adds "
+                       f"its file to the master a phone reads, it does not invent one)")
+    return True, f"{fallback}read the <MAC>.cfg of every phone ({len(site.phones)}); no {DEFAULT_MASTER} there"
 
 
 def check_router(site: Site, secrets: Secrets) -> Check | None:
@@ -113,8 +135,8 @@ def check_phone(site: Site, phone: Phone, inv: Inventory, secrets: Secrets, time
     return Check(site.name, device, target, found.ok, found.describe())
 
 
-def _bindable(address: str, kind: int) -> str | None:
-    """None when the address can be listened on now; otherwise why not."""
+def _bindable(address: str, kind: int) -> tuple[int, str] | None:
+    """None when the address can be listened on now; otherwise (errno, why not)."""
     host, _, port = address.rpartition(":")
     host = host.strip("[]")
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -123,23 +145,58 @@ def _bindable(address: str, kind: int) -> str | None:
         sock.bind((host, int(port)))
     except OSError as exc:
         if exc.errno == errno.EADDRINUSE:
-            return "in use (is a fleet collector or another listener already running?)"
+            return exc.errno, "in use"
         if exc.errno == errno.EADDRNOTAVAIL:
-            return "not an address of this host"
+            return exc.errno, "not an address of this host"
         if exc.errno == errno.EACCES:
-            return "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
-        return exc.strerror or type(exc).__name__
+            return exc.errno, "permission denied (ports below 1024 need root or CAP_NET_BIND_SERVICE)"
+        return exc.errno or 0, exc.strerror or type(exc).__name__
     finally:
         sock.close()
     return None
 
 
-def check_collector(site: Site) -> list[Check]:
+def _taken(address: str, code: int, why: str, seen: registry.Sighting | None, asked: bool) -> tuple[bool, str]:
+    """(ok, detail) for an address that cannot be bound here: fine when the site's own fleet collector, alive,
+    listens there (fleet.state.collectors), a failure naming what holds it otherwise. `asked`: the registry was read
+    (False: no Redis to ask)."""
+    if seen is not None and seen.record.listens_on(address):
+        collector = f"this site's fleet collector ({seen.describe()})"
+        if not seen.alive:
+            return False, f"{why}, not by {collector}: is something else listening there?"
+        if seen.record.host != socket.gethostname():
+            return True, f"listened on by {collector}: ok (not checked from this host)"
+        if code != errno.EADDRINUSE:
+            return False, f"{why}; {collector} reports listening there"
+        if registry.process_exists(seen.record.pid):
+            return True, f"in use by {collector}: ok"
+        return False, f"{why}, not by {collector}: that process is gone"
+    if seen is not None:
+        return False, (f"{why}; this site's fleet collector ({seen.describe()}) listens on {seen.record.syslog} and "
+                       f"{seen.record.events}, not here: restart it after changing the inventory's collector addresses")
+    if code != errno.EADDRINUSE:
+        return False, why
+    if not asked:
+        return False, (f"{why} (no fleet Redis to ask whether by this site's fleet collector: "
+                       "set FLEET_REDIS_URL to the collectors' Redis)")
+    return False, f"{why} by another program: no fleet collector of this site has reported in fleet's Redis"
+
+
+def check_collector(site: Site, store: Store | None = None) -> list[Check]:
+    """Can the site's collector listen on its addresses here? Free, or held by the site's own running collector
+    (as it reports in `store`), passes; held by anything else fails."""
+    seen, asked = None, store is not None
+    if store is not None:
+        try:
+            seen = registry.sighting(store, site.name)
+        except Exception:   # Redis away: answer as without it
+            asked = False
     out = []
     for what, address, kind in (("collector syslog", site.collector.syslog, socket.SOCK_DGRAM),
                                 ("collector events", site.collector.events, socket.SOCK_STREAM)):
-        why = _bindable(address, kind)
-        out.append(Check(site.name, what, address, why is None, why or "free"))
+        taken = _bindable(address, kind)
+        ok, detail = (True, "free") if taken is None else _taken(address, *taken, seen, asked)
+        out.append(Check(site.name, what, address, ok, detail))
     return out
 
 
@@ -155,7 +212,7 @@ def probe(inv: Inventory, secrets: Secrets, sites: Iterable[str] | None = None, 
         router = check_router(site, secrets)
         if router is not None:
             rows.append(router)
-        rows.extend(check_collector(site))
+        rows.extend(check_collector(site, store))
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(site.phones) or 1))) as pool:
             for row in pool.map(lambda p, s=site: check_phone(s, p, inv, secrets, timeout, store), site.phones):
                 rows.append(row)

@@ -18,6 +18,9 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | targets no wire source can see, and why), sources (JSON: each    |                             |
 |                                      |        | evidence source's state, error and since when), t                |                             |
 | `evidence:sites`                     | set    | the sites with a `site:{site}:evidence` report                   | set_site_evidence           |
+| `site:{site}:collector`              | hash   | the site's running collector: holder (host:pid), host, pid,      | set_site_collector,         |
+|                                      |        | syslog, events (its listening addresses), since; its TTL is      | clear_site_collector        |
+|                                      |        | renewed at each heartbeat (what is left of it gives the age)     |                             |
 | `observed`                           | stream | one entry per stored batch of observations: the MACs it touched  | record_observations         |
 | `lease:{site}`                       | string | holder of the site's exclusive lease (SET NX PX, renewed)        | acquire/renew/release_lease |
 | `rest:{mac}`                         | string | holder of the phone's REST lock: one request at a time across    | acquire/renew/release_      |
@@ -165,6 +168,10 @@ class Keys:
     @staticmethod
     def site_evidence(site: str) -> str:
         return f"{P}site:{site}:evidence"
+
+    @staticmethod
+    def site_collector(site: str) -> str:
+        return f"{P}site:{site}:collector"
 
     @staticmethod
     def lease(site: str) -> str:
@@ -401,6 +408,28 @@ class Store:
             except ValueError:
                 continue            # a damaged report reads as none
         return out
+
+    def set_site_collector(self, site: str, record: dict[str, str], ttl: float) -> None:
+        """The site's running collector (fleet.state.collectors): written whole at each heartbeat, the key's TTL
+        reset to `ttl`, so what is left of the TTL says how long ago it last reported, on Redis' clock alone."""
+        pipe = self.r.pipeline(transaction=True)
+        pipe.delete(K.site_collector(site))
+        pipe.hset(K.site_collector(site), mapping=record)
+        pipe.pexpire(K.site_collector(site), int(ttl * 1000))
+        pipe.execute()
+
+    def site_collector(self, site: str) -> tuple[dict[str, str], float]:
+        """(the record, milliseconds of its TTL left); ({}, 0) when no collector of the site reported within its TTL."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hgetall(K.site_collector(site))
+        pipe.pttl(K.site_collector(site))
+        record, pttl = pipe.execute()
+        return (record, float(pttl)) if record and pttl > 0 else ({}, 0.0)
+
+    def clear_site_collector(self, site: str, holder: str) -> None:
+        """Remove the site's collector record if `holder` wrote it (a collector stopping; never another's)."""
+        script = "if redis.call('hget', KEYS[1], 'holder') == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
+        self.r.eval(script, 1, K.site_collector(site), holder)
 
     def phones(self, site: str | None = None) -> list[dict]:
         """Every phone's row for `fleet status`, read with one pipelined round trip."""
