@@ -50,9 +50,14 @@ def remove(pub: Publisher, rid: str, phones: dict[str, dict], named_master: str 
             kept += 1
             continue
         for name in polycom.phone_file_names(mac, named_master):
-            if record.get(f"backed_up:{name}") == "yes" or record.get(f"backing_up:{name}"):
+            mark = record.get(f"backed_up:{name}")
+            # "absent" or "same": no backup was written. A backup begun and never marked (its task died) may exist:
+            # it is looked for, so the count says how many files were really removed
+            if mark == "yes" or (record.get(f"backing_up:{name}") and mark is None):
                 if name == named_master:
                     shared_backup = True
+                    continue
+                if mark != "yes" and pub.read(backup_name(name, rid)) is None:
                     continue
                 pub.delete(backup_name(name, rid))
                 removed += 1

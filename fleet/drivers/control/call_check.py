@@ -29,4 +29,4 @@ class CallCheck:
 
 def refused(login: str, exc: AuthRefused) -> CallCheck:
     """The check of a phone that refused `login` (which login was sent, never its value), with the request."""
-    return CallCheck("refused", f"wrong credentials: the phone refused {login} ({exc.message})"[:300])
+    return CallCheck("refused", f"wrong credentials, the phone refused {login}: {exc.message}"[:300])
