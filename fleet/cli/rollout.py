@@ -145,7 +145,11 @@ def _drive(rid: str, pb, inv, store, as_json: bool, verbose: bool = False) -> No
                 progress.update(bars[site], completed=c["settled"], failed=c["failed"])
 
         def watch(records) -> None:
-            for line in (lines.steps(tail.new()) if tail is not None else []) + lines.states(records):
+            try:
+                steps = lines.steps(tail.new()) if tail is not None else []
+            except Exception:   # the step lines are best effort: a read that fails must not stop the rollout
+                steps = []
+            for line in steps + lines.states(records):
                 say(line)
 
         driver = RolloutDriver(rid, inv, store, pb, say=lambda s: progress.console.print(Text(str(s))), progress=show,
