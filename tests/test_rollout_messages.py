@@ -27,7 +27,7 @@ from fleet.state.store import RolloutStore, Store
 from test_rollout import playbook, two_site_spec
 
 pytestmark = pytest.mark.slow
-NET = 143
+NET = 129
 WIDE = {"COLUMNS": "400"}     # a table row on one line, so a reason is found whole in the text
 
 
