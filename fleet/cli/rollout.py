@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from fleet.base.words import plural
 from fleet.cli.common import (EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, err, fail, brief, open_store,
                               load_checked, exit_now)
 
@@ -37,10 +38,10 @@ def _plan(pb, inv, rid: str, last_pushed: dict | None, playbook_path: str):
 
 
 def _print_plan(p, console: Console) -> None:
-    console.print(f"[bold]{len(p.phones)} phones in {len(p.waves)} waves[/bold]; max unavailable per site "
+    console.print(f"[bold]{plural(len(p.phones), 'phone')} in {plural(len(p.waves), 'wave')}[/bold]; max unavailable per site "
                   + ", ".join(f"{s}: {n}" for s, n in p.max_unavailable.items()) + f"; failure budget {p.budget_total}")
     for i, wave in enumerate(p.waves):
-        console.print(Text(f"  wave {i}: {len(wave)} phones ({', '.join(wave[:6])}{', ...' if len(wave) > 6 else ''})"))
+        console.print(Text(f"  wave {i}: {plural(len(wave), 'phone')} ({', '.join(wave[:6])}{', ...' if len(wave) > 6 else ''})"))
     changed = [ph for ph in p.phones if ph.diff]
     console.print(f"[bold]parameter changes[/bold] ({len(changed)} phones change, {len(p.phones) - len(changed)} unchanged)")
     for ph in changed[:50]:
@@ -51,7 +52,7 @@ def _print_plan(p, console: Console) -> None:
         console.print(f"  ... and {len(changed) - 50} more phones")
     warned = [ph for ph in p.phones if ph.warnings]
     if warned:
-        console.print(f"[bold yellow]failover warnings[/bold yellow] ({len(warned)} phones): "
+        console.print(f"[bold yellow]failover warnings[/bold yellow] ({plural(len(warned), 'phone')}): "
                       "set-ups their firmware cannot fail over with as the rules expect")
         for ph in warned[:50]:
             for w in ph.warnings:
