@@ -126,6 +126,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     113: (1, "test_uc53_push_lab"),
     137: (1, "test_scheduled_one_worker"),
     144: (1, "test_demo (hil.demo on a copy of the demo's lab file)"),
+    129: (1, "test_rollout_messages"),
 }
 
 

@@ -403,3 +403,21 @@ def test_a_site_version_goes_to_the_phones_that_can_run_it_and_one_that_fits_non
     with pytest.raises(Exception) as exc:
         inventory.load(path)
     assert "fits no phone of site hq" in str(exc.value) and f"{path.name}:{line}" in str(exc.value), str(exc.value)
+
+
+def test_a_refused_admin_login_is_refused_not_possibly_in_a_call():
+    """Failed before: a wrong admin password read as state "unknown" ("possibly in a call"), so a rollout deferred
+    the phone until its progress deadline. The phone's digest challenge is answered once, refused, and said so."""
+    server = PhoneServer(_routes("rest-device-info-5.7", "rest-callstatus-v2-idle"), digest_only=True)
+    wrong = Credentials(username="Polycom", password="not-the-admin-password")
+    try:
+        check = control(PhoneAccess(server.phone(), wrong)).call_check()
+        assert check.state == "refused" and not check.may_reboot, check
+        assert "wrong credentials" in check.reason and "401 after answering the challenge" in check.reason, check
+        assert wrong.password not in check.reason
+        # Basic first, then digest answers to its challenge: refused, and nothing more asked of the phone
+        asked = [(p, h.split(" ", 1)[0]) for _, p, h in server.seen]
+        assert asked[0] == ("/api/v1/mgmt/device/info", "Basic") and len(asked) <= 3, asked
+        assert set(asked[1:]) == {("/api/v1/mgmt/device/info", "Digest")}, asked
+    finally:
+        server.close()

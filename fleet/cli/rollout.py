@@ -11,7 +11,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from fleet.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, err, fail, brief, open_store, load_checked, exit_now
+from fleet.base.words import plural
+from fleet.cli.common import (EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, err, fail, brief, open_store,
+                              load_checked, exit_now)
 
 
 @click.group()
@@ -36,10 +38,10 @@ def _plan(pb, inv, rid: str, last_pushed: dict | None, playbook_path: str):
 
 
 def _print_plan(p, console: Console) -> None:
-    console.print(f"[bold]{len(p.phones)} phones in {len(p.waves)} waves[/bold]; max unavailable per site "
+    console.print(f"[bold]{plural(len(p.phones), 'phone')} in {plural(len(p.waves), 'wave')}[/bold]; max unavailable per site "
                   + ", ".join(f"{s}: {n}" for s, n in p.max_unavailable.items()) + f"; failure budget {p.budget_total}")
     for i, wave in enumerate(p.waves):
-        console.print(Text(f"  wave {i}: {len(wave)} phones ({', '.join(wave[:6])}{', ...' if len(wave) > 6 else ''})"))
+        console.print(Text(f"  wave {i}: {plural(len(wave), 'phone')} ({', '.join(wave[:6])}{', ...' if len(wave) > 6 else ''})"))
     changed = [ph for ph in p.phones if ph.diff]
     console.print(f"[bold]parameter changes[/bold] ({len(changed)} phones change, {len(p.phones) - len(changed)} unchanged)")
     for ph in changed[:50]:
@@ -50,7 +52,7 @@ def _print_plan(p, console: Console) -> None:
         console.print(f"  ... and {len(changed) - 50} more phones")
     warned = [ph for ph in p.phones if ph.warnings]
     if warned:
-        console.print(f"[bold yellow]failover warnings[/bold yellow] ({len(warned)} phones): "
+        console.print(f"[bold yellow]failover warnings[/bold yellow] ({plural(len(warned), 'phone')}): "
                       "set-ups their firmware cannot fail over with as the rules expect")
         for ph in warned[:50]:
             for w in ph.warnings:
@@ -68,7 +70,8 @@ def _print_plan(p, console: Console) -> None:
 @click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Print waves, per-phone diff and the refresh-load check; touch nothing.")
 @click.option("--json", "as_json", is_flag=True)
-def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="A line for every step of every phone (push, reboot, verify...).")
+def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json: bool, verbose: bool) -> None:
     """Roll PLAYBOOK out: canaries, then waves; halts when the failure budget is spent (exit 1)."""
     pb, inv = _load_rollout(playbook_path, inventory_path)   # everything validated before the heavy imports
     from fleet.rollout.driver import new_id
@@ -108,42 +111,71 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
         fail(f"{playbook_path}: {exc}", EXIT_INPUT)
     except Overloaded as exc:
         fail(f"refusing: the change would overload a registrar ({exc}); set strategy.allow_overload to override", EXIT_INPUT)
-    _drive(rid, pb, inv, store, as_json)
+    _drive(rid, pb, inv, store, as_json, verbose)
 
 
-def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
+def _drive(rid: str, pb, inv, store, as_json: bool, verbose: bool = False) -> None:
+    """Drive the rollout in this process: a bar per site, a line per phone as it settles (every step with
+    `verbose`), the summary in words; exit 0 done, 1 failed/halted/aborted, 130 interrupted (README table)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+    from fleet.experiment.signals import SignalGuard
     from fleet.rollout.driver import RolloutDriver, experiment_drill
-    from fleet.state.store import LeaseHeld
+    from fleet.rollout.progress import EventTail, PhoneLines, summary
+    from fleet.state.store import LeaseHeld, RolloutStore
 
     console = Console(stderr=as_json)
     console.print(Text(f"rollout {rid}"))
     bars: dict = {}
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[failed]} failed"),
-                  TimeElapsedColumn(), console=console, disable=as_json) as progress:
+    rs = RolloutStore(store)
+    lines = PhoneLines(rs.get(rid)["plan"], pb.verify.registered_to, verbose)
+    tail = EventTail(rs, rid) if verbose else None
+    # Ctrl-C, SIGTERM and SIGHUP all stop the run the same way: the driver records it halted (resumable) and this
+    # command exits 130; a second signal while the outcome is written is only noted (fleet.experiment.signals)
+    with SignalGuard(), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[failed]} failed"), TimeElapsedColumn(), console=console,
+                                 disable=as_json) as progress:
+        def say(line: str) -> None:
+            progress.console.print(Text(line, style="red" if line.startswith("failed:") else
+                                        "yellow" if line.startswith("deferred:") else ""))
+
         def show(by_site: dict) -> None:
             for site, c in by_site.items():
                 if site not in bars:
                     bars[site] = progress.add_task(f"site {site}", total=c["total"], failed=0)
                 progress.update(bars[site], completed=c["settled"], failed=c["failed"])
 
+        def watch(records) -> None:
+            try:
+                steps = lines.steps(tail.new()) if tail is not None else []
+            except Exception:   # the step lines are best effort: a read that fails must not stop the rollout
+                steps = []
+            for line in steps + lines.states(records):
+                say(line)
+
         driver = RolloutDriver(rid, inv, store, pb, say=lambda s: progress.console.print(Text(str(s))), progress=show,
-                               drill=experiment_drill(inv, store))
+                               drill=experiment_drill(inv, store), watch=watch)
         try:
             outcome = driver.run()
         except LeaseHeld as exc:
             err.print(Text(brief(exc), style="red"))
             exit_now(EXIT_INFRA)
-    summary = {"id": rid, "status": outcome.status, "reason": outcome.reason, "counts": outcome.counts}
-    if outcome.reason:
-        console.print(Text(str(outcome.reason), style="red"))
+        except KeyboardInterrupt:      # before the driver took the lease: nothing was driven
+            err.print(Text(f"interrupted; `fleet rollout resume {rid}` continues"))
+            exit_now(EXIT_INTERRUPTED)
+        try:    # what settled in the last pass, and anything the passes did not show
+            watch(rs.phones(rid, list(driver.site_of)))
+        except Exception:   # best effort: the outcome below is what counts
+            pass
+    summary_doc = {"id": rid, "status": outcome.status, "reason": outcome.reason, "counts": outcome.counts}
     if as_json:
-        click.echo(json.dumps(summary))
+        click.echo(json.dumps(summary_doc | ({"interrupted": outcome.interrupted} if outcome.interrupted else {})))
     else:
         colour = "green" if outcome.status == "done" else "red"
         console.print(Text.assemble((str(outcome.status), f"bold {colour}"),
-                                    f"{': ' + str(outcome.reason) if outcome.reason else ''} {outcome.counts}"))
+                                    f": {outcome.reason}" if outcome.reason else "", f"; {summary(outcome.counts)}"))
+    if outcome.interrupted:
+        exit_now(EXIT_INTERRUPTED)
     failed = sum(outcome.counts.get(k, 0) for k in ("failed", "rolled_back", "rollback_failed"))
     exit_now(0 if outcome.status == "done" and not failed else EXIT_FAILED)
 
@@ -152,7 +184,9 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
 @click.argument("rid", metavar="ID")
 @click.option("--json", "as_json", is_flag=True)
 def rollout_status(rid: str, as_json: bool) -> None:
-    """Counts and per-phone states of a rollout."""
+    """Counts and per-phone states of a rollout; a failed or deferred phone's reason is always in the table."""
+    from fleet.rollout.policy import why_deferred
+    from fleet.rollout.progress import counts_of, summary, why
     from fleet.state.store import RolloutStore
 
     rs = RolloutStore(open_store())
@@ -161,12 +195,9 @@ def rollout_status(rid: str, as_json: bool) -> None:
         fail(f"no rollout {rid}", EXIT_INPUT)
     macs = [p["mac"] for p in meta["plan"]["phones"]]
     phones = rs.phones(rid, macs, full=True)
-    counts: dict = {}
-    for st in phones.values():
-        counts[st.get("state")] = counts.get(st.get("state"), 0) + 1
+    counts = counts_of(phones)
+    counts.pop("total")
     if as_json:
-        from fleet.rollout.policy import why_deferred
-
         rows = {m: {k: v for k, v in st.items() if not k.startswith("backed_up:") and k != "plan"}
                 for m, st in phones.items()}
         for row in rows.values():
@@ -176,14 +207,14 @@ def rollout_status(rid: str, as_json: bool) -> None:
                                "phones": rows}, indent=1))
         return
     console = Console()
-    console.print(Text.assemble(f"{rid}: ", (str(meta.get("status")), "bold"), f" {meta.get('reason', '')} {counts}"))
-    from fleet.rollout.policy import why_deferred
-
+    console.print(Text.assemble(f"{rid}: ", (str(meta.get("status")), "bold"),
+                                f": {meta['reason']}" if meta.get("reason") else "",
+                                f"; {summary(counts_of(phones))}"))
     t = Table("MAC", "site", "wave", "state", "error / why it waits")
+    t.columns[0].no_wrap = True
     site_of = {p["mac"]: p["site"] for p in meta["plan"]["phones"]}
     for m, st in phones.items():
-        why = st.get("error", "") or (why_deferred(st.get("deferred_reason")) if st.get("state") == "deferred" else "")
-        t.add_row(*(escape(str(x)) for x in (m, site_of[m], st.get("wave", ""), st.get("state", ""), why[:120])))
+        t.add_row(*(escape(str(x)) for x in (m, site_of[m], st.get("wave", ""), st.get("state", ""), why(st)[:300])))
     console.print(t)
 
 
@@ -191,7 +222,8 @@ def rollout_status(rid: str, as_json: bool) -> None:
 @click.argument("rid", metavar="ID")
 @click.option("--budget", type=int, help="Raise the failure budget (after a halt because it was spent).")
 @click.option("--json", "as_json", is_flag=True)
-def rollout_resume(rid: str, budget: int | None, as_json: bool) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="A line for every step of every phone (push, reboot, verify...).")
+def rollout_resume(rid: str, budget: int | None, as_json: bool, verbose: bool) -> None:
     """Continue a halted or interrupted rollout; verified phones are not touched again."""
     from fleet.worker.app import configure
     from fleet.state.store import RolloutStore
@@ -209,20 +241,74 @@ def rollout_resume(rid: str, budget: int | None, as_json: bool) -> None:
     if budget is not None:
         rs.set(rid, budget_override=budget)
     rs.set(rid, abort="0")
-    _drive(rid, pb, inv, store, as_json)
+    _drive(rid, pb, inv, store, as_json, verbose)
 
 
 @rollout.command("abort")
 @click.argument("rid", metavar="ID")
-def rollout_abort(rid: str) -> None:
-    """Stop a running rollout after its in-flight phones settle."""
+@click.option("--wait", type=float, default=60.0, show_default=True,
+              help="Seconds to wait for the sites' workers to remove the backups of a rollout no run is driving.")
+def rollout_abort(rid: str, wait: float) -> None:
+    """Abort a rollout. A running one stops after its in-flight phones settle and removes its backups itself; a
+    halted (or never started) one is marked aborted now and its backups are removed from the boot servers, unless
+    the playbook keeps them (`keep_backups: true`)."""
+    import time
+
+    from fleet.base.words import plural
+    from fleet.rollout import backups, playbook
+    from fleet.rollout.policy import IN_FLIGHT
     from fleet.state.store import RolloutStore
 
-    rs = RolloutStore(open_store())
-    if not rs.get(rid):
+    store = open_store()
+    rs = RolloutStore(store)
+    meta = rs.get(rid)
+    if not meta:
         fail(f"no rollout {rid}", EXIT_INPUT)
-    rs.set(rid, abort="1")
-    click.echo(f"abort requested for {rid}")
+    status = meta.get("status")
+    if status == "done":
+        fail(f"rollout {rid} is done: there is nothing to abort", EXIT_INPUT)
+    sites = sorted({p["site"] for p in meta["plan"]["phones"]})
+    if status == "running" and any(store.lease_info(s)[0] == meta.get("driver") for s in sites):
+        rs.set(rid, abort="1")
+        click.echo(f"abort requested for {rid}: its run stops once the phones in flight settle, then has the backups "
+                   "removed")
+        return
+    rs.set(rid, abort="1", status="aborted", finished=time.time(),
+           reason=f"aborted by request (it was {status}{': ' + meta['reason'] if meta.get('reason') else ''})"[:300])
+    rs.log(rid, "aborted", was=status)
+    busy = [m for m, st in rs.phones(rid, [p["mac"] for p in meta["plan"]["phones"]]).items()
+            if st.get("state") in IN_FLIGHT]
+    try:
+        keep = playbook.load(meta["playbook_path"]).keep_backups
+    except Exception as exc:    # the playbook moved or changed: its backups are removed (they may hold passwords)
+        err.print(Text(f"playbook {meta.get('playbook_path')} not read ({brief(exc)}): its backups are removed"))
+        keep = False
+    if keep:
+        click.echo(f"{rid} aborted; backups kept on the boot server (keep_backups: true in the playbook)")
+        return
+    if busy:
+        rs.log(rid, "backups_kept", reason=f"{plural(len(busy), 'phone')} still in flight", phones=busy[:20])
+        click.echo(f"{rid} aborted; backups kept: {plural(len(busy), 'phone')} still in flight "
+                   f"({', '.join(busy[:5])}{', ...' if len(busy) > 5 else ''}) may need them for a rollback; "
+                   f"`fleet rollout abort {rid}` again removes them once they settle")
+        return
+    from fleet.worker.app import configure
+
+    configure(store.url)
+    removal = backups.remove_backups(rs, rid, sites, wait)
+    said = f"{rid} aborted; removed {plural(removal.removed, 'backup file')}"
+    if removal.kept:
+        said += f" (kept those of {plural(removal.kept, 'phone')} whose rollback failed)"
+    click.echo(said)
+    for site, why in removal.failed.items():
+        err.print(Text(f"site {site}: backups not removed: {why}", style="red"))
+    if removal.unanswered:
+        err.print(Text(f"no word from the worker of {'site' if len(removal.unanswered) == 1 else 'sites'} "
+                       f"{', '.join(removal.unanswered)} within {wait:g} s (is `fleet worker --site "
+                       f"{removal.unanswered[0]}` running?); its backups may still be on the boot server: "
+                       f"`fleet rollout abort {rid}` again asks again", style="red"))
+    if removal.failed or removal.unanswered:
+        exit_now(EXIT_INFRA)
 
 
 @rollout.command("list")

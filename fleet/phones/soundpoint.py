@@ -11,7 +11,8 @@ from soundpoint import families
 from soundpoint.conformance import version_in
 
 from fleet.drivers.control import polling, sip_notify, web_ui
-from fleet.drivers.errors import DeviceRefused, DriverError
+from fleet.drivers.control.call_check import refused as refused_check
+from fleet.drivers.errors import AuthRefused, DeviceRefused, DriverError
 from fleet.config.inventory import Credentials
 from fleet.phones import Announce, CallCheck, Identity, PhoneAccess, identity_failure, same_mac, shown
 
@@ -28,7 +29,7 @@ class SoundPointControl:
     # ------------------------------------------------------------ call state
     def polling_credentials(self) -> Credentials:
         """State polling has its own login (apps.statePolling.username/password); without one in the inventory the
-        admin login is tried (a real phone refuses it, which counts as unknown)."""
+        admin login is tried (a real phone refuses it: the call check says `refused`, naming that login)."""
         user = self.access.param("apps.statePolling.username")
         if user:
             return Credentials(username=user, password=self.access.secret("apps.statePolling.password"))
@@ -48,6 +49,8 @@ class SoundPointControl:
             if mode == "push":
                 return polling.pushed_call_state(self.phone, self.polling_credentials(), self.access.store)
             active = polling.polling_in_call(self.phone, self.polling_credentials(), digest_only=True)
+        except AuthRefused as exc:
+            return refused_check(f"{self._polling_login()} (state polling)", exc)
         except DriverError as exc:
             return CallCheck("unknown", f"state polling: {exc.message}")
         return CallCheck("in-call", "state polling, requestor mode") if active else CallCheck("idle")

@@ -18,7 +18,8 @@ from soundpoint.conformance import version_in
 
 from fleet.drivers.control.rest import RestPhone, RestUnsupported, call_status_v2
 from fleet.phoneconf.firmware import REST_FROM, supports_rest
-from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError
+from fleet.drivers.control.call_check import refused as refused_check
+from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DriverError
 from fleet.phones import Announce, CallCheck, Identity, PhoneAccess, identity_failure, shown
 from fleet.phones.soundpoint import REBOOT_DESCRIPTIONS, SoundPointControl
 from fleet.state.lease import PhoneRestLock
@@ -67,17 +68,23 @@ class Control(SoundPointControl):
     def call_check(self) -> CallCheck:
         try:
             version, refused = self._version()
+        except AuthRefused as exc:
+            return refused_check("the admin login (REST)", exc)
         except DriverError as exc:
             return CallCheck("unknown", f"REST device/info: {exc.message}")
         if refused:
             if refused.startswith("firmware mismatch"):
                 return CallCheck("unknown", refused)
             fallback = super().call_check()
+            if fallback.state == "refused":
+                return fallback
             return CallCheck(fallback.state, f"REST refused ({refused}); state polling used"
                              + (f": {fallback.reason}" if fallback.reason else ""))
         endpoint = "v2" if call_status_v2(version or "0") else "v1"
         try:
             status = self.rest.call_status()
+        except AuthRefused as exc:
+            return refused_check("the admin login (REST)", exc)
         except DriverError as exc:
             return CallCheck("unknown", f"REST callStatus {endpoint}: {exc.message}")
         if not status.in_call:

@@ -16,9 +16,16 @@ a fleet file left on the boot server (fleet.rollout.work.rollback).
 from __future__ import annotations
 
 import re
+import time
+from dataclasses import dataclass, field
+
+from soundpoint.deadline import Deadline
 
 from fleet.phoneconf import polycom
 from fleet.drivers.publish import Publisher
+from fleet.rollout.progress import EventTail
+from fleet.state.store import RolloutStore
+from fleet.worker.app import app, site_queue
 
 # rollout ids as fleet.rollout.driver.new_id makes them (and scheduled ones): a file-name suffix, nothing more
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,120}$")
@@ -43,9 +50,14 @@ def remove(pub: Publisher, rid: str, phones: dict[str, dict], named_master: str 
             kept += 1
             continue
         for name in polycom.phone_file_names(mac, named_master):
-            if record.get(f"backed_up:{name}") == "yes" or record.get(f"backing_up:{name}"):
+            mark = record.get(f"backed_up:{name}")
+            # "absent" or "same": no backup was written. A backup begun and never marked (its task died) may exist:
+            # it is looked for, so the count says how many files were really removed
+            if mark == "yes" or (record.get(f"backing_up:{name}") and mark is None):
                 if name == named_master:
                     shared_backup = True
+                    continue
+                if mark != "yes" and pub.read(backup_name(name, rid)) is None:
                     continue
                 pub.delete(backup_name(name, rid))
                 removed += 1
@@ -53,3 +65,47 @@ def remove(pub: Publisher, rid: str, phones: dict[str, dict], named_master: str 
         pub.delete(backup_name(named_master, rid))
         removed += 1
     return removed, kept
+
+
+@dataclass
+class Removal:
+    """What the sites' workers said about removing a rollout's backups (fleet.rollout.work.cleanup)."""
+    removed: int = 0                                          # backup files deleted
+    kept: int = 0                                             # phones whose backup stays: their rollback failed
+    failed: dict[str, str] = field(default_factory=dict)      # site -> why its worker could not remove them
+    unanswered: list[str] = field(default_factory=list)       # sites whose worker said nothing within the wait
+
+
+def send_removal(rid: str, sites: list[str]) -> None:
+    """Have each site's worker delete the rollout's backups (the task `fleet.rollout_cleanup`, sent by name: the
+    worker reaches the site's boot server with the site's own credentials)."""
+    for site in sites:
+        app.signature("fleet.rollout_cleanup", args=(rid, site)).apply_async(queue=site_queue(site),
+                                                                               ignore_result=True)
+
+
+def remove_backups(rs: RolloutStore, rid: str, sites: list[str], wait: float, poll: float = 0.2) -> Removal:
+    """Send the removal to every site and wait up to `wait` seconds for each worker's word in the rollout's event
+    log (`backups_removed`, or `backups_removal_failed` with why): for a command that must say what it did."""
+    tail = EventTail(rs, rid)
+    send_removal(rid, sites)
+    out = Removal()
+    waiting = set(sites)
+    deadline = Deadline(wait)
+    while waiting:
+        for e in tail.new():
+            site = str(e.get("site", ""))
+            if site not in waiting:
+                continue
+            if e.get("kind") == "backups_removed":
+                out.removed += int(e.get("files") or 0)
+                out.kept += int(e.get("kept_for_failed_rollback") or 0)
+                waiting.discard(site)
+            elif e.get("kind") == "backups_removal_failed":
+                out.failed[site] = str(e.get("error", ""))[:300]
+                waiting.discard(site)
+        if not waiting or deadline.expired:
+            break
+        time.sleep(min(poll, max(0.0, deadline.remaining())))
+    out.unanswered = sorted(waiting)
+    return out

@@ -17,15 +17,17 @@ import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Mapping
 
 import kombu.exceptions
 import redis
 
+from fleet.base.words import plural
 from fleet.config import inventory as inv_mod
 from fleet.config.inventory import Inventory
 from fleet.experiment import playbook as experiment_playbook
 from fleet.experiment.runner import ExperimentRunner
+from fleet.rollout import backups as rollout_backups
 from fleet.rollout import playbook as rollout_playbook
 from fleet.rollout import policy
 from fleet.rollout.plan import plan
@@ -56,6 +58,7 @@ class Outcome:
     status: str
     reason: str
     counts: dict
+    interrupted: str = ""    # the stop signal that ended the run ("SIGINT", "SIGTERM", ...), "" when none did
 
 
 @dataclass
@@ -102,10 +105,13 @@ class RolloutDriver:
 
     def __init__(self, rid: str, inventory: Inventory, store: Store, playbook: RolloutPlaybook,
                  say: Callable[[str], None] = lambda s: None, progress: Callable[[dict], None] = lambda c: None,
-                 poll: float = 0.1, drill: DrillFn | None = None, lease_ttl: float | None = None) -> None:
+                 poll: float = 0.1, drill: DrillFn | None = None, lease_ttl: float | None = None,
+                 watch: Callable[[Mapping[str, Mapping[str, str]]], None] = lambda records: None) -> None:
         self.rid, self.inv, self.store, self.pb = rid, inventory, store, playbook
         self.rs = RolloutStore(store)
         self.say, self.progress, self.poll = say, progress, poll
+        # each pass's phone records (MAC -> record), for per-phone progress lines (fleet.rollout.progress)
+        self.watch = watch
         # the playbook's drill always runs (a caller that forgot to pass one must not skip the gate)
         self.drill = drill if drill is not None else experiment_drill(inventory, store)
         self.lease_ttl = lease_ttl or default_ttl()
@@ -147,8 +153,12 @@ class RolloutDriver:
             self.rs.log(self.rid, "run", holder=lease.holder, pid=os.getpid(), host=socket.gethostname())
             try:
                 outcome = self._drive()
-            except KeyboardInterrupt:
-                outcome = Outcome("halted", "interrupted (Ctrl-C); `fleet rollout resume` continues", self._counts_if_reachable())
+            except KeyboardInterrupt as exc:
+                # fleet.experiment.signals.Interrupted names the signal (SIGTERM, SIGHUP); a bare one is Ctrl-C
+                signame = str(getattr(exc, "signame", "SIGINT"))
+                said = "Ctrl-C" if signame == "SIGINT" else signame
+                outcome = Outcome("halted", f"interrupted ({said}); `fleet rollout resume` continues",
+                                  self._counts_if_reachable(), interrupted=signame)
             except LeaseLost as exc:
                 outcome = Outcome("halted", f"stopped: {exc}; `fleet rollout resume` continues", self._counts_if_reachable())
         # the lease is released: record the outcome (a resume may already hold the sites; then it is not ours to write)
@@ -179,11 +189,9 @@ class RolloutDriver:
             return
         busy = [m for m, st in self.rs.phones(self.rid, list(self.site_of)).items() if st.get("state") in IN_FLIGHT]
         if busy:
-            self.rs.log(self.rid, "backups_kept", reason=f"{len(busy)} phones still in flight", phones=busy[:20])
+            self.rs.log(self.rid, "backups_kept", reason=f"{plural(len(busy), 'phone')} still in flight", phones=busy[:20])
             return
-        for site in self._sites():
-            app.signature("fleet.rollout_cleanup", args=(self.rid, site)).apply_async(queue=site_queue(site),
-                                                                                       ignore_result=True)
+        rollout_backups.send_removal(self.rid, self._sites())
         self.rs.log(self.rid, "backups_removal_sent", sites=self._sites())
 
     def _counts_if_reachable(self) -> dict:
@@ -203,7 +211,8 @@ class RolloutDriver:
                     self._redis_away(exc)
             if policy.wave_settled(macs, states):
                 continue
-            self.say(f"wave {wave}: {len(macs)} phones" + (" (canaries)" if wave == 0 and self.pb.strategy.canary else ""))
+            self.say(f"wave {wave}: {plural(len(macs), 'phone')}"
+                     + (" (canaries)" if wave == 0 and self.pb.strategy.canary else ""))
             self.rs.log(self.rid, "wave", wave=wave, phones=len(macs))
             halted = self._run_wave(wave, macs)
             if halted:
@@ -299,6 +308,7 @@ class RolloutDriver:
         self._carry_out(decided.actions, snapshot)
         if decided.verdict != policy.ABORT:
             self.progress(self.counts_by_site(snapshot))
+            self.watch(snapshot)
         return decided
 
     def _observed(self, states: dict[str, dict], recheck: set[str]) -> dict[str, dict]:
@@ -347,6 +357,7 @@ class RolloutDriver:
         actions, done = policy.settle(macs, states, self._observed(states, set(macs)), self.limits, time.time(),
                                       self._downs)
         self._carry_out(actions, states)
+        self.watch(states)
         return done
 
     # ---------------------------------------------------------------- carrying out the policy's actions

@@ -24,6 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
+from fleet.base.words import plural, servers as servers_named
+
 IN_FLIGHT = ("dispatched", "publishing", "rebooting", "verifying", "rolling_back")
 FAILED = ("failed", "rolled_back", "rollback_failed")
 SETTLED = ("verified", "skipped", "failed", "rolled_back", "rollback_failed")
@@ -153,8 +155,8 @@ def _unverified_fallback(servers: Mapping[int, Mapping], limits: Limits, mac: st
               and servers.get(i, {}).get("t", 0) <= since]
     if not unseen:
         return ""
-    return (f"; fallback unverified: server(s) {unseen} got a new address or port in this push and nothing has been "
-            "seen of them since; with failOver.reRegisterOn=1 the phone may register there only once server 1 "
+    return (f"; fallback unverified: {servers_named(unseen)} got a new address or port in this push and nothing has "
+            "been seen of them since; with failOver.reRegisterOn=1 the phone may register there only once server 1 "
             "fails (run the WAN-outage experiment, or verify registered_to without them)")
 
 
@@ -226,8 +228,8 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
                 fields = {"state": "verified", "settled_at": now, "verified_in": took, **({"applied": how} if how else {})}
                 event = {"kind": "verified", "mac": mac, "seconds": took, **({"applied": how} if how else {})}
                 if standby:
-                    note = (f"server(s) {standby} not registered: failOver.reRegisterOn=1 fallback(s) this phone "
-                            "uses only once server 1 fails")
+                    note = (f"{servers_named(standby)} not registered: failOver.reRegisterOn=1 "
+                            f"{'fallback' if len(standby) == 1 else 'fallbacks'} this phone uses only once server 1 fails")
                     fields["verified_note"] = event["note"] = note
                 out.append(Action(VERIFIED, mac, fields, event=event))
             elif (state == "rebooting" and now - since > limits.dispatch_stall
@@ -235,7 +237,7 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
                 # the task claimed the reboot and vanished before saying it went out: a new one finds out and finishes
                 out.append(Action(CONFIRM_REBOOT, mac, {"confirm_sent": now}, "push", _attempt(st)))
             elif shadowed or now - since > limits.verify_within:
-                reason = shadowed or (f"not registered to server(s) {list(limits.registered_to)} within "
+                reason = shadowed or (f"not registered to {servers_named(limits.registered_to)} within "
                                       f"{limits.verify_within:g}s of the reboot") + _unverified_fallback(
                                           observed.get(mac, {}), limits, mac, since)
                 event = {"kind": "failed", "mac": mac, "reason": reason}
@@ -286,11 +288,11 @@ def budget_spent(snapshot: PhoneStates, limits: Limits) -> str:
     """Why the failure budget is spent (more failed phones than it allows, overall or on one site), or ""."""
     failed = [m for m, st in snapshot.items() if st.get("state") in COUNTS_AS_FAILED]
     if len(failed) > limits.budget_total:
-        return f"failure budget spent: {len(failed)} phones failed (budget {limits.budget_total})"
+        return f"failure budget spent: {plural(len(failed), 'phone')} failed (budget {limits.budget_total})"
     for site, limit in (limits.budget_per_site or {}).items():
         n = sum(1 for m in failed if limits.site_of[m] == site)
         if n > int(limit):
-            return f"failure budget of site {site} spent: {n} phones failed (budget {limit})"
+            return f"failure budget of site {site} spent: {plural(n, 'phone')} failed (budget {limit})"
     return ""
 
 

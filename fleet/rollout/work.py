@@ -31,6 +31,7 @@ from fleet.sites import files as site_files
 from fleet.drivers.errors import DriverError
 from fleet.drivers.publish import open_publisher
 from fleet.base.failpoints import failpoint
+from fleet.base.words import plural
 from fleet.base.steps import journal, step, traced
 from fleet.state.store import RolloutStore, Store
 from fleet.worker.errors import TaskFailed, failure_text
@@ -125,6 +126,13 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
     control = phones.for_phone(phone, creds, inv, secrets, store)   # one session for the check and the reboot
     with traced("call check"):
         check = control.call_check()
+    if check.state == "refused":
+        # a wrong password stays wrong: fail the phone now, with why, rather than defer it as possibly in a call
+        # until the wave's progress deadline (nothing was written or sent to it yet)
+        why = f"call check refused: {check.reason}"[:300]
+        rs.set_phone(rid, mac, state="failed", error=why, settled_at=time.time())
+        rs.log(rid, "failed", mac=mac, reason=why)
+        raise TaskFailed(f"rollout {rid}: phone {mac} failed: {why}")
     # the playbook's reboot_without_call_check covers only a family with no way to tell; a check that failed defers
     if not check.may_reboot and not (plan.unchecked_reboot and control.family.call_state_source is None):
         rs.set_phone(rid, mac, state="deferred", deferred_at=time.time(),
@@ -312,7 +320,8 @@ def _restore_shared_master(pub, rid: str, mac: str, named: str, site: inv_mod.Si
     still = [p.mac for p in site.phones if pub.read(polycom.fleet_file_name(p.mac)) is not None]
     if still:
         rs.log(rid, "shared_master_kept", mac=mac, file=named,
-               reason=f"{len(still)} phone(s) of site {site.name} still have a fleet file: {', '.join(still[:5])}")
+               reason=f"{plural(len(still), 'phone')} of site {site.name} still {'has' if len(still) == 1 else 'have'} "
+                      f"a fleet file: {', '.join(still[:5])}")
         return
     old = pub.read(rollout_backups.backup_name(named, rid))
     if old is not None:

@@ -8,13 +8,25 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from fleet.drivers.errors import AuthRefused
+
 
 @dataclass(frozen=True)
 class CallCheck:
-    """Whether the phone may be rebooted now. `unknown` is treated as "possibly in a call"."""
-    state: Literal["idle", "in-call", "unknown"]
+    """Whether the phone may be rebooted now. `unknown` is treated as "possibly in a call".
+
+    `refused` is apart from both: the phone answered and refused our login (HTTP 401, after answering its challenge
+    where it sent one). Waiting does not change a wrong password, so a rollout fails such a phone at once with the
+    reason instead of deferring it, as "possibly in a call", until its progress deadline.
+    """
+    state: Literal["idle", "in-call", "unknown", "refused"]
     reason: str = ""
 
     @property
     def may_reboot(self) -> bool:
         return self.state == "idle"
+
+
+def refused(login: str, exc: AuthRefused) -> CallCheck:
+    """The check of a phone that refused `login` (which login was sent, never its value), with the request."""
+    return CallCheck("refused", f"wrong credentials, the phone refused {login}: {exc.message}"[:300])

@@ -322,7 +322,7 @@ class RestPhone:
                     self.challenges += 1
         raw = read_answer(resp, MAX_ANSWER, self.name, what, deadline)
         if resp.status_code == 401:
-            raise AuthRefused(self.name, f"{what}: HTTP 401 ({auth_hint(self.phone, resp)})")
+            raise AuthRefused(self.name, f"{what}: HTTP 401{after_challenge(resp)} ({auth_hint(self.phone, resp)})")
         if len(raw) > MAX_ANSWER:
             raise MalformedAnswer(self.name, f"{what}: answer longer than {MAX_ANSWER} bytes")
         try:
@@ -443,10 +443,17 @@ def auth_hint(phone: Phone, resp: requests.Response) -> str:
     return "credentials refused"
 
 
+def after_challenge(resp: requests.Response) -> str:
+    """" after answering the challenge" when the refused request carried a digest answer: the phone saw the login
+    and refused it (a wrong password), not a request sent without one; "" otherwise."""
+    sent = resp.request.headers.get("Authorization", "") if resp.request is not None else ""
+    return " after answering the challenge" if str(sent).lower().startswith("digest") else ""
+
+
 def refuse_error_status(name: str, what: str, resp: requests.Response, why_401: Callable[[], str]) -> None:
     """An error status as DeviceRefused naming the device and the request; a 401 says why (`why_401()`)."""
     if resp.status_code == 401:
-        raise AuthRefused(name, f"{what}: HTTP 401 ({why_401()})")
+        raise AuthRefused(name, f"{what}: HTTP 401{after_challenge(resp)} ({why_401()})")
     if resp.status_code >= 400:
         raise DeviceRefused(name, f"{what}: HTTP {resp.status_code}")
 
