@@ -235,6 +235,20 @@ class LeaseHeld(Exception):
     """Another experiment or rollout holds the site."""
 
 
+def lease_holder_run(holder: str | None) -> str:
+    """The run a lease holder (`KIND:ID:TOKEN`, fleet.state.lease) stands for, as `fleet experiment list` and
+    `fleet rollout list` name it: `experiment 20261206-031500-ab12cd`, `rollout r1`. The token only tells two runs
+    of the same work apart, so the user never sees it; a holder of another shape is shown as it is."""
+    if not holder:
+        return "nobody (the lease expired just now)"
+    owner, sep, _token = holder.rpartition(":")
+    kind, sep2, run_id = owner.partition(":")
+    if not sep or not sep2 or kind not in ("experiment", "rollout"):
+        return holder
+    return f"{kind} {run_id} (`fleet {kind} show {run_id}`)" if kind == "experiment" else \
+        f"{kind} {run_id} (`fleet {kind} status {run_id}`)"
+
+
 class RolloutExists(Exception):
     """A rollout with this id was already created."""
 
@@ -449,7 +463,7 @@ class Store:
         if current == holder:
             self.r.pexpire(key, int(ttl * 1000))
             return
-        raise LeaseHeld(f"site {site} is leased by {current} (it expires by itself {self.r.pttl(key) / 1000:.0f}s after its holder stops renewing it)")
+        raise LeaseHeld(f"site {site} is leased by {lease_holder_run(current)} (it expires by itself {self.r.pttl(key) / 1000:.0f}s after its holder stops renewing it)")
 
     def renew_lease(self, site: str, holder: str, ttl: float = 30.0) -> bool:
         return bool(self.r.eval(RENEW_IF_HELD, 1, K.lease(site), holder, int(ttl * 1000)))
@@ -537,8 +551,13 @@ class Store:
         return self.r.lrange(K.SCHEDULE_MISSED, 0, -1)
 
     # ------------------------------------------------------------ experiments
-    def new_experiment(self, site: str, playbook: str) -> str:
-        exp = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    @staticmethod
+    def new_experiment_id() -> str:
+        """A fresh experiment id: a run takes its site's lease under it before its record exists (fleet.state.lease)."""
+        return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+    def new_experiment(self, site: str, playbook: str, exp: str | None = None) -> str:
+        exp = exp or self.new_experiment_id()
         now = time.time()
         self.r.hset(K.exp(exp), mapping={"id": exp, "site": site, "playbook": playbook, "status": "running",
                                               "started": now})
@@ -555,8 +574,11 @@ class Store:
         """The experiment that collectors copy the site's observations to now, if any."""
         return self.r.get(K.site_experiment(site))
 
-    def finish_experiment(self, exp: str, passed: bool, report_dir: str) -> None:
-        self.r.hset(K.exp(exp), mapping={"status": "passed" if passed else "failed", "finished": time.time(),
+    def finish_experiment(self, exp: str, passed: bool, report_dir: str, interrupted: bool = False) -> None:
+        """The run's end state as `fleet experiment list` shows it: passed, failed, or interrupted (a stop signal
+        ended it early: not a verdict on the phones)."""
+        status = "interrupted" if interrupted else "passed" if passed else "failed"
+        self.r.hset(K.exp(exp), mapping={"status": status, "finished": time.time(),
                                               "report_dir": report_dir})
 
     def log_event(self, exp: str, kind: str, **data) -> None:
