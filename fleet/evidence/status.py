@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from fleet.state.phone_row import row_for_json
 from fleet.state.store import foreign_sources
@@ -43,7 +43,13 @@ def unobservable_cell(entries: list[dict]) -> str:
 
 def table(phones: list[dict]) -> Table:
     """One row per phone; servers no wire source can see are named with why (from the collector's report)."""
-    t = Table("site", "MAC", "model", "servers (state source age)", "working", "newest evidence", "not seen on the wire")
+    # A MAC is what a reader matches against labels and logs: it is never cut (no_wrap, its full width). Every
+    # other column may wrap, and a long word folds onto the next line instead of ending in "…".
+    t = Table("site", Column("MAC", no_wrap=True, min_width=12), "model", "servers (state source age)", "working",
+              "newest evidence", "not seen on the wire")
+    for c in t.columns:
+        if c.header != "MAC":
+            c.overflow = "fold"
     now = time.time()
     for p, row in zip(phones, rows_for_json(phones)):
         servers = "  ".join(server_cell(s, now) for s in row["servers"])

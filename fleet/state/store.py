@@ -7,7 +7,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |--------------------------------------|--------|------------------------------------------------------------------|-----------------------------|
 | `phone:{mac}`                        | hash   | site, model, address, servers (configured, JSON), state (JSON of  | register_phones,            |
 |                                      |        | observe.PhoneState), row (its `fleet status --json` object, kept | record_observations,        |
-|                                      |        | ready-made), firmware, in_call, pushed_params, config_version,   | set_phone_info, set_pushed, |
+|                                      |        | ready-made), firmware (the phone's own word), firmware_declared  | set_phone_info, set_pushed, |
+|                                      |        | (the inventory's), in_call, pushed_params, config_version,       |                             |
 |                                      |        | in_call_pushed_at/_seq (a pushed call state: collector's clock,  | record_pushed_call_state    |
 |                                      |        | and the count of pushes readers compare)                         |                             |
 | `phones`                             | set    | every registered MAC                                             | register_phones             |
@@ -268,10 +269,12 @@ class Store:
         pipe = self.r.pipeline(transaction=False)
         for p, (state, firmware) in zip(phones, previous):
             meta = {"mac": p["mac"], "site": site, "model": p.get("model", ""), "firmware": firmware,
+                    "firmware_declared": p.get("firmware_version") or "", "address": p.get("address", ""),
                     "configured_servers": p.get("servers", []),
                     "state": json.loads(state) if state else PhoneState(mac=p["mac"]).to_dict()}
             pipe.hset(K.phone(p['mac']), mapping={"site": site, "model": p.get("model", ""),
                                                        "address": p.get("address", ""),
+                                                       "firmware_declared": p.get("firmware_version") or "",
                                                        "servers": json.dumps(p.get("servers", [])),
                                                        "row": json.dumps(row_for_json(meta))})
             pipe.sadd(K.site_phones(site), p["mac"])
@@ -295,11 +298,12 @@ class Store:
         macs = sorted({o.mac for o in observations})
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hmget(K.phone(mac), "state", "site", "model", "firmware", "servers")
+            pipe.hmget(K.phone(mac), "state", "site", "model", "firmware", "servers", "firmware_declared", "address")
         rows = pipe.execute()
         states = {mac: (PhoneState.from_dict(json.loads(row[0])) if row[0] else PhoneState(mac=mac), row[1])
                   for mac, row in zip(macs, rows)}
-        metas = {mac: {"model": row[2], "firmware": row[3], "configured_servers": json.loads(row[4] or "[]")}
+        metas = {mac: {"model": row[2], "firmware": row[3], "configured_servers": json.loads(row[4] or "[]"),
+                       "firmware_declared": row[5], "address": row[6]}
                  for mac, row in zip(macs, rows)}
         sites = {site for _, site in states.values() if site}
         active = dict(zip(sorted(sites), self.r.mget([K.site_experiment(s) for s in sorted(sites)]))) if sites else {}
@@ -338,7 +342,7 @@ class Store:
         for mac, (row,) in zip(macs, rows):
             mapping = {k: (json.dumps(v) if not isinstance(v, str) else v) for k, v in infos[mac].items() if v is not None}
             if row and infos[mac].get("firmware"):
-                mapping["row"] = json.dumps(json.loads(row) | {"firmware": infos[mac]["firmware"]})
+                mapping["row"] = json.dumps(json.loads(row) | {"firmware": infos[mac]["firmware"], "firmware_from": "phone"})
             if mapping:
                 pipe.hset(K.phone(mac), mapping=mapping)
         pipe.execute()
@@ -416,6 +420,13 @@ class Store:
                 continue            # a damaged report reads as none
         return out
 
+    def site_names(self) -> list[str]:
+        """Every site with phones registered here (a collector, worker or experiment registered them) or whose
+        collector reported: what `fleet status --site` can show."""
+        prefix, suffix = K.site_phones("*").split("*")
+        names = {key[len(prefix):-len(suffix)] for key in self.r.scan_iter(match=K.site_phones("*"), count=1000)}
+        return sorted(names | set(self.r.smembers(K.EVIDENCE_SITES)))
+
     def phones(self, site: str | None = None) -> list[dict]:
         """Every phone's row for `fleet status`, read with one pipelined round trip."""
         return self.phones_and_evidence(site)[0]
@@ -435,7 +446,8 @@ class Store:
         for mac, h in zip(macs, hashes):
             state = json.loads(h["state"]) if h.get("state") else PhoneState(mac=mac).to_dict()
             out.append({"mac": mac, "site": h.get("site"), "model": h.get("model"), "address": h.get("address"),
-                        "firmware": h.get("firmware"), "config_version": h.get("config_version"),
+                        "firmware": h.get("firmware"), "firmware_declared": h.get("firmware_declared"),
+                        "config_version": h.get("config_version"),
                         "configured_servers": json.loads(h.get("servers") or "[]"), "state": state,
                         "unobservable": unseen.get(mac, [])})
         return out, evidence
