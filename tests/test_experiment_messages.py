@@ -187,3 +187,15 @@ def test_a_held_lease_names_the_id_experiment_list_shows(redis_url, tmp_path):
     assert first.exp in listed
     assert f"is leased by experiment {first.exp} (`fleet experiment show {first.exp}`)" in str(refused.value), \
         str(refused.value)
+
+
+def test_a_wait_for_phones_shows_the_count_and_the_time_left(redis_url, tmp_path):
+    """While an expectation waits, the progress line counts the phones there and counts the deadline down."""
+    store = Store(redis_url)
+    runner = _runner(tmp_path, store, [{"name": "baseline", "expect": "working_server", "server": 1, "within": 2}])
+    shown: list[str] = []
+    runner.progress = shown.append
+    result = runner.run()
+    assert shown and shown[0] == "baseline: 0/1 on server 1, 2 s left", shown
+    assert shown[-1] in ("baseline: 0/1 on server 1, 0 s left", "baseline: 0/1 on server 1, 1 s left"), shown
+    assert not result.steps[0].passed
