@@ -142,8 +142,8 @@ def test_an_interrupted_experiment_says_so_is_listed_so_and_exits_130(redis_url,
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 130, out + err
-    assert "INTERRUPTED (SIGINT) after 0 of 1 steps" in out, out
-    assert "FAILED" not in out and "0/1 phones" not in out, out
+    assert "INTERRUPTED (SIGINT) after 0 of 1 step; no verdict on the phones" in out, out
+    assert "FAILED" not in out and "0/1 phone" not in out, out
     assert not any(line.strip() == "" or line.rstrip().endswith(":") for line in out.splitlines()), out
     assert store.experiment(running["id"])["status"] == "interrupted"
     listed = run_fleet(["experiment", "list", "--json"], redis_url)
@@ -199,3 +199,14 @@ def test_a_wait_for_phones_shows_the_count_and_the_time_left(redis_url, tmp_path
     assert shown and shown[0] == "baseline: 0/1 on server 1, 2 s left", shown
     assert shown[-1] in ("baseline: 0/1 on server 1, 0 s left", "baseline: 0/1 on server 1, 1 s left"), shown
     assert not result.steps[0].passed
+
+
+def test_a_rollouts_lease_is_named_by_its_rollout_id(redis_url):
+    from fleet.state.lease import SiteLease
+
+    store = Store(redis_url)
+    site = _site()
+    with SiteLease(store, [site], owner="rollout:r-20261206-1", ttl=5):
+        with pytest.raises(LeaseHeld) as refused:
+            SiteLease(store, [site], owner="experiment:x", ttl=5, wait_for_predecessor=False).acquire()
+    assert f"site {site} is leased by rollout r-20261206-1 (`fleet rollout status r-20261206-1`)" in str(refused.value)

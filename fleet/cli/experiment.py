@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from soundpoint.values import plural
 from fleet.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, fail, brief, open_store, load_checked, exit_now, nothing, seconds
 
 
@@ -72,7 +73,7 @@ def print_verdict(out: Console, result, doc: dict) -> None:
     """PASSED or FAILED with the phones' numbers, then each failed phone's reasons and each error."""
     s = doc["summary"]
     out.print(f"[bold {'green' if result.passed else 'red'}]{'PASSED' if result.passed else 'FAILED'}[/]: "
-              f"{s['phones_passed']}/{s['phones']} phones; failover p50/p95/max "
+              f"{s['phones_passed']}/{plural(s['phones'], 'phone')}; failover p50/p95/max "
               f"{seconds(s['failover_s']['p50'])}/{seconds(s['failover_s']['p95'])}/{seconds(s['failover_s']['max'])} s; recovery "
               f"{seconds(s['recovery_s']['p50'])}/{seconds(s['recovery_s']['p95'])}/{seconds(s['recovery_s']['max'])} s")
     for p in doc["phones"]:
@@ -88,7 +89,7 @@ def print_verdict(out: Console, result, doc: dict) -> None:
 def print_interrupted(out: Console, result, doc: dict, total: int) -> None:
     """A stopped run is no verdict on the phones: say it was interrupted, how far it got and what the WAN is now."""
     out.print(Text.assemble(("INTERRUPTED", "bold yellow"), f" ({result.interrupted}) after {len(result.steps)} of "
-                            f"{total} steps; no verdict on the phones"))
+                            f"{plural(total, 'step')}; no verdict on the phones"))
     for o in result.outages:
         out.print(Text(f"  outage {o['id']}: {o.get('confirmed', '')}"))
     for e in doc["errors"]:

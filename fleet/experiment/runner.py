@@ -478,8 +478,9 @@ class ExperimentRunner:
         if missing:
             where = ", ".join(f"{m} on server {detail['missing'][m]}" for m in missing[:5])
             return StepResult(step.name, "expect", False, 0,
-                              f"{len(missing)}/{len(phones)} phones not on server {step.server} within {step.within:g}s ({where})", detail)
-        return StepResult(step.name, "expect", True, 0, f"{len(phones)} phones on server {step.server}", detail)
+                              f"{len(missing)}/{values.plural(len(phones), 'phone')} not on server {step.server} within {step.within:g}s ({where})", detail)
+        return StepResult(step.name, "expect", True, 0, f"{values.plural(len(phones), 'phone')} on server {step.server}",
+                          detail)
 
     def _call(self, exp: str, step: CallStep) -> StepResult | None:
         """Dial (the first move sends it), then look for the phone's report of the call until `within` passes."""
