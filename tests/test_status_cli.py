@@ -23,6 +23,10 @@ SERVERS = [{"index": 1, "address": "sip-provider.voip.example.com:5060", "regist
            {"index": 2, "address": "192.168.100.2:5060", "register": True}]
 
 
+ERROR = ("no HEP packet from the PBX at 127.0.0.1:9060 since the collector started: is capture_id 2001 and "
+         "the auth key of its hep_server set on the PBX?")
+
+
 def _site_with_phones(store: Store, n: int = 4) -> tuple[str, list[str]]:
     """A site whose phones share a long MAC prefix (one vendor's OUI and more): a cut MAC is no MAC at all."""
     site = f"s{uuid.uuid4().hex[:6]}"
@@ -35,7 +39,8 @@ def _site_with_phones(store: Store, n: int = 4) -> tuple[str, list[str]]:
                                for m in macs for s in (1, 2)])
     store.set_site_evidence(site, [{"mac": m, "reg": 1, "server": 2, "reason": "not observable on the wire",
                                     "why": "registers over TLS (encrypted) to 192.168.100.2:5061"} for m in macs[:2]],
-                            [{"source": "wire:eth0", "state": "running"}])
+                            [{"source": "wire:eth0", "state": "running"},
+                             {"source": "hep:udp:127.0.0.1:9060", "state": "failing", "since": now - 30, "error": ERROR}])
     return site, macs
 
 
@@ -56,6 +61,9 @@ def test_at_80_columns_every_mac_is_whole(redis_url):
     assert "…" not in res.stdout, res.stdout
     for mac in macs:
         assert mac in res.stdout, res.stdout
+    # the failing source's error, folded over lines but whole: every word of it is there
+    why = "".join(line.split("│")[4] for line in res.stdout.splitlines() if line.count("│") == 5)   # its 4 columns
+    assert "".join(ERROR.split()) in "".join(why.split()), res.stdout
 
 
 def test_wide_keeps_each_phone_on_one_line(redis_url):
