@@ -32,9 +32,9 @@ def status(site: str | None, live: bool, wide: bool, as_json: bool) -> None:
     if site is not None:
         known = store.site_names()
         if site not in known:
-            fail(f"no site {site!r} in the fleet state{values.did_you_mean(site, known)}"
-                 + (f"; known: {', '.join(known)}" if known and len(known) <= 10 else "" if known
-                    else "; no site has registered phones yet (is its collector or worker running?)"), EXIT_INPUT)
+            listed = f"; known: {', '.join(known)}" if 0 < len(known) <= 10 else ""
+            fail(f"no site {site!r} in the fleet state{values.did_you_mean(site, known)}{listed} (a site is known once "
+                 f"its collector, worker or an experiment has registered its phones)", EXIT_INPUT)
     if as_json:
         click.echo(store.status_json(site))
         return
