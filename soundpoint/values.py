@@ -105,6 +105,11 @@ def did_you_mean(value: str, choices) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
+def plural(n: int, word: str) -> str:
+    """`1 site`, `2 sites`, `0 phones`: a count with its noun as people write it."""
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
 def each(items, check: Callable[[object], object]):
     """`check` on every item of a list; a bad item is named by its index (`targets.macs[1]`), not as the list.
     Anything but a list is returned as it is, for pydantic to refuse in its own words."""

@@ -274,7 +274,7 @@ def test_signal_to_the_controller_mid_cut_restores_and_reports(lab, worker_facto
     assert_back_as_found(lab, outage["id"], site_config)
     # the experiment is finished in the store and no longer observing the site
     shown = run_fleet(["experiment", "show", doc["id"], "--json"], redis_url)
-    assert json.loads(shown.stdout)["experiment"]["status"] == "failed", shown.stdout[-500:]
+    assert json.loads(shown.stdout)["experiment"]["status"] == "interrupted", shown.stdout[-500:]
     assert Store(redis_url).observing("edge") is None
 
 

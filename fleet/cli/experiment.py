@@ -11,6 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
+from soundpoint.values import plural
 from fleet.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, fail, brief, open_store, load_checked, exit_now, nothing, seconds
 
 
@@ -42,35 +43,28 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     store = open_store(creates_state=True)
     configure(store.url)
     out = Console(stderr=as_json)
+    spinner = out.status("running", spinner="dots") if not as_json else nothing()
     runner = ExperimentRunner(pb, inv, store, say=lambda s: out.print(Text.assemble((time.strftime('%H:%M:%S'), "dim"), " ", str(s))),
-                              task_timeout=task_timeout)
+                              task_timeout=task_timeout,
+                              progress=(lambda s: spinner.update(escape(s))) if not as_json else (lambda s: None))
     # One guard from the first step to the written report: the first stop signal restores the WAN and ends the
     # run; no later one can skip the restore or the report.
     with SignalGuard() as guard:
         try:
-            with out.status("running", spinner="dots") if not as_json else nothing():
+            with spinner:
                 result = runner.run(guard)
         except LeaseHeld as exc:
             fail(brief(exc), EXIT_INFRA)
         directory = Path(report_dir) / result.id
         doc = report.write(result, directory)
-        store.finish_experiment(result.id, result.passed, str(directory.resolve()))
+        store.finish_experiment(result.id, result.passed, str(directory.resolve()), interrupted=bool(result.interrupted))
     if as_json:
         click.echo(json.dumps(doc, indent=1))
+    elif result.interrupted:
+        print_interrupted(out, result, doc, len(pb.steps))
+        out.print(Text(f"report: {(directory / 'report.html').resolve()}"))
     else:
-        s = doc["summary"]
-        out.print(f"[bold {'green' if result.passed else 'red'}]{'PASSED' if result.passed else 'FAILED'}[/]: "
-                  f"{s['phones_passed']}/{s['phones']} phones; failover p50/p95/max "
-                  f"{seconds(s['failover_s']['p50'])}/{seconds(s['failover_s']['p95'])}/{seconds(s['failover_s']['max'])} s; recovery "
-                  f"{seconds(s['recovery_s']['p50'])}/{seconds(s['recovery_s']['p95'])}/{seconds(s['recovery_s']['max'])} s")
-        for p in doc["phones"]:
-            if not p["passed"]:
-                out.print(Text.assemble("  ", (str(p["mac"]), "red"), ": ", "; ".join(map(str, p["reasons"]))))
-            undetermined = [f"{m}: {said}" for m, said in (p.get("judgement") or {}).items() if said.startswith("undetermined")]
-            if p["passed"] and undetermined:   # passed, but the evidence could only bound the moment: say so
-                out.print(Text.assemble("  ", (str(p["mac"]), "yellow"), ": ", "; ".join(undetermined)))
-        for e in doc["errors"]:
-            out.print(Text(f"  {e}", style="red"))
+        print_verdict(out, result, doc)
         out.print(Text(f"report: {(directory / 'report.html').resolve()}"))
     exit_now(EXIT_INTERRUPTED if result.interrupted else 0 if result.passed else EXIT_FAILED)
 
@@ -94,6 +88,34 @@ def experiment_report(report_dir: str, truth_path: str | None) -> None:
                          for m in ("failover", "recovery")) if p["known"] else "not in the ground truth"
         click.echo(f"{p['mac']}: {said}")
     click.echo(f"report: {(Path(report_dir) / 'report.html').resolve()}")
+
+
+def print_verdict(out: Console, result, doc: dict) -> None:
+    """PASSED or FAILED with the phones' numbers, then each failed phone's reasons and each error."""
+    s = doc["summary"]
+    out.print(f"[bold {'green' if result.passed else 'red'}]{'PASSED' if result.passed else 'FAILED'}[/]: "
+              f"{s['phones_passed']}/{plural(s['phones'], 'phone')}; failover p50/p95/max "
+              f"{seconds(s['failover_s']['p50'])}/{seconds(s['failover_s']['p95'])}/{seconds(s['failover_s']['max'])} s; recovery "
+              f"{seconds(s['recovery_s']['p50'])}/{seconds(s['recovery_s']['p95'])}/{seconds(s['recovery_s']['max'])} s")
+    for p in doc["phones"]:
+        if not p["passed"] and p["reasons"]:
+            out.print(Text.assemble("  ", (str(p["mac"]), "red"), ": ", "; ".join(map(str, p["reasons"]))))
+        undetermined = [f"{m}: {said}" for m, said in (p.get("judgement") or {}).items() if said.startswith("undetermined")]
+        if p["passed"] and undetermined:   # passed, but the evidence could only bound the moment: say so
+            out.print(Text.assemble("  ", (str(p["mac"]), "yellow"), ": ", "; ".join(undetermined)))
+    for e in doc["errors"]:
+        out.print(Text(f"  {e}", style="red"))
+
+
+def print_interrupted(out: Console, result, doc: dict, total: int) -> None:
+    """A stopped run is no verdict on the phones: say it was interrupted, how far it got and what the WAN is now."""
+    out.print(Text.assemble(("INTERRUPTED", "bold yellow"), f" ({result.interrupted}) after {len(result.steps)} of "
+                            f"{plural(total, 'step')}; no verdict on the phones"))
+    for o in result.outages:
+        out.print(Text(f"  outage {o['id']}: {o.get('confirmed', '')}"))
+    for e in doc["errors"]:
+        if not str(e).startswith("interrupted ("):   # the line above says it already
+            out.print(Text(f"  {e}", style="red"))
 
 
 @experiment.command("list")

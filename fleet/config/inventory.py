@@ -832,6 +832,16 @@ def check_secrets(inventory: Inventory) -> "Secrets":
     return secrets
 
 
+def secret_suggestions(loc: tuple, refs: list[tuple[tuple, str]], data: dict) -> list[str]:
+    """The secrets a misspelt reference at `loc` may have meant: only those no other reference uses (a used one is
+    someone else's: another user's SIP password, another device's login) and of the same kind (a phone parameter
+    names a password, never a login with a username). Naming another user's secret would invite pasting it in."""
+    used = {name for _, name in refs}
+    param = "params" in loc
+    return [n for n, entry in data.items() if n not in used and isinstance(entry, dict)
+            and not (param and (entry.get("username") or entry.get("key_file")))]
+
+
 class Secrets:
     def __init__(self, inventory: Inventory) -> None:
         self._data: dict = {}
@@ -846,12 +856,13 @@ class Secrets:
     def check_refs(self, inventory: Inventory) -> None:
         """Every secret the inventory names is in the secrets file (env: references are resolved at use)."""
         src = source_of(inventory, inventory.source)
-        for loc, name in inventory.credential_refs():
+        refs = inventory.credential_refs()
+        for loc, name in refs:
             if name.startswith("env:"):
                 continue
             if not isinstance(self._data.get(name), dict):
                 raise src.error(loc, f"no secret {name!r} in the secrets file {secrets_path(inventory) or '(none named)'}"
-                                     + values.did_you_mean(name, self._data))
+                                     + values.did_you_mean(name, secret_suggestions(loc, refs, self._data)))
 
     def credentials(self, name: str) -> Credentials:
         if name.startswith("env:"):

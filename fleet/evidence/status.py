@@ -4,7 +4,7 @@ from __future__ import annotations
 import time
 
 from rich.markup import escape
-from rich.table import Table
+from rich.table import Column, Table
 
 from fleet.state.phone_row import row_for_json
 from fleet.state.store import foreign_sources
@@ -41,9 +41,21 @@ def unobservable_cell(entries: list[dict]) -> str:
                      for (reg, server), text in sorted(seen.items(), key=lambda kv: (kv[0][0], kv[0][1] or 0)))
 
 
+def _folding(t: Table) -> Table:
+    """Every column that may wrap folds a word too long for it onto the next line: an error, an address or a
+    source name is shown whole at any terminal width, never ending in "…"."""
+    for c in t.columns:
+        if not c.no_wrap:
+            c.overflow = "fold"
+    return t
+
+
 def table(phones: list[dict]) -> Table:
     """One row per phone; servers no wire source can see are named with why (from the collector's report)."""
-    t = Table("site", "MAC", "model", "servers (state source age)", "working", "newest evidence", "not seen on the wire")
+    # A MAC is what a reader matches against labels and logs: it is never cut (no_wrap, its full width). Every
+    # other column may wrap, and a long word folds onto the next line instead of ending in "…".
+    t = _folding(Table("site", Column("MAC", no_wrap=True, min_width=12), "model", "servers (state source age)",
+                       "working", "newest evidence", "not seen on the wire"))
     now = time.time()
     for p, row in zip(phones, rows_for_json(phones)):
         servers = "  ".join(server_cell(s, now) for s in row["servers"])
@@ -64,7 +76,7 @@ def sources_table(evidence: dict[str, dict]) -> Table | None:
     rows = [(site, e) for site, ev in sorted(evidence.items()) for e in ev.get("sources", []) if e.get("error")]
     if not rows:
         return None
-    t = Table("site", "evidence source", "failing since", "why", title="evidence sources not working")
+    t = _folding(Table("site", "evidence source", "failing since", "why", title="evidence sources not working"))
     for site, e in rows:
         t.add_row(escape(site), escape(str(e.get("source", ""))), _age(now, e.get("since")) + " ago" if e.get("since") else "?",
                   f"[red]{escape(str(e.get('error', '')))}[/]")
@@ -80,8 +92,8 @@ def foreign_table(evidence: dict[str, dict]) -> Table | None:
     rows = [(site, f) for site, ev in sorted(evidence.items()) for f in foreign_sources(ev)]
     if not rows:
         return None
-    t = Table("site", "evidence source", "messages", "from (address: count)",
-              title="foreign SIP: naming a phone, not from its address nor an allowed one (inventory allow_from)")
+    t = _folding(Table("site", "evidence source", "messages", "from (address: count)",
+                       title="foreign SIP: naming a phone, not from its address nor an allowed one (inventory allow_from)"))
     for site, f in rows:
         top = sorted(f["foreign"].items(), key=lambda kv: (-kv[1], kv[0]))
         shown = ", ".join(f"{addr}: {n}" for addr, n in top[:FOREIGN_SHOWN])

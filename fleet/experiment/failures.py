@@ -6,7 +6,8 @@ turns it into its StepResult (a failed cut, an unconfirmed restore, a dial that
 failed). `str()` is what the step's message shows the user:
 
 - TaskRefused: the task ran and failed (TaskFailed from the worker): the
-  device and the reason, in the worker's own words.
+  device and the reason, in the worker's own words. NotReached, a kind of it:
+  the task never got to its device, so it did nothing there.
 - NoWorker: no answer within the timeout: nobody serves the site's queue, or
   the task is stuck. It names the queue and the command that serves it.
 - WorkerLost: the task ended without an answer of its own: its worker died
@@ -24,6 +25,11 @@ class StepFailed(Exception):
 
 class TaskRefused(StepFailed):
     """The task ran and failed: the worker's words (a TaskFailed), e.g. "router 10.1.0.1:22: no SSH answer"."""
+
+
+class NotReached(TaskRefused):
+    """The task never reached its device (a DeviceNotReached from the worker): it did nothing there, e.g. a cut
+    that could not connect to the router left the WAN as it was."""
 
 
 class NoWorker(StepFailed):

@@ -8,7 +8,7 @@ from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
 from soundpoint import values
 from soundpoint.strict import Strict
-from soundpoint.yamlfile import FieldError, load_model, source_of
+from soundpoint.yamlfile import FieldError, FileError, line_of, load_model, read_mapping, source_of
 
 from fleet.base.outage import DEGRADE_FIELDS, DelayMs, Loss, MaxDuration, Outage, OutageMode, RateKbit, parameter_problem
 from fleet.config import validate
@@ -140,7 +140,23 @@ class ExperimentPlaybook(Strict):
         return self
 
 
+# the playbook kinds and the command that runs each: a playbook given to the other command is pointed to its own
+RUN_COMMANDS = {"experiment": "fleet experiment run", "rollout": "fleet rollout run"}
+
+
+def refuse_other_kind(path: str | Path, expected: str) -> None:
+    """A playbook of another kind (a rollout playbook given to `fleet experiment run`, or the reverse) is named
+    as such with the command that runs it, instead of failing on its first field this kind does not have."""
+    data, node = read_mapping(path)
+    kind = data.get("kind")
+    if kind != expected and isinstance(kind, str) and kind in RUN_COMMANDS:
+        raise FileError(path, line_of(node, ("kind",)), "kind",
+                        f"{path} is {'an' if kind[0] in 'aeiou' else 'a'} {kind} playbook (kind: {kind}): "
+                        f"use `{RUN_COMMANDS[kind]} {path}`")
+
+
 def load(path: str | Path) -> ExperimentPlaybook:
+    refuse_other_kind(path, "experiment")
     return load_model(path, ExperimentPlaybook, keep_source=True)
 
 

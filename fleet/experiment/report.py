@@ -241,6 +241,8 @@ def timeline_svg(doc: dict, width: int = 900, lane: int = 18) -> str:
     for i, phone in enumerate(doc["phones"]):
         parts.extend(register_marks(phone, 22 + i * lane, lane, x))
     for o in doc["outages"]:
+        if o.get("wan_cut") == "no":   # the router never cut (not reached, or cancelled first): no outage to draw
+            continue
         end = o["end"] or t1
         parts.append(f'<rect class="outage" x="{x(o["start"]):.1f}" y="18" width="{max(x(end) - x(o["start"]), 1):.1f}" '
                      f'height="{lanes_h}" fill="#37474f" fill-opacity="0.18" stroke="#37474f" stroke-dasharray="4 3">'

@@ -19,14 +19,16 @@ from fleet.drivers import router as routers
 from fleet.drivers.errors import DriverError
 from fleet.drivers.probe import probe_provider
 from fleet.drivers.router import Outage, RouterDriver
-from fleet.worker.errors import TaskFailed, failure_text
+from fleet.worker.errors import DeviceNotReached, TaskFailed, failure_text
 from fleet.worker.context import context, stores
 from fleet.base.steps import step
 
 
 @contextmanager
-def _router(site_name: str) -> Iterator[tuple[inv_mod.Site, RouterDriver]]:
-    """The site and its connected router driver, closed afterwards whatever happens."""
+def _router(site_name: str, unreached_fails: bool = False) -> Iterator[tuple[inv_mod.Site, RouterDriver]]:
+    """The site and its connected router driver, closed afterwards whatever happens. `unreached_fails`: a router
+    that cannot be connected to raises DeviceNotReached (nothing was done on it) instead of the driver's error,
+    for a task that does not retry (a restore retries a timeout, so it keeps the driver's DeviceTimeout)."""
     inv, secrets = context()
     try:
         site = inv.site(site_name)
@@ -35,6 +37,10 @@ def _router(site_name: str) -> Iterator[tuple[inv_mod.Site, RouterDriver]]:
         drv = routers.connect(site.router, secrets.credentials(site.router.credentials))
     except KeyError as exc:
         raise TaskFailed(failure_text(exc)) from None
+    except DriverError as exc:
+        if unreached_fails:
+            raise DeviceNotReached(failure_text(exc)) from None
+        raise
     try:
         yield site, drv
     finally:
@@ -57,7 +63,7 @@ def probe(site: inv_mod.Site) -> dict:
 def cut(site_name: str, outage: Outage) -> dict:
     """Arm the dead-man's switch and cut in one step on the router, then prove the cut from the LAN side."""
     store, _ = stores()
-    with _router(site_name) as (site, drv):
+    with _router(site_name, unreached_fails=True) as (site, drv):
         return {"mode": outage.mode, "outage_id": outage.id, **outage_work.cut(store, drv, outage, lambda: probe(site))}
 
 

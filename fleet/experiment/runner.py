@@ -37,7 +37,7 @@ from fleet.experiment.signals import Interrupted, SignalGuard
 from fleet.state.sites import register_site
 from fleet.state.store import RolloutStore, Store, foreign_sources
 from fleet.base.outage import Outage, WanState
-from fleet.experiment.failures import StepFailed
+from fleet.experiment.failures import NotReached, StepFailed
 from fleet.experiment.phone_facts import phone_facts
 from fleet.experiment.sent_task import SentTask
 from fleet.experiment.verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, fallback_behaviour, judge_phone,
@@ -85,11 +85,13 @@ class ExperimentResult:
 class ExperimentRunner:
     def __init__(self, playbook: ExperimentPlaybook, inventory: Inventory, store: Store,
                  say: Callable[[str], None] = lambda s: None, task_timeout: float = TASK_TIMEOUT,
-                 lease_holder: str | None = None) -> None:
+                 lease_holder: str | None = None, progress: Callable[[str], None] = lambda s: None) -> None:
         self.pb = playbook
         self.inv = inventory
         self.store = store
         self.say = say
+        # where a waiting step stands, redrawn in place (a spinner's text): "failover: 3/6 on server 2, 41 s left"
+        self.progress = progress
         self.site: Site = inventory.site(playbook.site)
         self.queue = site_queue(self.site.name)
         self.task_timeout = task_timeout
@@ -195,13 +197,15 @@ class ExperimentRunner:
         experiment record behind. A rollout running this as its drill already
         holds the site and renews it.
         """
+        exp = self.store.new_experiment_id()
         if self.lease_holder is None:
             # a router shared with other sites is their WAN too: the outage this run makes is theirs as well
             shared = self.site.router.shared_with if self.site.router else []
-            self.lease = SiteLease(self.store, [self.site.name, *shared], owner=f"experiment:{self.pb.name}", ttl=default_ttl(),
+            # held under the experiment's own id: a run refused for this lease names the id `experiment list` shows
+            self.lease = SiteLease(self.store, [self.site.name, *shared], owner=f"experiment:{exp}", ttl=default_ttl(),
                                    wait_for_predecessor=False, on_lost=lambda why: self.say(f"lease lost: {why}"))
             self.lease.acquire()
-        self.exp = self.store.new_experiment(self.site.name, self.pb.name)
+        self.exp = self.store.new_experiment(self.site.name, self.pb.name, exp)
         self.result = ExperimentResult(id=self.exp, playbook=self.pb.name, site=self.site.name, started=time.time())
 
     def prepare(self) -> None:
@@ -213,7 +217,7 @@ class ExperimentRunner:
         self.initial = {r["mac"]: r["state"] for r in self.store.phones(self.site.name)}
         self.store.log_event(exp, "start", playbook=self.pb.name, site=self.site.name,
                              initial={m: s.get("working_server") for m, s in self.initial.items()})
-        self.say(f"experiment {exp}: {self.pb.name} on site {self.site.name} ({len(self.site.phones)} phones)")
+        self.say(f"experiment {exp}: {self.pb.name} on site {self.site.name} ({values.plural(len(self.site.phones), 'phone')})")
 
     def advance(self) -> bool:
         """Move the run on as far as it goes without waiting; True once it is ready for `finish()`.
@@ -354,7 +358,8 @@ class ExperimentRunner:
         assert self.pending is not None
         left = step.wait - (time.time() - self.pending["started"])
         if left > 0:
-            self.pause = left
+            self.progress(f"{step.name}: waiting, {left:.0f} s left")
+            self.pause = min(left, 1.0)    # back each second: the countdown moves
             return None
         return StepResult(step.name, "wait", True, 0.0)
 
@@ -367,8 +372,10 @@ class ExperimentRunner:
                                  max_duration=outage.max_duration)
             # Recorded before the task is sent: an interrupt or a timeout while the router is being cut must still
             # send the restore, which then either undoes the cut or cancels it before it happens.
+            # wan_cut: whether the WAN was cut ("yes"), never was ("no"), or may have been ("maybe": no answer says)
             record = {"id": outage.id, "mode": outage.mode, "asked": outage.to_dict(), "start": time.time(),
-                      "end": None, "cut": "requested", "deadman": "", "restore": None, "confirmed": "not restored yet"}
+                      "end": None, "cut": "requested", "wan_cut": "maybe", "deadman": "", "restore": None,
+                      "confirmed": "not restored yet"}
             result.outages.append(record)
             self.open_outage = record
             self._send(tasks.router_outage.s(self.site.name, exp, outage.to_dict()), expires=self.task_timeout)
@@ -378,12 +385,22 @@ class ExperimentRunner:
             res = self._answer()
             if res is None:
                 return None
+        except NotReached as exc:
+            # the cut never got to the router: nothing to restore, no outage to draw, nothing to do by hand
+            self.store.log_event(exp, "outage", ok=False, error=str(exc), reached=False)
+            said = f"the router at {self.site.router.address if self.site.router else '?'} was not reached: the WAN was never cut"
+            record.update(cut=f"not reached ({exc})", wan_cut="no", end=record["start"], restore="not needed",
+                          confirmed=said)
+            self.open_outage = None
+            return StepResult(step.name, "outage", False, 0, f"{said} ({exc})", {"error": str(exc)})
         except StepFailed as exc:
             self.store.log_event(exp, "outage", ok=False, error=str(exc))
             record["cut"] = f"unknown ({exc})"
             return StepResult(step.name, "outage", False, 0, f"cut failed: {exc}", {"error": str(exc)})
         self.store.log_event(exp, "outage", ok=True, **res)
         record["cut"] = res.get("outcome") or "unknown (no answer)"
+        record["wan_cut"] = ("yes" if record["cut"] in ("cut", "already-cut")
+                             else "no" if record["cut"] in ("cancelled", "already-restored") else "maybe")
         record["deadman"] = res.get("deadman") or ""
         if res.get("t_cut"):
             record["start"] = res.get("t_cut_done") or res["t_cut"]
@@ -429,7 +446,7 @@ class ExperimentRunner:
         outcome, state = res.get("outcome"), WanState.from_dict(res.get("state"))
         record["router_state"] = state.to_dict() if state else {}
         if outcome == "cancelled-before-cut":
-            record["end"] = record["start"]
+            record["end"], record["wan_cut"] = record["start"], "no"
             record["confirmed"] = "cancelled: the router never cut (the restore arrived first)"
         else:
             record["end"] = res.get("t_restore_done") or time.time()
@@ -454,6 +471,7 @@ class ExperimentRunner:
                 reached[p.mac] = time.time()
         left = step.within - (time.time() - self.pending["started"])
         if len(reached) < len(phones) and left > 0:
+            self.progress(f"{step.name}: {len(reached)}/{len(phones)} on server {step.server}, {left:.0f} s left")
             self.pause = min(self.pb.sample_interval, left)
             return None
         missing = [p.mac for p in phones if p.mac not in reached]
@@ -463,8 +481,9 @@ class ExperimentRunner:
         if missing:
             where = ", ".join(f"{m} on server {detail['missing'][m]}" for m in missing[:5])
             return StepResult(step.name, "expect", False, 0,
-                              f"{len(missing)}/{len(phones)} phones not on server {step.server} within {step.within:g}s ({where})", detail)
-        return StepResult(step.name, "expect", True, 0, f"{len(phones)} phones on server {step.server}", detail)
+                              f"{len(missing)}/{values.plural(len(phones), 'phone')} not on server {step.server} within {step.within:g}s ({where})", detail)
+        return StepResult(step.name, "expect", True, 0, f"{values.plural(len(phones), 'phone')} on server {step.server}",
+                          detail)
 
     def _call(self, exp: str, step: CallStep) -> StepResult | None:
         """Dial (the first move sends it), then look for the phone's report of the call until `within` passes."""
@@ -488,6 +507,7 @@ class ExperimentRunner:
         calls = [o for o in self.store.observations(exp, phone.mac) if o.get("kind") == "call" and o["t"] >= t0]
         left = step.within - (time.time() - progress["dialled"])
         if not calls and left > 0:
+            self.progress(f"{step.name}: waiting for {phone.mac}'s report of the call, {left:.0f} s left")
             self.pause = min(self.pb.sample_interval, left)
             return None
         if not calls:

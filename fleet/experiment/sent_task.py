@@ -15,9 +15,9 @@ from dataclasses import asdict, dataclass
 
 from celery import Signature
 
-from fleet.experiment.failures import NoWorker, TaskRefused, WorkerLost
+from fleet.experiment.failures import NotReached, NoWorker, TaskRefused, WorkerLost
 from fleet.worker.app import app
-from fleet.worker.errors import TaskFailed
+from fleet.worker.errors import DeviceNotReached, TaskFailed
 
 
 @dataclass(frozen=True)
@@ -39,7 +39,7 @@ class SentTask:
     def answer(self, now: float | None = None) -> dict | None:
         """The task's answer once it has one, None while it may still come; never blocks.
 
-        Raises TaskRefused (the task failed and said why), NoWorker (no answer
+        Raises TaskRefused (the task failed and said why; NotReached when it never got to its device), NoWorker (no answer
         within `timeout`) or WorkerLost (it ended without an answer of its own).
         """
         result = app.AsyncResult(self.id)
@@ -50,6 +50,8 @@ class SentTask:
         if result.successful():
             return result.result
         failure = result.result   # the backend rebuilds the task's exception
+        if isinstance(failure, DeviceNotReached):
+            raise NotReached(str(failure))
         if isinstance(failure, TaskFailed):
             raise TaskRefused(str(failure))
         raise WorkerLost(self.task, failure if isinstance(failure, BaseException) else RuntimeError(str(failure)))

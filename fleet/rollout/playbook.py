@@ -175,6 +175,7 @@ def verbatim_names(pb: RolloutPlaybook) -> frozenset[str]:
 
 def load(path: str | Path) -> RolloutPlaybook:
     """Validate a rollout playbook on its own: fields, parameters, cron, time zone, and the drill file."""
+    experiment_playbook.refuse_other_kind(path, "rollout")
     pb = load_model(path, RolloutPlaybook, keep_source=True)
     if pb.drill is not None:
         src = source_of(pb, path)

@@ -25,7 +25,7 @@ from typing import Callable, Iterable
 import redis
 
 from fleet.drivers.errors import DeviceTimeout
-from fleet.state.store import LeaseHeld, Store
+from fleet.state.store import LeaseHeld, Store, lease_holder_run
 
 DEFAULT_TTL_S = 30.0
 
@@ -81,7 +81,7 @@ class SiteLease:
                     raise
                 if last is not None and last[0] == holder and pttl > last[1]:
                     # the TTL went up: the other holder renewed it, so it is alive and doing this work
-                    raise LeaseHeld(f"site {site} is leased by {holder}, a live run of the same work") from None
+                    raise LeaseHeld(f"site {site} is leased by {lease_holder_run(holder)}, a live run of the same work") from None
                 last = (holder, pttl)
                 time.sleep(min(0.5, self.ttl / 10))
 
@@ -137,7 +137,7 @@ class SiteLease:
                     if not self.store.renew_lease(site, self.holder, self.ttl):
                         holder, _ = self.store.lease_info(site)
                         self._lose(f"the lease on site {site} is no longer ours "
-                                   + (f"(now held by {holder})" if holder else "(it expired)"))
+                                   + (f"(now held by {lease_holder_run(holder)})" if holder else "(it expired)"))
                         return
                 self._confirmed = started   # the TTLs run from when we asked, not from when Redis answered
                 wait = self.renew_every

@@ -31,7 +31,11 @@ def row_for_json(p: dict) -> dict:
     configured = {s["index"]: s for s in p.get("configured_servers") or []}
     lines = {reg: {"working_server": ls.get("working_server"), "working_inferred": bool(ls.get("inferred")),
                    "servers": _servers(ls, {})} for reg, ls in sorted((st.get("lines") or {}).items())}
-    return {"mac": p["mac"], "site": p["site"], "model": p["model"], "firmware": p.get("firmware"),
+    # firmware: what the phone itself said (a REST poll), else the version the inventory declares for it;
+    # firmware_from says which ("phone", "inventory", or None when neither knows)
+    read, declared = p.get("firmware") or None, p.get("firmware_declared") or None
+    return {"mac": p["mac"], "site": p["site"], "model": p["model"], "address": p.get("address") or None,
+            "firmware": read or declared, "firmware_from": "phone" if read else "inventory" if declared else None,
             "working_server": st.get("working_server"), "servers": _servers(st, configured),
             "observed_at": st.get("observed_at"), "source": st.get("last_source") or None,
             "evidence": st.get("evidence") or {}, "working_inferred": bool(st.get("inferred")), "lines": lines}

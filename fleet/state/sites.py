@@ -16,5 +16,6 @@ def register_site(store: Store, inv: Inventory, site: Site) -> None:
     """Register the site's phones (an experiment and a collector do this before they observe it)."""
     pushed = RolloutStore(store).last_pushed([p.mac for p in site.phones])
     store.register_phones(site.name, [{"mac": p.mac, "model": p.model, "address": p.address,
+                                       "firmware_version": p.firmware_version,
                                        "servers": configured_servers(pushed.get(p.mac) or inv.effective_params(site, p))}
                                       for p in site.phones])

@@ -7,7 +7,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |--------------------------------------|--------|------------------------------------------------------------------|-----------------------------|
 | `phone:{mac}`                        | hash   | site, model, address, servers (configured, JSON), state (JSON of  | register_phones,            |
 |                                      |        | observe.PhoneState), row (its `fleet status --json` object, kept | record_observations,        |
-|                                      |        | ready-made), firmware, in_call, pushed_params, config_version,   | set_phone_info, set_pushed, |
+|                                      |        | ready-made), firmware (the phone's own word), firmware_declared  | set_phone_info, set_pushed, |
+|                                      |        | (the inventory's), in_call, pushed_params, config_version,       |                             |
 |                                      |        | in_call_pushed_at/_seq (a pushed call state: collector's clock,  | record_pushed_call_state    |
 |                                      |        | and the count of pushes readers compare)                         |                             |
 | `phones`                             | set    | every registered MAC                                             | register_phones             |
@@ -242,6 +243,20 @@ class LeaseHeld(Exception):
     """Another experiment or rollout holds the site."""
 
 
+def lease_holder_run(holder: str | None) -> str:
+    """The run a lease holder (`KIND:ID:TOKEN`, fleet.state.lease) stands for, as `fleet experiment list` and
+    `fleet rollout list` name it: `experiment 20261206-031500-ab12cd`, `rollout r1`. The token only tells two runs
+    of the same work apart, so the user never sees it; a holder of another shape is shown as it is."""
+    if not holder:
+        return "nobody (the lease expired just now)"
+    owner, sep, _token = holder.rpartition(":")
+    kind, sep2, run_id = owner.partition(":")
+    if not sep or not sep2 or kind not in ("experiment", "rollout"):
+        return holder
+    return f"{kind} {run_id} (`fleet {kind} show {run_id}`)" if kind == "experiment" else \
+        f"{kind} {run_id} (`fleet {kind} status {run_id}`)"
+
+
 class RolloutExists(Exception):
     """A rollout with this id was already created."""
 
@@ -261,10 +276,12 @@ class Store:
         pipe = self.r.pipeline(transaction=False)
         for p, (state, firmware) in zip(phones, previous):
             meta = {"mac": p["mac"], "site": site, "model": p.get("model", ""), "firmware": firmware,
+                    "firmware_declared": p.get("firmware_version") or "", "address": p.get("address", ""),
                     "configured_servers": p.get("servers", []),
                     "state": json.loads(state) if state else PhoneState(mac=p["mac"]).to_dict()}
             pipe.hset(K.phone(p['mac']), mapping={"site": site, "model": p.get("model", ""),
                                                        "address": p.get("address", ""),
+                                                       "firmware_declared": p.get("firmware_version") or "",
                                                        "servers": json.dumps(p.get("servers", [])),
                                                        "row": json.dumps(row_for_json(meta))})
             pipe.sadd(K.site_phones(site), p["mac"])
@@ -288,11 +305,12 @@ class Store:
         macs = sorted({o.mac for o in observations})
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hmget(K.phone(mac), "state", "site", "model", "firmware", "servers")
+            pipe.hmget(K.phone(mac), "state", "site", "model", "firmware", "servers", "firmware_declared", "address")
         rows = pipe.execute()
         states = {mac: (PhoneState.from_dict(json.loads(row[0])) if row[0] else PhoneState(mac=mac), row[1])
                   for mac, row in zip(macs, rows)}
-        metas = {mac: {"model": row[2], "firmware": row[3], "configured_servers": json.loads(row[4] or "[]")}
+        metas = {mac: {"model": row[2], "firmware": row[3], "configured_servers": json.loads(row[4] or "[]"),
+                       "firmware_declared": row[5], "address": row[6]}
                  for mac, row in zip(macs, rows)}
         sites = {site for _, site in states.values() if site}
         active = dict(zip(sorted(sites), self.r.mget([K.site_experiment(s) for s in sorted(sites)]))) if sites else {}
@@ -331,7 +349,7 @@ class Store:
         for mac, (row,) in zip(macs, rows):
             mapping = {k: (json.dumps(v) if not isinstance(v, str) else v) for k, v in infos[mac].items() if v is not None}
             if row and infos[mac].get("firmware"):
-                mapping["row"] = json.dumps(json.loads(row) | {"firmware": infos[mac]["firmware"]})
+                mapping["row"] = json.dumps(json.loads(row) | {"firmware": infos[mac]["firmware"], "firmware_from": "phone"})
             if mapping:
                 pipe.hset(K.phone(mac), mapping=mapping)
         pipe.execute()
@@ -431,6 +449,13 @@ class Store:
         script = "if redis.call('hget', KEYS[1], 'holder') == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
         self.r.eval(script, 1, K.site_collector(site), holder)
 
+    def site_names(self) -> list[str]:
+        """Every site with phones registered here (a collector, worker or experiment registered them) or whose
+        collector reported: what `fleet status --site` can show."""
+        prefix, suffix = K.site_phones("*").split("*")
+        names = {key[len(prefix):-len(suffix)] for key in self.r.scan_iter(match=K.site_phones("*"), count=1000)}
+        return sorted(names | set(self.r.smembers(K.EVIDENCE_SITES)))
+
     def phones(self, site: str | None = None) -> list[dict]:
         """Every phone's row for `fleet status`, read with one pipelined round trip."""
         return self.phones_and_evidence(site)[0]
@@ -450,7 +475,8 @@ class Store:
         for mac, h in zip(macs, hashes):
             state = json.loads(h["state"]) if h.get("state") else PhoneState(mac=mac).to_dict()
             out.append({"mac": mac, "site": h.get("site"), "model": h.get("model"), "address": h.get("address"),
-                        "firmware": h.get("firmware"), "config_version": h.get("config_version"),
+                        "firmware": h.get("firmware"), "firmware_declared": h.get("firmware_declared"),
+                        "config_version": h.get("config_version"),
                         "configured_servers": json.loads(h.get("servers") or "[]"), "state": state,
                         "unobservable": unseen.get(mac, [])})
         return out, evidence
@@ -478,7 +504,7 @@ class Store:
         if current == holder:
             self.r.pexpire(key, int(ttl * 1000))
             return
-        raise LeaseHeld(f"site {site} is leased by {current} (it expires by itself {self.r.pttl(key) / 1000:.0f}s after its holder stops renewing it)")
+        raise LeaseHeld(f"site {site} is leased by {lease_holder_run(current)} (it expires by itself {self.r.pttl(key) / 1000:.0f}s after its holder stops renewing it)")
 
     def renew_lease(self, site: str, holder: str, ttl: float = 30.0) -> bool:
         return bool(self.r.eval(RENEW_IF_HELD, 1, K.lease(site), holder, int(ttl * 1000)))
@@ -566,8 +592,13 @@ class Store:
         return self.r.lrange(K.SCHEDULE_MISSED, 0, -1)
 
     # ------------------------------------------------------------ experiments
-    def new_experiment(self, site: str, playbook: str) -> str:
-        exp = time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+    @staticmethod
+    def new_experiment_id() -> str:
+        """A fresh experiment id: a run takes its site's lease under it before its record exists (fleet.state.lease)."""
+        return time.strftime("%Y%m%d-%H%M%S-") + uuid.uuid4().hex[:6]
+
+    def new_experiment(self, site: str, playbook: str, exp: str | None = None) -> str:
+        exp = exp or self.new_experiment_id()
         now = time.time()
         self.r.hset(K.exp(exp), mapping={"id": exp, "site": site, "playbook": playbook, "status": "running",
                                               "started": now})
@@ -584,8 +615,11 @@ class Store:
         """The experiment that collectors copy the site's observations to now, if any."""
         return self.r.get(K.site_experiment(site))
 
-    def finish_experiment(self, exp: str, passed: bool, report_dir: str) -> None:
-        self.r.hset(K.exp(exp), mapping={"status": "passed" if passed else "failed", "finished": time.time(),
+    def finish_experiment(self, exp: str, passed: bool, report_dir: str, interrupted: bool = False) -> None:
+        """The run's end state as `fleet experiment list` shows it: passed, failed, or interrupted (a stop signal
+        ended it early: not a verdict on the phones)."""
+        status = "interrupted" if interrupted else "passed" if passed else "failed"
+        self.r.hset(K.exp(exp), mapping={"status": status, "finished": time.time(),
                                               "report_dir": report_dir})
 
     def log_event(self, exp: str, kind: str, **data) -> None:

@@ -17,6 +17,11 @@ class TaskFailed(Exception):
         super().__init__(str(message)[:500])
 
 
+class DeviceNotReached(TaskFailed):
+    """The task never reached its device (no connection, or no login): it did nothing there. A caller may rely on
+    that: a WAN cut refused this way was never made, so there is nothing to restore and no outage to draw."""
+
+
 def failure_text(exc: BaseException) -> str:
     """What a failure says to a person: a KeyError's message without the quotes its str() adds."""
     if isinstance(exc, KeyError) and exc.args:
