@@ -26,13 +26,25 @@ def _load_rollout(playbook_path: str, inventory_path: str):
     return load_checked(playbook.load, plan.check_against, playbook_path, inventory_path)
 
 
-def _plan(pb, inv, rid: str, last_pushed: dict | None, playbook_path: str):
+def _plan(pb, inv, rid: str, applied: dict | None, playbook_path: str, limit: frozenset[str] | None = None):
     from fleet.rollout.plan import PlanError, plan
 
     try:
-        return plan(inv, pb, rid, last_pushed, inv.registrar_limits)
+        return plan(inv, pb, rid, limits=inv.registrar_limits, limit=limit, applied=applied or {})
     except PlanError as exc:
-        fail(f"{playbook_path}: {exc}", EXIT_INPUT)
+        fail(f"{playbook_path}: {exc}" if "--limit" not in str(exc) else str(exc), EXIT_INPUT)
+
+
+def _limit(inv, items: tuple[str, ...]) -> frozenset[str] | None:
+    """`--limit` as a set of MACs, or None without one; an item naming nothing is bad input (exit 2)."""
+    if not items:
+        return None
+    from fleet.rollout.plan import PlanError, limit_macs
+
+    try:
+        return limit_macs(inv, list(items))
+    except PlanError as exc:
+        fail(str(exc), EXIT_INPUT)
 
 
 def _print_plan(p, console: Console) -> None:
@@ -42,12 +54,23 @@ def _print_plan(p, console: Console) -> None:
         console.print(Text(f"  wave {i}: {len(wave)} phones ({', '.join(wave[:6])}{', ...' if len(wave) > 6 else ''})"))
     changed = [ph for ph in p.phones if ph.diff]
     console.print(f"[bold]parameter changes[/bold] ({len(changed)} phones change, {len(p.phones) - len(changed)} unchanged)")
+    against = sorted({ph.diff_against for ph in p.phones})
+    console.print(Text(f"  (old values: what each phone applies now, from {' / '.join(against)}; "
+                       "None: no file sets it, the firmware default applies)"))
     for ph in changed[:50]:
         for name, (old, new) in ph.diff.items():
             verbatim = " (uncatalogued: passed through verbatim, unchecked)" if name in ph.verbatim else ""
-            console.print(Text(f"  {ph.mac} {name}: {old!s} -> {new!s}{verbatim}"))
+            by = ph.set_by.get(name)
+            origin = f" (kept from rollout {by[0]})" if by and by[0] != p.rollout else ""
+            console.print(Text(f"  {ph.mac} {name}: {old!s} -> {new!s}{verbatim}{origin}"))
     if len(changed) > 50:
         console.print(f"  ... and {len(changed) - 50} more phones")
+    undoing = [ph for ph in p.phones if ph.undoes]
+    if undoing:
+        console.print(f"[bold yellow]changes values earlier rollouts set[/bold yellow] ({len(undoing)} phones)")
+        for ph in undoing[:50]:
+            for line in ph.undoes:
+                console.print(Text(f"  {ph.mac} {line}", style="yellow"))
     warned = [ph for ph in p.phones if ph.warnings]
     if warned:
         console.print(f"[bold yellow]failover warnings[/bold yellow] ({len(warned)} phones): "
@@ -66,30 +89,41 @@ def _print_plan(p, console: Console) -> None:
 @rollout.command("run")
 @click.argument("playbook_path", metavar="PLAYBOOK", type=click.Path(dir_okay=False))
 @click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
-@click.option("--dry-run", is_flag=True, help="Print waves, per-phone diff and the refresh-load check; touch nothing.")
+@click.option("--dry-run", is_flag=True, help="Print waves, per-phone diff against what each phone applies now, the "
+                                             "values it changes that earlier rollouts set, and the refresh-load check; "
+                                             "touch nothing.")
+@click.option("--limit", "limit", multiple=True, metavar="MAC|SITE|MODEL",
+              help="Only these of the playbook's targets: MACs, sites or models; repeat it or give a comma list.")
 @click.option("--json", "as_json", is_flag=True)
-def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json: bool) -> None:
+def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, limit: tuple[str, ...], as_json: bool) -> None:
     """Roll PLAYBOOK out: canaries, then waves; halts when the failure budget is spent (exit 1)."""
     pb, inv = _load_rollout(playbook_path, inventory_path)   # everything validated before the heavy imports
+    only = _limit(inv, limit)
     from fleet.rollout.driver import new_id
 
     rid = new_id(pb.name)
     if dry_run:
-        last = None
+        now = None
         if os.environ.get("FLEET_REDIS_URL"):
+            from fleet.rollout import applied
             from fleet.state.store import RolloutStore, Store
 
             try:
                 store = Store(os.environ["FLEET_REDIS_URL"])
-                last = RolloutStore(store).last_pushed([p.mac for s in inv.sites for p in s.phones])
+                now = applied.read(RolloutStore(store), [p.mac for s in inv.sites for p in s.phones])
             except Exception:  # a dry run works without Redis too; it then diffs against the inventory
-                last = None
-        p = _plan(pb, inv, rid, last, playbook_path)
+                now = None
+        p = _plan(pb, inv, rid, now, playbook_path, only)
+        from fleet.rollout.plan import rediff
         from fleet.sites.files import describe, survey   # read only: each phone's master and override files
 
         found = survey(inv, p.phones)
+        rediff(p, {mac: r["applies"] for mac, r in found.items() if "applies" in r})
+        for r in found.values():
+            r.pop("applies", None)     # in the diff now; the site's whole configuration is not the plan's business
         if as_json:
-            click.echo(json.dumps(p.to_dict(refs=False) | {"dry_run": True, "site_files": found}, indent=1))
+            click.echo(json.dumps(p.to_dict(refs=False) | {"dry_run": True, "site_files": found,
+                                                           "limit": sorted(only) if only else None}, indent=1))
         else:
             _print_plan(p, Console())
             Console().print("[bold]site files[/bold]")
@@ -103,9 +137,9 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
 
     configure(store.url)
     try:
-        rid, pb, inv, _ = create(playbook_path, inventory_path, store, rid)
+        rid, pb, inv, _ = create(playbook_path, inventory_path, store, rid, limit=list(limit) or None)
     except PlanError as exc:
-        fail(f"{playbook_path}: {exc}", EXIT_INPUT)
+        fail(f"{playbook_path}: {exc}" if "--limit" not in str(exc) else str(exc), EXIT_INPUT)
     except Overloaded as exc:
         fail(f"refusing: the change would overload a registrar ({exc}); set strategy.allow_overload to override", EXIT_INPUT)
     _drive(rid, pb, inv, store, as_json)

@@ -774,6 +774,13 @@ class RolloutStore:
     def config_version(self, mac: str) -> str | None:
         return self.r.hget(K.phone(mac), "config_version")
 
+    def config_versions(self, macs: list[str]) -> dict[str, str]:
+        """config_version of each phone that has one (one round trip)."""
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hget(K.phone(mac), "config_version")
+        return {m: v for m, v in zip(macs, pipe.execute()) if v}
+
     def set_pushed(self, mac: str, params: dict, version: str) -> None:
         """Record what the phone now runs; its configured servers (for `fleet status`) follow it."""
         servers = configured_servers(params)
