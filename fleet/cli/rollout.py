@@ -182,6 +182,42 @@ def _drive(rid: str, pb, inv, store, as_json: bool) -> None:
     exit_now(0 if outcome.status == "done" and not failed else EXIT_FAILED)
 
 
+@rollout.command("revert")
+@click.argument("rid", metavar="ID")
+@click.option("--force", is_flag=True, help="Revert even phones a later rollout changed since (that is undone too).")
+@click.option("--json", "as_json", is_flag=True)
+def rollout_revert(rid: str, force: bool, as_json: bool) -> None:
+    """Roll a finished rollout back from its backups (kept with `keep_backups: true`), as a rollout of its own:
+    its waves, one phone at a time per site as it did, each phone verified after its reboot."""
+    from fleet.worker.app import configure
+    from fleet.rollout.driver import new_id
+    from fleet.rollout.revert import RevertRefused, meta_for, missing_backups, plan_revert, revert_playbook
+    from fleet.state.store import RolloutStore
+
+    store = open_store()     # a rollout to revert is existing state: no private Redis
+    rs = RolloutStore(store)
+    meta = rs.get(rid)
+    new_rid = new_id(f"revert-{meta.get('playbook') or 'rollout'}")
+    try:
+        p, notes = plan_revert(rs, rid, new_rid, force)
+    except RevertRefused as exc:
+        fail(f"refusing to revert: {exc}", EXIT_INPUT)
+    pb, inv = _load_rollout(meta["playbook_path"], meta["inventory_path"])
+    missing = missing_backups(inv, rs, rid, p)
+    if missing:
+        fail(f"refusing to revert: rollout {rid}'s backups are gone: " + "; ".join(missing[:5])
+             + (f"; and {len(missing) - 5} more" if len(missing) > 5 else ""), EXIT_INPUT)
+    pb = revert_playbook(pb, p.to_dict())
+    rs.create(new_rid, pb.name, p.to_dict(), meta_for(rid, meta, pb))
+    rs.log(rid, "reverted_by", rollout=new_rid, phones=len(p.phones))
+    console = Console(stderr=as_json)
+    console.print(Text(f"reverting {rid}: {len(p.phones)} phones back to what they ran before it"))
+    for note in notes[:50]:
+        console.print(Text(f"  {note}", style="yellow"))
+    configure(store.url)
+    _drive(new_rid, pb, inv, store, as_json)
+
+
 @rollout.command("status")
 @click.argument("rid", metavar="ID")
 @click.option("--json", "as_json", is_flag=True)
@@ -240,6 +276,10 @@ def rollout_resume(rid: str, budget: int | None, as_json: bool) -> None:
         err.print(Text(f"rollout {rid} is already done"))
         sys.exit(0)
     pb, inv = _load_rollout(meta["playbook_path"], meta["inventory_path"])
+    if meta.get("revert_of"):      # a revert runs its rollout's playbook without drill, verifying what it restores
+        from fleet.rollout.revert import revert_playbook
+
+        pb = revert_playbook(pb, meta["plan"])
     if budget is not None:
         rs.set(rid, budget_override=budget)
     rs.set(rid, abort="0")
