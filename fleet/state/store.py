@@ -35,7 +35,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | nothing); expires after two days                                 |                             |
 | `rollouts`                           | zset   | rollout ids by creation time                                     | RolloutStore.create         |
 | `rollout:{id}`                       | hash   | status, playbook, created, plan (JSON), reason, abort flag,      | RolloutStore.create/set     |
-|                                      |        | backups_removed:{site}                                           |                             |
+|                                      |        | backups_removed:{site}, limit (`--limit`), keep_backups (1/0),   |                             |
+|                                      |        | revert_of (a revert: the rollout it reverts)                     |                             |
 | `rollout:{id}:phone:{mac}`           | hash   | state, attempt, wave, plan (the phone's part), reboot_at,        | RolloutStore.create/        |
 |                                      |        | reboot_tried (methods announced before sending), reboot_via,     | set_phone                   |
 |                                      |        | rollback_at, settled_at, error, deferred_at, deferred_reason     |                             |
