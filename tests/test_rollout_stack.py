@@ -182,9 +182,17 @@ def test_revert_is_refused_without_kept_backups_unfinished_or_changed_later(redi
     assert back.phones[0].params[EXPIRES] == "1200" and back.phones[0].set_by[EXPIRES][0] == a
     assert back.phones[0].config_hash == first.phones[0].config_hash
     assert revert_playbook(pb({"reg.1.label": "x"}, verify={"registered_to": [1, 2]}), back.to_dict()).verify.registered_to == [1, 2]
+    assert back.phones[0].previous["config_hash"] == second.phones[0].config_hash, "a revert can be reverted"
     with pytest.raises(RevertRefused, match="no rollout nope"):
         plan_revert(rs, "nope", "v")
     rs.set(b, **{"backups_removed:hq": "1"})
     with pytest.raises(RevertRefused, match=r"removed from site\(s\) hq"):
         plan_revert(rs, b, "v")
-    assert json.dumps(back.to_dict(refs=False)).count("secret:") == 0
+
+
+def test_a_dry_run_shows_no_secret_reference_of_what_a_phone_ran_before():
+    inv = inventory(site("hq", 1))
+    first = ran(plan(inv, pb({"reg.1.auth.password": "secret:sip_1"}), "r1"))
+    second = plan(inv, pb({"reg.1.label": "x"}), "r2", applied=first)
+    assert "secret:" in json.dumps(second.to_dict()), "the stored plan keeps references for a revert"
+    assert "secret:" not in json.dumps(second.to_dict(refs=False))

@@ -84,6 +84,8 @@ class PhonePlan:
         out = asdict(self)
         if not refs:
             del out["secret_refs"]
+            if out["previous"]:
+                out["previous"] = {k: v for k, v in out["previous"].items() if k != "secret_refs"}
         return out
 
     def pushed_params(self) -> dict[str, str]:

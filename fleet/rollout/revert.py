@@ -44,9 +44,13 @@ def _phone_entry(rid: str, entry: dict) -> PhonePlan:
     diff = {k: [secret_params.mask(k, now.get(k)), secret_params.mask(k, before.get(k))]
             for k in sorted(set(now) | set(before)) if now.get(k) != before.get(k)}
     set_by = {k: list(v) for k, v in prev.get("set_by", {}).items()}
+    # what it runs until the revert: the reverted rollout's push, so a revert can be reverted in turn
+    reverted = {"params": dict(entry.get("params", {})), "secret_refs": dict(entry.get("secret_refs", {})),
+                "verbatim": list(entry.get("verbatim", [])), "rollout": rid, "config_hash": entry.get("config_hash", ""),
+                "set_by": {k: list(v) for k, v in entry.get("set_by", {}).items()}}
     return PhonePlan(entry["mac"], entry["site"], entry.get("model", ""), params, diff, config_hash(before), refs,
                      list(prev.get("verbatim", [])), set_by=set_by, diff_against="pushed",
-                     previous=None, restore_from=rid)
+                     previous=reverted, restore_from=rid)
 
 
 def plan_revert(rs: RolloutStore, rid: str, new_rid: str, force: bool = False) -> tuple[Plan, list[str]]:
