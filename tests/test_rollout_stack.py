@@ -52,6 +52,15 @@ def test_setting_or_resetting_an_earlier_value_is_said_with_who_set_it_and_when(
                             "(this playbook resets it to the inventory's value)"]
 
 
+def test_a_kept_value_the_inventory_now_sets_otherwise_is_said():
+    first = ran(plan(inventory(site("hq", 1)), pb({EXPIRES: 1200}), "r1"), when=1_700_000_000.0)
+    moved = inventory(site("hq", 1, params={EXPIRES: "900"}))
+    ph = plan(moved, pb({"reg.1.label": "x"}), "r2", applied=first).phones[0]
+    assert ph.params[EXPIRES] == "1200" and ph.undoes == []
+    assert ph.kept == [f"{EXPIRES}: 1200 (set by rollout r1 on 2023-11-14 22:13 UTC) stays; the inventory says 900 "
+                       f"(`reset: [{EXPIRES}]` takes it)"]
+
+
 def test_a_reset_parameter_the_inventory_does_not_set_is_no_longer_written():
     inv = inventory(site("hq", 1))
     first = ran(plan(inv, pb({"reg.1.label": "x"}), "r1"))

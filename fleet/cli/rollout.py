@@ -71,6 +71,12 @@ def _print_plan(p, console: Console) -> None:
         for ph in undoing[:50]:
             for line in ph.undoes:
                 console.print(Text(f"  {ph.mac} {line}", style="yellow"))
+    kept = [ph for ph in p.phones if ph.kept]
+    if kept:
+        console.print(f"[bold]kept from earlier rollouts over the inventory's value[/bold] ({len(kept)} phones)")
+        for ph in kept[:50]:
+            for line in ph.kept:
+                console.print(Text(f"  {ph.mac} {line}"))
     warned = [ph for ph in p.phones if ph.warnings]
     if warned:
         console.print(f"[bold yellow]failover warnings[/bold yellow] ({len(warned)} phones): "

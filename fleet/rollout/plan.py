@@ -71,6 +71,8 @@ class PhonePlan:
     set_by: dict[str, list] = field(default_factory=dict)
     # values an earlier rollout set that this plan changes, one sentence each (stacking: only the playbook does that)
     undoes: list[str] = field(default_factory=list)
+    # values an earlier rollout set that stay although the inventory now says otherwise (`reset` takes the inventory's)
+    kept: list[str] = field(default_factory=list)
     # what the diff's old values are: "pushed" (the last verified rollout), "inventory" (nothing pushed yet) or
     # "boot server" (the dry run read the site's files: fleet.sites.files.survey, rediff)
     diff_against: str = "inventory"
@@ -216,6 +218,9 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         diff = {k: [secret_params.mask(k, old.get(k)), secret_params.mask(k, new.get(k))]
                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
         undoes = _undoes(ran, new, base, pb) if ran is not None else []
+        kept = [f"{k}: {secret_params.mask(k, new[k])} (set by rollout {v[0]} on {when(v[1])}) stays; the inventory "
+                f"says {secret_params.mask(k, base[k])} (`reset: [{k}]` takes it)"
+                for k, v in sorted(set_by.items()) if v[0] != rollout_id and k in base and base[k] != new[k]]
         masked, refs = secret_params.split(new)
         blind = phone.family.call_state_source is None
         warnings = failover_lint.problems(new, phone.family.name)
@@ -234,7 +239,7 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs,
                                 sorted(verbatim | kept_verbatim), warnings,
                                 blind and pb.strategy.reboot_without_call_check,
-                                predict.fallbacks_on_failure(new, 1, phone.family.name), moved, set_by, undoes,
+                                predict.fallbacks_on_failure(new, 1, phone.family.name), moved, set_by, undoes, kept,
                                 "pushed" if ran is not None else "inventory",
                                 ran.previous() if ran is not None else None))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
