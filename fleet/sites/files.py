@@ -141,7 +141,7 @@ def survey(inventory, phones) -> dict[str, dict]:
                     pf = phone_files(pub, site.boot_server.url, ph.mac, ph.params,
                                      lambda url: open_publisher(url, creds), site.boot_server.master_file or "")
                     notes = list(pf.notes)
-                    now = applies_now(pub, ph.mac, ph.model, pf, cache, notes)
+                    now = applies_now(pub, ph.mac, inventory.phone(ph.mac)[1].model, pf, cache, notes)
                 except (DriverError, ValueError) as exc:
                     out[ph.mac] = {"error": str(exc)[:200]}
                     continue
