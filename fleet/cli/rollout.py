@@ -123,7 +123,7 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, limit: t
         from fleet.rollout.plan import rediff
         from fleet.sites.files import describe, survey   # read only: each phone's master and override files
 
-        found = survey(inv, p.phones)
+        found = survey(inv, p.phones, with_values=True)
         rediff(p, {mac: r["applies"] for mac, r in found.items() if "applies" in r})
         for r in found.values():
             r.pop("applies", None)     # in the diff now; the site's whole configuration is not the plan's business

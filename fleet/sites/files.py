@@ -108,14 +108,14 @@ def applies_now(pub: Publisher, mac: str, model: str, pf: PhoneFiles, cache: dic
     return out
 
 
-def survey(inventory, phones) -> dict[str, dict]:
+def survey(inventory, phones, with_values: bool = False) -> dict[str, dict]:
     """The dry run's look at each planned phone's boot server, read only: its master and what would shadow ours.
 
     `phones` are rollout_plan.PhonePlan entries (secret values masked: a secret
     parameter set in an override file counts as shadowed). Per MAC: `master`
     (the file the phone reads), `creates` (whether `<MAC>.cfg` would be made
-    from the default master), `shadowed` (reasons), `notes`, `applies` (the
-    non-secret values the phone applies from the boot server now: applies_now),
+    from the default master), `shadowed` (reasons), `notes`, with `with_values`
+    `applies` (the non-secret values the phone applies from the boot server now: applies_now),
     or `error` when the boot server or its master could not be read.
     """
     out: dict[str, dict] = {}
@@ -146,7 +146,9 @@ def survey(inventory, phones) -> dict[str, dict]:
                     out[ph.mac] = {"error": str(exc)[:200]}
                     continue
                 out[ph.mac] = {"master": pf.master_from, "creates": pf.creates_master,
-                               "shadowed": [s.reason() for s in pf.shadows], "notes": notes, "applies": now}
+                               "shadowed": [s.reason() for s in pf.shadows], "notes": notes}
+                if with_values:
+                    out[ph.mac]["applies"] = now
                 if pf.shared_master:
                     out[ph.mac]["shared"] = True
                     family = inventory.phone(ph.mac)[1].family.name
