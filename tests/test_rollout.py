@@ -247,3 +247,20 @@ def test_failover_drill_gates_the_rollout_after_the_canaries(fleet_lab, redis_ur
     assert all(float(s["settled_at"]) <= started for s in canary.values()), (canary, drill)
     assert all(float(s["dispatched_at"]) >= finished for s in others.values()), (
         {m: s["dispatched_at"] for m, s in others.items()}, drill)
+
+
+def test_limit_by_site_runs_only_that_sites_phones(fleet_lab, redis_url, tmp_path):
+    """`--limit west` keeps, of a playbook aimed at phones of both sites, only west's (tests/test_rollout_stack_lab.py:
+    MACs and models); last in this module, so the rollouts above find every phone as they expect."""
+    sites = macs_by_site(fleet_lab)
+    east, west = sorted(sites["east"]), sorted(sites["west"])
+    pb = playbook(tmp_path, params={"reg.1.server.1.expires": 16}, targets={"macs": [east[0], west[0], west[1]]},
+                  strategy={"canary": 0, "wave_size": 5, "max_unavailable": 3, "failure_budget": {"total": 0},
+                            "progress_deadline": 120})
+    t0 = time.time()
+    res = run_fleet(["rollout", "run", str(pb), "--inventory", str(fleet_lab.inventory), "--limit", "west", "--json"],
+                    redis_url, timeout=240)
+    out = json.loads(res.stdout or "{}")
+    assert res.returncode == 0 and out["counts"] == {"total": 2, "verified": 2}, res.stderr[-3000:]
+    count = reboots(fleet_lab.status()["ground_truth"], t0)
+    assert {m for m, n in count.items() if n} == {west[0], west[1]} and count[west[0]] == count[west[1]] == 1

@@ -28,13 +28,25 @@ def _load_rollout(playbook_path: str, inventory_path: str):
     return load_checked(playbook.load, plan.check_against, playbook_path, inventory_path)
 
 
-def _plan(pb, inv, rid: str, last_pushed: dict | None, playbook_path: str):
+def _plan(pb, inv, rid: str, applied: dict | None, playbook_path: str, limit: frozenset[str] | None = None):
     from fleet.rollout.plan import PlanError, plan
 
     try:
-        return plan(inv, pb, rid, last_pushed, inv.registrar_limits)
+        return plan(inv, pb, rid, limits=inv.registrar_limits, limit=limit, applied=applied or {})
     except PlanError as exc:
-        fail(f"{playbook_path}: {exc}", EXIT_INPUT)
+        fail(f"{playbook_path}: {exc}" if "--limit" not in str(exc) else str(exc), EXIT_INPUT)
+
+
+def _limit(inv, items: tuple[str, ...]) -> frozenset[str] | None:
+    """`--limit` as a set of MACs, or None without one; an item naming nothing is bad input (exit 2)."""
+    if not items:
+        return None
+    from fleet.rollout.plan import PlanError, limit_macs
+
+    try:
+        return limit_macs(inv, list(items))
+    except PlanError as exc:
+        fail(str(exc), EXIT_INPUT)
 
 
 def _print_plan(p, console: Console) -> None:
@@ -44,12 +56,29 @@ def _print_plan(p, console: Console) -> None:
         console.print(Text(f"  wave {i}: {plural(len(wave), 'phone')} ({', '.join(wave[:6])}{', ...' if len(wave) > 6 else ''})"))
     changed = [ph for ph in p.phones if ph.diff]
     console.print(f"[bold]parameter changes[/bold] ({len(changed)} phones change, {len(p.phones) - len(changed)} unchanged)")
+    against = sorted({ph.diff_against for ph in p.phones})
+    console.print(Text(f"  (old values: what each phone applies now, from {' / '.join(against)}; "
+                       "None: no file sets it, the firmware default applies)"))
     for ph in changed[:50]:
         for name, (old, new) in ph.diff.items():
             verbatim = " (uncatalogued: passed through verbatim, unchecked)" if name in ph.verbatim else ""
-            console.print(Text(f"  {ph.mac} {name}: {old!s} -> {new!s}{verbatim}"))
+            by = ph.set_by.get(name)
+            origin = f" (kept from rollout {by[0]})" if by and by[0] != p.rollout else ""
+            console.print(Text(f"  {ph.mac} {name}: {old!s} -> {new!s}{verbatim}{origin}"))
     if len(changed) > 50:
         console.print(f"  ... and {len(changed) - 50} more phones")
+    undoing = [ph for ph in p.phones if ph.undoes]
+    if undoing:
+        console.print(f"[bold yellow]changes values earlier rollouts set[/bold yellow] ({len(undoing)} phones)")
+        for ph in undoing[:50]:
+            for line in ph.undoes:
+                console.print(Text(f"  {ph.mac} {line}", style="yellow"))
+    kept = [ph for ph in p.phones if ph.kept]
+    if kept:
+        console.print(f"[bold]kept from earlier rollouts over the inventory's value[/bold] ({len(kept)} phones)")
+        for ph in kept[:50]:
+            for line in ph.kept:
+                console.print(Text(f"  {ph.mac} {line}"))
     warned = [ph for ph in p.phones if ph.warnings]
     if warned:
         console.print(f"[bold yellow]failover warnings[/bold yellow] ({plural(len(warned), 'phone')}): "
@@ -68,31 +97,43 @@ def _print_plan(p, console: Console) -> None:
 @rollout.command("run")
 @click.argument("playbook_path", metavar="PLAYBOOK", type=click.Path(dir_okay=False))
 @click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
-@click.option("--dry-run", is_flag=True, help="Print waves, per-phone diff and the refresh-load check; touch nothing.")
+@click.option("--dry-run", is_flag=True, help="Print waves, per-phone diff against what each phone applies now, the "
+                                             "values it changes that earlier rollouts set, and the refresh-load check; "
+                                             "touch nothing.")
+@click.option("--limit", "limit", multiple=True, metavar="MAC|SITE|MODEL",
+              help="Only these of the playbook's targets: MACs, sites or models; repeat it or give a comma list.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-v", "--verbose", is_flag=True, help="A line for every step of every phone (push, reboot, verify...).")
-def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json: bool, verbose: bool) -> None:
+def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, limit: tuple[str, ...], as_json: bool,
+                verbose: bool) -> None:
     """Roll PLAYBOOK out: canaries, then waves; halts when the failure budget is spent (exit 1)."""
     pb, inv = _load_rollout(playbook_path, inventory_path)   # everything validated before the heavy imports
+    only = _limit(inv, limit)
     from fleet.rollout.driver import new_id
 
     rid = new_id(pb.name)
     if dry_run:
-        last = None
+        now = None
         if os.environ.get("FLEET_REDIS_URL"):
+            from fleet.rollout import applied
             from fleet.state.store import RolloutStore, Store
 
             try:
                 store = Store(os.environ["FLEET_REDIS_URL"])
-                last = RolloutStore(store).last_pushed([p.mac for s in inv.sites for p in s.phones])
+                now = applied.read(RolloutStore(store), [p.mac for s in inv.sites for p in s.phones])
             except Exception:  # a dry run works without Redis too; it then diffs against the inventory
-                last = None
-        p = _plan(pb, inv, rid, last, playbook_path)
+                now = None
+        p = _plan(pb, inv, rid, now, playbook_path, only)
+        from fleet.rollout.plan import rediff
         from fleet.sites.files import describe, survey   # read only: each phone's master and override files
 
-        found = survey(inv, p.phones)
+        found = survey(inv, p.phones, with_values=True)
+        rediff(p, {mac: r["applies"] for mac, r in found.items() if "applies" in r})
+        for r in found.values():
+            r.pop("applies", None)     # in the diff now; the site's whole configuration is not the plan's business
         if as_json:
-            click.echo(json.dumps(p.to_dict(refs=False) | {"dry_run": True, "site_files": found}, indent=1))
+            click.echo(json.dumps(p.to_dict(refs=False) | {"dry_run": True, "site_files": found,
+                                                           "limit": sorted(only) if only else None}, indent=1))
         else:
             _print_plan(p, Console())
             Console().print("[bold]site files[/bold]")
@@ -106,9 +147,9 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
 
     configure(store.url)
     try:
-        rid, pb, inv, _ = create(playbook_path, inventory_path, store, rid)
+        rid, pb, inv, _ = create(playbook_path, inventory_path, store, rid, limit=list(limit) or None)
     except PlanError as exc:
-        fail(f"{playbook_path}: {exc}", EXIT_INPUT)
+        fail(f"{playbook_path}: {exc}" if "--limit" not in str(exc) else str(exc), EXIT_INPUT)
     except Overloaded as exc:
         fail(f"refusing: the change would overload a registrar ({exc}); set strategy.allow_overload to override", EXIT_INPUT)
     _drive(rid, pb, inv, store, as_json, verbose)
@@ -180,6 +221,42 @@ def _drive(rid: str, pb, inv, store, as_json: bool, verbose: bool = False) -> No
     exit_now(0 if outcome.status == "done" and not failed else EXIT_FAILED)
 
 
+@rollout.command("revert")
+@click.argument("rid", metavar="ID")
+@click.option("--force", is_flag=True, help="Revert even phones a later rollout changed since (that is undone too).")
+@click.option("--json", "as_json", is_flag=True)
+def rollout_revert(rid: str, force: bool, as_json: bool) -> None:
+    """Roll a finished rollout back from its backups (kept with `keep_backups: true`), as a rollout of its own:
+    its waves, one phone at a time per site as it did, each phone verified after its reboot."""
+    from fleet.worker.app import configure
+    from fleet.rollout.driver import new_id
+    from fleet.rollout.revert import RevertRefused, meta_for, missing_backups, plan_revert, revert_playbook
+    from fleet.state.store import RolloutStore
+
+    store = open_store()     # a rollout to revert is existing state: no private Redis
+    rs = RolloutStore(store)
+    meta = rs.get(rid)
+    new_rid = new_id(f"revert-{meta.get('playbook') or 'rollout'}")
+    try:
+        p, notes = plan_revert(rs, rid, new_rid, force)
+    except RevertRefused as exc:
+        fail(f"refusing to revert: {exc}", EXIT_INPUT)
+    pb, inv = _load_rollout(meta["playbook_path"], meta["inventory_path"])
+    missing = missing_backups(inv, rs, rid, p)
+    if missing:
+        fail(f"refusing to revert: rollout {rid}'s backups are gone: " + "; ".join(missing[:5])
+             + (f"; and {len(missing) - 5} more" if len(missing) > 5 else ""), EXIT_INPUT)
+    pb = revert_playbook(pb, p.to_dict())
+    rs.create(new_rid, pb.name, p.to_dict(), meta_for(rid, meta, pb))
+    rs.log(rid, "reverted_by", rollout=new_rid, phones=len(p.phones))
+    console = Console(stderr=as_json)
+    console.print(Text(f"reverting {rid}: {len(p.phones)} phones back to what they ran before it"))
+    for note in notes[:50]:
+        console.print(Text(f"  {note}", style="yellow"))
+    configure(store.url)
+    _drive(new_rid, pb, inv, store, as_json)
+
+
 @rollout.command("status")
 @click.argument("rid", metavar="ID")
 @click.option("--json", "as_json", is_flag=True)
@@ -238,6 +315,10 @@ def rollout_resume(rid: str, budget: int | None, as_json: bool, verbose: bool) -
         err.print(Text(f"rollout {rid} is already done"))
         sys.exit(0)
     pb, inv = _load_rollout(meta["playbook_path"], meta["inventory_path"])
+    if meta.get("revert_of"):      # a revert runs its rollout's playbook without drill, verifying what it restores
+        from fleet.rollout.revert import revert_playbook
+
+        pb = revert_playbook(pb, meta["plan"])
     if budget is not None:
         rs.set(rid, budget_override=budget)
     rs.set(rid, abort="0")

@@ -35,6 +35,35 @@ def backup_name(name: str, rid: str) -> str:
     return f"{name}.before-{rid}"
 
 
+def restored(pub: Publisher, rid: str, mac: str, marks: dict[str, str], named_master: str = "",
+             others: tuple[str, ...] = ()) -> dict[str, bytes | None]:
+    """The phone's files as they were before rollout `rid`, from its backups (a revert): name -> content, or None
+    for a file the rollout created (to delete). A file the rollout left as it was is not listed.
+
+    The named master, shared by the site's phones, is put back only when none of `others` (the site's other
+    phones) has a fleet file on the boot server: they still need its entry. A backup that is gone raises
+    ValueError naming it, before anything is written.
+    """
+    if not SAFE_ID.match(rid):
+        raise ValueError(f"rollout id {rid[:80]!r} is not a plain name")
+    out: dict[str, bytes | None] = {}
+    for name, mark in sorted(marks.items()):
+        if mark == "same":
+            continue
+        if name == named_master and named_master:
+            if mark != "yes" or any(pub.read(polycom.fleet_file_name(m)) is not None for m in others):
+                continue
+        if mark == "absent":
+            out[name] = None
+            continue
+        old = pub.read(backup_name(name, rid))
+        if old is None:
+            raise ValueError(f"the backup of {name} from rollout {rid} ({backup_name(name, rid)}) is gone from "
+                             f"{pub.name}: phone {mac} cannot be reverted")
+        out[name] = old
+    return out
+
+
 def remove(pub: Publisher, rid: str, phones: dict[str, dict], named_master: str = "") -> tuple[int, int]:
     """Delete the backups `phones` (MAC -> rollout record) say were written; (files removed, phones kept).
 

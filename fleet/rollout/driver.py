@@ -30,7 +30,8 @@ from fleet.experiment.runner import ExperimentRunner
 from fleet.rollout import backups as rollout_backups
 from fleet.rollout import playbook as rollout_playbook
 from fleet.rollout import policy
-from fleet.rollout.plan import plan
+from fleet.rollout import applied
+from fleet.rollout.plan import limit_macs, plan
 from fleet.rollout.playbook import RolloutPlaybook
 from fleet.state.lease import LeaseLost, SiteLease, default_ttl
 from fleet.state.store import RolloutStore, Store
@@ -419,17 +420,25 @@ class Overloaded(ValueError):
     """The change would push a registrar over its REGISTER/s limit (R6) and the playbook does not allow it."""
 
 
-def create(playbook_path: str, inventory_path: str, store: Store, rid: str | None = None, exclusive: bool = False):
+def create(playbook_path: str, inventory_path: str, store: Store, rid: str | None = None, exclusive: bool = False,
+           limit: list[str] | None = None):
     """Validate, plan and record a rollout; returns (id, playbook, inventory, plan). Nothing is touched yet.
 
-    With `exclusive`, store.RolloutExists is raised if `rid` was created before (by another copy of the same run)."""
+    The plan stacks on what each phone runs now (fleet.rollout.applied). `limit` (`--limit` items: MACs, sites,
+    models) narrows the targets; it is recorded with the rollout, whose stored plan holds only those phones, so a
+    resume keeps it. With `exclusive`, store.RolloutExists is raised if `rid` was created before (by another copy
+    of the same run)."""
     pb = rollout_playbook.load(playbook_path)
     inv = inv_mod.load(inventory_path)
     rid = rid or new_id(pb.name)
     rs = RolloutStore(store)
-    p = plan(inv, pb, rid, rs.last_pushed([ph.mac for s in inv.sites for ph in s.phones]), inv.registrar_limits)
+    only = limit_macs(inv, limit) if limit else None
+    now = applied.read(rs, [ph.mac for s in inv.sites for ph in s.phones])
+    p = plan(inv, pb, rid, limits=inv.registrar_limits, limit=only, applied=now)
     if p.overloaded and not pb.strategy.allow_overload:
         raise Overloaded("; ".join(p.overloaded))
     rs.create(rid, pb.name, p.to_dict(), {"playbook_path": str(Path(playbook_path).resolve()),
-                                          "inventory_path": str(Path(inventory_path).resolve())}, exclusive=exclusive)
+                                          "inventory_path": str(Path(inventory_path).resolve()),
+                                          "limit": ",".join(limit or []),
+                                          "keep_backups": "1" if pb.keep_backups else "0"}, exclusive=exclusive)
     return rid, pb, inv, p

@@ -8,12 +8,20 @@ are masked as `***` in the parameters and the diff (what a dry run prints and
 Redis keeps); their references travel apart, in `secret_refs`, for the worker,
 and the content hash is taken over the references so a changed one still
 changes the hash.
+
+Rollouts stack: a phone's new parameters are the inventory's, then every value
+an earlier rollout's playbook set and this one does not (`Applied.set_by`,
+fleet.rollout.applied), then this playbook's. Only a playbook that sets a
+value, or names it in `reset`, changes what an earlier rollout set, and the
+plan says so in `undoes` ("20 (set by rollout R on DATE) -> 10 (...)").
+`--limit` narrows the playbook's targets to some phones, sites or models.
 """
 from __future__ import annotations
 
 import hashlib
 import json
 import re
+import time
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,6 +40,7 @@ from fleet.drivers.control.rest import uses_state_polling
 from fleet.config import validate
 from fleet.config.inventory import Inventory, Phone, Site
 from fleet.experiment import playbook as experiment_playbook
+from fleet.rollout.applied import Applied, when
 from fleet.rollout.playbook import RolloutPlaybook, amount, verbatim_names
 
 REF = re.compile(r"\{(site|phone|provider)\.([a-z_]+)\}")
@@ -58,12 +67,27 @@ class PhonePlan:
     on_failure_fallbacks: list[int] = field(default_factory=list)
     # of those, the ones whose address or port this push changes: silence there proves nothing (predict.moved_fallbacks)
     moved_fallbacks: list[int] = field(default_factory=list)
+    # name -> [rollout id, when it was planned]: every value a rollout's playbook set, this one's and those kept
+    set_by: dict[str, list] = field(default_factory=dict)
+    # values an earlier rollout set that this plan changes, one sentence each (stacking: only the playbook does that)
+    undoes: list[str] = field(default_factory=list)
+    # values an earlier rollout set that stay although the inventory now says otherwise (`reset` takes the inventory's)
+    kept: list[str] = field(default_factory=list)
+    # what the diff's old values are: "pushed" (the last verified rollout), "inventory" (nothing pushed yet) or
+    # "boot server" (the dry run read the site's files: fleet.sites.files.survey, rediff)
+    diff_against: str = "inventory"
+    # what the phone ran before this push, for `fleet rollout revert`: params (masked), secret_refs, verbatim,
+    # config_hash, set_by of the rollout it came from; None when no rollout had pushed to it (the site's files alone)
+    previous: dict | None = None
+    restore_from: str = ""            # a revert: the rollout whose backups this phone's push writes back
 
     def to_dict(self, refs: bool = True) -> dict:
         """The phone's plan; without `refs`, as shown to people (a dry run): no secret reference at all."""
         out = asdict(self)
         if not refs:
             del out["secret_refs"]
+            if out["previous"]:
+                out["previous"] = {k: v for k, v in out["previous"].items() if k != "secret_refs"}
         return out
 
     def pushed_params(self) -> dict[str, str]:
@@ -102,6 +126,30 @@ def config_hash(params: dict[str, str]) -> str:
     return hashlib.sha256(json.dumps(params, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def limit_macs(inv: Inventory, items: list[str]) -> frozenset[str]:
+    """The phones `--limit` names (as Ansible's): each item a MAC (any case, with or without colons), a site or a
+    model; comma lists allowed; the union. An item that names nothing is a PlanError with "did you mean"."""
+    names = [s.name for s in inv.sites]
+    models = sorted({p.model for s in inv.sites for p in s.phones})
+    macs = {p.mac for s in inv.sites for p in s.phones}
+    out: set[str] = set()
+    for raw in items:
+        for item in (x.strip() for x in raw.split(",")):
+            if not item:
+                continue
+            mac = item.lower().replace(":", "").replace("-", "")
+            found = {mac} & macs
+            found |= {p.mac for s in inv.sites if s.name == item for p in s.phones}
+            found |= {p.mac for s in inv.sites for p in s.phones if p.model.lower() == item.lower()}
+            if not found:
+                raise PlanError(f"--limit {item!r}: no phone, site or model of that name in inventory {inv.name}"
+                                + values.did_you_mean(item, names + models + sorted(macs)))
+            out |= found
+    if not out:
+        raise PlanError("--limit names nothing")
+    return frozenset(out)
+
+
 def targets(inv: Inventory, pb: RolloutPlaybook) -> list[tuple[Site, Phone]]:
     sites = pb.targets.sites or [s.name for s in inv.sites]
     out = []
@@ -120,20 +168,42 @@ def targets(inv: Inventory, pb: RolloutPlaybook) -> list[tuple[Site, Phone]]:
 
 
 def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict[str, dict] | None = None,
-         limits: dict[str, float] | None = None) -> Plan:
-    last_pushed = last_pushed or {}
+         limits: dict[str, float] | None = None, limit: frozenset[str] | None = None,
+         applied: dict[str, Applied] | None = None, now: float | None = None) -> Plan:
+    """The rollout's plan. `applied` (fleet.rollout.applied.read) is what each phone runs now and which rollout
+    set each value; `last_pushed` (pushed parameters alone, no provenance) is the older, plainer form of it.
+    `limit` (limit_macs) keeps only those of the targets."""
+    if applied is None:
+        applied = {mac: Applied(dict(params)) for mac, params in (last_pushed or {}).items() if params}
+    now = time.time() if now is None else now
     selected = targets(inv, pb)
     if not selected:
         raise PlanError("the targets select no phone")
+    if limit is not None:
+        selected = [(s, p) for s, p in selected if p.mac in limit]
+        if not selected:
+            raise PlanError("--limit leaves none of the playbook's targets (its targets: "
+                            + (", ".join(pb.targets.sites) or "every site")
+                            + (f"; models {', '.join(pb.targets.models)}" if pb.targets.models else "")
+                            + (f"; {len(pb.targets.macs)} MACs" if pb.targets.macs else "") + ")")
     phones: list[PhonePlan] = []
     verbatim = verbatim_names(pb)   # allow_uncatalogued: written as given, never checked or interpolated
     for site, phone in selected:
         base = inv.effective_params(site, phone)
+        ran = applied.get(phone.mac)
         new = dict(base)
+        set_by: dict[str, list] = {}
+        if ran is not None:      # stacking: what earlier rollouts set stays, unless this playbook sets or resets it
+            for name, origin in ran.set_by.items():
+                if name in ran.params and name not in pb.params and name not in pb.reset:
+                    new[name] = ran.params[name]
+                    set_by[name] = list(origin)
         for name, value in pb.params.items():
             new[name] = str(value) if name in verbatim else _interpolate(str(value), site, phone, inv, name)
+            set_by[name] = [rollout_id, now]
+        kept_verbatim = set(ran.verbatim) & set(set_by) if ran is not None else set()
         for name, value in new.items():
-            if name in verbatim:
+            if name in verbatim or name in kept_verbatim:
                 continue
             if name not in pb.params and phone.family.lookup(name) is None:
                 continue    # an inherited site/fleet parameter this phone's firmware does not have: it ignores it
@@ -144,9 +214,13 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
             why = secret_params.problem(name, value)   # again after interpolation: "{site.gateway}" may hold a reference
             if why:
                 raise PlanError(f"phone {phone.mac} (site {site.name}): {why}")
-        old = last_pushed.get(phone.mac) or base
+        old = ran.params if ran is not None else base
         diff = {k: [secret_params.mask(k, old.get(k)), secret_params.mask(k, new.get(k))]
                 for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)}
+        undoes = _undoes(ran, new, base, pb) if ran is not None else []
+        kept = [f"{k}: {secret_params.mask(k, new[k])} (set by rollout {v[0]} on {when(v[1])}) stays; the inventory "
+                f"says {secret_params.mask(k, base[k])} (`reset: [{k}]` takes it)"
+                for k, v in sorted(set_by.items()) if v[0] != rollout_id and k in base and base[k] != new[k]]
         masked, refs = secret_params.split(new)
         blind = phone.family.call_state_source is None
         warnings = failover_lint.problems(new, phone.family.name)
@@ -162,9 +236,12 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         if blind and not pb.strategy.reboot_without_call_check:
             warnings.append(f"{phone.family.name} cannot report its call state: the phone will be deferred, never "
                             "rebooted (strategy.reboot_without_call_check: true reboots it unchecked)")
-        phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs, sorted(verbatim),
-                                warnings, blind and pb.strategy.reboot_without_call_check,
-                                predict.fallbacks_on_failure(new, 1, phone.family.name), moved))
+        phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs,
+                                sorted(verbatim | kept_verbatim), warnings,
+                                blind and pb.strategy.reboot_without_call_check,
+                                predict.fallbacks_on_failure(new, 1, phone.family.name), moved, set_by, undoes, kept,
+                                "pushed" if ran is not None else "inventory",
+                                ran.previous() if ran is not None else None))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
     per_site = defaultdict(int)
     for p in phones:
@@ -179,6 +256,49 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
                   if v["primary_down"] > limits[addr] else f"{addr}: {v['normal']:.1f} REGISTER/s (limit {limits[addr]:g})"
                   for addr, v in load.items() if limits and addr in limits and max(v["normal"], v["primary_down"]) > limits[addr]]
     return Plan(rollout_id, phones, waves, dict(max_unavailable), budget_total, budget_sites, load, overloaded)
+
+
+def _undoes(ran: Applied, new: dict[str, str], base: dict[str, str], pb: RolloutPlaybook) -> list[str]:
+    """Each value an earlier rollout set that this plan changes, and why: the playbook sets it, or resets it."""
+    out = []
+    for name, (rid, at) in sorted(ran.set_by.items()):
+        before, after = ran.params.get(name), new.get(name)
+        if before == after:
+            continue
+        if name in pb.params:
+            why = "this playbook sets it"
+        elif name in base:
+            why = "this playbook resets it to the inventory's value"
+        else:
+            why = "this playbook resets it: fleet no longer writes it, the site's files or the firmware default apply"
+        out.append(f"{name}: {secret_params.mask(name, before)} (set by rollout {rid} on {when(at)}) -> "
+                   f"{secret_params.mask(name, after) if after is not None else '(not written)'} ({why})")
+    return out
+
+
+def rediff(p: Plan, now_by_mac: dict[str, dict[str, str]]) -> None:
+    """The dry run's diff against what each phone applies now: the values the last rollout pushed, and for every
+    other value the site's files on the boot server (`now_by_mac`, fleet.sites.files.survey; secrets not read).
+
+    A secret parameter keeps the plan's comparison (references, never values)."""
+    for ph in p.phones:
+        site_now = now_by_mac.get(ph.mac)
+        if site_now is None:
+            continue
+        pushed = (ph.previous or {}).get("params", {}) if ph.diff_against == "pushed" else {}
+        new = ph.params
+        diff = {k: v for k, v in ph.diff.items() if secret_params.is_secret(k)}
+        for k in sorted(new):
+            if secret_params.is_secret(k):
+                continue
+            old = pushed[k] if k in pushed else site_now.get(k)
+            if old != new[k]:
+                diff[k] = [old, new[k]]
+        for k in sorted(set(pushed) - set(new)):
+            if not secret_params.is_secret(k) and pushed[k] != site_now.get(k):
+                diff[k] = [pushed[k], site_now.get(k)]   # fleet stops writing it: the site's files apply again
+        ph.diff = dict(sorted(diff.items()))
+        ph.diff_against = ("pushed" if pushed else "") + (" and " if pushed else "") + "boot server"
 
 
 def failure_budget(value: int | str, of: int) -> int:

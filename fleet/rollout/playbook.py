@@ -103,6 +103,9 @@ class RolloutPlaybook(Strict):
     allow_uncatalogued: bool = Field(False, description="pass parameters the catalogue does not know through "
                                                         "verbatim (unchecked; shown as such in the dry run)")
     params: dict[str, str | int] = Field(min_length=1)
+    reset: list[str] = Field(default=[], max_length=1000,
+                             description="parameters an earlier rollout set that this one puts back to the inventory's "
+                                         "value (or stops writing): rollouts stack, so without this they stay")
     strategy: Strategy = Strategy()
     verify: Verify = Verify()
     rollback: bool = True
@@ -118,6 +121,23 @@ class RolloutPlaybook(Strict):
     def secrets_placed(cls, v: dict[str, str | int]) -> dict[str, str | int]:
         """`secret:`/`env:` only in secret parameters, which take nothing else (fleet.phoneconf.secrets)."""
         secret_params.validate_field(v)
+        return v
+
+    @field_validator("reset")
+    @classmethod
+    def reset_names(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        """Names a rollout may have written: catalogue parameters (or uncatalogued ones in a dotted form), each once,
+        none that this playbook also sets."""
+        seen: set[str] = set()
+        params = info.data.get("params") or {}
+        for i, name in enumerate(v):
+            if catalogue.lookup(name) is None and not VERBATIM_NAME.match(name):
+                raise FieldError((i,), f"{name[:80]}: not a parameter name")
+            if name in seen:
+                raise FieldError((i,), f"{name} is listed twice")
+            if name in params:
+                raise FieldError((i,), f"{name} is also in params: a playbook sets a value or resets it, not both")
+            seen.add(name)
         return v
 
     @field_validator("params", mode="before")

@@ -44,6 +44,8 @@ class _Entry(BaseModel):
     config_hash: str = Field(pattern=r"^[0-9a-f]{16}$")
     verbatim: list[str] = Field([], max_length=1_000)   # allow_uncatalogued names (fleet.rollout.playbook.uncatalogued)
     unchecked_reboot: bool = False   # strategy.reboot_without_call_check, for a family that cannot report call state
+    # a revert (`fleet rollout revert`): the rollout whose backups of this phone's files are written back
+    restore_from: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,120})?$")
 
 
 @dataclass(frozen=True)
@@ -56,6 +58,7 @@ class Checked:
     backups: dict[str, str]              # file name -> BACKUP_MARKS value, only the renderer's names
     attempt: int
     unchecked_reboot: bool = False
+    restore_from: str = ""               # a revert: the rollout whose backups the push writes back
 
 
 def file_names(mac: str, named_master: str = "") -> frozenset[str]:
@@ -120,6 +123,15 @@ def _backups(mac: str, state: dict, named_master: str = "") -> dict[str, str]:
     return marks
 
 
+def restore_marks(inv: Inventory, rid: str, mac: str, state: dict) -> dict[str, str]:
+    """What rollout `rid` recorded about backing up `mac`'s files (its record `state`), for a revert to write back:
+    only the renderer's names for this phone, marks as BACKUP_MARKS; PlanRefused when the record says otherwise."""
+    site, _ = _phone(inv, mac)
+    if not state:
+        raise PlanRefused(f"phone {mac} has no record in rollout {rid}: nothing to restore from")
+    return _backups(mac, state, site.boot_server.master_file or "")
+
+
 def check(inv: Inventory, rid: str, mac: str, state: dict) -> Checked:
     """Everything a push or rollback of `mac` in rollout `rid` reads from its record, checked; or PlanRefused."""
     site, phone = _phone(inv, mac)
@@ -146,4 +158,4 @@ def check(inv: Inventory, rid: str, mac: str, state: dict) -> Checked:
         raise PlanRefused(f"phone {mac}: attempt {attempt[:20]!r} is not a number of attempts")
     return Checked(site, phone, entry.params, dict(entry.secret_refs), entry.config_hash,
                    _backups(mac, state, site.boot_server.master_file or ""), int(attempt),
-                   entry.unchecked_reboot and phone.family.call_state_source is None)
+                   entry.unchecked_reboot and phone.family.call_state_source is None, entry.restore_from)

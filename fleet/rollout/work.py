@@ -143,7 +143,8 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         rs.log(rid, "reboot-unchecked", mac=mac, reason=f"{check.reason} (strategy.reboot_without_call_check)"[:300])
     with _settles_as(rs, rid, mac, "failed", retry_on):
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
-        _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds, site.boot_server.master_file or "")
+        _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds, site.boot_server.master_file or "",
+                 _restore_marks(inv, rs, plan.restore_from, mac), tuple(p.mac for p in site.phones if p.mac != mac))
         if not rs.claim_reboot(rid, mac, attempt):
             # an earlier copy of this task claimed the reboot and died before recording it
             if rs.phone(rid, mac).get("reboot_at"):
@@ -175,21 +176,41 @@ def _may_stay_up(control: phones.PhoneControl, sent: list[str], params: dict[str
     return {"reboot_optional": "1", "reports_shutdown": "1" if control.reports_shutdown(params) else "0"}
 
 
+def _restore_marks(inv: inv_mod.Inventory, rs: RolloutStore, restore_from: str, mac: str) -> tuple[str, dict] | None:
+    """For a revert: (the reverted rollout, what it recorded about backing up this phone's files), checked."""
+    if not restore_from:
+        return None
+    try:
+        return restore_from, plan_check.restore_marks(inv, restore_from, mac, rs.phone(restore_from, mac))
+    except plan_check.PlanRefused as exc:
+        raise ValueError(str(exc)) from None
+
+
 @step("publish")
 def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str, str], url: str,
-             boot_creds: inv_mod.Credentials, named_master: str = "") -> None:
+             boot_creds: inv_mod.Credentials, named_master: str = "", restore: tuple[str, dict] | None = None,
+             others: tuple[str, ...] = ()) -> None:
     """Back up the phone's current files (once) and write ours, the master file last.
 
     The master is the one the phone reads today with our file put first in its
     CONFIG_FILES (fleet.sites.files); what the phone's override files would
     shadow is recorded, and verification fails such a phone with that reason.
+    A revert (`restore`: the reverted rollout and its backup marks) writes that
+    rollout's backups back instead (None: a file it created, deleted), the
+    master first; its own backups let it be rolled back like any push.
     """
     pub = open_publisher(url, boot_creds)
     try:
-        prepared = site_files.phone_files(pub, url, mac, params, lambda u: open_publisher(u, boot_creds), named_master)
-        files = prepared.files
+        if restore is None:
+            prepared = site_files.phone_files(pub, url, mac, params, lambda u: open_publisher(u, boot_creds),
+                                              named_master)
+            files: dict[str, bytes | None] = dict(prepared.files)
+            shadowed = prepared.shadowed()
+        else:
+            files = rollout_backups.restored(pub, restore[0], mac, restore[1], named_master, others)
+            shadowed = ""
         todo = [n for n in files if not state.get(f"backed_up:{n}")]
-        rs.set_phone(rid, mac, shadowed=prepared.shadowed(), state="publishing", **{f"backing_up:{n}": "1" for n in todo})
+        rs.set_phone(rid, mac, shadowed=shadowed, state="publishing", **{f"backing_up:{n}": "1" for n in todo})
         outcome = {}
         for name in todo:
             backup = rollout_backups.backup_name(name, rid)
@@ -201,14 +222,21 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
             if old is not None and old != files[name]:
                 pub.write(backup, old)
             # "same": the file already holds what we render (the master file, mostly): nothing to write or restore
-            outcome[f"backed_up:{name}"] = "absent" if old is None else ("same" if old == files[name] else "yes")
+            # (a revert's deletion of a file that is not there is "same" too)
+            outcome[f"backed_up:{name}"] = "same" if old == files[name] else ("absent" if old is None else "yes")
         if outcome:
             rs.set_phone(rid, mac, **outcome)
         marks = {n: outcome.get(f"backed_up:{n}") or state.get(f"backed_up:{n}") for n in files}
         ours = polycom.fleet_file_name(mac)
-        for name in sorted(files, key=lambda n: n != ours):   # the master file last
-            if marks[name] != "same":
-                pub.write(name, files[name])
+        # a push writes the master last, a revert first: the phone never reads a master naming a file not there
+        for name in sorted(files, key=lambda n: (n != ours) != (restore is not None)):
+            content = files[name]
+            if marks[name] == "same":
+                continue
+            if content is None:
+                pub.delete(name)
+            else:
+                pub.write(name, content)
     finally:
         pub.close()
 

@@ -19,6 +19,7 @@ from soundpoint import bootfiles
 
 from fleet.sites import overrides
 from fleet.phoneconf import polycom
+from fleet.phoneconf import secrets as secret_params
 from fleet.drivers.publish import Publisher
 from fleet.drivers.errors import DriverError
 from fleet.drivers.publish import open_publisher
@@ -38,6 +39,7 @@ class PhoneFiles:
     shadows: list[overrides.Shadow] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
     named_master: str = ""             # the inventory's boot_server.master_file, if any
+    override_files: list[tuple[str, dict[str, str]]] = field(default_factory=list)   # highest precedence first
 
     @property
     def creates_master(self) -> bool:
@@ -75,17 +77,46 @@ def phone_files(pub: Publisher, boot_url: str, mac: str, params: dict[str, str],
     files = polycom.render_phone_files(mac, params, data, name, named_master)
     master = bootfiles.parse_master(name, data)
     found = overrides.read(pub, boot_url, mac, master, open_dir)
-    return PhoneFiles(files, name, master, found.shadows(params), found.notes, named_master)
+    return PhoneFiles(files, name, master, found.shadows(params), found.notes, named_master, found.files)
 
 
-def survey(inventory, phones) -> dict[str, dict]:
+def applies_now(pub: Publisher, mac: str, model: str, pf: PhoneFiles, cache: dict[str, dict[str, str] | None],
+                notes: list[str]) -> dict[str, str]:
+    """The values the phone applies from the boot server today: its override files, then its master's CONFIG_FILES
+    in order (the first occurrence wins, as the phone reads them; fleet's own file among them once pushed).
+
+    Secret parameters are left out (their values are never read into a plan). A listed file that is missing or not
+    well-formed is skipped, as the phone skips it, with a note; `cache` holds the site's shared files by name.
+    """
+    layers = [values for _, values in pf.override_files]
+    for name in (bootfiles.expand(f, mac) for f in pf.master.config_files_for(model)):
+        if name not in cache:
+            data = pub.read(name)
+            try:
+                cache[name] = None if data is None else bootfiles.parse_parameters(name, data)
+            except bootfiles.BootFileError as exc:
+                cache[name] = None
+                notes.append(f"{exc}: the phone skips it as well")
+        if cache[name] is None:
+            continue
+        layers.append(cache[name])
+    out: dict[str, str] = {}
+    for layer in layers:
+        for k, v in layer.items():
+            if not secret_params.is_secret(k):
+                out.setdefault(k, v)
+    return out
+
+
+def survey(inventory, phones, with_values: bool = False) -> dict[str, dict]:
     """The dry run's look at each planned phone's boot server, read only: its master and what would shadow ours.
 
     `phones` are rollout_plan.PhonePlan entries (secret values masked: a secret
     parameter set in an override file counts as shadowed). Per MAC: `master`
     (the file the phone reads), `creates` (whether `<MAC>.cfg` would be made
-    from the default master), `shadowed` (reasons), `notes`, or `error` when
-    the boot server or its master could not be read.
+    from the default master), `shadowed` (reasons), `notes`, with `with_values`
+    `applies` (the non-secret values the phone applies from the boot server now: applies_now),
+    or `error` when the boot server or its master could not be read.
     """
     out: dict[str, dict] = {}
     by_site: dict[str, list] = {}
@@ -103,16 +134,21 @@ def survey(inventory, phones) -> dict[str, dict]:
         except (DriverError, KeyError, ValueError) as exc:
             out.update({ph.mac: {"error": str(exc)[:200]} for ph in planned})
             continue
+        cache: dict[str, dict[str, str] | None] = {}
         try:
             for ph in planned:
                 try:
                     pf = phone_files(pub, site.boot_server.url, ph.mac, ph.params,
                                      lambda url: open_publisher(url, creds), site.boot_server.master_file or "")
+                    notes = list(pf.notes)
+                    now = applies_now(pub, ph.mac, inventory.phone(ph.mac)[1].model, pf, cache, notes)
                 except (DriverError, ValueError) as exc:
                     out[ph.mac] = {"error": str(exc)[:200]}
                     continue
                 out[ph.mac] = {"master": pf.master_from, "creates": pf.creates_master,
-                               "shadowed": [s.reason() for s in pf.shadows], "notes": pf.notes}
+                               "shadowed": [s.reason() for s in pf.shadows], "notes": notes}
+                if with_values:
+                    out[ph.mac]["applies"] = now
                 if pf.shared_master:
                     out[ph.mac]["shared"] = True
                     family = inventory.phone(ph.mac)[1].family.name

@@ -39,7 +39,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | nothing); expires after two days                                 |                             |
 | `rollouts`                           | zset   | rollout ids by creation time                                     | RolloutStore.create         |
 | `rollout:{id}`                       | hash   | status, playbook, created, plan (JSON), reason, abort flag,      | RolloutStore.create/set     |
-|                                      |        | backups_removed:{site}                                           |                             |
+|                                      |        | backups_removed:{site}, limit (`--limit`), keep_backups (1/0),   |                             |
+|                                      |        | revert_of (a revert: the rollout it reverts)                     |                             |
 | `rollout:{id}:phone:{mac}`           | hash   | state, attempt, wave, plan (the phone's part), reboot_at,        | RolloutStore.create/        |
 |                                      |        | reboot_tried (methods announced before sending), reboot_via,     | set_phone                   |
 |                                      |        | rollback_at, settled_at, error, deferred_at, deferred_reason     |                             |
@@ -836,6 +837,13 @@ class RolloutStore:
 
     def config_version(self, mac: str) -> str | None:
         return self.r.hget(K.phone(mac), "config_version")
+
+    def config_versions(self, macs: list[str]) -> dict[str, str]:
+        """config_version of each phone that has one (one round trip)."""
+        pipe = self.r.pipeline(transaction=False)
+        for mac in macs:
+            pipe.hget(K.phone(mac), "config_version")
+        return {m: v for m, v in zip(macs, pipe.execute()) if v}
 
     def set_pushed(self, mac: str, params: dict, version: str) -> None:
         """Record what the phone now runs; its configured servers (for `fleet status`) follow it."""
