@@ -11,7 +11,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from fleet.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, fail, brief, open_store, load_checked, exit_now, nothing, seconds
+from fleet.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, fail, brief, open_store, load_checked, exit_now, nothing, seconds, check_worker_files
 
 
 @click.group()
@@ -22,7 +22,7 @@ def experiment() -> None:
 @experiment.command("run")
 @click.argument("playbook_path", metavar="PLAYBOOK", type=click.Path(dir_okay=False))
 @click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False),
-              help="Inventory file (or FLEET_INVENTORY).")
+              help="Inventory file (default: FLEET_INVENTORY, or `inventory` in fleet.toml).")
 @click.option("--report-dir", default="reports", show_default=True, type=click.Path(file_okay=False),
               help="Where report.json, junit.xml and report.html go (in a subdirectory per run).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of progress lines.")
@@ -39,7 +39,8 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     from fleet.experiment.signals import SignalGuard
     from fleet.state.store import LeaseHeld
 
-    store = open_store(creates_state=True)
+    store = open_store()
+    check_worker_files(store, inv, [pb.site])
     configure(store.url)
     out = Console(stderr=as_json)
     runner = ExperimentRunner(pb, inv, store, say=lambda s: out.print(Text.assemble((time.strftime('%H:%M:%S'), "dim"), " ", str(s))),

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -10,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fleet.cli.common import EXIT_OK, EXIT_FAILED, err, load_inventory, check_sites
+from fleet.cli.common import EXIT_OK, EXIT_FAILED, err, load_inventory, check_sites, optional_store
 
 
 @click.group("inventory")
@@ -33,7 +32,6 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
     """
     from fleet.config import inventory as inv_mod
     from fleet.sites.probe import device_count, probe
-    from fleet.state.store import Store
 
     inv = load_inventory(inventory_path)
     check_sites(inv, sites)
@@ -44,7 +42,7 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
         return
     secrets = inv_mod.check_secrets(inv)
     # the phones' REST locks live in fleet's Redis: a probe holds them as the collectors and workers do
-    store = Store(os.environ["FLEET_REDIS_URL"]) if os.environ.get("FLEET_REDIS_URL") else None
+    store = optional_store()
     if as_json or not sys.stderr.isatty():
         rows = probe(inv, secrets, sites, timeout, store=store)
     else:

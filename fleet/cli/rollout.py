@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -11,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from fleet.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, err, fail, brief, open_store, load_checked, exit_now
+from fleet.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, err, fail, brief, open_store, optional_store, load_checked, exit_now, check_worker_files
 
 
 @click.group()
@@ -68,7 +67,8 @@ def _print_plan(p, console: Console) -> None:
 @click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
 @click.option("--dry-run", is_flag=True, help="Print waves, per-phone diff and the refresh-load check; touch nothing.")
 @click.option("--json", "as_json", is_flag=True)
-def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json: bool) -> None:
+@click.option("--force", is_flag=True, help="Roll out even when the site's workers run with another inventory or secrets file.")
+def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json: bool, force: bool) -> None:
     """Roll PLAYBOOK out: canaries, then waves; halts when the failure budget is spent (exit 1)."""
     pb, inv = _load_rollout(playbook_path, inventory_path)   # everything validated before the heavy imports
     from fleet.rollout.driver import new_id
@@ -76,11 +76,11 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
     rid = new_id(pb.name)
     if dry_run:
         last = None
-        if os.environ.get("FLEET_REDIS_URL"):
-            from fleet.state.store import RolloutStore, Store
+        store = optional_store()
+        if store is not None:
+            from fleet.state.store import RolloutStore
 
             try:
-                store = Store(os.environ["FLEET_REDIS_URL"])
                 last = RolloutStore(store).last_pushed([p.mac for s in inv.sites for p in s.phones])
             except Exception:  # a dry run works without Redis too; it then diffs against the inventory
                 last = None
@@ -96,10 +96,12 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, as_json:
             for line in describe(found):
                 Console().print(Text("  " + line))
         sys.exit(EXIT_INPUT if p.overloaded and not pb.strategy.allow_overload else 0)
-    store = open_store(creates_state=True)
+    store = open_store()
     from fleet.worker.app import configure
     from fleet.rollout.driver import Overloaded, create
-    from fleet.rollout.plan import PlanError
+    from fleet.rollout.plan import PlanError, targets
+
+    check_worker_files(store, inv, [site.name for site, _ in targets(inv, pb)], refuse=True, force=force)
 
     configure(store.url)
     try:
@@ -191,7 +193,8 @@ def rollout_status(rid: str, as_json: bool) -> None:
 @click.argument("rid", metavar="ID")
 @click.option("--budget", type=int, help="Raise the failure budget (after a halt because it was spent).")
 @click.option("--json", "as_json", is_flag=True)
-def rollout_resume(rid: str, budget: int | None, as_json: bool) -> None:
+@click.option("--force", is_flag=True, help="Resume even when the site's workers run with another inventory or secrets file.")
+def rollout_resume(rid: str, budget: int | None, as_json: bool, force: bool) -> None:
     """Continue a halted or interrupted rollout; verified phones are not touched again."""
     from fleet.worker.app import configure
     from fleet.state.store import RolloutStore
@@ -206,6 +209,7 @@ def rollout_resume(rid: str, budget: int | None, as_json: bool) -> None:
         err.print(Text(f"rollout {rid} is already done"))
         sys.exit(0)
     pb, inv = _load_rollout(meta["playbook_path"], meta["inventory_path"])
+    check_worker_files(store, inv, {p["site"] for p in meta["plan"]["phones"]}, refuse=True, force=force)
     if budget is not None:
         rs.set(rid, budget_override=budget)
     rs.set(rid, abort="0")
