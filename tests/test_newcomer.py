@@ -122,3 +122,17 @@ def test_a_newcomer_runs_an_experiment_on_the_namespace_lab_with_only_fleet_conf
         _first_week(inv, redis_url, tmp_path, experiment_timeout=400)
     finally:
         subprocess.run([BIN / "hil", "down", "--state-dir", str(state)], capture_output=True, timeout=60)
+
+
+def test_the_readme_path_is_the_one_tested_here():
+    """"Using it on your own site" starts with `fleet config init` and its commands need no variable and no
+    --inventory: the commands the tests above run."""
+    section = (ROOT / "README.md").read_text().split("## Using it on your own site", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```sh", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.strip().splitlines() if line.strip()]
+    assert commands[0].startswith("fleet config init --redis-url ") and "--inventory " in commands[0], commands
+    rest = commands[1:]
+    assert "fleet collector --site hq" in rest and any(c.startswith("fleet worker --site hq --no-collect") for c in rest)
+    assert any(c.startswith("fleet experiment run playbooks/wan-outage-fallback.yml") for c in rest)
+    assert any(c.startswith("fleet status --site hq") for c in rest)
+    assert not any("--inventory" in c or "FLEET_" in c for c in rest), rest
