@@ -169,12 +169,12 @@ def test_config_init_force_replaces_a_broken_file(dirs):
 
 
 def test_the_configured_inventory_is_every_commands_default_and_the_environment_wins(dirs, tmp_path):
-    """`--inventory` defaults to fleet.toml's; FLEET_INVENTORY over it; the option over both (the error names which
-    file each run read)."""
+    """`--inventory` (and `inventory check`'s FILE) defaults to fleet.toml's; FLEET_INVENTORY over it; the option
+    over both (the error names which file each run read)."""
     cwd, home = dirs
     (cwd / "fleet.toml").write_text('inventory = "from-file.yml"\n')
     for args in (["rollout", "run", "pb.yml", "--dry-run"], ["experiment", "run", "pb.yml"],
-                 ["collector", "--site", "hq"], ["worker", "--site", "hq"], ["scheduler"]):
+                 ["collector", "--site", "hq"], ["worker", "--site", "hq"], ["scheduler"], ["inventory", "check"]):
         res = _fleet(args, cwd, home)
         assert res.returncode == 2 and "Missing option" not in res.stderr, (args, res.stderr)
         if args[0] in ("rollout", "experiment"):

@@ -34,15 +34,16 @@ INVENTORY_PARAM = "inventory_path"
 
 
 def inventory_defaults(group: click.Group, inventory: str) -> dict:
-    """A click default_map giving every `--inventory` option, at any depth, the configured inventory (the
-    environment variable FLEET_INVENTORY, read by click before the default_map, still wins)."""
+    """A click default_map giving every `--inventory` option (and `inventory check`'s FILE), at any depth, the
+    configured inventory (the environment variable FLEET_INVENTORY, read by click before the default_map, still
+    wins over fleet.toml's; both come in `settings.inventory`)."""
     out: dict = {}
     for name, cmd in group.commands.items():
         if isinstance(cmd, click.Group):
             sub = inventory_defaults(cmd, inventory)
             if sub:
                 out[name] = sub
-        elif any(isinstance(p, click.Option) and p.name == INVENTORY_PARAM for p in cmd.params):
+        elif any(p.name == INVENTORY_PARAM for p in cmd.params):      # `--inventory`, or `inventory check [FILE]`
             out[name] = {INVENTORY_PARAM: inventory}
     return out
 
