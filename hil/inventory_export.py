@@ -203,7 +203,10 @@ def export(lab: LabFile, state_dir: Path, provider_port: int, sites: list[SiteEx
 def write(path: Path, state_dir: Path, inv: dict, secrets_doc: dict) -> None:
     """The secrets file (owner only) beside the lab's state, and the inventory at `path`."""
     secrets_path = state_dir / "secrets.yml"
-    secrets_path.write_text(yaml.safe_dump(secrets_doc, sort_keys=True))
-    os.chmod(secrets_path, 0o600)
+    # created 0600, never readable by others even for a moment (fleet refuses a secrets file others can read)
+    fd = os.open(secrets_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)            # an existing file keeps its mode through O_CREAT
+    with os.fdopen(fd, "w") as out:
+        out.write(yaml.safe_dump(secrets_doc, sort_keys=True))
     path.write_text("# written by `hil up`; reaches the virtual lab exactly as a real site is reached\n"
                     + yaml.safe_dump(inv, sort_keys=False))

@@ -1,12 +1,9 @@
-"""Where Redis is: FLEET_REDIS_URL, or, for a command that creates state, a private redis-server for its run.
+"""A private redis-server for the test suite, the benchmarks and the demo (`start_private`), locked down as below.
 
-Fleet's state (experiments, rollouts, phone status) lives in the Redis that
-FLEET_REDIS_URL names. Without it there is no state to read: a command that
-reads state says so (NoFleetState; the CLI exits 3) instead of starting an
-empty server and printing an empty table. A command that creates state may
-run on a private server (`private_redis_url`); that server and its temporary
-directory are stopped and removed when the process exits (`stop_private`,
-also called by a CLI that leaves through os._exit).
+fleet itself never starts a Redis: its commands use the one fleet.toml (or
+FLEET_REDIS_URL) names, so that every worker, collector and command shares one,
+and say how to configure it when none is (fleet.cli.common.open_store). A Redis
+started per command would leave a worker and an experiment on different ones.
 
 Whoever can write to the broker can queue work for the routers and phones,
 so Redis is never open: the private server (and every test's) has one ACL
@@ -22,14 +19,11 @@ command line (visible in `ps`) nor in a file.
 """
 from __future__ import annotations
 
-import atexit
-import os
 import re
 import secrets
 import shutil
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -37,7 +31,6 @@ from urllib.parse import quote
 
 import redis
 
-from soundpoint.redact import redact_url
 
 ACL_USER = "fleet"
 # every key and channel, every command but the administrative ones
@@ -49,14 +42,6 @@ DEFAULT_USER = f"user default on resetpass {ACL_RULES}"
 
 class RedisUnavailable(RuntimeError):
     pass
-
-
-class NoFleetState(RuntimeError):
-    """FLEET_REDIS_URL is not set: there is no Redis, so no experiment, rollout or phone status to read."""
-
-    def __init__(self) -> None:
-        super().__init__("no fleet state: FLEET_REDIS_URL is not set, so there is no Redis holding experiments, "
-                         "rollouts or phone status; set FLEET_REDIS_URL to the Redis your workers use")
 
 
 def free_port() -> int:
@@ -86,9 +71,7 @@ def start_private(directory: Path | None = None, port: int | None = None, append
     on its data under the same credentials); returns its URL, credentials included, and process (the caller stops it)."""
     binary = shutil.which("redis-server")
     if not binary:
-        raise RedisUnavailable("FLEET_REDIS_URL is not set and redis-server is not installed: "
-                               "install it (Debian: apt-get install redis-server) or set "
-                               "FLEET_REDIS_URL=redis://fleet:PASSWORD@host:port/0")
+        raise RedisUnavailable("redis-server is not installed: install it (Debian: apt-get install redis-server)")
     port = port or free_port()
     directory = directory or Path(tempfile.mkdtemp(prefix="fleet-redis-"))
     directory.mkdir(parents=True, exist_ok=True)
@@ -110,53 +93,3 @@ def start_private(directory: Path | None = None, port: int | None = None, append
             time.sleep(0.05)
     proc.kill()
     raise RedisUnavailable(f"private redis-server on port {port} did not start")
-
-
-def existing_redis_url() -> str:
-    """FLEET_REDIS_URL, for a command that needs state that already exists; NoFleetState when it is not set."""
-    url = os.environ.get("FLEET_REDIS_URL")
-    if not url:
-        raise NoFleetState()
-    return url
-
-
-# the private server this process started (process, data directory), stopped by stop_private
-_private: list[tuple[str, subprocess.Popen, Path]] = []
-
-
-def private_redis_url(announce: bool = True) -> str:
-    """FLEET_REDIS_URL, or for a command that creates state, a private redis-server that lives as long as this
-    process (stopped with its temporary directory at exit)."""
-    url = os.environ.get("FLEET_REDIS_URL")
-    if url:
-        return url
-    directory = Path(tempfile.mkdtemp(prefix="fleet-redis-"))
-    try:
-        url, proc = start_private(directory)
-    except BaseException:
-        shutil.rmtree(directory, ignore_errors=True)
-        raise
-    if not _private:
-        atexit.register(stop_private)
-    _private.append((url, proc, directory))
-    os.environ["FLEET_REDIS_URL"] = url
-    if announce:
-        print(f"fleet: FLEET_REDIS_URL not set; started a private redis-server at {redact_url(url)} (pid {proc.pid}) "
-              "for this run; it stops when the command ends", file=sys.stderr)
-    return url
-
-
-def stop_private() -> None:
-    """Stop the private server(s) this process started and remove their directories (idempotent)."""
-    while _private:
-        url, proc, directory = _private.pop()
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        shutil.rmtree(directory, ignore_errors=True)
-        if os.environ.get("FLEET_REDIS_URL") == url:
-            os.environ.pop("FLEET_REDIS_URL", None)

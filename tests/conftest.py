@@ -128,6 +128,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     144: (1, "test_demo (hil.demo on a copy of the demo's lab file)"),
     129: (1, "test_rollout_messages"),
     143: (1, "test_rollout_stack_lab"),
+    120: (1, "test_newcomer"),
 }
 
 

@@ -20,7 +20,8 @@ def test_there_is_one_example_per_family():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_inventory_is_valid_and_its_family_is_the_one_it_says(path, redis_url):
-    out = run_fleet(["inventory", "check", str(path), "--json"], redis_url)
+    # the example secrets file is a checked-in template (git keeps no 0600): accepted knowingly here
+    out = run_fleet(["--insecure-secrets", "inventory", "check", str(path), "--json"], redis_url)
     assert out.returncode == 0, out.stderr
     doc = json.loads(out.stdout)
     assert doc["valid"] and doc["phones"] == 2

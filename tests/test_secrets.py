@@ -54,6 +54,7 @@ def write_inventory(tmp: Path, phone_params: dict | None = None, site_params: di
         "router": {"username": "root", "password": ROUTER_SECRET},
         "sip_1001": {"password": SIP_SECRET},
     }))
+    (tmp / "secrets.yml").chmod(0o600)
     boot_dir = tmp / "boot"
     boot_dir.mkdir(exist_ok=True)
     phone = {"mac": "0004f2000001", "model": "SoundPoint IP 650", "address": address, "http_port": http_port,

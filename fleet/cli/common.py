@@ -3,14 +3,18 @@ from __future__ import annotations
 
 import os
 import sys
+from pathlib import Path
 from typing import NoReturn
 
+import click
 from rich.console import Console
 from rich.text import Text
 
 from soundpoint.cli_exit import ExitCodeGroup, one_line
 from soundpoint.redact import redact
 from soundpoint.yamlfile import FileError
+
+from fleet.config import settings as settings_mod
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
 err = Console(stderr=True)
@@ -49,34 +53,100 @@ class FleetCli(ExitCodeGroup):
               EXIT_INTERNAL)
 
 
-def open_store(creates_state: bool = False):
-    """The Store on FLEET_REDIS_URL. Without it, a command that reads existing state exits 3 saying there is none;
-    one that creates state (`creates_state`) runs on a private redis-server stopped when the command ends."""
-    from soundpoint.redisboot import NoFleetState, RedisUnavailable, existing_redis_url, private_redis_url
-    from fleet.state.store import Store
+NO_REDIS_URL = ("no Redis URL: run `fleet config init --redis-url redis://fleet:PASSWORD@HOST:6379/0` "
+                "or set FLEET_REDIS_URL (the Redis your workers and collectors use)")
 
+
+def settings():
+    """The settings in force for this command (fleet.toml and the environment), read once by the `fleet` group."""
+    ctx = click.get_current_context(silent=True)
+    found = ctx.find_object(settings_mod.Settings) if ctx else None
+    return found if found is not None else settings_mod.load()
+
+
+def open_store():
+    """The Store on the configured Redis (fleet.toml's `redis_url`, or FLEET_REDIS_URL over it). Without one there
+    is no shared state to read or write: the command says how to configure it and exits 3. The URL is also put in
+    this process's environment, for whatever it starts (a worker's pool, Celery's configuration)."""
+    from fleet.state.store import Store
+    from soundpoint.redact import redact_url
+
+    setting = settings().redis_url
+    if not setting.value:
+        fail(NO_REDIS_URL, EXIT_INFRA)
+    os.environ["FLEET_REDIS_URL"] = setting.value
     try:
-        store = Store(private_redis_url() if creates_state else existing_redis_url())
+        store = Store(setting.value)
         store.ping()
         return store
-    except (RedisUnavailable, NoFleetState) as exc:
-        fail(brief(exc), EXIT_INFRA)
     except Exception as exc:  # redis.ConnectionError and friends
-        from soundpoint.redact import redact_url
+        fail(brief(f"cannot reach Redis at {redact_url(setting.value)} ({setting.source}): {type(exc).__name__}"),
+             EXIT_INFRA)
 
-        fail(brief(f"cannot reach Redis at {redact_url(os.environ.get('FLEET_REDIS_URL'))}: {type(exc).__name__}"), EXIT_INFRA)
+
+def optional_store():
+    """The Store on the configured Redis, or None when none is configured (a dry run, a probe: they work without)."""
+    from fleet.state.store import Store
+
+    url = settings().redis_url.value
+    return Store(url) if url else None
 
 
 def load_inventory(path: str):
-    """The inventory, validated, with its secrets file checked (shape, and every secret it names present)."""
+    """The inventory, validated, with its secrets file checked (shape, every secret it names present, and readable
+    by its owner alone unless --insecure-secrets)."""
     from fleet.config import inventory
 
     try:
         inv = inventory.load(path, keep_source=True)
+        check_secrets_file(inv)
         inventory.check_secrets(inv)
         return inv
     except FileError as exc:
         fail(f"invalid inventory: {exc}", EXIT_INPUT)
+
+
+def check_secrets_file(inv) -> None:
+    """The secrets file in force for `inv` (fleet.toml's or FLEET_SECRETS_FILE's, else the inventory's) exists
+    when the settings name it, and only its owner can read it unless --insecure-secrets: else exit 2."""
+    from fleet.config import inventory, secrets_mode
+
+    given = settings().secrets_file
+    if given.value and not Path(given.value).is_file():
+        fail(f"invalid input: {given.source}: secrets_file: {given.value} not found", EXIT_INPUT)
+    path = inventory.secrets_path(inv)
+    if path is not None and not settings().insecure_secrets.value:
+        problem = secrets_mode.insecure(path)
+        if problem:
+            fail(problem, EXIT_INPUT)
+
+
+def check_worker_files(store, inv, sites, refuse: bool = False, force: bool = False) -> None:
+    """Compare this command's inventory and secrets file (content hashes) with those the sites' workers announced
+    (fleet.worker.files_beacon). A difference is a warning naming the file and the worker; with `refuse` (rollouts)
+    it stops the command with exit 2 unless `force`."""
+    from fleet.config import fingerprint
+    from fleet.worker.files_beacon import TTL_S
+
+    mine = fingerprint.of(inv)
+    problems = []
+    for site in sorted(set(sites)):
+        for worker, info in sorted(store.worker_files(site, TTL_S).items()):
+            theirs = fingerprint.FilesDigest(*(str(info.get(k, "")) for k in
+                                               ("inventory_path", "inventory_sha256", "secrets_path", "secrets_sha256")))
+            for what in mine.differs(theirs):
+                own, other = ((mine.inventory_path, theirs.inventory_path) if what == "inventory"
+                              else (mine.secrets_path or "(none)", theirs.secrets_path or "(none)"))
+                problems.append(f"site {site}: worker {info.get('node') or worker} (host {info.get('host', '?')}, "
+                                f"pid {info.get('pid', '?')}) runs with a different {what}: {other}, "
+                                f"this command with {own}")
+    if not problems:
+        return
+    for p in problems:
+        err.print(Text(f"warning: {p}", style="yellow"), soft_wrap=True)
+    if refuse and not force:
+        fail("refusing to roll out with other files than the site's workers use: restart them on these files, "
+             "or pass --force", EXIT_INPUT)
 
 
 def load_checked(load, check_against, playbook_path: str, inventory_path: str):
@@ -105,11 +175,7 @@ def check_sites(inv, sites) -> None:
 
 def exit_now(code: int) -> None:
     """Exit without interpreter teardown: Celery's result objects otherwise try to unsubscribe from Redis
-    while the interpreter is shutting down and print noise after an interrupted run. A private Redis this run
-    started is stopped first (os._exit skips atexit)."""
-    from soundpoint.redisboot import stop_private
-
-    stop_private()
+    while the interpreter is shutting down and print noise after an interrupted run."""
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -12,7 +12,8 @@ from rich.table import Table
 from rich.text import Text
 
 from soundpoint.values import plural
-from fleet.cli.common import EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, fail, brief, open_store, load_checked, exit_now, nothing, seconds
+from fleet.cli.common import (EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, fail, brief, open_store, load_checked,
+                              exit_now, nothing, seconds, check_worker_files)
 
 
 @click.group()
@@ -23,7 +24,7 @@ def experiment() -> None:
 @experiment.command("run")
 @click.argument("playbook_path", metavar="PLAYBOOK", type=click.Path(dir_okay=False))
 @click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False),
-              help="Inventory file (or FLEET_INVENTORY).")
+              help="Inventory file (default: FLEET_INVENTORY, or `inventory` in fleet.toml).")
 @click.option("--report-dir", default="reports", show_default=True, type=click.Path(file_okay=False),
               help="Where report.json, junit.xml and report.html go (in a subdirectory per run).")
 @click.option("--json", "as_json", is_flag=True, help="Print report.json on stdout instead of progress lines.")
@@ -40,7 +41,8 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     from fleet.experiment.signals import SignalGuard
     from fleet.state.store import LeaseHeld
 
-    store = open_store(creates_state=True)
+    store = open_store()
+    check_worker_files(store, inv, [pb.site])
     configure(store.url)
     out = Console(stderr=as_json)
     spinner = out.status("running", spinner="dots") if not as_json else nothing()

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -10,7 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from fleet.cli.common import EXIT_OK, EXIT_FAILED, err, load_inventory, check_sites
+from fleet.cli.common import EXIT_OK, EXIT_FAILED, EXIT_INPUT, err, fail, load_inventory, check_sites, optional_store
 
 
 @click.group("inventory")
@@ -19,7 +18,7 @@ def inventory_group() -> None:
 
 
 @inventory_group.command("check")
-@click.argument("inventory_path", metavar="FILE", type=click.Path(dir_okay=False))
+@click.argument("inventory_path", metavar="[FILE]", required=False, type=click.Path(dir_okay=False))
 @click.option("--site", "sites", multiple=True, help="Only this site (repeatable).")
 @click.option("--probe", "do_probe", is_flag=True,
               help="Also try every device read-only: boot server login and read, router host key and state, "
@@ -27,14 +26,16 @@ def inventory_group() -> None:
 @click.option("--timeout", default=5.0, show_default=True, type=click.FloatRange(0.1, 120), help="Seconds per device.")
 @click.option("--json", "as_json", is_flag=True, help="One object: valid, and with --probe a list of checks.")
 def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool, timeout: float, as_json: bool) -> None:
-    """Validate FILE (and its secrets file); with --probe, reach every device read-only.
+    """Validate FILE (default: the inventory in fleet.toml) and its secrets file; with --probe, reach every device
+    read-only.
 
     Exit codes: 0 valid (and every device reached), 1 a device failed its probe, 2 invalid input.
     """
     from fleet.config import inventory as inv_mod
     from fleet.sites.probe import device_count, probe
-    from fleet.state.store import Store
 
+    if not inventory_path:
+        fail("no inventory: give FILE, or set `inventory` in fleet.toml (fleet config init --inventory FILE)", EXIT_INPUT)
     inv = load_inventory(inventory_path)
     check_sites(inv, sites)
     phones = device_count(inv, sites)
@@ -44,7 +45,7 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
         return
     secrets = inv_mod.check_secrets(inv)
     # the phones' REST locks live in fleet's Redis: a probe holds them as the collectors and workers do
-    store = Store(os.environ["FLEET_REDIS_URL"]) if os.environ.get("FLEET_REDIS_URL") else None
+    store = optional_store()
     if as_json or not sys.stderr.isatty():
         rows = probe(inv, secrets, sites, timeout, store=store)
     else:

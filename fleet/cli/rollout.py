@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
@@ -13,7 +12,7 @@ from rich.text import Text
 
 from fleet.base.words import plural
 from fleet.cli.common import (EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, err, fail, brief, open_store,
-                              load_checked, exit_now)
+                              optional_store, load_checked, exit_now, check_worker_files)
 
 
 @click.group()
@@ -104,8 +103,9 @@ def _print_plan(p, console: Console) -> None:
               help="Only these of the playbook's targets: MACs, sites or models; repeat it or give a comma list.")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-v", "--verbose", is_flag=True, help="A line for every step of every phone (push, reboot, verify...).")
+@click.option("--force", is_flag=True, help="Roll out even when the site's workers run with another inventory or secrets file.")
 def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, limit: tuple[str, ...], as_json: bool,
-                verbose: bool) -> None:
+                verbose: bool, force: bool) -> None:
     """Roll PLAYBOOK out: canaries, then waves; halts when the failure budget is spent (exit 1)."""
     pb, inv = _load_rollout(playbook_path, inventory_path)   # everything validated before the heavy imports
     only = _limit(inv, limit)
@@ -114,12 +114,12 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, limit: t
     rid = new_id(pb.name)
     if dry_run:
         now = None
-        if os.environ.get("FLEET_REDIS_URL"):
+        store = optional_store()
+        if store is not None:
             from fleet.rollout import applied
-            from fleet.state.store import RolloutStore, Store
+            from fleet.state.store import RolloutStore
 
             try:
-                store = Store(os.environ["FLEET_REDIS_URL"])
                 now = applied.read(RolloutStore(store), [p.mac for s in inv.sites for p in s.phones])
             except Exception:  # a dry run works without Redis too; it then diffs against the inventory
                 now = None
@@ -140,10 +140,12 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, limit: t
             for line in describe(found):
                 Console().print(Text("  " + line))
         sys.exit(EXIT_INPUT if p.overloaded and not pb.strategy.allow_overload else 0)
-    store = open_store(creates_state=True)
+    store = open_store()
     from fleet.worker.app import configure
     from fleet.rollout.driver import Overloaded, create
-    from fleet.rollout.plan import PlanError
+    from fleet.rollout.plan import PlanError, targets
+
+    check_worker_files(store, inv, [site.name for site, _ in targets(inv, pb)], refuse=True, force=force)
 
     configure(store.url)
     try:
@@ -300,7 +302,8 @@ def rollout_status(rid: str, as_json: bool) -> None:
 @click.option("--budget", type=int, help="Raise the failure budget (after a halt because it was spent).")
 @click.option("--json", "as_json", is_flag=True)
 @click.option("-v", "--verbose", is_flag=True, help="A line for every step of every phone (push, reboot, verify...).")
-def rollout_resume(rid: str, budget: int | None, as_json: bool, verbose: bool) -> None:
+@click.option("--force", is_flag=True, help="Resume even when the site's workers run with another inventory or secrets file.")
+def rollout_resume(rid: str, budget: int | None, as_json: bool, verbose: bool, force: bool) -> None:
     """Continue a halted or interrupted rollout; verified phones are not touched again."""
     from fleet.worker.app import configure
     from fleet.state.store import RolloutStore
@@ -319,6 +322,7 @@ def rollout_resume(rid: str, budget: int | None, as_json: bool, verbose: bool) -
         from fleet.rollout.revert import revert_playbook
 
         pb = revert_playbook(pb, meta["plan"])
+    check_worker_files(store, inv, {p["site"] for p in meta["plan"]["phones"]}, refuse=True, force=force)
     if budget is not None:
         rs.set(rid, budget_override=budget)
     rs.set(rid, abort="0")

@@ -10,11 +10,12 @@ from rich.text import Text
 
 from soundpoint.yamlfile import FileError
 
-from fleet.cli.common import EXIT_INPUT, EXIT_INFRA, err, fail, open_store, load_inventory, check_sites
+from fleet.cli.common import EXIT_INPUT, EXIT_INFRA, err, fail, open_store, load_inventory, check_sites, check_secrets_file
 
 
 @click.command()
-@click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
+@click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False),
+              help="Inventory file (default: FLEET_INVENTORY, or `inventory` in fleet.toml).")
 @click.option("--playbooks", "playbook_dir", default="playbooks", show_default=True, type=click.Path(file_okay=False),
               help="Directory of rollout playbooks; those with a `schedule` are run by cron.")
 @click.option("--check", is_flag=True, help="Print the schedule and any missed runs, then exit.")
@@ -43,7 +44,8 @@ def scheduler(inventory_path: str, playbook_dir: str, check: bool) -> None:
 
 
 @click.command()
-@click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
+@click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False),
+              help="Inventory file (default: FLEET_INVENTORY, or `inventory` in fleet.toml).")
 @click.option("--site", "sites", multiple=True, required=True, help="Collect for this site (repeatable).")
 def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
     """Run the sites' collectors (every evidence source the inventory names) as a service of their own.
@@ -85,7 +87,8 @@ def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
 
 
 @click.command()
-@click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False))
+@click.option("--inventory", "inventory_path", required=True, envvar="FLEET_INVENTORY", type=click.Path(dir_okay=False),
+              help="Inventory file (default: FLEET_INVENTORY, or `inventory` in fleet.toml).")
 @click.option("--site", "sites", multiple=True, help="Serve this site's queue (repeatable).")
 @click.option("--control", is_flag=True, help="Also serve the fleet.control queue (scheduled rollouts run there).")
 @click.option("--concurrency", default=2, show_default=True)
@@ -101,16 +104,23 @@ def worker(inventory_path: str, sites: tuple[str, ...], control: bool, concurren
     os.environ["FLEET_COLLECT_SITES"] = "" if no_collect else ",".join(sites)
     from fleet.worker.app import app, configure
     from fleet.worker.context import context
+    from fleet.worker.files_beacon import FilesBeacon
 
     # the tasks' own copy, parsed once before the pool starts (and before prefork forks), not by its first tasks
     try:
         inv, _ = context()
     except FileError as exc:
         fail(f"invalid inventory: {exc}", EXIT_INPUT)
+    check_secrets_file(inv)
     check_sites(inv, sites)
     store = open_store()
     configure(store.url)
     queues = [f"site.{s}" for s in sites] + (["fleet.control"] if control else [])
-    app.worker_main(["worker", "-Q", ",".join(queues), "--concurrency", str(concurrency), "--pool", pool,
-                     "-n", f"{'+'.join(list(sites) + (['control'] if control else []))}@{socket.gethostname()}", "--loglevel", "WARNING", "--without-gossip",
-                     "--without-mingle"])
+    node = f"{'+'.join(list(sites) + (['control'] if control else []))}@{socket.gethostname()}"
+    # which inventory and secrets file this worker acts with (hashes), for CLI runs to compare with theirs
+    beacon = FilesBeacon(store, inv, list(sites), node).start()
+    try:
+        app.worker_main(["worker", "-Q", ",".join(queues), "--concurrency", str(concurrency), "--pool", pool,
+                         "-n", node, "--loglevel", "WARNING", "--without-gossip", "--without-mingle"])
+    finally:
+        beacon.stop()

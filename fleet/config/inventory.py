@@ -26,6 +26,7 @@ from fleet.phoneconf import firmware
 from fleet.phoneconf import secrets as secret_params
 from fleet.config import platforms, source_kinds, validate
 from fleet.config import router_identity
+from fleet.config.settings import ENV_SECRETS_FILE
 
 MAC_RE = values.MAC_RE
 CREDENTIALS_RE = r"^(env:)?[A-Za-z0-9_.-]{1,128}$"
@@ -893,9 +894,15 @@ class Secrets:
 
 
 def load(path: str | Path, keep_source: bool = False) -> Inventory:
-    """keep_source: remember line numbers for later cross-checks (the CLI; not the workers, which only read)."""
+    """keep_source: remember line numbers for later cross-checks (the CLI; not the workers, which only read).
+
+    With FLEET_SECRETS_FILE set, that file replaces the `secrets_file` the inventory names, for every process
+    that loads it (the CLI, the rollout driver, a worker's tasks): fleet.config.settings sets it."""
     inv = load_model(path, Inventory, keep_source=keep_source)
-    out = inv.model_copy(update={"source": str(Path(path).resolve())})
+    update = {"source": str(Path(path).resolve())}
+    if os.environ.get(ENV_SECRETS_FILE):
+        update["secrets_file"] = str(Path(os.environ[ENV_SECRETS_FILE]).resolve())
+    out = inv.model_copy(update=update)
     if keep_source:
         remember_source(out, source_of(inv))
     return out

@@ -18,6 +18,10 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `site:{site}:evidence`               | hash   | the collector's per-server evidence report: unobservable (JSON:  | set_site_evidence           |
 |                                      |        | targets no wire source can see, and why), sources (JSON: each    |                             |
 |                                      |        | evidence source's state, error and since when), t                |                             |
+| `site:{site}:workers`                | hash   | per worker serving the site (field `host:pid`): JSON of its node | announce_worker_files       |
+|                                      |        | name, inventory and secrets file paths and SHA-256, and when it  |                             |
+|                                      |        | last said so (Redis time); readers skip entries older than the   |                             |
+|                                      |        | TTL, and the key expires with the last worker                    |                             |
 | `evidence:sites`                     | set    | the sites with a `site:{site}:evidence` report                   | set_site_evidence           |
 | `site:{site}:collector`              | hash   | the site's running collector: holder (host:pid), host, pid,      | set_site_collector,         |
 |                                      |        | syslog, events (its listening addresses), since; its TTL is      | clear_site_collector        |
@@ -174,6 +178,10 @@ class Keys:
     @staticmethod
     def site_collector(site: str) -> str:
         return f"{P}site:{site}:collector"
+
+    @staticmethod
+    def site_workers(site: str) -> str:
+        return f"{P}site:{site}:workers"
 
     @staticmethod
     def lease(site: str) -> str:
@@ -409,6 +417,38 @@ class Store:
                                                   "sources": json.dumps(sources), "t": repr(time.time())})
         pipe.sadd(K.EVIDENCE_SITES, site)
         pipe.execute()
+
+    # ------------------------------------------------------------ workers' files
+    def announce_worker_files(self, site: str, worker: str, info: dict, ttl: float) -> None:
+        """A worker says which inventory and secrets file it runs with (paths and hashes, never content); refreshed
+        while it runs, the entry lapses `ttl` s after its last refresh (Redis time: hosts' clocks may differ)."""
+        now = self.redis_time()
+        pipe = self.r.pipeline(transaction=False)
+        pipe.hset(K.site_workers(site), worker, json.dumps(info | {"at": now}))
+        pipe.expire(K.site_workers(site), max(1, int(ttl)))
+        pipe.execute()
+
+    def forget_worker_files(self, site: str, worker: str) -> None:
+        self.r.hdel(K.site_workers(site), worker)
+
+    def worker_files(self, site: str, ttl: float) -> dict[str, dict]:
+        """{worker (host:pid): what it announced} for the site's workers that refreshed within `ttl` s."""
+        now = self.redis_time()
+        out = {}
+        for worker, raw in self.r.hgetall(K.site_workers(site)).items():
+            try:
+                info = json.loads(raw)
+                fresh = now - float(info.get("at", 0)) <= ttl
+            except (ValueError, TypeError, AttributeError):
+                continue         # a damaged entry reads as none
+            if fresh:
+                out[worker] = info
+        return out
+
+    def redis_time(self) -> float:
+        """The Redis server's clock: one clock for every host that compares times written by another."""
+        sec, usec = self.r.time()
+        return sec + usec / 1e6
 
     def site_evidence(self, sites: list[str]) -> dict[str, dict]:
         """{site: {unobservable: [...], sources: [...], t}} for the sites whose collector reported; {} for none."""
