@@ -105,9 +105,9 @@ def did_you_mean(value: str, choices) -> str:
     return f" (did you mean {close[0]}?)" if close else ""
 
 
-def plural(n: int, word: str) -> str:
-    """`1 site`, `2 sites`, `0 phones`: a count with its noun as people write it."""
-    return f"{n} {word}{'' if n == 1 else 's'}"
+def plural(n: int, word: str, many: str | None = None) -> str:
+    """`1 site`, `2 sites`, `0 phones`: a count with its noun as people write it (`many` for an irregular plural)."""
+    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def each(items, check: Callable[[object], object]):

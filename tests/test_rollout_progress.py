@@ -1,7 +1,8 @@
 """The words a rollout prints (fleet.rollout.progress, fleet.base.words): per-phone lines and summaries, no reprs."""
 from __future__ import annotations
 
-from fleet.base.words import plural, servers
+from fleet.base.words import servers
+from soundpoint.values import plural
 from fleet.rollout.progress import PhoneLines, counts_of, summary
 
 PLAN = {"phones": [{"mac": "0004f2000001", "site": "east"}, {"mac": "0004f2000002", "site": "east"},

@@ -1,4 +1,4 @@
-"""Counts and lists as an operator reads them: "1 phone", "3 phones", "servers 1 and 2", never a Python repr.
+"""Lists as an operator reads them: "servers 1 and 2", never a Python repr (counts: soundpoint.values.plural).
 
 Messages were built with f-strings around `len(...)` and lists, which printed "1 sites" and "server(s) [1]";
 every rollout message that counts or lists goes through these instead.
@@ -6,11 +6,6 @@ every rollout message that counts or lists goes through these instead.
 from __future__ import annotations
 
 from collections.abc import Iterable
-
-
-def plural(n: int, word: str, many: str | None = None) -> str:
-    """`n` and the word agreeing with it: plural(1, "site") -> "1 site", plural(2, "site") -> "2 sites"."""
-    return f"{n} {word if n == 1 else (many or word + 's')}"
 
 
 def listed(items: Iterable[object], last: str = "and") -> str:

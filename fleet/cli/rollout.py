@@ -10,7 +10,7 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from fleet.base.words import plural
+from soundpoint.values import plural
 from fleet.cli.common import (EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERRUPTED, err, fail, brief, open_store,
                               optional_store, load_checked, exit_now, check_worker_files)
 
@@ -339,7 +339,6 @@ def rollout_abort(rid: str, wait: float) -> None:
     the playbook keeps them (`keep_backups: true`)."""
     import time
 
-    from fleet.base.words import plural
     from fleet.rollout import backups, playbook
     from fleet.rollout.policy import IN_FLIGHT
     from fleet.state.store import RolloutStore

@@ -22,7 +22,7 @@ from typing import Callable, Mapping
 import kombu.exceptions
 import redis
 
-from fleet.base.words import plural
+from soundpoint.values import plural
 from fleet.config import inventory as inv_mod
 from fleet.config.inventory import Inventory
 from fleet.experiment import playbook as experiment_playbook

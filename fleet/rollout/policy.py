@@ -24,7 +24,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Mapping
 
-from fleet.base.words import plural, servers as servers_named
+from fleet.base.words import servers as servers_named
+from soundpoint.values import plural
 
 IN_FLIGHT = ("dispatched", "publishing", "rebooting", "verifying", "rolling_back")
 FAILED = ("failed", "rolled_back", "rollback_failed")

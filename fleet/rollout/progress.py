@@ -15,7 +15,8 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Mapping
 
-from fleet.base.words import plural, servers
+from fleet.base.words import servers
+from soundpoint.values import plural
 from fleet.rollout.policy import why_deferred
 from fleet.state.store import K, RolloutStore
 

@@ -31,7 +31,7 @@ from fleet.sites import files as site_files
 from fleet.drivers.errors import DriverError
 from fleet.drivers.publish import open_publisher
 from fleet.base.failpoints import failpoint
-from fleet.base.words import plural
+from soundpoint.values import plural
 from fleet.base.steps import journal, step, traced
 from fleet.state.store import RolloutStore, Store
 from fleet.worker.errors import TaskFailed, failure_text
