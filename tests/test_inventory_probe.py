@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from conftest import lab_spec, run_fleet, start_collector
+from fleet.state.store import K, Store
 
 pytestmark = pytest.mark.slow
 
@@ -66,6 +67,11 @@ def test_probe_reaches_every_device_of_the_lab(lab, redis_url):
     assert _device_state(lab) == before
     boot = next(c for c in doc["checks"] if c["device"] == "boot server")
     assert boot["detail"] == "read the <MAC>.cfg of every phone (3); no 000000000000.cfg there", boot
+    # the firmware each phone reported is kept where `fleet status` and the reports read the phone's own word
+    store = Store(redis_url)
+    reported = {p["mac"]: store.r.hget(K.phone(p["mac"]), "firmware") for p in lab.status()["phones"]}
+    said = {c["device"][len("phone "):]: c["detail"] for c in doc["checks"] if c["device"].startswith("phone ")}
+    assert all(fw and f"firmware {fw}" in said[mac] for mac, fw in reported.items()), (reported, said)
 
 
 def _broken_inventory(lab, tmp_path: Path) -> tuple[Path, str]:

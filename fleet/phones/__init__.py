@@ -81,6 +81,7 @@ class Identity:
     method: str
     problem: Problem = ""
     detail: str = ""
+    firmware: str = ""    # the version the phone reported about itself ("" when it said none): fleet status shows it
 
     @property
     def ok(self) -> bool:

@@ -92,7 +92,8 @@ class SoundPointControl:
             same = False
         if same:
             return found
-        return Identity(found.method, "error-status", f"{found.detail}: firmware mismatch, the inventory says {listed}")
+        return Identity(found.method, "error-status", f"{found.detail}: firmware mismatch, the inventory says {listed}",
+                        found.firmware)
 
     def _identity(self, method: str, mac: str, model: str, firmware: str) -> Identity:
         """What the phone said it is, against the inventory: another MAC at this address is the wrong device."""
@@ -101,7 +102,7 @@ class SoundPointControl:
             return Identity(method, "malformed", f"the answer names no MAC address ({said})")
         if not same_mac(mac, self.phone.mac):
             return Identity(method, "wrong-device", f"the phone at {self.phone.address} is {shown(mac, 20)!r} ({said})")
-        return Identity(method, "", said)
+        return Identity(method, "", said, firmware if firmware != "?" else "")
 
     # ------------------------------------------------------------ reboot
     def falls_back_to_web(self) -> bool:

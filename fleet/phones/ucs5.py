@@ -15,6 +15,7 @@ import time
 from typing import Collection
 
 from soundpoint.conformance import version_in
+from soundpoint.values import plural
 
 from fleet.drivers.control.rest import RestPhone, RestUnsupported, call_status_v2
 from fleet.phoneconf.firmware import REST_FROM, supports_rest
@@ -90,7 +91,7 @@ class Control(SoundPointControl):
         if not status.in_call:
             return CallCheck("idle", f"REST callStatus {endpoint}: no call")
         states = ", ".join(shown(s, 20) for s in status.states[:4])
-        return CallCheck("in-call", f"REST callStatus {endpoint}: {len(status.states)} call(s) ({states})")
+        return CallCheck("in-call", f"REST callStatus {endpoint}: {plural(len(status.states), 'call')} ({states})")
 
     # ------------------------------------------------------------ identity
     def identify(self, timeout: float = 5.0) -> Identity:
@@ -99,7 +100,7 @@ class Control(SoundPointControl):
         listed = self.phone.firmware_version
         if listed and not supports_rest(listed):
             found = super().identify(timeout)     # no REST before 5.4: the family's state polling
-            return Identity(f"{found.method}; no REST on firmware {listed}", found.problem, found.detail)
+            return Identity(f"{found.method}; no REST on firmware {listed}", found.problem, found.detail, found.firmware)
         auth = self.phone.http_auth or "basic first, digest on challenge"
         method = f"REST GET /api/v1/mgmt/device/info ({auth}, the admin login)"
         try:

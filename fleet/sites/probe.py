@@ -132,6 +132,9 @@ def check_phone(site: Site, phone: Phone, inv: Inventory, secrets: Secrets, time
         found = control.identify(timeout)
     except Exception as exc:   # a probe reports, never crashes: every device gets its row
         return Check(site.name, device, target, False, _device_error(exc))
+    if store is not None and found.firmware:
+        # the phone's own word on its firmware, where `fleet status` and reports read it (as a REST poll records it)
+        store.set_phone_info({phone.mac: {"firmware": found.firmware}})
     return Check(site.name, device, target, found.ok, found.describe())
 
 
