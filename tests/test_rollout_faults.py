@@ -260,7 +260,13 @@ def test_worker_dies_around_the_reboot(lab, aof_redis, tmp_path, monkeypatch, po
     victim = phones[3]   # past the canary and the first few, so the rollout is under way when it dies
     lab.workers["east"].stop()
     monkeypatch.setenv("FLEET_FAILPOINTS", f"{point}:{victim}=kill@1")
-    lab.workers["east"] = start_worker(aof_redis["url"], lab.inventory, "east", tmp_path / "east-failpoint.log", collect=False)
+    # REFUSED phones: a check-sync lost in flight with no fallback recorded after it may have been taken, so its
+    # successor fails the phone rather than risk a second reboot by the web UI (fleet.rollout.work
+    # _resend_may_fall_back). The kill would take a second in-flight REFUSED phone that way, by chance, so their
+    # worker runs one task at a time: only the victim is in flight when it dies
+    one_at_a_time = ("--concurrency", "1") if kind == REFUSED else ()
+    lab.workers["east"] = start_worker(aof_redis["url"], lab.inventory, "east", tmp_path / "east-failpoint.log", collect=False,
+                                       extra=one_at_a_time)
     monkeypatch.delenv("FLEET_FAILPOINTS")
     expires = 30 + len(point) + len(kind)
     rs, proc, rid, t0 = _start_rollout(lab, aof_redis["url"], tmp_path, expires, targets=targets)
