@@ -125,6 +125,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     98: (1, "test_rest_one_at_a_time"),
     113: (1, "test_uc53_push_lab"),
     137: (1, "test_scheduled_one_worker"),
+    111: (1, "test_metrics_lab (brief said 165: above 150, a userspace lab's phones would need 127.265)"),
 }
 
 
