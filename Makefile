@@ -3,7 +3,8 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
-APT_PACKAGES := redis-server iproute2 openssh-client
+APT_PACKAGES := redis-server iproute2 openssh-client prometheus
+# prometheus: promtool checks the shipped alert rules and a real Prometheus scrapes a collector in the tests
 # optional: the interop, namespace-lab (real router: sshd, snmpd, iptables, tc, tcpdump, Kamailio), browser and
 # compose-file checks skip when these cannot be installed
 APT_OPTIONAL := kamailio chromium docker-compose openssh-server snmpd snmp tcpdump nftables iptables
