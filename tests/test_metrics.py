@@ -190,11 +190,12 @@ def test_open_incidents_read_as_none_until_detection_writes_them(site):
     assert value(scraped(store, [name]), "fleet_incidents_open", site=name) == 0
 
 
-def test_unfinished_rollouts_progress_per_site_and_finished_ones_are_not_exported(site):
+@pytest.mark.parametrize("prefix", ["r-", "r*->"])     # an id SORT would take for a pattern is read phone by phone
+def test_unfinished_rollouts_progress_per_site_and_finished_ones_are_not_exported(site, prefix):
     store, name = site
     macs = [f"{name}{i:04x}" for i in range(3)]
     rs = RolloutStore(store)
-    rid, done_rid = f"r-{name}", f"r-{name}-done"
+    rid, done_rid = f"{prefix}{name}", f"{prefix}{name}-done"
     for r in (rid, done_rid):
         rs.create(r, "fw.yml", {"phones": [{"mac": m} for m in macs], "waves": [[macs[0]], macs[1:]]}, {})
     rs.set(rid, status="halted")

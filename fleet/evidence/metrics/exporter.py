@@ -8,14 +8,18 @@ while Redis is away answers `fleet_exporter_store_up 0` rather than an error pag
 """
 from __future__ import annotations
 
+import gzip
 import logging
+import socket
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from wsgiref.simple_server import WSGIServer
+from socketserver import ThreadingMixIn
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
 import redis
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -58,6 +62,37 @@ class StoreCollector(Collector):
         yield took
 
 
+class _Server(ThreadingMixIn, WSGIServer):
+    daemon_threads = True
+
+
+class _Server6(_Server):
+    address_family = socket.AF_INET6
+
+
+class _Quiet(WSGIRequestHandler):
+    def log_message(self, format: str, *args) -> None:   # noqa: A002 (the base class's name)
+        """No line per scrape on the collector's log."""
+
+
+def wsgi_app(registry: CollectorRegistry):
+    """/metrics in the text format; gzip at level 1 when the scraper accepts it (Prometheus does): the text of
+    10,000 phones is some 2.4 MB, and level 1 shrinks it about as much as 9 does at a fraction of the CPU
+    (prometheus_client's own server compresses at 9, most of a 10,000-phone scrape's time)."""
+    def app(environ, start_response):
+        if environ.get("PATH_INFO", "/") not in ("/", "/metrics"):
+            start_response("404 Not Found", [("Content-Type", "text/plain")])
+            return [b"only /metrics here\n"]
+        body = generate_latest(registry)
+        headers = [("Content-Type", CONTENT_TYPE_LATEST)]
+        if "gzip" in environ.get("HTTP_ACCEPT_ENCODING", ""):
+            body = gzip.compress(body, compresslevel=1)
+            headers.append(("Content-Encoding", "gzip"))
+        start_response("200 OK", headers + [("Content-Length", str(len(body)))])
+        return [body]
+    return app
+
+
 @dataclass
 class Exporter:
     """One /metrics endpoint: where it listens, which sites it exports, its HTTP server."""
@@ -87,12 +122,14 @@ def start_exporters(store: Store, sites: list[Site]) -> list[Exporter]:
         registry = CollectorRegistry(auto_describe=False)
         registry.register(StoreCollector(store, names))
         try:
-            server, _thread = start_http_server(int(port), host.strip("[]"), registry=registry)
+            server = make_server(host.strip("[]"), int(port), wsgi_app(registry),
+                                 _Server6 if ":" in host else _Server, handler_class=_Quiet)
         except OSError as exc:
             for e in started:
                 e.stop()
             raise ExporterError(f"metrics for site {', '.join(names)} cannot listen on {address}: "
                                 f"{exc.strerror or exc}") from None
+        threading.Thread(target=server.serve_forever, name=f"metrics-{address}", daemon=True).start()
         started.append(Exporter(address, names, server))
         log.warning("serving /metrics on %s for site %s", address, ", ".join(names))
     return started
