@@ -231,7 +231,10 @@ def test_the_exporter_serves_its_sites_over_http_and_promtool_finds_no_problem(s
     try:
         assert [(e.address, e.sites) for e in exporters] == [(address, [name])]   # a site without an address: none
         answer = requests.get(f"http://{address}/metrics", timeout=10)
-        assert answer.status_code == 200
+        assert answer.status_code == 200 and answer.headers["Content-Encoding"] == "gzip"    # requests asks for it
+        plain = requests.get(f"http://{address}/metrics", headers={"Accept-Encoding": "identity"}, timeout=10)
+        assert "Content-Encoding" not in plain.headers and "fleet_site_phones{" in plain.text
+        assert requests.get(f"http://{address}/other", timeout=10).status_code == 404
         parsed = {m.name: m for m in text_string_to_metric_families(answer.text)}
         assert {s.labels["site"] for s in parsed["fleet_site_phones"].samples} == {name}
         assert parsed["fleet_failover_seconds"].type == "histogram"
