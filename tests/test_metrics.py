@@ -108,6 +108,26 @@ def test_evidence_sources_up_foreign_dropped_and_ages_with_unique_labels():
     assert value(out, "fleet_evidence_last_observation_age_seconds", site="hq", evidence="event") == pytest.approx(60)
 
 
+def test_a_wire_sources_health_counts_every_drop_since_it_started_not_only_lately():
+    from fleet.evidence.sources.base import with_drops
+    from fleet.evidence.wire.guard import DropHealth, SenderDrops
+
+    clock = [0.0]
+    drops = DropHealth(window=10.0, clock=lambda: clock[0])
+    for _ in range(3):
+        drops.saw("clock_ahead")
+    clock[0] = 100.0                          # the health window forgot them; the counter must not
+    drops.saw("budget")
+    drops.saw(None)
+    health = with_drops({"source": "router capture", "running": True, "error": "", "since": None}, drops, [None])
+    assert health["dropped"] == {"clock_ahead": 3, "budget": 1} and health["error"] == ""
+    senders = SenderDrops()
+    senders.saw("auth_wrong", sender="10.0.0.1")
+    senders.saw("auth_wrong", sender="10.0.0.2")
+    senders.saw("clock_behind", sender="10.0.0.2")
+    assert with_drops({"source": "hep", "error": ""}, senders, [None])["dropped"] == {"auth_wrong": 2, "clock_behind": 1}
+
+
 def test_rollout_state_names_are_the_rollout_policys():
     from fleet.rollout import policy
 
@@ -238,11 +258,11 @@ def test_the_exporter_serves_its_sites_over_http_and_promtool_finds_no_problem(s
         parsed = {m.name: m for m in text_string_to_metric_families(answer.text)}
         assert {s.labels["site"] for s in parsed["fleet_site_phones"].samples} == {name}
         assert parsed["fleet_failover_seconds"].type == "histogram"
+        with pytest.raises(ExporterError, match=f"metrics for site {name} cannot listen on {address}"):
+            start_exporters(store, sites)
         checked = subprocess.run([require("promtool"), "check", "metrics"], input=answer.text, capture_output=True,
                                  text=True)
         assert checked.returncode == 0 and not (checked.stdout + checked.stderr).strip(), checked
-        with pytest.raises(ExporterError, match=f"metrics for site {name} cannot listen on {address}"):
-            start_exporters(store, sites)
     finally:
         for e in exporters:
             e.stop()
