@@ -4,6 +4,9 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 APT_PACKAGES := redis-server iproute2 openssh-client
+# installed without Debian's recommends: prometheus (promtool checks the shipped alert rules, a real Prometheus
+# scrapes a collector in the tests) would pull in node-exporter, smartmontools and more
+APT_BARE := prometheus
 # optional: the interop, namespace-lab (real router: sshd, snmpd, iptables, tc, tcpdump, Kamailio), browser and
 # compose-file checks skip when these cannot be installed
 APT_OPTIONAL := kamailio chromium docker-compose openssh-server snmpd snmp tcpdump nftables iptables
@@ -12,9 +15,12 @@ APT_OPTIONAL := kamailio chromium docker-compose openssh-server snmpd snmp tcpdu
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
-	if [ -n "$$missing" ]; then \
-	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing"; apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
-	  else echo "missing Debian packages:$$missing (run as root, or: sudo apt-get install$$missing)"; fi; fi
+	bare=""; for p in $(APT_BARE); do dpkg -s $$p >/dev/null 2>&1 || bare="$$bare $$p"; done; \
+	if [ -n "$$missing$$bare" ]; then \
+	  if [ "$$(id -u)" = 0 ]; then echo "installing Debian packages:$$missing$$bare"; apt-get update -qq \
+	    && { [ -z "$$missing" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; } \
+	    && { [ -z "$$bare" ] || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends $$bare >/dev/null; }; \
+	  else echo "missing Debian packages:$$missing$$bare (run as root, or: sudo apt-get install$$missing$$bare)"; fi; fi
 
 deps-optional:
 	@missing=""; for p in $(APT_OPTIONAL); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \

@@ -345,11 +345,25 @@ class Collector(Strict):
     poll_concurrency: int = Field(200, ge=1, le=5000)
     allow_from: list[str] = Field([], description="networks (CIDR) whose syslog, events and SIP on the wire are "
                                                   "accepted as any of the site's phones' besides their own addresses")
+    metrics: str | None = Field(None, description="HOST:PORT of the collector's Prometheus /metrics (off when unset); "
+                                                  "sites one collector process runs that name one address share it")
 
     @field_validator("syslog", "events")
     @classmethod
     def hostport(cls, v: str, info) -> str:
         values.hostport(v, f"collector {info.field_name} address")
+        return v
+
+    @field_validator("metrics")
+    @classmethod
+    def metrics_hostport(cls, v: str | None) -> str | None:
+        """A named address, like the listeners': /metrics lists every phone of the site, so it is served where the
+        inventory says, never on every network the host has."""
+        if v is None:
+            return v
+        host, _ = values.hostport(v, "collector metrics address")
+        if host in ("0.0.0.0", "::", "*"):
+            raise ValueError(f"collector metrics address {v!r:.60} is a wildcard: name the address Prometheus scrapes")
         return v
 
     @field_validator("allow_from")

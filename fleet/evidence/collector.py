@@ -34,6 +34,7 @@ from fleet.evidence.sources.formats import parse_line_event, parse_syslog
 from fleet.evidence.sources.poller import Poller
 from fleet.evidence.sources.targets import Targets, unobservable
 from fleet.evidence.wire.decode import Datagram
+from fleet.evidence.metrics.exporter import ExporterError, start_exporters
 from fleet.config.inventory import Inventory, Secrets, Site
 from fleet.state.observe import Observation, from_line_info
 from fleet.state.sites import register_site
@@ -510,4 +511,11 @@ def start_site_collectors(inv: Inventory, secrets: Secrets, store: Store, sites:
             [f"{site.gateway_registrar.platform} bindings"] if site.gateway_registrar else [])
         log.warning("collecting syslog on %s and events on %s for site %s%s", site.collector.syslog, site.collector.events,
                     name, f" (and {', '.join(extra)})" if extra else "")
+    try:      # /metrics for the sites that name an address (fleet.evidence.metrics): the process's, or none of it
+        start_exporters(store, [c.site for c in started])
+    except ExporterError as exc:
+        log.error("%s", exc)
+        for c in started:
+            c.stop()
+        return []
     return started

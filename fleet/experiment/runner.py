@@ -34,6 +34,7 @@ from fleet.experiment.playbook import CallStep, ExpectStep, ExperimentPlaybook, 
 from fleet.phoneconf.predict import servers
 from fleet.state.lease import LeaseLost, SiteLease, default_ttl
 from fleet.experiment.signals import Interrupted, SignalGuard
+from fleet.state import durations
 from fleet.state.sites import register_site
 from fleet.state.store import RolloutStore, Store, foreign_sources
 from fleet.base.outage import Outage, WanState
@@ -311,6 +312,10 @@ class ExperimentRunner:
         result.passed = (not result.errors and all(s.passed for s in result.steps)
                          and all(p.passed for p in result.phones))
         self.store.log_event(exp, "finish", passed=result.passed)
+        # the site's failover/recovery histograms for /metrics (fleet.evidence.metrics), counted once per run
+        durations.record(self.store, self.site.name, "experiment", exp,
+                         {"failover": [p.failover_s for p in result.phones if p.failover_s is not None],
+                          "recovery": [p.recovery_s for p in result.phones if p.recovery_s is not None]})
         return result
 
     # ------------------------------------------------------------------ kept between the ticks of a drill

@@ -58,6 +58,12 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `schedule:{name}:sent`               | hash   | t, fire_time: when beat last sent it, and for which cron time    | set_schedule_sent           |
 | `schedule:missed`                    | list   | messages about missed or refused runs                            | record_missed               |
 | `schedule:missed:seen`               | set    | occurrences already recorded (each is recorded once)             | record_missed               |
+| `durations:{measure}:{origin}:{site}`| hash   | failover/recovery seconds (measure) from experiments or          | durations.record            |
+|                                      |        | incidents (origin) as a histogram: b:{i} count per bucket, sum,  |                             |
+|                                      |        | count (what /metrics exports)                                    |                             |
+| `durations:counted`                  | set    | origin:id of each run already counted (counted once)             | durations.record            |
+| `site:{site}:incidents:open`         | hash   | incident id -> JSON summary {started, phones, failed_over,       | open_incidents.set_open     |
+|                                      |        | never_failed_over} while it is open (issue 20 part 1)            |                             |
 
 Celery's own keys (queues named after them, `unacked*`, `_kombu.*`,
 `celery-task-meta-*`) share the database and are Celery's business.
@@ -230,6 +236,16 @@ class Keys:
     @staticmethod
     def rollout_reboot(rid: str, mac: str, attempt: int | str) -> str:
         return f"{P}rollout:{rid}:reboot:{mac}:{attempt}"
+
+    DURATIONS_COUNTED = f"{P}durations:counted"
+
+    @staticmethod
+    def durations(measure: str, origin: str, site: str) -> str:
+        return f"{P}durations:{measure}:{origin}:{site}"
+
+    @staticmethod
+    def site_incidents_open(site: str) -> str:
+        return f"{P}site:{site}:incidents:open"
 
     @staticmethod
     def schedule_since(name: str) -> str:

@@ -93,7 +93,9 @@ def guarded_evidence(source: str, targets: Targets, max_skew: float | None,
 
 def with_drops(health: dict, drops: DropHealth | SenderDrops, since: list[float | None]) -> dict:
     """A source's health as `fleet status` shows it, failing also while it drops most of what it gets
-    (`since` holds when that began, kept by the caller between calls)."""
+    (`since` holds when that began, kept by the caller between calls); `dropped`: reason -> datagrams dropped
+    since the source started (the exporter's counters)."""
+    health = health | {"dropped": dict(drops.dropped_total)}
     why = drops.failing()
     if not why:
         since[0] = None

@@ -93,6 +93,7 @@ class DropHealth:
         self._started = clock()
         self._current: Counter[str] = Counter()
         self._previous: Counter[str] = Counter()
+        self.dropped_total: Counter[str] = Counter()   # reason -> datagrams dropped since it started (/metrics)
 
     def _roll(self) -> None:
         now = self._clock()
@@ -110,6 +111,7 @@ class DropHealth:
         if dropped:
             self._current["dropped"] += 1
             self._current["why:" + dropped] += 1
+            self.dropped_total[dropped] += 1
 
     def failing(self) -> str:
         self._roll()
@@ -159,6 +161,11 @@ class SenderDrops:
 
     def saw(self, dropped: str | None = None, sender: str | None = None) -> None:
         self.of(sender).saw(dropped)
+
+    @property
+    def dropped_total(self) -> Counter[str]:
+        """reason -> datagrams dropped since it started, every sender's together."""
+        return sum((h.dropped_total for h in self._by_sender.values()), Counter())
 
     def failing(self) -> str:
         reasons = [f"sender {sender}: {why}" for sender, health in sorted(self._by_sender.items())
