@@ -278,6 +278,7 @@ def test_a_bad_metrics_address_names_file_line_and_field(tmp_path, given, messag
 
     text = SMALL_INVENTORY.replace("    gateway: 127.10.0.1\n", f"    gateway: 127.10.0.1\n    collector: {{metrics: \"{given}\"}}\n")
     (tmp_path / "secrets.yml").write_text("{}\n")
+    (tmp_path / "secrets.yml").chmod(0o600)
     path = tmp_path / "inv.yml"
     path.write_text(text)
     with pytest.raises(FileError) as caught:
@@ -298,6 +299,7 @@ def test_fleet_collector_whose_metrics_address_is_taken_exits_3_naming_it(tmp_pa
                                    f"syslog: \"127.0.0.1:{free_port()}\", events: \"127.0.0.1:{free_port()}\", "
                                    f"metrics: \"127.0.0.1:{port}\"}}\n")
     (tmp_path / "secrets.yml").write_text("".join(f"{n}: {{username: u, password: pw}}\n" for n in ("boot", "r", "admin")))
+    (tmp_path / "secrets.yml").chmod(0o600)
     (tmp_path / "inv.yml").write_text(text)
     try:
         res = run_fleet(["collector", "--inventory", str(tmp_path / "inv.yml"), "--site", "hq"], redis_url, timeout=60)
