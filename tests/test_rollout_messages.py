@@ -170,9 +170,12 @@ def test_verbose_run_prints_every_step_of_every_phone(lab, redis_url, tmp_path):
     assert proc.returncode == 1, out[-3000:] + err[-3000:]     # the stale-password phone fails; the others verify
     verified = re.findall(r"^ok: \[([0-9a-f]{12})\] east wave 0 verified on servers 1 and 2 in \d+\.\d s$", out, re.M)
     assert len(verified) == 7 and lab.stale not in verified, out
-    for mac in verified:     # each phone's steps and states, as they happened
-        for said in ("dispatched", "step call check: ok in", "publishing", "step publish: ok in", "step reboot: ok in",
-                     "verifying: waiting for it to register with servers 1 and 2"):
+    # each phone's device steps, from the workers' journal (every one is there); the state lines between them are
+    # what the driver's polls happened to see (a phone may pass through "publishing" between two), so not required
+    for mac in verified:
+        for said in ("step call check: ok in", "step publish: ok in", "step reboot: ok in"):
             assert f"[{mac}] east wave 0 {said}" in out, (mac, said, out)
+        steps = [out.index(f"[{mac}] east wave 0 {said}") for said in ("step call check", "step publish", "step reboot")]
+        assert steps == sorted(steps), (mac, out)      # in the order they happened
     assert re.search(rf"^  \[{lab.stale}\] east wave 0 step call check: ok in", out, re.M), out
     assert f"done; 8 phones: 7 verified, 1 failed" in out, out

@@ -54,7 +54,8 @@ def why(st: Mapping[str, str]) -> str:
 
 class PhoneLines:
     """The per-phone lines of one rollout, each said once: a phone's settling, a deferral's (new) reason, and with
-    `verbose` every state it passes through and every device step a worker traced."""
+    `verbose` every device step a worker traced (from the journal: none is missed) and the states the driver's
+    polls see (a short state between two polls is not said)."""
 
     def __init__(self, plan: Mapping, registered_to: Iterable[int], verbose: bool = False) -> None:
         self.site_of = {p["mac"]: p["site"] for p in plan["phones"]}
