@@ -9,6 +9,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from soundpoint.values import plural
 from fleet.cli.common import EXIT_OK, EXIT_FAILED, EXIT_INPUT, err, fail, load_inventory, check_sites, optional_store
 
 
@@ -41,7 +42,7 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
     phones = device_count(inv, sites)
     if not do_probe:
         summary = {"valid": True, "inventory": inv.name, "sites": [s.name for s in inv.sites], "phones": phones}
-        click.echo(json.dumps(summary) if as_json else f"{inventory_path}: valid ({len(inv.sites)} sites, {phones} phones)")
+        click.echo(json.dumps(summary) if as_json else f"{inventory_path}: valid ({plural(len(inv.sites), 'site')}, {plural(phones, 'phone')})")
         return
     secrets = inv_mod.check_secrets(inv)
     # the phones' REST locks live in fleet's Redis: a probe holds them as the collectors and workers do
@@ -62,5 +63,5 @@ def inventory_check(inventory_path: str, sites: tuple[str, ...], do_probe: bool,
         for r in rows:
             t.add_row(escape(r.site), escape(r.device), escape(r.target), "yes" if r.ok else "[red]NO[/red]", escape(r.detail))
         Console().print(t)
-        click.echo(f"{len(rows) - len(failed)} of {len(rows)} checks passed" + (f"; failed: {', '.join(r.device for r in failed)}" if failed else ""))
+        click.echo(f"{len(rows) - len(failed)} of {plural(len(rows), 'check')} passed" + (f"; failed: {', '.join(r.device for r in failed)}" if failed else ""))
     sys.exit(EXIT_FAILED if failed else EXIT_OK)
