@@ -42,6 +42,7 @@ from dataclasses import dataclass, field
 from fleet.experiment.runner import STEPS, ExperimentRunner
 from fleet.rollout import policy
 from fleet.rollout.driver import REDIS_AWAY, DrillResult, Outcome, RolloutDriver, load_drill
+from fleet.state.store import lease_holder_run
 
 TICK_S = 0.5        # between two passes of a wave: phones reboot and register in seconds, not milliseconds
 MIN_TICK_S = 0.1    # the shortest pause, while a drill waits for a router task's answer
@@ -157,7 +158,7 @@ class TickedRollout(RolloutDriver):
         for site in self._sites():
             if not self.store.renew_lease(site, holder, self.lease_ttl):
                 now, _ = self.store.lease_info(site)
-                return f"the lease on site {site} is no longer ours " + (f"(now held by {now})" if now else "(it expired)")
+                return f"the lease on site {site} is no longer ours " + (f"(now held by {lease_holder_run(now)})" if now else "(it expired)")
         return ""
 
     def _move(self, holder: str) -> Outcome | None:
