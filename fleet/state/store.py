@@ -41,6 +41,17 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | capture_bytes and capture_left_out), trimmed                     |                             |
 | `outage:{id}:restore`                | string | a restore of that outage was requested (a cut seeing it cuts     | request_outage_restore      |
 |                                      |        | nothing); expires after two days                                 |                             |
+| `incidents`                          | zset   | incident ids by start (the earliest loss of server 1 the evidence | IncidentStore.open          |
+|                                      |        | shows)                                                           |                             |
+| `incidents:open`                     | set    | the incidents not closed yet (what "incidents open" counts)      | IncidentStore.open/close    |
+| `incident:{id}`                      | hash   | a passive outage incident: site, status (open, closed), started, | IncidentStore.open/set/     |
+|                                      |        | detected, restored, finished, closed_because, baseline (JSON:    | close                       |
+|                                      |        | the phones on server 1 before it), threshold                     |                             |
+| `incident:{id}:events`               | stream | append-only history of the incident (opened, each phone's move,  | IncidentStore.log           |
+|                                      |        | closed), wall time                                               |                             |
+| `incident:{id}:obs:{mac}`            | stream | one phone's observations during the incident (each with its      | IncidentStore.keep_         |
+|                                      |        | working server), from shortly before its start, trimmed          | observations                |
+| `site:{site}:incident`               | string | id of the site's open incident                                   | IncidentStore.open/close    |
 | `rollouts`                           | zset   | rollout ids by creation time                                     | RolloutStore.create         |
 | `rollout:{id}`                       | hash   | status, playbook, created, plan (JSON), reason, abort flag,      | RolloutStore.create/set     |
 |                                      |        | backups_removed:{site}, limit (`--limit`), keep_backups (1/0),   |                             |
@@ -210,6 +221,25 @@ class Keys:
     @staticmethod
     def outage_restore(outage_id: str) -> str:
         return f"{P}outage:{outage_id}:restore"
+
+    INCIDENTS = f"{P}incidents"
+    INCIDENTS_OPEN = f"{P}incidents:open"
+
+    @staticmethod
+    def incident(incident_id: str) -> str:
+        return f"{P}incident:{incident_id}"
+
+    @staticmethod
+    def incident_events(incident_id: str) -> str:
+        return f"{P}incident:{incident_id}:events"
+
+    @staticmethod
+    def incident_obs(incident_id: str, mac: str) -> str:
+        return f"{P}incident:{incident_id}:obs:{mac}"
+
+    @staticmethod
+    def site_incident(site: str) -> str:
+        return f"{P}site:{site}:incident"
 
     @staticmethod
     def rollout(rid: str) -> str:
