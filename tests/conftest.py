@@ -129,6 +129,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     129: (1, "test_rollout_messages"),
     143: (1, "test_rollout_stack_lab"),
     120: (1, "test_newcomer"),
+    147: (1, "test_incidents_lab"),
 }
 
 

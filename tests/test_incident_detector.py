@@ -24,6 +24,9 @@ class Sink:
     def set(self, iid, **fields):
         self.fields.setdefault(iid, {}).update(fields)
 
+    def set_summary(self, site, iid, started, phones, failed_over):
+        self.fields.setdefault(iid, {})["summary"] = (phones, failed_over)
+
     def close(self, iid, site, finished, because):
         self.closed.append({"id": iid, "finished": finished, "because": because})
 
@@ -69,6 +72,7 @@ def test_a_site_wide_loss_opens_one_incident_from_the_earliest_loss_and_closes_w
     assert phones[MACS[0]] == {"lost_at": 100.0, "on2_at": 100.0, "nowhere_s": 0.0, "back_at": 120.0}
     assert phones[MACS[2]]["back_at"] == 122.0 and phones[MACS[3]]["lost_at"] is None
     assert sink.fields["i1"]["restored"] == 120.0
+    assert sink.fields["i1"]["summary"] == (4, 3)      # 3 of the 4 phones on server 1 reached server 2
 
 
 def test_one_phones_loss_is_not_a_site_incident():

@@ -48,6 +48,8 @@ class IncidentSink(Protocol):
 
     def set(self, iid: str, **fields) -> None: ...
 
+    def set_summary(self, site: str, iid: str, started: float, phones: int, failed_over: int) -> None: ...
+
     def close(self, iid: str, site: str, finished: float, because: str) -> None: ...
 
     def log(self, iid: str, kind: str, **data) -> None: ...
@@ -159,6 +161,9 @@ class IncidentDetector:
             f.nowhere_since = None
         if after == 2 and f.on2_at is None:
             f.on2_at = t
+            if obs.mac in inc.baseline:
+                self.sink.set_summary(self.site, inc.id, inc.started, len(inc.baseline),
+                                      sum(1 for m in inc.baseline if m in inc.phones and inc.phones[m].on2_at))
         if after == 1 and f.back_at is None and (f.lost_at is not None or f.on2_at is not None):
             f.back_at = t
         self.sink.log(inc.id, "working server", mac=obs.mac, t=t, **{"from": before, "to": after},

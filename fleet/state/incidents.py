@@ -3,8 +3,10 @@
 Stored like an experiment (an `incident:{id}` hash, an append-only event
 stream, one observation stream per phone) so the report machinery of
 experiments reads it the same way; the key names are the store's
-(fleet.state.store.Keys and its table). `open_ids()` is what counts as
-"incidents open" for status and metrics.
+(fleet.state.store.Keys and its table). While an incident is open, its
+site's `site:{site}:incidents:open` hash holds its summary (started, phones
+followed, how many reached server 2, how many never did yet): what `fleet
+status` and the metrics exporter read as "incidents open".
 """
 from __future__ import annotations
 
@@ -38,23 +40,24 @@ class IncidentStore:
                                             "threshold": threshold, "window_s": repr(window_s),
                                             "kind": "observed, not caused"})
         pipe.zadd(K.INCIDENTS, {iid: started})
-        pipe.sadd(K.INCIDENTS_OPEN, iid)
-        pipe.set(K.site_incident(site), iid)
+        pipe.hset(K.site_incidents_open(site), iid, _summary(started, len(baseline), 0, len(baseline)))
         pipe.execute()
         return iid
+
+    def set_summary(self, site: str, iid: str, started: float, phones: int, failed_over: int) -> None:
+        """The open incident's summary as phones move: how many of its phones reached server 2 so far."""
+        self.r.hset(K.site_incidents_open(site), iid, _summary(started, phones, failed_over, phones - failed_over))
 
     def set(self, iid: str, **fields) -> None:
         self.r.hset(K.incident(iid), mapping={k: (json.dumps(v) if isinstance(v, (dict, list)) else
                                                   repr(v) if isinstance(v, float) else v) for k, v in fields.items()})
 
     def close(self, iid: str, site: str, finished: float, because: str) -> None:
-        """Close the incident; the site's open-incident key goes only if it still names this one."""
+        """Close the incident: its record says so and why, and it leaves its site's open incidents."""
         pipe = self.r.pipeline(transaction=True)
         pipe.hset(K.incident(iid), mapping={"status": CLOSED, "finished": repr(finished), "closed_because": because})
-        pipe.srem(K.INCIDENTS_OPEN, iid)
+        pipe.hdel(K.site_incidents_open(site), iid)
         pipe.execute()
-        script = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
-        self.r.eval(script, 1, K.site_incident(site), iid)
 
     def log(self, iid: str, kind: str, **data) -> None:
         entry = {"kind": kind, "t": time.time(), **data}
@@ -91,13 +94,26 @@ class IncidentStore:
         out = [decode(h) for h in pipe.execute() if h and (site is None or h.get("site") == site)]
         return out[:limit]
 
-    def open_ids(self) -> list[str]:
-        """Every incident not closed yet, any site."""
-        return sorted(self.r.smembers(K.INCIDENTS_OPEN))
+    def open_summaries(self, sites: list[str]) -> dict[str, dict[str, dict]]:
+        """{site: {incident id: summary}} of the incidents open at `sites` (a damaged summary reads as {})."""
+        pipe = self.r.pipeline(transaction=False)
+        for s in sites:
+            pipe.hgetall(K.site_incidents_open(s))
+        out: dict[str, dict[str, dict]] = {}
+        for s, h in zip(sites, pipe.execute()):
+            found = {}
+            for iid, raw in sorted(h.items()):
+                try:
+                    found[iid] = json.loads(raw)
+                except ValueError:
+                    found[iid] = {}
+            if found:
+                out[s] = found
+        return out
 
-    def open_for(self, site: str) -> str | None:
-        """The site's open incident, if any."""
-        return self.r.get(K.site_incident(site))
+
+def _summary(started: float, phones: int, failed_over: int, never: int) -> str:
+    return json.dumps({"started": started, "phones": phones, "failed_over": failed_over, "never_failed_over": never})
 
 
 def decode(h: dict[str, str]) -> dict:

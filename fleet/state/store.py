@@ -43,7 +43,6 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | nothing); expires after two days                                 |                             |
 | `incidents`                          | zset   | incident ids by start (the earliest loss of server 1 the evidence | IncidentStore.open          |
 |                                      |        | shows)                                                           |                             |
-| `incidents:open`                     | set    | the incidents not closed yet (what "incidents open" counts)      | IncidentStore.open/close    |
 | `incident:{id}`                      | hash   | a passive outage incident: site, status (open, closed), started, | IncidentStore.open/set/     |
 |                                      |        | detected, restored, finished, closed_because, baseline (JSON:    | close                       |
 |                                      |        | the phones on server 1 before it), threshold                     |                             |
@@ -51,7 +50,6 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | closed), wall time                                               |                             |
 | `incident:{id}:obs:{mac}`            | stream | one phone's observations during the incident (each with its      | IncidentStore.keep_         |
 |                                      |        | working server), from shortly before its start, trimmed          | observations                |
-| `site:{site}:incident`               | string | id of the site's open incident                                   | IncidentStore.open/close    |
 | `rollouts`                           | zset   | rollout ids by creation time                                     | RolloutStore.create         |
 | `rollout:{id}`                       | hash   | status, playbook, created, plan (JSON), reason, abort flag,      | RolloutStore.create/set     |
 |                                      |        | backups_removed:{site}, limit (`--limit`), keep_backups (1/0),   |                             |
@@ -69,6 +67,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `schedule:{name}:sent`               | hash   | t, fire_time: when beat last sent it, and for which cron time    | set_schedule_sent           |
 | `schedule:missed`                    | list   | messages about missed or refused runs                            | record_missed               |
 | `schedule:missed:seen`               | set    | occurrences already recorded (each is recorded once)             | record_missed               |
+| `site:{site}:incidents:open`         | hash   | incident id -> JSON summary {started, phones, failed_over,       | IncidentStore.open/         |
+|                                      |        | never_failed_over} while it is open (issue 20 part 1)            | follow/close                |
 
 Celery's own keys (queues named after them, `unacked*`, `_kombu.*`,
 `celery-task-meta-*`) share the database and are Celery's business.
@@ -223,7 +223,6 @@ class Keys:
         return f"{P}outage:{outage_id}:restore"
 
     INCIDENTS = f"{P}incidents"
-    INCIDENTS_OPEN = f"{P}incidents:open"
 
     @staticmethod
     def incident(incident_id: str) -> str:
@@ -238,8 +237,8 @@ class Keys:
         return f"{P}incident:{incident_id}:obs:{mac}"
 
     @staticmethod
-    def site_incident(site: str) -> str:
-        return f"{P}site:{site}:incident"
+    def site_incidents_open(site: str) -> str:
+        return f"{P}site:{site}:incidents:open"
 
     @staticmethod
     def rollout(rid: str) -> str:
