@@ -132,3 +132,12 @@ def test_seeded_states_count_as_the_baseline():
     d.observe([reg(m, 100.0, 1, "unregistered") for m in MACS[:2]])
     d.tick(101.0, nobody)
     assert sink.opened and sink.opened[0]["baseline"] == sorted(MACS)
+
+
+def test_a_failure_towards_server_1_of_phones_not_seen_before_counts_as_its_loss():
+    """Phones registered before the collector started: their first evidence is the failed refresh."""
+    sink = Sink()
+    d = IncidentDetector("hq", MACS[:2], {m: [1] for m in MACS[:2]}, sink, window_s=10, settle_s=5)
+    d.observe([reg(m, 100.0 + i, 1, "unregistered") for i, m in enumerate(MACS[:2])])
+    d.tick(102.0, nobody)
+    assert sink.opened and sink.opened[0]["started"] == 100.0 and sink.opened[0]["baseline"] == MACS[:2]

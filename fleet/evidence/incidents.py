@@ -6,8 +6,10 @@ and come back. This module turns that into an incident, without touching a
 device:
 
 - a phone *leaves* server 1 when its registration 1's working server was 1
-  and no longer is (the loss time is the evidence's own: the observation's
-  `earliest` where it only bounds the moment);
+  and no longer is, or when the first evidence of its server 1 is a failure
+  towards it (a refresh that got no answer: it was registered there before
+  the collector started); the loss time is the evidence's own (the
+  observation's `earliest` where it only bounds the moment);
 - the site has an incident when at least max(2, half) of the phones that were
   on server 1 leave it within `window_s` of each other (the slowest phone's
   predicted failover bound: phones notice a cut at their next refresh, so the
@@ -121,6 +123,7 @@ class IncidentDetector:
                     continue
                 state = self.states[obs.mac]
                 before = state.working_server
+                unseen = 1 not in state.line(1).servers and state.line_state != REGISTERED
                 configured = self.configured.get(obs.mac) if obs.reg == 1 else None
                 apply(state, obs, configured)
                 row = obs.to_dict() | {"working_server": state.line(obs.reg).working_server}
@@ -133,7 +136,9 @@ class IncidentDetector:
                 if after == 1:
                     self.on1.add(obs.mac)
                     self.lost.pop(obs.mac, None)
-                elif before == 1 or (obs.mac in self.on1 and obs.server == 1 and obs.state != REGISTERED):
+                elif before == 1 or (obs.server == 1 and obs.state != REGISTERED and (obs.mac in self.on1 or unseen)):
+                    # left server 1; or a first word of it is a failure towards it (a refresh that found no answer,
+                    # of a phone registered there before the collector started)
                     self.on1.discard(obs.mac)
                     at = obs.earliest if obs.earliest is not None else obs.t
                     self.lost.setdefault(obs.mac, at)
