@@ -15,6 +15,7 @@ class Sink:
         self.fields: dict[str, dict] = {}
         self.events: list[tuple[str, dict]] = []
         self.rows: list[dict] = []
+        self.records: list = []
 
     def open(self, site, started, detected, baseline, threshold, window_s):
         self.opened.append({"site": site, "started": started, "detected": detected, "baseline": baseline,
@@ -35,6 +36,9 @@ class Sink:
 
     def keep_observations(self, iid, rows):
         self.rows.extend(rows)
+
+    def record(self, outage):
+        self.records.append(outage)
 
 
 def reg(mac, t, server, state="registered"):
@@ -118,6 +122,11 @@ def test_a_phone_without_server_2_is_followed_as_registered_nowhere():
     phones = sink.fields["i1"]["phones"]
     assert phones[MACS[3]]["on2_at"] is None and phones[MACS[3]]["nowhere_s"] == 20.0
     assert phones[MACS[0]]["on2_at"] == 100.0
+    (outage,) = sink.records
+    outcomes = {p.mac: p for p in outage.phones}
+    assert outage.origin == "incident" and outage.t == 100.0
+    assert outcomes[MACS[3]].passed is False and outcomes[MACS[3]].why == ["never reached server 2 (no server 2 configured)"]
+    assert (outcomes[MACS[0]].passed, outcomes[MACS[0]].failover_s, outcomes[MACS[0]].recovery_s) == (True, 0.0, 0.0)
 
 
 def test_seeded_states_count_as_the_baseline():

@@ -45,7 +45,7 @@ def status(site: str | None, live: bool, wide: bool, as_json: bool) -> None:
 
     console = Console(width=WIDE) if wide else Console()
     for line in open_incident_lines(store, site):      # a real outage under way: above the table, once
-        console.print(line, style="bold red", markup=False, highlight=False)
+        console.print(line, style="bold red", markup=False, highlight=False, soft_wrap=True)
     if not live:
         console.print(current())
         return

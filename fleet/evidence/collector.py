@@ -470,10 +470,13 @@ class SiteCollector:
         params = self.phone_params()
         configured = {p.mac: [s["index"] for s in configured_servers(params.get(p.mac, {})) if s.get("register", True)]
                       for p in self.site.phones}
-        bounds = [b for p in self.site.phones
-                  if (b := failover_max(params.get(p.mac, {}), family=p.family.name)) is not None]
+        bound = {p.mac: failover_max(params.get(p.mac, {}), family=p.family.name) for p in self.site.phones}
+        bounds = [b for b in bound.values() if b is not None]
+        reported = {r["mac"]: r.get("firmware") for r in self.store.phones(self.site.name)}
+        facts = {p.mac: {"model": p.model, "family": p.family.name, "failover_max_s": bound[p.mac],
+                         "firmware": reported.get(p.mac) or p.firmware_version or ""} for p in self.site.phones}
         detector = IncidentDetector(self.site.name, [p.mac for p in self.site.phones], configured,
-                                    IncidentStore(self.store), window_s=max(bounds) if bounds else None)
+                                    IncidentStore(self.store), window_s=max(bounds) if bounds else None, facts=facts)
         detector.seed(self.store.phone_states([p.mac for p in self.site.phones]))
         return detector
 

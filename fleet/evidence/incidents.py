@@ -35,6 +35,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Callable, Protocol
 
+from fleet.state import record
 from fleet.state.observe import REGISTERED, Observation, PhoneState, apply
 
 HISTORY_MAX = 2000          # observations kept per phone before an incident (bounded memory)
@@ -57,6 +58,8 @@ class IncidentSink(Protocol):
     def log(self, iid: str, kind: str, **data) -> None: ...
 
     def keep_observations(self, iid: str, rows: list[dict]) -> None: ...
+
+    def record(self, outage: record.Outage) -> None: ...
 
 
 def threshold(baseline: int) -> int:
@@ -90,8 +93,11 @@ class IncidentDetector:
     """One site's detector. `observe` and `tick` may be called from different threads (a lock keeps them apart)."""
 
     def __init__(self, site: str, macs: list[str], configured: dict[str, list[int]], sink: IncidentSink,
-                 window_s: float | None = None, settle_s: float | None = None, max_s: float = DEFAULT_MAX_S) -> None:
+                 window_s: float | None = None, settle_s: float | None = None, max_s: float = DEFAULT_MAX_S,
+                 facts: dict[str, dict] | None = None) -> None:
         self.site, self.sink = site, sink
+        # per phone: model, family, firmware and failover_max_s (its predicted bound), for the survivability record
+        self.facts = facts or {}
         self.macs = set(macs)
         self.configured = configured
         self.window_s = window_s or DEFAULT_WINDOW_S
@@ -253,6 +259,26 @@ class IncidentDetector:
             if now - inc.started >= self.max_s:
                 self._close(now, f"timed out after {self.max_s:g} s ({len(back)} of {len(inc.baseline)} back)")
 
+    def _outcome(self, inc: OpenIncident, mac: str, moves: dict) -> record.PhoneOutcome:
+        """How one phone lived through the incident: failover from its start, recovery from the first evidence
+        that server 1 answered again; failed when it never reached server 2, never came back, or took longer to
+        fail over than its configuration predicts."""
+        facts = self.facts.get(mac, {})
+        failover = round(moves["on2_at"] - inc.started, 3) if moves.get("on2_at") is not None else None
+        recovery = (round(max(0.0, moves["back_at"] - inc.restored), 3)
+                    if moves.get("back_at") is not None and inc.restored is not None else None)
+        why = []
+        if failover is None:
+            why.append("never reached server 2" + ("" if 2 in self.configured.get(mac, [1, 2])
+                                                   else " (no server 2 configured)"))
+        elif facts.get("failover_max_s") is not None and failover > facts["failover_max_s"]:
+            why.append(f"failover took {failover:.1f}s, over the {facts['failover_max_s']:.1f}s its configuration "
+                       f"predicts")
+        if moves.get("back_at") is None:
+            why.append("not back on server 1 when the incident closed")
+        return record.PhoneOutcome(mac, str(facts.get("model") or ""), str(facts.get("family") or ""),
+                                   str(facts.get("firmware") or ""), failover, recovery, not why, why)
+
     def _close(self, now: float, because: str) -> None:
         inc = self.open
         assert inc is not None
@@ -266,6 +292,8 @@ class IncidentDetector:
         self.sink.set(inc.id, phones=phones)
         self.sink.log(inc.id, "closed", t=now, because=because, phones=phones)
         self.sink.close(inc.id, self.site, now, because)
+        self.sink.record(record.Outage("incident", inc.id, self.site, inc.started,
+                                       [self._outcome(inc, mac, phones[mac]) for mac in sorted(inc.baseline)]))
         self.open = None
         for mac in inc.baseline:          # phones still off server 1 are this incident's, not the next one's
             self.lost.pop(mac, None)

@@ -22,6 +22,7 @@ from fleet.experiment.runner import ExperimentResult, StepResult
 from fleet.experiment.verdict import (Expectation, OutageWindow, PhoneVerdict, Reached, first_change, judge_phone,
                                       predicted_bounds, timeline)
 from fleet.phoneconf.predict import servers
+from fleet.state import record
 from fleet.state.incidents import IncidentStore
 from fleet.state.store import RolloutStore, Store
 
@@ -104,7 +105,7 @@ def build(store: Store, iid: str, inv: Inventory | None = None) -> dict:
                 "detected": meta.get("detected"), "detected_after_s": detected_after, "restored": restored,
                 "closed_because": meta.get("closed_because"), "threshold": meta.get("threshold"),
                 "window_s": window, "baseline": meta.get("baseline") or [], "moves": meta.get("phones") or {},
-                "never_failed_over": never})
+                "never_failed_over": never, "site_history": record.last_outages(store, site_name)})
     return doc
 
 

@@ -14,6 +14,7 @@ import json
 import time
 import uuid
 
+from fleet.state import record
 from fleet.state.store import K, OBS_MAXLEN, EVENTS_MAXLEN, Store
 
 OPEN, CLOSED = "open", "closed"
@@ -23,7 +24,12 @@ class IncidentStore:
     """Incident records; every write is one pipeline, so a reader never sees an incident half opened or closed."""
 
     def __init__(self, store: Store) -> None:
+        self.store = store
         self.r = store.r
+
+    def record(self, outage: record.Outage) -> None:
+        """A closed incident's outage into its site's survivability record."""
+        record.add(self.store, outage)
 
     @staticmethod
     def new_id(started: float) -> str:

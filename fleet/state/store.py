@@ -50,6 +50,9 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | closed), wall time                                               |                             |
 | `incident:{id}:obs:{mac}`            | stream | one phone's observations during the incident (each with its      | IncidentStore.keep_         |
 |                                      |        | working server), from shortly before its start, trimmed          | observations                |
+| `record:{site}`                      | stream | the site's survivability record: one entry per outage (an        | record.add                  |
+|                                      |        | experiment's cut or an incident): origin, id, t, and per phone   |                             |
+|                                      |        | model, family, firmware, failover_s, recovery_s, passed, why     |                             |
 | `rollouts`                           | zset   | rollout ids by creation time                                     | RolloutStore.create         |
 | `rollout:{id}`                       | hash   | status, playbook, created, plan (JSON), reason, abort flag,      | RolloutStore.create/set     |
 |                                      |        | backups_removed:{site}, limit (`--limit`), keep_backups (1/0),   |                             |
@@ -235,6 +238,10 @@ class Keys:
     @staticmethod
     def incident_obs(incident_id: str, mac: str) -> str:
         return f"{P}incident:{incident_id}:obs:{mac}"
+
+    @staticmethod
+    def record(site: str) -> str:
+        return f"{P}record:{site}"
 
     @staticmethod
     def site_incidents_open(site: str) -> str:
