@@ -268,6 +268,9 @@ class IncidentDetector:
         recovery = (round(max(0.0, moves["back_at"] - inc.restored), 3)
                     if moves.get("back_at") is not None and inc.restored is not None else None)
         why = []
+        if moves.get("lost_at") is None and failover is None and moves.get("back_at") is None:
+            return record.PhoneOutcome(mac, str(facts.get("model") or ""), str(facts.get("family") or ""),
+                                       str(facts.get("firmware") or ""), None, None, True, [])   # kept server 1
         if failover is None:
             why.append("never reached server 2" + ("" if 2 in self.configured.get(mac, [1, 2])
                                                    else " (no server 2 configured)"))

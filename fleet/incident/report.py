@@ -70,6 +70,7 @@ def build(store: Store, iid: str, inv: Inventory | None = None) -> dict:
                                message=f"{meta.get('threshold')} of {len(meta.get('baseline') or [])} phones on server 1 "
                                        f"lost it within {window:g} s; found {detected_after:.1f} s after the earliest loss")]
     never = []
+    moves = meta.get("phones") or {}
     for mac in sorted(meta.get("baseline") or []):
         obs = all_obs[mac]
         row = stored.get(mac) or {}
@@ -91,10 +92,14 @@ def build(store: Store, iid: str, inv: Inventory | None = None) -> dict:
             v.address, v.firmware = row.get("address"), row.get("firmware")
         on2 = first_change(obs, 2, started)
         back = first_change(obs, 1, restored) if restored is not None else None
+        kept = (moves.get(mac) or {}).get("lost_at") is None and on2 is None and all(
+            o.get("working_server") == 1 for o in obs if o["t"] >= started and o.get("reg", 1) == 1)
         seen = {FAILOVER: Reached({mac: on2} if on2 is not None else {}, {mac: _last_working(obs)}),
                 RECOVERY: Reached({mac: back} if back is not None else {}, {mac: _last_working(obs)})}
-        judge_phone(v, configured, expectations, seen, obs, outage)
-        if on2 is None:
+        judge_phone(v, configured, [] if kept else expectations, seen, obs, outage)
+        if kept:
+            v.reasons.append("kept server 1 throughout: it never lost it")
+        elif on2 is None:
             evidence = last_evidence(obs)
             v.reasons.append(f"never reached server 2; last evidence: {evidence}")
             never.append({"mac": mac, "configured_servers": configured, "last_evidence": evidence})
