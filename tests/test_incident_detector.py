@@ -150,3 +150,17 @@ def test_a_failure_towards_server_1_of_phones_not_seen_before_counts_as_its_loss
     d.observe([reg(m, 100.0 + i, 1, "unregistered") for i, m in enumerate(MACS[:2])])
     d.tick(102.0, nobody)
     assert sink.opened and sink.opened[0]["started"] == 100.0 and sink.opened[0]["baseline"] == MACS[:2]
+
+
+def test_a_phone_still_saying_registered_before_it_noticed_the_cut_is_not_the_restore():
+    sink = Sink()
+    d = detector(sink)
+    d.observe([reg(m, 100.0, 1, "unregistered") for m in MACS[:3]])
+    d.tick(101.0, nobody)
+    d.observe([reg(MACS[3], 102.0, 1)])       # its refresh is not due yet: a poll still says registered
+    d.observe([reg(MACS[3], 104.0, 1, "unregistered")])
+    d.tick(105.0, nobody)
+    assert "restored" not in sink.fields.get("i1", {})
+    d.observe([reg(m, 120.0 + i, 1) for i, m in enumerate(MACS)])
+    d.tick(125.0, nobody)
+    assert sink.fields["i1"]["restored"] == 120.0

@@ -130,6 +130,7 @@ class IncidentDetector:
                 state = self.states[obs.mac]
                 before = state.working_server
                 unseen = 1 not in state.line(1).servers and state.line_state != REGISTERED
+                was1 = state.line(1).servers.get(1, {}).get("state")
                 configured = self.configured.get(obs.mac) if obs.reg == 1 else None
                 apply(state, obs, configured)
                 row = obs.to_dict() | {"working_server": state.line(obs.reg).working_server}
@@ -149,15 +150,20 @@ class IncidentDetector:
                     at = obs.earliest if obs.earliest is not None else obs.t
                     self.lost.setdefault(obs.mac, at)
                 if self.open is not None:
-                    self._follow(obs, row, before, after)
+                    self._follow(obs, row, before, after, regained=was1 not in (None, REGISTERED))
 
-    def _follow(self, obs: Observation, row: dict, before: int | None, after: int | None) -> None:
+    def _follow(self, obs: Observation, row: dict, before: int | None, after: int | None,
+                regained: bool = False) -> None:
+        """One observation of an open incident. `regained`: it shows server 1 registered where the phone's last
+        word of server 1 was a loss: the first such is the evidence that server 1 answers again (a phone that has
+        not noticed the cut yet still says registered, which says nothing of the restore)."""
         inc = self.open
         assert inc is not None
         inc.pending.append(row)
         f = inc.phones.setdefault(obs.mac, Followed())
         t = obs.t
-        if obs.server == 1 and obs.state == REGISTERED and inc.restored is None and t >= inc.started:
+        if (obs.server == 1 and obs.state == REGISTERED and regained and inc.restored is None
+                and t >= inc.started):
             inc.restored = t
             self.sink.set(inc.id, restored=t)
             self.sink.log(inc.id, "server 1 answers again", t=t, mac=obs.mac, source=obs.source)
@@ -223,21 +229,24 @@ class IncidentDetector:
         rows = [r for mac in sorted(self.macs) for r in self.history[mac] if r["t"] >= start - self.window_s]
         self.sink.keep_observations(iid, sorted(rows, key=lambda r: r["t"]))
         for mac in sorted(self.macs):     # replay each phone's moves since the start into its follow record
-            prev = None
+            prev, prev1 = None, None
             for r in self.history[mac]:
                 if r.get("reg", 1) != 1:
                     continue
                 ws = r.get("working_server")
-                if r["t"] >= start and prev is not None and ws != prev:
-                    self._replay(inc, mac, r, prev, ws)
+                regained = r.get("server") == 1 and prev1 not in (None, REGISTERED)
+                if r["t"] >= start and prev is not None and (ws != prev or regained):
+                    self._replay(inc, mac, r, prev, ws, regained)
                 prev = ws
+                if r.get("server") == 1:
+                    prev1 = r.get("state")
         self.lost.clear()
 
-    def _replay(self, inc: OpenIncident, mac: str, r: dict, before, after) -> None:
+    def _replay(self, inc: OpenIncident, mac: str, r: dict, before, after, regained: bool) -> None:
         obs = Observation.from_dict(r)
         pending = inc.pending
         inc.pending = []
-        self._follow(obs, r, before, after)
+        self._follow(obs, r, before, after, regained)
         inc.pending = pending             # already stored with the history
 
     def _maybe_close(self, now: float) -> None:
