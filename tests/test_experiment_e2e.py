@@ -224,6 +224,18 @@ def _router(lab, command: str):
 
 
 CUT, RESTORE = "ip link set dev wan0 down", "ip link set dev wan0 up && ip route replace default via 203.0.113.1 dev wan0"
+DROP = "iptables -I FORWARD -i wan0 -j DROP && iptables -I FORWARD -o wan0 -j DROP"
+UNDROP = "iptables -D FORWARD -i wan0 -j DROP && iptables -D FORWARD -o wan0 -j DROP"
+
+
+def _dns_rules(lab, op: str) -> str:
+    port = yaml.safe_load(lab.inventory.read_text())["sites"][0]["router"]["dns_port"]
+    return f"iptables {op} FORWARD -p udp --dport {port} -j DROP && iptables {op} FORWARD -p tcp --dport {port} -j DROP"
+
+
+# by hand, as an operator or a failing provider would: link down, every packet dropped, DNS unanswered
+MODES = {"link-down": lambda lab: (CUT, RESTORE), "drop": lambda lab: (DROP, UNDROP),
+         "dns-failure": lambda lab: (_dns_rules(lab, "-I"), _dns_rules(lab, "-D"))}
 
 
 def _all_working(lab, server: int | None) -> bool:
@@ -261,18 +273,20 @@ def test_one_phones_reboot_is_not_a_site_incident(lab, redis_url):
     assert _incidents(lab, redis_url, t0 - 1) == []
 
 
-def test_a_wan_cut_on_the_router_is_one_incident_measured_against_the_labs_truth(lab, redis_url, tmp_path):
+@pytest.mark.parametrize("mode", list(MODES))
+def test_a_wan_cut_on_the_router_is_one_incident_measured_against_the_labs_truth(lab, redis_url, tmp_path, mode):
+    cut, restore = MODES[mode](lab)
     wait_until(lambda: _all_working(lab, 1), 60, "every phone on server 1 before the cut")
     t_cut = time.time()
     try:
-        _router(lab, CUT)
+        _router(lab, cut)
         found = wait_until(lambda: _incidents(lab, redis_url, t_cut - 1), 60, "an incident opened")
         status = run_fleet(["status", "--site", "hq"], redis_url)
         assert f"OPEN INCIDENT {found[0]['id']} on site hq" in status.stdout, status.stdout[:2000]
         wait_until(lambda: _all_working(lab, 2), 60, "every phone on server 2")
     finally:
-        _router(lab, RESTORE)
-    t_restore = time.time()
+        t_restore = time.time()
+        _router(lab, restore)
     wait_until(lambda: [i for i in _incidents(lab, redis_url, t_cut - 1) if i["status"] == "closed"], 90,
                "the incident closed", state=lambda: _incidents(lab, redis_url, t_cut - 1))
     incidents = _incidents(lab, redis_url, t_cut - 1)
@@ -289,7 +303,7 @@ def test_a_wan_cut_on_the_router_is_one_incident_measured_against_the_labs_truth
     assert t_cut <= doc["outages"][0]["start"] and doc["detected"] - t_cut <= 2 * slowest, (doc["detected"] - t_cut, slowest)
     truth = lab.status()
     start, restored = doc["outages"][0]["start"], doc["restored"]
-    assert t_cut <= start and restored is not None and restored >= t_restore - SAMPLE
+    assert t_cut <= start and restored is not None and restored >= t_restore
     for p in doc["phones"]:
         t_true_fail = _truth_change_time(truth, p["mac"], 2, t_cut)
         t_true_back = _truth_change_time(truth, p["mac"], 1, t_restore)
