@@ -114,7 +114,7 @@ LAB_NETS: dict[int, tuple[int, str]] = {
     4: (1, "test_family_experiments uc-4.0"), 6: (1, "test_family_experiments uc-5.x"),
     8: (1, "test_site_files_lab"), 10: (1, "make demo, demo-syslog, demo-hep (hil/labs)"),
     15: (1, "test_wire_experiment"), 19: (1, "test_lab_wire"), 21: (1, "test_experiment_e2e"),
-    22: (1, "test_experiment_e2e, no fallback"), 24: (1, "test_lab_rules"), 26: (1, "test_safety"),
+    22: (1, "test_experiment_e2e, no fallback (and its incident)"), 24: (1, "test_lab_rules"), 26: (1, "test_safety"),
     27: (1, "test_outage_races"), 28: (1, "test_inventory_probe"), 30: (1, "test_scheduled_rollout"),
     33: (2, "test_rollout_faults"), 39: (2, "test_rollout"), 41: (1, "test_hostile_tasks"),
     45: (1, "test_secrets"), 57: (1, "test_publish_confinement"), 92: (1, "test_lab_rules, R5"),

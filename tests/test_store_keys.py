@@ -47,9 +47,9 @@ def test_the_store_docstring_and_the_architecture_page_hold_the_same_table():
 
 
 def test_every_key_the_store_builds_is_in_the_table_and_nothing_else():
-    documented = {f.replace("{exp}", "{id}").replace("{rid}", "{id}").replace("{outage_id}", "{id}")
+    documented = {f.replace("{exp}", "{id}").replace("{rid}", "{id}").replace("{outage_id}", "{id}").replace("{incident_id}", "{id}")
                   for f in _families(_table(store.__doc__))}
-    built = {k.replace("{exp}", "{id}").replace("{rid}", "{id}").replace("{outage_id}", "{id}")
+    built = {k.replace("{exp}", "{id}").replace("{rid}", "{id}").replace("{outage_id}", "{id}").replace("{incident_id}", "{id}")
              for k in _built_by_keys()}
     assert built == documented, (sorted(built - documented), sorted(documented - built))
 

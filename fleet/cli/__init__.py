@@ -24,6 +24,8 @@ from soundpoint.yamlfile import FileError
 from fleet.cli.common import FleetCli
 from fleet.cli.config import config_group
 from fleet.cli.experiment import experiment
+from fleet.cli.incident import incident
+from fleet.cli.record import record_cmd
 from fleet.cli.inventory import inventory_group
 from fleet.cli.rollout import rollout
 from fleet.cli.services import collector, scheduler, worker
@@ -69,5 +71,5 @@ def main(ctx: click.Context, insecure_secrets: bool) -> None:
         ctx.default_map = inventory_defaults(main, settings.inventory.value)
 
 
-for command in (experiment, rollout, inventory_group, status, scheduler, collector, worker, config_group):
+for command in (experiment, incident, record_cmd, rollout, inventory_group, status, scheduler, collector, worker, config_group):
     main.add_command(command)

@@ -39,6 +39,7 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
     from fleet.worker.app import configure
     from fleet.experiment.runner import ExperimentRunner
     from fleet.experiment.signals import SignalGuard
+    from fleet.state import record
     from fleet.state.store import LeaseHeld
 
     store = open_store()
@@ -58,7 +59,7 @@ def experiment_run(playbook_path: str, inventory_path: str, report_dir: str, as_
         except LeaseHeld as exc:
             fail(brief(exc), EXIT_INFRA)
         directory = Path(report_dir) / result.id
-        doc = report.write(result, directory)
+        doc = report.write(result, directory, record.last_outages(store, result.site))
         store.finish_experiment(result.id, result.passed, str(directory.resolve()), interrupted=bool(result.interrupted))
     if as_json:
         click.echo(json.dumps(doc, indent=1))

@@ -7,6 +7,7 @@ import click
 from rich.console import Console
 
 from fleet.cli.common import EXIT_INPUT, EXIT_INTERRUPTED, fail, open_store
+from fleet.cli.incident import open_incident_lines
 from soundpoint import values
 
 WIDE = 10_000    # `--wide`: lines as long as their cells, for a pager or a file (`less -S`, `> status.txt`)
@@ -43,6 +44,8 @@ def status(site: str | None, live: bool, wide: bool, as_json: bool) -> None:
         return status_view(*store.phones_and_evidence(site))
 
     console = Console(width=WIDE) if wide else Console()
+    for line in open_incident_lines(store, site):      # a real outage under way: above the table, once
+        console.print(line, style="bold red", markup=False, highlight=False, soft_wrap=True)
     if not live:
         console.print(current())
         return

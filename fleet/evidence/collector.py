@@ -51,9 +51,13 @@ from soundpoint import families
 from fleet.drivers.control.polling import response_mode
 from fleet.drivers.control.polling import parse_call_state
 from fleet.drivers.errors import DriverError
+from fleet.evidence.incidents import IncidentDetector
+from fleet.phoneconf.predict import configured_servers, failover_max
+from fleet.state.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
 FLUSH_S = 0.02   # observations reach the store in batches this far apart
+INCIDENT_TICK_S = 0.5   # how often the incident detector decides (fleet.evidence.incidents)
 
 
 class CollectorError(RuntimeError):
@@ -165,6 +169,7 @@ class SiteCollector:
         self.sources = SourceFilter(site)
         self.site_users = self._site_users()
         self.record: registry.CollectorRecord | None = None    # announced once the listeners are up
+        self.incidents: IncidentDetector | None = None          # passive outage detection, once started
         if self.sources.unresolved:
             log.warning("collector %s: %d phones have addresses that do not resolve (%s...): their reports are dropped "
                         "unless collector.allow_from covers them", site.name, len(self.sources.unresolved),
@@ -357,6 +362,7 @@ class SiteCollector:
         asyncio.ensure_future(self._flush_loop())
         asyncio.ensure_future(self._observing_loop())
         await self._start_sources()
+        asyncio.ensure_future(self._incident_loop())
         if self.site.collector.poll_interval > 0 and self.secrets is not None:
             asyncio.ensure_future(self._poll_loop())
 
@@ -459,6 +465,44 @@ class SiteCollector:
         await asyncio.to_thread(self.store.record_pushed_call_state, next(iter(macs)), active, time.time())
         return web.Response(status=200)
 
+    def _incident_detector(self) -> IncidentDetector:
+        """The site's detector: each phone's configured servers and the losses' window (the slowest phone's
+        predicted failover bound) from the configuration it runs, seeded with the phones' stored states."""
+        params = self.phone_params()
+        configured = {p.mac: [s["index"] for s in configured_servers(params.get(p.mac, {})) if s.get("register", True)]
+                      for p in self.site.phones}
+        bound = {p.mac: failover_max(params.get(p.mac, {}), family=p.family.name) for p in self.site.phones}
+        bounds = [b for b in bound.values() if b is not None]
+        reported = {r["mac"]: r.get("firmware") for r in self.store.phones(self.site.name)}
+        facts = {p.mac: {"model": p.model, "family": p.family.name, "failover_max_s": bound[p.mac],
+                         "firmware": reported.get(p.mac) or p.firmware_version or ""} for p in self.site.phones}
+        detector = IncidentDetector(self.site.name, [p.mac for p in self.site.phones], configured,
+                                    IncidentStore(self.store), window_s=max(bounds) if bounds else None, facts=facts)
+        detector.seed(self.store.phone_states([p.mac for p in self.site.phones]))
+        return detector
+
+    def _lease_now(self) -> str | None:
+        """Who causes what the site's phones do now: the lease holder, or the experiment observing the site."""
+        holder, _ = self.store.lease_info(self.site.name)
+        observing = self.store.observing(self.site.name)
+        return holder or (f"experiment:{observing}" if observing else None)
+
+    async def _incident_loop(self) -> None:
+        """Passive outage detection (fleet.evidence.incidents): a decision every INCIDENT_TICK_S."""
+        while self.incidents is None:
+            try:
+                self.incidents = await asyncio.to_thread(self._incident_detector)
+            except Exception as exc:   # Redis away: try again
+                log.warning("collector %s: incident detection cannot start yet (%s)", self.site.name, type(exc).__name__)
+                await asyncio.sleep(2.0)
+        while True:
+            await asyncio.sleep(INCIDENT_TICK_S)
+            try:
+                await asyncio.to_thread(self.incidents.tick, time.time(), self._lease_now)
+            except Exception as exc:   # Redis away: the next tick decides
+                log.warning("collector %s: incident detection failed a round (%s)", self.site.name,
+                            type(exc).__name__, exc_info=True)
+
     async def _observing_loop(self) -> None:
         """Which experiment observes the site now: the wire sources keep its SIP for its capture.pcap."""
         while True:
@@ -492,6 +536,13 @@ class SiteCollector:
                 log.warning("collector %s: cannot store %d observations (%s); retrying", self.site.name, len(batch), type(exc).__name__)
                 self.pending[:0] = batch
                 await asyncio.sleep(1)
+                continue
+            if self.incidents is not None:
+                try:
+                    await asyncio.to_thread(self.incidents.observe, batch)
+                except Exception as exc:   # stored already: the detector's record of it is what is lost, and said
+                    log.warning("collector %s: incident detection missed a batch (%s)", self.site.name,
+                                type(exc).__name__)
 
 
 def start_site_collectors(inv: Inventory, secrets: Secrets, store: Store, sites: list[str]) -> list[SiteCollector]:

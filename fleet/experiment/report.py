@@ -346,6 +346,7 @@ def html(doc: dict) -> str:
                     "phone's state.</p><table><tr><th>source</th><th>messages</th><th>from (address: count)</th></tr>"
                     f"{foreign}</table>" if foreign else "")
     s = doc["summary"]
+    history_html = site_history_html(doc.get("site_history") or [])
     return f"""<!doctype html><html><head><meta charset="utf-8"><title>{escape(doc['playbook'])}: {verdict}</title>
 <style>body{{font-family:sans-serif;margin:20px}} table{{border-collapse:collapse}} td,th{{border:1px solid #ccc;padding:3px 8px;font-size:13px}}
 tr.bad td{{background:#ffebee}} td.bound{{text-decoration:underline dotted;cursor:help}}
@@ -360,11 +361,26 @@ recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])
 <h2>Outages: what the router confirmed</h2><table><tr><th>outage</th><th>mode</th><th>cut</th><th>dead-man's switch</th><th>restore</th><th>confirmed</th></tr>{outages}</table>
 <h2>Steps</h2><table><tr><th>step</th><th>s</th><th>result</th><th>detail</th></tr>{steps}</table>
 <h2>Phones</h2>{truth_note(doc)}<table id="phones">{phones_header}{rows}</table>
-{unseen_html}{failing_html}{foreign_html}
+{unseen_html}{failing_html}{foreign_html}{history_html}
 <p>SIP capture: {escape(str((doc.get('capture') or {}).get('file') or 'none kept'))}
 ({(doc.get('capture') or {}).get('datagrams', 0)} datagrams, \
 {(doc.get('capture') or {}).get('left_out', 0)} left out over its byte cap)</p>
 </body></html>"""
+
+
+def site_history_html(history: list[dict]) -> str:
+    """"This site's last 10 outages": experiments and incidents, newest first (the survivability record)."""
+    if not history:
+        return ""
+    rows = "".join(f"<tr class={'bad' if h.get('failed') else 'ok'}><td>{escape(str(h.get('origin', '')))}</td>"
+                   f"<td>{escape(str(h.get('id', '')))}</td><td>{escape(clock_time(float(h.get('t') or 0), ms=False))}"
+                   f"</td><td>{h.get('phones', 0)}</td><td>{h.get('failed', 0)}</td>"
+                   f"<td>{_fmt(h.get('failover_max_s'))}</td><td>{_fmt(h.get('recovery_max_s'))}</td></tr>"
+                   for h in history)
+    return ("<h2 id=\"site-history\">This site's last 10 outages</h2><p>Experiments that cut the WAN and incidents "
+            "(real outages, observed, not caused), newest first; `fleet record` has the figures.</p><table><tr>"
+            "<th>origin</th><th>id</th><th>started</th><th>phones</th><th>failed</th><th>failover max s</th>"
+            f"<th>recovery max s</th></tr>{rows}</table>")
 
 
 def wall_clock_html(doc: dict) -> str:
@@ -502,11 +518,13 @@ def open_private(path: Path):
     return os.fdopen(fd, "wb")
 
 
-def write(result: ExperimentResult, directory: Path) -> dict:
+def write(result: ExperimentResult, directory: Path, site_history: list[dict] | None = None) -> dict:
     """report.json, junit.xml, report.html and, when the wire sources kept SIP, capture.pcap (0600). The report
     pages hold no SIP message (counts, times and response codes only), so they keep the usual mode. A lab's
-    ground truth comes after the run (`rewrite`): only then does the lab's record hold the run."""
+    ground truth comes after the run (`rewrite`): only then does the lab's record hold the run.
+    `site_history`: the site's last outages (fleet.state.record.last_outages), shown under the phones."""
     doc = to_dict(result)
+    doc["site_history"] = list(site_history or [])
     directory.mkdir(parents=True, exist_ok=True)
     if result.capture:
         doc["capture"]["written"] = write_capture(result.capture, directory / "capture.pcap")

@@ -34,7 +34,7 @@ from fleet.experiment.playbook import CallStep, ExpectStep, ExperimentPlaybook, 
 from fleet.phoneconf.predict import servers
 from fleet.state.lease import LeaseLost, SiteLease, default_ttl
 from fleet.experiment.signals import Interrupted, SignalGuard
-from fleet.state import durations
+from fleet.state import durations, record
 from fleet.state.sites import register_site
 from fleet.state.store import RolloutStore, Store, foreign_sources
 from fleet.base.outage import Outage, WanState
@@ -316,7 +316,18 @@ class ExperimentRunner:
         durations.record(self.store, self.site.name, "experiment", exp,
                          {"failover": [p.failover_s for p in result.phones if p.failover_s is not None],
                           "recovery": [p.recovery_s for p in result.phones if p.recovery_s is not None]})
+        self._record(result)
         return result
+
+    def _record(self, result: ExperimentResult) -> None:
+        """An experiment that cut the WAN adds its outage to the site's survivability record (fleet.state.record)."""
+        cut = [o for o in result.outages if o.get("cut") in ("cut", "already-cut")]
+        if not cut:
+            return
+        families = {p.mac: self._family(p) for p in self.site.phones}
+        record.add(self.store, record.Outage("experiment", result.id, self.site.name, float(cut[0]["start"]), [
+            record.PhoneOutcome(p.mac, p.model, families.get(p.mac, ""), p.firmware or "", p.failover_s, p.recovery_s,
+                                p.passed, list(p.reasons)) for p in result.phones]))
 
     # ------------------------------------------------------------------ kept between the ticks of a drill
     def to_state(self) -> dict:

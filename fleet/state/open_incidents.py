@@ -1,8 +1,6 @@
-"""The incidents open at each site, as the collector's incident detection (issue 20 part 1) will keep them.
-
-Nothing writes these yet: the exporter (fleet.evidence.metrics) reads them already, so a site with no such key
-reads as no incident open, and detection only has to call `set_open` while an incident runs (its summary
-updated as phones move) and `close` when the site is back.
+"""The incidents open at each site: one summary per incident, in one encoding for its writer
+(fleet.state.incidents.IncidentStore, as the collector's detection opens, follows and closes an incident) and
+its readers (`fleet status`, the metrics exporter). A site with no such key has no incident open.
 """
 from __future__ import annotations
 
@@ -24,11 +22,15 @@ class OpenIncident:
     never_failed_over: int
 
 
+def encode(incident: OpenIncident) -> str:
+    """The summary as stored in its site's hash (field: the incident id)."""
+    return json.dumps({"started": incident.started, "phones": incident.phones, "failed_over": incident.failed_over,
+                       "never_failed_over": incident.never_failed_over})
+
+
 def set_open(store: Store, incident: OpenIncident) -> None:
     """Write (or update) an open incident's summary."""
-    store.r.hset(Keys.site_incidents_open(incident.site), incident.id, json.dumps(
-        {"started": incident.started, "phones": incident.phones, "failed_over": incident.failed_over,
-         "never_failed_over": incident.never_failed_over}))
+    store.r.hset(Keys.site_incidents_open(incident.site), incident.id, encode(incident))
 
 
 def close(store: Store, site: str, incident_id: str) -> None:

@@ -41,6 +41,18 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | capture_bytes and capture_left_out), trimmed                     |                             |
 | `outage:{id}:restore`                | string | a restore of that outage was requested (a cut seeing it cuts     | request_outage_restore      |
 |                                      |        | nothing); expires after two days                                 |                             |
+| `incidents`                          | zset   | incident ids by start (the earliest loss of server 1 the evidence | IncidentStore.open          |
+|                                      |        | shows)                                                           |                             |
+| `incident:{id}`                      | hash   | a passive outage incident: site, status (open, closed), started, | IncidentStore.open/set/     |
+|                                      |        | detected, restored, finished, closed_because, baseline (JSON:    | close                       |
+|                                      |        | the phones on server 1 before it), threshold                     |                             |
+| `incident:{id}:events`               | stream | append-only history of the incident (opened, each phone's move,  | IncidentStore.log           |
+|                                      |        | closed), wall time                                               |                             |
+| `incident:{id}:obs:{mac}`            | stream | one phone's observations during the incident (each with its      | IncidentStore.keep_         |
+|                                      |        | working server), from shortly before its start, trimmed          | observations                |
+| `record:{site}`                      | stream | the site's survivability record: one entry per outage (an        | record.add                  |
+|                                      |        | experiment's cut or an incident): origin, id, t, and per phone   |                             |
+|                                      |        | model, family, firmware, failover_s, recovery_s, passed, why     |                             |
 | `rollouts`                           | zset   | rollout ids by creation time                                     | RolloutStore.create         |
 | `rollout:{id}`                       | hash   | status, playbook, created, plan (JSON), reason, abort flag,      | RolloutStore.create/set     |
 |                                      |        | backups_removed:{site}, limit (`--limit`), keep_backups (1/0),   |                             |
@@ -62,8 +74,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | incidents (origin) as a histogram: b:{i} count per bucket, sum,  |                             |
 |                                      |        | count (what /metrics exports)                                    |                             |
 | `durations:counted`                  | set    | origin:id of each run already counted (counted once)             | durations.record            |
-| `site:{site}:incidents:open`         | hash   | incident id -> JSON summary {started, phones, failed_over,       | open_incidents.set_open     |
-|                                      |        | never_failed_over} while it is open (issue 20 part 1)            |                             |
+| `site:{site}:incidents:open`         | hash   | incident id -> JSON summary {started, phones, failed_over,       | IncidentStore.open/         |
+|                                      |        | never_failed_over} while it is open (read: open_incidents.read)  | follow/close                |
 
 Celery's own keys (queues named after them, `unacked*`, `_kombu.*`,
 `celery-task-meta-*`) share the database and are Celery's business.
@@ -216,6 +228,28 @@ class Keys:
     @staticmethod
     def outage_restore(outage_id: str) -> str:
         return f"{P}outage:{outage_id}:restore"
+
+    INCIDENTS = f"{P}incidents"
+
+    @staticmethod
+    def incident(incident_id: str) -> str:
+        return f"{P}incident:{incident_id}"
+
+    @staticmethod
+    def incident_events(incident_id: str) -> str:
+        return f"{P}incident:{incident_id}:events"
+
+    @staticmethod
+    def incident_obs(incident_id: str, mac: str) -> str:
+        return f"{P}incident:{incident_id}:obs:{mac}"
+
+    @staticmethod
+    def record(site: str) -> str:
+        return f"{P}record:{site}"
+
+    @staticmethod
+    def site_incidents_open(site: str) -> str:
+        return f"{P}site:{site}:incidents:open"
 
     @staticmethod
     def rollout(rid: str) -> str:

@@ -1,0 +1,1 @@
+"""Passive outage incidents above the experiments: their reports and the survivability record."""
