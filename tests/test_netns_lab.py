@@ -333,6 +333,54 @@ def test_fleet_status_agrees_with_kamailios_own_bindings_before_during_and_after
     _wait(lambda: agreeing(1), 30, "fleet status and Kamailio agree: every phone back on the provider", step=0.5)
 
 
+
+def _nslab_incidents(nslab, redis_url: str, since: float) -> list[dict]:
+    """The incidents of this lab's phones that started after `since` (other labs of the session have a site hq too)."""
+    mine = {p["mac"] for p in yaml.safe_load(nslab.inventory.read_text())["sites"][0]["phones"]}
+    res = run_fleet(["incident", "list", "--json"], redis_url)
+    assert res.returncode == 0, res.stderr
+    return [i for i in json.loads(res.stdout) if set(i.get("baseline") or []) & mine and i["started"] >= since]
+
+
+def test_a_wan_cut_on_the_real_router_outside_any_experiment_is_one_incident(nslab, worker_factory, redis_url, drv,
+                                                                            tmp_path):
+    """A real outage, as the collector sees it: the WAN cut on the router's own kernel (the driver straight, no
+    `fleet experiment`, no lease), every phone followed to the gateway and back, one incident measured."""
+    if not getattr(nslab, "worker", None):
+        nslab.worker = worker_factory(nslab.inventory)
+    macs = {p["mac"] for p in yaml.safe_load(nslab.inventory.read_text())["sites"][0]["phones"]}
+
+    def working(server: int) -> bool:
+        rows = json.loads(run_fleet(["status", "--site", "hq", "--json"], redis_url).stdout or "[]")
+        mine = {r["mac"]: r["working_server"] for r in rows if r["mac"] in macs}
+        return set(mine) == macs and set(mine.values()) == {server}
+
+    _wait(lambda: working(1), 30, "every phone on the provider before the cut", step=0.5)
+    t_cut = time.time()
+    outage = Outage(id=_oid("incident"), mode="link-down", max_duration=120)
+    assert drv.cut(outage).outcome == "cut"
+    try:
+        opened = _wait(lambda: _nslab_incidents(nslab, redis_url, t_cut - 1), 60, "an incident opened", step=0.5)
+        _wait(lambda: working(2), 40, "every phone on the gateway", step=0.5)
+    finally:
+        t_restore = time.time()
+        assert drv.restore(outage).outcome == "restored"
+    _wait(lambda: [i for i in _nslab_incidents(nslab, redis_url, t_cut - 1) if i["status"] == "closed"], 90,
+          "the incident closed", step=0.5, state=lambda: _nslab_incidents(nslab, redis_url, t_cut - 1))
+    (incident,) = _nslab_incidents(nslab, redis_url, t_cut - 1)
+    assert incident["id"] == opened[0]["id"]
+    res = run_fleet(["incident", "show", incident["id"], "--json", "--inventory", str(nslab.inventory),
+                     "--report-dir", str(tmp_path)], redis_url)
+    assert res.returncode == 0, res.stderr
+    doc = json.loads(res.stdout)
+    assert doc["observed_not_caused"] is True and sorted(p["mac"] for p in doc["phones"]) == sorted(macs)
+    slowest = max(p["predicted_failover_max_s"] for p in doc["phones"])
+    assert doc["detected"] - t_cut <= 2 * slowest, (doc["detected"] - t_cut, slowest)
+    assert doc["never_failed_over"] == [] and doc["restored"] >= t_restore
+    for p in doc["phones"]:
+        assert p["failover_s"] is not None and p["recovery_s"] is not None, p
+        assert p["failover_s"] <= p["predicted_failover_max_s"], p
+
 def _pcap_udp_payloads(data: bytes) -> list[bytes]:
     """The UDP payloads of an Ethernet pcap stream (tcpdump -w -), enough to read SIP off the wire."""
     import struct
