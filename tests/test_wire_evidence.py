@@ -838,6 +838,16 @@ def test_fuzz_sip_bytes(data):
     assert obs == [] and ev.tick(T0 + 1e6) == []
 
 
+def test_an_accepted_refresh_granted_0_seconds_holds_no_binding():
+    """Found by the fuzz test below: a 200 OK whose Expires is 0 (written `Expires:0`) is an unregistration."""
+    ev = evidence(PHONE_A)
+    ev.feed_datagram(Datagram(T0, A_ADDR, PROVIDER, _valid_req))
+    answer = response(_valid_req, 200, expires=60).replace(b"Expires: 60", b"Expires:0")
+    assert b"Expires:0" in answer
+    (obs,) = ev.feed_datagram(Datagram(T0 + 0.1, PROVIDER, A_ADDR, answer))
+    assert obs.state == UNREGISTERED and obs.expires == 0, obs
+
+
 @FUZZ
 @given(_mutations())
 def test_fuzz_an_answer_to_a_real_request_is_either_a_proper_outcome_or_nothing(data):
@@ -849,7 +859,11 @@ def test_fuzz_an_answer_to_a_real_request_is_either_a_proper_outcome_or_nothing(
     msg = register_message(data)
     if obs:
         assert msg is not None and msg.status is not None and msg.call_id == f"cid-1001-5060@{A_ADDR[0]}"
-        assert obs[0].state == (REGISTERED if 200 <= msg.status < 300 else UNREGISTERED)
+        if 200 <= msg.status < 300:
+            # accepted: registered, unless the answer grants the binding 0 s (RFC 3261 10.3: it then holds none)
+            assert obs[0].state == REGISTERED or (obs[0].state == UNREGISTERED and obs[0].expires == 0), (obs, data)
+        else:
+            assert obs[0].state == UNREGISTERED, (obs, data)
 
 
 @FUZZ
