@@ -54,7 +54,7 @@ demo-syslog: deps $(STAMP)
 	$(PY) -m hil.demo --lab hil/labs/one-site.yml
 
 test: deps deps-optional $(STAMP)
-	$(PY) -m pytest -q -ra --durations=25 -n 3 --dist loadfile
+	$(PY) -m pytest -q -ra --durations=25 -n 4 --dist loadfile --no-loadscope-reorder
 
 test-fast: venv
 	$(PY) -m pytest -q -ra -m "not slow and not lab"

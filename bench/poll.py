@@ -36,10 +36,10 @@ def main() -> None:
     ap.add_argument("--phones", type=int, default=1000)
     ap.add_argument("--latency", type=float, default=0.05)
     ap.add_argument("--concurrency", type=int, default=250)
-    ap.add_argument("--net", type=int, default=56)
+    ap.add_argument("--net", default="auto", help="the lab's net (default: a free one, hil.netlock)")
     args = ap.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench-poll-"))
-    spec = {"name": "poll", "net": args.net, "firmware_family": "uc-5.x",
+    spec = {"name": "poll", "net": args.net if args.net == "auto" else int(args.net), "firmware_family": "uc-5.x",
             "timing": {"boot_time": 0.5, "boot_jitter": 3, "retry_interval": 5, "log_upload_period": 0, "dns_ttl": 1,
                        "http_latency": args.latency, "test_speed": True},
             "sites": [{"name": "hq", "phones": {"count": args.phones, "models": ["VVX 410"]},

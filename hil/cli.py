@@ -13,6 +13,7 @@ HIL_DEBUG=1 shows the traceback); 130 interrupted.
 from __future__ import annotations
 
 import asyncio
+import gc
 import json
 import logging
 import os
@@ -29,7 +30,8 @@ import requests
 from soundpoint.cli_exit import ExitCodeGroup, one_line
 from soundpoint.yamlfile import FileError
 
-from . import labfile
+from . import labfile, netlock
+from .limits import OutOfDescriptors
 
 DEFAULT_STATE = Path(os.environ.get("HIL_STATE_DIR", ".hil"))
 EXIT_INPUT, EXIT_RUNTIME, EXIT_INTERNAL = 2, 3, 4
@@ -120,6 +122,8 @@ def up(labfile_path: str, inventory_out: str | None, state_dir: str, foreground:
     while time.monotonic() < deadline:
         if (state / "ready").exists():
             ready = json.loads((state / "ready").read_text())
+            if not ready["ok"] and ready.get("error"):
+                raise LabError(ready["error"])
             if not ready["ok"]:
                 raise LabError(f"lab started but not every phone registered within {ready_timeout}s; see {state / 'lab.log'}")
             click.echo(f"lab {spec.name} up (pid {proc.pid}): {ready['phones']} phones; inventory: {inv}")
@@ -144,6 +148,13 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
     from .lab import Lab
 
     raise_file_limit()
+    try:   # held until this process ends: no other lab on the machine takes these addresses meanwhile
+        net_claim = netlock.claim(spec.net, len(spec.sites), backend=spec.backend, lab=spec.name, state=str(state))
+    except netlock.NetTaken as exc:
+        state.mkdir(parents=True, exist_ok=True)
+        (state / "ready").write_text(json.dumps({"ok": False, "error": str(exc)}))
+        raise LabError(str(exc)) from None
+    spec = spec.on_net(net_claim.net)
     if spec.backend == "netns":
         from .netns.lab import NetnsLab
 
@@ -151,18 +162,29 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
     else:
         lab = Lab(spec, state)
     loop = asyncio.get_running_loop()
-    await lab.start()
+    try:
+        await lab.start()
+    except OutOfDescriptors as exc:     # nothing left running: the reason for `hil up`, exit 3
+        await lab.stop()
+        (state / "ready").write_text(json.dumps({"ok": False, "phones": 0, "error": str(exc)}))
+        net_claim.release()
+        raise LabError(str(exc)) from None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lab.stopping.set)
+    gc.freeze()     # what start built lives as long as the lab: full collections no longer walk it (late refreshes)
     lab.write_inventory(inv)
     ok = await lab.wait_ready(ready_timeout)
     phones = sum(len(rt.phones) for rt in lab.sites)
-    (state / "ready").write_text(json.dumps({"ok": ok, "phones": phones}))
+    (state / "ready").write_text(json.dumps({"ok": ok and not lab.fatal, "phones": phones,
+                                             **({"error": f"lab stopped: {lab.fatal}"} if lab.fatal else {})}))
     if announce:
         print(f"lab {spec.name}: {phones} phones, ready={ok}, inventory {inv}", flush=True)
     await lab.stopping.wait()
     await lab.stop()
     (state / "ready").unlink(missing_ok=True)
+    net_claim.release()
+    if lab.fatal:
+        raise LabError(f"lab stopped: {lab.fatal}")
 
 
 @main.command()

@@ -69,6 +69,11 @@ class Lab:
         return json.loads((self.state / "control.json").read_text())["url"]
 
     @cached_property
+    def net(self) -> int:
+        """The net the lab runs on (`auto` in the lab file is resolved at start: hil.netlock)."""
+        return int(json.loads((self.state / "control.json").read_text())["net"])
+
+    @cached_property
     def pid(self) -> int:
         return json.loads((self.state / "control.json").read_text())["pid"]
 
@@ -111,7 +116,7 @@ def start_lab(work: Path, spec: dict | Path, ready_timeout: float = 40, timeout:
     subprocess.run([BIN / "hil", "up", str(labfile), "--state-dir", str(state), "--inventory-out", str(inv),
                     "--ready-timeout", str(ready_timeout)], check=True, timeout=timeout, env=env)
     lab = Lab(state, inv, spec if isinstance(spec, dict) else yaml.safe_load(labfile.read_text()))
-    lab.control   # read now: the control file goes when the lab stops, and callers may ask afterwards
+    lab.control, lab.net   # read now: the control file goes when the lab stops, and callers may ask afterwards
     return lab
 
 

@@ -34,6 +34,9 @@ class LabSecrets:
     snmp_priv: str
     sip_users: dict[str, str]    # extension -> SIP password
     hep_keys: dict[str, str]     # site name -> its Kamailio gateway's HEP auth key (collector.hep_auth_key)
+    switch_community: str = ""   # the PoE switches' v2c community ("": the lab has no switches)
+    switch_auth: str = ""        # and their v3 user `fleet`'s keys
+    switch_priv: str = ""
 
 
 @dataclass(frozen=True)
@@ -51,6 +54,8 @@ class SiteExport:
     boot_password: str
     router: dict                 # router_entry(...)
     params: dict[str, str]       # the site's parameters, as its site.cfg gives them to the phones
+    switch: dict | None = None   # switch_entry(...): the PoE switch powering the phones, port poe_ports[i] for phone i
+    poe_ports: tuple[str, ...] = ()
 
 
 def extension(site: SiteSpec, k: int, i: int) -> str:
@@ -66,6 +71,15 @@ def router_entry(state_dir: Path, address: str, wan_interface: str, site: str, s
             "dns_port": dns_port, "state_dir": str((state_dir / f"router-{site}-outages").resolve()),
             # every lab router is this host: the platform's /run/fleet would be one lock for every lab on it
             "wan_lock_dir": str((state_dir / f"router-{site}-wanlocks").resolve())}
+
+
+SWITCH_SECRET = "switch_snmp_v3"     # the lab's switches take SNMPv3 authPriv; switch_snmp_v2c holds the community
+
+
+def switch_entry(name: str, address: str, port: int) -> dict:
+    """A site's PoE switch as fleet reaches it: the snmp-poe driver, SNMPv3 with the lab's switch user."""
+    return {"name": name, "driver": "snmp-poe", "address": address, "port": port, "credentials": SWITCH_SECRET,
+            "snmp_version": "3", "timeout": 3}
 
 
 def evidence_sources(lab: LabFile, site: SiteSpec) -> list[str]:
@@ -148,7 +162,9 @@ def _fitted_for(knowing: list[families.Family], name: str, value: str) -> str | 
 
 def _phone_entry(site: SiteExport, i: int, phone: PhoneSpec) -> dict:
     ext = extension(site.spec, site.k, i)
-    return {"mac": phone.mac, "model": phone.model, "firmware_family": phone.family,
+    poe = ({"poe": {"switch": site.switch["name"], "port": site.poe_ports[i]}}
+           if site.switch is not None and i < len(site.poe_ports) else {})
+    return {**poe, "mac": phone.mac, "model": phone.model, "firmware_family": phone.family,
             **({"firmware_version": phone.firmware_version} if phone.firmware_version else {}),
             "address": phone.ip,
             "http_port": phone.http_port, "sip_port": phone.sip_port, "credentials": "phone_admin",
@@ -168,6 +184,7 @@ def _site_entry(lab: LabFile, site: SiteExport) -> dict:
         # splits it as the phones do (inventory.BootServer), so the lab tests that reading
         "boot_server": {"url": site.boot_url + (spec.boot_master or ""), "credentials": f"boot_{spec.name}"},
         "router": site.router,
+        **({"switches": [site.switch]} if site.switch is not None else {}),
         "params": site.params,
         "phones": [_phone_entry(site, i, phone) for i, phone in enumerate(site.phones)],
         **evidence_inventory(lab, spec, site.gateway),
@@ -179,6 +196,9 @@ def _secrets_doc(sites: list[SiteExport], creds: LabSecrets) -> dict:
                  "router": {"username": creds.router_username, "key_file": str(creds.router_key_file)},
                  "router_snmp_v2c": {"password": creds.snmp_community},
                  "router_snmp_v3": {"username": "fleet", "password": creds.snmp_auth, "priv_password": creds.snmp_priv}}
+    if creds.switch_community and any(site.switch is not None for site in sites):
+        doc["switch_snmp_v2c"] = {"password": creds.switch_community}
+        doc[SWITCH_SECRET] = {"username": "fleet", "password": creds.switch_auth, "priv_password": creds.switch_priv}
     for site in sites:
         doc[f"boot_{site.spec.name}"] = {"username": site.boot_user, "password": site.boot_password}
         if site.spec.name in creds.hep_keys:

@@ -4,7 +4,7 @@ Address plan (N = the lab file's `net`, k = site number):
   provider registrar 127.(N+40).0.10:5060, its DNS 127.(N+40).0.53:5353   (WAN side)
   site k router LAN 127.(N+k).0.1 (SSH :2222, gateway registrar :5060), boot server 127.(N+k).0.3
   site k public relay addresses 127.(N+50+k).0.10 (provider) and .53 (DNS): reachable only through the router
-  site k phones 127.(N+100+k).a.b
+  site k phones 127.(N+100+k).a.b, powered by the site's PoE switch 127.(N+k).0.4 (SNMP :1161), port 1.(i+1)
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from aiohttp import web
 
 from soundpoint import bootfiles, families
 
-from . import inventory_export
+from . import inventory_export, limits
 from .bootserver import FtpBootServer, HttpBootServerProcess
 from .dns_server import DnsServer
 from .groundtruth import GroundTruth
@@ -31,8 +31,11 @@ from .kamailio import KamailioGateway
 from .labfile import LabFile, SiteSpec
 from .phone import VirtualPhone
 from .phone_types import PhoneSpec, set_fault
+from .poe_switch import PoeSwitchAgent, port_of
 from .registrar import Registrar
 from .router import Forward, UserspaceRouter
+from .http_mux import SharedHttpListener
+from .sip_mux import SharedSipSocket
 
 SIP_PORT = 5060
 DNS_PORT = 5353
@@ -65,6 +68,7 @@ class SiteRuntime:
     phones: list[VirtualPhone] = field(default_factory=list)
     boot_user: str = "PlcmSpIp"
     boot_password: str = ""
+    switch: PoeSwitchAgent | None = None
 
 
 class Lab:
@@ -81,13 +85,24 @@ class Lab:
         self.snmp_community = secrets.token_urlsafe(9)
         self.snmp_auth, self.snmp_priv = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
         self.snmp_agents: list = []
+        self.switch_community = secrets.token_urlsafe(9)
+        self.switch_auth, self.switch_priv = secrets.token_urlsafe(12), secrets.token_urlsafe(12)
         self.http_session: aiohttp.ClientSession | None = None
         self.control: web.AppRunner | None = None
         self.started_at = time.time()
+        self.stopping = asyncio.Event()
+        self.fatal: str | None = None       # why the lab stopped itself (out of descriptors), None: it did not
+        self.sip_socket: SharedSipSocket | None = None
+        self.http_listener: SharedHttpListener | None = None
+        self.may_raise_hard_limit = True    # False: act as an unprivileged user would (bench/lab_scale.py)
+        self._unhook = lambda: None
 
     # ------------------------------------------------------------ addresses
     @property
     def net(self) -> int:
+        """The lab's net: `hil up` has replaced `auto` by the net it claimed (hil.netlock) before the lab starts."""
+        if self.spec.net == "auto":
+            raise RuntimeError(f"lab {self.spec.name}: net `auto` is chosen by hil.netlock.claim before the lab starts")
         return self.spec.net
 
     def lan_ip(self, k: int, host: int) -> str:
@@ -108,6 +123,13 @@ class Lab:
     async def start(self) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.state_dir, 0o700)
+        self.descriptors = limits.ensure(self.descriptor_budget(), self.may_raise_hard_limit)  # before opening any
+        self._unhook = limits.on_exhausted(self.fail)
+        limits.install_loop_hook(asyncio.get_running_loop())
+        if self.spec.shared_sip:
+            self.sip_socket = await SharedSipSocket.open()
+            if self.spec.http:     # with it, one HTTP listener for every phone (hil.http_mux)
+                self.http_listener = await SharedHttpListener.open()
         self.http_session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5),
                                                   connector=aiohttp.TCPConnector(limit=0))
         for k, site in enumerate(self.spec.sites):
@@ -133,6 +155,21 @@ class Lab:
             for phone in rt.phones:
                 await phone.start(http=self.spec.http)
         await self._start_control()
+
+    def descriptor_budget(self) -> limits.Budget:
+        """What this lab file needs open at once (hil.limits.estimate)."""
+        return limits.estimate(self.spec, shared_sip=self.spec.shared_sip, shared_http=self.spec.shared_sip)
+
+    def fail(self, reason: str) -> None:
+        """Stop the lab now, with `reason` (hil.limits: out of descriptors). Running on without the sockets it
+        needs would answer wrongly; `hil up` and `hil status` show the reason (the state directory's `fatal`)."""
+        if self.fatal is None:
+            self.fatal = reason
+            try:
+                (self.state_dir / "fatal").write_text(reason + "\n")
+            except OSError:
+                pass
+        self.stopping.set()
 
     def _key(self, name: str) -> asyncssh.SSHKey:
         """Keys survive `hil down`/`hil up`, so a known_hosts entry stays valid (a stable host key)."""
@@ -176,16 +213,23 @@ class Lab:
         boot_url += site.boot_master or ""    # the boot-server address names the master file (ftp://host/campus.cfg)
         for i in range(site.phones.count):
             spec = PhoneSpec(mac=phone_mac(self.net, k, i), model=site.phones.models[i % len(site.phones.models)],
-                             ip=phone_ip(self.net, k, i), boot_url=boot_url, http_port=PHONE_HTTP_PORT,
+                             ip=phone_ip(self.net, k, i), boot_url=boot_url,
+                             http_port=self.http_listener.port if self.http_listener is not None else PHONE_HTTP_PORT,
                              dns=(self.public_ip(k, 53), DNS_PORT), admin_password=self.admin_password,
                              boot_time=self.spec.timing.boot_time, boot_jitter=self.spec.timing.boot_jitter,
                              http_latency=self.spec.timing.http_latency,
                              fault=site.faults.get(i), family=self.spec.phone_family(k, i),
                              fixed_retry=self.spec.fixed_retry, firmware_version=self.spec.phone_version(k, i),
-                             failover_behaviour=site.phones.behaviour_of(i))
-            phone = VirtualPhone(spec, self.truth, self.http_session)
+                             failover_behaviour=site.phones.behaviour_of(i),
+                             source_validation=site.phones.source_validation,
+                             sip_port=self.sip_socket.port if self.sip_socket is not None else SIP_PORT)
+            phone = VirtualPhone(spec, self.truth, self.http_session, sip_socket=self.sip_socket,
+                                 http_listener=self.http_listener)
             phone.syslog_registration_line = self.spec.syslog_registration_line
             rt.phones.append(phone)
+        rt.switch = PoeSwitchAgent(f"poe-{site.name}", rt.phones, self.lan_ip(k, 4), SNMP_PORT, self.switch_community,
+                                   "fleet", self.switch_auth, self.switch_priv)
+        self.snmp_agents.append(rt.switch)
         return rt
 
     async def _start_gateway(self, k: int, site: SiteSpec, router: UserspaceRouter) -> Registrar | KamailioGateway:
@@ -295,7 +339,8 @@ class Lab:
         return inventory_export.LabSecrets(
             admin_password=self.admin_password, router_username=router_username,
             router_key_file=self.state_dir / "router_client_key", snmp_community=self.snmp_community,
-            snmp_auth=self.snmp_auth, snmp_priv=self.snmp_priv, sip_users=self.sip_users, hep_keys=self.hep_keys)
+            snmp_auth=self.snmp_auth, snmp_priv=self.snmp_priv, sip_users=self.sip_users, hep_keys=self.hep_keys,
+            switch_community=self.switch_community, switch_auth=self.switch_auth, switch_priv=self.switch_priv)
 
     def _site_export(self, rt: SiteRuntime) -> inventory_export.SiteExport:
         """A site as fleet reaches it: the router's LAN address, the public relay to the lab DNS, the collector the
@@ -309,27 +354,28 @@ class Lab:
             boot_url=boot, boot_user=rt.boot_user, boot_password=rt.boot_password,
             router=inventory_export.router_entry(self.state_dir, rt.router.lan_ip, rt.router.wan.name, site.name,
                                                  SSH_PORT, DNS_PORT),
-            params=self.site_params(rt.k, site))
+            params=self.site_params(rt.k, site),
+            switch=inventory_export.switch_entry(rt.switch.name, self.lan_ip(rt.k, 4), SNMP_PORT) if rt.switch else None,
+            poe_ports=tuple(port_of(i) for i in range(len(rt.phones))))
 
     def write_inventory(self, path: Path) -> None:
         inventory_export.write(path, self.state_dir, *self.inventory())
 
     # ------------------------------------------------------------ control and status
     def status(self, since: float = 0.0) -> dict:
-        return {"lab": self.spec.name, "started_at": self.started_at, "now": time.time(),
+        return {"lab": self.spec.name, "started_at": self.started_at, "now": time.time(), "fatal": self.fatal,
                 "ground_truth": self.truth.snapshot(),
                 "phones": [p.summary() for rt in self.sites for p in rt.phones],
                 "provider": self.provider.summary(since) if self.provider else None,
                 "dns": ({"asked": [{"qtype": t, "name": n, "count": c} for (t, n), c in sorted(self.dns.asked.items())]}
                         if self.dns else None),
-                "sites": [{"name": rt.spec.name, "router": rt.router.summary(), "gateway": rt.gateway.summary(since)}
-                          for rt in self.sites]}
+                "sites": [{"name": rt.spec.name, "router": rt.router.summary(), "gateway": rt.gateway.summary(since),
+                           **({"switch": rt.switch.summary()} if rt.switch else {})} for rt in self.sites]}
 
     def find_phone(self, mac: str) -> VirtualPhone | None:
         return next((p for rt in self.sites for p in rt.phones if p.mac == mac.lower()), None)
 
     async def _start_control(self) -> None:
-        self.stopping = asyncio.Event()
         app = web.Application()
 
         async def status(request: web.Request) -> web.Response:
@@ -386,12 +432,13 @@ class Lab:
         site = web.TCPSite(self.control, "127.0.0.1", 0)
         await site.start()
         port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        (self.state_dir / "control.json").write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "pid": os.getpid()}))
+        (self.state_dir / "control.json").write_text(json.dumps({"url": f"http://127.0.0.1:{port}", "pid": os.getpid(),
+                                                                          "net": self.net}))
 
     async def stop(self) -> None:
         for rt in self.sites:
-            for p in rt.phones:
-                await p.stop()
+            # all at once: one by one, each stop waits a turn of a loop that still runs thousands of phones
+            await asyncio.gather(*(p.stop() for p in rt.phones), return_exceptions=True)
             await rt.router.stop()
             rt.gateway.stop()
             if rt.boot_http:
@@ -408,12 +455,17 @@ class Lab:
             await self.control.cleanup()
         if self.http_session:
             await self.http_session.close()
+        if self.sip_socket is not None:
+            self.sip_socket.close()
+        if self.http_listener is not None:
+            await self.http_listener.close()
+        self._unhook()
         (self.state_dir / "control.json").unlink(missing_ok=True)
 
     async def wait_ready(self, timeout: float) -> bool:
         """Ready when every phone that should register has a working server (faulty phones excepted)."""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline and not self.fatal:
             pending = [p for rt in self.sites for p in rt.phones
                        if p.spec.fault is None and not (p.booted.is_set() and all(r.working for r in p.regs))]
             if not pending:

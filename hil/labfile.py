@@ -4,7 +4,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
@@ -14,6 +14,7 @@ from soundpoint.yamlfile import FieldError, load_model
 
 from .phone_types import FAULTS, MODELS
 
+SHARED_SIP_ABOVE = 2000     # phones: above this, sip_sockets auto shares one socket (hil.sip_mux)
 # Failed registrations on a family without registerRetry.* (SIP 2.x/3.x, UC Software 4.0) are retried at a fixed
 # interval no parameter sets: "typically 30 to 60 seconds" (the seed bulletin) is all that is documented.
 FIXED_RETRY_RANGE = (30.0, 60.0)
@@ -93,6 +94,11 @@ class PhonesSpec(Strict):
                                                   "concurrent registers with server 2 from boot (TB 5844), on-failure "
                                                   "only once server 1 has failed (the guides read both ways)")
     failover_behaviour_of: dict[int, FailoverBehaviour] = Field({}, description="failover_behaviour per phone (by index)")
+    source_validation: Literal["configured", "primary"] = Field(
+        "configured", description="how a phone with voIpProt.SIP.requestValidation by source for INVITE reads it: "
+        "configured accepts calls from every configured registration server (the guides' 'set of target "
+        "registration servers'), primary only from reg.x.server.1 (operators' reports: calls from server 2 get "
+        "400 Bad Request); conformance sipval-invite-source-refused")
 
     def behaviour_of(self, i: int) -> str:
         return self.failover_behaviour_of.get(i, self.failover_behaviour)
@@ -151,12 +157,25 @@ class PhonesSpec(Strict):
         return v
 
 
+AUTO = "auto"
+AUTO_PORTS = {"syslog": 5514, "events": 8514, "hep": 9060}
+
+
+def collector_address(net: int, k: int, kind: str) -> str:
+    """Where site k's collector listens when the lab file says `auto`: in the lab's own 127.(net+40) block, which
+    hil.netlock gives this lab alone, so two labs on one machine (two demos, two suites) never want the same
+    listener. The controller host is loopback in the userspace lab; the namespace lab keeps only the port."""
+    return f"127.{net + 40}.250.{k + 1}:{AUTO_PORTS[kind]}"
+
+
 class CollectorSpec(Strict):
     """Where the controller listens; written into the phones' configuration and the inventory."""
-    syslog: str = "127.0.0.1:5514"
-    events: str = "127.0.0.1:8514"
+    syslog: str = Field(AUTO, description="HOST:PORT on loopback, or auto (the default): an address in the lab's "
+                        f"own block (hil.labfile.collector_address), port {AUTO_PORTS['syslog']}")
+    events: str = Field(AUTO, description=f"HOST:PORT on loopback, or auto: the lab's own, port {AUTO_PORTS['events']}")
     poll_interval: float = Field(0.0, ge=0, le=3600)
-    hep: str | None = Field(None, description="HOST:PORT where a Kamailio gateway's siptrace sends HEP v3")
+    hep: str | None = Field(None, description="HOST:PORT where a Kamailio gateway's siptrace sends HEP v3 (or auto: "
+                            f"the lab's own address, port {AUTO_PORTS['hep']})")
     hep_auth_key: bool = Field(False, description="the Kamailio gateway's siptrace signs its HEP with a key the lab "
                                "makes (siptrace auth_key, HEP v3 chunk 14); the inventory names it as the sender's "
                                "auth key (a secret) and the collector drops HEP without it")
@@ -168,6 +187,8 @@ class CollectorSpec(Strict):
     @field_validator("syslog", "events")
     @classmethod
     def loopback_hostport(cls, v: str, info) -> str:
+        if v == AUTO:
+            return v
         host, _ = values.hostport(v, f"collector {info.field_name} address")
         _loopback(host, f"collector {info.field_name} host")
         return v
@@ -181,7 +202,7 @@ class CollectorSpec(Strict):
     @field_validator("hep")
     @classmethod
     def loopback_hep(cls, v: str | None) -> str | None:
-        if v is not None:
+        if v is not None and v != AUTO:
             host, _ = values.hostport(v, "collector hep address")
             _loopback(host, "collector hep host")
         return v
@@ -277,20 +298,36 @@ class TimingSpec(Strict):
 
 class LabFile(Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9_.-]+$")
-    net: int = Field(10, ge=1, le=150, description="second octet base of the lab's 127.x addresses (userspace: "
-                     "net+100+sites-1 at most 254, hil.lab's address plan; netns: 1-60, hil.netns.plan)")
+    net: Annotated[int, Field(ge=1, le=150)] | Literal["auto"] = Field(
+        "auto", description="auto (the default): a net no other lab on this machine holds, chosen at start under a "
+        "lock (hil.netlock); or the second octet base of the lab's 127.x addresses (userspace: net+100+sites-1 at "
+        "most 254, hil.lab's address plan; netns: 1-60, hil.netns.plan), refused at start if another lab holds it")
     backend: Literal["userspace", "netns"] = Field("userspace", description="netns: real router, OpenSSH, net-snmp and "
                                                    "Kamailio in network namespaces (root only; see hil/netns)")
     firmware_family: str = Field("sip-3.x", description="default for every phone; sites and phones may override")
     provider: ProviderSpec = ProviderSpec()
     timing: TimingSpec = TimingSpec()
     http: bool = True
+    sip_sockets: Literal["auto", "shared", "per-phone"] = Field(
+        "auto", description="per-phone: each phone's SIP on a socket of its own at port 5060; shared: one socket per "
+        "lab process on a free port, each phone still sending from its own address (hil.sip_mux: one descriptor "
+        "instead of one per phone), and with `http` one HTTP listener for every phone on a free port "
+        "(hil.http_mux); auto: shared above SHARED_SIP_ABOVE phones")
     sites: list[SiteSpec] = Field(min_length=1, max_length=20)
     syslog_registration_line: bool = Field(True, description="false: phones send none of our syslog lines (the "
                                            "per-server registration line and the call line, undocumented by Polycom), "
                                            "as on a SIP 3.x site")
 
     _family = field_validator("firmware_family")(classmethod(lambda cls, v: _family_name(v)))
+
+    @property
+    def phone_count(self) -> int:
+        return sum(site.phones.count for site in self.sites)
+
+    @property
+    def shared_sip(self) -> bool:
+        """Whether the phones share one SIP socket (sip_sockets)."""
+        return self.sip_sockets == "shared" or (self.sip_sockets == "auto" and self.phone_count > SHARED_SIP_ABOVE)
 
     @property
     def retry_max(self) -> float:
@@ -313,6 +350,16 @@ class LabFile(Strict):
         if self.timing.test_speed and not fam.runs_on(model):
             return (families.families_for(model) or [fam])[-1].name
         return fam.name
+
+    def on_net(self, net: int) -> "LabFile":
+        """This lab file with the net hil.netlock claimed for it and every `auto` collector address made concrete:
+        what the running lab and its inventory use."""
+        sites = []
+        for k, site in enumerate(self.sites):
+            c = site.collector
+            update = {kind: collector_address(net, k, kind) for kind in AUTO_PORTS if getattr(c, kind) == AUTO}
+            sites.append(site.model_copy(update={"collector": c.model_copy(update=update)}) if update else site)
+        return self.model_copy(update={"net": net, "sites": sites})
 
     def phone_family(self, k: int, i: int) -> str:
         """The family phone i of site k runs: its own (phones.family_of), else its model's default."""
@@ -446,13 +493,13 @@ class LabFile(Strict):
                                      f"overlap ({srv.overlap} s) must not equal the expiry the provider grants "
                                      f"({min(srv.expires, self.provider.max_expires)} s): the phone would "
                                      "re-register at once, again and again")
-        if self.backend == "userspace" and self.net + 100 + len(self.sites) - 1 > 254:
+        if self.backend == "userspace" and self.net != "auto" and self.net + 100 + len(self.sites) - 1 > 254:
             raise FieldError(("net",), f"net {self.net} with {len(self.sites)} site(s) would need 127."
                              f"{self.net + 100 + len(self.sites) - 1}.x.x for phones: at most {255 - 100 - len(self.sites)}")
         if self.backend == "netns":
             from .netns.plan import MAX_PHONES_PER_SITE, MAX_SITES
 
-            if self.net > 60:
+            if self.net != "auto" and self.net > 60:
                 raise FieldError(("net",), f"backend netns: net {self.net} is above 60 (its LANs and WAN addresses "
                                  "are laid out for nets 1-60)")
 

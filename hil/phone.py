@@ -19,10 +19,14 @@ from sipwire.endpoint import SipEndpoint
 
 from .groundtruth import GroundTruth
 from .resolver import Resolver
+from .http_mux import SharedHttpListener
+from .sip_mux import SharedSipSocket, bind_endpoint
 
 from .phone_boot import Provisioning
 from .phone_calls import Dialogs
+from .phone_inbound import InboundCalls
 from .phone_events import Reporting
+from .phone_power import Power
 from .phone_sip import SipRegistrations
 from .phone_types import DOWN, OFF, PhoneSpec, Registration, model_info
 from .phone_web import WebApi
@@ -30,10 +34,13 @@ from .phone_web import WebApi
 log = logging.getLogger(__name__)
 
 
-class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
+class VirtualPhone(Power, Provisioning, SipRegistrations, Dialogs, InboundCalls, Reporting, WebApi):
 
-    def __init__(self, spec: PhoneSpec, truth: GroundTruth, http_session: aiohttp.ClientSession | None = None) -> None:
+    def __init__(self, spec: PhoneSpec, truth: GroundTruth, http_session: aiohttp.ClientSession | None = None,
+                 sip_socket: SharedSipSocket | None = None, http_listener: SharedHttpListener | None = None) -> None:
         self.spec = spec
+        self.sip_socket = sip_socket       # the process's shared SIP socket (hil.sip_mux), None: one of its own
+        self.http_listener = http_listener   # the process's shared HTTP listener (hil.http_mux), None: its own
         self.mac = spec.mac.lower()
         self.truth = truth
         self.model = model_info(spec.model, spec.family, spec.firmware_version)
@@ -61,7 +68,9 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
     async def start(self, http: bool = True) -> None:
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5))
-        self.endpoint = await SipEndpoint.bind(self.spec.ip, self.spec.sip_port, self._on_sip_request, name=self.mac)
+        self._http = http
+        self.endpoint = await bind_endpoint(self.sip_socket, self.spec.ip, self.spec.sip_port,
+                                            self._on_sip_request_powered, self.mac)
         if http:
             await self._start_http()
         self._spawn(self._boot(first=True))
@@ -74,6 +83,8 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
             self.endpoint.close()
         if self.http_runner:
             await self.http_runner.cleanup()
+        if self.http_listener is not None:
+            self.http_listener.detach(self.spec.ip)
         if self._own_session and self._session:
             await self._session.close()
         if self._events_session:
@@ -98,18 +109,25 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
         self._rebooting = True
         self.truth.record(self.mac, "reboot", reason=reason)
         self.truth.record(self.mac, "unavailable")
-        await self._send_line_events("LineUnregistrationEvent")
+        # no REGISTER leaves a phone that is shutting down: stopped before the shutdown event is sent (its POST
+        # takes a round trip, in which a refresh loop would otherwise still register)
         self._stop_registrations()
-        for reg in self.regs:
-            # all of a registration's servers go at once: the ground truth shows one step to "no working server"
-            for srv in reg.servers:
-                if srv.state != (OFF if not self._sends_register(srv) else DOWN):
-                    srv.state = OFF if not self._sends_register(srv) else DOWN
-                    self.truth.record(self.mac, "server_state", reg=reg.index, server=srv.index, state=srv.state, reason="reboot")
-            self._update_working(reg)
+        await self._send_line_events("LineUnregistrationEvent")
+        self._mark_down("reboot")
         self.booted.clear()
         self.resolver.forget()
         self._spawn(self._boot(first=False))
+
+    def _mark_down(self, reason: str) -> None:
+        """Registrations stopped, every server down at once: the ground truth shows one step to "no working
+        server" (a reboot, a power loss, a hang)."""
+        self._stop_registrations()
+        for reg in self.regs:
+            for srv in reg.servers:
+                if srv.state != (OFF if not self._sends_register(srv) else DOWN):
+                    srv.state = OFF if not self._sends_register(srv) else DOWN
+                    self.truth.record(self.mac, "server_state", reg=reg.index, server=srv.index, state=srv.state, reason=reason)
+            self._update_working(reg)
 
     async def _boot(self, first: bool) -> None:
         try:
@@ -133,6 +151,8 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
             self.truth.record(self.mac, "available")
             self._start_registrations()
             self._spawn(self._log_upload_loop())
+            if self.spec.fault == "hung":       # lab fault: freezes once booted, until its power is cycled
+                self.hang()
         finally:
             self._rebooting = False
 
@@ -157,6 +177,7 @@ class VirtualPhone(Provisioning, SipRegistrations, Dialogs, Reporting, WebApi):
     def summary(self) -> dict:
         return {"mac": self.mac, "model": self.spec.model, "ip": self.spec.ip, "booted": self.booted.is_set(),
                 "boot_count": self.boot_count, "boot_errors": self.boot_errors, "in_call": self.in_call,
+                "powered": self.powered, "hung": self.hung,
                 "registrations": [{"index": r.index, "user": r.user, "working_server": r.working,
                                    "servers": [{"index": s.index, "address": s.address, "register": s.register,
                                                 "state": s.state} for s in r.servers]} for r in self.regs],

@@ -118,10 +118,7 @@ class Dialogs:
         if msg.method in ("ACK",):
             return None
         if msg.method == "INVITE":
-            refused = await self._source_refusal(msg, addr, "sipval-invite-source-refused")
-            if refused is not None:
-                return refused
-            return sip_answers.answer("sipval-invite-configured-server-accepted", msg, addr)
+            return await self._on_invite(msg, addr)    # hil.phone_inbound: as the configuration says
         if msg.method in ("BYE", "NOTIFY"):
             return sip.make_response(msg, 200, "OK", received=addr)
         return sip.make_response(msg, 405, "Method Not Allowed", received=addr)

@@ -51,7 +51,7 @@ class Reporting:
         if self._events_session is None or self._events_session.closed:
             self._events_session = aiohttp.ClientSession(
                 timeout=aiohttp.ClientTimeout(total=5),
-                connector=aiohttp.TCPConnector(local_addr=(self.spec.ip, 0), limit=2))
+                connector=aiohttp.TCPConnector(local_addr=(self.spec.ip, 0), limit=2, force_close=True))
         return self._events_session
 
     async def _send_line_events(self, kind: str, only: int | None = None) -> None:

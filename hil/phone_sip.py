@@ -333,6 +333,7 @@ class SipRegistrations:
                                     call_id=srv.call_id, cseq=srv.cseq, from_tag=tag, contact=contact,
                                     extra=extra + ([auth] if auth else []),
                                     user_agent=self.user_agent)
+        self.truth.register_sent(self.mac, reg.index, srv.index)
         try:
             # through an outbound proxy that gets no answer upstream, the phone's own transaction timeout decides
             # (retryTimeOut x (retryMaxCount + 1)); the proxy's 408 comes later and is dropped as unmatched

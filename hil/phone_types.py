@@ -38,8 +38,10 @@ def model_info(model: str, family: str, version: str = "") -> dict:
 
 UP, DOWN, OFF = "registered", "unregistered", "not-registering"
 # lab faults, taking effect at a phone's next boot: it never comes back; it ignores server 1; it ignores server 1 once;
-# it keeps no standby registration and falls back late (LATE_FAILOVER_S after losing server 1)
-FAULTS = ("never-return", "wrong-server", "bad-boot-once", "late-failover")
+# it keeps no standby registration and falls back late (LATE_FAILOVER_S after losing server 1); it hangs (answers
+# nothing, sends nothing: hil.phone_power) once booted, or at once when set through the lab's /fault, until its power
+# is cycled
+FAULTS = ("never-return", "wrong-server", "bad-boot-once", "late-failover", "hung")
 LATE_FAILOVER_S = 12.0
 
 
@@ -51,6 +53,8 @@ def set_fault(phones, body: dict) -> tuple[dict, int]:
     if body.get("fault") not in (None, *FAULTS):
         return {"error": "unknown fault"}, 400
     phone.spec.fault = body.get("fault")
+    if phone.spec.fault == "hung" and phone.booted.is_set():
+        phone.hang()        # a hang strikes now, not at the next boot
     return {"ok": True}, 200
 
 
@@ -77,6 +81,9 @@ class PhoneSpec:
     # UC Software with failOver.reRegisterOn=1 on a fallback: the guides read both ways (polycom.md "Failover model"):
     # "concurrent" registers with it from boot (TB 5844), "on-failure" only once every server before it has failed
     failover_behaviour: str = "concurrent"
+    # voIpProt.SIP.requestValidation by source, read two ways (hil.phone_inbound): "configured" accepts every
+    # configured registration server (the guides), "primary" only reg.x.server.1 (operators' reports)
+    source_validation: str = "configured"
     firmware_version: str = ""          # "" : the family's typical release (FIRMWARE)
 
     @property

@@ -37,14 +37,21 @@ CONFIG_GET_MAX = 20
 
 
 class WebApi:
-    async def _start_http(self) -> None:
-        app = web.Application(middlewares=[self._rest_one_at_a_time, self._auth_middleware])
+    def _http_app(self) -> web.Application:
+        app = web.Application(middlewares=[self._hung_middleware, self._rest_one_at_a_time, self._auth_middleware])
         app.router.add_get("/polling/deviceHandler", self._h_poll_device)
         app.router.add_get("/polling/callstateHandler", self._h_poll_calls)     # as public clients spell it
         app.router.add_get("/polling/callStateHandler", self._h_poll_calls)
         app.router.add_post("/form-submit/Reboot", self._h_web_reboot)
         if self.model["rest"]:
             self._add_rest_routes(app)
+        return app
+
+    async def _start_http(self) -> None:
+        app = self._http_app()
+        if self.http_listener is not None:     # the process's shared listener (hil.http_mux): no socket of its own
+            self.http_listener.attach(self.spec.ip, app)
+            return
         self.http_runner = web.AppRunner(app, access_log=None)
         await self.http_runner.setup()
         site = web.TCPSite(self.http_runner, self.spec.ip, self.spec.http_port, reuse_address=True)

@@ -12,6 +12,8 @@ import time
 
 from dnslib import QTYPE, DNSRecord
 
+from . import limits
+
 
 class ResolveError(Exception):
     pass
@@ -103,7 +105,11 @@ class Resolver:
             query = DNSRecord.question(name, qtype)
             query.header.id = random.randint(0, 65535)
             fut = loop.create_future()
-            transport, _ = await loop.create_datagram_endpoint(lambda: _Query(fut), local_addr=(self.local_ip, 0))
+            try:
+                transport, _ = await loop.create_datagram_endpoint(lambda: _Query(fut), local_addr=(self.local_ip, 0))
+            except OSError as exc:     # out of descriptors stops the lab (hil.limits); anything else: no answer
+                limits.check(exc, f"DNS question from {self.local_ip}")
+                raise ResolveError(f"{name}: no socket for the question ({exc.strerror})") from None
             try:
                 transport.sendto(query.pack(), self.server)
                 data = await asyncio.wait_for(fut, self.timeout)

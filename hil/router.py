@@ -25,10 +25,15 @@ from pathlib import Path
 
 import asyncssh
 
+from . import limits
 from .router_capture import Capture, CaptureArgsError, hep3_sip, parse_args, pcap_header
 from .router_commands import RouterCommands, WanState
 
 log = logging.getLogger(__name__)
+
+FLOW_UNREPLIED_S = 30.0    # nf_conntrack_udp_timeout: a flow seen once each way (a DNS question) is forgotten then
+FLOW_STREAM_S = 120.0      # nf_conntrack_udp_timeout_stream: a flow seen both ways more than once
+FLOW_SWEEP_S = 5.0
 
 
 @dataclass
@@ -45,12 +50,19 @@ class _Session(asyncio.DatagramProtocol):
         self.relay, self.client = relay, client
         self.transport: asyncio.DatagramTransport | None = None
         self.last = time.monotonic()
+        self.sent = self.replies = 0
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
 
+    def idle_limit(self) -> float:
+        """Like Linux conntrack: a flow seen both ways more than once (a SIP registration) is kept FLOW_STREAM_S
+        after its last packet, any other (a DNS question and its answer) FLOW_UNREPLIED_S."""
+        return FLOW_STREAM_S if self.replies and self.sent > 1 else FLOW_UNREPLIED_S
+
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
         self.last = time.monotonic()
+        self.replies += 1
         router = self.relay.router
         if router.captures and router.wan.admin_up and self.transport is not None:
             router.capture("wan0", addr[:2], self.transport.get_extra_info("sockname")[:2], data)
@@ -63,6 +75,7 @@ class _Listener(asyncio.DatagramProtocol):
         self.router, self.forward = router, forward
         self.transport: asyncio.DatagramTransport | None = None
         self.sessions: dict[tuple[str, int], _Session] = {}
+        self.opening: dict[tuple[str, int], list[bytes]] = {}    # flows whose WAN socket is being opened
 
     def connection_made(self, transport) -> None:  # type: ignore[override]
         self.transport = transport
@@ -70,18 +83,45 @@ class _Listener(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
         if self.router.captures:
             self.router.capture("lan0", addr[:2], self.forward.listen, data)
-        asyncio.ensure_future(self._outbound(data, addr[:2]))
-
-    async def _outbound(self, data: bytes, client: tuple[str, int]) -> None:
+        client = addr[:2]
         session = self.sessions.get(client)
-        if session is None:
-            loop = asyncio.get_running_loop()
+        if session is not None:         # the common case, a known flow: forwarded now, no task
+            self._outbound(session, data)
+        elif client in self.opening:    # its socket is being opened: sent once it is, in order
+            self.opening[client].append(data)
+        else:
+            self.opening[client] = [data]
+            asyncio.ensure_future(self._open(client))
+
+    async def _open(self, client: tuple[str, int]) -> None:
+        """The WAN-side socket of a new flow (the NAT mapping); out of descriptors stops the lab (hil.limits)."""
+        loop = asyncio.get_running_loop()
+        try:
             _, session = await loop.create_datagram_endpoint(lambda: _Session(self, client),
                                                              local_addr=(self.router.wan_ip, 0))
-            self.sessions[client] = session
+        except OSError as exc:
+            self.opening.pop(client, None)
+            limits.check(exc, f"{self.router.name}: relay flow for {client[0]}:{client[1]}")
+            log.warning("%s: relay flow for %s not opened: %s", self.router.name, client, exc)
+            return
+        self.sessions[client] = session
+        for data in self.opening.pop(client, []):
+            self._outbound(session, data)
+
+    def _outbound(self, session: _Session, data: bytes) -> None:
         session.last = time.monotonic()
+        session.sent += 1
         wan_side = session.transport.get_extra_info("sockname")[:2] if session.transport else (self.router.wan_ip, 0)
         self.router.forward_packet(session.transport, data, self.forward.target, self.forward.target[1], "wan0", wan_side)
+
+    def expire(self, now: float) -> int:
+        """Close the flows idle past their limit (_Session.idle_limit); how many were closed."""
+        idle = [c for c, s in self.sessions.items() if now - s.last > s.idle_limit()]
+        for client in idle:
+            session = self.sessions.pop(client)
+            if session.transport:
+                session.transport.close()
+        return len(idle)
 
 
 class UserspaceRouter:
@@ -97,6 +137,7 @@ class UserspaceRouter:
         self.captures: list[Capture] = []    # running `tcpdump -w -` streams
         self.kamailio_ctl: Path | None = None    # the site's Kamailio gateway, for `kamcmd` over SSH
         self.hep_tap: asyncio.DatagramTransport | None = None
+        self._expiry: asyncio.Task | None = None
 
     # ------------------------------------------------------------------ data plane
     async def start_relay(self) -> None:
@@ -104,6 +145,21 @@ class UserspaceRouter:
         for fwd in self.forwards:
             _, proto = await loop.create_datagram_endpoint(lambda f=fwd: _Listener(self, f), local_addr=fwd.listen)
             self.listeners.append(proto)
+        self._expiry = asyncio.ensure_future(self._expire_flows())
+
+    async def _expire_flows(self) -> None:
+        """Idle flows go, as a router's connection tracking forgets them: each DNS question comes from a new
+        port, and without this every one would keep a WAN socket (a descriptor) for the life of the lab."""
+        while True:
+            await asyncio.sleep(FLOW_SWEEP_S)
+            now = time.monotonic()
+            for listener in self.listeners:
+                listener.expire(now)
+
+    @property
+    def flows(self) -> int:
+        """WAN-side sockets open now (one per relayed flow)."""
+        return sum(len(listener.sessions) for listener in self.listeners)
 
     def forward_packet(self, transport, data: bytes, dest: tuple[str, int], dport: int,
                        iface: str = "", src: tuple[str, int] = ("0.0.0.0", 0)) -> None:
@@ -282,6 +338,8 @@ class UserspaceRouter:
                              for c in self.captures]}
 
     async def stop(self) -> None:
+        if self._expiry:
+            self._expiry.cancel()
         for listener in self.listeners:
             for s in listener.sessions.values():
                 if s.transport:

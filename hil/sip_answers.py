@@ -33,10 +33,11 @@ def shape(entry_id: str) -> tuple[int, str, list[tuple[str, str]]]:
 
 
 def answer(entry_id: str, request: sip.SipMessage, received: tuple[str, int], fill: dict[str, str] | None = None,
-           to_tag: bool = True) -> sip.SipMessage:
-    """The entry's answer to `request`; `fill` replaces the value of each named header (case-insensitive)."""
+           to_tag: bool | str = True) -> sip.SipMessage:
+    """The entry's answer to `request`; `fill` replaces the value of each named header (case-insensitive);
+    `to_tag` a tag of the caller's (a 180 and the 200 after it share theirs), True a fresh one, False none."""
     code, reason, headers = shape(entry_id)
     wanted = {k.lower(): v for k, v in (fill or {}).items()}
     headers = [(k, wanted.get(k.lower(), v)) for k, v in headers]
-    return sip.make_response(request, code, reason, to_tag=sip.new_tag() if to_tag else None, received=received,
+    return sip.make_response(request, code, reason, to_tag=to_tag if isinstance(to_tag, str) else sip.new_tag() if to_tag else None, received=received,
                              extra=headers)

@@ -14,7 +14,7 @@ from typing import NoReturn
 
 import click
 
-from .yamlfile import FileError
+from .fileerror import FileError
 
 EXIT_INTERRUPTED = 130
 

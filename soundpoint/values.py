@@ -14,9 +14,7 @@ import math
 import re
 from typing import Annotated, Callable
 
-from pydantic import AfterValidator
-
-from soundpoint.yamlfile import FieldError
+from soundpoint.fileerror import FieldError
 
 MAC_RE = re.compile(r"^[0-9a-f]{12}$")
 _LABEL = re.compile(r"^(?!-)[A-Za-z0-9-]{1,63}(?<!-)$")
@@ -126,4 +124,6 @@ def each(items, check: Callable[[object], object]):
 
 def Host(what: str):  # noqa: N802 (used as a type: `address: values.Host("phone address")`)
     """A host name or address field; an error calls it `what`."""
+    from pydantic import AfterValidator  # in-function: fleet.toml's reader and `fleet status` start without pydantic
+
     return Annotated[str, AfterValidator(lambda v: host(v, what))]

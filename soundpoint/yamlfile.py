@@ -25,6 +25,8 @@ from typing import Any, Callable, TypeVar
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from soundpoint.fileerror import FieldError, FileError  # noqa: F401  (re-exported: where every reader imports them)
+
 M = TypeVar("M", bound=BaseModel)
 
 MAX_BYTES = int(os.environ.get("FLEET_MAX_YAML_BYTES", str(32 * 1024 * 1024)))
@@ -32,28 +34,6 @@ MAX_BYTES = int(os.environ.get("FLEET_MAX_YAML_BYTES", str(32 * 1024 * 1024)))
 # twice its own size (an anchor of phone defaults merged into every phone of a 50,000-phone inventory fits)
 ALIAS_EXPANSION_MIN = 100_000
 _CAP = 1 << 62     # expanded sizes are counted up to here (an alias bomb's true size has hundreds of digits)
-
-
-class FileError(ValueError):
-    """An input file that cannot be used; str() is the message to show the user."""
-
-    def __init__(self, path: str | Path, line: int | None, field: str, message: str) -> None:
-        message = " ".join(str(message).split())      # one line, whatever the parser said
-        self.path, self.line, self.field, self.message = str(path), line, field, message
-        where = f"{self.path}:{line}" if line else self.path
-        super().__init__(f"{where}: {field + ': ' if field else ''}{message}")
-
-
-class FieldError(ValueError):
-    """Raised by validators to name a field below the model being validated (loc is relative to it).
-
-    pydantic reports a model validator's error at the model itself; load_model appends `loc`, so
-    `overlap must be below expires` points at the overlap line, not at the server's first line.
-    """
-
-    def __init__(self, loc: tuple, message: str) -> None:
-        self.loc = tuple(loc)
-        super().__init__(message)
 
 
 def _node_at(node: yaml.Node | None, loc: tuple) -> yaml.Node | None:

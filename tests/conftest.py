@@ -42,8 +42,21 @@ def redis_server(tmp_path_factory):
     proc.wait(10)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def redis_url(redis_server):
+    """The session's Redis, emptied for each test module that uses it. Lab nets, and so phone MACs, come round
+    again within a suite (hil.netlock), and a phone's records outlive its lab: kept, a module's lab would inherit
+    the evidence, rollout stacks and incidents of an earlier module's phones. The modules of one test process run
+    one after another, and pytest ends a module's fixtures (its workers, collectors and labs) before the next
+    module's begin, so nobody is using it then. One URL for the whole session: the in-process Celery app keeps
+    the broker it was first configured with."""
+    import redis
+
+    admin = redis.Redis.from_url(redis_server[1])
+    try:
+        admin.flushdb()
+    finally:
+        admin.close()
     return redis_server[0]
 
 
@@ -81,6 +94,20 @@ def router_driver(inventory_path: Path):
         d.close()
 
 
+def directory_files(root: Path) -> dict[str, bytes]:
+    """Every file under `root` (path relative to it) and its bytes. A worker may remove a file between the
+    listing and the read (a rollout's cleanup running while a test's wait polls the boot directory): such a file
+    is gone, not an error."""
+    files = {}
+    for p in sorted(root.rglob("*")):
+        try:
+            if p.is_file():
+                files[str(p.relative_to(root))] = p.read_bytes()
+        except FileNotFoundError:
+            continue
+    return files
+
+
 def unique_id(prefix: str, name: str) -> str:
     """An id no other test run uses (outage ids are remembered by the router and the store): prefix-name-8 hex."""
     return f"{prefix}-{name}-{uuid.uuid4().hex[:8]}"
@@ -104,50 +131,10 @@ def udp_socket(timeout: float | None = None) -> socket.socket:
     return sock
 
 
-# Every userspace lab the suite starts: net -> (sites, what starts it). Test modules run in parallel
-# (pytest-xdist, `make test`), so no two labs may hold the same loopback address; a lab of net N with K sites
-# holds 127.(N..N+K-1), 127.(N+40), 127.(N+50..N+50+K-1) and 127.(N+100..N+100+K-1) (hil.lab's address plan),
-# which is why nets ten apart collide (N+50 = (N+10)+40). `start_lab` refuses a net missing here, and
-# tests/test_lab_nets.py checks that no two entries share an address. Net 10 is the demos'.
-LAB_NETS: dict[int, tuple[int, str]] = {
-    2: (1, "test_phone_controls"), 3: (1, "test_family_experiments sip-3.x"),
-    4: (1, "test_family_experiments uc-4.0"), 6: (1, "test_family_experiments uc-5.x"),
-    8: (1, "test_site_files_lab"), 10: (1, "make demo, demo-syslog, demo-hep (hil/labs)"),
-    15: (1, "test_wire_experiment"), 19: (1, "test_lab_wire"), 21: (1, "test_experiment_e2e"),
-    22: (1, "test_experiment_e2e, no fallback (and its incident)"), 24: (1, "test_lab_rules"), 26: (1, "test_safety"),
-    27: (1, "test_outage_races"), 28: (1, "test_inventory_probe"), 30: (1, "test_scheduled_rollout"),
-    33: (2, "test_rollout_faults"), 39: (2, "test_rollout"), 41: (1, "test_hostile_tasks"),
-    45: (1, "test_secrets"), 57: (1, "test_publish_confinement"), 92: (1, "test_lab_rules, R5"),
-    96: (1, "test_wire_experiment, HEP only"), 109: (1, "test_failback_modes"), 125: (1, "test_lab_flood"),
-    114: (1, "test_named_master_lab"), 116: (1, "test_checksync_live"), 131: (1, "test_wire_attribution_lab"),
-    118: (1, "test_failover_behaviour"), 150: (1, "test_dns_blind_spot"),
-    112: (1, "test_firmware_variants"),
-    98: (1, "test_rest_one_at_a_time"),
-    113: (1, "test_uc53_push_lab"),
-    137: (1, "test_scheduled_one_worker"),
-    144: (1, "test_demo (hil.demo on a copy of the demo's lab file)"),
-    129: (1, "test_rollout_messages"),
-    143: (1, "test_rollout_stack_lab"),
-    120: (1, "test_newcomer"),
-    111: (1, "test_metrics_lab"),
-}
-
-
-def lab_octets(net: int, sites: int) -> set[int]:
-    """The second octets of 127.x.y.z a lab of `net` with `sites` sites binds (hil.lab's address plan)."""
-    held = {net + 40}
-    for k in range(sites):
-        held |= {net + k, net + 50 + k, net + 100 + k}
-    return held
-
-
 def start_lab(work: Path, spec: dict | Path, **kwargs) -> Lab:
-    """hil.harness.start_lab for a net registered in LAB_NETS, with no more sites than registered there."""
-    data = spec if isinstance(spec, dict) else yaml.safe_load(Path(spec).read_text())
-    net, sites = int(data.get("net", 10)), len(data.get("sites") or [])
-    if net not in LAB_NETS or sites > LAB_NETS[net][0]:
-        raise AssertionError(f"lab net {net} with {sites} site(s) is not registered in tests/conftest.py LAB_NETS: "
-                             "pick a net whose addresses no other lab holds (tests/test_lab_nets.py checks)")
+    """hil.harness.start_lab. A lab file without `net` takes a free one (hil.netlock): test modules run in parallel,
+    and two suites may run side by side, so tests never fix a net; they read addresses from the lab (`lab.net`,
+    its inventory)."""
     return harness.start_lab(work, spec, **kwargs)
 
 
@@ -155,7 +142,28 @@ RunningLab = Lab      # older names, still imported by test modules
 Worker = Proc
 
 
-def lab_spec(name: str, net: int, *, phones: int = 4, servers: list[dict] | None = None, models=None,
+LISTEN_PORTS = range(20000, 32768)     # below Linux's ephemeral range (32768-60999 by default)
+
+
+def listen_port() -> int:
+    """A free port for a collector to listen on later, outside the ephemeral range: a port `free_port` hands out
+    (bind to 0) is an ephemeral one, and between the pick and the listener's bind any process's outgoing
+    connection may take it as its local port (a worker's collector failed so, "Address already in use")."""
+    import random
+
+    for _ in range(200):
+        port = random.choice(LISTEN_PORTS)
+        try:
+            with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                tcp.bind(("127.0.0.1", port))
+                udp.bind(("127.0.0.1", port))
+            return port
+        except OSError:
+            continue
+    return free_port()
+
+
+def lab_spec(name: str, *, net: int | str = "auto", phones: int = 4, servers: list[dict] | None = None, models=None,
              boot_protocol: str = "http", faults: dict | None = None, retry_interval: float = 3, site: str = "hq",
              poll_interval: float = 0.0) -> dict:
     return {
@@ -169,7 +177,7 @@ def lab_spec(name: str, net: int, *, phones: int = 4, servers: list[dict] | None
                 {"address": "provider", "expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3},
                 {"address": "gateway", "expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}],
             "faults": faults or {},
-            "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}",
+            "collector": {"syslog": f"127.0.0.1:{listen_port()}", "events": f"127.0.0.1:{listen_port()}",
                           "poll_interval": poll_interval},
         }],
     }
@@ -264,3 +272,16 @@ def both_registered(lab: Lab, site: str, redis_url: str) -> bool:
 def run_fleet(args: list[str], redis_url: str, timeout: float = 240, **kw) -> subprocess.CompletedProcess:
     env = dict(os.environ, FLEET_REDIS_URL=redis_url)
     return subprocess.run([BIN / "fleet", *args], env=env, capture_output=True, text=True, timeout=timeout, **kw)
+
+
+# ---------------------------------------------------------------- test order: longest files first
+# `make test` spreads files over three processes (--dist loadfile), handing each process the next file in collection
+# order as it frees up. Files in collection (alphabetical) order leave a long file such as test_rollout_faults.py
+# to start near the end and run alone; longest first (each file's seconds in a full run, tests/file_seconds.json,
+# refreshed by hand from `--durations=0` when files grow) keeps the three busy to the end. The order of tests within
+# a file is kept.
+FILE_SECONDS = json.loads((Path(__file__).parent / "file_seconds.json").read_text())
+
+
+def pytest_collection_modifyitems(session, config, items):
+    items.sort(key=lambda item: -FILE_SECONDS.get(item.path.name, 0))

@@ -25,7 +25,7 @@ PUSHED = "reg.1.server.1.expires"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, worker_factory):
-    spec = lab_spec("checksync-live", 116, phones=1, models=["SoundPoint IP 650"])
+    spec = lab_spec("checksync-live", phones=1, models=["SoundPoint IP 650"])
     spec["firmware_family"] = "uc-4.0"
     spec["timing"]["log_upload_period"] = 0
     spec["sites"][0]["params"] = {"voIpProt.SIP.specialEvent.checkSync.alwaysReboot": 0}

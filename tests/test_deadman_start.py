@@ -49,7 +49,10 @@ def _run(tmp_path: Path, systemd_run: str | None, after_start=None) -> tuple[Pat
     if after_start is not None:
         after_start(f)
     calls_so_far = lambda: log.read_text() if log.exists() else "no systemd-run call"  # noqa: E731
-    wait_until(lambda: Path(f"{f}.restored").exists(), 8, "the dead-man's restore", step=0.05, state=calls_so_far)
+    restored = Path(f"{f}.restored")
+    # the shell creates the file (`>`) before echo writes its line: written means its line is whole
+    wait_until(lambda: restored.exists() and restored.read_text().endswith("\n"), 8, "the dead-man's restore",
+               step=0.05, state=calls_so_far)
     calls = log.read_text().splitlines() if log.exists() else []
     return f, calls
 

@@ -20,7 +20,6 @@ import yaml
 from conftest import free_port, run_fleet
 
 pytestmark = pytest.mark.slow
-NET = 150
 ROOT = Path(__file__).resolve().parent.parent
 LATE = 0          # the phone with the late-failover fault: phone 0 (a SoundPoint IP 650 on UC Software 4.0)
 
@@ -38,7 +37,7 @@ def _playbook(name: str, macs: list[str]) -> str:
 @pytest.fixture(scope="module")
 def lab(lab_factory, worker_factory):
     spec = yaml.safe_load((ROOT / "hil/labs/demo-wire.yml").read_text())
-    spec.update(name="dnsblind", net=NET)
+    spec.update(name="dnsblind")
     spec["timing"]["dns_ttl"] = 2
     site = spec["sites"][0]
     site["collector"] = {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}

@@ -18,7 +18,7 @@ SAMPLE = 0.25
 
 @pytest.fixture(scope="module")
 def lab(lab_factory, worker_factory):
-    lab = lab_factory(lab_spec("e2e", 21, phones=6, poll_interval=2.0))
+    lab = lab_factory(lab_spec("e2e", phones=6, poll_interval=2.0))
     worker_factory(lab.inventory)
     return lab
 
@@ -162,14 +162,15 @@ def test_router_that_does_not_answer_gives_a_typed_error_not_a_traceback(lab, re
     worker.stop()
     assert res.returncode == 1
     doc = json.loads(res.stdout)
-    assert "router 127.21.0.1:1" in doc["steps"][0]["message"] and "cannot connect" in doc["steps"][0]["message"]
+    router = inv["sites"][0]["router"]["address"]
+    assert f"router {router}:1" in doc["steps"][0]["message"] and "cannot connect" in doc["steps"][0]["message"]
     assert "Traceback" not in res.stderr and "Traceback" not in worker.log.read_text()
 
 
 @pytest.fixture(scope="module")
 def solo(lab_factory, worker_factory):
     """A site whose phones have server 1 only (no fallback), with its worker and collector."""
-    spec = lab_spec("nofb", 22, phones=2, site="solo", servers=[
+    spec = lab_spec("nofb", phones=2, site="solo", servers=[
         {"address": "provider", "expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}])
     solo = lab_factory(spec)
     worker_factory(solo.inventory, "solo")

@@ -33,7 +33,7 @@ NEVER = 4
 
 
 def _spec() -> dict:
-    spec = lab_spec("failback", 109, phones=len(MODES), models=["VVX 410"], site="fb")
+    spec = lab_spec("failback", phones=len(MODES), models=["VVX 410"], site="fb")
     spec["timing"]["dns_ttl"] = DNS_TTL
     spec["sites"][0]["phones"]["params_of"] = {i: p for i, p in MODES.items() if p}
     return spec

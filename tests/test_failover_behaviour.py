@@ -22,7 +22,7 @@ CONCURRENT, ON_FAILURE, NO_REREGISTER = 0, 1, 2
 
 
 def _spec() -> dict:
-    spec = lab_spec("failover-behaviour", 118, phones=3, models=["VVX 410"], site="fo")
+    spec = lab_spec("failover-behaviour", phones=3, models=["VVX 410"], site="fo")
     # the provider located as RFC 3263 says (its servers are named, port 0, transport DNSnaptr by default)
     spec["provider"] = {"naptr_srv": True}
     spec["sites"][0]["servers"][0]["port"] = 0

@@ -29,13 +29,13 @@ TX, SLACK = 2.0, predict.DETECTION_SLACK
 
 LABS = {
     # SIP 3.x: expires >= 300; the provider grants 10 s, so the phone refreshes every 5 s
-    "sip-3.x": {"net": 3, "site": "sip3", "models": ["SoundPoint IP 650", "SoundPoint IP 550"], "max_expires": 10,
+    "sip-3.x": {"site": "sip3", "models": ["SoundPoint IP 650", "SoundPoint IP 550"], "max_expires": 10,
                 "servers": [{"address": "provider", "expires": 300, "overlap": 60, **FAST_TX},
                             {"address": "gateway", "expires": 300, "overlap": 60, **FAST_TX}]},
-    "uc-4.0": {"net": 4, "site": "uc40", "models": ["SoundPoint IP 650", "SoundPoint IP 331"], "max_expires": 3600,
+    "uc-4.0": {"site": "uc40", "models": ["SoundPoint IP 650", "SoundPoint IP 331"], "max_expires": 3600,
                "servers": [{"address": "provider", "expires": 12, "overlap": 5, **FAST_TX},
                            {"address": "gateway", "expires": 12, "overlap": 5, **FAST_TX}]},
-    "uc-5.x": {"net": 6, "site": "uc5x", "models": ["VVX 410"], "max_expires": 3600,
+    "uc-5.x": {"site": "uc5x", "models": ["VVX 410"], "max_expires": 3600,
                "servers": [{"address": "provider", "expires": 12, "overlap": 5, **FAST_TX},
                            {"address": "gateway", "expires": 12, "overlap": 5, "re_register": 1, **FAST_TX}]},
 }
@@ -43,7 +43,7 @@ LABS = {
 
 def family_lab(family: str) -> dict:
     c = LABS[family]
-    return {"name": f"family-{c['site']}", "net": c["net"], "firmware_family": family,
+    return {"name": f"family-{c['site']}", "firmware_family": family,
             "provider": {"max_expires": c["max_expires"]},
             # real ranges: baseTimeOut 10 (10-120), maxTimeOut 60 (60-1800), a fixed retry of 30 s (30-60)
             "timing": {"boot_time": 0.5, "retry_interval": 10, "retry_max": 60, "fixed_retry": 30,

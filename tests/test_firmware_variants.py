@@ -35,7 +35,7 @@ from hil import labfile
 
 pytestmark = pytest.mark.slow
 
-NET, SITE = 112, "variants"
+SITE = "variants"
 FAST_TX = {"retry_timeout_ms": 500, "retry_max_count": 3}      # 2 s to give up on a dead server
 EVENTS = f"127.0.0.1:{free_port()}"
 PUSH = {"apps.statePolling.URL": f"http://{EVENTS}/state", "apps.statePolling.responseMode": "1"}
@@ -94,7 +94,7 @@ def lab_spec() -> dict:
         phones["families"] = vvx
     servers = [{"address": "provider", "expires": 300, "overlap": 60, **FAST_TX},
                {"address": "gateway", "expires": 300, "overlap": 60, **FAST_TX}]     # reRegisterOn=1 on UC 5
-    return {"name": "variants", "net": NET, "firmware_family": "sip-3.x", "provider": {"max_expires": 10},
+    return {"name": "variants", "firmware_family": "sip-3.x", "provider": {"max_expires": 10},
             # real ranges, as tests/test_family_experiments: baseTimeOut 10, maxTimeOut 60, a fixed retry of 30 s
             "timing": {"boot_time": 0.5, "retry_interval": 10, "retry_max": 60, "fixed_retry": 30,
                        "log_upload_period": 5, "dns_ttl": 1},

@@ -12,8 +12,11 @@ from fleet.evidence.wire.attribution import WireTarget
 from fleet.state.observe import REGISTERED
 from soundpoint import conformance
 
-# registrar bindings only: the HEP datagram entries (gateway-hep-*) are read in tests/test_wire_hostile.py
-ENTRIES = [e for e in conformance.select(area="gateway") if not e.id.startswith("gateway-hep-")]
+# registrar bindings only: the HEP datagram entries (gateway-hep-*) are read in tests/test_wire_hostile.py, the
+# answers to a call the gateway places (gateway-kamailio-uac-*, gateway-freeswitch-originate-*) in
+# tests/test_inbound_calls.py
+OTHER_READERS = ("gateway-hep-", "gateway-kamailio-uac-", "gateway-freeswitch-originate-")
+ENTRIES = [e for e in conformance.select(area="gateway") if not e.id.startswith(OTHER_READERS)]
 T0 = 1795715000.0
 
 # what each entry must read as: {user: active} of its bindings, or the GatewayOutputError text it must raise

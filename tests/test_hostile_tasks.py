@@ -34,7 +34,7 @@ TOKEN = secrets.token_hex(4)
 
 @pytest.fixture(scope="module")
 def lab(lab_factory, worker_factory):
-    lab = lab_factory(lab_spec("hostile", 41, phones=2))
+    lab = lab_factory(lab_spec("hostile", phones=2))
     lab.worker = worker_factory(lab.inventory)
     lab.inv = inv_mod.load(lab.inventory)
     return lab
@@ -94,6 +94,8 @@ def _valid_args(lab, tmp_path: Path) -> dict[str, dict]:
         "fleet.router_restore": dict(site_name=SITE, exp_id="exp-hostile", outage=OUTAGE, probe_for=0.0),
         "fleet.router_state": dict(site_name=SITE, outage_id="hostile0123456789"),
         "fleet.place_call": dict(site_name=SITE, exp_id="exp-hostile", mac=rest_phone.mac, number="1002"),
+        "fleet.inbound_call": dict(site_name=SITE, exp_id="exp-hostile", mac=rest_phone.mac, user="1002", ring_s=5),
+        "fleet.power_cycle": dict(site_name=SITE, exp_id="exp-hostile", macs=[site.phones[0].mac], off_s=1.0),
         "fleet.rollout_push": dict(rid="rollout-hostile", mac=site.phones[0].mac, attempt=1),
         "fleet.rollout_rollback": dict(rid="rollout-hostile", mac=site.phones[0].mac),
         "fleet.scheduled_rollout": dict(playbook_path=str(playbook), inventory_path=str(lab.inventory.resolve()),
@@ -158,6 +160,10 @@ def test_refusal_names_the_argument_and_the_rule(lab, client, tmp_path):
              ("fleet.router_restore", "outage.id", outage(id="hostile; reboot"), "pattern"),
              ("fleet.router_restore", "probe_for", 121.0, "less than or equal to 120"),
              ("fleet.place_call", "number", "1002@evil.example", "pattern"),
+             ("fleet.inbound_call", "user", "1002 ; reboot", "pattern"),
+             ("fleet.inbound_call", "ring_s", 301, "less than or equal to 300"),
+             ("fleet.power_cycle", "off_s", 301, "less than or equal to 300"),
+             ("fleet.power_cycle", "macs", ["0004F2AABBCC"], "pattern"),
              ("fleet.rollout_push", "mac", "0004F2AABBCC", "pattern"),
              ("fleet.rollout_push", "attempt", True, "valid integer"),
              ("fleet.rollout_push", "rid", "../../etc", "pattern"),

@@ -24,7 +24,7 @@ def _lab(tmp_path: Path, **site) -> labfile.LabFile:
     spec["sites"][0].update(site)
     path = tmp_path / "lab.yml"
     path.write_text(yaml.safe_dump(spec))
-    return labfile.load(path)
+    return labfile.load(path).on_net(10)     # a unit: no lab runs, so no net is claimed (hil.netlock)
 
 
 def _export(lab: labfile.LabFile, state: Path) -> tuple[dict, dict]:

@@ -15,12 +15,11 @@ from fleet.state.store import K, Store
 
 pytestmark = pytest.mark.slow
 
-NET = 28   # this module's lab network
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    return lab_factory(lab_spec("probe", NET, phones=3, boot_protocol="ftp", models=["SoundPoint IP 650", "VVX 410"]))
+    return lab_factory(lab_spec("probe", phones=3, boot_protocol="ftp", models=["SoundPoint IP 650", "VVX 410"]))
 
 
 def _tree(path: Path) -> dict[str, str]:
@@ -60,7 +59,10 @@ def test_probe_reaches_every_device_of_the_lab(lab, redis_url):
     assert code == 0 and not failed, failed
     devices = {c["device"] for c in doc["checks"]}
     phones = {p["mac"] for p in lab.status()["phones"]}
-    assert devices == {"boot server", "router", "collector syslog", "collector events"} | {f"phone {m}" for m in phones}
+    assert devices == {"boot server", "router", "switch poe-hq", "collector syslog", "collector events"} | \
+        {f"phone {m}" for m in phones}
+    switch = next(c for c in doc["checks"] if c["device"] == "switch poe-hq")
+    assert switch["detail"].startswith(f"{len(phones)} port(s) read: 1.1 on (deliveringPower)"), switch
     # each phone read by its family's control: the SoundPoint IP 650 (UC 4.0) by state polling, the VVX by REST
     methods = {c["detail"].split(" (", 1)[0] for c in doc["checks"] if c["device"].startswith("phone ")}
     assert methods == {"state polling GET /polling/deviceHandler", "REST GET /api/v1/mgmt/device/info"}, doc["checks"]

@@ -1,6 +1,6 @@
 """A LAN host floods the site with 1 MB of SIP headers through the lab router's capture (issue 17).
 
-The lab (net 125, userspace): the phones send no registration syslog line, so the router's capture (tcpdump
+The lab (userspace, a free net): the phones send no registration syslog line, so the router's capture (tcpdump
 over the router's SSH, into the worker's collector) is the site's per-server source. A host on the LAN sends
 REGISTERs to the site's gateway whose To header is "sip:" repeated (56 KB each, more than 1 MB in all): the
 router's capture shows them to the collector as it shows the phones' own SIP. Meanwhile a phone's telephone
@@ -27,13 +27,12 @@ from hil import phone_reports
 from test_wire_evidence import register
 
 pytestmark = pytest.mark.lab
-NET = 125
 FLOOD_BYTES = 1_100_000
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory, worker_factory):
-    spec = lab_spec("flood", NET, phones=2)
+    spec = lab_spec("flood", phones=2)
     spec["syslog_registration_line"] = False
     spec["timing"]["dns_ttl"] = 300
     lab = lab_factory(spec)
@@ -67,7 +66,7 @@ def test_a_megabyte_of_headers_through_the_router_capture_neither_stalls_the_col
     wait_until(lambda: "wire" in store.phone_state(mac).evidence, 60, "the router capture's first observation",
                state=lambda: store.site_evidence([site["name"]]))
     gateway = (site["gateway"] if isinstance(site["gateway"], str) else site["gateway"]["address"], 5060)
-    stranger = f"127.{NET + 100}.0.250"          # a host on the site's LAN that is no phone
+    stranger = f"127.{lab.net + 100}.0.250"          # a host on the site's LAN that is no phone
     events = site["collector"]["events"]
     _round_trip(events, mac, ip)
     sent = {"bytes": 0}

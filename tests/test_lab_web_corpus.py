@@ -13,13 +13,18 @@ from types import SimpleNamespace
 import aiohttp
 import pytest
 
+from hil.phone_power import Power
 from hil.phone_web import WebApi
 from sipwire import digest
 from soundpoint import conformance
 
 
-class _WebOnly(WebApi):
-    """The web server of a UC Software 5.8 phone, with nothing else of a virtual phone behind it."""
+class _WebOnly(Power, WebApi):
+    """The web server of a UC Software 5.8 phone (powered, not hung), with nothing else of a virtual phone behind it."""
+
+    hung = False
+    powered = True
+    http_listener = None
 
     def __init__(self, port: int, booted: bool) -> None:
         self.booted = asyncio.Event()

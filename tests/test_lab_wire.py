@@ -1,6 +1,6 @@
 """The lab side of issue 10: per-server evidence a real site has, from the virtual lab.
 
-One single-site lab (net 19) with the phones' invented syslog registration line switched off:
+One single-site lab with the phones' invented syslog registration line switched off:
 - the userspace router answers fleet's own capture command (`tcpdump -U -w - ...` for the linux platform) over
   its SSH with pcap of the SIP it relays, decoded here with fleet's decoder;
 - the phones send no registration syslog line;
@@ -36,7 +36,6 @@ from hil.phone_types import UP
 from conftest import lab_spec, wait_until
 
 pytestmark = pytest.mark.lab
-NET = 19
 PHONES = 3
 KAMAILIO_MISSING = kam.unavailable(siptrace=True)
 LINUX_CAPTURE = platforms.get("linux_ssh").capture_template()     # the lab router is a Linux one
@@ -88,7 +87,7 @@ class Site:
 
 @pytest.fixture(scope="module")
 def site(lab_factory):
-    spec = lab_spec("wirelab", NET, phones=PHONES)
+    spec = lab_spec("wirelab", phones=PHONES)
     spec["syslog_registration_line"] = False
     collector = spec["sites"][0]["collector"]
     syslog = _udp(int(collector["syslog"].rsplit(":", 1)[1]))     # bound before the phones boot: nothing missed
@@ -369,7 +368,7 @@ def test_lab_file_gateway_and_hep_options_are_validated(tmp_path):
     from soundpoint.yamlfile import FileError
     from hil import labfile
 
-    base = lab_spec("v", NET, phones=1)
+    base = lab_spec("v", phones=1)
     ok = dict(base, syslog_registration_line=False)
     ok["sites"] = [dict(base["sites"][0], gateway="kamailio",
                         collector=dict(base["sites"][0]["collector"], hep="127.0.0.1:9999"))]

@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parent.parent
 # lowest first: a module may import from its own layer and the layers before it, never from one after it
 LAYERS = ("fleet", "fleet.base", "fleet.phoneconf", "fleet.config", "fleet.drivers", "fleet.state", "fleet.phones",
           "fleet.sites", "fleet.evidence", "fleet.worker", "fleet.experiment", "fleet.incident",
-          "fleet.rollout", "fleet.cli")
+          "fleet.rollout", "fleet.testing", "fleet.cli")
 IN_FUNCTION_REASON = "# in-function:"
 
 

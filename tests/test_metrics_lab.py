@@ -31,7 +31,7 @@ def truth_on_fallback(lab) -> int:
 @pytest.fixture(scope="module")
 def lab(lab_factory):
     require("prometheus")
-    return lab_factory(lab_spec("metrics", 111, phones=PHONES, site=SITE))
+    return lab_factory(lab_spec("metrics", phones=PHONES, site=SITE))
 
 
 @pytest.fixture(scope="module")

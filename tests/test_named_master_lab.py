@@ -18,7 +18,7 @@ import pytest
 import yaml
 from celery import Celery
 
-from conftest import lab_spec, run_fleet, start_lab, wait_until
+from conftest import directory_files, lab_spec, run_fleet, start_lab, wait_until
 from fleet.config import inventory as inv_mod
 from fleet.state.store import RolloutStore, Store
 
@@ -27,8 +27,7 @@ PUSHED = "reg.1.server.1.expires"
 MASTER = "campus.cfg"
 
 
-def files_of(boot: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(boot)): p.read_bytes() for p in sorted(boot.rglob("*")) if p.is_file()}
+files_of = directory_files
 
 
 def digest(files: dict[str, bytes]) -> str:
@@ -40,7 +39,7 @@ def digest(files: dict[str, bytes]) -> str:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, worker_factory):
-    spec = lab_spec("named-master", 114, phones=2, models=["VVX 410"], boot_protocol="ftp")
+    spec = lab_spec("named-master", phones=2, models=["VVX 410"], boot_protocol="ftp")
     spec["timing"]["log_upload_period"] = 0
     spec["sites"][0]["boot_master"] = MASTER
     lab = start_lab(tmp_path_factory.mktemp("named-master"), spec)

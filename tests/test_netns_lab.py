@@ -28,8 +28,6 @@ from conftest import BIN, ROOT, lab_spec, router_driver, run_fleet, unique_id, w
 
 pytestmark = [pytest.mark.lab, pytest.mark.slow]
 
-NET = 33          # the lab of this module
-KILLED_NET = 34   # the lab that is SIGKILLed while it starts
 SAMPLE = 0.25
 
 
@@ -56,10 +54,12 @@ from fleet.drivers.errors import DeviceRefused  # noqa: E402
 from fleet.drivers.probe import probe_provider  # noqa: E402
 from fleet.drivers.router import Outage  # noqa: E402
 from hil.netns import plan  # noqa: E402
+from hil.netns.ns import RECORD  # noqa: E402
 
 
-def _spec(name: str, net: int, phones: int) -> dict:
-    spec = lab_spec(name, net, phones=phones, poll_interval=2.0)
+def _spec(name: str, phones: int) -> dict:
+    """A namespace lab on a free net (hil.netlock): other suites on the machine may run their own."""
+    spec = lab_spec(name, phones=phones, poll_interval=2.0)
     spec["backend"] = "netns"
     return spec
 
@@ -102,7 +102,8 @@ class NsLab:
     def __init__(self, state: Path, inv: Path) -> None:
         self.state, self.inventory = state, inv
         self.control = json.loads((state / "control.json").read_text())["url"]
-        self.router_ns = plan.router_ns(NET, 0)
+        self.net = json.loads((state / "control.json").read_text())["net"]
+        self.router_ns = plan.router_ns(self.net, 0)
 
     def status(self) -> dict:
         import requests
@@ -130,7 +131,7 @@ class NsLab:
 
 @pytest.fixture(scope="module")
 def nslab(tmp_path_factory):
-    state, inv = _up(tmp_path_factory.mktemp("netns"), _spec("netns", NET, 4))
+    state, inv = _up(tmp_path_factory.mktemp("netns"), _spec("netns", 4))
     lab = NsLab(state, inv)
     yield lab
     _down(state)
@@ -165,7 +166,7 @@ def test_no_route_in_any_lab_namespace_leaves_the_labs_ranges(nslab):
         return any(net.subnet_of(a) for a in allowed)
 
     checked = 0
-    for ns in _lab_namespaces(NET):
+    for ns in _lab_namespaces(nslab.net):
         for route in json.loads(_sh(ns, "ip", "-j", "-4", "route", "show", "table", "all") or "[]"):
             dst = route["dst"]
             assert dst != "default", (ns, route)
@@ -176,7 +177,7 @@ def test_no_route_in_any_lab_namespace_leaves_the_labs_ranges(nslab):
             checked += 1
     # in the root namespace, the lab adds routes only through its own links, and only to its own ranges
     for route in json.loads(subprocess.run(["ip", "-j", "-4", "route", "show"], capture_output=True, text=True).stdout):
-        if route.get("dev", "").startswith(plan.prefix(NET) + "h"):
+        if route.get("dev", "").startswith(plan.prefix(nslab.net) + "h"):
             assert route["dst"] != "default" and inside(route["dst"]), route
             assert "gateway" not in route or inside(route["gateway"]), route
             checked += 1
@@ -517,7 +518,7 @@ def test_wan_outage_playbook_passes_with_the_snmp_driver_on_a_managed_router(nsl
 def test_hil_down_after_a_sigkilled_hil_up_removes_every_namespace_and_process(nslab, tmp_path, kill_at):
     """Killed halfway (its router's sshd running) or once ready (a second lab side by side with this module's)."""
     labfile, state = tmp_path / "lab.yml", tmp_path / "state"
-    labfile.write_text(yaml.safe_dump(_spec("killed", KILLED_NET, 2)))
+    labfile.write_text(yaml.safe_dump(_spec("killed", 2)))
     err = tmp_path / "hil-up.stderr"
     with err.open("w") as err_file:
         up = subprocess.Popen([BIN / "hil", "up", str(labfile), "--state-dir", str(state), "--foreground"],
@@ -529,27 +530,28 @@ def test_hil_down_after_a_sigkilled_hil_up_removes_every_namespace_and_process(n
         assert nslab.status()["ready"] is True and nslab.reach_provider().reachable, "two labs run side by side"
     os.kill(up.pid, signal.SIGKILL)     # the lab process alone: its children and daemons are orphaned
     up.wait(10)
-    left = _lab_namespaces(KILLED_NET)
+    killed_net = json.loads((state / RECORD).read_text())["net"]   # the net it had claimed (its lock went with it)
+    left = _lab_namespaces(killed_net)
     assert left, "the killed lab had created namespaces"
     pids = set()
     for ns in left:
         pids |= {int(p) for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()}
     res = _down(state)
     assert res.returncode == 0, res.stderr
-    assert _lab_namespaces(KILLED_NET) == []
+    assert _lab_namespaces(killed_net) == []
     alive = [p for p in pids if _running(p)]
     assert alive == [], f"processes of the killed lab still running: {alive}"
     links = subprocess.run(["ip", "-o", "link", "show"], capture_output=True, text=True).stdout
-    assert f"{plan.prefix(KILLED_NET)}h" not in links
+    assert f"{plan.prefix(killed_net)}h" not in links
     assert nslab.status()["ready"] is True, "the other lab was left alone"
 
 
 def test_hil_down_removes_the_lab(nslab):
     pids = set()
-    for ns in _lab_namespaces(NET):
+    for ns in _lab_namespaces(nslab.net):
         pids |= {int(p) for p in subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True).stdout.split()}
     assert pids, "the lab's daemons and phones run in its namespaces"
     res = _down(nslab.state)
     assert res.returncode == 0, res.stderr
-    assert _lab_namespaces(NET) == []
+    assert _lab_namespaces(nslab.net) == []
     assert [p for p in pids if _running(p)] == []

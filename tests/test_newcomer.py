@@ -2,7 +2,7 @@
 URL and the lab's inventory, then `fleet collector`, `fleet worker` and `fleet experiment run` with no FLEET_*
 variable in the environment and no --inventory anywhere; `fleet status` then shows the lab's phones.
 
-Two labs: the userspace lab (net 120), and the namespace lab (a real Linux router, Kamailio; needs root and the
+Two labs: the userspace lab, and the namespace lab (a real Linux router, Kamailio; needs root and the
 Debian packages of tests/test_netns_lab.py, skipped with the reason otherwise).
 """
 from __future__ import annotations
@@ -20,8 +20,6 @@ from hil.harness import Proc, wait_worker
 
 pytestmark = pytest.mark.slow
 
-USERSPACE_NET = 120      # registered in conftest.LAB_NETS
-NETNS_NET = 36           # namespace labs have their own address plan (hil.netns.plan, nets 1-60); 33/34 are taken
 
 
 def _why_no_netns() -> str | None:
@@ -98,7 +96,7 @@ def _first_week(lab_inventory: Path, redis_url: str, tmp_path: Path, experiment_
 
 
 def test_a_newcomer_runs_an_experiment_on_the_userspace_lab_with_only_fleet_config_init(redis_url, tmp_path):
-    lab = start_lab(tmp_path / "lab", lab_spec("newcomer", USERSPACE_NET, phones=4, poll_interval=2.0))
+    lab = start_lab(tmp_path / "lab", lab_spec("newcomer", phones=4, poll_interval=2.0))
     try:
         _first_week(lab.inventory, redis_url, tmp_path, experiment_timeout=240)
     finally:
@@ -111,7 +109,7 @@ def test_a_newcomer_runs_an_experiment_on_the_namespace_lab_with_only_fleet_conf
     why = _why_no_netns()
     if why:
         pytest.skip(why)
-    spec = lab_spec("newcomer-ns", NETNS_NET, phones=4, poll_interval=2.0) | {"backend": "netns"}
+    spec = lab_spec("newcomer-ns", phones=4, poll_interval=2.0) | {"backend": "netns"}
     (tmp_path / "lab").mkdir()
     labfile, state, inv = tmp_path / "lab" / "lab.yml", tmp_path / "lab" / "state", tmp_path / "lab" / "inventory.yml"
     labfile.write_text(yaml.safe_dump(spec))

@@ -36,7 +36,7 @@ SITE_RULE = "-i lan0 -p udp --dport 5999 -m comment --comment site-qos -j ACCEPT
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    return lab_factory(lab_spec("races", 27, phones=2, site="edge"))
+    return lab_factory(lab_spec("races", phones=2, site="edge"))
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ POLL_PASSWORD = "poll-Secret-77"
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    spec = lab_spec("controls", 2, phones=2, models=["SoundPoint IP 650"])
+    spec = lab_spec("controls", phones=2, models=["SoundPoint IP 650"])
     spec["sites"][0]["params"] = {"voIpProt.SIP.requestValidation.1.request": "NOTIFY",
                                   "voIpProt.SIP.requestValidation.1.method": "digest",
                                   "apps.statePolling.username": "poller", "apps.statePolling.password": POLL_PASSWORD}

@@ -439,7 +439,7 @@ def test_rollout_fails_phones_at_once_when_sftp_known_hosts_is_missing(tmp_path,
     leaving it dispatched (and re-sent every 60 s) until the progress deadline."""
     boot, _ = sftp_lab
     (tmp_path / "lab").mkdir()
-    lab = start_lab(tmp_path / "lab", lab_spec("sftpkh", 57, phones=2))
+    lab = start_lab(tmp_path / "lab", lab_spec("sftpkh", phones=2))
     try:
         inv = yaml.safe_load(lab.inventory.read_text())
         inv["sites"][0]["boot_server"]["url"] = boot.url

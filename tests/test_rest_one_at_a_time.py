@@ -20,7 +20,6 @@ from conftest import lab_spec, start_collector, wait_until
 
 pytestmark = pytest.mark.slow
 
-NET = 98   # this module's lab network
 
 CONTROL_LOOP = r'''
 import sys, time
@@ -51,7 +50,7 @@ print(f"rounds={rounds} states={sorted(states)} why={sorted(why)}", flush=True)
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    spec = lab_spec("restlock", NET, phones=4, models=["VVX 410"], poll_interval=0.1)
+    spec = lab_spec("restlock", phones=4, models=["VVX 410"], poll_interval=0.1)
     spec["timing"]["http_latency"] = 0.03          # a slow embedded web server: overlaps have room to happen
     spec["sites"][0]["firmware_version"] = "5.8.0"
     spec["sites"][0]["phones"]["version_of"] = {1: "5.4.5", 2: "5.7.0", 3: "5.3.0"}

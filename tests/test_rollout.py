@@ -18,11 +18,11 @@ pytestmark = pytest.mark.slow
 SRV = {"expires": 10, "overlap": 5, "retry_timeout_ms": 400, "retry_max_count": 3}
 
 
-def two_site_spec(name: str, net: int, per_site: int) -> dict:
+def two_site_spec(name: str, per_site: int) -> dict:
     site = lambda n: {"name": n, "phones": {"count": per_site, "models": ["SoundPoint IP 650", "VVX 410"]},  # noqa: E731
                       "servers": [{"address": "provider", **SRV}, {"address": "gateway", **SRV}],
                       "collector": {"syslog": f"127.0.0.1:{free_port()}", "events": f"127.0.0.1:{free_port()}"}}
-    return {"name": name, "net": net, "firmware_family": "uc-5.x",
+    return {"name": name, "firmware_family": "uc-5.x",
             "timing": {"boot_time": 0.3, "boot_jitter": 2, "retry_interval": 3, "log_upload_period": 0, "dns_ttl": 1,
                        "test_speed": True},
             "sites": [site("east"), site("west")]}
@@ -30,7 +30,7 @@ def two_site_spec(name: str, net: int, per_site: int) -> dict:
 
 @pytest.fixture(scope="module")
 def fleet_lab(tmp_path_factory, worker_factory):
-    lab = start_lab(tmp_path_factory.mktemp("rollout"), two_site_spec("rollout", 39, 25))
+    lab = start_lab(tmp_path_factory.mktemp("rollout"), two_site_spec("rollout", 25))
     try:
         lab.workers = {s: worker_factory(lab.inventory, s) for s in ("east", "west")}
         yield lab

@@ -27,7 +27,6 @@ from fleet.state.store import RolloutStore, Store
 from test_rollout import playbook, two_site_spec
 
 pytestmark = pytest.mark.slow
-NET = 129
 WIDE = {"COLUMNS": "400"}     # a table row on one line, so a reason is found whole in the text
 
 
@@ -35,7 +34,7 @@ WIDE = {"COLUMNS": "400"}     # a table row on one line, so a reason is found wh
 def lab(tmp_path_factory, redis_url):
     """One site of 8 phones; one VVX (REST, which takes the admin login) whose admin password the secrets file
     has wrong: it points at a second secret, `phone_admin_stale`, as an inventory copied from an older site would."""
-    spec = two_site_spec("messages", NET, 8)
+    spec = two_site_spec("messages", 8)
     spec["sites"] = spec["sites"][:1]
     lab = start_lab(tmp_path_factory.mktemp("messages"), spec)
     try:

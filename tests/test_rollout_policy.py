@@ -68,6 +68,17 @@ def test_registration_older_than_the_reboot_does_not_verify():
     assert s.actions == [] and s.verdict == rp.CONTINUE
 
 
+def test_a_registration_asked_for_before_the_reboot_and_answered_after_it_does_not_verify():
+    """A refresh the phone sent just before it took the reboot is answered after the reboot went out: the wire
+    knows when it was sent (`sent`), and only a REGISTER sent after the reboot proves the phone came back. It
+    verified a phone still on its way down, and a site had one more phone down than max_unavailable allows."""
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10)}})
+    in_flight = {1: {"state": "registered", "t": NOW - 9.9, "sent": NOW - 10.05}}
+    assert rp.step(0, [A1], snap, {A1: in_flight}, limits(), NOW).actions == []
+    after = {1: {"state": "registered", "t": NOW - 1, "sent": NOW - 1.02}}
+    assert kinds(rp.step(0, [A1], snap, {A1: after}, limits(), NOW).actions) == [(rp.VERIFIED, A1)]
+
+
 def test_every_required_server_must_report_registered():
     snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10)}})
     assert rp.step(0, [A1], snap, {A1: reg(NOW, 1)}, limits(registered_to=(1, 2)), NOW).actions == []
@@ -371,3 +382,30 @@ def test_the_plan_says_which_on_failure_fallbacks_the_push_moves():
                     type("PB", (), {"verify": type("V", (), {"within": 60, "registered_to": [1, 2]}),
                                     "rollback": True, "strategy": type("S", (), {"progress_deadline": 600})})())
     assert lim.moved_fallbacks == {A1: (2,)}
+
+
+# ---------------------------------------------------------------- a pass over a big wave (issue 22)
+def test_a_pass_never_changes_the_records_it_was_given():
+    """The policy copies a record only when it decides something about it: the caller's snapshot stays as read."""
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 30), "attempt": "1"}})
+    before = {m: dict(st) for m, st in snap.items()}
+    s = rp.step(0, [A1, A2, A3], snap, {A1: reg(NOW - 1, 1)}, limits(), NOW)
+    assert kinds(s.actions) == [(rp.VERIFIED, A1)] and kinds(s.dispatch) == [(rp.PUSH, A2)]
+    assert snap == before
+
+
+def test_dispatch_stops_once_every_site_is_at_its_limit_and_not_before():
+    """Site a full, site b with room: b's phone late in the wave is still sent; with both full, nothing is."""
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 5)}})
+    s = rp.step(0, [A2, A3, B1], snap, {}, limits(), NOW)
+    assert kinds(s.dispatch) == [(rp.PUSH, B1)]
+    snap[B2] = {"state": "publishing", "dispatched_at": str(NOW - 1)}
+    s = rp.step(0, [A2, A3, B1], snap, {}, limits(), NOW)
+    assert s.dispatch == [] and s.verdict == rp.CONTINUE
+
+
+def test_an_unsettled_phone_anywhere_in_the_wave_keeps_it_open():
+    settled = {m: {"state": "verified"} for m in SITES}
+    assert rp.wave_settled(list(SITES), settled)
+    for m in SITES:
+        assert not rp.wave_settled(list(SITES), {**settled, m: {"state": "verifying"}}), m

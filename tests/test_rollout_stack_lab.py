@@ -20,7 +20,7 @@ EXPIRES = "reg.1.server.1.expires"
 
 
 def spec() -> dict:
-    return {"name": "stack", "net": 143, "firmware_family": "uc-5.x",
+    return {"name": "stack", "firmware_family": "uc-5.x",
             "timing": {"boot_time": 0.3, "boot_jitter": 1, "retry_interval": 3, "log_upload_period": 0, "dns_ttl": 1,
                        "test_speed": True},
             "sites": [{"name": "hq", "phones": {"count": 4, "models": ["SoundPoint IP 650", "VVX 410"]},

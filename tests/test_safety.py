@@ -21,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 @pytest.fixture(scope="module")
 def lab(lab_factory, worker_factory):
-    lab = lab_factory(lab_spec("safety", 26, phones=3))
+    lab = lab_factory(lab_spec("safety", phones=3))
     lab.worker = worker_factory(lab.inventory)
     return lab
 

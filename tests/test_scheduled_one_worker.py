@@ -30,7 +30,7 @@ BUDGET_S = 250
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory, redis_url):
     logs = tmp_path_factory.mktemp("logs")
-    lab = start_lab(tmp_path_factory.mktemp("solo"), lab_spec("solo", 137, phones=4, site=SITE))
+    lab = start_lab(tmp_path_factory.mktemp("solo"), lab_spec("solo", phones=4, site=SITE))
     worker = None
     try:
         worker = start_worker(redis_url, lab.inventory, SITE, logs / "worker.log",

@@ -38,7 +38,7 @@ BUDGET_S = 250   # every wait ends before pytest's own 300 s, with the rollout's
 def lab(tmp_path_factory, redis_url):
     os.environ["FLEET_VISIBILITY_TIMEOUT"] = str(VISIBILITY_S)   # inherited by the workers started below
     logs = tmp_path_factory.mktemp("logs")
-    lab = start_lab(tmp_path_factory.mktemp("sched"), lab_spec("sched", 30, phones=4, site=SITE))
+    lab = start_lab(tmp_path_factory.mktemp("sched"), lab_spec("sched", phones=4, site=SITE))
     workers = []
     try:
         workers.append(start_worker(redis_url, lab.inventory, SITE, logs / "site.log"))

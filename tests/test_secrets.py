@@ -443,7 +443,7 @@ def test_worker_refuses_a_forged_plan_and_asks_a_spoofed_phone_only_with_digest(
 # ------------------------------------------------------------------ backups of a finished rollout
 @pytest.fixture(scope="module")
 def small_lab(tmp_path_factory, worker_factory):
-    lab = start_lab(tmp_path_factory.mktemp("secrets-lab"), lab_spec("secrets", 45, phones=4))
+    lab = start_lab(tmp_path_factory.mktemp("secrets-lab"), lab_spec("secrets", phones=4))
     try:
         lab.worker = worker_factory(lab.inventory, "hq")
         yield lab

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from celery import Celery
 
-from conftest import lab_spec, run_fleet, start_lab, wait_until
+from conftest import directory_files, lab_spec, run_fleet, start_lab, wait_until
 from fleet.config import inventory as inv_mod
 from fleet.state.store import RolloutStore, Store
 from soundpoint import bootfiles
@@ -52,8 +52,7 @@ def config_xml(params: dict[str, str]) -> bytes:
     return f'<?xml version="1.0" encoding="UTF-8" standalone="yes"?>\n<polycomConfig>\n  <site\n    {attrs}/>\n</polycomConfig>\n'.encode()
 
 
-def files_of(boot: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(boot)): p.read_bytes() for p in sorted(boot.rglob("*")) if p.is_file()}
+files_of = directory_files    # the boot directory as the phones see it, polled while workers change it
 
 
 def digest(files: dict[str, bytes]) -> str:
@@ -65,7 +64,7 @@ def digest(files: dict[str, bytes]) -> str:
 
 @pytest.fixture(scope="module")
 def site(tmp_path_factory, worker_factory):
-    spec = lab_spec("provision", 8, phones=3, models=["VVX 410"])
+    spec = lab_spec("provision", phones=3, models=["VVX 410"])
     spec["timing"]["log_upload_period"] = 0
     lab = start_lab(tmp_path_factory.mktemp("provision"), spec)
     try:

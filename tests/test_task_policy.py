@@ -32,7 +32,8 @@ def test_a_task_failure_reaches_the_caller_as_the_same_class_and_words():
 def test_retries_are_declared_only_where_repeating_is_safe():
     retried = {"fleet.router_restore", "fleet.router_state", "fleet.rollout_push", "fleet.rollout_rollback",
                "fleet.rollout_cleanup"}
-    never = {"fleet.router_outage", "fleet.place_call", "fleet.scheduled_rollout", "fleet.rollout_tick"}
+    never = {"fleet.router_outage", "fleet.place_call", "fleet.inbound_call", "fleet.power_cycle", "fleet.scheduled_rollout",
+             "fleet.rollout_tick"}
     fleet_tasks = {name: t for name, t in app.tasks.items() if name.startswith("fleet.")}
     assert set(fleet_tasks) == retried | never
     for name in retried:

@@ -13,12 +13,11 @@ from conftest import lab_spec, start_collector, wait_until
 
 pytestmark = pytest.mark.slow
 
-NET = 113   # this module's lab network
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory):
-    spec = lab_spec("uc53push", NET, phones=1, models=["VVX 410"], poll_interval=0.2)
+    spec = lab_spec("uc53push", phones=1, models=["VVX 410"], poll_interval=0.2)
     site = spec["sites"][0]
     site["firmware_version"] = "5.3.0"
     site["phones"]["params_of"] = {0: {"apps.statePolling.responseMode": 1,

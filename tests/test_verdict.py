@@ -29,6 +29,20 @@ def test_failover_and_recovery_are_measured_from_the_first_observation_after_the
     assert [c["passed"] for c in v.checks] == [True, True]
 
 
+def test_a_return_between_the_restore_request_and_the_routers_answer_is_0_s_not_the_next_refresh():
+    """A link-down restore answers once its routes are back: a phone may be on server 1 by then. Measured from
+    the answer only, the next refresh (here 1.5 s later) was taken for the return (a namespace-lab run, 1.58 s
+    off the ground truth)."""
+    obs = [_obs(99, 1), _obs(107.5, 2), _obs(199.7, 1), _obs(201.5, 1)]
+    seen = {"fall back": Reached({MAC: 109.0}, {}), "come back": Reached({MAC: 202.0}, {})}
+    v = judge_phone(_verdict(), 2, [FAIL, BACK], seen, obs, OutageWindow(100.0, 200.0, 99.9, 199.5))
+    assert v.recovery_s == 0.0 and v.failover_s == 7.5, v
+    # a return from before the restore was asked for is not this restore's
+    v = judge_phone(_verdict(), 2, [FAIL, BACK], seen, [_obs(99, 1), _obs(107.5, 2), _obs(199.4, 1), _obs(201.5, 1)],
+                    OutageWindow(100.0, 200.0, 99.9, 199.5))
+    assert v.recovery_s == 1.5, v
+
+
 def test_measured_time_over_the_predicted_bound_fails_with_both_figures():
     obs = [_obs(125, 2)]
     v = judge_phone(_verdict(fail_max=20.0), 2, [FAIL], {"fall back": Reached({MAC: 125.0}, {})}, obs,

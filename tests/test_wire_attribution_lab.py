@@ -5,7 +5,7 @@ made-up credentials. Before issue 17 that one exchange showed the phone `down(40
 phone stays registered and `fleet status --json` (and the table) counts the spoofer's messages as foreign, per
 evidence source.
 
-One lab on net 131 (tests/conftest.py LAB_NETS). Marked `lab`; without Kamailio the gateway is the lab's own
+One lab (a free net). Marked `lab`; without Kamailio the gateway is the lab's own
 registrar and only the router capture is checked.
 """
 from __future__ import annotations
@@ -23,15 +23,12 @@ from hil import kamailio
 from sipwire import message as sip
 
 pytestmark = pytest.mark.lab
-NET = 131
 KAMAILIO_MISSING = kamailio.unavailable(siptrace=True)
-SPOOFER = f"127.{NET + 100}.0.200"       # on the phones' own network (hil.lab.phone_ip's plan), not a phone
-PROVIDER_PUBLIC = (f"127.{NET + 50}.0.10", 5060)     # the provider as the site's phones reach it (hil.lab.public_ip)
 
 
 @pytest.fixture(scope="module")
 def lab(lab_factory, worker_factory):
-    spec = lab_spec("attrib", NET, phones=2)
+    spec = lab_spec("attrib", phones=2)
     spec["syslog_registration_line"] = False     # the wire is the only per-server evidence
     spec["timing"]["dns_ttl"] = 300
     if not KAMAILIO_MISSING:
@@ -47,11 +44,11 @@ def _free_port() -> int:
     return free_port()
 
 
-def _spoof(server: tuple[str, int], user: str) -> list[int]:
-    """From SPOOFER: REGISTER `user` (expires=0: "remove the binding"), answer the challenge with made-up
+def _spoof(server: tuple[str, int], user: str, spoofer: str) -> list[int]:
+    """From `spoofer` (a host on the phones' LAN that is no phone): REGISTER `user` (expires=0: "remove the binding"), answer the challenge with made-up
     credentials; the status codes received."""
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind((SPOOFER, 0))
+    sock.bind((spoofer, 0))
     sock.settimeout(5)
     local, codes = sock.getsockname(), []
     call_id, tag = sip.new_call_id(local[0]), sip.new_tag()
@@ -89,7 +86,9 @@ def test_a_spoofed_register_from_the_lan_is_foreign_on_both_sources_and_changes_
     wait_until(all_registered, 60, "every phone registered at both servers from the wire",
                state=lambda: {m: store.phone_state(m).to_dict()["servers"] for m in phones})
     victim, user = next(iter(phones.items()))
-    told = {"provider": _spoof(PROVIDER_PUBLIC, user), "gateway": _spoof(gateway, user)}
+    spoofer = f"127.{lab.net + 100}.0.200"             # on the phones' own network (hil.lab.phone_ip's plan), not a phone
+    provider_public = (f"127.{lab.net + 50}.0.10", 5060)   # the provider as the site's phones reach it (hil.lab.public_ip)
+    told = {"provider": _spoof(provider_public, user, spoofer), "gateway": _spoof(gateway, user, spoofer)}
     assert told == {"provider": [401, 401], "gateway": [401, 401]}, told
 
     def status_rows() -> list[dict]:
@@ -106,9 +105,9 @@ def test_a_spoofed_register_from_the_lan_is_foreign_on_both_sources_and_changes_
             return ("down", state)
         rows = status_rows()
         foreign = {f["source"]: f["foreign"] for f in rows[0]["evidence_foreign"]} if rows else {}
-        return ("foreign", rows) if all(foreign.get(s, {}).get(SPOOFER, 0) >= 2 for s in sources) else None
+        return ("foreign", rows) if all(foreign.get(s, {}).get(spoofer, 0) >= 2 for s in sources) else None
 
-    what, seen = wait_until(shown_or_down, 30, f"the spoof from {SPOOFER} counted as foreign by {sorted(sources)}", step=1.0,
+    what, seen = wait_until(shown_or_down, 30, f"the spoof from {spoofer} counted as foreign by {sorted(sources)}", step=1.0,
                             state=lambda: (store.phone_state(victim).to_dict()["servers"],
                                            store.site_evidence([site["name"]])))
     assert what == "foreign", f"a LAN host's REGISTER set the phone's state: {seen.to_dict()}"
@@ -117,4 +116,4 @@ def test_a_spoofed_register_from_the_lan_is_foreign_on_both_sources_and_changes_
     for s in (1, 2):
         assert state.servers[s]["state"] == REGISTERED and state.servers[s].get("code") != 401, state.to_dict()
     table = run_fleet(["status"], redis_url, timeout=60)
-    assert table.returncode == 0 and "foreign SIP" in table.stdout and SPOOFER in table.stdout, table.stdout[-3000:]
+    assert table.returncode == 0 and "foreign SIP" in table.stdout and spoofer in table.stdout, table.stdout[-3000:]

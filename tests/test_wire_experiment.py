@@ -37,7 +37,6 @@ from hil import kamailio
 KAMAILIO_MISSING = kamailio.unavailable(siptrace=True)
 
 pytestmark = pytest.mark.slow
-NET = 15
 SAMPLE = 0.25
 
 
@@ -75,7 +74,7 @@ def run_passing_experiment(playbook_text: str, lab, redis_url: str, tmp_path) ->
 
 @pytest.fixture(scope="module")
 def lab(lab_factory, worker_factory):
-    spec = lab_spec("wireonly", NET, phones=4)
+    spec = lab_spec("wireonly", phones=4)
     spec["syslog_registration_line"] = False
     spec["timing"]["dns_ttl"] = 300
     hep = f"127.0.0.1:{free_port()}"
@@ -184,19 +183,19 @@ def test_rollout_verifies_registered_to_both_servers_without_syslog(lab, redis_u
 
 # ------------------------------------------------------------------------------ Kamailio's HEP as the only source
 
-HEP_NET = 96
+UNIT_NET = 96      # the unit tests' lab files only (no lab starts on it)
 HEP_PLAYBOOK = outage_playbook("hep-only-fallback", "branch", 8, 60, 20, 5)
 
 
 @pytest.fixture(scope="module")
 def hep_lab(lab_factory, worker_factory):
-    """A second site (its own net, HEP_NET): no syslog lines, no router capture, no bindings polling; the Kamailio
+    """A second site (its own lab and net): no syslog lines, no router capture, no bindings polling; the Kamailio
     gateway's siptrace HEP is the only per-server source (`collector.evidence: [hep]`). The gateway is also the
     phones' outbound proxy for the provider (`outbound_proxy: gateway`), so every REGISTER, to either server,
     passes it."""
     if KAMAILIO_MISSING:
         pytest.skip(str(KAMAILIO_MISSING))
-    spec = lab_spec("heponly", HEP_NET, phones=3, site="branch")
+    spec = lab_spec("heponly", phones=3, site="branch")
     spec["syslog_registration_line"] = False
     spec["timing"]["dns_ttl"] = 300
     hep = f"127.0.0.1:{free_port()}"
@@ -249,7 +248,7 @@ def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
     from hil.inventory_export import evidence_inventory
 
     def load(syslog: bool = True, **site) -> labfile.LabFile:
-        spec = lab_spec("ev", HEP_NET, phones=1)
+        spec = lab_spec("ev", net=UNIT_NET, phones=1)
         spec["syslog_registration_line"] = syslog
         collector = dict(spec["sites"][0]["collector"], **site.pop("collector", {}))
         spec["sites"][0].update(site, collector=collector)
@@ -258,9 +257,9 @@ def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
         return labfile.load(path)
 
     def sources(lab: labfile.LabFile) -> dict:
-        return evidence_inventory(lab, lab.sites[0], f"127.{HEP_NET}.0.1")
+        return evidence_inventory(lab, lab.sites[0], f"127.{UNIT_NET}.0.1")
 
-    kam = {"address": f"127.{HEP_NET}.0.1", "platform": "kamailio"}
+    kam = {"address": f"127.{UNIT_NET}.0.1", "platform": "kamailio"}
     assert sources(load()) == {}                                       # the syslog line is the per-server source
     assert sources(load(syslog=False)) == {"capture": ["router lan0"]}
     assert sources(load(gateway="kamailio")) == {"gateway": kam}
@@ -271,7 +270,7 @@ def test_lab_inventory_names_the_evidence_a_site_of_its_shape_has(tmp_path):
     assert sources(load(syslog=False, collector={"evidence": []})) == {}
     assert sources(load(syslog=False, gateway="kamailio", collector={"hep": "127.0.0.1:9999", "evidence": ["hep"],
                                                                      "hep_auth_key": True})) == {
-        "capture": [{"kind": "hep", "listen": "127.0.0.1:9999", "auth_keys": {f"127.{HEP_NET}.0.1": "hep_hq"}}]}
+        "capture": [{"kind": "hep", "listen": "127.0.0.1:9999", "auth_keys": {f"127.{UNIT_NET}.0.1": "hep_hq"}}]}
     for site, words in (({"collector": {"evidence": ["hep"]}}, "evidence hep needs"),
                         ({"collector": {"evidence": ["gateway"]}}, "evidence gateway needs `gateway: kamailio`"),
                         ({"collector": {"evidence": ["mirror"]}}, "evidence"),
@@ -289,7 +288,7 @@ def test_outbound_proxy_option_is_validated_and_written_as_each_family_has_it(tm
     from hil.lab import Lab
 
     def load(family: str = "uc-5.x", **site) -> labfile.LabFile:
-        spec = lab_spec("proxy", HEP_NET, phones=1)
+        spec = lab_spec("proxy", net=UNIT_NET, phones=1)
         spec["firmware_family"] = family
         spec["sites"][0].update(site)
         path = tmp_path / "lab.yml"
@@ -300,7 +299,7 @@ def test_outbound_proxy_option_is_validated_and_written_as_each_family_has_it(tm
         params = Lab(lab, tmp_path / "state").site_params(0, lab.sites[0])
         return {k: v for k, v in params.items() if "utboundProxy" in k}
 
-    gw = f"127.{HEP_NET}.0.1"
+    gw = f"127.{UNIT_NET}.0.1"
     assert proxy_params(load(gateway="kamailio")) == {}
     assert proxy_params(load(gateway="kamailio", outbound_proxy="gateway")) == {
         "reg.1.outboundProxy.address": gw, "reg.1.outboundProxy.port": "5060", "reg.1.server.2.useOutboundProxy": "0"}
@@ -313,7 +312,7 @@ def test_outbound_proxy_option_is_validated_and_written_as_each_family_has_it(tm
     for site, words in (({"outbound_proxy": "gateway"}, r"outbound_proxy.*needs `gateway: kamailio`"),
                         ({"gateway": "kamailio", "outbound_proxy": "provider"}, "outbound_proxy"),
                         ({"gateway": "kamailio", "outbound_proxy": "gateway",
-                          "servers": lab_spec("p", HEP_NET)["sites"][0]["servers"] + [third]},
+                          "servers": lab_spec("p", net=UNIT_NET)["sites"][0]["servers"] + [third]},
                          r"servers.*2.*address.*relays to the provider only")):
         with pytest.raises(FileError, match=words) as err:
             load(**site)

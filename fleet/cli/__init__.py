@@ -16,41 +16,68 @@ error (Redis, workers, lease held), or no Redis URL configured; 4 internal error
 from __future__ import annotations
 
 import dataclasses
+import importlib
 
 import click
 
-from soundpoint.yamlfile import FileError
+from soundpoint.fileerror import FileError
 
 from fleet.cli.common import FleetCli
-from fleet.cli.config import config_group
-from fleet.cli.experiment import experiment
-from fleet.cli.incident import incident
-from fleet.cli.record import record_cmd
-from fleet.cli.inventory import inventory_group
-from fleet.cli.rollout import rollout
-from fleet.cli.services import collector, scheduler, worker
-from fleet.cli.status import status
 from fleet.config import settings as settings_mod
+
+# Every subcommand, by name: its module is imported only when it runs (or `fleet --help` lists it), so that
+# `fleet status` does not pay for Celery, pydantic and the rollout machinery it never uses. A new command is one
+# line here.
+COMMANDS = {
+    "collector": "fleet.cli.services:collector",
+    "config": "fleet.cli.config:config_group",
+    "experiment": "fleet.cli.experiment:experiment",
+    "incident": "fleet.cli.incident:incident",
+    "inventory": "fleet.cli.inventory:inventory_group",
+    "record": "fleet.cli.record:record_cmd",
+    "rollout": "fleet.cli.rollout:rollout",
+    "scheduler": "fleet.cli.services:scheduler",
+    "status": "fleet.cli.status:status",
+    "worker": "fleet.cli.services:worker",
+}
+
+
+class LazyFleetCli(FleetCli):
+    """`fleet`'s group: the commands of COMMANDS, each loaded the first time it is asked for."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(set(super().list_commands(ctx)) | set(COMMANDS))
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        found = super().get_command(ctx, cmd_name)
+        if found is None and cmd_name in COMMANDS:
+            module, _, attr = COMMANDS[cmd_name].partition(":")
+            found = getattr(importlib.import_module(module), attr)
+            self.add_command(found, cmd_name)
+        return found
+
 
 INVENTORY_PARAM = "inventory_path"
 
 
-def inventory_defaults(group: click.Group, inventory: str) -> dict:
+def inventory_defaults(ctx: click.Context, group: click.Group, inventory: str, only: str | None = None) -> dict:
     """A click default_map giving every `--inventory` option (and `inventory check`'s FILE), at any depth, the
     configured inventory (the environment variable FLEET_INVENTORY, read by click before the default_map, still
-    wins over fleet.toml's; both come in `settings.inventory`)."""
+    wins over fleet.toml's; both come in `settings.inventory`). `only`: that subcommand's part alone (the one
+    being run: the others are not even imported)."""
     out: dict = {}
-    for name, cmd in group.commands.items():
+    for name in [only] if only else group.list_commands(ctx):
+        cmd = group.get_command(ctx, name)
         if isinstance(cmd, click.Group):
-            sub = inventory_defaults(cmd, inventory)
+            sub = inventory_defaults(ctx, cmd, inventory)
             if sub:
                 out[name] = sub
-        elif any(p.name == INVENTORY_PARAM for p in cmd.params):      # `--inventory`, or `inventory check [FILE]`
+        elif cmd is not None and any(p.name == INVENTORY_PARAM for p in cmd.params):  # `--inventory`, `inventory check [FILE]`
             out[name] = {INVENTORY_PARAM: inventory}
     return out
 
 
-@click.group(help=__doc__, cls=FleetCli)
+@click.group(help=__doc__, cls=LazyFleetCli)
 @click.version_option(package_name="soundpoint-fleet", prog_name="fleet", message="%(prog)s %(version)s")
 @click.option("--insecure-secrets", is_flag=True,
               help="Accept a secrets file that its group or others can read (refused otherwise, as ssh refuses keys).")
@@ -67,9 +94,6 @@ def main(ctx: click.Context, insecure_secrets: bool) -> None:
         settings = dataclasses.replace(settings, insecure_secrets=settings_mod.Setting(True, "--insecure-secrets"))
     ctx.obj = settings
     settings_mod.export_secrets_file(settings)
-    if settings.inventory.value:
-        ctx.default_map = inventory_defaults(main, settings.inventory.value)
+    if settings.inventory.value and ctx.invoked_subcommand:
+        ctx.default_map = inventory_defaults(ctx, main, settings.inventory.value, ctx.invoked_subcommand)
 
-
-for command in (experiment, incident, record_cmd, rollout, inventory_group, status, scheduler, collector, worker, config_group):
-    main.add_command(command)

@@ -7,21 +7,38 @@ from pathlib import Path
 from typing import NoReturn
 
 import click
-from rich.console import Console
-from rich.text import Text
 
 from soundpoint.cli_exit import ExitCodeGroup, one_line
 from soundpoint.redact import redact
-from soundpoint.yamlfile import FileError
+from soundpoint.fileerror import FileError
 
 from fleet.config import settings as settings_mod
 
 EXIT_OK, EXIT_FAILED, EXIT_INPUT, EXIT_INFRA, EXIT_INTERNAL, EXIT_INTERRUPTED = 0, 1, 2, 3, 4, 130
-err = Console(stderr=True)
+
+
+class _Stderr:
+    """rich's Console on stderr, made on first use: a command that prints no message (`fleet status --json`)
+    starts without importing rich."""
+
+    def __init__(self) -> None:
+        self._console = None
+
+    def print(self, *objects, **kwargs) -> None:
+        if self._console is None:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+        self._console.print(*objects, **kwargs)
+
+
+err = _Stderr()
 
 
 def fail(message: str, code: int) -> None:
     """Print one line on stderr (user text stays text: a `[/x]` in a value is not markup) and exit."""
+    from rich.text import Text
+
     err.print(Text(message, style="red"), soft_wrap=True)   # one line, never wrapped: grep finds it
     sys.exit(code)
 
@@ -142,6 +159,8 @@ def check_worker_files(store, inv, sites, refuse: bool = False, force: bool = Fa
                                 f"this command with {own}")
     if not problems:
         return
+    from rich.text import Text
+
     for p in problems:
         err.print(Text(f"warning: {p}", style="yellow"), soft_wrap=True)
     if refuse and not force:

@@ -24,7 +24,7 @@ from soundpoint.yamlfile import FieldError, FileError, error_at, load_model, rea
 
 from fleet.phoneconf import firmware
 from fleet.phoneconf import secrets as secret_params
-from fleet.config import platforms, source_kinds, validate
+from fleet.config import platforms, source_kinds, switch_drivers, validate
 from fleet.config import router_identity
 from fleet.config.settings import ENV_SECRETS_FILE
 
@@ -168,6 +168,31 @@ def _layer_version(data: dict, site: dict, i: int) -> dict:
     return {**site, "phones": phones}
 
 
+POE_PORT_RE = re.compile(r"^([1-9][0-9]{0,5})\.([1-9][0-9]{0,5})$")
+
+
+class PoePort(Strict):
+    """Where a phone takes its power: a switch of its site (`switches[].name`) and the PSE port as RFC 3621
+    indexes it, `GROUP.PORT` (pethPsePortGroupIndex.pethPsePortIndex; group 1 on a switch that is not modular)."""
+    switch: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$", description="a name in the site's `switches`")
+    port: str = Field(description="GROUP.PORT, quoted in YAML (\"1.12\"): pethPsePortGroupIndex.pethPsePortIndex")
+
+    @field_validator("port", mode="before")
+    @classmethod
+    def group_dot_port(cls, v):
+        if isinstance(v, float) or isinstance(v, int) and not isinstance(v, bool):
+            raise ValueError(f"poe port {v!r} must be quoted text such as \"1.12\" (YAML reads 1.10 as the number 1.1)")
+        if not isinstance(v, str) or not POE_PORT_RE.match(v):
+            raise ValueError(f"poe port {str(v)[:40]!r} is not GROUP.PORT (e.g. \"1.12\": group 1, port 12; both from 1)")
+        return v
+
+    @property
+    def index(self) -> tuple[int, int]:
+        """(group, port), the row's index in pethPsePortTable."""
+        group, port = self.port.split(".")
+        return int(group), int(port)
+
+
 class Phone(Strict):
     mac: str
     model: validate.PhoneModel
@@ -188,6 +213,8 @@ class Phone(Strict):
     reboot: RebootMethod | None = Field(None, description="how fleet reboots it; default per family")
     allow_from: list[str] = Field([], description="addresses or networks (CIDR) besides its own address whose SIP "
                                                   "on the wire counts as this phone's (the NAT in front of it)")
+    poe: PoePort | None = Field(None, description="the switch port that powers it (power cycling: a rollout's "
+                                                  "power_cycle_fallback, an experiment's power step)")
 
     @field_validator("allow_from")
     @classmethod
@@ -284,6 +311,24 @@ class Router(Strict):
     @classmethod
     def a_registered_driver(cls, v: str) -> str:
         return platforms.check_driver(v)
+
+
+class Switch(Strict):
+    """A PoE switch of a site, by the name its phones' `poe.switch` give; its driver from
+    fleet.config.switch_drivers (snmp-poe: POWER-ETHERNET-MIB pethPsePortAdminEnable over SNMP)."""
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]{0,30}$")
+    driver: str = Field("snmp-poe", description="a switch driver registered in fleet.config.switch_drivers")
+    address: values.Host("switch address")
+    port: int = Field(161, ge=1, le=65535)
+    credentials: str = Field(pattern=CREDENTIALS_RE, description="the secret holding the SNMP community (v2c: its "
+                                                                 "password) or the v3 user, auth and privacy keys")
+    snmp_version: Literal["2c", "3"] = "3"
+    timeout: float = Field(5.0, gt=0, le=120)
+
+    @field_validator("driver")
+    @classmethod
+    def a_registered_driver(cls, v: str) -> str:
+        return switch_drivers.check_driver(v)
 
 
 class BootServer(Strict):
@@ -494,6 +539,8 @@ class Site(Strict):
     firmware_version: FirmwareVersion | None = Field(None, description="default for this site's phones")
     firmware_family: FamilyName | None = Field(None, description="default for this site's phones")
     params: Params = {}
+    switches: list[Switch] = Field([], description="PoE switches powering the site's phones (phones name theirs in "
+                                                  "`poe: {switch, port}`)")
     phones: list[Phone] = []
 
     @field_validator("dns")
@@ -537,6 +584,35 @@ class Site(Strict):
         if isinstance(data.get("capture"), (str, dict)):
             data["capture"] = [data["capture"]]
         return data
+
+    @model_validator(mode="after")
+    def poe_ports_known(self) -> "Site":
+        """Switch names once each; a phone's `poe.switch` names one of them; one port powers one phone."""
+        names: dict[str, int] = {}
+        for i, sw in enumerate(self.switches):
+            if sw.name in names:
+                raise FieldError(("switches", i, "name"), f"switch {sw.name} is listed twice (also switches[{names[sw.name]}])")
+            names[sw.name] = i
+        ports: dict[tuple[str, tuple[int, int]], int] = {}
+        for j, p in enumerate(self.phones):
+            if p.poe is None:
+                continue
+            if p.poe.switch not in names:
+                raise FieldError(("phones", j, "poe", "switch"),
+                                 f"no switch {p.poe.switch!r} in site {self.name}'s switches"
+                                 + (values.did_you_mean(p.poe.switch, list(names)) if names else
+                                    " (the site lists none: add `switches: [{name, address, credentials}]`)"))
+            first = ports.setdefault((p.poe.switch, p.poe.index), j)
+            if first != j:
+                raise FieldError(("phones", j, "poe", "port"), f"port {p.poe.port} of switch {p.poe.switch} already "
+                                                               f"powers phones[{first}] ({self.phones[first].mac})")
+        return self
+
+    def switch(self, name: str) -> Switch:
+        for sw in self.switches:
+            if sw.name == name:
+                return sw
+        raise KeyError(f"no switch {name!r} at site {self.name}")
 
     @model_validator(mode="after")
     def sources_reachable(self) -> "Site":
@@ -769,6 +845,7 @@ class Inventory(Strict):
                 refs.append((("sites", i, "boot_server", "credentials"), s.boot_server.credentials))
             if s.router:
                 refs.append((("sites", i, "router", "credentials"), s.router.credentials))
+            refs += [(("sites", i, "switches", k, "credentials"), sw.credentials) for k, sw in enumerate(s.switches)]
             for k, c in enumerate(s.capture):
                 refs += [(("sites", i, "capture", k, "auth_keys", ip), name) for ip, name in c.auth_keys.items()]
             for j, p in enumerate(s.phones):
@@ -863,7 +940,8 @@ class Secrets:
         # Logins of the infrastructure (routers, boot servers) never go into a phone parameter: a plan forged
         # in Redis could otherwise publish the router's password to a boot server.
         self._device_logins = {c for site in inventory.sites for c in
-                               [site.router.credentials if site.router else None, site.boot_server.credentials] if c}
+                               [site.router.credentials if site.router else None, site.boot_server.credentials,
+                                *(sw.credentials for sw in site.switches)] if c}
         path = secrets_path(inventory)
         if path is not None:
             self._data = read_secrets(path)

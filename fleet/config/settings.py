@@ -37,7 +37,7 @@ from typing import Generic, TypeVar
 
 from soundpoint import values
 from soundpoint.redact import redact_url
-from soundpoint.yamlfile import FileError
+from soundpoint.fileerror import FileError
 
 FILE_NAME = "fleet.toml"
 ENV_REDIS_URL, ENV_INVENTORY, ENV_SECRETS_FILE = "FLEET_REDIS_URL", "FLEET_INVENTORY", "FLEET_SECRETS_FILE"

@@ -29,7 +29,8 @@ import time
 from aiohttp import web
 
 from fleet.config import source_kinds
-from fleet.evidence.sources.base import Sink, SourceContext, start_source
+from fleet.evidence.flush_queue import FlushQueue
+from fleet.evidence.sources.base import Sink, SourceContext, configured_sources, start_configured
 from fleet.evidence.sources.formats import parse_line_event, parse_syslog
 from fleet.evidence.sources.poller import Poller
 from fleet.evidence.sources.targets import Targets, unobservable
@@ -156,7 +157,8 @@ class SiteCollector:
     def __init__(self, site: Site, store: Store, secrets: Secrets | None = None,
                  inventory: Inventory | None = None) -> None:
         self.site, self.store, self.secrets, self.inventory = site, store, secrets, inventory
-        self.pending: list[Observation] = []
+        self.pending: list[Observation] = []     # arrived, not yet taken by the flush loop
+        self.unstored = FlushQueue()              # taken, waiting for their slice of a store call
         self.kept: list[dict] = []           # SIP datagrams for the running experiment's capture.pcap
         self.observing: str | None = None    # that experiment
         self.evidence: list = []             # per-server evidence sources (base.EvidenceSource), as started
@@ -234,7 +236,8 @@ class SiteCollector:
         assert loop is not None
 
         def observe(obs: list[Observation]) -> None:
-            loop.call_soon_threadsafe(self.pending.extend, obs)
+            # a poll's whole answer is stored a slice at a time, behind what arrives meanwhile (flush_queue)
+            loop.call_soon_threadsafe(self.unstored.defer if self.unstored.is_bulk(obs) else self.pending.extend, obs)
 
         def keep(source: str, datagrams: list[Datagram]) -> None:
             if self.observing is None:
@@ -256,14 +259,6 @@ class SiteCollector:
             raise CollectorError(f"site {self.site.name}: {what} needs the router's credentials (a secrets file)")
         return self.secrets.credentials(self.site.router.credentials)
 
-    def _configured_sources(self) -> list[tuple[str, object]]:
-        """(kind, inventory entry) of every per-server source the site names: its captures, then its gateway's
-        registrar (kind "gateway")."""
-        out: list[tuple[str, object]] = [(c.kind, c) for c in self.site.capture]
-        if self.site.gateway_registrar is not None:
-            out.append((source_kinds.GATEWAY, self.site.gateway_registrar))
-        return out
-
     async def _start_sources(self) -> None:
         """Start what the inventory names, each by its kind's module (source_kinds, base.start_source); a source
         that cannot start is logged and the others still run."""
@@ -271,16 +266,12 @@ class SiteCollector:
         await asyncio.to_thread(targets.refresh, True)
         self.sources_started = time.time()
         ctx = SourceContext(self.site, self.sink(), targets, self._credentials, self._secret)
-        configured = self._configured_sources()
-        for kind, entry in configured:
-            try:
-                self.evidence.append(await start_source(kind)(ctx, entry))
-            except (OSError, CollectorError, KeyError, ValueError) as exc:
-                what = f"capture {kind}" if kind != source_kinds.GATEWAY else "gateway bindings"
-                why = f"site {self.site.name}: {what} cannot start: {getattr(exc, 'strerror', None) or exc}"
-                self.source_errors.append(why)
-                log.error("%s", why)
-        if configured:
+        started, errors = await start_configured(ctx, (OSError, CollectorError, KeyError, ValueError))
+        self.evidence.extend(started)
+        for why in errors:
+            self.source_errors.append(why)
+            log.error("%s", why)
+        if configured_sources(self.site):
             asyncio.ensure_future(self._evidence_report_loop())
 
     def evidence_report(self) -> tuple[list[dict], list[dict]]:
@@ -526,15 +517,17 @@ class SiteCollector:
             await asyncio.sleep(FLUSH_S)
             if self.kept:
                 await self._flush_kept()
-            if not self.pending:
+            if not self.pending and not self.unstored:
                 continue
-            batch, self.pending[:] = list(self.pending), []
+            # a slice at a time (fleet.evidence.flush_queue): what just arrived never waits behind a poll's answer
+            batch = self.unstored.take(self.pending)
+            self.pending[:] = []
             try:
                 await asyncio.to_thread(self.store.record_observations, batch)
             except Exception as exc:  # Redis down: keep the batch and try again; never kill the collector
                 self.errors += 1
                 log.warning("collector %s: cannot store %d observations (%s); retrying", self.site.name, len(batch), type(exc).__name__)
-                self.pending[:0] = batch
+                self.unstored.put_back(batch)
                 await asyncio.sleep(1)
                 continue
             if self.incidents is not None:

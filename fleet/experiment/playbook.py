@@ -13,6 +13,7 @@ from soundpoint.yamlfile import FieldError, FileError, line_of, load_model, read
 from fleet.base.outage import DEGRADE_FIELDS, DelayMs, Loss, MaxDuration, Outage, OutageMode, RateKbit, parameter_problem
 from fleet.config import validate
 from fleet.drivers.router import supported_modes
+from fleet.experiment import flap_plan, inbound_answers
 from fleet.phoneconf import predict
 
 MAX_SECONDS = 86400.0
@@ -90,10 +91,70 @@ class WaitStep(_Named):
     wait: float = Field(gt=0, le=3600)
 
 
-_STEP_KEYS = ("expect", "outage", "restore", "call", "wait")
+class InboundStep(_Named):
+    """The site's gateway calls each selected phone's line (fleet.experiment.inbound_step): during an outage, the
+    phones that would miss calls and why; before it, the control."""
+    expect: Literal["inbound_via_fallback"]
+    phones: Selector = Selector()
+    ring_s: int = Field(8, ge=1, le=300, description="seconds a call may ring before it counts as unanswered "
+                                                     "(below the router's command timeout)")
+
+
+class PowerSpec(Strict):
+    """`power: {phones: {macs, models}, off_s: N}`: the selected phones' PoE ports go off together for N seconds."""
+    phones: Selector = Selector()
+    off_s: float = Field(gt=0, le=300, description="seconds the ports stay off (fleet.drivers.switch.MAX_OFF_S)")
+
+
+class PowerStep(_Named):
+    power: PowerSpec
+
+
+class Flap(Strict):
+    """A flapping WAN as the playbook writes it: `flap: {mode: drop, cycles: 5, down_s: 10, up_s: 10}`
+    (fleet.experiment.flap_plan computes the plan; fleet.experiment.flap_run runs it)."""
+    mode: OutageMode
+    cycles: int = Field(ge=1, le=100)
+    down_s: float = Field(gt=0, le=3600, description="each cut's length")
+    up_s: float = Field(gt=0, le=3600, description="the WAN's time up after each cut (the last one's too)")
+    jitter_s: float = Field(0.0, ge=0, le=3600, description="each down and up time moves by up to this either way")
+    seed: int | None = Field(None, ge=0, le=2**63 - 1, description="the jitter's random seed (same seed, same plan)")
+    deadman_margin_s: float = Field(10.0, ge=1, le=3600, description="each cut's dead-man fires this long after "
+                                                                     "its planned end")
+    loss: Loss = 0.0
+    delay_ms: DelayMs = 0
+    rate_kbit: RateKbit = 0
+
+    @model_validator(mode="after")
+    def numbers_fit(self) -> "Flap":
+        problem = parameter_problem(self.mode, {name: getattr(self, name) for name in DEGRADE_FIELDS})
+        if problem is not None:
+            raise FieldError((problem[0] if problem[0] != "outage" else "mode",), problem[1])
+        jitter = flap_plan.jitter_problem(self.down_s, self.up_s, self.jitter_s)
+        if jitter is not None:
+            raise FieldError(("jitter_s",), jitter)
+        if self.jitter_s and self.seed is None:
+            raise FieldError(("seed",), "a jittered flap needs a seed: the plan must be the same on every run")
+        if self.cycles * (self.down_s + self.up_s + 2 * self.jitter_s) > MAX_SECONDS:
+            raise FieldError(("cycles",), f"the flap would last over {MAX_SECONDS:g} s")
+        return self
+
+    def plan(self) -> flap_plan.FlapPlan:
+        return flap_plan.plan(self.mode, self.cycles, self.down_s, self.up_s, self.jitter_s, self.seed,
+                              self.deadman_margin_s)
+
+
+class FlapStep(_Named):
+    flap: Flap
+
+
+_STEP_KEYS = ("expect", "outage", "restore", "call", "wait", "power", "flap")
+INBOUND = "inbound_via_fallback"
 
 
 def _step_kind(value) -> str | None:
+    if (value.get("expect") if isinstance(value, dict) else getattr(value, "expect", None)) == INBOUND:
+        return "step:inbound"
     if isinstance(value, dict):
         kinds = [k for k in _STEP_KEYS if k in value]
     else:
@@ -103,9 +164,10 @@ def _step_kind(value) -> str | None:
 
 Step = Annotated[Union[Annotated[ExpectStep, Tag("step:expect")], Annotated[OutageStep, Tag("step:outage")],
                        Annotated[RestoreStep, Tag("step:restore")], Annotated[CallStep, Tag("step:call")],
-                       Annotated[WaitStep, Tag("step:wait")]],
+                       Annotated[WaitStep, Tag("step:wait")], Annotated[InboundStep, Tag("step:inbound")],
+                       Annotated[PowerStep, Tag("step:power")], Annotated[FlapStep, Tag("step:flap")]],
                  Discriminator(_step_kind, custom_error_type="step_kind",
-                               custom_error_message="each step needs exactly one of: expect, outage, restore, call, wait")]
+                               custom_error_message="each step needs exactly one of: " + ", ".join(_STEP_KEYS))]
 
 
 class ExperimentPlaybook(Strict):
@@ -129,6 +191,9 @@ class ExperimentPlaybook(Strict):
                 if open_outage:
                     raise FieldError(("steps", i, "outage"), f"step {step.name!r}: a second outage before the first is restored")
                 open_outage = True
+            elif isinstance(step, FlapStep) and open_outage:
+                raise FieldError(("steps", i, "flap"), f"step {step.name!r}: a flap while an outage is open "
+                                                       "(restore it first)")
             elif isinstance(step, RestoreStep):
                 if not open_outage:
                     raise FieldError(("steps", i, "restore"), f"step {step.name!r}: restore without an outage")
@@ -176,12 +241,13 @@ def check_against(playbook: ExperimentPlaybook, inventory, path: str, extra_para
     extra = {k: str(v) for k, v in (extra_params or {}).items()}
     counts = {p.mac: len(predict.servers(inventory.effective_params(site, p) | extra)) for p in site.phones}
     for i, step in enumerate(playbook.steps):
-        if isinstance(step, OutageStep):
+        if isinstance(step, (OutageStep, FlapStep)):
+            where, mode = (("steps", i, "outage"), step.outage) if isinstance(step, OutageStep) else \
+                (("steps", i, "flap", "mode"), step.flap.mode)
             if site.router is None:
-                raise src.error(("steps", i, "outage"), f"site {site.name} has no router to cut")
-            if step.outage not in supported_modes(site.router.driver):
-                raise src.error(("steps", i, "outage"),
-                                f"mode {step.outage} is not supported by router driver {site.router.driver}")
+                raise src.error(where, f"site {site.name} has no router to cut")
+            if mode not in supported_modes(site.router.driver):
+                raise src.error(where, f"mode {mode} is not supported by router driver {site.router.driver}")
         if isinstance(step, CallStep):
             macs = {p.mac for p in site.phones if p.family.rest}
             if step.from_phone and step.from_phone not in by_mac:
@@ -189,7 +255,11 @@ def check_against(playbook: ExperimentPlaybook, inventory, path: str, extra_para
             if not macs:
                 raise src.error(("steps", i, "call"), f"site {site.name} has no phone with a REST API to place a call")
             _check_server(src, ("steps", i, "expect_server"), step.expect_server, counts.values(), site.name)
-        if isinstance(step, ExpectStep):
+        if isinstance(step, InboundStep):
+            inbound_answers.check(step, site, src, ("steps", i, "expect"))
+        if isinstance(step, PowerStep):
+            _check_power(src, ("steps", i, "power"), step.power, site, by_mac)
+        if isinstance(step, (ExpectStep, InboundStep)):
             for j, mac in enumerate(step.phones.macs):
                 if mac not in by_mac:
                     raise src.error(("steps", i, "phones", "macs", j), f"{mac} is not a phone of site {site.name}"
@@ -197,11 +267,29 @@ def check_against(playbook: ExperimentPlaybook, inventory, path: str, extra_para
             for j, model in enumerate(step.phones.models):
                 if not any(p.model == model for p in site.phones):
                     raise src.error(("steps", i, "phones", "models", j), f"site {site.name} has no {model} phone")
+        if isinstance(step, ExpectStep):
             chosen = [counts[p.mac] for p in site.phones
                       if (not step.phones.macs or p.mac in step.phones.macs)
                       and (not step.phones.models or p.model in step.phones.models)]
             if step.server is not None:
                 _check_server(src, ("steps", i, "server"), step.server, chosen, site.name)
+
+
+def _check_power(src, loc: tuple, power: PowerSpec, site, by_mac: dict) -> None:
+    """A power step's phones exist at the site and each has a PoE port in the inventory (`poe`)."""
+    for j, mac in enumerate(power.phones.macs):
+        if mac not in by_mac:
+            raise src.error(loc + ("phones", "macs", j), f"{mac} is not a phone of site {site.name}"
+                            + values.did_you_mean(mac, by_mac))
+    chosen = [p for p in site.phones if (not power.phones.macs or p.mac in power.phones.macs)
+              and (not power.phones.models or p.model in power.phones.models)]
+    if not chosen:
+        raise src.error(loc + ("phones",), f"no phone of site {site.name} is selected")
+    unpowered = [p.mac for p in chosen if p.poe is None]
+    if unpowered:
+        raise src.error(loc + ("phones",), f"{values.plural(len(unpowered), 'selected phone')} of site {site.name} "
+                                           f"{'has' if len(unpowered) == 1 else 'have'} no poe port in the inventory: "
+                                           f"{', '.join(unpowered[:5])}")
 
 
 def _check_server(src, loc: tuple, index: int, counts, site: str) -> None:

@@ -30,7 +30,7 @@ from html import escape
 from pathlib import Path
 from xml.etree import ElementTree as ET
 
-from fleet.experiment import ground_truth
+from fleet.experiment import flap_report, ground_truth, inbound_step
 from fleet.experiment.runner import ExperimentResult
 from fleet.experiment.verdict import summary
 import dpkt
@@ -150,7 +150,9 @@ def to_dict(result: ExperimentResult) -> dict:
         "evidence_errors": list(result.evidence_errors),
         "evidence_foreign": list(result.evidence_foreign),
         "evidence_sources": list(result.evidence_sources),
+        "inbound": inbound_step.report(result),   # calls placed by the gateway: who would miss calls, and why
         "ground_truth": None,      # fleet.experiment.ground_truth.compare, when a lab's truth is given
+        "flaps": list(result.flaps),   # each flap step's plan, cuts and per-phone counts (fleet.experiment.flap_report)
         "summary": {"phones": len(result.phones), "phones_passed": sum(p.passed for p in result.phones),
                     "failover_s": summary(failovers), "recovery_s": summary(recoveries)},
     }
@@ -358,10 +360,11 @@ recovery p50 {_fmt(s['recovery_s']['p50'])} s, p95 {_fmt(s['recovery_s']['p95'])
 {''.join(f'<p class="bad">{escape(e)}</p>' for e in doc['errors'])}
 <h2>Timeline: working server per phone</h2><p>times of day {escape(_zone(doc))}; {legend}; hatched band: outage; dots: REGISTER outcomes per server
 (upper row server 1, lower row server 2; green registered, red refused or unanswered)</p>{timeline_svg(doc)}
+{flap_report.html_section(doc)}
 <h2>Outages: what the router confirmed</h2><table><tr><th>outage</th><th>mode</th><th>cut</th><th>dead-man's switch</th><th>restore</th><th>confirmed</th></tr>{outages}</table>
 <h2>Steps</h2><table><tr><th>step</th><th>s</th><th>result</th><th>detail</th></tr>{steps}</table>
 <h2>Phones</h2>{truth_note(doc)}<table id="phones">{phones_header}{rows}</table>
-{unseen_html}{failing_html}{foreign_html}{history_html}
+{inbound_step.html_section(doc)}{unseen_html}{failing_html}{foreign_html}{history_html}
 <p>SIP capture: {escape(str((doc.get('capture') or {}).get('file') or 'none kept'))}
 ({(doc.get('capture') or {}).get('datagrams', 0)} datagrams, \
 {(doc.get('capture') or {}).get('left_out', 0)} left out over its byte cap)</p>

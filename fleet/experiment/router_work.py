@@ -49,7 +49,11 @@ def _router(site_name: str, unreached_fails: bool = False) -> Iterator[tuple[inv
 
 def probe(site: inv_mod.Site) -> dict:
     """Whether the provider answers from the site's LAN (DNS, then SIP), as the phones would reach it."""
-    inv, _ = context()
+    return lan_probe(context()[0], site)
+
+
+def lan_probe(inv: inv_mod.Inventory, site: inv_mod.Site) -> dict:
+    """`probe` for an inventory given by the caller (fleet's pytest plugin holds its own, no worker context)."""
     if inv.provider is None:
         return {"reachable": None, "stage": "none", "detail": "no provider in the inventory"}
     dns = None

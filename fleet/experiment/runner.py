@@ -30,7 +30,9 @@ from fleet.worker.app import site_queue
 from fleet.base.dns import ttl_of
 from soundpoint import values
 from fleet.config.inventory import Inventory, Phone, Site
-from fleet.experiment.playbook import CallStep, ExpectStep, ExperimentPlaybook, OutageStep, RestoreStep, WaitStep
+from fleet.experiment import flap_run, flap_verdict, inbound_step, power_step
+from fleet.experiment.playbook import (CallStep, ExpectStep, ExperimentPlaybook, FlapStep, InboundStep, OutageStep,
+                                       PowerStep, RestoreStep, WaitStep)
 from fleet.phoneconf.predict import servers
 from fleet.state.lease import LeaseLost, SiteLease, default_ttl
 from fleet.experiment.signals import Interrupted, SignalGuard
@@ -81,6 +83,7 @@ class ExperimentResult:
     evidence_errors: list[dict] = field(default_factory=list)
     evidence_foreign: list[dict] = field(default_factory=list)   # store.foreign_sources: SIP from non-phone addresses
     evidence_sources: list[str] = field(default_factory=list)   # the site's evidence sources, by label (report names)
+    flaps: list[dict] = field(default_factory=list)   # each flap step's plan, cuts and per-phone counts (flap_run)
 
 
 class ExperimentRunner:
@@ -272,7 +275,7 @@ class ExperimentRunner:
             result.steps.append(res)
             self.store.log_event(exp, "step", name=res.name, passed=res.passed, message=res.message)
             self.say(f"{'PASS' if res.passed else 'FAIL'} {res.name} ({res.elapsed_s:.1f}s){': ' + res.message if res.message else ''}")
-            if not res.passed and res.kind == "outage":
+            if not res.passed and res.kind in ("outage", "flap"):
                 break   # a fault that did not take effect makes the rest meaningless
         self.phase, self.pending = CLEANUP, None
 
@@ -307,6 +310,7 @@ class ExperimentRunner:
         result.evidence_errors = [e for e in evidence.get("sources", []) if e.get("error")]
         result.evidence_sources = sorted({str(e.get("source")) for e in evidence.get("sources", []) if e.get("source")})
         result.evidence_foreign = foreign_sources(evidence)
+        flap_verdict.judge(self, result)   # each flap's per-phone counts, and phones back late fail
         result.finished = time.time()
         result.errors.extend(late_errors)
         result.passed = (not result.errors and all(s.passed for s in result.steps)
@@ -339,7 +343,7 @@ class ExperimentRunner:
         return {"exp": self.exp, "started": result.started, "phase": self.phase, "position": self.position,
                 "pending": self.pending, "settle_until": self.settle_until, "initial": self.initial,
                 "steps": [asdict(s) for s in result.steps], "outages": result.outages, "errors": result.errors,
-                "open_outage": open_at}
+                "open_outage": open_at, "flaps": result.flaps}
 
     @classmethod
     def resume(cls, playbook: ExperimentPlaybook, inventory: Inventory, store: Store, state: dict,
@@ -350,7 +354,8 @@ class ExperimentRunner:
         runner.exp = state["exp"]
         runner.result = ExperimentResult(id=state["exp"], playbook=playbook.name, site=runner.site.name,
                                          started=state["started"], steps=[StepResult(**s) for s in state["steps"]],
-                                         outages=list(state["outages"]), errors=list(state["errors"]))
+                                         outages=list(state["outages"]), errors=list(state["errors"]),
+                                         flaps=list(state.get("flaps") or []))
         if state["open_outage"] is not None:
             runner.open_outage = runner.result.outages[state["open_outage"]]
         runner.phase, runner.position, runner.pending = state["phase"], state["position"], state["pending"]
@@ -368,6 +373,14 @@ class ExperimentRunner:
             return self._call(exp, step)
         if isinstance(step, WaitStep):
             return self._wait(step)
+        if isinstance(step, InboundStep):
+            judged = inbound_step.run(self, exp, step)
+            return None if judged is None else StepResult(step.name, inbound_step.KIND, judged[0], 0, *judged[1:])
+        if isinstance(step, PowerStep):
+            return power_step.run(self, exp, step, StepResult)
+        if isinstance(step, FlapStep):
+            done = flap_run.advance(self, exp, step, result)
+            return None if done is None else StepResult(step.name, "flap", done[0], 0, done[1], done[2])
         raise TypeError(f"unknown step {step!r}")
 
     def _wait(self, step: WaitStep) -> StepResult | None:
@@ -420,6 +433,7 @@ class ExperimentRunner:
         record["deadman"] = res.get("deadman") or ""
         if res.get("t_cut"):
             record["start"] = res.get("t_cut_done") or res["t_cut"]
+            record["asked_start"] = res["t_cut"]     # the WAN went down between this and `start`
         if res.get("outcome") not in ("cut", "already-cut"):
             return StepResult(step.name, "outage", False, 0, f"the router did not cut: {res.get('outcome')} "
                                                              f"({res.get('note', '')})", res)
@@ -466,6 +480,8 @@ class ExperimentRunner:
             record["confirmed"] = "cancelled: the router never cut (the restore arrived first)"
         else:
             record["end"] = res.get("t_restore_done") or time.time()
+            if res.get("t_restore"):
+                record["asked_end"] = res["t_restore"]     # the WAN came back between this and `end`
             by = f" by the {res.get('by')}" if res.get("by") else ""
             record["confirmed"] = (f"restored{by}: {state.describe(with_outage=False) if state else 'no state'}"
                                    if not res.get("leftovers") else f"NOT fully restored: {'; '.join(res['leftovers'])}")
@@ -549,11 +565,13 @@ class ExperimentRunner:
             seen_by_step[step.name] = None if sr is None else Reached(sr.detail.get("reached") or {},
                                                                       sr.detail.get("missing") or {})
         cut = [o for o in result.outages if o.get("cut") in ("cut", "already-cut")]
-        outage = OutageWindow(cut[0]["start"], cut[0].get("end")) if cut else None
+        outage = OutageWindow(cut[0]["start"], cut[0].get("end"), cut[0].get("asked_start"), cut[0].get("asked_end")) \
+            if cut else None
         # predictions follow what each phone really runs: the configuration a rollout last pushed, else the inventory's
         pushed = RolloutStore(self.store).last_pushed([p.mac for p in self.site.phones])
         selected = {step.name: {p.mac for p in self._phones(step.phones)} for step in expects}
         stored = {row["mac"]: row for row in self.store.phones(self.site.name)}   # what the phones reported
+        missed_calls = inbound_step.missed_during_outage(result)
         for p in self.site.phones:
             params = pushed.get(p.mac) or self.inv.effective_params(self.site, p)
             obs = self.store.observations(exp, p.mac)
@@ -567,6 +585,9 @@ class ExperimentRunner:
                              firmware_from=facts.firmware_from, bounds=pred.derivations)
             seen = {name: r for name, r in seen_by_step.items() if p.mac in selected[name]}
             result.phones.append(judge_phone(v, len(servers(params)), expectations, seen, obs, outage))
+            if p.mac in missed_calls:      # expect: inbound_via_fallback during the outage (inbound_step)
+                v.passed = False
+                v.reasons.append(f"would miss calls during an outage: {missed_calls[p.mac]}")
             fallback = next((t for t in servers(params, 1, family) if t.index == 2), None)
             if fallback is not None:
                 v.failover_behaviour = fallback_behaviour(obs, (self.initial.get(p.mac) or {}).get("servers"), outage,

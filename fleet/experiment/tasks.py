@@ -8,7 +8,7 @@ when that fails; the conventions every task follows are in fleet/worker/base.py.
 from __future__ import annotations
 
 from fleet.base.outage import Outage
-from fleet.experiment import call_work
+from fleet.experiment import call_work, inbound_work, power_work
 from fleet.experiment import router_work
 from fleet.worker import args as task_args
 from fleet.worker.app import app
@@ -68,3 +68,20 @@ def place_call(site_name: str, exp_id: str, mac: str, number: str) -> dict:
     put two INVITEs where the experiment expects one."""
     with _experiment_log(exp_id):
         return call_work.place_call(mac, number)
+
+
+@app.task(base=FleetTask, name="fleet.inbound_call", acks_late=True)
+@validated(task_args.InboundCallArgs)
+def inbound_call(site_name: str, exp_id: str, mac: str, user: str, ring_s: int) -> dict:
+    """Have the site's gateway call one phone's line. No retry: a second call would ring the phone twice."""
+    with _experiment_log(exp_id):
+        return inbound_work.place_inbound(site_name, mac, user, ring_s)
+
+
+@app.task(base=FleetTask, name="fleet.power_cycle", acks_late=True)
+@validated(task_args.PowerCycleArgs)
+def power_cycle(site_name: str, exp_id: str, macs: list[str], off_s: float) -> dict:
+    """Power the phones' PoE ports off, wait, on (an experiment's `power` step). No retry: a cycle that failed
+    has turned back on what it turned off, and a second one would be a second power loss the step never asked for."""
+    with _experiment_log(exp_id):
+        return power_work.cycle(site_name, macs, off_s)

@@ -62,6 +62,11 @@ class Reached:
 class OutageWindow:
     start: float
     end: float | None                    # None: never confirmed restored
+    # when the cut and the restore were asked for: the WAN changed between each and the router's answer (start,
+    # end), and a phone quick to move may have moved in between (a link-down restore answers once its routes are
+    # back); such a move is found from here on and counts as 0 s (None: not known, the answers only)
+    asked_start: float | None = None
+    asked_end: float | None = None
 
 
 @dataclass(frozen=True)
@@ -166,6 +171,19 @@ def change_interval(observations: list[dict], server: int, after: float) -> tupl
     return None
 
 
+def caused_change(observations: list[dict], server: int, answered: float, asked: float | None = None
+                  ) -> tuple[float, float] | None:
+    """When `server` became the working server because of a cut or restore the router answered at `answered`
+    (asked for at `asked`), as (earliest, latest) wall times, neither before `answered`; None when unseen.
+
+    The WAN changed somewhere between the request and the answer, and a phone quick to move may have moved in
+    between (a link-down restore answers once its routes are back): such a move is searched for from the request
+    on and counts as at the answer (0 s). Searched from the answer only, the phone's next refresh was taken for
+    its move."""
+    found = change_interval(observations, server, answered if asked is None else min(asked, answered))
+    return None if found is None else (max(found[0], answered), max(found[1], answered))
+
+
 def judge_measure(measure: str, earliest_s: float, latest_s: float, bound: float | None) -> tuple[bool, str, str]:
     """(passed, judgement, message) for a measured time known to lie in [earliest_s, latest_s]. A phone fails only
     when even the earliest moment the evidence allows is over its bound; when the bound falls inside the interval
@@ -223,10 +241,11 @@ def judge_phone(verdict: PhoneVerdict, configured_servers: int, expectations: li
                 message = "; ".join(filter(None, [message, "no predicted bound (" + notes[0].split(":", 1)[1].strip() + ")"]))
         if ok and outage is not None and exp.measure in ("failover", "recovery"):
             ref = outage.start if exp.measure == "failover" else outage.end
+            asked = outage.asked_start if exp.measure == "failover" else outage.asked_end
             if ref is not None:
-                found = change_interval(observations, exp.server, ref)
-                lo, hi = found if found is not None else (reached, reached)
-                lo = max(lo, ref)    # the move the outage (or the restore) caused is not before it
+                found = caused_change(observations, exp.server, ref, asked)
+                # the move the outage (or the restore) caused is not before it
+                lo, hi = found if found is not None else (max(reached, ref), max(reached, ref))
                 earliest_s, latest_s = round(lo - ref, 3), round(hi - ref, 3)
                 interval = [earliest_s, latest_s] if earliest_s < latest_s else None
                 if exp.measure == "failover":

@@ -375,3 +375,36 @@ def recovery_max(params: dict[str, str], reg: int = 1, dns_ttl: float | None = N
                  outage_s: float | None = None, fallback_granted: int | None = None) -> float | None:
     """The bound of `recovery_bound` in seconds (None: no bound; see its reason)."""
     return recovery_bound(params, reg, family, dns_ttl, outage_s, fallback_granted).seconds
+
+
+def in_flight_term(t: ServerTiming) -> Term:
+    """A REGISTER to the primary sent just before the WAN came back: it fails only at its transaction timeout
+    (RFC 3261 17.1.2.2, Timer F; retryTimeOut x (retryMaxCount + 1) with Polycom's overrides), and only then does
+    the retry wait begin. A single long outage hides this term in its slack; a flap restores often enough to hit it."""
+    return t.transaction_term("REGISTER in flight at the restore")
+
+
+def flap_recovery_bound(params: dict[str, str], reg: int = 1, family: str | None = None,
+                        dns_ttl: float | None = None, flap_s: float | None = None,
+                        fallback_granted: int | None = None) -> RecoveryBound:
+    """Last restore of a flapping WAN -> the primary is working again: the single-outage `recovery_bound` of the
+    same failback mode, with two changes that flapping forces.
+
+    1. The backoff has grown over the whole flap, not the last cut: RFC 5626 section 4.5 resets the count of
+       consecutive failures only when a registration succeeds, and an up time shorter than the retry wait in force
+       sees no attempt at all, so the failures of every cut add up. `flap_s` (first cut -> last restore) is the
+       outage length the backoff is bounded with (None: unknown, the maximum wait).
+    2. A REGISTER in flight at the restore (`in_flight_term`) fails first: every path starts with it. For
+       `duration` this also covers the hold: the last failover (which starts failBack.timeout) happens at the latest
+       when that transaction fails, so the hold ends by the restore + its timeout + failBack.timeout.
+
+    `registration` (back at the fallback's next renewal) and `DNSTTL` (the TTL after the retry) keep their own
+    terms; `duration` with timeout 0 and `DNSTTL` with the TTL unknown have no bound, as for one outage.
+    """
+    single = recovery_bound(params, reg, family, dns_ttl, flap_s, fallback_granted)
+    if single.derivation is None:
+        return single
+    primary = servers(params, reg, family)[0]
+    first = in_flight_term(primary)
+    d = Derivation(tuple((first,) + path for path in single.derivation.paths))
+    return RecoveryBound(d.seconds, derivation=d)

@@ -48,6 +48,9 @@ DISPATCH_STALL_S = float(os.environ.get("FLEET_DISPATCH_STALL", str(policy.DISPA
 # how often a running wave re-reads every phone in full, beside the change feeds
 FULL_READ_S = 5.0
 MIN_PASS_S = 0.02
+# how often the per-site counts go to `progress` while a wave runs (a bar redraws ~10 times a second; counting every
+# phone of a 10,000-phone rollout on every pass cost more than the decisions themselves); always at a wave's end
+PROGRESS_S = 0.25
 
 
 def new_id(name: str) -> str:
@@ -119,6 +122,10 @@ class RolloutDriver:
         self.lease: SiteLease | None = None
         self._away_since = 0.0
         self._downs: dict[str, float] = {}   # MAC -> its last shutdown event (line_down_at), as last read
+        # phones whose records may have changed since `watch` last saw them (None: all of them, after a full read):
+        # a pass shows `watch` only those, not the whole rollout every time
+        self._touched: set[str] | None = None
+        self._progress_due = 0.0             # monotonic time of the next `progress` call while a wave runs
         meta = self.rs.get(rid)
         self.plan = meta["plan"]
         self.site_of = {p["mac"]: p["site"] for p in self.plan["phones"]}
@@ -279,8 +286,12 @@ class RolloutDriver:
                         snapshot = self.rs.phones(self.rid, everyone)
                         last_full = Deadline(FULL_READ_S)
                         recheck |= wave_set
+                        self._touched = None
                     elif changed:
-                        snapshot.update(self.rs.phones(self.rid, [m for m in changed if m in self.site_of]))
+                        known = [m for m in changed if m in self.site_of]
+                        snapshot.update(self.rs.phones(self.rid, known))
+                        if self._touched is not None:
+                            self._touched.update(known)
                     recheck |= (changed | observed) & wave_set
                 decided = self._decide(wave, macs, snapshot, recheck, abort, deadline.expired)
                 recheck = set()
@@ -308,8 +319,11 @@ class RolloutDriver:
                               deadline_passed=deadline_passed, abort=abort, downs=self._downs)
         self._carry_out(decided.actions, snapshot)
         if decided.verdict != policy.ABORT:
-            self.progress(self.counts_by_site(snapshot))
-            self.watch(snapshot)
+            if decided.verdict != policy.CONTINUE or time.monotonic() >= self._progress_due:
+                self.progress(self.counts_by_site(snapshot))
+                self._progress_due = time.monotonic() + PROGRESS_S
+            touched, self._touched = self._touched, set()
+            self.watch(snapshot if touched is None else {m: snapshot[m] for m in touched if m in snapshot})
         return decided
 
     def _observed(self, states: dict[str, dict], recheck: set[str]) -> dict[str, dict]:
@@ -363,26 +377,35 @@ class RolloutDriver:
 
     # ---------------------------------------------------------------- carrying out the policy's actions
     def _carry_out(self, actions: list[policy.Action], snapshot: dict[str, dict]) -> None:
-        """Each action in order: record (the phone's pushed config once verified), write, send its task, log."""
+        """The actions' records (the phone's pushed config once verified), writes and events in one round trip, in
+        order; then their tasks. Every task goes out after its phone's record says so: a run that stops in between
+        leaves a phone dispatched with no task, which a later pass sends again (DISPATCH_STALL_S)."""
+        if not actions:
+            return
+        with self.rs.batch() as batch:
+            for a in actions:
+                if a.kind == policy.VERIFIED:
+                    self.store_pushed(a.mac, self._entries[a.mac], batch)
+                if a.fields:
+                    self._set(snapshot, a.mac, batch, **a.fields)
+                if a.event:
+                    batch.log(self.rid, a.event["kind"], **{k: v for k, v in a.event.items() if k != "kind"})
         for a in actions:
-            if a.kind == policy.VERIFIED:
-                self.store_pushed(a.mac, self._entries[a.mac])
-            if a.fields:
-                self._set(snapshot, a.mac, **a.fields)
             if a.task == "push":
                 self._send_push(a.mac, a.attempt)
             elif a.task == "rollback":
                 self._send_rollback(a.mac)
-            if a.event:
-                self.rs.log(self.rid, a.event["kind"], **{k: v for k, v in a.event.items() if k != "kind"})
             if a.kind == policy.VERIFIED and a.fields.get("applied"):
                 self.say(f"{a.mac}: verified, the new files applied {a.fields['applied']} (check-sync, "
                          "alwaysReboot=0; registered again since the push)")
 
-    def _set(self, snapshot: dict[str, dict], mac: str, **fields) -> None:
-        """Write a phone's fields and mirror them in the snapshot, so this pass's later decisions see them."""
-        self.rs.set_phone(self.rid, mac, **fields)
+    def _set(self, snapshot: dict[str, dict], mac: str, rs: RolloutStore | None = None, **fields) -> None:
+        """Write a phone's fields (through `rs`, a batch, when given) and mirror them in the snapshot, so this pass's
+        later decisions see them."""
+        (rs or self.rs).set_phone(self.rid, mac, **fields)
         snapshot.setdefault(mac, {}).update({k: str(v) for k, v in fields.items()})
+        if self._touched is not None:
+            self._touched.add(mac)
 
     # The rollout's tasks are sent by name (fleet/rollout/tasks.py defines them): that module imports the
     # scheduled run, which imports this driver, so importing it here would close a circle.
@@ -394,9 +417,9 @@ class RolloutDriver:
         app.signature("fleet.rollout_rollback", args=(self.rid, mac)).apply_async(
             queue=site_queue(self.site_of[mac]), ignore_result=True)
 
-    def store_pushed(self, mac: str, entry: dict) -> None:
+    def store_pushed(self, mac: str, entry: dict, rs: RolloutStore | None = None) -> None:
         # secrets as references (names in the secrets file, never values): the next plan diffs against them
-        self.rs.set_pushed(mac, {**entry["params"], **entry.get("secret_refs", {})}, entry["config_hash"])
+        (rs or self.rs).set_pushed(mac, {**entry["params"], **entry.get("secret_refs", {})}, entry["config_hash"])
 
     # ---------------------------------------------------------------- accounting
     def counts(self) -> dict:

@@ -41,6 +41,7 @@ from fleet.config import validate
 from fleet.config.inventory import Inventory, Phone, Site
 from fleet.experiment import playbook as experiment_playbook
 from fleet.rollout.applied import Applied, when
+from fleet.rollout import power_fallback
 from fleet.rollout.playbook import RolloutPlaybook, amount, verbatim_names
 
 REF = re.compile(r"\{(site|phone|provider)\.([a-z_]+)\}")
@@ -80,6 +81,8 @@ class PhonePlan:
     # config_hash, set_by of the rollout it came from; None when no rollout had pushed to it (the site's files alone)
     previous: dict | None = None
     restore_from: str = ""            # a revert: the rollout whose backups this phone's push writes back
+    # strategy.power_cycle_fallback for a phone with a PoE port: seconds its port stays off (0: no fallback)
+    power_cycle_off_s: float = 0.0
 
     def to_dict(self, refs: bool = True) -> dict:
         """The phone's plan; without `refs`, as shown to people (a dry run): no secret reference at all."""
@@ -236,12 +239,14 @@ def plan(inv: Inventory, pb: RolloutPlaybook, rollout_id: str, last_pushed: dict
         if blind and not pb.strategy.reboot_without_call_check:
             warnings.append(f"{phone.family.name} cannot report its call state: the phone will be deferred, never "
                             "rebooted (strategy.reboot_without_call_check: true reboots it unchecked)")
+        off_s, no_port = power_fallback.planned(pb.strategy, phone)
+        warnings += no_port
         phones.append(PhonePlan(phone.mac, site.name, phone.model, masked, diff, config_hash(new), refs,
                                 sorted(verbatim | kept_verbatim), warnings,
                                 blind and pb.strategy.reboot_without_call_check,
                                 predict.fallbacks_on_failure(new, 1, phone.family.name), moved, set_by, undoes, kept,
                                 "pushed" if ran is not None else "inventory",
-                                ran.previous() if ran is not None else None))
+                                ran.previous() if ran is not None else None, power_cycle_off_s=off_s))
     waves = _waves([p.mac for p in phones], pb.strategy.canary, pb.strategy.wave_size)
     per_site = defaultdict(int)
     for p in phones:

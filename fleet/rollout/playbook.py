@@ -66,6 +66,11 @@ class Strategy(Strict):
     reboot_without_call_check: bool = Field(False, description="phones whose firmware cannot report its call state "
                                                                "(SIP 2.x) are rebooted unchecked instead of deferred; "
                                                                "a phone whose check fails is still deferred")
+    power_cycle_fallback: bool = Field(False, description="a phone with a PoE port in the inventory (`poe`) that "
+                                                          "answers nothing (no call check, no identity, no reboot "
+                                                          "method) has its switch port power-cycled instead, then is "
+                                                          "verified as usual; off by default")
+    power_off_s: float = Field(5.0, gt=0, le=120, description="seconds a power-cycled port stays off")
 
     @field_validator("wave_size", "max_unavailable", mode="before")
     @classmethod

@@ -22,6 +22,7 @@ A phone's rollout states, and who moves it:
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Mapping
 
 from fleet.base.words import servers as servers_named
@@ -73,6 +74,11 @@ class Limits:
     progress_deadline: float = 600.0
     dispatch_stall: float = DISPATCH_STALL_S
     defer_retry: float = DEFER_RETRY_S
+
+    @cached_property
+    def sites(self) -> tuple[str, ...]:
+        """The rollout's sites, sorted (worked out once: every pass counts per site)."""
+        return tuple(sorted(set(self.site_of.values())))
 
     @property
     def settle_within(self) -> float:
@@ -139,9 +145,16 @@ def registered(servers: Mapping[int, Mapping], required: tuple[int, ...] | list[
     at all of the fallback (a phone that tried it and failed shows that failure, and is not verified). And only
     when the push left the fallback where it was (not in `moved`): a new address the phone never registered
     with may be wrong, and REGISTERs to a wrong address time out unseen (the wire evidence attributes them by
-    the addresses it knows), so silence there is no evidence; such a phone is "fallback unverified"."""
+    the addresses it knows), so silence there is no evidence; such a phone is "fallback unverified".
+
+    Where the source knows when the phone sent the REGISTER a registration answers (wire, HEP: `sent`), that
+    must be after `since` too. A refresh sent just before the reboot went out is answered after it; counted, it
+    verified a phone still on its way down, and the rollout took one more phone of the site down than
+    max_unavailable allows. (Not the phone's shutdown event as the line: the collector stamps that when it
+    receives it, on another clock than the capture's, and a phone quick to boot registers "before" it.)"""
     def up(i: int) -> bool:
-        return servers.get(i, {}).get("state") == "registered" and servers[i].get("t", 0) > since
+        s = servers.get(i, {})
+        return s.get("state") == "registered" and s.get("t", 0) > since and s.get("sent", s.get("t", 0)) > since
 
     def silent_standby(i: int) -> bool:
         return i in on_failure and i not in moved and up(1) and servers.get(i, {}).get("t", 0) <= since
@@ -167,7 +180,8 @@ def to_observe(states: PhoneStates, recheck: set[str]) -> list[str]:
 
 
 def wave_settled(macs: list[str], states: PhoneStates) -> bool:
-    return all(states.get(m, {}).get("state") in SETTLED for m in macs)
+    # from the end: phones settle in plan order, so an unsettled one is found at once rather than after all the rest
+    return all(states.get(m, {}).get("state") in SETTLED for m in reversed(macs))
 
 
 def in_flight(macs: list[str], states: PhoneStates) -> list[str]:
@@ -180,7 +194,9 @@ def drill_due(wave: int, canary: int, drill: str | None) -> bool:
 
 
 def _apply(view: dict[str, dict], action: Action) -> None:
-    view.setdefault(action.mac, {}).update({k: str(v) for k, v in action.fields.items()})
+    """The action's fields into `view`, copy on write: the caller's records (shared with `view`) stay untouched."""
+    if action.fields:
+        view[action.mac] = {**view.get(action.mac, {}), **{k: str(v) for k, v in action.fields.items()}}
 
 
 # ---------------------------------------------------------------- per phone
@@ -262,7 +278,7 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
 
 def unavailable(snapshot: PhoneStates, limits: Limits) -> dict[str, int]:
     """Phones of each site between dispatch and settling, across all waves."""
-    counts = {s: 0 for s in sorted(set(limits.site_of.values()))}
+    counts = dict.fromkeys(limits.sites, 0)
     for mac, st in snapshot.items():
         if st.get("state") in IN_FLIGHT:
             counts[limits.site_of[mac]] += 1
@@ -272,14 +288,18 @@ def unavailable(snapshot: PhoneStates, limits: Limits) -> dict[str, int]:
 def dispatch(states: PhoneStates, snapshot: PhoneStates, limits: Limits, now: float) -> list[Action]:
     """Phones of the wave to send now: pending ones, and deferred ones whose retry time came, within max_unavailable."""
     busy = unavailable(snapshot, limits)
+    open_sites = sum(1 for s, n in busy.items() if n < limits.max_unavailable[s])
     out: list[Action] = []
     for mac, st in states.items():
+        if not open_sites:
+            break          # every site is at its limit: nothing further down the wave can go (a big wave, every pass)
         state = st.get("state")
         ready = state == "pending" or (state == "deferred" and now - _f(st, "deferred_at") > limits.defer_retry)
         site = limits.site_of[mac]
         if not ready or busy[site] >= limits.max_unavailable[site]:
             continue
         busy[site] += 1
+        open_sites -= busy[site] == limits.max_unavailable[site]
         out.append(Action(PUSH, mac, {"state": "dispatched", "dispatched_at": now}, "push", _attempt(st)))
     return out
 
@@ -342,10 +362,13 @@ def step(wave: int, macs: list[str], snapshot: PhoneStates, observed: Observed, 
     """
     if abort:
         return Step(verdict=ABORT, reason="aborted by request")
-    view = {m: dict(st) for m, st in snapshot.items()}
+    # a shallow copy: actions replace a phone's record in it (_apply), never change the caller's (O(N) pointer
+    # copies, not a copy of every record: a pass over a 10,000-phone rollout runs many times a second)
+    view = dict(snapshot)
     for m in macs:
         view.setdefault(m, {})
-    actions = advance({m: view[m] for m in macs}, observed, limits, now, downs)
+    # only phones in flight have a next step to decide (advance looks at no other state)
+    actions = advance({m: view[m] for m in macs if view[m].get("state") in IN_FLIGHT}, observed, limits, now, downs)
     for a in actions:
         _apply(view, a)
     spent = budget_spent(view, limits)

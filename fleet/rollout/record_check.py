@@ -46,6 +46,7 @@ class _Entry(BaseModel):
     unchecked_reboot: bool = False   # strategy.reboot_without_call_check, for a family that cannot report call state
     # a revert (`fleet rollout revert`): the rollout whose backups of this phone's files are written back
     restore_from: str = Field("", pattern=r"^([A-Za-z0-9][A-Za-z0-9_.-]{0,120})?$")
+    power_cycle_off_s: float = Field(0.0, ge=0, le=120)   # strategy.power_cycle_fallback (fleet.rollout.power_fallback)
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class Checked:
     attempt: int
     unchecked_reboot: bool = False
     restore_from: str = ""               # a revert: the rollout whose backups the push writes back
+    power_cycle_off_s: float = 0.0       # a hung phone's port is cycled (only where this worker's inventory has it)
 
 
 def file_names(mac: str, named_master: str = "") -> frozenset[str]:
@@ -158,4 +160,5 @@ def check(inv: Inventory, rid: str, mac: str, state: dict) -> Checked:
         raise PlanRefused(f"phone {mac}: attempt {attempt[:20]!r} is not a number of attempts")
     return Checked(site, phone, entry.params, dict(entry.secret_refs), entry.config_hash,
                    _backups(mac, state, site.boot_server.master_file or ""), int(attempt),
-                   entry.unchecked_reboot and phone.family.call_state_source is None, entry.restore_from)
+                   entry.unchecked_reboot and phone.family.call_state_source is None, entry.restore_from,
+                   entry.power_cycle_off_s if phone.poe is not None else 0.0)

@@ -185,6 +185,7 @@ class TickedRollout(RolloutDriver):
             self.say(f"wave {wave}: {len(macs)} phones" + (" (canaries)" if wave == 0 and self.pb.strategy.canary else ""))
             self.rs.log(self.rid, "wave", wave=wave, phones=len(macs))
         snapshot = self.rs.phones(self.rid, list(self.site_of))
+        self._touched = None      # a tick reads every phone afresh
         decided = self._decide(wave, macs, snapshot, set(macs), meta.get("abort") == "1",
                                time.time() >= deadline["until"])
         if decided.verdict in (policy.HALT, policy.ABORT):

@@ -25,10 +25,11 @@ from fleet import phones
 from fleet.rollout import record_check as plan_check
 from fleet.phoneconf import polycom
 from fleet.rollout import backups as rollout_backups
+from fleet.rollout import power_fallback
 from fleet.rollout.policy import FINISHED
 from fleet.phoneconf import secrets as secret_params
 from fleet.sites import files as site_files
-from fleet.drivers.errors import DriverError
+from fleet.drivers.errors import DeviceTimeout, DriverError
 from fleet.drivers.publish import open_publisher
 from fleet.base.failpoints import failpoint
 from soundpoint.values import plural
@@ -133,13 +134,21 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         rs.set_phone(rid, mac, state="failed", error=why, settled_at=time.time())
         rs.log(rid, "failed", mac=mac, reason=why)
         raise TaskFailed(f"rollout {rid}: phone {mac} failed: {why}")
+    # strategy.power_cycle_fallback: a phone that answers neither the call check nor a read-only identity request is
+    # hung, not in a call we could protect (fleet.rollout.power_fallback)
+    hung = ""
+    if not check.may_reboot and check.state == "unknown" and plan.power_cycle_off_s:
+        with traced("identity"):
+            hung = power_fallback.answers_nothing(control)
+        if hung:
+            rs.log(rid, "unanswered", mac=mac, call_check=check.reason[:300], identity=hung[:300])
     # the playbook's reboot_without_call_check covers only a family with no way to tell; a check that failed defers
-    if not check.may_reboot and not (plan.unchecked_reboot and control.family.call_state_source is None):
+    if not check.may_reboot and not hung and not (plan.unchecked_reboot and control.family.call_state_source is None):
         rs.set_phone(rid, mac, state="deferred", deferred_at=time.time(),
                      deferred_reason=f"{check.state}: {check.reason}"[:300])
         rs.log(rid, "deferred", mac=mac, call_state=check.state, reason=check.reason[:300])
         return {"state": "deferred", "reason": check.reason}
-    if not check.may_reboot:
+    if not check.may_reboot and not hung:
         rs.log(rid, "reboot-unchecked", mac=mac, reason=f"{check.reason} (strategy.reboot_without_call_check)"[:300])
     with _settles_as(rs, rid, mac, "failed", retry_on):
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
@@ -161,11 +170,33 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         # claim above keeps it from sending a second reboot the phone may already have had, and the methods
         # announced below tell it which proof to look for (a web UI fallback is not idempotent as check-sync is)
         sent: list[str] = []
-        with traced("reboot"):
-            how = control.reboot(_announcer(rs, rid, mac, sent))
+        how = _reboot(rid, mac, control, plan, secrets, rs, sent)
         failpoint("rollout.reboot_sent", mac)
         rs.set_phone(rid, mac, state="verifying", reboot_via=how, **_may_stay_up(control, sent, plan.params))
         return {"state": "verifying", "reboot_at": reboot_at}
+
+
+def _reboot(rid: str, mac: str, control: phones.PhoneControl, plan: plan_check.Checked, secrets: inv_mod.Secrets,
+            rs: RolloutStore, sent: list[str]) -> str:
+    """The phone's reboot; with strategy.power_cycle_fallback, a reboot that got no answer at all is followed by a
+    power cycle of its PoE port (announced first, like every method, for a successor that must find out)."""
+    announce = _announcer(rs, rid, mac, sent)
+    try:
+        with traced("reboot"):
+            return control.reboot(announce)
+    except DeviceTimeout as exc:
+        if not plan.power_cycle_off_s:
+            raise
+        rs.log(rid, "reboot-unanswered", mac=mac, reason=failure_text(exc)[:300])
+    announce(power_fallback.POWER_CYCLE)
+
+    def log(kind: str, **fields) -> None:
+        rs.log(rid, kind, mac=mac, **fields)
+        if kind == "power-off":
+            failpoint("rollout.power_off", mac)     # a worker dying with the port off: confirm_reboot powers it
+    with traced("power cycle", off_s=plan.power_cycle_off_s):
+        how = power_fallback.power_cycle(plan.site, plan.phone, secrets, plan.power_cycle_off_s, log)
+    return f"{how} (no answer to {', '.join(m for m in sent if m != power_fallback.POWER_CYCLE)})"[:300]
 
 
 def _may_stay_up(control: phones.PhoneControl, sent: list[str], params: dict[str, str]) -> dict[str, str]:
@@ -280,8 +311,17 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
     if not rs.claim_reboot(rid, mac, f"{attempt}-confirm"):
         return {"state": "rebooting", "note": "reboot already being confirmed"}
     with _settles_as(rs, rid, mac, "failed"):
+        powered_on = False
+        if tried and power_fallback.POWER_CYCLE in tried:
+            # the lost task may have died with the port off (inside its wait): power first; a port found off was
+            # cycled, which is a reboot (the phone boots from its files as it comes back)
+            inv, secrets = context()
+            site, phone = inv.phone(mac)
+            with traced("power on after a lost task"):
+                powered_on = power_fallback.ensure_on(site, phone, secrets,
+                                                      lambda kind, **fields: rs.log(rid, kind, mac=mac, **fields))
         with traced("state query"):
-            rebooted = control.rebooted_since(since, params, tried)
+            rebooted = powered_on or control.rebooted_since(since, params, tried)
         if rebooted:
             rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task")
             return {"state": "verifying", "note": "the phone had rebooted"}
@@ -331,6 +371,10 @@ def _rollback(rid: str, mac: str, retry_on: Retryable) -> dict:
             pub.close()
     with _settles_as(rs, rid, mac, "rollback_failed"):
         rs.set_phone(rid, mac, state="rolling_back", rollback_at=time.time())
+        if power_fallback.POWER_CYCLE in (_tried(state.get("reboot_tried")) or ()):
+            # a push that died inside its power cycle may have left the port off: power before the reboot
+            with traced("power on before the rollback"):
+                power_fallback.ensure_on(site, phone, secrets, lambda kind, **fields: rs.log(rid, kind, mac=mac, **fields))
         with traced("reboot"):
             phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets, store).reboot()
     return {"state": "rolling_back"}

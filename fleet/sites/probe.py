@@ -2,7 +2,8 @@
 
 Every check here only reads: the boot server is logged into and the master
 files the phones would read are read (never written), the router gets its own
-read-only state command (SSH, with its host key verified) or SNMP reads, each
+read-only state command (SSH, with its host key verified) or SNMP reads, each PoE switch reads the
+ports its phones name, each
 phone answers one read asked by its family's control (fleet.phones: REST device
 info, state polling with its own login, or the web UI; never a reboot, a setting
 or a call), and the collectors' listening addresses are bound and released at
@@ -27,6 +28,7 @@ from fleet.state.store import Store
 from fleet.drivers.publish import Publisher, open_publisher
 from fleet.state import collectors as registry
 from fleet.drivers import router as routers
+from fleet.drivers import switch as switches
 from fleet import phones
 
 DEFAULT_MASTER = bootfiles.DEFAULT_MASTER
@@ -114,6 +116,29 @@ def check_router(site: Site, secrets: Secrets) -> Check | None:
         return Check(site.name, "router", target, False, _device_error(exc))
     detail = f"state read; WAN {r.wan_interface}: {state.describe()}"
     return Check(site.name, "router", target, True, detail)
+
+
+def check_switches(site: Site, secrets: Secrets) -> list[Check]:
+    """Each PoE switch read at every port a phone of the site names (pethPsePortAdminEnable and the detection
+    status): the login, and that each port exists, checked before any power cycle needs them. Reads only."""
+    rows = []
+    for sw in site.switches:
+        target = f"{sw.driver} {sw.address}:{sw.port}"
+        ports = [p.poe for p in site.phones if p.poe is not None and p.poe.switch == sw.name]
+        try:
+            drv = switches.connect(sw, secrets.credentials(sw.credentials))
+            try:
+                states = [drv.port_state(port) for port in ports]
+            finally:
+                drv.close()
+        except Exception as exc:
+            rows.append(Check(site.name, f"switch {sw.name}", target, False, _device_error(exc)))
+            continue
+        shown = ", ".join(f"{st.port} {'on' if st.enabled else 'OFF'} ({st.detection})" for st in states[:8])
+        more = f" and {len(states) - 8} more" if len(states) > 8 else ""
+        rows.append(Check(site.name, f"switch {sw.name}", target, True,
+                          f"{len(states)} port(s) read: {shown}{more}" if states else "no phone names a port of it"))
+    return rows
 
 
 def check_phone(site: Site, phone: Phone, inv: Inventory, secrets: Secrets, timeout: float,
@@ -215,6 +240,7 @@ def probe(inv: Inventory, secrets: Secrets, sites: Iterable[str] | None = None, 
         router = check_router(site, secrets)
         if router is not None:
             rows.append(router)
+        rows.extend(check_switches(site, secrets))
         rows.extend(check_collector(site, store))
         with ThreadPoolExecutor(max_workers=max(1, min(concurrency, len(site.phones) or 1))) as pool:
             for row in pool.map(lambda p, s=site: check_phone(s, p, inv, secrets, timeout, store), site.phones):

@@ -41,6 +41,8 @@ class Observation:
     expires: int | None = None   # seconds the binding was granted for (wire, HEP) or has left (gateway)
     earliest: float | None = None   # the change happened between this and `t`, not exactly at `t`: a lapsed
                                     # binding, an unanswered DNS lookup (None: `t` is the moment)
+    sent: float | None = None    # when the phone sent the REGISTER this answers (wire, HEP): a registration asked
+                                 # for before a reboot went out proves nothing about the reboot (None: unknown)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -53,7 +55,7 @@ class Observation:
 @dataclass
 class LineState:
     """One registration's (line's) state: per-server states, the line-level state and the working server."""
-    servers: dict[int, dict] = field(default_factory=dict)   # index -> {state, t, source, address[, code, until]}
+    servers: dict[int, dict] = field(default_factory=dict)   # index -> {state, t, source, address[, code, until, sent]}
     line_state: str = UNKNOWN
     working_server: int | None = None
     line_down_at: float | None = None   # last line unregistration: a phone sends it when it shuts down gracefully
@@ -177,6 +179,8 @@ def apply(state: PhoneState, obs: Observation, configured: list[int] | None = No
         entry = {"state": obs.state, "t": obs.t, "source": obs.source, "address": obs.address}
         if obs.code is not None:
             entry["code"] = obs.code
+        if obs.sent is not None:
+            entry["sent"] = obs.sent
         if obs.state == REGISTERED and obs.expires is not None:
             entry["until"] = round(obs.t + obs.expires, 3)    # when the binding lapses unless it is refreshed
         line.servers[obs.server] = entry

@@ -82,16 +82,16 @@ Celery's own keys (queues named after them, `unacked*`, `_kombu.*`,
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
-from typing import Iterable, NamedTuple
+from typing import Iterable, Iterator, NamedTuple
 
-import redis
-
+from fleet.state import resp
 from fleet.state.observe import Observation, PhoneState, apply
+from fleet.state.status_json import pieces as status_pieces
 from fleet.state.phone_row import row_for_json
-from fleet.phoneconf.predict import configured_servers
 
 
 # extend a lease or lock key's TTL (ARGV[2] ms) only if ARGV[1] still holds it
@@ -127,23 +127,6 @@ CAPTURE_MAX_BYTES = 128 * 1024 * 1024
 EVENTS_MAXLEN = 200_000
 FEED_MAXLEN = 100_000
 OUTAGE_MARK_TTL = 2 * 86400   # longer than any outage may last (max_duration <= 1 day)
-
-
-_SITE_FIELD = '"site": '
-_DECODER = json.JSONDecoder()
-
-
-def _row_site(row: str) -> str | None:
-    """The `site` of a ready-made status row without decoding the row: row_for_json writes `mac` then `site`
-    first, so the first `"site": ` is the top-level one (a MAC cannot hold it)."""
-    at = row.find(_SITE_FIELD)
-    if at < 0:
-        return None
-    try:
-        value, _ = _DECODER.raw_decode(row, at + len(_SITE_FIELD))
-    except ValueError:
-        return None
-    return value if isinstance(value, str) else None
 
 
 def foreign_sources(site_evidence: dict) -> list[dict]:
@@ -278,10 +261,6 @@ class Keys:
         return f"{P}durations:{measure}:{origin}:{site}"
 
     @staticmethod
-    def site_incidents_open(site: str) -> str:
-        return f"{P}site:{site}:incidents:open"
-
-    @staticmethod
     def schedule_since(name: str) -> str:
         return f"{P}schedule:{name}:since"
 
@@ -296,6 +275,57 @@ class Keys:
 
 K = Keys
 OBSERVED_FEED = K.OBSERVED
+SOCKET_TIMEOUT_S = 10.0     # a Redis that stops answering: the command fails after this long, not never
+# every phone's ready-made row, in one command: SORT <set of MACs> BY nosort GET phone:*->row (see status_json_pieces)
+ROWS_BY_MAC_SET = ("BY", "nosort", "GET", f"{K.phone('*')}->row")
+
+
+def _site_evidence(sites: list[str], hashes: list[dict[str, str]]) -> dict[str, dict]:
+    """Store.site_evidence from the sites' evidence hashes as read (one per site, {} for none)."""
+    out: dict[str, dict] = {}
+    for s, h in zip(sites, hashes):
+        if not h:
+            continue
+        try:
+            out[s] = {"unobservable": json.loads(h.get("unobservable") or "[]"),
+                      "sources": json.loads(h.get("sources") or "[]"), "t": float(h.get("t") or 0)}
+        except ValueError:
+            continue            # a damaged report reads as none
+    return out
+
+
+def _status_pieces(stored: list[bytes | None], evidence: dict[str, dict]) -> Iterator[bytes]:
+    """`fleet status --json` in pieces from the rows as SORT ... GET returned them (None: a MAC without a row)
+    and the site_evidence of the sites that reported (see Store.status_json_pieces)."""
+    rows = sorted(row for row in stored if row)
+    unseen = {mac: json.dumps(us).encode() for mac, us in _unseen_by_mac(evidence).items()}
+    errors = {s: json.dumps(errs).encode() for s, ev in evidence.items()
+              if (errs := [e for e in ev.get("sources", []) if e.get("error")])}
+    foreign = {s: json.dumps(found).encode() for s, ev in evidence.items() if (found := foreign_sources(ev))}
+    return status_pieces(rows, unseen, errors, foreign)
+
+
+def status_json_quick(url: str, site: str | None = None) -> Iterator[bytes] | None:
+    """Store(url).status_json_pieces(site) read without redis-py (fleet.state.resp: `fleet status --json` starts
+    in a fraction of the time), or None when `site` is given and Store.has_site would say no (the caller then
+    takes the ordinary way, which says so). The same reads as status_json_pieces, the check of the site in the
+    same round trip. Raises whatever went wrong (resp.Unsupported for a URL only redis-py handles, OSError,
+    resp.ReplyError, a damaged reply): the caller then uses a Store, which fails with redis-py's own errors."""
+    conn = resp.Connection(url, timeout=SOCKET_TIMEOUT_S)
+    try:
+        key = K.site_phones(site) if site else K.PHONES
+        commands: list[tuple] = [("SMEMBERS", K.EVIDENCE_SITES), ("SORT", key, *ROWS_BY_MAC_SET)]
+        if site:
+            commands.append(("EXISTS", key))
+        replies = conn.pipeline(commands)
+        reported = sorted(m.decode() for m in replies[0])
+        if site and not (replies[2] or site in reported):
+            return None
+        hashes = conn.pipeline([("HGETALL", K.site_evidence(s)) for s in reported]) if reported else []
+    finally:
+        conn.close()
+    decoded = [{k.decode(): v.decode() for k, v in zip(h[::2], h[1::2])} for h in hashes]
+    return _status_pieces(replies[1], _site_evidence(reported, decoded))
 
 
 class LeaseHeld(Exception):
@@ -322,8 +352,11 @@ class RolloutExists(Exception):
 
 class Store:
     def __init__(self, url: str) -> None:
+        import redis  # in-function: redis-py takes 100 ms to import, which status_json_quick's callers never pay
+
         self.url = url
-        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=10, health_check_interval=30)
+        self.r = redis.Redis.from_url(url, decode_responses=True, socket_timeout=SOCKET_TIMEOUT_S,
+                                      health_check_interval=30)
 
     # ------------------------------------------------------------ phones
     def register_phones(self, site: str, phones: Iterable[dict]) -> None:
@@ -432,32 +465,28 @@ class Store:
             return None
 
     def status_json(self, site: str | None = None) -> str:
-        """`fleet status --json` straight from the ready-made rows: one round trip, no decoding per phone. Each row
-        gains what its site's collector reported (`site_evidence`): `unobservable` (this phone's servers no wire
-        source can see, and why), `evidence_errors` (the site's evidence sources that are failing) and
+        """`fleet status --json` (every phone, or the site's) as one string: see status_json_pieces."""
+        return b"".join(self.status_json_pieces(site)).decode()
+
+    def status_json_pieces(self, site: str | None = None) -> Iterator[bytes]:
+        """`fleet status --json` straight from the ready-made rows, in pieces to write out one after the other
+        (fleet.state.status_json). Every read is done before this returns: a Redis error never leaves half a list.
+
+        The rows come in one command, SORT ... BY nosort GET phone:*->row: Redis reads each phone's row itself
+        and the client parses one reply, not one per phone (50,000 phones: a sixth of the client CPU time of a
+        pipelined HGET each). They come as bytes (never decoded) and are sorted here by MAC. SORT's GET needs
+        the `~*` key pattern in the user's ACL, as fleet's user has (soundpoint.redisboot).
+
+        Each row gains what its site's collector reported (`site_evidence`): `unobservable` (this phone's servers
+        no wire source can see, and why), `evidence_errors` (the site's evidence sources that are failing) and
         `evidence_foreign` (`foreign_sources`: the site's sources that got SIP naming its phones from other
-        addresses, counted per address). Only a row whose site has failing sources or foreign counts has its site
-        read out of it (one string decoded, not the row)."""
+        addresses, counted per address)."""
         key = K.site_phones(site) if site else K.PHONES
-        macs = sorted(self.r.smembers(key))
         pipe = self.r.pipeline(transaction=False)
         pipe.smembers(K.EVIDENCE_SITES)
-        for mac in macs:
-            pipe.hget(K.phone(mac), "row")
-        reported, *found = pipe.execute()
-        rows = [(mac, row) for mac, row in zip(macs, found) if row]
-        evidence = self.site_evidence(sorted(reported))
-        unseen = {mac: json.dumps(us) for mac, us in _unseen_by_mac(evidence).items()}
-        errors = {s: json.dumps(errs) for s, ev in evidence.items()
-                  if (errs := [e for e in ev.get("sources", []) if e.get("error")])}
-        foreign = {s: json.dumps(found) for s, ev in evidence.items() if (found := foreign_sources(ev))}
-        out = []
-        for mac, row in rows:     # {...} + `"unobservable": [...], "evidence_errors": [...], ...}`: no decoding
-            row_site = _row_site(row) if errors or foreign else None
-            failing = errors.get(row_site, "[]") if errors else "[]"
-            out.append(f'{row.rstrip()[:-1]}, "unobservable": {unseen.get(mac, "[]")}, "evidence_errors": {failing}, '
-                       f'"evidence_foreign": {foreign.get(row_site, "[]") if foreign else "[]"}}}')
-        return "[" + ",".join(out) + "]"
+        pipe.execute_command("SORT", key, *ROWS_BY_MAC_SET, NEVER_DECODE=True)
+        reported, stored = pipe.execute()
+        return _status_pieces(stored, self.site_evidence(sorted(reported)))
 
     def set_site_evidence(self, site: str, unobservable: list[dict], sources: list[dict]) -> None:
         """The collector's report about its per-server evidence (fleet.evidence.collector): which targets no wire source
@@ -507,16 +536,7 @@ class Store:
         pipe = self.r.pipeline(transaction=False)
         for s in sites:
             pipe.hgetall(K.site_evidence(s))
-        out: dict[str, dict] = {}
-        for s, h in zip(sites, pipe.execute()):
-            if not h:
-                continue
-            try:
-                out[s] = {"unobservable": json.loads(h.get("unobservable") or "[]"),
-                          "sources": json.loads(h.get("sources") or "[]"), "t": float(h.get("t") or 0)}
-            except ValueError:
-                continue            # a damaged report reads as none
-        return out
+        return _site_evidence(sites, pipe.execute())
 
     def set_site_collector(self, site: str, record: dict[str, str], ttl: float) -> None:
         """The site's running collector (fleet.state.collectors): written whole at each heartbeat, the key's TTL
@@ -539,6 +559,14 @@ class Store:
         """Remove the site's collector record if `holder` wrote it (a collector stopping; never another's)."""
         script = "if redis.call('hget', KEYS[1], 'holder') == ARGV[1] then return redis.call('del', KEYS[1]) else return 0 end"
         self.r.eval(script, 1, K.site_collector(site), holder)
+
+    def has_site(self, site: str) -> bool:
+        """Whether site_names() lists `site`, in one round trip (site_names() walks every key in Redis)."""
+        pipe = self.r.pipeline(transaction=False)
+        pipe.exists(K.site_phones(site))
+        pipe.sismember(K.EVIDENCE_SITES, site)
+        phones, reported = pipe.execute()
+        return bool(phones) or bool(reported)
 
     def site_names(self) -> list[str]:
         """Every site with phones registered here (a collector, worker or experiment registered them) or whose
@@ -777,6 +805,8 @@ class RolloutStore:
     def create(self, rid: str, playbook: str, plan: dict, meta: dict, exclusive: bool = False) -> None:
         """Record a planned rollout, all of it or nothing (one MULTI). With `exclusive`, raise RolloutExists if
         the id is taken: two copies of one scheduled run compute the same id, and only the first creates it."""
+        from redis import WatchError  # in-function: redis-py is imported by Store(), not with this module
+
         key = K.rollout(rid)
         with self.r.pipeline() as pipe:
             try:
@@ -795,7 +825,7 @@ class RolloutStore:
                                                                             "plan": json.dumps(entries[mac])})
                 pipe.zadd(K.ROLLOUTS, {rid: time.time()})
                 pipe.execute()
-            except redis.WatchError:
+            except WatchError:
                 raise RolloutExists(rid) from None
 
     def get(self, rid: str) -> dict:
@@ -859,9 +889,25 @@ class RolloutStore:
         if "state" not in fields:
             self.r.hset(K.rollout_phone(rid, mac), mapping=mapping)
             return
-        pipe = self.r.pipeline(transaction=False)
+        from redis.client import Pipeline  # in-function: redis-py is imported by Store(), not with this module
+
+        batched = isinstance(self.r, Pipeline)   # inside `batch()`: queued with the rest
+        pipe = self.r if batched else self.r.pipeline(transaction=False)
         pipe.hset(K.rollout_phone(rid, mac), mapping=mapping)
         pipe.xadd(self.changes_key(rid), {"mac": mac}, maxlen=FEED_MAXLEN, approximate=True)
+        if not batched:
+            pipe.execute()
+
+    @contextlib.contextmanager
+    def batch(self) -> Iterator["RolloutStore"]:
+        """A store whose writes (set_phone, set_pushed, log, set) are queued and sent in one round trip, in the order
+        made, when the block ends; nothing is sent if the block raises. For writes only: a read inside returns
+        nothing useful. The driver records a whole pass's decisions so (a pass verifying and dispatching dozens
+        of phones made three round trips for each)."""
+        pipe = self.r.pipeline(transaction=False)
+        batched = RolloutStore.__new__(RolloutStore)
+        batched.r = pipe
+        yield batched
         pipe.execute()
 
     @staticmethod
@@ -937,6 +983,8 @@ class RolloutStore:
 
     def set_pushed(self, mac: str, params: dict, version: str) -> None:
         """Record what the phone now runs; its configured servers (for `fleet status`) follow it."""
+        from fleet.phoneconf.predict import configured_servers  # in-function: the families' tables cost `fleet status` a quarter of its start
+
         servers = configured_servers(params)
         self.r.hset(K.phone(mac), mapping={"pushed_params": json.dumps(params), "config_version": version,
                                            "servers": json.dumps(servers)})

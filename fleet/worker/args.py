@@ -70,6 +70,21 @@ class PlaceCallArgs(TaskArgs):
     number: PhoneNumber
 
 
+class InboundCallArgs(TaskArgs):
+    site_name: SiteName
+    exp_id: SafeId
+    mac: Mac
+    user: Annotated[str, StringConstraints(strict=True, pattern=r"^[0-9A-Za-z*#+._-]{1,64}$")]
+    ring_s: int = Field(ge=1, le=300)
+
+
+class PowerCycleArgs(TaskArgs):
+    site_name: SiteName
+    exp_id: SafeId
+    macs: list[Mac] = Field(min_length=1, max_length=1000)
+    off_s: float = Field(gt=0, le=300)
+
+
 class RolloutPushArgs(TaskArgs):
     rid: SafeId
     mac: Mac

@@ -9,7 +9,7 @@ phones). The controller's drivers are unit-tested against every entry; the
 virtual phones render their answers from the same entries.
 
 Entry fields (the file's stem is the id):
-    area:      rest | polling | notification | web-ui | check-sync | sip | provisioning | router | gateway | dns
+    area:      rest | polling | notification | web-ui | check-sync | sip | provisioning | router | gateway | dns | switch
     families:  firmware families it applies to (soundpoint.families.NAMES); [] for routers and servers
     versions:  firmware versions it applies to: "any", or ranges such as "5.4-5.6", ">=5.7", "<5.4", joined by ","
     status:    confirmed (a source shows this shape) | unconfirmed (no source shows it; readers accept every
@@ -35,7 +35,8 @@ from typing import Any
 import yaml
 
 ROOT = Path(__file__).with_name("entries")
-AREAS = ("rest", "polling", "notification", "web-ui", "check-sync", "sip", "provisioning", "router", "gateway", "dns")
+AREAS = ("rest", "polling", "notification", "web-ui", "check-sync", "sip", "provisioning", "router", "gateway", "dns",
+         "switch")
 STATUSES = ("confirmed", "unconfirmed", "disputed")
 _FIELDS = {"area", "families", "versions", "status", "sources", "note", "request", "answer", "variant_of"}
 

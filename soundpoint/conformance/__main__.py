@@ -52,7 +52,7 @@ def main(argv: list[str]) -> int:
 
 def markdown_summary(all_entries) -> str:
     """Per family: how many answers a source confirms, and which ones none does (by area), as README shows it."""
-    fams = sorted({f for e in all_entries for f in e.families}) + ["(routers, gateways, DNS)"]
+    fams = sorted({f for e in all_entries for f in e.families}) + ["(routers, switches, gateways, DNS)"]
     lines = [f"{len(all_entries)} entries.", "",
              "| family | confirmed | disputed | unconfirmed | not confirmed by any source (area: entries) |",
              "| --- | --- | --- | --- | --- |"]

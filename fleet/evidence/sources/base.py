@@ -78,6 +78,32 @@ def start_source(kind: str) -> SourceStart:
     return importlib.import_module(source_kinds.get(kind).module).start
 
 
+def configured_sources(site: Site) -> list[tuple[str, Any]]:
+    """(kind, inventory entry) of every per-server source the site names: its captures, then its gateway's
+    registrar (kind "gateway")."""
+    out: list[tuple[str, Any]] = [(c.kind, c) for c in site.capture]
+    if site.gateway_registrar is not None:
+        out.append((source_kinds.GATEWAY, site.gateway_registrar))
+    return out
+
+
+async def start_configured(ctx: SourceContext, refused: tuple[type[BaseException], ...]
+                           ) -> tuple[list[EvidenceSource], list[str]]:
+    """Start every source `ctx.site` names (`configured_sources`), each by its kind's module: (the started
+    sources, why each of the others could not start). A source whose start raises one of `refused` (an address
+    in use, missing credentials) is named in the second list and the others still start; anything else is a bug
+    and raises. The collector and fleet's pytest plugin (fleet.testing) start a site's evidence this one way."""
+    started: list[EvidenceSource] = []
+    errors: list[str] = []
+    for kind, entry in configured_sources(ctx.site):
+        try:
+            started.append(await start_source(kind)(ctx, entry))
+        except refused as exc:
+            what = f"capture {kind}" if kind != source_kinds.GATEWAY else "gateway bindings"
+            errors.append(f"site {ctx.site.name}: {what} cannot start: {getattr(exc, 'strerror', None) or exc}")
+    return started, errors
+
+
 def guarded_evidence(source: str, targets: Targets, max_skew: float | None,
                      health: DropHealth | SenderDrops | None = None, per_sender: bool = False) -> WireEvidence:
     """A live source's pipeline: local stamps, lapses, its own byte budget and clock guard (source_guard);

@@ -50,6 +50,26 @@ class GatewayPoller(SourceThread):
                 out.setdefault((t.mac, t.reg, t.server), replace(t, allowed=t.allowed + extra) if extra else t)
         return list(out.values())
 
+    def deliver(self, text: str) -> None:
+        """One poll's answer: parsed, attributed to the phones and delivered; an answer that is not one marks
+        the source failing, saying why."""
+        t = time.time()
+        try:
+            bindings = self.platform.parse(text, t)
+        except gateway_bindings.GatewayOutputError as exc:
+            log.warning("collector %s: gateway answer not usable: %s", self.site.name, exc)
+            self.running.clear()            # no evidence from it: `fleet status` says why
+            self.fail(f"{type(exc).__name__}: {exc}")
+            return
+        self.running.set()
+        self.failures, self.failing_since, self.last_error = 0, None, ""
+        foreign: Counter[str] = Counter()
+        out = gateway_bindings.observations(bindings, self.gateway_targets(t), t, foreign=foreign)
+        self.foreign_bindings = foreign
+        self.polls += 1
+        if out:
+            self.sink.observe(out)
+
     def run_once(self) -> None:
         assert self.site.router is not None
         router = connect(self.site.router, self.credentials)
@@ -58,22 +78,7 @@ class GatewayPoller(SourceThread):
                 started = time.monotonic()
                 self.targets.refresh()
                 text = router.run(self.platform.command, check=False, what=f"{self.registrar.platform} bindings")  # type: ignore[attr-defined]
-                t = time.time()
-                try:
-                    bindings = self.platform.parse(text, t)
-                except gateway_bindings.GatewayOutputError as exc:
-                    log.warning("collector %s: gateway answer not usable: %s", self.site.name, exc)
-                    self.running.clear()            # no evidence from it: `fleet status` says why
-                    self.fail(f"{type(exc).__name__}: {exc}")
-                else:
-                    self.running.set()
-                    self.failures, self.failing_since, self.last_error = 0, None, ""
-                    foreign: Counter[str] = Counter()
-                    out = gateway_bindings.observations(bindings, self.gateway_targets(t), t, foreign=foreign)
-                    self.foreign_bindings = foreign
-                    self.polls += 1
-                    if out:
-                        self.sink.observe(out)
+                self.deliver(text)
                 self.stopping.wait(max(0.0, self.registrar.interval - (time.monotonic() - started)))
         finally:
             router.close()

@@ -368,7 +368,8 @@ def observation(outcome: RegisterOutcome, target: WireTarget, source: str = "wir
         detail = f"registered code={code}" + (f" expires={expires}" if expires is not None else "")
         if outcome.after_challenge:
             detail += f" after-challenge={outcome.after_challenge}"
-        return Observation(**base, state=REGISTERED, detail=detail, code=code, expires=expires)
+        return Observation(**base, state=REGISTERED, detail=detail, code=code, expires=expires,
+                           sent=outcome.request.t)
     return Observation(**base, state=UNREGISTERED, detail=f"refused code={code}", code=code)
 
 

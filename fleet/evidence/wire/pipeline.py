@@ -199,7 +199,8 @@ class WireEvidence:
         if self.stamp != "local" or not found:
             return found
         shift = self.clock.offset
-        return [replace(o, t=o.t + shift, earliest=None if o.earliest is None else o.earliest + shift) for o in found]
+        return [replace(o, t=o.t + shift, earliest=None if o.earliest is None else o.earliest + shift,
+                        sent=None if o.sent is None else o.sent + shift) for o in found]
 
     def _call(self, outcome: CallOutcome | None) -> list[Observation]:
         if outcome is None:

@@ -1,0 +1,54 @@
+"""Issue 22: a collector stores a poll's whole answer (5,000 observations at a 5,000-phone site) a slice at a time,
+so what a phone's REGISTER or event says meanwhile is stored at its next flush, not after all of it; and a
+phone's observations are still stored in the order they arrived (fleet.evidence.flush_queue)."""
+from __future__ import annotations
+
+from fleet.evidence.flush_queue import FlushQueue
+from fleet.state.observe import Observation
+
+
+def obs(mac: str, t: float, source: str = "gateway") -> Observation:
+    return Observation(mac=mac, t=t, source=source, server=2, state="registered", address="127.0.0.1:5060")
+
+
+def drain(q: FlushQueue, arrivals: list[list[Observation]]) -> list[list[Observation]]:
+    """Flushes, one per arrival list, then until the backlog is empty."""
+    out = [q.take(a) for a in arrivals]
+    while len(q):
+        out.append(q.take([]))
+    return out
+
+
+def test_a_bulk_delivery_is_stored_a_slice_at_a_time_and_fresh_ones_go_first():
+    q = FlushQueue(slice_size=100)
+    poll = [obs(f"m{i:04d}", 1.0) for i in range(1000)]
+    assert q.is_bulk(poll) and not q.is_bulk(poll[:100])
+    q.defer(poll)
+    fresh = [obs("x0001", 2.0, "wire"), obs("x0002", 2.0, "hep")]
+    first = q.take(fresh)
+    assert len(first) == 100 and set(fresh) <= set(first)          # stored at the very next flush
+    batches = drain(q, [])
+    assert all(len(b) <= 100 for b in batches)
+    stored = first + [o for b in batches for o in b]
+    assert sorted(map(id, stored)) == sorted(map(id, poll + fresh))  # every one, once
+
+
+def test_a_phones_fresh_observation_takes_its_backlogged_ones_along_in_order():
+    q = FlushQueue(slice_size=10)
+    q.defer([obs(f"m{i:02d}", 1.0) for i in range(50)])
+    late = obs("m42", 2.0, "wire")
+    batch = q.take([late])
+    mine = [o for o in batch if o.mac == "m42"]
+    assert mine[-1] is late and len(mine) == 2                      # the poll's (older) one with it, before it
+    assert all(o.mac != "m42" for b in drain(q, []) for o in b)       # and never again after it
+
+
+def test_small_arrivals_are_taken_whole_and_a_failed_batch_comes_back_first():
+    q = FlushQueue(slice_size=10)
+    arrived = [obs(f"m{i}", 1.0, "event") for i in range(30)]
+    batch = q.take(arrived)
+    assert batch == arrived                     # fresh ones are never held back, even above a slice
+    q.defer([obs(f"p{i}", 1.0) for i in range(20)])
+    q.put_back(batch)
+    again = q.take([])
+    assert again == batch[:10]
