@@ -32,7 +32,7 @@ MAC = "0004f2abcdef"
 @pytest.fixture
 def store(redis_url):
     s = Store(redis_url)
-    s.r.delete(Keys.rest_lock(MAC), Keys.phone(MAC))
+    s.r.delete(Keys.rest_lock(MAC), Keys.rest_queue(MAC), Keys.rest_queue_alive(MAC), Keys.phone(MAC))
     return s
 
 
@@ -182,3 +182,40 @@ def test_pushes_are_counted_per_phone(store):
     assert store.record_pushed_call_state(MAC, True, 100.0) == 1
     assert store.record_pushed_call_state(MAC, False, 50.0) == 2
     assert tuple(store.pushed_call_state(MAC)) == (False, 50.0, 2)
+
+
+def test_a_holder_that_frees_and_retakes_the_lock_at_once_cannot_keep_a_waiter_out(store):
+    """A poller that lets go of the phone and takes it again straight away (its next lineInfo is due) used to
+    keep a worker's request out for its whole wait (CI: `held the phone for over 20s`); the waiter queues and
+    gets in at the poller's next release."""
+    import threading
+
+    stop, got, poller_turns = threading.Event(), [], [0]
+
+    def greedy_poller() -> None:
+        while not stop.is_set():
+            try:
+                with PhoneRestLock(store, MAC, owner="collector:hq", wait=5):
+                    poller_turns[0] += 1
+                    time.sleep(0.05)                    # its request; then at once the next one
+            except DeviceTimeout:
+                pass
+
+    thread = threading.Thread(target=greedy_poller, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while poller_turns[0] == 0 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert poller_turns[0] > 0, "the poller never took the phone"
+        for _ in range(5):
+            asked = time.monotonic()
+            with PhoneRestLock(store, MAC, owner="control", wait=3):
+                got.append(time.monotonic() - asked)
+            time.sleep(0.01)
+    finally:
+        stop.set()
+        thread.join(10)
+    assert len(got) == 5 and max(got) < 3, got
+    assert poller_turns[0] >= 5, poller_turns       # and the poller had its turns in between (4 at least)
+    assert store.r.pttl(Keys.rest_queue(MAC)) <= 1000      # nobody waits, or the queue lapses within a second

@@ -173,7 +173,8 @@ class PhoneRestLock:
     UC Software serves one REST request at a time and refuses a concurrent one (status 4001). The lock is a
     short lease in the store (`Store.acquire_phone_lock`), taken per request by every process that talks REST
     to the phone (the collectors' lineInfo poller, the workers' controls, the experiment's dial, `--probe`) and
-    released right after. While it is held it is renewed every TTL/3, so a request that runs longer than the
+    released right after. A request that finds the phone held queues for it, so a poller that frees and retakes
+    the lock at once cannot keep it out (Store.acquire_phone_lock). While it is held it is renewed every TTL/3, so a request that runs longer than the
     TTL (a digest retry, a slow body: fleet.drivers.control.rest bounds one request to `request_budget`) never
     loses it to a second process mid-request; the TTL frees it if the holder dies. Waiting is bounded: past
     `wait` seconds the request is not sent and DeviceTimeout says who held the phone. With Redis away nothing
@@ -198,13 +199,17 @@ class PhoneRestLock:
 
     def _try(self) -> bool:
         try:
-            return self.store.acquire_phone_lock(self.mac, self.holder, self.ttl)
+            return self.store.acquire_phone_lock(self.mac, self.holder, self.ttl, claim=True)
         except redis.RedisError as exc:
             raise self._unavailable(exc) from None
 
     def _refused(self) -> Exception:
         try:
+            self.store.give_up_phone_turn(self.mac, self.holder)
             held = self.store.phone_lock_holder(self.mac)
+            if held is None:
+                claimant = self.store.phone_turn_claimant(self.mac)
+                held = f"none now; first in its queue {claimant}" if claimant else None
         except redis.RedisError:
             held = None
         return DeviceTimeout(f"phone {self.mac}", f"another REST request to it ({str(held or '?')[:60]}) held the "

@@ -31,6 +31,9 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `rest:{mac}`                         | string | holder of the phone's REST lock: one request at a time across    | acquire/renew/release_      |
 |                                      |        | processes (SET NX PX, a few seconds, renewed while the request   | phone_lock                  |
 |                                      |        | runs; released after it)                                         |                             |
+| `rest:{mac}:queue`,                  | zset,  | the requests waiting for the phone's REST lock, by arrival, and  | acquire_phone_lock,         |
+| `rest:{mac}:alive`                   | hash   | each one's "alive until" (1 s, refreshed by its retries): the    | give_up_phone_turn          |
+|                                      |        | lock goes to the first live one                                  |                             |
 | `experiments`                        | zset   | experiment ids by start time                                     | new_experiment              |
 | `exp:{id}`                           | hash   | experiment metadata: site, playbook, status, started, finished   | new/finish_experiment       |
 | `exp:{id}:events`                    | stream | append-only history (operations and observations, wall and       | log_event                   |
@@ -95,6 +98,38 @@ from fleet.state.phone_row import row_for_json
 
 
 # extend a lease or lock key's TTL (ARGV[2] ms) only if ARGV[1] still holds it
+# A phone's REST lock, taken in turn: a request that finds the lock held joins the phone's queue of waiters
+# (KEYS[2], a zset by arrival; KEYS[3], each waiter's "alive until", refreshed by every retry), and the lock goes
+# only to the waiter at the head (or to anyone while nobody waits). Waiters that stopped retrying are dropped
+# when they reach the head. Without it a poller that frees the lock and takes it again at once could keep a
+# worker's request out for its whole wait.
+TAKE_IN_TURN = """
+local t = redis.call('time')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local head = redis.call('zrange', KEYS[2], 0, 0)[1]
+while head and tonumber(redis.call('hget', KEYS[3], head) or '0') < now do
+  redis.call('zrem', KEYS[2], head)
+  redis.call('hdel', KEYS[3], head)
+  head = redis.call('zrange', KEYS[2], 0, 0)[1]
+end
+if (not head) or head == ARGV[1] then
+  if redis.call('set', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then
+    if head then
+      redis.call('zrem', KEYS[2], head)
+      redis.call('hdel', KEYS[3], head)
+    end
+    return 1
+  end
+end
+if ARGV[3] == '1' then
+  redis.call('zadd', KEYS[2], 'NX', now, ARGV[1])
+  redis.call('hset', KEYS[3], ARGV[1], now + tonumber(ARGV[4]))
+  redis.call('pexpire', KEYS[2], ARGV[4])
+  redis.call('pexpire', KEYS[3], ARGV[4])
+end
+return 0
+"""
+REST_TURN_CLAIM_MS = 1000   # a waiter that stopped retrying loses its place within this
 RENEW_IF_HELD = "if redis.call('get', KEYS[1]) == ARGV[1] then return redis.call('pexpire', KEYS[1], ARGV[2]) else return 0 end"
 # A rollout driven in ticks (fleet.rollout.ticks): may tick ARGV[1] run? Ticks are numbered; the rollout's record
 # keeps the last one done, and the one running with when it started (Redis' clock, the same for every worker).
@@ -191,6 +226,14 @@ class Keys:
     @staticmethod
     def rest_lock(mac: str) -> str:
         return f"{P}rest:{mac}"
+
+    @staticmethod
+    def rest_queue(mac: str) -> str:
+        return f"{P}rest:{mac}:queue"
+
+    @staticmethod
+    def rest_queue_alive(mac: str) -> str:
+        return f"{P}rest:{mac}:alive"
 
     @staticmethod
     def exp(exp: str) -> str:
@@ -652,9 +695,24 @@ class Store:
         return holder
 
     # ------------------------------------------------------------ per-phone REST lock
-    def acquire_phone_lock(self, mac: str, holder: str, ttl: float) -> bool:
-        """Take the phone's REST lock for `ttl` seconds if nobody holds it; whether we got it."""
-        return bool(self.r.set(K.rest_lock(mac), holder, nx=True, px=max(1, int(ttl * 1000))))
+    def acquire_phone_lock(self, mac: str, holder: str, ttl: float, claim: bool = False) -> bool:
+        """Take the phone's REST lock for `ttl` seconds if nobody holds it and no earlier waiter is queued for it;
+        whether we got it. `claim`: if not, join the phone's queue (our place lapses within REST_TURN_CLAIM_MS
+        unless we ask again), so a holder that frees and retakes the lock at once cannot starve us."""
+        return bool(self.r.eval(TAKE_IN_TURN, 3, K.rest_lock(mac), K.rest_queue(mac), K.rest_queue_alive(mac), holder,
+                                max(1, int(ttl * 1000)), "1" if claim else "0", REST_TURN_CLAIM_MS))
+
+    def give_up_phone_turn(self, mac: str, holder: str) -> None:
+        """A waiter that stops waiting leaves the phone's queue: nobody waits on it."""
+        pipe = self.r.pipeline()
+        pipe.zrem(K.rest_queue(mac), holder)
+        pipe.hdel(K.rest_queue_alive(mac), holder)
+        pipe.execute()
+
+    def phone_turn_claimant(self, mac: str) -> str | None:
+        """The first waiter in the phone's REST queue, if any."""
+        head = self.r.zrange(K.rest_queue(mac), 0, 0)
+        return head[0] if head else None
 
     def renew_phone_lock(self, mac: str, holder: str, ttl: float) -> bool:
         """Extend the phone's REST lock to `ttl` seconds from now if it is still ours; whether it was."""
