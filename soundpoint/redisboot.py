@@ -44,7 +44,32 @@ class RedisUnavailable(RuntimeError):
     pass
 
 
+def _ephemeral_low() -> int:
+    """The low end of the kernel's ephemeral port range (outgoing connections take their local port from it)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A loopback port free now, for a listener that binds it later, from below the ephemeral range: a port
+    that bind(0) hands out is an ephemeral one, and until the listener binds it any process's outgoing
+    connection may take it as its local port (a collector failed so, "Address already in use"). Free for TCP
+    and UDP both (collectors listen on both); bind(0) only if no port below the range is found."""
+    import random
+
+    low = _ephemeral_low()
+    if low > 21000:
+        for _ in range(200):
+            port = random.randrange(20000, low)
+            try:
+                with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    tcp.bind(("127.0.0.1", port))
+                    udp.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -72,7 +97,25 @@ def start_private(directory: Path | None = None, port: int | None = None, append
     binary = shutil.which("redis-server")
     if not binary:
         raise RedisUnavailable("redis-server is not installed: install it (Debian: apt-get install redis-server)")
-    port = port or free_port()
+    if port is None:
+        for _ in range(3):    # a port picked free may be taken before the server binds it: pick another
+            try:
+                return _start(binary, free_port(), directory, appendonly, password, admin_password)
+            except _PortTaken:
+                continue
+        raise RedisUnavailable("private redis-server exited at once on three ports (taken, or it cannot run here)")
+    try:
+        return _start(binary, port, directory, appendonly, password, admin_password)
+    except _PortTaken:
+        raise RedisUnavailable(f"private redis-server on port {port} did not start") from None
+
+
+class _PortTaken(RuntimeError):
+    """The server exited at once: most likely its port was taken."""
+
+
+def _start(binary: str, port: int, directory: Path | None, appendonly: bool, password: str | None,
+           admin_password: str | None) -> tuple[str, subprocess.Popen]:
     directory = directory or Path(tempfile.mkdtemp(prefix="fleet-redis-"))
     directory.mkdir(parents=True, exist_ok=True)
     password = password or secrets.token_urlsafe(24)
@@ -91,5 +134,7 @@ def start_private(directory: Path | None = None, port: int | None = None, append
                 return url, proc
         except redis.RedisError:
             time.sleep(0.05)
+    if proc.poll() is not None:
+        raise _PortTaken(port)
     proc.kill()
     raise RedisUnavailable(f"private redis-server on port {port} did not start")

@@ -142,24 +142,9 @@ RunningLab = Lab      # older names, still imported by test modules
 Worker = Proc
 
 
-LISTEN_PORTS = range(20000, 32768)     # below Linux's ephemeral range (32768-60999 by default)
-
-
 def listen_port() -> int:
-    """A free port for a collector to listen on later, outside the ephemeral range: a port `free_port` hands out
-    (bind to 0) is an ephemeral one, and between the pick and the listener's bind any process's outgoing
-    connection may take it as its local port (a worker's collector failed so, "Address already in use")."""
-    import random
-
-    for _ in range(200):
-        port = random.choice(LISTEN_PORTS)
-        try:
-            with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                tcp.bind(("127.0.0.1", port))
-                udp.bind(("127.0.0.1", port))
-            return port
-        except OSError:
-            continue
+    """A free port for a listener to bind later: soundpoint.redisboot.free_port, which picks it from below the
+    ephemeral range so no outgoing connection takes it meanwhile."""
     return free_port()
 
 

@@ -115,7 +115,9 @@ def test_ctrl_c_ends_live_with_130(redis_url):
         wait_until(drawn, 30, "the live table", state=lambda: (bytes(seen), proc.poll()))
         assert proc.poll() is None, bytes(seen)
         proc.send_signal(signal.SIGINT)
-        proc.wait(30)
+        # keep reading, as a terminal does: a full pty would block the table's last writes and so its exit
+        wait_until(lambda: drawn() and proc.poll() is not None, 30, "fleet status --live to end on SIGINT",
+                   state=lambda: (bytes(seen)[-500:], proc.poll()))
     finally:
         if proc.poll() is None:
             proc.kill()
