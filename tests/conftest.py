@@ -204,6 +204,18 @@ def worker_factory(redis_url, tmp_path_factory):
         w.stop()
 
 
+def agrees_with_truth(measured_s: float | None, answered: float, asked: float | None, truth_t: float | None,
+                      sample: float = 0.25) -> bool:
+    """Whether a measured failover or recovery (seconds from the router's answer `answered`) agrees with the
+    lab's truth: within `sample` of it, or, measured 0 (fleet.experiment.verdict.caused_change: the phone moved
+    between the request `asked` and the answer), with the truth's move inside that window."""
+    if measured_s is None or truth_t is None:
+        return False
+    if measured_s == 0 and asked is not None and asked - sample <= truth_t <= answered + sample:
+        return True
+    return abs(answered + measured_s - truth_t) <= sample
+
+
 def wait_until(cond, timeout: float, what: str, step: float = 0.1, state=None):
     """Poll `cond` until it returns something truthy; past `timeout`, fail naming `what` and the last value seen
     (or what `state()` returns then, when the last value alone would say little)."""

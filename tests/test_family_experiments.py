@@ -106,7 +106,7 @@ def test_wan_outage_passes_within_bounds_that_follow_the_family(runs, family):
     assert {p.family.name for p in inv.sites[0].phones} == {family}
     for p in doc["phones"]:
         assert 0 < p["failover_s"] <= p["predicted_failover_max_s"], p
-        assert 0 < p["recovery_s"] <= p["predicted_recovery_max_s"], p
+        assert 0 <= p["recovery_s"] <= p["predicted_recovery_max_s"], p     # 0: back before the router's answer
         if family == "sip-3.x":
             # refresh on the granted 10 s (at 5 s), not on the configured 300 s (at 240 s)
             assert p["predicted_failover_max_s"] == 5 + TX + SLACK

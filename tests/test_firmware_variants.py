@@ -256,6 +256,6 @@ def test_wan_outage_passes_for_every_variant(variants, variant):
     for mac in macs[variant.name]:
         p = phones[mac]
         assert 0 < p["failover_s"] <= p["predicted_failover_max_s"], p
-        assert 0 < p["recovery_s"] <= p["predicted_recovery_max_s"], p
+        assert 0 <= p["recovery_s"] <= p["predicted_recovery_max_s"], p     # 0: back before the router's answer
     inv = inventory.load(lab.inventory)
     assert {p.family.name for p in inv.sites[0].phones if p.mac in macs[variant.name]} == {variant.family}

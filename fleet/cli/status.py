@@ -1,6 +1,7 @@
 """`fleet status`: which phone is registered where, right now."""
 from __future__ import annotations
 
+import signal
 import time
 from typing import Iterator
 
@@ -59,14 +60,23 @@ def status(site: str | None, live: bool, wide: bool, as_json: bool) -> None:
         return
     from rich.live import Live
 
+    # Ctrl-C only sets a flag, seen between refreshes: a KeyboardInterrupt raised wherever the signal lands (in
+    # rich's refresh lock, mid-read) could leave Live unable to stop, and the command hung instead of exiting 130
+    interrupted: list[bool] = []
+    previous = signal.signal(signal.SIGINT, lambda *_: interrupted.append(True))
     try:
         with Live(current(), console=console, refresh_per_second=2) as view:
-            while True:
-                time.sleep(1)
-                view.update(current())
-    except KeyboardInterrupt:
-        # README's exit codes: interrupted is 130, even where Ctrl-C is the ordinary way to stop
-        raise SystemExit(EXIT_INTERRUPTED) from None
+            while not interrupted:
+                for _ in range(10):
+                    if interrupted:
+                        break
+                    time.sleep(0.1)
+                else:
+                    view.update(current())
+    finally:
+        signal.signal(signal.SIGINT, previous)
+    # README's exit codes: interrupted is 130, even where Ctrl-C is the ordinary way to stop
+    raise SystemExit(EXIT_INTERRUPTED)
 
 
 def _quick_json(site: str | None) -> Iterator[bytes] | None:
