@@ -156,3 +156,43 @@ def test_json_fails_as_the_table_fails(redis_url):
             table, listed = _status(url, *args), _status(url, "--json", *args)
             assert listed.returncode == table.returncode == 3, (url, listed.stderr, table.stderr)
             assert listed.stderr == table.stderr and listed.stdout == "", (listed.stderr, table.stderr)
+
+
+
+def test_each_sites_rows_hash_holds_exactly_its_phones_rows_through_moves_info_and_forgetting(redis_url):
+    """The rows `fleet status --json` reads with HVALS are the phones' own rows: after observations, facts read
+    from the phone, a phone moved to another site and one forgotten; and the read gives what SORT ... GET gave."""
+    store = Store(redis_url)
+    a, a_macs = _site(store, 12)
+    b, b_macs = _site(store, 5)
+    store.set_phone_info({a_macs[0]: {"firmware": "5.9.1"}})
+    moved = a_macs[1]
+    store.register_phones(b, [{"mac": moved, "model": "VVX 410", "address": "10.9.9.9", "servers": SERVERS}])
+    store.forget_phones([a_macs[2]])
+    for site in (a, b):
+        rows = store.r.hgetall(Keys.site_rows(site))
+        members = set(store.r.smembers(Keys.site_phones(site)))
+        assert set(rows) == members, (site, set(rows) ^ members)
+        assert all(rows[m] == store.r.hget(Keys.phone(m), "row") for m in rows)
+    assert '"5.9.1"' in store.r.hget(Keys.site_rows(a), a_macs[0])
+    assert moved not in store.r.hgetall(Keys.site_rows(a)) and moved in store.r.hgetall(Keys.site_rows(b))
+    assert not store.r.sismember(Keys.site_phones(a), moved)      # listed by its new site only
+    # the site read and the quick read agree with the rows themselves, in MAC order
+    for site, macs in ((a, [m for m in a_macs if m not in (moved, a_macs[2])]), (b, b_macs + [moved])):
+        got = b"".join(status_json_quick(redis_url, site))
+        assert [r["mac"] for r in json.loads(got)] == sorted(macs)
+        assert got == b"".join(store.status_json_pieces(site))
+
+
+def test_a_store_written_before_the_rows_hashes_reads_as_before(redis_url):
+    """Phones whose rows are only in their own hash (an older controller wrote them): the count differs, and the
+    read falls back to SORT ... GET, so nothing goes missing from `fleet status --json`."""
+    store = Store(redis_url)
+    site, macs = _site(store, 9)
+    before = b"".join(status_json_quick(redis_url, site))
+    store.r.delete(Keys.site_rows(site))
+    assert b"".join(status_json_quick(redis_url, site)) == before
+    assert b"".join(store.status_json_pieces(site)) == before
+    whole = json.loads(b"".join(status_json_quick(redis_url)))
+    assert set(macs) <= {r["mac"] for r in whole}
+    assert json.loads(b"".join(store.status_json_pieces())) == whole

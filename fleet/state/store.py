@@ -13,6 +13,9 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | and the count of pushes readers compare)                         |                             |
 | `phones`                             | set    | every registered MAC                                             | register_phones             |
 | `site:{site}:phones`                 | set    | the site's MACs                                                  | register_phones             |
+| `site:{site}:rows`                   | hash   | per MAC of the site, its row (the same JSON as phone:{mac}'s     | register_phones,            |
+|                                      |        | `row`): `fleet status --json` reads a site with one HVALS        | record_observations         |
+| `rows:sites`                         | set    | the sites with a `site:{site}:rows` hash                         | register_phones             |
 | `site:{site}:experiment`             | string | id of the experiment observing the site now (collectors copy     | set_observing               |
 |                                      |        | observations to it)                                              |                             |
 | `site:{site}:evidence`               | hash   | the collector's per-server evidence report: unobservable (JSON:  | set_site_evidence           |
@@ -89,7 +92,7 @@ import contextlib
 import json
 import time
 import uuid
-from typing import Iterable, Iterator, NamedTuple
+from typing import Callable, Iterable, Iterator, NamedTuple
 
 from fleet.state import resp
 from fleet.state.observe import Observation, PhoneState, apply
@@ -189,6 +192,7 @@ class Keys:
 
     PHONES = f"{P}phones"
     EVIDENCE_SITES = f"{P}evidence:sites"
+    ROW_SITES = f"{P}rows:sites"
     OBSERVED = f"{P}observed"
     EXPERIMENTS = f"{P}experiments"
     ROLLOUTS = f"{P}rollouts"
@@ -202,6 +206,10 @@ class Keys:
     @staticmethod
     def site_phones(site: str) -> str:
         return f"{P}site:{site}:phones"
+
+    @staticmethod
+    def site_rows(site: str) -> str:
+        return f"{P}site:{site}:rows"
 
     @staticmethod
     def site_experiment(site: str) -> str:
@@ -356,19 +364,37 @@ def status_json_quick(url: str, site: str | None = None) -> Iterator[bytes] | No
     resp.ReplyError, a damaged reply): the caller then uses a Store, which fails with redis-py's own errors."""
     conn = resp.Connection(url, timeout=SOCKET_TIMEOUT_S)
     try:
-        key = K.site_phones(site) if site else K.PHONES
-        commands: list[tuple] = [("SMEMBERS", K.EVIDENCE_SITES), ("SORT", key, *ROWS_BY_MAC_SET)]
         if site:
-            commands.append(("EXISTS", key))
-        replies = conn.pipeline(commands)
-        reported = sorted(m.decode() for m in replies[0])
-        if site and not (replies[2] or site in reported):
-            return None
+            exists, listed = conn.pipeline([("EXISTS", K.site_phones(site)), ("SISMEMBER", K.EVIDENCE_SITES, site)])
+            if not (exists or listed):
+                return None
+        members, stored = _rows_read(conn.pipeline, site)
+        reported = sorted(m.decode() for m in members)
         hashes = conn.pipeline([("HGETALL", K.site_evidence(s)) for s in reported]) if reported else []
     finally:
         conn.close()
     decoded = [{k.decode(): v.decode() for k, v in zip(h[::2], h[1::2])} for h in hashes]
-    return _status_pieces(replies[1], _site_evidence(reported, decoded))
+    return _status_pieces(stored, _site_evidence(reported, decoded))
+
+
+def _rows_read(run: Callable[[list[tuple]], list], site: str | None) -> tuple[list[bytes], list[bytes | None]]:
+    """(the sites whose collector reported, every ready-made row of the site or of the fleet), as bytes, by
+    `run` (a pipeline: redis-py's or fleet.state.resp's). The rows come from the sites' rows hashes, HVALS each
+    (Redis reads one hash, not a key per phone: half its time of SORT ... GET over 50,000 phones); when their
+    count is not the phones' (a store written before the rows hashes, a phone moved between sites by an older
+    controller) the old read, SORT <set of MACs> BY nosort GET phone:*->row, in a second round trip."""
+    key = K.site_phones(site) if site else K.PHONES
+    if site:
+        reported, count, rows = run([("SMEMBERS", K.EVIDENCE_SITES), ("SCARD", key), ("HVALS", K.site_rows(site))])
+        stored: list[bytes | None] = rows
+    else:
+        reported, count, sites = run([("SMEMBERS", K.EVIDENCE_SITES), ("SCARD", key), ("SMEMBERS", K.ROW_SITES)])
+        names = sorted(sites)
+        stored = [row for rows in (run([("HVALS", K.site_rows(s.decode())) for s in names]) if names else [])
+                  for row in rows]
+    if len(stored) != int(count):
+        stored = run([("SORT", key, *ROWS_BY_MAC_SET)])[0]
+    return reported, stored
 
 
 class LeaseHeld(Exception):
@@ -406,19 +432,25 @@ class Store:
         phones = list(phones)
         pipe = self.r.pipeline(transaction=False)
         for p in phones:
-            pipe.hmget(K.phone(p['mac']), "state", "firmware")
+            pipe.hmget(K.phone(p['mac']), "state", "firmware", "site")
         previous = pipe.execute()
         pipe = self.r.pipeline(transaction=False)
-        for p, (state, firmware) in zip(phones, previous):
+        pipe.sadd(K.ROW_SITES, site)
+        for p, (state, firmware, was_at) in zip(phones, previous):
             meta = {"mac": p["mac"], "site": site, "model": p.get("model", ""), "firmware": firmware,
                     "firmware_declared": p.get("firmware_version") or "", "address": p.get("address", ""),
                     "configured_servers": p.get("servers", []),
                     "state": json.loads(state) if state else PhoneState(mac=p["mac"]).to_dict()}
+            row = json.dumps(row_for_json(meta))
             pipe.hset(K.phone(p['mac']), mapping={"site": site, "model": p.get("model", ""),
                                                        "address": p.get("address", ""),
                                                        "firmware_declared": p.get("firmware_version") or "",
                                                        "servers": json.dumps(p.get("servers", [])),
-                                                       "row": json.dumps(row_for_json(meta))})
+                                                       "row": row})
+            if was_at and was_at != site:     # moved: the old site no longer lists it (see _rows_read)
+                pipe.srem(K.site_phones(was_at), p["mac"])
+                pipe.hdel(K.site_rows(was_at), p["mac"])
+            pipe.hset(K.site_rows(site), p["mac"], row)
             pipe.sadd(K.site_phones(site), p["mac"])
             pipe.sadd(K.PHONES, p["mac"])
         pipe.execute()
@@ -465,8 +497,9 @@ class Store:
         for mac, (state, site) in states.items():
             if site is not None:
                 as_dict = state.to_dict()
-                row = row_for_json({"mac": mac, "site": site, "state": as_dict, **metas[mac]})
-                pipe.hset(K.phone(mac), mapping={"state": json.dumps(as_dict), "row": json.dumps(row)})
+                row = json.dumps(row_for_json({"mac": mac, "site": site, "state": as_dict, **metas[mac]}))
+                pipe.hset(K.phone(mac), mapping={"state": json.dumps(as_dict), "row": row})
+                pipe.hset(K.site_rows(site), mac, row)
         # one feed entry per batch: a rollout driver re-reads only the phones named here
         pipe.xadd(OBSERVED_FEED, {"macs": " ".join(m for m, (_, site) in states.items() if site is not None)},
                   maxlen=FEED_MAXLEN, approximate=True)
@@ -478,13 +511,15 @@ class Store:
         macs = sorted(infos)
         pipe = self.r.pipeline(transaction=False)
         for mac in macs:
-            pipe.hmget(K.phone(mac), "row")
+            pipe.hmget(K.phone(mac), "row", "site")
         rows = pipe.execute()
         pipe = self.r.pipeline(transaction=False)
-        for mac, (row,) in zip(macs, rows):
+        for mac, (row, site) in zip(macs, rows):
             mapping = {k: (json.dumps(v) if not isinstance(v, str) else v) for k, v in infos[mac].items() if v is not None}
             if row and infos[mac].get("firmware"):
                 mapping["row"] = json.dumps(json.loads(row) | {"firmware": infos[mac]["firmware"], "firmware_from": "phone"})
+                if site:
+                    pipe.hset(K.site_rows(site), mac, mapping["row"])
             if mapping:
                 pipe.hset(K.phone(mac), mapping=mapping)
         pipe.execute()
@@ -524,12 +559,14 @@ class Store:
         no wire source can see, and why), `evidence_errors` (the site's evidence sources that are failing) and
         `evidence_foreign` (`foreign_sources`: the site's sources that got SIP naming its phones from other
         addresses, counted per address)."""
-        key = K.site_phones(site) if site else K.PHONES
-        pipe = self.r.pipeline(transaction=False)
-        pipe.smembers(K.EVIDENCE_SITES)
-        pipe.execute_command("SORT", key, *ROWS_BY_MAC_SET, NEVER_DECODE=True)
-        reported, stored = pipe.execute()
-        return _status_pieces(stored, self.site_evidence(sorted(reported)))
+        def run(commands: list[tuple]) -> list:
+            pipe = self.r.pipeline(transaction=False)
+            for c in commands:
+                pipe.execute_command(*c, NEVER_DECODE=True)
+            return pipe.execute()
+
+        reported, stored = _rows_read(run, site)
+        return _status_pieces(stored, self.site_evidence(sorted(m.decode() for m in reported)))
 
     def set_site_evidence(self, site: str, unobservable: list[dict], sources: list[dict]) -> None:
         """The collector's report about its per-server evidence (fleet.evidence.collector): which targets no wire source
@@ -655,6 +692,7 @@ class Store:
             pipe.srem(K.PHONES, mac)
             if site:
                 pipe.srem(K.site_phones(site), mac)
+                pipe.hdel(K.site_rows(site), mac)
         pipe.execute()
 
     # ------------------------------------------------------------ leases
