@@ -447,8 +447,10 @@ class Store:
                                                        "firmware_declared": p.get("firmware_version") or "",
                                                        "servers": json.dumps(p.get("servers", [])),
                                                        "row": row})
-            if was_at and was_at != site:     # moved: the old site no longer lists it (see _rows_read)
-                pipe.srem(K.site_phones(was_at), p["mac"])
+            if was_at and was_at != site:
+                # registered at another site: its row leaves the old site's rows (the whole fleet's read counts
+                # each phone once); the old site's set keeps it, as it always did, and that site is then read
+                # the old way (see _rows_read)
                 pipe.hdel(K.site_rows(was_at), p["mac"])
             pipe.hset(K.site_rows(site), p["mac"], row)
             pipe.sadd(K.site_phones(site), p["mac"])
