@@ -174,11 +174,11 @@ class PhoneRestLock:
     short lease in the store (`Store.acquire_phone_lock`), taken per request by every process that talks REST
     to the phone (the collectors' lineInfo poller, the workers' controls, the experiment's dial, `--probe`) and
     released right after. A request that finds the phone held queues for it, so a poller that frees and retakes
-    the lock at once cannot keep it out (Store.acquire_phone_lock). While it is held it is renewed every TTL/3, so a request that runs longer than the
-    TTL (a digest retry, a slow body: fleet.drivers.control.rest bounds one request to `request_budget`) never
-    loses it to a second process mid-request; the TTL frees it if the holder dies. Waiting is bounded: past
-    `wait` seconds the request is not sent and DeviceTimeout says who held the phone. With Redis away nothing
-    is sent either (PhoneLockUnavailable).
+    the lock at once cannot keep it out (Store.acquire_phone_lock). While it is held it is renewed every TTL/3,
+    so a request that runs longer than the TTL (a digest retry, a slow body: fleet.drivers.control.rest bounds
+    one request to `request_budget`) never loses it to a second process mid-request; the TTL frees it if the
+    holder dies. Waiting is bounded: past `wait` seconds the request is not sent and DeviceTimeout says who held
+    the phone. With Redis away nothing is sent either (PhoneLockUnavailable).
     """
 
     def __init__(self, store: Store, mac: str, owner: str, ttl: float = REST_LOCK_TTL_S,
