@@ -19,12 +19,14 @@ command line (visible in `ps`) nor in a file.
 """
 from __future__ import annotations
 
+import os
 import re
 import secrets
 import shutil
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 from urllib.parse import quote
@@ -52,17 +54,38 @@ def _ephemeral_low() -> int:
         return 32768
 
 
+PORTS_FROM = 20000              # listeners' ports: from here up to the ephemeral range
+_cursor_lock = threading.Lock()
+_cursor: list[int] = []         # this process's place in its ports, set at its first pick
+
+
+def listener_ports() -> range:
+    """The ports free_port hands out: FREE_PORT_RANGE=LOW-HIGH when set (a test runner gives each of its
+    processes a slice of its own, so two never pick the same port), else PORTS_FROM up to the ephemeral range."""
+    spec = os.environ.get("FREE_PORT_RANGE", "")
+    if spec:
+        low, _, high = spec.partition("-")
+        if low.isdigit() and high.isdigit() and 1024 <= int(low) < int(high) <= 65536:
+            return range(int(low), int(high))
+    return range(PORTS_FROM, max(PORTS_FROM, _ephemeral_low()))
+
+
 def free_port() -> int:
     """A loopback port free now, for a listener that binds it later, from below the ephemeral range: a port
     that bind(0) hands out is an ephemeral one, and until the listener binds it any process's outgoing
     connection may take it as its local port (a collector failed so, "Address already in use"). Free for TCP
-    and UDP both (collectors listen on both); bind(0) only if no port below the range is found."""
+    and UDP both (collectors listen on both). The process walks its ports in turn from a random start, so it
+    never hands out a port twice before it has been through them all (a lab picks its collectors' ports
+    minutes before a worker binds them); bind(0) only if none is free."""
     import random
 
-    low = _ephemeral_low()
-    if low > 21000:
-        for _ in range(200):
-            port = random.randrange(20000, low)
+    ports = listener_ports()
+    with _cursor_lock:
+        if ports and not _cursor:
+            _cursor.append(random.randrange(len(ports)))
+        for _ in range(min(len(ports), 500)):
+            port = ports[_cursor[0] % len(ports)]
+            _cursor[0] += 1
             try:
                 with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
                     tcp.bind(("127.0.0.1", port))

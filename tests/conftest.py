@@ -29,6 +29,26 @@ from hil.harness import Lab, Proc, start_collector, start_worker  # noqa: F401 (
 
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
+PORT_SLICES = 8     # xdist processes get a slice each of the listeners' ports (more processes share them in turn)
+
+
+def _port_slice_of_this_process() -> None:
+    """Each xdist process its own slice of the ports free_port hands out (soundpoint.redisboot.FREE_PORT_RANGE):
+    a port one picks for a lab's collectors stays unbound until a worker binds it, minutes later, and another
+    process picking from the same ports could take it meanwhile (a worker's collector: "Address already in use")."""
+    from soundpoint import redisboot
+
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    if not (worker.startswith("gw") and worker[2:].isdigit()) or "FREE_PORT_RANGE" in os.environ:
+        return
+    ports = redisboot.listener_ports()
+    size = len(ports) // PORT_SLICES
+    if size >= 200:
+        low = ports.start + int(worker[2:]) % PORT_SLICES * size
+        os.environ["FREE_PORT_RANGE"] = f"{low}-{low + size}"
+
+
+_port_slice_of_this_process()
 
 
 @pytest.fixture(scope="session")
