@@ -17,7 +17,7 @@ import math
 import os
 import resource
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Iterator
 
 log = logging.getLogger(__name__)
 
@@ -121,6 +121,16 @@ def open_count() -> int:
         return -1
 
 
+def fd_targets() -> Iterator[str]:
+    """What each of this process's open descriptors points at ("socket:[INODE]", "pipe:[..]", a path); a
+    descriptor closed while listed is left out."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            yield os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:
+            continue
+
+
 def by_kind() -> dict[str, int]:
     """This process's open descriptors by kind (udp, tcp, unix, pipe, file, other), for the benchmark's breakdown.
     Sockets are told apart by their inode in /proc/net/{udp,tcp,unix} (IPv4 only)."""
@@ -137,11 +147,7 @@ def by_kind() -> dict[str, int]:
             if len(cols) > col:
                 inodes[cols[col]] = kind
     counts: dict[str, int] = {}
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
+    for target in fd_targets():
         if target.startswith("socket:["):
             kind = inodes.get(target[8:-1], "other socket")
         elif target.startswith("pipe:"):

@@ -18,6 +18,7 @@ import yaml
 
 from conftest import BIN, ROOT, lab_spec, wait_until
 from hil import netlock
+from hil.limits import fd_targets
 
 HOLD = textwrap.dedent("""
     import sys, time
@@ -32,14 +33,7 @@ HOLD = textwrap.dedent("""
 
 def own_sockets_only(found: list[tuple[int, int]]) -> list[tuple[int, int]]:
     """Bound sockets of this process only: labs the rest of the suite runs meanwhile bind 127.x addresses too."""
-    own = set()
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            target = os.readlink(f"/proc/self/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            own.add(int(target[8:-1]))
+    own = {int(target[8:-1]) for target in fd_targets() if target.startswith("socket:[")}
     return [(octet, inode) for octet, inode in found if inode in own]
 
 

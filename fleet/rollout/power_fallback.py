@@ -15,6 +15,8 @@ is set and fails the phone with the reason.
 """
 from __future__ import annotations
 
+import contextlib
+
 from fleet.config.inventory import Phone, Secrets, Site
 from fleet.drivers import switch as switches
 from fleet.drivers.errors import DriverError
@@ -42,21 +44,29 @@ def answers_nothing(control: PhoneControl) -> str:
     return found.describe() if found.problem in NO_ANSWER else ""
 
 
-def power_cycle(site: Site, phone: Phone, secrets: Secrets, off_s: float, log) -> str:
-    """Cycle the phone's port; `log(kind, **fields)` records each read-back state. Returns how, for reports.
-    Every switch error comes out as a plain DriverError (never retried: the reboot claim is spent)."""
+@contextlib.contextmanager
+def _port_of(site: Site, phone: Phone, secrets: Secrets, what: str):
+    """The phone's switch driver and port for one piece of work, the driver closed after it; every switch error
+    comes out as a plain DriverError saying `what` was refused (never retried: the reboot claim is spent)."""
     try:
         driver, port = switches.for_phone(site, phone, secrets)
         try:
-            off, on = switches.cycle(driver, port, off_s,
-                                     on_step=lambda what, st: log(f"power-{what}", port=st.port, enabled=st.enabled,
-                                                                  detection=st.detection, at=st.at))
+            yield driver, port
         finally:
             driver.close()
     except DriverError as exc:
-        raise DriverError(exc.device, f"power cycle refused: {exc.message}") from None
+        raise DriverError(exc.device, f"{what} refused: {exc.message}") from None
     except KeyError as exc:
-        raise DriverError(f"phone {phone.mac}", f"power cycle: {exc.args[0]}") from None
+        raise DriverError(f"phone {phone.mac}", f"{what}: {exc.args[0]}") from None
+
+
+def power_cycle(site: Site, phone: Phone, secrets: Secrets, off_s: float, log) -> str:
+    """Cycle the phone's port; `log(kind, **fields)` records each read-back state. Returns how, for reports.
+    Every switch error comes out as a plain DriverError (never retried: the reboot claim is spent)."""
+    with _port_of(site, phone, secrets, "power cycle") as (driver, port):
+        off, on = switches.cycle(driver, port, off_s,
+                                 on_step=lambda what, st: log(f"power-{what}", port=st.port, enabled=st.enabled,
+                                                              detection=st.detection, at=st.at))
     return (f"power cycle of {phone.poe.switch} port {port.port} ({off_s:g} s off; read back off: "
             f"{off.detection}, on: {on.detection})")
 
@@ -64,17 +74,9 @@ def power_cycle(site: Site, phone: Phone, secrets: Secrets, off_s: float, log) -
 def ensure_on(site: Site, phone: Phone, secrets: Secrets, log) -> bool:
     """After a task that announced a power cycle was lost: the port on, whatever state the lost task left it in.
     True when it had to be turned on (logged as `power-on`, with what the switch read back)."""
-    try:
-        driver, port = switches.for_phone(site, phone, secrets)
-        try:
-            if driver.port_state(port).enabled:
-                return False
-            st = driver.set_power(port, True)
-        finally:
-            driver.close()
-    except DriverError as exc:
-        raise DriverError(exc.device, f"power on after a lost task refused: {exc.message}") from None
-    except KeyError as exc:
-        raise DriverError(f"phone {phone.mac}", f"power on after a lost task: {exc.args[0]}") from None
+    with _port_of(site, phone, secrets, "power on after a lost task") as (driver, port):
+        if driver.port_state(port).enabled:
+            return False
+        st = driver.set_power(port, True)
     log("power-on", port=st.port, enabled=st.enabled, detection=st.detection, at=st.at, after="a lost task")
     return True
