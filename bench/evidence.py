@@ -24,7 +24,7 @@ interval for it). The traffic comes from processes of its own, paced over
 p99 <= 50 ms for wire, HEP and events.
 
 Run: .venv/bin/python bench/evidence.py [--phones N] [--runs R] [--latency-phones N] [--spread S] [--polls N]
-     [--latency-only | --no-latency]
+     [--latency-only | --no-latency] [--timeline]
 """
 from __future__ import annotations
 
@@ -137,10 +137,12 @@ def main() -> None:
     ap.add_argument("--spread", type=float, default=10.0, help="seconds over which the phones' changes are paced")
     ap.add_argument("--polls", type=int, default=2, help="gateway answers (every phone's binding) during the run")
     ap.add_argument("--latency-only", action="store_true", help="skip the decode rates")
+    ap.add_argument("--timeline", action="store_true",
+                    help="also print each source's worst latency per half second, and when the gateway answers came")
     ap.add_argument("--no-latency", dest="latency", action="store_false")
     args = ap.parse_args()
     if args.latency_only:
-        latency(args.latency_phones, args.spread, args.polls)
+        latency(args.latency_phones, args.spread, args.polls, args.timeline)
         return
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})      # one core
@@ -177,7 +179,7 @@ def main() -> None:
     if args.latency:
         if hasattr(os, "sched_setaffinity"):       # the collector's threads and Redis: every core again
             os.sched_setaffinity(0, set(range(os.cpu_count() or 1)))
-        latency(args.latency_phones, args.spread, args.polls)
+        latency(args.latency_phones, args.spread, args.polls, args.timeline)
 
 
 # ---------------------------------------------------------------- detection latency through a real collector
@@ -239,7 +241,7 @@ def _paced(phones: int, start: float, spread: float, send, only=lambda i: True) 
     return sent
 
 
-def latency(phones: int, spread: float, polls: int) -> None:
+def latency(phones: int, spread: float, polls: int, timeline: bool = False) -> None:
     """Every source at once into one real collector: the wire (pcap over a pipe), HEP (UDP), the phones' events
     (HTTP from each phone's address), and `polls` answers of the gateway's registrar (bindings of every phone)
     handed to its poller's delivery as the SSH channel would. The traffic comes from processes of its own."""
@@ -396,6 +398,15 @@ def latency(phones: int, spread: float, polls: int) -> None:
             what = " (poll answer received -> stored; the change itself waits up to one poll interval)" if name == "gateway" else ""
             target = "" if name == "gateway" else f"  target p99 <= 50 ms: {'met' if p99 <= 0.05 else 'NOT met'}"
             print(f"  {name:7s}: {percentiles(lat)}{f'; {missing} missing' if missing else ''}{target}{what}")
+            if timeline and name != "gateway":
+                byb = {}
+                for k, t in sent.items():
+                    if k[1] == name and k in store.arrived:
+                        byb.setdefault(int((t - start) * 2), []).append(store.arrived[k] - t)
+                print("    worst per half second (s after start: ms): "
+                      + " ".join(f"{b / 2:.1f}:{max(v) * 1000:.0f}" for b, v in sorted(byb.items())))
+        if timeline:
+            print("    gateway answers delivered at (s after start):", [round(r - start, 2) for r in received])
     finally:
         for src in (pipe_source, bindings):
             src.stop()

@@ -159,7 +159,8 @@ def lab_and_workers(h: Harness, name: str, sites: int, per_site: int, boot_time:
 
 
 class Profiler:
-    """py-spy on the CLI and the workers while the rollout runs (--profile DIR): where the controller's time goes."""
+    """py-spy on the CLI and the workers while the rollout runs (--profile DIR): where the controller's CPU goes (--gil:
+    only samples of a thread holding the GIL, so a thread waiting on a socket is not counted)."""
 
     def __init__(self, out: Path | None, pids: dict[str, int]) -> None:
         self.out, self.pids, self.procs = out, pids, []
@@ -174,7 +175,7 @@ class Profiler:
                 continue
             target = self.out / f"{name.replace(' ', '-')}.txt"
             self.procs.append(subprocess.Popen([spy, "record", "--pid", str(pid), "--format", "raw", "--rate", "50",
-                                                "--nonblocking", "--threads", "-o", str(target)],
+                                                "--nonblocking", "--threads", "--gil", "-o", str(target)],
                                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
 
     def stop(self) -> None:
@@ -257,7 +258,7 @@ def calls(inv_path: Path, expires: int):
             params = {k: secrets.resolve_param(k, v) for k, v in inv.effective_params(site, p).items()}
             params["reg.1.server.1.expires"] = str(expires)
             files = polycom.render_phone_files(p.mac, params)
-            out.append({"mac": p.mac, "site": site.name, "put": site.boot_server.url + f"{p.mac}-fleet.cfg", "master": site.boot_server.url + f"{p.mac}.cfg",
+            out.append({"mac": p.mac, "site": site.name, "server_1": params.get("reg.1.server.1.address", ""), "put": site.boot_server.url + f"{p.mac}-fleet.cfg", "master": site.boot_server.url + f"{p.mac}.cfg",
                         "files": files, "boot": (boot.username, boot.password), "rest": f"http://{p.address}:{p.http_port}",
                         "admin": (secrets.credentials(p.credentials).username, secrets.credentials(p.credentials).password)})
     return out
@@ -276,13 +277,18 @@ def bare(items: list[dict], per_site: int) -> float:
         while time.time() - t < 120:
             try:
                 r = s.get(it["rest"] + "/api/v1/mgmt/lineInfo", auth=it["admin"], timeout=5)
-                if r.ok and r.json()["data"][0]["RegistrationStatus"] == "registered":
+                line = r.json()["data"][0] if r.ok else {}
+                # what the rollout verifies (verify.registered_to [1]): the line registered with server 1, not with
+                # whichever server answered first (the gateway's REGISTER often returns before the provider's)
+                if line.get("RegistrationStatus") == "registered" and line.get("ProxyAddress") == it["server_1"]:
                     return
+                seen_down.add(it["mac"])
             except (requests.RequestException, ValueError, KeyError, IndexError):
-                pass
+                seen_down.add(it["mac"])
             time.sleep(0.2)   # the measured client's poll interval: part of the experiment
         raise RuntimeError(f"{it['mac']} did not re-register")
 
+    seen_down: set[str] = set()
     sites: dict[str, list[dict]] = {}
     for it in items:
         sites.setdefault(it["site"], []).append(it)
@@ -294,6 +300,7 @@ def bare(items: list[dict], per_site: int) -> float:
     t0 = time.perf_counter()
     with ThreadPoolExecutor(len(sites)) as each:
         list(each.map(site, sites.values()))
+    bare.seen_down = len(seen_down)
     return time.perf_counter() - t0
 
 
@@ -346,6 +353,7 @@ def truth_registered_after_reboot(state: Path, since: float, servers: tuple[int,
     every server in `servers` is registered again."""
     truth = ground_truth(state)
     out = {}
+    phases: dict[str, list[float]] = {}
     for mac, p in truth.items():
         reboot = next((e["t"] for e in p["events"] if e["kind"] == "reboot" and e["t"] >= since), None)
         if reboot is None:
@@ -356,6 +364,11 @@ def truth_registered_after_reboot(state: Path, since: float, servers: tuple[int,
                 up.setdefault(e["data"]["server"], e["t"])
         if all(s in up for s in servers):
             out[mac] = max(up[s] for s in servers) - reboot
+            booted = next((e["t"] for e in p["events"] if e["t"] > reboot and e["kind"] == "available"), None)
+            if booted is not None:
+                phases.setdefault("reboot to booted (provisioned)", []).append(booted - reboot)
+                phases.setdefault("booted to registered", []).append(max(up[s] for s in servers) - booted)
+    truth_registered_after_reboot.phases = ", ".join(f"{k} {pct(v)}" for k, v in phases.items())
     return out
 
 
@@ -415,6 +428,7 @@ def run_case(name: str, work: Path, profile: Path | None, say, per_site_override
         with CpuMeter(pids) as cpu:
             t_ours = our_rollout(lab.inventory, url, work, 61, phones, slots, Profiler(profile, pids), servers)
         truth = lab.truth(t0, servers)
+        truth_phases = truth_registered_after_reboot.phases
         bound = lower_bound(truth, our_rollout.order, site_of, slots)
         textbook = textbook_bound(truth, site_of, slots)
         controller = {k: v for k, v in cpu.used.items() if not k.startswith("lab") and k != "bench process"}
@@ -436,6 +450,7 @@ def run_case(name: str, work: Path, profile: Path | None, say, per_site_override
         say(f"ours / lower bound:        {t_ours / bound:.3f}x as a command, {our_rollout.span / bound:.3f}x recorded span;"
             f" controller overhead {(t_ours - bound) / bound * 100:.1f} % ({(our_rollout.span - bound) / bound * 100:.1f} % "
             "of the span)")
+        say(f"  ours: the lab's own p50/p95/max s: {truth_phases}")
         say(f"  ours: {our_rollout.phases}")
         say(f"  ours: {our_rollout.steps}")
         say(f"  ours: {cpu.line()}")
@@ -452,8 +467,10 @@ def run_case(name: str, work: Path, profile: Path | None, say, per_site_override
                           bare_truth_p50_p95_max=pct(list(truth_bare.values())))
             say(f"bare client ({slots} threads per site): {t_bare:.2f} s   ours/bare = {t_ours / t_bare:.3f}x  "
                 "(target <= 1.25x)")
-            say(f"  bare: {cpu_bare.line()}")
-            say(f"  bare: the lab's own {what} p50/p95/max {pct(list(truth_bare.values()))} s")
+            say(f"  bare: {cpu_bare.line()}; {bare.seen_down} of {phones} phones seen not yet registered with "
+                "server 1 by a poll after their restart")
+            say(f"  bare: the lab's own {what} p50/p95/max {pct(list(truth_bare.values()))} s; "
+                f"{truth_registered_after_reboot.phases}")
     return result
 
 

@@ -9,20 +9,34 @@ last one, topped up to `slice_size` from the oldest of the backlog. A phone's
 observations are still stored in the order they arrived: fresh observations
 take every older one of the same phone out of the backlog with them (the
 store folds one call's observations in time order).
+
+The backlog is also paced: storing a slice is Python work (JSON, the fold,
+the pipeline) that holds the collector's GIL, and while a 5,000-observation
+backlog drained back to back, the wire, HEP and events sources got a third of
+it and their detection p99 went from some 60 ms to 300-600 ms. A top-up from
+the backlog therefore waits until the time spent topping up stays within
+BACKLOG_SHARE of the time since the first one (`stored` tells the queue how
+long each store call took). Fresh observations are never paced; a poll's
+answer is stored over a few seconds instead of one, which its poll interval
+(10 s or more) already dwarfs.
 """
 from __future__ import annotations
 
 from fleet.state.observe import Observation
 
 FLUSH_SLICE = 250     # observations per store call at most (some 25 ms of the store's time at 5,000 phones)
+BACKLOG_SHARE = 0.3   # of the collector's time, what storing a backlog may take while it drains
 
 
 class FlushQueue:
     """The backlog of observations not yet stored, and the rule for the next batch (`take`)."""
 
-    def __init__(self, slice_size: int = FLUSH_SLICE) -> None:
+    def __init__(self, slice_size: int = FLUSH_SLICE, share: float = BACKLOG_SHARE) -> None:
         self.slice_size = max(1, slice_size)
+        self.share = min(1.0, max(0.01, share))
         self.backlog: list[Observation] = []
+        self.topped_up = False        # the batch `take` returned last holds observations from the backlog
+        self._next_top_up = 0.0       # monotonic time before which `take` adds nothing from the backlog
 
     def __len__(self) -> int:
         return len(self.backlog)
@@ -35,9 +49,14 @@ class FlushQueue:
         """A bulk delivery: to the end of the backlog (it arrived after everything there)."""
         self.backlog.extend(delivery)
 
-    def take(self, arrived: list[Observation]) -> list[Observation]:
+    def due(self, now: float) -> bool:
+        """Whether a store call now would take anything: a backlog waiting for its pace has nothing due."""
+        return bool(self.backlog) and now >= self._next_top_up
+
+    def take(self, arrived: list[Observation], now: float = 0.0) -> list[Observation]:
         """The next batch to store: `arrived` (every one: fresh observations are never held back), with every
-        backlogged observation of their phones, topped up from the oldest of the backlog to `slice_size`."""
+        backlogged observation of their phones, topped up from the oldest of the backlog to `slice_size` when
+        the pace allows at `now` (monotonic seconds; see `stored`)."""
         batch: list[Observation] = []
         if arrived and self.backlog:
             macs = {o.mac for o in arrived}
@@ -46,10 +65,17 @@ class FlushQueue:
                 self.backlog = [o for o in self.backlog if o.mac not in macs]
         batch.extend(arrived)
         room = self.slice_size - len(batch)
-        if room > 0 and self.backlog:
+        self.topped_up = room > 0 and bool(self.backlog) and now >= self._next_top_up
+        if self.topped_up:
             batch = self.backlog[:room] + batch     # older first (the store sorts one call's by time anyway)
             del self.backlog[:room]
         return batch
+
+    def stored(self, seconds: float, now: float) -> None:
+        """The last batch took `seconds` to store, ending at `now`: a batch topped up from the backlog puts the
+        next top-up off until that time is `share` of the time since it began."""
+        if self.topped_up:
+            self._next_top_up = now + seconds * (1.0 - self.share) / self.share
 
     def put_back(self, batch: list[Observation]) -> None:
         """A batch the store did not take (Redis away): first in line again, in its order."""

@@ -134,7 +134,9 @@ class Targets:
             except Exception as exc:
                 log.warning("site %s: cannot rebuild wire targets (%s); keeping the previous ones", self.site.name, exc)
                 return False
-            self.wire, self.by_mac = wire, by_mac
+            # by_mac before wire: a reader that takes `wire` and then `by_mac` (GatewayPoller) gets one rebuild's pair
+            self.by_mac = by_mac
+            self.wire = wire
             self.generation += 1
             return True
 

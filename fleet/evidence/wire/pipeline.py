@@ -9,6 +9,8 @@ Nothing fed in can raise out of here: malformed input is counted in `stats`.
 """
 from __future__ import annotations
 
+import heapq
+
 import time
 from collections import Counter
 from dataclasses import replace
@@ -89,6 +91,9 @@ class WireEvidence:
         self.lapse = lapse
         self.dns: DnsLookups | None = None      # set by a capture source: the phones' DNS lookups (dns_evidence)
         self._bound: dict[tuple[str, int, int], Observation] = {}   # newest granted registration per target
+        # (lapse time, key) of every grant, the stale ones left in place: a tick pops only what is due, instead of
+        # looking at every target's grant twice a second (10,000 at a 5,000-phone site, on the event loop)
+        self._lapses: list[tuple[float, tuple[str, int, int]]] = []
         self._stats: Counter[str] = Counter()
 
     def feed_frame(self, t: float, linktype: int, frame: bytes) -> list[Observation]:
@@ -179,14 +184,22 @@ class WireEvidence:
         key = (obs.mac, obs.reg, obs.server or 0)
         if obs.state == REGISTERED and obs.expires:
             self._bound[key] = obs
+            heapq.heappush(self._lapses, (obs.t + obs.expires, key))
+            if len(self._lapses) > 4 * len(self._bound) + 64:    # refreshes leave stale entries: rebuild now and then
+                self._lapses = [(o.t + (o.expires or 0), k) for k, o in self._bound.items()]
+                heapq.heapify(self._lapses)
         else:
             self._bound.pop(key, None)
 
     def _lapsed(self, now: float) -> list[Observation]:
         out = []
-        for key, obs in list(self._bound.items()):
+        while self._lapses and now >= self._lapses[0][0] + self.LAPSE_GRACE:
+            _, key = heapq.heappop(self._lapses)
+            obs = self._bound.get(key)
+            if obs is None:
+                continue
             until = obs.t + (obs.expires or 0)
-            if now >= until + self.LAPSE_GRACE:
+            if now >= until + self.LAPSE_GRACE:     # else a stale entry: the grant was refreshed since
                 del self._bound[key]
                 self._stats["lapsed"] += 1
                 out.append(Observation(mac=obs.mac, t=until, source=self.source, reg=obs.reg, server=obs.server,
