@@ -13,6 +13,7 @@ Run:
   .venv/bin/python bench/lab_scale.py --steps 5000 --window 20  # a quick run
   .venv/bin/python bench/lab_scale.py --steps 30000 --hard-limit 20000 --unprivileged   # the clear stop
   .venv/bin/python bench/lab_scale.py --steps 5000 --sip-sockets per-phone              # where descriptors went before
+  .venv/bin/python bench/lab_scale.py --steps 20000 --processes 2   # two lab processes on one core (10,000 each)
 """
 from __future__ import annotations
 
@@ -56,7 +57,8 @@ def lab_spec(phones: int, net: int | None, sip_sockets: str, boot_rate: float = 
 
 
 async def one_step(phones: int, window: float, net: int | None, sip_sockets: str, late_s: float,
-                   unprivileged: bool, ready_timeout: float, boot_rate: float) -> dict:
+                   unprivileged: bool, ready_timeout: float, boot_rate: float,
+                   barrier: tuple[Path, int] | None = None) -> dict:
     spec = lab_spec(phones, net, sip_sockets, boot_rate)
     claim = netlock.claim(spec.net, len(spec.sites), lab=spec.name)    # a free net (or the one asked), held till exit
     spec = spec.on_net(claim.net)
@@ -86,6 +88,11 @@ async def one_step(phones: int, window: float, net: int | None, sip_sockets: str
         await lab.stop()
         out.update(stopped=lab.fatal, stopped_after_s=round(time.monotonic() - t0, 3))
         return out
+    if barrier is not None:     # several lab processes on one core: every one registered before any window starts
+        barrier_dir, of = barrier
+        (barrier_dir / f"ready.{os.getpid()}").touch()
+        while len(list(barrier_dir.glob("ready.*"))) < of and time.monotonic() - t0 < ready_timeout and not lab.fatal:
+            await asyncio.sleep(0.2)
     for p in all_phones:
         p.lateness.clear()
     sent0 = sum(p.register_count for p in all_phones)
@@ -120,8 +127,9 @@ def child(args: argparse.Namespace) -> None:
     os.sched_setaffinity(0, {args.core})
     if args.hard_limit:
         resource.setrlimit(resource.RLIMIT_NOFILE, (min(args.hard_limit, 1024), args.hard_limit))
+    barrier = (Path(args.barrier), args.processes) if args.barrier else None
     result = asyncio.run(one_step(args.one, args.window, args.net, args.sip_sockets, args.late, args.unprivileged,
-                                  args.ready_timeout, args.boot_rate))
+                                  args.ready_timeout, args.boot_rate, barrier))
     print(json.dumps(result), flush=True)
 
 
@@ -148,6 +156,33 @@ def report(r: dict, late_s: float) -> None:
         print(f"  STOPPED: {r['stopped']}")
 
 
+def combined(parts: list[dict]) -> dict:
+    """One step run as several lab processes on one core, seen as one: phones, refreshes, late ones and servers
+    down added up, the worst lateness the worst of any, CPU added up (the windows start together: a barrier)."""
+    out = dict(parts[0])
+    out["phones"] = sum(r["phones"] for r in parts)
+    out["estimate_total"] = max(r["estimate_total"] for r in parts)
+    out["processes"] = len(parts)
+    stopped = [r for r in parts if r.get("stopped")]
+    if stopped:
+        out.update(stopped="; ".join(r["stopped"] for r in stopped),
+                   stopped_after_s=max(r.get("stopped_after_s", 0) for r in stopped))
+    if all("window_s" in r for r in parts):
+        lates = [r["late_worst_ms"] for r in parts if r["late_worst_ms"] is not None]
+        p99s = [r["late_p99_ms"] for r in parts if r["late_p99_ms"] is not None]
+        out.update(ready=all(r["ready"] for r in parts), ready_s=max(r["ready_s"] for r in parts),
+                   all_servers_s=max(r["all_servers_s"] for r in parts),
+                   refreshes=sum(r["refreshes"] for r in parts), register_per_s=sum(r["register_per_s"] for r in parts),
+                   late=sum(r["late"] for r in parts), late_worst_ms=max(lates) if lates else None,
+                   late_p99_ms=max(p99s) if p99s else None, servers_down=sum(r["servers_down"] for r in parts),
+                   descriptors_open=[r["descriptors_open"] for r in parts],
+                   relay_flows=sum(r["relay_flows"] for r in parts), cpu_pct=sum(r["cpu_pct"] for r in parts),
+                   rss_mib=sum(r["rss_mib"] for r in parts), stop_s=max(r["stop_s"] for r in parts),
+                   window_s=min(r["window_s"] for r in parts), descriptors_by_kind="(each process's above)",
+                   relay_flows_by_forward=None, shared_socket="(each process's above)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", default="5000,10000,20000,25000,30000", help="phone counts, in order")
@@ -162,8 +197,14 @@ def main() -> None:
     ap.add_argument("--all", action="store_true", help="run every step, also after a late one")
     ap.add_argument("--ready-timeout", type=float, default=300)
     ap.add_argument("--boot-rate", type=float, default=200, help="first boots per second (boot_jitter = phones / this)")
+    ap.add_argument("--processes", type=int, default=1, help="lab processes per step, all pinned to --core, the "
+                    "phones shared out (hil runs a site or a group of sites per process; a process holds at most its "
+                    "descriptor limit's worth of relay flows)")
     ap.add_argument("--one", type=int, default=0, help=argparse.SUPPRESS)   # a step, in the child process
+    ap.add_argument("--barrier", default="", help=argparse.SUPPRESS)       # the step's processes start windows together
     args = ap.parse_args()
+    if args.processes > 1 and args.net is not None and not args.one:
+        ap.error("--net names one lab's net: with --processes > 1 each process takes a free one")
     if args.one:
         child(args)
         return
@@ -176,13 +217,30 @@ def main() -> None:
         cmd += (["--hard-limit", str(args.hard_limit)] if args.hard_limit else [])
         cmd += (["--unprivileged"] if args.unprivileged else [])
         t0 = time.monotonic()
-        proc = subprocess.run(cmd, capture_output=True, text=True)
-        lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            print(f"--- {n} phones: the step's process exited {proc.returncode} after {time.monotonic() - t0:.1f} s")
-            print(proc.stderr[-3000:])
+        k = max(1, args.processes)
+        barrier = Path(tempfile.mkdtemp(prefix="lab-scale-barrier-"))
+        shares = [n // k + (1 if i < n % k else 0) for i in range(k)]
+        procs = [subprocess.Popen([*cmd[:3], str(share), *cmd[4:], "--boot-rate", str(args.boot_rate / k),
+                                   "--processes", str(k), *(["--barrier", str(barrier)] if k > 1 else [])],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for share in shares]
+        parts, failed = [], False
+        for proc in procs:
+            out, err = proc.communicate()
+            lines = [ln for ln in out.splitlines() if ln.startswith("{")]
+            if proc.returncode != 0 or not lines:
+                print(f"--- {n} phones: a step's process exited {proc.returncode} after {time.monotonic() - t0:.1f} s")
+                print(err[-3000:])
+                failed = True
+                continue
+            parts.append(json.loads(lines[-1]))
+        if failed:
             break
-        r = json.loads(lines[-1])
+        r = combined(parts) if k > 1 else parts[0]
+        if k > 1:
+            print(f"=== {n} phones as {k} lab processes of {', '.join(map(str, shares))} phones, all on core {args.core}")
+            for part in parts:
+                report(part, args.late)
+            print("  --- together:")
         report(r, args.late)
         held = r.get("ready") and not r.get("stopped") and r.get("late") == 0 and not r.get("servers_down")
         if held:
