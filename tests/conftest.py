@@ -30,22 +30,55 @@ from hil.harness import Lab, Proc, start_collector, start_worker  # noqa: F401 (
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PORT_SLICES = 8     # xdist processes get a slice each of the listeners' ports (more processes share them in turn)
+RUN_SLOTS = 4       # test runs on one machine at once that get ports of their own (two `make test` side by side)
+_run_slot_lock = None   # the controller's hold on its run slot (a flock, dropped by the kernel when it ends)
+
+
+def _port_block_of_this_run() -> range:
+    """The ports this test run's processes hand out: a block of its own while it holds a run slot (an flock
+    in hil.netlock's shared directory, the first of RUN_SLOTS free), so a second suite on the machine never picks
+    a port the first picked minutes before binding it; the whole range when every slot is taken."""
+    global _run_slot_lock
+    import fcntl
+
+    from hil import netlock
+    from soundpoint import redisboot
+
+    ports = redisboot.listener_ports()
+    block = os.environ.get("SOUNDPOINT_TEST_PORT_BLOCK", "")      # set by the controller, inherited by xdist's
+    if block:
+        low, _, high = block.partition("-")
+        return range(int(low), int(high))
+    size = len(ports) // RUN_SLOTS
+    for slot in range(RUN_SLOTS):
+        handle = open(netlock.lock_dir() / f"test-run-{slot}.lock", "a")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            continue
+        _run_slot_lock = handle
+        found = range(ports.start + slot * size, ports.start + (slot + 1) * size)
+        os.environ["SOUNDPOINT_TEST_PORT_BLOCK"] = f"{found.start}-{found.stop}"
+        return found
+    return ports
 
 
 def _port_slice_of_this_process() -> None:
-    """Each xdist process its own slice of the ports free_port hands out (soundpoint.redisboot.FREE_PORT_RANGE):
-    a port one picks for a lab's collectors stays unbound until a worker binds it, minutes later, and another
-    process picking from the same ports could take it meanwhile (a worker's collector: "Address already in use")."""
-    from soundpoint import redisboot
-
+    """Each xdist process its own slice of the run's ports (soundpoint.redisboot.FREE_PORT_RANGE): a port one
+    picks for a lab's collectors stays unbound until a worker binds it, minutes later, and another process
+    picking from the same ports could take it meanwhile (a worker's collector: "Address already in use"). The
+    controller (and a run without xdist) hands out from the whole of its run's block."""
+    if "FREE_PORT_RANGE" in os.environ and "SOUNDPOINT_TEST_PORT_BLOCK" not in os.environ:
+        return      # the user's own choice
+    block = _port_block_of_this_run()
     worker = os.environ.get("PYTEST_XDIST_WORKER", "")
-    if not (worker.startswith("gw") and worker[2:].isdigit()) or "FREE_PORT_RANGE" in os.environ:
-        return
-    ports = redisboot.listener_ports()
-    size = len(ports) // PORT_SLICES
-    if size >= 200:
-        low = ports.start + int(worker[2:]) % PORT_SLICES * size
+    size = len(block) // PORT_SLICES
+    if worker.startswith("gw") and worker[2:].isdigit() and size >= 200:
+        low = block.start + int(worker[2:]) % PORT_SLICES * size
         os.environ["FREE_PORT_RANGE"] = f"{low}-{low + size}"
+    elif block:
+        os.environ["FREE_PORT_RANGE"] = f"{block.start}-{block.stop}"
 
 
 _port_slice_of_this_process()
