@@ -54,7 +54,7 @@ def _ephemeral_low() -> int:
         return 32768
 
 
-PORTS_FROM = 20000              # listeners' ports: from here up to the ephemeral range
+PORTS_FROM = 10000              # listeners' ports: from here up to the ephemeral range (above the usual services)
 _cursor_lock = threading.Lock()
 _cursor: list[int] = []         # this process's place in its ports, set at its first pick
 

@@ -30,7 +30,9 @@ from hil.harness import Lab, Proc, start_collector, start_worker  # noqa: F401 (
 ROOT = Path(__file__).resolve().parent.parent
 BIN = Path(sys.executable).parent
 PORT_SLICES = 8     # xdist processes get a slice each of the listeners' ports (more processes share them in turn)
-RUN_SLOTS = 4       # test runs on one machine at once that get ports of their own (two `make test` side by side)
+RUN_SLOTS = 2       # test runs on one machine at once that get ports of their own (two `make test` side by side);
+                    # more slots would make each process's slice small enough to come round again within a run
+                    # (4 slots gave 399 ports each, and two side-by-side runs lost a collector's port so)
 _run_slot_lock = None   # the controller's hold on its run slot (a flock, dropped by the kernel when it ends)
 
 
