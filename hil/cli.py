@@ -120,13 +120,13 @@ def up(labfile_path: str, inventory_out: str | None, state_dir: str, foreground:
                             stdout=log, stderr=log, stdin=subprocess.DEVNULL, start_new_session=True)
     deadline = time.monotonic() + ready_timeout + 10
     while time.monotonic() < deadline:
-        if (state / "ready").exists():
-            ready = json.loads((state / "ready").read_text())
-            if not ready["ok"] and ready.get("error"):
+        ready = _read_ready(state)
+        if ready is not None:
+            if not ready.get("ok") and ready.get("error"):
                 raise LabError(ready["error"])
-            if not ready["ok"]:
+            if not ready.get("ok"):
                 raise LabError(f"lab started but not every phone registered within {ready_timeout}s; see {state / 'lab.log'}")
-            click.echo(f"lab {spec.name} up (pid {proc.pid}): {ready['phones']} phones; inventory: {inv}")
+            click.echo(f"lab {spec.name} up (pid {proc.pid}): {ready.get('phones', '?')} phones; inventory: {inv}")
             return
         if proc.poll() is not None:
             raise LabError(f"lab process exited with {proc.returncode}; see {state / 'lab.log'}")
@@ -144,6 +144,25 @@ def raise_file_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def _write_ready(state: Path, doc: dict) -> None:
+    """The `ready` file `hil up` waits for, written whole or not at all (a temporary file renamed over it): the
+    waiting process polls for it and read an empty file once, between its creation and its write, when two test
+    suites loaded the machine ("internal error: JSONDecodeError")."""
+    part = state / f".ready.{os.getpid()}"
+    part.write_text(json.dumps(doc))
+    os.replace(part, state / "ready")
+
+
+def _read_ready(state: Path) -> dict | None:
+    """The `ready` file's document; None while it is not there (or, from a lab of an older version that wrote it
+    in place, not yet whole)."""
+    try:
+        doc = json.loads((state / "ready").read_text())
+    except (OSError, ValueError):
+        return None
+    return doc if isinstance(doc, dict) else None
+
+
 async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: float, announce: bool) -> None:
     from .lab import Lab
 
@@ -152,7 +171,7 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
         net_claim = netlock.claim(spec.net, len(spec.sites), backend=spec.backend, lab=spec.name, state=str(state))
     except netlock.NetTaken as exc:
         state.mkdir(parents=True, exist_ok=True)
-        (state / "ready").write_text(json.dumps({"ok": False, "error": str(exc)}))
+        _write_ready(state, {"ok": False, "error": str(exc)})
         raise LabError(str(exc)) from None
     spec = spec.on_net(net_claim.net)
     if spec.backend == "netns":
@@ -166,7 +185,7 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
         await lab.start()
     except OutOfDescriptors as exc:     # nothing left running: the reason for `hil up`, exit 3
         await lab.stop()
-        (state / "ready").write_text(json.dumps({"ok": False, "phones": 0, "error": str(exc)}))
+        _write_ready(state, {"ok": False, "phones": 0, "error": str(exc)})
         net_claim.release()
         raise LabError(str(exc)) from None
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -175,8 +194,8 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
     lab.write_inventory(inv)
     ok = await lab.wait_ready(ready_timeout)
     phones = sum(len(rt.phones) for rt in lab.sites)
-    (state / "ready").write_text(json.dumps({"ok": ok and not lab.fatal, "phones": phones,
-                                             **({"error": f"lab stopped: {lab.fatal}"} if lab.fatal else {})}))
+    _write_ready(state, {"ok": ok and not lab.fatal, "phones": phones,
+                         **({"error": f"lab stopped: {lab.fatal}"} if lab.fatal else {})})
     if announce:
         print(f"lab {spec.name}: {phones} phones, ready={ok}, inventory {inv}", flush=True)
     await lab.stopping.wait()
