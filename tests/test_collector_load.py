@@ -100,27 +100,3 @@ def test_the_hep_listener_reads_a_burst_in_batches_and_every_datagram_arrives():
     received, wakeups, malformed = asyncio.run(scenario())
     assert received == 200 and malformed == 1
     assert wakeups < 201 / 2, f"{wakeups} wake-ups for 201 datagrams: not read in batches"
-
-
-def test_the_stores_packed_round_trip_answers_in_order_raises_an_error_reply_and_leaves_the_store_usable(
-        redis_url, monkeypatch):
-    """Store._packed (what record_observations sends its commands with, hiredis packing them): replies in
-    order; an error reply is raised, not returned, and the connection it left half read is not reused."""
-    import redis
-
-    from fleet.state import resp
-    from fleet.state.store import Store
-
-    store = Store(redis_url)
-    assert store._packed([("SET", "packed:a", "1"), ("HSET", "packed:h", "f", 7), ("GET", "packed:a"),
-                          ("HGET", "packed:h", "f")]) == ["OK", 1, "1", "7"]
-    try:
-        store._packed([("SET", "packed:a", "2"), ("INCR", "packed:h"), ("SET", "packed:a", "3")])
-        raise AssertionError("an error reply must be raised")
-    except redis.ResponseError as exc:
-        assert "WRONGTYPE" in str(exc)
-    # Redis ran every command sent (the last SET too); the next call reads its own reply, not one left unread
-    assert store._packed([("GET", "packed:a")]) == ["3"]
-    assert store._packed([]) == []
-    monkeypatch.setattr(resp, "hiredis", None)       # without hiredis: redis-py's pipeline, the same replies
-    assert store._packed([("GET", "packed:a"), ("HGET", "packed:h", "f")])[1] == "7"
