@@ -55,6 +55,7 @@ def _ephemeral_low() -> int:
 
 
 PORTS_FROM = 10000              # listeners' ports: from here up to the ephemeral range (above the usual services)
+RESERVE_S = 900.0               # a port handed out is not handed out again on this machine for this long
 _cursor_lock = threading.Lock()
 _cursor: list[int] = []         # this process's place in its ports, set at its first pick
 
@@ -70,29 +71,71 @@ def listener_ports() -> range:
     return range(PORTS_FROM, max(PORTS_FROM, _ephemeral_low()))
 
 
+def _reservations() -> Path | None:
+    """Where handed-out ports are noted, machine-wide: beside hil.netlock's locks ($HIL_LOCK_DIR, else
+    /tmp/soundpoint-hil-locks), in `ports/`; None when it cannot be made."""
+    path = Path(os.environ.get("HIL_LOCK_DIR") or "/tmp/soundpoint-hil-locks") / "ports"
+    try:
+        if not path.is_dir():
+            path.mkdir(parents=True, exist_ok=True)
+            os.chmod(path, 0o1777)      # every user's labs and suites share the machine's loopback
+        return path
+    except OSError:
+        return None
+
+
+def _reserve(port: int) -> bool:
+    """Note `port` as handed out; False when another process (or this one) handed it out less than RESERVE_S
+    ago. A port is picked minutes before its listener binds it, and until then the bind check alone cannot see
+    it taken: a `hil up` child picking from its parent's slice, or a second test suite, handed out the same one
+    (a worker's collector then found its port "already in use")."""
+    where = _reservations()
+    if where is None:
+        return True                     # nowhere to note it: the bind check alone decides, as before
+    path = where / str(port)
+    try:
+        os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666))
+        return True
+    except FileExistsError:
+        try:
+            if time.time() - path.stat().st_mtime < RESERVE_S:
+                return False
+            os.utime(path)              # an old note: the port is free again, and noted anew
+            return True
+        except OSError:
+            return False
+    except OSError:
+        return True
+
+
 def free_port() -> int:
     """A loopback port free now, for a listener that binds it later, from below the ephemeral range: a port
     that bind(0) hands out is an ephemeral one, and until the listener binds it any process's outgoing
     connection may take it as its local port (a collector failed so, "Address already in use"). Free for TCP
     and UDP both (collectors listen on both). The process walks its ports in turn from a random start, so it
     never hands out a port twice before it has been through them all (a lab picks its collectors' ports
-    minutes before a worker binds them); bind(0) only if none is free."""
+    minutes before a worker binds them), and skips a port any process on the machine handed out in the last
+    RESERVE_S (`_reserve`); bind(0) only if none is free."""
     import random
 
     ports = listener_ports()
     with _cursor_lock:
         if ports and not _cursor:
             _cursor.append(random.randrange(len(ports)))
-        for _ in range(min(len(ports), 500)):
-            port = ports[_cursor[0] % len(ports)]
-            _cursor[0] += 1
-            try:
-                with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    tcp.bind(("127.0.0.1", port))
-                    udp.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
+        # a lap minding the notes of handed-out ports, then (every one noted: a slice used hard for RESERVE_S)
+        # a lap on the bind check alone, rather than an ephemeral port
+        for mind_notes in (True, False):
+            for _ in range(min(len(ports), 4000)):
+                port = ports[_cursor[0] % len(ports)]
+                _cursor[0] += 1
+                try:
+                    with socket.socket() as tcp, socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                        tcp.bind(("127.0.0.1", port))
+                        udp.bind(("127.0.0.1", port))
+                except OSError:
+                    continue
+                if not mind_notes or _reserve(port):
+                    return port
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]

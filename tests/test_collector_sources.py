@@ -118,3 +118,28 @@ def test_wildcard_listen_address_is_refused(redis_url, field, wildcard):
     site = _inventory(addrs["syslog"], addrs["events"]).sites[0]
     with pytest.raises(CollectorError, match=f"collector.{field}.*name the address"):
         SiteCollector(site, Store(redis_url)).start()
+
+
+def test_a_stopped_collector_has_let_go_of_its_ports_when_stop_returns(redis_url):
+    """A worker started next for the site binds the same syslog and events ports at once (two test suites side by
+    side saw "Address already in use": the stopped collector's sockets waited for the garbage collector); and
+    one whose events port is taken does not keep its syslog port either."""
+    syslog_port, events_port = free_port(), free_port()
+    inv = _inventory(f"127.0.0.1:{syslog_port}", f"127.0.0.1:{events_port}")
+    store = Store(redis_url)
+    register_site(store, inv, inv.sites[0])
+    for _ in range(3):
+        c = SiteCollector(inv.sites[0], store)
+        c.start()
+        c.stop()
+        assert not c.thread.is_alive()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp, socket.socket() as tcp:
+            udp.bind(("127.0.0.1", syslog_port))
+            tcp.bind(("127.0.0.1", events_port))
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", events_port))
+        taken.listen()
+        with pytest.raises(CollectorError, match="cannot listen"):
+            SiteCollector(inv.sites[0], store).start()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+            udp.bind(("127.0.0.1", syslog_port))

@@ -58,6 +58,7 @@ from fleet.state.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
 FLUSH_S = 0.02   # observations reach the store in batches this far apart
+STOP_WITHIN_S = 10.0   # how long `stop` waits for the collector's thread (its listeners closed)
 INCIDENT_TICK_S = 0.5   # how often the incident detector decides (fleet.evidence.incidents)
 
 
@@ -159,6 +160,8 @@ class SiteCollector:
         self.site, self.store, self.secrets, self.inventory = site, store, secrets, inventory
         self.pending: list[Observation] = []     # arrived, not yet taken by the flush loop
         self.unstored = FlushQueue()              # taken, waiting for their slice of a store call
+        self._syslog_transport: asyncio.BaseTransport | None = None    # the listeners `stop` closes
+        self._runner: web.AppRunner | None = None
         self._unseen: list[dict] = []             # evidence_report's unobservable targets, for `_unseen_of`
         self._unseen_of: tuple | None = None      # (id of the targets list, kinds) they were worked out from
         self.kept: list[dict] = []           # SIP datagrams for the running experiment's capture.pcap
@@ -197,13 +200,26 @@ class SiteCollector:
             except Exception as exc:   # Redis away: the record expires by itself
                 log.debug("collector %s: cannot withdraw its record (%s)", self.site.name, type(exc).__name__)
         if self.loop and not self.loop.is_closed():
-            self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._shutdown()))
+            try:
+                self.loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._shutdown()))
+            except RuntimeError:      # the loop closed meanwhile: nothing left to shut down
+                pass
+        # back only once its listeners are closed: a worker started next for the site binds the same syslog and
+        # events ports (left to the garbage collector, they were still bound now and then: "Address already in use")
+        if self.thread.is_alive() and threading.current_thread() is not self.thread:
+            self.thread.join(STOP_WITHIN_S)
+            if self.thread.is_alive():
+                log.warning("collector %s: still stopping after %.0f s", self.site.name, STOP_WITHIN_S)
 
     async def _shutdown(self) -> None:
         tasks = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()]
         for t in tasks:
             t.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if self._syslog_transport is not None:
+            self._syslog_transport.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
         asyncio.get_running_loop().stop()
 
     # ------------------------------------------------------------------ per-server evidence sources
@@ -337,20 +353,27 @@ class SiteCollector:
         except OSError as exc:
             self.start_error = (f"collector for site {self.site.name} cannot listen on syslog {self.site.collector.syslog} "
                                 f"/ events {self.site.collector.events}: {exc.strerror or exc}")
+            if self._syslog_transport is not None:     # the events port failed after the syslog one was bound
+                self._syslog_transport.close()
+                self.loop.run_until_complete(asyncio.sleep(0))
+            self.loop.close()
             self.ready.set()
             return
         self.ready.set()
         self.loop.run_forever()
+        self.loop.close()
 
     async def _start(self) -> None:
         host, port = listen_address(self.site, "syslog", self.site.collector.syslog)
         ehost, eport = listen_address(self.site, "events", self.site.collector.events)
-        await self.loop.create_datagram_endpoint(lambda: _Syslog(self.pending, self.sources), local_addr=(host, port))  # type: ignore[union-attr]
+        self._syslog_transport, _ = await self.loop.create_datagram_endpoint(  # type: ignore[union-attr]
+            lambda: _Syslog(self.pending, self.sources), local_addr=(host, port))
         app = web.Application(client_max_size=65536)
         app.router.add_post("/events", self._event)
         app.router.add_post("/state", self._state_push)     # apps.statePolling.URL (push mode)
         runner = web.AppRunner(app, access_log=None)
         await runner.setup()
+        self._runner = runner
         await web.TCPSite(runner, ehost, int(eport), reuse_address=True).start()
         # both addresses are ours now: say so in Redis before anyone is told the collector runs (a Redis that does
         # not answer delays the start by 2 s at most; the heartbeats go on trying)
