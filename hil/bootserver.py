@@ -286,6 +286,11 @@ class FtpBootServer:
         # an IOLoop of its own: the shared default one races between sites starting in the same lab process
         self.server = ThreadedFTPServer((host, port), handler, ioloop=IOLoop())
         self.server.max_cons = 2048
+        # pyftpdlib keeps ThreadedFTPServer's stop flag and lock on the class: stopping one server set the flag for
+        # every other in the process, whose sessions then ended at once, and one started before its thread cleared
+        # the flag dropped its first connections (EOF before the banner: a test suite under load saw it)
+        self.server._exit = threading.Event()
+        self.server._lock = threading.Lock()
         self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"timeout": 0.5}, daemon=True, name="ftp")
 
     def start(self) -> None:
