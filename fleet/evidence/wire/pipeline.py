@@ -10,7 +10,6 @@ Nothing fed in can raise out of here: malformed input is counted in `stats`.
 from __future__ import annotations
 
 import heapq
-
 import time
 from collections import Counter
 from dataclasses import replace
