@@ -13,6 +13,7 @@ import asyncio
 import hmac
 import ipaddress
 import socket
+import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
@@ -86,6 +87,7 @@ class HepListener(asyncio.DatagramProtocol):
 
 
 DRAIN_MAX = 64        # datagrams read per wake-up of the event loop at most (then the other sources' turn)
+DRAIN_BUDGET_S = 0.004  # ... and for this long at most: big hostile datagrams cost far more each than a REGISTER
 DATAGRAM_MAX = 65535  # a UDP payload's size bound: nothing longer can arrive
 
 
@@ -94,8 +96,9 @@ class DrainingReader:
 
     asyncio's own datagram transport reads one datagram per pass of the loop. At a busy site that pass also
     runs every events request and timer, so HEP got one datagram per pass while the rest got all of theirs:
-    bench/evidence.py saw HEP's p99 at 5,000 phones five times that of events on the same loop. The bound
-    keeps a flood on the HEP port from holding the loop. Offers what the callers use of a transport: close,
+    bench/evidence.py saw HEP's p99 at 5,000 phones five times that of events on the same loop. Both bounds
+    (DRAIN_MAX datagrams, DRAIN_BUDGET_S seconds) keep a flood on the HEP port from holding the loop: a
+    megabyte of hostile headers 64 at a time pushed the events' round trip past 50 ms under load. Offers what the callers use of a transport: close,
     is_closing and get_extra_info ("sockname", "socket")."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.DatagramProtocol):
@@ -105,7 +108,10 @@ class DrainingReader:
         protocol.connection_made(self)     # type: ignore[arg-type]
 
     def _readable(self) -> None:
+        until = time.monotonic() + DRAIN_BUDGET_S
         for _ in range(DRAIN_MAX):
+            if time.monotonic() > until:
+                return
             try:
                 data, addr = self.sock.recvfrom(DATAGRAM_MAX)
             except (BlockingIOError, InterruptedError):
