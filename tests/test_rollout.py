@@ -79,6 +79,39 @@ def unavailable_peaks(truth: dict, macs_by_site: dict[str, set[str]], since: flo
     return peaks
 
 
+def down_spans(truth: dict, macs: set[str], since: float) -> dict[str, tuple[float, float]]:
+    """Each phone's (reboot, back) from the lab's timeline: back is its first working server after the boot."""
+    spans = {}
+    for mac in macs:
+        events = truth["phones"][mac]["events"]
+        for i, e in enumerate(events):
+            if e["kind"] == "reboot" and e["t"] >= since:
+                boot = next((j for j in range(i + 1, len(events)) if events[j]["kind"] == "boot"), len(events))
+                back = next((x["t"] for x in events[boot:] if x["kind"] == "working_server" and x["data"]["server"]), None)
+                spans[mac] = (e["t"], back or float("inf"))
+    return spans
+
+
+def explain_peak(truth: dict, macs: set[str], since: float, records: dict[str, dict]) -> str:
+    """For an assertion message: the moment a site had most phones down, and for each of them the lab's
+    reboot and return next to the controller's record (dispatched, reboot claimed, settled), times from t0."""
+    spans = down_spans(truth, macs, since)
+    worst, at = 0, since
+    for t, _ in sorted((a, m) for m, (a, _) in spans.items()):
+        level = sum(1 for a, b in spans.values() if a <= t < b)
+        if level > worst:
+            worst, at = level, t
+    rel = lambda v: f"{float(v) - since:.3f}" if v not in (None, "") else "-"
+    lines = [f"{worst} down at t0+{at - since:.3f}:"]
+    for mac, (a, b) in sorted(spans.items(), key=lambda kv: kv[1]):
+        if a <= at < b:
+            r = records.get(mac, {})
+            lines.append(f"  {mac} lab reboot {rel(a)} back {rel(b) if b != float('inf') else 'never'}; controller "
+                         f"dispatched {rel(r.get('dispatched_at'))} reboot_at {rel(r.get('reboot_at'))} settled "
+                         f"{rel(r.get('settled_at'))} via {r.get('reboot_via', '-')} state {r.get('state')}")
+    return "\n".join(lines)
+
+
 def reboots(truth: dict, since: float) -> dict[str, int]:
     return {mac: sum(1 for e in p["events"] if e["kind"] == "reboot" and e["t"] >= since) for mac, p in truth["phones"].items()}
 

@@ -148,10 +148,39 @@ def test_a_reboot_claim_never_confirmed_fails_after_verify_within_when_the_stall
 
 # ---------------------------------------------------------------- rollback
 def test_rolled_back_once_server_1_registers_after_the_rollback():
-    snap = pending(**{A1: {"state": "rolling_back", "rollback_at": str(NOW - 20), "error": "x"}})
+    snap = pending(**{A1: {"state": "rolling_back", "rollback_at": str(NOW - 20), "rollback_verify_from": str(NOW - 19.5),
+                           "error": "x"}})
     assert rp.step(0, [A1], snap, {A1: reg(NOW - 21, 1)}, limits(budget_total=1), NOW).actions == []
     s = rp.step(0, [A1], snap, {A1: reg(NOW - 1, 1)}, limits(budget_total=1, registered_to=(2,)), NOW)
     assert kinds(s.actions) == [(rp.ROLLED_BACK, A1)] and s.verdict == rp.WAVE_DONE
+
+
+def test_a_registration_between_the_reboot_recorded_and_its_answer_does_not_verify():
+    """reboot_at is stamped before the reboot is sent; until the phone answers it (verify_from) it may still be up:
+    its REST lock held by a poller, a digest challenge, a slow worker. A refresh (or a lineInfo answer) in that
+    time verified a phone on its way down, and a site had one phone more down than max_unavailable allows."""
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10), "verify_from": str(NOW - 9)}})
+    before_answer = {1: {"state": "registered", "t": NOW - 9.5, "sent": NOW - 9.5}}
+    assert rp.step(0, [A1], snap, {A1: before_answer}, limits(), NOW).actions == []
+    stamped_late = {1: {"state": "registered", "t": NOW - 8, "sent": NOW - 9.2}}   # a lineInfo asked before the answer
+    assert rp.step(0, [A1], snap, {A1: stamped_late}, limits(), NOW).actions == []
+    after = {1: {"state": "registered", "t": NOW - 1, "sent": NOW - 1.02}}
+    (verified,) = rp.step(0, [A1], snap, {A1: after}, limits(), NOW).actions
+    assert verified.kind == rp.VERIFIED and verified.fields["verified_in"] == 10.0   # still timed from the reboot
+
+
+def test_a_rollback_is_verified_only_after_its_reboot_was_answered_or_the_stall_passed():
+    """The rollback records rollback_at before its reboot and rollback_verify_from once the phone answered it;
+    without the second (the reboot in flight, or its task died sending it) nothing verifies until the dispatch
+    stall has passed since rollback_at."""
+    fresh = {1: {"state": "registered", "t": NOW - 1}}
+    in_flight = pending(**{A1: {"state": "rolling_back", "rollback_at": str(NOW - 5), "error": "x"}})
+    assert rp.step(0, [A1], in_flight, {A1: fresh}, limits(budget_total=1), NOW).actions == []
+    answered = pending(**{A1: {"state": "rolling_back", "rollback_at": str(NOW - 5), "rollback_verify_from": str(NOW - 2),
+                               "error": "x"}})
+    assert kinds(rp.step(0, [A1], answered, {A1: fresh}, limits(budget_total=1), NOW).actions) == [(rp.ROLLED_BACK, A1)]
+    died = pending(**{A1: {"state": "rolling_back", "rollback_at": str(NOW - 61), "error": "x"}})
+    assert kinds(rp.step(0, [A1], died, {A1: fresh}, limits(budget_total=1), NOW).actions) == [(rp.ROLLED_BACK, A1)]
 
 
 def test_a_rollback_that_does_not_re_register_fails_with_both_reasons():

@@ -34,6 +34,7 @@ from fleet.evidence.sources.base import Sink, SourceContext, configured_sources,
 from fleet.evidence.sources.formats import parse_line_event, parse_syslog
 from fleet.evidence.sources.poller import Poller
 from fleet.evidence.sources.targets import Targets, unobservable
+from fleet.evidence.sources.udp_reader import DrainingReader, open_reader
 from fleet.evidence.wire.decode import Datagram
 from fleet.evidence.metrics.exporter import ExporterError, start_exporters
 from fleet.config.inventory import Inventory, Secrets, Site
@@ -140,12 +141,17 @@ class _Syslog(asyncio.DatagramProtocol):
         self.received = 0
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
+        self.datagram_stamped(data, addr, time.time())
+
+    def datagram_stamped(self, data: bytes, addr, arrived: float) -> None:
+        """`arrived`: the kernel's receive time (udp_reader), not when this loop got to it: a line stamped late
+        under load says "registered" at a time the phone may already have been told to reboot."""
         self.received += 1
         macs = self.sources.speaks_for(addr[0])
         if not macs:
             self.sources.drop(addr[0], "syslog")
             return
-        obs = parse_syslog(data, time.time())
+        obs = parse_syslog(data, arrived)
         if obs is None:
             return
         if obs.mac not in macs:
@@ -160,7 +166,7 @@ class SiteCollector:
         self.site, self.store, self.secrets, self.inventory = site, store, secrets, inventory
         self.pending: list[Observation] = []     # arrived, not yet taken by the flush loop
         self.unstored = FlushQueue()              # taken, waiting for their slice of a store call
-        self._syslog_transport: asyncio.BaseTransport | None = None    # the listeners `stop` closes
+        self._syslog_transport: DrainingReader | None = None    # the listeners `stop` closes
         self._runner: web.AppRunner | None = None
         self._unseen: list[dict] = []             # evidence_report's unobservable targets, for `_unseen_of`
         self._unseen_of: tuple | None = None      # (id of the targets list, kinds) they were worked out from
@@ -366,8 +372,7 @@ class SiteCollector:
     async def _start(self) -> None:
         host, port = listen_address(self.site, "syslog", self.site.collector.syslog)
         ehost, eport = listen_address(self.site, "events", self.site.collector.events)
-        self._syslog_transport, _ = await self.loop.create_datagram_endpoint(  # type: ignore[union-attr]
-            lambda: _Syslog(self.pending, self.sources), local_addr=(host, port))
+        self._syslog_transport = await open_reader(host, port, _Syslog(self.pending, self.sources))
         app = web.Application(client_max_size=65536)
         app.router.add_post("/events", self._event)
         app.router.add_post("/state", self._state_push)     # apps.statePolling.URL (push mode)
@@ -431,7 +436,7 @@ class SiteCollector:
             if not res.ok:
                 continue
             for line in res.lines:
-                self.pending.extend(from_line_info(res.mac, res.t, line, configured.get(res.mac, [])))
+                self.pending.extend(from_line_info(res.mac, res.t, line, configured.get(res.mac, []), res.sent))
             if res.firmware or res.in_call is not None:
                 infos[res.mac] = {"firmware": res.firmware, "in_call": res.in_call}
         if infos:

@@ -200,6 +200,22 @@ def _apply(view: dict[str, dict], action: Action) -> None:
 
 
 # ---------------------------------------------------------------- per phone
+def evidence_from(st: Mapping[str, str], at: str, answered: str, now: float, wait: float) -> float | None:
+    """From when a registration proves the phone came back from the reboot recorded at `at`; None: not yet.
+
+    Not the moment the reboot was recorded (`at`, stamped before it is sent): a phone whose reboot waits on
+    its REST lock, a digest challenge or a slow worker is still up, and a refresh it makes (or a lineInfo it
+    answers) in that time said "registered" after `at`. Counted, it verified a phone on its way down and the
+    rollout took one more phone of the site down than max_unavailable allows (tests/test_rollout_faults.py,
+    under two suites' load). So: from when the reboot was answered (`answered`, fleet.rollout.work). Where
+    that was never recorded, `at` once `wait` seconds have passed since it: a push records both together
+    (wait 0: only a record from before this field lacks it); a rollback records `answered` after its reboot,
+    so the wait (the dispatch stall) covers the reboot in flight, and a task that died sending it."""
+    if st.get(answered):
+        return max(_f(st, answered), _f(st, at))
+    return _f(st, at) if now - _f(st, at) >= wait else None
+
+
 def applied_how(st: Mapping[str, str], down_at: float | None, since: float) -> str:
     """For a verified phone the push may not have rebooted (`reboot_optional`: check-sync, alwaysReboot=0): how
     its files took effect, from the evidence. A shutdown event after the push: after a reboot; none from a phone
@@ -234,14 +250,15 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
             # "rebooting": the reboot was claimed but not known to be sent, so no registration proves it
             since = _f(st, "reboot_at")
             moved = limits.moved_fallbacks.get(mac, ())
-            up = state == "verifying" and mac in observed and registered(
-                observed[mac], limits.registered_to, since, limits.on_failure_fallbacks.get(mac, ()), moved)
+            proof_from = evidence_from(st, "reboot_at", "verify_from", now, 0.0)
+            up = state == "verifying" and mac in observed and proof_from is not None and registered(
+                observed[mac], limits.registered_to, proof_from, limits.on_failure_fallbacks.get(mac, ()), moved)
             shadowed = st.get("shadowed", "") if up else ""   # fleet.sites.overrides: an override file beat a pushed value
             if up and not shadowed:
                 took = round(now - since, 2)
                 how = applied_how(st, (downs or {}).get(mac), since)
                 standby = [i for i in limits.registered_to
-                           if observed[mac].get(i, {}).get("t", 0) <= since]   # held as on-failure fallbacks
+                           if observed[mac].get(i, {}).get("t", 0) <= proof_from]   # held as on-failure fallbacks
                 fields = {"state": "verified", "settled_at": now, "verified_in": took, **({"applied": how} if how else {})}
                 event = {"kind": "verified", "mac": mac, "seconds": took, **({"applied": how} if how else {})}
                 if standby:
@@ -256,7 +273,7 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
             elif shadowed or now - since > limits.verify_within:
                 reason = shadowed or (f"not registered to {servers_named(limits.registered_to)} within "
                                       f"{limits.verify_within:g}s of the reboot") + _unverified_fallback(
-                                          observed.get(mac, {}), limits, mac, since)
+                                          observed.get(mac, {}), limits, mac, proof_from or since)
                 event = {"kind": "failed", "mac": mac, "reason": reason}
                 if limits.rollback:
                     out.append(Action(FAIL, mac, {"state": "rolling_back", "error": reason, "rollback_requested": now},
@@ -266,7 +283,8 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
                                       None, _attempt(st), event))
         elif state == "rolling_back" and st.get("rollback_at"):
             since = _f(st, "rollback_at")
-            if mac in observed and registered(observed[mac], (1,), since):
+            proof_from = evidence_from(st, "rollback_at", "rollback_verify_from", now, limits.dispatch_stall)
+            if mac in observed and proof_from is not None and registered(observed[mac], (1,), proof_from):
                 out.append(Action(ROLLED_BACK, mac, {"state": "rolled_back", "settled_at": now},
                                   event={"kind": "rolled_back", "mac": mac}))
             elif now - since > limits.verify_within:

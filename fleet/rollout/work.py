@@ -172,7 +172,8 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         sent: list[str] = []
         how = _reboot(rid, mac, control, plan, secrets, rs, sent)
         failpoint("rollout.reboot_sent", mac)
-        rs.set_phone(rid, mac, state="verifying", reboot_via=how, **_may_stay_up(control, sent, plan.params))
+        rs.set_phone(rid, mac, state="verifying", reboot_via=how, verify_from=time.time(),
+                     **_may_stay_up(control, sent, plan.params))
         return {"state": "verifying", "reboot_at": reboot_at}
 
 
@@ -323,14 +324,15 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
         with traced("state query"):
             rebooted = powered_on or control.rebooted_since(since, params, tried)
         if rebooted:
-            rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task")
+            # it rebooted at some moment after `since`, perhaps only now: a registration from before then is not it
+            rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task", verify_from=time.time())
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
         rs.set_phone(rid, mac, reboot_at=reboot_at, reboot_tried="")
         sent: list[str] = []
         with traced("reboot"):
             how = control.reboot(_announcer(rs, rid, mac, sent), fallback=_resend_may_fall_back(tried))
-        rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task",
+        rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task", verify_from=time.time(),
                      **_may_stay_up(control, sent, params))
         return {"state": "verifying", "reboot_at": reboot_at}
 
@@ -377,6 +379,7 @@ def _rollback(rid: str, mac: str, retry_on: Retryable) -> dict:
                 power_fallback.ensure_on(site, phone, secrets, lambda kind, **fields: rs.log(rid, kind, mac=mac, **fields))
         with traced("reboot"):
             phones.for_phone(phone, secrets.credentials(phone.credentials), inv, secrets, store).reboot()
+        rs.set_phone(rid, mac, rollback_verify_from=time.time())
     return {"state": "rolling_back"}
 
 

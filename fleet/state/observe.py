@@ -41,8 +41,9 @@ class Observation:
     expires: int | None = None   # seconds the binding was granted for (wire, HEP) or has left (gateway)
     earliest: float | None = None   # the change happened between this and `t`, not exactly at `t`: a lapsed
                                     # binding, an unanswered DNS lookup (None: `t` is the moment)
-    sent: float | None = None    # when the phone sent the REGISTER this answers (wire, HEP): a registration asked
-                                 # for before a reboot went out proves nothing about the reboot (None: unknown)
+    sent: float | None = None    # when the phone sent the REGISTER this answers (wire, HEP), or when the question
+                                 # its answer holds after was asked (poll-rest: lineInfo): a registration from
+                                 # before a reboot went out proves nothing about the reboot (None: unknown)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -198,9 +199,10 @@ def apply(state: PhoneState, obs: Observation, configured: list[int] | None = No
     return line.working_server != before
 
 
-def from_line_info(mac: str, t: float, line: dict, configured: list[dict]) -> list[Observation]:
+def from_line_info(mac: str, t: float, line: dict, configured: list[dict], sent: float | None = None) -> list[Observation]:
     """REST lineInfo names only the server in use (ProxyAddress, our inference). By R4 every server of
-    higher priority is then not registered; lower-priority servers stay unknown."""
+    higher priority is then not registered; lower-priority servers stay unknown. `sent`: when the request
+    left (the answer describes the phone at some moment between it and `t`)."""
     try:
         reg = int(line.get("LineNumber", 1))
     except (TypeError, ValueError):
@@ -208,12 +210,12 @@ def from_line_info(mac: str, t: float, line: dict, configured: list[dict]) -> li
     status = str(line.get("RegistrationStatus", "")).lower()
     proxy = str(line.get("ProxyAddress", ""))
     if status != "registered":
-        return [Observation(mac=mac, t=t, source="poll-rest", reg=reg, server=None, state=UNREGISTERED)]
+        return [Observation(mac=mac, t=t, source="poll-rest", sent=sent, reg=reg, server=None, state=UNREGISTERED)]
     index = next((s["index"] for s in configured if s.get("address") == proxy and s.get("register", True)), None)
     if index is None:
-        return [Observation(mac=mac, t=t, source="poll-rest", reg=reg, server=None, state=REGISTERED, address=proxy)]
-    out = [Observation(mac=mac, t=t, source="poll-rest", reg=reg, server=s["index"], state=UNREGISTERED,
+        return [Observation(mac=mac, t=t, source="poll-rest", sent=sent, reg=reg, server=None, state=REGISTERED, address=proxy)]
+    out = [Observation(mac=mac, t=t, source="poll-rest", sent=sent, reg=reg, server=s["index"], state=UNREGISTERED,
                        address=s.get("address", ""), detail="inferred: a lower-priority server is working")
            for s in configured if s["index"] < index and s.get("register", True)]
-    out.append(Observation(mac=mac, t=t, source="poll-rest", reg=reg, server=index, state=REGISTERED, address=proxy))
+    out.append(Observation(mac=mac, t=t, source="poll-rest", sent=sent, reg=reg, server=index, state=REGISTERED, address=proxy))
     return out

@@ -966,7 +966,8 @@ class RolloutStore:
     STATE_FIELDS = ("state", "attempt", "wave", "reboot_at", "rollback_at", "dispatched_at", "deferred_at", "error",
                     "verified_in", "confirm_sent", "shadowed",   # shadowed: fleet.sites.overrides
                     "reboot_optional", "reports_shutdown", "applied",   # a check-sync that need not reboot
-                    "deferred_reason")                           # why a deferred phone waits (rollout_policy.why_deferred)
+                    "deferred_reason",                           # why a deferred phone waits (rollout_policy.why_deferred)
+                    "verify_from", "rollback_verify_from")       # the reboot answered (rollout_policy.evidence_from)
 
     def phones(self, rid: str, macs: list[str], full: bool = False) -> dict[str, dict]:
         """Per-phone rollout state; without `full`, only the small fields the driver polls (not the phone's plan)."""

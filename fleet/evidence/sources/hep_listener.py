@@ -12,11 +12,10 @@ from __future__ import annotations
 import asyncio
 import hmac
 import ipaddress
-import socket
-import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 
+from fleet.evidence.sources.udp_reader import DrainingReader, open_reader
 from fleet.evidence.wire import hep
 from fleet.evidence.wire.guard import DropHealth, SenderDrops
 
@@ -86,77 +85,11 @@ class HepListener(asyncio.DatagramProtocol):
         self.stats["socket_errors"] += 1
 
 
-DRAIN_MAX = 64        # datagrams read per wake-up of the event loop at most (then the other sources' turn)
-DRAIN_BUDGET_S = 0.004  # ... and for this long at most: big hostile datagrams cost far more each than a REGISTER
-DATAGRAM_MAX = 65535  # a UDP payload's size bound: nothing longer can arrive
-
-
-class DrainingReader:
-    """The listener's socket, read by the event loop up to DRAIN_MAX datagrams each time it is readable.
-
-    asyncio's own datagram transport reads one datagram per pass of the loop. At a busy site that pass also
-    runs every events request and timer, so HEP got one datagram per pass while the rest got all of theirs:
-    bench/evidence.py saw HEP's p99 at 5,000 phones five times that of events on the same loop. Both bounds
-    (DRAIN_MAX datagrams, DRAIN_BUDGET_S seconds) keep a flood on the HEP port from holding the loop: a
-    megabyte of hostile headers 64 at a time pushed the events' round trip past 50 ms under load. Offers what the callers use of a transport: close,
-    is_closing and get_extra_info ("sockname", "socket")."""
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket, protocol: asyncio.DatagramProtocol):
-        self.loop, self.sock, self.protocol = loop, sock, protocol
-        self._closed = False
-        loop.add_reader(sock.fileno(), self._readable)
-        protocol.connection_made(self)     # type: ignore[arg-type]
-
-    def _readable(self) -> None:
-        until = time.monotonic() + DRAIN_BUDGET_S
-        for _ in range(DRAIN_MAX):
-            if time.monotonic() > until:
-                return
-            try:
-                data, addr = self.sock.recvfrom(DATAGRAM_MAX)
-            except (BlockingIOError, InterruptedError):
-                return
-            except OSError as exc:
-                self.protocol.error_received(exc)
-                return
-            self.protocol.datagram_received(data, addr)
-
-    def get_extra_info(self, name: str, default=None):
-        return {"sockname": self.sock.getsockname(), "socket": self.sock}.get(name, default) if not self._closed \
-            else default
-
-    def is_closing(self) -> bool:
-        return self._closed
-
-    def close(self) -> None:
-        """Stop reading and close the socket; safe to call twice, on the loop's thread."""
-        if self._closed:
-            return
-        self._closed = True
-        self.loop.remove_reader(self.sock.fileno())
-        self.sock.close()
-        self.protocol.connection_lost(None)
-
-
 async def start_hep_listener(host: str, port: int, allowed_sources: Iterable[str],
                              on_packet: Callable[[hep.HepPacket, tuple], None],
                              auth_keys: Mapping[str, bytes] | None = None,
                              health: DropHealth | SenderDrops | None = None
                              ) -> tuple[DrainingReader, HepListener]:
     """Bind host:port (UDP) and serve until the returned reader is closed."""
-    loop = asyncio.get_running_loop()
     protocol = HepListener(allowed_sources, on_packet, auth_keys, health)
-    infos = await loop.getaddrinfo(host, port, type=socket.SOCK_DGRAM, proto=socket.IPPROTO_UDP)
-    family, _, _, _, address = infos[0]
-    sock = socket.socket(family, socket.SOCK_DGRAM)
-    try:
-        sock.setblocking(False)
-        sock.bind(address)
-        try:    # the kernel caps it at net.core.rmem_max; what it grants is what it grants
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, RCVBUF_BYTES)
-        except OSError:
-            pass
-        return DrainingReader(loop, sock, protocol), protocol
-    except BaseException:
-        sock.close()
-        raise
+    return await open_reader(host, port, protocol, RCVBUF_BYTES), protocol

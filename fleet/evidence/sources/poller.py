@@ -49,6 +49,8 @@ class PollResult:
     firmware: str = ""
     in_call: bool | None = None
     no_rest: str = ""       # why this REST-family phone is polled by state polling instead (a 404 learned), or ""
+    sent: float | None = None   # when the lineInfo request left (holding the phone's REST lock): what it answered
+                                # held at some moment after this, while `t` (the answer read) may be much later
 
 
 async def _bounded(resp: aiohttp.ClientResponse) -> bytes:
@@ -160,10 +162,12 @@ class Poller:
         """REST lineInfo, holding the phone's lock for the one request (other processes talk REST to it too)."""
         basic_first = phone.http_auth != "digest"
         if self.rest_lock is None:
+            sent = time.time()
             body = await self._get(phone, "/api/v1/mgmt/lineInfo", creds, basic_first)
         else:
             try:
                 async with self.rest_lock(phone):
+                    sent = time.time()
                     body = await self._get(phone, "/api/v1/mgmt/lineInfo", creds, basic_first)
             except DriverError as exc:
                 return PollResult(phone.mac, t, False, f"lineInfo: {exc.message}")
@@ -173,7 +177,7 @@ class Poller:
             lines = parse_line_info(device_json(body))
         except ValueError as exc:
             return PollResult(phone.mac, t, False, f"lineInfo: {exc}")
-        return PollResult(phone.mac, time.time(), True, lines=lines)
+        return PollResult(phone.mac, time.time(), True, lines=lines, sent=sent)
 
     async def poll(self, phones: list[tuple[Phone, Credentials]],
                    modes: dict[str, polling.ResponseMode] | None = None) -> list[PollResult]:

@@ -1,0 +1,92 @@
+"""When evidence says a phone was registered: stamps that do not drift with a busy collector.
+
+A rollout verifies a phone on a registration newer than its reboot. A syslog line stamped when the
+collector's loop got round to it, or a lineInfo answer stamped when it was read, can be hundreds of
+milliseconds late under load and so look newer than a reboot sent after the phone said it. Syslog is stamped
+with the kernel's receive time (fleet.evidence.sources.udp_reader), lineInfo carries when it was asked
+(`sent`), and fleet.rollout.policy counts only evidence from after the reboot was answered.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+
+from aiohttp import web
+
+from fleet.config.inventory import Credentials, Phone
+from fleet.evidence.collector import _Syslog
+from fleet.evidence.sources.poller import Poller
+from fleet.evidence.sources.udp_reader import open_reader
+from fleet.state.observe import from_line_info
+from hil import phone_reports
+
+MAC = "0004f2abcdef"
+
+
+class _Speaks:
+    """The collector's source filter, for one phone at 127.0.0.1 (the layer under test is the reader)."""
+
+    def speaks_for(self, host: str) -> set[str]:
+        return {MAC} if host == "127.0.0.1" else set()
+
+    def drop(self, host: str, what: str) -> None:
+        raise AssertionError(f"dropped {what} from {host}")
+
+
+def test_a_syslog_line_read_late_carries_the_moment_it_arrived():
+    """The loop is held for 0.4 s after the line arrives (a busy collector): its stamp is the arrival."""
+    async def run() -> tuple[float, float, list]:
+        sink: list = []
+        reader = await open_reader("127.0.0.1", 0, _Syslog(sink, _Speaks()))   # type: ignore[arg-type]
+        port = reader.get_extra_info("sockname")[1]
+        line = phone_reports.syslog_registration(MAC, "127.0.0.1", 1, 1, "10.0.0.1:5060", True, 60)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as out:
+            sent = time.time()
+            out.sendto(line, ("127.0.0.1", port))
+        time.sleep(0.4)    # blocks the loop: the datagram waits in the socket
+        read_from = time.time()
+        for _ in range(50):
+            if sink:
+                break
+            await asyncio.sleep(0.01)
+        reader.close()
+        return sent, read_from, sink
+
+    sent, read_from, sink = asyncio.run(run())
+    assert len(sink) == 1 and sink[0].state == "registered", sink
+    assert sent <= sink[0].t < sent + 0.1 < read_from, (sent, sink[0].t, read_from)
+
+
+def test_a_line_info_answer_carries_when_it_was_asked():
+    """The phone takes 0.4 s to answer: the observation's `sent` is the request, `t` the answer."""
+    async def run():
+        async def line_info(request: web.Request) -> web.Response:
+            await asyncio.sleep(0.4)
+            doc, status = phone_reports.rest_line_info("5.9.0", [{"LineNumber": 1, "RegistrationStatus": "Registered",
+                                                                   "ProxyAddress": "10.0.0.1", "Port": 5060,
+                                                                   "UserID": "1001", "address": "1001@10.0.0.1"}])
+            return web.Response(status=status, text=json.dumps(doc), content_type="application/json")
+        app = web.Application()
+        app.router.add_get("/api/v1/mgmt/lineInfo", line_info)
+        runner = web.AppRunner(app)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]   # type: ignore[union-attr]
+        phone = Phone(mac=MAC, model="VVX 410", address="127.0.0.1", http_port=port, credentials="admin",
+                      firmware_family="uc-5.x", firmware_version="5.9.0")
+        try:
+            asked = time.time()
+            async with Poller(timeout=3) as poller:
+                return asked, await poller.poll_one(phone, Credentials(username="Polycom", password="456"))
+        finally:
+            await runner.cleanup()
+
+    asked, result = asyncio.run(run())
+    assert result.ok and result.lines, result
+    assert result.sent is not None and asked <= result.sent < asked + 0.2 and result.t >= result.sent + 0.35, result
+    (obs,) = [o for o in from_line_info(MAC, result.t, result.lines[0], [{"index": 1, "address": "10.0.0.1"}],
+                                        result.sent) if o.state == "registered"]
+    assert obs.sent == result.sent and obs.t == result.t, obs
