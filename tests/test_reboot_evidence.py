@@ -121,6 +121,15 @@ def test_the_unregistration_event_decides_where_the_phone_sends_events(tried):
     assert _control(line_down_at=None).rebooted_since(SINCE, EVENTS, tried) is False
 
 
+def test_the_shutdown_event_is_when_the_phone_was_seen_going_down():
+    """confirm_reboot verifies from then: a refresh the phone made between the lost task's reboot_at and its
+    reboot (its REST lock held, a digest challenge) is not the phone coming back."""
+    ctl = _control(line_down_at=SINCE + 2)
+    assert ctl.rebooted_since(SINCE, EVENTS, ("check-sync",)) is True and ctl.reboot_seen_at() == SINCE + 2
+    silent = _control()
+    assert silent.rebooted_since(SINCE, {}, ("check-sync", "web")) is True and silent.reboot_seen_at() is None
+
+
 def test_unrecorded_methods_count_as_every_method_the_reboot_may_use():
     """A record from before methods were announced: a UC 4.0 phone may have fallen back to the web UI; a SIP 3.x
     phone has no fallback, so its check-sync is sent again as before."""

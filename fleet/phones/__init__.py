@@ -154,7 +154,10 @@ class PhoneControl(Protocol):
     def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
         """Whether the reboot sent at `since` reached the phone (params: the files it was rebooted into). `tried`:
         the methods announced before the sender was lost (empty: nothing was sent); None when nobody recorded
-        them, which counts as every method the phone's reboot may use, its fallback included."""
+        them, which counts as every method the phone's reboot may use, its fallback included.
+        A control may also offer `reboot_seen_at() -> float | None`: after a True, the moment its answer showed
+        the phone down or booting (its uptime, its shutdown event, no answer now), from which a registration
+        proves the phone came back (fleet.rollout.work.confirm_reboot; without it, from `since`)."""
 
     def polling_credentials(self) -> Credentials:
         """The login state polling takes (apps.statePolling.*), for the collectors' poller too."""

@@ -25,6 +25,7 @@ class SoundPointControl:
         self.access = access
         self.phone = access.phone
         self.family: families.Family = access.phone.family
+        self._reboot_seen_at: float | None = None   # what the last rebooted_since saw (reboot_seen_at)
 
     # ------------------------------------------------------------ call state
     def polling_credentials(self) -> Credentials:
@@ -163,6 +164,10 @@ class SoundPointControl:
         Restart: No"). Verification then rests on a registration after the push, never on a reboot."""
         return set(sent) == {"check-sync"} and params.get(ALWAYS_REBOOT, "0") != "1"
 
+    def reboot_seen_at(self) -> float | None:
+        """After rebooted_since said True: when the phone was seen going down (its shutdown event), if it was."""
+        return self._reboot_seen_at
+
     def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
         """SoundPoint phones have no uptime to ask for. Nothing announced: nothing was sent. Where the phone sends
         events, the evidence is the line unregistration event it sends as it shuts down, or the line registration event
@@ -177,6 +182,8 @@ class SoundPointControl:
         if self.reports_shutdown(params):
             # the unregistration it sends as it shuts down, or the fresh line registration it sends once it is back
             state = self.access.store.phone_state(self.phone.mac)
+            if (state.line_down_at or 0.0) > since:
+                self._reboot_seen_at = state.line_down_at
             return max(state.line_down_at or 0.0, getattr(state, "line_up_at", None) or 0.0) > since
         idempotent = (sent == {"check-sync"}
                       and params.get(ALWAYS_REBOOT, "0") != "1")

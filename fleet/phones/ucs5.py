@@ -25,6 +25,8 @@ from fleet.phones import Announce, CallCheck, Identity, PhoneAccess, identity_fa
 from fleet.phones.soundpoint import REBOOT_DESCRIPTIONS, SoundPointControl
 from fleet.state.lease import PhoneRestLock
 
+UPTIME_STEP_S = 1.0   # device/info's uptime is whole seconds ("UpTimeSinceLastReboot": "0 Days 0:05:13")
+
 
 class Control(SoundPointControl):
     def __init__(self, access: PhoneAccess) -> None:
@@ -137,8 +139,12 @@ class Control(SoundPointControl):
         if "rest" not in self.maybe_sent(tried):
             return super().rebooted_since(since, params, tried)
         try:
-            return self.rest.uptime() < time.time() - since + 1
+            uptime = self.rest.uptime()
+            now = time.time()
+            self._reboot_seen_at = now - uptime - UPTIME_STEP_S   # booted then, give or take the answer's step
+            return uptime < now - since + 1
         except (DeviceTimeout, DeviceRefused):
+            self._reboot_seen_at = time.time()     # down (or booting) now
             return True
         except DriverError:
             return False

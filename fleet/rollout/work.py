@@ -324,8 +324,11 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
         with traced("state query"):
             rebooted = powered_on or control.rebooted_since(since, params, tried)
         if rebooted:
-            # it rebooted at some moment after `since`, perhaps only now: a registration from before then is not it
-            rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task", verify_from=time.time())
+            # it rebooted at some moment after `since`: where the answer showed when (its uptime, its shutdown
+            # event, its port just powered), a registration from before then is not the phone coming back
+            seen = time.time() if powered_on else getattr(control, "reboot_seen_at", lambda: None)()
+            rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task",
+                         verify_from=max(since, seen or since))
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
         rs.set_phone(rid, mac, reboot_at=reboot_at, reboot_tried="")
