@@ -109,11 +109,12 @@ class VirtualPhone(Power, Provisioning, SipRegistrations, Dialogs, InboundCalls,
         self._rebooting = True
         self.truth.record(self.mac, "reboot", reason=reason)
         self.truth.record(self.mac, "unavailable")
-        # no REGISTER leaves a phone that is shutting down: stopped before the shutdown event is sent (its POST
-        # takes a round trip, in which a refresh loop would otherwise still register)
-        self._stop_registrations()
-        await self._send_line_events("LineUnregistrationEvent")
+        # no REGISTER leaves a phone that is shutting down, and its lines read as down (REST lineInfo) from the
+        # moment its ground truth says so: both before the shutdown event is sent (its POST takes a round trip,
+        # in which a refresh loop would still register and lineInfo still answered "registered", so a poll just
+        # after the reboot's answer verified a phone on its way down)
         self._mark_down("reboot")
+        await self._send_line_events("LineUnregistrationEvent")
         self.booted.clear()
         self.resolver.forget()
         self._spawn(self._boot(first=False))

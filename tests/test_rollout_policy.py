@@ -48,6 +48,19 @@ def test_phones_in_flight_from_an_earlier_wave_hold_their_sites_slots():
     assert kinds(s.dispatch) == [(rp.PUSH, A1)]
 
 
+def test_a_phone_failed_after_its_reboot_went_out_holds_its_slot_until_verify_within_has_passed():
+    """A reboot whose answer timed out may have reached the phone: failed, it is still down as much as any other.
+    A phone failed before anything was sent (its call check refused: no reboot_at) frees its slot at once."""
+    budget = limits(budget_total=5, budget_per_site={"a": 5, "b": 5}, rollback=False)
+    timed_out = pending(**{A1: {"state": "failed", "reboot_at": str(NOW - 5)},
+                           B1: {"state": "rollback_failed", "rollback_at": str(NOW - 5)}})
+    assert rp.dispatch({A2: {"state": "pending"}, B2: {"state": "pending"}}, timed_out, budget, NOW) == []
+    long_ago = pending(**{A1: {"state": "failed", "reboot_at": str(NOW - 121)},
+                          B1: {"state": "failed", "error": "call check refused"}})
+    sent = rp.dispatch({A2: {"state": "pending"}, B2: {"state": "pending"}}, long_ago, budget, NOW)
+    assert [a.mac for a in sent] == [A2, B2]
+
+
 def test_a_phone_verified_this_pass_frees_its_slot_for_the_next_one():
     snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 30), "attempt": "1"}})
     s = rp.step(0, [A1, A2], snap, {A1: reg(NOW - 1, 1)}, limits(), NOW)

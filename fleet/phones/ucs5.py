@@ -139,8 +139,8 @@ class Control(SoundPointControl):
         if "rest" not in self.maybe_sent(tried):
             return super().rebooted_since(since, params, tried)
         try:
+            now = time.time()     # before asking: the lock, the round trip and the parse come after the boot
             uptime = self.rest.uptime()
-            now = time.time()
             self._reboot_seen_at = now - uptime - UPTIME_STEP_S   # booted then, give or take the answer's step
             return uptime < now - since + 1
         except (DeviceTimeout, DeviceRefused):

@@ -29,6 +29,8 @@ from fleet.base.words import servers as servers_named
 from soundpoint.values import plural
 
 IN_FLIGHT = ("dispatched", "publishing", "rebooting", "verifying", "rolling_back")
+# settled states a phone may still be rebooting in, by the field that says when its reboot went out (unavailable)
+SENT_AND_FAILED = {"failed": "reboot_at", "rollback_failed": "rollback_at"}
 FAILED = ("failed", "rolled_back", "rollback_failed")
 SETTLED = ("verified", "skipped", "failed", "rolled_back", "rollback_failed")
 # rollout outcomes after which nothing can resume or roll back a phone of that run: its boot-server backups may go
@@ -294,18 +296,21 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
     return out
 
 
-def unavailable(snapshot: PhoneStates, limits: Limits) -> dict[str, int]:
-    """Phones of each site between dispatch and settling, across all waves."""
+def unavailable(snapshot: PhoneStates, limits: Limits, now: float) -> dict[str, int]:
+    """Phones of each site between dispatch and settling, across all waves; and phones that failed once their
+    reboot (or the rollback's) may have gone out, until verify.within has passed since it: a reboot whose
+    answer timed out or was cut may well have reached the phone, which is then down as much as any other."""
     counts = dict.fromkeys(limits.sites, 0)
     for mac, st in snapshot.items():
-        if st.get("state") in IN_FLIGHT:
+        state = st.get("state")
+        if state in IN_FLIGHT or (state in SENT_AND_FAILED and now - _f(st, SENT_AND_FAILED[state]) < limits.verify_within):
             counts[limits.site_of[mac]] += 1
     return counts
 
 
 def dispatch(states: PhoneStates, snapshot: PhoneStates, limits: Limits, now: float) -> list[Action]:
     """Phones of the wave to send now: pending ones, and deferred ones whose retry time came, within max_unavailable."""
-    busy = unavailable(snapshot, limits)
+    busy = unavailable(snapshot, limits, now)
     open_sites = sum(1 for s, n in busy.items() if n < limits.max_unavailable[s])
     out: list[Action] = []
     for mac, st in states.items():
