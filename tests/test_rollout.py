@@ -108,7 +108,8 @@ def explain_peak(truth: dict, macs: set[str], since: float, records: dict[str, d
             r = records.get(mac, {})
             lines.append(f"  {mac} lab reboot {rel(a)} back {rel(b) if b != float('inf') else 'never'}; controller "
                          f"dispatched {rel(r.get('dispatched_at'))} reboot_at {rel(r.get('reboot_at'))} settled "
-                         f"{rel(r.get('settled_at'))} via {r.get('reboot_via', '-')} state {r.get('state')}")
+                         f"{rel(r.get('settled_at'))} via {r.get('reboot_via', '-')} state {r.get('state')}; "
+                         f"verify_from {rel(r.get('verify_from'))}; {r.get('verified_by', '')}")
     return "\n".join(lines)
 
 

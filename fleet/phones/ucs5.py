@@ -131,7 +131,10 @@ class Control(SoundPointControl):
         return super().reboot(announce, fallback)
 
     def _reboot_rest(self) -> None:
-        self.rest.restart()
+        try:
+            self.rest.restart()
+        finally:
+            self._reboot_sent_at = self.rest.last_sent
 
     def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
         """REST phones say so through their uptime; one that does not answer is taken as rebooting. A reboot that

@@ -209,13 +209,23 @@ def evidence_from(st: Mapping[str, str], at: str, answered: str, now: float, wai
     its REST lock, a digest challenge or a slow worker is still up, and a refresh it makes (or a lineInfo it
     answers) in that time said "registered" after `at`. Counted, it verified a phone on its way down and the
     rollout took one more phone of the site down than max_unavailable allows (tests/test_rollout_faults.py,
-    under two suites' load). So: from when the reboot was answered (`answered`, fleet.rollout.work). Where
+    under two suites' load). So: from when the request that rebooted it left, after the lock's wait and any
+    challenge (`answered`, recorded once it was answered: fleet.rollout.work._reboot_left). Where
     that was never recorded, `at` once `wait` seconds have passed since it: a push records both together
     (wait 0: only a record from before this field lacks it); a rollback records `answered` after its reboot,
     so the wait (the dispatch stall) covers the reboot in flight, and a task that died sending it."""
     if st.get(answered):
         return max(_f(st, answered), _f(st, at))
     return _f(st, at) if now - _f(st, at) >= wait else None
+
+
+def _evidence_named(servers: Mapping[int, Mapping], required: tuple[int, ...] | list[int]) -> str:
+    """What a verification rested on, for the phone's record: each required server's source and times."""
+    def one(i: int) -> str:
+        e = servers.get(i, {})
+        sent = f" sent {float(e['sent']):.3f}" if e.get("sent") is not None else ""
+        return f"server {i}: {e.get('state', '?')} by {e.get('source', '?')} at {float(e.get('t', 0)):.3f}{sent}"
+    return "; ".join(one(i) for i in required)[:300]
 
 
 def applied_how(st: Mapping[str, str], down_at: float | None, since: float) -> str:
@@ -261,7 +271,8 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
                 how = applied_how(st, (downs or {}).get(mac), since)
                 standby = [i for i in limits.registered_to
                            if observed[mac].get(i, {}).get("t", 0) <= proof_from]   # held as on-failure fallbacks
-                fields = {"state": "verified", "settled_at": now, "verified_in": took, **({"applied": how} if how else {})}
+                fields = {"state": "verified", "settled_at": now, "verified_in": took, "verified_by": _evidence_named(
+                    observed[mac], limits.registered_to), **({"applied": how} if how else {})}
                 event = {"kind": "verified", "mac": mac, "seconds": took, **({"applied": how} if how else {})}
                 if standby:
                     note = (f"{servers_named(standby)} not registered: failOver.reRegisterOn=1 "
