@@ -56,7 +56,7 @@ def test_a_syslog_line_read_late_carries_the_moment_it_arrived():
 
     sent, read_from, sink = asyncio.run(run())
     assert len(sink) == 1 and sink[0].state == "registered", sink
-    assert sent <= sink[0].t < sent + 0.1 < read_from, (sent, sink[0].t, read_from)
+    assert sent <= sink[0].t <= read_from - 0.35, (sent, sink[0].t, read_from)   # the loop was held 0.4 s after it
 
 
 def test_a_line_info_answer_carries_when_it_was_asked():
@@ -86,7 +86,52 @@ def test_a_line_info_answer_carries_when_it_was_asked():
 
     asked, result = asyncio.run(run())
     assert result.ok and result.lines, result
-    assert result.sent is not None and asked <= result.sent < asked + 0.2 and result.t >= result.sent + 0.35, result
+    assert result.sent is not None and asked <= result.sent and result.t >= result.sent + 0.35, (asked, result)
     (obs,) = [o for o in from_line_info(MAC, result.t, result.lines[0], [{"index": 1, "address": "10.0.0.1"}],
                                         result.sent) if o.state == "registered"]
     assert obs.sent == result.sent and obs.t == result.t, obs
+
+
+def test_a_rest_reboot_is_stamped_when_its_answer_arrived_not_when_the_worker_was_done_with_it():
+    """fleet.rollout.work._reboot_left verifies from the phone's answer to the reboot: stamped as the driver
+    read it, not after the phone's lock was let go (a Redis round trip, 0.4 s here). A stamp that late missed
+    the registration of a phone quick to boot, which then waited for a refresh (bench 1000x2: 65 s, not 27)."""
+    import contextlib
+    import http.server
+    import threading
+
+    from fleet.drivers.control.rest import RestPhone
+
+    doc, status = phone_reports.rest_status("rest-safe-restart")
+
+    class Answer(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:   # noqa: N802
+            self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            body = json.dumps(doc).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Answer)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+
+    @contextlib.contextmanager
+    def slow_release():
+        yield
+        time.sleep(0.4)      # the lock let go after the answer
+
+    try:
+        phone = Phone(mac=MAC, model="VVX 410", address="127.0.0.1", http_port=server.server_address[1],
+                      credentials="admin", firmware_family="uc-5.x", firmware_version="5.9.0")
+        rest = RestPhone(phone, Credentials(username="Polycom", password="456"), timeout=3, guard=slow_release)
+        asked = time.time()
+        rest.restart()
+        done = time.time()
+    finally:
+        server.shutdown()
+    assert rest.last_answered is not None and asked <= rest.last_answered <= done - 0.35, (asked, rest.last_answered, done)

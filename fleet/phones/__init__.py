@@ -144,8 +144,8 @@ class PhoneControl(Protocol):
         `fallback` is False); returns how, for reports. `announce(method)` is called just before each method is
         sent, so a caller that may die can leave word of what may have reached the phone (rebooted_since's
         `tried`). Raises DriverError naming the phone when the phone refuses or does not answer.
-        A control may also offer `reboot_sent_at() -> float | None`: when the request that rebooted the phone
-        left (after any lock's wait), from which a registration may prove the phone came back."""
+        A control may also offer `reboot_answered_at() -> float | None`: when the phone's answer to the reboot
+        arrived, from which a registration may prove the phone came back."""
 
     def may_stay_up(self, sent: Collection[str], params: dict[str, str]) -> bool:
         """The reboot methods `sent` may leave the phone running the new files without a reboot."""

@@ -27,7 +27,7 @@ class SoundPointControl:
         self.phone = access.phone
         self.family: families.Family = access.phone.family
         self._reboot_seen_at: float | None = None   # what the last rebooted_since saw (reboot_seen_at)
-        self._reboot_sent_at: float | None = None   # when the last reboot request left (reboot_sent_at)
+        self._reboot_answered_at: float | None = None   # when the phone answered the last reboot (reboot_answered_at)
 
     # ------------------------------------------------------------ call state
     def polling_credentials(self) -> Credentials:
@@ -120,7 +120,7 @@ class SoundPointControl:
             raise DriverError(f"phone {self.phone.mac} ({self.phone.address})",
                               f"reboot by {method} is not available on {self.family.name}")
         tell = announce or (lambda _method: None)
-        self._reboot_sent_at = None
+        self._reboot_answered_at = None
         try:
             tell(method)
             getattr(self, "_reboot_" + method.replace("-", "_"))()
@@ -134,21 +134,22 @@ class SoundPointControl:
             return f"{REBOOT_DESCRIPTIONS['web']} (check-sync refused: {exc.message})"[:300]
         return REBOOT_DESCRIPTIONS[method]
 
-    def reboot_sent_at(self) -> float | None:
-        """When the last reboot request left for the phone (the NOTIFY or POST, or the REST request after its lock
-        was taken): a registration from before it cannot be the phone coming back (fleet.rollout.work)."""
-        return self._reboot_sent_at
+    def reboot_answered_at(self) -> float | None:
+        """When the phone's answer to the last reboot request arrived (read by the driver, before any lock's
+        release or parse): a phone answers, then goes down, so a registration from before it cannot be the
+        phone coming back (fleet.rollout.work._reboot_left)."""
+        return self._reboot_answered_at
 
     def _reboot_check_sync(self) -> None:
-        self._reboot_sent_at = time.time()
         user = self.access.param("reg.1.address").split("@")[0] or None
         auth_user = self.access.param("reg.1.auth.userId") or (user or "")
         password = self.access.secret("reg.1.auth.password")
         sip_notify.check_sync_blocking(self.phone, user=user, auth=(auth_user, password) if password else None)
+        self._reboot_answered_at = time.time()
 
     def _reboot_web(self) -> None:
-        self._reboot_sent_at = time.time()
         web_ui.reboot(self.phone, self.access.creds)
+        self._reboot_answered_at = time.time()
 
     def _reboot_rest(self) -> None:
         raise DriverError(f"phone {self.phone.mac}", f"{self.family.name} has no REST API")

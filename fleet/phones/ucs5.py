@@ -131,10 +131,8 @@ class Control(SoundPointControl):
         return super().reboot(announce, fallback)
 
     def _reboot_rest(self) -> None:
-        try:
-            self.rest.restart()
-        finally:
-            self._reboot_sent_at = self.rest.last_sent
+        self.rest.restart()
+        self._reboot_answered_at = self.rest.last_answered
 
     def rebooted_since(self, since: float, params: dict[str, str], tried: Collection[str] | None = None) -> bool:
         """REST phones say so through their uptime; one that does not answer is taken as rebooting. A reboot that

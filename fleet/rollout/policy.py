@@ -209,8 +209,8 @@ def evidence_from(st: Mapping[str, str], at: str, answered: str, now: float, wai
     its REST lock, a digest challenge or a slow worker is still up, and a refresh it makes (or a lineInfo it
     answers) in that time said "registered" after `at`. Counted, it verified a phone on its way down and the
     rollout took one more phone of the site down than max_unavailable allows (tests/test_rollout_faults.py,
-    under two suites' load). So: from when the request that rebooted it left, after the lock's wait and any
-    challenge (`answered`, recorded once it was answered: fleet.rollout.work._reboot_left). Where
+    under two suites' load). So: from when the phone's answer to the reboot arrived (a phone answers, then
+    goes down: `answered`, fleet.rollout.work._reboot_left). Where
     that was never recorded, `at` once `wait` seconds have passed since it: a push records both together
     (wait 0: only a record from before this field lacks it); a rollback records `answered` after its reboot,
     so the wait (the dispatch stall) covers the reboot in flight, and a task that died sending it."""

@@ -277,14 +277,15 @@ class RestPhone:
         self.firmware = firmware
         self.guard = guard
         self.challenges = 0                    # 401 answers taken (a steady control takes at most one)
-        self.last_sent: float | None = None    # when the last request left (a reboot's: fleet.phones.ucs5)
+        self.last_answered: float | None = None   # when the last answer's head arrived (a reboot's: fleet.phones.ucs5)
 
     # -------------------------------------------------------- transport
     def _send(self, method: str, path: str, body: dict | None, timeout: float) -> requests.Response:
-        self.last_sent = time.time()    # the phone can act on it from here on (after the lock's wait, if any)
         try:
-            return self.session.request(method, self.base + path, json=body, auth=self.auth, timeout=timeout,
+            resp = self.session.request(method, self.base + path, json=body, auth=self.auth, timeout=timeout,
                                         stream=True)
+            self.last_answered = time.time()   # stamped here: not after the lock's release and the body's parse
+            return resp
         except requests.RequestException as exc:
             raise no_answer(self.name, f"{method} {path}", exc, timeout) from None
 
