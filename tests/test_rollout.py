@@ -63,14 +63,7 @@ def unavailable_peaks(truth: dict, macs_by_site: dict[str, set[str]], since: flo
     """From the lab's own timeline: most phones of a site between reboot and re-registration at once."""
     peaks = {}
     for site, macs in macs_by_site.items():
-        edges = []
-        for mac in macs:
-            events = truth["phones"][mac]["events"]
-            for i, e in enumerate(events):
-                if e["kind"] == "reboot" and e["t"] >= since:
-                    boot = next((j for j in range(i + 1, len(events)) if events[j]["kind"] == "boot"), len(events))
-                    back = next((x["t"] for x in events[boot:] if x["kind"] == "working_server" and x["data"]["server"]), None)
-                    edges += [(e["t"], 1), (back or float("inf"), -1)]
+        edges = [edge for _, a, b in down_spans(truth, macs, since) for edge in ((a, 1), (b, -1))]
         level = peak = 0
         for _, d in sorted(edges):
             level += d
@@ -79,31 +72,33 @@ def unavailable_peaks(truth: dict, macs_by_site: dict[str, set[str]], since: flo
     return peaks
 
 
-def down_spans(truth: dict, macs: set[str], since: float) -> dict[str, tuple[float, float]]:
-    """Each phone's (reboot, back) from the lab's timeline: back is its first working server after the boot."""
-    spans = {}
+def down_spans(truth: dict, macs: set[str], since: float) -> list[tuple[str, float, float]]:
+    """Every (phone, reboot, back) since `since` from the lab's timeline; back is the first working server after
+    the reboot's boot (infinity: never)."""
+    spans = []
     for mac in macs:
         events = truth["phones"][mac]["events"]
         for i, e in enumerate(events):
             if e["kind"] == "reboot" and e["t"] >= since:
                 boot = next((j for j in range(i + 1, len(events)) if events[j]["kind"] == "boot"), len(events))
                 back = next((x["t"] for x in events[boot:] if x["kind"] == "working_server" and x["data"]["server"]), None)
-                spans[mac] = (e["t"], back or float("inf"))
+                spans.append((mac, e["t"], back or float("inf")))
     return spans
 
 
 def explain_peak(truth: dict, macs: set[str], since: float, records: dict[str, dict]) -> str:
-    """For an assertion message: the moment a site had most phones down, and for each of them the lab's
-    reboot and return next to the controller's record (dispatched, reboot claimed, settled), times from t0."""
+    """For an assertion message: the first moment a site had most phones down, and for each of them the lab's
+    reboot and return next to the controller's record (dispatched, reboot recorded, settled, what verified it),
+    times from `since`."""
     spans = down_spans(truth, macs, since)
     worst, at = 0, since
-    for t, _ in sorted((a, m) for m, (a, _) in spans.items()):
-        level = sum(1 for a, b in spans.values() if a <= t < b)
+    for _, t, _ in sorted(spans, key=lambda s: s[1]):
+        level = sum(1 for _, a, b in spans if a <= t < b)
         if level > worst:
             worst, at = level, t
-    rel = lambda v: f"{float(v) - since:.3f}" if v not in (None, "") else "-"
+    rel = lambda v: f"{float(v) - since:.3f}" if v not in (None, "") else "-"   # noqa: E731
     lines = [f"{worst} down at t0+{at - since:.3f}:"]
-    for mac, (a, b) in sorted(spans.items(), key=lambda kv: kv[1]):
+    for mac, a, b in sorted(spans, key=lambda s: s[1]):
         if a <= at < b:
             r = records.get(mac, {})
             lines.append(f"  {mac} lab reboot {rel(a)} back {rel(b) if b != float('inf') else 'never'}; controller "
