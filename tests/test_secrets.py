@@ -480,7 +480,9 @@ def test_finished_rollout_leaves_no_backups_unless_asked_to_keep_them(small_lab,
     wait_until(lambda: not any(out["id"] in f for f in _backups(small_lab)), 30, "the rollout's backups removed",
                step=0.2, state=lambda: _backups(small_lab))
     assert _backups(small_lab) == kept_files, f"left behind: {_backups(small_lab)}"
-    assert rs.get_field(out["id"], "backups_removed:hq"), "the worker recorded the removal"
+    # recorded once the deletions are done and the publisher closed: a moment after the files are gone
+    wait_until(lambda: rs.get_field(out["id"], "backups_removed:hq"), 30, "the worker's record of the removal",
+               step=0.1, state=lambda: rs.get(out["id"]).get("status"))
 
 
 def test_digest_is_enough_for_the_virtual_phones(small_lab):
