@@ -66,7 +66,9 @@ All keys start with `fleet:`; `Keys` below builds each name.
 | `rollout:{id}:phone:{mac}`           | hash   | state, attempt, wave, plan (the phone's part), reboot_at,        | RolloutStore.create/        |
 |                                      |        | reboot_tried (methods announced before sending), reboot_via,     | set_phone                   |
 |                                      |        | rollback_at, settled_at, error, deferred_at, deferred_reason     |                             |
-|                                      |        | (call state: why), backing_up:/backed_up:{file}                  |                             |
+|                                      |        | (call state: why), backing_up:/backed_up:{file}, verify_from /   |                             |
+|                                      |        | rollback_verify_from (the reboot's answer: evidence counts from  |                             |
+|                                      |        | then), verified_by (the evidence that verified it)               |                             |
 | `rollout:{id}:changes`               | stream | one entry per phone state change (the driver wakes on it)        | RolloutStore.set_phone      |
 | `rollout:{id}:events`                | stream | append-only history of the rollout                               | RolloutStore.log            |
 | `rollout:{id}:reboot:{mac}:{attempt}`| string | the claim on a phone's reboot for one attempt (or               | RolloutStore.claim_reboot   |
