@@ -7,7 +7,9 @@ events on the same loop). And it stamps nothing: a syslog line stamped when the 
 it, hundreds of milliseconds late under load, says "registered" at a time the phone may already have been
 told to reboot, and the rollout verified a phone still on its way down (one phone over max_unavailable in
 tests/test_rollout_faults.py under two suites' load). The kernel's receive time (SO_TIMESTAMPNS) is this
-host's own clock, taken as the datagram arrived; a sender cannot set it.
+host's own clock, taken as the datagram arrived; a sender cannot set it. Linux turns receive stamping on for
+the host in deferred work after the first socket asks for it: a datagram that arrives in the moment before is
+stamped when it is read (the kernel's own fallback), as every datagram was before this reader.
 """
 from __future__ import annotations
 
