@@ -144,9 +144,29 @@ def test_http_reads_carry_no_credentials_and_writes_answer_a_digest_challenge(tm
             pub.close()
         seen = list(server.auth_seen)
     assert [scheme for method, scheme in seen if method == "GET"] == ["", ""], seen
-    assert [scheme for method, scheme in seen if method == "PUT"] == ["", "Digest", "", "Digest"], seen
-    assert [scheme for method, scheme in seen if method == "DELETE"] == ["", "Digest"], seen
+    # one challenge for the publisher's writes: the second PUT and the DELETE answer its nonce unasked
+    assert [scheme for method, scheme in seen if method == "PUT"] == ["", "Digest", "Digest"], seen
+    assert [scheme for method, scheme in seen if method == "DELETE"] == ["Digest"], seen
     assert (tmp_path / "boot" / "a.cfg").exists() is False
+
+
+def test_a_write_whose_nonce_went_stale_answers_the_new_challenge(tmp_path):
+    """The server forgets its nonces (a restart, a new key): the unasked answer is refused, the publisher answers the
+    fresh challenge and the file is written, no error."""
+    from hil.http_digest import DigestAuthority
+
+    (tmp_path / "boot").mkdir()
+    with _http_server(tmp_path / "boot") as (url, server):
+        pub = open_publisher(url, Credentials("PlcmSpIp", "pw-123"))
+        try:
+            pub.write("a.cfg", b"<A/>")
+            server.digest = DigestAuthority(server.REALM, "PlcmSpIp", "pw-123")   # every nonce issued so far stale
+            pub.write("a.cfg", b"<B/>")
+        finally:
+            pub.close()
+        seen = list(server.auth_seen)
+    assert seen == [("PUT", ""), ("PUT", "Digest"), ("PUT", "Digest"), ("PUT", "Digest")], seen
+    assert (tmp_path / "boot" / "a.cfg").read_bytes() == b"<B/>"
 
 
 def test_http_publisher_never_answers_basic_over_plain_http(tmp_path):

@@ -31,6 +31,7 @@ from fleet.phoneconf import secrets as secret_params
 from fleet.sites import files as site_files
 from fleet.drivers.errors import DeviceTimeout, DriverError
 from fleet.drivers.publish import open_publisher
+from fleet.drivers.publish.read_once import ReadOnce
 from fleet.base.failpoints import failpoint
 from soundpoint.values import plural
 from fleet.base.steps import journal, step, traced
@@ -242,7 +243,7 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
     rollout's backups back instead (None: a file it created, deleted), the
     master first; its own backups let it be rolled back like any push.
     """
-    pub = open_publisher(url, boot_creds)
+    pub = ReadOnce(open_publisher(url, boot_creds))   # the master read to render it is the one backed up
     try:
         if restore is None:
             prepared = site_files.phone_files(pub, url, mac, params, lambda u: open_publisher(u, boot_creds),
