@@ -225,6 +225,7 @@ def our_rollout(inv: Path, url: str, work: Path, expires: int, phones: int, max_
     our_rollout.cli_start = elapsed - our_rollout.span
     records = rs.phones(out["id"], rs.macs(out["id"]), full=True)
     our_rollout.order = list(records)
+    our_rollout.records = records
     stamps = [[float(rec[k]) for k in ("dispatched_at", "reboot_at", "settled_at")] for rec in records.values()
               if all(rec.get(k) for k in ("dispatched_at", "reboot_at", "settled_at"))]
 
@@ -395,6 +396,26 @@ def textbook_bound(times: dict[str, float], site_of: dict[str, str], slots: int)
     return out
 
 
+def stragglers(records: dict[str, dict], labs: "Labs", since: float, over_s: float = 5.0, most: int = 5) -> list[str]:
+    """Phones verified more than `over_s` after their reboot, each with its record's stamps (seconds from reboot_at)
+    and the lab's own record of its registrations: a verification that waited for a refresh shows why."""
+    late = [(m, r) for m, r in records.items() if r.get("reboot_at") and r.get("settled_at")
+            and float(r["settled_at"]) - float(r["reboot_at"]) > over_s]
+    if not late:
+        return []
+    truth = {m: p for lab in labs.labs for m, p in ground_truth(lab.state).items()}
+    out = []
+    for mac, rec in late[:most]:
+        at = float(rec["reboot_at"])
+        stamps = {k: round(float(v) - at, 3) for k, v in rec.items()
+                  if k.endswith(("_at", "_from")) and v and v.replace(".", "", 1).isdigit()}
+        events = [f"{e['t'] - at:+.3f} {e['kind']}"
+                  + (f" s{e['data']['server']} {e['data']['state']}" if e["kind"] == "server_state" else "")
+                  for e in truth.get(mac, {}).get("events", []) if e["t"] >= since and e["t"] - at < 120]
+        out.append(f"{mac}: verified_by {rec.get('verified_by', '?')}, record {stamps}; lab {events[:12]}")
+    return out + ([f"and {len(late) - most} more"] if len(late) > most else [])
+
+
 def pct(values: list[float]) -> str:
     values = sorted(values)
     return "/".join(f"{values[min(len(values) - 1, int(q * len(values)))]:.2f}" for q in (0.5, 0.95, 1.0)) if values else "-"
@@ -454,6 +475,8 @@ def run_case(name: str, work: Path, profile: Path | None, say, per_site_override
         say(f"  ours: {our_rollout.phases}")
         say(f"  ours: {our_rollout.steps}")
         say(f"  ours: {cpu.line()}")
+        for line in stragglers(our_rollout.records, lab, t0):
+            say(f"  ours: straggler {line}")
         say(f"  ours: controller CPU {sum(controller.values()) / phones * 1000:.2f} ms per phone (workers, collector, "
             f"CLI, Redis); Redis memory {our_rollout.memory / phones:.0f} bytes per phone (the rollout's records)")
         if with_bare:
