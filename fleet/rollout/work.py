@@ -132,7 +132,9 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         # a wrong password stays wrong: fail the phone now, with why, rather than defer it as possibly in a call
         # until the wave's progress deadline (nothing was written or sent to it yet)
         why = f"call check refused: {check.reason}"[:300]
-        rs.set_phone(rid, mac, state="failed", error=why, settled_at=time.time())
+        if not rs.set_phone_unless_reboot_claimed(rid, mac, attempt, state="failed", error=why,
+                                                  settled_at=time.time()):
+            return _rebooted_by_another_copy(rs, rid, mac, f"call check refused: {check.reason}")
         rs.log(rid, "failed", mac=mac, reason=why)
         raise TaskFailed(f"rollout {rid}: phone {mac} failed: {why}")
     # strategy.power_cycle_fallback: a phone that answers neither the call check nor a read-only identity request is
@@ -145,8 +147,9 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
             rs.log(rid, "unanswered", mac=mac, call_check=check.reason[:300], identity=hung[:300])
     # the playbook's reboot_without_call_check covers only a family with no way to tell; a check that failed defers
     if not check.may_reboot and not hung and not (plan.unchecked_reboot and control.family.call_state_source is None):
-        rs.set_phone(rid, mac, state="deferred", deferred_at=time.time(),
-                     deferred_reason=f"{check.state}: {check.reason}"[:300])
+        if not rs.set_phone_unless_reboot_claimed(rid, mac, attempt, state="deferred", deferred_at=time.time(),
+                                                  deferred_reason=f"{check.state}: {check.reason}"[:300]):
+            return _rebooted_by_another_copy(rs, rid, mac, f"call check {check.state}: {check.reason}")
         rs.log(rid, "deferred", mac=mac, call_state=check.state, reason=check.reason[:300])
         return {"state": "deferred", "reason": check.reason}
     if not check.may_reboot and not hung:
@@ -176,6 +179,13 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         rs.set_phone(rid, mac, state="verifying", reboot_via=how, verify_from=_reboot_left(control, reboot_at),
                      **_may_stay_up(control, sent, plan.params))
         return {"state": "verifying", "reboot_at": reboot_at}
+
+
+def _rebooted_by_another_copy(rs: RolloutStore, rid: str, mac: str, found: str) -> dict:
+    """This copy's call check came to nothing it may record: another copy of the task (redelivered, or resent by
+    the driver) claimed the phone's reboot meanwhile, and its record stands. The check's finding goes to the log."""
+    rs.log(rid, "call-check-overtaken", mac=mac, reason=f"{found} (another copy of the task took the reboot)"[:300])
+    return {"state": rs.phone(rid, mac).get("state"), "note": "another copy of this task took the reboot"}
 
 
 def _reboot_left(control: phones.PhoneControl, recorded_at: float) -> float:

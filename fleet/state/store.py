@@ -149,6 +149,18 @@ redis.call('hset', KEYS[1], 'tick_running', n, 'tick_since', tostring(now))
 return 'run'
 """
 
+# A phone's rollout fields written by a task before its reboot (a deferral, a refused call check), unless a copy of
+# the same task has claimed the reboot (KEYS[1], the claim; KEYS[2] the phone's record; KEYS[3] the change feed).
+# A copy redelivered after a Redis restart ran its call check while the first copy rebooted the phone, found no
+# answer and wrote "deferred" over "verifying": the phone, rebooted, was never verified (test_rollout_faults).
+# ARGV: the feed's length bound, the MAC, then field, value pairs.
+SET_UNLESS_REBOOT_CLAIMED = """
+if redis.call('exists', KEYS[1]) == 1 then return 0 end
+redis.call('hset', KEYS[2], unpack(ARGV, 3))
+redis.call('xadd', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'mac', ARGV[2])
+return 1
+"""
+
 
 class PushedState(NamedTuple):
     """A phone's newest pushed call state: whether a line is in a call, when the collector received it (its clock),
@@ -1054,6 +1066,16 @@ class RolloutStore:
     def claim_reboot(self, rid: str, mac: str, attempt: int | str) -> bool:
         """True once per phone and attempt (or per "ATTEMPT-confirm"): the guard against rebooting twice."""
         return bool(self.r.set(K.rollout_reboot(rid, mac, attempt), time.time(), nx=True, ex=7 * 86400))
+
+    def set_phone_unless_reboot_claimed(self, rid: str, mac: str, attempt: int | str, **fields) -> bool:
+        """set_phone (a change of state, on the change feed), done only while no copy of this task has claimed the
+        phone's reboot for `attempt`, in one step; False: claimed, nothing written (what the copy found before
+        the reboot, a phone not answering, is no longer true of it)."""
+        flat: list[str] = []
+        for k, v in fields.items():
+            flat += [k, "" if v is None else str(v)]
+        return bool(self.r.eval(SET_UNLESS_REBOOT_CLAIMED, 3, K.rollout_reboot(rid, mac, attempt),
+                                K.rollout_phone(rid, mac), self.changes_key(rid), FEED_MAXLEN, mac, *flat))
 
     def reboot_claimed_at(self, rid: str, mac: str, attempt: int) -> float | None:
         value = self.r.get(K.rollout_reboot(rid, mac, attempt))

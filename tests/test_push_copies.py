@@ -1,0 +1,84 @@
+"""Two copies of one phone's push task (a Redis restart redelivers it, or the driver resends it): what the late copy
+found before the reboot must not overwrite the reboot the other copy made.
+
+Seen in tests/test_rollout_faults.py::test_redis_restarted_mid_rollout[8] (a fresh-clone run): one copy rebooted
+the phone and recorded "verifying"; the other, whose call check met the phone going down (ConnectionError), wrote
+"deferred" over it. The driver sent the phone again, the new copy found the reboot done and did nothing, and the
+phone stayed "dispatched" until the test's budget ran out. The store is a real Redis; the phone control and the
+rollout's plan are fakes (the layer under test is fleet.rollout.work with the store).
+"""
+from __future__ import annotations
+
+import secrets as pysecrets
+from types import SimpleNamespace
+
+import pytest
+
+from fleet.drivers.control.call_check import CallCheck
+from fleet.rollout import work as rollout_work
+from fleet.state.store import RolloutStore, Store
+
+MAC = "0004f2c0ffee"
+
+
+class _CheckMeetsTheOtherCopy:
+    """A phone control whose call check runs while another copy of the task claims and records the reboot."""
+
+    def __init__(self, rs: RolloutStore, rid: str, found: CallCheck) -> None:
+        self.rs, self.rid, self.found = rs, rid, found
+        self.rebooted = 0
+
+    def call_check(self) -> CallCheck:
+        assert self.rs.claim_reboot(self.rid, MAC, 1)
+        self.rs.set_phone(self.rid, MAC, state="verifying", reboot_at="1000.0", verify_from="1000.1")
+        return self.found
+
+    def reboot(self, *_a, **_k) -> str:      # never reached: nothing may be sent by the late copy
+        self.rebooted += 1
+        return "rest safeRestart"
+
+
+@pytest.fixture
+def copy_of_push(redis_url, monkeypatch):
+    """A push task for MAC in a fresh rollout on the session's Redis, its call check meeting the other copy."""
+    rs = RolloutStore(Store(redis_url))
+    rid = "copies-" + pysecrets.token_hex(4)
+    rs.set_phone(rid, MAC, state="dispatched", attempt="1")
+    plan = SimpleNamespace(site=SimpleNamespace(boot_server=SimpleNamespace(credentials="")),
+                           phone=SimpleNamespace(credentials="phone_admin"), attempt=1, config_hash="new",
+                           power_cycle_off_s=0, unchecked_reboot=False)
+    creds = SimpleNamespace(credentials=lambda name: SimpleNamespace(username="admin", password="x"))
+
+    def run(found: CallCheck) -> tuple[dict, dict, _CheckMeetsTheOtherCopy]:
+        control = _CheckMeetsTheOtherCopy(rs, rid, found)
+        monkeypatch.setattr(rollout_work, "_record", lambda r, m, s: (None, creds, None, rs, rs.phone(r, m), plan))
+        monkeypatch.setattr(rollout_work.phones, "for_phone", lambda *a, **k: control)
+        monkeypatch.setattr(rs, "config_version", lambda mac: "old")
+        out = rollout_work._push(rid, MAC, 1, ())
+        return out, rs.phone(rid, MAC), control
+    return run
+
+
+def test_a_copy_whose_call_check_met_the_reboot_does_not_defer_the_phone(copy_of_push):
+    out, record, control = copy_of_push(CallCheck("unknown", "REST callStatus v2: ConnectionError"))
+    assert record["state"] == "verifying" and "deferred_at" not in record, record
+    assert out["state"] == "verifying" and control.rebooted == 0, out
+
+
+def test_a_copy_refused_at_its_call_check_does_not_fail_a_phone_another_copy_rebooted(copy_of_push):
+    out, record, control = copy_of_push(CallCheck("refused", "HTTP 401"))
+    assert record["state"] == "verifying" and "error" not in record, record
+    assert out["state"] == "verifying" and control.rebooted == 0, out
+
+
+def test_without_another_copy_the_deferral_is_written_and_on_the_change_feed(redis_url):
+    rs = RolloutStore(Store(redis_url))
+    rid = "copies-" + pysecrets.token_hex(4)
+    before = rs.feed_positions(rid)
+    assert rs.set_phone_unless_reboot_claimed(rid, MAC, 1, state="deferred", deferred_reason="in-call: 1 call")
+    assert rs.phone(rid, MAC)["state"] == "deferred"
+    changed, _ = rs.feed_read(before)
+    assert changed == {MAC}
+    assert rs.claim_reboot(rid, MAC, 1)
+    assert not rs.set_phone_unless_reboot_claimed(rid, MAC, 1, state="deferred", deferred_reason="later")
+    assert rs.phone(rid, MAC)["deferred_reason"] == "in-call: 1 call"
