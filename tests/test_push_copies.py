@@ -82,3 +82,52 @@ def test_without_another_copy_the_deferral_is_written_and_on_the_change_feed(red
     assert rs.claim_reboot(rid, MAC, 1)
     assert not rs.set_phone_unless_reboot_claimed(rid, MAC, 1, state="deferred", deferred_reason="later")
     assert rs.phone(rid, MAC)["deferred_reason"] == "in-call: 1 call"
+
+
+# ---------------------------------------------------------------- two copies publishing
+MASTER = (b'<?xml version="1.0" standalone="yes"?>\n<APPLICATION APP_FILE_PATH="sip.ld" '
+          b'CONFIG_FILES="[PHONE_MAC_ADDRESS]-reg.cfg, site.cfg"/>\n')
+
+
+def _publish_copy(rs: RolloutStore, rid: str, stale: dict, boot, attempt: int = 1) -> bool:
+    from fleet.config.inventory import Credentials
+    return rollout_work._publish(rid, MAC, dict(stale), rs, {"reg.1.server.1.expires": "61"}, f"file://{boot}/",
+                                 Credentials(), attempt=attempt)
+
+
+def test_a_copy_publishing_after_the_other_keeps_its_backup_marks_and_the_backup(redis_url, tmp_path):
+    """Both copies read the record before either published; the late one reads the files the first one wrote.
+    Its marks ("same") would tell a rollback there is nothing to restore: the first copy's stand."""
+    from fleet.phoneconf import polycom
+    from fleet.rollout import backups as rollout_backups
+
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / f"{MAC}.cfg").write_bytes(MASTER)
+    rs = RolloutStore(Store(redis_url))
+    rid = "copies-" + pysecrets.token_hex(4)
+    rs.set_phone(rid, MAC, state="dispatched", attempt="1")
+    stale = rs.phone(rid, MAC)
+    assert _publish_copy(rs, rid, stale, boot) is not False
+    first = rs.phone(rid, MAC)
+    ours = polycom.fleet_file_name(MAC)
+    assert (first[f"backed_up:{MAC}.cfg"], first[f"backed_up:{ours}"]) == ("yes", "absent"), first
+    assert _publish_copy(rs, rid, stale, boot) is not False     # no reboot claimed yet: it publishes (the same files) again
+    record = rs.phone(rid, MAC)
+    assert (record[f"backed_up:{MAC}.cfg"], record[f"backed_up:{ours}"]) == ("yes", "absent"), record
+    assert (boot / rollout_backups.backup_name(f"{MAC}.cfg", rid)).read_bytes() == MASTER
+
+
+def test_a_copy_that_comes_to_publish_after_the_other_claimed_the_reboot_writes_nothing(redis_url, tmp_path):
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / f"{MAC}.cfg").write_bytes(MASTER)
+    rs = RolloutStore(Store(redis_url))
+    rid = "copies-" + pysecrets.token_hex(4)
+    rs.set_phone(rid, MAC, state="dispatched", attempt="1")
+    stale = rs.phone(rid, MAC)
+    assert rs.claim_reboot(rid, MAC, 1)
+    rs.set_phone(rid, MAC, state="verifying", reboot_at="1000.0", verify_from="1000.1")
+    assert _publish_copy(rs, rid, stale, boot) is False
+    assert rs.phone(rid, MAC)["state"] == "verifying"
+    assert sorted(p.name for p in boot.iterdir()) == [f"{MAC}.cfg"] and (boot / f"{MAC}.cfg").read_bytes() == MASTER

@@ -156,8 +156,10 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         rs.log(rid, "reboot-unchecked", mac=mac, reason=f"{check.reason} (strategy.reboot_without_call_check)"[:300])
     with _settles_as(rs, rid, mac, "failed", retry_on):
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
-        _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds, site.boot_server.master_file or "",
-                 _restore_marks(inv, rs, plan.restore_from, mac), tuple(p.mac for p in site.phones if p.mac != mac))
+        if not _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds,
+                        site.boot_server.master_file or "", _restore_marks(inv, rs, plan.restore_from, mac),
+                        tuple(p.mac for p in site.phones if p.mac != mac), attempt):
+            return _rebooted_by_another_copy(rs, rid, mac, "publishing")
         if not rs.claim_reboot(rid, mac, attempt):
             # an earlier copy of this task claimed the reboot and died before recording it
             if rs.phone(rid, mac).get("reboot_at"):
@@ -243,8 +245,14 @@ def _restore_marks(inv: inv_mod.Inventory, rs: RolloutStore, restore_from: str, 
 @step("publish")
 def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str, str], url: str,
              boot_creds: inv_mod.Credentials, named_master: str = "", restore: tuple[str, dict] | None = None,
-             others: tuple[str, ...] = ()) -> None:
-    """Back up the phone's current files (once) and write ours, the master file last.
+             others: tuple[str, ...] = (), attempt: int | str | None = None) -> bool:
+    """Back up the phone's current files (once) and write ours, the master file last; False: nothing done, another
+    copy of this task (for `attempt`) has claimed the phone's reboot, so it has published already.
+
+    Two copies of a task may run at once (a Redis restart redelivers one, the driver resends a stalled one). A
+    copy behind the other must not write "publishing" over the other's "verifying", nor take the files the other
+    just wrote for the phone's old ones: its backup marks ("same") would tell a rollback there is nothing to
+    restore. So the state is written only while the reboot is unclaimed, and marks only where none is yet.
 
     The master is the one the phone reads today with our file put first in its
     CONFIG_FILES (fleet.sites.files); what the phone's override files would
@@ -264,7 +272,11 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
             files = rollout_backups.restored(pub, restore[0], mac, restore[1], named_master, others)
             shadowed = ""
         todo = [n for n in files if not state.get(f"backed_up:{n}")]
-        rs.set_phone(rid, mac, shadowed=shadowed, state="publishing", **{f"backing_up:{n}": "1" for n in todo})
+        publishing = {"shadowed": shadowed, "state": "publishing", **{f"backing_up:{n}": "1" for n in todo}}
+        if attempt is None:
+            rs.set_phone(rid, mac, **publishing)
+        elif not rs.set_phone_unless_reboot_claimed(rid, mac, attempt, **publishing):
+            return False
         outcome = {}
         for name in todo:
             backup = rollout_backups.backup_name(name, rid)
@@ -279,7 +291,7 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
             # (a revert's deletion of a file that is not there is "same" too)
             outcome[f"backed_up:{name}"] = "same" if old == files[name] else ("absent" if old is None else "yes")
         if outcome:
-            rs.set_phone(rid, mac, **outcome)
+            rs.set_phone_if_absent(rid, mac, **outcome)   # this copy's own outcome still decides what it writes
         marks = {n: outcome.get(f"backed_up:{n}") or state.get(f"backed_up:{n}") for n in files}
         ours = polycom.fleet_file_name(mac)
         # a push writes the master last, a revert first: the phone never reads a master naming a file not there
@@ -293,6 +305,7 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
                 pub.write(name, content)
     finally:
         pub.close()
+    return True
 
 
 def _tried(recorded: str | None) -> tuple[str, ...] | None:

@@ -1077,6 +1077,15 @@ class RolloutStore:
         return bool(self.r.eval(SET_UNLESS_REBOOT_CLAIMED, 3, K.rollout_reboot(rid, mac, attempt),
                                 K.rollout_phone(rid, mac), self.changes_key(rid), FEED_MAXLEN, mac, *flat))
 
+    def set_phone_if_absent(self, rid: str, mac: str, **fields) -> None:
+        """Write each of a phone's rollout fields only where it has none yet (HSETNX): a mark one copy of a task
+        made (a file's backup: "yes", "absent", "same") is not overwritten by another copy that read the record
+        before it and the boot server after it (fleet.rollout.work._publish)."""
+        pipe = self.r.pipeline(transaction=False)
+        for k, v in fields.items():
+            pipe.hsetnx(K.rollout_phone(rid, mac), k, "" if v is None else v)
+        pipe.execute()
+
     def reboot_claimed_at(self, rid: str, mac: str, attempt: int) -> float | None:
         value = self.r.get(K.rollout_reboot(rid, mac, attempt))
         return float(value) if value else None
