@@ -74,14 +74,37 @@ def test_a_copy_refused_at_its_call_check_does_not_fail_a_phone_another_copy_reb
 def test_without_another_copy_the_deferral_is_written_and_on_the_change_feed(redis_url):
     rs = RolloutStore(Store(redis_url))
     rid = "copies-" + pysecrets.token_hex(4)
+    rs.set_phone(rid, MAC, state="dispatched")
     before = rs.feed_positions(rid)
-    assert rs.set_phone_unless_reboot_claimed(rid, MAC, 1, state="deferred", deferred_reason="in-call: 1 call")
+    assert rs.set_phone_unless_overtaken(rid, MAC, 1, "dispatched", state="deferred", deferred_reason="in-call: 1 call")
     assert rs.phone(rid, MAC)["state"] == "deferred"
     changed, _ = rs.feed_read(before)
     assert changed == {MAC}
+
+
+def test_a_claim_whose_copy_died_before_recording_the_reboot_does_not_stop_the_next_copy(redis_url):
+    """The claim is taken before reboot_at is written, and nothing is sent before that: a copy that died in between
+    sent nothing. The next copy must still defer, or publish and then confirm that reboot (work._push), not stop:
+    refused, the phone would stay in flight for good (found by review of the first version of this guard)."""
+    rs = RolloutStore(Store(redis_url))
+    rid = "copies-" + pysecrets.token_hex(4)
+    rs.set_phone(rid, MAC, state="publishing")
     assert rs.claim_reboot(rid, MAC, 1)
-    assert not rs.set_phone_unless_reboot_claimed(rid, MAC, 1, state="deferred", deferred_reason="later")
-    assert rs.phone(rid, MAC)["deferred_reason"] == "in-call: 1 call"
+    assert rs.set_phone_unless_overtaken(rid, MAC, 1, "publishing", state="deferred", deferred_reason="in-call")
+    assert rs.phone(rid, MAC)["state"] == "deferred"
+    rs.set_phone(rid, MAC, state="rebooting", reboot_at="1000.0")
+    assert not rs.set_phone_unless_overtaken(rid, MAC, 1, "deferred", state="deferred", deferred_reason="later")
+    assert rs.phone(rid, MAC)["state"] == "rebooting"
+
+
+def test_a_copy_whose_state_moved_on_since_it_read_it_writes_nothing(redis_url):
+    """Another copy began publishing (before any claim): this copy's deferral would free the phone's slot while the
+    other goes on to reboot it, one over max_unavailable."""
+    rs = RolloutStore(Store(redis_url))
+    rid = "copies-" + pysecrets.token_hex(4)
+    rs.set_phone(rid, MAC, state="publishing")
+    assert not rs.set_phone_unless_overtaken(rid, MAC, 1, "dispatched", state="deferred", deferred_reason="x")
+    assert rs.phone(rid, MAC)["state"] == "publishing" and "deferred_reason" not in rs.phone(rid, MAC)
 
 
 # ---------------------------------------------------------------- two copies publishing
@@ -108,14 +131,32 @@ def test_a_copy_publishing_after_the_other_keeps_its_backup_marks_and_the_backup
     rid = "copies-" + pysecrets.token_hex(4)
     rs.set_phone(rid, MAC, state="dispatched", attempt="1")
     stale = rs.phone(rid, MAC)
-    assert _publish_copy(rs, rid, stale, boot) is not False
+    assert _publish_copy(rs, rid, stale, boot) is True
     first = rs.phone(rid, MAC)
     ours = polycom.fleet_file_name(MAC)
     assert (first[f"backed_up:{MAC}.cfg"], first[f"backed_up:{ours}"]) == ("yes", "absent"), first
-    assert _publish_copy(rs, rid, stale, boot) is not False     # no reboot claimed yet: it publishes (the same files) again
+    # the late copy finds the state moved on ("publishing" is not the "dispatched" it read): it does nothing
+    assert _publish_copy(rs, rid, stale, boot) is False
+    assert rs.phone(rid, MAC) == first
+    # ... unless the driver has meanwhile put "dispatched" back (it resends a phone that looks stalled): then it
+    # publishes (the same files) again, and reads the files the first copy wrote as the phone's old ones
+    rs.set_phone(rid, MAC, state="dispatched")
+    assert _publish_copy(rs, rid, stale, boot) is True
     record = rs.phone(rid, MAC)
     assert (record[f"backed_up:{MAC}.cfg"], record[f"backed_up:{ours}"]) == ("yes", "absent"), record
     assert (boot / rollout_backups.backup_name(f"{MAC}.cfg", rid)).read_bytes() == MASTER
+
+
+def test_a_copy_publishing_after_a_copy_that_died_holding_the_claim_publishes(redis_url, tmp_path):
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / f"{MAC}.cfg").write_bytes(MASTER)
+    rs = RolloutStore(Store(redis_url))
+    rid = "copies-" + pysecrets.token_hex(4)
+    rs.set_phone(rid, MAC, state="publishing", attempt="1")
+    assert rs.claim_reboot(rid, MAC, 1)             # and died before recording reboot_at: nothing was sent
+    assert _publish_copy(rs, rid, rs.phone(rid, MAC), boot) is True
+    assert rs.phone(rid, MAC)[f"backed_up:{MAC}.cfg"] == "yes"
 
 
 def test_a_copy_that_comes_to_publish_after_the_other_claimed_the_reboot_writes_nothing(redis_url, tmp_path):

@@ -132,9 +132,9 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         # a wrong password stays wrong: fail the phone now, with why, rather than defer it as possibly in a call
         # until the wave's progress deadline (nothing was written or sent to it yet)
         why = f"call check refused: {check.reason}"[:300]
-        if not rs.set_phone_unless_reboot_claimed(rid, mac, attempt, state="failed", error=why,
-                                                  settled_at=time.time()):
-            return _rebooted_by_another_copy(rs, rid, mac, f"call check refused: {check.reason}")
+        if not rs.set_phone_unless_overtaken(rid, mac, attempt, state.get("state", ""), state="failed", error=why,
+                                             settled_at=time.time()):
+            return _overtaken(rs, rid, mac, f"call check refused: {check.reason}")
         rs.log(rid, "failed", mac=mac, reason=why)
         raise TaskFailed(f"rollout {rid}: phone {mac} failed: {why}")
     # strategy.power_cycle_fallback: a phone that answers neither the call check nor a read-only identity request is
@@ -147,9 +147,10 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
             rs.log(rid, "unanswered", mac=mac, call_check=check.reason[:300], identity=hung[:300])
     # the playbook's reboot_without_call_check covers only a family with no way to tell; a check that failed defers
     if not check.may_reboot and not hung and not (plan.unchecked_reboot and control.family.call_state_source is None):
-        if not rs.set_phone_unless_reboot_claimed(rid, mac, attempt, state="deferred", deferred_at=time.time(),
-                                                  deferred_reason=f"{check.state}: {check.reason}"[:300]):
-            return _rebooted_by_another_copy(rs, rid, mac, f"call check {check.state}: {check.reason}")
+        if not rs.set_phone_unless_overtaken(rid, mac, attempt, state.get("state", ""), state="deferred",
+                                             deferred_at=time.time(),
+                                             deferred_reason=f"{check.state}: {check.reason}"[:300]):
+            return _overtaken(rs, rid, mac, f"call check {check.state}: {check.reason}")
         rs.log(rid, "deferred", mac=mac, call_state=check.state, reason=check.reason[:300])
         return {"state": "deferred", "reason": check.reason}
     if not check.may_reboot and not hung:
@@ -158,8 +159,8 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
         if not _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds,
                         site.boot_server.master_file or "", _restore_marks(inv, rs, plan.restore_from, mac),
-                        tuple(p.mac for p in site.phones if p.mac != mac), attempt):
-            return _rebooted_by_another_copy(rs, rid, mac, "publishing")
+                        tuple(p.mac for p in site.phones if p.mac != mac), attempt=attempt):
+            return _overtaken(rs, rid, mac, "about to publish")
         if not rs.claim_reboot(rid, mac, attempt):
             # an earlier copy of this task claimed the reboot and died before recording it
             if rs.phone(rid, mac).get("reboot_at"):
@@ -183,11 +184,12 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         return {"state": "verifying", "reboot_at": reboot_at}
 
 
-def _rebooted_by_another_copy(rs: RolloutStore, rid: str, mac: str, found: str) -> dict:
-    """This copy's call check came to nothing it may record: another copy of the task (redelivered, or resent by
-    the driver) claimed the phone's reboot meanwhile, and its record stands. The check's finding goes to the log."""
-    rs.log(rid, "call-check-overtaken", mac=mac, reason=f"{found} (another copy of the task took the reboot)"[:300])
-    return {"state": rs.phone(rid, mac).get("state"), "note": "another copy of this task took the reboot"}
+def _overtaken(rs: RolloutStore, rid: str, mac: str, found: str) -> dict:
+    """This copy may record nothing: another copy of the task (redelivered, or resent by the driver) is ahead of
+    it (it moved the phone's state on, or claimed and recorded its reboot), and that copy's record stands. What
+    this copy found goes to the log."""
+    rs.log(rid, "overtaken", mac=mac, reason=f"{found} (another copy of the task is ahead)"[:300])
+    return {"state": rs.phone(rid, mac).get("state"), "note": "another copy of this task is ahead"}
 
 
 def _reboot_left(control: phones.PhoneControl, recorded_at: float) -> float:
@@ -245,14 +247,15 @@ def _restore_marks(inv: inv_mod.Inventory, rs: RolloutStore, restore_from: str, 
 @step("publish")
 def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str, str], url: str,
              boot_creds: inv_mod.Credentials, named_master: str = "", restore: tuple[str, dict] | None = None,
-             others: tuple[str, ...] = (), attempt: int | str | None = None) -> bool:
+             others: tuple[str, ...] = (), *, attempt: int | str) -> bool:
     """Back up the phone's current files (once) and write ours, the master file last; False: nothing done, another
-    copy of this task (for `attempt`) has claimed the phone's reboot, so it has published already.
+    copy of this task (for `attempt`) is ahead (rs.set_phone_unless_overtaken), and has published already.
 
     Two copies of a task may run at once (a Redis restart redelivers one, the driver resends a stalled one). A
     copy behind the other must not write "publishing" over the other's "verifying", nor take the files the other
     just wrote for the phone's old ones: its backup marks ("same") would tell a rollback there is nothing to
-    restore. So the state is written only while the reboot is unclaimed, and marks only where none is yet.
+    restore. So the state is written only while it is still the one this copy read, and marks only where none
+    is yet.
 
     The master is the one the phone reads today with our file put first in its
     CONFIG_FILES (fleet.sites.files); what the phone's override files would
@@ -273,9 +276,7 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
             shadowed = ""
         todo = [n for n in files if not state.get(f"backed_up:{n}")]
         publishing = {"shadowed": shadowed, "state": "publishing", **{f"backing_up:{n}": "1" for n in todo}}
-        if attempt is None:
-            rs.set_phone(rid, mac, **publishing)
-        elif not rs.set_phone_unless_reboot_claimed(rid, mac, attempt, **publishing):
+        if not rs.set_phone_unless_overtaken(rid, mac, attempt, state.get("state", ""), **publishing):
             return False
         outcome = {}
         for name in todo:

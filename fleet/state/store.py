@@ -149,14 +149,18 @@ redis.call('hset', KEYS[1], 'tick_running', n, 'tick_since', tostring(now))
 return 'run'
 """
 
-# A phone's rollout fields written by a task before its reboot (a deferral, a refused call check), unless a copy of
-# the same task has claimed the reboot (KEYS[1], the claim; KEYS[2] the phone's record; KEYS[3] the change feed).
-# A copy redelivered after a Redis restart ran its call check while the first copy rebooted the phone, found no
-# answer and wrote "deferred" over "verifying": the phone, rebooted, was never verified (test_rollout_faults).
-# ARGV: the feed's length bound, the MAC, then field, value pairs.
-SET_UNLESS_REBOOT_CLAIMED = """
-if redis.call('exists', KEYS[1]) == 1 then return 0 end
-redis.call('hset', KEYS[2], unpack(ARGV, 3))
+# A phone's rollout fields written by a task before its reboot (the "publishing" state, a deferral, a refused call
+# check), refused (0) when another copy of the task is ahead of this one: its reboot claimed and recorded (KEYS[1]
+# the claim, KEYS[2] the phone's record, which holds reboot_at once recorded), or the state moved on from the one
+# this copy read (ARGV[3]). A copy redelivered after a Redis restart ran its call check while the first copy
+# rebooted the phone, found no answer and wrote "deferred" over "verifying": the phone, rebooted, was never
+# verified (test_rollout_faults). A claim with no reboot_at is a copy that died before sending anything: not
+# ahead, the next copy goes on (and finds the claim taken: work._push confirms that reboot). KEYS[3]: the change
+# feed. ARGV: the feed's length bound, the MAC, the state read, then field, value pairs.
+SET_UNLESS_OVERTAKEN = """
+if redis.call('exists', KEYS[1]) == 1 and redis.call('hexists', KEYS[2], 'reboot_at') == 1 then return 0 end
+if (redis.call('hget', KEYS[2], 'state') or '') ~= ARGV[3] then return 0 end
+redis.call('hset', KEYS[2], unpack(ARGV, 4))
 redis.call('xadd', KEYS[3], 'MAXLEN', '~', ARGV[1], '*', 'mac', ARGV[2])
 return 1
 """
@@ -1067,21 +1071,22 @@ class RolloutStore:
         """True once per phone and attempt (or per "ATTEMPT-confirm"): the guard against rebooting twice."""
         return bool(self.r.set(K.rollout_reboot(rid, mac, attempt), time.time(), nx=True, ex=7 * 86400))
 
-    def set_phone_unless_reboot_claimed(self, rid: str, mac: str, attempt: int | str, **fields) -> bool:
-        """set_phone (a change of state, on the change feed), done only while no copy of this task has claimed the
-        phone's reboot for `attempt`, in one step; False: claimed, nothing written (what the copy found before
-        the reboot, a phone not answering, is no longer true of it)."""
+    def set_phone_unless_overtaken(self, rid: str, mac: str, attempt: int | str, read_state: str, **fields) -> bool:
+        """set_phone (a change of state, on the change feed) in one step, unless another copy of this task is ahead:
+        the phone's reboot for `attempt` claimed and recorded, or its state no longer `read_state` (what this copy
+        read when it began: "" for none). False: nothing written."""
         flat: list[str] = []
         for k, v in fields.items():
             flat += [k, "" if v is None else str(v)]
-        return bool(self.r.eval(SET_UNLESS_REBOOT_CLAIMED, 3, K.rollout_reboot(rid, mac, attempt),
-                                K.rollout_phone(rid, mac), self.changes_key(rid), FEED_MAXLEN, mac, *flat))
+        return bool(self.r.eval(SET_UNLESS_OVERTAKEN, 3, K.rollout_reboot(rid, mac, attempt),
+                                K.rollout_phone(rid, mac), self.changes_key(rid), FEED_MAXLEN, mac, read_state,
+                                *flat))
 
     def set_phone_if_absent(self, rid: str, mac: str, **fields) -> None:
         """Write each of a phone's rollout fields only where it has none yet (HSETNX): a mark one copy of a task
         made (a file's backup: "yes", "absent", "same") is not overwritten by another copy that read the record
         before it and the boot server after it (fleet.rollout.work._publish)."""
-        pipe = self.r.pipeline(transaction=False)
+        pipe = self.r.pipeline(transaction=True)     # one copy's marks land together
         for k, v in fields.items():
             pipe.hsetnx(K.rollout_phone(rid, mac), k, "" if v is None else v)
         pipe.execute()
