@@ -112,6 +112,17 @@ MASTER = (b'<?xml version="1.0" standalone="yes"?>\n<APPLICATION APP_FILE_PATH="
           b'CONFIG_FILES="[PHONE_MAC_ADDRESS]-reg.cfg, site.cfg"/>\n')
 
 
+def _boot_and_record(tmp_path, redis_url: str, state: str) -> tuple:
+    """A boot directory holding the phone's own master, and a fresh rollout's record of the phone in `state`."""
+    boot = tmp_path / "boot"
+    boot.mkdir()
+    (boot / f"{MAC}.cfg").write_bytes(MASTER)
+    rs = RolloutStore(Store(redis_url))
+    rid = "copies-" + pysecrets.token_hex(4)
+    rs.set_phone(rid, MAC, state=state, attempt="1")
+    return boot, rs, rid
+
+
 def _publish_copy(rs: RolloutStore, rid: str, stale: dict, boot, attempt: int = 1) -> bool:
     from fleet.config.inventory import Credentials
     return rollout_work._publish(rid, MAC, dict(stale), rs, {"reg.1.server.1.expires": "61"}, f"file://{boot}/",
@@ -124,12 +135,7 @@ def test_a_copy_publishing_after_the_other_keeps_its_backup_marks_and_the_backup
     from fleet.phoneconf import polycom
     from fleet.rollout import backups as rollout_backups
 
-    boot = tmp_path / "boot"
-    boot.mkdir()
-    (boot / f"{MAC}.cfg").write_bytes(MASTER)
-    rs = RolloutStore(Store(redis_url))
-    rid = "copies-" + pysecrets.token_hex(4)
-    rs.set_phone(rid, MAC, state="dispatched", attempt="1")
+    boot, rs, rid = _boot_and_record(tmp_path, redis_url, "dispatched")
     stale = rs.phone(rid, MAC)
     assert _publish_copy(rs, rid, stale, boot) is True
     first = rs.phone(rid, MAC)
@@ -148,24 +154,14 @@ def test_a_copy_publishing_after_the_other_keeps_its_backup_marks_and_the_backup
 
 
 def test_a_copy_publishing_after_a_copy_that_died_holding_the_claim_publishes(redis_url, tmp_path):
-    boot = tmp_path / "boot"
-    boot.mkdir()
-    (boot / f"{MAC}.cfg").write_bytes(MASTER)
-    rs = RolloutStore(Store(redis_url))
-    rid = "copies-" + pysecrets.token_hex(4)
-    rs.set_phone(rid, MAC, state="publishing", attempt="1")
+    boot, rs, rid = _boot_and_record(tmp_path, redis_url, "publishing")
     assert rs.claim_reboot(rid, MAC, 1)             # and died before recording reboot_at: nothing was sent
     assert _publish_copy(rs, rid, rs.phone(rid, MAC), boot) is True
     assert rs.phone(rid, MAC)[f"backed_up:{MAC}.cfg"] == "yes"
 
 
 def test_a_copy_that_comes_to_publish_after_the_other_claimed_the_reboot_writes_nothing(redis_url, tmp_path):
-    boot = tmp_path / "boot"
-    boot.mkdir()
-    (boot / f"{MAC}.cfg").write_bytes(MASTER)
-    rs = RolloutStore(Store(redis_url))
-    rid = "copies-" + pysecrets.token_hex(4)
-    rs.set_phone(rid, MAC, state="dispatched", attempt="1")
+    boot, rs, rid = _boot_and_record(tmp_path, redis_url, "dispatched")
     stale = rs.phone(rid, MAC)
     assert rs.claim_reboot(rid, MAC, 1)
     rs.set_phone(rid, MAC, state="verifying", reboot_at="1000.0", verify_from="1000.1")
