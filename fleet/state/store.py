@@ -1000,9 +1000,14 @@ class RolloutStore:
             return dict(zip(macs, rows))
         return {m: {k: v for k, v in zip(self.STATE_FIELDS, row) if v is not None} for m, row in zip(macs, rows)}
 
+    @staticmethod
+    def _field_values(fields: dict) -> dict:
+        """A phone's rollout fields as stored: None is "" (a hash holds no None)."""
+        return {k: ("" if v is None else v) for k, v in fields.items()}
+
     def set_phone(self, rid: str, mac: str, **fields) -> None:
         """Write a phone's rollout fields; a change of state also goes on the rollout's change feed."""
-        mapping = {k: ("" if v is None else v) for k, v in fields.items()}
+        mapping = self._field_values(fields)
         if "state" not in fields:
             self.r.hset(K.rollout_phone(rid, mac), mapping=mapping)
             return
@@ -1075,9 +1080,7 @@ class RolloutStore:
         """set_phone (a change of state, on the change feed) in one step, unless another copy of this task is ahead:
         the phone's reboot for `attempt` claimed and recorded, or its state no longer `read_state` (what this copy
         read when it began: "" for none). False: nothing written."""
-        flat: list[str] = []
-        for k, v in fields.items():
-            flat += [k, "" if v is None else str(v)]
+        flat = [str(x) for kv in self._field_values(fields).items() for x in kv]
         return bool(self.r.eval(SET_UNLESS_OVERTAKEN, 3, K.rollout_reboot(rid, mac, attempt),
                                 K.rollout_phone(rid, mac), self.changes_key(rid), FEED_MAXLEN, mac, read_state,
                                 *flat))
@@ -1087,8 +1090,8 @@ class RolloutStore:
         made (a file's backup: "yes", "absent", "same") is not overwritten by another copy that read the record
         before it and the boot server after it (fleet.rollout.work._publish)."""
         pipe = self.r.pipeline(transaction=True)     # one copy's marks land together
-        for k, v in fields.items():
-            pipe.hsetnx(K.rollout_phone(rid, mac), k, "" if v is None else v)
+        for k, v in self._field_values(fields).items():
+            pipe.hsetnx(K.rollout_phone(rid, mac), k, v)
         pipe.execute()
 
     def reboot_claimed_at(self, rid: str, mac: str, attempt: int) -> float | None:
