@@ -10,6 +10,7 @@ rollout's plan are fakes (the layer under test is fleet.rollout.work with the st
 from __future__ import annotations
 
 import secrets as pysecrets
+import time
 from types import SimpleNamespace
 
 import pytest
@@ -29,8 +30,8 @@ class _CheckMeetsTheOtherCopy:
         self.rebooted = 0
 
     def call_check(self) -> CallCheck:
-        assert self.rs.claim_reboot(self.rid, MAC, 1)
-        self.rs.set_phone(self.rid, MAC, state="verifying", reboot_at="1000.0", verify_from="1000.1")
+        assert self.rs.claim_and_record_reboot(self.rid, MAC, 1, 1000.0)
+        self.rs.set_phone(self.rid, MAC, state="verifying", verify_from="1000.1")
         return self.found
 
     def reboot(self, *_a, **_k) -> str:      # never reached: nothing may be sent by the late copy
@@ -83,8 +84,8 @@ def test_without_another_copy_the_deferral_is_written_and_on_the_change_feed(red
 
 
 def test_a_claim_whose_copy_died_before_recording_the_reboot_does_not_stop_the_next_copy(redis_url):
-    """The claim is taken before reboot_at is written, and nothing is sent before that: a copy that died in between
-    sent nothing. The next copy must still defer, or publish and then confirm that reboot (work._push), not stop:
+    """A claim an older worker took before writing reboot_at (the two were separate steps), and nothing is sent
+    before that: a copy that died in between sent nothing. The next copy must still defer, or publish and then confirm that reboot (work._push), not stop:
     refused, the phone would stay in flight for good (found by review of the first version of this guard)."""
     rs = RolloutStore(Store(redis_url))
     rid = "copies-" + pysecrets.token_hex(4)
@@ -154,6 +155,7 @@ def test_a_copy_publishing_after_the_other_keeps_its_backup_marks_and_the_backup
 
 
 def test_a_copy_publishing_after_a_copy_that_died_holding_the_claim_publishes(redis_url, tmp_path):
+    """(a claim an older worker took alone, see above)"""
     boot, rs, rid = _boot_and_record(tmp_path, redis_url, "publishing")
     assert rs.claim_reboot(rid, MAC, 1)             # and died before recording reboot_at: nothing was sent
     assert _publish_copy(rs, rid, rs.phone(rid, MAC), boot) is True
@@ -163,8 +165,131 @@ def test_a_copy_publishing_after_a_copy_that_died_holding_the_claim_publishes(re
 def test_a_copy_that_comes_to_publish_after_the_other_claimed_the_reboot_writes_nothing(redis_url, tmp_path):
     boot, rs, rid = _boot_and_record(tmp_path, redis_url, "dispatched")
     stale = rs.phone(rid, MAC)
-    assert rs.claim_reboot(rid, MAC, 1)
-    rs.set_phone(rid, MAC, state="verifying", reboot_at="1000.0", verify_from="1000.1")
+    assert rs.claim_and_record_reboot(rid, MAC, 1, 1000.0)
+    rs.set_phone(rid, MAC, state="verifying", verify_from="1000.1")
     assert _publish_copy(rs, rid, stale, boot) is False
     assert rs.phone(rid, MAC)["state"] == "verifying"
     assert sorted(p.name for p in boot.iterdir()) == [f"{MAC}.cfg"] and (boot / f"{MAC}.cfg").read_bytes() == MASTER
+
+
+# ---------------------------------------------------------------- the reboot: claimed and recorded in one step
+def _fresh(redis_url: str, state: str) -> tuple[RolloutStore, str]:
+    rs = RolloutStore(Store(redis_url))
+    rid = "copies-" + pysecrets.token_hex(4)
+    rs.set_phone(rid, MAC, state=state, attempt="1")
+    return rs, rid
+
+
+def test_the_claim_and_the_record_of_a_reboot_are_one_step(redis_url):
+    rs, rid = _fresh(redis_url, "publishing")
+    before = rs.feed_positions(rid)
+    assert rs.claim_and_record_reboot(rid, MAC, 1, 1234.5)
+    record = rs.phone(rid, MAC)
+    assert (record["state"], float(record["reboot_at"]), record["reboot_tried"]) == ("rebooting", 1234.5, ""), record
+    assert rs.feed_read(before)[0] == {MAC}
+    rs.set_phone(rid, MAC, state="verifying")
+    assert not rs.claim_and_record_reboot(rid, MAC, 1, 2000.0)      # a second copy: refused, the record stands
+    assert rs.phone(rid, MAC)["state"] == "verifying" and float(rs.phone(rid, MAC)["reboot_at"]) == 1234.5
+    assert rs.claim_and_record_reboot(rid, MAC, 2, 2000.0)          # the next attempt has a claim of its own
+
+
+def test_a_claim_an_older_worker_left_unrecorded_is_recorded_from_its_own_time(redis_url):
+    """Left unrecorded, the phone stayed "publishing": every resent copy published again and lost the claim again.
+    Recorded, it is "rebooting" and the driver's dispatch stall asks a copy to find out (policy CONFIRM_REBOOT)."""
+    rs, rid = _fresh(redis_url, "publishing")
+    assert rs.claim_reboot(rid, MAC, 1)
+    claimed_at = float(rs.r.get(f"fleet:rollout:{rid}:reboot:{MAC}:1"))
+    assert not rs.claim_and_record_reboot(rid, MAC, 1, claimed_at + 50)
+    record = rs.phone(rid, MAC)
+    assert record["state"] == "rebooting" and float(record["reboot_at"]) == claimed_at, record
+
+
+class _PhoneBeingRebooted:
+    """A phone control for a copy that finds the reboot claimed: every call is counted (none may be made while
+    the claimer may still be sending the reboot)."""
+
+    def __init__(self, reboot_raises: BaseException | None = None) -> None:
+        self.calls: list[str] = []
+        self.reboot_raises = reboot_raises
+
+    def call_check(self) -> CallCheck:
+        self.calls.append("call_check")
+        return CallCheck("idle", "no call")
+
+    def rebooted_since(self, since, params, tried) -> bool:
+        self.calls.append("rebooted_since")
+        return False
+
+    def reboot(self, announce, fallback: bool = True) -> str:
+        self.calls.append("reboot")
+        announce("rest safeRestart")
+        if self.reboot_raises is not None:
+            raise self.reboot_raises
+        return "rest safeRestart"
+
+    def reboot_answered_at(self) -> float:
+        return time.time()
+
+    def may_stay_up(self, sent, params) -> bool:
+        return False
+
+
+@pytest.fixture
+def push_copy(redis_url, monkeypatch):
+    """Run one copy of the push task for MAC against a record set up by the test, with `control` as the phone."""
+    rs, rid = _fresh(redis_url, "dispatched")
+    plan = SimpleNamespace(site=SimpleNamespace(boot_server=SimpleNamespace(credentials="", url="", master_file=""),
+                                                phones=[]),
+                           phone=SimpleNamespace(credentials="phone_admin"), attempt=1, config_hash="new",
+                           power_cycle_off_s=0, unchecked_reboot=False, params={}, secret_refs={},
+                           restore_from="")
+    creds = SimpleNamespace(credentials=lambda name: SimpleNamespace(username="admin", password="x"),
+                            resolve_param=lambda ref: ref)
+
+    def run(control, retry_on=()) -> dict:
+        monkeypatch.setattr(rollout_work, "_record", lambda r, m, s: (None, creds, None, rs, rs.phone(r, m), plan))
+        monkeypatch.setattr(rollout_work.phones, "for_phone", lambda *a, **k: control)
+        monkeypatch.setattr(rs, "config_version", lambda mac: "old")
+        return rollout_work._push(rid, MAC, 1, retry_on)
+    run.rs, run.rid = rs, rid
+    return run
+
+
+def test_a_copy_delivered_again_while_the_claimer_sends_the_reboot_sends_nothing(push_copy):
+    """The broker delivers a copy again (a Redis restart, a visibility timeout) while the first still waits on the
+    phone: the phone has not rebooted yet, and a copy that found out at once sent it a second reboot."""
+    rs, rid = push_copy.rs, push_copy.rid
+    assert rs.claim_and_record_reboot(rid, MAC, 1, time.time())
+    control = _PhoneBeingRebooted()
+    out = push_copy(control)
+    assert control.calls == [] and out["state"] == "rebooting", (control.calls, out)
+    assert rs.phone(rid, MAC)["state"] == "rebooting"
+
+
+def test_a_copy_the_driver_sent_after_its_dispatch_stall_finds_out_and_resends(push_copy):
+    rs, rid = push_copy.rs, push_copy.rid
+    at = time.time() - 61
+    assert rs.claim_and_record_reboot(rid, MAC, 1, at)
+    rs.set_phone(rid, MAC, confirm_sent=at + 60.5)              # policy CONFIRM_REBOOT: written before it sends
+    control = _PhoneBeingRebooted()
+    out = push_copy(control)
+    assert control.calls == ["rebooted_since", "reboot"], control.calls
+    record = rs.phone(rid, MAC)
+    assert out["state"] == record["state"] == "verifying" and record["reboot_via"].endswith("resent after a lost task")
+
+
+def test_a_reboot_that_timed_out_is_found_out_at_once_by_the_retry(push_copy, monkeypatch):
+    """The copy that sent it gave up on it (a timeout left to the retry policy): its retry need not wait for the
+    driver's dispatch stall."""
+    from fleet.drivers.errors import DeviceTimeout
+
+    rs, rid = push_copy.rs, push_copy.rid
+    monkeypatch.setattr(rollout_work, "_publish", lambda *a, **k: True)
+    timed_out = _PhoneBeingRebooted(DeviceTimeout(f"phone {MAC}", "no answer in 5s"))
+    with pytest.raises(DeviceTimeout):
+        push_copy(timed_out, retry_on=(DeviceTimeout,))
+    record = rs.phone(rid, MAC)
+    assert record["state"] == "rebooting" and float(record["reboot_abandoned"]) == float(record["reboot_at"]), record
+    retry = _PhoneBeingRebooted()
+    push_copy(retry)
+    assert retry.calls == ["rebooted_since", "reboot"], retry.calls

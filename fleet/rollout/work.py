@@ -5,7 +5,10 @@ Plain functions (no Celery), called by the thin tasks in fleet/rollout/tasks.py.
 Every function is idempotent per (rollout, phone, attempt): a redelivered
 or retried task finds what its predecessor did in the phone's rollout record
 and carries on from there. The reboot, the one step that cannot simply be
-repeated, is claimed in Redis before it is sent (`RolloutStore.claim_reboot`).
+repeated, is claimed and recorded in Redis in one step before it is sent
+(`RolloutStore.claim_and_record_reboot`); a copy that finds it claimed does
+not send it, and finds out whether it went out (confirm_reboot) only once
+the copy that sent it is known to be done with it (_may_confirm).
 
 A failure settles the phone (`failed`, `rollback_failed`) with the reason
 and raises TaskFailed, so the task shows as failed. The one exception:
@@ -117,6 +120,8 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
     except (KeyError, ValueError) as exc:
         raise _settle(rs, rid, mac, "failed", DriverError(f"phone {mac}", f"credentials: {failure_text(exc)}")) from None
     if state.get("state") == "rebooting" and state.get("reboot_at"):
+        if not _may_confirm(state):
+            return {"state": "rebooting", "note": "reboot claimed by another copy of this task, maybe still sending it"}
         return confirm_reboot(rid, mac, attempt, float(state["reboot_at"]),
                               phones.for_phone(phone, creds, inv, secrets, store), plan.params, rs,
                               _tried(state.get("reboot_tried")))
@@ -161,23 +166,20 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
                         site.boot_server.master_file or "", _restore_marks(inv, rs, plan.restore_from, mac),
                         tuple(p.mac for p in site.phones if p.mac != mac), attempt=attempt):
             return _overtaken(rs, rid, mac, "about to publish")
-        if not rs.claim_reboot(rid, mac, attempt):
-            # an earlier copy of this task claimed the reboot and died before recording it
-            if rs.phone(rid, mac).get("reboot_at"):
-                return {"state": "rebooting", "note": "reboot already sent for this attempt"}
-            # nothing is sent before reboot_at is recorded: no method was tried
-            since = rs.reboot_claimed_at(rid, mac, attempt) or time.time()
-            rs.set_phone(rid, mac, state="rebooting", reboot_at=since, reboot_tried="")
-            return confirm_reboot(rid, mac, attempt, since, control, plan.params, rs, ())
-        failpoint("rollout.reboot_claimed", mac)
         reboot_at = time.time()
-        rs.set_phone(rid, mac, state="rebooting", reboot_at=reboot_at, reboot_tried="")
+        if not rs.claim_and_record_reboot(rid, mac, attempt, reboot_at):
+            # another copy holds this attempt's reboot, recorded with its claim: it may be sending it right now
+            return {"state": "rebooting", "note": "reboot claimed by another copy of this task"}
         failpoint("rollout.reboot_recorded", mac)
         # a retry after a reboot that timed out finds state "rebooting" and goes through confirm_reboot: the
         # claim above keeps it from sending a second reboot the phone may already have had, and the methods
         # announced below tell it which proof to look for (a web UI fallback is not idempotent as check-sync is)
         sent: list[str] = []
-        how = _reboot(rid, mac, control, plan, secrets, rs, sent)
+        try:
+            how = _reboot(rid, mac, control, plan, secrets, rs, sent)
+        except retry_on:
+            rs.set_phone(rid, mac, reboot_abandoned=reboot_at)   # its retry may find out at once (_may_confirm)
+            raise
         failpoint("rollout.reboot_sent", mac)
         rs.set_phone(rid, mac, state="verifying", reboot_via=how, verify_from=_reboot_left(control, reboot_at),
                      **_may_stay_up(control, sent, plan.params))
@@ -190,6 +192,17 @@ def _overtaken(rs: RolloutStore, rid: str, mac: str, found: str) -> dict:
     this copy found goes to the log."""
     rs.log(rid, "overtaken", mac=mac, reason=f"{found} (another copy of the task is ahead)"[:300])
     return {"state": rs.phone(rid, mac).get("state"), "note": "another copy of this task is ahead"}
+
+
+def _may_confirm(state: dict) -> bool:
+    """Whether a copy that finds the phone "rebooting" may find out if the reboot went out (confirm_reboot), and
+    send it if not: only once the copy that claimed it is known to be done with it. Either it gave up on it (a
+    timeout left to the retry policy: `reboot_abandoned`), or the driver saw no word of it for its dispatch stall
+    and asked (`confirm_sent`, written before it sends the task). A copy the broker delivered again while the
+    claimer still waits on the phone (its REST lock, a slow answer) would otherwise find no reboot yet and send a
+    second one."""
+    at = float(state["reboot_at"])
+    return float(state.get("confirm_sent") or 0) >= at or float(state.get("reboot_abandoned") or 0) == at
 
 
 def _reboot_left(control: phones.PhoneControl, recorded_at: float) -> float:

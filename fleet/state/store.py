@@ -68,11 +68,13 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | rollback_at, settled_at, error, deferred_at, deferred_reason     |                             |
 |                                      |        | (call state: why), backing_up:/backed_up:{file}, verify_from /   |                             |
 |                                      |        | rollback_verify_from (the reboot's answer: evidence counts from  |                             |
-|                                      |        | then), verified_by (the evidence that verified it)               |                             |
+|                                      |        | then), verified_by (the evidence that verified it),              | set_phone_unless_overtaken, |
+|                                      |        | reboot_abandoned (the reboot_at its sender gave up on: a retry   | set_phone_if_absent         |
+|                                      |        | may confirm it at once), confirm_sent                            |                             |
 | `rollout:{id}:changes`               | stream | one entry per phone state change (the driver wakes on it)        | RolloutStore.set_phone      |
 | `rollout:{id}:events`                | stream | append-only history of the rollout                               | RolloutStore.log            |
-| `rollout:{id}:reboot:{mac}:{attempt}`| string | the claim on a phone's reboot for one attempt (or               | RolloutStore.claim_reboot   |
-|                                      |        | `{attempt}-confirm`), kept a week                                |                             |
+| `rollout:{id}:reboot:{mac}:{attempt}`| string | the claim on a phone's reboot for one attempt, taken with its    | RolloutStore.claim_and_     |
+|                                      |        | record (or `{attempt}-confirm`, claim_reboot), kept a week       | record_reboot, claim_reboot |
 | `schedule:{name}:since`              | string | when the scheduler first saw the schedule                        | schedule_seen_since         |
 | `schedule:{name}:last_run`           | string | when a run of it last started                                    | set_schedule_last_run       |
 | `schedule:{name}:sent`               | hash   | t, fire_time: when beat last sent it, and for which cron time    | set_schedule_sent           |
@@ -157,6 +159,24 @@ return 'run'
 # verified (test_rollout_faults). A claim with no reboot_at is a copy that died before sending anything: not
 # ahead, the next copy goes on (and finds the claim taken: work._push confirms that reboot). KEYS[3]: the change
 # feed. ARGV: the feed's length bound, the MAC, the state read, then field, value pairs.
+# A push task's claim on its phone's reboot and the record of it, in one step (fleet.rollout.work._push): no moment
+# exists where a claim stands unrecorded, which a copy of the task could not tell from a claimer that died (it
+# confirmed such a reboot at once, while a live claimer might still send it: two reboots). A claim an older worker
+# took and never recorded (a claim, then a separate write) is recorded here from the claim's own time, so the
+# driver's dispatch stall, not the next copy, decides when to find out whether it went out.
+CLAIM_AND_RECORD_REBOOT = """
+local function record(at)
+  redis.call('hset', KEYS[2], 'state', 'rebooting', 'reboot_at', at, 'reboot_tried', '')
+  redis.call('xadd', KEYS[3], 'MAXLEN', '~', ARGV[3], '*', 'mac', ARGV[4])
+end
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
+  record(ARGV[1])
+  return 1
+end
+if redis.call('hexists', KEYS[2], 'reboot_at') == 0 then record(redis.call('get', KEYS[1]) or ARGV[1]) end
+return 0
+"""
+
 SET_UNLESS_OVERTAKEN = """
 if redis.call('exists', KEYS[1]) == 1 and redis.call('hexists', KEYS[2], 'reboot_at') == 1 then return 0 end
 if (redis.call('hget', KEYS[2], 'state') or '') ~= ARGV[3] then return 0 end
@@ -1076,6 +1096,13 @@ class RolloutStore:
         """True once per phone and attempt (or per "ATTEMPT-confirm"): the guard against rebooting twice."""
         return bool(self.r.set(K.rollout_reboot(rid, mac, attempt), time.time(), nx=True, ex=7 * 86400))
 
+    def claim_and_record_reboot(self, rid: str, mac: str, attempt: int, at: float) -> bool:
+        """True once per phone and attempt: this caller may send the reboot, which is recorded (state rebooting,
+        reboot_at `at`, on the change feed) in the same step as the claim. False: another copy holds it, and its
+        reboot is on record (CLAIM_AND_RECORD_REBOOT)."""
+        return bool(self.r.eval(CLAIM_AND_RECORD_REBOOT, 3, K.rollout_reboot(rid, mac, attempt), K.rollout_phone(rid, mac),
+                                self.changes_key(rid), repr(float(at)), 7 * 86400, FEED_MAXLEN, mac))
+
     def set_phone_unless_overtaken(self, rid: str, mac: str, attempt: int | str, read_state: str, **fields) -> bool:
         """set_phone (a change of state, on the change feed) in one step, unless another copy of this task is ahead:
         the phone's reboot for `attempt` claimed and recorded, or its state no longer `read_state` (what this copy
@@ -1093,10 +1120,6 @@ class RolloutStore:
         for k, v in self._field_values(fields).items():
             pipe.hsetnx(K.rollout_phone(rid, mac), k, v)
         pipe.execute()
-
-    def reboot_claimed_at(self, rid: str, mac: str, attempt: int) -> float | None:
-        value = self.r.get(K.rollout_reboot(rid, mac, attempt))
-        return float(value) if value else None
 
     def log(self, rid: str, kind: str, **data) -> None:
         self.r.xadd(K.rollout_events(rid), {"e": json.dumps({"kind": kind, "t": time.time(), **data}, default=str)},
