@@ -217,7 +217,7 @@ class Lab:
                              http_port=self.http_listener.port if self.http_listener is not None else PHONE_HTTP_PORT,
                              dns=(self.public_ip(k, 53), DNS_PORT), admin_password=self.admin_password,
                              boot_time=self.spec.timing.boot_time, boot_jitter=self.spec.timing.boot_jitter,
-                             http_latency=self.spec.timing.http_latency,
+                             http_latency=self.spec.timing.http_latency, late_failover_s=self.spec.timing.late_failover_s,
                              fault=site.faults.get(i), family=self.spec.phone_family(k, i),
                              fixed_retry=self.spec.fixed_retry, firmware_version=self.spec.phone_version(k, i),
                              failover_behaviour=site.phones.behaviour_of(i),

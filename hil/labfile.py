@@ -294,6 +294,8 @@ class TimingSpec(Strict):
     log_upload_period: float = Field(60, ge=0, le=86400)
     dns_ttl: int = Field(5, ge=1, le=86400)
     http_latency: float = Field(0.0, ge=0, le=10, description="seconds each phone HTTP answer takes (embedded web servers are slow)")
+    late_failover_s: float = Field(12.0, gt=0, le=3600, description="lab fault `late-failover`: how long server 1 "
+                                   "is down before such a phone sends its fallback a REGISTER")
 
 
 class LabFile(Strict):

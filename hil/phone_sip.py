@@ -18,7 +18,7 @@ from sipwire.endpoint import TransactionTimeout, TransactionTimers
 from . import sip_answers
 from .resolver import ResolveError
 
-from .phone_types import DOWN, FAILBACK_MODES, LATE_FAILOVER_S, UP, Failback, Registration, ServerBinding
+from .phone_types import DOWN, FAILBACK_MODES, UP, Failback, Registration, ServerBinding
 
 
 VALIDATION_METHODS = ("source", "digest", "both", "all")
@@ -224,7 +224,7 @@ class SipRegistrations:
 
     async def _late_fallback(self, reg: Registration) -> None:
         """Lab fault `late-failover`: a fallback server gets a REGISTER only once the primary has been down for
-        LATE_FAILOVER_S (a firmware that keeps no standby registration and is slow to fall back). What the wire
+        `late_failover_s` (a firmware that keeps no standby registration and is slow to fall back). What the wire
         shows of it is real: the fallback's REGISTER comes late."""
         down_since: float | None = None
         while True:
@@ -232,7 +232,7 @@ class SipRegistrations:
                 down_since = None
             elif down_since is None:
                 down_since = time.monotonic()
-            elif time.monotonic() - down_since >= LATE_FAILOVER_S:
+            elif time.monotonic() - down_since >= self.spec.late_failover_s:
                 return
             await asyncio.sleep(0.2)
 

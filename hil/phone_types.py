@@ -74,6 +74,7 @@ class PhoneSpec:
     http_latency: float = 0.0
     # lab faults: a phone that never comes back after a reboot, or that ignores server 1 after reboot
     fault: str | None = None
+    late_failover_s: float = LATE_FAILOVER_S    # the fault `late-failover`: server 1 down this long before a fallback
     # the firmware it runs (soundpoint.families), and on a family without registerRetry.* (SIP 2.x/3.x,
     # UC Software 4.0) the fixed interval at which it retries a failed registration (the seed: 30 to 60 s)
     family: str = "sip-3.x"
