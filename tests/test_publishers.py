@@ -169,6 +169,61 @@ def test_a_write_whose_nonce_went_stale_answers_the_new_challenge(tmp_path):
     assert (tmp_path / "boot" / "a.cfg").read_bytes() == b"<B/>"
 
 
+def test_a_server_that_refuses_an_unasked_answer_outright_gets_the_write_from_a_fresh_state(tmp_path):
+    """RFC 7616 lets a server refuse a nonce it no longer honours without a fresh challenge: 403 here. The
+    publisher starts its Digest state over once (the first write's way: anonymous, challenged, answered)."""
+    from hil.http_digest import DigestAuthority
+    from aiohttp import web
+
+    (tmp_path / "boot").mkdir()
+    with _http_server(tmp_path / "boot") as (url, server):
+        challenge, refused = server._challenge, []
+
+        def refuse_once() -> web.Response:
+            if server.refuse_next:
+                server.refuse_next = False
+                refused.append(True)
+                return web.Response(status=403, text="nonce no longer valid\n")
+            return challenge()
+        server._challenge, server.refuse_next = refuse_once, False
+        pub = open_publisher(url, Credentials("PlcmSpIp", "pw-123"))
+        try:
+            pub.write("a.cfg", b"<A/>")
+            server.digest = DigestAuthority(server.REALM, "PlcmSpIp", "pw-123")   # every nonce issued so far stale
+            server.refuse_next = True
+            pub.write("a.cfg", b"<B/>")
+            pub.write("a.cfg", b"<C/>")     # the fresh state's nonce, answered unasked again
+        finally:
+            pub.close()
+        seen = list(server.auth_seen)
+    assert refused == [True]
+    assert seen == [("PUT", ""), ("PUT", "Digest"), ("PUT", "Digest"), ("PUT", ""), ("PUT", "Digest"),
+                    ("PUT", "Digest")], seen
+    assert (tmp_path / "boot" / "a.cfg").read_bytes() == b"<C/>"
+
+
+def test_a_write_refused_for_itself_is_reported_after_one_more_try(tmp_path):
+    """A 403 that is the server's word on the file, not on the nonce: tried once more, and reported."""
+    from hil.bootserver import Refused
+    (tmp_path / "boot").mkdir()
+    with _http_server(tmp_path / "boot") as (url, server):
+        pub = open_publisher(url, Credentials("PlcmSpIp", "pw-123"))
+        try:
+            pub.write("a.cfg", b"<A/>")
+
+            def forbidden(names, data):
+                raise Refused(403, "read-only file")
+            server.files.write = forbidden
+            with pytest.raises(DeviceRefused, match="PUT 'a.cfg': HTTP 403 [(]read-only file[)]"):
+                pub.write("a.cfg", b"<B/>")
+        finally:
+            pub.close()
+        puts = [scheme for method, scheme in server.auth_seen if method == "PUT"]
+    # the first write; the unasked answer refused; once more from a fresh state (challenged, answered): no more
+    assert puts == ["", "Digest", "Digest", "", "Digest"], puts
+    assert (tmp_path / "boot" / "a.cfg").read_bytes() == b"<A/>"
+
+
 def test_http_publisher_never_answers_basic_over_plain_http(tmp_path):
     (tmp_path / "boot").mkdir()
     with _http_server(tmp_path / "boot", challenges=("Basic",)) as (url, server):

@@ -247,10 +247,10 @@ def push_copy(redis_url, monkeypatch):
     creds = SimpleNamespace(credentials=lambda name: SimpleNamespace(username="admin", password="x"),
                             resolve_param=lambda ref: ref)
 
-    def run(control, retry_on=()) -> dict:
+    def run(control, retry_on=(), version: str = "old") -> dict:
         monkeypatch.setattr(rollout_work, "_record", lambda r, m, s: (None, creds, None, rs, rs.phone(r, m), plan))
         monkeypatch.setattr(rollout_work.phones, "for_phone", lambda *a, **k: control)
-        monkeypatch.setattr(rs, "config_version", lambda mac: "old")
+        monkeypatch.setattr(rs, "config_version", lambda mac: version)
         return rollout_work._push(rid, MAC, 1, retry_on)
     run.rs, run.rid = rs, rid
     return run
@@ -294,3 +294,19 @@ def test_a_reboot_that_timed_out_is_found_out_at_once_by_the_retry(push_copy, mo
     retry = _PhoneBeingRebooted()
     push_copy(retry)
     assert retry.calls == ["rebooted_since", "reboot"], retry.calls
+
+
+def test_a_late_copy_that_finds_the_files_applied_does_not_write_skipped_over_verified(push_copy, monkeypatch):
+    """The first copy pushed, rebooted, and the driver verified the phone and stored its config version; a late
+    copy (read the record while "dispatched") finds the version already there."""
+    rs, rid = push_copy.rs, push_copy.rid
+    real_phone = rs.phone
+
+    def read_then_overtaken(r, m):
+        record = real_phone(r, m)                           # "dispatched", as the late copy read it
+        rs.set_phone(rid, MAC, state="verified", settled_at=time.time())
+        return record
+    monkeypatch.setattr(rs, "phone", read_then_overtaken)
+    out = push_copy(_PhoneBeingRebooted(), version="new")      # the plan's config hash: applied already
+    monkeypatch.setattr(rs, "phone", real_phone)
+    assert rs.phone(rid, MAC)["state"] == "verified", (out, rs.phone(rid, MAC))

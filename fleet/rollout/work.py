@@ -128,7 +128,11 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
     if state.get("reboot_at"):
         return {"state": state.get("state"), "note": "already done for this attempt"}
     if rs.config_version(mac) == plan.config_hash:
-        rs.set_phone(rid, mac, state="skipped", settled_at=time.time())
+        # the phone already runs these files; written only over the state this copy read: a late copy finds the
+        # files another copy pushed and verified, and "skipped" over "verified" would misreport the rollout
+        if not rs.set_phone_unless_overtaken(rid, mac, attempt, state.get("state", ""), state="skipped",
+                                             settled_at=time.time()):
+            return _overtaken(rs, rid, mac, "the phone already runs these files")
         return {"state": "skipped"}
     control = phones.for_phone(phone, creds, inv, secrets, store)   # one session for the check and the reboot
     with traced("call check"):

@@ -11,8 +11,11 @@ Writes (PUT, DELETE) share one Digest state per publisher: once the server has
 challenged one, the next carries the answer for the server's nonce unasked
 (with the next nonce count, RFC 7616 3.4), so a phone's three writes cost one
 challenge, not three (a 1,000-phone rollout made 2,000 round trips less). A
-stale or refused nonce draws a fresh challenge, answered as the first. Reads
-stay anonymous: a fresh state each, answering only a challenge.
+stale or refused nonce draws a fresh challenge, answered as the first. A
+server that refuses an unasked answer outright (400 or 403, not a fresh 401:
+RFC 7616 leaves a server free to) gets the write once more from a fresh
+state, as the first write went. Reads stay anonymous: a fresh state each,
+answering only a challenge.
 
 Names are checked before any request (names.check_name) and sent as one
 percent-encoded path segment, so no name can address anything but a file in
@@ -47,6 +50,7 @@ class HttpPublisher:
         # the writes' Digest state (per thread inside requests): the server's nonce, answered unasked once known
         self._write_digest = HTTPDigestAuth(credentials.username, credentials.password) if credentials.username \
             else None
+        self._answers_unasked = False    # the writes' state holds a nonce: the next write answers it unasked
 
     def _call(self, method: str, filename: str, data: bytes | None = None) -> requests.Response:
         name = check_name(self.name, filename)
@@ -60,6 +64,8 @@ class HttpPublisher:
             else:
                 digest = self._write_digest
             resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=digest)
+            if method != "GET" and digest is not None:
+                resp = self._unasked_answer_refused(resp, method, url, data)
             if resp.status_code != 401 or not creds.username or "digest" in (offers := _offered_schemes(resp)):
                 return resp
             if "basic" in offers and self.https:
@@ -74,6 +80,19 @@ class HttpPublisher:
             raise DeviceTimeout(self.name, f"{method} {shown(name)}: no answer within {self.timeout:g}s") from None
         except (requests.RequestException, OSError, ValueError) as exc:
             raise DeviceTimeout(self.name, f"{method} {shown(name)}: {type(exc).__name__}") from None
+
+    def _unasked_answer_refused(self, resp: requests.Response, method: str, url: str,
+                                data: bytes | None) -> requests.Response:
+        """A write's answer, once more from a fresh Digest state when the server refused one sent unasked with 400
+        or 403 (where most servers challenge afresh with 401): the same bytes again, so idempotent. A server that
+        refuses the write itself refuses the second try the same way, and that answer is the one reported."""
+        if self._answers_unasked and resp.status_code in (400, 403):
+            creds = self.credentials
+            self._write_digest = HTTPDigestAuth(creds.username, creds.password)
+            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=self._write_digest)
+        # requests answered a challenge (a 401 in the history), or an unasked answer was taken: a nonce is held
+        self._answers_unasked = resp.status_code < 400 and (bool(resp.history) or self._answers_unasked)
+        return resp
 
     def read(self, filename: str) -> bytes | None:
         resp = self._call("GET", filename)
