@@ -32,7 +32,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore", module="asyncssh")  # its DSA deprecation notes, not ours
-from hil import limits, netlock  # noqa: E402
+from hil import gc_policy, limits, netlock  # noqa: E402
 from hil.lab import Lab  # noqa: E402
 from hil.labfile import LabFile  # noqa: E402
 
@@ -56,18 +56,51 @@ def lab_spec(phones: int, net: int | None, sip_sockets: str, boot_rate: float = 
     return LabFile.model_validate(doc)
 
 
+class GcClock:
+    """Time the interpreter spends in garbage collection (gc.callbacks), by generation: a lab of 10,000 phones
+    holds millions of objects, and a full collection walks every one not frozen (gc.freeze)."""
+
+    def __init__(self) -> None:
+        self.reset()
+        self._began = 0.0
+
+    def reset(self) -> None:
+        self.seconds = [0.0, 0.0, 0.0]
+        self.count = [0, 0, 0]
+        self.worst = 0.0
+
+    def _callback(self, phase: str, info: dict) -> None:
+        if phase == "start":
+            self._began = time.perf_counter()
+            return
+        took = time.perf_counter() - self._began
+        self.seconds[info["generation"]] += took
+        self.count[info["generation"]] += 1
+        self.worst = max(self.worst, took)
+
+    def install(self) -> "GcClock":
+        gc.callbacks.append(self._callback)
+        return self
+
+    def summary(self) -> str:
+        return (", ".join(f"gen{g} {self.count[g]}x {self.seconds[g]:.2f} s" for g in range(3))
+                + f"; longest {self.worst * 1000:.0f} ms")
+
+
 async def one_step(phones: int, window: float, net: int | None, sip_sockets: str, late_s: float,
                    unprivileged: bool, ready_timeout: float, boot_rate: float,
                    barrier: tuple[Path, int] | None = None) -> dict:
     spec = lab_spec(phones, net, sip_sockets, boot_rate)
     claim = netlock.claim(spec.net, len(spec.sites), lab=spec.name)    # a free net (or the one asked), held till exit
     spec = spec.on_net(claim.net)
+    gc_policy.for_lab()     # as `hil up` does
     lab = Lab(spec, Path(tempfile.mkdtemp(prefix="lab-scale-")))
     lab.may_raise_hard_limit = not unprivileged
     budget = lab.descriptor_budget()
     out: dict = {"phones": phones, "sip_sockets": "shared" if spec.shared_sip else "per-phone",
                  "estimate": budget.parts, "estimate_total": budget.total,
                  "hard_limit": resource.getrlimit(resource.RLIMIT_NOFILE)[1]}
+    gc_clock = GcClock().install()
     t0 = time.monotonic()
     try:
         await lab.start()
@@ -75,9 +108,10 @@ async def one_step(phones: int, window: float, net: int | None, sip_sockets: str
         await lab.stop()
         out.update(stopped=str(exc), stopped_after_s=round(time.monotonic() - t0, 3))
         return out
-    gc.freeze()     # as `hil up` does once the lab is built
+    gc_policy.settled()     # as `hil up` does once the lab is built, and again once it is ready
     out["limit"] = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
     ok = await lab.wait_ready(ready_timeout)
+    gc_policy.settled()
     out.update(ready=ok, ready_s=round(time.monotonic() - t0, 1))
     all_phones = [p for rt in lab.sites for p in rt.phones]
     while ok and not lab.fatal and time.monotonic() - t0 < ready_timeout and any(   # both servers, not just one
@@ -96,6 +130,8 @@ async def one_step(phones: int, window: float, net: int | None, sip_sockets: str
     for p in all_phones:
         p.lateness.clear()
     sent0 = sum(p.register_count for p in all_phones)
+    out["gc_before_window"] = gc_clock.summary()
+    gc_clock.reset()
     cpu0 = time.process_time()
     end = time.monotonic() + window
     while time.monotonic() < end and not lab.fatal:   # the measurement window; a fatal stop ends it at once
@@ -114,7 +150,7 @@ async def one_step(phones: int, window: float, net: int | None, sip_sockets: str
         relay_flows_by_forward=[[len(li.sessions) for li in rt.router.listeners] for rt in lab.sites],
         shared_socket=({"port": lab.sip_socket.port, "unknown": lab.sip_socket.unknown,
                         "dropped": lab.sip_socket.dropped} if lab.sip_socket is not None else None),
-        cpu_pct=round(cpu / max(elapsed, 1e-9) * 100), rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+        gc_window=gc_clock.summary(), cpu_pct=round(cpu / max(elapsed, 1e-9) * 100), rss_mib=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
     t_stop = time.monotonic()
     await lab.stop()
     out["stop_s"] = round(time.monotonic() - t_stop, 1)
@@ -152,6 +188,8 @@ def report(r: dict, late_s: float) -> None:
     print(f"  descriptors open:         {r['descriptors_open']} {r['descriptors_by_kind']}; relay flows {r['relay_flows']} {r.get('relay_flows_by_forward')}; "
           f"shared socket {r['shared_socket']}")
     print(f"  CPU of the lab process:   {r['cpu_pct']}% of one core; max RSS {r['rss_mib']} MiB; stop took {r['stop_s']} s")
+    if r.get("gc_window"):
+        print(f"  garbage collection:       in the window {r['gc_window']}; before it (start, boot) {r.get('gc_before_window')}")
     if r.get("stopped"):
         print(f"  STOPPED: {r['stopped']}")
 

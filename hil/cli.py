@@ -13,7 +13,6 @@ HIL_DEBUG=1 shows the traceback); 130 interrupted.
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
 import logging
 import os
@@ -30,7 +29,7 @@ import requests
 from soundpoint.cli_exit import ExitCodeGroup, one_line
 from soundpoint.yamlfile import FileError
 
-from . import labfile, netlock
+from . import gc_policy, labfile, netlock
 from .limits import OutOfDescriptors
 
 DEFAULT_STATE = Path(os.environ.get("HIL_STATE_DIR", ".hil"))
@@ -180,6 +179,7 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
         lab: Lab = NetnsLab(spec, state)
     else:
         lab = Lab(spec, state)
+    gc_policy.for_lab()
     loop = asyncio.get_running_loop()
     try:
         await lab.start()
@@ -190,9 +190,10 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
         raise LabError(str(exc)) from None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lab.stopping.set)
-    gc.freeze()     # what start built lives as long as the lab: full collections no longer walk it (late refreshes)
+    gc_policy.settled()     # what start built lives as long as the lab (hil.gc_policy)
     lab.write_inventory(inv)
     ok = await lab.wait_ready(ready_timeout)
+    gc_policy.settled()     # ... and what the phones' boots built
     phones = sum(len(rt.phones) for rt in lab.sites)
     _write_ready(state, {"ok": ok and not lab.fatal, "phones": phones,
                          **({"error": f"lab stopped: {lab.fatal}"} if lab.fatal else {})})

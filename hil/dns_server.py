@@ -15,6 +15,8 @@ from dnslib import NAPTR, QTYPE, RCODE, RR, SRV, A, DNSLabel, DNSRecord
 
 from soundpoint import conformance
 
+from . import udp_buffers
+
 log = logging.getLogger(__name__)
 
 SRV_TARGET = "sip1"        # the SRV target is <this>.<provider name>, an A record for the provider's address
@@ -58,6 +60,7 @@ class DnsServer(asyncio.DatagramProtocol):
         loop = asyncio.get_running_loop()
         _, proto = await loop.create_datagram_endpoint(lambda: cls(records, ttl), local_addr=(host, port))
         proto.located = {k.rstrip(".").lower(): v for k, v in (located or {}).items()}
+        udp_buffers.enlarge_transport(proto.transport)      # a site booting asks at once
         return proto
 
     def connection_made(self, transport) -> None:  # type: ignore[override]

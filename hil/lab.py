@@ -186,7 +186,7 @@ class Lab:
         wan_ip = f"127.{self.net + 40}.{k + 1}.1"
         router = UserspaceRouter(f"router-{site.name}", lan, wan_ip, [
             Forward((public, SIP_PORT), (self.provider_ip, SIP_PORT)),
-            Forward((self.public_ip(k, 53), DNS_PORT), (self.dns_ip, DNS_PORT)),
+            Forward((self.public_ip(k, 53), DNS_PORT), (self.dns_ip, DNS_PORT), questions=True),
         ])
         self.dns.views[wan_ip] = {self.spec.provider.name.lower(): public}  # type: ignore[union-attr]
         await router.start_relay()

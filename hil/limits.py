@@ -24,7 +24,8 @@ log = logging.getLogger(__name__)
 EXHAUSTED = (errno.EMFILE, errno.ENFILE)
 BASE = 64                    # the interpreter, its libraries, logging, the control API, the HTTP client pool
 PER_SITE = 16                # router relay listeners, control socket, SSH, SNMP, gateway, boot servers, HEP tap
-DNS_FLOW_S = 30              # a relayed DNS flow lives this long after its answer (hil.router's unreplied timeout)
+DNS_FLOW_S = 5               # a relayed DNS flow lives at most this long: closed once answered, or unanswered after
+                             # it (hil.router.QUESTION_FLOW_S)
 MARGIN = 0.05                # on top of the estimate: bursts (boot fetches, events) the counts do not see
 
 _callbacks: list[Callable[[str], None]] = []
@@ -52,7 +53,7 @@ def estimate(spec, shared_sip: bool, shared_http: bool = False) -> Budget:
 
     Per phone: its SIP socket (none on the shared socket), its HTTP listener (`http: true`), and the router
     relay's flow for its SIP to the provider (a NAT mapping: one WAN socket per LAN address and port). DNS flows
-    through the relay live DNS_FLOW_S after each answer: the boot burst (every phone within boot_jitter) or the
+    through the relay live until their answer, DNS_FLOW_S at most: the boot burst (every phone within boot_jitter) or the
     steady rate (every dns_ttl), whichever is larger."""
     phones = sum(s.phones.count for s in spec.sites)
     relayed = sum(s.phones.count for s in spec.sites

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import asyncssh
 
-from . import limits
+from . import limits, udp_buffers
 from .router_capture import Capture, CaptureArgsError, hep3_sip, parse_args, pcap_header
 from .router_commands import RouterCommands, WanState
 
@@ -34,13 +34,19 @@ log = logging.getLogger(__name__)
 FLOW_UNREPLIED_S = 30.0    # nf_conntrack_udp_timeout: a flow seen once each way (a DNS question) is forgotten then
 FLOW_STREAM_S = 120.0      # nf_conntrack_udp_timeout_stream: a flow seen both ways more than once
 FLOW_SWEEP_S = 5.0
+# A DNS question's flow is closed once its answer is relayed, and one never answered (the WAN cut) after this: the
+# phone's resolver asks again from a new port, so Linux keeping it 30 s only held a descriptor here for each
+# question (at 10,000 phones booting, the lab ran out of them: bench/lab_scale.py)
+QUESTION_FLOW_S = 5.0
 
 
 @dataclass
 class Forward:
-    """Packets to `listen` on the LAN side go out of the WAN side to `target`."""
+    """Packets to `listen` on the LAN side go out of the WAN side to `target`; `questions`: each flow is one question
+    and its answer (DNS), closed once answered (QUESTION_FLOW_S when never)."""
     listen: tuple[str, int]
     target: tuple[str, int]
+    questions: bool = False
 
 
 class _Session(asyncio.DatagramProtocol):
@@ -58,6 +64,8 @@ class _Session(asyncio.DatagramProtocol):
     def idle_limit(self) -> float:
         """Like Linux conntrack: a flow seen both ways more than once (a SIP registration) is kept FLOW_STREAM_S
         after its last packet, any other (a DNS question and its answer) FLOW_UNREPLIED_S."""
+        if self.relay.forward.questions:
+            return QUESTION_FLOW_S
         return FLOW_STREAM_S if self.replies and self.sent > 1 else FLOW_UNREPLIED_S
 
     def datagram_received(self, data: bytes, addr) -> None:  # type: ignore[override]
@@ -68,6 +76,8 @@ class _Session(asyncio.DatagramProtocol):
             router.capture("wan0", addr[:2], self.transport.get_extra_info("sockname")[:2], data)
         router.forward_packet(self.relay.transport, data, self.client, self.relay.forward.target[1],
                               "lan0", self.relay.forward.listen)
+        if self.relay.forward.questions:
+            self.relay.close_flow(self.client)
 
 
 class _Listener(asyncio.DatagramProtocol):
@@ -114,13 +124,16 @@ class _Listener(asyncio.DatagramProtocol):
         wan_side = session.transport.get_extra_info("sockname")[:2] if session.transport else (self.router.wan_ip, 0)
         self.router.forward_packet(session.transport, data, self.forward.target, self.forward.target[1], "wan0", wan_side)
 
+    def close_flow(self, client: tuple[str, int]) -> None:
+        session = self.sessions.pop(client, None)
+        if session is not None and session.transport:
+            session.transport.close()
+
     def expire(self, now: float) -> int:
         """Close the flows idle past their limit (_Session.idle_limit); how many were closed."""
         idle = [c for c, s in self.sessions.items() if now - s.last > s.idle_limit()]
         for client in idle:
-            session = self.sessions.pop(client)
-            if session.transport:
-                session.transport.close()
+            self.close_flow(client)
         return len(idle)
 
 
@@ -143,7 +156,8 @@ class UserspaceRouter:
     async def start_relay(self) -> None:
         loop = asyncio.get_running_loop()
         for fwd in self.forwards:
-            _, proto = await loop.create_datagram_endpoint(lambda f=fwd: _Listener(self, f), local_addr=fwd.listen)
+            transport, proto = await loop.create_datagram_endpoint(lambda f=fwd: _Listener(self, f), local_addr=fwd.listen)
+            udp_buffers.enlarge_transport(transport)     # the LAN side of the relay: every phone of the site
             self.listeners.append(proto)
         self._expiry = asyncio.ensure_future(self._expire_flows())
 

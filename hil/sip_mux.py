@@ -24,7 +24,7 @@ import struct
 
 from sipwire.endpoint import RequestHandler, SipEndpoint
 
-from . import limits
+from . import limits, udp_buffers
 
 log = logging.getLogger(__name__)
 
@@ -86,12 +86,7 @@ class SharedSipSocket:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            for opt in (getattr(socket, "SO_RCVBUFFORCE", 33), socket.SO_RCVBUF):   # FORCE: root only, past rmem_max
-                try:
-                    sock.setsockopt(socket.SOL_SOCKET, opt, RCVBUF)
-                    break
-                except OSError:
-                    continue
+            udp_buffers.enlarge(sock, RCVBUF)
             sock.bind((host, port))
         except OSError:
             sock.close()
