@@ -463,14 +463,22 @@ class Lab:
         (self.state_dir / "control.json").unlink(missing_ok=True)
 
     async def wait_ready(self, timeout: float) -> bool:
-        """Ready when every phone that should register has a working server (faulty phones excepted)."""
+        """Ready when every phone that should register has a working server (faulty phones excepted), all at one
+        moment. Each pass looks again only at the phones the last one found not ready, and the whole lab once
+        those are (at 10,000 phones a pass over every phone five times a second was a tenth of the lab's CPU)."""
+        def not_ready(phones) -> list:
+            return [p for p in phones
+                    if p.spec.fault is None and not (p.booted.is_set() and all(r.working for r in p.regs))]
         deadline = time.monotonic() + timeout
+        every = [p for rt in self.sites for p in rt.phones]
+        pending = not_ready(every)
         while time.monotonic() < deadline and not self.fatal:
-            pending = [p for rt in self.sites for p in rt.phones
-                       if p.spec.fault is None and not (p.booted.is_set() and all(r.working for r in p.regs))]
             if not pending:
-                return True
+                pending = not_ready(every)
+                if not pending:
+                    return True
             await asyncio.sleep(0.2)
+            pending = not_ready(pending)
         return False
 
 
