@@ -259,6 +259,7 @@ def latency(phones: int, spread: float, polls: int, timeline: bool = False) -> N
     from soundpoint.redisboot import free_port, start_private
     from fleet.state.sites import register_site
     from hil import phone_reports
+    from soundpoint import gc_policy
 
     url, redis_proc = start_private(Path(tempfile.mkdtemp(prefix="bench-evidence-")))
     hep_port = free_port()
@@ -274,8 +275,10 @@ def latency(phones: int, spread: float, polls: int, timeline: bool = False) -> N
     site = inv.sites[0]
     store = TimedStore(url)
     register_site(store, inv, site)
+    gc_policy.young_die_young()     # as `fleet collector` does (soundpoint.gc_policy)
     collector = SiteCollector(site, store, None, inv)      # type: ignore[arg-type]
     collector.start()
+    gc_policy.settled()
 
     # the pcap stream: a pipe into the router-capture code path (pump), as the SSH stdout would feed it
     rfd, wfd = os.pipe()

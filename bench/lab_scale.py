@@ -32,7 +32,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 warnings.filterwarnings("ignore", module="asyncssh")  # its DSA deprecation notes, not ours
-from hil import gc_policy, limits, netlock  # noqa: E402
+from hil import limits, netlock  # noqa: E402
+from soundpoint import gc_policy  # noqa: E402
 from hil.lab import Lab  # noqa: E402
 from hil.labfile import LabFile  # noqa: E402
 
@@ -93,7 +94,7 @@ async def one_step(phones: int, window: float, net: int | None, sip_sockets: str
     spec = lab_spec(phones, net, sip_sockets, boot_rate)
     claim = netlock.claim(spec.net, len(spec.sites), lab=spec.name)    # a free net (or the one asked), held till exit
     spec = spec.on_net(claim.net)
-    gc_policy.for_lab()     # as `hil up` does
+    gc_policy.young_die_young()     # as `hil up` does
     lab = Lab(spec, Path(tempfile.mkdtemp(prefix="lab-scale-")))
     lab.may_raise_hard_limit = not unprivileged
     budget = lab.descriptor_budget()

@@ -27,9 +27,10 @@ import click
 import requests
 
 from soundpoint.cli_exit import ExitCodeGroup, one_line
+from soundpoint import gc_policy
 from soundpoint.yamlfile import FileError
 
-from . import gc_policy, labfile, netlock
+from . import labfile, netlock
 from .limits import OutOfDescriptors
 
 DEFAULT_STATE = Path(os.environ.get("HIL_STATE_DIR", ".hil"))
@@ -179,7 +180,7 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
         lab: Lab = NetnsLab(spec, state)
     else:
         lab = Lab(spec, state)
-    gc_policy.for_lab()
+    gc_policy.young_die_young()
     loop = asyncio.get_running_loop()
     try:
         await lab.start()

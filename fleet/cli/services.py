@@ -71,10 +71,14 @@ def collector(inventory_path: str, sites: tuple[str, ...]) -> None:
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(levelname)s %(message)s")
 
+    from soundpoint import gc_policy
+
+    gc_policy.young_die_young()
     inv = load_inventory(inventory_path)
     check_sites(inv, sites)
     secrets = Secrets(inv)
     running = start_site_collectors(inv, secrets, open_store(), list(sites))
+    gc_policy.settled()      # the inventory, the sites' targets and phone states live as long as the service
     if len(running) != len(sites):
         fail("a collector could not start (see the log above)", EXIT_INFRA)
     done = threading.Event()
