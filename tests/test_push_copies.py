@@ -85,8 +85,9 @@ def test_without_another_copy_the_deferral_is_written_and_on_the_change_feed(red
 
 def test_a_claim_whose_copy_died_before_recording_the_reboot_does_not_stop_the_next_copy(redis_url):
     """A claim an older worker took before writing reboot_at (the two were separate steps), and nothing is sent
-    before that: a copy that died in between sent nothing. The next copy must still defer, or publish and then confirm that reboot (work._push), not stop:
-    refused, the phone would stay in flight for good (found by review of the first version of this guard)."""
+    before that: a copy that died in between sent nothing. The next copy must still defer, or publish (its claim
+    then records the old one, and the driver confirms it after its dispatch stall), not stop: refused, the phone
+    would stay in flight for good (found by review of the first version of this guard)."""
     rs = RolloutStore(Store(redis_url))
     rid = "copies-" + pysecrets.token_hex(4)
     rs.set_phone(rid, MAC, state="publishing")
@@ -193,16 +194,17 @@ def test_the_claim_and_the_record_of_a_reboot_are_one_step(redis_url):
     assert rs.claim_and_record_reboot(rid, MAC, 2, 2000.0)          # the next attempt has a claim of its own
 
 
-def test_a_claim_an_older_worker_left_unrecorded_is_recorded_from_its_own_time(redis_url):
+def test_a_claim_an_older_worker_left_unrecorded_is_recorded_as_of_now(redis_url):
     """Left unrecorded, the phone stayed "publishing": every resent copy published again and lost the claim again.
-    Recorded, it is "rebooting" and the driver's dispatch stall asks a copy to find out (policy CONFIRM_REBOOT)."""
+    Recorded, it is "rebooting" and the driver's dispatch stall asks a copy to find out (policy CONFIRM_REBOOT).
+    As of now, not the claim's time: that worker sent nothing before recording, and from the claim's time the
+    driver failed the phone (past verify.within) while the confirmation rebooted it."""
     rs, rid = _fresh(redis_url, "publishing")
-    before = time.time()
     assert rs.claim_reboot(rid, MAC, 1)
-    after = time.time()
-    assert not rs.claim_and_record_reboot(rid, MAC, 1, after + 50)
+    now = time.time() + 50
+    assert not rs.claim_and_record_reboot(rid, MAC, 1, now)
     record = rs.phone(rid, MAC)
-    assert record["state"] == "rebooting" and before <= float(record["reboot_at"]) <= after, record
+    assert record["state"] == "rebooting" and float(record["reboot_at"]) == now, record
 
 
 class _PhoneBeingRebooted:
@@ -310,3 +312,20 @@ def test_a_late_copy_that_finds_the_files_applied_does_not_write_skipped_over_ve
     out = push_copy(_PhoneBeingRebooted(), version="new")      # the plan's config hash: applied already
     monkeypatch.setattr(rs, "phone", real_phone)
     assert rs.phone(rid, MAC)["state"] == "verified", (out, rs.phone(rid, MAC))
+
+
+def test_a_copy_that_loses_the_claim_after_publishing_sends_nothing(push_copy, monkeypatch):
+    """Both copies published (the same files); the other claimed the reboot first: this one sends no reboot and
+    leaves the other's record as it is."""
+    rs, rid = push_copy.rs, push_copy.rid
+
+    def publish_while_the_other_claims(*a, **k) -> bool:
+        assert rs.claim_and_record_reboot(rid, MAC, 1, 1234.5)
+        return True
+    monkeypatch.setattr(rollout_work, "_publish", publish_while_the_other_claims)
+    control = _PhoneBeingRebooted()
+    out = push_copy(control)
+    record = rs.phone(rid, MAC)
+    assert control.calls == ["call_check"] and out["state"] == "rebooting", (control.calls, out)
+    assert record["state"] == "rebooting" and float(record["reboot_at"]) == 1234.5 and "reboot_tried" in record
+    assert record["reboot_tried"] == "", record

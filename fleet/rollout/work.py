@@ -353,7 +353,9 @@ def _announcer(rs: RolloutStore, rid: str, mac: str, tried: list[str] | None = N
 
 def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phones.PhoneControl, params: dict,
                    rs: RolloutStore, tried: tuple[str, ...] | None) -> dict:
-    """The task that claimed this reboot died before it recorded sending it: send it only if the phone never got it.
+    """The copy that claimed this reboot is known to be done with it without having recorded it sent (it gave it up
+    to the retry policy, or said nothing for the driver's dispatch stall: _may_confirm): send it only if the phone
+    never got it.
 
     `tried`: the reboot methods the lost task announced before sending them
     (None: not recorded, so any the phone may use). Exactly one confirmation

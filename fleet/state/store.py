@@ -70,7 +70,7 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | rollback_verify_from (the reboot's answer: evidence counts from  |                             |
 |                                      |        | then), verified_by (the evidence that verified it),              | set_phone_unless_overtaken, |
 |                                      |        | reboot_abandoned (the reboot_at its sender gave up on: a retry   | set_phone_if_absent         |
-|                                      |        | may confirm it at once), confirm_sent                            |                             |
+|                                      |        | may confirm it at once), confirm_sent                            | claim_and_record_reboot     |
 | `rollout:{id}:changes`               | stream | one entry per phone state change (the driver wakes on it)        | RolloutStore.set_phone      |
 | `rollout:{id}:events`                | stream | append-only history of the rollout                               | RolloutStore.log            |
 | `rollout:{id}:reboot:{mac}:{attempt}`| string | the claim on a phone's reboot for one attempt, taken with its    | RolloutStore.claim_and_     |
@@ -151,19 +151,13 @@ redis.call('hset', KEYS[1], 'tick_running', n, 'tick_since', tostring(now))
 return 'run'
 """
 
-# A phone's rollout fields written by a task before its reboot (the "publishing" state, a deferral, a refused call
-# check), refused (0) when another copy of the task is ahead of this one: its reboot claimed and recorded (KEYS[1]
-# the claim, KEYS[2] the phone's record, which holds reboot_at once recorded), or the state moved on from the one
-# this copy read (ARGV[3]). A copy redelivered after a Redis restart ran its call check while the first copy
-# rebooted the phone, found no answer and wrote "deferred" over "verifying": the phone, rebooted, was never
-# verified (test_rollout_faults). A claim with no reboot_at is a copy that died before sending anything: not
-# ahead, the next copy goes on (and finds the claim taken: work._push confirms that reboot). KEYS[3]: the change
-# feed. ARGV: the feed's length bound, the MAC, the state read, then field, value pairs.
 # A push task's claim on its phone's reboot and the record of it, in one step (fleet.rollout.work._push): no moment
 # exists where a claim stands unrecorded, which a copy of the task could not tell from a claimer that died (it
 # confirmed such a reboot at once, while a live claimer might still send it: two reboots). A claim an older worker
-# took and never recorded (a claim, then a separate write) is recorded here from the claim's own time, so the
-# driver's dispatch stall, not the next copy, decides when to find out whether it went out.
+# took and never recorded (a claim, then a separate write) is recorded here as of now: that worker sent nothing
+# before recording, so nothing went out, and the driver's dispatch stall, not the next copy, decides when to find
+# out (recorded from the claim's own time, often past verify.within by then, the driver failed and rolled back the
+# phone while its confirmation rebooted it: found by review).
 CLAIM_AND_RECORD_REBOOT = """
 local function record(at)
   redis.call('hset', KEYS[2], 'state', 'rebooting', 'reboot_at', at, 'reboot_tried', '')
@@ -173,10 +167,18 @@ if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   record(ARGV[1])
   return 1
 end
-if redis.call('hexists', KEYS[2], 'reboot_at') == 0 then record(redis.call('get', KEYS[1]) or ARGV[1]) end
+if redis.call('hexists', KEYS[2], 'reboot_at') == 0 then record(ARGV[1]) end
 return 0
 """
 
+# A phone's rollout fields written by a task before its reboot (the "publishing" state, a deferral, a refused call
+# check), refused (0) when another copy of the task is ahead of this one: its reboot claimed and recorded (KEYS[1]
+# the claim, KEYS[2] the phone's record, which holds reboot_at once recorded), or the state moved on from the one
+# this copy read (ARGV[3]). A copy redelivered after a Redis restart ran its call check while the first copy
+# rebooted the phone, found no answer and wrote "deferred" over "verifying": the phone, rebooted, was never
+# verified (test_rollout_faults). A claim with no reboot_at is a copy that died before sending anything: not
+# ahead, the next copy goes on (only an older worker leaves one: CLAIM_AND_RECORD_REBOOT). KEYS[3]: the change
+# feed. ARGV: the feed's length bound, the MAC, the state read, then field, value pairs.
 SET_UNLESS_OVERTAKEN = """
 if redis.call('exists', KEYS[1]) == 1 and redis.call('hexists', KEYS[2], 'reboot_at') == 1 then return 0 end
 if (redis.call('hget', KEYS[2], 'state') or '') ~= ARGV[3] then return 0 end
