@@ -191,7 +191,7 @@ async def _serve(spec: labfile.LabFile, state: Path, inv: Path, ready_timeout: f
         raise LabError(str(exc)) from None
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, lab.stopping.set)
-    gc_policy.settled()     # what start built lives as long as the lab (hil.gc_policy)
+    gc_policy.settled()     # what start built lives as long as the lab (soundpoint.gc_policy)
     lab.write_inventory(inv)
     ok = await lab.wait_ready(ready_timeout)
     gc_policy.settled()     # ... and what the phones' boots built

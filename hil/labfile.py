@@ -12,7 +12,7 @@ from soundpoint import bootfiles, catalogue, families, values
 from soundpoint.strict import Strict
 from soundpoint.yamlfile import FieldError, load_model
 
-from .phone_types import FAULTS, MODELS
+from .phone_types import FAULTS, LATE_FAILOVER_S, MODELS
 
 SHARED_SIP_ABOVE = 2000     # phones: above this, sip_sockets auto shares one socket (hil.sip_mux)
 # Failed registrations on a family without registerRetry.* (SIP 2.x/3.x, UC Software 4.0) are retried at a fixed
@@ -294,7 +294,7 @@ class TimingSpec(Strict):
     log_upload_period: float = Field(60, ge=0, le=86400)
     dns_ttl: int = Field(5, ge=1, le=86400)
     http_latency: float = Field(0.0, ge=0, le=10, description="seconds each phone HTTP answer takes (embedded web servers are slow)")
-    late_failover_s: float = Field(12.0, gt=0, le=3600, description="lab fault `late-failover`: how long server 1 "
+    late_failover_s: float = Field(LATE_FAILOVER_S, gt=0, le=3600, description="lab fault `late-failover`: how long server 1 "
                                    "is down before such a phone sends its fallback a REGISTER")
 
 

@@ -37,7 +37,7 @@ FLOW_SWEEP_S = 5.0
 # A DNS question's flow is closed once its answer is relayed, and one never answered (the WAN cut) after this: the
 # phone's resolver asks again from a new port, so Linux keeping it 30 s only held a descriptor here for each
 # question (at 10,000 phones booting, the lab ran out of them: bench/lab_scale.py)
-QUESTION_FLOW_S = 5.0
+QUESTION_FLOW_S = limits.DNS_FLOW_S     # what the lab's descriptor estimate counts on
 
 
 @dataclass

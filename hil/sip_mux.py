@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 IP_PKTINFO = getattr(socket, "IP_PKTINFO", 8)       # <linux/in.h>; Python 3.11 does not export it
 MAX_DATAGRAM = 65535                                 # the largest UDP payload: nothing read is larger
 BATCH = 256                                          # datagrams read per wake-up before the loop runs others
-RCVBUF = 8 * 1024 * 1024                             # bursts of thousands of answers must not overflow it
 _PKTINFO = struct.Struct("I4s4s")                    # struct in_pktinfo: ifindex, spec_dst, addr
 
 
@@ -86,7 +85,7 @@ class SharedSipSocket:
         try:
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_IP, IP_PKTINFO, 1)
-            udp_buffers.enlarge(sock, RCVBUF)
+            udp_buffers.enlarge(sock)      # bursts of thousands of answers must not overflow it
             sock.bind((host, port))
         except OSError:
             sock.close()
