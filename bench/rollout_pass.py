@@ -62,6 +62,7 @@ def build(store: Store, rid: str, phones: int, slots: int) -> tuple[RolloutDrive
 
     class Strategy:
         progress_deadline = 3600
+        power_cycle_fallback = False
 
     class Playbook:
         verify, strategy, rollback = Verify, Strategy, True

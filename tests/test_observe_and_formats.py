@@ -27,6 +27,21 @@ def test_late_old_message_does_not_override_newer_state():
     assert st_.servers[1]["state"] == "unregistered"
 
 
+def test_a_receipt_stamped_report_of_the_same_registration_keeps_when_it_was_sent():
+    """Wire saw the REGISTER sent (and answered); syslog reports the same registration a moment later. Latest wins,
+    but the later report must not erase `sent`: without it the rollout's verification waits (policy.registered)."""
+    state = PhoneState("0004f2000001")
+    apply(state, Observation("0004f2000001", 10.0, "wire", server=1, state="registered", sent=9.98))
+    apply(state, Observation("0004f2000001", 10.3, "syslog", server=1, state="registered"))
+    entry = state.line(1).servers[1]
+    assert (entry["source"], entry["t"], entry["sent"]) == ("syslog", 10.3, 9.98)
+    apply(state, Observation("0004f2000001", 12.0, "syslog", server=1, state="registered"))   # a later one: its own
+    assert "sent" not in state.line(1).servers[1]
+    apply(state, Observation("0004f2000001", 13.0, "wire", server=1, state="unregistered"))
+    apply(state, Observation("0004f2000001", 13.2, "syslog", server=1, state="registered"))
+    assert "sent" not in state.line(1).servers[1]
+
+
 def test_line_unregistration_clears_every_server():
     st_ = PhoneState(mac="0004f2000001")
     apply(st_, obs(1, "registered", 1.0))

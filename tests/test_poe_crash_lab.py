@@ -44,7 +44,9 @@ def _killed_mid_cycle(lab, site, victim, redis_url, tmp_path, monkeypatch) -> No
     pb = _rollout(tmp_path, True, [victim.mac])
     doc = yaml.safe_load(open(pb))
     doc["params"] = {"reg.1.server.1.expires": 18}
-    doc["strategy"]["power_off_s"] = 60           # the kill lands inside the wait; the confirmation comes before its end
+    # the kill lands inside the wait; the driver sends its confirmation once a live sender would be done with the
+    # off time (the stall below plus power_off_s), and finds the port still off
+    doc["strategy"]["power_off_s"] = 20
     doc["verify"]["within"] = 90
     open(pb, "w").write(yaml.safe_dump(doc))
     # the driver sends a confirmation for a reboot claimed and never reported sent after this many seconds (more

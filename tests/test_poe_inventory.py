@@ -103,6 +103,20 @@ def test_the_fallback_is_off_by_default_and_planned_only_for_phones_with_a_port(
         Strategy(power_cycle_fallback=True, power_off_s=0)
 
 
+def test_a_verify_window_no_longer_than_the_off_time_is_refused_naming_the_line(tmp_path):
+    """verify.within counts from the reboot: a power-cycled phone would fail by construction."""
+    from fleet.rollout import playbook
+
+    path = tmp_path / "pb.yml"
+    path.write_text("kind: rollout\nname: p\nparams: {reg.1.label: x}\n"
+                    "strategy: {power_cycle_fallback: true, power_off_s: 60}\nverify:\n  within: 60\n")
+    with pytest.raises(FileError) as err:
+        playbook.load(path)
+    assert "pb.yml" in str(err.value) and "pb.yml:6:" in str(err.value) and "power_off_s (60 s)" in str(err.value)
+    path.write_text(path.read_text().replace("within: 60", "within: 61"))
+    assert playbook.load(path).verify.within == 61
+
+
 def _experiment(tmp_path, steps: str):
     path = tmp_path / "exp.yml"
     path.write_text("kind: experiment\nname: p\nsite: hq\nsteps:\n" + steps)

@@ -281,9 +281,10 @@ def test_a_copy_the_driver_sent_after_its_dispatch_stall_finds_out_and_resends(p
     assert out["state"] == record["state"] == "verifying" and record["reboot_via"].endswith("resent after a lost task")
 
 
-def test_a_reboot_that_timed_out_is_found_out_at_once_by_the_retry(push_copy, monkeypatch):
-    """The copy that sent it gave up on it (a timeout left to the retry policy): its retry need not wait for the
-    driver's dispatch stall."""
+def test_a_reboot_that_timed_out_is_found_out_by_its_retry_only_after_the_grace(push_copy, monkeypatch):
+    """The copy that sent it gave up on it (a timeout left to the retry policy). Its retry comes 1-4 s later: a
+    phone that took the request late may not have gone down yet, reads "not rebooted", and a retry that found out
+    at once sent it a second reboot. The retry finds out once the grace has passed (the driver asks then)."""
     from fleet.drivers.errors import DeviceTimeout
 
     rs, rid = push_copy.rs, push_copy.rid
@@ -292,10 +293,79 @@ def test_a_reboot_that_timed_out_is_found_out_at_once_by_the_retry(push_copy, mo
     with pytest.raises(DeviceTimeout):
         push_copy(timed_out, retry_on=(DeviceTimeout,))
     record = rs.phone(rid, MAC)
-    assert record["state"] == "rebooting" and float(record["reboot_abandoned"]) == float(record["reboot_at"]), record
-    retry = _PhoneBeingRebooted()
-    push_copy(retry)
-    assert retry.calls == ["rebooted_since", "reboot"], retry.calls
+    assert record["state"] == "rebooting" and float(record["reboot_abandoned"]) >= float(record["reboot_at"]), record
+    early = _PhoneBeingRebooted()
+    assert push_copy(early)["state"] == "rebooting" and early.calls == [], early.calls
+    given_up = time.time() - rollout_work.ABANDONED_REBOOT_GRACE_S - 0.1
+    rs.set_phone(rid, MAC, reboot_at=given_up - 5, reboot_abandoned=given_up)
+    late = _PhoneBeingRebooted()
+    push_copy(late)
+    assert late.calls == ["rebooted_since", "reboot"], late.calls
+
+
+class _SlowPowerCycle(_PhoneBeingRebooted):
+    """A reboot that outlasts the driver's patience (a power cycle's off time): while it runs, the driver's
+    confirmation finds the phone rebooted and verifies it."""
+
+    def __init__(self, meanwhile) -> None:
+        super().__init__()
+        self.meanwhile = meanwhile
+
+    def reboot(self, announce, fallback: bool = True) -> str:
+        self.calls.append("reboot")
+        announce("power-cycle")
+        self.meanwhile()
+        return "power cycle"
+
+
+def test_a_sender_that_returns_after_its_reboot_was_found_out_leaves_the_record_alone(push_copy, monkeypatch):
+    """Its unconditional "verifying" put a verified phone back under verification from the old reboot, past
+    verify.within: the driver failed and rolled back a good phone."""
+    rs, rid = push_copy.rs, push_copy.rid
+    monkeypatch.setattr(rollout_work, "_publish", lambda *a, **k: True)
+    control = _SlowPowerCycle(lambda: rs.set_phone(rid, MAC, state="verified", verify_from="1.0"))
+    out = push_copy(control)
+    record = rs.phone(rid, MAC)
+    assert record["state"] == "verified" and record["verify_from"] == "1.0", record
+    assert out["state"] == "verified" and "overtaken" in [e["kind"] for e in rs.events(rid)], out
+
+
+def test_a_sender_that_returns_after_a_confirmation_resent_the_reboot_leaves_the_new_one(push_copy, monkeypatch):
+    rs, rid = push_copy.rs, push_copy.rid
+    monkeypatch.setattr(rollout_work, "_publish", lambda *a, **k: True)
+    control = _SlowPowerCycle(lambda: rs.set_phone(rid, MAC, reboot_at=time.time() + 5))   # resent: a new reboot
+    push_copy(control)
+    assert rs.phone(rid, MAC)["state"] == "rebooting", rs.phone(rid, MAC)
+
+
+def test_a_confirmation_that_finds_the_reboot_recorded_sends_nothing(push_copy):
+    """The driver asked (its stall passed), and the sender recorded its reboot before the confirmation ran."""
+    rs, rid = push_copy.rs, push_copy.rid
+    at = time.time() - 61
+    assert rs.claim_and_record_reboot(rid, MAC, 1, at)
+    rs.set_phone(rid, MAC, confirm_sent=at + 60.5)
+    real_phone = rs.phone
+    reads = []
+
+    def read_then_recorded(r, m):
+        record = real_phone(r, m)
+        reads.append(record.get("state"))
+        if len(reads) == 1:    # the task's own read: "rebooting"; then the sender records before the confirmation
+            rs.set_phone(rid, MAC, state="verifying", verify_from=str(at + 1))
+        return record
+    rs.phone = read_then_recorded
+    control = _PhoneBeingRebooted()
+    push_copy(control)
+    rs.phone = real_phone
+    assert control.calls == [] and rs.phone(rid, MAC)["state"] == "verifying", (control.calls, rs.phone(rid, MAC))
+
+
+def test_a_claim_whose_reply_was_lost_is_the_callers_when_it_asks_again(redis_url):
+    """redis-py runs a script again after a connection error; the claim it took the first time is its own."""
+    rs, rid = _fresh(redis_url, "publishing")
+    assert rs.claim_and_record_reboot(rid, MAC, 1, 1234.5)
+    assert rs.claim_and_record_reboot(rid, MAC, 1, 1234.5)
+    assert not rs.claim_and_record_reboot(rid, MAC, 1, 1234.25)     # another copy's own time: not its claim
 
 
 def test_a_late_copy_that_finds_the_files_applied_does_not_write_skipped_over_verified(push_copy, monkeypatch):

@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -243,7 +244,14 @@ def test_abort_stops_after_in_flight_phones_settle_and_resume_finishes(fleet_lab
     except AssertionError:
         proc.kill()
         raise
-    assert run_fleet(["rollout", "abort", rid], redis_url).returncode == 0
+    # the driver is held still while the command starts: beside a second suite, its start-up took longer than the
+    # other 24 phones took to be verified, and nothing was left pending (its lease outlives the pause: 30 s)
+    os.kill(proc.pid, signal.SIGSTOP)
+    try:
+        res = run_fleet(["rollout", "abort", rid], redis_url)
+    finally:
+        os.kill(proc.pid, signal.SIGCONT)
+    assert res.returncode == 0 and "abort requested" in res.stdout, (res.stdout, res.stderr)
     out, err = proc.communicate(timeout=120)
     doc = json.loads(out)
     assert doc["status"] == "aborted" and proc.returncode == 1

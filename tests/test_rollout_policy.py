@@ -148,6 +148,30 @@ def test_a_reboot_claimed_but_never_confirmed_sent_is_confirmed_once_per_stall_p
     assert kinds(rp.step(0, [A1], pending(**{A1: again}), {}, limits(), NOW).actions) == [(rp.CONFIRM_REBOOT, A1)]
 
 
+def test_a_power_cycle_in_its_off_time_is_not_taken_for_a_lost_task():
+    """The sender announced a power cycle and waits out the port's off time: a confirmation at the plain stall
+    powered the port early, and the sender's late record rolled back a phone already verified."""
+    cycling = {"state": "rebooting", "reboot_at": str(NOW - 61), "reboot_tried": "rest safeRestart,power-cycle"}
+    assert rp.step(0, [A1], pending(**{A1: cycling}), {}, limits(power_off_s=30.0), NOW).actions == []
+    cycling["reboot_at"] = str(NOW - 91)
+    assert kinds(rp.step(0, [A1], pending(**{A1: cycling}), {}, limits(power_off_s=30.0), NOW).actions) == [
+        (rp.CONFIRM_REBOOT, A1)]
+    plain = {"state": "rebooting", "reboot_at": str(NOW - 61), "reboot_tried": "rest safeRestart"}
+    assert kinds(rp.step(0, [A1], pending(**{A1: plain}), {}, limits(power_off_s=30.0), NOW).actions) == [
+        (rp.CONFIRM_REBOOT, A1)]
+
+
+def test_a_reboot_given_up_to_the_retry_policy_is_found_out_after_the_grace_not_the_stall():
+    grace = rp.ABANDONED_REBOOT_GRACE_S
+    given_up = {"state": "rebooting", "reboot_at": str(NOW - 30), "reboot_abandoned": str(NOW - grace + 1)}
+    assert rp.step(0, [A1], pending(**{A1: given_up}), {}, limits(), NOW).actions == []
+    given_up["reboot_abandoned"] = str(NOW - grace)
+    assert kinds(rp.step(0, [A1], pending(**{A1: given_up}), {}, limits(), NOW).actions) == [(rp.CONFIRM_REBOOT, A1)]
+    # given up on an earlier reboot (a resend recorded a new one since): not this one's
+    given_up["reboot_abandoned"] = str(NOW - 31)
+    assert rp.step(0, [A1], pending(**{A1: given_up}), {}, limits(), NOW).actions == []
+
+
 def test_a_rebooting_phone_is_never_verified_by_a_registration():
     snap = pending(**{A1: {"state": "rebooting", "reboot_at": str(NOW - 10)}})
     assert rp.step(0, [A1], snap, {A1: reg(NOW, 1)}, limits(), NOW).actions == []
@@ -180,6 +204,21 @@ def test_a_registration_between_the_reboot_recorded_and_its_answer_does_not_veri
     after = {1: {"state": "registered", "t": NOW - 1, "sent": NOW - 1.02}}
     (verified,) = rp.step(0, [A1], snap, {A1: after}, limits(), NOW).actions
     assert verified.kind == rp.VERIFIED and verified.fields["verified_in"] == 10.0   # still timed from the reboot
+
+
+def test_a_report_stamped_on_receipt_counts_only_a_skew_after_the_answer():
+    """Two suites side by side: a refresh the phone reported by syslog just before it took the reboot reached the
+    collector 0.02 s after the worker read the answer; it verified a phone on its way down (six down where five may
+    be). A report that says only when it arrived counts from RECEIVED_SKEW_S after the answer; one that says when
+    the phone sent it (wire, HEP, a poll) from the answer itself."""
+    skew = rp.RECEIVED_SKEW_S
+    snap = pending(**{A1: {"state": "verifying", "reboot_at": str(NOW - 10), "verify_from": str(NOW - 9)}})
+    arrived_just_after = {1: {"state": "registered", "t": NOW - 9 + 0.02, "source": "syslog"}}
+    assert rp.step(0, [A1], snap, {A1: arrived_just_after}, limits(), NOW).actions == []
+    arrived_later = {1: {"state": "registered", "t": NOW - 9 + skew + 0.01, "source": "syslog"}}
+    assert kinds(rp.step(0, [A1], snap, {A1: arrived_later}, limits(), NOW).actions) == [(rp.VERIFIED, A1)]
+    sent_after = {1: {"state": "registered", "t": NOW - 9 + 0.02, "sent": NOW - 9 + 0.01, "source": "wire"}}
+    assert kinds(rp.step(0, [A1], snap, {A1: sent_after}, limits(), NOW).actions) == [(rp.VERIFIED, A1)]
 
 
 def test_a_rollback_is_verified_only_after_its_reboot_was_answered_or_the_stall_passed():
@@ -348,6 +387,10 @@ def test_limits_from_a_stored_plan_and_playbook():
     assert (lim.site_of, lim.budget_total, lim.budget_per_site, lim.registered_to, lim.verify_within, lim.rollback,
             lim.progress_deadline, lim.dispatch_stall) == ({A1: "a", B1: "b"}, 4, None, (1, 2), 90.0, False, 300.0, 8)
     assert Limits.of(dict(plan, budget_per_site={"a": 0}), pb).budget_per_site == {"a": 0}
+    assert lim.power_off_s == 0.0      # no power cycle fallback: no off time to wait out
+    cycled = pb.model_copy(update={"strategy": pb.strategy.model_copy(update={"power_cycle_fallback": True,
+                                                                               "power_off_s": 45.0})})
+    assert Limits.of(plan, cycled).power_off_s == 45.0
 
 
 def test_the_drill_gate_runs_after_a_canary_wave_only():
@@ -422,7 +465,7 @@ def test_the_plan_says_which_on_failure_fallbacks_the_push_moves():
     lim = Limits.of({"phones": [{"mac": A1, "site": "a", "on_failure_fallbacks": [2], "moved_fallbacks": [2]}],
                      "max_unavailable": {"a": 1}, "budget_total": 0},
                     type("PB", (), {"verify": type("V", (), {"within": 60, "registered_to": [1, 2]}),
-                                    "rollback": True, "strategy": type("S", (), {"progress_deadline": 600})})())
+                                    "rollback": True, "strategy": type("S", (), {"progress_deadline": 600, "power_cycle_fallback": False})})())
     assert lim.moved_fallbacks == {A1: (2,)}
 
 

@@ -202,6 +202,11 @@ def load(path: str | Path) -> RolloutPlaybook:
     """Validate a rollout playbook on its own: fields, parameters, cron, time zone, and the drill file."""
     experiment_playbook.refuse_other_kind(path, "rollout")
     pb = load_model(path, RolloutPlaybook, keep_source=True)
+    if pb.strategy.power_cycle_fallback and pb.verify.within <= pb.strategy.power_off_s:
+        # counted from the reboot, so a power-cycled phone would fail by construction, still off or just booting
+        raise source_of(pb, path).error(("verify", "within"), (
+            f"{pb.verify.within:g} s is not longer than strategy.power_off_s ({pb.strategy.power_off_s:g} s): a "
+            "power-cycled phone is off that long before it can boot and register"))
     if pb.drill is not None:
         src = source_of(pb, path)
         drill = Path(pb.drill)

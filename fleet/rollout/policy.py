@@ -39,6 +39,17 @@ FINISHED = ("done", "aborted")
 COUNTS_AS_FAILED = FAILED + ("rolling_back",)
 DEFER_RETRY_S = 5.0
 DISPATCH_STALL_S = 60.0
+# a reboot whose sender gave it up to the retry policy (no answer in time) is found out this long after: a phone
+# that took the request late may still be on its way down, and one found "not rebooted" sooner got a second reboot
+ABANDONED_REBOOT_GRACE_S = 20.0
+# the reboot method name a power cycle is announced by (reboot_tried; fleet.rollout.power_fallback)
+POWER_CYCLE = "power-cycle"
+# evidence stamped when the collector received it (syslog, events, bindings: no `sent`) counts for a reboot only
+# this long after the worker read the reboot's answer: the two stamps come from two processes, and a refresh report
+# the phone sent just before it took the reboot reached the collector after the worker's stamp (two suites side by
+# side: a phone "verified" 0.02 s before it went down, one more down than max_unavailable). A real phone boots in
+# tens of seconds; the lab's in a third of one.
+RECEIVED_SKEW_S = 0.25
 
 # what the driver does with a phone
 PUSH = "push"                        # first dispatch (or again after a deferral): send rollout_push
@@ -76,6 +87,7 @@ class Limits:
     progress_deadline: float = 600.0
     dispatch_stall: float = DISPATCH_STALL_S
     defer_retry: float = DEFER_RETRY_S
+    power_off_s: float = 0.0                   # strategy.power_off_s when power_cycle_fallback is on, else 0
 
     @cached_property
     def sites(self) -> tuple[str, ...]:
@@ -99,6 +111,7 @@ class Limits:
                    verify_within=float(playbook.verify.within), registered_to=tuple(playbook.verify.registered_to),
                    rollback=bool(playbook.rollback), progress_deadline=float(playbook.strategy.progress_deadline),
                    dispatch_stall=dispatch_stall,
+                   power_off_s=(float(playbook.strategy.power_off_s) if playbook.strategy.power_cycle_fallback else 0.0),
                    on_failure_fallbacks={p["mac"]: tuple(p.get("on_failure_fallbacks") or ()) for p in plan["phones"]},
                    moved_fallbacks={p["mac"]: tuple(p.get("moved_fallbacks") or ()) for p in plan["phones"]})
 
@@ -153,10 +166,13 @@ def registered(servers: Mapping[int, Mapping], required: tuple[int, ...] | list[
     must be after `since` too. A refresh sent just before the reboot went out is answered after it; counted, it
     verified a phone still on its way down, and the rollout took one more phone of the site down than
     max_unavailable allows. (Not the phone's shutdown event as the line: the collector stamps that when it
-    receives it, on another clock than the capture's, and a phone quick to boot registers "before" it.)"""
+    receives it, on another clock than the capture's, and a phone quick to boot registers "before" it.) Where
+    only the collector's receipt is known, that must be RECEIVED_SKEW_S after `since`."""
     def up(i: int) -> bool:
         s = servers.get(i, {})
-        return s.get("state") == "registered" and s.get("t", 0) > since and s.get("sent", s.get("t", 0)) > since
+        sent = s.get("sent")
+        return (s.get("state") == "registered" and s.get("t", 0) > since
+                and (sent > since if sent is not None else s.get("t", 0) > since + RECEIVED_SKEW_S))
 
     def silent_standby(i: int) -> bool:
         return i in on_failure and i not in moved and up(1) and servers.get(i, {}).get("t", 0) <= since
@@ -219,6 +235,19 @@ def evidence_from(st: Mapping[str, str], at: str, answered: str, now: float, wai
     return _f(st, at) if now - _f(st, at) >= wait else None
 
 
+def _reboot_unaccounted(st: Mapping[str, str], since: float, limits: Limits, now: float) -> bool:
+    """A reboot claimed at `since` whose sender is taken for lost (time a new task found out, unless one was sent
+    within the dispatch stall): silent past the dispatch stall, plus the port's off time once it announced a power
+    cycle (a confirmation powers the port, and cut the user's off time short while the sender still waited in
+    it); or given up to the retry policy ABANDONED_REBOOT_GRACE_S ago."""
+    if now - _f(st, "confirm_sent") <= limits.dispatch_stall:
+        return False
+    cycling = POWER_CYCLE in st.get("reboot_tried", "").split(",")
+    abandoned = _f(st, "reboot_abandoned")
+    return (now - since > limits.dispatch_stall + (limits.power_off_s if cycling else 0.0)
+            or (abandoned >= since and now - abandoned >= ABANDONED_REBOOT_GRACE_S))
+
+
 def _evidence_named(servers: Mapping[int, Mapping], required: tuple[int, ...] | list[int]) -> str:
     """What a verification rested on, for the phone's record: each required server's source and times."""
     def one(i: int) -> str:
@@ -279,8 +308,7 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
                             f"{'fallback' if len(standby) == 1 else 'fallbacks'} this phone uses only once server 1 fails")
                     fields["verified_note"] = event["note"] = note
                 out.append(Action(VERIFIED, mac, fields, event=event))
-            elif (state == "rebooting" and now - since > limits.dispatch_stall
-                  and now - _f(st, "confirm_sent") > limits.dispatch_stall):
+            elif state == "rebooting" and _reboot_unaccounted(st, since, limits, now):
                 # the task claimed the reboot and vanished before saying it went out: a new one finds out and finishes
                 out.append(Action(CONFIRM_REBOOT, mac, {"confirm_sent": now}, "push", _attempt(st)))
             elif shadowed or now - since > limits.verify_within:

@@ -21,9 +21,10 @@ from fleet.config.inventory import Phone, Secrets, Site
 from fleet.drivers import switch as switches
 from fleet.drivers.errors import DriverError
 from fleet.phones import PhoneControl
+from fleet.rollout import policy
 from fleet.rollout.playbook import Strategy
 
-POWER_CYCLE = "power-cycle"          # the reboot method's name in reboot_tried and reports
+POWER_CYCLE = policy.POWER_CYCLE     # the reboot method's name in reboot_tried and reports
 NO_ANSWER = ("timeout", "refused")   # Identity problems that mean nothing answered (refused: no connection at all)
 
 

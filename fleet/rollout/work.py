@@ -29,7 +29,7 @@ from fleet.rollout import record_check as plan_check
 from fleet.phoneconf import polycom
 from fleet.rollout import backups as rollout_backups
 from fleet.rollout import power_fallback
-from fleet.rollout.policy import FINISHED
+from fleet.rollout.policy import ABANDONED_REBOOT_GRACE_S, FINISHED
 from fleet.phoneconf import secrets as secret_params
 from fleet.sites import files as site_files
 from fleet.drivers.errors import DeviceTimeout, DriverError
@@ -182,11 +182,15 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         try:
             how = _reboot(rid, mac, control, plan, secrets, rs, sent)
         except retry_on:
-            rs.set_phone(rid, mac, reboot_abandoned=reboot_at)   # its retry may find out at once (_may_confirm)
+            # given up to the retry policy, when: a copy may find out once the phone had time to take it (_may_confirm)
+            rs.set_phone(rid, mac, reboot_abandoned=time.time())
             raise
         failpoint("rollout.reboot_sent", mac)
-        rs.set_phone(rid, mac, state="verifying", reboot_via=how, verify_from=_reboot_left(control, reboot_at),
-                     **_may_stay_up(control, sent, plan.params))
+        if not rs.set_phone_if_still_rebooting(rid, mac, reboot_at, state="verifying", reboot_via=how,
+                                               verify_from=_reboot_left(control, reboot_at),
+                                               **_may_stay_up(control, sent, plan.params)):
+            # a power cycle outlasted the driver's patience: a copy it sent found out meanwhile, and its record stands
+            return _overtaken(rs, rid, mac, f"reboot sent ({how}), but found out by the driver's confirmation first")
         return {"state": "verifying", "reboot_at": reboot_at}
 
 
@@ -201,12 +205,15 @@ def _overtaken(rs: RolloutStore, rid: str, mac: str, found: str) -> dict:
 def _may_confirm(state: dict) -> bool:
     """Whether a copy that finds the phone "rebooting" may find out if the reboot went out (confirm_reboot), and
     send it if not: only once the copy that claimed it is known to be done with it. Either it gave up on it (a
-    timeout left to the retry policy: `reboot_abandoned`), or the driver saw no word of it for its dispatch stall
-    and asked (`confirm_sent`, written before it sends the task). A copy the broker delivered again while the
-    claimer still waits on the phone (its REST lock, a slow answer) would otherwise find no reboot yet and send a
-    second one."""
+    timeout left to the retry policy: `reboot_abandoned`, when) at least ABANDONED_REBOOT_GRACE_S ago, or the
+    driver saw no word of it for its dispatch stall and asked (`confirm_sent`, written before it sends the task).
+    A copy the broker delivered again while the claimer still waits on the phone (its REST lock, a slow answer)
+    would otherwise find no reboot yet and send a second one; so would the retry of a reboot that timed out, 1-4 s
+    later, at a phone that took it late and had not gone down yet (the driver asks once the grace has passed)."""
     at = float(state["reboot_at"])
-    return float(state.get("confirm_sent") or 0) >= at or float(state.get("reboot_abandoned") or 0) == at
+    abandoned = float(state.get("reboot_abandoned") or 0)
+    return float(state.get("confirm_sent") or 0) >= at or (
+        abandoned >= at and time.time() - abandoned >= ABANDONED_REBOOT_GRACE_S)
 
 
 def _reboot_left(control: phones.PhoneControl, recorded_at: float) -> float:
@@ -366,6 +373,9 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
     """
     if not rs.claim_reboot(rid, mac, f"{attempt}-confirm"):
         return {"state": "rebooting", "note": "reboot already being confirmed"}
+    if not _still_rebooting(rs.phone(rid, mac), since):
+        # the claimer recorded its reboot after the driver asked (a power cycle's long wait): nothing to find out
+        return _overtaken(rs, rid, mac, "the reboot's sender recorded it before this confirmation began")
     with _settles_as(rs, rid, mac, "failed"):
         powered_on = False
         if tried and power_fallback.POWER_CYCLE in tried:
@@ -382,17 +392,28 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
             # it rebooted at some moment after `since`: where the answer showed when (its uptime, its shutdown
             # event, its port just powered), a registration from before then is not the phone coming back
             seen = time.time() if powered_on else getattr(control, "reboot_seen_at", lambda: None)()
-            rs.set_phone(rid, mac, state="verifying", reboot_via="confirmed after a lost task",
-                         verify_from=max(since, seen or since))
+            if not rs.set_phone_if_still_rebooting(rid, mac, since, state="verifying",
+                                                   reboot_via="confirmed after a lost task",
+                                                   verify_from=max(since, seen or since)):
+                return _overtaken(rs, rid, mac, "the phone had rebooted, and its sender recorded it meanwhile")
             return {"state": "verifying", "note": "the phone had rebooted"}
         reboot_at = time.time()
-        rs.set_phone(rid, mac, reboot_at=reboot_at, reboot_tried="")
+        if not rs.set_phone_if_still_rebooting(rid, mac, since, reboot_at=reboot_at, reboot_tried=""):
+            return _overtaken(rs, rid, mac, "no reboot found, but its sender recorded one meanwhile: not sent again")
         sent: list[str] = []
         with traced("reboot"):
             how = control.reboot(_announcer(rs, rid, mac, sent), fallback=_resend_may_fall_back(tried))
-        rs.set_phone(rid, mac, state="verifying", reboot_via=how + ", resent after a lost task",
-                     verify_from=_reboot_left(control, reboot_at), **_may_stay_up(control, sent, params))
+        if not rs.set_phone_if_still_rebooting(rid, mac, reboot_at, state="verifying",
+                                               reboot_via=how + ", resent after a lost task",
+                                               verify_from=_reboot_left(control, reboot_at),
+                                               **_may_stay_up(control, sent, params)):
+            return _overtaken(rs, rid, mac, f"reboot resent ({how}), but the record moved on meanwhile")
         return {"state": "verifying", "reboot_at": reboot_at}
+
+
+def _still_rebooting(record: dict, reboot_at: float) -> bool:
+    """The phone's record still waits on the reboot recorded at `reboot_at` (no one has said how it went)."""
+    return record.get("state") == "rebooting" and float(record.get("reboot_at") or 0) == float(reboot_at)
 
 
 def rollback(rid: str, mac: str, retry_on: Retryable = ()) -> dict:

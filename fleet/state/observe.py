@@ -24,6 +24,10 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 REGISTERED, UNREGISTERED, UNKNOWN = "registered", "unregistered", "unknown"
+# A registration reported by a source that knows only when it received the report (syslog, events, bindings) this
+# soon after one a source saw sent (wire, HEP, a poll) is taken for the same registration, and keeps that one's
+# `sent`: the later report must not erase what proves when the phone sent it (fleet.rollout.policy.registered)
+SAME_REGISTRATION_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -182,6 +186,9 @@ def apply(state: PhoneState, obs: Observation, configured: list[int] | None = No
             entry["code"] = obs.code
         if obs.sent is not None:
             entry["sent"] = obs.sent
+        elif (obs.state == REGISTERED and prev is not None and prev.get("state") == REGISTERED
+              and prev.get("sent") is not None and obs.t - prev.get("t", 0) <= SAME_REGISTRATION_S):
+            entry["sent"] = prev["sent"]
         if obs.state == REGISTERED and obs.expires is not None:
             entry["until"] = round(obs.t + obs.expires, 3)    # when the binding lapses unless it is refreshed
         line.servers[obs.server] = entry

@@ -69,8 +69,10 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | (call state: why), backing_up:/backed_up:{file}, verify_from /   |                             |
 |                                      |        | rollback_verify_from (the reboot's answer: evidence counts from  |                             |
 |                                      |        | then), verified_by (the evidence that verified it),              | set_phone_unless_overtaken, |
-|                                      |        | reboot_abandoned (the reboot_at its sender gave up on: a retry   | set_phone_if_absent         |
-|                                      |        | may confirm it at once), confirm_sent                            | claim_and_record_reboot     |
+|                                      |        | reboot_abandoned (when its sender gave the reboot up to the      | set_phone_if_absent,        |
+|                                      |        | retry policy: found out after a grace), confirm_sent             | set_phone_if_still_         |
+|                                      |        |                                                                  | rebooting, claim_and_       |
+|                                      |        |                                                                  | record_reboot               |
 | `rollout:{id}:changes`               | stream | one entry per phone state change (the driver wakes on it)        | RolloutStore.set_phone      |
 | `rollout:{id}:events`                | stream | append-only history of the rollout                               | RolloutStore.log            |
 | `rollout:{id}:reboot:{mac}:{attempt}`| string | the claim on a phone's reboot for one attempt, taken with its    | RolloutStore.claim_and_     |
@@ -157,7 +159,9 @@ return 'run'
 # took and never recorded (a claim, then a separate write) is recorded here as of now: that worker sent nothing
 # before recording, so nothing went out, and the driver's dispatch stall, not the next copy, decides when to find
 # out (recorded from the claim's own time, often past verify.within by then, the driver failed and rolled back the
-# phone while its confirmation rebooted it: found by review).
+# phone while its confirmation rebooted it: found by review). A claim holding the caller's own time (ARGV[1]) is the
+# caller's: the client ran the script again after losing its reply, and "held by another copy" left the reboot
+# unsent until the driver's dispatch stall.
 CLAIM_AND_RECORD_REBOOT = """
 local function record(at)
   redis.call('hset', KEYS[2], 'state', 'rebooting', 'reboot_at', at, 'reboot_tried', '')
@@ -167,8 +171,23 @@ if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then
   record(ARGV[1])
   return 1
 end
+if redis.call('get', KEYS[1]) == ARGV[1] then return 1 end
 if redis.call('hexists', KEYS[2], 'reboot_at') == 0 then record(ARGV[1]) end
 return 0
+"""
+
+# A phone's rollout fields written by the task that sent (or found out) its reboot, once it is done with it, only
+# while the record still says "rebooting" at that reboot's time (ARGV[3]); 0: nothing written. A power cycle's
+# port stays off up to 120 s: the driver may have had another copy find out meanwhile (it verified the phone, or
+# sent the reboot again), and this copy's late "verifying" put a verified phone back under verification, past its
+# verify.within from the old reboot, and rolled a good phone back. KEYS: the phone's record, the change feed.
+# ARGV: the feed's length bound, the MAC, the reboot's time, then field, value pairs.
+SET_IF_STILL_REBOOTING = """
+if redis.call('hget', KEYS[1], 'state') ~= 'rebooting' then return 0 end
+if tonumber(redis.call('hget', KEYS[1], 'reboot_at') or '') ~= tonumber(ARGV[3]) then return 0 end
+redis.call('hset', KEYS[1], unpack(ARGV, 4))
+redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'mac', ARGV[2])
+return 1
 """
 
 # A phone's rollout fields written by a task before its reboot (the "publishing" state, a deferral, a refused call
@@ -1104,6 +1123,14 @@ class RolloutStore:
         reboot is on record (CLAIM_AND_RECORD_REBOOT)."""
         return bool(self.r.eval(CLAIM_AND_RECORD_REBOOT, 3, K.rollout_reboot(rid, mac, attempt), K.rollout_phone(rid, mac),
                                 self.changes_key(rid), repr(float(at)), 7 * 86400, FEED_MAXLEN, mac))
+
+    def set_phone_if_still_rebooting(self, rid: str, mac: str, recorded_at: float, /, **fields) -> bool:
+        """set_phone (a change of state, on the change feed) in one step, only while the phone's record still says
+        "rebooting" from the reboot recorded at `recorded_at` (its reboot_at): the writer is still the one the
+        outcome of that reboot belongs to (SET_IF_STILL_REBOOTING). False: nothing written."""
+        flat = [str(x) for kv in self._field_values(fields).items() for x in kv]
+        return bool(self.r.eval(SET_IF_STILL_REBOOTING, 2, K.rollout_phone(rid, mac), self.changes_key(rid),
+                                FEED_MAXLEN, mac, repr(float(recorded_at)), *flat))
 
     def set_phone_unless_overtaken(self, rid: str, mac: str, attempt: int | str, read_state: str, **fields) -> bool:
         """set_phone (a change of state, on the change feed) in one step, unless another copy of this task is ahead:
