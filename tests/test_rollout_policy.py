@@ -219,6 +219,13 @@ def test_a_report_stamped_on_receipt_counts_only_a_skew_after_the_answer():
     assert kinds(rp.step(0, [A1], snap, {A1: arrived_later}, limits(), NOW).actions) == [(rp.VERIFIED, A1)]
     sent_after = {1: {"state": "registered", "t": NOW - 9 + 0.02, "sent": NOW - 9 + 0.01, "source": "wire"}}
     assert kinds(rp.step(0, [A1], snap, {A1: sent_after}, limits(), NOW).actions) == [(rp.VERIFIED, A1)]
+    # a phone quick to boot (the lab's): its report came after its shutdown event for this reboot
+    quick = {1: {"state": "registered", "t": NOW - 9 + 0.05, "source": "syslog"}}
+    assert kinds(rp.step(0, [A1], snap, {A1: quick}, limits(), NOW, downs={A1: NOW - 9 + 0.01}).actions) == [
+        (rp.VERIFIED, A1)]
+    # ... not before it, nor after a shutdown event older than this reboot
+    assert rp.step(0, [A1], snap, {A1: arrived_just_after}, limits(), NOW, downs={A1: NOW - 9 + 0.03}).actions == []
+    assert rp.step(0, [A1], snap, {A1: quick}, limits(), NOW, downs={A1: NOW - 9 - skew - 0.01}).actions == []
 
 
 def test_a_rollback_is_verified_only_after_its_reboot_was_answered_or_the_stall_passed():

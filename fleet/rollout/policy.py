@@ -47,8 +47,8 @@ POWER_CYCLE = "power-cycle"
 # evidence stamped when the collector received it (syslog, events, bindings: no `sent`) counts for a reboot only
 # this long after the worker read the reboot's answer: the two stamps come from two processes, and a refresh report
 # the phone sent just before it took the reboot reached the collector after the worker's stamp (two suites side by
-# side: a phone "verified" 0.02 s before it went down, one more down than max_unavailable). A real phone boots in
-# tens of seconds; the lab's in a third of one.
+# side: a phone "verified" 0.02 s before it went down, one more down than max_unavailable), unless the phone's own
+# shutdown event came between (policy.registered). A real phone boots in tens of seconds; the lab's in a third of one.
 RECEIVED_SKEW_S = 0.25
 
 # what the driver does with a phone
@@ -151,7 +151,8 @@ def _attempt(st: Mapping[str, str]) -> int:
 
 
 def registered(servers: Mapping[int, Mapping], required: tuple[int, ...] | list[int], since: float,
-               on_failure: tuple[int, ...] | list[int] = (), moved: tuple[int, ...] | list[int] = ()) -> bool:
+               on_failure: tuple[int, ...] | list[int] = (), moved: tuple[int, ...] | list[int] = (),
+               down_at: float | None = None) -> bool:
     """Every required server reports the phone registered, by an observation newer than `since`.
 
     A fallback in `on_failure` (UC Software, failOver.reRegisterOn=1) may instead be silent: a phone that reads
@@ -167,12 +168,17 @@ def registered(servers: Mapping[int, Mapping], required: tuple[int, ...] | list[
     verified a phone still on its way down, and the rollout took one more phone of the site down than
     max_unavailable allows. (Not the phone's shutdown event as the line: the collector stamps that when it
     receives it, on another clock than the capture's, and a phone quick to boot registers "before" it.) Where
-    only the collector's receipt is known, that must be RECEIVED_SKEW_S after `since`."""
+    only the collector's receipt is known (syslog, events), the receipt must be RECEIVED_SKEW_S after `since`,
+    or after the phone's shutdown event for this reboot (`down_at`, received by the same collector within that
+    skew of `since`): a phone reports its refreshes before it takes the reboot, and its shutdown after."""
+    def fresh(t: float) -> bool:
+        return t > since + RECEIVED_SKEW_S or (down_at is not None and since - RECEIVED_SKEW_S < down_at < t)
+
     def up(i: int) -> bool:
         s = servers.get(i, {})
         sent = s.get("sent")
         return (s.get("state") == "registered" and s.get("t", 0) > since
-                and (sent > since if sent is not None else s.get("t", 0) > since + RECEIVED_SKEW_S))
+                and (sent > since if sent is not None else fresh(s.get("t", 0))))
 
     def silent_standby(i: int) -> bool:
         return i in on_failure and i not in moved and up(1) and servers.get(i, {}).get("t", 0) <= since
@@ -293,7 +299,8 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
             moved = limits.moved_fallbacks.get(mac, ())
             proof_from = evidence_from(st, "reboot_at", "verify_from", now, 0.0)
             up = state == "verifying" and mac in observed and proof_from is not None and registered(
-                observed[mac], limits.registered_to, proof_from, limits.on_failure_fallbacks.get(mac, ()), moved)
+                observed[mac], limits.registered_to, proof_from, limits.on_failure_fallbacks.get(mac, ()), moved,
+                (downs or {}).get(mac))
             shadowed = st.get("shadowed", "") if up else ""   # fleet.sites.overrides: an override file beat a pushed value
             if up and not shadowed:
                 took = round(now - since, 2)
@@ -325,7 +332,8 @@ def advance(states: PhoneStates, observed: Observed, limits: Limits, now: float,
         elif state == "rolling_back" and st.get("rollback_at"):
             since = _f(st, "rollback_at")
             proof_from = evidence_from(st, "rollback_at", "rollback_verify_from", now, limits.dispatch_stall)
-            if mac in observed and proof_from is not None and registered(observed[mac], (1,), proof_from):
+            if mac in observed and proof_from is not None and registered(observed[mac], (1,), proof_from,
+                                                                         down_at=(downs or {}).get(mac)):
                 out.append(Action(ROLLED_BACK, mac, {"state": "rolled_back", "settled_at": now},
                                   event={"kind": "rolled_back", "mac": mac}))
             elif now - since > limits.verify_within:
