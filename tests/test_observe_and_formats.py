@@ -37,8 +37,18 @@ def test_a_receipt_stamped_report_of_the_same_registration_keeps_when_it_was_sen
     assert (entry["source"], entry["t"], entry["sent"]) == ("syslog", 10.3, 9.98)
     apply(state, Observation("0004f2000001", 12.0, "syslog", server=1, state="registered"))   # a later one: its own
     assert "sent" not in state.line(1).servers[1]
-    apply(state, Observation("0004f2000001", 13.0, "wire", server=1, state="unregistered"))
-    apply(state, Observation("0004f2000001", 13.2, "syslog", server=1, state="registered"))
+    # reports 0.8 s apart do not carry a send time along from one to the next
+    apply(state, Observation("0004f2000001", 20.0, "wire", server=1, state="registered", sent=19.98))
+    for t in (20.8, 21.6, 22.4):
+        apply(state, Observation("0004f2000001", t, "syslog", server=1, state="registered"))
+    assert "sent" not in state.line(1).servers[1]
+    # the capture of a newer REGISTER arriving after a report that took an older `sent`: its own counts
+    apply(state, Observation("0004f2000001", 30.0, "wire", server=1, state="registered", sent=29.9))
+    apply(state, Observation("0004f2000001", 30.5, "syslog", server=1, state="registered"))
+    apply(state, Observation("0004f2000001", 30.45, "wire", server=1, state="registered", sent=30.4))
+    assert (state.line(1).servers[1]["t"], state.line(1).servers[1]["sent"]) == (30.5, 30.4)
+    apply(state, Observation("0004f2000001", 40.0, "wire", server=1, state="unregistered"))
+    apply(state, Observation("0004f2000001", 40.2, "syslog", server=1, state="registered"))
     assert "sent" not in state.line(1).servers[1]
 
 

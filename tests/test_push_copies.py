@@ -326,8 +326,34 @@ def test_a_sender_that_returns_after_its_reboot_was_found_out_leaves_the_record_
     control = _SlowPowerCycle(lambda: rs.set_phone(rid, MAC, state="verified", verify_from="1.0"))
     out = push_copy(control)
     record = rs.phone(rid, MAC)
-    assert record["state"] == "verified" and record["verify_from"] == "1.0", record
+    assert record["state"] == "verified" and record["verify_from"] == "1.0" and "power_cycle_at" in record, record
     assert out["state"] == "verified" and "overtaken" in [e["kind"] for e in rs.events(rid)], out
+
+
+def test_a_retry_that_the_driver_asked_before_the_sender_gave_up_still_waits_the_grace(push_copy):
+    """The driver's stall ran out while the sender still waited on a long REST lock; the sender gave up 2 s later:
+    the driver's copy, arriving now, must not find out yet (a phone that took the reboot late is still up)."""
+    rs, rid = push_copy.rs, push_copy.rid
+    at = time.time() - 61
+    assert rs.claim_and_record_reboot(rid, MAC, 1, at)
+    rs.set_phone(rid, MAC, confirm_sent=at + 60.5, reboot_abandoned=time.time() - 2)
+    control = _PhoneBeingRebooted()
+    assert push_copy(control)["state"] == "rebooting" and control.calls == [], control.calls
+
+
+def test_a_sender_whose_power_cycle_fails_after_the_phone_was_verified_does_not_fail_it(push_copy, monkeypatch):
+    from fleet.drivers.errors import DriverError
+    from fleet.worker.errors import TaskFailed
+
+    rs, rid = push_copy.rs, push_copy.rid
+    monkeypatch.setattr(rollout_work, "_publish", lambda *a, **k: True)
+
+    def verified_then_refused() -> None:
+        rs.set_phone(rid, MAC, state="verified")
+        raise DriverError("switch poe1", "port on refused")
+    with pytest.raises(TaskFailed, match="not recorded"):
+        push_copy(_SlowPowerCycle(verified_then_refused))
+    assert rs.phone(rid, MAC)["state"] == "verified", rs.phone(rid, MAC)
 
 
 def test_a_sender_that_returns_after_a_confirmation_resent_the_reboot_leaves_the_new_one(push_copy, monkeypatch):

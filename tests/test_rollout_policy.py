@@ -151,11 +151,15 @@ def test_a_reboot_claimed_but_never_confirmed_sent_is_confirmed_once_per_stall_p
 def test_a_power_cycle_in_its_off_time_is_not_taken_for_a_lost_task():
     """The sender announced a power cycle and waits out the port's off time: a confirmation at the plain stall
     powered the port early, and the sender's late record rolled back a phone already verified."""
-    cycling = {"state": "rebooting", "reboot_at": str(NOW - 61), "reboot_tried": "rest safeRestart,power-cycle"}
+    wait = 30.0 + rp.POWER_CYCLE_MARGIN_S           # the off time, and the switch work around it
+    cycling = {"state": "rebooting", "reboot_at": str(NOW - 61), "reboot_tried": "rest safeRestart,power-cycle",
+               "power_cycle_at": str(NOW - wait + 1)}   # announced after its REST reboot got no answer
     assert rp.step(0, [A1], pending(**{A1: cycling}), {}, limits(power_off_s=30.0), NOW).actions == []
-    cycling["reboot_at"] = str(NOW - 91)
+    cycling["power_cycle_at"] = str(NOW - wait - 0.1)
     assert kinds(rp.step(0, [A1], pending(**{A1: cycling}), {}, limits(power_off_s=30.0), NOW).actions) == [
         (rp.CONFIRM_REBOOT, A1)]
+    cycling.update(power_cycle_at=str(NOW - 100), reboot_at=str(NOW - 59))      # never before the dispatch stall
+    assert rp.step(0, [A1], pending(**{A1: cycling}), {}, limits(power_off_s=30.0), NOW).actions == []
     plain = {"state": "rebooting", "reboot_at": str(NOW - 61), "reboot_tried": "rest safeRestart"}
     assert kinds(rp.step(0, [A1], pending(**{A1: plain}), {}, limits(power_off_s=30.0), NOW).actions) == [
         (rp.CONFIRM_REBOOT, A1)]
@@ -170,6 +174,12 @@ def test_a_reboot_given_up_to_the_retry_policy_is_found_out_after_the_grace_not_
     # given up on an earlier reboot (a resend recorded a new one since): not this one's
     given_up["reboot_abandoned"] = str(NOW - 31)
     assert rp.step(0, [A1], pending(**{A1: given_up}), {}, limits(), NOW).actions == []
+    # given up near the stall's end (a long REST lock wait): the grace still counts, the stall does not cut it short
+    late = {"state": "rebooting", "reboot_at": str(NOW - 61), "reboot_abandoned": str(NOW - 2)}
+    assert rp.step(0, [A1], pending(**{A1: late}), {}, limits(), NOW).actions == []
+    # a confirmation sent after it gave up: the next only a stall later
+    late.update(reboot_abandoned=str(NOW - grace - 5), confirm_sent=str(NOW - 4))
+    assert rp.step(0, [A1], pending(**{A1: late}), {}, limits(), NOW).actions == []
 
 
 def test_a_rebooting_phone_is_never_verified_by_a_registration():

@@ -14,6 +14,7 @@ from soundpoint.yamlfile import FieldError, FileError, load_model, source_of
 from fleet.phoneconf import secrets as secret_params
 from fleet.config import validate
 from fleet.experiment import playbook as experiment_playbook
+from fleet.rollout import policy
 
 COUNT_OR_PERCENT = re.compile(r"^([0-9]{1,7})(%?)$")     # ASCII digits only
 
@@ -202,11 +203,13 @@ def load(path: str | Path) -> RolloutPlaybook:
     """Validate a rollout playbook on its own: fields, parameters, cron, time zone, and the drill file."""
     experiment_playbook.refuse_other_kind(path, "rollout")
     pb = load_model(path, RolloutPlaybook, keep_source=True)
-    if pb.strategy.power_cycle_fallback and pb.verify.within <= pb.strategy.power_off_s:
+    cycle_s = pb.strategy.power_off_s + policy.POWER_CYCLE_MARGIN_S
+    if pb.strategy.power_cycle_fallback and pb.verify.within <= cycle_s:
         # counted from the reboot, so a power-cycled phone would fail by construction, still off or just booting
         raise source_of(pb, path).error(("verify", "within"), (
-            f"{pb.verify.within:g} s is not longer than strategy.power_off_s ({pb.strategy.power_off_s:g} s): a "
-            "power-cycled phone is off that long before it can boot and register"))
+            f"{pb.verify.within:g} s is not longer than strategy.power_off_s ({pb.strategy.power_off_s:g} s) and "
+            f"the switch's work around it ({policy.POWER_CYCLE_MARGIN_S:g} s): a power-cycled phone is off that long "
+            "before it can boot and register"))
     if pb.drill is not None:
         src = source_of(pb, path)
         drill = Path(pb.drill)

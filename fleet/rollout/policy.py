@@ -44,6 +44,9 @@ DISPATCH_STALL_S = 60.0
 ABANDONED_REBOOT_GRACE_S = 20.0
 # the reboot method name a power cycle is announced by (reboot_tried; fleet.rollout.power_fallback)
 POWER_CYCLE = "power-cycle"
+# a power cycle's switch work around its off time (set the port off, read it back; on, read back): a sender is
+# taken for lost only this long after its port's off time has run out (the announcement stamps power_cycle_at)
+POWER_CYCLE_MARGIN_S = 15.0
 # evidence stamped when the collector received it (syslog, events, bindings: no `sent`) counts for a reboot only
 # this long after the worker read the reboot's answer: the two stamps come from two processes, and a refresh report
 # the phone sent just before it took the reboot reached the collector after the worker's stamp (two suites side by
@@ -242,16 +245,22 @@ def evidence_from(st: Mapping[str, str], at: str, answered: str, now: float, wai
 
 
 def _reboot_unaccounted(st: Mapping[str, str], since: float, limits: Limits, now: float) -> bool:
-    """A reboot claimed at `since` whose sender is taken for lost (time a new task found out, unless one was sent
-    within the dispatch stall): silent past the dispatch stall, plus the port's off time once it announced a power
-    cycle (a confirmation powers the port, and cut the user's off time short while the sender still waited in
-    it); or given up to the retry policy ABANDONED_REBOOT_GRACE_S ago."""
-    if now - _f(st, "confirm_sent") <= limits.dispatch_stall:
-        return False
-    cycling = POWER_CYCLE in st.get("reboot_tried", "").split(",")
+    """A reboot claimed at `since` whose sender is taken for done with it without word (time a new task found out):
+    - given up to the retry policy (`reboot_abandoned`): ABANDONED_REBOOT_GRACE_S after that, whatever the stall
+      says (a sender that gave up after a long lock wait did so near the stall's end, and a confirmation 2 s later
+      met a phone that took the reboot late still up: a second reboot); again only a stall after a confirmation
+      sent since;
+    - else silent past the dispatch stall, and, once it announced a power cycle (`power_cycle_at`), past the port's
+      off time from then plus POWER_CYCLE_MARGIN_S (a confirmation powers the port: it cut the user's off time
+      short while the sender still waited in it); never twice within a stall."""
+    confirm = _f(st, "confirm_sent")
     abandoned = _f(st, "reboot_abandoned")
-    return (now - since > limits.dispatch_stall + (limits.power_off_s if cycling else 0.0)
-            or (abandoned >= since and now - abandoned >= ABANDONED_REBOOT_GRACE_S))
+    if abandoned >= since:
+        return now - confirm > limits.dispatch_stall if confirm >= abandoned else now - abandoned >= ABANDONED_REBOOT_GRACE_S
+    if now - confirm <= limits.dispatch_stall or now - since <= limits.dispatch_stall:
+        return False
+    cycle_at = _f(st, "power_cycle_at")
+    return cycle_at < since or now - cycle_at > limits.power_off_s + POWER_CYCLE_MARGIN_S
 
 
 def _evidence_named(servers: Mapping[int, Mapping], required: tuple[int, ...] | list[int]) -> str:

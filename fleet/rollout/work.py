@@ -182,9 +182,12 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         try:
             how = _reboot(rid, mac, control, plan, secrets, rs, sent)
         except retry_on:
-            # given up to the retry policy, when: a copy may find out once the phone had time to take it (_may_confirm)
-            rs.set_phone(rid, mac, reboot_abandoned=time.time())
+            # given up to the retry policy, when: a copy may find out once the phone had time to take it (_may_confirm);
+            # not over a record that moved on (a confirmation found out meanwhile)
+            rs.set_phone_if_still_rebooting(rid, mac, reboot_at, reboot_abandoned=time.time())
             raise
+        except (DriverError, KeyError, ValueError) as exc:
+            raise _settle_if_still_rebooting(rs, rid, mac, reboot_at, exc) from None
         failpoint("rollout.reboot_sent", mac)
         if not rs.set_phone_if_still_rebooting(rid, mac, reboot_at, state="verifying", reboot_via=how,
                                                verify_from=_reboot_left(control, reboot_at),
@@ -192,6 +195,26 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
             # a power cycle outlasted the driver's patience: a copy it sent found out meanwhile, and its record stands
             return _overtaken(rs, rid, mac, f"reboot sent ({how}), but found out by the driver's confirmation first")
         return {"state": "verifying", "reboot_at": reboot_at}
+
+
+@contextmanager
+def _fails_while_rebooting(rs: RolloutStore, rid: str, mac: str, waits_on: list[float]) -> Iterator[None]:
+    """_settles_as "failed" for work done once a reboot is claimed: written only while the record still waits on
+    the reboot in `waits_on[0]` (_settle_if_still_rebooting)."""
+    try:
+        yield
+    except (DriverError, KeyError, ValueError) as exc:
+        raise _settle_if_still_rebooting(rs, rid, mac, waits_on[0], exc) from None
+
+
+def _settle_if_still_rebooting(rs: RolloutStore, rid: str, mac: str, reboot_at: float, exc: BaseException) -> TaskFailed:
+    """_settle for an error after the reboot was claimed: "failed" only while the record still waits on that
+    reboot. A power cycle that fails after the driver's confirmation verified the phone must not fail it."""
+    why = failure_text(exc)[:300]
+    if not rs.set_phone_if_still_rebooting(rid, mac, reboot_at, state="failed", error=why, settled_at=time.time()):
+        rs.log(rid, "overtaken", mac=mac, reason=f"{why} (not recorded: the phone's record moved on)"[:300])
+        return TaskFailed(f"rollout {rid}: phone {mac}: {why} (not recorded: another copy's record stands)")
+    return TaskFailed(f"rollout {rid}: phone {mac} failed: {why}")
 
 
 def _overtaken(rs: RolloutStore, rid: str, mac: str, found: str) -> dict:
@@ -212,8 +235,9 @@ def _may_confirm(state: dict) -> bool:
     later, at a phone that took it late and had not gone down yet (the driver asks once the grace has passed)."""
     at = float(state["reboot_at"])
     abandoned = float(state.get("reboot_abandoned") or 0)
-    return float(state.get("confirm_sent") or 0) >= at or (
-        abandoned >= at and time.time() - abandoned >= ABANDONED_REBOOT_GRACE_S)
+    if abandoned >= at:     # the grace counts even where the driver asked already (its stall ran out meanwhile)
+        return time.time() - abandoned >= ABANDONED_REBOOT_GRACE_S
+    return float(state.get("confirm_sent") or 0) >= at
 
 
 def _reboot_left(control: phones.PhoneControl, recorded_at: float) -> float:
@@ -354,7 +378,9 @@ def _announcer(rs: RolloutStore, rid: str, mac: str, tried: list[str] | None = N
 
     def announce(method: str) -> None:
         tried.append(method)
-        rs.set_phone(rid, mac, reboot_tried=",".join(tried))
+        # a power cycle's start, from which the driver waits out the port's off time (policy._reboot_unaccounted)
+        cycling = {"power_cycle_at": time.time()} if method == power_fallback.POWER_CYCLE else {}
+        rs.set_phone(rid, mac, reboot_tried=",".join(tried), **cycling)
     return announce
 
 
@@ -376,7 +402,8 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
     if not _still_rebooting(rs.phone(rid, mac), since):
         # the claimer recorded its reboot after the driver asked (a power cycle's long wait): nothing to find out
         return _overtaken(rs, rid, mac, "the reboot's sender recorded it before this confirmation began")
-    with _settles_as(rs, rid, mac, "failed"):
+    waits_on = [since]     # the reboot the record waits on: the lost one, then the one sent again
+    with _fails_while_rebooting(rs, rid, mac, waits_on):
         powered_on = False
         if tried and power_fallback.POWER_CYCLE in tried:
             # the lost task may have died with the port off (inside its wait): power first; a port found off was
@@ -400,6 +427,7 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
         reboot_at = time.time()
         if not rs.set_phone_if_still_rebooting(rid, mac, since, reboot_at=reboot_at, reboot_tried=""):
             return _overtaken(rs, rid, mac, "no reboot found, but its sender recorded one meanwhile: not sent again")
+        waits_on[0] = reboot_at
         sent: list[str] = []
         with traced("reboot"):
             how = control.reboot(_announcer(rs, rid, mac, sent), fallback=_resend_may_fall_back(tried))

@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass, field
 REGISTERED, UNREGISTERED, UNKNOWN = "registered", "unregistered", "unknown"
 # A registration reported by a source that knows only when it received the report (syslog, events, bindings) this
 # soon after one a source saw sent (wire, HEP, a poll) is taken for the same registration, and keeps that one's
-# `sent`: the later report must not erase what proves when the phone sent it (fleet.rollout.policy.registered)
+# `sent`: the later report must not erase what proves when the phone sent it (fleet.rollout.policy.registered).
+# Counted from that `sent`, so reports in a row never carry an old one along.
 SAME_REGISTRATION_S = 1.0
 
 
@@ -180,6 +181,9 @@ def apply(state: PhoneState, obs: Observation, configured: list[int] | None = No
     if obs.server is not None:
         prev = line.servers.get(obs.server)
         if prev is not None and prev.get("t", 0) > obs.t:
+            if (obs.state == REGISTERED == prev.get("state") and obs.sent is not None
+                    and obs.sent > prev.get("sent", float("-inf"))):
+                prev["sent"] = obs.sent   # a capture of a REGISTER after the one a later report took its `sent` from
             return False   # an older message arriving late never overrides a newer one
         entry = {"state": obs.state, "t": obs.t, "source": obs.source, "address": obs.address}
         if obs.code is not None:
@@ -187,8 +191,8 @@ def apply(state: PhoneState, obs: Observation, configured: list[int] | None = No
         if obs.sent is not None:
             entry["sent"] = obs.sent
         elif (obs.state == REGISTERED and prev is not None and prev.get("state") == REGISTERED
-              and prev.get("sent") is not None and obs.t - prev.get("t", 0) <= SAME_REGISTRATION_S):
-            entry["sent"] = prev["sent"]
+              and prev.get("sent") is not None and obs.t - prev["sent"] <= SAME_REGISTRATION_S):
+            entry["sent"] = prev["sent"]   # from its send time, not the last report's: reports in a row never chain it
         if obs.state == REGISTERED and obs.expires is not None:
             entry["until"] = round(obs.t + obs.expires, 3)    # when the binding lapses unless it is refreshed
         line.servers[obs.server] = entry

@@ -70,8 +70,8 @@ All keys start with `fleet:`; `Keys` below builds each name.
 |                                      |        | rollback_verify_from (the reboot's answer: evidence counts from  |                             |
 |                                      |        | then), verified_by (the evidence that verified it),              | set_phone_unless_overtaken, |
 |                                      |        | reboot_abandoned (when its sender gave the reboot up to the      | set_phone_if_absent,        |
-|                                      |        | retry policy: found out after a grace), confirm_sent             | set_phone_if_still_         |
-|                                      |        |                                                                  | rebooting, claim_and_       |
+|                                      |        | retry policy: found out after a grace), confirm_sent,            | set_phone_if_still_         |
+|                                      |        | power_cycle_at (when a power cycle was announced)                | rebooting, claim_and_       |
 |                                      |        |                                                                  | record_reboot               |
 | `rollout:{id}:changes`               | stream | one entry per phone state change (the driver wakes on it)        | RolloutStore.set_phone      |
 | `rollout:{id}:events`                | stream | append-only history of the rollout                               | RolloutStore.log            |
