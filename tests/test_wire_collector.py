@@ -250,7 +250,13 @@ def test_gateway_bindings_are_polled_over_the_router_ssh(tmp_path, ssh_router, s
     fs.write_text(FS_CLI)
     fs.chmod(0o755)
     listing = tmp_path / "bin" / "registrations.txt"
-    listing.write_text("-ERR no reply\n")
+
+    def answer(text: str) -> None:
+        """The gateway's next answer, whole: a poll never reads a file half written (truncated, then filled)."""
+        part = listing.with_suffix(".part")
+        part.write_text(text)
+        part.replace(listing)
+    answer("-ERR no reply\n")
 
     def bound(*users: str) -> str:
         rows = "".join(f"{u},127.0.0.1,tok{u},sofia/internal/sip:{u}@{ip}:5060,{int(__import__('time').time()) + 60},"
@@ -265,13 +271,13 @@ def test_gateway_bindings_are_polled_over_the_router_ssh(tmp_path, ssh_router, s
         poller = c.evidence[0]
         wait_until(lambda: any("fs_cli" in cmd for cmd in ssh_router.commands), 10, "the first poll")
         assert poller.polls == 0 and store.phone_state("0004f2fa0001").observed_at is None, "junk made an observation"
-        listing.write_text(bound("5001"))
+        answer(bound("5001"))
         wait_until(lambda: _server_state(store, "0004f2fa0002", 2).get("source") == "gateway", 10, "a bindings poll")
         s1, s2 = _server_state(store, "0004f2fa0001", 2), _server_state(store, "0004f2fa0002", 2)
-        assert s1["state"] == REGISTERED and 55 <= s1["until"] - s1["t"] <= 61, s1
+        assert s1["state"] == REGISTERED and 55 <= s1["until"] - s1["t"] <= 61, (s1, s2, poller.polls, ssh_router.commands[-3:])
         assert s2["state"] == UNREGISTERED, s2
         assert store.phone_state("0004f2fa0001").working_server is None, "bindings alone say nothing of server 1"
-        listing.write_text(bound())
+        answer(bound())
         wait_until(lambda: _server_state(store, "0004f2fa0001", 2).get("state") == UNREGISTERED, 10,
                    "the binding's removal seen")
         assert store.phone_state("0004f2fa0001").working_server is None
