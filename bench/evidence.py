@@ -249,7 +249,6 @@ def latency(phones: int, spread: float, polls: int, timeline: bool = False) -> N
     import multiprocessing
     import queue
     import tempfile
-    import threading
 
     from fleet.evidence.collector import SiteCollector
     from fleet.evidence.sources.capture import CaptureThread

@@ -386,6 +386,34 @@ def test_a_confirmation_that_finds_the_reboot_recorded_sends_nothing(push_copy):
     assert control.calls == [] and rs.phone(rid, MAC)["state"] == "verifying", (control.calls, rs.phone(rid, MAC))
 
 
+def test_a_confirmation_claim_asked_again_with_its_own_value_is_its_own(redis_url):
+    """The confirmation's claim (ATTEMPT-confirm) as redis-py's retry would ask it twice: the same value is the
+    caller's; another caller's is refused."""
+    from fleet.state import store as store_mod
+
+    rs, rid = _fresh(redis_url, "rebooting")
+    key = store_mod.K.rollout_reboot(rid, MAC, "1-confirm")
+    assert rs.r.eval(store_mod.CLAIM_ONCE, 1, key, "mine", 60) == 1
+    assert rs.r.eval(store_mod.CLAIM_ONCE, 1, key, "mine", 60) == 1
+    assert rs.r.eval(store_mod.CLAIM_ONCE, 1, key, "theirs", 60) == 0
+    assert rs.claim_reboot(rid, MAC, "2-confirm") and not rs.claim_reboot(rid, MAC, "2-confirm")
+
+
+def test_a_sender_taken_for_lost_announces_nothing_over_its_confirmation(push_copy, monkeypatch):
+    """The confirmation resent the reboot (a new reboot_at, its own methods): the old sender's next announcement
+    must not replace the methods the confirmation's successor would look for."""
+    rs, rid = push_copy.rs, push_copy.rid
+    monkeypatch.setattr(rollout_work, "_publish", lambda *a, **k: True)
+
+    class _Resent(_PhoneBeingRebooted):
+        def reboot(self, announce, fallback: bool = True) -> str:
+            rs.set_phone(rid, MAC, reboot_at=time.time() + 5, reboot_tried="rest safeRestart")   # the confirmation's
+            announce("web")
+            return "web"
+    push_copy(_Resent())
+    assert rs.phone(rid, MAC)["reboot_tried"] == "rest safeRestart", rs.phone(rid, MAC)
+
+
 def test_a_claim_whose_reply_was_lost_is_the_callers_when_it_asks_again(redis_url):
     """redis-py runs a script again after a connection error; the claim it took the first time is its own."""
     rs, rid = _fresh(redis_url, "publishing")

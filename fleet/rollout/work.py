@@ -180,7 +180,7 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         # announced below tell it which proof to look for (a web UI fallback is not idempotent as check-sync is)
         sent: list[str] = []
         try:
-            how = _reboot(rid, mac, control, plan, secrets, rs, sent)
+            how = _reboot(rid, mac, control, plan, secrets, rs, sent, reboot_at)
         except retry_on:
             # given up to the retry policy, when: a copy may find out once the phone had time to take it (_may_confirm);
             # not over a record that moved on (a confirmation found out meanwhile)
@@ -252,10 +252,10 @@ def _reboot_left(control: phones.PhoneControl, recorded_at: float) -> float:
 
 
 def _reboot(rid: str, mac: str, control: phones.PhoneControl, plan: plan_check.Checked, secrets: inv_mod.Secrets,
-            rs: RolloutStore, sent: list[str]) -> str:
+            rs: RolloutStore, sent: list[str], reboot_at: float) -> str:
     """The phone's reboot; with strategy.power_cycle_fallback, a reboot that got no answer at all is followed by a
     power cycle of its PoE port (announced first, like every method, for a successor that must find out)."""
-    announce = _announcer(rs, rid, mac, sent)
+    announce = _announcer(rs, rid, mac, reboot_at, sent)
     try:
         with traced("reboot"):
             return control.reboot(announce)
@@ -371,16 +371,18 @@ def _resend_may_fall_back(tried: tuple[str, ...] | None) -> bool:
     return tried is not None and ("check-sync" not in tried or "web" in tried)
 
 
-def _announcer(rs: RolloutStore, rid: str, mac: str, tried: list[str] | None = None) -> phones.Announce:
+def _announcer(rs: RolloutStore, rid: str, mac: str, reboot_at: float, tried: list[str] | None = None) -> phones.Announce:
     """Records each reboot method in the phone's rollout record before it is sent, for a successor that must
-    find out whether the reboot went out (confirm_reboot) by the proof that method leaves; `tried` collects them."""
+    find out whether the reboot went out (confirm_reboot) by the proof that method leaves; `tried` collects them.
+    Only while the record still waits on this reboot (`reboot_at`): a sender the driver took for lost must not
+    change what its confirmation recorded (that the confirmation's power-on reads)."""
     tried = [] if tried is None else tried
 
     def announce(method: str) -> None:
         tried.append(method)
         # a power cycle's start, from which the driver waits out the port's off time (policy._reboot_unaccounted)
         cycling = {"power_cycle_at": time.time()} if method == power_fallback.POWER_CYCLE else {}
-        rs.set_phone(rid, mac, reboot_tried=",".join(tried), **cycling)
+        rs.set_phone_if_still_rebooting(rid, mac, reboot_at, reboot_tried=",".join(tried), **cycling)
     return announce
 
 
@@ -430,7 +432,7 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
         waits_on[0] = reboot_at
         sent: list[str] = []
         with traced("reboot"):
-            how = control.reboot(_announcer(rs, rid, mac, sent), fallback=_resend_may_fall_back(tried))
+            how = control.reboot(_announcer(rs, rid, mac, reboot_at, sent), fallback=_resend_may_fall_back(tried))
         if not rs.set_phone_if_still_rebooting(rid, mac, reboot_at, state="verifying",
                                                reboot_via=how + ", resent after a lost task",
                                                verify_from=_reboot_left(control, reboot_at),

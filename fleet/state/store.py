@@ -176,17 +176,27 @@ if redis.call('hexists', KEYS[2], 'reboot_at') == 0 then record(ARGV[1]) end
 return 0
 """
 
+# A claim taken once (KEYS[1], ARGV[1] the caller's own value, ARGV[2] its lifetime): 1 for the caller that set it,
+# and for the same caller asking again (redis-py runs a script again after a lost reply; "taken" then left a
+# confirmation of a lost reboot waiting another dispatch stall).
+CLAIM_ONCE = """
+if redis.call('set', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
+if redis.call('get', KEYS[1]) == ARGV[1] then return 1 end
+return 0
+"""
+
 # A phone's rollout fields written by the task that sent (or found out) its reboot, once it is done with it, only
 # while the record still says "rebooting" at that reboot's time (ARGV[3]); 0: nothing written. A power cycle's
 # port stays off up to 120 s: the driver may have had another copy find out meanwhile (it verified the phone, or
 # sent the reboot again), and this copy's late "verifying" put a verified phone back under verification, past its
 # verify.within from the old reboot, and rolled a good phone back. KEYS: the phone's record, the change feed.
-# ARGV: the feed's length bound, the MAC, the reboot's time, then field, value pairs.
+# ARGV: the feed's length bound (0: no change of state, nothing on the feed), the MAC, the reboot's time, then field,
+# value pairs.
 SET_IF_STILL_REBOOTING = """
 if redis.call('hget', KEYS[1], 'state') ~= 'rebooting' then return 0 end
 if tonumber(redis.call('hget', KEYS[1], 'reboot_at') or '') ~= tonumber(ARGV[3]) then return 0 end
 redis.call('hset', KEYS[1], unpack(ARGV, 4))
-redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'mac', ARGV[2])
+if ARGV[1] ~= '0' then redis.call('xadd', KEYS[2], 'MAXLEN', '~', ARGV[1], '*', 'mac', ARGV[2]) end
 return 1
 """
 
@@ -1114,8 +1124,10 @@ class RolloutStore:
         self.r.hset(K.rollout(rid), mapping={"tick_done": int(tick), "tick_running": 0})
 
     def claim_reboot(self, rid: str, mac: str, attempt: int | str) -> bool:
-        """True once per phone and attempt (or per "ATTEMPT-confirm"): the guard against rebooting twice."""
-        return bool(self.r.set(K.rollout_reboot(rid, mac, attempt), time.time(), nx=True, ex=7 * 86400))
+        """True once per phone and attempt (or per "ATTEMPT-confirm"): the guard against rebooting twice. The claim
+        holds a value of this call's own, so the client's retry after a lost reply finds it its own (CLAIM_ONCE)."""
+        token = f"{time.time()!r} {uuid.uuid4().hex[:12]}"
+        return bool(self.r.eval(CLAIM_ONCE, 1, K.rollout_reboot(rid, mac, attempt), token, 7 * 86400))
 
     def claim_and_record_reboot(self, rid: str, mac: str, attempt: int, at: float) -> bool:
         """True once per phone and attempt: this caller may send the reboot, which is recorded (state rebooting,
@@ -1130,7 +1142,7 @@ class RolloutStore:
         outcome of that reboot belongs to (SET_IF_STILL_REBOOTING). False: nothing written."""
         flat = [str(x) for kv in self._field_values(fields).items() for x in kv]
         return bool(self.r.eval(SET_IF_STILL_REBOOTING, 2, K.rollout_phone(rid, mac), self.changes_key(rid),
-                                FEED_MAXLEN, mac, repr(float(recorded_at)), *flat))
+                                FEED_MAXLEN if "state" in fields else 0, mac, repr(float(recorded_at)), *flat))
 
     def set_phone_unless_overtaken(self, rid: str, mac: str, attempt: int | str, read_state: str, **fields) -> bool:
         """set_phone (a change of state, on the change feed) in one step, unless another copy of this task is ahead:
