@@ -187,7 +187,14 @@ def _start_rollout(lab, url: str, tmp_path, expires: int, targets: dict | None =
         assert not exited, proc.stderr.read()
         return False
 
-    wait_until(recorded, 30, "the new rollout recorded", step=0.05)
+    # beside a second suite the command's start-up (imports, inventory, plan) took over 30 s; a command left running
+    # after this wait failed went on rebooting phones in the next run's count (twice each)
+    try:
+        wait_until(recorded, 120, "the new rollout recorded", step=0.05)
+    except BaseException:
+        proc.kill()
+        proc.wait()
+        raise
     return rs, proc, _rollout_id(rs), t0
 
 
