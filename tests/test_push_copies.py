@@ -296,7 +296,7 @@ def test_a_reboot_that_timed_out_is_found_out_by_its_retry_only_after_the_grace(
     assert record["state"] == "rebooting" and float(record["reboot_abandoned"]) >= float(record["reboot_at"]), record
     early = _PhoneBeingRebooted()
     assert push_copy(early)["state"] == "rebooting" and early.calls == [], early.calls
-    given_up = time.time() - rollout_work.ABANDONED_REBOOT_GRACE_S - 0.1
+    given_up = time.time() - rollout_work.policy.ABANDONED_REBOOT_GRACE_S - 0.1
     rs.set_phone(rid, MAC, reboot_at=given_up - 5, reboot_abandoned=given_up)
     late = _PhoneBeingRebooted()
     push_copy(late)

@@ -244,6 +244,13 @@ def evidence_from(st: Mapping[str, str], at: str, answered: str, now: float, wai
     return _f(st, at) if now - _f(st, at) >= wait else None
 
 
+def given_up_at(st: Mapping[str, str], since: float) -> float | None:
+    """When the sender of the reboot claimed at `since` gave it up to the retry policy (`reboot_abandoned`); None
+    when it did not (a mark older than `since` belongs to an earlier reboot of the phone)."""
+    abandoned = _f(st, "reboot_abandoned")
+    return abandoned if abandoned >= since else None
+
+
 def _reboot_unaccounted(st: Mapping[str, str], since: float, limits: Limits, now: float) -> bool:
     """A reboot claimed at `since` whose sender is taken for done with it without word (time a new task found out):
     - given up to the retry policy (`reboot_abandoned`): ABANDONED_REBOOT_GRACE_S after that, whatever the stall
@@ -254,8 +261,8 @@ def _reboot_unaccounted(st: Mapping[str, str], since: float, limits: Limits, now
       off time from then plus POWER_CYCLE_MARGIN_S (a confirmation powers the port: it cut the user's off time
       short while the sender still waited in it); never twice within a stall."""
     confirm = _f(st, "confirm_sent")
-    abandoned = _f(st, "reboot_abandoned")
-    if abandoned >= since:
+    abandoned = given_up_at(st, since)
+    if abandoned is not None:
         return now - confirm > limits.dispatch_stall if confirm >= abandoned else now - abandoned >= ABANDONED_REBOOT_GRACE_S
     if now - confirm <= limits.dispatch_stall or now - since <= limits.dispatch_stall:
         return False

@@ -29,7 +29,8 @@ from fleet.rollout import record_check as plan_check
 from fleet.phoneconf import polycom
 from fleet.rollout import backups as rollout_backups
 from fleet.rollout import power_fallback
-from fleet.rollout.policy import ABANDONED_REBOOT_GRACE_S, FINISHED
+from fleet.rollout import policy
+from fleet.rollout.policy import FINISHED
 from fleet.phoneconf import secrets as secret_params
 from fleet.sites import files as site_files
 from fleet.drivers.errors import DeviceTimeout, DriverError
@@ -55,14 +56,18 @@ def _settle(rs: RolloutStore, rid: str, mac: str, state: str, exc: BaseException
 
 
 @contextmanager
-def _settles_as(rs: RolloutStore, rid: str, mac: str, state: str, retry_on: Retryable = ()) -> Iterator[None]:
+def _settles_as(rs: RolloutStore, rid: str, mac: str, state: str, retry_on: Retryable = (),
+                waits_on: list[float] | None = None) -> Iterator[None]:
     """Any device, record or value error inside settles the phone as `state` and raises TaskFailed;
-    errors in `retry_on` pass through untouched for the task to retry."""
+    errors in `retry_on` pass through untouched for the task to retry. With `waits_on` (work done once a reboot is
+    claimed), only while the record still waits on the reboot recorded at `waits_on[0]` (_settle_if_still_rebooting)."""
     try:
         yield
     except retry_on:
         raise
     except (DriverError, KeyError, ValueError) as exc:
+        if waits_on is not None:
+            raise _settle_if_still_rebooting(rs, rid, mac, waits_on[0], exc) from None
         raise _settle(rs, rid, mac, state, exc) from None
 
 
@@ -180,14 +185,13 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         # announced below tell it which proof to look for (a web UI fallback is not idempotent as check-sync is)
         sent: list[str] = []
         try:
-            how = _reboot(rid, mac, control, plan, secrets, rs, sent, reboot_at)
+            with _settles_as(rs, rid, mac, "failed", retry_on, waits_on=[reboot_at]):
+                how = _reboot(rid, mac, control, plan, secrets, rs, sent, reboot_at)
         except retry_on:
             # given up to the retry policy, when: a copy may find out once the phone had time to take it (_may_confirm);
             # not over a record that moved on (a confirmation found out meanwhile)
             rs.set_phone_if_still_rebooting(rid, mac, reboot_at, reboot_abandoned=time.time())
             raise
-        except (DriverError, KeyError, ValueError) as exc:
-            raise _settle_if_still_rebooting(rs, rid, mac, reboot_at, exc) from None
         failpoint("rollout.reboot_sent", mac)
         if not rs.set_phone_if_still_rebooting(rid, mac, reboot_at, state="verifying", reboot_via=how,
                                                verify_from=_reboot_left(control, reboot_at),
@@ -195,16 +199,6 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
             # a power cycle outlasted the driver's patience: a copy it sent found out meanwhile, and its record stands
             return _overtaken(rs, rid, mac, f"reboot sent ({how}), but found out by the driver's confirmation first")
         return {"state": "verifying", "reboot_at": reboot_at}
-
-
-@contextmanager
-def _fails_while_rebooting(rs: RolloutStore, rid: str, mac: str, waits_on: list[float]) -> Iterator[None]:
-    """_settles_as "failed" for work done once a reboot is claimed: written only while the record still waits on
-    the reboot in `waits_on[0]` (_settle_if_still_rebooting)."""
-    try:
-        yield
-    except (DriverError, KeyError, ValueError) as exc:
-        raise _settle_if_still_rebooting(rs, rid, mac, waits_on[0], exc) from None
 
 
 def _settle_if_still_rebooting(rs: RolloutStore, rid: str, mac: str, reboot_at: float, exc: BaseException) -> TaskFailed:
@@ -234,9 +228,9 @@ def _may_confirm(state: dict) -> bool:
     would otherwise find no reboot yet and send a second one; so would the retry of a reboot that timed out, 1-4 s
     later, at a phone that took it late and had not gone down yet (the driver asks once the grace has passed)."""
     at = float(state["reboot_at"])
-    abandoned = float(state.get("reboot_abandoned") or 0)
-    if abandoned >= at:     # the grace counts even where the driver asked already (its stall ran out meanwhile)
-        return time.time() - abandoned >= ABANDONED_REBOOT_GRACE_S
+    abandoned = policy.given_up_at(state, at)
+    if abandoned is not None:     # the grace counts even where the driver asked already (its stall ran out meanwhile)
+        return time.time() - abandoned >= policy.ABANDONED_REBOOT_GRACE_S
     return float(state.get("confirm_sent") or 0) >= at
 
 
@@ -405,7 +399,7 @@ def confirm_reboot(rid: str, mac: str, attempt: int, since: float, control: phon
         # the claimer recorded its reboot after the driver asked (a power cycle's long wait): nothing to find out
         return _overtaken(rs, rid, mac, "the reboot's sender recorded it before this confirmation began")
     waits_on = [since]     # the reboot the record waits on: the lost one, then the one sent again
-    with _fails_while_rebooting(rs, rid, mac, waits_on):
+    with _settles_as(rs, rid, mac, "failed", waits_on=waits_on):
         powered_on = False
         if tried and power_fallback.POWER_CYCLE in tried:
             # the lost task may have died with the port off (inside its wait): power first; a port found off was

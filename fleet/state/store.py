@@ -233,6 +233,7 @@ CAPTURE_MAXLEN = 200_000      # SIP datagrams kept per experiment for its captur
 CAPTURE_MAX_BYTES = 128 * 1024 * 1024
 EVENTS_MAXLEN = 200_000
 FEED_MAXLEN = 100_000
+REBOOT_CLAIM_TTL_S = 7 * 86400   # a reboot claim outlives any rollout that may still be resumed
 OUTAGE_MARK_TTL = 2 * 86400   # longer than any outage may last (max_duration <= 1 day)
 
 
@@ -1127,18 +1128,18 @@ class RolloutStore:
         """True once per phone and attempt (or per "ATTEMPT-confirm"): the guard against rebooting twice. The claim
         holds a value of this call's own, so the client's retry after a lost reply finds it its own (CLAIM_ONCE)."""
         token = f"{time.time()!r} {uuid.uuid4().hex[:12]}"
-        return bool(self.r.eval(CLAIM_ONCE, 1, K.rollout_reboot(rid, mac, attempt), token, 7 * 86400))
+        return bool(self.r.eval(CLAIM_ONCE, 1, K.rollout_reboot(rid, mac, attempt), token, REBOOT_CLAIM_TTL_S))
 
     def claim_and_record_reboot(self, rid: str, mac: str, attempt: int, at: float) -> bool:
         """True once per phone and attempt: this caller may send the reboot, which is recorded (state rebooting,
         reboot_at `at`, on the change feed) in the same step as the claim. False: another copy holds it, and its
         reboot is on record (CLAIM_AND_RECORD_REBOOT)."""
         return bool(self.r.eval(CLAIM_AND_RECORD_REBOOT, 3, K.rollout_reboot(rid, mac, attempt), K.rollout_phone(rid, mac),
-                                self.changes_key(rid), repr(float(at)), 7 * 86400, FEED_MAXLEN, mac))
+                                self.changes_key(rid), repr(float(at)), REBOOT_CLAIM_TTL_S, FEED_MAXLEN, mac))
 
     def set_phone_if_still_rebooting(self, rid: str, mac: str, recorded_at: float, /, **fields) -> bool:
-        """set_phone (a change of state, on the change feed) in one step, only while the phone's record still says
-        "rebooting" from the reboot recorded at `recorded_at` (its reboot_at): the writer is still the one the
+        """set_phone (a change of state also on the change feed) in one step, only while the phone's record still
+        says "rebooting" from the reboot recorded at `recorded_at` (its reboot_at): the writer is still the one the
         outcome of that reboot belongs to (SET_IF_STILL_REBOOTING). False: nothing written."""
         flat = [str(x) for kv in self._field_values(fields).items() for x in kv]
         return bool(self.r.eval(SET_IF_STILL_REBOOTING, 2, K.rollout_phone(rid, mac), self.changes_key(rid),
