@@ -379,6 +379,31 @@ def test_spoofed_phone_never_gets_the_password_in_basic_form_unless_configured(c
         spoof.close()
 
 
+def test_requests_to_phones_never_go_through_a_proxy_the_environment_names(monkeypatch):
+    """HTTP_PROXY in the operator's shell must not carry a phone's admin login to a proxy: REST, state polling,
+    the web UI and the collector's poller all go straight to the phone (fleet.drivers.lan_http)."""
+    from fleet.drivers.control import web_ui
+    from fleet.drivers.errors import DriverError
+
+    creds = Credentials(username="Polycom", password=ADMIN_SECRET)
+    spoof, proxy = SpoofedPhone("127.0.0.87", "digest"), SpoofedPhone("127.0.0.88", "basic")
+    try:
+        for name in ("NO_PROXY", "no_proxy"):
+            monkeypatch.delenv(name, raising=False)
+        for name in ("HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.setenv(name, f"http://127.0.0.88:{proxy.port}")
+        phone = Phone(mac="0004f2000001", model="SoundPoint IP 650", address="127.0.0.87", http_port=spoof.port,
+                      credentials="admin")
+        _ask_every_way(phone, creds)
+        with pytest.raises(DriverError):
+            web_ui.reboot(phone, creds, timeout=3)
+        assert proxy.headers == [], f"the proxy was sent {len(proxy.headers)} requests"
+        assert len(spoof.headers) >= 5, spoof.headers
+    finally:
+        spoof.close()
+        proxy.close()
+
+
 def test_http_auth_layers_fleet_site_phone(tmp_path):
     path = write_inventory(tmp_path)
     doc = yaml.safe_load(path.read_text())

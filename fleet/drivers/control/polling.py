@@ -30,6 +30,7 @@ from soundpoint.deadline import poll_until
 from fleet.config.inventory import Credentials, Phone
 from fleet.drivers.control.call_check import CallCheck
 from fleet.drivers.errors import DeviceTimeout, MalformedAnswer
+from fleet.drivers.lan_http import lan_request
 from fleet.drivers.control.rest import (BoundedDigestAuth, auth_hint, no_answer, phone_auth, read_answer, refuse_error_status,
                    request_budget)
 
@@ -87,8 +88,8 @@ def _get(phone: Phone, credentials: Credentials, timeout: float, digest_only: bo
     auth = BoundedDigestAuth(credentials.username, credentials.password) if digest_only else phone_auth(phone, credentials)
     deadline = time.monotonic() + request_budget(timeout)
     try:
-        resp = requests.get(f"http://{phone.address}:{phone.http_port}{path}", auth=auth, timeout=timeout,
-                            stream=True)
+        resp = lan_request("GET", f"http://{phone.address}:{phone.http_port}{path}", auth=auth, timeout=timeout,
+                           stream=True)
     except requests.RequestException as exc:
         raise no_answer(name, f"GET {path}", exc, timeout) from None
     body = read_answer(resp, MAX_ANSWER, name, f"GET {path}", deadline)

@@ -34,6 +34,7 @@ from fleet.config.inventory import Credentials, Phone
 from fleet.phoneconf import firmware
 from fleet.phoneconf.firmware import REST_FROM
 from fleet.drivers.device_json import device_json
+from fleet.drivers.lan_http import lan_session
 from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
 
 CALL_STATUS_V2_FROM = "5.8"       # api/v2/webCallControl/callStatus (a list of calls)
@@ -271,7 +272,7 @@ class RestPhone:
         self.phone = phone
         self.name = f"phone {phone.mac} ({phone.address})"
         self.base = f"http://{phone.address}:{phone.http_port}"
-        self.session = session or requests.Session()
+        self.session = session or lan_session()
         self.auth = _SessionAuth(phone.http_auth, credentials)
         self.timeout = timeout
         self.firmware = firmware

@@ -22,6 +22,7 @@ from sipwire.message import SipParseError
 
 from fleet.config.inventory import Credentials, Phone
 from fleet.drivers.errors import AuthRefused, DeviceRefused, MalformedAnswer
+from fleet.drivers.lan_http import lan_request
 from fleet.drivers.control.rest import no_answer, read_answer, refuse_error_status
 
 REBOOT_PATH = "/form-submit/Reboot"
@@ -57,10 +58,10 @@ def _request(method: str, phone: Phone, credentials: Credentials, path: str, tim
     headers = dict(FORM) if method == "POST" else {}
     try:
         if method == "POST":
-            first = requests.request(method, url, auth=HTTPBasicAuth(credentials.username, credentials.password),
+            first = lan_request(method, url, auth=HTTPBasicAuth(credentials.username, credentials.password),
                                      timeout=timeout, headers=headers, stream=True)
         else:
-            first = requests.request(method, url, timeout=timeout, headers=headers, stream=True)
+            first = lan_request(method, url, timeout=timeout, headers=headers, stream=True)
         if first.status_code != 401:
             return first, method == "POST"
         asked = first.headers.get("WWW-Authenticate", "")
@@ -69,7 +70,7 @@ def _request(method: str, phone: Phone, credentials: Credentials, path: str, tim
             return first, True          # the Basic login was refused: refuse_error_status says so
         first.close()                   # a challenge: its body is never read
         if scheme == "basic" and f'realm="{REALM}"' in asked:
-            return requests.request(method, url, auth=HTTPBasicAuth(credentials.username, credentials.password),
+            return lan_request(method, url, auth=HTTPBasicAuth(credentials.username, credentials.password),
                                     timeout=timeout, headers=headers, stream=True), True
         if scheme != "digest":
             raise MalformedAnswer(name, f"{method} {path}: the phone asks for {asked[:60]!r}, not the web UI's "
@@ -79,7 +80,7 @@ def _request(method: str, phone: Phone, credentials: Credentials, path: str, tim
                                           password=credentials.password, method=method, uri=path)
         except SipParseError:
             raise MalformedAnswer(name, f"{method} {path}: the phone's digest challenge cannot be read") from None
-        return requests.request(method, url, timeout=timeout, headers={**headers, "Authorization": answer},
+        return lan_request(method, url, timeout=timeout, headers={**headers, "Authorization": answer},
                                 stream=True), True
     except requests.RequestException as exc:
         raise no_answer(name, f"{method} {path}", exc, timeout) from None
