@@ -120,6 +120,43 @@ def test_a_held_lock_keeps_others_out_past_its_ttl(store):
     assert store.phone_lock_holder(MAC) is None
 
 
+def test_one_keeper_thread_renews_every_held_lock_and_forgets_released_ones(store):
+    """Several locks held past their TTL at once stay held, renewed by one thread of the process (not a thread per
+    request: bench/rest_lock.py), and a released lock is no longer renewed."""
+    import threading
+
+    from fleet.state.lease import KEEPER
+
+    macs = [f"0004f2abce{k:02x}" for k in range(3)]
+    store.r.delete(*[Keys.rest_lock(m) for m in macs], *[Keys.rest_queue(m) for m in macs])
+    before = {t.ident for t in threading.enumerate()}
+    locks = [PhoneRestLock(store, m, owner="keeper-test", ttl=0.6) for m in macs]
+    for lock in locks:
+        lock.__enter__()
+    try:
+        time.sleep(2.0)                          # over three TTLs
+        held = [store.phone_lock_holder(m) for m in macs]
+        assert held == [lock.holder for lock in locks], f"a lock lapsed while held: {held}"
+        started = [t.name for t in threading.enumerate() if t.ident not in before]
+        assert len([n for n in started if "rest lock" in n]) <= 1, started
+    finally:
+        for lock in locks:
+            lock.__exit__(None, None, None)
+    assert KEEPER.held() == 0
+    assert [store.phone_lock_holder(m) for m in macs] == [None, None, None]
+
+
+def test_a_lock_taken_away_while_held_is_marked_lost(store):
+    lock = PhoneRestLock(store, MAC, owner="keeper-test", ttl=0.6)
+    with lock:
+        store.r.delete(Keys.rest_lock(MAC))      # Redis lost it (a restart without persistence)
+        deadline = time.monotonic() + 3.0
+        while not lock.lost.is_set() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert lock.lost.is_set(), "the keeper's renewal did not notice the lock was gone"
+        assert store.phone_lock_holder(MAC) is None, "a renewal must not take back a lock that was gone"
+
+
 # ------------------------------------------------------------------ every REST sender holds the lock
 def test_the_experiments_dial_holds_the_phones_lock(store, answering, monkeypatch):
     seen: list = []

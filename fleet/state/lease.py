@@ -186,8 +186,6 @@ class PhoneRestLock:
         self.store, self.mac, self.ttl, self.wait = store, mac, ttl, wait
         self.holder = f"{owner}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self.lost = threading.Event()          # a renewal found the lock no longer ours (Redis lost it)
-        self._stop = threading.Event()
-        self._renewer: threading.Thread | None = None
 
     @classmethod
     def factory(cls, store: Store, mac: str, owner: str) -> Callable[[], "PhoneRestLock"]:
@@ -216,26 +214,24 @@ class PhoneRestLock:
                                                   f"phone for over {self.wait:g}s; nothing sent")
 
     def _release(self) -> None:
-        self._stop.set()
-        if self._renewer is not None:
-            self._renewer.join(5)
+        KEEPER.forget(self)
         try:
             self.store.release_phone_lock(self.mac, self.holder)
         except redis.RedisError:
             pass   # the request is done; the lock expires by itself within its TTL
 
-    def _renew_loop(self) -> None:
-        while not self._stop.wait(self.ttl / 3):
-            try:
-                if not self.store.renew_phone_lock(self.mac, self.holder, self.ttl):
-                    self.lost.set()
-                    return
-            except redis.RedisError:
-                pass   # try again at the next tick, before the TTL runs out
+    def renew(self) -> bool:
+        """One renewal (RestLockKeeper, every TTL/3 while held); False once the lock is no longer ours (`lost`)."""
+        try:
+            if not self.store.renew_phone_lock(self.mac, self.holder, self.ttl):
+                self.lost.set()
+                return False
+        except redis.RedisError:
+            pass   # try again at the next tick, before the TTL runs out
+        return True
 
     def _start_renewing(self) -> None:
-        self._renewer = threading.Thread(target=self._renew_loop, name=f"rest lock {self.mac}", daemon=True)
-        self._renewer.start()
+        KEEPER.keep(self)
 
     def __enter__(self) -> "PhoneRestLock":
         deadline = time.monotonic() + self.wait
@@ -268,3 +264,57 @@ class PhoneRestLock:
         import asyncio
 
         await asyncio.to_thread(self._release)
+
+
+class RestLockKeeper:
+    """Renews every PhoneRestLock this process holds, every TTL/3, from one thread.
+
+    A REST request holds its phone's lock for milliseconds, far less than TTL/3; a thread started and joined per
+    request to renew it (as before) cost some 0.25 ms of CPU a request, half the lock's whole cost
+    (bench/rest_lock.py). Here one daemon thread sleeps until the earliest renewal is due and renews the locks
+    held that long. It is started on first use in each process: a forked worker child starts its own, with a
+    fresh condition (threads do not survive fork, and a lock held at the fork would stay held in the child)."""
+
+    def __init__(self) -> None:
+        self._fresh()
+        if hasattr(os, "register_at_fork"):
+            os.register_at_fork(after_in_child=self._fresh)
+
+    def _fresh(self) -> None:
+        self._cond = threading.Condition()
+        self._due: dict[PhoneRestLock, float] = {}     # held lock -> monotonic time of its next renewal
+        self._pid = 0
+
+    def keep(self, lock: PhoneRestLock) -> None:
+        with self._cond:
+            self._due[lock] = time.monotonic() + lock.ttl / 3
+            if self._pid != os.getpid():
+                self._pid = os.getpid()
+                threading.Thread(target=self._run, name="rest lock keeper", daemon=True).start()
+            self._cond.notify()
+
+    def forget(self, lock: PhoneRestLock) -> None:
+        with self._cond:
+            self._due.pop(lock, None)
+
+    def held(self) -> int:
+        with self._cond:
+            return len(self._due)
+
+    def _run(self) -> None:
+        pid = os.getpid()
+        while self._pid == pid:
+            with self._cond:
+                now = time.monotonic()
+                due = [lock for lock, at in self._due.items() if at <= now]
+                for lock in due:
+                    self._due[lock] = now + lock.ttl / 3
+                if not due:
+                    self._cond.wait(min(self._due.values(), default=now + 60) - now)
+                    continue
+            for lock in due:       # outside the condition: a renewal waits on Redis, requests go on meanwhile
+                if not lock.renew():
+                    self.forget(lock)
+
+
+KEEPER = RestLockKeeper()
