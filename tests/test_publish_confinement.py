@@ -210,6 +210,21 @@ def test_roundtrip_replaces_and_leaves_no_temporary_file(boot, pub):
     assert os.listdir(boot.root) == []
 
 
+def test_a_file_longer_than_the_bound_is_refused_naming_it(boot, pub, monkeypatch):
+    """The boot server is untrusted input: a read stops at MAX_FILE_BYTES (patched small here) and says which file;
+    a file of exactly the bound is read whole."""
+    from fleet.drivers.publish import ftp, http_put, local, sftp, size
+
+    for module in (size, http_put, ftp, sftp, local):
+        monkeypatch.setattr(module, "MAX_FILE_BYTES", 4000)
+    (boot.root / FILE).write_bytes(b"x" * 4000)
+    assert pub.read(FILE) == b"x" * 4000
+    (boot.root / FILE).write_bytes(b"x" * 70_000)
+    with pytest.raises(DeviceRefused, match="longer than 4000 bytes") as exc:
+        pub.read(FILE)
+    _names_file(exc.value, FILE, pub)
+
+
 @pytest.mark.parametrize("name", BAD_NAMES, ids=lambda n: repr(n)[:24])
 def test_unsafe_names_are_refused_before_any_io(boot, pub, name, tmp_path):
     before = tree(tmp_path)

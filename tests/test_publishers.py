@@ -307,3 +307,96 @@ def test_lab_digest_authority_checks_uri_nonce_and_password():
     stamp = float(nonce.split("-")[0])
     assert not auth.verify(answer(), "PUT", "/a.cfg", now=stamp + NONCE_LIFETIME_S + 1)   # expired
     assert not auth.verify('Digest username="x', "PUT", "/a.cfg") and not auth.verify("Digest " + "a=b," * 2000, "PUT", "/")
+
+
+# ------------------------------------------------------------------ a hostile boot server's answers
+@contextlib.contextmanager
+def _raw_http(answer):
+    """A one-connection-at-a-time HTTP server whose answer is `answer(conn)` writing raw bytes; yields its URL."""
+    import socket
+
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    stop = threading.Event()
+
+    def serve():
+        while not stop.is_set():
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                continue
+            with conn:
+                conn.settimeout(5)
+                try:
+                    conn.recv(65536)
+                    answer(conn, stop)
+                except OSError:
+                    pass   # the client hung up: what the test wants from a reader that stops
+    t = threading.Thread(target=serve, daemon=True)
+    t.start()
+    try:
+        yield f"http://127.0.0.1:{srv.getsockname()[1]}/"
+    finally:
+        stop.set()
+        t.join(5)
+        srv.close()
+
+
+def test_an_endless_body_is_cut_off_at_the_bound(monkeypatch):
+    from fleet.drivers.publish import http_put, size
+
+    for module in (size, http_put):
+        monkeypatch.setattr(module, "MAX_FILE_BYTES", 100_000)
+    sent = []
+
+    def endless(conn, stop):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
+        while not stop.is_set() and sum(sent) < 50_000_000:
+            conn.sendall(b"x" * 65536)
+            sent.append(65536)
+
+    with _raw_http(endless) as url:
+        pub = open_publisher(url, Credentials(), timeout=5)
+        with pytest.raises(DeviceRefused, match="'0004f2000001.cfg' is longer than 100000 bytes"):
+            pub.read("0004f2000001.cfg")
+        pub.close()
+    assert sum(sent) < 10_000_000, f"the reader took {sum(sent)} bytes before it stopped"
+
+
+def test_a_declared_length_over_the_bound_is_refused_before_reading(monkeypatch):
+    from fleet.drivers.publish import http_put, size
+
+    for module in (size, http_put):
+        monkeypatch.setattr(module, "MAX_FILE_BYTES", 100_000)
+
+    def huge(conn, stop):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 1000000000000\r\n\r\n" + b"x" * 1000)
+        stop.wait(2)
+
+    with _raw_http(huge) as url:
+        pub = open_publisher(url, Credentials(), timeout=5)
+        with pytest.raises(DeviceRefused, match="longer than 100000 bytes"):
+            pub.read("0004f2000001.cfg")
+        pub.close()
+
+
+def test_a_body_that_drips_in_is_cut_off_within_the_request_budget():
+    import time
+
+    from fleet.drivers.errors import DeviceTimeout
+
+    def drip(conn, stop):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\n")
+        for _ in range(100):
+            if stop.wait(0.3):
+                return
+            conn.sendall(b"x")
+
+    with _raw_http(drip) as url:
+        pub = open_publisher(url, Credentials(), timeout=1)
+        began = time.monotonic()
+        with pytest.raises(DeviceTimeout, match="not complete in time"):
+            pub.read("0004f2000001.cfg")
+        took = time.monotonic() - began
+        pub.close()
+    assert took < 5.0, f"the read went on for {took:.1f}s (budget 3 x 1 s)"

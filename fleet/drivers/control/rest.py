@@ -24,8 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
-import urllib3
-from requests.auth import AuthBase, HTTPBasicAuth, HTTPDigestAuth
+from requests.auth import AuthBase, HTTPBasicAuth
 from requests.utils import parse_dict_header
 
 from soundpoint.conformance import version_in
@@ -34,6 +33,7 @@ from fleet.config.inventory import Credentials, Phone
 from fleet.phoneconf import firmware
 from fleet.phoneconf.firmware import REST_FROM
 from fleet.drivers.device_json import device_json
+from fleet.drivers.http_body import BoundedDigestAuth, read_answer
 from fleet.drivers.lan_http import lan_session
 from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
 
@@ -212,19 +212,6 @@ def parse_config_values(data: object) -> dict[str, str]:
 
 
 # ------------------------------------------------------------ the client
-class BoundedDigestAuth(HTTPDigestAuth):
-    """requests' digest authentication, reading at most CHALLENGE_BODY bytes of a challenge's body: requests' own
-    handle_401 reads the whole body (`r.content`) before answering the challenge, however long it is."""
-
-    CHALLENGE_BODY = 4096
-
-    def handle_401(self, r: requests.Response, **kwargs) -> requests.Response:
-        if 400 <= r.status_code < 500 and r._content is False:
-            body = read_answer(r, self.CHALLENGE_BODY, r.url or "the phone", f"{r.request.method} (its challenge)")
-            r._content, r._content_consumed = body[:self.CHALLENGE_BODY], True
-        return super().handle_401(r, **kwargs)
-
-
 class _SessionAuth(AuthBase):
     """Basic first (unless the inventory says digest), digest once the phone challenges with digest: the
     digest state (nonce, count) lives here, per RestPhone, so later requests carry it without a new 401."""
@@ -412,30 +399,6 @@ def request_budget(timeout: float) -> float:
     digest challenge, and the body, each bounded by `timeout` (one read of the body may start just before the
     deadline, so the request ends by budget + timeout at worst)."""
     return 3 * timeout
-
-
-def read_answer(resp: requests.Response, limit: int, name: str, what: str, deadline: float | None = None) -> bytes:
-    """At most `limit + 1` bytes of a streamed answer's body (the caller refuses more as too long), and the response
-    closed. The body is read one socket read at a time, so one that drips in is cut off at `deadline` (monotonic
-    seconds) rather than held open by a phone sending a byte per timeout. DeviceTimeout when it breaks off or is
-    not complete by the deadline. Every reader of a phone's HTTP answer uses this (REST, state polling, web UI):
-    `resp.content` would load the whole body before any size check."""
-    out = bytearray()
-    try:
-        if resp.raw is None or getattr(resp, "_content_consumed", False):
-            return bytes(resp.content[:limit + 1])     # not streamed, or already read (bounded) by BoundedDigestAuth
-        while len(out) <= limit:
-            if deadline is not None and time.monotonic() > deadline:
-                raise DeviceTimeout(name, f"{what}: the answer was not complete in time")
-            chunk = resp.raw.read1(min(65536, limit + 1 - len(out)), decode_content=True)
-            if not chunk:
-                break
-            out += chunk
-    except (requests.RequestException, urllib3.exceptions.HTTPError, OSError, ValueError):
-        raise DeviceTimeout(name, f"{what}: the answer broke off") from None
-    finally:
-        resp.close()
-    return bytes(out)
 
 
 def auth_hint(phone: Phone, resp: requests.Response) -> str:

@@ -16,11 +16,13 @@ import ftplib
 import io
 import re
 import socket
+import time
 from urllib.parse import urlsplit
 
 from fleet.config.inventory import Credentials
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError
 from fleet.drivers.publish.names import check_name, shown, temp_name
+from fleet.drivers.publish.size import MAX_FILE_BYTES, too_long
 
 _NOT_FOUND = re.compile(r"no such file|not found|cannot find|does not exist|doesn't exist|no files found|not exist",
                         re.IGNORECASE)
@@ -32,11 +34,20 @@ def _reply(exc: BaseException) -> str:
     return "".join(c if c.isprintable() else "?" for c in text)
 
 
+class _CutOff(Exception):
+    """A RETR stopped by the reader (too long, too slow): carries the error to raise."""
+
+    def __init__(self, error: DriverError) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
 class FtpPublisher:
     def __init__(self, url: str, credentials: Credentials, timeout: float) -> None:
         parts = urlsplit(url)
         self.name = f"boot server ftp://{parts.hostname}:{parts.port or 21}"
         self.dir = parts.path.rstrip("/")
+        self.timeout = timeout
         self.ftp = ftplib.FTP(timeout=timeout)
         try:
             self.ftp.connect(parts.hostname, parts.port or 21)
@@ -51,6 +62,11 @@ class FtpPublisher:
         except (OSError, EOFError) as exc:
             self.ftp.close()
             raise DeviceTimeout(self.name, f"cannot connect ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
+
+    def _open(self, verb: str, name: str) -> None:
+        """A transfer cut off closed the connection (read): what this task asks of it afterwards is refused."""
+        if self.ftp.sock is None:
+            raise DeviceRefused(self.name, f"{verb} {shown(name)}: the connection was closed after a transfer was cut off")
 
     def _path(self, filename: str) -> str:
         return f"{self.dir}/{filename}"
@@ -91,21 +107,36 @@ class FtpPublisher:
         return True
 
     def read(self, filename: str) -> bytes | None:
+        """The file's bytes (None when absent): at most MAX_FILE_BYTES, within three timeouts in all. A transfer
+        cut off for either leaves the control connection mid-reply, so it is closed: the push fails with why."""
         name = check_name(self.name, filename)
+        self._open("RETR", name)
         buf = io.BytesIO()
+        deadline = time.monotonic() + 3 * self.timeout
+
+        def take(chunk: bytes) -> None:
+            if buf.tell() + len(chunk) > MAX_FILE_BYTES:
+                raise _CutOff(too_long(self.name, name))
+            if time.monotonic() > deadline:
+                raise _CutOff(DeviceTimeout(self.name, f"RETR {shown(name)}: the file was not complete in time"))
+            buf.write(chunk)
         try:
             try:
-                self.ftp.retrbinary(f"RETR {self._path(name)}", buf.write)
+                self.ftp.retrbinary(f"RETR {self._path(name)}", take)
             except ftplib.error_perm as exc:
                 if self._absent(name, exc):
                     return None
                 raise
+        except _CutOff as cut:
+            self.ftp.close()
+            raise cut.error from None
         except ftplib.all_errors as exc:
             raise self._failure("RETR", name, exc) from None
         return buf.getvalue()
 
     def write(self, filename: str, data: bytes) -> None:
         name = check_name(self.name, filename)
+        self._open("STOR", name)
         target, tmp = self._path(name), self._path(temp_name())
         try:
             if self._is_directory(target):
@@ -130,6 +161,7 @@ class FtpPublisher:
 
     def delete(self, filename: str) -> None:
         name = check_name(self.name, filename)
+        self._open("DELE", name)
         try:
             try:
                 self.ftp.delete(self._path(name))
@@ -142,6 +174,8 @@ class FtpPublisher:
             raise self._failure("DELE", name, exc) from None
 
     def close(self) -> None:
+        if self.ftp.sock is None:     # closed already (a transfer cut off)
+            return
         try:
             self.ftp.quit()
         except ftplib.all_errors:

@@ -24,14 +24,19 @@ the boot directory; the server itself writes atomically.
 from __future__ import annotations
 
 import os
+import time
 from urllib.parse import quote, urlsplit
 
 import requests
-from requests.auth import HTTPBasicAuth, HTTPDigestAuth
+from requests.auth import HTTPBasicAuth
 
 from fleet.config.inventory import Credentials
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout
+from fleet.drivers.http_body import BoundedDigestAuth, read_answer
 from fleet.drivers.publish.names import check_name, shown
+from fleet.drivers.publish.size import MAX_FILE_BYTES, too_long
+
+WHY_BYTES = 4096    # of a refusal's body read for its one-line reason
 
 
 class HttpPublisher:
@@ -48,7 +53,7 @@ class HttpPublisher:
         self.credentials = credentials
         self.timeout = timeout
         # the writes' Digest state (per thread inside requests): the server's nonce, answered unasked once known
-        self._write_digest = HTTPDigestAuth(credentials.username, credentials.password) if credentials.username \
+        self._write_digest = BoundedDigestAuth(credentials.username, credentials.password) if credentials.username \
             else None
         self._answers_unasked = False    # the writes' state holds a nonce: the next write answers it unasked
 
@@ -60,18 +65,20 @@ class HttpPublisher:
             # a read: a fresh digest state (nothing sent until challenged, only a Digest challenge answered); a
             # write: the publisher's, which answers the server's last nonce unasked once it has one
             if method == "GET":
-                digest = HTTPDigestAuth(creds.username, creds.password) if creds.username else None
+                digest = BoundedDigestAuth(creds.username, creds.password) if creds.username else None
             else:
                 digest = self._write_digest
-            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=digest)
+            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=digest, stream=True)
             if method != "GET" and digest is not None:
                 resp = self._unasked_answer_refused(resp, method, url, data)
             if resp.status_code != 401 or not creds.username or "digest" in (offers := _offered_schemes(resp)):
                 return resp
             if "basic" in offers and self.https:
+                resp.close()
                 return self.session.request(method, url, data=data, timeout=self.timeout,
-                                            auth=HTTPBasicAuth(creds.username, creds.password))
+                                            auth=HTTPBasicAuth(creds.username, creds.password), stream=True)
             if "basic" in offers:
+                resp.close()
                 raise DeviceRefused(self.name, f"{method} {shown(name)}: the server asks for Basic authentication over "
                                                "plain HTTP; fleet never sends the password in clear (offer Digest on "
                                                "the server, or use https://)")
@@ -88,29 +95,44 @@ class HttpPublisher:
         refuses the write itself refuses the second try the same way, and that answer is the one reported."""
         if self._answers_unasked and resp.status_code in (400, 403):
             creds = self.credentials
-            self._write_digest = HTTPDigestAuth(creds.username, creds.password)
-            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=self._write_digest)
+            self._write_digest = BoundedDigestAuth(creds.username, creds.password)
+            resp.close()
+            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=self._write_digest,
+                                        stream=True)
         # requests answered a challenge (a 401 in the history), or an unasked answer was taken: a nonce is held
         self._answers_unasked = resp.status_code < 400 and (bool(resp.history) or self._answers_unasked)
         return resp
 
     def read(self, filename: str) -> bytes | None:
+        """The file's bytes (None when absent): at most MAX_FILE_BYTES, read within the request's budget (three
+        timeouts: the request, a challenge's answer, the body), however slowly the server sends it."""
+        deadline = time.monotonic() + 3 * self.timeout
         resp = self._call("GET", filename)
         if resp.status_code == 404:
+            resp.close()
             return None
         if resp.status_code != 200:
             raise DeviceRefused(self.name, f"GET {shown(filename)}: HTTP {resp.status_code}{_why(resp)}")
-        return resp.content
+        declared = resp.headers.get("Content-Length", "")
+        if declared.isdigit() and int(declared) > MAX_FILE_BYTES:
+            resp.close()
+            raise too_long(self.name, filename)
+        body = read_answer(resp, MAX_FILE_BYTES, self.name, f"GET {shown(filename)}", deadline)
+        if len(body) > MAX_FILE_BYTES:
+            raise too_long(self.name, filename)
+        return body
 
     def write(self, filename: str, data: bytes) -> None:
         resp = self._call("PUT", filename, data)
         if resp.status_code not in (200, 201, 204):
             raise DeviceRefused(self.name, f"PUT {shown(filename)}: HTTP {resp.status_code}{_why(resp)}")
+        resp.close()
 
     def delete(self, filename: str) -> None:
         resp = self._call("DELETE", filename)
         if resp.status_code not in (200, 202, 204, 404):
             raise DeviceRefused(self.name, f"DELETE {shown(filename)}: HTTP {resp.status_code}{_why(resp)}")
+        resp.close()
 
     def close(self) -> None:
         self.session.close()
@@ -129,10 +151,17 @@ def _offered_schemes(resp: requests.Response) -> set[str]:
 
 
 def _why(resp: requests.Response) -> str:
-    """The server's one-line reason for a refusal, when it sent a short plain-text one."""
+    """The server's one-line reason for a refusal, when it sent a short plain-text one (at most WHY_BYTES of its
+    body are read, within one timeout); the response is closed."""
     if not resp.headers.get("Content-Type", "").startswith("text/plain"):
+        resp.close()
         return ""
-    text = resp.text.strip().splitlines()[0][:80] if resp.text.strip() else ""
+    try:
+        raw = read_answer(resp, WHY_BYTES, "the boot server", "a refusal's reason", time.monotonic() + 5.0)
+    except DeviceTimeout:
+        return ""
+    text = raw[:WHY_BYTES].decode("utf-8", "replace").strip()
+    text = text.splitlines()[0][:80] if text else ""
     return f" ({text})" if text.isprintable() and text else ""
 
 

@@ -16,6 +16,7 @@ from urllib.parse import unquote, urlsplit
 from fleet.config.inventory import Credentials
 from fleet.drivers.errors import DeviceRefused
 from fleet.drivers.publish.base import DirectoryPublisher
+from fleet.drivers.publish.size import MAX_FILE_BYTES, too_long
 from fleet.drivers.publish.names import check_name, shown, temp_name
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -64,8 +65,11 @@ class LocalPublisher(DirectoryPublisher):
             if not stat.S_ISREG(mode):
                 kind = "a directory" if stat.S_ISDIR(mode) else "not a regular file"
                 raise DeviceRefused(self.name, f"{shown(name)} is {kind}")
-            chunks = []
+            chunks, size = [], 0
             while chunk := os.read(fd, 1 << 20):
+                size += len(chunk)
+                if size > MAX_FILE_BYTES:      # a file that grows as it is read
+                    raise too_long(self.name, name)
                 chunks.append(chunk)
             return b"".join(chunks)
         except OSError as exc:

@@ -24,6 +24,7 @@ from fleet.config.inventory import Credentials
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout, DriverError, HostKeyUnknown
 from fleet.drivers.publish.base import DirectoryPublisher
 from fleet.drivers.publish.names import check_name, shown, temp_name
+from fleet.drivers.publish.size import MAX_FILE_BYTES, too_long
 
 # what paramiko and the socket under it raise besides our own errors
 _SSH_ERRORS = (paramiko.SSHException, paramiko.SFTPError, OSError, EOFError, socket.timeout)
@@ -118,8 +119,13 @@ class SftpPublisher(DirectoryPublisher):
                 raise DeviceRefused(self.name, f"{shown(name)} is a symbolic link: fleet does not read through it")
             if stat.S_ISDIR(st.st_mode or 0):
                 raise DeviceRefused(self.name, f"{shown(name)} is a directory")
+            if (st.st_size or 0) > MAX_FILE_BYTES:
+                raise too_long(self.name, name)
             with self.sftp.open(self._path(name), "rb") as f:
-                return f.read()
+                data = f.read(MAX_FILE_BYTES + 1)     # a file that grew since its stat is cut off here
+            if len(data) > MAX_FILE_BYTES:
+                raise too_long(self.name, name)
+            return data
         except FileNotFoundError:
             return None
         except _SSH_ERRORS as exc:
