@@ -146,6 +146,25 @@ def test_one_keeper_thread_renews_every_held_lock_and_forgets_released_ones(stor
     assert [store.phone_lock_holder(m) for m in macs] == [None, None, None]
 
 
+def test_the_keeper_goes_on_renewing_after_a_renewal_fails(store, monkeypatch):
+    """A renewal that raises (Redis away, anything) does not stop the keeper: the lock is renewed at the next tick,
+    within its TTL."""
+    calls = []
+    real = Store.renew_phone_locks
+
+    def flaky(self, held):
+        calls.append(len(held))
+        if len(calls) == 1:
+            raise RuntimeError("a renewal that fails")
+        return real(self, held)
+    monkeypatch.setattr(Store, "renew_phone_locks", flaky)
+    with PhoneRestLock(store, MAC, owner="keeper-test", ttl=0.9) as lock:
+        time.sleep(2.4)                          # over two TTLs: the first renewal failed, the next ones did not
+        assert len(calls) >= 3, calls
+        assert store.phone_lock_holder(MAC) == lock.holder, "the lock lapsed after one failed renewal"
+        assert not lock.lost.is_set()
+
+
 def test_a_lock_taken_away_while_held_is_marked_lost(store):
     lock = PhoneRestLock(store, MAC, owner="keeper-test", ttl=0.6)
     with lock:

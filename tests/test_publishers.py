@@ -400,3 +400,49 @@ def test_a_body_that_drips_in_is_cut_off_within_the_request_budget():
         took = time.monotonic() - began
         pub.close()
     assert took < 5.0, f"the read went on for {took:.1f}s (budget 3 x 1 s)"
+
+
+@pytest.mark.parametrize("declared", ["\u00b2", "9" * 5000, "-1", "12 34"])
+def test_a_malformed_declared_length_is_never_an_untyped_error(declared):
+    from fleet.drivers.errors import DriverError
+
+    def odd(conn, stop):
+        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: " + declared.encode() + b"\r\nConnection: close\r\n\r\n<x/>")
+
+    with _raw_http(odd) as url:
+        pub = open_publisher(url, Credentials(), timeout=2)
+        try:
+            got = pub.read("0004f2000001.cfg")
+            assert got is None or len(got) <= 4, got
+        except DriverError:
+            pass
+        finally:
+            pub.close()
+
+
+def test_a_redirect_is_not_followed_nor_its_body_read():
+    """requests reads a redirect's whole body before following it: the publisher and the phone clients do not
+    follow (no source shows a boot server or a phone redirecting); the answer is refused as it stands."""
+    from fleet.config.inventory import Phone
+    from fleet.drivers.control.rest import RestPhone
+    from fleet.drivers.errors import DriverError
+
+    sent, elsewhere = [], []
+
+    def moved(conn, stop):
+        conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nConnection: close\r\n\r\n")
+        while not stop.is_set() and sum(sent) < 40_000_000:
+            conn.sendall(b"x" * 65536)
+            sent.append(65536)
+
+    with _raw_http(moved) as url:
+        pub = open_publisher(url, Credentials(), timeout=5)
+        with pytest.raises(DeviceRefused, match="HTTP 302"):
+            pub.read("0004f2000001.cfg")
+        pub.close()
+        port = int(url.rsplit(":", 1)[1].strip("/"))
+        phone = Phone(mac="0004f2000001", model="VVX 410", address="127.0.0.1", http_port=port, credentials="admin",
+                      firmware_family="uc-5.x", firmware_version="5.8.0")
+        with pytest.raises(DriverError):
+            RestPhone(phone, Credentials("Polycom", "pw"), timeout=5, firmware="5.8.0").uptime()
+    assert sum(sent) < 20_000_000, f"{sum(sent)} bytes of redirect bodies were read"

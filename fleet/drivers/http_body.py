@@ -47,6 +47,11 @@ class BoundedDigestAuth(HTTPDigestAuth):
 
     def handle_401(self, r: requests.Response, **kwargs) -> requests.Response:
         if 400 <= r.status_code < 500 and r._content is False:
-            body = read_answer(r, self.CHALLENGE_BODY, r.url or "the phone", f"{r.request.method} (its challenge)")
+            # within the request's own timeout (read one byte per timeout, 4 kB would take 4,096 of them)
+            timeout = kwargs.get("timeout")
+            timeout = max(t for t in timeout if t) if isinstance(timeout, tuple) and any(timeout) else timeout
+            budget = float(timeout) if isinstance(timeout, (int, float)) and timeout > 0 else 10.0
+            body = read_answer(r, self.CHALLENGE_BODY, r.url or "the phone", f"{r.request.method} (its challenge)",
+                               time.monotonic() + budget)
             r._content, r._content_consumed = body[:self.CHALLENGE_BODY], True
         return super().handle_401(r, **kwargs)

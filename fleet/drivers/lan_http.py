@@ -1,4 +1,4 @@
-"""HTTP to devices on the site's LAN (phones' REST, state polling and web UI) with nothing taken from the environment.
+"""HTTP to devices (phones' REST, state polling and web UI; the boot server) with nothing taken from the environment.
 
 requests by default reads the environment on every request (`trust_env`): HTTP_PROXY/ALL_PROXY would send a
 phone's request, with its admin login (Basic, as UC Software documents it), to whatever proxy the operator's
@@ -11,16 +11,34 @@ from __future__ import annotations
 
 import requests
 
+# No answer from a device is followed to another address, and no source shows a phone or a boot server redirecting.
+# requests reads a redirect's whole body (`resp.content`, unbounded and untimed) before it follows it, and even
+# when told not to follow (Session.send works out the next request all the same): the sessions here therefore take
+# the Location out of a 3xx answer as it arrives (`_not_a_redirect`), and the answer goes to the caller's own
+# status handling like any other.
+NO_REDIRECTS = False
+
+
+def _not_a_redirect(resp: requests.Response, *args, **kwargs) -> requests.Response:
+    """A response hook: a 3xx answer loses its Location (kept as X-Fleet-Location), so requests neither follows it
+    nor reads its body; runs before Session.send looks at redirects."""
+    if "location" in resp.headers and 300 <= resp.status_code < 400:
+        resp.headers["X-Fleet-Location"] = resp.headers.pop("location")[:200]
+    return resp
+
 
 def lan_session() -> requests.Session:
-    """A session that ignores proxies, no_proxy and ~/.netrc from the environment (the phones have no TLS)."""
+    """A session that ignores proxies, no_proxy and ~/.netrc from the environment (the phones have no TLS) and
+    never reads or follows a redirect."""
     session = requests.Session()
     session.trust_env = False
+    session.hooks["response"].append(_not_a_redirect)
     return session
 
 
 def lan_request(method: str, url: str, **kwargs) -> requests.Response:
-    """requests.request through a lan_session (a streamed answer stays readable after the session closes, as with
-    requests.request itself)."""
+    """requests.request through a lan_session, redirects not followed (NO_REDIRECTS); a streamed answer stays
+    readable after the session closes, as with requests.request itself."""
+    kwargs.setdefault("allow_redirects", NO_REDIRECTS)
     with lan_session() as session:
         return session.request(method, url, **kwargs)

@@ -220,18 +220,12 @@ class PhoneRestLock:
         except redis.RedisError:
             pass   # the request is done; the lock expires by itself within its TTL
 
-    def renew(self) -> bool:
-        """One renewal (RestLockKeeper, every TTL/3 while held); False once the lock is no longer ours (`lost`)."""
-        try:
-            if not self.store.renew_phone_lock(self.mac, self.holder, self.ttl):
-                self.lost.set()
-                return False
-        except redis.RedisError:
-            pass   # try again at the next tick, before the TTL runs out
-        return True
-
     def _start_renewing(self) -> None:
-        KEEPER.keep(self)
+        try:
+            KEEPER.keep(self)
+        except BaseException:
+            self._release()      # no keeper (a thread could not start): the lock is not held unrenewed
+            raise
 
     def __enter__(self) -> "PhoneRestLock":
         deadline = time.monotonic() + self.wait
@@ -287,10 +281,15 @@ class RestLockKeeper:
 
     def keep(self, lock: PhoneRestLock) -> None:
         with self._cond:
-            self._due[lock] = time.monotonic() + lock.ttl / 3
             if self._pid != os.getpid():
+                keeper = threading.Thread(target=self._run, name="rest lock keeper", daemon=True)
                 self._pid = os.getpid()
-                threading.Thread(target=self._run, name="rest lock keeper", daemon=True).start()
+                try:
+                    keeper.start()
+                except BaseException:
+                    self._pid = 0         # the next lock tries again
+                    raise
+            self._due[lock] = time.monotonic() + lock.ttl / 3
             self._cond.notify()
 
     def forget(self, lock: PhoneRestLock) -> None:
@@ -312,8 +311,22 @@ class RestLockKeeper:
                 if not due:
                     self._cond.wait(min(self._due.values(), default=now + 60) - now)
                     continue
-            for lock in due:       # outside the condition: a renewal waits on Redis, requests go on meanwhile
-                if not lock.renew():
+            self._renew(due)       # outside the condition: it waits on Redis, requests go on meanwhile
+
+    def _renew(self, due: list[PhoneRestLock]) -> None:
+        """Every due lock in one round trip per store (a lock no longer ours is marked lost and forgotten). Nothing
+        it raises stops the keeper: the next tick tries again, within the TTL."""
+        by_store: dict[int, list[PhoneRestLock]] = {}
+        for lock in due:
+            by_store.setdefault(id(lock.store), []).append(lock)
+        for locks in by_store.values():
+            try:
+                ours = locks[0].store.renew_phone_locks([(lk.mac, lk.holder, lk.ttl) for lk in locks])
+            except Exception:     # Redis away (or anything else): try again at the next tick, before the TTL runs out
+                continue
+            for lock, still in zip(locks, ours):
+                if not still:
+                    lock.lost.set()
                     self.forget(lock)
 
 

@@ -824,9 +824,12 @@ class Store:
         head = self.r.zrange(K.rest_queue(mac), 0, 0)
         return head[0] if head else None
 
-    def renew_phone_lock(self, mac: str, holder: str, ttl: float) -> bool:
-        """Extend the phone's REST lock to `ttl` seconds from now if it is still ours; whether it was."""
-        return bool(self.r.eval(RENEW_IF_HELD, 1, K.rest_lock(mac), holder, max(1, int(ttl * 1000))))
+    def renew_phone_locks(self, held: list[tuple[str, str, float]]) -> list[bool]:
+        """renew_phone_lock for each (mac, holder, ttl), in one round trip: whether each was still ours."""
+        pipe = self.r.pipeline(transaction=False)
+        for mac, holder, ttl in held:
+            pipe.eval(RENEW_IF_HELD, 1, K.rest_lock(mac), holder, max(1, int(ttl * 1000)))
+        return [bool(x) for x in pipe.execute()]
 
     def phone_lock_holder(self, mac: str) -> str | None:
         return self.r.get(K.rest_lock(mac))

@@ -34,7 +34,7 @@ from fleet.phoneconf import firmware
 from fleet.phoneconf.firmware import REST_FROM
 from fleet.drivers.device_json import device_json
 from fleet.drivers.http_body import BoundedDigestAuth, read_answer
-from fleet.drivers.lan_http import lan_session
+from fleet.drivers.lan_http import NO_REDIRECTS, lan_session
 from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
 
 CALL_STATUS_V2_FROM = "5.8"       # api/v2/webCallControl/callStatus (a list of calls)
@@ -271,7 +271,7 @@ class RestPhone:
     def _send(self, method: str, path: str, body: dict | None, timeout: float) -> requests.Response:
         try:
             resp = self.session.request(method, self.base + path, json=body, auth=self.auth, timeout=timeout,
-                                        stream=True)
+                                        stream=True, allow_redirects=NO_REDIRECTS)
             self.last_answered = time.time()   # stamped here: not after the lock's release and the body's parse
             return resp
         except requests.RequestException as exc:

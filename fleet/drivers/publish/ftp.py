@@ -48,9 +48,15 @@ class FtpPublisher:
         self.name = f"boot server ftp://{parts.hostname}:{parts.port or 21}"
         self.dir = parts.path.rstrip("/")
         self.timeout = timeout
-        self.ftp = ftplib.FTP(timeout=timeout)
+        self._address, self._credentials = (parts.hostname, parts.port or 21), credentials
+        self._connect()
+
+    def _connect(self) -> None:
+        """Log in (again, after a transfer was cut off: `_open`)."""
+        credentials = self._credentials
+        self.ftp = ftplib.FTP(timeout=self.timeout)
         try:
-            self.ftp.connect(parts.hostname, parts.port or 21)
+            self.ftp.connect(*self._address)
             self.ftp.login(credentials.username or "anonymous", credentials.password)
             self.home = self.ftp.pwd()
         except ftplib.error_perm:
@@ -64,9 +70,9 @@ class FtpPublisher:
             raise DeviceTimeout(self.name, f"cannot connect ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
 
     def _open(self, verb: str, name: str) -> None:
-        """A transfer cut off closed the connection (read): what this task asks of it afterwards is refused."""
+        """A transfer cut off (too long, too slow) closed the connection mid-reply: the next request logs in again."""
         if self.ftp.sock is None:
-            raise DeviceRefused(self.name, f"{verb} {shown(name)}: the connection was closed after a transfer was cut off")
+            self._connect()
 
     def _path(self, filename: str) -> str:
         return f"{self.dir}/{filename}"
@@ -92,10 +98,19 @@ class FtpPublisher:
             return False   # it has a size: it exists
         except ftplib.error_perm:
             pass
+        listed: list[str] = []
+        deadline = time.monotonic() + 3 * self.timeout
+
+        def line(text: str) -> None:   # a listing is untrusted too: one line is all this needs
+            listed.append(text)
+            if len(listed) > 1 or time.monotonic() > deadline:
+                raise _CutOff(DeviceRefused(self.name, "listing cut off"))
         try:
-            listed = self.ftp.nlst(path)
+            self.ftp.retrlines(f"NLST {path}", line)
         except (ftplib.error_perm, ftplib.error_temp) as exc:
             return bool(_NOT_FOUND.search(str(exc)))
+        except _CutOff:
+            self.ftp.close()       # mid-reply: the next request logs in again (`_open`)
         return not listed   # a name listed (or a directory's content) means something is there
 
     def _is_directory(self, path: str) -> bool:

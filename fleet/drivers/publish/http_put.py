@@ -33,6 +33,7 @@ from requests.auth import HTTPBasicAuth
 from fleet.config.inventory import Credentials
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout
 from fleet.drivers.http_body import BoundedDigestAuth, read_answer
+from fleet.drivers.lan_http import NO_REDIRECTS, lan_session
 from fleet.drivers.publish.names import check_name, shown
 from fleet.drivers.publish.size import MAX_FILE_BYTES, too_long
 
@@ -45,10 +46,10 @@ class HttpPublisher:
         self.base = f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}{parts.path.rstrip('/')}/"
         self.name = f"boot server {self.base}"
         self.https = parts.scheme == "https"
-        self.session = requests.Session()
         # a ~/.netrc must not add Basic credentials to a request behind our back (requests reads it when a request
-        # has no auth of its own); the CA bundle the environment names still counts for https
-        self.session.trust_env = False
+        # has no auth of its own), nor a redirect's body be read (fleet.drivers.lan_http); the CA bundle the
+        # environment names still counts for https
+        self.session = lan_session()
         self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
         self.credentials = credentials
         self.timeout = timeout
@@ -68,7 +69,7 @@ class HttpPublisher:
                 digest = BoundedDigestAuth(creds.username, creds.password) if creds.username else None
             else:
                 digest = self._write_digest
-            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=digest, stream=True)
+            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=digest, stream=True, allow_redirects=NO_REDIRECTS)
             if method != "GET" and digest is not None:
                 resp = self._unasked_answer_refused(resp, method, url, data)
             if resp.status_code != 401 or not creds.username or "digest" in (offers := _offered_schemes(resp)):
@@ -76,7 +77,7 @@ class HttpPublisher:
             if "basic" in offers and self.https:
                 resp.close()
                 return self.session.request(method, url, data=data, timeout=self.timeout,
-                                            auth=HTTPBasicAuth(creds.username, creds.password), stream=True)
+                                            auth=HTTPBasicAuth(creds.username, creds.password), stream=True, allow_redirects=NO_REDIRECTS)
             if "basic" in offers:
                 resp.close()
                 raise DeviceRefused(self.name, f"{method} {shown(name)}: the server asks for Basic authentication over "
@@ -98,7 +99,7 @@ class HttpPublisher:
             self._write_digest = BoundedDigestAuth(creds.username, creds.password)
             resp.close()
             resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=self._write_digest,
-                                        stream=True)
+                                        stream=True, allow_redirects=NO_REDIRECTS)
         # requests answered a challenge (a 401 in the history), or an unasked answer was taken: a nonce is held
         self._answers_unasked = resp.status_code < 400 and (bool(resp.history) or self._answers_unasked)
         return resp
@@ -112,9 +113,10 @@ class HttpPublisher:
             resp.close()
             return None
         if resp.status_code != 200:
-            raise DeviceRefused(self.name, f"GET {shown(filename)}: HTTP {resp.status_code}{_why(resp)}")
+            raise DeviceRefused(self.name, f"GET {shown(filename)}: HTTP {resp.status_code}{_why(resp, self.timeout)}")
         declared = resp.headers.get("Content-Length", "")
-        if declared.isdigit() and int(declared) > MAX_FILE_BYTES:
+        # ASCII digits only, and short: str.isdigit takes "²", and int() refuses over 4,300 digits
+        if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_FILE_BYTES):
             resp.close()
             raise too_long(self.name, filename)
         body = read_answer(resp, MAX_FILE_BYTES, self.name, f"GET {shown(filename)}", deadline)
@@ -125,13 +127,13 @@ class HttpPublisher:
     def write(self, filename: str, data: bytes) -> None:
         resp = self._call("PUT", filename, data)
         if resp.status_code not in (200, 201, 204):
-            raise DeviceRefused(self.name, f"PUT {shown(filename)}: HTTP {resp.status_code}{_why(resp)}")
+            raise DeviceRefused(self.name, f"PUT {shown(filename)}: HTTP {resp.status_code}{_why(resp, self.timeout)}")
         resp.close()
 
     def delete(self, filename: str) -> None:
         resp = self._call("DELETE", filename)
         if resp.status_code not in (200, 202, 204, 404):
-            raise DeviceRefused(self.name, f"DELETE {shown(filename)}: HTTP {resp.status_code}{_why(resp)}")
+            raise DeviceRefused(self.name, f"DELETE {shown(filename)}: HTTP {resp.status_code}{_why(resp, self.timeout)}")
         resp.close()
 
     def close(self) -> None:
@@ -150,14 +152,14 @@ def _offered_schemes(resp: requests.Response) -> set[str]:
     return schemes
 
 
-def _why(resp: requests.Response) -> str:
+def _why(resp: requests.Response, timeout: float) -> str:
     """The server's one-line reason for a refusal, when it sent a short plain-text one (at most WHY_BYTES of its
-    body are read, within one timeout); the response is closed."""
+    body are read, within one `timeout`); the response is closed."""
     if not resp.headers.get("Content-Type", "").startswith("text/plain"):
         resp.close()
         return ""
     try:
-        raw = read_answer(resp, WHY_BYTES, "the boot server", "a refusal's reason", time.monotonic() + 5.0)
+        raw = read_answer(resp, WHY_BYTES, "the boot server", "a refusal's reason", time.monotonic() + timeout)
     except DeviceTimeout:
         return ""
     text = raw[:WHY_BYTES].decode("utf-8", "replace").strip()
