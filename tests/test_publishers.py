@@ -342,19 +342,23 @@ def _raw_http(answer):
         srv.close()
 
 
+def _flood(head: bytes, sent: list[int], most: int):
+    """An answer: `head`, then 64 kB at a time until the client hangs up or `most` bytes went (noted in `sent`)."""
+    def answer(conn, stop):
+        conn.sendall(head)
+        while not stop.is_set() and sum(sent) < most:
+            conn.sendall(b"x" * 65536)
+            sent.append(65536)
+    return answer
+
+
 def test_an_endless_body_is_cut_off_at_the_bound(monkeypatch):
     from fleet.drivers.publish import http_put, size
 
     for module in (size, http_put):
         monkeypatch.setattr(module, "MAX_FILE_BYTES", 100_000)
-    sent = []
-
-    def endless(conn, stop):
-        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n")
-        while not stop.is_set() and sum(sent) < 50_000_000:
-            conn.sendall(b"x" * 65536)
-            sent.append(65536)
-
+    sent: list[int] = []
+    endless = _flood(b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nConnection: close\r\n\r\n", sent, 50_000_000)
     with _raw_http(endless) as url:
         pub = open_publisher(url, Credentials(), timeout=5)
         with pytest.raises(DeviceRefused, match="'0004f2000001.cfg' is longer than 100000 bytes"):
@@ -427,14 +431,9 @@ def test_a_redirect_is_not_followed_nor_its_body_read():
     from fleet.drivers.control.rest import RestPhone
     from fleet.drivers.errors import DriverError
 
-    sent, elsewhere = [], []
-
-    def moved(conn, stop):
-        conn.sendall(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nConnection: close\r\n\r\n")
-        while not stop.is_set() and sum(sent) < 40_000_000:
-            conn.sendall(b"x" * 65536)
-            sent.append(65536)
-
+    sent: list[int] = []
+    moved = _flood(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nConnection: close\r\n\r\n",
+                   sent, 40_000_000)
     with _raw_http(moved) as url:
         pub = open_publisher(url, Credentials(), timeout=5)
         with pytest.raises(DeviceRefused, match="HTTP 302"):
