@@ -17,7 +17,7 @@ Cases (one at a time, on an idle machine for figures worth quoting):
   --case 10000x10      10,000 phones on 10 sites, a worker per site on its own queue (target <= 1.25x bare); a lab
                        process per site, their inventories merged (one process holds ~6 descriptors per phone)
   --case ansible       Ansible (ansible-core, `uri`, forks 50) on 200 phones, measured, not scaled
-Run: .venv/bin/python -u bench/rollout.py [--case 1000x2 ...] [--profile DIR] [--json]
+Run: .venv/bin/python -u bench/rollout.py [--case 1000x2 ...] [--repeat N] [--profile DIR] [--json]
 """
 from __future__ import annotations
 
@@ -513,6 +513,21 @@ def run_ansible(work: Path, phones: int, say) -> dict:
     return {"case": "ansible", "phones": phones, "seconds": round(t, 2)}
 
 
+SPREAD_KEYS = ("ours_over_bare", "ours_over_bound", "span_over_bound", "controller_cpu_s_per_phone", "ours_s", "bare_s")
+
+
+def spread(case: str, runs: list[dict]) -> list[str]:
+    """Each ratio's median, lowest and highest over the runs of one case (`--repeat`)."""
+    import statistics
+
+    out = [f"case {case} over {len(runs)} runs: median (lowest-highest)"]
+    for key in SPREAD_KEYS:
+        values = [r[key] for r in runs if isinstance(r.get(key), (int, float))]
+        if values:
+            out.append(f"  {key:28s} {statistics.median(values):8.3f}  ({min(values):.3f}-{max(values):.3f})")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
@@ -523,16 +538,31 @@ def main() -> None:
                     "check of the bench itself, not a figure to quote")
     ap.add_argument("--profile", type=Path, help="py-spy raw profiles of the CLI and workers into this directory")
     ap.add_argument("--json", action="store_true", help="a JSON line per case at the end")
+    ap.add_argument("--repeat", type=int, default=1, metavar="N",
+                    help="run each case N times (a fresh lab each) and end with each ratio's median and range: on a "
+                         "machine whose speed varies, one run cannot show a change of a few percent")
     args = ap.parse_args()
+    if args.repeat < 1:
+        ap.error("--repeat: at least 1")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))   # `timeout` and Ctrl-C both clean up the lab and workers
     results = []
     for case in args.case or ["1000x2", "200-waves", "100-one-wave", "ansible"]:
-        work = Path(tempfile.mkdtemp(prefix=f"bench-rollout-{case}-"))
-        if case == "ansible":
-            results.append(run_ansible(work, args.ansible_phones, print))
-        else:
-            results.append(run_case(case, work, args.profile and args.profile / case, print, args.phones_per_site))
-        print()
+        runs = []
+        for k in range(args.repeat if case != "ansible" else 1):
+            work = Path(tempfile.mkdtemp(prefix=f"bench-rollout-{case}-"))
+            if case == "ansible":
+                runs.append(run_ansible(work, args.ansible_phones, print))
+            else:
+                if args.repeat > 1:
+                    print(f"-- {case}: run {k + 1} of {args.repeat}")
+                runs.append(run_case(case, work, args.profile and args.profile / f"{case}-{k}", print,
+                                     args.phones_per_site))
+            print()
+        results += runs
+        if len(runs) > 1:
+            for line in spread(case, runs):
+                print(line)
+            print()
     if args.json:
         for r in results:
             print(json.dumps(r))
