@@ -4,8 +4,7 @@ requests by default reads the environment on every request (`trust_env`): HTTP_P
 phone's request, with its admin login (Basic, as UC Software documents it), to whatever proxy the operator's
 shell names for the internet; a ~/.netrc would add credentials to a request that carries none on purpose (a web
 UI read that waits to be challenged). Phones are reached directly on the LAN, never through a proxy. It is also
-cheaper: the environment's proxies, no_proxy and netrc are looked up per request (bench/rollout.py: some 0.2 ms of
-CPU a request, a rollout makes four per phone).
+cheaper: requests otherwise looks the environment's proxies, no_proxy and netrc up for every request.
 """
 from __future__ import annotations
 

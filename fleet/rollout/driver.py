@@ -90,7 +90,7 @@ def experiment_drill(inv: Inventory, store: Store) -> DrillFn:
     (fleet.rollout.ticks), never waiting on the drill's router tasks.
     """
     def run(path: str, site: str, holder: str) -> DrillResult:
-        from fleet.experiment.runner import ExperimentRunner  # in-function: it pulls in the collectors (aiohttp, the wire decoders), 0.4 s of every `fleet rollout run` start-up, and only a drill uses it
+        from fleet.experiment.runner import ExperimentRunner  # in-function: 0.4 s of collectors; a drill only
 
         result = ExperimentRunner(load_drill(path, site, inv), inv, store, lease_holder=holder).run()
         store.finish_experiment(result.id, result.passed, "")

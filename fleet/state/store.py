@@ -825,7 +825,8 @@ class Store:
         return head[0] if head else None
 
     def renew_phone_locks(self, held: list[tuple[str, str, float]]) -> list[bool]:
-        """renew_phone_lock for each (mac, holder, ttl), in one round trip: whether each was still ours."""
+        """Extend each (mac, holder, ttl) REST lock to its ttl from now where it is still ours, in one round trip;
+        whether each was (fleet.state.lease.RestLockKeeper)."""
         pipe = self.r.pipeline(transaction=False)
         for mac, holder, ttl in held:
             pipe.eval(RENEW_IF_HELD, 1, K.rest_lock(mac), holder, max(1, int(ttl * 1000)))

@@ -69,7 +69,8 @@ class HttpPublisher:
                 digest = BoundedDigestAuth(creds.username, creds.password) if creds.username else None
             else:
                 digest = self._write_digest
-            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=digest, stream=True, allow_redirects=NO_REDIRECTS)
+            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=digest, stream=True,
+                                        allow_redirects=NO_REDIRECTS)
             if method != "GET" and digest is not None:
                 resp = self._unasked_answer_refused(resp, method, url, data)
             if resp.status_code != 401 or not creds.username or "digest" in (offers := _offered_schemes(resp)):
@@ -77,7 +78,8 @@ class HttpPublisher:
             if "basic" in offers and self.https:
                 resp.close()
                 return self.session.request(method, url, data=data, timeout=self.timeout,
-                                            auth=HTTPBasicAuth(creds.username, creds.password), stream=True, allow_redirects=NO_REDIRECTS)
+                                            auth=HTTPBasicAuth(creds.username, creds.password), stream=True,
+                                            allow_redirects=NO_REDIRECTS)
             if "basic" in offers:
                 resp.close()
                 raise DeviceRefused(self.name, f"{method} {shown(name)}: the server asks for Basic authentication over "
@@ -133,7 +135,8 @@ class HttpPublisher:
     def delete(self, filename: str) -> None:
         resp = self._call("DELETE", filename)
         if resp.status_code not in (200, 202, 204, 404):
-            raise DeviceRefused(self.name, f"DELETE {shown(filename)}: HTTP {resp.status_code}{_why(resp, self.timeout)}")
+            raise DeviceRefused(self.name,
+                                f"DELETE {shown(filename)}: HTTP {resp.status_code}{_why(resp, self.timeout)}")
         resp.close()
 
     def close(self) -> None:
