@@ -165,6 +165,33 @@ def test_the_keeper_goes_on_renewing_after_a_renewal_fails(store, monkeypatch):
         assert not lock.lost.is_set()
 
 
+def test_a_forked_child_renews_its_own_locks(store, redis_url):
+    """A prefork worker's child (the parent's keeper thread does not survive fork): its first lock starts a keeper
+    of its own, so a lock it holds past the TTL stays held."""
+    import multiprocessing
+
+    with PhoneRestLock(store, "0004f2abcf01", owner="parent", ttl=0.6):
+        pass                                     # the parent's keeper runs now
+    ctx = multiprocessing.get_context("fork")
+    result = ctx.Queue()
+
+    def child() -> None:
+        from fleet.state.store import Store as ChildStore
+
+        mine = ChildStore(redis_url)
+        with PhoneRestLock(mine, MAC, owner="child", ttl=0.6) as lock:
+            time.sleep(2.0)                      # over three TTLs
+            result.put((mine.phone_lock_holder(MAC) == lock.holder, lock.lost.is_set()))
+    proc = ctx.Process(target=child, daemon=True)
+    proc.start()
+    proc.join(20)
+    if proc.is_alive():
+        proc.kill()
+    assert proc.exitcode == 0, f"the child exited {proc.exitcode} (None: still running after 20 s, killed)"
+    held, lost = result.get(timeout=5)
+    assert held and not lost, "the child's lock lapsed: no keeper renewed it after the fork"
+
+
 def test_a_lock_taken_away_while_held_is_marked_lost(store):
     lock = PhoneRestLock(store, MAC, owner="keeper-test", ttl=0.6)
     with lock:
