@@ -31,6 +31,7 @@ POLLING_EXPECTED = {
     "polling-callstate-push-answer": MalformedAnswer,
     "polling-callstate-nothing-sent": MalformedAnswer,
     "polling-auth-digest-challenge": MalformedAnswer,
+    "polling-redirect": MalformedAnswer,
     "polling-device-requestor": {"MACAddress": "0004f214b8e7", "ModelNumber": "SoundPoint IP 650",
                                  "AppLoadID": "4.0.1.18754 27-Feb-11 20:07", "BootROMID": "5.0.0.11646"},
 }
@@ -42,7 +43,7 @@ NOTIFICATION_EXPECTED = {
     "notification-call-state-change": None,
 }
 WEB_LOGIN_PAGE = {"web-ui-login-page": True, "web-ui-challenge": False, "web-ui-reboot-accepted": False,
-                  "web-ui-home": False}
+                  "web-ui-home": False, "web-ui-redirect": False}
 
 
 def _ids(area: str) -> list[str]:
