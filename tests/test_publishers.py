@@ -445,3 +445,29 @@ def test_a_redirect_is_not_followed_nor_its_body_read():
         with pytest.raises(DriverError):
             RestPhone(phone, Credentials("Polycom", "pw"), timeout=5, firmware="5.8.0").uptime()
     assert sum(sent) < 20_000_000, f"{sum(sent)} bytes of redirect bodies were read"
+
+
+def test_a_redirect_answering_a_digest_retry_is_not_read_either():
+    """The answer to the challenge's retry comes back from the digest handler, which requests runs before the
+    session's hooks (auth hooks are registered first): the session's redirect hook (fleet.drivers.lan_http) sees
+    that answer too, and a redirect there is neither followed nor read."""
+    sent: list[int] = []
+    flood = _flood(b"HTTP/1.1 302 Found\r\nLocation: http://127.0.0.1:9/elsewhere\r\nConnection: close\r\n\r\n",
+                   sent, 40_000_000)
+    connections: list[int] = []
+
+    def answer(conn, stop):
+        connections.append(1)
+        if len(connections) == 1:
+            conn.sendall(b'HTTP/1.1 401 Unauthorized\r\nWWW-Authenticate: Digest realm="boot", nonce="abc", qop="auth"'
+                         b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+        else:
+            flood(conn, stop)
+
+    with _raw_http(answer) as url:
+        pub = open_publisher(url, Credentials("PlcmSpIp", "pw-123"), timeout=5)
+        with pytest.raises(DeviceRefused, match="HTTP 302"):
+            pub.read("0004f2000001.cfg")
+        pub.close()
+    assert len(connections) == 2, connections
+    assert sum(sent) < 20_000_000, f"{sum(sent)} bytes of the retry's redirect were read"
