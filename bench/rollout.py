@@ -555,7 +555,7 @@ def main() -> None:
             else:
                 if args.repeat > 1:
                     print(f"-- {case}: run {k + 1} of {args.repeat}")
-                runs.append(run_case(case, work, args.profile and args.profile / f"{case}-{k}", print,
+                runs.append(run_case(case, work, args.profile and args.profile / (case if args.repeat == 1 else f"{case}-{k}"), print,
                                      args.phones_per_site))
             print()
         results += runs
