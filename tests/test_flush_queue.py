@@ -52,3 +52,33 @@ def test_small_arrivals_are_taken_whole_and_a_failed_batch_comes_back_first():
     q.put_back(batch)
     again = q.take([])
     assert again == batch[:10]
+
+
+def test_an_arrival_wakes_the_flush_loop_at_once_and_nothing_lets_it_idle_out():
+    """The flush loop waits on Arrivals: an observation appended (or extended) ends the wait then, not when the
+    wait's timeout runs out; with nothing arriving the wait ends at its timeout (the backlog's pace is looked at)."""
+    import asyncio
+
+    from fleet.evidence.flush_queue import Arrivals
+
+    async def run() -> list[str]:
+        pending = Arrivals()
+        loop = asyncio.get_running_loop()
+        seen = []
+        for add in (lambda: pending.append(obs("a", 1.0)), lambda: pending.extend([obs("b", 1.0)])):
+            waiter = asyncio.ensure_future(pending.wait(3600))      # an hour: only the arrival can end it
+            await asyncio.sleep(0)
+            assert not waiter.done()
+            loop.call_soon(add)
+            await asyncio.wait_for(waiter, 10)
+            seen.append(pending[-1].mac)
+            pending[:] = []
+        pending.extend([])          # nothing came: the next wait still waits
+        began = loop.time()
+        await asyncio.wait_for(pending.wait(0.05), 10)
+        assert loop.time() - began >= 0.04, "an empty extend woke the loop"
+        pending.append(obs("c", 1.0))
+        await asyncio.wait_for(pending.wait(3600), 10)             # something is here already: no wait at all
+        return seen
+
+    assert asyncio.run(run()) == ["a", "b"]

@@ -140,3 +140,18 @@ def test_a_folded_user_agent_split_into_two_whole_contacts_cannot_speak_for_anot
     bindings = gb.parse_kamailio(hostile, T0)
     assert sorted(b.source_ip for b in bindings if b.user == "1001") == ["", "10.0.0.6"], bindings   # the forgery reads
     assert gb.observations(bindings, _shared_line_targets(), T0) == []                           # ... and says nothing
+
+
+def test_a_long_answer_is_attributed_in_pieces_with_the_same_outcome():
+    """A 5,000-phone site's answer is attributed with a pause (the poller's GIL courtesy) every `pause_every`
+    targets, and what it finds is exactly what it finds without pausing."""
+    rows = [gb.Binding(aor=f"{1000 + i}@example.net", contact=f"sip:{1000 + i}@10.1.{i // 250}.{i % 250 + 1}:5060",
+                       expires_in=300, status="", source_ip=f"10.1.{i // 250}.{i % 250 + 1}", user_agent="")
+            for i in range(0, 1000, 2)]          # every other phone bound
+    targets = [WireTarget(mac=f"0004f2{i:06d}", reg=1, server=2, address=("192.0.2.1", 5060), user=f"{1000 + i}",
+                          phone_ip=f"10.1.{i // 250}.{i % 250 + 1}") for i in range(1000)]
+    pauses: list[int] = []
+    paced = gb.observations(rows, targets, 1.0, pause=lambda: pauses.append(1), pause_every=200)
+    assert len(pauses) == 5
+    assert paced == gb.observations(rows, targets, 1.0)
+    assert [o.state for o in paced[:4]] == [REGISTERED, "unregistered", REGISTERED, "unregistered"]

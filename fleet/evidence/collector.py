@@ -29,7 +29,7 @@ import time
 from aiohttp import web
 
 from fleet.config import source_kinds
-from fleet.evidence.flush_queue import FlushQueue
+from fleet.evidence.flush_queue import Arrivals, FlushQueue
 from fleet.evidence.sources.base import Sink, SourceContext, configured_sources, start_configured
 from fleet.evidence.sources.formats import parse_line_event, parse_syslog
 from fleet.evidence.sources.poller import Poller
@@ -58,7 +58,8 @@ from fleet.phoneconf.predict import configured_servers, failover_max
 from fleet.state.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
-FLUSH_S = 0.02   # observations reach the store in batches this far apart
+FLUSH_S = 0.02   # the flush loop's longest idle look: a backlog waiting for its pace (flush_queue) is seen this late
+GATHER_S = 0.004   # from the first observation to arrive to its store call: what comes with it goes in the same call
 STOP_WITHIN_S = 10.0   # how long `stop` waits for the collector's thread (its listeners closed)
 INCIDENT_TICK_S = 0.5   # how often the incident detector decides (fleet.evidence.incidents)
 
@@ -164,7 +165,7 @@ class SiteCollector:
     def __init__(self, site: Site, store: Store, secrets: Secrets | None = None,
                  inventory: Inventory | None = None) -> None:
         self.site, self.store, self.secrets, self.inventory = site, store, secrets, inventory
-        self.pending: list[Observation] = []     # arrived, not yet taken by the flush loop
+        self.pending = Arrivals()                # arrived, not yet taken by the flush loop (it wakes it)
         self.unstored = FlushQueue()              # taken, waiting for their slice of a store call
         self._syslog_transport: DrainingReader | None = None    # the listeners `stop` closes
         self._runner: web.AppRunner | None = None
@@ -549,7 +550,8 @@ class SiteCollector:
 
     async def _flush_loop(self) -> None:
         while True:
-            await asyncio.sleep(FLUSH_S)
+            await self.pending.wait(FLUSH_S)
+            await asyncio.sleep(GATHER_S)
             if self.kept:
                 await self._flush_kept()
             if not self.pending and not self.unstored.due(time.monotonic()):

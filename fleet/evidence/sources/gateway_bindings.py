@@ -514,7 +514,8 @@ def _sender(b: Binding, shared: bool, recorded: bool) -> str:
 
 
 def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: float,
-                 source: str = "gateway", foreign: Counter | None = None) -> list[Observation]:
+                 source: str = "gateway", foreign: Counter | None = None,
+                 pause: Callable[[], object] | None = None, pause_every: int = 250) -> list[Observation]:
     """One observation per target (the gateway's server entry of each phone): registered with the binding's
     expiry when the registrar holds an active binding for the target's user, unregistered when it holds none.
 
@@ -561,7 +562,9 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
     recorded = getattr(bindings, "senders_recorded", True)
     out: list[Observation] = []
     senders = SenderCheck()
-    for target in targets:
+    for n, target in enumerate(targets):
+        if pause is not None and n % pause_every == pause_every - 1:
+            pause()     # the caller's thread lets others have the GIL now and then (GatewayPoller.deliver)
         if target.user in unreadable:
             continue
         if target.user:

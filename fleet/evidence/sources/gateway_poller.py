@@ -21,6 +21,14 @@ log = logging.getLogger(__name__)
 
 ENTRIES_CHUNK = 200   # targets looked at between two short sleeps while the gateway entries are worked out (some
                       # 0.3 s of Python at a 5,000-phone site, which would otherwise take the GIL from HEP and events)
+COURTESY_S = 0.002    # one such sleep: a thread holding the GIL is made to give it up only every 5 ms, and the event
+                      # loop of the wire, HEP and events sources needs it once per socket call
+
+
+def _courtesy() -> None:
+    """The GIL back to the collector's event loop for a moment, between two pieces of a poll's answer (parsing a
+    5,000-binding answer and attributing it is some 70 ms of Python, which held every other source's detection)."""
+    time.sleep(COURTESY_S)
 
 
 class GatewayPoller(SourceThread):
@@ -69,7 +77,7 @@ class GatewayPoller(SourceThread):
                 if t.server == gateway_of[line]:
                     out.setdefault((t.mac, t.reg, t.server), t)
                 if n % ENTRIES_CHUNK == ENTRIES_CHUNK - 1:
-                    time.sleep(0.002)     # the GIL back to the sources' event loop now and then (see ENTRIES_CHUNK)
+                    _courtesy()     # the GIL back to the sources' event loop now and then (see ENTRIES_CHUNK)
             self._entries, self._entries_of = list(out.values()), wire
         return self._entries
 
@@ -86,8 +94,10 @@ class GatewayPoller(SourceThread):
             return
         self.running.set()
         self.failures, self.failing_since, self.last_error = 0, None, ""
+        _courtesy()
         foreign: Counter[str] = Counter()
-        out = gateway_bindings.observations(bindings, self.gateway_targets(t), t, foreign=foreign)
+        out = gateway_bindings.observations(bindings, self.gateway_targets(t), t, foreign=foreign, pause=_courtesy,
+                                            pause_every=ENTRIES_CHUNK)
         self.foreign_bindings = foreign
         self.polls += 1
         if out:
