@@ -7,9 +7,9 @@ v3 from the SIP servers) and the gateway's registrar bindings: one module
 each in fleet/evidence/sources/, found by the inventory's kind through the
 kind table fleet.config.source_kinds. Push sources and the wire see a change the
 moment it happens, so detection latency is the network's, not a polling
-interval's. Observations are batched
-(every 20 ms) into the store, which derives per-server state and the working
-server (fleet.state.observe).
+interval's. Observations are stored in batches (the first to arrive wakes the
+flush loop, which gathers for GATHER_S more: fleet.evidence.flush_queue.Arrivals),
+and the store derives per-server state and the working server (fleet.state.observe).
 
 Whatever reaches a collector becomes a phone's registration state, so a
 collector listens only on the addresses the inventory names (never a
