@@ -75,10 +75,38 @@ def test_an_arrival_wakes_the_flush_loop_at_once_and_nothing_lets_it_idle_out():
             pending[:] = []
         pending.extend([])          # nothing came: the next wait still waits
         began = loop.time()
-        await asyncio.wait_for(pending.wait(0.05), 10)
+        assert await asyncio.wait_for(pending.wait(0.05), 10) is False
         assert loop.time() - began >= 0.04, "an empty extend woke the loop"
         pending.append(obs("c", 1.0))
-        await asyncio.wait_for(pending.wait(3600), 10)             # something is here already: no wait at all
+        # something is here already: no wait at all, and nothing to gather for
+        assert await asyncio.wait_for(pending.wait(3600), 10) is False
         return seen
 
     assert asyncio.run(run()) == ["a", "b"]
+
+
+def test_a_collector_stopping_as_an_observation_arrives_still_stops():
+    """The flush loop is cancelled when its collector stops, while the listeners may still deliver: an arrival in
+    the same pass as the cancel must not swallow it (asyncio.wait_for on Python 3.11 returned normally then, and the
+    collector's thread never ended)."""
+    import asyncio
+
+    from fleet.evidence.flush_queue import Arrivals
+
+    async def run() -> list[bool]:
+        outcomes = []
+        for gap in range(3):           # the arrival 0, 1 or 2 loop passes before the cancel
+            pending = Arrivals()
+            waiter = asyncio.ensure_future(pending.wait(3600))
+            await asyncio.sleep(0)
+            pending.append(obs("a", 1.0))
+            for _ in range(gap):
+                await asyncio.sleep(0)
+            if not waiter.cancel():
+                continue               # it had returned already: nothing to cancel
+            await asyncio.wait({waiter}, timeout=10)
+            outcomes.append(waiter.cancelled())
+        return outcomes
+
+    outcomes = asyncio.run(run())
+    assert outcomes and all(outcomes), outcomes

@@ -58,8 +58,9 @@ from fleet.phoneconf.predict import configured_servers, failover_max
 from fleet.state.incidents import IncidentStore
 
 log = logging.getLogger(__name__)
-FLUSH_S = 0.02   # the flush loop's longest idle look: a backlog waiting for its pace (flush_queue) is seen this late
-GATHER_S = 0.004   # from the first observation to arrive to its store call: what comes with it goes in the same call
+FLUSH_S = 0.02   # the flush loop's longest idle wait: a backlog waiting for its pace (flush_queue) and SIP datagrams
+                 # kept for an experiment's capture are seen at most this (plus GATHER_S) late
+GATHER_S = 0.004   # from an observation waking the flush loop to its store call: what comes with it goes in the same call
 STOP_WITHIN_S = 10.0   # how long `stop` waits for the collector's thread (its listeners closed)
 INCIDENT_TICK_S = 0.5   # how often the incident detector decides (fleet.evidence.incidents)
 
@@ -550,8 +551,8 @@ class SiteCollector:
 
     async def _flush_loop(self) -> None:
         while True:
-            await self.pending.wait(FLUSH_S)
-            await asyncio.sleep(GATHER_S)
+            if await self.pending.wait(FLUSH_S):
+                await asyncio.sleep(GATHER_S)     # not when they were waiting already (during the last store call)
             if self.kept:
                 await self._flush_kept()
             if not self.pending and not self.unstored.due(time.monotonic()):

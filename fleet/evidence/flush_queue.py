@@ -26,15 +26,19 @@ import asyncio
 
 from fleet.state.observe import Observation
 
-FLUSH_SLICE = 100     # observations per store call at most (some 10 ms of the store's time at 5,000 phones)
+FLUSH_SLICE = 100     # observations per store call at most, from the backlog (a call held the GIL some 25 ms at
+                      # 250, which the other sources' detection p99 showed)
+BULK_OVER = 250       # a delivery of more observations than this is a poll's answer, stored from the backlog; a wire
+                      # or HEP batch of a registration storm is smaller, and is stored at once
 BACKLOG_SHARE = 0.3   # of the collector's time, what storing a backlog may take while it drains
 
 
 class FlushQueue:
     """The backlog of observations not yet stored, and the rule for the next batch (`take`)."""
 
-    def __init__(self, slice_size: int = FLUSH_SLICE, share: float = BACKLOG_SHARE) -> None:
+    def __init__(self, slice_size: int = FLUSH_SLICE, share: float = BACKLOG_SHARE, bulk_over: int = BULK_OVER) -> None:
         self.slice_size = max(1, slice_size)
+        self.bulk_over = max(self.slice_size, bulk_over)
         self.share = min(1.0, max(0.01, share))
         self.backlog: list[Observation] = []
         self.topped_up = False        # the batch `take` returned last holds observations from the backlog
@@ -45,7 +49,7 @@ class FlushQueue:
 
     def is_bulk(self, delivery: list[Observation]) -> bool:
         """A delivery to store a slice at a time (a poll's answer), behind what arrives meanwhile."""
-        return len(delivery) > self.slice_size
+        return len(delivery) > self.bulk_over
 
     def defer(self, delivery: list[Observation]) -> None:
         """A bulk delivery: to the end of the backlog (it arrived after everything there)."""
@@ -96,6 +100,8 @@ class Arrivals(list):
         super().__init__()
         self._came = asyncio.Event()
 
+    # only append and extend wake the loop: add to it with nothing else (`+=`, insert, item assignment would not)
+
     def append(self, obs: Observation) -> None:  # type: ignore[override]
         super().append(obs)
         self._came.set()
@@ -105,12 +111,17 @@ class Arrivals(list):
         if self:
             self._came.set()
 
-    async def wait(self, timeout: float) -> None:
-        """Until something arrives (at once if something is here already), or `timeout` seconds."""
+    async def wait(self, timeout: float) -> bool:
+        """Until something arrives (at once if something is here already), or `timeout` seconds; True when
+        something arrived during the wait (the caller gathers what comes with it), False otherwise. A cancel always
+        reaches the caller (asyncio.timeout: 3.11's wait_for could swallow one that met an arrival, and a collector
+        stopping would then never stop)."""
         if self:
-            return
+            return False
         self._came.clear()
         try:
-            await asyncio.wait_for(self._came.wait(), timeout)
-        except asyncio.TimeoutError:
-            pass
+            async with asyncio.timeout(timeout):
+                await self._came.wait()
+        except TimeoutError:
+            return False
+        return True

@@ -539,7 +539,11 @@ def observations(bindings: Iterable[Binding], targets: Iterable[WireTarget], t: 
     them could write another's address, so there only a sender the registrar recorded in a field of its own
     counts (`Bindings.senders_recorded`: Kamailio over JSON-RPC with received recorded, e.g.
     fix_nated_register or received_avp; Asterisk's via_addr; FreeSWITCH's network_ip); a binding without
-    one leaves that AoR's phones without an observation (neither bound nor unbound)."""
+    one leaves that AoR's phones without an observation (neither bound nor unbound).
+
+    `pause`, when given, is called every `pause_every` targets (the poller's thread gives the GIL back to the
+    collector's event loop there); it changes nothing in the outcome."""
+    pause_every = max(1, pause_every)
     # a user whose record the answer could not read (Bindings.unreadable) is neither bound nor unbound: no observation
     unreadable = set(getattr(bindings, "unreadable", ()))
     by_user: dict[str, list[Binding]] = {}

@@ -20,7 +20,8 @@ from fleet.evidence.sources.targets import Targets, gateway_server
 log = logging.getLogger(__name__)
 
 ENTRIES_CHUNK = 200   # targets looked at between two short sleeps while the gateway entries are worked out (some
-                      # 0.3 s of Python at a 5,000-phone site, which would otherwise take the GIL from HEP and events)
+                      # 0.3 s of Python at a 5,000-phone site, which would otherwise take the GIL from HEP and events),
+                      # and while a poll's answer is attributed to them
 COURTESY_S = 0.002    # one such sleep: a thread holding the GIL is made to give it up only every 5 ms, and the event
                       # loop of the wire, HEP and events sources needs it once per socket call
 
