@@ -4,8 +4,8 @@ The rollout worker's profile (bench/rollout.py --profile, py-spy --gil) puts abo
 requests and what it calls (urllib3, http.client, email header parsing), for the twelve requests a push makes per
 phone. This measures one small keep-alive GET (a phone's JSON answer) against a local server, CPU of the client
 thread only, for: a requests Session (trust_env off, as fleet's sessions are), the same streamed, urllib3's
-connection pool, and http.client. It is the figure to weigh before replacing the drivers' transport (not done:
-the drivers' digest, bounds and error mapping are built on requests).
+connection pool, http.client, and fleet's boot-server publisher reading a file (urllib3 since issue 22's
+session 19: 9 of a push's 12 requests go to the boot server; the phones' REST is still on requests).
 
 Run: .venv/bin/python bench/http_client.py [--requests N]
 """
@@ -13,12 +13,18 @@ from __future__ import annotations
 
 import argparse
 import http.client
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 
 import requests
 import urllib3
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from fleet.config.inventory import Credentials  # noqa: E402
+from fleet.drivers.publish.http_put import HttpPublisher  # noqa: E402
 
 BODY = b'{"data": {"ModelNumber": "VVX 410", "Firmware": {"Application": "5.9.5.0614"}}, "Status": "2000"}'
 
@@ -54,7 +60,9 @@ def per_request(fn, n: int) -> float:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--requests", type=int, default=3000)
-    n = ap.parse_args().requests
+    ap.add_argument("--rounds", type=int, default=1, help="each row this many times, in turn (the figures move)")
+    args = ap.parse_args()
+    n = args.requests
     server = ThreadingHTTPServer(("127.0.0.1", 0), Answer)
     port = server.server_address[1]
     threading.Thread(target=server.serve_forever, daemon=True).start()
@@ -72,12 +80,15 @@ def main() -> None:
     def plain() -> None:
         conn.request("GET", "/api/v1/mgmt/device/info")
         conn.getresponse().read()
+    publisher = HttpPublisher(f"http://127.0.0.1:{port}/boot/", Credentials(), 5.0)
     rows = [("requests Session", lambda: session.get(url, timeout=5).content),
             ("requests Session, streamed", streamed),
             ("urllib3 pool", lambda: pool.request("GET", "/api/v1/mgmt/device/info", timeout=5).data),
-            ("http.client", plain)]
-    for name, fn in rows:
-        print(f"{name:28s} {per_request(fn, n):.3f} ms CPU per request (client thread, {n} keep-alive GETs)")
+            ("http.client", plain),
+            ("fleet boot-server read", lambda: publisher.read("0004f2000001.cfg"))]
+    for _ in range(args.rounds):
+        for name, fn in rows:
+            print(f"{name:28s} {per_request(fn, n):.3f} ms CPU per request (client thread, {n} keep-alive GETs)")
     server.shutdown()
 
 

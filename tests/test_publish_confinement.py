@@ -249,7 +249,10 @@ def test_unsafe_names_are_refused_before_the_server_is_asked(kind, request):
         elif kind == "sftp":
             pub.client.get_transport().close()
         else:
+            from fleet.drivers.lan_http import lan_pool
+
             pub.base = f"http://127.0.0.1:{free_port()}/"   # nothing listens there
+            pub.pool = lan_pool(pub.base, 2.0)
         for name in BAD_NAMES:
             for op, args in (("read", (name,)), ("write", (name, b"x")), ("delete", (name,))):
                 with pytest.raises(UnsafeName):

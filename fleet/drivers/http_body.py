@@ -16,19 +16,24 @@ from requests.auth import HTTPDigestAuth
 from fleet.drivers.errors import DeviceTimeout
 
 
-def read_answer(resp: requests.Response, limit: int, name: str, what: str, deadline: float | None = None) -> bytes:
+def read_answer(resp: requests.Response | urllib3.BaseHTTPResponse, limit: int, name: str, what: str,
+                deadline: float | None = None) -> bytes:
     """At most `limit + 1` bytes of a streamed answer's body (the caller refuses more as too long), and the response
     closed. The body is read one socket read at a time, so one that drips in is cut off at `deadline` (monotonic
     seconds) rather than held open by a phone sending a byte per timeout. DeviceTimeout when it breaks off or is
     not complete by the deadline. Every reader of an HTTP answer from the network uses this (the module's docstring)."""
     out = bytearray()
     try:
-        if resp.raw is None or getattr(resp, "_content_consumed", False):
-            return bytes(resp.content[:limit + 1])     # not streamed, or already read (bounded) by BoundedDigestAuth
+        if isinstance(resp, requests.Response):
+            if resp.raw is None or getattr(resp, "_content_consumed", False):
+                return bytes(resp.content[:limit + 1])  # not streamed, or already read (bounded) by BoundedDigestAuth
+            raw = resp.raw
+        else:
+            raw = resp      # urllib3's own (the boot-server publisher): read to its end, its connection is reused
         while len(out) <= limit:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeviceTimeout(name, f"{what}: the answer was not complete in time")
-            chunk = resp.raw.read1(min(65536, limit + 1 - len(out)), decode_content=True)
+            chunk = raw.read1(min(65536, limit + 1 - len(out)), decode_content=True)
             if not chunk:
                 break
             out += chunk

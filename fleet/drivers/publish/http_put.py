@@ -1,4 +1,4 @@
-"""HTTP GET/PUT/DELETE to the boot server (requests): no credentials unasked, a password never in clear.
+"""HTTP GET/PUT/DELETE to the boot server (urllib3): no credentials unasked, a password never in clear.
 
 Every request goes out without credentials: a read (the `--probe` too) needs
 none on a server that serves phones anonymously. When the server answers 401,
@@ -23,87 +23,116 @@ the boot directory; the server itself writes atomically.
 """
 from __future__ import annotations
 
-import os
 import time
 from urllib.parse import quote, urlsplit
 
-import requests
-from requests.auth import HTTPBasicAuth
+import urllib3
 
 from fleet.config.inventory import Credentials
+from fleet.drivers.digest_state import DigestState
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout
-from fleet.drivers.http_body import BoundedDigestAuth, read_answer
-from fleet.drivers.lan_http import NO_REDIRECTS, lan_session
+from fleet.drivers.http_body import read_answer
+from fleet.drivers.lan_http import lan_pool
 from fleet.drivers.publish.names import check_name, shown
 from fleet.drivers.publish.size import MAX_FILE_BYTES, too_long
 
-WHY_BYTES = 4096    # of a refusal's body read for its one-line reason
+WHY_BYTES = 4096          # of a refusal's body read for its one-line reason
+CHALLENGE_BODY = 4096     # of a challenge's body read before the request is sent again (on the same connection)
+USER_AGENT = "soundpoint-fleet"
+
+Answer = urllib3.BaseHTTPResponse
 
 
 class HttpPublisher:
     def __init__(self, url: str, credentials: Credentials, timeout: float) -> None:
         parts = urlsplit(url)
         self.base = f"{parts.scheme}://{parts.hostname}:{parts.port or (443 if parts.scheme == 'https' else 80)}{parts.path.rstrip('/')}/"
+        self.prefix = parts.path.rstrip("/") + "/"
         self.name = f"boot server {self.base}"
         self.https = parts.scheme == "https"
-        # a ~/.netrc must not add Basic credentials to a request behind our back (requests reads it when a request
-        # has no auth of its own), nor a redirect's body be read (fleet.drivers.lan_http); the CA bundle the
-        # environment names still counts for https
-        self.session = lan_session()
-        self.session.verify = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or True
+        # urllib3 itself (fleet.drivers.lan_http.lan_pool): one keep-alive connection, no proxy or ~/.netrc from the
+        # environment, no redirect followed or read; https checked against the CA bundle the environment names
+        self.pool = lan_pool(self.base, timeout)
         self.credentials = credentials
         self.timeout = timeout
-        # the writes' Digest state (per thread inside requests): the server's nonce, answered unasked once known
-        self._write_digest = BoundedDigestAuth(credentials.username, credentials.password) if credentials.username \
+        # the writes' Digest state: the server's nonce, answered unasked once known
+        self._write_digest = DigestState(credentials.username, credentials.password) if credentials.username \
             else None
-        self._answers_unasked = False    # the writes' state holds a nonce: the next write answers it unasked
+        self._answers_unasked = False    # the last write went through on the held nonce (see _unasked_answer_refused)
 
-    def _call(self, method: str, filename: str, data: bytes | None = None) -> requests.Response:
+    def _send(self, method: str, path: str, data: bytes | None, authorization: str | None = None) -> Answer:
+        headers = {"User-Agent": USER_AGENT}
+        if authorization:
+            headers["Authorization"] = authorization
+        return self.pool.urlopen(method, path, body=data, headers=headers, retries=False, redirect=False,
+                                 preload_content=False, release_conn=False)
+
+    def _discard(self, resp: Answer) -> None:
+        """A challenge's body, read (at most CHALLENGE_BODY, within one timeout) so its connection serves the retry;
+        a longer or slower one closes it instead."""
+        try:
+            read_answer(resp, CHALLENGE_BODY, self.name, "a challenge", time.monotonic() + self.timeout)
+        except DeviceTimeout:
+            pass
+
+    def _exchange(self, method: str, path: str, url: str, data: bytes | None,
+                  digest: DigestState | None) -> tuple[Answer, bool]:
+        """One request: with an answer to `digest`'s challenge unasked when it holds one, and sent once more
+        answering the server's Digest challenge when it sends one (a stale nonce too). The answer, and whether a
+        challenge was answered."""
+        unasked = digest.answer(method, url) if digest is not None and digest.holds_nonce else None
+        resp = self._send(method, path, data, unasked)
+        if resp.status == 401 and digest is not None and digest.take(resp.headers.get("WWW-Authenticate", "")):
+            answer = digest.answer(method, url)
+            if answer is not None:
+                self._discard(resp)
+                return self._send(method, path, data, answer), True
+        return resp, False
+
+    def _call(self, method: str, filename: str, data: bytes | None = None) -> Answer:
         name = check_name(self.name, filename)
+        path = self.prefix + quote(name, safe="")
         url = self.base + quote(name, safe="")
         creds = self.credentials
         try:
             # a read: a fresh digest state (nothing sent until challenged, only a Digest challenge answered); a
             # write: the publisher's, which answers the server's last nonce unasked once it has one
             if method == "GET":
-                digest = BoundedDigestAuth(creds.username, creds.password) if creds.username else None
+                digest = DigestState(creds.username, creds.password) if creds.username else None
             else:
                 digest = self._write_digest
-            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=digest, stream=True,
-                                        allow_redirects=NO_REDIRECTS)
+            resp, answered = self._exchange(method, path, url, data, digest)
             if method != "GET" and digest is not None:
-                resp = self._unasked_answer_refused(resp, method, url, data)
-            if resp.status_code != 401 or not creds.username or "digest" in (offers := _offered_schemes(resp)):
+                resp = self._unasked_answer_refused(resp, method, path, url, data, answered)
+            if resp.status != 401 or not creds.username or "digest" in (offers := _offered_schemes(resp)):
                 return resp
             if "basic" in offers and self.https:
-                resp.close()
-                return self.session.request(method, url, data=data, timeout=self.timeout,
-                                            auth=HTTPBasicAuth(creds.username, creds.password), stream=True,
-                                            allow_redirects=NO_REDIRECTS)
+                self._discard(resp)
+                basic = urllib3.util.make_headers(basic_auth=f"{creds.username}:{creds.password}")["authorization"]
+                return self._send(method, path, data, basic)
             if "basic" in offers:
                 resp.close()
                 raise DeviceRefused(self.name, f"{method} {shown(name)}: the server asks for Basic authentication over "
                                                "plain HTTP; fleet never sends the password in clear (offer Digest on "
                                                "the server, or use https://)")
             return resp
-        except requests.Timeout:
+        except urllib3.exceptions.TimeoutError:
             raise DeviceTimeout(self.name, f"{method} {shown(name)}: no answer within {self.timeout:g}s") from None
-        except (requests.RequestException, OSError, ValueError) as exc:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise DeviceTimeout(self.name, f"{method} {shown(name)}: {type(exc).__name__}") from None
 
-    def _unasked_answer_refused(self, resp: requests.Response, method: str, url: str,
-                                data: bytes | None) -> requests.Response:
+    def _unasked_answer_refused(self, resp: Answer, method: str, path: str, url: str, data: bytes | None,
+                                answered: bool) -> Answer:
         """A write's answer, once more from a fresh Digest state when the server refused one sent unasked with 400
         or 403 (where most servers challenge afresh with 401): the same bytes again, so idempotent. A server that
         refuses the write itself refuses the second try the same way, and that answer is the one reported."""
-        if self._answers_unasked and resp.status_code in (400, 403):
+        if self._answers_unasked and resp.status in (400, 403):
             creds = self.credentials
-            self._write_digest = BoundedDigestAuth(creds.username, creds.password)
+            self._write_digest = DigestState(creds.username, creds.password)
             resp.close()
-            resp = self.session.request(method, url, data=data, timeout=self.timeout, auth=self._write_digest,
-                                        stream=True, allow_redirects=NO_REDIRECTS)
-        # requests answered a challenge (a 401 in the history), or an unasked answer was taken: a nonce is held
-        self._answers_unasked = resp.status_code < 400 and (bool(resp.history) or self._answers_unasked)
+            resp, answered = self._exchange(method, path, url, data, self._write_digest)
+        # a challenge answered, or an unasked answer taken: the next write answers the held nonce unasked
+        self._answers_unasked = resp.status < 400 and (answered or self._answers_unasked)
         return resp
 
     def read(self, filename: str) -> bytes | None:
@@ -111,11 +140,11 @@ class HttpPublisher:
         timeouts: the request, a challenge's answer, the body), however slowly the server sends it."""
         deadline = time.monotonic() + 3 * self.timeout
         resp = self._call("GET", filename)
-        if resp.status_code == 404:
+        if resp.status == 404:
             resp.close()
             return None
-        if resp.status_code != 200:
-            raise DeviceRefused(self.name, f"GET {shown(filename)}: HTTP {resp.status_code}{_why(resp, self.timeout)}")
+        if resp.status != 200:
+            raise DeviceRefused(self.name, f"GET {shown(filename)}: HTTP {resp.status}{_why(resp, self.timeout)}")
         declared = resp.headers.get("Content-Length", "")
         # ASCII digits only, and short: str.isdigit takes "²", and int() refuses over 4,300 digits
         if declared.isascii() and declared.isdigit() and (len(declared) > 12 or int(declared) > MAX_FILE_BYTES):
@@ -128,23 +157,23 @@ class HttpPublisher:
 
     def write(self, filename: str, data: bytes) -> None:
         resp = self._call("PUT", filename, data)
-        if resp.status_code not in (200, 201, 204):
-            raise DeviceRefused(self.name, f"PUT {shown(filename)}: HTTP {resp.status_code}{_why(resp, self.timeout)}")
+        if resp.status not in (200, 201, 204):
+            raise DeviceRefused(self.name, f"PUT {shown(filename)}: HTTP {resp.status}{_why(resp, self.timeout)}")
         resp.close()
 
     def delete(self, filename: str) -> None:
         resp = self._call("DELETE", filename)
-        if resp.status_code not in (200, 202, 204, 404):
+        if resp.status not in (200, 202, 204, 404):
             raise DeviceRefused(self.name,
-                                f"DELETE {shown(filename)}: HTTP {resp.status_code}{_why(resp, self.timeout)}")
+                                f"DELETE {shown(filename)}: HTTP {resp.status}{_why(resp, self.timeout)}")
         resp.close()
 
     def close(self) -> None:
-        self.session.close()
+        self.pool.close()
 
 
-def _offered_schemes(resp: requests.Response) -> set[str]:
-    """The authentication schemes a 401 offers, lower-cased (`WWW-Authenticate` headers, joined by requests with
+def _offered_schemes(resp: Answer) -> set[str]:
+    """The authentication schemes a 401 offers, lower-cased (`WWW-Authenticate` headers, joined by urllib3 with
     commas: a scheme is a piece's first word when that word is not a `name=value` parameter)."""
     text = resp.headers.get("WWW-Authenticate", "")[:4096]
     schemes = set()
@@ -155,7 +184,7 @@ def _offered_schemes(resp: requests.Response) -> set[str]:
     return schemes
 
 
-def _why(resp: requests.Response, timeout: float) -> str:
+def _why(resp: Answer, timeout: float) -> str:
     """The server's one-line reason for a refusal, when it sent a short plain-text one (at most WHY_BYTES of its
     body are read, within one `timeout`); the response is closed."""
     if not resp.headers.get("Content-Type", "").startswith("text/plain"):
