@@ -4,8 +4,9 @@ The rollout worker's profile (bench/rollout.py --profile, py-spy --gil) puts abo
 requests and what it calls (urllib3, http.client, email header parsing), for the twelve requests a push makes per
 phone. This measures one small keep-alive GET (a phone's JSON answer) against a local server, CPU of the client
 thread only, for: a requests Session (trust_env off, as fleet's sessions are), the same streamed, urllib3's
-connection pool, http.client, and fleet's boot-server publisher reading a file (urllib3 since issue 22's
-session 19: 9 of a push's 12 requests go to the boot server; the phones' REST is still on requests).
+connection pool, http.client, and fleet's own clients on urllib3 since session 19 (issue 22): the boot-server
+publisher reading a file (9 of a push's 12 requests go to the boot server) and a phone's REST device/info (its
+JSON parsed; the rest of a push's requests). State polling and the web UI, rare in a rollout, stay on requests.
 
 Run: .venv/bin/python bench/http_client.py [--requests N]
 """
@@ -23,7 +24,8 @@ import requests
 import urllib3
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from fleet.config.inventory import Credentials  # noqa: E402
+from fleet.config.inventory import Credentials, Phone  # noqa: E402
+from fleet.drivers.control.rest import RestPhone  # noqa: E402
 from fleet.drivers.publish.http_put import HttpPublisher  # noqa: E402
 
 BODY = b'{"data": {"ModelNumber": "VVX 410", "Firmware": {"Application": "5.9.5.0614"}}, "Status": "2000"}'
@@ -81,11 +83,14 @@ def main() -> None:
         conn.request("GET", "/api/v1/mgmt/device/info")
         conn.getresponse().read()
     publisher = HttpPublisher(f"http://127.0.0.1:{port}/boot/", Credentials(), 5.0)
+    phone = RestPhone(Phone(mac="0004f2000001", model="VVX 410", address="127.0.0.1", http_port=port,
+                            credentials="admin", firmware_family="uc-5.x"), Credentials("Polycom", "456"), timeout=5.0)
     rows = [("requests Session", lambda: session.get(url, timeout=5).content),
             ("requests Session, streamed", streamed),
             ("urllib3 pool", lambda: pool.request("GET", "/api/v1/mgmt/device/info", timeout=5).data),
             ("http.client", plain),
-            ("fleet boot-server read", lambda: publisher.read("0004f2000001.cfg"))]
+            ("fleet boot-server read", lambda: publisher.read("0004f2000001.cfg")),
+            ("fleet REST device/info", phone.device_info)]
     for _ in range(args.rounds):
         for name, fn in rows:
             print(f"{name:28s} {per_request(fn, n):.3f} ms CPU per request (client thread, {n} keep-alive GETs)")

@@ -60,3 +60,13 @@ class BoundedDigestAuth(HTTPDigestAuth):
                                time.monotonic() + budget)
             r._content, r._content_consumed = body[:self.CHALLENGE_BODY], True
         return super().handle_401(r, **kwargs)
+
+
+def discard_answer(resp: requests.Response | urllib3.BaseHTTPResponse, name: str, timeout: float,
+                   limit: int = 4096) -> None:
+    """An answer whose body nobody needs (a challenge before its retry): read, at most `limit` bytes within one
+    `timeout`, so its connection serves the next request; a longer or slower one closes it instead."""
+    try:
+        read_answer(resp, limit, name, "an answer not used", time.monotonic() + timeout)
+    except DeviceTimeout:
+        pass

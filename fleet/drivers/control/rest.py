@@ -18,14 +18,16 @@ never escapes as a traceback.
 from __future__ import annotations
 
 import errno
+import json
 import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import requests
+import urllib3
 from requests.auth import AuthBase, HTTPBasicAuth
-from requests.utils import parse_dict_header
+from urllib3.util import make_headers
 
 from soundpoint.conformance import version_in
 
@@ -33,10 +35,12 @@ from fleet.config.inventory import Credentials, Phone
 from fleet.phoneconf import firmware
 from fleet.phoneconf.firmware import REST_FROM
 from fleet.drivers.device_json import device_json
-from fleet.drivers.http_body import BoundedDigestAuth, read_answer
-from fleet.drivers.lan_http import NO_REDIRECTS, lan_session
+from fleet.drivers.digest_state import DigestState
+from fleet.drivers.http_body import BoundedDigestAuth, discard_answer, read_answer
+from fleet.drivers.lan_http import lan_pool
 from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
 
+USER_AGENT = "soundpoint-fleet"
 CALL_STATUS_V2_FROM = "5.8"       # api/v2/webCallControl/callStatus (a list of calls)
 MAX_ANSWER = 256 * 1024           # bytes read of one answer; a phone's JSON is a few kB
 CONFIG_GET_MAX = 20               # names per config/get (the manual; Posh-UCS refuses more)
@@ -212,31 +216,31 @@ def parse_config_values(data: object) -> dict[str, str]:
 
 
 # ------------------------------------------------------------ the client
-class _SessionAuth(AuthBase):
+class _SessionAuth:
     """Basic first (unless the inventory says digest), digest once the phone challenges with digest: the
     digest state (nonce, count) lives here, per RestPhone, so later requests carry it without a new 401."""
 
     def __init__(self, mode: str | None, credentials: Credentials) -> None:
         self.mode = mode                      # None: basic first, "basic", "digest"
-        self.basic = HTTPBasicAuth(credentials.username, credentials.password)
-        self.digest = BoundedDigestAuth(credentials.username, credentials.password)
+        self.basic = make_headers(basic_auth=f"{credentials.username}:{credentials.password}")["authorization"]
+        self.digest = DigestState(credentials.username, credentials.password)
         self.digest_known = mode == "digest"
 
-    def __call__(self, r):
-        return self.digest(r) if self.digest_known else self.basic(r)
+    def header(self, method: str, url: str) -> str | None:
+        """The Authorization for the next request: Basic, or the answer to the phone's digest challenge once
+        known (none before the first challenge in digest mode: the password never goes out as Basic)."""
+        if not self.digest_known:
+            return self.basic
+        return self.digest.answer(method, url) if self.digest.holds_nonce else None
 
     def take_challenge(self, header: str) -> bool:
         """The phone asked for digest after Basic: take its challenge (so the retry answers it at once); False
-        when there is nothing to change (digest refused, Basic asked for, or basic only)."""
-        scheme, _, rest = header.partition(" ")
+        when there is nothing to change (digest refused, Basic asked for, basic only, or no usable challenge)."""
+        scheme, _, _ = header.partition(" ")
         if scheme.lower() != "digest" or self.mode == "basic" or self.digest_known:
             return False
-        self.digest.init_per_thread_state()
-        chal = parse_dict_header(rest)
-        # as if requests had answered it once: the retry carries the answer instead of drawing a second 401
-        self.digest._thread_local.chal = chal
-        self.digest._thread_local.last_nonce = chal.get("nonce", "")
-        self.digest._thread_local.nonce_count = 0
+        if not self.digest.take(header):
+            return False
         self.digest_known = True
         return True
 
@@ -250,17 +254,19 @@ def phone_auth(phone: Phone, credentials: Credentials) -> AuthBase:
 
 
 class RestPhone:
-    """One phone's REST client: one session for its life, requests one at a time (`guard`, e.g. the per-phone
+    """One phone's REST client: one keep-alive connection and one authentication state for its life, requests one at a time (`guard`, e.g. the per-phone
     Redis lock, wraps each), endpoints chosen by `firmware` (the phone's version; "" until known)."""
 
-    def __init__(self, phone: Phone, credentials: Credentials, timeout: float = 5.0,
-                 session: requests.Session | None = None, firmware: str = "",
+    def __init__(self, phone: Phone, credentials: Credentials, timeout: float = 5.0, firmware: str = "",
                  guard: Callable[[], object] | None = None) -> None:
         self.phone = phone
         self.name = f"phone {phone.mac} ({phone.address})"
         self.base = f"http://{phone.address}:{phone.http_port}"
-        self.session = session or lan_session()
+        # urllib3 itself, one keep-alive connection (fleet.drivers.lan_http.lan_pool): no proxy or ~/.netrc from the
+        # environment, no redirect followed or read
+        self.pool = lan_pool(self.base, timeout)
         self.auth = _SessionAuth(phone.http_auth, credentials)
+        self.sent_digest = False               # the last request carried a digest answer (a 401 then: a wrong login)
         self.timeout = timeout
         self.firmware = firmware
         self.guard = guard
@@ -268,14 +274,36 @@ class RestPhone:
         self.last_answered: float | None = None   # when the last answer's head arrived (a reboot's: fleet.phones.ucs5)
 
     # -------------------------------------------------------- transport
-    def _send(self, method: str, path: str, body: dict | None, timeout: float) -> requests.Response:
+    def _send(self, method: str, path: str, body: dict | None, timeout: float) -> urllib3.BaseHTTPResponse:
+        """One request as the session's authentication stands; in digest, a challenge (the first in digest mode, a
+        stale nonce) answered once at once, as requests' digest handling did."""
+        url = self.base + path
+        data = json.dumps(body, allow_nan=False).encode() if body is not None else None
         try:
-            resp = self.session.request(method, self.base + path, json=body, auth=self.auth, timeout=timeout,
-                                        stream=True, allow_redirects=NO_REDIRECTS)
-            self.last_answered = time.time()   # stamped here: not after the lock's release and the body's parse
+            resp = self._once(method, path, data, self.auth.header(method, url), timeout)
+            if resp.status == 401 and self.auth.digest_known and \
+                    self.auth.digest.take(resp.headers.get("WWW-Authenticate", "")):
+                answer = self.auth.digest.answer(method, url)
+                if answer is not None:
+                    discard_answer(resp, self.name, timeout)
+                    resp = self._once(method, path, data, answer, timeout)
             return resp
-        except requests.RequestException as exc:
+        except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise no_answer(self.name, f"{method} {path}", exc, timeout) from None
+
+    def _once(self, method: str, path: str, data: bytes | None, authorization: str | None,
+              timeout: float) -> urllib3.BaseHTTPResponse:
+        headers = {"User-Agent": USER_AGENT, "Accept": "application/json"}
+        if data is not None:
+            headers["Content-Type"] = "application/json"
+        if authorization:
+            headers["Authorization"] = authorization
+        self.sent_digest = bool(authorization) and authorization.lower().startswith("digest")
+        resp = self.pool.urlopen(method, path, body=data, headers=headers, retries=False, redirect=False,
+                                 preload_content=False, release_conn=False,
+                                 timeout=urllib3.Timeout(connect=timeout, read=timeout))
+        self.last_answered = time.time()   # stamped here: not after the lock's release and the body's parse
+        return resp
 
     def _call(self, method: str, path: str, body: dict | None = None, timeout: float | None = None,
               accept: tuple[str, ...] = (OK,)) -> dict:
@@ -301,19 +329,20 @@ class RestPhone:
         what = f"{method} {path}"
         deadline = time.monotonic() + request_budget(timeout)
         resp = self._send(method, path, body, timeout)
-        if resp.status_code == 401:
+        if resp.status == 401:
             self.challenges += 1
             if self.auth.take_challenge(resp.headers.get("WWW-Authenticate", "")):
-                resp.close()
+                discard_answer(resp, self.name, max(0.0, min(timeout, deadline - time.monotonic())))
                 left = deadline - time.monotonic()
                 if left <= 0:
                     raise DeviceTimeout(self.name, f"{what}: no answer within {request_budget(timeout):g}s in all")
                 resp = self._send(method, path, body, min(timeout, left))
-                if resp.status_code == 401:
+                if resp.status == 401:
                     self.challenges += 1
         raw = read_answer(resp, MAX_ANSWER, self.name, what, deadline)
-        if resp.status_code == 401:
-            raise AuthRefused(self.name, f"{what}: HTTP 401{after_challenge(resp)} ({auth_hint(self.phone, resp)})")
+        if resp.status == 401:
+            after = " after answering the challenge" if self.sent_digest else ""
+            raise AuthRefused(self.name, f"{what}: HTTP 401{after} ({auth_hint(self.phone, resp)})")
         if len(raw) > MAX_ANSWER:
             raise MalformedAnswer(self.name, f"{what}: answer longer than {MAX_ANSWER} bytes")
         try:
@@ -322,12 +351,12 @@ class RestPhone:
             doc = None
         status = str(_key(doc, "Status")) if isinstance(doc, dict) and _key(doc, "Status") is not None else None
         if status is None:
-            if resp.status_code == 404:
+            if resp.status == 404:
                 raise RestUnsupported(self.name, f"{what}: HTTP 404 (no REST API: firmware before UC Software "
                                                  f"{REST_FROM}, apps.restapi.enabled=0, or an endpoint this "
                                                  f"firmware lacks)")
-            if resp.status_code >= 400:
-                raise DeviceRefused(self.name, f"{what}: HTTP {resp.status_code}")
+            if resp.status >= 400:
+                raise DeviceRefused(self.name, f"{what}: HTTP {resp.status}")
             raise MalformedAnswer(self.name, f"{what}: answer is not JSON" if doc is None else
                                   f"{what}: answer is a JSON {type(doc).__name__} without a Status")
         if status in accept:
@@ -401,7 +430,7 @@ def request_budget(timeout: float) -> float:
     return 3 * timeout
 
 
-def auth_hint(phone: Phone, resp: requests.Response) -> str:
+def auth_hint(phone: Phone, resp: requests.Response | urllib3.BaseHTTPResponse) -> str:
     """Why a 401 happened, for the operator: wrong credentials, or a phone that asks for the other scheme."""
     asked = resp.headers.get("WWW-Authenticate", "").split(" ", 1)[0].lower()
     if asked and phone.http_auth and asked != phone.http_auth:
@@ -440,9 +469,10 @@ def _os_error(exc: BaseException | None, depth: int = 0) -> OSError | None:
     return None
 
 
-def no_answer(name: str, what: str, exc: requests.RequestException, timeout: float) -> DeviceTimeout:
-    """A request that got no HTTP answer, as the error saying which way: no answer in time, refused, unreachable."""
-    if isinstance(exc, requests.Timeout):
+def no_answer(name: str, what: str, exc: BaseException, timeout: float) -> DeviceTimeout:
+    """A request that got no HTTP answer (requests' or urllib3's error), as the error saying which way: no answer in
+    time, refused, unreachable."""
+    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
         return DeviceTimeout(name, f"{what}: no answer within {timeout:g}s")
     cause = _os_error(exc)
     if cause is not None and cause.errno == errno.ECONNREFUSED:

@@ -31,7 +31,7 @@ import urllib3
 from fleet.config.inventory import Credentials
 from fleet.drivers.digest_state import DigestState
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout
-from fleet.drivers.http_body import read_answer
+from fleet.drivers.http_body import discard_answer, read_answer
 from fleet.drivers.lan_http import lan_pool
 from fleet.drivers.publish.names import check_name, shown
 from fleet.drivers.publish.size import MAX_FILE_BYTES, too_long
@@ -70,10 +70,7 @@ class HttpPublisher:
     def _discard(self, resp: Answer) -> None:
         """A challenge's body, read (at most CHALLENGE_BODY, within one timeout) so its connection serves the retry;
         a longer or slower one closes it instead."""
-        try:
-            read_answer(resp, CHALLENGE_BODY, self.name, "a challenge", time.monotonic() + self.timeout)
-        except DeviceTimeout:
-            pass
+        discard_answer(resp, self.name, self.timeout, CHALLENGE_BODY)
 
     def _exchange(self, method: str, path: str, url: str, data: bytes | None,
                   digest: DigestState | None) -> tuple[Answer, bool]:
