@@ -254,8 +254,9 @@ def phone_auth(phone: Phone, credentials: Credentials) -> AuthBase:
 
 
 class RestPhone:
-    """One phone's REST client: one keep-alive connection and one authentication state for its life, requests one at a time (`guard`, e.g. the per-phone
-    Redis lock, wraps each), endpoints chosen by `firmware` (the phone's version; "" until known)."""
+    """One phone's REST client: one keep-alive connection and one authentication state for its life, requests one
+    at a time (`guard`, e.g. the per-phone Redis lock, wraps each), endpoints chosen by `firmware` (the phone's
+    version; "" until known)."""
 
     def __init__(self, phone: Phone, credentials: Credentials, timeout: float = 5.0, firmware: str = "",
                  guard: Callable[[], object] | None = None) -> None:
