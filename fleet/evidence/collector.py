@@ -551,8 +551,12 @@ class SiteCollector:
 
     async def _flush_loop(self) -> None:
         while True:
-            if await self.pending.wait(FLUSH_S):
-                await asyncio.sleep(GATHER_S)     # not when they were waiting already (during the last store call)
+            await self.pending.wait(FLUSH_S)
+            if self.pending:
+                # also when they were waiting already (they came during the last store call): under a steady stream
+                # the store calls would otherwise follow each other back to back, a few observations each (the
+                # collector took 3.3-3.7 CPU-s instead of 2.4-2.7 while the bench's bare client rebooted 1,000 phones)
+                await asyncio.sleep(GATHER_S)
             if self.kept:
                 await self._flush_kept()
             if not self.pending and not self.unstored.due(time.monotonic()):
