@@ -315,7 +315,8 @@ class RolloutDriver:
                 deadline_passed: bool) -> policy.Step:
         """One decision on a wave from what was read (the policy's), with its actions carried out; the dispatch it
         decided is the caller's to send, after it checked the lease again."""
-        observed_now = {} if abort else self._observed({m: snapshot.get(m, {}) for m in macs}, recheck)
+        # the records of the phones to look at only (to_observe reads no other): not a dict of the whole wave each pass
+        observed_now = {} if abort else self._observed({m: snapshot.get(m, {}) for m in recheck}, recheck)
         decided = policy.step(wave, macs, snapshot, observed_now, self.limits, now=time.time(),
                               deadline_passed=deadline_passed, abort=abort, downs=self._downs)
         self._carry_out(decided.actions, snapshot)

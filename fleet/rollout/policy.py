@@ -371,14 +371,16 @@ def unavailable(snapshot: PhoneStates, limits: Limits, now: float) -> dict[str, 
     return counts
 
 
-def dispatch(states: PhoneStates, snapshot: PhoneStates, limits: Limits, now: float) -> list[Action]:
-    """Phones of the wave to send now: pending ones, and deferred ones whose retry time came, within max_unavailable."""
+def dispatch(macs: list[str], snapshot: PhoneStates, limits: Limits, now: float) -> list[Action]:
+    """Phones of the wave (`macs`, in plan order) to send now: pending ones, and deferred ones whose retry time came,
+    within max_unavailable."""
     busy = unavailable(snapshot, limits, now)
     open_sites = sum(1 for s, n in busy.items() if n < limits.max_unavailable[s])
     out: list[Action] = []
-    for mac, st in states.items():
+    for mac in macs:
         if not open_sites:
             break          # every site is at its limit: nothing further down the wave can go (a big wave, every pass)
+        st = snapshot[mac]
         state = st.get("state")
         ready = state == "pending" or (state == "deferred" and now - _f(st, "deferred_at") > limits.defer_retry)
         site = limits.site_of[mac]
@@ -465,7 +467,7 @@ def step(wave: int, macs: list[str], snapshot: PhoneStates, observed: Observed, 
     if deadline_passed:
         return Step(actions, verdict=HALT, reason=f"wave {wave} missed its progress deadline "
                                                   f"({limits.progress_deadline:g}s); waiting on {_waiting_on(macs, view)}")
-    return Step(actions, dispatch({m: view[m] for m in macs}, view, limits, now))
+    return Step(actions, dispatch(macs, view, limits, now))
 
 
 def settle(macs: list[str], states: PhoneStates, observed: Observed, limits: Limits, now: float,
