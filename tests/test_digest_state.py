@@ -52,3 +52,11 @@ def test_a_challenge_asking_for_what_cannot_be_answered_gives_no_answer():
     assert state.answer("GET", "http://10.0.0.5/x") is None
     assert state.take('Digest realm="r", nonce="n", qop="auth-int"')
     assert state.answer("GET", "http://10.0.0.5/x") is None
+
+
+def test_a_challenge_with_bare_parameters_is_not_taken():
+    """`Digest realm, nonce` parses to parameters without values: nothing an answer could be computed from (it made
+    requests' answer raise AttributeError)."""
+    state = DigestState("Polycom", PASSWORD)
+    assert not state.take("Digest realm, nonce")
+    assert state.answer("GET", "http://10.0.0.5/x") is None

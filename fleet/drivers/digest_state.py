@@ -40,8 +40,8 @@ class DigestState:
         if "digest" not in header.lower():
             return False
         chal = parse_dict_header(_SCHEME.sub("", header, count=1))
-        if "nonce" not in chal or "realm" not in chal:
-            return False        # nothing an answer could be computed from
+        if not isinstance(chal.get("nonce"), str) or not isinstance(chal.get("realm"), str):
+            return False        # nothing an answer could be computed from (`Digest realm, nonce` gives None values)
         self._state().chal = chal
         return True
 
@@ -52,5 +52,5 @@ class DigestState:
             return None
         try:
             return self._auth.build_digest_header(method, url)
-        except (TypeError, ValueError):
+        except (AttributeError, TypeError, ValueError):
             return None     # a parameter of a shape the answer cannot use

@@ -13,7 +13,7 @@ import requests
 import urllib3
 from requests.auth import HTTPDigestAuth
 
-from fleet.drivers.errors import DeviceTimeout
+from fleet.drivers.errors import DeviceTimeout, MalformedAnswer
 
 
 def read_answer(resp: requests.Response | urllib3.BaseHTTPResponse, limit: int, name: str, what: str,
@@ -29,11 +29,18 @@ def read_answer(resp: requests.Response | urllib3.BaseHTTPResponse, limit: int, 
                 return bytes(resp.content[:limit + 1])  # not streamed, or already read (bounded) by BoundedDigestAuth
             raw = resp.raw
         else:
-            raw = resp      # urllib3's own (the boot-server publisher): read to its end, its connection is reused
+            # urllib3's own (the publisher, phone REST): read to its end, its connection is reused. Those clients ask
+            # for no compression, and a compressed body is refused rather than decoded: urllib3 reads on until the
+            # decoder yields something, so empty deflate blocks dripping in would never return to the deadline
+            raw = resp
+            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+            if encoding not in ("", "identity"):
+                raise MalformedAnswer(name, f"{what}: a compressed answer ({encoding[:20]}), which was not asked for")
+        decode = raw is not resp
         while len(out) <= limit:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeviceTimeout(name, f"{what}: the answer was not complete in time")
-            chunk = raw.read1(min(65536, limit + 1 - len(out)), decode_content=True)
+            chunk = raw.read1(min(65536, limit + 1 - len(out)), decode_content=decode)
             if not chunk:
                 break
             out += chunk
@@ -68,5 +75,5 @@ def discard_answer(resp: requests.Response | urllib3.BaseHTTPResponse, name: str
     `timeout`, so its connection serves the next request; a longer or slower one closes it instead."""
     try:
         read_answer(resp, limit, name, "an answer not used", time.monotonic() + timeout)
-    except DeviceTimeout:
-        pass
+    except (DeviceTimeout, MalformedAnswer):
+        pass        # closed: the next request opens a connection of its own

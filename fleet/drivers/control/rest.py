@@ -222,15 +222,20 @@ class _SessionAuth:
 
     def __init__(self, mode: str | None, credentials: Credentials) -> None:
         self.mode = mode                      # None: basic first, "basic", "digest"
-        self.basic = make_headers(basic_auth=f"{credentials.username}:{credentials.password}")["authorization"]
+        self.credentials = credentials
+        self._basic: str | None = None        # worked out when first sent (never in digest mode)
         self.digest = DigestState(credentials.username, credentials.password)
         self.digest_known = mode == "digest"
 
     def header(self, method: str, url: str) -> str | None:
         """The Authorization for the next request: Basic, or the answer to the phone's digest challenge once
-        known (none before the first challenge in digest mode: the password never goes out as Basic)."""
+        known (none before the first challenge in digest mode: the password never goes out as Basic).
+        UnicodeEncodeError: a login Basic cannot carry (Latin-1 only, as requests encoded it too)."""
         if not self.digest_known:
-            return self.basic
+            if self._basic is None:
+                creds = self.credentials
+                self._basic = make_headers(basic_auth=f"{creds.username}:{creds.password}")["authorization"]
+            return self._basic
         return self.digest.answer(method, url) if self.digest.holds_nonce else None
 
     def take_challenge(self, header: str) -> bool:
@@ -281,7 +286,13 @@ class RestPhone:
         url = self.base + path
         data = json.dumps(body, allow_nan=False).encode() if body is not None else None
         try:
-            resp = self._once(method, path, data, self.auth.header(method, url), timeout)
+            authorization = self.auth.header(method, url)
+        except UnicodeEncodeError:
+            # the message names no character of the password (the encoder's own would show one and its place)
+            raise AuthRefused(self.name, f"{method} {path}: the login cannot be sent as Basic (a character outside "
+                                         "Latin-1); set http_auth: digest for this phone") from None
+        try:
+            resp = self._once(method, path, data, authorization, timeout)
             if resp.status == 401 and self.auth.digest_known and \
                     self.auth.digest.take(resp.headers.get("WWW-Authenticate", "")):
                 answer = self.auth.digest.answer(method, url)
@@ -472,8 +483,10 @@ def _os_error(exc: BaseException | None, depth: int = 0) -> OSError | None:
 
 def no_answer(name: str, what: str, exc: BaseException, timeout: float) -> DeviceTimeout:
     """A request that got no HTTP answer (requests' or urllib3's error), as the error saying which way: no answer in
-    time, refused, unreachable."""
-    if isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
+    time, refused, unreachable. urllib3 makes a connection that failed (NewConnectionError: refused, no route, a
+    name that does not resolve) a subclass of its TimeoutError; it is told by its socket error, as requests does."""
+    connect_failed = isinstance(exc, urllib3.exceptions.NewConnectionError)
+    if not connect_failed and isinstance(exc, (requests.Timeout, urllib3.exceptions.TimeoutError)):
         return DeviceTimeout(name, f"{what}: no answer within {timeout:g}s")
     cause = _os_error(exc)
     if cause is not None and cause.errno == errno.ECONNREFUSED:

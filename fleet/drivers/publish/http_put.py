@@ -30,7 +30,7 @@ import urllib3
 
 from fleet.config.inventory import Credentials
 from fleet.drivers.digest_state import DigestState
-from fleet.drivers.errors import DeviceRefused, DeviceTimeout
+from fleet.drivers.errors import DeviceRefused, DeviceTimeout, MalformedAnswer
 from fleet.drivers.http_body import discard_answer, read_answer
 from fleet.drivers.lan_http import lan_pool
 from fleet.drivers.publish.names import check_name, shown
@@ -68,8 +68,8 @@ class HttpPublisher:
                                  preload_content=False, release_conn=False)
 
     def _discard(self, resp: Answer) -> None:
-        """A challenge's body, read (at most CHALLENGE_BODY, within one timeout) so its connection serves the retry;
-        a longer or slower one closes it instead."""
+        """An answer's body nobody needs (a challenge's, a write's), read (at most CHALLENGE_BODY, within one
+        timeout) so its connection serves the next request; a longer or slower one closes it instead."""
         discard_answer(resp, self.name, self.timeout, CHALLENGE_BODY)
 
     def _exchange(self, method: str, path: str, url: str, data: bytes | None,
@@ -105,7 +105,11 @@ class HttpPublisher:
                 return resp
             if "basic" in offers and self.https:
                 self._discard(resp)
-                basic = urllib3.util.make_headers(basic_auth=f"{creds.username}:{creds.password}")["authorization"]
+                try:
+                    basic = urllib3.util.make_headers(basic_auth=f"{creds.username}:{creds.password}")["authorization"]
+                except UnicodeEncodeError:      # its message would show a character of the password
+                    raise DeviceRefused(self.name, f"{method} {shown(name)}: the server asks for Basic, which cannot "
+                                                   "carry this login (a character outside Latin-1)") from None
                 return self._send(method, path, data, basic)
             if "basic" in offers:
                 resp.close()
@@ -113,6 +117,8 @@ class HttpPublisher:
                                                "plain HTTP; fleet never sends the password in clear (offer Digest on "
                                                "the server, or use https://)")
             return resp
+        except urllib3.exceptions.NewConnectionError as exc:    # refused, no route, a name that does not resolve
+            raise DeviceTimeout(self.name, f"{method} {shown(name)}: cannot connect ({type(exc).__name__})") from None
         except urllib3.exceptions.TimeoutError:
             raise DeviceTimeout(self.name, f"{method} {shown(name)}: no answer within {self.timeout:g}s") from None
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
@@ -138,7 +144,7 @@ class HttpPublisher:
         deadline = time.monotonic() + 3 * self.timeout
         resp = self._call("GET", filename)
         if resp.status == 404:
-            resp.close()
+            self._discard(resp)     # read (it is short), so the connection serves the next request
             return None
         if resp.status != 200:
             raise DeviceRefused(self.name, f"GET {shown(filename)}: HTTP {resp.status}{_why(resp, self.timeout)}")
@@ -156,14 +162,14 @@ class HttpPublisher:
         resp = self._call("PUT", filename, data)
         if resp.status not in (200, 201, 204):
             raise DeviceRefused(self.name, f"PUT {shown(filename)}: HTTP {resp.status}{_why(resp, self.timeout)}")
-        resp.close()
+        self._discard(resp)
 
     def delete(self, filename: str) -> None:
         resp = self._call("DELETE", filename)
         if resp.status not in (200, 202, 204, 404):
             raise DeviceRefused(self.name,
                                 f"DELETE {shown(filename)}: HTTP {resp.status}{_why(resp, self.timeout)}")
-        resp.close()
+        self._discard(resp)
 
     def close(self) -> None:
         self.pool.close()
@@ -189,7 +195,7 @@ def _why(resp: Answer, timeout: float) -> str:
         return ""
     try:
         raw = read_answer(resp, WHY_BYTES, "the boot server", "a refusal's reason", time.monotonic() + timeout)
-    except DeviceTimeout:
+    except (DeviceTimeout, MalformedAnswer):
         return ""
     text = raw[:WHY_BYTES].decode("utf-8", "replace").strip()
     text = text.splitlines()[0][:80] if text else ""
