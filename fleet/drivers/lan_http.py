@@ -5,6 +5,10 @@ phone's request, with its admin login (Basic, as UC Software documents it), to w
 shell names for the internet; a ~/.netrc would add credentials to a request that carries none on purpose (a web
 UI read that waits to be challenged). Phones are reached directly on the LAN, never through a proxy. It is also
 cheaper: requests otherwise looks the environment's proxies, no_proxy and netrc up for every request.
+
+Two ways in: `lan_session`/`lan_request` (requests, for state polling and the web UI, rare in a rollout) and
+`lan_pool` (urllib3 itself, for the phones' REST and the boot-server publisher, the requests every push makes:
+about half the CPU per request, bench/http_client.py).
 """
 from __future__ import annotations
 
