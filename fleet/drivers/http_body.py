@@ -29,18 +29,17 @@ def read_answer(resp: requests.Response | urllib3.BaseHTTPResponse, limit: int, 
                 return bytes(resp.content[:limit + 1])  # not streamed, or already read (bounded) by BoundedDigestAuth
             raw = resp.raw
         else:
-            # urllib3's own (the publisher, phone REST): read to its end, its connection is reused. Those clients ask
-            # for no compression, and a compressed body is refused rather than decoded: urllib3 reads on until the
-            # decoder yields something, so empty deflate blocks dripping in would never return to the deadline
-            raw = resp
-            encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
-            if encoding not in ("", "identity"):
-                raise MalformedAnswer(name, f"{what}: a compressed answer ({encoding[:20]}), which was not asked for")
-        decode = raw is not resp
+            raw = resp      # urllib3's own (the publisher, phone REST): read to its end, its connection is reused
+        # every client asks for no compression (lan_http), and a compressed body is refused rather than decoded:
+        # urllib3 reads on until its decoder yields something, so empty deflate blocks dripping in would never
+        # return to the deadline
+        encoding = resp.headers.get("Content-Encoding", "identity").strip().lower()
+        if encoding not in ("", "identity"):
+            raise MalformedAnswer(name, f"{what}: a compressed answer ({encoding[:20]}), which was not asked for")
         while len(out) <= limit:
             if deadline is not None and time.monotonic() > deadline:
                 raise DeviceTimeout(name, f"{what}: the answer was not complete in time")
-            chunk = raw.read1(min(65536, limit + 1 - len(out)), decode_content=decode)
+            chunk = raw.read1(min(65536, limit + 1 - len(out)), decode_content=False)
             if not chunk:
                 break
             out += chunk

@@ -34,11 +34,14 @@ def _not_a_redirect(resp: requests.Response, *args, **kwargs) -> requests.Respon
 
 
 def lan_session() -> requests.Session:
-    """A session that ignores proxies, no_proxy and ~/.netrc from the environment (the phones have no TLS) and
-    never reads or follows a redirect."""
+    """A session that ignores proxies, no_proxy and ~/.netrc from the environment (the phones have no TLS), never
+    reads or follows a redirect and asks for no compression."""
     session = requests.Session()
     session.trust_env = False
     session.hooks["response"].append(_not_a_redirect)
+    # no compression (requests asks for gzip by default): read_answer refuses a compressed answer, whose decoding
+    # could hold a read past its deadline
+    session.headers["Accept-Encoding"] = "identity"
     return session
 
 

@@ -80,8 +80,11 @@ class Poller:
         self._challenges: dict[tuple[str, int], dict[str, str]] = {}   # the last digest challenge of each phone
 
     async def __aenter__(self) -> "Poller":
+        # no compression asked for and none undone: a compressed answer reaches the parser as it came, and is
+        # malformed there (a decompressed chunk could be a thousand times the bytes that came; MAX_ANSWER bounds these)
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=self.timeout),
-                                              connector=aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=2))
+                                              connector=aiohttp.TCPConnector(limit=self.concurrency, limit_per_host=2),
+                                              headers={"Accept-Encoding": "identity"}, auto_decompress=False)
         return self
 
     async def __aexit__(self, *exc) -> None:
