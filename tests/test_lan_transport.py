@@ -24,13 +24,17 @@ def _phone(port: int, **fields) -> Phone:
 
 
 class _Server:
-    """Answers every GET with `body` and the given headers."""
+    """Answers every GET with `body` and the given headers; `asked` holds each request's Accept-Encoding."""
 
     def __init__(self, body: bytes, headers: dict[str, str]) -> None:
+        self.asked: list[str] = []
+        asked = self.asked
+
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
 
             def do_GET(self) -> None:
+                asked.append(self.headers.get("Accept-Encoding", ""))
                 self.send_response(200)
                 for k, v in headers.items():
                     self.send_header(k, v)
@@ -93,34 +97,12 @@ def test_state_polling_asks_for_no_compression_and_refuses_it():
     (requests would have asked for gzip and decoded it, where a drip of empty deflate blocks outlasts the deadline)."""
     from fleet.drivers.control import polling
 
-    asked: list[str] = []
     body = gzip.compress(b"<PolycomIPPhone><DeviceInformation><MACAddress>0004f2abcdef</MACAddress>"
                          b"</DeviceInformation></PolycomIPPhone>")
-
-    class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
-
-        def do_GET(self) -> None:
-            asked.append(self.headers.get("Accept-Encoding", ""))
-            self.send_response(200)
-            self.send_header("Content-Type", "text/xml")
-            self.send_header("Content-Encoding", "gzip")
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *a) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
-        phone = Phone(mac="0004f2abcdef", model="SoundPoint IP 650", address="127.0.0.1",
-                      http_port=server.server_address[1], credentials="admin", firmware_family="sip-3.x")
+    with _Server(body, {"Content-Type": "text/xml", "Content-Encoding": "gzip"}) as server:
+        phone = Phone(mac="0004f2abcdef", model="SoundPoint IP 650", address="127.0.0.1", http_port=server.port,
+                      credentials="admin", firmware_family="sip-3.x")
         with pytest.raises(MalformedAnswer) as exc:
             polling.device_information(phone, Credentials("Polycom", "456"), timeout=2)
         assert "compressed" in str(exc.value)
-        assert asked and all(a == "identity" for a in asked), asked
-    finally:
-        server.shutdown()
-        server.server_close()
+        assert server.asked and all(a == "identity" for a in server.asked), server.asked

@@ -3,17 +3,21 @@ the answer to it for the next request, with the next nonce count.
 
 The answer itself is computed by requests' HTTPDigestAuth.build_digest_header (MD5, SHA-256, SHA-512, their -sess
 forms, qop auth), the code every other request fleet sends to a device already answers challenges with; this keeps
-only the state, so the urllib3 transport of the boot-server publisher can answer a challenge without a requests
-Session around it.
+only the state, so the urllib3 clients (the boot-server publisher, the phones' REST) can answer a challenge without
+a requests Session around it. `send_answering` is the one exchange both make: a request, and once more answering
+the challenge its 401 brings.
 """
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from typing import TypeVar
 
 from requests.auth import HTTPDigestAuth
 from requests.utils import parse_dict_header
 
 _SCHEME = re.compile(r"digest ", flags=re.IGNORECASE)
+Answer = TypeVar("Answer")      # the client's response type (urllib3's): it has .status and .headers
 CHALLENGE_MAX = 4096     # characters of a WWW-Authenticate header read for its challenge
 
 
@@ -35,7 +39,8 @@ class DigestState:
 
     def take(self, www_authenticate: str) -> bool:
         """The server's challenge from its WWW-Authenticate header; False when it offers no Digest, or one without
-        the nonce and realm an answer needs (the state is left as it was). As requests does: the text after the first "Digest " is the challenge's parameters."""
+        the nonce and realm an answer needs (the state is left as it was). As requests does: the text after the
+        first "Digest " is the challenge's parameters."""
         header = www_authenticate[:CHALLENGE_MAX]
         if "digest" not in header.lower():
             return False
@@ -54,3 +59,18 @@ class DigestState:
             return self._auth.build_digest_header(method, url)
         except (AttributeError, TypeError, ValueError):
             return None     # a parameter of a shape the answer cannot use
+
+
+def send_answering(send: Callable[[str | None], Answer], digest: DigestState | None, method: str, url: str,
+                   authorization: str | None, discard: Callable[[Answer], None]) -> tuple[Answer, bool]:
+    """`send(authorization)`; when its answer is a 401 with a Digest challenge `digest` takes and can answer, that
+    answer's body goes to `discard` (read, so the connection serves the retry) and the request is sent once more
+    with the answer, as requests' digest handling did (a stale nonce too). The last answer, and whether a challenge
+    was answered."""
+    resp = send(authorization)
+    if resp.status == 401 and digest is not None and digest.take(resp.headers.get("WWW-Authenticate", "")):
+        answer = digest.answer(method, url)
+        if answer is not None:
+            discard(resp)
+            return send(answer), True
+    return resp, False

@@ -66,7 +66,7 @@ def ca_bundle() -> str:
 
 def lan_pool(url: str, timeout: float) -> urllib3.HTTPConnectionPool:
     """A keep-alive connection to the server of `url`, for a client that sends many small requests to one server
-    (the boot-server publisher): urllib3 directly, half the CPU per request of a requests Session
+    (the boot-server publisher, a phone's REST client): urllib3 directly, half the CPU per request of a requests Session
     (bench/http_client.py). urllib3 reads no proxy or ~/.netrc from the environment, follows a redirect only when
     told to (fleet never does) and then reads no body of it; https is verified (`ca_bundle`)."""
     kwargs: dict = {"maxsize": 1, "retries": False, "timeout": urllib3.Timeout(connect=timeout, read=timeout)}

@@ -35,7 +35,7 @@ from fleet.config.inventory import Credentials, Phone
 from fleet.phoneconf import firmware
 from fleet.phoneconf.firmware import REST_FROM
 from fleet.drivers.device_json import device_json
-from fleet.drivers.digest_state import DigestState
+from fleet.drivers.digest_state import DigestState, send_answering
 from fleet.drivers.http_body import BoundedDigestAuth, discard_answer, read_answer
 from fleet.drivers.lan_http import lan_pool
 from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
@@ -292,13 +292,9 @@ class RestPhone:
             raise AuthRefused(self.name, f"{method} {path}: the login cannot be sent as Basic (a character outside "
                                          "Latin-1); set http_auth: digest for this phone") from None
         try:
-            resp = self._once(method, path, data, authorization, timeout)
-            if resp.status == 401 and self.auth.digest_known and \
-                    self.auth.digest.take(resp.headers.get("WWW-Authenticate", "")):
-                answer = self.auth.digest.answer(method, url)
-                if answer is not None:
-                    discard_answer(resp, self.name, timeout)
-                    resp = self._once(method, path, data, answer, timeout)
+            resp, _ = send_answering(lambda auth: self._once(method, path, data, auth, timeout),
+                                     self.auth.digest if self.auth.digest_known else None, method, url,
+                                     authorization, lambda answered: discard_answer(answered, self.name, timeout))
             return resp
         except (urllib3.exceptions.HTTPError, OSError, ValueError) as exc:
             raise no_answer(self.name, f"{method} {path}", exc, timeout) from None

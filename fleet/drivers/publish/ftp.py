@@ -69,7 +69,7 @@ class FtpPublisher:
             self.ftp.close()
             raise DeviceTimeout(self.name, f"cannot connect ({getattr(exc, 'strerror', None) or type(exc).__name__})") from None
 
-    def _open(self, verb: str, name: str) -> None:
+    def _open(self) -> None:
         """A transfer cut off (too long, too slow) closed the connection mid-reply: the next request logs in again."""
         if self.ftp.sock is None:
             self._connect()
@@ -125,7 +125,7 @@ class FtpPublisher:
         """The file's bytes (None when absent): at most MAX_FILE_BYTES, within three timeouts in all. A transfer
         cut off for either leaves the control connection mid-reply, so it is closed: the push fails with why."""
         name = check_name(self.name, filename)
-        self._open("RETR", name)
+        self._open()
         buf = io.BytesIO()
         deadline = time.monotonic() + 3 * self.timeout
 
@@ -151,7 +151,7 @@ class FtpPublisher:
 
     def write(self, filename: str, data: bytes) -> None:
         name = check_name(self.name, filename)
-        self._open("STOR", name)
+        self._open()
         target, tmp = self._path(name), self._path(temp_name())
         try:
             if self._is_directory(target):
@@ -176,7 +176,7 @@ class FtpPublisher:
 
     def delete(self, filename: str) -> None:
         name = check_name(self.name, filename)
-        self._open("DELE", name)
+        self._open()
         try:
             try:
                 self.ftp.delete(self._path(name))

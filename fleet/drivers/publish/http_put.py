@@ -29,7 +29,7 @@ from urllib.parse import quote, urlsplit
 import urllib3
 
 from fleet.config.inventory import Credentials
-from fleet.drivers.digest_state import DigestState
+from fleet.drivers.digest_state import DigestState, send_answering
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout, MalformedAnswer
 from fleet.drivers.http_body import discard_answer, read_answer
 from fleet.drivers.lan_http import lan_pool
@@ -78,13 +78,8 @@ class HttpPublisher:
         answering the server's Digest challenge when it sends one (a stale nonce too). The answer, and whether a
         challenge was answered."""
         unasked = digest.answer(method, url) if digest is not None and digest.holds_nonce else None
-        resp = self._send(method, path, data, unasked)
-        if resp.status == 401 and digest is not None and digest.take(resp.headers.get("WWW-Authenticate", "")):
-            answer = digest.answer(method, url)
-            if answer is not None:
-                self._discard(resp)
-                return self._send(method, path, data, answer), True
-        return resp, False
+        return send_answering(lambda auth: self._send(method, path, data, auth), digest, method, url, unasked,
+                              self._discard)
 
     def _call(self, method: str, filename: str, data: bytes | None = None) -> Answer:
         name = check_name(self.name, filename)
