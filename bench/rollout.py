@@ -193,6 +193,22 @@ def redis_memory(url: str) -> int:
     return int(redis.Redis.from_url(url).info("memory")["used_memory"])
 
 
+def redis_calls(url: str) -> dict[str, int]:
+    """Commands Redis has served so far, per command (INFO commandstats): what a run costs it, in round trips'
+    worth of work (a pipeline's commands count one each)."""
+    import redis
+    stats = redis.Redis.from_url(url).info("commandstats")
+    return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in stats.items()}
+
+
+def calls_line(before: dict[str, int], after: dict[str, int], phones: int) -> str:
+    """Redis commands per phone over a run, the busiest named."""
+    delta = {k: n - before.get(k, 0) for k, n in after.items() if n - before.get(k, 0) > 0}
+    top = sorted(delta.items(), key=lambda kv: -kv[1])[:8]
+    return (f"Redis commands {sum(delta.values()) / phones:.1f} per phone ("
+            + ", ".join(f"{k} {n / phones:.1f}" for k, n in top) + ")")
+
+
 def our_rollout(inv: Path, url: str, work: Path, expires: int, phones: int, max_unavailable: int,
                 profiler: Profiler | None = None, registered_to: tuple[int, ...] = (1, 2)) -> float:
     pb = work / f"pb-{expires}.yml"
@@ -202,6 +218,7 @@ def our_rollout(inv: Path, url: str, work: Path, expires: int, phones: int, max_
                                   "verify": {"registered_to": list(registered_to), "within": 120}}))
     env = dict(os.environ, FLEET_REDIS_URL=url)
     mem0 = redis_memory(url)
+    calls0 = redis_calls(url)
     t0 = time.perf_counter()
     proc = subprocess.Popen([BIN / "fleet", "rollout", "run", str(pb), "--inventory", str(inv), "--json"], env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -220,6 +237,7 @@ def our_rollout(inv: Path, url: str, work: Path, expires: int, phones: int, max_
 
     rs = RolloutStore(Store(url))
     our_rollout.memory = redis_memory(url) - mem0
+    our_rollout.calls = calls_line(calls0, redis_calls(url), phones)
     created = float(rs.get_field(out["id"], "created"))
     our_rollout.span = float(rs.get_field(out["id"], "finished")) - created   # its own recorded span, no CLI start-up
     our_rollout.cli_start = elapsed - our_rollout.span
@@ -397,7 +415,7 @@ def textbook_bound(times: dict[str, float], site_of: dict[str, str], slots: int)
 
 
 def stragglers(records: dict[str, dict], labs: "Labs", since: float, over_s: float = 5.0, most: int = 5) -> list[str]:
-    """Phones verified more than `over_s` after their reboot, each with its record's stamps (seconds from reboot_at)
+    """Phones verified more than `over_s` after their reboot (the case's reboot time plus 5 s), each with its record's stamps (seconds from reboot_at)
     and the lab's own record of its registrations: a verification that waited for a refresh shows why."""
     late = [(m, r) for m, r in records.items() if r.get("reboot_at") and r.get("settled_at")
             and float(r["settled_at"]) - float(r["reboot_at"]) > over_s]
@@ -475,7 +493,8 @@ def run_case(name: str, work: Path, profile: Path | None, say, per_site_override
         say(f"  ours: {our_rollout.phases}")
         say(f"  ours: {our_rollout.steps}")
         say(f"  ours: {cpu.line()}")
-        for line in stragglers(our_rollout.records, lab, t0):
+        say(f"  ours: {our_rollout.calls}")
+        for line in stragglers(our_rollout.records, lab, t0, over_s=boot + 5.0):   # late past the reboot itself
             say(f"  ours: straggler {line}")
         say(f"  ours: controller CPU {sum(controller.values()) / phones * 1000:.2f} ms per phone (workers, collector, "
             f"CLI, Redis); Redis memory {our_rollout.memory / phones:.0f} bytes per phone (the rollout's records)")

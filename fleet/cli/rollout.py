@@ -149,7 +149,7 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, limit: t
 
     configure(store.url)
     try:
-        rid, pb, inv, _ = create(playbook_path, inventory_path, store, rid, limit=list(limit) or None)
+        rid, pb, inv, _ = create(playbook_path, inventory_path, store, rid, limit=list(limit) or None, loaded=(pb, inv))
     except PlanError as exc:
         fail(f"{playbook_path}: {exc}" if "--limit" not in str(exc) else str(exc), EXIT_INPUT)
     except Overloaded as exc:

@@ -173,7 +173,7 @@ def _push(rid: str, mac: str, attempt: int, retry_on: Retryable) -> dict:
         resolved = secret_params.resolve(plan.params, plan.secret_refs, secrets.resolve_param)
         if not _publish(rid, mac, state, rs, resolved, site.boot_server.url, boot_creds,
                         site.boot_server.master_file or "", _restore_marks(inv, rs, plan.restore_from, mac),
-                        tuple(p.mac for p in site.phones if p.mac != mac), attempt=attempt):
+                        _other_phones(site, mac) if plan.restore_from else (), attempt=attempt):
             return _overtaken(rs, rid, mac, "about to publish")
         reboot_at = time.time()
         if not rs.claim_and_record_reboot(rid, mac, attempt, reboot_at):
@@ -274,6 +274,12 @@ def _may_stay_up(control: phones.PhoneControl, sent: list[str], params: dict[str
     if not control.may_stay_up(sent, params):
         return {}
     return {"reboot_optional": "1", "reports_shutdown": "1" if control.reports_shutdown(params) else "0"}
+
+
+def _other_phones(site: inv_mod.Site, mac: str) -> tuple[str, ...]:
+    """The site's other phones, whose files a revert's shared master may name: only a revert needs them (a walk of
+    the whole site per push was a visible share of a worker's time in a 1,000-phone rollout)."""
+    return tuple(p.mac for p in site.phones if p.mac != mac)
 
 
 def _restore_marks(inv: inv_mod.Inventory, rs: RolloutStore, restore_from: str, mac: str) -> tuple[str, dict] | None:
