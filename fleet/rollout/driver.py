@@ -394,11 +394,16 @@ class RolloutDriver:
                     self._set(snapshot, a.mac, batch, **a.fields)
                 if a.event:
                     batch.log(self.rid, a.event["kind"], **{k: v for k, v in a.event.items() if k != "kind"})
+        sends = [a for a in actions if a.task in ("push", "rollback")]
+        if sends:
+            # one producer (a broker connection taken from the pool once) for the pass's tasks, not one each
+            with app.producer_or_acquire() as producer:
+                for a in sends:
+                    if a.task == "push":
+                        self._send_push(a.mac, a.attempt, producer)
+                    else:
+                        self._send_rollback(a.mac, producer)
         for a in actions:
-            if a.task == "push":
-                self._send_push(a.mac, a.attempt)
-            elif a.task == "rollback":
-                self._send_rollback(a.mac)
             if a.kind == policy.VERIFIED and a.fields.get("applied"):
                 self.say(f"{a.mac}: verified, the new files applied {a.fields['applied']} (check-sync, "
                          "alwaysReboot=0; registered again since the push)")
@@ -413,13 +418,17 @@ class RolloutDriver:
 
     # The rollout's tasks are sent by name (fleet/rollout/tasks.py defines them): that module imports the
     # scheduled run, which imports this driver, so importing it here would close a circle.
-    def _send_push(self, mac: str, attempt: int) -> None:
-        app.signature("fleet.rollout_push", args=(self.rid, mac, attempt)).apply_async(
-            queue=site_queue(self.site_of[mac]), ignore_result=True)
+    # `argsrepr`: the arguments as the message shows them (an id, a MAC, a number: nothing secret), written here
+    # rather than by Celery's general-purpose saferepr (3 % of the controller process's CPU in a 1,000-phone run).
+    def _send_push(self, mac: str, attempt: int, producer=None) -> None:
+        args = (self.rid, mac, attempt)
+        app.send_task("fleet.rollout_push", args=args, queue=site_queue(self.site_of[mac]), ignore_result=True,
+                      producer=producer, argsrepr=repr(args))
 
-    def _send_rollback(self, mac: str) -> None:
-        app.signature("fleet.rollout_rollback", args=(self.rid, mac)).apply_async(
-            queue=site_queue(self.site_of[mac]), ignore_result=True)
+    def _send_rollback(self, mac: str, producer=None) -> None:
+        args = (self.rid, mac)
+        app.send_task("fleet.rollout_rollback", args=args, queue=site_queue(self.site_of[mac]), ignore_result=True,
+                      producer=producer, argsrepr=repr(args))
 
     def store_pushed(self, mac: str, entry: dict, rs: RolloutStore | None = None) -> None:
         # secrets as references (names in the secrets file, never values): the next plan diffs against them
