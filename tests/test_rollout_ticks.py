@@ -226,3 +226,18 @@ def test_a_drill_keeps_its_state_between_moves_and_never_waits(rollout, monkeypa
     third = ExperimentRunner.resume(drill, inv, store, json.loads(json.dumps(again.to_state())), lease_holder=holder)
     assert third.position == 1 and third.pending is not None and third.pending["started"] <= time.time()
 
+
+
+def test_create_plans_from_what_the_command_loaded_without_reading_the_files_again(rollout, tmp_path):
+    """`fleet rollout run` hands create() the playbook and inventory it loaded and checked: the rollout is planned
+    from those (a 1,000-phone inventory is not parsed twice), so files changed since cannot slip in between."""
+    store, _, pb, inv, _ = rollout
+    (tmp_path / "ro.yml").write_text("kind: rollout\nname: [not, a, name]\n")     # would not load now
+    (tmp_path / "inv.yml").write_text("sites: 7\n")
+    rid, pb2, inv2, p = create(str(tmp_path / "ro.yml"), str(tmp_path / "inv.yml"), store,
+                               f"tk-{uuid.uuid4().hex[:8]}", loaded=(pb, inv))
+    assert (pb2, inv2) == (pb, inv)
+    assert sorted(ph.mac for ph in p.phones) == ["0004f2000001", "0004f2000002"]
+    assert RolloutStore(store).get(rid)["plan"]["waves"] == [["0004f2000001"], ["0004f2000002"]]
+    with pytest.raises(Exception, match="ro.yml"):
+        create(str(tmp_path / "ro.yml"), str(tmp_path / "inv.yml"), store, f"tk-{uuid.uuid4().hex[:8]}")
