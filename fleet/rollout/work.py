@@ -34,7 +34,7 @@ from fleet.rollout.policy import FINISHED
 from fleet.phoneconf import secrets as secret_params
 from fleet.sites import files as site_files
 from fleet.drivers.errors import DeviceTimeout, DriverError
-from fleet.drivers.publish import open_publisher
+from fleet.drivers.publish import kept as kept_publishers, open_publisher
 from fleet.drivers.publish.read_once import ReadOnce
 from fleet.base.failpoints import failpoint
 from soundpoint.values import plural
@@ -312,8 +312,10 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
     rollout's backups back instead (None: a file it created, deleted), the
     master first; its own backups let it be rolled back like any push.
     """
-    pub = ReadOnce(open_publisher(url, boot_creds))   # the master read to render it is the one backed up
-    try:
+    # the thread's publisher of the site's previous push, when it ended well a moment ago (fleet.drivers.publish.kept:
+    # one connection and one Digest nonce for a site's pushes, not a fresh pair each)
+    with kept_publishers.lent(url, boot_creds) as site_pub:
+        pub = ReadOnce(site_pub)   # the master read to render it is the one backed up
         if restore is None:
             prepared = site_files.phone_files(pub, url, mac, params, lambda u: open_publisher(u, boot_creds),
                                               named_master)
@@ -352,8 +354,6 @@ def _publish(rid: str, mac: str, state: dict, rs: RolloutStore, params: dict[str
                 pub.delete(name)
             else:
                 pub.write(name, content)
-    finally:
-        pub.close()
     return True
 
 
