@@ -160,6 +160,7 @@ def rollout_run(playbook_path: str, inventory_path: str, dry_run: bool, limit: t
 def _drive(rid: str, pb, inv, store, as_json: bool, verbose: bool = False) -> None:
     """Drive the rollout in this process: a bar per site, a line per phone as it settles (every step with
     `verbose`), the summary in words; exit 0 done, 1 failed/halted/aborted, 130 interrupted (README table)."""
+    from rich.control import strip_control_codes
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from fleet.experiment.signals import SignalGuard
@@ -182,7 +183,9 @@ def _drive(rid: str, pb, inv, store, as_json: bool, verbose: bool = False) -> No
             if not progress.console.is_terminal:
                 # a log or a pipe: the line as it is, one line each (rich laid each out, wrapped at 80 columns:
                 # 8 % of the controller process's CPU in a 1,000-phone run)
-                progress.console.file.write(line + "\n")
+                out = progress.console.file
+                out.write(strip_control_codes(line) + "\n")     # a device's reason text is not terminal control
+                out.flush()      # as rich did: `tail -f` and a log's order see each line when it is said
                 return
             progress.console.print(Text(line, style="red" if line.startswith("failed:") else
                                         "yellow" if line.startswith("deferred:") else ""))

@@ -60,12 +60,24 @@ class HttpPublisher:
             else None
         self._answers_unasked = False    # the last write went through on the held nonce (see _unasked_answer_refused)
 
+    retry_first_on_closed = False   # set by fleet.drivers.publish.kept when it lends a publisher kept from a push
+
     def _send(self, method: str, path: str, data: bytes | None, authorization: str | None = None) -> Answer:
         headers = {"User-Agent": USER_AGENT}
         if authorization:
             headers["Authorization"] = authorization
-        return self.pool.urlopen(method, path, body=data, headers=headers, retries=False, redirect=False,
-                                 preload_content=False, release_conn=False)
+        retry, self.retry_first_on_closed = self.retry_first_on_closed, False
+        try:
+            return self.pool.urlopen(method, path, body=data, headers=headers, retries=False, redirect=False,
+                                     preload_content=False, release_conn=False)
+        except urllib3.exceptions.ProtocolError:
+            # the kept connection was closed by the server (its keep-alive ran out) as this request went, before any
+            # answer: once more on a fresh one. GET, PUT (the same bytes) and DELETE are idempotent. Not after a
+            # timeout, nor for a publisher's own connection, which was fresh.
+            if not retry:
+                raise
+            return self.pool.urlopen(method, path, body=data, headers=headers, retries=False, redirect=False,
+                                     preload_content=False, release_conn=False)
 
     def _discard(self, resp: Answer) -> None:
         """An answer's body nobody needs (a challenge's, a write's), read (at most CHALLENGE_BODY, within one

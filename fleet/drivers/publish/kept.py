@@ -9,9 +9,10 @@ publisher its previous push used, when that push ended well and not more than ID
 What keeps a lent publisher safe:
 - only a push that ended without an error gives it back; one that failed half-way (a body half read, a timeout)
   closes it, so no connection in an unknown state serves another push;
-- one idle longer than IDLE_S is closed, not used: servers close idle keep-alive connections (Apache and lighttpd
-  after 5 s), and one closed under a request would fail that request; urllib3 itself checks a kept connection was
-  not dropped before it reuses it;
+- one idle longer than IDLE_S is closed, not used (any such is closed at the thread's next lend): servers close idle
+  keep-alive connections (Apache and lighttpd after 5 s); urllib3 itself checks a kept connection was not dropped
+  before it reuses it, and where the server closed it in between, the lent publisher's first request goes once
+  more on a fresh connection (http_put.py: every request it sends is idempotent);
 - one thread's publishers are its own (a publisher holds a single connection and is not shared between threads);
 - a stale nonce is the publisher's own business: the server challenges again and the write answers afresh
   (http_put.py);
@@ -54,22 +55,22 @@ def lent(url: str, credentials: Credentials, timeout: float = 10.0) -> Iterator[
             pub.close()
         return
     kept = _kept()
-    key = (url, credentials, timeout)
-    found = kept.pop(key, None)
-    pub = None
+    now = time.monotonic()
+    for stale in [k for k, (_, at) in kept.items() if now - at > IDLE_S]:
+        kept.pop(stale)[0].close()       # every lend: no socket left to idle on in CLOSE_WAIT
+    found = kept.pop((url, credentials, timeout), None)
     if found is not None:
-        if time.monotonic() - found[1] <= IDLE_S:
-            pub = found[0]
-        else:
-            found[0].close()
-    if pub is None:
+        pub = found[0]
+        # its connection may have been closed by the server a moment ago: the first request may go once more
+        pub.retry_first_on_closed = True    # type: ignore[attr-defined]
+    else:
         pub = open_publisher(url, credentials, timeout)
     try:
         yield pub
     except BaseException:
         pub.close()
         raise
-    kept[key] = (pub, time.monotonic())
+    kept[(url, credentials, timeout)] = (pub, time.monotonic())
     while len(kept) > MOST:
         oldest = min(kept, key=lambda k: kept[k][1])
         kept.pop(oldest)[0].close()
