@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -23,6 +24,8 @@ from soundpoint import conformance
 
 CREDS = Credentials(username="Polycom", password="s3cret-admin")
 ENTRIES = conformance.select(area="rest")
+# the phone's digest challenge as the corpus has it (rest-auth-challenge-digest), each with a nonce of its own
+CHALLENGE = next(e for e in ENTRIES if e.id == "rest-auth-challenge-digest").answer["headers"]["WWW-Authenticate"]
 
 
 class PhoneServer:
@@ -48,8 +51,8 @@ class PhoneServer:
                 if digest_only and not digest.verify(header, method=self.command,
                                                      password_for=lambda u, r: CREDS.password if u == CREDS.username else None):
                     outer.challenges += 1
-                    self._answer(401, {"WWW-Authenticate": 'Digest realm="PolycomSPIP", nonce="%016x", qop="auth"'
-                                       % (outer.challenges * 7919)}, "")
+                    nonce = 'nonce="%016x"' % (outer.challenges * 7919)
+                    self._answer(401, {"WWW-Authenticate": re.sub(r'nonce="[^"]*"', nonce, CHALLENGE)}, "")
                     return
                 status, headers, body = outer.routes.get(path, (404, {}, "Not Found"))
                 self._answer(status, headers, body)

@@ -53,6 +53,9 @@ def lan_request(method: str, url: str, **kwargs) -> requests.Response:
         return session.request(method, url, **kwargs)
 
 
+USER_AGENT = "soundpoint-fleet"     # what fleet's urllib3 clients (lan_pool's users) say they are
+
+
 def ca_bundle() -> str:
     """The CA certificates an https device is checked against: the bundle the environment names for requests
     (REQUESTS_CA_BUNDLE, then CURL_CA_BUNDLE, as requests itself reads them), else certifi's, requests' default."""

@@ -37,10 +37,9 @@ from fleet.phoneconf.firmware import REST_FROM
 from fleet.drivers.device_json import device_json
 from fleet.drivers.digest_state import DigestState, send_answering
 from fleet.drivers.http_body import BoundedDigestAuth, discard_answer, read_answer
-from fleet.drivers.lan_http import lan_pool
+from fleet.drivers.lan_http import USER_AGENT, lan_pool
 from fleet.drivers.errors import AuthRefused, DeviceRefused, DeviceTimeout, DeviceUnreachable, MalformedAnswer
 
-USER_AGENT = "soundpoint-fleet"
 CALL_STATUS_V2_FROM = "5.8"       # api/v2/webCallControl/callStatus (a list of calls)
 MAX_ANSWER = 256 * 1024           # bytes read of one answer; a phone's JSON is a few kB
 CONFIG_GET_MAX = 20               # names per config/get (the manual; Posh-UCS refuses more)

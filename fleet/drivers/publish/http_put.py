@@ -32,13 +32,12 @@ from fleet.config.inventory import Credentials
 from fleet.drivers.digest_state import DigestState, send_answering
 from fleet.drivers.errors import DeviceRefused, DeviceTimeout, MalformedAnswer
 from fleet.drivers.http_body import discard_answer, read_answer
-from fleet.drivers.lan_http import lan_pool
+from fleet.drivers.lan_http import USER_AGENT, lan_pool
 from fleet.drivers.publish.names import check_name, shown
 from fleet.drivers.publish.size import MAX_FILE_BYTES, too_long
 
 WHY_BYTES = 4096          # of a refusal's body read for its one-line reason
 CHALLENGE_BODY = 4096     # of a challenge's body read before the request is sent again (on the same connection)
-USER_AGENT = "soundpoint-fleet"
 
 Answer = urllib3.BaseHTTPResponse
 
@@ -59,25 +58,26 @@ class HttpPublisher:
         self._write_digest = DigestState(credentials.username, credentials.password) if credentials.username \
             else None
         self._answers_unasked = False    # the last write went through on the held nonce (see _unasked_answer_refused)
-
-    retry_first_on_closed = False   # set by fleet.drivers.publish.kept when it lends a publisher kept from a push
+        self.retry_first_on_closed = False   # set by fleet.drivers.publish.kept when it lends one kept from a push
 
     def _send(self, method: str, path: str, data: bytes | None, authorization: str | None = None) -> Answer:
         headers = {"User-Agent": USER_AGENT}
         if authorization:
             headers["Authorization"] = authorization
         retry, self.retry_first_on_closed = self.retry_first_on_closed, False
-        try:
+
+        def send() -> Answer:
             return self.pool.urlopen(method, path, body=data, headers=headers, retries=False, redirect=False,
                                      preload_content=False, release_conn=False)
+        try:
+            return send()
         except urllib3.exceptions.ProtocolError:
             # the kept connection was closed by the server (its keep-alive ran out) as this request went, before any
             # answer: once more on a fresh one. GET, PUT (the same bytes) and DELETE are idempotent. Not after a
             # timeout, nor for a publisher's own connection, which was fresh.
             if not retry:
                 raise
-            return self.pool.urlopen(method, path, body=data, headers=headers, retries=False, redirect=False,
-                                     preload_content=False, release_conn=False)
+            return send()
 
     def _discard(self, resp: Answer) -> None:
         """An answer's body nobody needs (a challenge's, a write's), read (at most CHALLENGE_BODY, within one

@@ -62,7 +62,7 @@ def lent(url: str, credentials: Credentials, timeout: float = 10.0) -> Iterator[
     if found is not None:
         pub = found[0]
         # its connection may have been closed by the server a moment ago: the first request may go once more
-        pub.retry_first_on_closed = True    # type: ignore[attr-defined]
+        pub.retry_first_on_closed = True    # type: ignore[attr-defined]  (only HTTP(S) publishers are kept)
     else:
         pub = open_publisher(url, credentials, timeout)
     try:
